@@ -1,0 +1,136 @@
+"""Turns a service's spec into a runnable FastStream ASGI application.
+
+Each service consumes its topics in batches (one transaction per batch, offsets committed
+after it), runs the outbox relay beside the consumer, and answers `GET /health`.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import uvicorn
+from aiokafka import ConsumerRecord
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.middlewares import AckPolicy
+from faststream.specification import AsyncAPI
+from pydantic import BaseModel
+
+import contracts as c
+from services.common.db import create_pool, migrate
+from services.common.logs import configure_logging
+from services.common.outbox import OutboxRelay
+from services.common.pipeline import ApplyFn, Pipeline
+from services.common.settings import ServiceSettings
+from services.common.telemetry import configure_tracing
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Publishes:
+    """A topic the service writes, declared for the AsyncAPI document."""
+
+    topic: str
+    description: str
+    schema: type[BaseModel] | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    package_dir: Path
+    consumes: Sequence[str]
+    publishes: Sequence[Publishes]
+    apply: Callable[[ServiceSettings], ApplyFn]
+    """Builds the service's state rules from its settings (thresholds...)."""
+    dead_letters_for: Sequence[str]
+    """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
+    parse: Callable[[bytes, str], c.CloudEvent] = c.parse_event
+    description: str = ""
+
+
+def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
+    return msg.raw_message  # the pipeline parses and validates bytes itself
+
+
+def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> AsgiFastStream:
+    settings = settings or ServiceSettings()
+    schema = settings.db_schema or spec.name
+    configure_logging(spec.name, settings.log_format, settings.log_level)
+    provider = configure_tracing(spec.name, settings)
+
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=f"feo-{spec.name}",
+        enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
+        middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)],
+        description=spec.description,
+    )
+    pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.parse, spec.dead_letters_for)
+
+    @broker.subscriber(
+        *[settings.topic(t) for t in spec.consumes],
+        batch=True,
+        group_id=settings.topic(spec.name),
+        auto_offset_reset="earliest",
+        max_records=settings.batch_max_records,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw_records,
+        title=f"{spec.name}:consume",
+        description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
+    )
+    async def consume(records: list) -> None:
+        await pipeline.handle(records)
+
+    for p in spec.publishes:
+        broker.publisher(settings.topic(p.topic), title=f"{spec.name}:{p.topic}", description=p.description, schema=p.schema)
+
+    @get(description="200 when the service reaches Kafka and PostgreSQL, 503 otherwise")
+    async def health(scope) -> AsgiResponse:
+        body = {"service": spec.name, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None}
+        if pipeline.pool is not None:
+            try:
+                body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM outbox")
+                body["database"] = True
+            except Exception as exc:  # reported, not raised: this is the health check
+                body["error"] = str(exc)
+        ok = body["kafka"] and body["database"]
+        return AsgiResponse(json.dumps(body).encode(), 200 if ok else 503, headers={"content-type": "application/json"})
+
+    async def start_database() -> None:
+        pipeline.pool = await create_pool(settings.database_url, schema)
+        await migrate(pipeline.pool, schema, spec.package_dir)
+        pipeline.relay = OutboxRelay(pipeline.pool, broker, schema, batch=settings.batch_max_records, poll_ms=settings.outbox_poll_ms)
+
+    async def start_relay() -> None:
+        pipeline.relay.start()
+        log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
+
+    async def stop() -> None:
+        if pipeline.relay:
+            await pipeline.relay.stop()
+        if pipeline.pool:
+            await pipeline.pool.close()
+        provider.shutdown()
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/health", health)],
+        on_startup=[start_database],
+        after_startup=[start_relay],
+        on_shutdown=[stop],
+        specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
+    )
+    app.pipeline = pipeline  # tests and the health check reach the pool and relay through it
+    return app
+
+
+def serve(spec: ServiceSpec) -> None:
+    """Entry point of `python -m services.<name>`: the ASGI app under uvicorn."""
+    settings = ServiceSettings()
+    app = build_app(spec, settings)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="on")

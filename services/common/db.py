@@ -1,0 +1,58 @@
+"""PostgreSQL access: one asyncpg pool per service, confined to the service's own schema,
+and the migrations the service applies at start.
+
+Migrations are the numbered `*.sql` files of the service's `migrations/` folder plus the shared
+ones (inbox, outbox, dead letters, référentiel). Each runs once, in order, under an advisory
+lock so two replicas starting together do not race.
+"""
+
+import hashlib
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except asyncpg.UniqueViolationError:  # two replicas creating it at once
+        pass
+    finally:
+        await admin.close()
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": schema, "application_name": f"feo-{schema}"},
+    )
+
+
+def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
+    files = sorted(_SHARED_MIGRATIONS.glob("*.sql")) + sorted((service_dir / "migrations").glob("*.sql"))
+    return [(f"{f.parent.parent.name}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
+    lock_id = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", lock_id)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for name, sql in _migration_files(service_dir):
+                if name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                log.info("migration.applied", migration=name, schema=schema)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)

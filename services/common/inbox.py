@@ -1,0 +1,47 @@
+"""The inbox: the same (`source`, `id`) received again has no second effect.
+
+`claim` runs inside the batch's transaction: a row inserted now means the event is new; a
+conflict means it was accepted before (or by a concurrent consumer, which then commits first).
+"""
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from contracts import CloudEvent
+
+
+async def claim(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+    """Keep the events never accepted before, in arrival order, each (source, id) once."""
+    if not events:
+        return []
+    rows = await conn.fetch(
+        """
+        INSERT INTO inbox (source, id, type, subject, event_time)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        ON CONFLICT DO NOTHING
+        RETURNING source, id
+        """,
+        [e.source for e in events],
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.subject for e in events],
+        [e.time for e in events],
+    )
+    fresh = {(r["source"], r["id"]) for r in rows}
+    kept: list[CloudEvent] = []
+    for event in events:
+        if (event.source, event.id) in fresh:
+            fresh.discard((event.source, event.id))  # a twin inside the batch is a duplicate too
+            kept.append(event)
+    return kept
+
+
+async def mark_stale(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> None:
+    if events:
+        await conn.execute(
+            "UPDATE inbox SET outcome = 'stale' FROM unnest($1::text[], $2::text[]) AS s(source, id) "
+            "WHERE inbox.source = s.source AND inbox.id = s.id",
+            [e.source for e in events],
+            [e.id for e in events],
+        )

@@ -1,0 +1,35 @@
+"""structlog set-up: readable in a terminal, one JSON object per line otherwise.
+
+Handlers bind `event_id`, `event_type` and `uai` with `structlog.contextvars`, so every line
+logged while an event is handled carries them.
+"""
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> None:
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    # FastStream and aiokafka log through the standard library: keep them, less chatty.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{service} %(name)s %(levelname)s %(message)s")

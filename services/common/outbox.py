@@ -1,0 +1,110 @@
+"""Transactional outbox and its relay.
+
+Every record a service emits (state it owns, alerts, dead letters) is written to `outbox` in
+the same transaction as the state change that caused it. The relay publishes rows in `seq`
+order with their stable CloudEvents id, then deletes them. A crash between publish and delete
+republishes the same records with the same ids, which consumers' inboxes ignore: nothing is
+lost, nothing takes effect twice.
+"""
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from faststream.kafka import KafkaBroker
+from opentelemetry import context as otel_context, propagate
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> None:
+    if records:
+        await conn.executemany(
+            "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
+            [(r.topic, r.key, r.value, json.dumps(r.headers)) for r in records],
+        )
+
+
+class OutboxRelay:
+    """Publishes the outbox in order. One relay per schema at a time (advisory lock), so
+    replicas of a service cannot interleave and reorder records of one key."""
+
+    def __init__(self, pool: asyncpg.Pool, broker: KafkaBroker, schema: str, *, batch: int = 500, poll_ms: int = 1000):
+        self._pool = pool
+        self._broker = broker
+        self._batch = batch
+        self._poll = poll_ms / 1000
+        self._wake = asyncio.Event()
+        self._lock_id = int.from_bytes(hashlib.sha256(f"relay:{schema}".encode()).digest()[:8], "big", signed=True)
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.drain_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox.relay_failed")  # Kafka or PostgreSQL away: retry later
+                await asyncio.sleep(1)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def drain_once(self) -> int:
+        """Publish one batch; returns how many records went out (0: nothing to do or not leader)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
+                return 0
+            rows = await conn.fetch(
+                "SELECT seq, topic, key, value, headers FROM outbox ORDER BY seq LIMIT $1", self._batch
+            )
+            if not rows:
+                return 0
+            pending = [await self._publish(r) for r in rows]
+            await asyncio.gather(*pending)
+            await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows])
+        self.published += len(rows)
+        log.debug("outbox.published", count=len(rows))
+        return len(rows)
+
+    async def _publish(self, row: asyncpg.Record) -> "asyncio.Future[object]":
+        headers: dict[str, str] = json.loads(row["headers"])
+        # Publish under the context of the event that caused this record: the trace goes on.
+        token = otel_context.attach(propagate.extract(headers))
+        try:
+            return await self._broker.publish(
+                row["value"], row["topic"], key=row["key"], headers=headers, no_confirm=True
+            )
+        finally:
+            otel_context.detach(token)

@@ -1,0 +1,151 @@
+"""One batch of Kafka records in, one PostgreSQL transaction out.
+
+Per batch: parse and validate every record (contracts), check the declarant's rights against
+the référentiel, drop what the inbox has already seen, let the service apply its state rules,
+then write state, outgoing events and dead letters in one transaction. Offsets are committed
+by FastStream only after this returns, so a process killed at any instant replays the batch
+and the inbox makes the replay harmless.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRecord
+from opentelemetry import trace
+
+import contracts as c
+from contracts import CloudEvent, ContractError, parse_source
+from contracts.internal import INTERNAL_TOPICS
+from services.common import dlq, inbox, referentiel, rights
+from services.common.outbox import OutboxRecord, OutboxRelay, enqueue
+from services.common.settings import ServiceSettings
+from services.common.telemetry import context_from_headers, headers_for
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("services.common.pipeline")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event a service emits; `cause` is the input event whose trace it continues."""
+
+    topic: str
+    key: str
+    event: CloudEvent
+    cause: CloudEvent | None = None
+
+
+@dataclass
+class Applied:
+    stale: list[CloudEvent] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+ApplyFn = Callable[[asyncpg.Connection, Sequence[CloudEvent], set[str]], Awaitable[Applied]]
+"""A service's state rules: given the new, accepted, non-référentiel events of a batch and the
+UAIs whose référentiel entry changed in it, store the state and say what to emit."""
+
+
+def _uai_of(event: CloudEvent) -> str | None:
+    return getattr(event.data, "uai", None)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        service: str,
+        settings: ServiceSettings,
+        apply: ApplyFn,
+        parse: Callable[[bytes, str], CloudEvent] = c.parse_event,
+        dead_letters_for: Sequence[str] = (),
+    ):
+        self.service = service
+        self.settings = settings
+        self._apply = apply
+        self._parse = parse
+        # One writer per DLQ: a topic several services read (the référentiel) is
+        # dead-lettered by its owner only; the others skip what it refuses.
+        self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
+        self.pool: asyncpg.Pool | None = None
+        self.relay: OutboxRelay | None = None
+
+    def _parse_all(self, records: Sequence[ConsumerRecord]) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
+        parsed, rejected = [], []
+        for record in records:
+            try:
+                parsed.append((self._parse(record.value or b"", self.settings.unprefixed(record.topic)), record))
+            except ContractError as e:
+                rejected.append(dlq.Rejection(record, e.code, e.message))
+        return parsed, rejected
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        assert self.pool is not None and self.relay is not None, "pipeline not started"
+        parsed, rejected = self._parse_all(records)
+        spans = {}
+        for event, record in parsed:
+            span = tracer.start_span(f"{self.service} process {event.type}", context=context_from_headers(record.headers))
+            span.set_attributes({"cloudevents.event_id": event.id, "cloudevents.event_type": event.type,
+                                 "cloudevents.event_source": event.source, "education.uai": _uai_of(event) or ""})
+            spans[id(event)] = span
+        try:
+            outgoing = await self._transaction(parsed, rejected, spans)
+        except Exception as exc:
+            for span in spans.values():
+                span.record_exception(exc)
+                span.end()
+            log.exception("batch.failed", records=len(records))
+            await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
+            raise
+        for span in spans.values():
+            span.end()
+        if outgoing or rejected:
+            self.relay.wake()
+
+    async def _transaction(self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span]) -> int:
+        # Our own services' topics carry derived state; partners' topics go through the rights.
+        is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
+        internal = [(e, r) for e, r in parsed if is_internal(r)]
+        external = [(e, r) for e, r in parsed if not is_internal(r)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Référentiel first: an établissement and an event about it may share a batch.
+            ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
+            accepted_ref = self._check(ref_events, {}, rejected)
+            fresh_ref = await inbox.claim(conn, accepted_ref)
+            stale, changed_uais = await referentiel.apply(conn, fresh_ref)
+
+            others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
+            etabs = await referentiel.load(conn, [u for e, _ in others if (u := _uai_of(e))])
+            accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
+            fresh = await inbox.claim(conn, accepted)
+            applied = await self._apply(conn, fresh, changed_uais)
+            stale += applied.stale
+            await inbox.mark_stale(conn, stale)
+            await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
+            await enqueue(conn, [self._record(o, spans.get(id(o.cause))) for o in applied.outgoing])
+        self._log_outcomes(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted))
+        return len(applied.outgoing)
+
+    def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:
+        accepted = []
+        for event, record in items:
+            refusal = rights.check(event, parse_source(event.source), etabs.get(_uai_of(event) or ""))
+            if refusal:
+                rejected.append(dlq.Rejection(record, refusal.code, refusal.message))
+            else:
+                accepted.append(event)
+        return accepted
+
+    def _record(self, out: Outgoing, cause_span: trace.Span | None) -> OutboxRecord:
+        headers = {"content-type": c.CONTENT_TYPE, **headers_for(cause_span)}
+        return OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.event.to_bytes(), headers)
+
+    def _log_outcomes(self, fresh: list[CloudEvent], stale: list[CloudEvent], accepted: int) -> None:
+        stale_ids = {id(e) for e in stale}
+        for event in fresh:
+            with structlog.contextvars.bound_contextvars(event_id=event.id, event_type=event.type, uai=_uai_of(event)):
+                log.info("event.stale" if id(event) in stale_ids else "event.applied", source=event.source)
+        if duplicates := accepted - len(fresh):
+            log.info("event.duplicates_ignored", count=duplicates)

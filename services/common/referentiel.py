@@ -1,0 +1,27 @@
+"""The part of the référentiel each service keeps: one row per UAI, latest `time` wins."""
+
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from contracts import CloudEvent, Etablissement
+from services.common.entities import store_latest
+
+_COLUMNS = ("nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region", "ouvert")
+
+
+async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:
+    """Store the winning `etablissement` events; returns (stale events, UAIs that changed)."""
+    verdicts = await store_latest(
+        conn, "etablissements", ("uai",), _COLUMNS, events,
+        key_of=lambda e: (e.data.uai,),
+        row_of=lambda e: tuple(getattr(e.data, c) for c in _COLUMNS),
+    )
+    return verdicts.stale, {uai for (uai,) in verdicts.winners}
+
+
+async def load(conn: asyncpg.Connection, uais: Iterable[str]) -> dict[str, Etablissement]:
+    rows = await conn.fetch(
+        f"SELECT uai, {', '.join(_COLUMNS)} FROM etablissements WHERE uai = ANY($1::text[])", list(set(uais))
+    )
+    return {r["uai"]: Etablissement.model_construct(**dict(r)) for r in rows}

@@ -1,0 +1,63 @@
+"""Who may declare what (CONTRACTS.md), as a pure function of the declarant, the event type
+and the établissement the event is about.
+
+The declarant is the CloudEvents `source`; a later issue binds it to the authenticated Kafka
+principal, so every rule takes it as a first-class input.
+"""
+
+from dataclasses import dataclass
+
+import contracts as c
+from contracts import CloudEvent, Declarant, Etablissement
+
+HORS_COMPETENCE = "hors-competence"
+UAI_INCONNU = "uai-inconnu"
+
+_CATALOGUE_TYPES = {c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE, c.ABONNEMENT}
+_EQUIPEMENT_TYPES = {c.LOT, c.CONNECTIVITE}
+# The collectivité that equips each type of établissement (Code de l'éducation).
+_EQUIPS = {"commune": ("ecole",), "departement": ("college",), "region": ("lycee", "erea")}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+
+
+def _territory(declarant: Declarant, etab: Etablissement) -> str:
+    return {
+        "commune": etab.code_commune,
+        "departement": etab.code_departement,
+        "region": etab.code_region,
+        "rectorat": etab.code_academie,
+    }[declarant.kind]
+
+
+def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -> Refusal | None:
+    """`None` when the declarant may send this event; else why not. `etab` is the
+    référentiel's entry for the event's UAI (None: unknown or the type has no UAI)."""
+    kind, t = declarant.kind, event.type
+    if t == c.ETABLISSEMENT:
+        allowed = kind == "ministere"
+    elif t in _CATALOGUE_TYPES:
+        allowed = kind in ("ministere", "gar")
+    elif t in (c.AFFECTATION, c.FORMATION_SUIVIE):
+        allowed = kind == "rectorat"
+    elif t in _EQUIPEMENT_TYPES:
+        allowed = kind in _EQUIPS
+    else:
+        allowed = False
+    if not allowed:
+        return Refusal(HORS_COMPETENCE, f"{event.source} ne peut pas déclarer {t}")
+    uai = getattr(event.data, "uai", None)
+    if uai is None or t == c.ETABLISSEMENT:
+        return None
+    if etab is None:
+        return Refusal(UAI_INCONNU, f"l'UAI {uai} n'est pas dans le référentiel")
+    if t in _EQUIPEMENT_TYPES:
+        if etab.type not in _EQUIPS[kind] or _territory(declarant, etab) != declarant.code:
+            return Refusal(HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(declarant, etab)})")
+    elif t == c.AFFECTATION and etab.code_academie != declarant.code:
+        return Refusal(HORS_COMPETENCE, f"{uai} est dans l'académie {etab.code_academie}, pas {declarant.code}")
+    return None

@@ -1,0 +1,37 @@
+"""The state rule of CONTRACTS.md, as a pure function.
+
+For one entity the event with the latest `time` wins; an event older than the state already
+held is stale and changes nothing; equal times: the later arrival wins. Applied to a batch in
+arrival order, starting from the times the database holds, it gives the same outcome as one
+event at a time, whatever the delivery order or replays.
+"""
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class Verdicts(Generic[K, E]):
+    winners: dict[K, E]
+    """Per entity, the event whose state must be stored (absent: nothing to store)."""
+    stale: list[E]
+    """Events that change nothing because a newer state was already held or seen."""
+
+
+def latest_wins(held: Mapping[K, datetime], events: Iterable[tuple[K, datetime, E]]) -> Verdicts[K, E]:
+    running: dict[K, datetime] = dict(held)
+    winners: dict[K, E] = {}
+    stale: list[E] = []
+    for key, time, event in events:
+        current = running.get(key)
+        if current is not None and time < current:
+            stale.append(event)
+            continue
+        running[key] = time
+        winners[key] = event
+    return Verdicts(winners, stale)

@@ -1,0 +1,21 @@
+"""equipement's wiring: what it consumes and publishes. Nothing else lives here."""
+
+from pathlib import Path
+
+import contracts as c
+from contracts.internal import PROFILS, ProfilEquipement
+from services.common.app import Publishes, ServiceSpec
+from services.equipement.handlers import apply
+
+SPEC = ServiceSpec(
+    name="equipement",
+    package_dir=Path(__file__).parent,
+    consumes=(c.REFERENTIEL, c.EQUIPEMENT),
+    publishes=(
+        Publishes(PROFILS, "Per-UAI equipment profile (compacted, key UAI), on every change", ProfilEquipement),
+        Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
+    ),
+    apply=lambda _settings: apply,
+    dead_letters_for=(c.EQUIPEMENT,),
+    description="Equipment declared by collectivités (lot, connectivite), per-UAI profiles.",
+)

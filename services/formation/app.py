@@ -1,0 +1,21 @@
+"""formation's wiring: what it consumes and publishes. Nothing else lives here."""
+
+from pathlib import Path
+
+import contracts as c
+from contracts.internal import COUVERTURES, CouvertureFormation
+from services.common.app import Publishes, ServiceSpec
+from services.formation.handlers import apply
+
+SPEC = ServiceSpec(
+    name="formation",
+    package_dir=Path(__file__).parent,
+    consumes=(c.REFERENTIEL, c.FORMATION),
+    publishes=(
+        Publishes(COUVERTURES, "Per-UAI training coverage (compacted, key UAI), on every change", CouvertureFormation),
+        Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
+    ),
+    apply=lambda _settings: apply,
+    dead_letters_for=(c.FORMATION,),
+    description="Training records pushed by rectorats (affectation, formation-suivie), per-UAI coverage.",
+)

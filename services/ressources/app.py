@@ -1,0 +1,25 @@
+"""ressources' wiring: what it consumes and publishes. Nothing else lives here."""
+
+from pathlib import Path
+
+import contracts as c
+from contracts.internal import COUVERTURES, INTERNAL_PAYLOADS, INTERNAL_TOPIC_TYPES, PROFILS
+from contracts.parsing import EventParser
+from services.common.app import Publishes, ServiceSpec
+from services.ressources.handlers import make_apply
+from services.ressources.rules import Seuils
+
+SPEC = ServiceSpec(
+    name="ressources",
+    package_dir=Path(__file__).parent,
+    consumes=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
+    publishes=(
+        Publishes(c.ALERTES, "alerte-levee / alerte-resolue for every (établissement, resource, kind)", c.AlerteLevee),
+        Publishes(c.dlq(c.REFERENTIEL), "Référentiel records the platform could not accept, bytes unchanged"),
+        Publishes(c.dlq(c.CATALOGUE), "Catalogue records it could not accept, bytes unchanged"),
+    ),
+    apply=lambda settings: make_apply(Seuils(settings.min_compatible_share, settings.min_training_coverage)),
+    dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
+    parse=EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES),
+    description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",
+)

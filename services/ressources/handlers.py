@@ -1,0 +1,85 @@
+"""ressources' use case: keep the catalogue, subscriptions, profiles and coverages, and
+re-evaluate exactly the pairs a batch touched (a UAI's pairs, a resource's pairs)."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+import contracts as c
+from contracts import AlerteLevee, CloudEvent, make_event
+from contracts.internal import COUVERTURE_FORMATION, PROFIL_EQUIPEMENT
+from services.common import referentiel
+from services.common.pipeline import Applied, Outgoing
+from services.ressources import store
+from services.ressources.lifecycle import Held, event_id, transitions
+from services.ressources.rules import Seuils, evaluate
+
+SOURCE = "/plateforme/ressources"
+
+
+def make_apply(seuils: Seuils):
+    async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent], ref_changed: set[str]) -> Applied:
+        of = lambda *types: [e for e in events if e.type in types]  # noqa: E731
+        catalogue = await store.store_catalogue(conn, of(c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE))
+        abonnements = await store.store_abonnements(conn, of(c.ABONNEMENT))
+        profils = await store.store_versioned(conn, "profils", "profil", of(PROFIL_EQUIPEMENT))
+        couvertures = await store.store_versioned(conn, "couvertures", "couverture", of(COUVERTURE_FORMATION))
+
+        # Which input event each touched UAI or resource owes its re-evaluation to (tracing).
+        causes: dict[str, CloudEvent] = {}
+        for e in events:
+            for touched in (getattr(e.data, "uai", None), getattr(e.data, "resource_id", None)):
+                if touched:
+                    causes[touched] = e
+        uais = ref_changed | profils | couvertures | {e.data.uai for e in abonnements.winners.values()}
+        resources = {e.data.resource_id for e in catalogue.winners.values()}
+        outgoing = await reevaluate(conn, uais, resources, seuils, causes)
+        return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
+
+    return apply
+
+
+async def reevaluate(
+    conn: asyncpg.Connection, uais: set[str], resources: set[str], seuils: Seuils, causes: dict[str, CloudEvent]
+) -> list[Outgoing]:
+    if not uais and not resources:
+        return []
+    pairs = await store.pairs_of(conn, uais, resources)
+    pair_uais = sorted({p["uai"] for p in pairs})
+    etabs = await referentiel.load(conn, pair_uais)
+    ressources = await store.load_ressources(conn, {p["resource_id"] for p in pairs})
+    profils = await store.load_profils(conn, pair_uais)
+    couvertures = await store.load_couvertures(conn, pair_uais)
+    held_rows = await store.load_alertes(conn, pair_uais)
+    now = datetime.now(UTC)
+    rows, outgoing = [], []
+    for pair in sorted(pairs, key=lambda p: (p["uai"], p["resource_id"])):
+        uai, rid = pair["uai"], pair["resource_id"]
+        etab, ressource = etabs.get(uai), ressources.get(rid)
+        active = pair["end"] is None and etab is not None and etab.ouvert and ressource is not None
+        evaluation = evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils) if active else None
+        held = {
+            kind: Held(r["ouverte"], r["cycle"], AlerteLevee.model_validate_json(r["alerte"]))
+            for (u, res, kind), r in held_rows.items() if u == uai and res == rid
+        }
+        cause = causes.get(uai) or causes.get(rid)
+        for t in transitions(uai, rid, etab, evaluation, held, now):
+            cycle = t.held.cycle if t.held else 0
+            if t.raised:
+                cycle += 1
+                rows.append((t.raised.alert_id, uai, rid, t.kind, True, cycle, now, None, t.raised.model_dump_json()))
+                event = make_event(c.ALERTE_LEVEE, t.raised, source=SOURCE, subject=t.raised.subject,
+                                   id=event_id(t.raised.alert_id, cycle, "levee"), time=now)
+                outgoing.append(Outgoing(c.ALERTES, uai, event, cause))
+            elif t.resolved:
+                rows.append((t.resolved.alert_id, uai, rid, t.kind, False, cycle, t.resolved.raised_at, now,
+                             t.held.alerte.model_dump_json()))
+                event = make_event(c.ALERTE_RESOLUE, t.resolved, source=SOURCE, subject=t.resolved.subject,
+                                   id=event_id(t.resolved.alert_id, cycle, "resolue"), time=now)
+                outgoing.append(Outgoing(c.ALERTES, uai, event, cause))
+            elif t.updated:
+                rows.append((t.updated.alert_id, uai, rid, t.kind, True, cycle, t.updated.raised_at, None,
+                             t.updated.model_dump_json()))
+    await store.save_alertes(conn, rows)
+    return outgoing

@@ -1,0 +1,70 @@
+"""One real Kafka broker and one real PostgreSQL server per test session, shared; each test
+gets its own topics (unique prefix) and its own database, so tests never see each other."""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the open data files are expected in {SHARED_DATA} (../shared/data beside the repository)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    from deploy.local.kafka import LocalKafka
+
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    from deploy.local.postgres import LocalPostgres
+
+    server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def database_url(postgres, unique) -> str:
+    return await postgres.create_database(f"test_{unique}")
+
+
+@pytest.fixture
+async def topic_prefix(kafka, unique) -> str:
+    from deploy.local.kafka import create_topics
+    from deploy.topology import platform_topics
+
+    prefix = f"t{unique}."
+    await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+    return prefix
+
+
+@pytest.fixture
+def settings(kafka, database_url, topic_prefix):
+    from services.common.settings import ServiceSettings
+
+    return ServiceSettings(
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        database_url=database_url,
+        topic_prefix=topic_prefix,
+        outbox_poll_ms=200,
+        log_format="console",
+    )

@@ -1,0 +1,109 @@
+"""Test helpers: wait on a condition with a deadline, read topics, build partner events."""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def event(type_: str, source: str, data: dict, *, subject: str | None = None, time_: datetime | None = None,
+          id_: str | None = None) -> dict:
+    """A CloudEvent as a partner writes it, as a plain dict."""
+    return {
+        "specversion": "1.0",
+        "id": id_ or str(uuid.uuid4()),
+        "source": source,
+        "type": type_,
+        "time": (time_ or datetime.now(UTC)).isoformat(),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def at(minutes: int) -> datetime:
+    """A fixed instant, so tests order events by time explicitly."""
+    return datetime(2026, 9, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+
+
+async def send(bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+            await producer.send_and_wait(topic, raw, key=key.encode(),
+                                         headers=[("content-type", b"application/cloudevents+json")])
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads a topic from the beginning, in the background, keeping every record."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.records: list = []
+        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                          enable_auto_commit=False, group_id=None)
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "TopicReader":
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        async for record in self._consumer:
+            self.records.append(record)
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    def events(self, type_: str | None = None) -> list[dict]:
+        out = [json.loads(r.value) for r in self.records]
+        return [e for e in out if type_ is None or e["type"] == type_]
+
+    async def wait_for(self, predicate: Callable[[list], bool], *, timeout: float = 30, what: str = "records") -> list:
+        async def check():
+            return predicate(self.records) and self.records
+        return await eventually(check, timeout=timeout, what=what)
+
+
+class running:
+    """Runs one service in this process against the real broker and database."""
+
+    def __init__(self, spec, settings):
+        from faststream import TestApp
+
+        from services.common.app import build_app
+
+        self.app = build_app(spec, settings)
+        self._ctx = TestApp(self.app)
+
+    async def __aenter__(self):
+        await self._ctx.__aenter__()
+        return self.app.pipeline
+
+    async def __aexit__(self, *exc):
+        await self._ctx.__aexit__(*exc)

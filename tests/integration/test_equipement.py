@@ -1,0 +1,104 @@
+"""equipement alone, against the real Kafka and PostgreSQL."""
+
+import json
+
+import contracts as c
+from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
+from helpers import TopicReader, at, event, eventually, running, send
+from services.equipement.app import SPEC
+
+
+DEPARTEMENT = "/collectivites/departements/035"
+
+
+def college(uai: str) -> dict:
+    return event(c.ETABLISSEMENT, "/ministere", {
+        "uai": uai, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
+        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
+    }, subject=uai, time_=at(0))
+
+
+def lot(uai: str, lot_id: str, quantity: int, minute: int, **kw) -> dict:
+    data = {"uai": uai, "lot_id": lot_id, "kind": "tablette", "quantity": quantity,
+            "os": {"name": "iPadOS", "version": "17.1"}, "browsers": [{"name": "Safari", "version": "17"}]}
+    return event(c.LOT, kw.pop("source", DEPARTEMENT), data, subject=uai, time_=at(minute), **kw)
+
+
+def valid_uai(digits: str) -> str:
+    return digits + c.UAI_LETTERS[int(digits) % 23]
+
+
+async def referentiel_loaded(pipeline, count: int) -> None:
+    async def check():
+        return await pipeline.pool.fetchval("SELECT count(*) FROM etablissements") >= count
+    await eventually(check, what="the référentiel to be stored")
+
+
+async def test_lot_is_stored_and_its_profile_published(kafka, settings):
+    uai = valid_uai("0350001")
+    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 1))])
+
+        records = await profils.wait_for(lambda rs: len(rs) >= 1, what="a profile")
+        published = json.loads(records[0].value)
+        assert records[0].key == uai.encode()
+        assert published["type"] == PROFIL_EQUIPEMENT and published["source"] == "/plateforme/equipement"
+        assert published["data"]["version"] == 1
+        assert [(l["lot_id"], l["quantity"]) for l in published["data"]["lots"]] == [("L1", 30)]
+        row = await pipeline.pool.fetchrow("SELECT quantity, os FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai)
+        assert row["quantity"] == 30 and json.loads(row["os"])["name"] == "iPadOS"
+
+
+async def test_duplicate_has_no_effect_and_older_event_is_stale(kafka, settings):
+    uai = valid_uai("0350002")
+    first = lot(uai, "L1", 30, 10)
+    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        older = lot(uai, "L1", 5, 5)  # same lot, earlier time: stale
+        marker = lot(uai, "L2", 3, 11)  # a later, different lot: once it shows, the others were handled
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT),
+                   [(uai, first), (uai, first), (uai, older), (uai, marker)])
+
+        await profils.wait_for(lambda rs: any(len(json.loads(r.value)["data"]["lots"]) == 2 for r in rs),
+                               what="the profile with both lots")
+        versions = [json.loads(r.value)["data"] for r in profils.records]
+        # One profile per real change: L1 at 30, then L1 + L2. The duplicate and the stale lot changed nothing.
+        assert [[(l["lot_id"], l["quantity"]) for l in v["lots"]] for v in versions] in (
+            [[("L1", 30)], [("L1", 30), ("L2", 3)]],
+            [[("L1", 30), ("L2", 3)]],
+        )
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai) == 30
+        outcomes = dict(await pipeline.pool.fetch("SELECT id, outcome FROM inbox WHERE type = $1", c.LOT))
+        assert outcomes == {first["id"]: "applied", older["id"]: "stale", marker["id"]: "applied"}
+
+
+async def test_bad_records_go_to_the_dlq_and_the_next_good_one_is_processed(kafka, settings):
+    uai = valid_uai("0350003")
+    bad_letter = lot(uai, "L1", 3, 1)
+    bad_letter["data"]["uai"] = uai[:-1] + ("A" if uai[-1] != "A" else "B")
+    wrong_declarant = lot(uai, "L2", 3, 2, source="/collectivites/regions/53")
+    good = lot(uai, "L3", 7, 3)
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.EQUIPEMENT))) as dlq,
+        TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils,
+    ):
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        raw_garbage = b"\xff not json"
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT),
+                   [(uai, raw_garbage), (uai, bad_letter), (uai, wrong_declarant), (uai, good)])
+
+        records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
+        reasons = [dict((k, v.decode()) for k, v in r.headers)["dlq-reason"] for r in records]
+        assert reasons == ["json-invalide", "uai-invalide", "hors-competence"]
+        assert records[0].value == raw_garbage  # bytes unchanged
+        headers = dict((k, v.decode()) for k, v in records[0].headers)
+        assert headers["dlq-topic"] == settings.topic(c.EQUIPEMENT)
+        assert headers["dlq-message"] and headers["dlq-offset"].isdigit() and headers["dlq-partition"].isdigit()
+
+        await profils.wait_for(lambda rs: any(l["lot_id"] == "L3" for r in rs for l in json.loads(r.value)["data"]["lots"]),
+                               what="the good lot's profile")
