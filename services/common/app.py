@@ -5,6 +5,7 @@ after it), runs the outbox relay beside the consumer, and answers `GET /health`.
 """
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         settings.kafka_bootstrap_servers,
         client_id=f"feo-{spec.name}",
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
+        log_level=logging.DEBUG,  # FastStream's per-batch Received/Processed lines: our own logs say more
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)],
         description=spec.description,
     )
