@@ -1,0 +1,138 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) around every v1 payload.
+
+`CloudEvent` is the envelope with an untyped `data`; each event type gets a subclass whose
+`type` is a literal and whose `data` is that type's payload model, so that one discriminated
+union validates a record in a single pass over its bytes (see `parsing`).
+"""
+
+import functools
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import uuid4
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from . import _identifiers as ids
+from ._base import Payload
+from .payloads import PAYLOADS
+
+CONTENT_TYPE = "application/cloudevents+json"
+
+DeclarantKind = Literal["rectorat", "commune", "departement", "region", "ministere", "gar", "plateforme"]
+
+
+def _code(pattern: str) -> str:
+    return pattern.removeprefix("^").removesuffix("$")
+
+
+_SOURCE = re.compile(
+    f"/rectorats/(?P<rectorat>{_code(ids.ACADEMIE_PATTERN)})"
+    f"|/collectivites/communes/(?P<commune>{_code(ids.COMMUNE_PATTERN)})"
+    f"|/collectivites/departements/(?P<departement>{_code(ids.DEPARTEMENT_PATTERN)})"
+    f"|/collectivites/regions/(?P<region>{_code(ids.REGION_PATTERN)})"
+    "|/(?P<ministere>ministere)|/(?P<gar>gar)"
+    "|/plateforme/(?P<plateforme>[a-z][a-z0-9-]*)"
+)
+# JSON Schema regexes are ECMA-262: anchored, and without Python's named groups.
+_SOURCE_SCHEMA = {
+    "type": "string",
+    "pattern": "^(" + re.sub(r"\?P<\w+>", "", _SOURCE.pattern) + ")$",
+    "description": "the declarant",
+}
+SOURCE_FORMS = (
+    "/rectorats/{code_academie}, /collectivites/communes/{code_commune}, "
+    "/collectivites/departements/{code_departement}, /collectivites/regions/{code_region}, "
+    "/ministere, /gar, /plateforme/{service}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Declarant:
+    """Who sent an event, read from its `source`: what they may declare depends on it."""
+
+    kind: DeclarantKind
+    code: str | None  # académie, commune, département, région or service; None for ministère, GAR
+
+
+@functools.lru_cache(maxsize=4096)  # a few hundred declarants send millions of events
+def parse_source(source: str) -> Declarant:
+    """The declarant named by a CloudEvents `source`; ValueError if it is not one of its forms."""
+    match = _SOURCE.fullmatch(source) if isinstance(source, str) else None
+    if match is None:
+        raise ValueError(f"{ids.short_repr(source)} n'est pas une source connue ({SOURCE_FORMS})")
+    kind = match.lastgroup
+    code = None if kind in ("ministere", "gar") else match[kind]
+    return Declarant(kind, code)  # type: ignore[arg-type]
+
+
+def _check_source(source: str) -> str:
+    try:
+        parse_source(source)
+    except ValueError as e:
+        raise PydanticCustomError("cloudevent-invalide", str(e)) from None
+    return source
+
+
+class CloudEvent(BaseModel):
+    """One record of a v1 topic. `time` must carry its offset: instants are compared."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=128)
+    source: Annotated[str, AfterValidator(_check_source), WithJsonSchema(_SOURCE_SCHEMA)]
+    type: str = Field(json_schema_extra={"enum": sorted(PAYLOADS)})
+    time: AwareDatetime = Field(description="RFC 3339, with its offset")
+    subject: str | None = None
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: Annotated[Any, WithJsonSchema({"type": "object", "description": "the payload of `type`"})]
+
+    @property
+    def declarant(self) -> Declarant:
+        return parse_source(self.source)
+
+    def to_bytes(self) -> bytes:
+        """The record value: compact UTF-8 JSON, dates in ISO 8601."""
+        return self.model_dump_json().encode()
+
+
+@functools.cache
+def event_model(type: str, payload: type[Payload]) -> type[CloudEvent]:
+    """The envelope of one event type: `type` fixed, `data` that type's payload model."""
+    name = payload.__name__ + "Event"
+    return create_model(name, __base__=CloudEvent, type=(Literal[type], ...), data=(payload, ...))
+
+
+def make_event(
+    type: str,
+    data: Payload,
+    *,
+    source: str,
+    subject: str | None = None,
+    id: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """A new event from this platform. `subject` defaults to the payload's (CONTRACTS.md)."""
+    expected = PAYLOADS.get(type)
+    if expected is not None and data.__class__ is not expected:
+        raise TypeError(f"{type} carries a {expected.__name__}, not a {data.__class__.__name__}")
+    return event_model(type, data.__class__)(
+        specversion="1.0",
+        id=str(uuid4()) if id is None else id,
+        source=source,
+        type=type,
+        time=datetime.now(UTC) if time is None else time,
+        subject=data.subject if subject is None else subject,
+        data=data,
+    )

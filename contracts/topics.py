@@ -1,0 +1,43 @@
+"""The public topics and event types of wire contract v1 (CONTRACTS.md), spelled once.
+
+A topic and a type are public API: renaming one breaks partners, so every service takes them
+from here rather than from string literals.
+"""
+
+REFERENTIEL = "referentiel.etablissements.v1"
+FORMATION = "formation.declarations.v1"
+EQUIPEMENT = "equipement.declarations.v1"
+CATALOGUE = "ressources.catalogue.v1"
+ALERTES = "alertes.compatibilite.v1"
+PUBLIC_TOPICS = (REFERENTIEL, FORMATION, EQUIPEMENT, CATALOGUE, ALERTES)
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic that receives, bytes unchanged, what `topic` could not accept."""
+    return topic + ".dlq"
+
+
+ETABLISSEMENT = "fr.education.referentiel.etablissement.v1"
+AFFECTATION = "fr.education.formation.affectation.v1"
+FORMATION_SUIVIE = "fr.education.formation.formation-suivie.v1"
+LOT = "fr.education.equipement.lot.v1"
+CONNECTIVITE = "fr.education.equipement.connectivite.v1"
+RESSOURCE_PUBLIEE = "fr.education.ressources.ressource-publiee.v1"
+RESSOURCE_RETIREE = "fr.education.ressources.ressource-retiree.v1"
+ABONNEMENT = "fr.education.ressources.abonnement.v1"
+ALERTE_LEVEE = "fr.education.alertes.alerte-levee.v1"
+ALERTE_RESOLUE = "fr.education.alertes.alerte-resolue.v1"
+
+TOPIC_TYPES: dict[str, frozenset[str]] = {
+    REFERENTIEL: frozenset({ETABLISSEMENT}),
+    FORMATION: frozenset({AFFECTATION, FORMATION_SUIVIE}),
+    EQUIPEMENT: frozenset({LOT, CONNECTIVITE}),
+    CATALOGUE: frozenset({RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, ABONNEMENT}),
+    ALERTES: frozenset({ALERTE_LEVEE, ALERTE_RESOLUE}),
+}
+
+# Each carries the full state of one entity, so the latest `time` wins and older ones are stale;
+# `formation-suivie` accumulates instead, and alerts are the platform's output.
+STATE_TYPES = frozenset(
+    {ETABLISSEMENT, AFFECTATION, LOT, CONNECTIVITE, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, ABONNEMENT}
+)

@@ -1,0 +1,148 @@
+"""`parse_event`: every record value is either a typed event or a ContractError with its reason."""
+
+import json
+
+import pytest
+
+import contracts as c
+
+
+def reason(raw: bytes, topic: str | None = None) -> tuple[str, str]:
+    with pytest.raises(c.ContractError) as caught:
+        c.parse_event(raw, topic)
+    assert caught.value.code in c.REASON_CODES
+    return caught.value.code, caught.value.message
+
+
+def test_a_valid_record_of_every_type_parses_to_its_typed_payload(event_type, make_record):
+    topic = next(t for t, types in c.TOPIC_TYPES.items() if event_type in types)
+    event = c.parse_event(make_record(event_type), topic)
+    assert isinstance(event, c.CloudEvent) and event.type == event_type
+    assert type(event.data) is c.PAYLOADS[event_type]
+    assert event.time.utcoffset() is not None
+
+
+def test_equal_instants_in_different_offsets_compare_equal(make_record):
+    a = c.parse_event(make_record(c.LOT, time="2024-03-01T10:00:00+01:00"))
+    b = c.parse_event(make_record(c.LOT, time="2024-03-01T09:00:00Z"))
+    assert a.time == b.time
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b'{"a": 1', b"\xff\xfe{}", b'{"s": "\xe9"}'])
+def test_bytes_that_are_not_utf8_json_are_json_invalide(raw):
+    assert reason(raw)[0] == "json-invalide"
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"42", b'"lot"', b"null"])
+def test_json_that_is_not_an_object_is_json_invalide(raw):
+    assert reason(raw)[0] == "json-invalide"
+
+
+@pytest.mark.parametrize(
+    ("envelope", "attribute"),
+    [
+        ({"specversion": "0.3"}, "specversion"),
+        ({"specversion": ...}, "specversion"),
+        ({"id": ""}, "id"),
+        ({"id": "x" * 129}, "id"),
+        ({"id": 1}, "id"),
+        ({"source": "/rectorats/1"}, "source"),
+        ({"source": ...}, "source"),
+        ({"type": ...}, "type"),
+        ({"type": 5}, "type"),
+        ({"time": ...}, "time"),
+        ({"time": "2024-03-01T10:00:00"}, "time"),
+        ({"time": "2024-03-01"}, "time"),
+        ({"time": 1709283600}, "time"),
+        ({"datacontenttype": "application/xml"}, "datacontenttype"),
+        ({"data": ...}, "data"),
+    ],
+)
+def test_envelope_breaking_its_rules_is_cloudevent_invalide_naming_the_attribute(envelope, attribute, make_record):
+    code, message = reason(make_record(c.LOT, **envelope))
+    assert code == "cloudevent-invalide"
+    assert message.startswith(f"{attribute}: ")
+
+
+def test_naive_time_is_refused_with_the_value(make_record):
+    code, message = reason(make_record(c.LOT, time="2024-03-01T10:00:00"))
+    assert code == "cloudevent-invalide" and "'2024-03-01T10:00:00'" in message
+
+
+def test_unknown_type_is_type_inconnu(make_record):
+    assert reason(make_record("fr.education.equipement.lot.v2", data={})) == (
+        "type-inconnu", "type 'fr.education.equipement.lot.v2': pas un type v1 connu"
+    )  # fmt: skip
+
+
+def test_a_broken_envelope_is_reported_before_an_unknown_type(make_record):
+    raw = make_record("fr.education.x.v1", data={}, time="2024-03-01T10:00:00")
+    assert reason(raw)[0] == "cloudevent-invalide"
+
+
+@pytest.mark.parametrize(
+    ("type", "topic"), [(c.LOT, c.FORMATION), (c.ETABLISSEMENT, c.CATALOGUE), (c.ALERTE_LEVEE, c.EQUIPEMENT)]
+)
+def test_a_type_on_a_topic_that_does_not_carry_it_is_type_hors_topic(type, topic, make_record):
+    code, message = reason(make_record(type), topic)
+    assert code == "type-hors-topic" and type in message and topic in message
+
+
+def test_wrong_topic_is_reported_before_bad_data(make_record, examples):
+    raw = make_record(c.LOT, examples[c.LOT] | {"uai": "0350122A"})
+    assert reason(raw, c.FORMATION)[0] == "type-hors-topic"
+    assert reason(raw, c.EQUIPEMENT)[0] == "uai-invalide"
+
+
+def test_without_topic_any_v1_type_is_accepted(make_record):
+    assert c.parse_event(make_record(c.ALERTE_LEVEE)).type == c.ALERTE_LEVEE
+
+
+@pytest.mark.parametrize(
+    ("type", "change", "code", "path"),
+    [
+        (c.LOT, {"uai": "0350122A"}, "uai-invalide", "data.uai"),
+        (c.LOT, {"os": {"name": "Windows", "version": "12.x"}}, "version-invalide", "data.os.version"),
+        (c.LOT, {"browsers": [{"name": "Safari", "version": "15"}, {"name": "Edge", "version": ""}]},
+         "version-invalide", "data.browsers[1].version"),
+        (c.FORMATION_SUIVIE, {"competences": [{"code": "6.1", "level": 3}]},
+         "crcn-invalide", "data.competences[0].code"),
+        (c.FORMATION_SUIVIE, {"competences": [{"code": "1.1", "level": 9}]},
+         "niveau-invalide", "data.competences[0].level"),
+        (c.AFFECTATION, {"teacher_id": "jean.dupont@ac-rennes.fr"}, "teacher-id-invalide", "data.teacher_id"),
+        (c.ETABLISSEMENT, {"code_departement": "35"}, "code-invalide", "data.code_departement"),
+        (c.RESSOURCE_PUBLIEE, {"requirements": [[{"type": "os", "name": "iOS", "max_version": "x"}]]},
+         "version-invalide", "data.requirements[0][0].max_version"),
+        (c.LOT, {"quantity": -1}, "donnees-invalides", "data.quantity"),
+        (c.LOT, {"lot_id": ...}, "donnees-invalides", "data.lot_id"),
+        (c.CONNECTIVITE, {"ent": "oui"}, "donnees-invalides", "data.ent"),
+    ],
+)  # fmt: skip
+def test_bad_data_names_its_reason_and_field_path(type, change, code, path, make_record, examples):
+    data = {k: v for k, v in (examples[type] | change).items() if v is not ...}
+    got_code, message = reason(make_record(type, data))
+    assert (got_code, message.split(": ")[0]) == (code, path)
+
+
+def test_an_identifier_reason_wins_over_a_generic_one_elsewhere_in_the_data(make_record, examples):
+    data = examples[c.LOT] | {"quantity": -1, "os": {"name": "Windows", "version": "12.x"}}
+    assert reason(make_record(c.LOT, data)) == (
+        "version-invalide", "data.os.version: '12.x' n'est pas une version (1 à 4 entiers séparés par des points)"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("data", [None, [], "lot", 5])
+def test_data_that_is_not_an_object_is_donnees_invalides(data, make_record):
+    expected = ("donnees-invalides", f"data: Input should be an object (reçu {data!r})")
+    assert reason(make_record(c.LOT, data=data)) == expected
+
+
+def test_extension_attributes_are_ignored(make_record):
+    raw = json.loads(make_record(c.LOT))
+    raw["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert c.parse_event(json.dumps(raw).encode()).type == c.LOT
+
+
+def test_contract_error_reads_as_code_then_message():
+    error = c.ContractError("uai-invalide", "UAI 0010856B: la lettre de contrôle devrait être A")
+    assert str(error) == "uai-invalide: UAI 0010856B: la lettre de contrôle devrait être A"

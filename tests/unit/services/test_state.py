@@ -1,0 +1,45 @@
+"""The state rule: latest time wins, older is stale, equal times: the later arrival wins."""
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from services.common.state import latest_wins
+
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def t(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def test_latest_time_wins_and_older_is_stale():
+    v = latest_wins({}, [("a", t(2), "new"), ("a", t(1), "old")])
+    assert v.winners == {"a": "new"} and v.stale == ["old"]
+
+
+def test_equal_times_the_later_arrival_wins():
+    v = latest_wins({}, [("a", t(1), "first"), ("a", t(1), "second")])
+    assert v.winners == {"a": "second"} and v.stale == []
+
+
+def test_held_state_makes_an_older_event_stale_and_nothing_stored():
+    v = latest_wins({"a": t(5)}, [("a", t(4), "late")])
+    assert v.winners == {} and v.stale == ["late"]
+
+
+def test_held_state_at_the_same_time_is_replaced():
+    assert latest_wins({"a": t(5)}, [("a", t(5), "same")]).winners == {"a": "same"}
+
+
+def test_entities_are_independent():
+    v = latest_wins({"a": t(9)}, [("a", t(1), "a1"), ("b", t(1), "b1")])
+    assert v.winners == {"b": "b1"} and v.stale == ["a1"]
+
+
+def test_outcome_does_not_depend_on_delivery_order():
+    events = [("a", t(3), "x"), ("a", t(1), "y"), ("a", t(2), "z"), ("b", t(1), "w")]
+    finals = set()
+    for order in itertools.permutations(events):
+        v = latest_wins({}, order)
+        finals.add(tuple(sorted(v.winners.items())))
+    assert finals == {(("a", "x"), ("b", "w"))}
