@@ -96,7 +96,7 @@ def _training(ressource: RessourcePubliee, couverture: CouvertureFormation | Non
 def evaluate(
     ressource: RessourcePubliee,
     profil: ProfilEquipement | None,
-    couverture: CouvertureFormation | None,
+    couverture: CouvertureFormation | None = None,
     seuils: Seuils = Seuils(),
 ) -> Evaluation:
     lots = profil.lots if profil else []

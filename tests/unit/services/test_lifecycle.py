@@ -1,0 +1,50 @@
+"""Raise when a condition becomes true, resolve when it stops or the pair leaves evaluation."""
+
+from datetime import UTC, datetime
+
+from contracts import Etablissement, Reason
+from services.ressources.lifecycle import Held, alert_id, transitions
+from services.ressources.rules import Evaluation
+
+UAI, RID = "0350002M", "ark:/1/r"
+NOW = datetime(2026, 9, 1, 8, tzinfo=UTC)
+ETAB = Etablissement(uai=UAI, nom="x", type="college", statut="public", code_commune="35238",
+                     code_departement="035", code_academie="14", code_region="53", ouvert=True)
+INCOMPATIBLE = Evaluation({"equipement-incompatible": [Reason(code="os-version", detail="iPadOS 12.5 < 15")]}, 0, 30)
+
+
+def test_a_new_condition_raises_once_then_stays_quiet():
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
+    assert t.raised and t.raised.alert_id == alert_id(UAI, RID, "equipement-incompatible")
+    assert t.raised.responsable.model_dump() == {"type": "departement", "code": "035"}
+    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    assert transitions(UAI, RID, ETAB, INCOMPATIBLE, held, NOW) == []
+
+
+def test_changed_reasons_update_without_raising_again():
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
+    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    other = Evaluation({"equipement-incompatible": [Reason(code="outil-manquant", detail="TNI: 0 < 1")]}, 30, 30)
+    [u] = transitions(UAI, RID, ETAB, other, held, NOW)
+    assert u.updated and not u.raised and u.updated.raised_at == t.raised.raised_at
+
+
+def test_condition_gone_or_pair_not_evaluated_resolves():
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
+    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    for evaluation in (Evaluation({}, 30, 30), None):
+        [r] = transitions(UAI, RID, ETAB, evaluation, held, NOW)
+        assert r.resolved and r.resolved.resolved_at == NOW and r.resolved.alert_id == t.raised.alert_id
+
+
+def test_resolved_alert_raises_again_with_the_same_id():
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
+    held = {"equipement-incompatible": Held(False, 1, t.raised)}
+    [again] = transitions(UAI, RID, ETAB, INCOMPATIBLE, held, NOW)
+    assert again.raised and again.raised.alert_id == t.raised.alert_id
+
+
+def test_type_autre_has_no_responsable():
+    autre = ETAB.model_copy(update={"type": "autre"})
+    [t] = transitions(UAI, RID, autre, INCOMPATIBLE, {}, NOW)
+    assert t.raised.responsable is None
