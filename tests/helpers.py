@@ -45,14 +45,15 @@ def at(minutes: int) -> datetime:
     return datetime(2026, 9, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
 
 
-async def send(bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]]) -> None:
+async def send(bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]],
+               headers: list[tuple[str, bytes]] = ()) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for key, value in records:
             raw = value if isinstance(value, bytes) else json.dumps(value).encode()
             await producer.send_and_wait(topic, raw, key=key.encode(),
-                                         headers=[("content-type", b"application/cloudevents+json")])
+                                         headers=[("content-type", b"application/cloudevents+json"), *headers])
     finally:
         await producer.stop()
 

@@ -1,0 +1,87 @@
+"""formation alone, against the real Kafka and PostgreSQL."""
+
+import json
+
+import contracts as c
+from contracts.internal import COUVERTURES
+from helpers import TopicReader, at, event, eventually, running, send
+from services.formation.app import SPEC
+
+RECTORAT = "/rectorats/14"
+
+
+def uai(digits: str) -> str:
+    return digits + c.uai_check_letter(digits)
+
+
+def college(code: str) -> dict:
+    return event(c.ETABLISSEMENT, "/ministere", {
+        "uai": code, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
+        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
+    }, subject=code, time_=at(0))
+
+
+def affectation(teacher: str, where: str, minute: int, end=None, source=RECTORAT) -> dict:
+    return event(c.AFFECTATION, source, {"teacher_id": teacher, "uai": where, "start": "2026-09-01", "end": end},
+                 subject=where, time_=at(minute))
+
+
+def formation(teacher: str, code: str, level: int, minute: int, tools=("TNI",)) -> dict:
+    return event(c.FORMATION_SUIVIE, RECTORAT, {
+        "teacher_id": teacher, "module_id": f"m-{code}-{level}", "title": "Programmer avec Scratch",
+        "dispositif": "magistere", "completed_on": "2026-10-01", "competences": [{"code": code, "level": level}],
+        "tools": list(tools)}, subject=teacher, time_=at(minute))
+
+
+async def test_affectations_and_trainings_give_the_published_coverage(kafka, settings):
+    where = uai("0350101")
+    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(COUVERTURES)) as out:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
+        first = affectation("ens-0000000A", where, 1)
+        left = affectation("ens-0000000C", where, 2)
+        await send(kafka.bootstrap_servers, settings.topic(c.FORMATION), [
+            (where, first), (where, first),  # duplicate
+            (where, affectation("ens-0000000B", where, 1)),
+            (where, left), (where, affectation("ens-0000000C", where, 1)),  # older than `left`: stale
+            (where, affectation("ens-0000000C", where, 3, end="2026-10-15")),  # leaves the UAI
+            ("ens-0000000A", formation("ens-0000000A", "3.4", 3, 4)),
+            ("ens-0000000A", formation("ens-0000000A", "3.4", 2, 5, tools=())),  # lower level: max stays 3
+        ])
+
+        def final(records):
+            return any(json.loads(r.value)["data"]["competences"].get("3.4") for r in records)
+
+        records = await out.wait_for(final, what="a coverage with competence 3.4")
+        data = json.loads(records[-1].value)["data"]
+        assert records[-1].key == where.encode()
+        assert data["enseignants"] == 2
+        assert data["competences"]["3.4"][:4] == [1, 1, 1, 0]
+        assert data["outils"] == {"tni": 1}
+        versions = [json.loads(r.value)["data"]["version"] for r in records]
+        assert versions == sorted(set(versions)), "each publication is a new version"
+        outcomes = await pipeline.pool.fetch("SELECT outcome, count(*) FROM inbox WHERE type = $1 GROUP BY outcome",
+                                             c.AFFECTATION)
+        assert dict((r["outcome"], r["count"]) for r in outcomes) == {"applied": 4, "stale": 1}
+
+
+async def test_bad_training_records_are_dead_lettered(kafka, settings):
+    where = uai("0350102")
+    bad_crcn = formation("ens-0000000A", "3.4", 3, 1)
+    bad_crcn["data"]["competences"][0]["code"] = "6.1"
+    other_academie = affectation("ens-0000000A", where, 2, source="/rectorats/17")
+    bad_teacher = affectation("jean.dupont@ac-rennes.fr", where, 3)
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.FORMATION))) as dlq,
+        TopicReader(kafka.bootstrap_servers, settings.topic(COUVERTURES)) as out,
+    ):
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
+        await send(kafka.bootstrap_servers, settings.topic(c.FORMATION), [
+            ("x", bad_crcn), (where, other_academie), (where, bad_teacher), (where, affectation("ens-0000000A", where, 4))])
+        records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
+        assert [dict(r.headers)["dlq-reason"].decode() for r in records] == [
+            "crcn-invalide", "hors-competence", "teacher-id-invalide"]
+        await out.wait_for(lambda rs: any(json.loads(r.value)["data"]["enseignants"] == 1 for r in rs),
+                           what="the good affectation's coverage")

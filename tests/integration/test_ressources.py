@@ -1,0 +1,115 @@
+"""ressources alone, against the real Kafka and PostgreSQL: equipment profiles arrive as
+equipement would publish them, the catalogue as the ministère and the GAR send it."""
+
+import json
+
+import contracts as c
+from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
+from helpers import TopicReader, at, event, eventually, running, send
+from services.ressources.app import SPEC
+
+RID = "ark:/67375/integration"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def uai(digits: str) -> str:
+    return digits + c.uai_check_letter(digits)
+
+
+def college(code: str) -> dict:
+    return event(c.ETABLISSEMENT, "/ministere", {
+        "uai": code, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
+        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
+    }, subject=code, time_=at(0))
+
+
+def profil(code: str, version: int, ipados: str) -> dict:
+    return event(PROFIL_EQUIPEMENT, "/plateforme/equipement", {
+        "uai": code, "version": version, "connectivite": None,
+        "lots": [{"lot_id": "L1", "kind": "tablette", "quantity": 30, "os": {"name": "iPadOS", "version": ipados},
+                  "browsers": []}]}, subject=code, time_=at(version))
+
+
+def publiee(minute: int, min_ipados: str = "15", source: str = "/ministere") -> dict:
+    return event(c.RESSOURCE_PUBLIEE, source, {
+        "resource_id": RID, "title": "Atlas", "editor": "E", "requirements": [[{"type": "os", "name": "iPadOS",
+                                                                               "min_version": min_ipados}]],
+        "tools": [], "min_bandwidth_mbps": None, "needs_ent": False}, subject=RID, time_=at(minute))
+
+
+def abonnement(code: str, minute: int, end=None) -> dict:
+    return event(c.ABONNEMENT, "/gar", {"resource_id": RID, "uai": code, "start": "2026-09-01", "end": end},
+                 subject=code, time_=at(minute))
+
+
+def alerts_of(records, type_):
+    return [json.loads(r.value) for r in records if json.loads(r.value)["type"] == type_]
+
+
+async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with_its_trace(kafka, settings):
+    where = uai("0350201")
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils"), what="the profile")
+        sub = abonnement(where, 1)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, sub), (where, sub)])
+        records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        [levee] = alerts_of(records, c.ALERTE_LEVEE)
+        assert records[0].key == where.encode()
+        assert levee["data"]["reasons"] == [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}]
+
+        # equipement republishes: version 3, then a late version 2 that must not win.
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 3, "17"))], headers=[("traceparent", traceparent)])
+        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 2, "12.5"))])
+        records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
+        resolue = next(r for r in records if json.loads(r.value)["type"] == c.ALERTE_RESOLUE)
+        assert json.loads(resolue.value)["data"]["alert_id"] == levee["data"]["alert_id"]
+        # The trace of the record that fixed the cause goes on in the alert (outbox + FastStream middleware).
+        assert TRACE_ID in dict(resolue.headers)["traceparent"].decode()
+        assert await pipeline.pool.fetchval("SELECT version FROM profils") == 3
+        assert len(alerts_of(alerts.records, c.ALERTE_LEVEE)) == 1
+
+
+async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_id(kafka, settings):
+    where = uai("0350202")
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils"), what="the profile")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        retrait = event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(5))
+        stale = publiee(4)  # older than the withdrawal
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, retrait), (RID, stale)])
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(6))])
+        records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 2, what="a second raise")
+        kinds = [json.loads(r.value)["type"] for r in records]
+        assert kinds == [c.ALERTE_LEVEE, c.ALERTE_RESOLUE, c.ALERTE_LEVEE]
+        ids = {json.loads(r.value)["data"]["alert_id"] for r in records}
+        assert len(ids) == 1
+        assert len({json.loads(r.value)["id"] for r in records}) == 3, "each event has its own CloudEvents id"
+        assert await pipeline.pool.fetchval("SELECT outcome FROM inbox WHERE id = $1", stale["id"]) == "stale"
+
+
+async def test_catalogue_refusals_are_dead_lettered(kafka, settings):
+    known, unknown = uai("0350203"), uai("0350204")
+    bootstrap = kafka.bootstrap_servers
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(bootstrap, settings.topic(c.dlq(c.CATALOGUE))) as dlq,
+    ):
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(known, college(known))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [
+            (RID, publiee(1, source="/rectorats/14")), (unknown, abonnement(unknown, 1)),
+            (RID, publiee(1, min_ipados="15.x")), (known, abonnement(known, 2))])
+        records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
+        assert sorted(dict(r.headers)["dlq-reason"].decode() for r in records) == [
+            "hors-competence", "uai-inconnu", "version-invalide"]
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM abonnements WHERE uai = $1", known),
+                         what="the good abonnement")
