@@ -1,0 +1,34 @@
+"""The AsyncAPI documents: produced by `./dev gen` (FastStream), naming every topic of
+CONTRACTS.md, and in step with the committed copies in contracts/asyncapi/."""
+
+import json
+
+import pytest
+
+import contracts as c
+from services.asyncapi import OUT, document, specs
+
+# CONTRACTS.md's topics, and the DLQ of each topic the platform consumes. The alerts topic
+# is only written by the platform, which never refuses its own records: it has no DLQ.
+CONTRACT_TOPICS = set(c.PUBLIC_TOPICS) | {c.dlq(t) for t in (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)}
+
+
+@pytest.fixture(scope="module")
+def documents() -> dict[str, dict]:
+    return {spec.name: document(spec) for spec in specs()}
+
+
+def _addresses(doc: dict) -> set[str]:
+    return {ch.get("address", name) for name, ch in doc["channels"].items()}
+
+
+def test_every_contract_topic_is_named(documents):
+    named = set().union(*(_addresses(d) for d in documents.values()))
+    assert CONTRACT_TOPICS <= named, f"missing: {sorted(CONTRACT_TOPICS - named)}"
+
+
+def test_committed_documents_match_the_code(documents):
+    for name, doc in documents.items():
+        committed = json.loads((OUT / f"{name}.json").read_text(encoding="utf-8"))
+        assert committed == json.loads(json.dumps(doc, sort_keys=True)), (
+            f"contracts/asyncapi/{name}.json is out of date: run ./dev gen")
