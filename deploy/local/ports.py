@@ -1,0 +1,30 @@
+"""Free TCP ports on the loopback interface.
+
+The local runtime never assumes fixed ports: a developer may already run a
+Kafka on 9092 or a PostgreSQL on 5432, and CI may run several suites at once.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import ExitStack
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct ports that were free on 127.0.0.1 a moment ago.
+
+    All sockets stay bound until every port is picked, so the kernel cannot
+    hand out the same port twice within one call.
+    """
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def free_port() -> int:
+    """Return one port that was free on 127.0.0.1 a moment ago."""
+    return free_ports(1)[0]
