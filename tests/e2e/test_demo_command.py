@@ -1,0 +1,34 @@
+"""The README's run command, as a newcomer runs it: the demo shows an alert raised and
+resolved, then stops everything it started."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _platform_processes() -> set[int]:
+    """Kafka and PostgreSQL of a demo run (their data lives in feo-run-*), and services."""
+    return {p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if any("feo-run-" in part or part.startswith("services.") for part in (p.info["cmdline"] or []))}
+
+
+def test_demo_raises_and_resolves_an_alert_and_leaves_no_process_behind():
+    before = _platform_processes()
+    result = subprocess.run([sys.executable, "-m", "deploy.local", "demo", "--once"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "LOG_FORMAT": "json"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "ALERT RAISED   equipement-incompatible" in output, output[-3000:]
+    assert "ALERT RESOLVED equipement-incompatible" in output
+    assert "os-version: iPadOS 12.5 < 15" in output
+    leftovers = _platform_processes() - before
+    assert leftovers == set(), f"processes left behind: {[psutil.Process(p).cmdline() for p in leftovers]}"
