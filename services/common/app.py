@@ -7,6 +7,7 @@ after it), runs the outbox relay beside the consumer, and answers `GET /health`.
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +53,24 @@ class ServiceSpec:
     """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
     parse: Callable[[bytes, str], c.CloudEvent] = c.parse_event
     description: str = ""
+    http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
+    """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
 
 
 def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
     return msg.raw_message  # the pipeline parses and validates bytes itself
+
+
+async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, dict]:
+    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog."""
+    body = {"service": pipeline.service, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None}
+    if pipeline.pool is not None:
+        try:
+            body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM outbox")
+            body["database"] = True
+        except Exception as exc:  # reported, not raised: this is the health check
+            body["error"] = str(exc)
+    return (200 if body["kafka"] and body["database"] else 503), body
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> AsgiFastStream:
@@ -93,15 +108,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
 
     @get(description="200 when the service reaches Kafka and PostgreSQL, 503 otherwise")
     async def health(scope) -> AsgiResponse:
-        body = {"service": spec.name, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None}
-        if pipeline.pool is not None:
-            try:
-                body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM outbox")
-                body["database"] = True
-            except Exception as exc:  # reported, not raised: this is the health check
-                body["error"] = str(exc)
-        ok = body["kafka"] and body["database"]
-        return AsgiResponse(json.dumps(body).encode(), 200 if ok else 503, headers={"content-type": "application/json"})
+        status, body = await health_report(pipeline, broker)
+        return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
     async def start_database() -> None:
         pipeline.pool = await create_pool(settings.database_url, schema)
@@ -127,7 +135,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         on_shutdown=[stop],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
-    app.pipeline = pipeline  # tests and the health check reach the pool and relay through it
+    app.pipeline = pipeline  # tests and HTTP APIs reach the pool and relay through it
+
     return app
 
 
@@ -135,4 +144,6 @@ def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn."""
     settings = ServiceSettings()
     app = build_app(spec, settings)
+    if spec.http_api is not None:
+        app = spec.http_api(app, settings)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="on")

@@ -11,7 +11,7 @@ from contracts import AlerteLevee, CloudEvent, make_event
 from contracts.internal import COUVERTURE_FORMATION, PROFIL_EQUIPEMENT
 from services.common import referentiel
 from services.common.pipeline import Applied, Outgoing
-from services.ressources import store
+from services.ressources import store, stream
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate
 
@@ -35,6 +35,7 @@ def make_apply(seuils: Seuils):
         uais = ref_changed | profils | couvertures | {e.data.uai for e in abonnements.winners.values()}
         resources = {e.data.resource_id for e in catalogue.winners.values()}
         outgoing = await reevaluate(conn, uais, resources, seuils, causes)
+        await stream.notify(conn, [o.event.to_bytes() for o in outgoing])
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
 
     return apply

@@ -1,0 +1,107 @@
+"""The read side of ressources: SQL for the dashboards' API, in one place.
+
+Reads only; the write side (store.py) is the single writer of these tables.
+"""
+
+import json
+from dataclasses import dataclass
+
+import asyncpg
+
+from contracts import ALERT_KINDS
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    code_academie: str | None = None
+    code_departement: str | None = None
+    responsable_type: str | None = None
+    responsable_code: str | None = None
+    kind: str | None = None
+    state: str | None = None  # "open" | "resolved"
+
+    def where(self) -> tuple[str, list]:
+        clauses, args = [], []
+        for sql, value in (
+            ("alerte->>'code_academie' = ${}", self.code_academie),
+            ("alerte->>'code_departement' = ${}", self.code_departement),
+            ("alerte->'responsable'->>'type' = ${}", self.responsable_type),
+            ("alerte->'responsable'->>'code' = ${}", self.responsable_code),
+            ("kind = ${}", self.kind),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(sql.format(len(args)))
+        if self.state is not None:
+            clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+async def list_alertes(conn: asyncpg.Connection, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
+    where, args = f.where()
+    total = await conn.fetchval(f"SELECT count(*) FROM alertes{where}", *args)
+    rows = await conn.fetch(
+        f"SELECT ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
+        f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+        *args, limit, offset,
+    )
+    return total, [_alert(r) for r in rows]
+
+
+def _alert(r: asyncpg.Record) -> dict:
+    data = json.loads(r["alerte"])
+    data["state"] = "open" if r["ouverte"] else "resolved"
+    data["resolved_at"] = r["resolved_at"].isoformat() if r["resolved_at"] else None
+    return data
+
+
+async def etablissement(conn: asyncpg.Connection, uai: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM etablissements WHERE uai = $1", uai)
+
+
+async def abonnements_of(conn: asyncpg.Connection, uai: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        'SELECT a.resource_id, a.start, a."end", r.publiee, r.ressource FROM abonnements a '
+        "LEFT JOIN ressources r USING (resource_id) WHERE a.uai = $1 ORDER BY a.resource_id",
+        uai,
+    )
+
+
+async def open_alert_ids(conn: asyncpg.Connection, uai: str) -> dict[tuple[str, str], str]:
+    rows = await conn.fetch("SELECT resource_id, kind, alert_id FROM alertes WHERE uai = $1 AND ouverte", uai)
+    return {(r["resource_id"], r["kind"]): r["alert_id"] for r in rows}
+
+
+async def ressource(conn: asyncpg.Connection, resource_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id)
+
+
+async def synthese(conn: asyncpg.Connection, resource_id: str) -> dict[str, dict[str, int]]:
+    """Per académie, over the pairs the platform evaluates (active subscription, open
+    établissement): how many are compatible, partial, incompatible, under-trained."""
+    kinds = ", ".join(
+        f"bool_or(al.kind = '{k}') FILTER (WHERE al.ouverte) AS \"{k}\"" for k in ALERT_KINDS
+    )
+    rows = await conn.fetch(
+        f"""
+        WITH pairs AS (
+            SELECT e.code_academie, a.uai, {kinds}
+            FROM abonnements a
+            JOIN etablissements e ON e.uai = a.uai AND e.ouvert
+            LEFT JOIN alertes al ON al.uai = a.uai AND al.resource_id = a.resource_id
+            WHERE a.resource_id = $1 AND a."end" IS NULL
+            GROUP BY e.code_academie, a.uai
+        )
+        SELECT code_academie,
+               count(*) AS evalues,
+               count(*) FILTER (WHERE "equipement-incompatible") AS incompatibles,
+               count(*) FILTER (WHERE "equipement-partiel" AND NOT coalesce("equipement-incompatible", false)) AS partiels,
+               count(*) FILTER (WHERE NOT coalesce("equipement-incompatible", false)
+                                  AND NOT coalesce("equipement-partiel", false)) AS compatibles,
+               count(*) FILTER (WHERE "formation-insuffisante") AS sous_formes
+        FROM pairs GROUP BY code_academie ORDER BY code_academie
+        """,
+        resource_id,
+    )
+    return {r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
+            for r in rows}
