@@ -1,8 +1,11 @@
 """Every topic the platform needs, with its partitions and retention.
 
-Compaction only where the record key is the entity: the référentiel (key UAI, entity UAI)
-and the per-UAI profiles and coverages. Declarations are keyed by UAI but carry several
-entities per key (lots, affectations, subscriptions), so compacting them would lose state.
+Compaction only where the record key is the entity and every record is valid and newer than
+the one before it: the per-UAI profiles and coverages our own services publish. Declarations
+are keyed by UAI but carry several entities per key (lots, affectations, subscriptions), so
+compacting them would lose state. The référentiel is keyed by its entity, but a partner may
+send a refused or an older record after the valid latest one, which compaction would then keep
+in its place: it is kept whole instead (retention.ms=-1), so a new service can rebuild from it.
 """
 
 import contracts as c
@@ -14,7 +17,7 @@ DECLARATION_PARTITIONS = 6
 
 def platform_topics(prefix: str = "") -> list[TopicSpec]:
     specs = [
-        TopicSpec(c.REFERENTIEL, 3, compacted=True),
+        TopicSpec(c.REFERENTIEL, 3, keep_forever=True),
         TopicSpec(c.FORMATION, DECLARATION_PARTITIONS),
         TopicSpec(c.EQUIPEMENT, DECLARATION_PARTITIONS),
         TopicSpec(c.CATALOGUE, DECLARATION_PARTITIONS),
@@ -23,4 +26,4 @@ def platform_topics(prefix: str = "") -> list[TopicSpec]:
         TopicSpec(COUVERTURES, DECLARATION_PARTITIONS, compacted=True),
     ]
     specs += [TopicSpec(c.dlq(t.name), 1) for t in specs if t.name != c.ALERTES]
-    return [TopicSpec(prefix + t.name, t.partitions, t.compacted) for t in specs]
+    return [TopicSpec(prefix + t.name, t.partitions, t.compacted, t.keep_forever) for t in specs]

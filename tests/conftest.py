@@ -1,7 +1,8 @@
 """One real Kafka broker and one real PostgreSQL server per test session, shared; each test
 gets its own topics (unique prefix) and its own database, so tests never see each other."""
 
-import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -28,13 +29,17 @@ def kafka(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     from deploy.local.postgres import LocalPostgres
 
-    server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's basetemp: every pytest session resets its parent to mode 0700, which
+    # would lock out the server's system user if two sessions run at once.
+    data_dir = Path(tempfile.mkdtemp(prefix="feo-test-postgres-"))
+    server = LocalPostgres(data_dir)
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -137,11 +137,19 @@ def ensure_kafka_jars() -> Path:
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic the platform needs; `compacted` keeps only the last record per key."""
+    """A topic the platform needs; `compacted` keeps only the last record per key,
+    `keep_forever` keeps every record (retention.ms=-1)."""
 
     name: str
     partitions: int = 3
     compacted: bool = False
+    keep_forever: bool = False
+
+    def configs(self) -> dict[str, str]:
+        out = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.keep_forever:
+            out["retention.ms"] = "-1"
+        return out
 
 
 async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
@@ -155,7 +163,7 @@ async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
         await admin.start()
         response = await admin.create_topics([
             NewTopic(spec.name, spec.partitions, replication_factor=1,
-                     topic_configs={"cleanup.policy": "compact"} if spec.compacted else {})
+                     topic_configs=spec.configs())
             for spec in specs
         ])
     finally:

@@ -17,6 +17,11 @@ log = structlog.get_logger(__name__)
 _SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def advisory_key(name: str) -> int:
+    """A stable 64-bit key for pg_advisory locks named by a string."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
     admin = await asyncpg.connect(database_url)
     try:
@@ -39,7 +44,7 @@ def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
-    lock_id = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    lock_id = advisory_key(f"migrate:{schema}")
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", lock_id)
         try:

@@ -33,17 +33,23 @@ class Rejection:
 
 def dead_letter(rejection: Rejection) -> OutboxRecord:
     record = rejection.record
-    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+    # Kept as text in the outbox (jsonb): only the value must stay byte-exact (CONTRACTS.md),
+    # header values are decoded and stripped of NUL, which PostgreSQL text cannot hold.
+    headers = {k: _text(v.decode("utf-8", "replace")) for k, v in record.headers or ()}
     headers.update(
         {
             REASON: rejection.code,
-            MESSAGE: rejection.message,
+            MESSAGE: _text(rejection.message),
             TOPIC: record.topic,
             PARTITION: str(record.partition),
             OFFSET: str(record.offset),
         }
     )
     return OutboxRecord(dlq_topic(record.topic), record.key, record.value or b"", headers)
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "")
 
 
 async def reject(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
@@ -59,7 +65,7 @@ async def reject(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> N
         [r.record.partition for r in rejections],
         [r.record.offset for r in rejections],
         [r.code for r in rejections],
-        [r.message for r in rejections],
+        [_text(r.message) for r in rejections],
     )
     new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
     fresh = [r for r in rejections if (r.record.topic, r.record.partition, r.record.offset) in new]

@@ -8,7 +8,6 @@ lost, nothing takes effect twice.
 """
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ import asyncpg
 import structlog
 from faststream.kafka import KafkaBroker
 from opentelemetry import context as otel_context, propagate
+
+from services.common.db import advisory_key
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,7 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
-        self._lock_id = int.from_bytes(hashlib.sha256(f"relay:{schema}".encode()).digest()[:8], "big", signed=True)
+        self._lock_id = advisory_key(f"relay:{schema}")
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 

@@ -20,11 +20,13 @@ import contracts as c
 from contracts import CloudEvent, ContractError, parse_source
 from contracts.internal import INTERNAL_TOPICS
 from services.common import dlq, inbox, referentiel, rights
+from services.common.db import advisory_key
 from services.common.outbox import OutboxRecord, OutboxRelay, enqueue
 from services.common.settings import ServiceSettings
 from services.common.telemetry import context_from_headers, headers_for
 
 log = structlog.get_logger(__name__)
+_REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
 tracer = trace.get_tracer("services.common.pipeline")
 
 
@@ -69,6 +71,7 @@ class Pipeline:
         # One writer per DLQ: a topic several services read (the référentiel) is
         # dead-lettered by its owner only; the others skip what it refuses.
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
+        self._writer_lock = advisory_key(f"writer:{settings.db_schema or service}")
         self.pool: asyncpg.Pool | None = None
         self.relay: OutboxRelay | None = None
 
@@ -92,6 +95,12 @@ class Pipeline:
             spans[id(event)] = span
         try:
             outgoing = await self._transaction(parsed, rejected, spans)
+        except _REFUSED_BY_DATABASE as exc:
+            for span in spans.values():
+                span.record_exception(exc)
+                span.end()
+            await self._isolate(records, exc)
+            return
         except Exception as exc:
             for span in spans.values():
                 span.record_exception(exc)
@@ -104,12 +113,31 @@ class Pipeline:
         if outgoing or rejected:
             self.relay.wake()
 
+    async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:
+        """A record the contract accepts but PostgreSQL refuses (a NUL character, a number
+        beyond its column, a key beyond an index's size) must not block its partition: find it
+        by handling the batch record by record, and dead-letter it alone."""
+        if len(records) > 1:
+            log.warning("batch.isolating", records=len(records), error=str(exc))
+            for record in records:
+                await self.handle([record])
+            return
+        [record] = records
+        refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {type(exc).__name__}: {exc}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
+        self.relay.wake()
+
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span]) -> int:
         # Our own services' topics carry derived state; partners' topics go through the rights.
         is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
         internal = [(e, r) for e, r in parsed if is_internal(r)]
         external = [(e, r) for e, r in parsed if not is_internal(r)]
         async with self.pool.acquire() as conn, conn.transaction():
+            # One writer per schema at a time: replicas consume different partitions, and
+            # what a service derives (a UAI's coverage, profile, alerts) may be touched by
+            # records of several partitions; read-then-write across them must not interleave.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
             # Référentiel first: an établissement and an event about it may share a batch.
             ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
             accepted_ref = self._check(ref_events, {}, rejected)

@@ -52,7 +52,7 @@ async def reevaluate(
     ressources = await store.load_ressources(conn, {p["resource_id"] for p in pairs})
     profils = await store.load_profils(conn, pair_uais)
     couvertures = await store.load_couvertures(conn, pair_uais)
-    held_rows = await store.load_alertes(conn, pair_uais)
+    held_rows = await store.load_alertes(conn, [(p["uai"], p["resource_id"]) for p in pairs])
     now = datetime.now(UTC)
     rows, outgoing = [], []
     for pair in sorted(pairs, key=lambda p: (p["uai"], p["resource_id"])):
@@ -62,7 +62,7 @@ async def reevaluate(
         evaluation = evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils) if active else None
         held = {
             kind: Held(r["ouverte"], r["cycle"], AlerteLevee.model_validate_json(r["alerte"]))
-            for (u, res, kind), r in held_rows.items() if u == uai and res == rid
+            for kind, r in held_rows.get((uai, rid), {}).items()
         }
         cause = causes.get(uai) or causes.get(rid)
         for t in transitions(uai, rid, etab, evaluation, held, now):

@@ -76,13 +76,19 @@ async def load_couvertures(conn: asyncpg.Connection, uais: list[str]) -> dict[st
     return {r["uai"]: CouvertureFormation.model_validate_json(r["couverture"]) for r in rows}
 
 
-async def load_alertes(conn: asyncpg.Connection, uais: list[str]) -> dict[tuple[str, str, str], asyncpg.Record]:
+async def load_alertes(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, asyncpg.Record]]:
+    """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind."""
     rows = await conn.fetch(
         "SELECT alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, alerte FROM alertes "
-        "WHERE uai = ANY($1::text[]) FOR UPDATE",
-        uais,
+        "WHERE (uai, resource_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [u for u, _ in pairs], [r for _, r in pairs],
     )
-    return {(r["uai"], r["resource_id"], r["kind"]): r for r in rows}
+    out: dict[tuple[str, str], dict[str, asyncpg.Record]] = {}
+    for r in rows:
+        out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = r
+    return out
 
 
 async def save_alertes(conn: asyncpg.Connection, rows: list[tuple]) -> None:

@@ -102,3 +102,24 @@ async def test_bad_records_go_to_the_dlq_and_the_next_good_one_is_processed(kafk
 
         await profils.wait_for(lambda rs: any(l["lot_id"] == "L3" for r in rs for l in json.loads(r.value)["data"]["lots"]),
                                what="the good lot's profile")
+
+
+async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_goes_on(kafka, settings):
+    """Valid by the contract, refused by the database: it must not block its partition."""
+    uai = valid_uai("0350004")
+    huge = lot(uai, "L1", 3_000_000_000, 1)  # no upper bound in the contract; beyond an int column
+    nul = lot(uai, "L2", 1, 2)
+    nul["data"]["lot_id"] = "L2\u0000"
+    before, after = lot(uai, "L0", 5, 0), lot(uai, "L3", 7, 3)
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.EQUIPEMENT))) as dlq,
+    ):
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, before), (uai, huge), (uai, nul), (uai, after)])
+        records = await dlq.wait_for(lambda rs: len(rs) >= 2, what="two dead letters")
+        assert [dict(r.headers)["dlq-reason"] for r in records] == [b"donnees-invalides"] * 2
+        assert [json.loads(r.value)["id"] for r in records] == [huge["id"], nul["id"]]
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM lots"), what="the good lots")
+        assert {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")} == {"L0", "L3"}
