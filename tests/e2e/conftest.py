@@ -1,0 +1,85 @@
+"""The platform as real processes, and a partner's and a dashboard's plain Kafka clients
+(kafka-python: not the project's code)."""
+
+import json
+import time
+
+import asyncpg
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from deploy.local.processes import ServiceProcesses
+from partner import HEADERS
+
+@pytest.fixture
+def platform(kafka, database_url, topic_prefix, tmp_path):
+    procs = ServiceProcesses(
+        {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url,
+         "TOPIC_PREFIX": topic_prefix, "OUTBOX_POLL_MS": "200", "LOG_FORMAT": "json"},
+        log_dir=tmp_path,
+    )
+    procs.start()
+    try:
+        procs.wait_healthy()
+        yield procs
+    finally:
+        procs.stop()
+
+
+@pytest.fixture
+def publish(kafka, topic_prefix):
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+
+    def publish(topic: str, key: str, value: bytes) -> None:
+        producer.send(topic_prefix + topic, value, key=key.encode(), headers=HEADERS).get(timeout=10)
+
+    yield publish
+    producer.close()
+
+
+class Alerts:
+    """A dashboard reading alertes.compatibilite.v1 from the beginning."""
+
+    def __init__(self, consumer: KafkaConsumer):
+        self.consumer = consumer
+        self.seen: list[dict] = []
+
+    def wait(self, want, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in self.consumer.poll(timeout_ms=500).values():
+                self.seen += [json.loads(r.value) for r in records]
+            if want(self.seen):
+                return self.seen
+        raise AssertionError(f"alerts never matched; seen: {json.dumps(self.seen, indent=1)[:3000]}")
+
+    def of(self, kind_type: str) -> list[dict]:
+        return [a for a in self.seen if a["type"] == f"fr.education.alertes.{kind_type}.v1"]
+
+
+@pytest.fixture
+def alerts(kafka, topic_prefix):
+    consumer = KafkaConsumer(topic_prefix + "alertes.compatibilite.v1", bootstrap_servers=kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    yield Alerts(consumer)
+    consumer.close()
+
+
+@pytest.fixture
+def wait_stored(database_url):
+    """Until each `schema.table` holds a row for every UAI given: services consume different
+    topics, so a test that wants a given order across them waits for it."""
+
+    async def wait(tables: tuple[str, ...], uais: list[str], timeout: float = 60) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            deadline = time.monotonic() + timeout
+            for table in tables:
+                while await conn.fetchval(f"SELECT count(DISTINCT uai) FROM {table} WHERE uai = ANY($1::text[])",
+                                          uais) < len(set(uais)):
+                    assert time.monotonic() < deadline, f"{table} never stored all of {uais}"
+                    time.sleep(0.1)
+        finally:
+            await conn.close()
+
+    return wait
