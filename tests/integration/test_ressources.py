@@ -113,3 +113,48 @@ async def test_catalogue_refusals_are_dead_lettered(kafka, settings):
             "hors-competence", "uai-inconnu", "version-invalide"]
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM abonnements WHERE uai = $1", known),
                          what="the good abonnement")
+
+
+def assert_alternating(records) -> None:
+    """Never two alerte-levee for one alert_id without an alerte-resolue between them."""
+    last: dict[str, str] = {}
+    for r in records:
+        e = json.loads(r.value)
+        alert = e["data"]["alert_id"]
+        assert last.get(alert) != e["type"], f"{e['type']} twice in a row for {alert}"
+        assert alert in last or e["type"] == c.ALERTE_LEVEE, "an alert starts with its raise"
+        last[alert] = e["type"]
+
+
+async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka, settings):
+    ended, closed = uai("0350205"), uai("0350206")
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (ended, closed)])
+        await send(bootstrap, settings.topic(PROFILS), [(u, profil(u, 1, "12.5")) for u in (ended, closed)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM profils"), what="the profiles")
+        sub = abonnement(ended, 1)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (ended, sub), (closed, abonnement(closed, 1))])
+        await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 2, what="two raises")
+
+        # The GAR ends one subscription (plus a replay of the old one, and an older end: no effect).
+        end = abonnement(ended, 5, end="2026-12-31")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(ended, end), (ended, sub), (ended, abonnement(ended, 0))])
+        # The ministère closes the other établissement.
+        closing = college(closed)
+        closing.update(id="fermeture", time=at(5).isoformat())
+        closing["data"]["ouvert"] = False
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(closed, closing)])
+        records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_RESOLUE)) == 2, what="two resolves")
+        assert {a["data"]["uai"] for a in alerts_of(records, c.ALERTE_RESOLUE)} == {ended, closed}
+
+        # It reopens: the pair is evaluated again and the same alert is raised again.
+        reopening = college(closed)
+        reopening.update(time=at(6).isoformat())
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(closed, reopening), (closed, closing)])  # + a replay
+        records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 3, what="a raise on reopening")
+        assert_alternating(records)
+        assert await pipeline.pool.fetchval("SELECT ouvert FROM etablissements WHERE uai = $1", closed) is True
+        assert await pipeline.pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE outcome = 'stale' AND type = $1", c.ABONNEMENT) == 1
+        assert len(alerts_of(records, c.ALERTE_LEVEE)) == 3 and len(alerts_of(records, c.ALERTE_RESOLUE)) == 2
