@@ -1,0 +1,45 @@
+"""The real Ille-et-Vilaine annuaire, published to a real broker, reads back as one valid
+`etablissement` CloudEvent per UAI, keyed and subjected by UAI, from `/ministere`."""
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from contracts import CONTENT_TYPE, ETABLISSEMENT, REFERENTIEL, parse_event
+from deploy.referentiel import TopicMissingError, load, publish_etablissements
+from helpers import TopicReader
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_the_ille_et_vilaine_annuaire_reads_back_one_event_per_uai(kafka, topic_prefix, shared_data):
+    loaded = load(shared_data / "annuaire-education-ille-et-vilaine-2023.csv")
+    topic = topic_prefix + REFERENTIEL
+    reports: list[int] = []
+
+    published = await publish_etablissements(kafka.bootstrap_servers, loaded.etablissements, topic,
+                                             progress=reports.append)
+
+    assert published == len(loaded.etablissements) == 996 - len(loaded.skipped)
+    assert reports == sorted(reports) and reports[-1] == published
+    async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+        records = await reader.wait_for(lambda r: len(r) >= published, what=f"{published} référentiel records")
+    assert len(records) == published
+    expected = {e.uai: e for e in loaded.etablissements}
+    assert sorted(r.key.decode() for r in records) == sorted(expected)
+    for record in records:
+        assert dict(record.headers) == {"content-type": CONTENT_TYPE.encode()}
+        event = parse_event(record.value, REFERENTIEL)
+        assert (event.type, event.source, event.subject) == (ETABLISSEMENT, "/ministere", record.key.decode())
+        assert event.data == expected[event.subject]
+
+
+async def test_publishing_to_a_missing_topic_fails_without_creating_it(kafka, topic_prefix):
+    topic = topic_prefix + "no-such-topic"
+    with pytest.raises(TopicMissingError, match="does not exist"):
+        await publish_etablissements(kafka.bootstrap_servers, [], topic)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        assert topic not in (await producer.client.fetch_all_metadata()).topics()
+    finally:
+        await producer.stop()

@@ -1,0 +1,185 @@
+"""The loader reads both real annuaire exports in ../shared/data with the documented counts,
+skips unmappable rows with a reason, and refuses what is not an annuaire export at all."""
+
+import csv
+from collections import Counter
+
+import pytest
+
+from contracts import is_valid_uai
+from deploy.referentiel import CsvFormatError, codes, load, parse
+from deploy.referentiel.__main__ import main
+from deploy.referentiel.codes import annuaire_type, nature_type
+
+ILLE_ET_VILAINE = "annuaire-education-ille-et-vilaine-2023.csv"
+FRANCE_COLLEGES = "colleges-france-geolocalisation-2024.csv"
+# The documented mapping, restated here so that the loader's own table is checked against it.
+TYPE_ETABLISSEMENT = {"Ecole": "ecole", "École": "ecole", "Collège": "college", "Lycée": "lycee", "EREA": "erea"}
+COLLEGE_NATURES = {"COLLEGE", "COLLEGE SPECIALISE", "COLLEGE CLIMATIQUE"}
+ANNUAIRE_HEADER = (
+    "Identifiant_de_l_etablissement;Nom_etablissement;Type_etablissement;Statut_public_prive;"
+    "Code_commune;Code_departement;Code_academie;Code_region;etat"
+)
+
+
+def raw_rows(path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f, delimiter=";"))
+
+
+def test_ille_et_vilaine_loads_with_the_documented_counts_less_the_repeated_uais(shared_data):
+    rows = raw_rows(shared_data / ILLE_ET_VILAINE)
+    raw = Counter(TYPE_ETABLISSEMENT.get(r["Type_etablissement"], "autre") for r in rows)
+    assert len(rows) == 996
+    assert (raw["ecole"], raw["college"], raw["lycee"]) == (685, 117, 86)  # DOMAIN.md
+
+    loaded = load(shared_data / ILLE_ET_VILAINE)
+
+    assert loaded.format == "fr-en-annuaire-education" and loaded.rows == 996
+    # Three établissements span two lines each (etablissement_multi_lignes): the first line is kept.
+    first_lines: dict[str, dict] = {}
+    for r in rows:
+        first_lines.setdefault(r["Identifiant_de_l_etablissement"], r)
+    expected = Counter(TYPE_ETABLISSEMENT.get(r["Type_etablissement"], "autre") for r in first_lines.values())
+    assert loaded.by_type() == expected
+    assert loaded.skipped_by_reason() == {"uai-en-double": len(rows) - len(first_lines)} == {"uai-en-double": 3}
+    assert [e.nom for e in loaded.etablissements] == [r["Nom_etablissement"] for r in first_lines.values()]
+
+
+def test_ille_et_vilaine_codes_are_kept_in_the_annuaire_forms(shared_data):
+    loaded = load(shared_data / ILLE_ET_VILAINE)
+    by_uai = {e.uai: e for e in loaded.etablissements}
+    for r in raw_rows(shared_data / ILLE_ET_VILAINE):
+        e = by_uai[r["Identifiant_de_l_etablissement"]]
+        assert (e.code_departement, e.code_academie, e.code_region) == ("035", "14", "53")
+        assert e.code_commune.startswith("35") and len(e.code_commune) == 5
+    # Rectorat, DSDEN and circonscriptions have no secteur in the file: State services, public.
+    services = [e for e in loaded.etablissements if e.nom.startswith(("Rectorat", "DSDEN", "Circonscription"))]
+    assert services and all(e.statut == "public" and e.type == "autre" for e in services)
+
+
+def test_france_colleges_load_as_7654_colleges_in_34_academies(shared_data):
+    rows = raw_rows(shared_data / FRANCE_COLLEGES)
+    assert len(rows) == 7654 and {r["nature_uai_libe"] for r in rows} == COLLEGE_NATURES
+
+    loaded = load(shared_data / FRANCE_COLLEGES)
+
+    assert loaded.format == "fr-en-adresse-et-geolocalisation" and loaded.skipped == []
+    assert loaded.by_type() == {"college": 7654}  # DOMAIN.md
+    assert len({e.code_academie for e in loaded.etablissements}) == 34
+    raw = {r["numero_uai"]: r for r in rows}
+    for e in loaded.etablissements:
+        r = raw[e.uai]
+        assert (e.code_commune, e.code_departement, e.code_academie, e.code_region) == (
+            r["code_commune"], r["code_departement"], r["code_academie"], r["code_region"])
+        assert e.statut == {"Public": "public", "Privé": "prive"}[r["secteur_public_prive_libe"]]
+        assert e.nom  # the three rows without appellation_officielle fall back to another name
+
+
+@pytest.mark.parametrize("name", [ILLE_ET_VILAINE, FRANCE_COLLEGES])
+def test_every_loaded_uai_is_valid_and_loaded_once(shared_data, name):
+    uais = [e.uai for e in load(shared_data / name).etablissements]
+    assert all(is_valid_uai(u) for u in uais) and len(set(uais)) == len(uais)
+
+
+def test_not_yet_open_colleges_are_not_ouvert_and_to_be_closed_ones_still_are(shared_data):
+    etat = {r["numero_uai"]: r["etat_etablissement_libe"] for r in raw_rows(shared_data / FRANCE_COLLEGES)}
+    loaded = load(shared_data / FRANCE_COLLEGES)
+    closed = {e.uai for e in loaded.etablissements if not e.ouvert}
+    assert closed == {u for u, libe in etat.items() if libe != "OUVERT"} and len(closed) == 13
+
+    a_fermer = [r["Identifiant_de_l_etablissement"] for r in raw_rows(shared_data / ILLE_ET_VILAINE)
+                if r["etat"] == "A FERMER"]
+    annuaire = {e.uai: e for e in load(shared_data / ILLE_ET_VILAINE).etablissements}
+    assert a_fermer and all(annuaire[u].ouvert for u in a_fermer)
+
+
+def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
+    text = "\n".join([
+        "\ufeff" + ANNUAIRE_HEADER,
+        "0350852L;Collège Saint-Joseph;Collège;Privé;35047;35;14.0;53;OUVERT",
+        "0350852M;Mauvaise lettre;Collège;Public;35047;035;14;53;OUVERT",
+        "0351383N;Sans département;Ecole;Privé;35238;;14;53;OUVERT",
+        "0350122T;Statut inconnu;Ecole;Associatif;35016;035;14;53;OUVERT",
+        "0350778F;Etat inconnu;Lycée;Privé;35238;035;14;53;EN TRAVAUX",
+        "0352072M;Commune courte;Lycée;Privé;353;035;14;53;FERME",
+        "",
+    ])
+    loaded = parse(text, "inline.csv")
+    assert [(e.uai, e.code_departement, e.code_academie) for e in loaded.etablissements] == [("0350852L", "035", "14")]
+    assert [(s.line, s.uai, s.reason) for s in loaded.skipped] == [
+        (3, "0350852M", "uai-invalide"),
+        (4, "0351383N", "departement-invalide"),
+        (5, "0350122T", "statut-invalide"),
+        (6, "0350778F", "etat-invalide"),
+        (7, "0352072M", "commune-invalide"),
+    ]
+    assert all(s.detail for s in loaded.skipped) and loaded.rows == 6
+
+
+@pytest.mark.parametrize("normalise, raw, expected", [
+    (codes.departement, "035", "035"), (codes.departement, "35", "035"), (codes.departement, "35.0", "035"),
+    (codes.departement, "1", "001"), (codes.departement, "974", "974"), (codes.departement, "2A", "02A"),
+    (codes.departement, "02b", "02B"), (codes.departement, "0", None), (codes.departement, "A35", None),
+    (codes.departement, "", None), (codes.academie, "14", "14"), (codes.academie, "14.0", "14"),
+    (codes.academie, "4", "04"), (codes.academie, "140", None), (codes.academie, "14.5", None),
+    (codes.region, "53", "53"), (codes.region, "00", "00"), (codes.region, "4.0", "04"),
+    (codes.commune, "35016", "35016"), (codes.commune, "1053", "01053"), (codes.commune, "35016.0", "35016"),
+    (codes.commune, "2a004", "2A004"), (codes.commune, "97411", "97411"), (codes.commune, "353", None),
+])
+def test_codes_are_put_in_the_annuaire_form(normalise, raw, expected):
+    assert normalise(raw) == expected
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("Ecole", "ecole"), ("École", "ecole"), ("Collège", "college"), ("Lycée", "lycee"), ("EREA", "erea"),
+    ("Médico-social", "autre"), ("Information et orientation", "autre"), ("Service Administratif", "autre"),
+    ("Autre", "autre"), ("", "autre"),
+])
+def test_type_etablissement_maps_to_our_types(label, expected):
+    assert annuaire_type(label) == expected
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("ECOLE MATERNELLE", "ecole"), ("ECOLE DE NIVEAU ELEMENTAIRE SPECIALISEE", "ecole"),
+    ("ECOLE ELEMENTAIRE D APPLICATION", "ecole"), ("COLLEGE CLIMATIQUE", "college"),
+    ("LYCEE PROFESSIONNEL", "lycee"), ("LYCEE ENS GENERAL TECHNO PROF AGRICOLE", "lycee"),
+    ("SECTION D ENSEIGNEMENT PROFESSIONNEL", "lycee"), ("ETAB REGIONAL/LYCEE ENSEIGNEMENT ADAPTE", "erea"),
+    ("ETABLISSEMENT REGIONAL D'ENSEIGNT ADAPTE", "erea"), ("ECOLES COMPOSEES UNIQT DE STS ET OU CPGE", "autre"),
+    ("ECOLE SECONDAIRE SPECIALISEE (2 D CYCLE)", "autre"), ("INSTITUT MEDICO-EDUCATIF", "autre"),
+    ("SECTION ENSEIGNT GEN. ET PROF. ADAPTE", "autre"),
+])
+def test_nature_uai_libe_maps_to_our_types(label, expected):
+    assert nature_type(label) == expected
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"uai,nom,type\n0350852L,College,college\n", r"not a ';'-separated CSV \(it uses ','\)"),
+    (b"\xef\xbb\xbfuai;nom;type\n0350852L;College;college\n", r"unknown header.*lacks Identifiant_de_l_etablissement"),
+    (ANNUAIRE_HEADER.encode() + "\n0350852L;Collège;Collège;Privé;35047;035;14;53;OUVERT\n".encode("latin-1"),
+     r"not UTF-8 \(byte 0xe8 at offset \d+\)"),
+    (b"", "empty file"),
+    (b"\xef\xbb\xbf\n", "empty file"),
+])
+def test_a_malformed_file_raises_an_error_naming_the_file_and_the_problem(tmp_path, content, problem):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(CsvFormatError, match=problem) as error:
+        load(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_the_cli_exits_non_zero_with_one_line_on_a_malformed_file(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"a,b\n1,2\n")
+    assert main(["load", str(path), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: not a ';'-separated CSV")
+
+
+def test_the_cli_dry_run_summarises_types_and_skip_reasons(shared_data, capsys):
+    assert main(["load", str(shared_data / ILLE_ET_VILAINE), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "996 rows" in out
+    assert "loaded 993: ecole 685, college 116, lycee 84, erea 2, autre 106" in out
+    assert "skipped 3: uai-en-double 3" in out
