@@ -54,12 +54,15 @@ def _entry_miss(entry: Exigence, lot: LotProfil) -> tuple[str, str] | None:
     candidates: Sequence[Logiciel] = [lot.os] if entry.type == "os" else lot.browsers
     if is_any(entry.name):
         return None
-    for sw in candidates:
+    miss = None
+    for sw in candidates:  # a lot may carry several versions of one browser: any may match
         if fold_name(sw.name) == fold_name(entry.name):
             out = _within(sw.version, entry)
             if out is None:
                 return None
-            return f"{entry.type}-version", f"{display_name(sw.name)} {out}"
+            miss = miss or (f"{entry.type}-version", f"{display_name(sw.name)} {out}")
+    if miss:
+        return miss
     have = ", ".join(f"{display_name(s.name)} {s.version}" for s in candidates) or "aucun"
     return f"{entry.type}-absent", f"{display_name(entry.name)} requis, {lot.kind} {lot.lot_id}: {have}"
 

@@ -5,12 +5,6 @@ and DOMAIN.md's vocabulary list.
 Nothing is imported from services/ressources except the function under test, its `Seuils`
 and its reason cap: version comparison and name folding are re-implemented here, so that a
 shared helper bug cannot make both sides agree.
-
-Known gap, left out of the generated inputs until `evaluate` is fixed: a lot carrying two
-versions of one browser (`Firefox 100` and `Mozilla Firefox 128`, say) against an entry
-`Firefox >= 115`. The contract says a `browser` entry "matches one of its browsers, by name and
-with the version inside the optional bounds", so the lot satisfies it; `evaluate` judges only the
-first browser of that name. `cases(same_name_browsers=True)` generates such lots.
 """
 
 import re
@@ -210,16 +204,14 @@ shares = st.sampled_from((0.0, 0.25, 0.5, 1.0)) | st.floats(0, 1, allow_nan=Fals
 
 
 @st.composite
-def cases(draw, same_name_browsers: bool = False):
+def cases(draw):
     """(ressource, profil, couverture, seuils).
 
     One établissement's fleet and one resource's requirements share a small vocabulary (one to
     three OS, browsers and kinds, each written in any of its spellings and cases; two or three
     version values, each written with or without trailing zeros), as in real life, so that
-    names, versions and bounds actually meet and tie.
-
-    `same_name_browsers=False` keeps one browser per name (after folding) on a lot: two
-    versions of one browser on a lot are not yet handled by `evaluate` (module docstring)."""
+    names, versions and bounds actually meet and tie; a lot may carry several versions of
+    one browser."""
     def upto(k: int) -> int:
         return draw(INTEGERS_UPTO[k])
 
@@ -250,11 +242,7 @@ def cases(draw, same_name_browsers: bool = False):
         return version() if upto(1) else None
 
     def a_browser_list() -> list[Logiciel]:
-        browsers = [Logiciel(name=one_of(browser_names), version=version()) for _ in range(upto(3))]
-        if not same_name_browsers:
-            seen = set()
-            browsers = [b for b in browsers if not (naive_name(b.name) in seen or seen.add(naive_name(b.name)))]
-        return browsers
+        return [Logiciel(name=one_of(browser_names), version=version()) for _ in range(upto(3))]
 
     def a_lot(i: int) -> LotProfil:
         has_os = upto(3) > 0
@@ -380,6 +368,11 @@ EDGES = {
     ),
     "no-teacher-counted-no-training-alert": (
         (res(training=Formation(tools=["TNI"])), prof(lot("a", 1, ("Windows", "11"))), cov(0), Seuils()),
+        set(),
+    ),
+    "any-browser-of-that-name-may-match": (
+        (res([[Exigence(type="browser", name="Firefox", min_version="115")]]),
+         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "100"), ("Mozilla Firefox", "128")])), None, Seuils()),
         set(),
     ),
     "bandwidth-equal-to-minimum": (

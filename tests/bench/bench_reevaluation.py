@@ -1,0 +1,102 @@
+"""How long ressources takes to re-evaluate every pair of one resource subscribed by N
+établissements (default 5,000), on a real PostgreSQL.
+
+    ./dev shell tests/bench/bench_reevaluation.py [--etablissements 5000] [--repeat 3]
+
+Runs the service's own `apply` on a `ressource-publiee` event inside a transaction, as the
+consumer does for a batch, and prints three figures measured in the same run:
+- first publication: every pair evaluated, alerts raised for half of them;
+- republication with stricter requirements: every pair re-evaluated, alerts raised/resolved;
+- baseline, republication with the same requirements: every pair re-evaluated, nothing changes.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import contracts as c
+from contracts import RessourcePubliee, make_event
+from deploy.local.postgres import LocalPostgres
+from services.common.db import create_pool, migrate
+from services.ressources.handlers import make_apply
+from services.ressources.rules import Seuils
+
+RID = "ark:/67375/bench"
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def uai(n: int) -> str:
+    digits = f"{35 * 100000 + n:07d}"
+    return digits + c.uai_check_letter(digits)
+
+
+async def seed(conn, n: int) -> None:
+    uais = [uai(i) for i in range(n)]
+    await conn.copy_records_to_table("etablissements", records=[
+        (u, f"Collège {u}", "college", "public", "35238", "035", "14", "53", True, T0) for u in uais],
+        columns=["uai", "nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region",
+                 "ouvert", "event_time"])
+    # Half the établissements run iPadOS 12.5 (incompatible with >= 15), half iPadOS 17.
+    profils = [(u, 1, json.dumps({"uai": u, "version": 1, "connectivite": {"bandwidth_mbps": 50.0, "ent": True},
+                                  "lots": [{"lot_id": "L1", "kind": "tablette", "quantity": 30, "browsers": [],
+                                            "os": {"name": "iPadOS", "version": "12.5" if i % 2 else "17.1"}}]}))
+               for i, u in enumerate(uais)]
+    await conn.executemany("INSERT INTO profils (uai, version, profil) VALUES ($1, $2, $3::jsonb)", profils)
+    couvertures = [(u, 1, json.dumps({"uai": u, "version": 1, "enseignants": 40,
+                                      "competences": {"3.4": [30, 25, 20, 10, 5, 0, 0, 0]}, "outils": {"tni": 30}}))
+                   for u in uais]
+    await conn.executemany("INSERT INTO couvertures (uai, version, couverture) VALUES ($1, $2, $3::jsonb)", couvertures)
+    await conn.copy_records_to_table("abonnements", records=[(RID, u, T0.date(), None, T0) for u in uais],
+                                     columns=["resource_id", "uai", "start", "end", "event_time"])
+
+
+def publication(minute: int, min_version: str) -> c.CloudEvent:
+    data = RessourcePubliee(resource_id=RID, title="Bench", editor="E",
+                            requirements=[[c.Exigence(type="os", name="iPadOS", min_version=min_version)]],
+                            training=c.Formation(competences=[c.Competence(code="3.4", level=3)]))
+    return make_event(c.RESSOURCE_PUBLIEE, data, source="/ministere", time=T0 + timedelta(minutes=minute))
+
+
+async def timed(pool, apply, event) -> tuple[float, int]:
+    async with pool.acquire() as conn, conn.transaction():
+        start = time.perf_counter()
+        applied = await apply(conn, [event], set())
+        return time.perf_counter() - start, len(applied.outgoing)
+
+
+async def main(n: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp, LocalPostgres(Path(tmp)) as pg:
+        url = await pg.create_database("bench")
+        pool = await create_pool(url, "ressources")
+        await migrate(pool, "ressources", Path(__file__).resolve().parents[2] / "services" / "ressources")
+        async with pool.acquire() as conn:
+            await seed(conn, n)
+        apply = make_apply(Seuils())
+        minute = 0
+        rows = {"first publication (raise)": [], "stricter requirements (raise/resolve)": [],
+                "same requirements (baseline, no change)": []}
+        for _ in range(repeat):
+            async with pool.acquire() as conn:
+                await conn.execute("TRUNCATE alertes, ressources, outbox, inbox")
+            for label, version in zip(rows, ("15", "17.2", "17.2"), strict=True):
+                minute += 1
+                seconds, emitted = await timed(pool, apply, publication(minute, version))
+                rows[label].append((seconds, emitted))
+        await pool.close()
+    print(f"ressources re-evaluation of one resource subscribed by {n:,} établissements ({repeat} runs, median)")
+    for label, runs in rows.items():
+        seconds = statistics.median(s for s, _ in runs)
+        print(f"  {label:42s} {seconds * 1000:8.0f} ms  {n / seconds:8.0f} pairs/s  events emitted: {runs[-1][1]}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--etablissements", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.etablissements, args.repeat))
