@@ -17,6 +17,8 @@ import os
 import shutil
 import signal
 import socket
+import urllib.request
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ from deploy.local import scenario
 from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root, create_topics
 from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import ServiceProcesses
+from deploy.referentiel.publish import publish_etablissements
 from deploy.topology import platform_topics
 
 DATABASE = "former_equiper_outiller"
@@ -49,8 +52,9 @@ def _port_free(port: int) -> bool:
 
 
 class Platform:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, log_level: str = "INFO"):
         self.data_dir = data_dir
+        self.log_level = log_level
         self.kafka = LocalKafka(data_dir / "kafka", port=9092 if _port_free(9092) else None)
         self.postgres = LocalPostgres(data_dir / "postgres")
         self.services: ServiceProcesses | None = None
@@ -72,6 +76,7 @@ class Platform:
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             "DATABASE_URL": self.database_url,
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
         }
         self.services = ServiceProcesses(env)
         self.services.start()
@@ -88,62 +93,93 @@ class Platform:
         self.kafka.stop()
 
 
-def _show_alert(value: bytes) -> dict:
-    event = json.loads(value)
-    d = event["data"]
-    verb = "RAISED  " if event["type"] == c.ALERTE_LEVEE else "RESOLVED"
-    reasons = "; ".join(f"{r['code']}: {r['detail']}" for r in d["reasons"])
-    print(f"\n  ALERT {verb} {d['kind']} at {d['uai']} for {d['resource_id']}\n"
-          f"        {reasons}  (compatible {d['compatible']}/{d['devices']})\n", flush=True)
-    return event
-
-
-async def _wait_row(database_url: str, table: str, uai: str, timeout: float = 60) -> None:
+async def _wait(database_url: str, query: str, expected: int, what: str, timeout: float = 120) -> None:
+    """Until `query` returns `expected` (a count): the services work in their own time."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout
-        while not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE uai = $1)", uai):
+        while (value := await conn.fetchval(query)) != expected:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{table} never received {uai}")
-            await asyncio.sleep(0.1)
+                raise TimeoutError(f"{what}: {value} after {timeout} s, expected {expected}")
+            await asyncio.sleep(0.2)
     finally:
         await conn.close()
 
 
-async def play(platform: Platform) -> list[dict]:
-    """The scenario; returns the alerts seen, in order."""
-    bootstrap = platform.kafka.bootstrap_servers
-    alerts = AIOKafkaConsumer(c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await alerts.start()
-    seen: list[dict] = []
+class AlertTail:
+    """The dashboard's view: every alert event on alertes.compatibilite.v1, in order."""
 
-    async def until(type_: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(e["type"] == type_ for e in seen):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {type_} within {timeout} s")
-            for records in (await alerts.getmany(timeout_ms=500)).values():
-                seen.extend(_show_alert(r.value) for r in records)
+    def __init__(self, bootstrap: str):
+        self.consumer = AIOKafkaConsumer(c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                         group_id=None)
+        self.events: list[dict] = []
 
+    async def drain(self) -> None:
+        while batch := await self.consumer.getmany(timeout_ms=1000):
+            self.events += [json.loads(r.value) for records in batch.values() for r in records]
+
+    def summary(self, type_: str) -> str:
+        counts = Counter(e["data"]["kind"] for e in self.events if e["type"] == type_)
+        return "\n".join(f"      {kind:28s} {counts.get(kind, 0):4d}" for kind in c.ALERT_KINDS)
+
+    def example(self, kind: str) -> str:
+        d = next((e["data"] for e in self.events if e["type"] == c.ALERTE_LEVEE and e["data"]["kind"] == kind), None)
+        if d is None:
+            return f"      {kind}: none"
+        reasons = "; ".join(f"{r['code']}: {r['detail']}" for r in d["reasons"])
+        return f"      {kind} at {d['uai']} for {d['resource_id']}: {reasons}"
+
+
+async def play(platform: Platform) -> AlertTail:
+    """The scenario; returns the dashboard's view of the alerts."""
+    bootstrap, db = platform.kafka.bootstrap_servers, platform.database_url
+    etabs = scenario.referentiel()
+    equipped = [e for e in etabs if e.ouvert and scenario.equipeur(e)]
+    types = Counter(e.type for e in etabs)
+    say(f"ministère: référentiel of {len(etabs)} synthetic établissements of département {scenario.DEPARTEMENT} "
+        f"({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})")
+    await publish_etablissements(bootstrap, etabs)
+    for schema in ("formation", "equipement", "ressources"):
+        await _wait(db, f"SELECT count(*) FROM {schema}.etablissements", len(etabs), f"{schema}'s référentiel")
+    sent = await scenario.send(bootstrap, scenario.declarations(etabs))
+    say(f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
+        "affectations, trainings)")
+    await _wait(db, "SELECT count(*) FROM ressources.profils", len(equipped), "equipment profiles")
+    await _wait(db, "SELECT count(*) FROM ressources.couvertures", len(equipped), "training coverages")
+    subs = list(scenario.catalogue(etabs))
+    say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
+    await scenario.send(bootstrap, subs)
+    await _wait(db, "SELECT count(*) FROM ressources.abonnements", len(subs) - 3, "subscriptions")
+    await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
+    tail = AlertTail(bootstrap)
+    await tail.consumer.start()
     try:
-        say(f"ministère: référentiel entry of collège {scenario.UAI}")
-        await scenario.send(bootstrap, scenario.referentiel())
-        for schema in ("equipement", "ressources"):
-            await _wait_row(platform.database_url, f"{schema}.etablissements", scenario.UAI)
-        say("département 035: 30 tablets on iPadOS 12.5")
-        await scenario.send(bootstrap, scenario.old_tablets())
-        await _wait_row(platform.database_url, "ressources.profils", scenario.UAI)
-        say(f"ministère publishes {scenario.RESOURCE} (iPadOS ≥ 15 or Windows ≥ 10, one TNI); the GAR subscribes the collège")
-        await scenario.send(bootstrap, scenario.catalogue())
-        await until(c.ALERTE_LEVEE)
-        say("département 035: tablets updated to iPadOS 17.1, a TNI installed in room 12")
-        await scenario.send(bootstrap, scenario.fix())
-        await until(c.ALERTE_RESOLUE)
+        await tail.drain()
+        say(f"alerts raised on {c.ALERTES}, by kind:\n{tail.summary(c.ALERTE_LEVEE)}")
+        say("one of each:\n" + "\n".join(tail.example(k) for k in c.ALERT_KINDS))
+        sent = await scenario.send(bootstrap, scenario.renovation(etabs))
+        say(f"département 035 replaces the old computers of its collèges ({sent} lots)")
+        await _wait(db, "SELECT count(*) FROM equipement.outbox", 0, "new profiles published")
+        await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
+        await tail.drain()
+        say(f"alerts resolved, by kind:\n{tail.summary(c.ALERTE_RESOLUE)}")
     finally:
-        await alerts.stop()
-    say(f"scenario done: {sum(e['type'] == c.ALERTE_LEVEE for e in seen)} alert(s) raised, "
-        f"{sum(e['type'] == c.ALERTE_RESOLUE for e in seen)} resolved")
-    return seen
+        await tail.consumer.stop()
+    _show_api(platform.services.ports["ressources"], next(e.uai for e in equipped if e.type == "college"))
+    return tail
+
+
+def _show_api(port: int, uai: str) -> None:
+    base = f"http://127.0.0.1:{port}"
+    say(f"the read API for dashboards (OpenAPI: {base}/docs):")
+    for path in (f"/alertes?code_departement=035&state=open&limit=2", f"/etablissements/{uai}",
+                 f"/ressources/{scenario.MANUEL}"):
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            body = json.dumps(json.loads(response.read()), ensure_ascii=False, indent=1)
+        lines = body.splitlines()
+        print(f"\n  $ curl '{base}{path}'\n" + "\n".join("    " + l for l in lines[:25])
+              + ("\n    …" if len(lines) > 25 else ""), flush=True)
+    print(f"\n  live stream of alert changes (Server-Sent Events): curl -N '{base}/alertes/flux'\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data_dir = Path(tempfile.mkdtemp(prefix="feo-run-"))
-    platform = Platform(data_dir)
+    # The demo's story is in its own lines; the services' per-event logs would bury it
+    # (LOG_LEVEL=INFO ./dev demo shows them).
+    platform = Platform(data_dir, log_level="WARNING" if args.command == "demo" else "INFO")
     # SIGTERM (a stop command, CI) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

@@ -1,23 +1,38 @@
-"""A short, realistic scenario for the demo: what partners would send on a school morning.
+"""A realistic morning for the demo, on a synthetic référentiel of one département (035).
 
-The ministère publishes the référentiel entry of a collège and a resource, the GAR subscribes
-the collège, the département declares old tablets: the platform raises
-`equipement-incompatible`. The département then updates the tablets and installs a TNI: the
-alert resolves. Events are plain CloudEvents JSON, as any partner's Kafka client would send.
+The ministère publishes a few hundred établissements; each collectivité declares the
+equipment of those it equips (communes the écoles, the département the collèges, the région
+the lycées); the rectorat of Rennes declares affectations and trainings; the ministère
+publishes three resources and the GAR subscribes établissements. Every alert kind appears.
+Then the département replaces its old collège computers and alerts resolve.
+
+Events are plain CloudEvents JSON, as any partner's Kafka client would send them; the same
+seed gives the same scenario.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
 import contracts as c
+from contracts import Etablissement
+from deploy.referentiel.generator import generate
 
-UAI = "0350042" + c.uai_check_letter("0350042")  # a collège of Ille-et-Vilaine (synthetic)
-RESOURCE = "ark:/67375/demo-manuel-svt-cycle4"
+DEPARTEMENT = "035"
+SEED = 2026
+RECTORAT = "/rectorats/14"
+MANUEL, ROBOTS, ATLAS = "ark:/67375/demo-manuel-svt", "ark:/67375/demo-robots-cycle3", "ark:/67375/demo-atlas"
+Record = tuple[str, str, bytes]  # topic, key, value
+
+
+def referentiel(count: int = 300) -> list[Etablissement]:
+    return list(generate(count, SEED, departement=DEPARTEMENT))
 
 
 def _event(type_: str, source: str, data: dict, subject: str) -> bytes:
@@ -28,50 +43,105 @@ def _event(type_: str, source: str, data: dict, subject: str) -> bytes:
     }).encode()
 
 
-def referentiel() -> list[tuple[str, str, bytes]]:
-    return [(c.REFERENTIEL, UAI, _event(c.ETABLISSEMENT, "/ministere", {
-        "uai": UAI, "nom": "Collège des Gayeulles", "type": "college", "statut": "public",
-        "code_commune": "35238", "code_departement": "035", "code_academie": "14", "code_region": "53",
-        "ouvert": True}, UAI))]
+def equipeur(e: Etablissement) -> str | None:
+    """The collectivité that equips `e` (CONTRACTS.md, who may declare what)."""
+    return {"ecole": f"/collectivites/communes/{e.code_commune}",
+            "college": f"/collectivites/departements/{e.code_departement}",
+            "lycee": f"/collectivites/regions/{e.code_region}",
+            "erea": f"/collectivites/regions/{e.code_region}"}.get(e.type)
 
 
-def old_tablets() -> list[tuple[str, str, bytes]]:
-    return [(c.EQUIPEMENT, UAI, _lot("tablettes-6e", "tablette", 30, "12.5"))]
+def _lot(e: Etablissement, lot_id: str, kind: str, quantity: int, os: tuple[str, str] | None,
+         browsers: list[tuple[str, str]] = ()) -> Record:
+    data = {"uai": e.uai, "lot_id": lot_id, "kind": kind, "quantity": quantity,
+            "os": {"name": os[0], "version": os[1]} if os else None,
+            "browsers": [{"name": n, "version": v} for n, v in browsers]}
+    return c.EQUIPEMENT, e.uai, _event(c.LOT, equipeur(e), data, e.uai)
 
 
-def catalogue() -> list[tuple[str, str, bytes]]:
-    return [
-        (c.CATALOGUE, RESOURCE, _event(c.RESSOURCE_PUBLIEE, "/ministere", {
-            "resource_id": RESOURCE, "title": "Manuel numérique SVT cycle 4", "editor": "Éditions Exemple",
-            "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"},
-                              {"type": "os", "name": "Windows", "min_version": "10"}]],
-            "tools": [{"kind": "TNI", "min_quantity": 1}], "min_bandwidth_mbps": None, "needs_ent": False,
-            "training": {"competences": [], "tools": []}}, RESOURCE)),
-        (c.CATALOGUE, UAI, _event(c.ABONNEMENT, "/gar", {
-            "resource_id": RESOURCE, "uai": UAI, "start": "2026-09-01", "end": None}, UAI)),
-    ]
+def declarations(etabs: list[Etablissement]) -> Iterator[Record]:
+    """What collectivités and the rectorat declare: lots, connectivity, affectations, trainings."""
+    rng = random.Random(SEED)
+    for e in etabs:
+        if not e.ouvert or equipeur(e) is None:
+            continue
+        if e.type == "ecole":
+            version = rng.choice(["12.5", "16.7", "17.1"])
+            yield _lot(e, "tablettes", "tablette", rng.randint(8, 16), ("iPadOS", version), [("Safari", version)])
+        elif e.type == "college":
+            yield _lot(e, "salle-info", "ordinateur", rng.randint(15, 30), ("Windows", "11"), [("Edge", "120")])
+            if rng.random() < 0.4:  # an old room still on Windows 7
+                yield _lot(e, "salle-info-2", "ordinateur", rng.randint(20, 30), ("Windows", "7"),
+                           [("Internet Explorer", "11")])
+        else:
+            yield _lot(e, "portables", "ordinateur portable", rng.randint(20, 35), ("Ubuntu", "22.04"),
+                       [("Firefox", "128")])
+            if rng.random() < 0.5:
+                yield _lot(e, "robots", "robot programmable", rng.randint(2, 6), None)
+        if rng.random() < 0.8:
+            yield _lot(e, "tni", "TNI", rng.randint(1, 4), None)
+        link = {"uai": e.uai, "bandwidth_mbps": rng.choice([4, 8, 30, 100, 1000]), "ent": rng.random() < 0.85}
+        yield c.EQUIPEMENT, e.uai, _event(c.CONNECTIVITE, equipeur(e), link, e.uai)
+        for n in range(rng.randint(4, 12)):
+            teacher = f"ens-{e.uai}-{n:02d}"
+            yield c.FORMATION, e.uai, _event(c.AFFECTATION, RECTORAT, {
+                "teacher_id": teacher, "uai": e.uai, "start": "2026-09-01", "end": None}, e.uai)
+            if rng.random() < (0.7 if e.type == "lycee" else 0.3):
+                yield c.FORMATION, teacher, _event(c.FORMATION_SUIVIE, RECTORAT, {
+                    "teacher_id": teacher, "module_id": "magistere-robotique", "title": "Robotique pédagogique",
+                    "dispositif": "magistere", "completed_on": "2026-10-01",
+                    "competences": [{"code": "3.4", "level": rng.randint(2, 4)}], "tools": ["robot programmable"]},
+                    teacher)
 
 
-def fix() -> list[tuple[str, str, bytes]]:
-    return [
-        (c.EQUIPEMENT, UAI, _lot("tablettes-6e", "tablette", 30, "17.1")),
-        (c.EQUIPEMENT, UAI, _event(c.LOT, "/collectivites/departements/035", {
-            "uai": UAI, "lot_id": "tni-salle-12", "kind": "TNI", "quantity": 1, "os": None, "browsers": []}, UAI)),
-    ]
+def catalogue(etabs: list[Etablissement]) -> Iterator[Record]:
+    """Three resources from the ministère, and the GAR's subscriptions."""
+    resources = {
+        MANUEL: {"title": "Manuel numérique SVT cycle 4", "editor": "Éditions Exemple",
+                 "requirements": [[{"type": "os", "name": "Windows", "min_version": "10"},
+                                   {"type": "os", "name": "iPad OS", "min_version": "15"},
+                                   {"type": "os", "name": "Linux"}]],
+                 "tools": [{"kind": "TNI", "min_quantity": 1}], "needs_ent": True},
+        ROBOTS: {"title": "Programmer des robots au cycle 3", "editor": "Canopé",
+                 "tools": [{"kind": "robot programmable", "min_quantity": 2}],
+                 "training": {"competences": [{"code": "3.4", "level": 3}], "tools": ["robot programmable"]}},
+        ATLAS: {"title": "Atlas géographique en ligne", "editor": "IGN Éducation",
+                "requirements": [[{"type": "browser", "name": "Firefox", "min_version": "115"},
+                                  {"type": "browser", "name": "Google Chrome", "min_version": "110"},
+                                  {"type": "browser", "name": "Edge", "min_version": "110"},
+                                  {"type": "browser", "name": "Safari", "min_version": "16"}]],
+                "min_bandwidth_mbps": 20},
+    }
+    for rid, data in resources.items():
+        yield c.CATALOGUE, rid, _event(c.RESSOURCE_PUBLIEE, "/ministere", {"resource_id": rid, **data}, rid)
+    subscribed = {MANUEL: ("college", "ecole"), ROBOTS: ("lycee", "college"), ATLAS: ("ecole", "college", "lycee")}
+    for e in etabs:
+        for rid, types in subscribed.items():
+            if e.type in types:
+                yield c.CATALOGUE, e.uai, _event(c.ABONNEMENT, "/gar", {
+                    "resource_id": rid, "uai": e.uai, "start": "2026-09-01", "end": None}, e.uai)
 
 
-def _lot(lot_id: str, kind: str, quantity: int, ipados: str) -> bytes:
-    return _event(c.LOT, "/collectivites/departements/035", {
-        "uai": UAI, "lot_id": lot_id, "kind": kind, "quantity": quantity,
-        "os": {"name": "iPadOS", "version": ipados}, "browsers": [{"name": "Safari", "version": ipados}]}, UAI)
+def renovation(etabs: list[Etablissement]) -> Iterator[Record]:
+    """The département moves its collèges' old rooms to Windows 11 and a recent browser."""
+    rng = random.Random(SEED)
+    for e in etabs:
+        if e.type == "college" and e.ouvert:
+            yield _lot(e, "salle-info-2", "ordinateur", rng.randint(20, 30), ("Windows", "11"), [("Edge", "120")])
 
 
-async def send(bootstrap: str, records: list[tuple[str, str, bytes]], prefix: str = "") -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def send(bootstrap: str, records: list[Record] | Iterator[Record], prefix: str = "") -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
     await producer.start()
+    sent = 0
     try:
+        batch = []
         for topic, key, value in records:
-            await producer.send_and_wait(prefix + topic, value, key=key.encode(),
-                                         headers=[("content-type", c.CONTENT_TYPE.encode())])
+            batch.append(await producer.send(prefix + topic, value, key=key.encode(),
+                                             headers=[("content-type", c.CONTENT_TYPE.encode())]))
+            sent += 1
+        for future in batch:
+            await future
     finally:
         await producer.stop()
+    return sent

@@ -33,3 +33,4 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> N
     structlog.contextvars.bind_contextvars(service=service)
     # FastStream and aiokafka log through the standard library: keep them, less chatty.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{service} %(name)s %(levelname)s %(message)s")
+    logging.getLogger("faststream").setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

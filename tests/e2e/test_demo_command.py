@@ -2,6 +2,7 @@
 resolved, then stops everything it started."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ def test_demo_raises_and_resolves_an_alert_and_leaves_no_process_behind():
                             env={**os.environ, "LOG_FORMAT": "json"})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "ALERT RAISED   equipement-incompatible" in output, output[-3000:]
-    assert "ALERT RESOLVED equipement-incompatible" in output
-    assert "os-version: iPadOS 12.5 < 15" in output
+    raised, resolved = output.split("alerts raised on", 1)[1].split("alerts resolved", 1)
+    for kind in ("equipement-incompatible", "equipement-partiel", "connectivite-insuffisante", "ent-indisponible",
+                 "formation-insuffisante"):
+        count = re.search(rf"^\s+{kind}\s+(\d+)$", raised, re.M)
+        assert count and int(count.group(1)) > 0, f"no {kind} raised:\n{raised[:2000]}"
+    assert re.search(r"^\s+equipement-partiel\s+[1-9]\d*$", resolved, re.M), resolved[:2000]
+    assert "/alertes/flux" in output and '"total":' in output
     leftovers = _platform_processes() - before
     assert leftovers == set(), f"processes left behind: {[psutil.Process(p).cmdline() for p in leftovers]}"
