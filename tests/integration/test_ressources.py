@@ -95,6 +95,11 @@ async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_
         assert len({json.loads(r.value)["id"] for r in records}) == 3, "each event has its own CloudEvents id"
         assert await pipeline.pool.fetchval("SELECT outcome FROM inbox WHERE id = $1", stale["id"]) == "stale"
 
+        # Re-published with requirements the tablets meet: the pair is re-evaluated and resolves.
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(7, min_ipados="12"))])
+        records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_RESOLUE)) == 2, what="a second resolve")
+        assert [json.loads(r.value)["type"] for r in records][-1] == c.ALERTE_RESOLUE
+
 
 async def test_catalogue_refusals_are_dead_lettered(kafka, settings):
     known, unknown = uai("0350203"), uai("0350204")

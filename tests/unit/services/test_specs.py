@@ -6,7 +6,7 @@ import json
 import pytest
 
 import contracts as c
-from services.asyncapi import OUT, document, specs
+from services.specs import OPENAPI, OUT, document, openapi, specs
 
 # CONTRACTS.md's topics, and the DLQ of each topic the platform consumes. The alerts topic
 # is only written by the platform, which never refuses its own records: it has no DLQ.
@@ -32,3 +32,10 @@ def test_committed_documents_match_the_code(documents):
         committed = json.loads((OUT / f"{name}.json").read_text(encoding="utf-8"))
         assert committed == json.loads(json.dumps(doc, sort_keys=True)), (
             f"contracts/asyncapi/{name}.json is out of date: run ./dev gen")
+
+
+def test_committed_openapi_document_matches_the_api():
+    committed = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    assert committed == json.loads(json.dumps(openapi(), sort_keys=True)), (
+        "contracts/openapi/ressources.json is out of date: run ./dev gen")
+    assert {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}"} <= set(committed["paths"])
