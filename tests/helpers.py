@@ -108,3 +108,20 @@ class running:
 
     async def __aexit__(self, *exc):
         await self._ctx.__aexit__(*exc)
+
+
+def uai(digits: str) -> str:
+    """A valid UAI from its seven digits (the check letter computed)."""
+    import contracts
+
+    return digits + contracts.uai_check_letter(digits)
+
+
+def college(code: str, *, dep: str = "035", academie: str = "14", region: str = "53", minute: int = 0) -> dict:
+    """The référentiel entry of an open public collège, as the ministère sends it."""
+    import contracts
+
+    return event(contracts.ETABLISSEMENT, "/ministere", {
+        "uai": code, "nom": f"Collège {code}", "type": "college", "statut": "public",
+        "code_commune": dep[1:] + "238", "code_departement": dep, "code_academie": academie, "code_region": region,
+        "ouvert": True}, subject=code, time_=at(minute))

@@ -4,14 +4,10 @@ inside its competence and refused outside it, with the DLQ reason."""
 import json
 
 import contracts as c
-from helpers import TopicReader, at, event, eventually, running, send
+from helpers import TopicReader, at, event, eventually, running, send, uai
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
-
-
-def uai(digits: str) -> str:
-    return digits + c.uai_check_letter(digits)
 
 
 ECOLE, COLLEGE, LYCEE, EREA, AUTRE = uai("0350301"), uai("0350302"), uai("0350303"), uai("0350304"), uai("0350305")

@@ -4,28 +4,17 @@ import json
 
 import contracts as c
 from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
-from helpers import TopicReader, at, event, eventually, running, send
+from helpers import TopicReader, at, college, event, eventually, running, send
+from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 
-
 DEPARTEMENT = "/collectivites/departements/035"
-
-
-def college(uai: str) -> dict:
-    return event(c.ETABLISSEMENT, "/ministere", {
-        "uai": uai, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
-    }, subject=uai, time_=at(0))
 
 
 def lot(uai: str, lot_id: str, quantity: int, minute: int, **kw) -> dict:
     data = {"uai": uai, "lot_id": lot_id, "kind": "tablette", "quantity": quantity,
             "os": {"name": "iPadOS", "version": "17.1"}, "browsers": [{"name": "Safari", "version": "17"}]}
     return event(c.LOT, kw.pop("source", DEPARTEMENT), data, subject=uai, time_=at(minute), **kw)
-
-
-def valid_uai(digits: str) -> str:
-    return digits + c.UAI_LETTERS[int(digits) % 23]
 
 
 async def referentiel_loaded(pipeline, count: int) -> None:

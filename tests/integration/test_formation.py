@@ -4,21 +4,10 @@ import json
 
 import contracts as c
 from contracts.internal import COUVERTURES
-from helpers import TopicReader, at, event, eventually, running, send
+from helpers import TopicReader, at, college, event, eventually, running, send, uai
 from services.formation.app import SPEC
 
 RECTORAT = "/rectorats/14"
-
-
-def uai(digits: str) -> str:
-    return digits + c.uai_check_letter(digits)
-
-
-def college(code: str) -> dict:
-    return event(c.ETABLISSEMENT, "/ministere", {
-        "uai": code, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
-    }, subject=code, time_=at(0))
 
 
 def affectation(teacher: str, where: str, minute: int, end=None, source=RECTORAT) -> dict:

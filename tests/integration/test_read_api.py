@@ -11,16 +11,12 @@ import uvicorn
 import contracts as c
 from contracts.internal import COUVERTURE_FORMATION, COUVERTURES, PROFIL_EQUIPEMENT, PROFILS
 from deploy.local.ports import free_port
-from helpers import at, event, eventually, send
+from helpers import at, event, eventually, send, uai
 from services.common.app import build_app
 from services.ressources.api import create_api
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/api-atlas"
-
-
-def uai(digits: str) -> str:
-    return digits + c.uai_check_letter(digits)
 
 
 RENNES = [uai(f"03503{n:02d}") for n in range(4)]  # académie 14, département 035

@@ -5,22 +5,11 @@ import json
 
 import contracts as c
 from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
-from helpers import TopicReader, at, event, eventually, running, send
+from helpers import TopicReader, at, college, event, eventually, running, send, uai
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/integration"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def uai(digits: str) -> str:
-    return digits + c.uai_check_letter(digits)
-
-
-def college(code: str) -> dict:
-    return event(c.ETABLISSEMENT, "/ministere", {
-        "uai": code, "nom": "Collège test", "type": "college", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True,
-    }, subject=code, time_=at(0))
 
 
 def profil(code: str, version: int, ipados: str) -> dict:
