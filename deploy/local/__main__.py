@@ -144,8 +144,14 @@ async def play(platform: Platform) -> AlertTail:
     sent = await scenario.send(bootstrap, scenario.declarations(etabs))
     say(f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
         "affectations, trainings)")
-    await _wait(db, "SELECT count(*) FROM ressources.profils", len(equipped), "equipment profiles")
-    await _wait(db, "SELECT count(*) FROM ressources.couvertures", len(equipped), "training coverages")
+    # Every declaration applied, then ressources holds the latest version of every profile and
+    # coverage the other two published.
+    await _wait(db, f"SELECT (SELECT count(*) FROM equipement.inbox WHERE type <> '{c.ETABLISSEMENT}') "
+                f"+ (SELECT count(*) FROM formation.inbox WHERE type <> '{c.ETABLISSEMENT}')", sent, "declarations")
+    await _wait(db, "SELECT count(*) FROM equipement.profils e JOIN ressources.profils r USING (uai, version)",
+                len(equipped), "equipment profiles")
+    await _wait(db, "SELECT count(*) FROM formation.couvertures f JOIN ressources.couvertures r USING (uai, version)",
+                len(equipped), "training coverages")
     subs = list(scenario.catalogue(etabs))
     say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
     await scenario.send(bootstrap, subs)

@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faststream.kafka import KafkaBroker
 from opentelemetry import context as otel_context, propagate
 
 from services.common.db import advisory_key
 
 log = structlog.get_logger(__name__)
+
+# Errors no retry will fix: the record is set aside (outbox_failed) so the rest goes on.
+_UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,25 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            pending = [await self._publish(r) for r in rows]
-            await asyncio.gather(*pending)
-            await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows])
-        self.published += len(rows)
-        log.debug("outbox.published", count=len(rows))
+            futures = [await self._publish(r) for r in rows]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [(r, e) for r, e in zip(rows, results, strict=True) if isinstance(e, _UNPUBLISHABLE)]
+            retry = [e for e in results if isinstance(e, BaseException) and not isinstance(e, _UNPUBLISHABLE)]
+            if failed:
+                await conn.executemany(
+                    "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
+                    "SELECT seq, topic, key, value, headers, $2, created_at FROM outbox WHERE seq = $1",
+                    [(r["seq"], f"{type(e).__name__}: {e}") for r, e in failed],
+                )
+                for r, e in failed:
+                    log.error("outbox.unpublishable", seq=r["seq"], topic=r["topic"], error=str(e))
+            done = [r["seq"] for r, e in zip(rows, results, strict=True) if not isinstance(e, BaseException)]
+            await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", done + [r["seq"] for r, _ in failed])
+        self.published += len(done)
+        log.debug("outbox.published", count=len(done))
+        if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
+            log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))
+            return 0
         return len(rows)
 
     async def _publish(self, row: asyncpg.Record) -> "asyncio.Future[object]":
@@ -107,5 +125,9 @@ class OutboxRelay:
             return await self._broker.publish(
                 row["value"], row["topic"], key=row["key"], headers=headers, no_confirm=True
             )
+        except _UNPUBLISHABLE as exc:  # refused before sending: a failed future, like the others
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+            return future
         finally:
             otel_context.detach(token)

@@ -83,3 +83,20 @@ def wait_stored(database_url):
             await conn.close()
 
     return wait
+
+
+@pytest.fixture
+def wait_true(database_url):
+    """Until `sql` (a boolean query over the services' schemas) is true."""
+
+    async def wait(sql: str, *args, timeout: float = 60) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while not await conn.fetchval(sql, *args):
+                assert time.monotonic() < deadline, f"never true: {sql} {args}"
+                time.sleep(0.1)
+        finally:
+            await conn.close()
+
+    return wait

@@ -53,7 +53,7 @@ def training(teacher: str, minute: int) -> bytes:
         "completed_on": "2026-10-01", "competences": [{"code": "3.4", "level": 3}], "tools": []}, minute, teacher)
 
 
-async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publish, alerts, wait_stored):
+async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publish, alerts, wait_stored, wait_true):
     everyone = [PARTIEL, DEBIT, ENT, FORMATION]
     for code in everyone:
         publish(c.REFERENTIEL, code, college(code))
@@ -68,8 +68,12 @@ async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publ
     for teacher in TEACHERS:
         publish(c.FORMATION, FORMATION, ce("formation.affectation", RECTORAT, {
             "teacher_id": teacher, "uai": FORMATION, "start": "2026-09-01", "end": None}, 3, FORMATION))
-    await wait_stored(("ressources.profils",), everyone)
-    await wait_stored(("ressources.couvertures",), [FORMATION])
+    # Profiles and coverages are republished as each declaration lands: wait for the final ones,
+    # or an alert could be raised on an intermediate state (0/1 teacher) and only updated later.
+    await wait_true("SELECT jsonb_array_length(profil->'lots') = 2 FROM ressources.profils WHERE uai = $1", PARTIEL)
+    await wait_true("SELECT count(*) = 3 FROM ressources.profils WHERE uai = ANY($1::text[]) "
+                    "AND profil->'connectivite' IS NOT NULL AND profil->'connectivite' != 'null'", [DEBIT, ENT, FORMATION])
+    await wait_true("SELECT (couverture->>'enseignants')::int = 2 FROM ressources.couvertures WHERE uai = $1", FORMATION)
 
     publish(c.CATALOGUE, "ark:/1/partiel", resource("ark:/1/partiel", requirements=[[
         {"type": "os", "name": "Microsoft Windows", "min_version": "10"}]]))
