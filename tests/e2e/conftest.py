@@ -30,8 +30,8 @@ def platform(kafka, database_url, topic_prefix, tmp_path):
 def publish(kafka, topic_prefix):
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
 
-    def publish(topic: str, key: str, value: bytes) -> None:
-        producer.send(topic_prefix + topic, value, key=key.encode(), headers=HEADERS).get(timeout=10)
+    def publish(topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] = ()) -> None:
+        producer.send(topic_prefix + topic, value, key=key.encode(), headers=[*HEADERS, *headers]).get(timeout=10)
 
     yield publish
     producer.close()
@@ -43,12 +43,15 @@ class Alerts:
     def __init__(self, consumer: KafkaConsumer):
         self.consumer = consumer
         self.seen: list[dict] = []
+        self.headers: dict[str, dict[str, bytes]] = {}  # CloudEvents id -> record headers
 
     def wait(self, want, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for records in self.consumer.poll(timeout_ms=500).values():
-                self.seen += [json.loads(r.value) for r in records]
+                for r in records:
+                    self.seen.append(json.loads(r.value))
+                    self.headers[self.seen[-1]["id"]] = dict(r.headers)
             if want(self.seen):
                 return self.seen
         raise AssertionError(f"alerts never matched; seen: {json.dumps(self.seen, indent=1)[:3000]}")

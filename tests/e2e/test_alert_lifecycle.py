@@ -10,6 +10,7 @@ pytestmark = pytest.mark.e2e
 
 UAI = "0350005" + c.uai_check_letter("0350005")
 RESOURCE = "ark:/67375/e2e-manuel-numerique"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
 def lot(lot_id: str, kind: str, quantity: int, os: dict | None, minute: int) -> bytes:
@@ -42,12 +43,15 @@ async def test_incompatible_equipment_raises_then_a_fixing_lot_resolves(platform
     assert levee["data"]["responsable"] == {"type": "departement", "code": "035"}
     assert (levee["data"]["compatible"], levee["data"]["devices"]) == (0, 30)
 
-    # The collectivité updates the tablets and installs a TNI: the alert resolves.
-    publish("equipement.declarations.v1", UAI, lot("tablettes-6e", "tablette", 30, {"name": "iPadOS", "version": "17.1"}, 4))
-    publish("equipement.declarations.v1", UAI, lot("tni-salle-12", "TNI", 1, None, 5))
+    # The collectivité updates the tablets and installs a TNI: the alert resolves. Its inventory
+    # tool traces the change; the trace must reach the alert through equipement and ressources.
+    trace = [("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode())]
+    publish("equipement.declarations.v1", UAI, lot("tablettes-6e", "tablette", 30, {"name": "iPadOS", "version": "17.1"}, 4), trace)
+    publish("equipement.declarations.v1", UAI, lot("tni-salle-12", "TNI", 1, None, 5), trace)
     alerts.wait(lambda s: alerts.of("alerte-resolue"))
     [resolue] = alerts.of("alerte-resolue")
     assert resolue["data"]["alert_id"] == levee["data"]["alert_id"]
     assert resolue["data"]["resolved_at"] is not None
+    assert TRACE_ID in alerts.headers[resolue["id"]]["traceparent"].decode()
     assert len(alerts.of("alerte-levee")) == 1, "one raise for one cause"
     assert {a["data"]["kind"] for a in alerts.seen} == {"equipement-incompatible"}
