@@ -6,7 +6,8 @@ after it), runs the outbox relay beside the consumer, and answers `GET /health`.
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ class ServiceSpec:
     """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
     parse: Callable[[bytes, str], c.CloudEvent] = c.parse_event
     description: str = ""
+    on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
+    """Work run in the background once the service consumes (e.g. a re-evaluation)."""
     http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
     """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
 
@@ -116,11 +119,18 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         await migrate(pipeline.pool, schema, spec.package_dir)
         pipeline.relay = OutboxRelay(pipeline.pool, broker, schema, batch=settings.batch_max_records, poll_ms=settings.outbox_poll_ms)
 
+    background: list[asyncio.Task] = []
+
     async def start_relay() -> None:
         pipeline.relay.start()
+        if spec.on_start is not None:
+            background.append(asyncio.create_task(spec.on_start(pipeline, settings), name=f"{spec.name}-on-start"))
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
 
     async def stop() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if pipeline.relay:
             await pipeline.relay.stop()
         if pipeline.pool:

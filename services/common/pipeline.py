@@ -156,6 +156,17 @@ class Pipeline:
         self._log_outcomes(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted))
         return len(applied.outgoing)
 
+    async def run_exclusive(self, work: Callable[[asyncpg.Connection], Awaitable[list[Outgoing]]]) -> int:
+        """Work outside a batch (a re-evaluation at start, say) with a batch's guarantees: one
+        transaction, the writer lock, its events through the outbox."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
+            outgoing = await work(conn)
+            await enqueue(conn, [self._record(o, None) for o in outgoing])
+        if outgoing:
+            self.relay.wake()
+        return len(outgoing)
+
     def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:
         accepted = []
         for event, record in items:

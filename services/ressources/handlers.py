@@ -5,17 +5,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
+import structlog
 
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, make_event
 from contracts.internal import COUVERTURE_FORMATION, PROFIL_EQUIPEMENT
 from services.common import referentiel
-from services.common.pipeline import Applied, Outgoing
+from services.common.pipeline import Applied, Outgoing, Pipeline
+from services.common.settings import ServiceSettings
 from services.ressources import store, stream
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate
 
 SOURCE = "/plateforme/ressources"
+log = structlog.get_logger(__name__)
 
 
 def make_apply(seuils: Seuils):
@@ -35,10 +38,33 @@ def make_apply(seuils: Seuils):
         uais = ref_changed | profils | couvertures | {e.data.uai for e in abonnements.winners.values()}
         resources = {e.data.resource_id for e in catalogue.winners.values()}
         outgoing = await reevaluate(conn, uais, resources, seuils, causes)
-        await stream.notify(conn, [o.event.to_bytes() for o in outgoing])
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
 
     return apply
+
+
+async def reconcile_seuils(pipeline: Pipeline, settings: ServiceSettings, chunk: int = 2000) -> None:
+    """At start: when the thresholds differ from those the held alerts were evaluated with,
+    re-evaluate every subscribed pair (by chunks of UAIs, each one transaction), then record
+    the new thresholds. Interrupted, it starts over at the next start: transitions are idempotent."""
+    seuils = Seuils(settings.min_compatible_share, settings.min_training_coverage)
+    async with pipeline.pool.acquire() as conn:
+        held = await conn.fetchrow("SELECT min_compatible_share, min_training_coverage FROM seuils")
+        if held is not None and tuple(held) == (seuils.min_compatible_share, seuils.min_training_coverage):
+            return
+        uais = [r["uai"] for r in await conn.fetch("SELECT DISTINCT uai FROM abonnements ORDER BY uai")]
+    log.info("seuils.reevaluation", previous=dict(held) if held else None, pairs_uais=len(uais))
+    emitted = 0
+    for start in range(0, len(uais), chunk):
+        part = set(uais[start:start + chunk])
+        emitted += await pipeline.run_exclusive(lambda conn, part=part: reevaluate(conn, part, set(), seuils, {}))
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO seuils (min_compatible_share, min_training_coverage) VALUES ($1, $2) ON CONFLICT (id) "
+            "DO UPDATE SET min_compatible_share = $1, min_training_coverage = $2",
+            seuils.min_compatible_share, seuils.min_training_coverage,
+        )
+    log.info("seuils.reevaluated", alerts_emitted=emitted)
 
 
 async def reevaluate(
@@ -83,4 +109,5 @@ async def reevaluate(
                 rows.append((t.updated.alert_id, uai, rid, t.kind, True, cycle, t.updated.raised_at, None,
                              t.updated.model_dump_json()))
     await store.save_alertes(conn, rows)
+    await stream.notify(conn, [o.event.to_bytes() for o in outgoing])
     return outgoing

@@ -4,7 +4,7 @@ equipement would publish them, the catalogue as the ministère and the GAR send 
 import json
 
 import contracts as c
-from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
+from contracts.internal import COUVERTURE_FORMATION, COUVERTURES, PROFIL_EQUIPEMENT, PROFILS
 from helpers import TopicReader, at, college, event, eventually, running, send, uai
 from services.ressources.app import SPEC
 
@@ -152,3 +152,27 @@ async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka
         assert await pipeline.pool.fetchval(
             "SELECT count(*) FROM inbox WHERE outcome = 'stale' AND type = $1", c.ABONNEMENT) == 1
         assert len(alerts_of(records, c.ALERTE_LEVEE)) == 3 and len(alerts_of(records, c.ALERTE_RESOLUE)) == 2
+
+
+async def test_a_new_threshold_reevaluates_every_pair_at_start(kafka, settings):
+    where = uai("0350207")
+    bootstrap = kafka.bootstrap_servers
+    couverture = event(COUVERTURE_FORMATION, "/plateforme/formation", {
+        "uai": where, "version": 1, "enseignants": 10, "competences": {"3.4": [6, 4, 4, 0, 0, 0, 0, 0]}, "outils": {}},
+        time_=at(1))
+    formation = event(c.RESSOURCE_PUBLIEE, "/ministere", {
+        "resource_id": RID, "title": "Robots", "editor": "E", "requirements": [], "tools": [],
+        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []}}, subject=RID, time_=at(1))
+    async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        async with running(SPEC, settings) as pipeline:
+            await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+            await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "17"))])
+            await send(bootstrap, settings.topic(COUVERTURES), [(where, couverture)])
+            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM couvertures"), what="the coverage")
+            await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, formation), (where, abonnement(where, 1))])
+            records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="the training alert (0.4 < 0.5)")
+            assert [a["data"]["kind"] for a in alerts_of(records, c.ALERTE_LEVEE)] == ["formation-insuffisante"]
+        # The deployment lowers the threshold and restarts: nothing else happens, the alert resolves.
+        async with running(SPEC, settings.model_copy(update={"min_training_coverage": 0.3})) as pipeline:
+            records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="the resolve at start")
+            assert await eventually(lambda: pipeline.pool.fetchval("SELECT min_training_coverage FROM seuils")) == 0.3
