@@ -23,6 +23,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
 import contracts as c
+from services.common import retention
 from services.common.db import create_pool, migrate
 from services.common.logs import configure_logging
 from services.common.outbox import OutboxRelay
@@ -126,6 +127,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         pipeline.relay.start()
         if spec.on_start is not None:
             background.append(asyncio.create_task(spec.on_start(pipeline, settings), name=f"{spec.name}-on-start"))
+        if settings.inbox_retention_days:
+            background.append(asyncio.create_task(retention.run(pipeline.pool, settings.inbox_retention_days)))
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
 
     async def stop() -> None:

@@ -24,6 +24,7 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(8000, description="port of /health (and of the service's API)")
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
+    inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
     log_format: Literal["auto", "console", "json"] = "auto"

@@ -1,0 +1,43 @@
+"""Forgetting what no replay can bring back.
+
+The inbox and `dead_letters` exist to make replays harmless. A replay older than the retention
+would be harmless anyway: state events are full states compared by `time` (an old one is
+stale), trainings accumulate by max and union, and the platform's own records carry versions.
+So rows older than `INBOX_RETENTION_DAYS` are deleted, a bounded chunk at a time.
+"""
+
+import asyncio
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+CHUNK = 10_000
+PERIOD_SECONDS = 3600
+
+
+async def purge(pool: asyncpg.Pool, days: int) -> int:
+    """Delete inbox and dead-letter rows received more than `days` days ago; returns how many."""
+    removed = 0
+    for table in ("inbox", "dead_letters"):
+        while True:
+            count = int((await pool.execute(
+                f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
+                f"WHERE received_at < now() - make_interval(days => $1) LIMIT {CHUNK})", days,
+            )).split()[-1])
+            removed += count
+            if count < CHUNK:
+                break
+    return removed
+
+
+async def run(pool: asyncpg.Pool, days: int) -> None:
+    while True:
+        try:
+            if removed := await purge(pool, days):
+                log.info("retention.purged", rows=removed, older_than_days=days)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("retention.failed")
+        await asyncio.sleep(PERIOD_SECONDS)
