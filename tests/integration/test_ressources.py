@@ -31,6 +31,14 @@ def abonnement(code: str, minute: int, end=None) -> dict:
                  subject=code, time_=at(minute))
 
 
+async def old_tablets_at(bootstrap: str, settings, pipeline, where: str) -> None:
+    """A known collège whose profile (iPadOS 12.5) ressources already holds."""
+    await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+    await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
+    await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils WHERE uai = $1", where),
+                     what="the profile")
+
+
 def alerts_of(records, type_):
     return [json.loads(r.value) for r in records if json.loads(r.value)["type"] == type_]
 
@@ -39,9 +47,7 @@ async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with
     where = uai("0350201")
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils"), what="the profile")
+        await old_tablets_at(bootstrap, settings, pipeline, where)
         sub = abonnement(where, 1)
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, sub), (where, sub)])
         records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
@@ -66,9 +72,7 @@ async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_
     where = uai("0350202")
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils"), what="the profile")
+        await old_tablets_at(bootstrap, settings, pipeline, where)
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
         await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
         retrait = event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(5))
