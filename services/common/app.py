@@ -4,13 +4,13 @@ Each service consumes its topics in batches (one transaction per batch, offsets 
 after it), runs the outbox relay beside the consumer, and answers `GET /health`.
 """
 
+import asyncio
 import json
 import logging
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn

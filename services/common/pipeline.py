@@ -8,7 +8,8 @@ and the inbox makes the replay harmless.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -49,6 +50,13 @@ class Applied:
 ApplyFn = Callable[[asyncpg.Connection, Sequence[CloudEvent], set[str]], Awaitable[Applied]]
 """A service's state rules: given the new, accepted, non-référentiel events of a batch and the
 UAIs whose référentiel entry changed in it, store the state and say what to emit."""
+
+
+def _end(spans: Iterable[trace.Span], exc: BaseException | None = None) -> None:
+    for span in spans:
+        if exc is not None:
+            span.record_exception(exc)
+        span.end()
 
 
 def _uai_of(event: CloudEvent) -> str | None:
@@ -96,20 +104,15 @@ class Pipeline:
         try:
             outgoing = await self._transaction(parsed, rejected, spans)
         except _REFUSED_BY_DATABASE as exc:
-            for span in spans.values():
-                span.record_exception(exc)
-                span.end()
+            _end(spans.values(), exc)
             await self._isolate(records, exc)
             return
         except Exception as exc:
-            for span in spans.values():
-                span.record_exception(exc)
-                span.end()
+            _end(spans.values(), exc)
             log.exception("batch.failed", records=len(records))
             await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
             raise
-        for span in spans.values():
-            span.end()
+        _end(spans.values())
         if outgoing or rejected:
             self.relay.wake()
 
@@ -128,16 +131,21 @@ class Pipeline:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
         self.relay.wake()
 
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction holding the writer lock of this service's schema. Replicas consume
+        different partitions, and what a service derives (a UAI's coverage, profile, alerts)
+        may be touched by records of several partitions: read-then-write must not interleave."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
+            yield conn
+
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span]) -> int:
         # Our own services' topics carry derived state; partners' topics go through the rights.
         is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
         internal = [(e, r) for e, r in parsed if is_internal(r)]
         external = [(e, r) for e, r in parsed if not is_internal(r)]
-        async with self.pool.acquire() as conn, conn.transaction():
-            # One writer per schema at a time: replicas consume different partitions, and
-            # what a service derives (a UAI's coverage, profile, alerts) may be touched by
-            # records of several partitions; read-then-write across them must not interleave.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
+        async with self._exclusive() as conn:
             # Référentiel first: an établissement and an event about it may share a batch.
             ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
             accepted_ref = self._check(ref_events, {}, rejected)
@@ -159,8 +167,7 @@ class Pipeline:
     async def run_exclusive(self, work: Callable[[asyncpg.Connection], Awaitable[list[Outgoing]]]) -> int:
         """Work outside a batch (a re-evaluation at start, say) with a batch's guarantees: one
         transaction, the writer lock, its events through the outbox."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
+        async with self._exclusive() as conn:
             outgoing = await work(conn)
             await enqueue(conn, [self._record(o, None) for o in outgoing])
         if outgoing:

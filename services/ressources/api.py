@@ -15,10 +15,9 @@ from faststream.asgi import AsgiFastStream
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
-from contracts.internal import CouvertureFormation, ProfilEquipement
 from services.common.app import health_report
 from services.common.settings import ServiceSettings
-from services.ressources import queries
+from services.ressources import queries, store
 from services.ressources.rules import Seuils, evaluate
 from services.ressources.stream import AlertHub
 
@@ -88,12 +87,10 @@ async def etablissement(request: Request, uai: Uai) -> dict:
         etab = await queries.etablissement(conn, uai)
         if etab is None:
             raise HTTPException(404, f"l'UAI {uai} n'est pas dans le référentiel")
-        profil_row = await conn.fetchrow("SELECT profil FROM profils WHERE uai = $1", uai)
-        couv_row = await conn.fetchrow("SELECT couverture FROM couvertures WHERE uai = $1", uai)
+        profil = (await store.load_profils(conn, [uai])).get(uai)
+        couverture = (await store.load_couvertures(conn, [uai])).get(uai)
         subs = await queries.abonnements_of(conn, uai)
         open_ids = await queries.open_alert_ids(conn, uai)
-    profil = ProfilEquipement.model_validate_json(profil_row["profil"]) if profil_row else None
-    couverture = CouvertureFormation.model_validate_json(couv_row["couverture"]) if couv_row else None
     ressources = []
     for sub in subs:
         ressource = RessourcePubliee.model_validate_json(sub["ressource"]) if sub["publiee"] else None
