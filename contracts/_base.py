@@ -3,13 +3,46 @@
 Models are strict, so the runtime accepts exactly what the published JSON Schema describes (no
 `"3"` for 3, no `"yes"` for true). Unknown fields are ignored, not refused: the contract grows by
 optional fields, and a partner already sending one must not land in the DLQ.
+
+The size bounds of CONTRACTS.md (Limits) are plain `max_length` constraints, so the JSON
+Schemas publish them (`maxLength`, `maxItems`) and `parsing` reports them as `trop-volumineux`.
 """
 
-from typing import Annotated
+from datetime import date
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+
+MAX_TEXT = 256  # nom, title, editor, module_id, lot_id, resource_id
+MAX_NAME = 64  # OS and browser names, equipment kinds
+MAX_ITEMS = 32  # browsers, requirement groups and their entries, tools, competences
+MAX_QUANTITY = 1_000_000
+MAX_BANDWIDTH = 100_000
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2100, 12, 31)
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Kind = Annotated[str, Field(max_length=MAX_NAME)]
+
+T = TypeVar("T")
+Bounded = Annotated[list[T], Field(max_length=MAX_ITEMS)]
+
+
+def _in_range(d: date) -> date:
+    if not FIRST_DAY <= d <= LAST_DAY:
+        raise ValueError(f"date hors de {FIRST_DAY.isoformat()} … {LAST_DAY.isoformat()}")
+    return d
+
+
+Day = Annotated[
+    date,
+    AfterValidator(_in_range),
+    WithJsonSchema({"type": "string", "format": "date", "description": f"{FIRST_DAY} … {LAST_DAY}"}),
+]
 
 
 class Strict(BaseModel):

@@ -27,10 +27,12 @@ CRCN_LEVELS = range(1, 9)
 IDENTIFIER_REASONS = frozenset(
     ("uai-invalide", "crcn-invalide", "niveau-invalide", "version-invalide", "teacher-id-invalide", "code-invalide")
 )
+# Fields whose refused values may identify a person: a message names the field, never the value.
+PERSONAL_FIELDS = frozenset({"teacher_id"})
 
 # [0-9] rather than \d, which also matches other scripts' digits (and int() would take them).
 UAI_PATTERN = "^[0-9]{7}[A-Z]$"
-VERSION_PATTERN = r"^[0-9]+(\.[0-9]+){0,3}$"
+VERSION_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$"  # CONTRACTS.md Limits: 4 parts of 9 digits
 TEACHER_ID_PATTERN = "^[A-Za-z0-9_-]{8,64}$"
 # The annuaire de l'éducation's own forms, and only them, so that codes compare by equality.
 DEPARTEMENT_PATTERN = "^([0-9]{3}|02[AB])$"
@@ -73,12 +75,9 @@ def is_valid_teacher_id(s: object) -> bool:
 @functools.lru_cache(maxsize=65536)  # compatibility rules compare the same few versions again and again
 def parse_version(s: str) -> tuple[int, int, int, int]:
     """`"16.4"` -> `(16, 4, 0, 0)`, so that versions compare as tuples; ValueError otherwise."""
-    try:
-        parts = [int(p) for p in s.split(".")] if _version_shaped(s) else []
-    except ValueError:  # a part longer than Python's 4300-digit conversion limit
-        parts = []
+    parts = [int(p) for p in s.split(".")] if _version_shaped(s) else []
     if not parts:
-        raise ValueError(f"{short_repr(s)} n'est pas une version (1 à 4 entiers séparés par des points)")
+        raise ValueError(f"{short_repr(s)} n'est pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)")
     return tuple(parts + [0] * (4 - len(parts)))  # type: ignore[return-value]
 
 
@@ -109,9 +108,10 @@ def _level_problem(v: Any) -> str | None:
 
 
 def _teacher_id_problem(v: Any) -> str | None:
+    # The refused value is never repeated: it may be a person's name, e-mail or NUMEN.
     if is_valid_teacher_id(v):
         return None
-    return f"{short_repr(v)} n'est pas un pseudonyme d'enseignant (8 à 64 [A-Za-z0-9_-])"
+    return "pas un pseudonyme d'enseignant (8 à 64 caractères [A-Za-z0-9_-]; valeur non reproduite)"
 
 
 def _checked(base: type, code: str, problem: Callable[[Any], str | None], schema: dict) -> Any:

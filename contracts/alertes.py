@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from pydantic import AwareDatetime, Field
 
-from ._base import NonEmpty, Payload, Strict
+from ._base import Ident, NonEmpty, Payload, Strict, Text
 from ._identifiers import CodeAcademie, CodeDepartement, Uai
 
 AlertKind = Literal[
@@ -25,7 +25,7 @@ class Reason(Strict):
     """Something a person can act on, e.g. `os-version`: `iPadOS 12.5 < 15`."""
 
     code: NonEmpty
-    detail: str
+    detail: Text
 
 
 class Responsable(Strict):
@@ -38,7 +38,7 @@ class Responsable(Strict):
 class _Alerte(Payload):
     alert_id: NonEmpty
     uai: Uai
-    resource_id: NonEmpty
+    resource_id: Ident
     kind: AlertKind
     reasons: list[Reason] = []
     code_academie: CodeAcademie

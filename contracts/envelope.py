@@ -76,6 +76,16 @@ def parse_source(source: str) -> Declarant:
     return Declarant(kind, code)  # type: ignore[arg-type]
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_time(time: datetime) -> datetime:
+    # Comparing aware datetimes never overflows, unlike converting year 9999-12-31T23:00-05:00 to UTC.
+    if time < EPOCH:
+        raise PydanticCustomError("cloudevent-invalide", "{time} est avant 1970-01-01T00:00:00Z", {"time": time.isoformat()})
+    return time
+
+
 def _check_source(source: str) -> str:
     try:
         parse_source(source)
@@ -93,7 +103,10 @@ class CloudEvent(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     source: Annotated[str, AfterValidator(_check_source), WithJsonSchema(_SOURCE_SCHEMA)]
     type: str = Field(json_schema_extra={"enum": sorted(PAYLOADS)})
-    time: AwareDatetime = Field(description="RFC 3339, with its offset")
+    time: Annotated[AwareDatetime, AfterValidator(_check_time)] = Field(
+        description="RFC 3339, with its offset; not before 1970-01-01T00:00:00Z, not after the receiver's clock "
+        "plus its MAX_CLOCK_SKEW (time-futur)"
+    )
     subject: str | None = None
     datacontenttype: Literal["application/json"] = "application/json"
     data: Annotated[Any, WithJsonSchema({"type": "object", "description": "the payload of `type`"})]

@@ -2,24 +2,38 @@
 
 The hot path is one `validate_json` of a discriminated union over all event types, built once:
 the bytes are read a single time, in Rust. Only a refused record pays for working out its
-reason, in the order a partner fixes things: JSON, envelope, type, topic, then data.
+reason, in the order a partner fixes things: size, JSON, envelope, type, topic, then data.
+
+pydantic's JSON reader takes the last of two equal keys and reads `NaN` and `Infinity`; RFC 8259
+JSON has neither (a repeated `source` would name two declarants to two readers), so the bytes
+also go through jiter in its strict mode, which refuses both.
 """
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Union
 
+import jiter
 from pydantic import Field, TypeAdapter, ValidationError
 
 from ._base import Payload
-from ._identifiers import IDENTIFIER_REASONS, short_repr
+from ._identifiers import IDENTIFIER_REASONS, PERSONAL_FIELDS, short_repr
 from .envelope import CloudEvent, event_model
 from .payloads import PAYLOADS
 from .topics import TOPIC_TYPES
 
+MAX_RECORD_BYTES = 256 * 1024  # CONTRACTS.md Limits: a record value
+TOO_LARGE = "trop-volumineux"
+IN_THE_FUTURE = "time-futur"
 REASON_CODES = frozenset(
     {"json-invalide", "cloudevent-invalide", "type-inconnu", "type-hors-topic", "donnees-invalides"}
+    | {TOO_LARGE, IN_THE_FUTURE}
     | IDENTIFIER_REASONS
 )
+# pydantic's error types for a string or a list beyond its `max_length`.
+_TOO_LONG = frozenset({"string_too_long", "too_long"})
+_JSON_TYPES = {dict: "un objet", list: "un tableau", str: "une chaîne", bool: "un booléen", int: "un nombre",
+               float: "un nombre", type(None): "null"}
 # Messages that already name the bad value, written by our own validators.
 _OWN_MESSAGES = IDENTIFIER_REASONS | {"cloudevent-invalide"}
 
@@ -42,13 +56,21 @@ class EventParser:
         self._envelope = TypeAdapter(CloudEvent)
         self._topic_types = topic_types
 
-    def __call__(self, raw: bytes, topic: str | None = None) -> CloudEvent:
+    def __call__(self, raw: bytes, topic: str | None = None, *, not_after: datetime | None = None) -> CloudEvent:
+        """`not_after`: the latest acceptable `time` (the receiver's clock plus its allowed skew)."""
+        if len(raw) > MAX_RECORD_BYTES:
+            raise ContractError(TOO_LARGE, f"valeur de {len(raw)} octets, au-delà de {MAX_RECORD_BYTES} octets")
         try:
             event = self._events.validate_json(raw)
         except ValidationError as e:
+            _check_json(raw)
             raise self._refusal(raw, topic, e.errors(include_url=False)) from None
+        _check_json(raw)
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
+        if not_after is not None and event.time > not_after:
+            raise ContractError(IN_THE_FUTURE, f"time {event.time.isoformat()}: postérieur à l'horloge du service "
+                                               f"plus l'écart toléré ({not_after.isoformat(timespec='seconds')})")
         return event
 
     def _refusal(self, raw: bytes, topic: str | None, errors: list[Any]) -> ContractError:
@@ -60,13 +82,16 @@ class EventParser:
                 return ContractError("cloudevent-invalide", "type: attribut obligatoire absent")
             if first["type"] == "union_tag_invalid":
                 return self._unknown_type(raw)
-            got = short_repr(first["input"])
+            got = _JSON_TYPES.get(type(first["input"]), "autre chose")
             return ContractError("json-invalide", f"attendu un objet JSON (l'événement), reçu {got}")
         envelope = [e for e in errors if not _in_data(e)]
         if envelope:
             return ContractError("cloudevent-invalide", _describe(envelope[0]))
         if topic is not None and first["loc"][0] not in self._topic_types.get(topic, ()):
             return self._off_topic(first["loc"][0], topic)
+        too_long = next((e for e in errors if e["type"] in _TOO_LONG), None)
+        if too_long is not None:
+            return ContractError(TOO_LARGE, _describe(too_long))
         own = next((e for e in errors if e["type"] in IDENTIFIER_REASONS), None)
         if own is not None:
             return ContractError(own["type"], _describe(own))
@@ -85,6 +110,13 @@ class EventParser:
         return ContractError("type-hors-topic", f"type {type} interdit sur {topic} (attendu: {allowed})")
 
 
+def _check_json(raw: bytes) -> None:
+    try:
+        jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode=False)
+    except ValueError as e:
+        raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {e}") from None
+
+
 def _in_data(error: Any) -> bool:
     """Errors under `data` are the payload's; a missing `data` is the envelope's."""
     loc = error["loc"]
@@ -99,15 +131,20 @@ def _describe(error: Any, skip: int = 1) -> str:
         return f"{path}: {error['msg']}"
     if error["type"] == "missing":
         return f"{path}: attribut obligatoire absent"
+    if error["type"] in _TOO_LONG:
+        return f"{path}: {error['msg']}"  # the value is long by definition: its length is the news
+    if PERSONAL_FIELDS.intersection(p for p in error["loc"] if isinstance(p, str)):
+        return f"{path}: {error['msg']} (valeur non reproduite: donnée personnelle possible)"
     return f"{path}: {error['msg']} (reçu {short_repr(error['input'])})"
 
 
 _V1 = EventParser(PAYLOADS, TOPIC_TYPES)
 
 
-def parse_event(raw: bytes, topic: str | None = None) -> CloudEvent:
+def parse_event(raw: bytes, topic: str | None = None, *, not_after: datetime | None = None) -> CloudEvent:
     """The typed event in a record value, or ContractError naming the DLQ reason.
 
-    With `topic`, an event type that the contract does not allow on it is refused too.
+    With `topic`, an event type that the contract does not allow on it is refused too; with
+    `not_after`, an event whose `time` is later (`time-futur`).
     """
-    return _V1(raw, topic)
+    return _V1(raw, topic, not_after=not_after)

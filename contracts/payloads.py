@@ -4,13 +4,12 @@ Lists default to empty and nullable fields to null, so a partner may omit them; 
 field is required. The alert payloads, the platform's own output, are in `alertes`.
 """
 
-from datetime import date
 from typing import Literal
 
 from pydantic import Field
 
 from . import topics
-from ._base import NonEmpty, Payload, Strict
+from ._base import MAX_BANDWIDTH, MAX_QUANTITY, Bounded, Day, Ident, Kind, Name, Payload, Strict, Text
 from ._identifiers import (
     CodeAcademie,
     CodeCommune,
@@ -27,7 +26,7 @@ from .alertes import AlerteLevee, AlerteResolue
 
 class Etablissement(Payload):
     uai: Uai
-    nom: str
+    nom: Text
     type: Literal["ecole", "college", "lycee", "erea", "autre"]
     statut: Literal["public", "prive"]
     code_commune: CodeCommune
@@ -42,8 +41,8 @@ class Affectation(Payload):
 
     teacher_id: TeacherId
     uai: Uai
-    start: date
-    end: date | None = None
+    start: Day
+    end: Day | None = None
 
     @property
     def entity_key(self) -> tuple[str, str]:
@@ -59,12 +58,12 @@ class FormationSuivie(Payload):
     """Accumulates: a teacher's level in a competence is the highest of all their trainings."""
 
     teacher_id: TeacherId
-    module_id: NonEmpty
-    title: str
+    module_id: Ident
+    title: Text
     dispositif: Literal["magistere", "eafc", "pix-edu", "autre"]
-    completed_on: date
-    competences: list[Competence] = []
-    tools: list[str] = []
+    completed_on: Day
+    competences: Bounded[Competence] = []
+    tools: Bounded[Kind] = []
 
     @property
     def entity_key(self) -> tuple[str, str]:
@@ -79,7 +78,7 @@ class FormationSuivie(Payload):
 class Logiciel(Strict):
     """An installed OS or browser."""
 
-    name: NonEmpty
+    name: Name
     version: Version
 
 
@@ -87,11 +86,11 @@ class Lot(Payload):
     """`quantity` 0 retires the lot; `os` null is a device without one (TNI, casque...)."""
 
     uai: Uai
-    lot_id: NonEmpty
-    kind: NonEmpty
-    quantity: int = Field(ge=0)
+    lot_id: Ident
+    kind: Name
+    quantity: int = Field(ge=0, le=MAX_QUANTITY)
     os: Logiciel | None = None
-    browsers: list[Logiciel] = []
+    browsers: Bounded[Logiciel] = []
 
     @property
     def entity_key(self) -> tuple[str, str]:
@@ -100,7 +99,7 @@ class Lot(Payload):
 
 class Connectivite(Payload):
     uai: Uai
-    bandwidth_mbps: float = Field(ge=0)
+    bandwidth_mbps: float = Field(ge=0, le=MAX_BANDWIDTH)
     ent: bool
 
 
@@ -108,25 +107,25 @@ class Exigence(Strict):
     """One ScoLOMFR orComposite: a name and optional inclusive version bounds."""
 
     type: Literal["os", "browser"]
-    name: NonEmpty
+    name: Name
     min_version: Version | None = None
     max_version: Version | None = None
 
 
 class OutilRequis(Strict):
-    kind: NonEmpty
-    min_quantity: int = Field(ge=0)
+    kind: Name
+    min_quantity: int = Field(ge=0, le=MAX_QUANTITY)
 
 
 class Formation(Strict):
     """The training a resource expects of the teachers who will use it."""
 
-    competences: list[Competence] = []
-    tools: list[str] = []
+    competences: Bounded[Competence] = []
+    tools: Bounded[Kind] = []
 
 
 class _Ressource(Payload):
-    resource_id: NonEmpty
+    resource_id: Ident
 
     @property
     def entity_key(self) -> tuple[str]:
@@ -140,11 +139,11 @@ class _Ressource(Payload):
 class RessourcePubliee(_Ressource):
     """`requirements` are ANDed groups of ORed entries (ScoLOMFR requirement/orComposite)."""
 
-    title: str
-    editor: str
-    requirements: list[list[Exigence]] = []
-    tools: list[OutilRequis] = []
-    min_bandwidth_mbps: float | None = Field(default=None, ge=0)
+    title: Text
+    editor: Text
+    requirements: Bounded[Bounded[Exigence]] = []
+    tools: Bounded[OutilRequis] = []
+    min_bandwidth_mbps: float | None = Field(default=None, ge=0, le=MAX_BANDWIDTH)
     needs_ent: bool = False
     training: Formation = Formation()
 
@@ -156,10 +155,10 @@ class RessourceRetiree(_Ressource):
 class Abonnement(Payload):
     """A GAR subscription; `end` null means active."""
 
-    resource_id: NonEmpty
+    resource_id: Ident
     uai: Uai
-    start: date
-    end: date | None = None
+    start: Day
+    end: Day | None = None
 
     @property
     def entity_key(self) -> tuple[str, str]:
