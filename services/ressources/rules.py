@@ -12,6 +12,7 @@ from contracts.internal import CouvertureFormation, LotProfil, ProfilEquipement
 from contracts import Exigence, Logiciel, Reason, RessourcePubliee
 
 MAX_REASONS = 5
+MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortened with "…"
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,20 @@ class Evaluation:
     coverage: float | None = None
 
 
+def _reason(code: str, detail: str) -> Reason:
+    """Every reason is built here, its detail within the contract's bound (the `have` list of
+    a lot with 32 long browser names alone runs to thousands of characters)."""
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 1] + "…"
+    return Reason(code=code, detail=detail)
+
+
 @dataclass
 class _Why:
     reasons: list[Reason] = field(default_factory=list)
 
     def add(self, code: str, detail: str) -> None:
-        reason = Reason(code=code, detail=detail)
+        reason = _reason(code, detail)
         if reason not in self.reasons and len(self.reasons) < MAX_REASONS:
             self.reasons.append(reason)
 
@@ -130,10 +139,10 @@ def evaluate(
     link = profil.connectivite if profil else None
     if ressource.min_bandwidth_mbps is not None and link and link.bandwidth_mbps < ressource.min_bandwidth_mbps:
         alerts["connectivite-insuffisante"] = [
-            Reason(code="debit", detail=f"{link.bandwidth_mbps:g} Mbit/s < {ressource.min_bandwidth_mbps:g}")
+            _reason("debit", f"{link.bandwidth_mbps:g} Mbit/s < {ressource.min_bandwidth_mbps:g}")
         ]
     if ressource.needs_ent and link and not link.ent:
-        alerts["ent-indisponible"] = [Reason(code="ent", detail="l'ENT n'est pas joignable depuis l'établissement")]
+        alerts["ent-indisponible"] = [_reason("ent", "l'ENT n'est pas joignable depuis l'établissement")]
     training = _Why()
     coverage = _training(ressource, couverture, seuils.min_training_coverage, training)
     if coverage is not None and coverage < seuils.min_training_coverage:

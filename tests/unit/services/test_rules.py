@@ -5,7 +5,7 @@ import pytest
 
 from contracts import Competence, Exigence, Formation, Logiciel, OutilRequis, RessourcePubliee
 from contracts.internal import ConnectiviteProfil, CouvertureFormation, LotProfil, ProfilEquipement
-from services.ressources.rules import Seuils, evaluate
+from services.ressources.rules import MAX_DETAIL, Seuils, evaluate
 
 UAI = "0350002M"
 
@@ -121,3 +121,32 @@ def test_no_teacher_counted_means_no_training_alert():
     r = ressource(training=Formation(tools=["TNI"]))
     e = evaluate(r, profil(), CouvertureFormation(uai=UAI, version=1, enseignants=0))
     assert "formation-insuffisante" not in e.alerts and e.coverage is None
+
+
+LONG_BROWSERS = [(f"Navigateur {i:02d} ".ljust(64, "x"), "123456789.123456789.123456789.123456789") for i in range(32)]
+
+
+def test_a_long_reason_detail_is_shortened_to_the_contract_bound():
+    # 32 browsers of 64-character names: the lot's `have` list alone runs to thousands of characters.
+    r = ressource([[browser_req("Firefox", "115")]])
+    e = evaluate(r, profil(lot("L1", 30, ("Windows", "11"), LONG_BROWSERS), lot("L2", 30, ("Windows", "11"), LONG_BROWSERS)))
+    full = "Firefox requis, tablette L1: " + ", ".join(f"{n} {v}" for n, v in LONG_BROWSERS)
+    assert len(full) > 3000
+    reasons = e.alerts["equipement-incompatible"]
+    assert [x.code for x in reasons] == ["browser-absent", "browser-absent"]
+    assert reasons[0].detail == full[: MAX_DETAIL - 1] + "…" and len(reasons[0].detail) == MAX_DETAIL == 256
+    assert reasons[1].detail.startswith("Firefox requis, tablette L2: Navigateur 00 ")
+
+
+def test_an_os_absent_detail_of_long_names_is_shortened_too():
+    name, kind, lot_id = "S" * 64, "K" * 64, "L" * 256
+    e = evaluate(ressource([[os_req("R" * 64, "1")]]), profil(lot(lot_id, 3, (name, "1.2.3.4"), kind=kind)))
+    [reason] = e.alerts["equipement-incompatible"]
+    assert reason.code == "os-absent"
+    assert reason.detail == f"{'R' * 64} requis, {kind} {lot_id}: {name} 1.2.3.4"[: MAX_DETAIL - 1] + "…"
+
+
+def test_a_detail_at_the_bound_is_kept_whole():
+    lot_id = "L" * (MAX_DETAIL - len("Linux requis, tablette : Windows 11"))
+    [reason] = evaluate(ressource([[os_req("Linux")]]), profil(lot(lot_id, 3, ("Windows", "11")))).alerts["equipement-incompatible"]
+    assert reason.detail == f"Linux requis, tablette {lot_id}: Windows 11" and len(reason.detail) == MAX_DETAIL
