@@ -5,6 +5,7 @@ after it), runs the outbox relay beside the consumer, and answers `GET /health`.
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ import contracts as c
 from services.common import retention
 from services.common.db import create_pool, migrate
 from services.common.logs import configure_logging
-from services.common.outbox import OutboxRelay
+from services.common.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import ApplyFn, Pipeline
 from services.common.settings import ServiceSettings
 from services.common.telemetry import configure_tracing
@@ -53,7 +54,7 @@ class ServiceSpec:
     """Builds the service's state rules from its settings (thresholds...)."""
     dead_letters_for: Sequence[str]
     """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
-    parse: Callable[[bytes, str], c.CloudEvent] = c.parse_event
+    parse: Callable[..., c.CloudEvent] = c.parse_event
     description: str = ""
     on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
     """Work run in the background once the service consumes (e.g. a re-evaluation)."""
@@ -65,13 +66,39 @@ def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
     return msg.raw_message  # the pipeline parses and validates bytes itself
 
 
+def _text_headers(headers) -> tuple[tuple[str, bytes], ...]:
+    return tuple((k, v) for k, v in headers if v is not None and _is_utf8(v))
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> Any:
+    """FastStream's batch parser decodes every header value as UTF-8, so one header of other
+    bytes, or a null one, failed the whole batch before our handler saw it. A record is judged
+    by its value alone (CONTRACTS.md): FastStream (its logs, the tracing middleware) sees only
+    the headers that are text, and the handler gets the records untouched, for the DLQ copy."""
+    message = await default_parser(tuple(dataclasses.replace(r, headers=_text_headers(r.headers)) for r in records))
+    message.raw_message = records
+    return message
+
+
 async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, dict]:
     """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog."""
-    body = {"service": pipeline.service, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None}
+    body = {"service": pipeline.service, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None,
+            "outbox_failed": None}
     if pipeline.pool is not None:
         try:
             # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
             body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 10000) o")
+            # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
+            body["outbox_failed"] = await pipeline.pool.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM outbox_failed LIMIT 10000) f")
             body["database"] = True
         except Exception as exc:  # reported, not raised: this is the health check
             body["error"] = str(exc)
@@ -101,6 +128,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         auto_offset_reset="earliest",
         max_records=settings.batch_max_records,
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        parser=_parse_batch,
         decoder=_raw_records,
         title=f"{spec.name}:consume",
         description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
@@ -119,7 +147,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
     async def start_database() -> None:
         pipeline.pool = await create_pool(settings.database_url, schema)
         await migrate(pipeline.pool, schema, spec.package_dir)
-        pipeline.relay = OutboxRelay(pipeline.pool, broker, schema, batch=settings.batch_max_records, poll_ms=settings.outbox_poll_ms)
+        producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
+        pipeline.relay = OutboxRelay(pipeline.pool, producer, schema, batch=settings.batch_max_records,
+                                     poll_ms=settings.outbox_poll_ms)
 
     background: list[asyncio.Task] = []
 

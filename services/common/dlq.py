@@ -32,19 +32,17 @@ class Rejection:
 
 
 def dead_letter(rejection: Rejection) -> OutboxRecord:
+    """The DLQ copy: value, key and the partner's headers byte-exact (any bytes, null, repeated
+    names), then the `dlq-*` headers, which a reader taking the last of each name sees."""
     record = rejection.record
-    # Kept as text in the outbox (jsonb): only the value must stay byte-exact (CONTRACTS.md),
-    # header values are decoded and stripped of NUL, which PostgreSQL text cannot hold.
-    headers = {k: _text(v.decode("utf-8", "replace")) for k, v in record.headers or ()}
-    headers.update(
-        {
-            REASON: rejection.code,
-            MESSAGE: _text(rejection.message),
-            TOPIC: record.topic,
-            PARTITION: str(record.partition),
-            OFFSET: str(record.offset),
-        }
+    ours = (
+        (REASON, rejection.code),
+        (MESSAGE, rejection.message),
+        (TOPIC, record.topic),
+        (PARTITION, str(record.partition)),
+        (OFFSET, str(record.offset)),
     )
+    headers = (*record.headers, *((name, value.encode()) for name, value in ours))
     return OutboxRecord(dlq_topic(record.topic), record.key, record.value or b"", headers)
 
 

@@ -8,15 +8,15 @@ lost, nothing takes effect twice.
 """
 
 import asyncio
+import base64
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
-from faststream.kafka import KafkaBroker
-from opentelemetry import context as otel_context, propagate
 
 from services.common.db import advisory_key
 
@@ -26,29 +26,65 @@ log = structlog.get_logger(__name__)
 _UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 
 
+Headers = tuple[tuple[str, bytes | None], ...]
+"""Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
+
+
 @dataclass(frozen=True)
 class OutboxRecord:
     topic: str
     key: bytes | None
     value: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Headers = ()
+
+
+def dump_headers(headers: Headers) -> str:
+    """The outbox's jsonb form: [[name, base64 value or null], ...], byte-exact."""
+    return json.dumps([[k, None if v is None else base64.b64encode(v).decode()] for k, v in headers])
+
+
+def load_headers(text: str) -> Headers:
+    return tuple((k, None if v is None else base64.b64decode(v)) for k, v in json.loads(text))
 
 
 async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> None:
     if records:
         await conn.executemany(
             "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
-            [(r.topic, r.key, r.value, json.dumps(r.headers)) for r in records],
+            [(r.topic, r.key, r.value, dump_headers(r.headers)) for r in records],
         )
+
+
+# Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """The relay's own producer: it publishes stored bytes and headers exactly as they are
+    (FastStream's publisher would encode header values as text and add its own)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,  # no duplicate or reordered record on retry
+        max_request_size=MAX_REQUEST_BYTES,
+        linger_ms=5,
+    )
+
+
+async def count_failed(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return await conn.fetchval("SELECT count(*) FROM outbox_failed")
 
 
 class OutboxRelay:
     """Publishes the outbox in order. One relay per schema at a time (advisory lock), so
     replicas of a service cannot interleave and reorder records of one key."""
 
-    def __init__(self, pool: asyncpg.Pool, broker: KafkaBroker, schema: str, *, batch: int = 500, poll_ms: int = 1000):
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500,
+                 poll_ms: int = 1000):
         self._pool = pool
-        self._broker = broker
+        self._producer = producer
+        self._producer_started = False
         self._batch = batch
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
@@ -69,8 +105,12 @@ class OutboxRelay:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._producer_started:
+            await self._producer.stop()
 
     async def _run(self) -> None:
+        if failed := await count_failed(self._pool):
+            log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
         while True:
             try:
                 while await self.drain_once():
@@ -88,6 +128,9 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Publish one batch; returns how many records went out (0: nothing to do or not leader)."""
+        if not self._producer_started:
+            await self._producer.start()  # raises while Kafka is away: the loop retries
+            self._producer_started = True
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
@@ -106,10 +149,13 @@ class OutboxRelay:
                     "SELECT seq, topic, key, value, headers, $2, created_at FROM outbox WHERE seq = $1",
                     [(r["seq"], f"{type(e).__name__}: {e}") for r, e in failed],
                 )
-                for r, e in failed:
-                    log.error("outbox.unpublishable", seq=r["seq"], topic=r["topic"], error=str(e))
             done = [r["seq"] for r, e in zip(rows, results, strict=True) if not isinstance(e, BaseException)]
             await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", done + [r["seq"] for r, _ in failed])
+            if failed:
+                total = await count_failed(conn)
+                for r, e in failed:
+                    log.error("outbox.unpublishable", seq=r["seq"], topic=r["topic"], size=len(r["value"]),
+                              error=type(e).__name__, failed_total=total, hint="./dev outbox list")
         self.published += len(done)
         log.debug("outbox.published", count=len(done))
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
@@ -118,16 +164,11 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, row: asyncpg.Record) -> "asyncio.Future[object]":
-        headers: dict[str, str] = json.loads(row["headers"])
-        # Publish under the context of the event that caused this record: the trace goes on.
-        token = otel_context.attach(propagate.extract(headers))
         try:
-            return await self._broker.publish(
-                row["value"], row["topic"], key=row["key"], headers=headers, no_confirm=True
+            return await self._producer.send(
+                row["topic"], row["value"], key=row["key"], headers=list(load_headers(row["headers"]))
             )
         except _UNPUBLISHABLE as exc:  # refused before sending: a failed future, like the others
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
             return future
-        finally:
-            otel_context.detach(token)

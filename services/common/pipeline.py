@@ -8,6 +8,7 @@ and the inbox makes the replay harmless.
 """
 
 import asyncio
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class Pipeline:
         service: str,
         settings: ServiceSettings,
         apply: ApplyFn,
-        parse: Callable[[bytes, str], CloudEvent] = c.parse_event,
+        parse: Callable[..., CloudEvent] = c.parse_event,
         dead_letters_for: Sequence[str] = (),
     ):
         self.service = service
@@ -85,9 +86,11 @@ class Pipeline:
 
     def _parse_all(self, records: Sequence[ConsumerRecord]) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
         parsed, rejected = [], []
+        not_after = datetime.now(UTC) + self.settings.max_clock_skew  # time-futur beyond it
         for record in records:
             try:
-                parsed.append((self._parse(record.value or b"", self.settings.unprefixed(record.topic)), record))
+                topic = self.settings.unprefixed(record.topic)
+                parsed.append((self._parse(record.value or b"", topic, not_after=not_after), record))
             except ContractError as e:
                 rejected.append(dlq.Rejection(record, e.code, e.message))
         return parsed, rejected
@@ -186,7 +189,8 @@ class Pipeline:
 
     def _record(self, out: Outgoing, cause_span: trace.Span | None) -> OutboxRecord:
         headers = {"content-type": c.CONTENT_TYPE, **headers_for(cause_span)}
-        return OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.event.to_bytes(), headers)
+        return OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.event.to_bytes(),
+                            tuple((k, v.encode()) for k, v in headers.items()))
 
     def _log_outcomes(self, fresh: list[CloudEvent], stale: list[CloudEvent], accepted: int) -> None:
         stale_ids = {id(e) for e in stale}

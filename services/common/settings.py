@@ -4,6 +4,7 @@ Defaults work on the local runtime (`./dev up`); every field is a documented var
 README. `TOPIC_PREFIX` exists for test isolation only: production uses the contract's names.
 """
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field
@@ -25,6 +26,9 @@ class ServiceSettings(BaseSettings):
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
+    max_clock_skew: timedelta = Field(
+        timedelta(minutes=5), description="an event whose time is later than the clock plus this is time-futur"
+    )
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
     log_format: Literal["auto", "console", "json"] = "auto"

@@ -30,8 +30,14 @@ def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider
     return provider
 
 
-def context_from_headers(headers: Iterable[tuple[str, bytes]]) -> Context:
-    carrier = {k: v.decode("latin-1") for k, v in headers or ()}
+def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context:
+    """A partner's headers are any bytes or null: only text values can carry a trace context."""
+    carrier = {}
+    for k, v in headers or ():
+        try:
+            carrier[k] = v.decode()
+        except (AttributeError, UnicodeDecodeError):  # null, or not UTF-8: not a trace header
+            continue
     return propagate.extract(carrier)
 
 

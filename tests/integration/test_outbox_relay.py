@@ -1,38 +1,76 @@
-"""The outbox relay against the real broker and database: order, and a record Kafka will
-never accept set aside instead of holding back the ones behind it."""
+"""The outbox relay against the real broker and database: order, headers byte-exact, and a
+record Kafka will never accept set aside (visible, counted, retried by the operator command)
+instead of holding back the ones behind it."""
 
 import json
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from helpers import TopicReader
+from services.common import outbox_failed
 from services.common.db import create_pool, migrate
-from services.common.outbox import OutboxRecord, OutboxRelay, enqueue
+from services.common.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
 from services.equipement.app import SPEC
+
+ODD_HEADERS = (("x-bin", b"\xff\xfe\x00\x80"), ("x-null", None), ("x-n", b"dup-1"), ("x-n", b"dup-2"), ("x-empty", b""))
 
 
 async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_order(kafka, database_url, topic_prefix):
-    from faststream.kafka import KafkaBroker
-
     topic = topic_prefix + "equipement.profils.v1"
     pool = await create_pool(database_url, "relaytest")
     await migrate(pool, "relaytest", SPEC.package_dir)
-    broker = KafkaBroker(kafka.bootstrap_servers)
-    await broker.start()
+    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaytest")
     try:
-        records = [OutboxRecord(topic, b"k", json.dumps({"n": n}).encode(), {"x-n": str(n)}) for n in range(3)]
-        huge = OutboxRecord(topic, b"k", b"x" * 2_000_000)  # over the producer's 1 MiB request size
+        records = [OutboxRecord(topic, b"k", json.dumps({"n": n}).encode(), (("x-n", str(n).encode()),)) for n in range(3)]
+        huge = OutboxRecord(topic, b"k", b"x" * (MAX_REQUEST_BYTES + 1))  # over the relay's request size
+        odd = OutboxRecord(topic, b"k", b"odd", ODD_HEADERS)
         async with pool.acquire() as conn:
-            await enqueue(conn, [records[0], huge, records[1], records[2]])
-        relay = OutboxRelay(pool, broker, "relaytest")
+            await enqueue(conn, [records[0], huge, records[1], records[2], odd])
         async with TopicReader(kafka.bootstrap_servers, topic) as reader:
-            assert await relay.drain_once() == 4
-            out = await reader.wait_for(lambda rs: len(rs) >= 3, what="the three good records")
-            assert [json.loads(r.value)["n"] for r in out] == [0, 1, 2]
-            assert [dict(r.headers)["x-n"] for r in out] == [b"0", b"1", b"2"]
+            assert await relay.drain_once() == 5
+            out = await reader.wait_for(lambda rs: len(rs) >= 4, what="the four good records")
+            assert [r.value for r in out[:3]] == [json.dumps({"n": n}).encode() for n in range(3)]
+            assert [dict(r.headers)["x-n"] for r in out[:3]] == [b"0", b"1", b"2"]
+            assert (out[3].value, tuple(out[3].headers)) == (b"odd", ODD_HEADERS), "headers byte-exact, in order"
         failed = await pool.fetch("SELECT topic, length(value) AS size, error FROM outbox_failed")
-        assert [(f["topic"], f["size"]) for f in failed] == [(topic, 2_000_000)]
+        assert [(f["topic"], f["size"]) for f in failed] == [(topic, MAX_REQUEST_BYTES + 1)]
         assert "MessageSizeTooLarge" in failed[0]["error"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         assert await relay.drain_once() == 0
     finally:
-        await broker.stop()
+        await relay.stop()
+        await pool.close()
+
+
+async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, database_url, topic_prefix, capsys):
+    topic = topic_prefix + "equipement.profils.v1"
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "equipement")
+    try:
+        small = topic_prefix + "small"  # the broker refuses records over 1,000 bytes on it
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1000"})])
+        finally:
+            await admin.close()
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(small, b"k", b"a" * 2000), OutboxRecord(small, b"k", b"b" * 2000)])
+        await relay.drain_once()
+        assert await outbox_failed.run("list", ["equipement"], database_url, None) == 2
+        listed = capsys.readouterr().out
+        assert "equipement: 2 record(s) set aside" in listed and "TooLarge" in listed
+        seqs = [r["seq"] for r in await pool.fetch("SELECT seq FROM outbox_failed ORDER BY seq")]
+
+        # The cause fixed (here: the record's topic), retry puts it back and the relay publishes it.
+        await pool.execute("UPDATE outbox_failed SET topic = $1 WHERE seq = $2", topic, seqs[0])
+        assert await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]]) == 1
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            assert await relay.drain_once() == 1
+            await reader.wait_for(lambda rs: [r.value for r in rs] == [b"a" * 2000], what="the retried record")
+        assert await outbox_failed.run("drop", ["equipement"], database_url, [seqs[1]]) == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox_failed") == 0
+    finally:
+        await relay.stop()
         await pool.close()

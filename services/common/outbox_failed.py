@@ -1,0 +1,97 @@
+"""`./dev outbox`: what the relays set aside because Kafka refused it for good, and putting it back.
+
+    ./dev outbox list [--service NAME]             count and list the set-aside records
+    ./dev outbox retry [--service NAME] [--seq N …] put them back in the outbox (all, or these)
+    ./dev outbox drop --service NAME --seq N …     forget these records, after reading them
+
+A record lands in `outbox_failed` when Kafka answers that it will never accept it (over the
+topic's size limit, an invalid topic). Once the cause is fixed (a topic's max.message.bytes
+raised, say), `retry` moves it back to the end of the outbox, where the running service's relay
+publishes it within OUTBOX_POLL_MS. Consumers keep the highest version or the latest time, so a
+record published late cannot override newer state. Values are not printed: they may hold
+partners' data; `--show-key` prints record keys.
+"""
+
+import argparse
+import asyncio
+import sys
+
+import asyncpg
+
+from services.common.settings import ServiceSettings
+
+SERVICES = ("formation", "equipement", "ressources")
+
+
+async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
+    rows = await conn.fetch(
+        f'SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error FROM "{schema}".outbox_failed '
+        "ORDER BY seq"
+    )
+    print(f"{schema}: {len(rows)} record(s) set aside")
+    for r in rows:
+        key = f" key={r['key'].decode(errors='replace')!r}" if show_key and r["key"] is not None else ""
+        print(f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
+              f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}")
+    return len(rows)
+
+
+async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) -> int:
+    async with conn.transaction():
+        moved = await conn.fetch(
+            f'DELETE FROM "{schema}".outbox_failed WHERE $1::bigint[] IS NULL OR seq = ANY($1::bigint[]) '
+            "RETURNING seq, topic, key, value, headers",
+            seqs,
+        )
+        await conn.executemany(
+            f'INSERT INTO "{schema}".outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)',
+            [(r["topic"], r["key"], r["value"], r["headers"]) for r in sorted(moved, key=lambda r: r["seq"])],
+        )
+    print(f"{schema}: {len(moved)} record(s) back in the outbox")
+    return len(moved)
+
+
+async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
+    dropped = await conn.execute(f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[])', seqs)
+    count = int(dropped.split()[-1])
+    print(f"{schema}: {count} record(s) dropped")
+    return count
+
+
+async def run(command: str, schemas: list[str], database_url: str, seqs: list[int] | None, show_key: bool = False) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        total = 0
+        for schema in schemas:
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".outbox_failed'):
+                print(f"{schema}: no such service schema in this database", file=sys.stderr)
+                continue
+            if command == "list":
+                total += await _list(conn, schema, show_key)
+            elif command == "retry":
+                total += await _retry(conn, schema, seqs)
+            else:
+                total += await _drop(conn, schema, seqs or [])
+        return total
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./dev outbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("list", "retry", "drop"))
+    parser.add_argument("--service", choices=SERVICES, action="append",
+                        help="a service (repeatable; default: all three)")
+    parser.add_argument("--seq", type=int, action="append", help="a record's seq (repeatable; default: all)")
+    parser.add_argument("--show-key", action="store_true", help="list: print record keys too")
+    args = parser.parse_args(argv)
+    if args.command == "drop" and not (args.seq and args.service and len(args.service) == 1):
+        parser.error("drop needs one --service and the --seq of each record to forget")
+    asyncio.run(run(args.command, args.service or list(SERVICES), ServiceSettings().database_url, args.seq,
+                    args.show_key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
