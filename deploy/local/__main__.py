@@ -34,6 +34,7 @@ from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.publish import publish_etablissements
 from deploy.topology import platform_topics
+from services.common.secrets import redact
 
 DATABASE = "former_equiper_outiller"
 
@@ -69,7 +70,7 @@ class Platform:
         self.postgres.start()
         self.database_url = asyncio.run(self.postgres.create_database(DATABASE))
         where = "DATABASE_URL" if self.postgres.external_url else "embedded PostgreSQL 18"
-        say(f"PostgreSQL ready ({where}, {time.monotonic() - t1:.1f} s): {self.database_url}")
+        say(f"PostgreSQL ready ({where}, {time.monotonic() - t1:.1f} s): {redact(self.database_url)}")
         asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics()))
         say(f"topics: {', '.join(t.name for t in platform_topics())}")
         env = {

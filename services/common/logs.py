@@ -1,13 +1,24 @@
 """structlog set-up: readable in a terminal, one JSON object per line otherwise.
 
 Handlers bind `event_id`, `event_type` and `uai` with `structlog.contextvars`, so every line
-logged while an event is handled carries them.
+logged while an event is handled carries them. No line shows a password: every text value,
+exception text included, goes through `secrets.redact`.
 """
 
 import logging
 import sys
 
 import structlog
+
+from services.common.secrets import redact
+
+
+def redact_secrets(_logger, _method, event_dict: dict) -> dict:
+    """structlog processor: masks the passwords of URLs and DSNs in every text value."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
 
 
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> None:
@@ -24,6 +35,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
