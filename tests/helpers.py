@@ -125,3 +125,36 @@ def college(code: str, *, dep: str = "035", academie: str = "14", region: str = 
         "uai": code, "nom": f"Collège {code}", "type": "college", "statut": "public",
         "code_commune": dep[1:] + "238", "code_departement": dep, "code_academie": academie, "code_region": region,
         "ouvert": True}, subject=code, time_=at(minute))
+
+
+def profil_lot(code: str, version: int, *, lot_id: str = "L1", kind: str = "tablette", quantity: int = 30,
+               os: dict | None = None, browsers: list[dict] = ()) -> tuple[str, dict]:
+    """One lot as equipement publishes it on equipement.profils.v2: (record key, event)."""
+    import contracts.internal as i
+
+    data = {"uai": code, "lot_id": lot_id, "version": version, "kind": kind, "quantity": quantity, "os": os,
+            "browsers": list(browsers)}
+    return f"{code}/{lot_id}", event(i.PROFIL_LOT, "/plateforme/equipement", data, subject=f"{code}/{lot_id}",
+                                     time_=at(version))
+
+
+def profil_connectivite(code: str, version: int, bandwidth_mbps: float, ent: bool) -> tuple[str, dict]:
+    import contracts.internal as i
+
+    data = {"uai": code, "version": version, "bandwidth_mbps": bandwidth_mbps, "ent": ent}
+    return code, event(i.PROFIL_CONNECTIVITE, "/plateforme/equipement", data, subject=code, time_=at(version))
+
+
+def couverture(code: str, version: int, enseignants: int, competences: dict[str, list[int]],
+               outils: dict[str, int] = {}) -> list[tuple[str, dict]]:
+    """A UAI's coverage as formation publishes it on formation.couvertures.v2: its records."""
+    import contracts.internal as i
+
+    records = [(code, event(i.COUVERTURE_ENSEIGNANTS, "/plateforme/formation", {
+        "uai": code, "version": version, "enseignants": enseignants, "competences": competences},
+        subject=code, time_=at(version)))]
+    for kind, n in outils.items():
+        records.append((f"{code}/{kind}", event(i.COUVERTURE_OUTIL, "/plateforme/formation", {
+            "uai": code, "kind": kind, "version": version, "enseignants": n}, subject=f"{code}/{kind}",
+            time_=at(version))))
+    return records

@@ -149,10 +149,9 @@ async def play(platform: Platform) -> AlertTail:
     # coverage the other two published.
     await _wait(db, f"SELECT (SELECT count(*) FROM equipement.inbox WHERE type <> '{c.ETABLISSEMENT}') "
                 f"+ (SELECT count(*) FROM formation.inbox WHERE type <> '{c.ETABLISSEMENT}')", sent, "declarations")
-    await _wait(db, "SELECT count(*) FROM equipement.profils e JOIN ressources.profils r USING (uai, version)",
-                len(equipped), "equipment profiles")
-    await _wait(db, "SELECT count(*) FROM formation.couvertures f JOIN ressources.couvertures r USING (uai, version)",
-                len(equipped), "training coverages")
+    for producer, what in (("equipement", "equipment records"), ("formation", "training coverage records")):
+        await _wait(db, f"SELECT count(*) FROM {producer}.publies p LEFT JOIN ressources.recus r "
+                    "USING (type, uai, entity, version) WHERE r.uai IS NULL", 0, what)
     subs = list(scenario.catalogue(etabs))
     say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
     await scenario.send(bootstrap, subs)

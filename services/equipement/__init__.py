@@ -1,2 +1,2 @@
-"""equipement: lots and connectivity pushed by collectivités, turned into one equipment
-profile per UAI, published on `equipement.profils.v1` whenever it changes."""
+"""equipement: lots and connectivity pushed by collectivités, checked and republished one
+record per lot and per connectivity on `equipement.profils.v2` whenever they change."""

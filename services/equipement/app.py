@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import contracts as c
-from contracts.internal import PROFILS, ProfilEquipement
+from contracts.internal import PROFILS, ProfilLot
 from services.common.app import Publishes, ServiceSpec
 from services.equipement.handlers import apply
 
@@ -12,7 +12,8 @@ SPEC = ServiceSpec(
     package_dir=Path(__file__).parent,
     consumes=(c.REFERENTIEL, c.EQUIPEMENT),
     publishes=(
-        Publishes(PROFILS, "Per-UAI equipment profile (compacted, key UAI), on every change", ProfilEquipement),
+        Publishes(PROFILS, "Each lot (key {uai}/{lot_id}) and each UAI's connectivity (key UAI) as it changes; "
+                  "compacted", ProfilLot),
         Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,

@@ -1,26 +1,16 @@
-"""The equipment profile of one UAI, from the lots and connectivity held for it. Pure."""
+"""What equipement publishes of a lot or a connectivity, from the declared state. Pure.
 
-from collections.abc import Iterable
+One record per lot: a UAI may hold 2,000 lots (CONTRACTS.md, Limits), far more than one Kafka
+record can carry, while one lot is bounded by the contract's field bounds.
+"""
 
-from contracts.internal import ConnectiviteProfil, LotProfil
-from contracts import Logiciel
-
-
-def lot_profil(lot_id: str, kind: str, quantity: int, os: dict | None, browsers: list[dict]) -> LotProfil:
-    return LotProfil(
-        lot_id=lot_id,
-        kind=kind,
-        quantity=quantity,
-        os=Logiciel(**os) if os else None,
-        browsers=[Logiciel(**b) for b in browsers],
-    )
+from contracts import Connectivite, Lot
 
 
-def profil_content(lots: Iterable[LotProfil], connectivite: ConnectiviteProfil | None) -> dict:
-    """The profile without its version: lots in service (quantity > 0), in a stable order,
-    so that equal content means no change and no publication."""
-    in_service = sorted((lot for lot in lots if lot.quantity > 0), key=lambda lot: lot.lot_id)
-    return {
-        "lots": [lot.model_dump(mode="json") for lot in in_service],
-        "connectivite": connectivite.model_dump(mode="json") if connectivite else None,
-    }
+def lot_content(lot: Lot) -> dict:
+    """The lot's record without uai, lot_id and version; quantity 0 says it is retired."""
+    return lot.model_dump(mode="json", include={"kind", "quantity", "os", "browsers"})
+
+
+def connectivite_content(link: Connectivite) -> dict:
+    return link.model_dump(mode="json", include={"bandwidth_mbps", "ent"})

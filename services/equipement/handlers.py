@@ -1,4 +1,4 @@
-"""equipement's use case: store lots and connectivity, republish the profiles that changed."""
+"""equipement's use case: store lots and connectivity, republish each lot and link that changed."""
 
 from collections.abc import Sequence
 
@@ -6,23 +6,26 @@ import asyncpg
 
 import contracts as c
 from contracts import CloudEvent
-from contracts.internal import PROFIL_EQUIPEMENT, PROFILS, ProfilEquipement
-from services.common.derived import publish_changes
+from contracts.internal import PROFIL_CONNECTIVITE, PROFIL_LOT, PROFILS, ProfilConnectivite, ProfilLot
+from services.common.derived import Derived, publish_changes
 from services.common.pipeline import Applied
 from services.equipement import domain, store
 
 SOURCE = "/plateforme/equipement"
+LOTS = Derived(PROFIL_LOT, PROFILS, ProfilLot, entity_field="lot_id")
+LINKS = Derived(PROFIL_CONNECTIVITE, PROFILS, ProfilConnectivite)
 
 
 async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
     lots = await store.store_lots(conn, [e for e in events if e.type == c.LOT])
     links = await store.store_connectivites(conn, [e for e in events if e.type == c.CONNECTIVITE])
-    causes = {e.data.uai: e for e in [*lots.winners.values(), *links.winners.values()]}
-    uais = sorted(causes)
-    in_service, connectivites = await store.load_equipment(conn, uais)
-    contents = {u: domain.profil_content(in_service[u], connectivites.get(u)) for u in uais}
+    # The winners are the entities' new state: no need to read back what was just written.
     outgoing = await publish_changes(
-        conn, table="profils", column="profil", topic=PROFILS, event_type=PROFIL_EQUIPEMENT,
-        source=SOURCE, contents=contents, model=ProfilEquipement, causes=causes,
+        conn, LOTS, source=SOURCE, causes={e.data.uai: e for e in lots.winners.values()},
+        contents={(e.data.uai, e.data.lot_id): domain.lot_content(e.data) for e in lots.winners.values()},
+    )
+    outgoing += await publish_changes(
+        conn, LINKS, source=SOURCE, causes={e.data.uai: e for e in links.winners.values()},
+        contents={(e.data.uai, ""): domain.connectivite_content(e.data) for e in links.winners.values()},
     )
     return Applied(stale=lots.stale + links.stale, outgoing=outgoing)

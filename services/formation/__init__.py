@@ -1,2 +1,3 @@
-"""formation: affectations and trainings declared by rectorats, turned into one training
-coverage per UAI, published on `formation.couvertures.v1` whenever it changes."""
+"""formation: affectations and trainings declared by rectorats, turned into each UAI's training
+coverage (teachers and competence levels, teachers per tool), published on
+`formation.couvertures.v2` whenever a record of it changes."""

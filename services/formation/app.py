@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import contracts as c
-from contracts.internal import COUVERTURES, CouvertureFormation
+from contracts.internal import COUVERTURES, CouvertureEnseignants
 from services.common.app import Publishes, ServiceSpec
 from services.formation.handlers import apply
 
@@ -12,7 +12,8 @@ SPEC = ServiceSpec(
     package_dir=Path(__file__).parent,
     consumes=(c.REFERENTIEL, c.FORMATION),
     publishes=(
-        Publishes(COUVERTURES, "Per-UAI training coverage (compacted, key UAI), on every change", CouvertureFormation),
+        Publishes(COUVERTURES, "Each UAI's counted teachers and competence levels (key UAI) and its teachers per "
+                  "tool (key {uai}/{kind}) as they change; compacted", CouvertureEnseignants),
         Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,

@@ -1,36 +1,32 @@
-"""Training coverage of one UAI, from its counted teachers and what each holds. Pure."""
+"""Training coverage of one UAI, from counts over its counted teachers. Pure."""
 
 from collections.abc import Mapping, Sequence
 
-from contracts import fold_kind
+from contracts import CRCN_LEVELS, fold_kind
 
-LEVELS = 8
+LEVELS = len(CRCN_LEVELS)
 
 
-def couverture_content(
-    teachers: Sequence[str],
-    levels: Mapping[str, Mapping[str, int]],
-    tools: Mapping[str, set[str]],
-) -> dict:
-    """`levels[teacher][code]` is the highest level reached; `tools[teacher]` the folded kinds.
+def competences_content(enseignants: int, per_level: Mapping[str, Mapping[int, int]]) -> dict:
+    """`per_level[code][level]` counts the teachers whose highest level in `code` is `level`.
 
-    Returns, for the UAI, the number of counted teachers, per competence the number at each
-    level or above, and per tool the number trained on it.
+    Returns the UAI's record: its number of counted teachers and, per competence, the number
+    of them at each level or above (`[≥1, ≥2, …, ≥8]`).
     """
-    competences: dict[str, list[int]] = {}
-    outils: dict[str, int] = {}
-    for teacher in teachers:
-        for code, level in levels.get(teacher, {}).items():
-            counts = competences.setdefault(code, [0] * LEVELS)
-            for i in range(min(level, LEVELS)):
-                counts[i] += 1
-        for kind in tools.get(teacher, ()):
-            outils[kind] = outils.get(kind, 0) + 1
-    return {
-        "enseignants": len(teachers),
-        "competences": dict(sorted(competences.items())),
-        "outils": dict(sorted(outils.items())),
-    }
+    competences = {}
+    for code, levels in sorted(per_level.items()):
+        at_or_above, running = [0] * LEVELS, 0
+        for level in range(LEVELS, 0, -1):
+            running += levels.get(level, 0)
+            at_or_above[level - 1] = running
+        competences[code] = at_or_above
+    return {"enseignants": enseignants, "competences": competences}
+
+
+def outils_contents(trained: Mapping[str, int], published: set[str]) -> dict[str, dict]:
+    """Per folded tool kind, the number of counted teachers trained on it; a kind published
+    before and held by nobody now is published with 0, so that the consumer forgets it."""
+    return {kind: {"enseignants": trained.get(kind, 0)} for kind in sorted(trained.keys() | published)}
 
 
 def folded_tools(kinds: Sequence[str]) -> list[str]:

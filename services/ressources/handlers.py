@@ -9,7 +9,7 @@ import structlog
 
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, make_event
-from contracts.internal import COUVERTURE_FORMATION, PROFIL_EQUIPEMENT
+from contracts.internal import INTERNAL_PAYLOADS
 from services.common import referentiel
 from services.common.pipeline import Applied, Outgoing, Pipeline
 from services.common.settings import ServiceSettings
@@ -26,8 +26,7 @@ def make_apply(seuils: Seuils):
         of = lambda *types: [e for e in events if e.type in types]  # noqa: E731
         catalogue = await store.store_catalogue(conn, of(c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE))
         abonnements = await store.store_abonnements(conn, of(c.ABONNEMENT))
-        profils = await store.store_versioned(conn, "profils", "profil", of(PROFIL_EQUIPEMENT))
-        couvertures = await store.store_versioned(conn, "couvertures", "couverture", of(COUVERTURE_FORMATION))
+        derived = await store.store_derived(conn, of(*INTERNAL_PAYLOADS))
 
         # Which input event each touched UAI or resource owes its re-evaluation to (tracing).
         causes: dict[str, CloudEvent] = {}
@@ -35,7 +34,7 @@ def make_apply(seuils: Seuils):
             for touched in (getattr(e.data, "uai", None), getattr(e.data, "resource_id", None)):
                 if touched:
                     causes[touched] = e
-        uais = ref_changed | profils | couvertures | {e.data.uai for e in abonnements.winners.values()}
+        uais = ref_changed | derived | {e.data.uai for e in abonnements.winners.values()}
         resources = {e.data.resource_id for e in catalogue.winners.values()}
         outgoing = await reevaluate(conn, uais, resources, seuils, causes)
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)

@@ -7,7 +7,16 @@ import asyncpg
 
 import contracts as c
 from contracts import CloudEvent, RessourcePubliee
-from contracts.internal import CouvertureFormation, ProfilEquipement
+from contracts.internal import (
+    COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
+    PROFIL_CONNECTIVITE,
+    PROFIL_LOT,
+    ConnectiviteProfil,
+    CouvertureFormation,
+    LotProfil,
+    ProfilEquipement,
+)
 from services.common.entities import store_latest
 from services.common.state import Verdicts
 
@@ -29,24 +38,24 @@ async def store_abonnements(conn: asyncpg.Connection, events: Sequence[CloudEven
     )
 
 
-async def store_versioned(conn: asyncpg.Connection, table: str, column: str, events: Sequence[CloudEvent]) -> set[str]:
-    """Keep the highest `version` per UAI of what another service publishes; returns the UAIs
-    whose content changed here."""
-    latest: dict[str, CloudEvent] = {}
+async def store_derived(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> set[str]:
+    """Keep the highest `version` per record key of what equipement and formation publish;
+    returns the UAIs whose records changed here."""
+    latest: dict[tuple[str, str, str], CloudEvent] = {}
     for e in events:
-        if e.data.uai not in latest or latest[e.data.uai].data.version < e.data.version:
-            latest[e.data.uai] = e
+        key = (e.type, e.data.uai, e.data.entity)
+        if key not in latest or latest[key].data.version < e.data.version:
+            latest[key] = e
     rows = await conn.fetch(
-        f"""
-        INSERT INTO {table} (uai, version, {column})
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[])
-        ON CONFLICT (uai) DO UPDATE SET version = EXCLUDED.version, {column} = EXCLUDED.{column}
-        WHERE {table}.version < EXCLUDED.version
+        """
+        INSERT INTO recus (type, uai, entity, version, content)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])
+        ON CONFLICT (type, uai, entity) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content
+        WHERE recus.version < EXCLUDED.version
         RETURNING uai
         """,
-        list(latest),
-        [e.data.version for e in latest.values()],
-        [e.data.model_dump_json() for e in latest.values()],
+        [t for t, _, _ in latest], [u for _, u, _ in latest], [x for _, _, x in latest],
+        [e.data.version for e in latest.values()], [e.data.model_dump_json() for e in latest.values()],
     )
     return {r["uai"] for r in rows}
 
@@ -66,14 +75,38 @@ async def load_ressources(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[
     return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
 
+async def _recus(conn: asyncpg.Connection, types: Sequence[str], uais: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT type, uai, content FROM recus WHERE type = ANY($1::text[]) AND uai = ANY($2::text[]) "
+        "ORDER BY uai, type, entity",
+        list(types), uais,
+    )
+
+
 async def load_profils(conn: asyncpg.Connection, uais: list[str]) -> dict[str, ProfilEquipement]:
-    rows = await conn.fetch("SELECT uai, profil FROM profils WHERE uai = ANY($1::text[])", uais)
-    return {r["uai"]: ProfilEquipement.model_validate_json(r["profil"]) for r in rows}
+    """Per UAI with any equipment record: its lots in service (by lot_id) and its link."""
+    lots: dict[str, list[LotProfil]] = {}
+    links: dict[str, ConnectiviteProfil] = {}
+    for r in await _recus(conn, (PROFIL_LOT, PROFIL_CONNECTIVITE), uais):
+        lots.setdefault(r["uai"], [])
+        if r["type"] == PROFIL_CONNECTIVITE:
+            links[r["uai"]] = ConnectiviteProfil.model_validate_json(r["content"])
+        elif (lot := LotProfil.model_validate_json(r["content"])).quantity > 0:
+            lots[r["uai"]].append(lot)
+    return {u: ProfilEquipement(uai=u, lots=lots[u], connectivite=links.get(u)) for u in lots}
 
 
 async def load_couvertures(conn: asyncpg.Connection, uais: list[str]) -> dict[str, CouvertureFormation]:
-    rows = await conn.fetch("SELECT uai, couverture FROM couvertures WHERE uai = ANY($1::text[])", uais)
-    return {r["uai"]: CouvertureFormation.model_validate_json(r["couverture"]) for r in rows}
+    """Per UAI with any training record: counted teachers, competences, tools held by someone."""
+    parts: dict[str, dict] = {}
+    for r in await _recus(conn, (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais):
+        content = json.loads(r["content"])
+        part = parts.setdefault(r["uai"], {"uai": r["uai"], "enseignants": 0, "competences": {}, "outils": {}})
+        if r["type"] == COUVERTURE_ENSEIGNANTS:
+            part.update(enseignants=content["enseignants"], competences=content["competences"])
+        elif content["enseignants"] > 0:
+            part["outils"][content["kind"]] = content["enseignants"]
+    return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
 
 
 async def load_alertes(

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import contracts as c
+import contracts.internal as internal
 from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
 from services.common.db import create_pool, migrate
@@ -42,15 +43,15 @@ async def seed(conn, n: int) -> None:
         columns=["uai", "nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region",
                  "ouvert", "event_time"])
     # Half the établissements run iPadOS 12.5 (incompatible with >= 15), half iPadOS 17.
-    profils = [(u, 1, json.dumps({"uai": u, "version": 1, "connectivite": {"bandwidth_mbps": 50.0, "ent": True},
-                                  "lots": [{"lot_id": "L1", "kind": "tablette", "quantity": 30, "browsers": [],
-                                            "os": {"name": "iPadOS", "version": "12.5" if i % 2 else "17.1"}}]}))
-               for i, u in enumerate(uais)]
-    await conn.executemany("INSERT INTO profils (uai, version, profil) VALUES ($1, $2, $3::jsonb)", profils)
-    couvertures = [(u, 1, json.dumps({"uai": u, "version": 1, "enseignants": 40,
-                                      "competences": {"3.4": [30, 25, 20, 10, 5, 0, 0, 0]}, "outils": {"tni": 30}}))
-                   for u in uais]
-    await conn.executemany("INSERT INTO couvertures (uai, version, couverture) VALUES ($1, $2, $3::jsonb)", couvertures)
+    recus = []
+    for i, u in enumerate(uais):
+        lot = {"lot_id": "L1", "kind": "tablette", "quantity": 30, "browsers": [],
+               "os": {"name": "iPadOS", "version": "12.5" if i % 2 else "17.1"}}
+        recus += [(internal.PROFIL_LOT, u, "L1", lot), (internal.PROFIL_CONNECTIVITE, u, "", {"bandwidth_mbps": 50.0, "ent": True}),
+                  (internal.COUVERTURE_ENSEIGNANTS, u, "", {"enseignants": 40, "competences": {"3.4": [30, 25, 20, 10, 5, 0, 0, 0]}}),
+                  (internal.COUVERTURE_OUTIL, u, "tni", {"kind": "tni", "enseignants": 30})]
+    await conn.executemany("INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
+                           [(t, u, e, json.dumps({"uai": u, "version": 1, **content})) for t, u, e, content in recus])
     await conn.copy_records_to_table("abonnements", records=[(RID, u, T0.date(), None, T0) for u in uais],
                                      columns=["resource_id", "uai", "start", "end", "event_time"])
 

@@ -24,7 +24,7 @@ async def test_incompatible_equipment_raises_then_a_fixing_lot_resolves(platform
         "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True}, 0, UAI))
     await wait_stored(("equipement.etablissements", "ressources.etablissements"), [UAI])
     publish("equipement.declarations.v1", UAI, lot("tablettes-6e", "tablette", 30, {"name": "iPadOS", "version": "12.5"}, 3))
-    await wait_stored(("ressources.profils",), [UAI])
+    await wait_stored(("ressources.recus",), [UAI])
     publish("ressources.catalogue.v1", RESOURCE, ce("ressources.ressource-publiee", "/ministere", {
         "resource_id": RESOURCE, "title": "Manuel numérique de SVT", "editor": "Éditions test",
         "requirements": [[{"type": "os", "name": "iPad OS", "min_version": "15"},

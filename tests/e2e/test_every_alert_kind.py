@@ -6,6 +6,7 @@ import pytest
 from partner import ce
 
 import contracts as c
+from contracts.internal import COUVERTURE_ENSEIGNANTS, PROFIL_CONNECTIVITE, PROFIL_LOT
 
 pytestmark = pytest.mark.e2e
 
@@ -70,10 +71,11 @@ async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publ
             "teacher_id": teacher, "uai": FORMATION, "start": "2026-09-01", "end": None}, 3, FORMATION))
     # Profiles and coverages are republished as each declaration lands: wait for the final ones,
     # or an alert could be raised on an intermediate state (0/1 teacher) and only updated later.
-    await wait_true("SELECT jsonb_array_length(profil->'lots') = 2 FROM ressources.profils WHERE uai = $1", PARTIEL)
-    await wait_true("SELECT count(*) = 3 FROM ressources.profils WHERE uai = ANY($1::text[]) "
-                    "AND profil->'connectivite' IS NOT NULL AND profil->'connectivite' != 'null'", [DEBIT, ENT, FORMATION])
-    await wait_true("SELECT (couverture->>'enseignants')::int = 2 FROM ressources.couvertures WHERE uai = $1", FORMATION)
+    await wait_true(f"SELECT count(*) = 2 FROM ressources.recus WHERE type = '{PROFIL_LOT}' AND uai = $1", PARTIEL)
+    await wait_true(f"SELECT count(*) = 3 FROM ressources.recus WHERE type = '{PROFIL_CONNECTIVITE}' "
+                    "AND uai = ANY($1::text[])", [DEBIT, ENT, FORMATION])
+    await wait_true(f"SELECT (content->>'enseignants')::int = 2 FROM ressources.recus "
+                    f"WHERE type = '{COUVERTURE_ENSEIGNANTS}' AND uai = $1", FORMATION)
 
     publish(c.CATALOGUE, "ark:/1/partiel", resource("ark:/1/partiel", requirements=[[
         {"type": "os", "name": "Microsoft Windows", "min_version": "10"}]]))

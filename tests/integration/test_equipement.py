@@ -3,7 +3,7 @@
 import json
 
 import contracts as c
-from contracts.internal import PROFIL_EQUIPEMENT, PROFILS
+from contracts.internal import PROFIL_LOT, PROFILS
 from helpers import TopicReader, at, college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
@@ -30,12 +30,11 @@ async def test_lot_is_stored_and_its_profile_published(kafka, settings):
         await referentiel_loaded(pipeline, 1)
         await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 1))])
 
-        records = await profils.wait_for(lambda rs: len(rs) >= 1, what="a profile")
+        records = await profils.wait_for(lambda rs: len(rs) >= 1, what="the lot's record")
         published = json.loads(records[0].value)
-        assert records[0].key == uai.encode()
-        assert published["type"] == PROFIL_EQUIPEMENT and published["source"] == "/plateforme/equipement"
-        assert published["data"]["version"] == 1
-        assert [(l["lot_id"], l["quantity"]) for l in published["data"]["lots"]] == [("L1", 30)]
+        assert records[0].key == f"{uai}/L1".encode(), "one record per lot, compacted by lot"
+        assert published["type"] == PROFIL_LOT and published["source"] == "/plateforme/equipement"
+        assert (published["data"]["version"], published["data"]["lot_id"], published["data"]["quantity"]) == (1, "L1", 30)
         row = await pipeline.pool.fetchrow("SELECT quantity, os FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai)
         assert row["quantity"] == 30 and json.loads(row["os"])["name"] == "iPadOS"
 
@@ -51,14 +50,15 @@ async def test_duplicate_has_no_effect_and_older_event_is_stale(kafka, settings)
         await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT),
                    [(uai, first), (uai, first), (uai, older), (uai, marker)])
 
-        await profils.wait_for(lambda rs: any(len(json.loads(r.value)["data"]["lots"]) == 2 for r in rs),
-                               what="the profile with both lots")
-        versions = [json.loads(r.value)["data"] for r in profils.records]
-        # One profile per real change: L1 at 30, then L1 + L2. The duplicate and the stale lot changed nothing.
-        assert [[(l["lot_id"], l["quantity"]) for l in v["lots"]] for v in versions] in (
-            [[("L1", 30)], [("L1", 30), ("L2", 3)]],
-            [[("L1", 30), ("L2", 3)]],
-        )
+        await profils.wait_for(lambda rs: {r.key for r in rs} == {f"{uai}/L1".encode(), f"{uai}/L2".encode()},
+                               what="both lots' records")
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox drained")
+        # One publication per real change: the duplicate and the stale lot changed nothing.
+        published = {r["entity"]: (r["version"], json.loads(r["content"])["quantity"])
+                     for r in await pipeline.pool.fetch("SELECT entity, version, content FROM publies")}
+        assert published == {"L1": (1, 30), "L2": (1, 3)}
+        assert sorted((json.loads(r.value)["data"]["lot_id"], json.loads(r.value)["data"]["version"])
+                      for r in profils.records) == [("L1", 1), ("L2", 1)]
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai) == 30
         outcomes = dict(await pipeline.pool.fetch("SELECT id, outcome FROM inbox WHERE type = $1", c.LOT))
         assert outcomes == {first["id"]: "applied", older["id"]: "stale", marker["id"]: "applied"}
@@ -89,14 +89,14 @@ async def test_bad_records_go_to_the_dlq_and_the_next_good_one_is_processed(kafk
         assert headers["dlq-topic"] == settings.topic(c.EQUIPEMENT)
         assert headers["dlq-message"] and headers["dlq-offset"].isdigit() and headers["dlq-partition"].isdigit()
 
-        await profils.wait_for(lambda rs: any(l["lot_id"] == "L3" for r in rs for l in json.loads(r.value)["data"]["lots"]),
-                               what="the good lot's profile")
+        await profils.wait_for(lambda rs: any(json.loads(r.value)["data"]["lot_id"] == "L3" for r in rs),
+                               what="the good lot's record")
 
 
 async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_goes_on(kafka, settings):
-    """Valid by the contract, refused by the database: it must not block its partition."""
+    """Refused by the database (a NUL character) or by a contract bound: neither blocks its partition."""
     uai = valid_uai("0350004")
-    huge = lot(uai, "L1", 3_000_000_000, 1)  # no upper bound in the contract; beyond an int column
+    huge = lot(uai, "L1", 3_000_000_000, 1)  # beyond the contract's 1,000,000 (and an int column)
     nul = lot(uai, "L2", 1, 2)
     nul["data"]["lot_id"] = "L2\u0000"
     before, after = lot(uai, "L0", 5, 0), lot(uai, "L3", 7, 3)

@@ -38,23 +38,28 @@ async def test_affectations_and_trainings_give_the_published_coverage(kafka, set
             ("ens-0000000A", formation("ens-0000000A", "3.4", 2, 5, tools=())),  # lower level: max stays 3
         ])
 
-        def final(records):
-            return any(json.loads(r.value)["data"]["competences"].get("3.4") for r in records)
+        def latest(records) -> dict[bytes, dict]:
+            return {r.key: json.loads(r.value)["data"] for r in records}  # per key, in version order
 
-        records = await out.wait_for(final, what="a coverage with competence 3.4")
-        data = json.loads(records[-1].value)["data"]
-        assert records[-1].key == where.encode()
-        assert data["enseignants"] == 2
-        assert data["competences"]["3.4"][:4] == [1, 1, 1, 0]
-        assert data["outils"] == {"tni": 1}
-        versions = [json.loads(r.value)["data"]["version"] for r in records]
-        assert versions == sorted(set(versions)), "each publication is a new version"
+        def final(records):
+            last = latest(records)
+            return (last.get(where.encode(), {}).get("competences", {}).get("3.4", [0])[0] == 1
+                    and last.get(f"{where}/tni".encode(), {}).get("enseignants") == 1)
+
+        records = await out.wait_for(final, what="the coverage with competence 3.4 and the TNI count")
+        teachers, tni = latest(records)[where.encode()], latest(records)[f"{where}/tni".encode()]
+        assert teachers["enseignants"] == 2
+        assert teachers["competences"]["3.4"][:4] == [1, 1, 1, 0]
+        assert (tni["kind"], tni["enseignants"]) == ("tni", 1)
+        for key in (where.encode(), f"{where}/tni".encode()):
+            versions = [json.loads(r.value)["data"]["version"] for r in records if r.key == key]
+            assert versions == sorted(set(versions)), "each publication of a key is a new version"
         outcomes = await pipeline.pool.fetch("SELECT outcome, count(*) FROM inbox WHERE type = $1 GROUP BY outcome",
                                              c.AFFECTATION)
         assert dict((r["outcome"], r["count"]) for r in outcomes) == {"applied": 4, "stale": 1}
 
 
-async def test_bad_training_records_are_dead_lettered(kafka, settings):
+async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_is_never_repeated(kafka, settings, capfd):
     where = uai("0350102")
     bad_crcn = formation("ens-0000000A", "3.4", 3, 1)
     bad_crcn["data"]["competences"][0]["code"] = "6.1"
@@ -75,3 +80,12 @@ async def test_bad_training_records_are_dead_lettered(kafka, settings):
             "crcn-invalide", "hors-competence", "teacher-id-invalide"]
         await out.wait_for(lambda rs: any(json.loads(r.value)["data"]["enseignants"] == 1 for r in rs),
                            what="the good affectation's coverage")
+        # The e-mail used as a teacher_id is in the DLQ copy's bytes (unchanged) and nowhere else.
+        refused = next(r for r in records if dict(r.headers)["dlq-reason"] == b"teacher-id-invalide")
+        assert b"dupont" in refused.value
+        assert all(b"dupont" not in v for k, v in refused.headers if v), "no header repeats it"
+        messages = [r["message"] for r in await pipeline.pool.fetch("SELECT message FROM dead_letters")]
+        assert len(messages) == 3 and not any("dupont" in m for m in messages)
+    logged = capfd.readouterr()
+    assert "teacher-id-invalide" in logged.err + logged.out, "the refusal is logged"
+    assert "dupont" not in logged.err + logged.out, "the log names the field and the rule, not the value"

@@ -6,6 +6,7 @@ import json
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from contracts.internal import PROFILS
 from helpers import TopicReader
 from services.common import outbox_failed
 from services.common.db import create_pool, migrate
@@ -16,7 +17,7 @@ ODD_HEADERS = (("x-bin", b"\xff\xfe\x00\x80"), ("x-null", None), ("x-n", b"dup-1
 
 
 async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_order(kafka, database_url, topic_prefix):
-    topic = topic_prefix + "equipement.profils.v1"
+    topic = topic_prefix + PROFILS
     pool = await create_pool(database_url, "relaytest")
     await migrate(pool, "relaytest", SPEC.package_dir)
     relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaytest")
@@ -43,7 +44,7 @@ async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_ord
 
 
 async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, database_url, topic_prefix, capsys):
-    topic = topic_prefix + "equipement.profils.v1"
+    topic = topic_prefix + PROFILS
     pool = await create_pool(database_url, "equipement")
     await migrate(pool, "equipement", SPEC.package_dir)
     relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "equipement")

@@ -3,15 +3,16 @@ through Kafka: every endpoint, filters, pagination, the SSE stream, bad paramete
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 import uvicorn
 
 import contracts as c
-from contracts.internal import COUVERTURE_FORMATION, COUVERTURES, PROFIL_EQUIPEMENT, PROFILS
+from contracts.internal import COUVERTURES, PROFILS
 from deploy.local.ports import free_port
-from helpers import at, event, eventually, send, uai
+from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, uai
 from services.common.app import build_app
 from services.ressources.api import create_api
 from services.ressources.app import SPEC
@@ -29,31 +30,35 @@ def etab(code: str, dep: str, aca: str, reg: str, type_: str = "college") -> dic
         "code_departement": dep, "code_academie": aca, "code_region": reg, "ouvert": True}, time_=at(0))
 
 
-def profil(code: str, ipados: str) -> dict:
-    return event(PROFIL_EQUIPEMENT, "/plateforme/equipement", {
-        "uai": code, "version": 1, "connectivite": {"bandwidth_mbps": 8.0, "ent": True},
-        "lots": [{"lot_id": "L1", "kind": "tablette", "quantity": 10, "os": {"name": "iPadOS", "version": ipados},
-                  "browsers": []}]}, time_=at(1))
+def profil(code: str, ipados: str) -> list[tuple[str, dict]]:
+    return [profil_lot(code, 1, quantity=10, os={"name": "iPadOS", "version": ipados}),
+            profil_connectivite(code, 1, 8.0, True)]
 
 
-def couverture(code: str) -> dict:
-    return event(COUVERTURE_FORMATION, "/plateforme/formation", {
-        "uai": code, "version": 1, "enseignants": 10, "competences": {"3.4": [5, 2, 1, 0, 0, 0, 0, 0]}, "outils": {}},
-        time_=at(1))
+def formation(code: str) -> list[tuple[str, dict]]:
+    return couverture(code, 1, 10, {"3.4": [5, 2, 1, 0, 0, 0, 0, 0]})
 
 
-@pytest.fixture
-async def api(kafka, settings):
-    """ressources as `python -m services.ressources` serves it, in this process."""
+@asynccontextmanager
+async def serve_api(settings):
+    """ressources as `python -m services.ressources` serves it, in this process: (client, app)."""
     app = create_api(build_app(SPEC, settings), settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        await eventually(lambda: _ok(client), what="the API to answer /health")
-        yield client, app
-    server.should_exit = True
-    await task
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await eventually(lambda: _ok(client), what="the API to answer /health")
+            yield client, app
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def api(kafka, settings):
+    async with serve_api(settings) as served:
+        yield served
 
 
 async def _ok(client):
@@ -68,10 +73,10 @@ async def feed(kafka, settings, pool):
     await send(b, settings.topic(c.REFERENTIEL), [(u, etab(u, "035", "14", "53")) for u in RENNES]
                + [(NANTES, etab(NANTES, "044", "17", "52"))])
     # RENNES[0..1] old tablets (incompatible), RENNES[2..3] fine; NANTES old.
-    await send(b, settings.topic(PROFILS), [(u, profil(u, "12.5" if i < 2 else "17")) for i, u in enumerate(RENNES)]
-               + [(NANTES, profil(NANTES, "12.5"))])
-    await send(b, settings.topic(COUVERTURES), [(u, couverture(u)) for u in RENNES])
-    await eventually(lambda: pool.fetchval("SELECT count(*) = 5 FROM profils"), what="profiles")
+    await send(b, settings.topic(PROFILS), [r for i, u in enumerate(RENNES) for r in profil(u, "12.5" if i < 2 else "17")]
+               + profil(NANTES, "12.5"))
+    await send(b, settings.topic(COUVERTURES), [r for u in RENNES for r in formation(u)])
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 14 FROM recus"), what="5 lots, 5 links, 4 coverages")
     await send(b, settings.topic(c.CATALOGUE), [(RID, event(c.RESSOURCE_PUBLIEE, "/ministere", {
         "resource_id": RID, "title": "Atlas", "editor": "E",
         "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]], "tools": [],
@@ -149,17 +154,38 @@ async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
     ("/alertes", {"limit": 0}, 422, "limit"),
     ("/alertes", {"limit": "beaucoup"}, 422, "limit"),
     ("/alertes", {"offset": -1}, 422, "offset"),
+    ("/alertes", {"offset": 2**63}, 422, "offset"),  # beyond int64: PostgreSQL would refuse it
+    ("/alertes", {"offset": 1_000_001}, 422, "offset"),
+    ("/alertes", {"limit": 501}, 422, "limit"),
+    ("/alertes", {"responsable_code": "03\x005"}, 422, "responsable_code"),
+    ("/alertes", {"responsable_code": "0\n35"}, 422, "responsable_code"),
     ("/alertes", {"code_academie": "Rennes"}, 422, "code_academie"),
     ("/alertes", {"code_departement": "35"}, 422, "code_departement"),
     ("/etablissements/0350042A", {}, 422, "lettre attendue F"),
     ("/etablissements/0350042F", {}, 404, "référentiel"),
+    ("/etablissements/035%0042F", {}, 422, "uai"),
+    ("/etablissements/0350042F%00", {}, 422, "uai"),
     ("/ressources/ark:/1/inconnue", {}, 404, "inconnue"),
+    ("/ressources/ark:/1/in%00connue", {}, 422, "resource_id"),
+    ("/ressources/ark:/1/%01", {}, 422, "resource_id"),
+    ("/ressources/" + "x" * 257, {}, 422, "resource_id"),
+    ("/ressources/", {}, 422, "resource_id"),
+    ("/alertes/flux", {"code_academie": "1\x004"}, 422, "code_academie"),
+    ("/alertes/flux", {"kind": "panne"}, 422, "kind"),
 ])
 async def test_bad_parameters_get_a_4xx_with_a_message(api, path, params, status, fragment):
     client, _ = api
     response = await client.get(path, params=params)
     assert response.status_code == status
     assert fragment in response.text
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", str(2**63), "1.5", ""])
+async def test_bad_last_event_id_gets_a_422_naming_the_header(api, value):
+    client, _ = api
+    response = await client.get("/alertes/flux", headers={"Last-Event-ID": value})
+    assert response.status_code == 422
+    assert "Last-Event-ID" in response.text
 
 
 async def test_openapi_document_lists_every_endpoint(api):

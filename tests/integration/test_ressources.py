@@ -4,19 +4,16 @@ equipement would publish them, the catalogue as the ministère and the GAR send 
 import json
 
 import contracts as c
-from contracts.internal import COUVERTURE_FORMATION, COUVERTURES, PROFIL_EQUIPEMENT, PROFILS
-from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from contracts.internal import COUVERTURES, PROFILS
+from helpers import TopicReader, at, college, couverture, event, eventually, profil_lot, running, send, uai
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/integration"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def profil(code: str, version: int, ipados: str) -> dict:
-    return event(PROFIL_EQUIPEMENT, "/plateforme/equipement", {
-        "uai": code, "version": version, "connectivite": None,
-        "lots": [{"lot_id": "L1", "kind": "tablette", "quantity": 30, "os": {"name": "iPadOS", "version": ipados},
-                  "browsers": []}]}, subject=code, time_=at(version))
+def profil(code: str, version: int, ipados: str) -> tuple[str, dict]:
+    return profil_lot(code, version, os={"name": "iPadOS", "version": ipados})
 
 
 def publiee(minute: int, min_ipados: str = "15", source: str = "/ministere") -> dict:
@@ -34,8 +31,8 @@ def abonnement(code: str, minute: int, end=None) -> dict:
 async def old_tablets_at(bootstrap: str, settings, pipeline, where: str) -> None:
     """A known collège whose profile (iPadOS 12.5) ressources already holds."""
     await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-    await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "12.5"))])
-    await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM profils WHERE uai = $1", where),
+    await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "12.5")])
+    await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE uai = $1", where),
                      what="the profile")
 
 
@@ -57,14 +54,14 @@ async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with
 
         # equipement republishes: version 3, then a late version 2 that must not win.
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
-        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 3, "17"))], headers=[("traceparent", traceparent)])
-        await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 2, "12.5"))])
+        await send(bootstrap, settings.topic(PROFILS), [profil(where, 3, "17")], headers=[("traceparent", traceparent)])
+        await send(bootstrap, settings.topic(PROFILS), [profil(where, 2, "12.5")])
         records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
         resolue = next(r for r in records if json.loads(r.value)["type"] == c.ALERTE_RESOLUE)
         assert json.loads(resolue.value)["data"]["alert_id"] == levee["data"]["alert_id"]
         # The trace of the record that fixed the cause goes on in the alert (outbox + FastStream middleware).
         assert TRACE_ID in dict(resolue.headers)["traceparent"].decode()
-        assert await pipeline.pool.fetchval("SELECT version FROM profils") == 3
+        assert await pipeline.pool.fetchval("SELECT version FROM recus") == 3
         assert len(alerts_of(alerts.records, c.ALERTE_LEVEE)) == 1
 
 
@@ -129,8 +126,8 @@ async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
         await send(bootstrap, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (ended, closed)])
-        await send(bootstrap, settings.topic(PROFILS), [(u, profil(u, 1, "12.5")) for u in (ended, closed)])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM profils"), what="the profiles")
+        await send(bootstrap, settings.topic(PROFILS), [profil(u, 1, "12.5") for u in (ended, closed)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM recus"), what="the profiles")
         sub = abonnement(ended, 1)
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (ended, sub), (closed, abonnement(closed, 1))])
         await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 2, what="two raises")
@@ -161,18 +158,16 @@ async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka
 async def test_a_new_threshold_reevaluates_every_pair_at_start(kafka, settings):
     where = uai("0350207")
     bootstrap = kafka.bootstrap_servers
-    couverture = event(COUVERTURE_FORMATION, "/plateforme/formation", {
-        "uai": where, "version": 1, "enseignants": 10, "competences": {"3.4": [6, 4, 4, 0, 0, 0, 0, 0]}, "outils": {}},
-        time_=at(1))
     formation = event(c.RESSOURCE_PUBLIEE, "/ministere", {
         "resource_id": RID, "title": "Robots", "editor": "E", "requirements": [], "tools": [],
         "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []}}, subject=RID, time_=at(1))
     async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
         async with running(SPEC, settings) as pipeline:
             await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-            await send(bootstrap, settings.topic(PROFILS), [(where, profil(where, 1, "17"))])
-            await send(bootstrap, settings.topic(COUVERTURES), [(where, couverture)])
-            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM couvertures"), what="the coverage")
+            await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "17")])
+            await send(bootstrap, settings.topic(COUVERTURES), couverture(where, 1, 10, {"3.4": [6, 4, 4, 0, 0, 0, 0, 0]}))
+            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE type LIKE '%couverture%'"),
+                             what="the coverage")
             await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, formation), (where, abonnement(where, 1))])
             records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="the training alert (0.4 < 0.5)")
             assert [a["data"]["kind"] for a in alerts_of(records, c.ALERTE_LEVEE)] == ["formation-insuffisante"]
