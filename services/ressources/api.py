@@ -1,10 +1,13 @@
 """The dashboards' read API, served over HTTP by ressources beside its Kafka consumer.
 
-FastAPI gives the OpenAPI document (`/openapi.json`, `/docs`) and turns bad query parameters
-into a 422 naming the parameter. Everything here reads; nothing writes.
+FastAPI gives the OpenAPI document (`/openapi.json`, `/docs`) and turns bad parameters into a
+422 naming the parameter. Every parameter is bounded here, before it reaches PostgreSQL: a value
+the database cannot take (a NUL, an integer beyond int64) must be a 4xx, never a 500. Everything
+here reads; nothing writes.
 """
 
 import json
+import unicodedata
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -23,18 +26,36 @@ from services.ressources.stream import AlertHub
 
 router = APIRouter()
 
+MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
+MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
+
+
+def _no_control(value: str) -> str:
+    """PostgreSQL refuses NUL in text, and no identifier of the platform holds a control
+    character: refused here, with the parameter's name, rather than by the database with a 500."""
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise ValueError("caractère de contrôle interdit (NUL, retour à la ligne…)")
+    return value
+
+
 CodeAcademie = Annotated[str, Query(pattern=r"^[0-9]{2}$", description="code académie, e.g. 14")]
 CodeDepartement = Annotated[str, Query(pattern=r"^([0-9]{3}|02[AB])$", description="code département, e.g. 035")]
 
 
 def _uai(value: str) -> str:
+    _no_control(value)
     if not is_valid_uai(value):
-        hint = f" (lettre attendue {uai_check_letter(value[:7])})" if value[:7].isdigit() and len(value) == 8 else ""
+        digits = value[:7]
+        known = len(value) == 8 and digits.isascii() and digits.isdigit()
+        hint = f" (lettre attendue {uai_check_letter(digits)})" if known else ""
         raise ValueError(f"{value!r} n'est pas un UAI valide{hint}")
     return value
 
 
 Uai = Annotated[str, Path(description="UAI of the établissement, e.g. 0350042F"), AfterValidator(_uai)]
+ResourceId = Annotated[str, Path(min_length=1, max_length=MAX_RESOURCE_ID,
+                                 description="resource_id, e.g. ark:/67375/xyz (at most 256 characters)"),
+                       AfterValidator(_no_control)]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -50,11 +71,11 @@ async def alertes(
     code_academie: CodeAcademie | None = None,
     code_departement: CodeDepartement | None = None,
     responsable_type: Literal["commune", "departement", "region"] | None = None,
-    responsable_code: Annotated[str | None, Query(min_length=1, max_length=5)] = None,
+    responsable_code: Annotated[str | None, Query(min_length=1, max_length=5), AfterValidator(_no_control)] = None,
     kind: AlertKind | None = None,
     state: Literal["open", "resolved"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="page size, 1 … 500")] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items skipped, 0 … {MAX_OFFSET:,}")] = 0,
 ) -> dict:
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind, state)
     async with _pool(request).acquire() as conn:
@@ -117,7 +138,7 @@ async def etablissement(request: Request, uai: Uai) -> dict:
 
 
 @router.get("/ressources/{resource_id:path}", summary="One resource: subscribed établissements by verdict, per académie")
-async def ressource(request: Request, resource_id: str) -> dict:
+async def ressource(request: Request, resource_id: ResourceId) -> dict:
     async with _pool(request).acquire() as conn:
         row = await queries.ressource(conn, resource_id)
         if row is None:

@@ -1,0 +1,87 @@
+"""Random bytes at every parameter of every endpoint of the served read API: never a 5xx, and
+a 422 names the parameter it refuses.
+
+Hypothesis drives a synchronous httpx client from a worker thread, while the API is served by
+uvicorn on this test's event loop, against the real PostgreSQL (and Kafka, for the consumer)."""
+
+import asyncio
+from urllib.parse import quote
+
+import httpx
+from hypothesis import HealthCheck, example, given, strategies as st
+from hypothesis import settings as hypothesis_settings
+
+from test_read_api import serve_api
+
+QUERY = {
+    "/alertes": ("code_academie", "code_departement", "responsable_type", "responsable_code", "kind", "state",
+                 "limit", "offset"),
+    "/alertes/flux": ("code_academie", "code_departement", "kind"),
+}
+PATH = {"/etablissements/": "uai", "/ressources/": "resource_id"}
+TARGETS = ([("query", path, name) for path, names in QUERY.items() for name in names]
+           + [("path", path, name) for path, name in PATH.items()])
+
+# What a client can put in a URL: any text (NUL, controls, lone surrogates, sent as the bytes
+# "surrogatepass" gives them), any bytes (invalid UTF-8 included), integers far beyond int64,
+# long strings. Everything is percent-encoded, so every byte reaches the server.
+ANY_CHARACTER = st.characters(exclude_categories=())  # surrogates included
+VALUES = st.one_of(
+    st.text(ANY_CHARACTER, max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=40),
+    st.integers(min_value=-(10**40), max_value=10**40).map(lambda n: str(n).encode()),
+    st.sampled_from([b"0", b"14", b"035", b"02A", b"0350042F", b"open", b"equipement-incompatible"]),
+    st.text(ANY_CHARACTER, min_size=200, max_size=600).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    st.integers(min_value=257, max_value=4000).map(lambda n: b"x" * n),
+)
+
+
+def _url(where: str, path: str, name: str, value: bytes) -> str:
+    encoded = quote(value, safe="")
+    if where == "path":
+        return path + encoded
+    return f"{path}?{name}={encoded}"
+
+
+def _check(response: httpx.Response, where: str, name: str, value: bytes) -> None:
+    assert response.status_code < 500, (where, name, value, response.status_code, response.text[:500])
+    if response.status_code == 422:
+        detail = response.json()["detail"]
+        assert any(d["loc"][0] == where and d["loc"][-1] == name for d in detail), (name, value, detail)
+    elif where == "path" and response.status_code == 404:
+        pass  # an unknown UAI or resource, or a path with another `/` in it: no such route
+    else:  # accepted: a 2xx
+        assert response.status_code < 300, (where, name, value, response.status_code, response.text[:500])
+
+
+async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
+    async with serve_api(settings) as (async_client, _):
+        base = str(async_client.base_url)
+
+        def fuzz() -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                def request(url: str, headers: dict | None = None) -> httpx.Response:
+                    # The stream answers 200 and goes on: its status and headers are enough.
+                    with client.stream("GET", url, headers=headers) as response:
+                        if response.status_code != 200 or not url.startswith("/alertes/flux"):
+                            response.read()
+                        return response
+
+                @hypothesis_settings(max_examples=250, deadline=None, database=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+                @given(target=st.sampled_from(TARGETS), value=VALUES)
+                @example(target=("query", "/alertes", "offset"), value=str(2**63).encode())
+                @example(target=("query", "/alertes", "offset"), value=str(10**40).encode())
+                @example(target=("query", "/alertes", "responsable_code"), value=b"0\x0035")
+                @example(target=("query", "/alertes", "responsable_code"), value=b"\xff\xfe")
+                @example(target=("path", "/etablissements/", "uai"), value=b"0350042\x00")
+                @example(target=("path", "/ressources/", "resource_id"), value=b"ark:/1/\x00")
+                @example(target=("path", "/ressources/", "resource_id"), value=b"\xed\xa0\x80")  # a lone surrogate
+                @example(target=("query", "/alertes/flux", "kind"), value=b"\x00")
+                def every_parameter(target, value):
+                    where, path, name = target
+                    _check(request(_url(where, path, name, value)), where, name, value)
+
+                every_parameter()
+
+        await asyncio.to_thread(fuzz)
