@@ -47,13 +47,17 @@ def at(minutes: int) -> datetime:
 
 async def send(bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]],
                headers: list[tuple[str, bytes]] = ()) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the broker."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                max_request_size=2 * 1024 * 1024)
     await producer.start()
     try:
+        sent = []
         for key, value in records:
             raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-            await producer.send_and_wait(topic, raw, key=key.encode(),
-                                         headers=[("content-type", b"application/cloudevents+json"), *headers])
+            sent.append(await producer.send(topic, raw, key=key.encode(),
+                                            headers=[("content-type", b"application/cloudevents+json"), *headers]))
+        await asyncio.gather(*sent)
     finally:
         await producer.stop()
 
