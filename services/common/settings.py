@@ -36,6 +36,13 @@ class ServiceSettings(BaseSettings):
     # Alert thresholds (CONTRACTS.md: deployment settings, default 0.5); used by ressources.
     min_compatible_share: float = Field(0.5, ge=0, le=1)
     min_training_coverage: float = Field(0.5, ge=0, le=1)
+    # The read API's live stream (SSE) of ressources.
+    sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")
+    sse_queue_size: int = Field(1000, ge=1, description="events waiting for one SSE client before it is dropped")
+    sse_keepalive_seconds: float = Field(15, gt=0, description="idle time before an SSE keep-alive comment")
+    sse_max_seconds: float = Field(3600, gt=0, description="lifetime of one SSE stream; then a final event")
+    sse_replay_max: int = Field(1000, ge=1, description="events replayed after Last-Event-ID in one stream")
+    sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -6,28 +6,34 @@ the database cannot take (a NUL, an integer beyond int64) must be a 4xx, never a
 here reads; nothing writes.
 """
 
+import asyncio
 import json
 import unicodedata
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
+import anyio
 import asyncpg
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from faststream.asgi import AsgiFastStream
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.app import health_report
 from services.common.settings import ServiceSettings
-from services.ressources import queries, store
+from services.ressources import queries, store, stream
 from services.ressources.rules import Seuils, evaluate
-from services.ressources.stream import AlertHub
+from services.ressources.stream import AlertHub, Subscription
 
 router = APIRouter()
 
 MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
+RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
+# A stream whose client stops reading never reaches its final event: past its lifetime and
+# this grace, the response is cut, so a stuck client cannot hold a connection forever.
+SSE_HARD_GRACE_SECONDS = 30
 
 
 def _no_control(value: str) -> str:
@@ -56,6 +62,9 @@ Uai = Annotated[str, Path(description="UAI of the établissement, e.g. 0350042F"
 ResourceId = Annotated[str, Path(min_length=1, max_length=MAX_RESOURCE_ID,
                                  description="resource_id, e.g. ark:/67375/xyz (at most 256 characters)"),
                        AfterValidator(_no_control)]
+LastEventId = Annotated[int | None, Header(
+    alias="Last-Event-ID", ge=0, le=2**63 - 1,
+    description="the `id:` of the last event received: the stream first replays the journal after it")]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -83,22 +92,48 @@ async def alertes(
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/alertes/flux", summary="Live alert changes (Server-Sent Events), same filters as /alertes")
+class _EventStream(StreamingResponse):
+    """An SSE response that gives its client's place back however it ends (finished, client
+    gone, cut), even when its body never started."""
+
+    def __init__(self, hub: AlertHub, sub: Subscription, last_event_id: int | None):
+        super().__init__(hub.events(sub, last_event_id), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._hub, self._sub = hub, sub
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            with anyio.move_on_after(self._hub.max_seconds + SSE_HARD_GRACE_SECONDS):
+                await super().__call__(scope, receive, send)
+        finally:
+            self._hub.unsubscribe(self._sub)
+
+
+@router.get(
+    "/alertes/flux",
+    summary="Live alert changes (Server-Sent Events), filtered by académie, département, kind",
+    description="Each `alerte-levee` / `alerte-resolue` as it is committed (`event:` the type, `data:` the "
+    "CloudEvent, `id:` its journal number). With `Last-Event-ID`, the journal after it is replayed first. "
+    "Comments keep an idle stream open; a final `fin` event (its `id:` is where to resume) ends a stream "
+    "that reached its lifetime, a client too slow to read, a replay too long, or a stopping service.",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}},
+               503: {"description": "too many open streams; `Retry-After` says when to try again"}},
+)
 async def flux(
     request: Request,
     code_academie: CodeAcademie | None = None,
     code_departement: CodeDepartement | None = None,
     kind: AlertKind | None = None,
-) -> StreamingResponse:
-    def keep(event: dict) -> bool:
-        d = event["data"]
-        return ((code_academie is None or d["code_academie"] == code_academie)
-                and (code_departement is None or d["code_departement"] == code_departement)
-                and (kind is None or d["kind"] == kind))
-
+    last_event_id: LastEventId = None,
+) -> Response:
     hub: AlertHub = request.app.state.hub
-    return StreamingResponse(hub.events(keep), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    sub = hub.subscribe(queries.AlertFilter(code_academie, code_departement, kind=kind))
+    if sub is None:
+        return JSONResponse(
+            {"detail": f"trop de flux ouverts ({hub.max_clients}) : réessayer dans {RETRY_AFTER_SECONDS} s"},
+            503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return _EventStream(hub, sub, last_event_id)
 
 
 @router.get("/etablissements/{uai}", summary="One établissement: equipment, training, each subscribed resource's verdicts")
@@ -157,13 +192,21 @@ def create_api(stream_app: AsgiFastStream, settings: ServiceSettings) -> FastAPI
     """The ASGI app ressources serves: this API, `/health`, and the Kafka consumer's lifespan."""
     @asynccontextmanager
     async def lifespan(api: FastAPI):
-        hub = AlertHub(settings.database_url)
         await stream_app.start()
+        pipeline = stream_app.pipeline
+        hub = AlertHub(settings.database_url, settings.db_schema or pipeline.service, pipeline.pool,
+                       max_clients=settings.sse_max_clients, queue_size=settings.sse_queue_size,
+                       keepalive_seconds=settings.sse_keepalive_seconds, max_seconds=settings.sse_max_seconds,
+                       replay_max=settings.sse_replay_max)
         await hub.start()
         api.state.hub = hub
+        purge = asyncio.create_task(stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours),
+                                    name="sse-journal-purge")
         try:
             yield
         finally:
+            purge.cancel()
+            await asyncio.gather(purge, return_exceptions=True)
             await hub.stop()
             await stream_app.stop()
 

@@ -108,5 +108,5 @@ async def reevaluate(
                 rows.append((t.updated.alert_id, uai, rid, t.kind, True, cycle, t.updated.raised_at, None,
                              t.updated.model_dump_json()))
     await store.save_alertes(conn, rows)
-    await stream.notify(conn, [o.event.to_bytes() for o in outgoing])
+    await stream.notify(conn, [o.event for o in outgoing])
     return outgoing

@@ -36,6 +36,17 @@ class AlertFilter:
             clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
+    def matches(self, alert: dict) -> bool:
+        """The same filter over an alert event's `data` (the SSE stream filters in Python)."""
+        responsable = alert.get("responsable") or {}
+        return all(want is None or have == want for want, have in (
+            (self.code_academie, alert.get("code_academie")),
+            (self.code_departement, alert.get("code_departement")),
+            (self.responsable_type, responsable.get("type")),
+            (self.responsable_code, responsable.get("code")),
+            (self.kind, alert.get("kind")),
+        ))
+
 
 async def list_alertes(conn: asyncpg.Connection, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
     where, args = f.where()
@@ -105,3 +116,37 @@ async def synthese(conn: asyncpg.Connection, resource_id: str) -> dict[str, dict
     )
     return {r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
             for r in rows}
+
+
+@dataclass(frozen=True)
+class Replay:
+    rows: list[tuple[int, str]]
+    """(seq, event JSON) after the client's Last-Event-ID, matching its filter, in seq order."""
+    purged_through: int
+    """Every seq up to this one may have been purged from the journal."""
+    last_allocated: int
+    """The highest seq ever handed out: a Last-Event-ID beyond it is not from this journal."""
+
+
+async def journal_replay(conn: asyncpg.Connection, after: int, through: int, f: AlertFilter, limit: int) -> Replay:
+    """The journal rows in (after, through] that `f` keeps, at most `limit` + 1 of them (one
+    more says there are more). One snapshot, so the horizon and the rows agree."""
+    clauses, args = ["seq > $1", "seq <= $2"], [after, through]
+    for sql, value in (
+        ("event->'data'->>'code_academie' = ${}", f.code_academie),
+        ("event->'data'->>'code_departement' = ${}", f.code_departement),
+        ("event->'data'->'responsable'->>'type' = ${}", f.responsable_type),
+        ("event->'data'->'responsable'->>'code' = ${}", f.responsable_code),
+        ("event->'data'->>'kind' = ${}", f.kind),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(sql.format(len(args)))
+    args.append(limit + 1)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        purged = await conn.fetchval("SELECT purged_through FROM alert_journal_horizon")
+        allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
+        rows = await conn.fetch(
+            f"SELECT seq, event FROM alert_journal WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}", *args)
+    return Replay([(r["seq"], r["event"]) for r in rows], purged,
+                  allocated["last_value"] if allocated["is_called"] else 0)

@@ -1,75 +1,297 @@
 """Live alert changes for dashboards that cannot speak Kafka (Server-Sent Events).
 
-The handler that raises or resolves an alert also runs `pg_notify('alertes', event)` in its
-transaction, so PostgreSQL delivers exactly what was committed, once, to every replica of
-the API listening on the channel. Each SSE client has a bounded queue: a client that stops
-reading is dropped rather than slowing everyone.
+The transaction that raises or resolves alerts appends their events to `alert_journal` and
+runs `pg_notify('alertes', <its last seq>)`. The notification only wakes the listeners: an alert
+event can outgrow the 8,000 bytes PostgreSQL allows a payload, and a refused notification
+would fail the whole batch. On a notification, the hub of each API replica reads the journal
+rows after the last seq it delivered, once for all its clients, and fans them out.
+
+A row's seq is its SSE `id:`. A client reconnecting with `Last-Event-ID: N` first gets the
+journal rows after N that match its filters (at most `replay_max`), then the live stream,
+without gap or duplicate. Bounds: at most `max_clients` streams; each has a bounded queue,
+and a client that stops reading is dropped rather than slowing everyone; a comment every
+`keepalive_seconds` keeps proxies from closing an idle stream; every stream ends after
+`max_seconds`. Each ending is a final `fin` event whose `id:` is where to resume, which is
+what EventSource sends back by itself when it reconnects.
 """
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 import structlog
 
+from contracts import CloudEvent
+from services.ressources import queries
+
 CHANNEL = "alertes"
-QUEUE_SIZE = 1000
-KEEPALIVE_SECONDS = 15
+# The hub also reads the journal when no notification came for this long: a notification lost
+# while the listening connection was being re-established delays delivery, never loses it.
+POLL_SECONDS = 5.0
+FETCH_ROWS = 500
+PURGE_PERIOD_SECONDS = 3600
+PURGE_CHUNK = 10_000
 
 log = structlog.get_logger(__name__)
 
 
-async def notify(conn: asyncpg.Connection, events: list[bytes]) -> None:
-    """Inside the write transaction: delivered on commit, dropped on rollback."""
-    if events:
-        await conn.executemany("SELECT pg_notify($1, $2)", [(CHANNEL, e.decode()) for e in events])
+async def notify(conn: asyncpg.Connection, events: list[CloudEvent]) -> None:
+    """Inside the write transaction: journalled and announced on commit, neither on rollback.
+
+    The caller holds the schema's writer lock (Pipeline._exclusive) for the whole transaction,
+    so transactions that journal alerts run one after the other: seq order is commit order, and
+    a reader that has seen seq N will never see a smaller seq appear later. The hub relies on it.
+    """
+    if not events:
+        return
+    last = await conn.fetchval(
+        "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
+        "SELECT i, a, e FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(i, a, e, n) "
+        "ORDER BY n RETURNING seq) SELECT max(seq) FROM added",
+        [e.id for e in events], [e.data.alert_id for e in events], [e.to_bytes().decode() for e in events],
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
+
+
+async def purge(pool: asyncpg.Pool, hours: float) -> int:
+    """Delete the journal rows older than `hours`, always a prefix of seq; returns how many."""
+    async with pool.acquire() as conn:
+        cut = await conn.fetchval(
+            "SELECT max(seq) FROM alert_journal WHERE created_at < now() - make_interval(secs => $1)", hours * 3600)
+        if cut is None:
+            return 0
+        # The horizon first: a client resuming from before it is told it may have missed events,
+        # even while (or if) the deletion below is interrupted.
+        await conn.execute("UPDATE alert_journal_horizon SET purged_through = greatest(purged_through, $1)", cut)
+        removed = 0
+        while True:
+            count = int((await conn.execute(
+                "DELETE FROM alert_journal WHERE seq IN "
+                f"(SELECT seq FROM alert_journal WHERE seq <= $1 ORDER BY seq LIMIT {PURGE_CHUNK})", cut,
+            )).split()[-1])
+            removed += count
+            if count < PURGE_CHUNK:
+                return removed
+
+
+async def purge_periodically(pool: asyncpg.Pool, hours: float) -> None:
+    while True:
+        try:
+            if removed := await purge(pool, hours):
+                log.info("sse.journal_purged", rows=removed, older_than_hours=hours)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sse.journal_purge_failed")
+        await asyncio.sleep(PURGE_PERIOD_SECONDS)
+
+
+class _Item(NamedTuple):
+    seq: int
+    frame: str
+
+
+_DROPPED = object()  # the hub gave up on this client (its queue was full)
+_STOPPED = object()  # the hub is stopping
+
+
+@dataclass(eq=False)
+class Subscription:
+    filter: queries.AlertFilter
+    queue: asyncio.Queue
+    start: int
+    """The hub's position when the client subscribed: its live items are the rows after it."""
+    flushed: bool = field(default=False)
+    """Items were thrown away: the client's resume point is what it really received."""
+
+
+def _frame(seq: int | None, name: str, data: str) -> str:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n"
+
+
+def _alert_frame(seq: int, event_json: str) -> tuple[dict, str]:
+    event = json.loads(event_json)
+    # fr.education.alertes.alerte-levee.v1 -> alerte-levee
+    return event, _frame(seq, event["type"].split(".")[-2], event_json)
+
+
+def _fin(reason: str, message: str, resume_at: int) -> str:
+    body = {"raison": reason, "message": message, "reconnecter": True, "last_event_id": resume_at}
+    return _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
 
 
 class AlertHub:
-    def __init__(self, database_url: str):
-        self._url = database_url
+    def __init__(self, database_url: str, schema: str, pool: asyncpg.Pool, *, max_clients: int = 100,
+                 queue_size: int = 1000, keepalive_seconds: float = 15, max_seconds: float = 3600,
+                 replay_max: int = 1000):
+        self._url, self._schema, self._pool = database_url, schema, pool
+        self.max_clients, self.queue_size, self.replay_max = max_clients, queue_size, replay_max
+        self.keepalive_seconds, self.max_seconds = keepalive_seconds, max_seconds
         self._conn: asyncpg.Connection | None = None
-        self._clients: set[asyncio.Queue] = set()
+        self._clients: set[Subscription] = set()
+        self._position = 0  # the last journal seq fanned out
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopped = False
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def position(self) -> int:
+        return self._position
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self._url)
-        await self._conn.add_listener(CHANNEL, self._on_notify)
+        # Listen before reading the position: a row committed in between is announced.
+        self._conn = await self._connect()
+        self._position = await self._conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+        self._task = asyncio.create_task(self._pump(), name="sse-hub")
 
     async def stop(self) -> None:
-        if self._conn is not None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
-        for queue in self._clients:
-            queue.put_nowait(None)
+        for sub in list(self._clients):
+            self._end(sub, _STOPPED)
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        for queue in list(self._clients):
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self._url, server_settings={
+            "search_path": self._schema, "application_name": f"feo-{self._schema}-sse"})
+        await conn.add_listener(CHANNEL, self._on_notify)
+        return conn
+
+    def _on_notify(self, _conn, _pid, _channel, _payload: str) -> None:
+        self._wake.set()  # the payload (a seq) is not trusted: the journal says what is new
+
+    async def _pump(self) -> None:
+        while True:
             try:
-                queue.put_nowait(payload)
-            except asyncio.QueueFull:  # a client that stopped reading: end its stream
-                self._clients.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(None)
-                log.warning("sse.client_dropped", reason="slow reader")
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await self._connect()
+                await self._deliver()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sse.journal_read_failed")
+                if self._conn is not None and not self._conn.is_closed():
+                    self._conn.terminate()
 
-    async def events(self, keep: Callable[[dict], bool]) -> AsyncIterator[str]:
-        """SSE frames of the alert events `keep` accepts, with keep-alive comments."""
-        queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
-        self._clients.add(queue)
-        try:
-            yield ": flux des alertes\n\n"
-            while True:
-                try:
-                    payload = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if payload is None:
+    async def _deliver(self) -> None:
+        while True:
+            rows = await self._conn.fetch(
+                "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS)
+            self._fan_out(rows)
+            if len(rows) < FETCH_ROWS:
+                return
+
+    def _fan_out(self, rows: list[asyncpg.Record]) -> None:
+        # No await from here to the position update: a client subscribing in between gets
+        # every row after its `start` live, and the rows up to it by replay.
+        for row in rows:
+            event, frame = _alert_frame(row["seq"], row["event"])
+            item = _Item(row["seq"], frame)
+            for sub in list(self._clients):
+                if sub.filter.matches(event.get("data") or {}):
+                    try:
+                        sub.queue.put_nowait(item)
+                    except asyncio.QueueFull:
+                        self._clients.discard(sub)
+                        self._end(sub, _DROPPED)
+                        log.warning("sse.client_dropped", reason="slow reader", queue_size=self.queue_size)
+            self._position = row["seq"]
+
+    def _end(self, sub: Subscription, sentinel: object) -> None:
+        if sub.queue.full():
+            sub.flushed = True
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+        sub.queue.put_nowait(sentinel)
+
+    def subscribe(self, f: queries.AlertFilter) -> Subscription | None:
+        """A place among the clients, or None when they are `max_clients` already."""
+        if self._stopped or len(self._clients) >= self.max_clients:
+            return None
+        sub = Subscription(f, asyncio.Queue(self.queue_size), self._position)
+        self._clients.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._clients.discard(sub)
+
+    def _resume_point(self, sub: Subscription, delivered: int) -> int:
+        """Where the client resumes: once its queue is drained, it has seen (or filtered out)
+        every row the hub fanned out, so past the hub's position; else its last delivered row."""
+        if sub.queue.empty() and not sub.flushed:
+            return max(delivered, self._position)
+        return delivered
+
+    async def events(self, sub: Subscription, last_event_id: int | None) -> AsyncIterator[str]:
+        """The SSE frames of one client: the replay after `last_event_id` if any, then live
+        events, keep-alive comments, and a final `fin` event."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_seconds
+        position = sub.start
+        yield ": flux des alertes\n\n"
+        if last_event_id is not None:
+            async with self._pool.acquire() as conn:
+                replay = await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
+            if last_event_id > replay.last_allocated:
+                yield _frame(None, "reprise-incomplete", json.dumps({
+                    "raison": "identifiant-inconnu", "last_event_id": last_event_id,
+                    "message": f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
+                               "GET /alertes ; le flux reprend à partir de maintenant"}, ensure_ascii=False))
+            else:
+                if last_event_id < replay.purged_through:
+                    yield _frame(None, "reprise-incomplete", json.dumps({
+                        "raison": "journal-purge", "last_event_id": last_event_id,
+                        "premier_conserve": replay.purged_through + 1,
+                        "message": f"les événements jusqu'au n° {replay.purged_through} ont été purgés du "
+                                   f"journal : des changements après Last-Event-ID {last_event_id} peuvent "
+                                   "manquer ; relire l'état avec GET /alertes"}, ensure_ascii=False))
+                for seq, event_json in replay.rows[:self.replay_max]:
+                    yield _alert_frame(seq, event_json)[1]
+                    position = seq
+                if len(replay.rows) > self.replay_max:
+                    yield _fin("reprise-trop-longue", f"reprise limitée à {self.replay_max} événements : se "
+                               f"reconnecter avec Last-Event-ID: {position} pour la suite", position)
                     return
-                event = json.loads(payload)
-                if keep(event):
-                    name = event["type"].split(".")[-2]
-                    yield f"id: {event['id']}\nevent: {name}\ndata: {payload}\n\n"
-        finally:
-            self._clients.discard(queue)
+                position = max(last_event_id, sub.start)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                at = self._resume_point(sub, position)
+                yield _fin("duree-maximale", f"durée maximale d'un flux atteinte ({self.max_seconds:g} s) : se "
+                           f"reconnecter avec Last-Event-ID: {at} pour reprendre sans perte", at)
+                return
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), min(self.keepalive_seconds, left))
+            except TimeoutError:
+                if loop.time() < deadline:
+                    yield ": keep-alive\n\n"
+                continue
+            if item is _DROPPED:
+                yield _fin("client-trop-lent", f"client trop lent : plus de {self.queue_size} événements en "
+                           f"attente ; se reconnecter avec Last-Event-ID: {position} pour reprendre sans perte",
+                           position)
+                return
+            if item is _STOPPED:
+                at = self._resume_point(sub, position)
+                yield _fin("arret-du-service", f"le service s'arrête : se reconnecter avec Last-Event-ID: {at} "
+                           "pour reprendre sans perte", at)
+                return
+            if item.seq > position:  # else replayed already (Last-Event-ID ahead of this replica)
+                yield item.frame
+                position = item.seq

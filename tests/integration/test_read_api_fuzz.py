@@ -34,6 +34,11 @@ VALUES = st.one_of(
     st.text(ANY_CHARACTER, min_size=200, max_size=600).map(lambda s: s.encode("utf-8", "surrogatepass")),
     st.integers(min_value=257, max_value=4000).map(lambda n: b"x" * n),
 )
+# A header value h11 lets a client send: visible bytes and inner spaces.
+HEADER_VALUES = st.one_of(
+    st.integers(min_value=-(10**40), max_value=10**40).map(lambda n: str(n).encode()),
+    st.binary(min_size=1, max_size=60).map(lambda b: bytes(x for x in b if x > 0x20 and x != 0x7F)).filter(bool),
+)
 
 
 def _url(where: str, path: str, name: str, value: bytes) -> str:
@@ -55,7 +60,8 @@ def _check(response: httpx.Response, where: str, name: str, value: bytes) -> Non
 
 
 async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
-    async with serve_api(settings) as (async_client, _):
+    fast = settings.model_copy(update={"sse_keepalive_seconds": 0.2, "sse_max_clients": 1000})
+    async with serve_api(fast) as (async_client, _):
         base = str(async_client.base_url)
 
         def fuzz() -> None:
@@ -82,6 +88,15 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
                     where, path, name = target
                     _check(request(_url(where, path, name, value)), where, name, value)
 
+                @hypothesis_settings(max_examples=60, deadline=None, database=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+                @given(value=HEADER_VALUES)
+                @example(value=str(2**63).encode())
+                @example(value=b"-1")
+                def last_event_id(value):
+                    _check(request("/alertes/flux", {"Last-Event-ID": value}), "header", "Last-Event-ID", value)
+
                 every_parameter()
+                last_event_id()
 
         await asyncio.to_thread(fuzz)

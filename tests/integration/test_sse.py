@@ -1,0 +1,331 @@
+"""The SSE stream of the read API, served for real, fed by the alert journal in the real
+PostgreSQL: large events, resuming with Last-Event-ID (also under concurrent writes), the
+journal's retention, the bounds (clients, lifetime, keep-alive, replay length, slow clients)."""
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import httpx
+
+import contracts as c
+from contracts.internal import PROFILS
+from helpers import at, event, eventually, profil_lot, send, uai
+from services.ressources import queries, stream
+from test_read_api import etab, serve_api
+
+FAST = {"sse_keepalive_seconds": 0.2}
+UAI = uai("0350100")
+
+
+class SseReader:
+    """Reads SSE frames off a streamed response: {"comment": …} or {"id", "event", "data"}."""
+
+    def __init__(self, response: httpx.Response):
+        self._lines = response.aiter_lines()
+
+    async def frame(self, timeout: float = 30) -> dict | None:
+        """The next frame, or None when the server ended the stream."""
+        async def read() -> dict | None:
+            fields: dict = {}
+            async for line in self._lines:
+                if line == "":
+                    if fields:
+                        return fields
+                    continue
+                if line.startswith(":"):
+                    return {"comment": line[1:].strip()}
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            return fields or None
+        return await asyncio.wait_for(read(), timeout)
+
+    async def event(self, timeout: float = 30) -> dict | None:
+        """The next event (comments skipped), its `data` parsed; None at the end of the stream."""
+        while True:
+            f = await self.frame(timeout)
+            if f is None or "comment" not in f:
+                if f is not None:
+                    f["data"] = json.loads(f["data"])
+                return f
+
+    async def events(self, n: int, timeout: float = 30) -> list[dict]:
+        out = []
+        for _ in range(n):
+            e = await self.event(timeout)
+            assert e is not None, f"the stream ended after {len(out)} of {n} events"
+            out.append(e)
+        return out
+
+
+def alert(n: int, *, kind: str = "equipement-incompatible", academie: str = "14",
+          reasons: list[c.Reason] = ()) -> c.CloudEvent:
+    data = c.AlerteLevee(alert_id=f"alerte-{n}", uai=UAI, resource_id=f"ark:/67375/r{n}", kind=kind,
+                         reasons=list(reasons), code_academie=academie, code_departement="035",
+                         compatible=0, devices=1, raised_at=datetime.now(UTC))
+    return c.make_event(c.ALERTE_LEVEE, data, source="/plateforme/ressources")
+
+
+async def journal(app, *events: c.CloudEvent) -> list[int]:
+    """Journals `events` the way the handler does (one transaction under the writer lock);
+    returns their seqs."""
+    async def work(conn):
+        await stream.notify(conn, list(events))
+        return []
+    pipeline = app.state.pipeline
+    await pipeline.run_exclusive(work)
+    rows = await pipeline.pool.fetch("SELECT seq FROM alert_journal WHERE event_id = ANY($1) ORDER BY seq",
+                                     [e.id for e in events])
+    return [r["seq"] for r in rows]
+
+
+# --- an alert event beyond pg_notify's 8,000 bytes -------------------------------------------
+
+
+async def test_an_alert_beyond_8000_bytes_is_committed_and_streamed(kafka, settings):
+    """Five reasons of 256 characters, each control character 6 bytes of JSON, a resource id
+    of 4-byte characters: the alert event is over 10 KB; pg_notify would refuse it."""
+    rid = "ark:/67375/" + "\U0001d538" * 240
+    lot_id = "\x01" * 256
+    b = kafka.bootstrap_servers
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        pool = app.state.pipeline.pool
+        async with client.stream("GET", "/alertes/flux") as response:
+            reader = SseReader(response)
+            assert "comment" in await reader.frame()
+            await send(b, settings.topic(c.REFERENTIEL), [(UAI, etab(UAI, "035", "14", "53"))])
+            await send(b, settings.topic(PROFILS), [profil_lot(UAI, 1, lot_id=lot_id, quantity=10,
+                                                               os={"name": "iPadOS", "version": "17"})])
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM recus"), what="the lot")
+            await send(b, settings.topic(c.CATALOGUE), [(rid, event(c.RESSOURCE_PUBLIEE, "/ministere", {
+                "resource_id": rid, "title": "Lourde", "editor": "E",
+                "requirements": [[{"type": "os", "name": f"Systeme{k}"}] for k in range(6)], "tools": [],
+                "min_bandwidth_mbps": None, "needs_ent": False,
+                "training": {"competences": [], "tools": []}}, time_=at(2))),
+                (UAI, event(c.ABONNEMENT, "/gar", {"resource_id": rid, "uai": UAI, "start": "2026-09-01",
+                                                   "end": None}, time_=at(2)))])
+            received = await reader.event()
+        assert received["event"] == "alerte-levee"
+        assert received["data"]["data"]["resource_id"] == rid
+        assert len(received["data"]["data"]["reasons"]) == 5
+        size = await pool.fetchval("SELECT octet_length(event::text) FROM alert_journal WHERE seq = $1",
+                                   int(received["id"]))
+        assert size > 8000
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        assert await pool.fetchval("SELECT count(*) FROM alertes WHERE resource_id = $1", rid) == 1
+
+
+# --- resuming with Last-Event-ID -------------------------------------------------------------
+
+
+async def test_resume_replays_exactly_the_missed_events_in_order_then_goes_live(settings):
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        seqs = await journal(app, *[alert(n, kind="equipement-partiel" if n % 3 else "equipement-incompatible",
+                                          academie="17" if n == 4 else "14") for n in range(8)])
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[2])}) as response:
+            reader = SseReader(response)
+            replayed = await reader.events(5)
+            assert [int(e["id"]) for e in replayed] == seqs[3:]
+            assert [e["data"]["data"]["alert_id"] for e in replayed] == [f"alerte-{n}" for n in range(3, 8)]
+            assert all(e["event"] == "alerte-levee" for e in replayed)
+            # Live now: what is committed next comes once, right after the replay.
+            later = await journal(app, alert(8), alert(9))
+            live = await reader.events(2)
+            assert [int(e["id"]) for e in live] == later
+
+        # With filters, the replay keeps what the filters keep.
+        async with client.stream("GET", "/alertes/flux", params={"kind": "equipement-incompatible",
+                                                                 "code_academie": "14"},
+                                 headers={"Last-Event-ID": "0"}) as response:
+            reader = SseReader(response)
+            replayed = await reader.events(5)
+            assert [e["data"]["data"]["alert_id"] for e in replayed] == [f"alerte-{n}" for n in (0, 3, 6, 8, 9)]
+            later = await journal(app, alert(10, kind="equipement-partiel"), alert(11))
+            [live] = await reader.events(1)
+            assert int(live["id"]) == later[1]
+
+
+async def test_resume_under_concurrent_writes_has_no_gap_and_no_duplicate(settings):
+    """Clients resume while the journal grows one transaction after another: each gets every
+    seq after its Last-Event-ID exactly once, in order, across the replay/live boundary."""
+    total, clients = 120, 4
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        first = await journal(app, *[alert(n) for n in range(10)])
+        written: list[int] = list(first)
+        milestones = [asyncio.Event() for _ in range(clients)]
+
+        async def writer():
+            for n in range(10, total):
+                written.extend(await journal(app, alert(n)))
+                for k, m in enumerate(milestones):
+                    if n == 10 + k * 25:
+                        m.set()
+
+        async def resumer(k: int) -> tuple[int, list[int]]:
+            await milestones[k].wait()
+            since = written[len(written) // 2]  # somewhere already journalled
+            async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(since)}) as response:
+                reader = SseReader(response)
+                got: list[int] = []
+                while True:
+                    e = await reader.event()
+                    got.append(int(e["id"]))
+                    if e["data"]["data"]["alert_id"] == f"alerte-{total - 1}":
+                        return since, got
+
+        tasks = [asyncio.create_task(resumer(k)) for k in range(clients)]
+        await writer()
+        for since, got in await asyncio.wait_for(asyncio.gather(*tasks), 60):
+            assert got == [s for s in written if s > since]
+
+
+async def test_a_purged_or_unknown_last_event_id_is_said_then_what_is_kept_follows(settings):
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        pool = app.state.pipeline.pool
+        seqs = await journal(app, *[alert(n) for n in range(5)])
+        await pool.execute("UPDATE alert_journal SET created_at = now() - interval '2 days' WHERE seq <= $1", seqs[2])
+        assert await stream.purge(pool, 24) == 3
+        assert await pool.fetchval("SELECT array_agg(seq ORDER BY seq) FROM alert_journal") == seqs[3:]
+
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[0])}) as response:
+            reader = SseReader(response)
+            notice = await reader.event()
+            assert notice["event"] == "reprise-incomplete" and "id" not in notice
+            assert notice["data"]["raison"] == "journal-purge" and notice["data"]["premier_conserve"] == seqs[2] + 1
+            assert [int(e["id"]) for e in await reader.events(2)] == seqs[3:]
+
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[2])}) as response:
+            reader = SseReader(response)  # resuming right at the horizon misses nothing: no notice
+            assert [int(e["id"]) for e in await reader.events(2)] == seqs[3:]
+
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(10**12)}) as response:
+            reader = SseReader(response)
+            notice = await reader.event()
+            assert notice["event"] == "reprise-incomplete" and notice["data"]["raison"] == "identifiant-inconnu"
+            [later] = await journal(app, alert(5))
+            assert int((await reader.event())["id"]) == later  # live from now on, not stuck behind 10**12
+
+
+async def test_a_long_replay_ends_with_a_fin_event_whose_id_resumes_it(settings):
+    async with serve_api(settings.model_copy(update={**FAST, "sse_replay_max": 3})) as (client, app):
+        seqs = await journal(app, *[alert(n) for n in range(7)])
+        # Streams opened before the hub has read these rows would get them live, unbounded.
+        await eventually(lambda: _equal(app.state.hub.position, seqs[-1]), what="the hub to read the journal")
+        got, fins, last = [], [], 0
+        for _ in range(5):
+            async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(last)}) as response:
+                reader = SseReader(response)
+                while len(got) < len(seqs):
+                    e = await reader.event()
+                    if e["event"] != "fin":
+                        got.append(int(e["id"]))
+                        continue
+                    fins.append(e["data"]["raison"])
+                    assert e["data"]["reconnecter"] and int(e["id"]) == e["data"]["last_event_id"] == got[-1]
+                    assert await reader.frame() is None  # and the stream closes
+                    last = int(e["id"])
+                    break
+            if len(got) == len(seqs):
+                break
+        assert got == seqs
+        assert fins == ["reprise-trop-longue"] * 2
+
+
+# --- bounds ----------------------------------------------------------------------------------
+
+
+async def test_beyond_the_client_cap_the_answer_is_503_with_retry_after(settings):
+    async with serve_api(settings.model_copy(update={**FAST, "sse_max_clients": 2})) as (client, app):
+        async with client.stream("GET", "/alertes/flux") as one, client.stream("GET", "/alertes/flux") as two:
+            assert (one.status_code, two.status_code) == (200, 200)
+            refused = await client.get("/alertes/flux")
+            assert refused.status_code == 503
+            assert int(refused.headers["Retry-After"]) > 0
+            assert "trop de flux ouverts (2)" in refused.json()["detail"]
+        # Closed streams give their places back.
+        await eventually(lambda: _zero(app.state.hub.clients), what="the hub to forget closed streams")
+        async with client.stream("GET", "/alertes/flux") as again:
+            assert again.status_code == 200
+
+
+async def _zero(n: int) -> bool:
+    return n == 0
+
+
+async def test_keep_alive_comments_then_a_final_event_at_the_end_of_the_lifetime(settings):
+    async with serve_api(settings.model_copy(update={**FAST, "sse_max_seconds": 1})) as (client, app):
+        hub = app.state.hub
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with client.stream("GET", "/alertes/flux", params={"kind": "equipement-incompatible"}) as response:
+            reader = SseReader(response)
+            frames = [await reader.frame()]
+            [seq] = await journal(app, alert(0, kind="equipement-partiel"))  # the filter leaves it out
+            await eventually(lambda: _equal(hub.position, seq), what="the hub to read the journal")
+            while (f := await reader.frame(timeout=10)) is not None:
+                frames.append(f)
+        elapsed = loop.time() - started
+        assert 1 <= elapsed < 5
+        assert {"comment": "keep-alive"} in frames
+        fin = frames[-1]
+        assert fin["event"] == "fin" and all("comment" in f for f in frames[:-1])
+        data = json.loads(fin["data"])
+        assert data["raison"] == "duree-maximale" and data["reconnecter"] and "Last-Event-ID" in data["message"]
+        # Nothing matched the filter, but the client was there while the journal reached `seq`:
+        # it resumes past it, rather than from before and rescanning what it had passed.
+        assert int(fin["id"]) == data["last_event_id"] == seq
+        await eventually(lambda: _zero(app.state.hub.clients), what="the hub to forget the ended stream")
+
+
+async def test_a_client_that_stops_reading_is_dropped_with_a_final_event(settings):
+    """The hub's drop, driven by real journal rows and notifications: a subscriber whose queue
+    is full is let go, and its stream says so and where to resume; resuming there loses nothing."""
+    async with serve_api(settings.model_copy(update={**FAST, "sse_queue_size": 2})) as (client, app):
+        hub = app.state.hub
+        slow = hub.subscribe(queries.AlertFilter())
+        seqs = await journal(app, alert(0))
+        seqs += await journal(app, alert(1))
+        seqs += await journal(app, alert(2))
+        await eventually(lambda: _zero(hub.clients), what="the slow subscriber to be dropped")
+        frames = [f async for f in hub.events(slow, None)]
+        assert frames[0].startswith(":")
+        assert frames[1:] == [frames[-1]] and "event: fin\n" in frames[-1]
+        fin = json.loads(frames[-1].split("data: ", 1)[1])
+        assert fin["raison"] == "client-trop-lent" and fin["last_event_id"] == slow.start
+        assert frames[-1].startswith(f"id: {slow.start}\n")
+
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(slow.start)}) as response:
+            assert [int(e["id"]) for e in await SseReader(response).events(3)] == seqs
+
+
+async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
+    async with serve_api(settings.model_copy(update=FAST)) as (_, app):
+        hub = stream.AlertHub(settings.database_url, "ressources", app.state.pipeline.pool)
+        await hub.start()
+        sub = hub.subscribe(queries.AlertFilter())
+        [seq] = await journal(app, alert(0))
+        await eventually(lambda: _equal(hub.position, seq), what="the hub to read the journal")
+        await hub.stop()
+        frames = [f async for f in hub.events(sub, None)]
+        assert frames[1].startswith(f"id: {seq}\n") and "event: alerte-levee" in frames[1]
+        assert frames[2].startswith(f"id: {seq}\nevent: fin\n") and "arret-du-service" in frames[2]
+        assert hub.subscribe(queries.AlertFilter()) is None
+
+
+async def _equal(a, b) -> bool:
+    return a == b
+
+
+async def test_one_transaction_journalling_160_kb_of_alerts_streams_every_one_whole(settings):
+    """Far beyond what pg_notify carries: the journal rows, not the notification, are the events."""
+    big = [c.Reason(code="os-absent", detail="\x02" * 256) for _ in range(5)]
+    events = [alert(n, reasons=big) for n in range(20)]
+    assert all(len(e.to_bytes()) > 8000 for e in events)
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        async with client.stream("GET", "/alertes/flux") as response:
+            reader = SseReader(response)
+            assert "comment" in await reader.frame()
+            seqs = await journal(app, *events)
+            got = await reader.events(len(events))
+        assert [int(e["id"]) for e in got] == seqs
+        assert [e["data"]["data"]["reasons"] for e in got] == [[r.model_dump() for r in big]] * len(events)
