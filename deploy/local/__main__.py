@@ -79,7 +79,7 @@ class Platform:
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
         }
-        self.services = ServiceProcesses(env)
+        self.services = ServiceProcesses(env, supervise=True)  # a service that exits is restarted
         self.services.start()
         self.services.wait_healthy()
         ports = ", ".join(f"{n} http://127.0.0.1:{p}/health" for n, p in self.services.ports.items())
