@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import uvicorn
 from aiokafka import ConsumerRecord
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
@@ -24,7 +23,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
 import contracts as c
-from services.common import retention
+from services.common import retention, startup
 from services.common.db import create_pool, migrate
 from services.common.logs import configure_logging
 from services.common.outbox import OutboxRelay, relay_producer
@@ -171,12 +170,13 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
             await pipeline.pool.close()
         provider.shutdown()
 
+    guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
     app = AsgiFastStream(
         broker,
         asgi_routes=[("/health", health)],
-        on_startup=[start_database],
-        after_startup=[start_relay],
-        on_shutdown=[stop],
+        on_startup=[guard.wait_for_dependencies, start_database],
+        after_startup=[start_relay, guard.started],
+        on_shutdown=[guard.stop, stop],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
     app.pipeline = pipeline  # tests and HTTP APIs reach the pool and relay through it
@@ -190,4 +190,4 @@ def serve(spec: ServiceSpec) -> None:
     app = build_app(spec, settings)
     if spec.http_api is not None:
         app = spec.http_api(app, settings)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="on")
+    startup.run_server(app, settings)  # uvicorn; exits non-zero when the service cannot run

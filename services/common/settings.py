@@ -43,6 +43,13 @@ class ServiceSettings(BaseSettings):
     sse_max_seconds: float = Field(3600, gt=0, description="lifetime of one SSE stream; then a final event")
     sse_replay_max: int = Field(1000, ge=1, description="events replayed after Last-Event-ID in one stream")
     sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
+    # Start and stay (services/common/startup.py).
+    startup_timeout_seconds: float = Field(
+        120, gt=0, description="wait this long for Kafka and PostgreSQL at start, then exit non-zero"
+    )
+    unhealthy_exit_seconds: float = Field(
+        300, ge=0, description="exit with code 1 once Kafka or PostgreSQL has been unreachable this long (0: never)"
+    )
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

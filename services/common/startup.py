@@ -1,0 +1,270 @@
+"""A service starts whatever the order its dependencies come up in, and does not outlive them.
+
+FastStream's ASGI app reports its startup complete before the broker connects; when Kafka
+cannot be reached the broker's start fails in a background task, which uvicorn only logs: the
+process then answers `/health` with 503 and never consumes, even once Kafka is back. So:
+
+- Before FastStream starts anything, `Guard.wait_for_dependencies` (the first startup hook)
+  waits for PostgreSQL, then for Kafka, retrying with a doubling delay (one line per attempt:
+  what it waits for, why, the next delay), and connects the broker itself, so a failure
+  surfaces as a failed startup. After `STARTUP_TIMEOUT_SECONDS` it gives up: the startup fails
+  and uvicorn exits with code 3.
+- A watchdog ends the process with code 1 when the service is not consuming
+  `STARTUP_TIMEOUT_SECONDS` after it started (a start that failed after the wait), when its
+  consumer or outbox relay task ended, or when Kafka or PostgreSQL has been unreachable for
+  `UNHEALTHY_EXIT_SECONDS` (meanwhile `/health` answers 503). Clients reconnect by themselves
+  after a short outage; past that bound a fresh process (whose supervisor logs the restart,
+  then which waits and says what for) beats one that may never recover and says nothing.
+
+Only a process started by `run_server` ends itself; in-process (tests), the watchdog only logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import structlog
+import uvicorn
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import collect_hosts
+from aiokafka.errors import KafkaError
+
+from services.common.secrets import redact
+from services.common.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
+
+    from services.common.pipeline import Pipeline
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+FIRST_DELAY = 0.5
+"""Seconds before the second attempt; the delay doubles up to MAX_DELAY."""
+MAX_DELAY = 5.0
+PROBE_TIMEOUT = 10.0
+"""One attempt's bound: a host that drops packets must not eat the whole startup budget."""
+WATCH_PERIOD = 5.0
+HARD_EXIT_AFTER = 30.0
+"""Seconds a graceful shutdown may take once the watchdog decided to end the process."""
+STARTUP_FAILURE = 3  # uvicorn's exit code when the startup fails
+
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, unreachable, DNS, timeouts (TimeoutError is an OSError)
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+)
+"""Errors that say PostgreSQL is not there yet; a wrong password or DSN fails at once."""
+KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError)
+
+
+class StartupTimeout(RuntimeError):
+    """A dependency did not answer within STARTUP_TIMEOUT_SECONDS."""
+
+
+class StartupAborted(RuntimeError):
+    """The process was asked to stop while it waited."""
+
+
+_server: uvicorn.Server | None = None
+"""The server of this process, set by `run_server`: the process is ours to end."""
+_failure: str | None = None
+
+
+def backoff(first: float = FIRST_DELAY, cap: float = MAX_DELAY) -> Iterator[float]:
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+def _why(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _stopping() -> bool:
+    return _server is not None and _server.should_exit
+
+
+async def _sleep_unless_stopping(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if _stopping():
+            raise StartupAborted("asked to stop while waiting for its dependencies")
+        await asyncio.sleep(min(0.1, left))
+
+
+async def wait_for(what: str, attempt: Callable[[], Awaitable[T]], *, deadline: float,
+                   retry_on: tuple[type[BaseException], ...], first: float = FIRST_DELAY,
+                   cap: float = MAX_DELAY) -> T:
+    """`attempt()` until it returns, retrying on `retry_on` with a doubling delay until the
+    monotonic `deadline`; one warning per failed attempt, StartupTimeout after the last."""
+    started = time.monotonic()
+    for n, delay in enumerate(backoff(first, cap), start=1):
+        if _stopping():
+            raise StartupAborted(f"asked to stop while waiting for {what}")
+        try:
+            return await asyncio.wait_for(attempt(), max(0.1, min(PROBE_TIMEOUT, deadline - time.monotonic())))
+        except retry_on as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = time.monotonic() - started
+                log.error("startup.gave_up", waiting_for=what, attempts=n, waited_s=round(waited, 1), error=_why(exc))
+                raise StartupTimeout(f"{what} did not answer in {waited:.0f} s ({n} attempts): {_why(exc)}") from None
+            delay = min(delay, left)
+            log.warning("startup.waiting", waiting_for=what, attempt=n, error=_why(exc), retry_in_s=round(delay, 1))
+            await _sleep_unless_stopping(delay)
+    raise AssertionError("unreachable")  # backoff() never ends
+
+
+async def postgres_answers(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
+    await conn.close()
+
+
+async def kafka_answers(bootstrap_servers: str) -> None:
+    """A broker serves metadata. A plain TCP connection comes first: aiokafka logs each refused
+    connection as an error, which would double every waiting line."""
+    for host, port, _ in collect_hosts(bootstrap_servers):
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            continue
+        writer.close()
+        break
+    else:
+        raise ConnectionRefusedError(f"no broker listens at {bootstrap_servers}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
+    try:
+        await admin.start()
+        await admin.describe_cluster()
+    finally:
+        await admin.close()
+
+
+class Guard:
+    """One per service: waits for its dependencies at start, then watches it (module doc)."""
+
+    def __init__(self, service: str, settings: ServiceSettings, broker: KafkaBroker, pipeline: Pipeline):
+        self.service = service
+        self.settings = settings
+        self.broker = broker
+        self.pipeline = pipeline
+        self.consuming = False
+        limit = settings.unhealthy_exit_seconds
+        self.watch_period = max(0.5, min(WATCH_PERIOD, limit / 5)) if limit else WATCH_PERIOD
+        self._since = time.monotonic()
+        self._watch: asyncio.Task | None = None
+
+    async def wait_for_dependencies(self) -> None:
+        """Startup hook, before the database and the broker start."""
+        s = self.settings
+        self._since = time.monotonic()
+        deadline = self._since + s.startup_timeout_seconds
+        await wait_for(f"PostgreSQL at {redact(s.database_url)}", lambda: postgres_answers(s.database_url),
+                       deadline=deadline, retry_on=POSTGRES_UNAVAILABLE)
+        await wait_for(f"Kafka at {s.kafka_bootstrap_servers}", lambda: kafka_answers(s.kafka_bootstrap_servers),
+                       deadline=deadline, retry_on=KAFKA_UNAVAILABLE)
+        # Connected here, a broker gone again fails the startup; FastStream's own start, in a
+        # background task of the ASGI lifespan, finds it connected.
+        await self.broker.connect()
+        self._watch = asyncio.create_task(self.watch(deadline), name=f"{self.service}-watchdog")
+
+    async def started(self) -> None:
+        """After-startup hook, last: the consumer and the relay run."""
+        self.consuming = True
+        log.info("startup.consuming", after_s=round(time.monotonic() - self._since, 1))
+
+    async def stop(self) -> None:
+        """Shutdown hook, first: a stopping service is not a dead one."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+
+    def _ended_task(self) -> str | None:
+        for sub in self.broker.subscribers:
+            # FastStream replaces a consume task that raised (the old one stays listed, done);
+            # one that returned is not replaced: the subscriber no longer consumes.
+            tasks = getattr(sub, "tasks", ())
+            if tasks and all(t.done() for t in tasks):
+                return "the Kafka consumer"
+        relay_task = getattr(self.pipeline.relay, "_task", None)
+        if relay_task is not None and relay_task.done():
+            return "the outbox relay"
+        return None
+
+    async def _unreachable(self) -> list[str]:
+        down = [] if await self.broker.ping(2.0) else ["Kafka"]
+        try:
+            await asyncio.wait_for(self.pipeline.pool.fetchval("SELECT 1"), 2.0)
+        except Exception:
+            down.append("PostgreSQL")
+        return down
+
+    async def watch(self, deadline: float) -> None:
+        """Until the process must end (then `_fail`): started by the deadline, consumer and relay
+        running, dependencies not away for UNHEALTHY_EXIT_SECONDS."""
+        limit = self.settings.unhealthy_exit_seconds
+        while not self.consuming:
+            if time.monotonic() > deadline:
+                return self._fail(f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
+                                  "(the broker's start failed: see the error above)")
+            await asyncio.sleep(min(0.5, self.watch_period))
+        since: float | None = None
+        ended_before: str | None = None
+        while True:
+            await asyncio.sleep(self.watch_period)
+            ended = self._ended_task()
+            if ended and ended == ended_before:  # twice in a row: not a task being replaced
+                return self._fail(f"{ended} stopped")
+            ended_before = ended
+            down = await self._unreachable()
+            now = time.monotonic()
+            if not down:
+                if since is not None:
+                    log.info("dependencies.back", after_s=round(now - since, 1))
+                since = None
+            elif since is None:
+                since = now
+                log.warning("dependencies.lost", unreachable=down, exits_in_s=limit or None)
+            elif limit and now - since >= limit:
+                return self._fail(f"{' and '.join(down)} unreachable for {now - since:.0f} s")
+
+    def _fail(self, reason: str) -> None:
+        global _failure
+        if _server is None:
+            log.error("service.failing", reason=reason, hint="in-process: nothing ends")
+            return
+        _failure = reason
+        log.error("service.exiting", reason=reason, exit_code=1)
+        _server.should_exit = True
+        timer = threading.Timer(HARD_EXIT_AFTER, os._exit, args=(1,))  # if the graceful shutdown hangs
+        timer.daemon = True
+        timer.start()
+
+
+def run_server(app: Any, settings: ServiceSettings) -> None:
+    """`uvicorn.run`, keeping hold of the server so that the guard can end the process, which
+    then exits with code 1 (code 3 when the startup failed, as with uvicorn.run)."""
+    global _server
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="on")
+    _server = uvicorn.Server(config)
+    try:
+        _server.run()
+    except KeyboardInterrupt:
+        pass
+    if _failure is not None:
+        sys.exit(1)
+    if not _server.started:
+        sys.exit(STARTUP_FAILURE)

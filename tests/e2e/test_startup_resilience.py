@@ -1,0 +1,152 @@
+"""A service started before its dependencies waits for them and then works; one whose
+dependencies never come, or go away for good, exits non-zero so that a supervisor restarts
+it; `./dev up`'s supervisor restarts a real service that died (real processes throughout)."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import asyncpg
+import pytest
+
+import contracts as c
+from deploy.local.kafka import LocalKafka, create_topics
+from deploy.local.ports import free_port
+from deploy.local.processes import ServiceProcesses
+from deploy.topology import platform_topics
+from helpers import college, eventually, send, uai
+
+pytestmark = pytest.mark.e2e
+
+
+def log_events(path, event: str) -> list[dict]:
+    """The service's JSON log lines named `event`."""
+    if not path.exists():
+        return []
+    lines = (line for line in path.read_text(errors="replace").splitlines() if line.startswith("{"))
+    return [e for e in map(json.loads, lines) if e.get("event") == event]
+
+
+def wait_until(condition, what: str, timeout: float, procs: ServiceProcesses | None = None, name: str = ""):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        if procs is not None:
+            assert procs.process(name).poll() is None, f"{name} exited with code {procs.process(name).returncode}"
+        time.sleep(0.1)
+    return result
+
+
+async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_once_it_is_gone(
+        database_url, unique, tmp_path):
+    port = free_port()
+    prefix = f"t{unique}."
+    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "DATABASE_URL": database_url,
+                              "TOPIC_PREFIX": prefix, "OUTBOX_POLL_MS": "200", "LOG_FORMAT": "json",
+                              "UNHEALTHY_EXIT_SECONDS": "3"},
+                             log_dir=tmp_path, names=("equipement",))
+    log = tmp_path / "equipement.log"
+    kafka = LocalKafka(tmp_path / "late-kafka", port=port)
+    procs.start()
+    try:
+        waits = wait_until(lambda: len(log_events(log, "startup.waiting")) >= 3 and log_events(log, "startup.waiting"),
+                           "three attempts to reach Kafka", 30, procs, "equipement")
+        assert {w["waiting_for"] for w in waits} == {f"Kafka at 127.0.0.1:{port}"}
+        assert [w["retry_in_s"] for w in waits[:3]] == [0.5, 1.0, 2.0]  # then 4, then 5 (the cap)
+        assert not procs.health("equipement")
+
+        kafka.start()
+        up = time.monotonic()
+        await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+        procs.wait_healthy(timeout=60)
+        print(f"equipement healthy {time.monotonic() - up:.1f} s after the broker served metadata")
+        code = uai("0352001")
+        await send(kafka.bootstrap_servers, prefix + c.REFERENTIEL, [(code, college(code))])
+        conn = await asyncpg.connect(database_url)
+        try:
+            await eventually(lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1",
+                                                   code), timeout=60, what="the référentiel entry applied")
+        finally:
+            await conn.close()
+
+        kafka.stop()
+        gone = time.monotonic()
+        wait_until(lambda: not procs.health("equipement"), "/health says 503", 30, procs, "equipement")
+        assert await asyncio.to_thread(procs.wait_exit, "equipement", 60) == 1
+        print(f"equipement exited {time.monotonic() - gone:.1f} s after the broker stopped")
+        [exiting] = log_events(log, "service.exiting")
+        assert exiting["reason"].startswith("Kafka unreachable for")
+    finally:
+        procs.stop()
+        kafka.stop()
+
+
+def test_a_service_whose_kafka_never_comes_exits_non_zero_after_the_startup_timeout(database_url, tmp_path):
+    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATABASE_URL": database_url,
+                              "LOG_FORMAT": "json", "STARTUP_TIMEOUT_SECONDS": "4"},
+                             log_dir=tmp_path, names=("formation",))
+    started = time.monotonic()
+    procs.start()
+    try:
+        assert procs.wait_exit("formation", 60) != 0
+        took = time.monotonic() - started
+        assert 4 <= took < 30, took
+        [gave_up] = log_events(tmp_path / "formation.log", "startup.gave_up")
+        assert gave_up["waiting_for"].startswith("Kafka at")
+    finally:
+        procs.stop()
+
+
+def test_a_service_waits_for_postgresql_without_showing_its_password(kafka, tmp_path):
+    url = f"postgresql://feo:s3cr%40t@127.0.0.1:{free_port()}/feo"
+    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": url,
+                              "LOG_FORMAT": "json", "STARTUP_TIMEOUT_SECONDS": "3"},
+                             log_dir=tmp_path, names=("ressources",))
+    procs.start()
+    try:
+        assert procs.wait_exit("ressources", 60) != 0
+        log = (tmp_path / "ressources.log").read_text()
+        waits = log_events(tmp_path / "ressources.log", "startup.waiting")
+        assert waits and waits[0]["waiting_for"] == f"PostgreSQL at {url.replace('s3cr%40t', '***')}"
+        assert "s3cr" not in log
+    finally:
+        procs.stop()
+
+
+def test_a_service_asked_to_stop_while_it_waits_stops_at_once(database_url, tmp_path):
+    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATABASE_URL": database_url,
+                              "LOG_FORMAT": "json"}, log_dir=tmp_path, names=("formation",))
+    procs.start()
+    try:
+        wait_until(lambda: log_events(tmp_path / "formation.log", "startup.waiting"), "waiting for Kafka", 30,
+                   procs, "formation")
+        proc = procs.process("formation")
+        asked = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        assert time.monotonic() - asked < 5
+    finally:
+        procs.stop()
+
+
+def test_the_supervisor_restarts_a_real_service_that_died(kafka, database_url, topic_prefix, tmp_path):
+    said: list[str] = []
+    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url,
+                              "TOPIC_PREFIX": topic_prefix, "LOG_FORMAT": "json"},
+                             log_dir=tmp_path, names=("equipement",), supervise=True, backoff=(0.5, 5),
+                             announce=said.append)
+    procs.start()
+    try:
+        procs.wait_healthy()
+        [first] = procs.pids()
+        os.killpg(first, signal.SIGKILL)  # a crash, not procs.kill(): nobody asked for it
+        second = wait_until(lambda: procs.pids() not in ([], [first]) and procs.health("equipement") and procs.pids(),
+                            "a healthy restart", 60)
+        assert said[0] == "equipement was killed by SIGKILL; restarting in 0.5 s (attempt 1)"
+    finally:
+        procs.stop()
+    for pid in (first, *second):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

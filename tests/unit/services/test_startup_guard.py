@@ -1,0 +1,144 @@
+"""The startup guard's rules with stand-ins for the broker and the pool: when a service must
+end, and when it must not (real processes: tests/e2e/test_startup_resilience.py)."""
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from services.common import startup
+from services.common.settings import ServiceSettings
+
+
+class Stand:
+    """A broker, a pool and a relay whose health the test sets; counts the watchdog's probes."""
+
+    def __init__(self):
+        self.kafka = self.database = True
+        self.probes = 0
+        self.consume_tasks: list[asyncio.Task] = []
+        self.broker = SimpleNamespace(subscribers=[SimpleNamespace(tasks=self.consume_tasks)], ping=self.ping)
+        self.pipeline = SimpleNamespace(pool=SimpleNamespace(fetchval=self.fetchval), relay=None)
+
+    async def ping(self, timeout):
+        self.probes += 1
+        return self.kafka
+
+    async def fetchval(self, sql):
+        if not self.database:
+            raise ConnectionRefusedError("PostgreSQL away")
+        return 1
+
+
+@pytest.fixture
+def stand():
+    s = Stand()
+    yield s
+    for t in s.consume_tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: no "never retrieved" warning
+        t.cancel()
+
+
+def guard(stand: Stand, **settings) -> tuple[startup.Guard, list[str]]:
+    g = startup.Guard("svc", ServiceSettings(**settings), stand.broker, stand.pipeline)
+    g.watch_period = 0.01
+    failures: list[str] = []
+    g._fail = failures.append
+    return g, failures
+
+
+async def probes(stand: Stand, n: int, watching: asyncio.Task) -> None:
+    """Until the watchdog probed `n` more times (or ended)."""
+    target = stand.probes + n
+    deadline = time.monotonic() + 10
+    while stand.probes < target and not watching.done():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+
+async def test_a_consumer_task_that_returned_ends_the_service(stand):
+    g, failures = guard(stand)
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(0)))
+    g.consuming = True
+    await asyncio.wait_for(g.watch(time.monotonic() + 60), 10)
+    assert failures == ["the Kafka consumer stopped"]
+
+
+async def test_a_consume_task_replaced_after_an_error_is_not_a_stopped_consumer(stand):
+    g, failures = guard(stand)
+
+    async def boom():
+        raise RuntimeError("one bad poll")
+
+    stand.consume_tasks.append(asyncio.create_task(boom()))
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))  # FastStream's replacement
+    g.consuming = True
+    watching = asyncio.create_task(g.watch(time.monotonic() + 60))
+    await probes(stand, 20, watching)
+    assert not watching.done() and failures == []
+    watching.cancel()
+
+
+async def test_kafka_away_longer_than_the_bound_ends_the_service_and_a_short_outage_does_not(stand):
+    g, failures = guard(stand, unhealthy_exit_seconds=1)
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
+    g.consuming = True
+    watching = asyncio.create_task(g.watch(time.monotonic() + 60))
+    stand.kafka = False
+    await probes(stand, 3, watching)  # away for a few periods, less than 1 s
+    stand.kafka = True
+    await probes(stand, 3, watching)
+    assert failures == []
+    stand.kafka, stand.database = True, False
+    await asyncio.wait_for(watching, 10)
+    assert failures and failures[0].startswith("PostgreSQL unreachable for")
+
+
+async def test_a_service_not_consuming_by_the_deadline_ends(stand):
+    g, failures = guard(stand)
+    await asyncio.wait_for(g.watch(time.monotonic() + 0.2), 10)
+    assert failures == ["not consuming 120 s after start (the broker's start failed: see the error above)"]
+
+
+class Recorder:
+    def __init__(self):
+        self.lines: list[tuple[str, dict]] = []
+
+    def warning(self, event, **fields):
+        self.lines.append((event, fields))
+
+    error = info = warning
+
+
+async def test_waiting_retries_with_a_doubling_delay_says_so_each_time_then_gives_up(monkeypatch):
+    said = Recorder()
+    monkeypatch.setattr(startup, "log", said)
+    attempts = 0
+
+    async def refused():
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionRefusedError("nothing listens")
+
+    started = time.monotonic()
+    with pytest.raises(startup.StartupTimeout, match="Kafka at here did not answer"):
+        await startup.wait_for("Kafka at here", refused, deadline=started + 1.0, retry_on=(OSError,),
+                               first=0.1, cap=0.4)
+    assert time.monotonic() - started >= 1.0
+    waits = [fields for event, fields in said.lines if event == "startup.waiting"]
+    assert len(waits) == attempts - 1 and attempts >= 4
+    assert [w["retry_in_s"] for w in waits[:3]] == [0.1, 0.2, 0.4]
+    assert all(w["retry_in_s"] <= 0.4 and w["waiting_for"] == "Kafka at here" for w in waits)
+    assert waits[0]["error"] == "ConnectionRefusedError: nothing listens"
+    assert said.lines[-1][0] == "startup.gave_up" and said.lines[-1][1]["attempts"] == attempts
+
+
+async def test_an_error_that_is_not_unavailability_fails_at_once():
+    async def wrong_password():
+        raise PermissionError("password authentication failed")
+
+    with pytest.raises(PermissionError):
+        await startup.wait_for("PostgreSQL", wrong_password, deadline=time.monotonic() + 60,
+                               retry_on=(ConnectionError,))
