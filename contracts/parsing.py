@@ -66,6 +66,8 @@ class EventParser:
             _check_json(raw)
             raise self._refusal(raw, topic, e.errors(include_url=False)) from None
         _check_json(raw)
+        if b"\\u0000" in raw:  # only then can a string hold NUL, which no text column stores
+            _check_nul(raw)
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
         if not_after is not None and event.time > not_after:
@@ -115,6 +117,27 @@ def _check_json(raw: bytes) -> None:
         jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode=False)
     except ValueError as e:
         raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {e}") from None
+
+
+def _check_nul(raw: bytes) -> None:
+    path = _nul_path(jiter.from_json(raw))
+    if path is not None:
+        code = "donnees-invalides" if path.startswith("data") else "cloudevent-invalide"
+        raise ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
+
+
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """Where the first string (value or key) holding a NUL character is, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        here = f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}".removeprefix(".")
+        if isinstance(k, str) and "\x00" in k:
+            return here
+        if (found := _nul_path(v, here)) is not None:
+            return found
+    return None
 
 
 def _in_data(error: Any) -> bool:

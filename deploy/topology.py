@@ -6,11 +6,18 @@ are keyed by UAI but carry several entities per key (lots, affectations, subscri
 compacting them would lose state. The référentiel is keyed by its entity, but a partner may
 send a refused or an older record after the valid latest one, which compaction would then keep
 in its place: it is kept whole instead (retention.ms=-1), so a new service can rebuild from it.
+
+A DLQ copy is a partner's record (up to the broker's default 1 MiB) plus the `dlq-*` headers:
+DLQ topics accept records up to the relay's request size, so no refused record is too large
+to be dead-lettered.
 """
+
+import dataclasses
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.local.kafka import TopicSpec
+from services.common.outbox import MAX_REQUEST_BYTES
 
 DECLARATION_PARTITIONS = 6
 
@@ -25,5 +32,5 @@ def platform_topics(prefix: str = "") -> list[TopicSpec]:
         TopicSpec(PROFILS, DECLARATION_PARTITIONS, compacted=True),
         TopicSpec(COUVERTURES, DECLARATION_PARTITIONS, compacted=True),
     ]
-    specs += [TopicSpec(c.dlq(t.name), 1) for t in specs if t.name != c.ALERTES]
-    return [TopicSpec(prefix + t.name, t.partitions, t.compacted, t.keep_forever) for t in specs]
+    specs += [TopicSpec(c.dlq(t.name), 1, max_message_bytes=MAX_REQUEST_BYTES) for t in specs if t.name != c.ALERTES]
+    return [dataclasses.replace(t, name=prefix + t.name) for t in specs]

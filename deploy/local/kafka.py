@@ -144,11 +144,14 @@ class TopicSpec:
     partitions: int = 3
     compacted: bool = False
     keep_forever: bool = False
+    max_message_bytes: int | None = None
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
         if self.keep_forever:
             out["retention.ms"] = "-1"
+        if self.max_message_bytes is not None:
+            out["max.message.bytes"] = str(self.max_message_bytes)
         return out
 
 

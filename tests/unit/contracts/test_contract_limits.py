@@ -201,3 +201,25 @@ def test_every_bound_is_published_in_the_json_schemas():
     assert '"maxLength": 128' in json.dumps(schemas["cloudevent.json"])
     version = schemas["fr.education.equipement.lot.v1.json"]["$defs"]["Logiciel"]["properties"]["version"]
     assert "{1,9}" in version["pattern"]
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "path"),
+    [("lot_id", "donnees-invalides", "data.lot_id"), ("browsers", "donnees-invalides", "data.browsers[0].name"),
+     ("subject", "cloudevent-invalide", "subject"), ("extension", "cloudevent-invalide", "extension")],
+)
+def test_a_nul_character_in_any_text_is_refused_at_parsing_naming_where(where, code, path, make_record, examples):
+    event = json.loads(make_record(c.LOT))
+    if where == "lot_id":
+        event["data"]["lot_id"] = "L\x001"
+    elif where == "browsers":
+        event["data"]["browsers"] = [{"name": "Saf\x00ari", "version": "17"}]
+    else:
+        event[where] = "a\x00b"
+    got, message = reason(json.dumps(event).encode())
+    assert (got, message.split(": ")[0]) == (code, path)
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul(make_record, examples):
+    raw = make_record(c.LOT, examples[c.LOT] | {"lot_id": "C:\\u0000"})
+    assert b"\\\\u0000" in raw and c.parse_event(raw).data.lot_id == "C:\\u0000"
