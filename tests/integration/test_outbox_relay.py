@@ -7,7 +7,8 @@ import json
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
-from helpers import TopicReader
+from helpers import TopicReader, running
+from services.common.app import health_report
 from services.common import outbox_failed
 from services.common.db import create_pool, migrate
 from services.common.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
@@ -75,3 +76,15 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
     finally:
         await relay.stop()
         await pool.close()
+
+
+async def test_health_reports_the_records_set_aside(kafka, settings):
+    runner = running(SPEC, settings)
+    async with runner as pipeline:
+        status, body = await health_report(pipeline, runner.app.broker)
+        assert (status, body["outbox_failed"]) == (200, 0)
+        await pipeline.pool.execute(
+            "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
+            "VALUES (1, 't', NULL, 'v', '[]', 'MessageSizeTooLargeError: ...', now())")
+        status, body = await health_report(pipeline, runner.app.broker)
+        assert (status, body["outbox_failed"]) == (200, 1), "still serving, and says an operator must look"
