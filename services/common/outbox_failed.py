@@ -18,6 +18,7 @@ import sys
 
 import asyncpg
 
+from services.common.secrets import redact
 from services.common.settings import ServiceSettings
 
 SERVICES = ("formation", "equipement", "ressources")
@@ -88,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "drop" and not (args.seq and args.service and len(args.service) == 1):
         parser.error("drop needs one --service and the --seq of each record to forget")
-    asyncio.run(run(args.command, args.service or list(SERVICES), ServiceSettings().database_url, args.seq,
-                    args.show_key))
+    database_url = ServiceSettings().database_url
+    try:
+        asyncio.run(run(args.command, args.service or list(SERVICES), database_url, args.seq, args.show_key))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"./dev outbox: cannot read {redact(database_url)} (DATABASE_URL): {redact(str(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 
