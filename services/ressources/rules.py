@@ -2,14 +2,32 @@
 
 `evaluate` gives, for one (établissement, resource) pair, the kinds whose condition holds,
 each with reasons a person can act on, plus the figures every alert carries.
+
+Cost is linear in what the pair holds. At the contract's bounds (2,000 lots of 32 browsers, 32
+requirement groups of 32 entries) comparing every entry with every browser of every lot meant
+a hundred million name foldings, so names are folded and versions parsed once: per resource,
+its entries indexed by folded name (`_Requirements`); per profile, each distinct software
+configuration of its lots (`_Configuration`; most lots of a fleet share a few). A configuration
+is judged once per resource (`_Verdict`): each software it has finds the groups the entries on
+its name meet at its version by one bisection among their bounds (`_Name`), so a judgment costs
+the lot's browsers, not the resource's entries; a reason's text is written only for the misses
+reported (at most MAX_REASONS per kind). What is derived from a resource or a profile is kept
+for the next pair while the model object lives (found by identity: the models are frozen and
+nothing changes their lists in place); nothing here does I/O.
 """
 
-from collections.abc import Sequence
+import functools
+import operator
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Generic, TypeVar
 
 from contracts import display_name, fold_kind, fold_name, is_any, parse_version
 from contracts.internal import CouvertureFormation, LotProfil, ProfilEquipement
-from contracts import Exigence, Logiciel, Reason, RessourcePubliee
+from contracts import Exigence, Reason, RessourcePubliee
 
 MAX_REASONS = 5
 MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortened with "…"
@@ -42,48 +60,306 @@ def _reason(code: str, detail: str) -> Reason:
 class _Why:
     reasons: list[Reason] = field(default_factory=list)
 
+    @property
+    def full(self) -> bool:
+        return len(self.reasons) >= MAX_REASONS
+
     def add(self, code: str, detail: str) -> None:
-        reason = _reason(code, detail)
-        if reason not in self.reasons and len(self.reasons) < MAX_REASONS:
-            self.reasons.append(reason)
+        if len(self.reasons) < MAX_REASONS:
+            reason = _reason(code, detail)
+            if reason not in self.reasons:
+                self.reasons.append(reason)
 
 
-def _within(version: str, entry: Exigence) -> str | None:
-    """None when `version` is inside the entry's inclusive bounds, else why not."""
-    v = parse_version(version)
-    if entry.min_version is not None and v < parse_version(entry.min_version):
-        return f"{version} < {entry.min_version}"
-    if entry.max_version is not None and v > parse_version(entry.max_version):
-        return f"{version} > {entry.max_version}"
+# ---------------------------------------------------------------------------------------------
+# Derived data: names folded and versions parsed once, verdicts per software configuration.
+# Few objects per configuration: at the bounds, a few hundred thousand small ones kept alive set
+# off the garbage collector's full passes, which then cost more than the rules themselves.
+# ---------------------------------------------------------------------------------------------
+
+Version = tuple[int, int, int, int]
+ConfigKey = tuple[str, ...]
+"""A lot's software as declared, flat: OS name, OS version, then each browser's name and version."""
+
+_fold = functools.lru_cache(maxsize=4096)(fold_name)  # a fleet repeats a few names thousands of times
+_display = functools.lru_cache(maxsize=4096)(display_name)
+_name_version = operator.attrgetter("name", "version")
+
+
+def _config_key(lot: LotProfil) -> ConfigKey:
+    assert lot.os is not None
+    return (lot.os.name, lot.os.version, *chain.from_iterable(map(_name_version, lot.browsers)))
+
+
+class _Configuration:
+    """The software of lots declared alike: the OS, and the browsers by folded name (a lot may
+    carry several versions of one browser: any may match)."""
+
+    __slots__ = ("key", "os", "os_version", "one", "many")
+
+    def __init__(self, key: ConfigKey) -> None:
+        self.key = key
+        self.os, self.os_version = _fold(key[0]), parse_version(key[1])
+        self.one: dict[str, Version] = {}
+        """Folded name -> version, for a browser declared once."""
+        self.many: dict[str, list[Version]] = {}
+        """Folded name -> versions, for a browser declared several times."""
+        for i in range(2, len(key), 2):
+            name, version = _fold(key[i]), parse_version(key[i + 1])
+            if name in self.many:
+                self.many[name].append(version)
+            elif name in self.one:
+                self.many[name] = [self.one.pop(name), version]
+            else:
+                self.one[name] = version
+
+
+def _first(key: ConfigKey, browser: bool, name: str) -> tuple[str, str, Version] | None:
+    """The configuration's first software of that folded name, as declared and its version parsed."""
+    for i in range(2, len(key), 2) if browser else (0,):
+        if _fold(key[i]) == name:
+            return key[i], key[i + 1], parse_version(key[i + 1])
     return None
 
 
-def _entry_miss(entry: Exigence, lot: LotProfil) -> tuple[str, str] | None:
-    """None when the entry matches the lot, else (code, detail) of the closest miss."""
-    candidates: Sequence[Logiciel] = [lot.os] if entry.type == "os" else lot.browsers
-    if is_any(entry.name):
-        return None
-    miss = None
-    for sw in candidates:  # a lot may carry several versions of one browser: any may match
-        if fold_name(sw.name) == fold_name(entry.name):
-            out = _within(sw.version, entry)
-            if out is None:
-                return None
-            miss = miss or (f"{entry.type}-version", f"{display_name(sw.name)} {out}")
-    if miss:
-        return miss
-    have = ", ".join(f"{display_name(s.name)} {s.version}" for s in candidates) or "aucun"
-    return f"{entry.type}-absent", f"{display_name(entry.name)} requis, {lot.kind} {lot.lot_id}: {have}"
+def _have(key: ConfigKey, browser: bool) -> str:
+    """The configuration's OS, or its browsers, as an `-absent` reason lists them."""
+    listed = range(2, len(key), 2) if browser else (0,)
+    return ", ".join(f"{_display(key[i])} {key[i + 1]}" for i in listed) or "aucun"
+
+
+Miss = tuple[str, str, str | None]
+"""(code, detail, None), or for a detail that names the lot (`-absent`): (code, the text
+before the lot's kind and id, the text after)."""
+
+
+class _Name:
+    """The entries on one folded name, as the groups they meet by version: their bounds cut the
+    versions into regions (each bound alone, and the spans around them), each region with the
+    mask of the groups (bit i: group i) that some entry covering it belongs to."""
+
+    __slots__ = ("points", "masks")
+
+    def __init__(self, entries: list[tuple[int, Version | None, Version | None]]) -> None:
+        self.points = sorted({p for _, low, high in entries for p in (low, high) if p is not None})
+        """Version v is in region 2i+1 when v == points[i], else in region 2i, i = bisect_left."""
+        at = {p: 2 * i + 1 for i, p in enumerate(self.points)}
+        regions = 2 * len(self.points) + 1
+        starts: dict[int, list[int]] = {}
+        ends: dict[int, list[int]] = {}
+        for group, low, high in entries:  # inclusive bounds: regions at(low) .. at(high)
+            first, last = at[low] if low is not None else 0, at[high] if high is not None else regions - 1
+            if first <= last:
+                starts.setdefault(first, []).append(group)
+                ends.setdefault(last, []).append(group)
+        covering: dict[int, int] = {}  # group -> entries of it covering the current region
+        mask, self.masks = 0, []
+        for region in range(regions):  # one sweep: linear in regions and entries
+            for group in starts.get(region, ()):
+                covering[group] = covering.get(group, 0) + 1
+                mask |= 1 << group
+            self.masks.append(mask)
+            for group in ends.get(region, ()):
+                covering[group] -= 1
+                if not covering[group]:
+                    mask &= ~(1 << group)
+
+    def met(self, version: Version) -> int:
+        """The groups an entry on this name meets at that version."""
+        i = bisect_left(self.points, version)
+        return self.masks[2 * i + 1 if i < len(self.points) and self.points[i] == version else 2 * i]
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    first: Exigence | None
+    """The entry whose miss is reported when the group fails; None for an empty group."""
+    name: str = ""
+    low: Version | None = None
+
+    def miss(self, key: ConfigKey) -> Miss:
+        """The closest miss of the first entry (the group failed, so every entry missed): the
+        first software of its name out of the bounds, or the absence of that name."""
+        e = self.first
+        if e is None:
+            return "exigence-vide", "groupe d'exigences vide", None
+        browser = e.type == "browser"
+        held = _first(key, browser, self.name)
+        if held is None:
+            return f"{e.type}-absent", f"{_display(e.name)} requis, ", f": {_have(key, browser)}"
+        name, version, parsed = held
+        out = f"{version} < {e.min_version}" if self.low is not None and parsed < self.low else f"{version} > {e.max_version}"
+        return f"{e.type}-version", f"{_display(name)} {out}", None
+
+
+class _Verdict:
+    """Lots of one configuration fail one resource: the miss of each failed group, in order."""
+
+    __slots__ = ("ok", "_failed", "_key", "_misses", "_of_lot")
+
+    def __init__(self, failed: list[_Group] | None, key: ConfigKey = ()) -> None:
+        self.ok = failed is None
+        self._failed, self._key = failed, key
+        self._misses: list[Miss] | None = None
+        self._of_lot: list[Miss] = []
+
+    def misses(self) -> list[Miss]:
+        if self._misses is None:
+            assert self._failed is not None
+            self._misses = [g.miss(self._key) for g in self._failed]
+            self._of_lot = [m for m in self._misses if m[2] is not None]
+        return self._misses
+
+    def of_lot(self) -> list[Miss]:
+        """The misses whose detail names the lot."""
+        self.misses()
+        return self._of_lot
+
+
+_OK = _Verdict(None)
+MAX_VERDICTS = 1024  # configurations per resource; beyond, they are judged again
+
+
+class _Requirements:
+    """A resource's requirement groups, prepared once: the entries by type and folded name, so
+    that a configuration meets only the entries on software it has, by one bisection per
+    version whatever their number; verdicts by configuration."""
+
+    def __init__(self, requirements: Sequence[Sequence[Exigence]]) -> None:
+        groups: list[_Group] = []
+        entries: dict[tuple[bool, str], list[tuple[int, Version | None, Version | None]]] = {}
+        for group in requirements:
+            if any(is_any(e.name) for e in group):  # met by every device
+                continue
+            for e in dict.fromkeys(group):
+                low = None if e.min_version is None else parse_version(e.min_version)
+                high = None if e.max_version is None else parse_version(e.max_version)
+                entries.setdefault((e.type == "browser", _fold(e.name)), []).append((len(groups), low, high))
+            if group:
+                first = group[0]
+                low = None if first.min_version is None else parse_version(first.min_version)
+                groups.append(_Group(first, _fold(first.name), low))
+            else:
+                groups.append(_Group(None))
+        self.groups: tuple[_Group, ...] = tuple(groups)
+        self._all = (1 << len(groups)) - 1
+        self._os = {name: _Name(e) for (browser, name), e in entries.items() if not browser}
+        self._browsers = {name: _Name(e) for (browser, name), e in entries.items() if browser}
+        self._verdicts: dict[ConfigKey, _Verdict] = {}
+
+    def verdict(self, configuration: _Configuration) -> _Verdict:
+        verdict = self._verdicts.get(configuration.key)
+        if verdict is None:
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()
+            met = self._met(configuration)
+            if met == self._all:
+                verdict = _OK
+            else:
+                verdict = _Verdict([g for i, g in enumerate(self.groups) if not met >> i & 1], configuration.key)
+            self._verdicts[configuration.key] = verdict
+        return verdict
+
+    def _met(self, c: _Configuration) -> int:
+        """The mask of the groups with an entry that some software of the configuration matches:
+        by name, with a version inside the bounds."""
+        met = 0
+        name = self._os.get(c.os)
+        if name is not None:
+            met |= name.met(c.os_version)
+        browsers = self._browsers
+        for folded, version in c.one.items():
+            name = browsers.get(folded)
+            if name is not None:
+                met |= name.met(version)
+        for folded, versions in c.many.items():
+            name = browsers.get(folded)
+            if name is not None:
+                for version in versions:
+                    met |= name.met(version)
+        return met
+
+
+class _Fleet:
+    """A profile's lots as the rules read them."""
+
+    __slots__ = ("computing", "configurations", "devices", "units")
+
+    def __init__(self, profil: ProfilEquipement | None) -> None:
+        lots = profil.lots if profil else []
+        self.computing = [lot for lot in lots if lot.os is not None and lot.quantity > 0]
+        """Lots with an OS and a quantity; `configurations[i]` is the software of `computing[i]`."""
+        shared: dict[ConfigKey, _Configuration] = {}
+        self.configurations = []
+        for lot in self.computing:
+            key = _config_key(lot)
+            configuration = shared.get(key)
+            if configuration is None:
+                configuration = shared[key] = _Configuration(key)
+            self.configurations.append(configuration)
+        self.devices = sum(lot.quantity for lot in self.computing)
+        self.units: dict[str, int] = {}
+        """Folded kind -> units over all lots."""
+        for lot in lots:
+            kind = fold_kind(lot.kind)
+            self.units[kind] = self.units.get(kind, 0) + lot.quantity
+
+
+_NO_FLEET = _Fleet(None)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _ByIdentity(Generic[K, V]):
+    """What was derived from the last few objects, found by identity (the models hold lists, so
+    they do not hash); an entry goes when its object does."""
+
+    def __init__(self, derive: Callable[[K], V], size: int) -> None:
+        self._derive, self._size = derive, size
+        self._held: dict[int, tuple[weakref.ref, V]] = {}
+
+    def __call__(self, obj: K) -> V:
+        held = self._held.get(id(obj))
+        if held is not None and held[0]() is obj:
+            return held[1]
+        value = self._derive(obj)
+        for stale in list(self._held)[: max(0, len(self._held) - self._size + 1)]:
+            self._held.pop(stale, None)
+        self._held[id(obj)] = (weakref.ref(obj, self._forget(id(obj))), value)
+        return value
+
+    def _forget(self, key: int) -> Callable[[weakref.ref], None]:
+        def forget(ref: weakref.ref) -> None:
+            held = self._held.get(key)
+            if held is not None and held[0] is ref:
+                del self._held[key]
+
+        return forget
+
+    def clear(self) -> None:
+        self._held.clear()
+
+
+_requirements_of: _ByIdentity[RessourcePubliee, _Requirements] = _ByIdentity(lambda r: _Requirements(r.requirements), 32)
+_fleet_of: _ByIdentity[ProfilEquipement, _Fleet] = _ByIdentity(_Fleet, 16)
+
+
+def clear_caches() -> None:
+    """Forget what was derived from earlier pairs (a benchmark measures a first evaluation)."""
+    _requirements_of.clear()
+    _fleet_of.clear()
+
+
+def _render(miss: Miss, lot: LotProfil) -> tuple[str, str]:
+    code, detail, after = miss
+    return code, detail if after is None else f"{detail}{lot.kind} {lot.lot_id}{after}"
 
 
 def lot_misses(requirements: Sequence[Sequence[Exigence]], lot: LotProfil) -> list[tuple[str, str]]:
-    """Empty when the lot satisfies every requirement group; else one miss per failed group."""
-    misses = []
-    for group in requirements:
-        group_misses = [_entry_miss(entry, lot) for entry in group]
-        if all(m is not None for m in group_misses):
-            misses.append(group_misses[0] if group_misses else ("exigence-vide", "groupe d'exigences vide"))
-    return misses
+    """Empty when the computing lot satisfies every requirement group; else one miss per failed group."""
+    verdict = _Requirements(requirements).verdict(_Configuration(_config_key(lot)))
+    return [] if verdict.ok else [_render(m, lot) for m in verdict.misses()]
 
 
 def _training(ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why) -> float | None:
@@ -111,23 +387,28 @@ def evaluate(
     couverture: CouvertureFormation | None = None,
     seuils: Seuils = Seuils(),
 ) -> Evaluation:
-    lots = profil.lots if profil else []
-    computing = [lot for lot in lots if lot.os is not None and lot.quantity > 0]
-    devices = sum(lot.quantity for lot in computing)
+    fleet = _fleet_of(profil) if profil else _NO_FLEET
+    requirements = _requirements_of(ressource)
+    devices = fleet.devices
     incompatible, alerts = _Why(), {}
     compatible = 0
-    for lot in computing:
-        misses = lot_misses(ressource.requirements, lot)
-        if misses:
-            for code, detail in misses:
-                incompatible.add(code, detail)
-        else:
+    reported: set[ConfigKey] = set()  # configurations whose misses were added once
+    for lot, configuration in zip(fleet.computing, fleet.configurations, strict=True):
+        verdict = requirements.verdict(configuration)
+        if verdict.ok:
             compatible += lot.quantity
+        elif not incompatible.full:
+            # Adding a reason already held changes nothing: once a configuration's misses are in,
+            # only those that name the lot can be new for another lot of that configuration.
+            first = configuration.key not in reported
+            reported.add(configuration.key)
+            for miss in verdict.misses() if first else verdict.of_lot():
+                incompatible.add(*_render(miss, lot))
     if devices == 0:
         incompatible.add("aucun-poste", "aucun poste avec système d'exploitation déclaré")
     short = _Why()
     for tool in ressource.tools:
-        have = sum(lot.quantity for lot in lots if fold_kind(lot.kind) == fold_kind(tool.kind))
+        have = fleet.units.get(fold_kind(tool.kind), 0)
         if have < tool.min_quantity:
             short.add("outil-manquant", f"{tool.kind}: {have} < {tool.min_quantity}")
     if compatible == 0 or short.reasons:

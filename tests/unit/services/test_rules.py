@@ -150,3 +150,24 @@ def test_a_detail_at_the_bound_is_kept_whole():
     lot_id = "L" * (MAX_DETAIL - len("Linux requis, tablette : Windows 11"))
     [reason] = evaluate(ressource([[os_req("Linux")]]), profil(lot(lot_id, 3, ("Windows", "11")))).alerts["equipement-incompatible"]
     assert reason.detail == f"Linux requis, tablette {lot_id}: Windows 11" and len(reason.detail) == MAX_DETAIL
+
+
+def test_a_version_miss_names_the_first_declared_browser_of_that_name():
+    r = ressource([[browser_req("Firefox", "100", "110")]])
+    e = evaluate(r, profil(lot("a", 3, ("Windows", "11"), [("Chrome", "120"), ("Firefox", "120"), ("Mozilla Firefox", "90")])))
+    assert [x.model_dump() for x in e.alerts["equipement-incompatible"]] == [
+        {"code": "browser-version", "detail": "Firefox 120 > 110"}]
+
+
+def test_lots_alike_give_their_shared_reason_once_and_each_names_itself_up_to_the_cap():
+    r = ressource([[os_req("iPadOS", "15")], [browser_req("Chrome")]])
+    lots = [lot(f"L{i}", 10, ("iPadOS", "12.5"), [("Safari", "12")]) for i in range(1, 7)]
+    e = evaluate(r, profil(*lots))
+    assert [(x.code, x.detail) for x in e.alerts["equipement-incompatible"]] == [
+        ("os-version", "iPadOS 12.5 < 15"),
+        ("browser-absent", "Chrome requis, tablette L1: Safari 12"),
+        ("browser-absent", "Chrome requis, tablette L2: Safari 12"),
+        ("browser-absent", "Chrome requis, tablette L3: Safari 12"),
+        ("browser-absent", "Chrome requis, tablette L4: Safari 12"),
+    ]
+    assert (e.compatible, e.devices) == (0, 60)

@@ -375,6 +375,35 @@ EDGES = {
          prof(lot("a", 3, ("Windows", "11"), [("Firefox", "100"), ("Mozilla Firefox", "128")])), None, Seuils()),
         set(),
     ),
+    "one-of-several-versions-inside-both-bounds": (
+        (res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
+         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120"), ("mozilla firefox", "105.2")])), None, Seuils()),
+        set(),
+    ),
+    "several-versions-on-both-sides-of-the-bounds": (
+        (res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
+         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120")])), None, Seuils()),
+        {"equipement-incompatible"},
+    ),
+    "minimum-above-maximum-matches-nothing": (
+        (res([[os_req("Windows", "11", "10")]]), prof(lot("a", 3, ("Windows", "10.5"))), None, Seuils()),
+        {"equipement-incompatible"},
+    ),
+    "one-name-in-two-groups-met-by-two-versions": (
+        (res([[Exigence(type="browser", name="Firefox", min_version="115")], [Exigence(type="browser", name="Firefox", max_version="100")]]),
+         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120"), ("Firefox", "90")])), None, Seuils()),
+        set(),
+    ),
+    "one-name-in-two-groups-one-version": (
+        (res([[Exigence(type="browser", name="Firefox", min_version="115")], [Exigence(type="browser", name="Firefox", max_version="100")]]),
+         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120")])), None, Seuils()),
+        {"equipement-incompatible"},
+    ),
+    "same-group-twice-and-an-entry-twice": (
+        (res([[os_req("iPadOS", "15"), os_req("ipad os", "15")], [os_req("iPadOS", "15"), os_req("ipad os", "15")]]),
+         prof(lot("n", 1, ("iPadOS", "17")), lot("o", 4, ("iPadOS", "12"))), None, Seuils()),
+        {"equipement-partiel"},
+    ),
     "bandwidth-equal-to-minimum": (
         (res(min_bandwidth_mbps=10.0), prof(lot("a", 1, ("Windows", "11")), link=ConnectiviteProfil(bandwidth_mbps=10.0, ent=True)),
          None, Seuils()),
