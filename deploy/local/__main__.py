@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import urllib.request
 from collections import Counter
 import sys
@@ -30,6 +29,7 @@ from aiokafka import AIOKafkaConsumer
 import contracts as c
 from deploy.local import scenario
 from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root, create_topics
+from deploy.local.ports import port_free
 from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.publish import publish_etablissements
@@ -43,20 +43,11 @@ def say(message: str) -> None:
     print(f"==> {message}", file=sys.stderr, flush=True)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 class Platform:
     def __init__(self, data_dir: Path, log_level: str = "INFO"):
         self.data_dir = data_dir
         self.log_level = log_level
-        self.kafka = LocalKafka(data_dir / "kafka", port=9092 if _port_free(9092) else None)
+        self.kafka = LocalKafka(data_dir / "kafka", port=9092 if port_free(9092) else None)
         self.postgres = LocalPostgres(data_dir / "postgres")
         self.services: ServiceProcesses | None = None
         self.database_url = ""

@@ -28,3 +28,13 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """Return one port that was free on 127.0.0.1 a moment ago."""
     return free_ports(1)[0]
+
+
+def port_free(port: int) -> bool:
+    """True if `port` could be bound on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
