@@ -10,16 +10,38 @@ in its place: it is kept whole instead (retention.ms=-1), so a new service can r
 A DLQ copy is a partner's record (up to the broker's default 1 MiB) plus the `dlq-*` headers:
 DLQ topics accept records up to the relay's request size, so no refused record is too large
 to be dead-lettered.
+
+This is a declaration only; `deploy.topic_admin` creates the topics on a broker.
 """
 
 import dataclasses
+from dataclasses import dataclass
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from deploy.local.kafka import TopicSpec
 from services.common.outbox import MAX_REQUEST_BYTES
 
 DECLARATION_PARTITIONS = 6
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the platform needs; `compacted` keeps only the last record per key,
+    `keep_forever` keeps every record (retention.ms=-1)."""
+
+    name: str
+    partitions: int = 3
+    compacted: bool = False
+    keep_forever: bool = False
+    max_message_bytes: int | None = None
+
+    def configs(self) -> dict[str, str]:
+        out = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.keep_forever:
+            out["retention.ms"] = "-1"
+        if self.max_message_bytes is not None:
+            out["max.message.bytes"] = str(self.max_message_bytes)
+        return out
 
 
 def platform_topics(prefix: str = "") -> list[TopicSpec]:

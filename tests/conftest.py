@@ -54,7 +54,7 @@ async def database_url(postgres, unique) -> str:
 
 @pytest.fixture
 async def topic_prefix(kafka, unique) -> str:
-    from deploy.local.kafka import create_topics
+    from deploy.topic_admin import create_topics
     from deploy.topology import platform_topics
 
     prefix = f"t{unique}."

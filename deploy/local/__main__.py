@@ -28,11 +28,12 @@ from aiokafka import AIOKafkaConsumer
 
 import contracts as c
 from deploy.local import scenario
-from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root, create_topics
+from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root
 from deploy.local.ports import port_free
 from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.publish import publish_etablissements
+from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
 from services.common.secrets import redact
 

@@ -22,12 +22,11 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from deploy.local.ports import free_ports
 
@@ -133,51 +132,6 @@ def ensure_kafka_jars() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return lib
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic the platform needs; `compacted` keeps only the last record per key,
-    `keep_forever` keeps every record (retention.ms=-1)."""
-
-    name: str
-    partitions: int = 3
-    compacted: bool = False
-    keep_forever: bool = False
-    max_message_bytes: int | None = None
-
-    def configs(self) -> dict[str, str]:
-        out = {"cleanup.policy": "compact"} if self.compacted else {}
-        if self.keep_forever:
-            out["retention.ms"] = "-1"
-        if self.max_message_bytes is not None:
-            out["max.message.bytes"] = str(self.max_message_bytes)
-        return out
-
-
-async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
-    """Create the topics, leaving those that already exist untouched.
-
-    Brokers run with auto.create.topics.enable=false, so every service start
-    and test declares its topics through this one idempotent call.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        response = await admin.create_topics([
-            NewTopic(spec.name, spec.partitions, replication_factor=1,
-                     topic_configs=spec.configs())
-            for spec in specs
-        ])
-    finally:
-        await admin.close()
-    failures = [
-        f"{topic}: {for_code(code).__name__}: {message}"
-        for topic, code, message in response.topic_errors
-        if code not in (0, TopicAlreadyExistsError.errno)
-    ]
-    if failures:
-        raise KafkaRuntimeError("could not create topics:\n" + "\n".join(failures))
 
 
 def _kafka_uuid() -> str:

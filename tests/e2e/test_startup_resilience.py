@@ -12,9 +12,10 @@ import asyncpg
 import pytest
 
 import contracts as c
-from deploy.local.kafka import LocalKafka, create_topics
+from deploy.local.kafka import LocalKafka
 from deploy.local.ports import free_port
 from deploy.local.processes import ServiceProcesses
+from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
 from helpers import college, eventually, send, uai
 

@@ -20,8 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy.local import kafka as kafka_module
-from deploy.local.kafka import KafkaRuntimeError, LocalKafka, TopicSpec, create_topics
+from deploy.local.kafka import KafkaRuntimeError, LocalKafka
 from deploy.local.postgres import LocalPostgres
+from deploy.topic_admin import create_topics
+from deploy.topology import TopicSpec
 
 CLIENT_DEADLINE_SECONDS = 30
 
