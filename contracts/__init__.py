@@ -23,7 +23,7 @@ from ._identifiers import (
     uai_check_letter,
 )
 from .alertes import ALERT_KINDS, AlertKind, Reason, Responsable
-from .envelope import CONTENT_TYPE, CloudEvent, Declarant, make_event, parse_source
+from .envelope import CONTENT_TYPE, CloudEvent, Declarant, make_event, parse_source, uai_of
 from .parsing import REASON_CODES, ContractError, EventParser, parse_event
 from .payloads import (
     PAYLOADS,
@@ -61,7 +61,6 @@ from .topics import (
     REFERENTIEL,
     RESSOURCE_PUBLIEE,
     RESSOURCE_RETIREE,
-    STATE_TYPES,
     TOPIC_TYPES,
     dlq,
 )
@@ -91,7 +90,6 @@ __all__ = [
     "REFERENTIEL",
     "RESSOURCE_PUBLIEE",
     "RESSOURCE_RETIREE",
-    "STATE_TYPES",
     "TOPIC_TYPES",
     "UAI_LETTERS",
     "Abonnement",
@@ -138,4 +136,5 @@ __all__ = [
     "parse_source",
     "parse_version",
     "uai_check_letter",
+    "uai_of",
 ]

@@ -111,13 +111,14 @@ class CloudEvent(BaseModel):
     datacontenttype: Literal["application/json"] = "application/json"
     data: Annotated[Any, WithJsonSchema({"type": "object", "description": "the payload of `type`"})]
 
-    @property
-    def declarant(self) -> Declarant:
-        return parse_source(self.source)
-
     def to_bytes(self) -> bytes:
         """The record value: compact UTF-8 JSON, dates in ISO 8601."""
         return self.model_dump_json().encode()
+
+
+def uai_of(event: CloudEvent) -> str | None:
+    """The établissement an event is about, if its type names one (resources do not)."""
+    return getattr(event.data, "uai", None)
 
 
 @functools.cache

@@ -35,9 +35,3 @@ TOPIC_TYPES: dict[str, frozenset[str]] = {
     CATALOGUE: frozenset({RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, ABONNEMENT}),
     ALERTES: frozenset({ALERTE_LEVEE, ALERTE_RESOLUE}),
 }
-
-# Each carries the full state of one entity, so the latest `time` wins and older ones are stale;
-# `formation-suivie` accumulates instead, and alerts are the platform's output.
-STATE_TYPES = frozenset(
-    {ETABLISSEMENT, AFFECTATION, LOT, CONNECTIVITE, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, ABONNEMENT}
-)

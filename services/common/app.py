@@ -58,6 +58,8 @@ class ServiceSpec:
     on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
     """Work run in the background once the service consumes (e.g. a re-evaluation)."""
     http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
+    settings: type[ServiceSettings] = ServiceSettings
+    """The service's settings class: the shared settings and its own."""
     """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
 
 
@@ -105,7 +107,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, d
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> AsgiFastStream:
-    settings = settings or ServiceSettings()
+    settings = spec.settings.of(settings) if settings is not None else spec.settings()
     schema = settings.db_schema or spec.name
     configure_logging(spec.name, settings.log_format, settings.log_level)
     provider = configure_tracing(spec.name, settings)
@@ -147,7 +149,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         pipeline.pool = await create_pool(settings.database_url, schema)
         await migrate(pipeline.pool, schema, spec.package_dir)
         producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
-        pipeline.relay = OutboxRelay(pipeline.pool, producer, schema, batch=settings.batch_max_records,
+        pipeline.relay = OutboxRelay(pipeline.pool, producer, schema, batch=settings.outbox_batch_records,
                                      poll_ms=settings.outbox_poll_ms)
 
     background: list[asyncio.Task] = []
@@ -186,7 +188,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
 
 def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn."""
-    settings = ServiceSettings()
+    settings = spec.settings()
     app = build_app(spec, settings)
     if spec.http_api is not None:
         app = spec.http_api(app, settings)

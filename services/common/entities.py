@@ -21,13 +21,13 @@ async def store_latest(
     keys: Sequence[str],
     columns: Sequence[str],
     events: Sequence[CloudEvent],
-    key_of: Callable[[CloudEvent], tuple[str, ...]],
     row_of: Callable[[CloudEvent], tuple[Any, ...]],
 ) -> Verdicts[tuple[str, ...], CloudEvent]:
-    """`columns` are the non-key columns, `row_of` gives their values for one event."""
+    """`keys` name the columns of the payload's `entity_key`, in its order; `columns` are the
+    other columns, `row_of` gives their values for one event."""
     if not events:
         return Verdicts({}, [])
-    wanted = sorted({key_of(e) for e in events})
+    wanted = sorted({e.data.entity_key for e in events})
     key_list = ", ".join(keys)
     unnest = ", ".join(f"${i + 1}::text[]" for i in range(len(keys)))
     held_rows = await conn.fetch(
@@ -36,7 +36,7 @@ async def store_latest(
         *[[k[i] for k in wanted] for i in range(len(keys))],
     )
     held = {tuple(r[k] for k in keys): r["event_time"] for r in held_rows}
-    verdicts = latest_wins(held, ((key_of(e), e.time, e) for e in events))
+    verdicts = latest_wins(held, ((e.data.entity_key, e.time, e) for e in events))
     all_cols = [*keys, *columns, "event_time"]
     placeholders = ", ".join(f"${i + 1}" for i in range(len(all_cols)))
     updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])

@@ -90,7 +90,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._lock_id = advisory_key(f"relay:{schema}")
         self._task: asyncio.Task[None] | None = None
-        self.published = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -156,7 +155,6 @@ class OutboxRelay:
                 for r, e in failed:
                     log.error("outbox.unpublishable", seq=r["seq"], topic=r["topic"], size=len(r["value"]),
                               error=type(e).__name__, failed_total=total, hint="./dev outbox list")
-        self.published += len(done)
         log.debug("outbox.published", count=len(done))
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
             log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))

@@ -19,7 +19,7 @@ from aiokafka import ConsumerRecord
 from opentelemetry import trace
 
 import contracts as c
-from contracts import CloudEvent, ContractError, parse_source
+from contracts import CloudEvent, ContractError, parse_source, uai_of
 from contracts.internal import INTERNAL_TOPICS
 from services.common import dlq, inbox, referentiel, rights
 from services.common.db import advisory_key
@@ -60,10 +60,6 @@ def _end(spans: Iterable[trace.Span], exc: BaseException | None = None) -> None:
         span.end()
 
 
-def _uai_of(event: CloudEvent) -> str | None:
-    return getattr(event.data, "uai", None)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -102,7 +98,7 @@ class Pipeline:
         for event, record in parsed:
             span = tracer.start_span(f"{self.service} process {event.type}", context=context_from_headers(record.headers))
             span.set_attributes({"cloudevents.event_id": event.id, "cloudevents.event_type": event.type,
-                                 "cloudevents.event_source": event.source, "education.uai": _uai_of(event) or ""})
+                                 "cloudevents.event_source": event.source, "education.uai": uai_of(event) or ""})
             spans[id(event)] = span
         try:
             outgoing = await self._transaction(parsed, rejected, spans)
@@ -156,7 +152,7 @@ class Pipeline:
             stale, changed_uais = await referentiel.apply(conn, fresh_ref)
 
             others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
-            etabs = await referentiel.load(conn, [u for e, _ in others if (u := _uai_of(e))])
+            etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
             accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
             fresh = await inbox.claim(conn, accepted)
             applied = await self._apply(conn, fresh, changed_uais)
@@ -180,7 +176,7 @@ class Pipeline:
     def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:
         accepted = []
         for event, record in items:
-            refusal = rights.check(event, parse_source(event.source), etabs.get(_uai_of(event) or ""))
+            refusal = rights.check(event, parse_source(event.source), etabs.get(uai_of(event) or ""))
             if refusal:
                 rejected.append(dlq.Rejection(record, refusal.code, refusal.message))
             else:
@@ -195,7 +191,7 @@ class Pipeline:
     def _log_outcomes(self, fresh: list[CloudEvent], stale: list[CloudEvent], accepted: int) -> None:
         stale_ids = {id(e) for e in stale}
         for event in fresh:
-            with structlog.contextvars.bound_contextvars(event_id=event.id, event_type=event.type, uai=_uai_of(event)):
+            with structlog.contextvars.bound_contextvars(event_id=event.id, event_type=event.type, uai=uai_of(event)):
                 log.info("event.stale" if id(event) in stale_ids else "event.applied", source=event.source)
         if duplicates := accepted - len(fresh):
             log.info("event.duplicates_ignored", count=duplicates)

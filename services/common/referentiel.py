@@ -14,7 +14,6 @@ async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> tuple
     """Store the winning `etablissement` events; returns (stale events, UAIs that changed)."""
     verdicts = await store_latest(
         conn, "etablissements", ("uai",), _COLUMNS, events,
-        key_of=lambda e: (e.data.uai,),
         row_of=lambda e: tuple(getattr(e.data, c) for c in _COLUMNS),
     )
     return verdicts.stale, {uai for (uai,) in verdicts.winners}

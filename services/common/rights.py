@@ -15,8 +15,8 @@ UAI_INCONNU = "uai-inconnu"
 
 _CATALOGUE_TYPES = {c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE, c.ABONNEMENT}
 _EQUIPEMENT_TYPES = {c.LOT, c.CONNECTIVITE}
-# The collectivité that equips each type of établissement (Code de l'éducation).
-_EQUIPS = {"commune": ("ecole",), "departement": ("college",), "region": ("lycee", "erea")}
+# The collectivité that equips each type of établissement (Code de l'éducation); nobody equips `autre`.
+EQUIPEUR = {"ecole": "commune", "college": "departement", "lycee": "region", "erea": "region"}
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,20 @@ class Refusal:
     message: str
 
 
-def _territory(declarant: Declarant, etab: Etablissement) -> str:
+def _territory(kind: str, etab: Etablissement) -> str:
+    """The code of `etab`'s commune, département, région or académie, for a declarant of that kind."""
     return {
         "commune": etab.code_commune,
         "departement": etab.code_departement,
         "region": etab.code_region,
         "rectorat": etab.code_academie,
-    }[declarant.kind]
+    }[kind]
+
+
+def responsable(etab: Etablissement) -> c.Responsable | None:
+    """The collectivité that equips `etab`, as alerts name it: the only one that may declare its equipment."""
+    kind = EQUIPEUR.get(etab.type)
+    return None if kind is None else c.Responsable(type=kind, code=_territory(kind, etab))
 
 
 def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -> Refusal | None:
@@ -45,19 +52,20 @@ def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -
     elif t in (c.AFFECTATION, c.FORMATION_SUIVIE):
         allowed = kind == "rectorat"
     elif t in _EQUIPEMENT_TYPES:
-        allowed = kind in _EQUIPS
+        allowed = kind in EQUIPEUR.values()
     else:
         allowed = False
     if not allowed:
         return Refusal(HORS_COMPETENCE, f"{event.source} ne peut pas déclarer {t}")
-    uai = getattr(event.data, "uai", None)
+    uai = c.uai_of(event)
     if uai is None or t == c.ETABLISSEMENT:
         return None
     if etab is None:
         return Refusal(UAI_INCONNU, f"l'UAI {uai} n'est pas dans le référentiel")
     if t in _EQUIPEMENT_TYPES:
-        if etab.type not in _EQUIPS[kind] or _territory(declarant, etab) != declarant.code:
-            return Refusal(HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(declarant, etab)})")
+        equipeur = responsable(etab)
+        if equipeur is None or (equipeur.type, equipeur.code) != (kind, declarant.code):
+            return Refusal(HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})")
     elif t == c.AFFECTATION and etab.code_academie != declarant.code:
         return Refusal(HORS_COMPETENCE, f"{uai} est dans l'académie {etab.code_academie}, pas {declarant.code}")
     return None

@@ -5,7 +5,7 @@ README. `TOPIC_PREFIX` exists for test isolation only: production uses the contr
 """
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,7 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(8000, description="port of /health (and of the service's API)")
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
+    outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
     max_clock_skew: timedelta = Field(
         timedelta(minutes=5), description="an event whose time is later than the clock plus this is time-futur"
@@ -33,16 +34,6 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: str = "INFO"
-    # Alert thresholds (CONTRACTS.md: deployment settings, default 0.5); used by ressources.
-    min_compatible_share: float = Field(0.5, ge=0, le=1)
-    min_training_coverage: float = Field(0.5, ge=0, le=1)
-    # The read API's live stream (SSE) of ressources.
-    sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")
-    sse_queue_size: int = Field(1000, ge=1, description="events waiting for one SSE client before it is dropped")
-    sse_keepalive_seconds: float = Field(15, gt=0, description="idle time before an SSE keep-alive comment")
-    sse_max_seconds: float = Field(3600, gt=0, description="lifetime of one SSE stream; then a final event")
-    sse_replay_max: int = Field(1000, ge=1, description="events replayed after Last-Event-ID in one stream")
-    sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
     # Start and stay (services/common/startup.py).
     startup_timeout_seconds: float = Field(
         120, gt=0, description="wait this long for Kafka and PostgreSQL at start, then exit non-zero"
@@ -50,6 +41,12 @@ class ServiceSettings(BaseSettings):
     unhealthy_exit_seconds: float = Field(
         300, ge=0, description="exit with code 1 once Kafka or PostgreSQL has been unreachable this long (0: never)"
     )
+
+    @classmethod
+    def of(cls, settings: "ServiceSettings") -> Self:
+        """`settings` as this service's own class: a shared ServiceSettings (what the tests make)
+        completed with the service's own fields, from the environment or their defaults."""
+        return settings if isinstance(settings, cls) else cls(**vars(settings))
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -13,7 +13,6 @@ from services.common.state import Verdicts
 async def store_lots(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> Verdicts:
     return await store_latest(
         conn, "lots", ("uai", "lot_id"), ("kind", "quantity", "os", "browsers"), events,
-        key_of=lambda e: (e.data.uai, e.data.lot_id),
         row_of=lambda e: (
             e.data.kind,
             e.data.quantity,
@@ -26,6 +25,5 @@ async def store_lots(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> 
 async def store_connectivites(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> Verdicts:
     return await store_latest(
         conn, "connectivites", ("uai",), ("bandwidth_mbps", "ent"), events,
-        key_of=lambda e: (e.data.uai,),
         row_of=lambda e: (e.data.bandwidth_mbps, e.data.ent),
     )

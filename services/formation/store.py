@@ -14,7 +14,6 @@ from services.formation.domain import folded_tools
 async def store_affectations(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> Verdicts:
     return await store_latest(
         conn, "affectations", ("teacher_id", "uai"), ("start", "end"), events,
-        key_of=lambda e: (e.data.teacher_id, e.data.uai),
         row_of=lambda e: (e.data.start, e.data.end),
     )
 

@@ -23,7 +23,8 @@ from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, ua
 from services.common.app import health_report
 from services.common.settings import ServiceSettings
 from services.ressources import queries, store, stream
-from services.ressources.rules import Seuils, evaluate
+from services.ressources.rules import Seuils, evaluate, is_evaluated
+from services.ressources.settings import RessourcesSettings
 from services.ressources.stream import AlertHub, Subscription
 
 router = APIRouter()
@@ -150,7 +151,7 @@ async def etablissement(request: Request, uai: Uai) -> dict:
     ressources = []
     for sub in subs:
         ressource = RessourcePubliee.model_validate_json(sub["ressource"]) if sub["publiee"] else None
-        evaluated = sub["end"] is None and etab["ouvert"] and ressource is not None
+        evaluated = is_evaluated(sub["end"], etab["ouvert"], ressource is not None)
         entry = {"resource_id": sub["resource_id"], "title": ressource.title if ressource else None,
                  "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
                  "publiee": bool(sub["publiee"]), "evaluee": evaluated, "verdicts": None}
@@ -181,8 +182,6 @@ async def ressource(request: Request, resource_id: ResourceId) -> dict:
         par_academie = await queries.synthese(conn, resource_id)
     total = {k: sum(a[k] for a in par_academie.values())
              for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
-    if not row["publiee"]:  # withdrawn: no pair is evaluated
-        par_academie = {}
     title = json.loads(row["ressource"])["title"] if row["ressource"] else None
     return {"resource_id": resource_id, "title": title, "publiee": row["publiee"], "total": total,
             "par_academie": par_academie}
@@ -190,6 +189,8 @@ async def ressource(request: Request, resource_id: ResourceId) -> dict:
 
 def create_api(stream_app: AsgiFastStream, settings: ServiceSettings) -> FastAPI:
     """The ASGI app ressources serves: this API, `/health`, and the Kafka consumer's lifespan."""
+    settings = RessourcesSettings.of(settings)
+
     @asynccontextmanager
     async def lifespan(api: FastAPI):
         await stream_app.start()
@@ -218,7 +219,7 @@ def create_api(stream_app: AsgiFastStream, settings: ServiceSettings) -> FastAPI
         lifespan=lifespan,
     )
     api.state.pipeline = stream_app.pipeline
-    api.state.seuils = Seuils(settings.min_compatible_share, settings.min_training_coverage)
+    api.state.seuils = settings.seuils
     api.include_router(router)
 
     @api.get("/health", summary="200 when Kafka and PostgreSQL answer, 503 otherwise")

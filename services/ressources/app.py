@@ -8,7 +8,7 @@ from contracts.parsing import EventParser
 from services.common.app import Publishes, ServiceSpec
 from services.ressources.api import create_api
 from services.ressources.handlers import make_apply, reconcile_seuils
-from services.ressources.rules import Seuils
+from services.ressources.settings import RessourcesSettings
 
 SPEC = ServiceSpec(
     name="ressources",
@@ -19,7 +19,8 @@ SPEC = ServiceSpec(
         Publishes(c.dlq(c.REFERENTIEL), "Référentiel records the platform could not accept, bytes unchanged"),
         Publishes(c.dlq(c.CATALOGUE), "Catalogue records it could not accept, bytes unchanged"),
     ),
-    apply=lambda settings: make_apply(Seuils(settings.min_compatible_share, settings.min_training_coverage)),
+    apply=lambda settings: make_apply(settings.seuils),
+    settings=RessourcesSettings,
     dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
     parse=EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES),
     description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",

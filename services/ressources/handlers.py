@@ -8,14 +8,14 @@ import asyncpg
 import structlog
 
 import contracts as c
-from contracts import AlerteLevee, CloudEvent, make_event
+from contracts import AlerteLevee, CloudEvent, make_event, uai_of
 from contracts.internal import INTERNAL_PAYLOADS
 from services.common import referentiel
 from services.common.pipeline import Applied, Outgoing, Pipeline
-from services.common.settings import ServiceSettings
+from services.ressources.settings import RessourcesSettings
 from services.ressources import store, stream
 from services.ressources.lifecycle import Held, event_id, transitions
-from services.ressources.rules import Seuils, evaluate
+from services.ressources.rules import Seuils, evaluate, is_evaluated
 
 SOURCE = "/plateforme/ressources"
 log = structlog.get_logger(__name__)
@@ -31,7 +31,7 @@ def make_apply(seuils: Seuils):
         # Which input event each touched UAI or resource owes its re-evaluation to (tracing).
         causes: dict[str, CloudEvent] = {}
         for e in events:
-            for touched in (getattr(e.data, "uai", None), getattr(e.data, "resource_id", None)):
+            for touched in (uai_of(e), getattr(e.data, "resource_id", None)):
                 if touched:
                     causes[touched] = e
         uais = ref_changed | derived | {e.data.uai for e in abonnements.winners.values()}
@@ -42,11 +42,11 @@ def make_apply(seuils: Seuils):
     return apply
 
 
-async def reconcile_seuils(pipeline: Pipeline, settings: ServiceSettings, chunk: int = 2000) -> None:
+async def reconcile_seuils(pipeline: Pipeline, settings: RessourcesSettings, chunk: int = 2000) -> None:
     """At start: when the thresholds differ from those the held alerts were evaluated with,
     re-evaluate every subscribed pair (by chunks of UAIs, each one transaction), then record
     the new thresholds. Interrupted, it starts over at the next start: transitions are idempotent."""
-    seuils = Seuils(settings.min_compatible_share, settings.min_training_coverage)
+    seuils = settings.seuils
     async with pipeline.pool.acquire() as conn:
         held = await conn.fetchrow("SELECT min_compatible_share, min_training_coverage FROM seuils")
         if held is not None and tuple(held) == (seuils.min_compatible_share, seuils.min_training_coverage):
@@ -83,7 +83,7 @@ async def reevaluate(
     for pair in sorted(pairs, key=lambda p: (p["uai"], p["resource_id"])):
         uai, rid = pair["uai"], pair["resource_id"]
         etab, ressource = etabs.get(uai), ressources.get(rid)
-        active = pair["end"] is None and etab is not None and etab.ouvert and ressource is not None
+        active = is_evaluated(pair["end"], etab.ouvert if etab else None, ressource is not None)
         evaluation = evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils) if active else None
         held = {
             kind: Held(r["ouverte"], r["cycle"], AlerteLevee.model_validate_json(r["alerte"]))

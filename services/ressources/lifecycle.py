@@ -5,11 +5,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from contracts import AlerteLevee, AlerteResolue, Etablissement, Responsable
+from contracts import AlerteLevee, AlerteResolue, Etablissement
 from contracts import ALERT_KINDS
+from services.common.rights import responsable
 from services.ressources.rules import Evaluation
-
-_RESPONSABLE = {"ecole": "commune", "college": "departement", "lycee": "region", "erea": "region"}
 
 
 def alert_id(uai: str, resource_id: str, kind: str) -> str:
@@ -20,14 +19,6 @@ def alert_id(uai: str, resource_id: str, kind: str) -> str:
 def event_id(alert: str, cycle: int, what: str) -> str:
     """Stable per raise/resolve, so a replayed outbox record keeps its CloudEvents id."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{alert}/{cycle}/{what}"))
-
-
-def responsable(etab: Etablissement) -> Responsable | None:
-    kind = _RESPONSABLE.get(etab.type)
-    if kind is None:
-        return None
-    code = {"commune": etab.code_commune, "departement": etab.code_departement, "region": etab.code_region}[kind]
-    return Responsable(type=kind, code=code)
 
 
 @dataclass(frozen=True)

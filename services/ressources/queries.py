@@ -87,9 +87,17 @@ async def ressource(conn: asyncpg.Connection, resource_id: str) -> asyncpg.Recor
     return await conn.fetchrow("SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id)
 
 
+# SQL forms of rules.is_evaluated and rules.verdict, for counting in the database; each is
+# tested against its Python definition (tests/integration/test_sql_rules.py). `a` is the
+# abonnement, `e` its établissement, `r` its resource; in VERDICT, one boolean column per kind.
+EVALUATED = 'a."end" IS NULL AND e.ouvert IS TRUE AND r.publiee IS TRUE'
+VERDICT = ("""CASE WHEN coalesce("equipement-incompatible", false) THEN 'incompatible' """
+           """WHEN coalesce("equipement-partiel", false) THEN 'partiel' ELSE 'compatible' END""")
+
+
 async def synthese(conn: asyncpg.Connection, resource_id: str) -> dict[str, dict[str, int]]:
-    """Per académie, over the pairs the platform evaluates (active subscription, open
-    établissement): how many are compatible, partial, incompatible, under-trained."""
+    """Per académie, over the pairs the platform evaluates (`EVALUATED`): how many are
+    compatible, partial, incompatible, under-trained. None while the resource is withdrawn."""
     kinds = ", ".join(
         f"bool_or(al.kind = '{k}') FILTER (WHERE al.ouverte) AS \"{k}\"" for k in ALERT_KINDS
     )
@@ -98,19 +106,22 @@ async def synthese(conn: asyncpg.Connection, resource_id: str) -> dict[str, dict
         WITH pairs AS (
             SELECT e.code_academie, a.uai, {kinds}
             FROM abonnements a
-            JOIN etablissements e ON e.uai = a.uai AND e.ouvert
+            JOIN etablissements e ON e.uai = a.uai
+            JOIN ressources r ON r.resource_id = a.resource_id
             LEFT JOIN alertes al ON al.uai = a.uai AND al.resource_id = a.resource_id
-            WHERE a.resource_id = $1 AND a."end" IS NULL
+            WHERE a.resource_id = $1 AND {EVALUATED}
             GROUP BY e.code_academie, a.uai
+        ), verdicts AS (
+            SELECT code_academie, {VERDICT} AS verdict, coalesce("formation-insuffisante", false) AS sous_forme
+            FROM pairs
         )
         SELECT code_academie,
                count(*) AS evalues,
-               count(*) FILTER (WHERE "equipement-incompatible") AS incompatibles,
-               count(*) FILTER (WHERE "equipement-partiel" AND NOT coalesce("equipement-incompatible", false)) AS partiels,
-               count(*) FILTER (WHERE NOT coalesce("equipement-incompatible", false)
-                                  AND NOT coalesce("equipement-partiel", false)) AS compatibles,
-               count(*) FILTER (WHERE "formation-insuffisante") AS sous_formes
-        FROM pairs GROUP BY code_academie ORDER BY code_academie
+               count(*) FILTER (WHERE verdict = 'incompatible') AS incompatibles,
+               count(*) FILTER (WHERE verdict = 'partiel') AS partiels,
+               count(*) FILTER (WHERE verdict = 'compatible') AS compatibles,
+               count(*) FILTER (WHERE sous_forme) AS sous_formes
+        FROM verdicts GROUP BY code_academie ORDER BY code_academie
         """,
         resource_id,
     )

@@ -20,14 +20,15 @@ import functools
 import operator
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from datetime import date
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Generic, TypeVar
 
 from contracts import display_name, fold_kind, fold_name, is_any, parse_version
 from contracts.internal import CouvertureFormation, LotProfil, ProfilEquipement
-from contracts import Exigence, Reason, RessourcePubliee
+from contracts import CRCN_LEVELS, Exigence, Reason, RessourcePubliee
 
 MAX_REASONS = 5
 MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortened with "…"
@@ -37,6 +38,21 @@ MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortene
 class Seuils:
     min_compatible_share: float = 0.5
     min_training_coverage: float = 0.5
+
+
+def is_evaluated(abonnement_end: date | None, ouvert: bool | None, publiee: bool) -> bool:
+    """CONTRACTS.md: a pair is evaluated while its abonnement is active (no `end`), its
+    établissement known and open, and its resource published. `queries.EVALUATED` is its SQL
+    form, tested against it."""
+    return abonnement_end is None and ouvert is True and publiee
+
+
+def verdict(kinds: Collection[str]) -> str:
+    """The equipment verdict of an evaluated pair from the alert kinds that hold: incompatible
+    wins over partial. `queries.VERDICT` is its SQL form, tested against it."""
+    if "equipement-incompatible" in kinds:
+        return "incompatible"
+    return "partiel" if "equipement-partiel" in kinds else "compatible"
 
 
 @dataclass(frozen=True)
@@ -369,7 +385,7 @@ def _training(ressource: RessourcePubliee, couverture: CouvertureFormation | Non
     n = couverture.enseignants
     shares = []
     for comp in training.competences:
-        held = couverture.competences.get(comp.code, [0] * 8)[comp.level - 1]
+        held = couverture.competences.get(comp.code, [0] * len(CRCN_LEVELS))[comp.level - 1]
         shares.append(held / n)
         if held / n < seuil:
             why.add("formation", f"{comp.code} niveau {comp.level}: {held}/{n} enseignants")

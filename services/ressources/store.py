@@ -25,7 +25,6 @@ async def store_catalogue(conn: asyncpg.Connection, events: Sequence[CloudEvent]
     """ressource-publiee and ressource-retiree are two states of one entity, `resource_id`."""
     return await store_latest(
         conn, "ressources", ("resource_id",), ("publiee", "ressource"), events,
-        key_of=lambda e: (e.data.resource_id,),
         row_of=lambda e: (True, e.data.model_dump_json()) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
     )
 
@@ -33,7 +32,6 @@ async def store_catalogue(conn: asyncpg.Connection, events: Sequence[CloudEvent]
 async def store_abonnements(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> Verdicts:
     return await store_latest(
         conn, "abonnements", ("resource_id", "uai"), ("start", "end"), events,
-        key_of=lambda e: (e.data.resource_id, e.data.uai),
         row_of=lambda e: (e.data.start, e.data.end),
     )
 

@@ -2,7 +2,6 @@
 twice: offsets are committed only after the database commit, the inbox absorbs the replay,
 and the outbox republishes with the same CloudEvents ids."""
 
-import asyncio
 import json
 from collections import defaultdict
 

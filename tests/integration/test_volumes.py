@@ -5,7 +5,6 @@ the alerts come out. The three services run in this process against the real bro
 
 import json
 
-import pytest
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS

@@ -54,7 +54,7 @@ def test_make_event_fills_id_time_and_subject_from_the_payload():
         "1.0", c.LOT, "0350122T", "application/json"
     )  # fmt: skip
     assert len(event.id) == 36 and event.time.tzinfo is not None
-    assert event.declarant == c.Declarant("commune", "35016")
+    assert c.parse_source(event.source) == c.Declarant("commune", "35016")
     assert event.data is LOT
 
 

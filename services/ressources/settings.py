@@ -1,0 +1,26 @@
+"""ressources' own settings, beside the shared ones: the alert thresholds and the read API's
+live stream. Variables as documented in the README."""
+
+from pydantic import Field
+
+from services.common.settings import ServiceSettings
+from services.ressources.rules import Seuils
+
+_DEFAULT = Seuils()
+
+
+class RessourcesSettings(ServiceSettings):
+    # Alert thresholds (CONTRACTS.md: deployment settings); their defaults are Seuils' own.
+    min_compatible_share: float = Field(_DEFAULT.min_compatible_share, ge=0, le=1)
+    min_training_coverage: float = Field(_DEFAULT.min_training_coverage, ge=0, le=1)
+    # The read API's live stream (SSE).
+    sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")
+    sse_queue_size: int = Field(1000, ge=1, description="events waiting for one SSE client before it is dropped")
+    sse_keepalive_seconds: float = Field(15, gt=0, description="idle time before an SSE keep-alive comment")
+    sse_max_seconds: float = Field(3600, gt=0, description="lifetime of one SSE stream; then a final event")
+    sse_replay_max: int = Field(1000, ge=1, description="events replayed after Last-Event-ID in one stream")
+    sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
+
+    @property
+    def seuils(self) -> Seuils:
+        return Seuils(self.min_compatible_share, self.min_training_coverage)
