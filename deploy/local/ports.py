@@ -1,4 +1,4 @@
-"""Free TCP ports on the loopback interface.
+"""Free and open TCP ports on the loopback interface.
 
 The local runtime never assumes fixed ports: a developer may already run a
 Kafka on 9092 or a PostgreSQL on 5432, and CI may run several suites at once.
@@ -37,4 +37,13 @@ def port_free(port: int) -> bool:
             sock.bind(("127.0.0.1", port))
         except OSError:
             return False
+    return True
+
+
+def port_open(port: int) -> bool:
+    """True if something accepts connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
     return True

@@ -1,0 +1,132 @@
+"""One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars.
+
+The data directory may be reused across starts: it is formatted only once, while
+server.properties is rewritten each start since the ports may change. Starting, waiting and
+stopping are those of every local server (`deploy.local.server_process`); what is Kafka's own
+is its configuration and its readiness: a client can fetch metadata listing the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
+from deploy.local.kafka.readiness import serves_metadata
+from deploy.local.ports import free_ports, port_open
+from deploy.local.server_process import ServerProcess, require_tool, run_tool
+
+# The broker's own logging is cut to warnings: its INFO output is megabytes of
+# noise for a demo, while errors (bad config, port in use) still reach kafka.log.
+_LOG4J2_PROPERTIES = """status = warn
+shutdownHook = disable
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+"""
+# Java stack frames would push the "Caused by:" lines that explain a failure out of the tail.
+_STACK_FRAMES = ("at ", "... ")
+
+
+class LocalKafka:
+    """A single-node Kafka with its data, configuration and kafka.log in `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        ports = free_ports(2)
+        self.port = port or ports[0]
+        self.controller_port = ports[1] if ports[1] != self.port else ports[0]
+        self._server = ServerProcess("Kafka", self.log_file, KafkaRuntimeError, log_noise=_STACK_FRAMES)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "kafka.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker JVM's pid; None before start() and after stop()."""
+        return self._server.pid
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the broker and return once a client can fetch its metadata."""
+        if self.pid is not None:
+            raise KafkaRuntimeError("this LocalKafka is already started")
+        java = require_tool("java", f"Kafka {KAFKA_VERSION} needs a Java 17+ runtime "
+                            "(e.g. apt-get install openjdk-17-jre-headless)", KafkaRuntimeError)
+        classpath = str(ensure_kafka_jars() / "*")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        properties = self._write_config()
+        log_config = self.data_dir / "log4j2.properties"
+        log_config.write_text(_LOG4J2_PROPERTIES)
+        jvm = [java, "-Xmx512m", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
+        if not (self.data_dir / "kafka-logs" / "meta.properties").exists():
+            run_tool([*jvm, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)],
+                     f"formatting the Kafka storage in {self.data_dir} failed", KafkaRuntimeError,
+                     cwd=self.data_dir)
+        self._server.start(
+            [*jvm, "kafka.Kafka", str(properties)], cwd=self.data_dir, timeout=timeout, poll_seconds=0.2,
+            # The plain TCP check comes first because aiokafka logs every refused
+            # connection as an error, which would flood the terminal during start.
+            ready=lambda: port_open(self.port) and serves_metadata(self.bootstrap_servers),
+            not_ready=f"did not serve metadata on {self.bootstrap_servers}")
+
+    def stop(self) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL after a grace period."""
+        self._server.stop()
+
+    def wait(self) -> int:
+        """Block until the broker exits on its own; return its exit code."""
+        return self._server.wait()
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _write_config(self) -> Path:
+        path = self.data_dir / "server.properties"
+        path.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.data_dir / 'kafka-logs'}",
+            "num.partitions=3",
+            "auto.create.topics.enable=false",
+            "group.initial.rebalance.delay.ms=0",
+            # A single node cannot hold the default three replicas of internal topics.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "",
+        ]))
+        return path
+
+
+def _kafka_uuid() -> str:
+    """A cluster id in Kafka's format (URL-safe base64 of 16 random bytes).
+
+    Made here rather than by `StorageTool random-uuid` to save one JVM start;
+    like Kafka, ids starting with '-' are avoided because the CLI parses them
+    as options.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
