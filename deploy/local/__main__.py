@@ -46,7 +46,6 @@ def say(message: str) -> None:
 
 class Platform:
     def __init__(self, data_dir: Path, log_level: str = "INFO"):
-        self.data_dir = data_dir
         self.log_level = log_level
         self.kafka = LocalKafka(data_dir / "kafka", port=9092 if port_free(9092) else None)
         self.postgres = LocalPostgres(data_dir / "postgres")

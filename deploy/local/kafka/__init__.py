@@ -6,6 +6,6 @@ Topics are not created here: see `deploy.topology` and `deploy.topic_admin`.
 """
 
 from deploy.local.kafka.broker import LocalKafka
-from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, cache_root, ensure_kafka_jars
+from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, cache_root
 
-__all__ = ["KAFKA_VERSION", "KafkaRuntimeError", "LocalKafka", "cache_root", "ensure_kafka_jars"]
+__all__ = ["KAFKA_VERSION", "KafkaRuntimeError", "LocalKafka", "cache_root"]
