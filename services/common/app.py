@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from aiokafka import ConsumerRecord
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -50,7 +51,9 @@ class ServiceSpec:
     consumes: Sequence[str]
     publishes: Sequence[Publishes]
     apply: Callable[[ServiceSettings], ApplyFn]
-    """Builds the service's state rules from its settings (thresholds...)."""
+    """Builds the service's use case from its settings (thresholds...)."""
+    store: Callable[[asyncpg.Connection], Any]
+    """The store the use case receives, over the batch's transaction."""
     dead_letters_for: Sequence[str]
     """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
     parse: Callable[..., c.CloudEvent] = c.parse_event
@@ -58,9 +61,9 @@ class ServiceSpec:
     on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
     """Work run in the background once the service consumes (e.g. a re-evaluation)."""
     http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
+    """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
     settings: type[ServiceSettings] = ServiceSettings
     """The service's settings class: the shared settings and its own."""
-    """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
 
 
 def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
@@ -120,7 +123,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)],
         description=spec.description,
     )
-    pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.parse, spec.dead_letters_for)
+    pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
 
     @broker.subscriber(
         *[settings.topic(t) for t in spec.consumes],

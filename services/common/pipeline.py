@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -30,6 +31,7 @@ from services.common.telemetry import context_from_headers, headers_for
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
 tracer = trace.get_tracer("services.common.pipeline")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class Applied:
     outgoing: list[Outgoing] = field(default_factory=list)
 
 
-ApplyFn = Callable[[asyncpg.Connection, Sequence[CloudEvent], set[str]], Awaitable[Applied]]
-"""A service's state rules: given the new, accepted, non-référentiel events of a batch and the
-UAIs whose référentiel entry changed in it, store the state and say what to emit."""
+ApplyFn = Callable[[Any, Sequence[CloudEvent], set[str]], Awaitable[Applied]]
+"""A service's use case: given its store (over the batch's transaction), the new, accepted,
+non-référentiel events of a batch and the UAIs whose référentiel entry changed in it, store the
+state and say what to emit."""
 
 
 def _end(spans: Iterable[trace.Span], exc: BaseException | None = None) -> None:
@@ -66,12 +69,14 @@ class Pipeline:
         service: str,
         settings: ServiceSettings,
         apply: ApplyFn,
+        store: Callable[[asyncpg.Connection], Any],
         parse: Callable[..., CloudEvent] = c.parse_event,
         dead_letters_for: Sequence[str] = (),
     ):
         self.service = service
         self.settings = settings
         self._apply = apply
+        self._store = store
         self._parse = parse
         # One writer per DLQ: a topic several services read (the référentiel) is
         # dead-lettered by its owner only; the others skip what it refuses.
@@ -155,7 +160,7 @@ class Pipeline:
             etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
             accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
             fresh = await inbox.claim(conn, accepted)
-            applied = await self._apply(conn, fresh, changed_uais)
+            applied = await self._apply(self._store(conn), fresh, changed_uais)
             stale += applied.stale
             await inbox.mark_stale(conn, stale)
             await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
@@ -163,11 +168,16 @@ class Pipeline:
         self._log_outcomes(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted))
         return len(applied.outgoing)
 
-    async def run_exclusive(self, work: Callable[[asyncpg.Connection], Awaitable[list[Outgoing]]]) -> int:
+    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Work outside a batch that needs no writer lock (a lookup, one statement): `work` gets the store."""
+        async with self.pool.acquire() as conn:
+            return await work(self._store(conn))
+
+    async def run_exclusive(self, work: Callable[[Any], Awaitable[list[Outgoing]]]) -> int:
         """Work outside a batch (a re-evaluation at start, say) with a batch's guarantees: one
-        transaction, the writer lock, its events through the outbox."""
+        transaction, the writer lock, its events through the outbox; `work` gets the store."""
         async with self._exclusive() as conn:
-            outgoing = await work(conn)
+            outgoing = await work(self._store(conn))
             await enqueue(conn, [self._record(o, None) for o in outgoing])
         if outgoing:
             self.relay.wake()

@@ -6,6 +6,7 @@ import contracts as c
 from contracts.internal import PROFILS, ProfilLot
 from services.common.app import Publishes, ServiceSpec
 from services.equipement.handlers import apply
+from services.equipement.store import EquipementStore
 
 SPEC = ServiceSpec(
     name="equipement",
@@ -17,6 +18,7 @@ SPEC = ServiceSpec(
         Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,
+    store=EquipementStore,
     dead_letters_for=(c.EQUIPEMENT,),
     description="Equipment declared by collectivités (lot, connectivite), per-UAI profiles.",
 )

@@ -6,6 +6,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, CouvertureEnseignants
 from services.common.app import Publishes, ServiceSpec
 from services.formation.handlers import apply
+from services.formation.store import FormationStore
 
 SPEC = ServiceSpec(
     name="formation",
@@ -17,6 +18,7 @@ SPEC = ServiceSpec(
         Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,
+    store=FormationStore,
     dead_letters_for=(c.FORMATION,),
     description="Training records pushed by rectorats (affectation, formation-suivie), per-UAI coverage.",
 )

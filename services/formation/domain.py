@@ -1,8 +1,9 @@
 """Training coverage of one UAI, from counts over its counted teachers. Pure."""
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from contracts import CRCN_LEVELS, fold_kind
+from contracts import CRCN_LEVELS, FormationSuivie, fold_kind
 
 LEVELS = len(CRCN_LEVELS)
 
@@ -31,3 +32,26 @@ def outils_contents(trained: Mapping[str, int], published: set[str]) -> dict[str
 
 def folded_tools(kinds: Sequence[str]) -> list[str]:
     return sorted({fold_kind(k) for k in kinds})
+
+
+def acquis(trainings: Sequence[FormationSuivie]) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+    """What trainings add: per (teacher, code) the highest level, and (teacher, folded tool)
+    pairs. Both accumulate idempotently, so their order and repetition do not matter."""
+    levels: dict[tuple[str, str], int] = {}
+    tools: set[tuple[str, str]] = set()
+    for t in trainings:
+        for comp in t.competences:
+            key = (t.teacher_id, comp.code)
+            levels[key] = max(levels.get(key, 0), comp.level)
+        tools.update((t.teacher_id, kind) for kind in folded_tools(t.tools))
+    return levels, tools
+
+
+@dataclass
+class Counts:
+    """Per UAI: counted teachers, per competence how many reach each highest level, per tool
+    how many were trained on it."""
+
+    enseignants: dict[str, int] = field(default_factory=dict)
+    levels: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    tools: dict[str, dict[str, int]] = field(default_factory=dict)

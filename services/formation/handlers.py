@@ -1,8 +1,7 @@
 """formation's use case: store affectations and trainings, republish the coverage records that changed."""
 
-from collections.abc import Sequence
-
-import asyncpg
+from collections.abc import Mapping, Sequence, Set
+from typing import Protocol
 
 import contracts as c
 from contracts import CloudEvent
@@ -13,33 +12,48 @@ from contracts.internal import (
     CouvertureEnseignants,
     CouvertureOutil,
 )
-from services.common.derived import Derived, publish_changes, published_entities
+from services.common.derived import Derived, Published, publish_changes
 from services.common.pipeline import Applied
-from services.formation import domain, store
+from services.common.state import Verdicts
+from services.formation import domain
 
 SOURCE = "/plateforme/formation"
 ENSEIGNANTS = Derived(COUVERTURE_ENSEIGNANTS, COUVERTURES, CouvertureEnseignants)
 OUTILS = Derived(COUVERTURE_OUTIL, COUVERTURES, CouvertureOutil, entity_field="kind")
 
 
-async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
-    affectations = await store.store_affectations(conn, [e for e in events if e.type == c.AFFECTATION])
+class Store(Protocol):
+    """What the use case needs of its storage (store.FormationStore; an in-memory one in tests)."""
+
+    published: Published
+
+    async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts: ...
+
+    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None: ...
+
+    async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]: ...
+
+    async def coverage_counts(self, uais: Sequence[str]) -> domain.Counts: ...
+
+
+async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
+    affectations = await store.store_affectations([e for e in events if e.type == c.AFFECTATION])
     trainings = [e for e in events if e.type == c.FORMATION_SUIVIE]
-    await store.add_trainings(conn, trainings)
+    await store.add_trainings(*domain.acquis([e.data for e in trainings]))
 
     causes: dict[str, CloudEvent] = {e.data.uai: e for e in affectations.winners.values()}
     by_teacher = {e.data.teacher_id: e for e in trainings}
-    for uai, teachers in (await store.active_uais(conn, list(by_teacher))).items():
+    for uai, teachers in (await store.active_uais(list(by_teacher))).items():
         causes.setdefault(uai, by_teacher[teachers[-1]])
     uais = sorted(causes)
-    counts = await store.coverage_counts(conn, uais)
-    published_tools = await published_entities(conn, OUTILS, uais)
+    counts = await store.coverage_counts(uais)
+    published_tools = await store.published.entities(OUTILS.event_type, uais)
     outgoing = await publish_changes(
-        conn, ENSEIGNANTS, source=SOURCE, causes=causes,
+        store.published, ENSEIGNANTS, source=SOURCE, causes=causes,
         contents={(u, ""): domain.competences_content(counts.enseignants[u], counts.levels[u]) for u in uais},
     )
     outgoing += await publish_changes(
-        conn, OUTILS, source=SOURCE, causes=causes,
+        store.published, OUTILS, source=SOURCE, causes=causes,
         contents={(u, kind): content for u in uais
                   for kind, content in domain.outils_contents(counts.tools[u], published_tools.get(u, set())).items()},
     )

@@ -22,9 +22,10 @@ from pydantic import AfterValidator
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.app import health_report
 from services.common.settings import ServiceSettings
-from services.ressources import queries, store, stream
+from services.ressources import queries, stream
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
+from services.ressources.store import RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
 
 router = APIRouter()
@@ -144,8 +145,9 @@ async def etablissement(request: Request, uai: Uai) -> dict:
         etab = await queries.etablissement(conn, uai)
         if etab is None:
             raise HTTPException(404, f"l'UAI {uai} n'est pas dans le référentiel")
-        profil = (await store.load_profils(conn, [uai])).get(uai)
-        couverture = (await store.load_couvertures(conn, [uai])).get(uai)
+        stored = RessourcesStore(conn)
+        profil = (await stored.load_profils([uai])).get(uai)
+        couverture = (await stored.load_couvertures([uai])).get(uai)
         subs = await queries.abonnements_of(conn, uai)
         open_ids = await queries.open_alert_ids(conn, uai)
     ressources = []

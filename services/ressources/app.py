@@ -9,6 +9,7 @@ from services.common.app import Publishes, ServiceSpec
 from services.ressources.api import create_api
 from services.ressources.handlers import make_apply, reconcile_seuils
 from services.ressources.settings import RessourcesSettings
+from services.ressources.store import RessourcesStore
 
 SPEC = ServiceSpec(
     name="ressources",
@@ -21,6 +22,7 @@ SPEC = ServiceSpec(
     ),
     apply=lambda settings: make_apply(settings.seuils),
     settings=RessourcesSettings,
+    store=RessourcesStore,
     dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
     parse=EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES),
     description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",

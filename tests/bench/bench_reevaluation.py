@@ -25,6 +25,7 @@ from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
 from services.common.db import create_pool, migrate
 from services.ressources.handlers import make_apply
+from services.ressources.store import RessourcesStore
 from services.ressources.rules import Seuils
 
 RID = "ark:/67375/bench"
@@ -66,7 +67,7 @@ def publication(minute: int, min_version: str) -> c.CloudEvent:
 async def timed(pool, apply, event) -> tuple[float, int]:
     async with pool.acquire() as conn, conn.transaction():
         start = time.perf_counter()
-        applied = await apply(conn, [event], set())
+        applied = await apply(RessourcesStore(conn), [event], set())
         return time.perf_counter() - start, len(applied.outgoing)
 
 

@@ -145,7 +145,7 @@ def hostile(draw) -> Case:
         return refused(topic, raw.encode(), "json-invalide", kind)
     if kind == "duplicate-key":
         e = VALID[topic]()
-        raw = json.dumps(e).replace('"source": ', f'"source": "/ministere", "source": ', 1)
+        raw = json.dumps(e).replace('"source": ', '"source": "/ministere", "source": ', 1)
         return refused(topic, raw.encode(), "json-invalide", kind)
     if kind == "deep":
         depth = draw(st.integers(300, 50_000))

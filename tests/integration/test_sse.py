@@ -69,8 +69,8 @@ def alert(n: int, *, kind: str = "equipement-incompatible", academie: str = "14"
 async def journal(app, *events: c.CloudEvent) -> list[int]:
     """Journals `events` the way the handler does (one transaction under the writer lock);
     returns their seqs."""
-    async def work(conn):
-        await stream.notify(conn, list(events))
+    async def work(store):
+        await store.journal(list(events))
         return []
     pipeline = app.state.pipeline
     await pipeline.run_exclusive(work)

@@ -1,0 +1,187 @@
+"""In-memory stores for the three use cases: what each handler's `Store` protocol asks, with
+the same state rules as the SQL stores (latest `time` wins, highest `version` kept), so that a
+handler runs in microseconds with no broker and no database. The real stores are tested
+against PostgreSQL in tests/integration/."""
+
+from collections.abc import Iterable, Mapping, Sequence, Set
+
+import contracts as c
+from contracts import CloudEvent, Etablissement
+from contracts.internal import (
+    COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
+    PROFIL_CONNECTIVITE,
+    PROFIL_LOT,
+    ConnectiviteProfil,
+    CouvertureFormation,
+    LotProfil,
+    ProfilEquipement,
+)
+from services.common.derived import Key, Publication
+from services.common.state import Verdicts, latest_wins
+from services.formation.domain import Counts
+from services.ressources.lifecycle import Held
+from services.ressources.rules import Seuils
+from services.ressources.store import AlertRow, Pair
+
+
+class Latest:
+    """Entities by `entity_key`, the event with the latest time winning."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, ...], CloudEvent] = {}
+
+    async def store(self, events: Sequence[CloudEvent]) -> Verdicts:
+        held = {k: e.time for k, e in self.rows.items()}
+        verdicts = latest_wins(held, ((e.data.entity_key, e.time, e) for e in events))
+        self.rows.update(verdicts.winners)
+        return verdicts
+
+
+class MemoryPublished:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, Key], tuple[int, dict]] = {}
+
+    async def held(self, event_type: str, keys: Sequence[Key]) -> dict[Key, tuple[int, dict]]:
+        return {k: self.rows[(event_type, k)] for k in keys if (event_type, k) in self.rows}
+
+    async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
+        wanted, out = set(uais), {}
+        for (t, (uai, entity)) in self.rows:
+            if t == event_type and uai in wanted:
+                out.setdefault(uai, set()).add(entity)
+        return out
+
+    async def save(self, publications: Sequence[Publication]) -> None:
+        for p in publications:
+            self.rows[(p.event_type, p.key)] = (p.version, p.content)
+
+
+class EquipementMemory:
+    def __init__(self) -> None:
+        self.lots, self.links, self.published = Latest(), Latest(), MemoryPublished()
+
+    async def store_lots(self, events: Sequence[CloudEvent]) -> Verdicts:
+        return await self.lots.store(events)
+
+    async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts:
+        return await self.links.store(events)
+
+
+class FormationMemory:
+    def __init__(self) -> None:
+        self.affectations, self.published = Latest(), MemoryPublished()
+        self.levels: dict[tuple[str, str], int] = {}
+        self.tools: set[tuple[str, str]] = set()
+
+    async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
+        return await self.affectations.store(events)
+
+    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None:
+        for key, level in levels.items():
+            self.levels[key] = max(self.levels.get(key, 0), level)
+        self.tools |= tools
+
+    def _counted(self) -> list[tuple[str, str]]:
+        return [(e.data.teacher_id, e.data.uai) for e in self.affectations.rows.values() if e.data.end is None]
+
+    async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for teacher, uai in self._counted():
+            if teacher in teachers:
+                out.setdefault(uai, []).append(teacher)
+        return out
+
+    async def coverage_counts(self, uais: Sequence[str]) -> Counts:
+        counts = Counts({u: 0 for u in uais}, {u: {} for u in uais}, {u: {} for u in uais})
+        for teacher, uai in self._counted():
+            if uai not in counts.enseignants:
+                continue
+            counts.enseignants[uai] += 1
+            for (t, code), level in self.levels.items():
+                if t == teacher:
+                    per_level = counts.levels[uai].setdefault(code, {})
+                    per_level[level] = per_level.get(level, 0) + 1
+            for t, kind in self.tools:
+                if t == teacher:
+                    counts.tools[uai][kind] = counts.tools[uai].get(kind, 0) + 1
+        return counts
+
+
+class RessourcesMemory:
+    def __init__(self, etablissements: Iterable[Etablissement] = ()) -> None:
+        self.etabs = {e.uai: e for e in etablissements}
+        self.catalogue, self.abonnements = Latest(), Latest()
+        self.derived: dict[tuple[str, str, str], CloudEvent] = {}
+        self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
+        self.journalled: list[CloudEvent] = []
+        self.held_seuils: tuple[float, float] | None = None
+
+    async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts:
+        return await self.catalogue.store(events)
+
+    async def store_abonnements(self, events: Sequence[CloudEvent]) -> Verdicts:
+        return await self.abonnements.store(events)
+
+    async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]:
+        changed = set()
+        for e in events:
+            key = (e.type, e.data.uai, e.data.entity)
+            if key not in self.derived or self.derived[key].data.version < e.data.version:
+                self.derived[key] = e
+                changed.add(e.data.uai)
+        return changed
+
+    async def pairs_of(self, uais: set[str], resources: set[str]) -> list[Pair]:
+        return [Pair(e.data.uai, e.data.resource_id, e.data.end) for e in self.abonnements.rows.values()
+                if e.data.uai in uais or e.data.resource_id in resources]
+
+    async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]:
+        return {u: self.etabs[u] for u in uais if u in self.etabs}
+
+    async def load_ressources(self, ids: set[str]) -> dict[str, c.RessourcePubliee]:
+        return {rid: e.data for (rid,), e in self.catalogue.rows.items() if rid in ids and e.type == c.RESSOURCE_PUBLIEE}
+
+    def _records(self, types: tuple[str, ...], uais: list[str]) -> list[CloudEvent]:
+        return [e for (t, uai, _), e in sorted(self.derived.items()) if t in types and uai in uais]
+
+    async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
+        lots: dict[str, list[LotProfil]] = {}
+        links: dict[str, ConnectiviteProfil] = {}
+        for e in self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais):
+            lots.setdefault(e.data.uai, [])
+            if e.type == PROFIL_CONNECTIVITE:
+                links[e.data.uai] = ConnectiviteProfil.model_validate(e.data.model_dump())
+            elif e.data.quantity > 0:
+                lots[e.data.uai].append(LotProfil.model_validate(e.data.model_dump()))
+        return {u: ProfilEquipement(uai=u, lots=lots[u], connectivite=links.get(u)) for u in lots}
+
+    async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
+        parts: dict[str, dict] = {}
+        for e in self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais):
+            part = parts.setdefault(e.data.uai, {"uai": e.data.uai, "enseignants": 0, "competences": {}, "outils": {}})
+            if e.type == COUVERTURE_ENSEIGNANTS:
+                part.update(enseignants=e.data.enseignants, competences=e.data.competences)
+            elif e.data.enseignants > 0:
+                part["outils"][e.data.kind] = e.data.enseignants
+        return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
+
+    async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
+        return {p: dict(self.alerts[p]) for p in pairs if p in self.alerts}
+
+    async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
+        for r in rows:
+            held = Held(r.ouverte, r.cycle, r.alerte)
+            self.alerts.setdefault((r.alerte.uai, r.alerte.resource_id), {})[r.alerte.kind] = held
+
+    async def journal(self, events: Sequence[CloudEvent]) -> None:
+        self.journalled += events
+
+    async def seuils(self) -> tuple[float, float] | None:
+        return self.held_seuils
+
+    async def save_seuils(self, seuils: Seuils) -> None:
+        self.held_seuils = (seuils.min_compatible_share, seuils.min_training_coverage)
+
+    async def subscribed_uais(self) -> list[str]:
+        return sorted({e.data.uai for e in self.abonnements.rows.values()})

@@ -1,0 +1,119 @@
+"""The three use cases (handlers) with in-memory stores: no broker, no database, milliseconds.
+What each emits for what it receives; the SQL stores are tested in tests/integration/."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import contracts as c
+from contracts.internal import (
+    COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
+    PROFIL_LOT,
+    ProfilLot,
+)
+from memory_stores import EquipementMemory, FormationMemory, RessourcesMemory
+from services.equipement.handlers import apply as equipement
+from services.formation.handlers import apply as formation
+from services.ressources.handlers import make_apply
+from services.ressources.rules import Seuils
+
+UAI = "0350042F"
+T0 = datetime(2026, 9, 1, 8, tzinfo=UTC)
+DEPARTEMENT = "/collectivites/departements/035"
+ressources = make_apply(Seuils())
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def lot(lot_id: str, quantity: int, ipados: str = "17.1", minute: int = 0) -> c.CloudEvent:
+    data = c.Lot(uai=UAI, lot_id=lot_id, kind="tablette", quantity=quantity,
+                 os=c.Logiciel(name="iPadOS", version=ipados), browsers=[])
+    return c.make_event(c.LOT, data, source=DEPARTEMENT, time=at(minute))
+
+
+def published(applied) -> list[tuple[str, str, int]]:
+    return [(o.event.type, o.key, o.event.data.version) for o in applied.outgoing]
+
+
+async def test_equipement_publishes_each_changed_lot_once_and_ignores_stale_ones():
+    store = EquipementMemory()
+    first = await equipement(store, [lot("L1", 30, minute=1), lot("L2", 3, minute=1)], set())
+    assert published(first) == [(PROFIL_LOT, f"{UAI}/L1", 1), (PROFIL_LOT, f"{UAI}/L2", 1)]
+    same = await equipement(store, [lot("L1", 30, minute=2)], set())
+    assert same.outgoing == [] and same.stale == [], "a newer event with the same content publishes nothing"
+    older = lot("L1", 5, minute=0)
+    changed = await equipement(store, [older, lot("L1", 0, minute=3)], set())
+    assert changed.stale == [older]
+    assert published(changed) == [(PROFIL_LOT, f"{UAI}/L1", 2)]
+    assert changed.outgoing[0].event.data.quantity == 0, "a retired lot is published, so ressources forgets it"
+
+
+def affectation(teacher: str, minute: int, end: date | None = None) -> c.CloudEvent:
+    data = c.Affectation(teacher_id=teacher, uai=UAI, start=date(2026, 9, 1), end=end)
+    return c.make_event(c.AFFECTATION, data, source="/rectorats/14", time=at(minute))
+
+
+def training(teacher: str, level: int, tools: list[str]) -> c.CloudEvent:
+    data = c.FormationSuivie(teacher_id=teacher, module_id=f"m-{level}", title="t", dispositif="eafc",
+                             completed_on=date(2026, 10, 1), competences=[c.Competence(code="3.4", level=level)],
+                             tools=tools)
+    return c.make_event(c.FORMATION_SUIVIE, data, source="/rectorats/14", time=at(5))
+
+
+async def test_formation_counts_teachers_levels_and_tools_and_publishes_a_tool_nobody_holds_any_more():
+    store = FormationMemory()
+    applied = await formation(store, [affectation("ens-00000001", 1), affectation("ens-00000002", 1),
+                                      training("ens-00000001", 3, ["TNI"]), training("ens-00000002", 1, [])], set())
+    records = {o.key: o.event.data for o in applied.outgoing}
+    assert records[UAI].enseignants == 2 and records[UAI].competences["3.4"][:4] == [2, 1, 1, 0]
+    assert (records[f"{UAI}/tni"].kind, records[f"{UAI}/tni"].enseignants) == ("tni", 1)
+
+    left = await formation(store, [affectation("ens-00000001", 2, end=date(2026, 12, 31))], set())
+    records = {o.key: (o.event.type, o.event.data) for o in left.outgoing}
+    assert records[UAI][0] == COUVERTURE_ENSEIGNANTS and records[UAI][1].enseignants == 1
+    assert records[f"{UAI}/tni"][0] == COUVERTURE_OUTIL and records[f"{UAI}/tni"][1].enseignants == 0
+
+
+def college() -> c.Etablissement:
+    return c.Etablissement(uai=UAI, nom="Collège", type="college", statut="public", code_commune="35238",
+                           code_departement="035", code_academie="14", code_region="53", ouvert=True)
+
+
+def profil(version: int, ipados: str) -> c.CloudEvent:
+    data = ProfilLot(uai=UAI, lot_id="L1", version=version, kind="tablette", quantity=30,
+                     os=c.Logiciel(name="iPadOS", version=ipados))
+    return c.make_event(PROFIL_LOT, data, source="/plateforme/equipement", time=at(version))
+
+
+def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
+    rid = "ark:/67375/unit"
+    ressource = c.RessourcePubliee(resource_id=rid, title="Atlas", editor="E", requirements=[[
+        c.Exigence(type="os", name="iPadOS", min_version="15")]])
+    abonnement = c.Abonnement(resource_id=rid, uai=UAI, start=date(2026, 9, 1), end=end)
+    return [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/ministere", time=at(minute)),
+            c.make_event(c.ABONNEMENT, abonnement, source="/gar", time=at(minute))]
+
+
+def announced(applied) -> list[tuple[str, str]]:
+    return [(o.event.type, o.event.data.kind) for o in applied.outgoing]
+
+
+async def test_ressources_raises_on_old_tablets_resolves_on_new_ones_and_journals_both():
+    store = RessourcesMemory([college()])
+    await ressources(store, [profil(1, "12.5")], set())
+    raised = await ressources(store, catalogue(), set())
+    assert announced(raised) == [(c.ALERTE_LEVEE, "equipement-incompatible")]
+    assert raised.outgoing[0].event.data.reasons == [c.Reason(code="os-version", detail="iPadOS 12.5 < 15")]
+    assert (await ressources(store, [profil(1, "12.5")], set())).outgoing == [], "a replayed version changes nothing"
+    resolved = await ressources(store, [profil(2, "17")], set())
+    assert announced(resolved) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
+    assert [e.type for e in store.journalled] == [c.ALERTE_LEVEE, c.ALERTE_RESOLUE]
+
+
+async def test_ressources_resolves_when_the_subscription_ends():
+    store = RessourcesMemory([college()])
+    await ressources(store, [profil(1, "12.5")], set())
+    await ressources(store, catalogue(), set())
+    ended = await ressources(store, catalogue(end=date(2026, 12, 31), minute=2)[1:], set())
+    assert announced(ended) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
