@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from services.common.app import ServiceSpec, build_app
+from services.common.app import build_app
+from services.common.spec import ServiceSpec
 from services.common.settings import ServiceSettings
 
 OUT = Path(__file__).resolve().parent.parent / "contracts" / "asyncapi"

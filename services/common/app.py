@@ -1,112 +1,31 @@
-"""Turns a service's spec into a runnable FastStream ASGI application.
-
-Each service consumes its topics in batches (one transaction per batch, offsets committed
-after it), runs the outbox relay beside the consumer, and answers `GET /health`.
+"""Turns a service's spec into a runnable FastStream ASGI application: logging and tracing,
+the broker and its consumer (consumer.py), `GET /health` (health.py), and the lifecycle:
+wait for the dependencies (startup.py), open the database and migrate, run the outbox relay
+and the background tasks, stop them in order.
 """
 
 import asyncio
-import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import asyncpg
 import structlog
-from aiokafka import ConsumerRecord
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
-from faststream.middlewares import AckPolicy
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel
 
-import contracts as c
 from services.common import retention, startup
+from services.common.consumer import subscribe
 from services.common.db import create_pool, migrate
+from services.common.health import health_report
 from services.common.logs import configure_logging
 from services.common.outbox import OutboxRelay, relay_producer
-from services.common.pipeline import ApplyFn, Pipeline
+from services.common.pipeline import Pipeline
 from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec
 from services.common.telemetry import configure_tracing
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Publishes:
-    """A topic the service writes, declared for the AsyncAPI document."""
-
-    topic: str
-    description: str
-    schema: type[BaseModel] | None = None
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    package_dir: Path
-    consumes: Sequence[str]
-    publishes: Sequence[Publishes]
-    apply: Callable[[ServiceSettings], ApplyFn]
-    """Builds the service's use case from its settings (thresholds...)."""
-    store: Callable[[asyncpg.Connection], Any]
-    """The store the use case receives, over the batch's transaction."""
-    dead_letters_for: Sequence[str]
-    """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
-    parse: Callable[..., c.CloudEvent] = c.parse_event
-    description: str = ""
-    on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
-    """Work run in the background once the service consumes (e.g. a re-evaluation)."""
-    http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
-    """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
-    settings: type[ServiceSettings] = ServiceSettings
-    """The service's settings class: the shared settings and its own."""
-
-
-def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
-    return msg.raw_message  # the pipeline parses and validates bytes itself
-
-
-def _text_headers(headers) -> tuple[tuple[str, bytes], ...]:
-    return tuple((k, v) for k, v in headers if v is not None and _is_utf8(v))
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> Any:
-    """FastStream's batch parser decodes every header value as UTF-8, so one header of other
-    bytes, or a null one, failed the whole batch before our handler saw it. A record is judged
-    by its value alone (CONTRACTS.md): FastStream (its logs, the tracing middleware) sees only
-    the headers that are text, and the handler gets the records untouched, for the DLQ copy."""
-    message = await default_parser(tuple(dataclasses.replace(r, headers=_text_headers(r.headers)) for r in records))
-    message.raw_message = records
-    return message
-
-
-async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, dict]:
-    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog."""
-    body = {"service": pipeline.service, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None,
-            "outbox_failed": None}
-    if pipeline.pool is not None:
-        try:
-            # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
-            body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 10000) o")
-            # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
-            body["outbox_failed"] = await pipeline.pool.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM outbox_failed LIMIT 10000) f")
-            body["database"] = True
-        except Exception as exc:  # reported, not raised: this is the health check
-            body["error"] = str(exc)
-    return (200 if body["kafka"] and body["database"] else 503), body
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> AsgiFastStream:
@@ -125,20 +44,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
     )
     pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
 
-    @broker.subscriber(
-        *[settings.topic(t) for t in spec.consumes],
-        batch=True,
-        group_id=settings.topic(spec.name),
-        auto_offset_reset="earliest",
-        max_records=settings.batch_max_records,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        parser=_parse_batch,
-        decoder=_raw_records,
-        title=f"{spec.name}:consume",
-        description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
-    )
-    async def consume(records: list) -> None:
-        await pipeline.handle(records)
+    subscribe(broker, spec, settings, pipeline)
 
     for p in spec.publishes:
         broker.publisher(settings.topic(p.topic), title=f"{spec.name}:{p.topic}", description=p.description, schema=p.schema)

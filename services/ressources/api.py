@@ -20,7 +20,7 @@ from faststream.asgi import AsgiFastStream
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
-from services.common.app import health_report
+from services.common.health import health_report
 from services.common.settings import ServiceSettings
 from services.ressources import queries, stream
 from services.ressources.rules import Seuils, evaluate, is_evaluated

@@ -8,7 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
 from helpers import TopicReader, running
-from services.common.app import health_report
+from services.common.health import health_report
 from services.common import outbox_failed
 from services.common.db import create_pool, migrate
 from services.common.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
