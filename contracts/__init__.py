@@ -28,9 +28,9 @@ from .parsing import REASON_CODES, ContractError, EventParser, parse_event
 from .payloads import (
     PAYLOADS,
     Abonnement,
+    Affectation,
     AlerteLevee,
     AlerteResolue,
-    Affectation,
     Competence,
     Connectivite,
     Etablissement,

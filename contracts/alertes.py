@@ -18,7 +18,7 @@ AlertKind = Literal[
     "ent-indisponible",
     "formation-insuffisante",
 ]
-ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
 
 class Reason(Strict):

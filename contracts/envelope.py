@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     WithJsonSchema,
     create_model,
 )
@@ -57,6 +58,9 @@ SOURCE_FORMS = (
 )
 
 
+_TYPES: list[JsonValue] = [*sorted(PAYLOADS)]
+
+
 @dataclass(frozen=True, slots=True)
 class Declarant:
     """Who sent an event, read from its `source`: what they may declare depends on it."""
@@ -71,7 +75,7 @@ def parse_source(source: str) -> Declarant:
     match = _SOURCE.fullmatch(source) if isinstance(source, str) else None
     if match is None:
         raise ValueError(f"{ids.short_repr(source)} n'est pas une source connue ({SOURCE_FORMS})")
-    kind = match.lastgroup
+    kind = str(match.lastgroup)  # exactly one named alternative matched
     code = None if kind in ("ministere", "gar") else match[kind]
     return Declarant(kind, code)  # type: ignore[arg-type]
 
@@ -102,7 +106,7 @@ class CloudEvent(BaseModel):
     specversion: Literal["1.0"]
     id: str = Field(min_length=1, max_length=128)
     source: Annotated[str, AfterValidator(_check_source), WithJsonSchema(_SOURCE_SCHEMA)]
-    type: str = Field(json_schema_extra={"enum": sorted(PAYLOADS)})
+    type: str = Field(json_schema_extra={"enum": _TYPES})
     time: Annotated[AwareDatetime, AfterValidator(_check_time)] = Field(
         description="RFC 3339, with its offset; not before 1970-01-01T00:00:00Z, not after the receiver's clock "
         "plus its MAX_CLOCK_SKEW (time-futur)"
@@ -125,7 +129,8 @@ def uai_of(event: CloudEvent) -> str | None:
 def event_model(type: str, payload: type[Payload]) -> type[CloudEvent]:
     """The envelope of one event type: `type` fixed, `data` that type's payload model."""
     name = payload.__name__ + "Event"
-    return create_model(name, __base__=CloudEvent, type=(Literal[type], ...), data=(payload, ...))
+    # A Literal built at run time: a type checker cannot follow it.
+    return create_model(name, __base__=CloudEvent, type=(Literal[type], ...), data=(payload, ...))  # type: ignore[arg-type]
 
 
 def make_event(

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from services.common.app import build_app
-from services.common.spec import ServiceSpec
 from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec
 
 OUT = Path(__file__).resolve().parent.parent / "contracts" / "asyncapi"
 OPENAPI = Path(__file__).resolve().parent.parent / "contracts" / "openapi" / "ressources.json"
@@ -31,6 +31,7 @@ def openapi() -> dict:
     from services.ressources.app import SPEC
 
     settings = ServiceSettings(log_level="WARNING")
+    assert SPEC.http_api is not None, "ressources serves the read API"
     return SPEC.http_api(build_app(SPEC, settings), settings).openapi()
 
 

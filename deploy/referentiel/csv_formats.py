@@ -166,12 +166,12 @@ def _map_row(fmt: CsvFormat, row: dict[str, str], line: int) -> Etablissement | 
             column = getattr(fmt, name)
             return Skipped(line, uai, f"{name}-invalide", f"{column} = {value(column)!r}")
     # The checks above give exactly the forms the contract requires, so this cannot raise.
-    return Etablissement(
+    return Etablissement.model_validate(dict(
         uai=uai, nom=next((value(c) for c in fmt.noms if value(c)), ""),
         type=fmt.type_of(value(fmt.type)), statut=statut,
         code_commune=fields["commune"], code_departement=fields["departement"],
         code_academie=fields["academie"], code_region=fields["region"], ouvert=ouvert,
-    )
+    ))
 
 
 ANNUAIRE_LABELS = {"ecole": "Ecole", "college": "Collège", "lycee": "Lycée", "erea": "EREA", "autre": "Autre"}

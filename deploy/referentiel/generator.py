@@ -96,7 +96,7 @@ def _etablissement(rng: random.Random, type_: str, dep: str, number: int) -> Eta
         nom = f"{label} {rng.choice(PATRONYMES)}"
     else:
         nom = f"{label} {'privée' if label.startswith('École') else 'privé'} {rng.choice(SAINTS)}"
-    return Etablissement(
+    return Etablissement.model_validate(dict(
         uai=digits + uai_check_letter(digits),
         nom=nom,
         type=type_,
@@ -106,4 +106,4 @@ def _etablissement(rng: random.Random, type_: str, dep: str, number: int) -> Eta
         code_academie=academie,
         code_region=region,
         ouvert=rng.random() >= CLOSED_SHARE,
-    )
+    ))

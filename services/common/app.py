@@ -7,6 +7,7 @@ and the background tasks, stop them in order.
 import asyncio
 import json
 import logging
+from typing import Any
 
 import structlog
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -28,7 +29,16 @@ from services.common.telemetry import configure_tracing
 log = structlog.get_logger(__name__)
 
 
-def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> AsgiFastStream:
+class ServiceApp(AsgiFastStream):
+    """The service's ASGI app, with what an HTTP API beside it needs: its pipeline and broker."""
+
+    def __init__(self, broker: KafkaBroker, pipeline: Pipeline, **kwargs: Any):
+        super().__init__(broker, **kwargs)
+        self.pipeline = pipeline
+        self.kafka = broker
+
+
+def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
     settings = spec.settings.of(settings) if settings is not None else spec.settings()
     schema = settings.db_schema or spec.name
     configure_logging(spec.name, settings.log_format, settings.log_level)
@@ -55,11 +65,11 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
     async def start_database() -> None:
-        pipeline.pool = await create_pool(settings.database_url, schema)
-        await migrate(pipeline.pool, schema, spec.package_dir)
+        pool = await create_pool(settings.database_url, schema)
+        await migrate(pool, schema, spec.package_dir)
         producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
-        pipeline.relay = OutboxRelay(pipeline.pool, producer, schema, batch=settings.outbox_batch_records,
-                                     poll_ms=settings.outbox_poll_ms)
+        pipeline.attach(pool, OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records,
+                                          poll_ms=settings.outbox_poll_ms))
 
     background: list[asyncio.Task] = []
 
@@ -75,24 +85,21 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Asg
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        if pipeline.relay:
+        if pipeline.started:
             await pipeline.relay.stop()
-        if pipeline.pool:
             await pipeline.pool.close()
         provider.shutdown()
 
     guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
-    app = AsgiFastStream(
+    return ServiceApp(
         broker,
+        pipeline,
         asgi_routes=[("/health", health)],
         on_startup=[guard.wait_for_dependencies, start_database],
         after_startup=[start_relay, guard.started],
         on_shutdown=[guard.stop, stop],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
-    app.pipeline = pipeline  # tests and HTTP APIs reach the pool and relay through it
-
-    return app
 
 
 def serve(spec: ServiceSpec) -> None:

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger(__name__)
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+"""A connection, whether opened alone or acquired from a pool."""
 
 _SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import asyncpg
-
 from contracts import CloudEvent, Payload, make_event
+from services.common.db import Conn
 from services.common.pipeline import Outgoing
 
 Key = tuple[str, str]
@@ -58,7 +57,7 @@ class Published(Protocol):
 
 
 class PgPublished:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Conn):
         self._conn = conn
 
     async def held(self, event_type: str, keys: Sequence[Key]) -> dict[Key, tuple[int, dict]]:

@@ -8,11 +8,11 @@ once it is safely kept, and `dead_letters` makes a replay dead-letter it only on
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from aiokafka import ConsumerRecord
 
 from contracts import dlq as dlq_topic
+from services.common.db import Conn
 from services.common.outbox import OutboxRecord, enqueue
 
 log = structlog.get_logger(__name__)
@@ -50,7 +50,7 @@ def _text(value: str) -> str:
     return value.replace("\x00", "")
 
 
-async def reject(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
+async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
     if not rejections:
         return
     rows = await conn.fetch(

@@ -9,14 +9,13 @@ against a concurrent writer.
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncpg
-
 from contracts import CloudEvent
+from services.common.db import Conn
 from services.common.state import Verdicts, latest_wins
 
 
 async def store_latest(
-    conn: asyncpg.Connection,
+    conn: Conn,
     table: str,
     keys: Sequence[str],
     columns: Sequence[str],

@@ -9,7 +9,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, d
     """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog."""
     body = {"service": pipeline.service, "kafka": await broker.ping(2.0), "database": False, "outbox_pending": None,
             "outbox_failed": None}
-    if pipeline.pool is not None:
+    if pipeline.started:
         try:
             # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
             body["outbox_pending"] = await pipeline.pool.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 10000) o")

@@ -6,12 +6,11 @@ conflict means it was accepted before (or by a concurrent consumer, which then c
 
 from collections.abc import Sequence
 
-import asyncpg
-
 from contracts import CloudEvent
+from services.common.db import Conn
 
 
-async def claim(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+async def claim(conn: Conn, events: Sequence[CloudEvent]) -> list[CloudEvent]:
     """Keep the events never accepted before, in arrival order, each (source, id) once."""
     if not events:
         return []
@@ -37,7 +36,7 @@ async def claim(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> list[
     return kept
 
 
-async def mark_stale(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> None:
+async def mark_stale(conn: Conn, events: Sequence[CloudEvent]) -> None:
     if events:
         await conn.execute(
             "UPDATE inbox SET outcome = 'stale' FROM unnest($1::text[], $2::text[]) AS s(source, id) "

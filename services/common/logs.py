@@ -5,15 +5,18 @@ logged while an event is handled carries them. No line shows a password: every t
 exception text included, goes through `secrets.redact`.
 """
 
+import io
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO, cast
 
 import structlog
 
 from services.common.secrets import redact
 
 
-def redact_secrets(_logger, _method, event_dict: dict) -> dict:
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: masks the passwords of URLs and DSNs in every text value."""
     for key, value in event_dict.items():
         if isinstance(value, str):
@@ -21,11 +24,11 @@ def redact_secrets(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
-class _CurrentStderr:
+class _CurrentStderr(io.TextIOBase):
     """Whatever `sys.stderr` is when a line is written, not when logging was configured (a test
     capturing stderr replaces it, then closes its replacement)."""
 
-    def write(self, text: str) -> int:
+    def write(self, text: str, /) -> int:
         return sys.stderr.write(text)
 
     def flush(self) -> None:
@@ -50,7 +53,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

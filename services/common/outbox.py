@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from services.common.db import advisory_key
+from services.common.db import Conn, advisory_key
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ def load_headers(text: str) -> Headers:
     return tuple((k, None if v is None else base64.b64decode(v)) for k, v in json.loads(text))
 
 
-async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> None:
+async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
     if records:
         await conn.executemany(
             "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
@@ -72,7 +72,7 @@ def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
-async def count_failed(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+async def count_failed(conn: Conn | asyncpg.Pool) -> int:
     return await conn.fetchval("SELECT count(*) FROM outbox_failed")
 
 

@@ -8,10 +8,10 @@ and the inbox makes the replay harmless.
 """
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,7 +23,7 @@ import contracts as c
 from contracts import CloudEvent, ContractError, parse_source, uai_of
 from contracts.internal import INTERNAL_TOPICS
 from services.common import dlq, inbox, referentiel, rights
-from services.common.db import advisory_key
+from services.common.db import Conn, advisory_key
 from services.common.outbox import OutboxRecord, OutboxRelay, enqueue
 from services.common.settings import ServiceSettings
 from services.common.telemetry import context_from_headers, headers_for
@@ -69,7 +69,7 @@ class Pipeline:
         service: str,
         settings: ServiceSettings,
         apply: ApplyFn,
-        store: Callable[[asyncpg.Connection], Any],
+        store: Callable[[Conn], Any],
         parse: Callable[..., CloudEvent] = c.parse_event,
         dead_letters_for: Sequence[str] = (),
     ):
@@ -82,8 +82,28 @@ class Pipeline:
         # dead-lettered by its owner only; the others skip what it refuses.
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
         self._writer_lock = advisory_key(f"writer:{settings.db_schema or service}")
-        self.pool: asyncpg.Pool | None = None
-        self.relay: OutboxRelay | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._relay: OutboxRelay | None = None
+
+    def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
+        """The runtime the pipeline works with, once the service has opened its database."""
+        self._pool, self._relay = pool, relay
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{self.service}: the pipeline is not started (no database yet)")
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        if self._relay is None:
+            raise RuntimeError(f"{self.service}: the pipeline is not started (no outbox relay yet)")
+        return self._relay
 
     def _parse_all(self, records: Sequence[ConsumerRecord]) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
         parsed, rejected = [], []
@@ -97,7 +117,6 @@ class Pipeline:
         return parsed, rejected
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        assert self.pool is not None and self.relay is not None, "pipeline not started"
         parsed, rejected = self._parse_all(records)
         spans = {}
         for event, record in parsed:
@@ -136,7 +155,7 @@ class Pipeline:
         self.relay.wake()
 
     @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _exclusive(self) -> AsyncIterator[Conn]:
         """A transaction holding the writer lock of this service's schema. Replicas consume
         different partitions, and what a service derives (a UAI's coverage, profile, alerts)
         may be touched by records of several partitions: read-then-write must not interleave."""

@@ -2,15 +2,14 @@
 
 from collections.abc import Iterable, Sequence
 
-import asyncpg
-
 from contracts import CloudEvent, Etablissement
+from services.common.db import Conn
 from services.common.entities import store_latest
 
 _COLUMNS = ("nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region", "ouvert")
 
 
-async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:
+async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:
     """Store the winning `etablissement` events; returns (stale events, UAIs that changed)."""
     verdicts = await store_latest(
         conn, "etablissements", ("uai",), _COLUMNS, events,
@@ -19,7 +18,7 @@ async def apply(conn: asyncpg.Connection, events: Sequence[CloudEvent]) -> tuple
     return verdicts.stale, {uai for (uai,) in verdicts.winners}
 
 
-async def load(conn: asyncpg.Connection, uais: Iterable[str]) -> dict[str, Etablissement]:
+async def load(conn: Conn, uais: Iterable[str]) -> dict[str, Etablissement]:
     rows = await conn.fetch(
         f"SELECT uai, {', '.join(_COLUMNS)} FROM etablissements WHERE uai = ANY($1::text[])", list(set(uais))
     )

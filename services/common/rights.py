@@ -6,6 +6,7 @@ principal, so every rule takes it as a first-class input.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import contracts as c
 from contracts import CloudEvent, Declarant, Etablissement
@@ -16,7 +17,8 @@ UAI_INCONNU = "uai-inconnu"
 _CATALOGUE_TYPES = {c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE, c.ABONNEMENT}
 _EQUIPEMENT_TYPES = {c.LOT, c.CONNECTIVITE}
 # The collectivité that equips each type of établissement (Code de l'éducation); nobody equips `autre`.
-EQUIPEUR = {"ecole": "commune", "college": "departement", "lycee": "region", "erea": "region"}
+Collectivite = Literal["commune", "departement", "region"]
+EQUIPEUR: dict[str, Collectivite] = {"ecole": "commune", "college": "departement", "lycee": "region", "erea": "region"}
 
 
 @dataclass(frozen=True)

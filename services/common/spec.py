@@ -3,16 +3,15 @@
 `app.build_app` turns a `ServiceSpec` into a running service; each service's `app.py` is one.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from faststream.asgi import AsgiFastStream
 from pydantic import BaseModel
 
 import contracts as c
+from services.common.db import Conn
 from services.common.pipeline import ApplyFn, Pipeline
 from services.common.settings import ServiceSettings
 
@@ -34,15 +33,15 @@ class ServiceSpec:
     publishes: Sequence[Publishes]
     apply: Callable[[ServiceSettings], ApplyFn]
     """Builds the service's use case from its settings (thresholds...)."""
-    store: Callable[[asyncpg.Connection], Any]
+    store: Callable[[Conn], Any]
     """The store the use case receives, over the batch's transaction."""
     dead_letters_for: Sequence[str]
     """The consumed topics whose DLQ this service writes (one writer per DLQ)."""
     parse: Callable[..., c.CloudEvent] = c.parse_event
     description: str = ""
-    on_start: Callable[[Pipeline, ServiceSettings], Awaitable[None]] | None = None
+    on_start: Callable[[Pipeline, Any], Coroutine[Any, Any, None]] | None = None
     """Work run in the background once the service consumes (e.g. a re-evaluation)."""
-    http_api: Callable[[AsgiFastStream, ServiceSettings], Any] | None = None
+    http_api: Callable[[Any, ServiceSettings], Any] | None = None
     """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
     settings: type[ServiceSettings] = ServiceSettings
     """The service's settings class: the shared settings and its own."""

@@ -34,9 +34,11 @@ def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context
     """A partner's headers are any bytes or null: only text values can carry a trace context."""
     carrier = {}
     for k, v in headers or ():
+        if v is None:
+            continue
         try:
             carrier[k] = v.decode()
-        except (AttributeError, UnicodeDecodeError):  # null, or not UTF-8: not a trace header
+        except UnicodeDecodeError:  # not UTF-8: not a trace header
             continue
     return propagate.extract(carrier)
 

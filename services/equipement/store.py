@@ -3,16 +3,15 @@
 import json
 from collections.abc import Sequence
 
-import asyncpg
-
 from contracts import CloudEvent
+from services.common.db import Conn
 from services.common.derived import PgPublished
 from services.common.entities import store_latest
 from services.common.state import Verdicts
 
 
 class EquipementStore:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Conn):
         self._conn = conn
         self.published = PgPublished(conn)
 

@@ -2,9 +2,8 @@
 
 from collections.abc import Mapping, Sequence, Set
 
-import asyncpg
-
 from contracts import CloudEvent
+from services.common.db import Conn
 from services.common.derived import PgPublished
 from services.common.entities import store_latest
 from services.common.state import Verdicts
@@ -12,7 +11,7 @@ from services.formation.domain import Counts
 
 
 class FormationStore:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Conn):
         self._conn = conn
         self.published = PgPublished(conn)
 

@@ -16,10 +16,10 @@ import anyio
 import asyncpg
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from faststream.asgi import AsgiFastStream
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
+from services.common.app import ServiceApp
 from services.common.health import health_report
 from services.common.settings import ServiceSettings
 from services.ressources import queries, stream
@@ -70,10 +70,10 @@ LastEventId = Annotated[int | None, Header(
 
 
 def _pool(request: Request) -> asyncpg.Pool:
-    pool = request.app.state.pipeline.pool
-    if pool is None:
+    pipeline = request.app.state.pipeline
+    if not pipeline.started:
         raise HTTPException(503, "service en cours de démarrage")
-    return pool
+    return pipeline.pool
 
 
 @router.get("/alertes", summary="Alerts, filtered and paginated (newest raise first)")
@@ -157,7 +157,7 @@ async def etablissement(request: Request, uai: Uai) -> dict:
         entry = {"resource_id": sub["resource_id"], "title": ressource.title if ressource else None,
                  "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
                  "publiee": bool(sub["publiee"]), "evaluee": evaluated, "verdicts": None}
-        if evaluated:
+        if evaluated and ressource is not None:
             ev = evaluate(ressource, profil, couverture, seuils)
             entry.update(compatible=ev.compatible, devices=ev.devices, coverage=ev.coverage)
             entry["verdicts"] = {
@@ -189,7 +189,7 @@ async def ressource(request: Request, resource_id: ResourceId) -> dict:
             "par_academie": par_academie}
 
 
-def create_api(stream_app: AsgiFastStream, settings: ServiceSettings) -> FastAPI:
+def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     """The ASGI app ressources serves: this API, `/health`, and the Kafka consumer's lifespan."""
     settings = RessourcesSettings.of(settings)
 
@@ -226,7 +226,7 @@ def create_api(stream_app: AsgiFastStream, settings: ServiceSettings) -> FastAPI
 
     @api.get("/health", summary="200 when Kafka and PostgreSQL answer, 503 otherwise")
     async def health() -> JSONResponse:
-        status, body = await health_report(stream_app.pipeline, stream_app.broker)
+        status, body = await health_report(stream_app.pipeline, stream_app.kafka)
         return JSONResponse(body, status)
 
     return api

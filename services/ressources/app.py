@@ -20,7 +20,7 @@ SPEC = ServiceSpec(
         Publishes(c.dlq(c.REFERENTIEL), "Référentiel records the platform could not accept, bytes unchanged"),
         Publishes(c.dlq(c.CATALOGUE), "Catalogue records it could not accept, bytes unchanged"),
     ),
-    apply=lambda settings: make_apply(settings.seuils),
+    apply=lambda settings: make_apply(RessourcesSettings.of(settings).seuils),
     settings=RessourcesSettings,
     store=RessourcesStore,
     dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),

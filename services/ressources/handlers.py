@@ -8,7 +8,7 @@ from typing import Protocol
 import structlog
 
 import contracts as c
-from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
+from contracts import AlerteLevee, AlerteResolue, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
 from contracts.internal import INTERNAL_PAYLOADS, CouvertureFormation, ProfilEquipement
 from services.common.pipeline import Applied, Outgoing, Pipeline
 from services.common.state import Verdicts
@@ -87,7 +87,11 @@ async def reconcile_seuils(pipeline: Pipeline, settings: RessourcesSettings, chu
     emitted = 0
     for start in range(0, len(uais), chunk):
         part = set(uais[start:start + chunk])
-        emitted += await pipeline.run_exclusive(lambda store, part=part: reevaluate(store, part, set(), seuils, {}))
+
+        async def work(store: Store, part: set[str] = part) -> list[Outgoing]:
+            return await reevaluate(store, part, set(), seuils, {})
+
+        emitted += await pipeline.run_exclusive(work)
     await pipeline.run(lambda store: store.save_seuils(seuils))
     log.info("seuils.reevaluated", alerts_emitted=emitted)
 
@@ -110,7 +114,8 @@ async def reevaluate(
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
         active = is_evaluated(pair.end, etab.ouvert if etab else None, ressource is not None)
-        evaluation = evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils) if active else None
+        evaluation = (evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils)
+                      if active and ressource is not None else None)
         cause = causes.get(uai) or causes.get(rid)
         for t in transitions(uai, rid, etab, evaluation, held_alerts.get((uai, rid), {}), now):
             cycle = t.held.cycle if t.held else 0
@@ -119,7 +124,7 @@ async def reevaluate(
                 rows.append(AlertRow(t.raised, ouverte=True, cycle=cycle))
                 outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, event_id(t.raised.alert_id, cycle, "levee"),
                                           now, cause))
-            elif t.resolved:
+            elif t.resolved and t.held:
                 rows.append(AlertRow(t.held.alerte, ouverte=False, cycle=cycle, resolved_at=now))
                 outgoing.append(_announce(c.ALERTE_RESOLUE, t.resolved, event_id(t.resolved.alert_id, cycle, "resolue"),
                                           now, cause))
@@ -130,6 +135,7 @@ async def reevaluate(
     return outgoing
 
 
-def _announce(type_: str, alerte: AlerteLevee, id_: str, now: datetime, cause: CloudEvent | None) -> Outgoing:
+def _announce(type_: str, alerte: AlerteLevee | AlerteResolue, id_: str, now: datetime,
+              cause: CloudEvent | None) -> Outgoing:
     event = make_event(type_, alerte, source=SOURCE, subject=alerte.subject, id=id_, time=now)
     return Outgoing(c.ALERTES, alerte.uai, event, cause)

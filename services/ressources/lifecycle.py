@@ -2,11 +2,11 @@
 transitions to make. Never two raises for one alert_id without a resolve between them."""
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from contracts import AlerteLevee, AlerteResolue, Etablissement
-from contracts import ALERT_KINDS
+from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement
 from services.common.rights import responsable
 from services.ressources.rules import Evaluation
 
@@ -46,7 +46,7 @@ def transitions(
     resource_id: str,
     etab: Etablissement | None,
     evaluation: Evaluation | None,
-    held: dict[str, Held],
+    held: Mapping[str, Held],
     now: datetime,
 ) -> list[Transition]:
     """`evaluation` None: the pair is not evaluated (no active subscription, closed or
@@ -54,21 +54,20 @@ def transitions(
     out = []
     for kind in ALERT_KINDS:
         before = held.get(kind)
-        is_open = before is not None and before.ouverte
-        holds = evaluation is not None and kind in evaluation.alerts
-        if holds:
+        if evaluation is not None and kind in evaluation.alerts:
+            assert etab is not None, "a pair is evaluated only at a known établissement"
             content = AlerteLevee(
                 alert_id=alert_id(uai, resource_id, kind), uai=uai, resource_id=resource_id, kind=kind,
                 reasons=evaluation.alerts[kind], code_academie=etab.code_academie,
                 code_departement=etab.code_departement, responsable=responsable(etab),
                 compatible=evaluation.compatible, devices=evaluation.devices, coverage=evaluation.coverage,
-                raised_at=before.alerte.raised_at if is_open else now,
+                raised_at=before.alerte.raised_at if before is not None and before.ouverte else now,
             )
-            if not is_open:
+            if before is None or not before.ouverte:
                 out.append(Transition(kind, before, raised=content))
             elif content != before.alerte:
                 out.append(Transition(kind, before, updated=content))
-        elif is_open:
+        elif before is not None and before.ouverte:
             resolved = AlerteResolue(**before.alerte.model_dump(exclude={"resolved_at"}), resolved_at=now)
             out.append(Transition(kind, before, resolved=resolved))
     return out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from contracts import ALERT_KINDS
+from services.common.db import Conn
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class AlertFilter:
         ))
 
 
-async def list_alertes(conn: asyncpg.Connection, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
+async def list_alertes(conn: Conn, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
     where, args = f.where()
     total = await conn.fetchval(f"SELECT count(*) FROM alertes{where}", *args)
     rows = await conn.fetch(
@@ -66,11 +67,11 @@ def _alert(r: asyncpg.Record) -> dict:
     return data
 
 
-async def etablissement(conn: asyncpg.Connection, uai: str) -> asyncpg.Record | None:
+async def etablissement(conn: Conn, uai: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM etablissements WHERE uai = $1", uai)
 
 
-async def abonnements_of(conn: asyncpg.Connection, uai: str) -> list[asyncpg.Record]:
+async def abonnements_of(conn: Conn, uai: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         'SELECT a.resource_id, a.start, a."end", r.publiee, r.ressource FROM abonnements a '
         "LEFT JOIN ressources r USING (resource_id) WHERE a.uai = $1 ORDER BY a.resource_id",
@@ -78,12 +79,12 @@ async def abonnements_of(conn: asyncpg.Connection, uai: str) -> list[asyncpg.Rec
     )
 
 
-async def open_alert_ids(conn: asyncpg.Connection, uai: str) -> dict[tuple[str, str], str]:
+async def open_alert_ids(conn: Conn, uai: str) -> dict[tuple[str, str], str]:
     rows = await conn.fetch("SELECT resource_id, kind, alert_id FROM alertes WHERE uai = $1 AND ouverte", uai)
     return {(r["resource_id"], r["kind"]): r["alert_id"] for r in rows}
 
 
-async def ressource(conn: asyncpg.Connection, resource_id: str) -> asyncpg.Record | None:
+async def ressource(conn: Conn, resource_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id)
 
 
@@ -95,7 +96,7 @@ VERDICT = ("""CASE WHEN coalesce("equipement-incompatible", false) THEN 'incompa
            """WHEN coalesce("equipement-partiel", false) THEN 'partiel' ELSE 'compatible' END""")
 
 
-async def synthese(conn: asyncpg.Connection, resource_id: str) -> dict[str, dict[str, int]]:
+async def synthese(conn: Conn, resource_id: str) -> dict[str, dict[str, int]]:
     """Per académie, over the pairs the platform evaluates (`EVALUATED`): how many are
     compatible, partial, incompatible, under-trained. None while the resource is withdrawn."""
     kinds = ", ".join(
@@ -139,10 +140,10 @@ class Replay:
     """The highest seq ever handed out: a Last-Event-ID beyond it is not from this journal."""
 
 
-async def journal_replay(conn: asyncpg.Connection, after: int, through: int, f: AlertFilter, limit: int) -> Replay:
+async def journal_replay(conn: Conn, after: int, through: int, f: AlertFilter, limit: int) -> Replay:
     """The journal rows in (after, through] that `f` keeps, at most `limit` + 1 of them (one
     more says there are more). One snapshot, so the horizon and the rows agree."""
-    clauses, args = ["seq > $1", "seq <= $2"], [after, through]
+    clauses, args = ["seq > $1", "seq <= $2"], [after, through]  # type: list[str], list[object]
     for sql, value in (
         ("event->'data'->>'code_academie' = ${}", f.code_academie),
         ("event->'data'->>'code_departement' = ${}", f.code_departement),
@@ -159,5 +160,6 @@ async def journal_replay(conn: asyncpg.Connection, after: int, through: int, f: 
         allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
         rows = await conn.fetch(
             f"SELECT seq, event FROM alert_journal WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}", *args)
+    assert allocated is not None, "a sequence always has a row"
     return Replay([(r["seq"], r["event"]) for r in rows], purged,
                   allocated["last_value"] if allocated["is_called"] else 0)

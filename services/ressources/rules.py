@@ -21,14 +21,23 @@ import operator
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Sequence
-from datetime import date
 from dataclasses import dataclass, field
+from datetime import date
 from itertools import chain
 from typing import Generic, TypeVar
 
-from contracts import display_name, fold_kind, fold_name, is_any, parse_version
+from contracts import (
+    CRCN_LEVELS,
+    Exigence,
+    Reason,
+    RessourcePubliee,
+    display_name,
+    fold_kind,
+    fold_name,
+    is_any,
+    parse_version,
+)
 from contracts.internal import CouvertureFormation, LotProfil, ProfilEquipement
-from contracts import CRCN_LEVELS, Exigence, Reason, RessourcePubliee
 
 MAX_REASONS = 5
 MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortened with "…"

@@ -21,6 +21,7 @@ from contracts.internal import (
     ProfilEquipement,
 )
 from services.common import referentiel
+from services.common.db import Conn
 from services.common.entities import store_latest
 from services.common.state import Verdicts
 from services.ressources import stream
@@ -48,7 +49,7 @@ class AlertRow:
 
 
 class RessourcesStore:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Conn):
         self._conn = conn
 
     async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts:

@@ -19,12 +19,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
 
 from contracts import CloudEvent
+from services.common.db import Conn
 from services.ressources import queries
 
 CHANNEL = "alertes"
@@ -38,7 +39,7 @@ PURGE_CHUNK = 10_000
 log = structlog.get_logger(__name__)
 
 
-async def notify(conn: asyncpg.Connection, events: list[CloudEvent]) -> None:
+async def notify(conn: Conn, events: list[CloudEvent]) -> None:
     """Inside the write transaction: journalled and announced on commit, neither on rollback.
 
     The caller holds the schema's writer lock (Pipeline._exclusive) for the whole transaction,
@@ -168,7 +169,7 @@ class AlertHub:
         await conn.add_listener(CHANNEL, self._on_notify)
         return conn
 
-    def _on_notify(self, _conn, _pid, _channel, _payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: object) -> None:
         self._wake.set()  # the payload (a seq) is not trusted: the journal says what is new
 
     async def _pump(self) -> None:
@@ -190,8 +191,10 @@ class AlertHub:
                     self._conn.terminate()
 
     async def _deliver(self) -> None:
+        conn = self._conn
+        assert conn is not None, "connected by _pump"
         while True:
-            rows = await self._conn.fetch(
+            rows = await conn.fetch(
                 "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS)
             self._fan_out(rows)
             if len(rows) < FETCH_ROWS:
