@@ -16,11 +16,11 @@ import json
 import os
 import shutil
 import signal
-import urllib.request
-from collections import Counter
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -169,12 +169,12 @@ async def play(platform: Platform) -> AlertTail:
 def _show_api(port: int, uai: str) -> None:
     base = f"http://127.0.0.1:{port}"
     say(f"the read API for dashboards (OpenAPI: {base}/docs):")
-    for path in (f"/alertes?code_departement=035&state=open&limit=2", f"/etablissements/{uai}",
+    for path in ("/alertes?code_departement=035&state=open&limit=2", f"/etablissements/{uai}",
                  f"/ressources/{scenario.MANUEL}"):
         with urllib.request.urlopen(base + path, timeout=10) as response:
             body = json.dumps(json.loads(response.read()), ensure_ascii=False, indent=1)
         lines = body.splitlines()
-        print(f"\n  $ curl '{base}{path}'\n" + "\n".join("    " + l for l in lines[:25])
+        print(f"\n  $ curl '{base}{path}'\n" + "\n".join("    " + line for line in lines[:25])
               + ("\n    …" if len(lines) > 25 else ""), flush=True)
     print(f"\n  live stream of alert changes (Server-Sent Events): curl -N '{base}/alertes/flux'\n", flush=True)
 

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from deploy.local.kafka import jars as kafka_module
 from deploy.local.kafka import KafkaRuntimeError, LocalKafka
+from deploy.local.kafka import jars as kafka_module
 from deploy.local.postgres import LocalPostgres
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec

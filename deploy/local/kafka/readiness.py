@@ -32,7 +32,7 @@ async def _metadata_available(bootstrap: str) -> bool:
     try:
         await admin.start()
         return bool((await admin.describe_cluster())["brokers"])
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         await admin.close()
