@@ -162,6 +162,7 @@ async def play(platform: Platform) -> AlertTail:
         say(f"alerts resolved, by kind:\n{tail.summary(c.ALERTE_RESOLUE)}")
     finally:
         await tail.consumer.stop()
+    assert platform.services is not None, "started by Platform.start"
     _show_api(platform.services.ports["ressources"], next(e.uai for e in equipped if e.type == "college"))
     return tail
 

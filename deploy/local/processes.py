@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from deploy.local.ports import free_ports
 
@@ -94,15 +95,12 @@ class ServiceProcesses:
 
     def _spawn(self, name: str) -> None:
         env = {**os.environ, **self._env, "HTTP_PORT": str(self.ports[name]), "PYTHONUNBUFFERED": "1"}
-        if self._log_dir is not None:
-            out = (self._log_dir / f"{name}.log").open("ab")
-        else:
-            out = subprocess.PIPE
+        out: BinaryIO | int = (self._log_dir / f"{name}.log").open("ab") if self._log_dir is not None else subprocess.PIPE
         try:
             proc = subprocess.Popen(self._command(name), env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
-            if out is not subprocess.PIPE:
+            if not isinstance(out, int):
                 out.close()  # the child has its own descriptor
         self._procs[name] = proc
         if out is subprocess.PIPE:
@@ -243,6 +241,7 @@ class ServiceProcesses:
 
 
 def _pump(name: str, proc: subprocess.Popen, width: int) -> None:
+    assert proc.stdout is not None, "started with stdout=PIPE"
     for line in iter(proc.stdout.readline, b""):
         sys.stdout.write(f"{name:>{width}} | {line.decode(errors='replace')}")
         sys.stdout.flush()

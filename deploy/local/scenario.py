@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -51,12 +52,18 @@ def equipeur(e: Etablissement) -> str | None:
             "erea": f"/collectivites/regions/{e.code_region}"}.get(e.type)
 
 
+def _equipeur_of(e: Etablissement) -> str:
+    source = equipeur(e)
+    assert source is not None, f"{e.uai}: only an établissement someone equips declares equipment"
+    return source
+
+
 def _lot(e: Etablissement, lot_id: str, kind: str, quantity: int, os: tuple[str, str] | None,
-         browsers: list[tuple[str, str]] = ()) -> Record:
+         browsers: Sequence[tuple[str, str]] = ()) -> Record:
     data = {"uai": e.uai, "lot_id": lot_id, "kind": kind, "quantity": quantity,
             "os": {"name": os[0], "version": os[1]} if os else None,
             "browsers": [{"name": n, "version": v} for n, v in browsers]}
-    return c.EQUIPEMENT, e.uai, _event(c.LOT, equipeur(e), data, e.uai)
+    return c.EQUIPEMENT, e.uai, _event(c.LOT, _equipeur_of(e), data, e.uai)
 
 
 def declarations(etabs: list[Etablissement]) -> Iterator[Record]:
@@ -81,7 +88,7 @@ def declarations(etabs: list[Etablissement]) -> Iterator[Record]:
         if rng.random() < 0.8:
             yield _lot(e, "tni", "TNI", rng.randint(1, 4), None)
         link = {"uai": e.uai, "bandwidth_mbps": rng.choice([4, 8, 30, 100, 1000]), "ent": rng.random() < 0.85}
-        yield c.EQUIPEMENT, e.uai, _event(c.CONNECTIVITE, equipeur(e), link, e.uai)
+        yield c.EQUIPEMENT, e.uai, _event(c.CONNECTIVITE, _equipeur_of(e), link, e.uai)
         for n in range(rng.randint(4, 12)):
             teacher = f"ens-{e.uai}-{n:02d}"
             yield c.FORMATION, e.uai, _event(c.AFFECTATION, RECTORAT, {
@@ -96,7 +103,7 @@ def declarations(etabs: list[Etablissement]) -> Iterator[Record]:
 
 def catalogue(etabs: list[Etablissement]) -> Iterator[Record]:
     """Three resources from the ministère, and the GAR's subscriptions."""
-    resources = {
+    resources: dict[str, dict[str, Any]] = {
         MANUEL: {"title": "Manuel numérique SVT cycle 4", "editor": "Éditions Exemple",
                  "requirements": [[{"type": "os", "name": "Windows", "min_version": "10"},
                                    {"type": "os", "name": "iPad OS", "min_version": "15"},

@@ -49,7 +49,7 @@ async def publish_etablissements(
         if topic not in cluster.topics():
             raise TopicMissingError(
                 f"topic {topic!r} does not exist on {bootstrap}; create the platform's topics first "
-                "(./dev up does, or deploy.local.kafka.create_topics with deploy.topology.platform_topics)"
+                "(./dev up does, or deploy.topic_admin.create_topics with deploy.topology.platform_topics)"
             )
         published = 0
         pending: list[asyncio.Future] = []
