@@ -16,11 +16,11 @@ from pydantic_core import PydanticCustomError
 
 UAI_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # 23 letters: no I, O, Q
 CRCN_CODES = (
-    ("1.1", "1.2", "1.3")
-    + ("2.1", "2.2", "2.3", "2.4")
-    + ("3.1", "3.2", "3.3", "3.4")
-    + ("4.1", "4.2", "4.3")
-    + ("5.1", "5.2")
+    *("1.1", "1.2", "1.3"),
+    *("2.1", "2.2", "2.3", "2.4"),
+    *("3.1", "3.2", "3.3", "3.4"),
+    *("4.1", "4.2", "4.3"),
+    *("5.1", "5.2"),
 )
 CRCN_LEVELS = range(1, 9)
 # The DLQ reason codes of the annotated types below.
@@ -77,7 +77,9 @@ def parse_version(s: str) -> tuple[int, int, int, int]:
     """`"16.4"` -> `(16, 4, 0, 0)`, so that versions compare as tuples; ValueError otherwise."""
     parts = [int(p) for p in s.split(".")] if _version_shaped(s) else []
     if not parts:
-        raise ValueError(f"{short_repr(s)} n'est pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)")
+        raise ValueError(
+            f"{short_repr(s)} n'est pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)"
+        )
     return tuple(parts + [0] * (4 - len(parts)))  # type: ignore[return-value]
 
 
@@ -139,17 +141,26 @@ def _string(pattern: str, description: str) -> dict:
     return {"type": "string", "pattern": pattern, "description": description}
 
 
-Uai = _checked(str, "uai-invalide", _uai_problem, _string(
-    UAI_PATTERN, f"7 digits then the check letter '{UAI_LETTERS}'[int(digits) % 23]"
-))
+Uai = _checked(
+    str,
+    "uai-invalide",
+    _uai_problem,
+    _string(UAI_PATTERN, f"7 digits then the check letter '{UAI_LETTERS}'[int(digits) % 23]"),
+)
 CrcnCode = _checked(str, "crcn-invalide", _crcn_problem, {"enum": list(CRCN_CODES)})
 CrcnLevel = _checked(int, "niveau-invalide", _level_problem, {"type": "integer", "minimum": 1, "maximum": 8})
-Version = _checked(str, "version-invalide", _version_problem, _string(
-    VERSION_PATTERN, "1 to 4 dot-separated integers; missing parts count as 0"
-))
-TeacherId = _checked(str, "teacher-id-invalide", _teacher_id_problem, _string(
-    TEACHER_ID_PATTERN, "a pseudonym: never a name, an e-mail or a NUMEN"
-))
+Version = _checked(
+    str,
+    "version-invalide",
+    _version_problem,
+    _string(VERSION_PATTERN, "1 to 4 dot-separated integers; missing parts count as 0"),
+)
+TeacherId = _checked(
+    str,
+    "teacher-id-invalide",
+    _teacher_id_problem,
+    _string(TEACHER_ID_PATTERN, "a pseudonym: never a name, an e-mail or a NUMEN"),
+)
 CodeDepartement = _code("un code département", DEPARTEMENT_PATTERN, "'035', '02A', '974'")
 CodeAcademie = _code("un code académie", ACADEMIE_PATTERN, "'14'")
 CodeRegion = _code("un code région", REGION_PATTERN, "'53'")

@@ -86,7 +86,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _check_time(time: datetime) -> datetime:
     # Comparing aware datetimes never overflows, unlike converting year 9999-12-31T23:00-05:00 to UTC.
     if time < EPOCH:
-        raise PydanticCustomError("cloudevent-invalide", "{time} est avant 1970-01-01T00:00:00Z", {"time": time.isoformat()})
+        raise PydanticCustomError(
+            "cloudevent-invalide", "{time} est avant 1970-01-01T00:00:00Z", {"time": time.isoformat()}
+        )
     return time
 
 

@@ -21,11 +21,9 @@ async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
-        response = await admin.create_topics([
-            NewTopic(spec.name, spec.partitions, replication_factor=1,
-                     topic_configs=spec.configs())
-            for spec in specs
-        ])
+        response = await admin.create_topics(
+            [NewTopic(spec.name, spec.partitions, replication_factor=1, topic_configs=spec.configs()) for spec in specs]
+        )
     finally:
         await admin.close()
     failures = [

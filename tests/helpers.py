@@ -25,8 +25,15 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30, 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-def event(type_: str, source: str, data: dict, *, subject: str | None = None, time_: datetime | None = None,
-          id_: str | None = None) -> dict:
+def event(
+    type_: str,
+    source: str,
+    data: dict,
+    *,
+    subject: str | None = None,
+    time_: datetime | None = None,
+    id_: str | None = None,
+) -> dict:
     """A CloudEvent as a partner writes it, as a plain dict."""
     return {
         "specversion": "1.0",
@@ -45,18 +52,23 @@ def at(minutes: int) -> datetime:
     return datetime(2026, 9, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
 
 
-async def send(bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]],
-               headers: list[tuple[str, bytes]] = ()) -> None:
+async def send(
+    bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]], headers: list[tuple[str, bytes]] = ()
+) -> None:
     """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the broker."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                max_request_size=2 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
+    )
     await producer.start()
     try:
         sent = []
         for key, value in records:
             raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-            sent.append(await producer.send(topic, raw, key=key.encode(),
-                                            headers=[("content-type", b"application/cloudevents+json"), *headers]))
+            sent.append(
+                await producer.send(
+                    topic, raw, key=key.encode(), headers=[("content-type", b"application/cloudevents+json"), *headers]
+                )
+            )
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -67,8 +79,9 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str):
         self.records: list = []
-        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                          enable_auto_commit=False, group_id=None)
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        )
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> "TopicReader":
@@ -92,6 +105,7 @@ class TopicReader:
     async def wait_for(self, predicate: Callable[[list], bool], *, timeout: float = 30, what: str = "records") -> list:
         async def check():
             return predicate(self.records) and self.records
+
         return await eventually(check, timeout=timeout, what=what)
 
 
@@ -125,21 +139,50 @@ def college(code: str, *, dep: str = "035", academie: str = "14", region: str = 
     """The référentiel entry of an open public collège, as the ministère sends it."""
     import contracts
 
-    return event(contracts.ETABLISSEMENT, "/ministere", {
-        "uai": code, "nom": f"Collège {code}", "type": "college", "statut": "public",
-        "code_commune": dep[1:] + "238", "code_departement": dep, "code_academie": academie, "code_region": region,
-        "ouvert": True}, subject=code, time_=at(minute))
+    return event(
+        contracts.ETABLISSEMENT,
+        "/ministere",
+        {
+            "uai": code,
+            "nom": f"Collège {code}",
+            "type": "college",
+            "statut": "public",
+            "code_commune": dep[1:] + "238",
+            "code_departement": dep,
+            "code_academie": academie,
+            "code_region": region,
+            "ouvert": True,
+        },
+        subject=code,
+        time_=at(minute),
+    )
 
 
-def profil_lot(code: str, version: int, *, lot_id: str = "L1", kind: str = "tablette", quantity: int = 30,
-               os: dict | None = None, browsers: list[dict] = ()) -> tuple[str, dict]:
+def profil_lot(
+    code: str,
+    version: int,
+    *,
+    lot_id: str = "L1",
+    kind: str = "tablette",
+    quantity: int = 30,
+    os: dict | None = None,
+    browsers: list[dict] = (),
+) -> tuple[str, dict]:
     """One lot as equipement publishes it on equipement.profils.v2: (record key, event)."""
     import contracts.internal as i
 
-    data = {"uai": code, "lot_id": lot_id, "version": version, "kind": kind, "quantity": quantity, "os": os,
-            "browsers": list(browsers)}
-    return f"{code}/{lot_id}", event(i.PROFIL_LOT, "/plateforme/equipement", data, subject=f"{code}/{lot_id}",
-                                     time_=at(version))
+    data = {
+        "uai": code,
+        "lot_id": lot_id,
+        "version": version,
+        "kind": kind,
+        "quantity": quantity,
+        "os": os,
+        "browsers": list(browsers),
+    }
+    return f"{code}/{lot_id}", event(
+        i.PROFIL_LOT, "/plateforme/equipement", data, subject=f"{code}/{lot_id}", time_=at(version)
+    )
 
 
 def profil_connectivite(code: str, version: int, bandwidth_mbps: float, ent: bool) -> tuple[str, dict]:
@@ -149,16 +192,35 @@ def profil_connectivite(code: str, version: int, bandwidth_mbps: float, ent: boo
     return code, event(i.PROFIL_CONNECTIVITE, "/plateforme/equipement", data, subject=code, time_=at(version))
 
 
-def couverture(code: str, version: int, enseignants: int, competences: dict[str, list[int]],
-               outils: dict[str, int] = {}) -> list[tuple[str, dict]]:
+def couverture(
+    code: str, version: int, enseignants: int, competences: dict[str, list[int]], outils: dict[str, int] | None = None
+) -> list[tuple[str, dict]]:
     """A UAI's coverage as formation publishes it on formation.couvertures.v2: its records."""
     import contracts.internal as i
 
-    records = [(code, event(i.COUVERTURE_ENSEIGNANTS, "/plateforme/formation", {
-        "uai": code, "version": version, "enseignants": enseignants, "competences": competences},
-        subject=code, time_=at(version)))]
-    for kind, n in outils.items():
-        records.append((f"{code}/{kind}", event(i.COUVERTURE_OUTIL, "/plateforme/formation", {
-            "uai": code, "kind": kind, "version": version, "enseignants": n}, subject=f"{code}/{kind}",
-            time_=at(version))))
+    records = [
+        (
+            code,
+            event(
+                i.COUVERTURE_ENSEIGNANTS,
+                "/plateforme/formation",
+                {"uai": code, "version": version, "enseignants": enseignants, "competences": competences},
+                subject=code,
+                time_=at(version),
+            ),
+        )
+    ]
+    for kind, n in (outils or {}).items():
+        records.append(
+            (
+                f"{code}/{kind}",
+                event(
+                    i.COUVERTURE_OUTIL,
+                    "/plateforme/formation",
+                    {"uai": code, "kind": kind, "version": version, "enseignants": n},
+                    subject=f"{code}/{kind}",
+                    time_=at(version),
+                ),
+            )
+        )
     return records

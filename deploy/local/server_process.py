@@ -45,8 +45,15 @@ class ServerProcess:
     `log_noise` are prefixes of log lines left out of the tail shown in errors.
     """
 
-    def __init__(self, name: str, log_file: Path, error: type[Exception], *,
-                 stop_signal: signal.Signals = signal.SIGTERM, log_noise: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        name: str,
+        log_file: Path,
+        error: type[Exception],
+        *,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        log_noise: tuple[str, ...] = (),
+    ):
         self.name = name
         self.log_file = log_file
         self.error = error
@@ -59,8 +66,16 @@ class ServerProcess:
         """The server's pid; None before start() and after stop()."""
         return self._process.pid if self._process else None
 
-    def start(self, argv: list[str], *, ready: Callable[[], bool], not_ready: str,
-              timeout: float, poll_seconds: float, **popen: Any) -> None:
+    def start(
+        self,
+        argv: list[str],
+        *,
+        ready: Callable[[], bool],
+        not_ready: str,
+        timeout: float,
+        poll_seconds: float,
+        **popen: Any,
+    ) -> None:
         """Start `argv` and return once `ready()` is true, polled every `poll_seconds`.
 
         `not_ready` completes "<name> ... in time" when `timeout` passes first.
@@ -68,8 +83,9 @@ class ServerProcess:
         if self._process is not None:
             raise self.error(f"{self.name} is already started")
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True, **popen)
+            self._process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen
+            )
         try:
             self._wait_until_ready(ready, not_ready, time.monotonic() + timeout, poll_seconds)
         except BaseException:
@@ -96,12 +112,16 @@ class ServerProcess:
         return self._process.wait()
 
     def log_tail(self) -> str:
-        lines = [line for line in self.log_file.read_text(errors="replace").splitlines()
-                 if not line.lstrip().startswith(self.log_noise)]
+        lines = [
+            line
+            for line in self.log_file.read_text(errors="replace").splitlines()
+            if not line.lstrip().startswith(self.log_noise)
+        ]
         return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty)"
 
-    def _wait_until_ready(self, ready: Callable[[], bool], not_ready: str, deadline: float,
-                          poll_seconds: float) -> None:
+    def _wait_until_ready(
+        self, ready: Callable[[], bool], not_ready: str, deadline: float, poll_seconds: float
+    ) -> None:
         assert self._process is not None
         while True:
             if (code := self._process.poll()) is not None:

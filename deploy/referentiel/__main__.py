@@ -69,7 +69,9 @@ def _publish(args: argparse.Namespace, etabs: list[Etablissement]) -> None:
     started = time.monotonic()
     count = asyncio.run(publish_etablissements(args.bootstrap, etabs, topic, progress=progress))
     elapsed = time.monotonic() - started
-    print(f"published {count:,} to {topic} on {args.bootstrap} in {elapsed:.2f} s ({count / max(elapsed, 1e-9):,.0f}/s)")
+    print(
+        f"published {count:,} to {topic} on {args.bootstrap} in {elapsed:.2f} s ({count / max(elapsed, 1e-9):,.0f}/s)"
+    )
 
 
 def _per_type(etabs: list[Etablissement]) -> str:
@@ -81,8 +83,11 @@ def _per_type(etabs: list[Etablissement]) -> str:
 
 def _report_skipped(loaded: Loaded) -> None:
     reasons = loaded.skipped_by_reason()
-    print(f"skipped {len(loaded.skipped):,}" + (": " if reasons else "")
-          + ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common()))
+    print(
+        f"skipped {len(loaded.skipped):,}"
+        + (": " if reasons else "")
+        + ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+    )
     for s in loaded.skipped[:SKIPPED_SHOWN]:
         print(f"  line {s.line}: {s.uai or '-'}: {s.reason}: {s.detail}", file=sys.stderr)
     if len(loaded.skipped) > SKIPPED_SHOWN:
@@ -99,8 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="{load,generate}")
 
     kafka = argparse.ArgumentParser(add_help=False)
-    kafka.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-                       help="HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    kafka.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
     kafka.add_argument("--topic-prefix", default="", help=f"published to PREFIX + {REFERENTIEL}")
 
     load_ = commands.add_parser("load", parents=[kafka], help="read an annuaire CSV export and publish it")

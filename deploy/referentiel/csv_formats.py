@@ -69,21 +69,45 @@ class CsvFormat:
 
     @property
     def required(self) -> tuple[str, ...]:
-        columns = (self.uai, *self.noms, self.type, self.statut, self.commune,
-                   self.departement, self.academie, self.region, self.etat)
+        columns = (
+            self.uai,
+            *self.noms,
+            self.type,
+            self.statut,
+            self.commune,
+            self.departement,
+            self.academie,
+            self.region,
+            self.etat,
+        )
         return tuple(dict.fromkeys(columns))  # nature_uai_libe both names and types
 
 
 ANNUAIRE = CsvFormat(
-    "fr-en-annuaire-education", "Identifiant_de_l_etablissement", ("Nom_etablissement",),
-    "Type_etablissement", annuaire_type, "Statut_public_prive", "Code_commune",
-    "Code_departement", "Code_academie", "Code_region", "etat",
+    "fr-en-annuaire-education",
+    "Identifiant_de_l_etablissement",
+    ("Nom_etablissement",),
+    "Type_etablissement",
+    annuaire_type,
+    "Statut_public_prive",
+    "Code_commune",
+    "Code_departement",
+    "Code_academie",
+    "Code_region",
+    "etat",
 )
 GEOLOCALISATION = CsvFormat(
-    "fr-en-adresse-et-geolocalisation", "numero_uai",
+    "fr-en-adresse-et-geolocalisation",
+    "numero_uai",
     ("appellation_officielle", "denomination_principale", "nature_uai_libe"),
-    "nature_uai_libe", nature_type, "secteur_public_prive_libe", "code_commune",
-    "code_departement", "code_academie", "code_region", "etat_etablissement_libe",
+    "nature_uai_libe",
+    nature_type,
+    "secteur_public_prive_libe",
+    "code_commune",
+    "code_departement",
+    "code_academie",
+    "code_region",
+    "etat_etablissement_libe",
 )
 FORMATS = (ANNUAIRE, GEOLOCALISATION)
 
@@ -94,8 +118,9 @@ def load(path: str | Path) -> Loaded:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CsvFormatError(str(path), f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                             "the annuaire exports are UTF-8") from None
+        raise CsvFormatError(
+            str(path), f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); the annuaire exports are UTF-8"
+        ) from None
     return parse(text, str(path))
 
 
@@ -113,7 +138,8 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
             if not any(row):
                 continue
             loaded.rows += 1
-            result = _map_row(fmt, dict(zip(header, row)), reader.line_num)
+            # A short row lacks its last columns (the mapping says so), hence strict=False.
+            result = _map_row(fmt, dict(zip(header, row, strict=False)), reader.line_num)
             if isinstance(result, Etablissement) and result.uai in seen:
                 # One UAI on several lines (établissement_multi_lignes: an annex): the first
                 # line is kept, since two states of one entity with no order would race.
@@ -136,9 +162,7 @@ def _detect(header: list[str], source: str) -> CsvFormat:
     for fmt in FORMATS:
         if set(fmt.required) <= set(header):
             return fmt
-    missing = "; ".join(
-        f"{fmt.name} lacks {', '.join(c for c in fmt.required if c not in header)}" for fmt in FORMATS
-    )
+    missing = "; ".join(f"{fmt.name} lacks {', '.join(c for c in fmt.required if c not in header)}" for fmt in FORMATS)
     raise CsvFormatError(source, f"unknown header, not an annuaire export ({missing})")
 
 
@@ -166,12 +190,19 @@ def _map_row(fmt: CsvFormat, row: dict[str, str], line: int) -> Etablissement | 
             column = getattr(fmt, name)
             return Skipped(line, uai, f"{name}-invalide", f"{column} = {value(column)!r}")
     # The checks above give exactly the forms the contract requires, so this cannot raise.
-    return Etablissement.model_validate(dict(
-        uai=uai, nom=next((value(c) for c in fmt.noms if value(c)), ""),
-        type=fmt.type_of(value(fmt.type)), statut=statut,
-        code_commune=fields["commune"], code_departement=fields["departement"],
-        code_academie=fields["academie"], code_region=fields["region"], ouvert=ouvert,
-    ))
+    return Etablissement.model_validate(
+        dict(
+            uai=uai,
+            nom=next((value(c) for c in fmt.noms if value(c)), ""),
+            type=fmt.type_of(value(fmt.type)),
+            statut=statut,
+            code_commune=fields["commune"],
+            code_departement=fields["departement"],
+            code_academie=fields["academie"],
+            code_region=fields["region"],
+            ouvert=ouvert,
+        )
+    )
 
 
 ANNUAIRE_LABELS = {"ecole": "Ecole", "college": "Collège", "lycee": "Lycée", "erea": "EREA", "autre": "Autre"}
@@ -188,10 +219,18 @@ def write_annuaire(etablissements: Iterable[Etablissement], path: str | Path) ->
         writer.writerow(ANNUAIRE.required)
         count = 0
         for e in etablissements:
-            writer.writerow((
-                e.uai, e.nom, ANNUAIRE_LABELS[e.type], "Public" if e.statut == "public" else "Privé",
-                e.code_commune, e.code_departement, e.code_academie, e.code_region,
-                "OUVERT" if e.ouvert else "FERME",
-            ))
+            writer.writerow(
+                (
+                    e.uai,
+                    e.nom,
+                    ANNUAIRE_LABELS[e.type],
+                    "Public" if e.statut == "public" else "Privé",
+                    e.code_commune,
+                    e.code_departement,
+                    e.code_academie,
+                    e.code_region,
+                    "OUVERT" if e.ouvert else "FERME",
+                )
+            )
             count += 1
     return count

@@ -27,10 +27,27 @@ METROPOLE_COMMUNES = 350
 UAIS_PER_DEPARTEMENT = 10_000  # the four digits after the three of the département
 
 PATRONYMES = (
-    "Jules Ferry", "Jean Jaurès", "Jacques Prévert", "Jean Moulin", "Victor Hugo", "Louis Pasteur",
-    "Marie Curie", "Jean de La Fontaine", "Paul Langevin", "Simone Veil", "Albert Camus",
-    "Antoine de Saint-Exupéry", "Georges Brassens", "Condorcet", "Anne Frank", "Jean Macé",
-    "Paul Éluard", "Louise Michel", "Victor Schœlcher", "Aimé Césaire", "Olympe de Gouges",
+    "Jules Ferry",
+    "Jean Jaurès",
+    "Jacques Prévert",
+    "Jean Moulin",
+    "Victor Hugo",
+    "Louis Pasteur",
+    "Marie Curie",
+    "Jean de La Fontaine",
+    "Paul Langevin",
+    "Simone Veil",
+    "Albert Camus",
+    "Antoine de Saint-Exupéry",
+    "Georges Brassens",
+    "Condorcet",
+    "Anne Frank",
+    "Jean Macé",
+    "Paul Éluard",
+    "Louise Michel",
+    "Victor Schœlcher",
+    "Aimé Césaire",
+    "Olympe de Gouges",
 )
 SAINTS = ("Saint-Joseph", "Sainte-Marie", "Notre-Dame", "Saint-Michel", "Sainte-Anne", "Saint-Jean-Baptiste")
 LABELS = {
@@ -82,7 +99,7 @@ def generate(
         if n > UAIS_PER_DEPARTEMENT:
             raise ValueError(f"{n} établissements in département {dep}: a UAI prefix holds {UAIS_PER_DEPARTEMENT:,}")
         numbers[dep] = iter(rng.sample(range(UAIS_PER_DEPARTEMENT), n))
-    return (_etablissement(rng, t, dep, next(numbers[dep])) for t, dep in zip(types, places))
+    return (_etablissement(rng, t, dep, next(numbers[dep])) for t, dep in zip(types, places, strict=True))
 
 
 def _etablissement(rng: random.Random, type_: str, dep: str, number: int) -> Etablissement:
@@ -96,14 +113,16 @@ def _etablissement(rng: random.Random, type_: str, dep: str, number: int) -> Eta
         nom = f"{label} {rng.choice(PATRONYMES)}"
     else:
         nom = f"{label} {'privée' if label.startswith('École') else 'privé'} {rng.choice(SAINTS)}"
-    return Etablissement.model_validate(dict(
-        uai=digits + uai_check_letter(digits),
-        nom=nom,
-        type=type_,
-        statut="public" if public else "prive",
-        code_commune=f"{codes.commune_prefix(dep)}{rng.randint(1, communes):0{commune_digits}d}",
-        code_departement=dep,
-        code_academie=academie,
-        code_region=region,
-        ouvert=rng.random() >= CLOSED_SHARE,
-    ))
+    return Etablissement.model_validate(
+        dict(
+            uai=digits + uai_check_letter(digits),
+            nom=nom,
+            type=type_,
+            statut="public" if public else "prive",
+            code_commune=f"{codes.commune_prefix(dep)}{rng.randint(1, communes):0{commune_digits}d}",
+            code_departement=dep,
+            code_academie=academie,
+            code_region=region,
+            ouvert=rng.random() >= CLOSED_SHARE,
+        )
+    )

@@ -57,7 +57,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
     subscribe(broker, spec, settings, pipeline)
 
     for p in spec.publishes:
-        broker.publisher(settings.topic(p.topic), title=f"{spec.name}:{p.topic}", description=p.description, schema=p.schema)
+        broker.publisher(
+            settings.topic(p.topic), title=f"{spec.name}:{p.topic}", description=p.description, schema=p.schema
+        )
 
     @get(description="200 when the service reaches Kafka and PostgreSQL, 503 otherwise")
     async def health(scope) -> AsgiResponse:
@@ -68,8 +70,10 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         pool = await create_pool(settings.database_url, schema)
         await migrate(pool, schema, spec.package_dir)
         producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
-        pipeline.attach(pool, OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records,
-                                          poll_ms=settings.outbox_poll_ms))
+        pipeline.attach(
+            pool,
+            OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records, poll_ms=settings.outbox_poll_ms),
+        )
 
     background: list[asyncio.Task] = []
 

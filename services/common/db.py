@@ -53,7 +53,8 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
         await conn.execute("SELECT pg_advisory_lock($1)", lock_id)
         try:
             await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
             for name, sql in _migration_files(service_dir):

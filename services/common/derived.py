@@ -64,14 +64,17 @@ class PgPublished:
         rows = await self._conn.fetch(
             "SELECT uai, entity, version, content FROM publies WHERE type = $1 "
             "AND (uai, entity) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
-            event_type, [u for u, _ in keys], [e for _, e in keys],
+            event_type,
+            [u for u, _ in keys],
+            [e for _, e in keys],
         )
         return {(r["uai"], r["entity"]): (r["version"], json.loads(r["content"])) for r in rows}
 
     async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for r in await self._conn.fetch("SELECT uai, entity FROM publies WHERE type = $1 AND uai = ANY($2::text[])",
-                                        event_type, list(uais)):
+        for r in await self._conn.fetch(
+            "SELECT uai, entity FROM publies WHERE type = $1 AND uai = ANY($2::text[])", event_type, list(uais)
+        ):
             out.setdefault(r["uai"], set()).add(r["entity"])
         return out
 

@@ -68,6 +68,12 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
     new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
     fresh = [r for r in rejections if (r.record.topic, r.record.partition, r.record.offset) in new]
     for r in fresh:
-        log.warning("event.rejected", reason=r.code, detail=r.message, topic=r.record.topic,
-                    partition=r.record.partition, offset=r.record.offset)
+        log.warning(
+            "event.rejected",
+            reason=r.code,
+            detail=r.message,
+            topic=r.record.topic,
+            partition=r.record.partition,
+            offset=r.record.offset,
+        )
     await enqueue(conn, [dead_letter(r) for r in fresh])

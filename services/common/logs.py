@@ -38,9 +38,7 @@ class _CurrentStderr(io.TextIOBase):
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -58,5 +56,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> N
     )
     structlog.contextvars.bind_contextvars(service=service)
     # FastStream and aiokafka log through the standard library: keep them, less chatty.
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=f"{service} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format=f"{service} %(name)s %(levelname)s %(message)s"
+    )
     logging.getLogger("faststream").setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

@@ -80,8 +80,9 @@ class OutboxRelay:
     """Publishes the outbox in order. One relay per schema at a time (advisory lock), so
     replicas of a service cannot interleave and reorder records of one key."""
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500,
-                 poll_ms: int = 1000):
+    def __init__(
+        self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500, poll_ms: int = 1000
+    ):
         self._pool = pool
         self._producer = producer
         self._producer_started = False
@@ -153,8 +154,15 @@ class OutboxRelay:
             if failed:
                 total = await count_failed(conn)
                 for r, e in failed:
-                    log.error("outbox.unpublishable", seq=r["seq"], topic=r["topic"], size=len(r["value"]),
-                              error=type(e).__name__, failed_total=total, hint="./dev outbox list")
+                    log.error(
+                        "outbox.unpublishable",
+                        seq=r["seq"],
+                        topic=r["topic"],
+                        size=len(r["value"]),
+                        error=type(e).__name__,
+                        failed_total=total,
+                        hint="./dev outbox list",
+                    )
         log.debug("outbox.published", count=len(done))
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
             log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))

@@ -32,8 +32,10 @@ async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     print(f"{schema}: {len(rows)} record(s) set aside")
     for r in rows:
         key = f" key={r['key'].decode(errors='replace')!r}" if show_key and r["key"] is not None else ""
-        print(f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
-              f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}")
+        print(
+            f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
+            f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}"
+        )
     return len(rows)
 
 
@@ -59,7 +61,9 @@ async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
     return count
 
 
-async def run(command: str, schemas: list[str], database_url: str, seqs: list[int] | None, show_key: bool = False) -> int:
+async def run(
+    command: str, schemas: list[str], database_url: str, seqs: list[int] | None, show_key: bool = False
+) -> int:
     conn = await asyncpg.connect(database_url)
     try:
         total = 0
@@ -79,11 +83,13 @@ async def run(command: str, schemas: list[str], database_url: str, seqs: list[in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./dev outbox", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="./dev outbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("list", "retry", "drop"))
-    parser.add_argument("--service", choices=SERVICES, action="append",
-                        help="a service (repeatable; default: all three)")
+    parser.add_argument(
+        "--service", choices=SERVICES, action="append", help="a service (repeatable; default: all three)"
+    )
     parser.add_argument("--seq", type=int, action="append", help="a record's seq (repeatable; default: all)")
     parser.add_argument("--show-key", action="store_true", help="list: print record keys too")
     args = parser.parse_args(argv)

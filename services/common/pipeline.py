@@ -105,7 +105,9 @@ class Pipeline:
             raise RuntimeError(f"{self.service}: the pipeline is not started (no outbox relay yet)")
         return self._relay
 
-    def _parse_all(self, records: Sequence[ConsumerRecord]) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
+    def _parse_all(
+        self, records: Sequence[ConsumerRecord]
+    ) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
         parsed, rejected = [], []
         not_after = datetime.now(UTC) + self.settings.max_clock_skew  # time-futur beyond it
         for record in records:
@@ -120,9 +122,17 @@ class Pipeline:
         parsed, rejected = self._parse_all(records)
         spans = {}
         for event, record in parsed:
-            span = tracer.start_span(f"{self.service} process {event.type}", context=context_from_headers(record.headers))
-            span.set_attributes({"cloudevents.event_id": event.id, "cloudevents.event_type": event.type,
-                                 "cloudevents.event_source": event.source, "education.uai": uai_of(event) or ""})
+            span = tracer.start_span(
+                f"{self.service} process {event.type}", context=context_from_headers(record.headers)
+            )
+            span.set_attributes(
+                {
+                    "cloudevents.event_id": event.id,
+                    "cloudevents.event_type": event.type,
+                    "cloudevents.event_source": event.source,
+                    "education.uai": uai_of(event) or "",
+                }
+            )
             spans[id(event)] = span
         try:
             outgoing = await self._transaction(parsed, rejected, spans)
@@ -214,8 +224,12 @@ class Pipeline:
 
     def _record(self, out: Outgoing, cause_span: trace.Span | None) -> OutboxRecord:
         headers = {"content-type": c.CONTENT_TYPE, **headers_for(cause_span)}
-        return OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.event.to_bytes(),
-                            tuple((k, v.encode()) for k, v in headers.items()))
+        return OutboxRecord(
+            self.settings.topic(out.topic),
+            out.key.encode(),
+            out.event.to_bytes(),
+            tuple((k, v.encode()) for k, v in headers.items()),
+        )
 
     def _log_outcomes(self, fresh: list[CloudEvent], stale: list[CloudEvent], accepted: int) -> None:
         stale_ids = {id(e) for e in stale}

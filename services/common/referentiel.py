@@ -12,7 +12,11 @@ _COLUMNS = ("nom", "type", "statut", "code_commune", "code_departement", "code_a
 async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:
     """Store the winning `etablissement` events; returns (stale events, UAIs that changed)."""
     verdicts = await store_latest(
-        conn, "etablissements", ("uai",), _COLUMNS, events,
+        conn,
+        "etablissements",
+        ("uai",),
+        _COLUMNS,
+        events,
         row_of=lambda e: tuple(getattr(e.data, c) for c in _COLUMNS),
     )
     return verdicts.stale, {uai for (uai,) in verdicts.winners}

@@ -21,10 +21,15 @@ async def purge(pool: asyncpg.Pool, days: int) -> int:
     removed = 0
     for table in ("inbox", "dead_letters"):
         while True:
-            count = int((await pool.execute(
-                f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
-                f"WHERE received_at < now() - make_interval(days => $1) LIMIT {CHUNK})", days,
-            )).split()[-1])
+            count = int(
+                (
+                    await pool.execute(
+                        f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
+                        f"WHERE received_at < now() - make_interval(days => $1) LIMIT {CHUNK})",
+                        days,
+                    )
+                ).split()[-1]
+            )
             removed += count
             if count < CHUNK:
                 break

@@ -67,7 +67,9 @@ def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -
     if t in _EQUIPEMENT_TYPES:
         equipeur = responsable(etab)
         if equipeur is None or (equipeur.type, equipeur.code) != (kind, declarant.code):
-            return Refusal(HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})")
+            return Refusal(
+                HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})"
+            )
     elif t == c.AFFECTATION and etab.code_academie != declarant.code:
         return Refusal(HORS_COMPETENCE, f"{uai} est dans l'académie {etab.code_academie}, pas {declarant.code}")
     return None

@@ -104,9 +104,15 @@ async def _sleep_unless_stopping(seconds: float) -> None:
         await asyncio.sleep(min(0.1, left))
 
 
-async def wait_for(what: str, attempt: Callable[[], Awaitable[T]], *, deadline: float,
-                   retry_on: tuple[type[BaseException], ...], first: float = FIRST_DELAY,
-                   cap: float = MAX_DELAY) -> T:
+async def wait_for(
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    deadline: float,
+    retry_on: tuple[type[BaseException], ...],
+    first: float = FIRST_DELAY,
+    cap: float = MAX_DELAY,
+) -> T:
     """`attempt()` until it returns, retrying on `retry_on` with a doubling delay until the
     monotonic `deadline`; one warning per failed attempt, StartupTimeout after the last."""
     started = time.monotonic()
@@ -171,10 +177,18 @@ class Guard:
         s = self.settings
         self._since = time.monotonic()
         deadline = self._since + s.startup_timeout_seconds
-        await wait_for(f"PostgreSQL at {redact(s.database_url)}", lambda: postgres_answers(s.database_url),
-                       deadline=deadline, retry_on=POSTGRES_UNAVAILABLE)
-        await wait_for(f"Kafka at {s.kafka_bootstrap_servers}", lambda: kafka_answers(s.kafka_bootstrap_servers),
-                       deadline=deadline, retry_on=KAFKA_UNAVAILABLE)
+        await wait_for(
+            f"PostgreSQL at {redact(s.database_url)}",
+            lambda: postgres_answers(s.database_url),
+            deadline=deadline,
+            retry_on=POSTGRES_UNAVAILABLE,
+        )
+        await wait_for(
+            f"Kafka at {s.kafka_bootstrap_servers}",
+            lambda: kafka_answers(s.kafka_bootstrap_servers),
+            deadline=deadline,
+            retry_on=KAFKA_UNAVAILABLE,
+        )
         # Connected here, a broker gone again fails the startup; FastStream's own start, in a
         # background task of the ASGI lifespan, finds it connected.
         await self.broker.connect()
@@ -218,8 +232,10 @@ class Guard:
         limit = self.settings.unhealthy_exit_seconds
         while not self.consuming:
             if time.monotonic() > deadline:
-                return self._fail(f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
-                                  "(the broker's start failed: see the error above)")
+                return self._fail(
+                    f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
+                    "(the broker's start failed: see the error above)"
+                )
             await asyncio.sleep(min(0.5, self.watch_period))
         since: float | None = None
         ended_before: str | None = None

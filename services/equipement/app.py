@@ -13,8 +13,11 @@ SPEC = ServiceSpec(
     package_dir=Path(__file__).parent,
     consumes=(c.REFERENTIEL, c.EQUIPEMENT),
     publishes=(
-        Publishes(PROFILS, "Each lot (key {uai}/{lot_id}) and each UAI's connectivity (key UAI) as it changes; "
-                  "compacted", ProfilLot),
+        Publishes(
+            PROFILS,
+            "Each lot (key {uai}/{lot_id}) and each UAI's connectivity (key UAI) as it changes; compacted",
+            ProfilLot,
+        ),
         Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,

@@ -31,11 +31,17 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     links = await store.store_connectivites([e for e in events if e.type == c.CONNECTIVITE])
     # The winners are the entities' new state: no need to read back what was just written.
     outgoing = await publish_changes(
-        store.published, LOTS, source=SOURCE, causes={e.data.uai: e for e in lots.winners.values()},
+        store.published,
+        LOTS,
+        source=SOURCE,
+        causes={e.data.uai: e for e in lots.winners.values()},
         contents={(e.data.uai, e.data.lot_id): domain.lot_content(e.data) for e in lots.winners.values()},
     )
     outgoing += await publish_changes(
-        store.published, LINKS, source=SOURCE, causes={e.data.uai: e for e in links.winners.values()},
+        store.published,
+        LINKS,
+        source=SOURCE,
+        causes={e.data.uai: e for e in links.winners.values()},
         contents={(e.data.uai, ""): domain.connectivite_content(e.data) for e in links.winners.values()},
     )
     return Applied(stale=lots.stale + links.stale, outgoing=outgoing)

@@ -17,7 +17,11 @@ class EquipementStore:
 
     async def store_lots(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(
-            self._conn, "lots", ("uai", "lot_id"), ("kind", "quantity", "os", "browsers"), events,
+            self._conn,
+            "lots",
+            ("uai", "lot_id"),
+            ("kind", "quantity", "os", "browsers"),
+            events,
             row_of=lambda e: (
                 e.data.kind,
                 e.data.quantity,
@@ -28,6 +32,10 @@ class EquipementStore:
 
     async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(
-            self._conn, "connectivites", ("uai",), ("bandwidth_mbps", "ent"), events,
+            self._conn,
+            "connectivites",
+            ("uai",),
+            ("bandwidth_mbps", "ent"),
+            events,
             row_of=lambda e: (e.data.bandwidth_mbps, e.data.ent),
         )

@@ -13,8 +13,12 @@ SPEC = ServiceSpec(
     package_dir=Path(__file__).parent,
     consumes=(c.REFERENTIEL, c.FORMATION),
     publishes=(
-        Publishes(COUVERTURES, "Each UAI's counted teachers and competence levels (key UAI) and its teachers per "
-                  "tool (key {uai}/{kind}) as they change; compacted", CouvertureEnseignants),
+        Publishes(
+            COUVERTURES,
+            "Each UAI's counted teachers and competence levels (key UAI) and its teachers per "
+            "tool (key {uai}/{kind}) as they change; compacted",
+            CouvertureEnseignants,
+        ),
         Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
     ),
     apply=lambda _settings: apply,

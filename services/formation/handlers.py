@@ -49,12 +49,21 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     counts = await store.coverage_counts(uais)
     published_tools = await store.published.entities(OUTILS.event_type, uais)
     outgoing = await publish_changes(
-        store.published, ENSEIGNANTS, source=SOURCE, causes=causes,
+        store.published,
+        ENSEIGNANTS,
+        source=SOURCE,
+        causes=causes,
         contents={(u, ""): domain.competences_content(counts.enseignants[u], counts.levels[u]) for u in uais},
     )
     outgoing += await publish_changes(
-        store.published, OUTILS, source=SOURCE, causes=causes,
-        contents={(u, kind): content for u in uais
-                  for kind, content in domain.outils_contents(counts.tools[u], published_tools.get(u, set())).items()},
+        store.published,
+        OUTILS,
+        source=SOURCE,
+        causes=causes,
+        contents={
+            (u, kind): content
+            for u in uais
+            for kind, content in domain.outils_contents(counts.tools[u], published_tools.get(u, set())).items()
+        },
     )
     return Applied(stale=affectations.stale, outgoing=outgoing)

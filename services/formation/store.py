@@ -17,7 +17,11 @@ class FormationStore:
 
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(
-            self._conn, "affectations", ("teacher_id", "uai"), ("start", "end"), events,
+            self._conn,
+            "affectations",
+            ("teacher_id", "uai"),
+            ("start", "end"),
+            events,
             row_of=lambda e: (e.data.start, e.data.end),
         )
 

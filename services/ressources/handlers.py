@@ -86,7 +86,7 @@ async def reconcile_seuils(pipeline: Pipeline, settings: RessourcesSettings, chu
     log.info("seuils.reevaluation", previous=held, pairs_uais=len(uais))
     emitted = 0
     for start in range(0, len(uais), chunk):
-        part = set(uais[start:start + chunk])
+        part = set(uais[start : start + chunk])
 
         async def work(store: Store, part: set[str] = part) -> list[Outgoing]:
             return await reevaluate(store, part, set(), seuils, {})
@@ -114,20 +114,25 @@ async def reevaluate(
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
         active = is_evaluated(pair.end, etab.ouvert if etab else None, ressource is not None)
-        evaluation = (evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils)
-                      if active and ressource is not None else None)
+        evaluation = (
+            evaluate(ressource, profils.get(uai), couvertures.get(uai), seuils)
+            if active and ressource is not None
+            else None
+        )
         cause = causes.get(uai) or causes.get(rid)
         for t in transitions(uai, rid, etab, evaluation, held_alerts.get((uai, rid), {}), now):
             cycle = t.held.cycle if t.held else 0
             if t.raised:
                 cycle += 1
                 rows.append(AlertRow(t.raised, ouverte=True, cycle=cycle))
-                outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, event_id(t.raised.alert_id, cycle, "levee"),
-                                          now, cause))
+                outgoing.append(
+                    _announce(c.ALERTE_LEVEE, t.raised, event_id(t.raised.alert_id, cycle, "levee"), now, cause)
+                )
             elif t.resolved and t.held:
                 rows.append(AlertRow(t.held.alerte, ouverte=False, cycle=cycle, resolved_at=now))
-                outgoing.append(_announce(c.ALERTE_RESOLUE, t.resolved, event_id(t.resolved.alert_id, cycle, "resolue"),
-                                          now, cause))
+                outgoing.append(
+                    _announce(c.ALERTE_RESOLUE, t.resolved, event_id(t.resolved.alert_id, cycle, "resolue"), now, cause)
+                )
             elif t.updated:
                 rows.append(AlertRow(t.updated, ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
@@ -135,7 +140,8 @@ async def reevaluate(
     return outgoing
 
 
-def _announce(type_: str, alerte: AlerteLevee | AlerteResolue, id_: str, now: datetime,
-              cause: CloudEvent | None) -> Outgoing:
+def _announce(
+    type_: str, alerte: AlerteLevee | AlerteResolue, id_: str, now: datetime, cause: CloudEvent | None
+) -> Outgoing:
     event = make_event(type_, alerte, source=SOURCE, subject=alerte.subject, id=id_, time=now)
     return Outgoing(c.ALERTES, alerte.uai, event, cause)

@@ -57,10 +57,17 @@ def transitions(
         if evaluation is not None and kind in evaluation.alerts:
             assert etab is not None, "a pair is evaluated only at a known établissement"
             content = AlerteLevee(
-                alert_id=alert_id(uai, resource_id, kind), uai=uai, resource_id=resource_id, kind=kind,
-                reasons=evaluation.alerts[kind], code_academie=etab.code_academie,
-                code_departement=etab.code_departement, responsable=responsable(etab),
-                compatible=evaluation.compatible, devices=evaluation.devices, coverage=evaluation.coverage,
+                alert_id=alert_id(uai, resource_id, kind),
+                uai=uai,
+                resource_id=resource_id,
+                kind=kind,
+                reasons=evaluation.alerts[kind],
+                code_academie=etab.code_academie,
+                code_departement=etab.code_departement,
+                responsable=responsable(etab),
+                compatible=evaluation.compatible,
+                devices=evaluation.devices,
+                coverage=evaluation.coverage,
                 raised_at=before.alerte.raised_at if before is not None and before.ouverte else now,
             )
             if before is None or not before.ouverte:

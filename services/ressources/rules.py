@@ -120,7 +120,7 @@ class _Configuration:
     """The software of lots declared alike: the OS, and the browsers by folded name (a lot may
     carry several versions of one browser: any may match)."""
 
-    __slots__ = ("key", "os", "os_version", "one", "many")
+    __slots__ = ("key", "many", "one", "os", "os_version")
 
     def __init__(self, key: ConfigKey) -> None:
         self.key = key
@@ -163,7 +163,7 @@ class _Name:
     versions into regions (each bound alone, and the spans around them), each region with the
     mask of the groups (bit i: group i) that some entry covering it belongs to."""
 
-    __slots__ = ("points", "masks")
+    __slots__ = ("masks", "points")
 
     def __init__(self, entries: list[tuple[int, Version | None, Version | None]]) -> None:
         self.points = sorted({p for _, low, high in entries for p in (low, high) if p is not None})
@@ -213,14 +213,18 @@ class _Group:
         if held is None:
             return f"{e.type}-absent", f"{_display(e.name)} requis, ", f": {_have(key, browser)}"
         name, version, parsed = held
-        out = f"{version} < {e.min_version}" if self.low is not None and parsed < self.low else f"{version} > {e.max_version}"
+        out = (
+            f"{version} < {e.min_version}"
+            if self.low is not None and parsed < self.low
+            else f"{version} > {e.max_version}"
+        )
         return f"{e.type}-version", f"{_display(name)} {out}", None
 
 
 class _Verdict:
     """Lots of one configuration fail one resource: the miss of each failed group, in order."""
 
-    __slots__ = ("ok", "_failed", "_key", "_misses", "_of_lot")
+    __slots__ = ("_failed", "_key", "_misses", "_of_lot", "ok")
 
     def __init__(self, failed: list[_Group] | None, key: ConfigKey = ()) -> None:
         self.ok = failed is None
@@ -366,7 +370,9 @@ class _ByIdentity(Generic[K, V]):
         self._held.clear()
 
 
-_requirements_of: _ByIdentity[RessourcePubliee, _Requirements] = _ByIdentity(lambda r: _Requirements(r.requirements), 32)
+_requirements_of: _ByIdentity[RessourcePubliee, _Requirements] = _ByIdentity(
+    lambda r: _Requirements(r.requirements), 32
+)
 _fleet_of: _ByIdentity[ProfilEquipement, _Fleet] = _ByIdentity(_Fleet, 16)
 
 
@@ -387,7 +393,9 @@ def lot_misses(requirements: Sequence[Sequence[Exigence]], lot: LotProfil) -> li
     return [] if verdict.ok else [_render(m, lot) for m in verdict.misses()]
 
 
-def _training(ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why) -> float | None:
+def _training(
+    ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why
+) -> float | None:
     training = ressource.training
     if not (training.competences or training.tools) or couverture is None or couverture.enseignants < 1:
         return None

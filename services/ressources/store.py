@@ -55,17 +55,23 @@ class RessourcesStore:
     async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts:
         """ressource-publiee and ressource-retiree are two states of one entity, `resource_id`."""
         return await store_latest(
-            self._conn, "ressources", ("resource_id",), ("publiee", "ressource"), events,
+            self._conn,
+            "ressources",
+            ("resource_id",),
+            ("publiee", "ressource"),
+            events,
             row_of=lambda e: (True, e.data.model_dump_json()) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
         )
 
-
     async def store_abonnements(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(
-            self._conn, "abonnements", ("resource_id", "uai"), ("start", "end"), events,
+            self._conn,
+            "abonnements",
+            ("resource_id", "uai"),
+            ("start", "end"),
+            events,
             row_of=lambda e: (e.data.start, e.data.end),
         )
-
 
     async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]:
         """Keep the highest `version` per record key of what equipement and formation publish;
@@ -83,20 +89,23 @@ class RessourcesStore:
             WHERE recus.version < EXCLUDED.version
             RETURNING uai
             """,
-            [t for t, _, _ in latest], [u for _, u, _ in latest], [x for _, _, x in latest],
-            [e.data.version for e in latest.values()], [e.data.model_dump_json() for e in latest.values()],
+            [t for t, _, _ in latest],
+            [u for _, u, _ in latest],
+            [x for _, _, x in latest],
+            [e.data.version for e in latest.values()],
+            [e.data.model_dump_json() for e in latest.values()],
         )
         return {r["uai"] for r in rows}
-
 
     async def pairs_of(self, uais: Iterable[str], resources: Iterable[str]) -> list[Pair]:
         """Every subscribed pair touching these UAIs or resources, active or not."""
         rows = await self._conn.fetch(
-            'SELECT uai, resource_id, "end" FROM abonnements WHERE uai = ANY($1::text[]) OR resource_id = ANY($2::text[])',
-            list(uais), list(resources),
+            'SELECT uai, resource_id, "end" FROM abonnements '
+            "WHERE uai = ANY($1::text[]) OR resource_id = ANY($2::text[])",
+            list(uais),
+            list(resources),
         )
         return [Pair(r["uai"], r["resource_id"], r["end"]) for r in rows]
-
 
     async def load_ressources(self, ids: Iterable[str]) -> dict[str, RessourcePubliee]:
         rows = await self._conn.fetch(
@@ -104,14 +113,13 @@ class RessourcesStore:
         )
         return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
-
     async def _recus(self, types: Sequence[str], uais: list[str]) -> list[asyncpg.Record]:
         return await self._conn.fetch(
             "SELECT type, uai, content FROM recus WHERE type = ANY($1::text[]) AND uai = ANY($2::text[]) "
             "ORDER BY uai, type, entity",
-            list(types), uais,
+            list(types),
+            uais,
         )
-
 
     async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
         """Per UAI with any equipment record: its lots in service (by lot_id) and its link."""
@@ -125,7 +133,6 @@ class RessourcesStore:
                 lots[r["uai"]].append(lot)
         return {u: ProfilEquipement(uai=u, lots=lots[u], connectivite=links.get(u)) for u in lots}
 
-
     async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
         """Per UAI with any training record: counted teachers, competences, tools held by someone."""
         parts: dict[str, dict] = {}
@@ -138,20 +145,19 @@ class RessourcesStore:
                 part["outils"][content["kind"]] = content["enseignants"]
         return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
 
-
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind."""
         rows = await self._conn.fetch(
             "SELECT uai, resource_id, kind, ouverte, cycle, alerte FROM alertes "
             "WHERE (uai, resource_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [u for u, _ in pairs], [r for _, r in pairs],
+            [u for u, _ in pairs],
+            [r for _, r in pairs],
         )
         out: dict[tuple[str, str], dict[str, Held]] = {}
         for r in rows:
             held = Held(r["ouverte"], r["cycle"], AlerteLevee.model_validate_json(r["alerte"]))
             out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = held
         return out
-
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
         await self._conn.executemany(
@@ -161,8 +167,20 @@ class RessourcesStore:
             ON CONFLICT (alert_id) DO UPDATE SET ouverte = EXCLUDED.ouverte, cycle = EXCLUDED.cycle,
                 raised_at = EXCLUDED.raised_at, resolved_at = EXCLUDED.resolved_at, alerte = EXCLUDED.alerte
             """,
-            [(r.alerte.alert_id, r.alerte.uai, r.alerte.resource_id, r.alerte.kind, r.ouverte, r.cycle,
-              r.alerte.raised_at, r.resolved_at, r.alerte.model_dump_json()) for r in rows],
+            [
+                (
+                    r.alerte.alert_id,
+                    r.alerte.uai,
+                    r.alerte.resource_id,
+                    r.alerte.kind,
+                    r.ouverte,
+                    r.cycle,
+                    r.alerte.raised_at,
+                    r.resolved_at,
+                    r.alerte.model_dump_json(),
+                )
+                for r in rows
+            ],
         )
 
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
@@ -181,7 +199,8 @@ class RessourcesStore:
         await self._conn.execute(
             "INSERT INTO seuils (min_compatible_share, min_training_coverage) VALUES ($1, $2) ON CONFLICT (id) "
             "DO UPDATE SET min_compatible_share = $1, min_training_coverage = $2",
-            seuils.min_compatible_share, seuils.min_training_coverage,
+            seuils.min_compatible_share,
+            seuils.min_training_coverage,
         )
 
     async def subscribed_uais(self) -> list[str]:

@@ -52,7 +52,9 @@ async def notify(conn: Conn, events: list[CloudEvent]) -> None:
         "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
         "SELECT i, a, e FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(i, a, e, n) "
         "ORDER BY n RETURNING seq) SELECT max(seq) FROM added",
-        [e.id for e in events], [e.data.alert_id for e in events], [e.to_bytes().decode() for e in events],
+        [e.id for e in events],
+        [e.data.alert_id for e in events],
+        [e.to_bytes().decode() for e in events],
     )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
 
@@ -61,7 +63,8 @@ async def purge(pool: asyncpg.Pool, hours: float) -> int:
     """Delete the journal rows older than `hours`, always a prefix of seq; returns how many."""
     async with pool.acquire() as conn:
         cut = await conn.fetchval(
-            "SELECT max(seq) FROM alert_journal WHERE created_at < now() - make_interval(secs => $1)", hours * 3600)
+            "SELECT max(seq) FROM alert_journal WHERE created_at < now() - make_interval(secs => $1)", hours * 3600
+        )
         if cut is None:
             return 0
         # The horizon first: a client resuming from before it is told it may have missed events,
@@ -69,10 +72,15 @@ async def purge(pool: asyncpg.Pool, hours: float) -> int:
         await conn.execute("UPDATE alert_journal_horizon SET purged_through = greatest(purged_through, $1)", cut)
         removed = 0
         while True:
-            count = int((await conn.execute(
-                "DELETE FROM alert_journal WHERE seq IN "
-                f"(SELECT seq FROM alert_journal WHERE seq <= $1 ORDER BY seq LIMIT {PURGE_CHUNK})", cut,
-            )).split()[-1])
+            count = int(
+                (
+                    await conn.execute(
+                        "DELETE FROM alert_journal WHERE seq IN "
+                        f"(SELECT seq FROM alert_journal WHERE seq <= $1 ORDER BY seq LIMIT {PURGE_CHUNK})",
+                        cut,
+                    )
+                ).split()[-1]
+            )
             removed += count
             if count < PURGE_CHUNK:
                 return removed
@@ -126,9 +134,18 @@ def _fin(reason: str, message: str, resume_at: int) -> str:
 
 
 class AlertHub:
-    def __init__(self, database_url: str, schema: str, pool: asyncpg.Pool, *, max_clients: int = 100,
-                 queue_size: int = 1000, keepalive_seconds: float = 15, max_seconds: float = 3600,
-                 replay_max: int = 1000):
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        pool: asyncpg.Pool,
+        *,
+        max_clients: int = 100,
+        queue_size: int = 1000,
+        keepalive_seconds: float = 15,
+        max_seconds: float = 3600,
+        replay_max: int = 1000,
+    ):
         self._url, self._schema, self._pool = database_url, schema, pool
         self.max_clients, self.queue_size, self.replay_max = max_clients, queue_size, replay_max
         self.keepalive_seconds, self.max_seconds = keepalive_seconds, max_seconds
@@ -164,8 +181,9 @@ class AlertHub:
             self._end(sub, _STOPPED)
 
     async def _connect(self) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self._url, server_settings={
-            "search_path": self._schema, "application_name": f"feo-{self._schema}-sse"})
+        conn = await asyncpg.connect(
+            self._url, server_settings={"search_path": self._schema, "application_name": f"feo-{self._schema}-sse"}
+        )
         await conn.add_listener(CHANNEL, self._on_notify)
         return conn
 
@@ -195,7 +213,8 @@ class AlertHub:
         assert conn is not None, "connected by _pump"
         while True:
             rows = await conn.fetch(
-                "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS)
+                "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS
+            )
             self._fan_out(rows)
             if len(rows) < FETCH_ROWS:
                 return
@@ -252,32 +271,58 @@ class AlertHub:
             async with self._pool.acquire() as conn:
                 replay = await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
             if last_event_id > replay.last_allocated:
-                yield _frame(None, "reprise-incomplete", json.dumps({
-                    "raison": "identifiant-inconnu", "last_event_id": last_event_id,
-                    "message": f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
-                               "GET /alertes ; le flux reprend à partir de maintenant"}, ensure_ascii=False))
+                yield _frame(
+                    None,
+                    "reprise-incomplete",
+                    json.dumps(
+                        {
+                            "raison": "identifiant-inconnu",
+                            "last_event_id": last_event_id,
+                            "message": f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
+                            "GET /alertes ; le flux reprend à partir de maintenant",
+                        },
+                        ensure_ascii=False,
+                    ),
+                )
             else:
                 if last_event_id < replay.purged_through:
-                    yield _frame(None, "reprise-incomplete", json.dumps({
-                        "raison": "journal-purge", "last_event_id": last_event_id,
-                        "premier_conserve": replay.purged_through + 1,
-                        "message": f"les événements jusqu'au n° {replay.purged_through} ont été purgés du "
-                                   f"journal : des changements après Last-Event-ID {last_event_id} peuvent "
-                                   "manquer ; relire l'état avec GET /alertes"}, ensure_ascii=False))
-                for seq, event_json in replay.rows[:self.replay_max]:
+                    yield _frame(
+                        None,
+                        "reprise-incomplete",
+                        json.dumps(
+                            {
+                                "raison": "journal-purge",
+                                "last_event_id": last_event_id,
+                                "premier_conserve": replay.purged_through + 1,
+                                "message": f"les événements jusqu'au n° {replay.purged_through} ont été purgés du "
+                                f"journal : des changements après Last-Event-ID {last_event_id} peuvent "
+                                "manquer ; relire l'état avec GET /alertes",
+                            },
+                            ensure_ascii=False,
+                        ),
+                    )
+                for seq, event_json in replay.rows[: self.replay_max]:
                     yield _alert_frame(seq, event_json)[1]
                     position = seq
                 if len(replay.rows) > self.replay_max:
-                    yield _fin("reprise-trop-longue", f"reprise limitée à {self.replay_max} événements : se "
-                               f"reconnecter avec Last-Event-ID: {position} pour la suite", position)
+                    yield _fin(
+                        "reprise-trop-longue",
+                        f"reprise limitée à {self.replay_max} événements : se "
+                        f"reconnecter avec Last-Event-ID: {position} pour la suite",
+                        position,
+                    )
                     return
                 position = max(last_event_id, sub.start)
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 at = self._resume_point(sub, position)
-                yield _fin("duree-maximale", f"durée maximale d'un flux atteinte ({self.max_seconds:g} s) : se "
-                           f"reconnecter avec Last-Event-ID: {at} pour reprendre sans perte", at)
+                yield _fin(
+                    "duree-maximale",
+                    f"durée maximale d'un flux atteinte ({self.max_seconds:g} s) : se "
+                    f"reconnecter avec Last-Event-ID: {at} pour reprendre sans perte",
+                    at,
+                )
                 return
             try:
                 item = await asyncio.wait_for(sub.queue.get(), min(self.keepalive_seconds, left))
@@ -286,14 +331,20 @@ class AlertHub:
                     yield ": keep-alive\n\n"
                 continue
             if item is _DROPPED:
-                yield _fin("client-trop-lent", f"client trop lent : plus de {self.queue_size} événements en "
-                           f"attente ; se reconnecter avec Last-Event-ID: {position} pour reprendre sans perte",
-                           position)
+                yield _fin(
+                    "client-trop-lent",
+                    f"client trop lent : plus de {self.queue_size} événements en "
+                    f"attente ; se reconnecter avec Last-Event-ID: {position} pour reprendre sans perte",
+                    position,
+                )
                 return
             if item is _STOPPED:
                 at = self._resume_point(sub, position)
-                yield _fin("arret-du-service", f"le service s'arrête : se reconnecter avec Last-Event-ID: {at} "
-                           "pour reprendre sans perte", at)
+                yield _fin(
+                    "arret-du-service",
+                    f"le service s'arrête : se reconnecter avec Last-Event-ID: {at} pour reprendre sans perte",
+                    at,
+                )
                 return
             if item.seq > position:  # else replayed already (Last-Event-ID ahead of this replica)
                 yield item.frame

@@ -46,8 +46,10 @@ from contracts.internal import ConnectiviteProfil, CouvertureFormation, LotProfi
 from services.ressources import rules
 from services.ressources.rules import Evaluation, Seuils
 
+DEFAULT_SEUILS = Seuils()
 
-def Reason(code: str, detail: str) -> contracts.Reason:  # noqa: N802 - stands in for the class in the baseline
+
+def Reason(code: str, detail: str) -> contracts.Reason:
     """The baseline's one adaptation: since 7feea38 `contracts.Reason` refuses a detail over 256
     characters, which the baseline wrote for a lot of many long browser names (it raised at the
     bounds); the detail is shortened to the bound with "…", as rules.py now does, then validated."""
@@ -113,7 +115,9 @@ def lot_misses(requirements: Sequence[Sequence[Exigence]], lot: LotProfil) -> li
     return misses
 
 
-def _training(ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why) -> float | None:
+def _training(
+    ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why
+) -> float | None:
     training = ressource.training
     if not (training.competences or training.tools) or couverture is None or couverture.enseignants < 1:
         return None
@@ -136,7 +140,7 @@ def baseline_evaluate(
     ressource: RessourcePubliee,
     profil: ProfilEquipement | None,
     couverture: CouvertureFormation | None = None,
-    seuils: Seuils = Seuils(),
+    seuils: Seuils = DEFAULT_SEUILS,
 ) -> Evaluation:
     lots = profil.lots if profil else []
     computing = [lot for lot in lots if lot.os is not None and lot.quantity > 0]
@@ -201,18 +205,32 @@ def bounds_ressource() -> RessourcePubliee:
     """Group 0: an OS among 32 (Windows >= 10 last). Group g > 0: the browser BROWSER[g] within
     [150000000, 250000000] (the maximum on one group in four), first of the group when g % 8 < 4,
     else last; the 31 other entries name browsers no lot has."""
-    groups = [[Exigence(type="os", name=long_name(f"Système absent du parc n° {e:02d} ")) for e in range(ENTRIES - 1)]
-              + [Exigence(type="os", name="Microsoft Windows", min_version="10")]]
+    groups = [
+        [Exigence(type="os", name=long_name(f"Système absent du parc n° {e:02d} ")) for e in range(ENTRIES - 1)]
+        + [Exigence(type="os", name="Microsoft Windows", min_version="10")]
+    ]
     for g in range(1, GROUPS):
-        real = Exigence(type="browser", name=BROWSER[g], min_version="150000000",
-                        max_version="250000000" if g % 4 == 3 else None)
-        others = [Exigence(type="browser", name=long_name(f"Navigateur absent, groupe {g:02d}, entrée {e:02d} "),
-                           min_version=version(1))
-                  for e in range(ENTRIES - 1)]
-        groups.append([real] + others if g % 8 < 4 else others + [real])
-    return RessourcePubliee(resource_id="ark:/67375/bench-bornes", title="Bornes", editor="E", requirements=groups,
-                            tools=[OutilRequis(kind="TNI", min_quantity=1)], min_bandwidth_mbps=100.0,
-                            training=Formation(competences=[Competence(code="3.4", level=3)], tools=["TNI"]))
+        real = Exigence(
+            type="browser", name=BROWSER[g], min_version="150000000", max_version="250000000" if g % 4 == 3 else None
+        )
+        others = [
+            Exigence(
+                type="browser",
+                name=long_name(f"Navigateur absent, groupe {g:02d}, entrée {e:02d} "),
+                min_version=version(1),
+            )
+            for e in range(ENTRIES - 1)
+        ]
+        groups.append([real, *others] if g % 8 < 4 else [*others, real])
+    return RessourcePubliee(
+        resource_id="ark:/67375/bench-bornes",
+        title="Bornes",
+        editor="E",
+        requirements=groups,
+        tools=[OutilRequis(kind="TNI", min_quantity=1)],
+        min_bandwidth_mbps=100.0,
+        training=Formation(competences=[Competence(code="3.4", level=3)], tools=["TNI"]),
+    )
 
 
 def bounds_lot(i: int, distinct: bool) -> LotProfil:
@@ -225,42 +243,80 @@ def bounds_lot(i: int, distinct: bool) -> LotProfil:
         browsers = [Logiciel(name=BROWSER[BROWSERS + j], version=version(OK, last)) for j in range(BROWSERS)]
     else:
         os = Logiciel(name="Microsoft Windows", version=version(10 + (kind == 3), last))
-        majors = [LOW if kind == 1 and j % 4 == 1 else HIGH if kind == 1 and j % 4 == 3 else OK for j in range(BROWSERS)]
+        majors = [
+            LOW if kind == 1 and j % 4 == 1 else HIGH if kind == 1 and j % 4 == 3 else OK for j in range(BROWSERS)
+        ]
         browsers = [Logiciel(name=BROWSER[j], version=version(m, last)) for j, m in enumerate(majors)]
-    return LotProfil(lot_id=f"lot-{i:04d}", kind="ordinateur portable", quantity=(10, 30, 25, 10)[kind],
-                     os=os, browsers=browsers)
+    return LotProfil(
+        lot_id=f"lot-{i:04d}", kind="ordinateur portable", quantity=(10, 30, 25, 10)[kind], os=os, browsers=browsers
+    )
 
 
 def bounds_pair(distinct: bool) -> tuple:
-    profil = ProfilEquipement(uai=UAI, version=1, lots=[bounds_lot(i, distinct) for i in range(LOTS)],
-                              connectivite=ConnectiviteProfil(bandwidth_mbps=50.0, ent=True))
-    couverture = CouvertureFormation(uai=UAI, version=1, enseignants=40, competences={"3.4": [30, 25, 12, 5, 0, 0, 0, 0]},
-                                     outils={"tni": 30})
+    profil = ProfilEquipement(
+        uai=UAI,
+        version=1,
+        lots=[bounds_lot(i, distinct) for i in range(LOTS)],
+        connectivite=ConnectiviteProfil(bandwidth_mbps=50.0, ent=True),
+    )
+    couverture = CouvertureFormation(
+        uai=UAI, version=1, enseignants=40, competences={"3.4": [30, 25, 12, 5, 0, 0, 0, 0]}, outils={"tni": 30}
+    )
     return bounds_ressource(), profil, couverture
 
 
 def typical_pair() -> tuple:
     def lot(lot_id, kind, quantity, os, browsers=()):
-        return LotProfil(lot_id=lot_id, kind=kind, quantity=quantity,
-                         os=Logiciel(name=os[0], version=os[1]) if os else None,
-                         browsers=[Logiciel(name=n, version=v) for n, v in browsers])
+        return LotProfil(
+            lot_id=lot_id,
+            kind=kind,
+            quantity=quantity,
+            os=Logiciel(name=os[0], version=os[1]) if os else None,
+            browsers=[Logiciel(name=n, version=v) for n, v in browsers],
+        )
 
     lots = [lot(f"tab-{i}", "tablette", 30, ("iPadOS", "17.1"), [("Safari", "17.1")]) for i in range(4)]
     lots += [lot(f"tab-old-{i}", "tablette", 15, ("iPad OS", "12.5.7"), [("Safari", "12.1")]) for i in range(2)]
-    lots += [lot(f"pc-{i}", "ordinateur portable", 16, ("Windows", "11"),
-                 [("Google Chrome", "120.0.6099"), ("Mozilla Firefox", "115.3"), ("Edge", "120")]) for i in range(4)]
+    lots += [
+        lot(
+            f"pc-{i}",
+            "ordinateur portable",
+            16,
+            ("Windows", "11"),
+            [("Google Chrome", "120.0.6099"), ("Mozilla Firefox", "115.3"), ("Edge", "120")],
+        )
+        for i in range(4)
+    ]
     lots += [lot("labo", "ordinateur", 12, ("Debian", "12"), [("Firefox", "102.15")]), lot("tni", "TNI", 3, None)]
     ressource = RessourcePubliee(
-        resource_id="ark:/67375/bench-type", title="Typique", editor="E",
-        requirements=[[Exigence(type="os", name="iPadOS", min_version="15"), Exigence(type="os", name="Windows", min_version="10"),
-                       Exigence(type="os", name="ChromeOS", min_version="110"), Exigence(type="os", name="Linux")],
-                      [Exigence(type="browser", name="Chrome", min_version="110"), Exigence(type="browser", name="Firefox", min_version="115"),
-                       Exigence(type="browser", name="Safari", min_version="15"), Exigence(type="browser", name="Edge", min_version="110")]],
-        tools=[OutilRequis(kind="TNI", min_quantity=2)], min_bandwidth_mbps=8.0, needs_ent=True,
-        training=Formation(competences=[Competence(code="3.4", level=2)], tools=["tni"]))
-    profil = ProfilEquipement(uai=UAI, version=1, lots=lots, connectivite=ConnectiviteProfil(bandwidth_mbps=20.0, ent=True))
-    couverture = CouvertureFormation(uai=UAI, version=1, enseignants=35, competences={"3.4": [30, 14, 6, 2, 0, 0, 0, 0]},
-                                     outils={"tni": 20})
+        resource_id="ark:/67375/bench-type",
+        title="Typique",
+        editor="E",
+        requirements=[
+            [
+                Exigence(type="os", name="iPadOS", min_version="15"),
+                Exigence(type="os", name="Windows", min_version="10"),
+                Exigence(type="os", name="ChromeOS", min_version="110"),
+                Exigence(type="os", name="Linux"),
+            ],
+            [
+                Exigence(type="browser", name="Chrome", min_version="110"),
+                Exigence(type="browser", name="Firefox", min_version="115"),
+                Exigence(type="browser", name="Safari", min_version="15"),
+                Exigence(type="browser", name="Edge", min_version="110"),
+            ],
+        ],
+        tools=[OutilRequis(kind="TNI", min_quantity=2)],
+        min_bandwidth_mbps=8.0,
+        needs_ent=True,
+        training=Formation(competences=[Competence(code="3.4", level=2)], tools=["tni"]),
+    )
+    profil = ProfilEquipement(
+        uai=UAI, version=1, lots=lots, connectivite=ConnectiviteProfil(bandwidth_mbps=20.0, ent=True)
+    )
+    couverture = CouvertureFormation(
+        uai=UAI, version=1, enseignants=35, competences={"3.4": [30, 14, 6, 2, 0, 0, 0, 0]}, outils={"tni": 20}
+    )
     return ressource, profil, couverture
 
 
@@ -302,10 +358,17 @@ def measure(label: str, pair: tuple, runs: int, baseline_runs: int, repeat: int)
     rules.evaluate(ressource, profil, couverture)  # the resource's verdicts, kept for "next UAI"
     next_figures, _ = timed(runs, repeat, rules.evaluate, next_uai)
     configurations = len({(lot.os.name, lot.os.version, tuple(lot.browsers)) for lot in profil.lots if lot.os})
-    return {"label": label, "figures": {"cold": cold_figures, "next UAI": next_figures, "before": before},
-            "lots": len(profil.lots), "configurations": configurations, "groups": len(ressource.requirements),
-            "entries": sum(len(g) for g in ressource.requirements), "compatible": new.compatible,
-            "devices": new.devices, "alerts": ", ".join(f"{k} {len(v)}" for k, v in new.alerts.items())}
+    return {
+        "label": label,
+        "figures": {"cold": cold_figures, "next UAI": next_figures, "before": before},
+        "lots": len(profil.lots),
+        "configurations": configurations,
+        "groups": len(ressource.requirements),
+        "entries": sum(len(g) for g in ressource.requirements),
+        "compatible": new.compatible,
+        "devices": new.devices,
+        "alerts": ", ".join(f"{k} {len(v)}" for k, v in new.alerts.items()),
+    }
 
 
 def show(row: dict) -> None:
@@ -313,13 +376,17 @@ def show(row: dict) -> None:
         return f"{seconds * 1000:10.3f}"
 
     f = row["figures"]
-    print(f"{row['label']}: {row['lots']} lots, {row['configurations']} configurations, {row['groups']} groups / "
-          f"{row['entries']} entries; compatible {row['compatible']}/{row['devices']}; alerts (reasons): {row['alerts']}")
+    print(
+        f"{row['label']}: {row['lots']} lots, {row['configurations']} configurations, {row['groups']} groups / "
+        f"{row['entries']} entries; compatible {row['compatible']}/{row['devices']}; alerts (reasons): {row['alerts']}"
+    )
     for name, runs in f.items():
         print(f"  {name:9s} median {ms(statistics.median(runs))} ms   max {ms(max(runs))} ms   ({len(runs)} runs)")
     before = statistics.median(f["before"])
-    print(f"  before / cold: {before / statistics.median(f['cold']):8.1f}x   "
-          f"before / next UAI: {before / statistics.median(f['next UAI']):8.1f}x")
+    print(
+        f"  before / cold: {before / statistics.median(f['cold']):8.1f}x   "
+        f"before / next UAI: {before / statistics.median(f['next UAI']):8.1f}x"
+    )
 
 
 def main(runs: int, baseline_runs: int) -> None:
@@ -335,6 +402,8 @@ def main(runs: int, baseline_runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--baseline-runs", type=int, default=1, help="runs of the baseline at the bounds (minutes each)")
+    parser.add_argument(
+        "--baseline-runs", type=int, default=1, help="runs of the baseline at the bounds (minutes each)"
+    )
     args = parser.parse_args()
     main(args.runs, args.baseline_runs)

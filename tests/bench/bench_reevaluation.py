@@ -25,8 +25,8 @@ from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
 from services.common.db import create_pool, migrate
 from services.ressources.handlers import make_apply
-from services.ressources.store import RessourcesStore
 from services.ressources.rules import Seuils
+from services.ressources.store import RessourcesStore
 
 RID = "ark:/67375/bench"
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -39,28 +39,62 @@ def uai(n: int) -> str:
 
 async def seed(conn, n: int) -> None:
     uais = [uai(i) for i in range(n)]
-    await conn.copy_records_to_table("etablissements", records=[
-        (u, f"Collège {u}", "college", "public", "35238", "035", "14", "53", True, T0) for u in uais],
-        columns=["uai", "nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region",
-                 "ouvert", "event_time"])
+    await conn.copy_records_to_table(
+        "etablissements",
+        records=[(u, f"Collège {u}", "college", "public", "35238", "035", "14", "53", True, T0) for u in uais],
+        columns=[
+            "uai",
+            "nom",
+            "type",
+            "statut",
+            "code_commune",
+            "code_departement",
+            "code_academie",
+            "code_region",
+            "ouvert",
+            "event_time",
+        ],
+    )
     # Half the établissements run iPadOS 12.5 (incompatible with >= 15), half iPadOS 17.
     recus = []
     for i, u in enumerate(uais):
-        lot = {"lot_id": "L1", "kind": "tablette", "quantity": 30, "browsers": [],
-               "os": {"name": "iPadOS", "version": "12.5" if i % 2 else "17.1"}}
-        recus += [(internal.PROFIL_LOT, u, "L1", lot), (internal.PROFIL_CONNECTIVITE, u, "", {"bandwidth_mbps": 50.0, "ent": True}),
-                  (internal.COUVERTURE_ENSEIGNANTS, u, "", {"enseignants": 40, "competences": {"3.4": [30, 25, 20, 10, 5, 0, 0, 0]}}),
-                  (internal.COUVERTURE_OUTIL, u, "tni", {"kind": "tni", "enseignants": 30})]
-    await conn.executemany("INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
-                           [(t, u, e, json.dumps({"uai": u, "version": 1, **content})) for t, u, e, content in recus])
-    await conn.copy_records_to_table("abonnements", records=[(RID, u, T0.date(), None, T0) for u in uais],
-                                     columns=["resource_id", "uai", "start", "end", "event_time"])
+        lot = {
+            "lot_id": "L1",
+            "kind": "tablette",
+            "quantity": 30,
+            "browsers": [],
+            "os": {"name": "iPadOS", "version": "12.5" if i % 2 else "17.1"},
+        }
+        recus += [
+            (internal.PROFIL_LOT, u, "L1", lot),
+            (internal.PROFIL_CONNECTIVITE, u, "", {"bandwidth_mbps": 50.0, "ent": True}),
+            (
+                internal.COUVERTURE_ENSEIGNANTS,
+                u,
+                "",
+                {"enseignants": 40, "competences": {"3.4": [30, 25, 20, 10, 5, 0, 0, 0]}},
+            ),
+            (internal.COUVERTURE_OUTIL, u, "tni", {"kind": "tni", "enseignants": 30}),
+        ]
+    await conn.executemany(
+        "INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
+        [(t, u, e, json.dumps({"uai": u, "version": 1, **content})) for t, u, e, content in recus],
+    )
+    await conn.copy_records_to_table(
+        "abonnements",
+        records=[(RID, u, T0.date(), None, T0) for u in uais],
+        columns=["resource_id", "uai", "start", "end", "event_time"],
+    )
 
 
 def publication(minute: int, min_version: str) -> c.CloudEvent:
-    data = RessourcePubliee(resource_id=RID, title="Bench", editor="E",
-                            requirements=[[c.Exigence(type="os", name="iPadOS", min_version=min_version)]],
-                            training=c.Formation(competences=[c.Competence(code="3.4", level=3)]))
+    data = RessourcePubliee(
+        resource_id=RID,
+        title="Bench",
+        editor="E",
+        requirements=[[c.Exigence(type="os", name="iPadOS", min_version=min_version)]],
+        training=c.Formation(competences=[c.Competence(code="3.4", level=3)]),
+    )
     return make_event(c.RESSOURCE_PUBLIEE, data, source="/ministere", time=T0 + timedelta(minutes=minute))
 
 
@@ -80,8 +114,11 @@ async def main(n: int, repeat: int) -> None:
             await seed(conn, n)
         apply = make_apply(Seuils())
         minute = 0
-        rows = {"first publication (raise)": [], "stricter requirements (raise/resolve)": [],
-                "same requirements (baseline, no change)": []}
+        rows = {
+            "first publication (raise)": [],
+            "stricter requirements (raise/resolve)": [],
+            "same requirements (baseline, no change)": [],
+        }
         for _ in range(repeat):
             async with pool.acquire() as conn:
                 await conn.execute("TRUNCATE alertes, ressources, outbox, inbox")

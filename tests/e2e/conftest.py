@@ -11,11 +11,17 @@ from kafka import KafkaConsumer, KafkaProducer
 from deploy.local.processes import ServiceProcesses
 from partner import HEADERS
 
+
 @pytest.fixture
 def platform(kafka, database_url, topic_prefix, tmp_path):
     procs = ServiceProcesses(
-        {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url,
-         "TOPIC_PREFIX": topic_prefix, "OUTBOX_POLL_MS": "200", "LOG_FORMAT": "json"},
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "DATABASE_URL": database_url,
+            "TOPIC_PREFIX": topic_prefix,
+            "OUTBOX_POLL_MS": "200",
+            "LOG_FORMAT": "json",
+        },
         log_dir=tmp_path,
     )
     procs.start()
@@ -62,8 +68,13 @@ class Alerts:
 
 @pytest.fixture
 def alerts(kafka, topic_prefix):
-    consumer = KafkaConsumer(topic_prefix + "alertes.compatibilite.v1", bootstrap_servers=kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        topic_prefix + "alertes.compatibilite.v1",
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     yield Alerts(consumer)
     consumer.close()
 
@@ -78,8 +89,9 @@ def wait_stored(database_url):
         try:
             deadline = time.monotonic() + timeout
             for table in tables:
-                while await conn.fetchval(f"SELECT count(DISTINCT uai) FROM {table} WHERE uai = ANY($1::text[])",
-                                          uais) < len(set(uais)):
+                while await conn.fetchval(
+                    f"SELECT count(DISTINCT uai) FROM {table} WHERE uai = ANY($1::text[])", uais
+                ) < len(set(uais)):
                     assert time.monotonic() < deadline, f"{table} never stored all of {uais}"
                     time.sleep(0.1)
         finally:

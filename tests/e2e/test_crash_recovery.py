@@ -20,45 +20,87 @@ LOTS_PER_UAI = 40
 
 
 def college(uai: str) -> dict:
-    return event(c.ETABLISSEMENT, "/ministere", {
-        "uai": uai, "nom": f"Collège {uai}", "type": "college", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True}, time_=at(0))
+    return event(
+        c.ETABLISSEMENT,
+        "/ministere",
+        {
+            "uai": uai,
+            "nom": f"Collège {uai}",
+            "type": "college",
+            "statut": "public",
+            "code_commune": "35238",
+            "code_departement": "035",
+            "code_academie": "14",
+            "code_region": "53",
+            "ouvert": True,
+        },
+        time_=at(0),
+    )
 
 
 def lot(uai: str, n: int) -> dict:
-    return event(c.LOT, "/collectivites/departements/035", {
-        "uai": uai, "lot_id": f"lot-{n}", "kind": "ordinateur", "quantity": n + 1,
-        "os": {"name": "Windows", "version": "11"}, "browsers": []}, time_=at(n + 1))
+    return event(
+        c.LOT,
+        "/collectivites/departements/035",
+        {
+            "uai": uai,
+            "lot_id": f"lot-{n}",
+            "kind": "ordinateur",
+            "quantity": n + 1,
+            "os": {"name": "Windows", "version": "11"},
+            "browsers": [],
+        },
+        time_=at(n + 1),
+    )
 
 
 async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_url, topic_prefix, tmp_path):
-    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url,
-           "TOPIC_PREFIX": topic_prefix, "OUTBOX_POLL_MS": "100", "LOG_FORMAT": "json", "BATCH_MAX_RECORDS": "50"}
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "OUTBOX_POLL_MS": "100",
+        "LOG_FORMAT": "json",
+        "BATCH_MAX_RECORDS": "50",
+    }
     procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement",))
     procs.start()
     conn = await asyncpg.connect(database_url)
     try:
         procs.wait_healthy()
         await send(kafka.bootstrap_servers, topic_prefix + c.REFERENTIEL, [(u, college(u)) for u in UAIS])
-        await eventually(lambda: conn.fetchval("SELECT count(*) = $1 FROM equipement.etablissements", len(UAIS)),
-                         what="the référentiel")
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = $1 FROM equipement.etablissements", len(UAIS)),
+            what="the référentiel",
+        )
         lots = [(u, lot(u, n)) for n in range(LOTS_PER_UAI) for u in UAIS]
         total = len(lots)
         async with TopicReader(kafka.bootstrap_servers, topic_prefix + PROFILS) as profils:
             await send(kafka.bootstrap_servers, topic_prefix + c.EQUIPEMENT, lots)
             # Kill while the stream is being handled: some batches committed, others not yet.
             applied = await eventually(
-                lambda: conn.fetchval("SELECT count(*) FROM equipement.inbox WHERE type = $1 HAVING count(*) > 0", c.LOT),
-                timeout=60, what="the first batches")
+                lambda: conn.fetchval(
+                    "SELECT count(*) FROM equipement.inbox WHERE type = $1 HAVING count(*) > 0", c.LOT
+                ),
+                timeout=60,
+                what="the first batches",
+            )
             procs.kill("equipement")
             assert applied < total, "the stream finished before the kill: make it longer"
             procs.restart("equipement")
             procs.wait_healthy()
-            await eventually(lambda: conn.fetchval("SELECT count(*) = $1 FROM equipement.inbox WHERE type = $2", total, c.LOT),
-                             timeout=120, what="every lot applied after the restart")
-            await eventually(lambda: conn.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="the outbox drained")
-            final = {f"{r['uai']}/{r['entity']}".encode(): r["version"]
-                     for r in await conn.fetch("SELECT uai, entity, version FROM equipement.publies")}
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) = $1 FROM equipement.inbox WHERE type = $2", total, c.LOT),
+                timeout=120,
+                what="every lot applied after the restart",
+            )
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="the outbox drained"
+            )
+            final = {
+                f"{r['uai']}/{r['entity']}".encode(): r["version"]
+                for r in await conn.fetch("SELECT uai, entity, version FROM equipement.publies")
+            }
 
             def complete(records):
                 last = {}

@@ -3,10 +3,10 @@ partner's plain Kafka client: raised with the reasons a person acts on, then res
 event that fixes its cause. One établissement and one resource per kind, in one run."""
 
 import pytest
-from partner import ce
 
 import contracts as c
 from contracts.internal import COUVERTURE_ENSEIGNANTS, PROFIL_CONNECTIVITE, PROFIL_LOT
+from partner import ce
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +24,40 @@ TEACHERS = ["ens-form-0001", "ens-form-0002"]
 
 
 def college(code: str) -> bytes:
-    return ce("referentiel.etablissement", "/ministere", {
-        "uai": code, "nom": f"Collège {code}", "type": "college", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": True}, 0, code)
+    return ce(
+        "referentiel.etablissement",
+        "/ministere",
+        {
+            "uai": code,
+            "nom": f"Collège {code}",
+            "type": "college",
+            "statut": "public",
+            "code_commune": "35238",
+            "code_departement": "035",
+            "code_academie": "14",
+            "code_region": "53",
+            "ouvert": True,
+        },
+        0,
+        code,
+    )
 
 
 def lot(code: str, lot_id: str, quantity: int, os: str, version: str, minute: int) -> bytes:
-    return ce("equipement.lot", DEP, {"uai": code, "lot_id": lot_id, "kind": "ordinateur", "quantity": quantity,
-                                      "os": {"name": os, "version": version}, "browsers": []}, minute, code)
+    return ce(
+        "equipement.lot",
+        DEP,
+        {
+            "uai": code,
+            "lot_id": lot_id,
+            "kind": "ordinateur",
+            "quantity": quantity,
+            "os": {"name": os, "version": version},
+            "browsers": [],
+        },
+        minute,
+        code,
+    )
 
 
 def link(code: str, mbps: float, ent: bool, minute: int) -> bytes:
@@ -39,19 +65,42 @@ def link(code: str, mbps: float, ent: bool, minute: int) -> bytes:
 
 
 def resource(rid: str, **kw) -> bytes:
-    data = {"resource_id": rid, "title": rid, "editor": "Éditeur", "requirements": [], "tools": [],
-            "min_bandwidth_mbps": None, "needs_ent": False, "training": {"competences": [], "tools": []}, **kw}
+    data = {
+        "resource_id": rid,
+        "title": rid,
+        "editor": "Éditeur",
+        "requirements": [],
+        "tools": [],
+        "min_bandwidth_mbps": None,
+        "needs_ent": False,
+        "training": {"competences": [], "tools": []},
+        **kw,
+    }
     return ce("ressources.ressource-publiee", "/ministere", data, 1, rid)
 
 
 def subscribe(rid: str, code: str) -> bytes:
-    return ce("ressources.abonnement", "/gar", {"resource_id": rid, "uai": code, "start": "2026-09-01", "end": None}, 2, code)
+    return ce(
+        "ressources.abonnement", "/gar", {"resource_id": rid, "uai": code, "start": "2026-09-01", "end": None}, 2, code
+    )
 
 
 def training(teacher: str, minute: int) -> bytes:
-    return ce("formation.formation-suivie", RECTORAT, {
-        "teacher_id": teacher, "module_id": "scratch-3", "title": "Programmer avec Scratch", "dispositif": "magistere",
-        "completed_on": "2026-10-01", "competences": [{"code": "3.4", "level": 3}], "tools": []}, minute, teacher)
+    return ce(
+        "formation.formation-suivie",
+        RECTORAT,
+        {
+            "teacher_id": teacher,
+            "module_id": "scratch-3",
+            "title": "Programmer avec Scratch",
+            "dispositif": "magistere",
+            "completed_on": "2026-10-01",
+            "competences": [{"code": "3.4", "level": 3}],
+            "tools": [],
+        },
+        minute,
+        teacher,
+    )
 
 
 async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publish, alerts, wait_stored, wait_true):
@@ -67,36 +116,70 @@ async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publ
         publish(c.EQUIPEMENT, code, lot(code, "salle-info", 15, "Ubuntu", "22.04", 3))
         publish(c.EQUIPEMENT, code, link(code, 8, code != ENT, 3))
     for teacher in TEACHERS:
-        publish(c.FORMATION, FORMATION, ce("formation.affectation", RECTORAT, {
-            "teacher_id": teacher, "uai": FORMATION, "start": "2026-09-01", "end": None}, 3, FORMATION))
+        publish(
+            c.FORMATION,
+            FORMATION,
+            ce(
+                "formation.affectation",
+                RECTORAT,
+                {"teacher_id": teacher, "uai": FORMATION, "start": "2026-09-01", "end": None},
+                3,
+                FORMATION,
+            ),
+        )
     # Profiles and coverages are republished as each declaration lands: wait for the final ones,
     # or an alert could be raised on an intermediate state (0/1 teacher) and only updated later.
     await wait_true(f"SELECT count(*) = 2 FROM ressources.recus WHERE type = '{PROFIL_LOT}' AND uai = $1", PARTIEL)
-    await wait_true(f"SELECT count(*) = 3 FROM ressources.recus WHERE type = '{PROFIL_CONNECTIVITE}' "
-                    "AND uai = ANY($1::text[])", [DEBIT, ENT, FORMATION])
-    await wait_true(f"SELECT (content->>'enseignants')::int = 2 FROM ressources.recus "
-                    f"WHERE type = '{COUVERTURE_ENSEIGNANTS}' AND uai = $1", FORMATION)
+    await wait_true(
+        f"SELECT count(*) = 3 FROM ressources.recus WHERE type = '{PROFIL_CONNECTIVITE}' AND uai = ANY($1::text[])",
+        [DEBIT, ENT, FORMATION],
+    )
+    await wait_true(
+        f"SELECT (content->>'enseignants')::int = 2 FROM ressources.recus "
+        f"WHERE type = '{COUVERTURE_ENSEIGNANTS}' AND uai = $1",
+        FORMATION,
+    )
 
-    publish(c.CATALOGUE, "ark:/1/partiel", resource("ark:/1/partiel", requirements=[[
-        {"type": "os", "name": "Microsoft Windows", "min_version": "10"}]]))
+    publish(
+        c.CATALOGUE,
+        "ark:/1/partiel",
+        resource("ark:/1/partiel", requirements=[[{"type": "os", "name": "Microsoft Windows", "min_version": "10"}]]),
+    )
     publish(c.CATALOGUE, "ark:/1/debit", resource("ark:/1/debit", min_bandwidth_mbps=20))
     publish(c.CATALOGUE, "ark:/1/ent", resource("ark:/1/ent", needs_ent=True))
-    publish(c.CATALOGUE, "ark:/1/formation", resource("ark:/1/formation", training={
-        "competences": [{"code": "3.4", "level": 3}], "tools": []}))
-    for rid, code in (("ark:/1/partiel", PARTIEL), ("ark:/1/debit", DEBIT), ("ark:/1/ent", ENT),
-                      ("ark:/1/formation", FORMATION)):
+    publish(
+        c.CATALOGUE,
+        "ark:/1/formation",
+        resource("ark:/1/formation", training={"competences": [{"code": "3.4", "level": 3}], "tools": []}),
+    )
+    for rid, code in (
+        ("ark:/1/partiel", PARTIEL),
+        ("ark:/1/debit", DEBIT),
+        ("ark:/1/ent", ENT),
+        ("ark:/1/formation", FORMATION),
+    ):
         publish(c.CATALOGUE, code, subscribe(rid, code))
 
     alerts.wait(lambda _: len(alerts.of("alerte-levee")) >= 4)
     raised = {a["data"]["kind"]: a["data"] for a in alerts.of("alerte-levee")}
-    assert set(raised) == {"equipement-partiel", "connectivite-insuffisante", "ent-indisponible", "formation-insuffisante"}
+    assert set(raised) == {
+        "equipement-partiel",
+        "connectivite-insuffisante",
+        "ent-indisponible",
+        "formation-insuffisante",
+    }
     assert raised["equipement-partiel"]["uai"] == PARTIEL
-    assert raised["equipement-partiel"]["reasons"][0] == {"code": "part-compatible", "detail": "3/10 postes compatibles < 50%"}
+    assert raised["equipement-partiel"]["reasons"][0] == {
+        "code": "part-compatible",
+        "detail": "3/10 postes compatibles < 50%",
+    }
     assert {"code": "os-version", "detail": "Windows 7 < 10"} in raised["equipement-partiel"]["reasons"]
     assert (raised["equipement-partiel"]["compatible"], raised["equipement-partiel"]["devices"]) == (3, 10)
     assert raised["connectivite-insuffisante"]["reasons"] == [{"code": "debit", "detail": "8 Mbit/s < 20"}]
     assert raised["ent-indisponible"]["uai"] == ENT and raised["ent-indisponible"]["reasons"][0]["code"] == "ent"
-    assert raised["formation-insuffisante"]["reasons"] == [{"code": "formation", "detail": "3.4 niveau 3: 0/2 enseignants"}]
+    assert raised["formation-insuffisante"]["reasons"] == [
+        {"code": "formation", "detail": "3.4 niveau 3: 0/2 enseignants"}
+    ]
     assert raised["formation-insuffisante"]["coverage"] == 0
 
     # Each cause fixed by the partner who owns it.

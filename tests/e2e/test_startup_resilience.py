@@ -41,19 +41,33 @@ def wait_until(condition, what: str, timeout: float, procs: ServiceProcesses | N
 
 
 async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_once_it_is_gone(
-        database_url, unique, tmp_path):
+    database_url, unique, tmp_path
+):
     port = free_port()
     prefix = f"t{unique}."
-    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "DATABASE_URL": database_url,
-                              "TOPIC_PREFIX": prefix, "OUTBOX_POLL_MS": "200", "LOG_FORMAT": "json",
-                              "UNHEALTHY_EXIT_SECONDS": "3"},
-                             log_dir=tmp_path, names=("equipement",))
+    procs = ServiceProcesses(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+            "DATABASE_URL": database_url,
+            "TOPIC_PREFIX": prefix,
+            "OUTBOX_POLL_MS": "200",
+            "LOG_FORMAT": "json",
+            "UNHEALTHY_EXIT_SECONDS": "3",
+        },
+        log_dir=tmp_path,
+        names=("equipement",),
+    )
     log = tmp_path / "equipement.log"
     kafka = LocalKafka(tmp_path / "late-kafka", port=port)
     procs.start()
     try:
-        waits = wait_until(lambda: len(log_events(log, "startup.waiting")) >= 3 and log_events(log, "startup.waiting"),
-                           "three attempts to reach Kafka", 30, procs, "equipement")
+        waits = wait_until(
+            lambda: len(log_events(log, "startup.waiting")) >= 3 and log_events(log, "startup.waiting"),
+            "three attempts to reach Kafka",
+            30,
+            procs,
+            "equipement",
+        )
         assert {w["waiting_for"] for w in waits} == {f"Kafka at 127.0.0.1:{port}"}
         assert [w["retry_in_s"] for w in waits[:3]] == [0.5, 1.0, 2.0]  # then 4, then 5 (the cap)
         assert not procs.health("equipement")
@@ -67,8 +81,11 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         await send(kafka.bootstrap_servers, prefix + c.REFERENTIEL, [(code, college(code))])
         conn = await asyncpg.connect(database_url)
         try:
-            await eventually(lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1",
-                                                   code), timeout=60, what="the référentiel entry applied")
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1", code),
+                timeout=60,
+                what="the référentiel entry applied",
+            )
         finally:
             await conn.close()
 
@@ -85,9 +102,16 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
 
 
 def test_a_service_whose_kafka_never_comes_exits_non_zero_after_the_startup_timeout(database_url, tmp_path):
-    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATABASE_URL": database_url,
-                              "LOG_FORMAT": "json", "STARTUP_TIMEOUT_SECONDS": "4"},
-                             log_dir=tmp_path, names=("formation",))
+    procs = ServiceProcesses(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "DATABASE_URL": database_url,
+            "LOG_FORMAT": "json",
+            "STARTUP_TIMEOUT_SECONDS": "4",
+        },
+        log_dir=tmp_path,
+        names=("formation",),
+    )
     started = time.monotonic()
     procs.start()
     try:
@@ -102,9 +126,16 @@ def test_a_service_whose_kafka_never_comes_exits_non_zero_after_the_startup_time
 
 def test_a_service_waits_for_postgresql_without_showing_its_password(kafka, tmp_path):
     url = f"postgresql://feo:s3cr%40t@127.0.0.1:{free_port()}/feo"
-    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": url,
-                              "LOG_FORMAT": "json", "STARTUP_TIMEOUT_SECONDS": "3"},
-                             log_dir=tmp_path, names=("ressources",))
+    procs = ServiceProcesses(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "DATABASE_URL": url,
+            "LOG_FORMAT": "json",
+            "STARTUP_TIMEOUT_SECONDS": "3",
+        },
+        log_dir=tmp_path,
+        names=("ressources",),
+    )
     procs.start()
     try:
         assert procs.wait_exit("ressources", 60) != 0
@@ -117,12 +148,20 @@ def test_a_service_waits_for_postgresql_without_showing_its_password(kafka, tmp_
 
 
 def test_a_service_asked_to_stop_while_it_waits_stops_at_once(database_url, tmp_path):
-    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATABASE_URL": database_url,
-                              "LOG_FORMAT": "json"}, log_dir=tmp_path, names=("formation",))
+    procs = ServiceProcesses(
+        {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATABASE_URL": database_url, "LOG_FORMAT": "json"},
+        log_dir=tmp_path,
+        names=("formation",),
+    )
     procs.start()
     try:
-        wait_until(lambda: log_events(tmp_path / "formation.log", "startup.waiting"), "waiting for Kafka", 30,
-                   procs, "formation")
+        wait_until(
+            lambda: log_events(tmp_path / "formation.log", "startup.waiting"),
+            "waiting for Kafka",
+            30,
+            procs,
+            "formation",
+        )
         proc = procs.process("formation")
         asked = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
@@ -134,17 +173,29 @@ def test_a_service_asked_to_stop_while_it_waits_stops_at_once(database_url, tmp_
 
 def test_the_supervisor_restarts_a_real_service_that_died(kafka, database_url, topic_prefix, tmp_path):
     said: list[str] = []
-    procs = ServiceProcesses({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url,
-                              "TOPIC_PREFIX": topic_prefix, "LOG_FORMAT": "json"},
-                             log_dir=tmp_path, names=("equipement",), supervise=True, backoff=(0.5, 5),
-                             announce=said.append)
+    procs = ServiceProcesses(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "DATABASE_URL": database_url,
+            "TOPIC_PREFIX": topic_prefix,
+            "LOG_FORMAT": "json",
+        },
+        log_dir=tmp_path,
+        names=("equipement",),
+        supervise=True,
+        backoff=(0.5, 5),
+        announce=said.append,
+    )
     procs.start()
     try:
         procs.wait_healthy()
         [first] = procs.pids()
         os.killpg(first, signal.SIGKILL)  # a crash, not procs.kill(): nobody asked for it
-        second = wait_until(lambda: procs.pids() not in ([], [first]) and procs.health("equipement") and procs.pids(),
-                            "a healthy restart", 60)
+        second = wait_until(
+            lambda: procs.pids() not in ([], [first]) and procs.health("equipement") and procs.pids(),
+            "a healthy restart",
+            60,
+        )
         assert said[0] == "equipement was killed by SIGKILL; restarting in 0.5 s (attempt 1)"
     finally:
         procs.stop()

@@ -9,37 +9,66 @@ from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
 
-
 ECOLE, COLLEGE, LYCEE, EREA, AUTRE = uai("0350301"), uai("0350302"), uai("0350303"), uai("0350304"), uai("0350305")
 UNKNOWN = uai("0350399")
 KINDS = {ECOLE: "ecole", COLLEGE: "college", LYCEE: "lycee", EREA: "erea", AUTRE: "autre"}
 
 
 def referentiel() -> list:
-    return [(u, event(c.ETABLISSEMENT, "/ministere", {
-        "uai": u, "nom": u, "type": t, "statut": "public", "code_commune": "35238", "code_departement": "035",
-        "code_academie": "14", "code_region": "53", "ouvert": True}, time_=at(0))) for u, t in KINDS.items()]
+    return [
+        (
+            u,
+            event(
+                c.ETABLISSEMENT,
+                "/ministere",
+                {
+                    "uai": u,
+                    "nom": u,
+                    "type": t,
+                    "statut": "public",
+                    "code_commune": "35238",
+                    "code_departement": "035",
+                    "code_academie": "14",
+                    "code_region": "53",
+                    "ouvert": True,
+                },
+                time_=at(0),
+            ),
+        )
+        for u, t in KINDS.items()
+    ]
 
 
 async def _outcomes(kafka, settings, spec, topic, cases) -> tuple[dict, set]:
     """Sends (label, record) cases; returns label -> DLQ reason for the refused ones and
     the labels accepted (in the inbox)."""
-    async with running(spec, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(topic))) as dlq:
+    async with (
+        running(spec, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(topic))) as dlq,
+    ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), referentiel())
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 5 FROM etablissements"), what="référentiel")
         await send(kafka.bootstrap_servers, settings.topic(topic), [(label, rec) for label, rec in cases])
         expected_refused = sum(1 for label, _ in cases if label.startswith("refuse"))
         records = await dlq.wait_for(lambda rs: len(rs) >= expected_refused, what="the refusals")
         accepted_ids = {rec["id"] for _, rec in cases if not _.startswith("refuse")}
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM inbox WHERE id = ANY($2::text[])",
-                                                        len(accepted_ids), list(accepted_ids)), what="the accepted ones")
+        await eventually(
+            lambda: pipeline.pool.fetchval(
+                "SELECT count(*) = $1 FROM inbox WHERE id = ANY($2::text[])", len(accepted_ids), list(accepted_ids)
+            ),
+            what="the accepted ones",
+        )
     refused = {r.key.decode(): dict(r.headers)["dlq-reason"].decode() for r in records}
     return refused, {label for label, rec in cases if rec["id"] in accepted_ids}
 
 
 def lot(source: str, where: str) -> dict:
-    return event(c.LOT, source, {"uai": where, "lot_id": "L", "kind": "TNI", "quantity": 1, "os": None, "browsers": []},
-                 time_=at(1))
+    return event(
+        c.LOT,
+        source,
+        {"uai": where, "lot_id": "L", "kind": "TNI", "quantity": 1, "os": None, "browsers": []},
+        time_=at(1),
+    )
 
 
 async def test_collectivites_equip_their_own_etablissements_only(kafka, settings):
@@ -59,17 +88,36 @@ async def test_collectivites_equip_their_own_etablissements_only(kafka, settings
     ]
     refused, accepted = await _outcomes(kafka, settings, EQUIPEMENT, c.EQUIPEMENT, cases)
     assert accepted == {"ok-commune", "ok-departement", "ok-region-lycee", "ok-region-erea"}
-    assert refused == {label: ("uai-inconnu" if label == "refuse-inconnu" else "hors-competence")
-                       for label, _ in cases if label.startswith("refuse")}
+    assert refused == {
+        label: ("uai-inconnu" if label == "refuse-inconnu" else "hors-competence")
+        for label, _ in cases
+        if label.startswith("refuse")
+    }
 
 
 async def test_rectorats_declare_affectations_in_their_academie(kafka, settings):
     def affectation(source: str, where: str) -> dict:
-        return event(c.AFFECTATION, source, {"teacher_id": "ens-droits-01", "uai": where, "start": "2026-09-01",
-                                             "end": None}, time_=at(1))
-    training = event(c.FORMATION_SUIVIE, "/rectorats/17", {
-        "teacher_id": "ens-droits-01", "module_id": "m", "title": "t", "dispositif": "eafc",
-        "completed_on": "2026-10-01", "competences": [], "tools": []}, time_=at(2))
+        return event(
+            c.AFFECTATION,
+            source,
+            {"teacher_id": "ens-droits-01", "uai": where, "start": "2026-09-01", "end": None},
+            time_=at(1),
+        )
+
+    training = event(
+        c.FORMATION_SUIVIE,
+        "/rectorats/17",
+        {
+            "teacher_id": "ens-droits-01",
+            "module_id": "m",
+            "title": "t",
+            "dispositif": "eafc",
+            "completed_on": "2026-10-01",
+            "competences": [],
+            "tools": [],
+        },
+        time_=at(2),
+    )
     cases = [
         ("ok-rectorat", affectation("/rectorats/14", COLLEGE)),
         ("ok-formation-autre-rectorat", training),
@@ -80,8 +128,12 @@ async def test_rectorats_declare_affectations_in_their_academie(kafka, settings)
     ]
     refused, accepted = await _outcomes(kafka, settings, FORMATION, c.FORMATION, cases)
     assert accepted == {"ok-rectorat", "ok-formation-autre-rectorat"}
-    assert refused == {"refuse-autre-academie": "hors-competence", "refuse-collectivite": "hors-competence",
-                       "refuse-ministere": "hors-competence", "refuse-inconnu": "uai-inconnu"}
+    assert refused == {
+        "refuse-autre-academie": "hors-competence",
+        "refuse-collectivite": "hors-competence",
+        "refuse-ministere": "hors-competence",
+        "refuse-inconnu": "uai-inconnu",
+    }
 
 
 async def test_only_the_ministere_and_the_gar_write_the_catalogue(kafka, settings):
@@ -89,8 +141,13 @@ async def test_only_the_ministere_and_the_gar_write_the_catalogue(kafka, setting
         return event(c.RESSOURCE_RETIREE, source, {"resource_id": "ark:/1/droits"}, time_=at(1))
 
     def abonnement(where: str) -> dict:
-        return event(c.ABONNEMENT, "/gar", {"resource_id": "ark:/1/droits", "uai": where, "start": "2026-09-01",
-                                            "end": None}, time_=at(1))
+        return event(
+            c.ABONNEMENT,
+            "/gar",
+            {"resource_id": "ark:/1/droits", "uai": where, "start": "2026-09-01", "end": None},
+            time_=at(1),
+        )
+
     cases = [
         ("ok-ministere", retrait("/ministere")),
         ("ok-gar", abonnement(COLLEGE)),
@@ -101,16 +158,35 @@ async def test_only_the_ministere_and_the_gar_write_the_catalogue(kafka, setting
     ]
     refused, accepted = await _outcomes(kafka, settings, RESSOURCES, c.CATALOGUE, cases)
     assert accepted == {"ok-ministere", "ok-gar"}
-    assert refused == {"refuse-rectorat": "hors-competence", "refuse-region": "hors-competence",
-                       "refuse-plateforme": "hors-competence", "refuse-inconnu": "uai-inconnu"}
+    assert refused == {
+        "refuse-rectorat": "hors-competence",
+        "refuse-region": "hors-competence",
+        "refuse-plateforme": "hors-competence",
+        "refuse-inconnu": "uai-inconnu",
+    }
 
 
 async def test_only_the_ministere_writes_the_referentiel(kafka, settings):
-    forged = event(c.ETABLISSEMENT, "/gar", {
-        "uai": ECOLE, "nom": "x", "type": "ecole", "statut": "public", "code_commune": "35238",
-        "code_departement": "035", "code_academie": "14", "code_region": "53", "ouvert": False}, time_=at(9))
-    async with running(RESSOURCES, settings) as pipeline, \
-            TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.REFERENTIEL))) as dlq:
+    forged = event(
+        c.ETABLISSEMENT,
+        "/gar",
+        {
+            "uai": ECOLE,
+            "nom": "x",
+            "type": "ecole",
+            "statut": "public",
+            "code_commune": "35238",
+            "code_departement": "035",
+            "code_academie": "14",
+            "code_region": "53",
+            "ouvert": False,
+        },
+        time_=at(9),
+    )
+    async with (
+        running(RESSOURCES, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.REFERENTIEL))) as dlq,
+    ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [*referentiel(), (ECOLE, forged)])
         [record] = await dlq.wait_for(lambda rs: len(rs) >= 1, what="the forged record refused")
         assert dict(record.headers)["dlq-reason"] == b"hors-competence"

@@ -12,20 +12,30 @@ DEPARTEMENT = "/collectivites/departements/035"
 
 
 def lot(uai: str, lot_id: str, quantity: int, minute: int, **kw) -> dict:
-    data = {"uai": uai, "lot_id": lot_id, "kind": "tablette", "quantity": quantity,
-            "os": {"name": "iPadOS", "version": "17.1"}, "browsers": [{"name": "Safari", "version": "17"}]}
+    data = {
+        "uai": uai,
+        "lot_id": lot_id,
+        "kind": "tablette",
+        "quantity": quantity,
+        "os": {"name": "iPadOS", "version": "17.1"},
+        "browsers": [{"name": "Safari", "version": "17"}],
+    }
     return event(c.LOT, kw.pop("source", DEPARTEMENT), data, subject=uai, time_=at(minute), **kw)
 
 
 async def referentiel_loaded(pipeline, count: int) -> None:
     async def check():
         return await pipeline.pool.fetchval("SELECT count(*) FROM etablissements") >= count
+
     await eventually(check, what="the référentiel to be stored")
 
 
 async def test_lot_is_stored_and_its_profile_published(kafka, settings):
     uai = valid_uai("0350001")
-    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils:
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils,
+    ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
         await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 1))])
@@ -34,7 +44,11 @@ async def test_lot_is_stored_and_its_profile_published(kafka, settings):
         published = json.loads(records[0].value)
         assert records[0].key == f"{uai}/L1".encode(), "one record per lot, compacted by lot"
         assert published["type"] == PROFIL_LOT and published["source"] == "/plateforme/equipement"
-        assert (published["data"]["version"], published["data"]["lot_id"], published["data"]["quantity"]) == (1, "L1", 30)
+        assert (published["data"]["version"], published["data"]["lot_id"], published["data"]["quantity"]) == (
+            1,
+            "L1",
+            30,
+        )
         row = await pipeline.pool.fetchrow("SELECT quantity, os FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai)
         assert row["quantity"] == 30 and json.loads(row["os"])["name"] == "iPadOS"
 
@@ -42,23 +56,33 @@ async def test_lot_is_stored_and_its_profile_published(kafka, settings):
 async def test_duplicate_has_no_effect_and_older_event_is_stale(kafka, settings):
     uai = valid_uai("0350002")
     first = lot(uai, "L1", 30, 10)
-    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils:
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils,
+    ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
         older = lot(uai, "L1", 5, 5)  # same lot, earlier time: stale
         marker = lot(uai, "L2", 3, 11)  # a later, different lot: once it shows, the others were handled
-        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT),
-                   [(uai, first), (uai, first), (uai, older), (uai, marker)])
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.EQUIPEMENT),
+            [(uai, first), (uai, first), (uai, older), (uai, marker)],
+        )
 
-        await profils.wait_for(lambda rs: {r.key for r in rs} == {f"{uai}/L1".encode(), f"{uai}/L2".encode()},
-                               what="both lots' records")
+        await profils.wait_for(
+            lambda rs: {r.key for r in rs} == {f"{uai}/L1".encode(), f"{uai}/L2".encode()}, what="both lots' records"
+        )
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox drained")
         # One publication per real change: the duplicate and the stale lot changed nothing.
-        published = {r["entity"]: (r["version"], json.loads(r["content"])["quantity"])
-                     for r in await pipeline.pool.fetch("SELECT entity, version, content FROM publies")}
+        published = {
+            r["entity"]: (r["version"], json.loads(r["content"])["quantity"])
+            for r in await pipeline.pool.fetch("SELECT entity, version, content FROM publies")
+        }
         assert published == {"L1": (1, 30), "L2": (1, 3)}
-        assert sorted((json.loads(r.value)["data"]["lot_id"], json.loads(r.value)["data"]["version"])
-                      for r in profils.records) == [("L1", 1), ("L2", 1)]
+        assert sorted(
+            (json.loads(r.value)["data"]["lot_id"], json.loads(r.value)["data"]["version"]) for r in profils.records
+        ) == [("L1", 1), ("L2", 1)]
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai) == 30
         outcomes = dict(await pipeline.pool.fetch("SELECT id, outcome FROM inbox WHERE type = $1", c.LOT))
         assert outcomes == {first["id"]: "applied", older["id"]: "stale", marker["id"]: "applied"}
@@ -78,8 +102,11 @@ async def test_bad_records_go_to_the_dlq_and_the_next_good_one_is_processed(kafk
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
         raw_garbage = b"\xff not json"
-        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT),
-                   [(uai, raw_garbage), (uai, bad_letter), (uai, wrong_declarant), (uai, good)])
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.EQUIPEMENT),
+            [(uai, raw_garbage), (uai, bad_letter), (uai, wrong_declarant), (uai, good)],
+        )
 
         records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
         reasons = [dict((k, v.decode()) for k, v in r.headers)["dlq-reason"] for r in records]
@@ -89,8 +116,9 @@ async def test_bad_records_go_to_the_dlq_and_the_next_good_one_is_processed(kafk
         assert headers["dlq-topic"] == settings.topic(c.EQUIPEMENT)
         assert headers["dlq-message"] and headers["dlq-offset"].isdigit() and headers["dlq-partition"].isdigit()
 
-        await profils.wait_for(lambda rs: any(json.loads(r.value)["data"]["lot_id"] == "L3" for r in rs),
-                               what="the good lot's record")
+        await profils.wait_for(
+            lambda rs: any(json.loads(r.value)["data"]["lot_id"] == "L3" for r in rs), what="the good lot's record"
+        )
 
 
 async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_goes_on(kafka, settings):
@@ -106,7 +134,11 @@ async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_g
     ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
-        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, before), (uai, huge), (uai, nul), (uai, after)])
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.EQUIPEMENT),
+            [(uai, before), (uai, huge), (uai, nul), (uai, after)],
+        )
         records = await dlq.wait_for(lambda rs: len(rs) >= 2, what="two dead letters")
         assert [dict(r.headers)["dlq-reason"] for r in records] == [b"donnees-invalides"] * 2
         assert [json.loads(r.value)["id"] for r in records] == [huge["id"], nul["id"]]

@@ -11,40 +11,67 @@ RECTORAT = "/rectorats/14"
 
 
 def affectation(teacher: str, where: str, minute: int, end=None, source=RECTORAT) -> dict:
-    return event(c.AFFECTATION, source, {"teacher_id": teacher, "uai": where, "start": "2026-09-01", "end": end},
-                 subject=where, time_=at(minute))
+    return event(
+        c.AFFECTATION,
+        source,
+        {"teacher_id": teacher, "uai": where, "start": "2026-09-01", "end": end},
+        subject=where,
+        time_=at(minute),
+    )
 
 
 def formation(teacher: str, code: str, level: int, minute: int, tools=("TNI",)) -> dict:
-    return event(c.FORMATION_SUIVIE, RECTORAT, {
-        "teacher_id": teacher, "module_id": f"m-{code}-{level}", "title": "Programmer avec Scratch",
-        "dispositif": "magistere", "completed_on": "2026-10-01", "competences": [{"code": code, "level": level}],
-        "tools": list(tools)}, subject=teacher, time_=at(minute))
+    return event(
+        c.FORMATION_SUIVIE,
+        RECTORAT,
+        {
+            "teacher_id": teacher,
+            "module_id": f"m-{code}-{level}",
+            "title": "Programmer avec Scratch",
+            "dispositif": "magistere",
+            "completed_on": "2026-10-01",
+            "competences": [{"code": code, "level": level}],
+            "tools": list(tools),
+        },
+        subject=teacher,
+        time_=at(minute),
+    )
 
 
 async def test_affectations_and_trainings_give_the_published_coverage(kafka, settings):
     where = uai("0350101")
-    async with running(SPEC, settings) as pipeline, TopicReader(kafka.bootstrap_servers, settings.topic(COUVERTURES)) as out:
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(COUVERTURES)) as out,
+    ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
         first = affectation("ens-0000000A", where, 1)
         left = affectation("ens-0000000C", where, 2)
-        await send(kafka.bootstrap_servers, settings.topic(c.FORMATION), [
-            (where, first), (where, first),  # duplicate
-            (where, affectation("ens-0000000B", where, 1)),
-            (where, left), (where, affectation("ens-0000000C", where, 1)),  # older than `left`: stale
-            (where, affectation("ens-0000000C", where, 3, end="2026-10-15")),  # leaves the UAI
-            ("ens-0000000A", formation("ens-0000000A", "3.4", 3, 4)),
-            ("ens-0000000A", formation("ens-0000000A", "3.4", 2, 5, tools=())),  # lower level: max stays 3
-        ])
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.FORMATION),
+            [
+                (where, first),
+                (where, first),  # duplicate
+                (where, affectation("ens-0000000B", where, 1)),
+                (where, left),
+                (where, affectation("ens-0000000C", where, 1)),  # older than `left`: stale
+                (where, affectation("ens-0000000C", where, 3, end="2026-10-15")),  # leaves the UAI
+                ("ens-0000000A", formation("ens-0000000A", "3.4", 3, 4)),
+                ("ens-0000000A", formation("ens-0000000A", "3.4", 2, 5, tools=())),  # lower level: max stays 3
+            ],
+        )
 
         def latest(records) -> dict[bytes, dict]:
             return {r.key: json.loads(r.value)["data"] for r in records}  # per key, in version order
 
         def final(records):
             last = latest(records)
-            return (last.get(where.encode(), {}).get("competences", {}).get("3.4", [0])[0] == 1
-                    and last.get(f"{where}/tni".encode(), {}).get("enseignants") == 1)
+            return (
+                last.get(where.encode(), {}).get("competences", {}).get("3.4", [0])[0] == 1
+                and last.get(f"{where}/tni".encode(), {}).get("enseignants") == 1
+            )
 
         records = await out.wait_for(final, what="the coverage with competence 3.4 and the TNI count")
         teachers, tni = latest(records)[where.encode()], latest(records)[f"{where}/tni".encode()]
@@ -54,12 +81,15 @@ async def test_affectations_and_trainings_give_the_published_coverage(kafka, set
         for key in (where.encode(), f"{where}/tni".encode()):
             versions = [json.loads(r.value)["data"]["version"] for r in records if r.key == key]
             assert versions == sorted(set(versions)), "each publication of a key is a new version"
-        outcomes = await pipeline.pool.fetch("SELECT outcome, count(*) FROM inbox WHERE type = $1 GROUP BY outcome",
-                                             c.AFFECTATION)
+        outcomes = await pipeline.pool.fetch(
+            "SELECT outcome, count(*) FROM inbox WHERE type = $1 GROUP BY outcome", c.AFFECTATION
+        )
         assert dict((r["outcome"], r["count"]) for r in outcomes) == {"applied": 4, "stale": 1}
 
 
-async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_is_never_repeated(kafka, settings, capfd):
+async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_is_never_repeated(
+    kafka, settings, capfd
+):
     where = uai("0350102")
     bad_crcn = formation("ens-0000000A", "3.4", 3, 1)
     bad_crcn["data"]["competences"][0]["code"] = "6.1"
@@ -72,14 +102,27 @@ async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_i
     ):
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
-        await send(kafka.bootstrap_servers, settings.topic(c.FORMATION), [
-            ("x", bad_crcn), (where, other_academie), (where, bad_teacher), (where, affectation("ens-0000000A", where, 4))])
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.FORMATION),
+            [
+                ("x", bad_crcn),
+                (where, other_academie),
+                (where, bad_teacher),
+                (where, affectation("ens-0000000A", where, 4)),
+            ],
+        )
         records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
         # Keyed differently, so on different partitions: no order between them.
         assert sorted(dict(r.headers)["dlq-reason"].decode() for r in records) == [
-            "crcn-invalide", "hors-competence", "teacher-id-invalide"]
-        await out.wait_for(lambda rs: any(json.loads(r.value)["data"]["enseignants"] == 1 for r in rs),
-                           what="the good affectation's coverage")
+            "crcn-invalide",
+            "hors-competence",
+            "teacher-id-invalide",
+        ]
+        await out.wait_for(
+            lambda rs: any(json.loads(r.value)["data"]["enseignants"] == 1 for r in rs),
+            what="the good affectation's coverage",
+        )
         # The e-mail used as a teacher_id is in the DLQ copy's bytes (unchanged) and nowhere else.
         refused = next(r for r in records if dict(r.headers)["dlq-reason"] == b"teacher-id-invalide")
         assert b"dupont" in refused.value

@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 import contracts as c
 from contracts.parsing import MAX_RECORD_BYTES
@@ -32,8 +34,12 @@ COLLEGES = [uai(f"035{n:04d}") for n in range(9000, 9010)]
 UNKNOWN = uai("0359999")
 DEPARTEMENT, RECTORAT = "/collectivites/departements/035", "/rectorats/14"
 EMAIL = "prenom.nom@ac-rennes.fr"
-TOPIC_OWNER = {c.REFERENTIEL: "ressources", c.EQUIPEMENT: "equipement", c.FORMATION: "formation",
-               c.CATALOGUE: "ressources"}
+TOPIC_OWNER = {
+    c.REFERENTIEL: "ressources",
+    c.EQUIPEMENT: "equipement",
+    c.FORMATION: "formation",
+    c.CATALOGUE: "ressources",
+}
 CE = [("content-type", b"application/cloudevents+json")]
 
 
@@ -56,25 +62,44 @@ def now() -> datetime:
 
 
 def envelope(type_: str, source: str, data: dict, **extra) -> dict:
-    return {"specversion": "1.0", "id": f"h-{uuid.uuid4()}", "source": source, "type": type_,
-            "time": now().isoformat(), "subject": data.get("uai"), "datacontenttype": "application/json",
-            "data": data, **extra}
+    return {
+        "specversion": "1.0",
+        "id": f"h-{uuid.uuid4()}",
+        "source": source,
+        "type": type_,
+        "time": now().isoformat(),
+        "subject": data.get("uai"),
+        "datacontenttype": "application/json",
+        "data": data,
+        **extra,
+    }
 
 
 def lot(**over) -> dict:
-    data = {"uai": COLLEGES[0], "lot_id": f"lot-{uuid.uuid4().hex[:8]}", "kind": "tablette", "quantity": 12,
-            "os": {"name": "iPadOS", "version": "17.1"}, "browsers": [{"name": "Safari", "version": "17"}]}
+    data = {
+        "uai": COLLEGES[0],
+        "lot_id": f"lot-{uuid.uuid4().hex[:8]}",
+        "kind": "tablette",
+        "quantity": 12,
+        "os": {"name": "iPadOS", "version": "17.1"},
+        "browsers": [{"name": "Safari", "version": "17"}],
+    }
     return envelope(c.LOT, DEPARTEMENT, data | over)
 
 
 def affectation(teacher: str = "ens-hostile-01", **over) -> dict:
-    return envelope(c.AFFECTATION, RECTORAT, {"teacher_id": teacher, "uai": COLLEGES[1], "start": "2026-09-01",
-                                              "end": None} | over)
+    return envelope(
+        c.AFFECTATION, RECTORAT, {"teacher_id": teacher, "uai": COLLEGES[1], "start": "2026-09-01", "end": None} | over
+    )
 
 
 def abonnement(**over) -> dict:
-    return envelope(c.ABONNEMENT, "/gar", {"resource_id": f"ark:/h/{uuid.uuid4().hex[:6]}", "uai": COLLEGES[2],
-                                           "start": "2026-09-01", "end": None} | over)
+    return envelope(
+        c.ABONNEMENT,
+        "/gar",
+        {"resource_id": f"ark:/h/{uuid.uuid4().hex[:6]}", "uai": COLLEGES[2], "start": "2026-09-01", "end": None}
+        | over,
+    )
 
 
 def etablissement(code: str) -> dict:
@@ -93,8 +118,16 @@ VALID = {
 
 def valid(topic: str, headers=None, key=b"k", label="valid") -> Case:
     e = VALID[topic]()
-    return Case(topic, json.dumps(e).encode(), "accepted", key, headers if headers is not None else list(CE),
-                e["source"], e["id"], label)
+    return Case(
+        topic,
+        json.dumps(e).encode(),
+        "accepted",
+        key,
+        headers if headers is not None else list(CE),
+        e["source"],
+        e["id"],
+        label,
+    )
 
 
 def refused(topic: str, value: bytes | None, reason: str, label: str, **kw) -> Case:
@@ -114,20 +147,50 @@ header_values = st.one_of(st.none(), st.binary(max_size=40))
 @st.composite
 def hostile(draw) -> Case:
     topic = draw(ingress)
-    kind = draw(st.sampled_from([
-        "odd-headers", "key-mismatch", "subject-mismatch", "empty", "tombstone", "not-utf8", "binary", "nan",
-        "duplicate-key", "deep", "huge-number", "oversized", "long-field", "future", "before-1970", "wrong-type",
-        "binary-mode", "wrong-topic", "unknown-uai", "teacher-email", "not-an-object", "nul-character",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "odd-headers",
+                "key-mismatch",
+                "subject-mismatch",
+                "empty",
+                "tombstone",
+                "not-utf8",
+                "binary",
+                "nan",
+                "duplicate-key",
+                "deep",
+                "huge-number",
+                "oversized",
+                "long-field",
+                "future",
+                "before-1970",
+                "wrong-type",
+                "binary-mode",
+                "wrong-topic",
+                "unknown-uai",
+                "teacher-email",
+                "not-an-object",
+                "nul-character",
+            ]
+        )
+    )
     if kind == "odd-headers":  # any bytes, null, repeated names: judged by the value alone
-        extra = draw(st.lists(st.tuples(st.sampled_from(["x", "traceparent", "content-type", "dlq-reason"]),
-                                        header_values), min_size=1, max_size=4))
+        extra = draw(
+            st.lists(
+                st.tuples(st.sampled_from(["x", "traceparent", "content-type", "dlq-reason"]), header_values),
+                min_size=1,
+                max_size=4,
+            )
+        )
         return valid(topic, headers=[*CE, *extra], label=kind)
     if kind == "key-mismatch":  # the outcome never depends on the key
         return valid(topic, key=draw(st.one_of(st.none(), st.binary(max_size=20))), label=kind)
     if kind == "subject-mismatch":
         e = VALID[topic]()
-        e["subject"] = draw(st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)))
+        e["subject"] = draw(
+            st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
+        )
         return Case(topic, json.dumps(e).encode(), "accepted", source=e["source"], id=e["id"], label=kind)
     if kind == "empty":
         return refused(topic, b"", "json-invalide", kind)
@@ -137,11 +200,16 @@ def hostile(draw) -> Case:
         raw = json.dumps(VALID[topic]()).encode().replace(b'"1.0"', b'"1.0\xff\xfe"', 1)
         return refused(topic, raw, "json-invalide", kind)
     if kind == "binary":
-        raw = draw(st.binary(min_size=1, max_size=200).filter(lambda b: not b.strip().startswith((b"{", b"[", b'"'))
-                                                                and not b.strip()[:1].isdigit()))
+        raw = draw(
+            st.binary(min_size=1, max_size=200).filter(
+                lambda b: not b.strip().startswith((b"{", b"[", b'"')) and not b.strip()[:1].isdigit()
+            )
+        )
         return refused(topic, raw, "json-invalide", kind)
     if kind == "nan":
-        raw = json.dumps(VALID[topic]())[:-1] + ', "x": ' + draw(st.sampled_from(["NaN", "Infinity", "-Infinity"])) + "}"
+        raw = (
+            json.dumps(VALID[topic]())[:-1] + ', "x": ' + draw(st.sampled_from(["NaN", "Infinity", "-Infinity"])) + "}"
+        )
         return refused(topic, raw.encode(), "json-invalide", kind)
     if kind == "duplicate-key":
         e = VALID[topic]()
@@ -160,20 +228,30 @@ def hostile(draw) -> Case:
         e["padding"] = "p" * (MAX_RECORD_BYTES + draw(st.integers(1, 780_000)))  # up to the broker's 1 MiB
         return refused(topic, json.dumps(e).encode(), "trop-volumineux", kind)
     if kind == "long-field" and topic == c.EQUIPEMENT:
-        return mutate(topic, kind, "trop-volumineux", lambda e: e["data"].update(lot_id="L" * draw(st.integers(257, 5000))))
+        return mutate(
+            topic, kind, "trop-volumineux", lambda e: e["data"].update(lot_id="L" * draw(st.integers(257, 5000)))
+        )
     if kind == "future":
         ahead = timedelta(minutes=draw(st.integers(6, 10_000_000)))
         return mutate(topic, kind, "time-futur", lambda e: e.update(time=(now() + ahead).isoformat()))
     if kind == "before-1970":
         return mutate(topic, kind, "cloudevent-invalide", lambda e: e.update(time="1969-07-20T20:17:40Z"))
     if kind == "wrong-type" and topic == c.EQUIPEMENT:
-        bad = draw(st.sampled_from([("quantity", "12"), ("quantity", 1.5), ("quantity", True), ("browsers", {}),
-                                    ("os", "iPadOS")]))
+        bad = draw(
+            st.sampled_from(
+                [("quantity", "12"), ("quantity", 1.5), ("quantity", True), ("browsers", {}), ("os", "iPadOS")]
+            )
+        )
         return mutate(topic, kind, "donnees-invalides", lambda e: e["data"].update([bad]))
     if kind == "binary-mode":  # the CloudEvents binary mode: attributes in ce_ headers, data as the value
         e = VALID[topic]()
-        headers = [("content-type", b"application/json"), ("ce_specversion", b"1.0"), ("ce_id", e["id"].encode()),
-                   ("ce_source", e["source"].encode()), ("ce_type", e["type"].encode())]
+        headers = [
+            ("content-type", b"application/json"),
+            ("ce_specversion", b"1.0"),
+            ("ce_id", e["id"].encode()),
+            ("ce_source", e["source"].encode()),
+            ("ce_type", e["type"].encode()),
+        ]
         return refused(topic, json.dumps(e["data"]).encode(), "cloudevent-invalide", kind, headers=headers)
     if kind == "wrong-topic":
         other = next(t for t in sorted(TOPIC_OWNER) if t != topic)
@@ -184,7 +262,9 @@ def hostile(draw) -> Case:
     if kind == "teacher-email" and topic == c.FORMATION:
         return mutate(topic, kind, "teacher-id-invalide", lambda e: e["data"].update(teacher_id=EMAIL))
     if kind == "nul-character" and topic == c.EQUIPEMENT:
-        return mutate(topic, kind, "donnees-invalides", lambda e: e["data"].update(lot_id="L\x00" + draw(st.text(max_size=5))))
+        return mutate(
+            topic, kind, "donnees-invalides", lambda e: e["data"].update(lot_id="L\x00" + draw(st.text(max_size=5)))
+        )
     if kind == "not-an-object":
         raw = draw(st.sampled_from([b"[]", b"42", b'"' + EMAIL.encode() + b'"', b"null", b"true"]))
         return refused(topic, raw, "json-invalide", kind)
@@ -192,13 +272,17 @@ def hostile(draw) -> Case:
 
 
 async def send_cases(bootstrap: str, prefix: str, cases: list[Case]) -> list[tuple[Case, tuple[str, int, int]]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                max_request_size=2 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
+    )
     await producer.start()
     try:
-        futures = [await producer.send(prefix + case.topic, case.value, key=case.key, headers=case.headers)
-                   for case in cases]
-        return [(case, (m.topic, m.partition, m.offset)) for case, m in zip(cases, [await f for f in futures])]
+        futures = [
+            await producer.send(prefix + case.topic, case.value, key=case.key, headers=case.headers) for case in cases
+        ]
+        return [
+            (case, (m.topic, m.partition, m.offset)) for case, m in zip(cases, [await f for f in futures], strict=True)
+        ]
     finally:
         await producer.stop()
 
@@ -212,18 +296,28 @@ async def platform(kafka, settings):
             await stack.enter_async_context(runner)
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in COLLEGES])
         for runner in runners.values():
-            await eventually(lambda p=runner.app.pipeline: p.pool.fetchval(
-                "SELECT count(*) = $1 FROM etablissements", len(COLLEGES)), what="the seeded référentiel")
-        dlqs = {t: await stack.enter_async_context(TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(t))))
-                for t in TOPIC_OWNER}
+            await eventually(
+                lambda p=runner.app.pipeline: p.pool.fetchval(
+                    "SELECT count(*) = $1 FROM etablissements", len(COLLEGES)
+                ),
+                what="the seeded référentiel",
+            )
+        dlqs = {
+            t: await stack.enter_async_context(TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(t))))
+            for t in TOPIC_OWNER
+        }
         yield runners, dlqs
 
 
 CASES_RUN: list[int] = []
 
 
-@hsettings(max_examples=6, deadline=None, derandomize=True,
-           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@hsettings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(cases=st.lists(hostile(), min_size=15, max_size=40))
 async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_ones_take_effect(
     cases, platform, kafka, settings, capfd
@@ -231,7 +325,7 @@ async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_o
     runners, dlqs = platform
     services = {name: runner.app.pipeline for name, runner in runners.items()}
     # Valid records of every topic interleaved: they must take effect beside the hostile ones.
-    mixed = [x for pair in zip(cases, [valid(t) for t in sorted(TOPIC_OWNER)] * len(cases)) for x in pair]
+    mixed = [x for pair in zip(cases, [valid(t) for t in sorted(TOPIC_OWNER)] * len(cases), strict=False) for x in pair]
     sent = await send_cases(kafka.bootstrap_servers, settings.topic_prefix, mixed)
     CASES_RUN.append(len(sent))
 
@@ -240,20 +334,31 @@ async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_o
 
     async def all_accepted():
         for case, _ in accepted:
-            owners = ("formation", "equipement", "ressources") if case.topic == c.REFERENTIEL else (TOPIC_OWNER[case.topic],)
+            owners = (
+                ("formation", "equipement", "ressources") if case.topic == c.REFERENTIEL else (TOPIC_OWNER[case.topic],)
+            )
             for owner in owners:
                 if not await services[owner].pool.fetchval(
-                        "SELECT count(*) FROM inbox WHERE source = $1 AND id = $2", case.source, case.id):
+                    "SELECT count(*) FROM inbox WHERE source = $1 AND id = $2", case.source, case.id
+                ):
                     return False
         return True
 
     def dead_letters_of(where):
         topic, partition, offset = where
-        return [r for r in dlqs[settings.unprefixed(topic)].records
-                if (dict(r.headers).get("dlq-topic"), dict(r.headers).get("dlq-partition"),
-                    dict(r.headers).get("dlq-offset")) == (topic.encode(), str(partition).encode(), str(offset).encode())]
+        return [
+            r
+            for r in dlqs[settings.unprefixed(topic)].records
+            if (
+                dict(r.headers).get("dlq-topic"),
+                dict(r.headers).get("dlq-partition"),
+                dict(r.headers).get("dlq-offset"),
+            )
+            == (topic.encode(), str(partition).encode(), str(offset).encode())
+        ]
 
     await eventually(all_accepted, timeout=90, what="every accepted record in its service's inbox")
+
     async def all_dead_lettered():
         return all(dead_letters_of(where) for where in refused_)
 
@@ -271,8 +376,12 @@ async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_o
         assert not dead_letters_of(where), f"{case.label}: accepted, yet dead-lettered"
         if case.topic == c.EQUIPEMENT:  # the state took effect, not only the inbox
             data = json.loads(case.value)["data"]
-            assert await services["equipement"].pool.fetchval(
-                "SELECT quantity FROM lots WHERE uai = $1 AND lot_id = $2", data["uai"], data["lot_id"]) == data["quantity"]
+            assert (
+                await services["equipement"].pool.fetchval(
+                    "SELECT quantity FROM lots WHERE uai = $1 AND lot_id = $2", data["uai"], data["lot_id"]
+                )
+                == data["quantity"]
+            )
     for name, pipeline in services.items():
         status, body = await health_report(pipeline, runners[name].app.broker)
         assert status == 200, (name, body)
@@ -282,5 +391,7 @@ async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_o
     logged = capfd.readouterr()
     assert EMAIL not in logged.out + logged.err
     labels = sorted({case.label for case in mixed})
-    print(f"\nhostile example {len(CASES_RUN)}: {len(sent)} records ({len(refused_)} refused), total "
-          f"{sum(CASES_RUN)}; classes: {', '.join(labels)}")
+    print(
+        f"\nhostile example {len(CASES_RUN)}: {len(sent)} records ({len(refused_)} refused), total "
+        f"{sum(CASES_RUN)}; classes: {', '.join(labels)}"
+    )

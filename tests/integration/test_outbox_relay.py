@@ -8,9 +8,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
 from helpers import TopicReader, running
-from services.common.health import health_report
 from services.common import outbox_failed
 from services.common.db import create_pool, migrate
+from services.common.health import health_report
 from services.common.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
 from services.equipement.app import SPEC
 
@@ -23,7 +23,9 @@ async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_ord
     await migrate(pool, "relaytest", SPEC.package_dir)
     relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaytest")
     try:
-        records = [OutboxRecord(topic, b"k", json.dumps({"n": n}).encode(), (("x-n", str(n).encode()),)) for n in range(3)]
+        records = [
+            OutboxRecord(topic, b"k", json.dumps({"n": n}).encode(), (("x-n", str(n).encode()),)) for n in range(3)
+        ]
         huge = OutboxRecord(topic, b"k", b"x" * (MAX_REQUEST_BYTES + 1))  # over the relay's request size
         odd = OutboxRecord(topic, b"k", b"odd", ODD_HEADERS)
         async with pool.acquire() as conn:
@@ -85,6 +87,7 @@ async def test_health_reports_the_records_set_aside(kafka, settings):
         assert (status, body["outbox_failed"]) == (200, 0)
         await pipeline.pool.execute(
             "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
-            "VALUES (1, 't', NULL, 'v', '[]', 'MessageSizeTooLargeError: ...', now())")
+            "VALUES (1, 't', NULL, 'v', '[]', 'MessageSizeTooLargeError: ...', now())"
+        )
         status, body = await health_report(pipeline, runner.app.broker)
         assert (status, body["outbox_failed"]) == (200, 1), "still serving, and says an operator must look"

@@ -25,14 +25,29 @@ NANTES = uai("0440001")  # académie 17, département 044
 
 
 def etab(code: str, dep: str, aca: str, reg: str, type_: str = "college") -> dict:
-    return event(c.ETABLISSEMENT, "/ministere", {
-        "uai": code, "nom": f"Collège {code}", "type": type_, "statut": "public", "code_commune": dep[1:] + "238",
-        "code_departement": dep, "code_academie": aca, "code_region": reg, "ouvert": True}, time_=at(0))
+    return event(
+        c.ETABLISSEMENT,
+        "/ministere",
+        {
+            "uai": code,
+            "nom": f"Collège {code}",
+            "type": type_,
+            "statut": "public",
+            "code_commune": dep[1:] + "238",
+            "code_departement": dep,
+            "code_academie": aca,
+            "code_region": reg,
+            "ouvert": True,
+        },
+        time_=at(0),
+    )
 
 
 def profil(code: str, ipados: str) -> list[tuple[str, dict]]:
-    return [profil_lot(code, 1, quantity=10, os={"name": "iPadOS", "version": ipados}),
-            profil_connectivite(code, 1, 8.0, True)]
+    return [
+        profil_lot(code, 1, quantity=10, os={"name": "iPadOS", "version": ipados}),
+        profil_connectivite(code, 1, 8.0, True),
+    ]
 
 
 def formation(code: str) -> list[tuple[str, dict]]:
@@ -70,20 +85,55 @@ async def _ok(client):
 
 async def feed(kafka, settings, pool):
     b = kafka.bootstrap_servers
-    await send(b, settings.topic(c.REFERENTIEL), [(u, etab(u, "035", "14", "53")) for u in RENNES]
-               + [(NANTES, etab(NANTES, "044", "17", "52"))])
+    await send(
+        b,
+        settings.topic(c.REFERENTIEL),
+        [(u, etab(u, "035", "14", "53")) for u in RENNES] + [(NANTES, etab(NANTES, "044", "17", "52"))],
+    )
     # RENNES[0..1] old tablets (incompatible), RENNES[2..3] fine; NANTES old.
-    await send(b, settings.topic(PROFILS), [r for i, u in enumerate(RENNES) for r in profil(u, "12.5" if i < 2 else "17")]
-               + profil(NANTES, "12.5"))
+    await send(
+        b,
+        settings.topic(PROFILS),
+        [r for i, u in enumerate(RENNES) for r in profil(u, "12.5" if i < 2 else "17")] + profil(NANTES, "12.5"),
+    )
     await send(b, settings.topic(COUVERTURES), [r for u in RENNES for r in formation(u)])
     await eventually(lambda: pool.fetchval("SELECT count(*) = 14 FROM recus"), what="5 lots, 5 links, 4 coverages")
-    await send(b, settings.topic(c.CATALOGUE), [(RID, event(c.RESSOURCE_PUBLIEE, "/ministere", {
-        "resource_id": RID, "title": "Atlas", "editor": "E",
-        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]], "tools": [],
-        "min_bandwidth_mbps": 10, "needs_ent": False,
-        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []}}, time_=at(2)))]
-        + [(u, event(c.ABONNEMENT, "/gar", {"resource_id": RID, "uai": u, "start": "2026-09-01", "end": None},
-                     time_=at(2))) for u in [*RENNES, NANTES]])
+    await send(
+        b,
+        settings.topic(c.CATALOGUE),
+        [
+            (
+                RID,
+                event(
+                    c.RESSOURCE_PUBLIEE,
+                    "/ministere",
+                    {
+                        "resource_id": RID,
+                        "title": "Atlas",
+                        "editor": "E",
+                        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+                        "tools": [],
+                        "min_bandwidth_mbps": 10,
+                        "needs_ent": False,
+                        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
+                    },
+                    time_=at(2),
+                ),
+            )
+        ]
+        + [
+            (
+                u,
+                event(
+                    c.ABONNEMENT,
+                    "/gar",
+                    {"resource_id": RID, "uai": u, "start": "2026-09-01", "end": None},
+                    time_=at(2),
+                ),
+            )
+            for u in [*RENNES, NANTES]
+        ],
+    )
 
 
 async def test_alerts_filters_pagination_etablissement_and_resource(kafka, settings, api):
@@ -96,13 +146,16 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
 
     everything = (await client.get("/alertes", params={"limit": 500})).json()
     assert everything["total"] == 12
-    rennes_incompatible = (await client.get("/alertes", params={
-        "code_academie": "14", "kind": "equipement-incompatible", "state": "open"})).json()
+    rennes_incompatible = (
+        await client.get("/alertes", params={"code_academie": "14", "kind": "equipement-incompatible", "state": "open"})
+    ).json()
     assert {a["uai"] for a in rennes_incompatible["items"]} == set(RENNES[:2])
     assert all(a["responsable"] == {"type": "departement", "code": "035"} for a in rennes_incompatible["items"])
     by_dep = (await client.get("/alertes", params={"code_departement": "044"})).json()
     assert {a["kind"] for a in by_dep["items"]} == {"equipement-incompatible", "connectivite-insuffisante"}
-    region = (await client.get("/alertes", params={"responsable_type": "departement", "responsable_code": "044"})).json()
+    region = (
+        await client.get("/alertes", params={"responsable_type": "departement", "responsable_code": "044"})
+    ).json()
     assert region["total"] == 2
     assert (await client.get("/alertes", params={"state": "resolved"})).json()["total"] == 0
 
@@ -120,13 +173,20 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
     verdicts = sub["verdicts"]
     assert verdicts["equipement-incompatible"]["reasons"] == [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}]
     assert verdicts["equipement-incompatible"]["alert_id"] is not None
-    assert verdicts["formation-insuffisante"]["reasons"] == [{"code": "formation", "detail": "3.4 niveau 2: 2/10 enseignants"}]
+    assert verdicts["formation-insuffisante"]["reasons"] == [
+        {"code": "formation", "detail": "3.4 niveau 2: 2/10 enseignants"}
+    ]
     assert verdicts["ent-indisponible"] == {"alerte": False, "reasons": [], "alert_id": None}
 
     summary = (await client.get(f"/ressources/{RID}")).json()
     assert summary["total"] == {"evalues": 5, "compatibles": 2, "partiels": 0, "incompatibles": 3, "sous_formes": 4}
-    assert summary["par_academie"]["17"] == {"evalues": 1, "compatibles": 0, "partiels": 0, "incompatibles": 1,
-                                             "sous_formes": 0}
+    assert summary["par_academie"]["17"] == {
+        "evalues": 1,
+        "compatibles": 0,
+        "partiels": 0,
+        "incompatibles": 1,
+        "sous_formes": 0,
+    }
 
 
 async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
@@ -148,31 +208,34 @@ async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
     assert received["type"] == c.ALERTE_LEVEE and received["data"]["kind"] == "equipement-incompatible"
 
 
-@pytest.mark.parametrize(("path", "params", "status", "fragment"), [
-    ("/alertes", {"kind": "panne"}, 422, "kind"),
-    ("/alertes", {"state": "ouvert"}, 422, "state"),
-    ("/alertes", {"limit": 0}, 422, "limit"),
-    ("/alertes", {"limit": "beaucoup"}, 422, "limit"),
-    ("/alertes", {"offset": -1}, 422, "offset"),
-    ("/alertes", {"offset": 2**63}, 422, "offset"),  # beyond int64: PostgreSQL would refuse it
-    ("/alertes", {"offset": 1_000_001}, 422, "offset"),
-    ("/alertes", {"limit": 501}, 422, "limit"),
-    ("/alertes", {"responsable_code": "03\x005"}, 422, "responsable_code"),
-    ("/alertes", {"responsable_code": "0\n35"}, 422, "responsable_code"),
-    ("/alertes", {"code_academie": "Rennes"}, 422, "code_academie"),
-    ("/alertes", {"code_departement": "35"}, 422, "code_departement"),
-    ("/etablissements/0350042A", {}, 422, "lettre attendue F"),
-    ("/etablissements/0350042F", {}, 404, "référentiel"),
-    ("/etablissements/035%0042F", {}, 422, "uai"),
-    ("/etablissements/0350042F%00", {}, 422, "uai"),
-    ("/ressources/ark:/1/inconnue", {}, 404, "inconnue"),
-    ("/ressources/ark:/1/in%00connue", {}, 422, "resource_id"),
-    ("/ressources/ark:/1/%01", {}, 422, "resource_id"),
-    ("/ressources/" + "x" * 257, {}, 422, "resource_id"),
-    ("/ressources/", {}, 422, "resource_id"),
-    ("/alertes/flux", {"code_academie": "1\x004"}, 422, "code_academie"),
-    ("/alertes/flux", {"kind": "panne"}, 422, "kind"),
-])
+@pytest.mark.parametrize(
+    ("path", "params", "status", "fragment"),
+    [
+        ("/alertes", {"kind": "panne"}, 422, "kind"),
+        ("/alertes", {"state": "ouvert"}, 422, "state"),
+        ("/alertes", {"limit": 0}, 422, "limit"),
+        ("/alertes", {"limit": "beaucoup"}, 422, "limit"),
+        ("/alertes", {"offset": -1}, 422, "offset"),
+        ("/alertes", {"offset": 2**63}, 422, "offset"),  # beyond int64: PostgreSQL would refuse it
+        ("/alertes", {"offset": 1_000_001}, 422, "offset"),
+        ("/alertes", {"limit": 501}, 422, "limit"),
+        ("/alertes", {"responsable_code": "03\x005"}, 422, "responsable_code"),
+        ("/alertes", {"responsable_code": "0\n35"}, 422, "responsable_code"),
+        ("/alertes", {"code_academie": "Rennes"}, 422, "code_academie"),
+        ("/alertes", {"code_departement": "35"}, 422, "code_departement"),
+        ("/etablissements/0350042A", {}, 422, "lettre attendue F"),
+        ("/etablissements/0350042F", {}, 404, "référentiel"),
+        ("/etablissements/035%0042F", {}, 422, "uai"),
+        ("/etablissements/0350042F%00", {}, 422, "uai"),
+        ("/ressources/ark:/1/inconnue", {}, 404, "inconnue"),
+        ("/ressources/ark:/1/in%00connue", {}, 422, "resource_id"),
+        ("/ressources/ark:/1/%01", {}, 422, "resource_id"),
+        ("/ressources/" + "x" * 257, {}, 422, "resource_id"),
+        ("/ressources/", {}, 422, "resource_id"),
+        ("/alertes/flux", {"code_academie": "1\x004"}, 422, "code_academie"),
+        ("/alertes/flux", {"kind": "panne"}, 422, "kind"),
+    ],
+)
 async def test_bad_parameters_get_a_4xx_with_a_message(api, path, params, status, fragment):
     client, _ = api
     response = await client.get(path, params=params)

@@ -8,19 +8,29 @@ import asyncio
 from urllib.parse import quote
 
 import httpx
-from hypothesis import HealthCheck, example, given, strategies as st
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from test_read_api import serve_api
 
 QUERY = {
-    "/alertes": ("code_academie", "code_departement", "responsable_type", "responsable_code", "kind", "state",
-                 "limit", "offset"),
+    "/alertes": (
+        "code_academie",
+        "code_departement",
+        "responsable_type",
+        "responsable_code",
+        "kind",
+        "state",
+        "limit",
+        "offset",
+    ),
     "/alertes/flux": ("code_academie", "code_departement", "kind"),
 }
 PATH = {"/etablissements/": "uai", "/ressources/": "resource_id"}
-TARGETS = ([("query", path, name) for path, names in QUERY.items() for name in names]
-           + [("path", path, name) for path, name in PATH.items()])
+TARGETS = [("query", path, name) for path, names in QUERY.items() for name in names] + [
+    ("path", path, name) for path, name in PATH.items()
+]
 
 # What a client can put in a URL: any text (NUL, controls, lone surrogates, sent as the bytes
 # "surrogatepass" gives them), any bytes (invalid UTF-8 included), integers far beyond int64,
@@ -66,6 +76,7 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
 
         def fuzz() -> None:
             with httpx.Client(base_url=base, timeout=10) as client:
+
                 def request(url: str, headers: dict | None = None) -> httpx.Response:
                     # The stream answers 200 and goes on: its status and headers are enough.
                     with client.stream("GET", url, headers=headers) as response:
@@ -73,8 +84,9 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
                             response.read()
                         return response
 
-                @hypothesis_settings(max_examples=250, deadline=None, database=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
+                @hypothesis_settings(
+                    max_examples=250, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+                )
                 @given(target=st.sampled_from(TARGETS), value=VALUES)
                 @example(target=("query", "/alertes", "offset"), value=str(2**63).encode())
                 @example(target=("query", "/alertes", "offset"), value=str(10**40).encode())
@@ -88,8 +100,9 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
                     where, path, name = target
                     _check(request(_url(where, path, name, value)), where, name, value)
 
-                @hypothesis_settings(max_examples=60, deadline=None, database=None,
-                                     suppress_health_check=[HealthCheck.too_slow])
+                @hypothesis_settings(
+                    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+                )
                 @given(value=HEADER_VALUES)
                 @example(value=str(2**63).encode())
                 @example(value=b"-1")

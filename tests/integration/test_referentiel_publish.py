@@ -16,8 +16,9 @@ async def test_the_ille_et_vilaine_annuaire_reads_back_one_event_per_uai(kafka, 
     topic = topic_prefix + REFERENTIEL
     reports: list[int] = []
 
-    published = await publish_etablissements(kafka.bootstrap_servers, loaded.etablissements, topic,
-                                             progress=reports.append)
+    published = await publish_etablissements(
+        kafka.bootstrap_servers, loaded.etablissements, topic, progress=reports.append
+    )
 
     assert published == len(loaded.etablissements) == 996 - len(loaded.skipped)
     assert reports == sorted(reports) and reports[-1] == published

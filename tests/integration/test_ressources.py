@@ -17,23 +17,40 @@ def profil(code: str, version: int, ipados: str) -> tuple[str, dict]:
 
 
 def publiee(minute: int, min_ipados: str = "15", source: str = "/ministere") -> dict:
-    return event(c.RESSOURCE_PUBLIEE, source, {
-        "resource_id": RID, "title": "Atlas", "editor": "E", "requirements": [[{"type": "os", "name": "iPadOS",
-                                                                               "min_version": min_ipados}]],
-        "tools": [], "min_bandwidth_mbps": None, "needs_ent": False}, subject=RID, time_=at(minute))
+    return event(
+        c.RESSOURCE_PUBLIEE,
+        source,
+        {
+            "resource_id": RID,
+            "title": "Atlas",
+            "editor": "E",
+            "requirements": [[{"type": "os", "name": "iPadOS", "min_version": min_ipados}]],
+            "tools": [],
+            "min_bandwidth_mbps": None,
+            "needs_ent": False,
+        },
+        subject=RID,
+        time_=at(minute),
+    )
 
 
 def abonnement(code: str, minute: int, end=None) -> dict:
-    return event(c.ABONNEMENT, "/gar", {"resource_id": RID, "uai": code, "start": "2026-09-01", "end": end},
-                 subject=code, time_=at(minute))
+    return event(
+        c.ABONNEMENT,
+        "/gar",
+        {"resource_id": RID, "uai": code, "start": "2026-09-01", "end": end},
+        subject=code,
+        time_=at(minute),
+    )
 
 
 async def old_tablets_at(bootstrap: str, settings, pipeline, where: str) -> None:
     """A known collège whose profile (iPadOS 12.5) ressources already holds."""
     await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
     await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "12.5")])
-    await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE uai = $1", where),
-                     what="the profile")
+    await eventually(
+        lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE uai = $1", where), what="the profile"
+    )
 
 
 def alerts_of(records, type_):
@@ -100,14 +117,26 @@ async def test_catalogue_refusals_are_dead_lettered(kafka, settings):
     ):
         await send(bootstrap, settings.topic(c.REFERENTIEL), [(known, college(known))])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM etablissements"), what="référentiel")
-        await send(bootstrap, settings.topic(c.CATALOGUE), [
-            (RID, publiee(1, source="/rectorats/14")), (unknown, abonnement(unknown, 1)),
-            (RID, publiee(1, min_ipados="15.x")), (known, abonnement(known, 2))])
+        await send(
+            bootstrap,
+            settings.topic(c.CATALOGUE),
+            [
+                (RID, publiee(1, source="/rectorats/14")),
+                (unknown, abonnement(unknown, 1)),
+                (RID, publiee(1, min_ipados="15.x")),
+                (known, abonnement(known, 2)),
+            ],
+        )
         records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="three dead letters")
         assert sorted(dict(r.headers)["dlq-reason"].decode() for r in records) == [
-            "hors-competence", "uai-inconnu", "version-invalide"]
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM abonnements WHERE uai = $1", known),
-                         what="the good abonnement")
+            "hors-competence",
+            "uai-inconnu",
+            "version-invalide",
+        ]
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) FROM abonnements WHERE uai = $1", known),
+            what="the good abonnement",
+        )
 
 
 def assert_alternating(records) -> None:
@@ -129,7 +158,9 @@ async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka
         await send(bootstrap, settings.topic(PROFILS), [profil(u, 1, "12.5") for u in (ended, closed)])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM recus"), what="the profiles")
         sub = abonnement(ended, 1)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (ended, sub), (closed, abonnement(closed, 1))])
+        await send(
+            bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (ended, sub), (closed, abonnement(closed, 1))]
+        )
         await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 2, what="two raises")
 
         # The GAR ends one subscription (plus a replay of the old one, and an older end: no effect).
@@ -150,26 +181,47 @@ async def test_subscription_end_and_closing_resolve_reopening_raises_again(kafka
         records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 3, what="a raise on reopening")
         assert_alternating(records)
         assert await pipeline.pool.fetchval("SELECT ouvert FROM etablissements WHERE uai = $1", closed) is True
-        assert await pipeline.pool.fetchval(
-            "SELECT count(*) FROM inbox WHERE outcome = 'stale' AND type = $1", c.ABONNEMENT) == 1
+        assert (
+            await pipeline.pool.fetchval(
+                "SELECT count(*) FROM inbox WHERE outcome = 'stale' AND type = $1", c.ABONNEMENT
+            )
+            == 1
+        )
         assert len(alerts_of(records, c.ALERTE_LEVEE)) == 3 and len(alerts_of(records, c.ALERTE_RESOLUE)) == 2
 
 
 async def test_a_new_threshold_reevaluates_every_pair_at_start(kafka, settings):
     where = uai("0350207")
     bootstrap = kafka.bootstrap_servers
-    formation = event(c.RESSOURCE_PUBLIEE, "/ministere", {
-        "resource_id": RID, "title": "Robots", "editor": "E", "requirements": [], "tools": [],
-        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []}}, subject=RID, time_=at(1))
+    formation = event(
+        c.RESSOURCE_PUBLIEE,
+        "/ministere",
+        {
+            "resource_id": RID,
+            "title": "Robots",
+            "editor": "E",
+            "requirements": [],
+            "tools": [],
+            "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
+        },
+        subject=RID,
+        time_=at(1),
+    )
     async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
         async with running(SPEC, settings) as pipeline:
             await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
             await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "17")])
-            await send(bootstrap, settings.topic(COUVERTURES), couverture(where, 1, 10, {"3.4": [6, 4, 4, 0, 0, 0, 0, 0]}))
-            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE type LIKE '%couverture%'"),
-                             what="the coverage")
+            await send(
+                bootstrap, settings.topic(COUVERTURES), couverture(where, 1, 10, {"3.4": [6, 4, 4, 0, 0, 0, 0, 0]})
+            )
+            await eventually(
+                lambda: pipeline.pool.fetchval("SELECT count(*) FROM recus WHERE type LIKE '%couverture%'"),
+                what="the coverage",
+            )
             await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, formation), (where, abonnement(where, 1))])
-            records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="the training alert (0.4 < 0.5)")
+            records = await alerts.wait_for(
+                lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="the training alert (0.4 < 0.5)"
+            )
             assert [a["data"]["kind"] for a in alerts_of(records, c.ALERTE_LEVEE)] == ["formation-insuffisante"]
         # The deployment lowers the threshold and restarts: nothing else happens, the alert resolves.
         async with running(SPEC, settings.model_copy(update={"min_training_coverage": 0.3})) as pipeline:

@@ -47,8 +47,8 @@ async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int,
     try:
         partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None})
-             for name in names])
+            [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
+        )
     finally:
         await admin.close()
     policies = {}
@@ -84,8 +84,9 @@ async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path) -> Non
             await producer.stop()
 
         # A consumer group exercises the single-replica __consumer_offsets topic.
-        consumer = AIOKafkaConsumer(events.name, bootstrap_servers=bootstrap,
-                                    group_id="runtime-test", auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            events.name, bootstrap_servers=bootstrap, group_id="runtime-test", auto_offset_reset="earliest"
+        )
         await consumer.start()
         try:
             record = await asyncio.wait_for(consumer.getone(), CLIENT_DEADLINE_SECONDS)
@@ -121,8 +122,9 @@ def test_cached_jars_are_used_without_maven(monkeypatch: pytest.MonkeyPatch) -> 
     assert kafka_module.ensure_kafka_jars() == lib
 
 
-def test_failed_fetch_leaves_no_partial_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_fetch_leaves_no_partial_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     mvn = fake_bin / "mvn"
@@ -138,8 +140,7 @@ def test_failed_fetch_leaves_no_partial_cache(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.postgres
-async def test_postgres_creates_databases_then_stops(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_postgres_creates_databases_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with LocalPostgres(tmp_path / "pg") as postgres:
         pid = postgres.pid

@@ -26,6 +26,7 @@ class SseReader:
 
     async def frame(self, timeout: float = 30) -> dict | None:
         """The next frame, or None when the server ended the stream."""
+
         async def read() -> dict | None:
             fields: dict = {}
             async for line in self._lines:
@@ -38,6 +39,7 @@ class SseReader:
                 name, _, value = line.partition(":")
                 fields[name] = value.removeprefix(" ")
             return fields or None
+
         return await asyncio.wait_for(read(), timeout)
 
     async def event(self, timeout: float = 30) -> dict | None:
@@ -58,24 +60,37 @@ class SseReader:
         return out
 
 
-def alert(n: int, *, kind: str = "equipement-incompatible", academie: str = "14",
-          reasons: list[c.Reason] = ()) -> c.CloudEvent:
-    data = c.AlerteLevee(alert_id=f"alerte-{n}", uai=UAI, resource_id=f"ark:/67375/r{n}", kind=kind,
-                         reasons=list(reasons), code_academie=academie, code_departement="035",
-                         compatible=0, devices=1, raised_at=datetime.now(UTC))
+def alert(
+    n: int, *, kind: str = "equipement-incompatible", academie: str = "14", reasons: list[c.Reason] = ()
+) -> c.CloudEvent:
+    data = c.AlerteLevee(
+        alert_id=f"alerte-{n}",
+        uai=UAI,
+        resource_id=f"ark:/67375/r{n}",
+        kind=kind,
+        reasons=list(reasons),
+        code_academie=academie,
+        code_departement="035",
+        compatible=0,
+        devices=1,
+        raised_at=datetime.now(UTC),
+    )
     return c.make_event(c.ALERTE_LEVEE, data, source="/plateforme/ressources")
 
 
 async def journal(app, *events: c.CloudEvent) -> list[int]:
     """Journals `events` the way the handler does (one transaction under the writer lock);
     returns their seqs."""
+
     async def work(store):
         await store.journal(list(events))
         return []
+
     pipeline = app.state.pipeline
     await pipeline.run_exclusive(work)
-    rows = await pipeline.pool.fetch("SELECT seq FROM alert_journal WHERE event_id = ANY($1) ORDER BY seq",
-                                     [e.id for e in events])
+    rows = await pipeline.pool.fetch(
+        "SELECT seq FROM alert_journal WHERE event_id = ANY($1) ORDER BY seq", [e.id for e in events]
+    )
     return [r["seq"] for r in rows]
 
 
@@ -94,22 +109,52 @@ async def test_an_alert_beyond_8000_bytes_is_committed_and_streamed(kafka, setti
             reader = SseReader(response)
             assert "comment" in await reader.frame()
             await send(b, settings.topic(c.REFERENTIEL), [(UAI, etab(UAI, "035", "14", "53"))])
-            await send(b, settings.topic(PROFILS), [profil_lot(UAI, 1, lot_id=lot_id, quantity=10,
-                                                               os={"name": "iPadOS", "version": "17"})])
+            await send(
+                b,
+                settings.topic(PROFILS),
+                [profil_lot(UAI, 1, lot_id=lot_id, quantity=10, os={"name": "iPadOS", "version": "17"})],
+            )
             await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM recus"), what="the lot")
-            await send(b, settings.topic(c.CATALOGUE), [(rid, event(c.RESSOURCE_PUBLIEE, "/ministere", {
-                "resource_id": rid, "title": "Lourde", "editor": "E",
-                "requirements": [[{"type": "os", "name": f"Systeme{k}"}] for k in range(6)], "tools": [],
-                "min_bandwidth_mbps": None, "needs_ent": False,
-                "training": {"competences": [], "tools": []}}, time_=at(2))),
-                (UAI, event(c.ABONNEMENT, "/gar", {"resource_id": rid, "uai": UAI, "start": "2026-09-01",
-                                                   "end": None}, time_=at(2)))])
+            await send(
+                b,
+                settings.topic(c.CATALOGUE),
+                [
+                    (
+                        rid,
+                        event(
+                            c.RESSOURCE_PUBLIEE,
+                            "/ministere",
+                            {
+                                "resource_id": rid,
+                                "title": "Lourde",
+                                "editor": "E",
+                                "requirements": [[{"type": "os", "name": f"Systeme{k}"}] for k in range(6)],
+                                "tools": [],
+                                "min_bandwidth_mbps": None,
+                                "needs_ent": False,
+                                "training": {"competences": [], "tools": []},
+                            },
+                            time_=at(2),
+                        ),
+                    ),
+                    (
+                        UAI,
+                        event(
+                            c.ABONNEMENT,
+                            "/gar",
+                            {"resource_id": rid, "uai": UAI, "start": "2026-09-01", "end": None},
+                            time_=at(2),
+                        ),
+                    ),
+                ],
+            )
             received = await reader.event()
         assert received["event"] == "alerte-levee"
         assert received["data"]["data"]["resource_id"] == rid
         assert len(received["data"]["data"]["reasons"]) == 5
-        size = await pool.fetchval("SELECT octet_length(event::text) FROM alert_journal WHERE seq = $1",
-                                   int(received["id"]))
+        size = await pool.fetchval(
+            "SELECT octet_length(event::text) FROM alert_journal WHERE seq = $1", int(received["id"])
+        )
         assert size > 8000
         assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
         assert await pool.fetchval("SELECT count(*) FROM alertes WHERE resource_id = $1", rid) == 1
@@ -120,8 +165,17 @@ async def test_an_alert_beyond_8000_bytes_is_committed_and_streamed(kafka, setti
 
 async def test_resume_replays_exactly_the_missed_events_in_order_then_goes_live(settings):
     async with serve_api(settings.model_copy(update=FAST)) as (client, app):
-        seqs = await journal(app, *[alert(n, kind="equipement-partiel" if n % 3 else "equipement-incompatible",
-                                          academie="17" if n == 4 else "14") for n in range(8)])
+        seqs = await journal(
+            app,
+            *[
+                alert(
+                    n,
+                    kind="equipement-partiel" if n % 3 else "equipement-incompatible",
+                    academie="17" if n == 4 else "14",
+                )
+                for n in range(8)
+            ],
+        )
         async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[2])}) as response:
             reader = SseReader(response)
             replayed = await reader.events(5)
@@ -134,9 +188,12 @@ async def test_resume_replays_exactly_the_missed_events_in_order_then_goes_live(
             assert [int(e["id"]) for e in live] == later
 
         # With filters, the replay keeps what the filters keep.
-        async with client.stream("GET", "/alertes/flux", params={"kind": "equipement-incompatible",
-                                                                 "code_academie": "14"},
-                                 headers={"Last-Event-ID": "0"}) as response:
+        async with client.stream(
+            "GET",
+            "/alertes/flux",
+            params={"kind": "equipement-incompatible", "code_academie": "14"},
+            headers={"Last-Event-ID": "0"},
+        ) as response:
             reader = SseReader(response)
             replayed = await reader.events(5)
             assert [e["data"]["data"]["alert_id"] for e in replayed] == [f"alerte-{n}" for n in (0, 3, 6, 8, 9)]

@@ -42,9 +42,14 @@ class Fake:
         script = tmp_path / "fake_service.py"
         script.write_text(FAKE)
         self.said: list[str] = []
-        self.procs = ServiceProcesses({"FAKE_FAILS": str(options.pop("fails", 0))}, log_dir=tmp_path, names=("svc",),
-                                      command=lambda name: [sys.executable, str(script), str(tmp_path)],
-                                      announce=self.said.append, **options)
+        self.procs = ServiceProcesses(
+            {"FAKE_FAILS": str(options.pop("fails", 0))},
+            log_dir=tmp_path,
+            names=("svc",),
+            command=lambda name: [sys.executable, str(script), str(tmp_path)],
+            announce=self.said.append,
+            **options,
+        )
 
     @property
     def runs(self) -> int:

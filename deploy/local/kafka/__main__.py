@@ -1,6 +1,6 @@
 """The local broker alone, in the foreground, for poking at it by hand.
 
-    python -m deploy.local.kafka --data-dir DIR [--port PORT]   # until Ctrl-C
+python -m deploy.local.kafka --data-dir DIR [--port PORT]   # until Ctrl-C
 """
 
 from __future__ import annotations
@@ -15,20 +15,22 @@ from deploy.local.kafka import KAFKA_VERSION, KafkaRuntimeError, LocalKafka
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.local.kafka",
-        description="Run the local Kafka broker in the foreground until Ctrl-C.")
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="broker data, server.properties and kafka.log (reused if present)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="client port on 127.0.0.1 (default: a free one)")
+        prog="python -m deploy.local.kafka", description="Run the local Kafka broker in the foreground until Ctrl-C."
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="broker data, server.properties and kafka.log (reused if present)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="client port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args()
     # SIGTERM takes the same path as Ctrl-C so the broker is never left behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     kafka = LocalKafka(args.data_dir, args.port)
     try:
         kafka.start()
-        print(f"Kafka {KAFKA_VERSION} ready on {kafka.bootstrap_servers} "
-              f"(log: {kafka.log_file}); Ctrl-C to stop", flush=True)
+        print(
+            f"Kafka {KAFKA_VERSION} ready on {kafka.bootstrap_servers} (log: {kafka.log_file}); Ctrl-C to stop",
+            flush=True,
+        )
         code = kafka.wait()
         sys.exit(f"Kafka exited on its own with code {code}; see {kafka.log_file}")
     except KeyboardInterrupt:

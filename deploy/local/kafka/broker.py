@@ -59,8 +59,11 @@ class LocalKafka:
         """Start the broker and return once a client can fetch its metadata."""
         if self.pid is not None:
             raise KafkaRuntimeError("this LocalKafka is already started")
-        java = require_tool("java", f"Kafka {KAFKA_VERSION} needs a Java 17+ runtime "
-                            "(e.g. apt-get install openjdk-17-jre-headless)", KafkaRuntimeError)
+        java = require_tool(
+            "java",
+            f"Kafka {KAFKA_VERSION} needs a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)",
+            KafkaRuntimeError,
+        )
         classpath = str(ensure_kafka_jars() / "*")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         properties = self._write_config()
@@ -68,15 +71,22 @@ class LocalKafka:
         log_config.write_text(_LOG4J2_PROPERTIES)
         jvm = [java, "-Xmx512m", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
         if not (self.data_dir / "kafka-logs" / "meta.properties").exists():
-            run_tool([*jvm, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)],
-                     f"formatting the Kafka storage in {self.data_dir} failed", KafkaRuntimeError,
-                     cwd=self.data_dir)
+            run_tool(
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)],
+                f"formatting the Kafka storage in {self.data_dir} failed",
+                KafkaRuntimeError,
+                cwd=self.data_dir,
+            )
         self._server.start(
-            [*jvm, "kafka.Kafka", str(properties)], cwd=self.data_dir, timeout=timeout, poll_seconds=0.2,
+            [*jvm, "kafka.Kafka", str(properties)],
+            cwd=self.data_dir,
+            timeout=timeout,
+            poll_seconds=0.2,
             # The plain TCP check comes first because aiokafka logs every refused
             # connection as an error, which would flood the terminal during start.
             ready=lambda: port_open(self.port) and serves_metadata(self.bootstrap_servers),
-            not_ready=f"did not serve metadata on {self.bootstrap_servers}")
+            not_ready=f"did not serve metadata on {self.bootstrap_servers}",
+        )
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after a grace period."""
@@ -95,27 +105,31 @@ class LocalKafka:
 
     def _write_config(self) -> Path:
         path = self.data_dir / "server.properties"
-        path.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={self.data_dir / 'kafka-logs'}",
-            "num.partitions=3",
-            "auto.create.topics.enable=false",
-            "group.initial.rebalance.delay.ms=0",
-            # A single node cannot hold the default three replicas of internal topics.
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "",
-        ]))
+        path.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.data_dir / 'kafka-logs'}",
+                    "num.partitions=3",
+                    "auto.create.topics.enable=false",
+                    "group.initial.rebalance.delay.ms=0",
+                    # A single node cannot hold the default three replicas of internal topics.
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "",
+                ]
+            )
+        )
         return path
 
 

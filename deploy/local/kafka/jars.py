@@ -68,11 +68,13 @@ def ensure_kafka_jars() -> Path:
     lib = cache_root() / f"kafka-{KAFKA_VERSION}" / "lib"
     if lib.is_dir():
         return lib
-    mvn = require_tool("mvn", "it is needed once, to fetch the Kafka jars from Maven Central "
-                       "(e.g. apt-get install maven)", KafkaRuntimeError)
+    mvn = require_tool(
+        "mvn",
+        "it is needed once, to fetch the Kafka jars from Maven Central (e.g. apt-get install maven)",
+        KafkaRuntimeError,
+    )
     lib.parent.mkdir(parents=True, exist_ok=True)
-    print(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (first run only)...",
-          file=sys.stderr, flush=True)
+    print(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (first run only)...", file=sys.stderr, flush=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=lib.parent))
     try:
         _copy_dependencies(mvn, staging)
@@ -90,13 +92,23 @@ def _copy_dependencies(mvn: str, staging: Path) -> None:
     """Have Maven resolve _POM and copy its runtime jars into `staging/lib`."""
     (staging / "pom.xml").write_text(_POM)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(staging / "pom.xml"),
-         f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-         f"-DoutputDirectory={staging / 'lib'}", "-DincludeScope=runtime"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(staging / "pom.xml"),
+            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            f"-DoutputDirectory={staging / 'lib'}",
+            "-DincludeScope=runtime",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()
         raise KafkaRuntimeError(
             f"mvn failed (exit {result.returncode}) fetching Kafka {KAFKA_VERSION} jars; "
-            f"last lines:\n" + "\n".join(output[-LOG_TAIL_LINES:]))
+            f"last lines:\n" + "\n".join(output[-LOG_TAIL_LINES:])
+        )

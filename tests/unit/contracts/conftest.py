@@ -46,9 +46,7 @@ EXAMPLES: dict[str, dict] = {
         "compatible": 10, "devices": 30, "coverage": None, "raised_at": "2024-03-01T08:00:00+01:00",
     },
 }  # fmt: skip
-EXAMPLES[c.ALERTE_RESOLUE] = {
-    **EXAMPLES[c.ALERTE_LEVEE], "coverage": 0.75, "resolved_at": "2024-03-02T08:00:00Z"
-}
+EXAMPLES[c.ALERTE_RESOLUE] = {**EXAMPLES[c.ALERTE_LEVEE], "coverage": 0.75, "resolved_at": "2024-03-02T08:00:00Z"}
 TOPIC_OF = {t: topic for topic, types in c.TOPIC_TYPES.items() for t in types}
 SOURCE_OF = {
     c.REFERENTIEL: "/ministere", c.FORMATION: "/rectorats/14", c.EQUIPEMENT: "/collectivites/communes/35016",

@@ -127,8 +127,9 @@ def test_bad_data_names_its_reason_and_field_path(type, change, code, path, make
 def test_an_identifier_reason_wins_over_a_generic_one_elsewhere_in_the_data(make_record, examples):
     data = examples[c.LOT] | {"quantity": -1, "os": {"name": "Windows", "version": "12.x"}}
     assert reason(make_record(c.LOT, data)) == (
-        "version-invalide", "data.os.version: '12.x' n'est pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)"
-    )  # fmt: skip
+        "version-invalide",
+        "data.os.version: '12.x' n'est pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)",
+    )
 
 
 @pytest.mark.parametrize("data", [None, [], "lot", 5])

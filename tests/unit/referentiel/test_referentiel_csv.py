@@ -71,7 +71,11 @@ def test_france_colleges_load_as_7654_colleges_in_34_academies(shared_data):
     for e in loaded.etablissements:
         r = raw[e.uai]
         assert (e.code_commune, e.code_departement, e.code_academie, e.code_region) == (
-            r["code_commune"], r["code_departement"], r["code_academie"], r["code_region"])
+            r["code_commune"],
+            r["code_departement"],
+            r["code_academie"],
+            r["code_region"],
+        )
         assert e.statut == {"Public": "public", "Privé": "prive"}[r["secteur_public_prive_libe"]]
         assert e.nom  # the three rows without appellation_officielle fall back to another name
 
@@ -88,23 +92,26 @@ def test_not_yet_open_colleges_are_not_ouvert_and_to_be_closed_ones_still_are(sh
     closed = {e.uai for e in loaded.etablissements if not e.ouvert}
     assert closed == {u for u, libe in etat.items() if libe != "OUVERT"} and len(closed) == 13
 
-    a_fermer = [r["Identifiant_de_l_etablissement"] for r in raw_rows(shared_data / ILLE_ET_VILAINE)
-                if r["etat"] == "A FERMER"]
+    a_fermer = [
+        r["Identifiant_de_l_etablissement"] for r in raw_rows(shared_data / ILLE_ET_VILAINE) if r["etat"] == "A FERMER"
+    ]
     annuaire = {e.uai: e for e in load(shared_data / ILLE_ET_VILAINE).etablissements}
     assert a_fermer and all(annuaire[u].ouvert for u in a_fermer)
 
 
 def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
-    text = "\n".join([
-        "\ufeff" + ANNUAIRE_HEADER,
-        "0350852L;Collège Saint-Joseph;Collège;Privé;35047;35;14.0;53;OUVERT",
-        "0350852M;Mauvaise lettre;Collège;Public;35047;035;14;53;OUVERT",
-        "0351383N;Sans département;Ecole;Privé;35238;;14;53;OUVERT",
-        "0350122T;Statut inconnu;Ecole;Associatif;35016;035;14;53;OUVERT",
-        "0350778F;Etat inconnu;Lycée;Privé;35238;035;14;53;EN TRAVAUX",
-        "0352072M;Commune courte;Lycée;Privé;353;035;14;53;FERME",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "\ufeff" + ANNUAIRE_HEADER,
+            "0350852L;Collège Saint-Joseph;Collège;Privé;35047;35;14.0;53;OUVERT",
+            "0350852M;Mauvaise lettre;Collège;Public;35047;035;14;53;OUVERT",
+            "0351383N;Sans département;Ecole;Privé;35238;;14;53;OUVERT",
+            "0350122T;Statut inconnu;Ecole;Associatif;35016;035;14;53;OUVERT",
+            "0350778F;Etat inconnu;Lycée;Privé;35238;035;14;53;EN TRAVAUX",
+            "0352072M;Commune courte;Lycée;Privé;353;035;14;53;FERME",
+            "",
+        ]
+    )
     loaded = parse(text, "inline.csv")
     assert [(e.uai, e.code_departement, e.code_academie) for e in loaded.etablissements] == [("0350852L", "035", "14")]
     assert [(s.line, s.uai, s.reason) for s in loaded.skipped] == [
@@ -117,50 +124,96 @@ def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
     assert all(s.detail for s in loaded.skipped) and loaded.rows == 6
 
 
-@pytest.mark.parametrize("normalise, raw, expected", [
-    (codes.departement, "035", "035"), (codes.departement, "35", "035"), (codes.departement, "35.0", "035"),
-    (codes.departement, "1", "001"), (codes.departement, "974", "974"), (codes.departement, "2A", "02A"),
-    (codes.departement, "02b", "02B"), (codes.departement, "0", None), (codes.departement, "A35", None),
-    (codes.departement, "", None), (codes.academie, "14", "14"), (codes.academie, "14.0", "14"),
-    (codes.academie, "4", "04"), (codes.academie, "140", None), (codes.academie, "14.5", None),
-    (codes.region, "53", "53"), (codes.region, "00", "00"), (codes.region, "4.0", "04"),
-    (codes.commune, "35016", "35016"), (codes.commune, "1053", "01053"), (codes.commune, "35016.0", "35016"),
-    (codes.commune, "2a004", "2A004"), (codes.commune, "97411", "97411"), (codes.commune, "353", None),
-])
+@pytest.mark.parametrize(
+    "normalise, raw, expected",
+    [
+        (codes.departement, "035", "035"),
+        (codes.departement, "35", "035"),
+        (codes.departement, "35.0", "035"),
+        (codes.departement, "1", "001"),
+        (codes.departement, "974", "974"),
+        (codes.departement, "2A", "02A"),
+        (codes.departement, "02b", "02B"),
+        (codes.departement, "0", None),
+        (codes.departement, "A35", None),
+        (codes.departement, "", None),
+        (codes.academie, "14", "14"),
+        (codes.academie, "14.0", "14"),
+        (codes.academie, "4", "04"),
+        (codes.academie, "140", None),
+        (codes.academie, "14.5", None),
+        (codes.region, "53", "53"),
+        (codes.region, "00", "00"),
+        (codes.region, "4.0", "04"),
+        (codes.commune, "35016", "35016"),
+        (codes.commune, "1053", "01053"),
+        (codes.commune, "35016.0", "35016"),
+        (codes.commune, "2a004", "2A004"),
+        (codes.commune, "97411", "97411"),
+        (codes.commune, "353", None),
+    ],
+)
 def test_codes_are_put_in_the_annuaire_form(normalise, raw, expected):
     assert normalise(raw) == expected
 
 
-@pytest.mark.parametrize("label, expected", [
-    ("Ecole", "ecole"), ("École", "ecole"), ("Collège", "college"), ("Lycée", "lycee"), ("EREA", "erea"),
-    ("Médico-social", "autre"), ("Information et orientation", "autre"), ("Service Administratif", "autre"),
-    ("Autre", "autre"), ("", "autre"),
-])
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("Ecole", "ecole"),
+        ("École", "ecole"),
+        ("Collège", "college"),
+        ("Lycée", "lycee"),
+        ("EREA", "erea"),
+        ("Médico-social", "autre"),
+        ("Information et orientation", "autre"),
+        ("Service Administratif", "autre"),
+        ("Autre", "autre"),
+        ("", "autre"),
+    ],
+)
 def test_type_etablissement_maps_to_our_types(label, expected):
     assert annuaire_type(label) == expected
 
 
-@pytest.mark.parametrize("label, expected", [
-    ("ECOLE MATERNELLE", "ecole"), ("ECOLE DE NIVEAU ELEMENTAIRE SPECIALISEE", "ecole"),
-    ("ECOLE ELEMENTAIRE D APPLICATION", "ecole"), ("COLLEGE CLIMATIQUE", "college"),
-    ("LYCEE PROFESSIONNEL", "lycee"), ("LYCEE ENS GENERAL TECHNO PROF AGRICOLE", "lycee"),
-    ("SECTION D ENSEIGNEMENT PROFESSIONNEL", "lycee"), ("ETAB REGIONAL/LYCEE ENSEIGNEMENT ADAPTE", "erea"),
-    ("ETABLISSEMENT REGIONAL D'ENSEIGNT ADAPTE", "erea"), ("ECOLES COMPOSEES UNIQT DE STS ET OU CPGE", "autre"),
-    ("ECOLE SECONDAIRE SPECIALISEE (2 D CYCLE)", "autre"), ("INSTITUT MEDICO-EDUCATIF", "autre"),
-    ("SECTION ENSEIGNT GEN. ET PROF. ADAPTE", "autre"),
-])
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("ECOLE MATERNELLE", "ecole"),
+        ("ECOLE DE NIVEAU ELEMENTAIRE SPECIALISEE", "ecole"),
+        ("ECOLE ELEMENTAIRE D APPLICATION", "ecole"),
+        ("COLLEGE CLIMATIQUE", "college"),
+        ("LYCEE PROFESSIONNEL", "lycee"),
+        ("LYCEE ENS GENERAL TECHNO PROF AGRICOLE", "lycee"),
+        ("SECTION D ENSEIGNEMENT PROFESSIONNEL", "lycee"),
+        ("ETAB REGIONAL/LYCEE ENSEIGNEMENT ADAPTE", "erea"),
+        ("ETABLISSEMENT REGIONAL D'ENSEIGNT ADAPTE", "erea"),
+        ("ECOLES COMPOSEES UNIQT DE STS ET OU CPGE", "autre"),
+        ("ECOLE SECONDAIRE SPECIALISEE (2 D CYCLE)", "autre"),
+        ("INSTITUT MEDICO-EDUCATIF", "autre"),
+        ("SECTION ENSEIGNT GEN. ET PROF. ADAPTE", "autre"),
+    ],
+)
 def test_nature_uai_libe_maps_to_our_types(label, expected):
     assert nature_type(label) == expected
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"uai,nom,type\n0350852L,College,college\n", r"not a ';'-separated CSV \(it uses ','\)"),
-    (b"\xef\xbb\xbfuai;nom;type\n0350852L;College;college\n", r"unknown header.*lacks Identifiant_de_l_etablissement"),
-    (ANNUAIRE_HEADER.encode() + "\n0350852L;Collège;Collège;Privé;35047;035;14;53;OUVERT\n".encode("latin-1"),
-     r"not UTF-8 \(byte 0xe8 at offset \d+\)"),
-    (b"", "empty file"),
-    (b"\xef\xbb\xbf\n", "empty file"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"uai,nom,type\n0350852L,College,college\n", r"not a ';'-separated CSV \(it uses ','\)"),
+        (
+            b"\xef\xbb\xbfuai;nom;type\n0350852L;College;college\n",
+            r"unknown header.*lacks Identifiant_de_l_etablissement",
+        ),
+        (
+            ANNUAIRE_HEADER.encode() + "\n0350852L;Collège;Collège;Privé;35047;035;14;53;OUVERT\n".encode("latin-1"),
+            r"not UTF-8 \(byte 0xe8 at offset \d+\)",
+        ),
+        (b"", "empty file"),
+        (b"\xef\xbb\xbf\n", "empty file"),
+    ],
+)
 def test_a_malformed_file_raises_an_error_naming_the_file_and_the_problem(tmp_path, content, problem):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)

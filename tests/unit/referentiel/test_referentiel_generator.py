@@ -54,17 +54,24 @@ def test_a_count_is_split_in_the_national_proportions(count):
 def test_the_full_mix_has_a_few_erea_and_an_explicit_mix_is_followed():
     assert 0 < scale_mix(sum(NATIONAL_MIX.values()))["erea"] < 100
     assert Counter(e.type for e in generate({"lycee": 3, "erea": 2, "autre": 1}, seed=4)) == {
-        "lycee": 3, "erea": 2, "autre": 1}
+        "lycee": 3,
+        "erea": 2,
+        "autre": 1,
+    }
 
 
-@pytest.mark.parametrize("departement, academie, region, uai_prefix, commune_prefix", [
-    ("035", "14", "53", "035", "35"),
-    ("2A", "27", "94", "620", "2A"),
-    ("02B", "27", "94", "720", "2B"),
-    ("974", "28", "04", "974", "974"),
-])
-def test_one_departement_mode_keeps_every_etablissement_in_it(departement, academie, region, uai_prefix,
-                                                              commune_prefix):
+@pytest.mark.parametrize(
+    "departement, academie, region, uai_prefix, commune_prefix",
+    [
+        ("035", "14", "53", "035", "35"),
+        ("2A", "27", "94", "620", "2A"),
+        ("02B", "27", "94", "720", "2B"),
+        ("974", "28", "04", "974", "974"),
+    ],
+)
+def test_one_departement_mode_keeps_every_etablissement_in_it(
+    departement, academie, region, uai_prefix, commune_prefix
+):
     etabs = list(generate(300, seed=5, departement=departement))
     assert len(etabs) == 300
     for e in etabs:

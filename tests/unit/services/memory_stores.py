@@ -47,7 +47,7 @@ class MemoryPublished:
 
     async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
         wanted, out = set(uais), {}
-        for (t, (uai, entity)) in self.rows:
+        for t, (uai, entity) in self.rows:
             if t == event_type and uai in wanted:
                 out.setdefault(uai, set()).add(entity)
         return out
@@ -133,14 +133,19 @@ class RessourcesMemory:
         return changed
 
     async def pairs_of(self, uais: set[str], resources: set[str]) -> list[Pair]:
-        return [Pair(e.data.uai, e.data.resource_id, e.data.end) for e in self.abonnements.rows.values()
-                if e.data.uai in uais or e.data.resource_id in resources]
+        return [
+            Pair(e.data.uai, e.data.resource_id, e.data.end)
+            for e in self.abonnements.rows.values()
+            if e.data.uai in uais or e.data.resource_id in resources
+        ]
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]:
         return {u: self.etabs[u] for u in uais if u in self.etabs}
 
     async def load_ressources(self, ids: set[str]) -> dict[str, c.RessourcePubliee]:
-        return {rid: e.data for (rid,), e in self.catalogue.rows.items() if rid in ids and e.type == c.RESSOURCE_PUBLIEE}
+        return {
+            rid: e.data for (rid,), e in self.catalogue.rows.items() if rid in ids and e.type == c.RESSOURCE_PUBLIEE
+        }
 
     def _records(self, types: tuple[str, ...], uais: list[str]) -> list[CloudEvent]:
         return [e for (t, uai, _), e in sorted(self.derived.items()) if t in types and uai in uais]

@@ -13,5 +13,8 @@ def test_levels_count_at_or_above():
 
 
 def test_a_tool_nobody_holds_any_more_is_published_with_zero():
-    assert outils_contents({"tni": 3}, {"tni", "tablette"}) == {"tablette": {"enseignants": 0}, "tni": {"enseignants": 3}}
+    assert outils_contents({"tni": 3}, {"tni", "tablette"}) == {
+        "tablette": {"enseignants": 0},
+        "tni": {"enseignants": 3},
+    }
     assert outils_contents({}, set()) == {}

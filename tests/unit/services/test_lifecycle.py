@@ -8,8 +8,17 @@ from services.ressources.rules import Evaluation
 
 UAI, RID = "0350002M", "ark:/1/r"
 NOW = datetime(2026, 9, 1, 8, tzinfo=UTC)
-ETAB = Etablissement(uai=UAI, nom="x", type="college", statut="public", code_commune="35238",
-                     code_departement="035", code_academie="14", code_region="53", ouvert=True)
+ETAB = Etablissement(
+    uai=UAI,
+    nom="x",
+    type="college",
+    statut="public",
+    code_commune="35238",
+    code_departement="035",
+    code_academie="14",
+    code_region="53",
+    ouvert=True,
+)
 INCOMPATIBLE = Evaluation({"equipement-incompatible": [Reason(code="os-version", detail="iPadOS 12.5 < 15")]}, 0, 30)
 
 

@@ -11,12 +11,26 @@ from services.common.rights import HORS_COMPETENCE, UAI_INCONNU, check
 
 def etab(uai_digits: str, type_: str, commune="35238", dep="035", aca="14", reg="53") -> Etablissement:
     uai = uai_digits + c.uai_check_letter(uai_digits)
-    return Etablissement(uai=uai, nom="x", type=type_, statut="public", code_commune=commune,
-                         code_departement=dep, code_academie=aca, code_region=reg, ouvert=True)
+    return Etablissement(
+        uai=uai,
+        nom="x",
+        type=type_,
+        statut="public",
+        code_commune=commune,
+        code_departement=dep,
+        code_academie=aca,
+        code_region=reg,
+        ouvert=True,
+    )
 
 
-ECOLE, COLLEGE, LYCEE, EREA, AUTRE = (etab("0350001", "ecole"), etab("0350002", "college"), etab("0350003", "lycee"),
-                                      etab("0350004", "erea"), etab("0350005", "autre"))
+ECOLE, COLLEGE, LYCEE, EREA, AUTRE = (
+    etab("0350001", "ecole"),
+    etab("0350002", "college"),
+    etab("0350003", "lycee"),
+    etab("0350004", "erea"),
+    etab("0350005", "autre"),
+)
 
 
 def lot_from(source: str, where: Etablissement):
@@ -29,21 +43,24 @@ def verdict(event, where):
     return refusal.code if refusal else "ok"
 
 
-@pytest.mark.parametrize(("source", "where", "expected"), [
-    ("/collectivites/communes/35238", ECOLE, "ok"),
-    ("/collectivites/communes/35001", ECOLE, HORS_COMPETENCE),  # another commune
-    ("/collectivites/communes/35238", COLLEGE, HORS_COMPETENCE),  # communes equip écoles only
-    ("/collectivites/departements/035", COLLEGE, "ok"),
-    ("/collectivites/departements/022", COLLEGE, HORS_COMPETENCE),
-    ("/collectivites/departements/035", LYCEE, HORS_COMPETENCE),
-    ("/collectivites/regions/53", LYCEE, "ok"),
-    ("/collectivites/regions/53", EREA, "ok"),
-    ("/collectivites/regions/52", LYCEE, HORS_COMPETENCE),
-    ("/collectivites/regions/53", COLLEGE, HORS_COMPETENCE),
-    ("/collectivites/regions/53", AUTRE, HORS_COMPETENCE),  # nobody equips type autre
-    ("/rectorats/14", COLLEGE, HORS_COMPETENCE),
-    ("/ministere", COLLEGE, HORS_COMPETENCE),
-])
+@pytest.mark.parametrize(
+    ("source", "where", "expected"),
+    [
+        ("/collectivites/communes/35238", ECOLE, "ok"),
+        ("/collectivites/communes/35001", ECOLE, HORS_COMPETENCE),  # another commune
+        ("/collectivites/communes/35238", COLLEGE, HORS_COMPETENCE),  # communes equip écoles only
+        ("/collectivites/departements/035", COLLEGE, "ok"),
+        ("/collectivites/departements/022", COLLEGE, HORS_COMPETENCE),
+        ("/collectivites/departements/035", LYCEE, HORS_COMPETENCE),
+        ("/collectivites/regions/53", LYCEE, "ok"),
+        ("/collectivites/regions/53", EREA, "ok"),
+        ("/collectivites/regions/52", LYCEE, HORS_COMPETENCE),
+        ("/collectivites/regions/53", COLLEGE, HORS_COMPETENCE),
+        ("/collectivites/regions/53", AUTRE, HORS_COMPETENCE),  # nobody equips type autre
+        ("/rectorats/14", COLLEGE, HORS_COMPETENCE),
+        ("/ministere", COLLEGE, HORS_COMPETENCE),
+    ],
+)
 def test_lot_declarants(source, where, expected):
     assert verdict(lot_from(source, where), where) == expected
 
@@ -54,8 +71,9 @@ def test_unknown_uai_is_refused_for_a_declarant_of_the_right_kind():
 
 
 def affectation(source: str, where: Etablissement):
-    return make_event(c.AFFECTATION, c.Affectation(teacher_id="ens-00000001", uai=where.uai, start=date(2026, 9, 1)),
-                      source=source)
+    return make_event(
+        c.AFFECTATION, c.Affectation(teacher_id="ens-00000001", uai=where.uai, start=date(2026, 9, 1)), source=source
+    )
 
 
 def test_rectorat_declares_affectations_in_its_academie_only():

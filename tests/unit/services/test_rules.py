@@ -11,14 +11,24 @@ UAI = "0350002M"
 
 
 def ressource(requirements=(), tools=(), **kw) -> RessourcePubliee:
-    return RessourcePubliee(resource_id="ark:/1/r", title="R", editor="E",
-                            requirements=[list(g) for g in requirements], tools=list(tools), **kw)
+    return RessourcePubliee(
+        resource_id="ark:/1/r",
+        title="R",
+        editor="E",
+        requirements=[list(g) for g in requirements],
+        tools=list(tools),
+        **kw,
+    )
 
 
 def lot(lot_id, quantity, os=None, browsers=(), kind="tablette") -> LotProfil:
-    return LotProfil(lot_id=lot_id, kind=kind, quantity=quantity,
-                     os=Logiciel(name=os[0], version=os[1]) if os else None,
-                     browsers=[Logiciel(name=n, version=v) for n, v in browsers])
+    return LotProfil(
+        lot_id=lot_id,
+        kind=kind,
+        quantity=quantity,
+        os=Logiciel(name=os[0], version=os[1]) if os else None,
+        browsers=[Logiciel(name=n, version=v) for n, v in browsers],
+    )
 
 
 def profil(*lots, link=None) -> ProfilEquipement:
@@ -54,7 +64,9 @@ def test_bounds_are_inclusive():
 
 
 def test_groups_are_anded_entries_ored():
-    r = ressource([[os_req("Windows", "10"), os_req("Linux")], [browser_req("Firefox", "115"), browser_req("Chrome", "100")]])
+    r = ressource(
+        [[os_req("Windows", "10"), os_req("Linux")], [browser_req("Firefox", "115"), browser_req("Chrome", "100")]]
+    )
     good = lot("a", 5, ("GNU/Linux", "6"), [("Mozilla Firefox", "128")])
     bad = lot("b", 5, ("Windows", "11"), [("Edge", "120")])
     e = evaluate(r, profil(good, bad))
@@ -80,7 +92,9 @@ def test_retired_lot_does_not_count():
 def test_missing_tool_is_incompatible_even_with_compatible_devices_and_kinds_fold_case():
     r = ressource(tools=[OutilRequis(kind="TNI", min_quantity=2)])
     e = evaluate(r, profil(lot("a", 10, ("Windows", "11")), lot("t", 1, None, kind="tni")))
-    assert [x.model_dump() for x in e.alerts["equipement-incompatible"]] == [{"code": "outil-manquant", "detail": "TNI: 1 < 2"}]
+    assert [x.model_dump() for x in e.alerts["equipement-incompatible"]] == [
+        {"code": "outil-manquant", "detail": "TNI: 1 < 2"}
+    ]
     ok = evaluate(r, profil(lot("a", 10, ("Windows", "11")), lot("t", 2, None, kind="tni")))
     assert "equipement-incompatible" not in ok.alerts
 
@@ -89,8 +103,14 @@ def test_partial_share_below_threshold():
     r = ressource(IPADOS_15)
     e = evaluate(r, profil(lot("new", 4, ("iPadOS", "17")), lot("old", 6, ("iPadOS", "12"))))
     assert "equipement-partiel" in e.alerts and "equipement-incompatible" not in e.alerts
-    assert evaluate(r, profil(lot("new", 4, ("iPadOS", "17")), lot("old", 6, ("iPadOS", "12"))),
-                    seuils=Seuils(min_compatible_share=0.4)).alerts.get("equipement-partiel") is None
+    assert (
+        evaluate(
+            r,
+            profil(lot("new", 4, ("iPadOS", "17")), lot("old", 6, ("iPadOS", "12"))),
+            seuils=Seuils(min_compatible_share=0.4),
+        ).alerts.get("equipement-partiel")
+        is None
+    )
 
 
 @pytest.mark.parametrize(("bandwidth", "expected"), [(5.0, True), (10.0, False), (None, False)])
@@ -109,12 +129,14 @@ def test_ent_unreachable_only_when_needed_and_known():
 
 def test_training_coverage_is_the_smallest_share():
     r = ressource(training=Formation(competences=[Competence(code="3.4", level=3)], tools=["TNI"]))
-    couverture = CouvertureFormation(uai=UAI, version=1, enseignants=10,
-                                     competences={"3.4": [8, 5, 2, 0, 0, 0, 0, 0]}, outils={"tni": 6})
+    couverture = CouvertureFormation(
+        uai=UAI, version=1, enseignants=10, competences={"3.4": [8, 5, 2, 0, 0, 0, 0, 0]}, outils={"tni": 6}
+    )
     e = evaluate(r, profil(lot("a", 1, ("Windows", "11"))), couverture)
     assert e.coverage == pytest.approx(0.2)
     assert [x.model_dump() for x in e.alerts["formation-insuffisante"]] == [
-        {"code": "formation", "detail": "3.4 niveau 3: 2/10 enseignants"}]
+        {"code": "formation", "detail": "3.4 niveau 3: 2/10 enseignants"}
+    ]
 
 
 def test_no_teacher_counted_means_no_training_alert():
@@ -129,7 +151,9 @@ LONG_BROWSERS = [(f"Navigateur {i:02d} ".ljust(64, "x"), "123456789.123456789.12
 def test_a_long_reason_detail_is_shortened_to_the_contract_bound():
     # 32 browsers of 64-character names: the lot's `have` list alone runs to thousands of characters.
     r = ressource([[browser_req("Firefox", "115")]])
-    e = evaluate(r, profil(lot("L1", 30, ("Windows", "11"), LONG_BROWSERS), lot("L2", 30, ("Windows", "11"), LONG_BROWSERS)))
+    e = evaluate(
+        r, profil(lot("L1", 30, ("Windows", "11"), LONG_BROWSERS), lot("L2", 30, ("Windows", "11"), LONG_BROWSERS))
+    )
     full = "Firefox requis, tablette L1: " + ", ".join(f"{n} {v}" for n, v in LONG_BROWSERS)
     assert len(full) > 3000
     reasons = e.alerts["equipement-incompatible"]
@@ -148,15 +172,20 @@ def test_an_os_absent_detail_of_long_names_is_shortened_too():
 
 def test_a_detail_at_the_bound_is_kept_whole():
     lot_id = "L" * (MAX_DETAIL - len("Linux requis, tablette : Windows 11"))
-    [reason] = evaluate(ressource([[os_req("Linux")]]), profil(lot(lot_id, 3, ("Windows", "11")))).alerts["equipement-incompatible"]
+    [reason] = evaluate(ressource([[os_req("Linux")]]), profil(lot(lot_id, 3, ("Windows", "11")))).alerts[
+        "equipement-incompatible"
+    ]
     assert reason.detail == f"Linux requis, tablette {lot_id}: Windows 11" and len(reason.detail) == MAX_DETAIL
 
 
 def test_a_version_miss_names_the_first_declared_browser_of_that_name():
     r = ressource([[browser_req("Firefox", "100", "110")]])
-    e = evaluate(r, profil(lot("a", 3, ("Windows", "11"), [("Chrome", "120"), ("Firefox", "120"), ("Mozilla Firefox", "90")])))
+    e = evaluate(
+        r, profil(lot("a", 3, ("Windows", "11"), [("Chrome", "120"), ("Firefox", "120"), ("Mozilla Firefox", "90")]))
+    )
     assert [x.model_dump() for x in e.alerts["equipement-incompatible"]] == [
-        {"code": "browser-version", "detail": "Firefox 120 > 110"}]
+        {"code": "browser-version", "detail": "Firefox 120 > 110"}
+    ]
 
 
 def test_lots_alike_give_their_shared_reason_once_and_each_names_itself_up_to_the_cap():

@@ -143,7 +143,11 @@ def naive(ressource: RessourcePubliee, profil, couverture, seuils: Seuils) -> di
         kinds.add("equipement-incompatible")
     if compatible > 0 and compatible / devices < seuils.min_compatible_share:
         kinds.add("equipement-partiel")
-    if ressource.min_bandwidth_mbps is not None and link is not None and link.bandwidth_mbps < ressource.min_bandwidth_mbps:
+    if (
+        ressource.min_bandwidth_mbps is not None
+        and link is not None
+        and link.bandwidth_mbps < ressource.min_bandwidth_mbps
+    ):
         kinds.add("connectivite-insuffisante")
     if ressource.needs_ent and link is not None and link.ent is False:
         kinds.add("ent-indisponible")
@@ -193,7 +197,17 @@ BROWSER_FAMILIES = (
     ("Lynx",),  # outside the vocabulary: still compares, case-insensitively
 )
 ANY_FAMILY = ("any", "Multi-OS")
-KINDS = ("tablette", "ordinateur portable", "ordinateur", "TNI", "VPI", "vidéoprojecteur", "casque", "ENT", "robot programmable")
+KINDS = (
+    "tablette",
+    "ordinateur portable",
+    "ordinateur",
+    "TNI",
+    "VPI",
+    "vidéoprojecteur",
+    "casque",
+    "ENT",
+    "robot programmable",
+)
 CRCN = ("1.1", "1.2", "1.3", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "3.4", "4.1", "4.2", "4.3", "5.1", "5.2")
 CASINGS = (lambda n: n, str.lower, str.upper, str.swapcase, str.title)
 
@@ -212,6 +226,7 @@ def cases(draw):
     version values, each written with or without trailing zeros), as in real life, so that
     names, versions and bounds actually meet and tie; a lot may carry several versions of
     one browser."""
+
     def upto(k: int) -> int:
         return draw(INTEGERS_UPTO[k])
 
@@ -303,14 +318,24 @@ def cases(draw):
 
 
 def res(requirements=(), tools=(), **kw) -> RessourcePubliee:
-    return RessourcePubliee(resource_id="ark:/67375/r1", title="R", editor="E",
-                            requirements=[list(g) for g in requirements], tools=list(tools), **kw)
+    return RessourcePubliee(
+        resource_id="ark:/67375/r1",
+        title="R",
+        editor="E",
+        requirements=[list(g) for g in requirements],
+        tools=list(tools),
+        **kw,
+    )
 
 
 def lot(lot_id, quantity, os=None, browsers=(), kind="tablette") -> LotProfil:
-    return LotProfil(lot_id=lot_id, kind=kind, quantity=quantity,
-                     os=Logiciel(name=os[0], version=os[1]) if os else None,
-                     browsers=[Logiciel(name=n, version=v) for n, v in browsers])
+    return LotProfil(
+        lot_id=lot_id,
+        kind=kind,
+        quantity=quantity,
+        os=Logiciel(name=os[0], version=os[1]) if os else None,
+        browsers=[Logiciel(name=n, version=v) for n, v in browsers],
+    )
 
 
 def prof(*lots_, link=None) -> ProfilEquipement:
@@ -329,17 +354,31 @@ TRAINING_34_3 = Formation(competences=[Competence(code="3.4", level=3)])
 EDGES = {
     # 5 of 10 teachers hold it, threshold 0.5: "<" is strict, no alert.
     "share-equal-to-training-threshold": (
-        (res(training=TRAINING_34_3), prof(lot("a", 1, ("Windows", "11"))),
-         cov(10, {"3.4": [9, 7, 5, 0, 0, 0, 0, 0]}), Seuils()),
+        (
+            res(training=TRAINING_34_3),
+            prof(lot("a", 1, ("Windows", "11"))),
+            cov(10, {"3.4": [9, 7, 5, 0, 0, 0, 0, 0]}),
+            Seuils(),
+        ),
         set(),
     ),
     # 4 of 8 devices compatible, threshold 0.5: not partial.
     "share-equal-to-compatible-threshold": (
-        (res([[os_req("iPadOS", "15")]]), prof(lot("n", 4, ("iPadOS", "17")), lot("o", 4, ("iPadOS", "12"))), None, Seuils()),
+        (
+            res([[os_req("iPadOS", "15")]]),
+            prof(lot("n", 4, ("iPadOS", "17")), lot("o", 4, ("iPadOS", "12"))),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
     "version-equal-to-both-bounds": (
-        (res([[os_req("Windows", "10.0", "10")]]), prof(lot("a", 3, ("Microsoft Windows", "10.0.0.0"))), None, Seuils()),
+        (
+            res([[os_req("Windows", "10.0", "10")]]),
+            prof(lot("a", 3, ("Microsoft Windows", "10.0.0.0"))),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
     "empty-group-cannot-be-satisfied": (
@@ -371,18 +410,30 @@ EDGES = {
         set(),
     ),
     "any-browser-of-that-name-may-match": (
-        (res([[Exigence(type="browser", name="Firefox", min_version="115")]]),
-         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "100"), ("Mozilla Firefox", "128")])), None, Seuils()),
+        (
+            res([[Exigence(type="browser", name="Firefox", min_version="115")]]),
+            prof(lot("a", 3, ("Windows", "11"), [("Firefox", "100"), ("Mozilla Firefox", "128")])),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
     "one-of-several-versions-inside-both-bounds": (
-        (res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
-         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120"), ("mozilla firefox", "105.2")])), None, Seuils()),
+        (
+            res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
+            prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120"), ("mozilla firefox", "105.2")])),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
     "several-versions-on-both-sides-of-the-bounds": (
-        (res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
-         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120")])), None, Seuils()),
+        (
+            res([[Exigence(type="browser", name="Firefox", min_version="100", max_version="110")]]),
+            prof(lot("a", 3, ("Windows", "11"), [("Firefox", "90"), ("Firefox", "120")])),
+            None,
+            Seuils(),
+        ),
         {"equipement-incompatible"},
     ),
     "minimum-above-maximum-matches-nothing": (
@@ -390,23 +441,49 @@ EDGES = {
         {"equipement-incompatible"},
     ),
     "one-name-in-two-groups-met-by-two-versions": (
-        (res([[Exigence(type="browser", name="Firefox", min_version="115")], [Exigence(type="browser", name="Firefox", max_version="100")]]),
-         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120"), ("Firefox", "90")])), None, Seuils()),
+        (
+            res(
+                [
+                    [Exigence(type="browser", name="Firefox", min_version="115")],
+                    [Exigence(type="browser", name="Firefox", max_version="100")],
+                ]
+            ),
+            prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120"), ("Firefox", "90")])),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
     "one-name-in-two-groups-one-version": (
-        (res([[Exigence(type="browser", name="Firefox", min_version="115")], [Exigence(type="browser", name="Firefox", max_version="100")]]),
-         prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120")])), None, Seuils()),
+        (
+            res(
+                [
+                    [Exigence(type="browser", name="Firefox", min_version="115")],
+                    [Exigence(type="browser", name="Firefox", max_version="100")],
+                ]
+            ),
+            prof(lot("a", 3, ("Windows", "11"), [("Firefox", "120")])),
+            None,
+            Seuils(),
+        ),
         {"equipement-incompatible"},
     ),
     "same-group-twice-and-an-entry-twice": (
-        (res([[os_req("iPadOS", "15"), os_req("ipad os", "15")], [os_req("iPadOS", "15"), os_req("ipad os", "15")]]),
-         prof(lot("n", 1, ("iPadOS", "17")), lot("o", 4, ("iPadOS", "12"))), None, Seuils()),
+        (
+            res([[os_req("iPadOS", "15"), os_req("ipad os", "15")], [os_req("iPadOS", "15"), os_req("ipad os", "15")]]),
+            prof(lot("n", 1, ("iPadOS", "17")), lot("o", 4, ("iPadOS", "12"))),
+            None,
+            Seuils(),
+        ),
         {"equipement-partiel"},
     ),
     "bandwidth-equal-to-minimum": (
-        (res(min_bandwidth_mbps=10.0), prof(lot("a", 1, ("Windows", "11")), link=ConnectiviteProfil(bandwidth_mbps=10.0, ent=True)),
-         None, Seuils()),
+        (
+            res(min_bandwidth_mbps=10.0),
+            prof(lot("a", 1, ("Windows", "11")), link=ConnectiviteProfil(bandwidth_mbps=10.0, ent=True)),
+            None,
+            Seuils(),
+        ),
         set(),
     ),
 }
@@ -418,7 +495,9 @@ EDGES = {
 
 VERSION_REASON = re.compile(r"^(?P<name>.+) (?P<version>[0-9.]+) (?P<op>[<>]) (?P<bound>[0-9.]+)$")
 TOOL_REASON = re.compile(r"^(?P<kind>.+): (?P<have>[0-9]+) < (?P<min>[0-9]+)$")
-COMPETENCE_REASON = re.compile(r"^(?P<code>[1-5]\.[1-4]) niveau (?P<level>[1-8]): (?P<held>[0-9]+)/(?P<n>[0-9]+) enseignants$")
+COMPETENCE_REASON = re.compile(
+    r"^(?P<code>[1-5]\.[1-4]) niveau (?P<level>[1-8]): (?P<held>[0-9]+)/(?P<n>[0-9]+) enseignants$"
+)
 TOOL_TRAINING_REASON = re.compile(r"^(?P<kind>.+): (?P<held>[0-9]+)/(?P<n>[0-9]+) enseignants$")
 
 
@@ -430,16 +509,28 @@ def check_version_reason(reason, want: dict, requirements) -> None:
     kind = reason.code.removesuffix("-version")
     entries = [e for g in requirements for e in g if e.type == kind and naive_name(e.name) == naive_name(m["name"])]
     bound_ok = [
-        e for e in entries
-        if (m["op"] == "<" and e.min_version == m["bound"] and naive_version(m["version"]) < naive_version(e.min_version))
-        or (m["op"] == ">" and e.max_version == m["bound"] and naive_version(m["version"]) > naive_version(e.max_version))
+        e
+        for e in entries
+        if (
+            m["op"] == "<"
+            and e.min_version == m["bound"]
+            and naive_version(m["version"]) < naive_version(e.min_version)
+        )
+        or (
+            m["op"] == ">"
+            and e.max_version == m["bound"]
+            and naive_version(m["version"]) > naive_version(e.max_version)
+        )
     ]
     assert bound_ok, f"{reason.detail!r}: no requirement entry with that bound that the version misses"
     lots_with = [
-        lot for lot in want["computing"]
+        lot
+        for lot in want["computing"]
         if not naive_satisfies(requirements, lot)
-        and any(naive_name(sw.name) == naive_name(m["name"]) and sw.version == m["version"]
-                for sw in ([lot.os] if kind == "os" else lot.browsers))
+        and any(
+            naive_name(sw.name) == naive_name(m["name"]) and sw.version == m["version"]
+            for sw in ([lot.os] if kind == "os" else lot.browsers)
+        )
     ]
     assert lots_with, f"{reason.detail!r}: no failing computing lot has that {kind} at that version"
 
@@ -537,11 +628,11 @@ def test_edge_cases_give_the_contract_answer(name):
 
 
 def test_reason_formats_are_the_contract_examples():
-    r = res([[os_req("iPadOS", "15")]], tools=[OutilRequis(kind="TNI", min_quantity=1)],
-            training=TRAINING_34_3)
+    r = res([[os_req("iPadOS", "15")]], tools=[OutilRequis(kind="TNI", min_quantity=1)], training=TRAINING_34_3)
     e = evaluate(r, prof(lot("a", 30, ("iPadOS", "12.5"))), cov(10, {"3.4": [9, 5, 2, 0, 0, 0, 0, 0]}))
     incompatible = [x.model_dump() for x in e.alerts["equipement-incompatible"]]
     assert {"code": "os-version", "detail": "iPadOS 12.5 < 15"} in incompatible
     assert {"code": "outil-manquant", "detail": "TNI: 0 < 1"} in incompatible
     assert [x.model_dump() for x in e.alerts["formation-insuffisante"]] == [
-        {"code": "formation", "detail": "3.4 niveau 3: 2/10 enseignants"}]
+        {"code": "formation", "detail": "3.4 niveau 3: 2/10 enseignants"}
+    ]

@@ -5,50 +5,61 @@ import pytest
 from services.common.secrets import redact
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("postgresql://feo:s3cret@db.example:5432/feo", "postgresql://feo:***@db.example:5432/feo"),
-    ("postgres://feo:s3cret@db/feo?sslmode=require", "postgres://feo:***@db/feo?sslmode=require"),
-    # percent-encoded special characters, and raw ones that a hurried operator pastes
-    ("postgresql://feo:p%40ss%3Aw%2Frd@db/feo", "postgresql://feo:***@db/feo"),
-    ("postgresql://feo:p@ss:w/rd?x#y@db:5432/feo", "postgresql://feo:***@db:5432/feo"),
-    ("postgresql://:s3cret@db/feo", "postgresql://:***@db/feo"),
-    ("postgresql://feo:s3cret@h1:5432,h2:5432/feo", "postgresql://feo:***@h1:5432,h2:5432/feo"),
-    ("https://collector:t0ken@otel.example/v1/traces", "https://collector:***@otel.example/v1/traces"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://feo:s3cret@db.example:5432/feo", "postgresql://feo:***@db.example:5432/feo"),
+        ("postgres://feo:s3cret@db/feo?sslmode=require", "postgres://feo:***@db/feo?sslmode=require"),
+        # percent-encoded special characters, and raw ones that a hurried operator pastes
+        ("postgresql://feo:p%40ss%3Aw%2Frd@db/feo", "postgresql://feo:***@db/feo"),
+        ("postgresql://feo:p@ss:w/rd?x#y@db:5432/feo", "postgresql://feo:***@db:5432/feo"),
+        ("postgresql://:s3cret@db/feo", "postgresql://:***@db/feo"),
+        ("postgresql://feo:s3cret@h1:5432,h2:5432/feo", "postgresql://feo:***@h1:5432,h2:5432/feo"),
+        ("https://collector:t0ken@otel.example/v1/traces", "https://collector:***@otel.example/v1/traces"),
+    ],
+)
 def test_the_password_of_a_url_is_masked(text, expected):
     assert redact(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "postgresql://postgres@127.0.0.1:5432/postgres",
-    "postgresql://127.0.0.1:5432/postgres",
-    "postgresql:///feo?host=/var/run/postgresql",
-    "127.0.0.1:9092,127.0.0.1:9093",
-    "https://example.org/search?q=a:b@c",
-    "no url here, x=1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "postgresql://127.0.0.1:5432/postgres",
+        "postgresql:///feo?host=/var/run/postgresql",
+        "127.0.0.1:9092,127.0.0.1:9093",
+        "https://example.org/search?q=a:b@c",
+        "no url here, x=1",
+    ],
+)
 def test_text_without_a_password_is_unchanged(text):
     assert redact(text) == text
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("host=db port=5432 user=feo password=s3cret dbname=feo", "host=db port=5432 user=feo password=*** dbname=feo"),
-    ("host=db password='s3 cr\\'et' dbname=feo", "host=db password='***' dbname=feo"),
-    ("postgresql://db/feo?user=feo&password=s3cret&sslmode=require",
-     "postgresql://db/feo?user=feo&password=***&sslmode=require"),
-    ("PASSWORD = s3cret", "PASSWORD = ***"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("host=db port=5432 user=feo password=s3cret dbname=feo", "host=db port=5432 user=feo password=*** dbname=feo"),
+        ("host=db password='s3 cr\\'et' dbname=feo", "host=db password='***' dbname=feo"),
+        (
+            "postgresql://db/feo?user=feo&password=s3cret&sslmode=require",
+            "postgresql://db/feo?user=feo&password=***&sslmode=require",
+        ),
+        ("PASSWORD = s3cret", "PASSWORD = ***"),
+    ],
+)
 def test_password_pairs_are_masked(text, expected):
     assert redact(text) == expected
 
 
 def test_every_url_of_a_message_is_masked():
-    text = ("could not reach 'postgresql://a:one@db1/x' nor (postgresql://b:two@db2/y), "
-            "see https://docs.example/pg")
+    text = "could not reach 'postgresql://a:one@db1/x' nor (postgresql://b:two@db2/y), see https://docs.example/pg"
     masked = redact(text)
     assert "one" not in masked and "two" not in masked
-    assert masked == ("could not reach 'postgresql://a:***@db1/x' nor (postgresql://b:***@db2/y), "
-                      "see https://docs.example/pg")
+    assert masked == (
+        "could not reach 'postgresql://a:***@db1/x' nor (postgresql://b:***@db2/y), see https://docs.example/pg"
+    )
 
 
 @pytest.fixture

@@ -24,18 +24,22 @@ def _addresses(doc: dict) -> set[str]:
 
 def test_every_contract_topic_is_named(documents):
     named = set().union(*(_addresses(d) for d in documents.values()))
-    assert CONTRACT_TOPICS <= named, f"missing: {sorted(CONTRACT_TOPICS - named)}"
+    assert named >= CONTRACT_TOPICS, f"missing: {sorted(CONTRACT_TOPICS - named)}"
 
 
 def test_committed_documents_match_the_code(documents):
     for name, doc in documents.items():
         committed = json.loads((OUT / f"{name}.json").read_text(encoding="utf-8"))
         assert committed == json.loads(json.dumps(doc, sort_keys=True)), (
-            f"contracts/asyncapi/{name}.json is out of date: run ./dev gen")
+            f"contracts/asyncapi/{name}.json is out of date: run ./dev gen"
+        )
 
 
 def test_committed_openapi_document_matches_the_api():
     committed = json.loads(OPENAPI.read_text(encoding="utf-8"))
     assert committed == json.loads(json.dumps(openapi(), sort_keys=True)), (
-        "contracts/openapi/ressources.json is out of date: run ./dev gen")
-    assert {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}"} <= set(committed["paths"])
+        "contracts/openapi/ressources.json is out of date: run ./dev gen"
+    )
+    assert {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}"} <= set(
+        committed["paths"]
+    )

@@ -124,8 +124,9 @@ async def test_waiting_retries_with_a_doubling_delay_says_so_each_time_then_give
 
     started = time.monotonic()
     with pytest.raises(startup.StartupTimeout, match="Kafka at here did not answer"):
-        await startup.wait_for("Kafka at here", refused, deadline=started + 1.0, retry_on=(OSError,),
-                               first=0.1, cap=0.4)
+        await startup.wait_for(
+            "Kafka at here", refused, deadline=started + 1.0, retry_on=(OSError,), first=0.1, cap=0.4
+        )
     assert time.monotonic() - started >= 1.0
     waits = [fields for event, fields in said.lines if event == "startup.waiting"]
     assert len(waits) == attempts - 1 and attempts >= 4
@@ -140,5 +141,6 @@ async def test_an_error_that_is_not_unavailability_fails_at_once():
         raise PermissionError("password authentication failed")
 
     with pytest.raises(PermissionError):
-        await startup.wait_for("PostgreSQL", wrong_password, deadline=time.monotonic() + 60,
-                               retry_on=(ConnectionError,))
+        await startup.wait_for(
+            "PostgreSQL", wrong_password, deadline=time.monotonic() + 60, retry_on=(ConnectionError,)
+        )

@@ -3,6 +3,8 @@ What each emits for what it receives; the SQL stores are tested in tests/integra
 
 from datetime import UTC, date, datetime, timedelta
 
+from memory_stores import EquipementMemory, FormationMemory, RessourcesMemory
+
 import contracts as c
 from contracts.internal import (
     COUVERTURE_ENSEIGNANTS,
@@ -10,7 +12,6 @@ from contracts.internal import (
     PROFIL_LOT,
     ProfilLot,
 )
-from memory_stores import EquipementMemory, FormationMemory, RessourcesMemory
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
 from services.ressources.handlers import make_apply
@@ -27,8 +28,14 @@ def at(minutes: int) -> datetime:
 
 
 def lot(lot_id: str, quantity: int, ipados: str = "17.1", minute: int = 0) -> c.CloudEvent:
-    data = c.Lot(uai=UAI, lot_id=lot_id, kind="tablette", quantity=quantity,
-                 os=c.Logiciel(name="iPadOS", version=ipados), browsers=[])
+    data = c.Lot(
+        uai=UAI,
+        lot_id=lot_id,
+        kind="tablette",
+        quantity=quantity,
+        os=c.Logiciel(name="iPadOS", version=ipados),
+        browsers=[],
+    )
     return c.make_event(c.LOT, data, source=DEPARTEMENT, time=at(minute))
 
 
@@ -55,16 +62,30 @@ def affectation(teacher: str, minute: int, end: date | None = None) -> c.CloudEv
 
 
 def training(teacher: str, level: int, tools: list[str]) -> c.CloudEvent:
-    data = c.FormationSuivie(teacher_id=teacher, module_id=f"m-{level}", title="t", dispositif="eafc",
-                             completed_on=date(2026, 10, 1), competences=[c.Competence(code="3.4", level=level)],
-                             tools=tools)
+    data = c.FormationSuivie(
+        teacher_id=teacher,
+        module_id=f"m-{level}",
+        title="t",
+        dispositif="eafc",
+        completed_on=date(2026, 10, 1),
+        competences=[c.Competence(code="3.4", level=level)],
+        tools=tools,
+    )
     return c.make_event(c.FORMATION_SUIVIE, data, source="/rectorats/14", time=at(5))
 
 
 async def test_formation_counts_teachers_levels_and_tools_and_publishes_a_tool_nobody_holds_any_more():
     store = FormationMemory()
-    applied = await formation(store, [affectation("ens-00000001", 1), affectation("ens-00000002", 1),
-                                      training("ens-00000001", 3, ["TNI"]), training("ens-00000002", 1, [])], set())
+    applied = await formation(
+        store,
+        [
+            affectation("ens-00000001", 1),
+            affectation("ens-00000002", 1),
+            training("ens-00000001", 3, ["TNI"]),
+            training("ens-00000002", 1, []),
+        ],
+        set(),
+    )
     records = {o.key: o.event.data for o in applied.outgoing}
     assert records[UAI].enseignants == 2 and records[UAI].competences["3.4"][:4] == [2, 1, 1, 0]
     assert (records[f"{UAI}/tni"].kind, records[f"{UAI}/tni"].enseignants) == ("tni", 1)
@@ -76,23 +97,44 @@ async def test_formation_counts_teachers_levels_and_tools_and_publishes_a_tool_n
 
 
 def college() -> c.Etablissement:
-    return c.Etablissement(uai=UAI, nom="Collège", type="college", statut="public", code_commune="35238",
-                           code_departement="035", code_academie="14", code_region="53", ouvert=True)
+    return c.Etablissement(
+        uai=UAI,
+        nom="Collège",
+        type="college",
+        statut="public",
+        code_commune="35238",
+        code_departement="035",
+        code_academie="14",
+        code_region="53",
+        ouvert=True,
+    )
 
 
 def profil(version: int, ipados: str) -> c.CloudEvent:
-    data = ProfilLot(uai=UAI, lot_id="L1", version=version, kind="tablette", quantity=30,
-                     os=c.Logiciel(name="iPadOS", version=ipados))
+    data = ProfilLot(
+        uai=UAI,
+        lot_id="L1",
+        version=version,
+        kind="tablette",
+        quantity=30,
+        os=c.Logiciel(name="iPadOS", version=ipados),
+    )
     return c.make_event(PROFIL_LOT, data, source="/plateforme/equipement", time=at(version))
 
 
 def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
     rid = "ark:/67375/unit"
-    ressource = c.RessourcePubliee(resource_id=rid, title="Atlas", editor="E", requirements=[[
-        c.Exigence(type="os", name="iPadOS", min_version="15")]])
+    ressource = c.RessourcePubliee(
+        resource_id=rid,
+        title="Atlas",
+        editor="E",
+        requirements=[[c.Exigence(type="os", name="iPadOS", min_version="15")]],
+    )
     abonnement = c.Abonnement(resource_id=rid, uai=UAI, start=date(2026, 9, 1), end=end)
-    return [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/ministere", time=at(minute)),
-            c.make_event(c.ABONNEMENT, abonnement, source="/gar", time=at(minute))]
+    return [
+        c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/ministere", time=at(minute)),
+        c.make_event(c.ABONNEMENT, abonnement, source="/gar", time=at(minute)),
+    ]
 
 
 def announced(applied) -> list[tuple[str, str]]:
