@@ -30,10 +30,20 @@ REASON_CODES = frozenset(
     | {TOO_LARGE, IN_THE_FUTURE}
     | IDENTIFIER_REASONS
 )
+# What pydantic's and jiter's JSON readers say of a number of thousands of digits: valid JSON
+# that no field of the contract can take, so donnees-invalides like any number beyond its bound.
+_OUT_OF_RANGE = "number out of range"
 # pydantic's error types for a string or a list beyond its `max_length`.
 _TOO_LONG = frozenset({"string_too_long", "too_long"})
-_JSON_TYPES = {dict: "un objet", list: "un tableau", str: "une chaîne", bool: "un booléen", int: "un nombre",
-               float: "un nombre", type(None): "null"}
+_JSON_TYPES = {
+    dict: "un objet",
+    list: "un tableau",
+    str: "une chaîne",
+    bool: "un booléen",
+    int: "un nombre",
+    float: "un nombre",
+    type(None): "null",
+}
 # Messages that already name the bad value, written by our own validators.
 _OWN_MESSAGES = IDENTIFIER_REASONS | {"cloudevent-invalide"}
 
@@ -73,13 +83,18 @@ class EventParser:
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
         if not_after is not None and event.time > not_after:
-            raise ContractError(IN_THE_FUTURE, f"time {event.time.isoformat()}: postérieur à l'horloge du service "
-                                               f"plus l'écart toléré ({not_after.isoformat(timespec='seconds')})")
+            raise ContractError(
+                IN_THE_FUTURE,
+                f"time {event.time.isoformat()}: postérieur à l'horloge du service "
+                f"plus l'écart toléré ({not_after.isoformat(timespec='seconds')})",
+            )
         return event
 
     def _refusal(self, raw: bytes, topic: str | None, errors: list[Any]) -> ContractError:
         first = errors[0]
         if first["type"] in ("json_invalid", "json_type"):
+            if _OUT_OF_RANGE in first["msg"]:  # JSON, but a number no field can take
+                return ContractError("donnees-invalides", f"nombre hors limites ({first['msg']})")
             return ContractError("json-invalide", f"pas du JSON en UTF-8 ({first['msg']})")
         if not first["loc"]:
             if first["type"] == "union_tag_not_found":
@@ -118,6 +133,10 @@ def _check_json(raw: bytes) -> None:
     try:
         jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode=False)
     except ValueError as e:
+        if _OUT_OF_RANGE in str(e):
+            # A number of thousands of digits is JSON, just too large for jiter: the schema judges
+            # it (a quantity beyond its bound is donnees-invalides), as pydantic reads it.
+            return
         raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {e}") from None
 
 

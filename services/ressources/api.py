@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import anyio
 import asyncpg
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator
 
@@ -61,12 +61,24 @@ def _uai(value: str) -> str:
 
 
 Uai = Annotated[str, Path(description="UAI of the établissement, e.g. 0350042F"), AfterValidator(_uai)]
-ResourceId = Annotated[str, Path(min_length=1, max_length=MAX_RESOURCE_ID,
-                                 description="resource_id, e.g. ark:/67375/xyz (at most 256 characters)"),
-                       AfterValidator(_no_control)]
-LastEventId = Annotated[int | None, Header(
-    alias="Last-Event-ID", ge=0, le=2**63 - 1,
-    description="the `id:` of the last event received: the stream first replays the journal after it")]
+ResourceId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_RESOURCE_ID,
+        description="resource_id, e.g. ark:/67375/xyz (at most 256 characters)",
+    ),
+    AfterValidator(_no_control),
+]
+LastEventId = Annotated[
+    int | None,
+    Header(
+        alias="Last-Event-ID",
+        ge=0,
+        le=2**63 - 1,
+        description="the `id:` of the last event received: the stream first replays the journal after it",
+    ),
+]
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -76,9 +88,23 @@ def _pool(request: Request) -> asyncpg.Pool:
     return pipeline.pool
 
 
+def _hub(request: Request) -> AlertHub:
+    return request.app.state.hub
+
+
+def _seuils(request: Request) -> Seuils:
+    return request.app.state.seuils
+
+
+# What the endpoints need, as FastAPI dependencies (the runtime is set on the app by create_api).
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Hub = Annotated[AlertHub, Depends(_hub)]
+Thresholds = Annotated[Seuils, Depends(_seuils)]
+
+
 @router.get("/alertes", summary="Alerts, filtered and paginated (newest raise first)")
 async def alertes(
-    request: Request,
+    pool: Pool,
     code_academie: CodeAcademie | None = None,
     code_departement: CodeDepartement | None = None,
     responsable_type: Literal["commune", "departement", "region"] | None = None,
@@ -89,7 +115,7 @@ async def alertes(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items skipped, 0 … {MAX_OFFSET:,}")] = 0,
 ) -> dict:
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind, state)
-    async with _pool(request).acquire() as conn:
+    async with pool.acquire() as conn:
         total, items = await queries.list_alertes(conn, f, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
@@ -99,8 +125,11 @@ class _EventStream(StreamingResponse):
     gone, cut), even when its body never started."""
 
     def __init__(self, hub: AlertHub, sub: Subscription, last_event_id: int | None):
-        super().__init__(hub.events(sub, last_event_id), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            hub.events(sub, last_event_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         self._hub, self._sub = hub, sub
 
     async def __call__(self, scope, receive, send) -> None:
@@ -119,29 +148,33 @@ class _EventStream(StreamingResponse):
     "Comments keep an idle stream open; a final `fin` event (its `id:` is where to resume) ends a stream "
     "that reached its lifetime, a client too slow to read, a replay too long, or a stopping service.",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}},
-               503: {"description": "too many open streams; `Retry-After` says when to try again"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        503: {"description": "too many open streams; `Retry-After` says when to try again"},
+    },
 )
 async def flux(
-    request: Request,
+    hub: Hub,
     code_academie: CodeAcademie | None = None,
     code_departement: CodeDepartement | None = None,
     kind: AlertKind | None = None,
     last_event_id: LastEventId = None,
 ) -> Response:
-    hub: AlertHub = request.app.state.hub
     sub = hub.subscribe(queries.AlertFilter(code_academie, code_departement, kind=kind))
     if sub is None:
         return JSONResponse(
             {"detail": f"trop de flux ouverts ({hub.max_clients}) : réessayer dans {RETRY_AFTER_SECONDS} s"},
-            503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return _EventStream(hub, sub, last_event_id)
 
 
-@router.get("/etablissements/{uai}", summary="One établissement: equipment, training, each subscribed resource's verdicts")
-async def etablissement(request: Request, uai: Uai) -> dict:
-    seuils: Seuils = request.app.state.seuils
-    async with _pool(request).acquire() as conn:
+@router.get(
+    "/etablissements/{uai}", summary="One établissement: equipment, training, each subscribed resource's verdicts"
+)
+async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
+    async with pool.acquire() as conn:
         etab = await queries.etablissement(conn, uai)
         if etab is None:
             raise HTTPException(404, f"l'UAI {uai} n'est pas dans le référentiel")
@@ -154,39 +187,68 @@ async def etablissement(request: Request, uai: Uai) -> dict:
     for sub in subs:
         ressource = RessourcePubliee.model_validate_json(sub["ressource"]) if sub["publiee"] else None
         evaluated = is_evaluated(sub["end"], etab["ouvert"], ressource is not None)
-        entry = {"resource_id": sub["resource_id"], "title": ressource.title if ressource else None,
-                 "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
-                 "publiee": bool(sub["publiee"]), "evaluee": evaluated, "verdicts": None}
+        entry = {
+            "resource_id": sub["resource_id"],
+            "title": ressource.title if ressource else None,
+            "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
+            "publiee": bool(sub["publiee"]),
+            "evaluee": evaluated,
+            "verdicts": None,
+        }
         if evaluated and ressource is not None:
             ev = evaluate(ressource, profil, couverture, seuils)
             entry.update(compatible=ev.compatible, devices=ev.devices, coverage=ev.coverage)
             entry["verdicts"] = {
-                kind: {"alerte": kind in ev.alerts, "reasons": [r.model_dump() for r in ev.alerts.get(kind, [])],
-                       "alert_id": open_ids.get((sub["resource_id"], kind))}
+                kind: {
+                    "alerte": kind in ev.alerts,
+                    "reasons": [r.model_dump() for r in ev.alerts.get(kind, [])],
+                    "alert_id": open_ids.get((sub["resource_id"], kind)),
+                }
                 for kind in ALERT_KINDS
             }
         ressources.append(entry)
     return {
-        "etablissement": {k: etab[k] for k in ("uai", "nom", "type", "statut", "code_commune", "code_departement",
-                                              "code_academie", "code_region", "ouvert")},
+        "etablissement": {
+            k: etab[k]
+            for k in (
+                "uai",
+                "nom",
+                "type",
+                "statut",
+                "code_commune",
+                "code_departement",
+                "code_academie",
+                "code_region",
+                "ouvert",
+            )
+        },
         "equipement": json.loads(profil.model_dump_json()) if profil else None,
         "formation": json.loads(couverture.model_dump_json()) if couverture else None,
         "ressources": ressources,
     }
 
 
-@router.get("/ressources/{resource_id:path}", summary="One resource: subscribed établissements by verdict, per académie")
-async def ressource(request: Request, resource_id: ResourceId) -> dict:
-    async with _pool(request).acquire() as conn:
+@router.get(
+    "/ressources/{resource_id:path}", summary="One resource: subscribed établissements by verdict, per académie"
+)
+async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
+    async with pool.acquire() as conn:
         row = await queries.ressource(conn, resource_id)
         if row is None:
             raise HTTPException(404, f"ressource inconnue: {resource_id}")
         par_academie = await queries.synthese(conn, resource_id)
-    total = {k: sum(a[k] for a in par_academie.values())
-             for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
+    total = {
+        k: sum(a[k] for a in par_academie.values())
+        for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
+    }
     title = json.loads(row["ressource"])["title"] if row["ressource"] else None
-    return {"resource_id": resource_id, "title": title, "publiee": row["publiee"], "total": total,
-            "par_academie": par_academie}
+    return {
+        "resource_id": resource_id,
+        "title": title,
+        "publiee": row["publiee"],
+        "total": total,
+        "par_academie": par_academie,
+    }
 
 
 def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
@@ -197,14 +259,21 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     async def lifespan(api: FastAPI):
         await stream_app.start()
         pipeline = stream_app.pipeline
-        hub = AlertHub(settings.database_url, settings.db_schema or pipeline.service, pipeline.pool,
-                       max_clients=settings.sse_max_clients, queue_size=settings.sse_queue_size,
-                       keepalive_seconds=settings.sse_keepalive_seconds, max_seconds=settings.sse_max_seconds,
-                       replay_max=settings.sse_replay_max)
+        hub = AlertHub(
+            settings.database_url,
+            settings.db_schema or pipeline.service,
+            pipeline.pool,
+            max_clients=settings.sse_max_clients,
+            queue_size=settings.sse_queue_size,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+            max_seconds=settings.sse_max_seconds,
+            replay_max=settings.sse_replay_max,
+        )
         await hub.start()
         api.state.hub = hub
-        purge = asyncio.create_task(stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours),
-                                    name="sse-journal-purge")
+        purge = asyncio.create_task(
+            stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours), name="sse-journal-purge"
+        )
         try:
             yield
         finally:

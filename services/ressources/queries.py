@@ -11,6 +11,16 @@ import asyncpg
 from contracts import ALERT_KINDS
 from services.common.db import Conn
 
+# Each filter of the read API, and where it looks in an alert's data: the one definition that
+# the SQL conditions and the Python match are both read from.
+_PATHS = {
+    "code_academie": ("code_academie",),
+    "code_departement": ("code_departement",),
+    "responsable_type": ("responsable", "type"),
+    "responsable_code": ("responsable", "code"),
+    "kind": ("kind",),
+}
+
 
 @dataclass(frozen=True)
 class AlertFilter:
@@ -21,32 +31,35 @@ class AlertFilter:
     kind: str | None = None
     state: str | None = None  # "open" | "resolved"
 
-    def where(self) -> tuple[str, list]:
+    def _wanted(self) -> list[tuple[tuple[str, ...], str]]:
+        return [(path, value) for name, path in _PATHS.items() if (value := getattr(self, name)) is not None]
+
+    def conditions(self, document: str, first: int) -> tuple[list[str], list[str]]:
+        """The filter as SQL over a JSON `document` holding an alert's data, its parameters
+        numbered from `first`; written `a->'b'->>'c'`, the form the expression indexes use."""
         clauses, args = [], []
-        for sql, value in (
-            ("alerte->>'code_academie' = ${}", self.code_academie),
-            ("alerte->>'code_departement' = ${}", self.code_departement),
-            ("alerte->'responsable'->>'type' = ${}", self.responsable_type),
-            ("alerte->'responsable'->>'code' = ${}", self.responsable_code),
-            ("kind = ${}", self.kind),
-        ):
-            if value is not None:
-                args.append(value)
-                clauses.append(sql.format(len(args)))
+        for path, value in self._wanted():
+            args.append(value)
+            steps = "".join(f"->'{p}'" for p in path[:-1]) + f"->>'{path[-1]}'"
+            clauses.append(f"{document}{steps} = ${first + len(args) - 1}")
+        return clauses, args
+
+    def where(self) -> tuple[str, list]:
+        """Over the `alertes` table, with the state (open, resolved) it holds beside the data."""
+        clauses, args = self.conditions("alerte", 1)
         if self.state is not None:
             clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def matches(self, alert: dict) -> bool:
-        """The same filter over an alert event's `data` (the SSE stream filters in Python)."""
-        responsable = alert.get("responsable") or {}
-        return all(want is None or have == want for want, have in (
-            (self.code_academie, alert.get("code_academie")),
-            (self.code_departement, alert.get("code_departement")),
-            (self.responsable_type, responsable.get("type")),
-            (self.responsable_code, responsable.get("code")),
-            (self.kind, alert.get("kind")),
-        ))
+        """Over an alert event's `data` (the SSE stream filters in Python); tested against the SQL."""
+        for path, value in self._wanted():
+            have: object = alert
+            for p in path:
+                have = have.get(p) if isinstance(have, dict) else None
+            if have != value:
+                return False
+        return True
 
 
 async def list_alertes(conn: Conn, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
@@ -55,7 +68,9 @@ async def list_alertes(conn: Conn, f: AlertFilter, limit: int, offset: int) -> t
     rows = await conn.fetch(
         f"SELECT ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
         f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
-        *args, limit, offset,
+        *args,
+        limit,
+        offset,
     )
     return total, [_alert(r) for r in rows]
 
@@ -85,23 +100,25 @@ async def open_alert_ids(conn: Conn, uai: str) -> dict[tuple[str, str], str]:
 
 
 async def ressource(conn: Conn, resource_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id)
+    return await conn.fetchrow(
+        "SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id
+    )
 
 
 # SQL forms of rules.is_evaluated and rules.verdict, for counting in the database; each is
 # tested against its Python definition (tests/integration/test_sql_rules.py). `a` is the
 # abonnement, `e` its établissement, `r` its resource; in VERDICT, one boolean column per kind.
 EVALUATED = 'a."end" IS NULL AND e.ouvert IS TRUE AND r.publiee IS TRUE'
-VERDICT = ("""CASE WHEN coalesce("equipement-incompatible", false) THEN 'incompatible' """
-           """WHEN coalesce("equipement-partiel", false) THEN 'partiel' ELSE 'compatible' END""")
+VERDICT = (
+    """CASE WHEN coalesce("equipement-incompatible", false) THEN 'incompatible' """
+    """WHEN coalesce("equipement-partiel", false) THEN 'partiel' ELSE 'compatible' END"""
+)
 
 
 async def synthese(conn: Conn, resource_id: str) -> dict[str, dict[str, int]]:
     """Per académie, over the pairs the platform evaluates (`EVALUATED`): how many are
     compatible, partial, incompatible, under-trained. None while the resource is withdrawn."""
-    kinds = ", ".join(
-        f"bool_or(al.kind = '{k}') FILTER (WHERE al.ouverte) AS \"{k}\"" for k in ALERT_KINDS
-    )
+    kinds = ", ".join(f"bool_or(al.kind = '{k}') FILTER (WHERE al.ouverte) AS \"{k}\"" for k in ALERT_KINDS)
     rows = await conn.fetch(
         f"""
         WITH pairs AS (
@@ -126,8 +143,10 @@ async def synthese(conn: Conn, resource_id: str) -> dict[str, dict[str, int]]:
         """,
         resource_id,
     )
-    return {r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
-            for r in rows}
+    return {
+        r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
+        for r in rows
+    }
 
 
 @dataclass(frozen=True)
@@ -143,23 +162,16 @@ class Replay:
 async def journal_replay(conn: Conn, after: int, through: int, f: AlertFilter, limit: int) -> Replay:
     """The journal rows in (after, through] that `f` keeps, at most `limit` + 1 of them (one
     more says there are more). One snapshot, so the horizon and the rows agree."""
-    clauses, args = ["seq > $1", "seq <= $2"], [after, through]  # type: list[str], list[object]
-    for sql, value in (
-        ("event->'data'->>'code_academie' = ${}", f.code_academie),
-        ("event->'data'->>'code_departement' = ${}", f.code_departement),
-        ("event->'data'->'responsable'->>'type' = ${}", f.responsable_type),
-        ("event->'data'->'responsable'->>'code' = ${}", f.responsable_code),
-        ("event->'data'->>'kind' = ${}", f.kind),
-    ):
-        if value is not None:
-            args.append(value)
-            clauses.append(sql.format(len(args)))
-    args.append(limit + 1)
+    conditions, values = f.conditions("event->'data'", 3)
+    clauses = ["seq > $1", "seq <= $2", *conditions]
+    args: list[object] = [after, through, *values, limit + 1]
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         purged = await conn.fetchval("SELECT purged_through FROM alert_journal_horizon")
         allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
         rows = await conn.fetch(
-            f"SELECT seq, event FROM alert_journal WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}", *args)
+            f"SELECT seq, event FROM alert_journal WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}", *args
+        )
     assert allocated is not None, "a sequence always has a row"
-    return Replay([(r["seq"], r["event"]) for r in rows], purged,
-                  allocated["last_value"] if allocated["is_called"] else 0)
+    return Replay(
+        [(r["seq"], r["event"]) for r in rows], purged, allocated["last_value"] if allocated["is_called"] else 0
+    )

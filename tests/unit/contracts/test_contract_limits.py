@@ -49,8 +49,10 @@ SOFT = {"name": "Firefox", "version": "115"}
          [[{"type": "os", "name": "any"}]] * 33),
         (c.RESSOURCE_PUBLIEE, "requirements", [[{"type": "os", "name": "any"}] * 32],
          [[{"type": "os", "name": "any"}] * 33]),
-        (c.RESSOURCE_PUBLIEE, "requirements", [[{"type": "browser", "name": S64}]], [[{"type": "browser", "name": S65}]]),
-        (c.RESSOURCE_PUBLIEE, "tools", [{"kind": "TNI", "min_quantity": 1}] * 32, [{"kind": "TNI", "min_quantity": 1}] * 33),
+        (c.RESSOURCE_PUBLIEE, "requirements", [[{"type": "browser", "name": S64}]],
+         [[{"type": "browser", "name": S65}]]),
+        (c.RESSOURCE_PUBLIEE, "tools", [{"kind": "TNI", "min_quantity": 1}] * 32,
+         [{"kind": "TNI", "min_quantity": 1}] * 33),
         (c.RESSOURCE_PUBLIEE, "tools", [{"kind": S64, "min_quantity": 1}], [{"kind": S65, "min_quantity": 1}]),
         (c.RESSOURCE_PUBLIEE, "training", {"tools": ["t"] * 32}, {"tools": ["t"] * 33}),
         (c.RESSOURCE_PUBLIEE, "training", {"competences": [{"code": "1.1", "level": 1}] * 32},
@@ -96,8 +98,10 @@ def test_versions_of_up_to_nine_digits_per_part_are_accepted(version, make_recor
 
 @pytest.mark.parametrize("version", ["1234567890", "1.2.3.1234567890", "1" * 5000, "1.2.3.4.5"])
 def test_a_version_part_longer_than_nine_digits_is_version_invalide(version, make_record, examples):
-    for data in (with_data(examples, c.LOT, os={"name": "Windows", "version": version}),
-                 with_data(examples, c.RESSOURCE_PUBLIEE, requirements=[[{"type": "os", "name": "x", "min_version": version}]])):
+    for data in (
+        with_data(examples, c.LOT, os={"name": "Windows", "version": version}),
+        with_data(examples, c.RESSOURCE_PUBLIEE, requirements=[[{"type": "os", "name": "x", "min_version": version}]]),
+    ):
         code, message = reason(make_record(c.LOT if "lot_id" in data else c.RESSOURCE_PUBLIEE, data))
         assert code == "version-invalide" and len(message) < 300
 
@@ -181,7 +185,7 @@ def test_huge_numbers_are_refused_with_a_reason(number, make_record):
     ],
 )
 def test_a_refused_teacher_id_is_named_never_repeated(type_, data, make_record, examples):
-    code, message = reason(make_record(type_, examples[type_] | data))
+    _, message = reason(make_record(type_, examples[type_] | data))
     assert message.startswith("data.teacher_id")
     assert "dupont" not in message and "1234567890123" not in message
 
@@ -205,8 +209,12 @@ def test_every_bound_is_published_in_the_json_schemas():
 
 @pytest.mark.parametrize(
     ("where", "code", "path"),
-    [("lot_id", "donnees-invalides", "data.lot_id"), ("browsers", "donnees-invalides", "data.browsers[0].name"),
-     ("subject", "cloudevent-invalide", "subject"), ("extension", "cloudevent-invalide", "extension")],
+    [
+        ("lot_id", "donnees-invalides", "data.lot_id"),
+        ("browsers", "donnees-invalides", "data.browsers[0].name"),
+        ("subject", "cloudevent-invalide", "subject"),
+        ("extension", "cloudevent-invalide", "extension"),
+    ],
 )
 def test_a_nul_character_in_any_text_is_refused_at_parsing_naming_where(where, code, path, make_record, examples):
     event = json.loads(make_record(c.LOT))
@@ -223,3 +231,9 @@ def test_a_nul_character_in_any_text_is_refused_at_parsing_naming_where(where, c
 def test_an_escaped_backslash_before_u0000_is_not_a_nul(make_record, examples):
     raw = make_record(c.LOT, examples[c.LOT] | {"lot_id": "C:\\u0000"})
     assert b"\\\\u0000" in raw and c.parse_event(raw).data.lot_id == "C:\\u0000"
+
+
+@pytest.mark.parametrize("digits", [400, 4_600, 5_000])
+def test_a_quantity_of_thousands_of_digits_is_donnees_invalides_like_any_quantity_beyond_its_bound(digits, make_record):
+    raw = make_record(c.LOT).replace(b'"quantity": 30', b'"quantity": ' + b"9" * digits)
+    assert reason(raw)[0] == "donnees-invalides"
