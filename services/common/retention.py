@@ -7,6 +7,7 @@ So rows older than `INBOX_RETENTION_DAYS` are deleted, a bounded chunk at a time
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -36,13 +37,21 @@ async def purge(pool: asyncpg.Pool, days: int) -> int:
     return removed
 
 
-async def run(pool: asyncpg.Pool, days: int) -> None:
+async def periodically(
+    what: str, purge: Callable[[], Awaitable[int]], period: float = PERIOD_SECONDS, **context: object
+) -> None:
+    """Runs `purge` every `period` seconds until cancelled, logging what it removed (`what`.purged)
+    and its failures, which never end the loop: a purge is retried at the next period."""
     while True:
         try:
-            if removed := await purge(pool, days):
-                log.info("retention.purged", rows=removed, older_than_days=days)
+            if removed := await purge():
+                log.info(f"{what}.purged", rows=removed, **context)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("retention.failed")
-        await asyncio.sleep(PERIOD_SECONDS)
+            log.exception(f"{what}.purge_failed")
+        await asyncio.sleep(period)
+
+
+async def run(pool: asyncpg.Pool, days: int) -> None:
+    await periodically("retention", lambda: purge(pool, days), older_than_days=days)

@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 
 from contracts import CloudEvent
+from services.common import retention
 from services.common.db import Conn
 from services.ressources import queries
 
@@ -87,15 +88,9 @@ async def purge(pool: asyncpg.Pool, hours: float) -> int:
 
 
 async def purge_periodically(pool: asyncpg.Pool, hours: float) -> None:
-    while True:
-        try:
-            if removed := await purge(pool, hours):
-                log.info("sse.journal_purged", rows=removed, older_than_hours=hours)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("sse.journal_purge_failed")
-        await asyncio.sleep(PURGE_PERIOD_SECONDS)
+    await retention.periodically(
+        "sse.journal", lambda: purge(pool, hours), PURGE_PERIOD_SECONDS, older_than_hours=hours
+    )
 
 
 class _Item(NamedTuple):
