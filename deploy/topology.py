@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from services.common.outbox import MAX_REQUEST_BYTES
+from services.common.messaging.outbox import MAX_REQUEST_BYTES
 
 DECLARATION_PARTITIONS = 6
 

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from services.common.app import build_app
-from services.common.settings import ServiceSettings
-from services.common.spec import ServiceSpec
+from services.common.runtime.app import build_app
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
 
 OUT = Path(__file__).resolve().parent.parent / "contracts" / "asyncapi"
 OPENAPI = Path(__file__).resolve().parent.parent / "contracts" / "openapi" / "ressources.json"

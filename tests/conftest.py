@@ -64,7 +64,7 @@ async def topic_prefix(kafka, unique) -> str:
 
 @pytest.fixture
 def settings(kafka, database_url, topic_prefix):
-    from services.common.settings import ServiceSettings
+    from services.common.runtime.settings import ServiceSettings
 
     return ServiceSettings(
         kafka_bootstrap_servers=kafka.bootstrap_servers,

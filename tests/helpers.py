@@ -115,7 +115,7 @@ class running:
     def __init__(self, spec, settings):
         from faststream import TestApp
 
-        from services.common.app import build_app
+        from services.common.runtime.app import build_app
 
         self.app = build_app(spec, settings)
         self._ctx = TestApp(self.app)

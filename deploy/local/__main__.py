@@ -35,7 +35,7 @@ from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.publish import publish_etablissements
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from services.common.secrets import redact
+from services.common.runtime.secrets import redact
 
 DATABASE = "former_equiper_outiller"
 

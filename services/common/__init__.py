@@ -1,6 +1,11 @@
-"""What the three services share: settings, logging, telemetry, the database, the inbox,
-the outbox and its relay, dead-lettering, the référentiel and the batch pipeline.
+"""What the three services share, by room:
 
-A service is a `ServiceSpec` (its topics, its state rules, its store); `build_app` turns it
-into a runnable FastStream ASGI application.
+- `pipeline.py`: one batch of Kafka records in, one PostgreSQL transaction out (the heart);
+- `rules/`: pure rules (who may declare what, latest time wins);
+- `storage/`: PostgreSQL (pool and migrations, inbox, latest-wins upserts, the référentiel's
+  table, derived records last published, retention); `migrations/`: the shared tables;
+- `messaging/`: Kafka (the batch consumer, the outbox and its relay, dead letters, the
+  `./dev outbox` command);
+- `runtime/`: how a service runs (its `ServiceSpec`, `build_app`, health, start-up and
+  supervision, settings, logging, tracing, secret masking).
 """

@@ -22,11 +22,13 @@ from opentelemetry import trace
 import contracts as c
 from contracts import CloudEvent, ContractError, parse_source, uai_of
 from contracts.internal import INTERNAL_TOPICS
-from services.common import dlq, inbox, referentiel, rights
-from services.common.db import Conn, advisory_key
-from services.common.outbox import OutboxRecord, OutboxRelay, enqueue
-from services.common.settings import ServiceSettings
-from services.common.telemetry import context_from_headers, headers_for
+from services.common.messaging import dlq
+from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue
+from services.common.rules import rights
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.telemetry import context_from_headers, headers_for
+from services.common.storage import inbox, referentiel
+from services.common.storage.db import Conn, advisory_key
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import contracts as c
 from contracts.internal import PROFILS, ProfilLot
-from services.common.spec import Publishes, ServiceSpec
+from services.common.runtime.spec import Publishes, ServiceSpec
 from services.equipement.handlers import apply
 from services.equipement.store import EquipementStore
 

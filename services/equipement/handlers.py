@@ -6,9 +6,9 @@ from typing import Protocol
 import contracts as c
 from contracts import CloudEvent
 from contracts.internal import PROFIL_CONNECTIVITE, PROFIL_LOT, PROFILS, ProfilConnectivite, ProfilLot
-from services.common.derived import Derived, Published, publish_changes
 from services.common.pipeline import Applied
-from services.common.state import Verdicts
+from services.common.rules.state import Verdicts
+from services.common.storage.derived import Derived, Published, publish_changes
 from services.equipement import domain
 
 SOURCE = "/plateforme/equipement"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import contracts as c
 from contracts.internal import COUVERTURES, CouvertureEnseignants
-from services.common.spec import Publishes, ServiceSpec
+from services.common.runtime.spec import Publishes, ServiceSpec
 from services.formation.handlers import apply
 from services.formation.store import FormationStore
 

@@ -12,9 +12,9 @@ from contracts.internal import (
     CouvertureEnseignants,
     CouvertureOutil,
 )
-from services.common.derived import Derived, Published, publish_changes
 from services.common.pipeline import Applied
-from services.common.state import Verdicts
+from services.common.rules.state import Verdicts
+from services.common.storage.derived import Derived, Published, publish_changes
 from services.formation import domain
 
 SOURCE = "/plateforme/formation"

@@ -3,10 +3,10 @@
 from collections.abc import Mapping, Sequence, Set
 
 from contracts import CloudEvent
-from services.common.db import Conn
-from services.common.derived import PgPublished
-from services.common.entities import store_latest
-from services.common.state import Verdicts
+from services.common.rules.state import Verdicts
+from services.common.storage.db import Conn
+from services.common.storage.derived import PgPublished
+from services.common.storage.entities import store_latest
 from services.formation.domain import Counts
 
 

@@ -1,4 +1,4 @@
-from services.common.app import serve
+from services.common.runtime.app import serve
 from services.ressources.app import SPEC
 
 serve(SPEC)

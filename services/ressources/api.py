@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
-from services.common.app import ServiceApp
-from services.common.health import health_report
-from services.common.settings import ServiceSettings
+from services.common.runtime.app import ServiceApp
+from services.common.runtime.health import health_report
+from services.common.runtime.settings import ServiceSettings
 from services.ressources import queries, stream
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings

@@ -5,7 +5,7 @@ from pathlib import Path
 import contracts as c
 from contracts.internal import COUVERTURES, INTERNAL_PAYLOADS, INTERNAL_TOPIC_TYPES, PROFILS
 from contracts.parsing import EventParser
-from services.common.spec import Publishes, ServiceSpec
+from services.common.runtime.spec import Publishes, ServiceSpec
 from services.ressources.api import create_api
 from services.ressources.handlers import make_apply, reconcile_seuils
 from services.ressources.settings import RessourcesSettings

@@ -11,7 +11,7 @@ import contracts as c
 from contracts import AlerteLevee, AlerteResolue, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
 from contracts.internal import INTERNAL_PAYLOADS, CouvertureFormation, ProfilEquipement
 from services.common.pipeline import Applied, Outgoing, Pipeline
-from services.common.state import Verdicts
+from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings

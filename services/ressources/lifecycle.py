@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement
-from services.common.rights import responsable
+from services.common.rules.rights import responsable
 from services.ressources.rules import Evaluation
 
 

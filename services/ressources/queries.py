@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from contracts import ALERT_KINDS
-from services.common.db import Conn
+from services.common.storage.db import Conn
 
 # Each filter of the read API, and where it looks in an alert's data: the one definition that
 # the SQL conditions and the Python match are both read from.

@@ -3,7 +3,7 @@ live stream. Variables as documented in the README."""
 
 from pydantic import Field
 
-from services.common.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings
 from services.ressources.rules import Seuils
 
 _DEFAULT = Seuils()

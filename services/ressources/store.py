@@ -20,10 +20,10 @@ from contracts.internal import (
     LotProfil,
     ProfilEquipement,
 )
-from services.common import referentiel
-from services.common.db import Conn
-from services.common.entities import store_latest
-from services.common.state import Verdicts
+from services.common.rules.state import Verdicts
+from services.common.storage import referentiel
+from services.common.storage.db import Conn
+from services.common.storage.entities import store_latest
 from services.ressources import stream
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils

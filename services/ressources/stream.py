@@ -25,8 +25,8 @@ import asyncpg
 import structlog
 
 from contracts import CloudEvent
-from services.common import retention
-from services.common.db import Conn
+from services.common.storage import retention
+from services.common.storage.db import Conn
 from services.ressources import queries
 
 CHANNEL = "alertes"

@@ -23,7 +23,7 @@ import contracts as c
 import contracts.internal as internal
 from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
-from services.common.db import create_pool, migrate
+from services.common.storage.db import create_pool, migrate
 from services.ressources.handlers import make_apply
 from services.ressources.rules import Seuils
 from services.ressources.store import RessourcesStore

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import contracts as c
 from contracts.parsing import MAX_RECORD_BYTES
 from helpers import TopicReader, college, eventually, running, send, uai
-from services.common.health import health_report
+from services.common.runtime.health import health_report
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES

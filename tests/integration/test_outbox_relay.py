@@ -8,10 +8,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
 from helpers import TopicReader, running
-from services.common import outbox_failed
-from services.common.db import create_pool, migrate
-from services.common.health import health_report
-from services.common.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
+from services.common.messaging import outbox_failed
+from services.common.messaging.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
+from services.common.runtime.health import health_report
+from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC
 
 ODD_HEADERS = (("x-bin", b"\xff\xfe\x00\x80"), ("x-null", None), ("x-n", b"dup-1"), ("x-n", b"dup-2"), ("x-empty", b""))

@@ -13,7 +13,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.local.ports import free_port
 from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, uai
-from services.common.app import build_app
+from services.common.runtime.app import build_app
 from services.ressources.api import create_api
 from services.ressources.app import SPEC
 

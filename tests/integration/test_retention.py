@@ -1,7 +1,7 @@
 """Retention of the inbox and dead letters, on the real database."""
 
-from services.common.db import create_pool, migrate
-from services.common.retention import purge
+from services.common.storage.db import create_pool, migrate
+from services.common.storage.retention import purge
 from services.equipement.app import SPEC
 
 

@@ -7,7 +7,7 @@ import json
 from datetime import date
 
 from contracts import ALERT_KINDS
-from services.common.db import create_pool, migrate
+from services.common.storage.db import create_pool, migrate
 from services.ressources import queries
 from services.ressources.app import SPEC
 from services.ressources.rules import is_evaluated, verdict

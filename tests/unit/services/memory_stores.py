@@ -17,8 +17,8 @@ from contracts.internal import (
     LotProfil,
     ProfilEquipement,
 )
-from services.common.derived import Key, Publication
-from services.common.state import Verdicts, latest_wins
+from services.common.rules.state import Verdicts, latest_wins
+from services.common.storage.derived import Key, Publication
 from services.formation.domain import Counts
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils

@@ -6,7 +6,7 @@ import pytest
 
 import contracts as c
 from contracts import Etablissement, make_event, parse_source
-from services.common.rights import HORS_COMPETENCE, UAI_INCONNU, check
+from services.common.rules.rights import HORS_COMPETENCE, UAI_INCONNU, check
 
 
 def etab(uai_digits: str, type_: str, commune="35238", dep="035", aca="14", reg="53") -> Etablissement:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.common.secrets import redact
+from services.common.runtime.secrets import redact
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def structlog_restored():
 def test_service_logs_never_show_a_password(structlog_restored, capsys):
     import structlog
 
-    from services.common.logs import configure_logging
+    from services.common.runtime.logs import configure_logging
 
     configure_logging("test", "json", "INFO")  # here: pytest swaps sys.stderr between phases
     log = structlog.get_logger("test")

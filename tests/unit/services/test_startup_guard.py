@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.common import startup
-from services.common.settings import ServiceSettings
+from services.common.runtime import startup
+from services.common.runtime.settings import ServiceSettings
 
 
 class Stand:

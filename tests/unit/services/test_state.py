@@ -3,7 +3,7 @@
 import itertools
 from datetime import UTC, datetime, timedelta
 
-from services.common.state import latest_wins
+from services.common.rules.state import latest_wins
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 

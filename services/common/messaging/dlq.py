@@ -12,8 +12,8 @@ import structlog
 from aiokafka import ConsumerRecord
 
 from contracts import dlq as dlq_topic
-from services.common.db import Conn
-from services.common.outbox import OutboxRecord, enqueue
+from services.common.messaging.outbox import OutboxRecord, enqueue
+from services.common.storage.db import Conn
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from services.common.db import Conn, advisory_key
+from services.common.storage.db import Conn, advisory_key
 
 log = structlog.get_logger(__name__)
 

@@ -18,8 +18,8 @@ import sys
 
 import asyncpg
 
-from services.common.secrets import redact
-from services.common.settings import ServiceSettings
+from services.common.runtime.secrets import redact
+from services.common.runtime.settings import ServiceSettings
 
 SERVICES = ("formation", "equipement", "ressources")
 

@@ -36,8 +36,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import collect_hosts
 from aiokafka.errors import KafkaError
 
-from services.common.secrets import redact
-from services.common.settings import ServiceSettings
+from services.common.runtime.secrets import redact
+from services.common.runtime.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker

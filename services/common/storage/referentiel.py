@@ -3,8 +3,8 @@
 from collections.abc import Iterable, Sequence
 
 from contracts import CloudEvent, Etablissement
-from services.common.db import Conn
-from services.common.entities import store_latest
+from services.common.storage.db import Conn
+from services.common.storage.entities import store_latest
 
 _COLUMNS = ("nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region", "ouvert")
 

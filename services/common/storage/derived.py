@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from contracts import CloudEvent, Payload, make_event
-from services.common.db import Conn
 from services.common.pipeline import Outgoing
+from services.common.storage.db import Conn
 
 Key = tuple[str, str]
 """(uai, entity); entity is "" for a record per UAI."""

@@ -9,8 +9,8 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from services.common.pipeline import Pipeline
-from services.common.settings import ServiceSettings
-from services.common.spec import ServiceSpec
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
 
 
 def _raw_records(msg) -> tuple[ConsumerRecord, ...]:

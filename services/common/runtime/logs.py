@@ -13,7 +13,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-from services.common.secrets import redact
+from services.common.runtime.secrets import redact
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -13,7 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-from services.common.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings
 
 
 def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider:

@@ -34,7 +34,7 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: str = "INFO"
-    # Start and stay (services/common/startup.py).
+    # Start and stay (services/common/runtime/startup.py).
     startup_timeout_seconds: float = Field(
         120, gt=0, description="wait this long for Kafka and PostgreSQL at start, then exit non-zero"
     )

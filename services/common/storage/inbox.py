@@ -7,7 +7,7 @@ conflict means it was accepted before (or by a concurrent consumer, which then c
 from collections.abc import Sequence
 
 from contracts import CloudEvent
-from services.common.db import Conn
+from services.common.storage.db import Conn
 
 
 async def claim(conn: Conn, events: Sequence[CloudEvent]) -> list[CloudEvent]:

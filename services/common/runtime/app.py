@@ -15,16 +15,17 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
-from services.common import retention, startup
-from services.common.consumer import subscribe
-from services.common.db import create_pool, migrate
-from services.common.health import health_report
-from services.common.logs import configure_logging
-from services.common.outbox import OutboxRelay, relay_producer
+from services.common.messaging.consumer import subscribe
+from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
-from services.common.settings import ServiceSettings
-from services.common.spec import ServiceSpec
-from services.common.telemetry import configure_tracing
+from services.common.runtime import startup
+from services.common.runtime.health import health_report
+from services.common.runtime.logs import configure_logging
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
+from services.common.runtime.telemetry import configure_tracing
+from services.common.storage import retention
+from services.common.storage.db import create_pool, migrate
 
 log = structlog.get_logger(__name__)
 

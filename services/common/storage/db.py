@@ -18,7 +18,7 @@ log = structlog.get_logger(__name__)
 Conn = asyncpg.Connection | PoolConnectionProxy
 """A connection, whether opened alone or acquired from a pool."""
 
-_SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+_SHARED_MIGRATIONS = Path(__file__).parent.parent / "migrations"  # services/common/migrations
 
 
 def advisory_key(name: str) -> int:

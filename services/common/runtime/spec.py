@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 import contracts as c
-from services.common.db import Conn
 from services.common.pipeline import ApplyFn, Pipeline
-from services.common.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings
+from services.common.storage.db import Conn
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from contracts import CloudEvent
-from services.common.db import Conn
-from services.common.state import Verdicts, latest_wins
+from services.common.rules.state import Verdicts, latest_wins
+from services.common.storage.db import Conn
 
 
 async def store_latest(
