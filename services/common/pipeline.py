@@ -28,7 +28,7 @@ from services.common.rules import rights
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, headers_for
 from services.common.storage import inbox, referentiel
-from services.common.storage.db import Conn, advisory_key
+from services.common.storage.db import Conn, lock_for_transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -83,7 +83,7 @@ class Pipeline:
         # One writer per DLQ: a topic several services read (the référentiel) is
         # dead-lettered by its owner only; the others skip what it refuses.
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
-        self._writer_lock = advisory_key(f"writer:{settings.db_schema or service}")
+        self._writer_lock = f"writer:{settings.db_schema or service}"
         self._pool: asyncpg.Pool | None = None
         self._relay: OutboxRelay | None = None
 
@@ -172,7 +172,7 @@ class Pipeline:
         different partitions, and what a service derives (a UAI's coverage, profile, alerts)
         may be touched by records of several partitions: read-then-write must not interleave."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._writer_lock)
+            await lock_for_transaction(conn, self._writer_lock)
             yield conn
 
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span]) -> int:

@@ -72,8 +72,15 @@ def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
-async def count_failed(conn: Conn | asyncpg.Pool) -> int:
-    return await conn.fetchval("SELECT count(*) FROM outbox_failed")
+async def count_failed(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
+    """Records set aside for an operator; `at_most` bounds the count (a probe stays cheap)."""
+    limit = "" if at_most is None else f" LIMIT {int(at_most)}"
+    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM outbox_failed{limit}) f")
+
+
+async def count_pending(conn: Conn | asyncpg.Pool, at_most: int) -> int:
+    """Records waiting for the relay, counted up to `at_most` (a probe stays cheap)."""
+    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT {int(at_most)}) o")
 
 
 class OutboxRelay:

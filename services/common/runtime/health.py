@@ -2,7 +2,10 @@
 
 from faststream.kafka import KafkaBroker
 
+from services.common.messaging.outbox import count_failed, count_pending
 from services.common.pipeline import Pipeline
+
+COUNT_AT_MOST = 10_000
 
 
 async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, dict]:
@@ -17,13 +20,9 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, d
     if pipeline.started:
         try:
             # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
-            body["outbox_pending"] = await pipeline.pool.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 10000) o"
-            )
+            body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
             # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
-            body["outbox_failed"] = await pipeline.pool.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM outbox_failed LIMIT 10000) f"
-            )
+            body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
             body["database"] = True
         except Exception as exc:  # reported, not raised: this is the health check
             body["error"] = str(exc)
