@@ -4,7 +4,6 @@ wait for the dependencies (startup.py), open the database and migrate, run the o
 and the background tasks, stop them in order.
 """
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -16,16 +15,14 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
 from services.common.messaging.consumer import subscribe
-from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
 from services.common.runtime import startup
 from services.common.runtime.health import health_report
+from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.telemetry import configure_tracing
-from services.common.storage import retention
-from services.common.storage.db import create_pool, migrate
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +38,6 @@ class ServiceApp(AsgiFastStream):
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
     settings = spec.settings.of(settings) if settings is not None else spec.settings()
-    schema = settings.db_schema or spec.name
     configure_logging(spec.name, settings.log_format, settings.log_level)
     provider = configure_tracing(spec.name, settings)
 
@@ -67,42 +63,15 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         status, body = await health_report(pipeline, broker)
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
-    async def start_database() -> None:
-        pool = await create_pool(settings.database_url, schema)
-        await migrate(pool, schema, spec.package_dir)
-        producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
-        pipeline.attach(
-            pool,
-            OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records, poll_ms=settings.outbox_poll_ms),
-        )
-
-    background: list[asyncio.Task] = []
-
-    async def start_relay() -> None:
-        pipeline.relay.start()
-        if spec.on_start is not None:
-            background.append(asyncio.create_task(spec.on_start(pipeline, settings), name=f"{spec.name}-on-start"))
-        if settings.inbox_retention_days:
-            background.append(asyncio.create_task(retention.run(pipeline.pool, settings.inbox_retention_days)))
-        log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
-
-    async def stop() -> None:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if pipeline.started:
-            await pipeline.relay.stop()
-            await pipeline.pool.close()
-        provider.shutdown()
-
+    lifecycle = Lifecycle(spec, settings, pipeline, provider)
     guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
     return ServiceApp(
         broker,
         pipeline,
         asgi_routes=[("/health", health)],
-        on_startup=[guard.wait_for_dependencies, start_database],
-        after_startup=[start_relay, guard.started],
-        on_shutdown=[guard.stop, stop],
+        on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
+        after_startup=[lifecycle.run, guard.started],
+        on_shutdown=[guard.stop, lifecycle.stop],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
 

@@ -1,0 +1,57 @@
+"""What a service does once its dependencies answer, and when it stops, in order: open the
+database and migrate, then run the outbox relay and the background tasks (the spec's own
+start-up work, retention), and at the end stop them and close what was opened."""
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+
+from services.common.messaging.outbox import OutboxRelay, relay_producer
+from services.common.pipeline import Pipeline
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
+from services.common.storage import retention
+from services.common.storage.db import create_pool, migrate
+
+log = structlog.get_logger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline, provider: TracerProvider):
+        self._spec, self._settings, self._pipeline, self._provider = spec, settings, pipeline, provider
+        self._background: list[asyncio.Task] = []
+
+    async def open_database(self) -> None:
+        spec, settings = self._spec, self._settings
+        schema = settings.db_schema or spec.name
+        pool = await create_pool(settings.database_url, schema)
+        await migrate(pool, schema, spec.package_dir)
+        producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
+        relay = OutboxRelay(
+            pool, producer, schema, batch=settings.outbox_batch_records, poll_ms=settings.outbox_poll_ms
+        )
+        self._pipeline.attach(pool, relay)
+
+    async def run(self) -> None:
+        spec, settings, pipeline = self._spec, self._settings, self._pipeline
+        pipeline.relay.start()
+        if spec.on_start is not None:
+            self._spawn(spec.on_start(pipeline, settings), f"{spec.name}-on-start")
+        if settings.inbox_retention_days:
+            self._spawn(retention.run(pipeline.pool, settings.inbox_retention_days), f"{spec.name}-retention")
+        log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._pipeline.started:
+            await self._pipeline.relay.stop()
+            await self._pipeline.pool.close()
+        self._provider.shutdown()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._background.append(asyncio.create_task(work, name=name))
