@@ -16,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _platform_processes() -> set[int]:
-    """Kafka and PostgreSQL of a demo run (their data lives in feo-run-*), and services."""
+    """Kafka and PostgreSQL of a demo run (their data lives in feo-run-*), and services run by
+    this checkout's interpreter (another checkout's test run may have its own at the same time)."""
     return {
         p.info["pid"]
         for p in psutil.process_iter(["pid", "cmdline"])
-        if any("feo-run-" in part or part.startswith("services.") for part in (p.info["cmdline"] or []))
+        if (cmdline := p.info["cmdline"] or [])
+        and any(
+            "feo-run-" in part or (part.startswith("services.") and cmdline[0] == sys.executable) for part in cmdline
+        )
     }
 
 
