@@ -8,6 +8,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
+from services.common.messaging.outbox import text_headers
 from services.common.pipeline import Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -17,24 +18,14 @@ def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
     return msg.raw_message  # the pipeline parses and validates bytes itself
 
 
-def _text_headers(headers) -> tuple[tuple[str, bytes], ...]:
-    return tuple((k, v) for k, v in headers if v is not None and _is_utf8(v))
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> Any:
     """FastStream's batch parser decodes every header value as UTF-8, so one header of other
     bytes, or a null one, failed the whole batch before our handler saw it. A record is judged
     by its value alone (CONTRACTS.md): FastStream (its logs, the tracing middleware) sees only
     the headers that are text, and the handler gets the records untouched, for the DLQ copy."""
-    message = await default_parser(tuple(dataclasses.replace(r, headers=_text_headers(r.headers)) for r in records))
+    message = await default_parser(
+        tuple(dataclasses.replace(r, headers=[(k, v.encode()) for k, v in text_headers(r.headers)]) for r in records)
+    )
     message.raw_message = records
     return message
 

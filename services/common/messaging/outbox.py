@@ -10,7 +10,7 @@ lost, nothing takes effect twice.
 import asyncio
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,6 +36,20 @@ class OutboxRecord:
     key: bytes | None
     value: bytes
     headers: Headers = ()
+
+
+def text_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tuple[str, str]]:
+    """The headers whose value is text, decoded: a partner's may be any bytes, or null, which
+    nothing reads as text (FastStream, trace propagation) but the DLQ copy keeps as it is."""
+    out = []
+    for name, value in headers or ():
+        if value is None:
+            continue
+        try:
+            out.append((name, value.decode()))
+        except UnicodeDecodeError:
+            continue
+    return out
 
 
 def dump_headers(headers: Headers) -> str:

@@ -13,6 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+from services.common.messaging.outbox import text_headers
 from services.common.runtime.settings import ServiceSettings
 
 
@@ -32,15 +33,7 @@ def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider
 
 def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context:
     """A partner's headers are any bytes or null: only text values can carry a trace context."""
-    carrier = {}
-    for k, v in headers or ():
-        if v is None:
-            continue
-        try:
-            carrier[k] = v.decode()
-        except UnicodeDecodeError:  # not UTF-8: not a trace header
-            continue
-    return propagate.extract(carrier)
+    return propagate.extract(dict(text_headers(headers)))
 
 
 def headers_for(span: trace.Span | None) -> dict[str, str]:
