@@ -6,8 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-import asyncpg
-
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import (
@@ -15,16 +13,14 @@ from contracts.internal import (
     COUVERTURE_OUTIL,
     PROFIL_CONNECTIVITE,
     PROFIL_LOT,
-    ConnectiviteProfil,
     CouvertureFormation,
-    LotProfil,
     ProfilEquipement,
 )
 from services.common.rules.state import Verdicts
 from services.common.storage import referentiel
 from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
-from services.ressources import stream
+from services.ressources import stream, views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils
 
@@ -113,37 +109,20 @@ class RessourcesStore:
         )
         return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
-    async def _recus(self, types: Sequence[str], uais: list[str]) -> list[asyncpg.Record]:
-        return await self._conn.fetch(
+    async def _recus(self, types: Sequence[str], uais: list[str]) -> list[views.Record]:
+        rows = await self._conn.fetch(
             "SELECT type, uai, content FROM recus WHERE type = ANY($1::text[]) AND uai = ANY($2::text[]) "
             "ORDER BY uai, type, entity",
             list(types),
             uais,
         )
+        return [(r["type"], r["uai"], json.loads(r["content"])) for r in rows]
 
     async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        """Per UAI with any equipment record: its lots in service (by lot_id) and its link."""
-        lots: dict[str, list[LotProfil]] = {}
-        links: dict[str, ConnectiviteProfil] = {}
-        for r in await self._recus((PROFIL_LOT, PROFIL_CONNECTIVITE), uais):
-            lots.setdefault(r["uai"], [])
-            if r["type"] == PROFIL_CONNECTIVITE:
-                links[r["uai"]] = ConnectiviteProfil.model_validate_json(r["content"])
-            elif (lot := LotProfil.model_validate_json(r["content"])).quantity > 0:
-                lots[r["uai"]].append(lot)
-        return {u: ProfilEquipement(uai=u, lots=lots[u], connectivite=links.get(u)) for u in lots}
+        return views.profils(await self._recus((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
 
     async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        """Per UAI with any training record: counted teachers, competences, tools held by someone."""
-        parts: dict[str, dict] = {}
-        for r in await self._recus((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais):
-            content = json.loads(r["content"])
-            part = parts.setdefault(r["uai"], {"uai": r["uai"], "enseignants": 0, "competences": {}, "outils": {}})
-            if r["type"] == COUVERTURE_ENSEIGNANTS:
-                part.update(enseignants=content["enseignants"], competences=content["competences"])
-            elif content["enseignants"] > 0:
-                part["outils"][content["kind"]] = content["enseignants"]
-        return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
+        return views.couvertures(await self._recus((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind."""

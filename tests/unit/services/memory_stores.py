@@ -12,14 +12,13 @@ from contracts.internal import (
     COUVERTURE_OUTIL,
     PROFIL_CONNECTIVITE,
     PROFIL_LOT,
-    ConnectiviteProfil,
     CouvertureFormation,
-    LotProfil,
     ProfilEquipement,
 )
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Key, Publication
 from services.formation.domain import Counts
+from services.ressources import views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils
 from services.ressources.store import AlertRow, Pair
@@ -147,29 +146,15 @@ class RessourcesMemory:
             rid: e.data for (rid,), e in self.catalogue.rows.items() if rid in ids and e.type == c.RESSOURCE_PUBLIEE
         }
 
-    def _records(self, types: tuple[str, ...], uais: list[str]) -> list[CloudEvent]:
-        return [e for (t, uai, _), e in sorted(self.derived.items()) if t in types and uai in uais]
+    def _records(self, types: tuple[str, ...], uais: list[str]) -> list[views.Record]:
+        return [(t, uai, e.data.model_dump(mode="json")) for (t, uai, _), e in sorted(self.derived.items())
+                if t in types and uai in uais]  # fmt: skip
 
     async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        lots: dict[str, list[LotProfil]] = {}
-        links: dict[str, ConnectiviteProfil] = {}
-        for e in self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais):
-            lots.setdefault(e.data.uai, [])
-            if e.type == PROFIL_CONNECTIVITE:
-                links[e.data.uai] = ConnectiviteProfil.model_validate(e.data.model_dump())
-            elif e.data.quantity > 0:
-                lots[e.data.uai].append(LotProfil.model_validate(e.data.model_dump()))
-        return {u: ProfilEquipement(uai=u, lots=lots[u], connectivite=links.get(u)) for u in lots}
+        return views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
 
     async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        parts: dict[str, dict] = {}
-        for e in self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais):
-            part = parts.setdefault(e.data.uai, {"uai": e.data.uai, "enseignants": 0, "competences": {}, "outils": {}})
-            if e.type == COUVERTURE_ENSEIGNANTS:
-                part.update(enseignants=e.data.enseignants, competences=e.data.competences)
-            elif e.data.enseignants > 0:
-                part["outils"][e.data.kind] = e.data.enseignants
-        return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
+        return views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
 
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         return {p: dict(self.alerts[p]) for p in pairs if p in self.alerts}
