@@ -3,8 +3,10 @@
     load FILE [--bootstrap HOST:PORT] [--topic-prefix P] [--dry-run]
     generate --count N [--departement 035] [--seed S] (--publish [--bootstrap ...] | --csv OUT)
 
-The summary goes to stdout and the progress to stderr; a malformed file, a missing topic or an
-unreachable broker end the command with one line on stderr and exit code 1.
+The summary goes to stdout and the progress to stderr. A problem ends the command with one
+line on stderr and an exit code: 1 for the data or Kafka (a malformed, truncated or empty file,
+no row to load, a missing topic, an unreachable broker), 2 for the command line (a bad
+argument, a file that cannot be read or written).
 """
 
 import argparse
@@ -23,14 +25,23 @@ from .generator import TYPES, generate
 from .publish import TopicMissingError, publish_etablissements
 
 SKIPPED_SHOWN = 10
+DATA_ERROR = 1
+USAGE_ERROR = 2  # argparse's own code for a bad command line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CsvFormatError, TopicMissingError, ValueError, OSError) as e:
+    except OSError as e:
+        if e.filename is None:  # not about a path: the network
+            return _fail(str(e))
+        # "annuaire.csv: no such file or directory", rather than "[Errno 2] No such file or directory: '…'"
+        return _fail(f"{e.filename}: {(e.strerror or str(e)).lower()}", USAGE_ERROR)
+    except (CsvFormatError, TopicMissingError) as e:
         return _fail(str(e))
+    except ValueError as e:  # an argument the generator refuses (an unknown département)
+        return _fail(str(e), USAGE_ERROR)
     except KafkaError as e:
         return _fail(f"Kafka on {args.bootstrap}: {e}")
 
@@ -38,10 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> int:
     started = time.monotonic()
     loaded = load(args.file)
+    # A dry run publishes nothing: its summary speaks in the conditional.
+    load_, skip = ("would load", "would skip") if args.dry_run else ("loaded", "skipped")
     print(f"{loaded.source} ({loaded.format}): {loaded.rows:,} rows read in {time.monotonic() - started:.2f} s")
-    print(f"loaded {len(loaded.etablissements):,}: {_per_type(loaded.etablissements)}")
-    _report_skipped(loaded)
-    if not args.dry_run:
+    print(f"{load_} {len(loaded.etablissements):,}: {_per_type(loaded.etablissements)}")
+    _report_skipped(loaded, skip)
+    if not loaded.etablissements:
+        return _fail(f"{loaded.source}: no row to load, all {loaded.rows:,} skipped")
+    if args.dry_run:
+        print("dry run: nothing published")
+    else:
         _publish(args, loaded.etablissements)
     return 0
 
@@ -81,10 +98,10 @@ def _per_type(etabs: list[Etablissement]) -> str:
     return ", ".join(f"{t} {n:,}" for t, n in counts.items())
 
 
-def _report_skipped(loaded: Loaded) -> None:
+def _report_skipped(loaded: Loaded, skipped: str) -> None:
     reasons = loaded.skipped_by_reason()
     print(
-        f"skipped {len(loaded.skipped):,}"
+        f"{skipped} {len(loaded.skipped):,}"
         + (": " if reasons else "")
         + ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
     )
@@ -94,32 +111,53 @@ def _report_skipped(loaded: Loaded) -> None:
         print(f"  ... and {len(loaded.skipped) - SKIPPED_SHOWN:,} more", file=sys.stderr)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = DATA_ERROR) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deploy.referentiel", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(required=True, metavar="{load,generate}")
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.referentiel",
+        description="Load the annuaire de l'éducation, or generate établissements, into the référentiel "
+        f"({REFERENTIEL}).",
+        epilog=f"Exit codes: 0 done, {DATA_ERROR} a problem with the data or Kafka, {USAGE_ERROR} a bad command "
+        "line or a file that cannot be read or written.",
+    )
+    commands = parser.add_subparsers(required=True, title="commands", metavar="COMMAND")
 
     kafka = argparse.ArgumentParser(add_help=False)
     kafka.add_argument(
         "--bootstrap",
+        metavar="HOST:PORT",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        help="HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+        help="Kafka broker (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
-    kafka.add_argument("--topic-prefix", default="", help=f"published to PREFIX + {REFERENTIEL}")
+    kafka.add_argument(
+        "--topic-prefix", metavar="PREFIX", default="", help=f"publish to PREFIX + {REFERENTIEL} (tests)"
+    )
 
-    load_ = commands.add_parser("load", parents=[kafka], help="read an annuaire CSV export and publish it")
-    load_.add_argument("file", help="fr-en-annuaire-education or fr-en-adresse-et-geolocalisation CSV")
-    load_.add_argument("--dry-run", action="store_true", help="read and report only, publish nothing")
+    about = "read an annuaire CSV export and publish one établissement per row"
+    load_ = commands.add_parser("load", parents=[kafka], help=about, description=about[0].upper() + about[1:] + ".")
+    load_.add_argument(
+        "file", metavar="FILE", help="a fr-en-annuaire-education or fr-en-adresse-et-geolocalisation CSV"
+    )
+    load_.add_argument("--dry-run", action="store_true", help="read and report what would be loaded, publish nothing")
     load_.set_defaults(run=_load)
 
-    gen = commands.add_parser("generate", parents=[kafka], help="generate synthetic établissements")
-    gen.add_argument("--count", type=int, required=True, help="how many, in the national mix of types")
-    gen.add_argument("--departement", help="all in this département (e.g. 035); default: all of France")
-    gen.add_argument("--seed", type=int, default=0, help="same seed, same établissements (default 0)")
+    about = "generate synthetic établissements, reproducible from a seed"
+    gen = commands.add_parser("generate", parents=[kafka], help=about, description=about[0].upper() + about[1:] + ".")
+    gen.add_argument(
+        "--count", metavar="N", type=_positive, required=True, help="how many, in the national mix of types"
+    )
+    gen.add_argument("--departement", metavar="CODE", help="all in this département (e.g. 035); default: all France")
+    gen.add_argument("--seed", metavar="S", type=int, default=0, help="same seed, same établissements (default 0)")
     out = gen.add_mutually_exclusive_group(required=True)
     out.add_argument("--publish", action="store_true", help="publish them to the référentiel topic")
     out.add_argument("--csv", metavar="OUT", help="write them as a fr-en-annuaire-education CSV")

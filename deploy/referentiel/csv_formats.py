@@ -6,8 +6,9 @@ The annuaire de l'éducation comes in two shapes: `fr-en-annuaire-education` (on
 gives the BCE nature, e.g. "COLLEGE SPECIALISE"). Both are `;`-separated UTF-8 with a BOM.
 
 A row that cannot become an `Etablissement` is skipped with a reason: one bad line of a
-66,000-line export must not hold back the others. A file that is not such an export at all
-raises `CsvFormatError`: loading nothing quietly would look like an empty référentiel.
+66,000-line export must not hold back the others. A file that is not such an export at all,
+holds no data row, or was cut short (a partial download) raises `CsvFormatError`: loading
+nothing, or a truncated référentiel, quietly would look like a complete one.
 """
 
 import csv
@@ -133,13 +134,14 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
     fmt = _detect(header, source)
     loaded = Loaded(source, fmt.name)
     seen: dict[str, int] = {}  # UAI -> line
+    last_columns = 0
     try:
         for row in reader:
+            last_columns = len(row)
             if not any(row):
                 continue
             loaded.rows += 1
-            # A short row lacks its last columns (the mapping says so), hence strict=False.
-            result = _map_row(fmt, dict(zip(header, row, strict=False)), reader.line_num)
+            result = _map_row(fmt, header, row, reader.line_num)
             if isinstance(result, Etablissement) and result.uai in seen:
                 # One UAI on several lines (établissement_multi_lignes: an annex): the first
                 # line is kept, since two states of one entity with no order would race.
@@ -151,6 +153,17 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
                 loaded.etablissements.append(result)
     except csv.Error as e:
         raise CsvFormatError(source, f"line {reader.line_num}: not a valid CSV ({e})") from None
+    if not loaded.rows:
+        raise CsvFormatError(source, "no data row, only the header")
+    # The exports end every line with a line break: a file that does not was cut, and its
+    # last row may be shorter or hold a partial value.
+    if not text.endswith(("\n", "\r")):
+        line = reader.line_num
+        if last_columns < len(header):
+            raise CsvFormatError(
+                source, f"line {line} is cut short: {last_columns} of {len(header)} columns; the file looks truncated"
+            )
+        raise CsvFormatError(source, f"line {line} ends without a line break; the file looks truncated")
     return loaded
 
 
@@ -166,11 +179,15 @@ def _detect(header: list[str], source: str) -> CsvFormat:
     raise CsvFormatError(source, f"unknown header, not an annuaire export ({missing})")
 
 
-def _map_row(fmt: CsvFormat, row: dict[str, str], line: int) -> Etablissement | Skipped:
+def _map_row(fmt: CsvFormat, header: list[str], cells: list[str], line: int) -> Etablissement | Skipped:
+    row = dict(zip(header, cells, strict=False))
+
     def value(column: str) -> str:
         return (row.get(column) or "").strip()
 
     uai = value(fmt.uai).upper()
+    if len(cells) < len(header):
+        return Skipped(line, uai, "colonnes-manquantes", f"{len(cells)} colonnes sur {len(header)}")
     if not is_valid_uai(uai):
         return Skipped(line, uai, "uai-invalide", f"UAI {uai!r} (7 chiffres et la lettre de contrôle)")
     statut = STATUTS.get(fold(value(fmt.statut)))

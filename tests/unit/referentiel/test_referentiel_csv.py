@@ -230,9 +230,102 @@ def test_the_cli_exits_non_zero_with_one_line_on_a_malformed_file(tmp_path, caps
     assert err.count("\n") == 1 and err.startswith(f"error: {path}: not a ';'-separated CSV")
 
 
-def test_the_cli_dry_run_summarises_types_and_skip_reasons(shared_data, capsys):
+def test_the_cli_dry_run_summarises_types_and_skip_reasons_in_the_conditional(shared_data, capsys):
     assert main(["load", str(shared_data / ILLE_ET_VILAINE), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "996 rows" in out
-    assert "loaded 993: ecole 685, college 116, lycee 84, erea 2, autre 106" in out
-    assert "skipped 3: uai-en-double 3" in out
+    assert "would load 993: ecole 685, college 116, lycee 84, erea 2, autre 106" in out
+    assert "would skip 3: uai-en-double 3" in out
+    assert out.endswith("dry run: nothing published\n")
+    assert "loaded" not in out and "skipped" not in out
+
+
+@pytest.mark.parametrize("name", [ILLE_ET_VILAINE, FRANCE_COLLEGES])
+def test_a_file_cut_inside_a_row_is_named_truncated_and_nothing_is_loaded(shared_data, tmp_path, capsys, name):
+    data = (shared_data / name).read_bytes()
+    lines = data.split(b"\r\n")
+    columns = len(lines[0].split(b";"))
+    cut = tmp_path / name
+    # Line 101 cut after its fifth ';' (unquoted in both files): 5 of its columns are left.
+    cut.write_bytes(b"\r\n".join(lines[:100]) + b"\r\n" + b";".join(lines[100].split(b";")[:5]))
+
+    with pytest.raises(
+        CsvFormatError, match=rf"line 101 is cut short: 5 of {columns} columns; the file looks truncated"
+    ):
+        load(cut)
+    assert main(["load", str(cut), "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: {cut}: line 101 is cut short: 5 of {columns} columns; the file looks truncated\n"
+
+
+def test_a_file_cut_in_its_last_column_is_named_truncated_by_its_missing_line_break(shared_data, tmp_path):
+    cut = tmp_path / FRANCE_COLLEGES
+    cut.write_bytes((shared_data / FRANCE_COLLEGES).read_bytes()[:-5])  # "2023-08-01\r\n" -> "2023-08-"
+    with pytest.raises(CsvFormatError, match=r"line 7655 ends without a line break; the file looks truncated"):
+        load(cut)
+
+
+def test_a_file_cut_at_a_line_break_loads_what_it_holds(shared_data, tmp_path):
+    """Undetectable, and harmless: each row is a whole établissement."""
+    data = (shared_data / ILLE_ET_VILAINE).read_bytes()
+    cut = tmp_path / ILLE_ET_VILAINE
+    cut.write_bytes(b"\r\n".join(data.split(b"\r\n")[:101]) + b"\r\n")
+    loaded = load(cut)
+    assert loaded.rows == 100 and len(loaded.etablissements) == 100
+
+
+def test_a_short_row_inside_the_file_is_skipped_as_such():
+    text = "\n".join(
+        [
+            ANNUAIRE_HEADER,
+            "0350852L;Collège Saint-Joseph;Collège;Privé;35047;035",  # 6 of 9 columns
+            "0350122T;École;Ecole;Public;35016;035;14;53;OUVERT",
+            "",
+        ]
+    )
+    loaded = parse(text, "inline.csv")
+    assert [e.uai for e in loaded.etablissements] == ["0350122T"]
+    assert [(s.line, s.uai, s.reason, s.detail) for s in loaded.skipped] == [
+        (2, "0350852L", "colonnes-manquantes", "6 colonnes sur 9")
+    ]
+
+
+@pytest.mark.parametrize("name", [ILLE_ET_VILAINE, FRANCE_COLLEGES])
+def test_a_header_without_a_data_row_exits_non_zero_with_one_line(shared_data, tmp_path, capsys, name):
+    header_only = tmp_path / name
+    header_only.write_bytes((shared_data / name).read_bytes().split(b"\r\n")[0] + b"\r\n\r\n")
+    assert main(["load", str(header_only)]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"error: {header_only}: no data row, only the header\n")
+
+
+def test_rows_that_all_fail_exit_non_zero_after_the_summary(tmp_path, capsys):
+    path = tmp_path / "all-bad.csv"
+    path.write_text(ANNUAIRE_HEADER + "\n0350852M;Mauvaise lettre;Collège;Public;35047;035;14;53;OUVERT\n")
+    assert main(["load", str(path), "--bootstrap", "127.0.0.1:1"]) == 1  # fails before any connection
+    captured = capsys.readouterr()
+    assert "loaded 0: " in captured.out and "skipped 1: uai-invalide 1" in captured.out
+    assert captured.err.endswith(f"error: {path}: no row to load, all 1 skipped\n")
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [(lambda p: None, "no such file or directory"), (lambda p: p.mkdir(), "is a directory")],
+    ids=["missing", "a directory"],
+)
+def test_a_file_that_cannot_be_read_is_one_line_without_errno_and_exit_code_2(tmp_path, capsys, make, problem):
+    path = tmp_path / "annuaire.csv"
+    make(path)
+    assert main(["load", str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: {path}: {problem}\n"
+
+
+def test_a_bad_argument_exits_with_code_2(tmp_path, capsys):
+    out = str(tmp_path / "out.csv")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--count", "0", "--csv", out])
+    assert exit_.value.code == 2
+    assert "--count: '0' is not a whole number of at least 1" in capsys.readouterr().err
+    assert main(["generate", "--count", "2", "--departement", "999", "--csv", out]) == 2
+    assert capsys.readouterr().err == "error: unknown département '999' (metropolitan France and DROM only)\n"
