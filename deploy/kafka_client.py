@@ -1,0 +1,169 @@
+"""`./dev kafka`: a partner's Kafka client with nothing to install beyond the project.
+
+    ./dev kafka produce TOPIC --key UAI [--header NAME=VALUE]... < event.json
+    ./dev kafka consume TOPIC [--from-beginning] [--max N] [--idle SECONDS]
+
+`produce` sends what it reads on standard input as one record (a CloudEvent in structured
+JSON mode, so the header `content-type: application/cloudevents+json` is set unless another
+one is given; `--lines` sends one record per line instead), with acks=all and idempotence,
+and prints where each record landed. `consume` prints each record as one line of JSON:
+topic, partition, offset, key, headers (as text when they are UTF-8, else hex) and the
+value (parsed when it is JSON, else as text), so a partner can read a DLQ's `dlq-reason`
+and `dlq-message` beside the record it refused. Any Kafka client does the same (kcat:
+`apt-get install kcat`); this one reads `KAFKA_BOOTSTRAP_SERVERS` like the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from contracts import CONTENT_TYPE
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class UsageError(ValueError):
+    """A command line that cannot be acted on; its message is the whole explanation."""
+
+
+def parse_headers(items: Sequence[str]) -> list[tuple[str, bytes]]:
+    headers = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--header {item!r}: expected NAME=VALUE")
+        headers.append((name, value.encode()))
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers.insert(0, ("content-type", CONTENT_TYPE.encode()))
+    return headers
+
+
+def values_from(text: str, lines: bool) -> list[bytes]:
+    if lines:
+        values = [line.encode() for line in text.splitlines() if line.strip()]
+    else:
+        values = [text.strip().encode()] if text.strip() else []
+    if not values:
+        raise UsageError("nothing to send: standard input is empty")
+    return values
+
+
+def describe(record: ConsumerRecord) -> str:
+    def text(raw: bytes | None) -> str | None:
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "hex:" + raw.hex()
+
+    value: object = text(record.value)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return json.dumps(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": text(record.key),
+            "headers": [[name, text(raw)] for name, raw in record.headers],
+            "value": value,
+        },
+        ensure_ascii=False,
+    )
+
+
+async def produce(bootstrap: str, topic: str, key: str | None, headers: list[tuple[str, bytes]], values) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        if topic not in (await producer.client.fetch_all_metadata()).topics():
+            raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
+        for value in values:
+            meta = await producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
+            print(f"{meta.topic} partition {meta.partition} offset {meta.offset}", flush=True)
+    finally:
+        await producer.stop()
+
+
+async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int | None, idle: float | None) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():  # fetches the cluster's metadata
+            raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
+        consumer.subscribe([topic])  # without a group: every partition, nothing committed
+        seen = 0
+        while at_most is None or seen < at_most:
+            batch = await consumer.getmany(timeout_ms=int((idle or 3600) * 1000))
+            if not batch:
+                if idle is not None:
+                    break
+                continue
+            for records in batch.values():
+                for record in records:
+                    print(describe(record), flush=True)
+                    seen += 1
+                    if at_most is not None and seen >= at_most:
+                        break
+        return seen
+    finally:
+        await consumer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./dev kafka", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("produce", help="send standard input as one record (or one per line)")
+    p.add_argument("topic")
+    p.add_argument("--key", help="the record key (the UAI, for every platform topic)")
+    p.add_argument("--header", "-H", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--lines", action="store_true", help="one record per line of standard input")
+    c = commands.add_parser("consume", help="print records as JSON lines")
+    c.add_argument("topic")
+    c.add_argument("--from-beginning", action="store_true", help="from the oldest record (default: new ones)")
+    c.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    c.add_argument("--idle", type=float, metavar="SECONDS", help="stop after SECONDS without a new record")
+    args = parser.parse_args(argv)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+    try:
+        if args.command == "produce":
+            values = values_from(sys.stdin.read(), args.lines)
+            asyncio.run(produce(bootstrap, args.topic, args.key, parse_headers(args.header), values))
+        else:
+            asyncio.run(consume(bootstrap, args.topic, args.from_beginning, args.max, args.idle))
+    except UsageError as error:
+        print(f"./dev kafka: {error}", file=sys.stderr)
+        return 2
+    except KafkaConnectionError:
+        print(
+            f"./dev kafka: no Kafka broker answers at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS); is ./dev up running?",
+            file=sys.stderr,
+        )
+        return 1
+    except KafkaError as error:
+        print(f"./dev kafka: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
