@@ -1,0 +1,52 @@
+"""Locks per key (services/common/storage/locks.py) on the real database: transactions on
+different keys do not wait for each other, on a shared key the second waits for the first."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from services.common.storage.db import create_pool, migrate
+from services.common.storage.locks import lock_keys
+from services.equipement.app import SPEC
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def pool(database_url):
+    pool = await create_pool(database_url, "verrous_test")
+    await migrate(pool, "verrous_test", SPEC.package_dir)
+    yield pool
+    await pool.close()
+
+
+async def test_disjoint_keys_do_not_wait_shared_keys_do(pool: asyncpg.Pool):
+    async with pool.acquire() as first, first.transaction():
+        await lock_keys(first, "uai", ["0350001A", "0350002B"])
+
+        async with pool.acquire() as other, other.transaction():
+            # Different keys: immediate (a timeout here would mean a schema-wide wait).
+            await asyncio.wait_for(lock_keys(other, "uai", ["0350003C"]), timeout=5)
+            await asyncio.wait_for(lock_keys(other, "enseignant", ["0350001A"]), timeout=5)
+
+        async def second() -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await lock_keys(conn, "uai", ["0350002B", "0350009Z"])
+
+        waiting = asyncio.create_task(second())
+
+        async def blocked() -> bool:  # the second transaction waits on a row lock, not done
+            return not waiting.done() and await first.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+
+        await eventually(blocked, what="the second transaction waiting for the shared key")
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, timeout=5)  # released when the first transaction ends
+
+
+async def test_unknown_namespace_is_refused(pool: asyncpg.Pool):
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(ValueError, match="unknown lock namespace 'lot'"):
+            await lock_keys(conn, "lot", ["x"])
+        await lock_keys(conn, "uai", [])  # nothing to lock: no statement, no error
