@@ -3,14 +3,20 @@
 Headers name the reason code, a human message and where the record came from. The record
 goes through the outbox, in the batch's transaction, so the service commits past it only
 once it is safely kept, and `dead_letters` makes a replay dead-letter it only once.
+
+`dead_letters` is also the operator's log (`./dev dead-letters`): beside the reason it keeps
+who sent the record, as far as its value could be read (CloudEvents `source`, `id`, `type`,
+`subject`) and its key; never the value itself, nor a key or subject that may be a teacher_id.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jiter
 import structlog
 from aiokafka import ConsumerRecord
 
+from contracts import FORMATION, is_valid_uai
 from contracts import dlq as dlq_topic
 from services.common.messaging.outbox import OutboxRecord, enqueue
 from services.common.storage.db import Conn
@@ -46,17 +52,65 @@ def dead_letter(rejection: Rejection) -> OutboxRecord:
     return OutboxRecord(dlq_topic(record.topic), record.key, record.value or b"", headers)
 
 
+ATTRIBUTES = ("source", "id", "type", "subject")
+SHOWN = 256  # characters kept of a key or an attribute: enough to search by, always indexable
+
+
 def _text(value: str) -> str:
-    return value.replace("\x00", "")
+    return value.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+
+
+def _shown(value: str) -> str:
+    value = _text(value)
+    return value if len(value) <= SHOWN else value[: SHOWN - 1] + "…"
+
+
+def key_text(key: bytes | None) -> str | None:
+    """The record key as text: itself when UTF-8 (without NUL), else `\\x` and its hex."""
+    if key is None:
+        return None
+    try:
+        text: str | None = key.decode()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        return _shown("\\x" + key[:SHOWN].hex())
+    return _shown(text)
+
+
+def attributes(value: bytes | None) -> dict[str, str]:
+    """The CloudEvents attributes of a refused value that are strings, as far as it could be read:
+    none when it is not a JSON object. NaN elsewhere in it does not hide them."""
+    try:
+        event = jiter.from_json(value or b"", allow_inf_nan=True, cache_mode=False)
+    except ValueError:
+        return {}
+    if not isinstance(event, dict):
+        return {}
+    return {name: _shown(v) for name in ATTRIBUTES if isinstance(v := event.get(name), str)}
+
+
+def searchable(record: ConsumerRecord) -> tuple[str | None, ...]:
+    """`source`, `id`, `type`, `subject` and key of a refused record, for `dead_letters`.
+
+    On the formation topic (whatever its prefix) `formation-suivie` is keyed by `teacher_id`,
+    which is also its subject (CONTRACTS.md): there, a key or subject is kept only if it is a UAI."""
+    found = attributes(record.value)
+    subject, key = found.get("subject"), key_text(record.key)
+    if record.topic.endswith(FORMATION):
+        subject, key = (v if v is not None and is_valid_uai(v) else None for v in (subject, key))
+    return found.get("source"), found.get("id"), found.get("type"), subject, key
 
 
 async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
     if not rejections:
         return
+    senders = [searchable(r.record) for r in rejections]
     rows = await conn.fetch(
         """
-        INSERT INTO dead_letters (topic, partition, "offset", reason, message)
-        SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[])
+        INSERT INTO dead_letters (topic, partition, "offset", reason, message, source, id, type, subject, key)
+        SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
         ON CONFLICT DO NOTHING RETURNING topic, partition, "offset"
         """,
         [r.record.topic for r in rejections],
@@ -64,10 +118,15 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
         [r.record.offset for r in rejections],
         [r.code for r in rejections],
         [_text(r.message) for r in rejections],
+        *(list(column) for column in zip(*senders, strict=True)),
     )
     new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
-    fresh = [r for r in rejections if (r.record.topic, r.record.partition, r.record.offset) in new]
-    for r in fresh:
+    fresh = [
+        (r, sender)
+        for r, sender in zip(rejections, senders, strict=True)
+        if (r.record.topic, r.record.partition, r.record.offset) in new
+    ]
+    for r, (source, event_id, *_) in fresh:
         log.warning(
             "event.rejected",
             reason=r.code,
@@ -75,5 +134,7 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
             topic=r.record.topic,
             partition=r.record.partition,
             offset=r.record.offset,
+            source=source,
+            event_id=event_id,
         )
-    await enqueue(conn, [dead_letter(r) for r in fresh])
+    await enqueue(conn, [dead_letter(r) for r, _ in fresh])

@@ -1,0 +1,181 @@
+"""`./dev dead-letters`: who sent the records the services refused, and why.
+
+    ./dev dead-letters list [--service NAME] [--source SRC] [--reason CODE] [--topic T]
+                            [--since TIME] [--uai UAI] [--limit N]
+    ./dev dead-letters show [--service NAME] --topic T --partition P --offset O
+
+`list` prints one line per refused record, newest first: when, service, topic:partition@offset,
+reason, then `source`, `id` and key as far as they could be read from the record (`-` when not).
+`show` prints one record with the message that says which field broke which rule. The refused
+value itself is never printed: its bytes are in `<topic>.dlq`, in the record whose
+`dlq-partition` and `dlq-offset` headers name it. Rows are kept INBOX_RETENTION_DAYS (the
+retention of the inbox). Reads DATABASE_URL.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from contracts import dlq as dlq_topic
+from services.common.runtime.secrets import redact
+from services.common.runtime.settings import ServiceSettings
+
+SERVICES = ("formation", "equipement", "ressources")
+COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key'
+
+
+def _shown(value: Any) -> str:
+    """One token per value, so that a line stays one record: `-` for none, quoted when it holds
+    a space, a control character or nothing."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text and text.isprintable() and " " not in text else json.dumps(text, ensure_ascii=False)
+
+
+def _where(args: argparse.Namespace) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    for column in ("source", "reason", "topic"):
+        if (value := getattr(args, column)) is not None:
+            clauses.append(f"{column} = {param(value)}")
+    if args.since is not None:
+        clauses.append(f"received_at >= {param(args.since)}")
+    if args.uai is not None:  # the key or the subject: the UAI, or `{uai}/…` (internal topics, alerts)
+        uai = param(args.uai)
+        prefix = param(args.uai.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%")
+        clauses.append(f"(key = {uai} OR subject = {uai} OR key LIKE {prefix} OR subject LIKE {prefix})")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+async def _list(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+    where, params = _where(args)
+    found = []
+    for schema in schemas:
+        rows = await conn.fetch(
+            f'SELECT {COLUMNS} FROM "{schema}".dead_letters{where} ORDER BY received_at DESC, "offset" DESC '
+            f"LIMIT {args.limit + 1}",
+            *params,
+        )
+        found += [(schema, r) for r in rows]
+    found.sort(key=lambda item: (item[1]["received_at"], item[1]["offset"]), reverse=True)
+    for schema, r in found[: args.limit]:
+        print(
+            f"{r['received_at'].isoformat(timespec='seconds')} {schema} {r['topic']}:{r['partition']}@{r['offset']}"
+            f" {r['reason']} source={_shown(r['source'])} id={_shown(r['id'])} key={_shown(r['key'])}"
+        )
+    if len(found) > args.limit:
+        print(f"(more than {args.limit}: narrow the search, or raise --limit)", file=sys.stderr)
+    return min(len(found), args.limit)
+
+
+async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+    shown = 0
+    for schema in schemas:
+        r = await conn.fetchrow(
+            f'SELECT {COLUMNS} FROM "{schema}".dead_letters WHERE topic = $1 AND partition = $2 AND "offset" = $3',
+            args.topic,
+            args.partition,
+            args.offset,
+        )
+        if r is None:
+            continue
+        shown += 1
+        print(f"{schema} {r['topic']}:{r['partition']}@{r['offset']}, its bytes in {dlq_topic(r['topic'])}")
+        print(f"  refused  {r['received_at'].isoformat()}")
+        for name in ("reason", "message", "source", "id", "type", "subject", "key"):
+            print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
+    if not shown:
+        print(
+            f"no dead letter at {args.topic}:{args.partition}@{args.offset} in {', '.join(schemas)} "
+            "(or older than INBOX_RETENTION_DAYS)",
+            file=sys.stderr,
+        )
+    return shown
+
+
+async def run(args: argparse.Namespace, database_url: str) -> int:
+    """Runs `list` or `show`; returns how many records it printed."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        schemas = []
+        for schema in args.service or SERVICES:
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".dead_letters'):
+                schemas.append(schema)
+            else:
+                print(f"{schema}: no such service schema in this database", file=sys.stderr)
+        return await (_list if args.command == "list" else _show)(conn, schemas, args)
+    finally:
+        await conn.close()
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time (e.g. 2026-09-01 or 2026-09-01T08:00:00+02:00)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 10000")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="./dev dead-letters", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    service = argparse.ArgumentParser(add_help=False)
+    service.add_argument(
+        "--service", choices=SERVICES, action="append", help="a service (repeatable; default: all three)"
+    )
+
+    search = commands.add_parser("list", parents=[service], help="refused records, newest first")
+    search.add_argument(
+        "--source", metavar="SRC", help="sent by this CloudEvents source, e.g. /collectivites/regions/53"
+    )
+    search.add_argument("--reason", metavar="CODE", help="refused for this reason, e.g. hors-competence")
+    search.add_argument("--topic", metavar="T", help="read from this topic, e.g. equipement.declarations.v1")
+    search.add_argument("--since", metavar="TIME", type=_instant, help="refused at or after TIME (UTC without offset)")
+    search.add_argument("--uai", metavar="UAI", help="whose key or subject is this UAI (or begins with UAI/)")
+    search.add_argument("--limit", metavar="N", type=_limit, default=50, help="at most N lines (default 50)")
+
+    one = commands.add_parser("show", parents=[service], help="one refused record, with its message")
+    one.add_argument("--topic", metavar="T", required=True, help="the topic it was read from")
+    one.add_argument("--partition", metavar="P", type=int, required=True)
+    one.add_argument("--offset", metavar="O", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    database_url = ServiceSettings().database_url
+    try:
+        found = asyncio.run(run(args, database_url))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(
+            f"./dev dead-letters: cannot read {redact(database_url)} (DATABASE_URL): {redact(str(exc))}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0 if found or args.command == "list" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

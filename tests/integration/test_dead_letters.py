@@ -1,0 +1,172 @@
+"""The dead-letter log: who sent each refused record, kept by the service that refused it, and
+found by `./dev dead-letters`, against the real broker and database."""
+
+import json
+from pathlib import Path
+
+import contracts as c
+from helpers import at, college, event, eventually, running, send, uai
+from services.common.messaging import dead_letters
+from services.common.storage.db import create_pool, migrate
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.formation.app import SPEC as FORMATION
+
+DEPARTEMENT = "/collectivites/departements/035"
+REGION = "/collectivites/regions/53"
+SECRET = "SecretOS"  # in every refused value: the log and the command must never show it
+
+
+def lot(where: str, lot_id: str, minute: int, *, source: str = DEPARTEMENT, id_: str | None = None) -> dict:
+    data = {"uai": where, "lot_id": lot_id, "kind": "tablette", "quantity": 3, "os": {"name": SECRET, "version": "1"}}
+    return event(c.LOT, source, data, subject=where, time_=at(minute), id_=id_)
+
+
+async def dead_letter_rows(pipeline, count: int) -> list:
+    async def check():
+        rows = await pipeline.pool.fetch('SELECT * FROM dead_letters ORDER BY "offset"')
+        return len(rows) >= count and rows
+
+    return await eventually(check, what=f"{count} dead letters")
+
+
+async def command(capsys, database_url: str, *argv: str) -> list[str]:
+    await dead_letters.run(dead_letters.parse_args(argv), database_url)
+    return capsys.readouterr().out.splitlines()
+
+
+async def test_refused_records_keep_their_sender_and_key_and_the_command_finds_them(kafka, settings, capsys):
+    where, other = uai("0350201"), uai("0350202")
+    out_of_competence = lot(where, "L1", 1, source=REGION)
+    nan = json.dumps(lot(where, "L2", 2))[:-1] + ', "x": NaN}'
+    long_id = lot(other, "L3", 3, id_="i" * 300)  # beyond the contract's 128 characters; its subject: other
+    topic = settings.topic(c.EQUIPEMENT)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (where, other)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="référentiel")
+        await send(
+            kafka.bootstrap_servers,
+            topic,
+            [
+                (where, out_of_competence),
+                (where, b"\xff " + SECRET.encode()),
+                (where, nan.encode()),
+                (where, long_id),  # one key, one partition: offsets in order
+            ],
+        )
+        rows = await dead_letter_rows(pipeline, 4)
+
+    assert [(r["reason"], r["source"], r["id"], r["type"], r["subject"], r["key"]) for r in rows] == [
+        ("hors-competence", REGION, out_of_competence["id"], c.LOT, where, where),
+        ("json-invalide", None, None, None, None, where),  # not JSON: nothing to read but the key
+        ("json-invalide", DEPARTEMENT, json.loads(nan)["id"], c.LOT, where, where),
+        ("cloudevent-invalide", DEPARTEMENT, "i" * 255 + "…", c.LOT, other, where),
+    ]
+    assert all(r["topic"] == topic and r["partition"] >= 0 and r["received_at"] for r in rows)
+    assert not any(SECRET in str(dict(r)) for r in rows), "the refused value is not kept"
+
+    url = settings.database_url
+    listed = await command(capsys, url, "list")
+    assert [line.split()[1:4] for line in listed] == [
+        ["equipement", f"{topic}:{r['partition']}@{r['offset']}", r["reason"]] for r in reversed(rows)
+    ], "newest first"
+    assert listed[0].endswith(f"source={DEPARTEMENT} id={'i' * 255}… key={where}")
+    assert listed[2].endswith(f"source=- id=- key={where}")
+    assert SECRET not in "\n".join(listed)
+
+    def offsets(lines: list[str]) -> list[int]:
+        return [int(line.split()[2].rsplit("@", 1)[1]) for line in lines]
+
+    assert offsets(await command(capsys, url, "list", "--source", REGION)) == [rows[0]["offset"]]
+    assert offsets(await command(capsys, url, "list", "--reason", "json-invalide")) == [
+        rows[2]["offset"],
+        rows[1]["offset"],
+    ]
+    assert offsets(await command(capsys, url, "list", "--uai", other)) == [rows[3]["offset"]]  # by its subject
+    assert len(await command(capsys, url, "list", "--uai", where, "--topic", topic, "--service", "equipement")) == 4
+    assert await command(capsys, url, "list", "--topic", c.EQUIPEMENT) == [], "the topic as read, prefix included"
+    assert await command(capsys, url, "list", "--since", "2100-01-01") == []
+    assert len(await command(capsys, url, "list", "--since", rows[0]["received_at"].isoformat())) == 4
+    await dead_letters.run(dead_letters.parse_args(["list", "--limit", "2"]), url)
+    limited = capsys.readouterr()
+    assert len(limited.out.splitlines()) == 2 and "more than 2: narrow the search" in limited.err
+
+    first = rows[0]
+    shown = await command(
+        capsys, url, "show", "--topic", topic, "--partition", str(first["partition"]), "--offset", str(first["offset"])
+    )
+    assert shown[0] == f"equipement {topic}:{first['partition']}@{first['offset']}, its bytes in {topic}.dlq"
+    fields = dict(line.split(maxsplit=1) for line in shown[1:])
+    assert fields["reason"] == "hors-competence" and fields["message"] == first["message"]
+    assert (fields["source"], fields["id"], fields["type"], fields["key"]) == (
+        REGION,
+        out_of_competence["id"],
+        c.LOT,
+        where,
+    )
+    assert SECRET not in "\n".join(shown)
+
+
+async def test_a_key_or_subject_that_may_be_a_teacher_id_is_not_kept(kafka, settings, capsys):
+    teacher, unknown = "ens-0000000A", uai("0350299")  # no établissement in this référentiel
+    bad_code = event(
+        c.FORMATION_SUIVIE,
+        "/rectorats/14",
+        {
+            "teacher_id": teacher,
+            "module_id": "m-1",
+            "title": "Scratch",
+            "dispositif": "magistere",
+            "completed_on": "2026-10-01",
+            "competences": [{"code": "9.9", "level": 1}],
+            "tools": [],
+        },
+        subject=teacher,
+        time_=at(1),
+    )
+    affectation = event(
+        c.AFFECTATION,
+        "/rectorats/14",
+        {"teacher_id": teacher, "uai": unknown, "start": "2026-09-01", "end": None},
+        subject=unknown,
+        time_=at(2),
+    )
+    async with running(FORMATION, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.FORMATION), [(teacher, bad_code), (unknown, affectation)])
+        rows = sorted(await dead_letter_rows(pipeline, 2), key=lambda r: r["reason"])  # two keys, two partitions
+
+    assert [(r["reason"], r["source"], r["id"], r["subject"], r["key"]) for r in rows] == [
+        ("crcn-invalide", "/rectorats/14", bad_code["id"], None, None),
+        ("uai-inconnu", "/rectorats/14", affectation["id"], unknown, unknown),
+    ]
+    assert not any(teacher in str(dict(r)) for r in rows)
+    assert teacher not in "\n".join(await command(capsys, settings.database_url, "list"))
+
+
+async def test_dead_letters_from_before_the_migration_stay_with_empty_senders(database_url):
+    schema = "before0005"
+    pool = await create_pool(database_url, schema)
+    try:
+        shared = sorted((Path(dead_letters.__file__).parents[1] / "migrations").glob("*.sql"))
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_at timestamptz)")
+            for migration in [m for m in shared if m.name < "0005"]:
+                await conn.execute(migration.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", f"common/{migration.name}")
+            await conn.execute(
+                'INSERT INTO dead_letters (topic, partition, "offset", reason, message) '
+                "VALUES ('equipement.declarations.v1', 0, 7, 'json-invalide', 'pas du JSON')"
+            )
+        await migrate(pool, schema, EQUIPEMENT.package_dir)
+        row = await pool.fetchrow("SELECT * FROM dead_letters")
+        assert (row["offset"], row["reason"]) == (7, "json-invalide")
+        assert (row["source"], row["id"], row["type"], row["subject"], row["key"]) == (None,) * 5
+    finally:
+        await pool.close()
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://operateur:motdepasse@127.0.0.1:1/feo")
+    assert dead_letters.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("./dev dead-letters: cannot read postgresql://operateur:***@127.0.0.1:1/feo (DATABASE_URL): ")
+    assert "motdepasse" not in err and err.count("\n") == 1
