@@ -1,35 +1,39 @@
 """The dashboards' read API, served over HTTP by ressources beside its Kafka consumer.
 
-FastAPI gives the OpenAPI document (`/openapi.json`, `/docs`) and turns bad parameters into a
-422 naming the parameter. Every parameter is bounded here, before it reaches PostgreSQL: a value
-the database cannot take (a NUL, an integer beyond int64) must be a 4xx, never a 500. Everything
-here reads; nothing writes.
+FastAPI gives the OpenAPI document (`/openapi.json`, `/docs`, whose assets the API serves itself:
+no CDN) and turns bad parameters into a 422 naming the parameter, in French (api_errors.py: each
+parameter's description is the rule its error message states). Every parameter is bounded here,
+before it reaches PostgreSQL: a value the database cannot take (a NUL, an integer beyond int64)
+must be a 4xx, never a 500. Everything here reads; nothing writes.
 """
 
 import asyncio
 import json
 import unicodedata
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import anyio
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.health import health_report
 from services.common.runtime.settings import ServiceSettings
-from services.ressources import queries, stream
+from services.ressources import api_home, queries, stream
+from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
 
-router = APIRouter()
+router = APIRouter(responses=REFUSED)
 
+MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
@@ -46,8 +50,27 @@ def _no_control(value: str) -> str:
     return value
 
 
-CodeAcademie = Annotated[str, Query(pattern=r"^[0-9]{2}$", description="code académie, e.g. 14")]
-CodeDepartement = Annotated[str, Query(pattern=r"^([0-9]{3}|02[AB])$", description="code département, e.g. 035")]
+def _one_of(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + " ou " + values[-1]
+
+
+def _integer(low: int, high: int) -> str:
+    return f"un entier entre {low} et {high:,}".replace(",", " ")
+
+
+# Each description is the rule a refused value is told, after "doit être" (api_errors.py). The
+# optional filters are `Annotated[X | None, …]`: in `Annotated[X, …] | None`, FastAPI loses the
+# description.
+ResponsableType = Literal["commune", "departement", "region"]
+AlertState = Literal["open", "resolved"]
+CodeAcademie = Annotated[
+    str | None, Query(pattern=r"^[0-9]{2}$", description="un code académie de 2 chiffres, par ex. 14")
+]
+CodeDepartement = Annotated[
+    str | None,
+    Query(pattern=r"^([0-9]{3}|02[AB])$", description="un code département de 3 caractères, par ex. 035 ou 02A"),
+]
+Kind = Annotated[AlertKind | None, Query(description=f"{_one_of(ALERT_KINDS)} (le type d'alerte)")]
 
 
 def _uai(value: str) -> str:
@@ -60,13 +83,15 @@ def _uai(value: str) -> str:
     return value
 
 
-Uai = Annotated[str, Path(description="UAI of the établissement, e.g. 0350042F"), AfterValidator(_uai)]
+Uai = Annotated[
+    str, Path(description="un UAI (7 chiffres et leur lettre de contrôle), par ex. 0350042F"), AfterValidator(_uai)
+]
 ResourceId = Annotated[
     str,
     Path(
         min_length=1,
         max_length=MAX_RESOURCE_ID,
-        description="resource_id, e.g. ark:/67375/xyz (at most 256 characters)",
+        description=f"un identifiant de 1 à {MAX_RESOURCE_ID} caractères, par ex. ark:/67375/xyz",
     ),
     AfterValidator(_no_control),
 ]
@@ -76,7 +101,8 @@ LastEventId = Annotated[
         alias="Last-Event-ID",
         ge=0,
         le=2**63 - 1,
-        description="the `id:` of the last event received: the stream first replays the journal after it",
+        description=f"{_integer(0, 2**63 - 1)} (l'`id:` du dernier événement reçu : le flux rejoue d'abord "
+        "le journal après lui)",
     ),
 ]
 
@@ -84,7 +110,7 @@ LastEventId = Annotated[
 def _pool(request: Request) -> asyncpg.Pool:
     pipeline = request.app.state.pipeline
     if not pipeline.started:
-        raise HTTPException(503, "service en cours de démarrage")
+        raise HTTPException(503, "le service démarre : réessayer dans quelques secondes")
     return pipeline.pool
 
 
@@ -100,19 +126,33 @@ def _seuils(request: Request) -> Seuils:
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Hub = Annotated[AlertHub, Depends(_hub)]
 Thresholds = Annotated[Seuils, Depends(_seuils)]
+STARTING: dict[int | str, dict[str, Any]] = {503: {"model": Erreur, "description": "le service démarre encore"}}
 
 
-@router.get("/alertes", summary="Alerts, filtered and paginated (newest raise first)")
+@router.get(
+    "/alertes", summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)", responses=STARTING
+)
 async def alertes(
     pool: Pool,
-    code_academie: CodeAcademie | None = None,
-    code_departement: CodeDepartement | None = None,
-    responsable_type: Literal["commune", "departement", "region"] | None = None,
-    responsable_code: Annotated[str | None, Query(min_length=1, max_length=5), AfterValidator(_no_control)] = None,
-    kind: AlertKind | None = None,
-    state: Literal["open", "resolved"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="page size, 1 … 500")] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items skipped, 0 … {MAX_OFFSET:,}")] = 0,
+    code_academie: CodeAcademie = None,
+    code_departement: CodeDepartement = None,
+    responsable_type: Annotated[
+        ResponsableType | None,
+        Query(description=f"{_one_of(get_args(ResponsableType))} (la collectivité responsable de l'équipement)"),
+    ] = None,
+    responsable_code: Annotated[
+        str | None,
+        Query(min_length=1, max_length=5, description="un code de 1 à 5 caractères (de la commune, du département…)"),
+        AfterValidator(_no_control),
+    ] = None,
+    kind: Kind = None,
+    state: Annotated[AlertState | None, Query(description=_one_of(get_args(AlertState)))] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LIMIT, description=f"{_integer(1, MAX_LIMIT)} (la taille de la page)")
+    ] = 50,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description=f"{_integer(0, MAX_OFFSET)} (les alertes sautées)")
+    ] = 0,
 ) -> dict:
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind, state)
     async with pool.acquire() as conn:
@@ -142,22 +182,23 @@ class _EventStream(StreamingResponse):
 
 @router.get(
     "/alertes/flux",
-    summary="Live alert changes (Server-Sent Events), filtered by académie, département, kind",
-    description="Each `alerte-levee` / `alerte-resolue` as it is committed (`event:` the type, `data:` the "
-    "CloudEvent, `id:` its journal number). With `Last-Event-ID`, the journal after it is replayed first. "
-    "Comments keep an idle stream open; a final `fin` event (its `id:` is where to resume) ends a stream "
-    "that reached its lifetime, a client too slow to read, a replay too long, or a stopping service.",
+    summary="Les changements d'alertes en direct (Server-Sent Events), filtrés par académie, département, type",
+    description="Chaque `alerte-levee` / `alerte-resolue` dès qu'elle est enregistrée (`event:` son type, `data:` "
+    "le CloudEvent, `id:` son numéro dans le journal). Avec `Last-Event-ID`, le journal après lui est rejoué "
+    "d'abord. Des commentaires gardent ouvert un flux inactif ; un dernier événement `fin` (son `id:` dit où "
+    "reprendre) clôt un flux qui a atteint sa durée maximale, un client trop lent à lire, une reprise trop longue "
+    "ou l'arrêt du service.",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
-        503: {"description": "too many open streams; `Retry-After` says when to try again"},
+        503: {"model": Erreur, "description": "trop de flux ouverts : `Retry-After` dit quand réessayer"},
     },
 )
 async def flux(
     hub: Hub,
-    code_academie: CodeAcademie | None = None,
-    code_departement: CodeDepartement | None = None,
-    kind: AlertKind | None = None,
+    code_academie: CodeAcademie = None,
+    code_departement: CodeDepartement = None,
+    kind: Kind = None,
     last_event_id: LastEventId = None,
 ) -> Response:
     sub = hub.subscribe(queries.AlertFilter(code_academie, code_departement, kind=kind))
@@ -171,13 +212,15 @@ async def flux(
 
 
 @router.get(
-    "/etablissements/{uai}", summary="One établissement: equipment, training, each subscribed resource's verdicts"
+    "/etablissements/{uai}",
+    summary="Un établissement : son équipement, sa formation, les verdicts de chaque ressource abonnée",
+    responses={404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"}, **STARTING},
 )
 async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
     async with pool.acquire() as conn:
         etab = await queries.etablissement(conn, uai)
         if etab is None:
-            raise HTTPException(404, f"l'UAI {uai} n'est pas dans le référentiel")
+            raise HTTPException(404, f"uai : {uai} n'est pas dans le référentiel")
         stored = RessourcesStore(conn)
         profil = (await stored.load_profils([uai])).get(uai)
         couverture = (await stored.load_couvertures([uai])).get(uai)
@@ -229,13 +272,15 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
 
 
 @router.get(
-    "/ressources/{resource_id:path}", summary="One resource: subscribed établissements by verdict, per académie"
+    "/ressources/{resource_id:path}",
+    summary="Une ressource : les établissements abonnés par verdict, en tout et par académie",
+    responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
 )
 async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.acquire() as conn:
         row = await queries.ressource(conn, resource_id)
         if row is None:
-            raise HTTPException(404, f"ressource inconnue: {resource_id}")
+            raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")
         par_academie = await queries.synthese(conn, resource_id)
     total = {
         k: sum(a[k] for a in par_academie.values())
@@ -282,18 +327,21 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             await hub.stop()
             await stream_app.stop()
 
-    api = FastAPI(
+    api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
         title="former-équiper-outiller — API de lecture des alertes",
         version="1",
-        description="Alerts, établissements and resources as the ressources service sees them; "
-        "a live stream of alert changes (SSE) for dashboards that cannot read Kafka.",
+        description="Les alertes, établissements et ressources tels que le service ressources les voit ; "
+        "un flux des changements d'alertes (SSE) pour les tableaux de bord qui ne lisent pas Kafka. "
+        "Une erreur répond en français et nomme le paramètre refusé.",
         lifespan=lifespan,
+        exception_handlers=HANDLERS,
     )
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils
+    api.include_router(api_home.router)
     api.include_router(router)
 
-    @api.get("/health", summary="200 when Kafka and PostgreSQL answer, 503 otherwise")
+    @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
     async def health() -> JSONResponse:
         status, body = await health_report(stream_app.pipeline, stream_app.kafka)
         return JSONResponse(body, status)

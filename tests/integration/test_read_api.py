@@ -1,9 +1,13 @@
 """The dashboards' read API, served for real (uvicorn on a free port) by ressources, fed
-through Kafka: every endpoint, filters, pagination, the SSE stream, bad parameters."""
+through Kafka: every endpoint, filters, pagination, the SSE stream, bad parameters and errors
+answered in French, the root page, the documentation served without a CDN."""
 
 import asyncio
 import json
+import re
 from contextlib import asynccontextmanager
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -14,7 +18,7 @@ from contracts.internal import COUVERTURES, PROFILS
 from deploy.local.ports import free_port
 from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, uai
 from services.common.runtime.app import build_app
-from services.ressources.api import create_api
+from services.ressources.api import _pool, create_api
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/api-atlas"
@@ -208,50 +212,151 @@ async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
     assert received["type"] == c.ALERTE_LEVEE and received["data"]["kind"] == "equipement-incompatible"
 
 
+LIMIT = "limit : doit être un entier entre 1 et 500 (la taille de la page)"
+OFFSET = "offset : doit être un entier entre 0 et 1 000 000 (les alertes sautées)"
+KIND = "kind : doit être equipement-incompatible, equipement-partiel, connectivite-insuffisante, ent-indisponible"
+CONTROL = "caractère de contrôle interdit (NUL, retour à la ligne…)"
+RESOURCE_ID = "resource_id : doit être un identifiant de 1 à 256 caractères, par ex. ark:/67375/xyz"
+ACADEMIE = "code_academie : doit être un code académie de 2 chiffres, par ex. 14"
+
+
 @pytest.mark.parametrize(
-    ("path", "params", "status", "fragment"),
+    ("path", "params", "message"),
     [
-        ("/alertes", {"kind": "panne"}, 422, "kind"),
-        ("/alertes", {"state": "ouvert"}, 422, "state"),
-        ("/alertes", {"limit": 0}, 422, "limit"),
-        ("/alertes", {"limit": "beaucoup"}, 422, "limit"),
-        ("/alertes", {"offset": -1}, 422, "offset"),
-        ("/alertes", {"offset": 2**63}, 422, "offset"),  # beyond int64: PostgreSQL would refuse it
-        ("/alertes", {"offset": 1_000_001}, 422, "offset"),
-        ("/alertes", {"limit": 501}, 422, "limit"),
-        ("/alertes", {"responsable_code": "03\x005"}, 422, "responsable_code"),
-        ("/alertes", {"responsable_code": "0\n35"}, 422, "responsable_code"),
-        ("/alertes", {"code_academie": "Rennes"}, 422, "code_academie"),
-        ("/alertes", {"code_departement": "35"}, 422, "code_departement"),
-        ("/etablissements/0350042A", {}, 422, "lettre attendue F"),
-        ("/etablissements/0350042F", {}, 404, "référentiel"),
-        ("/etablissements/035%0042F", {}, 422, "uai"),
-        ("/etablissements/0350042F%00", {}, 422, "uai"),
-        ("/ressources/ark:/1/inconnue", {}, 404, "inconnue"),
-        ("/ressources/ark:/1/in%00connue", {}, 422, "resource_id"),
-        ("/ressources/ark:/1/%01", {}, 422, "resource_id"),
-        ("/ressources/" + "x" * 257, {}, 422, "resource_id"),
-        ("/ressources/", {}, 422, "resource_id"),
-        ("/alertes/flux", {"code_academie": "1\x004"}, 422, "code_academie"),
-        ("/alertes/flux", {"kind": "panne"}, 422, "kind"),
+        ("/alertes", {"kind": "panne"}, KIND),
+        ("/alertes", {"state": "ouvert"}, "state : doit être open ou resolved"),
+        ("/alertes", {"responsable_type": "communes"}, "responsable_type : doit être commune, departement ou region"),
+        ("/alertes", {"limit": 0}, LIMIT),
+        ("/alertes", {"limit": 501}, LIMIT),
+        ("/alertes", {"limit": "beaucoup"}, LIMIT),
+        ("/alertes", {"limit": ""}, LIMIT),
+        ("/alertes", {"offset": -1}, OFFSET),
+        ("/alertes", {"offset": 1_000_001}, OFFSET),
+        ("/alertes", {"offset": 2**63}, OFFSET),  # beyond int64: PostgreSQL would refuse it
+        ("/alertes", {"offset": "9" * 5000}, OFFSET),  # beyond what pydantic parses at all
+        ("/alertes", {"responsable_code": "03\x005"}, f"responsable_code : {CONTROL}"),
+        ("/alertes", {"responsable_code": "0\n35"}, f"responsable_code : {CONTROL}"),
+        ("/alertes", {"responsable_code": "123456"}, "responsable_code : doit être un code de 1 à 5 caractères"),
+        ("/alertes", {"code_academie": "Rennes"}, ACADEMIE),
+        ("/alertes", {"code_departement": "35"}, "code_departement : doit être un code département de 3 caractères"),
+        ("/etablissements/0350042A", {}, "uai : '0350042A' n'est pas un UAI valide (lettre attendue F)"),
+        ("/etablissements/035%0042F", {}, f"uai : {CONTROL}"),
+        ("/etablissements/0350042F%00", {}, f"uai : {CONTROL}"),
+        ("/ressources/ark:/1/in%00connue", {}, f"resource_id : {CONTROL}"),
+        ("/ressources/ark:/1/%01", {}, f"resource_id : {CONTROL}"),
+        ("/ressources/" + "x" * 257, {}, RESOURCE_ID),
+        ("/ressources/", {}, RESOURCE_ID),
+        ("/alertes/flux", {"code_academie": "1\x004"}, ACADEMIE),
+        ("/alertes/flux", {"kind": "panne"}, KIND),
     ],
 )
-async def test_bad_parameters_get_a_4xx_with_a_message(api, path, params, status, fragment):
+async def test_a_refused_parameter_gets_a_422_in_french_naming_it_and_its_rule(api, path, params, message):
     client, _ = api
     response = await client.get(path, params=params)
-    assert response.status_code == status
-    assert fragment in response.text
+    assert response.status_code == 422
+    [refused] = response.json()["detail"]
+    assert refused["msg"].startswith(message), refused
+    assert refused["loc"][-1] == message.split(" : ")[0]
+    assert set(refused) == {"loc", "msg", "type"}  # pydantic's `input`, the refused value, is not echoed
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", str(2**63), "1.5", ""])
-async def test_bad_last_event_id_gets_a_422_naming_the_header(api, value):
+async def test_bad_last_event_id_gets_a_422_in_french_naming_the_header(api, value):
     client, _ = api
     response = await client.get("/alertes/flux", headers={"Last-Event-ID": value})
     assert response.status_code == 422
-    assert "Last-Event-ID" in response.text
+    [refused] = response.json()["detail"]
+    assert refused["loc"] == ["header", "Last-Event-ID"]
+    assert refused["msg"].startswith("Last-Event-ID : doit être un entier entre 0 et 9 223 372 036 854 775 807 (")
 
 
-async def test_openapi_document_lists_every_endpoint(api):
+async def test_other_errors_answer_in_french_too(api):
+    client, app = api
+    unknown = {
+        "/etablissements/0350042F": "uai : 0350042F n'est pas dans le référentiel",
+        "/ressources/ark:/1/inconnue": "resource_id : ark:/1/inconnue n'est pas dans le catalogue",
+        "/nulle-part": "aucun point d'accès à cette adresse : la liste est sur /",
+        "/static-offline-docs/absent.js": "aucun point d'accès à cette adresse : la liste est sur /",
+    }
+    for path, detail in unknown.items():
+        response = await client.get(path)
+        assert (response.status_code, response.json()) == (404, {"detail": detail}), path
+    response = await client.post("/alertes")
+    assert (response.status_code, response.headers["Allow"]) == (405, "GET")
+    assert response.json() == {"detail": "méthode non permise : cette API ne fait que lire (GET)"}
+
+    def broken_pool():
+        raise RuntimeError("a bug, say")
+
+    app.dependency_overrides[_pool] = broken_pool
+    response = await client.get("/alertes")
+    assert (response.status_code, response.json()) == (
+        500,
+        {"detail": "erreur interne du service (le détail est dans son journal)"},
+    )
+
+
+def _attributes(page: str, *names: str) -> list[str]:
+    """Every value of these attributes in an HTML page, in order."""
+    found: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(value for name, value in attrs if name in names and value)
+
+    Parser().feed(page)
+    return found
+
+
+async def test_the_root_is_a_french_page_whose_links_all_answer(api):
+    client, _ = api
+    response = await client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert response.headers["content-type"].startswith("text/html") and '<html lang="fr">' in response.text
+    links = _attributes(response.text, "href")
+    assert {"/docs", "/redoc", "/openapi.json", "/health", "/alertes?state=open", "/alertes/flux"} <= set(links)
+    for link in links:
+        async with client.stream("GET", link) as followed:  # the SSE stream answers 200 and goes on
+            assert followed.status_code == 200, link
+
+
+async def test_the_root_answers_json_to_a_client_that_prefers_it_and_the_page_otherwise(api):
+    client, _ = api
+    for accept in ("application/json", "application/json, text/html;q=0.9", "application/*"):
+        response = await client.get("/", headers={"Accept": accept})
+        assert response.headers["Vary"] == "Accept"
+        body = response.json()
+        assert body["titre"] == "former-équiper-outiller — API de lecture des alertes"
+        hrefs = [link["href"] for link in body["liens"]]
+        assert {"/docs", "/openapi.json", "/health", "/alertes/flux", "/etablissements/{uai}"} <= set(hrefs), accept
+    for accept in ("*/*", "", "text/html, application/json", "application/json;q=0.5, text/*"):
+        response = await client.get("/", headers={"Accept": accept})
+        assert response.headers["content-type"].startswith("text/html"), accept
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_documentation_is_served_whole_by_the_api_itself(api, page):
+    """No CDN: the page and everything it loads come from the service, so /docs works offline."""
+    client, _ = api
+    response = await client.get(page)
+    assert response.status_code == 200
+    assets = _attributes(response.text, "src", "href")
+    assert any(a.endswith(".js") for a in assets)
+    if page == "/docs":
+        assert any(a.endswith(".css") for a in assets)
+    for url in assets:
+        assert not urlsplit(url).scheme and not urlsplit(url).netloc, f"{page} loads {url} from another host"
+        asset = await client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+        if url.endswith(".css"):  # a stylesheet's own url(…): inline data only
+            assert all(u.strip("'\" ").startswith("data:") for u in re.findall(r"url\(([^)]*)\)", asset.text))
+    assert (await client.get("/openapi.json")).status_code == 200  # what the page then fetches
+
+
+async def test_openapi_document_lists_every_endpoint_and_states_each_parameter_rule(api):
     client, _ = api
     paths = (await client.get("/openapi.json")).json()["paths"]
-    assert {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}", "/health"} <= set(paths)
+    assert {"/", "/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}", "/health"} <= set(
+        paths
+    )
+    parameters = [p for ops in paths.values() for op in ops.values() for p in op.get("parameters", [])]
+    assert parameters and all(p.get("description") for p in parameters)  # the rule a refused value is told

@@ -1,0 +1,70 @@
+"""The read API's error bodies: French, like the DLQ's messages, and naming what they refuse.
+
+A refused parameter answers 422 with FastAPI's shape, `{"detail": [{"loc", "msg", "type"}]}`
+(`loc`: `query`, `path` or `header`, then the parameter's name), whose `msg` is
+`"{parameter} : doit être {rule}"`. The rule is the parameter's description in the OpenAPI
+document, so the document and the answer say the same thing; a validator of ours that explains
+more (the UAI's check letter) is quoted instead. pydantic's English never reaches a client, nor
+the refused value itself. Every other error answers `{"detail": "…"}`.
+"""
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+
+class Erreur(BaseModel):
+    detail: str = Field(description="ce qui ne va pas, en français")
+
+
+class ParametreRefuse(BaseModel):
+    loc: list[str | int] = Field(description="`query`, `path` ou `header`, puis le nom du paramètre")
+    msg: str = Field(description="`{paramètre} : {règle}`, en français")
+    type: str = Field(description="le type d'erreur de pydantic, par ex. `int_parsing`, `literal_error`")
+
+
+class ParametresRefuses(BaseModel):
+    detail: list[ParametreRefuse]
+
+
+REFUSED: dict[int | str, dict[str, Any]] = {
+    422: {"model": ParametresRefuses, "description": "un paramètre refusé : `msg` le nomme et dit sa règle"}
+}
+
+# What Starlette itself answers, in English, for a path or a method no route has.
+_STARLETTE = {
+    (404, "Not Found"): "aucun point d'accès à cette adresse : la liste est sur /",
+    (405, "Method Not Allowed"): "méthode non permise : cette API ne fait que lire (GET)",
+}
+
+
+def _message(request: Request, error: dict) -> str:
+    where, name = error["loc"][0], error["loc"][-1]
+    if error["type"] == "value_error":  # one of our validators, whose message is already French
+        return f"{name} : {error['ctx']['error']}"
+    operation = request.app.openapi()["paths"][request.scope["route"].path_format][request.method.lower()]
+    [rule] = [p["description"] for p in operation["parameters"] if (p["in"], p["name"]) == (where, name)]
+    return f"{name} : doit être {rule}"
+
+
+async def _refused(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [{"loc": list(e["loc"]), "msg": _message(request, e), "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, 422)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = _STARLETTE.get((exc.status_code, exc.detail), exc.detail)
+    return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette still raises the exception after this answer: the server logs it with its traceback.
+    return JSONResponse({"detail": "erreur interne du service (le détail est dans son journal)"}, 500)
+
+
+# Every error the API answers, in French: refused parameters, unknown paths, internal errors.
+HANDLERS = {RequestValidationError: _refused, HTTPException: _http_error, Exception: _internal_error}
