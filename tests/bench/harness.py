@@ -1,0 +1,278 @@
+"""What every figure of `./dev bench` stands on.
+
+One Kafka broker and one PostgreSQL server for the whole run; for each measurement a fresh
+stage (the platform's topics under their own prefix, its own database), so no figure sees
+another's records, offsets or state. The services run as real processes (`python -m
+services.<name>`, as in production), and the bench observes them only from outside: consumer
+groups' committed offsets, `/health`'s outbox backlog, the kernel's peak RSS.
+"""
+
+import asyncio
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+import contracts as c
+from deploy.local.kafka import LocalKafka
+from deploy.local.postgres import LocalPostgres
+from deploy.local.processes import SERVICES, ServiceProcesses
+from deploy.topic_admin import create_topics
+from deploy.topology import TopicSpec, platform_topics
+from services.specs import specs
+
+CONSUMES = {spec.name: spec.consumes for spec in specs()}
+HEADERS = [("content-type", c.CONTENT_TYPE.encode())]
+# Services in the order records flow through them: a drain check follows that order.
+FLOW = ("formation", "equipement", "ressources")
+SERVICE_ENV = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json"}
+POLL_SECONDS = 0.05
+
+# A producer's first records to a new topic meet "not leader" answers until the partitions
+# have elected theirs; aiokafka retries and logs each at WARNING, which is noise here.
+logging.getLogger("aiokafka").setLevel(logging.ERROR)
+
+
+@dataclass
+class Row:
+    """One line of the final table: what was measured, against what, for which target."""
+
+    figure: str
+    measured: str
+    baseline: str
+    target: str
+    ok: bool | None  # None: no target applies to this line
+
+
+@dataclass
+class Stage:
+    """The platform's topics under `prefix` and a database of its own."""
+
+    name: str
+    bootstrap: str
+    prefix: str
+    database_url: str
+    log_dir: Path
+    partitions: dict[str, int]  # full topic name -> partitions
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+    def group(self, service: str) -> str:
+        return self.prefix + service  # services.common.messaging.consumer: group = prefixed name
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "DATABASE_URL": self.database_url,
+            "TOPIC_PREFIX": self.prefix,
+            **SERVICE_ENV,
+        }
+
+
+class Runtime:
+    def __init__(self, tmp: Path, kafka: LocalKafka, postgres: LocalPostgres):
+        self.tmp, self.kafka, self.postgres = tmp, kafka, postgres
+        self._count = itertools.count(1)
+
+    async def stage(self, name: str, extra_topics: Sequence[TopicSpec] = ()) -> Stage:
+        n = next(self._count)
+        prefix = f"{name}-{n}."
+        topics = [*platform_topics(prefix), *(TopicSpec(prefix + t.name, t.partitions) for t in extra_topics)]
+        await create_topics(self.kafka.bootstrap_servers, topics)
+        log_dir = self.tmp / f"{name}-{n}"
+        log_dir.mkdir()
+        return Stage(
+            name=name,
+            bootstrap=self.kafka.bootstrap_servers,
+            prefix=prefix,
+            database_url=await self.postgres.create_database(f"bench_{name}_{n}"),
+            log_dir=log_dir,
+            partitions={t.name: t.partitions for t in topics},
+        )
+
+
+@asynccontextmanager
+async def runtime() -> AsyncIterator[Runtime]:
+    with (
+        tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp,
+        LocalPostgres(Path(tmp) / "pg") as pg,
+        LocalKafka(Path(tmp) / "kafka") as kafka,
+    ):
+        yield Runtime(Path(tmp), kafka, pg)
+
+
+@asynccontextmanager
+async def running(stage: Stage, names: tuple[str, ...] = SERVICES) -> AsyncIterator[ServiceProcesses]:
+    """The services as real processes, healthy; stopped (SIGTERM, then SIGKILL) on exit."""
+    async with replicated(stage, names, 1) as (procs,):
+        yield procs
+
+
+@asynccontextmanager
+async def replicated(stage: Stage, names: tuple[str, ...], count: int) -> AsyncIterator[list[ServiceProcesses]]:
+    """`count` replicas of the services, all started before any is awaited (so none runs alone
+    for long), sharing the stage's database and consumer groups; each replica logs apart."""
+    replicas = []
+    for replica in range(count):
+        log_dir = stage.log_dir / f"replica-{replica}"
+        log_dir.mkdir(exist_ok=True)
+        replicas.append(ServiceProcesses(stage.env(), log_dir=log_dir, names=names))
+    try:
+        for procs in replicas:
+            procs.start()
+        for procs in replicas:
+            await asyncio.to_thread(procs.wait_healthy, 120)
+        yield replicas
+    finally:
+        for procs in replicas:
+            await asyncio.to_thread(procs.stop)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM): the kernel's own high-water mark, no sampling."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM line")
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]], headers: list[tuple[str, bytes]] = HEADERS
+) -> list:
+    """Every record, acknowledged by the broker (acks=all); their RecordMetadata, in order."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value, key=key.encode(), headers=headers) for key, value in records]
+        return list(await asyncio.gather(*sent))
+    finally:
+        await producer.stop()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool] | bool], *, timeout: float, what: str) -> float:
+    """Seconds until `check` holds, polled every POLL_SECONDS; TimeoutError naming `what` past `timeout`."""
+    start = time.monotonic()
+    while True:
+        done = check()
+        if not isinstance(done, bool):
+            done = await done
+        if done:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+class Observer:
+    """What a stage's consumer groups have committed, how far behind they are, and the
+    services' outbox backlog (`/health`), all seen from outside the services."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=stage.bootstrap)
+        self._ends = AIOKafkaConsumer(bootstrap_servers=stage.bootstrap, enable_auto_commit=False)
+        self._http = httpx.AsyncClient(timeout=5)
+
+    async def __aenter__(self) -> "Observer":
+        await self._admin.start()
+        await self._ends.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+        await self._ends.stop()
+        await self._admin.close()
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for p in range(self.stage.partitions[topic])]
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """Partition -> the group's committed offset on `topic` (0 where it committed nothing)."""
+        offsets = await self._admin.list_consumer_group_offsets(group, partitions=self._partitions(topic))
+        return {tp.partition: max(0, om.offset) for tp, om in offsets.items()}
+
+    async def end(self, topic: str) -> dict[int, int]:
+        offsets = await self._ends.end_offsets(self._partitions(topic))
+        return {tp.partition: offset for tp, offset in offsets.items()}
+
+    async def lag(self, service: str) -> int:
+        """Records of the service's topics its group has not committed past yet."""
+        behind = 0
+        for name in CONSUMES[service]:
+            topic = self.stage.topic(name)
+            committed, end = await self.committed(self.stage.group(service), topic), await self.end(topic)
+            behind += sum(end[p] - committed.get(p, 0) for p in end)
+        return behind
+
+    async def outbox_pending(self, procs: ServiceProcesses, service: str) -> int:
+        response = await self._http.get(f"http://127.0.0.1:{procs.ports[service]}/health")
+        pending = response.json()["outbox_pending"]
+        if pending is None:
+            raise RuntimeError(f"{service}: /health reports no outbox_pending (no database?): {response.text}")
+        return int(pending)
+
+    async def drained(self, procs: ServiceProcesses) -> bool:
+        """Nothing left anywhere: checked in the order records flow (a service's lag, then its
+        outbox, then the next service's lag), so a record moving on meanwhile is still seen."""
+        for service in (s for s in FLOW if s in procs.names):
+            if await self.lag(service) or await self.outbox_pending(procs, service):
+                return False
+        return True
+
+    async def wait_drained(self, procs: ServiceProcesses, timeout: float) -> float:
+        return await wait_until(
+            lambda: self.drained(procs), timeout=timeout, what=f"{', '.join(procs.names)} draining their backlog"
+        )
+
+
+class Tail:
+    """Reads a topic from its end at start, in the background: each record with the moment
+    it arrived (time.monotonic). What a dashboard following the alerts sees."""
+
+    def __init__(self, stage: Stage, topic: str):
+        self.topic = topic
+        self.partitions = [TopicPartition(topic, p) for p in range(stage.partitions[topic])]
+        self.records: list[tuple[float, ConsumerRecord]] = []
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=stage.bootstrap, enable_auto_commit=False)
+        self._start: dict[int, int] = {}
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Tail":
+        await self._consumer.start()
+        self._consumer.assign(self.partitions)
+        await self._consumer.seek_to_end(*self.partitions)
+        self._start = {tp.partition: await self._consumer.position(tp) for tp in self.partitions}
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=100)).values():
+                now = time.monotonic()
+                self.records += [(now, r) for r in records]
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None, "entered"
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    async def caught_up(self, observer: Observer, timeout: float = 60) -> None:
+        """Until every record the topic holds now has been read."""
+        end = await observer.end(self.topic)
+        await wait_until(
+            lambda: len(self.records) >= sum(end[p] - self._start[p] for p in end),
+            timeout=timeout,
+            what=f"reading {self.topic} to its end",
+        )

@@ -1,0 +1,197 @@
+"""Latency: ingress -> alert at a steady rate, the three services running (issue 8's third figure).
+
+Setup, per rate on a fresh stage: U open collèges, each with one lot of tablets a resource
+accepts (iPadOS 17.1, the resource wants >= 15), the resource, a subscription from each. Then
+a collectivité's producer sends, at the rate, lots that flip one collège after another
+between iPadOS 12.5 and 17.1: each flip raises or resolves an `equipement-incompatible` alert.
+Each lot carries its own W3C trace context, which equipement's profile and ressources' alert
+carry on (README, Tracing), so a dashboard's consumer of alertes.compatibilite.v1 knows which
+lot caused each alert.
+
+A lot's latency is from the moment it was sent to the first alert of its collège caused by
+it or by a later lot of that collège: when two flips of one collège meet in one batch (a
+backlog longer than U / rate seconds), the second's alert is the platform's answer to both.
+Baseline, on the same broker at the same rate just before: a plain record's produce -> consume
+latency. Keeps up: the backlog (consumer lags, outboxes) is drained within KEEP_UP_SECONDS of
+the producer stopping.
+"""
+
+import asyncio
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+
+import contracts as c
+from contracts import Etablissement
+from deploy.local.processes import ServiceProcesses
+from deploy.referentiel.generator import generate
+from deploy.referentiel.publish import publish_etablissements
+from deploy.topology import TopicSpec
+from harness import HEADERS, Observer, Row, Runtime, Stage, Tail, produce, running
+from records import abonnement, lot, ressource
+
+RESOURCE = "ark:/67375/bench-latence"
+COMPATIBLE, INCOMPATIBLE = "17.1", "12.5"  # the resource wants iPadOS >= 15
+SEED = 8
+PLAIN = TopicSpec("bench.plain", 6)
+P99_TARGETS = {200: 0.150, 1000: 0.500}  # seconds; at other rates the target is to keep up
+KEEP_UP_SECONDS = 5.0
+SETUP_TIMEOUT = 600
+Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+async def prepare(stage: Stage, procs: ServiceProcesses, uais: int) -> list[Etablissement]:
+    """The référentiel first (a lot about a UAI not yet known is refused), then the rest."""
+    etabs = [e for e in generate({"college": uais}, SEED) if e.ouvert]
+    async with Observer(stage) as observer:
+        await publish_etablissements(stage.bootstrap, etabs, stage.topic(c.REFERENTIEL))
+        await observer.wait_drained(procs, SETUP_TIMEOUT)
+        await produce(stage.bootstrap, stage.topic(c.EQUIPEMENT), [(e.uai, lot(e, COMPATIBLE)) for e in etabs])
+        catalogue = [ressource(RESOURCE, "15"), *(abonnement(RESOURCE, e) for e in etabs)]
+        await produce(stage.bootstrap, stage.topic(c.CATALOGUE), catalogue)
+        await observer.wait_drained(procs, SETUP_TIMEOUT)
+    return etabs
+
+
+async def paced(
+    bootstrap: str, rate: int, duration: float, record: Callable[[int], Record]
+) -> tuple[list[float], float]:
+    """Sends record(0), record(1)… at `rate` per second for `duration`; the moment each was
+    handed to the producer, and the rate achieved (the producer may fall short of the target)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        sent, pending = [], []
+        start = time.monotonic()
+        for i in range(round(rate * duration)):
+            if (delay := start + i / rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            topic, key, value, headers = record(i)
+            sent.append(time.monotonic())
+            pending.append(await producer.send(topic, value, key=key.encode(), headers=headers))
+        await asyncio.gather(*pending)
+        return sent, len(sent) / max(sent[-1] - sent[0], 1e-9)
+    finally:
+        await producer.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank); infinite when nothing was measured."""
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Latencies:
+    seconds: list[float]
+    sent: int
+    achieved_rate: float
+    own_alerts: int = 0  # lots whose own alert arrived (the rest were answered by a later lot's)
+    unanswered: int = 0  # lots no alert answered (a backlog left, or flips that cancelled out in one batch)
+    drained_after: float | None = None  # seconds after the producer stopped; None: not within the timeout
+
+    def describe(self) -> str:
+        p50, p99, worst = (percentile(self.seconds, q) * 1000 for q in (0.5, 0.99, 1.0))
+        return f"p50 {p50:7,.0f} ms   p99 {p99:7,.0f} ms   max {worst:7,.0f} ms"
+
+
+async def plain(stage: Stage, rate: int, duration: float) -> Latencies:
+    """A plain record's produce -> consume latency, on the stage's broker at `rate`."""
+    topic = stage.topic(PLAIN.name)
+    async with Tail(stage, topic) as tail, Observer(stage) as observer:
+        sent, achieved = await paced(stage.bootstrap, rate, duration, lambda i: (topic, str(i), str(i).encode(), []))
+        await tail.caught_up(observer)
+    return Latencies([at - sent[int(r.value)] for at, r in tail.records], len(sent), achieved)
+
+
+def trace_id(i: int) -> str:
+    return f"{i + 1:032x}"
+
+
+async def platform(
+    stage: Stage, procs: ServiceProcesses, etabs: list[Etablissement], rate: int, duration: float, drain: float
+) -> Latencies:
+    topic, n = stage.topic(c.EQUIPEMENT), len(etabs)
+
+    def flip(i: int) -> Record:
+        e, version = etabs[i % n], INCOMPATIBLE if (i // n) % 2 == 0 else COMPATIBLE
+        traceparent = f"00-{trace_id(i)}-{i + 1:016x}-01".encode()
+        return topic, e.uai, lot(e, version, datetime.now(UTC)), [*HEADERS, ("traceparent", traceparent)]
+
+    async with Tail(stage, stage.topic(c.ALERTES)) as tail, Observer(stage) as observer:
+        sent, achieved = await paced(stage.bootstrap, rate, duration, flip)
+        try:
+            drained_after: float | None = await observer.wait_drained(procs, drain)
+        except TimeoutError:
+            drained_after = None
+        await tail.caught_up(observer)
+    # The alerts of each collège, by the index of the lot that caused them.
+    answers: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for at, record in tail.records:
+        traceparent = dict(record.headers).get("traceparent", b"").decode()
+        cause = int(traceparent.split("-")[1], 16) - 1 if traceparent.count("-") == 3 else -1
+        if 0 <= cause < len(sent):
+            answers[cause % n].append((cause, at))
+    if tail.records and not answers:
+        raise RuntimeError(
+            f"none of the {len(tail.records):,} alerts carries the trace context of a lot sent: the bench "
+            "matches alerts to lots by it (traceparent header, README: Tracing)"
+        )
+    result = Latencies([], len(sent), achieved, drained_after=drained_after)
+    for first in range(n):
+        alerts = iter(sorted(answers[first]))
+        answer = next(alerts, None)
+        for i in range(first, len(sent), n):  # this collège's lots, in order
+            while answer is not None and answer[0] < i:
+                answer = next(alerts, None)
+            if answer is None:
+                result.unanswered += 1
+                if drained_after is None:
+                    result.seconds.append(math.inf)  # still in the backlog: later than anything measured
+                continue
+            result.own_alerts += answer[0] == i
+            result.seconds.append(answer[1] - sent[i])
+    return result
+
+
+async def figure(runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float) -> list[Row]:
+    print(f"\n== latency: ingress -> alert, {duration:g} s at each rate, {uais:,} collèges flipped in turn")
+    rows = []
+    for rate in rates:
+        stage = await runtime.stage(f"latency-{rate}", extra_topics=[PLAIN])
+        async with running(stage) as procs:
+            etabs = await prepare(stage, procs, uais)
+            baseline = await plain(stage, rate, duration)
+            measured = await platform(stage, procs, etabs, rate, duration, drain)
+        drained = "not drained" if measured.drained_after is None else f"drained {measured.drained_after:.1f} s after"
+        print(f"  {rate:5,} ev/s  plain record   {baseline.describe()}   ({baseline.achieved_rate:,.0f} ev/s sent)")
+        print(f"  {rate:5,} ev/s  lot -> alert   {measured.describe()}   ({measured.achieved_rate:,.0f} ev/s sent; "
+              f"{measured.own_alerts:,} of {measured.sent:,} lots had their own alert, {measured.unanswered:,} none; "
+              f"backlog {drained})")  # fmt: skip
+        p99, base = percentile(measured.seconds, 0.99), percentile(baseline.seconds, 0.99)
+        keeps_up = measured.drained_after is not None and measured.drained_after <= KEEP_UP_SECONDS
+        if rate in P99_TARGETS:
+            target, ok = f"<= {P99_TARGETS[rate] * 1000:.0f} ms, keeps up", keeps_up and p99 <= P99_TARGETS[rate]
+        else:
+            target, ok = f"keeps up (drained <= {KEEP_UP_SECONDS:g} s)", keeps_up
+        rows.append(
+            Row(
+                f"ingress -> alert p99 at {rate:,} ev/s",
+                f"{_ms(p99)}, {drained}",
+                f"plain record {_ms(base)}",
+                target,
+                ok,
+            )
+        )
+    return rows
+
+
+def _ms(seconds: float) -> str:
+    return "> drain timeout" if math.isinf(seconds) else f"{seconds * 1000:,.0f} ms"

@@ -1,0 +1,145 @@
+"""National scale: E établissements (60,000 in the national mix), one resource subscribed by all
+(issue 8's fourth and fifth figures), and the peak RSS of each service (its sixth).
+
+Setup, timed for context: the référentiel; then for each établissement one lot of 30 tablets
+declared by its collectivité (iPadOS 12.5 for one half, 17.1 for the other) and one teacher
+declared by its rectorat; and the resource (iPadOS >= 15). Measured, each from its first
+record sent to the last alert a dashboard reads on alertes.compatibilite.v1:
+- E subscriptions: one `equipement-incompatible` raised per open établissement on 12.5;
+- the resource republished with stricter requirements (>= 17.2): one more per open
+  établissement on 17.1;
+- and, as its baseline, the same republished again: no alert to wait for, so until ressources
+  has committed past the record (its transaction, re-evaluation included, is done).
+Then each service's peak RSS (VmHWM): what holding the nation cost it.
+"""
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+
+import contracts as c
+from contracts import Etablissement
+from deploy.referentiel.generator import generate
+from deploy.referentiel.publish import publish_etablissements
+from harness import Observer, Row, Runtime, Stage, Tail, peak_rss_mb, produce, running, wait_until
+from records import T0, abonnement, affectation, lot, ressource
+
+RESOURCE = "ark:/67375/bench-national"
+OLD, RECENT = "12.5", "17.1"
+SEED = 8
+SUBSCRIPTIONS_TARGET, REPUBLICATION_TARGET, RSS_TARGET_MB = 5.0, 3.0, 300
+SETUP_TIMEOUT, STEP_TIMEOUT = 1800, 600
+
+
+def ipados(i: int) -> str:
+    return OLD if i % 2 == 0 else RECENT
+
+
+async def setup(stage: Stage, observer: Observer, procs, etabs: list[Etablissement]) -> None:
+    """The référentiel first (a declaration about a UAI not yet known is refused), then the rest."""
+    started = time.monotonic()
+    await publish_etablissements(stage.bootstrap, etabs, stage.topic(c.REFERENTIEL))
+    sent = time.monotonic() - started
+    absorbed = await observer.wait_drained(procs, SETUP_TIMEOUT)
+    print(f"  référentiel: {len(etabs):,} sent in {sent:.1f} s, absorbed by the services {absorbed:.1f} s later")
+    started = time.monotonic()
+    await asyncio.gather(
+        produce(stage.bootstrap, stage.topic(c.EQUIPEMENT), [(e.uai, lot(e, ipados(i))) for i, e in enumerate(etabs)]),
+        produce(stage.bootstrap, stage.topic(c.FORMATION), [(e.uai, affectation(e)) for e in etabs]),
+        produce(stage.bootstrap, stage.topic(c.CATALOGUE), [ressource(RESOURCE, "15")]),
+    )
+    sent = time.monotonic() - started
+    absorbed = await observer.wait_drained(procs, SETUP_TIMEOUT)
+    print(f"  lots and teachers: {2 * len(etabs):,} sent in {sent:.1f} s, absorbed {absorbed:.1f} s later")
+
+
+class Step:
+    """One measured step: from its first record sent to its last alert read, and how many."""
+
+    def __init__(self, tail: Tail, observer: Observer, procs, expected: int):
+        self.tail, self.observer, self.procs, self.expected = tail, observer, procs, expected
+
+    async def __aenter__(self) -> "Step":
+        self.seen_before = len(self.tail.records)
+        self.started = time.monotonic()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            return
+        await self.observer.wait_drained(self.procs, STEP_TIMEOUT)
+        await self.tail.caught_up(self.observer)
+        alerts = self.tail.records[self.seen_before :]
+        self.raised = sum(json.loads(r.value)["type"] == c.ALERTE_LEVEE for _, r in alerts)
+        self.alerts = len(alerts)
+        self.seconds = (alerts[-1][0] if alerts else time.monotonic()) - self.started
+
+    def describe(self) -> str:
+        count = f"{self.alerts:,} alerts" + ("" if self.alerts == self.expected else f", expected {self.expected:,}")
+        return f"{self.seconds:.1f} s ({count})"
+
+    def as_expected(self) -> bool:
+        return self.alerts == self.raised == self.expected
+
+
+async def figure(runtime: Runtime, count: int) -> list[Row]:
+    print(f"\n== national: {count:,} établissements, one resource subscribed by all")
+    etabs = list(generate(count, SEED))
+    open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
+    stage = await runtime.stage("national")
+    catalogue = stage.topic(c.CATALOGUE)
+    async with running(stage) as procs, Observer(stage) as observer:
+        await setup(stage, observer, procs, etabs)
+        async with Tail(stage, stage.topic(c.ALERTES)) as tail:
+            expected = sum(ipados(i) == OLD for i, _ in open_)
+            async with Step(tail, observer, procs, expected) as subscriptions:
+                await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
+                produced = time.monotonic() - subscriptions.started
+            expected = sum(ipados(i) == RECENT for i, _ in open_)
+            async with Step(tail, observer, procs, expected) as stricter:
+                await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
+            async with Step(tail, observer, procs, 0) as unchanged:
+                [sent] = await produce(
+                    stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))]
+                )
+                await wait_until(
+                    lambda: _committed_past(observer, stage, catalogue, sent.partition, sent.offset),
+                    timeout=STEP_TIMEOUT,
+                    what="ressources committing past the no-change republication",
+                )
+                committed = time.monotonic() - unchanged.started
+        rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
+    print(f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s")
+    print(f"  stricter republication -> last alert  {stricter.describe()}")
+    print(f"  no-change republication -> committed  {committed:.1f} s ({unchanged.alerts:,} alerts)")
+    print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
+    return [
+        Row(
+            f"national: {count:,} subscriptions -> last alert",
+            subscriptions.describe(),
+            f"subscriptions sent in {produced:.1f} s",
+            f"<= {SUBSCRIPTIONS_TARGET:g} s",
+            subscriptions.as_expected() and subscriptions.seconds <= SUBSCRIPTIONS_TARGET,
+        ),
+        Row(
+            "national: stricter republication -> last alert",
+            stricter.describe(),
+            f"no-change republication {committed:.1f} s",
+            f"<= {REPUBLICATION_TARGET:g} s",
+            stricter.as_expected() and unchanged.as_expected() and stricter.seconds <= REPUBLICATION_TARGET,
+        ),
+    ] + [
+        Row(
+            f"peak RSS {name}, {count:,} établissements",
+            f"{mb:,.0f} MB",
+            "",
+            f"<= {RSS_TARGET_MB} MB",
+            mb <= RSS_TARGET_MB,
+        )
+        for name, mb in rss.items()
+    ]
+
+
+async def _committed_past(observer: Observer, stage: Stage, topic: str, partition: int, offset: int) -> bool:
+    return (await observer.committed(stage.group("ressources"), topic)).get(partition, 0) > offset
