@@ -104,6 +104,12 @@ async def test_refused_records_keep_their_sender_and_key_and_the_command_finds_t
         where,
     )
     assert SECRET not in "\n".join(shown)
+    where_not = ["--topic", topic, "--partition", str(first["partition"]), "--offset", "999999"]
+    assert await dead_letters.run(dead_letters.parse_args(["show", "--service", "equipement", *where_not]), url) == 0
+    assert capsys.readouterr().err == (
+        f"no dead letter at {topic}:{first['partition']}@999999 in equipement "
+        "(never refused there, or purged after INBOX_RETENTION_DAYS)\n"
+    )
 
 
 async def test_a_key_or_subject_that_may_be_a_teacher_id_is_not_kept(kafka, settings, capsys):

@@ -99,7 +99,7 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
     if not shown:
         print(
             f"no dead letter at {args.topic}:{args.partition}@{args.offset} in {', '.join(schemas)} "
-            "(or older than INBOX_RETENTION_DAYS)",
+            "(never refused there, or purged after INBOX_RETENTION_DAYS)",
             file=sys.stderr,
         )
     return shown
