@@ -1,5 +1,5 @@
 """Random bytes at every parameter of every endpoint of the served read API: never a 5xx, and
-a 422 names the parameter it refuses.
+every error answers in French; a 422 names the parameter it refuses and states its rule.
 
 Hypothesis drives a synchronous httpx client from a worker thread, while the API is served by
 uvicorn on this test's event loop, against the real PostgreSQL (and Kafka, for the consumer)."""
@@ -58,13 +58,23 @@ def _url(where: str, path: str, name: str, value: bytes) -> str:
     return f"{path}?{name}={encoded}"
 
 
+# What pydantic and Starlette say in English: none of it may reach a client.
+ENGLISH = ("Input should", "Field required", "String should", "Value error", "Unable to parse", "valid integer")
+ENGLISH += ("should have", "greater than", "less than", "Not Found", "Method Not Allowed", "Internal Server Error")
+
+
 def _check(response: httpx.Response, where: str, name: str, value: bytes) -> None:
     assert response.status_code < 500, (where, name, value, response.status_code, response.text[:500])
+    if response.status_code >= 400:
+        assert not any(phrase in response.text for phrase in ENGLISH), (name, value, response.text[:500])
     if response.status_code == 422:
         detail = response.json()["detail"]
-        assert any(d["loc"][0] == where and d["loc"][-1] == name for d in detail), (name, value, detail)
+        [refused] = [d for d in detail if d["loc"][0] == where and d["loc"][-1] == name]
+        assert refused["msg"].startswith(f"{name} : "), (name, value, refused)
+        assert refused["msg"].startswith(f"{name} : doit être ") or refused["type"] == "value_error", refused
     elif where == "path" and response.status_code == 404:
-        pass  # an unknown UAI or resource, or a path with another `/` in it: no such route
+        # an unknown UAI or resource, or a path with another `/` in it: no such route
+        assert response.json()["detail"].startswith((f"{name} : ", "aucun point d'accès")), (value, response.text)
     else:  # accepted: a 2xx
         assert response.status_code < 300, (where, name, value, response.status_code, response.text[:500])
 
