@@ -6,6 +6,8 @@ and the background tasks, stop them in order.
 
 import json
 import logging
+import os
+import sys
 from typing import Any
 
 import structlog
@@ -20,7 +22,7 @@ from services.common.runtime import startup
 from services.common.runtime.health import health_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.telemetry import configure_tracing
 
@@ -77,7 +79,11 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
 
 def serve(spec: ServiceSpec) -> None:
-    """Entry point of `python -m services.<name>`: the ASGI app under uvicorn."""
+    """Entry point of `python -m services.<name>`: the ASGI app under uvicorn. Bad settings end
+    it before it connects anywhere: one line per problem on stderr, exit code 2."""
+    if problems := check_environment(os.environ, [spec.settings]):
+        print("\n".join(problems), file=sys.stderr)
+        sys.exit(2)
     settings = spec.settings()
     app = build_app(spec, settings)
     if spec.http_api is not None:

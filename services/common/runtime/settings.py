@@ -2,38 +2,115 @@
 
 Defaults work on the local runtime (`./dev up`); every field is a documented variable in the
 README. `TOPIC_PREFIX` exists for test isolation only: production uses the contract's names.
+
+`check_environment` says what is wrong with an environment before anything starts, one line
+per problem naming the variable as it was typed and the rule it breaks; a service started
+with bad settings prints those lines and exits with code 2 (`app.serve`).
 """
 
+import re
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Literal, Self
+from functools import cache
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import annotated_types as at
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.common.runtime.secrets import redact
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SECRET = frozenset({"database_url", "otel_endpoint"})
+"""Settings whose value may hold a password or a token: no message shows it."""
+
+
+def _must(check: Any, rule: str) -> AfterValidator:
+    """A validator raising `rule` (which names no value) when `check(value)` is false."""
+
+    def validate(value: Any) -> Any:
+        if not check(value):
+            raise ValueError(rule)
+        return value
+
+    return AfterValidator(validate)
+
+
+def _servers(value: str) -> bool:
+    """host:port, or host (port 9092), separated by commas, as aiokafka reads them."""
+    for server in value.split(","):
+        host, colon, port = server.strip().rpartition(":")
+        if not colon:
+            host, port = port, "9092"
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            return False
+    return True
+
+
+def _seconds(value: Any) -> Any:
+    """A duration given as a number of seconds ("300", "1.5"), else ISO 8601 as pydantic reads it."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+BootstrapServers = Annotated[str, _must(_servers, "must be host:port pairs separated by commas, like 127.0.0.1:9092")]
+PostgresUrl = Annotated[
+    str,
+    _must(
+        lambda url: urlsplit(url).scheme in ("postgresql", "postgres"),
+        "must be a PostgreSQL URL, postgresql://user:password@host:port/database",
+    ),
+]
+SchemaName = Annotated[
+    str,
+    _must(
+        re.compile(r"[a-z_][a-z0-9_]{0,62}").fullmatch,
+        "must be a PostgreSQL name in lower case: letters, digits and _, not starting with a digit, 63 at most",
+    ),
+]
+TopicPrefix = Annotated[
+    str,
+    _must(
+        re.compile(r"[A-Za-z0-9._-]{0,200}").fullmatch, "may hold only letters, digits, '.', '_' and '-', 200 at most"
+    ),
+]
+HttpUrl = Annotated[
+    str, _must(lambda url: urlsplit(url).scheme in ("http", "https"), "must be an http:// or https:// URL")
+]
+LogLevel = Annotated[str, AfterValidator(str.upper), _must(LEVELS.__contains__, f"must be one of {', '.join(LEVELS)}")]
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", allow_inf_nan=False)
 
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
-    database_url: str = Field(
+    kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    database_url: PostgresUrl = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",
         description="PostgreSQL URL; each service works in its own schema of that database",
     )
-    db_schema: str | None = Field(None, description="schema of this service (default: its name)")
-    topic_prefix: str = Field("", description="prefix of every topic and consumer group (tests)")
+    db_schema: SchemaName | None = Field(None, description="schema of this service (default: its name)")
+    topic_prefix: TopicPrefix = Field("", description="prefix of every topic and consumer group (tests)")
     http_host: str = "127.0.0.1"
-    http_port: int = Field(8000, description="port of /health (and of the service's API)")
+    http_port: int = Field(8000, ge=1, le=65535, description="port of /health (and of the service's API)")
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
-    max_clock_skew: timedelta = Field(
-        timedelta(minutes=5), description="an event whose time is later than the clock plus this is time-futur"
+    max_clock_skew: Duration = Field(
+        timedelta(minutes=5),
+        ge=timedelta(0),
+        description="an event whose time is later than the clock plus this is time-futur",
     )
     otel_exporter: Literal["none", "console", "otlp"] = "none"
-    otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
+    otel_endpoint: HttpUrl | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
     log_format: Literal["auto", "console", "json"] = "auto"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+    library_log_level: LogLevel = Field("WARNING", description="level of the libraries' own lines (Kafka client…)")
     # Start and stay (services/common/runtime/startup.py).
     startup_timeout_seconds: float = Field(
         120, gt=0, description="wait this long for Kafka and PostgreSQL at start, then exit non-zero"
@@ -53,3 +130,65 @@ class ServiceSettings(BaseSettings):
 
     def unprefixed(self, topic: str) -> str:
         return topic.removeprefix(self.topic_prefix)
+
+
+def check_environment(
+    environ: Mapping[str, str], classes: Iterable[type[ServiceSettings]] = (ServiceSettings,)
+) -> list[str]:
+    """What the services of `classes` would refuse in `environ`: one line per problem, naming
+    the variable as typed (upper case unless typed otherwise) and the rule; never the value of
+    a setting that may hold a secret. Empty when they would all start."""
+    typed = {name.lower(): name for name in environ}
+    problems: list[str] = []
+    for cls in classes:
+        given: dict[str, Any] = {field: environ[typed[field]] for field in cls.model_fields if field in typed}
+        try:
+            _from_values_only(cls)(**given)
+        except ValidationError as error:
+            for e in error.errors():
+                field = str(e["loc"][0])
+                line = _problem(typed[field], field, given[field], cls.model_fields[field], e)
+                if line not in problems:
+                    problems.append(line)
+    return problems
+
+
+@cache
+def _from_values_only(settings_class: type[ServiceSettings]) -> type[ServiceSettings]:
+    """`settings_class` validating the values it is given, not the process's own environment."""
+
+    class Checked(settings_class):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings,)
+
+    return Checked
+
+
+_KINDS: dict[Any, str] = {int: "an integer", float: "a number", timedelta: "a duration in seconds or ISO 8601 (PT5M)"}
+_BOUNDS = ((at.Ge, "ge", "≥"), (at.Gt, "gt", ">"), (at.Le, "le", "≤"), (at.Lt, "lt", "<"))
+
+
+def _problem(variable: str, field: str, value: str, info: FieldInfo, error: Any) -> str:
+    if error["type"] == "value_error":
+        rule = str(error["ctx"]["error"])
+    elif get_origin(info.annotation) is Literal:
+        rule = f"must be one of {', '.join(get_args(info.annotation))}"
+    else:
+        bounds = [
+            f"{sign} {_number(getattr(m, attr))}"
+            for m in info.metadata
+            for kind, attr, sign in _BOUNDS
+            if isinstance(m, kind)
+        ]
+        rule = " ".join([f"must be {_KINDS.get(info.annotation, 'valid')}", " and ".join(bounds)]).strip()
+    if field in SECRET:
+        return f"{variable}: {rule}"
+    shown = value if len(value) <= 40 else f"{value[:40]}…"
+    return f"{variable}: {rule} (got {redact(repr(shown))})"
+
+
+def _number(bound: Any) -> str:
+    return f"{bound.total_seconds():g}" if isinstance(bound, timedelta) else f"{bound:g}"

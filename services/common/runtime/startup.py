@@ -68,11 +68,21 @@ POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
 KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError)
 
 
-class StartupTimeout(RuntimeError):
+class StartupFailed(RuntimeError):
+    """The service cannot start, and has said why in one line naming the setting to check:
+    uvicorn need not print the traceback (`run_server`)."""
+
+
+class StartupTimeout(StartupFailed):
     """A dependency did not answer within STARTUP_TIMEOUT_SECONDS."""
 
 
-class StartupAborted(RuntimeError):
+class DependencyRefused(StartupFailed):
+    """A dependency answered with an error that waiting will not fix (a wrong password, an
+    unknown database)."""
+
+
+class StartupAborted(StartupFailed):
     """The process was asked to stop while it waited."""
 
 
@@ -108,13 +118,15 @@ async def wait_for(
     what: str,
     attempt: Callable[[], Awaitable[T]],
     *,
+    variable: str,
     deadline: float,
     retry_on: tuple[type[BaseException], ...],
     first: float = FIRST_DELAY,
     cap: float = MAX_DELAY,
 ) -> T:
     """`attempt()` until it returns, retrying on `retry_on` with a doubling delay until the
-    monotonic `deadline`; one warning per failed attempt, StartupTimeout after the last."""
+    monotonic `deadline`; one warning per failed attempt, StartupTimeout after the last, and
+    DependencyRefused at once on another error. Each line names the `variable` to check."""
     started = time.monotonic()
     for n, delay in enumerate(backoff(first, cap), start=1):
         if _stopping():
@@ -124,12 +136,24 @@ async def wait_for(
         except retry_on as exc:
             left = deadline - time.monotonic()
             if left <= 0:
-                waited = time.monotonic() - started
-                log.error("startup.gave_up", waiting_for=what, attempts=n, waited_s=round(waited, 1), error=_why(exc))
+                waited = round(time.monotonic() - started, 1)
+                log.error(
+                    "startup.gave_up", waiting_for=what, variable=variable, attempts=n, waited_s=waited, error=_why(exc)
+                )
                 raise StartupTimeout(f"{what} did not answer in {waited:.0f} s ({n} attempts): {_why(exc)}") from None
             delay = min(delay, left)
-            log.warning("startup.waiting", waiting_for=what, attempt=n, error=_why(exc), retry_in_s=round(delay, 1))
+            log.warning(
+                "startup.waiting",
+                waiting_for=what,
+                variable=variable,
+                attempt=n,
+                error=_why(exc),
+                retry_in_s=round(delay, 1),
+            )
             await _sleep_unless_stopping(delay)
+        except Exception as exc:
+            log.error("startup.refused", waiting_for=what, variable=variable, error=_why(exc))
+            raise DependencyRefused(f"{what}: {_why(exc)} (check {variable})") from None
     raise AssertionError("unreachable")  # backoff() never ends
 
 
@@ -180,12 +204,14 @@ class Guard:
         await wait_for(
             f"PostgreSQL at {redact(s.database_url)}",
             lambda: postgres_answers(s.database_url),
+            variable="DATABASE_URL",
             deadline=deadline,
             retry_on=POSTGRES_UNAVAILABLE,
         )
         await wait_for(
             f"Kafka at {s.kafka_bootstrap_servers}",
             lambda: kafka_answers(s.kafka_bootstrap_servers),
+            variable="KAFKA_BOOTSTRAP_SERVERS",
             deadline=deadline,
             retry_on=KAFKA_UNAVAILABLE,
         )
@@ -270,11 +296,34 @@ class Guard:
         timer.start()
 
 
+def _without_known_tracebacks(app: Any) -> Any:
+    """`app`, except that a startup failing with StartupFailed, which the guard has already
+    said in one line, does not give uvicorn its traceback to print."""
+
+    async def wrapped(scope: dict, receive: Callable, send: Callable) -> None:
+        async def send_quietly(message: dict) -> None:
+            if message["type"] == "lifespan.startup.failed" and isinstance(sys.exc_info()[1], StartupFailed):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_quietly if scope["type"] == "lifespan" else send)
+
+    return wrapped
+
+
 def run_server(app: Any, settings: ServiceSettings) -> None:
     """`uvicorn.run`, keeping hold of the server so that the guard can end the process, which
-    then exits with code 1 (code 3 when the startup failed, as with uvicorn.run)."""
+    then exits with code 1 (code 3 when the startup failed, as with uvicorn.run). uvicorn's
+    loggers are left to the root logger (logs.py); no access log."""
     global _server
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        _without_known_tracebacks(app),
+        host=settings.http_host,
+        port=settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+    )
     _server = uvicorn.Server(config)
     try:
         _server.run()

@@ -125,7 +125,13 @@ async def test_waiting_retries_with_a_doubling_delay_says_so_each_time_then_give
     started = time.monotonic()
     with pytest.raises(startup.StartupTimeout, match="Kafka at here did not answer"):
         await startup.wait_for(
-            "Kafka at here", refused, deadline=started + 1.0, retry_on=(OSError,), first=0.1, cap=0.4
+            "Kafka at here",
+            refused,
+            variable="KAFKA_BOOTSTRAP_SERVERS",
+            deadline=started + 1.0,
+            retry_on=(OSError,),
+            first=0.1,
+            cap=0.4,
         )
     assert time.monotonic() - started >= 1.0
     waits = [fields for event, fields in said.lines if event == "startup.waiting"]
@@ -133,14 +139,26 @@ async def test_waiting_retries_with_a_doubling_delay_says_so_each_time_then_give
     assert [w["retry_in_s"] for w in waits[:3]] == [0.1, 0.2, 0.4]
     assert all(w["retry_in_s"] <= 0.4 and w["waiting_for"] == "Kafka at here" for w in waits)
     assert waits[0]["error"] == "ConnectionRefusedError: nothing listens"
-    assert said.lines[-1][0] == "startup.gave_up" and said.lines[-1][1]["attempts"] == attempts
+    assert all(w["variable"] == "KAFKA_BOOTSTRAP_SERVERS" for w in waits)
+    gave_up, fields = said.lines[-1]
+    assert gave_up == "startup.gave_up" and fields["attempts"] == attempts
+    assert fields["variable"] == "KAFKA_BOOTSTRAP_SERVERS"
 
 
-async def test_an_error_that_is_not_unavailability_fails_at_once():
+async def test_an_error_that_is_not_unavailability_fails_at_once_naming_the_variable_and_not_the_password(monkeypatch):
+    said = Recorder()
+    monkeypatch.setattr(startup, "log", said)
+
     async def wrong_password():
-        raise PermissionError("password authentication failed")
+        raise PermissionError("password authentication failed for postgresql://feo:s3cret@db/feo")
 
-    with pytest.raises(PermissionError):
+    started = time.monotonic()
+    with pytest.raises(startup.DependencyRefused, match=r"\(check DATABASE_URL\)$") as refused:
         await startup.wait_for(
-            "PostgreSQL", wrong_password, deadline=time.monotonic() + 60, retry_on=(ConnectionError,)
+            "PostgreSQL", wrong_password, variable="DATABASE_URL", deadline=started + 60, retry_on=(ConnectionError,)
         )
+    assert time.monotonic() - started < 1
+    assert "s3cret" not in str(refused.value)
+    [(event, fields)] = said.lines
+    assert event == "startup.refused" and fields["variable"] == "DATABASE_URL"
+    assert fields["error"] == "PermissionError: password authentication failed for postgresql://feo:***@db/feo"

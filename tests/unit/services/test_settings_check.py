@@ -1,0 +1,110 @@
+"""check_environment: one line per bad setting, naming the variable as typed and the rule,
+never the value of a setting that may hold a secret; the services read the same rules."""
+
+from datetime import timedelta
+
+import pytest
+
+from services.common.runtime.settings import ServiceSettings, check_environment
+from services.ressources.settings import RessourcesSettings
+
+BOTH = (ServiceSettings, RessourcesSettings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        ({"BATCH_MAX_RECORDS": "abc"}, "BATCH_MAX_RECORDS: must be an integer ≥ 1 (got 'abc')"),
+        ({"BATCH_MAX_RECORDS": "0"}, "BATCH_MAX_RECORDS: must be an integer ≥ 1 (got '0')"),
+        ({"OUTBOX_POLL_MS": "2.5"}, "OUTBOX_POLL_MS: must be an integer ≥ 10 (got '2.5')"),
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT: must be an integer ≥ 1 and ≤ 65535 (got '70000')"),
+        ({"STARTUP_TIMEOUT_SECONDS": "inf"}, "STARTUP_TIMEOUT_SECONDS: must be a number > 0 (got 'inf')"),
+        ({"UNHEALTHY_EXIT_SECONDS": "-1"}, "UNHEALTHY_EXIT_SECONDS: must be a number ≥ 0 (got '-1')"),
+        (
+            {"MAX_CLOCK_SKEW": "-5"},
+            "MAX_CLOCK_SKEW: must be a duration in seconds or ISO 8601 (PT5M) ≥ 0 (got '-5')",
+        ),
+        (
+            {"MAX_CLOCK_SKEW": "soon"},
+            "MAX_CLOCK_SKEW: must be a duration in seconds or ISO 8601 (PT5M) ≥ 0 (got 'soon')",
+        ),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: must be one of auto, console, json (got 'xml')"),
+        ({"OTEL_EXPORTER": "jaeger"}, "OTEL_EXPORTER: must be one of none, console, otlp (got 'jaeger')"),
+        ({"log_level": "loud"}, "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'loud')"),
+        (
+            {"LIBRARY_LOG_LEVEL": "x" * 50},
+            f"LIBRARY_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got '{'x' * 40}…')",
+        ),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "kafka:ninety"},
+            "KAFKA_BOOTSTRAP_SERVERS: must be host:port pairs separated by commas, like 127.0.0.1:9092 "
+            "(got 'kafka:ninety')",
+        ),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "a:9092,"},
+            "KAFKA_BOOTSTRAP_SERVERS: must be host:port pairs separated by commas, like 127.0.0.1:9092 (got 'a:9092,')",
+        ),
+        (
+            {"DB_SCHEMA": "Formation-1"},
+            "DB_SCHEMA: must be a PostgreSQL name in lower case: letters, digits and _, not starting with a digit, "
+            "63 at most (got 'Formation-1')",
+        ),
+        (
+            {"TOPIC_PREFIX": "t 1."},
+            "TOPIC_PREFIX: may hold only letters, digits, '.', '_' and '-', 200 at most (got 't 1.')",
+        ),
+        ({"MIN_COMPATIBLE_SHARE": "1.5"}, "MIN_COMPATIBLE_SHARE: must be a number ≥ 0 and ≤ 1 (got '1.5')"),
+        ({"SSE_MAX_SECONDS": "nan"}, "SSE_MAX_SECONDS: must be a number > 0 (got 'nan')"),
+    ],
+)
+def test_each_kind_of_bad_value_is_one_line_naming_the_variable_and_the_rule(environ, line):
+    assert check_environment({"PATH": "/usr/bin", **environ}, BOTH) == [line]
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"DATABASE_URL": "mysql://feo:s3cret@db/feo"},
+            "DATABASE_URL: must be a PostgreSQL URL, postgresql://user:password@host:port/database",
+        ),
+        ({"OTEL_ENDPOINT": "grpc://feo:s3cret@collector:4317"}, "OTEL_ENDPOINT: must be an http:// or https:// URL"),
+    ],
+)
+def test_a_setting_that_may_hold_a_secret_is_named_without_its_value(environ, line):
+    assert check_environment(environ) == [line]
+
+
+def test_every_problem_is_said_once_even_when_several_services_share_the_setting():
+    environ = {"BATCH_MAX_RECORDS": "x", "LOG_FORMAT": "xml", "SSE_MAX_CLIENTS": "0"}
+    assert check_environment(environ, BOTH) == [
+        "BATCH_MAX_RECORDS: must be an integer ≥ 1 (got 'x')",
+        "LOG_FORMAT: must be one of auto, console, json (got 'xml')",
+        "SSE_MAX_CLIENTS: must be an integer ≥ 1 (got '0')",
+    ]
+    assert check_environment(environ) == check_environment(environ, BOTH)[:2], "ressources' own: its class"
+
+
+def test_good_values_pass_and_only_the_given_environment_is_read(monkeypatch):
+    monkeypatch.setenv("BATCH_MAX_RECORDS", "abc")  # the process's own: not what is checked
+    good = {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092, kafka-2:9093,[::1]:9094,kafka-3",
+        "DATABASE_URL": "postgres://feo:s3cret@db:5432/feo?sslmode=require",
+        "DB_SCHEMA": "formation_2",
+        "TOPIC_PREFIX": "t1a2b.",
+        "MAX_CLOCK_SKEW": "PT10M",
+        "LOG_LEVEL": "debug",
+        "OTEL_ENDPOINT": "https://collector:4318/v1/traces",
+        "MIN_COMPATIBLE_SHARE": "1",
+    }
+    assert check_environment(good, BOTH) == []
+    assert check_environment({}, BOTH) == []
+
+
+def test_a_service_reads_the_documented_forms(monkeypatch):
+    monkeypatch.setenv("MAX_CLOCK_SKEW", "300")  # seconds, as the README says
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = ServiceSettings()
+    assert settings.max_clock_skew == timedelta(seconds=300)
+    assert settings.log_level == "DEBUG"
+    assert ServiceSettings(max_clock_skew="PT1M30S").max_clock_skew == timedelta(seconds=90)
