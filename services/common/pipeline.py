@@ -8,6 +8,8 @@ and the inbox makes the replay harmless.
 """
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -121,6 +123,7 @@ class Pipeline:
         return parsed, rejected
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        started = time.monotonic()
         parsed, rejected = self._parse_all(records)
         spans = {}
         for event, record in parsed:
@@ -137,7 +140,7 @@ class Pipeline:
             )
             spans[id(event)] = span
         try:
-            outgoing = await self._transaction(parsed, rejected, spans)
+            outgoing = await self._transaction(parsed, rejected, spans, started)
         except _REFUSED_BY_DATABASE as exc:
             _end(spans.values(), exc)
             await self._isolate(records, exc)
@@ -175,9 +178,12 @@ class Pipeline:
             await lock_for_transaction(conn, self._writer_lock)
             yield conn
 
-    async def _transaction(self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span]) -> int:
+    async def _transaction(
+        self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span], started: float
+    ) -> int:
         # Our own services' topics carry derived state; partners' topics go through the rights.
         is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
+        records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
         internal = [(e, r) for e, r in parsed if is_internal(r)]
         external = [(e, r) for e, r in parsed if not is_internal(r)]
         async with self._exclusive() as conn:
@@ -196,7 +202,7 @@ class Pipeline:
             await inbox.mark_stale(conn, stale)
             await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             await enqueue(conn, [self._record(o, spans.get(id(o.cause))) for o in applied.outgoing])
-        self._log_outcomes(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted))
+        self._log_batch(records, fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), rejected, started)
         return len(applied.outgoing)
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -233,10 +239,43 @@ class Pipeline:
             tuple((k, v.encode()) for k, v in headers.items()),
         )
 
-    def _log_outcomes(self, fresh: list[CloudEvent], stale: list[CloudEvent], accepted: int) -> None:
+    def _log_batch(
+        self,
+        records: list[ConsumerRecord],
+        fresh: list[CloudEvent],
+        stale: list[CloudEvent],
+        accepted: int,
+        rejected: list[dlq.Rejection],
+        started: float,
+    ) -> None:
+        """One INFO line per batch, once committed; one DEBUG line per new event."""
         stale_ids = {id(e) for e in stale}
         for event in fresh:
-            with structlog.contextvars.bound_contextvars(event_id=event.id, event_type=event.type, uai=uai_of(event)):
-                log.info("event.stale" if id(event) in stale_ids else "event.applied", source=event.source)
-        if duplicates := accepted - len(fresh):
-            log.info("event.duplicates_ignored", count=duplicates)
+            log.debug(
+                "event.stale" if id(event) in stale_ids else "event.applied",
+                event_id=event.id,
+                event_type=event.type,
+                source=event.source,
+                **_about(event),
+            )
+        partitions: dict[str, set[int]] = {}
+        for record in records:
+            partitions.setdefault(record.topic, set()).add(record.partition)
+        log.info(
+            "batch.applied",
+            records=len(records),
+            applied=len(fresh) - len(stale),
+            stale=len(stale),
+            duplicates=accepted - len(fresh),
+            refused=dict(Counter(r.code for r in rejected)),
+            duration_ms=round((time.monotonic() - started) * 1000),
+            partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
+        )
+
+
+def _about(event: CloudEvent) -> dict[str, str]:
+    """What an event is about, for a log line: its UAI, else its resource (a catalogue entry)."""
+    if uai := uai_of(event):
+        return {"uai": uai}
+    resource = getattr(event.data, "resource_id", None)
+    return {"resource_id": resource} if resource else {}

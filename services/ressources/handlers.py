@@ -137,6 +137,15 @@ async def reevaluate(
                 rows.append(AlertRow(t.updated, ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
     await store.journal([o.event for o in outgoing])
+    for o in outgoing:
+        alerte = o.event.data
+        log.info(
+            "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
+            alert_id=alerte.alert_id,
+            kind=alerte.kind,
+            uai=alerte.uai,
+            resource_id=alerte.resource_id,
+        )
     return outgoing
 
 

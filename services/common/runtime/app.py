@@ -40,13 +40,14 @@ class ServiceApp(AsgiFastStream):
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
     settings = spec.settings.of(settings) if settings is not None else spec.settings()
-    configure_logging(spec.name, settings.log_format, settings.log_level)
+    configure_logging(spec.name, settings.log_format, settings.log_level, settings.library_log_level)
     provider = configure_tracing(spec.name, settings)
 
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"feo-{spec.name}",
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
+        logger=logging.getLogger("faststream.kafka"),  # through the root logger (logs.py), not its own handler
         log_level=logging.DEBUG,  # FastStream's per-batch Received/Processed lines: our own logs say more
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)],
         description=spec.description,

@@ -1,8 +1,11 @@
-"""structlog set-up: readable in a terminal, one JSON object per line otherwise.
+"""One log format per run: readable in a terminal, one JSON object per line otherwise, for the
+service's own lines and for the libraries' (FastStream, aiokafka, uvicorn, asyncio), which go
+through the standard library's root logger and structlog's `ProcessorFormatter`.
 
-Handlers bind `event_id`, `event_type` and `uai` with `structlog.contextvars`, so every line
-logged while an event is handled carries them. No line shows a password: every text value,
-exception text included, goes through `secrets.redact`.
+The service logs one line per batch (`batch.applied`, pipeline.py) and per alert raised or
+resolved; per-event lines are at DEBUG. Libraries speak from `LIBRARY_LOG_LEVEL` (WARNING by
+default): their start, stop and partition-assignment lines are INFO. No line shows a password:
+every text value, exception text included, goes through `secrets.redact`.
 """
 
 import io
@@ -14,6 +17,18 @@ from typing import Any, TextIO, cast
 import structlog
 
 from services.common.runtime.secrets import redact
+
+SELF_PRINTING = ("faststream",)
+"""Library loggers that come with their own handler (colour codes, their own format) and do not
+propagate: made to propagate to the root logger like any other."""
+RETRIED_BY_AIOKAFKA = (
+    "GroupCoordinatorNotAvailableError",
+    "NotCoordinatorForGroupError",
+    "Marking the coordinator dead",
+)
+"""aiokafka's group coordinator lines while the coordinator is loading or moving, which it
+retries (at every start on a new broker): INFO, not ERROR. A Kafka really away is said by the
+service itself (`dependencies.lost`)."""
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -35,16 +50,28 @@ class _CurrentStderr(io.TextIOBase):
         sys.stderr.flush()
 
 
-def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+class _LibraryHandler(logging.StreamHandler):
+    """The root logger's handler installed here (replaced, not added again, on each call)."""
+
+
+def _coordinator_retry(record: logging.LogRecord) -> bool:
+    if record.levelno > logging.INFO and any(text in record.getMessage() for text in RETRIED_BY_AIOKAFKA):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
+def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", library_level: str = "WARNING") -> None:
+    tty = sys.stderr.isatty()
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
+    renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=tty)
+    stamped: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             redact_secrets,
@@ -55,8 +82,31 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO") -> N
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    # FastStream and aiokafka log through the standard library: keep them, less chatty.
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.WARNING, format=f"{service} %(name)s %(levelname)s %(message)s"
+
+    handler = _LibraryHandler(_CurrentStderr())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *stamped,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
-    logging.getLogger("faststream").setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
+    handler.setLevel(library_level.upper())
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(library_level.upper())
+    for name in SELF_PRINTING:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+        library.setLevel(logging.NOTSET)
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if _coordinator_retry not in coordinator.filters:
+        coordinator.addFilter(_coordinator_retry)
+    logging.captureWarnings(True)  # Python's warnings as log lines, in the same format

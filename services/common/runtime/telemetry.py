@@ -20,7 +20,9 @@ from services.common.runtime.settings import ServiceSettings
 def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if settings.otel_exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        # One JSON object per line, like the logs (its default is indented over many lines).
+        one_line = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+        provider.add_span_processor(BatchSpanProcessor(one_line))
     elif settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

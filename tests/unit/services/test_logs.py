@@ -1,0 +1,84 @@
+"""configure_logging: the libraries' lines in the service's format, quiet below their level,
+aiokafka's retried coordinator errors not shown as errors (real processes:
+tests/integration/test_settings_and_logs.py)."""
+
+import json
+import logging
+
+import faststream  # noqa: F401  (installs its own "faststream" logger, as in a service)
+import pytest
+import structlog
+from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+from services.common.runtime.logs import configure_logging
+
+COORDINATOR = "aiokafka.consumer.group_coordinator"
+
+
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """configure_logging changes process-wide state: put it back for the other tests."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    library = logging.getLogger("faststream")
+    library_state = (list(library.handlers), library.propagate, library.level)
+    coordinator_filters = list(logging.getLogger(COORDINATOR).filters)
+    yield
+    structlog.configure(**saved)
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    library.handlers[:], library.propagate = library_state[:2]
+    library.setLevel(library_state[2])
+    logging.getLogger(COORDINATOR).filters[:] = coordinator_filters
+    logging.captureWarnings(False)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_library_lines_are_json_like_the_service_s_and_quiet_below_warning(capsys):
+    configure_logging("svc", "json", "INFO")
+    structlog.get_logger("test").info("batch.applied", records=3)
+    logging.getLogger("aiokafka.conn").info("Connected to node 1")
+    logging.getLogger("faststream").info("FastStream app started successfully! To exit, press CTRL+C")
+    logging.getLogger("aiokafka.conn").warning("Unable to connect to %s", "postgresql://feo:s3cret@db/feo")
+    lines = json_lines(capsys.readouterr().err)
+    assert [(line["event"], line["service"], line["level"]) for line in lines] == [
+        ("batch.applied", "svc", "info"),
+        ("Unable to connect to postgresql://feo:***@db/feo", "svc", "warning"),
+    ]
+    assert lines[1]["logger"] == "aiokafka.conn" and "timestamp" in lines[1]
+
+
+def test_faststream_speaks_through_the_root_logger_without_its_colours(capsys):
+    assert logging.getLogger("faststream").handlers, "FastStream comes with its own coloured handler"
+    configure_logging("svc", "console", "INFO", library_level="INFO")  # stderr is not a terminal here
+    logging.getLogger("faststream").info("FastStream app starting...")
+    err = capsys.readouterr().err
+    assert "FastStream app starting..." in err and "faststream" in err
+    assert "\x1b[" not in err
+    assert err.count("FastStream app starting...") == 1, "once: not also by its own handler"
+
+
+def test_a_group_coordinator_error_aiokafka_retries_is_info_not_error(capsys):
+    configure_logging("svc", "json", "INFO")
+    coordinator = logging.getLogger(COORDINATOR)
+    coordinator.error("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+    coordinator.warning("Marking the coordinator dead (node %s)for group %s.", 1, "formation")
+    coordinator.error("Heartbeat failed: %r", ValueError("boom"))
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["Heartbeat failed: ValueError('boom')"]
+
+    configure_logging("svc", "json", "INFO", library_level="INFO")  # asked for: shown, as INFO
+    coordinator.error("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+    [line] = json_lines(capsys.readouterr().err)
+    assert line["level"] == "info" and "GroupCoordinatorNotAvailableError" in line["event"]
+
+
+def test_configured_twice_a_line_is_written_once(capsys):
+    configure_logging("svc", "json", "INFO")
+    configure_logging("svc", "json", "INFO")
+    logging.getLogger("asyncio").error("Task was destroyed but it is pending!")
+    assert len(json_lines(capsys.readouterr().err)) == 1
