@@ -49,7 +49,7 @@ class Row:
     measured: str
     baseline: str
     target: str
-    ok: bool | None  # None: no target applies to this line
+    ok: bool  # the target is met
 
 
 @dataclass

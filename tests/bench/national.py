@@ -9,7 +9,8 @@ record sent to the last alert a dashboard reads on alertes.compatibilite.v1:
 - the resource republished with stricter requirements (>= 17.2): one more per open
   établissement on 17.1;
 - and, as its baseline, the same republished again: no alert to wait for, so until ressources
-  has committed past the record (its transaction, re-evaluation included, is done).
+  has committed past the record (its transaction done; were the re-evaluation moved to the
+  background, its later part would not be seen from outside).
 Then each service's peak RSS (VmHWM): what holding the nation cost it.
 """
 
@@ -20,6 +21,7 @@ from datetime import timedelta
 
 import contracts as c
 from contracts import Etablissement
+from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from harness import Observer, Row, Runtime, Stage, Tail, peak_rss_mb, produce, running, wait_until
@@ -36,7 +38,7 @@ def ipados(i: int) -> str:
     return OLD if i % 2 == 0 else RECENT
 
 
-async def setup(stage: Stage, observer: Observer, procs, etabs: list[Etablissement]) -> None:
+async def setup(stage: Stage, observer: Observer, procs: ServiceProcesses, etabs: list[Etablissement]) -> None:
     """The référentiel first (a declaration about a UAI not yet known is refused), then the rest."""
     started = time.monotonic()
     await publish_etablissements(stage.bootstrap, etabs, stage.topic(c.REFERENTIEL))
@@ -55,9 +57,12 @@ async def setup(stage: Stage, observer: Observer, procs, etabs: list[Etablisseme
 
 
 class Step:
-    """One measured step: from its first record sent to its last alert read, and how many."""
+    """One measured step: from its first record sent to its last alert read, and how many.
+    It ends once the expected alerts have arrived and nothing is left in the backlog (lags,
+    outboxes): the alerts are waited for, not the backlog alone, for a service may do part of
+    the work after committing the record (a re-evaluation in the background)."""
 
-    def __init__(self, tail: Tail, observer: Observer, procs, expected: int):
+    def __init__(self, tail: Tail, observer: Observer, procs: ServiceProcesses, expected: int):
         self.tail, self.observer, self.procs, self.expected = tail, observer, procs, expected
 
     async def __aenter__(self) -> "Step":
@@ -68,6 +73,11 @@ class Step:
     async def __aexit__(self, *exc: object) -> None:
         if exc[0] is not None:
             return
+        await wait_until(
+            lambda: len(self.tail.records) - self.seen_before >= self.expected,
+            timeout=STEP_TIMEOUT,
+            what=f"{self.expected:,} alerts on {self.tail.topic}",
+        )
         await self.observer.wait_drained(self.procs, STEP_TIMEOUT)
         await self.tail.caught_up(self.observer)
         alerts = self.tail.records[self.seen_before :]
@@ -133,7 +143,7 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
         Row(
             f"peak RSS {name}, {count:,} établissements",
             f"{mb:,.0f} MB",
-            "",
+            "-",
             f"<= {RSS_TARGET_MB} MB",
             mb <= RSS_TARGET_MB,
         )
