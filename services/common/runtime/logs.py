@@ -18,9 +18,6 @@ import structlog
 
 from services.common.runtime.secrets import redact
 
-SELF_PRINTING = ("faststream",)
-"""Library loggers that come with their own handler (colour codes, their own format) and do not
-propagate: made to propagate to the root logger like any other."""
 RETRIED_BY_AIOKAFKA = (
     "GroupCoordinatorNotAvailableError",
     "NotCoordinatorForGroupError",
@@ -55,6 +52,8 @@ class _LibraryHandler(logging.StreamHandler):
 
 
 def _coordinator_retry(record: logging.LogRecord) -> bool:
+    """A filter of aiokafka's coordinator logger: it runs before the handlers compare the record's
+    level with theirs, so a line made INFO here is dropped below LIBRARY_LOG_LEVEL=INFO."""
     if record.levelno > logging.INFO and any(text in record.getMessage() for text in RETRIED_BY_AIOKAFKA):
         record.levelno, record.levelname = logging.INFO, "INFO"
     return True
@@ -101,11 +100,12 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(library_level.upper())
-    for name in SELF_PRINTING:
-        library = logging.getLogger(name)
-        library.handlers.clear()
-        library.propagate = True
-        library.setLevel(logging.NOTSET)
+    # FastStream's logger comes with its own handler (its format, colour codes) and does not
+    # propagate: it goes through the root logger like any other.
+    faststream = logging.getLogger("faststream")
+    faststream.handlers.clear()
+    faststream.propagate = True
+    faststream.setLevel(logging.NOTSET)
     coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
     if _coordinator_retry not in coordinator.filters:
         coordinator.addFilter(_coordinator_retry)
