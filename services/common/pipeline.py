@@ -10,7 +10,7 @@ and the inbox makes the replay harmless.
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,9 +28,9 @@ from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue
 from services.common.rules import rights
 from services.common.runtime.settings import ServiceSettings
-from services.common.runtime.telemetry import context_from_headers, headers_for
+from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import inbox, referentiel
-from services.common.storage.db import Conn, lock_for_transaction
+from services.common.storage.db import Conn
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -60,11 +60,13 @@ non-référentiel events of a batch and the UAIs whose référentiel entry chang
 state and say what to emit."""
 
 
-def _end(spans: Iterable[trace.Span], exc: BaseException | None = None) -> None:
-    for span in spans:
-        if exc is not None:
-            span.record_exception(exc)
-        span.end()
+_CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_ATTEMPTS = 5
+
+
+def _link(headers) -> trace.Link | None:
+    context = trace.get_current_span(context_from_headers(headers)).get_span_context()
+    return trace.Link(context) if context.is_valid else None
 
 
 class Pipeline:
@@ -85,7 +87,6 @@ class Pipeline:
         # One writer per DLQ: a topic several services read (the référentiel) is
         # dead-lettered by its owner only; the others skip what it refuses.
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
-        self._writer_lock = f"writer:{settings.db_schema or service}"
         self._pool: asyncpg.Pool | None = None
         self._relay: OutboxRelay | None = None
 
@@ -125,32 +126,35 @@ class Pipeline:
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.monotonic()
         parsed, rejected = self._parse_all(records)
-        spans = {}
-        for event, record in parsed:
-            span = tracer.start_span(
-                f"{self.service} process {event.type}", context=context_from_headers(record.headers)
-            )
-            span.set_attributes(
-                {
-                    "cloudevents.event_id": event.id,
-                    "cloudevents.event_type": event.type,
-                    "cloudevents.event_source": event.source,
-                    "education.uai": uai_of(event) or "",
-                }
-            )
-            spans[id(event)] = span
-        try:
-            outgoing = await self._transaction(parsed, rejected, spans, started)
-        except _REFUSED_BY_DATABASE as exc:
-            _end(spans.values(), exc)
-            await self._isolate(records, exc)
-            return
-        except Exception as exc:
-            _end(spans.values(), exc)
-            log.exception("batch.failed", records=len(records))
-            await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
-            raise
-        _end(spans.values())
+        # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
+        # to each record's trace context; an outgoing record continues its cause's trace.
+        links = [_link(r.headers) for _, r in parsed] if tracer_is_recording() else []
+        with tracer.start_as_current_span(
+            f"process {self.service}",
+            kind=trace.SpanKind.CONSUMER,
+            links=[link for link in links if link is not None],
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+            record_exception=False,
+        ) as span:
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    # The rights add refusals to `rejected`: each attempt starts from the parser's.
+                    outgoing = await self._transaction(parsed, list(rejected), span, started)
+                    break
+                except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
+                    if attempt == _ATTEMPTS:
+                        raise
+                    log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
+                    await asyncio.sleep(0.05 * attempt)
+                except _REFUSED_BY_DATABASE as exc:
+                    span.record_exception(exc)
+                    await self._isolate(records, exc)
+                    return
+                except Exception as exc:
+                    span.record_exception(exc)
+                    log.exception("batch.failed", records=len(records))
+                    await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
+                    raise
         if outgoing or rejected:
             self.relay.wake()
 
@@ -171,16 +175,13 @@ class Pipeline:
 
     @asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[Conn]:
-        """A transaction holding the writer lock of this service's schema. Replicas consume
-        different partitions, and what a service derives (a UAI's coverage, profile, alerts)
-        may be touched by records of several partitions: read-then-write must not interleave."""
+        """One transaction. No schema-wide lock: replicas on different partitions do not wait
+        for each other; what a service derives from records of several partitions (a UAI's
+        coverage, profile, alerts) its use case locks per key (storage/locks.py)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await lock_for_transaction(conn, self._writer_lock)
             yield conn
 
-    async def _transaction(
-        self, parsed, rejected: list[dlq.Rejection], spans: dict[int, trace.Span], started: float
-    ) -> int:
+    async def _transaction(self, parsed, rejected: list[dlq.Rejection], span: trace.Span, started: float) -> int:
         # Our own services' topics carry derived state; partners' topics go through the rights.
         is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
         records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
@@ -201,7 +202,8 @@ class Pipeline:
             stale += applied.stale
             await inbox.mark_stale(conn, stale)
             await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
-            await enqueue(conn, [self._record(o, spans.get(id(o.cause))) for o in applied.outgoing])
+            contexts = {id(e): r.headers for e, r in parsed}
+            await enqueue(conn, [self._record(o, contexts.get(id(o.cause)), span) for o in applied.outgoing])
         self._log_batch(records, fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), rejected, started)
         return len(applied.outgoing)
 
@@ -215,7 +217,7 @@ class Pipeline:
         transaction, the writer lock, its events through the outbox; `work` gets the store."""
         async with self._exclusive() as conn:
             outgoing = await work(self._store(conn))
-            await enqueue(conn, [self._record(o, None) for o in outgoing])
+            await enqueue(conn, [self._record(o, None, None) for o in outgoing])
         if outgoing:
             self.relay.wake()
         return len(outgoing)
@@ -230,8 +232,8 @@ class Pipeline:
                 accepted.append(event)
         return accepted
 
-    def _record(self, out: Outgoing, cause_span: trace.Span | None) -> OutboxRecord:
-        headers = {"content-type": c.CONTENT_TYPE, **headers_for(cause_span)}
+    def _record(self, out: Outgoing, cause_headers, batch_span: trace.Span | None) -> OutboxRecord:
+        headers = {"content-type": c.CONTENT_TYPE, **trace_headers(cause_headers, batch_span)}
         return OutboxRecord(
             self.settings.topic(out.topic),
             out.key.encode(),

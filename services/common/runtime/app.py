@@ -49,7 +49,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
         logger=logging.getLogger("faststream.kafka"),  # through the root logger (logs.py), not its own handler
         log_level=logging.DEBUG,  # FastStream's per-batch Received/Processed lines: our own logs say more
-        middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)],
+        middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)] if provider else [],
         description=spec.description,
     )
     pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)

@@ -20,7 +20,9 @@ log = structlog.get_logger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline, provider: TracerProvider):
+    def __init__(
+        self, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline, provider: TracerProvider | None
+    ):
         self._spec, self._settings, self._pipeline, self._provider = spec, settings, pipeline, provider
         self._background: list[asyncio.Task] = []
 
@@ -51,7 +53,8 @@ class Lifecycle:
         if self._pipeline.started:
             await self._pipeline.relay.stop()
             await self._pipeline.pool.close()
-        self._provider.shutdown()
+        if self._provider is not None:
+            self._provider.shutdown()
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._background.append(asyncio.create_task(work, name=name))

@@ -1,8 +1,10 @@
-"""OpenTelemetry tracing: FastStream's Kafka middleware plus one span per handled event.
+"""OpenTelemetry tracing: one span per handled batch, linked to each record's trace context.
 
-The outbox stores the W3C trace context of the event that caused each outgoing record and
-the relay publishes it under that context, so one trace follows an event from a partner's
-record, through every service, to the alert a dashboard reads.
+The outbox stores, as the `traceparent` of each outgoing record, the trace context of the
+record that caused it (else the batch's span), and the relay publishes it as stored, so one
+trace follows an event from a partner's record, through every service, to the alert a
+dashboard reads. With no exporter (the default) no SDK is installed: spans are no-ops and
+cost nothing, while partners' trace contexts are still carried along.
 """
 
 from collections.abc import Iterable
@@ -17,7 +19,10 @@ from services.common.messaging.outbox import text_headers
 from services.common.runtime.settings import ServiceSettings
 
 
-def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider:
+def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider | None:
+    """The SDK's provider when spans are exported somewhere, else None (no-op tracing)."""
+    if settings.otel_exporter == "none":
+        return None
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if settings.otel_exporter == "console":
         # One JSON object per line, like the logs (its default is indented over many lines).
@@ -38,9 +43,18 @@ def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context
     return propagate.extract(dict(text_headers(headers)))
 
 
-def headers_for(span: trace.Span | None) -> dict[str, str]:
-    """The trace headers that make `span` the parent of whatever a record triggers next."""
+def tracer_is_recording() -> bool:
+    """Whether spans go anywhere (an SDK provider is installed): else links are not worth building."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def trace_headers(cause: Iterable[tuple[str, bytes | None]] | None, span: trace.Span | None) -> dict[str, str]:
+    """The trace headers of a record caused by a record with headers `cause`: its trace context
+    when it has one, else `span`'s (the batch that produced it), else none."""
     carrier: dict[str, str] = {}
-    if span is not None:
+    context = context_from_headers(cause) if cause else None
+    if context is not None and trace.get_current_span(context).get_span_context().is_valid:
+        propagate.inject(carrier, context=context)
+    elif span is not None and span.get_span_context().is_valid:
         propagate.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
