@@ -1,7 +1,8 @@
 """Free and open TCP ports on the loopback interface.
 
-The local runtime never assumes fixed ports: a developer may already run a
-Kafka on 9092 or a PostgreSQL on 5432, and CI may run several suites at once.
+The tests take free ports, so that several suites, and a developer's own platform, run side
+by side. `./dev up` and `./dev demo` use fixed ports instead (a client must know where to
+connect) and check first that they are free (`port_free`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    """True if `port` could be bound on 127.0.0.1 a moment ago."""
+    """True if a server could listen on 127.0.0.1:`port` a moment ago."""
     with socket.socket() as sock:
+        # As servers do (Kafka, PostgreSQL, uvicorn): connections of a platform that just
+        # stopped may linger in TIME_WAIT on the port, which only a listener refuses.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -18,7 +18,7 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -66,6 +66,33 @@ def _make_traversable(path: Path) -> None:
             directory.chmod(mode | stat.S_IXOTH)
 
 
+async def ensure_database(url: str, *, admin_url: str | None = None, timeout: float = 10) -> bool:
+    """Create the database named in `url` unless it exists; True if it was created.
+
+    It is created through `admin_url` (by default the server's `postgres` database). Errors
+    reaching the server go up as asyncpg raises them.
+    """
+    name = unquote(urlsplit(url).path.lstrip("/"))
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except asyncpg.InvalidCatalogNameError:
+        if not name:
+            raise  # the default database (the user's name): not ours to create
+    else:
+        await conn.close()
+        return False
+    conn = await asyncpg.connect(admin_url or urlunsplit(urlsplit(url)._replace(path="/postgres")), timeout=timeout)
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            return False  # created concurrently by another process
+    finally:
+        await conn.close()
+    return True
+
+
 class LocalPostgres:
     """PostgreSQL for the local runtime, with its cluster in `data_dir/pgdata`.
 
@@ -101,18 +128,9 @@ class LocalPostgres:
 
     async def create_database(self, name: str) -> str:
         """Create database `name` unless it exists; return its URL."""
-        admin_url = self.external_url or self.url()
-        conn = await asyncpg.connect(admin_url)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                quoted = '"' + name.replace('"', '""') + '"'
-                try:
-                    await conn.execute(f"CREATE DATABASE {quoted}")
-                except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-                    pass  # created concurrently by another process
-        finally:
-            await conn.close()
-        return self.url(name)
+        url = self.url(name)
+        await ensure_database(url, admin_url=self.external_url or self.url())
+        return url
 
     def start(self, timeout: float = 30) -> None:
         """Start the server (unless DATABASE_URL is set); return once it accepts connections."""

@@ -1,8 +1,10 @@
 """The three services as real processes (`python -m services.<name>`), as in production.
 
 Used by `./dev up`, `./dev demo` and the end-to-end tests. Each process gets its settings
-from the environment; its log lines are either shown prefixed by its name or written to a
-file. `stop()` leaves no process behind: SIGTERM, then SIGKILL after a grace period.
+from the environment and its HTTP port from `ports` (free ones by default); its log lines are
+either shown prefixed by its name or written to a file. `stop()` leaves no process behind:
+SIGTERM, then SIGKILL after a grace period; a service also gets SIGTERM should this process end
+without stopping it (`children.py`).
 
 With `supervise=True` (`./dev up` and `./dev demo`) a service that exits by itself is started
 again, like a process supervisor would: after a delay that doubles from `backoff[0]` up to
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from deploy.local.children import die_with_parent
+from deploy.local.console import say, show
 from deploy.local.ports import free_ports
 
 SERVICES = ("formation", "equipement", "ressources")
@@ -39,10 +43,6 @@ HEALTH_CHECK_PERIOD = 1.0
 
 def service_command(name: str) -> list[str]:
     return [sys.executable, "-m", f"services.{name}"]
-
-
-def announce(message: str) -> None:
-    print(f"==> {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -69,14 +69,15 @@ class ServiceProcesses:
         *,
         log_dir: Path | None = None,
         names: tuple[str, ...] = SERVICES,
+        ports: dict[str, int] | None = None,
         supervise: bool = False,
         backoff: tuple[float, float] = RESTART_BACKOFF,
         healthy_reset: float = HEALTHY_RESET_SECONDS,
         command: Callable[[str], list[str]] = service_command,
-        announce: Callable[[str], None] = announce,
+        announce: Callable[[str], None] = say,
     ):
         self.names = names
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self.ports = ports or dict(zip(names, free_ports(len(names)), strict=True))
         self._env = env
         self._log_dir = log_dir
         self._procs: dict[str, subprocess.Popen] = {}
@@ -114,6 +115,7 @@ class ServiceProcesses:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         finally:
             if not isinstance(out, int):
@@ -257,7 +259,8 @@ class ServiceProcesses:
 
 
 def _pump(name: str, proc: subprocess.Popen, width: int) -> None:
+    """Every line of the service to stdout, to its end: a service whose output is no longer
+    read would block on its next log line, and with it its shutdown."""
     assert proc.stdout is not None, "started with stdout=PIPE"
     for line in iter(proc.stdout.readline, b""):
-        sys.stdout.write(f"{name:>{width}} | {line.decode(errors='replace')}")
-        sys.stdout.flush()
+        show(f"{name:>{width}} | {line.decode(errors='replace')}")

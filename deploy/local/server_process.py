@@ -4,8 +4,9 @@ Kafka and PostgreSQL differ in how they are configured and in how they tell they
 the rest is the same and lives here. The child gets a session of its own, so a Ctrl-C in the
 terminal reaches only the caller, who decides when to stop it; its output is appended to a log
 file whose last lines explain a failed start; a start that fails (the child exits, the
-deadline passes, Ctrl-C) stops the child before the error goes up; and `stop()` escalates to
-SIGKILL for the whole process group, so no child of the server outlives it either.
+deadline passes, Ctrl-C) stops the child before the error goes up; `stop()` escalates to
+SIGKILL for the whole process group, so no child of the server outlives it either; and the
+server is sent its stop signal should the caller end without stopping it (`children.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from deploy.local.children import die_with_parent
 
 STOP_GRACE_SECONDS = 20
 LOG_TAIL_LINES = 40
@@ -84,7 +87,13 @@ class ServerProcess:
             raise self.error(f"{self.name} is already started")
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(self.stop_signal),
+                **popen,
             )
         try:
             self._wait_until_ready(ready, not_ready, time.monotonic() + timeout, poll_seconds)

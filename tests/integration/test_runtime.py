@@ -1,15 +1,20 @@
 """The local runtime starts real Kafka and PostgreSQL processes, serves clients,
-and leaves no process behind once stopped.
+and leaves no process behind once stopped; what it refuses before starting anything.
 
 Each test starts its own servers in a temporary directory: these tests are
 about the start/stop lifecycle itself, so they cannot share session servers.
+The refusals of `python -m deploy.local up` come before any server starts, so
+they run in a second each (the full runs are in tests/e2e/test_up_command.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,9 +24,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from deploy.local import console, pairing
+from deploy.local.datadir import DataDir, Refused
 from deploy.local.kafka import KafkaRuntimeError, LocalKafka
 from deploy.local.kafka import jars as kafka_module
-from deploy.local.postgres import LocalPostgres
+from deploy.local.ports import free_ports
+from deploy.local.postgres import LocalPostgres, ensure_database
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
 
@@ -169,3 +177,120 @@ async def test_postgres_creates_databases_then_stops(tmp_path: Path, monkeypatch
 
     assert postgres.pid is None
     assert _still_running(server_processes) == []
+
+
+async def test_a_database_is_created_only_when_missing(postgres, unique):
+    url = postgres.url(f"ensure_{unique}")
+    assert await ensure_database(url) is True
+    assert await ensure_database(url) is False
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT current_database()") == f"ensure_{unique}"
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "schemas", "kafka_cluster", "refusal"),
+    [
+        (None, False, None, None),  # both start empty
+        ("c1", False, "c1", None),  # the pair recorded at the first start
+        ("c1", False, None, "holds the state of Kafka cluster c1, not of the Kafka in K, which starts empty"),
+        ("c1", False, "c2", "holds the state of Kafka cluster c1, not of the Kafka in K (cluster c2)"),
+        (None, True, None, "holds the services' state (schemas formation) but no record of its Kafka"),
+        (None, False, "c2", "the Kafka in K (cluster c2) holds the records of an earlier run, but the database"),
+    ],
+    ids=["both-new", "paired", "kafka-emptied", "other-kafka", "unpaired-state", "database-emptied"],
+)
+async def test_a_database_goes_with_the_kafka_it_was_paired_with(
+    database_url, recorded, schemas, kafka_cluster, refusal
+):
+    if recorded:
+        await pairing.record(database_url, recorded)
+        await pairing.record(database_url, "recorded once, never replaced")
+    if schemas:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("CREATE SCHEMA formation")
+        finally:
+            await conn.close()
+    check = pairing.check(database_url, "the database", kafka_cluster, "the Kafka in K", "do this")
+    if refusal is None:
+        await check
+    else:
+        with pytest.raises(Refused) as refused:
+            await check
+        assert refusal in str(refused.value) and str(refused.value).endswith("; do this")
+
+
+def test_a_data_directory_is_held_by_one_platform_at_a_time(tmp_path: Path) -> None:
+    first, second = DataDir(tmp_path), DataDir(tmp_path)
+    first.lock({"Kafka": 9092})
+    with pytest.raises(Refused, match=f"{tmp_path} is in use by the platform of PID {os.getpid()}"):
+        second.lock({})
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    first.wipe()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "platform.lock"]
+    first.unlock()
+    second.lock({})
+    second.unlock()
+
+
+def test_a_write_to_a_closed_pipe_is_dropped_and_so_are_the_next_ones() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        console.write(stream, "lost\n")  # EPIPE: Python ignores SIGPIPE
+        assert os.readlink(f"/proc/self/fd/{write_end}") == os.devnull
+        console.write(stream, "lost as well\n")
+
+
+def _up_refused(tmp_path: Path, *, env: dict[str, str], ports: tuple[int, int] | None = None) -> str:
+    """`up` that must be refused: exit 2, one line on stderr (returned), nothing started or stored."""
+    kafka_port, postgres_port = ports or free_ports(2)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "deploy.local", "up", "--no-services", "--data-dir", str(tmp_path / "data")),
+            *("--kafka-port", str(kafka_port), "--postgres-port", str(postgres_port)),
+        ],
+        env={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["platform.lock"]
+    return result.stderr
+
+
+def test_an_unreachable_database_url_is_named_in_one_line_without_its_password(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    url = f"postgresql://feo:s3cr%40t-word@127.0.0.1:{port}/feo"
+    said = _up_refused(tmp_path, env={"DATABASE_URL": url})
+    assert said == f"==> error: DATABASE_URL (127.0.0.1:{port}) cannot be used: ConnectionRefusedError\n"
+
+
+async def test_a_database_paired_with_another_kafka_is_refused(tmp_path: Path, database_url: str) -> None:
+    await pairing.record(database_url, "another-cluster")
+    said = _up_refused(tmp_path, env={"DATABASE_URL": database_url})
+    name = database_url.rsplit("/", 1)[1]
+    assert f"DATABASE_URL's database {name} (127.0.0.1:" in said
+    kafka = tmp_path / "data" / "kafka"
+    assert f"holds the state of Kafka cluster another-cluster, not of the Kafka in {kafka}, which starts empty" in said
+    assert "name an empty database in DATABASE_URL" in said
+
+
+def test_a_busy_port_is_refused_never_replaced(tmp_path: Path, kafka: LocalKafka) -> None:
+    (free,) = free_ports(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        said = _up_refused(tmp_path, env={}, ports=(free, busy))
+    assert f"port {busy} (PostgreSQL) is in use by another program; stop it" in said
+
+    said = _up_refused(tmp_path, env={}, ports=(kafka.port, free))
+    assert f"port {kafka.port} (Kafka) is in use: a Kafka broker answers on 127.0.0.1:{kafka.port}" in said

@@ -1,7 +1,7 @@
 """One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars.
 
-The data directory may be reused across starts: it is formatted only once, while
-server.properties is rewritten each start since the ports may change. Starting, waiting and
+The data directory may be reused across starts: it is formatted only once (its cluster id is
+then kept), while server.properties is rewritten each start since the ports may change. Starting, waiting and
 stopping are those of every local server (`deploy.local.server_process`); what is Kafka's own
 is its configuration and its readiness: a client can fetch metadata listing the broker.
 """
@@ -55,6 +55,19 @@ class LocalKafka:
         """The broker JVM's pid; None before start() and after stop()."""
         return self._server.pid
 
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of the cluster whose storage is in `data_dir`; None until it is formatted."""
+        try:
+            properties = self._meta_properties.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        return next((line.partition("=")[2] for line in properties if line.startswith("cluster.id=")), None)
+
+    @property
+    def _meta_properties(self) -> Path:
+        return self.data_dir / "kafka-logs" / "meta.properties"
+
     def start(self, timeout: float = 60) -> None:
         """Start the broker and return once a client can fetch its metadata."""
         if self.pid is not None:
@@ -70,7 +83,7 @@ class LocalKafka:
         log_config = self.data_dir / "log4j2.properties"
         log_config.write_text(_LOG4J2_PROPERTIES)
         jvm = [java, "-Xmx512m", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
-        if not (self.data_dir / "kafka-logs" / "meta.properties").exists():
+        if not self._meta_properties.exists():
             run_tool(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)],
                 f"formatting the Kafka storage in {self.data_dir} failed",

@@ -1,0 +1,123 @@
+"""Where a local platform keeps Kafka's and PostgreSQL's data, and who is using it.
+
+The root is `$FEO_DATA_DIR`, else `$XDG_DATA_HOME/former-equiper-outiller`, else
+`~/.local/share/former-equiper-outiller`; `./dev up` keeps its data in ROOT/platform across
+runs, `./dev demo` in ROOT/demo, emptied at each of its starts. A data directory holds
+`kafka/` and `postgres/` side by side, so that they are kept, and emptied, together.
+
+A running platform holds an exclusive lock (flock) on DIR/platform.lock, released by the
+kernel however the process ends; the file tells who holds it (PID, ports), so that another
+platform can say who is in its way rather than start beside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+
+class Refused(Exception):
+    """The platform cannot start as asked; the message says why and what to do, in one line."""
+
+
+def data_root() -> Path:
+    if explicit := os.environ.get("FEO_DATA_DIR"):
+        return Path(explicit).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(base).expanduser().resolve() / "former-equiper-outiller"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A platform running on a data directory, as its lock file describes it."""
+
+    pid: int
+    data_dir: Path
+    ports: dict[str, int]  # what -> port, e.g. {"Kafka": 9092}
+
+    def __str__(self) -> str:
+        return f"the platform of PID {self.pid} (data in {self.data_dir})"
+
+
+class DataDir:
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+        self._lock: IO[str] | None = None
+
+    @property
+    def kafka(self) -> Path:
+        return self.path / "kafka"
+
+    @property
+    def postgres(self) -> Path:
+        return self.path / "postgres"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "platform.lock"
+
+    def lock(self, ports: dict[str, int]) -> None:
+        """Take the directory for this process, recording its PID and `ports`; Refused if a
+        platform already runs on it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_file.open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            holder = holder_of(self.path)
+            who = f"the platform of PID {holder.pid}" if holder else "another platform"
+            raise Refused(
+                f"{self.path} is in use by {who}: two platforms cannot share their storage; "
+                "stop that one first, or give this one another directory with --data-dir"
+            ) from None
+        lock.truncate(0)
+        lock.write(json.dumps({"pid": os.getpid(), "ports": ports}))
+        lock.flush()
+        self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.truncate(0)  # a platform no longer runs here
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def wipe(self) -> None:
+        """Empty Kafka's and PostgreSQL's storage (nothing else in the directory is touched)."""
+        assert self._lock is not None, "wipe only a directory this process holds"
+        for path in (self.kafka, self.postgres):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def holder_of(data_dir: Path) -> Holder | None:
+    """The platform that runs on `data_dir`, per its lock file (None if none runs there)."""
+    try:
+        info = json.loads((data_dir / "platform.lock").read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not _alive(info.get("pid")):
+        return None
+    return Holder(info["pid"], data_dir, info.get("ports", {}))
+
+
+def running_platforms(root: Path) -> list[Holder]:
+    """Platforms running on data directories under `root` (the default ones among them)."""
+    found = (holder_of(lock.parent) for lock in sorted(root.glob("*/platform.lock")))
+    return [h for h in found if h is not None and h.pid != os.getpid()]
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -1,0 +1,138 @@
+"""`./dev demo`: a morning of the platform's life (`scenario.py`) played on a started platform,
+told as it goes: the référentiel, the declarations, the alerts raised by kind with one example
+each, a renovation and the alerts it resolves, then the read API for dashboards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections import Counter
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+import contracts as c
+from deploy.local import scenario
+from deploy.local.console import say, show
+from deploy.local.platform import Platform
+from deploy.referentiel.publish import publish_etablissements
+
+
+async def _wait(database_url: str, query: str, expected: int, what: str, timeout: float = 120) -> None:
+    """Until `query` returns `expected` (a count): the services work in their own time."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while (value := await conn.fetchval(query)) != expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {value} after {timeout} s, expected {expected}")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+class AlertTail:
+    """The dashboard's view: every alert event on alertes.compatibilite.v1, in order."""
+
+    def __init__(self, bootstrap: str):
+        self.consumer = AIOKafkaConsumer(
+            c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        self.events: list[dict] = []
+
+    async def drain(self) -> None:
+        while batch := await self.consumer.getmany(timeout_ms=1000):
+            self.events += [json.loads(r.value) for records in batch.values() for r in records]
+
+    def summary(self, type_: str) -> str:
+        counts = Counter(e["data"]["kind"] for e in self.events if e["type"] == type_)
+        return "\n".join(f"      {kind:28s} {counts.get(kind, 0):4d}" for kind in c.ALERT_KINDS)
+
+    def example(self, kind: str) -> str:
+        d = next((e["data"] for e in self.events if e["type"] == c.ALERTE_LEVEE and e["data"]["kind"] == kind), None)
+        if d is None:
+            return f"      {kind}: none"
+        reasons = "; ".join(f"{r['code']}: {r['detail']}" for r in d["reasons"])
+        return f"      {kind} at {d['uai']} for {d['resource_id']}: {reasons}"
+
+
+async def play(platform: Platform) -> AlertTail:
+    """The scenario; returns the dashboard's view of the alerts."""
+    bootstrap, db = platform.kafka.bootstrap_servers, platform.database_url
+    etabs = scenario.referentiel()
+    equipped = [e for e in etabs if e.ouvert and scenario.equipeur(e)]
+    types = Counter(e.type for e in etabs)
+    say(
+        f"ministère: référentiel of {len(etabs)} synthetic établissements of département {scenario.DEPARTEMENT} "
+        f"({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})"
+    )
+    await publish_etablissements(bootstrap, etabs)
+    for schema in ("formation", "equipement", "ressources"):
+        await _wait(db, f"SELECT count(*) FROM {schema}.etablissements", len(etabs), f"{schema}'s référentiel")
+    sent = await scenario.send(bootstrap, scenario.declarations(etabs))
+    say(
+        f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
+        "affectations, trainings)"
+    )
+    # Every declaration applied, then ressources holds the latest version of every profile and
+    # coverage the other two published.
+    await _wait(
+        db,
+        f"SELECT (SELECT count(*) FROM equipement.inbox WHERE type <> '{c.ETABLISSEMENT}') "
+        f"+ (SELECT count(*) FROM formation.inbox WHERE type <> '{c.ETABLISSEMENT}')",
+        sent,
+        "declarations",
+    )
+    for producer, what in (("equipement", "equipment records"), ("formation", "training coverage records")):
+        await _wait(
+            db,
+            f"SELECT count(*) FROM {producer}.publies p LEFT JOIN ressources.recus r "
+            "USING (type, uai, entity, version) WHERE r.uai IS NULL",
+            0,
+            what,
+        )
+    subs = list(scenario.catalogue(etabs))
+    say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
+    await scenario.send(bootstrap, subs)
+    await _wait(db, "SELECT count(*) FROM ressources.abonnements", len(subs) - 3, "subscriptions")
+    await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
+    tail = AlertTail(bootstrap)
+    await tail.consumer.start()
+    try:
+        await tail.drain()
+        say(f"alerts raised on {c.ALERTES}, by kind:\n{tail.summary(c.ALERTE_LEVEE)}")
+        say("one of each:\n" + "\n".join(tail.example(k) for k in c.ALERT_KINDS))
+        sent = await scenario.send(bootstrap, scenario.renovation(etabs))
+        say(f"département 035 replaces the old computers of its collèges ({sent} lots)")
+        await _wait(db, "SELECT count(*) FROM equipement.outbox", 0, "new profiles published")
+        await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
+        await tail.drain()
+        say(f"alerts resolved, by kind:\n{tail.summary(c.ALERTE_RESOLUE)}")
+    finally:
+        await tail.consumer.stop()
+    assert platform.services is not None, "started by Platform.start"
+    _show_api(platform.services.ports["ressources"], next(e.uai for e in equipped if e.type == "college"))
+    return tail
+
+
+def _show_api(port: int, uai: str) -> None:
+    base = f"http://127.0.0.1:{port}"
+    say(f"the read API for dashboards (OpenAPI: {base}/docs):")
+    for path in (
+        "/alertes?code_departement=035&state=open&limit=2",
+        f"/etablissements/{uai}",
+        f"/ressources/{scenario.MANUEL}",
+    ):
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            body = json.dumps(json.loads(response.read()), ensure_ascii=False, indent=1)
+        lines = body.splitlines()
+        show(
+            f"\n  $ curl '{base}{path}'\n"
+            + "\n".join("    " + line for line in lines[:25])
+            + ("\n    …" if len(lines) > 25 else "")
+            + "\n"
+        )
+    show(f"\n  live stream of alert changes (Server-Sent Events): curl -N '{base}/alertes/flux'\n\n")

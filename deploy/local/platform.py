@@ -1,0 +1,189 @@
+"""The whole platform on this machine: Kafka, PostgreSQL and the three services, on stable
+ports, with Kafka's and PostgreSQL's data in one directory (`datadir.py`).
+
+`start()` first takes the data directory (no second platform on it), checks that its ports are
+free (never moving to others: clients are told where to connect), reaches the database
+(DATABASE_URL's, else an embedded PostgreSQL in the data directory) and checks it goes with the
+Kafka (`pairing.py`); anything in the way is `Refused`, in one line, before Kafka starts. Then
+Kafka, the topics and the services. `stop()` stops what was started, in reverse order, each
+step whatever became of the previous ones, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from deploy.local import pairing
+from deploy.local.console import say
+from deploy.local.datadir import DataDir, Refused, data_root, running_platforms
+from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root
+from deploy.local.kafka.readiness import serves_metadata
+from deploy.local.ports import port_free
+from deploy.local.postgres import LocalPostgres, ensure_database
+from deploy.local.processes import ServiceProcesses
+from deploy.topic_admin import create_topics
+from deploy.topology import platform_topics
+from services.common.runtime.secrets import redact
+
+DATABASE = "former_equiper_outiller"
+"""The database of the embedded PostgreSQL (with DATABASE_URL, the one it names)."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 9092
+    postgres: int = 5432  # the embedded PostgreSQL's
+    http: int = 8000  # ressources (its read API); formation and equipement on the next two
+
+    def services(self) -> dict[str, int]:
+        return {"ressources": self.http, "formation": self.http + 1, "equipement": self.http + 2}
+
+
+class Platform:
+    def __init__(
+        self, data: DataDir, ports: Ports, *, fresh: bool = False, services: bool = True, log_level: str = "INFO"
+    ):
+        self.data = data
+        self.ports = ports
+        self.fresh = fresh
+        self.with_services = services
+        self.log_level = log_level
+        self.external_url = os.environ.get("DATABASE_URL") or None
+        self.kafka = LocalKafka(data.kafka, port=ports.kafka)
+        self.services: ServiceProcesses | None = None
+        self.database_url = ""
+        self._started = ExitStack()
+        self._servers_started = False
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        claimed = self._claimed_ports()
+        self.data.lock(claimed)
+        self._started.callback(self.data.unlock)
+        _refuse_busy(claimed)
+        cluster_id = None if self.fresh else self.kafka.cluster_id
+        if self.external_url:
+            self.database_url = self.external_url
+            self._reach_external_database()
+            self._check_pairing(cluster_id)
+            say(f"PostgreSQL: DATABASE_URL {redact(self.database_url)}")
+        if self.fresh:
+            self.data.wipe()
+            say(f"starting from empty storage in {self.data.path} (Kafka and PostgreSQL emptied)")
+        self._servers_started = True
+        self._started.callback(say, f"stopped; data kept in {self.data.path}")
+        if not self.external_url:
+            self._start_embedded_postgres(cluster_id)
+        say(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, single node; jars cached in {cache_root()})")
+        t1 = time.monotonic()
+        self._started.callback(self.kafka.stop)
+        self.kafka.start()
+        assert self.kafka.cluster_id is not None, "formatted by start()"
+        asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))
+        say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
+        asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics()))
+        if self.with_services:
+            self._start_services()
+        say(f"platform up in {time.monotonic() - t0:.1f} s; data kept in {self.data.path}")
+        say(f"KAFKA_BOOTSTRAP_SERVERS={self.kafka.bootstrap_servers} DATABASE_URL={redact(self.database_url)}")
+
+    def stop(self) -> None:
+        """Stop what was started (the services, Kafka, PostgreSQL), each whatever the others did.
+        Once: a second call does nothing."""
+        if self._servers_started:
+            say("stopping the platform")
+            self._servers_started = False
+        self._started.close()
+
+    def _claimed_ports(self) -> dict[str, int]:
+        ports = {"Kafka": self.ports.kafka}
+        if not self.external_url:
+            ports["PostgreSQL"] = self.ports.postgres
+        if self.with_services:
+            ports |= self.ports.services()
+        return ports
+
+    def _reach_external_database(self) -> None:
+        """DATABASE_URL's server answers, and its database exists (created if missing); else Refused."""
+        where = _host_port(self.external_url or "")
+        try:
+            created = asyncio.run(ensure_database(self.database_url))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise Refused(f"DATABASE_URL ({where}) cannot be used: {type(error).__name__}") from None
+        if created:
+            say(f"created database {_database_name(self.database_url)} named in DATABASE_URL ({where})")
+
+    def _start_embedded_postgres(self, cluster_id: str | None) -> None:
+        t0 = time.monotonic()
+        postgres = LocalPostgres(self.data.postgres, port=self.ports.postgres)
+        self._started.callback(postgres.stop)
+        postgres.start()
+        self.database_url = postgres.url(DATABASE)
+        if asyncio.run(ensure_database(self.database_url)):
+            say(f"created database {DATABASE} in the embedded PostgreSQL")
+        self._check_pairing(cluster_id)
+        say(f"PostgreSQL 18 ready (embedded, {time.monotonic() - t0:.1f} s): {self.database_url}")
+
+    def _check_pairing(self, cluster_id: str | None) -> None:
+        if self.external_url:
+            database = f"DATABASE_URL's database {_database_name(self.database_url)} ({_host_port(self.database_url)})"
+            remedy = "name an empty database in DATABASE_URL"
+            if not self.fresh:
+                remedy += ", or run with the data directory (--data-dir) of the Kafka that goes with it"
+        else:
+            database = f"the PostgreSQL in {self.data.postgres}"
+            remedy = "start both empty with --fresh"
+        kafka = f"the Kafka in {self.data.kafka}"
+        asyncio.run(pairing.check(self.database_url, database, cluster_id, kafka, remedy))
+
+    def _start_services(self) -> None:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "DATABASE_URL": self.database_url,
+            "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
+        }
+        # A service that exits is restarted (supervise).
+        self.services = ServiceProcesses(env, ports=self.ports.services(), supervise=True)
+        self._started.callback(self.services.stop)
+        self.services.start()
+        self.services.wait_healthy()
+        ports = ", ".join(f"{n} http://127.0.0.1:{p}/health" for n, p in self.services.ports.items())
+        say(f"services healthy: {ports}")
+
+
+def _refuse_busy(ports: dict[str, int]) -> None:
+    """Refused, naming who holds them, if any of `ports` (what -> port) is taken."""
+    busy = {what: port for what, port in ports.items() if not port_free(port)}
+    if not busy:
+        return
+    listed = ", ".join(f"{port} ({what})" for what, port in busy.items())
+    holder = next((h for h in running_platforms(data_root()) if set(busy.values()) & set(h.ports.values())), None)
+    if holder is not None:
+        who = f"taken by {holder}"
+    elif "Kafka" in busy and serves_metadata(f"127.0.0.1:{busy['Kafka']}"):
+        who = f"in use: a Kafka broker answers on 127.0.0.1:{busy['Kafka']}"
+    else:
+        who = "in use by another program"
+    verb = "are" if len(busy) > 1 else "is"
+    raise Refused(
+        f"port{'s' if len(busy) > 1 else ''} {listed} {verb} {who}; stop it, or choose other ports "
+        "(--kafka-port, --postgres-port, --http-port)"
+    )
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
+
+def _database_name(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/"))

@@ -1,0 +1,37 @@
+"""`./dev`, the one entry point: its usage names every command it has, and a command it does not
+have is an error (exit 2), not a usage printed as if all went well."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DEV = Path(__file__).resolve().parents[2] / "dev"
+
+
+def _dev(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DEV), *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args", [(), ("help",), ("-h",), ("--help",)], ids=["none", "help", "-h", "--help"])
+def test_the_usage_names_every_command(args):
+    result = _dev(*args)
+    assert (result.returncode, result.stderr) == (0, "")
+    commands = re.findall(r"^  ([a-z-]+)\)", DEV.read_text(), re.M)
+    assert {"demo", "up", "test", "shell", "lint"} <= set(commands)
+    usage = result.stdout
+    assert usage.startswith("usage: ./dev COMMAND")
+    for command in commands:
+        assert re.search(rf"^  {command}\s", usage, re.M), f"{command} is missing from the usage:\n{usage}"
+    for option in ("--once", "--fresh"):
+        assert option in usage
+
+
+def test_an_unknown_command_is_an_error_with_the_usage():
+    result = _dev("dmeo")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    first, *usage = result.stderr.splitlines()
+    assert first == "./dev: unknown command 'dmeo'"
+    assert usage[0].startswith("usage: ./dev COMMAND")
