@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -247,12 +249,12 @@ def test_a_write_to_a_closed_pipe_is_dropped_and_so_are_the_next_ones() -> None:
         console.write(stream, "lost as well\n")
 
 
-def _up_refused(tmp_path: Path, *, env: dict[str, str], ports: tuple[int, int] | None = None) -> str:
-    """`up` that must be refused: exit 2, one line on stderr (returned), nothing started or stored."""
+def _up(data: Path, *args: str, env: dict[str, str], ports: tuple[int, int] | None = None) -> tuple[int, str]:
+    """`up --no-services` on `data`, on free ports unless given; its exit code and stderr."""
     kafka_port, postgres_port = ports or free_ports(2)
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "deploy.local", "up", "--no-services", "--data-dir", str(tmp_path / "data")),
+            *(sys.executable, "-m", "deploy.local", "up", "--no-services", "--data-dir", str(data), *args),
             *("--kafka-port", str(kafka_port), "--postgres-port", str(postgres_port)),
         ],
         env={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **env},
@@ -260,10 +262,22 @@ def _up_refused(tmp_path: Path, *, env: dict[str, str], ports: tuple[int, int] |
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2, result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["platform.lock"]
-    return result.stderr
+    return result.returncode, result.stderr
+
+
+def _files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")} if directory.exists() else set()
+
+
+def _up_refused(data: Path, *args: str, env: dict[str, str], ports: tuple[int, int] | None = None) -> str:
+    """`up` that must be refused: exit 2, one line on stderr (returned), nothing started, emptied
+    or stored (but its lock file)."""
+    before = _files(data)
+    code, said = _up(data, *args, env=env, ports=ports)
+    assert code == 2, said
+    assert len(said.splitlines()) == 1, said
+    assert _files(data) == before | {"platform.lock"}
+    return said
 
 
 def test_an_unreachable_database_url_is_named_in_one_line_without_its_password(tmp_path: Path) -> None:
@@ -273,14 +287,42 @@ def test_an_unreachable_database_url_is_named_in_one_line_without_its_password(t
     assert said == f"==> error: DATABASE_URL (127.0.0.1:{port}) cannot be used: ConnectionRefusedError\n"
 
 
-async def test_a_database_paired_with_another_kafka_is_refused(tmp_path: Path, database_url: str) -> None:
+@pytest.mark.parametrize("fresh", [False, True], ids=["kept", "fresh"])
+async def test_a_database_paired_with_another_kafka_is_refused_before_anything_is_emptied(
+    tmp_path: Path, database_url: str, fresh: bool
+) -> None:
+    meta = tmp_path / "kafka" / "kafka-logs" / "meta.properties"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("cluster.id=kept-cluster\nnode.id=1\n")
     await pairing.record(database_url, "another-cluster")
-    said = _up_refused(tmp_path, env={"DATABASE_URL": database_url})
-    name = database_url.rsplit("/", 1)[1]
-    assert f"DATABASE_URL's database {name} (127.0.0.1:" in said
-    kafka = tmp_path / "data" / "kafka"
-    assert f"holds the state of Kafka cluster another-cluster, not of the Kafka in {kafka}, which starts empty" in said
-    assert "name an empty database in DATABASE_URL" in said
+    said = _up_refused(tmp_path, *(["--fresh"] if fresh else []), env={"DATABASE_URL": database_url})
+    kafka = f"the Kafka in {tmp_path / 'kafka'}" + (", which starts empty" if fresh else " (cluster kept-cluster)")
+    where = database_url.rsplit("@", 1)[1]  # host:port/name
+    assert said.startswith(
+        f"==> error: DATABASE_URL's database {where.split('/')[1]} ({where.split('/')[0]}) "
+        f"holds the state of Kafka cluster another-cluster, not of {kafka}; name an empty database in DATABASE_URL"
+    ), said
+
+
+async def test_an_embedded_postgresql_kept_without_its_kafka_is_refused_then_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    # Not under pytest's basetemp, which another session may lock to its owner (tests/conftest.py).
+    data = Path(tempfile.mkdtemp(prefix="feo-test-runtime-"))
+    try:
+        with LocalPostgres(data / "postgres") as postgres:
+            await pairing.record(await postgres.create_database("former_equiper_outiller"), "lost-cluster")
+        code, said = _up(data, env={})
+        assert code == 2, said
+        assert said.splitlines()[0] == (
+            f"==> error: the PostgreSQL in {data / 'postgres'} holds the state of Kafka cluster lost-cluster, "
+            f"not of the Kafka in {data / 'kafka'}, which starts empty; start both empty with --fresh"
+        )
+        assert not (data / "kafka").exists()
+        assert not [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_a_busy_port_is_refused_never_replaced(tmp_path: Path, kafka: LocalKafka) -> None:

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from deploy.local.console import show
 from deploy.local.kafka import KAFKA_VERSION, KafkaRuntimeError, LocalKafka
 
 
@@ -22,15 +23,14 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=None, help="client port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args()
-    # SIGTERM takes the same path as Ctrl-C so the broker is never left behind.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM and SIGHUP (the terminal closed) take the same path as Ctrl-C, so the broker is
+    # never left behind.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.default_int_handler)
     kafka = LocalKafka(args.data_dir, args.port)
     try:
         kafka.start()
-        print(
-            f"Kafka {KAFKA_VERSION} ready on {kafka.bootstrap_servers} (log: {kafka.log_file}); Ctrl-C to stop",
-            flush=True,
-        )
+        show(f"Kafka {KAFKA_VERSION} ready on {kafka.bootstrap_servers} (log: {kafka.log_file}); Ctrl-C to stop\n")
         code = kafka.wait()
         sys.exit(f"Kafka exited on its own with code {code}; see {kafka.log_file}")
     except KeyboardInterrupt:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from deploy.local.console import say
 from deploy.local.server_process import LOG_TAIL_LINES, require_tool
 
 KAFKA_VERSION = "4.4.0"
@@ -74,7 +74,7 @@ def ensure_kafka_jars() -> Path:
         KafkaRuntimeError,
     )
     lib.parent.mkdir(parents=True, exist_ok=True)
-    print(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (first run only)...", file=sys.stderr, flush=True)
+    say(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (first run only)...")
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=lib.parent))
     try:
         _copy_dependencies(mvn, staging)
