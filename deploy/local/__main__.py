@@ -77,19 +77,21 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--once", action="store_true", help="demo: stop when the scenario is over")
     parser.add_argument("--fresh", action="store_true", help="up: empty Kafka's and PostgreSQL's storage first")
     parser.add_argument(
-        "--data-dir", type=Path, help=f"where Kafka's and PostgreSQL's data live (default: {data_root()}/COMMAND)"
+        "--data-dir",
+        type=Path,
+        help=f"where Kafka's and PostgreSQL's data live (default: {data_root()}/platform; the demo's: .../demo)",
     )
     parser.add_argument("--no-services", action="store_true", help="up: Kafka and PostgreSQL only")
-    for name, env, default in (("kafka", "KAFKA_PORT", 9092), ("postgres", "POSTGRES_PORT", 5432)):
+    defaults = Ports()
+    for name, env, what in (
+        ("kafka", "KAFKA_PORT", "Kafka's port"),
+        ("postgres", "POSTGRES_PORT", "the embedded PostgreSQL's port"),
+        ("http", "HTTP_PORT", "ressources' HTTP port, formation and equipement on the next two"),
+    ):
+        default = getattr(defaults, name)
         parser.add_argument(
-            f"--{name}-port", type=_port, default=os.environ.get(env, str(default)), help=f"${env}, default {default}"
+            f"--{name}-port", type=_port, default=os.environ.get(env, str(default)), help=f"{what} (${env}, {default})"
         )
-    parser.add_argument(
-        "--http-port",
-        type=_port,
-        default=os.environ.get("HTTP_PORT", "8000"),
-        help="ressources' HTTP port ($HTTP_PORT, default 8000); formation and equipement take the next two",
-    )
     args = parser.parse_args(argv)
     if args.command == "up" and args.once:
         parser.error("--once is for demo: up runs until stopped")

@@ -137,7 +137,7 @@ class Platform:
             database = f"DATABASE_URL's database {_database_name(self.database_url)} ({_host_port(self.database_url)})"
             remedy = "name an empty database in DATABASE_URL"
             if not self.fresh:
-                remedy += ", or run with the data directory (--data-dir) of the Kafka that goes with it"
+                remedy = "name in DATABASE_URL this Kafka's database, or an empty one and start with --fresh"
         else:
             database = f"the PostgreSQL in {self.data.postgres}"
             remedy = "start both empty with --fresh"

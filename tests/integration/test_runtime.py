@@ -297,11 +297,16 @@ async def test_a_database_paired_with_another_kafka_is_refused_before_anything_i
     await pairing.record(database_url, "another-cluster")
     said = _up_refused(tmp_path, *(["--fresh"] if fresh else []), env={"DATABASE_URL": database_url})
     kafka = f"the Kafka in {tmp_path / 'kafka'}" + (", which starts empty" if fresh else " (cluster kept-cluster)")
-    where = database_url.rsplit("@", 1)[1]  # host:port/name
-    assert said.startswith(
-        f"==> error: DATABASE_URL's database {where.split('/')[1]} ({where.split('/')[0]}) "
-        f"holds the state of Kafka cluster another-cluster, not of {kafka}; name an empty database in DATABASE_URL"
-    ), said
+    remedy = (
+        "name an empty database in DATABASE_URL"
+        if fresh
+        else "name in DATABASE_URL this Kafka's database, or an empty one and start with --fresh"
+    )
+    host_port, name = database_url.rsplit("@", 1)[1].split("/")
+    assert said == (
+        f"==> error: DATABASE_URL's database {name} ({host_port}) "
+        f"holds the state of Kafka cluster another-cluster, not of {kafka}; {remedy}\n"
+    )
 
 
 async def test_an_embedded_postgresql_kept_without_its_kafka_is_refused_then_stopped(

@@ -1,9 +1,10 @@
 """One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars.
 
 The data directory may be reused across starts: it is formatted only once (its cluster id is
-then kept), while server.properties is rewritten each start since the ports may change. Starting, waiting and
-stopping are those of every local server (`deploy.local.server_process`); what is Kafka's own
-is its configuration and its readiness: a client can fetch metadata listing the broker.
+then kept), while server.properties is rewritten each start since the ports may change.
+Starting, waiting and stopping are those of every local server (`deploy.local.server_process`);
+what is Kafka's own is its configuration and its readiness: a client can fetch metadata listing
+the broker.
 """
 
 from __future__ import annotations
