@@ -1,35 +1,95 @@
-"""Creating the topics `deploy.topology` declares, on any broker.
+"""Creating the topics `deploy.topology` declares, on any broker, and keeping their
+configuration in line with it.
 
 Brokers run with auto.create.topics.enable=false, so `./dev up`, the demo and every test
-declare their topics through this one idempotent call before anything produces to them.
+declare their topics through this one idempotent call before anything produces to them. A
+topic that already exists keeps its records; when its configuration differs from the
+declaration (a deployment created with the broker's 7-day default retention, say), it is
+altered to the declaration. AlterConfigs replaces a topic's whole set of dynamic settings, so
+a setting changed by hand on a declared topic is undone when that topic is realigned.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from deploy.topology import TopicSpec
 
 
 class TopicCreationError(RuntimeError):
-    """The broker refused to create some topics (other than because they exist)."""
+    """The broker refused to create some topics (other than because they exist) or to align them."""
 
 
-async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
-    """Create the topics, leaving those that already exist untouched."""
+async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create the topics, and align the configuration of those that exist; returns the names
+    of the existing topics whose configuration was changed."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
         response = await admin.create_topics(
             [NewTopic(spec.name, spec.partitions, replication_factor=1, topic_configs=spec.configs()) for spec in specs]
         )
+        _raise_for(response.topic_errors)
+        existing = {topic for topic, code, _ in response.topic_errors if code == TopicAlreadyExistsError.errno}
+        stale = await _differing(admin, [spec for spec in specs if spec.name in existing and spec.configs()])
+        if stale:
+            responses = await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.configs()) for spec in stale]
+            )
+            _raise_for(
+                [
+                    (r["resource_name"], r["error_code"], r["error_message"])
+                    for response in responses
+                    for r in response.to_object()["resources"]
+                ]
+            )
+            await _until_applied(admin, stale)
     finally:
         await admin.close()
+    return [spec.name for spec in stale]
+
+
+async def topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str | None]]:
+    """Every configuration value of each topic, as the broker reports it."""
+    if not names:
+        return {}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in names])
+    return {
+        resource["resource_name"]: {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+        for response in responses
+        for resource in response.to_object()["resources"]
+    }
+
+
+async def _differing(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[TopicSpec]:
+    current = await topic_configs(admin, [spec.name for spec in specs])
+    return [
+        spec for spec in specs if any(current[spec.name].get(key) != value for key, value in spec.configs().items())
+    ]
+
+
+async def _until_applied(admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout: float = 30) -> None:
+    """The broker acknowledges an alteration before it applies it (KRaft: when the metadata
+    record reaches it): wait until it reports the declared values."""
+    deadline = time.monotonic() + timeout
+    while pending := await _differing(admin, specs):
+        if time.monotonic() > deadline:
+            names = ", ".join(spec.name for spec in pending)
+            raise TopicCreationError(f"the broker accepted new settings for {names} but still reports the old ones")
+        await asyncio.sleep(0.2)
+
+
+def _raise_for(errors: list[tuple[str, int, str | None]]) -> None:
+    """`errors`: (resource, code, message) as the broker answers, 0 meaning success."""
     failures = [
-        f"{topic}: {for_code(code).__name__}: {message}"
-        for topic, code, message in response.topic_errors
+        f"{name}: {for_code(code).__name__}: {message}"
+        for name, code, message in errors
         if code not in (0, TopicAlreadyExistsError.errno)
     ]
     if failures:
-        raise TopicCreationError("could not create topics:\n" + "\n".join(failures))
+        raise TopicCreationError("could not create or align topics:\n" + "\n".join(failures))

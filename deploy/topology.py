@@ -1,20 +1,31 @@
 """Every topic the platform needs, with its partitions and retention.
 
-Compaction only where the record key is the entity and every record is valid and newer than
-the one before it: the per-UAI profiles and coverages our own services publish. Declarations
-are keyed by UAI but carry several entities per key (lots, affectations, subscriptions), so
-compacting them would lose state. The référentiel is keyed by its entity, but a partner may
-send a refused or an older record after the valid latest one, which compaction would then keep
-in its place: it is kept whole instead (retention.ms=-1), so a new service can rebuild from it.
+The log is the record: what partners declared stays on Kafka, so a service's state can be
+rebuilt from it (`deploy.reconstruire`) and a restored database catches up from it.
+
+- Partner topics (référentiel, declarations, catalogue) are kept forever (retention.ms=-1).
+  Compaction is no option there: declarations and the catalogue are keyed by UAI but carry
+  several entities per key (lots, affectations, subscriptions), so the last record of a key is
+  not the state; the référentiel is keyed by its entity, but a partner may send a refused or an
+  older record after the valid latest one, which compaction would then keep in its place.
+- Our own per-entity topics (profiles, coverages) are compacted: their key is the entity and
+  every record is valid and newer than the one before it, so storage is bounded by entities.
+- The alerts stream keeps its history for `ALERTS_RETENTION_DAYS` (0, the default: forever;
+  CONTRACTS.md promises that no open alert ages out of it).
+- DLQs keep a refused record `DLQ_RETENTION_DAYS` (30 by default, as long as the services'
+  `dead_letters` log remembers it with INBOX_RETENTION_DAYS' default).
 
 A DLQ copy is a partner's record (up to the broker's default 1 MiB) plus the `dlq-*` headers:
 DLQ topics accept records up to the relay's request size, so no refused record is too large
 to be dead-lettered.
 
-This is a declaration only; `deploy.topic_admin` creates the topics on a broker.
+This is a declaration only; `deploy.topic_admin` creates the topics on a broker and brings the
+configuration of existing ones in line with it.
 """
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import contracts as c
@@ -22,37 +33,73 @@ from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.outbox import MAX_REQUEST_BYTES
 
 DECLARATION_PARTITIONS = 6
+FOREVER = -1
+DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic the platform needs; `compacted` keeps only the last record per key,
-    `keep_forever` keeps every record (retention.ms=-1)."""
+    """A topic the platform needs; `compacted` keeps only the last record per key;
+    `retention_ms` how long a record is kept (FOREVER: -1; None: the broker's default)."""
 
     name: str
     partitions: int = 3
     compacted: bool = False
-    keep_forever: bool = False
+    retention_ms: int | None = None
     max_message_bytes: int | None = None
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
-        if self.keep_forever:
-            out["retention.ms"] = "-1"
+        if self.retention_ms is not None:
+            out["retention.ms"] = str(self.retention_ms)
         if self.max_message_bytes is not None:
             out["max.message.bytes"] = str(self.max_message_bytes)
         return out
 
 
-def platform_topics(prefix: str = "") -> list[TopicSpec]:
+@dataclass(frozen=True)
+class Retention:
+    """The deployment's choices, from the environment: days, 0 meaning forever."""
+
+    alerts_days: int = 0
+    dlq_days: int = 30
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "Retention":
+        return cls(
+            alerts_days=_days(environ, "ALERTS_RETENTION_DAYS", cls.alerts_days),
+            dlq_days=_days(environ, "DLQ_RETENTION_DAYS", cls.dlq_days),
+        )
+
+
+def _days(environ: Mapping[str, str], variable: str, default: int) -> int:
+    raw = environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{variable}: must be a whole number of days ≥ 0, 0 meaning forever (got {raw[:40]!r})")
+    return int(raw)
+
+
+def _ms(days: int) -> int:
+    return days * DAY_MS if days else FOREVER
+
+
+def platform_topics(prefix: str = "", retention: Retention | None = None) -> list[TopicSpec]:
+    """The topics, prefixed; `retention` from the environment unless given."""
+    retention = retention or Retention.from_environ()
     specs = [
-        TopicSpec(c.REFERENTIEL, 3, keep_forever=True),
-        TopicSpec(c.FORMATION, DECLARATION_PARTITIONS),
-        TopicSpec(c.EQUIPEMENT, DECLARATION_PARTITIONS),
-        TopicSpec(c.CATALOGUE, DECLARATION_PARTITIONS),
-        TopicSpec(c.ALERTES, DECLARATION_PARTITIONS),
+        TopicSpec(c.REFERENTIEL, 3, retention_ms=FOREVER),
+        TopicSpec(c.FORMATION, DECLARATION_PARTITIONS, retention_ms=FOREVER),
+        TopicSpec(c.EQUIPEMENT, DECLARATION_PARTITIONS, retention_ms=FOREVER),
+        TopicSpec(c.CATALOGUE, DECLARATION_PARTITIONS, retention_ms=FOREVER),
+        TopicSpec(c.ALERTES, DECLARATION_PARTITIONS, retention_ms=_ms(retention.alerts_days)),
         TopicSpec(PROFILS, DECLARATION_PARTITIONS, compacted=True),
         TopicSpec(COUVERTURES, DECLARATION_PARTITIONS, compacted=True),
     ]
-    specs += [TopicSpec(c.dlq(t.name), 1, max_message_bytes=MAX_REQUEST_BYTES) for t in specs if t.name != c.ALERTES]
+    specs += [
+        TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)
+        for t in specs
+        if t.name != c.ALERTES
+    ]
     return [dataclasses.replace(t, name=prefix + t.name) for t in specs]

@@ -1,0 +1,70 @@
+"""The topology on a real broker: each topic's retention is what it is for (partner topics and
+the alerts stream kept forever, internal topics compacted, DLQs for DLQ_RETENTION_DAYS), and a
+deployment created before (the broker's 7-day default) is brought in line, records kept."""
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from deploy.topic_admin import create_topics, topic_configs
+from deploy.topology import DAY_MS, Retention, platform_topics
+from helpers import TopicReader, send
+
+pytestmark = pytest.mark.kafka
+
+
+async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str | None]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await topic_configs(admin, names)
+    finally:
+        await admin.close()
+
+
+async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> None:
+    names = {t: topic_prefix + t for t in (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE, c.ALERTES)}
+    internal = {t: topic_prefix + t for t in (PROFILS, COUVERTURES)}
+    dlqs = {t: topic_prefix + c.dlq(t) for t in (c.FORMATION, c.REFERENTIEL, PROFILS)}
+    configs = await _configs(kafka.bootstrap_servers, [*names.values(), *internal.values(), *dlqs.values()])
+
+    for name in names.values():
+        assert (configs[name]["cleanup.policy"], configs[name]["retention.ms"]) == ("delete", "-1"), name
+    for name in internal.values():
+        assert configs[name]["cleanup.policy"] == "compact", name
+    for name in dlqs.values():
+        assert configs[name]["retention.ms"] == str(30 * DAY_MS), name
+
+
+async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, unique) -> None:
+    bootstrap, prefix = kafka.bootstrap_servers, f"old{unique}."
+    specs = platform_topics(prefix, Retention(alerts_days=400, dlq_days=7))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:  # as the platform created them before: the broker's default retention everywhere
+        await admin.create_topics([NewTopic(s.name, s.partitions, 1) for s in specs])
+    finally:
+        await admin.close()
+    declarations, alerts = prefix + c.EQUIPEMENT, prefix + c.ALERTES
+    await send(bootstrap, declarations, [("0350042F", b"kept")])
+
+    changed = await create_topics(bootstrap, specs)
+
+    assert set(changed) == {s.name for s in specs if s.configs()}
+    configs = await _configs(bootstrap, [declarations, alerts, prefix + c.dlq(c.EQUIPEMENT)])
+    assert configs[declarations]["retention.ms"] == "-1"
+    assert configs[alerts]["retention.ms"] == str(400 * DAY_MS)
+    assert configs[prefix + c.dlq(c.EQUIPEMENT)]["retention.ms"] == str(7 * DAY_MS)
+    assert await create_topics(bootstrap, specs) == []  # aligned: nothing more to change
+    async with TopicReader(bootstrap, declarations) as reader:
+        await reader.wait_for(lambda records: [r.value for r in records] == [b"kept"], what="the record kept")
+
+
+def test_retention_settings_are_read_and_checked() -> None:
+    assert Retention.from_environ({}) == Retention(alerts_days=0, dlq_days=30)
+    assert Retention.from_environ({"ALERTS_RETENTION_DAYS": "400", "DLQ_RETENTION_DAYS": "0"}) == Retention(400, 0)
+    forever = {t.name: t.retention_ms for t in platform_topics("", Retention(0, 0))}
+    assert forever[c.ALERTES] == forever[c.dlq(c.FORMATION)] == -1
+    with pytest.raises(ValueError, match=r"^ALERTS_RETENTION_DAYS: must be a whole number of days ≥ 0"):
+        Retention.from_environ({"ALERTS_RETENTION_DAYS": "-5"})
