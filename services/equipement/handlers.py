@@ -5,15 +5,15 @@ from typing import Protocol
 
 import contracts as c
 from contracts import CloudEvent
-from contracts.internal import PROFIL_CONNECTIVITE, PROFIL_LOT, PROFILS, ProfilConnectivite, ProfilLot
+from contracts.internal import PROFIL_CONNECTIVITE, PROFIL_LOT, PROFILS
 from services.common.pipeline import Applied
 from services.common.rules.state import Verdicts
 from services.common.storage.derived import Derived, Published, publish_changes
 from services.equipement import domain
 
 SOURCE = "/plateforme/equipement"
-LOTS = Derived(PROFIL_LOT, PROFILS, ProfilLot, entity_field="lot_id")
-LINKS = Derived(PROFIL_CONNECTIVITE, PROFILS, ProfilConnectivite)
+LOTS = Derived(PROFIL_LOT, PROFILS, entity_field="lot_id")
+LINKS = Derived(PROFIL_CONNECTIVITE, PROFILS)
 
 
 class Store(Protocol):

@@ -1,7 +1,8 @@
 """equipement's SQL, in one place: the store its use case receives, one per transaction."""
 
-import json
 from collections.abc import Sequence
+
+from pydantic_core import to_json
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts
@@ -20,13 +21,13 @@ class EquipementStore:
             self._conn,
             "lots",
             ("uai", "lot_id"),
-            ("kind", "quantity", "os", "browsers"),
+            {"kind": "text", "quantity": "int", "os": "jsonb", "browsers": "jsonb"},
             events,
             row_of=lambda e: (
                 e.data.kind,
                 e.data.quantity,
-                json.dumps(e.data.os.model_dump(mode="json")) if e.data.os else None,
-                json.dumps([b.model_dump(mode="json") for b in e.data.browsers]),
+                to_json(e.data.os).decode() if e.data.os else None,
+                to_json(e.data.browsers).decode(),
             ),
         )
 
@@ -35,7 +36,7 @@ class EquipementStore:
             self._conn,
             "connectivites",
             ("uai",),
-            ("bandwidth_mbps", "ent"),
+            {"bandwidth_mbps": "float8", "ent": "boolean"},
             events,
             row_of=lambda e: (e.data.bandwidth_mbps, e.data.ent),
         )

@@ -5,21 +5,15 @@ from typing import Protocol
 
 import contracts as c
 from contracts import CloudEvent
-from contracts.internal import (
-    COUVERTURE_ENSEIGNANTS,
-    COUVERTURE_OUTIL,
-    COUVERTURES,
-    CouvertureEnseignants,
-    CouvertureOutil,
-)
+from contracts.internal import COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL, COUVERTURES
 from services.common.pipeline import Applied
 from services.common.rules.state import Verdicts
 from services.common.storage.derived import Derived, Published, publish_changes
 from services.formation import domain
 
 SOURCE = "/plateforme/formation"
-ENSEIGNANTS = Derived(COUVERTURE_ENSEIGNANTS, COUVERTURES, CouvertureEnseignants)
-OUTILS = Derived(COUVERTURE_OUTIL, COUVERTURES, CouvertureOutil, entity_field="kind")
+ENSEIGNANTS = Derived(COUVERTURE_ENSEIGNANTS, COUVERTURES)
+OUTILS = Derived(COUVERTURE_OUTIL, COUVERTURES, entity_field="kind")
 
 
 class Store(Protocol):

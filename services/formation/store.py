@@ -20,21 +20,31 @@ class FormationStore:
             self._conn,
             "affectations",
             ("teacher_id", "uai"),
-            ("start", "end"),
+            {"start": "date", "end": "date"},
             events,
             row_of=lambda e: (e.data.start, e.data.end),
         )
 
     async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None:
         """Keeps per (teacher, code) the highest level ever reached, per teacher every tool."""
-        await self._conn.executemany(
-            "INSERT INTO competences (teacher_id, code, level) VALUES ($1, $2, $3) "
-            "ON CONFLICT (teacher_id, code) DO UPDATE SET level = GREATEST(competences.level, EXCLUDED.level)",
-            [(t, code, level) for (t, code), level in sorted(levels.items())],
-        )
-        await self._conn.executemany(
-            "INSERT INTO outils (teacher_id, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING", sorted(tools)
-        )
+        if levels:
+            keys = sorted(levels)  # rows locked in key order: two writers never wait in a cycle
+            await self._conn.execute(
+                "INSERT INTO competences AS c (teacher_id, code, level) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) "
+                "ON CONFLICT (teacher_id, code) DO UPDATE SET level = GREATEST(c.level, EXCLUDED.level)",
+                [t for t, _ in keys],
+                [code for _, code in keys],
+                [levels[k] for k in keys],
+            )
+        if tools:
+            pairs = sorted(tools)
+            await self._conn.execute(
+                "INSERT INTO outils (teacher_id, kind) SELECT * FROM unnest($1::text[], $2::text[]) "
+                "ON CONFLICT DO NOTHING",
+                [t for t, _ in pairs],
+                [kind for _, kind in pairs],
+            )
 
     async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]:
         """UAI -> the given teachers counted there."""

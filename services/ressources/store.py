@@ -54,7 +54,7 @@ class RessourcesStore:
             self._conn,
             "ressources",
             ("resource_id",),
-            ("publiee", "ressource"),
+            {"publiee": "boolean", "ressource": "jsonb"},
             events,
             row_of=lambda e: (True, e.data.model_dump_json()) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
         )
@@ -64,7 +64,7 @@ class RessourcesStore:
             self._conn,
             "abonnements",
             ("resource_id", "uai"),
-            ("start", "end"),
+            {"start": "date", "end": "date"},
             events,
             row_of=lambda e: (e.data.start, e.data.end),
         )

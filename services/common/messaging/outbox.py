@@ -8,8 +8,7 @@ lost, nothing takes effect twice.
 """
 
 import asyncio
-import base64
-import json
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from pydantic_core import from_json, to_json
 
 from services.common.storage.db import Conn, advisory_key
 
@@ -53,24 +53,31 @@ def text_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tup
 
 
 def dump_headers(headers: Headers) -> str:
-    """The outbox's jsonb form: [[name, base64 value or null], ...], byte-exact."""
-    return json.dumps([[k, None if v is None else base64.b64encode(v).decode()] for k, v in headers])
+    """The outbox's jsonb form: [[name, base64 value or null], ...], byte-exact (pydantic-core's
+    JSON and binascii: a few microseconds less per record than the json and base64 modules)."""
+    return to_json([[k, None if v is None else b2a_base64(v, newline=False).decode()] for k, v in headers]).decode()
 
 
 def load_headers(text: str) -> Headers:
-    return tuple((k, None if v is None else base64.b64decode(v)) for k, v in json.loads(text))
+    return tuple((k, None if v is None else a2b_base64(v)) for k, v in from_json(text))
 
 
 async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
+    """Appends `records` to the outbox in their order (one statement: `seq` follows the arrays)."""
     if records:
-        await conn.executemany(
-            "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
-            [(r.topic, r.key, r.value, dump_headers(r.headers)) for r in records],
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, value, headers) "
+            "SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])",
+            [r.topic for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [dump_headers(r.headers) for r in records],
         )
 
 
 # Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+MAX_BATCH_BYTES = 256 * 1024
 
 
 def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
@@ -82,6 +89,10 @@ def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,  # no duplicate or reordered record on retry
         max_request_size=MAX_REQUEST_BYTES,
+        # Batches of a relay round's size (aiokafka's 16 KiB default cut one round into many,
+        # each costing CPU and a round trip), under the broker's default 1 MiB per batch; a
+        # larger record still goes out, in a batch of its own.
+        max_batch_size=MAX_BATCH_BYTES,
         linger_ms=5,
     )
 

@@ -3,72 +3,111 @@
 Each record's content is compared with the last one published for its key; only a real change
 gets a new `version` and an outgoing event, written in the same transaction (outbox). The event
 id is derived from the key and the version, so a replay publishes the same id. What was last
-published is behind the `Published` interface: `PgPublished` (table `publies`) in production,
-an in-memory one in the handlers' unit tests.
+published is behind the `Published` interface: `PgPublished` (table `publies`, compared and
+versioned in one statement) in production, an in-memory one in the handlers' unit tests.
+
+Contents are plain data (dicts, lists, numbers, text, or contract models inside them), never
+rebuilt as payload models: the service computed them from events the contract already validated,
+and one JSON encoder (pydantic-core's) writes them, into `publies` and into the record alike.
 """
 
-import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from hashlib import sha1
+from typing import Any, Protocol
 
-from contracts import CloudEvent, Payload, make_event
+from pydantic_core import to_json
+
+from contracts import CloudEvent
 from services.common.pipeline import Outgoing
 from services.common.storage.db import Conn
 
 Key = tuple[str, str]
 """(uai, entity); entity is "" for a record per UAI."""
+Content = Mapping[str, Any]
+"""A record's fields without uai, entity and version, in the payload model's order."""
+
+
+_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def stable_id(name: str) -> str:
+    """`str(uuid.uuid5(uuid.NAMESPACE_URL, name))`, written out: uuid5 builds a UUID object
+    through checks that cost more than the hash, once per published record."""
+    digest = bytearray(sha1(_NAMESPACE + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)
 class Derived:
-    """One kind of derived record: its event type, topic and model, and the field that names
-    the entity within the UAI (None: one record per UAI)."""
+    """One kind of derived record: its event type and topic, and the field that names the
+    entity within the UAI (None: one record per UAI, keyed by the UAI)."""
 
     event_type: str
     topic: str
-    model: type[Payload]
     entity_field: str | None = None
 
-    def build(self, uai: str, entity: str, version: int, content: dict) -> Payload:
+    def record_key(self, uai: str, entity: str) -> str:
+        return f"{uai}/{entity}" if self.entity_field else uai
+
+    def event(
+        self, uai: str, entity: str, version: int, content: Content, *, source: str, time: datetime
+    ) -> CloudEvent:
+        """The record, with its fields in the order of the payload model (`contracts.internal`),
+        so its bytes are those `make_event` gives; `data` stays a plain dict."""
         named = {self.entity_field: entity} if self.entity_field else {}
-        return self.model(uai=uai, version=version, **named, **content)
-
-
-@dataclass(frozen=True)
-class Publication:
-    event_type: str
-    key: Key
-    version: int
-    content: dict
+        key = self.record_key(uai, entity)
+        return CloudEvent.model_construct(
+            specversion="1.0",
+            id=stable_id(f"{self.topic}/{key}/{version}"),
+            source=source,
+            type=self.event_type,
+            time=time,
+            subject=key,
+            datacontenttype="application/json",
+            data={"uai": uai, "version": version, **named, **content},
+        )
 
 
 class Published(Protocol):
     """What a service last published, per event type and key."""
 
-    async def held(self, event_type: str, keys: Sequence[Key]) -> dict[Key, tuple[int, dict]]: ...
+    async def publish(self, event_type: str, contents: Mapping[Key, Content]) -> dict[Key, int]:
+        """Record each content that differs from the one last published for its key (or is the
+        first) with the next version; returns those keys and their new versions."""
+        ...
 
     async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
         """Per UAI, the entities of this type published so far (to publish those that vanished)."""
         ...
-
-    async def save(self, publications: Sequence[Publication]) -> None: ...
 
 
 class PgPublished:
     def __init__(self, conn: Conn):
         self._conn = conn
 
-    async def held(self, event_type: str, keys: Sequence[Key]) -> dict[Key, tuple[int, dict]]:
+    async def publish(self, event_type: str, contents: Mapping[Key, Content]) -> dict[Key, int]:
+        if not contents:
+            return {}
+        keys = sorted(contents)  # rows locked in key order: two writers never wait in a cycle
         rows = await self._conn.fetch(
-            "SELECT uai, entity, version, content FROM publies WHERE type = $1 "
-            "AND (uai, entity) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            "INSERT INTO publies AS p (type, uai, entity, version, content) "
+            "SELECT $1, uai, entity, 1, content "
+            "FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS c(uai, entity, content) "
+            "ON CONFLICT (type, uai, entity) DO UPDATE SET version = p.version + 1, content = EXCLUDED.content "
+            "WHERE p.content IS DISTINCT FROM EXCLUDED.content "
+            "RETURNING uai, entity, version",
             event_type,
             [u for u, _ in keys],
             [e for _, e in keys],
+            [to_json(contents[k]).decode() for k in keys],
         )
-        return {(r["uai"], r["entity"]): (r["version"], json.loads(r["content"])) for r in rows}
+        return {(r["uai"], r["entity"]): r["version"] for r in rows}
 
     async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -78,37 +117,25 @@ class PgPublished:
             out.setdefault(r["uai"], set()).add(r["entity"])
         return out
 
-    async def save(self, publications: Sequence[Publication]) -> None:
-        await self._conn.executemany(
-            "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, $4, $5::jsonb) "
-            "ON CONFLICT (type, uai, entity) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content",
-            [(p.event_type, *p.key, p.version, json.dumps(p.content)) for p in publications],
-        )
-
 
 async def publish_changes(
     published: Published,
     derived: Derived,
     *,
     source: str,
-    contents: Mapping[Key, dict],
+    contents: Mapping[Key, Content],
     causes: Mapping[str, CloudEvent],
 ) -> list[Outgoing]:
     """`contents` maps (UAI, entity) to its freshly computed content (without uai, entity and
     version); `causes` maps UAI to the input event whose trace the publication continues."""
-    keys = sorted(contents)
-    held = await published.held(derived.event_type, keys)
-    publications, outgoing = [], []
-    for uai, entity in keys:
-        content = contents[(uai, entity)]
-        version, previous = held.get((uai, entity), (0, None))
-        if previous == content:
-            continue
-        version += 1
-        publications.append(Publication(derived.event_type, (uai, entity), version, content))
-        data = derived.build(uai, entity, version, content)
-        event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{derived.topic}/{data.key}/{version}"))
-        event = make_event(derived.event_type, data, source=source, id=event_id)
-        outgoing.append(Outgoing(derived.topic, data.key, event, causes.get(uai)))
-    await published.save(publications)
-    return outgoing
+    versions = await published.publish(derived.event_type, contents)
+    now = datetime.now(UTC)
+    return [
+        Outgoing(
+            derived.topic,
+            derived.record_key(uai, entity),
+            derived.event(uai, entity, version, contents[(uai, entity)], source=source, time=now),
+            causes.get(uai),
+        )
+        for (uai, entity), version in sorted(versions.items())
+    ]

@@ -6,7 +6,16 @@ from contracts import CloudEvent, Etablissement
 from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
 
-_COLUMNS = ("nom", "type", "statut", "code_commune", "code_departement", "code_academie", "code_region", "ouvert")
+_COLUMNS = {
+    "nom": "text",
+    "type": "text",
+    "statut": "text",
+    "code_commune": "text",
+    "code_departement": "text",
+    "code_academie": "text",
+    "code_region": "text",
+    "ouvert": "boolean",
+}
 
 
 async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:

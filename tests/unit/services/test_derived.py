@@ -1,0 +1,73 @@
+"""Derived records are built from plain contents, without payload models: the bytes must be
+those the models give (`make_event`), and what ressources parses back must be the content."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from memory_stores import MemoryPublished
+
+import contracts as c
+from contracts import EventParser
+from contracts.internal import INTERNAL_PAYLOADS, INTERNAL_TOPIC_TYPES
+from services.common.storage.derived import Derived, publish_changes, stable_id
+from services.equipement import domain as equipement
+from services.equipement.handlers import LINKS, LOTS
+from services.formation import domain as formation
+from services.formation.handlers import ENSEIGNANTS, OUTILS
+
+UAI = "0350042F"
+TIME = datetime(2026, 9, 1, 8, 0, 0, 123456, tzinfo=UTC)
+PARSE = EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES)
+TABLETTES = c.Lot(
+    uai=UAI,
+    lot_id="salle-é/1",
+    kind="tablette",
+    quantity=30,
+    os=c.Logiciel(name="iPadOS", version="12.5"),
+    browsers=[c.Logiciel(name="Safari", version="12.5"), c.Logiciel(name="Firefox", version="115.0.1")],
+)
+CASES = [
+    (LOTS, TABLETTES.lot_id, equipement.lot_content(TABLETTES)),
+    (LOTS, "retiré", equipement.lot_content(c.Lot(uai=UAI, lot_id="retiré", kind="tni", quantity=0))),
+    (LINKS, "", equipement.connectivite_content(c.Connectivite(uai=UAI, bandwidth_mbps=0.1, ent=True))),
+    (ENSEIGNANTS, "", formation.competences_content(12, {"3.4": {3: 2, 1: 1}, "1.1": {8: 12}})),
+    (OUTILS, "tni", formation.outils_contents({"tni": 4}, set())["tni"]),
+]
+
+
+@pytest.mark.parametrize(("derived", "entity", "content"), CASES, ids=lambda v: getattr(v, "event_type", None))
+def test_a_derived_record_has_the_bytes_of_its_payload_model_and_parses_back(derived: Derived, entity, content):
+    built = derived.event(UAI, entity, 7, content, source="/plateforme/test", time=TIME)
+    model = INTERNAL_PAYLOADS[derived.event_type]
+    named = {derived.entity_field: entity} if derived.entity_field else {}
+    expected = c.make_event(
+        derived.event_type,
+        model(uai=UAI, version=7, **named, **content),
+        source="/plateforme/test",
+        id=built.id,
+        time=TIME,
+    )
+    assert built.to_bytes() == expected.to_bytes()
+    parsed = PARSE(built.to_bytes(), derived.topic)
+    assert parsed.data == expected.data and parsed.subject == derived.record_key(UAI, entity)
+
+
+async def test_only_a_changed_content_is_published_with_the_next_version_and_a_stable_id():
+    published = MemoryPublished()
+    contents = {(UAI, "a"): {"enseignants": 1}, (UAI, "b"): {"enseignants": 2}}
+
+    async def publish(contents):
+        return await publish_changes(published, OUTILS, source="/plateforme/test", contents=contents, causes={})
+
+    first = await publish(contents)
+    assert [(o.key, o.event.data["version"]) for o in first] == [(f"{UAI}/a", 1), (f"{UAI}/b", 1)]
+    again = await publish({(UAI, "a"): {"enseignants": 1}, (UAI, "b"): {"enseignants": 3}})
+    assert [(o.key, o.event.data["version"]) for o in again] == [(f"{UAI}/b", 2)]
+    replayed = OUTILS.event(UAI, "b", 2, {"enseignants": 3}, source="/plateforme/test", time=TIME)
+    assert replayed.id == again[0].event.id, "the id is the key's and the version's: a replay has the same"
+
+
+@pytest.mark.parametrize("name", ["", "equipement.profils.v2/0350042F/lot-12/3", "x/0350042F/é/9"])
+def test_the_stable_id_is_uuid5_of_the_url_namespace(name):
+    assert stable_id(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
