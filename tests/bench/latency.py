@@ -46,12 +46,14 @@ Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, h
 
 
 async def prepare(stage: Stage, procs: ServiceProcesses, uais: int) -> list[Etablissement]:
-    """The référentiel first (a lot about a UAI not yet known is refused), then the rest."""
+    """The référentiel first (a lot about a UAI not yet known is refused), then the lots, then
+    the resource and its subscriptions (evaluated on known lots: no alert before the measure)."""
     etabs = [e for e in generate({"college": uais}, SEED) if e.ouvert]
     async with Observer(stage) as observer:
         await publish_etablissements(stage.bootstrap, etabs, stage.topic(c.REFERENTIEL))
         await observer.wait_drained(procs, SETUP_TIMEOUT)
         await produce(stage.bootstrap, stage.topic(c.EQUIPEMENT), [(e.uai, lot(e, COMPATIBLE)) for e in etabs])
+        await observer.wait_drained(procs, SETUP_TIMEOUT)
         catalogue = [ressource(RESOURCE, "15"), *(abonnement(RESOURCE, e) for e in etabs)]
         await produce(stage.bootstrap, stage.topic(c.CATALOGUE), catalogue)
         await observer.wait_drained(procs, SETUP_TIMEOUT)
