@@ -7,7 +7,7 @@ from contracts.internal import COUVERTURES, INTERNAL_PAYLOADS, INTERNAL_TOPIC_TY
 from contracts.parsing import EventParser
 from services.common.runtime.spec import Publishes, ServiceSpec
 from services.ressources.api import create_api
-from services.ressources.handlers import make_apply, reconcile_seuils
+from services.ressources.handlers import make_apply, run_reevaluations
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
 
@@ -26,6 +26,6 @@ SPEC = ServiceSpec(
     dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
     parse=EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES),
     description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",
-    on_start=reconcile_seuils,
+    on_start=run_reevaluations,
     http_api=create_api,
 )

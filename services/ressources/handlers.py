@@ -1,7 +1,15 @@
 """ressources' use case: keep the catalogue, subscriptions, profiles and coverages, and
-re-evaluate exactly the pairs a batch touched (a UAI's pairs, a resource's pairs)."""
+re-evaluate exactly the pairs a batch touched: a UAI's pairs in the batch's transaction, a
+resource's pairs (up to every établissement of the country) in the background, by chunks of
+UAIs (`Reevaluations`).
 
-from collections.abc import Sequence
+A transaction evaluates a UAI's pairs only while it holds the UAI's lock, taken after writing
+its inputs and before reading any (services/common/storage/locks.py): transactions evaluating
+one UAI run one after the other, each seeing what those before it wrote."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -15,10 +23,11 @@ from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import AlertRow, Pair
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
 
 SOURCE = "/plateforme/ressources"
 log = structlog.get_logger(__name__)
+FAILURE_PAUSE_SECONDS = 1.0
 
 
 class Store(Protocol):
@@ -30,7 +39,9 @@ class Store(Protocol):
 
     async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]: ...
 
-    async def pairs_of(self, uais: set[str], resources: set[str]) -> list[Pair]: ...
+    async def lock(self, uais: Sequence[str]) -> None: ...
+
+    async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]: ...
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]: ...
 
@@ -50,7 +61,15 @@ class Store(Protocol):
 
     async def save_seuils(self, seuils: Seuils) -> None: ...
 
-    async def subscribed_uais(self) -> list[str]: ...
+    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None: ...
+
+    async def next_reevaluation(self) -> tuple[str, str] | None: ...
+
+    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]: ...
+
+    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None: ...
+
+    async def reevaluations_pending(self) -> bool: ...
 
 
 def make_apply(seuils: Seuils):
@@ -66,42 +85,118 @@ def make_apply(seuils: Seuils):
             for touched in (uai_of(e), getattr(e.data, "resource_id", None)):
                 if touched:
                     causes[touched] = e
-        uais = ref_changed | derived | {e.data.uai for e in abonnements.winners.values()}
-        resources = {e.data.resource_id for e in catalogue.winners.values()}
-        outgoing = await reevaluate(store, uais, resources, seuils, causes)
+        # A resource's pairs are re-evaluated in the background (Reevaluations), the batch's UAIs here.
+        await store.request_reevaluations([e.data.resource_id for e in catalogue.winners.values()])
+        uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
+        await store.lock(uais)
+        outgoing = await reevaluate(store, await store.pairs_of(uais), seuils, causes)
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
 
     return apply
 
 
-async def reconcile_seuils(pipeline: Pipeline, settings: RessourcesSettings, chunk: int = 2000) -> None:
-    """At start: when the thresholds differ from those the held alerts were evaluated with,
-    re-evaluate every subscribed pair (by chunks of UAIs, each one transaction), then record
-    the new thresholds. Interrupted, it starts over at the next start: transitions are idempotent."""
-    seuils = settings.seuils
-    held = await pipeline.run(lambda store: store.seuils())
-    if held == (seuils.min_compatible_share, seuils.min_training_coverage):
-        return
-    uais = await pipeline.run(lambda store: store.subscribed_uais())
-    log.info("seuils.reevaluation", previous=held, pairs_uais=len(uais))
-    emitted = 0
-    for start in range(0, len(uais), chunk):
-        part = set(uais[start : start + chunk])
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a re-evaluation, done: its resource (EVERY_RESOURCE: all), its UAIs, whether it was the last."""
 
-        async def work(store: Store, part: set[str] = part) -> list[Outgoing]:
-            return await reevaluate(store, part, set(), seuils, {})
-
-        emitted += await pipeline.run_exclusive(work)
-    await pipeline.run(lambda store: store.save_seuils(seuils))
-    log.info("seuils.reevaluated", alerts_emitted=emitted)
+    resource_id: str
+    uais: int
+    last: bool
+    outgoing: list[Outgoing]
 
 
-async def reevaluate(
-    store: Store, uais: set[str], resources: set[str], seuils: Seuils, causes: dict[str, CloudEvent]
-) -> list[Outgoing]:
-    if not uais and not resources:
+async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | None:
+    """The next `size` subscribed UAIs of a pending re-evaluation that no other transaction holds,
+    their pairs with its resource evaluated as things are now, the cursor moved past them (the
+    request deleted after its last chunk). None when no re-evaluation is waiting. Interrupted,
+    the transaction leaves the cursor where it was; a chunk done twice changes nothing the second
+    time (transitions go from the stored alerts, whose ids are stable)."""
+    request = await store.next_reevaluation()
+    if request is None:
+        return None
+    resource_id, after_uai = request
+    uais = await store.subscribers(resource_id, after_uai, size)
+    await store.lock(uais)
+    pairs = await store.pairs_of(uais, None if resource_id == EVERY_RESOURCE else resource_id)
+    outgoing = await reevaluate(store, pairs, seuils, {})
+    last = len(uais) < size
+    await store.advance_reevaluation(resource_id, None if last else uais[-1])
+    return Chunk(resource_id, len(uais), last, outgoing)
+
+
+class Reevaluations:
+    """ressources' background re-evaluations, chunk after chunk, each one transaction: other
+    batches run between two chunks, memory holds one chunk. Replicas share the work: a request
+    is held by one transaction at a time, the others take another or wait."""
+
+    def __init__(self, pipeline: Pipeline, settings: RessourcesSettings):
+        self._pipeline, self._seuils = pipeline, settings.seuils
+        self._size, self._poll = settings.reevaluation_chunk, settings.reevaluation_poll_ms / 1000
+
+    async def step(self) -> Chunk | None:
+        """One chunk, committed with its alerts in the outbox; None when no re-evaluation is waiting here."""
+        chunk: Chunk | None = None
+
+        async def work(store: Store) -> list[Outgoing]:
+            nonlocal chunk
+            chunk = await reevaluate_chunk(store, self._seuils, self._size)
+            return chunk.outgoing if chunk else []
+
+        await self._pipeline.run_exclusive(work)
+        if chunk is not None:
+            resource = chunk.resource_id or "*"
+            log.debug("reevaluation.chunk", resource_id=resource, uais=chunk.uais, alerts=len(chunk.outgoing))
+            if chunk.last:
+                log.info("reevaluation.done", resource_id=resource)
+        return chunk
+
+    async def run(self) -> None:
+        """Until cancelled: the thresholds checked, then every pending re-evaluation, looked for
+        every `reevaluation_poll_ms`. A failure (the database away) is logged and retried."""
+        await self._retrying(self.reconcile_seuils)
+        while True:
+            await self._retrying(self._drain)
+            await asyncio.sleep(self._poll)
+
+    async def reconcile_seuils(self) -> None:
+        """When the thresholds differ from those the held alerts were evaluated with: every
+        subscribed pair to re-evaluate, requested with the new thresholds in one transaction."""
+        seuils = self._seuils
+        held = await self._pipeline.run(lambda store: store.seuils())
+        if held == (seuils.min_compatible_share, seuils.min_training_coverage):
+            return
+
+        async def work(store: Store) -> list[Outgoing]:
+            await store.request_reevaluations([EVERY_RESOURCE])
+            await store.save_seuils(seuils)
+            return []
+
+        await self._pipeline.run_exclusive(work)
+        log.info("seuils.reevaluation", previous=held)
+
+    async def _drain(self) -> None:
+        if await self._pipeline.run(lambda store: store.reevaluations_pending()):  # no transaction when idle
+            while await self.step():
+                pass
+
+    async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                return await work()
+            except Exception:
+                log.exception("reevaluation.failed")
+                await asyncio.sleep(FAILURE_PAUSE_SECONDS)
+
+
+async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) -> None:
+    """ressources' background work (ServiceSpec.on_start)."""
+    await Reevaluations(pipeline, settings).run()
+
+
+async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> list[Outgoing]:
+    """The transitions of these pairs' alerts, stored and announced; the caller holds their UAIs' locks."""
+    if not pairs:
         return []
-    pairs = await store.pairs_of(uais, resources)
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
     ressources = await store.load_ressources({p.resource_id for p in pairs})

@@ -1,5 +1,5 @@
-"""ressources' own settings, beside the shared ones: the alert thresholds and the read API's
-live stream. Variables as documented in the README."""
+"""ressources' own settings, beside the shared ones: the alert thresholds, the background
+re-evaluations and the read API's live stream. Variables as documented in the README."""
 
 from pydantic import Field
 
@@ -13,6 +13,9 @@ class RessourcesSettings(ServiceSettings):
     # Alert thresholds (CONTRACTS.md: deployment settings); their defaults are Seuils' own.
     min_compatible_share: float = Field(_DEFAULT.min_compatible_share, ge=0, le=1)
     min_training_coverage: float = Field(_DEFAULT.min_training_coverage, ge=0, le=1)
+    # Re-evaluations of a resource's subscribers (or of all, new thresholds), in the background.
+    reevaluation_chunk: int = Field(500, ge=1, description="UAIs whose pairs one re-evaluation transaction evaluates")
+    reevaluation_poll_ms: int = Field(200, ge=10, description="period of the look for pending re-evaluations")
     # The read API's live stream (SSE).
     sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")
     sse_queue_size: int = Field(1000, ge=1, description="events waiting for one SSE client before it is dropped")

@@ -20,9 +20,13 @@ from services.common.rules.state import Verdicts
 from services.common.storage import referentiel
 from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
+from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils
+
+EVERY_RESOURCE = ""
+"""The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +97,19 @@ class RessourcesStore:
         )
         return {r["uai"] for r in rows}
 
-    async def pairs_of(self, uais: Iterable[str], resources: Iterable[str]) -> list[Pair]:
-        """Every subscribed pair touching these UAIs or resources, active or not."""
+    async def lock(self, uais: Sequence[str]) -> None:
+        """Hold these UAIs until the transaction ends: their pairs are evaluated by one transaction at a time."""
+        await lock_keys(self._conn, "uai", uais)
+
+    async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]:
+        """Every subscribed pair of these UAIs (of this resource only, when given), active or not."""
+        if not uais:
+            return []
         rows = await self._conn.fetch(
             'SELECT uai, resource_id, "end" FROM abonnements '
-            "WHERE uai = ANY($1::text[]) OR resource_id = ANY($2::text[])",
+            "WHERE uai = ANY($1::text[]) AND ($2::text IS NULL OR resource_id = $2)",
             list(uais),
-            list(resources),
+            resource_id,
         )
         return [Pair(r["uai"], r["resource_id"], r["end"]) for r in rows]
 
@@ -182,5 +192,48 @@ class RessourcesStore:
             seuils.min_training_coverage,
         )
 
-    async def subscribed_uais(self) -> list[str]:
-        return [r["uai"] for r in await self._conn.fetch("SELECT DISTINCT uai FROM abonnements ORDER BY uai")]
+    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
+        """Every pair of these resources (EVERY_RESOURCE: every pair) to re-evaluate in the background,
+        from the first UAI again if a re-evaluation of it was under way. Sorted: two transactions
+        requesting the same resources never wait for each other in a cycle."""
+        if not resource_ids:
+            return
+        await self._conn.execute(
+            "INSERT INTO reevaluations (resource_id) SELECT unnest($1::text[]) "
+            "ON CONFLICT (resource_id) DO UPDATE SET after_uai = ''",
+            sorted(set(resource_ids)),
+        )
+
+    async def next_reevaluation(self) -> tuple[str, str] | None:
+        """A pending re-evaluation no other transaction holds, held until this one ends: (resource, cursor)."""
+        row = await self._conn.fetchrow(
+            "SELECT resource_id, after_uai FROM reevaluations ORDER BY resource_id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+        return None if row is None else (row["resource_id"], row["after_uai"])
+
+    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]:
+        """The next `limit` subscribed UAIs after `after_uai`, in order: of this resource, or of any."""
+        if resource_id == EVERY_RESOURCE:
+            rows = await self._conn.fetch(
+                "SELECT DISTINCT uai FROM abonnements WHERE uai > $1 ORDER BY uai LIMIT $2", after_uai, limit
+            )
+        else:
+            rows = await self._conn.fetch(
+                "SELECT uai FROM abonnements WHERE resource_id = $1 AND uai > $2 ORDER BY uai LIMIT $3",
+                resource_id,
+                after_uai,
+                limit,
+            )
+        return [r["uai"] for r in rows]
+
+    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None:
+        """The pairs up to `after_uai` are done; None: all of them, the re-evaluation is over."""
+        if after_uai is None:
+            await self._conn.execute("DELETE FROM reevaluations WHERE resource_id = $1", resource_id)
+        else:
+            await self._conn.execute(
+                "UPDATE reevaluations SET after_uai = $2 WHERE resource_id = $1", resource_id, after_uai
+            )
+
+    async def reevaluations_pending(self) -> bool:
+        return await self._conn.fetchval("SELECT EXISTS (SELECT FROM reevaluations)")

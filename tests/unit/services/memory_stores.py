@@ -21,7 +21,7 @@ from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils
-from services.ressources.store import AlertRow, Pair
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
 
 
 class Latest:
@@ -117,6 +117,7 @@ class RessourcesMemory:
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
         self.journalled: list[CloudEvent] = []
         self.held_seuils: tuple[float, float] | None = None
+        self.reevaluations: dict[str, str] = {}  # resource_id (or EVERY_RESOURCE) -> the last UAI done
 
     async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await self.catalogue.store(events)
@@ -133,11 +134,14 @@ class RessourcesMemory:
                 changed.add(e.data.uai)
         return changed
 
-    async def pairs_of(self, uais: set[str], resources: set[str]) -> list[Pair]:
+    async def lock(self, uais: Sequence[str]) -> None:
+        pass  # one transaction at a time here
+
+    async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]:
         return [
             Pair(e.data.uai, e.data.resource_id, e.data.end)
             for e in self.abonnements.rows.values()
-            if e.data.uai in uais or e.data.resource_id in resources
+            if e.data.uai in uais and resource_id in (None, e.data.resource_id)
         ]
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]:
@@ -175,5 +179,22 @@ class RessourcesMemory:
     async def save_seuils(self, seuils: Seuils) -> None:
         self.held_seuils = (seuils.min_compatible_share, seuils.min_training_coverage)
 
-    async def subscribed_uais(self) -> list[str]:
-        return sorted({e.data.uai for e in self.abonnements.rows.values()})
+    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
+        self.reevaluations.update(dict.fromkeys(resource_ids, ""))
+
+    async def next_reevaluation(self) -> tuple[str, str] | None:
+        return min(self.reevaluations.items(), default=None)
+
+    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]:
+        rows = self.abonnements.rows.values()
+        subscribed = {e.data.uai for e in rows if resource_id in (EVERY_RESOURCE, e.data.resource_id)}
+        return sorted(u for u in subscribed if u > after_uai)[:limit]
+
+    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None:
+        if after_uai is None:
+            del self.reevaluations[resource_id]
+        else:
+            self.reevaluations[resource_id] = after_uai
+
+    async def reevaluations_pending(self) -> bool:
+        return bool(self.reevaluations)

@@ -14,7 +14,7 @@ from contracts.internal import (
 )
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
-from services.ressources.handlers import make_apply
+from services.ressources.handlers import make_apply, reevaluate_chunk
 from services.ressources.rules import Seuils
 
 UAI = "0350042F"
@@ -96,9 +96,9 @@ async def test_formation_counts_teachers_levels_and_tools_and_publishes_a_tool_n
     assert records[f"{UAI}/tni"][0] == COUVERTURE_OUTIL and records[f"{UAI}/tni"][1]["enseignants"] == 0
 
 
-def college() -> c.Etablissement:
+def college(uai: str = UAI) -> c.Etablissement:
     return c.Etablissement(
-        uai=UAI,
+        uai=uai,
         nom="Collège",
         type="college",
         statut="public",
@@ -110,9 +110,9 @@ def college() -> c.Etablissement:
     )
 
 
-def profil(version: int, ipados: str) -> c.CloudEvent:
+def profil(version: int, ipados: str, uai: str = UAI) -> c.CloudEvent:
     data = ProfilLot(
-        uai=UAI,
+        uai=uai,
         lot_id="L1",
         version=version,
         kind="tablette",
@@ -122,19 +122,26 @@ def profil(version: int, ipados: str) -> c.CloudEvent:
     return c.make_event(PROFIL_LOT, data, source="/plateforme/equipement", time=at(version))
 
 
-def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
-    rid = "ark:/67375/unit"
+RID = "ark:/67375/unit"
+
+
+def publication(minute: int, min_ipados: str = "15") -> c.CloudEvent:
     ressource = c.RessourcePubliee(
-        resource_id=rid,
+        resource_id=RID,
         title="Atlas",
         editor="E",
-        requirements=[[c.Exigence(type="os", name="iPadOS", min_version="15")]],
+        requirements=[[c.Exigence(type="os", name="iPadOS", min_version=min_ipados)]],
     )
-    abonnement = c.Abonnement(resource_id=rid, uai=UAI, start=date(2026, 9, 1), end=end)
-    return [
-        c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/ministere", time=at(minute)),
-        c.make_event(c.ABONNEMENT, abonnement, source="/gar", time=at(minute)),
-    ]
+    return c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/ministere", time=at(minute))
+
+
+def subscription(uai: str = UAI, end: date | None = None, minute: int = 1) -> c.CloudEvent:
+    abonnement = c.Abonnement(resource_id=RID, uai=uai, start=date(2026, 9, 1), end=end)
+    return c.make_event(c.ABONNEMENT, abonnement, source="/gar", time=at(minute))
+
+
+def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
+    return [publication(minute), subscription(end=end, minute=minute)]
 
 
 def announced(applied) -> list[tuple[str, str]]:
@@ -159,3 +166,44 @@ async def test_ressources_resolves_when_the_subscription_ends():
     await ressources(store, catalogue(), set())
     ended = await ressources(store, catalogue(end=date(2026, 12, 31), minute=2)[1:], set())
     assert announced(ended) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
+
+
+async def subscribed_with_old_tablets(uais: list[str]) -> RessourcesMemory:
+    """These établissements on iPadOS 12.5, subscribed to RID, which is not published yet."""
+    store = RessourcesMemory([college(u) for u in uais])
+    await ressources(store, [profil(1, "12.5", u) for u in uais] + [subscription(u) for u in uais], set())
+    return store
+
+
+async def test_ressources_defers_a_resource_fan_out_to_chunks_that_raise_each_alert_once():
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+
+    applied = await ressources(store, [publication(2)], set())
+    assert applied.outgoing == [], "the batch only records the fan-out"
+    assert store.reevaluations == {RID: ""}
+
+    chunks = []
+    while chunk := await reevaluate_chunk(store, Seuils(), 2):
+        chunks.append(chunk)
+    assert [(ch.uais, ch.last) for ch in chunks] == [(2, False), (2, False), (1, True)]
+    raised = [o.event.data.uai for ch in chunks for o in ch.outgoing if o.event.type == c.ALERTE_LEVEE]
+    assert raised == uais, "one raise per subscriber, in the order of the UAIs"
+    assert store.reevaluations == {}, "the last chunk ends the re-evaluation"
+    assert await reevaluate_chunk(store, Seuils(), 2) is None
+
+
+async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version():
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+    await ressources(store, [publication(2)], set())
+    first = await reevaluate_chunk(store, Seuils(), 2)
+    assert first is not None and [o.event.data.uai for o in first.outgoing] == uais[:2]
+
+    await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
+    assert store.reevaluations == {RID: ""}, "the cursor is back at the start"
+    outgoing = []
+    while chunk := await reevaluate_chunk(store, Seuils(), 2):
+        outgoing += chunk.outgoing
+    assert [(o.event.type, o.event.data.uai) for o in outgoing] == [(c.ALERTE_RESOLUE, u) for u in uais[:2]]
+    assert not any(held.ouverte for kinds in store.alerts.values() for held in kinds.values())

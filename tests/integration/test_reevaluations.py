@@ -1,0 +1,260 @@
+"""A resource's fan-out re-evaluated in the background by chunks of UAIs (handlers.Reevaluations),
+against the real Kafka and PostgreSQL: exactly the expected alerts over several chunks, a worker
+stopped mid-way that resumes at its cursor, profiles changing while a fan-out runs.
+
+The établissements, their profiles and subscriptions are written straight into ressources'
+tables (thousands of them, in a second); the resource goes through Kafka as the ministère sends it."""
+
+import asyncio
+import dataclasses
+import json
+from datetime import UTC, date, datetime
+
+import contracts as c
+import contracts.internal as internal
+from contracts.internal import PROFILS, ProfilLot
+from helpers import TopicReader, at, event, eventually, profil_lot, running, send, uai
+from services.common.storage.db import create_pool, migrate
+from services.common.storage.locks import lock_keys
+from services.ressources.app import SPEC
+from services.ressources.handlers import Reevaluations, make_apply, reevaluate_chunk
+from services.ressources.rules import Seuils
+from services.ressources.settings import RessourcesSettings
+from services.ressources.store import RessourcesStore
+
+RID = "ark:/67375/fan-out"
+OLD, RECENT = "12.5", "17.1"
+ETABLISSEMENT_COLUMNS = [
+    "uai",
+    "nom",
+    "type",
+    "statut",
+    "code_commune",
+    "code_departement",
+    "code_academie",
+    "code_region",
+    "ouvert",
+    "event_time",
+]
+WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
+MANUAL = dataclasses.replace(SPEC, on_start=None)  # the test drives the re-evaluations itself
+
+
+def ipados(n: int) -> str:
+    return OLD if n % 2 else RECENT
+
+
+def uais(count: int) -> list[str]:
+    return [uai(f"{3600000 + n:07d}") for n in range(count)]
+
+
+async def seed(pool, codes: list[str]) -> None:
+    """Open collèges, each with 30 tablets on `ipados(n)`, all subscribed to RID (not yet published)."""
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    await pool.copy_records_to_table(
+        "etablissements",
+        records=[(u, f"Collège {u}", "college", "public", "35238", "035", "14", "53", True, t0) for u in codes],
+        columns=ETABLISSEMENT_COLUMNS,
+    )
+    await pool.copy_records_to_table(
+        "recus",
+        records=[
+            (internal.PROFIL_LOT, u, "L1", 1, json.dumps(lot(u, 1, ipados(n))))
+            for n, u in enumerate(codes)  # the version equipement would have published first
+        ],
+        columns=["type", "uai", "entity", "version", "content"],
+    )
+    await pool.copy_records_to_table(
+        "abonnements",
+        records=[(RID, u, date(2026, 9, 1), None, t0) for u in codes],
+        columns=["resource_id", "uai", "start", "end", "event_time"],
+    )
+
+
+def lot(code: str, version: int, version_os: str) -> dict:
+    return {
+        "uai": code,
+        "lot_id": "L1",
+        "version": version,
+        "kind": "tablette",
+        "quantity": 30,
+        "os": {"name": "iPadOS", "version": version_os},
+        "browsers": [],
+    }
+
+
+def publiee(minute: int, min_ipados: str) -> tuple[str, dict]:
+    data = {
+        "resource_id": RID,
+        "title": "Atlas",
+        "editor": "E",
+        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": min_ipados}]],
+    }
+    return RID, event(c.RESSOURCE_PUBLIEE, "/ministere", data, subject=RID, time_=at(minute))
+
+
+def raised(alerts: TopicReader) -> list[str]:
+    """The UAI of every alerte-levee read so far, in order."""
+    return [e["data"]["uai"] for e in alerts.events(c.ALERTE_LEVEE)]
+
+
+async def open_alerts(pool) -> set[str]:
+    return {r["uai"] for r in await pool.fetch("SELECT uai FROM alertes WHERE ouverte")}
+
+
+async def pending(pool) -> bool:
+    return await pool.fetchval("SELECT EXISTS (SELECT FROM reevaluations)")
+
+
+async def done(pool) -> bool:
+    return not await pending(pool)
+
+
+async def cursor(pool) -> str | None:
+    return await pool.fetchval("SELECT after_uai FROM reevaluations WHERE resource_id = $1", RID)
+
+
+async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk_by_chunk(kafka, settings):
+    codes = uais(3000)
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 200})
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await seed(pipeline.pool, codes)
+        old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+
+        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+        await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), timeout=60, what="1,500 raises")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(2, "17.2")])  # 17.1 falls short too
+        await alerts.wait_for(lambda _: len(raised(alerts)) >= len(codes), timeout=60, what="1,500 more")
+
+        assert sorted(raised(alerts)[: len(old)]) == sorted(old), "the first publication: iPadOS 12.5 only"
+        assert sorted(raised(alerts)) == sorted(codes), "then every établissement, each raised once"
+        assert alerts.events(c.ALERTE_RESOLUE) == []
+        await eventually(lambda: done(pipeline.pool), what="the fan-out done")
+        assert await open_alerts(pipeline.pool) == set(codes)
+
+
+async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_alert_once(kafka, settings):
+    codes = uais(1000)
+    old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 200})
+    bootstrap = kafka.bootstrap_servers
+    async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        async with running(MANUAL, settings) as pipeline:
+            await seed(pipeline.pool, codes)
+            await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+            await eventually(lambda: pending(pipeline.pool), what="the fan-out requested")
+            worker = Reevaluations(pipeline, settings)
+            for _ in range(3):
+                chunk = await worker.step()
+                assert chunk is not None and (chunk.uais, chunk.last) == (200, False)
+            assert await cursor(pipeline.pool) == codes[599]
+
+            # The fourth chunk is stopped inside its transaction (it waits for a UAI this test holds).
+            async with pipeline.pool.acquire() as conn, conn.transaction():
+                await lock_keys(conn, "uai", [codes[700]])
+                fourth = asyncio.create_task(worker.step())
+                await eventually(lambda: conn.fetchval(WAITING_FOR_A_LOCK), what="the chunk waiting for the UAI")
+                fourth.cancel()
+                await asyncio.gather(fourth, return_exceptions=True)
+            assert await cursor(pipeline.pool) == codes[599], "nothing of the stopped chunk was kept"
+            await alerts.wait_for(lambda _: len(raised(alerts)) == 300, what="the first three chunks' alerts")
+
+        # Restarted, the service's own worker resumes at the cursor.
+        async with running(SPEC, settings) as pipeline:
+            await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="every raise")
+            await eventually(lambda: done(pipeline.pool), what="the fan-out done")
+            assert await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
+
+
+async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluation(kafka, settings):
+    codes = uais(1000)
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await seed(pipeline.pool, codes)
+        # Every tenth établissement gets its other OS while the fan-out runs: some before its
+        # cursor, some after, some in the chunk being evaluated.
+        changed = {u: (RECENT if ipados(n) == OLD else OLD) for n, u in enumerate(codes) if n % 10 == 3}
+        updates = [profil_lot(u, 2, os={"name": "iPadOS", "version": v}) for u, v in changed.items()]
+
+        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+        await eventually(lambda: cursor(pipeline.pool), what="the fan-out under way")
+        await send(bootstrap, settings.topic(PROFILS), updates)
+        assert await cursor(pipeline.pool) is not None, "the profiles were sent while the fan-out ran"
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM recus WHERE version = 2", len(changed)),
+            what="the new profiles",
+        )
+        await eventually(lambda: done(pipeline.pool), what="the fan-out done")
+
+        final = {u: changed.get(u, ipados(n)) for n, u in enumerate(codes)}
+        expected = {u for u, version in final.items() if version == OLD}
+        assert await open_alerts(pipeline.pool) == expected
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox drained")
+        await alerts.wait_for(
+            lambda _: len(raised(alerts)) - len(alerts.events(c.ALERTE_RESOLUE)) == len(expected),
+            what="the topic telling the same",
+        )
+    last: dict[str, str] = {}
+    for e in alerts.events():
+        assert last.get(e["data"]["alert_id"]) != e["type"], f"{e['type']} twice in a row for {e['data']['uai']}"
+        last[e["data"]["alert_id"]] = e["type"]
+
+
+class PausedAfterReading(RessourcesStore):
+    """A chunk's store that stops once it has read the profiles, until `go` is set."""
+
+    def __init__(self, conn, read: asyncio.Event, go: asyncio.Event):
+        super().__init__(conn)
+        self._read, self._go = read, go
+
+    async def load_profils(self, uais):
+        profils = await super().load_profils(uais)
+        self._read.set()
+        await self._go.wait()
+        return profils
+
+
+async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
+    """Without the schema's writer lock: the batch bringing a new profile waits for the UAI lock of
+    the chunk that read the former one, then evaluates after it, so the alert the chunk raised on
+    the former profile is resolved (were they interleaved, it would stay open)."""
+    [_, code] = codes = uais(2)
+    read, go = asyncio.Event(), asyncio.Event()
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        assert ipados(1) == OLD
+        apply = make_apply(Seuils())
+        ressource = c.RessourcePubliee.model_validate(publiee(1, "15")[1]["data"])
+        async with pool.acquire() as conn, conn.transaction():
+            await apply(RessourcesStore(conn), [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/gar")], set())
+
+        async def chunk() -> list:
+            async with pool.acquire() as conn, conn.transaction():
+                done = await reevaluate_chunk(PausedAfterReading(conn, read, go), Seuils(), 10)
+            return [o.event.type for o in done.outgoing]
+
+        async def batch() -> list:
+            data = ProfilLot.model_validate(lot(code, 2, RECENT))
+            profil = c.make_event(internal.PROFIL_LOT, data, source="/plateforme/equipement")
+            async with pool.acquire() as conn, conn.transaction():
+                applied = await apply(RessourcesStore(conn), [profil], set())
+            return [o.event.type for o in applied.outgoing]
+
+        chunk_task = asyncio.create_task(chunk())
+        await asyncio.wait_for(read.wait(), timeout=10)
+        batch_task = asyncio.create_task(batch())
+        await eventually(lambda: pool.fetchval(WAITING_FOR_A_LOCK), timeout=10, what="the batch waiting for the UAI")
+        go.set()
+        assert await chunk_task == [c.ALERTE_LEVEE], "the chunk, on iPadOS 12.5"
+        assert await batch_task == [c.ALERTE_RESOLUE], "the batch, after it, on iPadOS 17.1"
+        assert await pool.fetchval("SELECT count(*) FROM alertes WHERE ouverte") == 0
+    finally:
+        go.set()  # a failure above must not leave the chunk's transaction waiting
+        await pool.close()
