@@ -4,7 +4,7 @@ One Kafka broker and one PostgreSQL server for the whole run; for each measureme
 stage (the platform's topics under their own prefix, its own database), so no figure sees
 another's records, offsets or state. The services run as real processes (`python -m
 services.<name>`, as in production), and the bench observes them only from outside: consumer
-groups' committed offsets, `/health`'s outbox backlog, the kernel's peak RSS.
+groups' committed offsets, what `/health` reports pending, the kernel's peak RSS.
 """
 
 import asyncio
@@ -175,8 +175,8 @@ async def wait_until(check: Callable[[], Awaitable[bool] | bool], *, timeout: fl
 
 
 class Observer:
-    """What a stage's consumer groups have committed, how far behind they are, and the
-    services' outbox backlog (`/health`), all seen from outside the services."""
+    """What a stage's consumer groups have committed, how far behind they are, and what the
+    services hold back (`/health`), all seen from outside the services."""
 
     def __init__(self, stage: Stage):
         self.stage = stage
@@ -215,18 +215,21 @@ class Observer:
             behind += sum(end[p] - committed.get(p, 0) for p in end)
         return behind
 
-    async def outbox_pending(self, procs: ServiceProcesses, service: str) -> int:
+    async def pending(self, procs: ServiceProcesses, service: str) -> int:
+        """What the service's /health reports waiting: `outbox_pending`, plus any other
+        `*_pending` count it reports (work a service defers past its commit, such as a
+        re-evaluation in the background, is invisible from outside unless /health names it)."""
         response = await self._http.get(f"http://127.0.0.1:{procs.ports[service]}/health")
-        pending = response.json()["outbox_pending"]
-        if pending is None:
+        body = response.json()
+        if body.get("outbox_pending") is None:
             raise RuntimeError(f"{service}: /health reports no outbox_pending (no database?): {response.text}")
-        return int(pending)
+        return sum(int(v) for k, v in body.items() if k.endswith("_pending") and v is not None)
 
     async def drained(self, procs: ServiceProcesses) -> bool:
-        """Nothing left anywhere: checked in the order records flow (a service's lag, then its
-        outbox, then the next service's lag), so a record moving on meanwhile is still seen."""
+        """Nothing left anywhere: checked in the order records flow (a service's lag, then what
+        it holds back, then the next service's lag), so a record moving on meanwhile is still seen."""
         for service in (s for s in FLOW if s in procs.names):
-            if await self.lag(service) or await self.outbox_pending(procs, service):
+            if await self.lag(service) or await self.pending(procs, service):
                 return False
         return True
 
