@@ -1,10 +1,12 @@
 """How long ressources takes to re-evaluate every pair of one resource subscribed by N
 établissements (default 5,000), on a real PostgreSQL.
 
-    ./dev shell tests/bench/bench_reevaluation.py [--etablissements 5000] [--repeat 3]
+    ./dev shell tests/bench/bench_reevaluation.py [--etablissements 5000] [--repeat 3] [--chunk 500]
 
 Runs the service's own `apply` on a `ressource-publiee` event inside a transaction, as the
-consumer does for a batch, and prints three figures measured in the same run:
+consumer does for a batch (it records the fan-out), then the fan-out chunk after chunk, each
+chunk one transaction, as the service's background re-evaluation does; prints three figures
+measured in the same run, and the peak RSS of the bench process (PostgreSQL apart):
 - first publication: every pair evaluated, alerts raised for half of them;
 - republication with stricter requirements: every pair re-evaluated, alerts raised/resolved;
 - baseline, republication with the same requirements: every pair re-evaluated, nothing changes.
@@ -13,6 +15,7 @@ consumer does for a batch, and prints three figures measured in the same run:
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -24,7 +27,7 @@ import contracts.internal as internal
 from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
 from services.common.storage.db import create_pool, migrate
-from services.ressources.handlers import make_apply
+from services.ressources.handlers import make_apply, reevaluate_chunk
 from services.ressources.rules import Seuils
 from services.ressources.store import RessourcesStore
 
@@ -98,14 +101,19 @@ def publication(minute: int, min_version: str) -> c.CloudEvent:
     return make_event(c.RESSOURCE_PUBLIEE, data, source="/ministere", time=T0 + timedelta(minutes=minute))
 
 
-async def timed(pool, apply, event) -> tuple[float, int]:
+async def timed(pool, apply, event, chunk: int) -> tuple[float, int]:
+    start = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
-        start = time.perf_counter()
-        applied = await apply(RessourcesStore(conn), [event], set())
-        return time.perf_counter() - start, len(applied.outgoing)
+        emitted = len((await apply(RessourcesStore(conn), [event], set())).outgoing)
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            done = await reevaluate_chunk(RessourcesStore(conn), Seuils(), chunk)
+        if done is None:
+            return time.perf_counter() - start, emitted
+        emitted += len(done.outgoing)
 
 
-async def main(n: int, repeat: int) -> None:
+async def main(n: int, repeat: int, chunk: int) -> None:
     with tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp, LocalPostgres(Path(tmp)) as pg:
         url = await pg.create_database("bench")
         pool = await create_pool(url, "ressources")
@@ -124,18 +132,23 @@ async def main(n: int, repeat: int) -> None:
                 await conn.execute("TRUNCATE alertes, ressources, outbox, inbox")
             for label, version in zip(rows, ("15", "17.2", "17.2"), strict=True):
                 minute += 1
-                seconds, emitted = await timed(pool, apply, publication(minute, version))
+                seconds, emitted = await timed(pool, apply, publication(minute, version), chunk)
                 rows[label].append((seconds, emitted))
         await pool.close()
-    print(f"ressources re-evaluation of one resource subscribed by {n:,} établissements ({repeat} runs, median)")
+    print(
+        f"ressources re-evaluation of one resource subscribed by {n:,} établissements "
+        f"(chunks of {chunk} UAIs, {repeat} runs, median)"
+    )
     for label, runs in rows.items():
         seconds = statistics.median(s for s, _ in runs)
         print(f"  {label:42s} {seconds * 1000:8.0f} ms  {n / seconds:8.0f} pairs/s  events emitted: {runs[-1][1]}")
+    print(f"  peak RSS of the bench process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--etablissements", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=500, help="UAIs per re-evaluation transaction")
     args = parser.parse_args()
-    asyncio.run(main(args.etablissements, args.repeat))
+    asyncio.run(main(args.etablissements, args.repeat, args.chunk))
