@@ -100,8 +100,22 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def settings_problems(environ: dict[str, str]) -> list[str]:
+    """What the services would refuse in this environment, checked before anything starts
+    (one line per problem naming the variable). The runtime gives them Kafka's address itself."""
+    from services.common.runtime.settings import check_environment
+    from services.specs import specs
+
+    given = {name: value for name, value in environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"}
+    return check_environment(given, [spec.settings for spec in specs()])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if problems := settings_problems(dict(os.environ)):
+        for problem in problems:
+            say(f"error: {problem}")
+        return 2
     demo = args.command == "demo"
     data = DataDir(args.data_dir or data_root() / ("demo" if demo else "platform"))
     platform = Platform(

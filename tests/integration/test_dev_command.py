@@ -1,6 +1,7 @@
 """`./dev`, the one entry point: its usage names every command it has, and a command it does not
 have is an error (exit 2), not a usage printed as if all went well."""
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -35,3 +36,22 @@ def test_an_unknown_command_is_an_error_with_the_usage():
     first, *usage = result.stderr.splitlines()
     assert first == "./dev: unknown command 'dmeo'"
     assert usage[0].startswith("usage: ./dev COMMAND")
+
+
+def test_bad_settings_are_refused_before_anything_starts():
+    env = {**os.environ, "BATCH_MAX_RECORDS": "abc", "LOG_FORMAT": "xml", "DATABASE_URL": "mysql://u:secret@h/db"}
+    result = subprocess.run(
+        [str(DEV), "up", "--data-dir", "/nonexistent/never-created"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
+    assert any(line.startswith("==> error: BATCH_MAX_RECORDS: ") for line in lines)
+    assert any(line.startswith("==> error: LOG_FORMAT: ") for line in lines)
+    assert any(line.startswith("==> error: DATABASE_URL: ") for line in lines)
+    assert "secret" not in result.stderr
+    assert not Path("/nonexistent/never-created").exists()
