@@ -2,9 +2,10 @@
 
 Per batch: parse and validate every record (contracts), check the declarant's rights against
 the référentiel, drop what the inbox has already seen, let the service apply its state rules,
-then write state, outgoing events and dead letters in one transaction. Offsets are committed
-by FastStream only after this returns, so a process killed at any instant replays the batch
-and the inbox makes the replay harmless.
+then write state, outgoing events, dead letters and the partitions' new positions in one
+transaction. Kafka offsets are committed by FastStream only after this returns, but a service
+resumes from the positions in its database (storage/positions.py), so a process killed at any
+instant replays at most the batch, which the inbox makes harmless.
 """
 
 import asyncio
@@ -29,7 +30,7 @@ from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue
 from services.common.rules import rights
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
-from services.common.storage import inbox, referentiel
+from services.common.storage import inbox, positions, referentiel
 from services.common.storage.db import Conn
 
 log = structlog.get_logger(__name__)
@@ -171,6 +172,7 @@ class Pipeline:
         refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {type(exc).__name__}: {exc}")
         async with self.pool.acquire() as conn, conn.transaction():
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
+            await positions.advance(conn, [record])
         self.relay.wake()
 
     @asynccontextmanager
@@ -204,6 +206,7 @@ class Pipeline:
             await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             contexts = {id(e): r.headers for e, r in parsed}
             await enqueue(conn, [self._record(o, contexts.get(id(o.cause)), span) for o in applied.outgoing])
+            await positions.advance(conn, records)
         self._log_batch(records, fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), rejected, started)
         return len(applied.outgoing)
 

@@ -1,10 +1,15 @@
 """The service's Kafka consumer: one batch subscriber over its topics, handing the raw
-records to the pipeline, and committing offsets only after the pipeline's transaction."""
+records to the pipeline, and committing offsets only after the pipeline's transaction.
+
+Where it resumes is the database's say, not Kafka's: on each partition assignment it seeks to
+the position the pipeline stored with the data (storage/positions.py), or to the beginning
+when the schema has none. Kafka's committed offsets still follow, for lag monitoring."""
 
 import dataclasses
 from typing import Any
 
-from aiokafka import ConsumerRecord
+import structlog
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
@@ -12,6 +17,9 @@ from services.common.messaging.outbox import text_headers
 from services.common.pipeline import Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
+from services.common.storage import positions
+
+log = structlog.get_logger(__name__)
 
 
 def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
@@ -30,8 +38,33 @@ async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> A
     return message
 
 
+class StoredPositions(ConsumerRebalanceListener):
+    """Seeks each assigned partition to its position in the service's database (offset 0 when
+    it has none: the broker's earliest when older records are gone, auto_offset_reset)."""
+
+    def __init__(self, pipeline: Pipeline):
+        self._pipeline = pipeline
+        self.subscriber: Any = None  # FastStream's subscriber, whose consumer exists once it starts
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        try:
+            stored = await positions.load(self._pipeline.pool, assigned)
+        except Exception:  # the guard has seen PostgreSQL answer just before: rare, and said
+            log.exception("positions.unreadable", fallback="Kafka's committed offsets")
+            return
+        for tp in sorted(assigned):
+            self.subscriber.consumer.seek(tp, stored.get(tp, 0))
+        log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
+
+
 def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline) -> None:
-    @broker.subscriber(
+    listener = StoredPositions(pipeline)
+    subscriber = broker.subscriber(
         *[settings.topic(t) for t in spec.consumes],
         batch=True,
         group_id=settings.topic(spec.name),
@@ -40,8 +73,12 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         ack_policy=AckPolicy.NACK_ON_ERROR,  # a failed batch is redelivered, never skipped
         parser=_parse_batch,
         decoder=_raw_records,
+        listener=listener,
         title=f"{spec.name}:consume",
         description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
     )
+    listener.subscriber = subscriber
+
+    @subscriber
     async def consume(records: list) -> None:
         await pipeline.handle(records)

@@ -1,0 +1,41 @@
+"""Consumer positions kept with the data (migration 0007): the offset of the next record of
+each partition, advanced in the transaction of the batch that handled the records before it.
+The database says where a service resumes (`messaging.consumer.StoredPositions`), so a schema
+and its position can never disagree: a restored backup replays what came after it, a fresh
+schema replays every topic from the beginning."""
+
+from collections.abc import Iterable, Mapping
+
+import asyncpg
+from aiokafka import ConsumerRecord, TopicPartition
+
+from services.common.storage.db import Conn
+
+
+async def advance(conn: Conn, records: Iterable[ConsumerRecord]) -> None:
+    """Past every record of `records`, never backwards (a replica replaying a batch another
+    one handled during a rebalance does not move a partition back)."""
+    ends: dict[tuple[str, int], int] = {}
+    for r in records:
+        ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
+    if ends:
+        keys = sorted(ends)  # rows locked in key order: two writers never wait in a cycle
+        await conn.execute(
+            "INSERT INTO positions AS p (topic, partition, next_offset) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(p.next_offset, EXCLUDED.next_offset)",
+            [t for t, _ in keys],
+            [p for _, p in keys],
+            [ends[k] for k in keys],
+        )
+
+
+async def load(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) -> Mapping[TopicPartition, int]:
+    """The stored position of each of `partitions` that has one."""
+    wanted = set(partitions)
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM positions WHERE topic = ANY($1::text[])",
+        sorted({tp.topic for tp in wanted}),
+    )
+    found = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    return {tp: offset for tp, offset in found.items() if tp in wanted}
