@@ -4,6 +4,7 @@ instead of holding back the ones behind it."""
 
 import json
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
@@ -41,6 +42,50 @@ async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_ord
         assert "MessageSizeTooLarge" in failed[0]["error"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         assert await relay.drain_once() == 0
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
+async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_send_puts_it(
+    kafka, database_url, topic_prefix
+):
+    """1,200 records of 2 KB on 3 partitions: three rounds, each partition's share of a round
+    over one batch; every record once, each key's in `seq` order, on the partition aiokafka's
+    own `send` picks for that key (Kafka's default partitioner, as before the relay batched)."""
+    topic, keys = topic_prefix + "batches", [f"0350{n:03d}X/lot-{n}".encode() for n in range(7)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    pool = await create_pool(database_url, "relaybatches")
+    await migrate(pool, "relaybatches", SPEC.package_dir)
+    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaybatches")
+    try:
+        records = [
+            OutboxRecord(topic, keys[n % 7], json.dumps({"n": n, "pad": "x" * 2000}).encode(), (("x-n", b"%d" % n),))
+            for n in range(1200)
+        ]
+        async with pool.acquire() as conn:
+            await enqueue(conn, records)
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            assert [await relay.drain_once() for _ in range(4)] == [500, 500, 200, 0]
+            out = list(await reader.wait_for(lambda rs: len(rs) >= 1200, what="the 1,200 records"))
+        probe = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        await probe.start()
+        try:
+            chosen = {k: (await (await probe.send(topic, b"probe", key=k))).partition for k in keys}
+        finally:
+            await probe.stop()
+        assert len(out) == 1200 and await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        for key in keys:
+            mine = [r for r in out if r.key == key]
+            assert [json.loads(r.value)["n"] for r in mine] == list(range(keys.index(key), 1200, 7)), key
+            assert [dict(r.headers)["x-n"] for r in mine] == [b"%d" % json.loads(r.value)["n"] for r in mine]
+            assert {r.partition for r in mine} == {chosen[key]}, key
+        assert len({r.partition for r in out}) > 1, "the keys spread over the partitions"
     finally:
         await relay.stop()
         await pool.close()

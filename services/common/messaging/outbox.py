@@ -10,12 +10,15 @@ lost, nothing takes effect twice.
 import asyncio
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
 from services.common.storage.db import Conn, advisory_key
@@ -24,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 # Errors no retry will fix: the record is set aside (outbox_failed) so the rest goes on.
 _UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
+_PARTITIONER = DefaultPartitioner()  # Kafka's: a key's murmur2 over the topic's partitions
 
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -171,17 +175,18 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            futures = [await self._publish(r) for r in rows]
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [(r, e) for r, e in zip(rows, results, strict=True) if isinstance(e, _UNPUBLISHABLE)]
-            retry = [e for e in results if isinstance(e, BaseException) and not isinstance(e, _UNPUBLISHABLE)]
+            errors = await self._publish(rows)
+            failed = [(r, e) for r, e in zip(rows, errors, strict=True) if isinstance(e, _UNPUBLISHABLE)]
+            retry = [e for e in errors if e is not None and not isinstance(e, _UNPUBLISHABLE)]
             if failed:
-                await conn.executemany(
+                await conn.execute(
                     "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
-                    "SELECT seq, topic, key, value, headers, $2, created_at FROM outbox WHERE seq = $1",
-                    [(r["seq"], f"{type(e).__name__}: {e}") for r, e in failed],
+                    "SELECT seq, topic, key, value, headers, f.error, created_at "
+                    "FROM outbox JOIN unnest($1::bigint[], $2::text[]) AS f(seq, error) USING (seq)",
+                    [r["seq"] for r, _ in failed],
+                    [f"{type(e).__name__}: {e}" for _, e in failed],
                 )
-            done = [r["seq"] for r, e in zip(rows, results, strict=True) if not isinstance(e, BaseException)]
+            done = [r["seq"] for r, e in zip(rows, errors, strict=True) if e is None]
             await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", done + [r["seq"] for r, _ in failed])
             if failed:
                 total = await count_failed(conn)
@@ -201,12 +206,61 @@ class OutboxRelay:
             return 0
         return len(rows)
 
-    async def _publish(self, row: asyncpg.Record) -> "asyncio.Future[object]":
-        try:
-            return await self._producer.send(
-                row["topic"], row["value"], key=row["key"], headers=list(load_headers(row["headers"]))
-            )
-        except _UNPUBLISHABLE as exc:  # refused before sending: a failed future, like the others
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
-            return future
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
+        """Sends `rows` in batches of one partition each, filled in `seq` order (one key, one
+        partition: a key's records keep their order), and waits for the broker to acknowledge
+        each batch; per row, None once published, else the error of its batch. What aiokafka's
+        `send` did per record (a future, the accumulator) is done once per batch."""
+        errors: list[BaseException | None] = [None] * len(rows)
+        partitions: dict[str, list[int]] = {}
+        filling: dict[tuple[str, int], _Batch] = {}
+        batches: list[_Batch] = []
+        for i, row in enumerate(rows):
+            topic, key, value, headers = row["topic"], row["key"], row["value"], list(load_headers(row["headers"]))
+            try:
+                _check_size(key, value, headers)
+                if topic not in partitions:
+                    partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            except _UNPUBLISHABLE as exc:  # refused before sending
+                errors[i] = exc
+                continue
+            partition = _PARTITIONER(key, partitions[topic], partitions[topic])
+            batch = filling.get((topic, partition))
+            if batch is None or not batch.add(i, key, value, headers):
+                batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
+                batch.add(i, key, value, headers)  # a first record always fits
+                batches.append(batch)
+        acks = []
+        for batch in batches:
+            batch.builder.close()
+            acks.append(await self._producer.send_batch(batch.builder, batch.topic, partition=batch.partition))
+        for batch, result in zip(batches, await asyncio.gather(*acks, return_exceptions=True), strict=True):
+            if isinstance(result, BaseException):
+                for i in batch.rows:
+                    errors[i] = result
+        return errors
+
+
+def _check_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:
+    """What aiokafka's `send` checks before sending a record: over this, no request can carry it."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    if size > MAX_REQUEST_BYTES:
+        raise MessageSizeTooLargeError(
+            f"the record is {size} bytes, over the relay's max_request_size {MAX_REQUEST_BYTES}"
+        )
+
+
+@dataclass
+class _Batch:
+    """Records of one partition going out in one batch: their rows in the relay's round."""
+
+    topic: str
+    partition: int
+    builder: BatchBuilder
+    rows: list[int] = field(default_factory=list)
+
+    def add(self, row: int, key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> bool:
+        if self.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            return False  # full
+        self.rows.append(row)
+        return True
