@@ -235,5 +235,6 @@ class RessourcesStore:
                 "UPDATE reevaluations SET after_uai = $2 WHERE resource_id = $1", resource_id, after_uai
             )
 
-    async def reevaluations_pending(self) -> bool:
-        return await self._conn.fetchval("SELECT EXISTS (SELECT FROM reevaluations)")
+    async def reevaluations_pending(self) -> int:
+        """How many re-evaluations are waiting or under way (/health can report it)."""
+        return await self._conn.fetchval("SELECT count(*) FROM reevaluations")

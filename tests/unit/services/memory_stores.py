@@ -196,5 +196,5 @@ class RessourcesMemory:
         else:
             self.reevaluations[resource_id] = after_uai
 
-    async def reevaluations_pending(self) -> bool:
-        return bool(self.reevaluations)
+    async def reevaluations_pending(self) -> int:
+        return len(self.reevaluations)
