@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -86,8 +87,8 @@ def describe(record: ConsumerRecord) -> str:
 
 async def produce(bootstrap: str, topic: str, key: str | None, headers: list[tuple[str, bytes]], values) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         if topic not in (await producer.client.fetch_all_metadata()).topics():
             raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
         for value in values:
@@ -104,8 +105,8 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         if topic not in await consumer.topics():  # fetches the cluster's metadata
             raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
         consumer.subscribe([topic])  # without a group: every partition, nothing committed
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max", type=int, metavar="N", help="stop after N records")
     c.add_argument("--idle", type=float, metavar="SECONDS", help="stop after SECONDS without a new record")
     args = parser.parse_args(argv)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: our one line says it
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
     try:
         if args.command == "produce":

@@ -90,7 +90,7 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     database_url: PostgresUrl = Field(
-        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "postgresql://postgres@127.0.0.1:5432/former_equiper_outiller",
         description="PostgreSQL URL; each service works in its own schema of that database",
     )
     db_schema: SchemaName | None = Field(None, description="schema of this service (default: its name)")
