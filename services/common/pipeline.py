@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 import structlog
@@ -39,13 +39,22 @@ tracer = trace.get_tracer("services.common.pipeline")
 T = TypeVar("T")
 
 
+class Encodable(Protocol):
+    def to_bytes(self) -> bytes: ...
+
+
+E = TypeVar("E", bound=Encodable)
+
+
 @dataclass(frozen=True)
-class Outgoing:
-    """An event a service emits; `cause` is the input event whose trace it continues."""
+class Outgoing(Generic[E]):
+    """An event a service emits: a CloudEvent, or anything that gives its record value (a
+    derived record built as bytes, storage/derived.py); `cause` is the input event whose
+    trace it continues."""
 
     topic: str
     key: str
-    event: CloudEvent
+    event: E
     cause: CloudEvent | None = None
 
 

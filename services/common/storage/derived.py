@@ -7,8 +7,9 @@ published is behind the `Published` interface: `PgPublished` (table `publies`, c
 versioned in one statement) in production, an in-memory one in the handlers' unit tests.
 
 Contents are plain data (dicts, lists, numbers, text, or contract models inside them), never
-rebuilt as payload models: the service computed them from events the contract already validated,
-and one JSON encoder (pydantic-core's) writes them, into `publies` and into the record alike.
+rebuilt as payload or envelope models: the service computed them from events the contract
+already validated, and one JSON encoder (pydantic-core's) writes them, into `publies` and into
+the record alike.
 """
 
 import uuid
@@ -43,6 +44,20 @@ def stable_id(name: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+@dataclass(frozen=True, slots=True)
+class DerivedEvent:
+    """A derived record as it goes out: its CloudEvent already encoded (`value`), and what it
+    carries (`data`) for whoever looks at it before (logs, tests)."""
+
+    type: str
+    id: str
+    data: Content
+    value: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Derived:
     """One kind of derived record: its event type and topic, and the field that names the
@@ -57,21 +72,24 @@ class Derived:
 
     def event(
         self, uai: str, entity: str, version: int, content: Content, *, source: str, time: datetime
-    ) -> CloudEvent:
-        """The record, with its fields in the order of the payload model (`contracts.internal`),
-        so its bytes are those `make_event` gives; `data` stays a plain dict."""
+    ) -> DerivedEvent:
+        """The record, its fields in the order of the envelope and of the payload model
+        (`contracts.internal`): its bytes are those `make_event(...).to_bytes()` gives."""
         named = {self.entity_field: entity} if self.entity_field else {}
         key = self.record_key(uai, entity)
-        return CloudEvent.model_construct(
-            specversion="1.0",
-            id=stable_id(f"{self.topic}/{key}/{version}"),
-            source=source,
-            type=self.event_type,
-            time=time,
-            subject=key,
-            datacontenttype="application/json",
-            data={"uai": uai, "version": version, **named, **content},
-        )
+        event_id = stable_id(f"{self.topic}/{key}/{version}")
+        data = {"uai": uai, "version": version, **named, **content}
+        envelope = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source,
+            "type": self.event_type,
+            "time": time,
+            "subject": key,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        return DerivedEvent(self.event_type, event_id, data, to_json(envelope))
 
 
 class Published(Protocol):
@@ -125,7 +143,7 @@ async def publish_changes(
     source: str,
     contents: Mapping[Key, Content],
     causes: Mapping[str, CloudEvent],
-) -> list[Outgoing]:
+) -> list[Outgoing[DerivedEvent]]:
     """`contents` maps (UAI, entity) to its freshly computed content (without uai, entity and
     version); `causes` maps UAI to the input event whose trace the publication continues."""
     versions = await published.publish(derived.event_type, contents)
