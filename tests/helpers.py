@@ -224,3 +224,12 @@ def couverture(
             )
         )
     return records
+
+
+async def lock_waiters(conn) -> int:
+    """Sessions of this database waiting for a lock now. pg_stat_activity is read afresh: within
+    a transaction PostgreSQL would otherwise answer from the snapshot of its first reading."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )

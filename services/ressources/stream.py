@@ -43,12 +43,15 @@ log = structlog.get_logger(__name__)
 async def notify(conn: Conn, events: list[CloudEvent]) -> None:
     """Inside the write transaction: journalled and announced on commit, neither on rollback.
 
-    The caller holds the schema's writer lock (Pipeline._exclusive) for the whole transaction,
-    so transactions that journal alerts run one after the other: seq order is commit order, and
-    a reader that has seen seq N will never see a smaller seq appear later. The hub relies on it.
+    Transactions of several batches and re-evaluation chunks run at once (locks per UAI), but
+    the hub needs seq order to be commit order: a reader that has seen seq N must never see a
+    smaller seq appear later. So a transaction takes the journal's lock before its seqs are
+    drawn and holds it until it ends: journalling transactions commit in the order of their
+    seqs. Only their last steps (this, the outbox, the commit) wait for each other.
     """
     if not events:
         return
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('alert-journal:' || current_schema(), 0))")
     last = await conn.fetchval(
         "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
         "SELECT i, a, e FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(i, a, e, n) "

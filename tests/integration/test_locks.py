@@ -6,10 +6,10 @@ import asyncio
 import asyncpg
 import pytest
 
+from helpers import eventually, lock_waiters
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.locks import lock_keys
 from services.equipement.app import SPEC
-from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -36,9 +36,7 @@ async def test_disjoint_keys_do_not_wait_shared_keys_do(pool: asyncpg.Pool):
         waiting = asyncio.create_task(second())
 
         async def blocked() -> bool:  # the second transaction waits on a row lock, not done
-            return not waiting.done() and await first.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
+            return not waiting.done() and await lock_waiters(first)
 
         await eventually(blocked, what="the second transaction waiting for the shared key")
         assert not waiting.done()

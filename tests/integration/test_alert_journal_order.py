@@ -1,0 +1,42 @@
+"""The alert journal behind the SSE stream, with batches and re-evaluation chunks committing
+concurrently (locks per UAI, no schema-wide lock): seq order stays commit order, so a reader
+that has seen seq N never sees a smaller seq appear later."""
+
+import asyncio
+
+import pytest
+
+from helpers import eventually, lock_waiters
+from services.common.storage.db import create_pool, migrate
+from services.ressources import stream
+from services.ressources.app import SPEC
+from test_sse import alert
+
+
+@pytest.fixture
+async def pool(database_url):
+    pool = await create_pool(database_url, "ressources")
+    await migrate(pool, "ressources", SPEC.package_dir)
+    yield pool
+    await pool.close()
+
+
+async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):
+    async with pool.acquire() as first, first.transaction():
+        await stream.notify(first, [alert(1)])  # seq drawn, not committed yet
+
+        async def second() -> list[int]:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await stream.notify(conn, [alert(2)])
+                return [r["seq"] for r in await conn.fetch("SELECT seq FROM alert_journal ORDER BY seq")]
+
+        later = asyncio.create_task(second())
+
+        async def waiting() -> bool:
+            return not later.done() and await lock_waiters(first)
+
+        await eventually(waiting, what="the second journal waiting for the first transaction")
+        mine = await first.fetchval("SELECT max(seq) FROM alert_journal")
+    seqs = await asyncio.wait_for(later, timeout=10)
+    assert seqs == sorted(seqs) and mine == seqs[0] and len(seqs) == 2, "the first committed holds the smaller seq"
