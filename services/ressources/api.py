@@ -22,7 +22,6 @@ from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.runtime.app import ServiceApp
-from services.common.runtime.health import health_report
 from services.common.runtime.settings import ServiceSettings
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
@@ -343,7 +342,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
 
     @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
     async def health() -> JSONResponse:
-        status, body = await health_report(stream_app.pipeline, stream_app.kafka)
+        status, body = await stream_app.health()
         return JSONResponse(body, status)
 
     return api

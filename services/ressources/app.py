@@ -28,4 +28,5 @@ SPEC = ServiceSpec(
     description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",
     on_start=run_reevaluations,
     http_api=create_api,
+    backlog=RessourcesStore.backlog,
 )

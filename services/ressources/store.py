@@ -238,3 +238,7 @@ class RessourcesStore:
     async def reevaluations_pending(self) -> int:
         """How many re-evaluations are waiting or under way (/health can report it)."""
         return await self._conn.fetchval("SELECT count(*) FROM reevaluations")
+
+    async def backlog(self) -> dict[str, int]:
+        """What /health reports besides the outbox: resources whose pairs wait for their re-evaluation."""
+        return {"reevaluations_pending": await self.reevaluations_pending()}

@@ -360,3 +360,11 @@ async def test_openapi_document_lists_every_endpoint_and_states_each_parameter_r
     )
     parameters = [p for ops in paths.values() for op in ops.values() for p in op.get("parameters", [])]
     assert parameters and all(p.get("description") for p in parameters)  # the rule a refused value is told
+
+
+async def test_health_reports_the_reevaluations_still_pending(api):
+    client, app = api
+    body = (await client.get("/health")).json()
+    assert (body["database"], body["outbox_pending"], body["reevaluations_pending"]) == (True, 0, 0)
+    waiting = await app.state.pipeline.pool.fetchval("SELECT count(*) FROM reevaluations")
+    assert body["reevaluations_pending"] == waiting

@@ -19,7 +19,7 @@ from faststream.specification import AsyncAPI
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
 from services.common.runtime import startup
-from services.common.runtime.health import health_report
+from services.common.runtime.health import Backlog, health_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -32,10 +32,14 @@ log = structlog.get_logger(__name__)
 class ServiceApp(AsgiFastStream):
     """The service's ASGI app, with what an HTTP API beside it needs: its pipeline and broker."""
 
-    def __init__(self, broker: KafkaBroker, pipeline: Pipeline, **kwargs: Any):
+    def __init__(self, broker: KafkaBroker, pipeline: Pipeline, backlog: Backlog = None, **kwargs: Any):
         super().__init__(broker, **kwargs)
         self.pipeline = pipeline
         self.kafka = broker
+        self.backlog = backlog
+
+    async def health(self) -> tuple[int, dict]:
+        return await health_report(self.pipeline, self.kafka, self.backlog)
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
@@ -63,20 +67,22 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
     @get(description="200 when the service reaches Kafka and PostgreSQL, 503 otherwise")
     async def health(scope) -> AsgiResponse:
-        status, body = await health_report(pipeline, broker)
+        status, body = await app.health()
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
     lifecycle = Lifecycle(spec, settings, pipeline, provider)
     guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
-    return ServiceApp(
+    app = ServiceApp(
         broker,
         pipeline,
+        spec.backlog,
         asgi_routes=[("/health", health)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],
         on_shutdown=[guard.stop, lifecycle.stop],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
+    return app
 
 
 def serve(spec: ServiceSpec) -> None:

@@ -1,15 +1,21 @@
 """`GET /health`: what a probe, an operator and a supervisor need to know, cheaply."""
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from faststream.kafka import KafkaBroker
 
 from services.common.messaging.outbox import count_failed, count_pending
 from services.common.pipeline import Pipeline
 
 COUNT_AT_MOST = 10_000
+Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
+"""A service's own held-back work (ServiceSpec.backlog), counted with its store."""
 
 
-async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, dict]:
-    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog."""
+async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog = None) -> tuple[int, dict]:
+    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog
+    and the service's own (`backlog`)."""
     body = {
         "service": pipeline.service,
         "kafka": await broker.ping(2.0),
@@ -23,6 +29,8 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker) -> tuple[int, d
             body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
             # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
             body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
+            if backlog is not None:
+                body |= await pipeline.run(backlog)
             body["database"] = True
         except Exception as exc:  # reported, not raised: this is the health check
             body["error"] = str(exc)

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 import contracts as c
 from services.common.pipeline import ApplyFn, Pipeline
+from services.common.runtime.health import Backlog
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import Conn
 
@@ -45,3 +46,5 @@ class ServiceSpec:
     """Builds an HTTP API (an ASGI app) that serves beside the consumer and runs its lifespan."""
     settings: type[ServiceSettings] = ServiceSettings
     """The service's settings class: the shared settings and its own."""
+    backlog: Backlog = None
+    """Work the service holds back besides its outbox, by name, counted with its store (`/health`)."""
