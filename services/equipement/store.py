@@ -2,13 +2,12 @@
 
 from collections.abc import Sequence
 
-from pydantic_core import to_json
-
-from contracts import CloudEvent
+from contracts import CloudEvent, Lot
 from services.common.rules.state import Verdicts
 from services.common.storage.db import Conn
 from services.common.storage.derived import PgPublished
 from services.common.storage.entities import store_latest
+from services.equipement import domain
 
 
 class EquipementStore:
@@ -23,12 +22,7 @@ class EquipementStore:
             ("uai", "lot_id"),
             {"kind": "text", "quantity": "int", "os": "jsonb", "browsers": "jsonb"},
             events,
-            row_of=lambda e: (
-                e.data.kind,
-                e.data.quantity,
-                to_json(e.data.os).decode() if e.data.os else None,
-                to_json(e.data.browsers).decode(),
-            ),
+            row_of=lambda e: _lot_row(e.data),
         )
 
     async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts:
@@ -40,3 +34,9 @@ class EquipementStore:
             events,
             row_of=lambda e: (e.data.bandwidth_mbps, e.data.ent),
         )
+
+
+def _lot_row(lot: Lot) -> tuple:
+    """The row's kind, quantity, os and browsers: what equipement publishes of the lot."""
+    content = domain.lot_content(lot)
+    return content["kind"], content["quantity"], content["os"], content["browsers"]

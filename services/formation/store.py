@@ -4,7 +4,7 @@ from collections.abc import Mapping, Sequence, Set
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts
-from services.common.storage.db import Conn
+from services.common.storage.db import Conn, json_rows
 from services.common.storage.derived import PgPublished
 from services.common.storage.entities import store_latest
 from services.formation.domain import Counts
@@ -31,19 +31,15 @@ class FormationStore:
             keys = sorted(levels)  # rows locked in key order: two writers never wait in a cycle
             await self._conn.execute(
                 "INSERT INTO competences AS c (teacher_id, code, level) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) "
+                "SELECT * FROM json_to_recordset($1::json) AS r(teacher_id text, code text, level int) "
                 "ON CONFLICT (teacher_id, code) DO UPDATE SET level = GREATEST(c.level, EXCLUDED.level)",
-                [t for t, _ in keys],
-                [code for _, code in keys],
-                [levels[k] for k in keys],
+                json_rows({"teacher_id": t, "code": code, "level": levels[(t, code)]} for t, code in keys),
             )
         if tools:
-            pairs = sorted(tools)
             await self._conn.execute(
-                "INSERT INTO outils (teacher_id, kind) SELECT * FROM unnest($1::text[], $2::text[]) "
-                "ON CONFLICT DO NOTHING",
-                [t for t, _ in pairs],
-                [kind for _, kind in pairs],
+                "INSERT INTO outils (teacher_id, kind) "
+                "SELECT * FROM json_to_recordset($1::json) AS r(teacher_id text, kind text) ON CONFLICT DO NOTHING",
+                json_rows({"teacher_id": t, "kind": kind} for t, kind in sorted(tools)),
             )
 
     async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]:

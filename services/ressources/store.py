@@ -60,7 +60,7 @@ class RessourcesStore:
             ("resource_id",),
             {"publiee": "boolean", "ressource": "jsonb"},
             events,
-            row_of=lambda e: (True, e.data.model_dump_json()) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
+            row_of=lambda e: (True, e.data.model_dump(mode="json")) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
         )
 
     async def store_abonnements(self, events: Sequence[CloudEvent]) -> Verdicts:

@@ -67,15 +67,12 @@ def load_headers(text: str) -> Headers:
 
 
 async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
-    """Appends `records` to the outbox in their order (one statement: `seq` follows the arrays)."""
+    """Appends `records` to the outbox in their order (one COPY: `seq` follows the rows)."""
     if records:
-        await conn.execute(
-            "INSERT INTO outbox (topic, key, value, headers) "
-            "SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])",
-            [r.topic for r in records],
-            [r.key for r in records],
-            [r.value for r in records],
-            [dump_headers(r.headers) for r in records],
+        await conn.copy_records_to_table(
+            "outbox",
+            columns=("topic", "key", "value", "headers"),
+            records=[(r.topic, r.key, r.value, dump_headers(r.headers)) for r in records],
         )
 
 

@@ -7,16 +7,27 @@ lock so two replicas starting together do not race.
 """
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
+from pydantic_core import to_json
 
 log = structlog.get_logger(__name__)
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 """A connection, whether opened alone or acquired from a pool."""
+
+
+def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A batch's rows as one JSON parameter, for `json_to_recordset($n::json) AS r(col type, ...)`:
+    pydantic-core encodes it at once (dates and times in ISO 8601, which PostgreSQL reads),
+    where asyncpg checks and encodes an array parameter element by element."""
+    return to_json(list(rows)).decode()
+
 
 _SHARED_MIGRATIONS = Path(__file__).parent.parent / "migrations"  # services/common/migrations
 

@@ -23,7 +23,7 @@ from pydantic_core import to_json
 
 from contracts import CloudEvent
 from services.common.pipeline import Outgoing
-from services.common.storage.db import Conn
+from services.common.storage.db import Conn, json_rows
 
 Key = tuple[str, str]
 """(uai, entity); entity is "" for a record per UAI."""
@@ -116,14 +116,12 @@ class PgPublished:
         rows = await self._conn.fetch(
             "INSERT INTO publies AS p (type, uai, entity, version, content) "
             "SELECT $1, uai, entity, 1, content "
-            "FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS c(uai, entity, content) "
+            "FROM json_to_recordset($2::json) AS c(uai text, entity text, content jsonb) "
             "ON CONFLICT (type, uai, entity) DO UPDATE SET version = p.version + 1, content = EXCLUDED.content "
             "WHERE p.content IS DISTINCT FROM EXCLUDED.content "
             "RETURNING uai, entity, version",
             event_type,
-            [u for u, _ in keys],
-            [e for _, e in keys],
-            [to_json(contents[k]).decode() for k in keys],
+            json_rows({"uai": uai, "entity": entity, "content": contents[(uai, entity)]} for uai, entity in keys),
         )
         return {(r["uai"], r["entity"]): r["version"] for r in rows}
 

@@ -2,8 +2,9 @@
 
 Every state table has text key columns and an `event_time` column. `store_latest` locks the
 rows it may replace (in key order, so two consumers never deadlock), decides with the pure
-`latest_wins` rule, and upserts the winners in one statement (`unnest` of one array per
-column) with a guard that keeps the rule true even against a concurrent writer.
+`latest_wins` rule, and upserts the winners in one statement with a guard that keeps the rule
+true even against a concurrent writer. A batch's rows travel as one JSON parameter
+(`db.json_rows`, read by `json_to_recordset`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -11,7 +12,11 @@ from typing import Any
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts, latest_wins
-from services.common.storage.db import Conn
+from services.common.storage.db import Conn, json_rows
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
 
 
 async def store_latest(
@@ -23,29 +28,32 @@ async def store_latest(
     row_of: Callable[[CloudEvent], tuple[Any, ...]],
 ) -> Verdicts[tuple[str, ...], CloudEvent]:
     """`keys` name the text columns of the payload's `entity_key`, in its order; `columns` maps
-    the other columns to their SQL type (`jsonb` takes JSON text), `row_of` gives their values
-    for one event, in that order."""
+    the other columns to their SQL type, `row_of` gives their values for one event, in that
+    order, as JSON values (a `jsonb` column takes a dict or a list, not JSON text)."""
     if not events:
         return Verdicts({}, [])
     wanted = sorted({e.data.entity_key for e in events})
-    key_list = ", ".join(f'"{k}"' for k in keys)
-    unnest_keys = ", ".join(f"${i + 1}::text[]" for i in range(len(keys)))
+    key_list, key_types = _quoted(keys), _typed(dict.fromkeys(keys, "text"))
     held_rows = await conn.fetch(
-        f"SELECT {key_list}, event_time FROM {table} WHERE ({key_list}) IN (SELECT * FROM unnest({unnest_keys})) "
-        f"ORDER BY {key_list} FOR UPDATE",
-        *[[k[i] for k in wanted] for i in range(len(keys))],
+        f"SELECT {key_list}, t.event_time FROM json_to_recordset($1::json) AS w({key_types}) "
+        f"JOIN {table} AS t USING ({key_list}) ORDER BY {key_list} FOR UPDATE OF t",
+        json_rows(dict(zip(keys, key, strict=True)) for key in wanted),
     )
     held = {tuple(r[k] for k in keys): r["event_time"] for r in held_rows}
     verdicts = latest_wins(held, ((e.data.entity_key, e.time, e) for e in events))
     if verdicts.winners:
-        types = [*(["text"] * len(keys)), *columns.values(), "timestamptz"]
-        names = ", ".join(f'"{c}"' for c in [*keys, *columns, "event_time"])
-        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+        typed = {**dict.fromkeys(keys, "text"), **columns, "event_time": "timestamptz"}
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])
-        rows = [(*key, *row_of(e), e.time) for key, e in sorted(verdicts.winners.items())]
+        winners = sorted(verdicts.winners.items())
+        rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in winners)
         await conn.execute(
-            f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays}) "
+            f"INSERT INTO {table} AS t ({_quoted(list(typed))}) "
+            f"SELECT * FROM json_to_recordset($1::json) AS r({_typed(typed)}) "
             f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} WHERE t.event_time <= EXCLUDED.event_time",
-            *[list(column) for column in zip(*rows, strict=True)],
+            json_rows(rows),
         )
     return verdicts
+
+
+def _typed(columns: Mapping[str, str]) -> str:
+    return ", ".join(f'"{c}" {t}' for c, t in columns.items())

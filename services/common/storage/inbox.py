@@ -7,7 +7,7 @@ conflict means it was accepted before (or by a concurrent consumer, which then c
 from collections.abc import Sequence
 
 from contracts import CloudEvent
-from services.common.storage.db import Conn
+from services.common.storage.db import Conn, json_rows
 
 
 async def claim(conn: Conn, events: Sequence[CloudEvent]) -> list[CloudEvent]:
@@ -17,15 +17,14 @@ async def claim(conn: Conn, events: Sequence[CloudEvent]) -> list[CloudEvent]:
     rows = await conn.fetch(
         """
         INSERT INTO inbox (source, id, type, subject, event_time)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        SELECT * FROM json_to_recordset($1::json)
+            AS e(source text, id text, type text, subject text, event_time timestamptz)
         ON CONFLICT DO NOTHING
         RETURNING source, id
         """,
-        [e.source for e in events],
-        [e.id for e in events],
-        [e.type for e in events],
-        [e.subject for e in events],
-        [e.time for e in events],
+        json_rows(
+            {"source": e.source, "id": e.id, "type": e.type, "subject": e.subject, "event_time": e.time} for e in events
+        ),
     )
     fresh = {(r["source"], r["id"]) for r in rows}
     kept: list[CloudEvent] = []
