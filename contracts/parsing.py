@@ -2,7 +2,8 @@
 
 The hot path is one `validate_json` of a discriminated union over all event types, built once:
 the bytes are read a single time, in Rust. Only a refused record pays for working out its
-reason, in the order a partner fixes things: size, JSON, envelope, type, topic, then data.
+reason, in the order a partner fixes things: size, JSON, envelope, type, topic, then data; the
+reason's message is French (`messages`), naming the field and the rule.
 
 pydantic's JSON reader takes the last of two equal keys and reads `NaN` and `Infinity`; RFC 8259
 JSON has neither (a repeated `source` would name two declarants to two readers), so the bytes
@@ -19,6 +20,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from ._base import Payload
 from ._identifiers import IDENTIFIER_REASONS, PERSONAL_FIELDS, short_repr
 from .envelope import CloudEvent, event_model
+from .messages import json_syntax, rule
 from .payloads import PAYLOADS
 from .topics import TOPIC_TYPES
 
@@ -93,9 +95,10 @@ class EventParser:
     def _refusal(self, raw: bytes, topic: str | None, errors: list[Any]) -> ContractError:
         first = errors[0]
         if first["type"] in ("json_invalid", "json_type"):
+            syntax = json_syntax(str(first.get("ctx", {}).get("error", "")))
             if _OUT_OF_RANGE in first["msg"]:  # JSON, but a number no field can take
-                return ContractError("donnees-invalides", f"nombre hors limites ({first['msg']})")
-            return ContractError("json-invalide", f"pas du JSON en UTF-8 ({first['msg']})")
+                return ContractError("donnees-invalides", syntax)
+            return ContractError("json-invalide", f"pas du JSON en UTF-8: {syntax}")
         if not first["loc"]:
             if first["type"] == "union_tag_not_found":
                 return ContractError("cloudevent-invalide", "type: attribut obligatoire absent")
@@ -137,7 +140,7 @@ def _check_json(raw: bytes) -> None:
             # A number of thousands of digits is JSON, just too large for jiter: the schema judges
             # it (a quantity beyond its bound is donnees-invalides), as pydantic reads it.
             return
-        raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {e}") from None
+        raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {json_syntax(str(e))}") from None
 
 
 def _check_nul(raw: bytes) -> None:
@@ -173,13 +176,11 @@ def _describe(error: Any, skip: int = 1) -> str:
     path = path.removeprefix(".")
     if error["type"] in _OWN_MESSAGES:
         return f"{path}: {error['msg']}"
-    if error["type"] == "missing":
-        return f"{path}: attribut obligatoire absent"
-    if error["type"] in _TOO_LONG:
-        return f"{path}: {error['msg']}"  # the value is long by definition: its length is the news
+    if error["type"] == "missing" or error["type"] in _TOO_LONG:
+        return f"{path}: {rule(error)}"  # no value, or a long one: its length is the news
     if PERSONAL_FIELDS.intersection(p for p in error["loc"] if isinstance(p, str)):
-        return f"{path}: {error['msg']} (valeur non reproduite: donnée personnelle possible)"
-    return f"{path}: {error['msg']} (reçu {short_repr(error['input'])})"
+        return f"{path}: {rule(error)} (valeur non reproduite: donnée personnelle possible)"
+    return f"{path}: {rule(error)} (reçu {short_repr(error['input'])})"
 
 
 _V1 = EventParser(PAYLOADS, TOPIC_TYPES)

@@ -134,7 +134,7 @@ def test_an_identifier_reason_wins_over_a_generic_one_elsewhere_in_the_data(make
 
 @pytest.mark.parametrize("data", [None, [], "lot", 5])
 def test_data_that_is_not_an_object_is_donnees_invalides(data, make_record):
-    expected = ("donnees-invalides", f"data: Input should be an object (reçu {data!r})")
+    expected = ("donnees-invalides", f"data: attendu un objet (reçu {data!r})")
     assert reason(make_record(c.LOT, data=data)) == expected
 
 
