@@ -31,7 +31,7 @@ from services.common.rules import rights
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import inbox, positions, referentiel
-from services.common.storage.db import Conn
+from services.common.storage.db import Conn, advisory_key
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -72,6 +72,11 @@ state and say what to emit."""
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
+
+
+def writer_lock(schema: str) -> int:
+    """The advisory lock every writing transaction of `schema` holds in shared mode."""
+    return advisory_key(f"writers:{schema}")
 
 
 def _link(headers) -> trace.Link | None:
@@ -179,17 +184,23 @@ class Pipeline:
             return
         [record] = records
         refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {type(exc).__name__}: {exc}")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
         self.relay.wake()
 
     @asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[Conn]:
-        """One transaction. No schema-wide lock: replicas on different partitions do not wait
-        for each other; what a service derives from records of several partitions (a UAI's
-        coverage, profile, alerts) its use case locks per key (storage/locks.py)."""
+        """One writing transaction. No schema-wide lock between writers: replicas on different
+        partitions do not wait for each other; what a service derives from records of several
+        partitions (a UAI's coverage, profile, alerts) its use case locks per key
+        (storage/locks.py). Each holds the schema's writer lock in shared mode, which only a
+        rebuild's switch takes alone (`writer_lock`, deploy/reconstruire.py): while it does, no
+        state, outbox record or position is written."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock_shared($1)", writer_lock(self.settings.db_schema or self.service)
+            )
             yield conn
 
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], span: trace.Span, started: float) -> int:

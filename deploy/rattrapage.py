@@ -1,0 +1,320 @@
+"""Catching a service's schema up with the log, its publications held back, then publishing
+only what differs from what Kafka already holds.
+
+A rebuild (`deploy.reconstruire`: a fresh schema) and a restore (`deploy.sauvegarde`: an older
+backup) both leave a schema behind the log. `rattraper` replays the service's input topics
+into it from its stored positions (storage/positions.py; from the beginning when it has none)
+with the service's own pipeline, in this process, with no consumer group and no relay: what the
+replay would publish stays in the schema's outbox. Then `accorder` makes the schema's memory of
+its publications what Kafka says was published, and lets the service's own rules publish the
+real differences, with the ids they would have had:
+
+- equipement, formation: `publies` takes the highest version of every key on the service's
+  compacted topic, then each key whose replayed content differs is published once more, as the
+  next version (services/common/storage/derived.py); the others publish nothing.
+- ressources: `alertes` takes, per alert_id, its last event on alertes.compatibilite.v1 (open
+  or resolved, its raise count, its content), then every subscribed pair is evaluated again
+  (handlers.Reevaluations): an alert that did not change is not announced again, one that did
+  is raised with its next cycle's id or resolved with its cycle's. The alert journal (SSE)
+  keeps only what was announced: the replay's entries are dropped, and its next ids go past
+  every id handed out before.
+
+The outbox records the replay made are dropped first, and so are the records of a restored
+backup for those topics (what they carried, Kafka holds or `accorder` recomputes); dead
+letters already written by a restored schema are kept, the replay's (already on their DLQ) not.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from services.common.messaging.outbox import OutboxRelay
+from services.common.pipeline import Outgoing, Pipeline
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
+from services.common.storage import positions
+from services.common.storage.db import Conn, create_pool, migrate
+from services.common.storage.derived import Derived, PgPublished, publish_changes
+from services.equipement import handlers as equipement
+from services.formation import handlers as formation
+from services.ressources import handlers as ressources
+from services.ressources.lifecycle import event_id
+from services.ressources.settings import RessourcesSettings
+from services.ressources.store import EVERY_RESOURCE
+
+log = structlog.get_logger(__name__)
+
+DERIVED: dict[str, tuple[str, str, tuple[Derived, ...]]] = {
+    "equipement": (PROFILS, equipement.SOURCE, (equipement.LOTS, equipement.LINKS)),
+    "formation": (COUVERTURES, formation.SOURCE, (formation.ENSEIGNANTS, formation.OUTILS)),
+}
+"""Per service that derives records: its compacted topic, its CloudEvents source, its kinds of record."""
+MAX_CYCLE = 1_000_000
+
+
+@dataclass
+class Cible:
+    """A service's schema being caught up: its pipeline, whose relay is never started."""
+
+    spec: ServiceSpec
+    settings: ServiceSettings
+    pipeline: Pipeline
+    outbox_from: int
+    """The outbox's last seq before the replay: records after it are the replay's."""
+    journal_from: int
+    """ressources: the alert journal's last seq before the replay (0 for the others)."""
+
+    @property
+    def schema(self) -> str:
+        assert self.settings.db_schema is not None, "set by ouvrir"
+        return self.settings.db_schema
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    async def close(self) -> None:
+        await self.pipeline.pool.close()
+
+
+async def ouvrir(spec: ServiceSpec, settings: ServiceSettings, schema: str, producer: AIOKafkaProducer) -> Cible:
+    """The service's pipeline over `schema` (created and migrated if need be); `producer` is
+    only held by its relay, which is never started."""
+    settings = spec.settings.of(settings).model_copy(update={"db_schema": schema})
+    pool = await create_pool(settings.database_url, schema)
+    await migrate(pool, schema, spec.package_dir)
+    pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
+    pipeline.attach(pool, OutboxRelay(pool, producer, schema))
+    outbox_from = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM outbox")
+    journal_from = (
+        await pool.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal") if spec.name == "ressources" else 0
+    )
+    return Cible(spec, settings, pipeline, outbox_from, journal_from)
+
+
+async def rattraper(cible: Cible) -> int:
+    """Every record of the service's input topics after the schema's positions, up to their
+    end as they are now, handled as the service would; returns how many."""
+    settings = cible.settings
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_records,
+    )
+    await consumer.start()
+    try:
+        partitions = await partitions_of(
+            settings.kafka_bootstrap_servers, [cible.topic(t) for t in cible.spec.consumes]
+        )
+        consumer.assign(partitions)
+        stored = await positions.load(cible.pipeline.pool, partitions)
+        for tp in partitions:
+            consumer.seek(tp, stored.get(tp, 0))
+        ends = await consumer.end_offsets(partitions)
+        handled = 0
+        while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=settings.batch_max_records)
+            records = [r for tp in sorted(batch) for r in batch[tp]]
+            if records:
+                await cible.pipeline.handle(records)
+                handled += len(records)
+        log.info("rattrapage.replayed", schema=cible.schema, records=handled)
+        return handled
+    finally:
+        await consumer.stop()
+
+
+async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, which must exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    if missing := [t["topic"] for t in described if t["error_code"]]:
+        raise RuntimeError(f"topics {', '.join(missing)} do not exist on {bootstrap}")
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every record of `topic` now, partition after partition, in offset order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(bootstrap, [topic])
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[ConsumerRecord] = []
+        while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            records += [r for tp in sorted(batch) for r in batch[tp] if r.offset < ends[tp]]
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def accorder(cible: Cible) -> int:
+    """Align the schema's memory of its publications with Kafka, and queue the real differences
+    in its outbox (published by the service's relay once it runs on the schema); returns how many."""
+    name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
+    recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES)]
+
+    async def forget_replay(conn: Conn) -> list[Outgoing]:
+        await conn.execute(
+            "DELETE FROM outbox WHERE seq > $1 OR topic = ANY($2::text[])", cible.outbox_from, recomputed
+        )
+        return []
+
+    await sql.run_exclusive(forget_replay)
+    if name in DERIVED:
+        topic, source, kinds = DERIVED[name]
+        published = _published_records(await read_topic(bootstrap, cible.topic(topic)))
+        queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, published, kinds, source))
+    elif name == "ressources":
+        stream = await read_topic(bootstrap, cible.topic(c.ALERTES))
+        await sql.run_exclusive(
+            lambda conn: _accord_alerts(conn, _held_alerts(stream), cible.journal_from, len(stream))
+        )
+        queued = await _reevaluate_everything(cible)
+    else:
+        raise ValueError(f"no rule to align what {name!r} published")
+    log.info("rattrapage.aligned", schema=cible.schema, queued=queued)
+    return queued
+
+
+def _bare(cible: Cible) -> Pipeline:
+    """The target's pipeline with the bare connection as its store, for work in SQL."""
+    pipeline = Pipeline(cible.spec.name, cible.settings, cible.spec.apply(cible.settings), lambda conn: conn)
+    pipeline.attach(cible.pipeline.pool, cible.pipeline.relay)
+    return pipeline
+
+
+def _published_records(records: Iterable[ConsumerRecord]) -> dict[tuple[str, str, str], tuple[int, dict]]:
+    """(type, uai, entity) -> (version, data) of the highest version Kafka holds."""
+    out: dict[tuple[str, str, str], tuple[int, dict]] = {}
+    for record in records:
+        event = json.loads(record.value)
+        data = event["data"]
+        entity = record.key.decode().partition("/")[2]  # `{uai}/{entity}`, or the UAI alone
+        key = (event["type"], data["uai"], entity)
+        if key not in out or out[key][0] < data["version"]:
+            out[key] = (data["version"], data)
+    return out
+
+
+async def _accord_derived(
+    conn: Conn, published: dict[tuple[str, str, str], tuple[int, dict]], kinds: tuple[Derived, ...], source: str
+) -> list[Outgoing]:
+    replayed = await conn.fetch("SELECT type, uai, entity, content FROM publies")
+    await conn.execute("DELETE FROM publies")
+    fields = {d.event_type: ("uai", "version", d.entity_field) for d in kinds}
+    await conn.executemany(
+        "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, $4, $5::jsonb)",
+        [
+            (type_, uai, entity, version, json.dumps({k: v for k, v in data.items() if k not in fields[type_]}))
+            for (type_, uai, entity), (version, data) in published.items()
+        ],
+    )
+    outgoing: list[Outgoing] = []
+    for derived in kinds:
+        contents = {
+            (r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type
+        }
+        outgoing += await publish_changes(PgPublished(conn), derived, source=source, contents=contents, causes={})
+    return outgoing
+
+
+@dataclass(frozen=True)
+class _Held:
+    cycle: int
+    open: bool
+    data: dict[str, Any]
+
+
+def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
+    """Per alert_id, its last raise or resolution on the alerts stream: the highest cycle, a
+    resolution after the raise of its cycle (the relay may publish out of order on retries)."""
+    out: dict[str, _Held] = {}
+    for record in records:
+        event = json.loads(record.value)
+        data, opened = event["data"], event["type"] == c.ALERTE_LEVEE
+        before = out.get(data["alert_id"])
+        cycle = _cycle(data["alert_id"], event["id"], "levee" if opened else "resolue", before.cycle if before else 1)
+        if before is None or (cycle, not opened) > (before.cycle, not before.open):
+            out[data["alert_id"]] = _Held(cycle, opened, data)
+    return out
+
+
+def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
+    """The raise count an event's id was made from (lifecycle.event_id), looked for near `hint` first."""
+    for cycle in (hint, hint + 1, *range(1, MAX_CYCLE)):
+        if event_id(alert, cycle, what) == id_:
+            return cycle
+    raise ValueError(f"alert {alert}: event id {id_} was not made by lifecycle.event_id for any cycle")
+
+
+async def _accord_alerts(conn: Conn, held: dict[str, _Held], journal_from: int, announced: int) -> list[Outgoing]:
+    """`alertes` as the stream says they were announced; the journal without the replay's
+    entries, its next ids past every id handed out before (at most `announced`, the events the
+    stream holds, were ever journalled), so a client resuming from an earlier one is told that
+    its resumption is incomplete (stream.py)."""
+    await conn.execute("DELETE FROM alertes")
+    await conn.executemany(
+        "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz, $8::timestamptz, $9::jsonb)",
+        [
+            (
+                alert_id,
+                h.data["uai"],
+                h.data["resource_id"],
+                h.data["kind"],
+                h.open,
+                h.cycle,
+                _instant(h.data["raised_at"]),
+                _instant(h.data["resolved_at"]),
+                json.dumps({**h.data, "resolved_at": None}),
+            )
+            for alert_id, h in held.items()
+        ],
+    )
+    await conn.execute("DELETE FROM alert_journal WHERE seq > $1", journal_from)
+    horizon = journal_from + announced
+    await conn.execute("SELECT setval(pg_get_serial_sequence('alert_journal', 'seq'), $1)", max(horizon, 1))
+    await conn.execute("UPDATE alert_journal_horizon SET purged_through = $1", horizon)
+    return []
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+async def _reevaluate_everything(cible: Cible) -> int:
+    """Every subscribed pair evaluated against the alerts as announced (the service's own
+    re-evaluation, as when its thresholds change); returns the alert events queued."""
+    settings = RessourcesSettings.of(cible.settings)
+
+    async def request(store: Any) -> list[Outgoing]:
+        await store.request_reevaluations([EVERY_RESOURCE])
+        await store.save_seuils(settings.seuils)
+        return []
+
+    await cible.pipeline.run_exclusive(request)
+    reevaluations, queued = ressources.Reevaluations(cible.pipeline, settings), 0
+    while chunk := await reevaluations.step():
+        queued += len(chunk.outgoing)
+    return queued

@@ -1,0 +1,146 @@
+"""Rebuilding a service's state from the log, while it runs.
+
+    python -m deploy.reconstruire SERVICE      # formation, equipement or ressources
+
+With the service's own environment (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, DB_SCHEMA,
+TOPIC_PREFIX, thresholds), for a lost or suspect state, a new replica's schema, or a fix that
+needs re-derivation:
+
+1. A fresh schema `<schema>_reconstruit` (dropped first if a former rebuild left one) replays
+   the service's input topics from the beginning, in this process, its publications held back
+   (deploy/rattrapage.py). The service keeps running on its schema meanwhile.
+2. The switch, short: this process takes the schema's writer lock alone (every writing
+   transaction of the service holds it shared: pipeline.writer_lock), so the service writes
+   nothing more; publishes what the service's outbox still holds; replays into the new schema
+   what came since step 1; aligns the new schema with what Kafka says was published, queuing
+   only the real differences (an unchanged record or alert is not published again); then, in
+   one transaction, renames `<schema>` to `<schema>_avant_<UTC time>` and the new one to
+   `<schema>`, and ends the service's database sessions. The service's next transaction, on a
+   new session, works in the rebuilt schema (sessions find tables by schema name); the batch it
+   was waiting with is redelivered (nack) and resumes from the rebuilt schema's positions.
+3. The former schema stays, for comparison or to switch back; drop it when done
+   (`DROP SCHEMA "<schema>_avant_…" CASCADE`).
+
+Exit codes: 0 rebuilt and switched, 1 failed (the service keeps its schema: nothing is renamed
+before the end), 2 bad usage.
+"""
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from deploy import rattrapage
+from services.common.messaging.outbox import OutboxRelay, count_pending, relay_producer
+from services.common.pipeline import writer_lock
+from services.common.runtime.logs import configure_logging
+from services.common.runtime.secrets import redact
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.spec import ServiceSpec
+from services.common.storage.db import advisory_key
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.formation.app import SPEC as FORMATION
+from services.ressources.app import SPEC as RESSOURCES
+
+SPECS = {s.name: s for s in (FORMATION, EQUIPEMENT, RESSOURCES)}
+APPLICATION = "feo-reconstruire"
+"""This process's sessions: not the service's, which the switch ends."""
+DRAIN_TIMEOUT_SECONDS = 120
+
+
+class ReconstructionError(RuntimeError):
+    """A rebuild that could not be done; the message says why."""
+
+
+async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
+    """Rebuild `spec`'s schema from the log and switch the service to it; returns the name the
+    former schema was given."""
+    live = settings.db_schema or spec.name
+    fresh, former = f"{live}_reconstruit", f"{live}_avant_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    if len(former) > 63:
+        raise ReconstructionError(f"DB_SCHEMA {live!r} is too long to keep the former schema beside it (42 at most)")
+    session = await asyncpg.connect(settings.database_url, server_settings={"application_name": APPLICATION})
+    producer = relay_producer(settings.kafka_bootstrap_servers, APPLICATION)
+    try:
+        if not await session.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"reconstruire:{live}")):
+            raise ReconstructionError(f"a rebuild of schema {live!r} is already under way")
+        if not await session.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", live):
+            raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
+        await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+        cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
+        try:
+            say(f"replaying {', '.join(spec.consumes)} into schema {fresh}")
+            await rattrapage.rattraper(cible)
+            say(f"switching: {live}'s writers held while the last records are replayed")
+            await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
+            await _drain(settings, live, producer)
+            await rattrapage.rattraper(cible)
+            queued = await rattrapage.accorder(cible)
+            await session.execute(f'INSERT INTO "{fresh}".outbox_failed SELECT * FROM "{live}".outbox_failed')
+        finally:
+            await cible.close()
+        async with session.transaction():
+            await session.execute(f'ALTER SCHEMA "{live}" RENAME TO "{former}"')
+            await session.execute(f'ALTER SCHEMA "{fresh}" RENAME TO "{live}"')
+        ended = await session.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = $1",
+            f"feo-{live}",
+        )
+        say(
+            f"{spec.name} now works in the rebuilt schema {live} ({queued} records differed from what was "
+            f"published and are queued; {ended} sessions of the service ended); the former one is {former}"
+        )
+        return former
+    finally:
+        await producer.stop()
+        await session.close()  # releases the locks
+
+
+async def _drain(settings: ServiceSettings, schema: str, producer: AIOKafkaProducer) -> None:
+    """Publish what the service's outbox still holds (its relay may be doing it too: they take
+    turns under the relay's lock), so that Kafka holds everything the service published."""
+    session = {"search_path": schema, "application_name": APPLICATION}
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1, server_settings=session)
+    try:
+        relay = OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while await count_pending(pool, 1):
+            if time.monotonic() > deadline:
+                raise ReconstructionError(f"the outbox of {schema} is not drained after {DRAIN_TIMEOUT_SECONDS} s")
+            if not await relay.drain_once():
+                await asyncio.sleep(0.1)
+    finally:
+        await pool.close()
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.reconstruire",
+        description="Rebuild a service's state from its input topics into a fresh schema, then switch the "
+        "running service to it (the service's environment: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, DB_SCHEMA…).",
+    )
+    parser.add_argument("service", choices=sorted(SPECS))
+    args = parser.parse_args(argv)
+    spec = SPECS[args.service]
+    settings = spec.settings()
+    configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
+    try:
+        asyncio.run(rebuild(spec, settings))
+    except (ReconstructionError, OSError, asyncpg.PostgresError) as e:
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

