@@ -21,9 +21,11 @@ class Store(Protocol):
 
     published: Published
 
+    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]: ...
+
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts: ...
 
-    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None: ...
+    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]: ...
 
     async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]: ...
 
@@ -31,15 +33,25 @@ class Store(Protocol):
 
 
 async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
-    affectations = await store.store_affectations([e for e in events if e.type == c.AFFECTATION])
+    declared = [e for e in events if e.type == c.AFFECTATION]
+    before = await store.counted(sorted({e.data.entity_key for e in declared}))
+    affectations = await store.store_affectations(declared)
     trainings = [e for e in events if e.type == c.FORMATION_SUIVIE]
-    await store.add_trainings(*domain.acquis([e.data for e in trainings]))
+    grew = await store.add_trainings(*domain.acquis([e.data for e in trainings]))
 
-    causes: dict[str, CloudEvent] = {e.data.uai: e for e in affectations.winners.values()}
-    by_teacher = {e.data.teacher_id: e for e in trainings}
+    # A UAI's coverage is counted again only if it may have changed: a teacher starts or stops
+    # counting there (or is declared there for the first time), or a teacher counted there
+    # gained a level or a tool. A declaration repeated as it is (a rectorat re-sending its
+    # affectations) changes no count.
+    causes: dict[str, CloudEvent] = {
+        e.data.uai: e for key, e in affectations.winners.items() if before.get(key) != (e.data.end is None)
+    }
+    by_teacher = {e.data.teacher_id: e for e in trainings if e.data.teacher_id in grew}
     for uai, teachers in (await store.active_uais(list(by_teacher))).items():
         causes.setdefault(uai, by_teacher[teachers[-1]])
     uais = sorted(causes)
+    if not uais:
+        return Applied(stale=affectations.stale)
     counts = await store.coverage_counts(uais)
     published_tools = await store.published.entities(OUTILS.event_type, uais)
     outgoing = await publish_changes(

@@ -15,6 +15,20 @@ class FormationStore:
         self._conn = conn
         self.published = PgPublished(conn)
 
+    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """Of these (teacher, UAI), those with an affectation: whether the teacher counts there.
+        Their rows stay locked (in key order, as store_affectations then locks them) until the
+        transaction ends, so no other writer changes them in between."""
+        if not pairs:
+            return {}
+        rows = await self._conn.fetch(
+            'SELECT teacher_id, uai, "end" IS NULL AS counted '
+            "FROM json_to_recordset($1::json) AS p(teacher_id text, uai text) "
+            "JOIN affectations a USING (teacher_id, uai) ORDER BY teacher_id, uai FOR UPDATE OF a",
+            json_rows({"teacher_id": t, "uai": u} for t, u in pairs),
+        )
+        return {(r["teacher_id"], r["uai"]): r["counted"] for r in rows}
+
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(
             self._conn,
@@ -25,22 +39,29 @@ class FormationStore:
             row_of=lambda e: (e.data.start, e.data.end),
         )
 
-    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None:
-        """Keeps per (teacher, code) the highest level ever reached, per teacher every tool."""
+    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]:
+        """Keeps per (teacher, code) the highest level ever reached, per teacher every tool;
+        returns the teachers who gained a level or a tool."""
+        grew: set[str] = set()
         if levels:
             keys = sorted(levels)  # rows locked in key order: two writers never wait in a cycle
-            await self._conn.execute(
+            rows = await self._conn.fetch(
                 "INSERT INTO competences AS c (teacher_id, code, level) "
                 "SELECT * FROM json_to_recordset($1::json) AS r(teacher_id text, code text, level int) "
-                "ON CONFLICT (teacher_id, code) DO UPDATE SET level = GREATEST(c.level, EXCLUDED.level)",
+                "ON CONFLICT (teacher_id, code) DO UPDATE SET level = EXCLUDED.level WHERE c.level < EXCLUDED.level "
+                "RETURNING teacher_id",
                 json_rows({"teacher_id": t, "code": code, "level": levels[(t, code)]} for t, code in keys),
             )
+            grew.update(r["teacher_id"] for r in rows)
         if tools:
-            await self._conn.execute(
+            rows = await self._conn.fetch(
                 "INSERT INTO outils (teacher_id, kind) "
-                "SELECT * FROM json_to_recordset($1::json) AS r(teacher_id text, kind text) ON CONFLICT DO NOTHING",
+                "SELECT * FROM json_to_recordset($1::json) AS r(teacher_id text, kind text) ON CONFLICT DO NOTHING "
+                "RETURNING teacher_id",
                 json_rows({"teacher_id": t, "kind": kind} for t, kind in sorted(tools)),
             )
+            grew.update(r["teacher_id"] for r in rows)
+        return grew
 
     async def active_uais(self, teachers: Sequence[str]) -> dict[str, list[str]]:
         """UAI -> the given teachers counted there."""

@@ -5,7 +5,9 @@ import json
 import contracts as c
 from contracts.internal import COUVERTURES
 from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from services.common.storage.db import create_pool, migrate
 from services.formation.app import SPEC
+from services.formation.store import FormationStore
 
 RECTORAT = "/rectorats/14"
 
@@ -132,3 +134,28 @@ async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_i
     logged = capfd.readouterr()
     assert "teacher-id-invalide" in logged.err + logged.out, "the refusal is logged"
     assert "dupont" not in logged.err + logged.out, "the log names the field and the rule, not the value"
+
+
+async def test_the_store_tells_who_counts_where_and_who_gained_a_level_or_a_tool(database_url):
+    """What formation's use case reads to count a UAI again only when it may have changed."""
+    pool = await create_pool(database_url, "formation")
+    try:
+        await migrate(pool, "formation", SPEC.package_dir)
+        where, elsewhere = uai("0350103"), uai("0350104")
+        await pool.execute(
+            'INSERT INTO affectations (teacher_id, uai, start, "end", event_time) VALUES '
+            "('ens-1', $1, '2026-09-01', NULL, now()), ('ens-2', $1, '2026-09-01', '2026-10-01', now())",
+            where,
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            store = FormationStore(conn)
+            pairs = [("ens-1", where), ("ens-2", where), ("ens-1", elsewhere)]
+            assert await store.counted(pairs) == {("ens-1", where): True, ("ens-2", where): False}
+            first = await store.add_trainings({("ens-1", "3.4"): 3, ("ens-2", "1.1"): 2}, {("ens-2", "tni")})
+            again = await store.add_trainings({("ens-1", "3.4"): 2, ("ens-2", "1.1"): 2}, {("ens-2", "tni")})
+            higher = await store.add_trainings({("ens-1", "3.4"): 5}, {("ens-1", "tni")})
+            assert (first, again, higher) == ({"ens-1", "ens-2"}, set(), {"ens-1"})
+        levels = await pool.fetch("SELECT teacher_id, code, level FROM competences ORDER BY teacher_id")
+        assert [tuple(r) for r in levels] == [("ens-1", "3.4", 5), ("ens-2", "1.1", 2)], "the highest level stays"
+    finally:
+        await pool.close()

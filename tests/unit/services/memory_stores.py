@@ -74,14 +74,21 @@ class FormationMemory:
         self.affectations, self.published = Latest(), MemoryPublished()
         self.levels: dict[tuple[str, str], int] = {}
         self.tools: set[tuple[str, str]] = set()
+        self.recounted: list[list[str]] = []  # the UAIs of each coverage_counts call
+
+    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        return {p: self.affectations.rows[p].data.end is None for p in pairs if p in self.affectations.rows}
 
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await self.affectations.store(events)
 
-    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> None:
+    async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]:
+        grew = {t for (t, code), level in levels.items() if level > self.levels.get((t, code), 0)}
+        grew |= {t for t, kind in tools - self.tools}
         for key, level in levels.items():
             self.levels[key] = max(self.levels.get(key, 0), level)
         self.tools |= tools
+        return grew
 
     def _counted(self) -> list[tuple[str, str]]:
         return [(e.data.teacher_id, e.data.uai) for e in self.affectations.rows.values() if e.data.end is None]
@@ -94,6 +101,7 @@ class FormationMemory:
         return out
 
     async def coverage_counts(self, uais: Sequence[str]) -> Counts:
+        self.recounted.append(list(uais))
         counts = Counts({u: 0 for u in uais}, {u: {} for u in uais}, {u: {} for u in uais})
         for teacher, uai in self._counted():
             if uai not in counts.enseignants:

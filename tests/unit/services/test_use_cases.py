@@ -96,6 +96,23 @@ async def test_formation_counts_teachers_levels_and_tools_and_publishes_a_tool_n
     assert records[f"{UAI}/tni"][0] == COUVERTURE_OUTIL and records[f"{UAI}/tni"][1]["enseignants"] == 0
 
 
+async def test_formation_counts_a_uai_again_only_when_a_teacher_comes_leaves_or_learns():
+    store = FormationMemory()
+    await formation(store, [affectation("ens-00000001", 1), training("ens-00000001", 3, ["TNI"])], set())
+    store.recounted.clear()
+
+    same = await formation(store, [affectation("ens-00000001", 2), training("ens-00000001", 2, ["TNI"])], set())
+    assert (same.outgoing, store.recounted) == ([], []), "a repeated affectation, a training that adds nothing"
+
+    learnt = await formation(store, [training("ens-00000001", 4, [])], set())
+    assert store.recounted == [[UAI]] and published(learnt) == [(COUVERTURE_ENSEIGNANTS, UAI, 2)]
+    came = await formation(store, [affectation("ens-00000002", 3)], set())
+    assert store.recounted[-1] == [UAI] and came.outgoing[0].event.data["enseignants"] == 2
+    left = await formation(store, [affectation("ens-00000002", 4, end=date(2026, 12, 31))], set())
+    assert store.recounted[-1] == [UAI] and left.outgoing[0].event.data["enseignants"] == 1
+    assert len(store.recounted) == 3
+
+
 def college(uai: str = UAI) -> c.Etablissement:
     return c.Etablissement(
         uai=uai,
