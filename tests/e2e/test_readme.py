@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from local_runtime import ROOT, Runtime, runtime_ports, scratch_dir, still_running
 
 SECTIONS = ("Publishing as a partner", "Subscribing as a dashboard", "The read API for dashboards")
