@@ -1,6 +1,6 @@
 """formation's use case: store affectations and trainings, republish the coverage records that changed."""
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Protocol
 
 import contracts as c
@@ -31,6 +31,8 @@ class Store(Protocol):
 
     async def coverage_counts(self, uais: Sequence[str]) -> domain.Counts: ...
 
+    async def lock(self, namespace: str, keys: Iterable[str]) -> None: ...
+
 
 async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
     declared = [e for e in events if e.type == c.AFFECTATION]
@@ -38,6 +40,10 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     affectations = await store.store_affectations(declared)
     trainings = [e for e in events if e.type == c.FORMATION_SUIVIE]
     grew = await store.add_trainings(*domain.acquis([e.data for e in trainings]))
+    # Replicas: what a teacher counts for is read, and a UAI counted, only once their keys are
+    # held (storage/locks.py), teachers before UAIs; a transaction another one could not see
+    # yet counts again itself, later.
+    await store.lock("enseignant", {e.data.teacher_id for e in declared} | grew)
 
     # A UAI's coverage is counted again only if it may have changed: a teacher starts or stops
     # counting there (or is declared there for the first time), or a teacher counted there
@@ -52,6 +58,7 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     uais = sorted(causes)
     if not uais:
         return Applied(stale=affectations.stale)
+    await store.lock("uai", uais)
     counts = await store.coverage_counts(uais)
     published_tools = await store.published.entities(OUTILS.event_type, uais)
     outgoing = await publish_changes(

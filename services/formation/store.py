@@ -1,12 +1,13 @@
 """formation's SQL, in one place: the store its use case receives, one per transaction."""
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts
 from services.common.storage.db import Conn, json_rows
 from services.common.storage.derived import PgPublished
 from services.common.storage.entities import store_latest
+from services.common.storage.locks import lock_keys
 from services.formation.domain import Counts
 
 
@@ -72,6 +73,9 @@ class FormationStore:
         ):
             out.setdefault(r["uai"], []).append(r["teacher_id"])
         return out
+
+    async def lock(self, namespace: str, keys: Iterable[str]) -> None:
+        await lock_keys(self._conn, namespace, keys)
 
     async def coverage_counts(self, uais: Sequence[str]) -> Counts:
         """Counted in SQL: a UAI may have 5,000 teachers."""

@@ -75,6 +75,7 @@ class FormationMemory:
         self.levels: dict[tuple[str, str], int] = {}
         self.tools: set[tuple[str, str]] = set()
         self.recounted: list[list[str]] = []  # the UAIs of each coverage_counts call
+        self.steps: list[tuple[str, list[str]]] = []  # ("lock:<namespace>" | "count", keys), in order
 
     async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         return {p: self.affectations.rows[p].data.end is None for p in pairs if p in self.affectations.rows}
@@ -100,8 +101,12 @@ class FormationMemory:
                 out.setdefault(uai, []).append(teacher)
         return out
 
+    async def lock(self, namespace: str, keys: Iterable[str]) -> None:
+        self.steps.append((f"lock:{namespace}", sorted(keys)))  # one transaction at a time here
+
     async def coverage_counts(self, uais: Sequence[str]) -> Counts:
         self.recounted.append(list(uais))
+        self.steps.append(("count", list(uais)))
         counts = Counts({u: 0 for u in uais}, {u: {} for u in uais}, {u: {} for u in uais})
         for teacher, uai in self._counted():
             if uai not in counts.enseignants:

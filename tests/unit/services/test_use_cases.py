@@ -113,6 +113,20 @@ async def test_formation_counts_a_uai_again_only_when_a_teacher_comes_leaves_or_
     assert len(store.recounted) == 3
 
 
+async def test_formation_locks_teachers_then_the_uais_it_counts_before_counting():
+    store = FormationMemory()
+    await formation(store, [affectation("ens-00000002", 1), training("ens-00000001", 3, ["TNI"])], set())
+    await formation(store, [affectation("ens-00000001", 2)], set())
+    assert store.steps == [
+        ("lock:enseignant", ["ens-00000001", "ens-00000002"]),  # the declared and the one who learnt
+        ("lock:uai", [UAI]),
+        ("count", [UAI]),
+        ("lock:enseignant", ["ens-00000001"]),
+        ("lock:uai", [UAI]),
+        ("count", [UAI]),
+    ]
+
+
 def college(uai: str = UAI) -> c.Etablissement:
     return c.Etablissement(
         uai=uai,
