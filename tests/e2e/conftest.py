@@ -13,23 +13,33 @@ from partner import HEADERS
 
 
 @pytest.fixture
-def platform(kafka, database_url, topic_prefix, tmp_path):
-    procs = ServiceProcesses(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "DATABASE_URL": database_url,
-            "TOPIC_PREFIX": topic_prefix,
-            "OUTBOX_POLL_MS": "200",
-            "LOG_FORMAT": "json",
-        },
-        log_dir=tmp_path,
-    )
-    procs.start()
+def replicas() -> int:
+    """Processes per service, in one consumer group (a test parametrizes it to scale out)."""
+    return 1
+
+
+@pytest.fixture
+def platform(kafka, database_url, topic_prefix, tmp_path, replicas):
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "OUTBOX_POLL_MS": "200",
+        "LOG_FORMAT": "json",
+    }
+    sets = []
+    for n in range(replicas):
+        (log_dir := tmp_path / f"replica-{n}").mkdir()
+        sets.append(ServiceProcesses(env, log_dir=log_dir))
     try:
-        procs.wait_healthy()
-        yield procs
+        for procs in sets:
+            procs.start()
+        for procs in sets:
+            procs.wait_healthy()
+        yield sets[0]
     finally:
-        procs.stop()
+        for procs in sets:
+            procs.stop()
 
 
 @pytest.fixture

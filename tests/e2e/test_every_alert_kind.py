@@ -103,7 +103,10 @@ def training(teacher: str, minute: int) -> bytes:
     )
 
 
+@pytest.mark.parametrize("replicas", [1, 2], ids=["one replica", "two replicas per service"])
 async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publish, alerts, wait_stored, wait_true):
+    """With two replicas of each service in one group (partitions split between them, no
+    schema-wide lock), exactly the alerts of one replica: each raised once, then resolved."""
     everyone = [PARTIEL, DEBIT, ENT, FORMATION]
     for code in everyone:
         publish(c.REFERENTIEL, code, college(code))
@@ -193,3 +196,4 @@ async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publ
     resolved = {a["data"]["kind"]: a["data"] for a in alerts.of("alerte-resolue")}
     assert {k: d["alert_id"] for k, d in resolved.items()} == {k: d["alert_id"] for k, d in raised.items()}
     assert len(alerts.of("alerte-levee")) == 4, "nothing raised twice"
+    assert len(alerts.of("alerte-resolue")) == 4, "nothing resolved twice"
