@@ -9,7 +9,10 @@ FORMATION = "formation.declarations.v1"
 EQUIPEMENT = "equipement.declarations.v1"
 CATALOGUE = "ressources.catalogue.v1"
 ALERTES = "alertes.compatibilite.v1"
-PUBLIC_TOPICS = (REFERENTIEL, FORMATION, EQUIPEMENT, CATALOGUE, ALERTES)
+ALERTES_ETAT = "alertes.etat.v1"
+"""The table of ALERTES: compacted, keyed by alert_id, the latest event of each alert, a
+tombstone once it is resolved (CONTRACTS.md, Alerts, "Current state")."""
+PUBLIC_TOPICS = (REFERENTIEL, FORMATION, EQUIPEMENT, CATALOGUE, ALERTES, ALERTES_ETAT)
 
 
 def dlq(topic: str) -> str:

@@ -12,8 +12,10 @@ real differences, with the ids they would have had:
 - equipement, formation: `publies` takes the highest version of every key on the service's
   compacted topic, then each key whose replayed content differs is published once more, as the
   next version (services/common/storage/derived.py); the others publish nothing.
-- ressources: `alertes` takes, per alert_id, its last event on alertes.compatibilite.v1 (open
-  or resolved, its raise count, its content), then every subscribed pair is evaluated again
+- ressources: `alertes` takes, per alert_id, its last event on alertes.compatibilite.v1 or its
+  table alertes.etat.v1 (open or resolved, its raise count, its content); the table gets what
+  it lacks (an open alert's last event, a resolved one's tombstone: a deployment from before
+  the table fills it so); then every subscribed pair is evaluated again
   (handlers.Reevaluations): an alert that did not change is not announced again, one that did
   is raised with its next cycle's id or resolved with its cycle's. The alert journal (SSE)
   keeps only what was announced: the replay's entries are dropped, and its next ids go past
@@ -25,6 +27,7 @@ letters already written by a restored schema are kept, the replay's (already on 
 """
 
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.outbox import OutboxRelay
-from services.common.pipeline import Outgoing, Pipeline
+from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
@@ -101,7 +104,12 @@ async def ouvrir(spec: ServiceSpec, settings: ServiceSettings, schema: str, prod
 
 async def rattraper(cible: Cible) -> int:
     """Every record of the service's input topics after the schema's positions, up to their
-    end as they are now, handled as the service would; returns how many."""
+    end as they are now, handled as the service would, in batches; returns how many.
+
+    Records are handed over in the order of their Kafka timestamps across partitions and
+    topics (each partition in its own order), as close as the log allows to the order the
+    service first met them in: a declaration is judged against the référentiel as it was then
+    (an établissement published before its equipment is known to it; otherwise uai-inconnu)."""
     settings = cible.settings
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -112,21 +120,31 @@ async def rattraper(cible: Cible) -> int:
     )
     await consumer.start()
     try:
-        partitions = await partitions_of(
-            settings.kafka_bootstrap_servers, [cible.topic(t) for t in cible.spec.consumes]
-        )
+        topics = [cible.topic(t) for t in cible.spec.consumes]
+        partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
         for tp in partitions:
             consumer.seek(tp, stored.get(tp, 0))
         ends = await consumer.end_offsets(partitions)
+        queues: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque() for tp in partitions}
+        batch: list[ConsumerRecord] = []
         handled = 0
-        while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=settings.batch_max_records)
-            records = [r for tp in sorted(batch) for r in batch[tp]]
-            if records:
-                await cible.pipeline.handle(records)
-                handled += len(records)
+        while True:
+            # A partition with nothing buffered but more to read may hold the earliest record.
+            if unread := [tp for tp in partitions if not queues[tp] and await consumer.position(tp) < ends[tp]]:
+                fetched = await consumer.getmany(*unread, timeout_ms=1000, max_records=settings.batch_max_records)
+                for tp, records in fetched.items():
+                    queues[tp].extend(r for r in records if r.offset < ends[tp])
+                continue
+            heads = [tp for tp in partitions if queues[tp]]
+            if heads:
+                batch.append(queues[min(heads, key=lambda tp: (queues[tp][0].timestamp, tp))].popleft())
+            if batch and (len(batch) == settings.batch_max_records or not heads):
+                await cible.pipeline.handle(batch)
+                handled, batch = handled + len(batch), []
+            if not heads:
+                break
         log.info("rattrapage.replayed", schema=cible.schema, records=handled)
         return handled
     finally:
@@ -172,7 +190,7 @@ async def accorder(cible: Cible) -> int:
     """Align the schema's memory of its publications with Kafka, and queue the real differences
     in its outbox (published by the service's relay once it runs on the schema); returns how many."""
     name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
-    recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES)]
+    recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
     async def forget_replay(conn: Conn) -> list[Outgoing]:
         await conn.execute(
@@ -187,10 +205,12 @@ async def accorder(cible: Cible) -> int:
         queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, published, kinds, source))
     elif name == "ressources":
         stream = await read_topic(bootstrap, cible.topic(c.ALERTES))
-        await sql.run_exclusive(
-            lambda conn: _accord_alerts(conn, _held_alerts(stream), cible.journal_from, len(stream))
+        table = await read_topic(bootstrap, cible.topic(c.ALERTES_ETAT))
+        held = _held_alerts([*stream, *(r for r in table if r.value is not None)])
+        queued = await sql.run_exclusive(
+            lambda conn: _accord_alerts(conn, held, table, cible.journal_from, len(stream))
         )
-        queued = await _reevaluate_everything(cible)
+        queued += await _reevaluate_everything(cible)
     else:
         raise ValueError(f"no rule to align what {name!r} published")
     log.info("rattrapage.aligned", schema=cible.schema, queued=queued)
@@ -244,11 +264,17 @@ class _Held:
     cycle: int
     open: bool
     data: dict[str, Any]
+    value: bytes
+    """The event as Kafka holds it."""
+
+    def to_bytes(self) -> bytes:
+        return self.value
 
 
 def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
-    """Per alert_id, its last raise or resolution on the alerts stream: the highest cycle, a
-    resolution after the raise of its cycle (the relay may publish out of order on retries)."""
+    """Per alert_id, its last raise or resolution on the alerts stream or its table (which keeps
+    open alerts whatever the stream's retention): the highest cycle, a resolution after the
+    raise of its cycle (the relay may publish out of order on retries)."""
     out: dict[str, _Held] = {}
     for record in records:
         event = json.loads(record.value)
@@ -256,7 +282,7 @@ def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
         before = out.get(data["alert_id"])
         cycle = _cycle(data["alert_id"], event["id"], "levee" if opened else "resolue", before.cycle if before else 1)
         if before is None or (cycle, not opened) > (before.cycle, not before.open):
-            out[data["alert_id"]] = _Held(cycle, opened, data)
+            out[data["alert_id"]] = _Held(cycle, opened, data, record.value)
     return out
 
 
@@ -268,11 +294,15 @@ def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
     raise ValueError(f"alert {alert}: event id {id_} was not made by lifecycle.event_id for any cycle")
 
 
-async def _accord_alerts(conn: Conn, held: dict[str, _Held], journal_from: int, announced: int) -> list[Outgoing]:
+async def _accord_alerts(
+    conn: Conn, held: dict[str, _Held], table: list[ConsumerRecord], journal_from: int, announced: int
+) -> list[Outgoing]:
     """`alertes` as the stream says they were announced; the journal without the replay's
     entries, its next ids past every id handed out before (at most `announced`, the events the
     stream holds, were ever journalled), so a client resuming from an earlier one is told that
-    its resumption is incomplete (stream.py)."""
+    its resumption is incomplete (stream.py). Returns what the table (alertes.etat.v1) lacks:
+    each open alert's last event, a tombstone for each resolved alert it still shows (a
+    deployment from before the table fills it by a rebuild)."""
     await conn.execute("DELETE FROM alertes")
     await conn.executemany(
         "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte) "
@@ -296,7 +326,12 @@ async def _accord_alerts(conn: Conn, held: dict[str, _Held], journal_from: int, 
     horizon = journal_from + announced
     await conn.execute("SELECT setval(pg_get_serial_sequence('alert_journal', 'seq'), $1)", max(horizon, 1))
     await conn.execute("UPDATE alert_journal_horizon SET purged_through = $1", horizon)
-    return []
+    shown = {r.key.decode(): r.value for r in table}  # in offset order: the last record of each key
+    return [
+        Outgoing(c.ALERTES_ETAT, alert, h if h.open else TOMBSTONE)
+        for alert, h in held.items()
+        if shown.get(alert) != (h.value if h.open else None)
+    ]
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -305,7 +340,8 @@ def _instant(text: str | None) -> datetime | None:
 
 async def _reevaluate_everything(cible: Cible) -> int:
     """Every subscribed pair evaluated against the alerts as announced (the service's own
-    re-evaluation, as when its thresholds change); returns the alert events queued."""
+    re-evaluation, as when its thresholds change); returns the alert events queued (each also
+    goes to the table)."""
     settings = RessourcesSettings.of(cible.settings)
 
     async def request(store: Any) -> list[Outgoing]:
@@ -316,5 +352,5 @@ async def _reevaluate_everything(cible: Cible) -> int:
     await cible.pipeline.run_exclusive(request)
     reevaluations, queued = ressources.Reevaluations(cible.pipeline, settings), 0
     while chunk := await reevaluations.step():
-        queued += len(chunk.outgoing)
+        queued += sum(1 for o in chunk.outgoing if o.topic == c.ALERTES)
     return queued

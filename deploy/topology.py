@@ -11,7 +11,8 @@ rebuilt from it (`deploy.reconstruire`) and a restored database catches up from 
 - Our own per-entity topics (profiles, coverages) are compacted: their key is the entity and
   every record is valid and newer than the one before it, so storage is bounded by entities.
 - The alerts stream keeps its history for `ALERTS_RETENTION_DAYS` (0, the default: forever;
-  CONTRACTS.md promises that no open alert ages out of it).
+  CONTRACTS.md promises that no open alert ages out of it); its table, alertes.etat.v1, is
+  compacted by alert_id: one record per open alert, whatever its age.
 - DLQs keep a refused record `DLQ_RETENTION_DAYS` (30 by default, as long as the services'
   `dead_letters` log remembers it with INBOX_RETENTION_DAYS' default).
 
@@ -94,12 +95,13 @@ def platform_topics(prefix: str = "", retention: Retention | None = None) -> lis
         TopicSpec(c.EQUIPEMENT, DECLARATION_PARTITIONS, retention_ms=FOREVER),
         TopicSpec(c.CATALOGUE, DECLARATION_PARTITIONS, retention_ms=FOREVER),
         TopicSpec(c.ALERTES, DECLARATION_PARTITIONS, retention_ms=_ms(retention.alerts_days)),
+        TopicSpec(c.ALERTES_ETAT, DECLARATION_PARTITIONS, compacted=True),
         TopicSpec(PROFILS, DECLARATION_PARTITIONS, compacted=True),
         TopicSpec(COUVERTURES, DECLARATION_PARTITIONS, compacted=True),
     ]
     specs += [
         TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)
         for t in specs
-        if t.name != c.ALERTES
+        if t.name not in (c.ALERTES, c.ALERTES_ETAT)  # the platform's own: it never refuses them
     ]
     return [dataclasses.replace(t, name=prefix + t.name) for t in specs]

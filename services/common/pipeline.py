@@ -40,7 +40,17 @@ T = TypeVar("T")
 
 
 class Encodable(Protocol):
-    def to_bytes(self) -> bytes: ...
+    def to_bytes(self) -> bytes | None: ...
+
+
+class Tombstone:
+    """A record without a value: on a compacted topic, the end of its key."""
+
+    def to_bytes(self) -> None:
+        return None
+
+
+TOMBSTONE = Tombstone()
 
 
 E = TypeVar("E", bound=Encodable)

@@ -18,7 +18,7 @@ import structlog
 import contracts as c
 from contracts import AlerteLevee, AlerteResolue, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
 from contracts.internal import INTERNAL_PAYLOADS, CouvertureFormation, ProfilEquipement
-from services.common.pipeline import Applied, Outgoing, Pipeline
+from services.common.pipeline import TOMBSTONE, Applied, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate, is_evaluated
@@ -194,7 +194,8 @@ async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) ->
 
 
 async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> list[Outgoing]:
-    """The transitions of these pairs' alerts, stored and announced; the caller holds their UAIs' locks."""
+    """The transitions of these pairs' alerts, stored and announced on the stream, then on its
+    table (alertes.etat.v1); the caller holds their UAIs' locks."""
     if not pairs:
         return []
     pair_uais = sorted({p.uai for p in pairs})
@@ -241,7 +242,17 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
             uai=alerte.uai,
             resource_id=alerte.resource_id,
         )
-    return outgoing
+    return outgoing + [record for announced in outgoing for record in _in_table(announced)]
+
+
+def _in_table(announced: Outgoing) -> list[Outgoing]:
+    """An announced alert event on alertes.etat.v1, the table of the stream keyed by alert_id:
+    the alert's latest event, then a tombstone once it is resolved (CONTRACTS.md, "Current state")."""
+    event, alert = announced.event, announced.event.data.alert_id
+    records = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause)]
+    if event.type == c.ALERTE_RESOLUE:
+        records.append(Outgoing(c.ALERTES_ETAT, alert, TOMBSTONE, announced.cause))
+    return records
 
 
 def _announce(

@@ -238,14 +238,14 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         async def chunk() -> list:
             async with pool.acquire() as conn, conn.transaction():
                 done = await reevaluate_chunk(PausedAfterReading(conn, read, go), Seuils(), 10)
-            return [o.event.type for o in done.outgoing]
+            return [o.event.type for o in done.outgoing if o.topic == c.ALERTES]
 
         async def batch() -> list:
             data = ProfilLot.model_validate(lot(code, 2, RECENT))
             profil = c.make_event(internal.PROFIL_LOT, data, source="/plateforme/equipement")
             async with pool.acquire() as conn, conn.transaction():
                 applied = await apply(RessourcesStore(conn), [profil], set())
-            return [o.event.type for o in applied.outgoing]
+            return [o.event.type for o in applied.outgoing if o.topic == c.ALERTES]
 
         chunk_task = asyncio.create_task(chunk())
         await asyncio.wait_for(read.wait(), timeout=10)

@@ -38,7 +38,7 @@ Headers = tuple[tuple[str, bytes | None], ...]
 class OutboxRecord:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (migration 0008)
     headers: Headers = ()
 
 
@@ -192,7 +192,7 @@ class OutboxRelay:
                         "outbox.unpublishable",
                         seq=r["seq"],
                         topic=r["topic"],
-                        size=len(r["value"]),
+                        size=len(r["value"] or b""),
                         error=type(e).__name__,
                         failed_total=total,
                         hint="./dev outbox list",

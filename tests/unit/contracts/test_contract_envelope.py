@@ -99,7 +99,7 @@ def test_alert_subject_is_uai_slash_resource():
 
 def test_dlq_topic_and_public_topics():
     assert c.dlq(c.EQUIPEMENT) == "equipement.declarations.v1.dlq"
-    assert c.PUBLIC_TOPICS == (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE, c.ALERTES)
+    assert c.PUBLIC_TOPICS == (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE, c.ALERTES, c.ALERTES_ETAT)
     assert c.CONTENT_TYPE == "application/cloudevents+json"
 
 
