@@ -22,6 +22,7 @@ OUTPUTS = (
     PROFILS,
     COUVERTURES,
     c.ALERTES,
+    c.ALERTES_ETAT,
     *(c.dlq(t) for t in (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)),
 )
 NOT_STATE = {"schema_migrations", "verrous", "alert_journal", "alert_journal_horizon"}

@@ -6,14 +6,17 @@ partitions are read in."""
 import json
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import contracts as c
-from deploy.rattrapage import ouvrir, rattraper
-from helpers import college, event
+from deploy.rattrapage import accorder, ouvrir, rattraper, read_topic
+from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.outbox import relay_producer
 from services.equipement.app import SPEC
+from services.ressources.app import SPEC as RESSOURCES
 from test_equipement import DEPARTEMENT
+from test_ressources import RID, abonnement, old_tablets_at, publiee
 
 
 async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) -> None:
@@ -48,3 +51,41 @@ async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) 
 
 T0 = 1_788_000_000_000
 LOTS = [{"lot_id": f"L{n}", "kind": "tablette", "quantity": 10, "os": None, "browsers": []} for n in range(1, 4)]
+
+
+async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka, settings) -> None:
+    """A deployment from before alertes.etat.v1 (here: the table emptied) rebuilds ressources:
+    the alignment writes each open alert's last event to the table, as the stream holds it."""
+    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350402")
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alertes WHERE ouverte)"
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
+    [raised] = [r for r in await read_topic(bootstrap, settings.topic(c.ALERTES)) if r.value]
+    table = settings.topic(c.ALERTES_ETAT)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([table])
+        await eventually(lambda: _recreated(admin, table), what="the table recreated empty")
+    finally:
+        await admin.close()
+
+    held = relay_producer(bootstrap, "test-rattrapage")
+    cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
+    try:
+        await rattraper(cible)
+        assert await accorder(cible) == 1, "one record for the table, no alert announced again"
+        rows = await cible.pipeline.pool.fetch("SELECT topic, key, value FROM outbox")
+    finally:
+        await cible.close()
+        await held.stop()
+    assert [(r["topic"], r["key"], r["value"]) for r in rows] == [
+        (table, json.loads(raised.value)["data"]["alert_id"].encode(), raised.value)
+    ]
+
+
+async def _recreated(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    response = await admin.create_topics([NewTopic(topic, 6, 1, topic_configs={"cleanup.policy": "compact"})])
+    return all(code == 0 for _, code, *_ in response.topic_errors)
