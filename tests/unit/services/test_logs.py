@@ -4,6 +4,7 @@ tests/integration/test_settings_and_logs.py)."""
 
 import json
 import logging
+import sys
 
 import faststream  # noqa: F401  (installs its own "faststream" logger, as in a service)
 import pytest
@@ -54,7 +55,12 @@ def test_library_lines_are_json_like_the_service_s_and_quiet_below_warning(capsy
 
 
 def test_faststream_speaks_through_the_root_logger_without_its_colours(capsys):
-    assert logging.getLogger("faststream").handlers, "FastStream comes with its own coloured handler"
+    # FastStream installs its own coloured handler at import; an earlier test of the session may
+    # have configured logging already, so put one back as it would be.
+    coloured = logging.StreamHandler(sys.stderr)
+    coloured.setFormatter(logging.Formatter("\x1b[36m%(name)s\x1b[0m %(message)s"))
+    logging.getLogger("faststream").addHandler(coloured)
+    logging.getLogger("faststream").propagate = False
     configure_logging("svc", "console", "INFO", library_level="INFO")  # stderr is not a terminal here
     logging.getLogger("faststream").info("FastStream app starting...")
     err = capsys.readouterr().err
