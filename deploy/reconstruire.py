@@ -13,7 +13,8 @@ needs re-derivation:
    transaction of the service holds it shared: pipeline.writer_lock), so the service writes
    nothing more; publishes what the service's outbox still holds; replays into the new schema
    what came since step 1; aligns the new schema with what Kafka says was published, queuing
-   only the real differences (an unchanged record or alert is not published again); then, in
+   only the real differences (an unchanged record or alert is not published again), and takes
+   the records Kafka refused for good (outbox_failed, for ./dev outbox); then, in
    one transaction, renames `<schema>` to `<schema>_avant_<UTC time>` and the new one to
    `<schema>`, and ends the service's database sessions. The service's next transaction, on a
    new session, works in the rebuilt schema (sessions find tables by schema name); the batch it
@@ -81,7 +82,10 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             await _drain(settings, live, producer)
             await rattrapage.rattraper(cible)
             queued = await rattrapage.accorder(cible)
-            await session.execute(f'INSERT INTO "{fresh}".outbox_failed SELECT * FROM "{live}".outbox_failed')
+            columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox
+            await session.execute(
+                f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
+            )
         finally:
             await cible.close()
         async with session.transaction():
