@@ -33,7 +33,9 @@ import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.outbox import MAX_REQUEST_BYTES
 
-DECLARATION_PARTITIONS = 6
+PARTITIONS = 12
+"""Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
+up to a dozen replicas of each service have work (a partition is read by one replica at a time)."""
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000
 
@@ -86,18 +88,21 @@ def _ms(days: int) -> int:
     return days * DAY_MS if days else FOREVER
 
 
-def platform_topics(prefix: str = "", retention: Retention | None = None) -> list[TopicSpec]:
-    """The topics, prefixed; `retention` from the environment unless given."""
+def platform_topics(
+    prefix: str = "", retention: Retention | None = None, partitions: int = PARTITIONS
+) -> list[TopicSpec]:
+    """The topics, prefixed; `retention` from the environment unless given. `partitions`: fewer
+    for the tests, whose every test makes its own topics on one broker."""
     retention = retention or Retention.from_environ()
     specs = [
-        TopicSpec(c.REFERENTIEL, 3, retention_ms=FOREVER),
-        TopicSpec(c.FORMATION, DECLARATION_PARTITIONS, retention_ms=FOREVER),
-        TopicSpec(c.EQUIPEMENT, DECLARATION_PARTITIONS, retention_ms=FOREVER),
-        TopicSpec(c.CATALOGUE, DECLARATION_PARTITIONS, retention_ms=FOREVER),
-        TopicSpec(c.ALERTES, DECLARATION_PARTITIONS, retention_ms=_ms(retention.alerts_days)),
-        TopicSpec(c.ALERTES_ETAT, DECLARATION_PARTITIONS, compacted=True),
-        TopicSpec(PROFILS, DECLARATION_PARTITIONS, compacted=True),
-        TopicSpec(COUVERTURES, DECLARATION_PARTITIONS, compacted=True),
+        TopicSpec(c.REFERENTIEL, partitions, retention_ms=FOREVER),
+        TopicSpec(c.FORMATION, partitions, retention_ms=FOREVER),
+        TopicSpec(c.EQUIPEMENT, partitions, retention_ms=FOREVER),
+        TopicSpec(c.CATALOGUE, partitions, retention_ms=FOREVER),
+        TopicSpec(c.ALERTES, partitions, retention_ms=_ms(retention.alerts_days)),
+        TopicSpec(c.ALERTES_ETAT, partitions, compacted=True),
+        TopicSpec(PROFILS, partitions, compacted=True),
+        TopicSpec(COUVERTURES, partitions, compacted=True),
     ]
     specs += [
         TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)

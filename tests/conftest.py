@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+TEST_PARTITIONS = 6
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 
@@ -58,7 +59,8 @@ async def topic_prefix(kafka, unique) -> str:
     from deploy.topology import platform_topics
 
     prefix = f"t{unique}."
-    await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+    # Fewer partitions than a deployment's: each test makes its own topics on the session's broker.
+    await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=TEST_PARTITIONS))
     return prefix
 
 
