@@ -74,6 +74,17 @@ class Retention:
             dlq_days=_days(environ, "DLQ_RETENTION_DAYS", cls.dlq_days),
         )
 
+    @staticmethod
+    def problems(environ: Mapping[str, str]) -> list[str]:
+        """One line per retention variable `from_environ` would refuse."""
+        out = []
+        for variable in ("ALERTS_RETENTION_DAYS", "DLQ_RETENTION_DAYS"):
+            try:
+                _days(environ, variable, 0)
+            except ValueError as refused:
+                out.append(str(refused))
+        return out
+
 
 def _days(environ: Mapping[str, str], variable: str, default: int) -> int:
     raw = environ.get(variable, "").strip()

@@ -34,6 +34,7 @@ from deploy.local.demo import play
 from deploy.local.kafka import KafkaRuntimeError
 from deploy.local.platform import Platform, Ports
 from deploy.local.postgres import PostgresRuntimeError
+from deploy.topology import Retention
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -107,7 +108,7 @@ def settings_problems(environ: dict[str, str]) -> list[str]:
     from services.specs import specs
 
     given = {name: value for name, value in environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"}
-    return check_environment(given, [spec.settings for spec in specs()])
+    return check_environment(given, [spec.settings for spec in specs()]) + Retention.problems(environ)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,13 @@ def test_an_unknown_command_is_an_error_with_the_usage():
 
 
 def test_bad_settings_are_refused_before_anything_starts():
-    env = {**os.environ, "BATCH_MAX_RECORDS": "abc", "LOG_FORMAT": "xml", "DATABASE_URL": "mysql://u:secret@h/db"}
+    env = {
+        **os.environ,
+        "BATCH_MAX_RECORDS": "abc",
+        "LOG_FORMAT": "xml",
+        "DATABASE_URL": "mysql://u:secret@h/db",
+        "ALERTS_RETENTION_DAYS": "-1",
+    }
     result = subprocess.run(
         [str(DEV), "up", "--data-dir", "/nonexistent/never-created"],
         capture_output=True,
@@ -49,9 +55,10 @@ def test_bad_settings_are_refused_before_anything_starts():
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 3, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
+    assert len(lines) == 4, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
     assert any(line.startswith("==> error: BATCH_MAX_RECORDS: ") for line in lines)
     assert any(line.startswith("==> error: LOG_FORMAT: ") for line in lines)
     assert any(line.startswith("==> error: DATABASE_URL: ") for line in lines)
+    assert any(line.startswith("==> error: ALERTS_RETENTION_DAYS: ") for line in lines)
     assert "secret" not in result.stderr
     assert not Path("/nonexistent/never-created").exists()
