@@ -70,6 +70,9 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         group_id=settings.topic(spec.name),
         auto_offset_reset="earliest",
         max_records=settings.batch_max_records,
+        # Idle, FastStream waits this long for a record, then sleeps as long: the latency an idle
+        # service adds to the first record that comes (its default, 200 ms, per service crossed).
+        batch_timeout_ms=settings.batch_wait_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR,  # a failed batch is redelivered, never skipped
         parser=_parse_batch,
         decoder=_raw_records,

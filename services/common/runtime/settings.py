@@ -98,6 +98,9 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535, description="port of /health (and of the service's API)")
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
+    batch_wait_ms: int = Field(
+        50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one, then pauses as long"
+    )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
