@@ -3,8 +3,9 @@
 Every state table has text key columns and an `event_time` column. `store_latest` locks the
 rows it may replace (in key order, so two consumers never deadlock), decides with the pure
 `latest_wins` rule, and upserts the winners in one statement with a guard that keeps the rule
-true even against a concurrent writer. A batch's rows travel as one JSON parameter
-(`db.json_rows`, read by `json_to_recordset`).
+true even against a concurrent writer (a row another transaction inserted after the locking
+read): a winner the guard refused is reported stale, so no use case publishes it. A batch's
+rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -46,12 +47,20 @@ async def store_latest(
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])
         winners = sorted(verdicts.winners.items())
         rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in winners)
-        await conn.execute(
+        written = await conn.fetch(
             f"INSERT INTO {table} AS t ({_quoted(list(typed))}) "
             f"SELECT * FROM json_to_recordset($1::json) AS r({_typed(typed)}) "
-            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} WHERE t.event_time <= EXCLUDED.event_time",
+            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} WHERE t.event_time <= EXCLUDED.event_time "
+            f"RETURNING {key_list}",
             json_rows(rows),
         )
+        # A newer row inserted by a transaction that committed after the locking read (it was
+        # not there to lock) makes the guard refuse ours: that winner is stale after all, and
+        # must not be published as the entity's state.
+        stored = {tuple(r[k] for k in keys) for r in written}
+        if len(stored) < len(verdicts.winners):
+            lost = [e for key, e in winners if key not in stored]
+            verdicts = Verdicts({k: e for k, e in winners if k in stored}, verdicts.stale + lost)
     return verdicts
 
 
