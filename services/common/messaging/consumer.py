@@ -5,6 +5,7 @@ Where it resumes is the database's say, not Kafka's: on each partition assignmen
 the position the pipeline stored with the data (storage/positions.py), or to the beginning
 when the schema has none. Kafka's committed offsets still follow, for lag monitoring."""
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -52,11 +53,19 @@ class StoredPositions(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if not assigned:
             return
-        try:
-            stored = await positions.load(self._pipeline.pool, assigned)
-        except Exception:  # the guard has seen PostgreSQL answer just before: rare, and said
-            log.exception("positions.unreadable", fallback="Kafka's committed offsets")
-            return
+        # Never Kafka's committed offsets instead: after a restore or a failover to a standby
+        # that was behind, they are ahead of the database, and what lies between would be
+        # skipped for good. PostgreSQL away: wait for it (the start-up guard ends the process
+        # if it stays away, and the next assignment tries again).
+        delay = 0.5
+        while True:
+            try:
+                stored = await positions.load(self._pipeline.pool, assigned)
+                break
+            except Exception as exc:
+                log.warning("positions.unreadable", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         for tp in sorted(assigned):
             self.subscriber.consumer.seek(tp, stored.get(tp, 0))
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
