@@ -62,3 +62,14 @@ def test_bad_settings_are_refused_before_anything_starts():
     assert any(line.startswith("==> error: ALERTS_RETENTION_DAYS: ") for line in lines)
     assert "secret" not in result.stderr
     assert not Path("/nonexistent/never-created").exists()
+
+
+@pytest.mark.parametrize("command", [("dead-letters", "list"), ("outbox", "list")], ids=lambda c: c[0])
+def test_a_bad_database_url_is_one_line_without_its_password(command):
+    env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://u:s3cr3t@h/db"}
+    result = subprocess.run([str(DEV), *command], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"./dev {command[0]}: DATABASE_URL: " + result.stderr.split("DATABASE_URL: ")[1].strip()
+    ]
+    assert "s3cr3t" not in result.stderr + result.stdout

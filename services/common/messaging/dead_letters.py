@@ -24,7 +24,7 @@ import asyncpg
 
 from contracts import dlq as dlq_topic
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import settings_or_exit
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key'
@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    database_url = ServiceSettings().database_url
+    database_url = settings_or_exit("./dev dead-letters").database_url
     try:
         found = asyncio.run(run(args, database_url))
     except (OSError, asyncpg.PostgresError) as exc:

@@ -19,7 +19,7 @@ import sys
 import asyncpg
 
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import settings_or_exit
 
 SERVICES = ("formation", "equipement", "ressources")
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "drop" and not (args.seq and args.service and len(args.service) == 1):
         parser.error("drop needs one --service and the --seq of each record to forget")
-    database_url = ServiceSettings().database_url
+    database_url = settings_or_exit("./dev outbox").database_url
     try:
         asyncio.run(run(args.command, args.service or list(SERVICES), database_url, args.seq, args.show_key))
     except (OSError, asyncpg.PostgresError) as exc:

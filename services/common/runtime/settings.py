@@ -8,7 +8,9 @@ per problem naming the variable as it was typed and the rule it breaks; a servic
 with bad settings prints those lines and exits with code 2 (`app.serve`).
 """
 
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import cache
@@ -133,6 +135,17 @@ class ServiceSettings(BaseSettings):
 
     def unprefixed(self, topic: str) -> str:
         return topic.removeprefix(self.topic_prefix)
+
+
+def settings_or_exit(prog: str) -> ServiceSettings:
+    """The shared settings from this process's environment, for a command line tool: a bad
+    value ends it with one line per problem naming the variable (exit 2), never a traceback
+    that would show the value (a DATABASE_URL's password)."""
+    if problems := check_environment(os.environ):
+        for problem in problems:
+            print(f"{prog}: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return ServiceSettings()
 
 
 def check_environment(
