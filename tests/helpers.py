@@ -226,7 +226,7 @@ def couverture(
     return records
 
 
-async def lock_waiters(conn) -> int:
+async def lock_waiters(conn) -> int:  # a connection or a pool
     """Sessions of this database waiting for a lock now. pg_stat_activity is read afresh: within
     a transaction PostgreSQL would otherwise answer from the snapshot of its first reading."""
     await conn.execute("SELECT pg_stat_clear_snapshot()")

@@ -241,13 +241,14 @@ class Pipeline:
         return len(applied.outgoing)
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        """Work outside a batch that needs no writer lock (a lookup, one statement): `work` gets the store."""
+        """Work outside a batch that writes nothing (a lookup): `work` gets the store."""
         async with self.pool.acquire() as conn:
             return await work(self._store(conn))
 
     async def run_exclusive(self, work: Callable[[Any], Awaitable[list[Outgoing]]]) -> int:
-        """Work outside a batch (a re-evaluation at start, say) with a batch's guarantees: one
-        transaction, the writer lock, its events through the outbox; `work` gets the store."""
+        """Work outside a batch (a chunk of a re-evaluation, say) with a batch's guarantees: one
+        writing transaction (`_exclusive`: the writer lock in shared mode; the work locks the keys
+        it derives), its events through the outbox; `work` gets the store."""
         async with self._exclusive() as conn:
             outgoing = await work(self._store(conn))
             await enqueue(conn, [self._record(o, None, None) for o in outgoing])

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
-from helpers import TopicReader, at, event, eventually, profil_lot, running, send, uai
+from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.locks import lock_keys
 from services.ressources.app import SPEC
@@ -36,9 +36,6 @@ ETABLISSEMENT_COLUMNS = [
     "ouvert",
     "event_time",
 ]
-WAITING_FOR_A_LOCK = (
-    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-)
 MANUAL = dataclasses.replace(SPEC, on_start=None)  # the test drives the re-evaluations itself
 
 
@@ -156,7 +153,7 @@ async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_a
             async with pipeline.pool.acquire() as conn, conn.transaction():
                 await lock_keys(conn, "uai", [codes[700]])
                 fourth = asyncio.create_task(worker.step())
-                await eventually(lambda: conn.fetchval(WAITING_FOR_A_LOCK), what="the chunk waiting for the UAI")
+                await eventually(lambda: lock_waiters(conn), what="the chunk waiting for the UAI")
                 fourth.cancel()
                 await asyncio.gather(fourth, return_exceptions=True)
             assert await cursor(pipeline.pool) == codes[599], "nothing of the stopped chunk was kept"
@@ -250,7 +247,7 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         chunk_task = asyncio.create_task(chunk())
         await asyncio.wait_for(read.wait(), timeout=10)
         batch_task = asyncio.create_task(batch())
-        await eventually(lambda: pool.fetchval(WAITING_FOR_A_LOCK), timeout=10, what="the batch waiting for the UAI")
+        await eventually(lambda: lock_waiters(pool), timeout=10, what="the batch waiting for the UAI")
         go.set()
         assert await chunk_task == [c.ALERTE_LEVEE], "the chunk, on iPadOS 12.5"
         assert await batch_task == [c.ALERTE_RESOLUE], "the batch, after it, on iPadOS 17.1"

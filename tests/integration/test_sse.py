@@ -79,8 +79,7 @@ def alert(
 
 
 async def journal(app, *events: c.CloudEvent) -> list[int]:
-    """Journals `events` the way the handler does (one transaction under the writer lock);
-    returns their seqs."""
+    """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):
         await store.journal(list(events))

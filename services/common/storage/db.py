@@ -37,11 +37,6 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-async def lock_for_transaction(conn: Conn, name: str) -> None:
-    """Holds the advisory lock `name` until the transaction ends (one writer at a time)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(name))
-
-
 async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
     admin = await asyncpg.connect(database_url)
     try:
