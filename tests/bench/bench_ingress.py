@@ -5,7 +5,7 @@
 - ingress: each service alone on a pre-filled topic of --events valid events, against a raw
   aiokafka consumer that json-decodes and commits the same records (ingress.py);
 - replicas: --replicas replicas of --replica-service in one group on that topic, against one
-  replica; and the share of transaction time spent waiting on the advisory lock (replicas.py);
+  replica; and the share of transaction time spent waiting on a lock (rows, advisory) (replicas.py);
 - latency: ingress -> alert p50/p99/max at each of --rates for --duration seconds, against a
   plain record's produce -> consume latency at the same rate; whether the platform keeps up
   (latency.py);
