@@ -5,7 +5,7 @@ import asyncpg
 
 import contracts as c
 from contracts.internal import PROFILS
-from helpers import TopicReader, college, running, send
+from helpers import TopicReader, college, eventually, record_count, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
@@ -34,4 +34,9 @@ async def test_a_deadlocked_batch_is_replayed_once(kafka, settings):
         await profils.wait_for(lambda rs: len(rs) >= 1, what="the lot's record")
         assert len(attempts) == 2
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE type = $1", c.LOT) == 1
-    assert len(profils.records) == 1
+
+        async def drained() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+        await eventually(drained, what="the outbox published")
+        assert await record_count(kafka.bootstrap_servers, settings.topic(PROFILS)) == 1, "published once"
