@@ -26,6 +26,7 @@ backup for those topics (what they carried, Kafka holds or `accorder` recomputes
 letters already written by a restored schema are kept, the replay's (already on their DLQ) not.
 """
 
+import itertools
 import json
 from collections import deque
 from collections.abc import Iterable
@@ -287,8 +288,9 @@ def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
 
 
 def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
-    """The raise count an event's id was made from (lifecycle.event_id), looked for near `hint` first."""
-    for cycle in (hint, hint + 1, *range(1, MAX_CYCLE)):
+    """The raise count an event's id was made from (lifecycle.event_id), looked for near `hint`
+    first: the alert's former event is of this cycle or the one before, so one or two tries."""
+    for cycle in itertools.chain((hint, hint + 1), range(1, MAX_CYCLE)):
         if event_id(alert, cycle, what) == id_:
             return cycle
     raise ValueError(f"alert {alert}: event id {id_} was not made by lifecycle.event_id for any cycle")
