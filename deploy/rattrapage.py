@@ -19,7 +19,9 @@ real differences, with the ids they would have had:
   (handlers.Reevaluations): an alert that did not change is not announced again, one that did
   is raised with its next cycle's id or resolved with its cycle's. The alert journal (SSE)
   keeps only what was announced: the replay's entries are dropped, and its next ids go past
-  every id handed out before.
+  every id handed out before, in this schema or in the one it replaces (`journal_allocated`,
+  read by the caller while that schema's writers are held or stopped: a rolled-back
+  transaction consumes ids that no event on the stream accounts for).
 
 The outbox records the replay made are dropped first, and so are the records of a restored
 backup for those topics (what they carried, Kafka holds or `accorder` recomputes); dead
@@ -187,9 +189,17 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
         await consumer.stop()
 
 
-async def accorder(cible: Cible) -> int:
+async def journal_allocated(conn: Conn, schema: str) -> int:
+    """The highest alert journal id `schema` may have handed out (0 without a journal)."""
+    sequence = await conn.fetchval("SELECT to_regclass(format('%I.alert_journal_seq_seq', $1::text))", schema)
+    return 0 if sequence is None else int(await conn.fetchval(f"SELECT last_value FROM {sequence}"))
+
+
+async def accorder(cible: Cible, journal_floor: int = 0) -> int:
     """Align the schema's memory of its publications with Kafka, and queue the real differences
-    in its outbox (published by the service's relay once it runs on the schema); returns how many."""
+    in its outbox (published by the service's relay once it runs on the schema); returns how many.
+    ressources: the journal's next ids go past `journal_floor` too (`journal_allocated` of the
+    schema this one replaces)."""
     name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
     recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
@@ -209,7 +219,7 @@ async def accorder(cible: Cible) -> int:
         table = await read_topic(bootstrap, cible.topic(c.ALERTES_ETAT))
         held = _held_alerts([*stream, *(r for r in table if r.value is not None)])
         queued = await sql.run_exclusive(
-            lambda conn: _accord_alerts(conn, held, table, cible.journal_from, len(stream))
+            lambda conn: _accord_alerts(conn, held, table, cible.journal_from, len(stream), journal_floor)
         )
         queued += await _reevaluate_everything(cible)
     else:
@@ -297,12 +307,19 @@ def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
 
 
 async def _accord_alerts(
-    conn: Conn, held: dict[str, _Held], table: list[ConsumerRecord], journal_from: int, announced: int
+    conn: Conn,
+    held: dict[str, _Held],
+    table: list[ConsumerRecord],
+    journal_from: int,
+    announced: int,
+    floor: int,
 ) -> list[Outgoing]:
     """`alertes` as the stream says they were announced; the journal without the replay's
     entries, its next ids past every id handed out before (at most `announced`, the events the
-    stream holds, were ever journalled), so a client resuming from an earlier one is told that
-    its resumption is incomplete (stream.py). Returns what the table (alertes.etat.v1) lacks:
+    stream holds, were journalled since `journal_from`; `floor` were handed out by the schema
+    this one replaces, rolled-back ones included), so a client resuming from an earlier one is
+    told that its resumption is incomplete (stream.py), and one resuming from a later one
+    misses no new event. Returns what the table (alertes.etat.v1) lacks:
     each open alert's last event, a tombstone for each resolved alert it still shows (a
     deployment from before the table fills it by a rebuild)."""
     await conn.execute("DELETE FROM alertes")
@@ -325,7 +342,7 @@ async def _accord_alerts(
         ],
     )
     await conn.execute("DELETE FROM alert_journal WHERE seq > $1", journal_from)
-    horizon = journal_from + announced
+    horizon = max(journal_from + announced, floor)
     await conn.execute("SELECT setval(pg_get_serial_sequence('alert_journal', 'seq'), $1)", max(horizon, 1))
     await conn.execute("UPDATE alert_journal_horizon SET purged_through = $1", horizon)
     shown = {r.key.decode(): r.value for r in table}  # in offset order: the last record of each key

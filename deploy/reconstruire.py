@@ -16,7 +16,7 @@ needs re-derivation:
    only the real differences (an unchanged record or alert is not published again), and takes
    the records Kafka refused for good (outbox_failed, for ./dev outbox); then, in
    one transaction, renames `<schema>` to `<schema>_avant_<UTC time>` and the new one to
-   `<schema>`, and ends the service's database sessions. The service's next transaction, on a
+   `<schema>`, and ends the service's database sessions (its SSE hub's too). The service's next transaction, on a
    new session, works in the rebuilt schema (sessions find tables by schema name); the batch it
    was waiting with is redelivered (nack) and resumes from the rebuilt schema's positions.
 3. The former schema stays, for comparison or to switch back; drop it when done
@@ -82,7 +82,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
             await _drain(settings, live, producer)
             await rattrapage.rattraper(cible)
-            queued = await rattrapage.accorder(cible)
+            queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
             columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox
             await session.execute(
                 f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
@@ -94,8 +94,8 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             await session.execute(f'ALTER SCHEMA "{fresh}" RENAME TO "{live}"')
         ended = await session.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = $1",
-            f"feo-{live}",
+            "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+            [f"feo-{live}", f"feo-{live}-sse"],  # the SSE hub's session too: it reconnects to the new journal
         )
         say(
             f"{spec.name} now works in the rebuilt schema {live} ({queued} records differed from what was "

@@ -123,6 +123,16 @@ async def connected_services(database_url: str) -> list[str]:
     return [r["application_name"] for r in rows]
 
 
+async def _journal_allocated(database_url: str) -> int:
+    """The highest alert journal id the ressources schema about to be replaced handed out: the
+    restored journal's next ids go past it, so a dashboard resuming from one misses nothing."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await rattrapage.journal_allocated(conn, RESSOURCES.name)
+    finally:
+        await conn.close()
+
+
 async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     """Replace every schema the dump holds by the dump's, in one transaction, then catch each
     service's schema up with the log (deploy/rattrapage.py); returns the schemas restored."""
@@ -135,6 +145,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     script = _run(
         [pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], dict(os.environ), f"reading {path}"
     )
+    floor = await _journal_allocated(database_url)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n' for name in schemas).encode()
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     with _connection(database_url) as (url, env):
@@ -146,7 +157,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
                     replayed = await rattrapage.rattraper(cible)
-                    queued = await rattrapage.accorder(cible)
+                    queued = await rattrapage.accorder(cible, floor)
                 finally:
                     await cible.close()
                 print(f"{spec.name}: {replayed} records replayed since the backup, {queued} publications queued")

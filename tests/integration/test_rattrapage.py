@@ -9,11 +9,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import contracts as c
-from deploy.rattrapage import accorder, ouvrir, rattraper, read_topic
+from deploy.rattrapage import accorder, journal_allocated, ouvrir, rattraper, read_topic
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.outbox import relay_producer
 from services.equipement.app import SPEC
+from services.ressources import queries
 from services.ressources.app import SPEC as RESSOURCES
 from test_equipement import DEPARTEMENT
 from test_ressources import RID, abonnement, old_tablets_at, publiee
@@ -89,3 +90,39 @@ async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka,
 async def _recreated(admin: AIOKafkaAdminClient, topic: str) -> bool:
     response = await admin.create_topics([NewTopic(topic, 6, 1, topic_configs={"cleanup.policy": "compact"})])
     return all(code == 0 for _, code, *_ in response.topic_errors)
+
+
+async def test_the_journal_goes_on_past_ids_a_rolled_back_transaction_took(kafka, settings) -> None:
+    """The replaced schema handed out more journal ids than the stream has events (a journalling
+    transaction rolled back): the rebuilt journal's next ids go past them all, so a dashboard
+    resuming from the highest gets the next event, not a silent gap."""
+    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350403")
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alert_journal)"
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert journalled")
+        async with pipeline.pool.acquire() as conn:
+            rollback = conn.transaction()
+            await rollback.start()
+            await conn.execute(
+                "INSERT INTO alert_journal (event_id, alert_id, event) SELECT 'e', 'a', '{}' FROM generate_series(1, 5)"
+            )
+            await rollback.rollback()
+            last = await journal_allocated(conn, "ressources")
+    assert last == 6, "one event journalled, five ids taken by the rolled-back transaction"
+
+    held = relay_producer(bootstrap, "test-rattrapage")
+    cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
+    try:
+        await rattraper(cible)
+        await accorder(cible, last)
+        async with cible.pipeline.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO alert_journal (event_id, alert_id, event) VALUES ('suivant', 'a', '{\"data\": {}}')"
+            )
+            replay = await queries.journal_replay(conn, last, 1_000_000, queries.AlertFilter(), 10)
+    finally:
+        await cible.close()
+        await held.stop()
+    assert replay.last_allocated == last + 1 and [seq for seq, _ in replay.rows] == [last + 1]
