@@ -121,8 +121,8 @@ async def rattraper(cible: Cible) -> int:
         auto_offset_reset="earliest",
         max_poll_records=settings.batch_max_records,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         topics = [cible.topic(t) for t in cible.spec.consumes]
         partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
         consumer.assign(partitions)

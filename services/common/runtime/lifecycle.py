@@ -14,10 +14,16 @@ from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
+from services.common.runtime.startup import StartupFailed
 from services.common.storage import retention
 from services.common.storage.db import create_pool, migrate
 
 log = structlog.get_logger(__name__)
+
+CATCH_UP_PENDING = "rattrapage_en_attente"
+"""A table that `./dev restore` (deploy/sauvegarde.py) creates in each schema it restores and
+drops once the schema has caught up with the log: while it is there, the service refuses to
+start (an un-caught-up schema would hand out versions and alert ids already published)."""
 
 
 class Lifecycle:
@@ -31,6 +37,11 @@ class Lifecycle:
         spec, settings = self._spec, self._settings
         schema = settings.db_schema or spec.name
         pool = await create_pool(settings.database_url, schema)
+        if await pool.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))", schema, CATCH_UP_PENDING):
+            await pool.close()
+            reason = f"schema {schema!r} was restored but not caught up with the log: rerun ./dev restore FILE"
+            log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
+            raise StartupFailed(reason)
         await migrate(pool, schema, spec.package_dir)
         producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
         relay = OutboxRelay(
