@@ -231,10 +231,18 @@ class OutboxRelay:
         for batch in batches:
             batch.builder.close()
             acks.append(await self._producer.send_batch(batch.builder, batch.topic, partition=batch.partition))
+        # After a batch of a partition failed, the later batches of that partition count as
+        # failed too, acknowledged or not: they go out again after it next round (at least once,
+        # same ids), so a key's records never end in another order (a raise after its tombstone
+        # on alertes.etat.v1 would reopen a resolved alert).
+        broken: dict[tuple[str, int], BaseException] = {}
         for batch, result in zip(batches, await asyncio.gather(*acks, return_exceptions=True), strict=True):
-            if isinstance(result, BaseException):
+            where = (batch.topic, batch.partition)
+            error = result if isinstance(result, BaseException) else broken.get(where)
+            if error is not None:
+                broken.setdefault(where, error)
                 for i in batch.rows:
-                    errors[i] = result
+                    errors[i] = error
         return errors
 
 
