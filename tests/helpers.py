@@ -4,10 +4,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 T = TypeVar("T")
@@ -247,3 +250,29 @@ async def record_count(bootstrap: str, topic: str) -> int:
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """The pids among `pids` that still run (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@asynccontextmanager
+async def migrated_pool(database_url: str, spec, schema: str | None = None) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `spec`'s schema (or `schema`) with its migrations applied, as the service has it."""
+    from services.common.storage.db import create_pool, migrate
+
+    name = schema or spec.name
+    pool = await create_pool(database_url, name)
+    try:
+        await migrate(pool, name, spec.package_dir)
+        yield pool
+    finally:
+        await pool.close()

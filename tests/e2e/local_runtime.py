@@ -53,18 +53,6 @@ def runtime_env(env: dict[str, str]) -> dict[str, str]:
     return {**inherited, "LOG_FORMAT": "json", **env}
 
 
-def still_running(pids: list[int]) -> list[int]:
-    """The pids among `pids` that still run (zombies count as gone)."""
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 class Runtime:
     """One run of `python -m deploy.local ARGS`, stdout and stderr together, read as they come:
     through a pipe, or a terminal (`terminal=True`) that is then the run's controlling one."""

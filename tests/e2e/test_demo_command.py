@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from local_runtime import Runtime, runtime_ports, scratch_dir, still_running
+from helpers import still_running
+from local_runtime import Runtime, runtime_ports, scratch_dir
 
 pytestmark = pytest.mark.e2e
 

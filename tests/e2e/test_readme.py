@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from local_runtime import ROOT, Runtime, runtime_ports, scratch_dir, still_running
+from helpers import still_running
+from local_runtime import ROOT, Runtime, runtime_ports, scratch_dir
 
 SECTIONS = ("Publishing as a partner", "Subscribing as a dashboard", "The read API for dashboards")
 

@@ -20,8 +20,8 @@ from deploy.local.datadir import DataDir
 from deploy.local.kafka import LocalKafka
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
-from helpers import eventually
-from local_runtime import ROOT, Runtime, runtime_env, runtime_ports, scratch_dir, still_running
+from helpers import eventually, still_running
+from local_runtime import ROOT, Runtime, runtime_env, runtime_ports, scratch_dir
 
 pytestmark = pytest.mark.e2e
 

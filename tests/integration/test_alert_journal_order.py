@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from helpers import eventually, lock_waiters
-from services.common.storage.db import create_pool, migrate
+from helpers import eventually, lock_waiters, migrated_pool
 from services.ressources import stream
 from services.ressources.app import SPEC
 from test_sse import alert
@@ -15,10 +14,8 @@ from test_sse import alert
 
 @pytest.fixture
 async def pool(database_url):
-    pool = await create_pool(database_url, "ressources")
-    await migrate(pool, "ressources", SPEC.package_dir)
-    yield pool
-    await pool.close()
+    async with migrated_pool(database_url, SPEC) as pool:
+        yield pool
 
 
 async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):

@@ -8,9 +8,8 @@ import json
 import pytest
 
 import contracts as c
-from helpers import eventually, lock_waiters
+from helpers import eventually, lock_waiters, migrated_pool
 from helpers import uai as valid_uai
-from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC
 from services.equipement.store import EquipementStore
 from test_equipement import lot
@@ -18,10 +17,8 @@ from test_equipement import lot
 
 @pytest.fixture
 async def pool(database_url):
-    pool = await create_pool(database_url, "equipement")
-    await migrate(pool, "equipement", SPEC.package_dir)
-    yield pool
-    await pool.close()
+    async with migrated_pool(database_url, SPEC) as pool:
+        yield pool
 
 
 def parsed(value: dict) -> c.CloudEvent:

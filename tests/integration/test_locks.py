@@ -6,18 +6,15 @@ import asyncio
 import asyncpg
 import pytest
 
-from helpers import eventually, lock_waiters
-from services.common.storage.db import create_pool, migrate
+from helpers import eventually, lock_waiters, migrated_pool
 from services.common.storage.locks import lock_keys
 from services.equipement.app import SPEC
 
 
 @pytest.fixture
 async def pool(database_url):
-    pool = await create_pool(database_url, "verrous_test")
-    await migrate(pool, "verrous_test", SPEC.package_dir)
-    yield pool
-    await pool.close()
+    async with migrated_pool(database_url, SPEC, "verrous_test") as pool:
+        yield pool
 
 
 async def test_disjoint_keys_do_not_wait_shared_keys_do(pool: asyncpg.Pool):

@@ -34,20 +34,9 @@ from deploy.local.ports import free_ports
 from deploy.local.postgres import LocalPostgres, ensure_database
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
+from helpers import still_running
 
 CLIENT_DEADLINE_SECONDS = 30
-
-
-def _still_running(pids: list[int]) -> list[int]:
-    """The pids among `pids` that still run (zombies count as gone)."""
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str]]:
@@ -106,7 +95,7 @@ async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path) -> Non
         assert (record.key, record.value) == (b"k1", b"hello")
 
     assert kafka.pid is None
-    assert _still_running([pid]) == []
+    assert still_running([pid]) == []
 
 
 @pytest.mark.kafka
@@ -178,7 +167,7 @@ async def test_postgres_creates_databases_then_stops(tmp_path: Path, monkeypatch
         assert not (tmp_path / "unused").exists()
 
     assert postgres.pid is None
-    assert _still_running(server_processes) == []
+    assert still_running(server_processes) == []
 
 
 async def test_a_database_is_created_only_when_missing(postgres, unique):
