@@ -117,12 +117,10 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int
                 if idle is not None:
                     break
                 continue
-            for records in batch.values():
-                for record in records:
-                    print(describe(record), flush=True)
-                    seen += 1
-                    if at_most is not None and seen >= at_most:
-                        break
+            records = [record for records in batch.values() for record in records]
+            for record in records[: None if at_most is None else at_most - seen]:
+                print(describe(record), flush=True)
+                seen += 1
         return seen
     finally:
         await consumer.stop()

@@ -62,3 +62,12 @@ def test_clear_errors(kafka, unique):
     nobody = dev_kafka("127.0.0.1:1", "consume", "t", "--idle", "1")
     assert nobody.returncode == 1
     assert "no Kafka broker answers at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS)" in nobody.stderr
+
+
+def test_max_stops_at_n_records_across_partitions(kafka, topic_prefix):
+    topic = topic_prefix + c.CATALOGUE
+    for key in ("a", "b", "c", "d"):  # over several partitions
+        assert dev_kafka(kafka.bootstrap_servers, "produce", topic, "--key", key, stdin="{}").returncode == 0
+    read = dev_kafka(kafka.bootstrap_servers, "consume", topic, "--from-beginning", "--max", "3", "--idle", "20")
+    assert read.returncode == 0, read.stderr
+    assert len(read.stdout.splitlines()) == 3
