@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator
 
-from contracts import ALERT_KINDS, AlertKind, RessourcePubliee, is_valid_uai, uai_check_letter
+from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.ressources import api_home, queries, stream
@@ -250,20 +250,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
             }
         ressources.append(entry)
     return {
-        "etablissement": {
-            k: etab[k]
-            for k in (
-                "uai",
-                "nom",
-                "type",
-                "statut",
-                "code_commune",
-                "code_departement",
-                "code_academie",
-                "code_region",
-                "ouvert",
-            )
-        },
+        "etablissement": {k: etab[k] for k in Etablissement.model_fields},
         "equipement": json.loads(profil.model_dump_json()) if profil else None,
         "formation": json.loads(couverture.model_dump_json()) if couverture else None,
         "ressources": ressources,

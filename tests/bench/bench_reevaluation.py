@@ -45,18 +45,7 @@ async def seed(conn, n: int) -> None:
     await conn.copy_records_to_table(
         "etablissements",
         records=[(u, f"Collège {u}", "college", "public", "35238", "035", "14", "53", True, T0) for u in uais],
-        columns=[
-            "uai",
-            "nom",
-            "type",
-            "statut",
-            "code_commune",
-            "code_departement",
-            "code_academie",
-            "code_region",
-            "ouvert",
-            "event_time",
-        ],
+        columns=[*c.Etablissement.model_fields, "event_time"],
     )
     # Half the établissements run iPadOS 12.5 (incompatible with >= 15), half iPadOS 17.
     recus = []

@@ -24,18 +24,7 @@ from services.ressources.store import RessourcesStore
 
 RID = "ark:/67375/fan-out"
 OLD, RECENT = "12.5", "17.1"
-ETABLISSEMENT_COLUMNS = [
-    "uai",
-    "nom",
-    "type",
-    "statut",
-    "code_commune",
-    "code_departement",
-    "code_academie",
-    "code_region",
-    "ouvert",
-    "event_time",
-]
+ETABLISSEMENT_COLUMNS = [*c.Etablissement.model_fields, "event_time"]
 MANUAL = dataclasses.replace(SPEC, on_start=None)  # the test drives the re-evaluations itself
 
 
