@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from services.common.runtime.secrets import redact
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SECRET = frozenset({"database_url", "otel_endpoint"})
+SECRET = frozenset({"database_url", "otel_endpoint", "kafka_password"})
 """Settings whose value may hold a password or a token: no message shows it."""
 
 
@@ -91,6 +91,13 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", allow_inf_nan=False)
 
     kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
+        "PLAINTEXT", description="SASL_SSL (CONTRACTS.md, Identity); PLAINTEXT only on a debugging listener"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    kafka_username: str | None = Field(None, description="SCRAM user of this service's Kafka principal")
+    kafka_password: str | None = Field(None, description="its password")
+    kafka_ca_file: str | None = Field(None, description="PEM file of the CA of the brokers' certificates")
     database_url: PostgresUrl = Field(
         "postgresql://postgres@127.0.0.1:5432/former_equiper_outiller",
         description="PostgreSQL URL; each service works in its own schema of that database",

@@ -1,0 +1,119 @@
+"""How a client reaches Kafka: bootstrap servers, security protocol, SASL credentials, CA.
+
+Every Kafka client of the project (the services, the relay, the operators' tools, the tests)
+takes its options from one `KafkaAccess`, read from the environment like the services'
+settings:
+
+| variable | meaning |
+| --- | --- |
+| `KAFKA_BOOTSTRAP_SERVERS` | host:port pairs separated by commas |
+| `KAFKA_SECURITY_PROTOCOL` | `SASL_SSL` (CONTRACTS.md, Identity) or `PLAINTEXT` (a debugging listener only) |
+| `KAFKA_SASL_MECHANISM` | `SCRAM-SHA-512` |
+| `KAFKA_USERNAME`, `KAFKA_PASSWORD` | the SCRAM credentials of this client's principal |
+| `KAFKA_CA_FILE` | PEM file of the CA that signed the brokers' certificates (default: the system's CAs) |
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from aiokafka.helpers import create_ssl_context
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+Protocol = Literal["SASL_SSL", "PLAINTEXT"]
+Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
+VARIABLES = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "username": "KAFKA_USERNAME",
+    "password": "KAFKA_PASSWORD",
+    "ca_file": "KAFKA_CA_FILE",
+}
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    security_protocol: Protocol = "PLAINTEXT"
+    sasl_mechanism: Mechanism = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> KafkaAccess:
+        """The access the environment describes; `overrides` (e.g. `bootstrap_servers=`) win."""
+        given: dict[str, Any] = {name: environ[var] for name, var in VARIABLES.items() if environ.get(var)}
+        return cls(**{**given, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def of(cls, settings: Any) -> KafkaAccess:
+        """The access of a service's settings (`ServiceSettings`' `kafka_*` fields)."""
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            username=settings.kafka_username,
+            password=settings.kafka_password,
+            ca_file=settings.kafka_ca_file,
+        )
+
+    def as_principal(self, username: str, password: str) -> KafkaAccess:
+        return replace(self, username=username, password=password)
+
+    @property
+    def secured(self) -> bool:
+        return self.security_protocol == "SASL_SSL"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return create_ssl_context(cafile=self.ca_file) if self.secured else None
+
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments of aiokafka's producer, consumer and admin client."""
+        if not self.secured:
+            return {"bootstrap_servers": self.bootstrap_servers}
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+            "ssl_context": self.ssl_context(),
+        }
+
+    def kafka_python(self) -> dict[str, Any]:
+        """Keyword arguments of kafka-python's clients (the admin client that manages ACLs, tests)."""
+        if not self.secured:
+            return {"bootstrap_servers": self.bootstrap_servers}
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+            "ssl_cafile": self.ca_file,
+        }
+
+    def faststream_security(self) -> Any:
+        """FastStream's `security=` for KafkaBroker; None over PLAINTEXT."""
+        if not self.secured:
+            return None
+        from faststream.security import SASLScram256, SASLScram512
+
+        scram = SASLScram512 if self.sasl_mechanism == "SCRAM-SHA-512" else SASLScram256
+        return scram(username=self.username or "", password=self.password or "", ssl_context=self.ssl_context())
+
+    def environ(self) -> dict[str, str]:
+        """The variables that give a child process this access."""
+        values = {name: getattr(self, name) for name in VARIABLES}
+        return {VARIABLES[name]: str(value) for name, value in values.items() if value is not None}
+
+
+def kafka_options(bootstrap_servers: str | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """aiokafka's keyword arguments for the environment's access, at `bootstrap_servers` if given."""
+    return KafkaAccess.from_environ(environ, bootstrap_servers=bootstrap_servers).aiokafka()
