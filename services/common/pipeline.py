@@ -82,6 +82,7 @@ state and say what to emit."""
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
+_PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 
 
 def writer_lock(schema: str) -> int:
@@ -223,13 +224,15 @@ class Pipeline:
             # Référentiel first: an établissement and an event about it may share a batch.
             ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
             accepted_ref = self._check(ref_events, {}, rejected)
-            fresh_ref = await inbox.claim(conn, accepted_ref)
+            principals = {id(e): _principal(r.headers) for e, r in external}
+            principal = lambda e: principals.get(id(e))  # noqa: E731
+            fresh_ref = await inbox.claim(conn, accepted_ref, principal)
             stale, changed_uais = await referentiel.apply(conn, fresh_ref)
 
             others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
             etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
             accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
-            fresh = await inbox.claim(conn, accepted)
+            fresh = await inbox.claim(conn, accepted, principal)
             applied = await self._apply(self._store(conn), fresh, changed_uais)
             stale += applied.stale
             await inbox.mark_stale(conn, stale)
@@ -307,6 +310,18 @@ class Pipeline:
             duration_ms=round((time.monotonic() - started) * 1000),
             partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
         )
+
+
+def _principal(headers) -> str | None:
+    """The `auth-principal` header's value (the ingestion service's authenticated subject),
+    when it is text; any other bytes are a partner's business and are not kept."""
+    for name, value in headers or ():
+        if name == c.PRINCIPAL_HEADER and value is not None:
+            try:
+                return value.decode()[:_PRINCIPAL_MAX]
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def _about(event: CloudEvent) -> dict[str, str]:

@@ -144,3 +144,26 @@ async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_g
         assert [json.loads(r.value)["id"] for r in records] == [huge["id"], nul["id"]]
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM lots"), what="the good lots")
         assert {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")} == {"L0", "L3"}
+
+
+async def test_the_authenticated_principal_is_kept_with_the_inbox_row(kafka, settings):
+    """The ingestion service names who was authenticated in the `auth-principal` header; the
+    service keeps it with the event, so who sent what is auditable. Without the header (a record
+    written to Kafka by a partner's own principal) nothing is recorded, and a header that is not
+    text neither refuses the record nor is kept."""
+    uai = valid_uai("0350003")
+    with_principal, without, not_text = lot(uai, "L1", 1, 1), lot(uai, "L2", 2, 2), lot(uai, "L3", 3, 3)
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        topic = settings.topic(c.EQUIPEMENT)
+        await send(kafka.bootstrap_servers, topic, [(uai, with_principal)], [(c.PRINCIPAL_HEADER, b"client-035")])
+        await send(kafka.bootstrap_servers, topic, [(uai, without)])
+        await send(kafka.bootstrap_servers, topic, [(uai, not_text)], [(c.PRINCIPAL_HEADER, b"\xff\xfe")])
+
+        async def recorded():
+            rows = await pipeline.pool.fetch("SELECT id, principal FROM inbox WHERE type = $1", c.LOT)
+            return {r["id"]: r["principal"] for r in rows} if len(rows) == 3 else None
+
+        principals = await eventually(recorded, what="the three lots in the inbox")
+        assert principals == {with_principal["id"]: "client-035", without["id"]: None, not_text["id"]: None}

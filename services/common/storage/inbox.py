@@ -4,26 +4,37 @@
 conflict means it was accepted before (or by a concurrent consumer, which then commits first).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from contracts import CloudEvent
 from services.common.storage.db import Conn, json_rows
 
 
-async def claim(conn: Conn, events: Sequence[CloudEvent]) -> list[CloudEvent]:
-    """Keep the events never accepted before, in arrival order, each (source, id) once."""
+async def claim(
+    conn: Conn, events: Sequence[CloudEvent], principal: Callable[[CloudEvent], str | None] = lambda _: None
+) -> list[CloudEvent]:
+    """Keep the events never accepted before, in arrival order, each (source, id) once;
+    `principal(event)`: who was authenticated when it came in, stored with its row."""
     if not events:
         return []
     rows = await conn.fetch(
         """
-        INSERT INTO inbox (source, id, type, subject, event_time)
+        INSERT INTO inbox (source, id, type, subject, event_time, principal)
         SELECT * FROM json_to_recordset($1::json)
-            AS e(source text, id text, type text, subject text, event_time timestamptz)
+            AS e(source text, id text, type text, subject text, event_time timestamptz, principal text)
         ON CONFLICT DO NOTHING
         RETURNING source, id
         """,
         json_rows(
-            {"source": e.source, "id": e.id, "type": e.type, "subject": e.subject, "event_time": e.time} for e in events
+            {
+                "source": e.source,
+                "id": e.id,
+                "type": e.type,
+                "subject": e.subject,
+                "event_time": e.time,
+                "principal": principal(e),
+            }
+            for e in events
         ),
     )
     fresh = {(r["source"], r["id"]) for r in rows}
