@@ -1,0 +1,216 @@
+"""Bearer tokens: who is calling the passerelle, and as which declarants.
+
+A token is a JWT signed by the deployment's identity provider with an asymmetric key published
+in a JWKS (a file, or the provider's URL). `Verificateur.verifier` checks its signature, issuer,
+audience, expiry and not-before, and reads `sub` (the client) and `declarant` (one CloudEvents
+`source` form, or a list of them). Anything else is a `JetonRefuse` (401), whose message names
+the rule broken and never the token nor its claims. `JwksIndisponible` (503) says the keys
+cannot be had at all: a valid token must not be told it is invalid because the provider is down.
+
+Keys from a URL are kept 5 minutes; a token signed with a key not seen yet (the provider
+rotated its keys) fetches them again at once, at most every 10 seconds, so tokens with made-up
+`kid`s cannot make the passerelle hammer the provider. Keys from a file are read again
+whenever the file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import structlog
+
+from contracts.envelope import parse_source
+
+log = structlog.get_logger(__name__)
+
+# Signatures by a key the provider alone holds; never "none" nor HS* (a shared secret).
+ALGORITHMES = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+DUREE_CACHE = 300.0  # seconds a JWKS fetched from a URL is trusted without fetching it again
+INTERVALLE_REFETCH = 10.0  # at least this many seconds between fetches forced by an unknown kid
+REESSAI = 5.0  # seconds before fetching again after a failed fetch
+LONGUEUR_SUB = 256  # `sub` becomes a Kafka header on every record the client sends
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated client: `subject` is the token's `sub`, `declarants` the sources it may use."""
+
+    subject: str
+    declarants: frozenset[str]
+
+
+class JetonRefuse(Exception):
+    """The token is not accepted; str() is the rule it breaks, in French, without its values."""
+
+
+class JwksIndisponible(Exception):
+    """The identity provider's keys cannot be read (file or URL); no token can be checked."""
+
+
+def declarant_valide(source: object) -> str:
+    """`source` if a client may hold it as a declarant: one of the contract's source forms, not
+    `/plateforme/...` (the platform's own services); ValueError naming the rule otherwise."""
+    if not isinstance(source, str):
+        raise ValueError("un declarant est une chaîne (une source CloudEvents)")
+    if parse_source(source).kind == "plateforme":
+        raise ValueError(f"{source!r} : /plateforme/... est réservé aux services de la plateforme")
+    return source
+
+
+def declarants_du_claim(claim: object) -> frozenset[str]:
+    """The declarants of a `declarant` claim: one source, or a non-empty list of them."""
+    sources = [claim] if isinstance(claim, str) else claim
+    if not isinstance(sources, list) or not sources:
+        raise ValueError("declarant : une source ou une liste non vide de sources")
+    return frozenset(declarant_valide(source) for source in sources)
+
+
+_REFUS: list[tuple[type[jwt.PyJWTError], str]] = [  # most specific first: they subclass each other
+    (jwt.InvalidSignatureError, "signature invalide"),
+    (jwt.ExpiredSignatureError, "jeton expiré"),
+    (jwt.ImmatureSignatureError, "jeton pas encore valide (nbf ou iat dans le futur)"),
+    (jwt.InvalidIssuerError, "émetteur inattendu (iss)"),
+    (jwt.InvalidAudienceError, "audience inattendue (aud)"),
+    (jwt.InvalidAlgorithmError, "algorithme différent de celui de la clé (kid)"),
+    (jwt.DecodeError, "jeton illisible (JWS compact attendu)"),
+]
+
+
+def _raison(error: jwt.PyJWTError) -> str:
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"claim {error.claim} absent"
+    return next((raison for kind, raison in _REFUS if isinstance(error, kind)), "jeton invalide")
+
+
+class Verificateur:
+    """Checks bearer tokens against the keys of a JWKS file or URL (exactly one of them)."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_file: Path | None = None,
+        jwks_url: str | None = None,
+        leeway_seconds: float = 30,
+    ):
+        if (jwks_file is None) == (jwks_url is None):
+            raise ValueError("Verificateur : donner exactement un de jwks_file (JWKS_FILE) et jwks_url (JWKS_URL)")
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_seconds = leeway_seconds
+        self._cles = _ClesFichier(jwks_file) if jwks_file is not None else _ClesUrl(str(jwks_url))
+
+    async def verifier(self, token: str) -> Principal:
+        try:
+            entete = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise JetonRefuse("jeton illisible (JWS compact attendu)") from None
+        if entete.get("alg") not in ALGORITHMES:
+            raise JetonRefuse(f"algorithme refusé : signature asymétrique attendue ({', '.join(sorted(ALGORITHMES))})")
+        kid = entete.get("kid")
+        cle = await self._cles.cle(kid) if isinstance(kid, str) else None
+        if cle is None:
+            raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
+        try:
+            claims = jwt.decode(
+                token,
+                cle,
+                algorithms=[cle.algorithm_name],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as error:
+            raise JetonRefuse(_raison(error)) from None
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 0 < len(sub) <= LONGUEUR_SUB:
+            raise JetonRefuse(f"claim sub mal formé : une chaîne de 1 à {LONGUEUR_SUB} caractères")
+        try:
+            declarants = declarants_du_claim(claims.get("declarant"))
+        except ValueError:
+            raise JetonRefuse(
+                "claim declarant absent ou mal formé : une source ou une liste de sources du contrat, "
+                "hors /plateforme/..."
+            ) from None
+        return Principal(sub, declarants)
+
+
+def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
+    cles = {
+        cle.key_id: cle
+        for cle in jeu.keys
+        if cle.key_id and cle.public_key_use in (None, "sig") and cle.algorithm_name in ALGORITHMES
+    }
+    if not cles:
+        raise ValueError("aucune clé de signature asymétrique avec un kid")
+    return cles
+
+
+class _ClesFichier:
+    """A JWKS file, read again when it changes (a rotated key is picked up by the next token)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._version: tuple[int, int, int] | None = None
+        self._cles: dict[str, jwt.PyJWK] = {}
+
+    async def cle(self, kid: str) -> jwt.PyJWK | None:
+        try:
+            stat = os.stat(self.path)
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if version != self._version:
+                self._cles = _cles_de_signature(jwt.PyJWKSet.from_json(self.path.read_text()))
+                self._version = version
+        except (OSError, ValueError, jwt.PyJWTError) as error:
+            raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
+        return self._cles.get(kid)
+
+
+class _ClesUrl:
+    """A provider's JWKS endpoint, fetched in a thread (PyJWKClient blocks) and kept DUREE_CACHE."""
+
+    def __init__(self, url: str):
+        try:
+            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=10)
+        except jwt.PyJWKClientError as error:
+            raise ValueError(f"JWKS_URL : {error}") from None
+        self.url = url
+        self._cles: dict[str, jwt.PyJWK] = {}
+        self._echec = ""
+        self._prochain = -math.inf  # when the keys are fetched again
+        self._force = -math.inf  # when an unknown kid last forced a fetch
+        self._generation = 0  # fetches done: a caller that waited for another's fetch skips its own
+        self._verrou = asyncio.Lock()
+
+    async def cle(self, kid: str) -> jwt.PyJWK | None:
+        vue = self._generation
+        maintenant = time.monotonic()
+        if maintenant >= self._prochain:
+            await self._charger(vue)
+        elif kid not in self._cles and maintenant - self._force >= INTERVALLE_REFETCH:
+            self._force = maintenant
+            await self._charger(vue)
+        if not self._cles:
+            raise JwksIndisponible(f"JWKS_URL {self.url} : aucune clé obtenue ({self._echec})")
+        return self._cles.get(kid)
+
+    async def _charger(self, vue: int) -> None:
+        async with self._verrou:
+            if self._generation != vue:
+                return
+            self._generation += 1
+            try:
+                self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
+                self._prochain = time.monotonic() + DUREE_CACHE
+            except (jwt.PyJWTError, ValueError) as error:  # ValueError: the answer is not JSON
+                self._echec = f"{type(error).__name__}: {error}"
+                self._prochain = time.monotonic() + REESSAI
+                if self._cles:
+                    log.warning("jwks_stale", url=self.url, error=self._echec, retry_in_s=REESSAI)
