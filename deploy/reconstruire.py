@@ -38,6 +38,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from deploy import rattrapage
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, count_pending, relay_producer
 from services.common.pipeline import writer_lock
 from services.common.runtime.logs import configure_logging
@@ -67,7 +68,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     if len(former) > 63:
         raise ReconstructionError(f"DB_SCHEMA {live!r} is too long to keep the former schema beside it (42 at most)")
     session = await asyncpg.connect(settings.database_url, server_settings={"application_name": APPLICATION})
-    producer = relay_producer(settings.kafka_bootstrap_servers, APPLICATION)
+    producer = relay_producer(KafkaAccess.of(settings), APPLICATION)
     try:
         if not await session.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"reconstruire:{live}")):
             raise ReconstructionError(f"a rebuild of schema {live!r} is already under way")

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from deploy import rattrapage
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.secrets import redact
@@ -172,7 +173,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     with _connection(database_url) as (url, env):
         _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script + marks)
-    producer = relay_producer(settings.kafka_bootstrap_servers, "feo-sauvegarde")
+    producer = relay_producer(KafkaAccess.of(settings), "feo-sauvegarde")
     try:
         for spec in services:
             try:

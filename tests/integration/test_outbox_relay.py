@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from contracts.internal import PROFILS
 from helpers import TopicReader, running
 from services.common.messaging import outbox_failed
+from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
 from services.common.runtime.health import health_report
 from services.common.storage.db import create_pool, migrate
@@ -18,11 +19,16 @@ from services.equipement.app import SPEC
 ODD_HEADERS = (("x-bin", b"\xff\xfe\x00\x80"), ("x-null", None), ("x-n", b"dup-1"), ("x-n", b"dup-2"), ("x-empty", b""))
 
 
+def producer_as_admin(kafka) -> AIOKafkaProducer:
+    """The relay's producer, as the environment's principal (the tests' admin)."""
+    return relay_producer(KafkaAccess.from_environ(bootstrap_servers=kafka.bootstrap_servers), "relay-test")
+
+
 async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_order(kafka, database_url, topic_prefix):
     topic = topic_prefix + PROFILS
     pool = await create_pool(database_url, "relaytest")
     await migrate(pool, "relaytest", SPEC.package_dir)
-    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaytest")
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "relaytest")
     try:
         records = [
             OutboxRecord(topic, b"k", json.dumps({"n": n}).encode(), (("x-n", str(n).encode()),)) for n in range(3)
@@ -54,7 +60,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
     over one batch; every record once, each key's in `seq` order, on the partition aiokafka's
     own `send` picks for that key (Kafka's default partitioner, as before the relay batched)."""
     topic, keys = topic_prefix + "batches", [f"0350{n:03d}X/lot-{n}".encode() for n in range(7)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 3, 1)])
@@ -62,7 +68,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
         await admin.close()
     pool = await create_pool(database_url, "relaybatches")
     await migrate(pool, "relaybatches", SPEC.package_dir)
-    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "relaybatches")
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "relaybatches")
     try:
         records = [
             OutboxRecord(topic, keys[n % 7], json.dumps({"n": n, "pad": "x" * 2000}).encode(), (("x-n", b"%d" % n),))
@@ -73,7 +79,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
         async with TopicReader(kafka.bootstrap_servers, topic) as reader:
             assert [await relay.drain_once() for _ in range(4)] == [500, 500, 200, 0]
             out = list(await reader.wait_for(lambda rs: len(rs) >= 1200, what="the 1,200 records"))
-        probe = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        probe = AIOKafkaProducer(**kafka_options(kafka.bootstrap_servers))
         await probe.start()
         try:
             chosen = {k: (await (await probe.send(topic, b"probe", key=k))).partition for k in keys}
@@ -95,10 +101,10 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
     topic = topic_prefix + PROFILS
     pool = await create_pool(database_url, "equipement")
     await migrate(pool, "equipement", SPEC.package_dir)
-    relay = OutboxRelay(pool, relay_producer(kafka.bootstrap_servers, "relay-test"), "equipement")
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
     try:
         small = topic_prefix + "small"  # the broker refuses records over 1,000 bytes on it
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
         await admin.start()
         try:
             await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1000"})])

@@ -12,6 +12,7 @@ import contracts as c
 from deploy.rattrapage import accorder, journal_allocated, ouvrir, rattraper, read_topic
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
+from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import relay_producer
 from services.equipement.app import SPEC
 from services.ressources import queries
@@ -23,7 +24,7 @@ from test_ressources import RID, abonnement, old_tablets_at, publiee
 async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) -> None:
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350401")
     lots = [event(c.LOT, DEPARTEMENT, {**lot, "uai": uai}, subject=uai) for lot in LOTS]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all")
     await producer.start()
     try:  # the lots written first, but stamped after the établissement they are about
         for n, lot in enumerate(lots):
@@ -36,7 +37,7 @@ async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) 
     finally:
         await producer.stop()
 
-    held = relay_producer(bootstrap, "test-rattrapage")
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
     one_by_one = settings.model_copy(update={"batch_max_records": 1})  # no batch holds both topics
     cible = await ouvrir(SPEC, one_by_one, "equipement_rattrape", held)
     try:
@@ -65,7 +66,7 @@ async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka,
         await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
     [raised] = [r for r in await read_topic(bootstrap, settings.topic(c.ALERTES)) if r.value]
     table = settings.topic(c.ALERTES_ETAT)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         await admin.delete_topics([table])
@@ -73,7 +74,7 @@ async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka,
     finally:
         await admin.close()
 
-    held = relay_producer(bootstrap, "test-rattrapage")
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
     cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
     try:
         await rattraper(cible)
@@ -112,7 +113,7 @@ async def test_the_journal_goes_on_past_ids_a_rolled_back_transaction_took(kafka
             last = await journal_allocated(conn, "ressources")
     assert last == 6, "one event journalled, five ids taken by the rolled-back transaction"
 
-    held = relay_producer(bootstrap, "test-rattrapage")
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
     cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
     try:
         await rattraper(cible)

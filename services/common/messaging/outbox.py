@@ -21,6 +21,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.storage.db import Conn, advisory_key
 
 log = structlog.get_logger(__name__)
@@ -81,11 +82,11 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_BATCH_BYTES = 256 * 1024
 
 
-def relay_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
     """The relay's own producer: it publishes stored bytes and headers exactly as they are
     (FastStream's publisher would encode header values as text and add its own)."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **access.aiokafka(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,  # no duplicate or reordered record on retry

@@ -16,6 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
 from services.common.runtime import startup
@@ -49,6 +50,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
+        security=KafkaAccess.of(settings).faststream_security(),  # None over PLAINTEXT
         client_id=f"feo-{spec.name}",
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
         logger=logging.getLogger("faststream.kafka"),  # through the root logger (logs.py), not its own handler

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
 from services.common.runtime.settings import ServiceSettings
@@ -43,7 +44,7 @@ class Lifecycle:
             log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
             raise StartupFailed(reason)
         await migrate(pool, schema, spec.package_dir)
-        producer = relay_producer(settings.kafka_bootstrap_servers, f"feo-{spec.name}-relay")
+        producer = relay_producer(KafkaAccess.of(settings), f"feo-{spec.name}-relay")
         relay = OutboxRelay(
             pool, producer, schema, batch=settings.outbox_batch_records, poll_ms=settings.outbox_poll_ms
         )

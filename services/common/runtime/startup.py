@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import collect_hosts
 from aiokafka.errors import KafkaError
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 
@@ -162,10 +163,10 @@ async def postgres_answers(url: str) -> None:
     await conn.close()
 
 
-async def kafka_answers(bootstrap_servers: str) -> None:
-    """A broker serves metadata. A plain TCP connection comes first: aiokafka logs each refused
-    connection as an error, which would double every waiting line."""
-    for host, port, _ in collect_hosts(bootstrap_servers):
+async def kafka_answers(access: KafkaAccess) -> None:
+    """A broker serves metadata to this access' principal. A plain TCP connection comes first:
+    aiokafka logs each refused connection as an error, which would double every waiting line."""
+    for host, port, _ in collect_hosts(access.bootstrap_servers):
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -173,8 +174,8 @@ async def kafka_answers(bootstrap_servers: str) -> None:
         writer.close()
         break
     else:
-        raise ConnectionRefusedError(f"no broker listens at {bootstrap_servers}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
+        raise ConnectionRefusedError(f"no broker listens at {access.bootstrap_servers}")
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=int(PROBE_TIMEOUT * 1000))
     try:
         await admin.start()
         await admin.describe_cluster()
@@ -210,7 +211,7 @@ class Guard:
         )
         await wait_for(
             f"Kafka at {s.kafka_bootstrap_servers}",
-            lambda: kafka_answers(s.kafka_bootstrap_servers),
+            lambda: kafka_answers(KafkaAccess.of(s)),
             variable="KAFKA_BOOTSTRAP_SERVERS",
             deadline=deadline,
             retry_on=KAFKA_UNAVAILABLE,

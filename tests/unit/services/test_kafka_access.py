@@ -1,0 +1,157 @@
+"""KafkaAccess: the SASL_SSL options each client library gets from the KAFKA_* variables, the
+PLAINTEXT ones unchanged, and no repr, message or log line that shows the password."""
+
+import asyncio
+import logging
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from faststream.kafka.security import parse_security
+from faststream.security import SASLScram256, SASLScram512
+
+from services.common.messaging.connection import KafkaAccess, kafka_options
+from services.common.runtime import startup
+from services.common.runtime.settings import ServiceSettings
+
+PASSWORD = "pw-0f3a9c"
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory) -> str:
+    """A self-signed CA certificate, as the local runtime's (deploy/local/kafka) would be."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feo-test-ca")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+@pytest.fixture
+def environ(ca_file) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": "broker-1:9093,broker-2:9093",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_USERNAME": "formation",
+        "KAFKA_PASSWORD": PASSWORD,
+        "KAFKA_CA_FILE": ca_file,
+    }
+
+
+def trusts_only_the_ca(context: ssl.SSLContext) -> bool:
+    subjects = [dict(field[0] for field in cert["subject"]) for cert in context.get_ca_certs()]
+    return (
+        context.verify_mode == ssl.CERT_REQUIRED
+        and context.check_hostname
+        and subjects == [{"commonName": "feo-test-ca"}]
+    )
+
+
+def test_aiokafka_gets_sasl_ssl_with_the_credentials_and_a_context_trusting_the_ca(environ):
+    options = kafka_options(environ=environ)
+    context = options.pop("ssl_context")
+    assert options == {
+        "bootstrap_servers": "broker-1:9093,broker-2:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "formation",
+        "sasl_plain_password": PASSWORD,
+    }
+    assert trusts_only_the_ca(context)
+
+
+def test_a_tool_s_bootstrap_wins_over_the_environment_s_and_keeps_its_credentials(environ):
+    options = kafka_options("127.0.0.1:19093", environ)
+    assert (options["bootstrap_servers"], options["sasl_plain_username"]) == ("127.0.0.1:19093", "formation")
+
+
+def test_kafka_python_gets_sasl_ssl_with_the_ca_file(environ, ca_file):
+    assert KafkaAccess.from_environ(environ).kafka_python() == {
+        "bootstrap_servers": "broker-1:9093,broker-2:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "formation",
+        "sasl_plain_password": PASSWORD,
+        "ssl_cafile": ca_file,
+    }
+
+
+@pytest.mark.parametrize(("mechanism", "kind"), [("SCRAM-SHA-512", SASLScram512), ("SCRAM-SHA-256", SASLScram256)])
+def test_faststream_gets_the_same_options_as_aiokafka(environ, monkeypatch, mechanism, kind):
+    """A service's broker: settings read from the environment, as `build_app` reads them."""
+    for name, value in {**environ, "KAFKA_SASL_MECHANISM": mechanism}.items():
+        monkeypatch.setenv(name, value)
+    access = KafkaAccess.of(ServiceSettings())
+    security = access.faststream_security()
+    assert type(security) is kind
+    given = parse_security(security)  # what FastStream hands aiokafka
+    expected = access.aiokafka()
+    assert trusts_only_the_ca(given.pop("ssl_context"))
+    del expected["ssl_context"], expected["bootstrap_servers"]
+    assert given == expected
+
+
+def test_plaintext_by_default_gives_only_the_bootstrap_and_no_faststream_security(monkeypatch):
+    for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_USERNAME", "KAFKA_PASSWORD", "KAFKA_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)  # the test session's own access
+    access = KafkaAccess.from_environ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
+    assert access.aiokafka() == access.kafka_python() == {"bootstrap_servers": "127.0.0.1:9092"}
+    assert access.faststream_security() is None
+    assert KafkaAccess.of(ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9092")) == access
+
+
+def test_no_repr_shows_the_password(environ):
+    access = KafkaAccess.from_environ(environ)
+    shown = [repr(access), str(access), repr(access.faststream_security()), repr(access.ssl_context())]
+    assert not [text for text in shown if PASSWORD in text]
+    assert "formation" in repr(access)
+
+
+async def test_a_failed_probe_says_what_it_waited_for_without_the_password(environ, ca_file, caplog, capsys):
+    """The startup probe over SASL_SSL (its client loads the CA), against a port that closes
+    every connection: the error and every log line (the service's, aiokafka's at DEBUG) leave
+    the password out."""
+
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    access = KafkaAccess.from_environ(environ, bootstrap_servers=f"127.0.0.1:{port}")
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(startup.StartupTimeout) as failed:
+            await startup.wait_for(
+                f"Kafka at {access.bootstrap_servers}",
+                lambda: startup.kafka_answers(access),
+                variable="KAFKA_BOOTSTRAP_SERVERS",
+                deadline=time.monotonic() + 1,
+                retry_on=startup.KAFKA_UNAVAILABLE,
+                first=0.1,
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    logged = caplog.text + "".join(capsys.readouterr())
+    assert f"Kafka at 127.0.0.1:{port}" in str(failed.value)
+    assert "startup.waiting" in logged or "startup.gave_up" in logged
+    assert f"Loading SSL CA from {ca_file}" in caplog.text, "the probe connects with the access' TLS"
+    assert PASSWORD not in str(failed.value) + logged
