@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
+from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import OutboxRelay
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.settings import ServiceSettings
@@ -115,7 +116,7 @@ async def rattraper(cible: Cible) -> int:
     (an établissement published before its equipment is known to it; otherwise uai-inconnu)."""
     settings = cible.settings
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **KafkaAccess.of(settings).aiokafka(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -156,7 +157,7 @@ async def rattraper(cible: Cible) -> int:
 
 async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
     """Every partition of `topics`, which must exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -173,7 +174,7 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartitio
 
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of `topic` now, partition after partition, in offset order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = await partitions_of(bootstrap, [topic])

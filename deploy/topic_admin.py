@@ -19,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from deploy.topology import TopicSpec
+from services.common.messaging.connection import kafka_options
 
 
 class TopicCreationError(RuntimeError):
@@ -28,7 +29,7 @@ class TopicCreationError(RuntimeError):
 async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the topics, and align the configuration of those that exist; returns the names
     of the existing topics whose configuration was changed."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     try:
         await admin.start()
         response = await admin.create_topics(

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 import contracts as c
 from contracts import Etablissement
 from deploy.referentiel.generator import generate
+from services.common.messaging.connection import kafka_options
 
 DEPARTEMENT = "035"
 SEED = 2026
@@ -212,7 +213,7 @@ def renovation(etabs: list[Etablissement]) -> Iterator[Record]:
 
 
 async def send(bootstrap: str, records: list[Record] | Iterator[Record], prefix: str = "") -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all", linger_ms=20)
     await producer.start()
     sent = 0
     try:

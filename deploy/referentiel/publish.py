@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaProducer
 
 from contracts import CONTENT_TYPE, ETABLISSEMENT, REFERENTIEL, Etablissement, make_event
+from services.common.messaging.connection import kafka_options
 
 SOURCE = "/ministere"
 CHUNK = 1_000  # records between two progress reports (and two waits for acknowledgements)
@@ -36,7 +37,7 @@ async def publish_etablissements(
     and a mistyped prefix must not quietly make a new topic.
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka_options(bootstrap),
         acks="all",
         enable_idempotence=True,
         linger_ms=20,
