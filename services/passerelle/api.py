@@ -1,0 +1,305 @@
+"""`POST /v1/evenements` (CONTRACTS.md, Identity): partners' declarations over HTTP.
+
+A request goes, in order: bearer token (401), Content-Type (415), size (413, before the body
+is read when Content-Length says so), shape (400; 413 beyond 1,000 events), the subject's rate
+(429, nothing judged nor written), each event judged (examen.py), the accepted ones written to
+Kafka (acks=all, idempotent; 503 when Kafka does not take them in time), then the answer: 202
+when every event is accepted, else 207 with each event's result in request order. Every record
+carries the `auth-principal` header (the token's `sub`). Errors answer `{"detail": "…"}` in
+French; no answer or log line shows the token.
+"""
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import contracts as c
+from contracts import Etablissement
+from contracts.parsing import MAX_RECORD_BYTES
+from services.common.messaging.connection import KafkaAccess
+from services.common.rules.rights import Refusal
+from services.common.runtime.app import ServiceApp
+from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.startup import StartupFailed
+from services.common.storage import referentiel
+from services.passerelle import corps, examen
+from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse
+from services.passerelle.debit import Debit, retry_after
+from services.passerelle.examen import Accepte, Verdict
+from services.passerelle.jetons import JetonRefuse, JwksIndisponible, Principal, Verificateur
+from services.passerelle.settings import MAX_BATCH_EVENTS, PasserelleSettings
+
+log = structlog.get_logger(__name__)
+
+REALM = 'Bearer realm="former-equiper-outiller"'
+RETRY_UNAVAILABLE_SECONDS = 5
+
+
+class Erreur(BaseModel):
+    detail: str = Field(description="ce qui ne va pas, en français (jamais le jeton)")
+
+
+class Resultat(BaseModel):
+    index: int = Field(description="rang de l'événement dans la requête, à partir de 0")
+    id: str | None = Field(description="son `id`, quand il en a un lisible")
+    statut: Literal["accepted", "refused"] = Field(description="accepted : écrit sur Kafka avant cette réponse")
+    code: str | None = Field(
+        None,
+        description="refused : la raison, avec les codes de la DLQ (CONTRACTS.md, Bad input et Limits) "
+        "plus source-non-autorisee",
+    )
+    message: str | None = Field(None, description="refused : pourquoi, en français, nommant le champ et la règle")
+
+
+class Resultats(BaseModel):
+    resultats: list[Resultat] = Field(description="un résultat par événement, dans l'ordre de la requête")
+
+
+def _erreur(description: str) -> dict[str, Any]:
+    return {"model": Erreur, "description": description}
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Resultats, "description": "tous les événements acceptés, écrits sur Kafka"},
+    207: {"model": Resultats, "description": "au moins un événement refusé (les autres écrits sur Kafka)"},
+    400: _erreur("le corps n'est pas un événement (objet JSON) ni un lot (tableau JSON)"),
+    401: _erreur("jeton absent ou refusé (signature, émetteur, audience, expiration)"),
+    413: _erreur(
+        f"corps au-delà de PASSERELLE_MAX_BODY_BYTES, plus de {MAX_BATCH_EVENTS} événements, "
+        f"ou un événement structuré au-delà de {MAX_RECORD_BYTES} octets"
+    ),
+    415: _erreur(f"Content-Type autre que {STRUCTURED} ou {BATCHED}"),
+    429: _erreur("au-delà du débit du déclarant : réessayer après Retry-After secondes"),
+    503: _erreur(
+        "Kafka, PostgreSQL ou les clés du fournisseur d'identité injoignables : réessayer après Retry-After "
+        "secondes (un événement déjà reçu n'a pas de second effet)"
+    ),
+}
+_EVENT_SCHEMA = {"type": "object", "description": "un CloudEvent 1.0 (CONTRACTS.md, Envelope)"}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        STRUCTURED: {"schema": _EVENT_SCHEMA},
+        BATCHED: {"schema": {"type": "array", "maxItems": MAX_BATCH_EVENTS, "items": _EVENT_SCHEMA}},
+    },
+}
+
+router = APIRouter()
+bearer = HTTPBearer(
+    auto_error=False, description="JWT du fournisseur d'identité (client credentials), claim `declarant`"
+)
+
+
+class Passerelle:
+    """What a request needs: the token verifier, the rate, the référentiel view and Kafka."""
+
+    def __init__(
+        self,
+        settings: PasserelleSettings,
+        verificateur: Verificateur,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        debit: Debit,
+    ):
+        self.settings, self.verificateur, self.pool, self.producer, self.debit = (
+            settings,
+            verificateur,
+            pool,
+            producer,
+            debit,
+        )
+
+    async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+        if credentials is None:
+            raise HTTPException(
+                401, "jeton absent : attendu l'en-tête Authorization: Bearer <jeton>", {"WWW-Authenticate": REALM}
+            )
+        try:
+            return await self.verificateur.verifier(credentials.credentials)
+        except JetonRefuse as e:
+            raise HTTPException(
+                401, f"jeton refusé : {e}", {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+            ) from None
+        except JwksIndisponible as e:  # no key to check any token with: not the client's fault
+            log.error("jwks.indisponible", error=str(e))
+            raise HTTPException(
+                503,
+                "les clés du fournisseur d'identité sont illisibles : réessayer",
+                {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)},
+            ) from None
+
+    async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]:
+        if not uais:
+            return {}
+        async with self.pool.acquire() as conn:
+            return await referentiel.load(conn, uais)
+
+    async def write(self, accepted: Sequence[Accepte], subject: str) -> None:
+        """Every accepted event on Kafka, acknowledged by all in-sync replicas, or 503."""
+        headers = [("content-type", c.CONTENT_TYPE.encode()), (c.PRINCIPAL_HEADER, subject.encode())]
+        topic = self.settings.topic
+        try:
+            async with asyncio.timeout(self.settings.passerelle_write_timeout_seconds):
+                sent = [
+                    await self.producer.send(topic(a.topic), a.raw, key=a.key.encode(), headers=headers)
+                    for a in accepted
+                ]
+                await asyncio.gather(*sent)
+        except (KafkaError, TimeoutError) as e:
+            log.warning("evenements.non_ecrits", events=len(accepted), error=type(e).__name__)
+            raise HTTPException(
+                503,
+                "Kafka n'a pas confirmé l'écriture des événements acceptés : renvoyer la requête "
+                "(un événement déjà reçu, même source et même id, n'a pas de second effet)",
+                {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)},
+            ) from None
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+@router.post(
+    "/v1/evenements",
+    summary="Déclarer des événements (CloudEvents, mode structuré ou par lots)",
+    status_code=202,
+    response_model=Resultats,
+    responses=RESPONSES,
+    openapi_extra={"requestBody": REQUEST_BODY},
+)
+async def evenements(request: Request, credentials: Credentials) -> JSONResponse:
+    started = time.monotonic()
+    passerelle: Passerelle = request.app.state.passerelle
+    settings = passerelle.settings
+    principal = await passerelle.principal(credentials)
+    media = corps.media_type(request.headers.get("content-type"))
+    cap = corps.limit(media, settings.passerelle_max_body_bytes)
+    elements = corps.split(await corps.read(request.stream(), request.headers.get("content-length"), cap), media)
+    if wait := passerelle.debit.take(principal.subject, len(elements)):
+        raise HTTPException(
+            429,
+            f"débit dépassé pour {principal.subject} : au plus {settings.passerelle_rate_events_per_s:g} "
+            f"événements par seconde, {settings.passerelle_rate_burst} d'un coup",
+            {"Retry-After": retry_after(wait)},
+        )
+    not_after = datetime.now(UTC) + settings.max_clock_skew
+    try:
+        verdicts = await examen.judge(elements, principal.declarants, not_after, passerelle.etablissements)
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+        log.warning("referentiel.injoignable", error=type(e).__name__)
+        raise HTTPException(
+            503, "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
+        ) from None
+    await passerelle.write([v for v in verdicts if isinstance(v, Accepte)], principal.subject)
+    status, body = answer([e.id for e in elements], verdicts)
+    log.info(
+        "evenements.recus",
+        subject=principal.subject,
+        events=len(verdicts),
+        refused=dict(Counter(v.code for v in verdicts if isinstance(v, Refusal))),
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
+    return JSONResponse(body, status)
+
+
+def answer(ids: Sequence[str | None], verdicts: Sequence[Verdict]) -> tuple[int, dict]:
+    """202 when every event is accepted, else 207; one result per event, in order."""
+    results: list[dict[str, Any]] = []
+    for index, (id, verdict) in enumerate(zip(ids, verdicts, strict=True)):
+        result: dict[str, Any] = {"index": index, "id": id}
+        if isinstance(verdict, Refusal):
+            result |= {"statut": "refused", "code": verdict.code, "message": verdict.message}
+        else:
+            result["statut"] = "accepted"
+        results.append(result)
+    refused = any(isinstance(v, Refusal) for v in verdicts)
+    return (207 if refused else 202), {"resultats": results}
+
+
+# What Starlette itself answers, in English, for a path or a method no route has.
+_STARLETTE = {
+    (404, "Not Found"): "aucun point d'accès à cette adresse : POST /v1/evenements",
+    (405, "Method Not Allowed"): "méthode non permise : POST /v1/evenements",
+}
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CorpsRefuse)
+    return JSONResponse({"detail": exc.message}, exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = _STARLETTE.get((exc.status_code, exc.detail), exc.detail)
+    return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette still raises the exception after this answer: the server logs it with its traceback.
+    return JSONResponse({"detail": "erreur interne du service (le détail est dans son journal)"}, 500)
+
+
+def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
+    """The ASGI app the passerelle serves: this API, `/health`, and the référentiel consumer's lifespan."""
+    settings = PasserelleSettings.of(settings)
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI):
+        try:
+            verificateur = Verificateur(
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                jwks_file=Path(settings.jwks_file) if settings.jwks_file else None,
+                jwks_url=settings.jwks_url,
+            )
+        except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL, a malformed URL
+            raise StartupFailed(str(e)) from None
+        await stream_app.start()
+        producer = AIOKafkaProducer(
+            **KafkaAccess.of(settings).aiokafka(),
+            client_id="feo-passerelle-http",
+            acks="all",
+            enable_idempotence=True,  # a retried send is written once, in order
+        )
+        try:
+            await producer.start()
+            debit = Debit(settings.passerelle_rate_events_per_s, settings.passerelle_rate_burst)
+            api.state.passerelle = Passerelle(settings, verificateur, stream_app.pipeline.pool, producer, debit)
+            yield
+        finally:
+            await producer.stop()
+            await stream_app.stop()
+
+    api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
+        title="former-équiper-outiller — passerelle de déclaration",
+        version="1",
+        description="Les déclarations des rectorats et des collectivités par HTTP (CONTRACTS.md, Identity) : "
+        "un jeton porteur dont la claim `declarant` lie la `source` des événements, les contrôles du "
+        "contrat et des droits faits avant de répondre, les événements acceptés écrits sur Kafka avant "
+        "la réponse. Une erreur répond en français.",
+        lifespan=lifespan,
+        exception_handlers={CorpsRefuse: _refused, StarletteHTTPException: _http_error, Exception: _internal_error},
+    )
+    api.include_router(router)
+
+    @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
+    async def health() -> JSONResponse:
+        status, body = await stream_app.health()
+        return JSONResponse(body, status)
+
+    return api

@@ -1,0 +1,42 @@
+"""The passerelle's wiring: the référentiel it reads (its view for the rights), the declaration
+topics it writes, its HTTP API. Nothing else lives here."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import contracts as c
+from contracts import CloudEvent
+from services.common.pipeline import Applied
+from services.common.runtime.spec import Publishes, ServiceSpec
+from services.passerelle.api import create_api
+from services.passerelle.settings import PasserelleSettings
+
+
+async def _nothing_else(_store: object, _events: Sequence[CloudEvent], _changed: set[str]) -> Applied:
+    """The pipeline stores the référentiel itself; the passerelle consumes nothing else."""
+    return Applied()
+
+
+SPEC = ServiceSpec(
+    name="passerelle",
+    package_dir=Path(__file__).parent,
+    consumes=(c.REFERENTIEL,),
+    publishes=(
+        Publishes(
+            c.FORMATION,
+            "Affectations and trainings declared over HTTP by rectorats (POST /v1/evenements), bytes as "
+            "sent, with the header auth-principal (the token's sub)",
+        ),
+        Publishes(
+            c.EQUIPEMENT,
+            "Lots and connectivity declared over HTTP by collectivités (POST /v1/evenements), bytes as "
+            "sent, with the header auth-principal (the token's sub)",
+        ),
+    ),
+    apply=lambda _settings: _nothing_else,
+    store=lambda conn: conn,
+    dead_letters_for=(),  # the référentiel's owner (ressources) dead-letters it
+    description="HTTP ingestion of declarations: bearer tokens bound to the declarant, checked, written to Kafka.",
+    http_api=create_api,
+    settings=PasserelleSettings,
+)

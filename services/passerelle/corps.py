@@ -1,0 +1,139 @@
+"""The body of `POST /v1/evenements`: read within its size limits, then split into its events'
+bytes exactly as the partner sent them.
+
+Each event keeps its own bytes, so the contract judges (and Kafka receives) what was sent, not
+a re-encoding of it: a re-encoding would hide a repeated key or a `NaN` that the services refuse
+as `json-invalide`. The splitter reads JSON leniently (repeated keys, `NaN`, numbers of any
+length, invalid UTF-8 inside a string) only to find where each element starts and ends; the
+contract's parser then refuses that element alone, as the DLQ would.
+"""
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.parsing import MAX_RECORD_BYTES
+from services.passerelle.settings import MAX_BATCH_EVENTS
+
+STRUCTURED = "application/cloudevents+json"
+BATCHED = "application/cloudevents-batch+json"
+
+# Numbers are not needed to split, and int() refuses more than 4,300 digits: read as 0.
+_LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0)
+_SPACE = re.compile(r"[ \t\n\r]*")
+MAX_ATTRIBUTE = 128  # CONTRACTS.md: an id; longer type names are no v1 type either
+
+
+class CorpsRefuse(Exception):
+    """The request as a whole is refused: `status` (400, 413, 415) and why, in French."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Element:
+    """One event of the body: its bytes as sent, and what it says its `id` and `type` are."""
+
+    raw: bytes
+    id: str | None
+    type: str | None
+
+
+def media_type(content_type: str | None) -> str:
+    """The body's mode, from Content-Type (parameters such as charset ignored); else 415."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media not in (STRUCTURED, BATCHED):
+        raise CorpsRefuse(
+            415,
+            f"Content-Type {media or 'absent'} : attendu {STRUCTURED} (un événement) "
+            f"ou {BATCHED} (un tableau d'au plus {MAX_BATCH_EVENTS} événements)",
+        )
+    return media
+
+
+def limit(media: str, max_body_bytes: int) -> int:
+    """The largest body of that mode: one event is one record value (CONTRACTS.md, Limits)."""
+    return min(max_body_bytes, MAX_RECORD_BYTES) if media == STRUCTURED else max_body_bytes
+
+
+async def read(chunks: AsyncIterator[bytes], content_length: str | None, cap: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `cap` bytes: from Content-Length
+    before reading anything, else while reading, never holding more than `cap` bytes."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > cap:
+        raise CorpsRefuse(413, f"corps de {int(content_length)} octets : au plus {cap} octets")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > cap:
+            raise CorpsRefuse(413, f"corps de plus de {cap} octets : au plus {cap} octets")
+    return bytes(body)
+
+
+def split(body: bytes, media: str) -> list[Element]:
+    """The events of a structured (one) or batched (a JSON array) body; 400 when the body is not
+    that, 413 beyond MAX_BATCH_EVENTS events."""
+    # surrogateescape: a byte that is not UTF-8 becomes one character and gives back that byte,
+    # so each slice re-encodes to exactly the bytes sent.
+    text = body.decode("utf-8", "surrogateescape")
+    if media == STRUCTURED:
+        try:
+            value = _LENIENT.decode(text)
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            raise CorpsRefuse(400, f"le corps n'est pas un objet JSON : en {STRUCTURED}, un événement")
+        return [_element(body, value)]
+    return [_element(raw.encode("utf-8", "surrogateescape"), value) for raw, value in _array(text)]
+
+
+def _array(text: str) -> list[tuple[str, Any]]:
+    not_array = f"le corps n'est pas un tableau JSON : en {BATCHED}, un tableau d'événements"
+    at = _skip(text, 0)
+    if text[at : at + 1] != "[":
+        raise CorpsRefuse(400, not_array)
+    at = _skip(text, at + 1)
+    elements: list[tuple[str, Any]] = []
+    if text[at : at + 1] != "]":
+        while True:
+            if len(elements) == MAX_BATCH_EVENTS:
+                raise CorpsRefuse(413, f"plus de {MAX_BATCH_EVENTS} événements dans le lot : c'est le maximum")
+            try:
+                value, end = _LENIENT.raw_decode(text, at)
+            except (ValueError, RecursionError):
+                raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
+            elements.append((text[at:end], value))
+            at = _skip(text, end)
+            if text[at : at + 1] == "]":
+                break
+            if text[at : at + 1] != ",":
+                raise CorpsRefuse(400, f"{not_array} (après l'élément {len(elements) - 1} : attendu , ou ])")
+            at = _skip(text, at + 1)
+    if _skip(text, at + 1) != len(text):
+        raise CorpsRefuse(400, f"{not_array} (du texte après le tableau)")
+    return elements
+
+
+def _skip(text: str, at: int) -> int:
+    match = _SPACE.match(text, at)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _element(raw: bytes, value: Any) -> Element:
+    def text(name: str) -> str | None:
+        """The attribute if it is a string an answer can quote (UTF-8, the contract's length)."""
+        field = value.get(name) if isinstance(value, dict) else None
+        if not isinstance(field, str) or not 0 < len(field) <= MAX_ATTRIBUTE:
+            return None
+        try:
+            field.encode()
+        except UnicodeEncodeError:  # a byte that was not UTF-8 (surrogateescape)
+            return None
+        return field
+
+    return Element(raw, text("id"), text("type"))

@@ -1,0 +1,40 @@
+"""Per-declarant rate limit: a token bucket per token subject, in this replica's memory.
+
+Each subject's bucket holds at most `burst` events and refills at `rate` events per second; a
+request takes as many as it carries events, or none when there are not enough, and is then told
+how long to wait. Per replica: N replicas behind a load balancer let a subject through N times
+as fast (the README says so).
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class Debit:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, subject: str, events: int) -> float:
+        """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
+        now = self._clock()
+        bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
+        bucket.at = now
+        if events <= bucket.tokens:
+            bucket.tokens -= events
+            return 0.0
+        return (events - bucket.tokens) / self._rate
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))

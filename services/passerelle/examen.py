@@ -1,0 +1,85 @@
+"""Each event of a request judged as the services judge it, then bound to the token.
+
+In order: the contract, by the services' own parser (`parse_event`, on the event's bytes as
+sent, with the topic its type goes to and the same `MAX_CLOCK_SKEW`); then `source` must be one
+of the token's declarants (`source-non-autorisee`); then who may declare what (`rights.check`)
+against the passerelle's own view of the référentiel. The reason codes are the DLQ's.
+"""
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import contracts as c
+from contracts import CloudEvent, ContractError, Etablissement
+from services.common.rules import rights
+from services.common.rules.rights import Refusal
+from services.passerelle.corps import Element
+
+SOURCE_NON_AUTORISEE = "source-non-autorisee"
+TOPICS = {
+    c.AFFECTATION: c.FORMATION,
+    c.FORMATION_SUIVIE: c.FORMATION,
+    c.LOT: c.EQUIPEMENT,
+    c.CONNECTIVITE: c.EQUIPEMENT,
+}
+"""The types partners declare over HTTP, and the topic each is written to."""
+
+
+@dataclass(frozen=True)
+class Accepte:
+    """An event to write: its topic (unprefixed), record key and bytes as sent."""
+
+    topic: str
+    key: str
+    raw: bytes
+
+
+Verdict = Accepte | Refusal
+
+
+async def judge(
+    elements: Sequence[Element],
+    declarants: Iterable[str],
+    not_after: datetime,
+    etablissements: Callable[[list[str]], Awaitable[dict[str, Etablissement]]],
+) -> list[Verdict]:
+    """One verdict per element, in order. `etablissements` loads the référentiel's entries of
+    some UAIs (once per request, for the events that pass the first two checks)."""
+    allowed = frozenset(declarants)
+    verdicts: list[Verdict | tuple[CloudEvent, str, bytes]] = []
+    for element in elements:
+        try:
+            event, topic = _contract(element, not_after)
+        except ContractError as e:
+            verdicts.append(Refusal(e.code, e.message))
+            continue
+        if event.source not in allowed:
+            verdicts.append(Refusal(SOURCE_NON_AUTORISEE, _not_yours(event.source, allowed)))
+        else:
+            verdicts.append((event, topic, element.raw))
+    uais = {u for v in verdicts if isinstance(v, tuple) and (u := c.uai_of(v[0]))}
+    etabs = await etablissements(sorted(uais))
+    return [_rights(*v, etabs) if isinstance(v, tuple) else v for v in verdicts]
+
+
+def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:
+    topic = TOPICS.get(element.type or "")
+    event = c.parse_event(element.raw, topic, not_after=not_after)
+    if topic is None:  # a v1 type, of another topic
+        [kafka] = [t for t, types in c.TOPIC_TYPES.items() if event.type in types]
+        raise ContractError(
+            "type-hors-topic",
+            f"type {event.type} : publié sur Kafka ({kafka}), pas par cette API "
+            f"(qui accepte {', '.join(sorted(TOPICS))})",
+        )
+    return event, topic
+
+
+def _not_yours(source: str, allowed: frozenset[str]) -> str:
+    return f"source {source} : le jeton déclare pour {', '.join(sorted(allowed)) or 'personne'}, pas pour elle"
+
+
+def _rights(event: CloudEvent, topic: str, raw: bytes, etabs: dict[str, Etablissement]) -> Verdict:
+    refusal = rights.check(event, c.parse_source(event.source), etabs.get(c.uai_of(event) or ""))
+    return refusal or Accepte(topic, event.data.key, raw)

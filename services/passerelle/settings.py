@@ -1,0 +1,31 @@
+"""The passerelle's own settings, beside the shared ones: how it checks tokens and how much
+it takes. Variables as documented in the README ("HTTP ingestion (passerelle)")."""
+
+from pydantic import Field
+
+from services.common.runtime.settings import HttpUrl, ServiceSettings
+
+MAX_BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 events
+
+
+class PasserelleSettings(ServiceSettings):
+    # Bearer tokens (JWT, RS256) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
+    jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")
+    jwt_audience: str = Field("former-equiper-outiller", description="the tokens' expected `aud`")
+    jwks_file: str | None = Field(None, description="JSON Web Key Set of the provider's signing keys, as a file")
+    jwks_url: HttpUrl | None = Field(None, description="the same, fetched (and cached) from the provider")
+    # What one request may hold, and how fast one declarant may send.
+    passerelle_max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="a request body beyond this is refused (413) before it is read"
+    )
+    passerelle_rate_events_per_s: float = Field(
+        2000, gt=0, description="events per second one token subject may send, per replica (429 beyond)"
+    )
+    passerelle_rate_burst: int = Field(
+        10_000,
+        ge=MAX_BATCH_EVENTS,
+        description="events one token subject may send at once, per replica (at least a full batch)",
+    )
+    passerelle_write_timeout_seconds: float = Field(
+        15, gt=0, description="how long the accepted events of a request may take to reach Kafka (503 beyond)"
+    )

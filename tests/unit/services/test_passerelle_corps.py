@@ -1,0 +1,132 @@
+"""The passerelle's request bodies: content types, size limits read without holding more than
+the cap, batches split into each event's bytes as sent (a repeated key or NaN stays in its
+element, for the contract's parser to refuse that element alone)."""
+
+import json
+
+import pytest
+
+from contracts.parsing import MAX_RECORD_BYTES
+from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse, limit, media_type, read, split
+
+
+@pytest.mark.parametrize(
+    ("content_type", "mode"),
+    [
+        ("application/cloudevents+json", STRUCTURED),
+        ("Application/CloudEvents+JSON; charset=utf-8", STRUCTURED),
+        ("application/cloudevents-batch+json", BATCHED),
+    ],
+)
+def test_the_two_modes_are_read_from_content_type(content_type, mode):
+    assert media_type(content_type) == mode
+
+
+@pytest.mark.parametrize("content_type", [None, "", "application/json", "text/plain", "application/cloudevents"])
+def test_any_other_content_type_is_415_naming_the_accepted_ones(content_type):
+    with pytest.raises(CorpsRefuse) as refused:
+        media_type(content_type)
+    assert refused.value.status == 415
+    assert STRUCTURED in refused.value.message and BATCHED in refused.value.message
+
+
+def test_a_structured_event_is_limited_to_a_record_value():
+    assert limit(STRUCTURED, 16 * 1024 * 1024) == MAX_RECORD_BYTES
+    assert limit(BATCHED, 16 * 1024 * 1024) == 16 * 1024 * 1024
+    assert limit(STRUCTURED, 4096) == 4096
+
+
+async def _chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+async def test_a_declared_length_beyond_the_cap_is_refused_before_reading():
+    async def never_read():
+        raise AssertionError("the body was read")
+        yield b""
+
+    with pytest.raises(CorpsRefuse) as refused:
+        await read(never_read(), "2049", 2048)
+    assert refused.value.status == 413
+    assert "2049" in refused.value.message and "2048" in refused.value.message
+
+
+async def test_a_body_longer_than_it_declared_is_cut_at_the_cap():
+    read_so_far = []
+
+    async def chunks():
+        for _ in range(100):
+            read_so_far.append(1)
+            yield b"x" * 1000
+
+    with pytest.raises(CorpsRefuse) as refused:
+        await read(chunks(), "10", 4096)
+    assert refused.value.status == 413
+    assert len(read_so_far) == 5  # stopped at the first chunk past the cap
+
+
+async def test_a_body_within_the_cap_is_read_whole():
+    assert await read(_chunks(b"[", b"]"), None, 2) == b"[]"
+
+
+def test_a_batch_is_split_into_each_event_s_bytes_as_sent():
+    first = b'{"id": "a",  "type": "t1", "n": 1e400}'
+    second = '{"id":"é","x":[1,{"y":"]"}]}'.encode()
+    body = b" [ " + first + b" ,\n" + second + b"\t] \n"
+    elements = split(body, BATCHED)
+    assert [e.raw for e in elements] == [first, second]
+    assert [(e.id, e.type) for e in elements] == [("a", "t1"), ("é", None)]
+
+
+def test_a_repeated_key_nan_or_non_utf8_string_stays_in_its_element():
+    repeated = b'{"id": "r", "source": "/gar", "source": "/ministere"}'
+    nan = b'{"id": "n", "data": {"quantity": NaN}}'
+    latin1 = b'{"id": "l", "nom": "\xe9cole"}'
+    huge = b'{"id": "h", "q": ' + b"9" * 5000 + b"}"
+    elements = split(b"[" + b",".join([repeated, nan, latin1, huge]) + b"]", BATCHED)
+    assert [e.raw for e in elements] == [repeated, nan, latin1, huge]
+    assert [e.id for e in elements] == ["r", "n", "l", "h"]
+
+
+def test_an_id_an_answer_cannot_quote_is_not_reported():
+    elements = split(b'[{"id": 5}, {"id": "\xff"}, {"id": "' + b"i" * 129 + b'"}, 3, {"id": ""}]', BATCHED)
+    assert [e.id for e in elements] == [None, None, None, None, None]
+    assert elements[3].raw == b"3"  # not an object: the contract's parser refuses it, alone
+
+
+def test_an_empty_batch_has_no_event():
+    assert split(b" [ ] ", BATCHED) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{}", b'"x"', b"[", b"[{}", b"[{} {}]", b"[{},]", b"[{}] []", b"[{]", b"[" * 100_000, b"\xff[]"],
+)
+def test_a_body_that_is_not_a_json_array_is_400(body):
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, BATCHED)
+    assert refused.value.status == 400
+    assert "tableau JSON" in refused.value.message
+
+
+def test_more_than_1000_events_is_413():
+    assert len(split(json.dumps([{}] * 1000).encode(), BATCHED)) == 1000
+    with pytest.raises(CorpsRefuse) as refused:
+        split(json.dumps([{}] * 1001).encode(), BATCHED)
+    assert refused.value.status == 413
+    assert "1000" in refused.value.message
+
+
+def test_a_structured_body_is_one_event_with_its_bytes_unchanged():
+    body = b'{"id": "s", "source": "/gar", "source": "/gar", "n": NaN}'
+    [element] = split(body, STRUCTURED)
+    assert element.raw == body and element.id == "s"
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"[{}]", b'"event"', b"{", b"{} {}", b"null"])
+def test_a_structured_body_that_is_not_an_object_is_400(body):
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, STRUCTURED)
+    assert refused.value.status == 400
+    assert "objet JSON" in refused.value.message

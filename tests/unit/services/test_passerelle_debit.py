@@ -1,0 +1,49 @@
+"""The passerelle's per-subject token bucket, on an injected clock."""
+
+from services.passerelle.debit import Debit, retry_after
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_passes_then_the_rate_refills_it():
+    clock = Clock()
+    debit = Debit(rate=100, burst=1000, clock=clock)
+    assert debit.take("a", 1000) == 0
+    assert debit.take("a", 1) == 0.01  # empty: one event takes 1/100 s to come back
+    clock.now += 2.5
+    assert debit.take("a", 250) == 0
+    assert debit.take("a", 1) > 0
+
+
+def test_a_refused_request_takes_nothing_and_says_how_long_to_wait():
+    clock = Clock()
+    debit = Debit(rate=10, burst=1000, clock=clock)
+    assert debit.take("a", 900) == 0
+    assert debit.take("a", 300) == 20.0  # 100 left, 200 more at 10/s
+    clock.now += 20
+    assert debit.take("a", 300) == 0  # the refused request took nothing
+
+
+def test_the_bucket_never_holds_more_than_the_burst():
+    clock = Clock()
+    debit = Debit(rate=1000, burst=1000, clock=clock)
+    clock.now += 3600
+    assert debit.take("a", 1001) > 0
+    assert debit.take("a", 1000) == 0
+
+
+def test_each_subject_has_its_own_bucket():
+    debit = Debit(rate=1, burst=1000, clock=Clock())
+    assert debit.take("a", 1000) == 0
+    assert debit.take("a", 1) > 0
+    assert debit.take("b", 1000) == 0
+
+
+def test_retry_after_is_whole_seconds_at_least_one():
+    assert [retry_after(s) for s in (0.001, 1.0, 1.2, 20.0)] == ["1", "1", "2", "20"]

@@ -1,0 +1,188 @@
+"""Each event of a request judged as the services judge it (the contract's own parser, then the
+token's declarants, then the rights), the answer's status, and Kafka's refusal as a 503."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from fastapi import HTTPException
+
+import contracts as c
+from contracts import Etablissement, parse_event
+from helpers import event, uai
+from services.common.rules.rights import Refusal
+from services.passerelle.api import Passerelle, answer
+from services.passerelle.corps import BATCHED, split
+from services.passerelle.examen import Accepte, judge
+from services.passerelle.settings import PasserelleSettings
+
+ECOLE, AILLEURS, INCONNUE = uai("0350101"), uai("0350102"), uai("0350199")
+COMMUNE = "/collectivites/communes/35238"
+TEACHER = "ens-passerelle-01"
+NOW = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
+
+
+def ecole(code: str, commune: str) -> Etablissement:
+    return Etablissement(
+        uai=code,
+        nom="École",
+        type="ecole",
+        statut="public",
+        code_commune=commune,
+        code_departement="035",
+        code_academie="14",
+        code_region="53",
+        ouvert=True,
+    )
+
+
+REFERENTIEL = {ECOLE: ecole(ECOLE, "35238"), AILLEURS: ecole(AILLEURS, "35001")}
+
+
+def lot(where: str, source: str = COMMUNE, **changes) -> dict:
+    data = {"uai": where, "lot_id": "L1", "kind": "TNI", "quantity": 1, "os": None, "browsers": []}
+    return event(c.LOT, source, data, time_=NOW) | changes
+
+
+async def _judge(events: list, declarants=(COMMUNE,), raw: bytes | None = None) -> list:
+    asked = []
+
+    async def etablissements(uais):
+        asked.append(uais)
+        return {u: REFERENTIEL[u] for u in uais if u in REFERENTIEL}
+
+    body = raw if raw is not None else json.dumps(events).encode()
+    verdicts = await judge(split(body, BATCHED), declarants, NOW + timedelta(minutes=5), etablissements)
+    assert len(asked) == 1, "the référentiel is read once per request"
+    return verdicts
+
+
+def _codes(verdicts) -> list[str]:
+    return [v.code if isinstance(v, Refusal) else "accepted" for v in verdicts]
+
+
+async def test_an_event_within_the_declarant_s_competence_is_accepted_with_its_key_and_bytes():
+    good = json.dumps(lot(ECOLE)).encode()
+    [verdict] = await _judge([], raw=b"[" + good + b"]")
+    assert verdict == Accepte(c.EQUIPEMENT, ECOLE, good)
+
+
+async def test_a_training_goes_to_formation_keyed_by_its_teacher():
+    data = {
+        "teacher_id": TEACHER,
+        "module_id": "m",
+        "title": "t",
+        "dispositif": "eafc",
+        "completed_on": "2026-06-01",
+        "competences": [],
+        "tools": [],
+    }
+    [verdict] = await _judge([event(c.FORMATION_SUIVIE, "/rectorats/14", data, time_=NOW)], ("/rectorats/14",))
+    assert isinstance(verdict, Accepte) and (verdict.topic, verdict.key) == (c.FORMATION, TEACHER)
+
+
+async def test_each_check_in_order_with_the_dlq_s_reason_codes():
+    verdicts = await _judge(
+        [
+            lot(ECOLE),
+            lot(AILLEURS),  # another commune's école
+            lot(INCONNUE),
+            lot(ECOLE, "/collectivites/communes/35001"),  # not the token's declarant
+            lot(ECOLE, data={"uai": ECOLE}),  # the data breaks the schema
+            lot(ECOLE, time=(NOW + timedelta(hours=1)).isoformat()),
+            lot(ECOLE, type="fr.education.equipement.inconnu.v1"),
+            lot(ECOLE, specversion="0.3"),
+            lot(AILLEURS, "/collectivites/communes/35001", data={}),  # the contract before the declarant
+        ]
+    )
+    assert _codes(verdicts) == [
+        "accepted",
+        "hors-competence",
+        "uai-inconnu",
+        "source-non-autorisee",
+        "donnees-invalides",
+        "time-futur",
+        "type-inconnu",
+        "cloudevent-invalide",
+        "donnees-invalides",
+    ]
+    assert "35001" in verdicts[3].message and COMMUNE in verdicts[3].message
+
+
+async def test_the_same_reason_and_message_as_the_services_parser():
+    bad = json.dumps(lot(ECOLE, data={"uai": ECOLE, "lot_id": "L1", "kind": "TNI", "quantity": -1})).encode()
+    [verdict] = await _judge([], raw=b"[" + bad + b"]")
+    with pytest.raises(c.ContractError) as services:
+        parse_event(bad, c.EQUIPEMENT)
+    assert (verdict.code, verdict.message) == (services.value.code, services.value.message)
+
+
+async def test_a_repeated_key_or_nan_refuses_that_element_alone_as_json_invalide():
+    good = json.dumps(lot(ECOLE)).encode()
+    repeated = good[:-1] + b', "source": "/collectivites/communes/35238"}'
+    nan = good.replace(b'"quantity": 1', b'"quantity": NaN')
+    verdicts = await _judge([], raw=b"[" + b",".join([good, repeated, nan, good]) + b"]")
+    assert _codes(verdicts) == ["accepted", "json-invalide", "json-invalide", "accepted"]
+
+
+async def test_a_type_of_another_topic_is_said_to_go_through_kafka():
+    etab = event(
+        c.ETABLISSEMENT,
+        "/ministere",
+        {
+            "uai": ECOLE,
+            "nom": "x",
+            "type": "ecole",
+            "statut": "public",
+            "code_commune": "35238",
+            "code_departement": "035",
+            "code_academie": "14",
+            "code_region": "53",
+            "ouvert": True,
+        },
+        time_=NOW,
+    )
+    [verdict] = await _judge([etab], ("/ministere",))
+    assert verdict.code == "type-hors-topic"
+    assert c.REFERENTIEL in verdict.message and "Kafka" in verdict.message
+
+
+async def test_a_personal_value_is_never_in_a_refusal():
+    data = {"teacher_id": "x", "uai": ECOLE, "start": "2026-09-01", "end": None}  # too short a pseudonym
+    secret = {"teacher_id": "Jean.Dupont@ac-rennes.fr", "uai": ECOLE, "start": "2026-09-01", "end": None}
+    verdicts = await _judge(
+        [event(c.AFFECTATION, "/rectorats/14", d, time_=NOW) for d in (data, secret)], ("/rectorats/14",)
+    )
+    assert all(isinstance(v, Refusal) for v in verdicts)
+    assert "Jean.Dupont" not in verdicts[1].message
+
+
+def test_202_when_all_are_accepted_207_when_any_is_refused():
+    ok = Accepte(c.EQUIPEMENT, ECOLE, b"{}")
+    no = Refusal("hors-competence", "pas là")
+    assert answer(["a"], [ok]) == (202, {"resultats": [{"index": 0, "id": "a", "statut": "accepted"}]})
+    status, body = answer(["a", None], [ok, no])
+    assert status == 207
+    assert body["resultats"][1] == {
+        "index": 1,
+        "id": None,
+        "statut": "refused",
+        "code": "hors-competence",
+        "message": "pas là",
+    }
+    assert answer(["b"], [no])[0] == 207  # all refused is still 207
+
+
+class DownProducer:
+    async def send(self, *args, **kwargs):
+        raise KafkaConnectionError("no broker")
+
+
+async def test_kafka_refusing_the_writes_is_503_with_retry_after():
+    passerelle = Passerelle(PasserelleSettings(), None, None, DownProducer(), None)
+    with pytest.raises(HTTPException) as refused:
+        await passerelle.write([Accepte(c.EQUIPEMENT, ECOLE, b"{}")], "client")
+    assert refused.value.status_code == 503
+    assert refused.value.headers == {"Retry-After": "5"}
+    assert "renvoyer" in refused.value.detail
