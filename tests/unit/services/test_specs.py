@@ -35,11 +35,21 @@ def test_committed_documents_match_the_code(documents):
         )
 
 
-def test_committed_openapi_document_matches_the_api():
-    committed = json.loads(OPENAPI.read_text(encoding="utf-8"))
-    assert committed == json.loads(json.dumps(openapi(), sort_keys=True)), (
-        "contracts/openapi/ressources.json is out of date: run ./dev gen"
+# Each service serving an HTTP API, and paths its OpenAPI document must hold.
+HTTP_PATHS = {
+    "ressources": {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}"},
+    "passerelle": {"/v1/evenements", "/health"},
+}
+
+
+def test_the_services_serving_http_are_known():
+    assert {spec.name for spec in specs() if spec.http_api is not None} == set(HTTP_PATHS)
+
+
+@pytest.mark.parametrize("spec", [s for s in specs() if s.http_api is not None], ids=lambda s: s.name)
+def test_committed_openapi_documents_match_the_apis(spec):
+    committed = json.loads((OPENAPI / f"{spec.name}.json").read_text(encoding="utf-8"))
+    assert committed == json.loads(json.dumps(openapi(spec), sort_keys=True)), (
+        f"contracts/openapi/{spec.name}.json is out of date: run ./dev gen"
     )
-    assert {"/alertes", "/alertes/flux", "/etablissements/{uai}", "/ressources/{resource_id}"} <= set(
-        committed["paths"]
-    )
+    assert HTTP_PATHS[spec.name] <= set(committed["paths"])
