@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -65,7 +66,7 @@ class IdentiteLocale:
             jwk = {**self._jwk(), "alg": "RS256", "use": "sig"}
             os.replace(_ecrit(self.directory, json.dumps({"keys": [jwk]}, indent=2).encode()), self.jwks_path)
 
-    @property
+    @functools.cached_property
     def kid(self) -> str:
         return str(self._jwk()["kid"])
 
@@ -102,12 +103,16 @@ class IdentiteLocale:
     def signe(self, claims: Mapping[str, object]) -> str:
         """`claims` signed as they are (RS256, kid in the header): tests make malformed tokens with it."""
         self.ensure()
-        return jwt.encode(dict(claims), self.key_path.read_bytes(), algorithm="RS256", headers={"kid": self.kid})
+        return jwt.encode(dict(claims), self._cle, algorithm="RS256", headers={"kid": self.kid})
 
-    def _jwk(self) -> dict[str, object]:
+    @functools.cached_property
+    def _cle(self) -> rsa.RSAPrivateKey:  # loading checks the key: slow enough to do it once
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         assert isinstance(key, rsa.RSAPrivateKey), f"{self.key_path} holds an RSA key"
-        jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        return key
+
+    def _jwk(self) -> dict[str, object]:
+        jwk = RSAAlgorithm.to_jwk(self._cle.public_key(), as_dict=True)
         # kid: the key's RFC 7638 thumbprint, so it names this key and no other
         canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"))
         kid = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()

@@ -205,7 +205,6 @@ class _ClesUrl:
         async with self._verrou:
             if self._generation != vue:
                 return
-            self._generation += 1
             try:
                 self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
                 self._prochain = time.monotonic() + DUREE_CACHE
@@ -214,3 +213,5 @@ class _ClesUrl:
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles:
                     log.warning("jwks_stale", url=self.url, error=self._echec, retry_in_s=REESSAI)
+            finally:  # once done: callers that came while it ran use its result
+                self._generation += 1

@@ -1,0 +1,290 @@
+"""The passerelle's bearer tokens (services/passerelle/jetons.py), checked against keys made by
+the local identity provider: every rule of a token refused with its own reason, never showing
+the token nor its claims; JWKS from a file (re-read when it is replaced) and from a URL served
+over real HTTP (key rotation, refetch throttled, stale keys kept, the event loop never blocked)."""
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jwt
+import pytest
+
+from deploy.identite import DEFAULT_AUDIENCE, DEFAULT_ISSUER, IdentiteLocale
+from services.passerelle import jetons
+from services.passerelle.jetons import JetonRefuse, JwksIndisponible, Principal, Verificateur
+from tests.helpers import eventually
+
+COMMUNE = "/collectivites/communes/35238"
+
+
+@pytest.fixture(scope="module")
+def identite(tmp_path_factory: pytest.TempPathFactory) -> IdentiteLocale:
+    made = IdentiteLocale(tmp_path_factory.mktemp("idp") / "identite")
+    made.ensure()
+    return made
+
+
+@pytest.fixture(scope="module")
+def autre(tmp_path_factory: pytest.TempPathFactory) -> IdentiteLocale:
+    """Another provider's key pair: a rotated key, or a forger's."""
+    made = IdentiteLocale(tmp_path_factory.mktemp("idp2") / "identite")
+    made.ensure()
+    return made
+
+
+def par_fichier(identite: IdentiteLocale) -> Verificateur:
+    return Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=identite.jwks_path)
+
+
+def claims(**changes: object) -> dict[str, object]:
+    now = int(time.time())
+    base: dict[str, object] = {
+        "iss": DEFAULT_ISSUER,
+        "aud": DEFAULT_AUDIENCE,
+        "sub": "client-35238",
+        "iat": now,
+        "exp": now + 600,
+        "declarant": COMMUNE,
+    }
+    return {k: v for k, v in {**base, **changes}.items() if v is not None}
+
+
+async def test_a_valid_token_gives_its_subject_and_declarant(identite: IdentiteLocale) -> None:
+    principal = await par_fichier(identite).verifier(identite.jeton(COMMUNE))
+
+    assert principal == Principal("collectivites-communes-35238", frozenset({COMMUNE}))
+
+
+async def test_a_token_may_declare_for_a_list_of_sources(identite: IdentiteLocale) -> None:
+    token = identite.jeton([COMMUNE, "/collectivites/departements/035", "/rectorats/14"], subject="mairie-rennes")
+
+    principal = await par_fichier(identite).verifier(token)
+
+    assert principal.subject == "mairie-rennes"
+    assert principal.declarants == {COMMUNE, "/collectivites/departements/035", "/rectorats/14"}
+
+
+def _forged(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+    """Signed by another key under the provider's kid."""
+    return jwt.encode(claims(), autre.key_path.read_bytes(), algorithm="RS256", headers={"kid": identite.kid})
+
+
+def _unsigned(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+    return jwt.encode(claims(), "", algorithm="none", headers={"kid": identite.kid})
+
+
+def _hs256(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+    return jwt.encode(claims(), "a-shared-secret-of-32-bytes-long!", algorithm="HS256", headers={"kid": identite.kid})
+
+
+def _no_kid(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+    return jwt.encode(claims(), identite.key_path.read_bytes(), algorithm="RS256")
+
+
+def _other_kid(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+    return autre.jeton(COMMUNE)
+
+
+REFUS = {
+    "bad signature": (_forged, "signature invalide"),
+    "alg none": (_unsigned, "algorithme refusé"),
+    "HS256": (_hs256, "algorithme refusé"),
+    "no kid": (_no_kid, "clé inconnue (kid)"),
+    "kid not in the JWKS": (_other_kid, "clé inconnue (kid)"),
+    "not a JWT": (lambda i, a: "not.a.jwt-" + COMMUNE, "jeton illisible"),
+    "wrong issuer": (lambda i, a: i.jeton(COMMUNE, issuer="https://idp.example"), "émetteur inattendu"),
+    "wrong audience": (lambda i, a: i.jeton(COMMUNE, audience="autre-plateforme"), "audience inattendue"),
+    "expired beyond the leeway": (lambda i, a: i.jeton(COMMUNE, ttl_seconds=-31), "jeton expiré"),
+    "not yet valid": (
+        lambda i, a: i.jeton(COMMUNE, not_before=datetime.now(UTC) + timedelta(minutes=5)),
+        "jeton pas encore valide",
+    ),
+    "no exp": (lambda i, a: i.signe(claims(exp=None)), "claim exp absent"),
+    "no sub": (lambda i, a: i.signe(claims(sub=None)), "claim sub absent"),
+    "empty sub": (lambda i, a: i.signe(claims(sub="")), "claim sub mal formé"),
+    "no declarant": (lambda i, a: i.signe(claims(declarant=None)), "claim declarant absent ou mal formé"),
+    "declarant not a source": (
+        lambda i, a: i.signe(claims(declarant="/collectivites/communes/3523")),
+        "claim declarant absent ou mal formé",
+    ),
+    "declarant of the platform": (
+        lambda i, a: i.signe(claims(declarant="/plateforme/formation")),
+        "claim declarant absent ou mal formé",
+    ),
+    "empty list of declarants": (lambda i, a: i.signe(claims(declarant=[])), "claim declarant absent ou mal formé"),
+    "list with a non-string": (
+        lambda i, a: i.signe(claims(declarant=[COMMUNE, 35238])),
+        "claim declarant absent ou mal formé",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUS)
+async def test_a_token_breaking_a_rule_is_refused_with_that_rule(
+    case: str, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    make, reason = REFUS[case]
+    token = make(identite, autre)
+
+    with pytest.raises(JetonRefuse) as refused:
+        await par_fichier(identite).verifier(token)
+
+    assert str(refused.value).startswith(reason)
+    assert token not in str(refused.value) and "35238" not in str(refused.value)  # nor the token, nor its claims
+
+
+async def test_expiry_within_the_leeway_is_accepted(identite: IdentiteLocale) -> None:
+    assert await par_fichier(identite).verifier(identite.jeton(COMMUNE, ttl_seconds=-20))
+
+
+async def test_a_replaced_jwks_file_is_read_again(
+    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(identite.jwks_path.read_bytes())
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+
+    rotated = tmp_path / "jwks.json.new"
+    rotated.write_bytes(autre.jwks_path.read_bytes())
+    os.replace(rotated, jwks)
+
+    assert await verificateur.verifier(autre.jeton(COMMUNE))
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+        await verificateur.verifier(identite.jeton(COMMUNE))
+
+
+async def test_a_missing_jwks_file_is_unavailable_not_a_bad_token(tmp_path: Path, identite: IdentiteLocale) -> None:
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=tmp_path / "absent.json")
+
+    with pytest.raises(JwksIndisponible, match=r"JWKS_FILE .*absent\.json"):
+        await verificateur.verifier(identite.jeton(COMMUNE))
+
+
+def test_exactly_one_source_of_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactement un de jwks_file"):
+        Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE)
+    with pytest.raises(ValueError, match="exactement un de jwks_file"):
+        Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=tmp_path, jwks_url="https://idp.example/certs")
+
+
+class Fournisseur:
+    """A provider's JWKS endpoint over real HTTP: what it serves, how often it was asked, and a
+    gate that holds its answers while closed."""
+
+    def __init__(self) -> None:
+        self.jwks = b""
+        self.requests = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        fournisseur = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fournisseur.requests += 1
+                fournisseur.gate.wait(timeout=30)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(fournisseur.jwks)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/realms/feo/protocol/openid-connect/certs"
+
+    def verificateur(self) -> Verificateur:
+        return Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_url=self.url)
+
+
+@pytest.fixture
+def fournisseur(identite: IdentiteLocale) -> Iterator[Fournisseur]:
+    served = Fournisseur()
+    served.jwks = identite.jwks_path.read_bytes()
+    thread = threading.Thread(target=served.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield served
+    served.gate.set()
+    served.server.shutdown()
+    served.server.server_close()
+    thread.join()
+
+
+async def test_keys_from_a_url_are_fetched_once_and_kept(fournisseur: Fournisseur, identite: IdentiteLocale) -> None:
+    verificateur = fournisseur.verificateur()
+
+    principals = await asyncio.gather(*(verificateur.verifier(identite.jeton(COMMUNE)) for _ in range(20)))
+
+    assert {p.declarants for p in principals} == {frozenset({COMMUNE})}
+    assert fournisseur.requests == 1
+
+
+async def test_a_rotated_key_is_fetched_at_its_first_token_and_unknown_kids_do_not_hammer_the_provider(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    fournisseur.jwks = json.dumps(
+        {"keys": json.loads(identite.jwks_path.read_bytes())["keys"] + json.loads(autre.jwks_path.read_bytes())["keys"]}
+    ).encode()
+
+    assert await verificateur.verifier(autre.jeton(COMMUNE))
+    assert fournisseur.requests == 2
+
+    made_up = jwt.encode(claims(), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "inventé"})
+    for _ in range(5):
+        with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+            await verificateur.verifier(made_up)
+    assert fournisseur.requests == 2  # the rotation's refetch was less than INTERVALLE_REFETCH ago
+
+
+async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fournisseur, autre: IdentiteLocale) -> None:
+    verificateur = fournisseur.verificateur()
+
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+        await verificateur.verifier(autre.jeton(COMMUNE))
+    assert fournisseur.requests == 1  # the first fetch already was the fresh one
+
+
+async def test_the_event_loop_runs_while_the_keys_are_fetched(
+    fournisseur: Fournisseur, identite: IdentiteLocale
+) -> None:
+    fournisseur.gate.clear()
+    verifying = asyncio.create_task(fournisseur.verificateur().verifier(identite.jeton(COMMUNE)))
+
+    async def provider_asked() -> bool:  # runs only if the loop is free while the fetch waits
+        return fournisseur.requests == 1
+
+    await eventually(provider_asked, timeout=10, what="the JWKS request")
+    assert not verifying.done()
+    fournisseur.gate.set()
+    assert await verifying
+
+
+async def test_expired_keys_are_still_used_when_the_provider_is_down(
+    fournisseur: Fournisseur, identite: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetons, "DUREE_CACHE", 0.0)  # every token finds the keys expired
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    fournisseur.jwks = b"<html>502 Bad Gateway</html>"
+
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    assert fournisseur.requests == 2
+
+
+async def test_a_jwks_without_an_asymmetric_signing_key_is_unavailable_not_a_bad_token(
+    fournisseur: Fournisseur, identite: IdentiteLocale
+) -> None:
+    fournisseur.jwks = b'{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}'  # a shared secret only
+
+    with pytest.raises(JwksIndisponible, match="aucune clé de signature asymétrique"):
+        await fournisseur.verificateur().verifier(identite.jeton(COMMUNE))
