@@ -1,0 +1,221 @@
+"""The passerelle served for real (uvicorn on a free port) against the real broker and database,
+with tokens of the local identity provider: what it refuses before judging (401, 415, 400, 413,
+429), what it judges per event (207 with the DLQ's reason codes, source-non-autorisee), and what
+reaches Kafka (only the accepted events, bytes as sent, keyed by UAI, with the auth-principal
+header), written before the answer."""
+
+import asyncio
+import base64
+import json
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import uvicorn
+
+import contracts as c
+from deploy.identite import IdentiteLocale
+from deploy.local.ports import free_port
+from helpers import TopicReader, at, event, eventually, record_count, send, uai
+from services.common.runtime.app import build_app
+from services.passerelle.api import create_api
+from services.passerelle.app import SPEC
+from services.passerelle.settings import PasserelleSettings
+
+ECOLE, AUTRE_ECOLE, INCONNUE = uai("0350201"), uai("0350202"), uai("0350299")
+RENNES = "/collectivites/communes/35238"
+MAX_BODY = 1024 * 1024
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+BATCHED = {"content-type": "application/cloudevents-batch+json"}
+
+
+def ecole(code: str, commune: str) -> dict:
+    data = {
+        "uai": code,
+        "nom": f"École {code}",
+        "type": "ecole",
+        "statut": "public",
+        "code_commune": commune,
+        "code_departement": "035",
+        "code_academie": "14",
+        "code_region": "53",
+        "ouvert": True,
+    }
+    return event(c.ETABLISSEMENT, "/ministere", data, subject=code, time_=at(0))
+
+
+def lot(where: str, source: str = RENNES, lot_id: str = "L1") -> dict:
+    data = {"uai": where, "lot_id": lot_id, "kind": "TNI", "quantity": 2, "os": None, "browsers": []}
+    return event(c.LOT, source, data, subject=where, time_=at(1))
+
+
+@pytest.fixture
+def identite(tmp_path) -> IdentiteLocale:
+    provider = IdentiteLocale(tmp_path / "identite")
+    provider.ensure()
+    return provider
+
+
+@asynccontextmanager
+async def serve(settings: PasserelleSettings):
+    """The passerelle as `python -m services.passerelle` serves it, in this process: (client, api)."""
+    api = create_api(build_app(SPEC, settings), settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            await eventually(lambda: _healthy(client), what="the passerelle to answer /health")
+            yield client, api
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _healthy(client: httpx.AsyncClient) -> bool:
+    try:
+        return (await client.get("/health")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+async def passerelle(kafka, settings, identite):
+    own = PasserelleSettings.of(settings).model_copy(
+        update={"jwks_file": str(identite.jwks_path), "passerelle_max_body_bytes": MAX_BODY}
+    )
+    async with serve(own) as (client, api):
+        yield client, api
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle, identite, tmp_path):
+    client, _ = passerelle
+    body = json.dumps(lot(ECOLE)).encode()
+    good = identite.jeton(RENNES)
+    header, _claims, signature = good.split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({"sub": "x", "declarant": "/gar"}).encode()).rstrip(b"=").decode()
+    elsewhere = IdentiteLocale(tmp_path / "ailleurs")
+    cases = {
+        "absent": ({}, "jeton absent"),
+        "basic": ({"authorization": "Basic dXNlcjpwYXNz"}, "jeton absent"),
+        "signature": (bearer(f"{header}.{forged}.{signature}"), "signature invalide"),
+        "other provider": (bearer(elsewhere.jeton(RENNES)), "clé inconnue"),
+        "issuer": (bearer(identite.jeton(RENNES, issuer="https://ailleurs.example")), "émetteur"),
+        "audience": (bearer(identite.jeton(RENNES, audience="autre-api")), "audience"),
+        "expired": (bearer(identite.jeton(RENNES, ttl_seconds=-120)), "expiré"),
+    }
+    for name, (headers, rule) in cases.items():
+        response = await client.post("/v1/evenements", content=body, headers={**STRUCTURED, **headers})
+        assert response.status_code == 401, name
+        assert rule in response.json()["detail"], name
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer"), name
+        assert ('error="invalid_token"' in challenge) == ("authorization" in headers and name != "basic"), name
+        token = headers.get("authorization", "").removeprefix("Bearer ")
+        assert not token or token not in response.text, name
+
+
+async def test_what_is_not_one_event_or_a_batch_within_the_limits_is_refused_whole(passerelle, identite):
+    client, _ = passerelle
+    auth = bearer(identite.jeton(RENNES))
+    one = json.dumps(lot(ECOLE)).encode()
+
+    async def post(content, headers):
+        return await client.post("/v1/evenements", content=content, headers={**auth, **headers})
+
+    response = await post(one, {"content-type": "application/json"})
+    assert response.status_code == 415 and "application/cloudevents+json" in response.json()["detail"]
+    for content, headers in [(b"[" + one + b"]", STRUCTURED), (one, BATCHED), (b"{", STRUCTURED), (b"[1,", BATCHED)]:
+        response = await post(content, headers)
+        assert response.status_code == 400, content[:10]
+    huge = b"[" + b",".join([one] * (MAX_BODY // len(one) + 1)) + b"]"
+    assert (await post(huge, BATCHED)).status_code == 413  # Content-Length beyond PASSERELLE_MAX_BODY_BYTES
+
+    async def chunked():  # no Content-Length: cut while reading
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b" " * 65536
+
+    response = await post(chunked(), BATCHED)
+    assert response.status_code == 413 and str(MAX_BODY) in response.json()["detail"]
+    padded = json.dumps(lot(ECOLE) | {"padding": "x" * 256 * 1024}).encode()
+    assert (await post(padded, STRUCTURED)).status_code == 413  # one event beyond a record value
+    assert (await post(json.dumps([{}] * 1001).encode(), BATCHED)).status_code == 413
+    response = await client.get("/v1/evenements")
+    assert response.status_code == 405 and "POST" in response.json()["detail"]
+
+
+async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafka, settings, passerelle, identite):
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(AUTRE_ECOLE, ecole(AUTRE_ECOLE, "35001"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the référentiel")
+
+    good = json.dumps(lot(ECOLE), indent=1).encode()  # sent as it is, not re-encoded
+    connectivite = event(c.CONNECTIVITE, RENNES, {"uai": ECOLE, "bandwidth_mbps": 8, "ent": True}, time_=at(1))
+    repeated = good[:-1] + b', "source": "/collectivites/communes/35001"}'
+    batch = [
+        good,
+        json.dumps(lot(AUTRE_ECOLE)).encode(),  # another commune's école
+        json.dumps(lot(AUTRE_ECOLE, "/collectivites/communes/35001")).encode(),  # not the token's declarant
+        json.dumps(lot(INCONNUE)).encode(),
+        repeated,
+        json.dumps(lot(ECOLE, lot_id="x" * 257)).encode(),
+        json.dumps(lot(ECOLE, lot_id="L2") | {"padding": "x" * 256 * 1024}).encode(),
+        json.dumps(connectivite).encode(),
+    ]
+    auth = bearer(identite.jeton(RENNES, subject="sig-rennes"))
+    async with TopicReader(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) as topic:
+        response = await client.post("/v1/evenements", content=b"[" + b",".join(batch) + b"]", headers=auth | BATCHED)
+        assert response.status_code == 207
+        results = response.json()["resultats"]
+        assert [r["index"] for r in results] == list(range(len(batch)))
+        assert [r["id"] for r in results] == [json.loads(e)["id"] for e in batch]
+        assert [r.get("code", r["statut"]) for r in results] == [
+            "accepted",
+            "hors-competence",
+            "source-non-autorisee",
+            "uai-inconnu",
+            "json-invalide",
+            "trop-volumineux",
+            "trop-volumineux",
+            "accepted",
+        ]
+        assert all(r["message"] for r in results if r["statut"] == "refused")
+        # Written before the answer: counted at once, without waiting; and they are all there is.
+        assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 2
+        await topic.wait_for(lambda records: len(records) >= 2, what="the two accepted events")
+        written = sorted(topic.records, key=lambda r: json.loads(r.value)["type"])
+        assert [r.value for r in written] == [json.dumps(connectivite).encode(), good]
+        for record in written:
+            assert record.key == ECOLE.encode()
+            assert dict(record.headers) == {"content-type": c.CONTENT_TYPE.encode(), c.PRINCIPAL_HEADER: b"sig-rennes"}
+
+        response = await client.post(
+            "/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L3")), headers=auth | STRUCTURED
+        )
+        assert response.status_code == 202
+        [result] = response.json()["resultats"]
+        assert result["statut"] == "accepted" and "code" not in result
+        assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 3
+
+
+async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_written(kafka, settings, identite):
+    own = PasserelleSettings.of(settings).model_copy(
+        update={"jwks_file": str(identite.jwks_path), "passerelle_rate_events_per_s": 1, "passerelle_rate_burst": 1000}
+    )
+    async with serve(own) as (client, _):
+        events = [lot(ECOLE, lot_id=f"L{i}") for i in range(600)]  # UAI unknown here: each refused, counted
+        first = await client.post("/v1/evenements", json=events, headers=bearer(identite.jeton(RENNES)) | BATCHED)
+        assert first.status_code == 207
+        second = await client.post("/v1/evenements", json=events, headers=bearer(identite.jeton(RENNES)) | BATCHED)
+        assert second.status_code == 429
+        assert int(second.headers["retry-after"]) >= 199  # 200 missing events at 1 per second
+        assert "débit" in second.json()["detail"]
+        other = bearer(identite.jeton("/collectivites/communes/35001"))
+        assert (await client.post("/v1/evenements", json=events, headers=other | BATCHED)).status_code == 207
+    assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
