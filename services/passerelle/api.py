@@ -268,6 +268,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
                 jwks_url=settings.jwks_url,
             )
         except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL, a malformed URL
+            log.error("startup.refused", reason=str(e))
             raise StartupFailed(str(e)) from None
         await stream_app.start()
         producer = AIOKafkaProducer(

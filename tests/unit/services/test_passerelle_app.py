@@ -1,0 +1,28 @@
+"""The passerelle's wiring: what it reads and writes (the ACLs are derived from it), and a
+start refused, before any connection, when it has no keys to check tokens with."""
+
+import pytest
+
+import contracts as c
+from services.common.runtime.app import build_app
+from services.common.runtime.startup import StartupFailed
+from services.passerelle.api import create_api
+from services.passerelle.app import SPEC
+from services.passerelle.settings import PasserelleSettings
+
+
+def test_it_reads_the_referentiel_and_writes_the_declaration_topics_only():
+    assert tuple(SPEC.consumes) == (c.REFERENTIEL,)
+    assert {p.topic for p in SPEC.publishes} == {c.FORMATION, c.EQUIPEMENT}
+    assert tuple(SPEC.dead_letters_for) == ()  # ressources dead-letters the référentiel
+
+
+@pytest.mark.parametrize(
+    "keys", [{}, {"jwks_file": "/etc/jwks.json", "jwks_url": "https://idp.example/jwks"}], ids=["neither", "both"]
+)
+async def test_it_refuses_to_start_without_exactly_one_source_of_keys(keys):
+    settings = PasserelleSettings(kafka_bootstrap_servers="127.0.0.1:1", **keys)
+    api = create_api(build_app(SPEC, settings), settings)
+    with pytest.raises(StartupFailed, match=r"JWKS_FILE.*JWKS_URL"):
+        async with api.router.lifespan_context(api):
+            pass
