@@ -1,5 +1,11 @@
 """One real Kafka broker and one real PostgreSQL server per test session, shared; each test
-gets its own topics (unique prefix) and its own database, so tests never see each other."""
+gets its own topics (unique prefix) with their ACLs, and its own database, so tests never see
+each other.
+
+The broker is secured like every local one (SASL/SCRAM over TLS, ACLs): the session exports
+admin's access (KAFKA_*) into the environment, so every client the tests and the tools build
+from it connects as the super user; a test wanting another principal asks
+`kafka.access_as(name)`."""
 
 import shutil
 import tempfile
@@ -25,7 +31,10 @@ def kafka(tmp_path_factory):
 
     broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
     broker.start()
-    yield broker
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in broker.access.environ().items():
+            patch.setenv(variable, value)
+        yield broker
     broker.stop()
 
 
@@ -55,12 +64,14 @@ async def database_url(postgres, unique) -> str:
 
 @pytest.fixture
 async def topic_prefix(kafka, unique) -> str:
+    from deploy import acl
     from deploy.topic_admin import create_topics
     from deploy.topology import platform_topics
 
     prefix = f"t{unique}."
     # Fewer partitions than a deployment's: each test makes its own topics on the session's broker.
     await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=TEST_PARTITIONS))
+    acl.apply(kafka.access, prefix)
     return prefix
 
 

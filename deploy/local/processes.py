@@ -1,7 +1,9 @@
 """The three services as real processes (`python -m services.<name>`), as in production.
 
 Used by `./dev up`, `./dev demo` and the end-to-end tests. Each process gets its settings
-from the environment and its HTTP port from `ports` (free ones by default); its log lines are
+from the environment, its HTTP port from `ports` (free ones by default) and, given the
+broker's `credentials`, its own Kafka principal (KAFKA_USERNAME and KAFKA_PASSWORD: the
+service's name and its password); its log lines are
 either shown prefixed by its name or written to a file. `stop()` leaves no process behind:
 SIGTERM, then SIGKILL after a grace period; a service also gets SIGTERM should this process end
 without stopping it (`children.py`).
@@ -31,6 +33,7 @@ from typing import BinaryIO
 
 from deploy.local.children import die_with_parent
 from deploy.local.console import say, show
+from deploy.local.kafka.credentials import Credentials
 from deploy.local.ports import free_ports
 
 SERVICES = ("formation", "equipement", "ressources")
@@ -75,6 +78,7 @@ class ServiceProcesses:
         healthy_reset: float = HEALTHY_RESET_SECONDS,
         command: Callable[[str], list[str]] = service_command,
         announce: Callable[[str], None] = say,
+        credentials: Credentials | None = None,
     ):
         self.names = names
         self.ports = ports or dict(zip(names, free_ports(len(names)), strict=True))
@@ -86,6 +90,7 @@ class ServiceProcesses:
         self._healthy_reset = healthy_reset
         self._command = command
         self._announce = announce
+        self._credentials = credentials
         self._restarts: dict[str, _Restarts] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -104,6 +109,8 @@ class ServiceProcesses:
 
     def _spawn(self, name: str) -> None:
         env = {**os.environ, **self._env, "HTTP_PORT": str(self.ports[name]), "PYTHONUNBUFFERED": "1"}
+        if self._credentials is not None:
+            env |= self._credentials.environ(name)
         out: BinaryIO | int = (
             (self._log_dir / f"{name}.log").open("ab") if self._log_dir is not None else subprocess.PIPE
         )

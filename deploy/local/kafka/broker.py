@@ -1,7 +1,16 @@
-"""One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars.
+"""One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars, secured.
 
-The data directory may be reused across starts: it is formatted only once (its cluster id is
-then kept), while server.properties is rewritten each start since the ports may change.
+Clients connect with SASL/SCRAM-SHA-512 over TLS (listener CLIENT), the brokers among
+themselves over it as `admin`; the controller listener takes TLS clients holding the broker
+certificate only (mTLS, its CN mapped to the super user `BROKER_CN`). KRaft's StandardAuthorizer
+refuses whatever no ACL allows (`deploy.acl` writes them); `admin` and the brokers are super
+users. The CA and certificate come from `tls.py`, the principals' passwords from
+`credentials.py`: SCRAM users are created when the storage is formatted, and a principal added
+since (a new service) when the broker next starts.
+
+The data directory may be reused across starts: it is formatted only once (its cluster id and
+credentials are then kept), while server.properties is rewritten each start since the ports may
+change; it holds admin's password, so it is private (0600) like credentials.json.
 Starting, waiting and stopping are those of every local server (`deploy.local.server_process`);
 what is Kafka's own is its configuration and its readiness: a client can fetch metadata listing
 the broker.
@@ -10,13 +19,17 @@ the broker.
 from __future__ import annotations
 
 import base64
+import os
 import uuid
 from pathlib import Path
 
+from deploy.local.kafka.credentials import ADMIN, Credentials, principals
 from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
-from deploy.local.kafka.readiness import serves_metadata
+from deploy.local.kafka.readiness import add_scram_users, serves_metadata
+from deploy.local.kafka.tls import BROKER_CN, TlsFiles, ensure_tls
 from deploy.local.ports import free_ports, port_open
 from deploy.local.server_process import ServerProcess, require_tool, run_tool
+from services.common.messaging.connection import KafkaAccess
 
 # The broker's own logging is cut to warnings: its INFO output is megabytes of
 # noise for a demo, while errors (bad config, port in use) still reach kafka.log.
@@ -36,16 +49,31 @@ _STACK_FRAMES = ("at ", "... ")
 class LocalKafka:
     """A single-node Kafka with its data, configuration and kafka.log in `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, node_id: int = 1):
         self.data_dir = Path(data_dir).resolve()
+        self.node_id = node_id
         ports = free_ports(2)
         self.port = port or ports[0]
         self.controller_port = ports[1] if ports[1] != self.port else ports[0]
+        self.credentials: Credentials | None = None
+        """The principals' passwords, once start() has read or made them."""
+        self.tls: TlsFiles | None = None
         self._server = ServerProcess("Kafka", self.log_file, KafkaRuntimeError, log_noise=_STACK_FRAMES)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def access(self) -> KafkaAccess:
+        """How `admin` reaches this broker (after start())."""
+        return self.access_as(ADMIN)
+
+    def access_as(self, principal: str) -> KafkaAccess:
+        """How `principal` reaches this broker (after start())."""
+        assert self.credentials is not None and self.tls is not None, "known once started"
+        base = KafkaAccess(self.bootstrap_servers, "SASL_SSL", ca_file=str(self.tls.ca))
+        return self.credentials.access(principal, base)
 
     @property
     def log_file(self) -> Path:
@@ -80,13 +108,28 @@ class LocalKafka:
         )
         classpath = str(ensure_kafka_jars() / "*")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tls = ensure_tls()
+        formatted = self._meta_properties.exists()
+        if formatted:
+            self.credentials = Credentials.load(self.data_dir)
+            if self.credentials is None:
+                raise KafkaRuntimeError(
+                    f"the Kafka storage in {self.data_dir} was made before Kafka was secured "
+                    "(it has no credentials.json); start with --fresh"
+                )
+        else:
+            self.credentials = Credentials.create(self.data_dir, principals())
         properties = self._write_config()
         log_config = self.data_dir / "log4j2.properties"
         log_config.write_text(_LOG4J2_PROPERTIES)
         jvm = [java, "-Xmx512m", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
-        if not self._meta_properties.exists():
+        if not formatted:
             run_tool(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)],
+                [
+                    *jvm,
+                    *("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)),
+                    *self.credentials.scram_arguments(),
+                ],
                 f"formatting the Kafka storage in {self.data_dir} failed",
                 KafkaRuntimeError,
                 cwd=self.data_dir,
@@ -98,9 +141,20 @@ class LocalKafka:
             poll_seconds=0.2,
             # The plain TCP check comes first because aiokafka logs every refused
             # connection as an error, which would flood the terminal during start.
-            ready=lambda: port_open(self.port) and serves_metadata(self.bootstrap_servers),
+            ready=lambda: port_open(self.port) and serves_metadata(self.access),
             not_ready=f"did not serve metadata on {self.bootstrap_servers}",
         )
+        self._add_new_principals()
+
+    def _add_new_principals(self) -> None:
+        """SCRAM users for the principals that appeared since the storage was formatted."""
+        assert self.credentials is not None, "read by start()"
+        wanted = self.credentials.with_new(principals())
+        added = [name for name in wanted.passwords if name not in self.credentials.passwords]
+        if added:
+            add_scram_users(self.access, {name: wanted.password(name) for name in added})
+            wanted.save()
+            self.credentials = wanted
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after a grace period."""
@@ -118,18 +172,35 @@ class LocalKafka:
         self.stop()
 
     def _write_config(self) -> Path:
+        assert self.credentials is not None and self.tls is not None, "set by start()"
         path = self.data_dir / "server.properties"
-        path.write_text(
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        admin_password = self.credentials.password(ADMIN)
+        _write_private(
+            path,
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"node.id={self.node_id}",
+                    f"controller.quorum.voters={self.node_id}@127.0.0.1:{self.controller_port}",
+                    f"listeners=CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=CLIENT",
+                    "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL",
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                    f'listener.name.client.scram-sha-512.sasl.jaas.config={scram_login} username="{ADMIN}" '
+                    f'password="{admin_password}";',
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={self.tls.broker}",
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={self.tls.ca}",
+                    "listener.name.controller.ssl.client.auth=required",
+                    f"ssl.principal.mapping.rules=RULE:^CN=({BROKER_CN})$/$1/",
+                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                    "allow.everyone.if.no.acl.found=false",
+                    f"super.users=User:{ADMIN};User:{BROKER_CN}",
                     f"log.dirs={self.data_dir / 'kafka-logs'}",
                     "num.partitions=3",
                     "auto.create.topics.enable=false",
@@ -142,9 +213,16 @@ class LocalKafka:
                     "share.coordinator.state.topic.min.isr=1",
                     "",
                 ]
-            )
+            ),
         )
         return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)  # a file written before this change was world-readable
 
 
 def _kafka_uuid() -> str:

@@ -1,4 +1,5 @@
-"""Whether the local broker is ready: a client fetches metadata listing it (it is then unfenced).
+"""Whether the local broker is ready: a client fetches metadata listing it (it is then unfenced);
+and the SCRAM users added to a running broker.
 
 Only an asyncio client (aiokafka) can ask, yet the readiness wait is synchronous and is called
 from inside running event loops (async fixtures, the demo), where `asyncio.run` is refused:
@@ -8,27 +9,32 @@ each probe therefore runs on a fresh loop in a worker thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from kafka.admin import KafkaAdminClient, UserScramCredentialUpsertion
+
+from deploy.local.kafka.jars import KafkaRuntimeError
+from services.common.messaging.connection import KafkaAccess
 
 
-def serves_metadata(bootstrap: str) -> bool:
-    """True once a client gets metadata listing a broker at `bootstrap`.
+def serves_metadata(access: KafkaAccess) -> bool:
+    """True once a client gets metadata listing a broker at `access`.
 
     The caller does not wait for the thread when interrupted (Ctrl-C), so it can stop the
     broker at once; the probe then ends by itself.
     """
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(asyncio.run, _metadata_available(bootstrap)).result()
+        return pool.submit(asyncio.run, _metadata_available(access)).result()
     finally:
         pool.shutdown(wait=False)
 
 
-async def _metadata_available(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+async def _metadata_available(access: KafkaAccess) -> bool:
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=2000)
     try:
         await admin.start()
         return bool((await admin.describe_cluster())["brokers"])
@@ -36,3 +42,16 @@ async def _metadata_available(bootstrap: str) -> bool:
         return False
     finally:
         await admin.close()
+
+
+def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str]) -> None:
+    """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user."""
+    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
+    try:
+        failed = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
+        )
+    finally:
+        admin.close()
+    if errors := {name: error for name, error in failed.items() if error}:
+        raise KafkaRuntimeError(f"SCRAM users not created: {errors}")

@@ -1,0 +1,133 @@
+"""Who may do what on the platform's Kafka: the ACLs of CONTRACTS.md (Identity), derived.
+
+The brokers refuse whatever no ACL allows (StandardAuthorizer, allow.everyone.if.no.acl.found
+false), so each principal gets exactly:
+
+- each platform service, from its `ServiceSpec`: READ of every topic it `consumes` and of its
+  consumer group (its name), WRITE of every topic it `publishes` and of the DLQ of each topic in
+  `dead_letters_for`. A new service's spec in `services.specs.specs()` brings its ACLs along;
+- `ministere`: WRITE of the référentiel and the catalogue; `gar`: WRITE of the catalogue;
+- `tableau-de-bord` (the dashboards): READ of the alerts, their stream and their table
+  (alertes.etat.v1, which CONTRACTS.md offers dashboards), with consumer groups whose name
+  starts with `tableau-de-bord`.
+
+Nothing else: partners and dashboards read no declaration topic and no DLQ, and write no
+internal topic. `admin` is a super user and needs none. WRITE and READ imply DESCRIBE, and WRITE
+on a topic allows an idempotent producer. Every name carries the topic prefix (the tests'
+isolation), so a test's services run as their own principals on the test's topics.
+
+    python -m deploy.acl [--prefix P]    # print the bindings
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourcePatternFilter,
+    ResourceType,
+)
+
+import contracts as c
+from services.common.messaging.connection import KafkaAccess
+
+DASHBOARD = "tableau-de-bord"
+PARTNER_WRITES = {"ministere": (c.REFERENTIEL, c.CATALOGUE), "gar": (c.CATALOGUE,)}
+DASHBOARD_READS = (c.ALERTES, c.ALERTES_ETAT)
+
+
+_EVERY_ACL = ACLFilter(
+    principal=None,
+    host="*",
+    operation=ACLOperation.ANY,
+    permission_type=ACLPermissionType.ANY,
+    resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+)
+
+
+class AclError(RuntimeError):
+    """The broker refused some ACLs."""
+
+
+@dataclass(frozen=True, order=True)
+class Binding:
+    principal: str
+    resource: Literal["topic", "group"]
+    name: str
+    operation: Literal["read", "write"]
+    prefixed: bool = False
+    """The binding covers every resource whose name starts with `name`."""
+
+    def __str__(self) -> str:
+        pattern = "*" if self.prefixed else ""
+        return f"User:{self.principal} {self.operation.upper()} {self.resource} {self.name}{pattern}"
+
+    def acl(self) -> ACL:
+        return ACL(
+            principal=f"User:{self.principal}",
+            host="*",
+            operation=ACLOperation.READ if self.operation == "read" else ACLOperation.WRITE,
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(
+                ResourceType.TOPIC if self.resource == "topic" else ResourceType.GROUP,
+                self.name,
+                ACLResourcePatternType.PREFIXED if self.prefixed else ACLResourcePatternType.LITERAL,
+            ),
+        )
+
+
+def bindings(prefix: str = "") -> list[Binding]:
+    """Every binding of the platform for topics and groups named with `prefix`."""
+    from services.specs import specs
+
+    out: set[Binding] = set()
+    for spec in specs():
+        out |= {Binding(spec.name, "topic", prefix + t, "read") for t in spec.consumes}
+        out.add(Binding(spec.name, "group", prefix + spec.name, "read"))
+        written = [p.topic for p in spec.publishes] + [c.dlq(t) for t in spec.dead_letters_for]
+        out |= {Binding(spec.name, "topic", prefix + t, "write") for t in written}
+    for partner, topics in PARTNER_WRITES.items():
+        out |= {Binding(partner, "topic", prefix + t, "write") for t in topics}
+    out |= {Binding(DASHBOARD, "topic", prefix + t, "read") for t in DASHBOARD_READS}
+    out.add(Binding(DASHBOARD, "group", prefix + DASHBOARD, "read", prefixed=True))
+    return sorted(out)
+
+
+def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30) -> None:
+    """Create the bindings on the broker, as a super user, and return once the broker enforces
+    them (the controller takes them first, the broker's authorizer a moment later); those
+    already there are kept as they are, so applying again changes nothing."""
+    wanted = {binding.acl() for binding in bindings(prefix)}
+    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-acl")
+    try:
+        result = admin.create_acls(list(wanted))
+        if result["failed"]:
+            raise AclError(f"the broker refused {len(result['failed'])} ACLs: {result['failed'][0]}")
+        deadline = time.monotonic() + timeout
+        while missing := wanted - set(admin.describe_acls(_EVERY_ACL)[0]):
+            if time.monotonic() > deadline:
+                raise AclError(f"{len(missing)} ACLs not in force after {timeout} s, e.g. {next(iter(missing))}")
+            time.sleep(0.05)
+    finally:
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy.acl", description="Print the platform's ACLs.")
+    parser.add_argument("--prefix", default="", help="topic and group prefix (the tests')")
+    for binding in bindings(parser.parse_args().prefix):
+        print(binding)
+
+
+if __name__ == "__main__":
+    main()

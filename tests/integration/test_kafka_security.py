@@ -1,0 +1,151 @@
+"""The session's broker is secured as CONTRACTS.md (Identity) says: SASL/SCRAM-SHA-512 over TLS
+only, and each principal may do exactly what its ACLs allow (deploy/acl.py), on this test's
+topics. The expected rights are written out here, not derived from deploy/acl.py."""
+
+import asyncio
+import ssl
+
+import psutil
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from deploy.local.processes import ServiceProcesses
+from deploy.topology import platform_topics
+from services.common.messaging.connection import KafkaAccess
+
+DEADLINE = 20  # seconds: a refused client must fail, not hang
+ALL_TOPICS = [t.name for t in platform_topics()]
+WRITES = {
+    "formation": {COUVERTURES, c.dlq(c.FORMATION)},
+    "equipement": {PROFILS, c.dlq(c.EQUIPEMENT)},
+    "ressources": {
+        c.ALERTES,
+        c.ALERTES_ETAT,
+        c.dlq(c.REFERENTIEL),
+        c.dlq(c.CATALOGUE),
+        c.dlq(PROFILS),
+        c.dlq(COUVERTURES),
+    },
+    "ministere": {c.REFERENTIEL, c.CATALOGUE},
+    "gar": {c.CATALOGUE},
+    "tableau-de-bord": set(),
+}
+
+
+async def _writable(access: KafkaAccess, prefix: str) -> set[str]:
+    """The platform topics `access` may write: each one tried, a refusal being exactly
+    TopicAuthorizationFailedError (any other error fails the test). Not idempotent: a principal
+    that may write no topic at all is refused an idempotent producer's id before any topic."""
+    producer = AIOKafkaProducer(**access.aiokafka(), acks="all")
+    writable = set()
+    async with asyncio.timeout(60):
+        await producer.start()
+        try:
+            for topic in ALL_TOPICS:
+                try:
+                    await producer.send_and_wait(prefix + topic, b"{}", key=b"k")
+                except TopicAuthorizationFailedError:
+                    continue
+                writable.add(topic)
+        finally:
+            await producer.stop()
+    return writable
+
+
+async def _read(access: KafkaAccess, topic: str, group: str | None) -> None:
+    consumer = AIOKafkaConsumer(topic, **access.aiokafka(), group_id=group, auto_offset_reset="earliest")
+    async with asyncio.timeout(DEADLINE):
+        await consumer.start()
+        try:
+            await consumer.getmany(timeout_ms=1000)
+            assert consumer.assignment(), f"{access.username} got no partition of {topic}"
+        finally:
+            await consumer.stop()
+
+
+async def test_a_client_without_sasl_and_tls_cannot_connect(kafka) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=5000)
+    with pytest.raises(KafkaConnectionError):
+        async with asyncio.timeout(DEADLINE):
+            await admin.start()
+    await admin.close()
+
+
+async def test_a_client_that_does_not_trust_the_ca_cannot_connect(kafka) -> None:
+    host, port = kafka.bootstrap_servers.split(":")
+    options = {**kafka.access.aiokafka(), "ssl_context": ssl.create_default_context()}  # the system's CAs
+    del options["bootstrap_servers"]
+    with pytest.raises(ssl.SSLCertVerificationError):
+        async with asyncio.timeout(DEADLINE):
+            await create_conn(host, int(port), **options)
+
+
+async def test_a_wrong_password_is_refused(kafka) -> None:
+    host, port = kafka.bootstrap_servers.split(":")
+    options = kafka.access.as_principal("ministere", "not-the-password").aiokafka()
+    del options["bootstrap_servers"]
+    with pytest.raises(SaslAuthenticationFailed):
+        async with asyncio.timeout(DEADLINE):
+            await create_conn(host, int(port), **options)
+
+
+@pytest.mark.parametrize("principal", sorted(WRITES))
+async def test_each_principal_writes_exactly_its_topics(kafka, topic_prefix, principal) -> None:
+    assert await _writable(kafka.access_as(principal), topic_prefix) == WRITES[principal]
+
+
+async def test_the_dashboard_reads_the_alerts_in_its_own_groups_only(kafka, topic_prefix) -> None:
+    dashboard = kafka.access_as("tableau-de-bord")
+    await _read(dashboard, topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord-academie-14")
+    await _read(dashboard, topic_prefix + c.ALERTES_ETAT, group=None)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _read(dashboard, topic_prefix + c.ALERTES, group=f"{topic_prefix}ressources")
+
+
+@pytest.mark.parametrize(
+    ("principal", "topic"),
+    [
+        ("tableau-de-bord", c.FORMATION),
+        ("tableau-de-bord", c.EQUIPEMENT),
+        ("tableau-de-bord", c.dlq(c.EQUIPEMENT)),
+        ("tableau-de-bord", PROFILS),
+        ("ministere", c.FORMATION),
+        ("ministere", c.dlq(c.REFERENTIEL)),
+        ("gar", c.dlq(c.CATALOGUE)),
+        ("equipement", c.FORMATION),
+    ],
+)
+async def test_declarations_dlqs_and_internal_topics_are_not_readable_by_others(
+    kafka, topic_prefix, principal, topic
+) -> None:
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(kafka.access_as(principal), topic_prefix + topic, group=None)
+
+
+async def test_a_service_reads_its_inputs_in_its_group(kafka, topic_prefix) -> None:
+    await _read(kafka.access_as("ressources"), topic_prefix + COUVERTURES, group=f"{topic_prefix}ressources")
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _read(kafka.access_as("ressources"), topic_prefix + COUVERTURES, group=f"{topic_prefix}formation")
+
+
+def test_the_runtime_runs_each_service_as_its_own_principal(kafka, database_url, topic_prefix, tmp_path) -> None:
+    env = {"DATABASE_URL": database_url, "TOPIC_PREFIX": topic_prefix, "LOG_FORMAT": "json"}
+    services = ServiceProcesses(env, log_dir=tmp_path, credentials=kafka.credentials)
+    try:
+        services.start()
+        services.wait_healthy()  # consuming and publishing within their ACLs
+        for name in services.names:
+            given = psutil.Process(services.process(name).pid).environ()
+            assert (given["KAFKA_USERNAME"], given["KAFKA_PASSWORD"]) == (name, kafka.credentials.password(name))
+    finally:
+        services.stop()

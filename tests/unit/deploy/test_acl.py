@@ -1,0 +1,51 @@
+"""The ACLs derived from the services' specs and the partners of CONTRACTS.md (Identity)."""
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from deploy.acl import Binding, bindings
+
+
+def _can(principal: str, operation: str, topic: str, prefix: str = "p.") -> bool:
+    return Binding(principal, "topic", prefix + topic, operation) in bindings(prefix)
+
+
+def test_a_service_writes_its_outputs_and_dlqs_and_nothing_else() -> None:
+    assert _can("equipement", "write", PROFILS)
+    assert _can("equipement", "write", c.dlq(c.EQUIPEMENT))
+    assert not _can("equipement", "write", c.CATALOGUE)
+    assert not _can("equipement", "write", COUVERTURES)
+    assert not _can("equipement", "write", c.ALERTES)
+    assert _can("formation", "write", COUVERTURES)
+    assert not _can("formation", "write", PROFILS)
+    assert _can("ressources", "write", c.ALERTES) and _can("ressources", "write", c.ALERTES_ETAT)
+    # ressources dead-letters what it consumes, the internal topics included.
+    assert _can("ressources", "write", c.dlq(PROFILS))
+    assert not _can("ressources", "write", c.dlq(c.EQUIPEMENT))
+
+
+def test_a_service_reads_its_inputs_in_its_own_group() -> None:
+    assert _can("ressources", "read", COUVERTURES)
+    assert _can("ressources", "read", PROFILS)
+    assert not _can("ressources", "read", c.FORMATION)
+    assert _can("equipement", "read", c.REFERENTIEL)
+    groups = {(b.principal, b.name, b.prefixed) for b in bindings("p.") if b.resource == "group"}
+    assert ("equipement", "p.equipement", False) in groups
+    assert ("tableau-de-bord", "p.tableau-de-bord", True) in groups
+
+
+def test_partners_and_dashboards_get_only_what_the_contract_says() -> None:
+    partners = {
+        (b.principal, b.operation, b.name) for b in bindings() if b.principal in ("ministere", "gar", "tableau-de-bord")
+    }
+    assert partners == {
+        ("ministere", "write", c.REFERENTIEL),
+        ("ministere", "write", c.CATALOGUE),
+        ("gar", "write", c.CATALOGUE),
+        ("tableau-de-bord", "read", c.ALERTES),
+        ("tableau-de-bord", "read", c.ALERTES_ETAT),
+        ("tableau-de-bord", "read", "tableau-de-bord"),
+    }
+
+
+def test_every_name_carries_the_prefix() -> None:
+    assert all(b.name.startswith("t1.") for b in bindings("t1."))
