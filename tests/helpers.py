@@ -13,6 +13,8 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.common.messaging.connection import kafka_options
+
 T = TypeVar("T")
 
 
@@ -60,7 +62,7 @@ async def send(
 ) -> None:
     """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the broker."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
+        **kafka_options(bootstrap), acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
     )
     await producer.start()
     try:
@@ -83,7 +85,7 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str):
         self.records: list = []
         self._consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+            topic, **kafka_options(bootstrap), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
         )
         self._task: asyncio.Task | None = None
 
@@ -241,7 +243,7 @@ async def lock_waiters(conn) -> int:  # a connection or a pool
 async def record_count(bootstrap: str, topic: str) -> int:
     """How many records `topic` holds (the sum of its partitions' end offsets): what a test
     counts to show that nothing more was published, without waiting for nothing to come."""
-    producer, consumer = AIOKafkaProducer(bootstrap_servers=bootstrap), AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    producer, consumer = AIOKafkaProducer(**kafka_options(bootstrap)), AIOKafkaConsumer(**kafka_options(bootstrap))
     await producer.start()
     await consumer.start()
     try:

@@ -12,6 +12,7 @@ from contracts.internal import COUVERTURES, PROFILS
 from deploy.local import scenario
 from deploy.rattrapage import partitions_of
 from deploy.referentiel.publish import publish_etablissements
+from services.common.messaging.connection import kafka_options
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -60,7 +61,7 @@ async def snapshot(database_url: str, schema: str) -> dict[str, list[tuple]]:
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
     partitions = await partitions_of(bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None)
     await consumer.start()
     try:
         return await consumer.end_offsets(partitions)

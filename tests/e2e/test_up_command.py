@@ -22,6 +22,7 @@ from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
 from helpers import eventually, still_running
 from local_runtime import ROOT, Runtime, runtime_env, runtime_ports, scratch_dir
+from services.common.messaging.connection import kafka_options
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ def _refusal(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 async def _kept_records(bootstrap: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(KEPT.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(KEPT.name, **kafka_options(bootstrap), auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=10_000)
@@ -57,7 +58,7 @@ async def _kept_records(bootstrap: str) -> list[bytes]:
 
 
 async def _topics(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         return set(await admin.list_topics())
@@ -77,7 +78,7 @@ async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_s
         try:
             first.wait_for("running;")
             await create_topics(bootstrap, [KEPT])
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+            producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all")
             await producer.start()
             try:
                 await producer.send_and_wait(KEPT.name, b"kept")

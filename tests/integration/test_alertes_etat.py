@@ -15,6 +15,7 @@ from contracts.internal import PROFILS
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
 from helpers import eventually, running, send, uai
+from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.runtime.settings import ServiceSettings
 from services.ressources.app import SPEC
 from services.ressources.lifecycle import alert_id
@@ -36,7 +37,7 @@ async def settings(kafka, database_url, unique) -> ServiceSettings:
     prefix = f"e{unique}."
     table = prefix + c.ALERTES_ETAT
     await create_topics(kafka.bootstrap_servers, [t for t in platform_topics(prefix) if t.name != table])
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(table, 1, 1, topic_configs=QUICKLY_COMPACTED)])
@@ -53,7 +54,9 @@ async def settings(kafka, database_url, unique) -> ServiceSettings:
 
 def read_table(bootstrap: str, topic: str) -> list[tuple[str, dict | None]]:
     """Every record of the table from the beginning, as (key, event or None), with kafka-python."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        **KafkaAccess.from_environ(bootstrap_servers=bootstrap).kafka_python(), group_id=None, enable_auto_commit=False
+    )
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])

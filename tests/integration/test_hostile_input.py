@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import contracts as c
 from contracts.parsing import MAX_RECORD_BYTES
 from helpers import TopicReader, college, eventually, running, send, uai
+from services.common.messaging.connection import kafka_options
 from services.common.runtime.health import health_report
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
@@ -273,7 +274,7 @@ def hostile(draw) -> Case:
 
 async def send_cases(bootstrap: str, prefix: str, cases: list[Case]) -> list[tuple[Case, tuple[str, int, int]]]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
+        **kafka_options(bootstrap), acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
     )
     await producer.start()
     try:

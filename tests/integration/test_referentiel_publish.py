@@ -7,6 +7,7 @@ from aiokafka import AIOKafkaProducer
 from contracts import CONTENT_TYPE, ETABLISSEMENT, REFERENTIEL, parse_event
 from deploy.referentiel import TopicMissingError, load, publish_etablissements
 from helpers import TopicReader
+from services.common.messaging.connection import kafka_options
 
 pytestmark = pytest.mark.kafka
 
@@ -38,7 +39,7 @@ async def test_publishing_to_a_missing_topic_fails_without_creating_it(kafka, to
     topic = topic_prefix + "no-such-topic"
     with pytest.raises(TopicMissingError, match="does not exist"):
         await publish_etablissements(kafka.bootstrap_servers, [], topic)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    producer = AIOKafkaProducer(**kafka_options(kafka.bootstrap_servers))
     await producer.start()
     try:
         assert topic not in (await producer.client.fetch_all_metadata()).topics()

@@ -35,13 +35,14 @@ from deploy.local.postgres import LocalPostgres, ensure_database
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
 from helpers import still_running
+from services.common.messaging.connection import kafka_options
 
 CLIENT_DEADLINE_SECONDS = 30
 
 
 async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str]]:
     """(partition count, cleanup.policy) of each topic, as the broker reports them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
@@ -75,7 +76,7 @@ async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path) -> Non
             events.name: (3, "delete"),
         }
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        producer = AIOKafkaProducer(**kafka_options(bootstrap))
         await producer.start()
         try:
             await producer.send_and_wait(events.name, b"hello", key=b"k1")
@@ -84,7 +85,7 @@ async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path) -> Non
 
         # A consumer group exercises the single-replica __consumer_offsets topic.
         consumer = AIOKafkaConsumer(
-            events.name, bootstrap_servers=bootstrap, group_id="runtime-test", auto_offset_reset="earliest"
+            events.name, **kafka_options(bootstrap), group_id="runtime-test", auto_offset_reset="earliest"
         )
         await consumer.start()
         try:

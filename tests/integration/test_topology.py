@@ -10,12 +10,13 @@ from contracts.internal import COUVERTURES, PROFILS
 from deploy.topic_admin import create_topics, topic_configs
 from deploy.topology import DAY_MS, Retention, platform_topics
 from helpers import TopicReader, send
+from services.common.messaging.connection import kafka_options
 
 pytestmark = pytest.mark.kafka
 
 
 async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str | None]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         return await topic_configs(admin, names)
@@ -40,7 +41,7 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
 async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, unique) -> None:
     bootstrap, prefix = kafka.bootstrap_servers, f"old{unique}."
     specs = platform_topics(prefix, Retention(alerts_days=400, dlq_days=7))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:  # as the platform created them before: the broker's default retention everywhere
         await admin.create_topics([NewTopic(s.name, s.partitions, 1) for s in specs])
