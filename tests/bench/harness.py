@@ -27,6 +27,7 @@ from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import SERVICES, ServiceProcesses
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec, platform_topics
+from services.common.messaging.connection import kafka_options
 from services.specs import specs
 
 CONSUMES = {spec.name: spec.consumes for spec in specs()}
@@ -150,7 +151,7 @@ async def produce(
 ) -> list:
     """Every record, acknowledged by the broker (acks=all); their RecordMetadata, in order."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=256 * 1024
+        **kafka_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=256 * 1024
     )
     await producer.start()
     try:
@@ -180,8 +181,8 @@ class Observer:
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=stage.bootstrap)
-        self._ends = AIOKafkaConsumer(bootstrap_servers=stage.bootstrap, enable_auto_commit=False)
+        self._admin = AIOKafkaAdminClient(**kafka_options(stage.bootstrap))
+        self._ends = AIOKafkaConsumer(**kafka_options(stage.bootstrap), enable_auto_commit=False)
         self._http = httpx.AsyncClient(timeout=5)
 
     async def __aenter__(self) -> "Observer":
@@ -247,7 +248,7 @@ class Tail:
         self.topic = topic
         self.partitions = [TopicPartition(topic, p) for p in range(stage.partitions[topic])]
         self.records: list[tuple[float, ConsumerRecord]] = []
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=stage.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(**kafka_options(stage.bootstrap), enable_auto_commit=False)
         self._start: dict[int, int] = {}
         self._task: asyncio.Task | None = None
 

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 
 import contracts as c
 from harness import Observer, Row, Runtime, Stage, peak_rss_mb, produce, running, wait_until
+from services.common.messaging.connection import kafka_options
 
 COLLEGES = [f"0350{n:03d}" + c.uai_check_letter(f"0350{n:03d}") for n in range(200)]
 T0 = datetime(2026, 9, 1, 8, tzinfo=UTC)
@@ -67,7 +68,7 @@ async def prefilled(runtime: Runtime, service: str, events: int) -> Stage:
 
 async def raw_rate(stage: Stage, topic: str, n: int) -> float:
     """Events per second of a raw consumer that json-decodes and commits each fetched batch."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stage.bootstrap, group_id=f"{stage.prefix}raw",
+    consumer = AIOKafkaConsumer(topic, **kafka_options(stage.bootstrap), group_id=f"{stage.prefix}raw",
                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     try:

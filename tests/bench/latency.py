@@ -34,6 +34,7 @@ from deploy.referentiel.publish import publish_etablissements
 from deploy.topology import TopicSpec
 from harness import HEADERS, Observer, Row, Runtime, Stage, Tail, produce, running
 from records import abonnement, lot, ressource
+from services.common.messaging.connection import kafka_options
 
 RESOURCE = "ark:/67375/bench-latence"
 COMPATIBLE, INCOMPATIBLE = "17.1", "12.5"  # the resource wants iPadOS >= 15
@@ -65,7 +66,7 @@ async def paced(
 ) -> tuple[list[float], float]:
     """Sends record(0), record(1)… at `rate` per second for `duration`; the moment each was
     handed to the producer, and the rate achieved (the producer may fall short of the target)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         sent, pending = [], []
