@@ -10,12 +10,14 @@ groups' committed offsets, what `/health` reports pending, the kernel's peak RSS
 import asyncio
 import itertools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -103,10 +105,13 @@ class Runtime:
 
 @asynccontextmanager
 async def runtime() -> AsyncIterator[Runtime]:
+    """A broker and a PostgreSQL of the bench's own; its admin's access (KAFKA_*) in the
+    environment while they run, for the bench's clients and the services it starts."""
     with (
         tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp,
         LocalPostgres(Path(tmp) / "pg") as pg,
         LocalKafka(Path(tmp) / "kafka") as kafka,
+        patch.dict(os.environ, kafka.access.environ()),
     ):
         yield Runtime(Path(tmp), kafka, pg)
 

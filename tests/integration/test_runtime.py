@@ -60,10 +60,12 @@ async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int,
 
 
 @pytest.mark.kafka
-async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path) -> None:
+async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     snapshots = TopicSpec("runtime.snapshots", compacted=True)
     events = TopicSpec("runtime.events")
     with LocalKafka(tmp_path / "kafka") as kafka:
+        for variable, value in kafka.access.environ().items():  # its own admin, as the tools get it
+            monkeypatch.setenv(variable, value)
         pid = kafka.pid
         assert pid is not None
         bootstrap = kafka.bootstrap_servers
