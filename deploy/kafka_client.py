@@ -1,7 +1,8 @@
 """`./dev kafka`: a partner's Kafka client with nothing to install beyond the project.
 
-    ./dev kafka produce TOPIC --key UAI [--header NAME=VALUE]... < event.json
-    ./dev kafka consume TOPIC [--from-beginning] [--max N] [--idle SECONDS]
+    ./dev kafka [--principal NAME] produce TOPIC --key UAI [--header NAME=VALUE]... < event.json
+    ./dev kafka [--principal NAME] consume TOPIC [--from-beginning] [--max N] [--idle SECONDS]
+    ./dev credentials NAME     (./dev kafka credentials NAME)
 
 `produce` sends what it reads on standard input as one record (a CloudEvent in structured
 JSON mode, so the header `content-type: application/cloudevents+json` is set unless another
@@ -10,7 +11,12 @@ and prints where each record landed. `consume` prints each record as one line of
 topic, partition, offset, key, headers (as text when they are UTF-8, else hex) and the
 value (parsed when it is JSON, else as text), so a partner can read a DLQ's `dlq-reason`
 and `dlq-message` beside the record it refused. Any Kafka client does the same (kcat:
-`apt-get install kcat`); this one reads `KAFKA_BOOTSTRAP_SERVERS` like the services.
+`apt-get install kcat`).
+
+It connects as the services do, with the KAFKA_* variables (address, SASL_SSL, user, password,
+CA); `--principal NAME` connects instead as that principal of the local platform running on
+this machine (`./dev up`), with the password its broker keeps. `credentials NAME` prints that
+principal's KAFKA_*= settings, for any other client (kcat, Java: see the README, Security).
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -27,8 +32,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from contracts import CONTENT_TYPE
-
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+from deploy.local.kafka.credentials import ADMIN, local_access, principals
+from services.common.messaging.connection import KafkaAccess
 
 
 class UsageError(ValueError):
@@ -85,12 +90,12 @@ def describe(record: ConsumerRecord) -> str:
     )
 
 
-async def produce(bootstrap: str, topic: str, key: str | None, headers: list[tuple[str, bytes]], values) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def produce(access: KafkaAccess, topic: str, key: str | None, headers: list[tuple[str, bytes]], values) -> None:
+    producer = AIOKafkaProducer(**access.aiokafka(), acks="all", enable_idempotence=True)
     try:
         await producer.start()
         if topic not in (await producer.client.fetch_all_metadata()).topics():
-            raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise UsageError(_absent(topic, access))
         for value in values:
             meta = await producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
             print(f"{meta.topic} partition {meta.partition} offset {meta.offset}", flush=True)
@@ -98,9 +103,11 @@ async def produce(bootstrap: str, topic: str, key: str | None, headers: list[tup
         await producer.stop()
 
 
-async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int | None, idle: float | None) -> int:
+async def consume(
+    access: KafkaAccess, topic: str, from_beginning: bool, at_most: int | None, idle: float | None
+) -> int:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **access.aiokafka(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -108,7 +115,7 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int
     try:
         await consumer.start()
         if topic not in await consumer.topics():  # fetches the cluster's metadata
-            raise UsageError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise UsageError(_absent(topic, access))
         consumer.subscribe([topic])  # without a group: every partition, nothing committed
         seen = 0
         while at_most is None or seen < at_most:
@@ -126,9 +133,19 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, at_most: int
         await consumer.stop()
 
 
+def _absent(topic: str, access: KafkaAccess) -> str:
+    """Metadata lists only the topics the principal may use: absent may mean forbidden."""
+    if access.username not in (None, ADMIN):
+        return f"topic {topic!r} does not exist on {access.bootstrap_servers} or {access.username} may not use it"
+    return f"topic {topic!r} does not exist on {access.bootstrap_servers}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="./dev kafka", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--principal", metavar="NAME", help="connect as this principal of the running local platform (./dev up)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("produce", help="send standard input as one record (or one per line)")
@@ -141,21 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--from-beginning", action="store_true", help="from the oldest record (default: new ones)")
     c.add_argument("--max", type=int, metavar="N", help="stop after N records")
     c.add_argument("--idle", type=float, metavar="SECONDS", help="stop after SECONDS without a new record")
+    k = commands.add_parser("credentials", help="print the KAFKA_*= settings of a principal of the local platform")
+    k.add_argument("name", help=f"one of {', '.join(principals())}")
     args = parser.parse_args(argv)
+    if args.command == "credentials":
+        for variable, value in local_access(args.name).environ().items():
+            print(f"{variable}={value}")
+        return 0
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: our one line says it
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+    access = local_access(args.principal) if args.principal else KafkaAccess.from_environ()
+    bootstrap = access.bootstrap_servers
     try:
         if args.command == "produce":
             values = values_from(sys.stdin.read(), args.lines)
-            asyncio.run(produce(bootstrap, args.topic, args.key, parse_headers(args.header), values))
+            asyncio.run(produce(access, args.topic, args.key, parse_headers(args.header), values))
         else:
-            asyncio.run(consume(bootstrap, args.topic, args.from_beginning, args.max, args.idle))
+            asyncio.run(consume(access, args.topic, args.from_beginning, args.max, args.idle))
     except UsageError as error:
         print(f"./dev kafka: {error}", file=sys.stderr)
         return 2
     except KafkaConnectionError:
         print(
-            f"./dev kafka: no Kafka broker answers at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS); is ./dev up running?",
+            f"./dev kafka: no Kafka broker answers at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS), or it refused this "
+            "client's credentials or did not prove itself with KAFKA_CA_FILE's CA; is ./dev up running?",
             file=sys.stderr,
         )
         return 1

@@ -19,6 +19,7 @@ from deploy.local import scenario
 from deploy.local.console import say, show
 from deploy.local.platform import Platform
 from deploy.referentiel.publish import publish_etablissements
+from services.common.messaging.connection import KafkaAccess
 
 
 async def _wait(database_url: str, query: str, expected: int, what: str, timeout: float = 120) -> None:
@@ -35,12 +36,11 @@ async def _wait(database_url: str, query: str, expected: int, what: str, timeout
 
 
 class AlertTail:
-    """The dashboard's view: every alert event on alertes.compatibilite.v1, in order."""
+    """The dashboard's view: every alert event on alertes.compatibilite.v1, in order, read as the
+    dashboards' principal (read-only)."""
 
-    def __init__(self, bootstrap: str):
-        self.consumer = AIOKafkaConsumer(
-            c.ALERTES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
+    def __init__(self, access: KafkaAccess):
+        self.consumer = AIOKafkaConsumer(c.ALERTES, **access.aiokafka(), auto_offset_reset="earliest", group_id=None)
         self.events: list[dict] = []
 
     async def drain(self) -> None:
@@ -99,7 +99,7 @@ async def play(platform: Platform) -> AlertTail:
     await scenario.send(bootstrap, subs)
     await _wait(db, "SELECT count(*) FROM ressources.abonnements", len(subs) - 3, "subscriptions")
     await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
-    tail = AlertTail(bootstrap)
+    tail = AlertTail(platform.kafka.access_as("tableau-de-bord"))
     await tail.consumer.start()
     try:
         await tail.drain()

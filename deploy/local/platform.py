@@ -5,14 +5,19 @@ ports, with Kafka's and PostgreSQL's data in one directory (`datadir.py`).
 free (never moving to others: clients are told where to connect), reaches the database
 (DATABASE_URL's, else an embedded PostgreSQL in the data directory) and checks it goes with the
 Kafka (`pairing.py`); anything in the way is `Refused`, in one line, before Kafka starts. Then
-Kafka, the topics and the services. `stop()` stops what was started, in reverse order, each
-step whatever became of the previous ones, once.
+Kafka (secured: SASL/SCRAM over TLS), the topics, their ACLs (`deploy.acl`), and the services,
+each as its own Kafka principal. The runtime's own clients (topics, the demo's partners) are
+`admin`: its access is put in this process's environment (KAFKA_*), where they read it.
+`stop()` stops what was started, in reverse order, each step whatever became of the previous
+ones, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import sys
 import time
 from contextlib import ExitStack
@@ -21,11 +26,12 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from deploy import acl
 from deploy.local import pairing
 from deploy.local.console import say
 from deploy.local.datadir import DataDir, Refused, data_root, running_platforms
 from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root
-from deploy.local.kafka.readiness import serves_metadata
+from deploy.local.kafka.tls import tls_dir
 from deploy.local.ports import port_free
 from deploy.local.postgres import LocalPostgres, ensure_database
 from deploy.local.processes import ServiceProcesses
@@ -89,7 +95,14 @@ class Platform:
         assert self.kafka.cluster_id is not None, "formatted by start()"
         asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))
         say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
+        os.environ.update(self.kafka.access.environ())
         asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics()))
+        acl.apply(self.kafka.access)
+        assert self.kafka.credentials is not None and self.kafka.tls is not None, "set by start()"
+        say(
+            f"Kafka: SASL_SSL, SCRAM-SHA-512; CA {self.kafka.tls.ca}; credentials of each principal in "
+            f"{self.kafka.credentials.path} (./dev credentials NAME)"
+        )
         if self.with_services:
             self._start_services()
         say(f"platform up in {time.monotonic() - t0:.1f} s; data kept in {self.data.path}")
@@ -146,13 +159,15 @@ class Platform:
 
     def _start_services(self) -> None:
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            **self.kafka.access.environ(),  # each service's own principal replaces admin's
             "DATABASE_URL": self.database_url,
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
         }
         # A service that exits is restarted (supervise).
-        self.services = ServiceProcesses(env, ports=self.ports.services(), supervise=True)
+        self.services = ServiceProcesses(
+            env, ports=self.ports.services(), supervise=True, credentials=self.kafka.credentials
+        )
         self._started.callback(self.services.stop)
         self.services.start()
         self.services.wait_healthy()
@@ -169,7 +184,7 @@ def _refuse_busy(ports: dict[str, int]) -> None:
     holder = next((h for h in running_platforms(data_root()) if set(busy.values()) & set(h.ports.values())), None)
     if holder is not None:
         who = f"taken by {holder}"
-    elif "Kafka" in busy and serves_metadata(f"127.0.0.1:{busy['Kafka']}"):
+    elif "Kafka" in busy and _local_kafka_answers(busy["Kafka"]):
         who = f"in use: a Kafka broker answers on 127.0.0.1:{busy['Kafka']}"
     else:
         who = "in use by another program"
@@ -178,6 +193,21 @@ def _refuse_busy(ports: dict[str, int]) -> None:
         f"port{'s' if len(busy) > 1 else ''} {listed} {verb} {who}; stop it, or choose other ports "
         "(--kafka-port, --postgres-port, --http-port)"
     )
+
+
+def _local_kafka_answers(port: int) -> bool:
+    """A local broker (a TLS server whose certificate the local CA signed) listens on `port`."""
+    ca = tls_dir() / "ca.pem"
+    if not ca.exists():
+        return False
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+            ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def _host_port(url: str) -> str:

@@ -1,5 +1,7 @@
-"""The platform as real processes, and a partner's and a dashboard's plain Kafka clients
-(kafka-python: not the project's code)."""
+"""The platform as real processes, each service as its own Kafka principal, and a partner's and
+a dashboard's plain Kafka clients (kafka-python: not the project's code); the partner writes as
+`admin` (it writes the declaration topics, which only the ingestion service may), the dashboard
+reads as `tableau-de-bord`."""
 
 import json
 import time
@@ -30,7 +32,7 @@ def platform(kafka, database_url, topic_prefix, tmp_path, replicas):
     sets = []
     for n in range(replicas):
         (log_dir := tmp_path / f"replica-{n}").mkdir()
-        sets.append(ServiceProcesses(env, log_dir=log_dir))
+        sets.append(ServiceProcesses(env, log_dir=log_dir, credentials=kafka.credentials))
     try:
         for procs in sets:
             procs.start()
@@ -44,7 +46,7 @@ def platform(kafka, database_url, topic_prefix, tmp_path, replicas):
 
 @pytest.fixture
 def publish(kafka, topic_prefix):
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    producer = KafkaProducer(**kafka.access.kafka_python(), acks="all")
 
     def publish(topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] = ()) -> None:
         producer.send(topic_prefix + topic, value, key=key.encode(), headers=[*HEADERS, *headers]).get(timeout=10)
@@ -80,7 +82,7 @@ class Alerts:
 def alerts(kafka, topic_prefix):
     consumer = KafkaConsumer(
         topic_prefix + "alertes.compatibilite.v1",
-        bootstrap_servers=kafka.bootstrap_servers,
+        **kafka.access_as("tableau-de-bord").kafka_python(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

@@ -47,9 +47,9 @@ def scratch_dir() -> Iterator[Path]:
 
 
 def runtime_env(env: dict[str, str]) -> dict[str, str]:
-    """This environment with `env`, and DATABASE_URL only if `env` gives it (else the run
-    would use the server that `./dev test` was given instead of its embedded one)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    """This environment with `env`, and DATABASE_URL and KAFKA_* only if `env` gives them (else
+    the run would use the servers of the test session instead of its own)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("KAFKA_")}
     return {**inherited, "LOG_FORMAT": "json", **env}
 
 

@@ -19,6 +19,7 @@ from aiokafka.errors import (
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
+from deploy.local.kafka import KafkaRuntimeError, LocalKafka
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
 from services.common.messaging.connection import KafkaAccess
@@ -149,3 +150,14 @@ def test_the_runtime_runs_each_service_as_its_own_principal(kafka, database_url,
             assert (given["KAFKA_USERNAME"], given["KAFKA_PASSWORD"]) == (name, kafka.credentials.password(name))
     finally:
         services.stop()
+
+
+def test_a_storage_formatted_before_kafka_was_secured_is_refused(tmp_path) -> None:
+    (tmp_path / "kafka-logs").mkdir()
+    (tmp_path / "kafka-logs" / "meta.properties").write_text("cluster.id=old\nnode.id=1\n")
+    with pytest.raises(KafkaRuntimeError) as refused:
+        LocalKafka(tmp_path).start()
+    assert str(refused.value) == (
+        f"the Kafka storage in {tmp_path.resolve()} was made before Kafka was secured (it has no credentials.json); "
+        "start with --fresh"
+    )

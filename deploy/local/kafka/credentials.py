@@ -108,16 +108,22 @@ def running_platform_kafka() -> tuple[Path, int]:
     return holder.data_dir / "kafka", holder.ports["Kafka"]
 
 
-def local_access(name: str) -> KafkaAccess:
-    """How principal `name` reaches the running local platform's broker."""
+def broker_access(kafka_dir: Path, port: int, name: str = ADMIN) -> KafkaAccess:
+    """How principal `name` reaches the local broker whose data is in `kafka_dir`, listening on
+    `port` (e.g. a platform that `python -m deploy.local` runs in a test); KeyError when that
+    broker has no such principal, FileNotFoundError when it has no credentials."""
     from deploy.local.kafka.tls import tls_dir
 
-    directory, port = running_platform_kafka()
-    credentials = Credentials.load(directory)
+    credentials = Credentials.load(kafka_dir)
     if credentials is None:
-        raise SystemExit(f"no {FILE_NAME} in {directory}: that broker's storage predates credentials")
-    base = KafkaAccess(f"127.0.0.1:{port}", "SASL_SSL", ca_file=str(tls_dir() / "ca.pem"))
+        raise FileNotFoundError(f"no {FILE_NAME} in {kafka_dir}: that broker's storage predates credentials")
+    return credentials.access(name, KafkaAccess(f"127.0.0.1:{port}", "SASL_SSL", ca_file=str(tls_dir() / "ca.pem")))
+
+
+def local_access(name: str) -> KafkaAccess:
+    """How principal `name` reaches the running local platform's broker; SystemExit in one line
+    if it cannot."""
     try:
-        return credentials.access(name, base)
-    except KeyError as unknown:
-        raise SystemExit(unknown.args[0]) from None
+        return broker_access(*running_platform_kafka(), name)
+    except (KeyError, FileNotFoundError) as error:
+        raise SystemExit(error.args[0]) from None
