@@ -3,6 +3,7 @@ only, and each principal may do exactly what its ACLs allow (deploy/acl.py), on 
 topics. The expected rights are written out here, not derived from deploy/acl.py."""
 
 import asyncio
+import json
 import ssl
 
 import psutil
@@ -161,3 +162,17 @@ def test_a_storage_formatted_before_kafka_was_secured_is_refused(tmp_path) -> No
         f"the Kafka storage in {tmp_path.resolve()} was made before Kafka was secured (it has no credentials.json); "
         "start with --fresh"
     )
+
+
+async def test_a_principal_added_since_the_storage_was_formatted_gets_its_user_at_the_next_start(tmp_path) -> None:
+    broker = LocalKafka(tmp_path)
+    with broker:
+        pass
+    kept = json.loads((tmp_path / "credentials.json").read_text())
+    (tmp_path / "credentials.json").write_text(json.dumps({k: v for k, v in kept.items() if k != "gar"}))
+    with broker:
+        assert broker.credentials is not None
+        assert broker.credentials.password("gar") != kept["gar"]
+        # Authenticated (a refused password fails the connection); no ACLs here, so every topic is refused.
+        assert await _writable(broker.access_as("gar"), "") == set()
+    assert json.loads((tmp_path / "credentials.json").read_text())["gar"] == broker.credentials.password("gar")
