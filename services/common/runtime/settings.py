@@ -96,11 +96,12 @@ class ServiceSettings(BaseSettings):
     )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
     kafka_username: str | None = Field(None, description="SCRAM user of this service's Kafka principal")
-    kafka_password: str | None = Field(None, description="its password")
+    kafka_password: str | None = Field(None, description="its password", repr=False)
     kafka_ca_file: str | None = Field(None, description="PEM file of the CA of the brokers' certificates")
     database_url: PostgresUrl = Field(
         "postgresql://postgres@127.0.0.1:5432/former_equiper_outiller",
         description="PostgreSQL URL; each service works in its own schema of that database",
+        repr=False,
     )
     db_schema: SchemaName | None = Field(None, description="schema of this service (default: its name)")
     topic_prefix: TopicPrefix = Field("", description="prefix of every topic and consumer group (tests)")
@@ -119,7 +120,7 @@ class ServiceSettings(BaseSettings):
         description="an event whose time is later than the clock plus this is time-futur",
     )
     otel_exporter: Literal["none", "console", "otlp"] = "none"
-    otel_endpoint: HttpUrl | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
+    otel_endpoint: HttpUrl | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp", repr=False)
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: LogLevel = "INFO"
     library_log_level: LogLevel = Field("WARNING", description="level of the libraries' own lines (Kafka client…)")

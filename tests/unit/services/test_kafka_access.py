@@ -125,6 +125,15 @@ def test_no_repr_shows_the_password(environ):
     assert "formation" in repr(access)
 
 
+def test_no_repr_of_the_settings_shows_a_secret():
+    settings = ServiceSettings(
+        kafka_password=PASSWORD,
+        database_url=f"postgresql://feo:{PASSWORD}@db/feo",
+        otel_endpoint=f"https://collector/?token={PASSWORD}",
+    )
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
+
+
 async def test_a_failed_probe_says_what_it_waited_for_without_the_password(environ, ca_file, caplog, capsys):
     """The startup probe over SASL_SSL (its client loads the CA), against a port that closes
     every connection: the error and every log line (the service's, aiokafka's at DEBUG) leave
