@@ -10,7 +10,9 @@
   plain record's produce -> consume latency at the same rate; whether the platform keeps up
   (latency.py);
 - national: --etablissements subscriptions -> last alert, a stricter republication -> last
-  alert (a no-change one as its baseline), and each service's peak RSS (national.py).
+  alert (a no-change one as its baseline), and each service's peak RSS (national.py);
+- passerelle: --events lots posted over HTTP in batches of 1,000 (--clients requests in
+  flight) until Kafka has them, against a raw producer writing the same events (passerelle.py).
 
 Starts its own Kafka and PostgreSQL; every measurement gets its own topics and database, and
 runs the services as real processes. Prints each figure as it is measured, then one table:
@@ -27,10 +29,11 @@ from collections.abc import Awaitable, Callable
 import ingress
 import latency
 import national
+import passerelle
 import replicas
 from harness import Row, Runtime, runtime
 
-FIGURES = ("ingress", "replicas", "latency", "national")  # in the order they run
+FIGURES = ("ingress", "replicas", "latency", "national", "passerelle")  # in the order they run
 
 
 async def bench(args: argparse.Namespace) -> list[Row]:
@@ -39,6 +42,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         "replicas": lambda run: replicas.figure(run, args.replica_service, args.events, args.replicas),
         "latency": lambda run: latency.figure(run, args.rates, args.duration, args.uais, args.drain_timeout),
         "national": lambda run: national.figure(run, args.etablissements),
+        "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
     }
     chosen = [f for f in FIGURES if f in args.figures or "all" in args.figures or not args.figures]
     rows: list[Row] = []
@@ -72,6 +76,7 @@ def main() -> None:
         help="ingress: the services measured",
     )
     parser.add_argument("--replica-service", choices=sorted(ingress.DECLARES), default="equipement")
+    parser.add_argument("--clients", type=int, default=4, help="passerelle: HTTP requests in flight at a time")
     parser.add_argument("--replicas", type=int, default=2, help="replicas: how many in the group (vs one)")
     parser.add_argument("--rates", type=int, nargs="+", default=[200, 1000, 2000], help="latency: events per second")
     parser.add_argument("--duration", type=float, default=20, help="latency: seconds of sending at each rate")

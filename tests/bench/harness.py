@@ -117,21 +117,26 @@ async def runtime() -> AsyncIterator[Runtime]:
 
 
 @asynccontextmanager
-async def running(stage: Stage, names: tuple[str, ...] = SERVICES) -> AsyncIterator[ServiceProcesses]:
-    """The services as real processes, healthy; stopped (SIGTERM, then SIGKILL) on exit."""
-    async with replicated(stage, names, 1) as (procs,):
+async def running(
+    stage: Stage, names: tuple[str, ...] = SERVICES, env: dict[str, str] | None = None
+) -> AsyncIterator[ServiceProcesses]:
+    """The services as real processes, healthy; stopped (SIGTERM, then SIGKILL) on exit;
+    `env`: settings of their own beside the stage's."""
+    async with replicated(stage, names, 1, env) as (procs,):
         yield procs
 
 
 @asynccontextmanager
-async def replicated(stage: Stage, names: tuple[str, ...], count: int) -> AsyncIterator[list[ServiceProcesses]]:
+async def replicated(
+    stage: Stage, names: tuple[str, ...], count: int, env: dict[str, str] | None = None
+) -> AsyncIterator[list[ServiceProcesses]]:
     """`count` replicas of the services, all started before any is awaited (so none runs alone
     for long), sharing the stage's database and consumer groups; each replica logs apart."""
     replicas = []
     for replica in range(count):
         log_dir = stage.log_dir / f"replica-{replica}"
         log_dir.mkdir(exist_ok=True)
-        replicas.append(ServiceProcesses(stage.env(), log_dir=log_dir, names=names))
+        replicas.append(ServiceProcesses({**stage.env(), **(env or {})}, log_dir=log_dir, names=names))
     try:
         for procs in replicas:
             procs.start()
