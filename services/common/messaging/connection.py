@@ -7,7 +7,7 @@ settings:
 | variable | meaning |
 | --- | --- |
 | `KAFKA_BOOTSTRAP_SERVERS` | host:port pairs separated by commas |
-| `KAFKA_SECURITY_PROTOCOL` | `SASL_SSL` (CONTRACTS.md, Identity) or `PLAINTEXT` (a debugging listener only) |
+| `KAFKA_SECURITY_PROTOCOL` | `SASL_SSL` (CONTRACTS.md, Identity; the default) or `PLAINTEXT` (an unsecured broker) |
 | `KAFKA_SASL_MECHANISM` | `SCRAM-SHA-512` |
 | `KAFKA_USERNAME`, `KAFKA_PASSWORD` | the SCRAM credentials of this client's principal |
 | `KAFKA_CA_FILE` | PEM file of the CA that signed the brokers' certificates (default: the system's CAs) |
@@ -39,7 +39,7 @@ VARIABLES = {
 @dataclass(frozen=True)
 class KafkaAccess:
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    security_protocol: Protocol = "PLAINTEXT"
+    security_protocol: Protocol = "SASL_SSL"
     sasl_mechanism: Mechanism = "SCRAM-SHA-512"
     username: str | None = None
     password: str | None = field(default=None, repr=False)

@@ -92,7 +92,7 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
-        "PLAINTEXT", description="SASL_SSL (CONTRACTS.md, Identity); PLAINTEXT only on a debugging listener"
+        "SASL_SSL", description="SASL_SSL (CONTRACTS.md, Identity); PLAINTEXT only on an unsecured broker"
     )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
     kafka_username: str | None = Field(None, description="SCRAM user of this service's Kafka principal")

@@ -109,13 +109,21 @@ def test_faststream_gets_the_same_options_as_aiokafka(environ, monkeypatch, mech
     assert given == expected
 
 
-def test_plaintext_by_default_gives_only_the_bootstrap_and_no_faststream_security(monkeypatch):
+def test_plaintext_gives_only_the_bootstrap_and_no_faststream_security(monkeypatch):
     for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_USERNAME", "KAFKA_PASSWORD", "KAFKA_CA_FILE"):
         monkeypatch.delenv(name, raising=False)  # the test session's own access
-    access = KafkaAccess.from_environ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
+    plaintext = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+    access = KafkaAccess.from_environ(plaintext)
     assert access.aiokafka() == access.kafka_python() == {"bootstrap_servers": "127.0.0.1:9092"}
     assert access.faststream_security() is None
-    assert KafkaAccess.of(ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9092")) == access
+    settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9092", kafka_security_protocol="PLAINTEXT")
+    assert KafkaAccess.of(settings) == access
+
+
+def test_sasl_ssl_by_default(monkeypatch):
+    monkeypatch.delenv("KAFKA_SECURITY_PROTOCOL", raising=False)
+    assert KafkaAccess().secured and KafkaAccess.from_environ({}).secured
+    assert ServiceSettings().kafka_security_protocol == "SASL_SSL"
 
 
 def test_no_repr_shows_the_password(environ):
