@@ -1,6 +1,6 @@
 """`./dev up` and `./dev demo`: the whole platform on this machine.
 
-    python -m deploy.local up            Kafka, PostgreSQL and the three services, until stopped
+    python -m deploy.local up            Kafka, PostgreSQL and the four services, until stopped
     python -m deploy.local up --fresh    ... from empty storage
     python -m deploy.local demo          the same from empty storage, then a scenario and its alerts
     python -m deploy.local demo --once   ... and stop once the scenario is over (CI, scripts)
@@ -12,7 +12,8 @@ ends. ROOT is $FEO_DATA_DIR, else $XDG_DATA_HOME/former-equiper-outiller, else
 missing) replaces the embedded PostgreSQL; it must go with the Kafka kept in the data directory.
 
 Ports: Kafka 9092, the embedded PostgreSQL 5432, the services' HTTP 8000 (ressources, its read
-API), 8001 (formation), 8002 (equipement). A port in use is refused, never replaced by another.
+API), 8001 (formation), 8002 (equipement), 8003 (the passerelle, HTTP ingestion). A port in use
+is refused, never replaced by another.
 
 Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop everything, whatever became of the output.
 """
@@ -87,7 +88,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     for name, env, what in (
         ("kafka", "KAFKA_PORT", "Kafka's port"),
         ("postgres", "POSTGRES_PORT", "the embedded PostgreSQL's port"),
-        ("http", "HTTP_PORT", "ressources' HTTP port, formation and equipement on the next two"),
+        ("http", "HTTP_PORT", "ressources' HTTP port, formation, equipement and the passerelle on the next three"),
     ):
         default = getattr(defaults, name)
         parser.add_argument(

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 import contracts as c
 from deploy.local import scenario
 from deploy.local.console import say, show
+from deploy.local.partenaires import Partenaires
 from deploy.local.platform import Platform
 from deploy.referentiel.publish import publish_etablissements
 from services.common.messaging.connection import KafkaAccess
@@ -69,13 +70,19 @@ async def play(platform: Platform) -> AlertTail:
         f"ministère: référentiel of {len(etabs)} synthetic établissements of département {scenario.DEPARTEMENT} "
         f"({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})"
     )
-    await publish_etablissements(bootstrap, etabs)
-    for schema in ("formation", "equipement", "ressources"):
+    await publish_etablissements(bootstrap, etabs, access=platform.kafka.access_as("ministere"))
+    for schema in ("formation", "equipement", "ressources", "passerelle"):
         await _wait(db, f"SELECT count(*) FROM {schema}.etablissements", len(etabs), f"{schema}'s référentiel")
-    sent = await scenario.send(bootstrap, scenario.declarations(etabs))
+    assert platform.services is not None, "started by Platform.start"
+    partners = Partenaires(
+        f"http://127.0.0.1:{platform.services.ports['passerelle']}",
+        platform.identite.jeton,
+        platform.kafka.access_as,
+    )
+    sent = await _send(partners, scenario.declarations(etabs))
     say(
-        f"communes, département 035, région 53 and rectorat 14: {sent} declarations (lots, connectivity, "
-        "affectations, trainings)"
+        f"communes, département 035, région 53 and rectorat 14, each with its token: {sent} declarations (lots, "
+        "connectivity, affectations, trainings) posted to the passerelle"
     )
     # Every declaration applied, then ressources holds the latest version of every profile and
     # coverage the other two published.
@@ -95,8 +102,8 @@ async def play(platform: Platform) -> AlertTail:
             what,
         )
     subs = list(scenario.catalogue(etabs))
-    say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions")
-    await scenario.send(bootstrap, subs)
+    say(f"ministère: 3 resources; GAR: {len(subs) - 3} subscriptions (each on Kafka as its own principal)")
+    await _send(partners, subs)
     await _wait(db, "SELECT count(*) FROM ressources.abonnements", len(subs) - 3, "subscriptions")
     await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
     tail = AlertTail(platform.kafka.access_as("tableau-de-bord"))
@@ -105,7 +112,7 @@ async def play(platform: Platform) -> AlertTail:
         await tail.drain()
         say(f"alerts raised on {c.ALERTES}, by kind:\n{tail.summary(c.ALERTE_LEVEE)}")
         say("one of each:\n" + "\n".join(tail.example(k) for k in c.ALERT_KINDS))
-        sent = await scenario.send(bootstrap, scenario.renovation(etabs))
+        sent = await _send(partners, scenario.renovation(etabs))
         say(f"département 035 replaces the old computers of its collèges ({sent} lots)")
         await _wait(db, "SELECT count(*) FROM equipement.outbox", 0, "new profiles published")
         await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
@@ -113,9 +120,18 @@ async def play(platform: Platform) -> AlertTail:
         say(f"alerts resolved, by kind:\n{tail.summary(c.ALERTE_RESOLUE)}")
     finally:
         await tail.consumer.stop()
-    assert platform.services is not None, "started by Platform.start"
     _show_api(platform.services.ports["ressources"], next(e.uai for e in equipped if e.type == "college"))
     return tail
+
+
+async def _send(partners: Partenaires, records) -> int:
+    """The records as their partners send them; any refusal is the scenario's bug: said, then raised."""
+    sent = await partners.send(records)
+    if sent.refused:
+        for declarant, event_id, code, message in sent.refused[:5]:
+            say(f"the passerelle refused {event_id} of {declarant}: {code}: {message}")
+        raise RuntimeError(f"{len(sent.refused)} events of the scenario refused by the passerelle")
+    return sent.accepted
 
 
 def _show_api(port: int, uai: str) -> None:

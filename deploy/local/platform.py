@@ -1,4 +1,4 @@
-"""The whole platform on this machine: Kafka, PostgreSQL and the three services, on stable
+"""The whole platform on this machine: Kafka, PostgreSQL and the four services, on stable
 ports, with Kafka's and PostgreSQL's data in one directory (`datadir.py`).
 
 `start()` first takes the data directory (no second platform on it), checks that its ports are
@@ -7,7 +7,9 @@ free (never moving to others: clients are told where to connect), reaches the da
 Kafka (`pairing.py`); anything in the way is `Refused`, in one line, before Kafka starts. Then
 Kafka (secured: SASL/SCRAM over TLS), the topics, their ACLs (`deploy.acl`), and the services,
 each as its own Kafka principal. The runtime's own clients (topics, the demo's partners) are
-`admin`: its access is put in this process's environment (KAFKA_*), where they read it.
+`admin`: its access is put in this process's environment (KAFKA_*), where they read it. The
+local identity provider (`deploy.identite`, its keys in the data directory) signs the tokens of
+partners posting to the passerelle, which checks them against its JWKS file.
 `stop()` stops what was started, in reverse order, each step whatever became of the previous
 ones, once.
 """
@@ -27,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from deploy import acl
+from deploy.identite import IdentiteLocale
 from deploy.local import pairing
 from deploy.local.console import say
 from deploy.local.datadir import DataDir, Refused, data_root, running_platforms
@@ -47,10 +50,15 @@ DATABASE = "former_equiper_outiller"
 class Ports:
     kafka: int = 9092
     postgres: int = 5432  # the embedded PostgreSQL's
-    http: int = 8000  # ressources (its read API); formation and equipement on the next two
+    http: int = 8000  # ressources (its read API); formation, equipement and the passerelle on the next three
 
     def services(self) -> dict[str, int]:
-        return {"ressources": self.http, "formation": self.http + 1, "equipement": self.http + 2}
+        return {
+            "ressources": self.http,
+            "formation": self.http + 1,
+            "equipement": self.http + 2,
+            "passerelle": self.http + 3,
+        }
 
 
 class Platform:
@@ -64,6 +72,7 @@ class Platform:
         self.log_level = log_level
         self.external_url = os.environ.get("DATABASE_URL") or None
         self.kafka = LocalKafka(data.kafka, port=ports.kafka)
+        self.identite = IdentiteLocale(data.path / "identite")
         self.services: ServiceProcesses | None = None
         self.database_url = ""
         self._started = ExitStack()
@@ -158,9 +167,13 @@ class Platform:
         asyncio.run(pairing.check(self.database_url, database, cluster_id, kafka, remedy))
 
     def _start_services(self) -> None:
+        self.identite.ensure()
+        where = "" if self.data.path == data_root() / "platform" else f" --data-dir {self.data.path}"
+        say(f"tokens for the passerelle: ./dev token{where} DECLARANT (keys in {self.identite.directory})")
         env = {
             **self.kafka.access.environ(),  # each service's own principal replaces admin's
             "DATABASE_URL": self.database_url,
+            "JWKS_FILE": str(self.identite.jwks_path),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
         }

@@ -1,4 +1,4 @@
-"""The three services as real processes (`python -m services.<name>`), as in production.
+"""The services as real processes (`python -m services.<name>`), as in production.
 
 Used by `./dev up`, `./dev demo` and the end-to-end tests. Each process gets its settings
 from the environment, its HTTP port from `ports` (free ones by default) and, given the
@@ -36,7 +36,7 @@ from deploy.local.console import say, show
 from deploy.local.kafka.credentials import Credentials
 from deploy.local.ports import free_ports
 
-SERVICES = ("formation", "equipement", "ressources")
+SERVICES = ("formation", "equipement", "ressources", "passerelle")
 STOP_GRACE_SECONDS = 15
 RESTART_BACKOFF = (1.0, 30.0)
 HEALTHY_RESET_SECONDS = 30.0

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaProducer
 
 from contracts import CONTENT_TYPE, ETABLISSEMENT, REFERENTIEL, Etablissement, make_event
-from services.common.messaging.connection import kafka_options
+from services.common.messaging.connection import KafkaAccess, kafka_options
 
 SOURCE = "/ministere"
 CHUNK = 1_000  # records between two progress reports (and two waits for acknowledgements)
@@ -29,15 +29,17 @@ async def publish_etablissements(
     topic: str = REFERENTIEL,
     *,
     progress: Callable[[int], None] | None = None,
+    access: KafkaAccess | None = None,
 ) -> int:
     """Publish every établissement, keyed by UAI; returns how many the broker acknowledged.
 
-    `progress(published)` is called after each acknowledged chunk. Raises TopicMissingError
+    `progress(published)` is called after each acknowledged chunk; `access`: as which principal
+    (the ministère's), else the environment's (KAFKA_*). Raises TopicMissingError
     rather than creating `topic`: its partitions and compaction belong to `deploy.topology`,
     and a mistyped prefix must not quietly make a new topic.
     """
     producer = AIOKafkaProducer(
-        **kafka_options(bootstrap),
+        **(access.aiokafka() if access else kafka_options(bootstrap)),
         acks="all",
         enable_idempotence=True,
         linger_ms=20,
