@@ -5,14 +5,15 @@ is read when Content-Length says so), shape (400; 413 beyond 1,000 events), the 
 (429, nothing judged nor written), each event judged (examen.py), the accepted ones written to
 Kafka (acks=all, idempotent; 503 when Kafka does not take them in time), then the answer: 202
 when every event is accepted, else 207 with each event's result in request order. Every record
-carries the `auth-principal` header (the token's `sub`). Errors answer `{"detail": "…"}` in
-French; no answer or log line shows the token.
+carries the `auth-principal` header (the token's `sub`) and, when well-formed, the request's W3C
+Trace Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors answer
+`{"detail": "…"}` in French; no answer or log line shows the token.
 """
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from services.common.rules.rights import Refusal
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
+from services.common.runtime.telemetry import trace_headers
 from services.common.storage import referentiel
 from services.passerelle import corps, examen
 from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse
@@ -150,9 +152,8 @@ class Passerelle:
         async with self.pool.acquire() as conn:
             return await referentiel.load(conn, uais)
 
-    async def write(self, accepted: Sequence[Accepte], subject: str) -> None:
-        """Every accepted event on Kafka, acknowledged by all in-sync replicas, or 503."""
-        headers = [("content-type", c.CONTENT_TYPE.encode()), (c.PRINCIPAL_HEADER, subject.encode())]
+    async def write(self, accepted: Sequence[Accepte], headers: list[tuple[str, bytes]]) -> None:
+        """Every accepted event on Kafka with `headers`, acknowledged by all in-sync replicas, or 503."""
         topic = self.settings.topic
         try:
             async with asyncio.timeout(self.settings.passerelle_write_timeout_seconds):
@@ -205,7 +206,8 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
         raise HTTPException(
             503, "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
         ) from None
-    await passerelle.write([v for v in verdicts if isinstance(v, Accepte)], principal.subject)
+    accepted = [v for v in verdicts if isinstance(v, Accepte)]
+    await passerelle.write(accepted, record_headers(principal.subject, request.headers.items()))
     status, body = answer([e.id for e in elements], verdicts)
     log.info(
         "evenements.recus",
@@ -215,6 +217,18 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
         duration_ms=round((time.monotonic() - started) * 1000),
     )
     return JSONResponse(body, status)
+
+
+def record_headers(subject: str, http_headers: Iterable[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    """The headers of each record written: its content type, who was authenticated, and the
+    request's trace context, checked and carried as the services carry one between records
+    (a malformed `traceparent` is dropped, and `tracestate` with it)."""
+    trace = trace_headers([(name, value.encode()) for name, value in http_headers], None)
+    return [
+        ("content-type", c.CONTENT_TYPE.encode()),
+        (c.PRINCIPAL_HEADER, subject.encode()),
+        *((name, value.encode()) for name, value in trace.items()),
+    ]
 
 
 def answer(ids: Sequence[str | None], verdicts: Sequence[Verdict]) -> tuple[int, dict]:

@@ -6,7 +6,7 @@ import pytest
 import contracts as c
 from services.common.runtime.app import build_app
 from services.common.runtime.startup import StartupFailed
-from services.passerelle.api import create_api
+from services.passerelle.api import create_api, record_headers
 from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
 
@@ -26,3 +26,26 @@ async def test_it_refuses_to_start_without_exactly_one_source_of_keys(keys):
     with pytest.raises(StartupFailed, match=r"JWKS_FILE.*JWKS_URL"):
         async with api.router.lifespan_context(api):
             pass
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+
+
+def test_the_requests_trace_context_becomes_the_records_headers_only_when_well_formed():
+    base = [("content-type", c.CONTENT_TYPE.encode()), (c.PRINCIPAL_HEADER, b"client-035")]
+    http = [("authorization", "Bearer secret"), ("content-type", "application/cloudevents+json")]
+    traced = [("traceparent", TRACEPARENT), ("tracestate", "congo=t61rcWkgMzE")]
+    assert record_headers("client-035", [*http, *traced]) == [
+        *base,
+        ("traceparent", TRACEPARENT.encode()),
+        ("tracestate", b"congo=t61rcWkgMzE"),
+    ]
+    assert record_headers("client-035", http) == base
+    for malformed in (
+        TRACEPARENT.replace("0af7", "0AF7"),  # upper case hex
+        TRACEPARENT.replace("0af7651916cd43dd8448eb211c80319c", "0" * 32),  # no trace
+        TRACEPARENT[:-3],
+        "ff" + TRACEPARENT[2:],  # the forbidden version
+    ):
+        assert record_headers("client-035", [("traceparent", malformed), ("tracestate", "congo=t61rcWkgMzE")]) == base
+    assert record_headers("client-035", [("tracestate", "congo=t61rcWkgMzE")]) == base

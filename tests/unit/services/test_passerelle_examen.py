@@ -182,7 +182,7 @@ class DownProducer:
 async def test_kafka_refusing_the_writes_is_503_with_retry_after():
     passerelle = Passerelle(PasserelleSettings(), None, None, DownProducer(), None)
     with pytest.raises(HTTPException) as refused:
-        await passerelle.write([Accepte(c.EQUIPEMENT, ECOLE, b"{}")], "client")
+        await passerelle.write([Accepte(c.EQUIPEMENT, ECOLE, b"{}")], [])
     assert refused.value.status_code == 503
     assert refused.value.headers == {"Retry-After": "5"}
     assert "renvoyer" in refused.value.detail
