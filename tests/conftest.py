@@ -39,6 +39,17 @@ def kafka(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def identite(tmp_path_factory):
+    """The session's local identity provider: its JWKS file for the passerelle, its tokens for
+    the partners posting to it."""
+    from deploy.identite import IdentiteLocale
+
+    provider = IdentiteLocale(tmp_path_factory.mktemp("identite") / "cles")
+    provider.ensure()
+    return provider
+
+
+@pytest.fixture(scope="session")
 def postgres():
     from deploy.local.postgres import LocalPostgres
 

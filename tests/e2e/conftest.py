@@ -1,17 +1,24 @@
-"""The platform as real processes, each service as its own Kafka principal, and a partner's and
-a dashboard's plain Kafka clients (kafka-python: not the project's code); the partner writes as
-`admin` (it writes the declaration topics, which only the ingestion service may), the dashboard
-reads as `tableau-de-bord`."""
+"""The platform as real processes (the passerelle included), each service as its own Kafka
+principal; partners and a dashboard as plain clients (httpx, kafka-python: not the project's
+code). A partner writes as it really would: declarations posted to the passerelle with a token
+of the session's identity provider, the référentiel and the catalogue produced to Kafka as
+`ministere` or `gar`; the dashboard reads as `tableau-de-bord`."""
 
 import json
 import time
 
 import asyncpg
+import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from deploy.local.partenaires import KAFKA_PRINCIPALS, NOT_YET_KNOWN, OVER_HTTP
 from deploy.local.processes import ServiceProcesses
 from partner import HEADERS
+
+SETTLE_SECONDS = 30
+"""How long a declaration refused `uai-inconnu` is posted again: the passerelle learns the
+référentiel from Kafka, a moment after it is published."""
 
 
 @pytest.fixture
@@ -21,13 +28,14 @@ def replicas() -> int:
 
 
 @pytest.fixture
-def platform(kafka, database_url, topic_prefix, tmp_path, replicas):
+def platform(kafka, database_url, topic_prefix, tmp_path, replicas, identite):
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "DATABASE_URL": database_url,
         "TOPIC_PREFIX": topic_prefix,
         "OUTBOX_POLL_MS": "200",
         "LOG_FORMAT": "json",
+        "JWKS_FILE": str(identite.jwks_path),
     }
     sets = []
     for n in range(replicas):
@@ -45,14 +53,45 @@ def platform(kafka, database_url, topic_prefix, tmp_path, replicas):
 
 
 @pytest.fixture
-def publish(kafka, topic_prefix):
-    producer = KafkaProducer(**kafka.access.kafka_python(), acks="all")
+def publish(kafka, topic_prefix, platform, identite):
+    """Writes a record as the partner owning its `source` would (see `deploy.local.partenaires`):
+    a declaration posted to the passerelle (202 expected) with the `headers` given as HTTP
+    headers, a record of the référentiel or the catalogue produced with them as its principal."""
+    url = f"http://127.0.0.1:{platform.ports['passerelle']}/v1/evenements"
+    http = httpx.Client(timeout=30)
+    producers: dict[str, KafkaProducer] = {}
+
+    def post(source: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent = {
+            "authorization": f"Bearer {identite.jeton(source)}",
+            "content-type": dict(HEADERS)["content-type"].decode(),
+            **{name: raw.decode() for name, raw in headers},
+        }
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            answer = http.post(url, content=value, headers=sent)
+            if answer.status_code == 202:
+                return
+            not_yet_known = answer.status_code == 207 and answer.json()["resultats"][0]["code"] == NOT_YET_KNOWN
+            if not (not_yet_known and time.monotonic() < deadline):
+                pytest.fail(f"the passerelle answered {answer.status_code} to {source}: {answer.text}")
+            time.sleep(0.2)
 
     def publish(topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] = ()) -> None:
-        producer.send(topic_prefix + topic, value, key=key.encode(), headers=[*HEADERS, *headers]).get(timeout=10)
+        source = json.loads(value)["source"]
+        if topic in OVER_HTTP:
+            post(source, value, list(headers))
+            return
+        principal = KAFKA_PRINCIPALS[source]
+        if principal not in producers:
+            producers[principal] = KafkaProducer(**kafka.access_as(principal).kafka_python(), acks="all")
+        record = producers[principal].send(topic_prefix + topic, value, key=key.encode(), headers=[*HEADERS, *headers])
+        record.get(timeout=10)
 
     yield publish
-    producer.close()
+    http.close()
+    for producer in producers.values():
+        producer.close()
 
 
 class Alerts:

@@ -1,6 +1,10 @@
-"""equipement-incompatible end to end: the three services as real processes, events sent
-with a plain Kafka client, an alert raised then resolved by the lot that fixes it."""
+"""equipement-incompatible end to end: the services as real processes, partners sending as
+they really do (the collectivité over HTTP with its token, the ministère and the GAR on Kafka as
+their principals), an alert raised then resolved by the lot that fixes it."""
 
+import json
+
+import asyncpg
 import pytest
 
 import contracts as c
@@ -23,7 +27,9 @@ def lot(lot_id: str, kind: str, quantity: int, os: dict | None, minute: int) -> 
     )
 
 
-async def test_incompatible_equipment_raises_then_a_fixing_lot_resolves(platform, publish, alerts, wait_stored):
+async def test_incompatible_equipment_raises_then_a_fixing_lot_resolves(
+    platform, publish, alerts, wait_stored, database_url
+):
     publish(
         "referentiel.etablissements.v1",
         UAI,
@@ -46,10 +52,16 @@ async def test_incompatible_equipment_raises_then_a_fixing_lot_resolves(platform
         ),
     )
     await wait_stored(("equipement.etablissements", "ressources.etablissements"), [UAI])
-    publish(
-        "equipement.declarations.v1", UAI, lot("tablettes-6e", "tablette", 30, {"name": "iPadOS", "version": "12.5"}, 3)
-    )
+    tablets = lot("tablettes-6e", "tablette", 30, {"name": "iPadOS", "version": "12.5"}, 3)
+    publish("equipement.declarations.v1", UAI, tablets)
     await wait_stored(("ressources.recus",), [UAI])
+    conn = await asyncpg.connect(database_url)
+    try:
+        applied = json.loads(tablets)["id"]
+        principal = await conn.fetchval("SELECT principal FROM equipement.inbox WHERE id = $1", applied)
+    finally:
+        await conn.close()
+    assert principal == "collectivites-departements-035", "the token's sub is kept with the applied lot"
     publish(
         "ressources.catalogue.v1",
         RESOURCE,
