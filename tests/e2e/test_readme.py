@@ -1,7 +1,8 @@
 """The README's examples, run as written: every ```bash block of the sections a partner, a
 dashboard developer and an operator follow, in order, against `./dev up` started as the README
 says (on free ports and a scratch data directory, given to the examples the documented way:
-KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, and the URLs' ports), each block's output checked."""
+FEO_DATA_DIR, where `./dev credentials` and `./dev token` find the running platform,
+DATABASE_URL, and the URLs' ports), each block's output checked."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.ports import port_free
 from helpers import still_running
 from local_runtime import ROOT, Runtime, runtime_ports, scratch_dir
 
 SECTIONS = ("Publishing as a partner", "Subscribing as a dashboard", "The read API for dashboards")
+README_PORTS = {"ressources": 8000, "passerelle": 8003}  # ./dev up's: ressources on HTTP_PORT, passerelle +3
 
 
 def readme_blocks() -> list[str]:
@@ -36,14 +39,43 @@ def _lines_json(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def _answer(out: str, status: int) -> list[dict] | None:
+    """The passerelle's per-event results if curl's output (its body, then `-w '\\nHTTP %{http_code}'`)
+    says `status`, else None."""
+    answer = re.search(r"^(\{.*\})\nHTTP (\d{3})$", out, re.M)
+    if answer is None or answer[2] != str(status):
+        return None
+    return json.loads(answer[1])["resultats"]
+
+
+def _accepted(out: str) -> bool:
+    return _answer(out, 202) == [{"index": 0, "id": "inv-2026-09-01-0001", "statut": "accepted"}]
+
+
+def _hors_competence(out: str) -> bool:
+    results = _answer(out, 207)
+    return (
+        results is not None
+        and [(r["id"], r["statut"], r["code"]) for r in results]
+        == [("inv-2026-09-01-0002", "refused", "hors-competence")]
+        and "0350042F" in results[0]["message"]
+    )
+
+
+def _written(count: int) -> Callable[[str], bool]:
+    return lambda out: len(re.findall(r"^ressources\.catalogue\.v1 partition \d+ offset \d+$", out, re.M)) == count
+
+
 def _dlq_reason(out: str) -> bool:
-    records = _lines_json(out)
-    return any(
-        r["key"] == "0350042F"
-        and ["dlq-reason", "hors-competence"] in r["headers"]
-        and any(h[0] == "dlq-message" and h[1] for h in r["headers"])
-        and r["value"]["id"] == "inv-2026-09-01-0002"
-        for r in records
+    return (
+        any(
+            r["key"] == "0750655E"
+            and ["dlq-reason", "uai-inconnu"] in r["headers"]
+            and any(h[0] == "dlq-message" and h[1] for h in r["headers"])
+            and r["value"]["id"] == "abo-0750655E-manuel-svt-c4"
+            for r in _lines_json(out)
+        )
+        and re.search(r"uai-inconnu .*source=/gar .*id=abo-0750655E-manuel-svt-c4", out) is not None
     )
 
 
@@ -53,19 +85,23 @@ def _etablissement(out: str) -> bool:
 
 
 # What each block must print, found by a piece of its text; a block that only writes must exit 0
-# and say where its records went. A block that reads what the platform derives is run again
-# until it shows it (the platform works in its own time), within a deadline.
+# and say where its records went. A block that reads what the platform derives, or posts to the
+# passerelle (whose copy of the référentiel follows Kafka), is run again until it shows it (the
+# platform works in its own time), within a deadline.
 CHECKS: dict[str, Callable[[str], bool]] = {
-    "deploy.referentiel load": lambda out: "loaded 997" in out or re.search(r"loaded \d{3}", out) is not None,
-    "kafka produce": lambda out: " partition " in out and " offset " in out,
+    "deploy.referentiel load": lambda out: re.search(r"loaded \d{3}", out) is not None,
+    '"lot_id": "tablettes-6e"': _accepted,
+    '"lot_id": "tablettes-2nde"': _hors_competence,
+    "--key manuel-svt-c4": _written(2),
+    "--key 0750655E": _written(1),
     "curl -s http://127.0.0.1:8000/etablissements/0350003N": _etablissement,
-    "consume equipement.declarations.v1.dlq": lambda out: (
-        _dlq_reason(out)
-        and re.search(r"hors-competence .*source=/collectivites/departements/035 .*id=inv-2026-09-01-0002", out)
-        is not None
+    "consume ressources.catalogue.v1.dlq": _dlq_reason,
+    '"alertes.etat.v1"': lambda out: (
+        re.search(r"alerte-levee\.v1 equipement-incompatible 0350003N .*iPadOS 12\.5 < 15", out) is not None
+        and re.search(r"^[1-9]\d* open alerts$", out, re.M) is not None
     ),
-    "from kafka import KafkaConsumer": lambda out: (
-        re.search(r"alerte-levee\.v1 equipement-incompatible 0350003N .*iPadOS 12\.5 < 15", out, re.M) is not None
+    '"alertes.compatibilite.v1"': lambda out: (
+        re.search(r"^\S+alerte-levee\.v1 equipement-incompatible 0350003N/manuel-svt-c4 \S+$", out, re.M) is not None
     ),
     "/alertes?code_departement=035": lambda out: (
         '"kind":"equipement-incompatible"' in out.replace(" ", "") and "event: alerte-levee" in out
@@ -82,13 +118,15 @@ def _check_for(block: str) -> Callable[[str], bool]:
 
 @pytest.fixture(scope="module")
 def platform():
-    with scratch_dir() as data:
+    with scratch_dir() as root:
         ports = runtime_ports()
-        run = Runtime("up", "--data-dir", str(data), *ports, env={})
+        while not port_free(int(ports[5]) + 3):  # the passerelle's
+            ports = runtime_ports()
+        run = Runtime("up", *ports, env={"FEO_DATA_DIR": str(root)})  # its data in ROOT/platform, as ./dev up's
         try:
             run.wait_for("services healthy")
-            kafka, postgres, http = (int(ports[i]) for i in (1, 3, 5))
-            yield {"kafka": kafka, "postgres": postgres, "http": http}
+            postgres, http = int(ports[3]), int(ports[5])
+            yield {"root": root, "postgres": postgres, "ressources": http, "passerelle": http + 3}
         finally:
             children = [p.pid for p in run.descendants()]
             run.process.send_signal(2)
@@ -98,17 +136,17 @@ def platform():
 
 def test_readme_examples_work_as_written(platform):
     blocks = readme_blocks()
-    assert len(blocks) >= 6, "the README's partner, dashboard and API examples"
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{platform['kafka']}",
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{platform['postgres']}/former_equiper_outiller",
-    }
-    env.pop("TOPIC_PREFIX", None)
+    assert len(blocks) >= 10, "the README's partner, dashboard and API examples"
+    # Only what the README tells a reader to have: no credentials of the test session's broker.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_") and k not in ("TOPIC_PREFIX",)}
+    env["FEO_DATA_DIR"] = str(platform["root"])
+    env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{platform['postgres']}/former_equiper_outiller"
     for block in blocks:
-        script = block.replace("127.0.0.1:9092", env["KAFKA_BOOTSTRAP_SERVERS"]).replace(
-            "127.0.0.1:8000", f"127.0.0.1:{platform['http']}"
-        )
+        script = block
+        for service, port in README_PORTS.items():
+            script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{platform[service]}")
+        unmapped = set(re.findall(r"127\.0\.0\.1:(\d+)", script)) - {str(platform[s]) for s in README_PORTS}
+        assert not unmapped, f"README block names a port this test does not map to its platform's: {unmapped}"
         check = _check_for(block)
         deadline = time.monotonic() + (90 if any(r in block for r in READS) else 0)
         while True:
