@@ -20,6 +20,7 @@ from aiokafka.errors import (
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
+from deploy.identite import IdentiteLocale
 from deploy.local.kafka import KafkaRuntimeError, LocalKafka
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
@@ -141,7 +142,9 @@ async def test_a_service_reads_its_inputs_in_its_group(kafka, topic_prefix) -> N
 
 
 def test_the_runtime_runs_each_service_as_its_own_principal(kafka, database_url, topic_prefix, tmp_path) -> None:
+    (identite := IdentiteLocale(tmp_path / "identite")).ensure()  # the passerelle's token keys
     env = {"DATABASE_URL": database_url, "TOPIC_PREFIX": topic_prefix, "LOG_FORMAT": "json"}
+    env["JWKS_FILE"] = str(identite.jwks_path)
     services = ServiceProcesses(env, log_dir=tmp_path, credentials=kafka.credentials)
     try:
         services.start()
