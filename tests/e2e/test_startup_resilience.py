@@ -12,12 +12,15 @@ import asyncpg
 import pytest
 
 import contracts as c
+from contracts import Etablissement
+from deploy import acl
 from deploy.local.kafka import LocalKafka
 from deploy.local.ports import free_port
 from deploy.local.processes import ServiceProcesses
+from deploy.referentiel.publish import publish_etablissements
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from helpers import college, eventually, send, uai
+from helpers import college, eventually, uai
 
 pytestmark = pytest.mark.e2e
 
@@ -41,10 +44,17 @@ def wait_until(condition, what: str, timeout: float, procs: ServiceProcesses | N
 
 
 async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_once_it_is_gone(
-    database_url, unique, tmp_path
+    database_url, unique, tmp_path, monkeypatch
 ):
     port = free_port()
     prefix = f"t{unique}."
+    # Formatted and stopped beforehand: the service starts knowing its principal's password, and
+    # this test's clients and the service reach this broker, not the session's.
+    kafka = LocalKafka(tmp_path / "late-kafka", port=port)
+    kafka.start()
+    kafka.stop()
+    for variable, value in kafka.access.environ().items():
+        monkeypatch.setenv(variable, value)
     procs = ServiceProcesses(
         {
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
@@ -56,9 +66,9 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         },
         log_dir=tmp_path,
         names=("equipement",),
+        credentials=kafka.credentials,
     )
     log = tmp_path / "equipement.log"
-    kafka = LocalKafka(tmp_path / "late-kafka", port=port)
     procs.start()
     try:
         waits = wait_until(
@@ -75,10 +85,13 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         kafka.start()
         up = time.monotonic()
         await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+        acl.apply(kafka.access, prefix)
         procs.wait_healthy(timeout=60)
         print(f"equipement healthy {time.monotonic() - up:.1f} s after the broker served metadata")
         code = uai("0352001")
-        await send(kafka.bootstrap_servers, prefix + c.REFERENTIEL, [(code, college(code))])
+        etab = Etablissement.model_validate(college(code)["data"])
+        ministere = kafka.access_as("ministere")
+        await publish_etablissements(kafka.bootstrap_servers, [etab], prefix + c.REFERENTIEL, access=ministere)
         conn = await asyncpg.connect(database_url)
         try:
             await eventually(
@@ -135,6 +148,7 @@ def test_a_service_waits_for_postgresql_without_showing_its_password(kafka, tmp_
         },
         log_dir=tmp_path,
         names=("ressources",),
+        credentials=kafka.credentials,
     )
     procs.start()
     try:
@@ -185,6 +199,7 @@ def test_the_supervisor_restarts_a_real_service_that_died(kafka, database_url, t
         supervise=True,
         backoff=(0.5, 5),
         announce=said.append,
+        credentials=kafka.credentials,
     )
     procs.start()
     try:
