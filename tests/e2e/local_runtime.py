@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def runtime_ports() -> list[str]:
-    """Options giving a run free ports: Kafka, PostgreSQL, and three in a row for the services."""
+    """Options giving a run free ports: Kafka, PostgreSQL, and four in a row for the services."""
     while True:
         http = free_port()
-        if http < 65534 and port_free(http + 1) and port_free(http + 2):
+        if http < 65532 and all(port_free(http + n) for n in (1, 2, 3)):
             break
     return ["--kafka-port", str(free_port()), "--postgres-port", str(free_port()), "--http-port", str(http)]
 

@@ -18,6 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.datadir import DataDir
 from deploy.local.kafka import LocalKafka
+from deploy.local.kafka.credentials import broker_access
+from deploy.local.processes import SERVICES
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
 from helpers import eventually, still_running
@@ -47,6 +49,12 @@ def _refusal(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return result
 
 
+def _as_admin_of(data: DataDir, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's clients (create_topics, kafka_options) as `admin` of the run's secured broker."""
+    for variable, value in broker_access(data.kafka, port).environ().items():
+        monkeypatch.setenv(variable, value)
+
+
 async def _kept_records(bootstrap: str) -> list[bytes]:
     consumer = AIOKafkaConsumer(KEPT.name, **kafka_options(bootstrap), auto_offset_reset="earliest", group_id=None)
     await consumer.start()
@@ -66,7 +74,7 @@ async def _topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_starts_empty_when_fresh():
+async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_starts_empty_when_fresh(monkeypatch):
     with scratch_dir() as tmp_path:
         env = {"FEO_DATA_DIR": str(tmp_path / "root")}  # the default data directory is then ROOT/platform
         data = DataDir(tmp_path / "root" / "platform")
@@ -77,6 +85,7 @@ async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_s
         first = Runtime("up", "--no-services", *ports, env=env)
         try:
             first.wait_for("running;")
+            _as_admin_of(data, _port(ports, "kafka"), monkeypatch)
             await create_topics(bootstrap, [KEPT])
             producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all")
             await producer.start()
@@ -100,6 +109,7 @@ async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_s
         second = Runtime("up", "--no-services", *ports, env=env)
         try:
             second.wait_for("running;")
+            _as_admin_of(data, _port(ports, "kafka"), monkeypatch)
             assert "created database" not in second.output and "empty storage" not in second.output
             assert LocalKafka(data.kafka).cluster_id == cluster_id
             assert await _kept_records(bootstrap) == [b"kept"]
@@ -129,6 +139,7 @@ async def test_up_keeps_its_data_across_restarts_refuses_a_second_platform_and_s
         fresh = Runtime("up", "--no-services", "--fresh", *ports, env=env)
         try:
             fresh.wait_for("running;")
+            _as_admin_of(data, _port(ports, "kafka"), monkeypatch)
             assert f"starting from empty storage in {data.path}" in fresh.output
             assert "created database former_equiper_outiller" in fresh.output
             assert LocalKafka(data.kafka).cluster_id not in (None, cluster_id)
@@ -161,18 +172,18 @@ async def test_however_up_is_ended_no_process_it_started_remains(ending, postgre
             started = run.descendants()
             commands = [" ".join(p.cmdline()) for p in started]
             assert any("kafka.Kafka" in c for c in commands), commands
-            assert sum("-m services." in c for c in commands) == 3, commands
+            assert sum("-m services." in c for c in commands) == len(SERVICES), commands
             if "DATABASE_URL" in env:
                 assert f"created database {database} named in DATABASE_URL" in run.output
                 conn = await asyncpg.connect(env["DATABASE_URL"])
                 try:
                     schemas = await conn.fetchval(
                         "SELECT array_agg(nspname::text ORDER BY nspname) FROM pg_namespace "
-                        "WHERE nspname IN ('equipement', 'formation', 'plateforme', 'ressources')"
+                        "WHERE nspname IN ('equipement', 'formation', 'passerelle', 'plateforme', 'ressources')"
                     )
                 finally:
                     await conn.close()
-                assert schemas == ["equipement", "formation", "plateforme", "ressources"]
+                assert schemas == ["equipement", "formation", "passerelle", "plateforme", "ressources"]
             else:
                 assert any(f"{data.postgres}/pgdata" in c for c in commands), commands
 
