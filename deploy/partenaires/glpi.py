@@ -1,0 +1,267 @@
+"""A collectivité's GLPI inventory declared as `lot` events, through the passerelle.
+
+    python -m deploy.partenaires.glpi INVENTAIRE... --correspondance FICHIER --declarant SOURCE
+        [--dry-run] [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
+
+Reads GLPI native inventory files (one JSON file per device, as the GLPI agent sends them;
+directories are read recursively), finds each device's établissement with the mapping file,
+and groups the devices of one établissement by kind, OS and browsers: one `lot` per group,
+quantity = its devices. A device inventoried twice (same `deviceid`) counts once, its latest
+inventory.
+
+- The mapping (CSV with the header `critere,valeur,uai`, `,` or `;`; or JSON `{"tag": {VALEUR:
+  UAI}, "dossier": {...}}`): `tag` is the agent's TAG, the one GLPI's own rules read to place a
+  device in its entity and location; `dossier` is the name of the folder holding the file, for
+  inventories sorted one folder per entity or location. The tag is looked up first.
+- `lot_id` is derived from the group (kind, OS, browsers), so running the adapter again on a
+  newer inventory replaces the same lots' quantities instead of adding lots.
+- Every lot of a run carries one time: the latest inventory date among its devices (the
+  agents' `accesslog.logdate`), never later than now; now when no device has one. The same
+  files sent again change nothing (same ids); an older inventory sent after a newer one is
+  stale for the lots they share (CONTRACTS.md: the latest time wins).
+- The token: --token, else the PASSERELLE_JETON environment variable; --jeton-local mints one
+  for --declarant with the local identity provider (`./dev up`'s; development only).
+
+--dry-run prints the events, one JSON line each, and sends nothing. A summary (stderr) says how
+many devices went into how many lots, which files were set aside and why (with their names:
+never a user name, serial number or host name), and the passerelle's answer per event:
+accepted, or refused by code. Exit status: 0 when every lot was accepted (or printed), 1 when
+the passerelle refused some, 2 when nothing could be sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+import contracts as c
+from contracts.vocabulary import fold_kind, fold_name
+from deploy.identite import IdentiteLocale
+from deploy.local.datadir import data_root
+from deploy.local.partenaires import Partenaires, Sent
+from deploy.partenaires import _inventaire as inv
+from services.common.messaging.connection import KafkaAccess
+
+SANS_CORRESPONDANCE = "sans-correspondance"  # no mapping for the device's tag nor its folder
+INVENTAIRE_REMPLACE = "inventaire-remplace"  # an older inventory of a device read again
+CRITERES = ("tag", "dossier")
+TOKEN_VARIABLE = "PASSERELLE_JETON"
+SHOWN_FILES = 10  # file names listed per reason in the summary
+
+
+@dataclass(frozen=True)
+class Correspondance:
+    """GLPI tag or folder name -> UAI."""
+
+    tag: dict[str, str]
+    dossier: dict[str, str]
+
+    @classmethod
+    def lire(cls, path: Path) -> Correspondance:
+        """ValueError naming the file, the line or key, and the rule, for a mapping that breaks one."""
+        text = path.read_text(encoding="utf-8-sig")
+        rows: list[tuple[str, str, str, str]] = []  # (where, critere, valeur, uai)
+        if path.suffix.casefold() == ".json":
+            document = json.loads(text)
+            if not isinstance(document, dict) or not all(isinstance(v, dict) for v in document.values()):
+                raise ValueError(f"{path}: attendu un objet {{critère: {{valeur: UAI}}}}")
+            rows = [(f"{k}/{v}", k, v, u) for k, table in document.items() for v, u in table.items()]
+        else:
+            delimiter = ";" if ";" in text.partition("\n")[0] else ","
+            reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+            if reader.fieldnames is None or set(reader.fieldnames) != {"critere", "valeur", "uai"}:
+                raise ValueError(f"{path}: l'en-tête doit être critere{delimiter}valeur{delimiter}uai")
+            rows = [(f"ligne {n}", r["critere"], r["valeur"], r["uai"]) for n, r in enumerate(reader, start=2)]
+        tables: dict[str, dict[str, str]] = {critere: {} for critere in CRITERES}
+        for where, critere, valeur, uai in rows:
+            critere, valeur, uai = (str(x or "").strip() for x in (critere, valeur, uai))
+            if critere not in tables:
+                raise ValueError(f"{path} ({where}): critère « {critere} » inconnu (attendu : {', '.join(CRITERES)})")
+            if not valeur:
+                raise ValueError(f"{path} ({where}): valeur vide")
+            if not c.is_valid_uai(uai):
+                raise ValueError(f"{path} ({where}): uai « {uai} » invalide (7 chiffres et la lettre de contrôle)")
+            if tables[critere].setdefault(valeur, uai) != uai:
+                raise ValueError(f"{path} ({where}): {critere} « {valeur} » déjà associé à un autre uai")
+        return cls(tag=tables["tag"], dossier=tables["dossier"])
+
+    def uai(self, appareil: inv.Appareil) -> str | None:
+        if appareil.tag is not None and appareil.tag in self.tag:
+            return self.tag[appareil.tag]
+        return self.dossier.get(appareil.fichier.parent.name)
+
+
+@dataclass
+class Inventaire:
+    """What a run makes of the files: the lot events, and what was set aside."""
+
+    lots: list[c.CloudEvent]
+    appareils: int
+    fichiers: int
+    ecartes: dict[str, list[str]] = field(default_factory=dict)  # reason -> file names
+
+    def resume(self) -> str:
+        uais = {e.subject for e in self.lots}
+        quand = self.lots[0].time.isoformat() if self.lots else "-"
+        lines = [
+            f"GLPI : {self.fichiers} fichiers lus, {self.appareils} appareils en {len(self.lots)} lots "
+            f"pour {len(uais)} établissements (date des lots : {quand})"
+        ]
+        for raison, noms in sorted(self.ecartes.items()):
+            more = len(noms) - SHOWN_FILES
+            shown = ", ".join(noms[:SHOWN_FILES]) + (f", … ({more} de plus)" if more > 0 else "")
+            lines.append(f"  écartés, {raison} : {len(noms)} ({shown})")
+        return "\n".join(lines)
+
+
+def inventorier(
+    chemins: Sequence[Path], correspondance: Correspondance, declarant: str, now: datetime | None = None
+) -> Inventaire:
+    """The lots `declarant` declares for the devices in `chemins` (files or directories)."""
+    names = dict(_fichiers(chemins))
+    ecartes: dict[str, list[str]] = defaultdict(list)
+    latest: dict[str, inv.Appareil | inv.Ecarte] = {}
+    for path in names:
+        read = inv.lire(path)
+        if read.deviceid is None:
+            ecartes[inv.ILLISIBLE].append(names[path])
+            continue
+        kept = latest.setdefault(read.deviceid, read)
+        if kept is not read:
+            newer, older = (read, kept) if _when(read) >= _when(kept) else (kept, read)
+            latest[read.deviceid] = newer
+            ecartes[INVENTAIRE_REMPLACE].append(names[older.fichier])
+    groups: dict[tuple[str, str], list[inv.Appareil]] = defaultdict(list)
+    for read in latest.values():
+        if isinstance(read, inv.Ecarte):
+            ecartes[read.raison].append(names[read.fichier])
+        elif (uai := correspondance.uai(read)) is None:
+            ecartes[SANS_CORRESPONDANCE].append(names[read.fichier])
+        else:
+            groups[(uai, lot_id(read))].append(read)
+    now = now or datetime.now(UTC)
+    dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
+    time = min(max(dates), now) if dates else now
+    lots = [_event(declarant, uai, lot, devices, time) for (uai, lot), devices in sorted(groups.items())]
+    return Inventaire(lots, sum(map(len, groups.values())), len(names), {k: sorted(v) for k, v in ecartes.items()})
+
+
+def lot_id(appareil: inv.Appareil) -> str:
+    """Stable for a kind, an OS version and a set of browser versions, whatever their spelling."""
+    key = [
+        fold_kind(appareil.kind),
+        fold_name(appareil.os[0]),
+        appareil.os[1],
+        sorted([fold_name(name), release] for name, release in appareil.browsers),
+    ]
+    return "glpi-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+
+
+def _event(declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time: datetime) -> c.CloudEvent:
+    first = devices[0]
+    data = c.Lot(
+        uai=uai,
+        lot_id=lot,
+        kind=first.kind,
+        quantity=len(devices),
+        os=c.Logiciel(name=first.os[0], version=first.os[1]),
+        browsers=[c.Logiciel(name=name, version=release) for name, release in first.browsers],
+    )
+    # The same lot at the same time and quantity, sent again, is the same event (no second effect).
+    same = json.dumps([declarant, data.model_dump(mode="json"), time.isoformat()], sort_keys=True)
+    event_id = "glpi-" + hashlib.sha256(same.encode()).hexdigest()[:32]
+    return c.make_event(c.LOT, data, source=declarant, id=event_id, time=time)
+
+
+def _when(read: inv.Appareil | inv.Ecarte) -> datetime:
+    return read.inventorie_le or datetime.min.replace(tzinfo=UTC)
+
+
+def _fichiers(chemins: Iterable[Path]) -> Iterable[tuple[Path, str]]:
+    """Each file to read, with the name the summary gives it (relative to the directory given)."""
+    for chemin in chemins:
+        if chemin.is_dir():
+            for path in sorted(chemin.rglob("*.json")):
+                yield path, str(path.relative_to(chemin))
+        elif chemin.exists():
+            yield chemin, chemin.name
+        else:
+            raise FileNotFoundError(f"{chemin}: ni fichier ni dossier")
+
+
+async def publier(inventaire: Inventaire, passerelle: str, jeton: str) -> Sent:
+    """The lots posted in batches as the token's declarant; nothing refused is posted again."""
+
+    def kafka(principal: str) -> KafkaAccess:
+        raise AssertionError(f"GLPI lots go over HTTP, never to Kafka as {principal}")
+
+    partenaires = Partenaires(passerelle, jeton=lambda _: jeton, kafka=kafka, settle_seconds=0)
+    return await partenaires.send((c.EQUIPEMENT, e.subject or "", e.to_bytes()) for e in inventaire.lots)
+
+
+def bilan(sent: Sent) -> str:
+    refused = Counter(code for _, _, code, _ in sent.refused)
+    line = f"passerelle : {sent.accepted} lots acceptés, {len(sent.refused)} refusés"
+    details = [f"  refusés, {code} : {n} (par exemple : {_first(sent, code)})" for code, n in sorted(refused.items())]
+    return "\n".join([line, *details])
+
+
+def _first(sent: Sent, code: str) -> str:
+    return next(message for _, _, refused, message in sent.refused if refused == code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.partenaires.glpi",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inventaires", nargs="+", type=Path, metavar="INVENTAIRE", help="files or directories")
+    parser.add_argument("--correspondance", type=Path, required=True, metavar="FICHIER", help="tag/dossier -> UAI")
+    parser.add_argument("--declarant", required=True, help="the collectivité, e.g. /collectivites/departements/035")
+    parser.add_argument("--dry-run", action="store_true", help="print the lots (JSON lines), send nothing")
+    parser.add_argument("--passerelle", default="http://127.0.0.1:8003", help="its URL (default: %(default)s)")
+    parser.add_argument("--token", help=f"the bearer token (default: ${TOKEN_VARIABLE})")
+    parser.add_argument("--jeton-local", action="store_true", help="mint one with the local identity provider")
+    parser.add_argument("--data-dir", type=Path, default=data_root() / "platform", help="for --jeton-local")
+    args = parser.parse_args(argv)
+    try:
+        c.parse_source(args.declarant)
+        inventaire = inventorier(args.inventaires, Correspondance.lire(args.correspondance), args.declarant)
+    except (OSError, ValueError) as error:
+        print(f"glpi: {error}", file=sys.stderr)
+        return 2
+    print(inventaire.resume(), file=sys.stderr)
+    if args.dry_run:
+        for event in inventaire.lots:
+            print(event.to_bytes().decode())
+        return 0
+    if args.jeton_local:
+        jeton = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
+    elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
+        print(f"glpi: aucun jeton : --token, la variable {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
+        return 2
+    try:
+        sent = asyncio.run(publier(inventaire, args.passerelle, jeton))
+    except (httpx.HTTPError, RuntimeError) as error:
+        # The batches before this one may be accepted already: sending again is harmless (same ids).
+        print(f"glpi: {args.passerelle} : envoi interrompu : {error or type(error).__name__}", file=sys.stderr)
+        return 2
+    print(bilan(sent), file=sys.stderr)
+    return 1 if sent.refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
