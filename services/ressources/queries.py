@@ -108,7 +108,9 @@ async def ressource(conn: Conn, resource_id: str) -> asyncpg.Record | None:
 # SQL forms of rules.is_evaluated and rules.verdict, for counting in the database; each is
 # tested against its Python definition (tests/integration/test_sql_rules.py). `a` is the
 # abonnement, `e` its établissement, `r` its resource; in VERDICT, one boolean column per kind.
-EVALUATED = 'a."end" IS NULL AND e.ouvert IS TRUE AND r.publiee IS TRUE'
+SUBSCRIBED = 'a."end" IS NULL AND e.ouvert IS TRUE'
+"""EVALUATED but for the resource: the pairs a resource would have once published (simulations)."""
+EVALUATED = f"{SUBSCRIBED} AND r.publiee IS TRUE"
 VERDICT = (
     """CASE WHEN coalesce("equipement-incompatible", false) THEN 'incompatible' """
     """WHEN coalesce("equipement-partiel", false) THEN 'partiel' ELSE 'compatible' END"""
@@ -147,6 +149,20 @@ async def synthese(conn: Conn, resource_id: str) -> dict[str, dict[str, int]]:
         r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
         for r in rows
     }
+
+
+async def population(conn: Conn, resource_id: str | None) -> list[asyncpg.Record]:
+    """The établissements a resource would be evaluated at once published (`SUBSCRIBED`), or
+    with None every open établissement: (uai, code_academie, code_departement), by UAI."""
+    if resource_id is None:
+        return await conn.fetch(
+            "SELECT uai, code_academie, code_departement FROM etablissements WHERE ouvert IS TRUE ORDER BY uai"
+        )
+    return await conn.fetch(
+        "SELECT e.uai, e.code_academie, e.code_departement FROM abonnements a JOIN etablissements e USING (uai) "
+        f"WHERE a.resource_id = $1 AND {SUBSCRIBED} ORDER BY e.uai",
+        resource_id,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,179 @@
+""" "What if": a resource before it is published, lots before they are declared, judged by the
+live evaluation's own rules (rules.evaluate, lifecycle.transitions) over what is stored now.
+
+Nothing is written or published: each simulation reads in one read-only transaction (PostgreSQL
+refuses any write in it), a consistent snapshot however long it takes. The établissements are
+read and judged by chunks of UAIs, so memory holds one chunk and the event loop (the Kafka
+consumer, the SSE streams) gets its turn between two.
+"""
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from contracts import AlertKind, Lot, Reason, RessourcePubliee
+from contracts.internal import LotProfil, ProfilEquipement
+from services.common.storage.db import Conn
+from services.equipement.domain import lot_content
+from services.ressources import queries
+from services.ressources.lifecycle import transitions
+from services.ressources.rules import Evaluation, Seuils, evaluate, is_evaluated, verdict
+from services.ressources.store import RessourcesStore
+
+CHUNK = 2000  # UAIs read and judged at a time
+MAX_MOTIFS = 10
+COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
+_OF_VERDICT = {"compatible": "compatibles", "partiel": "partiels", "incompatible": "incompatibles"}
+
+# A reason's detail without what is particular to one établissement (a lot's kind and id, its
+# counts), so that the same cause reads the same everywhere and can be counted: per code, the
+# pattern of its detail (rules.py writes them) and what it becomes. A detail that does not
+# match (shortened at its bound) is counted as it is.
+_MOTIFS: dict[str, tuple[re.Pattern[str], str]] = {
+    "os-absent": (re.compile(r"^(.+? requis), .*: ([^:]*)$"), r"\1, …: \2"),
+    "browser-absent": (re.compile(r"^(.+? requis), .*: ([^:]*)$"), r"\1, …: \2"),
+    "formation": (re.compile(r"^(.+): \d+/\d+ enseignants$"), r"\1: …/… enseignants"),
+    "part-compatible": (re.compile(r"^\d+/\d+ (postes compatibles < .+)$"), r"…/… \1"),
+    "outil-manquant": (re.compile(r"^(.+): \d+ < (\d+)$"), r"\1: … < \2"),
+    "debit": (re.compile(r"^\S+ (Mbit/s < .+)$"), r"… \1"),
+}
+
+
+def motif(reason: Reason) -> tuple[str, str]:
+    """(code, pattern of the detail): what the reasons of one cause share across établissements."""
+    known = _MOTIFS.get(reason.code)
+    detail = reason.detail if known is None else known[0].sub(known[1], reason.detail)
+    return reason.code, detail
+
+
+def _zero() -> dict[str, int]:
+    return dict.fromkeys(COUNTS, 0)
+
+
+@dataclass
+class Bilan:
+    """Counts of verdicts per académie, per département and in all, and of each motif (once
+    per établissement), as GET /ressources/{id} counts the live alerts."""
+
+    total: dict[str, int] = field(default_factory=_zero)
+    par_academie: dict[str, dict[str, int]] = field(default_factory=dict)
+    par_departement: dict[str, dict[str, int]] = field(default_factory=dict)
+    motifs: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, academie: str, departement: str, evaluation: Evaluation) -> None:
+        counted = [self.total, self.par_academie.setdefault(academie, _zero())]
+        counted.append(self.par_departement.setdefault(departement, _zero()))
+        of_verdict = _OF_VERDICT[verdict(evaluation.alerts)]
+        under_trained = "formation-insuffisante" in evaluation.alerts
+        for counts in counted:
+            counts["evalues"] += 1
+            counts[of_verdict] += 1
+            counts["sous_formes"] += under_trained
+        self.motifs.update({motif(r) for reasons in evaluation.alerts.values() for r in reasons})
+
+    def as_json(self) -> dict:
+        return {
+            "total": self.total,
+            "par_academie": dict(sorted(self.par_academie.items())),
+            "par_departement": dict(sorted(self.par_departement.items())),
+            "motifs": [
+                {"code": code, "detail": detail, "etablissements": n}
+                for (code, detail), n in sorted(self.motifs.items(), key=lambda m: (-m[1], m[0]))[:MAX_MOTIFS]
+            ],
+        }
+
+
+async def simulate_ressource(conn: Conn, ressource: RessourcePubliee, abonnes: bool, seuils: Seuils) -> Bilan:
+    """The verdicts `ressource` would get, published as it is: at the établissements subscribed
+    to its resource_id (`abonnes`) or at every open one."""
+    bilan = Bilan()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        population = await queries.population(conn, ressource.resource_id if abonnes else None)
+        store = RessourcesStore(conn)
+        for start in range(0, len(population), CHUNK):
+            chunk = population[start : start + CHUNK]
+            uais = [r["uai"] for r in chunk]
+            profils, couvertures = await store.load_profils(uais), await store.load_couvertures(uais)
+            for r in chunk:
+                evaluation = evaluate(ressource, profils.get(r["uai"]), couvertures.get(r["uai"]), seuils)
+                bilan.add(r["code_academie"], r["code_departement"], evaluation)
+    return bilan
+
+
+class UaiInconnus(Exception):
+    """Lots for UAIs the référentiel does not know: index of the lot in the request -> its UAI."""
+
+    def __init__(self, lots: dict[int, str]):
+        super().__init__(f"{len(lots)} lot(s) pour des UAI hors du référentiel")
+        self.lots = lots
+
+
+def with_lots(uai: str, profil: ProfilEquipement | None, lots: Iterable[Lot]) -> ProfilEquipement:
+    """The profile once these lots are declared, in order, as equipement would publish them: each
+    replaces the lot of its lot_id or adds one, quantity 0 retires it; lots by lot_id, as the
+    store reads them."""
+    held = {lot.lot_id: lot for lot in profil.lots} if profil else {}
+    for lot in lots:
+        held.pop(lot.lot_id, None)
+        if lot.quantity > 0:
+            held[lot.lot_id] = LotProfil.model_validate({"lot_id": lot.lot_id, **lot_content(lot)})
+    return ProfilEquipement(
+        uai=uai, lots=[held[k] for k in sorted(held)], connectivite=profil.connectivite if profil else None
+    )
+
+
+class Changement(BaseModel):
+    """An open alert that would resolve, or an alert that would be raised."""
+
+    alert_id: str
+    kind: AlertKind
+    uai: str
+    resource_id: str
+    reasons: list[Reason] = Field(description="levée : pourquoi elle le serait ; résolue : pourquoi elle était ouverte")
+
+
+class Consequences(BaseModel):
+    etablissements: int = Field(0, description="les établissements des lots")
+    paires: int = Field(0, description="leurs paires (établissement, ressource abonnée) évaluées")
+    levees: list[Changement] = Field([], description="les alertes qui seraient levées")
+    resolues: list[Changement] = Field([], description="les alertes ouvertes qui seraient résolues")
+
+
+async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -> Consequences:
+    """What the live evaluation would do, from the alerts it holds now, were these lots declared:
+    for each evaluated pair of their établissements, the alerts raised and those resolved.
+    UaiInconnus when a lot's UAI is not in the référentiel."""
+    by_uai: dict[str, list[Lot]] = {}
+    for lot in lots:
+        by_uai.setdefault(lot.uai, []).append(lot)
+    uais = sorted(by_uai)
+    consequences = Consequences(etablissements=len(uais))
+    now = datetime.now(UTC)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        store = RessourcesStore(conn)
+        etabs = await store.etablissements(uais)
+        if unknown := {i: lot.uai for i, lot in enumerate(lots) if lot.uai not in etabs}:
+            raise UaiInconnus(unknown)
+        for start in range(0, len(uais), CHUNK):
+            chunk = uais[start : start + CHUNK]
+            pairs = await store.pairs_of(chunk)
+            ressources = await store.load_ressources({p.resource_id for p in pairs})
+            profils, couvertures = await store.load_profils(chunk), await store.load_couvertures(chunk)
+            held = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
+            for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
+                uai, rid, etab = pair.uai, pair.resource_id, etabs[pair.uai]
+                ressource = ressources.get(rid)
+                if ressource is None or not is_evaluated(pair.end, etab.ouvert, publiee=True):
+                    continue  # not evaluated, whatever its equipment
+                consequences.paires += 1
+                profil = with_lots(uai, profils.get(uai), by_uai[uai])
+                evaluation = evaluate(ressource, profil, couvertures.get(uai), seuils)
+                for t in transitions(uai, rid, etab, evaluation, held.get((uai, rid), {}), now):
+                    if alerte := t.raised or t.resolved:
+                        changes = consequences.levees if t.raised else consequences.resolues
+                        changes.append(Changement.model_validate(alerte, from_attributes=True))
+    return consequences

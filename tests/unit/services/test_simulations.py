@@ -1,0 +1,109 @@
+"""The pure parts of the simulations: reasons counted by motif across établissements, verdicts
+tallied per académie and département, a profile with lots declared on top of it. The reasons
+come from rules.evaluate itself, so a change of their wording in rules.py shows here."""
+
+from contracts import Competence, Exigence, Formation, Logiciel, Lot, OutilRequis, Reason, RessourcePubliee
+from contracts.internal import ConnectiviteProfil, CouvertureFormation, LotProfil, ProfilEquipement
+from services.ressources.rules import evaluate
+from services.ressources.simulations import Bilan, motif, with_lots
+
+UAI = "0350002M"
+
+RESSOURCE = RessourcePubliee(
+    resource_id="ark:/1/r",
+    title="R",
+    editor="E",
+    requirements=[[Exigence(type="os", name="iPadOS", min_version="15")]],
+    tools=[OutilRequis(kind="tni", min_quantity=2)],
+    min_bandwidth_mbps=10,
+    training=Formation(competences=[Competence(code="3.4", level=2)]),
+)
+
+
+def profil(lot_id: str, quantity: int, os: tuple[str, str], bandwidth: float = 4) -> ProfilEquipement:
+    lot = LotProfil(lot_id=lot_id, kind="tablette", quantity=quantity, os=Logiciel(name=os[0], version=os[1]))
+    return ProfilEquipement(uai=UAI, lots=[lot], connectivite=ConnectiviteProfil(bandwidth_mbps=bandwidth, ent=True))
+
+
+def couverture(held: int, of: int) -> CouvertureFormation:
+    return CouvertureFormation(uai=UAI, enseignants=of, competences={"3.4": [of, held, 0, 0, 0, 0, 0, 0]})
+
+
+def motifs(p: ProfilEquipement, c: CouvertureFormation) -> set[tuple[str, str]]:
+    return {motif(r) for reasons in evaluate(RESSOURCE, p, c).alerts.values() for r in reasons}
+
+
+def test_the_same_cause_reads_the_same_whatever_the_lot_and_the_counts():
+    first = motifs(profil("salle-12", 30, ("Windows", "10"), 4), couverture(1, 10))
+    second = motifs(profil("cdi", 7, ("Windows", "10"), 2.5), couverture(3, 12))
+    assert (
+        first
+        == second
+        == {
+            ("os-absent", "iPadOS requis, …: Windows 10"),
+            ("outil-manquant", "tni: … < 2"),
+            ("debit", "… Mbit/s < 10"),
+            ("formation", "3.4 niveau 2: …/… enseignants"),
+        }
+    )
+    # A version below the bound names no lot: it is its own motif, the version kept.
+    assert ("os-version", "iPadOS 12.5 < 15") in motifs(profil("a", 3, ("iPadOS", "12.5")), couverture(1, 10))
+
+
+def test_a_partial_share_is_one_motif_whatever_the_share():
+    def mixed(n: int) -> ProfilEquipement:
+        recent = LotProfil(lot_id="ok", kind="tablette", quantity=n, os=Logiciel(name="iPadOS", version="17"))
+        old = LotProfil(lot_id="old", kind="tablette", quantity=10, os=Logiciel(name="iPadOS", version="12"))
+        return ProfilEquipement(uai=UAI, lots=[recent, old])
+
+    shares = {m for n in (2, 4) for m in motifs(mixed(n), couverture(10, 10)) if m[0] == "part-compatible"}
+    assert shares == {("part-compatible", "…/… postes compatibles < 50%")}
+
+
+def test_a_detail_shortened_at_its_bound_is_counted_as_it_is():
+    cut = Reason(code="os-absent", detail="iPadOS requis, tablette " + "x" * 200 + "…")
+    assert motif(cut) == ("os-absent", cut.detail)
+
+
+def test_the_tally_counts_each_verdict_per_academie_departement_and_in_all_and_each_motif_once():
+    bilan = Bilan()
+    incompatible = evaluate(RESSOURCE, profil("a", 3, ("iPadOS", "12.5")), couverture(1, 10))
+    bilan.add("14", "035", incompatible)
+    bilan.add("14", "056", evaluate(RESSOURCE, profil("b", 3, ("iPadOS", "12.4")), couverture(9, 10)))
+    bilan.add("17", "044", evaluate(RESSOURCE, profil("c", 3, ("iPadOS", "12.5")), couverture(1, 10)))
+    j = bilan.as_json()
+    # The tools are missing everywhere: incompatible at all three; two under-trained.
+    assert j["total"] == {"evalues": 3, "compatibles": 0, "partiels": 0, "incompatibles": 3, "sous_formes": 2}
+    assert j["par_academie"]["14"] == {
+        "evalues": 2,
+        "compatibles": 0,
+        "partiels": 0,
+        "incompatibles": 2,
+        "sous_formes": 1,
+    }
+    assert list(j["par_departement"]) == ["035", "044", "056"]
+    assert j["motifs"][:3] == [
+        {"code": "debit", "detail": "… Mbit/s < 10", "etablissements": 3},
+        {"code": "outil-manquant", "detail": "tni: … < 2", "etablissements": 3},
+        {"code": "formation", "detail": "3.4 niveau 2: …/… enseignants", "etablissements": 2},
+    ]
+    assert {"code": "os-version", "detail": "iPadOS 12.5 < 15", "etablissements": 2} in j["motifs"]
+
+
+def test_declared_lots_replace_add_and_retire_on_top_of_the_profile():
+    held = profil("salle-1", 30, ("iPadOS", "12.5"), 8)
+    lots = [
+        Lot(uai=UAI, lot_id="salle-1", kind="tablette", quantity=30, os=Logiciel(name="iPadOS", version="17")),
+        Lot(uai=UAI, lot_id="cdi", kind="pc", quantity=4, os=Logiciel(name="Windows", version="11")),
+        Lot(uai=UAI, lot_id="vieux", kind="pc", quantity=2),
+        Lot(uai=UAI, lot_id="vieux", kind="pc", quantity=0),  # the last one wins: retired
+    ]
+    after = with_lots(UAI, held, lots)
+    assert [(lot.lot_id, lot.os.version if lot.os else None) for lot in after.lots] == [
+        ("cdi", "11"),
+        ("salle-1", "17"),
+    ]
+    assert after.connectivite == held.connectivite
+    assert with_lots(UAI, None, lots[1:2]).lots[0].kind == "pc"
+    assert "equipement-incompatible" in evaluate(RESSOURCE.model_copy(update={"tools": []}), held).alerts
+    assert "equipement-incompatible" not in evaluate(RESSOURCE.model_copy(update={"tools": []}), after).alerts
