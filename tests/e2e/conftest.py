@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from deploy.local.partenaires import KAFKA_PRINCIPALS, NOT_YET_KNOWN, OVER_HTTP
 from deploy.local.processes import ServiceProcesses
-from partner import HEADERS
+from partner import HEADERS, partenaires
 
 SETTLE_SECONDS = 30
 """How long a declaration refused `uai-inconnu` is posted again: the passerelle learns the
@@ -92,6 +92,12 @@ def publish(kafka, topic_prefix, platform, identite):
     http.close()
     for producer in producers.values():
         producer.close()
+
+
+@pytest.fixture
+def partners(platform, kafka, identite, topic_prefix):
+    """The demo's partners (`deploy.local.partenaires`) on this test's platform, for scenarios."""
+    return partenaires(platform, kafka, identite, topic_prefix)
 
 
 class Alerts:

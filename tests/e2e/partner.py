@@ -1,7 +1,14 @@
-"""What a partner writes by hand: a CloudEvent in structured JSON mode."""
+"""What a partner writes by hand: a CloudEvent in structured JSON mode; and the partners of a
+test's platform as they really connect (`deploy.local.partenaires`)."""
 
 import json
 import uuid
+from collections.abc import Iterable
+
+from deploy.identite import IdentiteLocale
+from deploy.local.kafka import LocalKafka
+from deploy.local.partenaires import Partenaires, Record
+from deploy.local.processes import ServiceProcesses
 
 HEADERS = [("content-type", b"application/cloudevents+json")]
 
@@ -20,3 +27,16 @@ def ce(type_: str, source: str, data: dict, minute: int, subject: str) -> bytes:
             "data": data,
         }
     ).encode()
+
+
+def partenaires(services: ServiceProcesses, kafka: LocalKafka, identite: IdentiteLocale, prefix: str) -> Partenaires:
+    """Declarations posted to `services`' passerelle with `identite`'s tokens, the référentiel and
+    the catalogue produced as ministere or gar."""
+    return Partenaires(f"http://127.0.0.1:{services.ports['passerelle']}", identite.jeton, kafka.access_as, prefix)
+
+
+async def declare(partners: Partenaires, records: Iterable[Record]) -> int:
+    """`records` (topic, key, value) sent by their partners, every one accepted; how many."""
+    sent = await partners.send(records)
+    assert not sent.refused, f"{len(sent.refused)} refused by the passerelle, e.g. {sent.refused[:3]}"
+    return sent.accepted

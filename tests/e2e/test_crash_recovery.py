@@ -11,7 +11,8 @@ import pytest
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
-from helpers import TopicReader, at, event, eventually, send
+from helpers import TopicReader, at, event, eventually
+from partner import declare, partenaires
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,11 @@ def lot(uai: str, n: int) -> dict:
     )
 
 
-async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_url, topic_prefix, tmp_path):
+def record(topic: str, key: str, event: dict) -> tuple[str, str, bytes]:
+    return topic, key, json.dumps(event).encode()
+
+
+async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_url, topic_prefix, identite, tmp_path):
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "DATABASE_URL": database_url,
@@ -62,21 +67,24 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_u
         "OUTBOX_POLL_MS": "100",
         "LOG_FORMAT": "json",
         "BATCH_MAX_RECORDS": "50",
+        "JWKS_FILE": str(identite.jwks_path),
     }
-    procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement",))
+    # equipement, and the passerelle its lots come through
+    procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement", "passerelle"), credentials=kafka.credentials)
     procs.start()
     conn = await asyncpg.connect(database_url)
     try:
         procs.wait_healthy()
-        await send(kafka.bootstrap_servers, topic_prefix + c.REFERENTIEL, [(u, college(u)) for u in UAIS])
+        partners = partenaires(procs, kafka, identite, topic_prefix)
+        await declare(partners, [record(c.REFERENTIEL, u, college(u)) for u in UAIS])
         await eventually(
             lambda: conn.fetchval("SELECT count(*) = $1 FROM equipement.etablissements", len(UAIS)),
             what="the référentiel",
         )
-        lots = [(u, lot(u, n)) for n in range(LOTS_PER_UAI) for u in UAIS]
+        lots = [record(c.EQUIPEMENT, u, lot(u, n)) for n in range(LOTS_PER_UAI) for u in UAIS]
         total = len(lots)
         async with TopicReader(kafka.bootstrap_servers, topic_prefix + PROFILS) as profils:
-            await send(kafka.bootstrap_servers, topic_prefix + c.EQUIPEMENT, lots)
+            await declare(partners, lots)
             # Kill while the stream is being handled: some batches committed, others not yet.
             applied = await eventually(
                 lambda: conn.fetchval(
