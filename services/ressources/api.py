@@ -326,6 +326,9 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     api.state.seuils = settings.seuils
     api.include_router(api_home.router)
     api.include_router(router)
+    from services.ressources import api_tableau  # imported here: it builds on this module's types
+
+    api.include_router(api_tableau.router)
 
     @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
     async def health() -> JSONResponse:

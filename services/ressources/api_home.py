@@ -17,6 +17,7 @@ router = APIRouter()
 
 # (path, what it is); a path with `{…}` is a template (RFC 6570), shown but not linked.
 LINKS = (
+    ("/tableau", "le tableau de bord : les alertes filtrées et en direct, un établissement, une ressource"),
     ("/docs", "la documentation interactive (Swagger UI), servie par l'API elle-même"),
     ("/redoc", "la même documentation sur une seule page (ReDoc)"),
     ("/openapi.json", "le document OpenAPI"),
@@ -28,6 +29,8 @@ LINKS = (
     ("/alertes/flux", "le flux des changements d'alertes (Server-Sent Events)"),
     ("/etablissements/{uai}", "un établissement : équipement, formation, verdicts de chaque ressource abonnée"),
     ("/ressources/{resource_id}", "une ressource : établissements abonnés par verdict, par académie"),
+    ("/repartition/{resource_id}", "la même, par département"),
+    ("/territoires", "les académies du référentiel et leurs départements"),
 )
 
 

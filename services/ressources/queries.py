@@ -5,6 +5,7 @@ Reads only; the write side (store.py) is the single writer of these tables.
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 import asyncpg
 
@@ -99,6 +100,15 @@ async def open_alert_ids(conn: Conn, uai: str) -> dict[tuple[str, str], str]:
     return {(r["resource_id"], r["kind"]): r["alert_id"] for r in rows}
 
 
+async def territoires(conn: Conn) -> dict[str, list[str]]:
+    """Each académie of the référentiel and its départements, in code order."""
+    rows = await conn.fetch(
+        "SELECT code_academie, array_agg(DISTINCT code_departement ORDER BY code_departement) AS departements "
+        "FROM etablissements GROUP BY code_academie ORDER BY code_academie"
+    )
+    return {r["code_academie"]: r["departements"] for r in rows}
+
+
 async def ressource(conn: Conn, resource_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = $1", resource_id
@@ -117,36 +127,38 @@ VERDICT = (
 )
 
 
-async def synthese(conn: Conn, resource_id: str) -> dict[str, dict[str, int]]:
-    """Per académie, over the pairs the platform evaluates (`EVALUATED`): how many are
-    compatible, partial, incompatible, under-trained. None while the resource is withdrawn."""
+async def synthese(
+    conn: Conn, resource_id: str, by: Literal["code_academie", "code_departement"] = "code_academie"
+) -> dict[str, dict[str, int]]:
+    """Per académie (or per département, `by`), over the pairs the platform evaluates (`EVALUATED`):
+    how many are compatible, partial, incompatible, under-trained. None while the resource is withdrawn."""
     kinds = ", ".join(f"bool_or(al.kind = '{k}') FILTER (WHERE al.ouverte) AS \"{k}\"" for k in ALERT_KINDS)
     rows = await conn.fetch(
         f"""
         WITH pairs AS (
-            SELECT e.code_academie, a.uai, {kinds}
+            SELECT e.{by}, a.uai, {kinds}
             FROM abonnements a
             JOIN etablissements e ON e.uai = a.uai
             JOIN ressources r ON r.resource_id = a.resource_id
             LEFT JOIN alertes al ON al.uai = a.uai AND al.resource_id = a.resource_id
             WHERE a.resource_id = $1 AND {EVALUATED}
-            GROUP BY e.code_academie, a.uai
+            GROUP BY e.{by}, a.uai
         ), verdicts AS (
-            SELECT code_academie, {VERDICT} AS verdict, coalesce("formation-insuffisante", false) AS sous_forme
+            SELECT {by}, {VERDICT} AS verdict, coalesce("formation-insuffisante", false) AS sous_forme
             FROM pairs
         )
-        SELECT code_academie,
+        SELECT {by},
                count(*) AS evalues,
                count(*) FILTER (WHERE verdict = 'incompatible') AS incompatibles,
                count(*) FILTER (WHERE verdict = 'partiel') AS partiels,
                count(*) FILTER (WHERE verdict = 'compatible') AS compatibles,
                count(*) FILTER (WHERE sous_forme) AS sous_formes
-        FROM verdicts GROUP BY code_academie ORDER BY code_academie
+        FROM verdicts GROUP BY {by} ORDER BY {by}
         """,
         resource_id,
     )
     return {
-        r["code_academie"]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
+        r[by]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
         for r in rows
     }
 

@@ -1,0 +1,64 @@
+"""The dashboard page, `GET /tableau`, and the two reads it needs that the rest of the API lacked.
+
+The page is plain HTML, CSS and JavaScript (tableau/): no build step, no CDN, nothing fetched
+from elsewhere (its Content-Security-Policy says so). It reads this API as any dashboard would:
+`/alertes` for the list, `/alertes/flux` for the changes, `/etablissements/{uai}`, and
+`/ressources/{resource_id}` with `/repartition/{resource_id}` for a resource's chart.
+"""
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from services.ressources import queries
+from services.ressources.api import STARTING, Pool, ResourceId
+from services.ressources.api_errors import REFUSED, Erreur
+
+router = APIRouter(responses=REFUSED)
+
+PAGE = Path(__file__).parent / "tableau"
+ASSETS = {"tableau.css": "text/css; charset=utf-8", "tableau.js": "text/javascript; charset=utf-8"}
+# Everything the page loads or calls comes from this service; its data is written as text, never
+# as HTML, and this header forbids any other script should that ever change.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+@router.get("/tableau", include_in_schema=False)
+async def tableau() -> FileResponse:
+    return FileResponse(PAGE / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+@router.get("/tableau/{fichier}", include_in_schema=False)
+async def fichier(fichier: str) -> FileResponse:
+    if fichier not in ASSETS:
+        raise HTTPException(404, f"fichier : le tableau de bord n'a que {', '.join(ASSETS)}")
+    return FileResponse(PAGE / fichier, media_type=ASSETS[fichier], headers=HEADERS)
+
+
+@router.get(
+    "/territoires",
+    summary="Les académies du référentiel et leurs départements (les filtres du tableau de bord)",
+    description="`{academies: {code_academie: [code_departement, …]}}`, dans l'ordre des codes.",
+    responses=STARTING,
+)
+async def territoires(pool: Pool) -> dict:
+    async with pool.acquire() as conn:
+        return {"academies": await queries.territoires(conn)}
+
+
+@router.get(
+    "/repartition/{resource_id:path}",
+    summary="Une ressource : les établissements abonnés par verdict, par département",
+    description="Les mêmes comptes que `/ressources/{resource_id}` (`par_academie`), par département.",
+    responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
+)
+async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
+    async with pool.acquire() as conn:
+        if await queries.ressource(conn, resource_id) is None:
+            raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")
+        par_departement = await queries.synthese(conn, resource_id, by="code_departement")
+    return {"resource_id": resource_id, "par_departement": par_departement}

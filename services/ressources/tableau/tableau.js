@@ -1,0 +1,468 @@
+// The dashboard page: reads the API of the service that serves it (fetch JSON, EventSource),
+// as any dashboard would. Plain JavaScript, no library; data is always written as text.
+"use strict";
+
+const PAGE_SIZE = 20;
+const RETRY_MS = 10000; // after a refused stream (503: too many open), as its Retry-After says
+const KINDS = {
+  "equipement-incompatible": "Équipement incompatible",
+  "equipement-partiel": "Équipement partiellement compatible",
+  "connectivite-insuffisante": "Connexion insuffisante",
+  "ent-indisponible": "ENT injoignable",
+  "formation-insuffisante": "Formation insuffisante",
+};
+const REASONS = {
+  "os-version": "version du système hors des bornes de la ressource",
+  "os-absent": "système requis absent",
+  "browser-version": "version du navigateur hors des bornes de la ressource",
+  "browser-absent": "navigateur requis absent",
+  "exigence-vide": "exigence vide dans la ressource",
+  "aucun-poste": "aucun poste déclaré",
+  "outil-manquant": "outil en nombre insuffisant",
+  "part-compatible": "trop peu de postes compatibles",
+  debit: "débit insuffisant",
+  ent: "ENT injoignable",
+  formation: "enseignants pas assez formés",
+};
+const VERDICTS = { compatible: "compatible", partiel: "partiellement compatible", incompatible: "incompatible" };
+const SERIES = [
+  ["compatibles", "compatible"],
+  ["partiels", "partiel"],
+  ["incompatibles", "incompatible"],
+];
+const FILTERS = ["code_academie", "code_departement", "responsable_type", "responsable_code", "kind", "state"];
+const STREAM_FILTERS = ["code_academie", "code_departement", "kind"]; // what /alertes/flux filters on
+
+const $ = (id) => document.getElementById(id);
+let territoires = {}; // code académie -> its départements
+let current = null; // the view shown: {name, refresh(), concerns(alert)}
+const recent = new Set(); // alert ids changed live, highlighted in the list
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+function announce(text) {
+  $("annonce").textContent = text;
+}
+
+function showError(text) {
+  $("erreur").textContent = text;
+  $("erreur").hidden = !text;
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const detail = body && body.detail;
+    const text = Array.isArray(detail) ? detail.map((d) => d.msg).join(" ; ") : detail;
+    throw new Error(text || `le service a répondu ${response.status}`);
+  }
+  return body;
+}
+
+const etabLink = (uai) => el("a", { href: `#/etablissement/${encodeURIComponent(uai)}` }, uai);
+const resourceLink = (id, title) => el("a", { href: `#/ressource/${encodeURIComponent(id)}` }, title || id);
+const date = (iso) =>
+  el("time", { datetime: iso }, new Date(iso).toLocaleString("fr-FR", { dateStyle: "short", timeStyle: "short" }));
+const reasonText = (r) => `${REASONS[r.code] || r.code} : ${r.detail}`;
+const reasonList = (reasons) => el("ul", { class: "raisons" }, reasons.map((r) => el("li", {}, reasonText(r))));
+
+// --- Live: the SSE stream, its state always visible -------------------------------------------
+
+let stream = null;
+let streamUrl = "";
+
+function setLive(state, text) {
+  $("direct").dataset.etat = state;
+  $("direct-texte").textContent = text;
+}
+
+function follow(filters) {
+  const params = new URLSearchParams();
+  for (const name of STREAM_FILTERS) if (filters.get(name)) params.set(name, filters.get(name));
+  const url = `/alertes/flux?${params}`;
+  if (stream && url === streamUrl && stream.readyState !== EventSource.CLOSED) return;
+  if (stream) stream.close();
+  streamUrl = url;
+  setLive("connexion", "Direct : connexion…");
+  stream = new EventSource(url);
+  stream.onopen = () => setLive("ouvert", "Direct : connecté, les changements s'affichent d'eux-mêmes");
+  stream.onerror = () => {
+    if (stream.readyState === EventSource.CLOSED) {
+      setLive("ferme", "Direct : coupé, nouvel essai dans quelques secondes");
+      setTimeout(() => follow(filters), RETRY_MS);
+    } else {
+      setLive("connexion", "Direct : reconnexion…");
+    }
+  };
+  for (const type of ["alerte-levee", "alerte-resolue"]) {
+    stream.addEventListener(type, (message) => changed(type, JSON.parse(message.data).data));
+  }
+  stream.addEventListener("reprise-incomplete", () => current && current.refresh());
+}
+
+let pending = null;
+function changed(type, alert) {
+  recent.add(alert.alert_id);
+  const what = type === "alerte-levee" ? "Alerte levée" : "Alerte résolue";
+  announce(`${what} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
+  if (current && current.concerns(alert)) {
+    clearTimeout(pending); // a burst of changes, one reading
+    pending = setTimeout(() => current.refresh(), 300);
+  }
+}
+
+// --- Alerts: filters, list, pages ---------------------------------------------------------------
+
+function fillFilters(params) {
+  const academie = $("f-academie");
+  academie.replaceChildren(el("option", { value: "" }, "toutes"));
+  for (const code of Object.keys(territoires)) academie.append(el("option", { value: code }, code));
+  academie.value = params.get("code_academie") || "";
+  fillDepartements(params.get("code_departement") || "");
+  for (const name of FILTERS.slice(2)) {
+    const field = document.querySelector(`#filtres [name=${name}]`);
+    field.value = params.has(name) ? params.get(name) : name === "state" ? "open" : "";
+  }
+}
+
+function fillDepartements(selected) {
+  const academie = $("f-academie").value;
+  const codes = academie ? territoires[academie] || [] : Object.values(territoires).flat().sort();
+  const departement = $("f-departement");
+  departement.replaceChildren(el("option", { value: "" }, "tous"), ...codes.map((c) => el("option", { value: c }, c)));
+  departement.value = codes.includes(selected) ? selected : "";
+}
+
+function filtersOfForm() {
+  const params = new URLSearchParams();
+  for (const [name, value] of new FormData($("filtres"))) {
+    if (value !== "" || name === "state") params.set(name, value.trim());
+  }
+  return params;
+}
+
+function showAlertes(params) {
+  const filters = new URLSearchParams();
+  for (const name of FILTERS) if (params.get(name)) filters.set(name, params.get(name));
+  filters.set("state", params.has("state") ? params.get("state") : "open"); // "": every state
+  const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
+  fillFilters(filters);
+  follow(filters);
+  const matches = (a) =>
+    FILTERS.every((name) => {
+      const want = filters.get(name);
+      if (!want || name === "state") return true;
+      const have = name.startsWith("responsable_") ? a.responsable && a.responsable[name.slice(12)] : a[name];
+      return have === want;
+    });
+  return {
+    name: "alertes",
+    concerns: matches,
+    refresh: () => listAlertes(filters, page),
+  };
+}
+
+async function listAlertes(filters, page) {
+  const query = new URLSearchParams(filters);
+  if (!query.get("state")) query.delete("state");
+  query.set("limit", PAGE_SIZE);
+  query.set("offset", (page - 1) * PAGE_SIZE);
+  const answer = await api(`/alertes?${query}`);
+  const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE));
+  $("compte").textContent =
+    answer.total === 0 ? "Aucune alerte pour ces filtres." : `${answer.total} alerte${answer.total > 1 ? "s" : ""}`;
+  $("alertes").querySelector("tbody").replaceChildren(
+    ...answer.items.map((a) =>
+      el(
+        "tr",
+        { "data-alert-id": a.alert_id, class: recent.has(a.alert_id) ? "nouvelle" : null },
+        el("td", {}, date(a.raised_at)),
+        el("td", {}, etabLink(a.uai)),
+        el("td", {}, resourceLink(a.resource_id)),
+        el("td", {}, KINDS[a.kind] || a.kind),
+        el("td", {}, reasonList(a.reasons)),
+        el("td", {}, a.state === "open" ? "ouverte" : el("span", {}, "résolue le ", date(a.resolved_at))),
+      ),
+    ),
+  );
+  $("alertes").hidden = answer.total === 0;
+  $("page-position").textContent = `Page ${page} sur ${pages}`;
+  const go = (to) => () => {
+    const params = new URLSearchParams(filters);
+    params.set("page", to);
+    location.hash = `#/alertes?${params}`;
+  };
+  $("page-precedente").disabled = page <= 1;
+  $("page-precedente").onclick = go(page - 1);
+  $("page-suivante").disabled = page >= pages;
+  $("page-suivante").onclick = go(page + 1);
+}
+
+// --- One établissement --------------------------------------------------------------------------
+
+const term = (name, value) => [el("dt", {}, name), el("dd", {}, value)];
+const software = (s) => (s ? `${s.name} ${s.version}` : "non déclaré");
+
+function showEtablissement(uai) {
+  return { name: "etablissement", concerns: (a) => a.uai === uai, refresh: () => etablissement(uai) };
+}
+
+async function etablissement(uai) {
+  const answer = await api(`/etablissements/${encodeURIComponent(uai)}`);
+  const e = answer.etablissement;
+  $("titre-etablissement").textContent = `${e.nom} (${e.uai})`;
+  $("etab-fiche").replaceChildren(
+    ...term("Type", `${e.type}, ${e.statut}`),
+    ...term("Commune", e.code_commune),
+    ...term("Département", e.code_departement),
+    ...term("Académie", e.code_academie),
+    ...term("Ouvert", e.ouvert ? "oui" : "non"),
+  );
+  const equipement = answer.equipement;
+  const link = equipement && equipement.connectivite;
+  $("etab-connectivite").textContent = link
+    ? `Connexion : ${link.bandwidth_mbps} Mbit/s ; ENT ${link.ent ? "joignable" : "injoignable"}.`
+    : "Connexion : non déclarée.";
+  const lots = equipement ? equipement.lots : [];
+  $("etab-lots").querySelector("tbody").replaceChildren(
+    ...lots.map((l) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, l.lot_id),
+        el("td", {}, l.kind),
+        el("td", {}, l.quantity),
+        el("td", {}, software(l.os)),
+        el("td", {}, l.browsers.map(software).join(", ") || "aucun"),
+      ),
+    ),
+  );
+  $("etab-lots").hidden = lots.length === 0;
+  training(answer.formation);
+  $("etab-ressources").replaceChildren(...(answer.ressources.length ? answer.ressources.map(subscribed) : [el("p", {}, "Aucune.")]));
+}
+
+function training(formation) {
+  const table = $("etab-competences");
+  const competences = formation ? Object.entries(formation.competences) : [];
+  const levels = Math.max(0, ...competences.map(([, counts]) => counts.length));
+  table.querySelector("thead tr").replaceChildren(
+    el("th", { scope: "col" }, "Compétence"),
+    ...Array.from({ length: levels }, (_, i) => el("th", { scope: "col" }, `niveau ${i + 1}`)),
+  );
+  table.querySelector("tbody").replaceChildren(
+    ...competences.map(([code, counts]) =>
+      el("tr", {}, el("th", { scope: "row" }, code), ...counts.map((n) => el("td", {}, n))),
+    ),
+  );
+  table.hidden = competences.length === 0;
+  $("etab-enseignants").textContent = formation
+    ? `${formation.enseignants} enseignant${formation.enseignants > 1 ? "s" : ""} comptés.`
+    : "Formation : rien de déclaré.";
+  const tools = formation ? Object.entries(formation.outils) : [];
+  $("etab-outils").textContent = tools.length
+    ? `Formés aux outils : ${tools.map(([kind, n]) => `${kind} (${n})`).join(", ")}.`
+    : "";
+}
+
+function subscribed(r) {
+  const title = el("h4", {}, resourceLink(r.resource_id, r.title));
+  if (!r.verdicts) {
+    const why = !r.publiee ? "retirée du catalogue" : "non évaluée (abonnement terminé ou établissement fermé)";
+    return el("article", { class: "ressource" }, title, el("p", {}, why));
+  }
+  const raised = Object.entries(r.verdicts).filter(([, v]) => v.alerte);
+  const verdict = r.verdicts["equipement-incompatible"].alerte
+    ? "incompatible"
+    : r.verdicts["equipement-partiel"].alerte
+      ? "partiel"
+      : "compatible";
+  const coverage = r.coverage === null || r.coverage === undefined ? "" : `, formation ${Math.round(r.coverage * 100)} %`;
+  return el(
+    "article",
+    { class: `ressource verdict-${verdict}` },
+    title,
+    el("p", {}, el("strong", {}, VERDICTS[verdict]), ` : ${r.compatible} poste(s) compatible(s) sur ${r.devices}${coverage}`),
+    raised.length
+      ? el(
+          "ul",
+          { class: "alertes-ressource" },
+          raised.map(([kind, v]) => el("li", {}, el("strong", {}, KINDS[kind] || kind), reasonList(v.reasons))),
+        )
+      : el("p", {}, "Aucune alerte."),
+  );
+}
+
+// --- One resource: counts as a chart (inline SVG) and as a table --------------------------------
+
+function showRessource(id) {
+  return { name: "ressource", concerns: (a) => a.resource_id === id, refresh: () => ressource(id) };
+}
+
+async function ressource(id) {
+  const path = encodeURIComponent(id).replaceAll("%2F", "/");
+  const [summary, spread] = await Promise.all([api(`/ressources/${path}`), api(`/repartition/${path}`)]);
+  $("titre-ressource").textContent = summary.title ? `${summary.title} (${id})` : id;
+  const t = summary.total;
+  $("res-total").textContent = summary.publiee
+    ? `${t.evalues} établissement(s) abonné(s) évalué(s) : ${t.compatibles} compatible(s), ${t.partiels} partiel(s), ` +
+      `${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).`
+    : "Ressource retirée du catalogue : plus évaluée.";
+  chart($("graphe-academies"), "titre-par-academie", summary.par_academie, (code) => `académie ${code}`);
+  const academieOf = {};
+  for (const [academie, deps] of Object.entries(territoires)) for (const d of deps) academieOf[d] = academie;
+  chart($("graphe-departements"), "titre-par-departement", spread.par_departement, (code) =>
+    academieOf[code] ? `${code} (ac. ${academieOf[code]})` : code,
+  );
+}
+
+function chart(container, titleId, counts, label) {
+  const rows = Object.entries(counts);
+  if (rows.length === 0) {
+    container.replaceChildren(el("p", {}, "Aucun établissement abonné évalué."));
+    return;
+  }
+  const [labelWidth, barWidth, rowHeight] = [150, 460, 30];
+  const most = Math.max(...rows.map(([, c]) => c.evalues));
+  const scale = (n) => (n / most) * barWidth;
+  const image = svg("svg", {
+    viewBox: `0 0 ${labelWidth + barWidth + 110} ${rows.length * rowHeight + 4}`,
+    role: "img",
+    "aria-labelledby": titleId,
+    class: "barres",
+  });
+  rows.forEach(([code, c], i) => {
+    const y = i * rowHeight + 2;
+    const row = svg("g", { "data-code": code });
+    row.append(svg("text", { x: labelWidth - 8, y: y + 15, "text-anchor": "end" }, label(code)));
+    let x = labelWidth;
+    for (const [key, css] of SERIES) {
+      if (c[key] > 0) {
+        row.append(
+          svg("rect", { x, y, width: scale(c[key]), height: 18, class: css }, svg("title", {}, `${c[key]} ${key}`)),
+        );
+      }
+      x += scale(c[key]);
+    }
+    if (c.sous_formes > 0) {
+      row.append(
+        svg(
+          "rect",
+          { x: labelWidth, y: y + 21, width: scale(c.sous_formes), height: 5, class: "sous-forme" },
+          svg("title", {}, `${c.sous_formes} sous-formés`),
+        ),
+      );
+    }
+    row.append(svg("text", { x: x + 6, y: y + 15 }, `${c.evalues}`));
+    image.append(row);
+  });
+  const table = el(
+    "table",
+    { class: "liste nombres" },
+    el("caption", {}, "Les nombres du graphique"),
+    el(
+      "thead",
+      {},
+      el(
+        "tr",
+        {},
+        ["Territoire", "Évalués", "Compatibles", "Partiels", "Incompatibles", "Sous-formés"].map((h) =>
+          el("th", { scope: "col" }, h),
+        ),
+      ),
+    ),
+    el(
+      "tbody",
+      {},
+      rows.map(([code, c]) =>
+        el(
+          "tr",
+          { "data-code": code },
+          el("th", { scope: "row" }, label(code)),
+          [c.evalues, c.compatibles, c.partiels, c.incompatibles, c.sous_formes].map((n) => el("td", {}, n)),
+        ),
+      ),
+    ),
+  );
+  container.replaceChildren(image, el("details", {}, el("summary", {}, "Voir les nombres"), table));
+}
+
+// --- Navigation: the view is in the address (#/alertes?…, #/etablissement/UAI, #/ressource/ID) --
+
+const VIEWS = ["alertes", "etablissement", "ressource"];
+
+async function route() {
+  const [path, query] = (location.hash.slice(1) || "/alertes").split("?");
+  const [, name, ...rest] = path.split("/");
+  const arg = decodeURIComponent(rest.join("/"));
+  const view =
+    name === "etablissement" && arg
+      ? showEtablissement(arg)
+      : name === "ressource" && arg
+        ? showRessource(arg)
+        : showAlertes(new URLSearchParams(query || ""));
+  const moved = current && current.name !== view.name; // not at the first load: focus stays at the top
+  current = view;
+  for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
+  if (view.name !== "alertes") follow(new URLSearchParams());
+  await refresh();
+  if (moved) $(`titre-${view.name}`).focus();
+}
+
+async function refresh() {
+  try {
+    await current.refresh();
+    showError("");
+  } catch (error) {
+    showError(`Lecture impossible : ${error.message}`);
+  }
+}
+
+function wire() {
+  $("filtres").addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/alertes?${filtersOfForm()}`;
+  });
+  $("f-academie").addEventListener("change", () => fillDepartements($("f-departement").value));
+  for (const select of $("filtres").querySelectorAll("select")) {
+    select.addEventListener("change", () => $("filtres").requestSubmit());
+  }
+  $("aller-etablissement").addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/etablissement/${encodeURIComponent($("uai").value.trim().toUpperCase())}`;
+  });
+  $("aller-ressource").addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/ressource/${encodeURIComponent($("ressource").value.trim())}`;
+  });
+  for (const [kind, text] of Object.entries(KINDS)) $("f-kind").append(el("option", { value: kind }, text));
+  for (const id of ["titre-alertes", "titre-etablissement", "titre-ressource"]) $(id).tabIndex = -1;
+  window.addEventListener("hashchange", route);
+}
+
+async function start() {
+  wire();
+  try {
+    territoires = (await api("/territoires")).academies;
+  } catch (error) {
+    showError(`Lecture impossible : ${error.message}`);
+  }
+  await route();
+}
+
+document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,57 @@
+"""What the dashboard page reads beside the rest of the read API (`/territoires`, a resource's
+counts per département), and the page itself as ressources serves it: its files, under a
+policy that lets it load nothing from elsewhere. Its behaviour in a browser is
+tests/e2e/test_tableau_navigateur.py."""
+
+import re
+
+import pytest
+
+from helpers import eventually
+from test_read_api import RID, feed, serve_api
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+@pytest.fixture
+async def api(kafka, settings):
+    async with serve_api(settings) as served:
+        yield served
+
+
+async def test_territories_and_a_resource_per_departement(kafka, settings, api):
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+
+    assert (await client.get("/territoires")).json() == {"academies": {"14": ["035"], "17": ["044"]}}
+    spread = (await client.get(f"/repartition/{RID}")).json()
+    assert spread == {
+        "resource_id": RID,
+        "par_departement": {
+            "035": {"evalues": 4, "compatibles": 2, "partiels": 0, "incompatibles": 2, "sous_formes": 4},
+            "044": {"evalues": 1, "compatibles": 0, "partiels": 0, "incompatibles": 1, "sous_formes": 0},
+        },
+    }
+    per_academie = (await client.get(f"/ressources/{RID}")).json()["par_academie"]
+    assert per_academie == {"14": spread["par_departement"]["035"], "17": spread["par_departement"]["044"]}
+
+    missing = await client.get("/repartition/ark:/67375/inconnue")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "resource_id : ark:/67375/inconnue n'est pas dans le catalogue"}
+
+
+async def test_the_page_and_its_files_are_served_and_name_only_this_service(api):
+    client, _ = api
+    page = await client.get("/tableau")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert '<html lang="fr">' in page.text and 'role="main"' in page.text
+    files = re.findall(r'(?:src|href)="(/tableau/[^"]+)"', page.text)
+    assert sorted(files) == ["/tableau/tableau.css", "/tableau/tableau.js"]
+    for path in files:
+        assert (await client.get(path)).status_code == 200, path
+    other = await client.get("/tableau/secret.txt")
+    assert other.status_code == 404
+    assert other.json() == {"detail": "fichier : le tableau de bord n'a que tableau.css, tableau.js"}
