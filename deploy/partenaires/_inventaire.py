@@ -191,18 +191,19 @@ def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:
         rank = tuple(int(part) for part in release.split("."))
         key = fold_name(name)
         if key not in highest or rank > highest[key][0]:
-            highest[key] = (rank, display_name(name), release)
+            highest[key] = (rank, name, release)
     return tuple(sorted((name, release) for _, name, release in highest.values()))
 
 
 def _browser(software: str) -> str | None:
-    """The browser an installed software is (`Mozilla Firefox 115.6.0 ESR (x64 fr)` -> Firefox)."""
+    """The browser an installed software is, as a lot names it (`Mozilla Firefox 115.6.0 ESR (x64 fr)`
+    -> `Firefox`), or None."""
     name = _PARENTHESES.sub(" ", software)
     for plain in (" ".join(name.split()).casefold(), " ".join(_VERSION_WORDS.sub(" ", name).split()).casefold()):
         if plain in _BROWSER_SPELLINGS:
             return _BROWSER_SPELLINGS[plain]
         if fold_name(plain) in _BROWSERS:
-            return plain
+            return display_name(plain)
     return None
 
 

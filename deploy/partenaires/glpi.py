@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jeton_local:
         jeton = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
     elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
-        print(f"glpi: aucun jeton : --token, la variable {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
+        print(f"glpi: aucun jeton : --token, {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
         return 2
     try:
         sent = asyncio.run(publier(inventaire, args.passerelle, jeton))

@@ -1,0 +1,297 @@
+"""The GLPI adapter on the real agent samples (../shared/data/glpi, read in place) and on a
+generated inventory of a few thousand devices whose lots the test computes on its own, from
+what it generated, not with the adapter's grouping."""
+
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import contracts as c
+from deploy.partenaires import _inventaire as inv
+from deploy.partenaires.glpi import Correspondance, inventorier, main
+
+DEPARTEMENT = "/collectivites/departements/035"
+COLLEGE, LYCEE = "0350001" + c.uai_check_letter("0350001"), "0350002" + c.uai_check_letter("0350002")
+PARIS_SUMMER = timezone(timedelta(hours=2))
+
+
+def uai(n: int) -> str:
+    digits = f"035{n:04d}"
+    return digits + c.uai_check_letter(digits)
+
+
+def dry_run(capsys, *argv: str) -> tuple[list[dict], str]:
+    assert main([*argv, "--declarant", DEPARTEMENT, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    return [json.loads(line) for line in out.splitlines()], err
+
+
+def test_the_samples_give_one_lot_per_device_the_latest_inventory_of_each(shared_data, tmp_path, capsys):
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere;valeur;uai\ntag;000005;{COLLEGE}\ndossier;glpi;{LYCEE}\n")
+    events, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping))
+
+    lots = {(e["data"]["uai"], e["data"]["os"]["version"]): e["data"] for e in events}
+    assert sorted(lots) == [(COLLEGE, "25"), (COLLEGE, "31"), (LYCEE, "10.0")]
+    # computer_3_updated replaces computer_3 (same deviceid, later logdate): its browsers, RPM versions cut
+    assert lots[COLLEGE, "25"] | {"lot_id": "-"} == {
+        "uai": COLLEGE,
+        "lot_id": "-",
+        "kind": "ordinateur portable",
+        "quantity": 1,
+        "os": {"name": "Fedora", "version": "25"},
+        "browsers": [{"name": "Chromium", "version": "58.0.3029.110"}, {"name": "Firefox", "version": "53.0.3"}],
+    }
+    assert lots[COLLEGE, "31"]["os"] == {"name": "Fedora", "version": "31"} and lots[COLLEGE, "31"]["browsers"] == []
+    # the phone: no tag, mapped by its folder; Android's version from its name, not the API level
+    assert lots[LYCEE, "10.0"]["kind"] == "smartphone" and lots[LYCEE, "10.0"]["os"]["name"] == "Android"
+    assert {e["time"] for e in events} == {"2020-06-12T14:19:54+02:00"}  # computer_1's, the latest
+    assert all(e["source"] == DEPARTEMENT and e["subject"] == e["data"]["uai"] for e in events)
+    for event in events:
+        c.parse_event(json.dumps(event).encode())  # valid against the contract
+    assert "fichier-illisible : 1 (inventory.schema.json)" in summary
+    assert "inventaire-remplace : 1 (computer_3.json)" in summary
+    assert "sans-os : 1 (computer_2.json)" in summary
+
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")  # no folder: the phone has no UAI
+    events, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping))
+    assert len(events) == 2 and "sans-correspondance : 1 (phone_1.json)" in summary
+
+
+@pytest.mark.parametrize(
+    "written, expected",
+    [
+        ("51.0.1-2.fc25", "51.0.1"),
+        ("1:115.6.0esr-1~deb12u1", "115.6.0"),
+        ("31 (Workstation Edition)", "31"),
+        ("126.0.6478.127.1", "126.0.6478.127"),
+        ("build 1234567890", None),  # 10 digits: not a contract version
+        ("inconnue", None),
+        (None, None),
+    ],
+)
+def test_versions_are_cut_to_the_contract_form(written, expected):
+    assert inv.version(written) == expected
+
+
+@pytest.mark.parametrize(
+    "software, browser",
+    [
+        ("Mozilla Firefox (x64 fr)", "Firefox"),
+        ("Mozilla Firefox 115.13.0 ESR (x64 fr)", "Firefox"),
+        ("firefox-esr", "Firefox"),
+        ("Google Chrome", "Chrome"),
+        ("google-chrome-stable", "Chrome"),
+        ("Microsoft Edge", "Edge"),
+        ("Opera Stable 111.0.5168.61", "Opera"),
+        ("chromium-browser", "Chromium"),
+        ("chromium-libs", None),
+        ("fedora-user-agent-chrome", None),
+        ("Microsoft Edge WebView2 Runtime", None),
+    ],
+)
+def test_browsers_are_recognised_among_installed_software(software, browser):
+    assert inv._browser(software) == browser
+
+
+def test_a_device_with_two_versions_of_a_browser_counts_the_highest():
+    softwares = [
+        {"name": "Mozilla Firefox 115.13.0 ESR (x64 fr)", "version": "115.13.0"},
+        {"name": "Mozilla Firefox (x64 fr)", "version": "128.0.3"},
+        {"name": "Google Chrome", "version": "126.0.6478.127"},
+    ]
+    assert inv._browsers(softwares) == (("Chrome", "126.0.6478.127"), ("Firefox", "128.0.3"))
+
+
+def test_the_mapping_file_is_checked_naming_the_line_and_the_rule(tmp_path):
+    path = tmp_path / "m.csv"
+    cases = {
+        f"critere,valeur,uai\ntag,A,{COLLEGE}\ntag,B,0350001A\n": "ligne 3): uai « 0350001A » invalide",
+        f"critere,valeur,uai\nentite,A,{COLLEGE}\n": "critère « entite » inconnu",
+        f"critere,valeur,uai\ntag,A,{COLLEGE}\ntag,A,{LYCEE}\n": "ligne 3): tag « A » déjà associé",
+        f"tag,valeur,uai\ntag,A,{COLLEGE}\n": "l'en-tête doit être critere,valeur,uai",
+    }
+    for text, message in cases.items():
+        path.write_text(text)
+        with pytest.raises(ValueError) as refused:
+            Correspondance.lire(path)
+        assert message in str(refused.value)
+    as_json = tmp_path / "m.json"
+    as_json.write_text(json.dumps({"tag": {"A": COLLEGE}, "dossier": {"salle-12": LYCEE}}))
+    assert Correspondance.lire(as_json) == Correspondance(tag={"A": COLLEGE}, dossier={"salle-12": LYCEE})
+
+
+def test_the_time_of_the_lots_is_never_later_than_now(tmp_path):
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    late = datetime.now(UTC) + timedelta(days=3)
+    (folder / "a.json").write_text(json.dumps(_device("a", "Laptop", WINDOWS[0][0], [], late, tag=None)))
+    now = datetime.now(UTC)
+    lots = inventorier([folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT, now=now).lots
+    assert [e.time for e in lots] == [now]
+
+
+# The generated inventory: each choice with what the lots must say of it.
+WINDOWS = [
+    ({"name": "Windows", "full_name": "Microsoft Windows 10 Professionnel", "version": "22H2"}, ("Windows", "10")),
+    ({"name": "Windows", "full_name": "Microsoft Windows 11 Éducation", "version": "23H2"}, ("Windows", "11")),
+]
+LINUX = [
+    ({"name": "Ubuntu", "full_name": "Ubuntu 22.04.4 LTS", "version": "22.04.4 LTS (Jammy)"}, ("Ubuntu", "22.04.4")),
+    ({"name": "Debian", "full_name": "Debian GNU/Linux 12 (bookworm)", "version": "12.5"}, ("Debian", "12.5")),
+]
+MAC = [({"name": "macOS", "full_name": "macOS Sonoma", "version": "14.4.1"}, ("macOS", "14.4.1"))]
+ANDROID = [({"name": "Android 14", "full_name": "U Android 14 api 34", "version": "34"}, ("Android", "14"))]
+# (spellings an agent writes, name in the lot, versions as written -> as in the lot)
+WINDOWS_BROWSERS = [
+    (["Mozilla Firefox (x64 fr)", "Mozilla Firefox 128.0.3 (x64 fr)"], "Firefox", {"128.0.3": "128.0.3"}),
+    (["Google Chrome"], "Chrome", {"126.0.6478.127": "126.0.6478.127", "125.0.6422.142": "125.0.6422.142"}),
+    (["Microsoft Edge"], "Edge", {"126.0.2592.87": "126.0.2592.87"}),
+]
+LINUX_BROWSERS = [
+    (["firefox-esr", "firefox"], "Firefox", {"1:115.12.0esr-1~deb12u1": "115.12.0", "127.0.2-1": "127.0.2"}),
+    (["chromium", "chromium-browser"], "Chromium", {"126.0.6478.126-1~deb12u1": "126.0.6478.126"}),
+]
+MAC_BROWSERS = [(["Safari"], "Safari", {"17.4.1": "17.4.1"}), (["Google Chrome"], "Chrome", {"126.0.1": "126.0.1"})]
+NOISE = [("chromium-common", "126.0.6478.126-1"), ("LibreOffice 24.2", "24.2.4"), ("7-Zip 23.01 (x64)", "23.01")]
+CHASSIS = {"Laptop": "ordinateur portable", "Notebook": "ordinateur portable", "Desktop": "ordinateur"}
+CHASSIS |= {"Tower": "ordinateur", "All in One": "ordinateur", "Tablet": "tablette"}
+PERSONAL = ("prenom.nom", "SN-4X7Q")  # a logged-in user, a serial number: never in any output
+
+
+def _device(deviceid, chassis, os, softwares, when, tag, itemtype="Computer", rng=None):
+    content = {
+        "hardware": {"name": f"PC-{deviceid}", "lastloggeduser": f"{PERSONAL[0]}{deviceid}"},
+        "bios": {"ssn": f"{PERSONAL[1]}{deviceid}"},
+        "softwares": [{"name": n, "version": v, "publisher": "x"} for n, v in softwares],
+        "accesslog": {"logdate": when.astimezone(PARIS_SUMMER).strftime("%Y-%m-%d %H:%M:%S")},
+    }
+    if chassis is not None:
+        content["hardware"]["chassis_type"] = chassis
+    if os is not None:
+        content["operatingsystem"] = {**os, "timezone": {"name": "CEST", "offset": "+0200"}}
+    document = {"deviceid": deviceid, "itemtype": itemtype, "action": "inventory", "content": content}
+    return document | ({"tag": tag} if tag else {})
+
+
+def generate(root: Path, devices: int, seed: int = 11):
+    """Files under root, the mapping, and what the adapter must make of them: Counter of lots
+    (uai, kind, os, browsers) -> quantity, Counter of set-aside reasons, the lots' time, and
+    where each counted device is: deviceid -> (its lot's key, tag, folder)."""
+    rng = random.Random(seed)
+    tags = {f"CLG-{n:02d}": uai(n) for n in range(1, 26)}
+    folders = {f"salle-{n:02d}": uai(100 + n) for n in range(1, 6)}
+    expected: Counter = Counter()
+    reasons: Counter = Counter()
+    placed = {}
+    latest = datetime(2024, 9, 2, tzinfo=UTC)
+    start = datetime(2024, 9, 2, 8, tzinfo=UTC)
+    for n in range(devices):
+        deviceid = f"dev{n:05d}-2024-09-01-08-00-00"
+        when = start + timedelta(minutes=rng.randrange(60 * 24 * 40))
+        where = rng.random()
+        if where < 0.8:
+            tag, folder = rng.choice(list(tags)), rng.choice(["", *folders])  # the tag first, wherever the file
+            target = tags[tag]
+        elif where < 0.95:
+            tag, folder = None, rng.choice(list(folders))
+            target = folders[folder]
+        else:
+            tag, folder, target = "CLG-INCONNU", "", None
+        kinds = [*CHASSIS, "Server", "Other", None]
+        itemtype, chassis = "Computer", rng.choices(kinds, weights=[30, 10, 25, 10, 5, 10, 3, 3, 2])[0]
+        family = rng.choice(["windows"] * 5 + ["linux"] * 2 + ["mac", "none"])
+        if rng.random() < 0.05:
+            itemtype, chassis, family = "Phone", None, "android"
+        families: dict[str, tuple[list, list]] = {
+            "windows": (WINDOWS, WINDOWS_BROWSERS),
+            "linux": (LINUX, LINUX_BROWSERS),
+            "mac": (MAC, MAC_BROWSERS),
+            "android": (ANDROID, []),
+            "none": ([(None, None)], []),
+        }
+        oses, browsers = families[family]
+        os, os_expected = rng.choice(oses)
+        softwares, found = list(rng.sample(NOISE, rng.randrange(len(NOISE) + 1))), set()
+        for spellings, name, versions in browsers:
+            if rng.random() < 0.85:
+                written = rng.choice(list(versions))
+                softwares.append((rng.choice(spellings), written))
+                found.add((name, versions[written]))
+        rng.shuffle(softwares)
+        if rng.random() < 0.03:  # inventoried twice: an older file with other browsers, set aside
+            old = _device(deviceid, chassis, os, [("Google Chrome", "99.0")], when - timedelta(days=30), tag, itemtype)
+            _write(root / folder / f"{deviceid}-ancien.json", old)
+            reasons["inventaire-remplace"] += 1
+        _write(root / folder / f"{deviceid}.json", _device(deviceid, chassis, os, softwares, when, tag, itemtype))
+        kind = "smartphone" if itemtype == "Phone" else CHASSIS.get(chassis or "")
+        if kind is None:
+            reasons["chassis-non-retenu" if chassis == "Server" else "chassis-inconnu"] += 1
+        elif os is None:
+            reasons["sans-os"] += 1
+        elif target is None:
+            reasons["sans-correspondance"] += 1
+        else:
+            expected[(target, kind, os_expected, frozenset(found))] += 1
+            placed[deviceid] = ((target, kind, os_expected, frozenset(found)), tag, folder)
+            latest = max(latest, when.replace(microsecond=0))
+    for n in range(7):
+        (root / f"coupe-{n}.json").write_text('{"deviceid": "x", "content": {"hardware": ')  # cut while copied
+        reasons["fichier-illisible"] += 1
+    mapping = root.parent / "correspondance.json"
+    mapping.write_text(json.dumps({"tag": tags, "dossier": folders}))
+    return mapping, expected, reasons, latest, placed
+
+
+def _write(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def test_a_generated_inventory_of_thousands_of_devices_gives_the_lots_counted_independently(tmp_path, capsys):
+    root = tmp_path / "inventaire"
+    mapping, expected, reasons, latest, placed = generate(root, 3000)
+    events, summary = dry_run(capsys, str(root), "--correspondance", str(mapping))
+
+    assert quantities(events) == expected
+    assert len({(e["data"]["uai"], e["data"]["lot_id"]) for e in events}) == len(events)
+    assert {datetime.fromisoformat(e["time"]) for e in events} == {latest}
+    for reason, count in reasons.items():
+        assert f"{reason} : {count} (" in summary, reason
+    assert f"{sum(expected.values())} appareils en {len(expected)} lots" in summary
+    assert not any(secret in text for secret in PERSONAL for text in (summary, json.dumps(events)))
+
+    again, _ = dry_run(capsys, str(root), "--correspondance", str(mapping))
+    assert [e["id"] for e in again] == [e["id"] for e in events]  # the same files: the same events
+
+    # A newer inventory of one device, now a Debian desktop without a browser: one unit moves
+    # from its lot to another; every other lot keeps its lot_id, all of them at the newer time.
+    deviceid, (key, tag, folder) = next((d, p) for d, p in placed.items() if expected[p[0]] > 1)
+    newer = latest + timedelta(hours=1)
+    _write(root / folder / f"{deviceid}-nouveau.json", _device(deviceid, "Desktop", LINUX[1][0], [], newer, tag))
+    expected[key] -= 1
+    expected[(key[0], "ordinateur", ("Debian", "12.5"), frozenset())] += 1
+    replaced, summary = dry_run(capsys, str(root), "--correspondance", str(mapping))
+    assert quantities(replaced) == +expected
+    assert f"inventaire-remplace : {reasons['inventaire-remplace'] + 1} (" in summary
+    lot_ids = {_key(e["data"]): e["data"]["lot_id"] for e in events}
+    assert all(lot_ids.get(_key(e["data"]), e["data"]["lot_id"]) == e["data"]["lot_id"] for e in replaced)
+    assert {datetime.fromisoformat(e["time"]) for e in replaced} == {newer}
+
+
+def quantities(events: list[dict]) -> Counter:
+    got: Counter = Counter()
+    for event in events:
+        key = _key(event["data"])
+        assert key not in got, f"two lots for one group: {key}"
+        got[key] = event["data"]["quantity"]
+    return got
+
+
+def _key(lot: dict) -> tuple:
+    browsers = frozenset((b["name"], b["version"]) for b in lot["browsers"])
+    return (lot["uai"], lot["kind"], (lot["os"]["name"], lot["os"]["version"]), browsers)
