@@ -1,6 +1,8 @@
-"""Each alert kind of CONTRACTS.md end to end, with the services as real processes and a
-partner's plain Kafka client: raised with the reasons a person acts on, then resolved by the
-event that fixes its cause. One établissement and one resource per kind, in one run."""
+"""Each alert kind of CONTRACTS.md end to end, with the services as real processes and the
+partners sending as they really do (collectivité and rectorat over HTTP with their tokens, the
+ministère and the GAR on Kafka as their principals): raised with the reasons a person acts on,
+then resolved by the event that fixes its cause. One établissement and one resource per kind,
+in one run."""
 
 import pytest
 
