@@ -3,8 +3,10 @@ only, and each principal may do exactly what its ACLs allow (deploy/acl.py), on 
 topics. The expected rights are written out here, not derived from deploy/acl.py."""
 
 import asyncio
+import dataclasses
 import json
 import ssl
+import time
 
 import psutil
 import pytest
@@ -22,9 +24,11 @@ import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.identite import IdentiteLocale
 from deploy.local.kafka import KafkaRuntimeError, LocalKafka
+from deploy.local.kafka.tls import ensure_tls
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
 from services.common.messaging.connection import KafkaAccess
+from services.common.runtime.startup import KAFKA_UNAVAILABLE, DependencyRefused, kafka_answers, wait_for
 
 DEADLINE = 20  # seconds: a refused client must fail, not hang
 ALL_TOPICS = [t.name for t in platform_topics()]
@@ -179,3 +183,31 @@ async def test_a_principal_added_since_the_storage_was_formatted_gets_its_user_a
         # Authenticated (a refused password fails the connection); no ACLs here, so every topic is refused.
         assert await _writable(broker.access_as("gar"), "") == set()
     assert json.loads((tmp_path / "credentials.json").read_text())["gar"] == broker.credentials.password("gar")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "variable"),
+    [("password", "KAFKA_USERNAME, KAFKA_PASSWORD"), ("ca", "KAFKA_CA_FILE")],
+)
+async def test_a_service_with_wrong_credentials_or_ca_stops_at_once_naming_the_setting(
+    kafka, tmp_path, wrong, variable
+) -> None:
+    """aiokafka reports a refused password or certificate as an unreachable broker: the startup
+    probe must not wait its whole deadline for it, and must name the setting, not its value."""
+    access = kafka.access_as("formation")
+    if wrong == "password":
+        access = access.as_principal("formation", "not-the-password")
+    else:
+        access = dataclasses.replace(access, ca_file=str(ensure_tls(tmp_path / "another-ca").ca))
+    started = time.monotonic()
+    with pytest.raises(DependencyRefused) as refused:
+        await wait_for(
+            "Kafka",
+            lambda: kafka_answers(access),
+            variable="KAFKA_BOOTSTRAP_SERVERS",
+            deadline=time.monotonic() + 120,
+            retry_on=KAFKA_UNAVAILABLE,
+        )
+    assert time.monotonic() - started < DEADLINE, "refused at once, not retried until the deadline"
+    assert str(refused.value).endswith(f"(check {variable})")
+    assert "not-the-password" not in str(refused.value)

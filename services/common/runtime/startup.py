@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 import threading
 import time
@@ -33,8 +34,8 @@ import asyncpg
 import structlog
 import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.conn import collect_hosts
-from aiokafka.errors import KafkaError
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.secrets import redact
@@ -81,6 +82,15 @@ class StartupTimeout(StartupFailed):
 class DependencyRefused(StartupFailed):
     """A dependency answered with an error that waiting will not fix (a wrong password, an
     unknown database)."""
+
+
+class Misconfigured(Exception):
+    """A dependency that answers but refuses this service's settings: retrying cannot help.
+    `variable` names the setting to check, the message the rule (never the value)."""
+
+    def __init__(self, message: str, variable: str):
+        super().__init__(message)
+        self.variable = variable
 
 
 class StartupAborted(StartupFailed):
@@ -153,8 +163,9 @@ async def wait_for(
             )
             await _sleep_unless_stopping(delay)
         except Exception as exc:
-            log.error("startup.refused", waiting_for=what, variable=variable, error=_why(exc))
-            raise DependencyRefused(f"{what}: {_why(exc)} (check {variable})") from None
+            culprit = exc.variable if isinstance(exc, Misconfigured) else variable
+            log.error("startup.refused", waiting_for=what, variable=culprit, error=_why(exc))
+            raise DependencyRefused(f"{what}: {_why(exc)} (check {culprit})") from None
     raise AssertionError("unreachable")  # backoff() never ends
 
 
@@ -165,7 +176,10 @@ async def postgres_answers(url: str) -> None:
 
 async def kafka_answers(access: KafkaAccess) -> None:
     """A broker serves metadata to this access' principal. A plain TCP connection comes first:
-    aiokafka logs each refused connection as an error, which would double every waiting line."""
+    aiokafka logs each refused connection as an error, which would double every waiting line.
+    Then, over SASL_SSL, one authenticated connection to that broker: aiokafka's bootstrap
+    reports a refused password or certificate as a broker it could not reach, which would be
+    retried until the deadline; this says at once which setting is wrong (Misconfigured)."""
     for host, port, _ in collect_hosts(access.bootstrap_servers):
         try:
             _, writer = await asyncio.open_connection(host, port)
@@ -175,12 +189,31 @@ async def kafka_answers(access: KafkaAccess) -> None:
         break
     else:
         raise ConnectionRefusedError(f"no broker listens at {access.bootstrap_servers}")
+    if access.secured:
+        await _authenticates(access, host, port)
     admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=int(PROBE_TIMEOUT * 1000))
     try:
         await admin.start()
         await admin.describe_cluster()
     finally:
         await admin.close()
+
+
+async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
+    options = access.aiokafka()
+    del options["bootstrap_servers"]
+    try:
+        conn = await create_conn(host, port, request_timeout_ms=int(PROBE_TIMEOUT * 1000), **options)
+    except ssl.SSLCertVerificationError:
+        raise Misconfigured(
+            f"the certificate of the broker at {host}:{port} is not signed by a trusted CA", "KAFKA_CA_FILE"
+        ) from None
+    except SaslAuthenticationFailed:
+        raise Misconfigured(
+            f"the broker refused the SCRAM credentials of principal {access.username!r}",
+            "KAFKA_USERNAME, KAFKA_PASSWORD",
+        ) from None
+    conn.close()
 
 
 class Guard:
