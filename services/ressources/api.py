@@ -329,6 +329,9 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     from services.ressources import api_tableau  # imported here: it builds on this module's types
 
     api.include_router(api_tableau.router)
+    from services.ressources import api_simulations  # imported here: it builds on this module's types
+
+    api.include_router(api_simulations.router)
 
     @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
     async def health() -> JSONResponse:

@@ -2,10 +2,11 @@
 
 A refused parameter answers 422 with FastAPI's shape, `{"detail": [{"loc", "msg", "type"}]}`
 (`loc`: `query`, `path` or `header`, then the parameter's name), whose `msg` is
-`"{parameter} : doit être {rule}"`. The rule is the parameter's description in the OpenAPI
-document, so the document and the answer say the same thing; a validator of ours that explains
-more (the UAI's check letter) is quoted instead. pydantic's English never reaches a client, nor
-the refused value itself. Every other error answers `{"detail": "…"}`.
+`"{parameter} : doit être {rule}"`; in a posted document (`body`), `"{path} : {rule}"` in the
+words of the contract's models (contracts.messages, as in the DLQ). The rule is the parameter's
+description in the OpenAPI document, so the document and the answer say the same thing; a
+validator of ours that explains more (the UAI's check letter) is quoted instead. pydantic's
+English never reaches a client, nor the refused value itself. Every other error answers `{"detail": "…"}`.
 """
 
 from typing import Any
@@ -16,13 +17,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from contracts import messages
+from contracts._identifiers import IDENTIFIER_REASONS
+
 
 class Erreur(BaseModel):
     detail: str = Field(description="ce qui ne va pas, en français")
 
 
 class ParametreRefuse(BaseModel):
-    loc: list[str | int] = Field(description="`query`, `path` ou `header`, puis le nom du paramètre")
+    loc: list[str | int] = Field(description="`query`, `path`, `header` ou `body`, puis le paramètre ou le chemin")
     msg: str = Field(description="`{paramètre} : {règle}`, en français")
     type: str = Field(description="le type d'erreur de pydantic, par ex. `int_parsing`, `literal_error`")
 
@@ -44,6 +48,11 @@ _STARLETTE = {
 
 def _message(request: Request, error: dict) -> str:
     where, name = error["loc"][0], error["loc"][-1]
+    if where == "body":  # a posted document, checked by the contract's models: their own French rules
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:]).removeprefix(".")
+        if error["type"] == "json_invalid":
+            return f"corps : JSON illisible ({error['ctx']['error']})"
+        return f"{path or 'corps'} : {error['msg'] if error['type'] in IDENTIFIER_REASONS else messages.rule(error)}"
     if error["type"] == "value_error":  # one of our validators, whose message is already French
         return f"{name} : {error['ctx']['error']}"
     operation = request.app.openapi()["paths"][request.scope["route"].path_format][request.method.lower()]

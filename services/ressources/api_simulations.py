@@ -1,0 +1,116 @@
+"""`POST /simulations/…`: "what if" before publishing a resource or buying equipment, JSON in
+and out (simulations.py). Validated by the contract's own models; nothing written, nothing
+published. Unauthenticated like the rest of the read API: whoever posts lots is not checked to
+be the collectivité that equips their établissements."""
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from contracts import Lot, RessourcePubliee
+from services.ressources import simulations
+from services.ressources.api import STARTING, Pool, Thresholds
+from services.ressources.api_errors import REFUSED, Erreur
+
+MAX_LOTS = 10_000  # a région's lycées, several lots each
+RETRY_AFTER_SECONDS = 2
+UNKNOWN = "n'est pas dans le référentiel"
+
+router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED)
+_running = asyncio.Lock()  # one at a time: a national one is a second of this process's CPU
+BUSY: dict[int | str, dict] = {
+    503: {"model": Erreur, "description": "le service démarre, ou une simulation est déjà en cours"}
+}
+
+
+class Comptes(BaseModel):
+    evalues: int
+    compatibles: int
+    partiels: int
+    incompatibles: int
+    sous_formes: int = Field(description="sous-formés : l'alerte formation-insuffisante serait levée")
+
+
+class Motif(BaseModel):
+    code: str
+    detail: str = Field(description="le détail, sans ce qui est propre à un établissement (lot, effectifs) : …")
+    etablissements: int = Field(description="combien d'établissements auraient ce motif")
+
+
+class SimulationRessource(BaseModel):
+    resource_id: str
+    population: Literal["abonnes", "ouverts"]
+    total: Comptes
+    par_academie: dict[str, Comptes]
+    par_departement: dict[str, Comptes]
+    motifs: list[Motif] = Field(description=f"les {simulations.MAX_MOTIFS} motifs les plus fréquents")
+
+
+class LotsSimules(BaseModel):
+    lots: list[Lot] = Field(
+        max_length=MAX_LOTS,
+        description="des charges utiles `lot` (CONTRACTS.md) : chacune remplace le lot de même `lot_id` "
+        "de son établissement ou s'y ajoute ; `quantity` 0 le retire",
+    )
+
+
+async def _alone(coroutine):
+    if _running.locked():
+        coroutine.close()
+        raise HTTPException(
+            503,
+            f"une simulation est déjà en cours : réessayer dans {RETRY_AFTER_SECONDS} s",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    async with _running:
+        return await coroutine
+
+
+@router.post(
+    "/ressource",
+    summary="Et si cette ressource était publiée ? Les verdicts par académie et département, sans rien publier",
+    description="Le corps est la charge utile `ressource-publiee` (CONTRACTS.md). Chaque établissement est jugé "
+    "par les règles de l'évaluation en service sur son équipement et sa formation tels qu'enregistrés.",
+    responses={**BUSY, **STARTING},
+)
+async def simuler_ressource(
+    pool: Pool,
+    seuils: Thresholds,
+    ressource: Annotated[RessourcePubliee, Body()],
+    population: Annotated[
+        Literal["abonnes", "ouverts"],
+        Query(
+            description="abonnes ou ouverts (les établissements ouverts abonnés à ce resource_id, ou tous les "
+            "établissements ouverts)"
+        ),
+    ] = "abonnes",
+) -> SimulationRessource:
+    async with pool.acquire() as conn:
+        bilan = await _alone(simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils))
+    return SimulationRessource.model_validate(
+        {"resource_id": ressource.resource_id, "population": population, **bilan.as_json()}
+    )
+
+
+@router.post(
+    "/equipement",
+    summary="Et si ces lots étaient déclarés ? Les alertes ouvertes résolues et celles levées, sans rien changer",
+    description="Pour chaque ressource abonnée évaluée des établissements des lots : ce que l'évaluation en "
+    "service ferait, à partir des alertes qu'elle tient. Les droits du déclarant ne sont pas vérifiés (l'API "
+    "n'authentifie pas) : la passerelle les vérifiera à la déclaration.",
+    response_model=simulations.Consequences,
+    responses={**BUSY, **STARTING},
+)
+async def simuler_equipement(pool: Pool, seuils: Thresholds, body: LotsSimules) -> Any:
+    async with pool.acquire() as conn:
+        try:
+            return await _alone(simulations.simulate_equipement(conn, body.lots, seuils))
+        except simulations.UaiInconnus as e:
+            detail = [
+                {"loc": ["body", "lots", i, "uai"], "msg": f"lots[{i}].uai : {uai} {UNKNOWN}", "type": "uai-inconnu"}
+                for i, uai in e.lots.items()
+            ]
+            return JSONResponse({"detail": detail}, 422)

@@ -1,0 +1,221 @@
+"""The simulations, served for real by ressources (uvicorn, fed through Kafka, PostgreSQL): what
+they predict is what the live evaluation then does once the resource is published or the lots
+declared, and a simulation writes nothing (every table's row count, the outbox, the alert topic)."""
+
+import copy
+
+import pytest
+
+import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
+from helpers import at, event, eventually, profil_lot, record_count, send, uai
+from services.ressources import api_simulations
+from test_read_api import NANTES, RENNES, etab, formation, profil, serve_api
+
+RID = "ark:/67375/simulation-atlas"
+AILLEURS = uai("0290001")  # académie 14, département 029, open, not subscribed
+ATLAS = {
+    "resource_id": RID,
+    "title": "Atlas",
+    "editor": "E",
+    "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+    "tools": [],
+    "min_bandwidth_mbps": 10,
+    "needs_ent": False,
+    "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
+}
+SUBSCRIBED = [*RENNES, NANTES]
+
+
+@pytest.fixture
+async def api(kafka, settings):
+    async with serve_api(settings) as served:
+        yield served
+
+
+async def stored(kafka, settings, pool) -> None:
+    """The référentiel, every UAI's equipment (RENNES[0..1], NANTES and AILLEURS on iPadOS 12.5,
+    RENNES[2..3] on 17; 8 Mbit/s everywhere), RENNES' coverage (2/10 at level 2), and the GAR's
+    subscriptions of SUBSCRIBED to RID: everything but the resource itself."""
+    b = kafka.bootstrap_servers
+    await send(
+        b,
+        settings.topic(c.REFERENTIEL),
+        [(u, etab(u, "035", "14", "53")) for u in RENNES]
+        + [(NANTES, etab(NANTES, "044", "17", "52")), (AILLEURS, etab(AILLEURS, "029", "14", "53"))],
+    )
+    old = {*RENNES[:2], NANTES, AILLEURS}
+    await send(
+        b,
+        settings.topic(PROFILS),
+        [r for u in [*SUBSCRIBED, AILLEURS] for r in profil(u, "12.5" if u in old else "17")],
+    )
+    await send(b, settings.topic(COUVERTURES), [r for u in RENNES for r in formation(u)])
+    subscriptions = [
+        (
+            u,
+            event(
+                c.ABONNEMENT, "/gar", {"resource_id": RID, "uai": u, "start": "2026-09-01", "end": None}, time_=at(2)
+            ),
+        )
+        for u in SUBSCRIBED
+    ]
+    await send(b, settings.topic(c.CATALOGUE), subscriptions)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 5 FROM abonnements"), what="the subscriptions stored")
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 16 FROM recus"), what="6 lots, 6 links, 4 coverages")
+
+
+async def publish(kafka, settings, payload: dict, minute: int) -> None:
+    await send(
+        kafka.bootstrap_servers,
+        settings.topic(c.CATALOGUE),
+        [(RID, event(c.RESSOURCE_PUBLIEE, "/ministere", payload, time_=at(minute)))],
+    )
+
+
+async def snapshot(kafka, settings, pool) -> dict[str, int]:
+    """Every table's row count in ressources' schema (outbox included), and the alert topic's records."""
+    tables = await pool.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+        "AND table_type = 'BASE TABLE' ORDER BY table_name"
+    )
+    counts = {t["table_name"]: await pool.fetchval(f'SELECT count(*) FROM "{t["table_name"]}"') for t in tables}
+    counts["topic " + c.ALERTES] = await record_count(kafka.bootstrap_servers, settings.topic(c.ALERTES))
+    assert "outbox" in counts and "alertes" in counts, counts
+    return counts
+
+
+async def open_alerts(pool) -> set[tuple[str, str, str]]:
+    rows = await pool.fetch("SELECT uai, resource_id, kind FROM alertes WHERE ouverte")
+    return {(r["uai"], r["resource_id"], r["kind"]) for r in rows}
+
+
+async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_and_nothing_is_written_before(
+    kafka, settings, api
+):
+    client, app = api
+    pool = app.state.pipeline.pool
+    await stored(kafka, settings, pool)
+    before = await snapshot(kafka, settings, pool)
+
+    answer = await client.post("/simulations/ressource", json=ATLAS)
+    assert answer.status_code == 200, answer.text
+    simulated = answer.json()
+    everywhere = (await client.post("/simulations/ressource", params={"population": "ouverts"}, json=ATLAS)).json()
+
+    assert await snapshot(kafka, settings, pool) == before
+    assert (await client.get(f"/ressources/{RID}")).status_code == 404  # still not in the catalogue
+    # RENNES[0..1] and NANTES on 12.5: incompatible; RENNES under-trained; 8 < 10 Mbit/s everywhere.
+    assert simulated["total"] == {"evalues": 5, "compatibles": 2, "partiels": 0, "incompatibles": 3, "sous_formes": 4}
+    assert simulated["par_departement"]["044"]["incompatibles"] == 1
+    assert simulated["motifs"] == [
+        {"code": "debit", "detail": "… Mbit/s < 10", "etablissements": 5},
+        {"code": "formation", "detail": "3.4 niveau 2: …/… enseignants", "etablissements": 4},
+        {"code": "os-version", "detail": "iPadOS 12.5 < 15", "etablissements": 3},
+    ]
+    assert everywhere["total"]["evalues"] == 6 and everywhere["par_departement"]["029"]["incompatibles"] == 1
+
+    await publish(kafka, settings, ATLAS, 3)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes WHERE ouverte"), what="12 alerts")
+    live = (await client.get(f"/ressources/{RID}")).json()
+    assert live["total"] == simulated["total"]
+    assert live["par_academie"] == simulated["par_academie"]
+
+    # A stricter revision, simulated against the resource as published: RENNES[2..3] (17) fall too.
+    stricter = copy.deepcopy(ATLAS)
+    stricter["requirements"][0][0]["min_version"] = "17.2"
+    held = await open_alerts(pool)
+    predicted = (await client.post("/simulations/ressource", json=stricter)).json()
+    assert predicted["total"]["incompatibles"] == 5
+    assert await open_alerts(pool) == held  # the published resource's alerts untouched by the simulation
+    await publish(kafka, settings, stricter, 4)
+    await eventually(
+        lambda: _total(client, "incompatibles", 5), what="the stricter revision's incompatibles counted live"
+    )
+    assert (await client.get(f"/ressources/{RID}")).json()["total"] == predicted["total"]
+
+
+async def _total(client, key: str, expected: int) -> bool:
+    return (await client.get(f"/ressources/{RID}")).json()["total"][key] == expected
+
+
+def lot(code: str, ipados: str, lot_id: str = "L1", quantity: int = 10) -> dict:
+    return {
+        "uai": code,
+        "lot_id": lot_id,
+        "kind": "tablette",
+        "quantity": quantity,
+        "os": {"name": "iPadOS", "version": ipados},
+    }
+
+
+async def test_lots_simulated_then_declared_raise_and_resolve_what_was_predicted(kafka, settings, api):
+    client, app = api
+    pool = app.state.pipeline.pool
+    await stored(kafka, settings, pool)
+    await publish(kafka, settings, ATLAS, 3)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes WHERE ouverte"), what="12 alerts")
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the alerts relayed to Kafka")
+    before = await snapshot(kafka, settings, pool)
+    held = await open_alerts(pool)
+
+    # RENNES[0]'s tablets replaced by recent ones; RENNES[2]'s by old ones; AILLEURS (not subscribed) too.
+    lots = [lot(RENNES[0], "17"), lot(RENNES[2], "12.5"), lot(AILLEURS, "17")]
+    answer = await client.post("/simulations/equipement", json={"lots": lots})
+    assert answer.status_code == 200, answer.text
+    predicted = answer.json()
+
+    assert await snapshot(kafka, settings, pool) == before
+    assert (predicted["etablissements"], predicted["paires"]) == (3, 2)
+    assert [(a["uai"], a["kind"]) for a in predicted["resolues"]] == [(RENNES[0], "equipement-incompatible")]
+    assert predicted["resolues"][0]["reasons"] == [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}]
+    assert [(a["uai"], a["kind"], a["reasons"]) for a in predicted["levees"]] == [
+        (RENNES[2], "equipement-incompatible", [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}])
+    ]
+
+    # Declared for real (as equipement publishes them): the live evaluation does just that.
+    declared = [profil_lot(x["uai"], 2, quantity=10, os=x["os"]) for x in lots]
+    await send(kafka.bootstrap_servers, settings.topic(PROFILS), declared)
+    expected = held - {(a["uai"], RID, a["kind"]) for a in predicted["resolues"]} | {
+        (a["uai"], RID, a["kind"]) for a in predicted["levees"]
+    }
+    await eventually(lambda: _equal(open_alerts(pool), expected), what="the predicted alerts raised and resolved")
+
+
+async def _equal(awaitable, expected) -> bool:
+    return await awaitable == expected
+
+
+async def test_lots_for_unknown_or_malformed_uais_are_refused_naming_them(kafka, settings, api):
+    client, app = api
+    await stored(kafka, settings, app.state.pipeline.pool)
+    unknown = uai("0350999")
+    answer = await client.post("/simulations/equipement", json={"lots": [lot(RENNES[0], "17"), lot(unknown, "17")]})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == [
+        {
+            "loc": ["body", "lots", 1, "uai"],
+            "msg": f"lots[1].uai : {unknown} n'est pas dans le référentiel",
+            "type": "uai-inconnu",
+        }
+    ]
+    bad = [lot("0350042A", "17"), {**lot(RENNES[0], "17"), "quantity": -1}, {**lot(RENNES[0], "x.y")}]
+    refused = (await client.post("/simulations/equipement", json={"lots": bad})).json()["detail"]
+    assert [r["msg"] for r in refused] == [
+        "lots[0].uai : UAI 0350042A: la lettre de contrôle devrait être F",
+        "lots[1].quantity : attendu au moins 0",
+        "lots[2].os.version : " + refused[2]["msg"].split(" : ", 1)[1],
+    ]
+    assert "x.y" in refused[2]["msg"] and "pydantic" not in refused[2]["msg"]
+    async with api_simulations._running:  # another simulation under way: told when to come back
+        busy = await client.post("/simulations/ressource", json=ATLAS)
+    assert (busy.status_code, busy.headers["retry-after"]) == (503, "2")
+    assert busy.json() == {"detail": "une simulation est déjà en cours : réessayer dans 2 s"}
+    nothing = (await client.post("/simulations/equipement", json={"lots": []})).json()
+    assert nothing == {"etablissements": 0, "paires": 0, "levees": [], "resolues": []}
+    resource = (await client.post("/simulations/ressource", json={**ATLAS, "min_bandwidth_mbps": "dix"})).json()
+    assert [r["msg"] for r in resource["detail"]] == ["min_bandwidth_mbps : attendu un nombre"]
+    population = (await client.post("/simulations/ressource", params={"population": "tous"}, json=ATLAS)).json()
+    assert population["detail"][0]["msg"].startswith("population : doit être abonnes ou ouverts")
+    broken = await client.post("/simulations/ressource", content=b"{", headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"][0]["msg"].startswith("corps : JSON illisible")
