@@ -6,8 +6,8 @@ the lycées); the rectorat of Rennes declares affectations and trainings; the mi
 publishes three resources and the GAR subscribes établissements. Every alert kind appears.
 Then the département replaces its old collège computers and alerts resolve.
 
-Events are plain CloudEvents JSON, as any partner's Kafka client would send them; the same
-seed gives the same scenario.
+Events are plain CloudEvents JSON, sent as each partner really sends them (`partenaires.py`);
+the same seed gives the same scenario.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 import contracts as c
 from contracts import Etablissement
 from deploy.referentiel.generator import generate
-from services.common.messaging.connection import kafka_options
 
 DEPARTEMENT = "035"
 SEED = 2026
@@ -210,23 +207,3 @@ def renovation(etabs: list[Etablissement]) -> Iterator[Record]:
     for e in etabs:
         if e.type == "college" and e.ouvert:
             yield _lot(e, "salle-info-2", "ordinateur", rng.randint(20, 30), ("Windows", "11"), [("Edge", "120")])
-
-
-async def send(bootstrap: str, records: list[Record] | Iterator[Record], prefix: str = "") -> int:
-    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all", linger_ms=20)
-    await producer.start()
-    sent = 0
-    try:
-        batch = []
-        for topic, key, value in records:
-            batch.append(
-                await producer.send(
-                    prefix + topic, value, key=key.encode(), headers=[("content-type", c.CONTENT_TYPE.encode())]
-                )
-            )
-            sent += 1
-        for future in batch:
-            await future
-    finally:
-        await producer.stop()
-    return sent

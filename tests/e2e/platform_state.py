@@ -10,15 +10,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.local import scenario
+from deploy.local.kafka import LocalKafka
+from deploy.local.partenaires import Partenaires
 from deploy.rattrapage import partitions_of
 from deploy.referentiel.publish import publish_etablissements
+from helpers import send
+from partner import declare
 from services.common.messaging.connection import kafka_options
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
+from services.passerelle.app import SPEC as PASSERELLE
 from services.ressources.app import SPEC as RESSOURCES
 
 SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
 SERVICES = tuple(s.name for s in SPECS)
+"""The services whose state the tests compare (the passerelle's is a view of the référentiel)."""
 OUTPUTS = (
     PROFILS,
     COUVERTURES,
@@ -75,7 +81,7 @@ async def _busy(bootstrap: str, database_url: str, prefix: str) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
         busy = []
-        for spec in SPECS:
+        for spec in (*SPECS, PASSERELLE):
             ends = await end_offsets(bootstrap, [prefix + t for t in spec.consumes])
             rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {spec.name}.positions")
             at = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
@@ -100,15 +106,21 @@ async def settled(bootstrap: str, database_url: str, prefix: str, timeout: float
         await asyncio.sleep(0.3)
 
 
-async def play_morning(bootstrap: str, database_url: str, prefix: str, count: int = 60) -> list:
-    """The demo's scenario on `count` établissements: the référentiel, the declarations, the
-    catalogue, one record a partner got wrong (dead-lettered); settled after each step."""
+async def play_morning(
+    kafka: LocalKafka, partners: Partenaires, database_url: str, prefix: str, count: int = 60
+) -> list:
+    """The demo's scenario on `count` établissements, sent as its partners send it: the
+    référentiel, the declarations, the catalogue, one record a partner got wrong
+    (dead-lettered); settled after each step."""
+    bootstrap = kafka.bootstrap_servers
     etabs = scenario.referentiel(count)
-    await publish_etablissements(bootstrap, etabs, prefix + c.REFERENTIEL)
+    await publish_etablissements(bootstrap, etabs, prefix + c.REFERENTIEL, access=kafka.access_as("ministere"))
     await settled(bootstrap, database_url, prefix)
     for step in (scenario.declarations(etabs), scenario.catalogue(etabs)):
-        await scenario.send(bootstrap, step, prefix)
+        await declare(partners, step)
         await settled(bootstrap, database_url, prefix)
-    await scenario.send(bootstrap, [(c.EQUIPEMENT, etabs[0].uai, b"{not json")], prefix)
+    # Not JSON: the passerelle refuses it before Kafka, so it goes to the topic as admin, for a
+    # record the services dead-letter.
+    await send(bootstrap, prefix + c.EQUIPEMENT, [(etabs[0].uai, b"{not json")])
     await settled(bootstrap, database_url, prefix)
     return etabs

@@ -17,7 +17,8 @@ from contracts.internal import PROFILS
 from deploy import sauvegarde as tool
 from deploy.local import scenario
 from deploy.rattrapage import read_topic
-from helpers import event, send
+from helpers import event
+from partner import declare
 from platform_state import OUTPUTS, SERVICES, end_offsets, play_morning, settled, snapshot
 from services.ressources.lifecycle import alert_id, event_id
 
@@ -34,22 +35,24 @@ def sauvegarde(action: str, path, env: dict[str, str]) -> subprocess.CompletedPr
     )
 
 
-async def test_an_older_backup_restored_catches_up_from_kafka(kafka, database_url, topic_prefix, platform, tmp_path):
+async def test_an_older_backup_restored_catches_up_from_kafka(
+    kafka, database_url, topic_prefix, platform, partners, tmp_path
+):
     bootstrap, dump = kafka.bootstrap_servers, tmp_path / "plateforme.dump"
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url, "TOPIC_PREFIX": topic_prefix}
-    etabs = await play_morning(bootstrap, database_url, topic_prefix, count=40)
+    etabs = await play_morning(kafka, partners, database_url, topic_prefix, count=40)
     done = sauvegarde("backup", dump, env)
     assert done.returncode == 0, done.stderr
 
     # After the backup: a renovation, and a school's link down, up, down again, each handled on
     # its own: one record published in several versions, an alert raised, resolved, raised again.
-    await scenario.send(bootstrap, scenario.renovation(etabs), topic_prefix)
+    await declare(partners, scenario.renovation(etabs))
     school = next(e for e in etabs if e.type == "ecole" and e.ouvert)
 
     async def link(mbps: int) -> None:
         data = {"uai": school.uai, "bandwidth_mbps": mbps, "ent": True}
         declared = event(c.CONNECTIVITE, scenario.equipeur(school), data)
-        await send(bootstrap, topic_prefix + c.EQUIPEMENT, [(school.uai, declared)])
+        await declare(partners, [(c.EQUIPEMENT, school.uai, json.dumps(declared).encode())])
         await settled(bootstrap, database_url, topic_prefix)
 
     for mbps in (1000, 4, 1000, 4):
