@@ -1,0 +1,182 @@
+"""The dashboard page (GET /tableau) in a real browser: Debian's Chromium, headless, driven by
+Playwright, against the platform as real processes fed by partners as they really send (the
+collectivités' lots posted to the passerelle with their tokens, the référentiel and the
+catalogue on Kafka as ministere and gar). The page loads, its filters change the list, an alert
+a partner's lot raises appears live without a reload and leaves the list when a fixing lot
+resolves it; the établissement and resource views show verdicts, reasons and the chart.
+
+Screenshots of the main views are kept in the test's directory, `captures/` (the path is
+printed; pytest keeps the last runs under its basetemp)."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import async_playwright, expect
+
+import contracts as c
+from helpers import eventually
+from partner import ce
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+RID = "ark:/67375/e2e-tableau"
+RENNES = ["0350101" + c.uai_check_letter("0350101"), "0350102" + c.uai_check_letter("0350102")]
+NANTES = "0440101" + c.uai_check_letter("0440101")
+WAIT_MS = 60_000  # an event crosses the passerelle, equipement, ressources, then the SSE stream
+
+
+def etablissement(uai: str, dep: str, academie: str, region: str, minute: int) -> bytes:
+    data = {
+        "uai": uai,
+        "nom": f"Collège {uai}",
+        "type": "college",
+        "statut": "public",
+        "code_commune": dep[1:] + "238",
+        "code_departement": dep,
+        "code_academie": academie,
+        "code_region": region,
+        "ouvert": True,
+    }
+    return ce("referentiel.etablissement", "/ministere", data, minute, uai)
+
+
+def tablettes(uai: str, ipados: str, minute: int) -> bytes:
+    data = {
+        "uai": uai,
+        "lot_id": "tablettes",
+        "kind": "tablette",
+        "quantity": 24,
+        "os": {"name": "iPadOS", "version": ipados},
+        "browsers": [],
+    }
+    return ce("equipement.lot", f"/collectivites/departements/{uai[1:3].zfill(3)}", data, minute, uai)
+
+
+RESSOURCE = {
+    "resource_id": RID,
+    "title": "Atlas numérique",
+    "editor": "Éditions test",
+    "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+    "tools": [],
+    "min_bandwidth_mbps": 0,
+    "needs_ent": False,
+    "training": {"competences": [], "tools": []},
+}
+
+
+@pytest.fixture
+async def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        await chromium.close()
+
+
+async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_resource(
+    platform, publish, wait_stored, browser, tmp_path
+):
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    for n, (uai, dep, aca, reg) in enumerate(
+        [(RENNES[0], "035", "14", "53"), (RENNES[1], "035", "14", "53"), (NANTES, "044", "17", "52")]
+    ):
+        publish("referentiel.etablissements.v1", uai, etablissement(uai, dep, aca, reg, n))
+    everyone = [*RENNES, NANTES]
+    await wait_stored(("equipement.etablissements", "ressources.etablissements"), everyone)
+    publish("ressources.catalogue.v1", RID, ce("ressources.ressource-publiee", "/ministere", RESSOURCE, 5, RID))
+    for uai in everyone:
+        subscription = {"resource_id": RID, "uai": uai, "start": "2026-09-01", "end": None}
+        publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    publish("equipement.declarations.v1", RENNES[0], tablettes(RENNES[0], "12.5", 10))
+    publish("equipement.declarations.v1", RENNES[1], tablettes(RENNES[1], "17", 11))
+    publish("equipement.declarations.v1", NANTES, tablettes(NANTES, "12.5", 12))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+
+        async def two_open_alerts():
+            return (await api.get("/alertes", params={"state": "open"})).json()["total"] == 2
+
+        await eventually(two_open_alerts, timeout=60, what="the two incompatible collèges' alerts")
+
+    page = await browser.new_page(viewport={"width": 1366, "height": 800}, locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base}/tableau")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+    await expect(page.locator("#direct-texte")).to_contain_text("connecté")
+    listed = page.locator("#alertes tbody tr")
+    await expect(listed).to_have_count(2)
+    await expect(page.locator("#compte")).to_have_text("2 alertes")
+    nantes = listed.filter(has_text=NANTES)
+    await expect(nantes).to_contain_text("Équipement incompatible")
+    await expect(nantes).to_contain_text("version du système hors des bornes de la ressource : iPadOS 12.5 < 15")
+    await expect(listed.first).to_contain_text(NANTES)  # newest raise first: its lot came last
+    await page.screenshot(path=captures / "alertes.png")
+
+    # Filters: by académie (the options come from the référentiel), then by kind; the address keeps them.
+    await page.get_by_label("Académie").select_option("17")
+    await expect(listed).to_have_count(1)
+    await expect(listed.first).to_contain_text(NANTES)
+    assert "code_academie=17" in page.url
+    await expect(page.get_by_label("Département")).to_contain_text("044")
+    await page.get_by_label("Académie").select_option("")
+    await expect(listed).to_have_count(2)
+    await page.get_by_label("Type d'alerte").select_option("formation-insuffisante")
+    await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")
+    await page.get_by_label("Type d'alerte").select_option("")
+    await page.get_by_label("Type de collectivité").select_option("departement")
+    await page.get_by_label("Code de la collectivité").fill("035")
+    await page.get_by_role("button", name="Filtrer").click()
+    await expect(listed).to_have_count(1)
+    await expect(listed.first).to_contain_text(RENNES[0])
+
+    # Live: a partner's lot raises an alert that the list shows without a reload, and a fixing
+    # lot resolves it: it leaves the list of open alerts.
+    await page.evaluate("window.sansRechargement = true")
+    publish("equipement.declarations.v1", RENNES[1], tablettes(RENNES[1], "13.1", 20))
+    raised = listed.filter(has_text=RENNES[1])
+    await expect(raised).to_have_count(1, timeout=WAIT_MS)
+    await expect(raised).to_have_class("nouvelle")
+    await expect(raised).to_contain_text("iPadOS 13.1 < 15")
+    await expect(page.locator("#annonce")).to_contain_text(
+        f"Alerte levée : Équipement incompatible, établissement {RENNES[1]}"
+    )
+    await page.screenshot(path=captures / "alertes-en-direct.png")
+    publish("equipement.declarations.v1", RENNES[1], tablettes(RENNES[1], "17.2", 21))
+    await expect(raised).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#annonce")).to_contain_text("Alerte résolue")
+    await expect(listed).to_have_count(1)
+    assert await page.evaluate("window.sansRechargement") is True, "the page was reloaded"
+
+    # One établissement, from its link in the list (keyboard: the link is followed with Enter).
+    await listed.first.get_by_role("link", name=RENNES[0]).press("Enter")
+    await expect(page.locator("#titre-etablissement")).to_have_text(f"Collège {RENNES[0]} ({RENNES[0]})")
+    await expect(page.locator("#titre-etablissement")).to_be_focused()
+    await expect(page.locator("#etab-lots")).to_contain_text("iPadOS 12.5")
+    card = page.locator("#etab-ressources article")
+    await expect(card).to_have_class("ressource verdict-incompatible")
+    await expect(card).to_contain_text("incompatible : 0 poste(s) compatible(s) sur 24")
+    await expect(card).to_contain_text("version du système hors des bornes de la ressource : iPadOS 12.5 < 15")
+    await page.screenshot(path=captures / "etablissement.png", full_page=True)
+
+    # One resource: its counts per académie and per département, as bars and as a table.
+    await card.get_by_role("link", name="Atlas numérique").click()
+    await expect(page.locator("#titre-ressource")).to_have_text(f"Atlas numérique ({RID})")
+    await expect(page.locator("#res-total")).to_contain_text("3 établissement(s) abonné(s) évalué(s) : 1 compatible(s)")
+    academies = page.locator("#graphe-academies")
+    await expect(academies.locator("svg g[data-code]")).to_have_count(2)
+    await expect(academies.locator("svg g[data-code='14'] rect.compatible")).to_have_count(1)
+    await expect(academies.locator("svg g[data-code='14'] rect.incompatible")).to_have_count(1)
+    await expect(academies.locator("svg g[data-code='17'] rect.compatible")).to_have_count(0)
+    departements = page.locator("#graphe-departements")
+    await departements.get_by_text("Voir les nombres").click()
+    await expect(departements.locator("tr[data-code='035'] td")).to_have_text(["2", "1", "0", "1", "0"])
+    await expect(departements.locator("tr[data-code='044'] th")).to_have_text("044 (ac. 17)")
+    await page.screenshot(path=captures / "ressource.png", full_page=True)
+
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+    print(f"screenshots of the dashboard page: {captures}")
