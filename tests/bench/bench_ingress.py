@@ -1,6 +1,6 @@
 """`./dev bench`: every figure of issue 8's table, each with its baseline measured in the same run.
 
-    ./dev bench [ingress | replicas | latency | national | all ...] [options]
+    ./dev bench [ingress | replicas | latency | national | passerelle | simulations | all ...] [options]
 
 - ingress: each service alone on a pre-filled topic of --events valid events, against a raw
   aiokafka consumer that json-decodes and commits the same records (ingress.py);
@@ -12,7 +12,10 @@
 - national: --etablissements subscriptions -> last alert, a stricter republication -> last
   alert (a no-change one as its baseline), and each service's peak RSS (national.py);
 - passerelle: --events lots posted over HTTP in batches of 1,000 (--clients requests in
-  flight) until Kafka has them, against a raw producer writing the same events (passerelle.py).
+  flight) until Kafka has them, against a raw producer writing the same events (passerelle.py);
+- simulations: POST /simulations/ressource over --etablissements subscribed, then every open
+  one, and POST /simulations/equipement for one région's lycées, each answer within 2 s (issue
+  11), the first (cold) answer as baseline (simulations.py).
 
 Starts its own Kafka and PostgreSQL; every measurement gets its own topics and database, and
 runs the services as real processes. Prints each figure as it is measured, then one table:
@@ -31,9 +34,10 @@ import latency
 import national
 import passerelle
 import replicas
+import simulations
 from harness import Row, Runtime, runtime
 
-FIGURES = ("ingress", "replicas", "latency", "national", "passerelle")  # in the order they run
+FIGURES = ("ingress", "replicas", "latency", "national", "passerelle", "simulations")  # in the order they run
 
 
 async def bench(args: argparse.Namespace) -> list[Row]:
@@ -43,6 +47,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         "latency": lambda run: latency.figure(run, args.rates, args.duration, args.uais, args.drain_timeout),
         "national": lambda run: national.figure(run, args.etablissements),
         "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
+        "simulations": lambda run: simulations.figure(run, args.etablissements),
     }
     chosen = [f for f in FIGURES if f in args.figures or "all" in args.figures or not args.figures]
     rows: list[Row] = []
@@ -87,7 +92,9 @@ def main() -> None:
         default=60,
         help="latency: seconds to wait for the backlog after the producer stops",
     )
-    parser.add_argument("--etablissements", type=int, default=60_000, help="national: établissements (scale)")
+    parser.add_argument(
+        "--etablissements", type=int, default=60_000, help="national and simulations: établissements (scale)"
+    )
     args = parser.parse_args()
     if unknown := set(args.figures) - {*FIGURES, "all"}:
         parser.error(f"unknown figure {', '.join(sorted(unknown))}: choose among {', '.join(FIGURES)} or all")
