@@ -127,7 +127,7 @@ def with_lots(uai: str, profil: ProfilEquipement | None, lots: Iterable[Lot]) ->
 
 
 class Changement(BaseModel):
-    """An open alert that would resolve, or an alert that would be raised."""
+    """Une alerte ouverte qui serait résolue, ou une alerte qui serait levée."""
 
     alert_id: str
     kind: AlertKind
