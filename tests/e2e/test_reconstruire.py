@@ -17,7 +17,8 @@ import contracts as c
 from contracts.internal import PROFILS
 from deploy.local import scenario
 from deploy.rattrapage import read_topic
-from helpers import event, send
+from helpers import event
+from partner import declare
 from platform_state import OUTPUTS, SERVICES, end_offsets, play_morning, settled, snapshot
 from services.ressources.lifecycle import event_id
 
@@ -36,10 +37,12 @@ def reconstruire(service: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-async def test_each_service_is_rebuilt_from_the_log_while_it_runs(kafka, database_url, topic_prefix, platform):
+async def test_each_service_is_rebuilt_from_the_log_while_it_runs(
+    kafka, database_url, topic_prefix, platform, partners
+):
     bootstrap = kafka.bootstrap_servers
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url, "TOPIC_PREFIX": topic_prefix}
-    await play_morning(bootstrap, database_url, topic_prefix)
+    await play_morning(kafka, partners, database_url, topic_prefix)
     before = {s: await snapshot(database_url, s) for s in SERVICES}
     assert before["ressources"]["alertes"] and before["equipement"]["dead_letters"], "the scenario has alerts, refusals"
     published = await end_offsets(bootstrap, [topic_prefix + t for t in OUTPUTS])
@@ -84,12 +87,12 @@ async def test_each_service_is_rebuilt_from_the_log_while_it_runs(kafka, databas
     assert opened_now == {a for a, (o, _) in held.items() if o} | {e["data"]["alert_id"] for e in new}
 
 
-async def test_nothing_is_lost_or_doubled_across_the_switch(kafka, database_url, topic_prefix, platform):
+async def test_nothing_is_lost_or_doubled_across_the_switch(kafka, database_url, topic_prefix, platform, partners):
     """Declarations keep coming while equipement is rebuilt: each is applied once, in the rebuilt
     schema when it came after the switch, and its record published once."""
     bootstrap = kafka.bootstrap_servers
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url, "TOPIC_PREFIX": topic_prefix}
-    etabs = await play_morning(bootstrap, database_url, topic_prefix, count=30)
+    etabs = await play_morning(kafka, partners, database_url, topic_prefix, count=30)
     ecoles = [e for e in etabs if e.type == "ecole" and e.ouvert]
     sent = 0
 
@@ -97,7 +100,8 @@ async def test_nothing_is_lost_or_doubled_across_the_switch(kafka, database_url,
         nonlocal sent
         e = ecoles[sent % len(ecoles)]
         lot = {"uai": e.uai, "lot_id": f"arrivee-{sent}", "kind": "tablette", "quantity": 5, "os": None, "browsers": []}
-        await send(bootstrap, topic_prefix + c.EQUIPEMENT, [(e.uai, event(c.LOT, scenario.equipeur(e), lot))])
+        declared = json.dumps(event(c.LOT, scenario.equipeur(e), lot)).encode()
+        await declare(partners, [(c.EQUIPEMENT, e.uai, declared)])
         sent += 1
         await asyncio.sleep(0.02)
 
