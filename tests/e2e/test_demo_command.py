@@ -1,5 +1,6 @@
-"""The README's run command, as a newcomer runs it: the demo shows an alert raised and
-resolved, then stops everything it started, keeping its data for a look."""
+"""The README's run command, as a newcomer runs it: the demo's partners go through
+authentication (declarations posted to the passerelle with tokens), it shows an alert raised
+and resolved, then stops everything it started, keeping its data for a look."""
 
 import re
 
@@ -26,6 +27,9 @@ def test_demo_raises_and_resolves_an_alert_and_leaves_no_process_behind():
         output = demo.output
 
         assert f"starting from empty storage in {data}" in output
+        # Declarations over HTTP with tokens (a refusal would have ended the demo non-zero).
+        posted = re.search(r"each with its token: (\d+) declarations .* posted to the passerelle", output)
+        assert posted and int(posted.group(1)) > 0, output[-3000:]
         raised, resolved = output.split("alerts raised on", 1)[1].split("alerts resolved", 1)
         for kind in (
             "equipement-incompatible",
@@ -39,7 +43,7 @@ def test_demo_raises_and_resolves_an_alert_and_leaves_no_process_behind():
         assert re.search(r"^\s+equipement-partiel\s+[1-9]\d*$", resolved, re.M), resolved[:2000]
         assert "/alertes/flux" in output and '"total":' in output
 
-        assert len(started) >= 5, output  # Kafka, PostgreSQL and its workers, three services
+        assert len(started) >= 6, output  # Kafka, PostgreSQL and its workers, four services
         assert still_running(started) == []
         assert not (data / "kafka" / "left-by-an-earlier-demo").exists()
         assert (data / "kafka" / "kafka-logs" / "meta.properties").exists()
