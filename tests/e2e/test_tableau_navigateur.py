@@ -87,20 +87,24 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
         publish("referentiel.etablissements.v1", uai, etablissement(uai, dep, aca, reg, n))
     everyone = [*RENNES, NANTES]
     await wait_stored(("equipement.etablissements", "ressources.etablissements"), everyone)
-    publish("ressources.catalogue.v1", RID, ce("ressources.ressource-publiee", "/ministere", RESSOURCE, 5, RID))
-    for uai in everyone:
-        subscription = {"resource_id": RID, "uai": uai, "start": "2026-09-01", "end": None}
-        publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
     publish("equipement.declarations.v1", RENNES[0], tablettes(RENNES[0], "12.5", 10))
     publish("equipement.declarations.v1", RENNES[1], tablettes(RENNES[1], "17", 11))
     publish("equipement.declarations.v1", NANTES, tablettes(NANTES, "12.5", 12))
+    await wait_stored(("ressources.recus",), everyone)  # else "aucun poste": every pair alerts at first
+    publish("ressources.catalogue.v1", RID, ce("ressources.ressource-publiee", "/ministere", RESSOURCE, 5, RID))
     base = f"http://127.0.0.1:{platform.ports['ressources']}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+        # NANTES subscribes once RENNES' alert is raised: its own is the newest (raised_at is when
+        # ressources raises an alert), first in the list.
+        for n, uais in enumerate([RENNES, [NANTES]], start=1):
+            for uai in uais:
+                subscription = {"resource_id": RID, "uai": uai, "start": "2026-09-01", "end": None}
+                publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
 
-        async def two_open_alerts():
-            return (await api.get("/alertes", params={"state": "open"})).json()["total"] == 2
+            async def alerts(n=n):
+                return (await api.get("/alertes", params={"state": "open"})).json()["total"] == n
 
-        await eventually(two_open_alerts, timeout=60, what="the two incompatible collèges' alerts")
+            await eventually(alerts, timeout=60, what=f"{n} open alert(s) once {uais} subscribed")
 
     page = await browser.new_page(viewport={"width": 1366, "height": 800}, locale="fr-FR")
     errors: list[str] = []
@@ -114,7 +118,7 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
     nantes = listed.filter(has_text=NANTES)
     await expect(nantes).to_contain_text("Équipement incompatible")
     await expect(nantes).to_contain_text("version du système hors des bornes de la ressource : iPadOS 12.5 < 15")
-    await expect(listed.first).to_contain_text(NANTES)  # newest raise first: its lot came last
+    await expect(listed.first).to_contain_text(NANTES)  # newest raise first
     await page.screenshot(path=captures / "alertes.png")
 
     # Filters: by académie (the options come from the référentiel), then by kind; the address keeps them.
