@@ -158,8 +158,7 @@ async def synthese(
         resource_id,
     )
     return {
-        r[by]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")}
-        for r in rows
+        r[by]: {k: r[k] for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")} for r in rows
     }
 
 
