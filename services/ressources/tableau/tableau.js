@@ -36,6 +36,7 @@ const STREAM_FILTERS = ["code_academie", "code_departement", "kind"]; // what /a
 const $ = (id) => document.getElementById(id);
 let territoires = {}; // code académie -> its départements
 let current = null; // the view shown: {name, refresh(), concerns(alert)}
+let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
 const recent = new Set(); // alert ids changed live, highlighted in the list
 
 function el(tag, attrs = {}, ...children) {
@@ -63,8 +64,13 @@ function showError(text) {
   $("erreur").hidden = !text;
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+async function api(path, posted) {
+  const request = { headers: { Accept: "application/json" } };
+  if (posted !== undefined) {
+    Object.assign(request, { method: "POST", body: JSON.stringify(posted) });
+    request.headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(path, request);
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     const detail = body && body.detail;
@@ -225,6 +231,8 @@ function showEtablissement(uai) {
 async function etablissement(uai) {
   const answer = await api(`/etablissements/${encodeURIComponent(uai)}`);
   const e = answer.etablissement;
+  lastUai = e.uai;
+  $("etab-simuler").href = `#/simulation?uai=${encodeURIComponent(e.uai)}`;
   $("titre-etablissement").textContent = `${e.nom} (${e.uai})`;
   $("etab-fiche").replaceChildren(
     ...term("Type", `${e.type}, ${e.statut}`),
@@ -323,18 +331,21 @@ async function ressource(id) {
     ? `${t.evalues} établissement(s) abonné(s) évalué(s) : ${t.compatibles} compatible(s), ${t.partiels} partiel(s), ` +
       `${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).`
     : "Ressource retirée du catalogue : plus évaluée.";
-  chart($("graphe-academies"), "titre-par-academie", summary.par_academie, (code) => `académie ${code}`);
-  const academieOf = {};
-  for (const [academie, deps] of Object.entries(territoires)) for (const d of deps) academieOf[d] = academie;
-  chart($("graphe-departements"), "titre-par-departement", spread.par_departement, (code) =>
-    academieOf[code] ? `${code} (ac. ${academieOf[code]})` : code,
-  );
+  chart($("graphe-academies"), "titre-par-academie", summary.par_academie, academieLabel);
+  chart($("graphe-departements"), "titre-par-departement", spread.par_departement, departementLabel);
 }
 
-function chart(container, titleId, counts, label) {
+const academieLabel = (code) => `académie ${code}`;
+
+function departementLabel(code) {
+  const academie = Object.keys(territoires).find((a) => territoires[a].includes(code));
+  return academie ? `${code} (ac. ${academie})` : code;
+}
+
+function chart(container, titleId, counts, label, empty = "Aucun établissement abonné évalué.") {
   const rows = Object.entries(counts);
   if (rows.length === 0) {
-    container.replaceChildren(el("p", {}, "Aucun établissement abonné évalué."));
+    container.replaceChildren(el("p", {}, empty));
     return;
   }
   const [labelWidth, barWidth, rowHeight] = [150, 460, 30];
@@ -402,9 +413,145 @@ function chart(container, titleId, counts, label) {
   container.replaceChildren(image, el("details", {}, el("summary", {}, "Voir les nombres"), table));
 }
 
-// --- Navigation: the view is in the address (#/alertes?…, #/etablissement/UAI, #/ressource/ID) --
+// --- "What if": a resource before it is published, lots before they are declared ---------------
+// POST /simulations/…: nothing is published nor declared.
 
-const VIEWS = ["alertes", "etablissement", "ressource"];
+const exampleLot = (uai) => ({
+  uai,
+  lot_id: "tablettes",
+  kind: "tablette",
+  quantity: 24,
+  os: { name: "iPadOS", version: "17" },
+  browsers: [],
+});
+let prefilledFor = null; // the UAI whose lots the equipment form shows
+
+function showSimulation(params) {
+  return { name: "simulation", concerns: () => false, refresh: () => prefillLots(params.get("uai") || lastUai) };
+}
+
+async function prefillLots(uai) {
+  if (uai === prefilledFor || (!uai && $("se-lots").value)) return;
+  prefilledFor = uai;
+  let lots = [exampleLot(uai || "0350042F")];
+  if (uai) {
+    const equipement = (await api(`/etablissements/${encodeURIComponent(uai)}`)).equipement;
+    if (equipement && equipement.lots.length) lots = equipement.lots.map((l) => ({ uai, ...l }));
+  }
+  $("se-lots").value = JSON.stringify(lots, null, 2);
+}
+
+function listField(form, name, label, parse) {
+  const items = form.elements[name].value.split(",").map((s) => s.trim()).filter(Boolean);
+  return items.map((item) => {
+    const parsed = parse(item.split(":").map((s) => s.trim()));
+    if (!parsed) throw new Error(`${label} : « ${item} » n'a pas la forme attendue`);
+    return parsed;
+  });
+}
+
+function jsonField(form, name, label) {
+  try {
+    return JSON.parse(form.elements[name].value);
+  } catch {
+    throw new Error(`${label} : ce n'est pas du JSON valide`);
+  }
+}
+
+const wholeNumber = (text) => (/^[0-9]+$/.test(text || "") ? Number(text) : null);
+
+function ressourceOfForm(form) {
+  const value = (name) => form.elements[name].value.trim();
+  return {
+    resource_id: value("resource_id"),
+    title: value("title"),
+    editor: value("editor"),
+    requirements: jsonField(form, "requirements", "Exigences"),
+    tools: listField(form, "tools", "Outils requis", ([kind, n]) =>
+      kind && wholeNumber(n) !== null ? { kind, min_quantity: wholeNumber(n) } : null,
+    ),
+    min_bandwidth_mbps: value("min_bandwidth_mbps") === "" ? null : Number(value("min_bandwidth_mbps")),
+    needs_ent: form.elements.needs_ent.checked,
+    training: {
+      competences: listField(form, "competences", "Compétences attendues", ([code, level]) =>
+        code && wholeNumber(level) !== null ? { code, level: wholeNumber(level) } : null,
+      ),
+      tools: listField(form, "training_tools", "Outils auxquels être formé", ([kind, extra]) =>
+        extra === undefined ? kind : null,
+      ),
+    },
+  };
+}
+
+const plural = (n, word) => `${n} ${word}${n > 1 ? "s" : ""}`;
+
+async function simulateRessource(form) {
+  const population = form.elements.population.value;
+  const answer = await api(`/simulations/ressource?population=${population}`, ressourceOfForm(form));
+  const t = answer.total;
+  const who = population === "abonnes" ? "abonné" : "ouvert";
+  const empty = `Aucun établissement ${who} évalué.`;
+  chart($("sr-academies"), "titre-sr-academies", answer.par_academie, academieLabel, empty);
+  chart($("sr-departements"), "titre-sr-departements", answer.par_departement, departementLabel, empty);
+  $("sr-motifs").replaceChildren(
+    ...answer.motifs.map((m) => el("li", {}, `${reasonText(m)} — ${plural(m.etablissements, "établissement")}`)),
+  );
+  return (
+    `Si elle était publiée : ${t.evalues} établissement(s) ${who}(s) évalué(s) : ${t.compatibles} compatible(s), ` +
+    `${t.partiels} partiel(s), ${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).`
+  );
+}
+
+async function simulateEquipement(form) {
+  const answer = await api("/simulations/equipement", { lots: jsonField(form, "lots", "Lots") });
+  for (const [id, changes] of [
+    ["se-resolues", answer.resolues],
+    ["se-levees", answer.levees],
+  ]) {
+    $(id).querySelector("tbody").replaceChildren(
+      ...changes.map((a) =>
+        el(
+          "tr",
+          { "data-uai": a.uai },
+          el("td", {}, etabLink(a.uai)),
+          el("td", {}, resourceLink(a.resource_id)),
+          el("td", {}, KINDS[a.kind] || a.kind),
+          el("td", {}, reasonList(a.reasons)),
+        ),
+      ),
+    );
+    $(id).hidden = changes.length === 0;
+  }
+  return (
+    `Si ces lots étaient déclarés : ${plural(answer.etablissements, "établissement")}, ` +
+    `${plural(answer.paires, "abonnement")} évalué(s) ; ${plural(answer.resolues.length, "alerte")} résolue(s), ` +
+    `${plural(answer.levees.length, "alerte")} levée(s).`
+  );
+}
+
+async function simulate(form, prefix, run) {
+  const button = form.querySelector("button[type=submit]");
+  const [state, error, result] = ["etat", "erreur", "resultat"].map((part) => $(`${prefix}-${part}`));
+  button.disabled = true;
+  error.hidden = true;
+  state.textContent = "Simulation en cours…";
+  try {
+    state.textContent = await run(form);
+    result.hidden = false;
+  } catch (e) {
+    state.textContent = "";
+    error.textContent = `Simulation impossible : ${e.message}`;
+    error.hidden = false;
+    result.hidden = true;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- Navigation: the view is in the address (#/alertes?…, #/etablissement/UAI, #/ressource/ID,
+// #/simulation?uai=UAI) ---------------------------------------------------------------------------
+
+const VIEWS = ["alertes", "etablissement", "ressource", "simulation"];
 
 async function route() {
   const [path, query] = (location.hash.slice(1) || "/alertes").split("?");
@@ -415,7 +562,9 @@ async function route() {
       ? showEtablissement(arg)
       : name === "ressource" && arg
         ? showRessource(arg)
-        : showAlertes(new URLSearchParams(query || ""));
+        : name === "simulation"
+          ? showSimulation(new URLSearchParams(query || ""))
+          : showAlertes(new URLSearchParams(query || ""));
   const moved = current && current.name !== view.name; // not at the first load: focus stays at the top
   current = view;
   for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
@@ -451,7 +600,16 @@ function wire() {
     location.hash = `#/ressource/${encodeURIComponent($("ressource").value.trim())}`;
   });
   for (const [kind, text] of Object.entries(KINDS)) $("f-kind").append(el("option", { value: kind }, text));
-  for (const id of ["titre-alertes", "titre-etablissement", "titre-ressource"]) $(id).tabIndex = -1;
+  for (const [id, prefix, run] of [
+    ["sim-ressource", "sr", simulateRessource],
+    ["sim-equipement", "se", simulateEquipement],
+  ]) {
+    $(id).addEventListener("submit", (event) => {
+      event.preventDefault();
+      simulate(event.target, prefix, run);
+    });
+  }
+  for (const view of VIEWS) $(`titre-${view}`).tabIndex = -1;
   window.addEventListener("hashchange", route);
 }
 
