@@ -3,11 +3,14 @@ Playwright, against the platform as real processes fed by partners as they reall
 collectivités' lots posted to the passerelle with their tokens, the référentiel and the
 catalogue on Kafka as ministere and gar). The page loads, its filters change the list, an alert
 a partner's lot raises appears live without a reload and leaves the list when a fixing lot
-resolves it; the établissement and resource views show verdicts, reasons and the chart.
+resolves it; the établissement and resource views show verdicts, reasons and the chart. The
+simulation view predicts a stricter revision's verdicts and the alerts lots would resolve or
+raise, as the test computes them from what it published, and publishes nothing.
 
 Screenshots of the main views are kept in the test's directory, `captures/` (the path is
 printed; pytest keeps the last runs under its basetemp)."""
 
+import json
 from pathlib import Path
 
 import httpx
@@ -184,3 +187,122 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
 
     assert errors == [], f"JavaScript errors on the page: {errors}"
     print(f"screenshots of the dashboard page: {captures}")
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+async def test_the_simulation_view_predicts_a_stricter_resource_and_the_alerts_lots_would_change(
+    platform, publish, wait_stored, browser, tmp_path
+):
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    academie = {RENNES[0]: "14", RENNES[1]: "14", NANTES: "17"}
+    ipados = {RENNES[0]: "12.5", RENNES[1]: "17", NANTES: "16.1"}
+    for n, uai in enumerate(academie):
+        dep, region = ("035", "53") if academie[uai] == "14" else ("044", "52")
+        publish("referentiel.etablissements.v1", uai, etablissement(uai, dep, academie[uai], region, n))
+    await wait_stored(("equipement.etablissements", "ressources.etablissements"), list(academie))
+    for n, (uai, os_version) in enumerate(ipados.items()):
+        publish("equipement.declarations.v1", uai, tablettes(uai, os_version, 10 + n))
+    await wait_stored(("ressources.recus",), list(academie))
+    publish("ressources.catalogue.v1", RID, ce("ressources.ressource-publiee", "/ministere", RESSOURCE, 5, RID))
+    for uai in academie:
+        subscription = {"resource_id": RID, "uai": uai, "start": "2026-09-01", "end": None}
+        publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+
+    async def state():
+        async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+            evaluated = (await api.get(f"/ressources/{RID}")).json()["total"]["evalues"]
+            return evaluated == 3 and (await api.get("/alertes", params={"state": "open"})).json()
+
+    before = await eventually(state, timeout=60, what="the 3 subscriptions evaluated")
+    assert [(a["uai"], a["kind"]) for a in before["items"]] == [(RENNES[0], "equipement-incompatible")]
+
+    page = await browser.new_page(viewport={"width": 1366, "height": 800}, locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base}/tableau")
+    await page.get_by_role("link", name="Simuler", exact=True).press("Enter")
+    await expect(page.locator("#titre-simulation")).to_be_focused()
+    await expect(page.locator("#vue-simulation")).to_contain_text("Une simulation ne publie rien et ne déclare rien")
+
+    # A stricter revision of the published resource: which subscribers fail, the test knows.
+    stricter = "16.5"
+    failing = {uai for uai, v in ipados.items() if version(v) < version(stricter)}
+    assert failing == {RENNES[0], NANTES}
+    await page.get_by_label("Identifiant (resource_id)").fill(RID)
+    requirements = [[{"type": "os", "name": "iPadOS", "min_version": stricter}]]
+    await page.get_by_label("Exigences système et navigateur").fill(json.dumps(requirements))
+    await page.get_by_role("button", name="Simuler la publication").press("Enter")
+    state_text = page.locator("#sr-etat")
+    await expect(state_text).to_have_text(
+        f"Si elle était publiée : 3 établissement(s) abonné(s) évalué(s) : {3 - len(failing)} compatible(s), "
+        f"0 partiel(s), {len(failing)} incompatible(s) ; 0 sous-formé(s).",
+        timeout=WAIT_MS,
+    )
+    await page.locator("#sr-academies").get_by_text("Voir les nombres").click()
+    for code in ("14", "17"):
+        uais = [u for u in academie if academie[u] == code]
+        bad = len(failing.intersection(uais))
+        counts = [len(uais), len(uais) - bad, 0, bad, 0]
+        await expect(page.locator(f"#sr-academies tr[data-code='{code}'] td")).to_have_text([str(n) for n in counts])
+    await expect(page.locator("#sr-academies svg g[data-code='17'] rect.compatible")).to_have_count(0)
+    motifs = page.locator("#sr-motifs li")
+    await expect(motifs).to_have_count(len(failing))  # one detail per installed version
+    for uai in failing:
+        await expect(motifs.filter(has_text=f"iPadOS {ipados[uai]} < {stricter} — 1 établissement")).to_have_count(1)
+    await expect(motifs.first).to_contain_text("version du système hors des bornes de la ressource")
+    await page.screenshot(path=captures / "simulation-ressource.png", full_page=True)
+
+    # A resource no one subscribes to, over every open établissement.
+    await page.get_by_label("Identifiant (resource_id)").fill("ark:/67375/e2e-inedite")
+    await page.get_by_label("tous les établissements ouverts").check()
+    await page.get_by_role("button", name="Simuler la publication").click()
+    await expect(state_text).to_contain_text("3 établissement(s) ouvert(s) évalué(s)", timeout=WAIT_MS)
+
+    # Lots from the établissement's view: the form starts from its lots; an unknown UAI is refused
+    # in French; then fixing lots at RENNES[0] and older ones at NANTES.
+    await page.goto(f"{base}/tableau#/etablissement/{RENNES[0]}")
+    await page.get_by_role("link", name="Simuler d'autres lots pour cet établissement").click()
+    await expect(page.locator("#titre-simulation")).to_be_focused()
+    lots_field = page.get_by_label("Lots (JSON")
+    await expect(lots_field).not_to_have_value("")
+    [prefilled] = json.loads(await lots_field.input_value())
+    assert (prefilled["uai"], prefilled["lot_id"], prefilled["os"]) == (
+        RENNES[0],
+        "tablettes",
+        {"name": "iPadOS", "version": ipados[RENNES[0]]},
+    )
+    unknown = "0350999" + c.uai_check_letter("0350999")
+    await lots_field.fill(json.dumps([{**prefilled, "uai": unknown}]))
+    await page.get_by_role("button", name="Simuler la déclaration").click()
+    await expect(page.locator("#se-erreur")).to_have_text(
+        f"Simulation impossible : lots[0].uai : {unknown} n'est pas dans le référentiel", timeout=WAIT_MS
+    )
+    lots = [json.loads(tablettes(RENNES[0], "17", 0))["data"], json.loads(tablettes(NANTES, "14", 0))["data"]]
+    await lots_field.fill(json.dumps(lots))
+    await page.get_by_role("button", name="Simuler la déclaration").click()
+    await expect(page.locator("#se-etat")).to_have_text(
+        "Si ces lots étaient déclarés : 2 établissements, 2 abonnements évalué(s) ; "
+        "1 alerte résolue(s), 1 alerte levée(s).",
+        timeout=WAIT_MS,
+    )
+    await expect(page.locator("#se-erreur")).to_be_hidden()
+    resolved = page.locator("#se-resolues tbody tr")
+    await expect(resolved).to_have_count(1)
+    await expect(resolved).to_have_attribute("data-uai", RENNES[0])
+    await expect(resolved).to_contain_text("Équipement incompatible")
+    await expect(resolved).to_contain_text("version du système hors des bornes de la ressource : iPadOS 12.5 < 15")
+    raised = page.locator("#se-levees tbody tr")
+    await expect(raised).to_have_count(1)
+    await expect(raised).to_have_attribute("data-uai", NANTES)
+    await expect(raised).to_contain_text("version du système hors des bornes de la ressource : iPadOS 14 < 15")
+    await page.screenshot(path=captures / "simulation-equipement.png", full_page=True)
+
+    # Nothing was published nor declared: the same open alert, the same counts.
+    assert await state() == before
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+    print(f"screenshots of the simulation view: {captures}")
