@@ -13,10 +13,14 @@ ALERTES_ETAT = "alertes.etat.v1"
 """The table of ALERTES: compacted, keyed by alert_id, the latest event of each alert, a
 tombstone once it is resolved (CONTRACTS.md, Alerts, "Current state")."""
 PUBLIC_TOPICS = (REFERENTIEL, FORMATION, EQUIPEMENT, CATALOGUE, ALERTES, ALERTES_ETAT)
+DECLARED_OVER_HTTP = (FORMATION, EQUIPEMENT)
+"""The topics only the ingestion service writes (CONTRACTS.md, Identity): rectorats and
+collectivités post their declarations over HTTP."""
 PRINCIPAL_HEADER = "auth-principal"
 """Record header naming who was authenticated when the event came in over HTTP (the token's
 `sub`): the ingestion service sets it on every record it writes, the services keep it with the
-event's inbox row. An optional header: a record is still judged by its value alone."""
+event's inbox row, on the topics of DECLARED_OVER_HTTP only (elsewhere nobody vouches for it).
+An optional header: a record is still judged by its value alone."""
 
 
 def dlq(topic: str) -> str:

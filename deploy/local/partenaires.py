@@ -29,7 +29,7 @@ import contracts as c
 from services.common.messaging.connection import KafkaAccess
 
 Record = tuple[str, str, bytes]  # topic, key, value: a CloudEvent in structured JSON mode
-OVER_HTTP = frozenset({c.FORMATION, c.EQUIPEMENT})
+OVER_HTTP = frozenset(c.DECLARED_OVER_HTTP)
 KAFKA_PRINCIPALS = {"/ministere": "ministere", "/gar": "gar"}
 BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 events
 BATCH = "application/cloudevents-batch+json"

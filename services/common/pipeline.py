@@ -224,7 +224,11 @@ class Pipeline:
             # Référentiel first: an établissement and an event about it may share a batch.
             ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
             accepted_ref = self._check(ref_events, {}, rejected)
-            principals = {id(e): _principal(r.headers) for e, r in external}
+            principals = {
+                id(e): _principal(r.headers)
+                for e, r in external
+                if self.settings.unprefixed(r.topic) in c.DECLARED_OVER_HTTP
+            }
             principal = lambda e: principals.get(id(e))  # noqa: E731
             fresh_ref = await inbox.claim(conn, accepted_ref, principal)
             stale, changed_uais = await referentiel.apply(conn, fresh_ref)
@@ -313,14 +317,15 @@ class Pipeline:
 
 
 def _principal(headers) -> str | None:
-    """The `auth-principal` header's value (the ingestion service's authenticated subject),
-    when it is text; any other bytes are a partner's business and are not kept."""
+    """The `auth-principal` header's value (the ingestion service's authenticated subject), its
+    printable characters; any other bytes are not kept (a NUL would not even fit a text column)."""
     for name, value in headers or ():
         if name == c.PRINCIPAL_HEADER and value is not None:
             try:
-                return value.decode()[:_PRINCIPAL_MAX]
+                text = value.decode()
             except UnicodeDecodeError:
                 return None
+            return "".join(ch for ch in text if ch.isprintable())[:_PRINCIPAL_MAX] or None
     return None
 
 

@@ -148,22 +148,33 @@ async def test_a_record_postgresql_refuses_is_dead_lettered_alone_and_the_rest_g
 
 async def test_the_authenticated_principal_is_kept_with_the_inbox_row(kafka, settings):
     """The ingestion service names who was authenticated in the `auth-principal` header; the
-    service keeps it with the event, so who sent what is auditable. Without the header (a record
-    written to Kafka by a partner's own principal) nothing is recorded, and a header that is not
-    text neither refuses the record nor is kept."""
+    service keeps it with the event, so who sent what is auditable. Only on the declaration
+    topics, which the ingestion service alone writes: elsewhere (the référentiel, written by the
+    ministère's own principal) nobody vouches for it. Without the header nothing is recorded; a
+    header that is not text, or holds control characters, neither refuses the record nor is kept
+    as such."""
     uai = valid_uai("0350003")
-    with_principal, without, not_text = lot(uai, "L1", 1, 1), lot(uai, "L2", 2, 2), lot(uai, "L3", 3, 3)
+    lots = {name: lot(uai, f"L{n}", n, n) for n, name in enumerate(("signed", "without", "binary", "nul"), 1)}
     async with running(SPEC, settings) as pipeline:
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        vouched = [(c.PRINCIPAL_HEADER, b"client-035")]
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))], vouched)
         await referentiel_loaded(pipeline, 1)
         topic = settings.topic(c.EQUIPEMENT)
-        await send(kafka.bootstrap_servers, topic, [(uai, with_principal)], [(c.PRINCIPAL_HEADER, b"client-035")])
-        await send(kafka.bootstrap_servers, topic, [(uai, without)])
-        await send(kafka.bootstrap_servers, topic, [(uai, not_text)], [(c.PRINCIPAL_HEADER, b"\xff\xfe")])
+        await send(kafka.bootstrap_servers, topic, [(uai, lots["signed"])], vouched)
+        await send(kafka.bootstrap_servers, topic, [(uai, lots["without"])])
+        await send(kafka.bootstrap_servers, topic, [(uai, lots["binary"])], [(c.PRINCIPAL_HEADER, b"\xff\xfe")])
+        await send(kafka.bootstrap_servers, topic, [(uai, lots["nul"])], [(c.PRINCIPAL_HEADER, b"client\x00-035\n")])
 
         async def recorded():
             rows = await pipeline.pool.fetch("SELECT id, principal FROM inbox WHERE type = $1", c.LOT)
-            return {r["id"]: r["principal"] for r in rows} if len(rows) == 3 else None
+            return {r["id"]: r["principal"] for r in rows} if len(rows) == len(lots) else None
 
-        principals = await eventually(recorded, what="the three lots in the inbox")
-        assert principals == {with_principal["id"]: "client-035", without["id"]: None, not_text["id"]: None}
+        principals = await eventually(recorded, what="the lots in the inbox")
+        assert principals == {
+            lots["signed"]["id"]: "client-035",
+            lots["without"]["id"]: None,
+            lots["binary"]["id"]: None,
+            lots["nul"]["id"]: "client-035",
+        }
+        referentiel_row = await pipeline.pool.fetchval("SELECT principal FROM inbox WHERE type = $1", c.ETABLISSEMENT)
+        assert referentiel_row is None, "the référentiel is not written by the ingestion service"
