@@ -233,6 +233,12 @@ async def test_the_simulation_view_predicts_a_stricter_resource_and_the_alerts_l
     stricter = "16.5"
     failing = {uai for uai, v in ipados.items() if version(v) < version(stricter)}
     assert failing == {RENNES[0], NANTES}
+    await page.get_by_label("Outils requis").fill("tni")  # a count is missing: refused before posting
+    await page.get_by_role("button", name="Simuler la publication").click()
+    await expect(page.locator("#sr-erreur")).to_have_text(
+        "Simulation impossible : Outils requis : « tni » n'a pas la forme attendue"
+    )
+    await page.get_by_label("Outils requis").fill("")
     await page.get_by_label("Identifiant (resource_id)").fill(RID)
     requirements = [[{"type": "os", "name": "iPadOS", "min_version": stricter}]]
     await page.get_by_label("Exigences système et navigateur").fill(json.dumps(requirements))
@@ -243,6 +249,7 @@ async def test_the_simulation_view_predicts_a_stricter_resource_and_the_alerts_l
         f"0 partiel(s), {len(failing)} incompatible(s) ; 0 sous-formé(s).",
         timeout=WAIT_MS,
     )
+    await expect(page.locator("#sr-erreur")).to_be_hidden()
     await page.locator("#sr-academies").get_by_text("Voir les nombres").click()
     for code in ("14", "17"):
         uais = [u for u in academie if academie[u] == code]
