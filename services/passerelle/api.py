@@ -50,6 +50,7 @@ from services.passerelle.settings import MAX_BATCH_EVENTS, PasserelleSettings
 log = structlog.get_logger(__name__)
 
 REALM = 'Bearer realm="former-equiper-outiller"'
+TRACE_CONTEXT = ("traceparent", "tracestate")
 RETRY_UNAVAILABLE_SECONDS = 5
 
 
@@ -222,12 +223,13 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
 def record_headers(subject: str, http_headers: Iterable[tuple[str, str]]) -> list[tuple[str, bytes]]:
     """The headers of each record written: its content type, who was authenticated, and the
     request's trace context, checked and carried as the services carry one between records
-    (a malformed `traceparent` is dropped, and `tracestate` with it)."""
+    (a malformed `traceparent` is dropped, and `tracestate` with it). Only the W3C trace
+    context: a partner's `baggage` would travel on to the alerts other territories read."""
     trace = trace_headers([(name, value.encode()) for name, value in http_headers], None)
     return [
         ("content-type", c.CONTENT_TYPE.encode()),
         (c.PRINCIPAL_HEADER, subject.encode()),
-        *((name, value.encode()) for name, value in trace.items()),
+        *((name, value.encode()) for name, value in trace.items() if name in TRACE_CONTEXT),
     ]
 
 

@@ -130,8 +130,8 @@ class Verificateur:
         except jwt.PyJWTError as error:
             raise JetonRefuse(_raison(error)) from None
         sub = claims["sub"]
-        if not isinstance(sub, str) or not 0 < len(sub) <= LONGUEUR_SUB:
-            raise JetonRefuse(f"claim sub mal formé : une chaîne de 1 à {LONGUEUR_SUB} caractères")
+        if not isinstance(sub, str) or not 0 < len(sub) <= LONGUEUR_SUB or not sub.isprintable():
+            raise JetonRefuse(f"claim sub mal formé : une chaîne imprimable de 1 à {LONGUEUR_SUB} caractères")
         try:
             declarants = declarants_du_claim(claims.get("declarant"))
         except ValueError:

@@ -1,10 +1,25 @@
 """The passerelle's own settings, beside the shared ones: how it checks tokens and how much
 it takes. Variables as documented in the README ("HTTP ingestion (passerelle)")."""
 
-from pydantic import Field
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field
 
 from services.common.runtime.settings import HttpUrl, ServiceSettings
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _keys_over_tls(url: str) -> str:
+    """Signing keys fetched in clear could be swapped on the way: https, or the machine itself."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in LOOPBACK:
+        raise ValueError("must be an https:// URL (http:// only on this machine: 127.0.0.1, localhost)")
+    return url
+
+
+JwksUrl = Annotated[HttpUrl, AfterValidator(_keys_over_tls)]
 MAX_BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 events
 
 
@@ -13,7 +28,7 @@ class PasserelleSettings(ServiceSettings):
     jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")
     jwt_audience: str = Field("former-equiper-outiller", description="the tokens' expected `aud`")
     jwks_file: str | None = Field(None, description="JSON Web Key Set of the provider's signing keys, as a file")
-    jwks_url: HttpUrl | None = Field(None, description="the same, fetched (and cached) from the provider")
+    jwks_url: JwksUrl | None = Field(None, description="the same, fetched (and cached) from the provider, over https")
     # What one request may hold, and how fast one declarant may send.
     passerelle_max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="a request body beyond this is refused (413) before it is read"

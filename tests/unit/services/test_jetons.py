@@ -109,6 +109,7 @@ REFUS = {
     "no exp": (lambda i, a: i.signe(claims(exp=None)), "claim exp absent"),
     "no sub": (lambda i, a: i.signe(claims(sub=None)), "claim sub absent"),
     "empty sub": (lambda i, a: i.signe(claims(sub="")), "claim sub mal formé"),
+    "sub with a NUL": (lambda i, a: i.signe(claims(sub="client\x00-035")), "claim sub mal formé"),
     "no declarant": (lambda i, a: i.signe(claims(declarant=None)), "claim declarant absent ou mal formé"),
     "declarant not a source": (
         lambda i, a: i.signe(claims(declarant="/collectivites/communes/3523")),

@@ -5,6 +5,7 @@ import pytest
 
 import contracts as c
 from services.common.runtime.app import build_app
+from services.common.runtime.settings import check_environment
 from services.common.runtime.startup import StartupFailed
 from services.passerelle.api import create_api, record_headers
 from services.passerelle.app import SPEC
@@ -41,6 +42,8 @@ def test_the_requests_trace_context_becomes_the_records_headers_only_when_well_f
         ("tracestate", b"congo=t61rcWkgMzE"),
     ]
     assert record_headers("client-035", http) == base
+    baggage = [("baggage", "territoire=035")]  # would travel on to alerts other territories read
+    assert record_headers("client-035", [*traced, *baggage]) == record_headers("client-035", traced)
     for malformed in (
         TRACEPARENT.replace("0af7", "0AF7"),  # upper case hex
         TRACEPARENT.replace("0af7651916cd43dd8448eb211c80319c", "0" * 32),  # no trace
@@ -49,3 +52,13 @@ def test_the_requests_trace_context_becomes_the_records_headers_only_when_well_f
     ):
         assert record_headers("client-035", [("traceparent", malformed), ("tracestate", "congo=t61rcWkgMzE")]) == base
     assert record_headers("client-035", [("tracestate", "congo=t61rcWkgMzE")]) == base
+
+
+def test_signing_keys_are_fetched_over_https_except_from_this_machine():
+    problems = check_environment({"JWKS_URL": "http://idp.example.org/certs"}, [PasserelleSettings])
+    assert problems == [
+        "JWKS_URL: must be an https:// URL (http:// only on this machine: 127.0.0.1, localhost) "
+        "(got 'http://idp.example.org/certs')"
+    ]
+    for fine in ("https://idp.example.org/certs", "http://127.0.0.1:8080/certs", "http://localhost/certs"):
+        assert check_environment({"JWKS_URL": fine}, [PasserelleSettings]) == []
