@@ -101,8 +101,8 @@ class Partenaires:
 
     async def _produce(self, principal: str, records: list[Record]) -> int:
         producer = AIOKafkaProducer(**self._kafka(principal).aiokafka(), acks="all", enable_idempotence=True)
-        await producer.start()
         try:
+            await producer.start()
             futures = [
                 await producer.send(
                     self._prefix + topic, value, key=key.encode(), headers=[("content-type", c.CONTENT_TYPE.encode())]

@@ -19,7 +19,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiokafka.helpers import create_ssl_context
 
@@ -49,7 +49,11 @@ class KafkaAccess:
     def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> KafkaAccess:
         """The access the environment describes; `overrides` (e.g. `bootstrap_servers=`) win."""
         given: dict[str, Any] = {name: environ[var] for name, var in VARIABLES.items() if environ.get(var)}
-        return cls(**{**given, **{k: v for k, v in overrides.items() if v is not None}})
+        access = cls(**{**given, **{k: v for k, v in overrides.items() if v is not None}})
+        for name, allowed in (("security_protocol", get_args(Protocol)), ("sasl_mechanism", get_args(Mechanism))):
+            if getattr(access, name) not in allowed:  # anything else would quietly mean no TLS
+                raise ValueError(f"{VARIABLES[name]}: must be one of {', '.join(allowed)}")
+        return access
 
     @classmethod
     def of(cls, settings: Any) -> KafkaAccess:

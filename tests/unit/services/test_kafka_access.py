@@ -172,3 +172,9 @@ async def test_a_failed_probe_says_what_it_waited_for_without_the_password(envir
     assert "startup.waiting" in logged or "startup.gave_up" in logged
     assert f"Loading SSL CA from {ca_file}" in caplog.text, "the probe connects with the access' TLS"
     assert PASSWORD not in str(failed.value) + logged
+
+
+@pytest.mark.parametrize("protocol", ["sasl_ssl", "SSL", "SASL_PLAINTEXT"])
+def test_a_protocol_it_does_not_know_is_refused_rather_than_read_as_plaintext(protocol):
+    with pytest.raises(ValueError, match="KAFKA_SECURITY_PROTOCOL: must be one of SASL_SSL, PLAINTEXT"):
+        KafkaAccess.from_environ({"KAFKA_SECURITY_PROTOCOL": protocol})
