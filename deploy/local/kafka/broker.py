@@ -128,7 +128,7 @@ class LocalKafka:
                 [
                     *jvm,
                     *("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)),
-                    *self.credentials.scram_arguments(),
+                    *self.credentials.scram_arguments(ADMIN),  # brokers need it to reach each other
                 ],
                 f"formatting the Kafka storage in {self.data_dir} failed",
                 KafkaRuntimeError,
@@ -144,13 +144,16 @@ class LocalKafka:
             ready=lambda: port_open(self.port) and serves_metadata(self.access),
             not_ready=f"did not serve metadata on {self.bootstrap_servers}",
         )
-        self._add_new_principals()
+        self._add_scram_users(everyone=not formatted)
 
-    def _add_new_principals(self) -> None:
-        """SCRAM users for the principals that appeared since the storage was formatted."""
+    def _add_scram_users(self, everyone: bool) -> None:
+        """SCRAM users through the admin client (their salted passwords never on a command line):
+        on a new storage every principal's, `admin`'s again with a new salt (its salted password
+        was on the format tool's command line, and proves who holds it as well as the password);
+        else those of the principals that appeared since the storage was formatted."""
         assert self.credentials is not None, "read by start()"
         wanted = self.credentials.with_new(principals())
-        added = [name for name in wanted.passwords if name not in self.credentials.passwords]
+        added = [name for name in wanted.passwords if everyone or name not in self.credentials.passwords]
         if added:
             add_scram_users(self.access, {name: wanted.password(name) for name in added})
             wanted.save()

@@ -81,11 +81,12 @@ class Credentials:
         """KAFKA_USERNAME and KAFKA_PASSWORD of principal `name`, for a child process."""
         return {"KAFKA_USERNAME": name, "KAFKA_PASSWORD": self.password(name)}
 
-    def scram_arguments(self) -> list[str]:
-        """StorageTool's `--add-scram` options creating every user, with salted passwords only
-        (the passwords themselves never appear on a command line)."""
+    def scram_arguments(self, *names: str) -> list[str]:
+        """StorageTool's `--add-scram` options creating the users `names`, with salted passwords
+        only (the passwords themselves never appear on a command line)."""
         out = []
-        for name, password in self.passwords.items():
+        for name in names:
+            password = self.password(name)
             salt = secrets.token_bytes(24)
             salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, SCRAM_ITERATIONS)
             out += [
