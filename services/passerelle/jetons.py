@@ -188,11 +188,17 @@ class _ClesUrl:
         self._force = -math.inf  # when an unknown kid last forced a fetch
         self._generation = 0  # fetches done: a caller that waited for another's fetch skips its own
         self._verrou = asyncio.Lock()
+        self._rafraichissement: asyncio.Task | None = None
 
     async def cle(self, kid: str) -> jwt.PyJWK | None:
         vue = self._generation
         maintenant = time.monotonic()
-        if maintenant >= self._prochain:
+        if maintenant >= self._prochain and kid in self._cles:
+            # Expired, but this key is in hand: fetched again behind this request, which never
+            # waits for a slow or absent provider (its keys are used until it answers).
+            if self._rafraichissement is None or self._rafraichissement.done():
+                self._rafraichissement = asyncio.create_task(self._charger(vue))
+        elif maintenant >= self._prochain:
             await self._charger(vue)
         elif kid not in self._cles and maintenant - self._force >= INTERVALLE_REFETCH:
             self._force = maintenant
@@ -208,7 +214,7 @@ class _ClesUrl:
             try:
                 self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
                 self._prochain = time.monotonic() + DUREE_CACHE
-            except (jwt.PyJWTError, ValueError) as error:  # ValueError: the answer is not JSON
+            except Exception as error:  # PyJWTError, ValueError (not JSON), OSError (cut while read)...
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles:

@@ -279,7 +279,26 @@ async def test_expired_keys_are_still_used_when_the_provider_is_down(
     fournisseur.jwks = b"<html>502 Bad Gateway</html>"
 
     assert await verificateur.verifier(identite.jeton(COMMUNE))
-    assert fournisseur.requests == 2
+
+    async def asked_again() -> bool:
+        return fournisseur.requests == 2
+
+    await eventually(asked_again, timeout=10, what="the expired keys fetched again")
+    assert await verificateur.verifier(identite.jeton(COMMUNE)), "the provider's error leaves the keys in use"
+
+
+async def test_a_slow_provider_never_holds_a_request_whose_key_is_in_hand(
+    fournisseur: Fournisseur, identite: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetons, "DUREE_CACHE", 0.0)  # every token finds the keys expired
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    fournisseur.gate.clear()  # the provider stops answering
+
+    async with asyncio.timeout(5):  # a fetch would wait 30 s for the gate
+        principals = await asyncio.gather(*(verificateur.verifier(identite.jeton(COMMUNE)) for _ in range(5)))
+    assert {p.subject for p in principals} == {principals[0].subject}
+    fournisseur.gate.set()
 
 
 async def test_a_jwks_without_an_asymmetric_signing_key_is_unavailable_not_a_bad_token(
