@@ -162,17 +162,33 @@ async def synthese(
     }
 
 
-async def population(conn: Conn, resource_id: str | None) -> list[asyncpg.Record]:
-    """The établissements a resource would be evaluated at once published (`SUBSCRIBED`), or
-    with None every open établissement: (uai, code_academie, code_departement), by UAI."""
-    if resource_id is None:
-        return await conn.fetch(
-            "SELECT uai, code_academie, code_departement FROM etablissements WHERE ouvert IS TRUE ORDER BY uai"
-        )
-    return await conn.fetch(
-        "SELECT e.uai, e.code_academie, e.code_departement FROM abonnements a JOIN etablissements e USING (uai) "
-        f"WHERE a.resource_id = $1 AND {SUBSCRIBED} ORDER BY e.uai",
-        resource_id,
+_OPEN = "SELECT uai, code_academie, code_departement FROM etablissements WHERE ouvert IS TRUE"
+"""Every open établissement."""
+_SUBSCRIBERS = (
+    "SELECT e.uai, e.code_academie, e.code_departement FROM abonnements a JOIN etablissements e USING (uai) "
+    f"WHERE a.resource_id = $2 AND {SUBSCRIBED}"
+)
+"""The établissements a resource would be evaluated at once published (`SUBSCRIBED`)."""
+
+
+def inputs(conn: Conn, types: list[str], resource_id: str | None) -> asyncpg.cursor.CursorFactory:
+    """Per établissement subscribed to `resource_id` (None: every open one): uai, code_academie,
+    code_departement, and what the rules read of it: the `types` and `contents` of its records of
+    `types`, in the order the store reads them, each content as JSON text without what names the
+    record (uai, version), so that equal inputs read equal. A cursor (inside a transaction)."""
+    held = "FILTER (WHERE r.type IS NOT NULL), '{}')"
+    return conn.cursor(
+        f"""
+        SELECT p.uai, p.code_academie, p.code_departement,
+               coalesce(array_agg(r.type ORDER BY r.type, r.entity) {held} AS types,
+               coalesce(array_agg((r.content - '{{uai,version}}'::text[])::text ORDER BY r.type, r.entity) {held}
+                   AS contents
+        FROM ({_OPEN if resource_id is None else _SUBSCRIBERS}) p
+        LEFT JOIN recus r ON r.uai = p.uai AND r.type = ANY($1::text[])
+        GROUP BY p.uai, p.code_academie, p.code_departement
+        """,
+        types,
+        *([] if resource_id is None else [resource_id]),
     )
 
 

@@ -3,10 +3,13 @@ live evaluation's own rules (rules.evaluate, lifecycle.transitions) over what is
 
 Nothing is written or published: each simulation reads in one read-only transaction (PostgreSQL
 refuses any write in it), a consistent snapshot however long it takes. The établissements are
-read and judged by chunks of UAIs, so memory holds one chunk and the event loop (the Kafka
-consumer, the SSE streams) gets its turn between two.
+read and judged by batches, so memory holds one batch and the event loop (the Kafka consumer, the
+SSE streams) gets its turn between two. A resource is judged once per distinct set of stored
+inputs: établissements holding equal ones (as many as the fleets repeat) share one evaluation,
+exact since evaluate never reads the UAI.
 """
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -16,15 +19,24 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from contracts import AlertKind, Lot, Reason, RessourcePubliee
-from contracts.internal import LotProfil, ProfilEquipement
+from contracts.internal import (
+    COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
+    PROFIL_CONNECTIVITE,
+    PROFIL_LOT,
+    LotProfil,
+    ProfilEquipement,
+)
 from services.common.storage.db import Conn
 from services.equipement.domain import lot_content
-from services.ressources import queries
+from services.ressources import queries, views
 from services.ressources.lifecycle import transitions
 from services.ressources.rules import Evaluation, Seuils, evaluate, is_evaluated, verdict
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
+MAX_JUDGED = 4096  # distinct sets of inputs whose evaluation is kept; beyond, they are judged again
+EQUIPEMENT, FORMATION = (PROFIL_LOT, PROFIL_CONNECTIVITE), (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL)
 MAX_MOTIFS = 10
 COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
 _OF_VERDICT = {"compatible": "compatibles", "partiel": "partiels", "incompatible": "incompatibles"}
@@ -64,16 +76,19 @@ class Bilan:
     par_departement: dict[str, dict[str, int]] = field(default_factory=dict)
     motifs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def add(self, academie: str, departement: str, evaluation: Evaluation) -> None:
-        counted = [self.total, self.par_academie.setdefault(academie, _zero())]
-        counted.append(self.par_departement.setdefault(departement, _zero()))
+    def add(self, evaluation: Evaluation, territoires: Iterable[tuple[str, str, int]]) -> None:
+        """One evaluation, that of `n` établissements in each (académie, département, n)."""
         of_verdict = _OF_VERDICT[verdict(evaluation.alerts)]
         under_trained = "formation-insuffisante" in evaluation.alerts
-        for counts in counted:
-            counts["evalues"] += 1
-            counts[of_verdict] += 1
-            counts["sous_formes"] += under_trained
-        self.motifs.update({motif(r) for reasons in evaluation.alerts.values() for r in reasons})
+        motifs = {motif(r) for reasons in evaluation.alerts.values() for r in reasons}
+        for academie, departement, n in territoires:
+            counted = [self.total, self.par_academie.setdefault(academie, _zero())]
+            counted.append(self.par_departement.setdefault(departement, _zero()))
+            for counts in counted:
+                counts["evalues"] += n
+                counts[of_verdict] += n
+                counts["sous_formes"] += n * under_trained
+            self.motifs.update(dict.fromkeys(motifs, n))
 
     def as_json(self) -> dict:
         return {
@@ -91,17 +106,35 @@ async def simulate_ressource(conn: Conn, ressource: RessourcePubliee, abonnes: b
     """The verdicts `ressource` would get, published as it is: at the établissements subscribed
     to its resource_id (`abonnes`) or at every open one."""
     bilan = Bilan()
+    judged: dict[Inputs, Evaluation] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        population = await queries.population(conn, ressource.resource_id if abonnes else None)
-        store = RessourcesStore(conn)
-        for start in range(0, len(population), CHUNK):
-            chunk = population[start : start + CHUNK]
-            uais = [r["uai"] for r in chunk]
-            profils, couvertures = await store.load_profils(uais), await store.load_couvertures(uais)
-            for r in chunk:
-                evaluation = evaluate(ressource, profils.get(r["uai"]), couvertures.get(r["uai"]), seuils)
-                bilan.add(r["code_academie"], r["code_departement"], evaluation)
+        resource_id = ressource.resource_id if abonnes else None
+        cursor = await queries.inputs(conn, [*EQUIPEMENT, *FORMATION], resource_id)
+        while batch := await cursor.fetch(CHUNK):
+            where: dict[Inputs, tuple[str, Counter[tuple[str, str]]]] = {}  # inputs -> (first UAI, territoires)
+            for r in batch:
+                key = (tuple(r["types"]), tuple(r["contents"]))
+                where.setdefault(key, (r["uai"], Counter()))[1][r["code_academie"], r["code_departement"]] += 1
+            for key, (uai, territoires) in where.items():
+                evaluation = judged.get(key)
+                if evaluation is None:
+                    if len(judged) >= MAX_JUDGED:
+                        judged.clear()
+                    evaluation = judged[key] = _evaluate(ressource, uai, key, seuils)
+                bilan.add(evaluation, [(a, d, n) for (a, d), n in territoires.items()])
     return bilan
+
+
+Inputs = tuple[tuple[str, ...], tuple[str, ...]]
+"""An établissement's records as queries.inputs reads them: their types, their contents."""
+
+
+def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seuils) -> Evaluation:
+    """The evaluation of `uai` from its records, assembled as the store assembles them."""
+    records = [(t, uai, json.loads(content)) for t, content in zip(*inputs, strict=True)]
+    profil = views.profils(r for r in records if r[0] in EQUIPEMENT).get(uai)
+    couverture = views.couvertures(r for r in records if r[0] in FORMATION).get(uai)
+    return evaluate(ressource, profil, couverture, seuils)
 
 
 class UaiInconnus(Exception):

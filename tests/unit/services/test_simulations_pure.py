@@ -68,9 +68,9 @@ def test_a_detail_shortened_at_its_bound_is_counted_as_it_is():
 def test_the_tally_counts_each_verdict_per_academie_departement_and_in_all_and_each_motif_once():
     bilan = Bilan()
     incompatible = evaluate(RESSOURCE, profil("a", 3, ("iPadOS", "12.5")), couverture(1, 10))
-    bilan.add("14", "035", incompatible)
-    bilan.add("14", "056", evaluate(RESSOURCE, profil("b", 3, ("iPadOS", "12.4")), couverture(9, 10)))
-    bilan.add("17", "044", evaluate(RESSOURCE, profil("c", 3, ("iPadOS", "12.5")), couverture(1, 10)))
+    bilan.add(incompatible, [("14", "035", 1)])
+    bilan.add(evaluate(RESSOURCE, profil("b", 3, ("iPadOS", "12.4")), couverture(9, 10)), [("14", "056", 1)])
+    bilan.add(evaluate(RESSOURCE, profil("c", 3, ("iPadOS", "12.5")), couverture(1, 10)), [("17", "044", 1)])
     j = bilan.as_json()
     # The tools are missing everywhere: incompatible at all three; two under-trained.
     assert j["total"] == {"evalues": 3, "compatibles": 0, "partiels": 0, "incompatibles": 3, "sous_formes": 2}
@@ -107,3 +107,17 @@ def test_declared_lots_replace_add_and_retire_on_top_of_the_profile():
     assert with_lots(UAI, None, lots[1:2]).lots[0].kind == "pc"
     assert "equipement-incompatible" in evaluate(RESSOURCE.model_copy(update={"tools": []}), held).alerts
     assert "equipement-incompatible" not in evaluate(RESSOURCE.model_copy(update={"tools": []}), after).alerts
+
+
+def test_an_evaluation_held_by_several_etablissements_counts_for_each_where_they_are():
+    one_by_one, grouped = Bilan(), Bilan()
+    held = evaluate(RESSOURCE, profil("a", 3, ("iPadOS", "12.5")), couverture(1, 10))
+    where = [("14", "035", 2), ("14", "056", 1), ("17", "044", 3)]
+    for academie, departement, n in where:
+        for _ in range(n):
+            one_by_one.add(held, [(academie, departement, 1)])
+    grouped.add(held, where)
+    assert grouped.as_json() == one_by_one.as_json()
+    assert grouped.total["evalues"] == grouped.total["sous_formes"] == 6
+    assert grouped.par_academie["14"]["incompatibles"] == 3
+    assert {"code": "os-version", "detail": "iPadOS 12.5 < 15", "etablissements": 6} in grouped.as_json()["motifs"]
