@@ -47,7 +47,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         "latency": lambda run: latency.figure(run, args.rates, args.duration, args.uais, args.drain_timeout),
         "national": lambda run: national.figure(run, args.etablissements),
         "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
-        "simulations": lambda run: simulations.figure(run, args.etablissements),
+        "simulations": lambda run: simulations.figure(run, args.etablissements, args.distinct),
     }
     chosen = [f for f in FIGURES if f in args.figures or "all" in args.figures or not args.figures]
     rows: list[Row] = []
@@ -94,6 +94,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--etablissements", type=int, default=60_000, help="national and simulations: établissements (scale)"
+    )
+    parser.add_argument(
+        "--distinct", action="store_true", help="simulations: every établissement's inputs differ (else 120 sets)"
     )
     args = parser.parse_args()
     if unknown := set(args.figures) - {*FIGURES, "all"}:

@@ -62,8 +62,10 @@ SIMULATED = {
 }
 
 
-def derived(i: int, e: Etablissement) -> list:
-    """What equipement and formation would have published for the i-th établissement."""
+def derived(i: int, e: Etablissement, distinct: bool = False) -> list:
+    """What equipement and formation would have published for the i-th établissement; `distinct`:
+    its PCs counted 8 + i, so that no two établissements hold equal inputs (else 8 + i % 5: the
+    60,000 hold 120 distinct sets of inputs)."""
     tablets = ProfilLot(
         uai=e.uai,
         version=1,
@@ -78,7 +80,7 @@ def derived(i: int, e: Etablissement) -> list:
         version=1,
         lot_id="pc",
         kind="pc",
-        quantity=8 + i % 5,
+        quantity=8 + (i if distinct else i % 5),
         os=Logiciel(name="Windows", version="10" if i % 3 else "11"),
         browsers=[
             Logiciel(name="Firefox", version=f"{110 + i % 20}.0"),
@@ -97,7 +99,7 @@ def derived(i: int, e: Etablissement) -> list:
     ]
 
 
-async def fill(database_url: str, etabs: list[Etablissement]) -> None:
+async def fill(database_url: str, etabs: list[Etablissement], distinct: bool) -> None:
     """ressources' tables as its consumer would have written them, by chunks of établissements."""
     pool = await create_pool(database_url, "ressources")
     try:
@@ -108,7 +110,7 @@ async def fill(database_url: str, etabs: list[Etablissement]) -> None:
                 await referentiel.apply(
                     conn, [make_event(c.ETABLISSEMENT, e, source="/ministere", time=T0) for _, e in chunk]
                 )
-                await store.store_derived([record for i, e in chunk for record in derived(i, e)])
+                await store.store_derived([record for i, e in chunk for record in derived(i, e, distinct)])
                 subscriptions = [Abonnement(resource_id=RESOURCE, uai=e.uai, start=START) for _, e in chunk]
                 await store.store_abonnements(
                     [make_event(c.ABONNEMENT, a, source="/gar", time=T0) for a in subscriptions]
@@ -156,13 +158,14 @@ def row(figure: str, seconds: list[float], what: str) -> Row:
     )
 
 
-async def figure(runtime: Runtime, count: int) -> list[Row]:
-    print(f"\n== simulations: {count:,} établissements, ressources' database filled through its store")
+async def figure(runtime: Runtime, count: int, distinct: bool) -> list[Row]:
+    inputs = "every one's inputs distinct" if distinct else "120 distinct sets of inputs"
+    print(f"\n== simulations: {count:,} établissements ({inputs}), ressources' database filled through its store")
     etabs = list(generate(count, SEED))
     stage = await runtime.stage("simulations")
     async with running(stage, ("ressources",)) as procs:
         started = time.monotonic()
-        await fill(stage.database_url, etabs)
+        await fill(stage.database_url, etabs, distinct)
         print(f"  setup: {count:,} établissements stored in {time.monotonic() - started:.1f} s")
         url = f"http://127.0.0.1:{procs.ports['ressources']}"
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -180,8 +183,9 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
             equipement, answer = await timed(client, "/simulations/equipement", json={"lots": lots})
             changes = f"{len(answer['levees']):,} raised, {len(answer['resolues']):,} resolved"
             print(f"  equipement, {len(lots):,} lots: {[f'{s:.2f}' for s in equipement]} s ({changes})")
+    each = ", each distinct" if distinct else ""
     return [
-        row(f"simulation ressource, {total['evalues']:,} subscribed", subscribed, "abonnes"),
-        row(f"simulation ressource, every open établissement of {count:,}", everywhere, "ouverts"),
+        row(f"simulation ressource, {total['evalues']:,} subscribed{each}", subscribed, "abonnes"),
+        row(f"simulation ressource, every open établissement of {count:,}{each}", everywhere, "ouverts"),
         row(f"simulation equipement, {len(lots):,} lots of one région", equipement, changes),
     ]
