@@ -32,6 +32,8 @@ OLD, RECENT = "12.5", "17.1"
 SEED = 8
 SUBSCRIPTIONS_TARGET, REPUBLICATION_TARGET, RSS_TARGET_MB = 5.0, 3.0, 300
 SETUP_TIMEOUT, STEP_TIMEOUT = 1800, 600
+PIPELINE = ("formation", "equipement", "ressources")
+"""The services measured: the records go to Kafka directly, not through the passerelle."""
 
 
 def ipados(i: int) -> str:
@@ -99,7 +101,7 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
     stage = await runtime.stage("national")
     catalogue = stage.topic(c.CATALOGUE)
-    async with running(stage) as procs, Observer(stage) as observer:
+    async with running(stage, PIPELINE) as procs, Observer(stage) as observer:
         await setup(stage, observer, procs, etabs)
         async with Tail(stage, stage.topic(c.ALERTES)) as tail:
             expected = sum(ipados(i) == OLD for i, _ in open_)
