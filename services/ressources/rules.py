@@ -13,7 +13,8 @@ its name meet at its version by one bisection among their bounds (`_Name`), so a
 the lot's browsers, not the resource's entries; a reason's text is written only for the misses
 reported (at most MAX_REASONS per kind). What is derived from a resource or a profile is kept
 for the next pair while the model object lives (found by identity: the models are frozen and
-nothing changes their lists in place); nothing here does I/O.
+nothing changes their lists in place); configurations and reasons, by value, for the next
+profile (a country's fleets repeat a few hundred of each); nothing here does I/O.
 """
 
 import functools
@@ -73,9 +74,12 @@ class Evaluation:
     coverage: float | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def _reason(code: str, detail: str) -> Reason:
     """Every reason is built here, its detail within the contract's bound (the `have` list of
-    a lot with 32 long browser names alone runs to thousands of characters)."""
+    a lot with 32 long browser names alone runs to thousands of characters). Kept: the same
+    few reasons recur at thousands of établissements, and a Reason is frozen, so one object
+    serves them all."""
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 1] + "…"
     return Reason(code=code, detail=detail)
@@ -84,15 +88,18 @@ def _reason(code: str, detail: str) -> Reason:
 @dataclass
 class _Why:
     reasons: list[Reason] = field(default_factory=list)
+    _held: set[tuple[str, str]] = field(default_factory=set)
+    """(code, detail as given) of each reason added, to refuse a repeat without comparing models."""
 
     @property
     def full(self) -> bool:
         return len(self.reasons) >= MAX_REASONS
 
     def add(self, code: str, detail: str) -> None:
-        if len(self.reasons) < MAX_REASONS:
+        if len(self.reasons) < MAX_REASONS and (code, detail) not in self._held:
             reason = _reason(code, detail)
-            if reason not in self.reasons:
+            self._held.add((code, detail))
+            if reason not in self.reasons:  # two details may read alike once shortened
                 self.reasons.append(reason)
 
 
@@ -107,6 +114,7 @@ ConfigKey = tuple[str, ...]
 """A lot's software as declared, flat: OS name, OS version, then each browser's name and version."""
 
 _fold = functools.lru_cache(maxsize=4096)(fold_name)  # a fleet repeats a few names thousands of times
+_fold_kind = functools.lru_cache(maxsize=4096)(fold_kind)
 _display = functools.lru_cache(maxsize=4096)(display_name)
 _name_version = operator.attrgetter("name", "version")
 
@@ -137,6 +145,11 @@ class _Configuration:
                 self.many[name] = [self.one.pop(name), version]
             else:
                 self.one[name] = version
+
+
+_configuration = functools.lru_cache(maxsize=4096)(_Configuration)
+"""The configuration of a key, shared by the lots and profiles declaring it (the fleets of a
+country repeat a few hundred; a verdict is found by its key, so sharing changes no result)."""
 
 
 def _first(key: ConfigKey, browser: bool, name: str) -> tuple[str, str, Version] | None:
@@ -318,19 +331,12 @@ class _Fleet:
         lots = profil.lots if profil else []
         self.computing = [lot for lot in lots if lot.os is not None and lot.quantity > 0]
         """Lots with an OS and a quantity; `configurations[i]` is the software of `computing[i]`."""
-        shared: dict[ConfigKey, _Configuration] = {}
-        self.configurations = []
-        for lot in self.computing:
-            key = _config_key(lot)
-            configuration = shared.get(key)
-            if configuration is None:
-                configuration = shared[key] = _Configuration(key)
-            self.configurations.append(configuration)
+        self.configurations = [_configuration(_config_key(lot)) for lot in self.computing]
         self.devices = sum(lot.quantity for lot in self.computing)
         self.units: dict[str, int] = {}
         """Folded kind -> units over all lots."""
         for lot in lots:
-            kind = fold_kind(lot.kind)
+            kind = _fold_kind(lot.kind)
             self.units[kind] = self.units.get(kind, 0) + lot.quantity
 
 
@@ -441,7 +447,7 @@ def evaluate(
         incompatible.add("aucun-poste", "aucun poste avec système d'exploitation déclaré")
     short = _Why()
     for tool in ressource.tools:
-        have = fleet.units.get(fold_kind(tool.kind), 0)
+        have = fleet.units.get(_fold_kind(tool.kind), 0)
         if have < tool.min_quantity:
             short.add("outil-manquant", f"{tool.kind}: {have} < {tool.min_quantity}")
     if compatible == 0 or short.reasons:
