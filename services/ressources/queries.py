@@ -11,6 +11,7 @@ import asyncpg
 
 from contracts import ALERT_KINDS
 from services.common.storage.db import Conn
+from services.ressources import views
 
 # Each filter of the read API, and where it looks in an alert's data: the one definition that
 # the SQL conditions and the Python match are both read from.
@@ -166,28 +167,25 @@ _OPEN = "SELECT uai, code_academie, code_departement FROM etablissements WHERE o
 """Every open établissement."""
 _SUBSCRIBERS = (
     "SELECT e.uai, e.code_academie, e.code_departement FROM abonnements a JOIN etablissements e USING (uai) "
-    f"WHERE a.resource_id = $2 AND {SUBSCRIBED}"
+    f"WHERE a.resource_id = $1 AND {SUBSCRIBED}"
 )
 """The établissements a resource would be evaluated at once published (`SUBSCRIBED`)."""
 
 
-def inputs(conn: Conn, types: list[str], resource_id: str | None) -> asyncpg.cursor.CursorFactory:
+def inputs(conn: Conn, resource_id: str | None) -> asyncpg.cursor.CursorFactory:
     """Per établissement subscribed to `resource_id` (None: every open one): uai, code_academie,
-    code_departement, and what the rules read of it: the `types` and `contents` of its records of
-    `types`, in the order the store reads them, each content as JSON text without what names the
-    record (uai, version), so that equal inputs read equal. A cursor (inside a transaction)."""
-    held = "FILTER (WHERE r.type IS NOT NULL), '{}')"
+    code_departement, and what the rules read of it: its `profil` and its `couverture` as the
+    store assembles them (views.PROFIL_SQL, COUVERTURE_SQL: JSON text without the uai and the
+    records' versions, so that equal inputs read equal; NULL without records). A cursor (inside a
+    transaction)."""
     return conn.cursor(
         f"""
         SELECT p.uai, p.code_academie, p.code_departement,
-               coalesce(array_agg(r.type ORDER BY r.type, r.entity) {held} AS types,
-               coalesce(array_agg((r.content - '{{uai,version}}'::text[])::text ORDER BY r.type, r.entity) {held}
-                   AS contents
+               {views.PROFIL_SQL} AS profil, {views.COUVERTURE_SQL} AS couverture
         FROM ({_OPEN if resource_id is None else _SUBSCRIBERS}) p
-        LEFT JOIN recus r ON r.uai = p.uai AND r.type = ANY($1::text[])
+        LEFT JOIN recus r ON r.uai = p.uai
         GROUP BY p.uai, p.code_academie, p.code_departement
         """,
-        types,
         *([] if resource_id is None else [resource_id]),
     )
 

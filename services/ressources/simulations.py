@@ -9,7 +9,7 @@ inputs: établissements holding equal ones (as many as the fleets repeat) share 
 exact since evaluate never reads the UAI.
 """
 
-import json
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -19,14 +19,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from contracts import AlertKind, Lot, Reason, RessourcePubliee
-from contracts.internal import (
-    COUVERTURE_ENSEIGNANTS,
-    COUVERTURE_OUTIL,
-    PROFIL_CONNECTIVITE,
-    PROFIL_LOT,
-    LotProfil,
-    ProfilEquipement,
-)
+from contracts.internal import LotProfil, ProfilEquipement
 from services.common.storage.db import Conn
 from services.equipement.domain import lot_content
 from services.ressources import queries, views
@@ -36,7 +29,6 @@ from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
 MAX_JUDGED = 4096  # distinct sets of inputs whose evaluation is kept; beyond, they are judged again
-EQUIPEMENT, FORMATION = (PROFIL_LOT, PROFIL_CONNECTIVITE), (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL)
 MAX_MOTIFS = 10
 COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
 _OF_VERDICT = {"compatible": "compatibles", "partiel": "partiels", "incompatible": "incompatibles"}
@@ -57,9 +49,13 @@ _MOTIFS: dict[str, tuple[re.Pattern[str], str]] = {
 
 def motif(reason: Reason) -> tuple[str, str]:
     """(code, pattern of the detail): what the reasons of one cause share across établissements."""
-    known = _MOTIFS.get(reason.code)
-    detail = reason.detail if known is None else known[0].sub(known[1], reason.detail)
-    return reason.code, detail
+    return _motif(reason.code, reason.detail)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few details recur at thousands of établissements
+def _motif(code: str, detail: str) -> tuple[str, str]:
+    known = _MOTIFS.get(code)
+    return code, detail if known is None else known[0].sub(known[1], detail)
 
 
 def _zero() -> dict[str, int]:
@@ -108,12 +104,11 @@ async def simulate_ressource(conn: Conn, ressource: RessourcePubliee, abonnes: b
     bilan = Bilan()
     judged: dict[Inputs, Evaluation] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        resource_id = ressource.resource_id if abonnes else None
-        cursor = await queries.inputs(conn, [*EQUIPEMENT, *FORMATION], resource_id)
+        cursor = await queries.inputs(conn, ressource.resource_id if abonnes else None)
         while batch := await cursor.fetch(CHUNK):
             where: dict[Inputs, tuple[str, Counter[tuple[str, str]]]] = {}  # inputs -> (first UAI, territoires)
             for r in batch:
-                key = (tuple(r["types"]), tuple(r["contents"]))
+                key = (r["profil"], r["couverture"])
                 where.setdefault(key, (r["uai"], Counter()))[1][r["code_academie"], r["code_departement"]] += 1
             for key, (uai, territoires) in where.items():
                 evaluation = judged.get(key)
@@ -125,16 +120,19 @@ async def simulate_ressource(conn: Conn, ressource: RessourcePubliee, abonnes: b
     return bilan
 
 
-Inputs = tuple[tuple[str, ...], tuple[str, ...]]
-"""An établissement's records as queries.inputs reads them: their types, their contents."""
+Inputs = tuple[str | None, str | None]
+"""An établissement's profile and coverage as queries.inputs reads them (JSON text, or None)."""
 
 
 def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seuils) -> Evaluation:
-    """The evaluation of `uai` from its records, assembled as the store assembles them."""
-    records = [(t, uai, json.loads(content)) for t, content in zip(*inputs, strict=True)]
-    profil = views.profils(r for r in records if r[0] in EQUIPEMENT).get(uai)
-    couverture = views.couvertures(r for r in records if r[0] in FORMATION).get(uai)
-    return evaluate(ressource, profil, couverture, seuils)
+    """The evaluation of `uai` from its inputs, validated as the store validates them."""
+    profil, couverture = inputs
+    return evaluate(
+        ressource,
+        None if profil is None else views.profil(uai, profil),
+        None if couverture is None else views.couverture(uai, couverture),
+        seuils,
+    )
 
 
 class UaiInconnus(Exception):

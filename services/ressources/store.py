@@ -1,7 +1,6 @@
 """ressources' SQL, in one place: the store its use case receives, one per transaction (the
 read API builds one over its own connection)."""
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -119,20 +118,23 @@ class RessourcesStore:
         )
         return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
-    async def _recus(self, types: Sequence[str], uais: list[str]) -> list[views.Record]:
+    async def _assembled(self, sql: str, types: Sequence[str], uais: list[str]) -> dict[str, str]:
+        """Per UAI with a record of `types`: its records assembled by `sql` (views.PROFIL_SQL, COUVERTURE_SQL)."""
         rows = await self._conn.fetch(
-            "SELECT type, uai, content FROM recus WHERE type = ANY($1::text[]) AND uai = ANY($2::text[]) "
-            "ORDER BY uai, type, entity",
+            f"SELECT r.uai, {sql} AS assembled FROM recus r WHERE r.type = ANY($1::text[]) AND r.uai = ANY($2::text[]) "
+            "GROUP BY r.uai",
             list(types),
             uais,
         )
-        return [(r["type"], r["uai"], json.loads(r["content"])) for r in rows]
+        return {r["uai"]: r["assembled"] for r in rows}
 
     async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        return views.profils(await self._recus((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
+        assembled = await self._assembled(views.PROFIL_SQL, (PROFIL_LOT, PROFIL_CONNECTIVITE), uais)
+        return {uai: views.profil(uai, text) for uai, text in assembled.items()}
 
     async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        return views.couvertures(await self._recus((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
+        assembled = await self._assembled(views.COUVERTURE_SQL, (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais)
+        return {uai: views.couverture(uai, text) for uai, text in assembled.items()}
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind."""

@@ -4,9 +4,13 @@ store feeds it from `recus`, the handlers' unit tests from memory."""
 
 from collections.abc import Iterable
 
+from pydantic_core import from_json
+
 from contracts.internal import (
     COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
     PROFIL_CONNECTIVITE,
+    PROFIL_LOT,
     ConnectiviteProfil,
     CouvertureFormation,
     LotProfil,
@@ -40,3 +44,35 @@ def couvertures(records: Iterable[Record]) -> dict[str, CouvertureFormation]:
         elif data["enseignants"] > 0:
             part["outils"][data["kind"]] = data["enseignants"]
     return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
+
+
+# The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai): what the
+# store and the simulations read, one JSON text per UAI that pydantic validates at once, instead
+# of a model validated per record and assembled here. Without the uai (the caller knows it) and
+# the records' uai and version, so that equal inputs read equal (simulations group them).
+# NULL for a UAI without a record of the kind, as the dicts above leave it out. Tested against
+# profils and couvertures.
+_CONTENT = "(r.content - '{uai,version}'::text[])"
+_LOT, _LINK = f"r.type = '{PROFIL_LOT}'", f"r.type = '{PROFIL_CONNECTIVITE}'"
+_TEACHERS, _TOOL = f"r.type = '{COUVERTURE_ENSEIGNANTS}'", f"r.type = '{COUVERTURE_OUTIL}'"
+PROFIL_SQL = f"""CASE WHEN bool_or({_LOT} OR {_LINK}) THEN json_build_object(
+    'lots', coalesce(json_agg({_CONTENT} ORDER BY r.entity)
+        FILTER (WHERE {_LOT} AND (r.content->>'quantity')::bigint > 0), '[]'),
+    'connectivite', (array_agg({_CONTENT}) FILTER (WHERE {_LINK}))[1]
+)::text END"""
+COUVERTURE_SQL = f"""CASE WHEN bool_or({_TEACHERS} OR {_TOOL}) THEN json_build_object(
+    'enseignants', coalesce((array_agg(r.content->'enseignants') FILTER (WHERE {_TEACHERS}))[1], '0'),
+    'competences', coalesce((array_agg(r.content->'competences') FILTER (WHERE {_TEACHERS}))[1], '{{}}'),
+    'outils', coalesce(json_object_agg(r.content->>'kind', r.content->'enseignants' ORDER BY r.entity)
+        FILTER (WHERE {_TOOL} AND (r.content->>'enseignants')::bigint > 0), '{{}}')
+)::text END"""
+
+
+def profil(uai: str, assembled: str) -> ProfilEquipement:
+    """A UAI's profile from its PROFIL_SQL text."""
+    return ProfilEquipement.model_validate({**from_json(assembled), "uai": uai})
+
+
+def couverture(uai: str, assembled: str) -> CouvertureFormation:
+    """A UAI's coverage from its COUVERTURE_SQL text."""
+    return CouvertureFormation.model_validate({**from_json(assembled), "uai": uai})

@@ -1,0 +1,97 @@
+"""The store's profiles and coverages, assembled by PostgreSQL (views.PROFIL_SQL, COUVERTURE_SQL),
+equal those views.profils and views.couvertures assemble from the same records in Python, on
+the real database: lots out of order, retired (quantity 0), without OS, a link or not, a UAI
+with only retired lots or only a link, teachers or tools alone, a tool nobody holds."""
+
+import random
+
+from contracts import make_event
+from contracts.internal import (
+    COUVERTURE_ENSEIGNANTS,
+    COUVERTURE_OUTIL,
+    PROFIL_CONNECTIVITE,
+    PROFIL_LOT,
+    CouvertureEnseignants,
+    CouvertureOutil,
+    ProfilConnectivite,
+    ProfilLot,
+)
+from helpers import uai
+from services.common.storage.db import create_pool, migrate
+from services.ressources import views
+from services.ressources.app import SPEC
+from services.ressources.store import RessourcesStore
+
+SYSTEMS = [None, {"name": "iPadOS", "version": "12.5"}, {"name": "Windows", "version": "11.0.22631.1"}]
+BROWSERS = [
+    {"name": "Safari", "version": "17.1"},
+    {"name": "Firefox", "version": "120"},
+    {"name": "Chrome", "version": "1"},
+]
+
+
+def records(rng: random.Random, code: str) -> list:
+    """A random mix of what equipement and formation publish about `code` (maybe nothing)."""
+    out: list = []
+    for n in rng.sample(range(12), rng.randrange(4)):  # lot ids out of order, some retired
+        os = rng.choice(SYSTEMS)
+        out.append(
+            ProfilLot(
+                uai=code,
+                version=1 + n,
+                lot_id=f"lot-{n}",
+                kind=rng.choice(["tablette", "pc", "TNI"]),
+                quantity=rng.choice([0, 1, 30]),
+                os=os,
+                browsers=rng.sample(BROWSERS, rng.randrange(3)) if os else [],
+            )
+        )
+    if rng.random() < 0.5:
+        out.append(
+            ProfilConnectivite(uai=code, version=2, bandwidth_mbps=rng.choice([0, 2.5, 100]), ent=rng.random() < 0.5)
+        )
+    if rng.random() < 0.5:
+        levels = sorted((rng.randrange(20) for _ in range(8)), reverse=True)
+        competences = rng.choice([{}, {"3.4": levels}, {"3.4": levels, "1.1": [1, 0, 0, 0, 0, 0, 0, 0]}])
+        out.append(CouvertureEnseignants(uai=code, version=3, enseignants=rng.randrange(30), competences=competences))
+    for kind in rng.sample(["tni", "vpi", "casque"], rng.randrange(3)):
+        out.append(CouvertureOutil(uai=code, version=4, kind=kind, enseignants=rng.choice([0, 3])))
+    return out
+
+
+TYPE = {
+    ProfilLot: PROFIL_LOT,
+    ProfilConnectivite: PROFIL_CONNECTIVITE,
+    CouvertureEnseignants: COUVERTURE_ENSEIGNANTS,
+    CouvertureOutil: COUVERTURE_OUTIL,
+}
+
+
+async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_python(database_url):
+    rng = random.Random(8)
+    codes = [uai(f"{4400000 + n:07d}") for n in range(300)]
+    data = [d for code in codes for d in records(rng, code)]
+    # as the store read them before: by uai, type, entity (its collation: the database's)
+    data.sort(key=lambda d: (d.uai, TYPE[type(d)], d.entity))
+    as_records = [(TYPE[type(d)], d.uai, d.model_dump(mode="json")) for d in data]
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        async with pool.acquire() as conn:
+            store = RessourcesStore(conn)
+            await store.store_derived([make_event(TYPE[type(d)], d, source="/plateforme/test") for d in data])
+            profils, couvertures = await store.load_profils(codes), await store.load_couvertures(codes)
+    finally:
+        await pool.close()
+    expected_profils = views.profils(r for r in as_records if r[0] in (PROFIL_LOT, PROFIL_CONNECTIVITE))
+    expected_couvertures = views.couvertures(
+        r for r in as_records if r[0] in (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL)
+    )
+    assert profils == expected_profils
+    assert couvertures == expected_couvertures
+    # every case drawn: some UAI without a record, with only retired lots, a link alone, a tool alone
+    assert 0 < len(profils) < len(codes) and 0 < len(couvertures) < len(codes)
+    assert any(not p.lots and p.connectivite for p in profils.values())
+    assert any(not p.lots and not p.connectivite for p in profils.values())
+    assert any(len(p.lots) > 1 for p in profils.values())
+    assert any(c.outils and not c.competences for c in couvertures.values())
