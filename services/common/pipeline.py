@@ -9,6 +9,7 @@ instant replays at most the batch, which the inbox makes harmless.
 """
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -293,7 +294,8 @@ class Pipeline:
     ) -> None:
         """One INFO line per batch, once committed; one DEBUG line per new event."""
         stale_ids = {id(e) for e in stale}
-        for event in fresh:
+        # Checked once per batch: a skipped call still builds its arguments, for every event.
+        for event in fresh if log.is_enabled_for(logging.DEBUG) else ():
             log.debug(
                 "event.stale" if id(event) in stale_ids else "event.applied",
                 event_id=event.id,
