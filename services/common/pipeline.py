@@ -217,19 +217,15 @@ class Pipeline:
 
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], span: trace.Span, started: float) -> int:
         # Our own services' topics carry derived state; partners' topics go through the rights.
-        is_internal = lambda r: self.settings.unprefixed(r.topic) in INTERNAL_TOPICS  # noqa: E731
+        topics = {t: self.settings.unprefixed(t) for t in {r.topic for _, r in parsed}}
         records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
-        internal = [(e, r) for e, r in parsed if is_internal(r)]
-        external = [(e, r) for e, r in parsed if not is_internal(r)]
+        internal = [(e, r) for e, r in parsed if topics[r.topic] in INTERNAL_TOPICS]
+        external = [(e, r) for e, r in parsed if topics[r.topic] not in INTERNAL_TOPICS]
         async with self._exclusive() as conn:
             # Référentiel first: an établissement and an event about it may share a batch.
             ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
             accepted_ref = self._check(ref_events, {}, rejected)
-            principals = {
-                id(e): _principal(r.headers)
-                for e, r in external
-                if self.settings.unprefixed(r.topic) in c.DECLARED_OVER_HTTP
-            }
+            principals = {id(e): _principal(r.headers) for e, r in external if topics[r.topic] in c.DECLARED_OVER_HTTP}
             principal = lambda e: principals.get(id(e))  # noqa: E731
             fresh_ref = await inbox.claim(conn, accepted_ref, principal)
             stale, changed_uais = await referentiel.apply(conn, fresh_ref)
