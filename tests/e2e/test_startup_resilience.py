@@ -48,13 +48,17 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
 ):
     port = free_port()
     prefix = f"t{unique}."
-    # Formatted and stopped beforehand: the service starts knowing its principal's password, and
-    # this test's clients and the service reach this broker, not the session's.
+    # Formatted, given its topics and ACLs, and stopped beforehand, as a deployment's broker is:
+    # the service starts knowing its principal's password (its idempotent producer is refused
+    # without its ACLs), and this test's clients and the service reach this broker, not the
+    # session's.
     kafka = LocalKafka(tmp_path / "late-kafka", port=port)
     kafka.start()
-    kafka.stop()
     for variable, value in kafka.access.environ().items():
         monkeypatch.setenv(variable, value)
+    await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+    acl.apply(kafka.access, prefix)
+    kafka.stop()
     procs = ServiceProcesses(
         {
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
@@ -84,8 +88,6 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
 
         kafka.start()
         up = time.monotonic()
-        await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
-        acl.apply(kafka.access, prefix)
         procs.wait_healthy(timeout=60)
         print(f"equipement healthy {time.monotonic() - up:.1f} s after the broker served metadata")
         code = uai("0352001")

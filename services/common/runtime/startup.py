@@ -67,7 +67,6 @@ POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
 )
 """Errors that say PostgreSQL is not there yet; a wrong password or DSN fails at once."""
-KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError)
 
 
 class StartupFailed(RuntimeError):
@@ -91,6 +90,17 @@ class Misconfigured(Exception):
     def __init__(self, message: str, variable: str):
         super().__init__(message)
         self.variable = variable
+
+
+class CredentialsRefused(Exception):
+    """The broker refused this principal's password. Retried like an absent broker (a broker
+    that is starting refuses every password until it has read its users back, and an operator
+    may create the user a moment later), but each line names the settings to check."""
+
+    variable = "KAFKA_USERNAME, KAFKA_PASSWORD"
+
+
+KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError, CredentialsRefused)
 
 
 class StartupAborted(StartupFailed):
@@ -139,6 +149,7 @@ async def wait_for(
     monotonic `deadline`; one warning per failed attempt, StartupTimeout after the last, and
     DependencyRefused at once on another error. Each line names the `variable` to check."""
     started = time.monotonic()
+    culprit = variable
     for n, delay in enumerate(backoff(first, cap), start=1):
         if _stopping():
             raise StartupAborted(f"asked to stop while waiting for {what}")
@@ -146,17 +157,21 @@ async def wait_for(
             return await asyncio.wait_for(attempt(), max(0.1, min(PROBE_TIMEOUT, deadline - time.monotonic())))
         except retry_on as exc:
             left = deadline - time.monotonic()
+            if not isinstance(exc, TimeoutError):  # a probe cut short by the deadline says nothing new
+                culprit = getattr(exc, "variable", variable)
             if left <= 0:
                 waited = round(time.monotonic() - started, 1)
                 log.error(
-                    "startup.gave_up", waiting_for=what, variable=variable, attempts=n, waited_s=waited, error=_why(exc)
+                    "startup.gave_up", waiting_for=what, variable=culprit, attempts=n, waited_s=waited, error=_why(exc)
                 )
-                raise StartupTimeout(f"{what} did not answer in {waited:.0f} s ({n} attempts): {_why(exc)}") from None
+                raise StartupTimeout(
+                    f"{what} did not answer in {waited:.0f} s ({n} attempts): {_why(exc)} (check {culprit})"
+                ) from None
             delay = min(delay, left)
             log.warning(
                 "startup.waiting",
                 waiting_for=what,
-                variable=variable,
+                variable=culprit,
                 attempt=n,
                 error=_why(exc),
                 retry_in_s=round(delay, 1),
@@ -178,8 +193,9 @@ async def kafka_answers(access: KafkaAccess) -> None:
     """A broker serves metadata to this access' principal. A plain TCP connection comes first:
     aiokafka logs each refused connection as an error, which would double every waiting line.
     Then, over SASL_SSL, one authenticated connection to that broker: aiokafka's bootstrap
-    reports a refused password or certificate as a broker it could not reach, which would be
-    retried until the deadline; this says at once which setting is wrong (Misconfigured)."""
+    reports a refused password or certificate as a broker it could not reach; this names the
+    setting to check: an untrusted certificate stops the start at once (Misconfigured), a
+    refused password is retried (CredentialsRefused)."""
     for host, port, _ in collect_hosts(access.bootstrap_servers):
         try:
             _, writer = await asyncio.open_connection(host, port)
@@ -209,10 +225,7 @@ async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
             f"the certificate of the broker at {host}:{port} is not signed by a trusted CA", "KAFKA_CA_FILE"
         ) from None
     except SaslAuthenticationFailed:
-        raise Misconfigured(
-            f"the broker refused the SCRAM credentials of principal {access.username!r}",
-            "KAFKA_USERNAME, KAFKA_PASSWORD",
-        ) from None
+        raise CredentialsRefused(f"the broker refused the SCRAM credentials of principal {access.username!r}") from None
     conn.close()
 
 
