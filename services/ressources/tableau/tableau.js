@@ -433,12 +433,13 @@ function showSimulation(params) {
 async function prefillLots(uai) {
   if (uai === prefilledFor || (!uai && $("se-lots").value)) return;
   prefilledFor = uai;
+  $("se-lots").value = ""; // no other établissement's lots while this one's are fetched
   let lots = [exampleLot(uai || "0350042F")];
   if (uai) {
     const equipement = (await api(`/etablissements/${encodeURIComponent(uai)}`)).equipement;
     if (equipement && equipement.lots.length) lots = equipement.lots.map((l) => ({ uai, ...l }));
   }
-  $("se-lots").value = JSON.stringify(lots, null, 2);
+  if (prefilledFor === uai) $("se-lots").value = JSON.stringify(lots, null, 2); // not overtaken by another
 }
 
 function listField(form, name, label, parse) {
