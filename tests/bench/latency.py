@@ -32,7 +32,7 @@ from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from deploy.topology import TopicSpec
-from harness import HEADERS, Observer, Row, Runtime, Stage, Tail, produce, running
+from harness import FLOW, HEADERS, Observer, Row, Runtime, Stage, Tail, produce, running
 from records import abonnement, lot, ressource
 from services.common.messaging.connection import kafka_options
 
@@ -169,7 +169,7 @@ async def figure(runtime: Runtime, rates: list[int], duration: float, uais: int,
     rows = []
     for rate in rates:
         stage = await runtime.stage(f"latency-{rate}", extra_topics=[PLAIN])
-        async with running(stage) as procs:
+        async with running(stage, FLOW) as procs:  # partners on Kafka: no passerelle
             etabs = await prepare(stage, procs, uais)
             baseline = await plain(stage, rate, duration)
             measured = await platform(stage, procs, etabs, rate, duration, drain)

@@ -24,7 +24,7 @@ from contracts import Etablissement
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
-from harness import Observer, Row, Runtime, Stage, Tail, peak_rss_mb, produce, running, wait_until
+from harness import FLOW, Observer, Row, Runtime, Stage, Tail, peak_rss_mb, produce, running, wait_until
 from records import T0, abonnement, affectation, lot, ressource
 
 RESOURCE = "ark:/67375/bench-national"
@@ -32,7 +32,6 @@ OLD, RECENT = "12.5", "17.1"
 SEED = 8
 SUBSCRIPTIONS_TARGET, REPUBLICATION_TARGET, RSS_TARGET_MB = 5.0, 3.0, 300
 SETUP_TIMEOUT, STEP_TIMEOUT = 1800, 600
-PIPELINE = ("formation", "equipement", "ressources")
 """The services measured: the records go to Kafka directly, not through the passerelle."""
 
 
@@ -101,7 +100,7 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
     stage = await runtime.stage("national")
     catalogue = stage.topic(c.CATALOGUE)
-    async with running(stage, PIPELINE) as procs, Observer(stage) as observer:
+    async with running(stage, FLOW) as procs, Observer(stage) as observer:
         await setup(stage, observer, procs, etabs)
         async with Tail(stage, stage.topic(c.ALERTES)) as tail:
             expected = sum(ipados(i) == OLD for i, _ in open_)
