@@ -197,13 +197,7 @@ async def test_an_untrusted_broker_certificate_stops_a_service_at_once_naming_it
     access = dataclasses.replace(kafka.access_as("formation"), ca_file=str(ensure_tls(tmp_path / "another-ca").ca))
     started = time.monotonic()
     with pytest.raises(DependencyRefused) as refused:
-        await wait_for(
-            "Kafka",
-            lambda: kafka_answers(access),
-            variable="KAFKA_BOOTSTRAP_SERVERS",
-            deadline=time.monotonic() + 120,
-            retry_on=KAFKA_UNAVAILABLE,
-        )
+        await _start_probe(access, seconds=120)
     assert time.monotonic() - started < DEADLINE, "refused at once, not retried until the deadline"
     assert str(refused.value).endswith("(check KAFKA_CA_FILE)")
 
@@ -213,12 +207,17 @@ async def test_a_refused_password_is_retried_naming_the_credentials_not_the_boot
     service retries, but says which settings to check, never the password."""
     access = kafka.access_as("formation").as_principal("formation", "not-the-password")
     with pytest.raises(StartupTimeout) as gave_up:
-        await wait_for(
-            "Kafka",
-            lambda: kafka_answers(access),
-            variable="KAFKA_BOOTSTRAP_SERVERS",
-            deadline=time.monotonic() + 3,
-            retry_on=KAFKA_UNAVAILABLE,
-        )
+        await _start_probe(access, seconds=3)
     assert str(gave_up.value).endswith("(check KAFKA_USERNAME, KAFKA_PASSWORD)")
     assert "not-the-password" not in str(gave_up.value) + caplog.text
+
+
+async def _start_probe(access: KafkaAccess, seconds: float) -> None:
+    """What a service does at start: wait for Kafka to answer its access, `seconds` at most."""
+    await wait_for(
+        "Kafka",
+        lambda: kafka_answers(access),
+        variable="KAFKA_BOOTSTRAP_SERVERS",
+        deadline=time.monotonic() + seconds,
+        retry_on=KAFKA_UNAVAILABLE,
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -79,19 +79,14 @@ class KafkaAccess:
 
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments of aiokafka's producer, consumer and admin client."""
-        if not self.secured:
-            return {"bootstrap_servers": self.bootstrap_servers}
-        return {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": "SASL_SSL",
-            "sasl_mechanism": self.sasl_mechanism,
-            "sasl_plain_username": self.username,
-            "sasl_plain_password": self.password,
-            "ssl_context": self.ssl_context(),
-        }
+        return self._options(lambda: {"ssl_context": self.ssl_context()})
 
     def kafka_python(self) -> dict[str, Any]:
         """Keyword arguments of kafka-python's clients (the admin client that manages ACLs, tests)."""
+        return self._options(lambda: {"ssl_cafile": self.ca_file})
+
+    def _options(self, tls: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The options both clients spell alike, and `tls()`, how each takes the CA."""
         if not self.secured:
             return {"bootstrap_servers": self.bootstrap_servers}
         return {
@@ -100,7 +95,7 @@ class KafkaAccess:
             "sasl_mechanism": self.sasl_mechanism,
             "sasl_plain_username": self.username,
             "sasl_plain_password": self.password,
-            "ssl_cafile": self.ca_file,
+            **tls(),
         }
 
     def faststream_security(self) -> Any:
