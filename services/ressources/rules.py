@@ -74,33 +74,34 @@ class Evaluation:
     coverage: float | None = None
 
 
+def _shortened(detail: str) -> str:
+    """A detail within the contract's bound (the `have` list of a lot with 32 long browser
+    names alone runs to thousands of characters)."""
+    return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 1] + "…"
+
+
 @functools.lru_cache(maxsize=4096)
 def _reason(code: str, detail: str) -> Reason:
-    """Every reason is built here, its detail within the contract's bound (the `have` list of
-    a lot with 32 long browser names alone runs to thousands of characters). Kept: the same
-    few reasons recur at thousands of établissements, and a Reason is frozen, so one object
-    serves them all."""
-    if len(detail) > MAX_DETAIL:
-        detail = detail[: MAX_DETAIL - 1] + "…"
-    return Reason(code=code, detail=detail)
+    """Every reason is built here, its detail shortened. Kept: the same few reasons recur at
+    thousands of établissements, and a Reason is frozen, so one object serves them all."""
+    return Reason(code=code, detail=_shortened(detail))
 
 
 @dataclass
 class _Why:
     reasons: list[Reason] = field(default_factory=list)
     _held: set[tuple[str, str]] = field(default_factory=set)
-    """(code, detail as given) of each reason added, to refuse a repeat without comparing models."""
+    """(code, detail shortened) of each reason added: a Reason's fields, so a repeat (two details
+    may read alike once shortened) is refused without comparing models."""
 
     @property
     def full(self) -> bool:
         return len(self.reasons) >= MAX_REASONS
 
     def add(self, code: str, detail: str) -> None:
-        if len(self.reasons) < MAX_REASONS and (code, detail) not in self._held:
-            reason = _reason(code, detail)
-            self._held.add((code, detail))
-            if reason not in self.reasons:  # two details may read alike once shortened
-                self.reasons.append(reason)
+        if len(self.reasons) < MAX_REASONS and (code, held := _shortened(detail)) not in self._held:
+            self._held.add((code, held))
+            self.reasons.append(_reason(code, detail))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,8 +360,8 @@ class _ByIdentity(Generic[K, V]):
         if held is not None and held[0]() is obj:
             return held[1]
         value = self._derive(obj)
-        for stale in list(self._held)[: max(0, len(self._held) - self._size + 1)]:
-            self._held.pop(stale, None)
+        while len(self._held) >= self._size:  # the oldest first
+            self._held.pop(next(iter(self._held)))
         self._held[id(obj)] = (weakref.ref(obj, self._forget(id(obj))), value)
         return value
 
