@@ -324,6 +324,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     )
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils
+    api.state.simulation_workers = settings.simulation_workers
     api.include_router(api_home.router)
     api.include_router(router)
     from services.ressources import api_tableau  # imported here: it builds on this module's types

@@ -4,9 +4,13 @@ published. Unauthenticated like the rest of the read API: whoever posts lots is 
 be the collectivité that equips their établissements."""
 
 import asyncio
+import functools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -24,6 +28,22 @@ _running = asyncio.Lock()  # one at a time: a national one is a second of this p
 BUSY: dict[int | str, dict] = {
     503: {"model": Erreur, "description": "le service démarre, ou une simulation est déjà en cours"}
 }
+
+
+@functools.cache
+def _processes(n: int) -> ProcessPoolExecutor:
+    """The worker processes judging resource simulations: one pool per service process, started
+    at its first simulation (spawned: a fork would copy the running event loop and connections)."""
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _workers(request: Request) -> ProcessPoolExecutor | None:
+    """SIMULATION_WORKERS processes, or None (0): judged in this process, on its event loop."""
+    n: int = request.app.state.simulation_workers
+    return _processes(n) if n else None
+
+
+Workers = Annotated[ProcessPoolExecutor | None, Depends(_workers)]
 
 
 class Comptes(BaseModel):
@@ -79,6 +99,7 @@ async def _alone(coroutine):
 async def simuler_ressource(
     pool: Pool,
     seuils: Thresholds,
+    workers: Workers,
     ressource: Annotated[RessourcePubliee, Body()],
     population: Annotated[
         Literal["abonnes", "ouverts"],
@@ -89,7 +110,13 @@ async def simuler_ressource(
     ] = "abonnes",
 ) -> SimulationRessource:
     async with pool.acquire() as conn:
-        bilan = await _alone(simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils))
+        try:
+            bilan = await _alone(
+                simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
+            )
+        except BrokenProcessPool:
+            _processes.cache_clear()  # a worker died (killed, out of memory): new ones for the next simulation
+            raise
     return SimulationRessource.model_validate(
         {"resource_id": ressource.resource_id, "population": population, **bilan.as_json()}
     )

@@ -1,6 +1,8 @@
 """ressources' own settings, beside the shared ones: the alert thresholds, the background
 re-evaluations and the read API's live stream. Variables as documented in the README."""
 
+import os
+
 from pydantic import Field
 
 from services.common.runtime.settings import ServiceSettings
@@ -16,6 +18,11 @@ class RessourcesSettings(ServiceSettings):
     # Re-evaluations of a resource's subscribers (or of all, new thresholds), in the background.
     reevaluation_chunk: int = Field(500, ge=1, description="UAIs whose pairs one re-evaluation transaction evaluates")
     reevaluation_poll_ms: int = Field(200, ge=10, description="period of the look for pending re-evaluations")
+    simulation_workers: int = Field(
+        default_factory=lambda: min(2, os.cpu_count() or 1),
+        ge=0,
+        description="processes judging POST /simulations/ressource (0: in the service's own, on its event loop)",
+    )
     # The read API's live stream (SSE).
     sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")
     sse_queue_size: int = Field(1000, ge=1, description="events waiting for one SSE client before it is dropped")

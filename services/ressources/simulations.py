@@ -2,17 +2,20 @@
 live evaluation's own rules (rules.evaluate, lifecycle.transitions) over what is stored now.
 
 Nothing is written or published: each simulation reads in one read-only transaction (PostgreSQL
-refuses any write in it), a consistent snapshot however long it takes. The établissements are
-read and judged by batches, so memory holds one batch and the event loop (the Kafka consumer, the
-SSE streams) gets its turn between two. A resource is judged once per distinct set of stored
-inputs: établissements holding equal ones (as many as the fleets repeat) share one evaluation,
-exact since evaluate never reads the UAI.
+refuses any write in it), a consistent snapshot however long it takes. The établissements of a
+resource simulation are read by batches, each judged and counted (`judge`) in a pool of worker
+processes while the next ones are read: the event loop (the Kafka consumer, the SSE streams) stays
+free, and the cores judge side by side; at most IN_FLIGHT batches are held. Within a batch, a
+resource is judged once per distinct set of stored inputs: établissements holding equal ones (as
+many as the fleets repeat) share one evaluation, exact since evaluate never reads the UAI.
 """
 
+import asyncio
 import functools
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,7 +31,7 @@ from services.ressources.rules import Evaluation, Seuils, evaluate, is_evaluated
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
-MAX_JUDGED = 4096  # distinct sets of inputs whose evaluation is kept; beyond, they are judged again
+IN_FLIGHT = 4  # batches sent to the worker processes and not yet counted
 MAX_MOTIFS = 10
 COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
 _OF_VERDICT = {"compatible": "compatibles", "partiel": "partiels", "incompatible": "incompatibles"}
@@ -62,6 +65,11 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(COUNTS, 0)
 
 
+def _sum(counts: dict[str, int], more: dict[str, int]) -> None:
+    for name, n in more.items():
+        counts[name] += n
+
+
 @dataclass
 class Bilan:
     """Counts of verdicts per académie, per département and in all, and of each motif (once
@@ -86,6 +94,14 @@ class Bilan:
                 counts["sous_formes"] += n * under_trained
             self.motifs.update(dict.fromkeys(motifs, n))
 
+    def merge(self, other: "Bilan") -> None:
+        """Add the counts of other établissements."""
+        for mine, theirs in ((self.par_academie, other.par_academie), (self.par_departement, other.par_departement)):
+            for territoire, counts in theirs.items():
+                _sum(mine.setdefault(territoire, _zero()), counts)
+        _sum(self.total, other.total)
+        self.motifs.update(other.motifs)
+
     def as_json(self) -> dict:
         return {
             "total": self.total,
@@ -98,30 +114,59 @@ class Bilan:
         }
 
 
-async def simulate_ressource(conn: Conn, ressource: RessourcePubliee, abonnes: bool, seuils: Seuils) -> Bilan:
+async def simulate_ressource(
+    conn: Conn, ressource: RessourcePubliee, abonnes: bool, seuils: Seuils, workers: Executor | None = None
+) -> Bilan:
     """The verdicts `ressource` would get, published as it is: at the établissements subscribed
-    to its resource_id (`abonnes`) or at every open one."""
+    to its resource_id (`abonnes`) or at every open one. Each batch judged by `workers` (worker
+    processes), or here, on the event loop, when None."""
+    text = ressource.model_dump_json()
+    loop = asyncio.get_running_loop()
     bilan = Bilan()
-    judged: dict[Inputs, Evaluation] = {}
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await queries.inputs(conn, ressource.resource_id if abonnes else None)
-        while batch := await cursor.fetch(CHUNK):
-            where: dict[Inputs, tuple[str, Counter[tuple[str, str]]]] = {}  # inputs -> (first UAI, territoires)
-            for r in batch:
-                key = (r["profil"], r["couverture"])
-                where.setdefault(key, (r["uai"], Counter()))[1][r["code_academie"], r["code_departement"]] += 1
-            for key, (uai, territoires) in where.items():
-                evaluation = judged.get(key)
-                if evaluation is None:
-                    if len(judged) >= MAX_JUDGED:
-                        judged.clear()
-                    evaluation = judged[key] = _evaluate(ressource, uai, key, seuils)
-                bilan.add(evaluation, [(a, d, n) for (a, d), n in territoires.items()])
+    judging: deque[asyncio.Future[Bilan]] = deque()
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await queries.inputs(conn, ressource.resource_id if abonnes else None)
+            while batch := await cursor.fetch(CHUNK):
+                rows = [tuple(r) for r in batch]
+                if workers is None:
+                    bilan.merge(judge(text, seuils, rows))
+                    continue
+                judging.append(loop.run_in_executor(workers, judge, text, seuils, rows))
+                if len(judging) >= IN_FLIGHT:
+                    bilan.merge(await judging.popleft())
+        while judging:
+            bilan.merge(await judging.popleft())
+    finally:
+        for future in judging:  # left by an error or a cancellation
+            future.cancel()
     return bilan
 
 
+Row = tuple[str, str, str, str | None, str | None]
+"""A row of queries.inputs: uai, code_academie, code_departement, profil, couverture."""
 Inputs = tuple[str | None, str | None]
 """An établissement's profile and coverage as queries.inputs reads them (JSON text, or None)."""
+
+
+def judge(ressource: str, seuils: Seuils, rows: Sequence[Row]) -> Bilan:
+    """The counts of these établissements' verdicts for `ressource` (its JSON: what a worker process
+    is sent), établissements with equal inputs judged once."""
+    where: dict[Inputs, tuple[str, Counter[tuple[str, str]]]] = {}  # inputs -> (first UAI, territoires)
+    for uai, academie, departement, profil, couverture in rows:
+        where.setdefault((profil, couverture), (uai, Counter()))[1][academie, departement] += 1
+    bilan = Bilan()
+    for inputs, (uai, territoires) in where.items():
+        evaluation = _evaluate(_ressource(ressource), uai, inputs, seuils)
+        bilan.add(evaluation, [(a, d, n) for (a, d), n in territoires.items()])
+    return bilan
+
+
+@functools.lru_cache(maxsize=1)
+def _ressource(text: str) -> RessourcePubliee:
+    """One object per simulation in each process: the rules derive a resource's requirements once
+    per object."""
+    return RessourcePubliee.model_validate_json(text)
 
 
 def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seuils) -> Evaluation:

@@ -3,13 +3,17 @@ they predict is what the live evaluation then does once the resource is publishe
 declared, and a simulation writes nothing (every table's row count, the outbox, the alert topic)."""
 
 import copy
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 import contracts as c
+from contracts import RessourcePubliee
 from contracts.internal import COUVERTURES, PROFILS
 from helpers import at, event, eventually, profil_lot, record_count, send, uai
-from services.ressources import api_simulations
+from services.ressources import api_simulations, simulations
+from services.ressources.rules import Seuils
 from test_read_api import NANTES, RENNES, etab, formation, profil, serve_api
 
 RID = "ark:/67375/simulation-atlas"
@@ -133,6 +137,31 @@ async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_a
         lambda: _total(client, "incompatibles", 5), what="the stricter revision's incompatibles counted live"
     )
     assert (await client.get(f"/ressources/{RID}")).json()["total"] == predicted["total"]
+
+
+async def test_worker_processes_count_what_the_event_loop_counts(kafka, settings, api, monkeypatch):
+    """Batches of 2 UAIs, at most 2 waiting: several batches judged in spawned processes while the
+    next are read, merged into the counts of one pass in this process."""
+    _, app = api
+    pool = app.state.pipeline.pool
+    await stored(kafka, settings, pool)
+    monkeypatch.setattr(simulations, "CHUNK", 2)
+    monkeypatch.setattr(simulations, "IN_FLIGHT", 2)
+    ressource = RessourcePubliee.model_validate(ATLAS)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as workers:
+        for abonnes, departements, incompatibles in ((True, 2, 3), (False, 3, 4)):  # AILLEURS (029) on 12.5
+            async with pool.acquire() as conn:
+                here = await simulations.simulate_ressource(conn, ressource, abonnes, Seuils())
+                there = await simulations.simulate_ressource(conn, ressource, abonnes, Seuils(), workers)
+            assert there.as_json() == here.as_json()
+            assert len(here.par_departement) == departements
+            assert here.total == {
+                "evalues": 2 + incompatibles,
+                "compatibles": 2,
+                "partiels": 0,
+                "incompatibles": incompatibles,
+                "sous_formes": 4,
+            }
 
 
 async def _total(client, key: str, expected: int) -> bool:
