@@ -8,6 +8,7 @@ its inputs and before reading any (services/common/storage/locks.py): transactio
 one UAI run one after the other, each seeing what those before it wrote."""
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -233,16 +234,25 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 rows.append(AlertRow(t.updated, ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
     await store.journal([o.event for o in outgoing])
-    for o in outgoing:
+    _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
+    return outgoing + [record for announced in outgoing for record in _in_table(announced)]
+
+
+def _log_alerts(pairs: int, outgoing: list[Outgoing], updated: int) -> None:
+    """One DEBUG line per alert raised or resolved; one INFO line per evaluation that changed any."""
+    raised = sum(o.event.type == c.ALERTE_LEVEE for o in outgoing)
+    # Checked once: a skipped call still builds its arguments, for every alert.
+    for o in outgoing if log.is_enabled_for(logging.DEBUG) else ():
         alerte = o.event.data
-        log.info(
+        log.debug(
             "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
             alert_id=alerte.alert_id,
             kind=alerte.kind,
             uai=alerte.uai,
             resource_id=alerte.resource_id,
         )
-    return outgoing + [record for announced in outgoing for record in _in_table(announced)]
+    if outgoing or updated:
+        log.info("alerts.evaluated", pairs=pairs, raised=raised, resolved=len(outgoing) - raised, updated=updated)
 
 
 def _in_table(announced: Outgoing) -> list[Outgoing]:

@@ -1,12 +1,18 @@
 """The raise/resolve lifecycle of alerts, pure: from what is open and what holds now, the
-transitions to make. Never two raises for one alert_id without a resolve between them."""
+transitions to make. Never two raises for one alert_id without a resolve between them.
 
+An alert model is built only for a transition: an open alert whose content is unchanged (the
+common case, a re-evaluation that changes nothing) is compared by plain values with its stored
+JSON, which is read without validation (the service wrote it)."""
+
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement
+from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement, Reason
 from services.common.rules.rights import responsable
 from services.ressources.rules import Evaluation
 
@@ -23,11 +29,21 @@ def event_id(alert: str, cycle: int, what: str) -> str:
 
 @dataclass(frozen=True)
 class Held:
-    """An alert as stored: open or not, how many times raised, its last content."""
+    """An alert as stored: open or not, how many times raised, its last content as the JSON of
+    an AlerteLevee the service wrote (so trusted: validated only when a transition needs it)."""
 
     ouverte: bool
     cycle: int
-    alerte: AlerteLevee
+    stored: str
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The stored content as plain JSON values."""
+        return json.loads(self.stored)
+
+    @property
+    def alerte(self) -> AlerteLevee:
+        return AlerteLevee.model_validate_json(self.stored)
 
 
 @dataclass(frozen=True)
@@ -54,8 +70,11 @@ def transitions(
     out = []
     for kind in ALERT_KINDS:
         before = held.get(kind)
+        opened = before if before is not None and before.ouverte else None
         if evaluation is not None and kind in evaluation.alerts:
             assert etab is not None, "a pair is evaluated only at a known établissement"
+            if opened is not None and _unchanged(opened.values, etab, evaluation, evaluation.alerts[kind]):
+                continue
             content = AlerteLevee(
                 alert_id=alert_id(uai, resource_id, kind),
                 uai=uai,
@@ -68,13 +87,35 @@ def transitions(
                 compatible=evaluation.compatible,
                 devices=evaluation.devices,
                 coverage=evaluation.coverage,
-                raised_at=before.alerte.raised_at if before is not None and before.ouverte else now,
+                raised_at=now if opened is None else opened.alerte.raised_at,
             )
-            if before is None or not before.ouverte:
+            if opened is None:
                 out.append(Transition(kind, before, raised=content))
-            elif content != before.alerte:
+            else:
                 out.append(Transition(kind, before, updated=content))
-        elif before is not None and before.ouverte:
-            resolved = AlerteResolue(**before.alerte.model_dump(exclude={"resolved_at"}), resolved_at=now)
+        elif opened is not None:
+            resolved = AlerteResolue(**opened.alerte.model_dump(exclude={"resolved_at"}), resolved_at=now)
             out.append(Transition(kind, before, resolved=resolved))
     return out
+
+
+def _unchanged(
+    stored: Mapping[str, Any],
+    etab: Etablissement,
+    evaluation: Evaluation,
+    reasons: Sequence[Reason],
+) -> bool:
+    """Whether the AlerteLevee that `evaluation` makes at `etab` equals the one stored, as plain
+    values: every field but those of its key (alert_id, uai, resource_id, kind) and raised_at,
+    which an open alert keeps."""
+    if (
+        stored["compatible"] != evaluation.compatible
+        or stored["devices"] != evaluation.devices
+        or stored["coverage"] != evaluation.coverage
+        or stored["code_academie"] != etab.code_academie
+        or stored["code_departement"] != etab.code_departement
+        or stored["reasons"] != [{"code": r.code, "detail": r.detail} for r in reasons]
+    ):
+        return False
+    now = responsable(etab)
+    return stored["responsable"] == (None if now is None else {"type": now.type, "code": now.code})

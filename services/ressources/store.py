@@ -137,7 +137,8 @@ class RessourcesStore:
         return {uai: views.couverture(uai, text) for uai, text in assembled.items()}
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
-        """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind."""
+        """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as
+        stored, not validated (this service wrote it; lifecycle.Held)."""
         rows = await self._conn.fetch(
             "SELECT uai, resource_id, kind, ouverte, cycle, alerte FROM alertes "
             "WHERE (uai, resource_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
@@ -146,8 +147,7 @@ class RessourcesStore:
         )
         out: dict[tuple[str, str], dict[str, Held]] = {}
         for r in rows:
-            held = Held(r["ouverte"], r["cycle"], AlerteLevee.model_validate_json(r["alerte"]))
-            out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = held
+            out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = Held(r["ouverte"], r["cycle"], r["alerte"])
         return out
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:

@@ -118,7 +118,7 @@ async def test_off_a_terminal_every_line_is_json_library_lines_included_and_a_ba
     assert not [line for line in lines if line["event"] == "event.applied"], "per-event lines are DEBUG"
 
 
-async def test_an_alert_raised_is_one_info_line_and_a_default_start_says_nothing_of_its_libraries(
+async def test_an_alert_raised_is_one_debug_line_in_an_info_summary_and_a_default_start_says_nothing_of_its_libraries(
     kafka, database_url, topic_prefix, tmp_path
 ):
     where = uai("0354101")
@@ -150,7 +150,15 @@ async def test_an_alert_raised_is_one_info_line_and_a_default_start_says_nothing
     lines = [json.loads(line) for line in lines_of(log)]
     [raised] = [line for line in lines if line["event"] == "alert.raised"]
     alert = json.loads(levee.value)["data"]
-    assert raised["level"] == "info"
+    assert raised["level"] == "debug"
+    [summary] = [line for line in lines if line["event"] == "alerts.evaluated"]
+    assert summary["level"] == "info"
+    assert {k: summary[k] for k in ("pairs", "raised", "resolved", "updated")} == {
+        "pairs": 1,
+        "raised": 1,
+        "resolved": 0,
+        "updated": 0,
+    }
     assert {k: raised[k] for k in ("alert_id", "kind", "uai", "resource_id")} == {
         k: alert[k] for k in ("alert_id", "kind", "uai", "resource_id")
     }

@@ -180,7 +180,7 @@ class RessourcesMemory:
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
         for r in rows:
-            held = Held(r.ouverte, r.cycle, r.alerte)
+            held = Held(r.ouverte, r.cycle, r.alerte.model_dump_json())  # as the real store holds it
             self.alerts.setdefault((r.alerte.uai, r.alerte.resource_id), {})[r.alerte.kind] = held
 
     async def journal(self, events: Sequence[CloudEvent]) -> None:

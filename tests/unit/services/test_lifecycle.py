@@ -1,6 +1,8 @@
 """Raise when a condition becomes true, resolve when it stops or the pair leaves evaluation."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from contracts import Etablissement, Reason
 from services.ressources.lifecycle import Held, alert_id, transitions
@@ -26,13 +28,13 @@ def test_a_new_condition_raises_once_then_stays_quiet():
     [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
     assert t.raised and t.raised.alert_id == alert_id(UAI, RID, "equipement-incompatible")
     assert t.raised.responsable.model_dump() == {"type": "departement", "code": "035"}
-    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    held = {"equipement-incompatible": Held(True, 1, t.raised.model_dump_json())}
     assert transitions(UAI, RID, ETAB, INCOMPATIBLE, held, NOW) == []
 
 
 def test_changed_reasons_update_without_raising_again():
     [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
-    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    held = {"equipement-incompatible": Held(True, 1, t.raised.model_dump_json())}
     other = Evaluation({"equipement-incompatible": [Reason(code="outil-manquant", detail="TNI: 0 < 1")]}, 30, 30)
     [u] = transitions(UAI, RID, ETAB, other, held, NOW)
     assert u.updated and not u.raised and u.updated.raised_at == t.raised.raised_at
@@ -40,7 +42,7 @@ def test_changed_reasons_update_without_raising_again():
 
 def test_condition_gone_or_pair_not_evaluated_resolves():
     [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
-    held = {"equipement-incompatible": Held(True, 1, t.raised)}
+    held = {"equipement-incompatible": Held(True, 1, t.raised.model_dump_json())}
     for evaluation in (Evaluation({}, 30, 30), None):
         [r] = transitions(UAI, RID, ETAB, evaluation, held, NOW)
         assert r.resolved and r.resolved.resolved_at == NOW and r.resolved.alert_id == t.raised.alert_id
@@ -48,7 +50,7 @@ def test_condition_gone_or_pair_not_evaluated_resolves():
 
 def test_resolved_alert_raises_again_with_the_same_id():
     [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
-    held = {"equipement-incompatible": Held(False, 1, t.raised)}
+    held = {"equipement-incompatible": Held(False, 1, t.raised.model_dump_json())}
     [again] = transitions(UAI, RID, ETAB, INCOMPATIBLE, held, NOW)
     assert again.raised and again.raised.alert_id == t.raised.alert_id
 
@@ -57,3 +59,29 @@ def test_type_autre_has_no_responsable():
     autre = ETAB.model_copy(update={"type": "autre"})
     [t] = transitions(UAI, RID, autre, INCOMPATIBLE, {}, NOW)
     assert t.raised.responsable is None
+
+
+OS_16 = [Reason(code="os-version", detail="iPadOS 12.5 < 16")]
+CHANGES = {
+    "reasons": (ETAB, Evaluation({"equipement-incompatible": OS_16}, 0, 30)),
+    "compatible": (ETAB, Evaluation(INCOMPATIBLE.alerts, 1, 30)),
+    "devices": (ETAB, Evaluation(INCOMPATIBLE.alerts, 0, 31)),
+    "coverage": (ETAB, Evaluation(INCOMPATIBLE.alerts, 0, 30, 0.5)),
+    "code_academie": (ETAB.model_copy(update={"code_academie": "15"}), INCOMPATIBLE),
+    "code_departement": (ETAB.model_copy(update={"code_departement": "022"}), INCOMPATIBLE),  # and responsable
+    "responsable": (ETAB.model_copy(update={"type": "lycee"}), INCOMPATIBLE),
+}
+
+
+@pytest.mark.parametrize("field", CHANGES)
+def test_an_open_alert_is_updated_when_any_field_differs_from_what_is_stored(field):
+    """Held alerts are compared by their stored JSON's plain values: each field counts, and an
+    open alert keeps its raised_at."""
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW - timedelta(days=1))
+    held = {"equipement-incompatible": Held(True, 1, t.raised.model_dump_json())}
+    assert transitions(UAI, RID, ETAB, INCOMPATIBLE, held, NOW) == []
+    etab, evaluation = CHANGES[field]
+    [u] = transitions(UAI, RID, etab, evaluation, held, NOW)
+    assert u.updated and getattr(u.updated, field) != getattr(t.raised, field)
+    changed = {field, "responsable"} if field == "code_departement" else {field}
+    assert u.updated.model_dump(exclude=changed) == t.raised.model_dump(exclude=changed)
