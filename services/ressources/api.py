@@ -312,6 +312,9 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             await asyncio.gather(purge, return_exceptions=True)
             await hub.stop()
             await stream_app.stop()
+            from services.ressources.api_simulations import stop_workers
+
+            await asyncio.to_thread(stop_workers)
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
         title="former-équiper-outiller — API de lecture des alertes",

@@ -4,7 +4,6 @@ published. Unauthenticated like the rest of the read API: whoever posts lots is 
 be the collectivité that equips their établissements."""
 
 import asyncio
-import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,11 +29,21 @@ BUSY: dict[int | str, dict] = {
 }
 
 
-@functools.cache
+_pools: dict[int, ProcessPoolExecutor] = {}
+
+
 def _processes(n: int) -> ProcessPoolExecutor:
     """The worker processes judging resource simulations: one pool per service process, started
     at its first simulation (spawned: a fork would copy the running event loop and connections)."""
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    if n not in _pools:
+        _pools[n] = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    return _pools[n]
+
+
+def stop_workers() -> None:
+    """Stop the worker processes, if any started (the service stops: none is left behind)."""
+    while _pools:
+        _pools.popitem()[1].shutdown(wait=True, cancel_futures=True)
 
 
 def _workers(request: Request) -> ProcessPoolExecutor | None:
@@ -115,7 +124,7 @@ async def simuler_ressource(
                 simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
             )
         except BrokenProcessPool:
-            _processes.cache_clear()  # a worker died (killed, out of memory): new ones for the next simulation
+            stop_workers()  # a worker died (killed, out of memory): new ones for the next simulation
             raise
     return SimulationRessource.model_validate(
         {"resource_id": ressource.resource_id, "population": population, **bilan.as_json()}

@@ -121,3 +121,18 @@ def test_an_evaluation_held_by_several_etablissements_counts_for_each_where_they
     assert grouped.total["evalues"] == grouped.total["sous_formes"] == 6
     assert grouped.par_academie["14"]["incompatibles"] == 3
     assert {"code": "os-version", "detail": "iPadOS 12.5 < 15", "etablissements": 6} in grouped.as_json()["motifs"]
+
+
+def test_the_worker_processes_are_stopped_with_the_service():
+    """The resource simulation's worker processes start at the first simulation; the service's
+    stop (api.py's lifespan) ends them: none is left behind."""
+    from services.ressources import api_simulations
+
+    pool = api_simulations._processes(1)
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    workers = list(pool._processes.values())  # the pool's own record of its processes
+    assert workers and all(w.is_alive() for w in workers)
+    api_simulations.stop_workers()
+    assert not [w for w in workers if w.is_alive()]
+    assert api_simulations._processes(1) is not pool, "a later simulation starts new ones"
+    api_simulations.stop_workers()
