@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from services.common.runtime.app import build_app
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import documented
 from services.common.runtime.spec import ServiceSpec
 
 OUT = Path(__file__).resolve().parent.parent / "contracts" / "asyncapi"
@@ -25,12 +25,12 @@ def specs() -> list[ServiceSpec]:
 
 
 def document(spec: ServiceSpec) -> dict:
-    app = build_app(spec, ServiceSettings(log_level="WARNING"))
+    app = build_app(spec, documented(log_level="WARNING"))
     return app.schema.to_specification().to_jsonable()
 
 
 def openapi(spec: ServiceSpec) -> dict:
-    settings = ServiceSettings(log_level="WARNING")
+    settings = documented(log_level="WARNING")
     assert spec.http_api is not None, f"{spec.name} serves an HTTP API"
     return spec.http_api(build_app(spec, settings), settings).openapi()
 

@@ -177,6 +177,12 @@ def check_environment(
     return problems
 
 
+def documented(**values: Any) -> ServiceSettings:
+    """The shared settings as documented (their defaults, and `values`), whatever this process's
+    environment says: what the generated AsyncAPI and OpenAPI documents describe."""
+    return _from_values_only(ServiceSettings)(**values)
+
+
 @cache
 def _from_values_only(settings_class: type[ServiceSettings]) -> type[ServiceSettings]:
     """`settings_class` validating the values it is given, not the process's own environment."""
