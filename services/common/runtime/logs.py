@@ -3,8 +3,9 @@ service's own lines and for the libraries' (FastStream, aiokafka, uvicorn, async
 through the standard library's root logger and structlog's `ProcessorFormatter`.
 
 The service logs one line per batch (`batch.applied`, pipeline.py) and, in ressources, per
-evaluation that changed an alert (`alerts.evaluated`); per-event and per-alert lines are at DEBUG. Libraries speak from `LIBRARY_LOG_LEVEL` (WARNING by
-default): their start, stop and partition-assignment lines are INFO. No line shows a password:
+evaluation that changed an alert (`alerts.evaluated`); per-event and per-alert lines are at
+DEBUG. Libraries speak from `LIBRARY_LOG_LEVEL` (WARNING by default): their start, stop and
+partition-assignment lines are INFO. No line shows a password:
 every text value, exception text included, goes through `secrets.redact`.
 """
 
