@@ -278,3 +278,34 @@ async def migrated_pool(database_url: str, spec, schema: str | None = None) -> A
         yield pool
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def serving(spec, settings, timeout: float = 10) -> AsyncIterator[tuple[Any, Any]]:
+    """A service with an HTTP API as `python -m services.<name>` serves it (uvicorn, lifespan), in
+    this process on a free port, once /health answers 200: (httpx client, api)."""
+    import httpx
+    import uvicorn
+
+    from deploy.local.ports import free_port
+    from services.common.runtime.app import build_app
+
+    assert spec.http_api is not None, f"{spec.name} serves no HTTP API"
+    api = spec.http_api(build_app(spec, settings), settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+
+    async def healthy() -> bool:
+        try:
+            return (await client.get("/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
+            await eventually(healthy, what=f"{spec.name} to answer /health")
+            yield client, api
+    finally:
+        server.should_exit = True
+        await task

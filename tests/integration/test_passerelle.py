@@ -4,21 +4,15 @@ with tokens of the local identity provider: what it refuses before judging (401,
 reaches Kafka (only the accepted events, bytes as sent, keyed by UAI, with the auth-principal
 header), written before the answer."""
 
-import asyncio
 import base64
 import json
 from contextlib import asynccontextmanager
 
-import httpx
 import pytest
-import uvicorn
 
 import contracts as c
 from deploy.identite import IdentiteLocale
-from deploy.local.ports import free_port
-from helpers import TopicReader, at, event, eventually, record_count, send, uai
-from services.common.runtime.app import build_app
-from services.passerelle.api import create_api
+from helpers import TopicReader, at, event, eventually, record_count, send, serving, uai
 from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
 
@@ -59,24 +53,8 @@ def identite(tmp_path) -> IdentiteLocale:
 @asynccontextmanager
 async def serve(settings: PasserelleSettings):
     """The passerelle as `python -m services.passerelle` serves it, in this process: (client, api)."""
-    api = create_api(build_app(SPEC, settings), settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            await eventually(lambda: _healthy(client), what="the passerelle to answer /health")
-            yield client, api
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def _healthy(client: httpx.AsyncClient) -> bool:
-    try:
-        return (await client.get("/health")).status_code == 200
-    except httpx.TransportError:
-        return False
+    async with serving(SPEC, settings, timeout=30) as served:
+        yield served
 
 
 @pytest.fixture

@@ -9,16 +9,12 @@ from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
-import uvicorn
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from deploy.local.ports import free_port
-from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, uai
-from services.common.runtime.app import build_app
-from services.ressources.api import _pool, create_api
+from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, serving, uai
+from services.ressources.api import _pool
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/api-atlas"
@@ -61,30 +57,14 @@ def formation(code: str) -> list[tuple[str, dict]]:
 @asynccontextmanager
 async def serve_api(settings):
     """ressources as `python -m services.ressources` serves it, in this process: (client, app)."""
-    app = create_api(build_app(SPEC, settings), settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            await eventually(lambda: _ok(client), what="the API to answer /health")
-            yield client, app
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(SPEC, settings) as served:
+        yield served
 
 
 @pytest.fixture
 async def api(kafka, settings):
     async with serve_api(settings) as served:
         yield served
-
-
-async def _ok(client):
-    try:
-        return (await client.get("/health")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def feed(kafka, settings, pool):
