@@ -72,7 +72,8 @@ async def test_each_service_is_rebuilt_from_the_log_while_it_runs(
         for r in await read_topic(bootstrap, stream)
         if r.offset >= offsets[TopicPartition(r.topic, r.partition)]
     ]
-    assert 0 < len(new) == int(re.search(r"\((\d+) records differed", out).group(1)), out
+    told = [(e["type"].rsplit(".", 2)[-2], e["data"]["uai"], e["data"]["resource_id"], e["id"]) for e in new]
+    assert 0 < len(new) == int(re.search(r"\((\d+) records differed", out).group(1)), (out, told)
     for e in new:
         alert = e["data"]["alert_id"]
         opened, cycle = held.get(alert, (False, 0))

@@ -98,6 +98,10 @@ async def done(pool) -> bool:
     return not await pending(pool)
 
 
+async def at_least(n: int, count) -> bool:
+    return await count >= n
+
+
 async def cursor(pool) -> str | None:
     return await pool.fetchval("SELECT after_uai FROM reevaluations WHERE resource_id = $1", RID)
 
@@ -167,10 +171,16 @@ async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluati
         changed = {u: (RECENT if ipados(n) == OLD else OLD) for n, u in enumerate(codes) if n % 10 == 3}
         updates = [profil_lot(u, 2, os={"name": "iPadOS", "version": v}) for u, v in changed.items()]
 
-        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
-        await eventually(lambda: cursor(pipeline.pool), what="the fan-out under way")
-        await send(bootstrap, settings.topic(PROFILS), updates)
-        assert await cursor(pipeline.pool) is not None, "the profiles were sent while the fan-out ran"
+        # The fan-out is held inside its eleventh chunk (codes 500-549) by a UAI this test locks,
+        # so the profiles surely come while it runs; the batch carrying them then waits for the
+        # chunk's UAIs it shares, and the chunk goes on once the test lets go.
+        async with pipeline.pool.acquire() as conn, conn.transaction():
+            await lock_keys(conn, "uai", [codes[520]])
+            await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+            await eventually(lambda: lock_waiters(conn), what="the eleventh chunk waiting for the UAI")
+            assert await cursor(pipeline.pool) == codes[499]
+            await send(bootstrap, settings.topic(PROFILS), updates)
+            await eventually(lambda: at_least(2, lock_waiters(conn)), what="the profiles waiting for the chunk")
         await eventually(
             lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM recus WHERE version = 2", len(changed)),
             what="the new profiles",
