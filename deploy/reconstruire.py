@@ -11,7 +11,8 @@ needs re-derivation:
    (deploy/rattrapage.py). The service keeps running on its schema meanwhile.
 2. The switch, short: this process takes the schema's writer lock alone (every writing
    transaction of the service holds it shared: pipeline.writer_lock), so the service writes
-   nothing more; publishes what the service's outbox still holds; replays into the new schema
+   nothing more; publishes what the service's outbox still holds and keeps the service's relay
+   out until the end of the switch (outbox.relay_lock); replays into the new schema
    what came since step 1; aligns the new schema with what Kafka says was published, queuing
    only the real differences (an unchanged record or alert is not published again), and takes
    the records Kafka refused for good (outbox_failed, for ./dev outbox); then, in
@@ -39,7 +40,7 @@ from aiokafka import AIOKafkaProducer
 
 from deploy import rattrapage
 from services.common.messaging.connection import KafkaAccess
-from services.common.messaging.outbox import OutboxRelay, count_pending, relay_producer
+from services.common.messaging.outbox import OutboxRelay, count_pending, relay_lock, relay_producer
 from services.common.pipeline import writer_lock
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
@@ -82,6 +83,10 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             say(f"switching: {live}'s writers held while the last records are replayed")
             await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
             await _drain(settings, live, producer)
+            # The service's relay stays out until its sessions are ended: one that read the
+            # rebuilt outbox between the rename and the end of its session would publish its
+            # records, then see its deletion rolled back and publish them again.
+            await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
             await rattrapage.rattraper(cible)
             queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
             columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox

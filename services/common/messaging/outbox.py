@@ -110,6 +110,11 @@ async def count_pending(conn: Conn | asyncpg.Pool, at_most: int) -> int:
     return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT {int(at_most)}) o")
 
 
+def relay_lock(schema: str) -> int:
+    """The advisory lock `schema`'s relay holds while it publishes (one relay at a time)."""
+    return advisory_key(f"relay:{schema}")
+
+
 class OutboxRelay:
     """Publishes the outbox in order. One relay per schema at a time (advisory lock), so
     replicas of a service cannot interleave and reorder records of one key."""
@@ -123,7 +128,7 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
-        self._lock_id = advisory_key(f"relay:{schema}")
+        self._lock_id = relay_lock(schema)
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
