@@ -26,6 +26,7 @@ import contracts as c
 import contracts.internal as internal
 from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
+from services.common.runtime.logs import configure_logging
 from services.common.storage.db import create_pool, migrate
 from services.ressources.handlers import make_apply, reevaluate_chunk
 from services.ressources.rules import Seuils
@@ -145,4 +146,5 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=500, help="UAIs per re-evaluation transaction")
     args = parser.parse_args()
+    configure_logging("ressources")  # INFO, as the service runs
     asyncio.run(main(args.etablissements, args.repeat, args.chunk))
