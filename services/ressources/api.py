@@ -302,6 +302,10 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         )
         await hub.start()
         api.state.hub = hub
+        if settings.simulation_workers:
+            from services.ressources.api_simulations import start_workers
+
+            start_workers(settings.simulation_workers)
         purge = asyncio.create_task(
             stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours), name="sse-journal-purge"
         )

@@ -17,6 +17,7 @@ from contracts import Lot, RessourcePubliee
 from services.ressources import simulations
 from services.ressources.api import STARTING, Pool, Thresholds
 from services.ressources.api_errors import REFUSED, Erreur
+from services.ressources.rules import Seuils
 
 MAX_LOTS = 10_000  # a région's lycées, several lots each
 RETRY_AFTER_SECONDS = 2
@@ -38,6 +39,14 @@ def _processes(n: int) -> ProcessPoolExecutor:
     if n not in _pools:
         _pools[n] = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
     return _pools[n]
+
+
+def start_workers(n: int) -> None:
+    """Start the `n` worker processes now, in the background (one warm-up task each): the first
+    simulation does not wait for their start and imports (about a second on two cores)."""
+    pool = _processes(n)
+    for _ in range(n):
+        pool.submit(simulations.judge, "", Seuils(), [])
 
 
 def stop_workers() -> None:

@@ -11,7 +11,6 @@ import asyncpg
 
 from contracts import ALERT_KINDS
 from services.common.storage.db import Conn
-from services.ressources import views
 
 # Each filter of the read API, and where it looks in an alert's data: the one definition that
 # the SQL conditions and the Python match are both read from.
@@ -175,17 +174,12 @@ _SUBSCRIBERS = (
 def inputs(conn: Conn, resource_id: str | None) -> asyncpg.cursor.CursorFactory:
     """Per établissement subscribed to `resource_id` (None: every open one): uai, code_academie,
     code_departement, and what the rules read of it: its `profil` and its `couverture` as the
-    store assembles them (views.PROFIL_SQL, COUVERTURE_SQL: JSON text without the uai and the
-    records' versions, so that equal inputs read equal; NULL without records). A cursor (inside a
+    store keeps them (`entrees`, views.ENTREES_SQL: JSON text without the uai and the records'
+    versions, so that equal inputs read equal; NULL without records). A cursor (inside a
     transaction)."""
     return conn.cursor(
-        f"""
-        SELECT p.uai, p.code_academie, p.code_departement,
-               {views.PROFIL_SQL} AS profil, {views.COUVERTURE_SQL} AS couverture
-        FROM ({_OPEN if resource_id is None else _SUBSCRIBERS}) p
-        LEFT JOIN recus r ON r.uai = p.uai
-        GROUP BY p.uai, p.code_academie, p.code_departement
-        """,
+        f"SELECT p.uai, p.code_academie, p.code_departement, e.profil, e.couverture "
+        f"FROM ({_OPEN if resource_id is None else _SUBSCRIBERS}) p LEFT JOIN entrees e ON e.uai = p.uai",
         *([] if resource_id is None else [resource_id]),
     )
 

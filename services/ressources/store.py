@@ -7,14 +7,7 @@ from datetime import date, datetime
 
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
-from contracts.internal import (
-    COUVERTURE_ENSEIGNANTS,
-    COUVERTURE_OUTIL,
-    PROFIL_CONNECTIVITE,
-    PROFIL_LOT,
-    CouvertureFormation,
-    ProfilEquipement,
-)
+from contracts.internal import CouvertureFormation, ProfilEquipement
 from services.common.rules.state import Verdicts
 from services.common.storage import referentiel
 from services.common.storage.db import Conn
@@ -94,7 +87,9 @@ class RessourcesStore:
             [e.data.version for e in latest.values()],
             [e.data.model_dump_json() for e in latest.values()],
         )
-        return {r["uai"] for r in rows}
+        changed = {r["uai"] for r in rows}
+        await self._conn.execute(views.ENTREES_SQL, sorted(changed))
+        return changed
 
     async def lock(self, uais: Sequence[str]) -> None:
         """Hold these UAIs until the transaction ends: their pairs are evaluated by one transaction at a time."""
@@ -118,23 +113,17 @@ class RessourcesStore:
         )
         return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
-    async def _assembled(self, sql: str, types: Sequence[str], uais: list[str]) -> dict[str, str]:
-        """Per UAI with a record of `types`: its records assembled by `sql` (views.PROFIL_SQL, COUVERTURE_SQL)."""
-        rows = await self._conn.fetch(
-            f"SELECT r.uai, {sql} AS assembled FROM recus r WHERE r.type = ANY($1::text[]) AND r.uai = ANY($2::text[]) "
-            "GROUP BY r.uai",
-            list(types),
-            uais,
-        )
-        return {r["uai"]: r["assembled"] for r in rows}
-
     async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        assembled = await self._assembled(views.PROFIL_SQL, (PROFIL_LOT, PROFIL_CONNECTIVITE), uais)
-        return {uai: views.profil(uai, text) for uai, text in assembled.items()}
+        rows = await self._conn.fetch(
+            "SELECT uai, profil FROM entrees WHERE uai = ANY($1::text[]) AND profil IS NOT NULL", uais
+        )
+        return {r["uai"]: views.profil(r["uai"], r["profil"]) for r in rows}
 
     async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        assembled = await self._assembled(views.COUVERTURE_SQL, (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais)
-        return {uai: views.couverture(uai, text) for uai, text in assembled.items()}
+        rows = await self._conn.fetch(
+            "SELECT uai, couverture FROM entrees WHERE uai = ANY($1::text[]) AND couverture IS NOT NULL", uais
+        )
+        return {r["uai"]: views.couverture(r["uai"], r["couverture"]) for r in rows}
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as

@@ -46,8 +46,9 @@ def couvertures(records: Iterable[Record]) -> dict[str, CouvertureFormation]:
     return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
 
 
-# The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai): what the
-# store and the simulations read, one JSON text per UAI that pydantic validates at once, instead
+# The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai), kept per UAI
+# in `entrees` (ENTREES_SQL) when its records change: what the store and the simulations read,
+# one JSON text per UAI that pydantic validates at once, instead
 # of a model validated per record and assembled here. Without the uai (the caller knows it) and
 # the records' uai and version, so that equal inputs read equal (simulations group them).
 # NULL for a UAI without a record of the kind, as the dicts above leave it out. Tested against
@@ -66,6 +67,14 @@ COUVERTURE_SQL = f"""CASE WHEN bool_or({_TEACHERS} OR {_TOOL}) THEN json_build_o
     'outils', coalesce(json_object_agg(r.content->>'kind', r.content->'enseignants' ORDER BY r.entity)
         FILTER (WHERE {_TOOL} AND (r.content->>'enseignants')::bigint > 0), '{{}}')
 )::text END"""
+
+ENTREES_SQL = f"""INSERT INTO entrees (uai, profil, couverture)
+SELECT r.uai, {PROFIL_SQL}, {COUVERTURE_SQL} FROM recus r
+WHERE r.type = ANY('{{{PROFIL_LOT},{PROFIL_CONNECTIVITE},{COUVERTURE_ENSEIGNANTS},{COUVERTURE_OUTIL}}}'::text[])
+  AND r.uai = ANY($1::text[])
+GROUP BY r.uai
+ON CONFLICT (uai) DO UPDATE SET profil = EXCLUDED.profil, couverture = EXCLUDED.couverture"""
+"""`entrees` (migration ressources/0007) for the UAIs $1 assembled again from their `recus`."""
 
 
 def profil(uai: str, assembled: str) -> ProfilEquipement:

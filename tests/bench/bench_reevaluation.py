@@ -28,6 +28,7 @@ from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
 from services.common.runtime.logs import configure_logging
 from services.common.storage.db import create_pool, migrate
+from services.ressources import views
 from services.ressources.handlers import make_apply, reevaluate_chunk
 from services.ressources.rules import Seuils
 from services.ressources.store import RessourcesStore
@@ -73,6 +74,7 @@ async def seed(conn, n: int) -> None:
         "INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
         [(t, u, e, json.dumps({"uai": u, "version": 1, **content})) for t, u, e, content in recus],
     )
+    await conn.execute(views.ENTREES_SQL, uais)  # as store_derived keeps them
     await conn.copy_records_to_table(
         "abonnements",
         records=[(RID, u, T0.date(), None, T0) for u in uais],

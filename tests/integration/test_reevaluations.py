@@ -16,6 +16,7 @@ from contracts.internal import PROFILS, ProfilLot
 from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.locks import lock_keys
+from services.ressources import views
 from services.ressources.app import SPEC
 from services.ressources.handlers import Reevaluations, make_apply, reevaluate_chunk
 from services.ressources.rules import Seuils
@@ -52,6 +53,7 @@ async def seed(pool, codes: list[str]) -> None:
         ],
         columns=["type", "uai", "entity", "version", "content"],
     )
+    await pool.execute(views.ENTREES_SQL, codes)  # as store_derived keeps them
     await pool.copy_records_to_table(
         "abonnements",
         records=[(RID, u, date(2026, 9, 1), None, t0) for u in codes],

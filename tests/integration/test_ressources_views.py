@@ -1,5 +1,6 @@
-"""The store's profiles and coverages, assembled by PostgreSQL (views.PROFIL_SQL, COUVERTURE_SQL),
-equal those views.profils and views.couvertures assemble from the same records in Python, on
+"""The store's profiles and coverages, assembled by PostgreSQL (views.PROFIL_SQL, COUVERTURE_SQL)
+and kept per UAI in `entrees` as batches arrive (as migration 0007 assembles them for a deployment
+from before), equal those views.profils and views.couvertures assemble from the same records in Python, on
 the real database: lots out of order, retired (quantity 0), without OS, a link or not, a UAI
 with only retired lots or only a link, teachers or tools alone, a tool nobody holds."""
 
@@ -79,8 +80,18 @@ async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_
         await migrate(pool, "ressources", SPEC.package_dir)
         async with pool.acquire() as conn:
             store = RessourcesStore(conn)
-            await store.store_derived([make_event(TYPE[type(d)], d, source="/plateforme/test") for d in data])
+            events = [make_event(TYPE[type(d)], d, source="/plateforme/test") for d in data]
+            rng.shuffle(events)  # in two batches: a UAI's `entrees` row made by one, completed by the other
+            await store.store_derived(events[: len(events) // 2])
+            await store.store_derived(events[len(events) // 2 :])
             profils, couvertures = await store.load_profils(codes), await store.load_couvertures(codes)
+
+            # What migration 0007 assembles for a deployment from before equals what the store keeps.
+            kept = await conn.fetch("SELECT * FROM entrees ORDER BY uai")
+            migration = (SPEC.package_dir / "migrations" / "0007_entrees.sql").read_text()
+            await conn.execute("DELETE FROM entrees")
+            await conn.execute(migration[migration.index("INSERT INTO entrees") :])
+            assert await conn.fetch("SELECT * FROM entrees ORDER BY uai") == kept
     finally:
         await pool.close()
     expected_profils = views.profils(r for r in as_records if r[0] in (PROFIL_LOT, PROFIL_CONNECTIVITE))
