@@ -13,7 +13,9 @@ it or by a later lot of that collège: when two flips of one collège meet in on
 backlog longer than U / rate seconds), the second's alert is the platform's answer to both.
 Baseline, on the same broker at the same rate just before: a plain record's produce -> consume
 latency. Keeps up: the backlog (consumer lags, outboxes) is drained within KEEP_UP_SECONDS of
-the producer stopping.
+the producer stopping. Where the time goes, per lot answered by its own alert: from the lot
+sent to its profile record read on equipement.profils (equipement's hop, its relay included),
+then to its alert read (ressources' hop), each read by the bench as a dashboard would.
 """
 
 import asyncio
@@ -21,13 +23,14 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
 import contracts as c
 from contracts import Etablissement
+from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
@@ -99,6 +102,17 @@ class Latencies:
     own_alerts: int = 0  # lots whose own alert arrived (the rest were answered by a later lot's)
     unanswered: int = 0  # lots no alert answered (a backlog left, or flips that cancelled out in one batch)
     drained_after: float | None = None  # seconds after the producer stopped; None: not within the timeout
+    hops: list[tuple[float, float]] = field(default_factory=list)
+    """Per lot with its own alert: lot sent -> its profile read (equipement), -> its alert read (ressources)."""
+
+    def hops_described(self) -> str:
+        if not self.hops:
+            return "-"
+        ms = [[percentile([h[k] for h in self.hops], q) * 1000 for q in (0.5, 0.99)] for k in (0, 1)]
+        return (
+            f"lot -> profile p50 {ms[0][0]:,.0f} ms p99 {ms[0][1]:,.0f} ms; "
+            f"profile -> alert p50 {ms[1][0]:,.0f} ms p99 {ms[1][1]:,.0f} ms"
+        )
 
     def describe(self) -> str:
         p50, p99, worst = (percentile(self.seconds, q) * 1000 for q in (0.5, 0.99, 1.0))
@@ -128,20 +142,27 @@ async def platform(
         traceparent = f"00-{trace_id(i)}-{i + 1:016x}-01".encode()
         return topic, e.uai, lot(e, version, datetime.now(UTC)), [*HEADERS, ("traceparent", traceparent)]
 
-    async with Tail(stage, stage.topic(c.ALERTES)) as tail, Observer(stage) as observer:
+    async with (
+        Tail(stage, stage.topic(c.ALERTES)) as tail,
+        Tail(stage, stage.topic(PROFILS)) as profiles,
+        Observer(stage) as observer,
+    ):
         sent, achieved = await paced(stage.bootstrap, rate, duration, flip)
         try:
             drained_after: float | None = await observer.wait_drained(procs, drain)
         except TimeoutError:
             drained_after = None
         await tail.caught_up(observer)
+        await profiles.caught_up(observer)
     # The alerts of each collège, by the index of the lot that caused them.
     answers: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for at, record in tail.records:
-        traceparent = dict(record.headers).get("traceparent", b"").decode()
-        cause = int(traceparent.split("-")[1], 16) - 1 if traceparent.count("-") == 3 else -1
+        cause = _cause(record)
         if 0 <= cause < len(sent):
             answers[cause % n].append((cause, at))
+    profiled: dict[int, float] = {}  # lot -> when its profile record was read (equipement's answer)
+    for at, record in profiles.records:
+        profiled.setdefault(_cause(record), at)
     if tail.records and not answers:
         raise RuntimeError(
             f"none of the {len(tail.records):,} alerts carries the trace context of a lot sent: the bench "
@@ -161,7 +182,15 @@ async def platform(
                 continue
             result.own_alerts += answer[0] == i
             result.seconds.append(answer[1] - sent[i])
+            if answer[0] == i and i in profiled:
+                result.hops.append((profiled[i] - sent[i], answer[1] - profiled[i]))
     return result
+
+
+def _cause(record) -> int:
+    """The index of the lot whose trace context a record carries (-1: none)."""
+    traceparent = dict(record.headers).get("traceparent", b"").decode()
+    return int(traceparent.split("-")[1], 16) - 1 if traceparent.count("-") == 3 else -1
 
 
 async def figure(runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float) -> list[Row]:
@@ -178,6 +207,7 @@ async def figure(runtime: Runtime, rates: list[int], duration: float, uais: int,
         print(f"  {rate:5,} ev/s  lot -> alert   {measured.describe()}   ({measured.achieved_rate:,.0f} ev/s sent; "
               f"{measured.own_alerts:,} of {measured.sent:,} lots had their own alert, {measured.unanswered:,} none; "
               f"backlog {drained})")  # fmt: skip
+        print(f"  {rate:5,} ev/s  where: {measured.hops_described()}")
         p99, base = percentile(measured.seconds, 0.99), percentile(baseline.seconds, 0.99)
         keeps_up = measured.drained_after is not None and measured.drained_after <= KEEP_UP_SECONDS
         if rate in P99_TARGETS:
