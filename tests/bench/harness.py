@@ -156,6 +156,12 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"/proc/{pid}/status has no VmHWM line")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) the process has used so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 async def produce(
     bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]], headers: list[tuple[str, bytes]] = HEADERS
 ) -> list:
