@@ -42,6 +42,8 @@ class Store(Protocol):
 
     async def lock(self, uais: Sequence[str]) -> None: ...
 
+    async def assemble(self, uais: Sequence[str]) -> None: ...
+
     async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]: ...
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]: ...
@@ -90,6 +92,7 @@ def make_apply(seuils: Seuils):
         await store.request_reevaluations([e.data.resource_id for e in catalogue.winners.values()])
         uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
+        await store.assemble(sorted(derived))
         outgoing = await reevaluate(store, await store.pairs_of(uais), seuils, causes)
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
 

@@ -87,9 +87,13 @@ class RessourcesStore:
             [e.data.version for e in latest.values()],
             [e.data.model_dump_json() for e in latest.values()],
         )
-        changed = {r["uai"] for r in rows}
-        await self._conn.execute(views.ENTREES_SQL, sorted(changed))
-        return changed
+        return {r["uai"] for r in rows}
+
+    async def assemble(self, uais: Sequence[str]) -> None:
+        """Each UAI's `entrees` row assembled again from its `recus`, under its lock (`lock`):
+        read after every transaction that held it before, so no record written by another
+        transaction is left out of it."""
+        await self._conn.execute(views.ENTREES_SQL, sorted(uais))
 
     async def lock(self, uais: Sequence[str]) -> None:
         """Hold these UAIs until the transaction ends: their pairs are evaluated by one transaction at a time."""

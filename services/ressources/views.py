@@ -47,7 +47,7 @@ def couvertures(records: Iterable[Record]) -> dict[str, CouvertureFormation]:
 
 
 # The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai), kept per UAI
-# in `entrees` (ENTREES_SQL) when its records change: what the store and the simulations read,
+# in `entrees` (ENTREES_SQL, store.assemble) when its records change: what the store and the simulations read,
 # one JSON text per UAI that pydantic validates at once, instead
 # of a model validated per record and assembled here. Without the uai (the caller knows it) and
 # the records' uai and version, so that equal inputs read equal (simulations group them).

@@ -4,6 +4,7 @@ from before), equal those views.profils and views.couvertures assemble from the 
 the real database: lots out of order, retired (quantity 0), without OS, a link or not, a UAI
 with only retired lots or only a link, teachers or tools alone, a tool nobody holds."""
 
+import asyncio
 import random
 
 from contracts import make_event
@@ -17,10 +18,12 @@ from contracts.internal import (
     ProfilConnectivite,
     ProfilLot,
 )
-from helpers import uai
+from helpers import eventually, lock_waiters, uai
 from services.common.storage.db import create_pool, migrate
 from services.ressources import views
 from services.ressources.app import SPEC
+from services.ressources.handlers import make_apply
+from services.ressources.rules import Seuils
 from services.ressources.store import RessourcesStore
 
 SYSTEMS = [None, {"name": "iPadOS", "version": "12.5"}, {"name": "Windows", "version": "11.0.22631.1"}]
@@ -82,8 +85,8 @@ async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_
             store = RessourcesStore(conn)
             events = [make_event(TYPE[type(d)], d, source="/plateforme/test") for d in data]
             rng.shuffle(events)  # in two batches: a UAI's `entrees` row made by one, completed by the other
-            await store.store_derived(events[: len(events) // 2])
-            await store.store_derived(events[len(events) // 2 :])
+            for half in (events[: len(events) // 2], events[len(events) // 2 :]):
+                await store.assemble(await store.store_derived(half))
             profils, couvertures = await store.load_profils(codes), await store.load_couvertures(codes)
 
             # What migration 0007 assembles for a deployment from before equals what the store keeps.
@@ -106,3 +109,38 @@ async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_
     assert any(not p.lots and not p.connectivite for p in profils.values())
     assert any(len(p.lots) > 1 for p in profils.values())
     assert any(c.outils and not c.competences for c in couvertures.values())
+
+
+async def test_two_transactions_writing_records_of_one_uai_leave_its_row_with_both(database_url):
+    """A lot and a link of one UAI, handled by two transactions at once (replicas on two
+    partitions): the second assembles the UAI's row once it holds the UAI's lock, so after the
+    first committed, and the row holds both records."""
+    code = uai("4500001")
+    lot = ProfilLot(uai=code, version=1, lot_id="tablettes", kind="tablette", quantity=30, os=None, browsers=[])
+    link = ProfilConnectivite(uai=code, version=1, bandwidth_mbps=100, ent=True)
+    pool = await create_pool(database_url, "ressources_concurrents")
+    try:
+        await migrate(pool, "ressources_concurrents", SPEC.package_dir)
+        async with pool.acquire() as first, pool.acquire() as second:
+            async with first.transaction():
+                await APPLY(RessourcesStore(first), [make_event(PROFIL_LOT, lot, source="/plateforme/test")], set())
+                later = asyncio.create_task(
+                    _apply(second, make_event(PROFIL_CONNECTIVITE, link, source="/plateforme/test"))
+                )
+                await eventually(lambda: lock_waiters(pool), what="the second transaction waiting for the UAI")
+            await later
+        async with pool.acquire() as conn:
+            profils = await RessourcesStore(conn).load_profils([code])
+    finally:
+        await pool.close()
+    assert [lot.lot_id for lot in profils[code].lots] == ["tablettes"]
+    assert profils[code].connectivite is not None and profils[code].connectivite.bandwidth_mbps == 100
+
+
+APPLY = make_apply(Seuils())
+"""ressources' use case, as its consumer runs it on a batch."""
+
+
+async def _apply(conn, event) -> None:
+    async with conn.transaction():
+        await APPLY(RessourcesStore(conn), [event], set())

@@ -1,8 +1,9 @@
 -- Per UAI, what the rules read of it, assembled from its `recus` once when they change rather
 -- than at every reading: its profile and its coverage as JSON text (views.PROFIL_SQL and
--- COUVERTURE_SQL; NULL without a record of the kind). Kept by store.store_derived in the
--- transaction that writes `recus`; read by the evaluations, the read API and the simulations
--- (one row per UAI: a national simulation no longer aggregates every record).
+-- COUVERTURE_SQL; NULL without a record of the kind). Assembled again (store.assemble) by the
+-- transaction that writes its `recus`, once it holds the UAI's lock; read by the evaluations,
+-- the read API and the simulations (one row per UAI: a national simulation no longer
+-- aggregates every record).
 CREATE TABLE entrees (
     uai        text PRIMARY KEY,
     profil     text,

@@ -150,6 +150,9 @@ class RessourcesMemory:
     async def lock(self, uais: Sequence[str]) -> None:
         pass  # one transaction at a time here
 
+    async def assemble(self, uais: Sequence[str]) -> None:
+        pass  # profiles and coverages are assembled at each reading here
+
     async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]:
         return [
             Pair(e.data.uai, e.data.resource_id, e.data.end)
