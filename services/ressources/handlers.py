@@ -9,7 +9,7 @@ one UAI run one after the other, each seeing what those before it wrote."""
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -22,7 +22,7 @@ from contracts.internal import INTERNAL_PAYLOADS, CouvertureFormation, ProfilEqu
 from services.common.pipeline import TOMBSTONE, Applied, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
-from services.ressources.rules import Seuils, evaluate, is_evaluated
+from services.ressources.rules import Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
 
@@ -33,6 +33,8 @@ FAILURE_PAUSE_SECONDS = 1.0
 
 class Store(Protocol):
     """What the use case needs of its storage (store.RessourcesStore; an in-memory one in tests)."""
+
+    async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]: ...
 
     async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts: ...
 
@@ -78,7 +80,9 @@ class Store(Protocol):
 def make_apply(seuils: Seuils):
     async def apply(store: Store, events: Sequence[CloudEvent], ref_changed: set[str]) -> Applied:
         of = lambda *types: [e for e in events if e.type in types]  # noqa: E731
-        catalogue = await store.store_catalogue(of(c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE))
+        resources = of(c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE)
+        before = await store.published_rules(sorted({e.data.resource_id for e in resources}))
+        catalogue = await store.store_catalogue(resources)
         abonnements = await store.store_abonnements(of(c.ABONNEMENT))
         derived = await store.store_derived(of(*INTERNAL_PAYLOADS))
 
@@ -88,8 +92,9 @@ def make_apply(seuils: Seuils):
             for touched in (uai_of(e), getattr(e.data, "resource_id", None)):
                 if touched:
                     causes[touched] = e
-        # A resource's pairs are re-evaluated in the background (Reevaluations), the batch's UAIs here.
-        await store.request_reevaluations([e.data.resource_id for e in catalogue.winners.values()])
+        # A resource's pairs are re-evaluated in the background (Reevaluations), the batch's UAIs
+        # here; not those of a resource republished with nothing the rules read changed.
+        await store.request_reevaluations(_changed_for_the_rules(catalogue.winners.values(), before))
         uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))
@@ -97,6 +102,24 @@ def make_apply(seuils: Seuils):
         return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
 
     return apply
+
+
+def _changed_for_the_rules(winners: Iterable[CloudEvent], before: dict[str, dict]) -> list[str]:
+    """The resources whose pairs these catalogue events may change: a withdrawal of a published
+    one, a publication of one not published before or with something the rules read changed."""
+    changed = []
+    for e in winners:
+        rid = e.data.resource_id
+        if e.type == c.RESSOURCE_RETIREE:
+            if rid in before:
+                changed.append(rid)
+        elif before.get(rid) != read_by_rules(e.data.model_dump(mode="json")):
+            changed.append(rid)
+        else:
+            log.info(
+                "ressource.republiee_sans_effet", resource_id=rid, reason="only what the rules do not read changed"
+            )
+    return changed
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ import functools
 import operator
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from contracts import (
     CRCN_LEVELS,
@@ -48,6 +48,17 @@ MAX_DETAIL = 256  # CONTRACTS.md Limits: a reason's detail, longer ones shortene
 class Seuils:
     min_compatible_share: float = 0.5
     min_training_coverage: float = 0.5
+
+
+SHOWN_ONLY = frozenset({"title", "editor"})
+"""What a resource shows and no rule reads (nor any alert carries): a republication that changes
+only these leaves every verdict as it is."""
+
+
+def read_by_rules(ressource: Mapping[str, Any]) -> dict[str, Any]:
+    """A resource's payload (its JSON values) without what the rules do not read: two equal ones
+    give every pair the same evaluation. A field added to the payload counts until listed in SHOWN_ONLY."""
+    return {k: v for k, v in ressource.items() if k not in SHOWN_ONLY}
 
 
 def is_evaluated(abonnement_end: date | None, ouvert: bool | None, publiee: bool) -> bool:

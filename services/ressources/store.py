@@ -1,6 +1,7 @@
 """ressources' SQL, in one place: the store its use case receives, one per transaction (the
 read API builds one over its own connection)."""
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -15,7 +16,7 @@ from services.common.storage.entities import store_latest
 from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
 from services.ressources.lifecycle import Held
-from services.ressources.rules import Seuils
+from services.ressources.rules import Seuils, read_by_rules
 
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
@@ -54,6 +55,17 @@ class RessourcesStore:
             events,
             row_of=lambda e: (True, e.data.model_dump(mode="json")) if e.type == c.RESSOURCE_PUBLIEE else (False, None),
         )
+
+    async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
+        """Of these resources, those published now: what the rules read of each (rules.read_by_rules).
+        Their rows stay locked (in key order, as store_catalogue then locks them) until the
+        transaction ends: what a republication is compared with is what it replaces."""
+        rows = await self._conn.fetch(
+            "SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = ANY($1::text[]) "
+            "ORDER BY resource_id FOR UPDATE",
+            sorted(ids),
+        )
+        return {r["resource_id"]: read_by_rules(json.loads(r["ressource"])) for r in rows if r["publiee"]}
 
     async def store_abonnements(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(

@@ -203,6 +203,37 @@ async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluati
         last[e["data"]["alert_id"]] = e["type"]
 
 
+async def test_a_republication_changing_only_the_title_requests_no_fan_out(kafka, settings):
+    codes = uais(200)
+    old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await seed(pipeline.pool, codes)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+        await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="the first raises")
+        await eventually(lambda: done(pipeline.pool), what="the first fan-out done")
+
+        # A fan-out requested now would wait in its first chunk for the UAI this test holds, so
+        # its request would still be there once the new title is stored (same transaction).
+        renamed = publiee(2, "15")
+        renamed[1]["data"]["title"] = "Atlas, nouvelle édition"
+        async with pipeline.pool.acquire() as conn, conn.transaction():
+            await lock_keys(conn, "uai", [codes[0]])
+            await send(bootstrap, settings.topic(c.CATALOGUE), [renamed])
+            await eventually(lambda: title_is(pipeline.pool, "Atlas, nouvelle édition"), what="the new title stored")
+            assert not await pending(pipeline.pool), "no fan-out for a new title"
+
+        await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(3, "17.2")])  # 17.1 falls short too
+        await alerts.wait_for(lambda _: len(raised(alerts)) >= len(codes), what="the stricter version's raises")
+        await eventually(lambda: done(pipeline.pool), what="that fan-out done")
+    assert sorted(raised(alerts)) == sorted(codes), "each établissement raised once, none twice"
+
+
+async def title_is(pool, title: str) -> bool:
+    return await pool.fetchval("SELECT ressource->>'title' = $1 FROM ressources WHERE resource_id = $2", title, RID)
+
+
 class PausedAfterReading(RessourcesStore):
     """A chunk's store that stops once it has read the profiles, until `go` is set."""
 

@@ -20,7 +20,7 @@ from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
-from services.ressources.rules import Seuils
+from services.ressources.rules import Seuils, read_by_rules
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
 
 
@@ -131,6 +131,13 @@ class RessourcesMemory:
         self.journalled: list[CloudEvent] = []
         self.held_seuils: tuple[float, float] | None = None
         self.reevaluations: dict[str, str] = {}  # resource_id (or EVERY_RESOURCE) -> the last UAI done
+
+    async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
+        return {
+            rid: read_by_rules(e.data.model_dump(mode="json"))
+            for (rid,), e in self.catalogue.rows.items()
+            if rid in ids and e.type == c.RESSOURCE_PUBLIEE
+        }
 
     async def store_catalogue(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await self.catalogue.store(events)

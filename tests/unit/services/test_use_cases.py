@@ -252,3 +252,29 @@ async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version()
         outgoing += [o for o in chunk.outgoing if o.topic == c.ALERTES]
     assert [(o.event.type, o.event.data.uai) for o in outgoing] == [(c.ALERTE_RESOLUE, u) for u in uais[:2]]
     assert not any(held.ouverte for kinds in store.alerts.values() for held in kinds.values())
+
+
+async def test_a_republication_changing_only_what_the_rules_do_not_read_evaluates_nothing_again():
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 13)]
+    store = await subscribed_with_old_tablets(uais)
+    await ressources(store, [publication(2)], set())
+    while await reevaluate_chunk(store, Seuils(), 2):
+        pass
+
+    renamed = publication(3)
+    renamed = renamed.model_copy(update={"data": renamed.data.model_copy(update={"title": "Atlas 2", "editor": "F"})})
+    assert (await ressources(store, [renamed], set())).outgoing == []
+    assert store.reevaluations == {}, "no fan-out: every verdict stays as it is"
+    assert store.catalogue.rows[(RID,)].data.title == "Atlas 2", "the new version is kept all the same"
+
+    await ressources(store, [publication(4, min_ipados="12")], set())  # a requirement changed
+    assert store.reevaluations == {RID: ""}
+    while await reevaluate_chunk(store, Seuils(), 2):
+        pass
+    withdrawn = c.make_event(c.RESSOURCE_RETIREE, c.RessourceRetiree(resource_id=RID), source="/ministere", time=at(5))
+    await ressources(store, [withdrawn], set())
+    assert store.reevaluations == {RID: ""}, "a withdrawal resolves what was open"
+    while await reevaluate_chunk(store, Seuils(), 2):
+        pass
+    await ressources(store, [publication(6, min_ipados="12")], set())
+    assert store.reevaluations == {RID: ""}, "published again after it: evaluated again"
