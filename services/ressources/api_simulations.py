@@ -35,7 +35,8 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 
 def _processes(n: int) -> ProcessPoolExecutor:
     """The worker processes judging resource simulations: one pool per service process, started
-    at its first simulation (spawned: a fork would copy the running event loop and connections)."""
+    with the service (`start_workers`), or at its first simulation after a broken pool was
+    stopped (spawned: a fork would copy the running event loop and connections)."""
     if n not in _pools:
         _pools[n] = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
     return _pools[n]

@@ -47,12 +47,12 @@ def couvertures(records: Iterable[Record]) -> dict[str, CouvertureFormation]:
 
 
 # The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai), kept per UAI
-# in `entrees` (ENTREES_SQL, store.assemble) when its records change: what the store and the simulations read,
-# one JSON text per UAI that pydantic validates at once, instead
-# of a model validated per record and assembled here. Without the uai (the caller knows it) and
-# the records' uai and version, so that equal inputs read equal (simulations group them).
-# NULL for a UAI without a record of the kind, as the dicts above leave it out. Tested against
-# profils and couvertures.
+# in `entrees` (ENTREES_SQL, store.assemble) when its records change: what the store and the
+# simulations read, one JSON text per UAI that pydantic validates at once, instead of a model
+# validated per record and assembled here. Without the uai (the caller knows it) and the
+# records' uai and version, so that equal inputs read equal (simulations group them). NULL for a
+# UAI without a record of the kind, as the dicts above leave it out. Tested against profils and
+# couvertures.
 _CONTENT = "(r.content - '{uai,version}'::text[])"
 _LOT, _LINK = f"r.type = '{PROFIL_LOT}'", f"r.type = '{PROFIL_CONNECTIVITE}'"
 _TEACHERS, _TOOL = f"r.type = '{COUVERTURE_ENSEIGNANTS}'", f"r.type = '{COUVERTURE_OUTIL}'"
