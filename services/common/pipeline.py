@@ -67,6 +67,12 @@ class Outgoing(Generic[E]):
     key: str
     event: E
     cause: CloudEvent | None = None
+    value: bytes | None = None
+    """The event's record value when the service encoded it already (an alert: once for the
+    stream, its table and the journal)."""
+
+    def to_bytes(self) -> bytes | None:
+        return self.value if self.value is not None else self.event.to_bytes()
 
 
 @dataclass
@@ -275,7 +281,7 @@ class Pipeline:
         return OutboxRecord(
             self.settings.topic(out.topic),
             out.key.encode(),
-            out.event.to_bytes(),
+            out.to_bytes(),
             tuple((k, v.encode()) for k, v in headers.items()),
         )
 

@@ -60,7 +60,7 @@ class Store(Protocol):
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None: ...
 
-    async def journal(self, events: Sequence[CloudEvent]) -> None: ...
+    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None: ...
 
     async def seuils(self) -> tuple[float, float] | None: ...
 
@@ -259,7 +259,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
             elif t.updated:
                 rows.append(AlertRow(t.updated, ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
-    await store.journal([o.event for o in outgoing])
+    await store.journal(outgoing)
     _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
     return outgoing + [record for announced in outgoing for record in _in_table(announced)]
 
@@ -285,7 +285,7 @@ def _in_table(announced: Outgoing) -> list[Outgoing]:
     """An announced alert event on alertes.etat.v1, the table of the stream keyed by alert_id:
     the alert's latest event, then a tombstone once it is resolved (CONTRACTS.md, "Current state")."""
     event, alert = announced.event, announced.event.data.alert_id
-    records = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause)]
+    records = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause, announced.value)]
     if event.type == c.ALERTE_RESOLUE:
         records.append(Outgoing(c.ALERTES_ETAT, alert, TOMBSTONE, announced.cause))
     return records
@@ -295,4 +295,4 @@ def _announce(
     type_: str, alerte: AlerteLevee | AlerteResolue, id_: str, now: datetime, cause: CloudEvent | None
 ) -> Outgoing:
     event = make_event(type_, alerte, source=SOURCE, subject=alerte.subject, id=id_, time=now)
-    return Outgoing(c.ALERTES, alerte.uai, event, cause)
+    return Outgoing(c.ALERTES, alerte.uai, event, cause, event.to_bytes())  # encoded once

@@ -9,6 +9,7 @@ from datetime import date, datetime
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import CouvertureFormation, ProfilEquipement
+from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts
 from services.common.storage import referentiel
 from services.common.storage.db import Conn
@@ -156,35 +157,35 @@ class RessourcesStore:
         return out
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
-        await self._conn.executemany(
+        """One statement for the rows (unnest): a chunk's hundreds of alerts in one round trip."""
+        if not rows:
+            return
+        await self._conn.execute(
             """
             INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::int[],
+                                 $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
             ON CONFLICT (alert_id) DO UPDATE SET ouverte = EXCLUDED.ouverte, cycle = EXCLUDED.cycle,
                 raised_at = EXCLUDED.raised_at, resolved_at = EXCLUDED.resolved_at, alerte = EXCLUDED.alerte
             """,
-            [
-                (
-                    r.alerte.alert_id,
-                    r.alerte.uai,
-                    r.alerte.resource_id,
-                    r.alerte.kind,
-                    r.ouverte,
-                    r.cycle,
-                    r.alerte.raised_at,
-                    r.resolved_at,
-                    r.alerte.model_dump_json(),
-                )
-                for r in rows
-            ],
+            [r.alerte.alert_id for r in rows],
+            [r.alerte.uai for r in rows],
+            [r.alerte.resource_id for r in rows],
+            [r.alerte.kind for r in rows],
+            [r.ouverte for r in rows],
+            [r.cycle for r in rows],
+            [r.alerte.raised_at for r in rows],
+            [r.resolved_at for r in rows],
+            [r.alerte.model_dump_json() for r in rows],
         )
 
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
         return await referentiel.load(self._conn, uais)
 
-    async def journal(self, events: Sequence[CloudEvent]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None:
         """The alert events for the live stream, in this transaction (stream.notify)."""
-        await stream.notify(self._conn, list(events))
+        values = [o.value if o.value is not None else o.event.to_bytes() for o in announced]
+        await stream.notify(self._conn, [o.event for o in announced], values)
 
     async def seuils(self) -> tuple[float, float] | None:
         """The thresholds the held alerts were evaluated with (None before the first)."""

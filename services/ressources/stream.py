@@ -40,7 +40,7 @@ PURGE_CHUNK = 10_000
 log = structlog.get_logger(__name__)
 
 
-async def notify(conn: Conn, events: list[CloudEvent]) -> None:
+async def notify(conn: Conn, events: list[CloudEvent], values: list[bytes] | None = None) -> None:
     """Inside the write transaction: journalled and announced on commit, neither on rollback.
 
     Transactions of several batches and re-evaluation chunks run at once (locks per UAI), but
@@ -48,6 +48,8 @@ async def notify(conn: Conn, events: list[CloudEvent]) -> None:
     smaller seq appear later. So a transaction takes the journal's lock before its seqs are
     drawn and holds it until it ends: journalling transactions commit in the order of their
     seqs. Only their last steps (this, the outbox, the commit) wait for each other.
+
+    `values`: the events' record values, when the caller encoded them already.
     """
     if not events:
         return
@@ -58,7 +60,7 @@ async def notify(conn: Conn, events: list[CloudEvent]) -> None:
         "ORDER BY n RETURNING seq) SELECT max(seq) FROM added",
         [e.id for e in events],
         [e.data.alert_id for e in events],
-        [e.to_bytes().decode() for e in events],
+        [v.decode() for v in values] if values is not None else [e.to_bytes().decode() for e in events],
     )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
 

@@ -36,7 +36,8 @@ CONSUMES = {spec.name: spec.consumes for spec in specs()}
 HEADERS = [("content-type", c.CONTENT_TYPE.encode())]
 # Services in the order records flow through them: a drain check follows that order.
 FLOW = ("formation", "equipement", "ressources")
-SERVICE_ENV = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json"}
+SERVICE_ENV = {"LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "LOG_FORMAT": "json"}
+"""BENCH_LOG_LEVEL=INFO: the services' per-batch lines; with BENCH_LOG_DIR, their logs are kept there."""
 POLL_SECONDS = 0.05
 
 # A producer's first records to a new topic meet "not leader" answers until the partitions
@@ -91,8 +92,8 @@ class Runtime:
         prefix = f"{name}-{n}."
         topics = [*platform_topics(prefix), *(TopicSpec(prefix + t.name, t.partitions) for t in extra_topics)]
         await create_topics(self.kafka.bootstrap_servers, topics)
-        log_dir = self.tmp / f"{name}-{n}"
-        log_dir.mkdir()
+        log_dir = Path(os.environ.get("BENCH_LOG_DIR") or self.tmp) / f"{name}-{n}"
+        log_dir.mkdir(parents=True)
         return Stage(
             name=name,
             bootstrap=self.kafka.bootstrap_servers,

@@ -11,6 +11,7 @@ import httpx
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import at, event, eventually, profil_lot, send, uai
+from services.common.pipeline import Outgoing
 from services.ressources import queries, stream
 from test_read_api import etab, serve_api
 
@@ -82,7 +83,7 @@ async def journal(app, *events: c.CloudEvent) -> list[int]:
     """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):
-        await store.journal(list(events))
+        await store.journal([Outgoing(c.ALERTES, e.data.uai, e) for e in events])
         return []
 
     pipeline = app.state.pipeline

@@ -111,6 +111,13 @@ class ServiceSettings(BaseSettings):
     batch_wait_ms: int = Field(
         50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one, then pauses as long"
     )
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=5000,
+        description="longest the broker holds a fetch for records to come; a partition read to its end is "
+        "fetched again only once the fetch in flight returns, so this bounds how long its next record waits",
+    )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")

@@ -15,6 +15,7 @@ from contracts.internal import (
     CouvertureFormation,
     ProfilEquipement,
 )
+from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
@@ -193,8 +194,8 @@ class RessourcesMemory:
             held = Held(r.ouverte, r.cycle, r.alerte.model_dump_json())  # as the real store holds it
             self.alerts.setdefault((r.alerte.uai, r.alerte.resource_id), {})[r.alerte.kind] = held
 
-    async def journal(self, events: Sequence[CloudEvent]) -> None:
-        self.journalled += events
+    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None:
+        self.journalled += [o.event for o in announced]
 
     async def seuils(self) -> tuple[float, float] | None:
         return self.held_seuils
