@@ -245,7 +245,7 @@ class Pipeline:
             await inbox.mark_stale(conn, stale)
             await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             contexts = {id(e): r.headers for e, r in parsed}
-            await enqueue(conn, [self._record(o, contexts.get(id(o.cause)), span) for o in applied.outgoing])
+            await enqueue(conn, self._records(applied.outgoing, contexts, span))
             await positions.advance(conn, records)
         self._log_batch(records, fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), rejected, started)
         return len(applied.outgoing)
@@ -261,7 +261,7 @@ class Pipeline:
         it derives), its events through the outbox; `work` gets the store."""
         async with self._exclusive() as conn:
             outgoing = await work(self._store(conn))
-            await enqueue(conn, [self._record(o, None, None) for o in outgoing])
+            await enqueue(conn, self._records(outgoing, {}, None))
         if outgoing:
             self.relay.wake()
         return len(outgoing)
@@ -276,14 +276,22 @@ class Pipeline:
                 accepted.append(event)
         return accepted
 
-    def _record(self, out: Outgoing, cause_headers, batch_span: trace.Span | None) -> OutboxRecord:
-        headers = {"content-type": c.CONTENT_TYPE, **trace_headers(cause_headers, batch_span)}
-        return OutboxRecord(
-            self.settings.topic(out.topic),
-            out.key.encode(),
-            out.to_bytes(),
-            tuple((k, v.encode()) for k, v in headers.items()),
-        )
+    def _records(
+        self, outgoing: Sequence[Outgoing], contexts: dict[int, Any], span: trace.Span | None
+    ) -> list[OutboxRecord]:
+        """The outbox records of `outgoing`; `contexts`: each cause's record headers, by id. Trace
+        headers are built once per cause (an alert goes to the stream and to its table)."""
+        headers: dict[int, tuple[tuple[str, bytes], ...]] = {}
+        records = []
+        for out in outgoing:
+            cause = id(out.cause)
+            if cause not in headers:
+                carried = {"content-type": c.CONTENT_TYPE, **trace_headers(contexts.get(cause), span)}
+                headers[cause] = tuple((k, v.encode()) for k, v in carried.items())
+            records.append(
+                OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.to_bytes(), headers[cause])
+            )
+        return records
 
     def _log_batch(
         self,
