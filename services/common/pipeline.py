@@ -29,6 +29,7 @@ from contracts.internal import INTERNAL_TOPICS
 from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue
 from services.common.rules import rights
+from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import inbox, positions, referentiel
@@ -122,6 +123,7 @@ class Pipeline:
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
         self._pool: asyncpg.Pool | None = None
         self._relay: OutboxRelay | None = None
+        self.metrics = Metrics(service)
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         """The runtime the pipeline works with, once the service has opened its database."""
@@ -205,6 +207,8 @@ class Pipeline:
         async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
+        self.metrics.refused(refusal.code)
+        self.metrics.handled([record])
         self.relay.wake()
 
     @asynccontextmanager
@@ -316,14 +320,22 @@ class Pipeline:
         partitions: dict[str, set[int]] = {}
         for record in records:
             partitions.setdefault(record.topic, set()).add(record.partition)
+        applied, duplicates, refused = (
+            len(fresh) - len(stale),
+            accepted - len(fresh),
+            dict(Counter(r.code for r in rejected)),
+        )
+        seconds = time.monotonic() - started
+        self.metrics.batch(applied, len(stale), duplicates, refused, seconds)
+        self.metrics.handled(records)
         log.info(
             "batch.applied",
             records=len(records),
-            applied=len(fresh) - len(stale),
+            applied=applied,
             stale=len(stale),
-            duplicates=accepted - len(fresh),
-            refused=dict(Counter(r.code for r in rejected)),
-            duration_ms=round((time.monotonic() - started) * 1000),
+            duplicates=duplicates,
+            refused=refused,
+            duration_ms=round(seconds * 1000),
             partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
         )
 

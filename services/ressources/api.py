@@ -341,9 +341,6 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
 
     api.include_router(api_simulations.router)
 
-    @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
-    async def health() -> JSONResponse:
-        status, body = await stream_app.health()
-        return JSONResponse(body, status)
+    stream_app.serve_probes(api)
 
     return api

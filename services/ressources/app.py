@@ -36,4 +36,5 @@ SPEC = ServiceSpec(
     on_start=run_reevaluations,
     http_api=create_api,
     backlog=RessourcesStore.backlog,
+    gauges=RessourcesStore.gauges,
 )

@@ -11,6 +11,7 @@ from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import CouvertureFormation, ProfilEquipement
 from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts
+from services.common.runtime.metrics import Gauge
 from services.common.storage import referentiel
 from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
@@ -246,6 +247,21 @@ class RessourcesStore:
     async def reevaluations_pending(self) -> int:
         """How many re-evaluations are waiting or under way (/health can report it)."""
         return await self._conn.fetchval("SELECT count(*) FROM reevaluations")
+
+    async def gauges(self) -> list[Gauge]:
+        """What /metrics reads at each scrape: open alerts by kind (every kind, 0 when none), the
+        resources whose pairs wait for their re-evaluation."""
+        rows = await self._conn.fetch("SELECT kind, count(*) AS n FROM alertes WHERE ouverte GROUP BY kind")
+        open_ = {r["kind"]: r["n"] for r in rows}
+        return [
+            *(Gauge("feo_alerts_open", "open alerts, by kind", {"kind": k}, open_.get(k, 0)) for k in c.ALERT_KINDS),
+            Gauge(
+                "feo_reevaluations_pending",
+                "resources whose pairs wait for their re-evaluation",
+                {},
+                await self.reevaluations_pending(),
+            ),
+        ]
 
     async def backlog(self) -> dict[str, int]:
         """What /health reports besides the outbox: resources whose pairs wait for their re-evaluation."""

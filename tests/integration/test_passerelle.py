@@ -197,3 +197,17 @@ async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_writte
         other = bearer(identite.jeton("/collectivites/communes/35001"))
         assert (await client.post("/v1/evenements", json=events, headers=other | BATCHED)).status_code == 207
     assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
+
+
+async def test_metrics_count_the_referentiel_it_consumes(kafka, settings, passerelle):
+    """The passerelle serves /metrics too: its référentiel consumer's events and lag."""
+    client, _ = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+
+    async def applied():
+        response = await client.get("/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        line = 'feo_events_total{outcome="applied",reason="",service="passerelle"} 1.0'
+        return line in response.text.splitlines()
+
+    await eventually(applied, what="the école counted as applied on /metrics")

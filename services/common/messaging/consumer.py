@@ -68,6 +68,7 @@ class StoredPositions(ConsumerRebalanceListener):
                 delay = min(delay * 2, 5.0)
         for tp in sorted(assigned):
             self.subscriber.consumer.seek(tp, stored.get(tp, 0))
+        self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
 
 
@@ -94,6 +95,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
     )
     listener.subscriber = subscriber
+    pipeline.metrics.watch(lambda: subscriber.consumer)
 
     @subscriber
     async def consume(records: list) -> None:

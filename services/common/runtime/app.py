@@ -11,16 +11,19 @@ import sys
 from typing import Any
 
 import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
-from services.common.runtime import startup
-from services.common.runtime.health import Backlog, health_report
+from services.common.runtime import metrics, startup
+from services.common.runtime.health import Backlog, database_gauges, health_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -33,14 +36,39 @@ log = structlog.get_logger(__name__)
 class ServiceApp(AsgiFastStream):
     """The service's ASGI app, with what an HTTP API beside it needs: its pipeline and broker."""
 
-    def __init__(self, broker: KafkaBroker, pipeline: Pipeline, backlog: Backlog = None, **kwargs: Any):
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        pipeline: Pipeline,
+        backlog: Backlog = None,
+        gauges: metrics.Gauges | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(broker, **kwargs)
         self.pipeline = pipeline
         self.kafka = broker
         self.backlog = backlog
+        self.gauges = gauges
 
     async def health(self) -> tuple[int, dict]:
         return await health_report(self.pipeline, self.kafka, self.backlog)
+
+    async def metrics(self) -> bytes:
+        """The Prometheus text of `/metrics`, the database's figures read now."""
+        await self.pipeline.metrics.refresh(lambda: database_gauges(self.pipeline, self.gauges))
+        return self.pipeline.metrics.render()
+
+    def serve_probes(self, api: FastAPI) -> None:
+        """`/health` and `/metrics` on a service's own HTTP API (which serves instead of this app)."""
+
+        @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
+        async def health() -> JSONResponse:
+            status, body = await self.health()
+            return JSONResponse(body, status)
+
+        @api.get("/metrics", summary="Les mesures du service, au format de Prometheus", include_in_schema=False)
+        async def metrics_text() -> Response:
+            return Response(await self.metrics(), media_type=metrics.CONTENT_TYPE)
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
@@ -59,6 +87,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         description=spec.description,
     )
     pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
+    # FastStream's consumer metrics beside the platform's, in the service's registry.
+    broker.add_middleware(KafkaPrometheusMiddleware(registry=pipeline.metrics.registry, app_name=spec.name))
 
     subscribe(broker, spec, settings, pipeline)
 
@@ -72,13 +102,18 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         status, body = await app.health()
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
+    @get(description="the service's figures, in Prometheus' text format")
+    async def metrics_route(scope) -> AsgiResponse:
+        return AsgiResponse(await app.metrics(), 200, headers={"content-type": metrics.CONTENT_TYPE})
+
     lifecycle = Lifecycle(spec, settings, pipeline, provider)
     guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
     app = ServiceApp(
         broker,
         pipeline,
         spec.backlog,
-        asgi_routes=[("/health", health)],
+        spec.gauges,
+        asgi_routes=[("/health", health), ("/metrics", metrics_route)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],
         on_shutdown=[guard.stop, lifecycle.stop],

@@ -7,6 +7,7 @@ from faststream.kafka import KafkaBroker
 
 from services.common.messaging.outbox import count_failed, count_pending
 from services.common.pipeline import Pipeline
+from services.common.runtime.metrics import Gauge, Gauges
 
 COUNT_AT_MOST = 10_000
 Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
@@ -35,3 +36,32 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         except Exception as exc:  # reported, not raised: this is the health check
             body["error"] = str(exc)
     return (200 if body["kafka"] and body["database"] else 503), body
+
+
+async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
+    """What /metrics reads from the database at each scrape: the outbox and the service's own
+    figures (`gauges`); when the database does not answer, only that it does not."""
+    if not pipeline.started:
+        return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+    try:
+        async with pipeline.pool.acquire() as conn:
+            pending = await conn.fetchval("SELECT count(*) FROM outbox")
+            oldest = await conn.fetchval(
+                "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
+            )
+            failed = await count_failed(conn)
+        own = await pipeline.run(gauges) if gauges is not None else []
+    except Exception:  # reported as a figure: a scrape must answer while the database is away
+        return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+    return [
+        Gauge("feo_database_reachable", _REACHABLE, {}, 1),
+        Gauge("feo_outbox_pending", "records in the outbox, waiting for the relay", {}, pending),
+        Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest or 0),
+        Gauge(
+            "feo_outbox_failed", "records Kafka refused for good, set aside for an operator (./dev outbox)", {}, failed
+        ),
+        *own,
+    ]
+
+
+_REACHABLE = "1 when the service's database answered this scrape's queries, else 0"

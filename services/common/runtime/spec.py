@@ -13,6 +13,7 @@ from pydantic import BaseModel
 import contracts as c
 from services.common.pipeline import ApplyFn, Pipeline
 from services.common.runtime.health import Backlog
+from services.common.runtime.metrics import Gauges
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import Conn
 
@@ -48,3 +49,5 @@ class ServiceSpec:
     """The service's settings class: the shared settings and its own."""
     backlog: Backlog = None
     """Work the service holds back besides its outbox, by name, counted with its store (`/health`)."""
+    gauges: Gauges | None = None
+    """The service's own figures for `/metrics`, read with its store at each scrape."""

@@ -1,0 +1,135 @@
+"""`GET /metrics`: a service's figures in Prometheus' text format (prometheus-client), each
+labelled with the service's name.
+
+- counted as batches commit (Pipeline): events by outcome (`applied`, `stale`, `duplicate`,
+  `refused` with the refusal's reason), and each batch's duration;
+- read at each scrape, from the consumer: lag per partition (the partition's high watermark
+  minus the next offset the service will handle);
+- read at each scrape, from the database: the outbox's backlog and the age of its oldest
+  record, the records Kafka refused for good (`outbox_failed`), and what the service declares
+  in its spec (`ServiceSpec.gauges`: ressources' open alerts by kind, its re-evaluations);
+- FastStream's own consumer metrics (`faststream_*`), by its Prometheus middleware.
+"""
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One figure a service reads from its store at each scrape (ServiceSpec.gauges)."""
+
+    name: str
+    help: str
+    labels: dict[str, str]
+    value: float
+
+
+Gauges = Callable[[Any], Awaitable[list[Gauge]]]
+"""A service's own figures, read with its store (ServiceSpec.gauges)."""
+
+
+class _Scraped(Collector):
+    """What the last refresh read (database) and what the consumer says now (lag)."""
+
+    def __init__(self, metrics: "Metrics"):
+        self._metrics = metrics
+        self.gauges: list[Gauge] = []
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        service = self._metrics.service
+        for g in self.gauges:
+            family = families.get(g.name)
+            if family is None:
+                family = families[g.name] = GaugeMetricFamily(g.name, g.help, labels=["service", *g.labels])
+            family.add_metric([service, *g.labels.values()], g.value)
+        lag = GaugeMetricFamily(
+            "feo_consumer_lag",
+            "records of a partition not yet handled: its high watermark minus the next offset to handle",
+            labels=["service", "topic", "partition"],
+        )
+        for (topic, partition), value in sorted(self._metrics.lag().items()):
+            lag.add_metric([service, topic, str(partition)], value)
+        return [*families.values(), lag]
+
+
+class Metrics:
+    """A service's metrics, in a registry of its own (several services may share a process in tests)."""
+
+    def __init__(self, service: str):
+        self.service = service
+        self.registry = CollectorRegistry()
+        self._events = Counter(
+            "feo_events",
+            "events of the consumed topics, by outcome (applied, stale, duplicate, refused) and refusal reason",
+            ["service", "outcome", "reason"],
+            registry=self.registry,
+        )
+        self._batches = Histogram(
+            "feo_batch_duration_seconds",
+            "time to handle one batch, from its records received to its transaction committed",
+            ["service"],
+            buckets=BATCH_SECONDS,
+            registry=self.registry,
+        )
+        self._scraped = _Scraped(self)
+        self.registry.register(self._scraped)
+        self._next: dict[tuple[str, int], int] = {}
+        self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
+
+    def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
+        """A committed batch's outcomes and duration."""
+        for outcome, count in (("applied", applied), ("stale", stale), ("duplicate", duplicates)):
+            if count:
+                self._events.labels(self.service, outcome, "").inc(count)
+        for reason, count in refused.items():
+            self._events.labels(self.service, "refused", reason).inc(count)
+        self._batches.labels(self.service).observe(seconds)
+
+    def refused(self, reason: str) -> None:
+        self._events.labels(self.service, "refused", reason).inc()
+
+    def handled(self, records: Sequence[ConsumerRecord]) -> None:
+        """These records are committed: each partition's next offset to handle is past them."""
+        for r in records:
+            key = (r.topic, r.partition)
+            if self._next.get(key, -1) <= r.offset:
+                self._next[key] = r.offset + 1
+
+    def resumed(self, positions: dict[TopicPartition, int]) -> None:
+        """Partitions assigned, each to resume at its stored position."""
+        for tp, offset in positions.items():
+            self._next[(tp.topic, tp.partition)] = offset
+
+    def watch(self, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
+        """Where the consumer is found once started (FastStream creates it)."""
+        self._consumer = consumer
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition whose high watermark and position are known."""
+        consumer = self._consumer()
+        if consumer is None:
+            return {}
+        out = {}
+        for tp in consumer.assignment():
+            high, position = consumer.highwater(tp), self._next.get((tp.topic, tp.partition))
+            if high is not None and position is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
+    async def refresh(self, read: Callable[[], Awaitable[list[Gauge]]]) -> None:
+        """The figures read from the database, kept for the scrape that follows."""
+        self._scraped.gauges = await read()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

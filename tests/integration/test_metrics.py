@@ -1,0 +1,152 @@
+"""/metrics against the real Kafka and PostgreSQL: the figures move as events flow."""
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+import contracts as c
+from helpers import at, college, event, eventually, running, send, serving
+from helpers import uai as valid_uai
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.ressources.app import SPEC as RESSOURCES
+from test_equipement import lot, referentiel_loaded
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Each sample of a scrape, by (name, labels sorted)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(scraped: dict, name: str, **labels: str) -> float | None:
+    return scraped.get((name, tuple(sorted(labels.items()))))
+
+
+def lags(scraped: dict) -> dict[tuple[str, str], float]:
+    """feo_consumer_lag by (topic, partition)."""
+    return {
+        (dict(labels)["topic"], dict(labels)["partition"]): v
+        for (name, labels), v in scraped.items()
+        if name == "feo_consumer_lag"
+    }
+
+
+async def scrape(app) -> dict:
+    """GET /metrics on the service's ASGI app, as Prometheus would."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain"), response.headers
+    return samples(response.text)
+
+
+async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
+    uai = valid_uai("0350001")
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        before = await scrape(service.app)
+        assert value(before, "feo_events_total", service="equipement", outcome="applied", reason="") is None
+        assert value(before, "feo_database_reachable", service="equipement") == 1
+
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        first, older = lot(uai, "L1", 30, 10), lot(uai, "L1", 5, 5)
+        unknown = lot(valid_uai("0359999"), "L1", 3, 11)  # an établissement the référentiel does not know
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.EQUIPEMENT),
+            [(uai, first), (uai, first), (uai, older), (uai, b"{not json"), (uai, unknown)],
+        )
+
+        async def settled():
+            now = await scrape(service.app)
+            done = value(now, "feo_events_total", service="equipement", outcome="refused", reason="uai-inconnu")
+            idle = value(now, "feo_outbox_pending", service="equipement") == 0 and set(lags(now).values()) == {0}
+            return now if done and idle else None
+
+        after = await eventually(settled, what="the five lots handled and the outbox drained")
+        count = lambda outcome, reason="": value(  # noqa: E731
+            after, "feo_events_total", service="equipement", outcome=outcome, reason=reason
+        )
+        # The référentiel's college, then the lot: applied; the same lot again: duplicate; its
+        # earlier version: stale; the broken record and the unknown établissement: refused.
+        assert count("applied") == 2
+        assert count("duplicate") == 1
+        assert count("stale") == 1
+        assert count("refused", "json-invalide") == 1
+        assert count("refused", "uai-inconnu") == 1
+        assert value(after, "feo_batch_duration_seconds_count", service="equipement") >= 2
+        assert {settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)} == {t for t, _ in lags(after)}
+        assert value(after, "feo_outbox_oldest_age_seconds", service="equipement") == 0
+        assert value(after, "feo_outbox_failed", service="equipement") == 0
+        # FastStream's own consumer metrics, in the same registry.
+        assert any(name.startswith("faststream_received_messages") for name, _ in after), sorted(after)[:20]
+
+
+async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
+    """Records waiting while the service cannot commit (its database locked) show as lag."""
+    uai = valid_uai("0350002")
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        async with pipeline.pool.acquire() as holder, holder.transaction():
+            await holder.execute("LOCK TABLE lots IN ACCESS EXCLUSIVE MODE")  # the next batch waits
+            await send(
+                kafka.bootstrap_servers,
+                settings.topic(c.EQUIPEMENT),
+                [(uai, lot(uai, f"L{i}", 1, i)) for i in range(1, 6)],
+            )
+
+            async def lagging():
+                now = await scrape(service.app)
+                return sum(v for (topic, _), v in lags(now).items() if topic == settings.topic(c.EQUIPEMENT)) == 5
+
+            await eventually(lagging, what="a lag of the five lots waiting")
+
+
+async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
+    """ressources serves /metrics beside its API; its open alerts by kind come from its store."""
+    async with serving(RESSOURCES, settings) as (client, _api):
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        scraped = samples(response.text)
+        for kind in c.ALERT_KINDS:
+            assert value(scraped, "feo_alerts_open", service="ressources", kind=kind) == 0
+        assert value(scraped, "feo_reevaluations_pending", service="ressources") == 0
+
+        # A resource and one subscription at a collège with no equipment: alerts open.
+        uai = valid_uai("0350003")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        resource = {
+            "resource_id": "ark:/67375/metrics",
+            "title": "Mesures",
+            "editor": "E",
+            "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+            "tools": [],
+            "min_bandwidth_mbps": 10,
+            "needs_ent": False,
+            "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
+        }
+        subscription = {"resource_id": "ark:/67375/metrics", "uai": uai, "start": "2026-09-01", "end": None}
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.CATALOGUE),
+            [
+                ("ark:/67375/metrics", event(c.RESSOURCE_PUBLIEE, "/ministere", resource, time_=at(1))),
+                (uai, event(c.ABONNEMENT, "/gar", subscription, time_=at(2))),
+            ],
+        )
+
+        async def opened():
+            now = samples((await client.get("/metrics")).text)
+            total = sum(value(now, "feo_alerts_open", service="ressources", kind=k) or 0 for k in c.ALERT_KINDS)
+            return now if total else None
+
+        now = await eventually(opened, what="an open alert counted")
+        rows = await _api.state.pipeline.pool.fetch("SELECT kind, count(*) FROM alertes WHERE ouverte GROUP BY kind")
+        assert {r["kind"]: r["count"] for r in rows} == {
+            k: v for k in c.ALERT_KINDS if (v := value(now, "feo_alerts_open", service="ressources", kind=k))
+        }

@@ -1,0 +1,89 @@
+"""The service's metrics: what a batch, a refusal and the consumer make of them (no broker here;
+tests/integration/test_metrics.py scrapes a running service)."""
+
+from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.common.runtime.metrics import Gauge, Metrics
+
+
+def scraped(metrics: Metrics) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+
+
+def record(topic: str, partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(topic, partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+
+
+class Consumer:
+    """What the metrics read of aiokafka's consumer: its assignment and high watermarks."""
+
+    def __init__(self, highwater: dict[TopicPartition, int | None]):
+        self._highwater = highwater
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._highwater)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._highwater[tp]
+
+
+def test_batches_count_each_outcome_and_reason_and_their_duration():
+    metrics = Metrics("equipement")
+    metrics.batch(applied=3, stale=1, duplicates=0, refused={"json-invalide": 2}, seconds=0.02)
+    metrics.batch(applied=1, stale=0, duplicates=2, refused={"uai-inconnu": 1}, seconds=0.3)
+    metrics.refused("donnees-invalides")  # a record PostgreSQL refused, isolated
+    got = scraped(metrics)
+    events = {labels: v for (name, labels), v in got.items() if name == "feo_events_total"}
+    assert events == {
+        (("outcome", "applied"), ("reason", ""), ("service", "equipement")): 4,
+        (("outcome", "stale"), ("reason", ""), ("service", "equipement")): 1,
+        (("outcome", "duplicate"), ("reason", ""), ("service", "equipement")): 2,
+        (("outcome", "refused"), ("reason", "json-invalide"), ("service", "equipement")): 2,
+        (("outcome", "refused"), ("reason", "uai-inconnu"), ("service", "equipement")): 1,
+        (("outcome", "refused"), ("reason", "donnees-invalides"), ("service", "equipement")): 1,
+    }
+    assert got[("feo_batch_duration_seconds_count", (("service", "equipement"),))] == 2
+    assert got[("feo_batch_duration_seconds_sum", (("service", "equipement"),))] == 0.32
+    assert got[("feo_batch_duration_seconds_bucket", (("le", "0.025"), ("service", "equipement")))] == 1
+
+
+def test_lag_is_the_high_watermark_past_the_next_offset_to_handle():
+    metrics = Metrics("formation")
+    a, b, c = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("u", 0)
+    metrics.watch(lambda: Consumer({a: 10, b: 7, c: None}))
+    assert metrics.lag() == {}, "no position known before the assignment"
+    metrics.resumed({a: 4, b: 7, c: 0})
+    assert metrics.lag() == {("t", 0): 6, ("t", 1): 0}, "a partition not fetched yet has no high watermark"
+    metrics.handled([record("t", 0, 4), record("t", 0, 8), record("t", 0, 5)])
+    assert metrics.lag() == {("t", 0): 1, ("t", 1): 0}
+    lags = {labels: v for (name, labels), v in scraped(metrics).items() if name == "feo_consumer_lag"}
+    assert lags == {
+        (("partition", "0"), ("service", "formation"), ("topic", "t")): 1,
+        (("partition", "1"), ("service", "formation"), ("topic", "t")): 0,
+    }
+
+
+def test_no_consumer_yet_no_lag():
+    assert Metrics("ressources").lag() == {}
+
+
+async def test_the_figures_read_at_a_scrape_are_served_with_the_service_label():
+    metrics = Metrics("ressources")
+
+    async def read() -> list[Gauge]:
+        return [
+            Gauge("feo_alerts_open", "open alerts, by kind", {"kind": "equipement-incompatible"}, 3),
+            Gauge("feo_alerts_open", "open alerts, by kind", {"kind": "formation-insuffisante"}, 0),
+            Gauge("feo_outbox_pending", "records in the outbox", {}, 12),
+        ]
+
+    await metrics.refresh(read)
+    got = scraped(metrics)
+    assert got[("feo_alerts_open", (("kind", "equipement-incompatible"), ("service", "ressources")))] == 3
+    assert got[("feo_alerts_open", (("kind", "formation-insuffisante"), ("service", "ressources")))] == 0
+    assert got[("feo_outbox_pending", (("service", "ressources"),))] == 12
