@@ -81,6 +81,9 @@ async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
         assert {settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)} == {t for t, _ in lags(after)}
         assert value(after, "feo_outbox_oldest_age_seconds", service="equipement") == 0
         assert value(after, "feo_outbox_failed", service="equipement") == 0
+        # Published by the relay (the outbox is empty now): the lot's profile record and the two
+        # refused records' copies on the DLQ.
+        assert value(after, "feo_outbox_relayed_total", service="equipement", outcome="published") == 3
         # FastStream's own consumer metrics, in the same registry.
         assert any(name.startswith("faststream_received_messages") for name, _ in after), sorted(after)[:20]
 

@@ -9,7 +9,7 @@ lost, nothing takes effect twice.
 
 import asyncio
 from binascii import a2b_base64, b2a_base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -120,9 +120,17 @@ class OutboxRelay:
     replicas of a service cannot interleave and reorder records of one key."""
 
     def __init__(
-        self, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, *, batch: int = 500, poll_ms: int = 1000
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        schema: str,
+        *,
+        batch: int = 500,
+        poll_ms: int = 1000,
+        published: Callable[[int, int], None] = lambda done, failed: None,
     ):
         self._pool = pool
+        self._published = published  # each round's records published and set aside (metrics)
         self._producer = producer
         self._producer_started = False
         self._batch = batch
@@ -204,6 +212,7 @@ class OutboxRelay:
                         hint="./dev outbox list",
                     )
         log.debug("outbox.published", count=len(done))
+        self._published(len(done), len(failed))
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
             log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))
             return 0

@@ -46,7 +46,12 @@ class Lifecycle:
         await migrate(pool, schema, spec.package_dir)
         producer = relay_producer(KafkaAccess.of(settings), f"feo-{spec.name}-relay")
         relay = OutboxRelay(
-            pool, producer, schema, batch=settings.outbox_batch_records, poll_ms=settings.outbox_poll_ms
+            pool,
+            producer,
+            schema,
+            batch=settings.outbox_batch_records,
+            poll_ms=settings.outbox_poll_ms,
+            published=self._pipeline.metrics.published,
         )
         self._pipeline.attach(pool, relay)
 

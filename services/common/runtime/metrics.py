@@ -8,7 +8,9 @@ labelled with the service's name.
 - read at each scrape, from the database: the outbox's backlog and the age of its oldest
   record, the records Kafka refused for good (`outbox_failed`), and what the service declares
   in its spec (`ServiceSpec.gauges`: ressources' open alerts by kind, its re-evaluations);
-- FastStream's own consumer metrics (`faststream_*`), by its Prometheus middleware.
+- counted as the outbox relay publishes: records published, records set aside;
+- FastStream's own consumer metrics (`faststream_*`), by its Prometheus middleware (the relay
+  publishes with aiokafka directly, so its figures are the platform's, above).
 """
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -82,6 +84,12 @@ class Metrics:
             buckets=BATCH_SECONDS,
             registry=self.registry,
         )
+        self._relayed = Counter(
+            "feo_outbox_relayed",
+            "outbox records the relay published to Kafka (outcome published) or set aside (outcome failed)",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
         self._scraped = _Scraped(self)
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
@@ -95,6 +103,13 @@ class Metrics:
         for reason, count in refused.items():
             self._events.labels(self.service, "refused", reason).inc(count)
         self._batches.labels(self.service).observe(seconds)
+
+    def published(self, done: int, failed: int) -> None:
+        """One relay round: records published, records Kafka refused for good (outbox_failed)."""
+        if done:
+            self._relayed.labels(self.service, "published").inc(done)
+        if failed:
+            self._relayed.labels(self.service, "failed").inc(failed)
 
     def refused(self, reason: str) -> None:
         self._events.labels(self.service, "refused", reason).inc()

@@ -87,3 +87,15 @@ async def test_the_figures_read_at_a_scrape_are_served_with_the_service_label():
     assert got[("feo_alerts_open", (("kind", "equipement-incompatible"), ("service", "ressources")))] == 3
     assert got[("feo_alerts_open", (("kind", "formation-insuffisante"), ("service", "ressources")))] == 0
     assert got[("feo_outbox_pending", (("service", "ressources"),))] == 12
+
+
+def test_relay_rounds_count_what_went_out_and_what_was_set_aside():
+    metrics = Metrics("formation")
+    metrics.published(500, 0)
+    metrics.published(12, 1)
+    metrics.published(0, 0)
+    relayed = {labels: v for (name, labels), v in scraped(metrics).items() if name == "feo_outbox_relayed_total"}
+    assert relayed == {
+        (("outcome", "published"), ("service", "formation")): 512,
+        (("outcome", "failed"), ("service", "formation")): 1,
+    }
