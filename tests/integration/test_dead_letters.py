@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import contracts as c
-from helpers import at, college, event, eventually, running, send, uai
+from helpers import TopicReader, at, college, event, eventually, record_count, running, send, uai
 from services.common.messaging import dead_letters
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -176,3 +176,52 @@ def test_an_unreachable_database_is_one_line_without_its_password(monkeypatch, c
     err = capsys.readouterr().err
     assert err.startswith("./dev dead-letters: cannot read postgresql://operateur:***@127.0.0.1:1/feo (DATABASE_URL): ")
     assert "motdepasse" not in err and err.count("\n") == 1
+
+
+async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):
+    """A lot for an établissement not yet in the référentiel is refused; once the référentiel has
+    it, the replay sends the very record back, marked, and the lot is stored; a second replay
+    finds nothing left to send."""
+    later, known = uai("0350301"), uai("0350302")
+    refused = lot(later, "L1", 1, source=DEPARTEMENT)
+    topic = settings.topic(c.EQUIPEMENT)
+    partner_headers = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, topic) as partner:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
+        await send(kafka.bootstrap_servers, topic, [(later, refused)], headers=partner_headers)
+        [row] = await dead_letter_rows(pipeline, 1)
+        assert row["reason"] == "uai-inconnu" and row["replayed_at"] is None
+        origin = f"{row['topic']}:{row['partition']}@{row['offset']}"
+        await eventually(lambda: record_count(kafka.bootstrap_servers, c.dlq(topic)), what="the DLQ copy published")
+
+        # Nothing is sent by a dry run; then the cause is fixed: the établissement is known.
+        dry = await command(capsys, settings.database_url, "replay", "--service", "equipement", "--dry-run")
+        assert dry[-1] == f"{origin} would be replayed to {topic}"
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(later, college(later))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the fix")
+        assert len(partner.records) == 1, "the dry run sent nothing"
+
+        out = await command(
+            capsys, settings.database_url, "replay", "--service", "equipement", "--reason", "uai-inconnu"
+        )
+        assert out[-1].startswith(f"{origin} replayed as {topic}:"), out
+        stored = await eventually(
+            lambda: pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1 AND lot_id = 'L1'", later),
+            what="the replayed lot stored",
+        )
+        assert stored == 3
+        copy = partner.records[-1]
+        assert copy.value == json.dumps(refused).encode() and copy.key == later.encode(), "the bytes as they were"
+        assert [h for h in copy.headers if h[0] == "traceparent"] == partner_headers, "the partner's headers kept"
+        assert ("dlq-replay", origin.encode()) in copy.headers and not any(
+            name in {"dlq-reason", "dlq-topic", "dlq-offset"} for name, _ in copy.headers
+        ), copy.headers
+        marked = await pipeline.pool.fetchval("SELECT replayed_at FROM dead_letters")
+        assert marked is not None
+
+        again = await command(capsys, settings.database_url, "replay", "--service", "equipement")
+        assert again == [], "nothing left to replay"
+        assert len(partner.records) == 2, "replayed once"
+        listed = await command(capsys, settings.database_url, "list", "--service", "equipement")
+        assert listed[0].endswith(f"replayed={marked.isoformat(timespec='seconds')}"), listed

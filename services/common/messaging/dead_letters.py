@@ -3,6 +3,7 @@
     ./dev dead-letters list [--service NAME] [--source SRC] [--reason CODE] [--topic T]
                             [--since TIME] [--uai UAI] [--limit N]
     ./dev dead-letters show [--service NAME] --topic T --partition P --offset O
+    ./dev dead-letters replay [--service NAME] [the filters of list] [--limit N] [--dry-run]
 
 `list` prints one line per refused record, newest first: when, service, topic:partition@offset,
 reason, then `source`, `id` and key as far as they could be read from the record (`-` when not).
@@ -10,6 +11,15 @@ reason, then `source`, `id` and key as far as they could be read from the record
 value itself is never printed: its bytes are in `<topic>.dlq`, in the record whose
 `dlq-partition` and `dlq-offset` headers name it. Rows are kept INBOX_RETENTION_DAYS (the
 retention of the inbox). Reads DATABASE_URL.
+
+`replay`, once the cause is fixed (the établissement now in the référentiel, the declarant's
+rights granted), sends the refused records the filters select back to the topic they were read
+from, oldest first: value, key and the partner's headers as they were, plus a `dlq-replay`
+header naming the refused record (so a replayed record that is refused again is recognisable).
+Each is replayed once: its `dead_letters` row is marked, and `list` shows it; a record refused
+again has a row of its own. A replay interrupted before the marks may send a record twice, which
+the services ignore (same CloudEvents id). Reads the DLQ topics and writes the partner topics
+with the Kafka access of the environment (KAFKA_*: an operator's, the ACLs allowing it).
 """
 
 import argparse
@@ -21,13 +31,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from contracts import dlq as dlq_topic
+from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.dlq import Origin, origin, replayed_headers
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
 
 SERVICES = ("formation", "equipement", "ressources")
-COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key'
+COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
+SCAN_SECONDS = 120  # reading a DLQ topic to its end: beyond, the broker is not answering
 
 
 def _shown(value: Any) -> str:
@@ -74,6 +89,7 @@ async def _list(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(
             f"{r['received_at'].isoformat(timespec='seconds')} {schema} {r['topic']}:{r['partition']}@{r['offset']}"
             f" {r['reason']} source={_shown(r['source'])} id={_shown(r['id'])} key={_shown(r['key'])}"
+            + (f" replayed={r['replayed_at'].isoformat(timespec='seconds')}" if r["replayed_at"] else "")
         )
     if len(found) > args.limit:
         print(f"(more than {args.limit}: narrow the search, or raise --limit)", file=sys.stderr)
@@ -96,6 +112,8 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(f"  refused  {r['received_at'].isoformat()}")
         for name in ("reason", "message", "source", "id", "type", "subject", "key"):
             print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
+        if r["replayed_at"]:
+            print(f"  replayed {r['replayed_at'].isoformat()}")
     if not shown:
         print(
             f"no dead letter at {args.topic}:{args.partition}@{args.offset} in {', '.join(schemas)} "
@@ -105,8 +123,82 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
     return shown
 
 
+async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+    where, params = _where(args)
+    where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
+    wanted: dict[Origin, str] = {}
+    for schema in schemas:
+        rows = await conn.fetch(
+            f'SELECT topic, partition, "offset" FROM "{schema}".dead_letters{where} '
+            f'ORDER BY received_at, "offset" LIMIT {args.limit}',
+            *params,
+        )
+        wanted |= {(r["topic"], r["partition"], r["offset"]): schema for r in rows}
+    if not wanted:
+        print("nothing to replay: no dead letter matches that was not replayed already", file=sys.stderr)
+        return 0
+    access = KafkaAccess.from_environ()
+    print(f"reading {', '.join(sorted({dlq_topic(t) for t, _, _ in wanted}))} for {len(wanted)} refused records")
+    producer = AIOKafkaProducer(**access.aiokafka(), acks="all", enable_idempotence=True, max_request_size=2**21)
+    await producer.start()
+    try:
+        found = await _copies(access, producer, set(wanted))
+        for t, p, o in sorted(wanted.keys() - found.keys()):
+            print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed", file=sys.stderr)
+        if args.dry_run:
+            for t, p, o in sorted(found):
+                print(f"{t}:{p}@{o} would be replayed to {t}")
+            return len(found)
+        sending = [
+            (of, await producer.send(of[0], r.value, key=r.key, headers=replayed_headers(r.headers, of)))
+            for of, r in sorted(found.items())
+        ]
+        for (t, p, o), acked in sending:
+            meta = await acked
+            print(f"{t}:{p}@{o} replayed as {t}:{meta.partition}@{meta.offset}")
+    finally:
+        await producer.stop()
+    for schema in sorted(set(wanted.values())):  # marked once the broker has them all
+        mine = [of for of in found if wanted[of] == schema]
+        await conn.execute(
+            f'UPDATE "{schema}".dead_letters SET replayed_at = now() '
+            'WHERE (topic, partition, "offset") IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))',
+            *(list(column) for column in zip(*mine, strict=True)),
+        )
+    return len(found)
+
+
+async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
+    """The DLQ copies of these refused records, read from their DLQ topics to their end (the
+    producer knows the partitions: it waits for the metadata)."""
+    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in sorted({dlq_topic(t) for t, _, _ in wanted})
+            for p in sorted(await producer.partitions_for(topic))
+        ]
+        consumer.assign(tps)
+        starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        found: dict[Origin, ConsumerRecord] = {}
+        async with asyncio.timeout(SCAN_SECONDS):
+            while pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for records in (await consumer.getmany(*pending, timeout_ms=1000)).values():
+                    for r in records:
+                        if (of := origin(r.headers)) in wanted and r.offset < ends[
+                            TopicPartition(r.topic, r.partition)
+                        ]:
+                            found[of] = r
+        return found
+    finally:
+        await consumer.stop()
+
+
 async def run(args: argparse.Namespace, database_url: str) -> int:
-    """Runs `list` or `show`; returns how many records it printed."""
+    """Runs `list`, `show` or `replay`; returns how many records it printed or replayed."""
     conn = await asyncpg.connect(database_url)
     try:
         schemas = []
@@ -115,7 +207,8 @@ async def run(args: argparse.Namespace, database_url: str) -> int:
                 schemas.append(schema)
             else:
                 print(f"{schema}: no such service schema in this database", file=sys.stderr)
-        return await (_list if args.command == "list" else _show)(conn, schemas, args)
+        command = {"list": _list, "show": _show, "replay": _replay}[args.command]
+        return await command(conn, schemas, args)
     finally:
         await conn.close()
 
@@ -146,20 +239,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--service", choices=SERVICES, action="append", help="a service (repeatable; default: all three)"
     )
 
-    search = commands.add_parser("list", parents=[service], help="refused records, newest first")
-    search.add_argument(
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument(
         "--source", metavar="SRC", help="sent by this CloudEvents source, e.g. /collectivites/regions/53"
     )
-    search.add_argument("--reason", metavar="CODE", help="refused for this reason, e.g. hors-competence")
-    search.add_argument("--topic", metavar="T", help="read from this topic, e.g. equipement.declarations.v1")
-    search.add_argument("--since", metavar="TIME", type=_instant, help="refused at or after TIME (UTC without offset)")
-    search.add_argument("--uai", metavar="UAI", help="whose key or subject is this UAI (or begins with UAI/)")
-    search.add_argument("--limit", metavar="N", type=_limit, default=50, help="at most N lines (default 50)")
+    filters.add_argument("--reason", metavar="CODE", help="refused for this reason, e.g. hors-competence")
+    filters.add_argument("--topic", metavar="T", help="read from this topic, e.g. equipement.declarations.v1")
+    filters.add_argument("--since", metavar="TIME", type=_instant, help="refused at or after TIME (UTC without offset)")
+    filters.add_argument("--uai", metavar="UAI", help="whose key or subject is this UAI (or begins with UAI/)")
+    filters.add_argument("--limit", metavar="N", type=_limit, default=50, help="at most N records (default 50)")
+    commands.add_parser("list", parents=[service, filters], help="refused records, newest first")
 
     one = commands.add_parser("show", parents=[service], help="one refused record, with its message")
     one.add_argument("--topic", metavar="T", required=True, help="the topic it was read from")
     one.add_argument("--partition", metavar="P", type=int, required=True)
     one.add_argument("--offset", metavar="O", type=int, required=True)
+
+    replay = commands.add_parser(
+        "replay", parents=[service, filters], help="send refused records back to their topic, once the cause is fixed"
+    )
+    replay.add_argument("--dry-run", action="store_true", help="say which records would be replayed, send nothing")
     return parser.parse_args(argv)
 
 
@@ -168,13 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     database_url = settings_or_exit("./dev dead-letters").database_url
     try:
         found = asyncio.run(run(args, database_url))
+    except (TimeoutError, KafkaError) as exc:  # first: a TimeoutError is an OSError
+        print(f"./dev dead-letters: Kafka did not answer: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(
             f"./dev dead-letters: cannot read {redact(database_url)} (DATABASE_URL): {redact(str(exc))}",
             file=sys.stderr,
         )
         return 1
-    return 0 if found or args.command == "list" else 1
+    return 0 if found or args.command != "show" else 1
 
 
 if __name__ == "__main__":

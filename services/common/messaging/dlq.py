@@ -28,6 +28,13 @@ MESSAGE = "dlq-message"
 TOPIC = "dlq-topic"
 PARTITION = "dlq-partition"
 OFFSET = "dlq-offset"
+REPLAY = "dlq-replay"
+"""On a record an operator replayed from a DLQ to its topic (`./dev dead-letters replay`): the
+`topic:partition@offset` of the refused record it is a copy of."""
+_OURS = (REASON, MESSAGE, TOPIC, PARTITION, OFFSET)
+
+Origin = tuple[str, int, int]
+"""Where a refused record was read: (topic, partition, offset), the key of `dead_letters`."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,23 @@ def dead_letter(rejection: Rejection) -> OutboxRecord:
     )
     headers = (*record.headers, *((name, value.encode()) for name, value in ours))
     return OutboxRecord(dlq_topic(record.topic), record.key, record.value or b"", headers)
+
+
+def origin(headers: Sequence[tuple[str, bytes | None]]) -> Origin | None:
+    """Where the refused record of a DLQ copy was read, from the `dlq-*` headers it ends with."""
+    tail = dict(headers[-len(_OURS) :])
+    try:
+        return tail[TOPIC].decode(), int(tail[PARTITION]), int(tail[OFFSET])  # type: ignore[union-attr,arg-type]
+    except (KeyError, AttributeError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def replayed_headers(headers: Sequence[tuple[str, bytes | None]], of: Origin) -> list[tuple[str, bytes | None]]:
+    """The headers of a DLQ copy replayed to its topic: the partner's as they were (without the
+    `dlq-*` headers the copy ends with, nor the marker of an earlier replay), then the marker."""
+    partner = list(headers[: -len(_OURS)]) if origin(headers) is not None else list(headers)
+    topic, partition, offset = of
+    return [*(h for h in partner if h[0] != REPLAY), (REPLAY, f"{topic}:{partition}@{offset}".encode())]
 
 
 ATTRIBUTES = ("source", "id", "type", "subject")

@@ -2,7 +2,9 @@
 bounded so that it always fits its index, and nothing PostgreSQL cannot store."""
 
 import pytest
+from aiokafka import ConsumerRecord
 
+from services.common.messaging import dlq
 from services.common.messaging.dlq import SHOWN, attributes, key_text
 
 
@@ -43,3 +45,29 @@ def test_a_key_is_kept_as_text_or_hex_and_shortened(key, kept):
 def test_the_attributes_are_read_as_far_as_the_value_allows(value, found):
     whole = {"source": "/gar", "id": "a-1", "type": "t", "subject": "0350042F"}
     assert attributes(value) == (whole if found is None else found)
+
+
+def _copy_of(headers: list[tuple[str, bytes | None]], partition: int = 3, offset: int = 41) -> list:
+    """The headers of the DLQ copy of a record read at t:partition@offset with these headers."""
+    record = ConsumerRecord("t", partition, offset, 0, 0, b"k", b"v", None, 1, 1, headers)
+    return list(dlq.dead_letter(dlq.Rejection(record, "uai-inconnu", "l'UAI n'est pas connu")).headers)
+
+
+def test_a_dlq_copy_names_its_origin_and_a_replay_keeps_the_partner_headers_then_marks_it():
+    partner = [("traceparent", b"00-abc-def-01"), ("odd", None), ("odd", b"\xff")]
+    copy = _copy_of(partner)
+    assert dlq.origin(copy) == ("t", 3, 41)
+    assert dlq.replayed_headers(copy, ("t", 3, 41)) == [*partner, ("dlq-replay", b"t:3@41")]
+
+
+def test_a_replay_refused_again_is_replayed_with_one_marker_the_latest():
+    refused_again = _copy_of([("traceparent", b"x"), ("dlq-replay", b"t:3@41")], partition=5, offset=7)
+    assert dlq.origin(refused_again) == ("t", 5, 7)
+    assert dlq.replayed_headers(refused_again, ("t", 5, 7)) == [("traceparent", b"x"), ("dlq-replay", b"t:5@7")]
+
+
+def test_headers_without_the_dlq_tail_have_no_origin():
+    assert dlq.origin([("traceparent", b"x")]) is None
+    assert dlq.origin([]) is None
+    names = ("dlq-reason", "dlq-message", "dlq-topic", "dlq-partition", "dlq-offset")
+    assert dlq.origin([(name, b"?") for name in names]) is None, "an offset that is not a number"
