@@ -123,7 +123,11 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
         assert await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]]) == 1
         async with TopicReader(kafka.bootstrap_servers, topic) as reader:
             assert await relay.drain_once() == 1
-            await reader.wait_for(lambda rs: [r.value for r in rs] == [b"a" * 2000], what="the retried record")
+            [retried] = await reader.wait_for(
+                lambda rs: [r.value for r in rs] == [b"a" * 2000], what="the retried record"
+            )
+        assert ("outbox-retry", str(seqs[0]).encode()) in retried.headers, "recognisable as retried"
+        assert await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]]) == 0, "retried once"
         assert await outbox_failed.run("drop", ["equipement"], database_url, [seqs[1]]) == 1
         assert await pool.fetchval("SELECT count(*) FROM outbox_failed") == 0
     finally:

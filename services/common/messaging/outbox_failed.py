@@ -7,7 +7,8 @@
 A record lands in `outbox_failed` when Kafka answers that it will never accept it (over the
 topic's size limit, an invalid topic). Once the cause is fixed (a topic's max.message.bytes
 raised, say), `retry` moves it back to the end of the outbox, where the running service's relay
-publishes it within OUTBOX_POLL_MS. Consumers keep the highest version or the latest time, so a
+publishes it within OUTBOX_POLL_MS, with an `outbox-retry` header holding the seq it was set
+aside with; moved in one transaction, a record is retried once. Consumers keep the highest version or the latest time, so a
 record published late cannot override newer state. Values are not printed: they may hold
 partners' data; `--show-key` prints record keys.
 """
@@ -18,6 +19,7 @@ import sys
 
 import asyncpg
 
+from services.common.messaging.outbox import dump_headers, load_headers
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
 
@@ -39,6 +41,16 @@ async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     return len(rows)
 
 
+RETRY = "outbox-retry"
+"""On a record put back by `retry`: the seq it was set aside with, so that it is recognisable."""
+
+
+def _marked(row: asyncpg.Record) -> str:
+    """The stored headers plus the retry marker (a second retry's marker replaces the first's)."""
+    headers = [h for h in load_headers(row["headers"]) if h[0] != RETRY]
+    return dump_headers((*headers, (RETRY, str(row["seq"]).encode())))
+
+
 async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) -> int:
     async with conn.transaction():
         moved = await conn.fetch(
@@ -48,7 +60,7 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
         )
         await conn.executemany(
             f'INSERT INTO "{schema}".outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)',
-            [(r["topic"], r["key"], r["value"], r["headers"]) for r in sorted(moved, key=lambda r: r["seq"])],
+            [(r["topic"], r["key"], r["value"], _marked(r)) for r in sorted(moved, key=lambda r: r["seq"])],
         )
     print(f"{schema}: {len(moved)} record(s) back in the outbox")
     return len(moved)
