@@ -177,9 +177,10 @@ class Platform:
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console" if sys.stdout.isatty() else "json"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", self.log_level),
         }
-        # A service that exits is restarted (supervise).
+        # A service that exits is restarted (supervise), under the same consumer instance id
+        # (static membership): it gets its partitions back at once, with no rebalance.
         self.services = ServiceProcesses(
-            env, ports=self.ports.services(), supervise=True, credentials=self.kafka.credentials
+            env, ports=self.ports.services(), supervise=True, credentials=self.kafka.credentials, instance="local"
         )
         self._started.callback(self.services.stop)
         self.services.start()

@@ -79,8 +79,10 @@ class ServiceProcesses:
         command: Callable[[str], list[str]] = service_command,
         announce: Callable[[str], None] = say,
         credentials: Credentials | None = None,
+        instance: str | None = None,
     ):
         self.names = names
+        self._instance = instance  # each service's CONSUMER_INSTANCE_ID: `{name}-{instance}`
         self.ports = ports or dict(zip(names, free_ports(len(names)), strict=True))
         self._env = env
         self._log_dir = log_dir
@@ -111,6 +113,8 @@ class ServiceProcesses:
         env = {**os.environ, **self._env, "HTTP_PORT": str(self.ports[name]), "PYTHONUNBUFFERED": "1"}
         if self._credentials is not None:
             env |= self._credentials.environ(name)
+        if self._instance is not None:
+            env["CONSUMER_INSTANCE_ID"] = f"{name}-{self._instance}"
         out: BinaryIO | int = (
             (self._log_dir / f"{name}.log").open("ab") if self._log_dir is not None else subprocess.PIPE
         )

@@ -1,6 +1,6 @@
 """`./dev bench`: every figure of issue 8's table, each with its baseline measured in the same run.
 
-    ./dev bench [ingress | replicas | latency | national | passerelle | simulations | all ...] [options]
+    ./dev bench [ingress | replicas | latency | national | passerelle | simulations | rebalance | all ...]
 
 - ingress: each service alone on a pre-filled topic of --events valid events, against a raw
   aiokafka consumer that json-decodes and commits the same records (ingress.py);
@@ -15,7 +15,9 @@
   flight) until Kafka has them, against a raw producer writing the same events (passerelle.py);
 - simulations: POST /simulations/ressource over --etablissements subscribed, then every open
   one, and POST /simulations/equipement for one région's lycées, each answer within 2 s (issue
-  11), the first (cold) answer as baseline (simulations.py).
+  11), the first (cold) answer as baseline (simulations.py);
+- rebalance: the longest a lot waits when one of two replicas is SIGKILLed and restarted, with
+  static membership against dynamic membership (issue 10; rebalance.py).
 
 Starts its own Kafka and PostgreSQL; every measurement gets its own topics and database, and
 runs the services as real processes. Prints each figure as it is measured, then one table:
@@ -33,11 +35,12 @@ import ingress
 import latency
 import national
 import passerelle
+import rebalance
 import replicas
 import simulations
 from harness import Row, Runtime, runtime
 
-FIGURES = ("ingress", "replicas", "latency", "national", "passerelle", "simulations")  # in the order they run
+FIGURES = ("ingress", "replicas", "latency", "national", "passerelle", "simulations", "rebalance")  # run order
 
 
 async def bench(args: argparse.Namespace) -> list[Row]:
@@ -48,6 +51,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         "national": lambda run: national.figure(run, args.etablissements),
         "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
         "simulations": lambda run: simulations.figure(run, args.etablissements, args.distinct),
+        "rebalance": rebalance.figure,
     }
     chosen = [f for f in FIGURES if f in args.figures or "all" in args.figures or not args.figures]
     rows: list[Row] = []

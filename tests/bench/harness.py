@@ -129,15 +129,23 @@ async def running(
 
 @asynccontextmanager
 async def replicated(
-    stage: Stage, names: tuple[str, ...], count: int, env: dict[str, str] | None = None
+    stage: Stage, names: tuple[str, ...], count: int, env: dict[str, str] | None = None, *, instances: bool = False
 ) -> AsyncIterator[list[ServiceProcesses]]:
     """`count` replicas of the services, all started before any is awaited (so none runs alone
-    for long), sharing the stage's database and consumer groups; each replica logs apart."""
+    for long), sharing the stage's database and consumer groups; each replica logs apart.
+    `instances`: each replica a static member of the groups (CONSUMER_INSTANCE_ID `{name}-{n}`)."""
     replicas = []
     for replica in range(count):
         log_dir = stage.log_dir / f"replica-{replica}"
         log_dir.mkdir(exist_ok=True)
-        replicas.append(ServiceProcesses({**stage.env(), **(env or {})}, log_dir=log_dir, names=names))
+        replicas.append(
+            ServiceProcesses(
+                {**stage.env(), **(env or {})},
+                log_dir=log_dir,
+                names=names,
+                instance=str(replica) if instances else None,
+            )
+        )
     try:
         for procs in replicas:
             procs.start()

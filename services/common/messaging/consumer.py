@@ -87,6 +87,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         # returns, which the broker holds up to this long when nothing comes for the others (its
         # default, 500 ms, held a busy partition's records that long: p99 at 1,000 ev/s, issue 8).
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        group_instance_id=settings.consumer_instance_id,  # static membership when set
         ack_policy=AckPolicy.NACK_ON_ERROR,  # a failed batch is redelivered, never skipped
         parser=_parse_batch,
         decoder=_raw_records,

@@ -8,9 +8,9 @@ A record lands in `outbox_failed` when Kafka answers that it will never accept i
 topic's size limit, an invalid topic). Once the cause is fixed (a topic's max.message.bytes
 raised, say), `retry` moves it back to the end of the outbox, where the running service's relay
 publishes it within OUTBOX_POLL_MS, with an `outbox-retry` header holding the seq it was set
-aside with; moved in one transaction, a record is retried once. Consumers keep the highest version or the latest time, so a
-record published late cannot override newer state. Values are not printed: they may hold
-partners' data; `--show-key` prints record keys.
+aside with; moved in one transaction, a record is retried once. Consumers keep the highest
+version or the latest time, so a record published late cannot override newer state. Values
+are not printed: they may hold partners' data; `--show-key` prints record keys.
 """
 
 import argparse

@@ -118,6 +118,14 @@ class ServiceSettings(BaseSettings):
         description="longest the broker holds a fetch for records to come; a partition read to its end is "
         "fetched again only once the fetch in flight returns, so this bounds how long its next record waits",
     )
+    consumer_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="static membership of the consumer group (group.instance.id), unique per replica (a pod's "
+        "name): a replica restarted under the same id gets its partitions back at once, without the rebalance "
+        "that waits for the killed one's session to expire",
+    )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
