@@ -173,4 +173,4 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(kafka, d
         mark = f"{EQUIPEMENT.name}.{CATCH_UP_PENDING}"
         assert await started._pipeline.pool.fetchval("SELECT to_regclass($1)", mark) is None
     finally:
-        await started.stop()
+        await started.close()

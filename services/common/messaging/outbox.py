@@ -173,6 +173,26 @@ class OutboxRelay:
                 pass
             self._wake.clear()
 
+    async def halt(self) -> None:
+        """Stop the relay's loop (its producer stays open, for `flush`)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def flush(self) -> int:
+        """At shutdown, the loop halted: publish until the outbox is empty, waiting while another
+        replica's relay holds it (or Kafka is away); the caller bounds the wait. How many went out."""
+        await self.halt()
+        published = 0
+        while True:
+            count = await self.drain_once()
+            published += count
+            if not count:
+                if not await count_pending(self._pool, 1):
+                    return published
+                await asyncio.sleep(0.1)
+
     async def drain_once(self) -> int:
         """Publish one batch; returns how many records went out (0: nothing to do or not leader)."""
         if not self._producer_started:

@@ -85,6 +85,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         log_level=logging.DEBUG,  # FastStream's per-batch Received/Processed lines: our own logs say more
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)] if provider else [],
         description=spec.description,
+        graceful_timeout=settings.shutdown_grace_seconds,  # stopping, the batch in flight commits
     )
     pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
     # FastStream's consumer metrics beside the platform's, in the service's registry.
@@ -116,7 +117,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         asgi_routes=[("/health", health), ("/metrics", metrics_route)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],
-        on_shutdown=[guard.stop, lifecycle.stop],
+        # The consumer stops between the two: its batch in flight commits (graceful_timeout).
+        on_shutdown=[guard.stop, lifecycle.stop_background],
+        after_shutdown=[lifecycle.close],
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
     return app

@@ -69,12 +69,30 @@ class Lifecycle:
             self._spawn(retention.run(pipeline.pool, settings.inbox_retention_days), f"{spec.name}-retention")
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
 
-    async def stop(self) -> None:
+    async def stop_background(self) -> None:
+        """Shutdown, before the consumer stops: the background work (a re-evaluation chunk, the
+        retention) is cancelled, its transaction rolled back (it resumes at the next start); the
+        relay's loop halts, for `close` to publish what is left once the consumer has stopped."""
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._pipeline.started:
-            await self._pipeline.relay.stop()
+            await self._pipeline.relay.halt()
+        log.info("service.stopping", step="background work and relay loop stopped; the consumer's batch commits next")
+
+    async def close(self) -> None:
+        """Shutdown, once the consumer has stopped (its batch committed): what the batches put in
+        the outbox is published (within SHUTDOWN_GRACE_SECONDS; what is left goes out at the next
+        start), then the relay and the database are closed."""
+        if self._pipeline.started:
+            relay = self._pipeline.relay
+            try:
+                async with asyncio.timeout(self._settings.shutdown_grace_seconds):
+                    flushed = await relay.flush()
+                log.info("outbox.flushed", records=flushed)
+            except Exception as exc:  # Kafka or PostgreSQL away, or out of time: nothing is lost
+                log.warning("outbox.not_flushed", error=type(exc).__name__, hint="published at the next start")
+            await relay.stop()
             await self._pipeline.pool.close()
         if self._provider is not None:
             self._provider.shutdown()

@@ -126,6 +126,13 @@ class ServiceSettings(BaseSettings):
         "name): a replica restarted under the same id gets its partitions back at once, without the rebalance "
         "that waits for the killed one's session to expire",
     )
+    shutdown_grace_seconds: float = Field(
+        15,
+        gt=0,
+        le=300,
+        description="on SIGTERM, how long the batch in flight may take to commit, then how long the relay may "
+        "take to publish what is left in the outbox; the process then exits 0",
+    )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(500, ge=1, description="records the relay publishes per round")
     inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import ssl
 import sys
 import threading
@@ -358,6 +359,10 @@ def _without_known_tracebacks(app: Any) -> Any:
     return wrapped
 
 
+def _drained(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def run_server(app: Any, settings: ServiceSettings) -> None:
     """`uvicorn.run`, keeping hold of the server so that the guard can end the process, which
     then exits with code 1 (code 3 when the startup failed, as with uvicorn.run). uvicorn's
@@ -372,6 +377,9 @@ def run_server(app: Any, settings: ServiceSettings) -> None:
         access_log=False,
     )
     _server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again for the default action,
+    # which would end the process as killed: a stop that drained is a clean exit, code 0.
+    signal.signal(signal.SIGTERM, _drained)
     try:
         _server.run()
     except KeyboardInterrupt:

@@ -1,0 +1,131 @@
+"""SIGTERM under load drains a service: the batch in flight commits, the relay publishes what
+the outbox holds, Kafka's committed offsets catch up with the database's positions, and the
+process exits 0 within its grace; started again, it goes on where it stopped, and every record
+it publishes is published once. Real broker, real database, the service as a process."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+import contracts as c
+from contracts.internal import PROFILS
+from deploy.local.processes import ServiceProcesses
+from helpers import at, college, event, eventually, send, uai
+from services.common.messaging.connection import kafka_options
+from services.common.messaging.outbox import relay_lock
+
+COLLEGES, LOTS = 100, 1500
+DEPARTEMENT = "/collectivites/departements/035"
+GRACE = 15  # SHUTDOWN_GRACE_SECONDS: for the batch, then as much for the relay
+
+
+def lot(i: int) -> tuple[str, dict]:
+    where = uai(f"035{i % COLLEGES:04d}")
+    data = {"uai": where, "lot_id": f"L{i}", "kind": "tablette", "quantity": 1 + i % 7, "os": None, "browsers": []}
+    return where, event(c.LOT, DEPARTEMENT, data, subject=where, time_=at(1))
+
+
+def logged(path, event: str) -> list[dict]:
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == event]
+
+
+async def published(bootstrap: str, topic: str) -> list:
+    """Every record of `topic`, read to its end."""
+    producer = AIOKafkaProducer(**kafka_options(bootstrap))  # it waits for the topic's partitions
+    await producer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await producer.partitions_for(topic))]
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        records = []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records += batch
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exactly(
+    kafka, database_url, topic_prefix, tmp_path
+):
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_SECONDS": str(GRACE),
+    }
+    procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement",), credentials=kafka.credentials)
+    db = await asyncpg.connect(database_url)
+    group, declarations = topic_prefix + "equipement", topic_prefix + c.EQUIPEMENT
+    procs.start()
+    try:
+        await asyncio.to_thread(procs.wait_healthy)
+        colleges = [uai(f"035{i:04d}") for i in range(COLLEGES)]
+        await send(kafka.bootstrap_servers, topic_prefix + c.REFERENTIEL, [(u, college(u)) for u in colleges])
+        await eventually(
+            lambda: db.fetchval(f"SELECT count(*) = {COLLEGES} FROM equipement.etablissements"), what="référentiel"
+        )
+        # The relay held back (the test holds its lock): the outbox fills as lots are stored.
+        await db.execute("SELECT pg_advisory_lock($1)", relay_lock("equipement"))
+        await send(kafka.bootstrap_servers, declarations, [lot(i) for i in range(LOTS)])
+        # Stopped while it works through them; the relay let go once its loop has halted.
+        await eventually(lambda: db.fetchval("SELECT count(*) > 0 FROM equipement.lots"), what="lots being stored")
+        proc = procs.process("equipement")
+        asked = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        log = tmp_path / "equipement.log"
+        await eventually(lambda: asyncio.to_thread(logged, log, "service.stopping"), what="the relay loop halted")
+        await db.execute("SELECT pg_advisory_unlock($1)", relay_lock("equipement"))  # the flush waits for it
+        code = await asyncio.to_thread(proc.wait, 2 * GRACE + 15)
+        took = time.monotonic() - asked
+        assert code == 0, f"exited with code {code}"
+        assert took < 2 * GRACE + 10, took
+
+        stored = await db.fetchval("SELECT count(*) FROM equipement.lots")
+        assert stored > 0, "some lots were handled before the stop"
+        assert await db.fetchval("SELECT count(*) FROM equipement.outbox") == 0, "the relay flushed the outbox"
+        positions = {
+            (r["topic"], r["partition"]): r["next_offset"]
+            for r in await db.fetch("SELECT topic, partition, next_offset FROM equipement.positions")
+        }
+        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+        await admin.start()
+        try:
+            committed = {
+                (tp.topic, tp.partition): meta.offset
+                for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+            }
+        finally:
+            await admin.close()
+        assert committed == positions, "Kafka's committed offsets are the database's positions"
+        [flushed] = logged(log, "outbox.flushed")
+        assert flushed["records"] == stored, "each lot's profile record, published on the way out"
+
+        procs.restart("equipement")
+        await asyncio.to_thread(procs.wait_healthy)
+        await eventually(
+            lambda: db.fetchval(f"SELECT count(*) = {LOTS} FROM equipement.lots"), what="every lot", timeout=120
+        )
+        await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="the outbox drained")
+        records = await published(kafka.bootstrap_servers, topic_prefix + PROFILS)
+        keys = [r.key for r in records if r.value is not None]
+        assert len(keys) == LOTS == len(set(keys)), "each lot's profile published once, none lost"
+        assert all(json.loads(r.value)["data"]["version"] == 1 for r in records if r.value is not None)
+    finally:
+        await db.close()
+        await asyncio.to_thread(procs.stop)
