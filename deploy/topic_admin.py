@@ -26,14 +26,18 @@ class TopicCreationError(RuntimeError):
     """The broker refused to create some topics (other than because they exist) or to align them."""
 
 
-async def create_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+async def create_topics(bootstrap: str, specs: list[TopicSpec], replicas: int | None = None) -> list[str]:
     """Create the topics, and align the configuration of those that exist; returns the names
-    of the existing topics whose configuration was changed."""
+    of the existing topics whose configuration was changed. `replicas`: each partition's
+    replicas (default: 1, a single node)."""
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     try:
         await admin.start()
         response = await admin.create_topics(
-            [NewTopic(spec.name, spec.partitions, replication_factor=1, topic_configs=spec.configs()) for spec in specs]
+            [
+                NewTopic(spec.name, spec.partitions, replication_factor=replicas or 1, topic_configs=spec.configs())
+                for spec in specs
+            ]
         )
         _raise_for(response.topic_errors)
         existing = {topic for topic, code, _ in response.topic_errors if code == TopicAlreadyExistsError.errno}

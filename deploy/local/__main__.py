@@ -84,6 +84,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"where Kafka's and PostgreSQL's data live (default: {data_root()}/platform; the demo's: .../demo)",
     )
     parser.add_argument("--no-services", action="store_true", help="up: Kafka and PostgreSQL only")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="up: Kafka nodes; 3: a cluster, every topic on three with two in sync for a write (--fresh "
+        "to switch an existing data dir from one to the other)",
+    )
     defaults = Ports()
     for name, env, what in (
         ("kafka", "KAFKA_PORT", "Kafka's port"),
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         Ports(args.kafka_port, args.postgres_port, args.http_port),
         fresh=args.fresh or demo,
         services=not args.no_services,
+        brokers=args.brokers,
         # The demo's story is in its own lines; the services' per-event logs would bury it
         # (LOG_LEVEL=INFO ./dev demo shows them).
         log_level="WARNING" if demo else "INFO",

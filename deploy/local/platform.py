@@ -34,6 +34,7 @@ from deploy.local import pairing
 from deploy.local.console import say
 from deploy.local.datadir import DataDir, Refused, data_root, running_platforms
 from deploy.local.kafka import KAFKA_VERSION, LocalKafka, cache_root
+from deploy.local.kafka.cluster import LocalKafkaCluster
 from deploy.local.kafka.tls import tls_dir
 from deploy.local.ports import port_free
 from deploy.local.postgres import LocalPostgres, ensure_database
@@ -63,7 +64,14 @@ class Ports:
 
 class Platform:
     def __init__(
-        self, data: DataDir, ports: Ports, *, fresh: bool = False, services: bool = True, log_level: str = "INFO"
+        self,
+        data: DataDir,
+        ports: Ports,
+        *,
+        fresh: bool = False,
+        services: bool = True,
+        log_level: str = "INFO",
+        brokers: int = 1,
     ):
         self.data = data
         self.ports = ports
@@ -71,7 +79,13 @@ class Platform:
         self.with_services = services
         self.log_level = log_level
         self.external_url = os.environ.get("DATABASE_URL") or None
-        self.kafka = LocalKafka(data.kafka, port=ports.kafka)
+        # One node, or a cluster: its client ports from KAFKA_PORT on, every topic on three nodes.
+        self.kafka: LocalKafka | LocalKafkaCluster = (
+            LocalKafka(data.kafka, port=ports.kafka)
+            if brokers == 1
+            else LocalKafkaCluster(data.kafka, brokers, first_port=ports.kafka)
+        )
+        self.brokers = brokers
         self.identite = IdentiteLocale(data.path / "identite")
         self.services: ServiceProcesses | None = None
         self.database_url = ""
@@ -97,7 +111,8 @@ class Platform:
         self._started.callback(say, f"stopped; data kept in {self.data.path}")
         if not self.external_url:
             self._start_embedded_postgres(cluster_id)
-        say(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, single node; jars cached in {cache_root()})")
+        nodes = "single node" if self.brokers == 1 else f"{self.brokers} nodes, each topic on three"
+        say(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, {nodes}; jars cached in {cache_root()})")
         t1 = time.monotonic()
         self._started.callback(self.kafka.stop)
         self.kafka.start()
@@ -105,7 +120,7 @@ class Platform:
         asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))
         say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
         os.environ.update(self.kafka.access.environ())
-        asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics()))
+        asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers)))
         acl.apply(self.kafka.access)
         assert self.kafka.credentials is not None and self.kafka.tls is not None, "set by start()"
         say(
@@ -126,7 +141,7 @@ class Platform:
         self._started.close()
 
     def _claimed_ports(self) -> dict[str, int]:
-        ports = {"Kafka": self.ports.kafka}
+        ports = {"Kafka" if n == 0 else f"Kafka {n + 1}": self.ports.kafka + n for n in range(self.brokers)}
         if not self.external_url:
             ports["PostgreSQL"] = self.ports.postgres
         if self.with_services:

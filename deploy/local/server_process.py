@@ -63,6 +63,7 @@ class ServerProcess:
         self.stop_signal = stop_signal
         self.log_noise = log_noise
         self._process: subprocess.Popen[bytes] | None = None
+        self._ready: tuple[Callable[[], bool], str, float, float] = (lambda: True, "", 0.0, 0.0)
 
     @property
     def pid(self) -> int | None:
@@ -77,9 +78,11 @@ class ServerProcess:
         not_ready: str,
         timeout: float,
         poll_seconds: float,
+        wait: bool = True,
         **popen: Any,
     ) -> None:
-        """Start `argv` and return once `ready()` is true, polled every `poll_seconds`.
+        """Start `argv` and return once `ready()` is true, polled every `poll_seconds`
+        (`wait=False`: at once, `wait_ready` waits; several servers then start together).
 
         `not_ready` completes "<name> ... in time" when `timeout` passes first.
         """
@@ -95,11 +98,24 @@ class ServerProcess:
                 preexec_fn=die_with_parent(self.stop_signal),
                 **popen,
             )
+        self._ready = (ready, not_ready, time.monotonic() + timeout, poll_seconds)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Return once the server started by `start` answers (stopped, and raised, if it does not)."""
         try:
-            self._wait_until_ready(ready, not_ready, time.monotonic() + timeout, poll_seconds)
+            self._wait_until_ready(*self._ready)
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL to its process group, at once (a crash); it can be started again."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """`stop_signal`, then SIGKILL to its whole process group after `grace` seconds."""

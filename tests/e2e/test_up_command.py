@@ -15,10 +15,13 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+import contracts as c
 from deploy.local.datadir import DataDir
 from deploy.local.kafka import LocalKafka
 from deploy.local.kafka.credentials import broker_access
+from deploy.local.ports import port_free
 from deploy.local.processes import SERVICES
 from deploy.topic_admin import create_topics
 from deploy.topology import TopicSpec
@@ -210,3 +213,45 @@ async def test_however_up_is_ended_no_process_it_started_remains(ending, postgre
         assert LocalKafka(data.kafka).cluster_id is not None  # the data stays
         data.lock({})  # and the directory is free for the next run
         data.unlock()
+
+
+async def test_up_with_three_brokers_runs_a_cluster_every_topic_on_three_nodes(monkeypatch):
+    """`./dev up --brokers 3`: three KRaft nodes on the Kafka port and the next two, every platform
+    topic with three replicas, two in sync for a write; stopped like one (exit 0, no JVM left)."""
+    with scratch_dir() as tmp_path:
+        env = {"FEO_DATA_DIR": str(tmp_path / "root")}
+        data = DataDir(tmp_path / "root" / "platform")
+        while True:  # the Kafka port and the next two free
+            ports = runtime_ports()
+            first = _port(ports, "kafka")
+            if (
+                first < 65534
+                and all(port_free(first + n) for n in (1, 2))
+                and _port(ports, "postgres") - first not in (1, 2)
+            ):
+                break
+        run = Runtime("up", "--no-services", "--brokers", "3", *ports, env=env)
+        try:
+            run.wait_for("running;")
+            assert "KRaft, 3 nodes, each topic on three" in run.output, run.output
+            bootstrap = ",".join(f"127.0.0.1:{first + n}" for n in range(3))
+            assert f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} " in run.output, run.output
+            _as_admin_of(data, first, monkeypatch)
+            admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+            await admin.start()
+            try:
+                [topic] = await admin.describe_topics([c.EQUIPEMENT])
+                assert {len(p["replicas"]) for p in topic["partitions"]} == {3}, topic
+                [config] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])
+                entries = config.to_object()["resources"][0]["config_entries"]
+                settings = {e["config_names"]: e["config_value"] for e in entries}
+                assert settings["min.insync.replicas"] == "2", entries[:3]
+            finally:
+                await admin.close()
+            jvms = [p for p in psutil.Process(run.process.pid).children(recursive=True) if "kafka.Kafka" in p.cmdline()]
+            assert len(jvms) == 3, jvms
+            run.process.send_signal(signal.SIGINT)
+            assert run.wait(120) == 0, run.output
+        finally:
+            run.stop()
+        assert still_running([p.pid for p in jvms]) == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
@@ -46,15 +47,51 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 _STACK_FRAMES = ("at ", "... ")
 
 
-class LocalKafka:
-    """A single-node Kafka with its data, configuration and kafka.log in `data_dir`."""
+@dataclass(frozen=True)
+class Quorum:
+    """The nodes of a cluster, each a broker and a controller: (node id, client port,
+    controller port), and the cluster's id (every node's storage is formatted with it)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, node_id: int = 1):
+    nodes: tuple[tuple[int, int, int], ...]
+    cluster_id: str
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{node}@127.0.0.1:{controller}" for node, _, controller in self.nodes)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every topic, internal ones included; a write is acknowledged by all in sync."""
+        return min(3, len(self.nodes))
+
+    @property
+    def min_insync(self) -> int:
+        """In-sync replicas a write needs: one node may be down, never a write kept by one alone."""
+        return max(1, self.replicas - 1)
+
+
+class LocalKafka:
+    """A Kafka node with its data, configuration and kafka.log in `data_dir`: alone (a single-node
+    cluster), or one of a `Quorum`, sharing the cluster's credentials in `credentials_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        node_id: int = 1,
+        quorum: Quorum | None = None,
+        credentials_dir: Path | None = None,
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.node_id = node_id
-        ports = free_ports(2)
-        self.port = port or ports[0]
-        self.controller_port = ports[1] if ports[1] != self.port else ports[0]
+        if quorum is not None:
+            [(_, self.port, self.controller_port)] = [n for n in quorum.nodes if n[0] == node_id]
+        else:
+            ports = free_ports(2)
+            self.port = port or ports[0]
+            self.controller_port = ports[1] if ports[1] != self.port else ports[0]
+        self.quorum = quorum or Quorum(((node_id, self.port, self.controller_port),), "")
+        self._credentials_dir = Path(credentials_dir).resolve() if credentials_dir else self.data_dir
         self.credentials: Credentials | None = None
         """The principals' passwords, once start() has read or made them."""
         self.tls: TlsFiles | None = None
@@ -63,6 +100,10 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port]
 
     @property
     def access(self) -> KafkaAccess:
@@ -97,8 +138,9 @@ class LocalKafka:
     def _meta_properties(self) -> Path:
         return self.data_dir / "kafka-logs" / "meta.properties"
 
-    def start(self, timeout: float = 60) -> None:
-        """Start the broker and return once a client can fetch its metadata."""
+    def start(self, timeout: float = 60, wait: bool = True) -> None:
+        """Start the broker and return once a client can fetch its metadata (`wait=False`: at
+        once; `wait_ready` waits, so that the nodes of a cluster start together)."""
         if self.pid is not None:
             raise KafkaRuntimeError("this LocalKafka is already started")
         java = require_tool(
@@ -110,8 +152,9 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.tls = ensure_tls()
         formatted = self._meta_properties.exists()
-        if formatted:
-            self.credentials = Credentials.load(self.data_dir)
+        shared = self._credentials_dir != self.data_dir  # the cluster made them
+        if formatted or shared:
+            self.credentials = Credentials.load(self._credentials_dir)
             if self.credentials is None:
                 raise KafkaRuntimeError(
                     f"the Kafka storage in {self.data_dir} was made before Kafka was secured "
@@ -127,7 +170,8 @@ class LocalKafka:
             run_tool(
                 [
                     *jvm,
-                    *("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(properties)),
+                    *("kafka.tools.StorageTool", "format", "-t", self.quorum.cluster_id or _kafka_uuid()),
+                    *("-c", str(properties)),
                     *self.credentials.scram_arguments(ADMIN),  # brokers need it to reach each other
                 ],
                 f"formatting the Kafka storage in {self.data_dir} failed",
@@ -143,8 +187,17 @@ class LocalKafka:
             # connection as an error, which would flood the terminal during start.
             ready=lambda: port_open(self.port) and serves_metadata(self.access),
             not_ready=f"did not serve metadata on {self.bootstrap_servers}",
+            wait=wait,
         )
-        self._add_scram_users(everyone=not formatted)
+        if not shared:  # a cluster adds them once, for all its nodes
+            self._add_scram_users(everyone=not formatted)
+
+    def wait_ready(self) -> None:
+        self._server.wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the node: what a crash looks like to its cluster."""
+        self._server.kill()
 
     def _add_scram_users(self, everyone: bool) -> None:
         """SCRAM users through the admin client (their salted passwords never on a command line):
@@ -185,7 +238,7 @@ class LocalKafka:
                 [
                     "process.roles=broker,controller",
                     f"node.id={self.node_id}",
-                    f"controller.quorum.voters={self.node_id}@127.0.0.1:{self.controller_port}",
+                    f"controller.quorum.voters={self.quorum.voters}",
                     f"listeners=CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
                     f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
@@ -208,12 +261,14 @@ class LocalKafka:
                     "num.partitions=3",
                     "auto.create.topics.enable=false",
                     "group.initial.rebalance.delay.ms=0",
-                    # A single node cannot hold the default three replicas of internal topics.
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    # As many replicas as the cluster holds, up to three (one node alone holds one).
+                    f"default.replication.factor={self.quorum.replicas}",
+                    f"min.insync.replicas={self.quorum.min_insync}",
+                    f"offsets.topic.replication.factor={self.quorum.replicas}",
+                    f"transaction.state.log.replication.factor={self.quorum.replicas}",
+                    f"transaction.state.log.min.isr={self.quorum.min_insync}",
+                    f"share.coordinator.state.topic.replication.factor={self.quorum.replicas}",
+                    f"share.coordinator.state.topic.min.isr={self.quorum.min_insync}",
                     "",
                 ]
             ),

@@ -77,7 +77,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
     provider = configure_tracing(spec.name, settings)
 
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        settings.kafka_bootstrap_servers.split(","),  # FastStream takes one string as one host
         security=KafkaAccess.of(settings).faststream_security(),  # None over PLAINTEXT
         client_id=f"feo-{spec.name}",
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
