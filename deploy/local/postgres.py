@@ -162,6 +162,10 @@ class LocalPostgres:
             not_ready=f"was not ready on port {self.port}",
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server and its backends: a crash (start() again recovers from its WAL)."""
+        self._server.kill()
+
     def stop(self) -> None:
         """Fast shutdown, SIGKILL after a grace period. The postmaster exits only after its children."""
         self._server.stop()
