@@ -1,0 +1,116 @@
+"""deploy/k8s, the production deployment: the files derived from the code are current, the whole
+renders with `kubectl kustomize`, and every object it renders is valid against its schema,
+offline: Kubernetes' own (kubernetes-validate bundles them) and Strimzi's custom resources
+(their CRDs' openAPIV3Schema, in strimzi/, with their provenance). What the manifests say is
+checked against the code too: topics and ACLs as the local platform makes them."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy import kubernetes
+from deploy.acl import bindings
+from deploy.topology import platform_topics
+from services.specs import specs
+
+K8S_VERSION = "1.33.0"
+
+
+def _strict(schema: dict) -> dict:
+    """The schema refusing unknown fields, as the API server's strict field validation does (a
+    CRD's structural schema prunes them silently otherwise): every object that lists its
+    properties, unless it keeps unknown fields."""
+    out = {k: _strict(v) if isinstance(v, dict) else v for k, v in schema.items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = _strict(schema[key])
+    if "properties" in schema:
+        out["properties"] = {k: _strict(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("oneOf", "anyOf", "allOf"):
+        if key in schema:
+            out[key] = [_strict(s) for s in schema[key]]
+    return out
+
+
+STRIMZI = {p.stem: _strict(json.loads(p.read_text())) for p in (Path(__file__).parent / "strimzi").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl renders the Kustomize tree (installed on the development machines)"
+    out = subprocess.run([kubectl, "kustomize", str(kubernetes.K8S)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def test_the_generated_files_are_current():
+    for path, text in kubernetes.generated().items():
+        assert path.read_text() == text, f"{path} is out of date: run python -m deploy.kubernetes"
+
+
+def test_every_rendered_object_is_valid_against_its_schema(rendered):
+    kinds = {doc["kind"] for doc in rendered}
+    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Deployment", "Service", "ConfigMap"} <= kinds
+    for doc in rendered:
+        try:
+            if doc["apiVersion"].startswith("kafka.strimzi.io/"):
+                jsonschema.validate(doc, STRIMZI[doc["kind"]], cls=jsonschema.Draft4Validator)
+            else:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as e:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {e}")
+
+
+def test_a_wrong_field_is_refused_by_the_validation(rendered):
+    """The validation refuses what it should: a misspelt Strimzi field, a probe on no port."""
+    user = next(doc for doc in rendered if doc["kind"] == "KafkaUser")
+    broken = {**user, "spec": {**user["spec"], "authentification": {"type": "scram-sha-512"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, STRIMZI["KafkaUser"], cls=jsonschema.Draft4Validator)
+    deployment = next(doc for doc in rendered if doc["kind"] == "Deployment")
+    bad = json.loads(json.dumps(deployment))
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_topics_and_users_mirror_the_platform(rendered):
+    topics = {doc["spec"]["topicName"]: doc["spec"] for doc in rendered if doc["kind"] == "KafkaTopic"}
+    assert set(topics) == {t.name for t in platform_topics()}
+    assert {spec["replicas"] for spec in topics.values()} == {3}
+    users = {doc["metadata"]["name"]: doc["spec"] for doc in rendered if doc["kind"] == "KafkaUser"}
+    granted = {
+        (name, acl["resource"]["type"], acl["resource"]["name"], acl["resource"]["patternType"], op)
+        for name, spec in users.items()
+        for acl in spec["authorization"]["acls"]
+        for op in acl["operations"]
+        if op != "Describe"
+    }
+    expected = {
+        (b.principal, b.resource, b.name, "prefix" if b.prefixed else "literal", b.operation.capitalize())
+        for b in bindings()
+    }
+    assert granted == expected
+
+
+def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal(rendered):
+    deployments = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+    assert set(deployments) == {spec.name for spec in specs()}
+    for name, doc in deployments.items():
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        assert doc["spec"]["replicas"] >= 2
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert container["resources"]["limits"]["memory"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAFKA_USERNAME"]["value"] == name
+        assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == name, "the User Operator's secret"
+    config = next(doc for doc in rendered if doc["kind"] == "ConfigMap")
+    assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
