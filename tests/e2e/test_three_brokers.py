@@ -1,8 +1,9 @@
 """Three brokers (issue 10, part 1): every topic replicated three times, two in sync for a write,
-producers with acks=all. One broker SIGKILLed in the middle of a stream: what partners sent and
-the platform published is neither lost nor doubled, profiles keep coming while it is down, and
-it rejoins once restarted. Real brokers (a KRaft cluster of three nodes), real PostgreSQL,
-equipement as a process."""
+producers with acks=all. One broker SIGKILLed in the middle of a stream of lots that flip
+collèges between compatible and not: no lot is lost or applied twice, profiles and alerts keep
+coming while it is down, no alert event is published twice, and the broker rejoins once
+restarted. Real brokers (a KRaft cluster of three nodes), real PostgreSQL, equipement and
+ressources as processes."""
 
 import asyncio
 import json
@@ -23,8 +24,8 @@ from deploy.topology import platform_topics
 from helpers import at, college, event, eventually, send, uai
 from services.common.messaging.connection import kafka_options
 
-COLLEGES, LOTS, RATE = 100, 1200, 150  # lots per second: the stream lasts 8 s
-KILL_AT, DOWN_FOR = 2.5, 4.0
+COLLEGES, LOTS, RATE = 100, 2400, 150  # lots per second: the stream lasts 16 s
+KILL_AT, DOWN_FOR = 3.0, 8.0  # the controllers fence the dead node after 3 s (broker.session.timeout.ms)
 DEPARTEMENT = "/collectivites/departements/035"
 
 
@@ -40,13 +41,44 @@ def cluster(tmp_path, monkeypatch):
         brokers.stop()
 
 
+RESOURCE = "ark:/67375/trois-courtiers"
+
+
 def lot(i: int) -> tuple[str, bytes]:
+    """Lot i of collège i mod COLLEGES, its only lot: iPadOS 12.5 (the resource refuses it) or 17.1."""
     where = uai(f"035{i % COLLEGES:04d}")
-    data = {"uai": where, "lot_id": f"L{i}", "kind": "tablette", "quantity": 1 + i % 5, "os": None, "browsers": []}
-    return where, json.dumps(event(c.LOT, DEPARTEMENT, data, subject=where, time_=at(1))).encode()
+    version = "12.5" if (i // COLLEGES) % 2 == 0 else "17.1"
+    data = {
+        "uai": where,
+        "lot_id": "tablettes",
+        "kind": "tablette",
+        "quantity": 10 + i % 5,
+        "os": {"name": "iPadOS", "version": version},
+        "browsers": [],
+    }
+    return where, json.dumps(event(c.LOT, DEPARTEMENT, data, subject=where, time_=at(1 + i))).encode()
 
 
-async def profiles(bootstrap: str, topic: str, records: list) -> None:
+def catalogue(colleges: list[str]) -> list[tuple[str, dict]]:
+    """A resource for iPadOS >= 15, subscribed by every collège."""
+    resource = {
+        "resource_id": RESOURCE,
+        "title": "Trois courtiers",
+        "editor": "E",
+        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+        "tools": [],
+        "min_bandwidth_mbps": 0,
+        "needs_ent": False,
+        "training": {"competences": [], "tools": []},
+    }
+    subscriptions = [
+        (u, event(c.ABONNEMENT, "/gar", {"resource_id": RESOURCE, "uai": u, "start": "2026-09-01", "end": None}))
+        for u in colleges
+    ]
+    return [(RESOURCE, event(c.RESSOURCE_PUBLIEE, "/ministere", resource, time_=at(0))), *subscriptions]
+
+
+async def reading(bootstrap: str, topic: str, records: list) -> None:
     """Reads `topic` from the beginning into `records` until cancelled."""
     consumer = AIOKafkaConsumer(topic, **kafka_options(bootstrap), group_id=None, auto_offset_reset="earliest")
     await consumer.start()
@@ -62,10 +94,14 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
     await create_topics(bootstrap, platform_topics(prefix, partitions=6), replicas=3)
     acl.apply(cluster.access, prefix)
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url, "TOPIC_PREFIX": prefix}
-    procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement",), credentials=cluster.credentials)
+    procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement", "ressources"), credentials=cluster.credentials)
     db = await asyncpg.connect(database_url)
     seen: list = []
-    reader = asyncio.create_task(profiles(bootstrap, prefix + PROFILS, seen))
+    alerts: list = []
+    readers = [
+        asyncio.create_task(reading(bootstrap, prefix + PROFILS, seen)),
+        asyncio.create_task(reading(bootstrap, prefix + c.ALERTES, alerts)),
+    ]
     procs.start()
     try:
         await asyncio.to_thread(procs.wait_healthy)
@@ -73,6 +109,13 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
         await send(bootstrap, prefix + c.REFERENTIEL, [(u, college(u)) for u in colleges])
         await eventually(
             lambda: db.fetchval(f"SELECT count(*) = {COLLEGES} FROM equipement.etablissements"), what="référentiel"
+        )
+        await eventually(
+            lambda: db.fetchval(f"SELECT count(*) = {COLLEGES} FROM ressources.etablissements"), what="its copy"
+        )
+        await send(bootstrap, prefix + c.CATALOGUE, catalogue(colleges))
+        await eventually(
+            lambda: db.fetchval(f"SELECT count(*) = {COLLEGES} FROM ressources.abonnements"), what="subscriptions"
         )
 
         producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all", enable_idempotence=True)
@@ -87,9 +130,9 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
                 elapsed = time.monotonic() - started
                 if "at" not in down and elapsed >= KILL_AT:
                     await asyncio.to_thread(victim.kill)
-                    down["at"] = len(seen)
+                    down["at"], down["alerts at"] = len(seen), len(alerts)
                 if "until" not in down and elapsed >= KILL_AT + DOWN_FOR:
-                    down["until"] = len(seen)
+                    down["until"], down["alerts until"] = len(seen), len(alerts)
                     await asyncio.to_thread(victim.start)  # back in the cluster, catching up
                 key, value = lot(i)
                 acks.append(await producer.send(prefix + c.EQUIPEMENT, value, key=key.encode()))
@@ -97,13 +140,26 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
         finally:
             await producer.stop()
 
+        print(f"read before the kill, and by the restart: {down}")
         assert down["until"] > down["at"], f"profiles kept coming while a broker was down: {down}"
-        await eventually(
-            lambda: db.fetchval(f"SELECT count(*) = {LOTS} FROM equipement.lots"), what="every lot stored", timeout=120
-        )
-        await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="outbox drained")
-        await eventually(lambda: asyncio.sleep(0, len({r.key for r in seen}) == LOTS), what="every profile read")
-        assert len(seen) == LOTS, f"{len(seen) - LOTS} profile records published twice"
+        assert down["alerts until"] > down["alerts at"], f"alerts kept coming while a broker was down: {down}"
+        # Each collège's lot as its last declaration says: none lost (a later one would win).
+        expected = {}
+        for i in range(LOTS):
+            data = json.loads(lot(i)[1])["data"]
+            expected[data["uai"]] = (data["quantity"], data["os"]["version"])
+
+        async def stored() -> bool:
+            rows = await db.fetch("SELECT uai, quantity, os->>'version' AS version FROM equipement.lots")
+            return {r["uai"]: (r["quantity"], r["version"]) for r in rows} == expected
+
+        await eventually(stored, what="every collège's last lot stored", timeout=120)
+        await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="equipement done")
+        await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM ressources.outbox"), what="ressources done")
+        versions = [(r.key, json.loads(r.value)["data"]["version"]) for r in seen]
+        assert len(versions) == len(set(versions)), "no profile record published twice"
+        ids = [json.loads(r.value)["id"] for r in alerts]
+        assert ids and len(ids) == len(set(ids)), "no alert event published twice"
         # The restarted broker is back: in sync again for every partition of the stream.
         admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
         await admin.start()
@@ -117,7 +173,8 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
         finally:
             await admin.close()
     finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         await db.close()
         await asyncio.to_thread(procs.stop)

@@ -195,6 +195,14 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         origin = f"{row['topic']}:{row['partition']}@{row['offset']}"
         await eventually(lambda: record_count(kafka.bootstrap_servers, c.dlq(topic)), what="the DLQ copy published")
 
+        # The operator looks at it, headers included (read from its DLQ copy).
+        shown = await command(
+            capsys, settings.database_url, "show", "--service", "equipement", "--topic", row["topic"],
+            "--partition", str(row["partition"]), "--offset", str(row["offset"]), "--headers",
+        )  # fmt: skip
+        assert f"    traceparent {partner_headers[0][1].decode()}" in shown, shown
+        assert "    dlq-reason uai-inconnu" in shown and "    content-type application/cloudevents+json" in shown
+
         # Nothing is sent by a dry run; then the cause is fixed: the établissement is known.
         dry = await command(capsys, settings.database_url, "replay", "--service", "equipement", "--dry-run")
         assert dry[-1] == f"{origin} would be replayed to {topic}"

@@ -269,6 +269,10 @@ class LocalKafka:
                     f"transaction.state.log.min.isr={self.quorum.min_insync}",
                     f"share.coordinator.state.topic.replication.factor={self.quorum.replicas}",
                     f"share.coordinator.state.topic.min.isr={self.quorum.min_insync}",
+                    # A node that stops heartbeating is fenced (its partitions led elsewhere) after
+                    # 3 s, not Kafka's default 9 s: on one machine, a silent node is a dead one.
+                    "broker.heartbeat.interval.ms=500",
+                    "broker.session.timeout.ms=3000",
                     "",
                 ]
             ),

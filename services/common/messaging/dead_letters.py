@@ -2,7 +2,7 @@
 
     ./dev dead-letters list [--service NAME] [--source SRC] [--reason CODE] [--topic T]
                             [--since TIME] [--uai UAI] [--limit N]
-    ./dev dead-letters show [--service NAME] --topic T --partition P --offset O
+    ./dev dead-letters show [--service NAME] --topic T --partition P --offset O [--headers]
     ./dev dead-letters replay [--service NAME] [the filters of list] [--limit N] [--dry-run]
 
 `list` prints one line per refused record, newest first: when, service, topic:partition@offset,
@@ -42,6 +42,7 @@ from services.common.runtime.settings import settings_or_exit
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
+SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120  # reading a DLQ topic to its end: beyond, the broker is not answering
 
 
@@ -114,6 +115,8 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
             print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
         if r["replayed_at"]:
             print(f"  replayed {r['replayed_at'].isoformat()}")
+        if args.headers:
+            await _print_headers((r["topic"], r["partition"], r["offset"]))
     if not shown:
         print(
             f"no dead letter at {args.topic}:{args.partition}@{args.offset} in {', '.join(schemas)} "
@@ -166,6 +169,37 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
             *(list(column) for column in zip(*mine, strict=True)),
         )
     return len(found)
+
+
+async def _print_headers(of: Origin) -> None:
+    """The headers of the refused record's DLQ copy, read from Kafka: the partner's as they came
+    (any bytes, or null), then the `dlq-*` ones the platform added."""
+    access = KafkaAccess.from_environ()
+    producer = AIOKafkaProducer(**access.aiokafka())  # for the DLQ topic's partitions
+    await producer.start()
+    try:
+        found = await _copies(access, producer, {of})
+    finally:
+        await producer.stop()
+    if of not in found:
+        print(f"  headers  no copy in {dlq_topic(of[0])} (past its retention?)")
+        return
+    print(f"  headers  ({len(found[of].headers)}, as on {dlq_topic(of[0])}@{found[of].offset})")
+    for name, value in found[of].headers:
+        print(f"    {_shown(name)} {_header_value(value)}")
+
+
+def _header_value(value: bytes | None) -> str:
+    """A header's value as one token: its text when printable UTF-8, else `\\x` and hex; `null`
+    for none; shortened past SHOWN characters."""
+    if value is None:
+        return "null"
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        text = ""
+    shown = text if text and text.isprintable() else "\\x" + value.hex()
+    return _shown(shown if len(shown) <= SHOWN else shown[: SHOWN - 1] + "…")
 
 
 async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
@@ -254,6 +288,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     one.add_argument("--topic", metavar="T", required=True, help="the topic it was read from")
     one.add_argument("--partition", metavar="P", type=int, required=True)
     one.add_argument("--offset", metavar="O", type=int, required=True)
+    one.add_argument("--headers", action="store_true", help="also its headers, read from its DLQ copy on Kafka")
 
     replay = commands.add_parser(
         "replay", parents=[service, filters], help="send refused records back to their topic, once the cause is fixed"
