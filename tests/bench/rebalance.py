@@ -17,25 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import contracts as c
-from contracts import Etablissement, Logiciel, Lot, make_event
 from contracts.internal import PROFILS
-from deploy.local.scenario import equipeur
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from harness import HEADERS, Observer, Row, Runtime, Tail, replicated
 from latency import _cause, paced, percentile, trace_id
+from records import lot
 
 RATE, DURATION, KILL_AT, RESTART_AFTER, UAIS, SEED = 200, 25.0, 5.0, 1.0, 2000, 8
 DRAIN_SECONDS = 120
-
-
-def lot(e: Etablissement, quantity: int) -> bytes:
-    data = Lot(
-        uai=e.uai, lot_id="tablettes", kind="tablette", quantity=quantity, os=Logiciel(name="iPadOS", version="17.1")
-    )
-    source = equipeur(e)
-    assert source is not None, "collèges only: their département declares them"
-    return make_event(c.LOT, data, source=source, time=datetime.now(UTC)).to_bytes()
 
 
 @dataclass
@@ -63,7 +53,13 @@ async def measure(runtime: Runtime, membership: str) -> Stall:
 
         def record(i: int):
             traceparent = f"00-{trace_id(i)}-{i + 1:016x}-01".encode()
-            return topic, etabs[i % n].uai, lot(etabs[i % n], 1 + i), [*HEADERS, ("traceparent", traceparent)]
+            e = etabs[i % n]  # a quantity of its own: each lot changes the profile
+            return (
+                topic,
+                e.uai,
+                lot(e, "17.1", datetime.now(UTC), quantity=1 + i),
+                [*HEADERS, ("traceparent", traceparent)],
+            )
 
         async def kill_and_restart() -> None:
             await asyncio.sleep(KILL_AT)

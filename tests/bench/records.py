@@ -11,9 +11,11 @@ T0 = datetime(2026, 9, 1, 8, tzinfo=UTC)
 START = date(2026, 9, 1)
 
 
-def lot(e: Etablissement, ipados: str, when: datetime = T0) -> bytes:
-    """The établissement's one lot: 30 tablets on iPadOS `ipados`, declared by its collectivité."""
-    data = Lot(uai=e.uai, lot_id="tablettes", kind="tablette", quantity=30, os=Logiciel(name="iPadOS", version=ipados))
+def lot(e: Etablissement, ipados: str, when: datetime = T0, quantity: int = 30) -> bytes:
+    """The établissement's one lot: `quantity` tablets on iPadOS `ipados`, declared by its collectivité."""
+    data = Lot(
+        uai=e.uai, lot_id="tablettes", kind="tablette", quantity=quantity, os=Logiciel(name="iPadOS", version=ipados)
+    )
     source = equipeur(e)
     if source is None:
         raise ValueError(f"{e.uai} is of type {e.type}: no collectivité declares its equipment")
