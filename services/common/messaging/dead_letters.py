@@ -42,7 +42,7 @@ from services.common.runtime.settings import settings_or_exit
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
-SHOWN = 200  # characters of a header's value shown
+HEADER_SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120  # reading a DLQ topic to its end: beyond, the broker is not answering
 
 
@@ -191,7 +191,7 @@ async def _print_headers(of: Origin) -> None:
 
 def _header_value(value: bytes | None) -> str:
     """A header's value as one token: its text when printable UTF-8, else `\\x` and hex; `null`
-    for none; shortened past SHOWN characters."""
+    for none; shortened past HEADER_SHOWN characters."""
     if value is None:
         return "null"
     try:
@@ -199,7 +199,7 @@ def _header_value(value: bytes | None) -> str:
     except UnicodeDecodeError:
         text = ""
     shown = text if text and text.isprintable() else "\\x" + value.hex()
-    return _shown(shown if len(shown) <= SHOWN else shown[: SHOWN - 1] + "…")
+    return _shown(shown if len(shown) <= HEADER_SHOWN else shown[: HEADER_SHOWN - 1] + "…")
 
 
 async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
@@ -222,9 +222,7 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
             while pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for records in (await consumer.getmany(*pending, timeout_ms=1000)).values():
                     for r in records:
-                        if (of := origin(r.headers)) in wanted and r.offset < ends[
-                            TopicPartition(r.topic, r.partition)
-                        ]:
+                        if (of := origin(r.headers)) in wanted:
                             found[of] = r
         return found
     finally:

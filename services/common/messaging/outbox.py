@@ -101,13 +101,17 @@ def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
 
 async def count_failed(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
     """Records set aside for an operator; `at_most` bounds the count (a probe stays cheap)."""
+    return await _count(conn, "outbox_failed", at_most)
+
+
+async def count_pending(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
+    """Records waiting for the relay; `at_most` bounds the count (a probe stays cheap)."""
+    return await _count(conn, "outbox", at_most)
+
+
+async def _count(conn: Conn | asyncpg.Pool, table: str, at_most: int | None) -> int:
     limit = "" if at_most is None else f" LIMIT {int(at_most)}"
-    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM outbox_failed{limit}) f")
-
-
-async def count_pending(conn: Conn | asyncpg.Pool, at_most: int) -> int:
-    """Records waiting for the relay, counted up to `at_most` (a probe stays cheap)."""
-    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT {int(at_most)}) o")
+    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {table}{limit}) t")
 
 
 def relay_lock(schema: str) -> int:

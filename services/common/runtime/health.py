@@ -45,7 +45,7 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
     try:
         async with pipeline.pool.acquire() as conn:
-            pending = await conn.fetchval("SELECT count(*) FROM outbox")
+            pending = await count_pending(conn)
             oldest = await conn.fetchval(
                 "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
             )
