@@ -102,10 +102,6 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def ports(self) -> list[int]:
-        return [self.port]
-
-    @property
     def access(self) -> KafkaAccess:
         """How `admin` reaches this broker (after start())."""
         return self.access_as(ADMIN)
@@ -190,7 +186,7 @@ class LocalKafka:
             wait=wait,
         )
         if not shared:  # a cluster adds them once, for all its nodes
-            self._add_scram_users(everyone=not formatted)
+            self.add_scram_users(everyone=not formatted)
 
     def wait_ready(self) -> None:
         self._server.wait_ready()
@@ -199,7 +195,7 @@ class LocalKafka:
         """SIGKILL the node: what a crash looks like to its cluster."""
         self._server.kill()
 
-    def _add_scram_users(self, everyone: bool) -> None:
+    def add_scram_users(self, everyone: bool) -> None:
         """SCRAM users through the admin client (their salted passwords never on a command line):
         on a new storage every principal's, `admin`'s again with a new salt (its salted password
         was on the format tool's command line, and proves who holds it as well as the password);

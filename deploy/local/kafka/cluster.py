@@ -14,7 +14,6 @@ from pathlib import Path
 
 from deploy.local.kafka.broker import LocalKafka, Quorum, _kafka_uuid
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
-from deploy.local.kafka.readiness import add_scram_users
 from deploy.local.kafka.tls import TlsFiles
 from deploy.local.ports import free_ports
 from services.common.messaging.connection import KafkaAccess
@@ -24,7 +23,6 @@ class LocalKafkaCluster:
     def __init__(self, data_dir: Path, size: int = 3, first_port: int | None = None):
         """`first_port`: the nodes' client ports from it on (else free ones, as the controllers')."""
         self.data_dir = Path(data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * size)
         if first_port is not None:
             ports[0::2] = [first_port + n for n in range(size)]
@@ -43,10 +41,6 @@ class LocalKafkaCluster:
     @property
     def tls(self) -> TlsFiles | None:
         return self.nodes[0].tls
-
-    @property
-    def ports(self) -> list[int]:
-        return [node.port for node in self.nodes]
 
     @property
     def bootstrap_servers(self) -> str:
@@ -71,19 +65,16 @@ class LocalKafkaCluster:
             node.quorum = self.quorum
         self.data_dir.mkdir(parents=True, exist_ok=True)
         kept = Credentials.load(self.data_dir)
-        credentials = kept or Credentials.create(self.data_dir, principals())
-        self.credentials = credentials
+        if kept is None:  # the nodes load them: the first's formatting adds admin's SCRAM user
+            Credentials.create(self.data_dir, principals())
         # Started from this thread: a child started by another dies with it (PR_SET_PDEATHSIG).
         for node in self.nodes:
             node.start(timeout, wait=False)
         for node in self.nodes:
             node.wait_ready()
-        wanted = credentials.with_new(principals())
-        added = [n for n in wanted.passwords if kept is None or n not in credentials.passwords]
-        if added:
-            add_scram_users(self.access, {n: wanted.password(n) for n in added})
-            wanted.save()
-            self.credentials = wanted
+        first = self.nodes[0]  # the users are the cluster's: added once, through one node
+        first.add_scram_users(everyone=kept is None)
+        self.credentials = first.credentials
 
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # each waits for its node's exit
