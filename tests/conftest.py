@@ -7,8 +7,6 @@ admin's access (KAFKA_*) into the environment, so every client the tests and the
 from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -51,16 +49,10 @@ def identite(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres():
-    from deploy.local.postgres import LocalPostgres
+    from helpers import own_postgres
 
-    # Not under pytest's basetemp: every pytest session resets its parent to mode 0700, which
-    # would lock out the server's system user if two sessions run at once.
-    data_dir = Path(tempfile.mkdtemp(prefix="feo-test-postgres-"))
-    server = LocalPostgres(data_dir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_postgres("feo-test-postgres-") as server:
+        yield server
 
 
 @pytest.fixture

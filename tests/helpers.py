@@ -4,8 +4,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,6 +16,27 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.common.messaging.connection import kafka_options
 
 T = TypeVar("T")
+
+
+@contextmanager
+def own_postgres(prefix: str) -> Iterator[Any]:
+    """A PostgreSQL server started for the caller alone, stopped and its data removed after. Not
+    under pytest's basetemp: every pytest session resets its parent to mode 0700, which would
+    lock out the server's system user if two sessions run at once."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from deploy.local.postgres import LocalPostgres
+
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    server = LocalPostgres(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30, what: str = "condition") -> T:
@@ -49,6 +70,22 @@ def event(
         "subject": subject,
         "datacontenttype": "application/json",
         "data": data,
+    }
+
+
+def ressource(resource_id: str, title: str = "Atlas", **changes: Any) -> dict:
+    """A `ressource-publiee` payload as the ministère writes it: tablets on iPadOS >= 15, 10 Mbit/s,
+    CRCN 3.4 at level 2; `changes` replace fields."""
+    return {
+        "resource_id": resource_id,
+        "title": title,
+        "editor": "E",
+        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
+        "tools": [],
+        "min_bandwidth_mbps": 10,
+        "needs_ent": False,
+        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
+        **changes,
     }
 
 

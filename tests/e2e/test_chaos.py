@@ -11,8 +11,6 @@ events are made once and sent as the same bytes to both runs."""
 import asyncio
 import json
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,12 +21,11 @@ import contracts as c
 from deploy import acl
 from deploy.local import scenario
 from deploy.local.kafka.cluster import LocalKafkaCluster
-from deploy.local.postgres import LocalPostgres
 from deploy.local.processes import SERVICES, ServiceProcesses
 from deploy.referentiel.publish import publish_etablissements
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from helpers import send
+from helpers import own_postgres, send
 from platform_state import settled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -52,12 +49,8 @@ def brokers(tmp_path_factory):
 @pytest.fixture(scope="module")
 def crashable_postgres():
     """A PostgreSQL of this test's own: it is crashed, which the session's must not be."""
-    data_dir = Path(tempfile.mkdtemp(prefix="feo-chaos-postgres-"))
-    server = LocalPostgres(data_dir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_postgres("feo-chaos-postgres-") as server:
+        yield server
 
 
 def morning() -> list[list[tuple[str, str, bytes]]]:

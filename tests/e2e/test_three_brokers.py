@@ -21,7 +21,7 @@ from deploy.local.kafka.cluster import LocalKafkaCluster
 from deploy.local.processes import ServiceProcesses
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from helpers import at, college, event, eventually, send, uai
+from helpers import at, college, event, eventually, ressource, send, uai
 from services.common.messaging.connection import kafka_options
 
 COLLEGES, LOTS, RATE = 100, 2400, 150  # lots per second: the stream lasts 16 s
@@ -61,16 +61,7 @@ def lot(i: int) -> tuple[str, bytes]:
 
 def catalogue(colleges: list[str]) -> list[tuple[str, dict]]:
     """A resource for iPadOS >= 15, subscribed by every collège."""
-    resource = {
-        "resource_id": RESOURCE,
-        "title": "Trois courtiers",
-        "editor": "E",
-        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
-        "tools": [],
-        "min_bandwidth_mbps": 0,
-        "needs_ent": False,
-        "training": {"competences": [], "tools": []},
-    }
+    resource = ressource(RESOURCE, "Trois courtiers", min_bandwidth_mbps=0, training={"competences": [], "tools": []})
     subscriptions = [
         (u, event(c.ABONNEMENT, "/gar", {"resource_id": RESOURCE, "uai": u, "start": "2026-09-01", "end": None}))
         for u in colleges

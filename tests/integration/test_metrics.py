@@ -4,7 +4,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import contracts as c
-from helpers import at, college, event, eventually, running, send, serving
+from helpers import at, college, event, eventually, ressource, running, send, serving
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.ressources.app import SPEC as RESSOURCES
@@ -123,16 +123,7 @@ async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
         # A resource and one subscription at a collège with no equipment: alerts open.
         uai = valid_uai("0350003")
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        resource = {
-            "resource_id": "ark:/67375/metrics",
-            "title": "Mesures",
-            "editor": "E",
-            "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
-            "tools": [],
-            "min_bandwidth_mbps": 10,
-            "needs_ent": False,
-            "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
-        }
+        resource = ressource("ark:/67375/metrics", "Mesures")
         subscription = {"resource_id": "ark:/67375/metrics", "uai": uai, "start": "2026-09-01", "end": None}
         await send(
             kafka.bootstrap_servers,

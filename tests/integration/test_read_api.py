@@ -13,7 +13,7 @@ import pytest
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, send, serving, uai
+from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, ressource, send, serving, uai
 from services.common.pipeline import writer_lock
 from services.ressources.api import _pool
 from services.ressources.app import SPEC
@@ -92,16 +92,7 @@ async def feed(kafka, settings, pool):
                 event(
                     c.RESSOURCE_PUBLIEE,
                     "/ministere",
-                    {
-                        "resource_id": RID,
-                        "title": "Atlas",
-                        "editor": "E",
-                        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
-                        "tools": [],
-                        "min_bandwidth_mbps": 10,
-                        "needs_ent": False,
-                        "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
-                    },
+                    ressource(RID),
                     time_=at(2),
                 ),
             )

@@ -11,23 +11,14 @@ import pytest
 import contracts as c
 from contracts import RessourcePubliee
 from contracts.internal import COUVERTURES, PROFILS
-from helpers import at, event, eventually, profil_lot, record_count, send, uai
+from helpers import at, event, eventually, profil_lot, record_count, ressource, send, uai
 from services.ressources import api_simulations, simulations
 from services.ressources.rules import Seuils
 from test_read_api import NANTES, RENNES, etab, formation, profil, serve_api
 
 RID = "ark:/67375/simulation-atlas"
 AILLEURS = uai("0290001")  # académie 14, département 029, open, not subscribed
-ATLAS = {
-    "resource_id": RID,
-    "title": "Atlas",
-    "editor": "E",
-    "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15"}]],
-    "tools": [],
-    "min_bandwidth_mbps": 10,
-    "needs_ent": False,
-    "training": {"competences": [{"code": "3.4", "level": 2}], "tools": []},
-}
+ATLAS = ressource(RID)
 SUBSCRIBED = [*RENNES, NANTES]
 
 
