@@ -109,7 +109,14 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535, description="port of /health (and of the service's API)")
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     batch_wait_ms: int = Field(
-        50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one, then pauses as long"
+        50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one before it looks again"
+    )
+    batch_top_up_ms: int = Field(
+        10,
+        ge=0,
+        le=5000,
+        description="once a batch's records are taken, how long to wait for those the next fetch brings, which "
+        "came while the previous batch was handled (else they wait for the next batch); 0: no top-up",
     )
     fetch_max_wait_ms: int = Field(
         20,
