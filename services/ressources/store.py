@@ -62,6 +62,8 @@ class RessourcesStore:
         """Of these resources, those published now: what the rules read of each (rules.read_by_rules).
         Their rows stay locked (in key order, as store_catalogue then locks them) until the
         transaction ends: what a republication is compared with is what it replaces."""
+        if not ids:
+            return {}
         rows = await self._conn.fetch(
             "SELECT resource_id, publiee, ressource FROM ressources WHERE resource_id = ANY($1::text[]) "
             "ORDER BY resource_id FOR UPDATE",

@@ -54,15 +54,15 @@ async def notify(conn: Conn, events: list[CloudEvent], values: list[bytes] | Non
     if not events:
         return
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('alert-journal:' || current_schema(), 0))")
-    last = await conn.fetchval(
+    await conn.execute(  # announced with the last seq, in the same statement
         "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
         "SELECT i, a, e FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(i, a, e, n) "
-        "ORDER BY n RETURNING seq) SELECT max(seq) FROM added",
+        "ORDER BY n RETURNING seq) SELECT pg_notify($4, max(seq)::text) FROM added",
         [e.id for e in events],
         [e.data.alert_id for e in events],
         [v.decode() for v in values] if values is not None else [e.to_bytes().decode() for e in events],
+        CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last))
 
 
 async def purge(pool: asyncpg.Pool, hours: float) -> int:

@@ -50,7 +50,18 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": f"feo-{schema}"},
+        reset=_nothing_to_reset,
     )
+
+
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """A released connection is handed on as it is. asyncpg's default reset sends a query on
+    every release (advisory locks, cursors, LISTEN, settings back to their defaults): one
+    round trip per transaction for state the services never leave on a pooled connection.
+    Their locks and settings are the transaction's (pg_advisory_xact_lock, SET LOCAL), its
+    cursors close with it, they LISTEN on a connection of their own (ressources' stream), and
+    the one session lock, the migrations', is released by the code that takes it. asyncpg
+    still rolls back a transaction left open and drops the connection's listeners."""
 
 
 def _migration_files(service_dir: Path) -> list[tuple[str, str]]:

@@ -32,7 +32,9 @@ async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEve
 
 
 async def load(conn: Conn, uais: Iterable[str]) -> dict[str, Etablissement]:
+    if not (uais := set(uais)):  # a batch of records derived by our own services: nothing to look up
+        return {}
     rows = await conn.fetch(
-        f"SELECT uai, {', '.join(_COLUMNS)} FROM etablissements WHERE uai = ANY($1::text[])", list(set(uais))
+        f"SELECT uai, {', '.join(_COLUMNS)} FROM etablissements WHERE uai = ANY($1::text[])", list(uais)
     )
     return {r["uai"]: Etablissement.model_construct(**dict(r)) for r in rows}
