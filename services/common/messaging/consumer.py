@@ -7,6 +7,7 @@ when the schema has none. Kafka's committed offsets still follow, for lag monito
 
 import asyncio
 import dataclasses
+import time
 import types
 from typing import Any
 
@@ -40,6 +41,10 @@ async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> A
     return message
 
 
+_AT_ONCE = 0.001
+"""A poll that returns within this took records aiokafka had buffered; past it, it waited for them."""
+
+
 def _top_up(subscriber: Any, wait_ms: int) -> None:
     """Each batch topped up with what came while the previous one was handled.
 
@@ -48,15 +53,27 @@ def _top_up(subscriber: Any, wait_ms: int) -> None:
     which brings what came during the previous batch, is left for the batch after. So a record
     that came while a batch was handled waited through the next one too. Here, the records
     taken, what that fetch brings within `wait_ms` (0: nothing) joins them; the broker answers
-    at once when records are there. And no pause when nothing came: FastStream's loop, after
-    `batch_timeout_ms` with nothing, slept as long again before the next fetch was looked at.
+    at once when records are there. Only when the records were there already: records the
+    consumer had to wait for came just now, so a wait would find nothing more (a burst, such
+    as a relay round of the service upstream, would wait `wait_ms` for nothing). And no pause
+    when nothing came: FastStream's loop, after `batch_timeout_ms` with nothing, slept as long
+    again before the next fetch was looked at.
     Measured with `./dev bench latency` (README, Benchmarks)."""
 
     async def get_msg(self: Any, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+        asked = time.monotonic()
         got = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
         taken = sum(map(len, got.values()))
-        if taken and wait_ms and taken < self.max_records:
-            more = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records - taken)
+        buffered = time.monotonic() - asked < _AT_ONCE  # else they came while it waited: nothing behind them yet
+        if buffered and taken and wait_ms and taken < self.max_records:
+            try:
+                more = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records - taken)
+            except Exception as exc:
+                # The records taken are handed over all the same: the consumer's position is past
+                # them, and a batch that is not handled now would be skipped. aiokafka raises
+                # before taking anything, so the error comes again at the next poll.
+                log.info("consumer.top_up_failed", error=type(exc).__name__)
+                more = {}
             for tp, records in more.items():  # a partition's records stay in their order
                 got.setdefault(tp, []).extend(records)
         return tuple(r for records in got.values() for r in records)
