@@ -9,11 +9,13 @@ import asyncio
 import dataclasses
 import time
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
@@ -81,6 +83,42 @@ def _top_up(subscriber: Any, wait_ms: int) -> None:
     subscriber.get_msg = types.MethodType(get_msg, subscriber)
 
 
+class OffsetCommits:
+    """Kafka's committed offsets follow the batches handled, committed in the background.
+
+    The service resumes from its database's positions (StoredPositions); Kafka's offsets are
+    for lag monitoring. FastStream's acknowledgement awaited the broker's answer after every
+    batch, a round trip before the next batch could be taken. Here one commit at a time is in
+    flight, of the latest offsets of the batches handled since the last one. A commit that
+    fails is logged and not retried: its partitions may be another replica's now, and the next
+    batch of each partition still here commits past it."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def follow(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+        """After a batch's transaction: its offsets to commit."""
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._commit(consumer), name="offset-commits")
+
+    async def flush(self) -> None:
+        """Until what was handled is committed (or its commit failed)."""
+        if self._task is not None:
+            await self._task
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        while self._pending:
+            offsets, self._pending = self._pending, {}
+            try:
+                await consumer.commit(offsets)
+            except Exception as exc:  # a rebalance took a partition, or Kafka is away: monitoring lags
+                log.info("consumer.commit_failed", error=type(exc).__name__, partitions=len(offsets))
+
+
 class StoredPositions(ConsumerRebalanceListener):
     """Seeks each assigned partition to its position in the service's database (offset 0 when
     it has none: the broker's earliest when older records are gone, auto_offset_reset)."""
@@ -129,7 +167,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         # default, 500 ms, held a busy partition's records that long: p99 at 1,000 ev/s, issue 8).
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         group_instance_id=settings.consumer_instance_id,  # static membership when set
-        ack_policy=AckPolicy.NACK_ON_ERROR,  # a failed batch is redelivered, never skipped
+        ack_policy=AckPolicy.MANUAL,  # `consume`: offsets committed off the consumer's path (OffsetCommits)
         parser=_parse_batch,
         decoder=_raw_records,
         listener=listener,
@@ -140,6 +178,15 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
     _top_up(subscriber, settings.batch_top_up_ms)
     pipeline.metrics.watch(lambda: subscriber.consumer)
 
+    commits = OffsetCommits()
+
     @subscriber
-    async def consume(records: list) -> None:
-        await pipeline.handle(records)
+    async def consume(records: list, message: KafkaMessage) -> None:
+        try:
+            await pipeline.handle(records)
+        except BaseException:
+            await message.nack()  # back to the batch's first offsets: redelivered, never skipped
+            raise
+        commits.follow(subscriber.consumer, records)
+        if not subscriber.running:  # stopping: Kafka's offsets caught up before the consumer closes
+            await commits.flush()

@@ -1,0 +1,90 @@
+"""The consumer on the real broker: a batch is topped up with the records that came while the
+previous one was handled (consumer._top_up), so they make the next batch, not the one after
+it; a batch that fails is taken again, and Kafka's offsets follow what was handled
+(consumer.OffsetCommits)."""
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+import contracts as c
+from helpers import college, eventually, running, send
+from helpers import uai as valid_uai
+from services.common.messaging.connection import kafka_options
+from services.equipement.app import SPEC
+from test_equipement import lot, referentiel_loaded
+
+
+async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, settings):
+    uai = valid_uai("0350803")  # one key: every lot on one partition
+    # Generous: the broker answers the top-up's fetch as soon as the records are there.
+    async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 5000})) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+
+        batches: list[list[str]] = []
+        first_taken, release = asyncio.Event(), asyncio.Event()
+        handle = pipeline.handle
+
+        async def held(records):
+            batches.append([r.key.decode() + "/" + str(r.offset) for r in records])
+            if len(batches) == 1:  # the first lot's batch waits while three more lots come
+                first_taken.set()
+                await release.wait()
+            await handle(records)
+
+        pipeline.handle = held
+        lots = settings.topic(c.EQUIPEMENT)
+        await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "L0", 30, 1))])
+        await asyncio.wait_for(first_taken.wait(), 30)
+        for n in (1, 2, 3):  # one at a time, each acknowledged by the broker before the next
+            await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, f"L{n}", 30, 1 + n))])
+        release.set()
+
+        async def all_stored() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 4
+
+        await eventually(all_stored, what="the four lots stored")
+        # Without the top-up, the fetch in flight during the first batch brings the second lot
+        # alone, and the last two wait for a third batch.
+        assert [len(b) for b in batches] == [1, 3], batches
+
+
+async def test_a_failed_batch_is_redelivered_and_its_offsets_committed_once_handled(kafka, settings):
+    """The consumer acknowledges batches itself (consumer.OffsetCommits): a batch that fails
+    is taken again from its first offset, and Kafka's committed offsets follow once it is handled."""
+    uai = valid_uai("0350804")
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+
+        handled: list[list[int]] = []
+        handle = pipeline.handle
+
+        async def failing_once(records):
+            handled.append([r.offset for r in records])
+            if len(handled) == 1:
+                raise RuntimeError("the database went away")  # the batch is not stored
+            await handle(records)
+
+        pipeline.handle = failing_once
+        lots = settings.topic(c.EQUIPEMENT)
+        await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "L0", 30, 1))])
+
+        async def stored() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 1
+
+        await eventually(stored, what="the lot stored on its second delivery")
+        assert handled == [[0], [0]], "the same record, taken again"
+
+        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+        await admin.start()
+        try:
+
+            async def committed() -> bool:
+                offsets = await admin.list_consumer_group_offsets(settings.topic(SPEC.name))
+                return any(tp.topic == lots and meta.offset == 1 for tp, meta in offsets.items())
+
+            await eventually(committed, what="Kafka's committed offset past the lot")
+        finally:
+            await admin.close()
