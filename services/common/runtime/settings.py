@@ -119,7 +119,7 @@ class ServiceSettings(BaseSettings):
         "came while the previous batch was handled (else they wait for the next batch); 0: no top-up",
     )
     fetch_max_wait_ms: int = Field(
-        20,
+        100,
         ge=1,
         le=5000,
         description="longest the broker holds a fetch for records to come; a partition read to its end is "
