@@ -4,6 +4,7 @@ instead of holding back the ones behind it."""
 
 import json
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -11,7 +12,14 @@ from contracts.internal import PROFILS
 from helpers import TopicReader, running
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.outbox import MAX_REQUEST_BYTES, OutboxRecord, OutboxRelay, enqueue, relay_producer
+from services.common.messaging.outbox import (
+    MAX_REQUEST_BYTES,
+    OutboxRecord,
+    OutboxRelay,
+    enqueue,
+    relay_lock,
+    relay_producer,
+)
 from services.common.runtime.health import health_report
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC
@@ -93,6 +101,32 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
             assert {r.partition for r in mine} == {chosen[key]}, key
         assert len({r.partition for r in out}) > 1, "the keys spread over the partitions"
     finally:
+        await relay.stop()
+        await pool.close()
+
+
+async def test_while_another_relay_holds_the_outbox_a_round_publishes_nothing(kafka, database_url, topic_prefix):
+    """One relay per schema at a time (replicas must not interleave a key's records): while the
+    lock is held elsewhere, a round neither publishes nor deletes; once released, it does both."""
+    topic = topic_prefix + PROFILS
+    pool = await create_pool(database_url, "relaylocked")
+    await migrate(pool, "relaylocked", SPEC.package_dir)
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "relaylocked")
+    other = await asyncpg.connect(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", b"held back")])
+        await other.execute("SELECT pg_advisory_lock($1)", relay_lock("relaylocked"))
+        assert await relay.drain_once() == 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 1, "nothing deleted while held elsewhere"
+        await other.execute("SELECT pg_advisory_unlock($1)", relay_lock("relaylocked"))
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            assert await relay.drain_once() == 1
+            out = await reader.wait_for(lambda rs: len(rs) >= 1, what="the record once the lock is free")
+        assert [r.value for r in out] == [b"held back"]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await other.close()
         await relay.stop()
         await pool.close()
 

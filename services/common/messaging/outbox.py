@@ -203,10 +203,13 @@ class OutboxRelay:
             await self._producer.start()  # raises while Kafka is away: the loop retries
             self._producer_started = True
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
-                return 0
+            # The lock first, in the same round trip: a one-time filter, so while another replica's
+            # relay holds it the outbox is not even scanned. No rows: not ours, or nothing to do.
             rows = await conn.fetch(
-                "SELECT seq, topic, key, value, headers FROM outbox ORDER BY seq LIMIT $1", self._batch
+                "SELECT seq, topic, key, value, headers FROM outbox "
+                "WHERE (SELECT pg_try_advisory_xact_lock($1)) ORDER BY seq LIMIT $2",
+                self._lock_id,
+                self._batch,
             )
             if not rows:
                 return 0
