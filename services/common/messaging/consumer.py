@@ -59,8 +59,7 @@ def _top_up(subscriber: Any, wait_ms: int) -> None:
     consumer had to wait for came just now, so a wait would find nothing more (a burst, such
     as a relay round of the service upstream, would wait `wait_ms` for nothing). And no pause
     when nothing came: FastStream's loop, after `batch_timeout_ms` with nothing, slept as long
-    again before the next fetch was looked at.
-    Measured with `./dev bench latency` (README, Benchmarks)."""
+    again before the next fetch was looked at. Measured with `./dev bench latency` (README, Tests)."""
 
     async def get_msg(self: Any, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
         asked = time.monotonic()
@@ -91,19 +90,33 @@ class OffsetCommits:
     batch, a round trip before the next batch could be taken. Here one commit at a time is in
     flight, of the latest offsets of the batches handled since the last one. A commit that
     fails is logged and not retried: its partitions may be another replica's now, and the next
-    batch of each partition still here commits past it."""
+    batch of each partition still here commits past it. The consumer stops only once the
+    commits in flight or pending are done: stopped, its offsets are those of what it handled."""
 
     def __init__(self) -> None:
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._followed: AIOKafkaConsumer | None = None
 
     def follow(self, consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
         """After a batch's transaction: its offsets to commit."""
+        if consumer is not self._followed:  # a new consumer at each (re)start of the subscriber
+            self._followed = consumer
+            self._flush_before_stop(consumer)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._commit(consumer), name="offset-commits")
+
+    def _flush_before_stop(self, consumer: AIOKafkaConsumer) -> None:
+        stop = consumer.stop
+
+        async def flushed_then_stopped() -> None:
+            await self.flush()
+            await stop()
+
+        consumer.stop = flushed_then_stopped
 
     async def flush(self) -> None:
         """Until what was handled is committed (or its commit failed)."""
@@ -188,5 +201,3 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
             await message.nack()  # back to the batch's first offsets: redelivered, never skipped
             raise
         commits.follow(subscriber.consumer, records)
-        if not subscriber.running:  # stopping: Kafka's offsets caught up before the consumer closes
-            await commits.flush()

@@ -1,11 +1,13 @@
-"""The consumer's poll (consumer._top_up) with a scripted aiokafka consumer: records aiokafka
-had buffered are topped up with what the next fetch brings, in each partition's order; records
-it waited for are not; a top-up that fails hands over the records taken all the same."""
+"""The consumer around aiokafka, with scripted consumers. Its poll (consumer._top_up): records
+aiokafka had buffered are topped up with what the next fetch brings, in each partition's order;
+records it waited for are not; a top-up that fails hands over the records taken all the same.
+Its offset commits (consumer.OffsetCommits): one in flight, the next with the latest offsets of
+what was handled meanwhile, and the consumer stops only once they are done."""
 
 import asyncio
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from faststream.kafka import KafkaBroker
 
@@ -71,3 +73,40 @@ async def test_nothing_came_is_an_empty_batch_at_once():
 async def test_a_failed_top_up_hands_over_the_records_taken():
     kafka = Scripted({TP0: ["a0"]}, KafkaConnectionError())
     assert await poll()(kafka) == ("a0",), "the consumer's position is past them: not handing them over skips them"
+
+
+class Committing:
+    """A consumer whose commits wait for `release`; records its commits and its stop, in order."""
+
+    def __init__(self):
+        self.calls, self.release, self.committing = [], asyncio.Event(), asyncio.Event()
+
+    async def commit(self, offsets):
+        self.calls.append(("commit", dict(offsets)))
+        self.committing.set()
+        await self.release.wait()
+
+    async def stop(self):
+        self.calls.append(("stop",))
+
+
+def record(partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord("t", partition, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+
+
+async def test_offsets_of_batches_handled_meanwhile_go_in_the_next_commit_and_stop_waits_for_them():
+    kafka, commits = Committing(), consumer.OffsetCommits()
+    commits.follow(kafka, [record(0, 4), record(0, 5), record(1, 9)])
+    await asyncio.wait_for(kafka.committing.wait(), 5)
+    commits.follow(kafka, [record(0, 6)])  # handled while the first commit is in flight
+    commits.follow(kafka, [record(0, 7), record(1, 10)])
+    stopping = asyncio.create_task(kafka.stop())
+    done, _ = await asyncio.wait([stopping], timeout=0.2)
+    assert not done and ("stop",) not in kafka.calls, "the consumer does not stop while a commit is in flight"
+    kafka.release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert kafka.calls == [
+        ("commit", {TP0: 6, TP1: 10}),
+        ("commit", {TP0: 8, TP1: 11}),
+        ("stop",),
+    ]
