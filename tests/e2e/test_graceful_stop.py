@@ -11,12 +11,11 @@ import time
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
-from helpers import at, college, event, eventually, send, uai
+from helpers import at, college, committed_offsets, event, eventually, send, uai
 from services.common.messaging.connection import kafka_options
 from services.common.messaging.outbox import relay_lock
 
@@ -103,15 +102,7 @@ async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exact
             (r["topic"], r["partition"]): r["next_offset"]
             for r in await db.fetch("SELECT topic, partition, next_offset FROM equipement.positions")
         }
-        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-        await admin.start()
-        try:
-            committed = {
-                (tp.topic, tp.partition): meta.offset
-                for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
-            }
-        finally:
-            await admin.close()
+        committed = await committed_offsets(kafka.bootstrap_servers, group)
         assert committed == positions, "Kafka's committed offsets are the database's positions"
         [flushed] = logged(log, "outbox.flushed")
         assert flushed["records"] == stored, "each lot's profile record, published on the way out"

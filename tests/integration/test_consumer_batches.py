@@ -5,12 +5,9 @@ it; a batch that fails is taken again, and Kafka's offsets follow what was handl
 
 import asyncio
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 import contracts as c
-from helpers import college, eventually, running, send
+from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
-from services.common.messaging.connection import kafka_options
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -77,14 +74,8 @@ async def test_a_failed_batch_is_redelivered_and_its_offsets_committed_once_hand
         await eventually(stored, what="the lot stored on its second delivery")
         assert handled == [[0], [0]], "the same record, taken again"
 
-        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-        await admin.start()
-        try:
+        async def committed() -> bool:
+            offsets = await committed_offsets(kafka.bootstrap_servers, settings.topic(SPEC.name))
+            return any(topic == lots and offset == 1 for (topic, _), offset in offsets.items())
 
-            async def committed() -> bool:
-                offsets = await admin.list_consumer_group_offsets(settings.topic(SPEC.name))
-                return any(tp.topic == lots and meta.offset == 1 for tp, meta in offsets.items())
-
-            await eventually(committed, what="Kafka's committed offset past the lot")
-        finally:
-            await admin.close()
+        await eventually(committed, what="Kafka's committed offset past the lot")
