@@ -7,8 +7,8 @@
 - replicas: --replicas replicas of --replica-service in one group on that topic, against one
   replica; and the share of transaction time spent waiting on a lock (rows, advisory) (replicas.py);
 - latency: ingress -> alert p50/p99/max at each of --rates for --duration seconds, against a
-  plain record's produce -> consume latency at the same rate; whether the platform keeps up
-  (latency.py);
+  plain record's produce -> consume latency at the same rate; whether the platform keeps up;
+  first, up to --warm-up seconds of the same traffic until the broker's JIT has settled (latency.py);
 - national: --etablissements subscriptions -> last alert, a stricter republication -> last
   alert (a no-change one as its baseline), and each service's peak RSS (national.py);
 - passerelle: --events lots posted over HTTP in batches of 1,000 (--clients requests in
@@ -47,7 +47,9 @@ async def bench(args: argparse.Namespace) -> list[Row]:
     figures: dict[str, Callable[[Runtime], Awaitable[list[Row]]]] = {
         "ingress": lambda run: ingress.figure(run, args.services, args.events),
         "replicas": lambda run: replicas.figure(run, args.replica_service, args.events, args.replicas),
-        "latency": lambda run: latency.figure(run, args.rates, args.duration, args.uais, args.drain_timeout),
+        "latency": lambda run: latency.figure(
+            run, args.rates, args.duration, args.uais, args.drain_timeout, args.warm_up
+        ),
         "national": lambda run: national.figure(run, args.etablissements),
         "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
         "simulations": lambda run: simulations.figure(run, args.etablissements, args.distinct),
@@ -95,6 +97,13 @@ def main() -> None:
         type=float,
         default=60,
         help="latency: seconds to wait for the backlog after the producer stops",
+    )
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=180,
+        help="latency: at most this many seconds of traffic before the first measure, until the broker's JIT "
+        "compilers have settled (0: none)",
     )
     parser.add_argument(
         "--etablissements", type=int, default=60_000, help="national and simulations: établissements (scale)"

@@ -167,7 +167,25 @@ def peak_rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """The CPU time (user and system) the process has used so far, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return _cpu(Path(f"/proc/{pid}/stat").read_text())
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """The CPU time a JVM's JIT compiler threads (HotSpot's "C1 CompilerThread0", "C2 …") have
+    used so far, from /proc/PID/task/*/stat; 0 for a process without them."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        if stat[stat.index("(") + 1 :].startswith(("C1 CompilerThre", "C2 CompilerThre")):
+            total += _cpu(stat)
+    return total
+
+
+def _cpu(stat: str) -> float:
+    fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 

@@ -35,7 +35,7 @@ from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from deploy.topology import TopicSpec
-from harness import FLOW, HEADERS, Observer, Row, Runtime, Stage, Tail, produce, running
+from harness import FLOW, HEADERS, Observer, Row, Runtime, Stage, Tail, jit_cpu_seconds, produce, running
 from records import abonnement, lot, ressource
 from services.common.messaging.connection import kafka_options
 
@@ -45,6 +45,8 @@ SEED = 8
 PLAIN = TopicSpec("bench.plain", 6)
 P99_TARGETS = {200: 0.150, 1000: 0.500}  # seconds; at other rates the target is to keep up
 KEEP_UP_SECONDS = 5.0
+WARM_UP_ROUND = 10.0  # seconds of traffic between two looks at the broker's JIT compilers
+JIT_SETTLED = 0.05  # of a core: below it over a round, the compilers are done with this traffic
 SETUP_TIMEOUT = 600
 Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
@@ -132,16 +134,49 @@ def trace_id(i: int) -> str:
     return f"{i + 1:032x}"
 
 
-async def platform(
-    stage: Stage, procs: ServiceProcesses, etabs: list[Etablissement], rate: int, duration: float, drain: float
-) -> Latencies:
+def flips(stage: Stage, etabs: list[Etablissement], first: int = 0) -> Callable[[int], Record]:
+    """The i-th lot sent: lot `first + i` of the sequence that flips each collège in turn, from
+    the compatible lot `prepare` gave it; its trace context names `i`."""
     topic, n = stage.topic(c.EQUIPEMENT), len(etabs)
 
     def flip(i: int) -> Record:
-        e, version = etabs[i % n], INCOMPATIBLE if (i // n) % 2 == 0 else COMPATIBLE
+        e, version = etabs[(first + i) % n], INCOMPATIBLE if ((first + i) // n) % 2 == 0 else COMPATIBLE
         traceparent = f"00-{trace_id(i)}-{i + 1:016x}-01".encode()
         return topic, e.uai, lot(e, version, datetime.now(UTC)), [*HEADERS, ("traceparent", traceparent)]
 
+    return flip
+
+
+async def warm_up(runtime: Runtime, rate: int, uais: int, limit: float, drain: float) -> None:
+    """A JVM compiles a program's hot paths during its first minutes of traffic: the broker's
+    JIT compiler threads then take a third to a half of a core of this 2-core machine, which
+    the measure would pay for (a production broker has long been through it). So before the
+    first measure, the same workload at the first rate on a stage of its own, in rounds of
+    WARM_UP_ROUND seconds, until a round leaves the compilers under JIT_SETTLED of a core, or
+    `limit` seconds have been played."""
+    pid = runtime.kafka.pid
+    if limit <= 0 or pid is None:
+        return
+    stage = await runtime.stage("latency-warm-up")
+    async with running(stage, FLOW) as procs:
+        etabs = await prepare(stage, procs, uais)
+        played, share = 0.0, 1.0
+        while played < limit and share >= JIT_SETTLED:
+            seconds = min(WARM_UP_ROUND, limit - played)
+            before = jit_cpu_seconds(pid)
+            await paced(stage.bootstrap, rate, seconds, flips(stage, etabs, round(played * rate)))
+            share, played = (jit_cpu_seconds(pid) - before) / seconds, played + seconds
+        async with Observer(stage) as observer:
+            await observer.wait_drained(procs, drain)
+    settled = "settled" if share < JIT_SETTLED else f"not settled within --warm-up {limit:g} s"
+    print(f"  warm-up: {played:g} s of lots at {rate:,} ev/s, not measured; the broker's JIT compilers "
+          f"{settled} ({share:.1%} of a core over the last round)")  # fmt: skip
+
+
+async def platform(
+    stage: Stage, procs: ServiceProcesses, etabs: list[Etablissement], rate: int, duration: float, drain: float
+) -> Latencies:
+    flip, n = flips(stage, etabs), len(etabs)
     async with (
         Tail(stage, stage.topic(c.ALERTES)) as tail,
         Tail(stage, stage.topic(PROFILS)) as profiles,
@@ -193,21 +228,26 @@ def _cause(record) -> int:
     return int(traceparent.split("-")[1], 16) - 1 if traceparent.count("-") == 3 else -1
 
 
-async def figure(runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float) -> list[Row]:
+async def figure(
+    runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float, warm: float
+) -> list[Row]:
     print(f"\n== latency: ingress -> alert, {duration:g} s at each rate, {uais:,} collèges flipped in turn")
+    await warm_up(runtime, rates[0], uais, warm, drain)
     rows = []
     for rate in rates:
         stage = await runtime.stage(f"latency-{rate}", extra_topics=[PLAIN])
         async with running(stage, FLOW) as procs:  # partners on Kafka: no passerelle
             etabs = await prepare(stage, procs, uais)
             baseline = await plain(stage, rate, duration)
+            jit = jit_cpu_seconds(runtime.kafka.pid) if runtime.kafka.pid else 0.0
             measured = await platform(stage, procs, etabs, rate, duration, drain)
+            jit = (jit_cpu_seconds(runtime.kafka.pid) - jit) / duration if runtime.kafka.pid else 0.0
         drained = "not drained" if measured.drained_after is None else f"drained {measured.drained_after:.1f} s after"
         print(f"  {rate:5,} ev/s  plain record   {baseline.describe()}   ({baseline.achieved_rate:,.0f} ev/s sent)")
         print(f"  {rate:5,} ev/s  lot -> alert   {measured.describe()}   ({measured.achieved_rate:,.0f} ev/s sent; "
               f"{measured.own_alerts:,} of {measured.sent:,} lots had their own alert, {measured.unanswered:,} none; "
               f"backlog {drained})")  # fmt: skip
-        print(f"  {rate:5,} ev/s  where: {measured.hops_described()}")
+        print(f"  {rate:5,} ev/s  where: {measured.hops_described()}; the broker's JIT compilers {jit:.0%} of a core")
         p99, base = percentile(measured.seconds, 0.99), percentile(baseline.seconds, 0.99)
         keeps_up = measured.drained_after is not None and measured.drained_after <= KEEP_UP_SECONDS
         if rate in P99_TARGETS:
