@@ -33,7 +33,7 @@ from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import inbox, positions, referentiel
-from services.common.storage.db import Conn, advisory_key
+from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -219,10 +219,8 @@ class Pipeline:
         (storage/locks.py). Each holds the schema's writer lock in shared mode, which only a
         rebuild's switch takes alone (`writer_lock`, deploy/reconstruire.py): while it does, no
         state, outbox record or position is written."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock_shared($1)", writer_lock(self.settings.db_schema or self.service)
-            )
+        lock = writer_lock(self.settings.db_schema or self.service)
+        async with self.pool.acquire() as conn, transaction(conn, f"SELECT pg_advisory_xact_lock_shared({lock})"):
             yield conn
 
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], span: trace.Span, started: float) -> int:

@@ -7,7 +7,8 @@ lock so two replicas starting together do not race.
 """
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
     pydantic-core encodes it at once (dates and times in ISO 8601, which PostgreSQL reads),
     where asyncpg checks and encodes an array parameter element by element."""
     return to_json(list(rows)).decode()
+
+
+@asynccontextmanager
+async def transaction(conn: Conn, *first: str) -> AsyncIterator[Conn]:
+    """A transaction whose BEGIN travels with `first`, statements without parameters (a lock, a
+    SET LOCAL), in one round trip: asyncpg's `conn.transaction()` sends BEGIN alone. Committed
+    when the block ends, rolled back when it raises. Not to be nested in asyncpg's own, nor to
+    hold one: asyncpg does not know about this one."""
+    await conn.execute("; ".join(("BEGIN", *first)))  # simple protocol: several statements, one trip
+    try:
+        yield conn
+    except BaseException:
+        try:
+            await conn.execute("ROLLBACK")
+        except Exception:  # the connection is broken: the pool closes it, and the server rolls back
+            conn.terminate()
+        raise
+    await conn.execute("COMMIT")
 
 
 _SHARED_MIGRATIONS = Path(__file__).parent.parent / "migrations"  # services/common/migrations

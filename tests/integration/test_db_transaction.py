@@ -1,0 +1,45 @@
+"""`db.transaction` on the real database: the statements sent with its BEGIN run inside the
+transaction, the block's work commits when it ends and rolls back when it raises."""
+
+import asyncpg
+import pytest
+
+from services.common.storage.db import transaction
+
+
+@pytest.fixture
+async def conn(database_url):
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("CREATE TABLE faits (n int)")
+    yield conn
+    await conn.close()
+
+
+async def test_first_statements_run_inside_the_transaction(conn: asyncpg.Connection):
+    async with transaction(conn, "SET LOCAL synchronous_commit TO off", "SELECT pg_advisory_xact_lock(42)"):
+        assert conn.is_in_transaction()
+        assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+    assert not conn.is_in_transaction()
+    # Both were the transaction's: the setting is back to the session's, the lock released.
+    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+
+
+async def test_commits_at_the_end_rolls_back_on_error(conn: asyncpg.Connection):
+    async with transaction(conn):
+        await conn.execute("INSERT INTO faits VALUES (1)")
+    with pytest.raises(RuntimeError, match="en cours de route"):
+        async with transaction(conn):
+            await conn.execute("INSERT INTO faits VALUES (2)")
+            raise RuntimeError("en cours de route")
+    assert not conn.is_in_transaction()
+    assert [r["n"] for r in await conn.fetch("SELECT n FROM faits")] == [1]
+
+
+async def test_a_failed_statement_rolls_back_and_leaves_the_connection_usable(conn: asyncpg.Connection):
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with transaction(conn):
+            await conn.execute("INSERT INTO faits VALUES (3)")
+            await conn.execute("SELECT 1 / 0")
+    assert await conn.fetchval("SELECT count(*) FROM faits") == 0
