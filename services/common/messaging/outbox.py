@@ -22,7 +22,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
 from services.common.messaging.connection import KafkaAccess
-from services.common.storage.db import Conn, advisory_key
+from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -202,7 +202,11 @@ class OutboxRelay:
         if not self._producer_started:
             await self._producer.start()  # raises while Kafka is away: the loop retries
             self._producer_started = True
-        async with self._pool.acquire() as conn, conn.transaction():
+        # The round's commit does not wait for its WAL to reach the disk: lost in a crash, its
+        # deletion is too, and the records go out again with the same ids, in the same order,
+        # as when the process itself dies between publishing and deleting. A later synchronous
+        # commit (the next batch's) makes it durable with it, the WAL being written in order.
+        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off"):
             # The lock first, in the same round trip: a one-time filter, so while another replica's
             # relay holds it the outbox is not even scanned. No rows: not ours, or nothing to do.
             rows = await conn.fetch(
