@@ -211,6 +211,15 @@ class AlertHub:
     async def _deliver(self) -> None:
         conn = self._conn
         assert conn is not None, "connected by _pump"
+        if not self._clients:
+            # Nobody to hand the rows to: the position moves to the journal's last seq without
+            # reading them (every alert of a busy moment would be read and decoded for nothing).
+            # A client that subscribed during this read starts at the former position: then
+            # the rows are read and fanned out as usual.
+            latest = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+            if not self._clients:
+                self._position = max(self._position, latest)
+                return
         while True:
             rows = await conn.fetch(
                 "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS

@@ -160,6 +160,30 @@ async def test_an_alert_beyond_8000_bytes_is_committed_and_streamed(kafka, setti
         assert await pool.fetchval("SELECT count(*) FROM alertes WHERE resource_id = $1", rid) == 1
 
 
+# --- no client --------------------------------------------------------------------------------
+
+
+async def test_with_no_client_the_hub_moves_past_the_rows_without_reading_them(settings):
+    """Alerts come whether a dashboard watches or not: with no client, the hub's position
+    follows the journal, but no row is read to be fanned out to nobody. A client that comes
+    next gets what is journalled after it, once."""
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        hub = app.state.hub
+        fanned_out: list[int] = []
+        fan_out = hub._fan_out
+        hub._fan_out = lambda rows: (fanned_out.extend(r["seq"] for r in rows), fan_out(rows))
+        unseen = await journal(app, *[alert(n) for n in range(5)])
+        await eventually(lambda: _equal(hub.position, unseen[-1]), what="the hub to follow the journal")
+        assert fanned_out == []
+        async with client.stream("GET", "/alertes/flux") as response:
+            reader = SseReader(response)
+            assert "comment" in await reader.frame()
+            await eventually(lambda: _equal(hub.clients, 1), what="the client to subscribe")
+            later = await journal(app, alert(5), alert(6))
+            assert [int(e["id"]) for e in await reader.events(2)] == later
+        assert fanned_out == later
+
+
 # --- resuming with Last-Event-ID -------------------------------------------------------------
 
 
