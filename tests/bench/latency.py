@@ -154,8 +154,7 @@ async def warm_up(runtime: Runtime, rate: int, uais: int, limit: float, drain: f
     first measure, the same workload at the first rate on a stage of its own, in rounds of
     WARM_UP_ROUND seconds, until a round leaves the compilers under JIT_SETTLED of a core, or
     `limit` seconds have been played."""
-    pid = runtime.kafka.pid
-    if limit <= 0 or pid is None:
+    if limit <= 0 or runtime.kafka.pid is None:
         return
     stage = await runtime.stage("latency-warm-up")
     async with running(stage, FLOW) as procs:
@@ -163,9 +162,9 @@ async def warm_up(runtime: Runtime, rate: int, uais: int, limit: float, drain: f
         played, share = 0.0, 1.0
         while played < limit and share >= JIT_SETTLED:
             seconds = min(WARM_UP_ROUND, limit - played)
-            before = jit_cpu_seconds(pid)
+            jit = _jit_share(runtime)
             await paced(stage.bootstrap, rate, seconds, flips(stage, etabs, round(played * rate)))
-            share, played = (jit_cpu_seconds(pid) - before) / seconds, played + seconds
+            share, played = jit(), played + seconds
         async with Observer(stage) as observer:
             await observer.wait_drained(procs, drain)
     settled = "settled" if share < JIT_SETTLED else f"not settled within --warm-up {limit:g} s"
@@ -239,9 +238,9 @@ async def figure(
         async with running(stage, FLOW) as procs:  # partners on Kafka: no passerelle
             etabs = await prepare(stage, procs, uais)
             baseline = await plain(stage, rate, duration)
-            jit = jit_cpu_seconds(runtime.kafka.pid) if runtime.kafka.pid else 0.0
+            jit = _jit_share(runtime)
             measured = await platform(stage, procs, etabs, rate, duration, drain)
-            jit = (jit_cpu_seconds(runtime.kafka.pid) - jit) / duration if runtime.kafka.pid else 0.0
+            jit = jit()
         drained = "not drained" if measured.drained_after is None else f"drained {measured.drained_after:.1f} s after"
         print(f"  {rate:5,} ev/s  plain record   {baseline.describe()}   ({baseline.achieved_rate:,.0f} ev/s sent)")
         print(f"  {rate:5,} ev/s  lot -> alert   {measured.describe()}   ({measured.achieved_rate:,.0f} ev/s sent; "
@@ -264,6 +263,13 @@ async def figure(
             )
         )
     return rows
+
+
+def _jit_share(runtime: Runtime) -> Callable[[], float]:
+    """From now until it is called, the share of a core the broker's JIT compilers used."""
+    pid, since = runtime.kafka.pid, time.monotonic()
+    before = jit_cpu_seconds(pid) if pid else 0.0
+    return lambda: (jit_cpu_seconds(pid) - before) / max(time.monotonic() - since, 1e-3) if pid else 0.0
 
 
 def _ms(seconds: float) -> str:
