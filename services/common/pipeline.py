@@ -3,9 +3,10 @@
 Per batch: parse and validate every record (contracts), check the declarant's rights against
 the référentiel, drop what the inbox has already seen, let the service apply its state rules,
 then write state, outgoing events, dead letters and the partitions' new positions in one
-transaction. Kafka offsets are committed by FastStream only after this returns, but a service
-resumes from the positions in its database (storage/positions.py), so a process killed at any
-instant replays at most the batch, which the inbox makes harmless.
+transaction. Kafka offsets are committed only after this returns (in the background,
+messaging/consumer.py), but a service resumes from the positions in its database
+(storage/positions.py), so a process killed at any instant replays at most the batch, which the
+inbox makes harmless.
 """
 
 import asyncio
