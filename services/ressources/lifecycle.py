@@ -6,7 +6,6 @@ common case, a re-evaluation that changes nothing) is compared by plain values w
 JSON, which is read without validation (the service wrote it)."""
 
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,17 +13,18 @@ from typing import Any
 
 from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement, Reason
 from services.common.rules.rights import responsable
+from services.common.storage.derived import stable_id
 from services.ressources.rules import Evaluation
 
 
 def alert_id(uai: str, resource_id: str, kind: str) -> str:
     """Stable for (uai, resource_id, kind), whatever happens in between."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"alerte:{uai}/{resource_id}/{kind}"))
+    return stable_id(f"alerte:{uai}/{resource_id}/{kind}")
 
 
 def event_id(alert: str, cycle: int, what: str) -> str:
     """Stable per raise/resolve, so a replayed outbox record keeps its CloudEvents id."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{alert}/{cycle}/{what}"))
+    return stable_id(f"{alert}/{cycle}/{what}")
 
 
 @dataclass(frozen=True)
