@@ -5,6 +5,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from memory_stores import MemoryPublished
 
 import contracts as c
@@ -70,4 +72,11 @@ async def test_only_a_changed_content_is_published_with_the_next_version_and_a_s
 
 @pytest.mark.parametrize("name", ["", "equipement.profils.v2/0350042F/lot-12/3", "x/0350042F/é/9"])
 def test_the_stable_id_is_uuid5_of_the_url_namespace(name):
+    assert stable_id(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+@given(st.text())
+def test_the_stable_id_is_uuid5_of_any_text(name):
+    """Alert ids and their events' ids are stable_id's too (ressources/lifecycle.py): any text a
+    resource id may hold, 4-byte characters included, gives uuid5's id."""
     assert stable_id(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
