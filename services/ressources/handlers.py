@@ -24,7 +24,7 @@ from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
 from services.ressources.rules import Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
 SOURCE = "/plateforme/ressources"
 log = structlog.get_logger(__name__)
@@ -68,11 +68,11 @@ class Store(Protocol):
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None: ...
 
-    async def next_reevaluation(self) -> tuple[str, str] | None: ...
+    async def next_reevaluation(self) -> ReevaluationPart | None: ...
 
-    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]: ...
+    async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]: ...
 
-    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None: ...
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int: ...
 
     async def reevaluations_pending(self) -> int: ...
 
@@ -124,44 +124,49 @@ def _changed_for_the_rules(winners: Iterable[CloudEvent], before: dict[str, dict
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of a re-evaluation, done: its resource (EVERY_RESOURCE: all), its UAIs, whether it was the last."""
+    """One chunk of a re-evaluation, done: its resource (EVERY_RESOURCE: all) and part, its UAIs,
+    whether it was the part's last, how many parts of the resource are left."""
 
     resource_id: str
+    part: int
     uais: int
     last: bool
+    parts_left: int
     outgoing: list[Outgoing]
 
 
 async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | None:
-    """The next `size` subscribed UAIs of a pending re-evaluation that no other transaction holds,
-    their pairs with its resource evaluated as things are now, the cursor moved past them (the
-    request deleted after its last chunk). None when no re-evaluation is waiting. Interrupted,
-    the transaction leaves the cursor where it was; a chunk done twice changes nothing the second
-    time (transitions go from the stored alerts, whose ids are stable)."""
-    request = await store.next_reevaluation()
-    if request is None:
+    """The next `size` subscribed UAIs of a pending re-evaluation's part that no other
+    transaction holds, their pairs with its resource evaluated as things are now, the part's
+    cursor moved past them (the part deleted after its last chunk). None when no part is
+    waiting. Interrupted, the transaction leaves the cursor where it was; a chunk done twice
+    changes nothing the second time (transitions go from the stored alerts, whose ids are stable)."""
+    part = await store.next_reevaluation()
+    if part is None:
         return None
-    resource_id, after_uai = request
-    uais = await store.subscribers(resource_id, after_uai, size)
+    uais = await store.subscribers(part, size)
     await store.lock(uais)
-    pairs = await store.pairs_of(uais, None if resource_id == EVERY_RESOURCE else resource_id)
+    pairs = await store.pairs_of(uais, None if part.resource_id == EVERY_RESOURCE else part.resource_id)
     outgoing = await reevaluate(store, pairs, seuils, {})
     last = len(uais) < size
-    await store.advance_reevaluation(resource_id, None if last else uais[-1])
-    return Chunk(resource_id, len(uais), last, outgoing)
+    left = await store.advance_reevaluation(part, None if last else uais[-1])
+    return Chunk(part.resource_id, part.part, len(uais), last, left, outgoing)
 
 
 class Reevaluations:
     """ressources' background re-evaluations, chunk after chunk, each one transaction: other
-    batches run between two chunks, memory holds one chunk. Replicas share the work: a request
-    is held by one transaction at a time, the others take another or wait."""
+    batches run between two chunks, memory holds one chunk per worker. A re-evaluation comes in
+    parts (store.request_reevaluations); `reevaluation_workers` workers here, and those of the
+    other replicas, each take a part no other transaction holds, so one fan-out is evaluated by
+    all of them at once."""
 
     def __init__(self, pipeline: Pipeline, settings: RessourcesSettings):
         self._pipeline, self._seuils = pipeline, settings.seuils
         self._size, self._poll = settings.reevaluation_chunk, settings.reevaluation_poll_ms / 1000
+        self._workers = settings.reevaluation_workers
 
     async def step(self) -> Chunk | None:
-        """One chunk, committed with its alerts in the outbox; None when no re-evaluation is waiting here."""
+        """One chunk, committed with its alerts in the outbox; None when no part is waiting here."""
         chunk: Chunk | None = None
 
         async def work(store: Store) -> list[Outgoing]:
@@ -172,15 +177,20 @@ class Reevaluations:
         await self._pipeline.run_exclusive(work)
         if chunk is not None:
             resource = chunk.resource_id or "*"
-            log.debug("reevaluation.chunk", resource_id=resource, uais=chunk.uais, alerts=len(chunk.outgoing))
-            if chunk.last:
-                log.info("reevaluation.done", resource_id=resource)
+            log.debug(
+                "reevaluation.chunk", resource_id=resource, part=chunk.part, uais=chunk.uais, alerts=len(chunk.outgoing)
+            )
+            if chunk.last:  # parts_left: those other transactions had not ended when this one looked
+                log.info("reevaluation.part_done", resource_id=resource, part=chunk.part, parts_left=chunk.parts_left)
         return chunk
 
     async def run(self) -> None:
         """Until cancelled: the thresholds checked, then every pending re-evaluation, looked for
-        every `reevaluation_poll_ms`. A failure (the database away) is logged and retried."""
+        every `reevaluation_poll_ms` by each worker. A failure (the database away) is logged and retried."""
         await self._retrying(self.reconcile_seuils)
+        await asyncio.gather(*(self._worker() for _ in range(self._workers)))
+
+    async def _worker(self) -> None:
         while True:
             await self._retrying(self._drain)
             await asyncio.sleep(self._poll)

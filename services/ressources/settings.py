@@ -17,6 +17,9 @@ class RessourcesSettings(ServiceSettings):
     min_training_coverage: float = Field(_DEFAULT.min_training_coverage, ge=0, le=1)
     # Re-evaluations of a resource's subscribers (or of all, new thresholds), in the background.
     reevaluation_chunk: int = Field(500, ge=1, description="UAIs whose pairs one re-evaluation transaction evaluates")
+    reevaluation_workers: int = Field(
+        2, ge=1, description="re-evaluation chunks this replica evaluates at once, each of another part of a fan-out"
+    )
     reevaluation_poll_ms: int = Field(200, ge=10, description="period of the look for pending re-evaluations")
     simulation_workers: int = Field(
         default_factory=lambda: min(2, os.cpu_count() or 1),

@@ -22,6 +22,23 @@ from services.ressources.rules import Seuils, read_by_rules
 
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
+PART_SIZE, MAX_PARTS = 500, 16
+"""A re-evaluation's UAIs go in parts of at least PART_SIZE, at most MAX_PARTS of them: as many
+workers (over all replicas) can evaluate one fan-out at once, and a small one stays whole."""
+
+_SUBSCRIBED_TO = "SELECT uai FROM abonnements WHERE resource_id = $1"
+_SUBSCRIBED_TO_ANY = "SELECT DISTINCT uai FROM abonnements WHERE $1 = ''"
+"""A resource's subscribed UAIs; every subscribed UAI ($1 is EVERY_RESOURCE). Active or not: an
+ended subscription's open alerts resolve."""
+_PART_BOUNDS = f"""
+SELECT uai FROM (
+    SELECT uai, row_number() OVER (ORDER BY uai) AS n, count(*) OVER () AS total
+    FROM ({_SUBSCRIBED_TO} UNION {_SUBSCRIBED_TO_ANY}) AS subscribed
+) AS s
+WHERE n % greatest($2::bigint, ceil(total / $3::numeric)::bigint) = 0 AND n < total
+ORDER BY uai"""
+"""The last UAI of each part but the last, for the subscribers of resource $1: parts of
+$2 (PART_SIZE) UAIs, or more so that there are at most $3 (MAX_PARTS)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,17 @@ class Pair:
     uai: str
     resource_id: str
     end: date | None
+
+
+@dataclass(frozen=True)
+class ReevaluationPart:
+    """A part of a pending re-evaluation: its resource (EVERY_RESOURCE: every one), its number,
+    its cursor (the UAIs up to it are done) and the last UAI of its range (None: no bound)."""
+
+    resource_id: str
+    part: int
+    after_uai: str
+    up_to: str | None
 
 
 @dataclass(frozen=True)
@@ -204,51 +232,69 @@ class RessourcesStore:
         )
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
-        """Every pair of these resources (EVERY_RESOURCE: every pair) to re-evaluate in the background,
-        from the first UAI again if a re-evaluation of it was under way. Sorted: two transactions
-        requesting the same resources never wait for each other in a cycle."""
-        if not resource_ids:
+        """Every pair of these resources (EVERY_RESOURCE: every pair) to re-evaluate in the
+        background, from the first UAI again if a re-evaluation of it was under way. Its
+        subscribed UAIs are cut into parts of PART_SIZE or more (at most MAX_PARTS), each a
+        range with its cursor, which workers take one at a time (`next_reevaluation`). Sorted:
+        two transactions requesting the same resources never wait for each other in a cycle."""
+        wanted = sorted(set(resource_ids))
+        if not wanted:
             return
+        await self._conn.execute("DELETE FROM reevaluations WHERE resource_id = ANY($1::text[])", wanted)
+        rows: list[tuple[str, int, str, str | None]] = []
+        for rid in wanted:
+            bounds = [r["uai"] for r in await self._conn.fetch(_PART_BOUNDS, rid, PART_SIZE, MAX_PARTS)]
+            rows += [
+                (rid, part, after, up_to)
+                for part, (after, up_to) in enumerate(zip(["", *bounds], [*bounds, None], strict=True))
+            ]
         await self._conn.execute(
-            "INSERT INTO reevaluations (resource_id) SELECT unnest($1::text[]) "
-            "ON CONFLICT (resource_id) DO UPDATE SET after_uai = ''",
-            sorted(set(resource_ids)),
+            "INSERT INTO reevaluations (resource_id, part, after_uai, up_to) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])",
+            *map(list, zip(*rows, strict=True)),
         )
 
-    async def next_reevaluation(self) -> tuple[str, str] | None:
-        """A pending re-evaluation no other transaction holds, held until this one ends: (resource, cursor)."""
+    async def next_reevaluation(self) -> ReevaluationPart | None:
+        """A pending part of a re-evaluation that no other transaction holds, held until this one ends."""
         row = await self._conn.fetchrow(
-            "SELECT resource_id, after_uai FROM reevaluations ORDER BY resource_id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            "SELECT resource_id, part, after_uai, up_to FROM reevaluations ORDER BY resource_id, part "
+            "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
-        return None if row is None else (row["resource_id"], row["after_uai"])
+        return (
+            None if row is None else ReevaluationPart(row["resource_id"], row["part"], row["after_uai"], row["up_to"])
+        )
 
-    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]:
-        """The next `limit` subscribed UAIs after `after_uai`, in order: of this resource, or of any."""
-        if resource_id == EVERY_RESOURCE:
-            rows = await self._conn.fetch(
-                "SELECT DISTINCT uai FROM abonnements WHERE uai > $1 ORDER BY uai LIMIT $2", after_uai, limit
-            )
-        else:
-            rows = await self._conn.fetch(
-                "SELECT uai FROM abonnements WHERE resource_id = $1 AND uai > $2 ORDER BY uai LIMIT $3",
-                resource_id,
-                after_uai,
-                limit,
-            )
+    async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]:
+        """The next `limit` subscribed UAIs of the part after its cursor, in order: of its resource, or of any."""
+        rows = await self._conn.fetch(
+            (_SUBSCRIBED_TO_ANY if part.resource_id == EVERY_RESOURCE else _SUBSCRIBED_TO)
+            + " AND uai > $2 AND ($3::text IS NULL OR uai <= $3) ORDER BY uai LIMIT $4",
+            part.resource_id,
+            part.after_uai,
+            part.up_to,
+            limit,
+        )
         return [r["uai"] for r in rows]
 
-    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None:
-        """The pairs up to `after_uai` are done; None: all of them, the re-evaluation is over."""
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int:
+        """The part's pairs up to `after_uai` are done; None: all of them, the part is over.
+        Returns how many parts of the resource are left, this one included while not over."""
         if after_uai is None:
-            await self._conn.execute("DELETE FROM reevaluations WHERE resource_id = $1", resource_id)
+            await self._conn.execute(
+                "DELETE FROM reevaluations WHERE resource_id = $1 AND part = $2", part.resource_id, part.part
+            )
         else:
             await self._conn.execute(
-                "UPDATE reevaluations SET after_uai = $2 WHERE resource_id = $1", resource_id, after_uai
+                "UPDATE reevaluations SET after_uai = $3 WHERE resource_id = $1 AND part = $2",
+                part.resource_id,
+                part.part,
+                after_uai,
             )
+        return await self._conn.fetchval("SELECT count(*) FROM reevaluations WHERE resource_id = $1", part.resource_id)
 
     async def reevaluations_pending(self) -> int:
-        """How many re-evaluations are waiting or under way (/health can report it)."""
-        return await self._conn.fetchval("SELECT count(*) FROM reevaluations")
+        """How many resources' re-evaluations are waiting or under way (/health can report it)."""
+        return await self._conn.fetchval("SELECT count(DISTINCT resource_id) FROM reevaluations")
 
     async def gauges(self) -> list[Gauge]:
         """What /metrics reads at each scrape: open alerts by kind (every kind, 0 when none), the

@@ -10,12 +10,15 @@ import dataclasses
 import json
 from datetime import UTC, date, datetime
 
+import pytest
+
 import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
 from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.locks import lock_keys
+from services.ressources import store as store_module
 from services.ressources import views
 from services.ressources.app import SPEC
 from services.ressources.handlers import Reevaluations, make_apply, reevaluate_chunk
@@ -104,8 +107,14 @@ async def at_least(n: int, count) -> bool:
     return await count >= n
 
 
-async def cursor(pool) -> str | None:
-    return await pool.fetchval("SELECT after_uai FROM reevaluations WHERE resource_id = $1", RID)
+async def cursor(pool, part: int = 0) -> str | None:
+    return await pool.fetchval("SELECT after_uai FROM reevaluations WHERE resource_id = $1 AND part = $2", RID, part)
+
+
+@pytest.fixture
+def one_part(monkeypatch):
+    """A fan-out in one part (as one of fewer than store.PART_SIZE subscribers is): one cursor."""
+    monkeypatch.setattr(store_module, "PART_SIZE", 1_000_000)
 
 
 async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk_by_chunk(kafka, settings):
@@ -128,7 +137,7 @@ async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk
         assert await open_alerts(pipeline.pool) == set(codes)
 
 
-async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_alert_once(kafka, settings):
+async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_alert_once(kafka, settings, one_part):
     codes = uais(1000)
     old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 200})
@@ -162,7 +171,45 @@ async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_a
     assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
 
 
-async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluation(kafka, settings):
+async def test_two_workers_evaluate_two_parts_of_one_fan_out_at_once_and_each_resumes_at_its_cursor(kafka, settings):
+    codes = uais(1000)
+    old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 100})
+    bootstrap = kafka.bootstrap_servers
+    async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        async with running(MANUAL, settings) as pipeline:
+            await seed(pipeline.pool, codes)
+            await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
+            await eventually(lambda: pending(pipeline.pool), what="the fan-out requested")
+            parts = await pipeline.pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
+            assert [tuple(p) for p in parts] == [(0, "", codes[499]), (1, codes[499], None)], "two parts of 500"
+
+            # The first worker takes part 0 and waits inside its first chunk for a UAI this test
+            # holds; meanwhile the second takes part 1 and goes on.
+            first, second = Reevaluations(pipeline, settings), Reevaluations(pipeline, settings)
+            async with pipeline.pool.acquire() as conn, conn.transaction():
+                await lock_keys(conn, "uai", [codes[20]])
+                held = asyncio.create_task(first.step())
+                await eventually(lambda: lock_waiters(conn), what="part 0's chunk waiting for the UAI")
+                for _ in range(2):
+                    chunk = await second.step()
+                    assert chunk is not None and (chunk.part, chunk.uais, chunk.last) == (1, 100, False)
+                assert (await cursor(pipeline.pool, 0), await cursor(pipeline.pool, 1)) == ("", codes[699])
+                held.cancel()  # part 0 stopped inside its chunk
+                await asyncio.gather(held, return_exceptions=True)
+            assert await cursor(pipeline.pool, 0) == "", "nothing of the stopped chunk was kept"
+            await alerts.wait_for(lambda _: len(raised(alerts)) == 100, what="part 1's two chunks' alerts")
+            assert set(raised(alerts)) == set(old[250:350])
+
+        # Restarted, the service's workers finish both parts, each at its cursor.
+        async with running(SPEC, settings) as pipeline:
+            await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="every raise")
+            await eventually(lambda: done(pipeline.pool), what="the fan-out done")
+            assert await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
+
+
+async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluation(kafka, settings, one_part):
     codes = uais(1000)
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})
     bootstrap = kafka.bootstrap_servers

@@ -3,6 +3,7 @@ the same state rules as the SQL stores (latest `time` wins, highest `version` ke
 handler runs in microseconds with no broker and no database. The real stores are tested
 against PostgreSQL in tests/integration/."""
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 import contracts as c
@@ -22,7 +23,7 @@ from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Seuils, read_by_rules
-from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
 
 class Latest:
@@ -131,7 +132,8 @@ class RessourcesMemory:
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
         self.journalled: list[CloudEvent] = []
         self.held_seuils: tuple[float, float] | None = None
-        self.reevaluations: dict[str, str] = {}  # resource_id (or EVERY_RESOURCE) -> the last UAI done
+        self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
+        self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
 
     async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
         return {
@@ -204,21 +206,31 @@ class RessourcesMemory:
         self.held_seuils = (seuils.min_compatible_share, seuils.min_training_coverage)
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
-        self.reevaluations.update(dict.fromkeys(resource_ids, ""))
+        for rid in resource_ids:
+            self.reevaluations = {k: p for k, p in self.reevaluations.items() if k[0] != rid}
+            subscribed = sorted(self._subscribed(rid))
+            bounds = subscribed[self.part_size - 1 : -1 : self.part_size]
+            for n, (after, up_to) in enumerate(zip(["", *bounds], [*bounds, None], strict=True)):
+                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
 
-    async def next_reevaluation(self) -> tuple[str, str] | None:
-        return min(self.reevaluations.items(), default=None)
+    async def next_reevaluation(self) -> ReevaluationPart | None:
+        return self.reevaluations[min(self.reevaluations)] if self.reevaluations else None
 
-    async def subscribers(self, resource_id: str, after_uai: str, limit: int) -> list[str]:
+    def _subscribed(self, resource_id: str) -> set[str]:
         rows = self.abonnements.rows.values()
-        subscribed = {e.data.uai for e in rows if resource_id in (EVERY_RESOURCE, e.data.resource_id)}
-        return sorted(u for u in subscribed if u > after_uai)[:limit]
+        return {e.data.uai for e in rows if resource_id in (EVERY_RESOURCE, e.data.resource_id)}
 
-    async def advance_reevaluation(self, resource_id: str, after_uai: str | None) -> None:
+    async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]:
+        inside = (u for u in self._subscribed(part.resource_id) if part.after_uai < u and (part.up_to or u) >= u)
+        return sorted(inside)[:limit]
+
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int:
+        key = (part.resource_id, part.part)
         if after_uai is None:
-            del self.reevaluations[resource_id]
+            del self.reevaluations[key]
         else:
-            self.reevaluations[resource_id] = after_uai
+            self.reevaluations[key] = dataclasses.replace(part, after_uai=after_uai)
+        return sum(rid == part.resource_id for rid, _ in self.reevaluations)
 
     async def reevaluations_pending(self) -> int:
-        return len(self.reevaluations)
+        return len({rid for rid, _ in self.reevaluations})

@@ -213,6 +213,11 @@ async def test_ressources_resolves_when_the_subscription_ends():
     assert announced(ended) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
 
 
+def requested(store: RessourcesMemory) -> set[tuple[str, str]]:
+    """Each pending part's resource and cursor."""
+    return {(rid, part.after_uai) for (rid, _), part in store.reevaluations.items()}
+
+
 async def subscribed_with_old_tablets(uais: list[str]) -> RessourcesMemory:
     """These établissements on iPadOS 12.5, subscribed to RID, which is not published yet."""
     store = RessourcesMemory([college(u) for u in uais])
@@ -226,7 +231,7 @@ async def test_ressources_defers_a_resource_fan_out_to_chunks_that_raise_each_al
 
     applied = await ressources(store, [publication(2)], set())
     assert applied.outgoing == [], "the batch only records the fan-out"
-    assert store.reevaluations == {RID: ""}
+    assert requested(store) == {(RID, "")}
 
     chunks = []
     while chunk := await reevaluate_chunk(store, Seuils(), 2):
@@ -238,6 +243,29 @@ async def test_ressources_defers_a_resource_fan_out_to_chunks_that_raise_each_al
     assert await reevaluate_chunk(store, Seuils(), 2) is None
 
 
+async def test_a_fan_out_comes_in_parts_each_evaluated_on_its_own_range():
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+    store.part_size = 2
+    await ressources(store, [publication(2)], set())
+    assert [(p.after_uai, p.up_to) for p in store.reevaluations.values()] == [
+        ("", uais[1]),
+        (uais[1], uais[3]),
+        (uais[3], None),
+    ], "parts of two UAIs, the last one without an upper bound"
+
+    chunks = []
+    while chunk := await reevaluate_chunk(store, Seuils(), 10):
+        chunks.append(chunk)
+    assert [(ch.part, ch.uais, ch.last, ch.parts_left) for ch in chunks] == [
+        (0, 2, True, 2),
+        (1, 2, True, 1),
+        (2, 1, True, 0),
+    ]
+    raised = [o.event.data.uai for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
+    assert raised == uais, "each subscriber raised once, by the part that holds its UAI"
+
+
 async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version():
     uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
     store = await subscribed_with_old_tablets(uais)
@@ -246,7 +274,7 @@ async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version()
     assert first is not None and [o.event.data.uai for o in first.outgoing if o.topic == c.ALERTES] == uais[:2]
 
     await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
-    assert store.reevaluations == {RID: ""}, "the cursor is back at the start"
+    assert requested(store) == {(RID, "")}, "the cursor is back at the start"
     outgoing = []
     while chunk := await reevaluate_chunk(store, Seuils(), 2):
         outgoing += [o for o in chunk.outgoing if o.topic == c.ALERTES]
@@ -268,13 +296,13 @@ async def test_a_republication_changing_only_what_the_rules_do_not_read_evaluate
     assert store.catalogue.rows[(RID,)].data.title == "Atlas 2", "the new version is kept all the same"
 
     await ressources(store, [publication(4, min_ipados="12")], set())  # a requirement changed
-    assert store.reevaluations == {RID: ""}
+    assert requested(store) == {(RID, "")}
     while await reevaluate_chunk(store, Seuils(), 2):
         pass
     withdrawn = c.make_event(c.RESSOURCE_RETIREE, c.RessourceRetiree(resource_id=RID), source="/ministere", time=at(5))
     await ressources(store, [withdrawn], set())
-    assert store.reevaluations == {RID: ""}, "a withdrawal resolves what was open"
+    assert requested(store) == {(RID, "")}, "a withdrawal resolves what was open"
     while await reevaluate_chunk(store, Seuils(), 2):
         pass
     await ressources(store, [publication(6, min_ipados="12")], set())
-    assert store.reevaluations == {RID: ""}, "published again after it: evaluated again"
+    assert requested(store) == {(RID, "")}, "published again after it: evaluated again"
