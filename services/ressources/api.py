@@ -221,8 +221,8 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         if etab is None:
             raise HTTPException(404, f"uai : {uai} n'est pas dans le référentiel")
         stored = RessourcesStore(conn)
-        profil = (await stored.load_profils([uai])).get(uai)
-        couverture = (await stored.load_couvertures([uai])).get(uai)
+        profils, couvertures = await stored.load_entrees([uai])
+        profil, couverture = profils.get(uai), couvertures.get(uai)
         subs = await queries.abonnements_of(conn, uai)
         open_ids = await queries.open_alert_ids(conn, uai)
     ressources = []

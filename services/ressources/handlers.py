@@ -52,9 +52,9 @@ class Store(Protocol):
 
     async def load_ressources(self, ids: set[str]) -> dict[str, RessourcePubliee]: ...
 
-    async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]: ...
-
-    async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]: ...
+    async def load_entrees(
+        self, uais: list[str]
+    ) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]: ...
 
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]: ...
 
@@ -238,8 +238,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
     ressources = await store.load_ressources({p.resource_id for p in pairs})
-    profils = await store.load_profils(pair_uais)
-    couvertures = await store.load_couvertures(pair_uais)
+    profils, couvertures = await store.load_entrees(pair_uais)
     held_alerts = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
     now = datetime.now(UTC)
     rows, outgoing = [], []

@@ -8,6 +8,7 @@ JSON, which is read without validation (the service wrote it)."""
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -36,10 +37,15 @@ class Held:
     cycle: int
     stored: str
 
-    @property
+    @cached_property
     def values(self) -> dict[str, Any]:
-        """The stored content as plain JSON values."""
+        """The stored content as plain JSON values (decoded once)."""
         return json.loads(self.stored)
+
+    @property
+    def raised_at(self) -> datetime:
+        """When the alert was raised, read without validating the rest."""
+        return datetime.fromisoformat(self.values["raised_at"])
 
     @property
     def alerte(self) -> AlerteLevee:
@@ -87,7 +93,7 @@ def transitions(
                 compatible=evaluation.compatible,
                 devices=evaluation.devices,
                 coverage=evaluation.coverage,
-                raised_at=now if opened is None else opened.alerte.raised_at,
+                raised_at=now if opened is None else opened.raised_at,
             )
             if opened is None:
                 out.append(Transition(kind, before, raised=content))

@@ -238,7 +238,7 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
             chunk = uais[start : start + CHUNK]
             pairs = await store.pairs_of(chunk)
             ressources = await store.load_ressources({p.resource_id for p in pairs})
-            profils, couvertures = await store.load_profils(chunk), await store.load_couvertures(chunk)
+            profils, couvertures = await store.load_entrees(chunk)
             held = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
             for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
                 uai, rid, etab = pair.uai, pair.resource_id, etabs[pair.uai]

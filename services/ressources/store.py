@@ -161,17 +161,14 @@ class RessourcesStore:
         )
         return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
 
-    async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        rows = await self._conn.fetch(
-            "SELECT uai, profil FROM entrees WHERE uai = ANY($1::text[]) AND profil IS NOT NULL", uais
-        )
-        return {r["uai"]: views.profil(r["uai"], r["profil"]) for r in rows}
-
-    async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        rows = await self._conn.fetch(
-            "SELECT uai, couverture FROM entrees WHERE uai = ANY($1::text[]) AND couverture IS NOT NULL", uais
-        )
-        return {r["uai"]: views.couverture(r["uai"], r["couverture"]) for r in rows}
+    async def load_entrees(self, uais: list[str]) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]:
+        """The profiles and the coverages of these UAIs (of those that have one), in one reading."""
+        rows = await self._conn.fetch("SELECT uai, profil, couverture FROM entrees WHERE uai = ANY($1::text[])", uais)
+        profils = {r["uai"]: views.profil(r["uai"], r["profil"]) for r in rows if r["profil"] is not None}
+        couvertures = {
+            r["uai"]: views.couverture(r["uai"], r["couverture"]) for r in rows if r["couverture"] is not None
+        }
+        return profils, couvertures
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as

@@ -288,11 +288,11 @@ class PausedAfterReading(RessourcesStore):
         super().__init__(conn)
         self._read, self._go = read, go
 
-    async def load_profils(self, uais):
-        profils = await super().load_profils(uais)
+    async def load_entrees(self, uais):
+        entrees = await super().load_entrees(uais)
         self._read.set()
         await self._go.wait()
-        return profils
+        return entrees
 
 
 async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):

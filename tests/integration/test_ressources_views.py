@@ -87,7 +87,7 @@ async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_
             rng.shuffle(events)  # in two batches: a UAI's `entrees` row made by one, completed by the other
             for half in (events[: len(events) // 2], events[len(events) // 2 :]):
                 await store.assemble(await store.store_derived(half))
-            profils, couvertures = await store.load_profils(codes), await store.load_couvertures(codes)
+            profils, couvertures = await store.load_entrees(codes)
 
             # What migration 0007 assembles for a deployment from before equals what the store keeps.
             kept = await conn.fetch("SELECT * FROM entrees ORDER BY uai")
@@ -130,7 +130,7 @@ async def test_two_transactions_writing_records_of_one_uai_leave_its_row_with_bo
                 await eventually(lambda: lock_waiters(pool), what="the second transaction waiting for the UAI")
             await later
         async with pool.acquire() as conn:
-            profils = await RessourcesStore(conn).load_profils([code])
+            profils, _ = await RessourcesStore(conn).load_entrees([code])
     finally:
         await pool.close()
     assert [lot.lot_id for lot in profils[code].lots] == ["tablettes"]

@@ -182,11 +182,11 @@ class RessourcesMemory:
         return [(t, uai, e.data.model_dump(mode="json")) for (t, uai, _), e in sorted(self.derived.items())
                 if t in types and uai in uais]  # fmt: skip
 
-    async def load_profils(self, uais: list[str]) -> dict[str, ProfilEquipement]:
-        return views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
-
-    async def load_couvertures(self, uais: list[str]) -> dict[str, CouvertureFormation]:
-        return views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
+    async def load_entrees(self, uais: list[str]) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]:
+        return (
+            views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais)),
+            views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais)),
+        )
 
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         return {p: dict(self.alerts[p]) for p in pairs if p in self.alerts}
