@@ -35,5 +35,9 @@ class RessourcesSettings(ServiceSettings):
     sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
 
     @property
+    def background_connections(self) -> int:
+        return self.reevaluation_workers
+
+    @property
     def seuils(self) -> Seuils:
         return Seuils(self.min_compatible_share, self.min_training_coverage)

@@ -16,7 +16,7 @@ import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
 from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
-from services.common.storage.db import create_pool, migrate
+from services.common.storage.db import POOL_SIZE, create_pool, migrate
 from services.common.storage.locks import lock_keys
 from services.ressources import store as store_module
 from services.ressources import views
@@ -334,3 +334,9 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
     finally:
         go.set()  # a failure above must not leave the chunk's transaction waiting
         await pool.close()
+
+
+async def test_each_reevaluation_worker_has_a_connection_beside_the_service_s_own(kafka, settings):
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_workers": 3})
+    async with running(MANUAL, settings) as pipeline:
+        assert pipeline.pool.get_max_size() == POOL_SIZE + 3

@@ -17,7 +17,7 @@ from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.startup import StartupFailed
 from services.common.storage import retention
-from services.common.storage.db import create_pool, migrate
+from services.common.storage.db import POOL_SIZE, create_pool, migrate
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ class Lifecycle:
     async def open_database(self) -> None:
         spec, settings = self._spec, self._settings
         schema = settings.db_schema or spec.name
-        pool = await create_pool(settings.database_url, schema)
+        pool = await create_pool(settings.database_url, schema, max_size=POOL_SIZE + settings.background_connections)
         if await pool.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))", schema, CATCH_UP_PENDING):
             await pool.close()
             reason = f"schema {schema!r} was restored but not caught up with the log: rerun ./dev restore FILE"

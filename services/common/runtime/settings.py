@@ -107,6 +107,13 @@ class ServiceSettings(BaseSettings):
     topic_prefix: TopicPrefix = Field("", description="prefix of every topic and consumer group (tests)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535, description="port of /health (and of the service's API)")
+
+    @property
+    def background_connections(self) -> int:
+        """Connections the service's background work holds at once (ressources' re-evaluation
+        workers), beside those of the consumer, the relay and the HTTP API (POOL_SIZE)."""
+        return 0
+
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     batch_wait_ms: int = Field(
         50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one before it looks again"

@@ -56,7 +56,11 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+POOL_SIZE = 5
+"""A service's connections: its consumer's batch, its relay, its HTTP API (/health, reads), and spare."""
+
+
+async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = POOL_SIZE) -> asyncpg.Pool:
     admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
