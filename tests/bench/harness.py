@@ -170,6 +170,22 @@ def cpu_seconds(pid: int) -> float:
     return _cpu(Path(f"/proc/{pid}/stat").read_text())
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """The CPU time the process's children alive now have used (PostgreSQL's postmaster: its
+    backends, one per connection); 0 for a process without children."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # a process that just ended
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:  # its parent
+            total += _cpu(stat)
+    return total
+
+
 def jit_cpu_seconds(pid: int) -> float:
     """The CPU time a JVM's JIT compiler threads (HotSpot's "C1 CompilerThread0", "C2 …") have
     used so far, from /proc/PID/task/*/stat; 0 for a process without them."""

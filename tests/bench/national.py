@@ -24,7 +24,20 @@ from contracts import Etablissement
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
-from harness import FLOW, Observer, Row, Runtime, Stage, Tail, peak_rss_mb, produce, running, wait_until
+from harness import (
+    FLOW,
+    Observer,
+    Row,
+    Runtime,
+    Stage,
+    Tail,
+    children_cpu_seconds,
+    cpu_seconds,
+    peak_rss_mb,
+    produce,
+    running,
+    wait_until,
+)
 from records import T0, abonnement, affectation, lot, ressource
 
 RESOURCE = "ark:/67375/bench-national"
@@ -63,11 +76,19 @@ class Step:
     backlog is drained: the alerts are waited for, not the backlog alone, for a service may do
     part of the work after its commit (a re-evaluation in the background)."""
 
-    def __init__(self, tail: Tail, observer: Observer, procs: ServiceProcesses, expected: int):
+    def __init__(self, tail: Tail, observer: Observer, procs: ServiceProcesses, expected: int, postgres: int | None):
         self.tail, self.observer, self.procs, self.expected = tail, observer, procs, expected
+        self.postgres = postgres
+        """The postmaster's pid: its backends' CPU is counted (None with DATABASE_URL)."""
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by ressources, and by PostgreSQL's backends."""
+        backends = children_cpu_seconds(self.postgres) if self.postgres else 0.0
+        return cpu_seconds(self.procs.process("ressources").pid), backends
 
     async def __aenter__(self) -> "Step":
         self.seen_before = len(self.tail.records)
+        self.cpu_before = self._cpu()
         self.started = time.monotonic()
         return self
 
@@ -85,10 +106,18 @@ class Step:
         self.raised = sum(json.loads(r.value)["type"] == c.ALERTE_LEVEE for _, r in alerts)
         self.alerts = len(alerts)
         self.seconds = (alerts[-1][0] if alerts else time.monotonic()) - self.started
+        after = self._cpu()
+        self.ressources_cpu, self.postgres_cpu = (a - b for a, b in zip(after, self.cpu_before, strict=True))
 
     def describe(self) -> str:
         count = f"{self.alerts:,} alerts" + ("" if self.alerts == self.expected else f", expected {self.expected:,}")
         return f"{self.seconds:.1f} s ({count})"
+
+    def cpu(self) -> str:
+        """The CPU the step cost ressources and PostgreSQL (until drained, so a little idle time
+        too): less noisy than its duration on a shared machine, to compare two versions."""
+        backends = f", PostgreSQL {self.postgres_cpu:.1f} s" if self.postgres else ""
+        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}"
 
     def as_expected(self) -> bool:
         return self.alerts == self.raised == self.expected
@@ -100,22 +129,26 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
     stage = await runtime.stage("national")
     catalogue = stage.topic(c.CATALOGUE)
+    postgres = runtime.postgres.pid
     async with running(stage, FLOW) as procs, Observer(stage) as observer:
         await setup(stage, observer, procs, etabs)
         async with Tail(stage, stage.topic(c.ALERTES)) as tail:
             expected = sum(ipados(i) == OLD for i, _ in open_)
-            async with Step(tail, observer, procs, expected) as subscriptions:
+            async with Step(tail, observer, procs, expected, postgres) as subscriptions:
                 await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
                 produced = time.monotonic() - subscriptions.started
             expected = sum(ipados(i) == RECENT for i, _ in open_)
-            async with Step(tail, observer, procs, expected) as stricter:
+            async with Step(tail, observer, procs, expected, postgres) as stricter:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
-            async with Step(tail, observer, procs, 0) as unchanged:
+            async with Step(tail, observer, procs, 0, postgres) as unchanged:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))])
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
-    print(f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s")
-    print(f"  stricter republication -> last alert  {stricter.describe()}")
-    print(f"  no-change republication -> drained    {unchanged.describe()}")
+    print(
+        f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s; "
+        + subscriptions.cpu()
+    )
+    print(f"  stricter republication -> last alert  {stricter.describe()}; {stricter.cpu()}")
+    print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}")
     print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
     return [
         Row(
