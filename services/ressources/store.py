@@ -112,6 +112,8 @@ class RessourcesStore:
     async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]:
         """Keep the highest `version` per record key of what equipement and formation publish;
         returns the UAIs whose records changed here."""
+        if not events:
+            return set()
         latest: dict[tuple[str, str, str], CloudEvent] = {}
         for e in events:
             key = (e.type, e.data.uai, e.data.entity)
@@ -137,7 +139,8 @@ class RessourcesStore:
         """Each UAI's `entrees` row assembled again from its `recus`, under its lock (`lock`):
         read after every transaction that held it before, so no record written by another
         transaction is left out of it."""
-        await self._conn.execute(views.ENTREES_SQL, sorted(uais))
+        if uais:
+            await self._conn.execute(views.ENTREES_SQL, sorted(uais))
 
     async def lock(self, uais: Sequence[str]) -> None:
         """Hold these UAIs until the transaction ends: their pairs are evaluated by one transaction at a time."""
