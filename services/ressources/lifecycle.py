@@ -8,8 +8,8 @@ JSON, which is read without validation (the service wrote it)."""
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement, Reason

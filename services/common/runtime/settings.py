@@ -108,12 +108,6 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535, description="port of /health (and of the service's API)")
 
-    @property
-    def background_connections(self) -> int:
-        """Connections the service's background work holds at once (ressources' re-evaluation
-        workers), beside those of the consumer, the relay and the HTTP API (POOL_SIZE)."""
-        return 0
-
     batch_max_records: int = Field(500, ge=1, description="records handled per transaction")
     batch_wait_ms: int = Field(
         50, ge=1, le=5000, description="when no record waits, how long the consumer waits for one before it looks again"
@@ -167,6 +161,12 @@ class ServiceSettings(BaseSettings):
     unhealthy_exit_seconds: float = Field(
         300, ge=0, description="exit with code 1 once Kafka or PostgreSQL has been unreachable this long (0: never)"
     )
+
+    @property
+    def background_connections(self) -> int:
+        """Connections the service's background work holds at once (ressources' re-evaluation
+        workers), beside those of the consumer, the relay and the HTTP API (POOL_SIZE)."""
+        return 0
 
     @classmethod
     def of(cls, settings: "ServiceSettings") -> Self:
