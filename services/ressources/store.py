@@ -33,7 +33,7 @@ ended subscription's open alerts resolve."""
 _PART_BOUNDS = f"""
 SELECT uai FROM (
     SELECT uai, row_number() OVER (ORDER BY uai) AS n, count(*) OVER () AS total
-    FROM ({_SUBSCRIBED_TO} UNION {_SUBSCRIBED_TO_ANY}) AS subscribed
+    FROM ({_SUBSCRIBED_TO} UNION ALL {_SUBSCRIBED_TO_ANY}) AS subscribed  -- one of the two is empty
 ) AS s
 WHERE n % greatest($2::bigint, ceil(total / $3::numeric)::bigint) = 0 AND n < total
 ORDER BY uai"""
