@@ -8,6 +8,8 @@ tables (thousands of them, in a second); the resource goes through Kafka as the 
 import asyncio
 import dataclasses
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 
 import pytest
@@ -16,6 +18,7 @@ import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
 from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
+from services.common.pipeline import Pipeline
 from services.common.storage.db import POOL_SIZE, create_pool, migrate
 from services.common.storage.locks import lock_keys
 from services.ressources import store as store_module
@@ -137,76 +140,82 @@ async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk
         assert await open_alerts(pipeline.pool) == set(codes)
 
 
-async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_alert_once(kafka, settings, one_part):
+@dataclasses.dataclass
+class FanOut:
+    codes: list[str]
+    settings: RessourcesSettings
+    pipeline: Pipeline
+    alerts: TopicReader
+
+
+@asynccontextmanager
+async def fan_out_requested(kafka, settings, chunk: int) -> AsyncIterator[FanOut]:
+    """1,000 établissements subscribed, the resource published and its fan-out requested, the
+    service not evaluating it (the test does, with workers of its own). Then the service is
+    restarted: its workers finish the fan-out, each alert raised once."""
     codes = uais(1000)
     old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
-    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 200})
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": chunk})
     bootstrap = kafka.bootstrap_servers
     async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
         async with running(MANUAL, settings) as pipeline:
             await seed(pipeline.pool, codes)
             await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
             await eventually(lambda: pending(pipeline.pool), what="the fan-out requested")
-            worker = Reevaluations(pipeline, settings)
-            for _ in range(3):
-                chunk = await worker.step()
-                assert chunk is not None and (chunk.uais, chunk.last) == (200, False)
-            assert await cursor(pipeline.pool) == codes[599]
+            yield FanOut(codes, settings, pipeline, alerts)
 
-            # The fourth chunk is stopped inside its transaction (it waits for a UAI this test holds).
-            async with pipeline.pool.acquire() as conn, conn.transaction():
-                await lock_keys(conn, "uai", [codes[700]])
-                fourth = asyncio.create_task(worker.step())
-                await eventually(lambda: lock_waiters(conn), what="the chunk waiting for the UAI")
-                fourth.cancel()
-                await asyncio.gather(fourth, return_exceptions=True)
-            assert await cursor(pipeline.pool) == codes[599], "nothing of the stopped chunk was kept"
-            await alerts.wait_for(lambda _: len(raised(alerts)) == 300, what="the first three chunks' alerts")
-
-        # Restarted, the service's own worker resumes at the cursor.
         async with running(SPEC, settings) as pipeline:
             await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="every raise")
             await eventually(lambda: done(pipeline.pool), what="the fan-out done")
             assert await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
     assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
+
+
+async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_alert_once(kafka, settings, one_part):
+    async with fan_out_requested(kafka, settings, 200) as f:
+        pool, codes = f.pipeline.pool, f.codes
+        worker = Reevaluations(f.pipeline, f.settings)
+        for _ in range(3):
+            chunk = await worker.step()
+            assert chunk is not None and (chunk.uais, chunk.last) == (200, False)
+        assert await cursor(pool) == codes[599]
+
+        # The fourth chunk is stopped inside its transaction (it waits for a UAI this test holds).
+        async with pool.acquire() as conn, conn.transaction():
+            await lock_keys(conn, "uai", [codes[700]])
+            fourth = asyncio.create_task(worker.step())
+            await eventually(lambda: lock_waiters(conn), what="the chunk waiting for the UAI")
+            fourth.cancel()
+            await asyncio.gather(fourth, return_exceptions=True)
+        assert await cursor(pool) == codes[599], "nothing of the stopped chunk was kept"
+        await f.alerts.wait_for(lambda _: len(raised(f.alerts)) == 300, what="the first three chunks' alerts")
+        # Leaving: restarted, the service's own worker resumes at the cursor.
 
 
 async def test_two_workers_evaluate_two_parts_of_one_fan_out_at_once_and_each_resumes_at_its_cursor(kafka, settings):
-    codes = uais(1000)
-    old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
-    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 100})
-    bootstrap = kafka.bootstrap_servers
-    async with TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        async with running(MANUAL, settings) as pipeline:
-            await seed(pipeline.pool, codes)
-            await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
-            await eventually(lambda: pending(pipeline.pool), what="the fan-out requested")
-            parts = await pipeline.pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
-            assert [tuple(p) for p in parts] == [(0, "", codes[499]), (1, codes[499], None)], "two parts of 500"
+    async with fan_out_requested(kafka, settings, 100) as f:
+        pool, codes = f.pipeline.pool, f.codes
+        parts = await pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
+        assert [tuple(p) for p in parts] == [(0, "", codes[499]), (1, codes[499], None)], "two parts of 500"
 
-            # The first worker takes part 0 and waits inside its first chunk for a UAI this test
-            # holds; meanwhile the second takes part 1 and goes on.
-            first, second = Reevaluations(pipeline, settings), Reevaluations(pipeline, settings)
-            async with pipeline.pool.acquire() as conn, conn.transaction():
-                await lock_keys(conn, "uai", [codes[20]])
-                held = asyncio.create_task(first.step())
-                await eventually(lambda: lock_waiters(conn), what="part 0's chunk waiting for the UAI")
-                for _ in range(2):
-                    chunk = await second.step()
-                    assert chunk is not None and (chunk.part, chunk.uais, chunk.last) == (1, 100, False)
-                assert (await cursor(pipeline.pool, 0), await cursor(pipeline.pool, 1)) == ("", codes[699])
-                held.cancel()  # part 0 stopped inside its chunk
-                await asyncio.gather(held, return_exceptions=True)
-            assert await cursor(pipeline.pool, 0) == "", "nothing of the stopped chunk was kept"
-            await alerts.wait_for(lambda _: len(raised(alerts)) == 100, what="part 1's two chunks' alerts")
-            assert set(raised(alerts)) == set(old[250:350])
-
-        # Restarted, the service's workers finish both parts, each at its cursor.
-        async with running(SPEC, settings) as pipeline:
-            await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="every raise")
-            await eventually(lambda: done(pipeline.pool), what="the fan-out done")
-            assert await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
-    assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
+        # The first worker takes part 0 and waits inside its first chunk for a UAI this test
+        # holds; meanwhile the second takes part 1 and goes on.
+        first, second = Reevaluations(f.pipeline, f.settings), Reevaluations(f.pipeline, f.settings)
+        async with pool.acquire() as conn, conn.transaction():
+            await lock_keys(conn, "uai", [codes[20]])
+            held = asyncio.create_task(first.step())
+            await eventually(lambda: lock_waiters(conn), what="part 0's chunk waiting for the UAI")
+            for _ in range(2):
+                chunk = await second.step()
+                assert chunk is not None and (chunk.part, chunk.uais, chunk.last) == (1, 100, False)
+            assert (await cursor(pool, 0), await cursor(pool, 1)) == ("", codes[699])
+            held.cancel()  # part 0 stopped inside its chunk
+            await asyncio.gather(held, return_exceptions=True)
+        assert await cursor(pool, 0) == "", "nothing of the stopped chunk was kept"
+        old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+        await f.alerts.wait_for(lambda _: len(raised(f.alerts)) == 100, what="part 1's two chunks' alerts")
+        assert set(raised(f.alerts)) == set(old[250:350])
+        # Leaving: restarted, the service's workers finish both parts, each at its cursor.
 
 
 async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluation(kafka, settings, one_part):
