@@ -72,7 +72,7 @@ class Store(Protocol):
 
     async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]: ...
 
-    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int: ...
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None: ...
 
     async def reevaluations_pending(self) -> int: ...
 
@@ -125,13 +125,13 @@ def _changed_for_the_rules(winners: Iterable[CloudEvent], before: dict[str, dict
 @dataclass(frozen=True)
 class Chunk:
     """One chunk of a re-evaluation, done: its resource (EVERY_RESOURCE: all) and part, its UAIs,
-    whether it was the part's last, how many parts of the resource are left."""
+    whether it was the part's last, and then how many other parts of the resource were left."""
 
     resource_id: str
     part: int
     uais: int
     last: bool
-    parts_left: int
+    parts_left: int | None
     outgoing: list[Outgoing]
 
 

@@ -276,21 +276,23 @@ class RessourcesStore:
         )
         return [r["uai"] for r in rows]
 
-    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int:
-        """The part's pairs up to `after_uai` are done; None: all of them, the part is over.
-        Returns how many parts of the resource are left, this one included while not over."""
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
+        """The part's pairs up to `after_uai` are done; None: all of them, the part is over, and
+        then how many other parts of its resource are left (in the same statement)."""
         if after_uai is None:
-            await self._conn.execute(
-                "DELETE FROM reevaluations WHERE resource_id = $1 AND part = $2", part.resource_id, part.part
-            )
-        else:
-            await self._conn.execute(
-                "UPDATE reevaluations SET after_uai = $3 WHERE resource_id = $1 AND part = $2",
+            return await self._conn.fetchval(
+                "WITH gone AS (DELETE FROM reevaluations WHERE resource_id = $1 AND part = $2) "
+                "SELECT count(*) FROM reevaluations WHERE resource_id = $1 AND part <> $2",
                 part.resource_id,
                 part.part,
-                after_uai,
             )
-        return await self._conn.fetchval("SELECT count(*) FROM reevaluations WHERE resource_id = $1", part.resource_id)
+        await self._conn.execute(
+            "UPDATE reevaluations SET after_uai = $3 WHERE resource_id = $1 AND part = $2",
+            part.resource_id,
+            part.part,
+            after_uai,
+        )
+        return None
 
     async def reevaluations_pending(self) -> int:
         """How many resources' re-evaluations are waiting or under way (/health can report it)."""

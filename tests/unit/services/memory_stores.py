@@ -224,12 +224,12 @@ class RessourcesMemory:
         inside = (u for u in self._subscribed(part.resource_id) if part.after_uai < u and (part.up_to or u) >= u)
         return sorted(inside)[:limit]
 
-    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int:
+    async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
         key = (part.resource_id, part.part)
-        if after_uai is None:
-            del self.reevaluations[key]
-        else:
+        if after_uai is not None:
             self.reevaluations[key] = dataclasses.replace(part, after_uai=after_uai)
+            return None
+        del self.reevaluations[key]
         return sum(rid == part.resource_id for rid, _ in self.reevaluations)
 
     async def reevaluations_pending(self) -> int:
