@@ -8,7 +8,8 @@
   replica; and the share of transaction time spent waiting on a lock (rows, advisory) (replicas.py);
 - latency: ingress -> alert p50/p99/max at each of --rates for --duration seconds, against a
   plain record's produce -> consume latency at the same rate; whether the platform keeps up;
-  first, up to --warm-up seconds of the same traffic until the broker's JIT has settled (latency.py);
+  first, up to --warm-up seconds of the same traffic until the broker's JIT has settled, and at
+  each rate --ramp seconds of it before the measure, reported apart (latency.py);
 - national: --etablissements subscriptions -> last alert, a stricter republication -> last
   alert (a no-change one as its baseline), and each service's peak RSS (national.py);
 - passerelle: --events lots posted over HTTP in batches of 1,000 (--clients requests in
@@ -48,7 +49,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         "ingress": lambda run: ingress.figure(run, args.services, args.events),
         "replicas": lambda run: replicas.figure(run, args.replica_service, args.events, args.replicas),
         "latency": lambda run: latency.figure(
-            run, args.rates, args.duration, args.uais, args.drain_timeout, args.warm_up
+            run, args.rates, args.duration, args.uais, args.drain_timeout, args.warm_up, args.ramp
         ),
         "national": lambda run: national.figure(run, args.etablissements),
         "passerelle": lambda run: passerelle.figure(run, args.events, args.clients),
@@ -91,6 +92,12 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, help="replicas: how many in the group (vs one)")
     parser.add_argument("--rates", type=int, nargs="+", default=[200, 1000, 2000], help="latency: events per second")
     parser.add_argument("--duration", type=float, default=20, help="latency: seconds of sending at each rate")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=5,
+        help="latency: seconds of traffic at each rate before the measure, on its stage, reported apart (0: none)",
+    )
     parser.add_argument("--uais", type=int, default=5000, help="latency: collèges flipped in turn")
     parser.add_argument(
         "--drain-timeout",

@@ -11,6 +11,10 @@ lot caused each alert.
 A lot's latency is from the moment it was sent to the first alert of its collège caused by
 it or by a later lot of that collège: when two flips of one collège meet in one batch (a
 backlog longer than U / rate seconds), the second's alert is the platform's answer to both.
+The measure starts after a ramp-up: the same traffic for `ramp` seconds, whose lots are
+reported apart. A freshly started platform's first alerts wait longer (up to about a second:
+the ressources relay's first rounds to the alert topics took 0.3-0.65 s for the broker to
+acknowledge), which is its start, not its steady rate.
 Baseline, on the same broker at the same rate just before: a plain record's produce -> consume
 latency. Keeps up: the backlog (consumer lags, outboxes) is drained within KEEP_UP_SECONDS of
 the producer stopping, and the lots of the last quarter of the run waited at most PACE_GROWTH
@@ -187,15 +191,23 @@ async def warm_up(runtime: Runtime, rate: int, uais: int, limit: float, drain: f
 
 
 async def platform(
-    stage: Stage, procs: ServiceProcesses, etabs: list[Etablissement], rate: int, duration: float, drain: float
-) -> Latencies:
+    stage: Stage,
+    procs: ServiceProcesses,
+    etabs: list[Etablissement],
+    rate: int,
+    duration: float,
+    drain: float,
+    ramp: float,
+) -> tuple[Latencies, Latencies]:
+    """The lots of the first `ramp` seconds (the ramp-up), then those of the `duration` seconds
+    after them (the measure), all sent at `rate` in one go."""
     flip, n = flips(stage, etabs), len(etabs)
     async with (
         Tail(stage, stage.topic(c.ALERTES)) as tail,
         Tail(stage, stage.topic(PROFILS)) as profiles,
         Observer(stage) as observer,
     ):
-        sent, achieved = await paced(stage.bootstrap, rate, duration, flip)
+        sent, achieved = await paced(stage.bootstrap, rate, ramp + duration, flip)
         try:
             drained_after: float | None = await observer.wait_drained(procs, drain)
         except TimeoutError:
@@ -216,24 +228,27 @@ async def platform(
             f"none of the {len(tail.records):,} alerts carries the trace context of a lot sent: the bench "
             "matches alerts to lots by it (traceparent header, README: Tracing)"
         )
-    result = Latencies([], len(sent), achieved, drained_after=drained_after)
+    measured_from = round(ramp * rate)  # the first lot of the measure
+    result = Latencies([], len(sent) - measured_from, achieved, drained_after=drained_after)
+    ramp_up = Latencies([], measured_from, achieved, drained_after=drained_after)
     for first in range(n):
         alerts = iter(sorted(answers[first]))
         answer = next(alerts, None)
         for i in range(first, len(sent), n):  # this collège's lots, in order
             while answer is not None and answer[0] < i:
                 answer = next(alerts, None)
+            part, index = (result, i - measured_from) if i >= measured_from else (ramp_up, i)
             if answer is None:
-                result.unanswered += 1
+                part.unanswered += 1
                 if drained_after is None:
-                    result.seconds.append(math.inf)  # still in the backlog: later than anything measured
+                    part.seconds.append(math.inf)  # still in the backlog: later than anything measured
                 continue
-            result.own_alerts += answer[0] == i
-            result.seconds.append(answer[1] - sent[i])
-            result.by_lot.append((i, answer[1] - sent[i]))
+            part.own_alerts += answer[0] == i
+            part.seconds.append(answer[1] - sent[i])
+            part.by_lot.append((index, answer[1] - sent[i]))
             if answer[0] == i and i in profiled:
-                result.hops.append((profiled[i] - sent[i], answer[1] - profiled[i]))
-    return result
+                part.hops.append((profiled[i] - sent[i], answer[1] - profiled[i]))
+    return ramp_up, result
 
 
 def _cause(record) -> int:
@@ -243,9 +258,12 @@ def _cause(record) -> int:
 
 
 async def figure(
-    runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float, warm: float
+    runtime: Runtime, rates: list[int], duration: float, uais: int, drain: float, warm: float, ramp: float
 ) -> list[Row]:
-    print(f"\n== latency: ingress -> alert, {duration:g} s at each rate, {uais:,} collèges flipped in turn")
+    print(
+        f"\n== latency: ingress -> alert, {duration:g} s at each rate after {ramp:g} s of ramp-up, "
+        f"{uais:,} collèges flipped in turn"
+    )
     await warm_up(runtime, rates[0], uais, warm, drain)
     rows = []
     for rate in rates:
@@ -254,7 +272,7 @@ async def figure(
             etabs = await prepare(stage, procs, uais)
             baseline = await plain(stage, rate, duration)
             jit = _jit_share(runtime)
-            measured = await platform(stage, procs, etabs, rate, duration, drain)
+            ramp_up, measured = await platform(stage, procs, etabs, rate, duration, drain, ramp)
             jit = jit()
         drained = "not drained" if measured.drained_after is None else f"drained {measured.drained_after:.1f} s after"
         print(f"  {rate:5,} ev/s  plain record   {baseline.describe()}   ({baseline.achieved_rate:,.0f} ev/s sent)")
@@ -262,6 +280,8 @@ async def figure(
               f"{measured.own_alerts:,} of {measured.sent:,} lots had their own alert, {measured.unanswered:,} none; "
               f"backlog {drained})")  # fmt: skip
         print(f"  {rate:5,} ev/s  where: {measured.hops_described()}; the broker's JIT compilers {jit:.0%} of a core")
+        if ramp_up.sent:
+            print(f"  {rate:5,} ev/s  ramp-up, not in the figure: {ramp_up.describe()}; {ramp_up.hops_described()}")
         first, last = measured.trend()
         print(f"  {rate:5,} ev/s  over the run: p50 of the first quarter of lots {_ms(first)}, of the last {_ms(last)}")
         p99, base = percentile(measured.seconds, 0.99), percentile(baseline.seconds, 0.99)
