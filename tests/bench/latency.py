@@ -18,11 +18,13 @@ acknowledge), which is its start, not its steady rate.
 Baseline, on the same broker at the same rate just before: a plain record's produce -> consume
 latency. Keeps up: the backlog (consumer lags, outboxes) is drained within KEEP_UP_SECONDS of
 the producer stopping, and the lots of the last quarter of the run waited at most PACE_GROWTH
-times as long as those of the first (p50): a platform falling behind drains a short run's
-backlog soon enough, but its latency grows all along. Where the time goes, per lot answered by
-its own alert: from the lot sent to its profile record read on equipement.profils
-(equipement's hop, its relay included), then to its alert read (ressources' hop), each read by
-the bench as a dashboard would.
+times as long as those of the first, or at most PACE_SLACK longer (p50): a platform falling
+behind drains a short run's backlog soon enough, but its latency grows all along, by seconds
+over a run; at tens of milliseconds, two quarters' p50 differ by tens of milliseconds either
+way with the machine's load (35 -> 58 ms, 69 -> 44 ms at 200 ev/s, each run draining in 0.7 s).
+Where the time goes, per lot answered by its own alert: from the lot sent to its profile record
+read on equipement.profils (equipement's hop, its relay included), then to its alert read
+(ressources' hop), each read by the bench as a dashboard would.
 """
 
 import asyncio
@@ -52,7 +54,8 @@ SEED = 8
 PLAIN = TopicSpec("bench.plain", 6)
 P99_TARGETS = {200: 0.150, 1000: 0.500}  # seconds; at other rates the target is to keep up
 KEEP_UP_SECONDS = 5.0
-PACE_GROWTH = 1.5  # keeping up: the last quarter's p50 at most this many times the first's
+PACE_GROWTH = 1.5  # keeping up: the last quarter's p50 at most this many times the first's,
+PACE_SLACK = 0.100  # or at most this many seconds longer
 WARM_UP_ROUND = 10.0  # seconds of traffic between two looks at the broker's JIT compilers
 JIT_SETTLED = 0.05  # of a core: below it over a round, the compilers are done with this traffic
 SETUP_TIMEOUT = 600
@@ -286,11 +289,14 @@ async def figure(
         print(f"  {rate:5,} ev/s  over the run: p50 of the first quarter of lots {_ms(first)}, of the last {_ms(last)}")
         p99, base = percentile(measured.seconds, 0.99), percentile(baseline.seconds, 0.99)
         drains = measured.drained_after is not None and measured.drained_after <= KEEP_UP_SECONDS
-        keeps_up = drains and last <= PACE_GROWTH * first
+        keeps_up = drains and (last <= PACE_GROWTH * first or last - first <= PACE_SLACK)
         if rate in P99_TARGETS:
             target, ok = f"<= {P99_TARGETS[rate] * 1000:.0f} ms, keeps up", keeps_up and p99 <= P99_TARGETS[rate]
         else:
-            target = f"keeps up (drained <= {KEEP_UP_SECONDS:g} s, p50 at most x{PACE_GROWTH:g} over the run)"
+            target = (
+                f"keeps up (drained <= {KEEP_UP_SECONDS:g} s, p50 at most x{PACE_GROWTH:g} "
+                f"or +{PACE_SLACK * 1000:.0f} ms over the run)"
+            )
             ok = keeps_up
         rows.append(
             Row(
