@@ -77,18 +77,6 @@ class Outgoing(Generic[E]):
         return self.value if self.value is not None else self.event.to_bytes()
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A batch of records as `Pipeline.prepare` leaves it: each parsed event with its record,
-    the records the contract refuses, the trace links of the batch's span."""
-
-    records: Sequence[ConsumerRecord]
-    parsed: list[tuple[CloudEvent, ConsumerRecord]]
-    rejected: list[dlq.Rejection]
-    links: list[trace.Link]
-    parse_seconds: float
-
-
 @dataclass
 class Applied:
     stale: list[CloudEvent] = field(default_factory=list)
@@ -103,8 +91,6 @@ state and say what to emit."""
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
-_PARSE_STEP = 50
-"""Records parsed between two turns of the event loop, beside a transaction (`prepare_beside`)."""
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 
 
@@ -132,7 +118,7 @@ class Pipeline:
         self.settings = settings
         self._apply = apply
         self._store = store
-        self._parse_event = parse
+        self._parse = parse
         # One writer per DLQ: a topic several services read (the référentiel) is
         # dead-lettered by its owner only; the others skip what it refuses.
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
@@ -160,28 +146,7 @@ class Pipeline:
             raise RuntimeError(f"{self.service}: the pipeline is not started (no outbox relay yet)")
         return self._relay
 
-    def prepare(self, records: Sequence[ConsumerRecord]) -> "Prepared":
-        """A batch parsed and validated against the contract (CPU only: no database), ready for
-        `write`."""
-        started = time.monotonic()
-        parsed, rejected = self._parse(records)
-        return self._prepared(records, parsed, rejected, time.monotonic() - started)
-
-    async def prepare_beside(self, records: Sequence[ConsumerRecord]) -> "Prepared":
-        """`prepare`, beside a transaction in flight: the event loop is given back every
-        `_PARSE_STEP` records, so the transaction goes on as soon as PostgreSQL answers, and the
-        parsing fills its waits (the consumer prepares the next batch while one is written)."""
-        parsed, rejected, seconds = [], [], 0.0
-        for start in range(0, len(records), _PARSE_STEP):
-            began = time.monotonic()
-            some_parsed, some_rejected = self._parse(records[start : start + _PARSE_STEP])
-            parsed += some_parsed
-            rejected += some_rejected
-            seconds += time.monotonic() - began
-            await asyncio.sleep(0)
-        return self._prepared(records, parsed, rejected, seconds)
-
-    def _parse(
+    def _parse_all(
         self, records: Sequence[ConsumerRecord]
     ) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
         parsed, rejected = [], []
@@ -189,37 +154,28 @@ class Pipeline:
         for record in records:
             try:
                 topic = self.settings.unprefixed(record.topic)
-                parsed.append((self._parse_event(record.value or b"", topic, not_after=not_after), record))
+                parsed.append((self._parse(record.value or b"", topic, not_after=not_after), record))
             except ContractError as e:
                 rejected.append(dlq.Rejection(record, e.code, e.message))
         return parsed, rejected
 
-    def _prepared(self, records, parsed, rejected, seconds: float) -> "Prepared":
-        links = [link for _, r in parsed if (link := _link(r.headers)) is not None] if tracer_is_recording() else []
-        return Prepared(records, parsed, rejected, links, seconds)
-
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        await self.write(self.prepare(records))
-
-    async def write(self, batch: "Prepared") -> None:
-        """A prepared batch's one transaction (retried on a conflict between replicas); a record
-        PostgreSQL refuses is isolated and dead-lettered alone. Raises when the batch cannot be
-        written (the database is away): it must be redelivered."""
-        started = time.monotonic() - batch.parse_seconds
-        records = batch.records
+        started = time.monotonic()
+        parsed, rejected = self._parse_all(records)
         # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
         # to each record's trace context; an outgoing record continues its cause's trace.
+        links = [_link(r.headers) for _, r in parsed] if tracer_is_recording() else []
         with tracer.start_as_current_span(
             f"process {self.service}",
             kind=trace.SpanKind.CONSUMER,
-            links=batch.links,
+            links=[link for link in links if link is not None],
             attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
             record_exception=False,
         ) as span:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
                     # The rights add refusals to `rejected`: each attempt starts from the parser's.
-                    outgoing = await self._transaction(batch.parsed, list(batch.rejected), span, started)
+                    outgoing = await self._transaction(parsed, list(rejected), span, started)
                     break
                 except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
                     if attempt == _ATTEMPTS:
@@ -233,9 +189,9 @@ class Pipeline:
                 except Exception as exc:
                     span.record_exception(exc)
                     log.exception("batch.failed", records=len(records))
-                    await asyncio.sleep(1)  # redelivered (the consumer rewinds): do not spin on a broken database
+                    await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
-        if outgoing or batch.rejected:
+        if outgoing or rejected:
             self.relay.wake()
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
-from services.common.pipeline import Pipeline, Prepared
+from services.common.pipeline import Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
@@ -193,57 +194,10 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
     commits = OffsetCommits()
 
     @subscriber
-    async def consume(records: list) -> None:
-        await _handle_while_buffered(pipeline, subscriber, records, commits)
-
-
-async def _handle_while_buffered(
-    pipeline: Pipeline, subscriber: Any, records: Sequence[ConsumerRecord], commits: OffsetCommits
-) -> None:
-    """`records`, then each batch the consumer has already buffered, one transaction at a time,
-    each batch parsed and validated while the one before it is written.
-
-    A batch's transaction spends much of its time waiting for PostgreSQL; the parsing of the
-    next batch fills that wait. Transactions stay one at a time and in order, so each commits
-    the partitions' positions after the one before it. Once no batch is buffered (or the
-    subscriber stops), FastStream's loop takes over again (it waits for records, `_top_up`).
-    A transaction that fails rewinds each partition of the batches taken and not written to its
-    earliest record, and raises: those batches come again, none is skipped."""
-    consumer = subscriber.consumer
-    batch: Prepared | None = pipeline.prepare(records)
-    while batch is not None:
-        writing = asyncio.ensure_future(pipeline.write(batch))
-        following: Prepared | None = None
+    async def consume(records: list, message: KafkaMessage) -> None:
         try:
-            if subscriber.running:
-                taken = await _buffered(consumer, subscriber.max_records)
-                following = await pipeline.prepare_beside(taken) if taken else None
-            await writing
+            await pipeline.handle(records)
         except BaseException:
-            if not writing.done():
-                writing.cancel()  # its transaction rolls back
-                await asyncio.wait([writing])
-            _rewind(consumer, [*batch.records, *(following.records if following else ())])
+            await message.nack()  # back to the batch's first offsets: redelivered, never skipped
             raise
-        commits.follow(consumer, batch.records)
-        batch = following
-
-
-async def _buffered(consumer: AIOKafkaConsumer, max_records: int) -> tuple[ConsumerRecord, ...]:
-    """The records the consumer has fetched already, without waiting for more."""
-    try:
-        got = await consumer.getmany(timeout_ms=0, max_records=max_records)
-    except Exception as exc:  # aiokafka raises before taking anything: the next poll meets it again
-        log.info("consumer.prefetch_failed", error=type(exc).__name__)
-        return ()
-    return tuple(r for records in got.values() for r in records)
-
-
-def _rewind(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
-    """Each partition of `records` back to its earliest one (FastStream's nack, for several batches)."""
-    earliest: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        earliest[tp] = min(earliest.get(tp, r.offset), r.offset)
-    for tp, offset in earliest.items():
-        consumer.seek(tp, offset)
+        commits.follow(subscriber.consumer, records)

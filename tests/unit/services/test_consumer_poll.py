@@ -2,13 +2,9 @@
 aiokafka had buffered are topped up with what the next fetch brings, in each partition's order;
 records it waited for are not; a top-up that fails hands over the records taken all the same.
 Its offset commits (consumer.OffsetCommits): one in flight, the next with the latest offsets of
-what was handled meanwhile, and the consumer stops only once they are done. Its loop over
-what is buffered (consumer._handle_while_buffered): batches written one at a time, in order,
-until none is left or the subscriber stops; a write that fails or is cancelled rewinds every
-partition of the batches taken and not written."""
+what was handled meanwhile, and the consumer stops only once they are done."""
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
@@ -114,94 +110,3 @@ async def test_offsets_of_batches_handled_meanwhile_go_in_the_next_commit_and_st
         ("commit", {TP0: 8, TP1: 11}),
         ("stop",),
     ]
-
-
-class Writing:
-    """A pipeline whose `prepare` keeps the records and whose `write` records them, waiting for
-    `release` when `held` (then `writing` is set), or raising `failure`."""
-
-    def __init__(self, *, held=False, failure=None):
-        self.written, self.held, self.failure = [], held, failure
-        self.writing, self.release, self.cancelled = asyncio.Event(), asyncio.Event(), False
-
-    def prepare(self, records):
-        return SimpleNamespace(records=tuple(records))
-
-    async def prepare_beside(self, records):
-        return self.prepare(records)
-
-    async def write(self, batch):
-        self.writing.set()
-        try:
-            if self.held:
-                await self.release.wait()
-        except asyncio.CancelledError:
-            self.cancelled = True  # its transaction rolls back
-            raise
-        if self.failure:
-            raise self.failure
-        self.written.append([(r.partition, r.offset) for r in batch.records])
-
-
-class Seeking(Scripted):
-    """A scripted consumer that records its seeks."""
-
-    def __init__(self, *answers):
-        super().__init__(*answers)
-        self.seeks = {}
-
-    def seek(self, tp, offset):
-        self.seeks[tp] = offset
-
-
-def subscriber(kafka, running=True):
-    return SimpleNamespace(consumer=kafka, running=running, max_records=500)
-
-
-class Following:
-    def __init__(self):
-        self.followed = []
-
-    def follow(self, kafka, records):
-        self.followed.append([(r.partition, r.offset) for r in records])
-
-
-async def test_buffered_batches_are_written_in_order_until_none_is_left():
-    kafka, pipeline, commits = Seeking({TP1: [record(1, 3)]}, {TP0: [record(0, 8)]}, {}), Writing(), Following()
-    await consumer._handle_while_buffered(pipeline, subscriber(kafka), [record(0, 7)], commits)
-    assert pipeline.written == [[(0, 7)], [(1, 3)], [(0, 8)]]
-    assert commits.followed == pipeline.written, "each batch's offsets follow once it is written"
-    assert kafka.calls == [(0, 500)] * 3, "no wait for records: only what is buffered"
-
-
-async def test_a_stopping_subscriber_takes_no_further_batch():
-    kafka, pipeline = Seeking({TP1: [record(1, 3)]}), Writing()
-    await consumer._handle_while_buffered(pipeline, subscriber(kafka, running=False), [record(0, 7)], Following())
-    assert pipeline.written == [[(0, 7)]] and kafka.calls == []
-
-
-async def test_a_failed_write_rewinds_every_partition_of_the_batches_taken_and_not_written():
-    kafka = Seeking({TP0: [record(0, 9)], TP1: [record(1, 3), record(1, 4)]})
-    pipeline, commits = Writing(failure=RuntimeError("the database went away")), Following()
-    with pytest.raises(RuntimeError):
-        await consumer._handle_while_buffered(pipeline, subscriber(kafka), [record(0, 7), record(0, 8)], commits)
-    assert kafka.seeks == {TP0: 7, TP1: 3}
-    assert commits.followed == []
-
-
-async def test_a_cancelled_consumer_rolls_its_write_back_and_rewinds():
-    kafka, pipeline = Seeking({}), Writing(held=True)
-    handling = asyncio.create_task(
-        consumer._handle_while_buffered(pipeline, subscriber(kafka), [record(0, 7)], Following())
-    )
-    await asyncio.wait_for(pipeline.writing.wait(), 5)
-    handling.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await handling
-    assert pipeline.cancelled and kafka.seeks == {TP0: 7}
-
-
-async def test_a_failed_look_for_buffered_records_still_writes_the_batch():
-    kafka, pipeline = Seeking(KafkaConnectionError()), Writing()
-    await consumer._handle_while_buffered(pipeline, subscriber(kafka), [record(0, 7)], Following())
-    assert pipeline.written == [[(0, 7)]] and kafka.seeks == {}
