@@ -19,6 +19,13 @@ from services.common.runtime.startup import StartupFailed
 from services.common.storage import retention
 from services.common.storage.db import POOL_SIZE, create_pool, migrate
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds once the service runs (Python's are 700, 10, 10). A batch
+allocates tens of thousands of short-lived containers (parsed events, models, rows) that
+reference counting frees; at 700 the collector ran every dozen records or so, and walked what a batch
+holds each time. Measured with `./dev bench ingress national` (issue 8): ingress 3-5% faster,
+ressources 5% less CPU on the national fan-out, the same peak RSS."""
+
 log = structlog.get_logger(__name__)
 
 CATCH_UP_PENDING = "rattrapage_en_attente"
@@ -62,6 +69,7 @@ class Lifecycle:
         # hundreds of events trigger them often (a third of the CPU per event, issue 8).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         pipeline.relay.start()
         if spec.on_start is not None:
             self._spawn(spec.on_start(pipeline, settings), f"{spec.name}-on-start")
