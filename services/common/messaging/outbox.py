@@ -16,19 +16,18 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
 from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.partitioner import partition_for
 from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 
 # Errors no retry will fix: the record is set aside (outbox_failed) so the rest goes on.
 _UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
-_PARTITIONER = DefaultPartitioner()  # Kafka's: a key's murmur2 over the topic's partitions
 
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -68,13 +67,17 @@ def load_headers(text: str) -> Headers:
 
 
 async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
-    """Appends `records` to the outbox in their order (one COPY: `seq` follows the rows)."""
+    """Appends `records` to the outbox in their order (one COPY: `seq` follows the rows). The
+    records of one cause share their headers (pipeline.Pipeline._records): dumped once."""
     if records:
-        await conn.copy_records_to_table(
-            "outbox",
-            columns=("topic", "key", "value", "headers"),
-            records=[(r.topic, r.key, r.value, dump_headers(r.headers)) for r in records],
-        )
+        dumped: dict[int, str] = {}
+        rows = []
+        for r in records:
+            headers = dumped.get(id(r.headers))
+            if headers is None:
+                headers = dumped[id(r.headers)] = dump_headers(r.headers)
+            rows.append((r.topic, r.key, r.value, headers))
+        await conn.copy_records_to_table("outbox", columns=("topic", "key", "value", "headers"), records=rows)
 
 
 # Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
@@ -258,8 +261,12 @@ class OutboxRelay:
         partitions: dict[str, list[int]] = {}
         filling: dict[tuple[str, int], _Batch] = {}
         batches: list[_Batch] = []
+        loaded: dict[str, list[tuple[str, bytes | None]]] = {}  # a round's records share a few headers
         for i, row in enumerate(rows):
-            topic, key, value, headers = row["topic"], row["key"], row["value"], list(load_headers(row["headers"]))
+            topic, key, value = row["topic"], row["key"], row["value"]
+            headers = loaded.get(row["headers"])
+            if headers is None:
+                headers = loaded[row["headers"]] = list(load_headers(row["headers"]))
             try:
                 _check_size(key, value, headers)
                 if topic not in partitions:
@@ -267,7 +274,7 @@ class OutboxRelay:
             except _UNPUBLISHABLE as exc:  # refused before sending
                 errors[i] = exc
                 continue
-            partition = _PARTITIONER(key, partitions[topic], partitions[topic])
+            partition = partition_for(key, partitions[topic])
             batch = filling.get((topic, partition))
             if batch is None or not batch.add(i, key, value, headers):
                 batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())

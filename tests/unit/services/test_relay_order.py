@@ -46,7 +46,7 @@ class Producer:
 
 
 async def test_a_failed_batch_fails_the_later_ones_of_its_partition(monkeypatch):
-    monkeypatch.setattr(outbox, "_PARTITIONER", lambda key, every, available: int(key))  # key b"0": partition 0
+    monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key))  # key b"0": partition 0
     relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
     relay._producer = producer = Producer()
     keys = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
