@@ -22,9 +22,9 @@ from services.common.storage.db import POOL_SIZE, create_pool, migrate
 GC_THRESHOLDS = (50_000, 20, 100)
 """The cyclic collector's thresholds once the service runs (Python's are 700, 10, 10). A batch
 allocates tens of thousands of short-lived containers (parsed events, models, rows) that
-reference counting frees; at 700 the collector ran every dozen records or so, and walked what a batch
-holds each time. Measured with `./dev bench ingress national` (issue 8): ingress 3-5% faster,
-ressources 5% less CPU on the national fan-out, the same peak RSS."""
+reference counting frees; at 700 the collector ran every dozen records or so, and walked what
+a batch holds each time. Measured with `./dev bench ingress national` (issue 8): ingress 3-5%
+faster, ressources 5% less CPU on the national fan-out, the same peak RSS."""
 
 log = structlog.get_logger(__name__)
 
