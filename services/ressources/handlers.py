@@ -18,11 +18,11 @@ import structlog
 
 import contracts as c
 from contracts import AlerteLevee, AlerteResolue, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
-from contracts.internal import INTERNAL_PAYLOADS, CouvertureFormation, ProfilEquipement
+from contracts.internal import INTERNAL_PAYLOADS
 from services.common.pipeline import TOMBSTONE, Applied, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Held, event_id, transitions
-from services.ressources.rules import Seuils, evaluate, is_evaluated, read_by_rules
+from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
@@ -52,9 +52,7 @@ class Store(Protocol):
 
     async def load_ressources(self, ids: set[str]) -> dict[str, RessourcePubliee]: ...
 
-    async def load_entrees(
-        self, uais: list[str]
-    ) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]: ...
+    async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]: ...
 
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]: ...
 
@@ -238,7 +236,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
     ressources = await store.load_ressources({p.resource_id for p in pairs})
-    profils, couvertures = await store.load_entrees(pair_uais)
+    profils, couvertures = await store.load_inputs(pair_uais)
     held_alerts = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
     now = datetime.now(UTC)
     rows, outgoing = [], []

@@ -21,11 +21,11 @@ import functools
 import operator
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from contracts import (
     CRCN_LEVELS,
@@ -334,25 +334,95 @@ class _Requirements:
         return met
 
 
-class _Fleet:
-    """A profile's lots as the rules read them."""
+class LotRef(NamedTuple):
+    """What the rules read of a computing lot besides its software: its reasons name it."""
 
-    __slots__ = ("computing", "configurations", "devices", "units")
+    lot_id: str
+    kind: str
+    quantity: int
 
-    def __init__(self, profil: ProfilEquipement | None) -> None:
-        lots = profil.lots if profil else []
-        self.computing = [lot for lot in lots if lot.os is not None and lot.quantity > 0]
+
+class Fleet:
+    """A profile's lots and link as the rules read them. Built from the model
+    (`Fleet.of`), or from the profile ressources assembles in SQL as plain JSON values
+    (`Fleet.from_values`): a re-evaluation reads thousands of profiles this service assembled
+    from records it validated, and validating each again as a model cost more than the rules."""
+
+    __slots__ = ("computing", "configurations", "devices", "link", "units")
+
+    def __init__(
+        self, lots: Iterable[tuple[str, int, ConfigKey | None, LotRef]], link: tuple[float, bool] | None
+    ) -> None:
+        """`lots`: each lot's kind, quantity, software (its ConfigKey; None: no OS) and reference."""
+        self.computing: list[LotRef] = []
         """Lots with an OS and a quantity; `configurations[i]` is the software of `computing[i]`."""
-        self.configurations = [_configuration(_config_key(lot)) for lot in self.computing]
-        self.devices = sum(lot.quantity for lot in self.computing)
+        self.configurations: list[_Configuration] = []
+        self.devices = 0
         self.units: dict[str, int] = {}
         """Folded kind -> units over all lots."""
-        for lot in lots:
-            kind = _fold_kind(lot.kind)
-            self.units[kind] = self.units.get(kind, 0) + lot.quantity
+        self.link = link
+        """(bandwidth in Mbit/s, ENT reachable) when the link is declared."""
+        for kind, quantity, key, ref in lots:
+            folded = _fold_kind(kind)
+            self.units[folded] = self.units.get(folded, 0) + quantity
+            if key is not None and quantity > 0:
+                self.computing.append(ref)
+                self.configurations.append(_configuration(key))
+                self.devices += quantity
+
+    @classmethod
+    def of(cls, profil: ProfilEquipement) -> "Fleet":
+        link = profil.connectivite
+        return cls(
+            (
+                (
+                    lot.kind,
+                    lot.quantity,
+                    None if lot.os is None else _config_key(lot),
+                    LotRef(lot.lot_id, lot.kind, lot.quantity),
+                )
+                for lot in profil.lots
+            ),
+            None if link is None else (link.bandwidth_mbps, link.ent),
+        )
+
+    @classmethod
+    def from_values(cls, profil: Mapping[str, Any]) -> "Fleet":
+        """From a profile as views.PROFIL_SQL assembles it, decoded (trusted: not validated)."""
+        link = profil["connectivite"]
+        return cls(
+            (
+                (
+                    lot["kind"],
+                    lot["quantity"],
+                    None if (os := lot.get("os")) is None else _values_key(os, lot.get("browsers") or ()),
+                    LotRef(lot["lot_id"], lot["kind"], lot["quantity"]),
+                )
+                for lot in profil["lots"]
+            ),
+            None if link is None else (link["bandwidth_mbps"], link["ent"]),
+        )
 
 
-_NO_FLEET = _Fleet(None)
+def _values_key(os: Mapping[str, str], browsers: Iterable[Mapping[str, str]]) -> ConfigKey:
+    """_config_key of a lot given as JSON values."""
+    return (os["name"], os["version"], *chain.from_iterable((b["name"], b["version"]) for b in browsers))
+
+
+class Coverage(NamedTuple):
+    """A coverage as the rules read it (CouvertureFormation's fields but the UAI), from the JSON
+    values views.COUVERTURE_SQL assembles, not validated again (see Fleet)."""
+
+    enseignants: int
+    competences: Mapping[str, list[int]]
+    outils: Mapping[str, int]
+
+    @classmethod
+    def from_values(cls, couverture: Mapping[str, Any]) -> "Coverage":
+        return cls(couverture["enseignants"], couverture["competences"], couverture["outils"])
+
+
+_NO_FLEET = Fleet((), None)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -391,7 +461,7 @@ class _ByIdentity(Generic[K, V]):
 _requirements_of: _ByIdentity[RessourcePubliee, _Requirements] = _ByIdentity(
     lambda r: _Requirements(r.requirements), 32
 )
-_fleet_of: _ByIdentity[ProfilEquipement, _Fleet] = _ByIdentity(_Fleet, 16)
+_fleet_of: _ByIdentity[ProfilEquipement, Fleet] = _ByIdentity(Fleet.of, 16)
 
 
 def clear_caches() -> None:
@@ -400,7 +470,7 @@ def clear_caches() -> None:
     _fleet_of.clear()
 
 
-def _render(miss: Miss, lot: LotProfil) -> tuple[str, str]:
+def _render(miss: Miss, lot: LotProfil | LotRef) -> tuple[str, str]:
     code, detail, after = miss
     return code, detail if after is None else f"{detail}{lot.kind} {lot.lot_id}{after}"
 
@@ -412,7 +482,7 @@ def lot_misses(requirements: Sequence[Sequence[Exigence]], lot: LotProfil) -> li
 
 
 def _training(
-    ressource: RessourcePubliee, couverture: CouvertureFormation | None, seuil: float, why: _Why
+    ressource: RessourcePubliee, couverture: CouvertureFormation | Coverage | None, seuil: float, why: _Why
 ) -> float | None:
     training = ressource.training
     if not (training.competences or training.tools) or couverture is None or couverture.enseignants < 1:
@@ -434,11 +504,13 @@ def _training(
 
 def evaluate(
     ressource: RessourcePubliee,
-    profil: ProfilEquipement | None,
-    couverture: CouvertureFormation | None = None,
+    profil: ProfilEquipement | Fleet | None,
+    couverture: CouvertureFormation | Coverage | None = None,
     seuils: Seuils = Seuils(),
 ) -> Evaluation:
-    fleet = _fleet_of(profil) if profil else _NO_FLEET
+    """The pair's evaluation; the profile and the coverage as models or as the rules read them
+    (Fleet, Coverage: what a re-evaluation reads)."""
+    fleet = profil if isinstance(profil, Fleet) else _fleet_of(profil) if profil else _NO_FLEET
     requirements = _requirements_of(ressource)
     devices = fleet.devices
     incompatible, alerts = _Why(), {}
@@ -468,12 +540,12 @@ def evaluate(
         share = _Why()
         share.add("part-compatible", f"{compatible}/{devices} postes compatibles < {seuils.min_compatible_share:.0%}")
         alerts["equipement-partiel"] = share.reasons + incompatible.reasons[: MAX_REASONS - 1]
-    link = profil.connectivite if profil else None
-    if ressource.min_bandwidth_mbps is not None and link and link.bandwidth_mbps < ressource.min_bandwidth_mbps:
+    link = fleet.link
+    if ressource.min_bandwidth_mbps is not None and link and link[0] < ressource.min_bandwidth_mbps:
         alerts["connectivite-insuffisante"] = [
-            _reason("debit", f"{link.bandwidth_mbps:g} Mbit/s < {ressource.min_bandwidth_mbps:g}")
+            _reason("debit", f"{link[0]:g} Mbit/s < {ressource.min_bandwidth_mbps:g}")
         ]
-    if ressource.needs_ent and link and not link.ent:
+    if ressource.needs_ent and link and not link[1]:
         alerts["ent-indisponible"] = [_reason("ent", "l'ENT n'est pas joignable depuis l'établissement")]
     training = _Why()
     coverage = _training(ressource, couverture, seuils.min_training_coverage, training)

@@ -18,7 +18,7 @@ from services.common.storage.entities import store_latest
 from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
 from services.ressources.lifecycle import Held
-from services.ressources.rules import Seuils, read_by_rules
+from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
@@ -172,6 +172,14 @@ class RessourcesStore:
             r["uai"]: views.couverture(r["uai"], r["couverture"]) for r in rows if r["couverture"] is not None
         }
         return profils, couvertures
+
+    async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]:
+        """The profiles and the coverages of these UAIs as the rules read them (load_entrees
+        without the models: what a re-evaluation reads, thousands at a time)."""
+        rows = await self._conn.fetch("SELECT uai, profil, couverture FROM entrees WHERE uai = ANY($1::text[])", uais)
+        fleets = {r["uai"]: views.fleet(r["profil"]) for r in rows if r["profil"] is not None}
+        coverages = {r["uai"]: views.coverage(r["couverture"]) for r in rows if r["couverture"] is not None}
+        return fleets, coverages
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as

@@ -16,6 +16,7 @@ from contracts.internal import (
     LotProfil,
     ProfilEquipement,
 )
+from services.ressources.rules import Coverage, Fleet
 
 Record = tuple[str, str, dict]
 """(event type, uai, the record's data), in the order of their keys."""
@@ -85,3 +86,14 @@ def profil(uai: str, assembled: str) -> ProfilEquipement:
 def couverture(uai: str, assembled: str) -> CouvertureFormation:
     """A UAI's coverage from its COUVERTURE_SQL text."""
     return CouvertureFormation.model_validate({**from_json(assembled), "uai": uai})
+
+
+def fleet(assembled: str) -> Fleet:
+    """A UAI's profile from its PROFIL_SQL text, as the rules read it (not validated: ressources
+    assembled it from records it validated)."""
+    return Fleet.from_values(from_json(assembled))
+
+
+def coverage(assembled: str) -> Coverage:
+    """A UAI's coverage from its COUVERTURE_SQL text, as the rules read it (see `fleet`)."""
+    return Coverage.from_values(from_json(assembled))

@@ -14,6 +14,7 @@ measured in the same run, and the peak RSS of the bench process (PostgreSQL apar
 
 import argparse
 import asyncio
+import gc
 import json
 import resource
 import statistics
@@ -26,6 +27,7 @@ import contracts as c
 import contracts.internal as internal
 from contracts import RessourcePubliee, make_event
 from deploy.local.postgres import LocalPostgres
+from services.common.runtime.lifecycle import GC_THRESHOLDS
 from services.common.runtime.logs import configure_logging
 from services.common.storage.db import create_pool, migrate
 from services.ressources import views
@@ -117,6 +119,9 @@ async def main(n: int, repeat: int, chunk: int) -> None:
         await migrate(pool, "ressources", Path(__file__).resolve().parents[2] / "services" / "ressources")
         async with pool.acquire() as conn:
             await seed(conn, n)
+        gc.collect()  # the collector set as the service sets it once started (lifecycle.Service.run)
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         apply = make_apply(Seuils())
         minute = 0
         rows = {

@@ -297,8 +297,8 @@ class PausedAfterReading(RessourcesStore):
         super().__init__(conn)
         self._read, self._go = read, go
 
-    async def load_entrees(self, uais):
-        entrees = await super().load_entrees(uais)
+    async def load_inputs(self, uais):
+        entrees = await super().load_inputs(uais)
         self._read.set()
         await self._go.wait()
         return entrees

@@ -13,8 +13,6 @@ from contracts.internal import (
     COUVERTURE_OUTIL,
     PROFIL_CONNECTIVITE,
     PROFIL_LOT,
-    CouvertureFormation,
-    ProfilEquipement,
 )
 from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts, latest_wins
@@ -22,7 +20,7 @@ from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
-from services.ressources.rules import Seuils, read_by_rules
+from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
 
@@ -182,10 +180,13 @@ class RessourcesMemory:
         return [(t, uai, e.data.model_dump(mode="json")) for (t, uai, _), e in sorted(self.derived.items())
                 if t in types and uai in uais]  # fmt: skip
 
-    async def load_entrees(self, uais: list[str]) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]:
+    async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]:
+        """As the real store reads them: the assembled profile and coverage as JSON values."""
+        profils = views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
+        couvertures = views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
         return (
-            views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais)),
-            views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais)),
+            {u: Fleet.from_values(p.model_dump(mode="json")) for u, p in profils.items()},
+            {u: Coverage.from_values(c.model_dump(mode="json")) for u, c in couvertures.items()},
         )
 
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:

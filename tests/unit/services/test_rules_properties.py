@@ -2,11 +2,12 @@
 implementation written here straight from the words of CONTRACTS.md ("Alerts", "Payloads")
 and DOMAIN.md's vocabulary list.
 
-Nothing is imported from services/ressources except the function under test, its `Seuils`
-and its reason cap: version comparison and name folding are re-implemented here, so that a
-shared helper bug cannot make both sides agree.
+Nothing is imported from services/ressources except the function under test, its inputs as
+JSON values (Fleet, Coverage), its `Seuils` and its reason cap: version comparison and name
+folding are re-implemented here, so that a shared helper bug cannot make both sides agree.
 """
 
+import json
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from contracts import Competence, Exigence, Formation, Logiciel, OutilRequis, RessourcePubliee
 from contracts.internal import ConnectiviteProfil, CouvertureFormation, LotProfil, ProfilEquipement
-from services.ressources.rules import MAX_REASONS, Seuils, evaluate
+from services.ressources.rules import MAX_REASONS, Coverage, Fleet, Seuils, evaluate
 
 UAI = "0350002M"
 PROPERTY_SETTINGS = settings(
@@ -618,6 +619,18 @@ def with_edges(test):
 @with_edges
 def test_evaluate_agrees_with_the_contract_read_naively(case):
     check(case)
+
+
+@PROPERTY_SETTINGS
+@given(case=cases())
+@with_edges
+def test_the_inputs_read_as_json_values_evaluate_as_the_models(case):
+    """A re-evaluation reads the profile and the coverage as JSON values, without the models
+    (Fleet, Coverage): they give every evaluation the models give."""
+    ressource, profil, couverture, seuils = case
+    fleet = None if profil is None else Fleet.from_values(json.loads(profil.model_dump_json(exclude={"uai"})))
+    coverage = None if couverture is None else Coverage.from_values(json.loads(couverture.model_dump_json()))
+    assert evaluate(ressource, fleet, coverage, seuils) == evaluate(ressource, profil, couverture, seuils)
 
 
 @pytest.mark.parametrize("name", list(EDGES))
