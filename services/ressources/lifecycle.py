@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from contracts import ALERT_KINDS, AlerteLevee, AlerteResolue, Etablissement, Reason
 from services.common.rules.rights import responsable
@@ -52,8 +52,7 @@ class Held:
         return AlerteLevee.model_validate_json(self.stored)
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     kind: str
     held: Held | None
     """The state before; None when this (uai, resource, kind) never had an alert."""

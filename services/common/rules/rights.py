@@ -5,6 +5,7 @@ The declarant is the CloudEvents `source`; a later issue binds it to the authent
 principal, so every rule takes it as a first-class input.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +41,13 @@ def _territory(kind: str, etab: Etablissement) -> str:
 def responsable(etab: Etablissement) -> c.Responsable | None:
     """The collectivité that equips `etab`, as alerts name it: the only one that may declare its equipment."""
     kind = EQUIPEUR.get(etab.type)
-    return None if kind is None else c.Responsable(type=kind, code=_territory(kind, etab))
+    return None if kind is None else _responsable(kind, _territory(kind, etab))
+
+
+@functools.lru_cache(maxsize=4096)
+def _responsable(kind: Collectivite, code: str) -> c.Responsable:
+    """One frozen model per collectivité: every alert of a fan-out names one, a few hundred in all."""
+    return c.Responsable(type=kind, code=code)
 
 
 def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -> Refusal | None:
