@@ -36,11 +36,20 @@ async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> A
     bytes, or a null one, failed the whole batch before our handler saw it. A record is judged
     by its value alone (CONTRACTS.md): FastStream (its logs, the tracing middleware) sees only
     the headers that are text, and the handler gets the records untouched, for the DLQ copy."""
-    message = await default_parser(
-        tuple(dataclasses.replace(r, headers=[(k, v.encode()) for k, v in text_headers(r.headers)]) for r in records)
-    )
+    message = await default_parser(tuple(map(_text_headers_only, records)))
     message.raw_message = records
     return message
+
+
+def _text_headers_only(record: ConsumerRecord) -> ConsumerRecord:
+    """The record itself when every header value is text (nearly always); else a copy without
+    the others. A copy for every record was a tenth of a service's CPU at full speed."""
+    try:
+        for _, value in record.headers:
+            value.decode()  # AttributeError: None
+        return record
+    except (AttributeError, UnicodeDecodeError):
+        return dataclasses.replace(record, headers=[(k, v.encode()) for k, v in text_headers(record.headers)])
 
 
 _AT_ONCE = 0.001
