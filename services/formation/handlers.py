@@ -21,8 +21,6 @@ class Store(Protocol):
 
     published: Published
 
-    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]: ...
-
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts: ...
 
     async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]: ...
@@ -36,8 +34,8 @@ class Store(Protocol):
 
 async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
     declared = [e for e in events if e.type == c.AFFECTATION]
-    before = await store.counted(sorted({e.data.entity_key for e in declared}))
     affectations = await store.store_affectations(declared)
+    before = {key: counted for key, (counted,) in affectations.held.items()}  # whether the teacher counted there
     trainings = [e for e in events if e.type == c.FORMATION_SUIVIE]
     grew = await store.add_trainings(*domain.acquis([e.data for e in trainings]))
     # Replicas: what a teacher counts for is read, and a UAI counted, only once their keys are

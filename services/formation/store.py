@@ -16,21 +16,9 @@ class FormationStore:
         self._conn = conn
         self.published = PgPublished(conn)
 
-    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
-        """Of these (teacher, UAI), those with an affectation: whether the teacher counts there.
-        Their rows stay locked (in key order, as store_affectations then locks them) until the
-        transaction ends, so no other writer changes them in between."""
-        if not pairs:
-            return {}
-        rows = await self._conn.fetch(
-            'SELECT teacher_id, uai, "end" IS NULL AS counted '
-            "FROM json_to_recordset($1::json) AS p(teacher_id text, uai text) "
-            "JOIN affectations a USING (teacher_id, uai) ORDER BY teacher_id, uai FOR UPDATE OF a",
-            json_rows({"teacher_id": t, "uai": u} for t, u in pairs),
-        )
-        return {(r["teacher_id"], r["uai"]): r["counted"] for r in rows}
-
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
+        """`held`: per (teacher, UAI) declared before, whether the teacher counted there (no
+        `end`), as it was before these events."""
         return await store_latest(
             self._conn,
             "affectations",
@@ -38,6 +26,7 @@ class FormationStore:
             {"start": "date", "end": "date"},
             events,
             row_of=lambda e: (e.data.start, e.data.end),
+            also=('t."end" IS NULL',),
         )
 
     async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]:

@@ -144,18 +144,28 @@ async def test_the_store_tells_who_counts_where_and_who_gained_a_level_or_a_tool
         where, elsewhere = uai("0350103"), uai("0350104")
         await pool.execute(
             'INSERT INTO affectations (teacher_id, uai, start, "end", event_time) VALUES '
-            "('ens-1', $1, '2026-09-01', NULL, now()), ('ens-2', $1, '2026-09-01', '2026-10-01', now())",
+            "('ens-00001', $1, '2026-09-01', NULL, $2), ('ens-00002', $1, '2026-09-01', '2026-10-01', $2)",
             where,
+            at(0),
         )
         async with pool.acquire() as conn, conn.transaction():
             store = FormationStore(conn)
-            pairs = [("ens-1", where), ("ens-2", where), ("ens-1", elsewhere)]
-            assert await store.counted(pairs) == {("ens-1", where): True, ("ens-2", where): False}
-            first = await store.add_trainings({("ens-1", "3.4"): 3, ("ens-2", "1.1"): 2}, {("ens-2", "tni")})
-            again = await store.add_trainings({("ens-1", "3.4"): 2, ("ens-2", "1.1"): 2}, {("ens-2", "tni")})
-            higher = await store.add_trainings({("ens-1", "3.4"): 5}, {("ens-1", "tni")})
-            assert (first, again, higher) == ({"ens-1", "ens-2"}, set(), {"ens-1"})
+            # Newer declarations, every teacher counted: what was held before is given back.
+            pairs = [("ens-00001", where), ("ens-00002", where), ("ens-00001", elsewhere)]
+            declared = [c.parse_event(json.dumps(affectation(t, u, 1)).encode()) for t, u in pairs]
+            held = (await store.store_affectations(declared)).held  # as it was before these
+            assert held == {("ens-00001", where): (True,), ("ens-00002", where): (False,)}
+            first = await store.add_trainings(
+                {("ens-00001", "3.4"): 3, ("ens-00002", "1.1"): 2}, {("ens-00002", "tni")}
+            )
+            again = await store.add_trainings(
+                {("ens-00001", "3.4"): 2, ("ens-00002", "1.1"): 2}, {("ens-00002", "tni")}
+            )
+            higher = await store.add_trainings({("ens-00001", "3.4"): 5}, {("ens-00001", "tni")})
+            assert (first, again, higher) == ({"ens-00001", "ens-00002"}, set(), {"ens-00001"})
         levels = await pool.fetch("SELECT teacher_id, code, level FROM competences ORDER BY teacher_id")
-        assert [tuple(r) for r in levels] == [("ens-1", "3.4", 5), ("ens-2", "1.1", 2)], "the highest level stays"
+        assert [tuple(r) for r in levels] == [("ens-00001", "3.4", 5), ("ens-00002", "1.1", 2)], (
+            "the highest level stays"
+        )
     finally:
         await pool.close()

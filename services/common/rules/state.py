@@ -7,7 +7,7 @@ event at a time, whatever the delivery order or replays.
 """
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -21,6 +21,8 @@ class Verdicts(Generic[K, E]):
     """Per entity, the event whose state must be stored (absent: nothing to store)."""
     stale: list[E]
     """Events that change nothing because a newer state was already held or seen."""
+    held: dict[K, tuple] = field(default_factory=dict)
+    """What the store held of each entity before, when asked (storage.entities.store_latest's `also`)."""
 
 
 def latest_wins(held: Mapping[K, datetime], events: Iterable[tuple[K, datetime, E]]) -> Verdicts[K, E]:

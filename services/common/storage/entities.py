@@ -9,6 +9,7 @@ rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from contracts import CloudEvent
@@ -27,21 +28,29 @@ async def store_latest(
     columns: Mapping[str, str],
     events: Sequence[CloudEvent],
     row_of: Callable[[CloudEvent], tuple[Any, ...]],
+    also: Sequence[str] = (),
 ) -> Verdicts[tuple[str, ...], CloudEvent]:
     """`keys` name the text columns of the payload's `entity_key`, in its order; `columns` maps
     the other columns to their SQL type, `row_of` gives their values for one event, in that
-    order, as JSON values (a `jsonb` column takes a dict or a list, not JSON text)."""
+    order, as JSON values (a `jsonb` column takes a dict or a list, not JSON text). `also`: SQL
+    expressions over the held row (`t`), read with the lock, before the upsert, and given back
+    per key in `Verdicts.held` (what a use case compares the new state with, without a second
+    reading of the rows)."""
     if not events:
         return Verdicts({}, [])
     wanted = sorted({e.data.entity_key for e in events})
     key_list, key_types = _quoted(keys), _typed(dict.fromkeys(keys, "text"))
+    extra = "".join(f", {expression}" for expression in also)
     held_rows = await conn.fetch(
-        f"SELECT {key_list}, t.event_time FROM json_to_recordset($1::json) AS w({key_types}) "
+        f"SELECT {key_list}, t.event_time{extra} FROM json_to_recordset($1::json) AS w({key_types}) "
         f"JOIN {table} AS t USING ({key_list}) ORDER BY {key_list} FOR UPDATE OF t",
         json_rows(dict(zip(keys, key, strict=True)) for key in wanted),
     )
     held = {tuple(r[k] for k in keys): r["event_time"] for r in held_rows}
     verdicts = latest_wins(held, ((e.data.entity_key, e.time, e) for e in events))
+    if also:
+        first = len(keys) + 1
+        verdicts = replace(verdicts, held={tuple(r[k] for k in keys): tuple(r)[first:] for r in held_rows})
     if verdicts.winners:
         typed = {**dict.fromkeys(keys, "text"), **columns, "event_time": "timestamptz"}
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])
@@ -60,7 +69,7 @@ async def store_latest(
         stored = {tuple(r[k] for k in keys) for r in written}
         if len(stored) < len(verdicts.winners):
             lost = [e for key, e in winners if key not in stored]
-            verdicts = Verdicts({k: e for k, e in winners if k in stored}, verdicts.stale + lost)
+            verdicts = replace(verdicts, winners={k: e for k, e in winners if k in stored}, stale=verdicts.stale + lost)
     return verdicts
 
 

@@ -77,11 +77,10 @@ class FormationMemory:
         self.recounted: list[list[str]] = []  # the UAIs of each coverage_counts call
         self.steps: list[tuple[str, list[str]]] = []  # ("lock:<namespace>" | "count", keys), in order
 
-    async def counted(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
-        return {p: self.affectations.rows[p].data.end is None for p in pairs if p in self.affectations.rows}
-
     async def store_affectations(self, events: Sequence[CloudEvent]) -> Verdicts:
-        return await self.affectations.store(events)
+        rows = self.affectations.rows
+        held = {k: (rows[k].data.end is None,) for k in {e.data.entity_key for e in events} if k in rows}
+        return dataclasses.replace(await self.affectations.store(events), held=held)
 
     async def add_trainings(self, levels: Mapping[tuple[str, str], int], tools: Set[tuple[str, str]]) -> set[str]:
         grew = {t for (t, code), level in levels.items() if level > self.levels.get((t, code), 0)}
