@@ -38,18 +38,17 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     before = {key: counted for key, (counted,) in affectations.held.items()}  # whether the teacher counted there
     trainings = [e for e in events if e.type == c.FORMATION_SUIVIE]
     grew = await store.add_trainings(*domain.acquis([e.data for e in trainings]))
-    # Replicas: what a teacher counts for is read, and a UAI counted, only once their keys are
-    # held (storage/locks.py), teachers before UAIs; a transaction another one could not see
-    # yet counts again itself, later.
-    await store.lock("enseignant", {e.data.teacher_id for e in declared} | grew)
-
     # A UAI's coverage is counted again only if it may have changed: a teacher starts or stops
     # counting there (or is declared there for the first time), or a teacher counted there
     # gained a level or a tool. A declaration repeated as it is (a rectorat re-sending its
     # affectations) changes no count.
-    causes: dict[str, CloudEvent] = {
-        e.data.uai: e for key, e in affectations.winners.items() if before.get(key) != (e.data.end is None)
-    }
+    changed = [e for key, e in affectations.winners.items() if before.get(key) != (e.data.end is None)]
+    # Replicas: what a teacher counts for is read, and a UAI counted, only once their keys are
+    # held (storage/locks.py), teachers before UAIs; a transaction another one could not see
+    # yet counts again itself, later. Only the teachers whose counting changes here, or who
+    # learnt: a repeated declaration changes where nobody counts, so no reading can miss it.
+    await store.lock("enseignant", {e.data.teacher_id for e in changed} | grew)
+    causes: dict[str, CloudEvent] = {e.data.uai: e for e in changed}
     by_teacher = {e.data.teacher_id: e for e in trainings if e.data.teacher_id in grew}
     for uai, teachers in (await store.active_uais(list(by_teacher))).items():
         causes.setdefault(uai, by_teacher[teachers[-1]])

@@ -101,7 +101,8 @@ class FormationMemory:
         return out
 
     async def lock(self, namespace: str, keys: Iterable[str]) -> None:
-        self.steps.append((f"lock:{namespace}", sorted(keys)))  # one transaction at a time here
+        if keys := sorted(keys):  # none: no statement (locks.lock_keys)
+            self.steps.append((f"lock:{namespace}", keys))  # one transaction at a time here
 
     async def coverage_counts(self, uais: Sequence[str]) -> Counts:
         self.recounted.append(list(uais))

@@ -115,9 +115,12 @@ async def test_formation_counts_a_uai_again_only_when_a_teacher_comes_leaves_or_
 
 
 async def test_formation_locks_teachers_then_the_uais_it_counts_before_counting():
+    """The teachers whose counting changes or who learnt, then the UAIs: none for a declaration
+    repeated as it was."""
     store = FormationMemory()
     await formation(store, [affectation("ens-00000002", 1), training("ens-00000001", 3, ["TNI"])], set())
     await formation(store, [affectation("ens-00000001", 2)], set())
+    await formation(store, [affectation("ens-00000001", 3)], set())  # as it was: no lock, no count
     assert store.steps == [
         ("lock:enseignant", ["ens-00000001", "ens-00000002"]),  # the declared and the one who learnt
         ("lock:uai", [UAI]),
