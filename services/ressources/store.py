@@ -2,10 +2,10 @@
 read API builds one over its own connection)."""
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
@@ -21,6 +21,8 @@ from services.ressources import stream, views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
+P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules read)
+C = TypeVar("C")  # a coverage, likewise
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
 PART_SIZE, MAX_PARTS = 500, 16
@@ -166,20 +168,21 @@ class RessourcesStore:
 
     async def load_entrees(self, uais: list[str]) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]:
         """The profiles and the coverages of these UAIs (of those that have one), in one reading."""
-        rows = await self._conn.fetch("SELECT uai, profil, couverture FROM entrees WHERE uai = ANY($1::text[])", uais)
-        profils = {r["uai"]: views.profil(r["uai"], r["profil"]) for r in rows if r["profil"] is not None}
-        couvertures = {
-            r["uai"]: views.couverture(r["uai"], r["couverture"]) for r in rows if r["couverture"] is not None
-        }
-        return profils, couvertures
+        return await self._entrees(uais, views.profil, views.couverture)
 
     async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]:
         """The profiles and the coverages of these UAIs as the rules read them (load_entrees
         without the models: what a re-evaluation reads, thousands at a time)."""
+        return await self._entrees(uais, lambda _, text: views.fleet(text), lambda _, text: views.coverage(text))
+
+    async def _entrees(
+        self, uais: list[str], profil: Callable[[str, str], P], couverture: Callable[[str, str], C]
+    ) -> tuple[dict[str, P], dict[str, C]]:
         rows = await self._conn.fetch("SELECT uai, profil, couverture FROM entrees WHERE uai = ANY($1::text[])", uais)
-        fleets = {r["uai"]: views.fleet(r["profil"]) for r in rows if r["profil"] is not None}
-        coverages = {r["uai"]: views.coverage(r["couverture"]) for r in rows if r["couverture"] is not None}
-        return fleets, coverages
+        return (
+            {r["uai"]: profil(r["uai"], r["profil"]) for r in rows if r["profil"] is not None},
+            {r["uai"]: couverture(r["uai"], r["couverture"]) for r in rows if r["couverture"] is not None},
+        )
 
     async def load_alertes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as
