@@ -186,6 +186,14 @@ def children_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """The CPU time every core of the machine has spent busy so far (user, system, interrupts;
+    not idle or I/O wait), from /proc/stat: what the budget of a step is taken from."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def jit_cpu_seconds(pid: int) -> float:
     """The CPU time a JVM's JIT compiler threads (HotSpot's "C1 CompilerThread0", "C2 …") have
     used so far, from /proc/PID/task/*/stat; 0 for a process without them."""

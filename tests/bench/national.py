@@ -16,6 +16,7 @@ Then each service's peak RSS (VmHWM): what holding the nation cost it.
 
 import asyncio
 import json
+import os
 import time
 from datetime import timedelta
 
@@ -33,6 +34,7 @@ from harness import (
     Tail,
     children_cpu_seconds,
     cpu_seconds,
+    machine_busy_seconds,
     peak_rss_mb,
     produce,
     running,
@@ -76,15 +78,27 @@ class Step:
     backlog is drained: the alerts are waited for, not the backlog alone, for a service may do
     part of the work after its commit (a re-evaluation in the background)."""
 
-    def __init__(self, tail: Tail, observer: Observer, procs: ServiceProcesses, expected: int, postgres: int | None):
+    def __init__(
+        self,
+        tail: Tail,
+        observer: Observer,
+        procs: ServiceProcesses,
+        expected: int,
+        postgres: int | None,
+        kafka: int | None = None,
+    ):
         self.tail, self.observer, self.procs, self.expected = tail, observer, procs, expected
         self.postgres = postgres
         """The postmaster's pid: its backends' CPU is counted (None with DATABASE_URL)."""
+        self.kafka = kafka
+        """The broker's pid (None with KAFKA_BOOTSTRAP_SERVERS)."""
 
-    def _cpu(self) -> tuple[float, float]:
-        """CPU seconds used so far by ressources, and by PostgreSQL's backends."""
+    def _cpu(self) -> tuple[float, float, float, float]:
+        """CPU seconds used so far by ressources, by PostgreSQL's backends, by the broker, and
+        by the whole machine (every process, this bench included)."""
         backends = children_cpu_seconds(self.postgres) if self.postgres else 0.0
-        return cpu_seconds(self.procs.process("ressources").pid), backends
+        broker = cpu_seconds(self.kafka) if self.kafka else 0.0
+        return cpu_seconds(self.procs.process("ressources").pid), backends, broker, machine_busy_seconds()
 
     async def __aenter__(self) -> "Step":
         self.seen_before = len(self.tail.records)
@@ -107,17 +121,25 @@ class Step:
         self.alerts = len(alerts)
         self.seconds = (alerts[-1][0] if alerts else time.monotonic()) - self.started
         after = self._cpu()
-        self.ressources_cpu, self.postgres_cpu = (a - b for a, b in zip(after, self.cpu_before, strict=True))
+        used = [a - b for a, b in zip(after, self.cpu_before, strict=True)]
+        self.ressources_cpu, self.postgres_cpu, self.kafka_cpu, self.machine_cpu = used
+        self.until_drained = time.monotonic() - self.started
 
     def describe(self) -> str:
         count = f"{self.alerts:,} alerts" + ("" if self.alerts == self.expected else f", expected {self.expected:,}")
         return f"{self.seconds:.1f} s ({count})"
 
     def cpu(self) -> str:
-        """The CPU the step cost ressources and PostgreSQL (until drained, so a little idle time
-        too): less noisy than its duration on a shared machine, to compare two versions."""
+        """The CPU the step cost ressources, PostgreSQL and the broker (until drained, so a little
+        idle time too): less noisy than its duration on a shared machine, to compare two
+        versions. And the machine's budget: how busy all its cores were over the step, out of
+        what they could give (a step whose cores were all busy is bound by the sum of the CPU
+        every process needs, not by any one of them)."""
         backends = f", PostgreSQL {self.postgres_cpu:.1f} s" if self.postgres else ""
-        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}"
+        broker = f", Kafka {self.kafka_cpu:.1f} s" if self.kafka else ""
+        cores = os.cpu_count() or 1
+        machine = f"machine busy {self.machine_cpu:.1f} of {cores * self.until_drained:.1f} core-s"
+        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}{broker}; {machine}"
 
     def as_expected(self) -> bool:
         return self.alerts == self.raised == self.expected
@@ -129,18 +151,18 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
     stage = await runtime.stage("national")
     catalogue = stage.topic(c.CATALOGUE)
-    postgres = runtime.postgres.pid
+    postgres, kafka = runtime.postgres.pid, runtime.kafka.pid
     async with running(stage, FLOW) as procs, Observer(stage) as observer:
         await setup(stage, observer, procs, etabs)
         async with Tail(stage, stage.topic(c.ALERTES)) as tail:
             expected = sum(ipados(i) == OLD for i, _ in open_)
-            async with Step(tail, observer, procs, expected, postgres) as subscriptions:
+            async with Step(tail, observer, procs, expected, postgres, kafka) as subscriptions:
                 await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
                 produced = time.monotonic() - subscriptions.started
             expected = sum(ipados(i) == RECENT for i, _ in open_)
-            async with Step(tail, observer, procs, expected, postgres) as stricter:
+            async with Step(tail, observer, procs, expected, postgres, kafka) as stricter:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
-            async with Step(tail, observer, procs, 0, postgres) as unchanged:
+            async with Step(tail, observer, procs, 0, postgres, kafka) as unchanged:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))])
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
     print(
