@@ -46,11 +46,11 @@ async def store_latest(
         f"JOIN {table} AS t USING ({key_list}) ORDER BY {key_list} FOR UPDATE OF t",
         json_rows(dict(zip(keys, key, strict=True)) for key in wanted),
     )
-    held = {tuple(r[k] for k in keys): r["event_time"] for r in held_rows}
-    verdicts = latest_wins(held, ((e.data.entity_key, e.time, e) for e in events))
+    keyed = [(tuple(r[k] for k in keys), r) for r in held_rows]
+    verdicts = latest_wins({key: r["event_time"] for key, r in keyed}, ((e.data.entity_key, e.time, e) for e in events))
     if also:
         first = len(keys) + 1
-        verdicts = replace(verdicts, held={tuple(r[k] for k in keys): tuple(r)[first:] for r in held_rows})
+        verdicts = replace(verdicts, held={key: tuple(r)[first:] for key, r in keyed})
     if verdicts.winners:
         typed = {**dict.fromkeys(keys, "text"), **columns, "event_time": "timestamptz"}
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])
