@@ -1,6 +1,7 @@
 """The consumer on the real broker: a batch is topped up with the records that came while the
-previous one was handled (consumer._top_up), so they make the next batch, not the one after
-it; a batch that fails is taken again, and Kafka's offsets follow what was handled
+previous one was handled (consumer.Poll), so they make the next batch, not the one after it;
+the next batch is taken and parsed while one is handled; a batch that fails is taken again,
+with what was taken behind it, and Kafka's offsets follow what was handled
 (consumer.OffsetCommits)."""
 
 import asyncio
@@ -8,6 +9,8 @@ import asyncio
 import contracts as c
 from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
+from deploy.topology import PARTITIONS
+from services.common.messaging.partitioner import partition_for
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -23,12 +26,12 @@ async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, set
         first_taken, release = asyncio.Event(), asyncio.Event()
         handle = pipeline.handle
 
-        async def held(records):
+        async def held(records, *ahead):
             batches.append([r.key.decode() + "/" + str(r.offset) for r in records])
             if len(batches) == 1:  # the first lot's batch waits while three more lots come
                 first_taken.set()
                 await release.wait()
-            await handle(records)
+            await handle(records, *ahead)
 
         pipeline.handle = held
         lots = settings.topic(c.EQUIPEMENT)
@@ -58,11 +61,11 @@ async def test_a_failed_batch_is_redelivered_and_its_offsets_committed_once_hand
         handled: list[list[int]] = []
         handle = pipeline.handle
 
-        async def failing_once(records):
+        async def failing_once(records, *ahead):
             handled.append([r.offset for r in records])
             if len(handled) == 1:
                 raise RuntimeError("the database went away")  # the batch is not stored
-            await handle(records)
+            await handle(records, *ahead)
 
         pipeline.handle = failing_once
         lots = settings.topic(c.EQUIPEMENT)
@@ -79,3 +82,55 @@ async def test_a_failed_batch_is_redelivered_and_its_offsets_committed_once_hand
             return any(topic == lots and offset == 1 for (topic, _), offset in offsets.items())
 
         await eventually(committed, what="Kafka's committed offset past the lot")
+
+
+def _on_other_partitions(first: str) -> str:
+    """A UAI whose records go to another partition than `first`'s."""
+    taken = partition_for(first.encode(), range(PARTITIONS))
+    for n in range(805, 999):
+        if partition_for((candidate := valid_uai(f"0350{n}")).encode(), range(PARTITIONS)) != taken:
+            return candidate
+    raise AssertionError("every UAI on one partition")
+
+
+async def test_a_failed_batch_is_taken_again_with_the_records_taken_behind_it(kafka, settings):
+    """Records taken ahead (the next batch, parsed while one is handled) are past the consumer's
+    position: when the batch before them fails, their partitions are sought back too, else a
+    partition the failed batch did not touch would skip them for good."""
+    uai_a = valid_uai("0350805")
+    uai_b = _on_other_partitions(uai_a)
+    # The poll behind a batch waits this long for records: while the first batch is handled.
+    async with running(SPEC, settings.model_copy(update={"batch_wait_ms": 5000})) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (uai_a, uai_b)])
+        await referentiel_loaded(pipeline, 2)
+
+        lots = settings.topic(c.EQUIPEMENT)
+        handled: list[list[str]] = []
+        parsed_ahead: list[list[str]] = []
+        taken_ahead = asyncio.Event()
+        handle, parse_ahead = pipeline.handle, pipeline.parse_ahead
+
+        async def watched(records):
+            parsed = await parse_ahead(records)
+            parsed_ahead.append([r.key.decode() for r in records])
+            if any(r.key.decode() == uai_b for r in records):
+                taken_ahead.set()
+            return parsed
+
+        async def failing_once(records, *ahead):
+            handled.append([r.key.decode() for r in records])
+            if len(handled) == 1:  # the other partition's lot comes, and is taken and parsed ahead
+                await send(kafka.bootstrap_servers, lots, [(uai_b, lot(uai_b, "B", 30, 2))])
+                await asyncio.wait_for(taken_ahead.wait(), 30)
+                raise RuntimeError("the database went away")
+            await handle(records, *ahead)
+
+        pipeline.handle, pipeline.parse_ahead = failing_once, watched
+        await send(kafka.bootstrap_servers, lots, [(uai_a, lot(uai_a, "A", 30, 1))])
+
+        async def both_stored() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = ANY($1)", [uai_a, uai_b]) == 2
+
+        await eventually(both_stored, what="both lots stored, the one taken ahead of the failed batch too")
+        assert handled[0] == [uai_a]
+        assert sorted(k for batch in handled[1:] for k in batch) == [uai_a, uai_b], "each taken again, once"

@@ -8,18 +8,16 @@ when the schema has none. Kafka's committed offsets still follow, for lag monito
 import asyncio
 import dataclasses
 import time
-import types
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
-from services.common.pipeline import Pipeline
+from services.common.pipeline import Parsed, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
@@ -27,8 +25,10 @@ from services.common.storage import positions
 log = structlog.get_logger(__name__)
 
 
-def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
-    return msg.raw_message  # the pipeline parses and validates bytes itself
+async def _raw_records(msg) -> tuple[ConsumerRecord, ...]:
+    # The pipeline parses and validates bytes itself. Asynchronous: FastStream runs a
+    # synchronous decoder in a worker thread.
+    return msg.raw_message
 
 
 async def _parse_batch(records: tuple[ConsumerRecord, ...], default_parser) -> Any:
@@ -56,39 +56,145 @@ _AT_ONCE = 0.001
 """A poll that returns within this took records aiokafka had buffered; past it, it waited for them."""
 
 
-def _top_up(subscriber: Any, wait_ms: int) -> None:
-    """Each batch topped up with what came while the previous one was handled.
+def _by_partition(records: Iterable[ConsumerRecord]) -> tuple[ConsumerRecord, ...]:
+    """Records grouped by partition, each partition's in its order."""
+    by_partition: dict[tuple[str, int], list[ConsumerRecord]] = {}
+    for r in records:
+        by_partition.setdefault((r.topic, r.partition), []).append(r)
+    return tuple(r for rs in by_partition.values() for r in rs)
 
-    aiokafka fetches a partition again only once its buffered records are taken. FastStream's
-    batch subscriber takes them, then hands them over at once: the fetch their taking sent,
-    which brings what came during the previous batch, is left for the batch after. So a record
-    that came while a batch was handled waited through the next one too. Here, the records
-    taken, what that fetch brings within `wait_ms` (0: nothing) joins them; the broker answers
-    at once when records are there. Only when the records were there already: records the
-    consumer had to wait for came just now, so a wait would find nothing more (a burst, such
-    as a relay round of the service upstream, would wait `wait_ms` for nothing). And no pause
-    when nothing came: FastStream's loop, after `batch_timeout_ms` with nothing, slept as long
-    again before the next fetch was looked at. Measured with `./dev bench latency` (README, Tests)."""
 
-    async def get_msg(self: Any, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+class Ahead(Protocol):
+    async def parse_ahead(self, records: Sequence[ConsumerRecord]) -> Parsed: ...
+
+
+class Poll:
+    """How the subscriber takes its batches (FastStream's `get_msg`).
+
+    The next batch is taken and parsed while this one is handled. A batch's transaction
+    spends a third of its time waiting on PostgreSQL, with the event loop idle; parsing is a
+    third of a service's CPU at full speed. So once a batch is handed over, the records behind
+    it are taken from aiokafka and parsed (Pipeline.parse_ahead) in the background, and the
+    handler gets them parsed. Records taken ahead have moved the consumer's position past them:
+    they are handed over next, or given back (`give_back`: each partition sought back to them)
+    when the batch before them fails, or dropped when partitions are assigned again (which
+    seeks every partition to its stored position).
+
+    Each batch topped up with what came while the previous one was handled. aiokafka fetches a
+    partition again only once its buffered records are taken: the fetch their taking sent,
+    which brings what came during the previous batch, was left for the batch after. So a record
+    that came while a batch was handled waited through the next one too. Here, to the records
+    taken, what that fetch brings within `wait_ms` (0: nothing) is added; the broker answers
+    at once when records are there. Again while a top-up finds records buffered (taking ahead
+    took the first ones: aiokafka fetched the next only then). Only when the records were there
+    already: records the consumer had to wait for came just now, so a wait would find nothing
+    more (a burst, such as a relay round of the service upstream, would wait `wait_ms` for
+    nothing). And no pause when nothing came: FastStream's loop, after `batch_timeout_ms` with
+    nothing, slept as long again before the next fetch was looked at. Measured with
+    `./dev bench latency` (README, Tests)."""
+
+    def __init__(self, subscriber: Any, wait_ms: int, ahead: Ahead | None = None):
+        self._subscriber, self._wait_ms, self._ahead = subscriber, wait_ms, ahead
+        self._next: asyncio.Task[tuple[tuple[ConsumerRecord, ...], Parsed]] | None = None
+        self._next_from: AIOKafkaConsumer | None = None
+        self._taken: tuple[ConsumerRecord, ...] = ()  # by the task in `_next`, once aiokafka gave them
+        self._handed: Parsed = {}  # what was parsed of the batch handed over
+        subscriber.get_msg = self.get_msg
+
+    def parsed(self) -> Parsed:
+        """What was parsed ahead of the batch handed over (once: the handler takes it)."""
+        parsed, self._handed = self._handed, {}
+        return parsed
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
         asked = time.monotonic()
-        got = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
-        taken = sum(map(len, got.values()))
+        got, parsed = await self._taken_ahead(consumer) or (
+            await self._take(consumer, self._subscriber.batch_timeout_ms, self._subscriber.max_records),
+            {},
+        )
         buffered = time.monotonic() - asked < _AT_ONCE  # else they came while it waited: nothing behind them yet
-        if buffered and taken and wait_ms and taken < self.max_records:
+        while buffered and got and self._wait_ms and (room := self._subscriber.max_records - len(got)) > 0:
+            asked = time.monotonic()
             try:
-                more = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records - taken)
+                more = await self._take(consumer, self._wait_ms, room)
             except Exception as exc:
                 # The records taken are handed over all the same: the consumer's position is past
                 # them, and a batch that is not handled now would be skipped. aiokafka raises
                 # before taking anything, so the error comes again at the next poll.
                 log.info("consumer.top_up_failed", error=type(exc).__name__)
-                more = {}
-            for tp, records in more.items():  # a partition's records stay in their order
-                got.setdefault(tp, []).extend(records)
+                more = ()
+            # Buffered again: a fetch for what came after them is sent only now they are taken.
+            buffered = bool(more) and time.monotonic() - asked < _AT_ONCE
+            if more:
+                got = _by_partition(got + more)  # a partition's records stay in their order
+        self._handed = parsed
+        if got and self._ahead is not None:
+            self._next_from = consumer
+            self._next = asyncio.create_task(self._take_ahead(consumer), name="consumer-take-ahead")
+            self._next.add_done_callback(_retrieved)
+        return got
+
+    @staticmethod
+    async def _take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
+        got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return tuple(r for records in got.values() for r in records)
 
-    subscriber.get_msg = types.MethodType(get_msg, subscriber)
+    async def _take_ahead(self, consumer: AIOKafkaConsumer) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
+        assert self._ahead is not None
+        # No await between aiokafka's giving the records and `_taken`: a cancelled task took
+        # nothing, or says what it took.
+        self._taken = await self._take(consumer, self._subscriber.batch_timeout_ms, self._subscriber.max_records)
+        return self._taken, await self._ahead.parse_ahead(self._taken)
+
+    async def _taken_ahead(self, consumer: AIOKafkaConsumer) -> tuple[tuple[ConsumerRecord, ...], Parsed] | None:
+        """The batch taken ahead, when there is one (None: none, or dropped meanwhile)."""
+        task = self._next
+        if task is None:
+            return None
+        if self._next_from is not consumer:  # the subscriber restarted: another consumer, other positions
+            await self.drop()
+            return None
+        try:
+            if not task.done():  # (asyncio.wait would take a turn of the loop even then)
+                await asyncio.wait({task})
+        except asyncio.CancelledError:  # the subscriber stops: what was taken ahead is not handled
+            self._next = None
+            task.cancel()
+            raise
+        if task is not self._next:  # dropped while this waited (partitions assigned)
+            return None
+        self._next, self._taken = None, ()
+        return task.result()  # aiokafka's error, if it raised, as a poll's own would be
+
+    async def drop(self) -> tuple[ConsumerRecord, ...]:
+        """Stops taking ahead; returns what was taken, not handed over."""
+        task, self._next = self._next, None
+        if task is None:
+            return ()
+        task.cancel()
+        await asyncio.wait({task})
+        taken, self._taken = self._taken, ()
+        return taken
+
+    async def give_back(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumerRecord]) -> None:
+        """The batch handed over failed: it, and what was taken behind it, are taken again
+        (each partition sought back to its earliest record), never skipped."""
+        earliest: dict[TopicPartition, int] = {}
+        for r in (*batch, *await self.drop()):
+            tp = TopicPartition(r.topic, r.partition)
+            earliest[tp] = min(earliest.get(tp, r.offset), r.offset)
+        for tp, offset in earliest.items():
+            try:
+                consumer.seek(tp, offset)
+            except Exception as exc:  # no longer assigned here: its next owner resumes from the database
+                log.info("consumer.give_back_failed", error=type(exc).__name__)
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    """A take-ahead's error is raised by the next poll; one nobody polls for (the subscriber
+    stopped) is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class OffsetCommits:
@@ -148,11 +254,14 @@ class StoredPositions(ConsumerRebalanceListener):
     def __init__(self, pipeline: Pipeline):
         self._pipeline = pipeline
         self.subscriber: Any = None  # FastStream's subscriber, whose consumer exists once it starts
+        self.poll: Poll | None = None
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.poll is not None:  # records taken ahead: every partition is sought below
+            await self.poll.drop()
         if not assigned:
             return
         # Never Kafka's committed offsets instead: after a restore or a failover to a standby
@@ -197,16 +306,21 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
     )
     listener.subscriber = subscriber
-    _top_up(subscriber, settings.batch_top_up_ms)
+    listener.poll = poll = Poll(subscriber, settings.batch_top_up_ms, pipeline)
     pipeline.metrics.watch(lambda: subscriber.consumer)
 
     commits = OffsetCommits()
 
     @subscriber
-    async def consume(records: list, message: KafkaMessage) -> None:
+    async def consume(records: list) -> None:
+        # No `KafkaMessage` parameter: FastStream resolves it with a synchronous call that it
+        # runs in a worker thread, a thread hop per batch (held up by the GIL while the next
+        # batch is parsed). What was parsed ahead is not in FastStream's message either: that
+        # message, in a reference cycle, waits for the cyclic collector (rarely:
+        # runtime/lifecycle.py), and with it 15 batches of parsed events did (+65 MB).
         try:
-            await pipeline.handle(records)
+            await pipeline.handle(records, poll.parsed())
         except BaseException:
-            await message.nack()  # back to the batch's first offsets: redelivered, never skipped
+            await poll.give_back(subscriber.consumer, records)
             raise
         commits.follow(subscriber.consumer, records)

@@ -1,6 +1,8 @@
-"""The consumer around aiokafka, with scripted consumers. Its poll (consumer._top_up): records
+"""The consumer around aiokafka, with scripted consumers. Its poll (consumer.Poll): records
 aiokafka had buffered are topped up with what the next fetch brings, in each partition's order;
 records it waited for are not; a top-up that fails hands over the records taken all the same.
+Once a batch is handed over, the next is taken and parsed ahead; given back (sought) when the
+batch fails, dropped when partitions are assigned or the consumer is another.
 Its offset commits (consumer.OffsetCommits): one in flight, the next with the latest offsets of
 what was handled meanwhile, and the consumer stops only once they are done."""
 
@@ -19,19 +21,39 @@ TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 class Scripted:
     """Answers each getmany with the next of `answers` (a dict, or an exception to raise),
-    after `delays` seconds when given; records the calls."""
+    after `delays` seconds when given; with nothing left, with nothing after `timeout_ms`, as
+    aiokafka does. Records the calls and the seeks."""
 
     def __init__(self, *answers, delays=()):
-        self.answers, self.delays, self.calls = list(answers), list(delays), []
+        self.answers, self.delays, self.calls, self.seeks = list(answers), list(delays), [], []
 
     async def getmany(self, timeout_ms, max_records):
         self.calls.append((timeout_ms, max_records))
+        if not self.answers:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
         if self.delays and (delay := self.delays.pop(0)):
             await asyncio.sleep(delay)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+class Parser:
+    """Pipeline.parse_ahead's stand-in: each record's value, by id; `release` holds it."""
+
+    def __init__(self):
+        self.release, self.parsing = asyncio.Event(), asyncio.Event()
+        self.release.set()
+
+    async def parse_ahead(self, records):
+        self.parsing.set()
+        await self.release.wait()
+        return {id(r): r.value for r in records}
 
 
 @pytest.fixture(autouse=True)
@@ -40,40 +62,88 @@ def at_once(monkeypatch):
     monkeypatch.setattr(consumer, "_AT_ONCE", 0.01)
 
 
-def poll(wait_ms: int = 10, max_records: int = 500):
+def record(partition: int, offset: int, value: bytes = b"v") -> ConsumerRecord:
+    return ConsumerRecord("t", partition, offset, 0, 0, b"k", value, None, 1, 1, [])
+
+
+A0, A1, A2, B0, B1, B2 = record(0, 0), record(0, 1), record(0, 2), record(1, 0), record(1, 1), record(1, 2)
+
+
+def poll(wait_ms: int = 10, max_records: int = 500, ahead=None) -> consumer.Poll:
     subscriber = KafkaBroker("localhost:9092").subscriber("t", batch=True, batch_timeout_ms=50, max_records=max_records)
-    consumer._top_up(subscriber, wait_ms)
-    return subscriber.get_msg
+    return consumer.Poll(subscriber, wait_ms, ahead)
 
 
 async def test_buffered_records_are_topped_up_in_each_partition_order():
-    kafka = Scripted({TP0: ["a0", "a1"], TP1: ["b0"]}, {TP0: ["a2"], TP1: ["b1", "b2"]})
-    got = await poll()(kafka)
-    assert kafka.calls == [(50, 500), (10, 497)], "the top-up asks for what is left of the batch, for wait_ms"
-    assert [r for r in got if r.startswith("a")] == ["a0", "a1", "a2"]
-    assert [r for r in got if r.startswith("b")] == ["b0", "b1", "b2"]
+    kafka = Scripted({TP0: [A0, A1], TP1: [B0]}, {TP0: [A2], TP1: [B1, B2]})
+    got = await poll().get_msg(kafka)
+    assert kafka.calls[:2] == [(50, 500), (10, 497)], "the top-up asks for what is left of the batch, for wait_ms"
+    assert kafka.calls[2:] == [(10, 494)], "buffered too: once more, for what came behind them"
+    assert got == (A0, A1, A2, B0, B1, B2)
 
 
 async def test_records_waited_for_are_handed_over_without_a_top_up():
-    kafka = Scripted({TP0: ["a0"]}, delays=[0.05])
-    assert await poll()(kafka) == ("a0",)
+    kafka = Scripted({TP0: [A0]}, delays=[0.05])
+    assert await poll().get_msg(kafka) == (A0,)
     assert len(kafka.calls) == 1
 
 
 @pytest.mark.parametrize("wait_ms, max_records", [(0, 500), (10, 2)])
 async def test_no_top_up_when_disabled_or_the_batch_is_full(wait_ms, max_records):
-    kafka = Scripted({TP0: ["a0", "a1"]})
-    assert await poll(wait_ms, max_records)(kafka) == ("a0", "a1")
+    kafka = Scripted({TP0: [A0, A1]})
+    assert await poll(wait_ms, max_records).get_msg(kafka) == (A0, A1)
     assert len(kafka.calls) == 1
 
 
 async def test_nothing_came_is_an_empty_batch_at_once():
-    assert await poll()(Scripted({})) == ()
+    assert await poll().get_msg(Scripted({})) == ()
 
 
 async def test_a_failed_top_up_hands_over_the_records_taken():
-    kafka = Scripted({TP0: ["a0"]}, KafkaConnectionError())
-    assert await poll()(kafka) == ("a0",), "the consumer's position is past them: not handing them over skips them"
+    kafka = Scripted({TP0: [A0]}, KafkaConnectionError())
+    assert await poll().get_msg(kafka) == (A0,), (
+        "the consumer's position is past them: not handing them over skips them"
+    )
+
+
+async def test_the_next_batch_is_taken_and_parsed_while_one_is_handled():
+    kafka, parser = Scripted({TP0: [A0]}, {TP0: [A1], TP1: [B0]}, delays=[0.05]), Parser()
+    p = poll(ahead=parser)
+    assert await p.get_msg(kafka) == (A0,)
+    assert p.parsed() == {}, "records waited for are parsed by the handler"
+    await asyncio.wait_for(parser.parsing.wait(), 5)  # in the background, as the handler works
+    assert await p.get_msg(kafka) == (A1, B0)
+    assert p.parsed() == {id(A1): A1.value, id(B0): B0.value}
+    assert p.parsed() == {}, "the handler's, once"
+    assert kafka.calls[:2] == [(50, 500), (50, 500)]
+    await p.drop()
+
+
+async def test_a_failed_batch_is_taken_again_with_what_was_taken_behind_it():
+    """The records taken ahead are past the consumer's position: not sought back, they would be skipped."""
+    kafka, parser = Scripted({TP0: [A1]}, {TP0: [A2], TP1: [B1, B2]}, delays=[0.05]), Parser()
+    parser.release.clear()  # taken, still being parsed when the batch fails
+    p = poll(ahead=parser)
+    batch = await p.get_msg(kafka)
+    await asyncio.wait_for(parser.parsing.wait(), 5)
+    await p.give_back(kafka, batch)
+    assert sorted(kafka.seeks) == [(TP0, 1), (TP1, 1)], (
+        "each partition at its earliest record, the batch's or behind it"
+    )
+    assert await p.get_msg(kafka) == (), "nothing handed over twice: the next poll takes from the consumer again"
+
+
+async def test_records_taken_ahead_are_dropped_for_a_new_consumer_and_on_assignment():
+    kafka, parser = Scripted({TP0: [A0]}, {TP0: [A1]}, {TP0: [A2]}, delays=[0.05, 0, 0.05]), Parser()
+    p = poll(ahead=parser)
+    await p.get_msg(kafka)
+    await asyncio.wait_for(parser.parsing.wait(), 5)
+    assert await p.drop() == (A1,), "the assignment seeks every partition to its stored position"
+    assert kafka.seeks == []
+    assert await p.get_msg(kafka) == (A2,)  # and takes ahead again, from `kafka`
+    restarted = Scripted({TP1: [B0]})
+    assert await p.get_msg(restarted) == (B0,), "a restarted subscriber's consumer: its own records"
+    await p.drop()
 
 
 class Committing:
@@ -89,10 +159,6 @@ class Committing:
 
     async def stop(self):
         self.calls.append(("stop",))
-
-
-def record(partition: int, offset: int) -> ConsumerRecord:
-    return ConsumerRecord("t", partition, offset, 0, 0, b"k", b"v", None, 1, 1, [])
 
 
 async def test_offsets_of_batches_handled_meanwhile_go_in_the_next_commit_and_stop_waits_for_them():
