@@ -7,9 +7,9 @@ with what was taken behind it, and Kafka's offsets follow what was handled
 import asyncio
 
 import contracts as c
+from deploy.topology import PARTITIONS
 from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
-from deploy.topology import PARTITIONS
 from services.common.messaging.partitioner import partition_for
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded

@@ -129,6 +129,8 @@ class Poll:
                 got = _by_partition(got + more)  # a partition's records stay in their order
         self._handed = parsed
         if got and self._ahead is not None:
+            if consumer is not self._next_from:  # a new consumer at each (re)start of the subscriber
+                self._drop_before_stop(consumer)
             self._next_from = consumer
             self._next = asyncio.create_task(self._take_ahead(consumer), name="consumer-take-ahead")
             self._next.add_done_callback(_retrieved)
@@ -165,6 +167,16 @@ class Poll:
             return None
         self._next, self._taken = None, ()
         return task.result()  # aiokafka's error, if it raised, as a poll's own would be
+
+    def _drop_before_stop(self, consumer: AIOKafkaConsumer) -> None:
+        """A take-ahead waiting on a stopped consumer would be left pending."""
+        stop = consumer.stop
+
+        async def dropped_then_stopped() -> None:
+            await self.drop()
+            await stop()
+
+        consumer.stop = dropped_then_stopped
 
     async def drop(self) -> tuple[ConsumerRecord, ...]:
         """Stops taking ahead; returns what was taken, not handed over."""

@@ -42,6 +42,9 @@ class Scripted:
     def seek(self, tp, offset):
         self.seeks.append((tp, offset))
 
+    async def stop(self):
+        self.stopped = True
+
 
 class Parser:
     """Pipeline.parse_ahead's stand-in: each record's value, by id; `release` holds it."""
@@ -144,6 +147,16 @@ async def test_records_taken_ahead_are_dropped_for_a_new_consumer_and_on_assignm
     restarted = Scripted({TP1: [B0]})
     assert await p.get_msg(restarted) == (B0,), "a restarted subscriber's consumer: its own records"
     await p.drop()
+
+
+async def test_a_stopping_consumer_stops_taking_ahead_first():
+    kafka = Scripted({TP0: [A0]}, {TP0: [A1]}, delays=[0.05, 60])  # the next records are long in coming
+    p = poll(ahead=Parser())
+    await p.get_msg(kafka)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "consumer-take-ahead"]
+    await asyncio.wait_for(kafka.stop(), 5)
+    assert kafka.stopped
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "consumer-take-ahead"], "none left pending"
 
 
 class Committing:
