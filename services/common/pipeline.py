@@ -94,8 +94,9 @@ _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 _AHEAD_SLICE = 100  # records parsed ahead between two turns of the event loop (~1 ms)
 
-Parsed = dict[int, CloudEvent | ContractError]
-"""Records parsed ahead of their batch, by the id of the record (which the batch keeps alive)."""
+Parsed = dict[int, tuple[ConsumerRecord, CloudEvent | ContractError]]
+"""Records parsed ahead of their batch, by the id of the record, with the record (so that
+an id is never taken for another record's)."""
 
 
 def writer_lock(schema: str) -> int:
@@ -165,7 +166,7 @@ class Pipeline:
         for start in range(0, len(records), _AHEAD_SLICE):
             not_after = datetime.now(UTC) + self.settings.max_clock_skew
             for record in records[start : start + _AHEAD_SLICE]:
-                parsed[id(record)] = self._parse_one(record, not_after)
+                parsed[id(record)] = (record, self._parse_one(record, not_after))
             await asyncio.sleep(0)
         return parsed
 
@@ -175,9 +176,8 @@ class Pipeline:
         parsed, rejected = [], []
         not_after = datetime.now(UTC) + self.settings.max_clock_skew  # time-futur beyond it
         for record in records:
-            result = ahead.get(id(record))
-            if result is None:
-                result = self._parse_one(record, not_after)
+            entry = ahead.get(id(record))
+            result = entry[1] if entry is not None and entry[0] is record else self._parse_one(record, not_after)
             if isinstance(result, ContractError):
                 rejected.append(dlq.Rejection(record, result.code, result.message))
             else:

@@ -5,8 +5,13 @@ with what was taken behind it, and Kafka's offsets follow what was handled
 (consumer.OffsetCommits)."""
 
 import asyncio
+import dataclasses
+import json
+
+from aiokafka import ConsumerRecord
 
 import contracts as c
+from contracts import ContractError
 from deploy.topology import PARTITIONS
 from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
@@ -134,3 +139,33 @@ async def test_a_failed_batch_is_taken_again_with_the_records_taken_behind_it(ka
         await eventually(both_stored, what="both lots stored, the one taken ahead of the failed batch too")
         assert handled[0] == [uai_a]
         assert sorted(k for batch in handled[1:] for k in batch) == [uai_a, uai_b], "each taken again, once"
+
+
+async def test_records_parsed_ahead_are_judged_as_the_batch_would_judge_them(kafka, settings):
+    """Pipeline.parse_ahead's results are what the batch uses (a record's own entry is taken as
+    it is): a valid record stored, a refused one dead-lettered with its reason; an entry made
+    for another record (the same id, a record since gone) is not taken for this one's."""
+    uai = valid_uai("0350806")
+    lots = settings.topic(c.EQUIPEMENT)
+
+    def record(offset: int, value: bytes, topic: str = lots) -> ConsumerRecord:
+        return ConsumerRecord(topic, 0, offset, 0, 0, uai.encode(), value, None, 8, len(value), [])
+
+    async with running(SPEC, settings) as pipeline:
+        await pipeline.handle([record(0, json.dumps(college(uai)).encode(), settings.topic(c.REFERENTIEL))])
+        valid = record(0, json.dumps(lot(uai, "L1", 30, 1)).encode())
+        refused = record(1, b'{"specversion": "1.0", "specversion": "1.0"}')
+        other = record(2, json.dumps(lot(uai, "L2", 30, 2)).encode())
+        judged = record(3, json.dumps(lot(uai, "L3", 30, 3)).encode())
+        ahead = await pipeline.parse_ahead([valid, refused, judged])
+        assert ahead[id(refused)][1].code == "json-invalide"
+        # Under `other`'s id, another record's result (as a reused id would look): `other` is parsed itself
+        ahead[id(other)] = (dataclasses.replace(other), ahead[id(refused)][1])
+        ahead[id(judged)] = (judged, ContractError("hors-competence", "as parse_ahead judged it"))
+        await pipeline.handle([valid, refused, other, judged], ahead)
+        stored = await pipeline.pool.fetch("SELECT lot_id FROM lots WHERE uai = $1 ORDER BY lot_id", uai)
+        assert [r["lot_id"] for r in stored] == ["L1", "L2"]
+        letters = await pipeline.pool.fetch(
+            'SELECT "offset", reason FROM dead_letters WHERE topic = $1 ORDER BY "offset"', lots
+        )
+        assert [(r["offset"], r["reason"]) for r in letters] == [(1, "json-invalide"), (3, "hors-competence")]

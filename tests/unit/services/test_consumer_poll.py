@@ -56,7 +56,7 @@ class Parser:
     async def parse_ahead(self, records):
         self.parsing.set()
         await self.release.wait()
-        return {id(r): r.value for r in records}
+        return {id(r): (r, r.value) for r in records}
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ async def test_the_next_batch_is_taken_and_parsed_while_one_is_handled():
     assert p.parsed() == {}, "records waited for are parsed by the handler"
     await asyncio.wait_for(parser.parsing.wait(), 5)  # in the background, as the handler works
     assert await p.get_msg(kafka) == (A1, B0)
-    assert p.parsed() == {id(A1): A1.value, id(B0): B0.value}
+    assert p.parsed() == {id(A1): (A1, A1.value), id(B0): (B0, B0.value)}
     assert p.parsed() == {}, "the handler's, once"
     assert kafka.calls[:2] == [(50, 500), (50, 500)]
     await p.drop()
