@@ -8,7 +8,7 @@ when the schema has none. Kafka's committed offsets still follow, for lag monito
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -130,7 +130,7 @@ class Poll:
         self._handed = parsed
         if got and self._ahead is not None:
             if consumer is not self._next_from:  # a new consumer at each (re)start of the subscriber
-                self._drop_before_stop(consumer)
+                _before_stop(consumer, self.drop)  # a take-ahead waiting on a stopped consumer would be left pending
             self._next_from = consumer
             self._next = asyncio.create_task(self._take_ahead(consumer), name="consumer-take-ahead")
             self._next.add_done_callback(_retrieved)
@@ -168,16 +168,6 @@ class Poll:
         self._next, self._taken = None, ()
         return task.result()  # aiokafka's error, if it raised, as a poll's own would be
 
-    def _drop_before_stop(self, consumer: AIOKafkaConsumer) -> None:
-        """A take-ahead waiting on a stopped consumer would be left pending."""
-        stop = consumer.stop
-
-        async def dropped_then_stopped() -> None:
-            await self.drop()
-            await stop()
-
-        consumer.stop = dropped_then_stopped
-
     async def drop(self) -> tuple[ConsumerRecord, ...]:
         """Stops taking ahead; returns what was taken, not handed over."""
         task, self._next = self._next, None
@@ -200,6 +190,17 @@ class Poll:
                 consumer.seek(tp, offset)
             except Exception as exc:  # no longer assigned here: its next owner resumes from the database
                 log.info("consumer.give_back_failed", error=type(exc).__name__)
+
+
+def _before_stop(consumer: AIOKafkaConsumer, first: Callable[[], Awaitable[Any]]) -> None:
+    """`consumer.stop()` awaits `first()`, then stops it."""
+    stop = consumer.stop
+
+    async def then_stopped() -> None:
+        await first()
+        await stop()
+
+    consumer.stop = then_stopped
 
 
 def _retrieved(task: asyncio.Task) -> None:
@@ -229,21 +230,12 @@ class OffsetCommits:
         """After a batch's transaction: its offsets to commit."""
         if consumer is not self._followed:  # a new consumer at each (re)start of the subscriber
             self._followed = consumer
-            self._flush_before_stop(consumer)
+            _before_stop(consumer, self.flush)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._commit(consumer), name="offset-commits")
-
-    def _flush_before_stop(self, consumer: AIOKafkaConsumer) -> None:
-        stop = consumer.stop
-
-        async def flushed_then_stopped() -> None:
-            await self.flush()
-            await stop()
-
-        consumer.stop = flushed_then_stopped
 
     async def flush(self) -> None:
         """Until what was handled is committed (or its commit failed)."""
