@@ -231,9 +231,9 @@ class OffsetCommits:
         if consumer is not self._followed:  # a new consumer at each (re)start of the subscriber
             self._followed = consumer
             _before_stop(consumer, self.flush)
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            self._pending[tp] = max(self._pending.get(tp, 0), r.offset + 1)
+        for (topic, partition), end in positions.ends(records).items():
+            tp = TopicPartition(topic, partition)
+            self._pending[tp] = max(self._pending.get(tp, 0), end)
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._commit(consumer), name="offset-commits")
 

@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.common.storage import positions
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -116,10 +118,9 @@ class Metrics:
 
     def handled(self, records: Sequence[ConsumerRecord]) -> None:
         """These records are committed: each partition's next offset to handle is past them."""
-        for r in records:
-            key = (r.topic, r.partition)
-            if self._next.get(key, -1) <= r.offset:
-                self._next[key] = r.offset + 1
+        for key, end in positions.ends(records).items():
+            if self._next.get(key, -1) < end:
+                self._next[key] = end
 
     def resumed(self, positions: dict[TopicPartition, int]) -> None:
         """Partitions assigned, each to resume at its stored position."""

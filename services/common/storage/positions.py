@@ -12,21 +12,29 @@ from aiokafka import ConsumerRecord, TopicPartition
 from services.common.storage.db import Conn
 
 
+def ends(records: Iterable[ConsumerRecord]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition) of `records`, the offset past the last of them there, whatever
+    their order."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        if out.get(key, -1) <= r.offset:
+            out[key] = r.offset + 1
+    return out
+
+
 async def advance(conn: Conn, records: Iterable[ConsumerRecord]) -> None:
     """Past every record of `records`, never backwards (a replica replaying a batch another
     one handled during a rebalance does not move a partition back)."""
-    ends: dict[tuple[str, int], int] = {}
-    for r in records:
-        ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
-    if ends:
-        keys = sorted(ends)  # rows locked in key order: two writers never wait in a cycle
+    if past := ends(records):
+        keys = sorted(past)  # rows locked in key order: two writers never wait in a cycle
         await conn.execute(
             "INSERT INTO positions AS p (topic, partition, next_offset) "
             "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
             "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(p.next_offset, EXCLUDED.next_offset)",
             [t for t, _ in keys],
             [p for _, p in keys],
-            [ends[k] for k in keys],
+            [past[k] for k in keys],
         )
 
 
