@@ -2,7 +2,8 @@
 previous one was handled (consumer.Poll), so they make the next batch, not the one after it;
 the next batch is taken and parsed while one is handled; a batch that fails is taken again,
 with what was taken behind it, and Kafka's offsets follow what was handled
-(consumer.OffsetCommits)."""
+(consumer.OffsetCommits); assigned partitions are read from the stored positions only
+(consumer.StoredPositions)."""
 
 import asyncio
 import dataclasses
@@ -13,6 +14,7 @@ from aiokafka import ConsumerRecord
 import contracts as c
 from contracts import ContractError
 from deploy.topology import PARTITIONS
+from services.common.messaging import consumer
 from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.partitioner import partition_for
@@ -169,3 +171,49 @@ async def test_records_parsed_ahead_are_judged_as_the_batch_would_judge_them(kaf
             'SELECT "offset", reason FROM dead_letters WHERE topic = $1 ORDER BY "offset"', lots
         )
         assert [(r["offset"], r["reason"]) for r in letters] == [(1, "json-invalide"), (3, "hors-competence")]
+
+
+async def test_assigned_partitions_are_read_from_the_stored_positions_only(kafka, settings, monkeypatch):
+    """aiokafka lets polls go on while the consumer's assignment callback reads the stored
+    positions, from Kafka's committed offsets: after a restore, those are ahead of the database.
+    A batch taken from there and committed before the seek would store a position past records
+    never handled, lost for good. The partitions stay paused until sought."""
+    uai = valid_uai("0350807")
+    lots = settings.topic(c.EQUIPEMENT)
+    declared = [lot(uai, f"L{n}", 30, 1 + n) for n in range(7)]
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, lots, [(uai, d) for d in declared[:5]])
+
+        async def stored(count: int) -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == count
+
+        await eventually(lambda: stored(5), what="the first five lots stored")
+        pool = pipeline.pool
+        # A restore to before the last three: the database forgets them, and that it saw them.
+        await pool.execute("UPDATE positions SET next_offset = 2 WHERE topic = $1", lots)
+        await pool.execute("DELETE FROM lots WHERE uai = $1 AND lot_id = ANY($2)", uai, ["L2", "L3", "L4"])
+        await pool.execute("DELETE FROM inbox WHERE id = ANY($1)", [d["id"] for d in declared[2:5]])
+    offsets = await committed_offsets(kafka.bootstrap_servers, settings.topic(SPEC.name))
+    assert [o for (topic, _), o in offsets.items() if topic == lots] == [5], "Kafka's offsets: ahead of the database"
+    await send(kafka.bootstrap_servers, lots, [(uai, d) for d in declared[5:]])
+
+    load = consumer.positions.load
+
+    async def slow_load(pool, assigned):  # longer than a poll and a batch's transaction
+        await asyncio.sleep(3)
+        return await load(pool, assigned)
+
+    monkeypatch.setattr(consumer.positions, "load", slow_load)
+    async with running(SPEC, settings) as pipeline:
+        handled: list[int] = []
+        handle = pipeline.handle
+
+        async def watched(records, *ahead):
+            handled.extend(r.offset for r in records if r.topic == lots)
+            await handle(records, *ahead)
+
+        pipeline.handle = watched
+        await eventually(lambda: stored(7), what="every lot stored, the three the restore forgot too")
+        assert handled[0] == 2, f"resumed from the stored position, not from Kafka's: {handled}"

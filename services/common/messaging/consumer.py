@@ -68,6 +68,16 @@ class Ahead(Protocol):
     async def parse_ahead(self, records: Sequence[ConsumerRecord]) -> Parsed: ...
 
 
+@dataclasses.dataclass(eq=False)
+class _TakeAhead:
+    """One batch taken ahead: from which consumer, by which task, and what aiokafka gave it
+    (its own, so that dropping it never reports another task's records)."""
+
+    consumer: AIOKafkaConsumer
+    task: asyncio.Task[tuple[tuple[ConsumerRecord, ...], Parsed]] = dataclasses.field(init=False)
+    taken: tuple[ConsumerRecord, ...] = ()
+
+
 class Poll:
     """How the subscriber takes its batches (FastStream's `get_msg`).
 
@@ -95,9 +105,8 @@ class Poll:
 
     def __init__(self, subscriber: Any, wait_ms: int, ahead: Ahead | None = None):
         self._subscriber, self._wait_ms, self._ahead = subscriber, wait_ms, ahead
-        self._next: asyncio.Task[tuple[tuple[ConsumerRecord, ...], Parsed]] | None = None
-        self._next_from: AIOKafkaConsumer | None = None
-        self._taken: tuple[ConsumerRecord, ...] = ()  # by the task in `_next`, once aiokafka gave them
+        self._next: _TakeAhead | None = None
+        self._hooked: AIOKafkaConsumer | None = None  # the consumer whose stop drops the take-ahead first
         self._handed: Parsed = {}  # what was parsed of the batch handed over
         subscriber.get_msg = self.get_msg
 
@@ -119,8 +128,9 @@ class Poll:
                 more = await self._take(consumer, self._wait_ms, room)
             except Exception as exc:
                 # The records taken are handed over all the same: the consumer's position is past
-                # them, and a batch that is not handled now would be skipped. aiokafka raises
-                # before taking anything, so the error comes again at the next poll.
+                # them, and a batch that is not handled now would be skipped. aiokafka raises a
+                # fetch error before taking anything, so it comes again at the next poll (not a
+                # corrupt record: aiokafka then loses what it took of other partitions first).
                 log.info("consumer.top_up_failed", error=type(exc).__name__)
                 more = ()
             # Buffered again: a fetch for what came after them is sent only now they are taken.
@@ -129,11 +139,12 @@ class Poll:
                 got = _by_partition(got + more)  # a partition's records stay in their order
         self._handed = parsed
         if got and self._ahead is not None:
-            if consumer is not self._next_from:  # a new consumer at each (re)start of the subscriber
+            if consumer is not self._hooked:  # a new consumer at each (re)start of the subscriber
                 _before_stop(consumer, self.drop)  # a take-ahead waiting on a stopped consumer would be left pending
-            self._next_from = consumer
-            self._next = asyncio.create_task(self._take_ahead(consumer), name="consumer-take-ahead")
-            self._next.add_done_callback(_retrieved)
+                self._hooked = consumer
+            self._next = _TakeAhead(consumer)
+            self._next.task = asyncio.create_task(self._take_ahead(self._next), name="consumer-take-ahead")
+            self._next.task.add_done_callback(_retrieved)
         return got
 
     @staticmethod
@@ -141,42 +152,48 @@ class Poll:
         got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return tuple(r for records in got.values() for r in records)
 
-    async def _take_ahead(self, consumer: AIOKafkaConsumer) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
+    async def _take_ahead(self, ahead: _TakeAhead) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
         assert self._ahead is not None
-        # No await between aiokafka's giving the records and `_taken`: a cancelled task took
+        # No await between aiokafka's giving the records and `taken`: a cancelled task took
         # nothing, or says what it took.
-        self._taken = await self._take(consumer, self._subscriber.batch_timeout_ms, self._subscriber.max_records)
-        return self._taken, await self._ahead.parse_ahead(self._taken)
+        ahead.taken = await self._take(ahead.consumer, self._subscriber.batch_timeout_ms, self._subscriber.max_records)
+        try:
+            return ahead.taken, await self._ahead.parse_ahead(ahead.taken)
+        except Exception as exc:
+            # Handed over all the same, for the handler to parse: they were taken (the consumer's
+            # position is past them), and a poll that raises would leave them to no one. The
+            # handler gives its batch back if parsing fails there too.
+            log.warning("consumer.parse_ahead_failed", error=type(exc).__name__, records=len(ahead.taken))
+            return ahead.taken, {}
 
     async def _taken_ahead(self, consumer: AIOKafkaConsumer) -> tuple[tuple[ConsumerRecord, ...], Parsed] | None:
         """The batch taken ahead, when there is one (None: none, or dropped meanwhile)."""
-        task = self._next
-        if task is None:
+        ahead = self._next
+        if ahead is None:
             return None
-        if self._next_from is not consumer:  # the subscriber restarted: another consumer, other positions
+        if ahead.consumer is not consumer:  # the subscriber restarted: another consumer, other positions
             await self.drop()
             return None
         try:
-            if not task.done():  # (asyncio.wait would take a turn of the loop even then)
-                await asyncio.wait({task})
+            if not ahead.task.done():  # (asyncio.wait would take a turn of the loop even then)
+                await asyncio.wait({ahead.task})
         except asyncio.CancelledError:  # the subscriber stops: what was taken ahead is not handled
             self._next = None
-            task.cancel()
+            ahead.task.cancel()
             raise
-        if task is not self._next:  # dropped while this waited (partitions assigned)
+        if ahead is not self._next:  # dropped while this waited (partitions assigned)
             return None
-        self._next, self._taken = None, ()
-        return task.result()  # aiokafka's error, if it raised, as a poll's own would be
+        self._next = None
+        return ahead.task.result()  # aiokafka's error, if it raised, as a poll's own would be
 
     async def drop(self) -> tuple[ConsumerRecord, ...]:
         """Stops taking ahead; returns what was taken, not handed over."""
-        task, self._next = self._next, None
-        if task is None:
+        ahead, self._next = self._next, None
+        if ahead is None:
             return ()
-        task.cancel()
-        await asyncio.wait({task})
-        taken, self._taken = self._taken, ()
-        return taken
+        ahead.task.cancel()
+        await asyncio.wait({ahead.task})
+        return ahead.taken
 
     async def give_back(self, consumer: AIOKafkaConsumer, batch: Sequence[ConsumerRecord]) -> None:
         """The batch handed over failed: it, and what was taken behind it, are taken again
@@ -264,10 +281,19 @@ class StoredPositions(ConsumerRebalanceListener):
         pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.subscriber.consumer
+        # Paused until sought, before anything awaits: aiokafka lets polls go on during this
+        # callback, from Kafka's committed offsets, and a batch taken from there and committed
+        # before the seek would move the stored positions past records never handled.
+        consumer.pause(*assigned)
         if self.poll is not None:  # records taken ahead: every partition is sought below
             await self.poll.drop()
-        if not assigned:
-            return
+        if assigned:
+            await self._resume_from_database(consumer, assigned)
+
+    async def _resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Each partition sought to its stored position, then resumed (left paused if this fails
+        first: never read from anywhere else; aiokafka logs the error)."""
         # Never Kafka's committed offsets instead: after a restore or a failover to a standby
         # that was behind, they are ahead of the database, and what lies between would be
         # skipped for good. PostgreSQL away: wait for it (the start-up guard ends the process
@@ -282,7 +308,8 @@ class StoredPositions(ConsumerRebalanceListener):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for tp in sorted(assigned):
-            self.subscriber.consumer.seek(tp, stored.get(tp, 0))
+            consumer.seek(tp, stored.get(tp, 0))
+        consumer.resume(*assigned)
         self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
 
@@ -319,9 +346,9 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
     async def consume(records: list) -> None:
         # No `KafkaMessage` parameter: FastStream resolves it with a synchronous call that it
         # runs in a worker thread, a thread hop per batch (held up by the GIL while the next
-        # batch is parsed). What was parsed ahead is not in FastStream's message either: that
-        # message, in a reference cycle, waits for the cyclic collector (rarely:
-        # runtime/lifecycle.py), and with it 15 batches of parsed events did (+65 MB).
+        # batch is parsed). Then the message sat in a reference cycle, so each batch waited for
+        # the cyclic collector (rarely: runtime/lifecycle.py); without the parameter no batch
+        # leaves cyclic garbage (gc.DEBUG_SAVEALL over ten batches of formation: none).
         try:
             await pipeline.handle(records, poll.parsed())
         except BaseException:

@@ -122,6 +122,24 @@ async def test_the_next_batch_is_taken_and_parsed_while_one_is_handled():
     await p.drop()
 
 
+async def test_records_whose_parsing_ahead_failed_are_handed_over_for_the_handler_to_parse():
+    """Not a refusal (that is a result): the parser itself failing. Taken, the records are past
+    the consumer's position: a poll that raised would leave them to no one."""
+
+    class Failing(Parser):
+        async def parse_ahead(self, records):
+            self.parsing.set()
+            raise RuntimeError("a bug in the parser")
+
+    kafka, parser = Scripted({TP0: [A0]}, {TP0: [A1], TP1: [B0]}, delays=[0.05]), Failing()
+    p = poll(ahead=parser)
+    assert await p.get_msg(kafka) == (A0,)
+    await asyncio.wait_for(parser.parsing.wait(), 5)
+    assert await p.get_msg(kafka) == (A1, B0)
+    assert p.parsed() == {}, "nothing parsed ahead: the handler parses them (and gives them back if it fails too)"
+    await p.drop()
+
+
 async def test_a_failed_batch_is_taken_again_with_what_was_taken_behind_it():
     """The records taken ahead are past the consumer's position: not sought back, they would be skipped."""
     kafka, parser = Scripted({TP0: [A1]}, {TP0: [A2], TP1: [B1, B2]}, delays=[0.05]), Parser()
