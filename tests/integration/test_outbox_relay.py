@@ -76,7 +76,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
         await admin.close()
     pool = await create_pool(database_url, "relaybatches")
     await migrate(pool, "relaybatches", SPEC.package_dir)
-    relay = OutboxRelay(pool, producer_as_admin(kafka), "relaybatches")
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "relaybatches", batch=500)
     try:
         records = [
             OutboxRecord(topic, keys[n % 7], json.dumps({"n": n, "pad": "x" * 2000}).encode(), (("x-n", b"%d" % n),))

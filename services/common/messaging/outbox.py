@@ -83,6 +83,10 @@ async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
 # Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_BATCH_BYTES = 256 * 1024
+ROUND_RECORDS = 2000
+"""Records per relay round (OUTBOX_BATCH_RECORDS): one produce request, one batch per partition.
+A fan-out's rounds of 500 cost the broker a quarter more CPU than rounds of 2,000 (its work goes
+by batch more than by record: `./dev bench national`, README Known limits)."""
 
 
 def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
@@ -132,7 +136,7 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         schema: str,
         *,
-        batch: int = 500,
+        batch: int = ROUND_RECORDS,
         poll_ms: int = 1000,
         published: Callable[[int, int], None] = lambda done, failed: None,
     ):
