@@ -61,6 +61,42 @@ async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_ord
         await pool.close()
 
 
+async def test_a_record_the_broker_refuses_is_set_aside_alone(kafka, database_url, topic_prefix):
+    """Over the topic's max.message.bytes, a record goes out in a batch of its own (over a
+    batch's size) which the broker refuses for good: that record is set aside, and the records
+    behind it on its partition go out, once (set aside, they would be published again by an
+    operator's retry, after records that came later). The refusal leaves the idempotent
+    producer's sequence numbers out of step with the broker's: the relay starts a new one,
+    else every later batch of the partition is refused as out of order, for good."""
+    topic = topic_prefix + "refused"
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(100 * 1024)})])
+    finally:
+        await admin.close()
+    pool = await create_pool(database_url, "relayrefused")
+    await migrate(pool, "relayrefused", SPEC.package_dir)
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "relayrefused", renew=lambda: producer_as_admin(kafka))
+    try:
+        small = [OutboxRecord(topic, b"k", b"%d" % n) for n in range(3)]
+        big = OutboxRecord(topic, b"k", b"x" * (300 * 1024))  # over a batch (256 KiB) and the topic's limit
+        async with pool.acquire() as conn:
+            await enqueue(conn, [small[0], big, small[1], small[2]])
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            # The broker refused the big one's batch, and then the next as out of order: the
+            # producer's sequence numbers were out of step. A new producer sends it next round.
+            assert [await relay.drain_once() for _ in range(3)] == [0, 2, 0]
+            out = await reader.wait_for(lambda rs: len(rs) >= 3, what="the three small records")
+        assert [r.value for r in out] == [b"0", b"1", b"2"]
+        failed = await pool.fetch("SELECT length(value) AS size, error FROM outbox_failed")
+        assert [f["size"] for f in failed] == [300 * 1024], [dict(f) for f in failed]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
 async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_send_puts_it(
     kafka, database_url, topic_prefix
 ):

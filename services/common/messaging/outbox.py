@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
@@ -28,6 +34,9 @@ log = structlog.get_logger(__name__)
 
 # Errors no retry will fix: the record is set aside (outbox_failed) so the rest goes on.
 _UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
+# A batch the broker refused had used sequence numbers of its partition (idempotence): the
+# producer's next batches there are refused as out of order, for as long as it lives.
+_OUT_OF_STEP = (*_UNPUBLISHABLE, OutOfOrderSequenceNumber)
 
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -139,8 +148,13 @@ class OutboxRelay:
         batch: int = ROUND_RECORDS,
         poll_ms: int = 1000,
         published: Callable[[int, int], None] = lambda done, failed: None,
+        renew: Callable[[], AIOKafkaProducer] | None = None,
     ):
+        """`renew`: a new producer like `producer`, for when the broker refused a batch (the
+        producer's sequence numbers are then out of step with the broker's); None: `producer`
+        is the caller's, and a partition whose batch the broker refused waits for a restart."""
         self._pool = pool
+        self._renew = renew
         self._published = published  # each round's records published and set aside (metrics)
         self._producer = producer
         self._producer_started = False
@@ -224,7 +238,7 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            errors = await self._publish(rows)
+            errors, out_of_step = await self._publish(rows)
             failed = [(r, e) for r, e in zip(rows, errors, strict=True) if isinstance(e, _UNPUBLISHABLE)]
             retry = [e for e in errors if e is not None and not isinstance(e, _UNPUBLISHABLE)]
             if failed:
@@ -251,16 +265,21 @@ class OutboxRelay:
                     )
         log.debug("outbox.published", count=len(done))
         self._published(len(done), len(failed))
+        if out_of_step and self._renew is not None:
+            await self._producer.stop()
+            self._producer, self._producer_started = self._renew(), False
+            log.info("outbox.producer_renewed", reason=type(out_of_step).__name__)
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
             log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))
             return 0
         return len(rows)
 
-    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> tuple[list[BaseException | None], BaseException | None]:
         """Sends `rows` in batches of one partition each, filled in `seq` order (one key, one
         partition: a key's records keep their order), and waits for the broker to acknowledge
         each batch; per row, None once published, else the error of its batch. What aiokafka's
-        `send` did per record (a future, the accumulator) is done once per batch."""
+        `send` did per record (a future, the accumulator) is done once per batch. And the error
+        of a batch after which the producer is out of step with the broker, if one failed so."""
         errors: list[BaseException | None] = [None] * len(rows)
         partitions: dict[str, list[int]] = {}
         filling: dict[tuple[str, int], _Batch] = {}
@@ -291,16 +310,19 @@ class OutboxRelay:
         # After a batch of a partition failed, the later batches of that partition count as
         # failed too, acknowledged or not: they go out again after it next round (at least once,
         # same ids), so a key's records never end in another order (a raise after its tombstone
-        # on alertes.etat.v1 would reopen a resolved alert).
+        # on alertes.etat.v1 would reopen a resolved alert). Not after a batch refused for good:
+        # it is set aside, and those behind it go on, judged by their own outcome.
         broken: dict[tuple[str, int], BaseException] = {}
-        for batch, result in zip(batches, await asyncio.gather(*acks, return_exceptions=True), strict=True):
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        for batch, result in zip(batches, results, strict=True):
             where = (batch.topic, batch.partition)
             error = result if isinstance(result, BaseException) else broken.get(where)
             if error is not None:
-                broken.setdefault(where, error)
+                if not isinstance(error, _UNPUBLISHABLE):
+                    broken.setdefault(where, error)
                 for i in batch.rows:
                     errors[i] = error
-        return errors
+        return errors, next((r for r in results if isinstance(r, _OUT_OF_STEP)), None)
 
 
 def _check_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:

@@ -3,6 +3,7 @@ database and migrate, then run the outbox relay and the background tasks (the sp
 start-up work, retention), and at the end stop them and close what was opened."""
 
 import asyncio
+import functools
 import gc
 from collections.abc import Coroutine
 from typing import Any
@@ -51,14 +52,15 @@ class Lifecycle:
             log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
             raise StartupFailed(reason)
         await migrate(pool, schema, spec.package_dir)
-        producer = relay_producer(KafkaAccess.of(settings), f"feo-{spec.name}-relay")
+        producer = functools.partial(relay_producer, KafkaAccess.of(settings), f"feo-{spec.name}-relay")
         relay = OutboxRelay(
             pool,
-            producer,
+            producer(),
             schema,
             batch=settings.outbox_batch_records,
             poll_ms=settings.outbox_poll_ms,
             published=self._pipeline.metrics.published,
+            renew=producer,
         )
         self._pipeline.attach(pool, relay)
 

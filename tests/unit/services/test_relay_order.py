@@ -1,8 +1,11 @@
 """The relay's round, with a broker that fails one batch of a partition and acknowledges a later
 one of the same partition: both count as failed, so that partition's records go out again in
-their order next round (a key's records never end reordered); other partitions are done."""
+their order next round (a key's records never end reordered); other partitions are done. A
+batch refused for good is set aside alone: those behind it are judged by their own outcome."""
 
 import asyncio
+
+from aiokafka.errors import MessageSizeTooLargeError
 
 from services.common.messaging import outbox
 
@@ -23,10 +26,11 @@ class Builder:
 
 
 class Producer:
-    """Partitions 0 and 1; batches of two records; the first batch sent to partition 0 fails."""
+    """Partitions 0 and 1; batches of two records; the first batch sent to partition 0 fails with `error`."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception) -> None:
         self.sent: list[tuple[int, list[bytes]]] = []
+        self.error = error
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1}
@@ -39,20 +43,41 @@ class Producer:
         first_of_partition_0 = partition == 0 and not any(p == 0 for p, _ in self.sent)
         self.sent.append((partition, builder.records))
         if first_of_partition_0:
-            future.set_exception(ConnectionError("leader gone"))
+            future.set_exception(self.error)
         else:
             future.set_result(None)
         return future
 
 
-async def test_a_failed_batch_fails_the_later_ones_of_its_partition(monkeypatch):
+KEYS = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
+
+
+async def publish(monkeypatch, error: Exception) -> tuple[Producer, list, BaseException | None]:
     monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key))  # key b"0": partition 0
     relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
-    relay._producer = producer = Producer()
-    keys = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
-    rows = [{"topic": "t", "key": k, "value": f"v{n}".encode(), "headers": "[]"} for n, k in enumerate(keys)]
-
-    errors = await relay._publish(rows)
-
+    relay._producer = producer = Producer(error)
+    rows = [{"topic": "t", "key": k, "value": f"v{n}".encode(), "headers": "[]"} for n, k in enumerate(KEYS)]
+    errors, out_of_step = await relay._publish(rows)
     assert [p for p, _ in producer.sent] == [0, 1, 0, 0], "partition 0 in three batches, the first one failing"
-    assert [e is None for e in errors] == [k == b"1" for k in keys], "partition 0's later batches count as failed"
+    return producer, errors, out_of_step
+
+
+async def test_a_failed_batch_fails_the_later_ones_of_its_partition(monkeypatch):
+    _, errors, out_of_step = await publish(monkeypatch, ConnectionError("leader gone"))
+    assert [e is None for e in errors] == [k == b"1" for k in KEYS], "partition 0's later batches count as failed"
+    assert out_of_step is None
+
+
+async def test_after_a_batch_refused_for_good_the_later_ones_are_judged_by_their_outcome(monkeypatch):
+    refused = MessageSizeTooLargeError()
+    _, errors, out_of_step = await publish(monkeypatch, refused)
+    assert [e is refused for e in errors] == [True, True] + [False] * 5, "only the refused batch is set aside"
+    assert all(e is None for e in errors[2:]), "the later batches went out: not set aside, not sent again"
+    assert out_of_step is refused, "its sequence numbers used: the producer is out of step, the relay renews it"
+
+
+async def test_a_batch_refused_as_out_of_order_is_sent_again_by_a_new_producer(monkeypatch):
+    out_of_order = outbox.OutOfOrderSequenceNumber()
+    _, errors, out_of_step = await publish(monkeypatch, out_of_order)
+    assert [e is None for e in errors] == [k == b"1" for k in KEYS], "sent again, with the later ones of its partition"
+    assert out_of_step is out_of_order
