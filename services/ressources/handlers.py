@@ -5,7 +5,9 @@ UAIs (`Reevaluations`).
 
 A transaction evaluates a UAI's pairs only while it holds the UAI's lock, taken after writing
 its inputs and before reading any (services/common/storage/locks.py): transactions evaluating
-one UAI run one after the other, each seeing what those before it wrote."""
+one UAI run one after the other, each seeing what those before it wrote. A resource's fan-out
+cannot see a subscription not yet committed, so a batch of subscriptions and one changing their
+resource also take turns on the resource (`lock_resources`)."""
 
 import asyncio
 import logging
@@ -43,6 +45,8 @@ class Store(Protocol):
     async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]: ...
 
     async def lock(self, uais: Sequence[str]) -> None: ...
+
+    async def lock_resources(self, changed: Sequence[str], subscribed: Sequence[str]) -> None: ...
 
     async def assemble(self, uais: Sequence[str]) -> None: ...
 
@@ -91,8 +95,12 @@ def make_apply(seuils: Seuils):
                 if touched:
                     causes[touched] = e
         # A resource's pairs are re-evaluated in the background (Reevaluations), the batch's UAIs
-        # here; not those of a resource republished with nothing the rules read changed.
-        await store.request_reevaluations(_changed_for_the_rules(catalogue.winners.values(), before))
+        # here; not those of a resource republished with nothing the rules read changed. Its
+        # fan-out sees only the subscriptions committed: one written here is evaluated here, so
+        # this batch either reads the resource's change or commits before its fan-out is cut.
+        changed = _changed_for_the_rules(catalogue.winners.values(), before)
+        await store.lock_resources(changed, sorted({e.data.resource_id for e in abonnements.winners.values()}))
+        await store.request_reevaluations(changed)
         uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))

@@ -148,6 +148,24 @@ class RessourcesStore:
         """Hold these UAIs until the transaction ends: their pairs are evaluated by one transaction at a time."""
         await lock_keys(self._conn, "uai", uais)
 
+    async def lock_resources(self, changed: Sequence[str], subscribed: Sequence[str]) -> None:
+        """Until the transaction ends, hold the resources whose fan-out it requests alone, and
+        those it writes subscriptions to shared with other such writers. Without it, a fan-out
+        cut while a subscription's transaction had read the resource's former state would miss
+        that subscription, not committed yet, and the pair would keep the former verdict. Taken
+        after the rows the batch writes and before its UAIs, in the order of their keys: no two
+        transactions wait for each other in a cycle. Advisory locks: a resource published for
+        the first time has no row to lock yet."""
+        modes = dict.fromkeys(changed, True) | {rid: False for rid in subscribed if rid not in changed}
+        if modes:
+            await self._conn.execute(
+                "SELECT CASE WHEN alone THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END "
+                "FROM (SELECT hashtextextended('ressource:' || current_schema() || ':' || r, 0) AS k, alone "
+                "FROM unnest($1::text[], $2::boolean[]) AS u(r, alone) ORDER BY k) AS held",
+                list(modes),
+                list(modes.values()),
+            )
+
     async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]:
         """Every subscribed pair of these UAIs (of this resource only, when given), active or not."""
         if not uais:

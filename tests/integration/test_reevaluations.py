@@ -345,6 +345,79 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         await pool.close()
 
 
+class PausedAfterResource(RessourcesStore):
+    """A batch's store that stops once it has read its resources, until `go` is set."""
+
+    def __init__(self, conn, read: asyncio.Event, go: asyncio.Event):
+        super().__init__(conn)
+        self._read, self._go = read, go
+
+    async def load_ressources(self, ids):
+        ressources = await super().load_ressources(ids)
+        self._read.set()
+        await self._go.wait()
+        return ressources
+
+
+async def test_a_subscription_and_a_stricter_republication_of_its_resource_take_turns(database_url):
+    """The fan-out of a republication sees only subscriptions committed: a batch subscribing a UAI
+    that read the resource before it changed, and committed after the fan-out passed the UAI,
+    would leave the pair on the former verdict. The two take turns on the resource: the
+    republication waits for the subscription, and its fan-out then evaluates the new pair."""
+    codes = uais(2)
+    [code, _] = codes
+    assert ipados(0) == RECENT  # compatible with iPadOS >= 15, not >= 17.2
+    read, go = asyncio.Event(), asyncio.Event()
+    apply = make_apply(Seuils())
+
+    def publication(minute: int, min_ipados: str) -> c.CloudEvent:
+        data = c.RessourcePubliee.model_validate(publiee(minute, min_ipados)[1]["data"])
+        return c.make_event(c.RESSOURCE_PUBLIEE, data, source="/ministere", time=at(minute))
+
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        await pool.execute("DELETE FROM abonnements WHERE uai = $1", code)  # subscribed by the batch below
+        async with pool.acquire() as conn, conn.transaction():
+            await apply(RessourcesStore(conn), [publication(1, "15")], set())
+
+        async def fan_out() -> None:
+            while True:
+                async with pool.acquire() as conn, conn.transaction():
+                    if await reevaluate_chunk(RessourcesStore(conn), Seuils(), 10) is None:
+                        return
+
+        await fan_out()
+
+        async def subscription() -> None:
+            data = c.Abonnement(resource_id=RID, uai=code, start=date(2026, 9, 1))
+            abonnement = c.make_event(c.ABONNEMENT, data, source="/gar", time=at(2))
+            async with pool.acquire() as conn, conn.transaction():
+                await apply(PausedAfterResource(conn, read, go), [abonnement], set())
+
+        async def republication() -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await apply(RessourcesStore(conn), [publication(3, "17.2")], set())
+
+        subscribing = asyncio.create_task(subscription())
+        await asyncio.wait_for(read.wait(), timeout=10)  # it has read the resource as published at first
+        republishing = asyncio.create_task(republication())
+
+        async def waiting_or_done() -> bool:
+            return republishing.done() or bool(await lock_waiters(pool))
+
+        await eventually(waiting_or_done, timeout=10, what="the republication waiting, or done")
+        await fan_out()  # what a worker may do meanwhile
+        go.set()
+        await asyncio.wait_for(asyncio.gather(subscribing, republishing), timeout=10)
+        await fan_out()
+        assert await open_alerts(pool) == set(codes), "the new pair on the stricter resource too"
+    finally:
+        go.set()  # a failure above must not leave the batch's transaction waiting
+        await pool.close()
+
+
 async def test_each_reevaluation_worker_has_a_connection_beside_the_service_s_own(kafka, settings):
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_workers": 3})
     async with running(MANUAL, settings) as pipeline:

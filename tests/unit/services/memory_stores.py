@@ -158,6 +158,9 @@ class RessourcesMemory:
     async def lock(self, uais: Sequence[str]) -> None:
         pass  # one transaction at a time here
 
+    async def lock_resources(self, changed: Sequence[str], subscribed: Sequence[str]) -> None:
+        pass  # one transaction at a time here
+
     async def assemble(self, uais: Sequence[str]) -> None:
         pass  # profiles and coverages are assembled at each reading here
 
