@@ -238,9 +238,17 @@ async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) ->
 
 async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> list[Outgoing]:
     """The transitions of these pairs' alerts, stored and announced on the stream, then on its
-    table (alertes.etat.v1); the caller holds their UAIs' locks."""
+    table (alertes.etat.v1); the caller holds their UAIs' locks.
+
+    With the thresholds in force: those the latest replica to start stored (`reconcile_seuils`),
+    else `seuils`, this replica's own. During a rolling change of the thresholds, a replica still
+    on the former ones evaluates with the new ones once a new replica has stored them: it may be
+    evaluating part of the re-evaluation that replica requested. Read under the UAIs' locks, so
+    a chunk of that re-evaluation that evaluates one of these UAIs later reads the same ones."""
     if not pairs:
         return []
+    held = await store.seuils()
+    seuils = seuils if held is None else Seuils(*held)
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
     ressources = await store.load_ressources({p.resource_id for p in pairs})

@@ -418,6 +418,39 @@ async def test_a_subscription_and_a_stricter_republication_of_its_resource_take_
         await pool.close()
 
 
+async def test_a_replica_evaluates_with_the_thresholds_the_latest_one_to_start_stored(database_url):
+    """During a rolling change of the thresholds, a replica still on the former ones takes part of
+    the re-evaluation a new replica requested: it evaluates with the new ones, stored by that
+    replica, else those pairs would keep the former verdicts once every replica is new."""
+    [code] = codes = uais(1)
+    assert ipados(0) == RECENT
+    former, new = Seuils(min_compatible_share=0.5), Seuils(min_compatible_share=0.9)
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        # A second lot of 30 tablets on iPadOS 12.5: half the tablets run the resource.
+        await pool.execute(
+            "INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, 'L2', 1, $3)",
+            internal.PROFIL_LOT,
+            code,
+            json.dumps(lot(code, 1, OLD) | {"lot_id": "L2"}),
+        )
+        await pool.execute(views.ENTREES_SQL, codes)
+        async with pool.acquire() as conn, conn.transaction():
+            ressource = c.RessourcePubliee.model_validate(publiee(1, "15")[1]["data"])
+            await make_apply(former)(
+                RessourcesStore(conn), [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/gar")], set()
+            )
+            await RessourcesStore(conn).save_seuils(new)  # as the new replica, starting meanwhile
+        async with pool.acquire() as conn, conn.transaction():
+            assert await reevaluate_chunk(RessourcesStore(conn), former, 10) is not None  # the former replica's worker
+        kinds = await pool.fetch("SELECT kind FROM alertes WHERE ouverte")
+        assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
+    finally:
+        await pool.close()
+
+
 async def test_each_reevaluation_worker_has_a_connection_beside_the_service_s_own(kafka, settings):
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_workers": 3})
     async with running(MANUAL, settings) as pipeline:
