@@ -209,7 +209,7 @@ class Pipeline:
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
                 except _REFUSED_BY_DATABASE as exc:
-                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, refused_by_database(exc))
                     await self._isolate(records, exc)
                     return
                 except Exception as exc:
@@ -225,12 +225,12 @@ class Pipeline:
         beyond its column, a key beyond an index's size) must not block its partition: find it
         by handling the batch record by record, and dead-letter it alone."""
         if len(records) > 1:
-            log.warning("batch.isolating", records=len(records), error=str(exc))
+            log.warning("batch.isolating", records=len(records), error=refused_by_database(exc))
             for record in records:
                 await self.handle([record])
             return
         [record] = records
-        refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {type(exc).__name__}: {exc}")
+        refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {refused_by_database(exc)}")
         async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
@@ -363,6 +363,19 @@ class Pipeline:
             duration_ms=round(seconds * 1000),
             partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
         )
+
+
+def refused_by_database(exc: Exception) -> str:
+    """What PostgreSQL refused, named by its rule (the error, its SQLSTATE, the table, column or
+    constraint), never by a value: its message and DETAIL may quote them ("Failing row contains
+    (…)"), and this goes to the DLQ header, the dead-letter log, the logs and the traces."""
+    named = [type(exc).__name__]
+    if isinstance(exc, asyncpg.PostgresError):
+        named.append(f"SQLSTATE {exc.sqlstate}")
+        for what in ("table", "column", "constraint"):
+            if name := getattr(exc, f"{what}_name", None):
+                named.append(f"{what} {name}")
+    return ", ".join(named)
 
 
 def _principal(headers) -> str | None:
