@@ -4,6 +4,8 @@ found by `./dev dead-letters`, against the real broker and database."""
 import json
 from pathlib import Path
 
+import asyncpg
+
 import contracts as c
 from helpers import TopicReader, at, college, event, eventually, record_count, running, send, uai
 from services.common.messaging import dead_letters
@@ -209,6 +211,16 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(later, college(later))])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the fix")
         assert len(partner.records) == 1, "the dry run sent nothing"
+
+        # While another operator's replay runs, this one sends nothing (each would send them all).
+        other = await asyncpg.connect(settings.database_url)
+        try:
+            await other.execute("SELECT pg_advisory_lock($1)", dead_letters.REPLAY_LOCK)
+            await dead_letters.run(dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url)
+            assert "another replay of dead letters is under way" in capsys.readouterr().err
+        finally:
+            await other.close()
+        assert await pipeline.pool.fetchval("SELECT replayed_at FROM dead_letters") is None
 
         out = await command(
             capsys, settings.database_url, "replay", "--service", "equipement", "--reason", "uai-inconnu"

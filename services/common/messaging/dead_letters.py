@@ -16,9 +16,10 @@ retention of the inbox). Reads DATABASE_URL.
 rights granted), sends the refused records the filters select back to the topic they were read
 from, oldest first: value, key and the partner's headers as they were, plus a `dlq-replay`
 header naming the refused record (so a replayed record that is refused again is recognisable).
-Each is replayed once: its `dead_letters` row is marked, and `list` shows it; a record refused
-again has a row of its own. A replay interrupted before the marks may send a record twice, which
-the services ignore (same CloudEvents id). Reads the DLQ topics and writes the partner topics
+Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
+shows it; a record refused again has a row of its own. One replay at a time in a database (a
+second one, meanwhile, replays nothing and says so). A replay interrupted between a send and its
+mark may send that record twice, which the services ignore (same CloudEvents id). Reads the DLQ topics and writes the partner topics
 with the Kafka access of the environment (KAFKA_*: an operator's, the ACLs allowing it).
 """
 
@@ -39,11 +40,13 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.dlq import Origin, origin, replayed_headers
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
+from services.common.storage.db import advisory_key
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
 HEADER_SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120  # reading a DLQ topic to its end: beyond, the broker is not answering
+REPLAY_LOCK = advisory_key("dead-letters-replay")
 
 
 def _shown(value: Any) -> str:
@@ -127,6 +130,18 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
 
 
 async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+    """One replay at a time in a database: two operators replaying the same dead letters at once
+    would each send them (a session lock, held until this ends)."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+        print("another replay of dead letters is under way: run this again once it is done", file=sys.stderr)
+        return 0
+    try:
+        return await _replay_held(conn, schemas, args)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+
+
+async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     where, params = _where(args)
     where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
     wanted: dict[Origin, str] = {}
@@ -144,6 +159,7 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
     print(f"reading {', '.join(sorted({dlq_topic(t) for t, _, _ in wanted}))} for {len(wanted)} refused records")
     producer = AIOKafkaProducer(**access.aiokafka(), acks="all", enable_idempotence=True, max_request_size=2**21)
     await producer.start()
+    acknowledged: list[Origin] = []
     try:
         found = await _copies(access, producer, set(wanted))
         for t, p, o in sorted(wanted.keys() - found.keys()):
@@ -158,16 +174,19 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
         ]
         for (t, p, o), acked in sending:
             meta = await acked
+            acknowledged.append((t, p, o))
             print(f"{t}:{p}@{o} replayed as {t}:{meta.partition}@{meta.offset}")
     finally:
         await producer.stop()
-    for schema in sorted(set(wanted.values())):  # marked once the broker has them all
-        mine = [of for of in found if wanted[of] == schema]
-        await conn.execute(
-            f'UPDATE "{schema}".dead_letters SET replayed_at = now() '
-            'WHERE (topic, partition, "offset") IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))',
-            *(list(column) for column in zip(*mine, strict=True)),
-        )
+        # What the broker acknowledged is marked, even when a later send failed: run again, the
+        # replay sends only the others.
+        for schema in sorted(set(wanted.values())):
+            if mine := [of for of in acknowledged if wanted[of] == schema]:
+                await conn.execute(
+                    f'UPDATE "{schema}".dead_letters SET replayed_at = now() WHERE (topic, partition, "offset") '
+                    "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
+                    *(list(column) for column in zip(*mine, strict=True)),
+                )
     return len(found)
 
 

@@ -45,8 +45,8 @@ class Rejection:
 
 
 def dead_letter(rejection: Rejection) -> OutboxRecord:
-    """The DLQ copy: value, key and the partner's headers byte-exact (any bytes, null, repeated
-    names), then the `dlq-*` headers, which a reader taking the last of each name sees."""
+    """The DLQ copy: value (null stays null), key and the partner's headers byte-exact (any bytes,
+    null, repeated names), then the `dlq-*` headers, which a reader taking the last of each name sees."""
     record = rejection.record
     ours = (
         (REASON, rejection.code),
@@ -56,7 +56,7 @@ def dead_letter(rejection: Rejection) -> OutboxRecord:
         (OFFSET, str(record.offset)),
     )
     headers = (*record.headers, *((name, value.encode()) for name, value in ours))
-    return OutboxRecord(dlq_topic(record.topic), record.key, record.value or b"", headers)
+    return OutboxRecord(dlq_topic(record.topic), record.key, record.value, headers)
 
 
 def origin(headers: Sequence[tuple[str, bytes | None]]) -> Origin | None:

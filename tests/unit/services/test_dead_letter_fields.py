@@ -71,3 +71,9 @@ def test_headers_without_the_dlq_tail_have_no_origin():
     assert dlq.origin([]) is None
     names = ("dlq-reason", "dlq-message", "dlq-topic", "dlq-partition", "dlq-offset")
     assert dlq.origin([(name, b"?") for name in names]) is None, "an offset that is not a number"
+
+
+@pytest.mark.parametrize("value", [None, b"", b"\xff{"])
+def test_a_dlq_copy_keeps_the_value_as_it_was_null_included(value):
+    record = ConsumerRecord("t", 0, 1, 0, 0, b"k", value, None, 1, 0, [])
+    assert dlq.dead_letter(dlq.Rejection(record, "json-invalide", "pas un objet JSON")).value == value
