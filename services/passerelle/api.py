@@ -190,19 +190,17 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
     settings = passerelle.settings
     principal = await passerelle.principal(credentials)
     media = corps.media_type(request.headers.get("content-type"))
+    if wait := passerelle.debit.waiting(principal.subject):  # refused before its body is even read
+        raise too_fast(settings, principal.subject, wait)
     cap = corps.limit(media, settings.passerelle_max_body_bytes)
     elements = corps.split(await corps.read(request.stream(), request.headers.get("content-length"), cap), media)
     if wait := passerelle.debit.take(principal.subject, len(elements)):
-        raise HTTPException(
-            429,
-            f"débit dépassé pour {principal.subject} : au plus {settings.passerelle_rate_events_per_s:g} "
-            f"événements par seconde, {settings.passerelle_rate_burst} d'un coup",
-            {"Retry-After": retry_after(wait)},
-        )
+        raise too_fast(settings, principal.subject, wait)
     not_after = datetime.now(UTC) + settings.max_clock_skew
     try:
-        verdicts = await examen.judge(elements, principal.declarants, not_after, passerelle.etablissements)
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+        async with asyncio.timeout(settings.passerelle_lookup_timeout_seconds):
+            verdicts = await examen.judge(elements, principal.declarants, not_after, passerelle.etablissements)
+    except _DATABASE_AWAY as e:
         log.warning("referentiel.injoignable", error=type(e).__name__)
         raise HTTPException(
             503, "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
@@ -218,6 +216,25 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
         duration_ms=round((time.monotonic() - started) * 1000),
     )
     return JSONResponse(body, status)
+
+
+_DATABASE_AWAY = (
+    OSError,
+    TimeoutError,  # no answer within PASSERELLE_LOOKUP_TIMEOUT_SECONDS
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, restarting, not accepting yet
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+)
+
+
+def too_fast(settings: PasserelleSettings, subject: str, wait: float) -> HTTPException:
+    return HTTPException(
+        429,
+        f"débit dépassé pour {subject} : au plus {settings.passerelle_rate_events_per_s:g} "
+        f"événements par seconde, {settings.passerelle_rate_burst} d'un coup",
+        {"Retry-After": retry_after(wait)},
+    )
 
 
 def record_headers(subject: str, http_headers: Iterable[tuple[str, str]]) -> list[tuple[str, bytes]]:

@@ -20,8 +20,9 @@ from services.passerelle.settings import MAX_BATCH_EVENTS
 STRUCTURED = "application/cloudevents+json"
 BATCHED = "application/cloudevents-batch+json"
 
-# Numbers are not needed to split, and int() refuses more than 4,300 digits: read as 0.
-_LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0)
+# Numbers are not needed to split, and int() refuses more than 4,300 digits: read as 0. A raw
+# control character inside a string (strict=False) is the contract parser's to refuse, in its element.
+_LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, strict=False)
 _SPACE = re.compile(r"[ \t\n\r]*")
 MAX_ATTRIBUTE = 128  # CONTRACTS.md: an id; longer type names are no v1 type either
 

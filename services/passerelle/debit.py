@@ -23,6 +23,15 @@ class Debit:
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, _Bucket] = {}
 
+    def waiting(self, subject: str) -> float:
+        """0 when `subject` may send at least one event now (nothing is counted), else the
+        seconds to wait: a request is refused before its body is read."""
+        bucket = self._buckets.get(subject)
+        if bucket is None:
+            return 0.0
+        tokens = min(self._burst, bucket.tokens + (self._clock() - bucket.at) * self._rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+
     def take(self, subject: str, events: int) -> float:
         """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
         now = self._clock()

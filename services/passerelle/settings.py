@@ -44,3 +44,6 @@ class PasserelleSettings(ServiceSettings):
     passerelle_write_timeout_seconds: float = Field(
         15, gt=0, description="how long the accepted events of a request may take to reach Kafka (503 beyond)"
     )
+    passerelle_lookup_timeout_seconds: float = Field(
+        5, gt=0, description="how long reading a request's établissements in PostgreSQL may take (503 beyond)"
+    )

@@ -4,10 +4,12 @@ with tokens of the local identity provider: what it refuses before judging (401,
 reaches Kafka (only the accepted events, bytes as sent, keyed by UAI, with the auth-principal
 header), written before the answer."""
 
+import asyncio
 import base64
 import json
 from contextlib import asynccontextmanager
 
+import asyncpg
 import pytest
 
 import contracts as c
@@ -196,6 +198,53 @@ async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_writte
         assert "débit" in second.json()["detail"]
         other = bearer(identite.jeton("/collectivites/communes/35001"))
         assert (await client.post("/v1/evenements", json=events, headers=other | BATCHED)).status_code == 207
+    assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
+
+
+async def test_with_an_empty_bucket_a_request_is_429_before_its_body_is_read(settings, identite):
+    own = PasserelleSettings.of(settings).model_copy(
+        update={
+            "jwks_file": str(identite.jwks_path),
+            "passerelle_rate_events_per_s": 0.01,
+            "passerelle_rate_burst": 1000,
+        }
+    )
+    async with serve(own) as (client, _):
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        events = [lot(ECOLE, lot_id=f"L{i}") for i in range(1000)]
+        assert (await client.post("/v1/evenements", json=events, headers=auth)).status_code == 207  # the burst
+        refused = await client.post("/v1/evenements", content=b"[{", headers=auth)  # read, a 400
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "away",
+    [
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        None,  # no answer at all
+    ],
+)
+async def test_while_postgresql_restarts_or_does_not_answer_a_request_is_503_to_send_again(
+    kafka, settings, identite, away
+):
+    own = PasserelleSettings.of(settings).model_copy(
+        update={"jwks_file": str(identite.jwks_path), "passerelle_lookup_timeout_seconds": 0.5}
+    )
+    async with serve(own) as (client, api):
+
+        async def etablissements(uais):
+            if away is None:
+                await asyncio.sleep(60)
+            raise away
+
+        api.state.passerelle.etablissements = etablissements
+        response = await client.post(
+            "/v1/evenements", content=json.dumps(lot(ECOLE)), headers=bearer(identite.jeton(RENNES)) | STRUCTURED
+        )
+        assert response.status_code == 503 and "PostgreSQL" in response.json()["detail"]
+        assert int(response.headers["retry-after"]) >= 1
     assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
 
 

@@ -130,3 +130,16 @@ def test_a_structured_body_that_is_not_an_object_is_400(body):
         split(body, STRUCTURED)
     assert refused.value.status == 400
     assert "objet JSON" in refused.value.message
+
+
+def test_a_raw_control_character_in_one_element_leaves_it_to_the_contract_parser_alone():
+    """JSON forbids a raw tab or newline inside a string: the contract's parser refuses that
+    element (`json-invalide`); the splitter, lenient, must not refuse the whole batch for it."""
+    from contracts import ContractError, parse_event
+
+    good, bad = b'{"id": "a", "type": "t"}', b'{"id": "b", "type": "t", "title": "a\tb"}'
+    elements = split(b"[" + good + b", " + bad + b"]", BATCHED)
+    assert [(e.raw, e.id) for e in elements] == [(good, "a"), (bad, "b")]
+    with pytest.raises(ContractError) as refused:
+        parse_event(bad, "equipement.declarations.v1")
+    assert refused.value.code == "json-invalide"

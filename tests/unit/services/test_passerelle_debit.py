@@ -47,3 +47,14 @@ def test_each_subject_has_its_own_bucket():
 
 def test_retry_after_is_whole_seconds_at_least_one():
     assert [retry_after(s) for s in (0.001, 1.0, 1.2, 20.0)] == ["1", "1", "2", "20"]
+
+
+def test_waiting_says_when_one_event_may_pass_and_takes_nothing():
+    clock = Clock()
+    debit = Debit(rate=2, burst=1000, clock=clock)
+    assert debit.waiting("a") == 0, "a subject never seen has a full bucket"
+    assert debit.take("a", 1000) == 0
+    assert debit.waiting("a") == 0.5, "one event's worth refills in half a second"
+    clock.now += 0.5
+    assert debit.waiting("a") == 0 and debit.waiting("a") == 0, "nothing taken by looking"
+    assert debit.take("a", 1) == 0
