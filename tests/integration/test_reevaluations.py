@@ -8,9 +8,10 @@ tables (thousands of them, in a second); the resource goes through Kafka as the 
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 import pytest
 
@@ -32,7 +33,8 @@ from services.ressources.store import RessourcesStore
 RID = "ark:/67375/fan-out"
 OLD, RECENT = "12.5", "17.1"
 ETABLISSEMENT_COLUMNS = [*c.Etablissement.model_fields, "event_time"]
-MANUAL = dataclasses.replace(SPEC, on_start=None)  # the test drives the re-evaluations itself
+MANUAL = dataclasses.replace(SPEC, on_start=None)
+T = TypeVar("T")  # the test drives the re-evaluations itself
 
 
 def ipados(n: int) -> str:
@@ -290,18 +292,25 @@ async def title_is(pool, title: str) -> bool:
     return await pool.fetchval("SELECT ressource->>'title' = $1 FROM ressources WHERE resource_id = $2", title, RID)
 
 
-class PausedAfterReading(RessourcesStore):
-    """A chunk's store that stops once it has read the profiles, until `go` is set."""
+class Paused(RessourcesStore):
+    """A store that stops after one of its readings (`_after`), until `go` is set."""
 
     def __init__(self, conn, read: asyncio.Event, go: asyncio.Event):
         super().__init__(conn)
         self._read, self._go = read, go
 
-    async def load_inputs(self, uais):
-        entrees = await super().load_inputs(uais)
+    async def _after(self, reading: Awaitable[T]) -> T:
+        result = await reading
         self._read.set()
         await self._go.wait()
-        return entrees
+        return result
+
+
+class PausedAfterReading(Paused):
+    """A chunk's store that stops once it has read the profiles."""
+
+    async def load_inputs(self, uais):
+        return await self._after(super().load_inputs(uais))
 
 
 async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
@@ -345,18 +354,11 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         await pool.close()
 
 
-class PausedAfterResource(RessourcesStore):
-    """A batch's store that stops once it has read its resources, until `go` is set."""
-
-    def __init__(self, conn, read: asyncio.Event, go: asyncio.Event):
-        super().__init__(conn)
-        self._read, self._go = read, go
+class PausedAfterResource(Paused):
+    """A batch's store that stops once it has read its resources."""
 
     async def load_ressources(self, ids):
-        ressources = await super().load_ressources(ids)
-        self._read.set()
-        await self._go.wait()
-        return ressources
+        return await self._after(super().load_ressources(ids))
 
 
 async def test_a_subscription_and_a_stricter_republication_of_its_resource_take_turns(database_url):
