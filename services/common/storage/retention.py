@@ -1,9 +1,12 @@
 """Forgetting what no replay can bring back.
 
 The inbox and `dead_letters` exist to make replays harmless. A replay older than the retention
-would be harmless anyway: state events are full states compared by `time` (an old one is
+is harmless nearly always: state events are full states compared by `time` (an old one is
 stale), trainings accumulate by max and union, and the platform's own records carry versions.
-So rows older than `INBOX_RETENTION_DAYS` are deleted, a bounded chunk at a time.
+The exception: a state event whose `time` equals the entity's current state's, which another
+event of that same `time` replaced (equal times: the later arrival wins, CONTRACTS.md), takes
+effect again (README, INBOX_RETENTION_DAYS). Rows older than `INBOX_RETENTION_DAYS` are
+deleted, a bounded chunk at a time.
 """
 
 import asyncio
