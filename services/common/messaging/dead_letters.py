@@ -18,9 +18,10 @@ from, oldest first: value, key and the partner's headers as they were, plus a `d
 header naming the refused record (so a replayed record that is refused again is recognisable).
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
-second one, meanwhile, replays nothing and says so). A replay interrupted between a send and its
-mark may send that record twice, which the services ignore (same CloudEvents id). Reads the DLQ topics and writes the partner topics
-with the Kafka access of the environment (KAFKA_*: an operator's, the ACLs allowing it).
+second one, meanwhile, replays nothing and says so). A replay interrupted between a send and
+its mark may send that record twice, which the services ignore (same CloudEvents id). Reads the
+DLQ topics and writes the partner topics with the Kafka access of the environment (KAFKA_*: an
+operator's, the ACLs allowing it).
 """
 
 import argparse
