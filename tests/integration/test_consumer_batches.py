@@ -14,9 +14,9 @@ from aiokafka import ConsumerRecord
 import contracts as c
 from contracts import ContractError
 from deploy.topology import PARTITIONS
-from services.common.messaging import consumer
 from helpers import college, committed_offsets, eventually, running, send
 from helpers import uai as valid_uai
+from services.common.messaging import consumer
 from services.common.messaging.partitioner import partition_for
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded

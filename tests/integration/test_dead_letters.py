@@ -216,7 +216,9 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         other = await asyncpg.connect(settings.database_url)
         try:
             await other.execute("SELECT pg_advisory_lock($1)", dead_letters.REPLAY_LOCK)
-            await dead_letters.run(dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url)
+            await dead_letters.run(
+                dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url
+            )
             assert "another replay of dead letters is under way" in capsys.readouterr().err
         finally:
             await other.close()
