@@ -23,21 +23,22 @@ class Debit:
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, _Bucket] = {}
 
+    def _tokens(self, bucket: _Bucket, now: float) -> float:
+        """What `bucket` holds at `now`: refilled at the rate since it was counted, up to the burst."""
+        return min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
+
     def waiting(self, subject: str) -> float:
         """0 when `subject` may send at least one event now (nothing is counted), else the
         seconds to wait: a request is refused before its body is read."""
         bucket = self._buckets.get(subject)
-        if bucket is None:
-            return 0.0
-        tokens = min(self._burst, bucket.tokens + (self._clock() - bucket.at) * self._rate)
+        tokens = self._burst if bucket is None else self._tokens(bucket, self._clock())
         return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
 
     def take(self, subject: str, events: int) -> float:
         """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
         now = self._clock()
         bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
-        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
-        bucket.at = now
+        bucket.tokens, bucket.at = self._tokens(bucket, now), now
         if events <= bucket.tokens:
             bucket.tokens -= events
             return 0.0

@@ -156,7 +156,7 @@ class RessourcesStore:
         after the rows the batch writes and before its UAIs, in the order of their keys: no two
         transactions wait for each other in a cycle. Advisory locks: a resource published for
         the first time has no row to lock yet."""
-        modes = dict.fromkeys(changed, True) | {rid: False for rid in subscribed if rid not in changed}
+        modes = dict.fromkeys(subscribed, False) | dict.fromkeys(changed, True)  # alone wins
         if modes:
             await self._conn.execute(
                 "SELECT CASE WHEN alone THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END "

@@ -52,15 +52,15 @@ class Lifecycle:
             log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
             raise StartupFailed(reason)
         await migrate(pool, schema, spec.package_dir)
-        producer = functools.partial(relay_producer, KafkaAccess.of(settings), f"feo-{spec.name}-relay")
+        new_producer = functools.partial(relay_producer, KafkaAccess.of(settings), f"feo-{spec.name}-relay")
         relay = OutboxRelay(
             pool,
-            producer(),
+            new_producer(),
             schema,
             batch=settings.outbox_batch_records,
             poll_ms=settings.outbox_poll_ms,
             published=self._pipeline.metrics.published,
-            renew=producer,
+            renew=new_producer,
         )
         self._pipeline.attach(pool, relay)
 

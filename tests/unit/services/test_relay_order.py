@@ -52,25 +52,25 @@ class Producer:
 KEYS = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
 
 
-async def publish(monkeypatch, error: Exception) -> tuple[Producer, list, BaseException | None]:
+async def publish(monkeypatch, error: Exception) -> tuple[list, BaseException | None]:
     monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key))  # key b"0": partition 0
     relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
     relay._producer = producer = Producer(error)
     rows = [{"topic": "t", "key": k, "value": f"v{n}".encode(), "headers": "[]"} for n, k in enumerate(KEYS)]
     errors, out_of_step = await relay._publish(rows)
     assert [p for p, _ in producer.sent] == [0, 1, 0, 0], "partition 0 in three batches, the first one failing"
-    return producer, errors, out_of_step
+    return errors, out_of_step
 
 
 async def test_a_failed_batch_fails_the_later_ones_of_its_partition(monkeypatch):
-    _, errors, out_of_step = await publish(monkeypatch, ConnectionError("leader gone"))
+    errors, out_of_step = await publish(monkeypatch, ConnectionError("leader gone"))
     assert [e is None for e in errors] == [k == b"1" for k in KEYS], "partition 0's later batches count as failed"
     assert out_of_step is None
 
 
 async def test_after_a_batch_refused_for_good_the_later_ones_are_judged_by_their_outcome(monkeypatch):
     refused = MessageSizeTooLargeError()
-    _, errors, out_of_step = await publish(monkeypatch, refused)
+    errors, out_of_step = await publish(monkeypatch, refused)
     assert [e is refused for e in errors] == [True, True] + [False] * 5, "only the refused batch is set aside"
     assert all(e is None for e in errors[2:]), "the later batches went out: not set aside, not sent again"
     assert out_of_step is refused, "its sequence numbers used: the producer is out of step, the relay renews it"
@@ -78,6 +78,6 @@ async def test_after_a_batch_refused_for_good_the_later_ones_are_judged_by_their
 
 async def test_a_batch_refused_as_out_of_order_is_sent_again_by_a_new_producer(monkeypatch):
     out_of_order = outbox.OutOfOrderSequenceNumber()
-    _, errors, out_of_step = await publish(monkeypatch, out_of_order)
+    errors, out_of_step = await publish(monkeypatch, out_of_order)
     assert [e is None for e in errors] == [k == b"1" for k in KEYS], "sent again, with the later ones of its partition"
     assert out_of_step is out_of_order
