@@ -2,6 +2,7 @@
 record Kafka will never accept set aside (visible, counted, retried by the operator command)
 instead of holding back the ones behind it."""
 
+import asyncio
 import json
 
 import asyncpg
@@ -9,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
-from helpers import TopicReader, running
+from helpers import TopicReader, eventually, running
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
@@ -164,6 +165,58 @@ async def test_while_another_relay_holds_the_outbox_a_round_publishes_nothing(ka
     finally:
         await other.close()
         await relay.stop()
+        await pool.close()
+
+
+async def test_a_round_after_another_replicas_round_does_not_publish_its_records_again(
+    kafka, database_url, topic_prefix
+):
+    """Two replicas' relays, one after the other: what the first published and deleted, the
+    second must not see. A read that began before the first round committed (and released the
+    lock) would still see those records: the lock is taken before the outbox is read. Here the
+    second relay's lock is held up (a `pg_try_advisory_xact_lock` of the test's own, earlier on
+    its search_path, waits on a lock the test holds) while the first round commits."""
+    schema, gate = "relayhandover", 424242
+    topic = topic_prefix + PROFILS
+    pool = await create_pool(database_url, schema)
+    await migrate(pool, schema, SPEC.package_dir)
+    await pool.execute(
+        f"""
+        CREATE SCHEMA relayhandover_gate;
+        CREATE FUNCTION relayhandover_gate.pg_try_advisory_xact_lock(key bigint) RETURNS boolean
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_catalog.pg_advisory_lock_shared({gate});
+            PERFORM pg_catalog.pg_advisory_unlock_shared({gate});
+            RETURN pg_catalog.pg_try_advisory_xact_lock(key);
+        END $$;
+        """
+    )
+    gated = {"search_path": f"relayhandover_gate, {schema}, pg_catalog"}
+    held_up = await asyncpg.create_pool(database_url, min_size=1, max_size=1, server_settings=gated)
+    relay = OutboxRelay(held_up, producer_as_admin(kafka), schema)
+    first, gatekeeper = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", b"published by the first relay")])
+        await gatekeeper.execute("SELECT pg_advisory_lock($1)", gate)
+        second = asyncio.create_task(relay.drain_once())
+        await eventually(
+            lambda: first.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted", gate
+            ),
+            what="the second relay's round waiting at the gate",
+        )
+        async with first.transaction():  # the first relay's round: published, deleted, committed
+            await first.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
+            await first.execute(f"DELETE FROM {schema}.outbox")
+        await gatekeeper.execute("SELECT pg_advisory_unlock($1)", gate)
+        assert await second == 0, "the second relay published the first one's records again"
+    finally:
+        await first.close()
+        await gatekeeper.close()
+        await relay.stop()
+        await held_up.close()
         await pool.close()
 
 

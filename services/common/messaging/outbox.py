@@ -229,13 +229,14 @@ class OutboxRelay:
         # as when the process itself dies between publishing and deleting. A later synchronous
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
         async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off"):
-            # The lock first, in the same round trip: a one-time filter, so while another replica's
-            # relay holds it the outbox is not even scanned. No rows: not ours, or nothing to do.
+            # The lock first, in a statement of its own: a statement reads what was committed
+            # when it started, and a read begun before another replica's round committed (and
+            # released the lock) would still see the records that round published and deleted,
+            # and publish them again. Not ours: the outbox is not even scanned.
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
+                return 0
             rows = await conn.fetch(
-                "SELECT seq, topic, key, value, headers FROM outbox "
-                "WHERE (SELECT pg_try_advisory_xact_lock($1)) ORDER BY seq LIMIT $2",
-                self._lock_id,
-                self._batch,
+                "SELECT seq, topic, key, value, headers FROM outbox ORDER BY seq LIMIT $1", self._batch
             )
             if not rows:
                 return 0
