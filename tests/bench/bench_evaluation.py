@@ -69,7 +69,7 @@ MAX_REASONS = 5
 
 @dataclass
 class _Why:
-    reasons: list[Reason] = field(default_factory=list)
+    reasons: list[contracts.Reason] = field(default_factory=list)
 
     def add(self, code: str, detail: str) -> None:
         reason = Reason(code=code, detail=detail)
@@ -89,7 +89,7 @@ def _within(version: str, entry: Exigence) -> str | None:
 
 def _entry_miss(entry: Exigence, lot: LotProfil) -> tuple[str, str] | None:
     """None when the entry matches the lot, else (code, detail) of the closest miss."""
-    candidates: Sequence[Logiciel] = [lot.os] if entry.type == "os" else lot.browsers
+    candidates: Sequence[Logiciel] = [lot.os] if entry.type == "os" else lot.browsers  # type: ignore[list-item]
     if is_any(entry.name):
         return None
     miss = None
@@ -112,7 +112,7 @@ def lot_misses(requirements: Sequence[Sequence[Exigence]], lot: LotProfil) -> li
         group_misses = [_entry_miss(entry, lot) for entry in group]
         if all(m is not None for m in group_misses):
             misses.append(group_misses[0] if group_misses else ("exigence-vide", "groupe d'exigences vide"))
-    return misses
+    return misses  # type: ignore[return-value]
 
 
 def _training(

@@ -52,7 +52,7 @@ async def seed(conn, n: int) -> None:
         columns=[*c.Etablissement.model_fields, "event_time"],
     )
     # Half the établissements run iPadOS 12.5 (incompatible with >= 15), half iPadOS 17.
-    recus = []
+    recus: list[tuple[str, str, str, dict]] = []
     for i, u in enumerate(uais):
         lot = {
             "lot_id": "L1",
@@ -124,7 +124,7 @@ async def main(n: int, repeat: int, chunk: int) -> None:
         gc.set_threshold(*GC_THRESHOLDS)
         apply = make_apply(Seuils())
         minute = 0
-        rows = {
+        rows: dict[str, list[tuple[float, int]]] = {
             "first publication (raise)": [],
             "stricter requirements (raise/resolve)": [],
             "same requirements (baseline, no change)": [],

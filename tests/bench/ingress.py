@@ -10,6 +10,7 @@ Measured: the service, from its group's first committed offset to its last (star
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -96,22 +97,26 @@ async def raw_rate(stage: Stage, topic: str, n: int) -> Rate:
         await consumer.stop()
 
 
-async def consumption_rate(observer: Observer, group: str, topic: str, n: int, pid: int) -> Rate:
-    """`group` on `topic` (its process `pid`), from its first committed offset to its n-th: what
-    the group commits is what it handled for good (the database transaction came first)."""
+async def consumption_rate(observer: Observer, group: str, topic: str, n: int, pids: Sequence[int]) -> Rate:
+    """`group` on `topic` (its processes `pids`), from its first committed offset to its n-th:
+    what the group commits is what it handled for good (the database transaction came first).
+    The CPU per event is that of all its processes together."""
     first: tuple[float, float, int] | None = None
+
+    def cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
 
     async def done() -> bool:
         nonlocal first
         committed = sum((await observer.committed(group, topic)).values())
         if committed and first is None:
-            first = (time.monotonic(), cpu_seconds(pid), committed)
+            first = (time.monotonic(), cpu(), committed)
         return committed >= n
 
     await wait_until(done, timeout=TIMEOUT, what=f"{group} committing {n:,} records of {topic}")
     assert first is not None, "done() saw the offsets move"
-    start, cpu, at_start = first
-    return Rate((n - at_start) / max(time.monotonic() - start, 1e-3), (cpu_seconds(pid) - cpu) / (n - at_start))
+    start, used, at_start = first
+    return Rate((n - at_start) / max(time.monotonic() - start, 1e-3), (cpu() - used) / (n - at_start))
 
 
 async def figure(runtime: Runtime, services: list[str], events: int) -> list[Row]:
@@ -123,7 +128,7 @@ async def figure(runtime: Runtime, services: list[str], events: int) -> list[Row
         raw = await raw_rate(stage, topic, events)
         async with running(stage, (service,)) as procs, Observer(stage) as observer:
             pid = procs.pids()[0]
-            rate = await consumption_rate(observer, stage.group(service), topic, events, pid)
+            rate = await consumption_rate(observer, stage.group(service), topic, events, [pid])
             rss = peak_rss_mb(pid)
         ratio = rate.per_second / raw.per_second
         print(f"  {service:11s} {rate.per_second:9,.0f} ev/s   raw consumer {raw.per_second:9,.0f} ev/s   "

@@ -274,9 +274,9 @@ async def figure(
         async with running(stage, FLOW) as procs:  # partners on Kafka: no passerelle
             etabs = await prepare(stage, procs, uais)
             baseline = await plain(stage, rate, duration)
-            jit = _jit_share(runtime)
+            jit_since = _jit_share(runtime)
             ramp_up, measured = await platform(stage, procs, etabs, rate, duration, drain, ramp)
-            jit = jit()
+            jit = jit_since()
         drained = "not drained" if measured.drained_after is None else f"drained {measured.drained_after:.1f} s after"
         print(f"  {rate:5,} ev/s  plain record   {baseline.describe()}   ({baseline.achieved_rate:,.0f} ev/s sent)")
         print(f"  {rate:5,} ev/s  lot -> alert   {measured.describe()}   ({measured.achieved_rate:,.0f} ev/s sent; "

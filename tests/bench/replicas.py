@@ -48,14 +48,15 @@ class LockWaits:
             await conn.close()
 
 
-async def measure(runtime: Runtime, service: str, events: int, count: int) -> tuple[float, LockWaits]:
+async def measure(runtime: Runtime, service: str, events: int, count: int) -> tuple[ingress.Rate, LockWaits]:
     stage = await ingress.prefilled(runtime, service, events)
     topic = stage.topic(ingress.DECLARES[service])
     waits, stop = LockWaits(), asyncio.Event()
-    async with replicated(stage, (service,), count), Observer(stage) as observer:
+    async with replicated(stage, (service,), count) as replicas, Observer(stage) as observer:
         sampler = asyncio.create_task(waits.sample(stage.database_url, stop))
+        pids = [pid for procs in replicas for pid in procs.pids()]
         try:
-            rate = await ingress.consumption_rate(observer, stage.group(service), topic, events)
+            rate = await ingress.consumption_rate(observer, stage.group(service), topic, events, pids)
         finally:
             stop.set()
             await sampler
@@ -64,11 +65,15 @@ async def measure(runtime: Runtime, service: str, events: int, count: int) -> tu
 
 async def figure(runtime: Runtime, service: str, events: int, replicas: int) -> list[Row]:
     print(f"\n== replicas: {service}, 1 then {replicas} replicas in one group, {events:,} events each")
-    one, one_waits = await measure(runtime, service, events, 1)
-    print(f"  1 replica   {one:9,.0f} ev/s   lock wait {one_waits.share:6.1%} of transaction time")
-    many, many_waits = await measure(runtime, service, events, replicas)
-    print(f"  {replicas} replicas  {many:9,.0f} ev/s   lock wait {many_waits.share:6.1%} of transaction time"
-          f"   ({many / one:.2f}x one replica)")  # fmt: skip
+    one_rate, one_waits = await measure(runtime, service, events, 1)
+    one = one_rate.per_second
+    print(f"  1 replica   {one:9,.0f} ev/s   lock wait {one_waits.share:6.1%} of transaction time   "
+          f"CPU per event {one_rate.cpu_per_event * 1e6:.0f} µs")  # fmt: skip
+    many_rate, many_waits = await measure(runtime, service, events, replicas)
+    many = many_rate.per_second
+    print(f"  {replicas} replicas  {many:9,.0f} ev/s   lock wait {many_waits.share:6.1%} of transaction time   "
+          f"CPU per event {many_rate.cpu_per_event * 1e6:.0f} µs (all replicas)   "
+          f"({many / one:.2f}x one replica)")  # fmt: skip
     return [
         Row(
             f"{replicas} replicas of {service}, one group",

@@ -111,7 +111,7 @@ async def fill(database_url: str, etabs: list[Etablissement], distinct: bool) ->
                     conn, [make_event(c.ETABLISSEMENT, e, source="/ministere", time=T0) for _, e in chunk]
                 )
                 await store.assemble(
-                    await store.store_derived([record for i, e in chunk for record in derived(i, e, distinct)])
+                    sorted(await store.store_derived([record for i, e in chunk for record in derived(i, e, distinct)]))
                 )
                 subscriptions = [Abonnement(resource_id=RESOURCE, uai=e.uai, start=START) for _, e in chunk]
                 await store.store_abonnements(
