@@ -34,6 +34,7 @@ import contracts as c
 from contracts import Etablissement
 from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.outbox import OUT_OF_STEP
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
@@ -109,6 +110,16 @@ bearer = HTTPBearer(
 )
 
 
+def new_producer(settings: PasserelleSettings) -> AIOKafkaProducer:
+    """The producer the accepted events are written with."""
+    return AIOKafkaProducer(
+        **KafkaAccess.of(settings).aiokafka(),
+        client_id="feo-passerelle-http",
+        acks="all",
+        enable_idempotence=True,  # a retried send is written once, in order
+    )
+
+
 class Passerelle:
     """What a request needs: the token verifier, the rate, the référentiel view and Kafka."""
 
@@ -127,6 +138,7 @@ class Passerelle:
             producer,
             debit,
         )
+        self._renewing = asyncio.Lock()
 
     async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None:
@@ -155,22 +167,43 @@ class Passerelle:
 
     async def write(self, accepted: Sequence[Accepte], headers: list[tuple[str, bytes]]) -> None:
         """Every accepted event on Kafka with `headers`, acknowledged by all in-sync replicas, or 503."""
-        topic = self.settings.topic
+        topic, producer = self.settings.topic, self.producer
         try:
             async with asyncio.timeout(self.settings.passerelle_write_timeout_seconds):
                 sent = [
-                    await self.producer.send(topic(a.topic), a.raw, key=a.key.encode(), headers=headers)
-                    for a in accepted
+                    await producer.send(topic(a.topic), a.raw, key=a.key.encode(), headers=headers) for a in accepted
                 ]
                 await asyncio.gather(*sent)
         except (KafkaError, TimeoutError) as e:
-            log.warning("evenements.non_ecrits", events=len(accepted), error=type(e).__name__)
+            if isinstance(e, OUT_OF_STEP):  # refused by the broker (a topic's limits): the operator's to fix
+                log.error("evenements.refuses_par_kafka", events=len(accepted), error=type(e).__name__)
+                await self._renew(producer, e)
+            else:
+                log.warning("evenements.non_ecrits", events=len(accepted), error=type(e).__name__)
             raise HTTPException(
                 503,
                 "Kafka n'a pas confirmé l'écriture des événements acceptés : renvoyer la requête "
                 "(un événement déjà reçu, même source et même id, n'a pas de second effet)",
                 {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)},
             ) from None
+
+    async def _renew(self, failed: AIOKafkaProducer, error: BaseException) -> None:
+        """A new producer in place of `failed`, once however many requests saw it fail: its
+        sequence numbers are out of step with the broker's on the partition of the refused
+        record, whose later events would all be refused as out of order for as long as it lives."""
+        async with self._renewing:
+            if self.producer is not failed:
+                return
+            producer = new_producer(self.settings)
+            try:
+                await producer.start()
+            except KafkaError as e:  # Kafka away: the next refusal tries again
+                log.warning("kafka.producteur_non_renouvele", error=type(e).__name__)
+                await producer.stop()
+                return
+            self.producer = producer
+        log.info("kafka.producteur_renouvele", reason=type(error).__name__)
+        await failed.stop()  # the requests still writing with it have their answers first
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -304,19 +337,16 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             log.error("startup.refused", reason=str(e))
             raise StartupFailed(str(e)) from None
         await stream_app.start()
-        producer = AIOKafkaProducer(
-            **KafkaAccess.of(settings).aiokafka(),
-            client_id="feo-passerelle-http",
-            acks="all",
-            enable_idempotence=True,  # a retried send is written once, in order
-        )
+        passerelle: Passerelle | None = None
+        producer = new_producer(settings)
         try:
             await producer.start()
             debit = Debit(settings.passerelle_rate_events_per_s, settings.passerelle_rate_burst)
-            api.state.passerelle = Passerelle(settings, verificateur, stream_app.pipeline.pool, producer, debit)
+            passerelle = Passerelle(settings, verificateur, stream_app.pipeline.pool, producer, debit)
+            api.state.passerelle = passerelle
             yield
         finally:
-            await producer.stop()
+            await (passerelle.producer if passerelle else producer).stop()
             await stream_app.stop()
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)

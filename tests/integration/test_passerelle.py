@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
 from deploy.identite import IdentiteLocale
 from helpers import TopicReader, at, event, eventually, record_count, send, serving, uai
+from services.common.messaging.connection import kafka_options
 from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
 
@@ -246,6 +249,40 @@ async def test_while_postgresql_restarts_or_does_not_answer_a_request_is_503_to_
         assert response.status_code == 503 and "PostgreSQL" in response.json()["detail"]
         assert int(response.headers["retry-after"]) >= 1
     assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
+
+
+async def test_after_kafka_refused_an_event_the_next_ones_of_its_partition_are_written(
+    kafka, settings, passerelle, identite
+):
+    """A topic whose max.message.bytes is under the contract's 256 KiB (an operator's setting)
+    refuses an event the contract accepts: a 503, logged as an error. That refusal used sequence
+    numbers of the idempotent producer on the event's partition: with the same producer, every
+    later event of that partition would be refused as out of order until a restart. The
+    passerelle writes them with a new producer."""
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    equipement, auth = settings.topic(c.EQUIPEMENT), bearer(identite.jeton(RENNES)) | STRUCTURED
+    first = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L1")), headers=auth)
+    assert first.status_code == 202, "the producer has written to the partition before the refusal"
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": str(100 * 1024)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, equipement, configs=limit)])
+    finally:
+        await admin.close()
+    big = iter(json.dumps(lot(ECOLE, lot_id=f"B{n}") | {"padding": "x" * 150 * 1024}) for n in range(100))
+
+    async def refused() -> bool:  # once the broker applies the topic's new limit
+        return (await client.post("/v1/evenements", content=next(big), headers=auth)).status_code == 503
+
+    await eventually(refused, what="Kafka refusing a 150 KiB event")
+    written = await record_count(kafka.bootstrap_servers, equipement)
+    response = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L2")), headers=auth)
+    assert response.status_code == 202, response.text
+    assert await record_count(kafka.bootstrap_servers, equipement) == written + 1
 
 
 async def test_metrics_count_the_referentiel_it_consumes(kafka, settings, passerelle):

@@ -34,9 +34,10 @@ log = structlog.get_logger(__name__)
 
 # Errors no retry will fix: the record is set aside (outbox_failed) so the rest goes on.
 _UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
-# A batch the broker refused had used sequence numbers of its partition (idempotence): the
-# producer's next batches there are refused as out of order, for as long as it lives.
-_OUT_OF_STEP = (*_UNPUBLISHABLE, OutOfOrderSequenceNumber)
+OUT_OF_STEP = (*_UNPUBLISHABLE, OutOfOrderSequenceNumber)
+"""A batch the broker refused had used sequence numbers of its partition (idempotence): the
+producer's next batches there are refused as out of order, for as long as it lives. After one
+of these, a producer is replaced by a new one."""
 
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -324,7 +325,7 @@ class OutboxRelay:
                     broken.setdefault(where, error)
                 for i in batch.rows:
                     errors[i] = error
-        return errors, next((r for r in results if isinstance(r, _OUT_OF_STEP)), None)
+        return errors, next((r for r in results if isinstance(r, OUT_OF_STEP)), None)
 
 
 def _check_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:
