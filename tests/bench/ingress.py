@@ -9,6 +9,7 @@ Measured: the service, from its group's first committed offset to its last (star
 """
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,18 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaConsumer
 
 import contracts as c
-from harness import Observer, Row, Runtime, Stage, cpu_seconds, peak_rss_mb, produce, running, wait_until
+from harness import (
+    Observer,
+    Row,
+    Runtime,
+    Stage,
+    cpu_seconds,
+    machine_busy_seconds,
+    peak_rss_mb,
+    produce,
+    running,
+    wait_until,
+)
 from services.common.messaging.connection import kafka_options
 
 COLLEGES = [f"0350{n:03d}" + c.uai_check_letter(f"0350{n:03d}") for n in range(200)]
@@ -73,6 +85,9 @@ class Rate:
     per_second: float
     cpu_per_event: float
     """CPU seconds per event: what the consumer costs, however busy the machine is otherwise."""
+    machine_busy: float
+    """How busy the machine's cores were over the measure (0 to 1), every process included: a
+    rate that stops growing with replicas while it is near 1 is bound by the machine."""
 
 
 async def raw_rate(stage: Stage, topic: str, n: int) -> Rate:
@@ -90,9 +105,10 @@ async def raw_rate(stage: Stage, topic: str, n: int) -> Rate:
                 seen += len(records)
             if batch:
                 if not start:
-                    start, cpu, counted = time.perf_counter(), time.process_time(), seen
+                    start, cpu, counted, busy = time.perf_counter(), time.process_time(), seen, machine_busy_seconds()
                 await consumer.commit()
-        return Rate(n / (time.perf_counter() - start), (time.process_time() - cpu) / (n - counted))
+        seconds = time.perf_counter() - start
+        return Rate(n / seconds, (time.process_time() - cpu) / (n - counted), _busy_share(busy, seconds))
     finally:
         await consumer.stop()
 
@@ -101,7 +117,7 @@ async def consumption_rate(observer: Observer, group: str, topic: str, n: int, p
     """`group` on `topic` (its processes `pids`), from its first committed offset to its n-th:
     what the group commits is what it handled for good (the database transaction came first).
     The CPU per event is that of all its processes together."""
-    first: tuple[float, float, int] | None = None
+    first: tuple[float, float, int, float] | None = None
 
     def cpu() -> float:
         return sum(cpu_seconds(pid) for pid in pids)
@@ -110,13 +126,18 @@ async def consumption_rate(observer: Observer, group: str, topic: str, n: int, p
         nonlocal first
         committed = sum((await observer.committed(group, topic)).values())
         if committed and first is None:
-            first = (time.monotonic(), cpu(), committed)
+            first = (time.monotonic(), cpu(), committed, machine_busy_seconds())
         return committed >= n
 
     await wait_until(done, timeout=TIMEOUT, what=f"{group} committing {n:,} records of {topic}")
     assert first is not None, "done() saw the offsets move"
-    start, used, at_start = first
-    return Rate((n - at_start) / max(time.monotonic() - start, 1e-3), (cpu() - used) / (n - at_start))
+    start, used, at_start, busy = first
+    seconds = max(time.monotonic() - start, 1e-3)
+    return Rate((n - at_start) / seconds, (cpu() - used) / (n - at_start), _busy_share(busy, seconds))
+
+
+def _busy_share(busy_at_start: float, seconds: float) -> float:
+    return (machine_busy_seconds() - busy_at_start) / (seconds * (os.cpu_count() or 1))
 
 
 async def figure(runtime: Runtime, services: list[str], events: int) -> list[Row]:

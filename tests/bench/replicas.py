@@ -68,17 +68,18 @@ async def figure(runtime: Runtime, service: str, events: int, replicas: int) -> 
     one_rate, one_waits = await measure(runtime, service, events, 1)
     one = one_rate.per_second
     print(f"  1 replica   {one:9,.0f} ev/s   lock wait {one_waits.share:6.1%} of transaction time   "
-          f"CPU per event {one_rate.cpu_per_event * 1e6:.0f} µs")  # fmt: skip
+          f"CPU per event {one_rate.cpu_per_event * 1e6:.0f} µs   "
+          f"machine busy {one_rate.machine_busy:.0%}")  # fmt: skip
     many_rate, many_waits = await measure(runtime, service, events, replicas)
     many = many_rate.per_second
     print(f"  {replicas} replicas  {many:9,.0f} ev/s   lock wait {many_waits.share:6.1%} of transaction time   "
           f"CPU per event {many_rate.cpu_per_event * 1e6:.0f} µs (all replicas)   "
-          f"({many / one:.2f}x one replica)")  # fmt: skip
+          f"machine busy {many_rate.machine_busy:.0%}   ({many / one:.2f}x one replica)")  # fmt: skip
     return [
         Row(
             f"{replicas} replicas of {service}, one group",
             f"{many:,.0f} ev/s = {many / one:.2f}x",
-            f"one replica {one:,.0f} ev/s",
+            f"one replica {one:,.0f} ev/s (machine {one_rate.machine_busy:.0%} busy)",
             f">= {GROWTH_TARGET}x one replica",
             many / one >= GROWTH_TARGET,
         ),
