@@ -8,10 +8,12 @@ The size bounds of CONTRACTS.md (Limits) are plain `max_length` constraints, so 
 Schemas publish them (`maxLength`, `maxItems`) and `parsing` reports them as `trop-volumineux`.
 """
 
-from datetime import date
-from typing import Annotated, TypeVar
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -38,8 +40,27 @@ def _in_range(d: date) -> date:
     return d
 
 
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_day(d: Any) -> Any:
+    """A date is `AAAA-MM-JJ`, read here: pydantic would also read `86400` as a Unix time.
+    pydantic's own error types, for their French rules (messages.RULES)."""
+    if isinstance(d, date) and not isinstance(d, datetime):
+        return d
+    if not isinstance(d, str):
+        raise PydanticCustomError("date_type", "")
+    try:
+        if _DAY.fullmatch(d):
+            return date.fromisoformat(d)
+    except ValueError:  # a day that does not exist
+        pass
+    raise PydanticCustomError("date_parsing", "")
+
+
 Day = Annotated[
     date,
+    BeforeValidator(_iso_day),
     AfterValidator(_in_range),
     WithJsonSchema({"type": "string", "format": "date", "description": f"{FIRST_DAY} … {LAST_DAY}"}),
 ]

@@ -16,6 +16,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -83,6 +84,30 @@ def parse_source(source: str) -> Declarant:
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
+def _rfc3339(time: Any) -> Any:
+    """`time` is RFC 3339's date-time with its offset, read here: pydantic would also read
+    `1700000000` as a Unix time, `2026-01-01T00:00Z` without seconds, `+0100` without its colon.
+    Fractions beyond the microsecond are dropped, as pydantic does. pydantic's own error types,
+    for their French rules (messages.RULES)."""
+    if isinstance(time, datetime):
+        return time
+    if not isinstance(time, str):
+        raise PydanticCustomError("datetime_type", "")
+    if not (match := _RFC3339.fullmatch(time)):
+        raise PydanticCustomError("datetime_parsing", "")
+    if match[2] is None:
+        raise PydanticCustomError("timezone_aware", "")
+    try:
+        return datetime.fromisoformat(time.upper())
+    except ValueError:  # a day, an hour or a second that does not exist
+        raise PydanticCustomError("datetime_parsing", "") from None
+
+
 def _check_time(time: datetime) -> datetime:
     # Comparing aware datetimes never overflows, unlike converting year 9999-12-31T23:00-05:00 to UTC.
     if time < EPOCH:
@@ -109,7 +134,7 @@ class CloudEvent(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     source: Annotated[str, AfterValidator(_check_source), WithJsonSchema(_SOURCE_SCHEMA)]
     type: str = Field(json_schema_extra={"enum": _TYPES})
-    time: Annotated[AwareDatetime, AfterValidator(_check_time)] = Field(
+    time: Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_check_time)] = Field(
         description="RFC 3339, with its offset; not before 1970-01-01T00:00:00Z, not after the receiver's clock "
         "plus its MAX_CLOCK_SKEW (time-futur)"
     )

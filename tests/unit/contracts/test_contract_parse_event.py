@@ -1,6 +1,7 @@
 """`parse_event`: every record value is either a typed event or a ContractError with its reason."""
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -67,6 +68,46 @@ def test_envelope_breaking_its_rules_is_cloudevent_invalide_naming_the_attribute
 def test_naive_time_is_refused_with_the_value(make_record):
     code, message = reason(make_record(c.LOT, time="2024-03-01T10:00:00"))
     assert code == "cloudevent-invalide" and "'2024-03-01T10:00:00'" in message
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "1700000000",  # pydantic's Unix time, in seconds
+        "1700000000000",  # and in milliseconds
+        "0",
+        1700000000,
+        "2024-03-01T10:00Z",  # no seconds
+        "2024-03-01T10:00:00+0100",  # no colon in the offset
+        "2024-03-01T10:00:00,5Z",  # a comma before the fraction
+        "2024-03-01 10:00:00Z",  # a space for the T
+        "2024-03-01T10:00:00.Z",  # a point without a fraction
+        "２０２４-03-01T10:00:00Z",  # digits that are not ASCII
+        "2024-02-30T10:00:00Z",  # a day that does not exist
+        "2024-03-01T24:00:00Z",
+    ],
+)
+def test_a_time_that_is_not_rfc_3339_is_cloudevent_invalide(time, make_record):
+    code, message = reason(make_record(c.LOT, time=time))
+    assert code == "cloudevent-invalide" and message.startswith("time: attendu un instant RFC 3339")
+
+
+@pytest.mark.parametrize(
+    ("time", "instant"),
+    [
+        ("2024-03-01t10:00:00z", datetime(2024, 3, 1, 10, tzinfo=UTC)),  # RFC 3339 allows either case
+        ("2024-03-01T11:00:00.123456789+01:00", datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-03-01T10:00:00.5-00:00", datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_every_rfc_3339_form_is_read_to_its_instant(time, instant, make_record):
+    assert c.parse_event(make_record(c.LOT, time=time)).time == instant
+
+
+@pytest.mark.parametrize("day", ["0", "86400", "1699920000", 86400, "2025-9-01", "2025-09-01T00:00:00", "2025-02-30"])
+def test_a_date_that_is_not_yyyy_mm_dd_is_donnees_invalides(day, make_record, examples):
+    code, message = reason(make_record(c.AFFECTATION, examples[c.AFFECTATION] | {"start": day}))
+    assert code == "donnees-invalides" and message.startswith("data.start: attendu une date AAAA-MM-JJ")
 
 
 def test_unknown_type_is_type_inconnu(make_record):
