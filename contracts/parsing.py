@@ -145,10 +145,16 @@ def _check_json(raw: bytes) -> None:
         raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {json_syntax(str(e))}") from None
 
 
+MAX_PATH = 120
+"""The longest field path a message names (a NUL's path is made of the partner's own keys)."""
+
+
 def _check_nul(raw: bytes) -> None:
     path = _nul_path(jiter.from_json(raw))
     if path is not None:
         code = "donnees-invalides" if path.startswith("data") else "cloudevent-invalide"
+        if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
+            path = path[: MAX_PATH - 1] + "…"
         raise ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
 
 

@@ -16,7 +16,7 @@ import jiter
 import structlog
 from aiokafka import ConsumerRecord
 
-from contracts import FORMATION, is_valid_uai
+from contracts import CATALOGUE, EQUIPEMENT, FORMATION, REFERENTIEL, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, is_valid_uai
 from contracts import dlq as dlq_topic
 from services.common.messaging.outbox import OutboxRecord, enqueue
 from services.common.storage.db import Conn
@@ -114,15 +114,22 @@ def attributes(value: bytes | None) -> dict[str, str]:
     return {name: _shown(v) for name in ATTRIBUTES if isinstance(v := event.get(name), str)}
 
 
+PARTNER_TOPICS = (REFERENTIEL, FORMATION, EQUIPEMENT, CATALOGUE)
+RESOURCE_TYPES = (RESSOURCE_PUBLIEE, RESSOURCE_RETIREE)
+
+
 def searchable(record: ConsumerRecord) -> tuple[str | None, ...]:
     """`source`, `id`, `type`, `subject` and key of a refused record, for `dead_letters`.
 
-    On the formation topic (whatever its prefix) `formation-suivie` is keyed by `teacher_id`,
-    which is also its subject (CONTRACTS.md): there, a key or subject is kept only if it is a UAI."""
+    `formation-suivie` is keyed by `teacher_id`, which is also its subject (CONTRACTS.md), and a
+    partner may send one to any of its topics (refused there, type-hors-topic): on the partners'
+    topics (whatever their prefix) a key or subject is kept only if it is a UAI, or the
+    `resource_id` a resource's publication or withdrawal is keyed by on the catalogue."""
     found = attributes(record.value)
     subject, key = found.get("subject"), key_text(record.key)
-    if record.topic.endswith(FORMATION):
-        subject, key = (v if v is not None and is_valid_uai(v) else None for v in (subject, key))
+    if any(record.topic.endswith(topic) for topic in PARTNER_TOPICS):
+        resource = record.topic.endswith(CATALOGUE) and found.get("type") in RESOURCE_TYPES
+        subject, key = (v if v is not None and (resource or is_valid_uai(v)) else None for v in (subject, key))
     return found.get("source"), found.get("id"), found.get("type"), subject, key
 
 

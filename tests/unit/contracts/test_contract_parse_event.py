@@ -188,3 +188,12 @@ def test_extension_attributes_are_ignored(make_record):
 def test_contract_error_reads_as_code_then_message():
     error = c.ContractError("uai-invalide", "UAI 0010856B: la lettre de contrôle devrait être A")
     assert str(error) == "uai-invalide: UAI 0010856B: la lettre de contrôle devrait être A"
+
+
+def test_a_nul_under_a_huge_key_is_named_by_a_bounded_path(make_record):
+    """The path of a NUL is made of the partner's keys: its message stays short however long they are."""
+    record = json.loads(make_record(c.LOT))
+    record["x" * 255_000] = {"y": "a\u0000b"}
+    code, message = reason(json.dumps(record).encode())
+    assert code == "cloudevent-invalide" and message.endswith("…: caractère NUL (\\u0000) interdit dans un texte")
+    assert len(message) < 200

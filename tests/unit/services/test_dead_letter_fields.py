@@ -77,3 +77,34 @@ def test_headers_without_the_dlq_tail_have_no_origin():
 def test_a_dlq_copy_keeps_the_value_as_it_was_null_included(value):
     record = ConsumerRecord("t", 0, 1, 0, 0, b"k", value, None, 1, 0, [])
     assert dlq.dead_letter(dlq.Rejection(record, "json-invalide", "pas un objet JSON")).value == value
+
+
+def _refused(topic: str, type_: str, key: bytes, subject: str) -> ConsumerRecord:
+    value = f'{{"source": "/rectorats/14", "id": "e1", "type": "{type_}", "subject": "{subject}"}}'.encode()
+    return ConsumerRecord(topic, 0, 1, 0, 0, key, value, None, len(key), len(value), [])
+
+
+TEACHER = "T0123456789abc"
+SUIVIE = "fr.education.formation.formation-suivie.v1"
+PUBLIEE = "fr.education.ressources.ressource-publiee.v1"
+
+
+@pytest.mark.parametrize(
+    "topic, type_, key, kept",
+    [
+        ("p.formation.declarations.v1", SUIVIE, TEACHER, None),
+        # A formation-suivie sent to another partner topic (type-hors-topic): its teacher_id too.
+        ("p.ressources.catalogue.v1", SUIVIE, TEACHER, None),
+        ("p.equipement.declarations.v1", SUIVIE, TEACHER, None),
+        ("referentiel.etablissements.v1", SUIVIE, TEACHER, None),
+        ("p.formation.declarations.v1", "fr.education.formation.affectation.v1", "0350042F", "0350042F"),
+        ("p.equipement.declarations.v1", "fr.education.equipement.lot.v1", "0350042F", "0350042F"),
+        ("p.ressources.catalogue.v1", PUBLIEE, "ark:/67375/R1", "ark:/67375/R1"),
+        ("p.ressources.catalogue.v1", PUBLIEE, TEACHER, TEACHER),  # a resource_id, as the type says
+        ("p.equipement.declarations.v1", PUBLIEE, TEACHER, None),  # not on the catalogue: not a resource's
+    ],
+)
+def test_on_the_partners_topics_a_key_or_subject_is_kept_only_if_it_cannot_be_a_teacher_id(topic, type_, key, kept):
+    source, event_id, found_type, subject, found_key = dlq.searchable(_refused(topic, type_, key.encode(), key))
+    assert (source, event_id, found_type) == ("/rectorats/14", "e1", type_)
+    assert (subject, found_key) == (kept, kept)
