@@ -145,14 +145,24 @@ def _check_json(raw: bytes) -> None:
         raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {json_syntax(str(e))}") from None
 
 
+def check_document(raw: bytes) -> None:
+    """What the contract asks of any JSON document, an event or not (a simulation's body): JSON
+    (RFC 8259, no NaN, no repeated key: json-invalide) with no NUL in a text (donnees-invalides),
+    or ContractError."""
+    _check_json(raw)
+    if b"\\u0000" in raw:
+        _check_nul(raw, "donnees-invalides")
+
+
 MAX_PATH = 120
 """The longest field path a message names (a NUL's path is made of the partner's own keys)."""
 
 
-def _check_nul(raw: bytes) -> None:
+def _check_nul(raw: bytes, code: str | None = None) -> None:
+    """`code`: the reason, else by where the NUL is (in `data`, or in the envelope)."""
     path = _nul_path(jiter.from_json(raw))
     if path is not None:
-        code = "donnees-invalides" if path.startswith("data") else "cloudevent-invalide"
+        code = code or ("donnees-invalides" if path.startswith("data") else "cloudevent-invalide")
         if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
             path = path[: MAX_PATH - 1] + "…"
         raise ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")

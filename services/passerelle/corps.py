@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.parsing import MAX_RECORD_BYTES
+from services.common.runtime.body import BodyTooLarge, read_capped
 from services.passerelle.settings import MAX_BATCH_EVENTS
 
 STRUCTURED = "application/cloudevents+json"
@@ -63,16 +64,11 @@ def limit(media: str, max_body_bytes: int) -> int:
 
 
 async def read(chunks: AsyncIterator[bytes], content_length: str | None, cap: int) -> bytes:
-    """The body, refused (413) as soon as it is known to exceed `cap` bytes: from Content-Length
-    before reading anything, else while reading, never holding more than `cap` bytes."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > cap:
-        raise CorpsRefuse(413, f"corps de {int(content_length)} octets : au plus {cap} octets")
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > cap:
-            raise CorpsRefuse(413, f"corps de plus de {cap} octets : au plus {cap} octets")
-    return bytes(body)
+    """The body, refused (413) as soon as it is known to exceed `cap` bytes (body.read_capped)."""
+    try:
+        return await read_capped(chunks, content_length, cap)
+    except BodyTooLarge as e:
+        raise CorpsRefuse(413, e.message) from None
 
 
 def split(body: bytes, media: str) -> list[Element]:

@@ -43,6 +43,7 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 _STARLETTE = {
     (404, "Not Found"): "aucun point d'accès à cette adresse : la liste est sur /",
     (405, "Method Not Allowed"): "méthode non permise : cette API ne fait que lire (GET)",
+    (400, "There was an error parsing the body"): "corps illisible : attendu un document JSON en UTF-8",
 }
 
 

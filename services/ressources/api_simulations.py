@@ -5,25 +5,55 @@ be the collectivité that equips their établissements."""
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from contracts import Lot, RessourcePubliee
+from contracts.parsing import ContractError, check_document
+from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
 from services.ressources.api import STARTING, Pool, Thresholds
 from services.ressources.api_errors import REFUSED, Erreur
 from services.ressources.rules import Seuils
 
 MAX_LOTS = 10_000  # a région's lycées, several lots each
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""A simulation's body: 10,000 lots of tablets with a few browsers each are about 3 MB."""
 RETRY_AFTER_SECONDS = 2
 UNKNOWN = "n'est pas dans le référentiel"
 
-router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED)
+
+class _CheckedBody(APIRoute):
+    """A simulation's body is read within MAX_BODY_BYTES (413 beyond, before it is all held),
+    then judged as the contract judges any document (contracts.parsing.check_document: JSON
+    without NaN or a repeated key, no NUL in a text, which PostgreSQL could not compare), then
+    handed to FastAPI: a body the service would refuse on Kafka is not simulated."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            try:
+                body = await read_capped(request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES)
+                check_document(body)
+            except BodyTooLarge as e:
+                return JSONResponse({"detail": e.message}, 413)
+            except ContractError as e:
+                return JSONResponse({"detail": [{"loc": ["body"], "msg": f"corps : {e.message}", "type": e.code}]}, 422)
+            request._body = body  # what FastAPI then reads (Starlette's cache of the body)
+            return await handler(request)
+
+        return checked
+
+
+router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED, route_class=_CheckedBody)
 _running = asyncio.Lock()  # one at a time: a national one is a second of this process's CPU
 BUSY: dict[int | str, dict] = {
     503: {"model": Erreur, "description": "le service démarre, ou une simulation est déjà en cours"}

@@ -3,6 +3,7 @@ they predict is what the live evaluation then does once the resource is publishe
 declared, and a simulation writes nothing (every table's row count, the outbox, the alert topic)."""
 
 import copy
+import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -238,4 +239,43 @@ async def test_lots_for_unknown_or_malformed_uais_are_refused_naming_them(kafka,
     population = (await client.post("/simulations/ressource", params={"population": "tous"}, json=ATLAS)).json()
     assert population["detail"][0]["msg"].startswith("population : doit être abonnes ou ouverts")
     broken = await client.post("/simulations/ressource", content=b"{", headers={"content-type": "application/json"})
-    assert broken.status_code == 422 and broken.json()["detail"][0]["msg"].startswith("corps : JSON illisible")
+    assert broken.status_code == 422 and broken.json()["detail"][0]["msg"].startswith("corps : pas du JSON")
+
+
+async def test_a_body_the_contract_refuses_is_not_simulated_and_a_huge_one_is_not_read(
+    kafka, settings, api, monkeypatch
+):
+    """Judged as the contract judges a record before any model: a NUL in a text (PostgreSQL
+    refuses it: this was a 500), a repeated key, NaN, bytes that are not UTF-8, nesting beyond
+    what is read; and no body beyond MAX_BODY_BYTES is held."""
+    client, app = api
+    await stored(kafka, settings, app.state.pipeline.pool)
+    json_body = {"content-type": "application/json"}
+    cases = [
+        (json.dumps({**ATLAS, "resource_id": "ark:/67375/a\u0000b"}).encode(), "donnees-invalides", "resource_id"),
+        (json.dumps({"lots": [lot(RENNES[0], "17") | {"lot_id": "L\u0000"}]}).encode(), "donnees-invalides", "lots"),
+        (b'{"resource_id": "a", "resource_id": "b"}', "json-invalide", "resource_id"),
+        (b'{"lots": [], "x": NaN}', "json-invalide", "NaN"),
+        (b'{"lots": [], "x": "\xff"}', "json-invalide", ""),
+        (b'{"lots": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json-invalide", ""),
+    ]
+    for body, code, named in cases:
+        where = "/simulations/equipement" if b'"lots"' in body else "/simulations/ressource"
+        answer = await client.post(where, content=body, headers=json_body)
+        assert answer.status_code == 422, (body[:60], answer.status_code, answer.text[:200])
+        [refused] = answer.json()["detail"]
+        assert (refused["loc"], refused["type"]) == (["body"], code), refused
+        assert refused["msg"].startswith("corps : ") and named in refused["msg"], refused
+        assert "\x00" not in refused["msg"] and "error parsing" not in refused["msg"]
+    monkeypatch.setattr(api_simulations, "MAX_BODY_BYTES", 1000)
+    huge = json.dumps({"lots": [], "x": "x" * 2000}).encode()
+    told = await client.post("/simulations/equipement", content=huge, headers=json_body)
+    assert (told.status_code, told.json()) == (413, {"detail": f"corps de {len(huge)} octets : au plus 1000 octets"})
+
+    async def chunks():  # no Content-Length: refused while read
+        for _ in range(5):
+            yield b" " * 400
+
+    streamed = await client.post("/simulations/equipement", content=chunks(), headers=json_body)
+    assert streamed.status_code == 413
+    assert streamed.json() == {"detail": "corps de plus de 1000 octets : au plus 1000 octets"}
