@@ -24,8 +24,10 @@ real differences, with the ids they would have had:
   transaction consumes ids that no event on the stream accounts for).
 
 The outbox records the replay made are dropped first, and so are the records of a restored
-backup for those topics (what they carried, Kafka holds or `accorder` recomputes); dead
-letters already written by a restored schema are kept, the replay's (already on their DLQ) not.
+backup for those topics (what they carried, Kafka holds or `accorder` recomputes). A refusal's
+DLQ copy, the replay's or a restored backup's, stays only for a record the service never
+handled (at or past its consumer group's committed offset) whose DLQ on Kafka holds no copy
+(by its `dlq-topic`, `dlq-partition`, `dlq-offset`): such a record gets its copy once.
 """
 
 import itertools
@@ -42,8 +44,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
+from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.outbox import OutboxRelay
+from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -172,6 +175,17 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartitio
     ]
 
 
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset `group` committed there (none: it committed nothing)."""
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of `topic` now, partition after partition, in offset order."""
     consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
@@ -204,9 +218,27 @@ async def accorder(cible: Cible, journal_floor: int = 0) -> int:
     name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
     recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
+    # A refusal's DLQ copy stays queued if the service never handled its record (at or past the
+    # offset its consumer group committed: it came while a restored service was down, or in the
+    # batch a rebuilt one held at the switch) and its DLQ does not hold a copy already. Those of
+    # records it handled went out then (and may since have expired from the DLQ: not again).
+    dead_letter_topics = [c.dlq(cible.topic(t)) for t in cible.spec.dead_letters_for]
+    on_kafka = {o for t in dead_letter_topics for r in await read_topic(bootstrap, t) if (o := dlq.origin(r.headers))}
+    handled = await committed_offsets(bootstrap, cible.settings.topic(name))
+
+    def unpublished(origin: dlq.Origin | None) -> bool:
+        return origin is not None and origin not in on_kafka and origin[2] >= handled.get(origin[:2], 0)
+
     async def forget_replay(conn: Conn) -> list[Outgoing]:
+        copies = await conn.fetch("SELECT seq, headers FROM outbox WHERE topic = ANY($1::text[])", dead_letter_topics)
+        published = [r["seq"] for r in copies if not unpublished(dlq.origin(load_headers(r["headers"])))]
         await conn.execute(
-            "DELETE FROM outbox WHERE seq > $1 OR topic = ANY($2::text[])", cible.outbox_from, recomputed
+            "DELETE FROM outbox WHERE (seq > $1 OR topic = ANY($2::text[])) AND NOT topic = ANY($3::text[]) "
+            "OR seq = ANY($4::bigint[])",
+            cible.outbox_from,
+            recomputed,
+            dead_letter_topics,
+            published,
         )
         return []
 
