@@ -111,9 +111,16 @@ def backup(database_url: str, path: Path) -> None:
 
 
 def schemas_in(path: Path) -> list[str]:
-    """The schemas a dump holds (its table of contents)."""
-    toc = _run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode()
-    return [m.group(1) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line))]
+    """The schemas a dump holds (its table of contents), which a restore replaces."""
+    return schemas_of(_run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode())
+
+
+def schemas_of(toc: str) -> list[str]:
+    """The schemas of a table of contents (`pg_restore --list`) but `public`: pg_dump lists it
+    when its owner is not pg_database_owner (a server of PostgreSQL 14 or older, a changed
+    owner), yet never creates it (initdb does): dropped, it would be lost with whatever else
+    the database keeps there. The platform keeps nothing in it."""
+    return [m.group(1) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line)) and m.group(1) != "public"]
 
 
 async def connected_services(database_url: str) -> list[str]:
@@ -154,8 +161,11 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     schemas = schemas_in(path)
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
+    only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
     script = _run(
-        [pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(path)], dict(os.environ), f"reading {path}"
+        [pg_tool("pg_restore"), "--no-owner", "--no-acl", *only, "--file", "-", str(path)],
+        dict(os.environ),
+        f"reading {path}",
     )
     services = [spec for spec in SPECS if spec.name in schemas]
     if others := [name for name in schemas if name not in {spec.name for spec in services}]:
@@ -165,7 +175,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
             file=sys.stderr,
         )
     floor = await _journal_allocated(database_url)
-    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n' for name in schemas).encode()
+    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas).encode()
     marks = "".join(
         f'CREATE TABLE "{spec.name}".{CATCH_UP_PENDING} AS SELECT now() AS depuis, {floor}::bigint AS journal_floor;\n'
         for spec in services

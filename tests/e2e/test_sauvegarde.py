@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 import contracts as c
@@ -107,6 +108,31 @@ async def test_an_older_backup_restored_catches_up_from_kafka(
     links = [r for r in await read_topic(bootstrap, topic_prefix + PROFILS) if r.key == school.uai.encode()]
     versions = [json.loads(r.value)["data"]["version"] for r in links]
     assert versions == list(range(1, len(links) + 1)), "each version published once, none reused"
+
+
+async def test_a_restore_replaces_the_backups_schemas_and_leaves_public_alone(settings, database_url, tmp_path):
+    """Where `public` is not owned by pg_database_owner (a server of PostgreSQL 14 or older, a
+    changed owner), pg_dump lists it among the dump's schemas: the restore dropped it, and what
+    the database keeps there (the platform keeps nothing), or failed on it."""
+    dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DO $$ BEGIN CREATE ROLE feo_autre; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        await conn.execute(
+            "ALTER SCHEMA public OWNER TO feo_autre; CREATE TABLE public.autre_application (n int); "
+            "CREATE SCHEMA restauree; CREATE TABLE restauree.t (n int); "
+            "INSERT INTO public.autre_application VALUES (1); INSERT INTO restauree.t VALUES (1)"
+        )
+        tool.backup(database_url, dump)
+        assert (
+            "public"
+            in subprocess.run([tool.pg_tool("pg_restore"), "--list", str(dump)], capture_output=True, text=True).stdout
+        )
+        await conn.execute("INSERT INTO public.autre_application VALUES (2); INSERT INTO restauree.t VALUES (2)")
+        assert await tool.restore(settings, dump) == ["restauree"]
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM restauree.t")] == [1], "as backed up"
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM public.autre_application ORDER BY n")] == [1, 2]
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("command", [["deploy.sauvegarde", "backup", "x.dump"], ["deploy.reconstruire", "equipement"]])
