@@ -210,11 +210,14 @@ async def journal_allocated(conn: Conn, schema: str) -> int:
     return 0 if sequence is None else int(await conn.fetchval(f"SELECT last_value FROM {sequence}"))
 
 
-async def accorder(cible: Cible, journal_floor: int = 0) -> int:
+async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: bool = False) -> int:
     """Align the schema's memory of its publications with Kafka, and queue the real differences
     in its outbox (published by the service's relay once it runs on the schema); returns how many.
     ressources: the journal's next ids go past `journal_floor` too (`journal_allocated` of the
-    schema this one replaces)."""
+    schema this one replaces); its alerts evaluated with this process's thresholds (a rebuild
+    may change them), or with `stored_thresholds` those the schema holds (a restore: the
+    platform's at the backup, whatever this process's environment says; the service started
+    with others re-evaluates as its thresholds change)."""
     name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
     recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
@@ -254,7 +257,7 @@ async def accorder(cible: Cible, journal_floor: int = 0) -> int:
         queued = await sql.run_exclusive(
             lambda conn: _accord_alerts(conn, held, table, cible.journal_from, len(stream), journal_floor)
         )
-        queued += await _reevaluate_everything(cible)
+        queued += await _reevaluate_everything(cible, stored_thresholds)
     else:
         raise ValueError(f"no rule to align what {name!r} published")
     log.info("rattrapage.aligned", schema=cible.schema, queued=queued)
@@ -390,15 +393,17 @@ def _instant(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-async def _reevaluate_everything(cible: Cible) -> int:
+async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:
     """Every subscribed pair evaluated against the alerts as announced (the service's own
-    re-evaluation, as when its thresholds change); returns the alert events queued (each also
-    goes to the table)."""
+    re-evaluation, as when its thresholds change), with the thresholds the schema holds
+    (this process's when it holds none, or not `stored_thresholds`: the evaluations read them
+    from the schema); returns the alert events queued (each also goes to the table)."""
     settings = RessourcesSettings.of(cible.settings)
 
     async def request(store: Any) -> list[Outgoing]:
         await store.request_reevaluations([EVERY_RESOURCE])
-        await store.save_seuils(settings.seuils)
+        if not stored_thresholds or await store.seuils() is None:
+            await store.save_seuils(settings.seuils)
         return []
 
     await cible.pipeline.run_exclusive(request)

@@ -190,7 +190,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
                     replayed = await rattrapage.rattraper(cible)
-                    queued = await rattrapage.accorder(cible, floor)
+                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True)
                     await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
                 finally:
                     await cible.close()
