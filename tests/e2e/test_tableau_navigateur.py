@@ -313,3 +313,29 @@ async def test_the_simulation_view_predicts_a_stricter_resource_and_the_alerts_l
     assert await state() == before
     assert errors == [], f"JavaScript errors on the page: {errors}"
     print(f"screenshots of the simulation view: {captures}")
+
+
+async def test_a_refused_stream_is_tried_again_with_the_filters_of_the_view_shown_by_then(platform, browser):
+    """The live stream refused (503: too many open), the page tries again RETRY_MS later; if
+    another view was shown meanwhile, with that view's filters, not the refused ones (which
+    would replace the stream the new view opened by one filtered for the former)."""
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    page = await browser.new_page(locale="fr-FR")
+    await page.clock.install()
+    refused: list[str] = []
+
+    async def flux(route):
+        if "code_academie=14" in route.request.url:
+            refused.append(route.request.url)
+            await route.fulfill(status=503, headers={"Retry-After": "10"}, body="trop de flux ouverts")
+        else:
+            await route.continue_()
+
+    await page.route("**/alertes/flux*", flux)
+    await page.goto(f"{base}/tableau#/alertes?code_academie=14")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ferme", timeout=WAIT_MS)
+    await page.evaluate(f"location.hash = '#/etablissement/{RENNES[0]}'")  # a view without filters
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+    await page.clock.run_for(15_000)  # past RETRY_MS
+    assert await page.evaluate("streamUrl") == "/alertes/flux?", "the view's own stream stays"
+    assert len(refused) == 1, refused

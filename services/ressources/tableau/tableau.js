@@ -91,6 +91,7 @@ const reasonList = (reasons) => el("ul", { class: "raisons" }, reasons.map((r) =
 
 let stream = null;
 let streamUrl = "";
+let retry = null; // the next attempt after a closed stream: with the view's filters of then
 
 function setLive(state, text) {
   $("direct").dataset.etat = state;
@@ -98,6 +99,7 @@ function setLive(state, text) {
 }
 
 function follow(filters) {
+  clearTimeout(retry); // a view shown meanwhile: its own filters, not the former ones
   const params = new URLSearchParams();
   for (const name of STREAM_FILTERS) if (filters.get(name)) params.set(name, filters.get(name));
   const url = `/alertes/flux?${params}`;
@@ -110,7 +112,7 @@ function follow(filters) {
   stream.onerror = () => {
     if (stream.readyState === EventSource.CLOSED) {
       setLive("ferme", "Direct : coupé, nouvel essai dans quelques secondes");
-      setTimeout(() => follow(filters), RETRY_MS);
+      retry = setTimeout(() => follow(filters), RETRY_MS);
     } else {
       setLive("connexion", "Direct : reconnexion…");
     }
