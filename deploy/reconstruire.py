@@ -93,6 +93,15 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             await session.execute(
                 f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
             )
+            # The refusals as the service logged them: when each came and whether an operator
+            # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
+            columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
+            await session.execute(
+                f'INSERT INTO "{fresh}".dead_letters ({columns}, replayed_at) '
+                f'SELECT {columns}, replayed_at FROM "{live}".dead_letters '
+                'ON CONFLICT (topic, partition, "offset") DO UPDATE '
+                "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at"
+            )
         finally:
             await cible.close()
         async with session.transaction():
