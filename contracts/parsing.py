@@ -10,6 +10,7 @@ JSON has neither (a repeated `source` would name two declarants to two readers),
 also go through jiter in its strict mode, which refuses both.
 """
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Union
@@ -96,7 +97,9 @@ class EventParser:
         first = errors[0]
         if first["type"] in ("json_invalid", "json_type"):
             syntax = json_syntax(str(first.get("ctx", {}).get("error", "")))
-            if _OUT_OF_RANGE in first["msg"]:  # JSON, but a number no field can take
+            if _OUT_OF_RANGE in first["msg"]:  # JSON (_check_json said so), but a number no field can take
+                if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+                    return ContractError("json-invalide", "attendu un objet JSON (l'événement)")
                 return ContractError("donnees-invalides", syntax)
             return ContractError("json-invalide", f"pas du JSON en UTF-8: {syntax}")
         if not first["loc"]:
@@ -139,10 +142,37 @@ def _check_json(raw: bytes) -> None:
         jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys")
     except ValueError as e:
         if _OUT_OF_RANGE in str(e):
-            # A number of thousands of digits is JSON, just too large for jiter: the schema judges
-            # it (a quantity beyond its bound is donnees-invalides), as pydantic reads it.
+            # A number of thousands of digits is JSON, just too large for jiter, which stops
+            # there: the rest is checked by the standard library, which reads numbers as text.
+            # Then the schema judges it (a quantity beyond its bound is donnees-invalides).
+            _check_json_with_long_numbers(raw)
             return
         raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {json_syntax(str(e))}") from None
+
+
+def _check_json_with_long_numbers(raw: bytes) -> None:
+    def no_repeated_key(pairs: list[tuple[str, Any]]) -> None:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("clé répétée dans un objet")
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} n'est pas un nombre JSON")
+
+    try:
+        json.loads(
+            raw.decode("utf-8"),
+            parse_int=len,  # never int(): thousands of digits
+            parse_float=len,
+            parse_constant=no_constant,
+            object_pairs_hook=no_repeated_key,
+        )
+    except UnicodeDecodeError:
+        raise ContractError("json-invalide", "pas du JSON (RFC 8259): octets hors UTF-8") from None
+    except RecursionError:
+        raise ContractError("json-invalide", "pas du JSON (RFC 8259): imbrication trop profonde") from None
+    except ValueError as e:
+        why = "JSON mal formé" if isinstance(e, json.JSONDecodeError) else str(e)  # else one of the hooks above
+        raise ContractError("json-invalide", f"pas du JSON (RFC 8259): {why}") from None
 
 
 def check_document(raw: bytes) -> None:

@@ -197,3 +197,29 @@ def test_a_nul_under_a_huge_key_is_named_by_a_bounded_path(make_record):
     code, message = reason(json.dumps(record).encode())
     assert code == "cloudevent-invalide" and message.endswith("…: caractère NUL (\\u0000) interdit dans un texte")
     assert len(message) < 200
+
+
+LONG = "1" + "0" * 4301  # more digits than jiter (and int()) read: JSON all the same
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"a": ' + LONG,  # cut short
+        '{"a": ' + LONG + ', "a": 1}',
+        '{"a": ' + LONG + ', "b": NaN}',
+        '{"a": ' + LONG + "} x",
+        LONG,
+        "[" + LONG + "]",
+    ],
+)
+def test_a_very_long_number_does_not_hide_what_is_not_json(raw):
+    """jiter stops at a number it cannot read: what follows is still checked, and a document
+    that is not JSON, or not an object, is json-invalide, not donnees-invalides."""
+    assert reason(raw.encode())[0] == "json-invalide"
+
+
+def test_a_very_long_number_in_a_field_is_donnees_invalides(make_record):
+    raw = make_record(c.LOT).replace(b'"quantity": 30', b'"quantity": ' + LONG.encode())
+    assert LONG.encode() in raw
+    assert reason(raw)[0] == "donnees-invalides"
