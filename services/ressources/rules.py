@@ -502,6 +502,13 @@ def _training(
     return min(shares)
 
 
+def _number(x: float) -> str:
+    """A number as a reason shows it: every digit it has (`:g` keeps six, and `9.9999999 < 10`
+    read `10 < 10`), no `.0` for a whole one; rounded at 12 digits (0.7 * 100 is 70, not
+    70.00000000000001)."""
+    return f"{round(x, 12):.15g}"
+
+
 def evaluate(
     ressource: RessourcePubliee,
     profil: ProfilEquipement | Fleet | None,
@@ -538,12 +545,15 @@ def evaluate(
         alerts["equipement-incompatible"] = (incompatible.reasons if compatible == 0 else []) + short.reasons
     if compatible > 0 and compatible / devices < seuils.min_compatible_share:
         share = _Why()
-        share.add("part-compatible", f"{compatible}/{devices} postes compatibles < {seuils.min_compatible_share:.0%}")
+        share.add(
+            "part-compatible",
+            f"{compatible}/{devices} postes compatibles < {_number(seuils.min_compatible_share * 100)}%",
+        )
         alerts["equipement-partiel"] = share.reasons + incompatible.reasons[: MAX_REASONS - 1]
     link = fleet.link
     if ressource.min_bandwidth_mbps is not None and link and link[0] < ressource.min_bandwidth_mbps:
         alerts["connectivite-insuffisante"] = [
-            _reason("debit", f"{link[0]:g} Mbit/s < {ressource.min_bandwidth_mbps:g}")
+            _reason("debit", f"{_number(link[0])} Mbit/s < {_number(ressource.min_bandwidth_mbps)}")
         ]
     if ressource.needs_ent and link and not link[1]:
         alerts["ent-indisponible"] = [_reason("ent", "l'ENT n'est pas joignable depuis l'établissement")]
