@@ -13,6 +13,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
+from contracts import Logiciel
 from contracts.vocabulary import EQUIPMENT_KINDS, display_name, fold_name
 
 # Why a file gives no device (the summary counts them by these codes).
@@ -21,6 +24,8 @@ TYPE_NON_RETENU = "type-non-retenu"  # network equipment, printers
 CHASSIS_INCONNU = "chassis-inconnu"  # no chassis type, or one this adapter does not know
 CHASSIS_NON_RETENU = "chassis-non-retenu"  # servers, racks, docking stations: not pupils' equipment
 SANS_OS = "sans-os"  # no operatingsystem section, or no name or version to read in it
+OS_HORS_CONTRAT = "os-hors-contrat"  # an OS name or version a lot cannot carry (CONTRACTS.md, Limits)
+INVENTAIRE_PARTIEL = "inventaire-partiel"  # a partial inventory (some sections only): never the device's latest
 
 
 def _kind(name: str) -> str:
@@ -83,6 +88,8 @@ _OS_FAMILIES = (
     (re.compile(r"\b(?:ios|iphone\s?os)\b", re.I), "iOS", None),
     (re.compile(r"\bchrome\s?os\b", re.I), "ChromeOS", None),
 )
+# Linux distributions as os-release's NAME writes them, as DOMAIN.md names them (each its own name).
+_DISTRIBUTIONS = {"debian gnu/linux": "Debian", "fedora linux": "Fedora", "ubuntu linux": "Ubuntu"}
 LOCAL_TIME = ZoneInfo("Europe/Paris")  # an agent's logdate without the OS's offset
 
 
@@ -119,6 +126,8 @@ def lire(fichier: Path) -> Appareil | Ecarte:
     deviceid = document.get("deviceid") if isinstance(document, dict) else None
     if not isinstance(content, dict) or not isinstance(deviceid, str) or not deviceid:
         return Ecarte(fichier, ILLISIBLE)
+    if document.get("partial") is True:  # not the device as it is, nor newer than its full inventory
+        return Ecarte(fichier, INVENTAIRE_PARTIEL)
     quand = _date(content)
     kind = _kind_of(document.get("itemtype"), _section(content, "hardware").get("chassis_type"))
     if kind not in EQUIPMENT_KINDS:
@@ -126,6 +135,10 @@ def lire(fichier: Path) -> Appareil | Ecarte:
     os = _os(_section(content, "operatingsystem"))
     if os is None:
         return Ecarte(fichier, SANS_OS, deviceid, quand)
+    try:
+        Logiciel(name=os[0], version=os[1])
+    except ValidationError:  # a name over 64 characters, a version part over 9 digits
+        return Ecarte(fichier, OS_HORS_CONTRAT, deviceid, quand)
     tag = document.get("tag")
     softwares = content.get("softwares")
     return Appareil(
@@ -176,6 +189,7 @@ def _os(section: dict) -> tuple[str, str] | None:
     if not name.strip():
         return None
     release = version(section.get("version")) or version(full)
+    name = _DISTRIBUTIONS.get(" ".join(name.split()).casefold(), name)
     return (display_name(name), release) if release else None
 
 

@@ -135,8 +135,8 @@ def inventorier(
     latest: dict[str, inv.Appareil | inv.Ecarte] = {}
     for path in names:
         read = inv.lire(path)
-        if read.deviceid is None:
-            ecartes[inv.ILLISIBLE].append(names[path])
+        if read.deviceid is None:  # unreadable, or partial: no device to count
+            ecartes[read.raison if isinstance(read, inv.Ecarte) else inv.ILLISIBLE].append(names[path])
             continue
         kept = latest.setdefault(read.deviceid, read)
         if kept is not read:

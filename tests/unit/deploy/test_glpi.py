@@ -295,3 +295,43 @@ def quantities(events: list[dict]) -> Counter:
 def _key(lot: dict) -> tuple:
     browsers = frozenset((b["name"], b["version"]) for b in lot["browsers"])
     return (lot["uai"], lot["kind"], (lot["os"]["name"], lot["os"]["version"]), browsers)
+
+
+def test_a_partial_inventory_never_stands_for_the_device(tmp_path):
+    """The format's `partial`: an agent sending some sections only (here its OS and the time).
+    Newer than the device's full inventory, it replaced it: the device was set aside (no
+    chassis), or counted without its browsers."""
+    folder, when = tmp_path / "ecole", datetime(2026, 11, 2, 9, tzinfo=UTC)
+    folder.mkdir()
+    firefox = [("Mozilla Firefox 128.0.3 (x64 fr)", "128.0.3")]
+    _write(folder / "full.json", _device("pc-1", "Laptop", WINDOWS[1][0], firefox, when, tag=None))
+    partial = _device("pc-1", None, WINDOWS[1][0], [], when + timedelta(days=1), tag=None)
+    partial["partial"] = True
+    del partial["content"]["softwares"]
+    _write(folder / "partial.json", partial)
+    run = inventorier([folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT)
+    assert [(e.data.quantity, e.data.os.name, [b.name for b in e.data.browsers]) for e in run.lots] == [
+        (1, "Windows", ["Firefox"])
+    ]
+    assert run.ecartes == {inv.INVENTAIRE_PARTIEL: ["partial.json"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "lot_os"),
+    [("Debian GNU/Linux", "Debian"), ("Fedora Linux", "Fedora"), ("Ubuntu", "Ubuntu"), ("Linux Mint", "Linux Mint")],
+)
+def test_a_distribution_takes_its_domain_name(name, lot_os):
+    assert inv._os({"name": name, "full_name": f"{name} 12 (bookworm)", "version": "12.5"}) == (lot_os, "12.5")
+
+
+def test_a_device_whose_os_a_lot_cannot_carry_is_set_aside_alone(tmp_path):
+    """An OS name over the contract's 64 characters stopped the whole run (a ValidationError
+    in the lot), with the name in the message: that device alone is set aside now."""
+    folder, when = tmp_path / "ecole", datetime(2026, 11, 2, 9, tzinfo=UTC)
+    folder.mkdir()
+    odd = {"name": "Some Vendor Embedded Linux " + "x" * 60, "full_name": "", "version": "4.2"}
+    _write(folder / "odd.json", _device("odd", "Desktop", odd, [], when, tag=None))
+    _write(folder / "pc.json", _device("pc", "Desktop", WINDOWS[0][0], [], when, tag=None))
+    run = inventorier([folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT)
+    assert [(e.data.quantity, e.data.os.name) for e in run.lots] == [(1, "Windows")]
+    assert run.ecartes == {inv.OS_HORS_CONTRAT: ["odd.json"]}
