@@ -8,6 +8,7 @@ from faststream.kafka import KafkaBroker
 from services.common.messaging.outbox import count_failed, count_pending
 from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Gauge, Gauges
+from services.common.runtime.secrets import redact
 
 COUNT_AT_MOST = 10_000
 Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
@@ -34,7 +35,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
                 body |= await pipeline.run(backlog)
             body["database"] = True
         except Exception as exc:  # reported, not raised: this is the health check
-            body["error"] = str(exc)
+            body["error"] = redact(str(exc))  # an answer anyone who reaches the port reads
     return (200 if body["kafka"] and body["database"] else 503), body
 
 
