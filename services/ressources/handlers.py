@@ -210,6 +210,9 @@ class Reevaluations:
             return
 
         async def work(store: Store) -> list[Outgoing]:
+            # Alone on every resource: a batch subscribing a UAI meanwhile, evaluating with the
+            # former thresholds, commits before (this fan-out then sees the pair) or starts after.
+            await store.lock_resources([EVERY_RESOURCE], [])
             await store.request_reevaluations([EVERY_RESOURCE])
             await store.save_seuils(seuils)
             return []

@@ -155,8 +155,10 @@ class RessourcesStore:
         that subscription, not committed yet, and the pair would keep the former verdict. Taken
         after the rows the batch writes and before its UAIs, in the order of their keys: no two
         transactions wait for each other in a cycle. Advisory locks: a resource published for
-        the first time has no row to lock yet."""
-        modes = dict.fromkeys(subscribed, False) | dict.fromkeys(changed, True)  # alone wins
+        the first time has no row to lock yet. A re-evaluation of every resource (new
+        thresholds) is EVERY_RESOURCE's: subscription writers hold it shared too."""
+        modes = dict.fromkeys([EVERY_RESOURCE, *subscribed] if subscribed else [], False)
+        modes |= dict.fromkeys(changed, True)  # alone wins
         if modes:
             await self._conn.execute(
                 "SELECT CASE WHEN alone THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END "

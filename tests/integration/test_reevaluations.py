@@ -453,6 +453,80 @@ async def test_a_replica_evaluates_with_the_thresholds_the_latest_one_to_start_s
         await pool.close()
 
 
+class PausedAfterThresholds(Paused):
+    """A batch's store that stops once it has read the thresholds in force."""
+
+    async def seuils(self):
+        return await self._after(super().seuils())
+
+
+async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
+    """A batch subscribing a UAI that read the former thresholds, and committed after the
+    re-evaluation the new ones request had passed the UAI (its subscription not committed yet),
+    left the pair on the former verdict. The change of thresholds waits for such batches."""
+    [code] = codes = uais(1)
+    assert ipados(0) == RECENT
+    former, new = Seuils(min_compatible_share=0.5), RessourcesSettings(min_compatible_share=0.9)
+    read, go = asyncio.Event(), asyncio.Event()
+    pool = await create_pool(database_url, "ressources")
+
+    class OnePool:  # what Reevaluations needs of the service's pipeline
+        async def run(self, work):
+            async with pool.acquire() as conn:
+                return await work(RessourcesStore(conn))
+
+        async def run_exclusive(self, work):
+            async with pool.acquire() as conn, conn.transaction():
+                return len(await work(RessourcesStore(conn)))
+
+    async def fan_out() -> None:
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                if await reevaluate_chunk(RessourcesStore(conn), former, 10) is None:
+                    return
+
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        await pool.execute("DELETE FROM abonnements WHERE uai = $1", code)  # subscribed by the batch below
+        await pool.execute(  # a second lot of 30 on iPadOS 12.5: half the tablets run the resource
+            "INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, 'L2', 1, $3)",
+            internal.PROFIL_LOT,
+            code,
+            json.dumps(lot(code, 1, OLD) | {"lot_id": "L2"}),
+        )
+        await pool.execute(views.ENTREES_SQL, codes)
+        apply = make_apply(former)
+        async with pool.acquire() as conn, conn.transaction():
+            ressource = c.RessourcePubliee.model_validate(publiee(1, "15")[1]["data"])
+            await apply(RessourcesStore(conn), [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/gar")], set())
+            await RessourcesStore(conn).save_seuils(former)
+
+        async def subscription() -> None:
+            data = c.Abonnement(resource_id=RID, uai=code, start=date(2026, 9, 1))
+            abonnement = c.make_event(c.ABONNEMENT, data, source="/gar", time=at(2))
+            async with pool.acquire() as conn, conn.transaction():
+                await apply(PausedAfterThresholds(conn, read, go), [abonnement], set())
+
+        subscribing = asyncio.create_task(subscription())
+        await asyncio.wait_for(read.wait(), timeout=10)  # it has read 50%
+        changing = asyncio.create_task(Reevaluations(OnePool(), new).reconcile_seuils())  # type: ignore[arg-type]
+
+        async def waiting_or_done() -> bool:
+            return changing.done() or bool(await lock_waiters(pool))
+
+        await eventually(waiting_or_done, timeout=10, what="the change of thresholds waiting, or done")
+        await fan_out()  # what a worker may do meanwhile
+        go.set()
+        await asyncio.wait_for(asyncio.gather(subscribing, changing), timeout=10)
+        await fan_out()
+        kinds = await pool.fetch("SELECT kind FROM alertes WHERE ouverte")
+        assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
+    finally:
+        go.set()  # a failure above must not leave the batch's transaction waiting
+        await pool.close()
+
+
 async def test_each_reevaluation_worker_has_a_connection_beside_the_service_s_own(kafka, settings):
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_workers": 3})
     async with running(MANUAL, settings) as pipeline:
