@@ -88,7 +88,9 @@ def users() -> list[dict[str, Any]]:
 SERVICE_REPLICAS = 2
 """Each service's replicas: they share its partitions (README, Guarantees), one may be lost."""
 JWKS_URL = "https://identite.example.invalid/.well-known/jwks.json"
-"""The passerelle's token issuer (JWKS_URL): the deployment's identity provider."""
+JWT_ISSUER = "https://identite.example.invalid"
+"""The passerelle's identity provider: its keys (JWKS_URL) and the `iss` its tokens carry
+(JWT_ISSUER, checked on every token: left at the local default, every token is refused)."""
 
 
 def _env(name: str) -> list[dict[str, Any]]:
@@ -101,7 +103,7 @@ def _env(name: str) -> list[dict[str, Any]]:
         {"name": "CONSUMER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if name == "passerelle":
-        env.append({"name": "JWKS_URL", "value": JWKS_URL})
+        env += [{"name": "JWKS_URL", "value": JWKS_URL}, {"name": "JWT_ISSUER", "value": JWT_ISSUER}]
     return env
 
 

@@ -17,6 +17,7 @@ import yaml
 from deploy import kubernetes
 from deploy.acl import bindings
 from deploy.topology import platform_topics
+from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
 K8S_VERSION = "1.33.0"
@@ -114,3 +115,11 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
         assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == name, "the User Operator's secret"
     config = next(doc for doc in rendered if doc["kind"] == "ConfigMap")
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
+
+
+def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(rendered):
+    """JWKS_URL alone left JWT_ISSUER at its local default: every token of the provider refused."""
+    [passerelle] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "passerelle"]
+    env = {e["name"]: e.get("value") for e in passerelle["spec"]["template"]["spec"]["containers"][0]["env"]}
+    local = PasserelleSettings.model_fields["jwt_issuer"].default
+    assert env["JWKS_URL"].startswith(env["JWT_ISSUER"]) and env["JWT_ISSUER"] != local
