@@ -302,6 +302,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         )
         await hub.start()
         api.state.hub = hub
+        api.state.before_shutdown = [hub.stop]  # its streams end (fin, arret-du-service) before uvicorn waits for them
         if settings.simulation_workers:
             from services.ressources.api_simulations import start_workers
 

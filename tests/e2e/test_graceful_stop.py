@@ -10,6 +10,7 @@ import signal
 import time
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import contracts as c
@@ -119,4 +120,44 @@ async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exact
         assert all(json.loads(r.value)["data"]["version"] == 1 for r in records if r.value is not None)
     finally:
         await db.close()
+        await asyncio.to_thread(procs.stop)
+
+
+async def test_sigterm_ends_the_live_alert_streams_first_and_ressources_exits_0(
+    kafka, database_url, topic_prefix, tmp_path
+):
+    """uvicorn waits for every open connection to end before the app's shutdown: a dashboard's
+    live stream (an hour at most) held ressources' stop until it was killed, nothing drained.
+    The streams are ended first, each told why (`fin`, arret-du-service)."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_SECONDS": str(GRACE),
+    }
+    procs = ServiceProcesses(env, log_dir=tmp_path, names=("ressources",), credentials=kafka.credentials)
+    procs.start()
+    try:
+        await asyncio.to_thread(procs.wait_healthy)
+        url = f"http://127.0.0.1:{procs.ports['ressources']}/alertes/flux"
+        timeout = httpx.Timeout(5, read=None)
+        async with httpx.AsyncClient(timeout=timeout) as client, client.stream("GET", url) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            await anext(lines)  # the stream is open (its first line, a comment)
+            proc = procs.process("ressources")
+            asked = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            told: list[str] = []
+            try:
+                async with asyncio.timeout(2 * GRACE):  # a comment keeps an idle stream open: a deadline
+                    told += [line async for line in lines]
+            except TimeoutError:
+                raise AssertionError(f"the live stream still open {2 * GRACE} s after SIGTERM: {told}") from None
+        assert "event: fin" in told and any("arret-du-service" in line for line in told), told
+        code = await asyncio.to_thread(proc.wait, 2 * GRACE + 15)
+        assert code == 0, f"exited with code {code}"
+        assert time.monotonic() - asked < 2 * GRACE, "not held until killed"
+    finally:
         await asyncio.to_thread(procs.stop)

@@ -363,6 +363,25 @@ def _drained(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which first runs the app's `state.before_shutdown` callbacks when asked
+    to stop: it then waits for every open connection to end before the app's own shutdown, and
+    a stream that never ends by itself (ressources' live alerts) would hold the stop until the
+    process is killed, nothing drained."""
+
+    def __init__(self, config: uvicorn.Config, app: Any):
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for callback in getattr(getattr(self._app, "state", None), "before_shutdown", ()):
+            try:
+                await callback()
+            except Exception:
+                log.exception("shutdown.callback_failed")
+        await super().shutdown(sockets)
+
+
 def run_server(app: Any, settings: ServiceSettings) -> None:
     """`uvicorn.run`, keeping hold of the server so that the guard can end the process, which
     then exits with code 1 (code 3 when the startup failed, as with uvicorn.run). uvicorn's
@@ -376,7 +395,7 @@ def run_server(app: Any, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
     )
-    _server = uvicorn.Server(config)
+    _server = _Server(config, app)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again for the default action,
     # which would end the process as killed: a stop that drained is a clean exit, code 0.
     signal.signal(signal.SIGTERM, _drained)
