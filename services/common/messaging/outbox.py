@@ -26,6 +26,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
+from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
 from services.common.storage.db import Conn, advisory_key, transaction
@@ -300,7 +301,7 @@ class OutboxRelay:
             except _UNPUBLISHABLE as exc:  # refused before sending
                 errors[i] = exc
                 continue
-            partition = partition_for(key, partitions[topic])
+            partition = partition_for(routing_key(topic, key), partitions[topic])
             batch = filling.get((topic, partition))
             if batch is None or not batch.add(i, key, value, headers):
                 batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
@@ -326,6 +327,24 @@ class OutboxRelay:
                 for i in batch.rows:
                     errors[i] = error
         return errors, next((r for r in results if isinstance(r, OUT_OF_STEP)), None)
+
+
+BY_UAI = (PROFILS, COUVERTURES)
+"""The derived topics whose records of one UAI (keys `{uai}` and `{uai}/{entity}`) make one state
+together: a teacher counted with a tool training moves a coverage's `{uai}` and `{uai}/{kind}`
+records in one transaction."""
+
+
+def routing_key(topic: str, key: bytes | None) -> bytes | None:
+    """What a record's partition is chosen by: its key, but on BY_UAI topics its UAI, so that
+    one UAI's records are read in the order they were committed, by one consumer, mostly in one
+    batch. Each key kept on its own partition, ressources could combine a new teacher count
+    with the former tool count of another partition, read later or by another replica: an
+    alert raised then resolved for a state that never was. (Only this relay writes these
+    topics; ressources keeps each key's highest version, whatever partition it came from.)"""
+    if key is not None and topic.endswith(BY_UAI):
+        return key.partition(b"/")[0]
+    return key
 
 
 def _check_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:

@@ -81,3 +81,40 @@ async def test_a_batch_refused_as_out_of_order_is_sent_again_by_a_new_producer(m
     errors, out_of_step = await publish(monkeypatch, out_of_order)
     assert [e is None for e in errors] == [k == b"1" for k in KEYS], "sent again, with the later ones of its partition"
     assert out_of_step is out_of_order
+
+
+class Twelve(Producer):
+    """Twelve partitions, every batch acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__(RuntimeError("not used"))
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(12))
+
+    async def send_batch(self, builder: Builder, topic: str, partition: int) -> asyncio.Future:
+        self.sent.append((partition, builder.records))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_one_uais_derived_records_go_to_one_partition_in_their_order():
+    """A coverage's `{uai}` and `{uai}/{kind}` records, committed together: on one partition, in
+    order (their own keys' partitions differ: ressources could read one without the other)."""
+    from services.common.messaging.partitioner import partition_for
+
+    keys = [b"0351234B", b"0351234B/tni", b"0351234B/robot programmable"]
+    assert len({partition_for(k, range(12)) for k in keys}) > 1, "their own keys would split them"
+    relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
+    relay._producer = producer = Twelve()
+    for topic in ("p.formation.couvertures.v2", "p.equipement.profils.v2"):
+        producer.sent.clear()
+        rows = [{"topic": topic, "key": k, "value": k, "headers": "[]"} for k in keys]
+        errors, _ = await relay._publish(rows)
+        assert errors == [None] * 3
+        assert {p for p, _ in producer.sent} == {partition_for(keys[0], range(12))}
+        assert [r for _, records in producer.sent for r in records] == keys
+    producer.sent.clear()
+    await relay._publish([{"topic": "p.alertes.compatibilite.v1", "key": k, "value": k, "headers": "[]"} for k in keys])
+    assert len({p for p, _ in producer.sent}) > 1, "elsewhere each key decides"
