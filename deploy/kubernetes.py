@@ -76,13 +76,17 @@ def users() -> list[dict[str, Any]]:
             "apiVersion": "kafka.strimzi.io/v1",
             "kind": "KafkaUser",
             "metadata": {"name": principal, "labels": {"strimzi.io/cluster": CLUSTER}},
-            "spec": {
-                "authentication": {"type": "scram-sha-512"},
-                "authorization": {"type": "simple", "acls": acls[principal]},
-            },
+            "spec": {"authentication": {"type": "scram-sha-512"}}
+            | ({} if principal == OPERATOR else {"authorization": {"type": "simple", "acls": acls[principal]}}),
         }
-        for principal in sorted(acls)
+        for principal in sorted([*acls, OPERATOR])
     ]
+
+
+OPERATOR = "operateur"
+"""The operators' principal, a super user (kafka.yaml's superUsers), as `admin` is locally: the
+rebuild, the restore and the dead letters' replay read the services' own output topics and
+DLQs, which no service may read."""
 
 
 SERVICE_REPLICAS = 2

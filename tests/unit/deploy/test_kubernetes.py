@@ -16,6 +16,7 @@ import yaml
 
 from deploy import kubernetes
 from deploy.acl import bindings
+from deploy.kubernetes import OPERATOR
 from deploy.topology import platform_topics
 from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
@@ -91,6 +92,7 @@ def test_topics_and_users_mirror_the_platform(rendered):
     granted = {
         (name, acl["resource"]["type"], acl["resource"]["name"], acl["resource"]["patternType"], op)
         for name, spec in users.items()
+        if name != OPERATOR
         for acl in spec["authorization"]["acls"]
         for op in acl["operations"]
         if op != "Describe"
@@ -100,6 +102,16 @@ def test_topics_and_users_mirror_the_platform(rendered):
         for b in bindings()
     }
     assert granted == expected
+
+
+def test_the_operators_principal_is_a_super_user_of_the_cluster(rendered):
+    """The rebuild, the restore and the dead letters' replay read what no service may read (its
+    own outputs, the DLQs): locally as `admin`, here as a super user with its own password."""
+    [cluster] = [doc for doc in rendered if doc["kind"] == "Kafka"]
+    assert cluster["spec"]["kafka"]["authorization"]["superUsers"] == [OPERATOR]
+    [user] = [doc for doc in rendered if doc["kind"] == "KafkaUser" and doc["metadata"]["name"] == OPERATOR]
+    assert user["spec"] == {"authentication": {"type": "scram-sha-512"}}
+    assert OPERATOR not in {b.principal for b in bindings()}, "a service never runs as the operator"
 
 
 def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal(rendered):
