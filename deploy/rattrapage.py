@@ -33,7 +33,8 @@ handled (at or past its consumer group's committed offset) whose DLQ on Kafka ho
 import itertools
 import json
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -158,14 +159,20 @@ async def rattraper(cible: Cible) -> int:
         await consumer.stop()
 
 
-async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of `topics`, which must exist."""
+@asynccontextmanager
+async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
-        described = await admin.describe_topics(topics)
+        yield admin
     finally:
         await admin.close()
+
+
+async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, which must exist."""
+    async with _admin(bootstrap) as admin:
+        described = await admin.describe_topics(topics)
     if missing := [t["topic"] for t in described if t["error_code"]]:
         raise RuntimeError(f"topics {', '.join(missing)} do not exist on {bootstrap}")
     return [
@@ -177,12 +184,8 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartitio
 
 async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the offset `group` committed there (none: it committed nothing)."""
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
+    async with _admin(bootstrap) as admin:
         offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 

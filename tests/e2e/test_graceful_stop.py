@@ -31,6 +31,16 @@ def lot(i: int) -> tuple[str, dict]:
     return where, event(c.LOT, DEPARTEMENT, data, subject=where, time_=at(1))
 
 
+def service_env(kafka, database_url: str, topic_prefix: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_SECONDS": str(GRACE),
+    }
+
+
 def logged(path, event: str) -> list[dict]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == event]
 
@@ -62,13 +72,7 @@ async def published(bootstrap: str, topic: str) -> list:
 async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exactly(
     kafka, database_url, topic_prefix, tmp_path
 ):
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "DATABASE_URL": database_url,
-        "TOPIC_PREFIX": topic_prefix,
-        "LOG_FORMAT": "json",
-        "SHUTDOWN_GRACE_SECONDS": str(GRACE),
-    }
+    env = service_env(kafka, database_url, topic_prefix)
     procs = ServiceProcesses(env, log_dir=tmp_path, names=("equipement",), credentials=kafka.credentials)
     db = await asyncpg.connect(database_url)
     group, declarations = topic_prefix + "equipement", topic_prefix + c.EQUIPEMENT
@@ -129,13 +133,7 @@ async def test_sigterm_ends_the_live_alert_streams_first_and_ressources_exits_0(
     """uvicorn waits for every open connection to end before the app's shutdown: a dashboard's
     live stream (an hour at most) held ressources' stop until it was killed, nothing drained.
     The streams are ended first, each told why (`fin`, arret-du-service)."""
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "DATABASE_URL": database_url,
-        "TOPIC_PREFIX": topic_prefix,
-        "LOG_FORMAT": "json",
-        "SHUTDOWN_GRACE_SECONDS": str(GRACE),
-    }
+    env = service_env(kafka, database_url, topic_prefix)
     procs = ServiceProcesses(env, log_dir=tmp_path, names=("ressources",), credentials=kafka.credentials)
     procs.start()
     try:

@@ -354,6 +354,30 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         await pool.close()
 
 
+async def fan_out(pool, seuils: Seuils) -> None:
+    """Every chunk of the re-evaluations waiting, as a worker takes them."""
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            if await reevaluate_chunk(RessourcesStore(conn), seuils, 10) is None:
+                return
+
+
+async def in_turn(
+    pool, paused: asyncio.Task, go: asyncio.Event, other: asyncio.Task, seuils: Seuils, what: str
+) -> None:
+    """`other` started while `paused` stops after a reading: `other` waiting for it (or done), a
+    worker's chunks meanwhile, then `paused` let go, both ended, and the fan-outs finished."""
+
+    async def waiting_or_done() -> bool:
+        return other.done() or bool(await lock_waiters(pool))
+
+    await eventually(waiting_or_done, timeout=10, what=what)
+    await fan_out(pool, seuils)  # what a worker may do meanwhile
+    go.set()
+    await asyncio.wait_for(asyncio.gather(paused, other), timeout=10)
+    await fan_out(pool, seuils)
+
+
 class PausedAfterResource(Paused):
     """A batch's store that stops once it has read its resources."""
 
@@ -384,13 +408,7 @@ async def test_a_subscription_and_a_stricter_republication_of_its_resource_take_
         async with pool.acquire() as conn, conn.transaction():
             await apply(RessourcesStore(conn), [publication(1, "15")], set())
 
-        async def fan_out() -> None:
-            while True:
-                async with pool.acquire() as conn, conn.transaction():
-                    if await reevaluate_chunk(RessourcesStore(conn), Seuils(), 10) is None:
-                        return
-
-        await fan_out()
+        await fan_out(pool, Seuils())
 
         async def subscription() -> None:
             data = c.Abonnement(resource_id=RID, uai=code, start=date(2026, 9, 1))
@@ -405,15 +423,7 @@ async def test_a_subscription_and_a_stricter_republication_of_its_resource_take_
         subscribing = asyncio.create_task(subscription())
         await asyncio.wait_for(read.wait(), timeout=10)  # it has read the resource as published at first
         republishing = asyncio.create_task(republication())
-
-        async def waiting_or_done() -> bool:
-            return republishing.done() or bool(await lock_waiters(pool))
-
-        await eventually(waiting_or_done, timeout=10, what="the republication waiting, or done")
-        await fan_out()  # what a worker may do meanwhile
-        go.set()
-        await asyncio.wait_for(asyncio.gather(subscribing, republishing), timeout=10)
-        await fan_out()
+        await in_turn(pool, subscribing, go, republishing, Seuils(), "the republication waiting, or done")
         assert await open_alerts(pool) == set(codes), "the new pair on the stricter resource too"
     finally:
         go.set()  # a failure above must not leave the batch's transaction waiting
@@ -479,12 +489,6 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
             async with pool.acquire() as conn, conn.transaction():
                 return len(await work(RessourcesStore(conn)))
 
-    async def fan_out() -> None:
-        while True:
-            async with pool.acquire() as conn, conn.transaction():
-                if await reevaluate_chunk(RessourcesStore(conn), former, 10) is None:
-                    return
-
     try:
         await migrate(pool, "ressources", SPEC.package_dir)
         await seed(pool, codes)
@@ -511,15 +515,7 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
         subscribing = asyncio.create_task(subscription())
         await asyncio.wait_for(read.wait(), timeout=10)  # it has read 50%
         changing = asyncio.create_task(Reevaluations(OnePool(), new).reconcile_seuils())  # type: ignore[arg-type]
-
-        async def waiting_or_done() -> bool:
-            return changing.done() or bool(await lock_waiters(pool))
-
-        await eventually(waiting_or_done, timeout=10, what="the change of thresholds waiting, or done")
-        await fan_out()  # what a worker may do meanwhile
-        go.set()
-        await asyncio.wait_for(asyncio.gather(subscribing, changing), timeout=10)
-        await fan_out()
+        await in_turn(pool, subscribing, go, changing, former, "the change of thresholds waiting, or done")
         kinds = await pool.fetch("SELECT kind FROM alertes WHERE ouverte")
         assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
     finally:
