@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from itertools import chain
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -503,10 +504,15 @@ def _training(
 
 
 def _number(x: float) -> str:
-    """A number as a reason shows it: every digit it has (`:g` keeps six, and `9.9999999 < 10`
-    read `10 < 10`), no `.0` for a whole one; rounded at 12 digits (0.7 * 100 is 70, not
-    70.00000000000001)."""
-    return f"{round(x, 12):.15g}"
+    """A number as a reason shows it: every digit it has (its shortest exact form: `:g` keeps
+    six, and `9.9999999 < 10` read `10 < 10`), no `.0` for a whole one."""
+    text = repr(float(x))
+    return text.removesuffix(".0")
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage, every digit of it (0.004: 0.4; 0.7: 70, not 70.00000000000001)."""
+    return f"{(Decimal(repr(float(share))) * 100).normalize():f}"
 
 
 def evaluate(
@@ -547,7 +553,7 @@ def evaluate(
         share = _Why()
         share.add(
             "part-compatible",
-            f"{compatible}/{devices} postes compatibles < {_number(seuils.min_compatible_share * 100)}%",
+            f"{compatible}/{devices} postes compatibles < {_percent(seuils.min_compatible_share)}%",
         )
         alerts["equipement-partiel"] = share.reasons + incompatible.reasons[: MAX_REASONS - 1]
     link = fleet.link

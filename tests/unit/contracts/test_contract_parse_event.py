@@ -85,6 +85,8 @@ def test_naive_time_is_refused_with_the_value(make_record):
         "２０２４-03-01T10:00:00Z",  # digits that are not ASCII
         "2024-02-30T10:00:00Z",  # a day that does not exist
         "2024-03-01T24:00:00Z",
+        "2024-03-01T10:00:00+00:99",  # offset minutes run 00-59
+        "2024-03-01T10:00:00+24:00",
     ],
 )
 def test_a_time_that_is_not_rfc_3339_is_cloudevent_invalide(time, make_record):

@@ -122,7 +122,12 @@ def test_bandwidth_only_when_known_and_below(bandwidth, expected):
 
 @pytest.mark.parametrize(
     ("bandwidth", "minimum", "detail"),
-    [(8.0, 20.0, "8 Mbit/s < 20"), (9.9999999, 10.0, "9.9999999 Mbit/s < 10"), (12.3456789, 12.345679, None)],
+    [
+        (8.0, 20.0, "8 Mbit/s < 20"),
+        (9.9999999, 10.0, "9.9999999 Mbit/s < 10"),
+        (9.9999999999999, 10.0, "9.9999999999999 Mbit/s < 10"),
+        (12.3456789, 12.345679, None),
+    ],
 )
 def test_a_bandwidth_reason_shows_every_digit_that_makes_it_below(bandwidth, minimum, detail):
     """A reason a person can act on: not `10 Mbit/s < 10` (six significant digits)."""
@@ -134,7 +139,9 @@ def test_a_bandwidth_reason_shows_every_digit_that_makes_it_below(bandwidth, min
     assert detail is None or reason.detail == detail
 
 
-@pytest.mark.parametrize(("share", "shown"), [(0.5, "50%"), (0.7, "70%"), (0.004, "0.4%")])
+@pytest.mark.parametrize(
+    ("share", "shown"), [(0.5, "50%"), (0.7, "70%"), (0.004, "0.4%"), (0.123456789, "12.3456789%")]
+)
 def test_a_share_reason_shows_its_threshold_as_set(share, shown):
     fleet = profil(lot("old", 999, ("iPadOS", "12")), lot("new", 1, ("iPadOS", "17")))  # 1/1000 compatible
     e = evaluate(ressource(IPADOS_15), fleet, seuils=Seuils(min_compatible_share=share))
