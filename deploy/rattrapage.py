@@ -191,6 +191,11 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
 
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of `topic` now, partition after partition, in offset order."""
+    return [record async for record in records_of(bootstrap, topic)]
+
+
+async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord]:
+    """The records of `topic` now, batch after batch (none held beyond its batch)."""
     consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -198,11 +203,10 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        records: list[ConsumerRecord] = []
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
-            records += [r for tp in sorted(batch) for r in batch[tp] if r.offset < ends[tp]]
-        return records
+            for record in [r for tp in sorted(batch) for r in batch[tp] if r.offset < ends[tp]]:
+                yield record
     finally:
         await consumer.stop()
 
@@ -229,7 +233,7 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
     # batch a rebuilt one held at the switch) and its DLQ does not hold a copy already. Those of
     # records it handled went out then (and may since have expired from the DLQ: not again).
     dead_letter_topics = [c.dlq(cible.topic(t)) for t in cible.spec.dead_letters_for]
-    on_kafka = {o for t in dead_letter_topics for r in await read_topic(bootstrap, t) if (o := dlq.origin(r.headers))}
+    on_kafka = {o for t in dead_letter_topics async for r in records_of(bootstrap, t) if (o := dlq.origin(r.headers))}
     handled = await committed_offsets(bootstrap, cible.settings.topic(name))
 
     def unpublished(origin: dlq.Origin | None) -> bool:

@@ -139,6 +139,7 @@ class Passerelle:
             debit,
         )
         self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopped once unused
 
     async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None:
@@ -203,7 +204,24 @@ class Passerelle:
                 return
             self.producer = producer
         log.info("kafka.producteur_renouvele", reason=type(error).__name__)
-        await failed.stop()  # the requests still writing with it have their answers first
+        # Other requests may still be writing with it (their sends queued one by one): stopped
+        # once the longest of them has had its write timeout, not under them.
+        retiring = asyncio.create_task(self._retire(failed), name="passerelle-producer-retired")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.sleep(self.settings.passerelle_write_timeout_seconds)
+        finally:  # cancelled at shutdown: stopped at once
+            await producer.stop()
+
+    async def close(self) -> None:
+        """At shutdown: the producer, and those replaced but not yet stopped."""
+        for retiring in list(self._retiring):
+            retiring.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.producer.stop()
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -346,7 +364,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             api.state.passerelle = passerelle
             yield
         finally:
-            await (passerelle.producer if passerelle else producer).stop()
+            await (passerelle.close() if passerelle else producer.stop())
             await stream_app.stop()
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
