@@ -247,3 +247,31 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         assert len(partner.records) == 2, "replayed once"
         listed = await command(capsys, settings.database_url, "list", "--service", "equipement")
         assert listed[0].endswith(f"replayed={marked.isoformat(timespec='seconds')}"), listed
+
+
+async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafka, settings, capsys):
+    """Two lots refused one after the other, on two partitions, the older on the higher: the
+    replay sends them in the order they were refused (README: oldest first), not by partition."""
+    from conftest import TEST_PARTITIONS
+    from services.common.messaging.partitioner import partition_for
+
+    candidates = [uai(f"0350{n:03d}") for n in range(400, 440)]
+    by_partition = {partition_for(u.encode(), range(TEST_PARTITIONS)): u for u in candidates}
+    first, second = by_partition[max(by_partition)], by_partition[min(by_partition)]
+    topic = settings.topic(c.EQUIPEMENT)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        for n, where in enumerate((first, second), start=1):  # unknown établissements: uai-inconnu
+            await send(kafka.bootstrap_servers, topic, [(where, lot(where, f"L{n}", n))])
+            await dead_letter_rows(pipeline, n)
+        rows = await dead_letter_rows(pipeline, 2)
+        refused = sorted(rows, key=lambda r: r["received_at"])
+        assert [r["key"] for r in refused] == [first, second] and refused[0]["partition"] > refused[1]["partition"]
+
+        async def both_copies() -> bool:
+            return await record_count(kafka.bootstrap_servers, c.dlq(topic)) >= 2
+
+        await eventually(both_copies, what="the two DLQ copies published")
+        dry = await command(capsys, settings.database_url, "replay", "--service", "equipement", "--dry-run")
+        assert [line.split()[0] for line in dry if "would be replayed" in line] == [
+            f"{r['topic']}:{r['partition']}@{r['offset']}" for r in refused
+        ]

@@ -146,13 +146,15 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     where, params = _where(args)
     where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
     wanted: dict[Origin, str] = {}
+    received: dict[Origin, datetime] = {}
     for schema in schemas:
         rows = await conn.fetch(
-            f'SELECT topic, partition, "offset" FROM "{schema}".dead_letters{where} '
+            f'SELECT topic, partition, "offset", received_at FROM "{schema}".dead_letters{where} '
             f'ORDER BY received_at, "offset" LIMIT {args.limit}',
             *params,
         )
         wanted |= {(r["topic"], r["partition"], r["offset"]): schema for r in rows}
+        received |= {(r["topic"], r["partition"], r["offset"]): r["received_at"] for r in rows}
     if not wanted:
         print("nothing to replay: no dead letter matches that was not replayed already", file=sys.stderr)
         return 0
@@ -163,15 +165,18 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     acknowledged: list[Origin] = []
     try:
         found = await _copies(access, producer, set(wanted))
+        # Oldest refusal first, whatever its topic or partition: a lot refused for want of its
+        # établissement goes back after the établissement refused before it.
+        oldest_first = sorted(found.items(), key=lambda item: (received[item[0]], item[0]))
         for t, p, o in sorted(wanted.keys() - found.keys()):
             print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed", file=sys.stderr)
         if args.dry_run:
-            for t, p, o in sorted(found):
+            for (t, p, o), _ in oldest_first:
                 print(f"{t}:{p}@{o} would be replayed to {t}")
             return len(found)
         sending = [
             (of, await producer.send(of[0], r.value, key=r.key, headers=replayed_headers(r.headers, of)))
-            for of, r in sorted(found.items())
+            for of, r in oldest_first
         ]
         for (t, p, o), acked in sending:
             meta = await acked
