@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-TEST_PARTITIONS = 6
+from helpers import TEST_PARTITIONS
+
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 

@@ -19,6 +19,11 @@ from services.common.messaging.connection import kafka_options
 T = TypeVar("T")
 
 
+TEST_PARTITIONS = 6
+"""Partitions of every topic a test makes (a deployment's have 12): each test has its own
+topics on the session's broker."""
+
+
 @contextmanager
 def own_postgres(prefix: str) -> Iterator[Any]:
     """A PostgreSQL server started for the caller alone, stopped and its data removed after. Not

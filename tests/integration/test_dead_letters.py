@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 
 import contracts as c
-from helpers import TopicReader, at, college, event, eventually, record_count, running, send, uai
+from helpers import TEST_PARTITIONS, TopicReader, at, college, event, eventually, record_count, running, send, uai
 from services.common.messaging import dead_letters
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -252,7 +252,6 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
 async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafka, settings, capsys):
     """Two lots refused one after the other, on two partitions, the older on the higher: the
     replay sends them in the order they were refused (README: oldest first), not by partition."""
-    from conftest import TEST_PARTITIONS
     from services.common.messaging.partitioner import partition_for
 
     candidates = [uai(f"0350{n:03d}") for n in range(400, 440)]
