@@ -81,8 +81,7 @@ class EventParser:
             _check_json(raw)
             raise self._refusal(raw, topic, e.errors(include_url=False)) from None
         _check_json(raw)
-        if b"\\u0000" in raw:  # only then can a string hold NUL, which no text column stores
-            _check_nul(raw)
+        _check_nul(raw)
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
         if not_after is not None and event.time > not_after:
@@ -180,8 +179,7 @@ def check_document(raw: bytes) -> None:
     (RFC 8259, no NaN, no repeated key: json-invalide) with no NUL in a text (donnees-invalides),
     or ContractError."""
     _check_json(raw)
-    if b"\\u0000" in raw:
-        _check_nul(raw, "donnees-invalides")
+    _check_nul(raw, "donnees-invalides")
 
 
 MAX_PATH = 120
@@ -190,6 +188,8 @@ MAX_PATH = 120
 
 def _check_nul(raw: bytes, code: str | None = None) -> None:
     """`code`: the reason, else by where the NUL is (in `data`, or in the envelope)."""
+    if b"\\u0000" not in raw:  # only then can a string hold NUL, which no text column stores
+        return
     path = _nul_path(jiter.from_json(raw))
     if path is not None:
         code = code or ("donnees-invalides" if path.startswith("data") else "cloudevent-invalide")

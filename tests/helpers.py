@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.common.messaging.connection import kafka_options
 
@@ -295,19 +294,6 @@ async def record_count(bootstrap: str, topic: str) -> int:
     finally:
         await consumer.stop()
         await producer.stop()
-
-
-async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset `group` has committed there, as Kafka's admin API reports it."""
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        return {
-            (tp.topic, tp.partition): meta.offset
-            for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
-        }
-    finally:
-        await admin.close()
 
 
 def still_running(pids: list[int]) -> list[int]:

@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
-from helpers import at, college, committed_offsets, event, eventually, send, uai
+from deploy.rattrapage import committed_offsets
+from helpers import at, college, event, eventually, send, uai
 from services.common.messaging.connection import kafka_options
 from services.common.messaging.outbox import relay_lock
 

@@ -13,8 +13,9 @@ from aiokafka import ConsumerRecord
 
 import contracts as c
 from contracts import ContractError
+from deploy.rattrapage import committed_offsets
 from deploy.topology import PARTITIONS
-from helpers import college, committed_offsets, eventually, running, send
+from helpers import college, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging import consumer
 from services.common.messaging.partitioner import partition_for

@@ -145,16 +145,14 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
 async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     where, params = _where(args)
     where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
-    wanted: dict[Origin, str] = {}
-    received: dict[Origin, datetime] = {}
+    wanted: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
     for schema in schemas:
         rows = await conn.fetch(
             f'SELECT topic, partition, "offset", received_at FROM "{schema}".dead_letters{where} '
             f'ORDER BY received_at, "offset" LIMIT {args.limit}',
             *params,
         )
-        wanted |= {(r["topic"], r["partition"], r["offset"]): schema for r in rows}
-        received |= {(r["topic"], r["partition"], r["offset"]): r["received_at"] for r in rows}
+        wanted |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
     if not wanted:
         print("nothing to replay: no dead letter matches that was not replayed already", file=sys.stderr)
         return 0
@@ -167,7 +165,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         found = await _copies(access, producer, set(wanted))
         # Oldest refusal first, whatever its topic or partition: a lot refused for want of its
         # établissement goes back after the établissement refused before it.
-        oldest_first = sorted(found.items(), key=lambda item: (received[item[0]], item[0]))
+        oldest_first = sorted(found.items(), key=lambda item: (wanted[item[0]][0], item[0]))
         for t, p, o in sorted(wanted.keys() - found.keys()):
             print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed", file=sys.stderr)
         if args.dry_run:
@@ -186,8 +184,8 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         await producer.stop()
         # What the broker acknowledged is marked, even when a later send failed: run again, the
         # replay sends only the others.
-        for schema in sorted(set(wanted.values())):
-            if mine := [of for of in acknowledged if wanted[of] == schema]:
+        for schema in sorted({schema for _, schema in wanted.values()}):
+            if mine := [of for of in acknowledged if wanted[of][1] == schema]:
                 await conn.execute(
                     f'UPDATE "{schema}".dead_letters SET replayed_at = now() WHERE (topic, partition, "offset") '
                     "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
