@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from services.common.messaging.connection import kafka_options
 
@@ -351,3 +352,24 @@ async def serving(spec, settings, timeout: float = 10) -> AsyncIterator[tuple[An
     finally:
         server.should_exit = True
         await task
+
+
+async def kill_sender(producer: AIOKafkaProducer, topic: str) -> None:
+    """Ends `producer`'s background sender as an unexpected error inside aiokafka would: its next
+    produce request raises, the sender's catch-all ends its task ("Unexpected error during batch
+    delivery"), and every later send raises that error. Fault injection through aiokafka's
+    internals (`_sender._send_produce_req`), on a started producer."""
+
+    async def broken(node_id: int, batches: object) -> None:
+        raise RuntimeError("injected into aiokafka's sender")
+
+    producer._sender._send_produce_req = broken  # type: ignore[attr-defined]
+    sent = await producer.send(topic, b"the record the sender dies on")
+    try:
+        await sent
+    except KafkaError:
+        pass
+    else:
+        raise AssertionError("the sender survived the injected error")
+    task = producer._sender.sender_task  # type: ignore[attr-defined]
+    await eventually(lambda: asyncio.sleep(0, task.done()), what="the sender's task ended")

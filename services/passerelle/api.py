@@ -34,7 +34,7 @@ import contracts as c
 from contracts import Etablissement
 from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
-from services.common.messaging.outbox import OUT_OF_STEP
+from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
@@ -168,6 +168,8 @@ class Passerelle:
 
     async def write(self, accepted: Sequence[Accepte], headers: list[tuple[str, bytes]]) -> None:
         """Every accepted event on Kafka with `headers`, acknowledged by all in-sync replicas, or 503."""
+        if died := sender_died(self.producer):  # it would refuse them all, for as long as it lives
+            await self._renew(self.producer, died)
         topic, producer = self.settings.topic, self.producer
         try:
             async with asyncio.timeout(self.settings.passerelle_write_timeout_seconds):
@@ -191,7 +193,8 @@ class Passerelle:
     async def _renew(self, failed: AIOKafkaProducer, error: BaseException) -> None:
         """A new producer in place of `failed`, once however many requests saw it fail: its
         sequence numbers are out of step with the broker's on the partition of the refused
-        record, whose later events would all be refused as out of order for as long as it lives."""
+        record, whose later events would all be refused as out of order for as long as it lives;
+        or its sender died (outbox.sender_died), and it would refuse every event."""
         async with self._renewing:
             if self.producer is not failed:
                 return

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
-from helpers import TopicReader, eventually, running
+from helpers import TopicReader, eventually, kill_sender, running
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
@@ -92,6 +92,38 @@ async def test_a_record_the_broker_refuses_is_set_aside_alone(kafka, database_ur
         assert [r.value for r in out] == [b"0", b"1", b"2"]
         failed = await pool.fetch("SELECT length(value) AS size, error FROM outbox_failed")
         assert [f["size"] for f in failed] == [300 * 1024], [dict(f) for f in failed]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
+async def test_after_its_producer_s_sender_died_the_relay_publishes_with_a_new_one(kafka, database_url, topic_prefix):
+    """aiokafka's sender task, ended by an unexpected error, never restarts: every later send of
+    that producer raises. The relay would fail every round for the life of the process (alerts
+    never published, and nothing else wrong to see); it starts a new producer instead."""
+    topic = topic_prefix + "senderdied"
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    pool = await create_pool(database_url, "relaysenderdied")
+    await migrate(pool, "relaysenderdied", SPEC.package_dir)
+    first = producer_as_admin(kafka)
+    relay = OutboxRelay(pool, first, "relaysenderdied", renew=lambda: producer_as_admin(kafka))
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", b"before")])
+        assert await relay.drain_once() == 1
+        await kill_sender(first, topic)
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", b"after")])
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            assert await relay.drain_once() == 1
+            out = await reader.wait_for(lambda rs: any(r.value == b"after" for r in rs), what="the later record")
+        assert [r.value for r in out if r.value != b"the record the sender dies on"] == [b"before", b"after"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
         await relay.stop()

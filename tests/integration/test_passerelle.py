@@ -16,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
 from deploy.identite import IdentiteLocale
-from helpers import TopicReader, at, event, eventually, record_count, send, serving, uai
+from helpers import TopicReader, at, event, eventually, kill_sender, record_count, send, serving, uai
 from services.common.messaging.connection import kafka_options
 from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
@@ -279,6 +279,26 @@ async def test_after_kafka_refused_an_event_the_next_ones_of_its_partition_are_w
         return (await client.post("/v1/evenements", content=next(big), headers=auth)).status_code == 503
 
     await eventually(refused, what="Kafka refusing a 150 KiB event")
+    written = await record_count(kafka.bootstrap_servers, equipement)
+    response = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L2")), headers=auth)
+    assert response.status_code == 202, response.text
+    assert await record_count(kafka.bootstrap_servers, equipement) == written + 1
+
+
+async def test_after_its_producer_s_sender_died_the_passerelle_writes_with_a_new_one(
+    kafka, settings, passerelle, identite
+):
+    """aiokafka's sender task, ended by an unexpected error, never restarts: with that producer
+    every request would be a 503 until a restart, /health still 200. The next request after the
+    death is written with a new producer."""
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    gateway = api.state.passerelle
+    await eventually(lambda: gateway.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    equipement, auth = settings.topic(c.EQUIPEMENT), bearer(identite.jeton(RENNES)) | STRUCTURED
+    first = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L1")), headers=auth)
+    assert first.status_code == 202, first.text
+    await kill_sender(gateway.producer, equipement)
     written = await record_count(kafka.bootstrap_servers, equipement)
     response = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L2")), headers=auth)
     assert response.status_code == 202, response.text

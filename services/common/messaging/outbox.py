@@ -41,6 +41,18 @@ producer's next batches there are refused as out of order, for as long as it liv
 of these, a producer is replaced by a new one."""
 
 
+def sender_died(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why `producer` can no longer send, if it cannot: aiokafka sends from one background task,
+    which an unexpected error ends for good (its catch-all raises "Unexpected error during batch
+    delivery", as does an OutOfOrderSequenceNumber); every later send then raises that error
+    again. Such a producer is replaced, as after a refusal of OUT_OF_STEP. aiokafka has no public
+    way to ask: this reads its sender's task (stable since 0.5), and says None if that changes."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if not isinstance(task, asyncio.Future) or not task.done() or task.cancelled():
+        return None
+    return task.exception()
+
+
 Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
 
@@ -223,6 +235,8 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Publish one batch; returns how many records went out (0: nothing to do or not leader)."""
+        if self._producer_started and (died := sender_died(self._producer)):
+            await self._replace_producer(died)
         if not self._producer_started:
             await self._producer.start()  # raises while Kafka is away: the loop retries
             self._producer_started = True
@@ -269,14 +283,21 @@ class OutboxRelay:
                     )
         log.debug("outbox.published", count=len(done))
         self._published(len(done), len(failed))
-        if out_of_step and self._renew is not None:
-            await self._producer.stop()
-            self._producer, self._producer_started = self._renew(), False
-            log.info("outbox.producer_renewed", reason=type(out_of_step).__name__)
+        if out_of_step:
+            await self._replace_producer(out_of_step)
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
             log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))
             return 0
         return len(rows)
+
+    async def _replace_producer(self, reason: BaseException) -> None:
+        """A new producer in place of one that can no longer send (or whose sequence numbers
+        are out of step); without `renew`, the caller's producer stays, failing until its restart."""
+        if self._renew is None:
+            return
+        await self._producer.stop()
+        self._producer, self._producer_started = self._renew(), False
+        log.info("outbox.producer_renewed", reason=type(reason).__name__)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> tuple[list[BaseException | None], BaseException | None]:
         """Sends `rows` in batches of one partition each, filled in `seq` order (one key, one
