@@ -19,6 +19,7 @@ import statistics
 import time
 
 import httpx
+import psutil
 
 import contracts as c
 from contracts import Abonnement, Etablissement, Logiciel, RessourcePubliee, make_event
@@ -31,7 +32,7 @@ from contracts.internal import (
     ProfilLot,
 )
 from deploy.referentiel.generator import generate
-from harness import Row, Runtime, running
+from harness import Row, Runtime, peak_rss_mb, running
 from records import START, T0
 from services.common.storage import referentiel
 from services.common.storage.db import create_pool
@@ -185,6 +186,14 @@ async def figure(runtime: Runtime, count: int, distinct: bool) -> list[Row]:
             equipement, answer = await timed(client, "/simulations/equipement", json={"lots": lots})
             changes = f"{len(answer['levees']):,} raised, {len(answer['resolues']):,} resolved"
             print(f"  equipement, {len(lots):,} lots: {[f'{s:.2f}' for s in equipement]} s ({changes})")
+        # What a container holding ressources counts: the service and its simulation workers.
+        service = procs.process("ressources").pid
+        workers = [child.pid for child in psutil.Process(service).children(recursive=True)]
+        peaks = [peak_rss_mb(pid) for pid in [service, *workers]]
+        print(
+            f"  peak RSS: ressources {peaks[0]:.0f} MB, its {len(workers)} worker processes "
+            f"{' + '.join(f'{mb:.0f}' for mb in peaks[1:]) or '0'} MB: {sum(peaks):.0f} MB in all"
+        )
     each = ", each distinct" if distinct else ""
     return [
         row(f"simulation ressource, {total['evalues']:,} subscribed{each}", subscribed, "abonnes"),
