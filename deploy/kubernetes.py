@@ -5,8 +5,9 @@
   partitions, retention and compaction), three replicas each;
 - `deploy/k8s/strimzi/users.yaml`: a `KafkaUser` per principal, SCRAM-SHA-512, with exactly the
   ACLs `deploy.acl` applies to the local broker (CONTRACTS.md, Identity);
-- `deploy/k8s/services/services.yaml`: a Deployment and a Service per service of
-  `services.specs` (its probes, resources, replicas, its Kafka principal's secret).
+- `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
+  service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
+  it is given to stop, its Kafka principal's secret).
 The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
 settings the services share) is written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
@@ -15,15 +16,19 @@ kustomize`, and validates every object against the Kubernetes and Strimzi schema
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from deploy.acl import bindings
 from deploy.topology import FOREVER, Retention, platform_topics
+
+if TYPE_CHECKING:
+    from services.common.runtime.spec import ServiceSpec
 
 K8S = Path(__file__).resolve().parent / "k8s"
 CLUSTER = "feo"
@@ -96,6 +101,41 @@ JWT_ISSUER = "https://identite.example.invalid"
 """The passerelle's identity provider: its keys (JWKS_URL) and the `iss` its tokens carry
 (JWT_ISSUER, checked on every token: left at the local default, every token is refused)."""
 
+MEMORY = {"ressources": ("384Mi", "768Mi")}
+"""A service's memory request and limit, where not DEFAULT_MEMORY. Measured peak RSS at national
+scale (`./dev bench national`): 150–170 MB per service. ressources runs its simulations in
+worker processes too (SIMULATION_WORKERS, min(2, CPUs), spawned, with multiprocessing's resource
+tracker), which the container's memory counts: 13 + 66 + 66 MB more at 60,000 établissements
+(`./dev bench simulations --distinct`), about 300 MB in all. The request is above the peak, the
+limit about twice it: a backlog's batches or a simulation at national scale swell it for a while."""
+DEFAULT_MEMORY = ("256Mi", "512Mi")
+
+PRE_STOP_SECONDS = 5
+"""Seconds a stopping pod keeps serving before its SIGTERM: the endpoints, kube-proxy's rules
+and any ingress learn of the stop as the kubelet does, not before, and route requests to the
+pod for a moment more. The kubelet's own sleep (`lifecycle.preStop.sleep`, on by default since
+Kubernetes 1.30): the image need have no `sleep`."""
+STOP_MARGIN_SECONDS = 10
+"""What no setting bounds in a stop, beside `drain_seconds`: a resource simulation in flight
+(about 2 s at 60,000 établissements, README), the worker processes' and the interpreter's exit."""
+SHARED_SETTINGS = K8S / "services" / "config.yaml"
+
+
+def _setting(spec: ServiceSpec, name: str) -> float:
+    """A service's setting as its pods get it: the shared ConfigMap's (config.yaml), else its default."""
+    shared = yaml.safe_load(SHARED_SETTINGS.read_text())["data"]
+    return float(shared.get(name.upper(), spec.settings.model_fields[name].default))
+
+
+def drain_seconds(spec: ServiceSpec) -> float:
+    """The longest a service's stop after SIGTERM may take by its settings: uvicorn first lets the
+    HTTP requests in flight end (the passerelle's: its établissements read, then its events
+    written to Kafka, each within its timeout), then the consumer's batch in flight commits, then
+    the relay publishes the outbox, each within SHUTDOWN_GRACE_SECONDS (services/common/runtime)."""
+    requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
+    http = sum(_setting(spec, name) for name in requests if name in spec.settings.model_fields)
+    return http + 2 * _setting(spec, "shutdown_grace_seconds")
+
 
 def _env(name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
@@ -118,6 +158,7 @@ def services() -> list[dict[str, Any]]:
     for spec in specs():
         labels = {"app.kubernetes.io/name": spec.name}
         probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+        request, limit = MEMORY.get(spec.name, DEFAULT_MEMORY)
         container = {
             "name": spec.name,
             "image": "former-equiper-outiller",
@@ -131,7 +172,9 @@ def services() -> list[dict[str, Any]]:
             "startupProbe": {**probe, "failureThreshold": 30},
             "readinessProbe": probe,
             "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
-            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+            "resources": {"requests": {"cpu": "250m", "memory": request}, "limits": {"memory": limit}},
+            # Out of the Service's endpoints before SIGTERM: no request is sent to a closed port.
+            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         }
         out.append(
             {
@@ -144,9 +187,25 @@ def services() -> list[dict[str, Any]]:
                     "template": {
                         "metadata": {"labels": labels},
                         "spec": {
-                            # SIGTERM drains: the batch commits, the outbox is published, each
-                            # within SHUTDOWN_GRACE_SECONDS (15).
-                            "terminationGracePeriodSeconds": 45,
+                            # The grace counts from the preStop's start: then SIGTERM drains
+                            # (drain_seconds), past which the pod is killed, what is left of its
+                            # outbox published at the next start.
+                            "terminationGracePeriodSeconds": math.ceil(
+                                PRE_STOP_SECONDS + drain_seconds(spec) + STOP_MARGIN_SECONDS
+                            ),
+                            # Its replicas on different nodes where there are several: one node
+                            # lost loses one. Preferred, not required: a one-node cluster still
+                            # runs both; pod-template-hash: the new revision's pods are spread
+                            # among themselves, whatever nodes the old ones leave.
+                            "topologySpreadConstraints": [
+                                {
+                                    "maxSkew": 1,
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "whenUnsatisfiable": "ScheduleAnyway",
+                                    "labelSelector": {"matchLabels": labels},
+                                    "matchLabelKeys": ["pod-template-hash"],
+                                }
+                            ],
                             "containers": [container],
                             "volumes": [{"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}],
                         },
@@ -160,6 +219,24 @@ def services() -> list[dict[str, Any]]:
                 "kind": "Service",
                 "metadata": {"name": spec.name, "labels": labels},
                 "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            }
+        )
+        # A node drained (an upgrade, a scale-down) evicts one replica at a time, the other still
+        # serving and consuming. maxUnavailable rather than minAvailable: with SERVICE_REPLICAS
+        # (2) the same, but a Deployment scaled to 1 still lets its node drain (minAvailable 1
+        # would block it until an operator steps in), and at 4 replicas still one at a time (not 3).
+        # AlwaysAllow: a pod not ready (its Kafka away, crash-looping) serves nothing, and would
+        # otherwise count against the budget and hold the drain.
+        out.append(
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": {"name": spec.name, "labels": labels},
+                "spec": {
+                    "maxUnavailable": 1,
+                    "selector": {"matchLabels": labels},
+                    "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                },
             }
         )
     return out

@@ -22,6 +22,11 @@ from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
 K8S_VERSION = "1.33.0"
+PEAK_MEMORY_MIB = {"ressources": 300}
+"""A service's measured peak memory, where above ANY_PEAK_MEMORY_MIB: ressources (170 MB) with its
+simulation workers (13 + 66 + 66 MB, `./dev bench simulations --distinct`)."""
+ANY_PEAK_MEMORY_MIB = 170
+"""The others' peak RSS at national scale (`./dev bench national`): 150–170 MB each."""
 
 
 def _strict(schema: dict) -> dict:
@@ -60,7 +65,10 @@ def test_the_generated_files_are_current():
 
 def test_every_rendered_object_is_valid_against_its_schema(rendered):
     kinds = {doc["kind"] for doc in rendered}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Deployment", "Service", "ConfigMap"} <= kinds
+    assert {
+        *("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"),
+        *("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"),
+    } <= kinds
     for doc in rendered:
         try:
             if doc["apiVersion"].startswith("kafka.strimzi.io/"):
@@ -135,3 +143,84 @@ def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(
     env = {e["name"]: e.get("value") for e in passerelle["spec"]["template"]["spec"]["containers"][0]["env"]}
     local = PasserelleSettings.model_fields["jwt_issuer"].default
     assert env["JWKS_URL"].startswith(env["JWT_ISSUER"]) and env["JWT_ISSUER"] != local
+
+
+def _deployments(rendered: list[dict]) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+
+
+def test_a_drained_node_evicts_one_replica_of_a_service_at_a_time(rendered):
+    """Each service's PodDisruptionBudget selects its pods, lets one go, and keeps one serving."""
+    budgets = {doc["metadata"]["name"]: doc["spec"] for doc in rendered if doc["kind"] == "PodDisruptionBudget"}
+    deployments = _deployments(rendered)
+    assert set(budgets) == set(deployments)
+    for name, doc in deployments.items():
+        budget, replicas = budgets[name], doc["spec"]["replicas"]
+        assert budget["selector"] == doc["spec"]["selector"]
+        assert budget["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+        evictable = budget["maxUnavailable"] if "maxUnavailable" in budget else replicas - budget["minAvailable"]
+        assert evictable == 1 and replicas - evictable >= 1, name
+
+
+def test_replicas_and_brokers_are_spread_over_the_nodes_but_a_single_node_still_runs_them(rendered):
+    for name, doc in _deployments(rendered).items():
+        template = doc["spec"]["template"]
+        [spread] = template["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname", name
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway", name
+        assert spread["labelSelector"] == doc["spec"]["selector"], name
+        assert spread["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items(), name
+    # The brokers: Strimzi labels its pods with their cluster and their node pool.
+    [pool] = [doc for doc in rendered if doc["kind"] == "KafkaNodePool"]
+    [spread] = pool["spec"]["template"]["pod"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == {
+        "strimzi.io/cluster": pool["metadata"]["labels"]["strimzi.io/cluster"],
+        "strimzi.io/pool-name": pool["metadata"]["name"],
+    }
+
+
+def _setting(field: str, env: dict[str, str], fields: dict) -> float:
+    """A setting as a pod gets it: its environment's, else its default."""
+    return float(env.get(field.upper(), fields[field].default))
+
+
+def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered):
+    """A pause before SIGTERM, the kubelet's own (the image need have no `sleep`), then the whole
+    drain within the grace, which counts from the pause's start. The drain: the HTTP requests in
+    flight (the passerelle's: its lookup, then its write to Kafka), then the batch in flight
+    commits, then the outbox is published, each within SHUTDOWN_GRACE_SECONDS: the settings as
+    the pods get them (their env, the shared ConfigMap, else their defaults)."""
+    [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
+    by_name = {spec.name: spec for spec in specs()}
+    for name, doc in _deployments(rendered).items():
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = config["data"] | {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        fields = by_name[name].settings.model_fields
+        assert container["lifecycle"]["preStop"].keys() == {"sleep"}, name
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert 3 <= pause <= 15, name
+        requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
+        drain = sum(_setting(f, env, fields) for f in requests if f in fields)
+        drain += 2 * _setting("shutdown_grace_seconds", env, fields)
+        assert pod["terminationGracePeriodSeconds"] > pause + drain, name
+    assert set(requests) <= PasserelleSettings.model_fields.keys(), "the passerelle's requests are bounded"
+
+
+def _mib(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024}
+    assert quantity[-2:] in units, f"{quantity}: a quantity in Mi or Gi"
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_each_service_requests_the_memory_it_was_measured_to_use_under_its_limit(rendered):
+    deployments = _deployments(rendered)
+    assert set(kubernetes.MEMORY) <= set(deployments), "a service's memory, by its name"
+    for name, doc in deployments.items():
+        [container] = doc["spec"]["template"]["spec"]["containers"]
+        request = _mib(container["resources"]["requests"]["memory"])
+        limit = _mib(container["resources"]["limits"]["memory"])
+        assert request >= PEAK_MEMORY_MIB.get(name, ANY_PEAK_MEMORY_MIB), name
+        assert limit >= request, name
