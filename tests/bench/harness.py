@@ -170,10 +170,9 @@ def cpu_seconds(pid: int) -> float:
     return _cpu(Path(f"/proc/{pid}/stat").read_text())
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """The CPU time the process's children alive now have used (PostgreSQL's postmaster: its
-    backends, one per connection); 0 for a process without children."""
-    total = 0.0
+def _children_stats(pid: int) -> dict[int, str]:
+    """/proc/PID/stat of each child of the process alive now, by pid."""
+    stats = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -182,8 +181,19 @@ def children_cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):  # a process that just ended
             continue
         if int(stat.rpartition(")")[2].split()[1]) == pid:  # its parent
-            total += _cpu(stat)
-    return total
+            stats[int(proc.name)] = stat
+    return stats
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the process's children alive now."""
+    return sorted(_children_stats(pid))
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """The CPU time the process's children alive now have used (PostgreSQL's postmaster: its
+    backends, one per connection); 0 for a process without children."""
+    return sum(_cpu(stat) for stat in _children_stats(pid).values())
 
 
 def machine_busy_seconds() -> float:

@@ -19,7 +19,6 @@ import statistics
 import time
 
 import httpx
-import psutil
 
 import contracts as c
 from contracts import Abonnement, Etablissement, Logiciel, RessourcePubliee, make_event
@@ -32,7 +31,7 @@ from contracts.internal import (
     ProfilLot,
 )
 from deploy.referentiel.generator import generate
-from harness import Row, Runtime, peak_rss_mb, running
+from harness import Row, Runtime, children, peak_rss_mb, running
 from records import START, T0
 from services.common.storage import referentiel
 from services.common.storage.db import create_pool
@@ -188,7 +187,7 @@ async def figure(runtime: Runtime, count: int, distinct: bool) -> list[Row]:
             print(f"  equipement, {len(lots):,} lots: {[f'{s:.2f}' for s in equipement]} s ({changes})")
         # What a container holding ressources counts: the service and its simulation workers.
         service = procs.process("ressources").pid
-        workers = [child.pid for child in psutil.Process(service).children(recursive=True)]
+        workers = children(service)
         peaks = [peak_rss_mb(pid) for pid in [service, *workers]]
         print(
             f"  peak RSS: ressources {peaks[0]:.0f} MB, its {len(workers)} worker processes "
