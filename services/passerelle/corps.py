@@ -26,6 +26,12 @@ BATCHED = "application/cloudevents-batch+json"
 _LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, strict=False)
 _SPACE = re.compile(r"[ \t\n\r]*")
 MAX_ATTRIBUTE = 128  # CONTRACTS.md: an id; longer type names are no v1 type either
+WINDOWS = (16 * 1024, 4 * MAX_RECORD_BYTES)
+"""Characters within which a batch element is read: first the first window (most events are a
+few hundred bytes), then the second. An element still going on past the second, four times the
+contract's record limit, is not read to its end (413): decoding it whole would hold its values
+in memory (~10 times its size) and the event loop, for nothing, as it is too large anyway. One
+up to it is split out and refused alone, `trop-volumineux`, by the contract's parser."""
 
 
 class CorpsRefuse(Exception):
@@ -85,25 +91,33 @@ def split(body: bytes, media: str) -> list[Element]:
         if not isinstance(value, dict):
             raise CorpsRefuse(400, f"le corps n'est pas un objet JSON : en {STRUCTURED}, un événement")
         return [_element(body, value)]
-    return [_element(raw.encode("utf-8", "surrogateescape"), value) for raw, value in _array(text)]
+    return _array(text)
 
 
-def _array(text: str) -> list[tuple[str, Any]]:
+def _array(text: str) -> list[Element]:
+    """The elements, each kept as its bytes and the two attributes an answer quotes: its decoded
+    values are dropped at once, so a batch never holds more than one element's."""
     not_array = f"le corps n'est pas un tableau JSON : en {BATCHED}, un tableau d'événements"
     at = _skip(text, 0)
     if text[at : at + 1] != "[":
         raise CorpsRefuse(400, not_array)
     at = _skip(text, at + 1)
-    elements: list[tuple[str, Any]] = []
+    elements: list[Element] = []
     if text[at : at + 1] != "]":
         while True:
             if len(elements) == MAX_BATCH_EVENTS:
                 raise CorpsRefuse(413, f"plus de {MAX_BATCH_EVENTS} événements dans le lot : c'est le maximum")
             try:
-                value, end = _LENIENT.raw_decode(text, at)
+                value, end = _value(text, at)
             except (ValueError, RecursionError):
                 raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
-            elements.append((text[at:end], value))
+            except _TooLong:
+                raise CorpsRefuse(
+                    413,
+                    f"élément {len(elements)} : plus de {WINDOWS[-1]} caractères sans finir, quand un événement "
+                    f"fait au plus {MAX_RECORD_BYTES} octets",
+                ) from None
+            elements.append(_element(text[at:end].encode("utf-8", "surrogateescape"), value))
             at = _skip(text, end)
             if text[at : at + 1] == "]":
                 break
@@ -113,6 +127,36 @@ def _array(text: str) -> list[tuple[str, Any]]:
     if _skip(text, at + 1) != len(text):
         raise CorpsRefuse(400, f"{not_array} (du texte après le tableau)")
     return elements
+
+
+class _TooLong(Exception):
+    """An element still going on at the end of the last window."""
+
+
+def _value(text: str, at: int) -> tuple[Any, int]:
+    """The JSON value starting at `at` and where it ends, read within WINDOWS (ValueError when it
+    is not JSON there, _TooLong when it does not end within the last window)."""
+    for window in WINDOWS:
+        if at + window >= len(text):  # the rest of the body is within the window: read in place
+            return _LENIENT.raw_decode(text, at)
+        chunk = text[at : at + window]
+        try:
+            value, end = _LENIENT.raw_decode(chunk)
+        except json.JSONDecodeError as e:
+            if not _cut(e, chunk):
+                raise
+            continue
+        if end < len(chunk):  # ended inside the window (at its edge, a number may go on)
+            return value, at + end
+    raise _TooLong
+
+
+def _cut(error: json.JSONDecodeError, chunk: str) -> bool:
+    """Whether reading `chunk` failed for want of what follows it: at its very end, or a few
+    characters before (a `\\u` escape or a literal such as `-Infinity` cut in two fails at its
+    start), or in a string still open there. A real error within those last characters is
+    found in the next window."""
+    return error.pos >= len(chunk) - 10 or error.msg.startswith("Unterminated string")
 
 
 def _skip(text: str, at: int) -> int:

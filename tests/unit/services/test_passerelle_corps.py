@@ -3,11 +3,21 @@ the cap, batches split into each event's bytes as sent (a repeated key or NaN st
 element, for the contract's parser to refuse that element alone)."""
 
 import json
+import tracemalloc
 
 import pytest
 
 from contracts.parsing import MAX_RECORD_BYTES
-from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse, limit, media_type, read, split
+from services.passerelle.corps import (
+    BATCHED,
+    STRUCTURED,
+    WINDOWS,
+    CorpsRefuse,
+    limit,
+    media_type,
+    read,
+    split,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +97,55 @@ def test_a_repeated_key_nan_or_non_utf8_string_stays_in_its_element():
     elements = split(b"[" + b",".join([repeated, nan, latin1, huge]) + b"]", BATCHED)
     assert [e.raw for e in elements] == [repeated, nan, latin1, huge]
     assert [e.id for e in elements] == ["r", "n", "l", "h"]
+
+
+def test_elements_longer_than_the_first_window_are_split_whole():
+    """Past the first window an element is read again within the second: a string, an escape
+    or a number the first window cuts in two is read whole, its bytes exact."""
+    first = WINDOWS[0]
+    long_number = b"7" * (first + 10)
+    elements = [long_number]
+    for shift in range(6):  # a \u escape across the first window's edge, wherever it falls in it
+        elements.append(b'{"id": "e%d", "s": "' % shift + b"x" * shift + b"\\u00e9" * (first // 6 + 2) + b'"}')
+    for cut in range(1, 10):  # a literal across it, `cut` characters of it in the first window
+        head = b'{"id": "i%d", "p": "' % cut
+        tail = b'", "v": -Infinity}'
+        elements.append(head + b"p" * (first - cut - len(head) - len(b'", "v": ')) + tail)
+    elements.append(b'{"id": "big", "padding": "' + b"p" * (MAX_RECORD_BYTES + 1) + b'"}')  # refused alone, later
+    split_out = split(b"[" + b", ".join(elements) + b", {}]", BATCHED)
+    assert [e.raw for e in split_out] == [*elements, b"{}"]
+    assert [e.id for e in split_out[1:-1]] == [*(f"e{n}" for n in range(6)), *(f"i{n}" for n in range(1, 10)), "big"]
+
+
+def test_a_batch_is_split_holding_its_text_and_its_elements_bytes_not_their_values():
+    """Decoded JSON takes about ten times its text: a batch of a thousand 15 KB events held
+    whole would be ~12 times the body. Each element's values are dropped once its id and type
+    are read (tracemalloc: what Python allocated, at its peak)."""
+    element = json.dumps({"id": "a", "type": "t", "data": {"l": [[0, 0, 0] for _ in range(1400)]}})
+    body = ("[" + ",".join([element] * 1000) + "]").encode()
+    tracemalloc.start()
+    try:
+        assert len(split(body, BATCHED)) == 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(body), f"{peak / len(body):.1f} times the body"
+
+
+def test_an_element_going_on_past_the_last_window_is_413_without_being_read_to_its_end():
+    body = b'[{"id": "a"}, {"id": "b", "l": [' + b"[0, 0, 0]," * (WINDOWS[-1] // 10 + 1) + b"[0]]}]"
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, BATCHED)
+    assert refused.value.status == 413
+    assert "élément 1" in refused.value.message and str(MAX_RECORD_BYTES) in refused.value.message
+
+
+def test_an_element_broken_past_the_first_window_is_400_not_413():
+    body = b'[{"id": "a", "l": [' + b"1, " * WINDOWS[0] + b"x]}]"
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, BATCHED)
+    assert refused.value.status == 400
+    assert "élément 0 illisible" in refused.value.message
 
 
 def test_an_id_an_answer_cannot_quote_is_not_reported():
