@@ -101,9 +101,15 @@ def at(minutes: int) -> datetime:
 
 
 async def send(
-    bootstrap: str, topic: str, records: list[tuple[str, bytes | dict]], headers: list[tuple[str, bytes]] = ()
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[str, bytes | dict]],
+    headers: list[tuple[str, bytes]] = (),
+    *,
+    partition: int | None = None,
 ) -> None:
-    """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the broker."""
+    """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the
+    broker; on `partition`, else on their key's (Kafka's default partitioner)."""
     producer = AIOKafkaProducer(
         **kafka_options(bootstrap), acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
     )
@@ -114,7 +120,11 @@ async def send(
             raw = value if isinstance(value, bytes) else json.dumps(value).encode()
             sent.append(
                 await producer.send(
-                    topic, raw, key=key.encode(), headers=[("content-type", b"application/cloudevents+json"), *headers]
+                    topic,
+                    raw,
+                    key=key.encode(),
+                    partition=partition,
+                    headers=[("content-type", b"application/cloudevents+json"), *headers],
                 )
             )
         await asyncio.gather(*sent)

@@ -249,6 +249,24 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         assert listed[0].endswith(f"replayed={marked.isoformat(timespec='seconds')}"), listed
 
 
+async def test_replay_puts_a_refused_record_back_on_the_partition_it_was_read_from(kafka, settings, capsys):
+    """A writer may put a record elsewhere than its key's hash (the relay puts a UAI's coverage
+    records on the UAI's partition): the replay puts it back where it was, among its key's others."""
+    from services.common.messaging.partitioner import partition_for
+
+    where, topic = uai("0350450"), settings.topic(c.EQUIPEMENT)
+    chosen = (partition_for(where.encode(), range(TEST_PARTITIONS)) + 1) % TEST_PARTITIONS
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, topic) as partner:
+        await send(kafka.bootstrap_servers, topic, [(where, lot(where, "L1", 1))], partition=chosen)  # uai-inconnu
+        [row] = await dead_letter_rows(pipeline, 1)
+        assert row["partition"] == chosen
+        await eventually(lambda: record_count(kafka.bootstrap_servers, c.dlq(topic)), what="the DLQ copy published")
+        out = await command(capsys, settings.database_url, "replay", "--service", "equipement")
+        assert out[-1].startswith(f"{topic}:{chosen}@{row['offset']} replayed as {topic}:{chosen}@"), out
+        records = await partner.wait_for(lambda rs: len(rs) >= 2, what="the record and its replay")
+        assert [r.partition for r in records] == [chosen, chosen]
+
+
 async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafka, settings, capsys):
     """Two lots refused one after the other, on two partitions, the older on the higher: the
     replay sends them in the order they were refused (README: oldest first), not by partition."""

@@ -13,8 +13,8 @@ value itself is never printed: its bytes are in `<topic>.dlq`, in the record who
 retention of the inbox). Reads DATABASE_URL.
 
 `replay`, once the cause is fixed (the établissement now in the référentiel, the declarant's
-rights granted), sends the refused records the filters select back to the topic they were read
-from, oldest first: value, key and the partner's headers as they were, plus a `dlq-replay`
+rights granted), sends the refused records the filters select back to the topic and partition
+they were read from, oldest first: value, key and the partner's headers as they were, plus a `dlq-replay`
 header naming the refused record (so a replayed record that is refused again is recognisable).
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
@@ -173,7 +173,14 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
                 print(f"{t}:{p}@{o} would be replayed to {t}")
             return len(found)
         sending = [
-            (of, await producer.send(of[0], r.value, key=r.key, headers=replayed_headers(r.headers, of)))
+            # To the partition it was read from: where its key's other records are, however their
+            # writer chose it (the relay puts a UAI's profile and coverage records on the UAI's).
+            (
+                of,
+                await producer.send(
+                    of[0], r.value, key=r.key, partition=of[1], headers=replayed_headers(r.headers, of)
+                ),
+            )
             for of, r in oldest_first
         ]
         for (t, p, o), acked in sending:
