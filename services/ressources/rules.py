@@ -496,7 +496,10 @@ def _training(
         if held / n < seuil:
             why.add("formation", f"{comp.code} niveau {comp.level}: {held}/{n} enseignants")
     for kind in training.tools:
-        held = couverture.outils.get(fold_kind(kind), 0)
+        # At most the teachers counted: a tool's count and the UAI's teacher count are two
+        # records, which a batch may read one ahead of the other (teachers leaving: 3 trained
+        # of 1 counted, until the tool's record follows).
+        held = min(couverture.outils.get(fold_kind(kind), 0), n)
         shares.append(held / n)
         if held / n < seuil:
             why.add("formation", f"{kind}: {held}/{n} enseignants")

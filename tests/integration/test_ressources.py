@@ -227,3 +227,30 @@ async def test_a_new_threshold_reevaluates_every_pair_at_start(kafka, settings):
         async with running(SPEC, settings.model_copy(update={"min_training_coverage": 0.3})) as pipeline:
             records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="the resolve at start")
             assert await eventually(lambda: pipeline.pool.fetchval("SELECT min_training_coverage FROM seuils")) == 0.3
+
+
+async def test_a_tool_count_read_ahead_of_the_teacher_count_does_not_stop_the_batch(kafka, settings):
+    """formation publishes a UAI's teacher count and each tool's count as records of their own
+    (`{uai}`, `{uai}/{kind}`), which a batch boundary may fall between. Two of three teachers
+    trained on the TNI leave: the new count (1) read without the tool's record (still 3) made a
+    share of 3, which no alert may carry (coverage <= 1): the batch failed, again at each retry,
+    and the UAI's partition stopped there. The share is at most 1 until the tool's record follows."""
+    bootstrap, where = kafka.bootstrap_servers, uai("0350460")
+    robots = publiee(1)
+    robots["data"]["training"] = {"competences": [], "tools": ["TNI"]}
+    teachers = "SELECT version = 2 FROM recus WHERE uai = $1 AND entity = ''"
+    async with running(SPEC, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)  # an open equipement-incompatible alert
+        await send(bootstrap, settings.topic(COUVERTURES), couverture(where, 1, 3, {}, {"tni": 3}))
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, robots), (where, abonnement(where, 1))])
+        coverage = "SELECT (alerte->>'coverage')::float FROM alertes WHERE uai = $1 AND ouverte"
+        assert await eventually(lambda: pipeline.pool.fetchval(coverage, where), what="the alert") == 1
+        teacher_count, tool_count = couverture(where, 2, 1, {}, {"tni": 1})
+        await send(bootstrap, settings.topic(COUVERTURES), [teacher_count])  # the boundary: alone in its batch
+        await eventually(lambda: pipeline.pool.fetchval(teachers, where), what="the new count")
+        assert await pipeline.pool.fetchval(coverage, where) == 1
+        await send(bootstrap, settings.topic(COUVERTURES), [tool_count])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT version = 2 FROM recus WHERE uai = $1 AND entity = 'tni'", where),
+            what="the tool's count",
+        )

@@ -168,6 +168,14 @@ def test_training_coverage_is_the_smallest_share():
     ]
 
 
+def test_a_tool_count_ahead_of_the_teacher_count_is_a_share_of_at_most_one():
+    """The teacher count and a tool's count are two records, read one before the other: 3
+    trained of 1 counted (two left) is a full share, not 3 (an alert's coverage is at most 1)."""
+    r = ressource(training=Formation(tools=["TNI"]))
+    e = evaluate(r, profil(), CouvertureFormation(uai=UAI, version=2, enseignants=1, outils={"tni": 3}))
+    assert e.coverage == 1 and "formation-insuffisante" not in e.alerts
+
+
 def test_no_teacher_counted_means_no_training_alert():
     r = ressource(training=Formation(tools=["TNI"]))
     e = evaluate(r, profil(), CouvertureFormation(uai=UAI, version=1, enseignants=0))
