@@ -42,6 +42,9 @@ def test_demo_raises_and_resolves_an_alert_and_leaves_no_process_behind():
             assert count and int(count.group(1)) > 0, f"no {kind} raised:\n{raised[:2000]}"
         assert re.search(r"^\s+equipement-partiel\s+[1-9]\d*$", resolved, re.M), resolved[:2000]
         assert "/alertes/flux" in output and '"total":' in output
+        # README: the services' logs are quiet during the demo (WARNING and above only, and none).
+        loud = [line for line in output.splitlines() if re.search(r'"level": "(warning|error|critical)"', line)]
+        assert loud == [], "\n".join(loud[:10])
 
         assert len(started) >= 6, output  # Kafka, PostgreSQL and its workers, four services
         assert still_running(started) == []

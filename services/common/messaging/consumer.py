@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
@@ -317,7 +317,9 @@ class StoredPositions(ConsumerRebalanceListener):
 def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline) -> None:
     listener = StoredPositions(pipeline)
     subscriber = broker.subscriber(
-        *[settings.topic(t) for t in spec.consumes],
+        # The platform's topics (deploy.topic_admin, Strimzi's KafkaTopic), which a service's
+        # principal may not create: FastStream's attempt at its start only logged the refusal.
+        *[Topic(settings.topic(t), declare=False) for t in spec.consumes],
         batch=True,
         group_id=settings.topic(spec.name),
         auto_offset_reset="earliest",
