@@ -289,6 +289,15 @@ async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafk
 
         await eventually(both_copies, what="the two DLQ copies published")
         dry = await command(capsys, settings.database_url, "replay", "--service", "equipement", "--dry-run")
-        assert [line.split()[0] for line in dry if "would be replayed" in line] == [
-            f"{r['topic']}:{r['partition']}@{r['offset']}" for r in refused
-        ]
+        origins = [f"{r['topic']}:{r['partition']}@{r['offset']}" for r in refused]
+        assert [line.split()[0] for line in dry if "would be replayed" in line] == origins
+
+        # The cause fixed, fewer than match: the oldest, and the command says more are left, which
+        # a next run sends.
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (first, second)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the fix")
+        for sent, left in ((origins[0], True), (origins[1], False)):
+            await dead_letters.run(dead_letters.parse_args(["replay", "--limit", "1"]), settings.database_url)
+            out, err = capsys.readouterr()
+            assert [line.split()[0] for line in out.splitlines() if "replayed as" in line] == [sent]
+            assert ("more than 1 dead letters match" in err) is left, err

@@ -14,8 +14,9 @@ retention of the inbox). Reads DATABASE_URL.
 
 `replay`, once the cause is fixed (the établissement now in the référentiel, the declarant's
 rights granted), sends the refused records the filters select back to the topic and partition
-they were read from, oldest first: value, key and the partner's headers as they were, plus a `dlq-replay`
-header naming the refused record (so a replayed record that is refused again is recognisable).
+they were read from, oldest first (the --limit oldest of them all; it says when more match):
+value, key and the partner's headers as they were, plus a `dlq-replay` header naming the
+refused record (so a replayed record that is refused again is recognisable).
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
 second one, meanwhile, replays nothing and says so). A replay interrupted between a send and
@@ -145,17 +146,25 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
 async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     where, params = _where(args)
     where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
-    wanted: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
+    matching: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
     for schema in schemas:
         rows = await conn.fetch(
             f'SELECT topic, partition, "offset", received_at FROM "{schema}".dead_letters{where} '
-            f'ORDER BY received_at, "offset" LIMIT {args.limit}',
+            f'ORDER BY received_at, "offset" LIMIT {args.limit + 1}',
             *params,
         )
-        wanted |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
-    if not wanted:
+        matching |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
+    if not matching:
         print("nothing to replay: no dead letter matches that was not replayed already", file=sys.stderr)
         return 0
+    # The --limit oldest of every service's, and say so when more match: the rest waits for a next run.
+    wanted = dict(sorted(matching.items(), key=lambda item: (item[1][0], item[0]))[: args.limit])
+    if len(matching) > args.limit:
+        print(
+            f"more than {args.limit} dead letters match: the {args.limit} oldest are replayed; "
+            "run again for the next ones, or raise --limit",
+            file=sys.stderr,
+        )
     access = KafkaAccess.from_environ()
     print(f"reading {', '.join(sorted({dlq_topic(t) for t, _, _ in wanted}))} for {len(wanted)} refused records")
     producer = AIOKafkaProducer(**access.aiokafka(), acks="all", enable_idempotence=True, max_request_size=2**21)
@@ -309,7 +318,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     filters.add_argument("--topic", metavar="T", help="read from this topic, e.g. equipement.declarations.v1")
     filters.add_argument("--since", metavar="TIME", type=_instant, help="refused at or after TIME (UTC without offset)")
     filters.add_argument("--uai", metavar="UAI", help="whose key or subject is this UAI (or begins with UAI/)")
-    filters.add_argument("--limit", metavar="N", type=_limit, default=50, help="at most N records (default 50)")
+    filters.add_argument(
+        "--limit",
+        metavar="N",
+        type=_limit,
+        default=50,
+        help="at most N records, the newest listed, the oldest replayed (default 50)",
+    )
     commands.add_parser("list", parents=[service, filters], help="refused records, newest first")
 
     one = commands.add_parser("show", parents=[service], help="one refused record, with its message")
