@@ -42,6 +42,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import TopicAuthorizationFailedError
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
@@ -69,6 +70,44 @@ DERIVED: dict[str, tuple[str, str, tuple[Derived, ...]]] = {
 }
 """Per service that derives records: its compacted topic, its CloudEvents source, its kinds of record."""
 MAX_CYCLE = 1_000_000
+
+
+def read_by(spec: ServiceSpec) -> list[str]:
+    """The topics (unprefixed) a catch-up of `spec` reads: its inputs, its dead letters, and what
+    it published (its compacted topic, or the alerts' stream and table)."""
+    published = [DERIVED[spec.name][0]] if spec.name in DERIVED else [c.ALERTES, c.ALERTES_ETAT]
+    return [*spec.consumes, *(c.dlq(t) for t in spec.dead_letters_for), *published]
+
+
+async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) -> None:
+    """PermissionError naming the topics a catch-up of `specs` reads that the Kafka principal of
+    `settings` may not. A service's own may read its inputs, not what it published nor its dead
+    letters: the rebuild and the restore need an operator's (locally `env $(./dev credentials
+    admin) ...`), and find out here, before they touch the database."""
+    access = KafkaAccess.of(settings)
+    readable, refused = sorted({settings.topic(t) for spec in specs for t in read_by(spec)}), []
+    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while readable:
+            consumer.subscribe(readable)
+            try:
+                await consumer.getmany(timeout_ms=1000)  # a fetch of each: Kafka refuses one it may not read
+                break
+            except TopicAuthorizationFailedError as e:  # one topic at a time, named alone
+                topic = e.args[0] if e.args and e.args[0] in readable else None
+                if topic is None:
+                    refused.append(str(e))
+                    break
+                refused.append(topic)
+                readable.remove(topic)
+    finally:
+        await consumer.stop()
+    if refused:
+        raise PermissionError(
+            f"Kafka's principal {access.username or '(none)'} may not read {', '.join(sorted(refused))}: "
+            "run this as an operator (locally: env $(./dev credentials admin) ./dev ...)"
+        )
 
 
 @dataclass

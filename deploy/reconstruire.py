@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
 from services.common.messaging.connection import KafkaAccess
@@ -75,6 +76,10 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             raise ReconstructionError(f"a rebuild of schema {live!r} is already under way")
         if not await session.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
+        try:  # the replay reads what only an operator may: found out before a schema is made
+            await rattrapage.check_access(settings, [spec])
+        except PermissionError as e:
+            raise ReconstructionError(f"nothing rebuilt: {e}") from None
         await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
         cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
         try:
@@ -159,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
     try:
         asyncio.run(rebuild(spec, settings))
-    except (ReconstructionError, OSError, asyncpg.PostgresError) as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+    except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
+        print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1
     return 0
 

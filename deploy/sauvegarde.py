@@ -41,6 +41,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
 from services.common.messaging.connection import KafkaAccess
@@ -168,6 +169,10 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
         f"reading {path}",
     )
     services = [spec for spec in SPECS if spec.name in schemas]
+    try:  # the catch-up reads what only an operator may: found out before anything is replaced
+        await rattrapage.check_access(settings, services)
+    except (PermissionError, KafkaError) as e:
+        raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     if others := [name for name in schemas if name not in {spec.name for spec in services}]:
         print(
             f"warning: {', '.join(others)} restored as the backup holds them, not caught up with the log "

@@ -5,11 +5,14 @@ partitions are read in."""
 
 import json
 
+import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import contracts as c
-from deploy.rattrapage import accorder, journal_allocated, ouvrir, rattraper, read_topic
+from contracts.internal import PROFILS
+from deploy.rattrapage import accorder, check_access, journal_allocated, ouvrir, rattraper, read_topic
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -127,3 +130,44 @@ async def test_the_journal_goes_on_past_ids_a_rolled_back_transaction_took(kafka
         await cible.close()
         await held.stop()
     assert replay.last_allocated == last + 1 and [seq for seq, _ in replay.rows] == [last + 1]
+
+
+async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_before_anything(kafka, settings) -> None:
+    """A service's principal reads its inputs, not what it published nor its dead letters: a
+    catch-up (rebuild, restore) run with it is refused, naming them, before it touches anything."""
+    own = kafka.access_as("equipement")
+    as_equipement = settings.model_copy(update={"kafka_username": own.username, "kafka_password": own.password})
+    with pytest.raises(PermissionError) as refused:
+        await check_access(as_equipement, [SPEC])
+    message = str(refused.value)
+    assert settings.topic(PROFILS) in message and settings.topic(c.dlq(c.EQUIPEMENT)) in message, message
+    assert settings.topic(c.EQUIPEMENT) + "," not in message, "its inputs it may read"
+    assert "equipement" in message and own.password not in message
+    await check_access(settings, [SPEC, RESSOURCES])  # the tests' principal: an operator's rights
+
+
+async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothing(kafka, settings, tmp_path) -> None:
+    """Run with a service's own principal, a restore and a rebuild stop before they replace or
+    make any schema (they used to replace every schema, then fail on Kafka: restored but not
+    caught up, or leave a half-built schema behind)."""
+    from deploy import reconstruire, sauvegarde
+
+    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+    await cible.close()
+    backup = tmp_path / "avant.dump"
+    sauvegarde.backup(settings.database_url, backup)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE TABLE {SPEC.name}.depuis_la_sauvegarde ()")  # a restore would drop it
+        own = kafka.access_as("equipement")
+        as_equipement = settings.model_copy(update={"kafka_username": own.username, "kafka_password": own.password})
+        with pytest.raises(sauvegarde.SauvegardeError, match=r"nothing restored: .*may not read"):
+            await sauvegarde.restore(as_equipement, backup)
+        with pytest.raises(reconstruire.ReconstructionError, match=r"nothing rebuilt: .*may not read"):
+            await reconstruire.rebuild(SPEC, as_equipement)
+        tables = "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = $1"
+        assert "depuis_la_sauvegarde" in await conn.fetchval(tables, SPEC.name)
+        schemas = await conn.fetchval("SELECT array_agg(nspname::text) FROM pg_namespace")
+        assert f"{SPEC.name}_reconstruit" not in schemas, schemas
+    finally:
+        await conn.close()
