@@ -85,24 +85,18 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
     letters: the rebuild and the restore need an operator's (locally `env $(./dev credentials
     admin) ...`), and find out here, before they touch the database."""
     access = KafkaAccess.of(settings)
-    readable, refused = sorted({settings.topic(t) for spec in specs for t in read_by(spec)}), []
-    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        while readable:
-            consumer.subscribe(readable)
-            try:
-                await consumer.getmany(timeout_ms=1000)  # a fetch of each: Kafka refuses one it may not read
-                break
-            except TopicAuthorizationFailedError as e:  # one topic at a time, named alone
-                topic = e.args[0] if e.args and e.args[0] in readable else None
-                if topic is None:
-                    refused.append(str(e))
-                    break
-                refused.append(topic)
-                readable.remove(topic)
+    topics = sorted({settings.topic(t) for spec in specs for t in read_by(spec)})
+    if not topics:
+        return
+    admin = AIOKafkaAdminClient(**access.aiokafka())
+    await admin.start()
+    try:  # a topic it may not even describe (aiokafka would wait for its metadata for ever)
+        described = {t["topic"]: t["error_code"] for t in await admin.describe_topics(topics)}
     finally:
-        await consumer.stop()
+        await admin.close()
+    refused = [t for t in topics if described.get(t) == TopicAuthorizationFailedError.errno]
+    if readable := [TopicPartition(t, 0) for t in topics if t not in refused]:
+        refused += await _unfetchable(access, readable)
     if refused:
         raise PermissionError(
             f"Kafka's principal {access.username or '(none)'} may not read {', '.join(sorted(refused))}: "
@@ -308,6 +302,30 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
         raise ValueError(f"no rule to align what {name!r} published")
     log.info("rattrapage.aligned", schema=cible.schema, queued=queued)
     return queued
+
+
+async def _unfetchable(access: KafkaAccess, partitions: list[TopicPartition]) -> list[str]:
+    """The topics of `partitions` whose records Kafka refuses to give `access` (a fetch is what
+    checks the right to read: describing a topic needs less, which writing it grants)."""
+    refused: list[str] = []
+    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while partitions:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            try:
+                await consumer.getmany(timeout_ms=1000)
+                break
+            except TopicAuthorizationFailedError as e:  # one topic at a time
+                tp = next((tp for tp in partitions if e.args and tp.topic == e.args[0]), None)
+                if tp is None:
+                    return [*refused, str(e)]
+                refused.append(tp.topic)
+                partitions = [p for p in partitions if p != tp]
+    finally:
+        await consumer.stop()
+    return refused
 
 
 def _bare(cible: Cible) -> Pipeline:

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import contracts as c
 from contracts.internal import PROFILS
-from deploy.rattrapage import accorder, check_access, journal_allocated, ouvrir, rattraper, read_topic
+from deploy.rattrapage import accorder, check_access, journal_allocated, ouvrir, rattraper, read_by, read_topic
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -144,6 +144,13 @@ async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_befo
     assert settings.topic(c.EQUIPEMENT) + "," not in message, "its inputs it may read"
     assert "equipement" in message and own.password not in message
     await check_access(settings, [SPEC, RESSOURCES])  # the tests' principal: an operator's rights
+    dashboard = kafka.access_as("tableau-de-bord")
+    as_dashboard = settings.model_copy(
+        update={"kafka_username": dashboard.username, "kafka_password": dashboard.password}
+    )
+    with pytest.raises(PermissionError) as refused:
+        await check_access(as_dashboard, [SPEC])
+    assert all(settings.topic(t) in str(refused.value) for t in read_by(SPEC)), refused.value
 
 
 async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothing(kafka, settings, tmp_path) -> None:
@@ -171,3 +178,22 @@ async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothi
         assert f"{SPEC.name}_reconstruit" not in schemas, schemas
     finally:
         await conn.close()
+
+
+async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp_path, capsys) -> None:
+    """The passerelle's schema (its view of the référentiel, which it catches up itself) and the
+    local runtime's `plateforme` are restored as they are without a warning to rebuild them
+    (./dev rebuild takes neither); a custom one is still warned of."""
+    from deploy import sauvegarde
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for schema in ("passerelle", "plateforme", "sur_mesure"):
+            await conn.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (n int)")
+    finally:
+        await conn.close()
+    backup = tmp_path / "sauvegarde.dump"
+    sauvegarde.backup(settings.database_url, backup)
+    assert sorted(await sauvegarde.restore(settings, backup)) == ["passerelle", "plateforme", "sur_mesure"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: sur_mesure restored"), warnings
