@@ -124,6 +124,13 @@ def schemas_of(toc: str) -> list[str]:
     return [m.group(1) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line)) and m.group(1) != "public"]
 
 
+NO_CATCH_UP = {
+    "passerelle": "its view of the référentiel catches up as it starts, from its restored positions",
+    "plateforme": "the local runtime's record of the Kafka cluster its database goes with (./dev up)",
+}
+"""Schemas of a backup restored as they are, rightly: neither is a service's that publishes."""
+
+
 async def connected_services(database_url: str) -> list[str]:
     """The services (application_name feo-…) connected to the database, other than this process."""
     conn = await asyncpg.connect(database_url)
@@ -173,7 +180,8 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
         await rattrapage.check_access(settings, services)
     except (PermissionError, KafkaError) as e:
         raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
-    if others := [name for name in schemas if name not in {spec.name for spec in services}]:
+    caught_up = {spec.name for spec in services} | NO_CATCH_UP.keys()
+    if others := [name for name in schemas if name not in caught_up]:
         print(
             f"warning: {', '.join(others)} restored as the backup holds them, not caught up with the log "
             "(not a service's default schema): rebuild a service working in one (./dev rebuild) before it starts",
