@@ -32,6 +32,7 @@ handled (at or past its consumer group's committed offset) whose DLQ on Kafka ho
 
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -79,11 +80,19 @@ def read_by(spec: ServiceSpec) -> list[str]:
     return [*spec.consumes, *(c.dlq(t) for t in spec.dead_letters_for), *published]
 
 
+class AccesInsuffisant(RuntimeError):
+    """What a catch-up would read that Kafka does not give it: the message names the topics."""
+
+
+CHECK_SECONDS = 30
+"""How long `check_access` waits for Kafka to answer a fetch of every topic."""
+
+
 async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) -> None:
-    """PermissionError naming the topics a catch-up of `specs` reads that the Kafka principal of
-    `settings` may not. A service's own may read its inputs, not what it published nor its dead
-    letters: the rebuild and the restore need an operator's (locally `env $(./dev credentials
-    admin) ...`), and find out here, before they touch the database."""
+    """AccesInsuffisant naming the topics a catch-up of `specs` reads that the Kafka principal of
+    `settings` may not (or that do not exist). A service's own may read its inputs, not what it
+    published nor its dead letters: the rebuild and the restore need an operator's (locally
+    `env $(./dev credentials admin) ...`), and find out here, before they touch the database."""
     access = KafkaAccess.of(settings)
     topics = sorted({settings.topic(t) for spec in specs for t in read_by(spec)})
     if not topics:
@@ -94,11 +103,13 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
         described = {t["topic"]: t["error_code"] for t in await admin.describe_topics(topics)}
     finally:
         await admin.close()
-    refused = [t for t in topics if described.get(t) == TopicAuthorizationFailedError.errno]
+    if missing := [t for t in topics if described.get(t) not in (0, TopicAuthorizationFailedError.errno)]:
+        raise AccesInsuffisant(f"topics {', '.join(missing)} do not exist on {access.bootstrap_servers}")
+    refused = [t for t in topics if described[t] == TopicAuthorizationFailedError.errno]
     if readable := [TopicPartition(t, 0) for t in topics if t not in refused]:
         refused += await _unfetchable(access, readable)
     if refused:
-        raise PermissionError(
+        raise AccesInsuffisant(
             f"Kafka's principal {access.username or '(none)'} may not read {', '.join(sorted(refused))}: "
             "run this as an operator (locally: env $(./dev credentials admin) ./dev ...)"
         )
@@ -306,8 +317,12 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
 
 async def _unfetchable(access: KafkaAccess, partitions: list[TopicPartition]) -> list[str]:
     """The topics of `partitions` whose records Kafka refuses to give `access` (a fetch is what
-    checks the right to read: describing a topic needs less, which writing it grants)."""
+    checks the right to read: describing a topic needs less, which writing it grants). Each
+    partition is fetched until Kafka has answered it, records or not (its high watermark known):
+    a fetch may return one partition's records before another's refusal, which comes next."""
     refused: list[str] = []
+    answered: set[TopicPartition] = set()
+    deadline = time.monotonic() + CHECK_SECONDS
     consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -315,14 +330,18 @@ async def _unfetchable(access: KafkaAccess, partitions: list[TopicPartition]) ->
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             try:
-                await consumer.getmany(timeout_ms=1000)
-                break
+                while left := [tp for tp in partitions if tp not in answered]:
+                    if time.monotonic() > deadline:
+                        topics = ", ".join(sorted({tp.topic for tp in left}))
+                        raise AccesInsuffisant(f"Kafka answered no fetch of {topics} within {CHECK_SECONDS} s")
+                    await consumer.getmany(*left, timeout_ms=500)
+                    answered |= {tp for tp in left if consumer.highwater(tp) is not None}
+                return refused
             except TopicAuthorizationFailedError as e:  # one topic at a time
-                tp = next((tp for tp in partitions if e.args and tp.topic == e.args[0]), None)
-                if tp is None:
+                if not e.args or e.args[0] not in {tp.topic for tp in partitions}:
                     return [*refused, str(e)]
-                refused.append(tp.topic)
-                partitions = [p for p in partitions if p != tp]
+                refused.append(e.args[0])
+                partitions = [tp for tp in partitions if tp.topic != e.args[0] and tp not in answered]
     finally:
         await consumer.stop()
     return refused

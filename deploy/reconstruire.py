@@ -78,7 +78,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
         try:  # the replay reads what only an operator may: found out before a schema is made
             await rattrapage.check_access(settings, [spec])
-        except PermissionError as e:
+        except rattrapage.AccesInsuffisant as e:
             raise ReconstructionError(f"nothing rebuilt: {e}") from None
         await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
         cible = await rattrapage.ouvrir(spec, settings, fresh, producer)

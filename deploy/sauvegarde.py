@@ -178,7 +178,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     services = [spec for spec in SPECS if spec.name in schemas]
     try:  # the catch-up reads what only an operator may: found out before anything is replaced
         await rattrapage.check_access(settings, services)
-    except (PermissionError, KafkaError) as e:
+    except (rattrapage.AccesInsuffisant, KafkaError) as e:
         raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     caught_up = {spec.name for spec in services} | NO_CATCH_UP.keys()
     if others := [name for name in schemas if name not in caught_up]:

@@ -12,7 +12,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import contracts as c
 from contracts.internal import PROFILS
-from deploy.rattrapage import accorder, check_access, journal_allocated, ouvrir, rattraper, read_by, read_topic
+from deploy.rattrapage import (
+    AccesInsuffisant,
+    accorder,
+    check_access,
+    journal_allocated,
+    ouvrir,
+    rattraper,
+    read_by,
+    read_topic,
+)
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -137,7 +146,9 @@ async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_befo
     catch-up (rebuild, restore) run with it is refused, naming them, before it touches anything."""
     own = kafka.access_as("equipement")
     as_equipement = settings.model_copy(update={"kafka_username": own.username, "kafka_password": own.password})
-    with pytest.raises(PermissionError) as refused:
+    # Records in an input it may read: a fetch returns them before the refusal of another topic.
+    await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [("k", b"{}")] * 50, partition=0)
+    with pytest.raises(AccesInsuffisant) as refused:
         await check_access(as_equipement, [SPEC])
     message = str(refused.value)
     assert settings.topic(PROFILS) in message and settings.topic(c.dlq(c.EQUIPEMENT)) in message, message
@@ -148,9 +159,12 @@ async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_befo
     as_dashboard = settings.model_copy(
         update={"kafka_username": dashboard.username, "kafka_password": dashboard.password}
     )
-    with pytest.raises(PermissionError) as refused:
+    with pytest.raises(AccesInsuffisant) as refused:
         await check_access(as_dashboard, [SPEC])
     assert all(settings.topic(t) in str(refused.value) for t in read_by(SPEC)), refused.value
+    elsewhere = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "absent."})
+    with pytest.raises(AccesInsuffisant, match="do not exist"):
+        await check_access(elsewhere, [SPEC])
 
 
 async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothing(kafka, settings, tmp_path) -> None:
