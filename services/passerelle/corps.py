@@ -146,7 +146,8 @@ def _value(text: str, at: int) -> tuple[Any, int]:
             if not _cut(e, chunk):
                 raise
             continue
-        if end < len(chunk):  # ended inside the window (at its edge, a number may go on)
+        # Ended inside the window; a number ending near its edge may go on (`1` of `1e5`, `1.5`).
+        if end < len(chunk) - (3 if isinstance(value, int | float) else 0):
             return value, at + end
     raise _TooLong
 

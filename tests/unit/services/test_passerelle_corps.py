@@ -111,10 +111,13 @@ def test_elements_longer_than_the_first_window_are_split_whole():
         head = b'{"id": "i%d", "p": "' % cut
         tail = b'", "v": -Infinity}'
         elements.append(head + b"p" * (first - cut - len(head) - len(b'", "v": ')) + tail)
+    for digits in range(first - 3, first):  # a number's exponent or fraction across it
+        elements += [b"1" * digits + b"e+12", b"1" * digits + b".25"]
     elements.append(b'{"id": "big", "padding": "' + b"p" * (MAX_RECORD_BYTES + 1) + b'"}')  # refused alone, later
     split_out = split(b"[" + b", ".join(elements) + b", {}]", BATCHED)
     assert [e.raw for e in split_out] == [*elements, b"{}"]
-    assert [e.id for e in split_out[1:-1]] == [*(f"e{n}" for n in range(6)), *(f"i{n}" for n in range(1, 10)), "big"]
+    ids = [*(f"e{n}" for n in range(6)), *(f"i{n}" for n in range(1, 10)), *[None] * 6, "big"]
+    assert [e.id for e in split_out[1:-1]] == ids
 
 
 def test_a_batch_is_split_holding_its_text_and_its_elements_bytes_not_their_values():
