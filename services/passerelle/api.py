@@ -139,6 +139,7 @@ class Passerelle:
             debit,
         )
         self._renewing = asyncio.Lock()
+        self._renew_after = 0.0  # after a renewal that failed, none is tried before this (monotonic)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopped once unused
 
     async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
@@ -196,13 +197,15 @@ class Passerelle:
         record, whose later events would all be refused as out of order for as long as it lives;
         or its sender died (outbox.sender_died), and it would refuse every event."""
         async with self._renewing:
-            if self.producer is not failed:
+            if self.producer is not failed or time.monotonic() < self._renew_after:
                 return
             producer = new_producer(self.settings)
-            try:
-                await producer.start()
-            except KafkaError as e:  # Kafka away: the next refusal tries again
+            try:  # bounded: the requests waiting on this lock have their own write timeout
+                async with asyncio.timeout(self.settings.passerelle_write_timeout_seconds):
+                    await producer.start()
+            except (KafkaError, TimeoutError) as e:  # Kafka away: tried again once the pause is over
                 log.warning("kafka.producteur_non_renouvele", error=type(e).__name__)
+                self._renew_after = time.monotonic() + RETRY_UNAVAILABLE_SECONDS
                 await producer.stop()
                 return
             self.producer = producer

@@ -491,7 +491,7 @@ def _training(
     n = couverture.enseignants
     shares = []
     for comp in training.competences:
-        held = couverture.competences.get(comp.code, [0] * len(CRCN_LEVELS))[comp.level - 1]
+        held = min(couverture.competences.get(comp.code, [0] * len(CRCN_LEVELS))[comp.level - 1], n)
         shares.append(held / n)
         if held / n < seuil:
             why.add("formation", f"{comp.code} niveau {comp.level}: {held}/{n} enseignants")

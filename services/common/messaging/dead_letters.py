@@ -181,13 +181,19 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
             for (t, p, o), _ in oldest_first:
                 print(f"{t}:{p}@{o} would be replayed to {t}")
             return len(found)
+        # To the partition it was read from: where its key's other records are, however their
+        # writer chose it (the relay puts a UAI's profile and coverage records on the UAI's); to
+        # its key's if that partition is gone (the topic made again with fewer).
+        partitions = {t: await producer.partitions_for(t) for t in {of[0] for of, _ in oldest_first}}
         sending = [
-            # To the partition it was read from: where its key's other records are, however their
-            # writer chose it (the relay puts a UAI's profile and coverage records on the UAI's).
             (
                 of,
                 await producer.send(
-                    of[0], r.value, key=r.key, partition=of[1], headers=replayed_headers(r.headers, of)
+                    of[0],
+                    r.value,
+                    key=r.key,
+                    partition=of[1] if of[1] in partitions[of[0]] else None,
+                    headers=replayed_headers(r.headers, of),
                 ),
             )
             for of, r in oldest_first

@@ -295,9 +295,12 @@ class OutboxRelay:
         are out of step); without `renew`, the caller's producer stays, failing until its restart."""
         if self._renew is None:
             return
-        await self._producer.stop()
-        self._producer, self._producer_started = self._renew(), False
+        former, self._producer, self._producer_started = self._producer, self._renew(), False
         log.info("outbox.producer_renewed", reason=type(reason).__name__)
+        try:  # the new one is in place whatever this does
+            await former.stop()
+        except Exception as e:
+            log.warning("outbox.former_producer_not_stopped", error=type(e).__name__)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> tuple[list[BaseException | None], BaseException | None]:
         """Sends `rows` in batches of one partition each, filled in `seq` order (one key, one
