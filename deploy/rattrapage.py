@@ -30,6 +30,7 @@ handled (at or past its consumer group's committed offset) whose DLQ on Kafka ho
 (by its `dlq-topic`, `dlq-partition`, `dlq-offset`): such a record gets its copy once.
 """
 
+import asyncio
 import itertools
 import json
 import time
@@ -43,7 +44,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
@@ -227,9 +228,20 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartitio
 
 
 async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset `group` committed there (none: it committed nothing)."""
+    """(topic, partition) -> the offset `group` committed there (none: it committed nothing).
+    A broker that has not yet made its offsets topic (a cluster no consumer group has used: a
+    restore onto a new Kafka) answers that no coordinator is available until it has: asked
+    again for up to CHECK_SECONDS."""
+    deadline = time.monotonic() + CHECK_SECONDS
     async with _admin(bootstrap) as admin:
-        offsets = await admin.list_consumer_group_offsets(group)
+        while True:
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 

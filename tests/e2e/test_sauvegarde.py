@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -175,9 +176,12 @@ def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path
     assert "s3cr3t" not in out.out + out.err and "s5l" not in out.out + out.err
 
 
-async def test_a_restore_not_caught_up_keeps_the_services_from_starting(kafka, database_url, topic_prefix, tmp_path):
-    """The catch-up fails (Kafka unreachable) after the restored schemas were committed: they
-    stay marked, the service refuses to start on them; the restore run again clears the mark."""
+async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
+    kafka, database_url, topic_prefix, tmp_path, monkeypatch
+):
+    """Kafka unreachable from the start: nothing is restored. The catch-up failing after the
+    restored schemas were committed (Kafka lost meanwhile): they stay marked, the service refuses
+    to start on them; the restore run again clears the mark."""
     from services.common.pipeline import Pipeline
     from services.common.runtime.lifecycle import CATCH_UP_PENDING, Lifecycle
     from services.common.runtime.startup import StartupFailed
@@ -207,11 +211,25 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(kafka, d
         )
         return Lifecycle(EQUIPEMENT, settings, pipeline, None)
 
-    failed = sauvegarde("restore", dump, {**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
-    assert failed.returncode == 1, failed.stderr
-    [said] = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
-    assert said.startswith("error: equipement was restored but not caught up with the log (KafkaConnectionError")
+    unreachable = sauvegarde("restore", dump, {**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert unreachable.returncode == 1, unreachable.stderr
+    [said] = [line for line in unreachable.stderr.splitlines() if line.startswith("error: ")]
+    assert said.startswith("error: nothing restored: "), said
+    untouched = lifecycle()
+    await untouched.open_database()  # no mark: the schema was not replaced
+    await untouched.close()
+
+    async def kafka_lost(*args: Any, **kwargs: Any) -> None:
+        raise KafkaConnectionError("lost during the catch-up")
+
+    monkeypatch.setattr(tool.rattrapage, "rattraper", kafka_lost)
+    settings = EQUIPEMENT.settings(**{k.lower(): v for k, v in env.items()})
+    with pytest.raises(tool.SauvegardeError) as failed:
+        await tool.restore(settings, dump)
+    said = str(failed.value)
+    assert said.startswith("equipement was restored but not caught up with the log (KafkaConnectionError: lost"), said
     assert said.endswith(f"rerun ./dev restore {dump}; do not start the services"), said
+    monkeypatch.undo()
     with pytest.raises(
         StartupFailed, match=r"schema 'equipement' was restored but not caught up .* ./dev restore FILE"
     ):
