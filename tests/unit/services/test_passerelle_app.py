@@ -1,7 +1,10 @@
 """The passerelle's wiring: what it reads and writes (the ACLs are derived from it), and a
 start refused, before any connection, when it has no keys to check tokens with."""
 
+import asyncio
+
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 import contracts as c
 from services.common.runtime.app import build_app
@@ -62,3 +65,53 @@ def test_signing_keys_are_fetched_over_https_except_from_this_machine():
     ]
     for fine in ("https://idp.example.org/certs", "http://127.0.0.1:8080/certs", "http://localhost/certs"):
         assert check_environment({"JWKS_URL": fine}, [PasserelleSettings]) == []
+
+
+class _Producer:
+    """A stand-in for the passerelle's producer: its start hangs, fails or succeeds."""
+
+    def __init__(self, start: str):
+        self._start, self.stopped = start, False
+
+    async def start(self) -> None:
+        if self._start == "hangs":
+            await asyncio.Event().wait()
+        if self._start == "fails":
+            raise KafkaConnectionError("Kafka away")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_renewal_waits_at_most_the_write_timeout_and_a_failed_one_pauses_the_next(monkeypatch):
+    """Requests wait on the renewal's lock: a start that hangs is given up at the write timeout,
+    and after a failed one no other is tried for RETRY_UNAVAILABLE_SECONDS (each request would
+    otherwise pay a whole bootstrap attempt in turn)."""
+    from services.passerelle import api
+
+    made: list[_Producer] = []
+    kinds = iter(["hangs", "fails", "starts"])
+
+    def new_producer(settings: PasserelleSettings) -> _Producer:
+        made.append(_Producer(next(kinds)))
+        return made[-1]
+
+    monkeypatch.setattr(api, "new_producer", new_producer)
+    settings = PasserelleSettings(kafka_bootstrap_servers="127.0.0.1:1", passerelle_write_timeout_seconds=0.2)
+    dead = _Producer("starts")
+    gateway = api.Passerelle(settings, None, None, dead, None)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await gateway._renew(dead, RuntimeError("sender died"))  # hangs: given up at the timeout
+    assert gateway.producer is dead and made[0].stopped
+    await gateway._renew(dead, RuntimeError("sender died"))
+    assert len(made) == 1, "none tried during the pause after a failed renewal"
+    gateway._renew_after = 0  # the pause over
+    await gateway._renew(dead, RuntimeError("sender died"))  # fails: paused again
+    await gateway._renew(dead, RuntimeError("sender died"))
+    assert len(made) == 2 and gateway.producer is dead
+    gateway._renew_after = 0
+    await gateway._renew(dead, RuntimeError("sender died"))
+    assert len(made) == 3 and gateway.producer is made[2]
+    for task in list(gateway._retiring):  # the former one, stopped after the write timeout
+        await task
+    assert dead.stopped
