@@ -301,3 +301,73 @@ async def test_health_reports_the_records_set_aside(kafka, settings):
         )
         status, body = await health_report(pipeline, runner.app.broker)
         assert (status, body["outbox_failed"]) == (200, 1), "still serving, and says an operator must look"
+
+
+class _HeldProducer:
+    """Acknowledges nothing until `release`: a round stays in flight between its sends and its commit."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.in_flight = asyncio.Event()
+        self._acks: list[asyncio.Future] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self):
+        producer = self
+
+        class Builder:
+            def append(self, timestamp, key, value, headers):
+                producer.sent.append(value)
+                return object()
+
+            def close(self) -> None:
+                pass
+
+        return Builder()
+
+    async def send_batch(self, builder, topic: str, partition: int) -> asyncio.Future:
+        ack = asyncio.get_running_loop().create_future()
+        self._acks.append(ack)
+        self.in_flight.set()
+        return ack
+
+    def release(self) -> None:
+        for ack in self._acks:
+            if not ack.done():
+                ack.set_result(None)
+
+
+async def test_a_halt_lets_the_round_in_flight_commit_so_the_flush_sends_nothing_twice(database_url, topic_prefix):
+    """At a graceful stop the relay's loop halts, then `flush` publishes what is left. A round
+    cancelled between its sends and its commit left its records in the outbox, which the flush
+    sent again: alerts published twice at every stop that fell inside a round. The halt waits
+    for the round."""
+    pool = await create_pool(database_url, "relayhalt")
+    await migrate(pool, "relayhalt", SPEC.package_dir)
+    producer = _HeldProducer()
+    relay = OutboxRelay(pool, producer, "relayhalt", poll_ms=50)  # type: ignore[arg-type]
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic_prefix + "halt", b"k", b"%d" % n) for n in range(3)])
+        relay.start()
+        await asyncio.wait_for(producer.in_flight.wait(), 10)
+        halting = asyncio.create_task(relay.halt())
+        await eventually(
+            lambda: asyncio.sleep(0, getattr(relay, "_halting", True)), what="the halt asked for mid-round"
+        )
+        producer.release()
+        await asyncio.wait_for(halting, 10)
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0, "the round committed"
+        assert await relay.flush() == 0
+        assert producer.sent == [b"0", b"1", b"2"], "each sent once"
+    finally:
+        await relay.stop()
+        await pool.close()

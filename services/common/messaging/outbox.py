@@ -111,6 +111,8 @@ ROUND_RECORDS = 2000
 per partition. 60,000 subscriptions' 60,000 alert records went out in 8.0–8.1 s instead of
 8.8–9.1 with rounds of 500, ressources and the broker each spending about a tenth less CPU
 (`./dev bench latency national`, the broker warm; README Known limits)."""
+ROUND_WAIT_SECONDS = 10
+"""How long `halt` waits for the round in flight (a round is milliseconds; Kafka slow, seconds)."""
 
 
 def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
@@ -176,6 +178,7 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
+        self._halting = False
         self._lock_id = relay_lock(schema)
         self._task: asyncio.Task[None] | None = None
 
@@ -183,6 +186,7 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
+        self._halting = False
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
@@ -198,14 +202,16 @@ class OutboxRelay:
     async def _run(self) -> None:
         if failed := await count_failed(self._pool):
             log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
-        while True:
+        while not self._halting:
             try:
-                while await self.drain_once():
+                while not self._halting and await self.drain_once():
                     pass
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox.relay_failed")  # Kafka or PostgreSQL away: retry later
+                if self._halting:
+                    return
                 await asyncio.sleep(1)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
@@ -214,9 +220,18 @@ class OutboxRelay:
             self._wake.clear()
 
     async def halt(self) -> None:
-        """Stop the relay's loop (its producer stays open, for `flush`)."""
+        """Stop the relay's loop once its round in flight is done (its producer stays open, for
+        `flush`): a round cancelled between its sends and its commit would leave its records in
+        the outbox, for `flush` to send again. Cancelled if the round takes over ROUND_WAIT_SECONDS."""
         if self._task is not None:
-            self._task.cancel()
+            self._halting = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), ROUND_WAIT_SECONDS)
+            except TimeoutError:
+                self._task.cancel()
+            except Exception:  # the loop's own end: logged there
+                pass
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
