@@ -2,7 +2,7 @@
 
     ./dev kafka [--principal NAME] produce TOPIC --key UAI [--header NAME=VALUE]... < event.json
     ./dev kafka [--principal NAME] consume TOPIC [--from-beginning] [--max N] [--idle SECONDS]
-    ./dev credentials NAME     (./dev kafka credentials NAME)
+    ./dev credentials NAME [--data-dir DIR]     (./dev kafka credentials NAME)
 
 `produce` sends what it reads on standard input as one record (a CloudEvent in structured
 JSON mode, so the header `content-type: application/cloudevents+json` is set unless another
@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -160,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--idle", type=float, metavar="SECONDS", help="stop after SECONDS without a new record")
     k = commands.add_parser("credentials", help="print the KAFKA_*= settings of a principal of the local platform")
     k.add_argument("name", help=f"one of {', '.join(principals())}")
+    k.add_argument("--data-dir", type=Path, help="the platform started with ./dev up --data-dir DIR")
     args = parser.parse_args(argv)
     if args.command == "credentials":
-        for variable, value in local_access(args.name).environ().items():
+        for variable, value in local_access(args.name, args.data_dir).environ().items():
             print(f"{variable}={value}")
         return 0
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: our one line says it

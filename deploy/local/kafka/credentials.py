@@ -97,14 +97,22 @@ class Credentials:
         return out
 
 
-def running_platform_kafka() -> tuple[Path, int]:
+def running_platform_kafka(data_dir: Path | None = None) -> tuple[Path, int]:
     """The Kafka data directory and client port of the local platform running on this machine
-    (`./dev up`'s, else the demo's); SystemExit in one line when none runs."""
-    from deploy.local.datadir import data_root, running_platforms
+    (on `data_dir` when given, as `./dev up --data-dir` started it; else `./dev up`'s, else the
+    demo's); SystemExit in one line when none runs."""
+    from deploy.local.datadir import data_root, holder_of, running_platforms
 
+    if data_dir is not None:
+        if (holder := holder_of(data_dir)) is None:
+            raise SystemExit(f"no local platform runs on {data_dir}")
+        return holder.data_dir / "kafka", holder.ports["Kafka"]
     running = sorted(running_platforms(data_root()), key=lambda h: h.data_dir.name != "platform")
     if not running:
-        raise SystemExit(f"no local platform runs (none holds a data directory under {data_root()}); ./dev up first")
+        raise SystemExit(
+            f"no local platform runs (none holds a data directory under {data_root()}): ./dev up first, "
+            "or name the one it was started with (--data-dir)"
+        )
     holder = running[0]
     return holder.data_dir / "kafka", holder.ports["Kafka"]
 
@@ -121,10 +129,10 @@ def broker_access(kafka_dir: Path, port: int, name: str = ADMIN) -> KafkaAccess:
     return credentials.access(name, KafkaAccess(f"127.0.0.1:{port}", "SASL_SSL", ca_file=str(tls_dir() / "ca.pem")))
 
 
-def local_access(name: str) -> KafkaAccess:
-    """How principal `name` reaches the running local platform's broker; SystemExit in one line
-    if it cannot."""
+def local_access(name: str, data_dir: Path | None = None) -> KafkaAccess:
+    """How principal `name` reaches the running local platform's broker (the one on `data_dir`
+    when given); SystemExit in one line if it cannot."""
     try:
-        return broker_access(*running_platform_kafka(), name)
+        return broker_access(*running_platform_kafka(data_dir), name)
     except (KeyError, FileNotFoundError) as error:
         raise SystemExit(error.args[0]) from None
