@@ -28,6 +28,15 @@ from services.equipement.app import SPEC
 ODD_HEADERS = (("x-bin", b"\xff\xfe\x00\x80"), ("x-null", None), ("x-n", b"dup-1"), ("x-n", b"dup-2"), ("x-empty", b""))
 
 
+async def make_topic(kafka, topic: str, partitions: int, configs: dict[str, str] | None = None) -> None:
+    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
+    finally:
+        await admin.close()
+
+
 def producer_as_admin(kafka) -> AIOKafkaProducer:
     """The relay's producer, as the environment's principal (the tests' admin)."""
     return relay_producer(KafkaAccess.from_environ(bootstrap_servers=kafka.bootstrap_servers), "relay-test")
@@ -70,12 +79,7 @@ async def test_a_record_the_broker_refuses_is_set_aside_alone(kafka, database_ur
     producer's sequence numbers out of step with the broker's: the relay starts a new one,
     else every later batch of the partition is refused as out of order, for good."""
     topic = topic_prefix + "refused"
-    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(100 * 1024)})])
-    finally:
-        await admin.close()
+    await make_topic(kafka, topic, 1, {"max.message.bytes": str(100 * 1024)})
     pool = await create_pool(database_url, "relayrefused")
     await migrate(pool, "relayrefused", SPEC.package_dir)
     relay = OutboxRelay(pool, producer_as_admin(kafka), "relayrefused", renew=lambda: producer_as_admin(kafka))
@@ -103,12 +107,7 @@ async def test_after_its_producer_s_sender_died_the_relay_publishes_with_a_new_o
     that producer raises. The relay would fail every round for the life of the process (alerts
     never published, and nothing else wrong to see); it starts a new producer instead."""
     topic = topic_prefix + "senderdied"
-    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await make_topic(kafka, topic, 1)
     pool = await create_pool(database_url, "relaysenderdied")
     await migrate(pool, "relaysenderdied", SPEC.package_dir)
     first = producer_as_admin(kafka)
@@ -137,12 +136,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
     over one batch; every record once, each key's in `seq` order, on the partition aiokafka's
     own `send` picks for that key (Kafka's default partitioner, as before the relay batched)."""
     topic, keys = topic_prefix + "batches", [f"0350{n:03d}X/lot-{n}".encode() for n in range(7)]
-    admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 3, 1)])
-    finally:
-        await admin.close()
+    await make_topic(kafka, topic, 3)
     pool = await create_pool(database_url, "relaybatches")
     await migrate(pool, "relaybatches", SPEC.package_dir)
     relay = OutboxRelay(pool, producer_as_admin(kafka), "relaybatches", batch=500)
@@ -259,12 +253,7 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
     relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
     try:
         small = topic_prefix + "small"  # the broker refuses records over 1,000 bytes on it
-        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1000"})])
-        finally:
-            await admin.close()
+        await make_topic(kafka, small, 1, {"max.message.bytes": "1000"})
         async with pool.acquire() as conn:
             await enqueue(conn, [OutboxRecord(small, b"k", b"a" * 2000), OutboxRecord(small, b"k", b"b" * 2000)])
         await relay.drain_once()
