@@ -7,7 +7,8 @@ An RSA key pair made on first use in DIR/identite (private key mode 0600) and it
 published as a JWKS file, `jwks.json`: the passerelle reads it through JWKS_FILE exactly as it
 reads a real provider's keys through JWKS_URL, so the same code checks both. `jeton` prints a
 token alone on stdout, for `curl -H "Authorization: Bearer $(./dev token /gar)"`. DIR defaults
-to `./dev up`'s data directory (`./dev demo` uses its own: pass its --data-dir).
+to the running platform's data directory (`./dev up`'s first, else the demo's; none running:
+`./dev up`'s).
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ def _ecrit(directory: Path, content: bytes, mode: int = 0o644) -> Path:
     return Path(name)
 
 
+def default_data_dir() -> Path:
+    """The data directory of the platform running here (`./dev up`'s first, else the demo's, as
+    `./dev credentials` finds it): a token from other keys would be refused (401). Without one
+    running, `./dev up`'s."""
+    from deploy.local.datadir import running_platforms
+
+    running = sorted(running_platforms(data_root()), key=lambda h: h.data_dir.name != "platform")
+    return running[0].data_dir if running else data_root() / "platform"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.identite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument(
         "--data-dir",
         type=Path,
-        default=data_root() / "platform",
-        help="the platform's data directory; the keys are in DIR/identite (default: ./dev up's, %(default)s)",
+        default=None,
+        help="the platform's data directory; the keys are in DIR/identite (default: the running "
+        "platform's, ./dev up's first, else the demo's; none running: ./dev up's)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     j = commands.add_parser("jeton", parents=[where], help="print a token for DECLARANT(s) (CloudEvents sources)")
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--sub", help="the client id (default: derived from the first declarant)")
     commands.add_parser("jwks", parents=[where], help="print the path of the JWKS file (the passerelle's JWKS_FILE)")
     args = parser.parse_args(argv)
-    identite = IdentiteLocale(args.data_dir / "identite")
+    identite = IdentiteLocale((args.data_dir or default_data_dir()) / "identite")
     identite.ensure()
     if args.command == "jwks":
         print(identite.jwks_path)

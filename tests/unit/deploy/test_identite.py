@@ -103,3 +103,21 @@ def test_the_cli_refuses_a_bad_declarant_in_one_line(tmp_path: Path) -> None:
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.startswith("./dev token: '/collectivites/communes/3523' n'est pas une source connue (")
+
+
+def test_without_data_dir_the_keys_are_those_of_the_platform_running_here(tmp_path: Path, monkeypatch) -> None:
+    """A demo runs on its own data directory: `./dev token` without --data-dir signs with its
+    keys, which its passerelle reads (it made new ones under ./dev up's directory, every token
+    refused 401). None running: ./dev up's directory, as before."""
+    monkeypatch.setenv("FEO_DATA_DIR", str(tmp_path))
+    assert _cli("jwks").stdout == f"{tmp_path / 'platform' / 'identite' / 'jwks.json'}\n"
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    with subprocess.Popen(["sleep", "60"]) as running:  # the demo's runtime, by its lock file
+        try:
+            (demo / "platform.lock").write_text(json.dumps({"pid": running.pid, "ports": {}}))
+            assert _cli("jwks").stdout == f"{demo / 'identite' / 'jwks.json'}\n"
+            assert _cli("jeton", COMMUNE).returncode == 0
+            assert (demo / "identite" / "jwks.json").exists()
+        finally:
+            running.kill()
