@@ -133,10 +133,10 @@ def default_data_dir() -> Path:
     """The data directory of the platform running here (`./dev up`'s first, else the demo's, as
     `./dev credentials` finds it): a token from other keys would be refused (401). Without one
     running, `./dev up`'s."""
-    from deploy.local.datadir import running_platforms
+    from deploy.local.datadir import running_platform
 
-    running = sorted(running_platforms(data_root()), key=lambda h: h.data_dir.name != "platform")
-    return running[0].data_dir if running else data_root() / "platform"
+    holder = running_platform()
+    return holder.data_dir if holder else data_root() / "platform"
 
 
 def main(argv: list[str] | None = None) -> int:

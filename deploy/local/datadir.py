@@ -111,6 +111,13 @@ def running_platforms(root: Path) -> list[Holder]:
     return [h for h in found if h is not None and h.pid != os.getpid()]
 
 
+def running_platform() -> Holder | None:
+    """The platform a local tool talks to when none is named: `./dev up`'s if it runs, else
+    another under the data root (the demo's), else None."""
+    running = sorted(running_platforms(data_root()), key=lambda h: h.data_dir.name != "platform")
+    return running[0] if running else None
+
+
 def _alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False

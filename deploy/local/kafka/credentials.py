@@ -101,19 +101,16 @@ def running_platform_kafka(data_dir: Path | None = None) -> tuple[Path, int]:
     """The Kafka data directory and client port of the local platform running on this machine
     (on `data_dir` when given, as `./dev up --data-dir` started it; else `./dev up`'s, else the
     demo's); SystemExit in one line when none runs."""
-    from deploy.local.datadir import data_root, holder_of, running_platforms
+    from deploy.local.datadir import data_root, holder_of, running_platform
 
     if data_dir is not None:
         if (holder := holder_of(data_dir)) is None:
             raise SystemExit(f"no local platform runs on {data_dir}")
-        return holder.data_dir / "kafka", holder.ports["Kafka"]
-    running = sorted(running_platforms(data_root()), key=lambda h: h.data_dir.name != "platform")
-    if not running:
+    elif (holder := running_platform()) is None:
         raise SystemExit(
             f"no local platform runs (none holds a data directory under {data_root()}): ./dev up first, "
             "or name the one it was started with (--data-dir)"
         )
-    holder = running[0]
     return holder.data_dir / "kafka", holder.ports["Kafka"]
 
 
