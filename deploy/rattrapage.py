@@ -98,12 +98,8 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
     topics = sorted({settings.topic(t) for spec in specs for t in read_by(spec)})
     if not topics:
         return
-    admin = AIOKafkaAdminClient(**access.aiokafka())
-    await admin.start()
-    try:  # a topic it may not even describe (aiokafka would wait for its metadata for ever)
+    async with _admin(access) as admin:  # a topic it may not even describe: aiokafka would wait for ever
         described = {t["topic"]: t["error_code"] for t in await admin.describe_topics(topics)}
-    finally:
-        await admin.close()
     if missing := [t for t in topics if described.get(t) not in (0, TopicAuthorizationFailedError.errno)]:
         raise AccesInsuffisant(f"topics {', '.join(missing)} do not exist on {access.bootstrap_servers}")
     refused = [t for t in topics if described[t] == TopicAuthorizationFailedError.errno]
@@ -205,8 +201,8 @@ async def rattraper(cible: Cible) -> int:
 
 
 @asynccontextmanager
-async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+async def _admin(access: KafkaAccess) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(**access.aiokafka())
     await admin.start()
     try:
         yield admin
@@ -216,7 +212,7 @@ async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 
 async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
     """Every partition of `topics`, which must exist."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(KafkaAccess.from_environ(bootstrap_servers=bootstrap)) as admin:
         described = await admin.describe_topics(topics)
     if missing := [t["topic"] for t in described if t["error_code"]]:
         raise RuntimeError(f"topics {', '.join(missing)} do not exist on {bootstrap}")
@@ -233,7 +229,7 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
     restore onto a new Kafka) answers that no coordinator is available until it has: asked
     again for up to CHECK_SECONDS."""
     deadline = time.monotonic() + CHECK_SECONDS
-    async with _admin(bootstrap) as admin:
+    async with _admin(KafkaAccess.from_environ(bootstrap_servers=bootstrap)) as admin:
         while True:
             try:
                 offsets = await admin.list_consumer_group_offsets(group)
