@@ -226,12 +226,9 @@ class OutboxRelay:
         if self._task is not None:
             self._halting = True
             self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), ROUND_WAIT_SECONDS)
-            except TimeoutError:
+            _, late = await asyncio.wait([self._task], timeout=ROUND_WAIT_SECONDS)
+            if late:
                 self._task.cancel()
-            except Exception:  # the loop's own end: logged there
-                pass
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
