@@ -172,9 +172,9 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     acknowledged: list[Origin] = []
     try:
         found = await _copies(access, producer, set(wanted))
-        # Oldest refusal first, whatever its topic or partition: a lot refused for want of its
-        # établissement goes back after the établissement refused before it.
-        oldest_first = sorted(found.items(), key=lambda item: (wanted[item[0]][0], item[0]))
+        # Oldest refusal first (`wanted`'s order), whatever its topic or partition: a lot refused
+        # for want of its établissement goes back after the établissement refused before it.
+        oldest_first = [(of, found[of]) for of in wanted if of in found]
         for t, p, o in sorted(wanted.keys() - found.keys()):
             print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed", file=sys.stderr)
         if args.dry_run:
