@@ -141,11 +141,16 @@ async def test_the_journal_goes_on_past_ids_a_rolled_back_transaction_took(kafka
     assert replay.last_allocated == last + 1 and [seq for seq, _ in replay.rows] == [last + 1]
 
 
+def as_principal(settings, kafka, principal: str):
+    """`settings` with the Kafka credentials of `principal` on the session's broker."""
+    access = kafka.access_as(principal)
+    return settings.model_copy(update={"kafka_username": access.username, "kafka_password": access.password})
+
+
 async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_before_anything(kafka, settings) -> None:
     """A service's principal reads its inputs, not what it published nor its dead letters: a
     catch-up (rebuild, restore) run with it is refused, naming them, before it touches anything."""
-    own = kafka.access_as("equipement")
-    as_equipement = settings.model_copy(update={"kafka_username": own.username, "kafka_password": own.password})
+    as_equipement = as_principal(settings, kafka, "equipement")
     # Records in an input it may read: a fetch returns them before the refusal of another topic.
     await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [("k", b"{}")] * 50, partition=0)
     with pytest.raises(AccesInsuffisant) as refused:
@@ -153,14 +158,10 @@ async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_befo
     message = str(refused.value)
     assert settings.topic(PROFILS) in message and settings.topic(c.dlq(c.EQUIPEMENT)) in message, message
     assert settings.topic(c.EQUIPEMENT) + "," not in message, "its inputs it may read"
-    assert "equipement" in message and own.password not in message
+    assert "equipement" in message and as_equipement.kafka_password not in message
     await check_access(settings, [SPEC, RESSOURCES])  # the tests' principal: an operator's rights
-    dashboard = kafka.access_as("tableau-de-bord")
-    as_dashboard = settings.model_copy(
-        update={"kafka_username": dashboard.username, "kafka_password": dashboard.password}
-    )
     with pytest.raises(AccesInsuffisant) as refused:
-        await check_access(as_dashboard, [SPEC])
+        await check_access(as_principal(settings, kafka, "tableau-de-bord"), [SPEC])
     assert all(settings.topic(t) in str(refused.value) for t in read_by(SPEC)), refused.value
     elsewhere = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "absent."})
     with pytest.raises(AccesInsuffisant, match="do not exist"):
@@ -180,8 +181,7 @@ async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothi
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(f"CREATE TABLE {SPEC.name}.depuis_la_sauvegarde ()")  # a restore would drop it
-        own = kafka.access_as("equipement")
-        as_equipement = settings.model_copy(update={"kafka_username": own.username, "kafka_password": own.password})
+        as_equipement = as_principal(settings, kafka, "equipement")
         with pytest.raises(sauvegarde.SauvegardeError, match=r"nothing restored: .*may not read"):
             await sauvegarde.restore(as_equipement, backup)
         with pytest.raises(reconstruire.ReconstructionError, match=r"nothing rebuilt: .*may not read"):
