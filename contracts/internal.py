@@ -17,6 +17,14 @@ Kafka's record size. Every record here is bounded by the contract's own field bo
 whatever the delivery order. A lot retired (quantity 0) and a tool no counted teacher holds
 any more (`enseignants` 0) are published as such, so the consumer forgets them.
 
+One transaction may change several records of a UAI (a teacher who joins changes the teacher
+count and the count of each tool they were trained on), which reach the consumer one after the
+other, maybe in two of its batches. Each record says which `group` it belongs to (the
+publishing transactions of one UAI number theirs in increasing order) and how many records of
+its UAI that transaction published (`group_size`): the consumer assembles a UAI's profile or
+coverage only once it holds the whole of the UAI's latest group, never from a state that never
+was. Both are absent from records published before they were added (each is then whole alone).
+
 `ProfilEquipement` and `CouvertureFormation` are not events: they are what `ressources`
 assembles per UAI from those records, the input of the compatibility rules.
 """
@@ -57,6 +65,8 @@ class _Derived(Payload):
 
     uai: Uai
     version: int = Field(ge=1)
+    group: int | None = Field(None, ge=1)
+    group_size: int | None = Field(None, ge=1)
 
     @property
     def entity(self) -> str:
@@ -102,6 +112,10 @@ class CouvertureOutil(_PerEntity):
     @property
     def entity(self) -> str:
         return self.kind
+
+
+GROUP_FIELDS = frozenset({"group", "group_size"})
+"""What says which group a record belongs to, not what the record holds."""
 
 
 class ProfilEquipement(Strict):

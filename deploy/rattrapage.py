@@ -10,8 +10,9 @@ its publications what Kafka says was published, and lets the service's own rules
 real differences, with the ids they would have had:
 
 - equipement, formation: `publies` takes the highest version of every key on the service's
-  compacted topic, then each key whose replayed content differs is published once more, as the
-  next version (services/common/storage/derived.py); the others publish nothing.
+  compacted topic, and its groups' sequence goes past the highest group there; then each key
+  whose replayed content differs is published once more, as the next version, in one group
+  (services/common/storage/derived.py); the others publish nothing.
 - ressources: `alertes` takes, per alert_id, its last event on alertes.compatibilite.v1 or its
   table alertes.etat.v1 (open or resolved, its raise count, its content); the table gets what
   it lacks (an open alert's last event, a resolved one's tombstone: a deployment from before
@@ -47,7 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
 
 import contracts as c
-from contracts.internal import COUVERTURES, PROFILS
+from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import OutboxRelay, load_headers
@@ -380,7 +381,7 @@ async def _accord_derived(
 ) -> list[Outgoing]:
     replayed = await conn.fetch("SELECT type, uai, entity, content FROM publies")
     await conn.execute("DELETE FROM publies")
-    fields = {d.event_type: ("uai", "version", d.entity_field) for d in kinds}
+    fields = {d.event_type: {"uai", "version", d.entity_field, *GROUP_FIELDS} for d in kinds}
     await conn.executemany(
         "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, $4, $5::jsonb)",
         [
@@ -388,13 +389,21 @@ async def _accord_derived(
             for (type_, uai, entity), (version, data) in published.items()
         ],
     )
-    outgoing: list[Outgoing] = []
-    for derived in kinds:
-        contents = {
-            (r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type
-        }
-        outgoing += await publish_changes(PgPublished(conn), derived, source=source, contents=contents, causes={})
-    return outgoing
+    # The groups go on past those Kafka holds: a restored sequence would number a UAI's next
+    # group below its last one, which ressources would then never see whole.
+    groups = [data.get("group") or 0 for _, data in published.values()]
+    await conn.execute(
+        "SELECT setval('publies_groupes', greatest($1::bigint, last_value)) FROM publies_groupes",
+        max(groups, default=0),
+    )
+    changes = [
+        (
+            derived,
+            {(r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type},
+        )
+        for derived in kinds
+    ]
+    return await publish_changes(PgPublished(conn), changes, source=source, causes={})
 
 
 @dataclass(frozen=True)

@@ -251,9 +251,16 @@ def profil_connectivite(code: str, version: int, bandwidth_mbps: float, ent: boo
 
 
 def couverture(
-    code: str, version: int, enseignants: int, competences: dict[str, list[int]], outils: dict[str, int] | None = None
+    code: str,
+    version: int,
+    enseignants: int,
+    competences: dict[str, list[int]],
+    outils: dict[str, int] | None = None,
+    *,
+    group: int | None = None,
 ) -> list[tuple[str, dict]]:
-    """A UAI's coverage as formation publishes it on formation.couvertures.v2: its records."""
+    """A UAI's coverage as formation publishes it on formation.couvertures.v2: its records, one
+    group (`group`: its number) or, as formation did before groups, none."""
     import contracts.internal as i
 
     records = [
@@ -281,6 +288,8 @@ def couverture(
                 ),
             )
         )
+    for _, record in records if group else ():
+        record["data"] |= {"group": group, "group_size": len(records)}
     return records
 
 

@@ -32,16 +32,11 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     # The winners are the entities' new state: no need to read back what was just written.
     outgoing = await publish_changes(
         store.published,
-        LOTS,
+        [
+            (LOTS, {(e.data.uai, e.data.lot_id): domain.lot_content(e.data) for e in lots.winners.values()}),
+            (LINKS, {(e.data.uai, ""): domain.connectivite_content(e.data) for e in links.winners.values()}),
+        ],
         source=SOURCE,
-        causes={e.data.uai: e for e in lots.winners.values()},
-        contents={(e.data.uai, e.data.lot_id): domain.lot_content(e.data) for e in lots.winners.values()},
-    )
-    outgoing += await publish_changes(
-        store.published,
-        LINKS,
-        source=SOURCE,
-        causes={e.data.uai: e for e in links.winners.values()},
-        contents={(e.data.uai, ""): domain.connectivite_content(e.data) for e in links.winners.values()},
+        causes={e.data.uai: e for e in [*lots.winners.values(), *links.winners.values()]},
     )
     return Applied(stale=lots.stale + links.stale, outgoing=outgoing)

@@ -58,22 +58,13 @@ async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[st
     await store.lock("uai", uais)
     counts = await store.coverage_counts(uais)
     published_tools = await store.published.entities(OUTILS.event_type, uais)
+    tools = {
+        (u, kind): content
+        for u in uais
+        for kind, content in domain.outils_contents(counts.tools[u], published_tools.get(u, set())).items()
+    }
+    counted = {(u, ""): domain.competences_content(counts.enseignants[u], counts.levels[u]) for u in uais}
     outgoing = await publish_changes(
-        store.published,
-        ENSEIGNANTS,
-        source=SOURCE,
-        causes=causes,
-        contents={(u, ""): domain.competences_content(counts.enseignants[u], counts.levels[u]) for u in uais},
-    )
-    outgoing += await publish_changes(
-        store.published,
-        OUTILS,
-        source=SOURCE,
-        causes=causes,
-        contents={
-            (u, kind): content
-            for u in uais
-            for kind, content in domain.outils_contents(counts.tools[u], published_tools.get(u, set())).items()
-        },
+        store.published, [(ENSEIGNANTS, counted), (OUTILS, tools)], source=SOURCE, causes=causes
     )
     return Applied(stale=affectations.stale, outgoing=outgoing)

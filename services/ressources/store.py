@@ -9,7 +9,7 @@ from typing import NamedTuple, TypeVar
 
 import contracts as c
 from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
-from contracts.internal import CouvertureFormation, ProfilEquipement
+from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
 from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts
 from services.common.runtime.metrics import Gauge
@@ -123,24 +123,39 @@ class RessourcesStore:
                 latest[key] = e
         rows = await self._conn.fetch(
             """
-            INSERT INTO recus (type, uai, entity, version, content)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])
-            ON CONFLICT (type, uai, entity) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content
+            INSERT INTO recus (type, uai, entity, version, content, group_no, group_size)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[], $6::bigint[], $7::int[])
+            ON CONFLICT (type, uai, entity) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content,
+                group_no = EXCLUDED.group_no, group_size = EXCLUDED.group_size
             WHERE recus.version < EXCLUDED.version
-            RETURNING uai
+            RETURNING uai, type, group_no
             """,
             [t for t, _, _ in latest],
             [u for _, u, _ in latest],
             [x for _, _, x in latest],
             [e.data.version for e in latest.values()],
-            [e.data.model_dump_json() for e in latest.values()],
+            [e.data.model_dump_json(exclude=GROUP_FIELDS) for e in latest.values()],
+            [e.data.group for e in latest.values()],
+            [e.data.group_size for e in latest.values()],
         )
+        # A record without a group written after grouped ones: a producer from before groups
+        # (a rolling upgrade). Its UAI's records of that family count as from before groups,
+        # else the group it cut into would never be whole again.
+        ungrouped = {(r["uai"], t) for r in rows if r["group_no"] is None for t in views.FAMILY[r["type"]]}
+        if ungrouped:
+            await self._conn.execute(
+                "UPDATE recus SET group_no = NULL, group_size = NULL "
+                "WHERE group_no IS NOT NULL AND (uai, type) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [u for u, _ in ungrouped],
+                [t for _, t in ungrouped],
+            )
         return {r["uai"] for r in rows}
 
     async def assemble(self, uais: Sequence[str]) -> None:
         """Each UAI's `entrees` row assembled again from its `recus`, under its lock (`lock`):
         read after every transaction that held it before, so no record written by another
-        transaction is left out of it."""
+        transaction is left out of it. Its profile, or its coverage, stays as it was while
+        part of the latest group of their records has not arrived (views.ENTREES_SQL)."""
         if uais:
             await self._conn.execute(views.ENTREES_SQL, sorted(uais))
 

@@ -20,6 +20,9 @@ from services.ressources.rules import Coverage, Fleet
 
 Record = tuple[str, str, dict]
 """(event type, uai, the record's data), in the order of their keys."""
+FAMILIES = ((PROFIL_LOT, PROFIL_CONNECTIVITE), (COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL))
+"""The records a profile is assembled from, and those a coverage is: each producer's groups."""
+FAMILY = {type_: family for family in FAMILIES for type_ in family}
 
 
 def profils(records: Iterable[Record]) -> dict[str, ProfilEquipement]:
@@ -47,6 +50,17 @@ def couvertures(records: Iterable[Record]) -> dict[str, CouvertureFormation]:
     return {u: CouvertureFormation.model_validate(p) for u, p in parts.items()}
 
 
+def whole(groups: Iterable[tuple[int | None, int | None]]) -> bool:
+    """Whether the records of one family of a UAI, given by their (group, group_size), hold the
+    whole of their latest group (records from before groups count as whole alone)."""
+    numbered = [(g, size) for g, size in groups if g is not None]
+    if not numbered:
+        return True
+    latest = max(g for g, _ in numbered)
+    sizes = [size for g, size in numbered if g == latest]
+    return len(sizes) == sizes[0]
+
+
 # The same assembly in SQL, over the rows `r` of `recus` of one UAI (GROUP BY uai), kept per UAI
 # in `entrees` (ENTREES_SQL, store.assemble) when its records change: what the store and the
 # simulations read, one JSON text per UAI that pydantic validates at once, instead of a model
@@ -69,13 +83,31 @@ COUVERTURE_SQL = f"""CASE WHEN bool_or({_TEACHERS} OR {_TOOL}) THEN json_build_o
         FILTER (WHERE {_TOOL} AND (r.content->>'enseignants')::bigint > 0), '{{}}')
 )::text END"""
 
+_IN_FAMILY = (f"({_LOT} OR {_LINK})", f"({_TEACHERS} OR {_TOOL})")
+
+
+def _whole(family: str) -> str:
+    """Whether the UAI holds every record of its latest group of `family` (NULL: before groups)."""
+    latest = f"{family} AND r.group_no = r.last_group"
+    return f"count(*) FILTER (WHERE {latest}) = coalesce(max(r.group_size) FILTER (WHERE {latest}), 0)"
+
+
 ENTREES_SQL = f"""INSERT INTO entrees (uai, profil, couverture)
-SELECT r.uai, {PROFIL_SQL}, {COUVERTURE_SQL} FROM recus r
-WHERE r.type = ANY('{{{PROFIL_LOT},{PROFIL_CONNECTIVITE},{COUVERTURE_ENSEIGNANTS},{COUVERTURE_OUTIL}}}'::text[])
-  AND r.uai = ANY($1::text[])
+SELECT r.uai,
+    CASE WHEN {_whole(_IN_FAMILY[0])} THEN {PROFIL_SQL}
+        ELSE (SELECT e.profil FROM entrees e WHERE e.uai = r.uai) END,
+    CASE WHEN {_whole(_IN_FAMILY[1])} THEN {COUVERTURE_SQL}
+        ELSE (SELECT e.couverture FROM entrees e WHERE e.uai = r.uai) END
+FROM (
+    SELECT r.*, max(r.group_no) OVER (PARTITION BY r.uai, {_IN_FAMILY[0]}) AS last_group FROM recus r
+    WHERE r.type = ANY('{{{PROFIL_LOT},{PROFIL_CONNECTIVITE},{COUVERTURE_ENSEIGNANTS},{COUVERTURE_OUTIL}}}'::text[])
+      AND r.uai = ANY($1::text[])
+) r
 GROUP BY r.uai
 ON CONFLICT (uai) DO UPDATE SET profil = EXCLUDED.profil, couverture = EXCLUDED.couverture"""
-"""`entrees` (migration ressources/0007) for the UAIs $1 assembled again from their `recus`."""
+"""`entrees` (migration ressources/0007) for the UAIs $1 assembled again from their `recus`; a
+UAI's profile, or its coverage, kept as it was while part of the latest group of the records
+it is made of is missing (migration 0010): the rest follows on the same partition, and assembles it."""
 
 
 def profil(uai: str, assembled: str) -> ProfilEquipement:

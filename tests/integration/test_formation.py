@@ -83,6 +83,14 @@ async def test_affectations_and_trainings_give_the_published_coverage(kafka, set
         for key in (where.encode(), f"{where}/tni".encode()):
             versions = [json.loads(r.value)["data"]["version"] for r in records if r.key == key]
             assert versions == sorted(set(versions)), "each publication of a key is a new version"
+            groups = [json.loads(r.value)["data"]["group"] for r in records if r.key == key]
+            assert groups == sorted(set(groups)), "and of a later group"
+        groups: dict[int, list[int]] = {}
+        for r in records:
+            data = json.loads(r.value)["data"]
+            groups.setdefault(data["group"], []).append(data["group_size"])
+        assert all(sizes == [len(sizes)] * len(sizes) for sizes in groups.values()), groups
+        assert any(len(sizes) == 2 for sizes in groups.values()), "a group of both records"
         outcomes = await pipeline.pool.fetch(
             "SELECT outcome, count(*) FROM inbox WHERE type = $1 GROUP BY outcome", c.AFFECTATION
         )

@@ -13,7 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.rattrapage import (
+    DERIVED,
     AccesInsuffisant,
+    _accord_derived,
     accorder,
     check_access,
     journal_allocated,
@@ -26,7 +28,9 @@ from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import relay_producer
+from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC
+from services.formation.app import SPEC as FORMATION
 from services.ressources import queries
 from services.ressources.app import SPEC as RESSOURCES
 from test_equipement import DEPARTEMENT
@@ -211,3 +215,36 @@ async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp
     assert sorted(await sauvegarde.restore(settings, backup)) == ["passerelle", "plateforme", "sur_mesure"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: sur_mesure restored"), warnings
+
+
+async def test_the_alignment_numbers_its_group_past_those_kafka_holds(database_url) -> None:
+    """A restored schema's sequence of groups is behind the groups on Kafka: a UAI's next group
+    numbered below its last would never be seen whole by ressources. The alignment moves it
+    past them, and compares contents without the group fields (a key as Kafka holds it is
+    not published again)."""
+    code = valid_uai("0350462")
+    _, source, kinds = DERIVED["formation"]
+    teachers, tools = kinds
+    on_kafka = {
+        (teachers.event_type, code, ""): (2, {"uai": code, "version": 2, "group": 500, "group_size": 2,
+                                              "enseignants": 3, "competences": {}}),
+        (tools.event_type, code, "tni"): (2, {"uai": code, "version": 2, "group": 500, "group_size": 2,
+                                             "kind": "tni", "enseignants": 3}),
+    }  # fmt: skip
+    pool = await create_pool(database_url, "formation_alignee")
+    try:
+        await migrate(pool, "formation_alignee", FORMATION.package_dir)
+        async with pool.acquire() as conn, conn.transaction():
+            # What the replay computed: the teachers as Kafka holds them, one more on the TNI.
+            await conn.executemany(
+                "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
+                [
+                    (teachers.event_type, code, "", json.dumps({"enseignants": 3, "competences": {}})),
+                    (tools.event_type, code, "tni", json.dumps({"enseignants": 4})),
+                ],
+            )
+            queued = await _accord_derived(conn, on_kafka, kinds, source)
+    finally:
+        await pool.close()
+    assert [(o.key, o.event.data["version"], o.event.data["group_size"]) for o in queued] == [(f"{code}/tni", 3, 1)]
+    assert queued[0].event.data["group"] > 500

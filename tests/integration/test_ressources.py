@@ -254,3 +254,44 @@ async def test_a_tool_count_read_ahead_of_the_teacher_count_does_not_stop_the_ba
             lambda: pipeline.pool.fetchval("SELECT version = 2 FROM recus WHERE uai = $1 AND entity = 'tni'", where),
             what="the tool's count",
         )
+
+
+async def test_a_coverage_whose_group_is_cut_by_a_batch_boundary_is_read_once_whole(kafka, settings):
+    """Three teachers trained on the TNI join one who was: formation publishes the new teacher
+    count (4) and the TNI's (4) in one group. A batch boundary between them: the count read
+    with the former TNI count (1) would be a share of 0.25, a formation-insuffisante alert for a
+    state that never was, resolved a batch later. The coverage stays as it was until its group
+    is whole, then is the new one, and no alert is raised on the way."""
+    bootstrap, where = kafka.bootstrap_servers, uai("0350461")
+    robots = publiee(1)
+    robots["data"]["training"] = {"competences": [], "tools": ["TNI"]}
+    at_version = "SELECT version = $3 FROM recus WHERE uai = $1 AND entity = $2 AND type LIKE '%couverture%'"
+    coverage = (
+        "SELECT (couverture::jsonb->>'enseignants')::int, (couverture::jsonb->'outils'->>'tni')::int "
+        "FROM entrees WHERE uai = $1"
+    )
+    alerts = "SELECT count(*) FROM alertes"
+
+    async def read_coverage() -> tuple:
+        return tuple(await pipeline.pool.fetchrow(coverage, where) or ())
+
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "17.1")])
+        await send(bootstrap, settings.topic(COUVERTURES), couverture(where, 1, 1, {}, {"tni": 1}, group=1))
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, robots), (where, abonnement(where, 1))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) FROM abonnements"), what="the subscription")
+        await eventually(lambda: _is(read_coverage(), (1, 1)), what="the first coverage")
+        teacher_count, tool_count = couverture(where, 2, 4, {}, {"tni": 4}, group=2)
+        await send(bootstrap, settings.topic(COUVERTURES), [teacher_count])  # the boundary: alone in its batch
+        await eventually(lambda: pipeline.pool.fetchval(at_version, where, "", 2), what="the new count")
+        assert await read_coverage() == (1, 1), "half a group: as it was"
+        assert await pipeline.pool.fetchval(alerts) == 0
+        await send(bootstrap, settings.topic(COUVERTURES), [tool_count])
+        await eventually(lambda: pipeline.pool.fetchval(at_version, where, "tni", 2), what="the TNI's count")
+        assert await read_coverage() == (4, 4)
+        assert await pipeline.pool.fetchval(alerts) == 0
+
+
+async def _is(value, expected) -> bool:
+    return await value == expected

@@ -13,6 +13,7 @@ from contracts.internal import (
     COUVERTURE_OUTIL,
     PROFIL_CONNECTIVITE,
     PROFIL_LOT,
+    ConnectiviteProfil,
     CouvertureEnseignants,
     CouvertureOutil,
     ProfilConnectivite,
@@ -135,6 +136,69 @@ async def test_two_transactions_writing_records_of_one_uai_leave_its_row_with_bo
         await pool.close()
     assert [lot.lot_id for lot in profils[code].lots] == ["tablettes"]
     assert profils[code].connectivite is not None and profils[code].connectivite.bandwidth_mbps == 100
+
+
+async def test_a_profile_is_assembled_again_only_from_whole_groups(database_url):
+    """A collectivité replaces a UAI's tablets by PCs and its link in one declaration batch:
+    equipement publishes the three records as one group. While part of it is missing, the
+    profile stays the former one; once the group is whole, it is the new one."""
+    code = uai("4500002")
+
+    def grouped(model, group: int, size: int, **fields):
+        return make_event(
+            TYPE[model], model(uai=code, group=group, group_size=size, **fields), source="/plateforme/test"
+        )
+
+    tablets = {"lot_id": "tablettes", "kind": "tablette", "os": None, "browsers": []}
+    before = [
+        grouped(ProfilLot, 7, 2, version=1, quantity=30, **tablets),
+        grouped(ProfilConnectivite, 7, 2, version=1, bandwidth_mbps=2, ent=False),
+    ]
+    after = [
+        grouped(ProfilLot, 9, 3, version=2, quantity=0, **tablets),
+        grouped(ProfilLot, 9, 3, version=1, lot_id="pc", kind="pc", quantity=20, os=None, browsers=[]),
+        grouped(ProfilConnectivite, 9, 3, version=2, bandwidth_mbps=100, ent=True),
+    ]
+    pool = await create_pool(database_url, "ressources_groupes")
+    try:
+        await migrate(pool, "ressources_groupes", SPEC.package_dir)
+        seen = []
+        for batch in ([before[0]], [before[1]], after[:1], after[1:2], after[2:]):
+            async with pool.acquire() as conn, conn.transaction():
+                store = RessourcesStore(conn)
+                await store.assemble(await store.store_derived(batch))
+                profils, _ = await store.load_entrees([code])
+            p = profils.get(code)
+            seen.append(p and ([lot.lot_id for lot in p.lots], p.connectivite and p.connectivite.bandwidth_mbps))
+    finally:
+        await pool.close()
+    assert seen == [None, (["tablettes"], 2), (["tablettes"], 2), (["tablettes"], 2), (["pc"], 100)]
+
+
+async def test_a_record_without_a_group_after_a_group_is_read_at_once(database_url):
+    """During a rolling upgrade a producer from before groups may write after one that numbers
+    them: its record cuts into a group that then would never be whole. The UAI's records of
+    that family count as from before groups: the profile is assembled at once."""
+    code = uai("4500003")
+    lot = {"lot_id": "tablettes", "kind": "tablette", "quantity": 30, "os": None, "browsers": []}
+    half = make_event(PROFIL_LOT, ProfilLot(uai=code, version=1, group=4, group_size=2, **lot), source="/plateforme/t")
+    ungrouped = make_event(
+        PROFIL_CONNECTIVITE, ProfilConnectivite(uai=code, version=1, bandwidth_mbps=8, ent=True), source="/plateforme/t"
+    )
+    pool = await create_pool(database_url, "ressources_sans_groupe")
+    try:
+        await migrate(pool, "ressources_sans_groupe", SPEC.package_dir)
+        seen = []
+        for batch in ([half], [ungrouped]):
+            async with pool.acquire() as conn, conn.transaction():
+                store = RessourcesStore(conn)
+                await store.assemble(await store.store_derived(batch))
+                profils, _ = await store.load_entrees([code])
+            seen.append(code in profils and ([lot.lot_id for lot in profils[code].lots], profils[code].connectivite))
+    finally:
+        await pool.close()
+    assert seen[0] is False, "half a group"
+    assert seen[1] == (["tablettes"], ConnectiviteProfil(bandwidth_mbps=8, ent=True))
 
 
 APPLY = make_apply(Seuils())

@@ -2,7 +2,11 @@
 
 Each record's content is compared with the last one published for its key; only a real change
 gets a new `version` and an outgoing event, written in the same transaction (outbox). The event
-id is derived from the key and the version, so a replay publishes the same id. What was last
+id is derived from the key and the version, so a replay publishes the same id. The records one
+transaction publishes about a UAI form its `group` (contracts/internal.py), numbered from the
+schema's sequence `publies_groupes` once the transaction holds its keys' rows: of two
+publications of one key, the later has the larger number (and formation's, which hold their
+UAIs, are in the order of their UAIs' transactions). What was last
 published is behind the `Published` interface: `PgPublished` (table `publies`, compared and
 versioned in one statement) in production, an in-memory one in the handlers' unit tests.
 
@@ -13,7 +17,8 @@ the record alike.
 """
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha1
@@ -71,14 +76,24 @@ class Derived:
         return f"{uai}/{entity}" if self.entity_field else uai
 
     def event(
-        self, uai: str, entity: str, version: int, content: Content, *, source: str, time: datetime
+        self,
+        uai: str,
+        entity: str,
+        version: int,
+        content: Content,
+        *,
+        source: str,
+        time: datetime,
+        group: tuple[int, int] | None = None,
     ) -> DerivedEvent:
         """The record, its fields in the order of the envelope and of the payload model
-        (`contracts.internal`): its bytes are those `make_event(...).to_bytes()` gives."""
+        (`contracts.internal`): its bytes are those `make_event(...).to_bytes()` gives.
+        `group`: its group's number and size; the id does not depend on it."""
         named = {self.entity_field: entity} if self.entity_field else {}
         key = self.record_key(uai, entity)
         event_id = stable_id(f"{self.topic}/{key}/{version}")
-        data = {"uai": uai, "version": version, **named, **content}
+        grouped = {"group": group[0], "group_size": group[1]} if group else {}
+        data = {"uai": uai, "version": version, **grouped, **named, **content}
         envelope = {
             "specversion": "1.0",
             "id": event_id,
@@ -102,6 +117,10 @@ class Published(Protocol):
 
     async def entities(self, event_type: str, uais: Iterable[str]) -> dict[str, set[str]]:
         """Per UAI, the entities of this type published so far (to publish those that vanished)."""
+        ...
+
+    async def next_group(self) -> int:
+        """A group number larger than any drawn before."""
         ...
 
 
@@ -133,25 +152,36 @@ class PgPublished:
             out.setdefault(r["uai"], set()).add(r["entity"])
         return out
 
+    async def next_group(self) -> int:
+        return await self._conn.fetchval("SELECT nextval('publies_groupes')")
+
 
 async def publish_changes(
     published: Published,
-    derived: Derived,
+    changes: Sequence[tuple[Derived, Mapping[Key, Content]]],
     *,
     source: str,
-    contents: Mapping[Key, Content],
     causes: Mapping[str, CloudEvent],
 ) -> list[Outgoing[DerivedEvent]]:
-    """`contents` maps (UAI, entity) to its freshly computed content (without uai, entity and
-    version); `causes` maps UAI to the input event whose trace the publication continues."""
-    versions = await published.publish(derived.event_type, contents)
-    now = datetime.now(UTC)
+    """Each kind's `contents` map (UAI, entity) to its freshly computed content (without uai,
+    entity and version); `causes` maps UAI to the input event whose trace the publication
+    continues. One group for the transaction: the caller holds the UAIs (or their entities)."""
+    versions = [
+        (derived, contents, await published.publish(derived.event_type, contents)) for derived, contents in changes
+    ]
+    sizes = Counter(uai for _, _, changed in versions for uai, _ in changed)
+    if not sizes:
+        return []
+    group, now = await published.next_group(), datetime.now(UTC)
     return [
         Outgoing(
             derived.topic,
             derived.record_key(uai, entity),
-            derived.event(uai, entity, version, contents[(uai, entity)], source=source, time=now),
+            derived.event(
+                uai, entity, version, contents[(uai, entity)], source=source, time=now, group=(group, sizes[uai])
+            ),
             causes.get(uai),
         )
-        for (uai, entity), version in sorted(versions.items())
+        for derived, contents, changed in versions
+        for (uai, entity), version in sorted(changed.items())
     ]

@@ -8,12 +8,6 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import contracts as c
 from contracts import CloudEvent, Etablissement
-from contracts.internal import (
-    COUVERTURE_ENSEIGNANTS,
-    COUVERTURE_OUTIL,
-    PROFIL_CONNECTIVITE,
-    PROFIL_LOT,
-)
 from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
@@ -40,6 +34,7 @@ class Latest:
 class MemoryPublished:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, Key], tuple[int, Content]] = {}
+        self.groups = 0
 
     async def publish(self, event_type: str, contents: Mapping[Key, Content]) -> dict[Key, int]:
         versions = {}
@@ -56,6 +51,10 @@ class MemoryPublished:
             if t == event_type and uai in wanted:
                 out.setdefault(uai, set()).add(entity)
         return out
+
+    async def next_group(self) -> int:
+        self.groups += 1
+        return self.groups
 
 
 class EquipementMemory:
@@ -127,6 +126,7 @@ class RessourcesMemory:
         self.etabs = {e.uai: e for e in etablissements}
         self.catalogue, self.abonnements = Latest(), Latest()
         self.derived: dict[tuple[str, str, str], CloudEvent] = {}
+        self.assembled: dict[tuple[str, tuple[str, ...]], list[views.Record]] = {}  # (uai, family)
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
         self.journalled: list[CloudEvent] = []
         self.held_seuils: tuple[float, float] | None = None
@@ -153,6 +153,11 @@ class RessourcesMemory:
             if key not in self.derived or self.derived[key].data.version < e.data.version:
                 self.derived[key] = e
                 changed.add(e.data.uai)
+                if e.data.group is None:  # as the SQL store: its family's records count as ungrouped
+                    for k, held in self.derived.items():
+                        if k[0] in views.FAMILY[e.type] and k[1] == e.data.uai:
+                            ungrouped = held.data.model_copy(update={"group": None, "group_size": None})
+                            self.derived[k] = held.model_copy(update={"data": ungrouped})
         return changed
 
     async def lock(self, uais: Sequence[str]) -> None:
@@ -162,7 +167,12 @@ class RessourcesMemory:
         pass  # one transaction at a time here
 
     async def assemble(self, uais: Sequence[str]) -> None:
-        pass  # profiles and coverages are assembled at each reading here
+        """As views.ENTREES_SQL: a family's records kept only once their latest group is whole."""
+        for uai in uais:
+            for family in views.FAMILIES:
+                held = [e for (t, u, _), e in sorted(self.derived.items()) if t in family and u == uai]
+                if views.whole((e.data.group, e.data.group_size) for e in held):
+                    self.assembled[(uai, family)] = [(e.type, uai, e.data.model_dump(mode="json")) for e in held]
 
     async def pairs_of(self, uais: Sequence[str], resource_id: str | None = None) -> list[Pair]:
         return [
@@ -179,14 +189,13 @@ class RessourcesMemory:
             rid: e.data for (rid,), e in self.catalogue.rows.items() if rid in ids and e.type == c.RESSOURCE_PUBLIEE
         }
 
-    def _records(self, types: tuple[str, ...], uais: list[str]) -> list[views.Record]:
-        return [(t, uai, e.data.model_dump(mode="json")) for (t, uai, _), e in sorted(self.derived.items())
-                if t in types and uai in uais]  # fmt: skip
+    def _records(self, family: tuple[str, ...], uais: list[str]) -> list[views.Record]:
+        return [r for uai in uais for r in self.assembled.get((uai, family), [])]
 
     async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]:
         """As the real store reads them: the assembled profile and coverage as JSON values."""
-        profils = views.profils(self._records((PROFIL_LOT, PROFIL_CONNECTIVITE), uais))
-        couvertures = views.couvertures(self._records((COUVERTURE_ENSEIGNANTS, COUVERTURE_OUTIL), uais))
+        profils = views.profils(self._records(views.FAMILIES[0], uais))
+        couvertures = views.couvertures(self._records(views.FAMILIES[1], uais))
         return (
             {u: Fleet.from_values(p.model_dump(mode="json")) for u, p in profils.items()},
             {u: Coverage.from_values(c.model_dump(mode="json")) for u, c in couvertures.items()},

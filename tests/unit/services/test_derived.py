@@ -40,12 +40,12 @@ CASES = [
 
 @pytest.mark.parametrize(("derived", "entity", "content"), CASES, ids=lambda v: getattr(v, "event_type", None))
 def test_a_derived_record_has_the_bytes_of_its_payload_model_and_parses_back(derived: Derived, entity, content):
-    built = derived.event(UAI, entity, 7, content, source="/plateforme/test", time=TIME)
+    built = derived.event(UAI, entity, 7, content, source="/plateforme/test", time=TIME, group=(11, 3))
     model = INTERNAL_PAYLOADS[derived.event_type]
     named = {derived.entity_field: entity} if derived.entity_field else {}
     expected = c.make_event(
         derived.event_type,
-        model(uai=UAI, version=7, **named, **content),
+        model(uai=UAI, version=7, group=11, group_size=3, **named, **content),
         source="/plateforme/test",
         id=built.id,
         time=TIME,
@@ -60,14 +60,40 @@ async def test_only_a_changed_content_is_published_with_the_next_version_and_a_s
     contents = {(UAI, "a"): {"enseignants": 1}, (UAI, "b"): {"enseignants": 2}}
 
     async def publish(contents):
-        return await publish_changes(published, OUTILS, source="/plateforme/test", contents=contents, causes={})
+        return await publish_changes(published, [(OUTILS, contents)], source="/plateforme/test", causes={})
 
     first = await publish(contents)
     assert [(o.key, o.event.data["version"]) for o in first] == [(f"{UAI}/a", 1), (f"{UAI}/b", 1)]
     again = await publish({(UAI, "a"): {"enseignants": 1}, (UAI, "b"): {"enseignants": 3}})
     assert [(o.key, o.event.data["version"]) for o in again] == [(f"{UAI}/b", 2)]
-    replayed = OUTILS.event(UAI, "b", 2, {"enseignants": 3}, source="/plateforme/test", time=TIME)
+    replayed = OUTILS.event(UAI, "b", 2, {"enseignants": 3}, source="/plateforme/test", time=TIME, group=(9, 1))
     assert replayed.id == again[0].event.id, "the id is the key's and the version's: a replay has the same"
+
+
+async def test_the_records_one_transaction_publishes_about_a_uai_are_one_group_of_known_size():
+    """Two kinds, two UAIs: each UAI's records carry the transaction's group and their count,
+    and the next transaction's group is larger (contracts/internal.py)."""
+    published, other = MemoryPublished(), "0350043G"
+    first = await publish_changes(
+        published,
+        [
+            (ENSEIGNANTS, {(UAI, ""): {"enseignants": 3}, (other, ""): {"enseignants": 1}}),
+            (OUTILS, {(UAI, "tni"): {"enseignants": 3}}),
+        ],
+        source="/plateforme/test",
+        causes={},
+    )
+    groups = {(o.key, o.event.data["group"], o.event.data["group_size"]) for o in first}
+    g = first[0].event.data["group"]
+    assert groups == {(UAI, g, 2), (f"{UAI}/tni", g, 2), (other, g, 1)}
+    second = await publish_changes(
+        published, [(OUTILS, {(UAI, "tni"): {"enseignants": 4}})], source="/plateforme/test", causes={}
+    )
+    assert [(o.event.data["group"] > g, o.event.data["group_size"]) for o in second] == [(True, 1)]
+    nothing = await publish_changes(
+        published, [(OUTILS, {(UAI, "tni"): {"enseignants": 4}})], source="/plateforme/test", causes={}
+    )
+    assert nothing == []
 
 
 @pytest.mark.parametrize("name", ["", "equipement.profils.v2/0350042F/lot-12/3", "x/0350042F/é/9"])

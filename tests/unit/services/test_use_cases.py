@@ -6,9 +6,12 @@ from datetime import UTC, date, datetime, timedelta
 from memory_stores import EquipementMemory, FormationMemory, RessourcesMemory
 
 import contracts as c
+from contracts import EventParser
 from contracts.internal import (
     COUVERTURE_ENSEIGNANTS,
     COUVERTURE_OUTIL,
+    INTERNAL_PAYLOADS,
+    INTERNAL_TOPIC_TYPES,
     PROFIL_LOT,
     ProfilLot,
 )
@@ -309,3 +312,26 @@ async def test_a_republication_changing_only_what_the_rules_do_not_read_evaluate
         pass
     await ressources(store, [publication(6, min_ipados="12")], set())
     assert requested(store) == {(RID, "")}, "published again after it: evaluated again"
+
+
+async def test_formation_s_records_read_one_per_batch_give_no_alert_for_a_state_that_never_was():
+    """Three teachers trained on the TNI join one who was: formation publishes the teacher count
+    and the TNI's count, records of their own that ressources may read in two batches. Read one
+    per batch, the count (4) without the TNI's (still 1) would be a share of 0.25: the coverage
+    is read once its group is whole, and no alert is raised."""
+    parse = EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES)
+    teachers, store = FormationMemory(), RessourcesMemory([college()])
+    robots = c.RessourcePubliee(resource_id=RID, title="Robots", editor="E", training=c.Formation(tools=["TNI"]))
+    await ressources(store, [profil(1, "17.1"), c.make_event(c.RESSOURCE_PUBLIEE, robots, source="/ministere")], set())
+    await ressources(store, [subscription()], set())
+
+    async def join(*names: str) -> list:
+        events = [e for name in names for e in (affectation(name, 1), training(name, 3, ["TNI"]))]
+        applied = await formation(teachers, events, set())
+        return [await ressources(store, [parse(o.event.to_bytes(), o.topic)], set()) for o in applied.outgoing]
+
+    first = await join("ens-00000001")
+    joined = await join("ens-00000002", "ens-00000003", "ens-00000004")
+    assert len(first) == len(joined) == 2, "the teacher count and the TNI's, in one batch each"
+    assert [announced(applied) for applied in first + joined] == [[], [], [], []]
+    assert store.alerts == {}
