@@ -1,7 +1,7 @@
 """A collectivité's GLPI inventory declared as `lot` events, through the passerelle.
 
     python -m deploy.partenaires.glpi INVENTAIRE... --correspondance FICHIER --declarant SOURCE
-        [--dry-run] [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
+        [--etat FICHIER] [--dry-run] [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
 
 Reads GLPI native inventory files (one JSON file per device, as the GLPI agent sends them;
 directories are read recursively), finds each device's établissement with the mapping file,
@@ -19,6 +19,12 @@ inventory.
   agents' `accesslog.logdate`), never later than now; now when no device has one. The same
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
+- --etat FICHIER remembers the lots the platform holds from this adapter, per établissement
+  (JSON, written once the passerelle has answered; created by the first run). A lot of an
+  établissement of this run that the inventory no longer has (its devices all moved to other
+  lots, upgraded, or gone) is retired: a `lot` with quantity 0, at the run's time. An
+  établissement absent from this run keeps its lots (a partial export must not retire them):
+  the summary counts those. A lot the passerelle refused stays as the platform has it.
 - The token: --token, else the PASSERELLE_JETON environment variable; --jeton-local mints one
   for --declarant with the local identity provider (`./dev up`'s; development only).
 
@@ -103,22 +109,51 @@ class Correspondance:
         return self.dossier.get(appareil.fichier.parent.name)
 
 
+Lots = dict[str, dict[str, str]]
+"""uai -> lot_id -> kind."""
+
+
+@dataclass(frozen=True)
+class Etat:
+    """What the platform holds from this adapter (--etat): its lots, and the latest time sent."""
+
+    lots: Lots = field(default_factory=dict)
+    date: datetime | None = None
+
+
 @dataclass
 class Inventaire:
-    """What a run makes of the files: the lot events, and what was set aside."""
+    """What a run makes of the files: the lot events (those retired last), and what was set aside."""
 
     lots: list[c.CloudEvent]
     appareils: int
     fichiers: int
     ecartes: dict[str, list[str]] = field(default_factory=dict)  # reason -> file names
+    retires: int = 0
+    """Lots of the previous state that vanished from an établissement of this run (quantity 0)."""
+    absents: int = 0
+    """Établissements of the previous state absent from this run: their lots kept."""
+    plus_ancien_que: datetime | None = None
+    """The time the previous state sent, when this run's is older."""
 
     def resume(self) -> str:
         uais = {e.subject for e in self.lots}
         quand = self.lots[0].time.isoformat() if self.lots else "-"
         lines = [
-            f"GLPI : {self.fichiers} fichiers lus, {self.appareils} appareils en {len(self.lots)} lots "
+            f"GLPI : {self.fichiers} fichiers lus, {self.appareils} appareils en {len(self.lots) - self.retires} lots "
             f"pour {len(uais)} établissements (date des lots : {quand})"
         ]
+        if self.retires:
+            lines.append(f"  lots retirés (disparus de l'inventaire depuis l'état précédent) : {self.retires}")
+        if self.absents:
+            lines.append(
+                f"  établissements de l'état précédent absents de cet inventaire : {self.absents} (lots gardés)"
+            )
+        if self.plus_ancien_que is not None:
+            lines.append(
+                f"  attention : ces lots sont datés d'avant ceux déjà envoyés ({self.plus_ancien_que.isoformat()}) : "
+                "la plateforme ignorera ceux qu'elle a reçus depuis, retraits compris (périmés)"
+            )
         for raison, noms in sorted(self.ecartes.items()):
             more = len(noms) - SHOWN_FILES
             shown = ", ".join(noms[:SHOWN_FILES]) + (f", … ({more} de plus)" if more > 0 else "")
@@ -127,9 +162,14 @@ class Inventaire:
 
 
 def inventorier(
-    chemins: Sequence[Path], correspondance: Correspondance, declarant: str, now: datetime | None = None
+    chemins: Sequence[Path],
+    correspondance: Correspondance,
+    declarant: str,
+    now: datetime | None = None,
+    precedent: Etat | None = None,
 ) -> Inventaire:
-    """The lots `declarant` declares for the devices in `chemins` (files or directories)."""
+    """The lots `declarant` declares for the devices in `chemins` (files or directories), and
+    the retirement of each lot of `precedent` that vanished from an établissement they cover."""
     names = dict(_fichiers(chemins))
     ecartes: dict[str, list[str]] = defaultdict(list)
     latest: dict[str, inv.Appareil | inv.Ecarte] = {}
@@ -155,7 +195,24 @@ def inventorier(
     dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
     time = min(max(dates), now) if dates else now
     lots = [_event(declarant, uai, lot, devices, time) for (uai, lot), devices in sorted(groups.items())]
-    return Inventaire(lots, sum(map(len, groups.values())), len(names), {k: sorted(v) for k, v in ecartes.items()})
+    covered, precedent = {uai for uai, _ in groups}, precedent or Etat()
+    held = precedent.lots
+    vanished = [
+        (uai, lot, kind)
+        for uai in sorted(covered & held.keys())
+        for lot, kind in sorted(held[uai].items())
+        if (uai, lot) not in groups
+    ]
+    lots += [_retirement(declarant, uai, lot, kind, time) for uai, lot, kind in vanished]
+    return Inventaire(
+        lots,
+        sum(map(len, groups.values())),
+        len(names),
+        {k: sorted(v) for k, v in ecartes.items()},
+        retires=len(vanished),
+        absents=len(held.keys() - covered),
+        plus_ancien_que=precedent.date if precedent.date and groups and time < precedent.date else None,
+    )
 
 
 def lot_id(appareil: inv.Appareil) -> str:
@@ -179,6 +236,14 @@ def _event(declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time
         os=c.Logiciel(name=first.os[0], version=first.os[1]),
         browsers=[c.Logiciel(name=name, version=release) for name, release in first.browsers],
     )
+    return _identified(declarant, data, time)
+
+
+def _retirement(declarant: str, uai: str, lot: str, kind: str, time: datetime) -> c.CloudEvent:
+    return _identified(declarant, c.Lot(uai=uai, lot_id=lot, kind=kind, quantity=0), time)
+
+
+def _identified(declarant: str, data: c.Lot, time: datetime) -> c.CloudEvent:
     # The same lot at the same time and quantity, sent again, is the same event (no second effect).
     same = json.dumps([declarant, data.model_dump(mode="json"), time.isoformat()], sort_keys=True)
     event_id = "glpi-" + hashlib.sha256(same.encode()).hexdigest()[:32]
@@ -211,6 +276,51 @@ async def publier(inventaire: Inventaire, passerelle: str, jeton: str) -> Sent:
     return await partenaires.send((c.EQUIPEMENT, e.subject or "", e.to_bytes()) for e in inventaire.lots)
 
 
+def lire_etat(path: Path, declarant: str) -> Etat:
+    """The state a previous run wrote (empty when there is none yet); ValueError naming the file
+    and the rule for one that is not such a state, or another declarant's."""
+    if not path.exists():
+        return Etat()
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        lots, date = document["lots"], document["date"]
+        if not all(isinstance(kind, str) for held in lots.values() for kind in held.values()):
+            raise TypeError
+        when = datetime.fromisoformat(date) if date is not None else None
+    except ValueError as error:
+        raise ValueError(f"{path}: état illisible : {error}") from None
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: attendu un état {{declarant, date, lots: {{uai: {{lot_id: kind}}}}}}") from None
+    if document.get("declarant") != declarant:
+        raise ValueError(f"{path}: état d'un autre déclarant que {declarant} : un fichier d'état par collectivité")
+    return Etat(lots, when)
+
+
+def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str]) -> Etat:
+    """What the platform holds once the passerelle answered: each accepted lot as sent (retired
+    at quantity 0), each refused one as it was."""
+    lots = {uai: dict(held) for uai, held in precedent.lots.items()}
+    date = precedent.date
+    for event in inventaire.lots:
+        if event.id in refused_ids:
+            continue
+        held = lots.setdefault(event.data.uai, {})
+        if event.data.quantity:
+            held[event.data.lot_id] = event.data.kind
+        else:
+            held.pop(event.data.lot_id, None)
+        date = max(date, event.time) if date else event.time
+    return Etat({uai: held for uai, held in sorted(lots.items()) if held}, date)
+
+
+def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
+    """Written whole or not at all (a new file renamed over the former)."""
+    document = {"declarant": declarant, "date": etat.date and etat.date.isoformat(), "lots": etat.lots}
+    written = path.with_name(path.name + ".nouveau")
+    written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+    written.replace(path)
+
+
 def bilan(sent: Sent) -> str:
     refused = Counter(code for _, _, code, _ in sent.refused)
     line = f"passerelle : {sent.accepted} lots acceptés, {len(sent.refused)} refusés"
@@ -231,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inventaires", nargs="+", type=Path, metavar="INVENTAIRE", help="files or directories")
     parser.add_argument("--correspondance", type=Path, required=True, metavar="FICHIER", help="tag/dossier -> UAI")
     parser.add_argument("--declarant", required=True, help="the collectivité, e.g. /collectivites/departements/035")
+    parser.add_argument("--etat", type=Path, metavar="FICHIER", help="the lots sent before: retire those gone")
     parser.add_argument("--dry-run", action="store_true", help="print the lots (JSON lines), send nothing")
     parser.add_argument("--passerelle", default="http://127.0.0.1:8003", help="its URL (default: %(default)s)")
     parser.add_argument("--token", help=f"the bearer token (default: ${TOKEN_VARIABLE})")
@@ -239,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         c.parse_source(args.declarant)
-        inventaire = inventorier(args.inventaires, Correspondance.lire(args.correspondance), args.declarant)
+        precedent = lire_etat(args.etat, args.declarant) if args.etat else None
+        correspondance = Correspondance.lire(args.correspondance)
+        inventaire = inventorier(args.inventaires, correspondance, args.declarant, precedent=precedent)
     except (OSError, ValueError) as error:
         print(f"glpi: {error}", file=sys.stderr)
         return 2
@@ -260,6 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glpi: {args.passerelle} : envoi interrompu : {error or type(error).__name__}", file=sys.stderr)
         return 2
     print(bilan(sent), file=sys.stderr)
+    if args.etat:
+        etat = etat_apres(precedent or Etat(), inventaire, {event_id for _, event_id, _, _ in sent.refused})
+        try:
+            ecrire_etat(args.etat, args.declarant, etat)
+        except OSError as error:
+            print(
+                f"glpi: lots envoyés, mais {args.etat} n'a pas pu être écrit ({error}) : il reste celui d'avant",
+                file=sys.stderr,
+            )
+            return 2
     return 1 if sent.refused else 0
 
 

@@ -1,11 +1,13 @@
 """The GLPI adapter as a collectivité runs it (`python -m deploy.partenaires.glpi`, a process)
 posting the agent samples to the real passerelle (served in this process) with a token of the
 local identity provider: the lots it may declare reach equipement's topic with the token's
-principal, the one it may not is refused by code, and the summary says so."""
+principal, the one it may not is refused by code, and the summary says so; with a state file,
+a lot gone from the next inventory is retired."""
 
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,7 +71,9 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
         pool = api.state.passerelle.pool
         await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the référentiel")
         async with TopicReader(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) as topic:
-            code, _, summary = await glpi(*argv, "--passerelle", str(client.base_url), env=env)
+            state = tmp_path / "etat.json"
+            sending = ("--passerelle", str(client.base_url), "--etat", str(state))
+            code, _, summary = await glpi(*argv, *sending, env=env)
             assert code == 1, summary  # one lot refused
             assert "passerelle : 2 lots acceptés, 1 refusés" in summary
             assert "refusés, hors-competence : 1" in summary
@@ -83,3 +87,26 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
                 assert record.key == COLLEGE.encode()
                 assert dict(record.headers)[c.PRINCIPAL_HEADER] == b"glpi-ille-et-vilaine"
             assert len(written) == 2 and written == {key: e for key, e in expected.items() if key[0] == COLLEGE}
+            first_time = next(iter(expected.values()))["time"]
+            assert json.loads(state.read_text()) == {
+                "declarant": DEPARTEMENT,
+                "date": first_time,
+                "lots": {COLLEGE: {lot: e["data"]["kind"] for (u, lot), e in expected.items() if u == COLLEGE}},
+            }, "the accepted lots, not the refused one"
+
+            # The next export, inventoried later, no longer has computer_1: its lot is retired.
+            later = tmp_path / "glpi"
+            shutil.copytree(shared_data / "glpi", later, ignore=shutil.ignore_patterns("computer_1.json"))
+            updated = later / "computer_3_updated.json"
+            updated.write_text(updated.read_text().replace("2017-06-09 09:00:49", "2020-09-01 08:00:00"))
+            code, printed, _ = await glpi(*argv[1:], str(later), "--dry-run", env=env)
+            remaining = {(e["data"]["uai"], e["data"]["lot_id"]) for e in map(json.loads, printed.splitlines())}
+            [(_, gone)] = [key for key in expected if key[0] == COLLEGE and key not in remaining]
+            code, _, summary = await glpi(*argv[1:], str(later), *sending, env=env)
+            assert code == 1 and "lots retirés (disparus de l'inventaire depuis l'état précédent) : 1" in summary
+            records = await topic.wait_for(lambda records: len(records) >= 4, what="the second run's lots")
+            retired = [json.loads(r.value)["data"] for r in records[2:] if json.loads(r.value)["data"]["quantity"] == 0]
+            assert [(lot["uai"], lot["lot_id"]) for lot in retired] == [(COLLEGE, gone)]
+            assert all(json.loads(r.value)["time"] > first_time for r in records[2:]), "not stale"
+            assert gone not in json.loads(state.read_text())["lots"][COLLEGE]
+            assert len(json.loads(state.read_text())["lots"][COLLEGE]) == 1

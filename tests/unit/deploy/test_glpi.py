@@ -12,7 +12,7 @@ import pytest
 
 import contracts as c
 from deploy.partenaires import _inventaire as inv
-from deploy.partenaires.glpi import Correspondance, inventorier, main
+from deploy.partenaires.glpi import Correspondance, Etat, etat_apres, inventorier, main
 
 DEPARTEMENT = "/collectivites/departements/035"
 COLLEGE, LYCEE = "0350001" + c.uai_check_letter("0350001"), "0350002" + c.uai_check_letter("0350002")
@@ -335,3 +335,85 @@ def test_a_device_whose_os_a_lot_cannot_carry_is_set_aside_alone(tmp_path):
     run = inventorier([folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT)
     assert [(e.data.quantity, e.data.os.name) for e in run.lots] == [(1, "Windows")]
     assert run.ecartes == {inv.OS_HORS_CONTRAT: ["odd.json"]}
+
+
+def test_with_a_state_a_lot_gone_from_a_covered_etablissement_is_retired_and_an_absent_one_kept(
+    shared_data, tmp_path, capsys
+):
+    """The collège's laptops moved from Fedora 25 to 31 since the state was written, and the
+    lycée is not in this export: the collège's former lot is retired (quantity 0, its kind, the
+    run's time), the lycée's lot is not, and the summary counts both."""
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    events, _ = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping))
+    state = tmp_path / "etat.json"
+    former = {COLLEGE: {e["data"]["lot_id"]: e["data"]["kind"] for e in events} | {"glpi-fedora-24": "ordinateur"}}
+    lots = former | {LYCEE: {"glpi-android": "smartphone"}}
+    state.write_text(json.dumps({"declarant": DEPARTEMENT, "date": "2020-06-01T00:00:00+02:00", "lots": lots}))
+
+    again, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping), "--etat", str(state))
+    assert again[:2] == events, "the inventory's own lots, as without a state"
+    [retired] = again[2:]
+    assert retired["data"] == {
+        "uai": COLLEGE,
+        "lot_id": "glpi-fedora-24",
+        "kind": "ordinateur",
+        "quantity": 0,
+        "os": None,
+        "browsers": [],
+    }
+    assert retired["time"] == events[0]["time"] and retired["source"] == DEPARTEMENT
+    c.parse_event(json.dumps(retired).encode())
+    assert "lots retirés (disparus de l'inventaire depuis l'état précédent) : 1" in summary
+    assert "établissements de l'état précédent absents de cet inventaire : 1 (lots gardés)" in summary
+    assert "attention" not in summary
+    assert json.loads(state.read_text())["lots"] == lots, "a dry run writes no state"
+
+    # A state written after a newer export: this one's lots and retirements will be stale.
+    state.write_text(json.dumps({"declarant": DEPARTEMENT, "date": "2021-01-01T00:00:00+00:00", "lots": lots}))
+    _, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping), "--etat", str(state))
+    assert "attention : ces lots sont datés d'avant ceux déjà envoyés (2021-01-01T00:00:00+00:00)" in summary
+
+
+def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(tmp_path):
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    for n, os in enumerate((WINDOWS[0][0], LINUX[0][0])):
+        (folder / f"{n}.json").write_text(json.dumps(_device(f"d{n}", "Laptop", os, [], when, tag=None)))
+    held = {COLLEGE: {"glpi-gone": "tablette", "glpi-refused-retirement": "tablette"}, LYCEE: {"glpi-x": "tni"}}
+    precedent = Etat(held, when - timedelta(days=1))
+    inventaire = inventorier(
+        [folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT, now=when, precedent=precedent
+    )
+    new, refused_new = inventaire.lots[0], inventaire.lots[1]
+    retirements = {e.data.lot_id: e for e in inventaire.lots[2:]}
+    assert set(retirements) == {"glpi-gone", "glpi-refused-retirement"}
+    refused = {refused_new.id, retirements["glpi-refused-retirement"].id}
+    assert etat_apres(precedent, inventaire, refused) == Etat(
+        {
+            COLLEGE: {new.data.lot_id: "ordinateur portable", "glpi-refused-retirement": "tablette"},
+            LYCEE: {"glpi-x": "tni"},
+        },
+        when,
+    )
+    assert etat_apres(precedent, inventaire, {e.id for e in inventaire.lots}) == precedent, "all refused"
+
+
+@pytest.mark.parametrize(
+    "content, rule",
+    [
+        ('{"declarant": "/collectivites/departements/056", "date": null, "lots": {}}', "état d'un autre déclarant"),
+        ('{"declarant": "/collectivites/departements/035", "date": null, "lots": []}', "attendu un état"),
+        ('{"declarant": "/collectivites/departements/035", "lots": {}}', "attendu un état"),
+        ('{"declarant": "/collectivites/departements/035", "date": "hier", "lots": {}}', "état illisible"),
+        ("[1, 2", "état illisible"),
+    ],
+)
+def test_a_state_that_is_not_this_declarant_s_is_refused_naming_the_rule(tmp_path, capsys, content, rule):
+    state, mapping = tmp_path / "etat.json", tmp_path / "correspondance.csv"
+    state.write_text(content)
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(tmp_path), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+    assert main([*argv, "--dry-run"]) == 2
+    assert rule in capsys.readouterr().err
