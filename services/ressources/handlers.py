@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
+from pydantic_core import to_json
 
 import contracts as c
-from contracts import AlerteLevee, AlerteResolue, CloudEvent, Etablissement, RessourcePubliee, make_event, uai_of
+from contracts import CloudEvent, Etablissement, RessourcePubliee, uai_of
 from contracts.internal import INTERNAL_PAYLOADS
 from services.common.pipeline import TOMBSTONE, Applied, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
-from services.ressources.lifecycle import Held, event_id, transitions
+from services.ressources.lifecycle import AlertEvent, Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
@@ -62,7 +63,7 @@ class Store(Protocol):
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None: ...
 
-    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None: ...
+    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None: ...
 
     async def seuils(self) -> tuple[float, float] | None: ...
 
@@ -258,7 +259,8 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     profils, couvertures = await store.load_inputs(pair_uais)
     held_alerts = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
     now = datetime.now(UTC)
-    rows, outgoing = [], []
+    rows: list[AlertRow] = []
+    outgoing: list[Outgoing[AlertEvent]] = []
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
@@ -273,24 +275,23 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
             cycle = t.held.cycle if t.held else 0
             if t.raised:
                 cycle += 1
-                rows.append(AlertRow(t.raised, ouverte=True, cycle=cycle))
-                outgoing.append(
-                    _announce(c.ALERTE_LEVEE, t.raised, event_id(t.raised.alert_id, cycle, "levee"), now, cause)
-                )
+                content = to_json(t.raised)  # the row's and the event's data
+                rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
+                outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, content, cycle, "levee", now, cause))
             elif t.resolved and t.held:
-                rows.append(AlertRow(t.held.alerte, ouverte=False, cycle=cycle, resolved_at=now))
+                rows.append(AlertRow(t.held.stored, ouverte=False, cycle=cycle, resolved_at=now))
                 outgoing.append(
-                    _announce(c.ALERTE_RESOLUE, t.resolved, event_id(t.resolved.alert_id, cycle, "resolue"), now, cause)
+                    _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
                 )
             elif t.updated:
-                rows.append(AlertRow(t.updated, ouverte=True, cycle=cycle))
+                rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
     await store.journal(outgoing)
     _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
     return outgoing + [record for announced in outgoing for record in _in_table(announced)]
 
 
-def _log_alerts(pairs: int, outgoing: list[Outgoing], updated: int) -> None:
+def _log_alerts(pairs: int, outgoing: list[Outgoing[AlertEvent]], updated: int) -> None:
     """One DEBUG line per alert raised or resolved; one INFO line per evaluation that changed any."""
     raised = sum(o.event.type == c.ALERTE_LEVEE for o in outgoing)
     # Checked once: a skipped call still builds its arguments, for every alert.
@@ -298,27 +299,39 @@ def _log_alerts(pairs: int, outgoing: list[Outgoing], updated: int) -> None:
         alerte = o.event.data
         log.debug(
             "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
-            alert_id=alerte.alert_id,
-            kind=alerte.kind,
-            uai=alerte.uai,
-            resource_id=alerte.resource_id,
+            alert_id=alerte["alert_id"],
+            kind=alerte["kind"],
+            uai=alerte["uai"],
+            resource_id=alerte["resource_id"],
         )
     if outgoing or updated:
         log.info("alerts.evaluated", pairs=pairs, raised=raised, resolved=len(outgoing) - raised, updated=updated)
 
 
-def _in_table(announced: Outgoing) -> list[Outgoing]:
+def _in_table(announced: Outgoing[AlertEvent]) -> list[Outgoing]:
     """An announced alert event on alertes.etat.v1, the table of the stream keyed by alert_id:
     the alert's latest event, then a tombstone once it is resolved (CONTRACTS.md, "Current state")."""
-    event, alert = announced.event, announced.event.data.alert_id
-    records = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause, announced.value)]
+    event, alert = announced.event, announced.event.data["alert_id"]
+    records: list[Outgoing] = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause, announced.value)]
     if event.type == c.ALERTE_RESOLUE:
         records.append(Outgoing(c.ALERTES_ETAT, alert, TOMBSTONE, announced.cause))
     return records
 
 
 def _announce(
-    type_: str, alerte: AlerteLevee | AlerteResolue, id_: str, now: datetime, cause: CloudEvent | None
-) -> Outgoing:
-    event = make_event(type_, alerte, source=SOURCE, subject=alerte.subject, id=id_, time=now)
-    return Outgoing(c.ALERTES, alerte.uai, event, cause, event.to_bytes())  # encoded once
+    type_: str, alert: Content, content: bytes, cycle: int, what: str, now: datetime, cause: CloudEvent | None
+) -> Outgoing[AlertEvent]:
+    """The alert's event, its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
+    CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
+    id_ = event_id(alert["alert_id"], cycle, what)
+    envelope = {
+        "specversion": "1.0",
+        "id": id_,
+        "source": SOURCE,
+        "type": type_,
+        "time": now,
+        "subject": f"{alert['uai']}/{alert['resource_id']}",
+        "datacontenttype": "application/json",
+    }
+    value = b"".join((to_json(envelope)[:-1], b',"data":', content, b"}"))
+    return Outgoing(c.ALERTES, alert["uai"], AlertEvent(type_, id_, alert, value), cause, value)

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import NamedTuple, TypeVar
 
 import contracts as c
-from contracts import AlerteLevee, CloudEvent, Etablissement, RessourcePubliee
+from contracts import CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
 from services.common.pipeline import Outgoing
 from services.common.rules.state import Verdicts
@@ -18,7 +18,7 @@ from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
 from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
-from services.ressources.lifecycle import Held
+from services.ressources.lifecycle import AlertEvent, Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
 P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules read)
@@ -65,9 +65,10 @@ class ReevaluationPart:
 
 
 class AlertRow(NamedTuple):
-    """An alert as stored: its last content, open or not, its raise count, when it resolved."""
+    """An alert as stored: its last content (the JSON of an AlerteLevee), open or not, its raise
+    count, when it resolved."""
 
-    alerte: AlerteLevee
+    alerte: str
     ouverte: bool
     cycle: int
     resolved_at: datetime | None = None
@@ -234,35 +235,28 @@ class RessourcesStore:
         return out
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
-        """One statement for the rows (unnest): a chunk's hundreds of alerts in one round trip."""
+        """One statement for the rows (unnest): a chunk's hundreds of alerts in one round trip. The
+        columns the content holds (its key, raised_at) are read from it: sent once."""
         if not rows:
             return
         await self._conn.execute(
             """
             INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::int[],
-                                 $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
+            SELECT a->>'alert_id', a->>'uai', a->>'resource_id', a->>'kind', ouverte, cycle,
+                   (a->>'raised_at')::timestamptz, resolved_at, a
+            FROM unnest($1::jsonb[], $2::boolean[], $3::int[], $4::timestamptz[]) AS r(a, ouverte, cycle, resolved_at)
             ON CONFLICT (alert_id) DO UPDATE SET ouverte = EXCLUDED.ouverte, cycle = EXCLUDED.cycle,
                 raised_at = EXCLUDED.raised_at, resolved_at = EXCLUDED.resolved_at, alerte = EXCLUDED.alerte
             """,
-            [r.alerte.alert_id for r in rows],
-            [r.alerte.uai for r in rows],
-            [r.alerte.resource_id for r in rows],
-            [r.alerte.kind for r in rows],
-            [r.ouverte for r in rows],
-            [r.cycle for r in rows],
-            [r.alerte.raised_at for r in rows],
-            [r.resolved_at for r in rows],
-            [r.alerte.model_dump_json() for r in rows],
+            *zip(*rows, strict=True),
         )
 
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
         return await referentiel.load(self._conn, uais)
 
-    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None:
         """The alert events for the live stream, in this transaction (stream.notify)."""
-        values = [o.value if o.value is not None else o.event.to_bytes() for o in announced]
-        await stream.notify(self._conn, [o.event for o in announced], values)
+        await stream.notify(self._conn, [o.event.value for o in announced])
 
     async def seuils(self) -> tuple[float, float] | None:
         """The thresholds the held alerts were evaluated with (None before the first)."""

@@ -17,14 +17,13 @@ what EventSource sends back by itself when it reconnects.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
 
-from contracts import CloudEvent
 from services.common.storage import retention
 from services.common.storage.db import Conn
 from services.ressources import queries
@@ -40,7 +39,7 @@ PURGE_CHUNK = 10_000
 log = structlog.get_logger(__name__)
 
 
-async def notify(conn: Conn, events: list[CloudEvent], values: list[bytes] | None = None) -> None:
+async def notify(conn: Conn, events: Sequence[bytes]) -> None:
     """Inside the write transaction: journalled and announced on commit, neither on rollback.
 
     Transactions of several batches and re-evaluation chunks run at once (locks per UAI), but
@@ -49,18 +48,17 @@ async def notify(conn: Conn, events: list[CloudEvent], values: list[bytes] | Non
     drawn and holds it until it ends: journalling transactions commit in the order of their
     seqs. Only their last steps (this, the outbox, the commit) wait for each other.
 
-    `values`: the events' record values, when the caller encoded them already.
-    """
+    `events`: the alert events' record values. They go as one JSON array, each row's ids read
+    from its event: one parameter, which asyncpg sends as it is (an array parameter, it checks
+    and encodes element by element)."""
     if not events:
         return
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('alert-journal:' || current_schema(), 0))")
     await conn.execute(  # announced with the last seq, in the same statement
         "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
-        "SELECT i, a, e FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(i, a, e, n) "
-        "ORDER BY n RETURNING seq) SELECT pg_notify($4, max(seq)::text) FROM added",
-        [e.id for e in events],
-        [e.data.alert_id for e in events],
-        [v.decode() for v in values] if values is not None else [e.to_bytes().decode() for e in events],
+        "SELECT e->>'id', e->'data'->>'alert_id', e FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(e, n) "
+        "ORDER BY n RETURNING seq) SELECT pg_notify($2, max(seq)::text) FROM added",
+        b"".join((b"[", b",".join(events), b"]")).decode(),
         CHANNEL,
     )
 

@@ -20,12 +20,12 @@ async def pool(database_url):
 
 async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):
     async with pool.acquire() as first, first.transaction():
-        await stream.notify(first, [alert(1)])  # seq drawn, not committed yet
+        await stream.notify(first, [alert(1).value])  # seq drawn, not committed yet
 
         async def second() -> list[int]:
             async with pool.acquire() as conn:
                 async with conn.transaction():
-                    await stream.notify(conn, [alert(2)])
+                    await stream.notify(conn, [alert(2).value])
                 return [r["seq"] for r in await conn.fetch("SELECT seq FROM alert_journal ORDER BY seq")]
 
         later = asyncio.create_task(second())

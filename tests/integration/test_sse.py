@@ -13,6 +13,7 @@ from contracts.internal import PROFILS
 from helpers import at, event, eventually, profil_lot, send, uai
 from services.common.pipeline import Outgoing
 from services.ressources import queries, stream
+from services.ressources.lifecycle import AlertEvent
 from test_read_api import etab, serve_api
 
 FAST = {"sse_keepalive_seconds": 0.2}
@@ -63,7 +64,7 @@ class SseReader:
 
 def alert(
     n: int, *, kind: str = "equipement-incompatible", academie: str = "14", reasons: list[c.Reason] = ()
-) -> c.CloudEvent:
+) -> AlertEvent:
     data = c.AlerteLevee(
         alert_id=f"alerte-{n}",
         uai=UAI,
@@ -76,14 +77,15 @@ def alert(
         devices=1,
         raised_at=datetime.now(UTC),
     )
-    return c.make_event(c.ALERTE_LEVEE, data, source="/plateforme/ressources")
+    event = c.make_event(c.ALERTE_LEVEE, data, source="/plateforme/ressources")
+    return AlertEvent(event.type, event.id, dict(data), event.to_bytes())
 
 
-async def journal(app, *events: c.CloudEvent) -> list[int]:
+async def journal(app, *events: AlertEvent) -> list[int]:
     """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):
-        await store.journal([Outgoing(c.ALERTES, e.data.uai, e) for e in events])
+        await store.journal([Outgoing(c.ALERTES, e.data["uai"], e) for e in events])
         return []
 
     pipeline = app.state.pipeline

@@ -4,6 +4,7 @@ handler runs in microseconds with no broker and no database. The real stores are
 against PostgreSQL in tests/integration/."""
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 import contracts as c
@@ -13,7 +14,7 @@ from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
-from services.ressources.lifecycle import Held
+from services.ressources.lifecycle import AlertEvent, Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
@@ -128,7 +129,7 @@ class RessourcesMemory:
         self.derived: dict[tuple[str, str, str], CloudEvent] = {}
         self.assembled: dict[tuple[str, tuple[str, ...]], list[views.Record]] = {}  # (uai, family)
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
-        self.journalled: list[CloudEvent] = []
+        self.journalled: list[AlertEvent] = []
         self.held_seuils: tuple[float, float] | None = None
         self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
@@ -206,10 +207,12 @@ class RessourcesMemory:
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
         for r in rows:
-            held = Held(r.ouverte, r.cycle, r.alerte.model_dump_json())  # as the real store holds it
-            self.alerts.setdefault((r.alerte.uai, r.alerte.resource_id), {})[r.alerte.kind] = held
+            alerte = json.loads(r.alerte)
+            self.alerts.setdefault((alerte["uai"], alerte["resource_id"]), {})[alerte["kind"]] = Held(
+                r.ouverte, r.cycle, r.alerte
+            )
 
-    async def journal(self, announced: Sequence[Outgoing[CloudEvent]]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None:
         self.journalled += [o.event for o in announced]
 
     async def seuils(self) -> tuple[float, float] | None:

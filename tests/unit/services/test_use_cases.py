@@ -184,7 +184,7 @@ def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
 
 def announced(applied) -> list[tuple[str, str]]:
     """The alert events on the stream (each also goes to its table, alertes.etat.v1)."""
-    return [(o.event.type, o.event.data.kind) for o in applied.outgoing if o.topic == c.ALERTES]
+    return [(o.event.type, o.event.data["kind"]) for o in applied.outgoing if o.topic == c.ALERTES]
 
 
 async def test_ressources_raises_on_old_tablets_resolves_on_new_ones_and_journals_both():
@@ -192,7 +192,7 @@ async def test_ressources_raises_on_old_tablets_resolves_on_new_ones_and_journal
     await ressources(store, [profil(1, "12.5")], set())
     raised = await ressources(store, catalogue(), set())
     assert announced(raised) == [(c.ALERTE_LEVEE, "equipement-incompatible")]
-    assert raised.outgoing[0].event.data.reasons == [c.Reason(code="os-version", detail="iPadOS 12.5 < 15")]
+    assert raised.outgoing[0].event.data["reasons"] == [c.Reason(code="os-version", detail="iPadOS 12.5 < 15")]
     assert (await ressources(store, [profil(1, "12.5")], set())).outgoing == [], "a replayed version changes nothing"
     resolved = await ressources(store, [profil(2, "17")], set())
     assert announced(resolved) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
@@ -207,8 +207,8 @@ async def test_ressources_writes_each_alert_event_to_the_table_then_a_tombstone_
     [levee] = [o.event for o in raised.outgoing if o.topic == c.ALERTES]
     [resolue] = [o.event for o in resolved.outgoing if o.topic == c.ALERTES]
     table = lambda applied: [(o.key, o.event) for o in applied.outgoing if o.topic == c.ALERTES_ETAT]  # noqa: E731
-    assert table(raised) == [(levee.data.alert_id, levee)], "keyed by alert_id, the event as on the stream"
-    assert table(resolved) == [(levee.data.alert_id, resolue), (levee.data.alert_id, TOMBSTONE)]
+    assert table(raised) == [(levee.data["alert_id"], levee)], "keyed by alert_id, the event as on the stream"
+    assert table(resolved) == [(levee.data["alert_id"], resolue), (levee.data["alert_id"], TOMBSTONE)]
 
 
 async def test_ressources_resolves_when_the_subscription_ends():
@@ -243,7 +243,7 @@ async def test_ressources_defers_a_resource_fan_out_to_chunks_that_raise_each_al
     while chunk := await reevaluate_chunk(store, Seuils(), 2):
         chunks.append(chunk)
     assert [(ch.uais, ch.last) for ch in chunks] == [(2, False), (2, False), (1, True)]
-    raised = [o.event.data.uai for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
+    raised = [o.event.data["uai"] for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
     assert raised == uais, "one raise per subscriber, in the order of the UAIs"
     assert store.reevaluations == {}, "the last chunk ends the re-evaluation"
     assert await reevaluate_chunk(store, Seuils(), 2) is None
@@ -268,7 +268,7 @@ async def test_a_fan_out_comes_in_parts_each_evaluated_on_its_own_range():
         (1, 2, True, 1),
         (2, 1, True, 0),
     ]
-    raised = [o.event.data.uai for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
+    raised = [o.event.data["uai"] for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
     assert raised == uais, "each subscriber raised once, by the part that holds its UAI"
 
 
@@ -277,14 +277,14 @@ async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version()
     store = await subscribed_with_old_tablets(uais)
     await ressources(store, [publication(2)], set())
     first = await reevaluate_chunk(store, Seuils(), 2)
-    assert first is not None and [o.event.data.uai for o in first.outgoing if o.topic == c.ALERTES] == uais[:2]
+    assert first is not None and [o.event.data["uai"] for o in first.outgoing if o.topic == c.ALERTES] == uais[:2]
 
     await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
     assert requested(store) == {(RID, "")}, "the cursor is back at the start"
     outgoing = []
     while chunk := await reevaluate_chunk(store, Seuils(), 2):
         outgoing += [o for o in chunk.outgoing if o.topic == c.ALERTES]
-    assert [(o.event.type, o.event.data.uai) for o in outgoing] == [(c.ALERTE_RESOLUE, u) for u in uais[:2]]
+    assert [(o.event.type, o.event.data["uai"]) for o in outgoing] == [(c.ALERTE_RESOLUE, u) for u in uais[:2]]
     assert not any(held.ouverte for kinds in store.alerts.values() for held in kinds.values())
 
 
