@@ -114,7 +114,23 @@ class RessourcesStore:
 
     async def store_derived(self, events: Sequence[CloudEvent]) -> set[str]:
         """Keep the highest `version` per record key of what equipement and formation publish;
-        returns the UAIs whose records changed here."""
+        returns the UAIs whose records changed here.
+
+        A record without a group written after grouped ones comes from a producer from before
+        groups (a rolling upgrade): its UAI's records of that family then count as from before
+        groups, else a group it rewrote a record of would never be whole again. Only those
+        written before it: the batch is stored in parts, each ending with its records without a
+        group (one part when all have one, or none)."""
+        changed: set[str] = set()
+        part: list[CloudEvent] = []
+        for i, e in enumerate(events):
+            part.append(e)
+            if e.data.group is None and (i + 1 == len(events) or events[i + 1].data.group is not None):
+                changed |= await self._store_part(part)
+                part = []
+        return changed | await self._store_part(part)
+
+    async def _store_part(self, events: Sequence[CloudEvent]) -> set[str]:
         if not events:
             return set()
         latest: dict[tuple[str, str, str], CloudEvent] = {}
@@ -139,9 +155,6 @@ class RessourcesStore:
             [e.data.group for e in latest.values()],
             [e.data.group_size for e in latest.values()],
         )
-        # A record without a group written after grouped ones: a producer from before groups
-        # (a rolling upgrade). Its UAI's records of that family count as from before groups,
-        # else the group it cut into would never be whole again.
         ungrouped = {(r["uai"], t) for r in rows if r["group_no"] is None for t in views.FAMILY[r["type"]]}
         if ungrouped:
             await self._conn.execute(
