@@ -19,11 +19,13 @@ any more (`enseignants` 0) are published as such, so the consumer forgets them.
 
 One transaction may change several records of a UAI (a teacher who joins changes the teacher
 count and the count of each tool they were trained on), which reach the consumer one after the
-other, maybe in two of its batches. Each record says which `group` it belongs to (the
-publishing transactions of one UAI number theirs in increasing order) and how many records of
-its UAI that transaction published (`group_size`): the consumer assembles a UAI's profile or
-coverage only once it holds the whole of the UAI's latest group, never from a state that never
-was. Both are absent from records published before they were added (each is then whole alone).
+other, maybe in two of its batches. Each record says which `group` it belongs to (a number
+drawn once the transaction holds what it publishes: a later publication of a key has a larger
+one, and formation's transactions, which hold their UAIs, number theirs in their order) and how
+many records of its UAI that transaction published (`group_size`): the consumer assembles a
+UAI's profile or coverage only once it holds the whole of the UAI's latest group, never from a
+state that never was. Both are absent from records published before they were added (each is
+then whole alone).
 
 `ProfilEquipement` and `CouvertureFormation` are not events: they are what `ressources`
 assembles per UAI from those records, the input of the compatibility rules.
