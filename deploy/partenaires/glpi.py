@@ -19,12 +19,15 @@ inventory.
   agents' `accesslog.logdate`), never later than now; now when no device has one. The same
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
-- --etat FICHIER remembers the lots the platform holds from this adapter, per établissement
-  (JSON, written once the passerelle has answered; created by the first run). A lot of an
-  établissement of this run that the inventory no longer has (its devices all moved to other
-  lots, upgraded, or gone) is retired: a `lot` with quantity 0, at the run's time. An
-  établissement absent from this run keeps its lots (a partial export must not retire them):
-  the summary counts those. A lot the passerelle refused stays as the platform has it.
+- --etat FICHIER remembers the lots the platform holds from this adapter, per établissement,
+  and the latest time sent (JSON; checked writable before anything is sent, written once the
+  passerelle has answered; created by the first run). A lot of an établissement of this run
+  that the inventory no longer has (its devices all moved to other lots, upgraded, or gone) is
+  retired: a `lot` with quantity 0, right after that établissement's lots, at the run's time or
+  the state's if later (the device gone may have been the newest). An établissement with no
+  device in this run keeps its lots (a partial export must not retire them): the summary counts
+  those. A lot the passerelle refused stays as the platform has it; after an interrupted run,
+  every lot it sent is kept and none removed.
 - The token: --token, else the PASSERELLE_JETON environment variable; --jeton-local mints one
   for --declarant with the local identity provider (`./dev up`'s; development only).
 
@@ -152,7 +155,8 @@ class Inventaire:
         if self.plus_ancien_que is not None:
             lines.append(
                 f"  attention : ces lots sont datés d'avant ceux déjà envoyés ({self.plus_ancien_que.isoformat()}) : "
-                "la plateforme ignorera ceux qu'elle a reçus depuis, retraits compris (périmés)"
+                "la plateforme ignorera ceux qu'elle a reçus depuis (périmés) ; les lots disparus sont retirés "
+                "à cette date-là"
             )
         for raison, noms in sorted(self.ecartes.items()):
             more = len(noms) - SHOWN_FILES
@@ -194,22 +198,26 @@ def inventorier(
     now = now or datetime.now(UTC)
     dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
     time = min(max(dates), now) if dates else now
-    lots = [_event(declarant, uai, lot, devices, time) for (uai, lot), devices in sorted(groups.items())]
-    covered, precedent = {uai for uai, _ in groups}, precedent or Etat()
+    by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
+    for (uai, lot), devices in sorted(groups.items()):
+        by_uai[uai].append(_event(declarant, uai, lot, devices, time))
+    covered, precedent = set(by_uai), precedent or Etat()
     held = precedent.lots
-    vanished = [
-        (uai, lot, kind)
-        for uai in sorted(covered & held.keys())
-        for lot, kind in sorted(held[uai].items())
-        if (uai, lot) not in groups
-    ]
-    lots += [_retirement(declarant, uai, lot, kind, time) for uai, lot, kind in vanished]
+    # A retirement is dated no earlier than what the state sent: the newest device of the
+    # previous export may be the one gone, and a retirement older than its lot would be stale.
+    retired_at = min(max(time, precedent.date or time), now)
+    lots, vanished = [], 0
+    for uai in sorted(covered):  # each établissement's retirements beside its lots (one batch, one group)
+        lots += by_uai[uai]
+        gone = [(lot, kind) for lot, kind in sorted(held.get(uai, {}).items()) if (uai, lot) not in groups]
+        lots += [_retirement(declarant, uai, lot, kind, retired_at) for lot, kind in gone]
+        vanished += len(gone)
     return Inventaire(
         lots,
         sum(map(len, groups.values())),
         len(names),
         {k: sorted(v) for k, v in ecartes.items()},
-        retires=len(vanished),
+        retires=vanished,
         absents=len(held.keys() - covered),
         plus_ancien_que=precedent.date if precedent.date and groups and time < precedent.date else None,
     )
@@ -287,6 +295,8 @@ def lire_etat(path: Path, declarant: str) -> Etat:
         if not all(isinstance(kind, str) for held in lots.values() for kind in held.values()):
             raise TypeError
         when = datetime.fromisoformat(date) if date is not None else None
+        if when is not None and when.tzinfo is None:
+            raise ValueError(f"date {date} sans fuseau horaire")
     except ValueError as error:
         raise ValueError(f"{path}: état illisible : {error}") from None
     except (KeyError, TypeError, AttributeError):
@@ -296,18 +306,20 @@ def lire_etat(path: Path, declarant: str) -> Etat:
     return Etat(lots, when)
 
 
-def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str]) -> Etat:
+def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | None) -> Etat:
     """What the platform holds once the passerelle answered: each accepted lot as sent (retired
-    at quantity 0), each refused one as it was."""
+    at quantity 0), each refused one as it was. `refused_ids` None: the run was interrupted, and
+    any lot may have been accepted or not: every one it sent is kept, none removed (retiring
+    later a lot the platform never had changes nothing)."""
     lots = {uai: dict(held) for uai, held in precedent.lots.items()}
     date = precedent.date
     for event in inventaire.lots:
-        if event.id in refused_ids:
+        if refused_ids is not None and event.id in refused_ids:
             continue
         held = lots.setdefault(event.data.uai, {})
         if event.data.quantity:
             held[event.data.lot_id] = event.data.kind
-        else:
+        elif refused_ids is not None:
             held.pop(event.data.lot_id, None)
         date = max(date, event.time) if date else event.time
     return Etat({uai: held for uai, held in sorted(lots.items()) if held}, date)
@@ -366,23 +378,24 @@ def main(argv: list[str] | None = None) -> int:
     elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
         print(f"glpi: aucun jeton : --token, {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
         return 2
+    if args.etat:  # before sending: a state that cannot be written is found out now
+        try:
+            ecrire_etat(args.etat, args.declarant, precedent or Etat())
+        except OSError as error:
+            print(f"glpi: {args.etat} ne peut pas être écrit ({error}) : rien n'est envoyé", file=sys.stderr)
+            return 2
     try:
         sent = asyncio.run(publier(inventaire, args.passerelle, jeton))
     except (httpx.HTTPError, RuntimeError) as error:
         # The batches before this one may be accepted already: sending again is harmless (same ids).
         print(f"glpi: {args.passerelle} : envoi interrompu : {error or type(error).__name__}", file=sys.stderr)
+        if args.etat:
+            ecrire_etat(args.etat, args.declarant, etat_apres(precedent or Etat(), inventaire, None))
         return 2
     print(bilan(sent), file=sys.stderr)
     if args.etat:
-        etat = etat_apres(precedent or Etat(), inventaire, {event_id for _, event_id, _, _ in sent.refused})
-        try:
-            ecrire_etat(args.etat, args.declarant, etat)
-        except OSError as error:
-            print(
-                f"glpi: lots envoyés, mais {args.etat} n'a pas pu être écrit ({error}) : il reste celui d'avant",
-                file=sys.stderr,
-            )
-            return 2
+        refused = {event_id for _, event_id, _, _ in sent.refused}
+        ecrire_etat(args.etat, args.declarant, etat_apres(precedent or Etat(), inventaire, refused))
     return 1 if sent.refused else 0
 
 

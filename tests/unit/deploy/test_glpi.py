@@ -408,6 +408,7 @@ def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(t
         ('{"declarant": "/collectivites/departements/035", "lots": {}}', "attendu un état"),
         ('{"declarant": "/collectivites/departements/035", "date": "hier", "lots": {}}', "état illisible"),
         ("[1, 2", "état illisible"),
+        ('{"declarant": "/collectivites/departements/035", "date": "2026-09-01T08:00:00", "lots": {}}', "fuseau"),
     ],
 )
 def test_a_state_that_is_not_this_declarant_s_is_refused_naming_the_rule(tmp_path, capsys, content, rule):
@@ -417,3 +418,54 @@ def test_a_state_that_is_not_this_declarant_s_is_refused_naming_the_rule(tmp_pat
     argv = [str(tmp_path), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
     assert main([*argv, "--dry-run"]) == 2
     assert rule in capsys.readouterr().err
+
+
+def test_a_retirement_is_dated_no_earlier_than_the_state_and_follows_its_etablissement_s_lots(tmp_path):
+    """The device gone was the newest of the previous export: this export's date is older than
+    the state's, and a retirement at that date would be stale. It is dated as the state. And
+    each établissement's retirements come right after its own lots (one batch, one group)."""
+    before, older = datetime(2026, 9, 10, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC)
+    for school in ("a", "b"):
+        folder = tmp_path / school
+        folder.mkdir()
+        device = _device(f"d-{school}", "Laptop", WINDOWS[0][0], [], older, tag=None)
+        (folder / "0.json").write_text(json.dumps(device))
+    precedent = Etat({COLLEGE: {"glpi-gone": "tablette"}, LYCEE: {"glpi-gone-too": "tni"}}, before)
+    inventaire = inventorier(
+        [tmp_path / "a", tmp_path / "b"],
+        Correspondance(tag={}, dossier={"a": COLLEGE, "b": LYCEE}),
+        DEPARTEMENT,
+        now=datetime(2026, 9, 20, tzinfo=UTC),
+        precedent=precedent,
+    )
+    assert [(e.data.uai, e.data.quantity, e.time) for e in inventaire.lots] == [
+        (COLLEGE, 1, older),
+        (COLLEGE, 0, before),
+        (LYCEE, 1, older),
+        (LYCEE, 0, before),
+    ]
+
+
+def test_an_interrupted_run_keeps_every_lot_it_sent_and_removes_none(tmp_path):
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    (folder / "0.json").write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag=None)))
+    precedent = Etat({COLLEGE: {"glpi-gone": "tablette"}}, when - timedelta(days=1))
+    inventaire = inventorier(
+        [folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT, now=when, precedent=precedent
+    )
+    [new, _] = inventaire.lots
+    assert etat_apres(precedent, inventaire, None) == Etat(
+        {COLLEGE: {"glpi-gone": "tablette", new.data.lot_id: "ordinateur portable"}}, when
+    )
+
+
+def test_a_state_that_cannot_be_written_is_found_out_before_anything_is_sent(tmp_path, capsys):
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    state = tmp_path / "absent" / "etat.json"  # its folder does not exist
+    argv = [str(tmp_path), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+    # the passerelle's URL is not listening: reaching it would be another error (envoi interrompu)
+    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
+    assert "ne peut pas être écrit" in capsys.readouterr().err
