@@ -2,6 +2,7 @@
 equipement would publish them, the catalogue as the ministère and the GAR send it."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
@@ -291,6 +292,23 @@ async def test_a_coverage_whose_group_is_cut_by_a_batch_boundary_is_read_once_wh
         await eventually(lambda: pipeline.pool.fetchval(at_version, where, "tni", 2), what="the TNI's count")
         assert await read_coverage() == (4, 4)
         assert await pipeline.pool.fetchval(alerts) == 0
+
+
+async def test_a_record_of_our_own_services_is_not_judged_by_its_time(kafka, settings):
+    """formation's clock an hour ahead of ressources': its records carry that time. Partners'
+    events so far ahead are refused (time-futur); ours are ordered by their version, and one
+    dead-lettered would leave its group short for good: stored."""
+    bootstrap, where = kafka.bootstrap_servers, uai("0350463")
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    records = couverture(where, 1, 2, {}, {"tni": 2}, group=1)
+    for _, record in records:
+        record["time"] = ahead
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, settings.topic(COUVERTURES), records)
+        stored = "SELECT count(*) = 2 FROM recus WHERE uai = $1"
+        await eventually(lambda: pipeline.pool.fetchval(stored, where), what="both records stored")
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
 
 
 async def _is(value, expected) -> bool:
