@@ -56,14 +56,28 @@ class Tombstone:
 TOMBSTONE = Tombstone()
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An event a service built as bytes, not as a CloudEvent model (a derived record, an alert:
+    from values the contract validated already): its record value, encoded once, and what it
+    carries (`data`) for whoever looks at it before (logs, tests)."""
+
+    type: str
+    id: str
+    data: dict[str, Any]
+    value: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.value
+
+
 E = TypeVar("E", bound=Encodable)
 
 
 @dataclass(frozen=True)
 class Outgoing(Generic[E]):
-    """An event a service emits: a CloudEvent, or anything that gives its record value (a
-    derived record built as bytes, storage/derived.py); `cause` is the input event whose
-    trace it continues."""
+    """An event a service emits: a CloudEvent, or anything that gives its record value (an
+    EncodedEvent); `cause` is the input event whose trace it continues."""
 
     topic: str
     key: str

@@ -22,9 +22,9 @@ from pydantic_core import to_json
 import contracts as c
 from contracts import CloudEvent, Etablissement, RessourcePubliee, uai_of
 from contracts.internal import INTERNAL_PAYLOADS
-from services.common.pipeline import TOMBSTONE, Applied, Outgoing, Pipeline
+from services.common.pipeline import TOMBSTONE, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
-from services.ressources.lifecycle import AlertEvent, Content, Held, event_id, transitions
+from services.ressources.lifecycle import Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
@@ -63,7 +63,7 @@ class Store(Protocol):
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None: ...
 
-    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None: ...
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None: ...
 
     async def seuils(self) -> tuple[float, float] | None: ...
 
@@ -260,7 +260,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     held_alerts = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
     now = datetime.now(UTC)
     rows: list[AlertRow] = []
-    outgoing: list[Outgoing[AlertEvent]] = []
+    outgoing: list[Outgoing[EncodedEvent]] = []
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
@@ -291,7 +291,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     return outgoing + [record for announced in outgoing for record in _in_table(announced)]
 
 
-def _log_alerts(pairs: int, outgoing: list[Outgoing[AlertEvent]], updated: int) -> None:
+def _log_alerts(pairs: int, outgoing: list[Outgoing[EncodedEvent]], updated: int) -> None:
     """One DEBUG line per alert raised or resolved; one INFO line per evaluation that changed any."""
     raised = sum(o.event.type == c.ALERTE_LEVEE for o in outgoing)
     # Checked once: a skipped call still builds its arguments, for every alert.
@@ -308,7 +308,7 @@ def _log_alerts(pairs: int, outgoing: list[Outgoing[AlertEvent]], updated: int) 
         log.info("alerts.evaluated", pairs=pairs, raised=raised, resolved=len(outgoing) - raised, updated=updated)
 
 
-def _in_table(announced: Outgoing[AlertEvent]) -> list[Outgoing]:
+def _in_table(announced: Outgoing[EncodedEvent]) -> list[Outgoing]:
     """An announced alert event on alertes.etat.v1, the table of the stream keyed by alert_id:
     the alert's latest event, then a tombstone once it is resolved (CONTRACTS.md, "Current state")."""
     event, alert = announced.event, announced.event.data["alert_id"]
@@ -320,7 +320,7 @@ def _in_table(announced: Outgoing[AlertEvent]) -> list[Outgoing]:
 
 def _announce(
     type_: str, alert: Content, content: bytes, cycle: int, what: str, now: datetime, cause: CloudEvent | None
-) -> Outgoing[AlertEvent]:
+) -> Outgoing[EncodedEvent]:
     """The alert's event, its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
     CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
     id_ = event_id(alert["alert_id"], cycle, what)
@@ -334,4 +334,4 @@ def _announce(
         "datacontenttype": "application/json",
     }
     value = b"".join((to_json(envelope)[:-1], b',"data":', content, b"}"))
-    return Outgoing(c.ALERTES, alert["uai"], AlertEvent(type_, id_, alert, value), cause, value)
+    return Outgoing(c.ALERTES, alert["uai"], EncodedEvent(type_, id_, alert, value), cause, value)

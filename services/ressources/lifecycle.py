@@ -36,21 +36,6 @@ def event_id(alert: str, cycle: int, what: str) -> str:
     return stable_id(f"{alert}/{cycle}/{what}")
 
 
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """An alert event as it goes out: its CloudEvent encoded once (`value`: the record on the
-    stream and on its table, and the journal's row), with what it carries (`data`) for
-    whoever looks at it before (logs, tests)."""
-
-    type: str
-    id: str
-    data: Content
-    value: bytes
-
-    def to_bytes(self) -> bytes:
-        return self.value
-
-
 @dataclass(frozen=True)
 class Held:
     """An alert as stored: open or not, how many times raised, its last content as the JSON of

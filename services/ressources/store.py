@@ -10,7 +10,7 @@ from typing import NamedTuple, TypeVar
 import contracts as c
 from contracts import CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
-from services.common.pipeline import Outgoing
+from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.rules.state import Verdicts
 from services.common.runtime.metrics import Gauge
 from services.common.storage import referentiel
@@ -18,7 +18,7 @@ from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
 from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
-from services.ressources.lifecycle import AlertEvent, Held
+from services.ressources.lifecycle import Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
 P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules read)
@@ -267,7 +267,7 @@ class RessourcesStore:
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
         return await referentiel.load(self._conn, uais)
 
-    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
         """The alert events for the live stream, in this transaction (stream.notify)."""
         await stream.notify(self._conn, [o.event.value for o in announced])
 

@@ -11,9 +11,8 @@ import httpx
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import at, event, eventually, profil_lot, send, uai
-from services.common.pipeline import Outgoing
+from services.common.pipeline import EncodedEvent, Outgoing
 from services.ressources import queries, stream
-from services.ressources.lifecycle import AlertEvent
 from test_read_api import etab, serve_api
 
 FAST = {"sse_keepalive_seconds": 0.2}
@@ -64,7 +63,7 @@ class SseReader:
 
 def alert(
     n: int, *, kind: str = "equipement-incompatible", academie: str = "14", reasons: list[c.Reason] = ()
-) -> AlertEvent:
+) -> EncodedEvent:
     data = c.AlerteLevee(
         alert_id=f"alerte-{n}",
         uai=UAI,
@@ -78,10 +77,10 @@ def alert(
         raised_at=datetime.now(UTC),
     )
     event = c.make_event(c.ALERTE_LEVEE, data, source="/plateforme/ressources")
-    return AlertEvent(event.type, event.id, dict(data), event.to_bytes())
+    return EncodedEvent(event.type, event.id, dict(data), event.to_bytes())
 
 
-async def journal(app, *events: AlertEvent) -> list[int]:
+async def journal(app, *events: EncodedEvent) -> list[int]:
     """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pydantic_core import to_json
 
 from contracts import CloudEvent
-from services.common.pipeline import Outgoing
+from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.storage.db import Conn, json_rows
 
 Key = tuple[str, str]
@@ -47,20 +47,6 @@ def stable_id(name: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = digest.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
-
-
-@dataclass(frozen=True, slots=True)
-class DerivedEvent:
-    """A derived record as it goes out: its CloudEvent already encoded (`value`), and what it
-    carries (`data`) for whoever looks at it before (logs, tests)."""
-
-    type: str
-    id: str
-    data: Content
-    value: bytes
-
-    def to_bytes(self) -> bytes:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ class Derived:
         source: str,
         time: datetime,
         group: tuple[int, int] | None = None,
-    ) -> DerivedEvent:
+    ) -> EncodedEvent:
         """The record, its fields in the order of the envelope and of the payload model
         (`contracts.internal`): its bytes are those `make_event(...).to_bytes()` gives.
         `group`: its group's number and size; the id does not depend on it."""
@@ -104,7 +90,7 @@ class Derived:
             "datacontenttype": "application/json",
             "data": data,
         }
-        return DerivedEvent(self.event_type, event_id, data, to_json(envelope))
+        return EncodedEvent(self.event_type, event_id, data, to_json(envelope))
 
 
 class Published(Protocol):
@@ -162,7 +148,7 @@ async def publish_changes(
     *,
     source: str,
     causes: Mapping[str, CloudEvent],
-) -> list[Outgoing[DerivedEvent]]:
+) -> list[Outgoing[EncodedEvent]]:
     """Each kind's `contents` map (UAI, entity) to its freshly computed content (without uai,
     entity and version); `causes` maps UAI to the input event whose trace the publication
     continues. One group for the transaction: the caller holds the UAIs (or their entities)."""

@@ -9,12 +9,12 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import contracts as c
 from contracts import CloudEvent, Etablissement
-from services.common.pipeline import Outgoing
+from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
-from services.ressources.lifecycle import AlertEvent, Held
+from services.ressources.lifecycle import Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
 
@@ -129,7 +129,7 @@ class RessourcesMemory:
         self.derived: dict[tuple[str, str, str], CloudEvent] = {}
         self.assembled: dict[tuple[str, tuple[str, ...]], list[views.Record]] = {}  # (uai, family)
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
-        self.journalled: list[AlertEvent] = []
+        self.journalled: list[EncodedEvent] = []
         self.held_seuils: tuple[float, float] | None = None
         self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
@@ -212,7 +212,7 @@ class RessourcesMemory:
                 r.ouverte, r.cycle, r.alerte
             )
 
-    async def journal(self, announced: Sequence[Outgoing[AlertEvent]]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
         self.journalled += [o.event for o in announced]
 
     async def seuils(self) -> tuple[float, float] | None:

@@ -11,8 +11,8 @@ from test_use_cases import RID, at, college, profil, subscription
 
 import contracts as c
 from contracts.internal import COUVERTURE_ENSEIGNANTS, CouvertureEnseignants
+from services.common.pipeline import EncodedEvent
 from services.ressources.handlers import SOURCE, make_apply, reevaluate_chunk
-from services.ressources.lifecycle import AlertEvent
 from services.ressources.rules import Seuils
 from services.ressources.store import AlertRow
 
@@ -48,7 +48,7 @@ def coverage(uai: str, trained: int) -> c.CloudEvent:
     return c.make_event(COUVERTURE_ENSEIGNANTS, data, source="/plateforme/formation", time=at(trained))
 
 
-def as_the_model_encodes(event: AlertEvent) -> bytes:
+def as_the_model_encodes(event: EncodedEvent) -> bytes:
     """The event's record value as make_event gives it, from its content validated by the model."""
     payload = c.PAYLOADS[event.type].model_validate(event.data)
     time = c.CloudEvent.model_validate_json(event.value).time
@@ -62,7 +62,7 @@ async def test_alert_events_and_rows_are_the_bytes_the_models_give(type_):
     # One UAI on iPadOS 12.5 (incompatible), one on 17.1; one teacher of three trained (formation).
     inputs = [profil(1, "12.5", uais[0]), profil(1, "17.1", uais[1]), *(coverage(u, 1) for u in uais)]
     await ressources(store, [*inputs, *(subscription(u) for u in uais)], set())
-    events: list[AlertEvent] = []
+    events: list[EncodedEvent] = []
     for batch in (
         [publication(2, "15")],  # raises
         [publication(3, "17.2")],  # raises, updates
