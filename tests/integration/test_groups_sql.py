@@ -23,10 +23,7 @@ from typing import Any
 
 from contracts import CloudEvent, make_event
 from contracts.internal import (
-    COUVERTURE_ENSEIGNANTS,
-    COUVERTURE_OUTIL,
-    PROFIL_CONNECTIVITE,
-    PROFIL_LOT,
+    INTERNAL_PAYLOADS,
     CouvertureEnseignants,
     CouvertureOutil,
     ProfilConnectivite,
@@ -99,12 +96,8 @@ def changed_records(rng: random.Random, producer: Producer, code: str) -> list[A
     return out
 
 
-TYPE = {
-    ProfilLot: PROFIL_LOT,
-    ProfilConnectivite: PROFIL_CONNECTIVITE,
-    CouvertureEnseignants: COUVERTURE_ENSEIGNANTS,
-    CouvertureOutil: COUVERTURE_OUTIL,
-}
+TYPE = {model: type_ for type_, model in INTERNAL_PAYLOADS.items()}
+"""Each internal record's event type, by its payload model."""
 
 
 def partitions(rng: random.Random, transactions: int, ungrouped_share: float) -> dict[str, list[CloudEvent]]:
@@ -200,24 +193,24 @@ def _whole_memory(memory: Any) -> Any:
     return every
 
 
+async def compare_seeds(database_url: str, schema: str, ungrouped_share: float) -> None:
+    """`compare` over four seeds, each in a schema of its own; some batch must have cut a group."""
+    withheld = 0
+    for seed in range(4):
+        withheld += (await compare(database_url, f"{schema}_{seed}", seed, ungrouped_share))["withheld"]
+    assert withheld > 0, "some batch cut a group (else nothing was checked)"
+
+
 async def test_the_sql_store_assembles_grouped_records_as_the_memory_store(database_url, unique):
     """Every producer numbers its groups: after each batch, the SQL store's profiles and
     coverages are the memory store's, some left as they were while a group was cut."""
-    seen = {"batches": 0, "withheld": 0}
-    for seed in range(4):
-        for k, v in (await compare(database_url, f"ressources_groupes_{unique}_{seed}", seed, 0.0)).items():
-            seen[k] += v
-    assert seen["withheld"] > 0, "some batch cut a group (else nothing was checked)"
+    await compare_seeds(database_url, f"ressources_groupes_{unique}", 0.0)
 
 
 async def test_the_sql_store_reads_records_from_before_groups_as_the_memory_store(database_url, unique):
     """A rolling upgrade: some transactions come from a producer from before groups. After each
     batch, the SQL store's profiles and coverages are the memory store's."""
-    seen = {"batches": 0, "withheld": 0}
-    for seed in range(4):
-        for k, v in (await compare(database_url, f"ressources_avant_{unique}_{seed}", seed, 0.25)).items():
-            seen[k] += v
-    assert seen["withheld"] > 0, "some batch cut a group (else nothing was checked)"
+    await compare_seeds(database_url, f"ressources_avant_{unique}", 0.25)
 
 
 async def test_a_record_from_before_groups_ungroups_only_the_records_read_before_it(database_url, unique):

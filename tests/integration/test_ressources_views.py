@@ -11,6 +11,7 @@ from contracts import make_event
 from contracts.internal import (
     COUVERTURE_ENSEIGNANTS,
     COUVERTURE_OUTIL,
+    INTERNAL_PAYLOADS,
     PROFIL_CONNECTIVITE,
     PROFIL_LOT,
     ConnectiviteProfil,
@@ -64,12 +65,8 @@ def records(rng: random.Random, code: str) -> list:
     return out
 
 
-TYPE = {
-    ProfilLot: PROFIL_LOT,
-    ProfilConnectivite: PROFIL_CONNECTIVITE,
-    CouvertureEnseignants: COUVERTURE_ENSEIGNANTS,
-    CouvertureOutil: COUVERTURE_OUTIL,
-}
+TYPE = {model: type_ for type_, model in INTERNAL_PAYLOADS.items()}
+"""Each internal record's event type, by its payload model."""
 
 
 async def test_profiles_and_coverages_assembled_in_sql_equal_those_assembled_in_python(database_url):
