@@ -126,7 +126,8 @@ class Etat:
 
 @dataclass
 class Inventaire:
-    """What a run makes of the files: the lot events (those retired last), and what was set aside."""
+    """What a run makes of the files: the lot events (each établissement's retirements after its lots),
+    and what was set aside."""
 
     lots: list[c.CloudEvent]
     appareils: int
