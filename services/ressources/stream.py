@@ -35,6 +35,7 @@ POLL_SECONDS = 5.0
 FETCH_ROWS = 500
 PURGE_PERIOD_SECONDS = 3600
 PURGE_CHUNK = 10_000
+JOURNAL_PART_BYTES = 64 * 1024 * 1024
 
 log = structlog.get_logger(__name__)
 
@@ -50,17 +51,32 @@ async def notify(conn: Conn, events: Sequence[bytes]) -> None:
 
     `events`: the alert events' record values. They go as one JSON array, each row's ids read
     from its event: one parameter, which asyncpg sends as it is (an array parameter, it checks
-    and encodes element by element)."""
+    and encodes element by element). In parts of at most JOURNAL_PART_BYTES, in order: a jsonb
+    array stops at 256 MiB, and one transaction's alerts may weigh more."""
     if not events:
         return
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('alert-journal:' || current_schema(), 0))")
-    await conn.execute(  # announced with the last seq, in the same statement
-        "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
-        "SELECT e->>'id', e->'data'->>'alert_id', e FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(e, n) "
-        "ORDER BY n RETURNING seq) SELECT pg_notify($2, max(seq)::text) FROM added",
-        b"".join((b"[", b",".join(events), b"]")).decode(),
-        CHANNEL,
-    )
+    for part in _parts(events, JOURNAL_PART_BYTES):
+        await conn.execute(  # announced with the last seq, in the same statement
+            "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
+            "SELECT e->>'id', e->'data'->>'alert_id', e "
+            "FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(e, n) "
+            "ORDER BY n RETURNING seq) SELECT pg_notify($2, max(seq)::text) FROM added",
+            b"".join((b"[", b",".join(part), b"]")).decode(),
+            CHANNEL,
+        )
+
+
+def _parts(events: Sequence[bytes], limit: int) -> list[Sequence[bytes]]:
+    """`events` cut in order into parts of at most `limit` bytes (an event larger alone is a part)."""
+    parts, start, size = [], 0, 0
+    for i, event in enumerate(events):
+        if size and size + len(event) > limit:
+            parts.append(events[start:i])
+            start, size = i, 0
+        size += len(event) + 1
+    parts.append(events[start:])
+    return parts
 
 
 async def purge(pool: asyncpg.Pool, hours: float) -> int:

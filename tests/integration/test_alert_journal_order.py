@@ -3,6 +3,7 @@ concurrently (locks per UAI, no schema-wide lock): seq order stays commit order,
 that has seen seq N never sees a smaller seq appear later."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -37,3 +38,17 @@ async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):
         mine = await first.fetchval("SELECT max(seq) FROM alert_journal")
     seqs = await asyncio.wait_for(later, timeout=10)
     assert seqs == sorted(seqs) and mine == seqs[0] and len(seqs) == 2, "the first committed holds the smaller seq"
+
+
+async def test_a_journal_larger_than_a_part_goes_in_parts_in_order(pool, monkeypatch):
+    """One transaction's alerts may weigh more than a jsonb array holds (256 MiB): they go in
+    parts (here of two events' bytes), each row in order, ids read from its event."""
+    events = [alert(n).value for n in range(5)]
+    monkeypatch.setattr(stream, "JOURNAL_PART_BYTES", 2 * len(events[0]) + 2)
+    async with pool.acquire() as conn, conn.transaction():
+        await stream.notify(conn, events)
+        rows = await conn.fetch("SELECT event_id, alert_id, event FROM alert_journal ORDER BY seq")
+    ids = [json.loads(e) for e in events]
+    assert [(r["event_id"], r["alert_id"]) for r in rows] == [(e["id"], e["data"]["alert_id"]) for e in ids]
+    assert [json.loads(r["event"]) for r in rows] == ids
+    assert len(stream._parts(events, stream.JOURNAL_PART_BYTES)) == 3
