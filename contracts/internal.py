@@ -31,6 +31,8 @@ then whole alone).
 assembles per UAI from those records, the input of the compatibility rules.
 """
 
+from typing import Annotated
+
 from pydantic import Field
 
 from ._base import Payload, Strict
@@ -40,6 +42,9 @@ from .payloads import Logiciel
 PROFILS = "equipement.profils.v2"
 COUVERTURES = "formation.couvertures.v2"
 INTERNAL_TOPICS = (PROFILS, COUVERTURES)
+
+Count = Annotated[int, Field(ge=0)]
+"""A number of teachers: a negative one would make a share below 0, which no alert may carry."""
 
 PROFIL_LOT = "fr.education.plateforme.profil-lot.v1"
 PROFIL_CONNECTIVITE = "fr.education.plateforme.profil-connectivite.v1"
@@ -102,7 +107,7 @@ class CouvertureEnseignants(_Derived):
     `competences[code][i]` is the number at level i+1 or higher (i = 0..7)."""
 
     enseignants: int = Field(ge=0)
-    competences: dict[str, list[int]] = {}
+    competences: dict[str, list[Count]] = {}
 
 
 class CouvertureOutil(_PerEntity):
@@ -134,8 +139,8 @@ class CouvertureFormation(Strict):
 
     uai: Uai
     enseignants: int = Field(ge=0)
-    competences: dict[str, list[int]] = {}
-    outils: dict[str, int] = {}
+    competences: dict[str, list[Count]] = {}
+    outils: dict[str, Count] = {}
 
 
 INTERNAL_PAYLOADS: dict[str, type[Payload]] = {

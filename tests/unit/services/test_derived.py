@@ -106,3 +106,14 @@ def test_the_stable_id_is_uuid5_of_any_text(name):
     """Alert ids and their events' ids are stable_id's too (ressources/lifecycle.py): any text a
     resource id may hold, 4-byte characters included, gives uuid5's id."""
     assert stable_id(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def test_a_negative_count_in_a_coverage_record_is_refused():
+    """A share is counted / teachers: a negative count (a bug, or a forged record) would make an
+    alert's coverage below 0, which the contract's alert does not allow. The record is refused."""
+    built = ENSEIGNANTS.event(
+        UAI, "", 1, {"enseignants": 3, "competences": {"3.4": [2, -1]}}, source="/plateforme/t", time=TIME
+    )
+    with pytest.raises(c.ContractError) as refused:
+        PARSE(built.to_bytes(), ENSEIGNANTS.topic)
+    assert refused.value.code == "donnees-invalides"
