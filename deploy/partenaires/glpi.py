@@ -27,7 +27,8 @@ inventory.
   the state's if later (the device gone may have been the newest). An établissement with no
   device in this run keeps its lots (a partial export must not retire them): the summary counts
   those. A lot the passerelle refused stays as the platform has it; after an interrupted run,
-  every lot it sent is kept and none removed.
+  every lot it sent is kept and none removed. A run holds the state (FICHIER.verrou): another
+  run on it meanwhile sends nothing.
 - The token: --token, else the PASSERELLE_JETON environment variable; --jeton-local mints one
   for --declarant with the local identity provider (`./dev up`'s; development only).
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -52,6 +54,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -361,6 +364,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jeton-local", action="store_true", help="mint one with the local identity provider")
     parser.add_argument("--data-dir", type=Path, default=data_root() / "platform", help="for --jeton-local")
     args = parser.parse_args(argv)
+    if args.etat is None or args.dry_run:
+        return _run(args)
+    try:
+        verrou = _verrou(args.etat)
+    except BlockingIOError:
+        print(f"glpi: {args.etat} est pris par une autre exécution : rien n'est envoyé", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"glpi: {args.etat} ne peut pas être écrit ({error}) : rien n'est envoyé", file=sys.stderr)
+        return 2
+    with verrou:
+        return _run(args)
+
+
+def _verrou(etat: Path) -> IO[str]:
+    """The state's lock, held until the returned file is closed (BlockingIOError: another run
+    holds it). Two runs on one state would each write theirs from the same former one, and the
+    lots one of them sent be forgotten."""
+    verrou = open(etat.with_name(etat.name + ".verrou"), "a", encoding="utf-8")  # noqa: SIM115 (closed by the caller)
+    try:
+        fcntl.flock(verrou, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        verrou.close()
+        raise
+    return verrou
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         c.parse_source(args.declarant)
         precedent = lire_etat(args.etat, args.declarant) if args.etat else None

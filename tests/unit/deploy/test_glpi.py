@@ -2,6 +2,7 @@
 generated inventory of a few thousand devices whose lots the test computes on its own, from
 what it generated, not with the adapter's grouping."""
 
+import fcntl
 import json
 import random
 from collections import Counter
@@ -469,3 +470,19 @@ def test_a_state_that_cannot_be_written_is_found_out_before_anything_is_sent(tmp
     # the passerelle's URL is not listening: reaching it would be another error (envoi interrompu)
     assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
     assert "ne peut pas être écrit" in capsys.readouterr().err
+
+
+def test_a_state_another_run_holds_sends_nothing(tmp_path, capsys):
+    """Two runs on one state would each write theirs from the same former one, and the lots one
+    of them sent be forgotten: the second is refused while the first holds the state's lock."""
+    mapping, state = tmp_path / "correspondance.csv", tmp_path / "etat.json"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(tmp_path), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+    with open(tmp_path / "etat.json.verrou", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
+        assert "pris par une autre exécution" in capsys.readouterr().err
+        assert not state.exists(), "nothing read, nothing written"
+    # the lock released, the run goes on (no device here: nothing to send) and writes the state
+    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 0
+    assert json.loads(state.read_text())["lots"] == {}
