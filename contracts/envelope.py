@@ -160,6 +160,20 @@ def event_model(type: str, payload: type[Payload]) -> type[CloudEvent]:
     return create_model(name, __base__=CloudEvent, type=(Literal[type], ...), data=(payload, ...))  # type: ignore[arg-type]
 
 
+def envelope(type: str, *, id: str, source: str, subject: str, time: datetime) -> dict[str, Any]:
+    """A CloudEvent's fields but `data`, in the model's order: for a service that encodes its
+    events itself (the record then being these fields and `data` last, as `to_bytes` writes it)."""
+    return {
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": type,
+        "time": time,
+        "subject": subject,
+        "datacontenttype": "application/json",
+    }
+
+
 def make_event(
     type: str,
     data: Payload,

@@ -21,6 +21,7 @@ from pydantic_core import to_json
 
 import contracts as c
 from contracts import CloudEvent, Etablissement, RessourcePubliee, uai_of
+from contracts.envelope import envelope
 from contracts.internal import INTERNAL_PAYLOADS
 from services.common.pipeline import TOMBSTONE, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
@@ -324,14 +325,6 @@ def _announce(
     """The alert's event, its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
     CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
     id_ = event_id(alert["alert_id"], cycle, what)
-    envelope = {
-        "specversion": "1.0",
-        "id": id_,
-        "source": SOURCE,
-        "type": type_,
-        "time": now,
-        "subject": f"{alert['uai']}/{alert['resource_id']}",
-        "datacontenttype": "application/json",
-    }
-    value = b"".join((to_json(envelope)[:-1], b',"data":', content, b"}"))
+    fields = envelope(type_, id=id_, source=SOURCE, subject=f"{alert['uai']}/{alert['resource_id']}", time=now)
+    value = b"".join((to_json(fields)[:-1], b',"data":', content, b"}"))
     return Outgoing(c.ALERTES, alert["uai"], EncodedEvent(type_, id_, alert, value), cause, value)

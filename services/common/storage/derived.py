@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from pydantic_core import to_json
 
 from contracts import CloudEvent
+from contracts.envelope import envelope
 from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.storage.db import Conn, json_rows
 
@@ -80,17 +81,8 @@ class Derived:
         event_id = stable_id(f"{self.topic}/{key}/{version}")
         grouped = {"group": group[0], "group_size": group[1]} if group else {}
         data = {"uai": uai, "version": version, **grouped, **named, **content}
-        envelope = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": source,
-            "type": self.event_type,
-            "time": time,
-            "subject": key,
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-        return EncodedEvent(self.event_type, event_id, data, to_json(envelope))
+        fields = envelope(self.event_type, id=event_id, source=source, subject=key, time=time)
+        return EncodedEvent(self.event_type, event_id, data, to_json({**fields, "data": data}))
 
 
 class Published(Protocol):
