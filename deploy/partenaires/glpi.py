@@ -174,7 +174,7 @@ def inventorier(
     correspondance: Correspondance,
     declarant: str,
     now: datetime | None = None,
-    precedent: Etat | None = None,
+    precedent: Etat = Etat(),
 ) -> Inventaire:
     """The lots `declarant` declares for the devices in `chemins` (files or directories), and
     the retirement of each lot of `precedent` that vanished from an établissement they cover."""
@@ -205,7 +205,7 @@ def inventorier(
     by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
     for (uai, lot), devices in sorted(groups.items()):
         by_uai[uai].append(_event(declarant, uai, lot, devices, time))
-    covered, precedent = set(by_uai), precedent or Etat()
+    covered = set(by_uai)
     held = precedent.lots
     # A retirement is dated no earlier than what the state sent: the newest device of the
     # previous export may be the one gone, and a retirement older than its lot would be stale.
@@ -394,7 +394,7 @@ def _verrou(etat: Path) -> IO[str]:
 def _run(args: argparse.Namespace) -> int:
     try:
         c.parse_source(args.declarant)
-        precedent = lire_etat(args.etat, args.declarant) if args.etat else None
+        precedent = lire_etat(args.etat, args.declarant) if args.etat else Etat()
         correspondance = Correspondance.lire(args.correspondance)
         inventaire = inventorier(args.inventaires, correspondance, args.declarant, precedent=precedent)
     except (OSError, ValueError) as error:
@@ -412,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.etat:  # before sending: a state that cannot be written is found out now
         try:
-            ecrire_etat(args.etat, args.declarant, precedent or Etat())
+            ecrire_etat(args.etat, args.declarant, precedent)
         except OSError as error:
             print(f"glpi: {args.etat} ne peut pas être écrit ({error}) : rien n'est envoyé", file=sys.stderr)
             return 2
@@ -422,12 +422,12 @@ def _run(args: argparse.Namespace) -> int:
         # The batches before this one may be accepted already: sending again is harmless (same ids).
         print(f"glpi: {args.passerelle} : envoi interrompu : {error or type(error).__name__}", file=sys.stderr)
         if args.etat:
-            ecrire_etat(args.etat, args.declarant, etat_apres(precedent or Etat(), inventaire, None))
+            ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, None))
         return 2
     print(bilan(sent), file=sys.stderr)
     if args.etat:
         refused = {event_id for _, event_id, _, _ in sent.refused}
-        ecrire_etat(args.etat, args.declarant, etat_apres(precedent or Etat(), inventaire, refused))
+        ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, refused))
     return 1 if sent.refused else 0
 
 
