@@ -60,7 +60,10 @@ async def setup(stage: Stage, observer: Observer, procs: ServiceProcesses, etabs
     await publish_etablissements(stage.bootstrap, etabs, stage.topic(c.REFERENTIEL))
     sent = time.monotonic() - started
     absorbed = await observer.wait_drained(procs, SETUP_TIMEOUT)
-    print(f"  référentiel: {len(etabs):,} sent in {sent:.1f} s, absorbed by the services {absorbed:.1f} s later")
+    print(
+        f"  référentiel: {len(etabs):,} sent in {sent:.1f} s, absorbed by the services {absorbed:.1f} s later",
+        flush=True,
+    )
     started = time.monotonic()
     await asyncio.gather(
         produce(stage.bootstrap, stage.topic(c.EQUIPEMENT), [(e.uai, lot(e, ipados(i))) for i, e in enumerate(etabs)]),
@@ -69,7 +72,7 @@ async def setup(stage: Stage, observer: Observer, procs: ServiceProcesses, etabs
     )
     sent = time.monotonic() - started
     absorbed = await observer.wait_drained(procs, SETUP_TIMEOUT)
-    print(f"  lots and teachers: {2 * len(etabs):,} sent in {sent:.1f} s, absorbed {absorbed:.1f} s later")
+    print(f"  lots and teachers: {2 * len(etabs):,} sent in {sent:.1f} s, absorbed {absorbed:.1f} s later", flush=True)
 
 
 class Step:
@@ -146,7 +149,7 @@ class Step:
 
 
 async def figure(runtime: Runtime, count: int) -> list[Row]:
-    print(f"\n== national: {count:,} établissements, one resource subscribed by all")
+    print(f"\n== national: {count:,} établissements, one resource subscribed by all", flush=True)
     etabs = list(generate(count, SEED))
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
     stage = await runtime.stage("national")
@@ -159,18 +162,19 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
             async with Step(tail, observer, procs, expected, postgres, kafka) as subscriptions:
                 await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
                 produced = time.monotonic() - subscriptions.started
+            print(
+                f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s; "
+                + subscriptions.cpu(),
+                flush=True,
+            )
             expected = sum(ipados(i) == RECENT for i, _ in open_)
             async with Step(tail, observer, procs, expected, postgres, kafka) as stricter:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
+            print(f"  stricter republication -> last alert  {stricter.describe()}; {stricter.cpu()}", flush=True)
             async with Step(tail, observer, procs, 0, postgres, kafka) as unchanged:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))])
+            print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}", flush=True)
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
-    print(
-        f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s; "
-        + subscriptions.cpu()
-    )
-    print(f"  stricter republication -> last alert  {stricter.describe()}; {stricter.cpu()}")
-    print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}")
     print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
     return [
         Row(
