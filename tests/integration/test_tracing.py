@@ -12,6 +12,7 @@ import contracts as c
 from contracts.internal import PROFILS
 from helpers import TopicReader, college, running, send
 from helpers import uai as valid_uai
+from services.common.runtime.telemetry import tracer_provider
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -22,7 +23,7 @@ PARTNER_TRACES = ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211
 def spans():
     """The spans this process ends from now on (an SDK provider is installed once per process)."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
+        trace.set_tracer_provider(tracer_provider())
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)

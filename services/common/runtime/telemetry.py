@@ -7,6 +7,7 @@ dashboard reads. With no exporter (the default) no SDK is installed: spans are n
 cost nothing, while partners' trace contexts are still carried along.
 """
 
+import random
 from collections.abc import Iterable
 
 from opentelemetry import propagate, trace
@@ -14,16 +15,46 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from services.common.messaging.outbox import text_headers
 from services.common.runtime.settings import ServiceSettings
+
+
+class OwnRandomIds(IdGenerator):
+    """Trace and span ids drawn from a generator of their own, seeded by the system. The SDK's
+    default draws from the `random` module's shared state, which anything in the process may
+    seed: hypothesis seeds it to 0 around each example, so spans of a service running beside
+    such a test (same process) got the same ids over and over, and its drawing raced with theirs."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()  # seeded from os.urandom
+
+    def generate_span_id(self) -> int:
+        while (span_id := self._random.getrandbits(64)) == trace.INVALID_SPAN_ID:
+            pass
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        while (trace_id := self._random.getrandbits(128)) == trace.INVALID_TRACE_ID:
+            pass
+        return trace_id
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+def tracer_provider(service: str | None = None) -> TracerProvider:
+    """An SDK provider, its ids drawn by OwnRandomIds; no span processor yet."""
+    resource = Resource.create({"service.name": service} if service else {})
+    return TracerProvider(resource=resource, id_generator=OwnRandomIds())
 
 
 def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider | None:
     """The SDK's provider when spans are exported somewhere, else None (no-op tracing)."""
     if settings.otel_exporter == "none":
         return None
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = tracer_provider(service)
     if settings.otel_exporter == "console":
         # One JSON object per line, like the logs (its default is indented over many lines).
         one_line = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
