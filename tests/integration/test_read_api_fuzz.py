@@ -85,7 +85,9 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
         base = str(async_client.base_url)
 
         def fuzz() -> None:
-            with httpx.Client(base_url=base, timeout=10) as client:
+            # A path ending in `/` is redirected to the one without (Starlette's trailing-slash
+            # redirect, 307): the answer judged is where it leads.
+            with httpx.Client(base_url=base, timeout=10, follow_redirects=True) as client:
 
                 def request(url: str, headers: dict | None = None) -> httpx.Response:
                     # The stream answers 200 and goes on: its status and headers are enough.
@@ -103,6 +105,7 @@ async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
                 @example(target=("query", "/alertes", "responsable_code"), value=b"0\x0035")
                 @example(target=("query", "/alertes", "responsable_code"), value=b"\xff\xfe")
                 @example(target=("path", "/etablissements/", "uai"), value=b"0350042\x00")
+                @example(target=("path", "/etablissements/", "uai"), value=b"0/")
                 @example(target=("path", "/ressources/", "resource_id"), value=b"ark:/1/\x00")
                 @example(target=("path", "/ressources/", "resource_id"), value=b"\xed\xa0\x80")  # a lone surrogate
                 @example(target=("query", "/alertes/flux", "kind"), value=b"\x00")
