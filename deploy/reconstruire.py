@@ -6,9 +6,10 @@ With the service's own environment (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, DB_SC
 TOPIC_PREFIX, thresholds), for a lost or suspect state, a new replica's schema, or a fix that
 needs re-derivation:
 
-1. A fresh schema `<schema>_reconstruit` (dropped first if a former rebuild left one) replays
-   the service's input topics from the beginning, in this process, its publications held back
-   (deploy/rattrapage.py). The service keeps running on its schema meanwhile.
+1. A fresh schema `<schema>_reconstruit` (dropped if the rebuild fails; one a former rebuild
+   left, the database gone meanwhile, is dropped first) replays the service's input topics
+   from the beginning, in this process, its publications held back (deploy/rattrapage.py).
+   The service keeps running on its schema meanwhile.
 2. The switch, short: this process takes the schema's writer lock alone (every writing
    transaction of the service holds it shared: pipeline.writer_lock), so the service writes
    nothing more; publishes what the service's outbox still holds and keeps the service's relay
@@ -24,7 +25,8 @@ needs re-derivation:
    (`DROP SCHEMA "<schema>_avant_…" CASCADE`).
 
 Exit codes: 0 rebuilt and switched, 1 failed (the service keeps its schema: nothing is renamed
-before the end), 2 bad usage or settings (one line per problem, as the service says it).
+before the end, and the half-built one is dropped), 2 bad usage or settings (one line per
+problem, as the service says it).
 """
 
 import argparse
@@ -81,37 +83,11 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
         except rattrapage.AccesInsuffisant as e:
             raise ReconstructionError(f"nothing rebuilt: {e}") from None
         await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
-        cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
         try:
-            say(f"replaying {', '.join(spec.consumes)} into schema {fresh}")
-            await rattrapage.rattraper(cible)
-            say(f"switching: {live}'s writers held while the last records are replayed")
-            await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
-            await _drain(settings, live, producer)
-            # The service's relay stays out until its sessions are ended: one that read the
-            # rebuilt outbox between the rename and the end of its session would publish its
-            # records, then see its deletion rolled back and publish them again.
-            await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
-            await rattrapage.rattraper(cible)
-            queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
-            columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox
-            await session.execute(
-                f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
-            )
-            # The refusals as the service logged them: when each came and whether an operator
-            # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
-            columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
-            await session.execute(
-                f'INSERT INTO "{fresh}".dead_letters ({columns}, replayed_at) '
-                f'SELECT {columns}, replayed_at FROM "{live}".dead_letters '
-                'ON CONFLICT (topic, partition, "offset") DO UPDATE '
-                "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at"
-            )
-        finally:
-            await cible.close()
-        async with session.transaction():
-            await session.execute(f'ALTER SCHEMA "{live}" RENAME TO "{former}"')
-            await session.execute(f'ALTER SCHEMA "{fresh}" RENAME TO "{live}"')
+            queued = await _build_and_switch(spec, settings, session, producer, live, fresh, former)
+        except BaseException:
+            await _drop_half_built(session, fresh)
+            raise
         ended = await session.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = ANY($1::text[])",
@@ -125,6 +101,63 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     finally:
         await producer.stop()
         await session.close()  # releases the locks
+
+
+async def _build_and_switch(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    session: asyncpg.Connection,
+    producer: AIOKafkaProducer,
+    live: str,
+    fresh: str,
+    former: str,
+) -> int:
+    """Steps 1 and 2 up to the rename: `fresh` built from the log, then put in `live`'s place;
+    how many records the alignment queued."""
+    cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
+    try:
+        say(f"replaying {', '.join(spec.consumes)} into schema {fresh}")
+        await rattrapage.rattraper(cible)
+        say(f"switching: {live}'s writers held while the last records are replayed")
+        await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
+        await _drain(settings, live, producer)
+        # The service's relay stays out until its sessions are ended: one that read the
+        # rebuilt outbox between the rename and the end of its session would publish its
+        # records, then see its deletion rolled back and publish them again.
+        await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
+        await rattrapage.rattraper(cible)
+        queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
+        columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox
+        await session.execute(
+            f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
+        )
+        # The refusals as the service logged them: when each came and whether an operator
+        # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
+        columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
+        await session.execute(
+            f'INSERT INTO "{fresh}".dead_letters ({columns}, replayed_at) '
+            f'SELECT {columns}, replayed_at FROM "{live}".dead_letters '
+            'ON CONFLICT (topic, partition, "offset") DO UPDATE '
+            "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at"
+        )
+    finally:
+        await cible.close()
+    async with session.transaction():
+        await session.execute(f'ALTER SCHEMA "{live}" RENAME TO "{former}"')
+        await session.execute(f'ALTER SCHEMA "{fresh}" RENAME TO "{live}"')
+    return queued
+
+
+async def _drop_half_built(session: asyncpg.Connection, fresh: str) -> None:
+    """A rebuild that failed before its switch leaves nothing behind: its schema, as far as it
+    got, is dropped (it could be GBs, and is of no use: the next rebuild starts from scratch).
+    If even that fails (the database gone), the next rebuild drops it first."""
+    try:
+        await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+    except Exception as e:
+        say(f"the half-built schema {fresh} is left ({type(e).__name__}): the next rebuild drops it first")
+    else:
+        say(f"rebuild failed: the half-built schema {fresh} was dropped; the service keeps its schema")
 
 
 async def _drain(settings: ServiceSettings, schema: str, producer: AIOKafkaProducer) -> None:

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -196,6 +197,35 @@ async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothi
         assert f"{SPEC.name}_reconstruit" not in schemas, schemas
     finally:
         await conn.close()
+
+
+async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, settings, monkeypatch, capsys) -> None:
+    """Kafka gone during the replay: the rebuild fails, the service keeps its schema, and the
+    one it was building, as far as it got, is dropped (it was left, GBs at national scale)."""
+    from deploy import rattrapage, reconstruire
+
+    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+    await cible.close()
+    uai = valid_uai("0350403")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+    fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
+    schemas = "SELECT array_agg(nspname::text) FROM pg_namespace"
+    conn = await asyncpg.connect(settings.database_url)
+
+    async def broker_gone_after_a_part(target):
+        assert await replay(target) >= 1
+        assert await conn.fetchval(f"SELECT count(*) FROM {fresh}.etablissements") >= 1, "built halfway"
+        raise KafkaConnectionError("the broker went away")
+
+    monkeypatch.setattr(rattrapage, "rattraper", broker_gone_after_a_part)
+    try:
+        with pytest.raises(KafkaConnectionError):
+            await reconstruire.rebuild(SPEC, settings)
+        assert fresh not in await conn.fetchval(schemas)
+        assert await conn.fetchval(f"SELECT count(*) FROM {SPEC.name}.etablissements") == 0, "the live one untouched"
+    finally:
+        await conn.close()
+    assert f"the half-built schema {fresh} was dropped" in capsys.readouterr().out
 
 
 async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp_path, capsys) -> None:
