@@ -330,11 +330,22 @@ def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | 
 
 
 def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
-    """Written whole or not at all (a new file renamed over the former)."""
+    """Written whole or not at all, and on the disk when this returns: a new file, forced to
+    the disk, renamed over the former, then the rename forced too (its directory). Without
+    them, the machine stopping soon after could leave the former state, or an empty file,
+    behind a run whose lots the platform holds."""
     document = {"declarant": declarant, "date": etat.date and etat.date.isoformat(), "lots": etat.lots}
     written = path.with_name(path.name + ".nouveau")
-    written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+    with written.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(document, ensure_ascii=False, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
     written.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def bilan(sent: Sent) -> str:

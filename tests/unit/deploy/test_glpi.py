@@ -486,3 +486,33 @@ def test_a_state_another_run_holds_sends_nothing(tmp_path, capsys):
     # the lock released, the run goes on (no device here: nothing to send) and writes the state
     assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 0
     assert json.loads(state.read_text())["lots"] == {}
+
+
+def test_the_state_is_on_the_disk_before_it_replaces_the_former_and_the_rename_after(tmp_path, monkeypatch):
+    """fsync of the new file before the rename, of its directory after: a machine stopping
+    right after a run keeps this run's state, never an empty file or the former one."""
+    import os
+
+    from deploy.partenaires import glpi
+
+    path = tmp_path / "etat.json"
+    path.write_text("former")
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(fd: int) -> None:
+        opened = f"/proc/self/fd/{fd}"
+        steps.append("fsync dir" if os.path.isdir(opened) else f"fsync {os.readlink(opened)}")
+        real_fsync(fd)
+
+    def replace(self: Path, target: Path) -> Path:
+        steps.append(f"rename {self} -> {target}")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(glpi.os, "fsync", fsync)
+    monkeypatch.setattr(Path, "replace", replace)
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    glpi.ecrire_etat(path, DEPARTEMENT, Etat({COLLEGE: {"glpi-1": "tablette"}}, when))
+    new = f"{path}.nouveau"
+    assert steps == [f"fsync {new}", f"rename {new} -> {path}", "fsync dir"]
+    assert json.loads(path.read_text())["lots"] == {COLLEGE: {"glpi-1": "tablette"}}
