@@ -38,7 +38,6 @@ from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
-tracer = trace.get_tracer("services.common.pipeline")
 T = TypeVar("T")
 
 
@@ -209,7 +208,8 @@ class Pipeline:
         # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
         # to each record's trace context; an outgoing record continues its cause's trace.
         links = [_link(r.headers) for _, r in parsed] if tracer_is_recording() else []
-        with tracer.start_as_current_span(
+        # The provider in force now (a module's tracer would keep the first one it resolved to).
+        with trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
             kind=trace.SpanKind.CONSUMER,
             links=[link for link in links if link is not None],

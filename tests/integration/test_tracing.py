@@ -12,7 +12,7 @@ import contracts as c
 from contracts.internal import PROFILS
 from helpers import TopicReader, college, running, send
 from helpers import uai as valid_uai
-from services.common.runtime.telemetry import tracer_provider
+from services.common.runtime.telemetry import tracer_is_recording, tracer_provider
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -21,15 +21,20 @@ PARTNER_TRACES = ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211
 
 @pytest.fixture
 def spans():
-    """The spans this process ends from now on (an SDK provider is installed once per process)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(tracer_provider())
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
+    """The spans this process ends during the test, through an SDK provider installed for the
+    test alone: after it, the process is back to no-op tracing (the default, which the other
+    tests run with). OpenTelemetry sets its provider once per process; its own test utilities
+    reset these two globals the same way."""
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE._done
+    provider, exporter = tracer_provider(), InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace._TRACER_PROVIDER_SET_ONCE._done = False
+    trace.set_tracer_provider(provider)
+    assert tracer_is_recording()
     yield exporter
-    exporter.shutdown()
+    provider.shutdown()
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE._done = saved
+    assert not tracer_is_recording() or isinstance(saved[0], TracerProvider)
 
 
 async def test_one_span_per_batch_linked_to_each_record_and_traces_continue(kafka, settings, spans):
