@@ -11,8 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from helpers import TEST_PARTITIONS
+
+# Property tests: no deadline per example (a GC pause or a busy machine is not a failure), and
+# no example database (what one run found does not change what the next tests).
+settings.register_profile("feo", deadline=None, database=None)
+settings.load_profile("feo")
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 

@@ -4,6 +4,7 @@ code). A partner writes as it really would: declarations posted to the passerell
 of the session's identity provider, the référentiel and the catalogue produced to Kafka as
 `ministere` or `gar`; the dashboard reads as `tableau-de-bord`."""
 
+import asyncio
 import json
 import time
 
@@ -150,7 +151,7 @@ def wait_stored(database_url):
                     f"SELECT count(DISTINCT uai) FROM {table} WHERE uai = ANY($1::text[])", uais
                 ) < len(set(uais)):
                     assert time.monotonic() < deadline, f"{table} never stored all of {uais}"
-                    time.sleep(0.1)
+                    await asyncio.sleep(0.1)
         finally:
             await conn.close()
 
@@ -167,7 +168,7 @@ def wait_true(database_url):
             deadline = time.monotonic() + timeout
             while not await conn.fetchval(sql, *args):
                 assert time.monotonic() < deadline, f"never true: {sql} {args}"
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
         finally:
             await conn.close()
 

@@ -347,7 +347,7 @@ async def test_keep_alive_comments_then_a_final_event_at_the_end_of_the_lifetime
             while (f := await reader.frame(timeout=10)) is not None:
                 frames.append(f)
         elapsed = loop.time() - started
-        assert 1 <= elapsed < 5
+        assert 1 <= elapsed < 15, "ended by its lifetime (1 s), with room for a busy machine"
         assert {"comment": "keep-alive"} in frames
         fin = frames[-1]
         assert fin["event"] == "fin" and all("comment" in f for f in frames[:-1])

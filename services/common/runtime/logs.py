@@ -28,6 +28,9 @@ RETRIED_BY_AIOKAFKA = (
 retries (at every start on a new broker): INFO, not ERROR. A Kafka really away is said by the
 service itself (`dependencies.lost`)."""
 
+COORDINATOR = "aiokafka.consumer.group_coordinator"
+"""aiokafka's logger of the group coordinator, whose retried errors configure_logging tones down."""
+
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: masks the passwords of URLs and DSNs in every text value."""
@@ -107,7 +110,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
     faststream.handlers.clear()
     faststream.propagate = True
     faststream.setLevel(logging.NOTSET)
-    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    coordinator = logging.getLogger(COORDINATOR)
     if _coordinator_retry not in coordinator.filters:
         coordinator.addFilter(_coordinator_retry)
     logging.captureWarnings(True)  # Python's warnings as log lines, in the same format

@@ -19,10 +19,21 @@ from services.common.messaging import consumer
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
+class Clock:
+    """The poll's clock (consumer.time), moved only by Scripted's waits: whether a poll answered
+    at once or waited is what the script says, however loaded the machine is."""
+
+    now = 0.0
+
+    @classmethod
+    def monotonic(cls) -> float:
+        return cls.now
+
+
 class Scripted:
     """Answers each getmany with the next of `answers` (a dict, or an exception to raise),
     after `delays` seconds when given; with nothing left, with nothing after `timeout_ms`, as
-    aiokafka does. Records the calls and the seeks."""
+    aiokafka does. Records the calls and the seeks. Its waits move the poll's Clock."""
 
     def __init__(self, *answers, delays=()):
         self.answers, self.delays, self.calls, self.seeks = list(answers), list(delays), [], []
@@ -31,9 +42,11 @@ class Scripted:
         self.calls.append((timeout_ms, max_records))
         if not self.answers:
             await asyncio.sleep(timeout_ms / 1000)
+            Clock.now += timeout_ms / 1000
             return {}
         if self.delays and (delay := self.delays.pop(0)):
             await asyncio.sleep(delay)
+            Clock.now += delay
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -60,9 +73,9 @@ class Parser:
 
 
 @pytest.fixture(autouse=True)
-def at_once(monkeypatch):
-    """A poll answered without a pause counts as buffered even on a loaded machine."""
-    monkeypatch.setattr(consumer, "_AT_ONCE", 0.01)
+def scripted_clock(monkeypatch):
+    """A poll answered without a scripted pause counts as buffered even on a loaded machine."""
+    monkeypatch.setattr(consumer, "time", Clock)
 
 
 def record(partition: int, offset: int, value: bytes = b"v") -> ConsumerRecord:

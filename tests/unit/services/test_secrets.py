@@ -62,17 +62,7 @@ def test_every_url_of_a_message_is_masked():
     )
 
 
-@pytest.fixture
-def structlog_restored():
-    import structlog
-
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
-    structlog.contextvars.clear_contextvars()
-
-
-def test_service_logs_never_show_a_password(structlog_restored, capsys):
+def test_service_logs_never_show_a_password(logging_restored, capsys):
     import structlog
 
     from services.common.runtime.logs import configure_logging
