@@ -20,14 +20,16 @@ async def pool(database_url):
 
 
 async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):
+    """The second transaction draws its seq only once the first has committed: without the
+    wait, it could commit a larger seq first, and a reader past it would never see the first's."""
     async with pool.acquire() as first, first.transaction():
         await stream.notify(first, [alert(1).value])  # seq drawn, not committed yet
+        mine = await first.fetchval("SELECT max(seq) FROM alert_journal")
 
-        async def second() -> list[int]:
-            async with pool.acquire() as conn:
-                async with conn.transaction():
-                    await stream.notify(conn, [alert(2).value])
-                return [r["seq"] for r in await conn.fetch("SELECT seq FROM alert_journal ORDER BY seq")]
+        async def second() -> int:
+            async with pool.acquire() as conn, conn.transaction():
+                await stream.notify(conn, [alert(2).value])
+                return await conn.fetchval("SELECT max(seq) FROM alert_journal")
 
         later = asyncio.create_task(second())
 
@@ -35,9 +37,7 @@ async def test_a_later_journal_waits_for_the_earlier_to_commit(pool):
             return not later.done() and await lock_waiters(first)
 
         await eventually(waiting, what="the second journal waiting for the first transaction")
-        mine = await first.fetchval("SELECT max(seq) FROM alert_journal")
-    seqs = await asyncio.wait_for(later, timeout=10)
-    assert seqs == sorted(seqs) and mine == seqs[0] and len(seqs) == 2, "the first committed holds the smaller seq"
+    assert await asyncio.wait_for(later, timeout=10) > mine
 
 
 async def test_a_journal_larger_than_a_part_goes_in_parts_in_order(pool, monkeypatch):

@@ -202,14 +202,17 @@ async def test_an_untrusted_broker_certificate_stops_a_service_at_once_naming_it
     assert str(refused.value).endswith("(check KAFKA_CA_FILE)")
 
 
-async def test_a_refused_password_is_retried_naming_the_credentials_not_the_bootstrap(kafka, caplog) -> None:
+async def test_a_refused_password_is_retried_naming_the_credentials_not_the_bootstrap(kafka, caplog, capfd) -> None:
     """A broker that is starting refuses every password until it has read its users back: the
-    service retries, but says which settings to check, never the password."""
+    service retries, but says which settings to check, never the password (in what it raises,
+    and in its log lines: structlog writes them to the process's output, not through logging)."""
     access = kafka.access_as("formation").as_principal("formation", "not-the-password")
     with pytest.raises(StartupTimeout) as gave_up:
         await _start_probe(access, seconds=3)
     assert str(gave_up.value).endswith("(check KAFKA_USERNAME, KAFKA_PASSWORD)")
-    assert "not-the-password" not in str(gave_up.value) + caplog.text
+    logged = caplog.text + "".join(capfd.readouterr())
+    assert "startup.waiting" in logged, "the retries were logged (else there is nothing to look in)"
+    assert "not-the-password" not in str(gave_up.value) + logged
 
 
 async def _start_probe(access: KafkaAccess, seconds: float) -> None:

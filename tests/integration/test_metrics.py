@@ -6,6 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import contracts as c
 from helpers import at, college, event, eventually, ressource, running, send, serving
 from helpers import uai as valid_uai
+from services.common.messaging.outbox import relay_lock
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.ressources.app import SPEC as RESSOURCES
 from test_equipement import lot, referentiel_loaded
@@ -89,12 +90,15 @@ async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
 
 
 async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
-    """Records waiting while the service cannot commit (its database locked) show as lag."""
+    """Records waiting while the service cannot commit (its database locked) show as lag; those
+    it committed while its relay cannot publish (another holds the relay's lock), as outbox
+    records pending, the oldest ageing, until the relay publishes them."""
     uai = valid_uai("0350002")
     service = running(EQUIPEMENT, settings)
-    async with service as pipeline:
+    async with service as pipeline, pipeline.pool.acquire() as relay_holder:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
+        outbox = lambda now, name: value(now, name, service="equipement")  # noqa: E731
         async with pipeline.pool.acquire() as holder, holder.transaction():
             await holder.execute("LOCK TABLE lots IN ACCESS EXCLUSIVE MODE")  # the next batch waits
             await send(
@@ -108,6 +112,20 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
                 return sum(v for (topic, _), v in lags(now).items() if topic == settings.topic(c.EQUIPEMENT)) == 5
 
             await eventually(lagging, what="a lag of the five lots waiting")
+            await relay_holder.execute("SELECT pg_advisory_lock($1)", relay_lock(settings.db_schema or "equipement"))
+
+        async def ageing():
+            now = await scrape(service.app)
+            return outbox(now, "feo_outbox_pending") >= 1 and outbox(now, "feo_outbox_oldest_age_seconds") >= 0.5
+
+        await eventually(ageing, what="the lots' profile waiting in the outbox, half a second old")
+        await relay_holder.execute("SELECT pg_advisory_unlock($1)", relay_lock(settings.db_schema or "equipement"))
+
+        async def published():
+            now = await scrape(service.app)
+            return outbox(now, "feo_outbox_pending") == 0 and outbox(now, "feo_outbox_oldest_age_seconds") == 0
+
+        await eventually(published, what="the outbox published, its age back to 0")
 
 
 async def test_ressources_counts_open_alerts_by_kind(kafka, settings):

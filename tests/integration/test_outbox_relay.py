@@ -349,9 +349,7 @@ async def test_a_halt_lets_the_round_in_flight_commit_so_the_flush_sends_nothing
         relay.start()
         await asyncio.wait_for(producer.in_flight.wait(), 10)
         halting = asyncio.create_task(relay.halt())
-        await eventually(
-            lambda: asyncio.sleep(0, getattr(relay, "_halting", True)), what="the halt asked for mid-round"
-        )
+        await eventually(lambda: asyncio.sleep(0, relay._halting), what="the halt asked for mid-round")
         producer.release()
         await asyncio.wait_for(halting, 10)
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0, "the round committed"
