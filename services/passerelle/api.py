@@ -51,7 +51,6 @@ from services.passerelle.settings import MAX_BATCH_EVENTS, PasserelleSettings
 log = structlog.get_logger(__name__)
 
 REALM = 'Bearer realm="former-equiper-outiller"'
-TRACE_CONTEXT = ("traceparent", "tracestate")
 RETRY_UNAVAILABLE_SECONDS = 5
 
 
@@ -298,12 +297,13 @@ def record_headers(subject: str, http_headers: Iterable[tuple[str, str]]) -> lis
     """The headers of each record written: its content type, who was authenticated, and the
     request's trace context, checked and carried as the services carry one between records
     (a malformed `traceparent` is dropped, and `tracestate` with it). Only the W3C trace
-    context: a partner's `baggage` would travel on to the alerts other territories read."""
+    context (telemetry.W3C_TRACE_CONTEXT): a partner's `baggage` would travel on to the alerts
+    other territories read."""
     trace = trace_headers([(name, value.encode()) for name, value in http_headers], None)
     return [
         ("content-type", c.CONTENT_TYPE.encode()),
         (c.PRINCIPAL_HEADER, subject.encode()),
-        *((name, value.encode()) for name, value in trace.items() if name in TRACE_CONTEXT),
+        *((name, value.encode()) for name, value in trace.items()),
     ]
 
 

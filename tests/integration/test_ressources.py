@@ -83,6 +83,31 @@ async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with
         assert len(alerts_of(alerts.records, c.ALERTE_LEVEE)) == 1
 
 
+async def test_a_partner_s_baggage_header_never_reaches_the_alerts(kafka, settings):
+    """CONTRACTS.md, Limits: a header never affects any other record. The GAR's subscription
+    carries a trace context and a `baggage` (here an agent's address): the alert it raises goes
+    on with the trace, on both alert topics, and without the baggage every dashboard would read."""
+    where = uai("0350211")
+    bootstrap = kafka.bootstrap_servers
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts,
+        TopicReader(bootstrap, settings.topic(c.ALERTES_ETAT)) as table,
+    ):
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1))])
+        partner = [("traceparent", traceparent), ("tracestate", b"gar=1"), ("baggage", b"agent=jean.dupont%40ac.fr")]
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(where, abonnement(where, 1))], headers=partner)
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        await table.wait_for(lambda rs: len(rs) >= 1, what="its record on the table")
+    for record in (alerts.records[0], table.records[0]):
+        names = [name for name, _ in record.headers]
+        assert "baggage" not in names, names
+        assert TRACE_ID in dict(record.headers)["traceparent"].decode()
+        assert dict(record.headers)["tracestate"] == b"gar=1"
+
+
 async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_id(kafka, settings):
     where = uai("0350202")
     bootstrap = kafka.bootstrap_servers

@@ -10,12 +10,13 @@ cost nothing, while partners' trace contexts are still carried along.
 import random
 from collections.abc import Iterable
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.messaging.outbox import text_headers
 from services.common.runtime.settings import ServiceSettings
@@ -69,9 +70,16 @@ def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider
     return provider
 
 
+W3C_TRACE_CONTEXT = TraceContextTextMapPropagator()
+"""What a record's trace travels by: `traceparent` and `tracestate`, nothing else. Not the
+process's global propagators (OpenTelemetry's default adds W3C baggage, OTEL_PROPAGATORS may add
+more): a partner's `baggage` header would go on to the alerts every territory's dashboards read
+(CONTRACTS.md, Limits: a header never affects any other record)."""
+
+
 def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context:
     """A partner's headers are any bytes or null: only text values can carry a trace context."""
-    return propagate.extract(dict(text_headers(headers)))
+    return W3C_TRACE_CONTEXT.extract(dict(text_headers(headers)))
 
 
 def tracer_is_recording() -> bool:
@@ -85,7 +93,7 @@ def trace_headers(cause: Iterable[tuple[str, bytes | None]] | None, span: trace.
     carrier: dict[str, str] = {}
     context = context_from_headers(cause) if cause else None
     if context is not None and trace.get_current_span(context).get_span_context().is_valid:
-        propagate.inject(carrier, context=context)
+        W3C_TRACE_CONTEXT.inject(carrier, context=context)
     elif span is not None and span.get_span_context().is_valid:
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        W3C_TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
