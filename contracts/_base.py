@@ -1,8 +1,9 @@
 """What every payload model shares: strict validation, and the keys the services route by.
 
 Models are strict, so the runtime accepts exactly what the published JSON Schema describes (no
-`"3"` for 3, no `"yes"` for true). Unknown fields are ignored, not refused: the contract grows by
-optional fields, and a partner already sending one must not land in the DLQ.
+`"3"` for 3, no `"yes"` for true; but `3.0` for 3, an integer to JSON Schema: `whole_number`).
+Unknown fields are ignored, not refused: the contract grows by optional fields, and a partner
+already sending one must not land in the DLQ.
 
 The size bounds of CONTRACTS.md (Limits) are plain `max_length` constraints, so the JSON
 Schemas publish them (`maxLength`, `maxItems`) and `parsing` reports them as `trop-volumineux`.
@@ -64,6 +65,19 @@ Day = Annotated[
     AfterValidator(_in_range),
     WithJsonSchema({"type": "string", "format": "date", "description": f"{FIRST_DAY} … {LAST_DAY}"}),
 ]
+
+
+def whole_number(v: Any) -> Any:
+    """A JSON Schema `integer` is any number without a fractional part (2020-12): `30.0` and
+    `3e1` are integers to the published schemas, so here too, read as the int they are (a
+    partner's encoder may write any of them). `30.5`, `true` and `"30"` stay refused."""
+    if type(v) is float and v.is_integer():
+        return int(v)
+    return v
+
+
+Count = Annotated[int, Field(ge=0, le=MAX_QUANTITY), BeforeValidator(whole_number)]
+"""A quantity of devices (`quantity`, `min_quantity`)."""
 
 
 class Strict(BaseModel):

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ._base import whole_number
+
 UAI_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # 23 letters: no I, O, Q
 CRCN_CODES = (
     *("1.1", "1.2", "1.3"),
@@ -116,10 +118,13 @@ def _teacher_id_problem(v: Any) -> str | None:
     return "pas un pseudonyme d'enseignant (8 à 64 caractères [A-Za-z0-9_-]; valeur non reproduite)"
 
 
-def _checked(base: type, code: str, problem: Callable[[Any], str | None], schema: dict) -> Any:
-    """An annotated type whose failures are reported under the reason `code`."""
+def _checked(
+    base: type, code: str, problem: Callable[[Any], str | None], schema: dict, read: Callable[[Any], Any] = lambda v: v
+) -> Any:
+    """An annotated type whose failures are reported under the reason `code`; `read` first."""
 
     def validate(v: Any) -> Any:
+        v = read(v)
         message = problem(v)
         if message is not None:
             raise PydanticCustomError(code, message)
@@ -148,7 +153,13 @@ Uai = _checked(
     _string(UAI_PATTERN, f"7 digits then the check letter '{UAI_LETTERS}'[int(digits) % 23]"),
 )
 CrcnCode = _checked(str, "crcn-invalide", _crcn_problem, {"enum": list(CRCN_CODES)})
-CrcnLevel = _checked(int, "niveau-invalide", _level_problem, {"type": "integer", "minimum": 1, "maximum": 8})
+CrcnLevel = _checked(
+    int,
+    "niveau-invalide",
+    _level_problem,
+    {"type": "integer", "minimum": 1, "maximum": 8},
+    read=whole_number,  # 2.0 is the integer 2 to the schema
+)
 Version = _checked(
     str,
     "version-invalide",

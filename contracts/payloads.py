@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from . import topics
-from ._base import MAX_BANDWIDTH, MAX_QUANTITY, Bounded, Day, Ident, Kind, Name, Payload, Strict, Text
+from ._base import MAX_BANDWIDTH, Bounded, Count, Day, Ident, Kind, Name, Payload, Strict, Text
 from ._identifiers import (
     CodeAcademie,
     CodeCommune,
@@ -88,7 +88,7 @@ class Lot(Payload):
     uai: Uai
     lot_id: Ident
     kind: Name
-    quantity: int = Field(ge=0, le=MAX_QUANTITY)
+    quantity: Count
     os: Logiciel | None = None
     browsers: Bounded[Logiciel] = []
 
@@ -114,7 +114,7 @@ class Exigence(Strict):
 
 class OutilRequis(Strict):
     kind: Name
-    min_quantity: int = Field(ge=0, le=MAX_QUANTITY)
+    min_quantity: Count
 
 
 class Formation(Strict):

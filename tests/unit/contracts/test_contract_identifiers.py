@@ -64,12 +64,13 @@ def test_unknown_crcn_code_is_refused_as_crcn_invalide(code):
     assert refusal(c.CrcnCode, code)[0] == "crcn-invalide"
 
 
-@pytest.mark.parametrize("level", [1, 4, 8])
+@pytest.mark.parametrize("level", [1, 4, 8, 3.0])  # 3.0: an integer to JSON Schema, as published
 def test_crcn_levels_one_to_eight_are_accepted(level):
-    assert TypeAdapter(c.CrcnLevel).validate_python(level) == level
+    read = TypeAdapter(c.CrcnLevel).validate_python(level)
+    assert read == level and type(read) is int
 
 
-@pytest.mark.parametrize("level", [0, 9, -1, "3", 3.0, True])
+@pytest.mark.parametrize("level", [0, 9, -1, "3", 3.5, 9.0, True])
 def test_level_outside_one_to_eight_or_not_an_integer_is_niveau_invalide(level):
     assert refusal(c.CrcnLevel, level)[0] == "niveau-invalide"
 

@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+from jsonschema import Draft202012Validator
+from pydantic import ValidationError
+
 import contracts as c
 from contracts import schemas
 
@@ -36,3 +40,30 @@ def test_the_uai_schema_states_the_check_letter_rule():
     lot = json.loads(schemas.render()[f"{c.LOT}.json"])
     assert lot["properties"]["uai"]["pattern"] == "^[0-9]{7}[A-Z]$"
     assert "% 23" in lot["properties"]["uai"]["description"]
+
+
+INTEGER_FIELDS = [  # (type, where an integer is in its example)
+    (c.LOT, ("quantity",)),
+    (c.RESSOURCE_PUBLIEE, ("tools", 0, "min_quantity")),
+    (c.FORMATION_SUIVIE, ("competences", 0, "level")),
+    (c.RESSOURCE_PUBLIEE, ("training", "competences", 0, "level")),
+]
+
+
+@pytest.mark.parametrize("type_, path", INTEGER_FIELDS)
+@pytest.mark.parametrize("value", [3, 3.0, 30e-1, 3.5, 9.0, -1.0, 1e7, True, "3", None])
+def test_an_integer_field_takes_exactly_what_its_published_schema_takes(type_, path, value, examples):
+    """JSON Schema's integer is any number without a fractional part: a partner validating
+    against the published schema and sending 3.0 must not be refused by the platform."""
+    data = examples[type_]
+    parent = data
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    published = Draft202012Validator(json.loads((schemas.SCHEMA_DIR / f"{type_}.json").read_text()))
+    try:
+        c.PAYLOADS[type_].model_validate_json(json.dumps(data))
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == published.is_valid(data), (value, list(published.iter_errors(data))[:1])
