@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("produce", help="send standard input as one record (or one per line)")
     p.add_argument("topic")
-    p.add_argument("--key", help="the record key (the UAI, for every platform topic)")
+    p.add_argument("--key", help="the record key: its subject (the UAI, a resource_id, a teacher_id)")
     p.add_argument("--header", "-H", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--lines", action="store_true", help="one record per line of standard input")
     c = commands.add_parser("consume", help="print records as JSON lines")
