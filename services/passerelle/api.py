@@ -376,7 +376,8 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
         title="former-équiper-outiller — passerelle de déclaration",
         version="1",
-        description="Les déclarations des rectorats et des collectivités par HTTP (CONTRACTS.md, Identity) : "
+        description="Les déclarations des partenaires par HTTP (CONTRACTS.md, Identity) : rectorats, "
+        "collectivités, et le ministère et le GAR pour le référentiel et le catalogue ; "
         "un jeton porteur dont la claim `declarant` lie la `source` des événements, les contrôles du "
         "contrat et des droits faits avant de répondre, les événements acceptés écrits sur Kafka avant "
         "la réponse. Une erreur répond en français.",

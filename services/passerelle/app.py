@@ -1,5 +1,6 @@
-"""The passerelle's wiring: the référentiel it reads (its view for the rights), the declaration
-topics it writes, its HTTP API. Nothing else lives here."""
+"""The passerelle's wiring: the référentiel it reads (its view for the rights), the partners'
+topics it writes (every one: HTTP ingestion is for any partner), its HTTP API. Nothing else
+lives here."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,16 @@ SPEC = ServiceSpec(
             c.EQUIPEMENT,
             "Lots and connectivity declared over HTTP by collectivités (POST /v1/evenements), bytes as "
             "sent, with the header auth-principal (the token's sub)",
+        ),
+        Publishes(
+            c.CATALOGUE,
+            "Resources and subscriptions declared over HTTP by the ministère and the GAR (POST "
+            "/v1/evenements), bytes as sent, with the header auth-principal (the token's sub)",
+        ),
+        Publishes(
+            c.REFERENTIEL,
+            "Établissements declared over HTTP by the ministère (POST /v1/evenements), bytes as sent, "
+            "with the header auth-principal (the token's sub)",
         ),
     ),
     apply=lambda _settings: _nothing_else,

@@ -17,13 +17,12 @@ from services.common.rules.rights import Refusal
 from services.passerelle.corps import Element
 
 SOURCE_NON_AUTORISEE = "source-non-autorisee"
-TOPICS = {
-    c.AFFECTATION: c.FORMATION,
-    c.FORMATION_SUIVIE: c.FORMATION,
-    c.LOT: c.EQUIPEMENT,
-    c.CONNECTIVITE: c.EQUIPEMENT,
-}
-"""The types partners declare over HTTP, and the topic each is written to."""
+PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
+TOPICS = {t: topic for topic in PARTNER_TOPICS for t in sorted(c.TOPIC_TYPES[topic])}
+"""Every type a partner declares, and the topic each is written to: HTTP ingestion is for
+rectorats, collectivités and any partner (CONTRACTS.md, Identity), so the ministère's
+référentiel and catalogue and the GAR's catalogue too, each bound to its token like the rest.
+Only the platform's own types (the alerts) are refused (`type-hors-topic`)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,8 @@ def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:
         [kafka] = [t for t, types in c.TOPIC_TYPES.items() if event.type in types]
         raise ContractError(
             "type-hors-topic",
-            f"type {event.type} : publié sur Kafka ({kafka}), pas par cette API "
-            f"(qui accepte {', '.join(sorted(TOPICS))})",
+            f"type {event.type} : publié par la plateforme ({kafka}), pas par les partenaires "
+            f"(cette API accepte {', '.join(sorted(TOPICS))})",
         )
     return event, topic
 

@@ -49,6 +49,7 @@ WRITES = {
         c.dlq(PROFILS),
         c.dlq(COUVERTURES),
     },
+    "passerelle": {c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE},  # HTTP ingestion, for any partner
     "ministere": {c.REFERENTIEL, c.CATALOGUE},
     "gar": {c.CATALOGUE},
     "tableau-de-bord": set(),

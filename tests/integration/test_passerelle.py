@@ -187,6 +187,54 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
         assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 3
 
 
+async def test_the_ministere_and_the_gar_declare_over_http_written_to_their_topics(
+    kafka, settings, passerelle, identite
+):
+    """HTTP ingestion is for any partner (CONTRACTS.md, Identity): the ministère's référentiel
+    and resource, the GAR's subscription, each bound to its token, written as a partner's Kafka
+    record would be (keyed by its subject), by the passerelle's own principal (its ACLs)."""
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    resource = "ark:/67375/par-http"
+    publiee = {"resource_id": resource, "title": "t", "editor": "e", "requirements": [], "tools": []}
+    publiee |= {"min_bandwidth_mbps": None, "needs_ent": False}
+    ministere = [
+        event(c.ETABLISSEMENT, "/ministere", ecole(AUTRE_ECOLE, "35001")["data"], time_=at(1)),
+        event(c.RESSOURCE_PUBLIEE, "/ministere", publiee, time_=at(1)),
+    ]
+    abonnement = {"resource_id": resource, "uai": ECOLE, "start": "2026-09-01", "end": None}
+    gar = [event(c.ABONNEMENT, "/gar", abonnement, time_=at(2)), event(c.ABONNEMENT, "/ministere", abonnement)]
+    async with (
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.CATALOGUE)) as catalogue,
+        TopicReader(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL)) as referentiel,
+    ):
+        auth = bearer(identite.jeton("/ministere", subject="dne"))
+        response = await client.post("/v1/evenements", content=json.dumps(ministere), headers=auth | BATCHED)
+        assert response.status_code == 202, response.text
+        auth = bearer(identite.jeton("/gar", subject="gar"))
+        response = await client.post("/v1/evenements", content=json.dumps(gar), headers=auth | BATCHED)
+        assert response.status_code == 207
+        assert [r.get("code", r["statut"]) for r in response.json()["resultats"]] == [
+            "accepted",
+            "source-non-autorisee",
+        ]
+        await catalogue.wait_for(lambda records: len(records) >= 2, what="the resource and the subscription")
+        await referentiel.wait_for(lambda records: len(records) >= 2, what="the établissement posted")
+    written = {json.loads(r.value)["type"]: r for r in catalogue.records + referentiel.records[1:]}
+    assert {t: r.key for t, r in written.items()} == {
+        c.ETABLISSEMENT: AUTRE_ECOLE.encode(),
+        c.RESSOURCE_PUBLIEE: resource.encode(),
+        c.ABONNEMENT: ECOLE.encode(),
+    }
+    assert {t: dict(r.headers)[c.PRINCIPAL_HEADER] for t, r in written.items()} == {
+        c.ETABLISSEMENT: b"dne",
+        c.RESSOURCE_PUBLIEE: b"dne",
+        c.ABONNEMENT: b"gar",
+    }
+
+
 async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_written(kafka, settings, identite):
     own = PasserelleSettings.of(settings).model_copy(
         update={"jwks_file": str(identite.jwks_path), "passerelle_rate_events_per_s": 1, "passerelle_rate_burst": 1000}

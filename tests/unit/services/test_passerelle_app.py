@@ -15,9 +15,9 @@ from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
 
 
-def test_it_reads_the_referentiel_and_writes_the_declaration_topics_only():
+def test_it_reads_the_referentiel_and_writes_every_partner_topic_only():
     assert tuple(SPEC.consumes) == (c.REFERENTIEL,)
-    assert {p.topic for p in SPEC.publishes} == {c.FORMATION, c.EQUIPEMENT}
+    assert {p.topic for p in SPEC.publishes} == {c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE}
     assert tuple(SPEC.dead_letters_for) == ()  # ressources dead-letters the référentiel
 
 

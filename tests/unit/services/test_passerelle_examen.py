@@ -126,26 +126,71 @@ async def test_a_repeated_key_or_nan_refuses_that_element_alone_as_json_invalide
     assert _codes(verdicts) == ["accepted", "json-invalide", "json-invalide", "accepted"]
 
 
-async def test_a_type_of_another_topic_is_said_to_go_through_kafka():
-    etab = event(
-        c.ETABLISSEMENT,
-        "/ministere",
-        {
-            "uai": ECOLE,
-            "nom": "x",
-            "type": "ecole",
-            "statut": "public",
-            "code_commune": "35238",
-            "code_departement": "035",
-            "code_academie": "14",
-            "code_region": "53",
-            "ouvert": True,
-        },
-        time_=NOW,
-    )
-    [verdict] = await _judge([etab], ("/ministere",))
+def _etablissement(source: str = "/ministere") -> dict:
+    data = {
+        "uai": ECOLE,
+        "nom": "x",
+        "type": "ecole",
+        "statut": "public",
+        "code_commune": "35238",
+        "code_departement": "035",
+        "code_academie": "14",
+        "code_region": "53",
+        "ouvert": True,
+    }
+    return event(c.ETABLISSEMENT, source, data, time_=NOW)
+
+
+RESOURCE = "ark:/67375/passerelle-1"
+
+
+def _ressource(source: str) -> dict:
+    data = {"resource_id": RESOURCE, "title": "t", "editor": "e", "requirements": [], "tools": []}
+    return event(c.RESSOURCE_PUBLIEE, source, data | {"min_bandwidth_mbps": None, "needs_ent": False}, time_=NOW)
+
+
+def _abonnement(where: str, source: str = "/gar") -> dict:
+    data = {"resource_id": RESOURCE, "uai": where, "start": "2026-09-01", "end": None}
+    return event(c.ABONNEMENT, source, data, time_=NOW)
+
+
+async def test_the_ministere_and_the_gar_declare_over_http_too_each_keyed_as_on_kafka():
+    """CONTRACTS.md, Identity: HTTP ingestion is for any partner. Each accepted event goes to its
+    type's topic, keyed as a partner's Kafka record is (the UAI, a resource's resource_id)."""
+    verdicts = await _judge([_etablissement(), _ressource("/ministere")], ("/ministere",))
+    assert verdicts[0] == Accepte(c.REFERENTIEL, ECOLE, verdicts[0].raw)
+    assert verdicts[1] == Accepte(c.CATALOGUE, RESOURCE, verdicts[1].raw)
+    verdicts = await _judge([_ressource("/gar"), _abonnement(ECOLE), _abonnement(INCONNUE)], ("/gar",))
+    assert [(v.topic, v.key) for v in verdicts[:2]] == [(c.CATALOGUE, RESOURCE), (c.CATALOGUE, ECOLE)]
+    assert _codes(verdicts)[2] == "uai-inconnu"
+
+
+async def test_who_may_declare_what_holds_over_http_as_on_kafka():
+    declarants = ("/gar", COMMUNE, "/rectorats/14")
+    events = [_etablissement("/gar"), _ressource(COMMUNE), _abonnement(ECOLE, "/rectorats/14")]
+    assert _codes(await _judge(events, declarants)) == ["hors-competence"] * 3
+
+
+async def test_the_platform_s_own_types_are_not_a_partner_s():
+    data = {
+        "alert_id": "a-1",
+        "uai": ECOLE,
+        "resource_id": RESOURCE,
+        "kind": "equipement-incompatible",
+        "reasons": [],
+        "code_academie": "14",
+        "code_departement": "035",
+        "responsable": None,
+        "compatible": 0,
+        "devices": 0,
+        "coverage": None,
+        "raised_at": "2026-09-01T08:00:00Z",
+        "resolved_at": None,
+    }
+    alert = event(c.ALERTE_LEVEE, "/ministere", data, time_=NOW)
+    [verdict] = await _judge([alert], ("/ministere",))
     assert verdict.code == "type-hors-topic"
-    assert c.REFERENTIEL in verdict.message and "Kafka" in verdict.message
+    assert c.ALERTES in verdict.message and "plateforme" in verdict.message
 
 
 async def test_a_personal_value_is_never_in_a_refusal():
