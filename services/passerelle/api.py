@@ -1,6 +1,6 @@
 """`POST /v1/evenements` (CONTRACTS.md, Identity): partners' declarations over HTTP.
 
-A request goes, in order: bearer token (401), Content-Type (415), size (413, before the body
+A request goes, in order: bearer token (401), Content-Type (400), size (413, before the body
 is read when Content-Length says so), shape (400; 413 beyond 1,000 events), the subject's rate
 (429, nothing judged nor written), each event judged (examen.py), the accepted ones written to
 Kafka (acks=all, idempotent; 503 when Kafka does not take them in time), then the answer: 202
@@ -81,13 +81,12 @@ def _erreur(description: str) -> dict[str, Any]:
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Resultats, "description": "tous les événements acceptés, écrits sur Kafka"},
     207: {"model": Resultats, "description": "au moins un événement refusé (les autres écrits sur Kafka)"},
-    400: _erreur("le corps n'est pas un événement (objet JSON) ni un lot (tableau JSON)"),
+    400: _erreur(f"le corps n'est pas un événement (objet JSON, {STRUCTURED}) ni un lot (tableau JSON, {BATCHED})"),
     401: _erreur("jeton absent ou refusé (signature, émetteur, audience, expiration)"),
     413: _erreur(
         f"corps au-delà de PASSERELLE_MAX_BODY_BYTES, plus de {MAX_BATCH_EVENTS} événements, "
         f"ou un événement structuré au-delà de {MAX_RECORD_BYTES} octets"
     ),
-    415: _erreur(f"Content-Type autre que {STRUCTURED} ou {BATCHED}"),
     429: _erreur("au-delà du débit du déclarant : réessayer après Retry-After secondes"),
     503: _erreur(
         "Kafka, PostgreSQL ou les clés du fournisseur d'identité injoignables : réessayer après Retry-After "

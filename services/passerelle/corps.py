@@ -35,7 +35,7 @@ up to it is split out and refused alone, `trop-volumineux`, by the contract's pa
 
 
 class CorpsRefuse(Exception):
-    """The request as a whole is refused: `status` (400, 413, 415) and why, in French."""
+    """The request as a whole is refused: `status` (400, 413) and why, in French."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -53,11 +53,12 @@ class Element:
 
 
 def media_type(content_type: str | None) -> str:
-    """The body's mode, from Content-Type (parameters such as charset ignored); else 415."""
+    """The body's mode, from Content-Type (parameters such as charset ignored); else 400: a
+    body in neither mode is not an event or a batch (CONTRACTS.md, Identity, lists 400 for it)."""
     media = (content_type or "").partition(";")[0].strip().lower()
     if media not in (STRUCTURED, BATCHED):
         raise CorpsRefuse(
-            415,
+            400,
             f"Content-Type {media or 'absent'} : attendu {STRUCTURED} (un événement) "
             f"ou {BATCHED} (un tableau d'au plus {MAX_BATCH_EVENTS} événements)",
         )

@@ -33,10 +33,11 @@ def test_the_two_modes_are_read_from_content_type(content_type, mode):
 
 
 @pytest.mark.parametrize("content_type", [None, "", "application/json", "text/plain", "application/cloudevents"])
-def test_any_other_content_type_is_415_naming_the_accepted_ones(content_type):
+def test_any_other_content_type_is_400_naming_the_accepted_ones(content_type):
+    """CONTRACTS.md (Identity) lists 400 for a body that is not an event or a batch, no 415."""
     with pytest.raises(CorpsRefuse) as refused:
         media_type(content_type)
-    assert refused.value.status == 415
+    assert refused.value.status == 400
     assert STRUCTURED in refused.value.message and BATCHED in refused.value.message
 
 
