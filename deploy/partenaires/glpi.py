@@ -56,8 +56,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 import contracts as c
 from contracts.vocabulary import fold_kind, fold_name
 from deploy.identite import IdentiteLocale
@@ -429,9 +427,13 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     try:
         sent = asyncio.run(publier(inventaire, args.passerelle, jeton))
-    except (httpx.HTTPError, RuntimeError) as error:
-        # The batches before this one may be accepted already: sending again is harmless (same ids).
-        print(f"glpi: {args.passerelle} : envoi interrompu : {error or type(error).__name__}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as error:
+        # The batches before this one may be accepted already: sending again is harmless (same
+        # ids), and the state holds every lot of the run (none retired), whatever stopped it:
+        # the passerelle away, an answer not understood, Ctrl-C. Else a lot the platform took
+        # would be unknown to the next run, which could never retire it.
+        why = "Ctrl-C" if isinstance(error, KeyboardInterrupt) else str(error) or type(error).__name__
+        print(f"glpi: {args.passerelle} : envoi interrompu : {why}", file=sys.stderr)
         if args.etat:
             ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, None))
         return 2

@@ -516,3 +516,27 @@ def test_the_state_is_on_the_disk_before_it_replaces_the_former_and_the_rename_a
     new = f"{path}.nouveau"
     assert steps == [f"fsync {new}", f"rename {new} -> {path}", "fsync dir"]
     assert json.loads(path.read_text())["lots"] == {COLLEGE: {"glpi-1": "tablette"}}
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), ValueError("réponse illisible")], ids=["ctrl-c", "unexpected"])
+def test_whatever_interrupts_the_sending_the_state_keeps_every_lot_of_the_run(tmp_path, capsys, monkeypatch, stop):
+    """Some batches may be accepted when Ctrl-C or an answer not understood stops the run: the
+    state holds every lot of the run (a lot the platform took and the state forgot could never
+    be retired), exit 2 and one line, no traceback."""
+    from deploy.partenaires import glpi
+
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    (folder / "0.json").write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag="000005")))
+    mapping, state = tmp_path / "correspondance.csv", tmp_path / "etat.json"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+
+    async def interrupted(*_args):
+        raise stop
+
+    monkeypatch.setattr(glpi, "publier", interrupted)
+    argv = [str(folder), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
+    assert "envoi interrompu" in capsys.readouterr().err
+    assert list(json.loads(state.read_text())["lots"]) == [COLLEGE]
