@@ -131,6 +131,14 @@ async def _build_and_switch(
         await session.execute(
             f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
         )
+        # They keep their seq (./dev outbox names them by it), which the new outbox's sequence,
+        # started afresh, would hand out again: a record set aside later under one of them would
+        # break the key of outbox_failed, and the relay's rounds would fail on it for good.
+        sequence = await session.fetchval("SELECT pg_get_serial_sequence($1, 'seq')", f'"{fresh}".outbox')
+        await session.execute(
+            f"SELECT setval('{sequence}', greatest((SELECT last_value FROM {sequence}), "
+            f'(SELECT coalesce(max(seq), 1) FROM "{fresh}".outbox_failed)))'
+        )
         # The refusals as the service logged them: when each came and whether an operator
         # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
         columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'

@@ -228,6 +228,28 @@ async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, se
     assert f"the half-built schema {fresh} was dropped" in capsys.readouterr().out
 
 
+async def test_after_a_rebuild_the_outbox_numbers_past_the_records_set_aside(kafka, settings) -> None:
+    """The records Kafka refused keep their seq in the rebuilt schema (./dev outbox names them
+    by it): the new outbox's sequence must go past them, else a record set aside later under one
+    of those numbers breaks outbox_failed's key and the relay fails on it at every round."""
+    from deploy import reconstruire
+
+    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+    await cible.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, value, headers, error, created_at) "
+            "VALUES (1000, 't', 'k', 'v', '[]', 'RecordTooLargeError: too large', now())"
+        )
+        await reconstruire.rebuild(SPEC, settings)
+        assert await conn.fetchval(f"SELECT seq FROM {SPEC.name}.outbox_failed") == 1000, "carried over"
+        following = await conn.fetchval(f"SELECT nextval(pg_get_serial_sequence('{SPEC.name}.outbox', 'seq'))")
+        assert following > 1000
+    finally:
+        await conn.close()
+
+
 async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp_path, capsys) -> None:
     """The passerelle's schema (its view of the référentiel, which it catches up itself) and the
     local runtime's `plateforme` are restored as they are without a warning to rebuild them
