@@ -111,7 +111,8 @@ class Verificateur:
             entete = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise JetonRefuse("jeton illisible (JWS compact attendu)") from None
-        if entete.get("alg") not in ALGORITHMES:
+        alg = entete.get("alg")
+        if not isinstance(alg, str) or alg not in ALGORITHMES:  # a list or an object: not hashable
             raise JetonRefuse(f"algorithme refusé : signature asymétrique attendue ({', '.join(sorted(ALGORITHMES))})")
         kid = entete.get("kid")
         cle = await self._cles.cle(kid) if isinstance(kid, str) else None

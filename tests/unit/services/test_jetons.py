@@ -4,6 +4,7 @@ the token nor its claims; JWKS from a file (re-read when it is replaced) and fro
 over real HTTP (key rotation, refetch throttled, stale keys kept, the event loop never blocked)."""
 
 import asyncio
+import base64
 import json
 import os
 import threading
@@ -92,12 +93,21 @@ def _other_kid(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
     return autre.jeton(COMMUNE)
 
 
+def _header(header: dict) -> str:
+    """A token whose header is `header` (any JSON), its payload and signature those of a good one."""
+    _, payload, signature = jwt.encode(claims(), "", algorithm="none").split(".")
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return ".".join([encoded, payload, signature or "c2ln"])
+
+
 REFUS = {
     "bad signature": (_forged, "signature invalide"),
     "alg none": (_unsigned, "algorithme refusé"),
     "HS256": (_hs256, "algorithme refusé"),
     "no kid": (_no_kid, "clé inconnue (kid)"),
     "kid not in the JWKS": (_other_kid, "clé inconnue (kid)"),
+    "alg a list": (lambda i, a: _header({"alg": ["RS256"], "kid": i.kid}), "algorithme refusé"),
+    "alg an object": (lambda i, a: _header({"alg": {"RS256": 1}, "kid": i.kid}), "algorithme refusé"),
     "not a JWT": (lambda i, a: "not.a.jwt-" + COMMUNE, "jeton illisible"),
     "wrong issuer": (lambda i, a: i.jeton(COMMUNE, issuer="https://idp.example"), "émetteur inattendu"),
     "wrong audience": (lambda i, a: i.jeton(COMMUNE, audience="autre-plateforme"), "audience inattendue"),
