@@ -29,12 +29,30 @@ def test_the_password_of_a_url_is_masked(text, expected):
         "postgresql://127.0.0.1:5432/postgres",
         "postgresql:///feo?host=/var/run/postgresql",
         "127.0.0.1:9092,127.0.0.1:9093",
-        "https://example.org/search?q=a:b@c",
+        "https://example.org/search",
         "no url here, x=1",
     ],
 )
 def test_text_without_a_password_is_unchanged(text):
     assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # what urllib3 logs when an OTLP collector is away (OTEL_ENDPOINT=https://…/v1/traces?api-key=…)
+        (
+            "Max retries exceeded with url: /v1/traces?api-key=S3CRET (Caused by NewConnectionError)",
+            "Max retries exceeded with url: /v1/traces?api-key=*** (Caused by NewConnectionError)",
+        ),
+        ("https://otel.example/v1/traces?token=S3CRET&x#f", "https://otel.example/v1/traces?token=***&x#f"),
+        ("https://example.org/search?q=a:b@c", "https://example.org/search?q=***"),
+        # a token as the user name of an http(s) URL (JWKS_URL), no password after it
+        ("https://S3CRET@idp.example/jwks", "https://***@idp.example/jwks"),
+    ],
+)
+def test_an_http_url_s_query_values_and_lone_user_name_are_masked(text, expected):
+    assert redact(text) == expected
 
 
 @pytest.mark.parametrize(
