@@ -63,6 +63,7 @@ from deploy.local.datadir import data_root
 from deploy.local.partenaires import Partenaires, Sent
 from deploy.partenaires import _inventaire as inv
 from services.common.messaging.connection import KafkaAccess
+from services.passerelle.settings import in_clear_beyond_this_machine
 
 SANS_CORRESPONDANCE = "sans-correspondance"  # no mapping for the device's tag nor its folder
 INVENTAIRE_REMPLACE = "inventaire-remplace"  # an older inventory of a device read again
@@ -414,6 +415,13 @@ def _run(args: argparse.Namespace) -> int:
         for event in inventaire.lots:
             print(event.to_bytes().decode())
         return 0
+    if in_clear_beyond_this_machine(args.passerelle):
+        print(
+            f"glpi: --passerelle {args.passerelle} : https:// attendu (http:// seulement sur cette machine) : "
+            "le jeton irait en clair sur le réseau",
+            file=sys.stderr,
+        )
+        return 2
     if args.jeton_local:
         jeton = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
     elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):

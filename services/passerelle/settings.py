@@ -11,10 +11,15 @@ from services.common.runtime.settings import HttpUrl, ServiceSettings
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def in_clear_beyond_this_machine(url: str) -> bool:
+    """Whether talking to `url` would cross a network in clear: not https, and not this machine."""
+    parts = urlsplit(url)
+    return parts.scheme != "https" and parts.hostname not in LOOPBACK
+
+
 def _keys_over_tls(url: str) -> str:
     """Signing keys fetched in clear could be swapped on the way: https, or the machine itself."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" and parts.hostname not in LOOPBACK:
+    if in_clear_beyond_this_machine(url):
         raise ValueError("must be an https:// URL (http:// only on this machine: 127.0.0.1, localhost)")
     return url
 

@@ -540,3 +540,13 @@ def test_whatever_interrupts_the_sending_the_state_keeps_every_lot_of_the_run(tm
     assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
     assert "envoi interrompu" in capsys.readouterr().err
     assert list(json.loads(state.read_text())["lots"]) == [COLLEGE]
+
+
+def test_a_passerelle_in_clear_beyond_this_machine_is_refused_before_anything_is_sent(tmp_path, capsys):
+    """The bearer token would cross the network in clear: https, or http on this machine only."""
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(tmp_path), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--token", "t"]
+    assert main([*argv, "--passerelle", "http://passerelle.example.fr"]) == 2
+    assert "le jeton irait en clair" in capsys.readouterr().err
+    assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 0, "on this machine: sent (nothing to send here)"
