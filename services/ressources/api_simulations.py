@@ -10,13 +10,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from contracts import Lot, RessourcePubliee
-from contracts.parsing import ContractError, check_document
+from contracts.parsing import MAX_RECORD_BYTES, ContractError, check_document
 from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
 from services.ressources.api import STARTING, Pool, Thresholds
@@ -24,37 +24,58 @@ from services.ressources.api_errors import REFUSED, Erreur
 from services.ressources.rules import Seuils
 
 MAX_LOTS = 10_000  # a région's lycées, several lots each
-MAX_BODY_BYTES = 16 * 1024 * 1024
-"""A simulation's body: 10,000 lots of tablets with a few browsers each are about 3 MB."""
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""An equipment simulation's body: 10,000 lots of tablets with a few browsers each are about
+3 MB. A resource simulation's is one `ressource-publiee` payload: a record's (MAX_RECORD_BYTES).
+The body is held, then decoded twice (the contract's check, then FastAPI's): a 16 MiB body of
+empty objects took the process from 89 to 507 MB (a security review), hence 8 MiB, and one
+simulation at a time from its first byte on."""
+READ_SECONDS = 10
+"""How long a body may take to come: the simulation's turn is held while it does."""
 RETRY_AFTER_SECONDS = 2
 UNKNOWN = "n'est pas dans le référentiel"
 
 
 class _CheckedBody(APIRoute):
-    """A simulation's body is read within MAX_BODY_BYTES (413 beyond, before it is all held),
-    then judged as the contract judges any document (contracts.parsing.check_document: JSON
-    without NaN or a repeated key, no NUL in a text, which PostgreSQL could not compare), then
-    handed to FastAPI: a body the service would refuse on Kafka is not simulated."""
+    """One simulation at a time, from its first byte on: another meanwhile gets 503 before its
+    body is read (bodies read at once would each hold their memory). Its body is read within its
+    limit (413 beyond, before it is all held; 408 past READ_SECONDS), then judged as the contract
+    judges any document (contracts.parsing.check_document: JSON without NaN or a repeated key,
+    no NUL in a text, which PostgreSQL could not compare), then handed to FastAPI: a body the
+    service would refuse on Kafka is not simulated."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        cap = MAX_RECORD_BYTES if self.path.endswith("/ressource") else None
 
         async def checked(request: Request) -> Response:
-            try:
-                body = await read_capped(request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES)
-                check_document(body)
-            except BodyTooLarge as e:
-                return JSONResponse({"detail": e.message}, 413)
-            except ContractError as e:
-                return JSONResponse({"detail": [{"loc": ["body"], "msg": f"corps : {e.message}", "type": e.code}]}, 422)
-            request._body = body  # what FastAPI then reads (Starlette's cache of the body)
-            return await handler(request)
+            if _running.locked():
+                return JSONResponse(
+                    {"detail": f"une simulation est déjà en cours : réessayer dans {RETRY_AFTER_SECONDS} s"},
+                    503,
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            async with _running:
+                try:
+                    async with asyncio.timeout(READ_SECONDS):
+                        length = request.headers.get("content-length")
+                        body = await read_capped(request.stream(), length, cap or MAX_BODY_BYTES)
+                    check_document(body)
+                except BodyTooLarge as e:
+                    return JSONResponse({"detail": e.message}, 413)
+                except TimeoutError:
+                    return JSONResponse({"detail": f"corps pas reçu en entier en {READ_SECONDS} s"}, 408)
+                except ContractError as e:
+                    detail = [{"loc": ["body"], "msg": f"corps : {e.message}", "type": e.code}]
+                    return JSONResponse({"detail": detail}, 422)
+                request._body = body  # what FastAPI then reads (Starlette's cache of the body)
+                return await handler(request)
 
         return checked
 
 
 router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED, route_class=_CheckedBody)
-_running = asyncio.Lock()  # one at a time: a national one is a second of this process's CPU
+_running = asyncio.Lock()  # one at a time (_CheckedBody): a national one is a second of this process's CPU
 BUSY: dict[int | str, dict] = {
     503: {"model": Erreur, "description": "le service démarre, ou une simulation est déjà en cours"}
 }
@@ -126,18 +147,6 @@ class LotsSimules(BaseModel):
     )
 
 
-async def _alone(coroutine):
-    if _running.locked():
-        coroutine.close()
-        raise HTTPException(
-            503,
-            f"une simulation est déjà en cours : réessayer dans {RETRY_AFTER_SECONDS} s",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-    async with _running:
-        return await coroutine
-
-
 @router.post(
     "/ressource",
     summary="Et si cette ressource était publiée ? Les verdicts par académie et département, sans rien publier",
@@ -160,9 +169,7 @@ async def simuler_ressource(
 ) -> SimulationRessource:
     async with pool.acquire() as conn:
         try:
-            bilan = await _alone(
-                simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
-            )
+            bilan = await simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
         except BrokenProcessPool:
             stop_workers()  # a worker died (killed, out of memory): new ones for the next simulation
             raise
@@ -183,7 +190,7 @@ async def simuler_ressource(
 async def simuler_equipement(pool: Pool, seuils: Thresholds, body: LotsSimules) -> Any:
     async with pool.acquire() as conn:
         try:
-            return await _alone(simulations.simulate_equipement(conn, body.lots, seuils))
+            return await simulations.simulate_equipement(conn, body.lots, seuils)
         except simulations.UaiInconnus as e:
             detail = [
                 {"loc": ["body", "lots", i, "uai"], "msg": f"lots[{i}].uai : {uai} {UNKNOWN}", "type": "uai-inconnu"}

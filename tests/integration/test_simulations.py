@@ -279,3 +279,25 @@ async def test_a_body_the_contract_refuses_is_not_simulated_and_a_huge_one_is_no
     streamed = await client.post("/simulations/equipement", content=chunks(), headers=json_body)
     assert streamed.status_code == 413
     assert streamed.json() == {"detail": "corps de plus de 1000 octets : au plus 1000 octets"}
+    # A resource's body is a record's: at most 256 KiB, whatever MAX_BODY_BYTES is.
+    monkeypatch.setattr(api_simulations, "MAX_BODY_BYTES", 16 * 1024 * 1024)
+    big = json.dumps({**ATLAS, "title": "x" * 300_000}).encode()
+    told = await client.post("/simulations/ressource", content=big, headers=json_body)
+    assert told.status_code == 413 and told.json()["detail"].endswith(f"au plus {256 * 1024} octets")
+
+
+async def test_while_a_simulation_runs_another_is_refused_before_its_body_is_read(api, monkeypatch):
+    """Bodies read at once would each hold their memory: the turn is taken first."""
+    client, _ = api
+    read: list[str] = []
+    real = api_simulations.read_capped
+
+    async def reading(chunks, length, cap):
+        read.append(length)
+        return await real(chunks, length, cap)
+
+    monkeypatch.setattr(api_simulations, "read_capped", reading)
+    async with api_simulations._running:
+        busy = await client.post("/simulations/equipement", json={"lots": []})
+    assert (busy.status_code, busy.headers["retry-after"], read) == (503, "2", [])
+    assert (await client.post("/simulations/equipement", json={"lots": []})).status_code == 200 and len(read) == 1
