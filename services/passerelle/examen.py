@@ -9,6 +9,7 @@ against the passerelle's own view of the référentiel. The reason codes are the
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import contracts as c
 from contracts import CloudEvent, ContractError, Etablissement
@@ -37,6 +38,17 @@ class Accepte:
 Verdict = Accepte | Refusal
 
 
+class _Held(NamedTuple):
+    """What the rights read of an event that passed the contract and the token, and what its
+    record needs: not the event (a resource of 32 requirement groups of 32 entries is a few
+    hundred KB as a model; a request of them, hundreds of MB held until the last is parsed)."""
+
+    type: str
+    source: str
+    uai: str | None
+    accepte: Accepte
+
+
 async def judge(
     elements: Sequence[Element],
     declarants: Iterable[str],
@@ -46,7 +58,7 @@ async def judge(
     """One verdict per element, in order. `etablissements` loads the référentiel's entries of
     some UAIs (once per request, for the events that pass the first two checks)."""
     allowed = frozenset(declarants)
-    verdicts: list[Verdict | tuple[CloudEvent, str, bytes]] = []
+    verdicts: list[Verdict | _Held] = []
     for element in elements:
         try:
             event, topic = _contract(element, not_after)
@@ -56,10 +68,11 @@ async def judge(
         if event.source not in allowed:
             verdicts.append(Refusal(SOURCE_NON_AUTORISEE, _not_yours(event.source, allowed)))
         else:
-            verdicts.append((event, topic, element.raw))
-    uais = {u for v in verdicts if isinstance(v, tuple) and (u := c.uai_of(v[0]))}
+            accepte = Accepte(topic, event.data.key, element.raw)
+            verdicts.append(_Held(event.type, event.source, c.uai_of(event), accepte))
+    uais = {v.uai for v in verdicts if isinstance(v, _Held) and v.uai}
     etabs = await etablissements(sorted(uais))
-    return [_rights(*v, etabs) if isinstance(v, tuple) else v for v in verdicts]
+    return [_rights(v, etabs) if isinstance(v, _Held) else v for v in verdicts]
 
 
 def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:
@@ -79,6 +92,7 @@ def _not_yours(source: str, allowed: frozenset[str]) -> str:
     return f"source {source} : le jeton déclare pour {', '.join(sorted(allowed)) or 'personne'}, pas pour elle"
 
 
-def _rights(event: CloudEvent, topic: str, raw: bytes, etabs: dict[str, Etablissement]) -> Verdict:
-    refusal = rights.check(event, c.parse_source(event.source), etabs.get(c.uai_of(event) or ""))
-    return refusal or Accepte(topic, event.data.key, raw)
+def _rights(held: _Held, etabs: dict[str, Etablissement]) -> Verdict:
+    declarant = c.parse_source(held.source)
+    refusal = rights.check_declaration(held.type, held.source, held.uai, declarant, etabs.get(held.uai or ""))
+    return refusal or held.accepte

@@ -53,7 +53,15 @@ def _responsable(kind: Collectivite, code: str) -> c.Responsable:
 def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -> Refusal | None:
     """`None` when the declarant may send this event; else why not. `etab` is the
     référentiel's entry for the event's UAI (None: unknown or the type has no UAI)."""
-    kind, t = declarant.kind, event.type
+    return check_declaration(event.type, event.source, c.uai_of(event), declarant, etab)
+
+
+def check_declaration(
+    t: str, source: str, uai: str | None, declarant: Declarant, etab: Etablissement | None
+) -> Refusal | None:
+    """`check` from what it reads of an event: its type, its source and its UAI (the passerelle
+    keeps only those of the events it holds, not the events)."""
+    kind = declarant.kind
     if t == c.ETABLISSEMENT:
         allowed = kind == "ministere"
     elif t in _CATALOGUE_TYPES:
@@ -65,8 +73,7 @@ def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -
     else:
         allowed = False
     if not allowed:
-        return Refusal(HORS_COMPETENCE, f"{event.source} ne peut pas déclarer {t}")
-    uai = c.uai_of(event)
+        return Refusal(HORS_COMPETENCE, f"{source} ne peut pas déclarer {t}")
     if uai is None or t == c.ETABLISSEMENT:
         return None
     if etab is None:
@@ -74,9 +81,7 @@ def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -
     if t in _EQUIPEMENT_TYPES:
         equipeur = responsable(etab)
         if equipeur is None or (equipeur.type, equipeur.code) != (kind, declarant.code):
-            return Refusal(
-                HORS_COMPETENCE, f"{event.source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})"
-            )
+            return Refusal(HORS_COMPETENCE, f"{source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})")
     elif t == c.AFFECTATION and etab.code_academie != declarant.code:
         return Refusal(HORS_COMPETENCE, f"{uai} est dans l'académie {etab.code_academie}, pas {declarant.code}")
     return None
