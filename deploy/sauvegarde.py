@@ -96,8 +96,8 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
         yield urlunsplit(parts._replace(query=urlencode(kept))), env
 
 
-def _run(args: list[str], env: dict[str, str], what: str, input_: bytes | None = None) -> bytes:
-    done = subprocess.run(args, input=input_, env=env, capture_output=True)
+def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
+    done = subprocess.run(args, env=env, capture_output=True)
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip().splitlines()
         raise SauvegardeError(f"{what} failed: {redact(detail[-1] if detail else f'exit code {done.returncode}')}")
@@ -105,10 +105,32 @@ def _run(args: list[str], env: dict[str, str], what: str, input_: bytes | None =
 
 
 def backup(database_url: str, path: Path) -> None:
-    """One consistent snapshot of the database into `path` (pg_dump's custom format)."""
-    with _connection(database_url) as (url, env):
-        dump = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(path), "--dbname", url]
-        _run(dump, env, "pg_dump")
+    """One consistent snapshot of the database into `path` (pg_dump's custom format), readable
+    by its owner alone (it holds teachers' pseudonyms). Written beside it first, read back
+    (`pg_restore --list`), forced to the disk, then renamed over `path`: a dump that fails or
+    is interrupted (the disk full, Ctrl-C) leaves the former backup of that name as it was."""
+    partial = path.with_name(path.name + ".partiel")
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # pg_dump keeps its mode
+    os.chmod(partial, 0o600)  # a .partiel a former interrupted backup left
+    try:
+        with _connection(database_url) as (url, env):
+            dump = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(partial), "--dbname", url]
+            _run(dump, env, "pg_dump")
+        _run([pg_tool("pg_restore"), "--list", str(partial)], dict(os.environ), "reading the backup back")
+        _durable(partial)
+        partial.replace(path)
+        _durable(path.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _durable(path: Path) -> None:
+    """`path` (a file, or a directory for the names in it) forced to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def schemas_in(path: Path) -> list[str]:
@@ -170,11 +192,25 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
     only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
-    script = _run(
-        [pg_tool("pg_restore"), "--no-owner", "--no-acl", *only, "--file", "-", str(path)],
-        dict(os.environ),
-        f"reading {path}",
-    )
+    # The dump as SQL, in a file of the operator's alone beside the backup (it is several times
+    # the backup's size: held in memory, a national one would not fit), read whole before
+    # anything is replaced: psql then runs it in one transaction with the drops and the marks.
+    script = path.with_name(path.name + ".restauration.sql")
+    os.close(os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        _run(
+            [pg_tool("pg_restore"), "--no-owner", "--no-acl", *only, "--file", str(script), str(path)],
+            dict(os.environ),
+            f"reading {path}",
+        )
+        return await _replace(settings, path, schemas, script)
+    finally:
+        script.unlink(missing_ok=True)
+
+
+async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], script: Path) -> list[str]:
+    """The schemas replaced by the dump's (`script`, its SQL), then caught up with the log."""
+    database_url = settings.database_url
     services = [spec for spec in SPECS if spec.name in schemas]
     try:  # the catch-up reads what only an operator may: found out before anything is replaced
         await rattrapage.check_access(settings, services)
@@ -188,14 +224,17 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
             file=sys.stderr,
         )
     floor = await _journal_allocated(database_url)
-    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas).encode()
+    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
     marks = "".join(
         f'CREATE TABLE "{spec.name}".{CATCH_UP_PENDING} AS SELECT now() AS depuis, {floor}::bigint AS journal_floor;\n'
         for spec in services
-    ).encode()
+    )
+    # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
+    steps = ["--command", drops, "--file", str(script), *(["--command", marks] if marks else [])]
     with _connection(database_url) as (url, env):
-        _run([*psql, "--dbname", url, "--file", "-"], env, "the restore", input_=drops + script + marks)
+        _run([*psql, "--dbname", url, *steps], env, "the restore")
+    script.unlink()  # the backup's data in clear: not left beside it longer than needed
     producer = relay_producer(KafkaAccess.of(settings), "feo-sauvegarde")
     try:
         for spec in services:

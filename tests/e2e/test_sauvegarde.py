@@ -138,6 +138,19 @@ async def test_a_restore_replaces_the_backups_schemas_and_leaves_public_alone(se
         await conn.close()
 
 
+def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(database_url, tmp_path) -> None:
+    """It holds teachers' pseudonyms: mode 0600. Written beside it then renamed: a dump that
+    fails (here, a database that does not exist) leaves the former backup of that name whole."""
+    path = tmp_path / "nuit.dump"
+    tool.backup(database_url, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    former = path.read_bytes()
+    with pytest.raises(tool.SauvegardeError, match="pg_dump failed"):
+        tool.backup(urlunsplit(urlsplit(database_url)._replace(path="/absente")), path)
+    assert path.read_bytes() == former
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuit.dump"], "nothing left beside it"
+
+
 @pytest.mark.parametrize("command", [["deploy.sauvegarde", "backup", "x.dump"], ["deploy.reconstruire", "equipement"]])
 def test_a_bad_database_url_is_named_not_shown(command: list[str]) -> None:
     env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://u:s3cr3t@h/db"}
