@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
-from helpers import TopicReader, eventually, kill_sender, running
+from helpers import TopicReader, eventually, kill_sender, lock_waiters, running
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
@@ -21,6 +21,7 @@ from services.common.messaging.outbox import (
     relay_lock,
     relay_producer,
 )
+from services.common.pipeline import writer_lock
 from services.common.runtime.health import health_report
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC
@@ -276,6 +277,34 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
         assert await pool.fetchval("SELECT count(*) FROM outbox_failed") == 0
     finally:
         await relay.stop()
+        await pool.close()
+
+
+async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_partner_s_key(database_url, capsys):
+    """retry writes as the service does, under its writer lock (a rebuild's switch holds it
+    alone: its copy of the set-aside records would miss the move); --show-key shows no key of a
+    DLQ copy but a UAI (a partner's formation-suivie is keyed by its teacher_id)."""
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    switch = await asyncpg.connect(database_url)
+    try:
+        await pool.execute(
+            "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) VALUES "
+            "(1, 'formation.declarations.v1.dlq', 'ens-jean-dupont-42', 'v', '[]', 'RecordTooLargeError', now()), "
+            "(2, 'equipement.declarations.v1.dlq', '0350004P', 'v', '[]', 'RecordTooLargeError', now())"
+        )
+        assert await outbox_failed.run("list", ["equipement"], database_url, None, show_key=True) == 2
+        listed = capsys.readouterr().out
+        assert "ens-jean-dupont-42" not in listed and "key='0350004P'" in listed
+        await switch.execute("SELECT pg_advisory_lock($1)", writer_lock("equipement"))
+        retry = asyncio.create_task(outbox_failed.run("retry", ["equipement"], database_url, [2]))
+        await eventually(lambda: lock_waiters(switch), what="the retry waiting for the switch")
+        assert not retry.done() and await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        await switch.execute("SELECT pg_advisory_unlock($1)", writer_lock("equipement"))
+        assert await asyncio.wait_for(retry, 10) == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    finally:
+        await switch.close()
         await pool.close()
 
 

@@ -8,9 +8,12 @@ A record lands in `outbox_failed` when Kafka answers that it will never accept i
 topic's size limit, an invalid topic). Once the cause is fixed (a topic's max.message.bytes
 raised, say), `retry` moves it back to the end of the outbox, where the running service's relay
 publishes it within OUTBOX_POLL_MS, with an `outbox-retry` header holding the seq it was set
-aside with; moved in one transaction, a record is retried once. Consumers keep the highest
+aside with; moved in one transaction, a record is retried once. `retry` and `drop` write as the
+service does, under its writer lock: never in the middle of a rebuild's switch, whose copy of
+the set-aside records would miss what they changed. Consumers keep the highest
 version or the latest time, so a record published late cannot override newer state. Values
-are not printed: they may hold partners' data; `--show-key` prints record keys.
+are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
+only when it is a UAI (a partner's `formation-suivie` is keyed by its teacher_id).
 """
 
 import argparse
@@ -19,7 +22,10 @@ import sys
 
 import asyncpg
 
+from contracts import is_valid_uai
+from services.common.messaging.dlq import key_text
 from services.common.messaging.outbox import dump_headers, load_headers
+from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
 
@@ -33,12 +39,18 @@ async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     )
     print(f"{schema}: {len(rows)} record(s) set aside")
     for r in rows:
-        key = f" key={r['key'].decode(errors='replace')!r}" if show_key and r["key"] is not None else ""
+        key = f" key={_shown_key(r['topic'], r['key'])}" if show_key and r["key"] is not None else ""
         print(
             f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
             f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}"
         )
     return len(rows)
+
+
+def _shown_key(topic: str, key: bytes) -> str:
+    """A key as `list --show-key` prints it: a DLQ copy's is a partner's, maybe a teacher_id."""
+    text = key_text(key) or ""
+    return repr(text) if not topic.endswith(".dlq") or is_valid_uai(text) else "(clé d'un partenaire, non montrée)"
 
 
 RETRY = "outbox-retry"
@@ -53,6 +65,7 @@ def _marked(row: asyncpg.Record) -> str:
 
 async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) -> int:
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
         moved = await conn.fetch(
             f'DELETE FROM "{schema}".outbox_failed WHERE $1::bigint[] IS NULL OR seq = ANY($1::bigint[]) '
             "RETURNING seq, topic, key, value, headers",
@@ -67,7 +80,9 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
 
 
 async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
-    dropped = await conn.execute(f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[])', seqs)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
+        dropped = await conn.execute(f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[])', seqs)
     count = int(dropped.split()[-1])
     print(f"{schema}: {count} record(s) dropped")
     return count
