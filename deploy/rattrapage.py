@@ -32,6 +32,7 @@ handled (at or past its consumer group's committed offset) whose DLQ on Kafka ho
 """
 
 import asyncio
+import hashlib
 import itertools
 import json
 import time
@@ -306,16 +307,27 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
         return []
 
     await sql.run_exclusive(forget_replay)
+    # The topics are read record by record, what is kept of them is per key (the alerts stream
+    # is kept for ever: a year of a national platform's would not fit in memory).
     if name in DERIVED:
         topic, source, kinds = DERIVED[name]
-        published = _published_records(await read_topic(bootstrap, cible.topic(topic)))
+        published: dict[tuple[str, str, str], tuple[int, dict]] = {}
+        async for record in records_of(bootstrap, cible.topic(topic)):
+            _publish(published, record)
         queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, published, kinds, source))
     elif name == "ressources":
-        stream = await read_topic(bootstrap, cible.topic(c.ALERTES))
-        table = await read_topic(bootstrap, cible.topic(c.ALERTES_ETAT))
-        held = _held_alerts([*stream, *(r for r in table if r.value is not None)])
+        held: dict[str, _Held] = {}
+        announced = 0
+        async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
+            _hold(held, record)
+            announced += 1
+        shown: dict[str, bytes | None] = {}  # the table's last record of each key, digested
+        async for record in records_of(bootstrap, cible.topic(c.ALERTES_ETAT)):
+            shown[record.key.decode()] = None if record.value is None else _digest(record.value)
+            if record.value is not None:
+                _hold(held, record)
         queued = await sql.run_exclusive(
-            lambda conn: _accord_alerts(conn, held, table, cible.journal_from, len(stream), journal_floor)
+            lambda conn: _accord_alerts(conn, held, shown, cible.journal_from, announced, journal_floor)
         )
         queued += await _reevaluate_everything(cible, stored_thresholds)
     else:
@@ -363,17 +375,18 @@ def _bare(cible: Cible) -> Pipeline:
     return pipeline
 
 
-def _published_records(records: Iterable[ConsumerRecord]) -> dict[tuple[str, str, str], tuple[int, dict]]:
-    """(type, uai, entity) -> (version, data) of the highest version Kafka holds."""
-    out: dict[tuple[str, str, str], tuple[int, dict]] = {}
-    for record in records:
-        event = json.loads(record.value)
-        data = event["data"]
-        entity = record.key.decode().partition("/")[2]  # `{uai}/{entity}`, or the UAI alone
-        key = (event["type"], data["uai"], entity)
-        if key not in out or out[key][0] < data["version"]:
-            out[key] = (data["version"], data)
-    return out
+def _publish(out: dict[tuple[str, str, str], tuple[int, dict]], record: ConsumerRecord) -> None:
+    """`out`: (type, uai, entity) -> (version, data) of the highest version Kafka holds, with `record`."""
+    event = json.loads(record.value)
+    data = event["data"]
+    entity = record.key.decode().partition("/")[2]  # `{uai}/{entity}`, or the UAI alone
+    key = (event["type"], data["uai"], entity)
+    if key not in out or out[key][0] < data["version"]:
+        out[key] = (data["version"], data)
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=16).digest()
 
 
 async def _accord_derived(
@@ -424,13 +437,18 @@ def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
     raise of its cycle (the relay may publish out of order on retries)."""
     out: dict[str, _Held] = {}
     for record in records:
-        event = json.loads(record.value)
-        data, opened = event["data"], event["type"] == c.ALERTE_LEVEE
-        before = out.get(data["alert_id"])
-        cycle = _cycle(data["alert_id"], event["id"], "levee" if opened else "resolue", before.cycle if before else 1)
-        if before is None or (cycle, not opened) > (before.cycle, not before.open):
-            out[data["alert_id"]] = _Held(cycle, opened, data, record.value)
+        _hold(out, record)
     return out
+
+
+def _hold(out: dict[str, _Held], record: ConsumerRecord) -> None:
+    """`_held_alerts`, one record more."""
+    event = json.loads(record.value)
+    data, opened = event["data"], event["type"] == c.ALERTE_LEVEE
+    before = out.get(data["alert_id"])
+    cycle = _cycle(data["alert_id"], event["id"], "levee" if opened else "resolue", before.cycle if before else 1)
+    if before is None or (cycle, not opened) > (before.cycle, not before.open):
+        out[data["alert_id"]] = _Held(cycle, opened, data, record.value)
 
 
 def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
@@ -445,7 +463,7 @@ def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
 async def _accord_alerts(
     conn: Conn,
     held: dict[str, _Held],
-    table: list[ConsumerRecord],
+    shown: dict[str, bytes | None],
     journal_from: int,
     announced: int,
     floor: int,
@@ -481,11 +499,10 @@ async def _accord_alerts(
     horizon = max(journal_from + announced, floor)
     await conn.execute("SELECT setval(pg_get_serial_sequence('alert_journal', 'seq'), $1)", max(horizon, 1))
     await conn.execute("UPDATE alert_journal_horizon SET purged_through = $1", horizon)
-    shown = {r.key.decode(): r.value for r in table}  # in offset order: the last record of each key
     return [
         Outgoing(c.ALERTES_ETAT, alert, h if h.open else TOMBSTONE)
         for alert, h in held.items()
-        if shown.get(alert) != (h.value if h.open else None)
+        if shown.get(alert) != (_digest(h.value) if h.open else None)
     ]
 
 
