@@ -5,9 +5,11 @@ Hypothesis drives a synchronous httpx client from a worker thread, while the API
 uvicorn on this test's event loop, against the real PostgreSQL (and Kafka, for the consumer)."""
 
 import asyncio
+import random
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -79,6 +81,23 @@ def _check(response: httpx.Response, where: str, name: str, value: bytes) -> Non
         assert response.status_code < 300, (where, name, value, response.status_code, response.text[:500])
 
 
+@pytest.fixture
+def libraries_draw_apart(monkeypatch):
+    """The service's Kafka client draws from the random module's shared generator all the time
+    (aiokafka's fetcher shuffles its partitions at every fetch), on the event loop, while
+    hypothesis draws examples in the test's thread: hypothesis then sees its generator moved
+    under it and warns of a strategy using `random` (HypothesisDeprecationWarning, one run in a
+    few). Here those modules draw from one of their own."""
+    import aiokafka.client
+    import aiokafka.conn
+    import aiokafka.consumer.fetcher
+    import aiokafka.partitioner
+
+    for module in (aiokafka.client, aiokafka.conn, aiokafka.consumer.fetcher, aiokafka.partitioner):
+        monkeypatch.setattr(module, "random", random.Random())
+
+
+@pytest.mark.usefixtures("libraries_draw_apart")
 async def test_random_bytes_at_every_parameter_never_get_a_5xx(settings):
     fast = settings.model_copy(update={"sse_keepalive_seconds": 0.2, "sse_max_clients": 1000})
     async with serve_api(fast) as (async_client, _):
