@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 import contracts as c
 from helpers import TEST_PARTITIONS, TopicReader, at, college, event, eventually, record_count, running, send, uai
@@ -216,10 +217,9 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         other = await asyncpg.connect(settings.database_url)
         try:
             await other.execute("SELECT pg_advisory_lock($1)", dead_letters.REPLAY_LOCK)
-            await dead_letters.run(
-                dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url
-            )
-            assert "another replay of dead letters is under way" in capsys.readouterr().err
+            argv = ["replay", "--service", "equipement"]
+            with pytest.raises(dead_letters.ReplayUnderWay, match="another replay of dead letters is under way"):
+                await dead_letters.run(dead_letters.parse_args(argv), settings.database_url)
         finally:
             await other.close()
         assert await pipeline.pool.fetchval("SELECT replayed_at FROM dead_letters") is None

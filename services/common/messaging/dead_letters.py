@@ -131,12 +131,15 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
     return shown
 
 
+class ReplayUnderWay(Exception):
+    """Another operator's replay holds the database's: this one sends nothing (exit code 1)."""
+
+
 async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     """One replay at a time in a database: two operators replaying the same dead letters at once
     would each send them (a session lock, held until this ends)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
-        print("another replay of dead letters is under way: run this again once it is done", file=sys.stderr)
-        return 0
+        raise ReplayUnderWay("another replay of dead letters is under way: run this again once it is done")
     try:
         return await _replay_held(conn, schemas, args)
     finally:
@@ -351,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     database_url = settings_or_exit("./dev dead-letters").database_url
     try:
         found = asyncio.run(run(args, database_url))
+    except ReplayUnderWay as exc:
+        print(f"./dev dead-letters: {exc}", file=sys.stderr)
+        return 1
     except (TimeoutError, KafkaError) as exc:  # first: a TimeoutError is an OSError
         print(f"./dev dead-letters: Kafka did not answer: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         return 1
