@@ -1,7 +1,7 @@
 """`./dev outbox`: what the relays set aside because Kafka refused it for good, and putting it back.
 
     ./dev outbox list [--service NAME]             count and list the set-aside records
-    ./dev outbox retry [--service NAME] [--seq N …] put them back in the outbox (all, or these)
+    ./dev outbox retry [--service NAME [--seq N …]] put them back in the outbox (all, or these)
     ./dev outbox drop --service NAME --seq N …     forget these records, after reading them
 
 A record lands in `outbox_failed` when Kafka answers that it will never accept it (over the
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "drop" and not (args.seq and args.service and len(args.service) == 1):
         parser.error("drop needs one --service and the --seq of each record to forget")
+    if args.command == "retry" and args.seq and not (args.service and len(args.service) == 1):
+        parser.error("retry --seq needs one --service: each service numbers its records on its own")
     database_url = settings_or_exit("./dev outbox").database_url
     try:
         asyncio.run(run(args.command, args.service or list(SERVICES), database_url, args.seq, args.show_key))
