@@ -250,7 +250,11 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
 
 async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord]:
     """The records of `topic` now, batch after batch (none held beyond its batch)."""
-    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
+    # A position the retention deleted meanwhile (the oldest records, under a long scan) goes back
+    # to the first record left, not to the end: aiokafka's default would skip all the rest.
+    consumer = AIOKafkaConsumer(
+        **kafka_options(bootstrap), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = await partitions_of(bootstrap, [topic])
