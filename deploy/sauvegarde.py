@@ -49,6 +49,7 @@ from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
+from services.common.storage.db import advisory_key
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -100,7 +101,8 @@ def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
     done = subprocess.run(args, env=env, capture_output=True)
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip().splitlines()
-        raise SauvegardeError(f"{what} failed: {redact(detail[-1] if detail else f'exit code {done.returncode}')}")
+        errors = [line for line in detail if "ERROR:" in line] or detail  # not the CONTEXT lines after it
+        raise SauvegardeError(f"{what} failed: {redact(errors[-1] if errors else f'exit code {done.returncode}')}")
     return done.stdout
 
 
@@ -153,15 +155,26 @@ NO_CATCH_UP = {
 """Schemas of a backup restored as they are, rightly: neither is a service's that publishes."""
 
 
+RESTORING = "feo-sauvegarde"
+"""The restore's own sessions: not a service's."""
+_SERVICE_SESSIONS = (
+    "FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'feo-%' "
+    f"AND application_name <> '{RESTORING}' AND pid <> pg_backend_pid()"
+)
+_NO_SERVICE_CAME = (
+    f"DO $$ BEGIN IF EXISTS (SELECT 1 {_SERVICE_SESSIONS}) THEN RAISE EXCEPTION "
+    "'a service connected to the database during the restore: nothing replaced; stop it and restore again'; "
+    "END IF; END $$;"
+)
+"""The restore's last statement, in its transaction: a service that connected since the check
+before it started would work on until its next start unaware of the catch-up it needs."""
+
+
 async def connected_services(database_url: str) -> list[str]:
-    """The services (application_name feo-…) connected to the database, other than this process."""
+    """The services (application_name feo-…) connected to the database, other than a restore."""
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT DISTINCT application_name FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name LIKE 'feo-%' AND pid <> pg_backend_pid() "
-            "ORDER BY 1"
-        )
+        rows = await conn.fetch(f"SELECT DISTINCT application_name {_SERVICE_SESSIONS} ORDER BY 1")
     finally:
         await conn.close()
     return [r["application_name"] for r in rows]
@@ -184,7 +197,18 @@ async def _journal_allocated(database_url: str) -> int:
 
 async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     """Replace every schema the dump holds by the dump's, in one transaction, then catch each
-    service's schema up with the log (deploy/rattrapage.py); returns the schemas restored."""
+    service's schema up with the log (deploy/rattrapage.py); returns the schemas restored. One
+    restore at a time in a database (a session lock, held until this ends)."""
+    held = await asyncpg.connect(settings.database_url, server_settings={"application_name": RESTORING})
+    try:
+        if not await held.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key("sauvegarde:restore")):
+            raise SauvegardeError("another restore of this database is under way: nothing done")
+        return await _restore(settings, path)
+    finally:
+        await held.close()
+
+
+async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     database_url = settings.database_url
     if busy := await connected_services(database_url):
         raise SauvegardeError(f"stop the services first: still connected to the database: {', '.join(busy)}")
@@ -231,7 +255,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     )
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
-    steps = ["--command", drops, "--file", str(script), *(["--command", marks] if marks else [])]
+    steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
     with _connection(database_url) as (url, env):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
     script.unlink()  # the backup's data in clear: not left beside it longer than needed

@@ -138,6 +138,41 @@ async def test_a_restore_replaces_the_backups_schemas_and_leaves_public_alone(se
         await conn.close()
 
 
+async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
+    settings, database_url, tmp_path, monkeypatch
+):
+    """A second restore is refused while one runs; a service that connected after the first
+    check (its pod restarting, say) makes the restore's transaction fail: nothing replaced."""
+    dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "CREATE SCHEMA restauree; CREATE TABLE restauree.t (n int); INSERT INTO restauree.t VALUES (1)"
+        )
+        tool.backup(database_url, dump)
+        await conn.execute("INSERT INTO restauree.t VALUES (2)")
+        await conn.execute("SELECT pg_advisory_lock($1)", tool.advisory_key("sauvegarde:restore"))
+        with pytest.raises(tool.SauvegardeError, match="another restore of this database is under way"):
+            await tool.restore(settings, dump)
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+        came = await asyncpg.connect(database_url, server_settings={"application_name": "feo-equipement"})
+        try:
+
+            async def none_yet(_url: str) -> list[str]:  # the check done before it connected
+                return []
+
+            monkeypatch.setattr(tool, "connected_services", none_yet)
+            with pytest.raises(tool.SauvegardeError, match="a service connected to the database during the restore"):
+                await tool.restore(settings, dump)
+        finally:
+            await came.close()
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM restauree.t ORDER BY n")] == [1, 2], "not replaced"
+        monkeypatch.undo()
+        assert await tool.restore(settings, dump) == ["restauree"]
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM restauree.t")] == [1]
+    finally:
+        await conn.close()
+
+
 def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(database_url, tmp_path) -> None:
     """It holds teachers' pseudonyms: mode 0600. Written beside it then renamed: a dump that
     fails (here, a database that does not exist) leaves the former backup of that name whole."""
