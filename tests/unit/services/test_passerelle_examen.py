@@ -127,18 +127,7 @@ async def test_a_repeated_key_or_nan_refuses_that_element_alone_as_json_invalide
 
 
 def _etablissement(source: str = "/ministere") -> dict:
-    data = {
-        "uai": ECOLE,
-        "nom": "x",
-        "type": "ecole",
-        "statut": "public",
-        "code_commune": "35238",
-        "code_departement": "035",
-        "code_academie": "14",
-        "code_region": "53",
-        "ouvert": True,
-    }
-    return event(c.ETABLISSEMENT, source, data, time_=NOW)
+    return event(c.ETABLISSEMENT, source, ecole(ECOLE, "35238").model_dump(mode="json"), time_=NOW)
 
 
 RESOURCE = "ark:/67375/passerelle-1"
