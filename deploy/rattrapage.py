@@ -153,6 +153,24 @@ async def ouvrir(spec: ServiceSpec, settings: ServiceSettings, schema: str, prod
     return Cible(spec, settings, pipeline, outbox_from, journal_from)
 
 
+STALL_SECONDS = 120
+"""How long a read of the log may go without a record while some are left to read: Kafka gone,
+the catch-up fails (a rebuild then drops its schema and lets the service write again) rather
+than wait for ever, holding, during a rebuild's switch, the service's writes."""
+
+
+class _Progress:
+    def __init__(self, what: str):
+        self.what, self.at = what, time.monotonic()
+
+    def fetched(self, records: int) -> None:
+        """After a fetch: `records` came (progress), or none (TimeoutError past STALL_SECONDS)."""
+        if records:
+            self.at = time.monotonic()
+        elif time.monotonic() - self.at > STALL_SECONDS:
+            raise TimeoutError(f"{self.what}: no record from Kafka for {STALL_SECONDS} s, with some left to read")
+
+
 async def rattraper(cible: Cible) -> int:
     """Every record of the service's input topics after the schema's positions, up to their
     end as they are now, handled as the service would, in batches; returns how many.
@@ -180,11 +198,12 @@ async def rattraper(cible: Cible) -> int:
         ends = await consumer.end_offsets(partitions)
         queues: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque() for tp in partitions}
         batch: list[ConsumerRecord] = []
-        handled = 0
+        handled, progress = 0, _Progress(f"replaying {', '.join(topics)}")
         while True:
             # A partition with nothing buffered but more to read may hold the earliest record.
             if unread := [tp for tp in partitions if not queues[tp] and await consumer.position(tp) < ends[tp]]:
                 fetched = await consumer.getmany(*unread, timeout_ms=1000, max_records=settings.batch_max_records)
+                progress.fetched(sum(map(len, fetched.values())))
                 for tp, records in fetched.items():
                     queues[tp].extend(r for r in records if r.offset < ends[tp])
                 continue
@@ -261,8 +280,10 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
+        progress = _Progress(f"reading {topic}")
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
+            progress.fetched(sum(map(len, batch.values())))
             for record in [r for tp in sorted(batch) for r in batch[tp] if r.offset < ends[tp]]:
                 yield record
     finally:

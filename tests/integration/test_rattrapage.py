@@ -3,6 +3,7 @@ records are replayed in the order of their timestamps across topics, so an étab
 published before its equipment is known when the equipment is judged, whatever order the
 partitions are read in."""
 
+import asyncio
 import json
 
 import asyncpg
@@ -248,6 +249,34 @@ async def test_after_a_rebuild_the_outbox_numbers_past_the_records_set_aside(kaf
         assert following > 1000
     finally:
         await conn.close()
+
+
+async def test_a_replay_that_kafka_stops_answering_fails_instead_of_waiting_for_ever(
+    kafka, settings, monkeypatch
+) -> None:
+    """Records left to read, none coming (the broker gone): after STALL_SECONDS the catch-up
+    fails, a rebuild during its switch no longer holding the service's writes for ever."""
+    from aiokafka import AIOKafkaConsumer
+
+    import deploy.rattrapage as module
+
+    uai = valid_uai("0350404")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
+    cible = await ouvrir(SPEC, settings, "equipement_cale", held)
+
+    async def silent(self, *partitions, timeout_ms=0, max_records=None):
+        await asyncio.sleep(0.05)
+        return {}
+
+    monkeypatch.setattr(module, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", silent)
+    try:
+        with pytest.raises(TimeoutError, match=r"no record from Kafka for 0\.5 s"):
+            await asyncio.wait_for(rattraper(cible), 30)
+    finally:
+        await cible.close()
+        await held.stop()
 
 
 async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp_path, capsys) -> None:
