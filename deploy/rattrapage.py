@@ -161,13 +161,18 @@ than wait for ever, holding, during a rebuild's switch, the service's writes."""
 
 class _Progress:
     def __init__(self, what: str):
-        self.what, self.at = what, time.monotonic()
+        self.what = what
+        self.empty_since: float | None = None
 
     def fetched(self, records: int) -> None:
-        """After a fetch: `records` came (progress), or none (TimeoutError past STALL_SECONDS)."""
+        """After a fetch: `records` came, or none; TimeoutError once fetches have brought none for
+        STALL_SECONDS in a row (the time spent handling what came before does not count)."""
+        now = time.monotonic()
         if records:
-            self.at = time.monotonic()
-        elif time.monotonic() - self.at > STALL_SECONDS:
+            self.empty_since = None
+        elif self.empty_since is None:
+            self.empty_since = now
+        elif now - self.empty_since > STALL_SECONDS:
             raise TimeoutError(f"{self.what}: no record from Kafka for {STALL_SECONDS} s, with some left to read")
 
 
