@@ -127,17 +127,16 @@ async def _build_and_switch(
         await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
         await rattrapage.rattraper(cible)
         queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
-        columns = "seq, topic, key, value, headers, error, created_at, failed_at"  # for ./dev outbox
-        await session.execute(
-            f'INSERT INTO "{fresh}".outbox_failed ({columns}) SELECT {columns} FROM "{live}".outbox_failed'
-        )
-        # They keep their seq (./dev outbox names them by it), which the new outbox's sequence,
-        # started afresh, would hand out again: a record set aside later under one of them would
-        # break the key of outbox_failed, and the relay's rounds would fail on it for good.
+        # The records Kafka refused for good (for ./dev outbox), numbered again in the rebuilt
+        # outbox's sequence: theirs would be handed out again by it, started afresh, to records
+        # the alignment queued or the service will write; one of those set aside in turn would
+        # break outbox_failed's key, and the relay would fail on it at every round.
+        columns = "topic, key, value, headers, error, created_at, failed_at"
         sequence = await session.fetchval("SELECT pg_get_serial_sequence($1, 'seq')", f'"{fresh}".outbox')
         await session.execute(
-            f"SELECT setval('{sequence}', greatest((SELECT last_value FROM {sequence}), "
-            f'(SELECT coalesce(max(seq), 1) FROM "{fresh}".outbox_failed)))'
+            f'INSERT INTO "{fresh}".outbox_failed (seq, {columns}) '
+            f'SELECT nextval($1::regclass), {columns} FROM "{live}".outbox_failed ORDER BY seq',
+            sequence,
         )
         # The refusals as the service logged them: when each came and whether an operator
         # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.

@@ -229,10 +229,10 @@ async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, se
     assert f"the half-built schema {fresh} was dropped" in capsys.readouterr().out
 
 
-async def test_after_a_rebuild_the_outbox_numbers_past_the_records_set_aside(kafka, settings) -> None:
-    """The records Kafka refused keep their seq in the rebuilt schema (./dev outbox names them
-    by it): the new outbox's sequence must go past them, else a record set aside later under one
-    of those numbers breaks outbox_failed's key and the relay fails on it at every round."""
+async def test_after_a_rebuild_a_record_set_aside_never_shares_its_seq_with_another(kafka, settings) -> None:
+    """The records Kafka refused are carried into the rebuilt schema numbered in its outbox's
+    sequence: with their former seq, a record the rebuilt outbox numbered the same, set aside in
+    turn, broke outbox_failed's key and the relay failed on it at every round."""
     from deploy import reconstruire
 
     cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
@@ -241,12 +241,20 @@ async def test_after_a_rebuild_the_outbox_numbers_past_the_records_set_aside(kaf
     try:
         await conn.execute(
             f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, value, headers, error, created_at) "
-            "VALUES (1000, 't', 'k', 'v', '[]', 'RecordTooLargeError: too large', now())"
+            "VALUES (1, 't', 'k', 'v', '[]', 'RecordTooLargeError: too large', now())"
         )
         await reconstruire.rebuild(SPEC, settings)
-        assert await conn.fetchval(f"SELECT seq FROM {SPEC.name}.outbox_failed") == 1000, "carried over"
-        following = await conn.fetchval(f"SELECT nextval(pg_get_serial_sequence('{SPEC.name}.outbox', 'seq'))")
-        assert following > 1000
+        [carried] = await conn.fetch(f"SELECT seq, error FROM {SPEC.name}.outbox_failed")
+        assert carried["error"] == "RecordTooLargeError: too large"
+        # What the relay does with a record Kafka refuses: moved to outbox_failed under its seq.
+        for _ in range(3):
+            await conn.execute(
+                f"WITH moved AS (INSERT INTO {SPEC.name}.outbox (topic, key, value) VALUES ('t', 'k', 'v') "
+                "RETURNING seq, topic, key, value, headers, created_at) "
+                f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, value, headers, error, created_at) "
+                "SELECT seq, topic, key, value, headers, 'RecordTooLargeError', created_at FROM moved"
+            )
+        assert await conn.fetchval(f"SELECT count(DISTINCT seq) FROM {SPEC.name}.outbox_failed") == 4
     finally:
         await conn.close()
 
