@@ -111,9 +111,10 @@ def backup(database_url: str, path: Path) -> None:
     by its owner alone (it holds teachers' pseudonyms). Written beside it first, read back
     (`pg_restore --list`), forced to the disk, then renamed over `path`: a dump that fails or
     is interrupted (the disk full, Ctrl-C) leaves the former backup of that name as it was."""
-    partial = path.with_name(path.name + ".partiel")
-    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # pg_dump keeps its mode
-    os.chmod(partial, 0o600)  # a .partiel a former interrupted backup left
+    path = path.resolve()  # a link (latest.dump) stays one: what it names is replaced
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".partiel", dir=path.parent)  # 0600, its own
+    os.close(fd)
+    partial = Path(name)
     try:
         with _connection(database_url) as (url, env):
             dump = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(partial), "--dbname", url]
@@ -219,8 +220,7 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     # The dump as SQL, in a file of the operator's alone beside the backup (it is several times
     # the backup's size: held in memory, a national one would not fit), read whole before
     # anything is replaced: psql then runs it in one transaction with the drops and the marks.
-    script = path.with_name(path.name + ".restauration.sql")
-    os.close(os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    script = _scratch(path)
     try:
         _run(
             [pg_tool("pg_restore"), "--no-owner", "--no-acl", *only, "--file", str(script), str(path)],
@@ -230,6 +230,21 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
         return await _replace(settings, path, schemas, script)
     finally:
         script.unlink(missing_ok=True)
+
+
+def _scratch(backup: Path) -> Path:
+    """A new file of this process's alone (mode 0600) for the dump's SQL: beside the backup, or
+    in the temporary directory when its directory is read-only (a snapshot, another's files)."""
+
+    def made(directory: Path | None) -> Path:
+        fd, name = tempfile.mkstemp(prefix=backup.name + ".", suffix=".restauration.sql", dir=directory)
+        os.close(fd)
+        return Path(name)
+
+    try:
+        return made(backup.resolve().parent)
+    except OSError:
+        return made(None)
 
 
 async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], script: Path) -> list[str]:

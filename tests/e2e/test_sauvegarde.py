@@ -184,6 +184,11 @@ def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(data
         tool.backup(urlunsplit(urlsplit(database_url)._replace(path="/absente")), path)
     assert path.read_bytes() == former
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nuit.dump"], "nothing left beside it"
+    latest = tmp_path / "latest.dump"  # a link to the night's: stays one, what it names replaced
+    latest.symlink_to(path.name)
+    night = path.stat().st_ino
+    tool.backup(database_url, latest)
+    assert latest.is_symlink() and path.stat().st_ino != night, "the night's file replaced, through the link"
 
 
 @pytest.mark.parametrize("command", [["deploy.sauvegarde", "backup", "x.dump"], ["deploy.reconstruire", "equipement"]])
