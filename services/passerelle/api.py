@@ -252,9 +252,14 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
     if wait := passerelle.debit.take(principal.subject, len(elements)):
         raise too_fast(settings, principal.subject, wait)
     not_after = datetime.now(UTC) + settings.max_clock_skew
-    try:
+
+    async def lookup(uais: list[str]) -> dict[str, Etablissement]:
+        # The read alone is bounded: judging a large request's events is CPU, not a slow database.
         async with asyncio.timeout(settings.passerelle_lookup_timeout_seconds):
-            verdicts = await examen.judge(elements, principal.declarants, not_after, passerelle.etablissements)
+            return await passerelle.etablissements(uais)
+
+    try:
+        verdicts = await examen.judge(elements, principal.declarants, not_after, lookup)
     except _DATABASE_AWAY as e:
         log.warning("referentiel.injoignable", error=type(e).__name__)
         raise HTTPException(

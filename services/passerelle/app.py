@@ -36,12 +36,14 @@ SPEC = ServiceSpec(
         Publishes(
             c.CATALOGUE,
             "Resources and subscriptions declared over HTTP by the ministère and the GAR (POST "
-            "/v1/evenements), bytes as sent, with the header auth-principal (the token's sub)",
+            "/v1/evenements), bytes as sent, with the header auth-principal (the token's sub; not kept "
+            "by ressources: its Kafka writers could set it too)",
         ),
         Publishes(
             c.REFERENTIEL,
             "Établissements declared over HTTP by the ministère (POST /v1/evenements), bytes as sent, "
-            "with the header auth-principal (the token's sub)",
+            "with the header auth-principal (the token's sub; not kept by the services: the ministère's "
+            "Kafka principal could set it too)",
         ),
     ),
     apply=lambda _settings: _nothing_else,
