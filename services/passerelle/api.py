@@ -303,7 +303,7 @@ def record_headers(subject: str, http_headers: Iterable[tuple[str, str]]) -> lis
     (a malformed `traceparent` is dropped, and `tracestate` with it). Only the W3C trace
     context (telemetry.W3C_TRACE_CONTEXT): a partner's `baggage` would travel on to the alerts
     other territories read."""
-    trace = trace_headers([(name, value.encode()) for name, value in http_headers], None)
+    trace = trace_headers([(name, value.encode()) for name, value in http_headers], None, with_state=True)
     return [
         ("content-type", c.CONTENT_TYPE.encode()),
         (c.PRINCIPAL_HEADER, subject.encode()),

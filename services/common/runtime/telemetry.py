@@ -87,13 +87,20 @@ def tracer_is_recording() -> bool:
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
-def trace_headers(cause: Iterable[tuple[str, bytes | None]] | None, span: trace.Span | None) -> dict[str, str]:
+def trace_headers(
+    cause: Iterable[tuple[str, bytes | None]] | None, span: trace.Span | None, *, with_state: bool = False
+) -> dict[str, str]:
     """The trace headers of a record caused by a record with headers `cause`: its trace context
-    when it has one, else `span`'s (the batch that produced it), else none."""
+    when it has one, else `span`'s (the batch that produced it), else none. `traceparent` alone
+    unless `with_state`: a partner's `tracestate` is up to 32 entries of its own choosing, which
+    would go on to the records a service derives (alerts every territory reads); the
+    passerelle keeps it on the partner's own record."""
     carrier: dict[str, str] = {}
     context = context_from_headers(cause) if cause else None
     if context is not None and trace.get_current_span(context).get_span_context().is_valid:
         W3C_TRACE_CONTEXT.inject(carrier, context=context)
     elif span is not None and span.get_span_context().is_valid:
         W3C_TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(span))
+    if not with_state:
+        carrier.pop("tracestate", None)
     return carrier
