@@ -1,9 +1,9 @@
 """Passwords out of what is printed or logged.
 
 `redact` masks the password of every URL in a text (`postgresql://user:***@host/db`), the
-whole userinfo of an http(s) URL without a password (`https://***@host`: a token used as a
-user name), the value of every query parameter of an http(s) URL or a path (`/v1/traces?api-key=***`:
-an OTLP collector's or a JWKS endpoint's token), and the value of every `password=` pair
+whole userinfo of a web URL without a password (`https://***@host`: a token used as a user
+name), every value of a web URL's or a path's query and fragment (`/v1/traces?api-key=***`: an
+OTLP collector's or a JWKS endpoint's token), and the value of every `password=` pair
 (libpq `key=value` DSNs). It masks too much rather than too little: a URL whose password holds a
 raw `@`, `/` or `?` is still masked.
 """
@@ -13,10 +13,10 @@ import re
 MASK = "***"
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
-_QUERY = re.compile(r"(?P<path>(?:\b[Hh][Tt][Tt][Pp][Ss]?://|(?<![\w:/])/)[^\s?#]*)\?(?P<query>[^\s#]+)")
-"""An http(s) URL or a bare path, then its query string (an HTTP library names the request it
-failed on by its path). Not a database URL's: its parameters are libpq's (`password=` is masked
-as a pair), and `sslmode=require` says something worth reading."""
+_WORD = re.compile(r"\S+")
+_WEB = ("http://", "https://", "ws://", "wss://")
+_OPENING, _CLOSING = "\"'(<[{", re.compile(r"[\"'<>(){}\[\],;]")
+"""Around a URL in a text: what may open it, what ends it (a quote, a bracket, a comma)."""
 _PAIR = re.compile(
     r"""(?P<key>\b(?:password|passwd|pwd|sslpassword)\s*=\s*)"""
     r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&;,]+)""",
@@ -33,16 +33,36 @@ def _mask_userinfo(url: str) -> str:
         return url
     userinfo = rest[:at]
     colon = userinfo.find(":")
-    if colon < 0 and "/" not in userinfo and head.lower() in ("http", "https"):
+    if colon < 0 and "/" not in userinfo and head.lower() in ("http", "https", "ws", "wss"):
         return f"{head}://{MASK}{rest[at:]}"  # no password: the user name is the secret (a token)
     if colon < 0 or "/" in userinfo[:colon]:
         return url
     return f"{head}://{userinfo[:colon]}:{MASK}{rest[at:]}"
 
 
-def _mask_query(match: re.Match) -> str:
-    parameters = (p.partition("=") for p in match.group("query").split("&"))
-    return match.group("path") + "?" + "&".join(f"{k}={MASK}" if eq else k for k, eq, _ in parameters)
+def _mask_queries(word: re.Match) -> str:
+    """A web URL's or a bare path's query and fragment values masked (an HTTP library names the
+    request it failed on by its path). Not a database URL's: its parameters are libpq's
+    (`password=` is masked as a pair), and `sslmode=require` says something worth reading. Word
+    by word: linear in the text, whatever it holds."""
+    text = word.group()
+    start = len(text) - len(text.lstrip(_OPENING))
+    url = text[start:]
+    if not (url.lower().startswith(_WEB) or (url.startswith("/") and not url.startswith("//"))):
+        return text
+    end = _CLOSING.search(url)
+    url, tail = (url[: end.start()], url[end.start() :]) if end else (url, "")
+    head, hash_, fragment = url.partition("#")
+    path, question, query = head.partition("?")
+    masked = path + question + _values(query) + hash_ + _values(fragment)
+    return text[:start] + masked + tail
+
+
+def _values(pairs: str) -> str:
+    """`a=1&b` as `a=***&***`: every value, and a parameter that is only a value."""
+    if not pairs:
+        return pairs
+    return "&".join(f"{k}={MASK}" if eq else MASK for k, eq, _ in (p.partition("=") for p in pairs.split("&")))
 
 
 def _mask_pair(match: re.Match) -> str:
@@ -57,4 +77,6 @@ def redact(text: str) -> str:
     if "://" not in text and "=" not in text:
         return text
     text = _URL.sub(lambda m: _mask_userinfo(m.group()), text)
-    return _PAIR.sub(_mask_pair, _QUERY.sub(_mask_query, text))
+    if "?" in text or "#" in text:
+        text = _WORD.sub(_mask_queries, text)
+    return _PAIR.sub(_mask_pair, text)

@@ -28,6 +28,8 @@ def test_the_password_of_a_url_is_masked(text, expected):
         "postgresql://postgres@127.0.0.1:5432/postgres",
         "postgresql://127.0.0.1:5432/postgres",
         "postgresql:///feo?host=/var/run/postgresql",
+        "postgresql://postgres@[::1]/feo?sslmode=require",
+        "postgresql://feo@/feo?host=/tmp",
         "127.0.0.1:9092,127.0.0.1:9093",
         "https://example.org/search",
         "no url here, x=1",
@@ -45,8 +47,11 @@ def test_text_without_a_password_is_unchanged(text):
             "Max retries exceeded with url: /v1/traces?api-key=S3CRET (Caused by NewConnectionError)",
             "Max retries exceeded with url: /v1/traces?api-key=*** (Caused by NewConnectionError)",
         ),
-        ("https://otel.example/v1/traces?token=S3CRET&x#f", "https://otel.example/v1/traces?token=***&x#f"),
+        ("https://otel.example/v1/traces?token=S3CRET&x#f", "https://otel.example/v1/traces?token=***&***#***"),
         ("https://example.org/search?q=a:b@c", "https://example.org/search?q=***"),
+        ("url: /v1/traces?api-key=S3CRET) next", "url: /v1/traces?api-key=***) next"),  # the text around kept
+        ("https://idp.example/cb#access_token=S3CRET&state=1", "https://idp.example/cb#access_token=***&state=***"),
+        ("wss://h.example/s?t=S3CRET", "wss://h.example/s?t=***"),
         # a token as the user name of an http(s) URL (JWKS_URL), no password after it
         ("https://S3CRET@idp.example/jwks", "https://***@idp.example/jwks"),
     ],
