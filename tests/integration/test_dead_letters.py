@@ -1,11 +1,13 @@
 """The dead-letter log: who sent each refused record, kept by the service that refused it, and
 found by `./dev dead-letters`, against the real broker and database."""
 
+import asyncio
 import json
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 import contracts as c
 from helpers import TEST_PARTITIONS, TopicReader, at, college, event, eventually, record_count, running, send, uai
@@ -301,3 +303,38 @@ async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafk
             out, err = capsys.readouterr()
             assert [line.split()[0] for line in out.splitlines() if "replayed as" in line] == [sent]
             assert ("more than 1 dead letters match" in err) is left, err
+
+
+async def test_the_dlq_copies_are_read_until_found_and_a_silent_broker_fails_the_scan(kafka, settings, monkeypatch):
+    """The scan of the DLQ topics ends once each wanted copy is found (a large DLQ need not be
+    read to its end), and fails after SCAN_SECONDS without a record while some are left (it had
+    120 s in all: a large DLQ failed as 'Kafka did not answer')."""
+    from aiokafka import AIOKafkaConsumer
+
+    from services.common.messaging.connection import KafkaAccess
+
+    source = settings.topic(c.EQUIPEMENT)
+    copies = [
+        (b"v%d" % n, [("dlq-reason", b"r"), ("dlq-message", b"m"), ("dlq-topic", source.encode()),
+                      ("dlq-partition", b"0"), ("dlq-offset", b"%d" % n)])
+        for n in range(3)
+    ]  # fmt: skip
+    producer = AIOKafkaProducer(**KafkaAccess.of(settings).aiokafka(), acks="all")
+    await producer.start()
+    try:
+        for value, headers in copies:
+            await producer.send_and_wait(c.dlq(source), value, key=b"k", headers=headers, partition=0)
+        access = KafkaAccess.of(settings)
+        found = await dead_letters._copies(access, producer, {(source, 0, 1)})
+        assert [r.value for r in found.values()] == [b"v1"]
+
+        async def silent(self, *partitions, timeout_ms=0, max_records=None):
+            await asyncio.sleep(0.05)
+            return {}
+
+        monkeypatch.setattr(dead_letters, "SCAN_SECONDS", 0.5)
+        monkeypatch.setattr(AIOKafkaConsumer, "getmany", silent)
+        with pytest.raises(TimeoutError, match=r"no record from the DLQ topics for 0\.5 s"):
+            await asyncio.wait_for(dead_letters._copies(access, producer, {(source, 0, 9)}), 30)
+    finally:
+        await producer.stop()

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,9 @@ from services.common.storage.db import advisory_key
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
 HEADER_SHOWN = 200  # characters of a header's value shown
-SCAN_SECONDS = 120  # reading a DLQ topic to its end: beyond, the broker is not answering
+SCAN_SECONDS = 120
+"""Reading the DLQ topics: this long without a record while some are left, the broker is not
+answering. A large DLQ may take longer in all: only a stall ends the scan."""
 REPLAY_LOCK = advisory_key("dead-letters-replay")
 
 
@@ -251,8 +254,8 @@ def _header_value(value: bytes | None) -> str:
 
 
 async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
-    """The DLQ copies of these refused records, read from their DLQ topics to their end (the
-    producer knows the partitions: it waits for the metadata)."""
+    """The DLQ copies of these refused records, read from their DLQ topics until each is found or
+    the topics' end (the producer knows the partitions: it waits for the metadata)."""
     consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -266,12 +269,19 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
         for tp in tps:
             consumer.seek(tp, starts[tp])
         found: dict[Origin, ConsumerRecord] = {}
-        async with asyncio.timeout(SCAN_SECONDS):
-            while pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(*pending, timeout_ms=1000)).values():
-                    for r in records:
-                        if (of := origin(r.headers)) in wanted:
-                            found[of] = r
+        empty_since: float | None = None
+        while wanted - found.keys() and (pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]):
+            fetched = await consumer.getmany(*pending, timeout_ms=1000)
+            if any(fetched.values()):
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+            elif time.monotonic() - empty_since > SCAN_SECONDS:
+                raise TimeoutError(f"no record from the DLQ topics for {SCAN_SECONDS} s, with some left to read")
+            for records in fetched.values():
+                for r in records:
+                    if (of := origin(r.headers)) in wanted:
+                        found[of] = r
         return found
     finally:
         await consumer.stop()
