@@ -44,6 +44,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
+from deploy.disque import durable
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
@@ -120,20 +121,11 @@ def backup(database_url: str, path: Path) -> None:
             dump = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(partial), "--dbname", url]
             _run(dump, env, "pg_dump")
         _run([pg_tool("pg_restore"), "--list", str(partial)], dict(os.environ), "reading the backup back")
-        _durable(partial)
+        durable(partial)
         partial.replace(path)
-        _durable(path.parent)
+        durable(path.parent)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _durable(path: Path) -> None:
-    """`path` (a file, or a directory for the names in it) forced to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def schemas_in(path: Path) -> list[str]:

@@ -58,6 +58,7 @@ from typing import IO
 
 import contracts as c
 from contracts.vocabulary import fold_kind, fold_name
+from deploy.disque import durable
 from deploy.identite import IdentiteLocale
 from deploy.local.datadir import data_root
 from deploy.local.partenaires import Partenaires, Sent
@@ -335,16 +336,10 @@ def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
     behind a run whose lots the platform holds."""
     document = {"declarant": declarant, "date": etat.date and etat.date.isoformat(), "lots": etat.lots}
     written = path.with_name(path.name + ".nouveau")
-    with written.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(document, ensure_ascii=False, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
+    written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+    durable(written)
     written.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    durable(path.parent)
 
 
 def bilan(sent: Sent) -> str:
