@@ -53,6 +53,7 @@ from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import OutboxRelay, load_headers
+from services.common.messaging.stall import Stall
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -159,23 +160,6 @@ the catch-up fails (a rebuild then drops its schema and lets the service write a
 than wait for ever, holding, during a rebuild's switch, the service's writes."""
 
 
-class _Progress:
-    def __init__(self, what: str):
-        self.what = what
-        self.empty_since: float | None = None
-
-    def fetched(self, records: int) -> None:
-        """After a fetch: `records` came, or none; TimeoutError once fetches have brought none for
-        STALL_SECONDS in a row (the time spent handling what came before does not count)."""
-        now = time.monotonic()
-        if records:
-            self.empty_since = None
-        elif self.empty_since is None:
-            self.empty_since = now
-        elif now - self.empty_since > STALL_SECONDS:
-            raise TimeoutError(f"{self.what}: no record from Kafka for {STALL_SECONDS} s, with some left to read")
-
-
 async def rattraper(cible: Cible) -> int:
     """Every record of the service's input topics after the schema's positions, up to their
     end as they are now, handled as the service would, in batches; returns how many.
@@ -203,7 +187,7 @@ async def rattraper(cible: Cible) -> int:
         ends = await consumer.end_offsets(partitions)
         queues: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque() for tp in partitions}
         batch: list[ConsumerRecord] = []
-        handled, progress = 0, _Progress(f"replaying {', '.join(topics)}")
+        handled, progress = 0, Stall(f"replaying {', '.join(topics)}: no record from Kafka", STALL_SECONDS)
         while True:
             # A partition with nothing buffered but more to read may hold the earliest record.
             if unread := [tp for tp in partitions if not queues[tp] and await consumer.position(tp) < ends[tp]]:
@@ -285,7 +269,7 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        progress = _Progress(f"reading {topic}")
+        progress = Stall(f"reading {topic}: no record from Kafka", STALL_SECONDS)
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             progress.fetched(sum(map(len, batch.values())))

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +40,7 @@ from aiokafka.errors import KafkaError
 from contracts import dlq as dlq_topic
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.dlq import Origin, origin, replayed_headers
+from services.common.messaging.stall import Stall
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
 from services.common.storage.db import advisory_key
@@ -269,15 +269,10 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
         for tp in tps:
             consumer.seek(tp, starts[tp])
         found: dict[Origin, ConsumerRecord] = {}
-        empty_since: float | None = None
+        stall = Stall("no record from the DLQ topics", SCAN_SECONDS)
         while wanted - found.keys() and (pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]):
             fetched = await consumer.getmany(*pending, timeout_ms=1000)
-            if any(fetched.values()):
-                empty_since = None
-            elif empty_since is None:
-                empty_since = time.monotonic()
-            elif time.monotonic() - empty_since > SCAN_SECONDS:
-                raise TimeoutError(f"no record from the DLQ topics for {SCAN_SECONDS} s, with some left to read")
+            stall.fetched(sum(map(len, fetched.values())))
             for records in fetched.values():
                 for r in records:
                     if (of := origin(r.headers)) in wanted:

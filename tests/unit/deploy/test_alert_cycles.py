@@ -47,19 +47,3 @@ def test_an_id_not_made_by_event_id_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(rattrapage, "MAX_CYCLE", 50)
     with pytest.raises(ValueError, match=r"alert a: event id x was not made by lifecycle\.event_id"):
         rattrapage._cycle("a", "x", "levee", 1)
-
-
-def test_a_stall_is_counted_from_the_first_empty_fetch_not_from_the_last_records(monkeypatch):
-    """Handling what came may take longer than STALL_SECONDS: the first empty fetch after it
-    starts the count, it does not end the catch-up."""
-    now = [0.0]
-    monkeypatch.setattr(rattrapage.time, "monotonic", lambda: now[0])
-    progress = rattrapage._Progress("reading t")
-    progress.fetched(10)
-    now[0] += rattrapage.STALL_SECONDS * 3  # the batches handled meanwhile
-    progress.fetched(0)
-    now[0] += rattrapage.STALL_SECONDS / 2
-    progress.fetched(0)
-    now[0] += rattrapage.STALL_SECONDS
-    with pytest.raises(TimeoutError, match="reading t: no record from Kafka"):
-        progress.fetched(0)
