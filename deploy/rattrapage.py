@@ -445,18 +445,11 @@ class _Held:
         return self.value
 
 
-def _held_alerts(records: Iterable[ConsumerRecord]) -> dict[str, _Held]:
-    """Per alert_id, its last raise or resolution on the alerts stream or its table (which keeps
-    open alerts whatever the stream's retention): the highest cycle, a resolution after the
-    raise of its cycle (the relay may publish out of order on retries)."""
-    out: dict[str, _Held] = {}
-    for record in records:
-        _hold(out, record)
-    return out
-
-
 def _hold(out: dict[str, _Held], record: ConsumerRecord) -> None:
-    """`_held_alerts`, one record more."""
+    """`out`, per alert_id its last raise or resolution on the alerts stream or its table
+    (which keeps open alerts whatever the stream's retention), with `record`: the highest
+    cycle, a resolution after the raise of its cycle (the relay may publish out of order on
+    retries)."""
     event = json.loads(record.value)
     data, opened = event["data"], event["type"] == c.ALERTE_LEVEE
     before = out.get(data["alert_id"])

@@ -30,7 +30,9 @@ def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypa
     monkeypatch.setattr(rattrapage, "event_id", counted)
     alerts = [f"alerte-{n}" for n in range(50)]
     stream = [_record(a, cycle, raised) for a in alerts for cycle in (1, 2, 3) for raised in (True, False)]
-    held = rattrapage._held_alerts(stream)
+    held: dict = {}
+    for record in stream:
+        rattrapage._hold(held, record)
     assert {a: (h.cycle, h.open) for a, h in held.items()} == {a: (3, False) for a in alerts}
     assert tries <= 2 * len(stream)
 
