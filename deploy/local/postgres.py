@@ -17,6 +17,7 @@ import pwd
 import signal
 import stat
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -101,8 +102,10 @@ class LocalPostgres:
     stopped by a fast shutdown (SIGINT: clients are disconnected).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, settings: Mapping[str, str] | None = None):
+        """`settings`: server settings beside ours (`-c name=value`), e.g. a profiling extension to preload."""
         self.data_dir = Path(data_dir).resolve()
+        self.settings = dict(settings or {})
         self.external_url = os.environ.get("DATABASE_URL") or None
         self.port = port or free_port()
         self._server = ServerProcess("PostgreSQL", self.log_file, PostgresRuntimeError, stop_signal=signal.SIGINT)
@@ -153,6 +156,7 @@ class LocalPostgres:
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "unix_socket_directories=",
+                *(arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")),
             ],
             cwd=self.data_dir,
             timeout=timeout,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest.mock import patch
 
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -39,6 +40,9 @@ FLOW = ("formation", "equipement", "ressources")
 SERVICE_ENV = {"LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "LOG_FORMAT": "json"}
 """BENCH_LOG_LEVEL=INFO: the services' per-batch lines; with BENCH_LOG_DIR, their logs are kept there."""
 POLL_SECONDS = 0.05
+STATEMENTS = int(os.environ.get("BENCH_PG_STATEMENTS") or 0)
+"""BENCH_PG_STATEMENTS=N: the bench's PostgreSQL tracks its statements (pg_stat_statements), and a
+step of `national` prints its N costliest: where the database's time went, statement by statement."""
 
 # A producer's first records to a new topic meet "not leader" answers until the partitions
 # have elected theirs; aiokafka retries and logs each at WARNING, which is noise here.
@@ -104,13 +108,45 @@ class Runtime:
         )
 
 
+_TRACKING = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+
+
+async def statements_reset(database_url: str) -> None:
+    """From now on, what pg_stat_statements reports is this step's (BENCH_PG_STATEMENTS)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def top_statements(database_url: str, count: int) -> list[str]:
+    """The `count` statements that took the most execution time since `statements_reset`, one
+    line each: time, calls, rows, WAL written, and the statement's beginning."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT total_exec_time, calls, rows, wal_bytes, regexp_replace(query, '\\s+', ' ', 'g') AS query "
+            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT $1",
+            count,
+        )
+    finally:
+        await conn.close()
+    return [
+        f"{r['total_exec_time']:8,.0f} ms {r['calls']:6,} calls {r['rows']:8,} rows "
+        f"{int(r['wal_bytes']) / 1e6:6.1f} MB WAL  {r['query'][:100]}"
+        for r in rows
+    ]
+
+
 @asynccontextmanager
 async def runtime() -> AsyncIterator[Runtime]:
     """A broker and a PostgreSQL of the bench's own; its admin's access (KAFKA_*) in the
     environment while they run, for the bench's clients and the services it starts."""
     with (
         tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp,
-        LocalPostgres(Path(tmp) / "pg") as pg,
+        LocalPostgres(Path(tmp) / "pg", settings=_TRACKING if STATEMENTS else None) as pg,
         LocalKafka(Path(tmp) / "kafka") as kafka,
         patch.dict(os.environ, kafka.access.environ()),
     ):

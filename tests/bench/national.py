@@ -20,6 +20,8 @@ import os
 import time
 from datetime import timedelta
 
+import asyncpg
+
 import contracts as c
 from contracts import Etablissement
 from deploy.local.processes import ServiceProcesses
@@ -27,6 +29,7 @@ from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from harness import (
     FLOW,
+    STATEMENTS,
     Observer,
     Row,
     Runtime,
@@ -38,6 +41,8 @@ from harness import (
     peak_rss_mb,
     produce,
     running,
+    statements_reset,
+    top_statements,
     wait_until,
 )
 from records import T0, abonnement, affectation, lot, ressource
@@ -87,10 +92,14 @@ class Step:
         observer: Observer,
         procs: ServiceProcesses,
         expected: int,
+        database_url: str,
         postgres: int | None,
         kafka: int | None = None,
     ):
         self.tail, self.observer, self.procs, self.expected = tail, observer, procs, expected
+        self.database_url = database_url
+        """The stage's database: where the WAL the step wrote is read (pg_stat_wal, the whole
+        server's: with DATABASE_URL, other databases' writes count too)."""
         self.postgres = postgres
         """The postmaster's pid: its backends' CPU is counted (None with DATABASE_URL)."""
         self.kafka = kafka
@@ -103,8 +112,21 @@ class Step:
         broker = cpu_seconds(self.kafka) if self.kafka else 0.0
         return cpu_seconds(self.procs.process("ressources").pid), backends, broker, machine_busy_seconds()
 
+    async def _wal(self) -> tuple[int, int, int]:
+        """WAL records, full-page images and bytes the server has written so far."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+            assert row is not None  # a view of one row
+            return (int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"]))
+        finally:
+            await conn.close()
+
     async def __aenter__(self) -> "Step":
+        if STATEMENTS:
+            await statements_reset(self.database_url)
         self.seen_before = len(self.tail.records)
+        self.wal_before = await self._wal()
         self.cpu_before = self._cpu()
         self.started = time.monotonic()
         return self
@@ -126,6 +148,8 @@ class Step:
         after = self._cpu()
         used = [a - b for a, b in zip(after, self.cpu_before, strict=True)]
         self.ressources_cpu, self.postgres_cpu, self.kafka_cpu, self.machine_cpu = used
+        self.wal = [a - b for a, b in zip(await self._wal(), self.wal_before, strict=True)]
+        self.statements = await top_statements(self.database_url, STATEMENTS) if STATEMENTS else []
         self.until_drained = time.monotonic() - self.started
 
     def describe(self) -> str:
@@ -142,7 +166,10 @@ class Step:
         broker = f", Kafka {self.kafka_cpu:.1f} s" if self.kafka else ""
         cores = os.cpu_count() or 1
         machine = f"machine busy {self.machine_cpu:.1f} of {cores * self.until_drained:.1f} core-s"
-        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}{broker}; {machine}"
+        records, fpi, size = self.wal
+        wal = f"; WAL {size / 1e6:,.0f} MB ({records:,} records, {fpi:,} full pages)"
+        statements = "".join(f"\n      {line}" for line in self.statements)
+        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}{broker}; {machine}{wal}{statements}"
 
     def as_expected(self) -> bool:
         return self.alerts == self.raised == self.expected
@@ -159,7 +186,7 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
         await setup(stage, observer, procs, etabs)
         async with Tail(stage, stage.topic(c.ALERTES)) as tail:
             expected = sum(ipados(i) == OLD for i, _ in open_)
-            async with Step(tail, observer, procs, expected, postgres, kafka) as subscriptions:
+            async with Step(tail, observer, procs, expected, stage.database_url, postgres, kafka) as subscriptions:
                 await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
                 produced = time.monotonic() - subscriptions.started
             print(
@@ -168,10 +195,10 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
                 flush=True,
             )
             expected = sum(ipados(i) == RECENT for i, _ in open_)
-            async with Step(tail, observer, procs, expected, postgres, kafka) as stricter:
+            async with Step(tail, observer, procs, expected, stage.database_url, postgres, kafka) as stricter:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
             print(f"  stricter republication -> last alert  {stricter.describe()}; {stricter.cpu()}", flush=True)
-            async with Step(tail, observer, procs, 0, postgres, kafka) as unchanged:
+            async with Step(tail, observer, procs, 0, stage.database_url, postgres, kafka) as unchanged:
                 await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))])
             print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}", flush=True)
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
