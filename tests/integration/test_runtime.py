@@ -144,7 +144,7 @@ def test_failed_fetch_leaves_no_partial_cache(
 @pytest.mark.postgres
 async def test_postgres_creates_databases_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    with LocalPostgres(tmp_path / "pg") as postgres:
+    with LocalPostgres(tmp_path / "pg", settings={"work_mem": "7MB"}) as postgres:
         pid = postgres.pid
         assert pid is not None
         server_processes = [pid, *(child.pid for child in psutil.Process(pid).children())]
@@ -157,6 +157,7 @@ async def test_postgres_creates_databases_then_stops(tmp_path: Path, monkeypatch
         conn = await asyncpg.connect(url, timeout=CLIENT_DEADLINE_SECONDS)
         try:
             assert await conn.fetchval("SELECT current_database()") == "runtime_check"
+            assert await conn.fetchval("SHOW work_mem") == "7MB"  # a setting given beside ours
             assert (await conn.fetchval("SHOW server_version")).startswith("18.")
         finally:
             await conn.close()
