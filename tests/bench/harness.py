@@ -259,19 +259,36 @@ def _cpu(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+@asynccontextmanager
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A partner's producer, connected (TLS, SASL) and started: what `send` sends with."""
+    started = AIOKafkaProducer(
+        **kafka_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=256 * 1024
+    )
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+async def send(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Iterable[tuple[str, bytes]],
+    headers: list[tuple[str, bytes]] = HEADERS,
+) -> list:
+    """Every record, acknowledged by the broker (acks=all); their RecordMetadata, in order."""
+    sent = [await producer.send(topic, value, key=key.encode(), headers=headers) for key, value in records]
+    return list(await asyncio.gather(*sent))
+
+
 async def produce(
     bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]], headers: list[tuple[str, bytes]] = HEADERS
 ) -> list:
-    """Every record, acknowledged by the broker (acks=all); their RecordMetadata, in order."""
-    producer = AIOKafkaProducer(
-        **kafka_options(bootstrap), acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=256 * 1024
-    )
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, value, key=key.encode(), headers=headers) for key, value in records]
-        return list(await asyncio.gather(*sent))
-    finally:
-        await producer.stop()
+    """`send` with a producer of its own, started and stopped around it."""
+    async with producer(bootstrap) as started:
+        return await send(started, topic, records, headers)
 
 
 async def wait_until(check: Callable[[], Awaitable[bool] | bool], *, timeout: float, what: str) -> float:

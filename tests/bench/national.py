@@ -40,7 +40,9 @@ from harness import (
     machine_busy_seconds,
     peak_rss_mb,
     produce,
+    producer,
     running,
+    send,
     statements_reset,
     top_statements,
     wait_until,
@@ -184,10 +186,16 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
     postgres, kafka = runtime.postgres.pid, runtime.kafka.pid
     async with running(stage, FLOW) as procs, Observer(stage) as observer:
         await setup(stage, observer, procs, etabs)
-        async with Tail(stage, stage.topic(c.ALERTES)) as tail:
+        # Each step times the platform from its first record sent: the records are built, and
+        # the partner's producer connected and told the topic's partitions, before it starts.
+        subscribed = [abonnement(RESOURCE, e) for e in etabs]
+        stricter_one = [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))]
+        unchanged_one = [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))]
+        async with Tail(stage, stage.topic(c.ALERTES)) as tail, producer(stage.bootstrap) as gar:
+            await gar.partitions_for(catalogue)
             expected = sum(ipados(i) == OLD for i, _ in open_)
             async with Step(tail, observer, procs, expected, stage.database_url, postgres, kafka) as subscriptions:
-                await produce(stage.bootstrap, catalogue, [abonnement(RESOURCE, e) for e in etabs])
+                await send(gar, catalogue, subscribed)
                 produced = time.monotonic() - subscriptions.started
             print(
                 f"  {count:,} subscriptions -> last alert    {subscriptions.describe()}; sent in {produced:.1f} s; "
@@ -196,10 +204,10 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
             )
             expected = sum(ipados(i) == RECENT for i, _ in open_)
             async with Step(tail, observer, procs, expected, stage.database_url, postgres, kafka) as stricter:
-                await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=1))])
+                await send(gar, catalogue, stricter_one)
             print(f"  stricter republication -> last alert  {stricter.describe()}; {stricter.cpu()}", flush=True)
             async with Step(tail, observer, procs, 0, stage.database_url, postgres, kafka) as unchanged:
-                await produce(stage.bootstrap, catalogue, [ressource(RESOURCE, "17.2", T0 + timedelta(minutes=2))])
+                await send(gar, catalogue, unchanged_one)
             print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}", flush=True)
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
     print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
