@@ -40,14 +40,17 @@ from services.common.messaging.connection import kafka_options
 CLIENT_DEADLINE_SECONDS = 30
 
 
-async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str]]:
-    """(partition count, cleanup.policy) of each topic, as the broker reports them."""
+async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str, str]]:
+    """(partition count, cleanup.policy, segment.index.bytes) of each topic, as the broker reports them."""
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None, "segment.index.bytes": None})
+                for name in names
+            ]
         )
     finally:
         await admin.close()
@@ -55,8 +58,8 @@ async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int,
     for response in responses:
         for resource in response.to_object()["resources"]:
             entries = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
-            policies[resource["resource_name"]] = entries["cleanup.policy"]
-    return {name: (partitions[name], policies[name]) for name in names}
+            policies[resource["resource_name"]] = (entries["cleanup.policy"], entries["segment.index.bytes"])
+    return {name: (partitions[name], *policies[name]) for name in names}
 
 
 @pytest.mark.kafka
@@ -73,9 +76,11 @@ async def test_kafka_serves_topics_and_records_then_stops(tmp_path: Path, monkey
         await create_topics(bootstrap, [snapshots, events])
         await create_topics(bootstrap, [snapshots, events])  # existing topics are fine
 
+        # Their indexes at the broker's size, not Kafka's default 10 MiB (deploy/local/kafka/broker.py).
+        index = str(1024 * 1024)
         assert await _topic_state(bootstrap, [snapshots.name, events.name]) == {
-            snapshots.name: (3, "compact"),
-            events.name: (3, "delete"),
+            snapshots.name: (3, "compact", index),
+            events.name: (3, "delete", index),
         }
 
         producer = AIOKafkaProducer(**kafka_options(bootstrap))
