@@ -240,18 +240,29 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def jit_cpu_seconds(pid: int) -> float:
-    """The CPU time a JVM's JIT compiler threads (HotSpot's "C1 CompilerThread0", "C2 …") have
-    used so far, from /proc/PID/task/*/stat; 0 for a process without them."""
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+"""HotSpot's JIT compiler threads ("C1 CompilerThread0", "C2 …"; /proc shows 15 characters)."""
+GC_THREADS = ("GC Thread", "G1 ")
+"""G1's collector threads: "GC Thread#0" (pauses), "G1 Conc#0", "G1 Main Marker", "G1 Refine#0"…"""
+
+
+def jvm_threads_cpu_seconds(pid: int, names: tuple[str, ...]) -> float:
+    """The CPU time the JVM's threads whose names start with one of `names` have used so far,
+    from /proc/PID/task/*/stat; 0 for a process without them."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except FileNotFoundError:  # a thread that just ended
             continue
-        if stat[stat.index("(") + 1 :].startswith(("C1 CompilerThre", "C2 CompilerThre")):
+        if stat[stat.index("(") + 1 :].startswith(names):
             total += _cpu(stat)
     return total
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """The CPU time a JVM's JIT compiler threads have used so far."""
+    return jvm_threads_cpu_seconds(pid, JIT_THREADS)
 
 
 def _cpu(stat: str) -> float:

@@ -29,6 +29,7 @@ from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
 from harness import (
     FLOW,
+    GC_THREADS,
     STATEMENTS,
     Observer,
     Row,
@@ -38,6 +39,7 @@ from harness import (
     children_cpu_seconds,
     cpu_seconds,
     jit_cpu_seconds,
+    jvm_threads_cpu_seconds,
     machine_busy_seconds,
     peak_rss_mb,
     produce,
@@ -108,13 +110,17 @@ class Step:
         self.kafka = kafka
         """The broker's pid (None with KAFKA_BOOTSTRAP_SERVERS)."""
 
-    def _cpu(self) -> tuple[float, float, float, float, float]:
+    def _cpu(self) -> tuple[float, float, float, float, float, float]:
         """CPU seconds used so far by ressources, by PostgreSQL's backends, by the broker, by
-        the broker's JIT compilers, and by the whole machine (every process, this bench included)."""
+        the broker's JIT compilers and its garbage collector, and by the whole machine (every
+        process, this bench included)."""
         backends = children_cpu_seconds(self.postgres) if self.postgres else 0.0
-        broker = cpu_seconds(self.kafka) if self.kafka else 0.0
-        jit = jit_cpu_seconds(self.kafka) if self.kafka else 0.0
-        return cpu_seconds(self.procs.process("ressources").pid), backends, broker, jit, machine_busy_seconds()
+        broker, jit, gc = (
+            (cpu_seconds(self.kafka), jit_cpu_seconds(self.kafka), jvm_threads_cpu_seconds(self.kafka, GC_THREADS))
+            if self.kafka
+            else (0.0, 0.0, 0.0)
+        )
+        return cpu_seconds(self.procs.process("ressources").pid), backends, broker, jit, gc, machine_busy_seconds()
 
     async def _wal(self) -> tuple[int, int, int]:
         """WAL records, full-page images and bytes the server has written so far."""
@@ -151,7 +157,7 @@ class Step:
         self.seconds = (alerts[-1][0] if alerts else time.monotonic()) - self.started
         after = self._cpu()
         used = [a - b for a, b in zip(after, self.cpu_before, strict=True)]
-        self.ressources_cpu, self.postgres_cpu, self.kafka_cpu, self.jit_cpu, self.machine_cpu = used
+        self.ressources_cpu, self.postgres_cpu, self.kafka_cpu, self.jit_cpu, self.gc_cpu, self.machine_cpu = used
         self.wal = [a - b for a, b in zip(await self._wal(), self.wal_before, strict=True)]
         self.statements = await top_statements(self.database_url, STATEMENTS) if STATEMENTS else []
         self.until_drained = time.monotonic() - self.started
@@ -167,7 +173,11 @@ class Step:
         what they could give (a step whose cores were all busy is bound by the sum of the CPU
         every process needs, not by any one of them)."""
         backends = f", PostgreSQL {self.postgres_cpu:.1f} s" if self.postgres else ""
-        broker = f", Kafka {self.kafka_cpu:.1f} s (its JIT {self.jit_cpu:.1f} s)" if self.kafka else ""
+        broker = (
+            f", Kafka {self.kafka_cpu:.1f} s (its JIT {self.jit_cpu:.1f} s, GC {self.gc_cpu:.1f} s)"
+            if self.kafka
+            else ""
+        )
         cores = os.cpu_count() or 1
         machine = f"machine busy {self.machine_cpu:.1f} of {cores * self.until_drained:.1f} core-s"
         records, fpi, size = self.wal
