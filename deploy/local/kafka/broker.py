@@ -45,6 +45,9 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 """
 # Java stack frames would push the "Caused by:" lines that explain a failure out of the tail.
 _STACK_FRAMES = ("at ", "... ")
+BROKER_HEAP = ("-Xms1g", "-Xmx1g")
+"""Kafka's own start script's heap. At 512 MiB, G1 ran a concurrent marking cycle in some runs
+of the national bench's subscriptions step, 3 s of the broker's CPU (./dev bench national)."""
 INDEX_BYTES = 1024 * 1024
 """log.index.size.max.bytes: the largest a segment's index file grows (Kafka's default: 10 MiB)."""
 
@@ -163,7 +166,7 @@ class LocalKafka:
         properties = self._write_config()
         log_config = self.data_dir / "log4j2.properties"
         log_config.write_text(_LOG4J2_PROPERTIES)
-        jvm = [java, "-Xmx512m", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
+        jvm = [java, *BROKER_HEAP, f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
         if not formatted:
             run_tool(
                 [
