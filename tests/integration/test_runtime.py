@@ -54,12 +54,12 @@ async def _topic_state(bootstrap: str, names: list[str]) -> dict[str, tuple[int,
         )
     finally:
         await admin.close()
-    policies = {}
+    configs = {}
     for response in responses:
         for resource in response.to_object()["resources"]:
             entries = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
-            policies[resource["resource_name"]] = (entries["cleanup.policy"], entries["segment.index.bytes"])
-    return {name: (partitions[name], *policies[name]) for name in names}
+            configs[resource["resource_name"]] = (entries["cleanup.policy"], entries["segment.index.bytes"])
+    return {name: (partitions[name], *configs[name]) for name in names}
 
 
 @pytest.mark.kafka

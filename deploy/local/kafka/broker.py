@@ -166,11 +166,11 @@ class LocalKafka:
         properties = self._write_config()
         log_config = self.data_dir / "log4j2.properties"
         log_config.write_text(_LOG4J2_PROPERTIES)
-        jvm = [java, *BROKER_HEAP, f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
+        options = [f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
         if not formatted:
             run_tool(
                 [
-                    *jvm,
+                    *(java, *options),
                     *("kafka.tools.StorageTool", "format", "-t", self.quorum.cluster_id or _kafka_uuid()),
                     *("-c", str(properties)),
                     *self.credentials.scram_arguments(ADMIN),  # brokers need it to reach each other
@@ -180,7 +180,7 @@ class LocalKafka:
                 cwd=self.data_dir,
             )
         self._server.start(
-            [*jvm, "kafka.Kafka", str(properties)],
+            [java, *BROKER_HEAP, *options, "kafka.Kafka", str(properties)],
             cwd=self.data_dir,
             timeout=timeout,
             poll_seconds=0.2,
