@@ -103,7 +103,8 @@ class LocalPostgres:
     """
 
     def __init__(self, data_dir: Path, port: int | None = None, settings: Mapping[str, str] | None = None):
-        """`settings`: server settings beside ours (`-c name=value`), e.g. a profiling extension to preload."""
+        """`settings`: server settings beside ours (`-c name=value`), e.g. a profiling extension to
+        preload; with DATABASE_URL there is no server of ours to give them to."""
         self.data_dir = Path(data_dir).resolve()
         self.settings = dict(settings or {})
         self.external_url = os.environ.get("DATABASE_URL") or None

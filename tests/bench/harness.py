@@ -126,9 +126,11 @@ async def top_statements(database_url: str, count: int) -> list[str]:
     line each: time, calls, rows, WAL written, and the statement's beginning."""
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
+        rows = await conn.fetch(  # the stage's database's, those its clients sent (not those inside functions)
             "SELECT total_exec_time, calls, rows, wal_bytes, regexp_replace(query, '\\s+', ' ', 'g') AS query "
-            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT $1",
+            "FROM pg_stat_statements WHERE toplevel "
+            "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "ORDER BY total_exec_time DESC LIMIT $1",
             count,
         )
     finally:
@@ -144,6 +146,10 @@ async def top_statements(database_url: str, count: int) -> list[str]:
 async def runtime() -> AsyncIterator[Runtime]:
     """A broker and a PostgreSQL of the bench's own; its admin's access (KAFKA_*) in the
     environment while they run, for the bench's clients and the services it starts."""
+    if STATEMENTS and os.environ.get("DATABASE_URL"):
+        raise SystemExit(
+            "BENCH_PG_STATEMENTS needs the bench's own PostgreSQL, started with pg_stat_statements: unset DATABASE_URL"
+        )
     with (
         tempfile.TemporaryDirectory(prefix="feo-bench-") as tmp,
         LocalPostgres(Path(tmp) / "pg", settings=_TRACKING if STATEMENTS else None) as pg,

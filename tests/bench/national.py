@@ -123,12 +123,14 @@ class Step:
         return cpu_seconds(self.procs.process("ressources").pid), backends, broker, jit, gc, machine_busy_seconds()
 
     async def _wal(self) -> tuple[int, int, int]:
-        """WAL records, full-page images and bytes the server has written so far."""
+        """WAL records and full-page images the server has counted so far (pg_stat_wal: a
+        backend reports its own at most once a second, so these lag a little), and where its WAL
+        ends now (exact: a step's bytes are the distance between two of these)."""
         conn = await asyncpg.connect(self.database_url)
         try:
-            row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+            row = await conn.fetchrow("SELECT wal_records, wal_fpi, pg_current_wal_lsn() AS lsn FROM pg_stat_wal")
             assert row is not None  # a view of one row
-            return (int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"]))
+            return (int(row["wal_records"]), int(row["wal_fpi"]), int(row["lsn"]))
         finally:
             await conn.close()
 
@@ -156,11 +158,11 @@ class Step:
         self.alerts = len(alerts)
         self.seconds = (alerts[-1][0] if alerts else time.monotonic()) - self.started
         after = self._cpu()
+        self.until_drained = time.monotonic() - self.started
         used = [a - b for a, b in zip(after, self.cpu_before, strict=True)]
         self.ressources_cpu, self.postgres_cpu, self.kafka_cpu, self.jit_cpu, self.gc_cpu, self.machine_cpu = used
         self.wal = [a - b for a, b in zip(await self._wal(), self.wal_before, strict=True)]
         self.statements = await top_statements(self.database_url, STATEMENTS) if STATEMENTS else []
-        self.until_drained = time.monotonic() - self.started
 
     def describe(self) -> str:
         count = f"{self.alerts:,} alerts" + ("" if self.alerts == self.expected else f", expected {self.expected:,}")
