@@ -170,7 +170,8 @@ class LocalKafka:
         if not formatted:
             run_tool(
                 [
-                    *(java, *options),
+                    java,
+                    *options,
                     *("kafka.tools.StorageTool", "format", "-t", self.quorum.cluster_id or _kafka_uuid()),
                     *("-c", str(properties)),
                     *self.credentials.scram_arguments(ADMIN),  # brokers need it to reach each other
