@@ -10,11 +10,13 @@ must be a 4xx, never a 500. Everything here reads; nothing writes.
 import asyncio
 import json
 import unicodedata
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
 import asyncpg
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
@@ -23,6 +25,7 @@ from pydantic import AfterValidator
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
+from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.rules import Seuils, evaluate, is_evaluated
@@ -31,11 +34,13 @@ from services.ressources.store import RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
 
 router = APIRouter(responses=REFUSED)
+log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
+READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopped, is told to wait
 # A stream whose client stops reading never reaches its final event: past its lifetime and
 # this grace, the response is cut, so a stuck client cannot hold a connection forever.
 SSE_HARD_GRACE_SECONDS = 30
@@ -106,11 +111,69 @@ LastEventId = Annotated[
 ]
 
 
-def _pool(request: Request) -> asyncpg.Pool:
-    pipeline = request.app.state.pipeline
-    if not pipeline.started:
+class Reads:
+    """The read API's connections: a pool of their own (API_CONNECTIONS), apart from the
+    pipeline's. Dashboards reading at once then never hold the connections that the consumer's
+    batches, the relay and /health need (sharing them, slow reads took /health's and stalled
+    ingestion). A read waits at most API_STATEMENT_TIMEOUT_MS for a connection, and the server
+    stops each of its statements past as long: either way a 503 that says which, rather than a
+    request left hanging. Read-only on the server's side too (`default_transaction_read_only`)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_ms: int):
+        self.pool, self.timeout_ms = pool, timeout_ms
+
+    @classmethod
+    async def open(cls, settings: RessourcesSettings, schema: str) -> "Reads":
+        pool = await create_pool(
+            settings.database_url,
+            schema,
+            max_size=settings.api_connections,
+            purpose="lecture",
+            settings={
+                "statement_timeout": str(settings.api_statement_timeout_ms),
+                "default_transaction_read_only": "on",
+            },
+        )
+        return cls(pool, settings.api_statement_timeout_ms)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        try:
+            conn = await self.pool.acquire(timeout=self.timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("api.lectures_saturees", connections=self.pool.get_max_size(), waited_ms=self.timeout_ms)
+            raise HTTPException(
+                503,
+                f"trop de lectures en cours : aucune connexion libre en {self.timeout_ms} ms "
+                f"(API_CONNECTIONS = {self.pool.get_max_size()}) ; réessayer dans {READ_RETRY_SECONDS} s",
+                headers={"Retry-After": str(READ_RETRY_SECONDS)},
+            ) from None
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+
+async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
+    """A statement of a read stopped by the server (API_STATEMENT_TIMEOUT_MS)."""
+    limit = request.app.state.reads.timeout_ms
+    route = request.scope.get("route")
+    log.warning("api.lecture_interrompue", path=getattr(route, "path_format", None), limit_ms=limit)
+    return JSONResponse(
+        {
+            "detail": f"lecture trop longue : interrompue après {limit} ms (API_STATEMENT_TIMEOUT_MS) ; "
+            f"restreindre la demande (filtres, limit) ou réessayer dans {READ_RETRY_SECONDS} s"
+        },
+        503,
+        headers={"Retry-After": str(READ_RETRY_SECONDS)},
+    )
+
+
+def _pool(request: Request) -> Reads:
+    reads = getattr(request.app.state, "reads", None)
+    if reads is None:
         raise HTTPException(503, "le service démarre : réessayer dans quelques secondes")
-    return pipeline.pool
+    return reads
 
 
 def _hub(request: Request) -> AlertHub:
@@ -122,10 +185,16 @@ def _seuils(request: Request) -> Seuils:
 
 
 # What the endpoints need, as FastAPI dependencies (the runtime is set on the app by create_api).
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Pool = Annotated[Reads, Depends(_pool)]
 Hub = Annotated[AlertHub, Depends(_hub)]
 Thresholds = Annotated[Seuils, Depends(_seuils)]
-STARTING: dict[int | str, dict[str, Any]] = {503: {"model": Erreur, "description": "le service démarre encore"}}
+STARTING: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": Erreur,
+        "description": "le service démarre encore, ou la lecture n'a pas eu de connexion ou a duré plus que "
+        "API_STATEMENT_TIMEOUT_MS (avec Retry-After)",
+    }
+}
 
 
 @router.get(
@@ -290,10 +359,12 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     async def lifespan(api: FastAPI):
         await stream_app.start()
         pipeline = stream_app.pipeline
+        schema = settings.db_schema or pipeline.service
+        reads = await Reads.open(settings, schema)
         hub = AlertHub(
             settings.database_url,
-            settings.db_schema or pipeline.service,
-            pipeline.pool,
+            schema,
+            reads.pool,
             max_clients=settings.sse_max_clients,
             queue_size=settings.sse_queue_size,
             keepalive_seconds=settings.sse_keepalive_seconds,
@@ -301,7 +372,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             replay_max=settings.sse_replay_max,
         )
         await hub.start()
-        api.state.hub = hub
+        api.state.hub, api.state.reads = hub, reads
         api.state.before_shutdown = [hub.stop]  # its streams end (fin, arret-du-service) before uvicorn waits for them
         if settings.simulation_workers:
             from services.ressources.api_simulations import start_workers
@@ -316,6 +387,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             purge.cancel()
             await asyncio.gather(purge, return_exceptions=True)
             await hub.stop()
+            await reads.pool.close()
             await stream_app.stop()
             from services.ressources.api_simulations import stop_workers
 
@@ -328,7 +400,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "un flux des changements d'alertes (SSE) pour les tableaux de bord qui ne lisent pas Kafka. "
         "Une erreur répond en français et nomme le paramètre refusé.",
         lifespan=lifespan,
-        exception_handlers=HANDLERS,
+        exception_handlers={**HANDLERS, asyncpg.QueryCanceledError: read_too_long},
     )
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

@@ -19,7 +19,7 @@ from contracts import Lot, RessourcePubliee
 from contracts.parsing import MAX_RECORD_BYTES, ContractError, check_document
 from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
-from services.ressources.api import STARTING, Pool, Thresholds
+from services.ressources.api import Pool, Thresholds
 from services.ressources.api_errors import REFUSED, Erreur
 from services.ressources.rules import Seuils
 
@@ -77,7 +77,11 @@ class _CheckedBody(APIRoute):
 router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED, route_class=_CheckedBody)
 _running = asyncio.Lock()  # one at a time (_CheckedBody): a national one is a second of this process's CPU
 BUSY: dict[int | str, dict] = {
-    503: {"model": Erreur, "description": "le service démarre, ou une simulation est déjà en cours"}
+    503: {
+        "model": Erreur,
+        "description": "le service démarre, une simulation est déjà en cours, ou la lecture n'a pas eu de "
+        "connexion ou a duré plus que API_STATEMENT_TIMEOUT_MS (avec Retry-After)",
+    }
 }
 
 
@@ -152,7 +156,7 @@ class LotsSimules(BaseModel):
     summary="Et si cette ressource était publiée ? Les verdicts par académie et département, sans rien publier",
     description="Le corps est la charge utile `ressource-publiee` (CONTRACTS.md). Chaque établissement est jugé "
     "par les règles de l'évaluation en service sur son équipement et sa formation tels qu'enregistrés.",
-    responses={**BUSY, **STARTING},
+    responses=BUSY,
 )
 async def simuler_ressource(
     pool: Pool,
@@ -185,7 +189,7 @@ async def simuler_ressource(
     "service ferait, à partir des alertes qu'elle tient. Les droits du déclarant ne sont pas vérifiés (l'API "
     "n'authentifie pas) : la passerelle les vérifiera à la déclaration.",
     response_model=simulations.Consequences,
-    responses={**BUSY, **STARTING},
+    responses=BUSY,
 )
 async def simuler_equipement(pool: Pool, seuils: Thresholds, body: LotsSimules) -> Any:
     async with pool.acquire() as conn:

@@ -1,5 +1,5 @@
 """ressources' own settings, beside the shared ones: the alert thresholds, the background
-re-evaluations and the read API's live stream. Variables as documented in the README."""
+re-evaluations, the read API's connections and its live stream. Variables as documented in the README."""
 
 import os
 
@@ -25,6 +25,13 @@ class RessourcesSettings(ServiceSettings):
         default_factory=lambda: min(2, os.cpu_count() or 1),
         ge=0,
         description="processes judging POST /simulations/ressource (0: in the service's own, on its event loop)",
+    )
+    # The read API's connections: a pool of their own, apart from the pipeline's.
+    api_connections: int = Field(4, ge=1, description="connections the read API reads through (its own pool)")
+    api_statement_timeout_ms: int = Field(
+        5000,
+        ge=1,
+        description="longest a read waits for one of them, and longest each of its statements runs; then 503",
     )
     # The read API's live stream (SSE).
     sse_max_clients: int = Field(100, ge=1, description="open SSE streams per replica; beyond, 503 with Retry-After")

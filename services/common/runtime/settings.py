@@ -168,7 +168,7 @@ class ServiceSettings(BaseSettings):
     @property
     def background_connections(self) -> int:
         """Connections the service's background work holds at once (ressources' re-evaluation
-        workers), beside those of the consumer, the relay and the HTTP API (POOL_SIZE)."""
+        workers), beside those of the consumer, the relay and the probes (POOL_SIZE)."""
         return 0
 
     @classmethod

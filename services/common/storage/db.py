@@ -57,10 +57,22 @@ def advisory_key(name: str) -> int:
 
 
 POOL_SIZE = 5
-"""A service's connections: its consumer's batch, its relay, its HTTP API (/health, reads), and spare."""
+"""A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
+spare (ressources' read API has a pool of its own: services/ressources/api.py, Reads)."""
 
 
-async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = POOL_SIZE) -> asyncpg.Pool:
+async def create_pool(
+    database_url: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = POOL_SIZE,
+    purpose: str | None = None,
+    settings: Mapping[str, str] | None = None,
+) -> asyncpg.Pool:
+    """A pool of connections confined to `schema` (created if need be). `purpose` names its
+    connections apart in pg_stat_activity (`feo-{schema}-{purpose}`); `settings`: more of the
+    server's settings for each of them (a statement timeout, read-only transactions)."""
     admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -72,7 +84,11 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
         database_url,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"search_path": schema, "application_name": f"feo-{schema}"},
+        server_settings={
+            **(settings or {}),
+            "search_path": schema,
+            "application_name": f"feo-{schema}" + (f"-{purpose}" if purpose else ""),
+        },
         reset=_nothing_to_reset,
     )
 
