@@ -131,7 +131,7 @@ async def _build_and_switch(
         # outbox's sequence: theirs would be handed out again by it, started afresh, to records
         # the alignment queued or the service will write; one of those set aside in turn would
         # break outbox_failed's key, and the relay would fail on it at every round.
-        columns = "topic, key, value, headers, error, created_at, failed_at"
+        columns = "topic, key, value, headers, error, created_at, failed_at, superseded_at"
         sequence = await session.fetchval("SELECT pg_get_serial_sequence($1, 'seq')", f'"{fresh}".outbox')
         await session.execute(
             f'INSERT INTO "{fresh}".outbox_failed (seq, {columns}) '

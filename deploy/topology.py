@@ -30,8 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import contracts as c
-from contracts.internal import COUVERTURES, PROFILS
-from services.common.messaging.outbox import MAX_REQUEST_BYTES
+from services.common.messaging.outbox import COMPACTED, MAX_REQUEST_BYTES
 
 PARTITIONS = 12
 """Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
@@ -111,9 +110,7 @@ def platform_topics(
         TopicSpec(c.EQUIPEMENT, partitions, retention_ms=FOREVER),
         TopicSpec(c.CATALOGUE, partitions, retention_ms=FOREVER),
         TopicSpec(c.ALERTES, partitions, retention_ms=_ms(retention.alerts_days)),
-        TopicSpec(c.ALERTES_ETAT, partitions, compacted=True),
-        TopicSpec(PROFILS, partitions, compacted=True),
-        TopicSpec(COUVERTURES, partitions, compacted=True),
+        *(TopicSpec(t, partitions, compacted=True) for t in COMPACTED),
     ]
     specs += [
         TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)

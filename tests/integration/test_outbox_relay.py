@@ -280,6 +280,61 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
         await pool.close()
 
 
+async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_later_one_of_its_key(
+    kafka, database_url, topic_prefix, capsys
+):
+    """On a topic that keeps only each key's last record, a retried record published after a
+    later one of its key would stand for the key in its place for good: marked superseded when
+    that later one goes out (in a later round or the same), listed so, and left by retry. On
+    another topic, a later record of the key changes nothing."""
+    compacted, plain = topic_prefix + "etat." + PROFILS, topic_prefix + "flux"
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
+    try:
+        for topic in (compacted, plain):
+            await make_topic(kafka, topic, 1)
+        big = b"x" * (MAX_REQUEST_BYTES + 1)  # over the relay's request size: set aside before it is sent
+        async with pool.acquire() as conn:
+            await enqueue(
+                conn, [OutboxRecord(t, k, big) for t, k in ((compacted, b"k1"), (compacted, b"k2"), (plain, b"k1"))]
+            )
+        assert await relay.drain_once() == 3
+        async with pool.acquire() as conn:  # later records of k1 on both topics; k3's in the same round as it
+            await enqueue(
+                conn,
+                [
+                    OutboxRecord(compacted, b"k1", b"new"),
+                    OutboxRecord(plain, b"k1", b"new"),
+                    OutboxRecord(compacted, b"k3", big),
+                    OutboxRecord(compacted, b"k3", b"new"),
+                ],
+            )
+        assert await relay.drain_once() == 4
+        rows = await pool.fetch(
+            "SELECT topic, key, superseded_at IS NOT NULL AS superseded FROM outbox_failed ORDER BY seq"
+        )
+        assert [(r["topic"], r["key"], r["superseded"]) for r in rows] == [
+            (compacted, b"k1", True),
+            (compacted, b"k2", False),
+            (plain, b"k1", False),
+            (compacted, b"k3", True),
+        ]
+        capsys.readouterr()
+        assert await outbox_failed.run("list", ["equipement"], database_url, None) == 4
+        assert capsys.readouterr().out.count("superseded: a later record of its key went out on") == 2
+
+        assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 2, "k2's, and plain's k1"
+        said = capsys.readouterr().out
+        assert said.count("not retried (drop it)") == 2 and "equipement: 2 record(s) back in the outbox" in said
+        left = await pool.fetch("SELECT key FROM outbox_failed ORDER BY seq")
+        assert [r["key"] for r in left] == [b"k1", b"k3"]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
 async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_partner_s_key(database_url, capsys):
     """retry writes as the service does, under its writer lock (a rebuild's switch holds it
     alone: its copy of the set-aside records would miss the move); --show-key shows no key of a

@@ -11,7 +11,10 @@ publishes it within OUTBOX_POLL_MS, with an `outbox-retry` header holding the se
 aside with; moved in one transaction, a record is retried once. `retry` and `drop` write as the
 service does, under its writer lock: never in the middle of a rebuild's switch, whose copy of
 the set-aside records would miss what they changed. Consumers keep the highest
-version or the latest time, so a record published late cannot override newer state. Values
+version or the latest time, so a record published late cannot override newer state; but a
+topic that keeps only each key's last record (alertes.etat.v1, the profiles, the coverages)
+would keep it in place of the newer one: a set-aside record of such a topic after which the
+relay published a later record of its key is marked superseded, listed so, and never retried. Values
 are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
 only when it is a UAI (a partner's `formation-suivie` is keyed by its teacher_id).
 """
@@ -34,8 +37,8 @@ SERVICES = ("formation", "equipement", "ressources")
 
 async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     rows = await conn.fetch(
-        f'SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error FROM "{schema}".outbox_failed '
-        "ORDER BY seq"
+        f"SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error, superseded_at "
+        f'FROM "{schema}".outbox_failed ORDER BY seq'
     )
     print(f"{schema}: {len(rows)} record(s) set aside")
     for r in rows:
@@ -44,6 +47,8 @@ async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
             f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
             f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}"
         )
+        if r["superseded_at"] is not None:
+            print(f"    {_superseded(r)}")
     return len(rows)
 
 
@@ -51,6 +56,14 @@ def _shown_key(topic: str, key: bytes) -> str:
     """A key as `list --show-key` prints it: a DLQ copy's is a partner's, maybe a teacher_id."""
     text = key_text(key) or ""
     return repr(text) if not topic.endswith(".dlq") or is_valid_uai(text) else "(clé d'un partenaire, non montrée)"
+
+
+def _superseded(row: asyncpg.Record) -> str:
+    return (
+        f"superseded: a later record of its key went out on {row['topic']} at "
+        f"{row['superseded_at']:%Y-%m-%dT%H:%M:%S%z}, and that topic keeps only a key's last record; "
+        "not retried (drop it)"
+    )
 
 
 RETRY = "outbox-retry"
@@ -66,8 +79,15 @@ def _marked(row: asyncpg.Record) -> str:
 async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
+        where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
+        for r in await conn.fetch(
+            f'SELECT seq, topic, superseded_at FROM "{schema}".outbox_failed '
+            f"WHERE {where} AND superseded_at IS NOT NULL ORDER BY seq",
+            seqs,
+        ):
+            print(f"{schema}: seq={r['seq']} {_superseded(r)}")
         moved = await conn.fetch(
-            f'DELETE FROM "{schema}".outbox_failed WHERE $1::bigint[] IS NULL OR seq = ANY($1::bigint[]) '
+            f'DELETE FROM "{schema}".outbox_failed WHERE {where} AND superseded_at IS NULL '
             "RETURNING seq, topic, key, value, headers",
             seqs,
         )
