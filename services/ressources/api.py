@@ -11,7 +11,7 @@ import asyncio
 import json
 import unicodedata
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
@@ -351,47 +351,51 @@ async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
     }
 
 
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     """The ASGI app ressources serves: this API, `/health`, and the Kafka consumer's lifespan."""
     settings = RessourcesSettings.of(settings)
 
     @asynccontextmanager
     async def lifespan(api: FastAPI):
-        await stream_app.start()
-        pipeline = stream_app.pipeline
-        schema = settings.db_schema or pipeline.service
-        reads = await Reads.open(settings, schema)
-        hub = AlertHub(
-            settings.database_url,
-            schema,
-            reads.pool,
-            max_clients=settings.sse_max_clients,
-            queue_size=settings.sse_queue_size,
-            keepalive_seconds=settings.sse_keepalive_seconds,
-            max_seconds=settings.sse_max_seconds,
-            replay_max=settings.sse_replay_max,
-        )
-        await hub.start()
-        api.state.hub, api.state.reads = hub, reads
-        api.state.before_shutdown = [hub.stop]  # its streams end (fin, arret-du-service) before uvicorn waits for them
-        if settings.simulation_workers:
-            from services.ressources.api_simulations import start_workers
+        from services.ressources.api_simulations import start_workers, stop_workers
 
-            start_workers(settings.simulation_workers)
-        purge = asyncio.create_task(
-            stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours), name="sse-journal-purge"
-        )
-        try:
+        # What is started is stopped in the reverse order, also when a later start fails.
+        async with AsyncExitStack() as started:
+            started.push_async_callback(asyncio.to_thread, stop_workers)
+            await stream_app.start()
+            started.push_async_callback(stream_app.stop)
+            pipeline = stream_app.pipeline
+            schema = settings.db_schema or pipeline.service
+            reads = await Reads.open(settings, schema)
+            started.push_async_callback(reads.pool.close)
+            hub = AlertHub(
+                settings.database_url,
+                schema,
+                reads.pool,
+                max_clients=settings.sse_max_clients,
+                queue_size=settings.sse_queue_size,
+                keepalive_seconds=settings.sse_keepalive_seconds,
+                max_seconds=settings.sse_max_seconds,
+                replay_max=settings.sse_replay_max,
+                replay_timeout_ms=settings.api_statement_timeout_ms,
+            )
+            await hub.start()
+            started.push_async_callback(hub.stop)
+            api.state.hub, api.state.reads = hub, reads
+            # The hub's streams end (fin, arret-du-service) before uvicorn waits for them.
+            api.state.before_shutdown = [hub.stop]
+            if settings.simulation_workers:
+                start_workers(settings.simulation_workers)
+            purge = asyncio.create_task(
+                stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours), name="sse-journal-purge"
+            )
+            started.push_async_callback(_cancel, purge)
             yield
-        finally:
-            purge.cancel()
-            await asyncio.gather(purge, return_exceptions=True)
-            await hub.stop()
-            await reads.pool.close()
-            await stream_app.stop()
-            from services.ressources.api_simulations import stop_workers
-
-            await asyncio.to_thread(stop_workers)
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
         title="former-équiper-outiller — API de lecture des alertes",

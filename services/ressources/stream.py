@@ -142,6 +142,12 @@ def _alert_frame(seq: int, event_json: str) -> tuple[dict, str]:
     return event, _frame(seq, event["type"].split(".")[-2], event_json)
 
 
+def _incomplete(reason: str, last_event_id: int, message: str, **more: int) -> str:
+    """The notice that a replay after `last_event_id` misses events (no `id:`: nothing to resume at)."""
+    body = {"raison": reason, "last_event_id": last_event_id, **more, "message": message}
+    return _frame(None, "reprise-incomplete", json.dumps(body, ensure_ascii=False))
+
+
 def _fin(reason: str, message: str, resume_at: int) -> str:
     body = {"raison": reason, "message": message, "reconnecter": True, "last_event_id": resume_at}
     return _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
@@ -159,9 +165,11 @@ class AlertHub:
         keepalive_seconds: float = 15,
         max_seconds: float = 3600,
         replay_max: int = 1000,
+        replay_timeout_ms: int = 5000,
     ):
         self._url, self._schema, self._pool = database_url, schema, pool
         self.max_clients, self.queue_size, self.replay_max = max_clients, queue_size, replay_max
+        self.replay_timeout_ms = replay_timeout_ms
         self.keepalive_seconds, self.max_seconds = keepalive_seconds, max_seconds
         self._conn: asyncpg.Connection | None = None
         self._clients: set[Subscription] = set()
@@ -276,6 +284,18 @@ class AlertHub:
     def unsubscribe(self, sub: Subscription) -> None:
         self._clients.discard(sub)
 
+    async def _replay(self, sub: Subscription, last_event_id: int) -> queries.Replay | None:
+        """The journal after `last_event_id` for this client, or None when it could not be read in
+        time: no free connection within `replay_timeout_ms`, or a statement stopped by the
+        server (the read API's connections: API_STATEMENT_TIMEOUT_MS). The stream has begun (its
+        status is sent), so that is told in the stream, and the live events follow."""
+        try:
+            async with self._pool.acquire(timeout=self.replay_timeout_ms / 1000) as conn:
+                return await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
+        except (TimeoutError, asyncpg.QueryCanceledError) as e:
+            log.warning("sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms)
+            return None
+
     def _resume_point(self, sub: Subscription, delivered: int) -> int:
         """Where the client resumes: once its queue is drained, it has seen (or filtered out)
         every row the hub fanned out, so past the hub's position; else its last delivered row."""
@@ -291,38 +311,31 @@ class AlertHub:
         position = sub.start
         yield ": flux des alertes\n\n"
         if last_event_id is not None:
-            async with self._pool.acquire() as conn:
-                replay = await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
-            if last_event_id > replay.last_allocated:
-                yield _frame(
-                    None,
-                    "reprise-incomplete",
-                    json.dumps(
-                        {
-                            "raison": "identifiant-inconnu",
-                            "last_event_id": last_event_id,
-                            "message": f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
-                            "GET /alertes ; le flux reprend à partir de maintenant",
-                        },
-                        ensure_ascii=False,
-                    ),
+            replay = await self._replay(sub, last_event_id)
+            if replay is None:
+                yield _incomplete(
+                    "reprise-interrompue",
+                    last_event_id,
+                    f"la reprise après Last-Event-ID {last_event_id} n'a pas abouti en {self.replay_timeout_ms} ms "
+                    "(API_STATEMENT_TIMEOUT_MS) : relire l'état avec GET /alertes ; le flux reprend à partir de "
+                    "maintenant",
+                )
+            elif last_event_id > replay.last_allocated:
+                yield _incomplete(
+                    "identifiant-inconnu",
+                    last_event_id,
+                    f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
+                    "GET /alertes ; le flux reprend à partir de maintenant",
                 )
             else:
                 if last_event_id < replay.purged_through:
-                    yield _frame(
-                        None,
-                        "reprise-incomplete",
-                        json.dumps(
-                            {
-                                "raison": "journal-purge",
-                                "last_event_id": last_event_id,
-                                "premier_conserve": replay.purged_through + 1,
-                                "message": f"les événements jusqu'au n° {replay.purged_through} ont été purgés du "
-                                f"journal : des changements après Last-Event-ID {last_event_id} peuvent "
-                                "manquer ; relire l'état avec GET /alertes",
-                            },
-                            ensure_ascii=False,
-                        ),
+                    yield _incomplete(
+                        "journal-purge",
+                        last_event_id,
+                        f"les événements jusqu'au n° {replay.purged_through} ont été purgés du "
+                        f"journal : des changements après Last-Event-ID {last_event_id} peuvent "
+                        "manquer ; relire l'état avec GET /alertes",
+                        premier_conserve=replay.purged_through + 1,
                     )
                 for seq, event_json in replay.rows[: self.replay_max]:
                     yield _alert_frame(seq, event_json)[1]

@@ -33,7 +33,8 @@ async def locked(pool: asyncpg.Pool, table: str):
 async def readers_waiting(pool: asyncpg.Pool, n: int) -> bool:
     """Whether `n` of the read API's connections wait on a lock."""
     waiting = await pool.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'feo-%-lecture' AND wait_event_type = 'Lock'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'feo-%-lecture' AND wait_event_type = 'Lock'"
     )
     return waiting == n
 
@@ -79,5 +80,9 @@ async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kaf
 
 async def test_the_read_api_cannot_write(kafka, settings):
     async with api_with(settings) as (_, app), app.state.reads.acquire() as conn:
+        # In a transaction rolled back whatever happens: were the pool not read-only, the table
+        # would be left as it was for the next tests.
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-            await conn.execute("DELETE FROM alertes")
+            async with conn.transaction():
+                await conn.execute("DELETE FROM alertes")
+                raise AssertionError("the read API's connection wrote")

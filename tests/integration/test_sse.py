@@ -288,6 +288,28 @@ async def test_a_purged_or_unknown_last_event_id_is_said_then_what_is_kept_follo
             assert int((await reader.event())["id"]) == later  # live from now on, not stuck behind 10**12
 
 
+async def test_a_replay_stopped_past_the_statement_timeout_is_said_then_the_live_stream_follows(settings):
+    """The stream has begun (200) when its replay is read: a replay the server stops past
+    API_STATEMENT_TIMEOUT_MS (here waiting on a lock) is told in the stream, not a broken
+    stream that EventSource would reopen, and fail again, at once."""
+    async with serve_api(settings.model_copy(update={**FAST, "api_statement_timeout_ms": 300})) as (client, app):
+        pool = app.state.pipeline.pool
+        seqs = await journal(app, alert(0), alert(1))
+        async with pool.acquire() as locker, locker.transaction():
+            await locker.execute("LOCK TABLE alert_journal_horizon IN ACCESS EXCLUSIVE MODE")
+            async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[0])}) as response:
+                reader = SseReader(response)
+                notice = await reader.event(timeout=10)
+                await locker.execute("SELECT 1")  # the lock still held until here
+                assert notice["event"] == "reprise-incomplete" and "id" not in notice
+                assert notice["data"]["raison"] == "reprise-interrompue"
+                assert notice["data"]["message"].startswith(
+                    f"la reprise après Last-Event-ID {seqs[0]} n'a pas abouti en 300 ms (API_STATEMENT_TIMEOUT_MS)"
+                )
+                [later] = await journal(app, alert(2))
+                assert int((await reader.event())["id"]) == later
+
+
 async def test_a_long_replay_ends_with_a_fin_event_whose_id_resumes_it(settings):
     async with serve_api(settings.model_copy(update={**FAST, "sse_replay_max": 3})) as (client, app):
         seqs = await journal(app, *[alert(n) for n in range(7)])
