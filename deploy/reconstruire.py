@@ -126,11 +126,12 @@ async def _build_and_switch(
         # records, then see its deletion rolled back and publish them again.
         await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
         await rattrapage.rattraper(cible)
-        queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
         # The records Kafka refused for good (for ./dev outbox), numbered again in the rebuilt
         # outbox's sequence: theirs would be handed out again by it, started afresh, to records
         # the alignment queued or the service will write; one of those set aside in turn would
-        # break outbox_failed's key, and the relay would fail on it at every round.
+        # break outbox_failed's key, and the relay would fail on it at every round. Numbered
+        # before the alignment queues its records: on a compacted topic, one of those going out
+        # marks a set-aside record of its key as superseded (a later seq), never to be retried.
         columns = "topic, key, value, headers, error, created_at, failed_at, superseded_at"
         sequence = await session.fetchval("SELECT pg_get_serial_sequence($1, 'seq')", f'"{fresh}".outbox')
         await session.execute(
@@ -138,6 +139,7 @@ async def _build_and_switch(
             f'SELECT nextval($1::regclass), {columns} FROM "{live}".outbox_failed ORDER BY seq',
             sequence,
         )
+        queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
         # The refusals as the service logged them: when each came and whether an operator
         # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
         columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'

@@ -27,7 +27,7 @@ import asyncpg
 
 from contracts import is_valid_uai
 from services.common.messaging.dlq import key_text
-from services.common.messaging.outbox import dump_headers, load_headers
+from services.common.messaging.outbox import COMPACTED, dump_headers, load_headers, relay_lock
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
@@ -60,8 +60,8 @@ def _shown_key(topic: str, key: bytes) -> str:
 
 def _superseded(row: asyncpg.Record) -> str:
     return (
-        f"superseded: a later record of its key went out on {row['topic']} at "
-        f"{row['superseded_at']:%Y-%m-%dT%H:%M:%S%z}, and that topic keeps only a key's last record; "
+        f"superseded ({row['superseded_at']:%Y-%m-%dT%H:%M:%S%z}): a later record of its key went out on "
+        f"{row['topic']}, or waits in the outbox to, and that topic keeps only a key's last record; "
         "not retried (drop it)"
     )
 
@@ -79,7 +79,20 @@ def _marked(row: asyncpg.Record) -> str:
 async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
+        # After the relay's round in flight, before its next: a record of the key published by
+        # that round marks the set-aside one superseded (outbox.py); then a later record of its
+        # key still waiting in the outbox would go out before the retried one, which goes last.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
         where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
+        waiting = await conn.fetch(
+            f'SELECT f.seq, f.topic FROM "{schema}".outbox_failed f WHERE {where} AND f.superseded_at IS NULL '
+            f'AND EXISTS (SELECT FROM "{schema}".outbox o WHERE o.topic = f.topic AND o.key = f.key AND o.seq > f.seq)',
+            seqs,
+        )
+        await conn.execute(
+            f'UPDATE "{schema}".outbox_failed SET superseded_at = now() WHERE seq = ANY($1::bigint[])',
+            [r["seq"] for r in waiting if r["topic"].endswith(COMPACTED)],
+        )
         for r in await conn.fetch(
             f'SELECT seq, topic, superseded_at FROM "{schema}".outbox_failed '
             f"WHERE {where} AND superseded_at IS NOT NULL ORDER BY seq",
