@@ -384,8 +384,8 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
                 replay_max=settings.sse_replay_max,
                 replay_timeout_ms=settings.api_statement_timeout_ms,
             )
+            started.push_async_callback(hub.stop)  # also after a start that failed midway
             await hub.start()
-            started.push_async_callback(hub.stop)
             api.state.hub, api.state.reads = hub, reads
             # The hub's streams end (fin, arret-du-service) before uvicorn waits for them.
             api.state.before_shutdown = [hub.stop]

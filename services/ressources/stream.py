@@ -31,6 +31,8 @@ from services.ressources import queries
 CHANNEL = "alertes"
 # The hub also reads the journal when no notification came for this long: a notification lost
 # while the listening connection was being re-established delays delivery, never loses it.
+UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError)
+"""PostgreSQL away, restarting, or out of connections."""
 POLL_SECONDS = 5.0
 FETCH_ROWS = 500
 PURGE_PERIOD_SECONDS = 3600
@@ -285,14 +287,14 @@ class AlertHub:
         self._clients.discard(sub)
 
     async def _replay(self, sub: Subscription, last_event_id: int) -> queries.Replay | None:
-        """The journal after `last_event_id` for this client, or None when it could not be read in
-        time: no free connection within `replay_timeout_ms`, or a statement stopped by the
-        server (the read API's connections: API_STATEMENT_TIMEOUT_MS). The stream has begun (its
-        status is sent), so that is told in the stream, and the live events follow."""
+        """The journal after `last_event_id` for this client, or None when it could not be read
+        within `replay_timeout_ms` (a connection, then its statements, each of which the server
+        stops past as long: API_STATEMENT_TIMEOUT_MS) or PostgreSQL could not be reached. The
+        stream has begun (its status is sent): that is told in the stream, the live events follow."""
         try:
-            async with self._pool.acquire(timeout=self.replay_timeout_ms / 1000) as conn:
+            async with asyncio.timeout(self.replay_timeout_ms / 1000), self._pool.acquire() as conn:
                 return await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
-        except (TimeoutError, asyncpg.QueryCanceledError) as e:
+        except (TimeoutError, asyncpg.QueryCanceledError, *UNREACHABLE) as e:
             log.warning("sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms)
             return None
 
@@ -316,10 +318,12 @@ class AlertHub:
                 yield _incomplete(
                     "reprise-interrompue",
                     last_event_id,
-                    f"la reprise après Last-Event-ID {last_event_id} n'a pas abouti en {self.replay_timeout_ms} ms "
-                    "(API_STATEMENT_TIMEOUT_MS) : relire l'état avec GET /alertes ; le flux reprend à partir de "
+                    f"la reprise après Last-Event-ID {last_event_id} n'a pas pu être lue en {self.replay_timeout_ms} "
+                    "ms (API_STATEMENT_TIMEOUT_MS) : relire l'état avec GET /alertes ; le flux reprend à partir de "
                     "maintenant",
                 )
+                if last_event_id <= self._position:  # a row the hub has seen: live ones up to it were replayed
+                    position = max(last_event_id, sub.start)
             elif last_event_id > replay.last_allocated:
                 yield _incomplete(
                     "identifiant-inconnu",

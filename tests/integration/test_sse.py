@@ -295,6 +295,8 @@ async def test_a_replay_stopped_past_the_statement_timeout_is_said_then_the_live
     async with serve_api(settings.model_copy(update={**FAST, "api_statement_timeout_ms": 300})) as (client, app):
         pool = app.state.pipeline.pool
         seqs = await journal(app, alert(0), alert(1))
+        # Read by the hub first: a stream opened before would get the second live, not replayed.
+        await eventually(lambda: _equal(app.state.hub.position, seqs[-1]), what="the hub to read the journal")
         async with pool.acquire() as locker, locker.transaction():
             await locker.execute("LOCK TABLE alert_journal_horizon IN ACCESS EXCLUSIVE MODE")
             async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(seqs[0])}) as response:
@@ -304,7 +306,7 @@ async def test_a_replay_stopped_past_the_statement_timeout_is_said_then_the_live
                 assert notice["event"] == "reprise-incomplete" and "id" not in notice
                 assert notice["data"]["raison"] == "reprise-interrompue"
                 assert notice["data"]["message"].startswith(
-                    f"la reprise après Last-Event-ID {seqs[0]} n'a pas abouti en 300 ms (API_STATEMENT_TIMEOUT_MS)"
+                    f"la reprise après Last-Event-ID {seqs[0]} n'a pas pu être lue en 300 ms (API_STATEMENT_TIMEOUT_MS)"
                 )
                 [later] = await journal(app, alert(2))
                 assert int((await reader.event())["id"]) == later
