@@ -14,7 +14,8 @@ the set-aside records would miss what they changed. Consumers keep the highest
 version or the latest time, so a record published late cannot override newer state; but a
 topic that keeps only each key's last record (alertes.etat.v1, the profiles, the coverages)
 would keep it in place of the newer one: a set-aside record of such a topic after which the
-relay published a later record of its key is marked superseded, listed so, and never retried. Values
+relay published a later record of its key, or with one waiting in the outbox when `retry`
+runs, is marked superseded, listed so, and never retried. Values
 are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
 only when it is a UAI (a partner's `formation-suivie` is keyed by its teacher_id).
 """
