@@ -106,6 +106,52 @@ async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka,
     ]
 
 
+async def test_a_rebuild_numbers_the_records_set_aside_before_those_the_alignment_queues(kafka, settings) -> None:
+    """A record of alertes.etat.v1 set aside before a rebuild, whose key the alignment then
+    queues afresh (here the table was emptied): carried with a lower seq than the queued one, so
+    that one going out marks it superseded (never to be retried after it: compaction would keep
+    the stale record as the alert's state)."""
+    from deploy import reconstruire
+
+    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350403")
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alertes WHERE ouverte)"
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
+        alert_id = await pipeline.pool.fetchval("SELECT alert_id FROM alertes WHERE ouverte")
+        schema = pipeline.settings.db_schema or RESSOURCES.name
+    table = settings.topic(c.ALERTES_ETAT)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_topics([table])
+        await eventually(lambda: _recreated(admin, table), what="the table recreated empty")
+        await eventually(lambda: _listed(admin, table), what="the table in the cluster's metadata")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            f'INSERT INTO "{schema}".outbox_failed (seq, topic, key, value, headers, error, created_at) '
+            "VALUES (1, $1, $2, 'stale', '[]', 'RecordTooLargeError: too large', now())",
+            table,
+            alert_id.encode(),
+        )
+        await reconstruire.rebuild(RESSOURCES, settings)
+        [carried] = await conn.fetch(f'SELECT seq FROM "{schema}".outbox_failed')
+        queued = await conn.fetch(
+            f'SELECT seq FROM "{schema}".outbox WHERE topic = $1 AND key = $2', table, alert_id.encode()
+        )
+        assert queued and all(carried["seq"] < q["seq"] for q in queued), (carried, queued)
+    finally:
+        await conn.close()
+
+
+async def _listed(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic in await admin.list_topics()
+
+
 async def _recreated(admin: AIOKafkaAdminClient, topic: str) -> bool:
     response = await admin.create_topics([NewTopic(topic, 6, 1, topic_configs={"cleanup.policy": "compact"})])
     return all(code == 0 for _, code, *_ in response.topic_errors)
