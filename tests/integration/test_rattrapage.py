@@ -76,22 +76,10 @@ LOTS = [{"lot_id": f"L{n}", "kind": "tablette", "quantity": 10, "os": None, "bro
 async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka, settings) -> None:
     """A deployment from before alertes.etat.v1 (here: the table emptied) rebuilds ressources:
     the alignment writes each open alert's last event to the table, as the stream holds it."""
-    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350402")
-    async with running(RESSOURCES, settings) as pipeline:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alertes WHERE ouverte)"
-        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
+    bootstrap = kafka.bootstrap_servers
+    await alert_then_table_emptied(bootstrap, settings, valid_uai("0350402"))
     [raised] = [r for r in await read_topic(bootstrap, settings.topic(c.ALERTES)) if r.value]
     table = settings.topic(c.ALERTES_ETAT)
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_topics([table])
-        await eventually(lambda: _recreated(admin, table), what="the table recreated empty")
-    finally:
-        await admin.close()
-
     held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
     cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
     try:
@@ -113,23 +101,8 @@ async def test_a_rebuild_numbers_the_records_set_aside_before_those_the_alignmen
     the stale record as the alert's state)."""
     from deploy import reconstruire
 
-    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350403")
-    async with running(RESSOURCES, settings) as pipeline:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alertes WHERE ouverte)"
-        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
-        alert_id = await pipeline.pool.fetchval("SELECT alert_id FROM alertes WHERE ouverte")
-        schema = pipeline.settings.db_schema or RESSOURCES.name
+    alert_id, schema = await alert_then_table_emptied(kafka.bootstrap_servers, settings, valid_uai("0350403"))
     table = settings.topic(c.ALERTES_ETAT)
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_topics([table])
-        await eventually(lambda: _recreated(admin, table), what="the table recreated empty")
-        await eventually(lambda: _listed(admin, table), what="the table in the cluster's metadata")
-    finally:
-        await admin.close()
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(
@@ -146,6 +119,28 @@ async def test_a_rebuild_numbers_the_records_set_aside_before_those_the_alignmen
         assert queued and all(carried["seq"] < q["seq"] for q in queued), (carried, queued)
     finally:
         await conn.close()
+
+
+async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tuple[str, str]:
+    """An alert raised at `where` and published, then alertes.etat.v1 emptied (deleted and made
+    again, in the cluster's metadata): (its alert_id, ressources' schema)."""
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = 1 FROM alertes WHERE ouverte)"
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
+        alert_id = await pipeline.pool.fetchval("SELECT alert_id FROM alertes WHERE ouverte")
+        schema = pipeline.settings.db_schema or RESSOURCES.name
+    table = settings.topic(c.ALERTES_ETAT)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_topics([table])
+        await eventually(lambda: _recreated(admin, table), what="the table recreated empty")
+        await eventually(lambda: _listed(admin, table), what="the table in the cluster's metadata")
+    finally:
+        await admin.close()
+    return alert_id, schema
 
 
 async def _listed(admin: AIOKafkaAdminClient, topic: str) -> bool:
