@@ -56,7 +56,7 @@ async def test_a_read_past_the_statement_timeout_answers_503_naming_the_limit(ka
 async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kafka, settings):
     """Eight slow reads at once on two read connections: two wait on the lock, the others for a
     connection; /health meanwhile reaches PostgreSQL through the pipeline's own (sharing one
-    pool, the eight held every connection, and the service found PostgreSQL unreachable)."""
+    pool, the eight held every connection, and /health waited behind them)."""
     async with api_with(settings, api_connections=2, api_statement_timeout_ms=1500) as (client, app):
         pipeline_pool = app.state.pipeline.pool
         # A deadline over it all: with one pool, the pipeline's own look below waits for ever.
