@@ -167,7 +167,8 @@ async def rattraper(cible: Cible) -> int:
     Records are handed over in the order of their Kafka timestamps across partitions and
     topics (each partition in its own order), as close as the log allows to the order the
     service first met them in: a declaration is judged against the référentiel as it was then
-    (an établissement published before its equipment is known to it; otherwise uai-inconnu)."""
+    (an établissement published before its equipment is known to it; otherwise uai-inconnu,
+    and the declaration judged again once it comes, as the service does: Pipeline.revive)."""
     settings = cible.settings
     consumer = AIOKafkaConsumer(
         **KafkaAccess.of(settings).aiokafka(),
@@ -201,6 +202,7 @@ async def rattraper(cible: Cible) -> int:
                 batch.append(queues[min(heads, key=lambda tp: (queues[tp][0].timestamp, tp))].popleft())
             if batch and (len(batch) == settings.batch_max_records or not heads):
                 await cible.pipeline.handle(batch)
+                await cible.pipeline.revive_if_due()  # as the service, right after the batch
                 handled, batch = handled + len(batch), []
             if not heads:
                 break

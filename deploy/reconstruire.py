@@ -140,14 +140,24 @@ async def _build_and_switch(
             sequence,
         )
         queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
-        # The refusals as the service logged them: when each came and whether an operator
-        # replayed it (replayed once: ./dev dead-letters), which the replay cannot know.
+        # The refusals as the service logged them: when each came, whether an operator
+        # replayed it (replayed once: ./dev dead-letters), and when one that waited for its
+        # établissement was judged again, which the replay cannot know. One the live schema
+        # settled waits no longer in the rebuilt one.
         columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
+        settled = "replayed_at, accepted_at, rejudged_at"
         await session.execute(
-            f'INSERT INTO "{fresh}".dead_letters ({columns}, replayed_at) '
-            f'SELECT {columns}, replayed_at FROM "{live}".dead_letters '
+            f'INSERT INTO "{fresh}".dead_letters ({columns}, {settled}) '
+            f'SELECT {columns}, {settled} FROM "{live}".dead_letters '
             'ON CONFLICT (topic, partition, "offset") DO UPDATE '
-            "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at"
+            "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at, "
+            "accepted_at = EXCLUDED.accepted_at, rejudged_at = EXCLUDED.rejudged_at, "
+            "reason = EXCLUDED.reason, message = EXCLUDED.message"
+        )
+        await session.execute(
+            f'DELETE FROM "{fresh}".attente_referentiel a USING "{fresh}".dead_letters d '
+            'WHERE (a.topic, a.partition, a."offset") = (d.topic, d.partition, d."offset") '
+            "AND (d.replayed_at IS NOT NULL OR d.accepted_at IS NOT NULL OR d.rejudged_at IS NOT NULL)"
         )
     finally:
         await cible.close()

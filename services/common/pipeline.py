@@ -28,7 +28,7 @@ import contracts as c
 from contracts import CloudEvent, ContractError, parse_source, uai_of
 from contracts.internal import INTERNAL_TOPICS
 from services.common.messaging import dlq
-from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue
+from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue, load_headers
 from services.common.rules import rights
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
@@ -107,6 +107,9 @@ _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~0.2 ms, which a reply waits at most
 
+REVIVAL_CHUNK = 500
+"""Records refused `uai-inconnu` judged again per transaction (`Pipeline.revive`)."""
+
 Parsed = dict[int, tuple[ConsumerRecord, CloudEvent | ContractError]]
 """Records parsed ahead of their batch, by the id of the record, with the record (so that
 an id is never taken for another record's)."""
@@ -142,6 +145,7 @@ class Pipeline:
         self._dead_letters_for = {settings.topic(t) for t in dead_letters_for}
         self._pool: asyncpg.Pool | None = None
         self._relay: OutboxRelay | None = None
+        self._revival_due = asyncio.Event()
         self.metrics = Metrics(service)
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
@@ -269,33 +273,134 @@ class Pipeline:
             yield conn
 
     async def _transaction(self, parsed, rejected: list[dlq.Rejection], span: trace.Span, started: float) -> int:
+        records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
+        async with self._exclusive() as conn:
+            done = await self._judge(conn, parsed, rejected, span)
+            awaiting = await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
+            await positions.advance(conn, records)
+        self._log_batch(records, done.fresh, done.stale, done.accepted, rejected, started)
+        if awaiting or done.known:  # a record to judge again once its UAI is known, or UAIs the référentiel brought
+            self._revival_due.set()
+        return done.outgoing
+
+    async def _judge(self, conn: Conn, parsed, rejected: list[dlq.Rejection], span: trace.Span) -> "_Judged":
+        """The rights, the inbox and the service's use case over parsed records, in the caller's
+        transaction; refusals are added to `rejected`, and outgoing events to the outbox."""
         # Our own services' topics carry derived state; partners' topics go through the rights.
         topics = {t: self.settings.unprefixed(t) for t in {r.topic for _, r in parsed}}
-        records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
         internal = [(e, r) for e, r in parsed if topics[r.topic] in INTERNAL_TOPICS]
         external = [(e, r) for e, r in parsed if topics[r.topic] not in INTERNAL_TOPICS]
-        async with self._exclusive() as conn:
-            # Référentiel first: an établissement and an event about it may share a batch.
-            ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
-            accepted_ref = self._check(ref_events, {}, rejected)
-            principals = {id(e): _principal(r.headers) for e, r in external if topics[r.topic] in c.DECLARED_OVER_HTTP}
-            principal = lambda e: principals.get(id(e))  # noqa: E731
-            fresh_ref = await inbox.claim(conn, accepted_ref, principal)
-            stale, changed_uais = await referentiel.apply(conn, fresh_ref)
+        # Référentiel first: an établissement and an event about it may share a batch.
+        ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
+        accepted_ref = self._check(ref_events, {}, rejected)
+        principals = {id(e): _principal(r.headers) for e, r in external if topics[r.topic] in c.DECLARED_OVER_HTTP}
+        principal = lambda e: principals.get(id(e))  # noqa: E731
+        fresh_ref = await inbox.claim(conn, accepted_ref, principal)
+        stale, changed_uais = await referentiel.apply(conn, fresh_ref)
 
-            others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
-            etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
-            accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
-            fresh = await inbox.claim(conn, accepted, principal)
-            applied = await self._apply(self._store(conn), fresh, changed_uais)
-            stale += applied.stale
-            await inbox.mark_stale(conn, stale)
-            await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
-            contexts = {id(e): r.headers for e, r in parsed}
-            await enqueue(conn, self._records(applied.outgoing, contexts, span))
-            await positions.advance(conn, records)
-        self._log_batch(records, fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), rejected, started)
-        return len(applied.outgoing)
+        others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
+        etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
+        accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
+        fresh = await inbox.claim(conn, accepted, principal)
+        applied = await self._apply(self._store(conn), fresh, changed_uais)
+        stale += applied.stale
+        await inbox.mark_stale(conn, stale)
+        contexts = {id(e): r.headers for e, r in parsed}
+        await enqueue(conn, self._records(applied.outgoing, contexts, span))
+        return _Judged(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), len(applied.outgoing), changed_uais)
+
+    async def revive(self) -> int:
+        """The records refused `uai-inconnu` whose établissement the référentiel now holds, judged
+        again, REVIVAL_CHUNK at a time, oldest first per partition: accepted, they are applied as
+        if they came now (the inbox drops one applied meanwhile, replayed by an operator);
+        refused for another reason, dead-lettered again with it. Returns how many were judged.
+
+        Both sides look after committing: a batch that refuses a record for want of its UAI, and
+        one that stores UAIs in the référentiel, each wake this (`_revival_due`), so whichever of
+        the two commits last finds the other's rows. Replicas may look at once: a waiting row is
+        judged by the transaction that deletes it."""
+        judged = 0
+        while True:
+            origins = [
+                (r["topic"], r["partition"], r["offset"])
+                for r in await self.pool.fetch(
+                    'SELECT topic, partition, "offset" FROM attente_referentiel a '
+                    "WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) "
+                    'ORDER BY topic, partition, "offset" LIMIT $1',
+                    REVIVAL_CHUNK,
+                )
+            ]
+            if not origins:
+                return judged
+            judged += await self._revive(origins)
+
+    async def revive_if_due(self) -> int:
+        """`revive` if a batch called for it since the last time."""
+        if not self._revival_due.is_set():
+            return 0
+        self._revival_due.clear()
+        return await self.revive()
+
+    async def revive_continually(self, period: float) -> None:
+        """`revive` when a batch calls for it (`_revival_due`), and every `period` seconds all the
+        same: a service stopped between such a batch and its revival finds its records at start.
+        A failure is logged and tried again at the next call."""
+        while True:
+            self._revival_due.clear()
+            try:
+                await self.revive()
+            except Exception:
+                log.exception("referentiel.revival_failed", retried_within_seconds=period)
+            try:
+                async with asyncio.timeout(period):
+                    await self._revival_due.wait()
+            except TimeoutError:
+                pass
+
+    async def _revive(self, origins: list[dlq.Origin]) -> int:
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self._revival(origins)
+            except _CONFLICT as exc:
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("referentiel.revival_retried", error=type(exc).__name__, attempt=attempt)
+                await asyncio.sleep(0.05 * attempt)
+            except _REFUSED_BY_DATABASE as exc:  # as `_isolate`: one record at a time, the culprit refused alone
+                if len(origins) > 1:
+                    return sum([await self._revive([o]) for o in origins])
+                async with self._exclusive() as conn:
+                    records = await _waiting(conn, origins)
+                    refusal = f"refusé à l'enregistrement: {refused_by_database(exc)}"
+                    await dlq.rejudged(conn, [], [dlq.Rejection(r, "donnees-invalides", refusal) for r in records])
+                self.relay.wake()
+                return len(records)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _revival(self, origins: list[dlq.Origin]) -> int:
+        started = time.monotonic()
+        with trace.get_tracer(__name__).start_as_current_span(
+            f"revive {self.service}", kind=trace.SpanKind.CONSUMER, record_exception=False
+        ) as span:
+            async with self._exclusive() as conn:
+                records = await _waiting(conn, origins)  # those another replica judged meanwhile are gone
+                parsed, rejected = self._parse_all(records, {})
+                done = await self._judge(conn, parsed, rejected, span)
+                refused = {id(r.record) for r in rejected}
+                accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
+                await dlq.rejudged(conn, accepted, rejected)
+        if records:
+            self.relay.wake()
+            log.info(
+                "referentiel.revived",
+                records=len(records),
+                applied=len(done.fresh) - len(done.stale),
+                stale=len(done.stale),
+                duplicates=done.accepted - len(done.fresh),
+                refused=dict(Counter(r.code for r in rejected)),
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
+        return len(records)
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Work outside a batch that writes nothing (a lookup): `work` gets the store."""
@@ -318,7 +423,8 @@ class Pipeline:
         for event, record in items:
             refusal = rights.check(event, parse_source(event.source), etabs.get(uai_of(event) or ""))
             if refusal:
-                rejected.append(dlq.Rejection(record, refusal.code, refusal.message))
+                awaits = uai_of(event) if refusal.code == rights.UAI_INCONNU else None
+                rejected.append(dlq.Rejection(record, refusal.code, refusal.message, awaits))
             else:
                 accepted.append(event)
         return accepted
@@ -381,6 +487,45 @@ class Pipeline:
             duration_ms=round(seconds * 1000),
             partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
         )
+
+
+@dataclass(frozen=True)
+class _Judged:
+    fresh: list[CloudEvent]
+    """The accepted events the inbox had not seen (référentiel ones first)."""
+    stale: list[CloudEvent]
+    accepted: int
+    outgoing: int
+    known: set[str]
+    """UAIs whose référentiel entry this transaction stored."""
+
+
+async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRecord]:
+    """These records waiting for their établissement, taken out of `attente_referentiel` (in the
+    caller's transaction), as they were read: key, value and headers."""
+    rows = await conn.fetch(
+        'DELETE FROM attente_referentiel WHERE (topic, partition, "offset") '
+        "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])) "
+        'RETURNING topic, partition, "offset", key, value, headers',
+        *(list(column) for column in zip(*origins, strict=True)),
+    )
+    rows = sorted(rows, key=lambda r: (r["topic"], r["partition"], r["offset"]))
+    return [
+        ConsumerRecord(
+            r["topic"],
+            r["partition"],
+            r["offset"],
+            -1,
+            0,
+            r["key"],
+            r["value"],
+            None,
+            len(r["key"] or b""),
+            len(r["value"]),
+            list(load_headers(r["headers"])),
+        )
+        for r in rows
+    ]
 
 
 def refused_by_database(exc: Exception) -> str:

@@ -12,8 +12,11 @@ value itself is never printed: its bytes are in `<topic>.dlq`, in the record who
 `dlq-partition` and `dlq-offset` headers name it. Rows are kept INBOX_RETENTION_DAYS (the
 retention of the inbox). Reads DATABASE_URL.
 
-`replay`, once the cause is fixed (the établissement now in the référentiel, the declarant's
-rights granted), sends the refused records the filters select back to the topic and partition
+A record refused for want of its établissement (`uai-inconnu`) needs no replay: the service
+judges it again itself once the référentiel brings the UAI (`list` then shows `accepted=` when
+it was applied, or `rejudged=` and the reason it is refused for now).
+
+`replay`, once the cause is fixed (the declarant's rights granted, say), sends the refused records the filters select back to the topic and partition
 they were read from, oldest first (the --limit oldest of them all; it says when more match):
 value, key and the partner's headers as they were, plus a `dlq-replay` header naming the
 refused record (so a replayed record that is refused again is recognisable).
@@ -46,7 +49,10 @@ from services.common.runtime.settings import settings_or_exit
 from services.common.storage.db import advisory_key
 
 SERVICES = ("formation", "equipement", "ressources")
-COLUMNS = 'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at'
+COLUMNS = (
+    'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at, '
+    "accepted_at, rejudged_at"
+)
 HEADER_SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120
 """Reading the DLQ topics: this long without a record while some are left, the broker is not
@@ -98,7 +104,11 @@ async def _list(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(
             f"{r['received_at'].isoformat(timespec='seconds')} {schema} {r['topic']}:{r['partition']}@{r['offset']}"
             f" {r['reason']} source={_shown(r['source'])} id={_shown(r['id'])} key={_shown(r['key'])}"
-            + (f" replayed={r['replayed_at'].isoformat(timespec='seconds')}" if r["replayed_at"] else "")
+            + "".join(
+                f" {what}={r[f'{what}_at'].isoformat(timespec='seconds')}"
+                for what in ("replayed", "accepted", "rejudged")
+                if r[f"{what}_at"]
+            )
         )
     if len(found) > args.limit:
         print(f"(more than {args.limit}: narrow the search, or raise --limit)", file=sys.stderr)
@@ -121,8 +131,9 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(f"  refused  {r['received_at'].isoformat()}")
         for name in ("reason", "message", "source", "id", "type", "subject", "key"):
             print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
-        if r["replayed_at"]:
-            print(f"  replayed {r['replayed_at'].isoformat()}")
+        for what in ("replayed", "accepted", "rejudged"):
+            if r[f"{what}_at"]:
+                print(f"  {what:<8} {r[f'{what}_at'].isoformat()}")
         if args.headers:
             await _print_headers((r["topic"], r["partition"], r["offset"]))
     if not shown:
@@ -151,7 +162,8 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
 
 async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     where, params = _where(args)
-    where = f"{where} AND replayed_at IS NULL" if where else " WHERE replayed_at IS NULL"
+    unsettled = "replayed_at IS NULL AND accepted_at IS NULL"  # accepted: applied once its établissement came
+    where = f"{where} AND {unsettled}" if where else f" WHERE {unsettled}"
     matching: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
     for schema in schemas:
         rows = await conn.fetch(
@@ -161,7 +173,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         )
         matching |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
     if not matching:
-        print("nothing to replay: no dead letter matches that was not replayed already", file=sys.stderr)
+        print("nothing to replay: no dead letter matches that was not replayed or accepted already", file=sys.stderr)
         return 0
     # The --limit oldest of every service's, and say so when more match: the rest waits for a next run.
     wanted = dict(sorted(matching.items(), key=lambda item: (item[1][0], item[0]))[: args.limit])
@@ -214,7 +226,10 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         # replay sends only the others.
         for schema in sorted({schema for _, schema in wanted.values()}):
             if mine := [of for of in acknowledged if wanted[of][1] == schema]:
+                # No longer waiting for its établissement: the copy sent is judged in its place.
                 await conn.execute(
+                    f'WITH gone AS (DELETE FROM "{schema}".attente_referentiel WHERE (topic, partition, "offset") '
+                    "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))) "
                     f'UPDATE "{schema}".dead_letters SET replayed_at = now() WHERE (topic, partition, "offset") '
                     "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
                     *(list(column) for column in zip(*mine, strict=True)),

@@ -7,6 +7,10 @@ once it is safely kept, and `dead_letters` makes a replay dead-letter it only on
 `dead_letters` is also the operator's log (`./dev dead-letters`): beside the reason it keeps
 who sent the record, as far as its value could be read (CloudEvents `source`, `id`, `type`,
 `subject`) and its key; never the value itself, nor a key or subject that may be a teacher_id.
+
+A record refused for want of its établissement (`uai-inconnu`) also waits, bytes and all, in
+`attente_referentiel`, for the référentiel to bring its UAI: then the service judges it again
+(pipeline.Pipeline.revive), which marks its `dead_letters` row (`accepted`, `rejudged`).
 """
 
 from collections.abc import Sequence
@@ -18,7 +22,7 @@ from aiokafka import ConsumerRecord
 
 from contracts import CATALOGUE, EQUIPEMENT, FORMATION, REFERENTIEL, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, is_valid_uai
 from contracts import dlq as dlq_topic
-from services.common.messaging.outbox import OutboxRecord, enqueue
+from services.common.messaging.outbox import OutboxRecord, dump_headers, enqueue
 from services.common.storage.db import Conn
 
 log = structlog.get_logger(__name__)
@@ -42,6 +46,8 @@ class Rejection:
     record: ConsumerRecord
     code: str
     message: str
+    awaits: str | None = None
+    """The UAI the référentiel does not hold yet (`uai-inconnu`): the record waits for it."""
 
 
 def dead_letter(rejection: Rejection) -> OutboxRecord:
@@ -133,9 +139,11 @@ def searchable(record: ConsumerRecord) -> tuple[str | None, ...]:
     return found.get("source"), found.get("id"), found.get("type"), subject, key
 
 
-async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
+async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
+    """Each record dead-lettered once (a replayed batch's are not again); returns how many of them
+    now wait for their établissement (`Rejection.awaits`)."""
     if not rejections:
-        return
+        return 0
     senders = [searchable(r.record) for r in rejections]
     rows = await conn.fetch(
         """
@@ -158,14 +166,60 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> None:
         if (r.record.topic, r.record.partition, r.record.offset) in new
     ]
     for r, (source, event_id, *_) in fresh:
-        log.warning(
-            "event.rejected",
-            reason=r.code,
-            detail=r.message,
-            topic=r.record.topic,
-            partition=r.record.partition,
-            offset=r.record.offset,
-            source=source,
-            event_id=event_id,
-        )
+        _logged(r, source, event_id)
     await enqueue(conn, [dead_letter(r) for r, _ in fresh])
+    awaiting = [r for r, _ in fresh if r.awaits is not None]
+    if awaiting:
+        await conn.execute(
+            'INSERT INTO attente_referentiel (topic, partition, "offset", uai, key, value, headers) '
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[], $7::jsonb[])",
+            [r.record.topic for r in awaiting],
+            [r.record.partition for r in awaiting],
+            [r.record.offset for r in awaiting],
+            [r.awaits for r in awaiting],
+            [r.record.key for r in awaiting],
+            [r.record.value for r in awaiting],
+            [dump_headers(r.record.headers) for r in awaiting],
+        )
+    return len(awaiting)
+
+
+def _logged(r: Rejection, source: str | None, event_id: str | None, event: str = "event.rejected") -> None:
+    log.warning(
+        event,
+        reason=r.code,
+        detail=r.message,
+        topic=r.record.topic,
+        partition=r.record.partition,
+        offset=r.record.offset,
+        source=source,
+        event_id=event_id,
+    )
+
+
+async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rejection]) -> None:
+    """Records that waited for their établissement, judged again now that it is known: the
+    accepted ones marked so; the refused ones (another reason: the declarant out of its
+    competence there, say) dead-lettered again, their row saying why now."""
+    if accepted:
+        await conn.execute(
+            'UPDATE dead_letters SET accepted_at = now() WHERE (topic, partition, "offset") '
+            "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
+            *(list(column) for column in zip(*accepted, strict=True)),
+        )
+    if refused:
+        await conn.execute(
+            "UPDATE dead_letters AS d SET reason = r.reason, message = r.message, rejudged_at = now() "
+            "FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[]) "
+            'AS r(topic, partition, "offset", reason, message) '
+            'WHERE (d.topic, d.partition, d."offset") = (r.topic, r.partition, r."offset")',
+            [r.record.topic for r in refused],
+            [r.record.partition for r in refused],
+            [r.record.offset for r in refused],
+            [r.code for r in refused],
+            [_text(r.message) for r in refused],
+        )
+        for r in refused:
+            found = attributes(r.record.value)
+            _logged(r, found.get("source"), found.get("id"), "event.rejudged")
+        await enqueue(conn, [dead_letter(r) for r in refused])

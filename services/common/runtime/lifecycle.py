@@ -27,6 +27,10 @@ reference counting frees; at 700 the collector ran every dozen records or so, an
 a batch holds each time. Measured with `./dev bench ingress national` (issue 8): ingress 3-5%
 faster, ressources 5% less CPU on the national fan-out, the same peak RSS."""
 
+REVIVAL_PERIOD_SECONDS = 60
+"""How often a service looks for records refused `uai-inconnu` whose établissement has arrived,
+besides right after each batch that refuses one or stores établissements (Pipeline.revive)."""
+
 log = structlog.get_logger(__name__)
 
 CATCH_UP_PENDING = "rattrapage_en_attente"
@@ -75,6 +79,8 @@ class Lifecycle:
         pipeline.relay.start()
         if spec.on_start is not None:
             self._spawn(spec.on_start(pipeline, settings), f"{spec.name}-on-start")
+        if spec.dead_letters_for:  # it may refuse a record for want of its UAI: judged again once it arrives
+            self._spawn(pipeline.revive_continually(REVIVAL_PERIOD_SECONDS), f"{spec.name}-revival")
         if settings.inbox_retention_days:
             self._spawn(retention.run(pipeline.pool, settings.inbox_retention_days), f"{spec.name}-retention")
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)

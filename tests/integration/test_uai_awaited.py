@@ -1,0 +1,156 @@
+"""A declaration refused `uai-inconnu` is judged again once the référentiel brings its UAI
+(pipeline.Pipeline.revive), against the real broker and database: applied if the declarant may
+declare it there, dead-lettered again with the reason otherwise, never applied twice."""
+
+import asyncpg
+
+import contracts as c
+from contracts.internal import PROFILS
+from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from services.equipement.app import SPEC as EQUIPEMENT
+from services.ressources.app import SPEC as RESSOURCES
+from test_ressources import RID, abonnement, alerts_of, profil, publiee
+
+KNOWN, LATE, HOSTILE = uai("0350601"), uai("0350602"), uai("0350603")
+DEPARTEMENT, COMMUNE = "/collectivites/departements/035", "/collectivites/communes/35238"
+
+
+def lot(source: str, where: str, lot_id: str = "L1") -> dict:
+    return event(
+        c.LOT,
+        source,
+        {"uai": where, "lot_id": lot_id, "kind": "tablette", "quantity": 3, "os": None, "browsers": []},
+        time_=at(1),
+    )
+
+
+def reasons(records) -> list[tuple[str, str]]:
+    """(dlq-reason, dlq-offset) of each DLQ copy, in order."""
+    return [(dict(r.headers)["dlq-reason"].decode(), dict(r.headers)["dlq-offset"].decode()) for r in records]
+
+
+async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(kafka, settings):
+    bootstrap = kafka.bootstrap_servers
+    equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
+    declared, misplaced = lot(DEPARTEMENT, LATE), lot(COMMUNE, LATE, "L2")  # a commune does not equip a collège
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(bootstrap, c.dlq(equipement)) as dlq:
+        await send(bootstrap, referentiel, [(KNOWN, college(KNOWN))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
+        await send(bootstrap, equipement, [(LATE, declared), (LATE, misplaced)])
+        await dlq.wait_for(lambda rs: len(rs) == 2, what="two refusals")
+        assert [reason for reason, _ in reasons(dlq.records)] == ["uai-inconnu", "uai-inconnu"]
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM attente_referentiel WHERE uai = $1", LATE),
+            what="both waiting for their établissement",
+        )
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 0
+
+        await send(bootstrap, referentiel, [(LATE, college(LATE, minute=2))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots WHERE uai = $1", LATE),
+            what="the declaration applied once its établissement came",
+        )
+        copies = await dlq.wait_for(lambda rs: len(rs) == 3, what="the misplaced one refused again")
+        first, second, third = reasons(copies)
+        assert third[0] == "hors-competence" and third[1] == second[1] != first[1], "the same record, judged again"
+        rows = {
+            r["id"]: r
+            for r in await pipeline.pool.fetch("SELECT id, reason, message, accepted_at, rejudged_at FROM dead_letters")
+        }
+        assert rows[declared["id"]]["accepted_at"] is not None and rows[declared["id"]]["reason"] == "uai-inconnu"
+        assert rows[misplaced["id"]]["reason"] == "hors-competence" and rows[misplaced["id"]]["rejudged_at"]
+        assert rows[misplaced["id"]]["accepted_at"] is None and "n'équipe pas" in rows[misplaced["id"]]["message"]
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
+
+        # The référentiel entry again (a later version): nothing waits, nothing is judged twice.
+        await send(bootstrap, referentiel, [(LATE, college(LATE, minute=3))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox published"
+        )
+        assert len(dlq.records) == 3
+
+
+async def test_a_service_started_again_judges_what_waited_for_an_etablissement_stored_meanwhile(kafka, settings):
+    """The revival comes after the commit of the batch that stores the UAI: one stopped in between
+    (or a record refused in a transaction that read the référentiel before that batch committed)
+    is judged at the next start."""
+    bootstrap = kafka.bootstrap_servers
+    equipement = settings.topic(c.EQUIPEMENT)
+    declared = lot(DEPARTEMENT, LATE)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, equipement, [(LATE, declared)])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM attente_referentiel"), what="waiting"
+        )
+    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": "equipement"})
+    try:  # the row a référentiel batch stores, its revival never run
+        await conn.execute(
+            "INSERT INTO etablissements (uai, nom, type, statut, code_commune, code_departement, code_academie, "
+            "code_region, ouvert, event_time) VALUES ($1, 'Collège', 'college', 'public', '35238', '035', '14', "
+            "'53', true, $2)",
+            LATE,
+            at(0),
+        )
+    finally:
+        await conn.close()
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots WHERE uai = $1", LATE),
+            what="applied at start",
+        )
+        assert await pipeline.pool.fetchval("SELECT accepted_at IS NOT NULL FROM dead_letters") is True
+
+
+async def test_a_waiting_record_the_database_refuses_is_dead_lettered_alone(kafka, settings):
+    """Accepted by the contract, refused by PostgreSQL once applied (here a trigger's data
+    exception, as a value beyond a column would raise): judged one record at a time, it alone is
+    dead-lettered again (`donnees-invalides`), the other one applied."""
+    bootstrap = kafka.bootstrap_servers
+    equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
+    poisoned, fine = lot(DEPARTEMENT, HOSTILE, "POISON"), lot(DEPARTEMENT, HOSTILE, "L2")
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(bootstrap, c.dlq(equipement)) as dlq:
+        await pipeline.pool.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.lot_id = 'POISON' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'data_exception'; END IF; "
+            "RETURN NEW; END $$; "
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+        )
+        await send(bootstrap, equipement, [(HOSTILE, poisoned), (HOSTILE, fine)])
+        await dlq.wait_for(lambda rs: len(rs) == 2, what="two refusals")
+        await send(bootstrap, referentiel, [(HOSTILE, college(HOSTILE))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots WHERE uai = $1", HOSTILE),
+            what="the good one applied",
+        )
+        copies = await dlq.wait_for(lambda rs: len(rs) == 3, what="the poisoned one refused again")
+        assert reasons(copies)[2][0] == "donnees-invalides"
+        row = await pipeline.pool.fetchrow("SELECT reason, message FROM dead_letters WHERE id = $1", poisoned["id"])
+        assert row["reason"] == "donnees-invalides" and "SQLSTATE 22000" in row["message"], row
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
+
+
+async def test_a_subscription_that_waited_for_its_etablissement_raises_its_alert(kafka, settings):
+    """ressources: the GAR subscribes a collège the ministère has not published yet; once it
+    does, the subscription is applied and its pair evaluated (its equipment known already)."""
+    where = uai("0350604")
+    bootstrap = kafka.bootstrap_servers
+    catalogue = settings.topic(c.CATALOGUE)
+    subscription = abonnement(where, 1)
+    async with (
+        running(RESSOURCES, settings) as pipeline,
+        TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts,
+        TopicReader(bootstrap, c.dlq(catalogue)) as dlq,
+    ):
+        await send(bootstrap, settings.topic(PROFILS), [profil(where, 1, "12.5")])
+        await send(bootstrap, catalogue, [(RID, publiee(1)), (where, subscription)])
+        await dlq.wait_for(lambda rs: reasons(rs) and reasons(rs)[0][0] == "uai-inconnu", what="uai-inconnu")
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM recus"), what="the profile")
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM abonnements") == 0
+
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        [levee] = alerts_of(records, c.ALERTE_LEVEE)
+        assert levee["data"]["uai"] == where and levee["data"]["kind"] == "equipement-incompatible"
+        assert await pipeline.pool.fetchval("SELECT accepted_at IS NOT NULL FROM dead_letters") is True
+        assert len(dlq.records) == 1
