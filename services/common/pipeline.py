@@ -373,6 +373,7 @@ class Pipeline:
                     records = await _waiting(conn, origins)
                     refusal = f"refusé à l'enregistrement: {refused_by_database(exc)}"
                     await dlq.rejudged(conn, [], [dlq.Rejection(r, "donnees-invalides", refusal) for r in records])
+                self.metrics.revived(0, 0, 0, {"donnees-invalides": len(records)} if records else {})
                 self.relay.wake()
                 return len(records)
         raise AssertionError("unreachable")  # the last attempt returns or raises
@@ -391,13 +392,16 @@ class Pipeline:
                 await dlq.rejudged(conn, accepted, rejected)
         if records:
             self.relay.wake()
+            applied, duplicates = len(done.fresh) - len(done.stale), done.accepted - len(done.fresh)
+            refused_by = dict(Counter(r.code for r in rejected))
+            self.metrics.revived(applied, len(done.stale), duplicates, refused_by)
             log.info(
                 "referentiel.revived",
                 records=len(records),
-                applied=len(done.fresh) - len(done.stale),
+                applied=applied,
                 stale=len(done.stale),
-                duplicates=done.accepted - len(done.fresh),
-                refused=dict(Counter(r.code for r in rejected)),
+                duplicates=duplicates,
+                refused=refused_by,
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
         return len(records)

@@ -17,6 +17,7 @@ from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 
 DEPARTEMENT = "/collectivites/departements/035"
+OTHER_DEPARTEMENT = "/collectivites/departements/022"
 REGION = "/collectivites/regions/53"
 SECRET = "SecretOS"  # in every refused value: the log and the command must never show it
 
@@ -24,6 +25,19 @@ SECRET = "SecretOS"  # in every refused value: the log and the command must neve
 def lot(where: str, lot_id: str, minute: int, *, source: str = DEPARTEMENT, id_: str | None = None) -> dict:
     data = {"uai": where, "lot_id": lot_id, "kind": "tablette", "quantity": 3, "os": {"name": SECRET, "version": "1"}}
     return event(c.LOT, source, data, subject=where, time_=at(minute), id_=id_)
+
+
+def moved(where: str) -> dict:
+    """The collège's référentiel entry corrected: in the other département (a later version)."""
+    return college(where, dep="022", minute=5)
+
+
+async def moved_in(pipeline, uais: list[str]) -> bool:
+    return await pipeline.pool.fetchval(
+        "SELECT count(*) = $2 FROM etablissements WHERE uai = ANY($1::text[]) AND code_departement = '022'",
+        uais,
+        len(uais),
+    )
 
 
 async def dead_letter_rows(pipeline, count: int) -> list:
@@ -184,19 +198,20 @@ def test_an_unreachable_database_is_one_line_without_its_password(monkeypatch, c
 
 
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):
-    """A lot for an établissement not yet in the référentiel is refused; once the référentiel has
-    it, the replay sends the very record back, marked, and the lot is stored; a second replay
-    finds nothing left to send."""
+    """A lot from a département the référentiel does not place the collège in is refused; once
+    the référentiel corrects the collège's département, the replay sends the very record back,
+    marked, and the lot is stored; a second replay finds nothing left to send. (A record
+    refused for want of its établissement needs no replay: test_uai_awaited.py.)"""
     later, known = uai("0350301"), uai("0350302")
-    refused = lot(later, "L1", 1, source=DEPARTEMENT)
+    refused = lot(later, "L1", 1, source=OTHER_DEPARTEMENT)
     topic = settings.topic(c.EQUIPEMENT)
     partner_headers = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
     async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, topic) as partner:
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (known, later)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="référentiel")
         await send(kafka.bootstrap_servers, topic, [(later, refused)], headers=partner_headers)
         [row] = await dead_letter_rows(pipeline, 1)
-        assert row["reason"] == "uai-inconnu" and row["replayed_at"] is None
+        assert row["reason"] == "hors-competence" and row["replayed_at"] is None
         origin = f"{row['topic']}:{row['partition']}@{row['offset']}"
         await eventually(lambda: record_count(kafka.bootstrap_servers, c.dlq(topic)), what="the DLQ copy published")
 
@@ -206,13 +221,13 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
             "--partition", str(row["partition"]), "--offset", str(row["offset"]), "--headers",
         )  # fmt: skip
         assert f"    traceparent {partner_headers[0][1].decode()}" in shown, shown
-        assert "    dlq-reason uai-inconnu" in shown and "    content-type application/cloudevents+json" in shown
+        assert "    dlq-reason hors-competence" in shown and "    content-type application/cloudevents+json" in shown
 
-        # Nothing is sent by a dry run; then the cause is fixed: the établissement is known.
+        # Nothing is sent by a dry run; then the cause is fixed: the collège is in that département.
         dry = await command(capsys, settings.database_url, "replay", "--service", "equipement", "--dry-run")
         assert dry[-1] == f"{origin} would be replayed to {topic}"
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(later, college(later))])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the fix")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(later, moved(later))])
+        await eventually(lambda: moved_in(pipeline, [later]), what="the fix")
         assert len(partner.records) == 1, "the dry run sent nothing"
 
         # While another operator's replay runs, this one sends nothing (each would send them all).
@@ -227,7 +242,7 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         assert await pipeline.pool.fetchval("SELECT replayed_at FROM dead_letters") is None
 
         out = await command(
-            capsys, settings.database_url, "replay", "--service", "equipement", "--reason", "uai-inconnu"
+            capsys, settings.database_url, "replay", "--service", "equipement", "--reason", "hors-competence"
         )
         assert out[-1].startswith(f"{origin} replayed as {topic}:"), out
         stored = await eventually(
@@ -279,8 +294,10 @@ async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafk
     first, second = by_partition[max(by_partition)], by_partition[min(by_partition)]
     topic = settings.topic(c.EQUIPEMENT)
     async with running(EQUIPEMENT, settings) as pipeline:
-        for n, where in enumerate((first, second), start=1):  # unknown établissements: uai-inconnu
-            await send(kafka.bootstrap_servers, topic, [(where, lot(where, f"L{n}", n))])
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (first, second)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="référentiel")
+        for n, where in enumerate((first, second), start=1):  # another département's collèges: hors-competence
+            await send(kafka.bootstrap_servers, topic, [(where, lot(where, f"L{n}", n, source=OTHER_DEPARTEMENT))])
             await dead_letter_rows(pipeline, n)
         rows = await dead_letter_rows(pipeline, 2)
         refused = sorted(rows, key=lambda r: r["received_at"])
@@ -296,8 +313,8 @@ async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafk
 
         # The cause fixed, fewer than match: the oldest, and the command says more are left, which
         # a next run sends.
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (first, second)])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the fix")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, moved(u)) for u in (first, second)])
+        await eventually(lambda: moved_in(pipeline, [first, second]), what="the fix")
         for sent, left in ((origins[0], True), (origins[1], False)):
             await dead_letters.run(dead_letters.parse_args(["replay", "--limit", "1"]), settings.database_url)
             out, err = capsys.readouterr()

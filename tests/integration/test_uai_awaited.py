@@ -62,6 +62,10 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
         assert rows[misplaced["id"]]["accepted_at"] is None and "n'équipe pas" in rows[misplaced["id"]]["message"]
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
+        revived = lambda outcome, reason="": pipeline.metrics.registry.get_sample_value(  # noqa: E731
+            "feo_revived_total", {"service": "equipement", "outcome": outcome, "reason": reason}
+        )
+        assert (revived("applied"), revived("refused", "hors-competence")) == (1, 1)
 
         # The référentiel entry again (a later version): nothing waits, nothing is judged twice.
         await send(bootstrap, referentiel, [(LATE, college(LATE, minute=3))])

@@ -79,6 +79,13 @@ class Metrics:
             ["service", "outcome", "reason"],
             registry=self.registry,
         )
+        self._revived = Counter(
+            "feo_revived",
+            "records refused uai-inconnu judged again once their établissement came, by outcome "
+            "(applied, stale, duplicate, refused) and refusal reason",
+            ["service", "outcome", "reason"],
+            registry=self.registry,
+        )
         self._batches = Histogram(
             "feo_batch_duration_seconds",
             "time to handle one batch, from its records received to its transaction committed",
@@ -105,6 +112,15 @@ class Metrics:
         for reason, count in refused.items():
             self._events.labels(self.service, "refused", reason).inc(count)
         self._batches.labels(self.service).observe(seconds)
+
+    def revived(self, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
+        """A revival's outcomes (Pipeline.revive): apart from `feo_events`, which counted each
+        of these records once already, refused."""
+        for outcome, count in (("applied", applied), ("stale", stale), ("duplicate", duplicates)):
+            if count:
+                self._revived.labels(self.service, outcome, "").inc(count)
+        for reason, count in refused.items():
+            self._revived.labels(self.service, "refused", reason).inc(count)
 
     def published(self, done: int, failed: int) -> None:
         """One relay round: records published, records Kafka refused for good (outbox_failed)."""
