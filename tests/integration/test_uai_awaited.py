@@ -69,9 +69,7 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
 
         # The référentiel entry again (a later version): nothing waits, nothing is judged twice.
         await send(bootstrap, referentiel, [(LATE, college(LATE, minute=3))])
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox published"
-        )
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox published")
         assert len(dlq.records) == 3
 
 
@@ -84,9 +82,7 @@ async def test_a_service_started_again_judges_what_waited_for_an_etablissement_s
     declared = lot(DEPARTEMENT, LATE)
     async with running(EQUIPEMENT, settings) as pipeline:
         await send(bootstrap, equipement, [(LATE, declared)])
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM attente_referentiel"), what="waiting"
-        )
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM attente_referentiel"), what="waiting")
     conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": "equipement"})
     try:  # the row a référentiel batch stores, its revival never run
         await conn.execute(

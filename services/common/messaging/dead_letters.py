@@ -14,12 +14,14 @@ retention of the inbox). Reads DATABASE_URL.
 
 A record refused for want of its établissement (`uai-inconnu`) needs no replay: the service
 judges it again itself once the référentiel brings the UAI (`list` then shows `accepted=` when
-it was applied, or `rejudged=` and the reason it is refused for now).
+it was applied, or `rejudged=` and the reason it is refused for now); except one refused by a
+version of the platform from before that (2026-12), which waits for nothing: replay it.
 
-`replay`, once the cause is fixed (the declarant's rights granted, say), sends the refused records the filters select back to the topic and partition
-they were read from, oldest first (the --limit oldest of them all; it says when more match):
-value, key and the partner's headers as they were, plus a `dlq-replay` header naming the
-refused record (so a replayed record that is refused again is recognisable).
+`replay`, once the cause is fixed (the référentiel corrected, say), sends the refused records the
+filters select back to the topic and partition they were read from, oldest first (the --limit
+oldest of them all; it says when more match): value, key and the partner's headers as they
+were, plus a `dlq-replay` header naming the refused record (so a replayed record that is
+refused again is recognisable).
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
 second one, meanwhile, replays nothing and says so). A replay interrupted between a send and

@@ -172,7 +172,8 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
     if awaiting:
         await conn.execute(
             'INSERT INTO attente_referentiel (topic, partition, "offset", uai, key, value, headers) '
-            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[], $7::jsonb[])",
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[], "
+            "$7::jsonb[])",
             [r.record.topic for r in awaiting],
             [r.record.partition for r in awaiting],
             [r.record.offset for r in awaiting],
