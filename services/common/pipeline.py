@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -146,6 +146,7 @@ class Pipeline:
         self._pool: asyncpg.Pool | None = None
         self._relay: OutboxRelay | None = None
         self._revival_due = asyncio.Event()
+        self._revival_uais: set[str] = set()
         self.metrics = Metrics(service)
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
@@ -280,7 +281,7 @@ class Pipeline:
             await positions.advance(conn, records)
         self._log_batch(records, done.fresh, done.stale, done.accepted, rejected, started)
         if awaiting or done.known:  # a record to judge again once its UAI is known, or UAIs the référentiel brought
-            self._revival_due.set()
+            self._due({r.awaits for r in rejected if r.awaits is not None} | done.known)
         return done.outgoing
 
     async def _judge(self, conn: Conn, parsed, rejected: list[dlq.Rejection], span: trace.Span) -> "_Judged":
@@ -309,53 +310,94 @@ class Pipeline:
         await enqueue(conn, self._records(applied.outgoing, contexts, span))
         return _Judged(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), len(applied.outgoing), changed_uais)
 
-    async def revive(self) -> int:
-        """The records refused `uai-inconnu` whose établissement the référentiel now holds, judged
-        again, REVIVAL_CHUNK at a time, oldest first per partition: accepted, they are applied as
-        if they came now (the inbox drops one applied meanwhile, replayed by an operator);
-        refused for another reason, dead-lettered again with it. Returns how many were judged.
+    async def revive(self, uais: Collection[str] | None = None) -> int:
+        """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
+        these UAIs; None: of any), judged again, REVIVAL_CHUNK at a time, oldest first per
+        partition: accepted, they are applied as if they came now (the inbox drops one applied
+        meanwhile, replayed by an operator); refused for another reason, dead-lettered again with
+        it. Returns how many were judged.
 
         Both sides look after committing: a batch that refuses a record for want of its UAI, and
-        one that stores UAIs in the référentiel, each wake this (`_revival_due`), so whichever of
-        the two commits last finds the other's rows. Replicas may look at once: a waiting row is
-        judged by the transaction that deletes it."""
-        judged = 0
+        one that stores UAIs in the référentiel, each ask for this with their UAIs (`_due`), so
+        whichever of the two commits last finds the other's rows. Replicas may look at once: a
+        waiting row is judged by the transaction that deletes it. A record whose judgement fails
+        (not for its data: PostgreSQL away, a fault) is logged and left waiting for the next
+        pass; the others are judged all the same."""
+        judged, after = 0, ("", -1, -1)
+        wanted = None if uais is None else sorted(uais)
         while True:
-            origins = [
-                (r["topic"], r["partition"], r["offset"])
-                for r in await self.pool.fetch(
-                    'SELECT topic, partition, "offset" FROM attente_referentiel a '
-                    "WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) "
-                    'ORDER BY topic, partition, "offset" LIMIT $1',
-                    REVIVAL_CHUNK,
-                )
-            ]
+            rows = await self.pool.fetch(
+                'SELECT topic, partition, "offset" FROM attente_referentiel a '
+                "WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) "
+                "AND ($1::text[] IS NULL OR a.uai = ANY($1::text[])) "
+                'AND (topic, partition, "offset") > ($2, $3, $4) ORDER BY topic, partition, "offset" LIMIT $5',
+                wanted,
+                *after,
+                REVIVAL_CHUNK,
+            )
+            origins = [(r["topic"], r["partition"], r["offset"]) for r in rows]
             if not origins:
                 return judged
-            judged += await self._revive(origins)
+            after = origins[-1]
+            try:
+                judged += await self._revive(origins)
+            except Exception as exc:
+                if len(origins) == 1:
+                    raise
+                log.warning("referentiel.revival_isolating", records=len(origins), error=type(exc).__name__)
+                judged += await self._revive_each(origins)
+
+    async def _revive_each(self, origins: list[dlq.Origin]) -> int:
+        """One record at a time: a fault on one leaves it waiting, not the others; all failing
+        (PostgreSQL away) ends the pass."""
+        judged, failed = 0, 0
+        for origin in origins:
+            try:
+                judged += await self._revive([origin])
+            except Exception as exc:
+                failed += 1
+                topic, partition, offset = origin
+                log.exception(
+                    "referentiel.revival_failed", topic=topic, partition=partition, offset=offset, left_waiting=True
+                )
+                if failed == len(origins):
+                    raise exc
+        return judged
+
+    def _due(self, uais: Collection[str]) -> None:
+        """A revival of these UAIs' waiting records, as soon as the background task can."""
+        self._revival_uais |= set(uais)
+        self._revival_due.set()
 
     async def revive_if_due(self) -> int:
-        """`revive` if a batch called for it since the last time."""
+        """`revive` the UAIs batches asked for since the last time."""
         if not self._revival_due.is_set():
             return 0
         self._revival_due.clear()
-        return await self.revive()
+        uais, self._revival_uais = self._revival_uais, set()
+        return await self.revive(uais)
 
     async def revive_continually(self, period: float) -> None:
-        """`revive` when a batch calls for it (`_revival_due`), and every `period` seconds all the
-        same: a service stopped between such a batch and its revival finds its records at start.
-        A failure is logged and tried again at the next call."""
+        """`revive` when batches ask for it (`_due`), and every record whose établissement is
+        known every `period` seconds and at start: one stopped between such a batch and its
+        revival, or whose revival failed, is judged then. A failure is logged and tried again."""
+        loop = asyncio.get_running_loop()
         while True:
-            self._revival_due.clear()
             try:
+                self._revival_due.clear()  # what batches asked for so far, this pass covers
+                self._revival_uais = set()
                 await self.revive()
+                deadline = loop.time() + period
+                while True:
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                            await self._revival_due.wait()
+                    except TimeoutError:
+                        break
+                    await self.revive_if_due()
             except Exception:
                 log.exception("referentiel.revival_failed", retried_within_seconds=period)
-            try:
-                async with asyncio.timeout(period):
-                    await self._revival_due.wait()
-            except TimeoutError:
-                pass
+                await asyncio.sleep(period)
 
     async def _revive(self, origins: list[dlq.Origin]) -> int:
         for attempt in range(1, _ATTEMPTS + 1):
@@ -381,10 +423,16 @@ class Pipeline:
     async def _revival(self, origins: list[dlq.Origin]) -> int:
         started = time.monotonic()
         with trace.get_tracer(__name__).start_as_current_span(
-            f"revive {self.service}", kind=trace.SpanKind.CONSUMER, record_exception=False
+            f"revive {self.service}",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(origins)},
+            record_exception=False,
         ) as span:
             async with self._exclusive() as conn:
                 records = await _waiting(conn, origins)  # those another replica judged meanwhile are gone
+                if tracer_is_recording():  # each record's trace, as its batch's span had it
+                    for link in filter(None, (_link(r.headers) for r in records)):
+                        span.add_link(link.context)
                 parsed, rejected = self._parse_all(records, {})
                 done = await self._judge(conn, parsed, rejected, span)
                 refused = {id(r.record) for r in rejected}

@@ -154,3 +154,33 @@ async def test_a_subscription_that_waited_for_its_etablissement_raises_its_alert
         assert levee["data"]["uai"] == where and levee["data"]["kind"] == "equipement-incompatible"
         assert await pipeline.pool.fetchval("SELECT accepted_at IS NOT NULL FROM dead_letters") is True
         assert len(dlq.records) == 1
+
+
+async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_the_others(kafka, settings):
+    """Not its data (a fault: here a trigger's error, as PostgreSQL away would be): the record
+    stays waiting, the others of its pass are applied, and the next pass applies it."""
+    bootstrap = kafka.bootstrap_servers
+    equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
+    faulty, fine = lot(DEPARTEMENT, HOSTILE, "FAULT"), lot(DEPARTEMENT, HOSTILE, "L2")
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await pipeline.pool.execute(
+            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.lot_id = 'FAULT' THEN RAISE EXCEPTION 'fault'; END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER fault BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION fault()"
+        )
+        await send(bootstrap, equipement, [(HOSTILE, faulty), (HOSTILE, fine)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM attente_referentiel"), what="waiting")
+        await send(bootstrap, referentiel, [(HOSTILE, college(HOSTILE))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots WHERE uai = $1", HOSTILE),
+            what="the other one applied",
+        )
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1
+        assert await pipeline.pool.fetchval("SELECT reason FROM dead_letters WHERE id = $1", faulty["id"]) == (
+            "uai-inconnu"
+        ), "not refused: it was not its data"
+
+        await pipeline.pool.execute("DROP TRIGGER fault ON lots")
+        assert await pipeline.revive() == 1  # as the next pass does
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", HOSTILE) == 2
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0

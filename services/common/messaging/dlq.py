@@ -168,7 +168,12 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
     for r, (source, event_id, *_) in fresh:
         _logged(r, source, event_id)
     await enqueue(conn, [dead_letter(r) for r, _ in fresh])
-    awaiting = [r for r, _ in fresh if r.awaits is not None]
+    return await _waits(conn, [r for r, _ in fresh])
+
+
+async def _waits(conn: Conn, rejections: Sequence[Rejection]) -> int:
+    """Those of `rejections` refused for want of their UAI wait for it; returns how many."""
+    awaiting = [r for r in rejections if r.awaits is not None]
     if awaiting:
         await conn.execute(
             'INSERT INTO attente_referentiel (topic, partition, "offset", uai, key, value, headers) '
@@ -224,3 +229,4 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
             found = attributes(r.record.value)
             _logged(r, found.get("source"), found.get("id"), "event.rejudged")
         await enqueue(conn, [dead_letter(r) for r in refused])
+        await _waits(conn, refused)  # for want of a UAI again (another one, read by a newer contract): waits again
