@@ -76,8 +76,8 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
 
 
 async def _busy(bootstrap: str, database_url: str, prefix: str) -> list[str]:
-    """What is still to do: a service behind the end of a topic it reads, an outbox or a
-    re-evaluation not done."""
+    """What is still to do: a service behind the end of a topic it reads, an outbox, a
+    re-evaluation or the revival of a record that waited for its établissement not done."""
     conn = await asyncpg.connect(database_url)
     try:
         busy = []
@@ -88,6 +88,11 @@ async def _busy(bootstrap: str, database_url: str, prefix: str) -> list[str]:
             busy += [f"{spec.name} at {tp}: {at.get(tp, 0)} < {end}" for tp, end in ends.items() if at.get(tp, 0) < end]
             if pending := await conn.fetchval(f"SELECT count(*) FROM {spec.name}.outbox"):
                 busy.append(f"{spec.name}: {pending} in the outbox")
+            if due := await conn.fetchval(
+                f"SELECT count(*) FROM {spec.name}.attente_referentiel a "
+                f"WHERE EXISTS (SELECT FROM {spec.name}.etablissements e WHERE e.uai = a.uai)"
+            ):
+                busy.append(f"{spec.name}: {due} refused uai-inconnu, their établissement known since")
         if await conn.fetchval("SELECT count(*) FROM ressources.reevaluations"):
             busy.append("ressources: re-evaluations pending")
         return busy

@@ -33,7 +33,8 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
     bootstrap = kafka.bootstrap_servers
     equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
     declared, misplaced = lot(DEPARTEMENT, LATE), lot(COMMUNE, LATE, "L2")  # a commune does not equip a collège
-    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(bootstrap, c.dlq(equipement)) as dlq:
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline, TopicReader(bootstrap, c.dlq(equipement)) as dlq:
         await send(bootstrap, referentiel, [(KNOWN, college(KNOWN))])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
         await send(bootstrap, equipement, [(LATE, declared), (LATE, misplaced)])
@@ -44,6 +45,11 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
             what="both waiting for their établissement",
         )
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 0
+        status, body = await service.app.health()
+        assert (status, body["awaiting_referentiel"], body["revivals_pending"]) == (200, 2, 0), body
+        assert (
+            'feo_awaiting_referentiel{service="equipement",uai="unknown"} 2.0' in (await service.app.metrics()).decode()
+        )
 
         await send(bootstrap, referentiel, [(LATE, college(LATE, minute=2))])
         await eventually(
@@ -62,6 +68,8 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
         assert rows[misplaced["id"]]["accepted_at"] is None and "n'équipe pas" in rows[misplaced["id"]]["message"]
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
+        status, body = await service.app.health()
+        assert (body["awaiting_referentiel"], body["revivals_pending"]) == (0, 0), body
         revived = lambda outcome, reason="": pipeline.metrics.registry.get_sample_value(  # noqa: E731
             "feo_revived_total", {"service": "equipement", "outcome": outcome, "reason": reason}
         )

@@ -16,6 +16,7 @@ A record refused for want of its établissement (`uai-inconnu`) also waits, byte
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
 import jiter
 import structlog
 from aiokafka import ConsumerRecord
@@ -230,3 +231,16 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
             _logged(r, found.get("source"), found.get("id"), "event.rejudged")
         await enqueue(conn, [dead_letter(r) for r in refused])
         await _waits(conn, refused)  # for want of a UAI again (another one, read by a newer contract): waits again
+
+
+async def awaiting(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> tuple[int, int]:
+    """Records refused `uai-inconnu` still waiting: those whose établissement the référentiel
+    holds now (to judge again: Pipeline.revive), and the others; `at_most` bounds each count."""
+    limit = "" if at_most is None else f" LIMIT {int(at_most)}"
+    known = "EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai)"
+    row = await conn.fetchrow(
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM attente_referentiel a WHERE {known}{limit}) t) AS due, "
+        f"(SELECT count(*) FROM (SELECT 1 FROM attente_referentiel a WHERE NOT {known}{limit}) t) AS unknown"
+    )
+    assert row is not None  # one row, always
+    return row["due"], row["unknown"]

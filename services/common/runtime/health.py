@@ -5,6 +5,7 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
+from services.common.messaging import dlq
 from services.common.messaging.outbox import count_failed, count_pending
 from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Gauge, Gauges
@@ -16,14 +17,16 @@ Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
 
 
 async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog = None) -> tuple[int, dict]:
-    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog
-    and the service's own (`backlog`)."""
+    """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog,
+    the records that wait for their établissement, and the service's own (`backlog`)."""
     body = {
         "service": pipeline.service,
         "kafka": await broker.ping(2.0),
         "database": False,
         "outbox_pending": None,
         "outbox_failed": None,
+        "revivals_pending": None,
+        "awaiting_referentiel": None,
     }
     if pipeline.started:
         try:
@@ -31,6 +34,8 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
             body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
             # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
             body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
+            # Refused uai-inconnu: to judge again (their établissement known since), and still waiting.
+            body["revivals_pending"], body["awaiting_referentiel"] = await dlq.awaiting(pipeline.pool, COUNT_AT_MOST)
             if backlog is not None:
                 body |= await pipeline.run(backlog)
             body["database"] = True
@@ -51,6 +56,7 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
                 "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
             )
             failed = await count_failed(conn)
+            due, unknown = await dlq.awaiting(conn)
         own = await pipeline.run(gauges) if gauges is not None else []
     except Exception:  # reported as a figure: a scrape must answer while the database is away
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
@@ -60,6 +66,20 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
         Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest or 0),
         Gauge(
             "feo_outbox_failed", "records Kafka refused for good, set aside for an operator (./dev outbox)", {}, failed
+        ),
+        Gauge(
+            "feo_awaiting_referentiel",
+            "records refused uai-inconnu waiting for their établissement, by whether the référentiel holds "
+            "it now (known: to judge again)",
+            {"uai": "known"},
+            due,
+        ),
+        Gauge(
+            "feo_awaiting_referentiel",
+            "records refused uai-inconnu waiting for their établissement, by whether the référentiel holds "
+            "it now (known: to judge again)",
+            {"uai": "unknown"},
+            unknown,
         ),
         *own,
     ]
