@@ -146,16 +146,17 @@ async def _build_and_switch(
         # settled waits no longer in the rebuilt one.
         columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
         settled = "replayed_at, accepted_at, rejudged_at"
+        live_judged = "EXCLUDED.accepted_at IS NOT NULL OR EXCLUDED.rejudged_at IS NOT NULL"
         await session.execute(
             f'INSERT INTO "{fresh}".dead_letters AS d ({columns}, {settled}) '
             f'SELECT {columns}, {settled} FROM "{live}".dead_letters '
             'ON CONFLICT (topic, partition, "offset") DO UPDATE '
             "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at, "
-            # Judged again by the live service, or (its revival not run yet) by the rebuild's replay.
-            "accepted_at = coalesce(EXCLUDED.accepted_at, d.accepted_at), "
-            "rejudged_at = coalesce(EXCLUDED.rejudged_at, d.rejudged_at), "
-            "reason = CASE WHEN EXCLUDED.rejudged_at IS NULL THEN d.reason ELSE EXCLUDED.reason END, "
-            "message = CASE WHEN EXCLUDED.rejudged_at IS NULL THEN d.message ELSE EXCLUDED.message END"
+            # Judged again by the live service, or else (its revival not run yet) by the rebuild's replay.
+            + ", ".join(
+                f"{column} = CASE WHEN {live_judged} THEN EXCLUDED.{column} ELSE d.{column} END"
+                for column in ("accepted_at", "rejudged_at", "reason", "message")
+            )
         )
         await session.execute(
             f'DELETE FROM "{fresh}".attente_referentiel a USING "{fresh}".dead_letters d '

@@ -103,6 +103,8 @@ state and say what to emit."""
 
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_UNREACHABLE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+"""PostgreSQL away (a TimeoutError is an OSError): every record would fail alike."""
 _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~0.2 ms, which a reply waits at most
@@ -147,6 +149,7 @@ class Pipeline:
         self._relay: OutboxRelay | None = None
         self._revival_due = asyncio.Event()
         self._revival_uais: set[str] = set()
+        self._reviving = 0
         self.metrics = Metrics(service)
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
@@ -324,50 +327,54 @@ class Pipeline:
         (not for its data: PostgreSQL away, a fault) is logged and left waiting for the next
         pass; the others are judged all the same."""
         judged, after = 0, ("", -1, -1)
-        wanted = None if uais is None else sorted(uais)
+        # Two statements: one plan each (a generic plan for both would not use the index on uai).
+        targeted = "AND a.uai = ANY($4::text[]) " if uais is not None else ""
+        query = (
+            'SELECT topic, partition, "offset" FROM attente_referentiel a '
+            f"WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) {targeted}"
+            f'AND (topic, partition, "offset") > ($1, $2, $3) ORDER BY topic, partition, "offset" LIMIT {REVIVAL_CHUNK}'
+        )
         while True:
-            rows = await self.pool.fetch(
-                'SELECT topic, partition, "offset" FROM attente_referentiel a '
-                "WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) "
-                "AND ($1::text[] IS NULL OR a.uai = ANY($1::text[])) "
-                'AND (topic, partition, "offset") > ($2, $3, $4) ORDER BY topic, partition, "offset" LIMIT $5',
-                wanted,
-                *after,
-                REVIVAL_CHUNK,
-            )
+            rows = await self.pool.fetch(query, *after, *([sorted(uais)] if uais is not None else []))
             origins = [(r["topic"], r["partition"], r["offset"]) for r in rows]
             if not origins:
                 return judged
             after = origins[-1]
             try:
                 judged += await self._revive(origins)
+            except _UNREACHABLE:
+                raise
             except Exception as exc:
-                if len(origins) == 1:
-                    raise
                 log.warning("referentiel.revival_isolating", records=len(origins), error=type(exc).__name__)
                 judged += await self._revive_each(origins)
 
     async def _revive_each(self, origins: list[dlq.Origin]) -> int:
-        """One record at a time: a fault on one leaves it waiting, not the others; all failing
-        (PostgreSQL away) ends the pass."""
-        judged, failed = 0, 0
+        """One record at a time: a fault on one is logged and leaves it waiting (for the next full
+        pass), not the others; PostgreSQL or Kafka away ends the pass at once."""
+        judged = 0
         for origin in origins:
             try:
                 judged += await self._revive([origin])
-            except Exception as exc:
-                failed += 1
+            except _UNREACHABLE:
+                raise
+            except Exception:
                 topic, partition, offset = origin
                 log.exception(
                     "referentiel.revival_failed", topic=topic, partition=partition, offset=offset, left_waiting=True
                 )
-                if failed == len(origins):
-                    raise exc
         return judged
 
+    @property
+    def revivals_pending(self) -> int:
+        """UAIs whose waiting records batches asked to judge again, not looked at yet (/health)."""
+        return len(self._revival_uais) + self._reviving
+
     def _due(self, uais: Collection[str]) -> None:
-        """A revival of these UAIs' waiting records, as soon as the background task can."""
-        self._revival_uais |= set(uais)
-        self._revival_due.set()
+        """A revival of these UAIs' waiting records, as soon as the background task can (a
+        service that dead-letters nothing, the passerelle, has none to revive)."""
+        if self._dead_letters_for:
+            self._revival_uais |= set(uais)
+            self._revival_due.set()
 
     async def revive_if_due(self) -> int:
         """`revive` the UAIs batches asked for since the last time."""
@@ -375,7 +382,11 @@ class Pipeline:
             return 0
         self._revival_due.clear()
         uais, self._revival_uais = self._revival_uais, set()
-        return await self.revive(uais)
+        self._reviving = len(uais)
+        try:
+            return await self.revive(uais)
+        finally:
+            self._reviving = 0
 
     async def revive_continually(self, period: float) -> None:
         """`revive` when batches ask for it (`_due`), and every record whose établissement is
@@ -388,9 +399,9 @@ class Pipeline:
                 self._revival_uais = set()
                 await self.revive()
                 deadline = loop.time() + period
-                while True:
+                while (left := deadline - loop.time()) > 0:  # a steady stream of requests delays no full pass
                     try:
-                        async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        async with asyncio.timeout(left):
                             await self._revival_due.wait()
                     except TimeoutError:
                         break

@@ -46,10 +46,9 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
         )
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 0
         status, body = await service.app.health()
-        assert (status, body["awaiting_referentiel"], body["revivals_pending"]) == (200, 2, 0), body
-        assert (
-            'feo_awaiting_referentiel{service="equipement",uai="unknown"} 2.0' in (await service.app.metrics()).decode()
-        )
+        assert (status, body["awaiting_referentiel"]) == (200, 2), body
+        scraped = (await service.app.metrics()).decode()
+        assert 'feo_awaiting_referentiel{service="equipement"} 2.0' in scraped
 
         await send(bootstrap, referentiel, [(LATE, college(LATE, minute=2))])
         await eventually(
@@ -69,16 +68,30 @@ async def test_a_declaration_waits_for_its_etablissement_then_is_applied_once(ka
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
         status, body = await service.app.health()
-        assert (body["awaiting_referentiel"], body["revivals_pending"]) == (0, 0), body
+        assert body["awaiting_referentiel"] == 0, body
         revived = lambda outcome, reason="": pipeline.metrics.registry.get_sample_value(  # noqa: E731
             "feo_revived_total", {"service": "equipement", "outcome": outcome, "reason": reason}
         )
-        assert (revived("applied"), revived("refused", "hors-competence")) == (1, 1)
+        await eventually(
+            lambda: _is((revived("applied"), revived("refused", "hors-competence")), (1, 1)), what="counted"
+        )
 
-        # The référentiel entry again (a later version): nothing waits, nothing is judged twice.
+        # The référentiel entry again (a later version): the revival it asks for judges nothing twice.
+        judged = await pipeline.pool.fetch("SELECT * FROM dead_letters ORDER BY id")
         await send(bootstrap, referentiel, [(LATE, college(LATE, minute=3))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT event_time = $1 FROM etablissements WHERE uai = $2", at(3), LATE),
+            what="the later version stored",
+        )
+        await eventually(lambda: _is(pipeline.revivals_pending, 0), what="its revival done")
+        assert await pipeline.pool.fetch("SELECT * FROM dead_letters ORDER BY id") == judged
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox published")
         assert len(dlq.records) == 3
+
+
+async def _is(value, expected) -> bool:
+    return value == expected
 
 
 async def test_a_service_started_again_judges_what_waited_for_an_etablissement_stored_meanwhile(kafka, settings):
@@ -189,6 +202,6 @@ async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_t
         ), "not refused: it was not its data"
 
         await pipeline.pool.execute("DROP TRIGGER fault ON lots")
-        assert await pipeline.revive() == 1  # as the next pass does
+        await pipeline.revive()  # as the next pass does (or the minute's, if the test got that slow)
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", HOSTILE) == 2
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0

@@ -233,14 +233,7 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
         await _waits(conn, refused)  # for want of a UAI again (another one, read by a newer contract): waits again
 
 
-async def awaiting(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> tuple[int, int]:
-    """Records refused `uai-inconnu` still waiting: those whose établissement the référentiel
-    holds now (to judge again: Pipeline.revive), and the others; `at_most` bounds each count."""
+async def count_awaiting(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
+    """Records refused `uai-inconnu` waiting for their établissement; `at_most` bounds the count."""
     limit = "" if at_most is None else f" LIMIT {int(at_most)}"
-    known = "EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai)"
-    row = await conn.fetchrow(
-        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM attente_referentiel a WHERE {known}{limit}) t) AS due, "
-        f"(SELECT count(*) FROM (SELECT 1 FROM attente_referentiel a WHERE NOT {known}{limit}) t) AS unknown"
-    )
-    assert row is not None  # one row, always
-    return row["due"], row["unknown"]
+    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM attente_referentiel{limit}) t")

@@ -34,8 +34,9 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
             body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
             # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
             body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
-            # Refused uai-inconnu: to judge again (their établissement known since), and still waiting.
-            body["revivals_pending"], body["awaiting_referentiel"] = await dlq.awaiting(pipeline.pool, COUNT_AT_MOST)
+            # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
+            body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
+            body["revivals_pending"] = pipeline.revivals_pending
             if backlog is not None:
                 body |= await pipeline.run(backlog)
             body["database"] = True
@@ -56,7 +57,7 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
                 "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
             )
             failed = await count_failed(conn)
-            due, unknown = await dlq.awaiting(conn)
+            awaiting = await dlq.count_awaiting(conn)
         own = await pipeline.run(gauges) if gauges is not None else []
     except Exception:  # reported as a figure: a scrape must answer while the database is away
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
@@ -69,17 +70,9 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
         ),
         Gauge(
             "feo_awaiting_referentiel",
-            "records refused uai-inconnu waiting for their établissement, by whether the référentiel holds "
-            "it now (known: to judge again)",
-            {"uai": "known"},
-            due,
-        ),
-        Gauge(
-            "feo_awaiting_referentiel",
-            "records refused uai-inconnu waiting for their établissement, by whether the référentiel holds "
-            "it now (known: to judge again)",
-            {"uai": "unknown"},
-            unknown,
+            "records refused uai-inconnu waiting for their établissement, to be judged again once it comes",
+            {},
+            awaiting,
         ),
         *own,
     ]
