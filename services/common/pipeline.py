@@ -324,8 +324,8 @@ class Pipeline:
         one that stores UAIs in the référentiel, each ask for this with their UAIs (`_due`), so
         whichever of the two commits last finds the other's rows. Replicas may look at once: a
         waiting row is judged by the transaction that deletes it. A record whose judgement fails
-        (not for its data: PostgreSQL away, a fault) is logged and left waiting for the next
-        pass; the others are judged all the same."""
+        other than for its data (a fault) is logged and left waiting for the next pass, the others
+        judged all the same; PostgreSQL away ends the pass (raised)."""
         judged, after = 0, ("", -1, -1)
         # Two statements: one plan each (a generic plan for both would not use the index on uai).
         targeted = "AND a.uai = ANY($4::text[]) " if uais is not None else ""
@@ -350,7 +350,7 @@ class Pipeline:
 
     async def _revive_each(self, origins: list[dlq.Origin]) -> int:
         """One record at a time: a fault on one is logged and leaves it waiting (for the next full
-        pass), not the others; PostgreSQL or Kafka away ends the pass at once."""
+        pass), not the others; PostgreSQL away ends the pass at once."""
         judged = 0
         for origin in origins:
             try:
