@@ -45,6 +45,14 @@ def uais(count: int) -> list[str]:
     return [uai(f"{3600000 + n:07d}") for n in range(count)]
 
 
+async def started(pool) -> None:
+    """Until the service's work at start is over: its thresholds stored and their re-evaluation of
+    every pair done (else it may run over the pairs `seed` adds beside the test's, holding their
+    UAIs)."""
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM seuils"), what="the thresholds stored at start")
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM reevaluations"), what="their re-evaluation")
+
+
 async def seed(pool, codes: list[str]) -> None:
     """Open collèges, each with 30 tablets on `ipados(n)`, all subscribed to RID (not yet published)."""
     t0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -127,6 +135,7 @@ async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 200})
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await started(pipeline.pool)
         await seed(pipeline.pool, codes)
         old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
 
@@ -225,6 +234,7 @@ async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluati
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await started(pipeline.pool)
         await seed(pipeline.pool, codes)
         # Every tenth établissement gets its other OS while the fan-out runs: some before its
         # cursor, some after, some in the chunk being evaluated.
@@ -267,6 +277,7 @@ async def test_a_republication_changing_only_the_title_requests_no_fan_out(kafka
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await started(pipeline.pool)
         await seed(pipeline.pool, codes)
         await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(1, "15")])
         await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="the first raises")
