@@ -23,7 +23,7 @@ from aiokafka import ConsumerRecord
 
 from contracts import CATALOGUE, EQUIPEMENT, FORMATION, REFERENTIEL, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, is_valid_uai
 from contracts import dlq as dlq_topic
-from services.common.messaging.outbox import OutboxRecord, dump_headers, enqueue
+from services.common.messaging.outbox import OutboxRecord, count_rows, dump_headers, enqueue
 from services.common.storage.db import Conn
 
 log = structlog.get_logger(__name__)
@@ -235,5 +235,4 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
 
 async def count_awaiting(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
     """Records refused `uai-inconnu` waiting for their établissement; `at_most` bounds the count."""
-    limit = "" if at_most is None else f" LIMIT {int(at_most)}"
-    return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM attente_referentiel{limit}) t")
+    return await count_rows(conn, "attente_referentiel", at_most)

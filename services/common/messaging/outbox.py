@@ -135,15 +135,16 @@ def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
 
 async def count_failed(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
     """Records set aside for an operator; `at_most` bounds the count (a probe stays cheap)."""
-    return await _count(conn, "outbox_failed", at_most)
+    return await count_rows(conn, "outbox_failed", at_most)
 
 
 async def count_pending(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
     """Records waiting for the relay; `at_most` bounds the count (a probe stays cheap)."""
-    return await _count(conn, "outbox", at_most)
+    return await count_rows(conn, "outbox", at_most)
 
 
-async def _count(conn: Conn | asyncpg.Pool, table: str, at_most: int | None) -> int:
+async def count_rows(conn: Conn | asyncpg.Pool, table: str, at_most: int | None) -> int:
+    """The rows of `table`; `at_most` bounds the count (a probe stays cheap)."""
     limit = "" if at_most is None else f" LIMIT {int(at_most)}"
     return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {table}{limit}) t")
 
