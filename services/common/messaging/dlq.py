@@ -153,9 +153,7 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
         ON CONFLICT DO NOTHING RETURNING topic, partition, "offset"
         """,
-        [r.record.topic for r in rejections],
-        [r.record.partition for r in rejections],
-        [r.record.offset for r in rejections],
+        *_origins(rejections),
         [r.code for r in rejections],
         [_text(r.message) for r in rejections],
         *(list(column) for column in zip(*senders, strict=True)),
@@ -180,15 +178,22 @@ async def _waits(conn: Conn, rejections: Sequence[Rejection]) -> int:
             'INSERT INTO attente_referentiel (topic, partition, "offset", uai, key, value, headers) '
             "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::bytea[], "
             "$7::jsonb[])",
-            [r.record.topic for r in awaiting],
-            [r.record.partition for r in awaiting],
-            [r.record.offset for r in awaiting],
+            *_origins(awaiting),
             [r.awaits for r in awaiting],
             [r.record.key for r in awaiting],
             [r.record.value for r in awaiting],
             [dump_headers(r.record.headers) for r in awaiting],
         )
     return len(awaiting)
+
+
+def _origins(rejections: Sequence[Rejection]) -> tuple[list[str], list[int], list[int]]:
+    """The topics, partitions and offsets of the refused records, as three columns for unnest."""
+    return (
+        [r.record.topic for r in rejections],
+        [r.record.partition for r in rejections],
+        [r.record.offset for r in rejections],
+    )
 
 
 def _logged(r: Rejection, source: str | None, event_id: str | None, event: str = "event.rejected") -> None:
@@ -220,9 +225,7 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
             "FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[]) "
             'AS r(topic, partition, "offset", reason, message) '
             'WHERE (d.topic, d.partition, d."offset") = (r.topic, r.partition, r."offset")',
-            [r.record.topic for r in refused],
-            [r.record.partition for r in refused],
-            [r.record.offset for r in refused],
+            *_origins(refused),
             [r.code for r in refused],
             [_text(r.message) for r in refused],
         )
