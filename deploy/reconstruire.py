@@ -140,35 +140,39 @@ async def _build_and_switch(
             sequence,
         )
         queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
-        # The refusals as the service logged them: when each came, whether an operator
-        # replayed it (replayed once: ./dev dead-letters), and when one that waited for its
-        # établissement was judged again, which the replay cannot know. One the live schema
-        # settled waits no longer in the rebuilt one.
-        columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
-        settled = "replayed_at, accepted_at, rejudged_at"
-        live_judged = "EXCLUDED.accepted_at IS NOT NULL OR EXCLUDED.rejudged_at IS NOT NULL"
-        await session.execute(
-            f'INSERT INTO "{fresh}".dead_letters AS d ({columns}, {settled}) '
-            f'SELECT {columns}, {settled} FROM "{live}".dead_letters '
-            'ON CONFLICT (topic, partition, "offset") DO UPDATE '
-            "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at, "
-            # Judged again by the live service, or else (its revival not run yet) by the rebuild's replay.
-            + ", ".join(
-                f"{column} = CASE WHEN {live_judged} THEN EXCLUDED.{column} ELSE d.{column} END"
-                for column in ("accepted_at", "rejudged_at", "reason", "message")
-            )
-        )
-        await session.execute(
-            f'DELETE FROM "{fresh}".attente_referentiel a USING "{fresh}".dead_letters d '
-            'WHERE (a.topic, a.partition, a."offset") = (d.topic, d.partition, d."offset") '
-            "AND (d.replayed_at IS NOT NULL OR d.accepted_at IS NOT NULL OR d.rejudged_at IS NOT NULL)"
-        )
+        await carry_dead_letters(session, live, fresh)
     finally:
         await cible.close()
     async with session.transaction():
         await session.execute(f'ALTER SCHEMA "{live}" RENAME TO "{former}"')
         await session.execute(f'ALTER SCHEMA "{fresh}" RENAME TO "{live}"')
     return queued
+
+
+async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str) -> None:
+    """The refusals as the service logged them, into the rebuilt schema: when each came, whether an
+    operator replayed it (replayed once: ./dev dead-letters), and when one that waited for its
+    établissement was judged again, which the replay cannot know (the live judgement taken
+    whole; without one, the rebuild's own replay's, if it judged the record again). One the live
+    schema settled waits no longer in the rebuilt one."""
+    columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
+    settled = "replayed_at, accepted_at, rejudged_at"
+    live_judged = "EXCLUDED.accepted_at IS NOT NULL OR EXCLUDED.rejudged_at IS NOT NULL"
+    await session.execute(
+        f'INSERT INTO "{fresh}".dead_letters AS d ({columns}, {settled}) '
+        f'SELECT {columns}, {settled} FROM "{live}".dead_letters '
+        'ON CONFLICT (topic, partition, "offset") DO UPDATE '
+        "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at, "
+        + ", ".join(
+            f"{column} = CASE WHEN {live_judged} THEN EXCLUDED.{column} ELSE d.{column} END"
+            for column in ("accepted_at", "rejudged_at", "reason", "message")
+        )
+    )
+    await session.execute(
+        f'DELETE FROM "{fresh}".attente_referentiel a USING "{fresh}".dead_letters d '
+        'WHERE (a.topic, a.partition, a."offset") = (d.topic, d.partition, d."offset") '
+        "AND (d.replayed_at IS NOT NULL OR d.accepted_at IS NOT NULL OR d.rejudged_at IS NOT NULL)"
+    )
 
 
 async def _drop_half_built(session: asyncpg.Connection, fresh: str) -> None:

@@ -7,6 +7,7 @@ import asyncpg
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.ressources.app import SPEC as RESSOURCES
 from test_ressources import RID, abonnement, alerts_of, profil, publiee
@@ -205,3 +206,48 @@ async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_t
         await pipeline.revive()  # as the next pass does (or the minute's, if the test got that slow)
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", HOSTILE) == 2
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
+
+
+async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_url):
+    """deploy/reconstruire.carry_dead_letters: the live schema's judgement of a record that waited
+    is taken whole; one the live schema has not judged keeps the rebuild's; a record the live
+    schema settled (judged, replayed) waits no longer in the rebuilt one."""
+    from deploy.reconstruire import carry_dead_letters
+
+    live, fresh = "carry_live", "carry_fresh"
+    pools = {schema: await create_pool(database_url, schema) for schema in (live, fresh)}
+    try:
+        for schema, pool in pools.items():
+            await migrate(pool, schema, EQUIPEMENT.package_dir)
+        accepted_live, rejudged_live, replayed_live, accepted_rebuilt = range(4)
+        waiting = "INSERT INTO attente_referentiel VALUES ('t', 0, $1, $2, NULL, '{}', '[]')"
+        refused = "INSERT INTO dead_letters (topic, partition, \"offset\", reason, message) VALUES ('t', 0, $1, $2, $3)"
+        for offset in range(4):  # both schemas refused all four for want of their UAI
+            for pool in pools.values():
+                await pool.execute(refused, offset, "uai-inconnu", "inconnu")
+        for offset in (accepted_live, rejudged_live, replayed_live):  # the rebuild's still wait
+            await pools[fresh].execute(waiting, offset, LATE)
+        await pools[live].execute('UPDATE dead_letters SET accepted_at = now() WHERE "offset" = $1', accepted_live)
+        await pools[live].execute(
+            "UPDATE dead_letters SET reason = 'hors-competence', message = 'n''équipe pas', rejudged_at = now() "
+            'WHERE "offset" = $1',
+            rejudged_live,
+        )
+        await pools[live].execute('UPDATE dead_letters SET replayed_at = now() WHERE "offset" = $1', replayed_live)
+        await pools[fresh].execute('UPDATE dead_letters SET accepted_at = now() WHERE "offset" = $1', accepted_rebuilt)
+
+        async with pools[fresh].acquire() as session:
+            await carry_dead_letters(session, live, fresh)
+        rows = {
+            r["offset"]: r
+            for r in await pools[fresh].fetch('SELECT "offset", reason, accepted_at, rejudged_at FROM dead_letters')
+        }
+        live_rows = {r["offset"]: r for r in await pools[live].fetch('SELECT "offset", accepted_at FROM dead_letters')}
+        assert rows[accepted_live]["accepted_at"] == live_rows[accepted_live]["accepted_at"]
+        assert rows[rejudged_live]["reason"] == "hors-competence" and rows[rejudged_live]["rejudged_at"]
+        assert rows[accepted_rebuilt]["accepted_at"] is not None, "the rebuild's own judgement kept"
+        assert rows[replayed_live]["reason"] == "uai-inconnu" and rows[replayed_live]["accepted_at"] is None
+        assert await pools[fresh].fetchval("SELECT count(*) FROM attente_referentiel") == 0, "settled: none waits"
+    finally:
+        for pool in pools.values():
+            await pool.close()
