@@ -256,7 +256,7 @@ class Pipeline:
                 await self.handle([record])
             return
         [record] = records
-        refusal = dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {refused_by_database(exc)}")
+        refusal = _refused_by_database(record, exc)
         async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
@@ -282,7 +282,7 @@ class Pipeline:
             done = await self._judge(conn, parsed, rejected, span)
             awaiting = await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             await positions.advance(conn, records)
-        self._log_batch(records, done.fresh, done.stale, done.accepted, rejected, started)
+        self._log_batch(records, done, rejected, started)
         if awaiting or done.known:  # a record to judge again once its UAI is known, or UAIs the référentiel brought
             self._due({r.awaits for r in rejected if r.awaits is not None} | done.known)
         return done.outgoing
@@ -424,8 +424,7 @@ class Pipeline:
                     return sum([await self._revive([o]) for o in origins])
                 async with self._exclusive() as conn:
                     records = await _waiting(conn, origins)
-                    refusal = f"refusé à l'enregistrement: {refused_by_database(exc)}"
-                    await dlq.rejudged(conn, [], [dlq.Rejection(r, "donnees-invalides", refusal) for r in records])
+                    await dlq.rejudged(conn, [], [_refused_by_database(r, exc) for r in records])
                 self.metrics.revived(0, 0, 0, {"donnees-invalides": len(records)} if records else {})
                 self.relay.wake()
                 return len(records)
@@ -451,15 +450,14 @@ class Pipeline:
                 await dlq.rejudged(conn, accepted, rejected)
         if records:
             self.relay.wake()
-            applied, duplicates = len(done.fresh) - len(done.stale), done.accepted - len(done.fresh)
             refused_by = dict(Counter(r.code for r in rejected))
-            self.metrics.revived(applied, len(done.stale), duplicates, refused_by)
+            self.metrics.revived(done.applied, len(done.stale), done.duplicates, refused_by)
             log.info(
                 "referentiel.revived",
                 records=len(records),
-                applied=applied,
+                applied=done.applied,
                 stale=len(done.stale),
-                duplicates=duplicates,
+                duplicates=done.duplicates,
                 refused=refused_by,
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
@@ -510,18 +508,12 @@ class Pipeline:
         return records
 
     def _log_batch(
-        self,
-        records: list[ConsumerRecord],
-        fresh: list[CloudEvent],
-        stale: list[CloudEvent],
-        accepted: int,
-        rejected: list[dlq.Rejection],
-        started: float,
+        self, records: list[ConsumerRecord], done: "_Judged", rejected: list[dlq.Rejection], started: float
     ) -> None:
         """One INFO line per batch, once committed; one DEBUG line per new event."""
-        stale_ids = {id(e) for e in stale}
+        stale_ids = {id(e) for e in done.stale}
         # Checked once per batch: a skipped call still builds its arguments, for every event.
-        for event in fresh if log.is_enabled_for(logging.DEBUG) else ():
+        for event in done.fresh if log.is_enabled_for(logging.DEBUG) else ():
             log.debug(
                 "event.stale" if id(event) in stale_ids else "event.applied",
                 event_id=event.id,
@@ -532,20 +524,16 @@ class Pipeline:
         partitions: dict[str, set[int]] = {}
         for record in records:
             partitions.setdefault(record.topic, set()).add(record.partition)
-        applied, duplicates, refused = (
-            len(fresh) - len(stale),
-            accepted - len(fresh),
-            dict(Counter(r.code for r in rejected)),
-        )
+        refused = dict(Counter(r.code for r in rejected))
         seconds = time.monotonic() - started
-        self.metrics.batch(applied, len(stale), duplicates, refused, seconds)
+        self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds)
         self.metrics.handled(records)
         log.info(
             "batch.applied",
             records=len(records),
-            applied=applied,
-            stale=len(stale),
-            duplicates=duplicates,
+            applied=done.applied,
+            stale=len(done.stale),
+            duplicates=done.duplicates,
             refused=refused,
             duration_ms=round(seconds * 1000),
             partitions={topic: sorted(p) for topic, p in sorted(partitions.items())},
@@ -561,6 +549,15 @@ class _Judged:
     outgoing: int
     known: set[str]
     """UAIs whose référentiel entry this transaction stored."""
+
+    @property
+    def applied(self) -> int:
+        return len(self.fresh) - len(self.stale)
+
+    @property
+    def duplicates(self) -> int:
+        """Accepted events the inbox had seen already."""
+        return self.accepted - len(self.fresh)
 
 
 async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRecord]:
@@ -589,6 +586,11 @@ async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRe
         )
         for r in rows
     ]
+
+
+def _refused_by_database(record: ConsumerRecord, exc: Exception) -> dlq.Rejection:
+    """A record the contract accepts but PostgreSQL refuses, dead-lettered alone."""
+    return dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {refused_by_database(exc)}")
 
 
 def refused_by_database(exc: Exception) -> str:

@@ -55,6 +55,9 @@ COLUMNS = (
     'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at, '
     "accepted_at, rejudged_at"
 )
+SETTLED = ("replayed", "accepted", "rejudged")
+"""What became of a dead letter since, each in its `<what>_at` column: replayed by an operator,
+or (one that waited for its établissement) judged again, accepted or refused for another reason."""
 HEADER_SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120
 """Reading the DLQ topics: this long without a record while some are left, the broker is not
@@ -106,11 +109,7 @@ async def _list(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(
             f"{r['received_at'].isoformat(timespec='seconds')} {schema} {r['topic']}:{r['partition']}@{r['offset']}"
             f" {r['reason']} source={_shown(r['source'])} id={_shown(r['id'])} key={_shown(r['key'])}"
-            + "".join(
-                f" {what}={r[f'{what}_at'].isoformat(timespec='seconds')}"
-                for what in ("replayed", "accepted", "rejudged")
-                if r[f"{what}_at"]
-            )
+            + "".join(f" {what}={r[f'{what}_at'].isoformat(timespec='seconds')}" for what in SETTLED if r[f"{what}_at"])
         )
     if len(found) > args.limit:
         print(f"(more than {args.limit}: narrow the search, or raise --limit)", file=sys.stderr)
@@ -133,7 +132,7 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(f"  refused  {r['received_at'].isoformat()}")
         for name in ("reason", "message", "source", "id", "type", "subject", "key"):
             print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
-        for what in ("replayed", "accepted", "rejudged"):
+        for what in SETTLED:
             if r[f"{what}_at"]:
                 print(f"  {what:<8} {r[f'{what}_at'].isoformat()}")
         if args.headers:

@@ -106,21 +106,20 @@ class Metrics:
 
     def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
         """A committed batch's outcomes and duration."""
-        for outcome, count in (("applied", applied), ("stale", stale), ("duplicate", duplicates)):
-            if count:
-                self._events.labels(self.service, outcome, "").inc(count)
-        for reason, count in refused.items():
-            self._events.labels(self.service, "refused", reason).inc(count)
+        self._outcomes(self._events, applied, stale, duplicates, refused)
         self._batches.labels(self.service).observe(seconds)
 
     def revived(self, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
         """A revival's outcomes (Pipeline.revive): apart from `feo_events`, which counted each
         of these records once already, refused."""
+        self._outcomes(self._revived, applied, stale, duplicates, refused)
+
+    def _outcomes(self, counter: Counter, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
         for outcome, count in (("applied", applied), ("stale", stale), ("duplicate", duplicates)):
             if count:
-                self._revived.labels(self.service, outcome, "").inc(count)
+                counter.labels(self.service, outcome, "").inc(count)
         for reason, count in refused.items():
-            self._revived.labels(self.service, "refused", reason).inc(count)
+            counter.labels(self.service, "refused", reason).inc(count)
 
     def published(self, done: int, failed: int) -> None:
         """One relay round: records published, records Kafka refused for good (outbox_failed)."""
