@@ -11,7 +11,7 @@ without stopping it (`children.py`).
 With `supervise=True` (`./dev up` and `./dev demo`) a service that exits by itself is started
 again, like a process supervisor would: after a delay that doubles from `backoff[0]` up to
 `backoff[1]` seconds, reset once the service has been healthy for `healthy_reset` seconds,
-each restart announced (`==> equipement exited with code 1; restarting in 2 s (attempt 3)`).
+each restart announced (`==> equipement exited with code 1; restarting in 4 s (attempt 3)`).
 `kill(name)` is deliberate and never undone; `stop()` ends supervision first. Tests that
 kill and restart a service themselves leave supervision off (the default).
 """
