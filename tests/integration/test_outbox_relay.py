@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.internal import PROFILS
 from helpers import TopicReader, eventually, kill_sender, lock_waiters, running
+from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
@@ -391,6 +392,7 @@ class _HeldProducer:
         self.sent: list[bytes] = []
         self.in_flight = asyncio.Event()
         self._acks: list[asyncio.Future] = []
+        self._released = False
 
     async def start(self) -> None:
         pass
@@ -418,9 +420,13 @@ class _HeldProducer:
         ack = asyncio.get_running_loop().create_future()
         self._acks.append(ack)
         self.in_flight.set()
+        if self._released:
+            ack.set_result(None)
         return ack
 
     def release(self) -> None:
+        """Acknowledges what was sent, and from now on each batch at once."""
+        self._released = True
         for ack in self._acks:
             if not ack.done():
                 ack.set_result(None)
@@ -447,6 +453,45 @@ async def test_a_halt_lets_the_round_in_flight_commit_so_the_flush_sends_nothing
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0, "the round committed"
         assert await relay.flush() == 0
         assert producer.sent == [b"0", b"1", b"2"], "each sent once"
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
+async def test_a_round_cancelled_at_a_halt_keeps_the_relay_until_kafka_answered_for_its_batches(
+    database_url, topic_prefix, monkeypatch
+):
+    """A halt cancels a round that outlasts ROUND_WAIT_SECONDS (Kafka slow). Its batches are in
+    aiokafka's hands by then, and go out whatever becomes of the task: the round ended at once
+    released the relay's lock, and another replica's relay could publish a key's newer records
+    (a tombstone) ahead of these (its raise), retried behind them. The round's transaction, and
+    the lock with it, ends once Kafka has answered; the records go out again, in their order."""
+    monkeypatch.setattr(outbox_module, "ROUND_WAIT_SECONDS", 0.05)
+    pool = await create_pool(database_url, "relayslow")
+    await migrate(pool, "relayslow", SPEC.package_dir)
+    producer = _HeldProducer()
+    relay = OutboxRelay(pool, producer, "relayslow", poll_ms=50)  # type: ignore[arg-type]
+
+    async def lock_free() -> bool:
+        async with pool.acquire() as conn, conn.transaction():
+            return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock("relayslow"))
+
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic_prefix + "slow", b"k", b"%d" % n) for n in range(3)])
+        relay.start()
+        await asyncio.wait_for(producer.in_flight.wait(), 10)
+        round_task = relay._task
+        assert round_task is not None
+        halting = asyncio.create_task(relay.halt())
+        await eventually(lambda: asyncio.sleep(0, round_task.cancelling()), what="the round cancelled by the halt")
+        assert not await lock_free(), "the relay's lock held while the batches sent wait for Kafka"
+        assert not halting.done()
+        producer.release()
+        await asyncio.wait_for(halting, 10)
+        assert await lock_free(), "released once Kafka answered"
+        assert await relay.flush() == 3, "the cancelled round's records go out again"
+        assert producer.sent == [b"0", b"1", b"2", b"0", b"1", b"2"], "in their order, never a newer one first"
     finally:
         await relay.stop()
         await pool.close()

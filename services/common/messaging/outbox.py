@@ -224,7 +224,8 @@ class OutboxRelay:
     async def halt(self) -> None:
         """Stop the relay's loop once its round in flight is done (its producer stays open, for
         `flush`): a round cancelled between its sends and its commit would leave its records in
-        the outbox, for `flush` to send again. Cancelled if the round takes over ROUND_WAIT_SECONDS."""
+        the outbox, for `flush` to send again. Cancelled if the round takes over ROUND_WAIT_SECONDS;
+        it then ends once Kafka has answered for the batches it sent (`_publish`)."""
         if self._task is not None:
             self._halting = True
             self._wake.set()
@@ -360,17 +361,24 @@ class OutboxRelay:
                 batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
                 batch.add(i, key, value, headers)  # a first record always fits
                 batches.append(batch)
-        acks = []
-        for batch in batches:
-            batch.builder.close()
-            acks.append(await self._producer.send_batch(batch.builder, batch.topic, partition=batch.partition))
+        # Once a batch is handed to aiokafka it goes out whatever becomes of this task: a round
+        # cancelled then (a halt past ROUND_WAIT_SECONDS) waits for Kafka's answers before its
+        # transaction ends. Released at once, the relay's lock would let another replica's relay
+        # publish newer records of a key while these were still being retried, to land after
+        # them (a raise after its tombstone on alertes.etat.v1). The producer's own timeouts
+        # bound the wait; the records go out again from the outbox (same ids, same order).
+        sending = asyncio.ensure_future(self._send(batches))
+        try:
+            results = await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            await asyncio.wait({sending})
+            raise
         # After a batch of a partition failed, the later batches of that partition count as
         # failed too, acknowledged or not: they go out again after it next round (at least once,
         # same ids), so a key's records never end in another order (a raise after its tombstone
         # on alertes.etat.v1 would reopen a resolved alert). Not after a batch refused for good:
         # it is set aside, and those behind it go on, judged by their own outcome.
         broken: dict[tuple[str, int], BaseException] = {}
-        results = await asyncio.gather(*acks, return_exceptions=True)
         for batch, result in zip(batches, results, strict=True):
             where = (batch.topic, batch.partition)
             error = result if isinstance(result, BaseException) else broken.get(where)
@@ -380,6 +388,19 @@ class OutboxRelay:
                 for i in batch.rows:
                     errors[i] = error
         return errors, next((r for r in results if isinstance(r, OUT_OF_STEP)), None)
+
+    async def _send(self, batches: Sequence["_Batch"]) -> list[object]:
+        """Each batch handed to the producer in order, then each one's outcome: its broker
+        acknowledgement, or the error it failed with."""
+        acks: list[asyncio.Future] = []
+        try:
+            for batch in batches:
+                batch.builder.close()
+                acks.append(await self._producer.send_batch(batch.builder, batch.topic, partition=batch.partition))
+        except BaseException:  # (the accumulator full past its timeout): those handed over are answered for first
+            await asyncio.gather(*acks, return_exceptions=True)
+            raise
+        return await asyncio.gather(*acks, return_exceptions=True)
 
 
 COMPACTED = (ALERTES_ETAT, PROFILS, COUVERTURES)
