@@ -2,7 +2,7 @@
 
 `python -m deploy.kubernetes` writes the files derived from the code, so that they never drift:
 - `deploy/k8s/strimzi/topics.yaml`: a `KafkaTopic` per platform topic (deploy.topology: its
-  partitions, retention and compaction), three replicas each;
+  partitions, retention, compaction and timestamps), three replicas each;
 - `deploy/k8s/strimzi/users.yaml`: a `KafkaUser` per principal, SCRAM-SHA-512, with exactly the
   ACLs `deploy.acl` applies to the local broker (CONTRACTS.md, Identity);
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from deploy.acl import bindings
-from deploy.topology import FOREVER, Retention, platform_topics
+from deploy.topology import Retention, platform_topics
 
 if TYPE_CHECKING:
     from services.common.runtime.spec import ServiceSpec
@@ -45,13 +45,9 @@ def _metadata_name(topic: str) -> str:
 def topics() -> list[dict[str, Any]]:
     out = []
     for spec in platform_topics(retention=Retention()):
+        # The configuration topic_admin gives a topic, its numbers written as numbers.
         config: dict[str, Any] = {"min.insync.replicas": 2}
-        if spec.compacted:
-            config["cleanup.policy"] = "compact"
-        if spec.retention_ms is not None:
-            config["retention.ms"] = spec.retention_ms if spec.retention_ms != FOREVER else -1
-        if spec.max_message_bytes is not None:
-            config["max.message.bytes"] = spec.max_message_bytes
+        config |= {k: int(v) if v.lstrip("-").isdigit() else v for k, v in spec.configs().items()}
         out.append(
             {
                 "apiVersion": "kafka.strimzi.io/v1",

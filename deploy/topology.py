@@ -13,6 +13,10 @@ rebuilt from it (`deploy.reconstruire`) and a restored database catches up from 
 - The alerts stream keeps its history for `ALERTS_RETENTION_DAYS` (0, the default: forever;
   CONTRACTS.md promises that no open alert ages out of it); its table, alertes.etat.v1, is
   compacted by alert_id: one record per open alert, whatever its age.
+- Partner topics stamp each record with the broker's clock when it is appended
+  (message.timestamp.type=LogAppendTime): a record's `time` is judged against that instant
+  (`time-futur`), so every service, replica and replay reads the same verdict, however late it
+  reads the record (services.common.pipeline).
 - DLQs keep a refused record `DLQ_RETENTION_DAYS` (30 by default, as long as the services'
   `dead_letters` log remembers it with INBOX_RETENTION_DAYS' default).
 
@@ -35,6 +39,7 @@ from services.common.messaging.outbox import COMPACTED, MAX_REQUEST_BYTES
 PARTITIONS = 12
 """Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
 up to a dozen replicas of each service have work (a partition is read by one replica at a time)."""
+PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000
 
@@ -49,6 +54,7 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: int | None = None
     max_message_bytes: int | None = None
+    append_time: bool = False
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
@@ -56,6 +62,8 @@ class TopicSpec:
             out["retention.ms"] = str(self.retention_ms)
         if self.max_message_bytes is not None:
             out["max.message.bytes"] = str(self.max_message_bytes)
+        if self.append_time:
+            out["message.timestamp.type"] = "LogAppendTime"
         return out
 
 
@@ -105,10 +113,7 @@ def platform_topics(
     for the tests, whose every test makes its own topics on one broker."""
     retention = retention or Retention.from_environ()
     specs = [
-        TopicSpec(c.REFERENTIEL, partitions, retention_ms=FOREVER),
-        TopicSpec(c.FORMATION, partitions, retention_ms=FOREVER),
-        TopicSpec(c.EQUIPEMENT, partitions, retention_ms=FOREVER),
-        TopicSpec(c.CATALOGUE, partitions, retention_ms=FOREVER),
+        *(TopicSpec(t, partitions, retention_ms=FOREVER, append_time=True) for t in PARTNER_TOPICS),
         TopicSpec(c.ALERTES, partitions, retention_ms=_ms(retention.alerts_days)),
         *(TopicSpec(t, partitions, compacted=True) for t in COMPACTED),
     ]

@@ -107,6 +107,8 @@ _UNREACHABLE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError
 """PostgreSQL away (a TimeoutError is an OSError): every record would fail alike."""
 _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
+LOG_APPEND_TIME = 1
+"""A record's `timestamp_type` when the broker stamped it (Kafka's TimestampType.LOG_APPEND_TIME)."""
 _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~0.2 ms, which a reply waits at most
 
 REVIVAL_CHUNK = 500
@@ -172,13 +174,15 @@ class Pipeline:
             raise RuntimeError(f"{self.service}: the pipeline is not started (no outbox relay yet)")
         return self._relay
 
-    def _parse_one(self, record: ConsumerRecord, not_after: datetime) -> CloudEvent | ContractError:
+    def _parse_one(self, record: ConsumerRecord, now: datetime) -> CloudEvent | ContractError:
+        """`now`: the reading service's clock, for a record the broker did not stamp (_received)."""
         # Our own services' records are not judged by their time (their `version` orders them):
         # a producer's clock ahead of this one's would otherwise dead-letter its records, and
         # with one a whole group (contracts/internal.py).
         topic = self.settings.unprefixed(record.topic)
+        not_after = None if topic in INTERNAL_TOPICS else _received(record, now) + self.settings.max_clock_skew
         try:
-            return self._parse(record.value or b"", topic, not_after=None if topic in INTERNAL_TOPICS else not_after)
+            return self._parse(record.value or b"", topic, not_after=not_after)
         except ContractError as e:
             return e
 
@@ -189,9 +193,9 @@ class Pipeline:
         are not held up behind the whole next batch."""
         parsed: Parsed = {}
         for start in range(0, len(records), _AHEAD_SLICE):
-            not_after = datetime.now(UTC) + self.settings.max_clock_skew
+            now = datetime.now(UTC)
             for record in records[start : start + _AHEAD_SLICE]:
-                parsed[id(record)] = (record, self._parse_one(record, not_after))
+                parsed[id(record)] = (record, self._parse_one(record, now))
             await asyncio.sleep(0)
         return parsed
 
@@ -199,10 +203,10 @@ class Pipeline:
         self, records: Sequence[ConsumerRecord], ahead: Parsed
     ) -> tuple[list[tuple[CloudEvent, ConsumerRecord]], list[dlq.Rejection]]:
         parsed, rejected = [], []
-        not_after = datetime.now(UTC) + self.settings.max_clock_skew  # time-futur beyond it
+        now = datetime.now(UTC)
         for record in records:
             entry = ahead.get(id(record))
-            result = entry[1] if entry is not None and entry[0] is record else self._parse_one(record, not_after)
+            result = entry[1] if entry is not None and entry[0] is record else self._parse_one(record, now)
             if isinstance(result, ContractError):
                 rejected.append(dlq.Rejection(record, result.code, result.message))
             else:
@@ -558,6 +562,19 @@ class _Judged:
     def duplicates(self) -> int:
         """Accepted events the inbox had seen already."""
         return self.accepted - len(self.fresh)
+
+
+def _received(record: ConsumerRecord, now: datetime) -> datetime:
+    """When the platform received a record: the instant the broker appended it, on the partner
+    topics that stamp it so (LogAppendTime, deploy/topology.py). A record's `time` is judged
+    against it (`time-futur`), so every service, replica, rebuild and revival reaches the same
+    verdict however late it reads the record; judged against its own clock, a service catching
+    up accepted a record that the others had refused, and held a state they did not. Elsewhere
+    (a topic made before, or a broker that keeps the producer's own timestamp) `now`, the
+    reading service's clock."""
+    if record.timestamp_type == LOG_APPEND_TIME:
+        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    return now
 
 
 async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRecord]:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
 
 import contracts as c
@@ -26,6 +27,7 @@ from deploy.rattrapage import (
     read_by,
     read_topic,
 )
+from deploy.topic_admin import topic_configs
 from helpers import college, event, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -42,6 +44,9 @@ from test_ressources import RID, abonnement, old_tablets_at, publiee
 async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) -> None:
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350401")
     lots = [event(c.LOT, DEPARTEMENT, {**lot, "uai": uai}, subject=uai) for lot in LOTS]
+    # Topics that keep the producer's timestamps (made before the partner topics were stamped by
+    # the broker, LogAppendTime): the replay follows those.
+    await keep_producer_timestamps(bootstrap, [settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)])
     producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all")
     await producer.start()
     try:  # the lots written first, but stamped after the établissement they are about
@@ -70,6 +75,25 @@ async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) 
 
 
 T0 = 1_788_000_000_000
+
+
+async def keep_producer_timestamps(bootstrap: str, topics: list[str]) -> None:
+    """These topics stamp their records with the producer's time (CreateTime), kept forever."""
+    wanted = {"message.timestamp.type": "CreateTime", "retention.ms": "-1"}
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in topics])
+
+        async def applied() -> bool:
+            configs = await topic_configs(admin, topics)
+            return all(configs[t].get("message.timestamp.type") == "CreateTime" for t in topics)
+
+        await eventually(applied, what="the topics keeping the producer's timestamps")
+    finally:
+        await admin.close()
+
+
 LOTS = [{"lot_id": f"L{n}", "kind": "tablette", "quantity": 10, "os": None, "browsers": []} for n in range(1, 4)]
 
 
