@@ -3,7 +3,10 @@ record Kafka will never accept set aside (visible, counted, retried by the opera
 instead of holding back the ones behind it."""
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+from collections.abc import AsyncIterator
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -18,6 +21,7 @@ from services.common.messaging.outbox import (
     MAX_REQUEST_BYTES,
     OutboxRecord,
     OutboxRelay,
+    count_pending,
     enqueue,
     relay_lock,
     relay_producer,
@@ -467,31 +471,59 @@ async def test_a_round_cancelled_at_a_halt_keeps_the_relay_until_kafka_answered_
     (a tombstone) ahead of these (its raise), retried behind them. The round's transaction, and
     the lock with it, ends once Kafka has answered; the records go out again, in their order."""
     monkeypatch.setattr(outbox_module, "ROUND_WAIT_SECONDS", 0.05)
-    pool = await create_pool(database_url, "relayslow")
-    await migrate(pool, "relayslow", SPEC.package_dir)
+    async with _halted_mid_round(database_url, topic_prefix, "relayslow") as mid:
+        assert not await mid.lock_free(), "the relay's lock held while the batches sent wait for Kafka"
+        assert not mid.halting.done()
+        mid.producer.release()
+        await asyncio.wait_for(mid.halting, 10)
+        assert await mid.lock_free(), "released once Kafka answered"
+        assert await mid.relay.flush() == 3, "the cancelled round's records go out again"
+        assert mid.producer.sent == [b"0", b"1", b"2"] * 2, "in their order, never a newer one first"
+
+
+async def test_a_cancelled_round_that_kafka_never_answers_is_given_up_so_the_stop_ends(
+    database_url, topic_prefix, monkeypatch
+):
+    """An idempotent producer retries until the broker answers: the wait for it is bounded."""
+    monkeypatch.setattr(outbox_module, "ROUND_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(outbox_module, "ANSWER_WAIT_SECONDS", 0.2)
+    async with _halted_mid_round(database_url, topic_prefix, "relaynever") as mid:
+        await asyncio.wait_for(mid.halting, 10)
+        assert await mid.lock_free() and await count_pending(mid.pool) == 3, "given up: its records wait in the outbox"
+
+
+@dataclasses.dataclass
+class _MidRound:
+    relay: OutboxRelay
+    producer: _HeldProducer
+    halting: asyncio.Task
+    pool: asyncpg.Pool
+    schema: str
+
+    async def lock_free(self) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock(self.schema))
+
+
+@contextlib.asynccontextmanager
+async def _halted_mid_round(database_url: str, topic_prefix: str, schema: str) -> AsyncIterator[_MidRound]:
+    """A relay whose round waits for Kafka's answers (none until `release`), and a halt asked
+    for meanwhile, once it has cancelled the round."""
+    pool = await create_pool(database_url, schema)
+    await migrate(pool, schema, SPEC.package_dir)
     producer = _HeldProducer()
-    relay = OutboxRelay(pool, producer, "relayslow", poll_ms=50)  # type: ignore[arg-type]
-
-    async def lock_free() -> bool:
-        async with pool.acquire() as conn, conn.transaction():
-            return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock("relayslow"))
-
+    relay = OutboxRelay(pool, producer, schema, poll_ms=50)  # type: ignore[arg-type]
     try:
         async with pool.acquire() as conn:
-            await enqueue(conn, [OutboxRecord(topic_prefix + "slow", b"k", b"%d" % n) for n in range(3)])
+            await enqueue(conn, [OutboxRecord(topic_prefix + schema, b"k", b"%d" % n) for n in range(3)])
         relay.start()
         await asyncio.wait_for(producer.in_flight.wait(), 10)
         round_task = relay._task
         assert round_task is not None
         halting = asyncio.create_task(relay.halt())
         await eventually(lambda: asyncio.sleep(0, round_task.cancelling()), what="the round cancelled by the halt")
-        assert not await lock_free(), "the relay's lock held while the batches sent wait for Kafka"
-        assert not halting.done()
-        producer.release()
-        await asyncio.wait_for(halting, 10)
-        assert await lock_free(), "released once Kafka answered"
-        assert await relay.flush() == 3, "the cancelled round's records go out again"
-        assert producer.sent == [b"0", b"1", b"2", b"0", b"1", b"2"], "in their order, never a newer one first"
+        yield _MidRound(relay, producer, halting, pool, schema)
     finally:
+        producer.release()
         await relay.stop()
         await pool.close()

@@ -114,6 +114,8 @@ per partition. 60,000 subscriptions' 60,000 alert records went out in 8.0–8.1 
 (`./dev bench latency national`, the broker warm; README Known limits)."""
 ROUND_WAIT_SECONDS = 10
 """How long `halt` waits for the round in flight (a round is milliseconds; Kafka slow, seconds)."""
+ANSWER_WAIT_SECONDS = 10
+"""How long a round cancelled then still waits for Kafka's answers to the batches it sent."""
 
 
 def relay_producer(access: KafkaAccess, client_id: str) -> AIOKafkaProducer:
@@ -225,7 +227,8 @@ class OutboxRelay:
         """Stop the relay's loop once its round in flight is done (its producer stays open, for
         `flush`): a round cancelled between its sends and its commit would leave its records in
         the outbox, for `flush` to send again. Cancelled if the round takes over ROUND_WAIT_SECONDS;
-        it then ends once Kafka has answered for the batches it sent (`_publish`)."""
+        it then ends once Kafka has answered for the batches it sent, or ANSWER_WAIT_SECONDS later
+        (`_publish`)."""
         if self._task is not None:
             self._halting = True
             self._wake.set()
@@ -365,13 +368,16 @@ class OutboxRelay:
         # cancelled then (a halt past ROUND_WAIT_SECONDS) waits for Kafka's answers before its
         # transaction ends. Released at once, the relay's lock would let another replica's relay
         # publish newer records of a key while these were still being retried, to land after
-        # them (a raise after its tombstone on alertes.etat.v1). The producer's own timeouts
-        # bound the wait; the records go out again from the outbox (same ids, same order).
+        # them (a raise after its tombstone on alertes.etat.v1). The records go out again from
+        # the outbox (same ids, same order). An idempotent producer retries until the broker
+        # answers, so the wait is bounded too (a stop must end): past it, the round is given up.
         sending = asyncio.ensure_future(self._send(batches))
         try:
             results = await asyncio.shield(sending)
         except asyncio.CancelledError:
-            await asyncio.wait({sending})
+            _, unanswered = await asyncio.wait({sending}, timeout=ANSWER_WAIT_SECONDS)
+            if unanswered:
+                log.warning("outbox.round_given_up", batches=len(batches), waited_s=ANSWER_WAIT_SECONDS)
             raise
         # After a batch of a partition failed, the later batches of that partition count as
         # failed too, acknowledged or not: they go out again after it next round (at least once,
