@@ -26,6 +26,7 @@ import yaml
 
 from deploy.acl import bindings
 from deploy.topology import Retention, platform_topics
+from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from services.common.runtime.spec import ServiceSpec
@@ -126,11 +127,13 @@ def _setting(spec: ServiceSpec, name: str) -> float:
 def drain_seconds(spec: ServiceSpec) -> float:
     """The longest a service's stop after SIGTERM may take by its settings: uvicorn first lets the
     HTTP requests in flight end (the passerelle's: its établissements read, then its events
-    written to Kafka, each within its timeout), then the consumer's batch in flight commits, then
-    the relay publishes the outbox, each within SHUTDOWN_GRACE_SECONDS (services/common/runtime)."""
+    written to Kafka, each within its timeout), then the relay's round in flight ends (Kafka
+    slow: ROUND_WAIT_SECONDS, then ANSWER_WAIT_SECONDS for the answers to what it sent), then the
+    consumer's batch in flight commits, then the relay publishes the outbox, each within
+    SHUTDOWN_GRACE_SECONDS (services/common/runtime)."""
     requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
     http = sum(_setting(spec, name) for name in requests if name in spec.settings.model_fields)
-    return http + 2 * _setting(spec, "shutdown_grace_seconds")
+    return http + ROUND_WAIT_SECONDS + ANSWER_WAIT_SECONDS + 2 * _setting(spec, "shutdown_grace_seconds")
 
 
 def _env(name: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from deploy import kubernetes
 from deploy.acl import bindings
 from deploy.kubernetes import OPERATOR
 from deploy.topology import platform_topics
+from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
@@ -189,8 +190,9 @@ def _setting(field: str, env: dict[str, str], fields: dict) -> float:
 def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered):
     """A pause before SIGTERM, the kubelet's own (the image need have no `sleep`), then the whole
     drain within the grace, which counts from the pause's start. The drain: the HTTP requests in
-    flight (the passerelle's: its lookup, then its write to Kafka), then the batch in flight
-    commits, then the outbox is published, each within SHUTDOWN_GRACE_SECONDS: the settings as
+    flight (the passerelle's: its lookup, then its write to Kafka), then the relay's round in
+    flight (its wait, then its wait for Kafka's answers), then the batch in flight commits, then
+    the outbox is published, each within SHUTDOWN_GRACE_SECONDS: the settings as
     the pods get them (their env, the shared ConfigMap, else their defaults)."""
     [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
     by_name = {spec.name: spec for spec in specs()}
@@ -204,7 +206,7 @@ def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered
         assert 3 <= pause <= 15, name
         requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
         drain = sum(_setting(f, env, fields) for f in requests if f in fields)
-        drain += 2 * _setting("shutdown_grace_seconds", env, fields)
+        drain += ROUND_WAIT_SECONDS + ANSWER_WAIT_SECONDS + 2 * _setting("shutdown_grace_seconds", env, fields)
         assert pod["terminationGracePeriodSeconds"] > pause + drain, name
     assert set(requests) <= PasserelleSettings.model_fields.keys(), "the passerelle's requests are bounded"
 
