@@ -33,7 +33,7 @@ from services.common.rules import rights
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
-from services.common.storage import inbox, positions, referentiel
+from services.common.storage import entities, inbox, positions, referentiel
 from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
@@ -321,7 +321,8 @@ class Pipeline:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
         these UAIs; None: of any), judged again, REVIVAL_CHUNK at a time, oldest first per
         partition: accepted, they are applied as if they came now (the inbox drops one applied
-        meanwhile, replayed by an operator); refused for another reason, dead-lettered again with
+        meanwhile, replayed by an operator), but a state held with their `time` came after them and
+        keeps equal times (entities.ARRIVED_BEFORE_HELD); refused for another reason, dead-lettered again with
         it. Returns how many were judged.
 
         Both sides look after committing: a batch that refuses a record for want of its UAI, and
@@ -448,7 +449,12 @@ class Pipeline:
                     for link in filter(None, (_link(r.headers) for r in records)):
                         span.add_link(link.context)
                 parsed, rejected = self._parse_all(records, {})
-                done = await self._judge(conn, parsed, rejected, span)
+                # They came before whatever state their entities hold now: equal times go to that.
+                arrived = entities.ARRIVED_BEFORE_HELD.set(True)
+                try:
+                    done = await self._judge(conn, parsed, rejected, span)
+                finally:
+                    entities.ARRIVED_BEFORE_HELD.reset(arrived)
                 refused = {id(r.record) for r in rejected}
                 accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
                 await dlq.rejudged(conn, accepted, rejected)

@@ -7,6 +7,7 @@ import asyncpg
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from services.common.pipeline import Pipeline
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.ressources.app import SPEC as RESSOURCES
@@ -251,3 +252,29 @@ async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_
     finally:
         for pool in pools.values():
             await pool.close()
+
+
+async def test_a_record_that_waited_loses_equal_times_to_the_state_that_came_after_it(kafka, settings, monkeypatch):
+    """A lot refused for want of its établissement, then the établissement and the same lot
+    again with the same `time` (a correction) accepted before the first is judged again: the
+    later arrival wins equal times, so the correction stays, though the first is applied after it."""
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    bootstrap = kafka.bootstrap_servers
+    equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
+    where = uai("0350604")
+    first = lot(DEPARTEMENT, where)
+    correction = lot(DEPARTEMENT, where)
+    correction["data"]["quantity"] = 30  # the same lot and `time`, another event
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, equipement, [(where, first)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM attente_referentiel"), what="waiting")
+        await send(bootstrap, referentiel, [(where, college(where))])
+        await send(bootstrap, equipement, [(where, correction)])
+        quantity = "SELECT quantity FROM lots WHERE uai = $1"
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT quantity = 30 FROM lots WHERE uai = $1", where),
+            what="the correction applied",
+        )
+        assert await pipeline.revive() == 1
+        assert await pipeline.pool.fetchval(quantity, where) == 30, "the correction stays"
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0

@@ -25,13 +25,17 @@ class Verdicts(Generic[K, E]):
     """What the store held of each entity before, when asked (storage.entities.store_latest's `also`)."""
 
 
-def latest_wins(held: Mapping[K, datetime], events: Iterable[tuple[K, datetime, E]]) -> Verdicts[K, E]:
+def latest_wins(
+    held: Mapping[K, datetime], events: Iterable[tuple[K, datetime, E]], *, arrived_before_held: bool = False
+) -> Verdicts[K, E]:
+    """`arrived_before_held`: these events arrived before the states held (records judged again
+    once their établissement came): one whose time equals its entity's held state loses to it."""
     running: dict[K, datetime] = dict(held)
     winners: dict[K, E] = {}
     stale: list[E] = []
     for key, time, event in events:
         current = running.get(key)
-        if current is not None and time < current:
+        if current is not None and (time < current or (time == current and arrived_before_held and key not in winners)):
             stale.append(event)
             continue
         running[key] = time

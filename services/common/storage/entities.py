@@ -9,12 +9,18 @@ rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.db import Conn, json_rows
+
+ARRIVED_BEFORE_HELD: ContextVar[bool] = ContextVar("arrived_before_held", default=False)
+"""True while the events stored arrived before the states held: records refused `uai-inconnu`,
+judged again once their établissement came (Pipeline.revive). A state held with the same `time`
+came after them, and the later arrival wins equal times: they lose to it."""
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -47,7 +53,12 @@ async def store_latest(
         json_rows(dict(zip(keys, key, strict=True)) for key in wanted),
     )
     keyed = [(tuple(r[k] for k in keys), r) for r in held_rows]
-    verdicts = latest_wins({key: r["event_time"] for key, r in keyed}, ((e.data.entity_key, e.time, e) for e in events))
+    earlier = ARRIVED_BEFORE_HELD.get()
+    verdicts = latest_wins(
+        {key: r["event_time"] for key, r in keyed},
+        ((e.data.entity_key, e.time, e) for e in events),
+        arrived_before_held=earlier,
+    )
     if also:
         first = len(keys) + 1
         verdicts = replace(verdicts, held={key: tuple(r)[first:] for key, r in keyed})
@@ -59,7 +70,8 @@ async def store_latest(
         written = await conn.fetch(
             f"INSERT INTO {table} AS t ({_quoted(list(typed))}) "
             f"SELECT * FROM json_to_recordset($1::json) AS r({_typed(typed)}) "
-            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} WHERE t.event_time <= EXCLUDED.event_time "
+            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} "
+            f"WHERE t.event_time {'<' if earlier else '<='} EXCLUDED.event_time "
             f"RETURNING {key_list}",
             json_rows(rows),
         )

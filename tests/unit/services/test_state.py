@@ -31,6 +31,16 @@ def test_held_state_at_the_same_time_is_replaced():
     assert latest_wins({"a": t(5)}, [("a", t(5), "same")]).winners == {"a": "same"}
 
 
+def test_events_that_arrived_before_the_held_state_lose_equal_times_to_it():
+    """Records judged again once their établissement came: the state held came after them."""
+    v = latest_wins({"a": t(5)}, [("a", t(5), "waited"), ("b", t(5), "new")], arrived_before_held=True)
+    assert v.winners == {"b": "new"} and v.stale == ["waited"]
+    newer = latest_wins({"a": t(5)}, [("a", t(6), "later")], arrived_before_held=True)
+    assert newer.winners == {"a": "later"}, "a later time still wins"
+    among = latest_wins({"a": t(5)}, [("a", t(6), "first"), ("a", t(6), "second")], arrived_before_held=True)
+    assert among.winners == {"a": "second"}, "among themselves, the later arrival wins equal times"
+
+
 def test_entities_are_independent():
     v = latest_wins({"a": t(9)}, [("a", t(1), "a1"), ("b", t(1), "b1")])
     assert v.winners == {"b": "b1"} and v.stale == ["a1"]
