@@ -10,11 +10,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import contracts as c
+from contracts.internal import PROFILS
 from helpers import TEST_PARTITIONS, TopicReader, at, college, event, eventually, record_count, running, send, uai
 from services.common.messaging import dead_letters
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
+from services.ressources.app import SPEC as RESSOURCES
 
 DEPARTEMENT = "/collectivites/departements/035"
 OTHER_DEPARTEMENT = "/collectivites/departements/022"
@@ -355,3 +357,25 @@ async def test_the_dlq_copies_are_read_until_found_and_a_silent_broker_fails_the
             await asyncio.wait_for(dead_letters._copies(access, producer, {(source, 0, 9)}), 30)
     finally:
         await producer.stop()
+
+
+async def test_replay_leaves_a_record_of_a_compacted_topic_and_says_why(settings, capsys):
+    """A compacted topic keeps each key's latest record: a refused internal profile sent back
+    after newer ones would stand for its key. The replay names it, sends nothing, marks nothing."""
+    pool = await create_pool(settings.database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", RESSOURCES.package_dir)
+        await pool.execute(
+            'INSERT INTO dead_letters (topic, partition, "offset", reason, message) VALUES ($1, 0, 7, $2, $3)',
+            settings.topic(PROFILS),
+            "donnees-invalides",
+            "version",
+        )
+        capsys.readouterr()  # the migrations' lines
+        await dead_letters.run(dead_letters.parse_args(["replay", "--service", "ressources"]), settings.database_url)
+        out, said = capsys.readouterr()
+        assert out == "", "nothing sent"
+        assert f"{settings.topic(PROFILS)}:0@7: not replayed" in said and "./dev rebuild ressources" in said, said
+        assert await pool.fetchval("SELECT replayed_at FROM dead_letters") is None
+    finally:
+        await pool.close()

@@ -21,7 +21,9 @@ version of the platform from before that (2026-12), which waits for nothing: rep
 filters select back to the topic and partition they were read from, oldest first (the --limit
 oldest of them all; it says when more match): value, key and the partner's headers as they
 were, plus a `dlq-replay` header naming the refused record (so a replayed record that is
-refused again is recognisable).
+refused again is recognisable). Not a record of a compacted topic (the internal profiles and
+coverages): it would stand for its key after newer ones; `./dev rebuild` of the service that
+refused it reads that topic again as it stands.
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
 second one, meanwhile, replays nothing and says so). A replay interrupted between a send and
@@ -45,6 +47,7 @@ from aiokafka.errors import KafkaError
 from contracts import dlq as dlq_topic
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.dlq import Origin, origin, replayed_headers
+from services.common.messaging.outbox import COMPACTED
 from services.common.messaging.stall import Stall
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
@@ -173,6 +176,18 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
             *params,
         )
         matching |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
+    # A compacted topic keeps each key's latest record: a copy sent back now would stand for its
+    # key after newer ones (a stale profile or coverage, for good). Its refusing service reads
+    # the topic again as it stands when rebuilt.
+    for (t, p, o), (_, schema) in sorted(matching.items()):
+        if t.endswith(COMPACTED):
+            print(
+                f"{t}:{p}@{o}: not replayed: {t} keeps each key's latest record only, and a copy sent back "
+                f"would stand for its key after newer ones; once the cause is fixed, ./dev rebuild {schema} "
+                "reads that topic again as it stands",
+                file=sys.stderr,
+            )
+            del matching[(t, p, o)]
     if not matching:
         print("nothing to replay: no dead letter matches that was not replayed or accepted already", file=sys.stderr)
         return 0
