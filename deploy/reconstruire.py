@@ -120,7 +120,13 @@ async def _build_and_switch(
         await rattrapage.rattraper(cible)
         say(f"switching: {live}'s writers held while the last records are replayed")
         await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
-        await _drain(settings, live, producer)
+        if await rattrapage.restored_mark(session, live):
+            # A backup's outbox, of records published since (or superseded: a stale profile
+            # would stand for its key on a compacted topic): not sent. The alignment below
+            # queues whatever Kafka lacks.
+            say(f"{live} was restored and not caught up with the log: its outbox, the backup's, is not published")
+        else:
+            await _drain(settings, live, producer)
         # The service's relay stays out until its sessions are ended: one that read the
         # rebuilt outbox between the rename and the end of its session would publish its
         # records, then see its deletion rolled back and publish them again.
@@ -139,7 +145,7 @@ async def _build_and_switch(
             f'SELECT nextval($1::regclass), {columns} FROM "{live}".outbox_failed ORDER BY seq',
             sequence,
         )
-        queued = await rattrapage.accorder(cible, await rattrapage.journal_allocated(session, live))
+        queued = await rattrapage.accorder(cible, await rattrapage.journal_floor(session, live))
         await carry_dead_letters(session, live, fresh)
     finally:
         await cible.close()

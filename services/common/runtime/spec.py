@@ -51,3 +51,8 @@ class ServiceSpec:
     """Work the service holds back besides its outbox, by name, counted with its store (`/health`)."""
     gauges: Gauges | None = None
     """The service's own figures for `/metrics`, read with its store at each scrape."""
+    publishes_nothing_derived: bool = False
+    """True for a service whose schema, restored from a backup, needs no catch-up before it
+    starts (the passerelle: it publishes nothing its schema numbers; its view of the référentiel
+    catches up as it runs). Any other refuses to start on a schema a restore marked
+    (lifecycle.CATCH_UP_PENDING) until it is caught up or rebuilt."""
