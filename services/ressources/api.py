@@ -153,6 +153,14 @@ class Reads:
         finally:
             await self.pool.release(conn)
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A connection whose statements read one snapshot (a read-only repeatable-read
+        transaction): an answer of several reads agrees with itself while a fan-out writes
+        (a total and its page, a verdict and its alert_id)."""
+        async with self.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            yield conn
+
 
 async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
     """A statement of a read stopped by the server (API_STATEMENT_TIMEOUT_MS)."""
@@ -223,7 +231,7 @@ async def alertes(
     ] = 0,
 ) -> dict:
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind, state)
-    async with pool.acquire() as conn:
+    async with pool.snapshot() as conn:
         total, items = await queries.list_alertes(conn, f, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
@@ -285,7 +293,7 @@ async def flux(
     responses={404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"}, **STARTING},
 )
 async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
-    async with pool.acquire() as conn:
+    async with pool.snapshot() as conn:
         etab = await queries.etablissement(conn, uai)
         if etab is None:
             raise HTTPException(404, f"uai : {uai} n'est pas dans le référentiel")
@@ -332,7 +340,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
     responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
 )
 async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
-    async with pool.acquire() as conn:
+    async with pool.snapshot() as conn:
         row = await queries.ressource(conn, resource_id)
         if row is None:
             raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")

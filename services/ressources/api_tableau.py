@@ -57,7 +57,7 @@ async def territoires(pool: Pool) -> dict:
     responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
 )
 async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
-    async with pool.acquire() as conn:
+    async with pool.snapshot() as conn:
         if await queries.ressource(conn, resource_id) is None:
             raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")
         par_departement = await queries.synthese(conn, resource_id, by="code_departement")

@@ -392,3 +392,28 @@ async def test_the_open_alerts_page_and_its_count_are_read_through_an_index(data
             assert "alertes_ouvertes" in plan and "Seq Scan" not in plan, plan
     finally:
         await pool.close()
+
+
+async def test_the_reads_of_one_answer_share_one_snapshot(kafka, settings, api, monkeypatch):
+    """A fan-out resolving alerts while an answer is read: its count and its page, read apart,
+    could disagree (`total` 12 and 11 items). Every read of the answer sees the database as its
+    first one did: here an alert resolved and committed after that first read is not seen."""
+    from services.ressources import queries
+
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+    listed = queries.list_alertes
+
+    async def resolved_after_a_first_read(conn, f, limit, offset):
+        await conn.fetchval("SELECT count(*) FROM alertes")
+        async with pool.acquire() as writer:
+            first = "SELECT min(alert_id) FROM alertes"
+            await writer.execute(f"UPDATE alertes SET ouverte = false WHERE alert_id = ({first})")
+        return await listed(conn, f, limit, offset)
+
+    monkeypatch.setattr(queries, "list_alertes", resolved_after_a_first_read)
+    answer = (await client.get("/alertes", params={"state": "open", "limit": 500})).json()
+    assert await pool.fetchval("SELECT count(*) FROM alertes WHERE ouverte") == 11, "resolved meanwhile"
+    assert answer["total"] == len(answer["items"]) == 12, "the answer as of its first read"
