@@ -202,11 +202,15 @@ async def journal_replay(conn: Conn, after: int, through: int, f: AlertFilter, l
     args: list[object] = [after, through, *values, limit + 1]
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         purged = await conn.fetchval("SELECT purged_through FROM alert_journal_horizon")
-        allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
+        allocated = await journal_allocated(conn)
         rows = await conn.fetch(
             f"SELECT seq, event FROM alert_journal WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(args)}", *args
         )
+    return Replay([(r["seq"], r["event"]) for r in rows], purged, allocated)
+
+
+async def journal_allocated(conn: Conn) -> int:
+    """The highest seq the journal ever handed out (0: none yet)."""
+    allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
     assert allocated is not None, "a sequence always has a row"
-    return Replay(
-        [(r["seq"], r["event"]) for r in rows], purged, allocated["last_value"] if allocated["is_called"] else 0
-    )
+    return allocated["last_value"] if allocated["is_called"] else 0

@@ -31,6 +31,8 @@ from services.ressources import queries
 CHANNEL = "alertes"
 # The hub also reads the journal when no notification came for this long: a notification lost
 # while the listening connection was being re-established delays delivery, never loses it.
+ALLOCATED_WAIT_SECONDS = 1.0
+"""How long a stream whose replay failed waits to learn how far the journal goes."""
 UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError)
 """PostgreSQL away, restarting, or out of connections."""
 POLL_SECONDS = 5.0
@@ -298,6 +300,15 @@ class AlertHub:
             log.warning("sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms)
             return None
 
+    async def _allocated(self) -> int:
+        """The highest id the journal handed out, read at once (0 when it cannot be: a replay that
+        could not be read either)."""
+        try:
+            async with asyncio.timeout(ALLOCATED_WAIT_SECONDS), self._pool.acquire() as conn:
+                return await queries.journal_allocated(conn)
+        except (TimeoutError, asyncpg.QueryCanceledError, *UNREACHABLE):
+            return 0
+
     def _resume_point(self, sub: Subscription, delivered: int) -> int:
         """Where the client resumes: once its queue is drained, it has seen (or filtered out)
         every row the hub fanned out, so past the hub's position; else its last delivered row."""
@@ -322,7 +333,10 @@ class AlertHub:
                     "ms (API_STATEMENT_TIMEOUT_MS) : relire l'état avec GET /alertes ; le flux reprend à partir de "
                     "maintenant",
                 )
-                if last_event_id <= self._position:  # a row the hub has seen: live ones up to it were replayed
+                # A row this hub has seen, or one another replica's had (this hub behind it): the
+                # live ones up to it were delivered already. Not past what the journal handed out:
+                # a stream skipping rows up to a bogus id would deliver nothing.
+                if last_event_id <= self._position or last_event_id <= await self._allocated():
                     position = max(last_event_id, sub.start)
             elif last_event_id > replay.last_allocated:
                 yield _incomplete(

@@ -418,6 +418,32 @@ async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
         assert hub.subscribe(queries.AlertFilter()) is None
 
 
+async def test_a_failed_replay_on_a_hub_behind_the_one_the_client_left_repeats_nothing(settings, monkeypatch):
+    """A client that saw up to N on one replica resumes on another whose hub is behind N, and the
+    replay cannot be read: told so (`reprise-interrompue`), it gets the live events after N, not
+    again those up to N, which that hub reads next."""
+    async with serve_api(settings.model_copy(update=FAST)) as (_, app):
+        seqs = await journal(app, *[alert(n) for n in range(4)])
+        behind = stream.AlertHub(settings.database_url, "ressources", app.state.pipeline.pool)  # not started: at 0
+        sub = behind.subscribe(queries.AlertFilter())
+
+        async def unreadable(_sub, _last):
+            return None
+
+        monkeypatch.setattr(behind, "_replay", unreadable)
+        frames = behind.events(sub, seqs[1])
+        assert (await anext(frames)).startswith(":")
+        notice = await anext(frames)
+        assert "event: reprise-incomplete" in notice and "reprise-interrompue" in notice
+        # The hub's rows, as it reads them next (still behind when the stream resumes: queued, as
+        # its fan-out queues them, its position not moved).
+        for row in await app.state.pipeline.pool.fetch("SELECT seq, event FROM alert_journal ORDER BY seq"):
+            sub.queue.put_nowait(stream._Item(row["seq"], stream._alert_frame(row["seq"], row["event"])[1]))
+        delivered = [int((await anext(frames)).split("\n", 1)[0].removeprefix("id: ")) for _ in seqs[2:]]
+        assert delivered == seqs[2:], "after the client's Last-Event-ID only"
+        await frames.aclose()
+
+
 async def _equal(a, b) -> bool:
     return a == b
 
