@@ -14,8 +14,7 @@ from aiokafka import ConsumerRecord
 import contracts as c
 from contracts import ContractError
 from deploy.rattrapage import committed_offsets
-from deploy.topology import PARTITIONS
-from helpers import college, eventually, running, send
+from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging import consumer
 from services.common.messaging.partitioner import partition_for
@@ -23,7 +22,10 @@ from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
 
-async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, settings):
+async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, settings, monkeypatch):
+    # A poll answered from aiokafka's buffer takes well under a millisecond, but a busy machine
+    # may pause this process longer: the top-up would then not look again (a third batch).
+    monkeypatch.setattr(consumer, "_AT_ONCE", 0.05)
     uai = valid_uai("0350803")  # one key: every lot on one partition
     # Generous: the broker answers the top-up's fetch as soon as the records are there.
     async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 5000})) as pipeline:
@@ -94,9 +96,9 @@ async def test_a_failed_batch_is_redelivered_and_its_offsets_committed_once_hand
 
 def _on_other_partitions(first: str) -> str:
     """A UAI whose records go to another partition than `first`'s."""
-    taken = partition_for(first.encode(), range(PARTITIONS))
+    taken = partition_for(first.encode(), range(TEST_PARTITIONS))
     for n in range(805, 999):
-        if partition_for((candidate := valid_uai(f"0350{n}")).encode(), range(PARTITIONS)) != taken:
+        if partition_for((candidate := valid_uai(f"0350{n}")).encode(), range(TEST_PARTITIONS)) != taken:
             return candidate
     raise AssertionError("every UAI on one partition")
 

@@ -230,7 +230,7 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
         assert dry[-1] == f"{origin} would be replayed to {topic}"
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(later, moved(later))])
         await eventually(lambda: moved_in(pipeline, [later]), what="the fix")
-        assert len(partner.records) == 1, "the dry run sent nothing"
+        assert await record_count(kafka.bootstrap_servers, topic) == 1, "the dry run sent nothing"
 
         # While another operator's replay runs, this one sends nothing (each would send them all).
         other = await asyncpg.connect(settings.database_url)
@@ -263,7 +263,7 @@ async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_on
 
         again = await command(capsys, settings.database_url, "replay", "--service", "equipement")
         assert again == [], "nothing left to replay"
-        assert len(partner.records) == 2, "replayed once"
+        assert await record_count(kafka.bootstrap_servers, topic) == 2, "replayed once"
         listed = await command(capsys, settings.database_url, "list", "--service", "equipement")
         assert listed[0].endswith(f"replayed={marked.isoformat(timespec='seconds')}"), listed
 

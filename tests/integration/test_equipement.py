@@ -4,7 +4,7 @@ import json
 
 import contracts as c
 from contracts.internal import PROFIL_LOT, PROFILS
-from helpers import TopicReader, at, college, event, eventually, running, send
+from helpers import TopicReader, at, college, event, eventually, record_count, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 
@@ -80,8 +80,11 @@ async def test_duplicate_has_no_effect_and_older_event_is_stale(kafka, settings)
             for r in await pipeline.pool.fetch("SELECT entity, version, content FROM publies")
         }
         assert published == {"L1": (1, 30), "L2": (1, 3)}
+        # The topic read to its end (a record published twice would be there, not yet read).
+        on_topic = await profils.wait_for(lambda rs: len(rs) >= 2, what="the profiles published")
+        assert await record_count(kafka.bootstrap_servers, settings.topic(PROFILS)) == len(on_topic)
         assert sorted(
-            (json.loads(r.value)["data"]["lot_id"], json.loads(r.value)["data"]["version"]) for r in profils.records
+            (json.loads(r.value)["data"]["lot_id"], json.loads(r.value)["data"]["version"]) for r in on_topic
         ) == [("L1", 1), ("L2", 1)]
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1 AND lot_id = 'L1'", uai) == 30
         outcomes = dict(await pipeline.pool.fetch("SELECT id, outcome FROM inbox WHERE type = $1", c.LOT))

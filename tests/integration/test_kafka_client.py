@@ -46,7 +46,8 @@ def test_one_record_per_line_and_idle_stop(kafka, topic_prefix):
     sent = dev_kafka(kafka.bootstrap_servers, "produce", topic, "--key", "k", "--lines", stdin='{"a":1}\n\n{"a":2}\n')
     assert sent.returncode == 0, sent.stderr
     assert len(sent.stdout.splitlines()) == 2
-    read = dev_kafka(kafka.bootstrap_servers, "consume", topic, "--from-beginning", "--idle", "3")
+    # Idle counted from the start: the first fetch (assignment, TLS) may take seconds on a busy machine.
+    read = dev_kafka(kafka.bootstrap_servers, "consume", topic, "--from-beginning", "--idle", "10")
     assert read.returncode == 0, read.stderr
     assert sorted(json.loads(line)["value"]["a"] for line in read.stdout.splitlines()) == [1, 2]
 

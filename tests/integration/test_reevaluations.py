@@ -18,7 +18,7 @@ import pytest
 import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
-from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, running, send, uai
+from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, record_count, running, send, uai
 from services.common.pipeline import Pipeline
 from services.common.storage.db import POOL_SIZE, create_pool, migrate
 from services.common.storage.locks import lock_keys
@@ -178,7 +178,13 @@ async def fan_out_requested(kafka, settings, chunk: int) -> AsyncIterator[FanOut
         async with running(SPEC, settings) as pipeline:
             await alerts.wait_for(lambda _: len(raised(alerts)) >= len(old), what="every raise")
             await eventually(lambda: done(pipeline.pool), what="the fan-out done")
-            assert await pipeline.pool.fetchval("SELECT count(*) FROM outbox") == 0
+            await eventually(
+                lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox published"
+            )
+        # Every record published is on the topic now: read to its end, not only as far as the
+        # reader had got (a duplicate just published would not be in it yet).
+        published = await record_count(bootstrap, settings.topic(c.ALERTES))
+        await alerts.wait_for(lambda rs: len(rs) >= published, what="the topic read to its end")
     assert sorted(raised(alerts)) == sorted(old), "each alert raised once"
 
 

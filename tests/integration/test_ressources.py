@@ -6,7 +6,19 @@ from datetime import UTC, datetime, timedelta
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from helpers import TopicReader, at, college, couverture, event, eventually, profil_lot, running, send, uai
+from helpers import (
+    TopicReader,
+    at,
+    college,
+    couverture,
+    event,
+    eventually,
+    profil_lot,
+    record_count,
+    running,
+    send,
+    uai,
+)
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/integration"
@@ -73,14 +85,22 @@ async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with
         # equipement republishes: version 3, then a late version 2 that must not win.
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
         await send(bootstrap, settings.topic(PROFILS), [profil(where, 3, "17")], headers=[("traceparent", traceparent)])
-        await send(bootstrap, settings.topic(PROFILS), [profil(where, 2, "12.5")])
+        late = profil(where, 2, "12.5")
+        await send(bootstrap, settings.topic(PROFILS), [late])
         records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
         resolue = next(r for r in records if json.loads(r.value)["type"] == c.ALERTE_RESOLUE)
         assert json.loads(resolue.value)["data"]["alert_id"] == levee["data"]["alert_id"]
         # The trace of the record that fixed the cause goes on in the alert (outbox + FastStream middleware).
         assert TRACE_ID in dict(resolue.headers)["traceparent"].decode()
+        # The late version handled (the resolution came from version 3), and what it caused published.
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM inbox WHERE id = $1", late[1]["id"]),
+            what="the late version handled",
+        )
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="published")
         assert await pipeline.pool.fetchval("SELECT version FROM recus") == 3
-        assert len(alerts_of(alerts.records, c.ALERTE_LEVEE)) == 1
+        published = await record_count(bootstrap, settings.topic(c.ALERTES))
+        assert len(alerts_of(await alerts.wait_for(lambda rs: len(rs) >= published), c.ALERTE_LEVEE)) == 1
 
 
 async def test_a_partner_s_baggage_header_never_reaches_the_alerts(kafka, settings):

@@ -290,10 +290,11 @@ async def test_expired_keys_are_still_used_when_the_provider_is_down(
 
     assert await verificateur.verifier(identite.jeton(COMMUNE))
 
-    async def asked_again() -> bool:
-        return fournisseur.requests == 2
+    async def answered_again() -> bool:  # asked, and its answer (the error) taken in
+        refetch = verificateur._cles._rafraichissement
+        return fournisseur.requests == 2 and refetch is not None and refetch.done()
 
-    await eventually(asked_again, timeout=10, what="the expired keys fetched again")
+    await eventually(answered_again, timeout=10, what="the expired keys fetched again")
     assert await verificateur.verifier(identite.jeton(COMMUNE)), "the provider's error leaves the keys in use"
 
 
