@@ -1,6 +1,6 @@
 """equipement's use case: store lots and connectivity, republish each lot and link that changed."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import contracts as c
@@ -25,10 +25,17 @@ class Store(Protocol):
 
     async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts: ...
 
+    async def lock(self, uais: Iterable[str]) -> None: ...
+
 
 async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
     lots = await store.store_lots([e for e in events if e.type == c.LOT])
     links = await store.store_connectivites([e for e in events if e.type == c.CONNECTIVITE])
+    # A UAI's records are read by one consumer (one partition), but records that waited for
+    # their établissement are judged again beside it (Pipeline.revive), in another transaction:
+    # the UAIs held until the commit, so that a UAI's groups of records are numbered in the
+    # order they are committed (ressources assembles a UAI's profile from its latest whole group).
+    await store.lock({e.data.uai for e in [*lots.winners.values(), *links.winners.values()]})
     # The winners are the entities' new state: no need to read back what was just written.
     outgoing = await publish_changes(
         store.published,

@@ -1,12 +1,13 @@
 """equipement's SQL, in one place: the store its use case receives, one per transaction."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from contracts import CloudEvent, Lot
 from services.common.rules.state import Verdicts
 from services.common.storage.db import Conn
 from services.common.storage.derived import PgPublished
 from services.common.storage.entities import store_latest
+from services.common.storage.locks import lock_keys
 from services.equipement import domain
 
 
@@ -24,6 +25,9 @@ class EquipementStore:
             events,
             row_of=lambda e: _lot_row(e.data),
         )
+
+    async def lock(self, uais: Iterable[str]) -> None:
+        await lock_keys(self._conn, "uai", uais)
 
     async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await store_latest(

@@ -6,7 +6,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from helpers import eventually, lock_waiters, migrated_pool
+from helpers import eventually, lock_waiters, migrated_pool, uai
 from services.common.storage.locks import lock_keys
 from services.equipement.app import SPEC
 
@@ -52,3 +52,40 @@ async def test_unknown_namespace_is_refused(pool: asyncpg.Pool):
         with pytest.raises(ValueError, match="unknown lock namespace 'lot'"):
             await lock_keys(conn, "lot", ["x"])
         await lock_keys(conn, "uai", [])  # nothing to lock: no statement, no error
+
+
+async def test_equipement_numbers_a_uais_groups_in_commit_order(pool: asyncpg.Pool):
+    """A UAI's records are read by one consumer, but those that waited for their établissement
+    are judged again beside it, in another transaction (Pipeline.revive): the second to publish
+    about a UAI waits for the first to commit, so its group, drawn after, is committed after
+    (ressources assembles a UAI's profile from its latest whole group)."""
+    import json
+
+    import contracts as c
+    from services.common.pipeline import Applied
+    from services.equipement import handlers
+    from services.equipement.store import EquipementStore
+    from test_equipement import lot
+
+    where = uai("0350951")
+
+    def declared(lot_id: str) -> list[c.CloudEvent]:
+        return [c.parse_event(json.dumps(lot(where, lot_id, 3, 1)).encode(), c.EQUIPEMENT)]
+
+    async with pool.acquire() as first, first.transaction():
+        held = await handlers.apply(EquipementStore(first), declared("L1"), set())
+
+        async def second() -> Applied:
+            async with pool.acquire() as conn, conn.transaction():
+                return await handlers.apply(EquipementStore(conn), declared("L2"), set())
+
+        waiting = asyncio.create_task(second())
+
+        async def blocked() -> bool:
+            return not waiting.done() and await lock_waiters(first)
+
+        await eventually(blocked, what="the second transaction on the UAI waiting for the first")
+    later = await asyncio.wait_for(waiting, timeout=5)
+    [group] = {o.event.data["group"] for o in held.outgoing}
+    [next_group] = {o.event.data["group"] for o in later.outgoing}
+    assert next_group > group

@@ -65,6 +65,9 @@ class EquipementMemory:
     async def store_lots(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await self.lots.store(events)
 
+    async def lock(self, uais: Iterable[str]) -> None:
+        pass  # one transaction at a time here
+
     async def store_connectivites(self, events: Sequence[CloudEvent]) -> Verdicts:
         return await self.links.store(events)
 
