@@ -441,13 +441,20 @@ async def _accord_derived(
         "SELECT setval('publies_groupes', greatest($1::bigint, last_value)) FROM publies_groupes",
         max(groups, default=0),
     )
-    changes = [
-        (
-            derived,
-            {(r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type},
-        )
-        for derived in kinds
-    ]
+    changes = []
+    for derived in kinds:
+        derived_now = {
+            (r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type
+        }
+        # What Kafka holds and the replay no longer derives (a lot the live service accepted
+        # against a référentiel it had not read to its end, refused by the replay): retired,
+        # or ressources would count it until its entity changes again.
+        if derived.retired is not None:
+            for (type_, uai, entity), (_, data) in published.items():
+                if type_ == derived.event_type and (uai, entity) not in derived_now:
+                    held = {k: v for k, v in data.items() if k not in fields[type_]}
+                    derived_now[(uai, entity)] = derived.retired(held)
+        changes.append((derived, derived_now))
     return await publish_changes(PgPublished(conn), changes, source=source, causes={})
 
 

@@ -12,7 +12,7 @@ from services.common.storage.derived import Derived, Published, publish_changes
 from services.equipement import domain
 
 SOURCE = "/plateforme/equipement"
-LOTS = Derived(PROFIL_LOT, PROFILS, entity_field="lot_id")
+LOTS = Derived(PROFIL_LOT, PROFILS, entity_field="lot_id", retired=lambda held: {**held, "quantity": 0})
 LINKS = Derived(PROFIL_CONNECTIVITE, PROFILS)
 
 

@@ -12,8 +12,8 @@ from services.common.storage.derived import Derived, Published, publish_changes
 from services.formation import domain
 
 SOURCE = "/plateforme/formation"
-ENSEIGNANTS = Derived(COUVERTURE_ENSEIGNANTS, COUVERTURES)
-OUTILS = Derived(COUVERTURE_OUTIL, COUVERTURES, entity_field="kind")
+ENSEIGNANTS = Derived(COUVERTURE_ENSEIGNANTS, COUVERTURES, retired=lambda _: domain.competences_content(0, {}))
+OUTILS = Derived(COUVERTURE_OUTIL, COUVERTURES, entity_field="kind", retired=lambda _: {"enseignants": 0})
 
 
 class Store(Protocol):

@@ -402,3 +402,31 @@ async def test_the_alignment_numbers_its_group_past_those_kafka_holds(database_u
         await pool.close()
     assert [(o.key, o.event.data["version"], o.event.data["group_size"]) for o in queued] == [(f"{code}/tni", 3, 1)]
     assert queued[0].event.data["group"] > 500
+
+
+async def test_the_alignment_retires_what_kafka_holds_and_the_replay_no_longer_derives(database_url) -> None:
+    """A lot the live service accepted against a référentiel it had not read to its end, which
+    the replay (in timestamp order) refuses: Kafka holds it, the rebuilt schema does not. Its
+    retirement goes out (quantity 0), or ressources would count it until it changes again; a
+    connectivity has no retired form and is left."""
+    code = valid_uai("0350460")
+    _, source, kinds = DERIVED["equipement"]
+    lots, links = kinds
+    held = {"kind": "tablette", "quantity": 12, "os": None, "browsers": []}
+    on_kafka = {
+        (lots.event_type, code, "L1"): (1, {"uai": code, "version": 1, "group": 7, "group_size": 2, "lot_id": "L1",
+                                            **held}),
+        (links.event_type, code, ""): (1, {"uai": code, "version": 1, "group": 7, "group_size": 2,
+                                           "bandwidth_mbps": 8.0, "ent": True}),
+    }  # fmt: skip
+    pool = await create_pool(database_url, "equipement_alignee")
+    try:
+        await migrate(pool, "equipement_alignee", SPEC.package_dir)
+        async with pool.acquire() as conn, conn.transaction():  # the replay derived nothing at that UAI
+            queued = await _accord_derived(conn, on_kafka, kinds, source)
+            stored = await conn.fetchval("SELECT content FROM publies WHERE entity = 'L1'")
+    finally:
+        await pool.close()
+    assert [(o.key, o.event.data["version"]) for o in queued] == [(f"{code}/L1", 2)]
+    assert {k: queued[0].event.data[k] for k in held} == {**held, "quantity": 0}
+    assert json.loads(stored)["quantity"] == 0, "remembered as published"

@@ -18,7 +18,7 @@ the record alike.
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha1
@@ -52,12 +52,14 @@ def stable_id(name: str) -> str:
 
 @dataclass(frozen=True)
 class Derived:
-    """One kind of derived record: its event type and topic, and the field that names the
-    entity within the UAI (None: one record per UAI, keyed by the UAI)."""
+    """One kind of derived record: its event type and topic, the field that names the entity
+    within the UAI (None: one record per UAI, keyed by the UAI), and how a record of it says
+    that its entity is gone, from the content last published (None: the kind cannot)."""
 
     event_type: str
     topic: str
     entity_field: str | None = None
+    retired: Callable[[Content], Content] | None = None
 
     def record_key(self, uai: str, entity: str) -> str:
         return f"{uai}/{entity}" if self.entity_field else uai
