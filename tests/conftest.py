@@ -7,13 +7,16 @@ admin's access (KAFKA_*) into the environment, so every client the tests and the
 from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
+import logging
 import uuid
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from helpers import TEST_PARTITIONS
+from services.common.runtime.logs import COORDINATOR
 
 # Property tests: no deadline per example (a GC pause or a busy machine is not a failure), and
 # no example database (what one run found does not change what the next tests).
@@ -96,3 +99,24 @@ def settings(kafka, database_url, topic_prefix):
         outbox_poll_ms=200,
         log_format="console",
     )
+
+
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """configure_logging changes process-wide state (a service run in the test's process, or a
+    test of the logs themselves): put it back for the other tests."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    library = logging.getLogger("faststream")
+    library_state = (list(library.handlers), library.propagate, library.level)
+    coordinator_filters = list(logging.getLogger(COORDINATOR).filters)
+    yield
+    structlog.configure(**saved)
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    library.handlers[:], library.propagate = library_state[:2]
+    library.setLevel(library_state[2])
+    logging.getLogger(COORDINATOR).filters[:] = coordinator_filters
+    logging.captureWarnings(False)
