@@ -130,10 +130,12 @@ def drain_seconds(spec: ServiceSpec) -> float:
     written to Kafka, each within its timeout), then the relay's round in flight ends (Kafka
     slow: ROUND_WAIT_SECONDS, then ANSWER_WAIT_SECONDS for the answers to what it sent), then the
     consumer's batch in flight commits, then the relay publishes the outbox, each within
-    SHUTDOWN_GRACE_SECONDS (services/common/runtime)."""
+    SHUTDOWN_GRACE_SECONDS (services/common/runtime), the last one's round cut at its end waiting
+    ANSWER_WAIT_SECONDS more for Kafka's answers."""
     requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
     http = sum(_setting(spec, name) for name in requests if name in spec.settings.model_fields)
-    return http + ROUND_WAIT_SECONDS + ANSWER_WAIT_SECONDS + 2 * _setting(spec, "shutdown_grace_seconds")
+    relay = ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS
+    return http + relay + 2 * _setting(spec, "shutdown_grace_seconds")
 
 
 def _env(name: str) -> list[dict[str, Any]]:

@@ -361,21 +361,24 @@ async def test_the_dlq_copies_are_read_until_found_and_a_silent_broker_fails_the
 
 async def test_replay_leaves_a_record_of_a_compacted_topic_and_says_why(settings, capsys):
     """A compacted topic keeps each key's latest record: a refused internal profile sent back
-    after newer ones would stand for its key. The replay names it, sends nothing, marks nothing."""
+    after newer ones would stand for its key. The replay names it, sends nothing, marks nothing;
+    and such records, however many and old, never take the place of others under --limit."""
     pool = await create_pool(settings.database_url, "ressources")
     try:
         await migrate(pool, "ressources", RESSOURCES.package_dir)
-        await pool.execute(
-            'INSERT INTO dead_letters (topic, partition, "offset", reason, message) VALUES ($1, 0, 7, $2, $3)',
-            settings.topic(PROFILS),
-            "donnees-invalides",
-            "version",
-        )
+        refused = 'INSERT INTO dead_letters (topic, partition, "offset", reason, message) VALUES ($1, 0, $2, $3, $4)'
+        for offset in (7, 8, 9):
+            await pool.execute(refused, settings.topic(PROFILS), offset, "donnees-invalides", "version")
+        await pool.execute(refused, settings.topic(c.CATALOGUE), 3, "hors-competence", "catalogue")
         capsys.readouterr()  # the migrations' lines
-        await dead_letters.run(dead_letters.parse_args(["replay", "--service", "ressources"]), settings.database_url)
+        argv = ["replay", "--service", "ressources", "--limit", "2", "--dry-run"]
+        await dead_letters.run(dead_letters.parse_args(argv), settings.database_url)
         out, said = capsys.readouterr()
-        assert out == "", "nothing sent"
-        assert f"{settings.topic(PROFILS)}:0@7: not replayed" in said and "./dev rebuild ressources" in said, said
-        assert await pool.fetchval("SELECT replayed_at FROM dead_letters") is None
+        assert out.startswith(f"reading {c.dlq(settings.topic(c.CATALOGUE))} for 1 refused records"), out
+        for offset in (7, 8):  # the --limit oldest named
+            assert f"{settings.topic(PROFILS)}:0@{offset}: not replayed" in said, said
+        assert "./dev rebuild ressources" in said
+        assert f"{settings.topic(c.CATALOGUE)}:0@3: no copy in" in said, "looked for, in their place"
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL") == 0
     finally:
         await pool.close()

@@ -53,7 +53,7 @@ class Lifecycle:
         pool = await create_pool(settings.database_url, schema, max_size=POOL_SIZE + settings.background_connections)
         if await pool.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))", schema, CATCH_UP_PENDING):
             if spec.publishes_nothing_derived:
-                await pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
+                await pool.execute(f"DROP TABLE IF EXISTS {CATCH_UP_PENDING}")  # (another replica's first)
             else:
                 await pool.close()
                 reason = (
