@@ -573,11 +573,11 @@ class _Judged:
 def _received(record: ConsumerRecord, now: datetime) -> datetime:
     """When the platform received a record: the instant the broker appended it, on the partner
     topics that stamp it so (LogAppendTime, deploy/topology.py). A record's `time` is judged
-    against it (`time-futur`), so every service, replica, rebuild and revival reaches the same
-    verdict however late it reads the record; judged against its own clock, a service catching
-    up accepted a record that the others had refused, and held a state they did not. Elsewhere
-    (a topic made before, or a broker that keeps the producer's own timestamp) `now`, the
-    reading service's clock."""
+    against it (`time-futur`), so every service, replica and rebuild reaches the same verdict
+    however late it reads the record (a revived record passed it when first read); judged
+    against its own clock, a service catching up accepted a record that the others had
+    refused, and held a state they did not. Elsewhere (a topic made before, or a broker that
+    keeps the producer's own timestamp) `now`, the reading service's clock."""
     if record.timestamp_type == LOG_APPEND_TIME:
         return datetime.fromtimestamp(record.timestamp / 1000, UTC)
     return now
