@@ -29,12 +29,12 @@ from services.common.storage.db import Conn
 from services.ressources import queries
 
 CHANNEL = "alertes"
-# The hub also reads the journal when no notification came for this long: a notification lost
-# while the listening connection was being re-established delays delivery, never loses it.
-ALLOCATED_WAIT_SECONDS = 1.0
-"""How long a stream whose replay failed waits to learn how far the journal goes."""
 UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError)
 """PostgreSQL away, restarting, or out of connections."""
+ALLOCATED_WAIT_SECONDS = 1.0
+"""How long a stream whose replay failed waits to learn how far the journal goes."""
+# The hub also reads the journal when no notification came for this long: a notification lost
+# while the listening connection was being re-established delays delivery, never loses it.
 POLL_SECONDS = 5.0
 FETCH_ROWS = 500
 PURGE_PERIOD_SECONDS = 3600
