@@ -55,7 +55,7 @@ from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.stall import Stall
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
-from services.common.runtime.lifecycle import CATCH_UP_PENDING
+from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
@@ -286,13 +286,6 @@ async def journal_allocated(conn: Conn, schema: str) -> int:
     """The highest alert journal id `schema` may have handed out (0 without a journal)."""
     sequence = await conn.fetchval("SELECT to_regclass(format('%I.alert_journal_seq_seq', $1::text))", schema)
     return 0 if sequence is None else int(await conn.fetchval(f"SELECT last_value FROM {sequence}"))
-
-
-async def restored_mark(conn: Conn, schema: str) -> str | None:
-    """The table by which a restore marked `schema` as not caught up with the log, if it did
-    (lifecycle.CATCH_UP_PENDING, deploy/sauvegarde.py)."""
-    found = "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text"
-    return await conn.fetchval(found, schema, CATCH_UP_PENDING)
 
 
 async def journal_floor(conn: Conn, schema: str) -> int:

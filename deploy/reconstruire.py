@@ -45,6 +45,7 @@ from deploy import rattrapage
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, count_pending, relay_lock, relay_producer
 from services.common.pipeline import writer_lock
+from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -120,7 +121,7 @@ async def _build_and_switch(
         await rattrapage.rattraper(cible)
         say(f"switching: {live}'s writers held while the last records are replayed")
         await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
-        if await rattrapage.restored_mark(session, live):
+        if await restored_mark(session, live):
             # A backup's outbox, of records published since (or superseded: a stale profile
             # would stand for its key on a compacted topic): not sent. The alignment below
             # queues whatever Kafka lacks.

@@ -7,10 +7,10 @@ import asyncpg
 import contracts as c
 from contracts.internal import PROFILS
 from deploy import reconstruire
-from deploy.rattrapage import read_topic, restored_mark
+from deploy.rattrapage import read_topic
 from helpers import college, eventually, running, send, uai
 from services.common.messaging.outbox import OutboxRecord, enqueue
-from services.common.runtime.lifecycle import CATCH_UP_PENDING
+from services.common.runtime.lifecycle import CATCH_UP_PENDING, restored_mark
 from services.equipement.app import SPEC as EQUIPEMENT
 from test_dead_letters import lot
 

@@ -8,6 +8,7 @@ import gc
 from collections.abc import Coroutine
 from typing import Any
 
+import asyncpg
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -18,7 +19,7 @@ from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.startup import StartupFailed
 from services.common.storage import retention
-from services.common.storage.db import POOL_SIZE, create_pool, migrate
+from services.common.storage.db import POOL_SIZE, Conn, create_pool, migrate
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """The cyclic collector's thresholds once the service runs (Python's are 700, 10, 10). A batch
@@ -40,6 +41,12 @@ deploy/reconstruire.py): while it is there, the service refuses to start (an un-
 schema would hand out versions and alert ids already published)."""
 
 
+async def restored_mark(conn: Conn | asyncpg.Pool, schema: str) -> str | None:
+    """The table by which a restore marked `schema` as not caught up with the log, if it did."""
+    found = "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text"
+    return await conn.fetchval(found, schema, CATCH_UP_PENDING)
+
+
 class Lifecycle:
     def __init__(
         self, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline, provider: TracerProvider | None
@@ -51,7 +58,7 @@ class Lifecycle:
         spec, settings = self._spec, self._settings
         schema = settings.db_schema or spec.name
         pool = await create_pool(settings.database_url, schema, max_size=POOL_SIZE + settings.background_connections)
-        if await pool.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))", schema, CATCH_UP_PENDING):
+        if await restored_mark(pool, schema):
             if spec.publishes_nothing_derived:
                 await pool.execute(f"DROP TABLE IF EXISTS {CATCH_UP_PENDING}")  # (another replica's first)
             else:
