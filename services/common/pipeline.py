@@ -28,7 +28,7 @@ import contracts as c
 from contracts import CloudEvent, ContractError, parse_source, uai_of
 from contracts.internal import INTERNAL_TOPICS
 from services.common.messaging import dlq
-from services.common.messaging.outbox import OutboxRecord, OutboxRelay, enqueue, load_headers
+from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, enqueue, load_headers
 from services.common.rules import rights
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
@@ -82,12 +82,12 @@ class Outgoing(Generic[E]):
     key: str
     event: E
     cause: CloudEvent | None = None
-    value: bytes | None = None
-    """The event's record value when the service encoded it already (an alert: once for the
-    stream, its table and the journal)."""
+    twin: Twin | None = None
+    """The same record on a second topic too, from the same outbox row (an alert event on its
+    state table); its topic as `topic` is, before ServiceSettings.topic."""
 
     def to_bytes(self) -> bytes | None:
-        return self.value if self.value is not None else self.event.to_bytes()
+        return self.event.to_bytes()
 
 
 @dataclass
@@ -504,7 +504,7 @@ class Pipeline:
         self, outgoing: Sequence[Outgoing], contexts: dict[int, Any], span: trace.Span | None
     ) -> list[OutboxRecord]:
         """The outbox records of `outgoing`; `contexts`: each cause's record headers, by id. Trace
-        headers are built once per cause (an alert goes to the stream and to its table)."""
+        headers are built once per cause (a batch's records share a few causes)."""
         headers: dict[int, tuple[tuple[str, bytes], ...]] = {}
         records = []
         for out in outgoing:
@@ -512,8 +512,9 @@ class Pipeline:
             if cause not in headers:
                 carried = {"content-type": c.CONTENT_TYPE, **trace_headers(contexts.get(cause), span)}
                 headers[cause] = tuple((k, v.encode()) for k, v in carried.items())
+            twin = out.twin and out.twin._replace(topic=self.settings.topic(out.twin.topic))
             records.append(
-                OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.to_bytes(), headers[cause])
+                OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.to_bytes(), headers[cause], twin)
             )
         return records
 

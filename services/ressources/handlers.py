@@ -23,7 +23,8 @@ import contracts as c
 from contracts import CloudEvent, Etablissement, RessourcePubliee, uai_of
 from contracts.envelope import envelope
 from contracts.internal import INTERNAL_PAYLOADS
-from services.common.pipeline import TOMBSTONE, Applied, EncodedEvent, Outgoing, Pipeline
+from services.common.messaging.outbox import Twin
+from services.common.pipeline import Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
@@ -289,7 +290,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     await store.save_alertes(rows)
     await store.journal(outgoing)
     _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
-    return outgoing + [record for announced in outgoing for record in _in_table(announced)]
+    return outgoing
 
 
 def _log_alerts(pairs: int, outgoing: list[Outgoing[EncodedEvent]], updated: int) -> None:
@@ -309,22 +310,15 @@ def _log_alerts(pairs: int, outgoing: list[Outgoing[EncodedEvent]], updated: int
         log.info("alerts.evaluated", pairs=pairs, raised=raised, resolved=len(outgoing) - raised, updated=updated)
 
 
-def _in_table(announced: Outgoing[EncodedEvent]) -> list[Outgoing]:
-    """An announced alert event on alertes.etat.v1, the table of the stream keyed by alert_id:
-    the alert's latest event, then a tombstone once it is resolved (CONTRACTS.md, "Current state")."""
-    event, alert = announced.event, announced.event.data["alert_id"]
-    records: list[Outgoing] = [Outgoing(c.ALERTES_ETAT, alert, event, announced.cause, announced.value)]
-    if event.type == c.ALERTE_RESOLUE:
-        records.append(Outgoing(c.ALERTES_ETAT, alert, TOMBSTONE, announced.cause))
-    return records
-
-
 def _announce(
     type_: str, alert: Content, content: bytes, cycle: int, what: str, now: datetime, cause: CloudEvent | None
 ) -> Outgoing[EncodedEvent]:
-    """The alert's event, its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
+    """The alert's event on the stream, and on its table (alertes.etat.v1, the stream's table keyed
+    by alert_id: the alert's latest event, then a tombstone once it is resolved; CONTRACTS.md,
+    "Current state"). Its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
     CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
     id_ = event_id(alert["alert_id"], cycle, what)
     fields = envelope(type_, id=id_, source=SOURCE, subject=f"{alert['uai']}/{alert['resource_id']}", time=now)
     value = b"".join((to_json(fields)[:-1], b',"data":', content, b"}"))
-    return Outgoing(c.ALERTES, alert["uai"], EncodedEvent(type_, id_, alert, value), cause, value)
+    table = Twin(c.ALERTES_ETAT, alert["alert_id"].encode(), ends=type_ == c.ALERTE_RESOLUE)
+    return Outgoing(c.ALERTES, alert["uai"], EncodedEvent(type_, id_, alert, value), cause, table)

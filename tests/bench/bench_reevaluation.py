@@ -96,7 +96,7 @@ def publication(minute: int, min_version: str) -> c.CloudEvent:
 
 
 def _alerts(outgoing: list) -> int:
-    """Alert events on the stream (each also goes to its table, alertes.etat.v1)."""
+    """Alert events on the stream (each with its twin on its table, alertes.etat.v1)."""
     return sum(1 for o in outgoing if o.topic == c.ALERTES)
 
 

@@ -12,7 +12,9 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
+from deploy.rattrapage import records_of
 from helpers import TopicReader, eventually, kill_sender, lock_waiters, running
 from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
@@ -21,6 +23,7 @@ from services.common.messaging.outbox import (
     MAX_REQUEST_BYTES,
     OutboxRecord,
     OutboxRelay,
+    Twin,
     count_pending,
     enqueue,
     relay_lock,
@@ -525,5 +528,65 @@ async def _halted_mid_round(database_url: str, topic_prefix: str, schema: str) -
         yield _MidRound(relay, producer, halting, pool, schema)
     finally:
         producer.release()
+        await relay.stop()
+        await pool.close()
+
+
+async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superseded_on_its_own(
+    kafka, database_url, topic_prefix, capsys
+):
+    """An alert's row: its event on the stream, the same on the table, then a tombstone there
+    when it ends. Set aside, the row's twin on the compacted table is superseded by a later
+    record of its key (published, or waiting in the outbox), and not the record on the stream:
+    `retry` puts the record back without its twin."""
+    stream, table = topic_prefix + "flux", topic_prefix + "t." + ALERTES_ETAT
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
+    try:
+        for topic in (stream, table):
+            await make_topic(kafka, topic, 1)
+        raised, resolved = (
+            OutboxRecord(stream, b"uai", v, twin=Twin(table, b"a1", v == b"resolved")) for v in (b"raised", b"resolved")
+        )
+        async with pool.acquire() as conn:
+            await enqueue(conn, [raised, resolved])
+        assert await relay.drain_once() == 2, "two rows"
+        assert await count_pending(pool) == 0
+        assert [(r.key, r.value) async for r in records_of(kafka.bootstrap_servers, stream)] == [
+            (b"uai", b"raised"),
+            (b"uai", b"resolved"),
+        ]
+        assert [(r.key, r.value) async for r in records_of(kafka.bootstrap_servers, table)] == [
+            (b"a1", b"raised"),
+            (b"a1", b"resolved"),
+            (b"a1", None),
+        ], "the twins, then the tombstone that ends the key"
+
+        big = b"x" * (MAX_REQUEST_BYTES + 1)  # over the relay's request size: set aside before it is sent
+        async with pool.acquire() as conn:  # a2's later record in a later round, a3's waits in the outbox
+            await enqueue(conn, [OutboxRecord(stream, b"uai", big, twin=Twin(table, key)) for key in (b"a2", b"a3")])
+        assert await relay.drain_once() == 2
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(stream, b"uai", b"later", twin=Twin(table, b"a2"))])
+        assert await relay.drain_once() == 1
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(stream, b"uai", b"later", twin=Twin(table, b"a3"))])
+        rows = await pool.fetch(
+            "SELECT twin_key, superseded_at IS NOT NULL AS record, twin_superseded_at IS NOT NULL AS twin "
+            "FROM outbox_failed ORDER BY seq"
+        )
+        assert [tuple(r) for r in rows] == [(b"a2", False, True), (b"a3", False, False)]
+        capsys.readouterr()
+        assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 2
+        said = capsys.readouterr().out
+        assert said.count("its twin superseded") == 2 and said.count("retried without it") == 2, said
+        waiting = await pool.fetch("SELECT topic, key, length(value) AS size, twin_topic FROM outbox ORDER BY seq")
+        assert [tuple(r) for r in waiting] == [
+            (stream, b"uai", len(b"later"), table),
+            (stream, b"uai", len(big), None),
+            (stream, b"uai", len(big), None),
+        ], "a3's later record first, then the two set-aside records, back without their twins"
+    finally:
         await relay.stop()
         await pool.close()

@@ -11,6 +11,7 @@ import asyncio
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 import structlog
@@ -58,12 +59,24 @@ Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
 
 
+class Twin(NamedTuple):
+    """A record's twin: the same value and headers on `topic` under `key`, then a tombstone there
+    if `ends` (an alert event on its state table, alertes.etat.v1). They share the record's
+    outbox row (migration 0015), written and deleted once: the relay publishes them one after
+    the other, and counts the row published once all of them are."""
+
+    topic: str
+    key: bytes
+    ends: bool = False
+
+
 @dataclass(frozen=True)
 class OutboxRecord:
     topic: str
     key: bytes | None
     value: bytes | None  # None: a tombstone (migration 0008)
     headers: Headers = ()
+    twin: Twin | None = None
 
 
 def text_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tuple[str, str]]:
@@ -100,8 +113,13 @@ async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
             headers = dumped.get(id(r.headers))
             if headers is None:
                 headers = dumped[id(r.headers)] = dump_headers(r.headers)
-            rows.append((r.topic, r.key, r.value, headers))
-        await conn.copy_records_to_table("outbox", columns=("topic", "key", "value", "headers"), records=rows)
+            twin = r.twin or _NO_TWIN
+            rows.append((r.topic, r.key, r.value, headers, twin.topic, twin.key, twin.ends))
+        await conn.copy_records_to_table("outbox", columns=_COLUMNS, records=rows)
+
+
+_COLUMNS = ("topic", "key", "value", "headers", "twin_topic", "twin_key", "twin_ends")
+_NO_TWIN = Twin(None, None)  # type: ignore[arg-type]  # the twin's columns when there is none
 
 
 # Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
@@ -270,8 +288,8 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
             rows = await conn.fetch(
-                "SELECT seq, topic, key, value, headers, EXISTS (SELECT FROM outbox_failed) AS set_aside "
-                "FROM outbox ORDER BY seq LIMIT $1",
+                "SELECT seq, topic, key, value, headers, twin_topic, twin_key, twin_ends, "
+                "EXISTS (SELECT FROM outbox_failed) AS set_aside FROM outbox ORDER BY seq LIMIT $1",
                 self._batch,
             )
             if not rows:
@@ -281,26 +299,26 @@ class OutboxRelay:
             retry = [e for e in errors if e is not None and not isinstance(e, _UNPUBLISHABLE)]
             if failed:
                 await conn.execute(
-                    "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
-                    "SELECT seq, topic, key, value, headers, f.error, created_at "
+                    f"INSERT INTO outbox_failed ({_SET_ASIDE}, error, created_at) "
+                    f"SELECT {_SET_ASIDE}, f.error, created_at "
                     "FROM outbox JOIN unnest($1::bigint[], $2::text[]) AS f(seq, error) USING (seq)",
                     [r["seq"] for r, _ in failed],
                     [f"{type(e).__name__}: {e}" for _, e in failed],
                 )
             done = [r for r, e in zip(rows, errors, strict=True) if e is None]
-            # One statement: the rows deleted, and the set-aside records of a compacted topic
-            # that a record published now supersedes (migration 0013): on such a topic, retried,
-            # one would stand for its key in place of the newer state. Looked for only when
-            # there are set-aside records (nearly never).
+            # One statement: the rows deleted, and the set-aside records (or twins) of a
+            # compacted topic that a record published now supersedes (migration 0013): on such a
+            # topic, retried, one would stand for its key in place of the newer state. Looked for
+            # only when there are set-aside records (nearly never).
             looked = failed or rows[0]["set_aside"]
-            compacted = [r for r in done if r["topic"].endswith(COMPACTED)] if looked else []
+            superseding: tuple[list, list, list] = ([], [], [])  # seq, topic, key
+            for r in done if looked else ():
+                for topic, key in ((r["topic"], r["key"]), (r["twin_topic"], r["twin_key"])):
+                    if topic is not None and topic.endswith(COMPACTED):
+                        for column, v in zip(superseding, (r["seq"], topic, key), strict=True):
+                            column.append(v)
             await conn.execute(
-                "WITH superseded AS (UPDATE outbox_failed f SET superseded_at = now() "
-                "FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS u(seq, topic, key) "
-                "WHERE f.topic = u.topic AND f.key = u.key AND f.seq < u.seq AND f.superseded_at IS NULL) "
-                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
-                [r["seq"] for r in done] + [r["seq"] for r, _ in failed],
-                *([r[c] for r in compacted] for c in ("seq", "topic", "key")),
+                _DELETE_AND_SUPERSEDE, [r["seq"] for r in done] + [r["seq"] for r, _ in failed], *superseding
             )
             if failed:
                 total = await count_failed(conn)
@@ -347,23 +365,30 @@ class OutboxRelay:
         batches: list[_Batch] = []
         loaded: dict[str, list[tuple[str, bytes | None]]] = {}  # a round's records share a few headers
         for i, row in enumerate(rows):
-            topic, key, value = row["topic"], row["key"], row["value"]
+            value = row["value"]
             headers = loaded.get(row["headers"])
             if headers is None:
                 headers = loaded[row["headers"]] = list(load_headers(row["headers"]))
+            records = [(row["topic"], row["key"], value)]
+            if (twin := row["twin_topic"]) is not None:
+                records.append((twin, row["twin_key"], value))
+                if row["twin_ends"]:
+                    records.append((twin, row["twin_key"], None))
             try:
-                _check_size(key, value, headers)
-                if topic not in partitions:
-                    partitions[topic] = sorted(await self._producer.partitions_for(topic))
-            except _UNPUBLISHABLE as exc:  # refused before sending
+                for topic, key, record_value in records:
+                    _check_size(key, record_value, headers)
+                    if topic not in partitions:
+                        partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            except _UNPUBLISHABLE as exc:  # refused before sending: the row, none of its records
                 errors[i] = exc
                 continue
-            partition = partition_for(routing_key(topic, key), partitions[topic])
-            batch = filling.get((topic, partition))
-            if batch is None or not batch.add(i, key, value, headers):
-                batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
-                batch.add(i, key, value, headers)  # a first record always fits
-                batches.append(batch)
+            for topic, key, record_value in records:
+                partition = partition_for(routing_key(topic, key), partitions[topic])
+                batch = filling.get((topic, partition))
+                if batch is None or not batch.add(i, key, record_value, headers):
+                    batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
+                    batch.add(i, key, record_value, headers)  # a first record always fits
+                    batches.append(batch)
         # Once a batch is handed to aiokafka it goes out whatever becomes of this task: a round
         # cancelled then (a halt past ROUND_WAIT_SECONDS) waits for Kafka's answers before its
         # transaction ends. Released at once, the relay's lock would let another replica's relay
@@ -408,6 +433,30 @@ class OutboxRelay:
             raise
         return await asyncio.gather(*acks, return_exceptions=True)
 
+
+_SET_ASIDE = "seq, topic, key, value, headers, twin_topic, twin_key, twin_ends"
+"""The outbox's columns that `outbox_failed` keeps of a record set aside."""
+
+_DELETE_AND_SUPERSEDE = """
+WITH u AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS u(seq, topic, key)),
+superseded AS (
+    UPDATE outbox_failed f SET
+        superseded_at = CASE WHEN EXISTS (
+            SELECT FROM u WHERE u.topic = f.topic AND u.key = f.key AND u.seq > f.seq
+        ) THEN coalesce(f.superseded_at, now()) ELSE f.superseded_at END,
+        twin_superseded_at = CASE WHEN EXISTS (
+            SELECT FROM u WHERE u.topic = f.twin_topic AND u.key = f.twin_key AND u.seq > f.seq
+        ) THEN coalesce(f.twin_superseded_at, now()) ELSE f.twin_superseded_at END
+    WHERE EXISTS (
+        SELECT FROM u WHERE u.seq > f.seq
+        AND (u.topic = f.topic AND u.key = f.key OR u.topic = f.twin_topic AND u.key = f.twin_key)
+    )
+)
+DELETE FROM outbox WHERE seq = ANY($1::bigint[])
+"""
+"""A round's rows deleted, and the set-aside records whose record or twin is on a compacted
+topic and published again since (u: the round's records there, by their rows' seq) marked
+superseded, the record and its twin each on its own."""
 
 COMPACTED = (ALERTES_ETAT, PROFILS, COUVERTURES)
 """The topics that keep only the last record of each key (deploy/topology.py): the state of an

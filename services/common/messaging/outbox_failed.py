@@ -15,7 +15,9 @@ version or the latest time, so a record published late cannot override newer sta
 topic that keeps only each key's last record (alertes.etat.v1, the profiles, the coverages)
 would keep it in place of the newer one: a set-aside record of such a topic after which the
 relay published a later record of its key, or with one waiting in the outbox when `retry`
-runs, is marked superseded, listed so, and never retried. Values
+runs, is marked superseded, listed so, and never retried. A record's twin (an alert event's
+copy on alertes.etat.v1, outbox.Twin) is set aside with it and superseded on its own: `retry`
+then puts back the other one alone. Values
 are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
 only when it is a UAI (a partner's `formation-suivie` is keyed by its teacher_id).
 """
@@ -38,7 +40,8 @@ SERVICES = ("formation", "equipement", "ressources")
 
 async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     rows = await conn.fetch(
-        f"SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error, superseded_at "
+        f"SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error, superseded_at, "
+        f"twin_topic, twin_superseded_at "
         f'FROM "{schema}".outbox_failed ORDER BY seq'
     )
     print(f"{schema}: {len(rows)} record(s) set aside")
@@ -48,7 +51,9 @@ async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
             f"  seq={r['seq']} topic={r['topic']} size={r['size']}{key} created={r['created_at']:%Y-%m-%dT%H:%M:%S%z}"
             f" failed={r['failed_at']:%Y-%m-%dT%H:%M:%S%z}\n    {r['error']}"
         )
-        if r["superseded_at"] is not None:
+        if r["twin_topic"] is not None:
+            print(f"    and its twin on {r['twin_topic']}")
+        if r["superseded_at"] is not None or r["twin_superseded_at"] is not None:
             print(f"    {_superseded(r)}")
     return len(rows)
 
@@ -60,11 +65,18 @@ def _shown_key(topic: str, key: bytes) -> str:
 
 
 def _superseded(row: asyncpg.Record) -> str:
-    return (
-        f"superseded ({row['superseded_at']:%Y-%m-%dT%H:%M:%S%z}): a later record of its key went out on "
-        f"{row['topic']}, or waits in the outbox to, and that topic keeps only a key's last record; "
-        "not retried (drop it)"
+    """What `retry` makes of a row with a superseded part: the record, or its twin (outbox.Twin)."""
+    parts = [(p, row[f"{p}superseded_at"], row[f"{p}topic"]) for p in ("", "twin_") if row[f"{p}superseded_at"]]
+    said = "; ".join(
+        f"{'its twin ' if p else ''}superseded ({at:%Y-%m-%dT%H:%M:%S%z}): a later record of its key went out on "
+        f"{topic}, or waits in the outbox to, and that topic keeps only a key's last record"
+        for p, at, topic in parts
     )
+    if row["twin_topic"] is not None and len(parts) == 1:
+        return (
+            f"{said}; retried without it" if parts[0][0] else f"{said}; its twin on {row['twin_topic']} retried alone"
+        )
+    return f"{said}; not retried (drop it)"
 
 
 RETRY = "outbox-retry"
@@ -85,32 +97,49 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
         # key still waiting in the outbox would go out before the retried one, which goes last.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
         where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
-        waiting = await conn.fetch(
-            f'SELECT f.seq, f.topic FROM "{schema}".outbox_failed f WHERE {where} AND f.superseded_at IS NULL '
-            f'AND EXISTS (SELECT FROM "{schema}".outbox o WHERE o.topic = f.topic AND o.key = f.key AND o.seq > f.seq)',
-            seqs,
-        )
-        await conn.execute(
-            f'UPDATE "{schema}".outbox_failed SET superseded_at = now() WHERE seq = ANY($1::bigint[])',
-            [r["seq"] for r in waiting if r["topic"].endswith(COMPACTED)],
-        )
+        for part in ("", "twin_"):  # the record, then its twin: each superseded on its own
+            waiting = await conn.fetch(
+                f'SELECT f.seq, f.{part}topic AS topic FROM "{schema}".outbox_failed f WHERE {where} '
+                f"AND f.{part}topic IS NOT NULL AND f.{part}superseded_at IS NULL "
+                f'AND EXISTS (SELECT FROM "{schema}".outbox o WHERE o.seq > f.seq AND ('
+                f"o.topic = f.{part}topic AND o.key = f.{part}key "
+                f"OR o.twin_topic = f.{part}topic AND o.twin_key = f.{part}key))",
+                seqs,
+            )
+            await conn.execute(
+                f'UPDATE "{schema}".outbox_failed SET {part}superseded_at = now() WHERE seq = ANY($1::bigint[])',
+                [r["seq"] for r in waiting if r["topic"].endswith(COMPACTED)],
+            )
         for r in await conn.fetch(
-            f'SELECT seq, topic, superseded_at FROM "{schema}".outbox_failed '
-            f"WHERE {where} AND superseded_at IS NOT NULL ORDER BY seq",
+            f'SELECT * FROM "{schema}".outbox_failed '
+            f"WHERE {where} AND (superseded_at IS NOT NULL OR twin_superseded_at IS NOT NULL) ORDER BY seq",
             seqs,
         ):
             print(f"{schema}: seq={r['seq']} {_superseded(r)}")
         moved = await conn.fetch(
-            f'DELETE FROM "{schema}".outbox_failed WHERE {where} AND superseded_at IS NULL '
-            "RETURNING seq, topic, key, value, headers",
+            f'DELETE FROM "{schema}".outbox_failed WHERE {where} '
+            "AND (superseded_at IS NULL OR twin_topic IS NOT NULL AND twin_superseded_at IS NULL) RETURNING *",
             seqs,
         )
         await conn.executemany(
-            f'INSERT INTO "{schema}".outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)',
-            [(r["topic"], r["key"], r["value"], _marked(r)) for r in sorted(moved, key=lambda r: r["seq"])],
+            f'INSERT INTO "{schema}".outbox (topic, key, value, twin_topic, twin_key, twin_ends, headers) '
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [(*record, _marked(r)) for r in sorted(moved, key=lambda r: r["seq"]) for record in _retried(r)],
         )
     print(f"{schema}: {len(moved)} record(s) back in the outbox")
     return len(moved)
+
+
+def _retried(row: asyncpg.Record) -> list[tuple[str, bytes | None, bytes | None, str | None, bytes | None, bool]]:
+    """A set-aside row's outbox rows, but for a superseded part (topic, key, value, twin_topic,
+    twin_key, twin_ends): the record and its twin, the record alone, or the twin alone (then
+    its tombstone, when it ends its key)."""
+    keeps_twin = row["twin_topic"] is not None and row["twin_superseded_at"] is None
+    if row["superseded_at"] is None:
+        twin = (row["twin_topic"], row["twin_key"], row["twin_ends"]) if keeps_twin else (None, None, False)
+        return [(row["topic"], row["key"], row["value"], *twin)]
+    alone = [(row["twin_topic"], row["twin_key"], row["value"], None, None, False)]
+    return alone + ([(row["twin_topic"], row["twin_key"], None, None, None, False)] if row["twin_ends"] else [])
 
 
 async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:

@@ -52,11 +52,21 @@ class Producer:
 KEYS = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
 
 
+def row(topic: str, key: bytes, value: bytes, twin: tuple[str, bytes, bool] | None = None) -> dict:
+    """An outbox row as the relay reads it."""
+    twin_topic, twin_key, twin_ends = twin or (None, None, False)
+    return {"topic": topic, "key": key, "value": value, "headers": "[]"} | {
+        "twin_topic": twin_topic,
+        "twin_key": twin_key,
+        "twin_ends": twin_ends,
+    }
+
+
 async def publish(monkeypatch, error: Exception) -> tuple[list, BaseException | None]:
     monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key))  # key b"0": partition 0
     relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
     relay._producer = producer = Producer(error)
-    rows = [{"topic": "t", "key": k, "value": f"v{n}".encode(), "headers": "[]"} for n, k in enumerate(KEYS)]
+    rows = [row("t", k, f"v{n}".encode()) for n, k in enumerate(KEYS)]
     errors, out_of_step = await relay._publish(rows)
     assert [p for p, _ in producer.sent] == [0, 1, 0, 0], "partition 0 in three batches, the first one failing"
     return errors, out_of_step
@@ -110,11 +120,52 @@ async def test_one_uais_derived_records_go_to_one_partition_in_their_order():
     relay._producer = producer = Twelve()
     for topic in ("p.formation.couvertures.v2", "p.equipement.profils.v2"):
         producer.sent.clear()
-        rows = [{"topic": topic, "key": k, "value": k, "headers": "[]"} for k in keys]
+        rows = [row(topic, k, k) for k in keys]
         errors, _ = await relay._publish(rows)
         assert errors == [None] * 3
         assert {p for p, _ in producer.sent} == {partition_for(keys[0], range(12))}
         assert [r for _, records in producer.sent for r in records] == keys
     producer.sent.clear()
-    await relay._publish([{"topic": "p.alertes.compatibilite.v1", "key": k, "value": k, "headers": "[]"} for k in keys])
+    await relay._publish([row("p.alertes.compatibilite.v1", k, k) for k in keys])
     assert len({p for p, _ in producer.sent}) > 1, "elsewhere each key decides"
+
+
+class Topics(Producer):
+    """Partitions 0 and 1; batches of two records; every batch to `failing` fails with `error`."""
+
+    def __init__(self, failing: str | None) -> None:
+        super().__init__(ConnectionError("leader gone"))
+        self.failing = failing
+        self.topics: list[tuple[str, int, list[bytes | None]]] = []
+
+    async def send_batch(self, builder: Builder, topic: str, partition: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.topics.append((topic, partition, builder.records))
+        if topic == self.failing:
+            future.set_exception(self.error)
+        else:
+            future.set_result(None)
+        return future
+
+
+async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch):
+    """An alert's row: its event on the stream, on the table (its twin), then a tombstone there
+    if it ends; the row counts as published only once all of them are."""
+    monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key[:1]))
+    relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
+    rows = [
+        row("stream", b"0", b"raised", ("table", b"1a", False)),
+        row("stream", b"0", b"resolved", ("table", b"1a", True)),
+    ]
+    relay._producer = producer = Topics(failing=None)
+    errors, _ = await relay._publish(rows)
+    assert errors == [None, None]
+    assert producer.topics == [
+        ("stream", 0, [b"raised", b"resolved"]),
+        ("table", 1, [b"raised", b"resolved"]),
+        ("table", 1, [None]),
+    ]
+    relay._producer = producer = Topics(failing="table")
+    errors, _ = await relay._publish(rows)
+    assert [e is producer.error for e in errors] == [True, True], "the stream's went out, the rows go again"
+    assert [t for t, _, _ in producer.topics] == ["stream", "table", "table"]

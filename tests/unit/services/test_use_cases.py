@@ -15,7 +15,7 @@ from contracts.internal import (
     PROFIL_LOT,
     ProfilLot,
 )
-from services.common.pipeline import TOMBSTONE
+from services.common.messaging.outbox import Twin
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
 from services.ressources.handlers import make_apply, reevaluate_chunk
@@ -183,7 +183,7 @@ def catalogue(end: date | None = None, minute: int = 1) -> list[c.CloudEvent]:
 
 
 def announced(applied) -> list[tuple[str, str]]:
-    """The alert events on the stream (each also goes to its table, alertes.etat.v1)."""
+    """The alert events on the stream (each with its twin on its table, alertes.etat.v1)."""
     return [(o.event.type, o.event.data["kind"]) for o in applied.outgoing if o.topic == c.ALERTES]
 
 
@@ -204,11 +204,11 @@ async def test_ressources_writes_each_alert_event_to_the_table_then_a_tombstone_
     await ressources(store, [profil(1, "12.5")], set())
     raised = await ressources(store, catalogue(), set())
     resolved = await ressources(store, [profil(2, "17")], set())
-    [levee] = [o.event for o in raised.outgoing if o.topic == c.ALERTES]
-    [resolue] = [o.event for o in resolved.outgoing if o.topic == c.ALERTES]
-    table = lambda applied: [(o.key, o.event) for o in applied.outgoing if o.topic == c.ALERTES_ETAT]  # noqa: E731
-    assert table(raised) == [(levee.data["alert_id"], levee)], "keyed by alert_id, the event as on the stream"
-    assert table(resolved) == [(levee.data["alert_id"], resolue), (levee.data["alert_id"], TOMBSTONE)]
+    assert [o.topic for o in raised.outgoing + resolved.outgoing] == [c.ALERTES, c.ALERTES]
+    [levee], [resolue] = raised.outgoing, resolved.outgoing
+    key = levee.event.data["alert_id"].encode()
+    assert levee.twin == Twin(c.ALERTES_ETAT, key, ends=False), "keyed by alert_id, the event as on the stream"
+    assert resolue.twin == Twin(c.ALERTES_ETAT, key, ends=True), "its last event, then a tombstone"
 
 
 async def test_ressources_resolves_when_the_subscription_ends():
