@@ -63,7 +63,7 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
     return [
         Gauge("feo_database_reachable", _REACHABLE, {}, 1),
-        Gauge("feo_outbox_pending", "records in the outbox, waiting for the relay", {}, pending),
+        Gauge("feo_outbox_pending", "rows in the outbox, waiting for the relay", {}, pending),
         Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest or 0),
         Gauge(
             "feo_outbox_failed", "records Kafka refused for good, set aside for an operator (./dev outbox)", {}, failed

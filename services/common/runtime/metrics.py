@@ -95,7 +95,7 @@ class Metrics:
         )
         self._relayed = Counter(
             "feo_outbox_relayed",
-            "outbox records the relay published to Kafka (outcome published) or set aside (outcome failed)",
+            "outbox rows the relay published to Kafka (outcome published) or set aside (outcome failed)",
             ["service", "outcome"],
             registry=self.registry,
         )
