@@ -17,7 +17,7 @@ import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
 from deploy.rattrapage import committed_offsets
-from helpers import at, college, event, eventually, send, uai
+from helpers import at, college, event, eventually, lock_waiters, send, uai
 from services.common.messaging.connection import kafka_options
 from services.common.messaging.outbox import relay_lock
 
@@ -87,14 +87,25 @@ async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exact
         )
         # The relay held back (the test holds its lock): the outbox fills as lots are stored.
         await db.execute("SELECT pg_advisory_lock($1)", relay_lock("equipement"))
+        # And the first batch held in flight: it needs college 0's lock (lot 0 is of it), which
+        # the test holds, so the stop surely comes in the middle of a batch's transaction.
+        holder = await asyncpg.connect(database_url)
+        held = holder.transaction()
+        await held.start()
+        await holder.execute(
+            "INSERT INTO equipement.verrous AS v (cle) VALUES ($1) ON CONFLICT (cle) DO UPDATE SET cle = v.cle",
+            f"uai:{colleges[0]}",
+        )
         await send(kafka.bootstrap_servers, declarations, [lot(i) for i in range(LOTS)])
-        # Stopped while it works through them; the relay let go once its loop has halted.
-        await eventually(lambda: db.fetchval("SELECT count(*) > 0 FROM equipement.lots"), what="lots being stored")
+        await eventually(lambda: lock_waiters(db), what="a batch waiting for college 0's lock")
+        assert await db.fetchval("SELECT count(*) FROM equipement.lots") == 0, "nothing committed yet"
         proc = procs.process("equipement")
         asked = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         log = tmp_path / "equipement.log"
         await eventually(lambda: asyncio.to_thread(logged, log, "service.stopping"), what="the relay loop halted")
+        await held.rollback()  # the batch in flight goes on, within the grace
+        await holder.close()
         await db.execute("SELECT pg_advisory_unlock($1)", relay_lock("equipement"))  # the flush waits for it
         code = await asyncio.to_thread(proc.wait, 2 * GRACE + 15)
         took = time.monotonic() - asked
@@ -102,7 +113,7 @@ async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exact
         assert took < 2 * GRACE + 10, took
 
         stored = await db.fetchval("SELECT count(*) FROM equipement.lots")
-        assert stored > 0, "some lots were handled before the stop"
+        assert stored > 0, "the batch in flight at the stop committed on the way out"
         assert await db.fetchval("SELECT count(*) FROM equipement.outbox") == 0, "the relay flushed the outbox"
         positions = {
             (r["topic"], r["partition"]): r["next_offset"]

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -21,6 +22,7 @@ from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
     MAX_REQUEST_BYTES,
+    TWINS_PUBLISHED,
     OutboxRecord,
     OutboxRelay,
     Twin,
@@ -589,4 +591,31 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
         ], "a3's later record first, then the two set-aside records, back without their twins"
     finally:
         await relay.stop()
+        await pool.close()
+
+
+async def test_a_row_with_a_twin_is_deleted_only_by_a_relay_that_publishes_twins(database_url):
+    """A relay from before twins reads neither column: it would publish the record and delete
+    the row, its twin lost. Migration 0015's guard fails its round instead; the row stays."""
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(
+                conn,
+                [
+                    OutboxRecord("flux", b"uai", b"raised", twin=Twin("etat", b"a1")),
+                    OutboxRecord("flux", b"k", b"plain"),
+                ],
+            )
+            with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="only a relay that publishes twins"):
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM outbox")
+            assert await count_pending(conn) == 2, "the round rolled back: nothing lost"
+            async with conn.transaction():
+                await conn.execute("DELETE FROM outbox WHERE twin_topic IS NULL")  # a plain row, as before
+                await conn.execute(TWINS_PUBLISHED)
+                await conn.execute("DELETE FROM outbox")
+            assert await count_pending(conn) == 0
+    finally:
         await pool.close()

@@ -280,7 +280,10 @@ class OutboxRelay:
         # deletion is too, and the records go out again with the same ids, in the same order,
         # as when the process itself dies between publishing and deleting. A later synchronous
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
-        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off"):
+        async with (
+            self._pool.acquire() as conn,
+            transaction(conn, "SET LOCAL synchronous_commit TO off", TWINS_PUBLISHED),
+        ):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,
@@ -306,10 +309,10 @@ class OutboxRelay:
                     [f"{type(e).__name__}: {e}" for _, e in failed],
                 )
             done = [r for r, e in zip(rows, errors, strict=True) if e is None]
-            # One statement: the rows deleted, and the set-aside records (or twins) of a
-            # compacted topic that a record published now supersedes (migration 0013): on such a
-            # topic, retried, one would stand for its key in place of the newer state. Looked for
-            # only when there are set-aside records (nearly never).
+            # The set-aside records (or twins) of a compacted topic that a record published now
+            # supersedes (migration 0013): on such a topic, retried, one would stand for its key
+            # in place of the newer state. Looked for only when there are set-aside records
+            # (nearly never); then the rows deleted.
             looked = failed or rows[0]["set_aside"]
             superseding: tuple[list, list, list] = ([], [], [])  # seq, topic, key
             for r in done if looked else ():
@@ -317,8 +320,17 @@ class OutboxRelay:
                     if topic is not None and topic.endswith(COMPACTED):
                         for column, v in zip(superseding, (r["seq"], topic, key), strict=True):
                             column.append(v)
+            for part in ("", "twin_") if superseding[0] else ():  # each on its own: one row may have both
+                await conn.execute(
+                    f"UPDATE outbox_failed f SET {part}superseded_at = now() "
+                    "FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(seq, topic, key) "
+                    f"WHERE f.{part}topic = u.topic AND f.{part}key = u.key AND f.seq < u.seq "
+                    f"AND f.{part}superseded_at IS NULL",
+                    *superseding,
+                )
             await conn.execute(
-                _DELETE_AND_SUPERSEDE, [r["seq"] for r in done] + [r["seq"] for r, _ in failed], *superseding
+                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
+                [r["seq"] for r in done] + [r["seq"] for r, _ in failed],
             )
             if failed:
                 total = await count_failed(conn)
@@ -416,8 +428,9 @@ class OutboxRelay:
             if error is not None:
                 if not isinstance(error, _UNPUBLISHABLE):
                     broken.setdefault(where, error)
-                for i in batch.rows:
-                    errors[i] = error
+                for i in batch.rows:  # a row in several batches: set aside only if none can be retried
+                    if errors[i] is None or isinstance(errors[i], _UNPUBLISHABLE):
+                        errors[i] = error
         return errors, next((r for r in results if isinstance(r, OUT_OF_STEP)), None)
 
     async def _send(self, batches: Sequence["_Batch"]) -> list[object]:
@@ -437,26 +450,9 @@ class OutboxRelay:
 _SET_ASIDE = "seq, topic, key, value, headers, twin_topic, twin_key, twin_ends"
 """The outbox's columns that `outbox_failed` keeps of a record set aside."""
 
-_DELETE_AND_SUPERSEDE = """
-WITH u AS (SELECT * FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS u(seq, topic, key)),
-superseded AS (
-    UPDATE outbox_failed f SET
-        superseded_at = CASE WHEN EXISTS (
-            SELECT FROM u WHERE u.topic = f.topic AND u.key = f.key AND u.seq > f.seq
-        ) THEN coalesce(f.superseded_at, now()) ELSE f.superseded_at END,
-        twin_superseded_at = CASE WHEN EXISTS (
-            SELECT FROM u WHERE u.topic = f.twin_topic AND u.key = f.twin_key AND u.seq > f.seq
-        ) THEN coalesce(f.twin_superseded_at, now()) ELSE f.twin_superseded_at END
-    WHERE EXISTS (
-        SELECT FROM u WHERE u.seq > f.seq
-        AND (u.topic = f.topic AND u.key = f.key OR u.topic = f.twin_topic AND u.key = f.twin_key)
-    )
-)
-DELETE FROM outbox WHERE seq = ANY($1::bigint[])
-"""
-"""A round's rows deleted, and the set-aside records whose record or twin is on a compacted
-topic and published again since (u: the round's records there, by their rows' seq) marked
-superseded, the record and its twin each on its own."""
+TWINS_PUBLISHED = "SET LOCAL feo.outbox_twins TO on"
+"""Said by a transaction that deletes outbox rows with a twin (migration 0015's guard refuses
+it otherwise): it published their twins, or means to forget them too."""
 
 COMPACTED = (ALERTES_ETAT, PROFILS, COUVERTURES)
 """The topics that keep only the last record of each key (deploy/topology.py): the state of an

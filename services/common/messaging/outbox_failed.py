@@ -101,9 +101,10 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             waiting = await conn.fetch(
                 f'SELECT f.seq, f.{part}topic AS topic FROM "{schema}".outbox_failed f WHERE {where} '
                 f"AND f.{part}topic IS NOT NULL AND f.{part}superseded_at IS NULL "
-                f'AND EXISTS (SELECT FROM "{schema}".outbox o WHERE o.seq > f.seq AND ('
-                f"o.topic = f.{part}topic AND o.key = f.{part}key "
-                f"OR o.twin_topic = f.{part}topic AND o.twin_key = f.{part}key))",
+                f'AND (EXISTS (SELECT FROM "{schema}".outbox o '
+                f"WHERE o.topic = f.{part}topic AND o.key = f.{part}key AND o.seq > f.seq) "
+                f'OR EXISTS (SELECT FROM "{schema}".outbox o '
+                f"WHERE o.twin_topic = f.{part}topic AND o.twin_key = f.{part}key AND o.seq > f.seq))",
                 seqs,
             )
             await conn.execute(

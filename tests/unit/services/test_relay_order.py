@@ -131,9 +131,10 @@ async def test_one_uais_derived_records_go_to_one_partition_in_their_order():
 
 
 class Topics(Producer):
-    """Partitions 0 and 1; batches of two records; every batch to `failing` fails with `error`."""
+    """Partitions 0 and 1; batches of two records; every batch to a topic of `failing` fails
+    with its error."""
 
-    def __init__(self, failing: str | None) -> None:
+    def __init__(self, failing: dict[str, Exception]) -> None:
         super().__init__(ConnectionError("leader gone"))
         self.failing = failing
         self.topics: list[tuple[str, int, list[bytes | None]]] = []
@@ -141,8 +142,8 @@ class Topics(Producer):
     async def send_batch(self, builder: Builder, topic: str, partition: int) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self.topics.append((topic, partition, builder.records))
-        if topic == self.failing:
-            future.set_exception(self.error)
+        if topic in self.failing:
+            future.set_exception(self.failing[topic])
         else:
             future.set_result(None)
         return future
@@ -157,7 +158,7 @@ async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch)
         row("stream", b"0", b"raised", ("table", b"1a", False)),
         row("stream", b"0", b"resolved", ("table", b"1a", True)),
     ]
-    relay._producer = producer = Topics(failing=None)
+    relay._producer = producer = Topics(failing={})
     errors, _ = await relay._publish(rows)
     assert errors == [None, None]
     assert producer.topics == [
@@ -165,7 +166,11 @@ async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch)
         ("table", 1, [b"raised", b"resolved"]),
         ("table", 1, [None]),
     ]
-    relay._producer = producer = Topics(failing="table")
+    away = ConnectionError("leader gone")
+    relay._producer = producer = Topics(failing={"table": away})
     errors, _ = await relay._publish(rows)
-    assert [e is producer.error for e in errors] == [True, True], "the stream's went out, the rows go again"
+    assert errors == [away, away], "the stream's went out, the rows go again"
     assert [t for t, _, _ in producer.topics] == ["stream", "table", "table"]
+    relay._producer = Topics(failing={"stream": away, "table": MessageSizeTooLargeError()})
+    errors, _ = await relay._publish(rows)
+    assert errors == [away, away], "retried, not set aside: its record on the stream never went out"
