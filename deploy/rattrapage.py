@@ -52,7 +52,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.outbox import TWINS_PUBLISHED, OutboxRelay, load_headers
+from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.stall import Stall
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.lifecycle import restored_mark
@@ -321,7 +321,6 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
     async def forget_replay(conn: Conn) -> list[Outgoing]:
         copies = await conn.fetch("SELECT seq, headers FROM outbox WHERE topic = ANY($1::text[])", dead_letter_topics)
         published = [r["seq"] for r in copies if not unpublished(dlq.origin(load_headers(r["headers"])))]
-        await conn.execute(TWINS_PUBLISHED)  # an alert's row goes with its twin: both recomputed
         await conn.execute(
             "DELETE FROM outbox WHERE (seq > $1 OR topic = ANY($2::text[])) AND NOT topic = ANY($3::text[]) "
             "OR seq = ANY($4::bigint[])",

@@ -140,7 +140,7 @@ async def _build_and_switch(
         # before the alignment queues its records: on a compacted topic, one of those going out
         # marks a set-aside record of its key as superseded (a later seq), never to be retried.
         columns = (
-            "topic, key, value, headers, twin_topic, twin_key, twin_ends, error, created_at, failed_at, "
+            "topic, key, record_value, headers, twin_topic, twin_key, twin_ends, error, created_at, failed_at, "
             "superseded_at, twin_superseded_at"
         )
         sequence = await session.fetchval("SELECT pg_get_serial_sequence($1, 'seq')", f'"{fresh}".outbox')

@@ -22,7 +22,6 @@ from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import (
     MAX_REQUEST_BYTES,
-    TWINS_PUBLISHED,
     OutboxRecord,
     OutboxRelay,
     Twin,
@@ -72,7 +71,7 @@ async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_ord
             assert [r.value for r in out[:3]] == [json.dumps({"n": n}).encode() for n in range(3)]
             assert [dict(r.headers)["x-n"] for r in out[:3]] == [b"0", b"1", b"2"]
             assert (out[3].value, tuple(out[3].headers)) == (b"odd", ODD_HEADERS), "headers byte-exact, in order"
-        failed = await pool.fetch("SELECT topic, length(value) AS size, error FROM outbox_failed")
+        failed = await pool.fetch("SELECT topic, length(record_value) AS size, error FROM outbox_failed")
         assert [(f["topic"], f["size"]) for f in failed] == [(topic, MAX_REQUEST_BYTES + 1)]
         assert "MessageSizeTooLarge" in failed[0]["error"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
@@ -105,7 +104,7 @@ async def test_a_record_the_broker_refuses_is_set_aside_alone(kafka, database_ur
             assert [await relay.drain_once() for _ in range(3)] == [0, 2, 0]
             out = await reader.wait_for(lambda rs: len(rs) >= 3, what="the three small records")
         assert [r.value for r in out] == [b"0", b"1", b"2"]
-        failed = await pool.fetch("SELECT length(value) AS size, error FROM outbox_failed")
+        failed = await pool.fetch("SELECT length(record_value) AS size, error FROM outbox_failed")
         assert [f["size"] for f in failed] == [300 * 1024], [dict(f) for f in failed]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
@@ -362,7 +361,7 @@ async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_par
     switch = await asyncpg.connect(database_url)
     try:
         await pool.execute(
-            "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) VALUES "
+            "INSERT INTO outbox_failed (seq, topic, key, record_value, headers, error, created_at) VALUES "
             "(1, 'formation.declarations.v1.dlq', 'ens-jean-dupont-42', 'v', '[]', 'RecordTooLargeError', now()), "
             "(2, 'equipement.declarations.v1.dlq', '0350004P', 'v', '[]', 'RecordTooLargeError', now())"
         )
@@ -387,7 +386,7 @@ async def test_health_reports_the_records_set_aside(kafka, settings):
         status, body = await health_report(pipeline, runner.app.broker)
         assert (status, body["outbox_failed"]) == (200, 0)
         await pipeline.pool.execute(
-            "INSERT INTO outbox_failed (seq, topic, key, value, headers, error, created_at) "
+            "INSERT INTO outbox_failed (seq, topic, key, record_value, headers, error, created_at) "
             "VALUES (1, 't', NULL, 'v', '[]', 'MessageSizeTooLargeError: ...', now())"
         )
         status, body = await health_report(pipeline, runner.app.broker)
@@ -583,7 +582,9 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
         assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 2
         said = capsys.readouterr().out
         assert said.count("its twin superseded") == 2 and said.count("retried without it") == 2, said
-        waiting = await pool.fetch("SELECT topic, key, length(value) AS size, twin_topic FROM outbox ORDER BY seq")
+        waiting = await pool.fetch(
+            "SELECT topic, key, length(record_value) AS size, twin_topic FROM outbox ORDER BY seq"
+        )
         assert [tuple(r) for r in waiting] == [
             (stream, b"uai", len(b"later"), table),
             (stream, b"uai", len(big), None),
@@ -594,28 +595,25 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
         await pool.close()
 
 
-async def test_a_row_with_a_twin_is_deleted_only_by_a_relay_that_publishes_twins(database_url):
-    """A relay from before twins reads neither column: it would publish the record and delete
-    the row, its twin lost. Migration 0015's guard fails its round instead; the row stays."""
+async def test_a_relay_and_a_writer_from_before_twins_fail_on_a_migrated_outbox(database_url):
+    """A replica from before twins reads neither twin column: its relay would publish an alert's
+    row without its table record. Its statements, as that version wrote them, fail instead on a
+    schema migrated to 0015, so it publishes and writes nothing until it is replaced."""
     pool = await create_pool(database_url, "equipement")
     await migrate(pool, "equipement", SPEC.package_dir)
     try:
         async with pool.acquire() as conn:
-            await enqueue(
-                conn,
-                [
-                    OutboxRecord("flux", b"uai", b"raised", twin=Twin("etat", b"a1")),
-                    OutboxRecord("flux", b"k", b"plain"),
-                ],
-            )
-            with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="only a relay that publishes twins"):
-                async with conn.transaction():
-                    await conn.execute("DELETE FROM outbox")
-            assert await count_pending(conn) == 2, "the round rolled back: nothing lost"
-            async with conn.transaction():
-                await conn.execute("DELETE FROM outbox WHERE twin_topic IS NULL")  # a plain row, as before
-                await conn.execute(TWINS_PUBLISHED)
-                await conn.execute("DELETE FROM outbox")
-            assert await count_pending(conn) == 0
+            await enqueue(conn, [OutboxRecord("flux", b"uai", b"raised", twin=Twin("etat", b"a1"))])
+            with pytest.raises(asyncpg.UndefinedColumnError):  # its relay's round (3059f2a, outbox.py)
+                await conn.fetch(
+                    "SELECT seq, topic, key, value, headers, EXISTS (SELECT FROM outbox_failed) AS set_aside "
+                    "FROM outbox ORDER BY seq LIMIT $1",
+                    2000,
+                )
+            with pytest.raises(asyncpg.UndefinedColumnError):  # its writers' enqueue
+                await conn.copy_records_to_table(
+                    "outbox", columns=("topic", "key", "value", "headers"), records=[("flux", b"k", b"v", "[]")]
+                )
+            assert await count_pending(conn) == 1
     finally:
         await pool.close()

@@ -109,11 +109,11 @@ async def test_a_table_missing_its_open_alerts_is_filled_by_the_alignment(kafka,
     try:
         await rattraper(cible)
         assert await accorder(cible) == 1, "one record for the table, no alert announced again"
-        rows = await cible.pipeline.pool.fetch("SELECT topic, key, value FROM outbox")
+        rows = await cible.pipeline.pool.fetch("SELECT topic, key, record_value FROM outbox")
     finally:
         await cible.close()
         await held.stop()
-    assert [(r["topic"], r["key"], r["value"]) for r in rows] == [
+    assert [(r["topic"], r["key"], r["record_value"]) for r in rows] == [
         (table, json.loads(raised.value)["data"]["alert_id"].encode(), raised.value)
     ]
 
@@ -130,7 +130,7 @@ async def test_a_rebuild_numbers_the_records_set_aside_before_those_the_alignmen
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(
-            f'INSERT INTO "{schema}".outbox_failed (seq, topic, key, value, headers, error, created_at) '
+            f'INSERT INTO "{schema}".outbox_failed (seq, topic, key, record_value, headers, error, created_at) '
             "VALUES (1, $1, $2, 'stale', '[]', 'RecordTooLargeError: too large', now())",
             table,
             alert_id.encode(),
@@ -305,7 +305,7 @@ async def test_after_a_rebuild_a_record_set_aside_never_shares_its_seq_with_anot
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(
-            f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, value, headers, error, created_at) "
+            f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, record_value, headers, error, created_at) "
             "VALUES (1, 't', 'k', 'v', '[]', 'RecordTooLargeError: too large', now())"
         )
         await reconstruire.rebuild(SPEC, settings)
@@ -314,10 +314,10 @@ async def test_after_a_rebuild_a_record_set_aside_never_shares_its_seq_with_anot
         # What the relay does with a record Kafka refuses: moved to outbox_failed under its seq.
         for _ in range(3):
             await conn.execute(
-                f"WITH moved AS (INSERT INTO {SPEC.name}.outbox (topic, key, value) VALUES ('t', 'k', 'v') "
-                "RETURNING seq, topic, key, value, headers, created_at) "
-                f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, value, headers, error, created_at) "
-                "SELECT seq, topic, key, value, headers, 'RecordTooLargeError', created_at FROM moved"
+                f"WITH moved AS (INSERT INTO {SPEC.name}.outbox (topic, key, record_value) VALUES ('t', 'k', 'v') "
+                "RETURNING seq, topic, key, record_value, headers, created_at) "
+                f"INSERT INTO {SPEC.name}.outbox_failed (seq, topic, key, record_value, headers, error, created_at) "
+                "SELECT seq, topic, key, record_value, headers, 'RecordTooLargeError', created_at FROM moved"
             )
         assert await conn.fetchval(f"SELECT count(DISTINCT seq) FROM {SPEC.name}.outbox_failed") == 4
     finally:

@@ -118,7 +118,7 @@ async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
         await conn.copy_records_to_table("outbox", columns=_COLUMNS, records=rows)
 
 
-_COLUMNS = ("topic", "key", "value", "headers", "twin_topic", "twin_key", "twin_ends")
+_COLUMNS = ("topic", "key", "record_value", "headers", "twin_topic", "twin_key", "twin_ends")
 _NO_TWIN = Twin(None, None)  # type: ignore[arg-type]  # the twin's columns when there is none
 
 
@@ -282,7 +282,7 @@ class OutboxRelay:
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
         async with (
             self._pool.acquire() as conn,
-            transaction(conn, "SET LOCAL synchronous_commit TO off", TWINS_PUBLISHED),
+            transaction(conn, "SET LOCAL synchronous_commit TO off"),
         ):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
@@ -291,7 +291,7 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
             rows = await conn.fetch(
-                "SELECT seq, topic, key, value, headers, twin_topic, twin_key, twin_ends, "
+                "SELECT seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
                 "EXISTS (SELECT FROM outbox_failed) AS set_aside FROM outbox ORDER BY seq LIMIT $1",
                 self._batch,
             )
@@ -339,7 +339,7 @@ class OutboxRelay:
                         "outbox.unpublishable",
                         seq=r["seq"],
                         topic=r["topic"],
-                        size=len(r["value"] or b""),
+                        size=len(r["record_value"] or b""),
                         error=type(e).__name__,
                         failed_total=total,
                         hint="./dev outbox list",
@@ -377,7 +377,7 @@ class OutboxRelay:
         batches: list[_Batch] = []
         loaded: dict[str, list[tuple[str, bytes | None]]] = {}  # a round's records share a few headers
         for i, row in enumerate(rows):
-            value = row["value"]
+            value = row["record_value"]
             headers = loaded.get(row["headers"])
             if headers is None:
                 headers = loaded[row["headers"]] = list(load_headers(row["headers"]))
@@ -447,12 +447,8 @@ class OutboxRelay:
         return await asyncio.gather(*acks, return_exceptions=True)
 
 
-_SET_ASIDE = "seq, topic, key, value, headers, twin_topic, twin_key, twin_ends"
+_SET_ASIDE = "seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends"
 """The outbox's columns that `outbox_failed` keeps of a record set aside."""
-
-TWINS_PUBLISHED = "SET LOCAL feo.outbox_twins TO on"
-"""Said by a transaction that deletes outbox rows with a twin (migration 0015's guard refuses
-it otherwise): it published their twins, or means to forget them too."""
 
 COMPACTED = (ALERTES_ETAT, PROFILS, COUVERTURES)
 """The topics that keep only the last record of each key (deploy/topology.py): the state of an

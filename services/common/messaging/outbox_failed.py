@@ -40,7 +40,7 @@ SERVICES = ("formation", "equipement", "ressources")
 
 async def _list(conn: asyncpg.Connection, schema: str, show_key: bool) -> int:
     rows = await conn.fetch(
-        f"SELECT seq, topic, key, length(value) AS size, created_at, failed_at, error, superseded_at, "
+        f"SELECT seq, topic, key, length(record_value) AS size, created_at, failed_at, error, superseded_at, "
         f"twin_topic, twin_superseded_at "
         f'FROM "{schema}".outbox_failed ORDER BY seq'
     )
@@ -123,7 +123,7 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             seqs,
         )
         await conn.executemany(
-            f'INSERT INTO "{schema}".outbox (topic, key, value, twin_topic, twin_key, twin_ends, headers) '
+            f'INSERT INTO "{schema}".outbox (topic, key, record_value, twin_topic, twin_key, twin_ends, headers) '
             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
             [(*record, _marked(r)) for r in sorted(moved, key=lambda r: r["seq"]) for record in _retried(r)],
         )
@@ -138,8 +138,8 @@ def _retried(row: asyncpg.Record) -> list[tuple[str, bytes | None, bytes | None,
     keeps_twin = row["twin_topic"] is not None and row["twin_superseded_at"] is None
     if row["superseded_at"] is None:
         twin = (row["twin_topic"], row["twin_key"], row["twin_ends"]) if keeps_twin else (None, None, False)
-        return [(row["topic"], row["key"], row["value"], *twin)]
-    alone = [(row["twin_topic"], row["twin_key"], row["value"], None, None, False)]
+        return [(row["topic"], row["key"], row["record_value"], *twin)]
+    alone = [(row["twin_topic"], row["twin_key"], row["record_value"], None, None, False)]
     return alone + ([(row["twin_topic"], row["twin_key"], None, None, None, False)] if row["twin_ends"] else [])
 
 

@@ -13,18 +13,10 @@ ALTER TABLE outbox_failed
     ADD COLUMN twin_key           bytea,
     ADD COLUMN twin_ends          boolean NOT NULL DEFAULT false,
     ADD COLUMN twin_superseded_at timestamptz;
--- A relay from before this migration reads neither column: it would publish the record and
--- delete the row, its twin never published. A row with a twin is deleted only by a transaction
--- that says it publishes twins (messaging/outbox.py, TWINS_PUBLISHED): such a relay's round
--- fails and is rolled back instead (its records go out again from the row, same ids).
-CREATE FUNCTION outbox_twin_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF current_setting('feo.outbox_twins', true) IS DISTINCT FROM 'on' THEN
-        RAISE EXCEPTION 'outbox row % has a twin on %: only a relay that publishes twins deletes it (migration 0015)',
-            OLD.seq, OLD.twin_topic USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    RETURN OLD;
-END
-$$;
-CREATE TRIGGER outbox_twin_guard BEFORE DELETE ON outbox
-    FOR EACH ROW WHEN (OLD.twin_topic IS NOT NULL) EXECUTE FUNCTION outbox_twin_guard();
+-- Replicas from before this migration read and write `value` by name: their relay would publish
+-- an alert's row without its twin, and its table record out of order with theirs. Renamed, every
+-- statement they make on the outbox fails until they are replaced (their batches roll back and
+-- are taken again, their relay's rounds publish nothing): a rolling upgrade loses nothing and
+-- reorders nothing, and the tables need no guard on every row.
+ALTER TABLE outbox RENAME COLUMN value TO record_value;
+ALTER TABLE outbox_failed RENAME COLUMN value TO record_value;

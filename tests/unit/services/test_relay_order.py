@@ -55,7 +55,7 @@ KEYS = [b"0", b"0", b"1", b"0", b"0", b"0", b"0"]
 def row(topic: str, key: bytes, value: bytes, twin: tuple[str, bytes, bool] | None = None) -> dict:
     """An outbox row as the relay reads it."""
     twin_topic, twin_key, twin_ends = twin or (None, None, False)
-    return {"topic": topic, "key": key, "value": value, "headers": "[]"} | {
+    return {"topic": topic, "key": key, "record_value": value, "headers": "[]"} | {
         "twin_topic": twin_topic,
         "twin_key": twin_key,
         "twin_ends": twin_ends,
