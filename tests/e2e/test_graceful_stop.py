@@ -87,25 +87,28 @@ async def test_sigterm_under_load_commits_flushes_and_exits_0_then_resumes_exact
         )
         # The relay held back (the test holds its lock): the outbox fills as lots are stored.
         await db.execute("SELECT pg_advisory_lock($1)", relay_lock("equipement"))
-        # And the first batch held in flight: it needs college 0's lock (lot 0 is of it), which
-        # the test holds, so the stop surely comes in the middle of a batch's transaction.
+        # And the first batch held in flight: lot 0 alone, which needs college 0's lock, held by
+        # the test; the rest waits behind it. The stop surely comes in the middle of a batch.
         holder = await asyncpg.connect(database_url)
-        held = holder.transaction()
-        await held.start()
-        await holder.execute(
-            "INSERT INTO equipement.verrous AS v (cle) VALUES ($1) ON CONFLICT (cle) DO UPDATE SET cle = v.cle",
-            f"uai:{colleges[0]}",
-        )
-        await send(kafka.bootstrap_servers, declarations, [lot(i) for i in range(LOTS)])
-        await eventually(lambda: lock_waiters(db), what="a batch waiting for college 0's lock")
-        assert await db.fetchval("SELECT count(*) FROM equipement.lots") == 0, "nothing committed yet"
-        proc = procs.process("equipement")
-        asked = time.monotonic()
-        os.killpg(proc.pid, signal.SIGTERM)
-        log = tmp_path / "equipement.log"
-        await eventually(lambda: asyncio.to_thread(logged, log, "service.stopping"), what="the relay loop halted")
-        await held.rollback()  # the batch in flight goes on, within the grace
-        await holder.close()
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute(
+                "INSERT INTO equipement.verrous AS v (cle) VALUES ($1) ON CONFLICT (cle) DO UPDATE SET cle = v.cle",
+                f"uai:{colleges[0]}",
+            )
+            await send(kafka.bootstrap_servers, declarations, [lot(0)])
+            await eventually(lambda: lock_waiters(db), what="a batch waiting for college 0's lock")
+            await send(kafka.bootstrap_servers, declarations, [lot(i) for i in range(1, LOTS)])
+            assert await db.fetchval("SELECT count(*) FROM equipement.lots") == 0, "nothing committed yet"
+            proc = procs.process("equipement")
+            asked = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            log = tmp_path / "equipement.log"
+            await eventually(lambda: asyncio.to_thread(logged, log, "service.stopping"), what="the relay loop halted")
+            await held.rollback()  # the batch in flight goes on, within the grace
+        finally:
+            await holder.close()
         await db.execute("SELECT pg_advisory_unlock($1)", relay_lock("equipement"))  # the flush waits for it
         code = await asyncio.to_thread(proc.wait, 2 * GRACE + 15)
         took = time.monotonic() - asked
