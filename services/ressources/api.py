@@ -23,6 +23,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
+from contracts.internal import CouvertureFormation
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import create_pool
@@ -329,9 +330,25 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
     return {
         "etablissement": {k: etab[k] for k in Etablissement.model_fields},
         "equipement": json.loads(profil.model_dump_json()) if profil else None,
-        "formation": json.loads(couverture.model_dump_json()) if couverture else None,
+        "formation": formation_shown(couverture),
         "ressources": ressources,
     }
+
+
+MIN_TEACHERS_DETAILED = 5
+"""Below this many counted teachers, an établissement's training is given as its count alone:
+the read API is not authenticated, and at a school of one or two teachers the levels held per
+competence and the tools trained on would be those of persons anyone could name."""
+
+
+def formation_shown(couverture: CouvertureFormation | None) -> dict | None:
+    """An établissement's training coverage as `/etablissements/{uai}` gives it: whole from
+    MIN_TEACHERS_DETAILED counted teachers, else the count with `detail_masque`."""
+    if couverture is None:
+        return None
+    if couverture.enseignants < MIN_TEACHERS_DETAILED:
+        return {"uai": couverture.uai, "enseignants": couverture.enseignants, "detail_masque": True}
+    return json.loads(couverture.model_dump_json()) | {"detail_masque": False}
 
 
 @router.get(

@@ -144,6 +144,10 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
     assert detail["etablissement"]["code_academie"] == "14"
     assert detail["equipement"]["lots"][0]["os"] == {"name": "iPadOS", "version": "12.5"}
     assert detail["formation"]["enseignants"] == 10
+    assert (
+        detail["formation"]["competences"] == {"3.4": [5, 2, 1, 0, 0, 0, 0, 0]}
+        and not detail["formation"]["detail_masque"]
+    )
     [sub] = detail["ressources"]
     assert sub["resource_id"] == RID and sub["evaluee"] and (sub["compatible"], sub["devices"]) == (0, 10)
     verdicts = sub["verdicts"]

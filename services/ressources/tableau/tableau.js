@@ -269,7 +269,7 @@ async function etablissement(uai) {
 
 function training(formation) {
   const table = $("etab-competences");
-  const competences = formation ? Object.entries(formation.competences) : [];
+  const competences = formation && formation.competences ? Object.entries(formation.competences) : [];
   const levels = Math.max(0, ...competences.map(([, counts]) => counts.length));
   table.querySelector("thead tr").replaceChildren(
     el("th", { scope: "col" }, "Compétence"),
@@ -282,9 +282,10 @@ function training(formation) {
   );
   table.hidden = competences.length === 0;
   $("etab-enseignants").textContent = formation
-    ? `${formation.enseignants} enseignant${formation.enseignants > 1 ? "s" : ""} comptés.`
+    ? `${formation.enseignants} enseignant${formation.enseignants > 1 ? "s" : ""} comptés.` +
+      (formation.detail_masque ? " Le détail par compétence et par outil n'est pas montré pour si peu d'enseignants." : "")
     : "Formation : rien de déclaré.";
-  const tools = formation ? Object.entries(formation.outils) : [];
+  const tools = formation && formation.outils ? Object.entries(formation.outils) : [];
   $("etab-outils").textContent = tools.length
     ? `Formés aux outils : ${tools.map(([kind, n]) => `${kind} (${n})`).join(", ")}.`
     : "";
