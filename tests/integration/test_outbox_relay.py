@@ -52,6 +52,21 @@ def producer_as_admin(kafka) -> AIOKafkaProducer:
     return relay_producer(KafkaAccess.from_environ(bootstrap_servers=kafka.bootstrap_servers), "relay-test")
 
 
+@contextlib.asynccontextmanager
+async def relay_with_topics(kafka, database_url: str, *topics: str) -> AsyncIterator[tuple[asyncpg.Pool, OutboxRelay]]:
+    """equipement's schema migrated, its relay (not started), and `topics` made with one partition each."""
+    pool = await create_pool(database_url, "equipement")
+    await migrate(pool, "equipement", SPEC.package_dir)
+    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
+    try:
+        for topic in topics:
+            await make_topic(kafka, topic, 1)
+        yield pool, relay
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
 async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_order(kafka, database_url, topic_prefix):
     topic = topic_prefix + PROFILS
     pool = await create_pool(database_url, "relaytest")
@@ -298,12 +313,7 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
     the outbox, listed so, and left by retry. On another topic, a later record of the key
     changes nothing."""
     compacted, plain = topic_prefix + "etat." + PROFILS, topic_prefix + "flux"
-    pool = await create_pool(database_url, "equipement")
-    await migrate(pool, "equipement", SPEC.package_dir)
-    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
-    try:
-        for topic in (compacted, plain):
-            await make_topic(kafka, topic, 1)
+    async with relay_with_topics(kafka, database_url, compacted, plain) as (pool, relay):
         big = b"x" * (MAX_REQUEST_BYTES + 1)  # over the relay's request size: set aside before it is sent
         async with pool.acquire() as conn:
             await enqueue(
@@ -347,9 +357,6 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
         assert [r["key"] for r in left] == [b"k1", b"k3", b"k4"]
         waiting = await pool.fetch("SELECT topic, key FROM outbox ORDER BY seq")
         assert [(r["topic"], r["key"]) for r in waiting] == [(compacted, b"k4"), (compacted, b"k2"), (plain, b"k1")]
-    finally:
-        await relay.stop()
-        await pool.close()
 
 
 async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_partner_s_key(database_url, capsys):
@@ -541,12 +548,7 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
     record of its key (published, or waiting in the outbox), and not the record on the stream:
     `retry` puts the record back without its twin."""
     stream, table = topic_prefix + "flux", topic_prefix + "t." + ALERTES_ETAT
-    pool = await create_pool(database_url, "equipement")
-    await migrate(pool, "equipement", SPEC.package_dir)
-    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
-    try:
-        for topic in (stream, table):
-            await make_topic(kafka, topic, 1)
+    async with relay_with_topics(kafka, database_url, stream, table) as (pool, relay):
         raised, resolved = (
             OutboxRecord(stream, b"uai", v, twin=Twin(table, b"a1", v == b"resolved")) for v in (b"raised", b"resolved")
         )
@@ -590,9 +592,6 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
             (stream, b"uai", len(big), None),
             (stream, b"uai", len(big), None),
         ], "a3's later record first, then the two set-aside records, back without their twins"
-    finally:
-        await relay.stop()
-        await pool.close()
 
 
 async def test_a_relay_and_a_writer_from_before_twins_fail_on_a_migrated_outbox(database_url):
