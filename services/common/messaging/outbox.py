@@ -280,10 +280,7 @@ class OutboxRelay:
         # deletion is too, and the records go out again with the same ids, in the same order,
         # as when the process itself dies between publishing and deleting. A later synchronous
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
-        async with (
-            self._pool.acquire() as conn,
-            transaction(conn, "SET LOCAL synchronous_commit TO off"),
-        ):
+        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off"):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,

@@ -17,6 +17,6 @@ ALTER TABLE outbox_failed
 -- an alert's row without its twin, and its table record out of order with theirs. Renamed, every
 -- statement they make on the outbox fails until they are replaced (their batches roll back and
 -- are taken again, their relay's rounds publish nothing): a rolling upgrade loses nothing and
--- reorders nothing, and the tables need no guard on every row.
+-- reorders nothing.
 ALTER TABLE outbox RENAME COLUMN value TO record_value;
 ALTER TABLE outbox_failed RENAME COLUMN value TO record_value;
