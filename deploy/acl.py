@@ -7,9 +7,10 @@ false), so each principal gets exactly:
   consumer group (its name), WRITE of every topic it `publishes` and of the DLQ of each topic in
   `dead_letters_for`. A new service's spec in `services.specs.specs()` brings its ACLs along;
 - `ministere`: WRITE of the référentiel and the catalogue; `gar`: WRITE of the catalogue;
-- `tableau-de-bord` (the dashboards): READ of the alerts, their stream and their table
-  (alertes.etat.v1, which CONTRACTS.md offers dashboards), with consumer groups whose name
-  starts with `tableau-de-bord`.
+- each dashboard (KAFKA_DASHBOARDS, `tableau-de-bord` by default: `dashboards`), its own
+  principal: READ of the alerts, their stream and their table (alertes.etat.v1, which
+  CONTRACTS.md offers dashboards), with consumer groups whose name starts with its own name, so
+  that no dashboard can join or move another's group.
 
 Nothing else: partners and dashboards read no declaration topic and no DLQ, and write no
 internal topic. `admin` is a super user and needs none. WRITE and READ imply DESCRIBE, and WRITE
@@ -22,7 +23,10 @@ isolation), so a test's services run as their own principals on the test's topic
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +48,47 @@ from services.common.messaging.connection import KafkaAccess
 DASHBOARD = "tableau-de-bord"
 PARTNER_WRITES = {"ministere": (c.REFERENTIEL, c.CATALOGUE), "gar": (c.CATALOGUE,)}
 DASHBOARD_READS = (c.ALERTES, c.ALERTES_ETAT)
+DASHBOARDS = "KAFKA_DASHBOARDS"
+"""The setting naming the dashboards' principals, comma-separated (DASHBOARD when unset)."""
+_PRINCIPAL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # a KafkaUser's name too (DNS label)
+_RESERVED = ("admin", "operateur", *PARTNER_WRITES)
+
+
+def dashboards(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The dashboards' principals, each reading the alerts in the consumer groups named with its
+    own name first (CONTRACTS.md, Identity: a principal and a prefix per dashboard)."""
+    environ = os.environ if environ is None else environ
+    if problems := dashboards_problems(environ):
+        raise ValueError("; ".join(problems))
+    return _dashboard_names(environ)
+
+
+def _dashboard_names(environ: Mapping[str, str]) -> tuple[str, ...]:
+    names = [name.strip() for name in environ.get(DASHBOARDS, "").split(",") if name.strip()]
+    return tuple(dict.fromkeys(names)) or (DASHBOARD,)
+
+
+def dashboards_problems(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with KAFKA_DASHBOARDS, one line each, naming the variable and the rule."""
+    from services.specs import specs
+
+    names = _dashboard_names(environ)
+    taken = {*_RESERVED, *(spec.name for spec in specs())}
+    problems = [
+        f"{DASHBOARDS}: {name!r} is not a principal's name (lowercase letters, digits and inner hyphens, 63 at most)"
+        for name in names
+        if not _PRINCIPAL.fullmatch(name)
+    ]
+    problems += [
+        f"{DASHBOARDS}: {name!r} is the platform's or a partner's principal" for name in names if name in taken
+    ]
+    problems += [
+        f"{DASHBOARDS}: {name!r} begins {other!r}, whose consumer groups would then be its too"
+        for name in names
+        for other in names
+        if other != name and other.startswith(name)
+    ]
+    return problems
 
 
 _EVERY_ACL = ACLFilter(
@@ -98,8 +143,9 @@ def bindings(prefix: str = "") -> list[Binding]:
         out |= {Binding(spec.name, "topic", prefix + t, "write") for t in written}
     for partner, topics in PARTNER_WRITES.items():
         out |= {Binding(partner, "topic", prefix + t, "write") for t in topics}
-    out |= {Binding(DASHBOARD, "topic", prefix + t, "read") for t in DASHBOARD_READS}
-    out.add(Binding(DASHBOARD, "group", prefix + DASHBOARD, "read", prefixed=True))
+    for dashboard in dashboards():
+        out |= {Binding(dashboard, "topic", prefix + t, "read") for t in DASHBOARD_READS}
+        out.add(Binding(dashboard, "group", prefix + dashboard, "read", prefixed=True))
     return sorted(out)
 
 

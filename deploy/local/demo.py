@@ -15,6 +15,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 import contracts as c
+from deploy.acl import dashboards
 from deploy.local import scenario
 from deploy.local.console import say, show
 from deploy.local.partenaires import Partenaires
@@ -106,7 +107,7 @@ async def play(platform: Platform) -> AlertTail:
     await _send(partners, subs)
     await _wait(db, "SELECT count(*) FROM ressources.abonnements", len(subs) - 3, "subscriptions")
     await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
-    tail = AlertTail(platform.kafka.access_as("tableau-de-bord"))
+    tail = AlertTail(platform.kafka.access_as(dashboards()[0]))
     await tail.consumer.start()
     try:
         await tail.drain()

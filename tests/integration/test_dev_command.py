@@ -45,6 +45,7 @@ def test_bad_settings_are_refused_before_anything_starts():
         "LOG_FORMAT": "xml",
         "DATABASE_URL": "mysql://u:secret@h/db",
         "ALERTS_RETENTION_DAYS": "-1",
+        "KAFKA_DASHBOARDS": "pilotage,pilotage-14",
     }
     result = subprocess.run(
         [str(DEV), "up", "--data-dir", "/nonexistent/never-created"],
@@ -55,11 +56,12 @@ def test_bad_settings_are_refused_before_anything_starts():
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 4, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
+    assert len(lines) == 5, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
     assert any(line.startswith("==> error: BATCH_MAX_RECORDS: ") for line in lines)
     assert any(line.startswith("==> error: LOG_FORMAT: ") for line in lines)
     assert any(line.startswith("==> error: DATABASE_URL: ") for line in lines)
     assert any(line.startswith("==> error: ALERTS_RETENTION_DAYS: ") for line in lines)
+    assert any(line.startswith("==> error: KAFKA_DASHBOARDS: 'pilotage' begins 'pilotage-14'") for line in lines)
     assert "secret" not in result.stderr
     assert not Path("/nonexistent/never-created").exists()
 

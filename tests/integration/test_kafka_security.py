@@ -126,6 +126,26 @@ async def test_the_dashboard_reads_the_alerts_in_its_own_groups_only(kafka, topi
         await _read(dashboard, topic_prefix + c.ALERTES, group=f"{topic_prefix}ressources")
 
 
+async def test_a_second_dashboard_reads_in_its_own_groups_and_not_in_the_others(
+    kafka, topic_prefix, monkeypatch
+) -> None:
+    """Each dashboard its own principal and prefix (KAFKA_DASHBOARDS): neither can join or move
+    the other's groups. The second one's password added to the running broker, as a start does."""
+    from deploy import acl
+
+    monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord,pilotage")
+    kafka.add_scram_users(everyone=False)
+    acl.apply(kafka.access, topic_prefix)
+    pilotage, tableau = kafka.access_as("pilotage"), kafka.access_as("tableau-de-bord")
+    await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord-academie-14")
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _read(tableau, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(pilotage, topic_prefix + c.EQUIPEMENT, group=None)
+
+
 @pytest.mark.parametrize(
     ("principal", "topic"),
     [

@@ -22,16 +22,18 @@ from services.common.messaging.connection import KafkaAccess
 
 ADMIN = "admin"
 """The super user: brokers between themselves, the runtime, operators' tools, the tests."""
-PARTNERS = ("ministere", "gar", "tableau-de-bord")
+PARTNERS = ("ministere", "gar")
 SCRAM_ITERATIONS = 8192
 FILE_NAME = "credentials.json"
 
 
 def principals() -> tuple[str, ...]:
-    """admin, each platform service (from its spec, so a new service gets one), the partners."""
+    """admin, each platform service (from its spec, so a new service gets one), the partners,
+    each dashboard (KAFKA_DASHBOARDS: one that appears later gets its password at the next start)."""
+    from deploy.acl import dashboards
     from services.specs import specs
 
-    return (ADMIN, *(spec.name for spec in specs()), *PARTNERS)
+    return (ADMIN, *(spec.name for spec in specs()), *PARTNERS, *dashboards())
 
 
 @dataclass(frozen=True)

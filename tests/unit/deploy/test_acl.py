@@ -49,3 +49,22 @@ def test_partners_and_dashboards_get_only_what_the_contract_says() -> None:
 
 def test_every_name_carries_the_prefix() -> None:
     assert all(b.name.startswith("t1.") for b in bindings("t1."))
+
+
+def test_each_dashboard_is_its_own_principal_with_its_own_groups(monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord, pilotage-14")
+    groups = {(b.principal, b.name) for b in bindings("p.") if b.resource == "group" and b.prefixed}
+    assert groups == {("tableau-de-bord", "p.tableau-de-bord"), ("pilotage-14", "p.pilotage-14")}
+    assert _can("pilotage-14", "read", c.ALERTES) and _can("pilotage-14", "read", c.ALERTES_ETAT)
+    assert not _can("pilotage-14", "read", c.EQUIPEMENT)
+
+
+def test_a_dashboard_name_that_begins_another_or_takes_a_principal_is_refused() -> None:
+    from deploy.acl import dashboards, dashboards_problems
+
+    assert dashboards({}) == ("tableau-de-bord",), "one dashboard by default"
+    problems = dashboards_problems({"KAFKA_DASHBOARDS": "pilotage,pilotage-14,gar,ressources,Pilotage X"})
+    assert len(problems) == 4 and all(p.startswith("KAFKA_DASHBOARDS: ") for p in problems)
+    assert any("'pilotage' begins 'pilotage-14'" in p for p in problems)
+    assert sum("partner's principal" in p for p in problems) == 2, "gar and ressources"
+    assert any("'Pilotage X' is not a principal's name" in p for p in problems)
