@@ -82,10 +82,12 @@ def dashboards_problems(environ: Mapping[str, str]) -> list[str]:
     problems += [
         f"{DASHBOARDS}: {name!r} is the platform's or a partner's principal" for name in names if name in taken
     ]
+    # A dashboard's groups are those named with its name first: it must begin no other's group
+    # name (another dashboard's prefix, or a service's group, named after the service).
     problems += [
         f"{DASHBOARDS}: {name!r} begins {other!r}, whose consumer groups would then be its too"
         for name in names
-        for other in names
+        for other in (*names, *(spec.name for spec in specs()))
         if other != name and other.startswith(name)
     ]
     return problems
@@ -131,8 +133,9 @@ class Binding:
         )
 
 
-def bindings(prefix: str = "") -> list[Binding]:
-    """Every binding of the platform for topics and groups named with `prefix`."""
+def bindings(prefix: str = "", dashboard_names: tuple[str, ...] | None = None) -> list[Binding]:
+    """Every binding of the platform for topics and groups named with `prefix`; the dashboards
+    `dashboard_names`, else those of KAFKA_DASHBOARDS (`dashboards`)."""
     from services.specs import specs
 
     out: set[Binding] = set()
@@ -143,7 +146,7 @@ def bindings(prefix: str = "") -> list[Binding]:
         out |= {Binding(spec.name, "topic", prefix + t, "write") for t in written}
     for partner, topics in PARTNER_WRITES.items():
         out |= {Binding(partner, "topic", prefix + t, "write") for t in topics}
-    for dashboard in dashboards():
+    for dashboard in dashboards() if dashboard_names is None else dashboard_names:
         out |= {Binding(dashboard, "topic", prefix + t, "read") for t in DASHBOARD_READS}
         out.add(Binding(dashboard, "group", prefix + dashboard, "read", prefixed=True))
     return sorted(out)

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from contracts import CONTENT_TYPE
-from deploy.local.kafka.credentials import ADMIN, local_access, principals
+from deploy.local.kafka.credentials import ADMIN, local_access
 from services.common.messaging.connection import KafkaAccess
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max", type=int, metavar="N", help="stop after N records")
     c.add_argument("--idle", type=float, metavar="SECONDS", help="stop after SECONDS without a new record")
     k = commands.add_parser("credentials", help="print the KAFKA_*= settings of a principal of the local platform")
-    k.add_argument("name", help=f"one of {', '.join(principals())}")
+    k.add_argument("name", help="a principal: admin, a service, ministere, gar, a dashboard (KAFKA_DASHBOARDS)")
     k.add_argument("--data-dir", type=Path, help="the platform started with ./dev up --data-dir DIR")
     args = parser.parse_args(argv)
     if args.command == "credentials":

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deploy.acl import bindings
+from deploy.acl import DASHBOARD, bindings, dashboards_problems
 from deploy.topology import Retention, platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 
@@ -60,9 +60,16 @@ def topics() -> list[dict[str, Any]]:
     return out
 
 
+DASHBOARDS = (DASHBOARD,)
+"""The deployment's dashboards, a KafkaUser each with its own group prefix (KAFKA_DASHBOARDS
+locally): named here, then `./dev gen`, so that the generated files do not depend on a shell."""
+
+
 def users() -> list[dict[str, Any]]:
+    if problems := dashboards_problems({"KAFKA_DASHBOARDS": ",".join(DASHBOARDS)}):
+        raise ValueError(f"deploy/kubernetes.py DASHBOARDS: {'; '.join(problems)}")
     acls: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for b in bindings():
+    for b in bindings(dashboard_names=DASHBOARDS):
         acls[b.principal].append(
             {
                 "resource": {

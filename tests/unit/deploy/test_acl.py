@@ -63,8 +63,9 @@ def test_a_dashboard_name_that_begins_another_or_takes_a_principal_is_refused() 
     from deploy.acl import dashboards, dashboards_problems
 
     assert dashboards({}) == ("tableau-de-bord",), "one dashboard by default"
-    problems = dashboards_problems({"KAFKA_DASHBOARDS": "pilotage,pilotage-14,gar,ressources,Pilotage X"})
-    assert len(problems) == 4 and all(p.startswith("KAFKA_DASHBOARDS: ") for p in problems)
+    problems = dashboards_problems({"KAFKA_DASHBOARDS": "pilotage,pilotage-14,gar,ressources,Pilotage X,form"})
+    assert len(problems) == 5 and all(p.startswith("KAFKA_DASHBOARDS: ") for p in problems)
     assert any("'pilotage' begins 'pilotage-14'" in p for p in problems)
+    assert any("'form' begins 'formation'" in p for p in problems), "the service's group would be its"
     assert sum("partner's principal" in p for p in problems) == 2, "gar and ressources"
     assert any("'Pilotage X' is not a principal's name" in p for p in problems)
