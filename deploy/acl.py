@@ -174,7 +174,10 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.acl", description="Print the platform's ACLs.")
     parser.add_argument("--prefix", default="", help="topic and group prefix (the tests')")
-    for binding in bindings(parser.parse_args().prefix):
+    prefix = parser.parse_args().prefix
+    if problems := dashboards_problems(os.environ):
+        parser.exit(2, "".join(f"error: {problem}\n" for problem in problems))
+    for binding in bindings(prefix):
         print(binding)
 
 
