@@ -12,7 +12,7 @@ every text value, exception text included, goes through `secrets.redact`.
 import io
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
@@ -33,11 +33,21 @@ COORDINATOR = "aiokafka.consumer.group_coordinator"
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: masks the passwords of URLs and DSNs in every text value."""
+    """structlog processor: masks the passwords of URLs and DSNs in every text value, those in
+    dicts, lists and tuples of the line too."""
     for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = redact(value)
+        event_dict[key] = _redacted(value)
     return event_dict
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: _redacted(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_redacted(v) for v in value)
+    return value
 
 
 class _CurrentStderr(io.TextIOBase):

@@ -96,6 +96,8 @@ def test_service_logs_never_show_a_password(logging_restored, capsys):
         raise ConnectionError("cannot reach postgresql://feo:s3cret@db/feo")
     except ConnectionError:
         log.exception("db.failed", url="postgresql://feo:hunter2@db/feo", attempt=1)
+    log.info("nested", targets={"db": "postgresql://feo:swordfish@db/feo"}, urls=["https://u:tr0ub4dor@h/"])
     err = capsys.readouterr().err
     assert "s3cret" not in err and "hunter2" not in err
+    assert "swordfish" not in err and "tr0ub4dor" not in err, "in a dict or a list too"
     assert "postgresql://feo:***@db/feo" in err and '"attempt": 1' in err
