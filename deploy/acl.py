@@ -70,10 +70,15 @@ def _dashboard_names(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 def dashboards_problems(environ: Mapping[str, str]) -> list[str]:
     """What is wrong with KAFKA_DASHBOARDS, one line each, naming the variable and the rule."""
+    return dashboard_names_problems(_dashboard_names(environ))
+
+
+def dashboard_names_problems(names: tuple[str, ...]) -> list[str]:
+    """What is wrong with these dashboards' names, one line each (as KAFKA_DASHBOARDS's)."""
     from services.specs import specs
 
-    names = _dashboard_names(environ)
-    taken = {*_RESERVED, *(spec.name for spec in specs())}
+    services = [spec.name for spec in specs()]
+    taken = {*_RESERVED, *services}
     problems = [
         f"{DASHBOARDS}: {name!r} is not a principal's name (lowercase letters, digits and inner hyphens, 63 at most)"
         for name in names
@@ -87,7 +92,7 @@ def dashboards_problems(environ: Mapping[str, str]) -> list[str]:
     problems += [
         f"{DASHBOARDS}: {name!r} begins {other!r}, whose consumer groups would then be its too"
         for name in names
-        for other in (*names, *(spec.name for spec in specs()))
+        for other in (*names, *services)
         if other != name and other.startswith(name)
     ]
     return problems

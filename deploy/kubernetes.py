@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deploy.acl import DASHBOARD, bindings, dashboards_problems
+from deploy.acl import DASHBOARD, bindings, dashboard_names_problems
 from deploy.topology import Retention, platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 
@@ -66,7 +66,7 @@ locally): named here, then `./dev gen`, so that the generated files do not depen
 
 
 def users() -> list[dict[str, Any]]:
-    if problems := dashboards_problems({"KAFKA_DASHBOARDS": ",".join(DASHBOARDS)}):
+    if problems := dashboard_names_problems(DASHBOARDS):
         raise ValueError(f"deploy/kubernetes.py DASHBOARDS: {'; '.join(problems)}")
     acls: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for b in bindings(dashboard_names=DASHBOARDS):

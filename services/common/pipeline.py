@@ -86,9 +86,6 @@ class Outgoing(Generic[E]):
     """The same record on a second topic too, from the same outbox row (an alert event on its
     state table); its topic as `topic` is, before ServiceSettings.topic."""
 
-    def to_bytes(self) -> bytes | None:
-        return self.event.to_bytes()
-
 
 @dataclass
 class Applied:
@@ -514,7 +511,9 @@ class Pipeline:
                 headers[cause] = tuple((k, v.encode()) for k, v in carried.items())
             twin = out.twin and out.twin._replace(topic=self.settings.topic(out.twin.topic))
             records.append(
-                OutboxRecord(self.settings.topic(out.topic), out.key.encode(), out.to_bytes(), headers[cause], twin)
+                OutboxRecord(
+                    self.settings.topic(out.topic), out.key.encode(), out.event.to_bytes(), headers[cause], twin
+                )
             )
         return records
 

@@ -113,13 +113,12 @@ async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
             headers = dumped.get(id(r.headers))
             if headers is None:
                 headers = dumped[id(r.headers)] = dump_headers(r.headers)
-            twin = r.twin or _NO_TWIN
-            rows.append((r.topic, r.key, r.value, headers, twin.topic, twin.key, twin.ends))
+            twin = (r.twin.topic, r.twin.key, r.twin.ends) if r.twin else (None, None, False)
+            rows.append((r.topic, r.key, r.value, headers, *twin))
         await conn.copy_records_to_table("outbox", columns=_COLUMNS, records=rows)
 
 
 _COLUMNS = ("topic", "key", "record_value", "headers", "twin_topic", "twin_key", "twin_ends")
-_NO_TWIN = Twin(None, None)  # type: ignore[arg-type]  # the twin's columns when there is none
 
 
 # Room for a dead letter: a partner's record of up to the broker's default 1 MiB, plus headers.
@@ -311,19 +310,19 @@ class OutboxRelay:
             # in place of the newer state. Looked for only when there are set-aside records
             # (nearly never); then the rows deleted.
             looked = failed or rows[0]["set_aside"]
-            superseding: tuple[list, list, list] = ([], [], [])  # seq, topic, key
-            for r in done if looked else ():
-                for topic, key in ((r["topic"], r["key"]), (r["twin_topic"], r["twin_key"])):
-                    if topic is not None and topic.endswith(COMPACTED):
-                        for column, v in zip(superseding, (r["seq"], topic, key), strict=True):
-                            column.append(v)
-            for part in ("", "twin_") if superseding[0] else ():  # each on its own: one row may have both
+            superseding = [
+                (r["seq"], topic, key)
+                for r in (done if looked else ())
+                for topic, key in ((r["topic"], r["key"]), (r["twin_topic"], r["twin_key"]))
+                if topic is not None and topic.endswith(COMPACTED)
+            ]
+            for part in ("", "twin_") if superseding else ():  # each on its own: one row may have both
                 await conn.execute(
                     f"UPDATE outbox_failed f SET {part}superseded_at = now() "
                     "FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(seq, topic, key) "
                     f"WHERE f.{part}topic = u.topic AND f.{part}key = u.key AND f.seq < u.seq "
                     f"AND f.{part}superseded_at IS NULL",
-                    *superseding,
+                    *map(list, zip(*superseding, strict=True)),
                 )
             await conn.execute(
                 "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
