@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
 from deploy.rattrapage import records_of
-from helpers import TopicReader, eventually, kill_sender, lock_waiters, running
+from helpers import TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, running
 from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -55,16 +55,14 @@ def producer_as_admin(kafka) -> AIOKafkaProducer:
 @contextlib.asynccontextmanager
 async def relay_with_topics(kafka, database_url: str, *topics: str) -> AsyncIterator[tuple[asyncpg.Pool, OutboxRelay]]:
     """equipement's schema migrated, its relay (not started), and `topics` made with one partition each."""
-    pool = await create_pool(database_url, "equipement")
-    await migrate(pool, "equipement", SPEC.package_dir)
-    relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
-    try:
-        for topic in topics:
-            await make_topic(kafka, topic, 1)
-        yield pool, relay
-    finally:
-        await relay.stop()
-        await pool.close()
+    async with migrated_pool(database_url, SPEC) as pool:
+        relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
+        try:
+            for topic in topics:
+                await make_topic(kafka, topic, 1)
+            yield pool, relay
+        finally:
+            await relay.stop()
 
 
 async def test_an_unpublishable_record_is_set_aside_and_the_rest_goes_out_in_order(kafka, database_url, topic_prefix):
@@ -598,21 +596,16 @@ async def test_a_relay_and_a_writer_from_before_twins_fail_on_a_migrated_outbox(
     """A replica from before twins reads neither twin column: its relay would publish an alert's
     row without its table record. Its statements, as that version wrote them, fail instead on a
     schema migrated to 0015, so it publishes and writes nothing until it is replaced."""
-    pool = await create_pool(database_url, "equipement")
-    await migrate(pool, "equipement", SPEC.package_dir)
-    try:
-        async with pool.acquire() as conn:
-            await enqueue(conn, [OutboxRecord("flux", b"uai", b"raised", twin=Twin("etat", b"a1"))])
-            with pytest.raises(asyncpg.UndefinedColumnError):  # its relay's round (3059f2a, outbox.py)
-                await conn.fetch(
-                    "SELECT seq, topic, key, value, headers, EXISTS (SELECT FROM outbox_failed) AS set_aside "
-                    "FROM outbox ORDER BY seq LIMIT $1",
-                    2000,
-                )
-            with pytest.raises(asyncpg.UndefinedColumnError):  # its writers' enqueue
-                await conn.copy_records_to_table(
-                    "outbox", columns=("topic", "key", "value", "headers"), records=[("flux", b"k", b"v", "[]")]
-                )
-            assert await count_pending(conn) == 1
-    finally:
-        await pool.close()
+    async with migrated_pool(database_url, SPEC) as pool, pool.acquire() as conn:
+        await enqueue(conn, [OutboxRecord("flux", b"uai", b"raised", twin=Twin("etat", b"a1"))])
+        with pytest.raises(asyncpg.UndefinedColumnError):  # its relay's round (3059f2a, outbox.py)
+            await conn.fetch(
+                "SELECT seq, topic, key, value, headers, EXISTS (SELECT FROM outbox_failed) AS set_aside "
+                "FROM outbox ORDER BY seq LIMIT $1",
+                2000,
+            )
+        with pytest.raises(asyncpg.UndefinedColumnError):  # its writers' enqueue
+            await conn.copy_records_to_table(
+                "outbox", columns=("topic", "key", "value", "headers"), records=[("flux", b"k", b"v", "[]")]
+            )
+        assert await count_pending(conn) == 1
