@@ -23,7 +23,7 @@ from ._identifiers import IDENTIFIER_REASONS, PERSONAL_FIELDS, short_repr
 from .envelope import CloudEvent, event_model
 from .messages import json_syntax, rule
 from .payloads import PAYLOADS
-from .topics import TOPIC_TYPES
+from .topics import ALERTE_LEVEE, ALERTE_RESOLUE, FORMATION_SUIVIE, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, TOPIC_TYPES
 
 MAX_RECORD_BYTES = 256 * 1024  # CONTRACTS.md Limits: a record value
 TOO_LARGE = "trop-volumineux"
@@ -36,6 +36,14 @@ REASON_CODES = frozenset(
 # What pydantic's and jiter's JSON readers say of a number of thousands of digits: valid JSON
 # that no field of the contract can take, so donnees-invalides like any number beyond its bound.
 _OUT_OF_RANGE = "number out of range"
+_KEY_FIELDS = {
+    FORMATION_SUIVIE: "data.teacher_id",
+    RESSOURCE_PUBLIEE: "data.resource_id",
+    RESSOURCE_RETIREE: "data.resource_id",
+    ALERTE_LEVEE: "data.uai/data.resource_id",
+    ALERTE_RESOLUE: "data.uai/data.resource_id",
+}
+"""What an event's `subject` names, when not its UAI (Payload.subject)."""
 # pydantic's error types for a string or a list beyond its `max_length`.
 _TOO_LONG = frozenset({"string_too_long", "too_long"})
 _JSON_TYPES = {
@@ -84,6 +92,14 @@ class EventParser:
         _check_nul(raw)
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
+        if event.subject is not None and event.subject != event.data.subject:
+            # Never kept unchecked: it would be stored (the inbox) and could carry what the
+            # contract keeps out of the platform (a name, an e-mail). Not quoted either.
+            raise ContractError(
+                "cloudevent-invalide",
+                f"subject: différent de la clé de l'entité ({_KEY_FIELDS.get(event.type, 'data.uai')}), "
+                "qu'il doit reprendre quand il est présent (CONTRACTS.md, Envelope)",
+            )
         if not_after is not None and event.time > not_after:
             raise ContractError(
                 IN_THE_FUTURE,

@@ -187,12 +187,14 @@ def hostile(draw) -> Case:
         return valid(topic, headers=[*CE, *extra], label=kind)
     if kind == "key-mismatch":  # the outcome never depends on the key
         return valid(topic, key=draw(st.one_of(st.none(), st.binary(max_size=20))), label=kind)
-    if kind == "subject-mismatch":
+    if kind == "subject-mismatch":  # absent, it is the entity's key; present, it must be (an e-mail is not kept)
         e = VALID[topic]()
         e["subject"] = draw(
-            st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
+            st.one_of(st.none(), st.just(EMAIL), st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
         )
-        return Case(topic, json.dumps(e).encode(), "accepted", source=e["source"], id=e["id"], label=kind)
+        if e["subject"] is None:
+            return Case(topic, json.dumps(e).encode(), "accepted", source=e["source"], id=e["id"], label=kind)
+        return refused(topic, json.dumps(e).encode(), "cloudevent-invalide", kind)
     if kind == "empty":
         return refused(topic, b"", "json-invalide", kind)
     if kind == "tombstone":
@@ -259,7 +261,7 @@ def hostile(draw) -> Case:
         e = VALID[other]()
         return refused(topic, json.dumps(e).encode(), "type-hors-topic", kind)
     if kind == "unknown-uai" and topic in (c.EQUIPEMENT, c.CATALOGUE, c.FORMATION):
-        return mutate(topic, kind, "uai-inconnu", lambda e: e["data"].update(uai=UNKNOWN))
+        return mutate(topic, kind, "uai-inconnu", lambda e: (e["data"].update(uai=UNKNOWN), e.update(subject=UNKNOWN)))
     if kind == "teacher-email" and topic == c.FORMATION:
         return mutate(topic, kind, "teacher-id-invalide", lambda e: e["data"].update(teacher_id=EMAIL))
     if kind == "nul-character" and topic == c.EQUIPEMENT:

@@ -54,12 +54,26 @@ SOURCE_OF = {
 }  # fmt: skip
 
 
+def subject_of(event_type: str, data: object) -> str:
+    """The `subject` a partner writes: the entity's key (CONTRACTS.md, Envelope); the UAI when
+    `data` does not carry it (a test of broken data)."""
+    fields = data if isinstance(data, dict) else {}
+    if event_type == c.FORMATION_SUIVIE:
+        return str(fields.get("teacher_id", UAI))
+    if event_type in (c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE):
+        return str(fields.get("resource_id", UAI))
+    if event_type in (c.ALERTE_LEVEE, c.ALERTE_RESOLUE):
+        return f"{fields.get('uai')}/{fields.get('resource_id')}"
+    return str(fields.get("uai", UAI))
+
+
 def record(event_type: str, data: dict | None = None, /, **envelope) -> bytes:
     """A record value as a partner would send it; `envelope` overrides or (with ...) removes."""
+    data = EXAMPLES.get(event_type) if data is None else data
     event = {
         "specversion": "1.0", "id": "evt-1", "source": SOURCE_OF[TOPIC_OF.get(event_type, c.REFERENTIEL)],
-        "type": event_type, "time": "2024-03-01T10:00:00+01:00", "subject": UAI,
-        "datacontenttype": "application/json", "data": EXAMPLES.get(event_type) if data is None else data,
+        "type": event_type, "time": "2024-03-01T10:00:00+01:00", "subject": subject_of(event_type, data),
+        "datacontenttype": "application/json", "data": data,
     }  # fmt: skip
     event.update(envelope)
     return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()

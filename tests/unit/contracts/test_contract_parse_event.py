@@ -23,6 +23,34 @@ def test_a_valid_record_of_every_type_parses_to_its_typed_payload(event_type, ma
     assert event.time.utcoffset() is not None
 
 
+@pytest.mark.parametrize(
+    ("event_type", "named"),
+    [
+        (c.LOT, "data.uai"),
+        (c.FORMATION_SUIVIE, "data.teacher_id"),
+        (c.RESSOURCE_PUBLIEE, "data.resource_id"),
+        (c.ALERTE_LEVEE, "data.uai/data.resource_id"),
+    ],
+)
+def test_a_subject_other_than_the_entity_key_is_refused_naming_the_key_not_the_value(event_type, named, make_record):
+    email = "prenom.nom@ac-rennes.fr"
+    code, message = reason(make_record(event_type, subject=email))
+    assert code == "cloudevent-invalide"
+    assert message.startswith("subject:") and named in message and email not in message
+    assert reason(make_record(event_type, subject=""))[0] == "cloudevent-invalide"
+
+
+@pytest.mark.parametrize("event_type", [c.LOT, c.FORMATION_SUIVIE, c.RESSOURCE_PUBLIEE, c.ALERTE_LEVEE])
+def test_a_subject_absent_or_equal_to_the_entity_key_is_accepted(event_type, make_record, examples):
+    data = examples[event_type]
+    if event_type == c.ALERTE_LEVEE:
+        key = f"{data['uai']}/{data['resource_id']}"
+    else:
+        key = data[{c.FORMATION_SUIVIE: "teacher_id", c.RESSOURCE_PUBLIEE: "resource_id"}.get(event_type, "uai")]
+    assert c.parse_event(make_record(event_type, subject=key)).subject == key
+    assert c.parse_event(make_record(event_type, subject=...)).subject is None
+
+
 def test_equal_instants_in_different_offsets_compare_equal(make_record):
     a = c.parse_event(make_record(c.LOT, time="2024-03-01T10:00:00+01:00"))
     b = c.parse_event(make_record(c.LOT, time="2024-03-01T09:00:00Z"))
