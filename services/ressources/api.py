@@ -8,21 +8,26 @@ must be a 4xx, never a 500. Everything here reads; nothing writes.
 """
 
 import asyncio
+import base64
 import json
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
 import asyncpg
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
+from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
@@ -34,10 +39,35 @@ from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
 
-router = APIRouter(responses=REFUSED)
+
+async def _known_parameters(request: Request) -> None:
+    """A query parameter the route does not read is refused: a misspelt filter (`academie=14`)
+    would otherwise answer every alert as if it filtered them."""
+    route = request.scope.get("route")
+    known, dependants = set(), [route.dependant] if route else []
+    while dependants:  # the route's parameters and its dependencies'
+        dependant = dependants.pop()
+        known |= {p.alias for p in dependant.query_params}
+        dependants += dependant.dependencies
+    if unknown := sorted(set(request.query_params) - known):
+        expected = ", ".join(sorted(known)) or "aucun"
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "type": "value_error",
+                    "ctx": {"error": f"paramètre inconnu (attendus : {expected})"},
+                }
+                for name in unknown
+            ]
+        )
+
+
+router = APIRouter(responses=REFUSED, dependencies=[Depends(_known_parameters)])
 log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 500
+MAX_CURSOR = 512  # a cursor holds an instant and an alert_id
 MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
@@ -76,6 +106,29 @@ CodeDepartement = Annotated[
     Query(pattern=r"^([0-9]{3}|02[AB])$", description="un code département de 3 caractères, par ex. 035 ou 02A"),
 ]
 Kind = Annotated[AlertKind | None, Query(description=f"{_one_of(ALERT_KINDS)} (le type d'alerte)")]
+ResponsableTypeFilter = Annotated[
+    ResponsableType | None,
+    Query(description=f"{_one_of(get_args(ResponsableType))} (la collectivité responsable de l'équipement)"),
+]
+_RESPONSABLE_CODES = {"commune": COMMUNE_PATTERN, "departement": DEPARTEMENT_PATTERN, "region": REGION_PATTERN}
+_RESPONSABLE_FORMS = {
+    "commune": "un code commune INSEE de 5 caractères, par ex. 35016 ou 2A004",
+    "departement": "un code département de 3 caractères, par ex. 035 ou 02A",
+    "region": "un code région de 2 chiffres, par ex. 53",
+}
+ResponsableCode = Annotated[
+    str | None,
+    Query(
+        pattern="^(" + "|".join(p.strip("^$") for p in _RESPONSABLE_CODES.values()) + ")$",
+        description="un code de l'annuaire : de commune (35016, 2A004), de département (035, 02A) ou de région (53)",
+    ),
+]
+
+
+def _responsable(kind: str | None, code: str | None) -> None:
+    """A code that cannot be of that type's form would match nothing: refused, not answered empty."""
+    if kind is not None and code is not None and not re.fullmatch(_RESPONSABLE_CODES[kind], code):
+        raise _refused_query("responsable_code", f"doit être {_RESPONSABLE_FORMS[kind]} (responsable_type={kind})")
 
 
 def _uai(value: str) -> str:
@@ -83,8 +136,12 @@ def _uai(value: str) -> str:
     if not is_valid_uai(value):
         digits = value[:7]
         known = len(value) == 8 and digits.isascii() and digits.isdigit()
-        hint = f" (lettre attendue {uai_check_letter(digits)})" if known else ""
-        raise ValueError(f"{value!r} n'est pas un UAI valide{hint}")
+        hint = (
+            f"lettre de contrôle attendue {uai_check_letter(digits)}"
+            if known
+            else "7 chiffres puis la lettre de contrôle"
+        )
+        raise ValueError(f"pas un UAI valide : {hint}")
     return value
 
 
@@ -213,15 +270,8 @@ async def alertes(
     pool: Pool,
     code_academie: CodeAcademie = None,
     code_departement: CodeDepartement = None,
-    responsable_type: Annotated[
-        ResponsableType | None,
-        Query(description=f"{_one_of(get_args(ResponsableType))} (la collectivité responsable de l'équipement)"),
-    ] = None,
-    responsable_code: Annotated[
-        str | None,
-        Query(min_length=1, max_length=5, description="un code de 1 à 5 caractères (de la commune, du département…)"),
-        AfterValidator(_no_control),
-    ] = None,
+    responsable_type: ResponsableTypeFilter = None,
+    responsable_code: ResponsableCode = None,
     kind: Kind = None,
     state: Annotated[AlertState | None, Query(description=_one_of(get_args(AlertState)))] = None,
     limit: Annotated[
@@ -230,11 +280,54 @@ async def alertes(
     offset: Annotated[
         int, Query(ge=0, le=MAX_OFFSET, description=f"{_integer(0, MAX_OFFSET)} (les alertes sautées)")
     ] = 0,
+    apres: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CURSOR,
+            description="le `suivant` de la page précédente : la page qui la suit, sans sauter une alerte "
+            "quand celles d'avant changent (au lieu d'`offset`)",
+        ),
+    ] = None,
 ) -> dict:
+    _responsable(responsable_type, responsable_code)
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind, state)
+    after = None
+    if apres is not None:
+        if offset:
+            raise _refused_query("apres", "ne va pas avec offset : suivre `suivant`, sans offset")
+        after = _cursor_place(apres)
     async with pool.snapshot() as conn:
-        total, items = await queries.list_alertes(conn, f, limit, offset)
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
+        page = await queries.list_alertes(conn, f, limit, offset, after)
+    return {
+        "total": page.total,
+        "limit": limit,
+        "offset": offset,
+        "items": page.items,
+        "suivant": None if page.after_last is None else _cursor(page.after_last),
+        "last_event_id": page.position,
+    }
+
+
+def _refused_query(name: str, why: str) -> RequestValidationError:
+    """A refused query parameter, answered as FastAPI's own refusals are (api_errors)."""
+    return RequestValidationError([{"loc": ("query", name), "type": "value_error", "msg": why, "ctx": {"error": why}}])
+
+
+def _cursor(place: tuple[datetime, str]) -> str:
+    """A place in the list's order as an opaque text for a query string."""
+    raised_at, alert_id = place
+    return base64.urlsafe_b64encode(json.dumps([raised_at.isoformat(), alert_id]).encode()).decode().rstrip("=")
+
+
+def _cursor_place(cursor: str) -> tuple[datetime, str]:
+    try:
+        raised_at, alert_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        place = datetime.fromisoformat(raised_at), alert_id
+        if place[0].tzinfo is None or not isinstance(alert_id, str):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise _refused_query("apres", "curseur illisible : reprendre tel quel le `suivant` d'une page") from None
+    return place
 
 
 class _EventStream(StreamingResponse):
@@ -275,17 +368,31 @@ async def flux(
     hub: Hub,
     code_academie: CodeAcademie = None,
     code_departement: CodeDepartement = None,
+    responsable_type: ResponsableTypeFilter = None,
+    responsable_code: ResponsableCode = None,
     kind: Kind = None,
+    depuis: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description=f"{_integer(0, 2**63 - 1)} (comme `Last-Event-ID`, pour un client qui ne peut pas "
+            "l'envoyer : le `last_event_id` de `/alertes`, ou l'`id:` du dernier événement reçu ; l'en-tête "
+            "l'emporte quand les deux sont là)",
+        ),
+    ] = None,
     last_event_id: LastEventId = None,
 ) -> Response:
-    sub = hub.subscribe(queries.AlertFilter(code_academie, code_departement, kind=kind))
+    _responsable(responsable_type, responsable_code)
+    f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind)
+    sub = hub.subscribe(f)
     if sub is None:
         return JSONResponse(
             {"detail": f"trop de flux ouverts ({hub.max_clients}) : réessayer dans {RETRY_AFTER_SECONDS} s"},
             503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return _EventStream(hub, sub, last_event_id)
+    return _EventStream(hub, sub, depuis if last_event_id is None else last_event_id)
 
 
 @router.get(

@@ -5,9 +5,11 @@ Reads only; the write side (store.py) is the single writer of these tables.
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Literal, NamedTuple
 
 import asyncpg
+from pydantic_core import to_json
 
 from contracts import ALERT_KINDS
 from services.common.storage.db import Conn
@@ -63,23 +65,53 @@ class AlertFilter:
         return True
 
 
-async def list_alertes(conn: Conn, f: AlertFilter, limit: int, offset: int) -> tuple[int, list[dict]]:
+class Page(NamedTuple):
+    total: int
+    """Every alert the filter matches, not only those after the cursor."""
+    items: list[dict]
+    after_last: tuple[datetime, str] | None
+    """Where the next page begins (the last item's place in the order), None after the last page."""
+    position: int
+    """The journal's position when this page was read: the stream resumes from it without a gap."""
+
+
+async def list_alertes(
+    conn: Conn, f: AlertFilter, limit: int, offset: int, after: tuple[datetime, str] | None = None
+) -> Page:
+    """A page in the order of the list (the latest raise first, then alert_id): `offset` alerts
+    skipped, or those up to `after` (a place in that order: no alert still in the list is
+    skipped when those before it change, as with an offset)."""
     where, args = f.where()
     total = await conn.fetchval(f"SELECT count(*) FROM alertes{where}", *args)
+    if after is not None:
+        args = [*args, *after]
+        n = len(args)
+        where += (
+            " AND " if where else " WHERE "
+        ) + f"(raised_at < ${n - 1} OR (raised_at = ${n - 1} AND alert_id > ${n}))"
     rows = await conn.fetch(
-        f"SELECT ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
+        f"SELECT alert_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
         f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
         *args,
         limit,
         offset,
     )
-    return total, [_alert(r) for r in rows]
+    last = (rows[-1]["raised_at"], rows[-1]["alert_id"]) if len(rows) == limit else None
+    return Page(total, [_alert(r) for r in rows], last, await journal_position(conn))
+
+
+async def journal_position(conn: Conn) -> int:
+    """The seq of the last alert event the caller's snapshot sees (or where the journal was
+    purged through, if later): every change committed after the snapshot comes after it."""
+    return await conn.fetchval(
+        "SELECT greatest(coalesce((SELECT max(seq) FROM alert_journal), 0), purged_through) FROM alert_journal_horizon"
+    )
 
 
 def _alert(r: asyncpg.Record) -> dict:
     data = json.loads(r["alerte"])
     data["state"] = "open" if r["ouverte"] else "resolved"
-    data["resolved_at"] = r["resolved_at"].isoformat() if r["resolved_at"] else None
+    data["resolved_at"] = to_json(r["resolved_at"]).decode().strip('"') if r["resolved_at"] else None  # as raised_at
     return data
 
 

@@ -339,3 +339,61 @@ async def test_a_refused_stream_is_tried_again_with_the_filters_of_the_view_show
     await page.clock.run_for(15_000)  # past RETRY_MS
     assert await page.evaluate("streamUrl") == "/alertes/flux?", "the view's own stream stays"
     assert len(refused) == 1, refused
+
+
+async def test_a_view_read_in_vain_shows_the_error_alone_and_a_closed_stream_reopened_reads_the_view_again(
+    platform, publish, wait_stored, browser
+):
+    """The view chosen cannot be read (an unknown UAI, an address that does not decode): the one
+    before it is not left on screen under the error. A page beyond the last (alerts resolved
+    since) shows the last. A stream the browser gave up (503) is opened again, and the view read
+    again then: what changed while it was closed is not missed."""
+    publish("referentiel.etablissements.v1", RENNES[0], etablissement(RENNES[0], "035", "14", "53", 0))
+    await wait_stored(("ressources.etablissements",), [RENNES[0]])
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    page = await browser.new_page(locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base}/tableau#/etablissement/{RENNES[0]}")
+    await expect(page.locator("#titre-etablissement")).to_contain_text(RENNES[0])
+    unknown = "0359999" + c.uai_check_letter("0359999")
+    await page.evaluate(f"location.hash = '#/etablissement/{unknown}'")
+    await expect(page.locator("#erreur")).to_contain_text("n'est pas dans le référentiel")
+    await expect(page.locator("#vue-etablissement")).to_be_hidden()
+    await page.evaluate("location.hash = '#/etablissement/%E0%A4%A'")
+    await expect(page.locator("#erreur")).to_contain_text("Adresse illisible")
+    await page.evaluate("location.hash = '#/alertes?state=&page=40'")
+    await expect(page.locator("#page-position")).to_have_text("Page 1 sur 1")
+    assert "page=1" in page.url
+    await expect(page.locator("#vue-alertes")).to_be_visible()
+
+    page = await browser.new_page(locale="fr-FR")
+    await page.clock.install()
+    streams: list[str] = []
+    reads: list[str] = []
+
+    async def flux(route):
+        streams.append(route.request.url)
+        if len(streams) == 1:
+            await route.fulfill(status=503, headers={"Retry-After": "10"}, body="trop de flux ouverts")
+        else:
+            await route.continue_()
+
+    async def alertes(route):
+        reads.append(route.request.url)
+        await route.continue_()
+
+    await page.route("**/alertes/flux*", flux)
+    await page.route("**/alertes?*", alertes)
+    await page.goto(f"{base}/tableau#/alertes")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ferme", timeout=WAIT_MS)
+    read_before = len(reads)
+    await page.clock.run_for(15_000)  # past RETRY_MS
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+
+    async def read_again() -> bool:
+        return len(reads) > read_before
+
+    await eventually(read_again, timeout=WAIT_MS / 1000, what="the view read again once the stream opened")
+    assert len(streams) == 2 and "depuis=" not in streams[1], streams  # no event received: the view is read
+    assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -5,7 +5,9 @@ answered in French, the root page, the documentation served without a CDN."""
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
@@ -188,12 +190,76 @@ async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
     assert received["type"] == c.ALERTE_LEVEE and received["data"]["kind"] == "equipement-incompatible"
 
 
+def resolving(alert: dict) -> list[tuple[str, dict]]:
+    """Inputs that resolve this alert of `feed`'s (and no other of its UAI)."""
+    code = alert["uai"]
+    return {
+        "connectivite-insuffisante": lambda: [profil_connectivite(code, 2, 20.0, True)],
+        "equipement-incompatible": lambda: [profil_lot(code, 2, quantity=10, os={"name": "iPadOS", "version": "17"})],
+        "formation-insuffisante": lambda: couverture(code, 2, 10, {"3.4": [10, 10, 0, 0, 0, 0, 0, 0]}),
+    }[alert["kind"]]()
+
+
+async def data_events(lines) -> AsyncIterator[tuple[int, dict]]:
+    """The stream's alert events, with their `id:`."""
+    seq = None
+    async for line in lines:
+        if line.startswith("id: "):
+            seq = int(line.removeprefix("id: "))
+        elif line.startswith("data: "):
+            event = json.loads(line.removeprefix("data: "))
+            if event.get("type") in (c.ALERTE_LEVEE, c.ALERTE_RESOLUE):
+                yield seq, event
+
+
+async def test_pages_read_by_cursor_miss_no_alert_and_the_stream_resumes_from_the_first_page(kafka, settings, api):
+    """What the README's bootstrap without Kafka does: the open alerts page after page, an alert
+    resolved meanwhile, then the stream from the position the first page gave."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+    first = (await client.get("/alertes", params={"state": "open", "limit": 5})).json()
+    assert (first["total"], len(first["items"])) == (12, 5) and first["suivant"]
+    assert first["last_event_id"] == await pool.fetchval("SELECT max(seq) FROM alert_journal")
+    gone = first["items"][0]
+    await send(
+        kafka.bootstrap_servers,
+        settings.topic(PROFILS if gone["kind"] != "formation-insuffisante" else COUVERTURES),
+        resolving(gone),
+    )
+    await eventually(
+        lambda: pool.fetchval("SELECT NOT ouverte FROM alertes WHERE alert_id = $1", gone["alert_id"]), what="resolved"
+    )
+
+    by_offset = (await client.get("/alertes", params={"state": "open", "limit": 5, "offset": 5})).json()
+    pages, after = [first], first["suivant"]
+    while after:
+        pages.append((await client.get("/alertes", params={"state": "open", "limit": 5, "apres": after})).json())
+        after = pages[-1]["suivant"]
+    ids = [a["alert_id"] for p in pages for a in p["items"]]
+    everything = await pool.fetch("SELECT alert_id FROM alertes")
+    assert sorted(ids) == sorted(r["alert_id"] for r in everything)  # each once, none skipped
+    assert by_offset["items"][0]["alert_id"] == pages[1]["items"][1]["alert_id"]  # an offset skipped one
+
+    params = {"depuis": first["last_event_id"]}
+    async with client.stream("GET", "/alertes/flux", params=params) as response:
+        seq, event = await asyncio.wait_for(anext(data_events(response.aiter_lines())), timeout=30)
+    assert seq > first["last_event_id"]
+    assert (event["type"], event["data"]["alert_id"]) == (c.ALERTE_RESOLUE, gone["alert_id"])
+    [resolved] = (await client.get("/alertes", params={"state": "resolved"})).json()["items"]
+    assert resolved["resolved_at"] == event["data"]["resolved_at"]  # one instant, written alike
+
+
 LIMIT = "limit : doit être un entier entre 1 et 500 (la taille de la page)"
 OFFSET = "offset : doit être un entier entre 0 et 1 000 000 (les alertes sautées)"
 KIND = "kind : doit être equipement-incompatible, equipement-partiel, connectivite-insuffisante, ent-indisponible"
 CONTROL = "caractère de contrôle interdit (NUL, retour à la ligne…)"
 RESOURCE_ID = "resource_id : doit être un identifiant de 1 à 256 caractères, par ex. ark:/67375/xyz"
 ACADEMIE = "code_academie : doit être un code académie de 2 chiffres, par ex. 14"
+RESPONSABLE = "responsable_code : doit être un code de l'annuaire : de commune (35016, 2A004), de département"
+DEPARTEMENT = "responsable_code : doit être un code département de 3 caractères"
+COMMUNE = "responsable_code : doit être un code commune INSEE de 5 caractères, par ex. 35016 ou 2A004"
 
 
 @pytest.mark.parametrize(
@@ -210,12 +276,20 @@ ACADEMIE = "code_academie : doit être un code académie de 2 chiffres, par ex. 
         ("/alertes", {"offset": 1_000_001}, OFFSET),
         ("/alertes", {"offset": 2**63}, OFFSET),  # beyond int64: PostgreSQL would refuse it
         ("/alertes", {"offset": "9" * 5000}, OFFSET),  # beyond what pydantic parses at all
-        ("/alertes", {"responsable_code": "03\x005"}, f"responsable_code : {CONTROL}"),
-        ("/alertes", {"responsable_code": "0\n35"}, f"responsable_code : {CONTROL}"),
-        ("/alertes", {"responsable_code": "123456"}, "responsable_code : doit être un code de 1 à 5 caractères"),
+        ("/alertes", {"responsable_code": "03\x005"}, RESPONSABLE),
+        ("/alertes", {"responsable_code": "0\n35"}, RESPONSABLE),
+        ("/alertes", {"responsable_code": "123456"}, RESPONSABLE),
+        ("/alertes", {"responsable_type": "departement", "responsable_code": "35"}, f"{DEPARTEMENT}, par ex. 035"),
+        ("/alertes/flux", {"responsable_type": "commune", "responsable_code": "035"}, COMMUNE),
+        ("/alertes", {"academie": "14"}, "academie : paramètre inconnu (attendus : apres, code_academie,"),
+        ("/alertes/flux", {"state": "open"}, "state : paramètre inconnu (attendus : code_academie,"),
+        ("/etablissements/0350042F", {"x": "1"}, "x : paramètre inconnu (attendus : aucun)"),
+        ("/alertes", {"apres": "@@@"}, "apres : curseur illisible"),
+        ("/alertes", {"apres": "WyIyMDI2LTEyLTAzVDA0OjAwOjAwKzAwOjAwIiwgImEiXQ", "offset": 5}, "apres : ne va pas"),
+        ("/alertes/flux", {"depuis": "-1"}, "depuis : doit être un entier entre 0 et"),
         ("/alertes", {"code_academie": "Rennes"}, ACADEMIE),
         ("/alertes", {"code_departement": "35"}, "code_departement : doit être un code département de 3 caractères"),
-        ("/etablissements/0350042A", {}, "uai : '0350042A' n'est pas un UAI valide (lettre attendue F)"),
+        ("/etablissements/0350042A", {}, "uai : pas un UAI valide : lettre de contrôle attendue F"),
         ("/etablissements/035%0042F", {}, f"uai : {CONTROL}"),
         ("/etablissements/0350042F%00", {}, f"uai : {CONTROL}"),
         ("/ressources/ark:/1/in%00connue", {}, f"resource_id : {CONTROL}"),
@@ -390,9 +464,12 @@ async def test_the_open_alerts_page_and_its_count_are_read_through_an_index(data
                     plans.append(json.dumps(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)))
                     return await conn.fetch(sql, *args)
 
-            assert await queries.list_alertes(Explaining(), queries.AlertFilter(state="open"), 20, 0) == (0, [])
-        assert len(plans) == 2, "the count and the page"
-        for plan in plans:
+            opened = queries.AlertFilter(state="open")
+            page = await queries.list_alertes(Explaining(), opened, 20, 0)
+            assert (page.total, page.items, page.after_last) == (0, [], None)
+            await queries.list_alertes(Explaining(), opened, 20, 0, (datetime.now(UTC), "a"))  # a page after another
+        assert len(plans) == 6, "the count, the page and the journal's position, twice"
+        for plan in plans[0:2] + plans[3:5]:
             assert "alertes_ouvertes" in plan and "Seq Scan" not in plan, plan
     finally:
         await pool.close()
@@ -410,12 +487,12 @@ async def test_the_reads_of_one_answer_share_one_snapshot(kafka, settings, api, 
     await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
     listed = queries.list_alertes
 
-    async def resolved_after_a_first_read(conn, f, limit, offset):
+    async def resolved_after_a_first_read(conn, f, limit, offset, after=None):
         await conn.fetchval("SELECT count(*) FROM alertes")
         async with pool.acquire() as writer:
             first = "SELECT min(alert_id) FROM alertes"
             await writer.execute(f"UPDATE alertes SET ouverte = false WHERE alert_id = ({first})")
-        return await listed(conn, f, limit, offset)
+        return await listed(conn, f, limit, offset, after)
 
     monkeypatch.setattr(queries, "list_alertes", resolved_after_a_first_read)
     answer = (await client.get("/alertes", params={"state": "open", "limit": 500})).json()

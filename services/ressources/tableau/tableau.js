@@ -31,7 +31,7 @@ const SERIES = [
   ["incompatibles", "incompatible"],
 ];
 const FILTERS = ["code_academie", "code_departement", "responsable_type", "responsable_code", "kind", "state"];
-const STREAM_FILTERS = ["code_academie", "code_departement", "kind"]; // what /alertes/flux filters on
+const STREAM_FILTERS = ["code_academie", "code_departement", "responsable_type", "responsable_code", "kind"]; // what /alertes/flux filters on
 
 const $ = (id) => document.getElementById(id);
 let territoires = {}; // code académie -> its départements
@@ -91,6 +91,7 @@ const reasonList = (reasons) => el("ul", { class: "raisons" }, reasons.map((r) =
 
 let stream = null;
 let streamUrl = "";
+let lastId = null; // the id: of the last event this stream delivered: where a new one resumes
 let retry = null; // the next attempt after a closed stream: with the view's filters of then
 
 function setLive(state, text) {
@@ -98,29 +99,44 @@ function setLive(state, text) {
   $("direct-texte").textContent = text;
 }
 
-function follow(filters) {
+// `again`: after the browser gave up a stream (refused, or its server away): the new one resumes
+// after the last event received (`depuis`), or the view is read again once it opens.
+function follow(filters, again = false) {
   clearTimeout(retry); // a view shown meanwhile: its own filters, not the former ones
   const params = new URLSearchParams();
   for (const name of STREAM_FILTERS) if (filters.get(name)) params.set(name, filters.get(name));
   const url = `/alertes/flux?${params}`;
   if (stream && url === streamUrl && stream.readyState !== EventSource.CLOSED) return;
   if (stream) stream.close();
+  const resumeAt = again && url === streamUrl ? lastId : null;
   streamUrl = url;
+  lastId = resumeAt;
+  if (resumeAt !== null) params.set("depuis", resumeAt);
   setLive("connexion", "Direct : connexion…");
-  stream = new EventSource(url);
-  stream.onopen = () => setLive("ouvert", "Direct : connecté, les changements s'affichent d'eux-mêmes");
+  stream = new EventSource(`/alertes/flux?${params}`);
+  stream.onopen = () => {
+    setLive("ouvert", "Direct : connecté, les changements s'affichent d'eux-mêmes");
+    if (again && resumeAt === null && current) refresh(); // what changed while it was closed
+  };
   stream.onerror = () => {
     if (stream.readyState === EventSource.CLOSED) {
       setLive("ferme", "Direct : coupé, nouvel essai dans quelques secondes");
-      retry = setTimeout(() => follow(filters), RETRY_MS);
+      retry = setTimeout(() => follow(filters, true), RETRY_MS);
     } else {
       setLive("connexion", "Direct : reconnexion…");
     }
   };
+  const seen = (message) => {
+    if (message.lastEventId) lastId = message.lastEventId;
+  };
   for (const type of ["alerte-levee", "alerte-resolue"]) {
-    stream.addEventListener(type, (message) => changed(type, JSON.parse(message.data).data));
+    stream.addEventListener(type, (message) => {
+      seen(message);
+      changed(type, JSON.parse(message.data).data);
+    });
   }
-  stream.addEventListener("reprise-incomplete", () => current && current.refresh());
+  stream.addEventListener("fin", seen);
+  stream.addEventListener("reprise-incomplete", () => current && refresh());
 }
 
 let pending = null;
@@ -130,7 +146,7 @@ function changed(type, alert) {
   announce(`${what} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
   if (current && current.concerns(alert)) {
     clearTimeout(pending); // a burst of changes, one reading
-    pending = setTimeout(() => current.refresh(), 300);
+    pending = setTimeout(refresh, 300);
   }
 }
 
@@ -192,6 +208,13 @@ async function listAlertes(filters, page) {
   query.set("offset", (page - 1) * PAGE_SIZE);
   const answer = await api(`/alertes?${query}`);
   const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE));
+  if (page > pages) {
+    // Alerts resolved (live, or since the link was made) left fewer pages: the last one instead.
+    const params = new URLSearchParams(filters);
+    params.set("page", pages);
+    location.replace(`#/alertes?${params}`);
+    return;
+  }
   $("compte").textContent =
     answer.total === 0 ? "Aucune alerte pour ces filtres." : `${answer.total} alerte${answer.total > 1 ? "s" : ""}`;
   $("alertes").querySelector("tbody").replaceChildren(
@@ -560,7 +583,14 @@ const VIEWS = ["alertes", "etablissement", "ressource", "simulation"];
 async function route() {
   const [path, query] = (location.hash.slice(1) || "/alertes").split("?");
   const [, name, ...rest] = path.split("/");
-  const arg = decodeURIComponent(rest.join("/"));
+  let arg;
+  try {
+    arg = decodeURIComponent(rest.join("/"));
+  } catch {
+    for (const v of VIEWS) $(`vue-${v}`).hidden = true;
+    showError("Adresse illisible : un caractère encodé (%) y est incomplet.");
+    return;
+  }
   const view =
     name === "etablissement" && arg
       ? showEtablissement(arg)
@@ -573,15 +603,20 @@ async function route() {
   current = view;
   for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
   if (view.name !== "alertes") follow(new URLSearchParams());
-  await refresh();
+  await refresh(true);
   if (moved) $(`titre-${view.name}`).focus();
 }
 
-async function refresh() {
+// `first`: the view was just chosen; if it cannot be read, what it shows is another's (the
+// établissement or resource viewed before), so it is hidden. A later reading that fails leaves
+// the view as last read, under the error.
+async function refresh(first = false) {
   try {
     await current.refresh();
+    $(`vue-${current.name}`).hidden = false;
     showError("");
   } catch (error) {
+    if (first) $(`vue-${current.name}`).hidden = true;
     showError(`Lecture impossible : ${error.message}`);
   }
 }
