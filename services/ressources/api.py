@@ -206,6 +206,8 @@ class Reads:
                 f"(API_CONNECTIONS = {self.pool.get_max_size()}) ; réessayer dans {READ_RETRY_SECONDS} s",
                 headers={"Retry-After": str(READ_RETRY_SECONDS)},
             ) from None
+        except stream.UNREACHABLE as exc:
+            raise _database_away(exc) from None
         try:
             yield conn
         finally:
@@ -233,6 +235,21 @@ async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
         503,
         headers={"Retry-After": str(READ_RETRY_SECONDS)},
     )
+
+
+def _database_away(exc: BaseException) -> HTTPException:
+    log.warning("api.base_injoignable", error=type(exc).__name__)
+    return HTTPException(
+        503,
+        f"PostgreSQL injoignable pour le moment : réessayer dans {READ_RETRY_SECONDS} s",
+        headers={"Retry-After": str(READ_RETRY_SECONDS)},
+    )
+
+
+async def database_away(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL lost during a read (restarting, failing over): a 503 to retry, not a 500."""
+    http = _database_away(exc)
+    return JSONResponse({"detail": http.detail}, http.status_code, headers=http.headers)
 
 
 def _pool(request: Request) -> Reads:
@@ -419,6 +436,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
             "title": ressource.title if ressource else None,
             "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
             "publiee": bool(sub["publiee"]),
+            "au_catalogue": sub["publiee"] is not None,  # else subscribed to before its publication
             "evaluee": evaluated,
             "verdicts": None,
         }
@@ -536,7 +554,11 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "un flux des changements d'alertes (SSE) pour les tableaux de bord qui ne lisent pas Kafka. "
         "Une erreur répond en français et nomme le paramètre refusé.",
         lifespan=lifespan,
-        exception_handlers={**HANDLERS, asyncpg.QueryCanceledError: read_too_long},
+        exception_handlers={
+            **HANDLERS,
+            asyncpg.QueryCanceledError: read_too_long,
+            asyncpg.PostgresConnectionError: database_away,  # lost during a read, too
+        },
     )
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

@@ -42,9 +42,11 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 # What Starlette itself answers, in English, for a path or a method no route has.
 _STARLETTE = {
     (404, "Not Found"): "aucun point d'accès à cette adresse : la liste est sur /",
-    (405, "Method Not Allowed"): "méthode non permise : cette API ne fait que lire (GET)",
     (400, "There was an error parsing the body"): "corps illisible : attendu un document JSON en UTF-8",
 }
+
+
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 
 
 def _message(request: Request, error: dict) -> str:
@@ -53,6 +55,10 @@ def _message(request: Request, error: dict) -> str:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:]).removeprefix(".")
         if error["type"] == "json_invalid":
             return f"corps : JSON illisible ({error['ctx']['error']})"
+        if not path and error["type"] in _NOT_AN_OBJECT:  # a form, text, an array: not the JSON document
+            return "corps : attendu un objet JSON (Content-Type: application/json)"
+        if error["type"] in _NOT_AN_OBJECT:  # FastAPI's own check of a nested object, before the contract's models
+            return f"{path} : attendu un objet"
         return f"{path or 'corps'} : {error['msg'] if error['type'] in IDENTIFIER_REASONS else messages.rule(error)}"
     if error["type"] == "value_error":  # one of our validators, whose message is already French
         return f"{name} : {error['ctx']['error']}"
@@ -68,6 +74,9 @@ async def _refused(request: Request, exc: RequestValidationError) -> JSONRespons
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     detail = _STARLETTE.get((exc.status_code, exc.detail), exc.detail)
+    if (exc.status_code, exc.detail) == (405, "Method Not Allowed"):
+        allowed = (exc.headers or {}).get("Allow", "GET")
+        detail = f"méthode non permise : {allowed} seulement à cette adresse"
     return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
 

@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, ressource, send, serving, uai
 from services.common.pipeline import writer_lock
-from services.ressources.api import _pool
+from services.ressources.api import Reads, _pool
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/api-atlas"
@@ -152,6 +153,7 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
     )
     [sub] = detail["ressources"]
     assert sub["resource_id"] == RID and sub["evaluee"] and (sub["compatible"], sub["devices"]) == (0, 10)
+    assert sub["au_catalogue"] and sub["publiee"]
     verdicts = sub["verdicts"]
     assert verdicts["equipement-incompatible"]["reasons"] == [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}]
     assert verdicts["equipement-incompatible"]["alert_id"] is not None
@@ -159,6 +161,17 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
         {"code": "formation", "detail": "3.4 niveau 2: 2/10 enseignants"}
     ]
     assert verdicts["ent-indisponible"] == {"alerte": False, "reasons": [], "alert_id": None}
+
+    early = {"resource_id": "ark:/67375/pas-encore", "uai": RENNES[0], "start": "2026-09-01", "end": None}
+    await send(kafka.bootstrap_servers, settings.topic(c.CATALOGUE), [(RENNES[0], event(c.ABONNEMENT, "/gar", early))])
+
+    async def two_subscriptions():
+        subscriptions = (await client.get(f"/etablissements/{RENNES[0]}")).json()["ressources"]
+        return subscriptions if len(subscriptions) == 2 else None
+
+    [before_its_resource, _] = sorted(await eventually(two_subscriptions), key=lambda r: r["resource_id"] == RID)
+    assert before_its_resource["resource_id"] == early["resource_id"]
+    assert (before_its_resource["au_catalogue"], before_its_resource["publiee"]) == (False, False)
 
     summary = (await client.get(f"/ressources/{RID}")).json()
     assert summary["total"] == {"evalues": 5, "compatibles": 2, "partiels": 0, "incompatibles": 3, "sous_formes": 4}
@@ -333,7 +346,37 @@ async def test_other_errors_answer_in_french_too(api):
         assert (response.status_code, response.json()) == (404, {"detail": detail}), path
     response = await client.post("/alertes")
     assert (response.status_code, response.headers["Allow"]) == (405, "GET")
-    assert response.json() == {"detail": "méthode non permise : cette API ne fait que lire (GET)"}
+    assert response.json() == {"detail": "méthode non permise : GET seulement à cette adresse"}
+
+    class Away:  # PostgreSQL restarting: refused connections, or one lost during the read
+        def __init__(self, error: Exception):
+            self.error = error
+
+        async def acquire(self, timeout):
+            raise self.error
+
+        def get_max_size(self):
+            return 1
+
+    for error in (ConnectionRefusedError(111, "refused"), asyncpg.ConnectionDoesNotExistError("lost")):
+        app.dependency_overrides[_pool] = lambda error=error: Reads(Away(error), 100)
+        response = await client.get("/alertes")
+        assert (response.status_code, response.headers["Retry-After"]) == (503, "2"), response.text
+        assert response.json() == {"detail": "PostgreSQL injoignable pour le moment : réessayer dans 2 s"}
+
+    class Lost(Away):  # the connection was acquired: lost in the middle of the read
+        async def acquire(self, timeout):
+            return self
+
+        async def release(self, conn):
+            pass
+
+        def transaction(self, **options):
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    app.dependency_overrides[_pool] = lambda: Reads(Lost(None), 100)
+    response = await client.get("/alertes")
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "2"), response.text
 
     def broken_pool():
         raise RuntimeError("a bug, say")

@@ -240,6 +240,16 @@ async def test_lots_for_unknown_or_malformed_uais_are_refused_naming_them(kafka,
     assert population["detail"][0]["msg"].startswith("population : doit être abonnes ou ouverts")
     broken = await client.post("/simulations/ressource", content=b"{", headers={"content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["detail"][0]["msg"].startswith("corps : pas du JSON")
+    # Not a JSON object (an array), JSON sent as a form (`curl -d @lots.json`), an object as a text: in French.
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for body, headers in ((b"[]", {"content-type": "application/json"}), (b'{"lots": []}', form)):
+        told = (await client.post("/simulations/equipement", content=body, headers=headers)).json()["detail"]
+        assert [r["msg"] for r in told] == ["corps : attendu un objet JSON (Content-Type: application/json)"], told
+    as_text = {"lots": [lot(RENNES[0], "17") | {"os": "iPadOS"}]}
+    told = (await client.post("/simulations/equipement", json=as_text)).json()["detail"]
+    assert [r["msg"] for r in told] == ["lots[0].os : attendu un objet"], told
+    get = await client.get("/simulations/ressource")
+    assert (get.status_code, get.json()) == (405, {"detail": "méthode non permise : POST seulement à cette adresse"})
 
 
 async def test_a_body_the_contract_refuses_is_not_simulated_and_a_huge_one_is_not_read(

@@ -24,6 +24,7 @@ const REASONS = {
   ent: "ENT injoignable",
   formation: "enseignants pas assez formés",
 };
+const TYPES = { ecole: "école", college: "collège", lycee: "lycée", erea: "EREA", autre: "autre" };
 const VERDICTS = { compatible: "compatible", partiel: "partiellement compatible", incompatible: "incompatible" };
 const SERIES = [
   ["compatibles", "compatible"],
@@ -260,7 +261,7 @@ async function etablissement(uai) {
   $("etab-simuler").href = `#/simulation?uai=${encodeURIComponent(e.uai)}`;
   $("titre-etablissement").textContent = `${e.nom} (${e.uai})`;
   $("etab-fiche").replaceChildren(
-    ...term("Type", `${e.type}, ${e.statut}`),
+    ...term("Type", `${TYPES[e.type] || e.type}, ${e.statut === "prive" ? "privé" : e.statut}`),
     ...term("Commune", e.code_commune),
     ...term("Département", e.code_departement),
     ...term("Académie", e.code_academie),
@@ -305,7 +306,7 @@ function training(formation) {
   );
   table.hidden = competences.length === 0;
   $("etab-enseignants").textContent = formation
-    ? `${formation.enseignants} enseignant${formation.enseignants > 1 ? "s" : ""} comptés.` +
+    ? `${plural(formation.enseignants, "enseignant")} compté${formation.enseignants > 1 ? "s" : ""}.` +
       (formation.detail_masque ? " Le détail par compétence et par outil n'est pas montré pour si peu d'enseignants." : "")
     : "Formation : rien de déclaré.";
   const tools = formation && formation.outils ? Object.entries(formation.outils) : [];
@@ -317,7 +318,12 @@ function training(formation) {
 function subscribed(r) {
   const title = el("h4", {}, resourceLink(r.resource_id, r.title));
   if (!r.verdicts) {
-    const why = !r.publiee ? "retirée du catalogue" : "non évaluée (abonnement terminé ou établissement fermé)";
+    const why =
+      r.au_catalogue === false
+        ? "pas encore au catalogue : l'abonnement est arrivé avant la ressource"
+        : !r.publiee
+          ? "retirée du catalogue"
+          : "non évaluée (abonnement terminé ou établissement fermé)";
     return el("article", { class: "ressource" }, title, el("p", {}, why));
   }
   const raised = Object.entries(r.verdicts).filter(([, v]) => v.alerte);
