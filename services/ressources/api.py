@@ -24,10 +24,11 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Qu
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
+from contracts.alertes import _Alerte
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
@@ -280,8 +281,29 @@ STARTING: dict[int | str, dict[str, Any]] = {
 }
 
 
+class AlerteLue(_Alerte):
+    """An alert as `/alertes` lists it: the facts of its latest raise, its state, when it resolved."""
+
+    state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
+    resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
+
+
+class PageAlertes(BaseModel):
+    total: int = Field(description="les alertes que les filtres retiennent, toutes pages confondues")
+    limit: int
+    offset: int
+    items: list[AlerteLue]
+    suivant: str | None = Field(description="à redonner en `apres` pour la page suivante ; null après la dernière")
+    last_event_id: int = Field(
+        description="la position du journal des alertes quand la page a été lue : d'où reprendre "
+        "`/alertes/flux` (`depuis` ou `Last-Event-ID`) sans rien manquer"
+    )
+
+
 @router.get(
-    "/alertes", summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)", responses=STARTING
+    "/alertes",
+    summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)",
+    responses={200: {"model": PageAlertes}, **STARTING},
 )
 async def alertes(
     pool: Pool,

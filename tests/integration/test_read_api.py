@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import asyncpg
+import jsonschema
 import pytest
 
 import contracts as c
@@ -260,8 +261,18 @@ async def test_pages_read_by_cursor_miss_no_alert_and_the_stream_resumes_from_th
         seq, event = await asyncio.wait_for(anext(data_events(response.aiter_lines())), timeout=30)
     assert seq > first["last_event_id"]
     assert (event["type"], event["data"]["alert_id"]) == (c.ALERTE_RESOLUE, gone["alert_id"])
-    [resolved] = (await client.get("/alertes", params={"state": "resolved"})).json()["items"]
+    both = (await client.get("/alertes", params={"limit": 500})).json()
+    [resolved] = [a for a in both["items"] if a["state"] == "resolved"]
     assert resolved["resolved_at"] == event["data"]["resolved_at"]  # one instant, written alike
+    # What partners build against: the answers are what the OpenAPI document says they are.
+    document = (await client.get("/openapi.json")).json()
+    page = {**document, "$ref": "#/components/schemas/PageAlertes"}
+    for answer in (both, first, pages[-1]):
+        jsonschema.validate(answer, page, cls=jsonschema.Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError):  # the schema does say something
+        jsonschema.validate(
+            {**both, "items": [{**resolved, "state": "fermee"}]}, page, cls=jsonschema.Draft202012Validator
+        )
 
 
 LIMIT = "limit : doit être un entier entre 1 et 500 (la taille de la page)"
