@@ -28,7 +28,10 @@ class Erreur(BaseModel):
 class ParametreRefuse(BaseModel):
     loc: list[str | int] = Field(description="`query`, `path`, `header` ou `body`, puis le paramètre ou le chemin")
     msg: str = Field(description="`{paramètre} : {règle}`, en français")
-    type: str = Field(description="le type d'erreur de pydantic, par ex. `int_parsing`, `literal_error`")
+    type: str = Field(
+        description="le type de la règle : de pydantic pour un paramètre (`int_parsing`, `literal_error`), le code "
+        "du contrat pour un corps refusé comme il le serait sur Kafka (`json-invalide`, `donnees-invalides`…)"
+    )
 
 
 class ParametresRefuses(BaseModel):

@@ -81,7 +81,12 @@ BUSY: dict[int | str, dict] = {
         "model": Erreur,
         "description": "le service démarre, une simulation est déjà en cours, ou la lecture n'a pas eu de "
         "connexion ou a duré plus que API_STATEMENT_TIMEOUT_MS (avec Retry-After)",
-    }
+    },
+    413: {
+        "model": Erreur,
+        "description": "corps trop gros : une ressource au-delà de 256 Kio (le contrat), des lots au-delà de 8 Mio",
+    },
+    408: {"model": Erreur, "description": "corps pas reçu en entier à temps"},
 }
 
 

@@ -38,7 +38,8 @@ const $ = (id) => document.getElementById(id);
 let territoires = {}; // code académie -> its départements
 let current = null; // the view shown: {name, refresh(), concerns(alert)}
 let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
-const recent = new Set(); // alert ids changed live, highlighted in the list
+const recent = new Set(); // alert ids changed live, highlighted in the list (the last RECENT_MAX)
+const RECENT_MAX = 1000;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -143,9 +144,11 @@ function follow(filters, again = false) {
 let pending = null;
 function changed(type, alert) {
   recent.add(alert.alert_id);
-  const what = type === "alerte-levee" ? "Alerte levée" : "Alerte résolue";
-  announce(`${what} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
+  if (recent.size > RECENT_MAX) recent.delete(recent.values().next().value); // the oldest: a page open for days
   if (current && current.concerns(alert)) {
+    // Only what the view shows is announced: a screen reader is not read the whole country's.
+    const what = type === "alerte-levee" ? "Alerte levée" : "Alerte résolue";
+    announce(`${what} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
     clearTimeout(pending); // a burst of changes, one reading
     pending = setTimeout(refresh, 300);
   }
