@@ -44,6 +44,15 @@ _KEY_FIELDS = {
     ALERTE_RESOLUE: "data.uai/data.resource_id",
 }
 """What an event's `subject` names, when not its UAI (Payload.subject)."""
+
+
+def _key_field(event: CloudEvent) -> str:
+    """Where an event's key is read from, to name it (never its value)."""
+    if event.type in _KEY_FIELDS:
+        return _KEY_FIELDS[event.type]
+    return "data.uai" if event.data.subject == getattr(event.data, "uai", None) else "data.uai/son entité"
+
+
 # pydantic's error types for a string or a list beyond its `max_length`.
 _TOO_LONG = frozenset({"string_too_long", "too_long"})
 _JSON_TYPES = {
@@ -97,7 +106,7 @@ class EventParser:
             # contract keeps out of the platform (a name, an e-mail). Not quoted either.
             raise ContractError(
                 "cloudevent-invalide",
-                f"subject: différent de la clé de l'entité ({_KEY_FIELDS.get(event.type, 'data.uai')}), "
+                f"subject: différent de la clé de l'entité ({_key_field(event)}), "
                 "qu'il doit reprendre quand il est présent (CONTRACTS.md, Envelope)",
             )
         if not_after is not None and event.time > not_after:

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
@@ -295,8 +295,8 @@ class PageAlertes(BaseModel):
     items: list[AlerteLue]
     suivant: str | None = Field(description="à redonner en `apres` pour la page suivante ; null après la dernière")
     last_event_id: int = Field(
-        description="la position du journal des alertes quand la page a été lue : d'où reprendre "
-        "`/alertes/flux` (`depuis` ou `Last-Event-ID`) sans rien manquer"
+        description="la position du journal des alertes quand la page a été lue : celle de la première page "
+        "est d'où reprendre `/alertes/flux` (`depuis` ou `Last-Event-ID`) sans rien manquer des pages suivantes"
     )
 
 
@@ -364,7 +364,9 @@ def _cursor_place(cursor: str) -> tuple[datetime, str]:
         place = datetime.fromisoformat(raised_at), alert_id
         if place[0].tzinfo is None or not isinstance(alert_id, str):
             raise ValueError
-    except (ValueError, TypeError):
+        place[0].astimezone(UTC)  # OverflowError: an instant PostgreSQL cannot hold
+        _no_control(alert_id)  # NUL, a lone surrogate: refused by PostgreSQL
+    except (ValueError, TypeError, OverflowError):
         raise _refused_query("apres", "curseur illisible : reprendre tel quel le `suivant` d'une page") from None
     return place
 
@@ -420,6 +422,16 @@ async def flux(
             "l'emporte quand les deux sont là)",
         ),
     ] = None,
+    polyfill_id: Annotated[
+        int | None,
+        Query(
+            alias="lastEventId",
+            ge=0,
+            le=2**63 - 1,
+            description=f"{_integer(0, 2**63 - 1)} (ce que des polyfills d'EventSource envoient à la place de "
+            "l'en-tête `Last-Event-ID` quand ils se reconnectent ; comme `depuis`)",
+        ),
+    ] = None,
     last_event_id: LastEventId = None,
 ) -> Response:
     _responsable(responsable_type, responsable_code)
@@ -431,7 +443,8 @@ async def flux(
             503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return _EventStream(hub, sub, depuis if last_event_id is None else last_event_id)
+    resume = next((n for n in (last_event_id, polyfill_id, depuis) if n is not None), None)  # the freshest first
+    return _EventStream(hub, sub, resume)
 
 
 @router.get(
@@ -580,6 +593,9 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             **HANDLERS,
             asyncpg.QueryCanceledError: read_too_long,
             asyncpg.PostgresConnectionError: database_away,  # lost during a read, too
+            asyncpg.CannotConnectNowError: database_away,  # starting, in recovery
+            asyncpg.AdminShutdownError: database_away,  # shutting down
+            asyncpg.CrashShutdownError: database_away,
         },
     )
     api.state.pipeline = stream_app.pipeline

@@ -86,9 +86,11 @@ async def list_alertes(
     if after is not None:
         args = [*args, *after]
         n = len(args)
-        where += (
-            " AND " if where else " WHERE "
-        ) + f"(raised_at < ${n - 1} OR (raised_at = ${n - 1} AND alert_id > ${n}))"
+        # The first comparison alone gives the index a range to start from (without it, every
+        # alert before the cursor is read and filtered out).
+        where += (" AND " if where else " WHERE ") + (
+            f"raised_at <= ${n - 1} AND (raised_at < ${n - 1} OR (raised_at = ${n - 1} AND alert_id > ${n}))"
+        )
     rows = await conn.fetch(
         f"SELECT alert_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
         f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",

@@ -29,8 +29,16 @@ from services.common.storage.db import Conn
 from services.ressources import queries
 
 CHANNEL = "alertes"
-UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError)
-"""PostgreSQL away, restarting, or out of connections."""
+UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,  # starting, in recovery
+    asyncpg.AdminShutdownError,  # shutting down
+    asyncpg.CrashShutdownError,
+)
+"""PostgreSQL away, starting, stopping, or out of connections."""
 ALLOCATED_WAIT_SECONDS = 1.0
 """How long a stream whose replay failed waits to learn how far the journal goes."""
 # The hub also reads the journal when no notification came for this long: a notification lost

@@ -256,10 +256,12 @@ async def test_pages_read_by_cursor_miss_no_alert_and_the_stream_resumes_from_th
     assert sorted(ids) == sorted(r["alert_id"] for r in everything)  # each once, none skipped
     assert by_offset["items"][0]["alert_id"] == pages[1]["items"][1]["alert_id"]  # an offset skipped one
 
-    params = {"depuis": first["last_event_id"]}
-    async with client.stream("GET", "/alertes/flux", params=params) as response:
-        seq, event = await asyncio.wait_for(anext(data_events(response.aiter_lines())), timeout=30)
-    assert seq > first["last_event_id"]
+    for resume in ("depuis", "lastEventId"):  # lastEventId: what EventSource polyfills send
+        params = {resume: first["last_event_id"]}
+        async with client.stream("GET", "/alertes/flux", params=params) as response:
+            seq, event = await asyncio.wait_for(anext(data_events(response.aiter_lines())), timeout=30)
+        assert seq > first["last_event_id"]
+        assert (event["type"], event["data"]["alert_id"]) == (c.ALERTE_RESOLUE, gone["alert_id"])
     assert (event["type"], event["data"]["alert_id"]) == (c.ALERTE_RESOLUE, gone["alert_id"])
     both = (await client.get("/alertes", params={"limit": 500})).json()
     [resolved] = [a for a in both["items"] if a["state"] == "resolved"]
@@ -309,6 +311,22 @@ COMMUNE = "responsable_code : doit être un code commune INSEE de 5 caractères,
         ("/alertes/flux", {"state": "open"}, "state : paramètre inconnu (attendus : code_academie,"),
         ("/etablissements/0350042F", {"x": "1"}, "x : paramètre inconnu (attendus : aucun)"),
         ("/alertes", {"apres": "@@@"}, "apres : curseur illisible"),
+        (
+            "/alertes",
+            {"apres": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgIlx1MDAwMCJd"},
+            "apres : curseur illisible",
+        ),  # a NUL
+        (
+            "/alertes",
+            {"apres": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgIlx1ZDgwMCJd"},
+            "apres : curseur illisible",
+        ),  # a lone surrogate
+        (
+            "/alertes",
+            {"apres": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzAxOjAwIiwgIngiXQ"},
+            "apres : curseur illisible",
+        ),  # before year 1 in UTC
+        ("/alertes/flux", {"lastEventId": "x"}, "lastEventId : doit être un entier entre 0 et"),
         ("/alertes", {"apres": "WyIyMDI2LTEyLTAzVDA0OjAwOjAwKzAwOjAwIiwgImEiXQ", "offset": 5}, "apres : ne va pas"),
         ("/alertes/flux", {"depuis": "-1"}, "depuis : doit être un entier entre 0 et"),
         ("/alertes", {"code_academie": "Rennes"}, ACADEMIE),
@@ -369,7 +387,12 @@ async def test_other_errors_answer_in_french_too(api):
         def get_max_size(self):
             return 1
 
-    for error in (ConnectionRefusedError(111, "refused"), asyncpg.ConnectionDoesNotExistError("lost")):
+    for error in (
+        ConnectionRefusedError(111, "refused"),
+        asyncpg.ConnectionDoesNotExistError("lost"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ):
         app.dependency_overrides[_pool] = lambda error=error: Reads(Away(error), 100)
         response = await client.get("/alertes")
         assert (response.status_code, response.headers["Retry-After"]) == (503, "2"), response.text
@@ -525,6 +548,7 @@ async def test_the_open_alerts_page_and_its_count_are_read_through_an_index(data
         assert len(plans) == 6, "the count, the page and the journal's position, twice"
         for plan in plans[0:2] + plans[3:5]:
             assert "alertes_ouvertes" in plan and "Seq Scan" not in plan, plan
+        assert '"Index Cond": "(raised_at <=' in json.loads(plans[4]), "the page after a cursor starts at it"
     finally:
         await pool.close()
 

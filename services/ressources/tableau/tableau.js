@@ -597,6 +597,7 @@ async function route() {
     arg = decodeURIComponent(rest.join("/"));
   } catch {
     for (const v of VIEWS) $(`vue-${v}`).hidden = true;
+    current = null; // nothing shown: no live change brings the former view back
     showError("Adresse illisible : un caractère encodé (%) y est incomplet.");
     return;
   }
@@ -617,15 +618,25 @@ async function route() {
 }
 
 // `first`: the view was just chosen; if it cannot be read, what it shows is another's (the
-// établissement or resource viewed before), so it is hidden. A later reading that fails leaves
-// the view as last read, under the error.
+// établissement or resource viewed before), so it is hidden (the alerts' list only: their
+// filters stay, to be corrected). A later reading that fails leaves the view as last read, under
+// the error. A reading that ends once another view is chosen changes nothing.
 async function refresh(first = false) {
+  const view = current;
+  if (!view) return;
   try {
-    await current.refresh();
-    $(`vue-${current.name}`).hidden = false;
+    await view.refresh();
+    if (view !== current) return;
+    $(`vue-${view.name}`).hidden = false;
     showError("");
   } catch (error) {
-    if (first) $(`vue-${current.name}`).hidden = true;
+    if (view !== current) return;
+    if (first && view.name === "alertes") {
+      $("alertes").hidden = true;
+      $("compte").textContent = "";
+    } else if (first) {
+      $(`vue-${view.name}`).hidden = true;
+    }
     showError(`Lecture impossible : ${error.message}`);
   }
 }
