@@ -52,16 +52,16 @@ async def _known_parameters(request: Request) -> None:
         dependants += dependant.dependencies
     if unknown := sorted(set(request.query_params) - known):
         expected = ", ".join(sorted(known)) or "aucun"
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("query", name),
-                    "type": "value_error",
-                    "ctx": {"error": f"paramètre inconnu (attendus : {expected})"},
-                }
-                for name in unknown
-            ]
-        )
+        raise RequestValidationError([_refused(name, f"paramètre inconnu (attendus : {expected})") for name in unknown])
+
+
+def _refused(name: str, why: str) -> dict[str, Any]:
+    """A refused query parameter, as FastAPI's own refusals are (api_errors words it)."""
+    return {"loc": ("query", name), "type": "value_error", "msg": why, "ctx": {"error": why}}
+
+
+def _refused_query(name: str, why: str) -> RequestValidationError:
+    return RequestValidationError([_refused(name, why)])
 
 
 router = APIRouter(responses=REFUSED, dependencies=[Depends(_known_parameters)])
@@ -158,14 +158,19 @@ ResourceId = Annotated[
     ),
     AfterValidator(_no_control),
 ]
+MAX_SEQ = 2**63 - 1  # a journal position: PostgreSQL's bigint
+
+
+def _seq(why: str) -> dict[str, Any]:
+    """The bounds and the rule of a journal position given by a client (Last-Event-ID and its like)."""
+    return {"ge": 0, "le": MAX_SEQ, "description": f"{_integer(0, MAX_SEQ)} ({why})"}
+
+
 LastEventId = Annotated[
     int | None,
     Header(
         alias="Last-Event-ID",
-        ge=0,
-        le=2**63 - 1,
-        description=f"{_integer(0, 2**63 - 1)} (l'`id:` du dernier événement reçu : le flux rejoue d'abord "
-        "le journal après lui)",
+        **_seq("l'`id:` du dernier événement reçu : le flux rejoue d'abord le journal après lui"),
     ),
 ]
 
@@ -347,11 +352,6 @@ async def alertes(
     }
 
 
-def _refused_query(name: str, why: str) -> RequestValidationError:
-    """A refused query parameter, answered as FastAPI's own refusals are (api_errors)."""
-    return RequestValidationError([{"loc": ("query", name), "type": "value_error", "msg": why, "ctx": {"error": why}}])
-
-
 def _cursor(place: tuple[datetime, str]) -> str:
     """A place in the list's order as an opaque text for a query string."""
     raised_at, alert_id = place
@@ -415,21 +415,20 @@ async def flux(
     depuis: Annotated[
         int | None,
         Query(
-            ge=0,
-            le=2**63 - 1,
-            description=f"{_integer(0, 2**63 - 1)} (comme `Last-Event-ID`, pour un client qui ne peut pas "
-            "l'envoyer : le `last_event_id` de `/alertes`, ou l'`id:` du dernier événement reçu ; l'en-tête "
-            "l'emporte quand les deux sont là)",
+            **_seq(
+                "comme `Last-Event-ID`, pour un client qui ne peut pas l'envoyer : le `last_event_id` de "
+                "`/alertes`, ou l'`id:` du dernier événement reçu ; l'en-tête l'emporte quand les deux sont là"
+            )
         ),
     ] = None,
     polyfill_id: Annotated[
         int | None,
         Query(
             alias="lastEventId",
-            ge=0,
-            le=2**63 - 1,
-            description=f"{_integer(0, 2**63 - 1)} (ce que des polyfills d'EventSource envoient à la place de "
-            "l'en-tête `Last-Event-ID` quand ils se reconnectent ; comme `depuis`)",
+            **_seq(
+                "ce que des polyfills d'EventSource envoient à la place de l'en-tête `Last-Event-ID` quand ils "
+                "se reconnectent ; comme `depuis`"
+            ),
         ),
     ] = None,
     last_event_id: LastEventId = None,
@@ -592,10 +591,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         exception_handlers={
             **HANDLERS,
             asyncpg.QueryCanceledError: read_too_long,
-            asyncpg.PostgresConnectionError: database_away,  # lost during a read, too
-            asyncpg.CannotConnectNowError: database_away,  # starting, in recovery
-            asyncpg.AdminShutdownError: database_away,  # shutting down
-            asyncpg.CrashShutdownError: database_away,
+            **dict.fromkeys(stream.STOPPING, database_away),  # during a read, too
         },
     )
     api.state.pipeline = stream_app.pipeline

@@ -58,10 +58,13 @@ def _message(request: Request, error: dict) -> str:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:]).removeprefix(".")
         if error["type"] == "json_invalid":
             return f"corps : JSON illisible ({error['ctx']['error']})"
-        if not path and error["type"] in _NOT_AN_OBJECT:  # a form, text, an array: not the JSON document
-            return "corps : attendu un objet JSON (Content-Type: application/json)"
-        if error["type"] in _NOT_AN_OBJECT:  # FastAPI's own check of a nested object, before the contract's models
-            return f"{path} : attendu un objet"
+        if error["type"] in _NOT_AN_OBJECT:  # FastAPI's own check, before the contract's models
+            # The document itself (a form, text, an array), or an object within it.
+            return (
+                f"{path} : attendu un objet"
+                if path
+                else "corps : attendu un objet JSON (Content-Type: application/json)"
+            )
         return f"{path or 'corps'} : {error['msg'] if error['type'] in IDENTIFIER_REASONS else messages.rule(error)}"
     if error["type"] == "value_error":  # one of our validators, whose message is already French
         return f"{name} : {error['ctx']['error']}"

@@ -29,15 +29,14 @@ from services.common.storage.db import Conn
 from services.ressources import queries
 
 CHANNEL = "alertes"
-UNREACHABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
+STOPPING = (
+    asyncpg.PostgresConnectionError,  # a connection lost
     asyncpg.CannotConnectNowError,  # starting, in recovery
     asyncpg.AdminShutdownError,  # shutting down
     asyncpg.CrashShutdownError,
 )
+"""What PostgreSQL answers while it is not serving: a read to try again shortly."""
+UNREACHABLE = (OSError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError, *STOPPING)
 """PostgreSQL away, starting, stopping, or out of connections."""
 ALLOCATED_WAIT_SECONDS = 1.0
 """How long a stream whose replay failed waits to learn how far the journal goes."""
