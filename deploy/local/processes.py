@@ -18,6 +18,7 @@ kill and restart a service themselves leave supervision off (the default).
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -140,7 +141,9 @@ class ServiceProcesses:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[name]}/health", timeout=2) as resp:
                 return resp.status == 200
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            # Not an HTTP answer (a service still starting, or another program on the port):
+            # not healthy yet, rather than an exception that ended `./dev up` (BadStatusLine).
             return False
 
     def wait_healthy(self, timeout: float = 60) -> None:
