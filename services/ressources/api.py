@@ -24,17 +24,17 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Qu
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator
 
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
-from contracts.alertes import _Alerte
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
+from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
@@ -98,7 +98,6 @@ def _integer(low: int, high: int) -> str:
 # optional filters are `Annotated[X | None, …]`: in `Annotated[X, …] | None`, FastAPI loses the
 # description.
 ResponsableType = Literal["commune", "departement", "region"]
-AlertState = Literal["open", "resolved"]
 CodeAcademie = Annotated[
     str | None, Query(pattern=r"^[0-9]{2}$", description="un code académie de 2 chiffres, par ex. 14")
 ]
@@ -286,29 +285,11 @@ STARTING: dict[int | str, dict[str, Any]] = {
 }
 
 
-class AlerteLue(_Alerte):
-    """An alert as `/alertes` lists it: the facts of its latest raise, its state, when it resolved."""
-
-    state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
-    resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
-
-
-class PageAlertes(BaseModel):
-    total: int = Field(description="les alertes que les filtres retiennent, toutes pages confondues")
-    limit: int
-    offset: int
-    items: list[AlerteLue]
-    suivant: str | None = Field(description="à redonner en `apres` pour la page suivante ; null après la dernière")
-    last_event_id: int = Field(
-        description="la position du journal des alertes quand la page a été lue : celle de la première page "
-        "est d'où reprendre `/alertes/flux` (`depuis` ou `Last-Event-ID`) sans rien manquer des pages suivantes"
-    )
-
-
 @router.get(
     "/alertes",
+    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)",
-    responses={200: {"model": PageAlertes}, **STARTING},
+    responses={200: {"model": PageAlertes, "description": "une page d'alertes"}, **STARTING},
 )
 async def alertes(
     pool: Pool,
@@ -448,8 +429,16 @@ async def flux(
 
 @router.get(
     "/etablissements/{uai}",
+    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Un établissement : son équipement, sa formation, les verdicts de chaque ressource abonnée",
-    responses={404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"}, **STARTING},
+    responses={
+        200: {
+            "model": FicheEtablissement,
+            "description": "l'établissement, son équipement, sa formation et ses ressources abonnées",
+        },
+        404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"},
+        **STARTING,
+    },
 )
 async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
     async with pool.snapshot() as conn:
@@ -512,8 +501,13 @@ def formation_shown(couverture: CouvertureFormation | None) -> dict | None:
 
 @router.get(
     "/ressources/{resource_id:path}",
+    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Une ressource : les établissements abonnés par verdict, en tout et par académie",
-    responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
+    responses={
+        200: {"model": SyntheseRessource, "description": "les comptes de la ressource, en tout et par académie"},
+        404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"},
+        **STARTING,
+    },
 )
 async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.snapshot() as conn:

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 from services.ressources import queries
 from services.ressources.api import STARTING, Pool, ResourceId
 from services.ressources.api_errors import REFUSED, Erreur
+from services.ressources.api_reponses import Repartition, Territoires
 
 router = APIRouter(responses=REFUSED)
 
@@ -41,9 +42,10 @@ async def fichier(fichier: str) -> FileResponse:
 
 @router.get(
     "/territoires",
+    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Les académies du référentiel et leurs départements (les filtres du tableau de bord)",
     description="`{academies: {code_academie: [code_departement, …]}}`, dans l'ordre des codes.",
-    responses=STARTING,
+    responses={200: {"model": Territoires, "description": "les académies et leurs départements"}, **STARTING},
 )
 async def territoires(pool: Pool) -> dict:
     async with pool.acquire() as conn:
@@ -52,9 +54,14 @@ async def territoires(pool: Pool) -> dict:
 
 @router.get(
     "/repartition/{resource_id:path}",
+    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Une ressource : les établissements abonnés par verdict, par département",
     description="Les mêmes comptes que `/ressources/{resource_id}` (`par_academie`), par département.",
-    responses={404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}, **STARTING},
+    responses={
+        200: {"model": Repartition, "description": "les comptes de la ressource par département"},
+        404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"},
+        **STARTING,
+    },
 )
 async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.snapshot() as conn:

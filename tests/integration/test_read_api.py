@@ -16,10 +16,10 @@ import jsonschema
 import pytest
 
 import contracts as c
-from contracts.internal import COUVERTURES, PROFILS
+from contracts.internal import COUVERTURES, PROFILS, CouvertureFormation
 from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, ressource, send, serving, uai
 from services.common.pipeline import writer_lock
-from services.ressources.api import Reads, _pool
+from services.ressources.api import MIN_TEACHERS_DETAILED, Reads, _pool, formation_shown
 from services.ressources.app import SPEC
 
 RID = "ark:/67375/api-atlas"
@@ -183,6 +183,35 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
         "incompatibles": 1,
         "sous_formes": 0,
     }
+
+    # What partners build against: each answer is what the served OpenAPI document says it is.
+    document = (await client.get("/openapi.json")).json()
+    nantes = (await client.get(f"/etablissements/{NANTES}")).json()
+    assert nantes["formation"] is None and nantes["equipement"] is not None
+    masked = formation_shown(CouvertureFormation(uai=NANTES, enseignants=MIN_TEACHERS_DETAILED - 1))
+    answers = {
+        "/etablissements/{uai}": [detail, nantes, {**detail, "formation": masked}],
+        "/ressources/{resource_id}": [summary],
+        "/repartition/{resource_id}": [(await client.get(f"/repartition/{RID}")).json()],
+        "/territoires": [(await client.get("/territoires")).json()],
+    }
+    answers["/etablissements/{uai}"].append((await client.get(f"/etablissements/{RENNES[0]}")).json())  # two resources
+    for path, each in answers.items():
+        schema = {
+            **document,
+            **document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"],
+        }
+        for answer in each:
+            jsonschema.validate(answer, schema, cls=jsonschema.Draft202012Validator)
+    schema = {**document, "$ref": "#/components/schemas/FicheEtablissement"}
+    verdicts = {**sub["verdicts"], "equipement-incompatible": {"alerte": True, "reasons": "os"}}
+    for wrong in (  # the schemas do say something
+        {**detail, "formation": {**masked, "competences": {}}},  # a masked coverage's detail
+        {**detail, "ressources": [{**sub, "verdicts": verdicts}]},
+        {**detail, "etablissement": {**detail["etablissement"], "type": "universite"}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
 
 
 async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):

@@ -1,0 +1,111 @@
+"""What the read API answers, as its OpenAPI document gives it to partners who build on it
+(`responses={200: {"model": ...}}`): the routes build their answers as plain data, and
+tests/integration/test_read_api.py validates real answers against the served document."""
+
+from datetime import date
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from contracts import AlertKind, Etablissement, Reason
+from contracts.alertes import _Alerte
+from contracts.internal import CouvertureFormation, ProfilEquipement
+
+AlertState = Literal["open", "resolved"]
+
+
+class _Reponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # the document says every field there is
+
+
+class AlerteLue(_Alerte):
+    """An alert as `/alertes` lists it: the facts of its latest raise, its state, when it resolved."""
+
+    state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
+    resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
+
+
+class PageAlertes(_Reponse):
+    total: int = Field(description="les alertes que les filtres retiennent, toutes pages confondues")
+    limit: int
+    offset: int
+    items: list[AlerteLue]
+    suivant: str | None = Field(description="à redonner en `apres` pour la page suivante ; null après la dernière")
+    last_event_id: int = Field(
+        description="la position du journal des alertes quand la page a été lue : celle de la première page "
+        "est d'où reprendre `/alertes/flux` (`depuis` ou `Last-Event-ID`) sans rien manquer des pages suivantes"
+    )
+
+
+class Verdict(_Reponse):
+    alerte: bool = Field(description="la condition de ce type d'alerte est vraie")
+    reasons: list[Reason] = Field(description="pourquoi (au plus 5), vide sans alerte")
+    alert_id: str | None = Field(description="l'alerte ouverte de ce type pour la paire, s'il y en a une")
+
+
+class Abonnement(_Reponse):
+    start: date
+    end: date | None
+
+
+class RessourceAbonnee(_Reponse):
+    """A subscribed resource and, while the pair is evaluated, its verdicts as things are now."""
+
+    resource_id: str
+    title: str | None = Field(description="null tant qu'elle n'est pas publiée")
+    abonnement: Abonnement
+    publiee: bool
+    au_catalogue: bool = Field(description="false : abonnée avant d'être publiée ; true et publiee false : retirée")
+    evaluee: bool = Field(description="abonnement actif, établissement ouvert, ressource publiée (CONTRACTS.md)")
+    verdicts: dict[AlertKind, Verdict] | None = Field(description="chaque type d'alerte ; null si non évaluée")
+    compatible: int | None = Field(None, ge=0, description="postes compatibles (seulement si évaluée)")
+    devices: int | None = Field(None, ge=0, description="postes avec un système déclaré (seulement si évaluée)")
+    coverage: float | None = Field(None, ge=0, le=1, description="part formée la plus faible (si évaluée)")
+
+
+class FormationDetaillee(CouvertureFormation):
+    detail_masque: Literal[False]
+
+
+class FormationMasquee(_Reponse):
+    """Fewer than MIN_TEACHERS_DETAILED teachers counted: their count alone (api.formation_shown)."""
+
+    uai: str
+    enseignants: int = Field(ge=0)
+    detail_masque: Literal[True]
+
+
+class FicheEtablissement(_Reponse):
+    etablissement: Etablissement
+    equipement: ProfilEquipement | None = Field(description="null tant qu'aucun équipement n'est déclaré")
+    formation: FormationDetaillee | FormationMasquee | None = Field(
+        description="null tant qu'aucune affectation n'est déclarée ; le seul nombre d'enseignants en dessous de 5"
+    )
+    ressources: list[RessourceAbonnee]
+
+
+class Comptes(_Reponse):
+    """The evaluated pairs of one resource, by verdict (queries.synthese)."""
+
+    evalues: int = Field(ge=0)
+    compatibles: int = Field(ge=0)
+    partiels: int = Field(ge=0)
+    incompatibles: int = Field(ge=0)
+    sous_formes: int = Field(ge=0, description="formation insuffisante (en plus du verdict d'équipement)")
+
+
+class SyntheseRessource(_Reponse):
+    resource_id: str
+    title: str | None = Field(description="null si la ressource a été retirée")
+    publiee: bool
+    total: Comptes
+    par_academie: dict[str, Comptes] = Field(description="par code académie")
+
+
+class Repartition(_Reponse):
+    resource_id: str
+    par_departement: dict[str, Comptes] = Field(description="par code département")
+
+
+class Territoires(_Reponse):
+    academies: dict[str, list[str]] = Field(description="code académie : ses codes département, dans l'ordre")
