@@ -326,7 +326,8 @@ async def test_a_refused_stream_is_tried_again_with_the_filters_of_the_view_show
 
     async def flux(route):
         if "code_academie=14" in route.request.url:
-            refused.append(route.request.url)
+            if route.request.resource_type == "eventsource":  # not the page asking why it was refused
+                refused.append(route.request.url)
             await route.fulfill(status=503, headers={"Retry-After": "10"}, body="trop de flux ouverts")
         else:
             await route.continue_()
@@ -339,6 +340,25 @@ async def test_a_refused_stream_is_tried_again_with_the_filters_of_the_view_show
     await page.clock.run_for(15_000)  # past RETRY_MS
     assert await page.evaluate("streamUrl") == "/alertes/flux?", "the view's own stream stays"
     assert len(refused) == 1, refused
+
+
+async def test_a_stream_refused_for_its_filters_says_why_and_is_not_tried_again(platform, browser):
+    """A stream the API refuses for what it asks (422: a responsable's code not of its type's
+    form, from a shared address) would be refused again: the page says why, in the API's words,
+    and does not try it again every RETRY_MS; a view with other filters opens its own."""
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    page = await browser.new_page(locale="fr-FR")
+    await page.clock.install()
+    opened: list[str] = []
+    page.on("request", lambda r: opened.append(r.url) if r.resource_type == "eventsource" else None)
+    await page.goto(f"{base}/tableau#/alertes?responsable_type=departement&responsable_code=35")
+    await expect(page.locator("#direct")).to_contain_text("Direct : refusé, responsable_code", timeout=WAIT_MS)
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ferme")
+    await page.clock.run_for(35_000)  # past RETRY_MS, three times
+    assert len(opened) == 1, opened
+    await page.evaluate("location.hash = '#/alertes?responsable_type=departement&responsable_code=035'")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+    assert len(opened) == 2 and "responsable_code=035" in opened[1], opened
 
 
 async def test_a_view_read_in_vain_shows_the_error_alone_and_a_closed_stream_reopened_reads_the_view_again(
@@ -373,7 +393,8 @@ async def test_a_view_read_in_vain_shows_the_error_alone_and_a_closed_stream_reo
     reads: list[str] = []
 
     async def flux(route):
-        streams.append(route.request.url)
+        if route.request.resource_type == "eventsource":  # else the page asking why it was refused
+            streams.append(route.request.url)
         if len(streams) == 1:
             await route.fulfill(status=503, headers={"Retry-After": "10"}, body="trop de flux ouverts")
         else:

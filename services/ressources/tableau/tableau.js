@@ -74,12 +74,15 @@ async function api(path, posted) {
   }
   const response = await fetch(path, request);
   const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    const detail = body && body.detail;
-    const text = Array.isArray(detail) ? detail.map((d) => d.msg).join(" ; ") : detail;
-    throw new Error(text || `le service a répondu ${response.status}`);
-  }
+  if (!response.ok) throw new Error(refusal(body, response.status));
   return body;
+}
+
+// What a refused request's answer says (the API's `detail`: a text, or one per parameter).
+function refusal(body, status) {
+  const detail = body && body.detail;
+  const text = Array.isArray(detail) ? detail.map((d) => d.msg).join(" ; ") : detail;
+  return text || `le service a répondu ${status}`;
 }
 
 const etabLink = (uai) => el("a", { href: `#/etablissement/${encodeURIComponent(uai)}` }, uai);
@@ -120,10 +123,14 @@ function follow(filters, again = false) {
     setLive("ouvert", "Direct : connecté, les changements s'affichent d'eux-mêmes");
     if (again && resumeAt === null && current) refresh(); // what changed while it was closed
   };
-  stream.onerror = () => {
-    if (stream.readyState === EventSource.CLOSED) {
+  const opened = stream;
+  stream.onerror = async () => {
+    if (opened.readyState === EventSource.CLOSED) {
       setLive("ferme", "Direct : coupé, nouvel essai dans quelques secondes");
-      retry = setTimeout(() => follow(filters, true), RETRY_MS);
+      const why = await streamRefusal(url);
+      if (stream !== opened) return; // another view's stream meanwhile
+      if (why) setLive("ferme", `Direct : refusé, ${why}`);
+      else retry = setTimeout(() => follow(filters, true), RETRY_MS);
     } else {
       setLive("connexion", "Direct : reconnexion…");
     }
@@ -139,6 +146,23 @@ function follow(filters, again = false) {
   }
   stream.addEventListener("fin", seen);
   stream.addEventListener("reprise-incomplete", () => current && refresh());
+}
+
+// Why the browser gave up a stream, which EventSource does not tell: asked again, a refusal of
+// what was asked (4xx: a filter the API refuses) is its message, and the stream is not tried
+// again before the view changes; null for anything else (503: too many streams open, the
+// service away), which is tried again. A stream that opens this time is closed at once.
+async function streamRefusal(url) {
+  const asked = new AbortController();
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, signal: asked.signal });
+    if (response.status < 400 || response.status >= 500 || response.status === 429) return null;
+    return refusal(await response.json().catch(() => null), response.status);
+  } catch {
+    return null;
+  } finally {
+    asked.abort();
+  }
 }
 
 let pending = null;
