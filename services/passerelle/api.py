@@ -11,6 +11,7 @@ Trace Context (`traceparent`, `tracestate`), as a partner's Kafka record would. 
 """
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -46,7 +47,7 @@ from services.passerelle import corps, examen
 from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse
 from services.passerelle.debit import Debit, retry_after
 from services.passerelle.examen import Accepte, Verdict
-from services.passerelle.jetons import JetonRefuse, JwksIndisponible, Principal, Verificateur
+from services.passerelle.jetons import ClesAVerifier, JetonRefuse, JwksIndisponible, Principal, Verificateur
 from services.passerelle.settings import MAX_BATCH_EVENTS, PasserelleSettings
 
 log = structlog.get_logger(__name__)
@@ -155,6 +156,14 @@ class Passerelle:
         except JetonRefuse as e:
             raise HTTPException(
                 401, f"jeton refusé : {e}", {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+            ) from None
+        except ClesAVerifier as e:  # its key may be one the provider published since: not told invalid
+            log.warning("jwks.cle_a_verifier", error=str(e))
+            raise HTTPException(
+                503,
+                "la clé du jeton n'est pas encore connue : réessayer quand les clés du fournisseur d'identité "
+                "auront été relues",
+                {"Retry-After": str(math.ceil(e.retry_after))},
             ) from None
         except JwksIndisponible as e:  # no key to check any token with: not the client's fault
             log.error("jwks.indisponible", error=str(e))

@@ -9,8 +9,11 @@ cannot be had at all: a valid token must not be told it is invalid because the p
 
 Keys from a URL are kept 5 minutes; a token signed with a key not seen yet (the provider
 rotated its keys) fetches them again at once, at most every 10 seconds, so tokens with made-up
-`kid`s cannot make the passerelle hammer the provider. Keys from a file are read again
-whenever the file changes.
+`kid`s cannot make the passerelle hammer the provider. A key that may be newer than those in
+hand is not called unknown (401, which a client answers by getting a token signed with that
+same key): when the keys could not be fetched again for it (the provider failing, or another
+token's fetch less than 10 seconds ago with this one issued since), it is `ClesAVerifier`
+(503, try again later). Keys from a file are read again whenever the file changes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class JetonRefuse(Exception):
 
 class JwksIndisponible(Exception):
     """The identity provider's keys cannot be read (file or URL); no token can be checked."""
+
+
+class ClesAVerifier(JwksIndisponible):
+    """This token's key is not among those in hand, which could not be fetched again for it:
+    it may be a key the provider published since. `retry_after`: seconds until they can be."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def declarant_valide(source: object) -> str:
@@ -115,7 +127,7 @@ class Verificateur:
         if not isinstance(alg, str) or alg not in ALGORITHMES:  # a list or an object: not hashable
             raise JetonRefuse(f"algorithme refusé : signature asymétrique attendue ({', '.join(sorted(ALGORITHMES))})")
         kid = entete.get("kid")
-        cle = await self._cles.cle(kid) if isinstance(kid, str) else None
+        cle = await self._cles.cle(kid, _emis(token)) if isinstance(kid, str) else None
         if cle is None:
             raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
         try:
@@ -143,6 +155,15 @@ class Verificateur:
         return Principal(sub, declarants)
 
 
+def _emis(token: str) -> float | None:
+    """The token's `iat`, unverified (it only chooses between two refusals), if it is a number."""
+    try:
+        iat = jwt.decode(token, options={"verify_signature": False}).get("iat")
+    except jwt.PyJWTError:
+        return None
+    return float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+
+
 def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
     cles = {
         cle.key_id: cle
@@ -162,7 +183,7 @@ class _ClesFichier:
         self._version: tuple[int, int, int] | None = None
         self._cles: dict[str, jwt.PyJWK] = {}
 
-    async def cle(self, kid: str) -> jwt.PyJWK | None:
+    async def cle(self, kid: str, emis: float | None = None) -> jwt.PyJWK | None:
         try:
             stat = os.stat(self.path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -185,13 +206,16 @@ class _ClesUrl:
         self.url = url
         self._cles: dict[str, jwt.PyJWK] = {}
         self._echec = ""
+        self._echoue = False  # the latest fetch failed: the keys in hand may be stale
+        self._obtenues = -math.inf  # when (time.time()) the keys in hand were fetched
         self._prochain = -math.inf  # when the keys are fetched again
         self._force = -math.inf  # when an unknown kid last forced a fetch
         self._generation = 0  # fetches done: a caller that waited for another's fetch skips its own
         self._verrou = asyncio.Lock()
         self._rafraichissement: asyncio.Task | None = None
 
-    async def cle(self, kid: str) -> jwt.PyJWK | None:
+    async def cle(self, kid: str, emis: float | None = None) -> jwt.PyJWK | None:
+        """The key `kid` names; None when it is not the provider's (`emis`: the token's `iat`)."""
         vue = self._generation
         maintenant = time.monotonic()
         if maintenant >= self._prochain and kid in self._cles:
@@ -206,16 +230,32 @@ class _ClesUrl:
             await self._charger(vue)
         if not self._cles:
             raise JwksIndisponible(f"JWKS_URL {self.url} : aucune clé obtenue ({self._echec})")
-        return self._cles.get(kid)
+        cle = self._cles.get(kid)
+        if cle is None and self._echoue:
+            raise ClesAVerifier(
+                f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés n'ont pu être relues "
+                f"({self._echec})",
+                max(self._prochain - time.monotonic(), 1.0),
+            )
+        if cle is None and emis is not None and emis > self._obtenues:
+            raise ClesAVerifier(  # issued after the keys in hand were fetched: fetched again when allowed
+                f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés seront relues sous "
+                f"{INTERVALLE_REFETCH:g} s",
+                max(self._force + INTERVALLE_REFETCH - time.monotonic(), 1.0),
+            )
+        return cle
 
     async def _charger(self, vue: int) -> None:
         async with self._verrou:
             if self._generation != vue:
                 return
             try:
+                demandees = time.time()
                 self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
+                self._obtenues, self._echoue = demandees, False
                 self._prochain = time.monotonic() + DUREE_CACHE
             except Exception as error:  # PyJWTError, ValueError (not JSON), OSError (cut while read)...
+                self._echoue = True
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles:

@@ -104,6 +104,60 @@ async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle
         assert not token or token not in response.text, name
 
 
+async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_503_not_401(
+    kafka, settings, identite, tmp_path
+):
+    """JWKS_URL: the provider rotates its keys and fails when the passerelle fetches them for
+    the new key's first token. A 401 would tell the client its token is invalid (it would get
+    another, signed by the same key); it is a 503 with Retry-After, and accepted once the
+    provider answers."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"jwks": identite.jwks_path.read_bytes()}
+
+    class Provider(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(served["jwks"])
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    rotated = IdentiteLocale(tmp_path / "nouvelle-cle")
+    rotated.ensure()
+    own = PasserelleSettings.of(settings).model_copy(
+        update={"jwks_url": f"http://127.0.0.1:{server.server_port}/certs", "jwks_file": None}
+    )
+    try:
+        async with serve(own) as (client, _):
+            ok = await client.post(
+                "/v1/evenements", content=b"[]", headers={**BATCHED, **bearer(identite.jeton(RENNES))}
+            )
+            assert ok.status_code == 202, ok.text
+            served["jwks"] = b"<html>502 Bad Gateway</html>"
+            token = rotated.jeton(RENNES)
+            refused = await client.post("/v1/evenements", content=b"[]", headers={**BATCHED, **bearer(token)})
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
+            assert "pas encore connue" in refused.json()["detail"] and token not in refused.text
+            served["jwks"] = json.dumps(
+                {"keys": [k for p in (identite, rotated) for k in json.loads(p.jwks_path.read_bytes())["keys"]]}
+            ).encode()
+
+            async def accepted() -> bool:
+                answer = await client.post("/v1/evenements", content=b"[]", headers={**BATCHED, **bearer(token)})
+                assert answer.status_code in (202, 503), answer.text
+                return answer.status_code == 202
+
+            await eventually(accepted, timeout=30, what="the new key's token accepted once the provider answers")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 async def test_what_is_not_one_event_or_a_batch_within_the_limits_is_refused_whole(passerelle, identite):
     client, _ = passerelle
     auth = bearer(identite.jeton(RENNES))

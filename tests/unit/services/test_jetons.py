@@ -19,7 +19,7 @@ import pytest
 
 from deploy.identite import DEFAULT_AUDIENCE, DEFAULT_ISSUER, IdentiteLocale
 from services.passerelle import jetons
-from services.passerelle.jetons import JetonRefuse, JwksIndisponible, Principal, Verificateur
+from services.passerelle.jetons import ClesAVerifier, JetonRefuse, JwksIndisponible, Principal, Verificateur
 from tests.helpers import eventually
 
 COMMUNE = "/collectivites/communes/35238"
@@ -250,11 +250,79 @@ async def test_a_rotated_key_is_fetched_at_its_first_token_and_unknown_kids_do_n
     assert await verificateur.verifier(autre.jeton(COMMUNE))
     assert fournisseur.requests == 2
 
-    made_up = jwt.encode(claims(), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "inventé"})
+    made_up = jwt.encode(  # issued before the keys in hand were fetched: not a key published since
+        claims(iat=int(time.time()) - 60), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "inventé"}
+    )
     for _ in range(5):
         with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
             await verificateur.verifier(made_up)
     assert fournisseur.requests == 2  # the rotation's refetch was less than INTERVALLE_REFETCH ago
+
+
+def signed_by(identite: IdentiteLocale, issued: int) -> str:
+    """A token of `identite`'s key, issued at `issued` (epoch seconds)."""
+    return jwt.encode(
+        claims(iat=issued), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": identite.kid}
+    )
+
+
+def both(*providers: IdentiteLocale) -> bytes:
+    return json.dumps({"keys": [k for p in providers for k in json.loads(p.jwks_path.read_bytes())["keys"]]}).encode()
+
+
+async def test_a_key_published_while_the_provider_fails_is_not_called_unknown(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider rotates its keys and fails when they are fetched for the new one: its token
+    is not told invalid (a client would get another signed by the same key) but to come back;
+    the keys in hand still serve; once they can be read, it is accepted."""
+    monkeypatch.setattr(jetons, "REESSAI", 0.2)
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    fournisseur.jwks = b"<html>502 Bad Gateway</html>"
+
+    with pytest.raises(ClesAVerifier) as refused:
+        await verificateur.verifier(autre.jeton(COMMUNE))
+    assert fournisseur.requests == 2 and refused.value.retry_after >= 1
+    assert await verificateur.verifier(identite.jeton(COMMUNE)), "the keys in hand still serve"
+
+    fournisseur.jwks = both(identite, autre)
+
+    async def accepted() -> Principal | None:
+        try:
+            return await verificateur.verifier(autre.jeton(COMMUNE))
+        except ClesAVerifier:
+            return None
+
+    assert await eventually(accepted, timeout=10, what="the new key's token accepted once the keys are read")
+
+
+async def test_a_token_issued_after_the_keys_were_last_fetched_waits_for_the_next_fetch(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made-up kids forced a fetch less than INTERVALLE_REFETCH ago (anyone can, without a valid
+    signature), then the provider rotated: a token issued since, signed by the new key, is told
+    to come back when the keys can be fetched again, not that its key is unknown. One issued
+    before that fetch had its key looked for, and is refused."""
+    verificateur = fournisseur.verificateur()
+    before = int(time.time()) - 60
+    made_up = jwt.encode(claims(iat=before), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "x"})
+    for _ in range(2):  # the first fetch, then one forced by the unknown kid
+        with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+            await verificateur.verifier(made_up)
+    assert fournisseur.requests == 2
+    fournisseur.jwks = both(identite, autre)
+
+    with pytest.raises(ClesAVerifier) as refused:
+        await verificateur.verifier(signed_by(autre, int(time.time()) + 2))
+    assert 1 <= refused.value.retry_after <= jetons.INTERVALLE_REFETCH
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+        await verificateur.verifier(signed_by(autre, before))
+    assert fournisseur.requests == 2, "no fetch before INTERVALLE_REFETCH"
+
+    monkeypatch.setattr(jetons, "INTERVALLE_REFETCH", 0.0)
+    assert await verificateur.verifier(signed_by(autre, int(time.time()) + 2))
+    assert fournisseur.requests == 3
 
 
 async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fournisseur, autre: IdentiteLocale) -> None:
