@@ -4,8 +4,9 @@ bytes exactly as the partner sent them.
 Each event keeps its own bytes, so the contract judges (and Kafka receives) what was sent, not
 a re-encoding of it: a re-encoding would hide a repeated key or a `NaN` that the services refuse
 as `json-invalide`. The splitter reads JSON leniently (repeated keys, `NaN`, numbers of any
-length, invalid UTF-8 inside a string) only to find where each element starts and ends; the
-contract's parser then refuses that element alone, as the DLQ would.
+length, invalid UTF-8 inside a string; nested deeper than the decoder goes: by its brackets)
+only to find where each element starts and ends; the contract's parser then refuses that
+element alone, as the DLQ would.
 """
 
 import json
@@ -86,8 +87,13 @@ def split(body: bytes, media: str) -> list[Element]:
     text = body.decode("utf-8", "surrogateescape")
     if media == STRUCTURED:
         try:
-            value = _LENIENT.decode(text)
-        except (ValueError, RecursionError):
+            try:
+                value = _LENIENT.decode(text)
+            except RecursionError:  # nested too deep to decode: one object still, for the contract to judge
+                start = _skip(text, 0)
+                whole = text[start : start + 1] == "{" and _skip(text, _nested_end(text, start)) == len(text)
+                value = {} if whole else None
+        except (ValueError, _TooLong):
             value = None
         if not isinstance(value, dict):
             raise CorpsRefuse(400, f"le corps n'est pas un objet JSON : en {STRUCTURED}, un événement")
@@ -109,8 +115,11 @@ def _array(text: str) -> list[Element]:
             if len(elements) == MAX_BATCH_EVENTS:
                 raise CorpsRefuse(413, f"plus de {MAX_BATCH_EVENTS} événements dans le lot : c'est le maximum")
             try:
-                value, end = _value(text, at)
-            except (ValueError, RecursionError):
+                try:
+                    value, end = _value(text, at)
+                except RecursionError:  # nested too deep to decode: split out by its brackets, judged alone
+                    value, end = None, _nested_end(text, at)
+            except ValueError:
                 raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
             except _TooLong:
                 raise CorpsRefuse(
@@ -151,6 +160,30 @@ def _value(text: str, at: int) -> tuple[Any, int]:
         if end < len(chunk) - (3 if isinstance(value, int | float) else 0):
             return value, at + end
     raise _TooLong
+
+
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|"|[][{}]', re.DOTALL)
+"""A whole string (skipped: its brackets are text), a string left open, or a bracket."""
+
+
+def _nested_end(text: str, at: int) -> int:
+    """Where the array or object starting at `at` ends, found by its brackets alone, without
+    recursion: for a value nested deeper than the decoder can go. What it holds is not checked
+    here (the contract's parser refuses it, in its element). ValueError when it is not an array
+    or an object, or a string or a bracket is left open; _TooLong past the last window."""
+    if text[at : at + 1] not in ("[", "{"):
+        raise ValueError("ni tableau ni objet")
+    end, depth = min(len(text), at + WINDOWS[-1]), 0
+    for match in _STRUCTURE.finditer(text, at, end):
+        token = match.group()
+        if token == '"':
+            break  # a string open to the end of what is read
+        depth += 1 if token in "[{" else -1 if token in "]}" else 0
+        if depth == 0:
+            return match.end()
+    if end < len(text):
+        raise _TooLong
+    raise ValueError("crochet ou chaîne non fermé")
 
 
 def _cut(error: json.JSONDecodeError, chunk: str) -> bool:

@@ -206,3 +206,42 @@ def test_a_raw_control_character_in_one_element_leaves_it_to_the_contract_parser
     with pytest.raises(ContractError) as refused:
         parse_event(bad, "equipement.declarations.v1")
     assert refused.value.code == "json-invalide"
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+"""Nested deeper than Python's JSON decoder goes (its recursion limit)."""
+
+
+def test_an_element_nested_too_deep_to_decode_is_split_out_and_refused_alone():
+    """The decoder gives up on it; its brackets still say where it ends: the batch's other
+    events are judged, and the contract's parser refuses that one (`json-invalide`), as the DLQ
+    would, instead of the whole batch being a 400. Brackets inside its strings are text."""
+    from contracts import ContractError, parse_event
+
+    good = b'{"id": "a", "type": "t"}'
+    deep = b'{"id": "b", "s": "]}\\"[", "x": ' + DEEP + b"}"
+    elements = split(b"[" + good + b", " + deep + b", " + good + b"]", BATCHED)
+    assert [e.raw for e in elements] == [good, deep, good]
+    assert elements[1].id is None  # not decoded: its id is not quoted
+    with pytest.raises(ContractError) as refused:
+        parse_event(deep, "equipement.declarations.v1")
+    assert refused.value.code == "json-invalide"
+    [alone] = split(deep, STRUCTURED)
+    assert alone.raw == deep
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"x": ' + b"[" * 5000 + b"]}]", b'[{"x": "' + b"[" * 5000 + b"]", b'[{"x": ' + DEEP + b"} {}]"],
+)
+def test_a_deep_element_left_open_or_followed_by_anything_but_a_comma_is_400(body):
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, BATCHED)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"x": ' + DEEP + b"} {}", b'{"x": ' + b"[" * 5000 + b"}"])
+def test_a_deep_structured_body_that_is_not_one_object_is_400(body):
+    with pytest.raises(CorpsRefuse) as refused:
+        split(body, STRUCTURED)
+    assert refused.value.status == 400
