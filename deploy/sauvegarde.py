@@ -39,7 +39,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -96,7 +96,8 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
                 f.write("[feo-sauvegarde]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items()))
             env["PGSERVICEFILE"] = str(service)
             kept.append(("service", "feo-sauvegarde"))
-        yield urlunsplit(parts._replace(query=urlencode(kept))), env
+        # %20, not +: libpq reads a query as percent-encoded only (a space in `options` as `+` breaks it)
+        yield urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote))), env
 
 
 def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
@@ -255,9 +256,14 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     marked = [name for name in schemas if name not in NO_CATCH_UP]
     floors = await _journal_allocated(database_url, marked)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
+    # A schema may come with its mark (backed up before it was caught up or rebuilt, as a
+    # rebuild's former schema is): one mark then, since the earlier time, past both floors.
     marks = "".join(
-        f'CREATE TABLE "{name}".{CATCH_UP_PENDING} AS '
-        f"SELECT now() AS depuis, {floors[name]}::bigint AS journal_floor;\n"
+        f'CREATE TABLE IF NOT EXISTS "{name}".{CATCH_UP_PENDING} AS '
+        f"SELECT now() AS depuis, 0::bigint AS journal_floor WITH NO DATA;\n"
+        f'WITH held AS (DELETE FROM "{name}".{CATCH_UP_PENDING} RETURNING depuis, journal_floor) '
+        f'INSERT INTO "{name}".{CATCH_UP_PENDING} '
+        f"SELECT coalesce(min(depuis), now()), greatest({floors[name]}::bigint, max(journal_floor)) FROM held;\n"
         for name in marked
     )
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
@@ -273,7 +279,9 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
                     replayed = await rattrapage.rattraper(cible)
-                    queued = await rattrapage.accorder(cible, floors[spec.name], stored_thresholds=True)
+                    async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
+                        floor = await rattrapage.journal_floor(conn, spec.name)
+                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True)
                     await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
                 finally:
                     await cible.close()

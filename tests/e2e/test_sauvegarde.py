@@ -23,6 +23,7 @@ from helpers import event, send
 from partner import declare
 from platform_state import OUTPUTS, SERVICES, end_offsets, play_morning, settled, snapshot
 from services.common.messaging import dlq
+from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.ressources.lifecycle import alert_id, event_id
 
 pytestmark = pytest.mark.e2e
@@ -138,6 +139,31 @@ async def test_a_restore_replaces_the_backups_schemas_and_leaves_public_alone(se
         await conn.close()
 
 
+async def test_a_backup_holding_a_marked_schema_is_restored_with_one_mark(settings, database_url, tmp_path):
+    """A restored schema neither caught up nor rebuilt keeps its mark (a rebuild's former schema,
+    kept to compare or to switch back), so the backups after it hold the mark too: restoring one
+    failed whole on it ('already exists'), and no later backup could be restored. Now the schema
+    has one mark, from the earlier time, past the higher of the two journal floors."""
+    former = "formation_avant_20261201000000"
+    first, second, conn = tmp_path / "first.dump", tmp_path / "second.dump", await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            f"CREATE SCHEMA {former}; CREATE TABLE {former}.t (n int); INSERT INTO {former}.t VALUES (1)"
+        )
+        tool.backup(database_url, first)
+        assert await tool.restore(settings, first) == [former]
+        [marked] = await conn.fetch(f"SELECT depuis, journal_floor FROM {former}.{CATCH_UP_PENDING}")
+        tool.backup(database_url, second)
+        await conn.execute(f"UPDATE {former}.{CATCH_UP_PENDING} SET journal_floor = 7")  # higher than the dump's
+        assert await tool.restore(settings, second) == [former]
+        marks = await conn.fetch(f"SELECT depuis, journal_floor FROM {former}.{CATCH_UP_PENDING}")
+        assert [tuple(m) for m in marks] == [(marked["depuis"], 7)]
+        assert await tool.restore(settings, first) == [former], "the older backup still restores"
+        assert await conn.fetchval(f"SELECT n FROM {former}.t") == 1
+    finally:
+        await conn.close()
+
+
 async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
     settings, database_url, tmp_path, monkeypatch
 ):
@@ -189,6 +215,22 @@ def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(data
     night = path.stat().st_ino
     tool.backup(database_url, latest)
     assert latest.is_symlink() and path.stat().st_ino != night, "the night's file replaced, through the link"
+
+
+async def test_a_database_url_with_server_options_the_services_take_is_taken_too(settings, database_url, tmp_path):
+    """`?options=-c%20statement_timeout%3D5000`, as asyncpg (the services) reads it: the URL given
+    to pg_dump and psql was encoded again with `+` for the space, which libpq does not read."""
+    url = database_url + ("&" if "?" in database_url else "?") + "options=-c%20statement_timeout%3D5000"
+    probe = await asyncpg.connect(url)
+    try:
+        assert await probe.fetchval("SHOW statement_timeout") == "5s"
+        await probe.execute("CREATE SCHEMA optionnee; CREATE TABLE optionnee.t (n int)")
+    finally:
+        await probe.close()
+    tool.backup(url, tmp_path / "options.dump")
+    assert await tool.restore(settings.model_copy(update={"database_url": url}), tmp_path / "options.dump") == [
+        "optionnee"
+    ]
 
 
 @pytest.mark.parametrize("command", [["deploy.sauvegarde", "backup", "x.dump"], ["deploy.reconstruire", "equipement"]])
