@@ -87,7 +87,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
         try:
             queued = await _build_and_switch(spec, settings, session, producer, live, fresh, former)
         except BaseException:
-            await _drop_half_built(session, fresh)
+            await _drop_half_built(settings, session, fresh)
             raise
         ended = await session.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -185,12 +185,21 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     )
 
 
-async def _drop_half_built(session: asyncpg.Connection, fresh: str) -> None:
+async def _drop_half_built(settings: ServiceSettings, session: asyncpg.Connection, fresh: str) -> None:
     """A rebuild that failed before its switch leaves nothing behind: its schema, as far as it
-    got, is dropped (it could be GBs, and is of no use: the next rebuild starts from scratch).
-    If even that fails (the database gone), the next rebuild drops it first."""
+    got, is dropped (it could be GBs, and is of no use: the next rebuild starts from scratch),
+    over a new session if PostgreSQL ended this one (a restart during the replay). If even that
+    fails (the database gone), the next rebuild drops it first."""
+    drop = f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE'
     try:
-        await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+        if session.is_closed():
+            again = await asyncpg.connect(settings.database_url, server_settings={"application_name": APPLICATION})
+            try:
+                await again.execute(drop)
+            finally:
+                await again.close()
+        else:
+            await session.execute(drop)
     except Exception as e:
         say(f"the half-built schema {fresh} is left ({type(e).__name__}): the next rebuild drops it first")
     else:
@@ -234,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
     try:
         asyncio.run(rebuild(spec, settings))
+    except asyncpg.InterfaceError as e:  # its session ended: PostgreSQL restarted meanwhile, most likely
+        print(f"error: the rebuild's session with PostgreSQL ended ({redact(str(e))}): run it again", file=sys.stderr)
+        return 1
     except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
         print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1

@@ -294,6 +294,50 @@ async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, se
     assert f"the half-built schema {fresh} was dropped" in capsys.readouterr().out
 
 
+def test_a_rebuild_whose_session_postgresql_ended_says_so_and_leaves_no_half_built_schema(
+    kafka, settings, monkeypatch, capsys
+) -> None:
+    """PostgreSQL restarts during the replay (here: the rebuild's sessions ended): its pool
+    reconnects, its own session does not. `./dev rebuild` ended in a traceback and left the
+    half-built schema; it is one error line, exit 1, and the schema is dropped on a new session."""
+    from deploy import rattrapage, reconstruire
+
+    async def prepared() -> None:
+        cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+        await cible.close()
+
+    asyncio.run(prepared())
+    fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
+
+    async def during_a_restart(target):
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND datname = current_database()",
+                reconstruire.APPLICATION,
+            )
+        finally:
+            await conn.close()
+        return await replay(target)
+
+    async def schemas() -> list[str]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await conn.fetchval("SELECT array_agg(nspname::text) FROM pg_namespace")
+        finally:
+            await conn.close()
+
+    monkeypatch.setattr(rattrapage, "rattraper", during_a_restart)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)  # the broker's access: in the session's environment
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    monkeypatch.setenv("TOPIC_PREFIX", settings.topic_prefix)
+    assert reconstruire.main([SPEC.name]) == 1
+    err = capsys.readouterr().err
+    assert "error: the rebuild's session with PostgreSQL ended" in err and "Traceback" not in err, err
+    assert fresh not in asyncio.run(schemas())
+
+
 async def test_after_a_rebuild_a_record_set_aside_never_shares_its_seq_with_another(kafka, settings) -> None:
     """The records Kafka refused are carried into the rebuilt schema numbered in its outbox's
     sequence: with their former seq, a record the rebuilt outbox numbered the same, set aside in
