@@ -37,7 +37,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -296,7 +296,26 @@ async def journal_floor(conn: Conn, schema: str) -> int:
     return allocated if mark is None else max(allocated, await conn.fetchval(f"SELECT journal_floor FROM {mark}"))
 
 
-async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: bool = False) -> int:
+async def pending_dead_letters(
+    conn: Conn, schema: str, spec: ServiceSpec, settings: ServiceSettings
+) -> set[dlq.Origin]:
+    """The refused records whose DLQ copy `schema`'s outbox still holds, unpublished (the service
+    stopped before its relay sent it, its offset committed already): what a restore replacing
+    that schema must send again (`accorder`'s `pending`)."""
+    topics = [c.dlq(settings.topic(t)) for t in spec.dead_letters_for]
+    if not topics or not await conn.fetchval("SELECT to_regclass(format('%I.outbox', $1::text)) IS NOT NULL", schema):
+        return set()
+    rows = await conn.fetch(f'SELECT headers FROM "{schema}".outbox WHERE topic = ANY($1::text[])', topics)
+    return {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
+
+
+async def accorder(
+    cible: Cible,
+    journal_floor: int = 0,
+    *,
+    stored_thresholds: bool = False,
+    pending: Collection[dlq.Origin] = (),
+) -> int:
     """Align the schema's memory of its publications with Kafka, and queue the real differences
     in its outbox (published by the service's relay once it runs on the schema); returns how many.
     ressources: the journal's next ids go past `journal_floor` too (`journal_allocated` of the
@@ -307,16 +326,22 @@ async def accorder(cible: Cible, journal_floor: int = 0, *, stored_thresholds: b
     name, bootstrap, sql = cible.spec.name, cible.settings.kafka_bootstrap_servers, _bare(cible)
     recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
-    # A refusal's DLQ copy stays queued if the service never handled its record (at or past the
-    # offset its consumer group committed: it came while a restored service was down, or in the
-    # batch a rebuilt one held at the switch) and its DLQ does not hold a copy already. Those of
-    # records it handled went out then (and may since have expired from the DLQ: not again).
+    # A refusal's DLQ copy stays queued if its DLQ does not hold it already and the service never
+    # handled its record (at or past the offset its consumer group committed: it came while a
+    # restored service was down, or in the batch a rebuilt one held at the switch) or its copy
+    # was still in the outbox of the schema a restore replaced (`pending`: the service stopped
+    # before its relay sent it). Those of other records it handled went out then (and may since
+    # have expired from the DLQ: not again).
     dead_letter_topics = [c.dlq(cible.topic(t)) for t in cible.spec.dead_letters_for]
     on_kafka = {o for t in dead_letter_topics async for r in records_of(bootstrap, t) if (o := dlq.origin(r.headers))}
     handled = await committed_offsets(bootstrap, cible.settings.topic(name))
 
     def unpublished(origin: dlq.Origin | None) -> bool:
-        return origin is not None and origin not in on_kafka and origin[2] >= handled.get(origin[:2], 0)
+        return (
+            origin is not None
+            and origin not in on_kafka
+            and (origin[2] >= handled.get(origin[:2], 0) or origin in pending)
+        )
 
     async def forget_replay(conn: Conn) -> list[Outgoing]:
         copies = await conn.fetch("SELECT seq, headers FROM outbox WHERE topic = ANY($1::text[])", dead_letter_topics)

@@ -46,11 +46,13 @@ from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
 from deploy.disque import durable
+from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
+from services.common.runtime.spec import ServiceSpec
 from services.common.storage.db import advisory_key
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
@@ -186,6 +188,19 @@ async def _journal_allocated(database_url: str, schemas: Sequence[str]) -> dict[
         await conn.close()
 
 
+async def _pending_dead_letters(
+    settings: ServiceSettings, services: Sequence[ServiceSpec]
+) -> dict[str, set[dlq.Origin]]:
+    """Per service schema about to be replaced, the DLQ copies its outbox has not sent: the
+    catch-up sends them again (the replay refuses their records again, but their offsets are
+    committed, which alone would say their copies went out)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return {spec.name: await rattrapage.pending_dead_letters(conn, spec.name, spec, settings) for spec in services}
+    finally:
+        await conn.close()
+
+
 async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     """Replace every schema the dump holds by the dump's, in one transaction, then catch each
     service's schema up with the log (deploy/rattrapage.py); returns the schemas restored. One
@@ -255,6 +270,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
         )
     marked = [name for name in schemas if name not in NO_CATCH_UP]
     floors = await _journal_allocated(database_url, marked)
+    pending = await _pending_dead_letters(settings, services)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
     # A schema may come with its mark (backed up before it was caught up or rebuilt, as a
     # rebuild's former schema is): one mark then, since the earlier time, past both floors.
@@ -281,7 +297,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
                     replayed = await rattrapage.rattraper(cible)
                     async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
                         floor = await rattrapage.journal_floor(conn, spec.name)
-                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True)
+                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True, pending=pending[spec.name])
                     await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
                 finally:
                     await cible.close()

@@ -164,6 +164,56 @@ async def test_a_backup_holding_a_marked_schema_is_restored_with_one_mark(settin
         await conn.close()
 
 
+async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_after_the_restore(
+    kafka, settings, tmp_path, monkeypatch
+):
+    """The service refused a record, committed its offset, and stopped before its relay sent the
+    DLQ copy (killed, or the DLQ's leader away until its stop). An older backup restored: the
+    catch-up refuses the record again, but its committed offset said the copy went out, and the
+    copy was dropped: logged as a dead letter, on no DLQ, never to be replayed. The copies still
+    in the replaced schema's outbox are sent again, once."""
+    from deploy.rattrapage import committed_offsets
+    from helpers import college, eventually, running, uai
+    from services.common.messaging.outbox import OutboxRelay
+    from services.equipement.app import SPEC as EQUIPEMENT
+
+    bootstrap, where, dump = kafka.bootstrap_servers, uai("0350777"), tmp_path / "avant.dump"
+    async with running(EQUIPEMENT, settings):
+        pass  # its schema, as the night's backup finds it
+    tool.backup(settings.database_url, dump)
+
+    async def nothing(self) -> int:
+        return 0
+
+    monkeypatch.setattr(OutboxRelay, "drain_once", nothing)
+    monkeypatch.setattr(OutboxRelay, "flush", nothing)
+    refused = settings.topic(c.EQUIPEMENT)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, refused, [(where, b"{pas du json")])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM dead_letters"), what="refused")
+
+        async def committed() -> bool:
+            return any(
+                topic == refused for topic, _ in await committed_offsets(bootstrap, settings.topic("equipement"))
+            )
+
+        await eventually(committed, what="its offset committed")
+    monkeypatch.undo()
+    dead_letter_queue = c.dlq(refused)
+    assert await read_topic(bootstrap, dead_letter_queue) == [], "the copy was not sent"
+
+    assert await tool.restore(settings, dump) == ["equipement"]
+    async with running(EQUIPEMENT, settings):
+
+        async def sent() -> list:
+            return await read_topic(bootstrap, dead_letter_queue)
+
+        [copy] = await eventually(sent, what="the copy on its DLQ")
+    assert copy.value == b"{pas du json" and dlq.origin(copy.headers)[0] == refused
+    assert len(await read_topic(bootstrap, dead_letter_queue)) == 1, "once"
+
+
 async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
     settings, database_url, tmp_path, monkeypatch
 ):
