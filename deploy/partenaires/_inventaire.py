@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from contracts import Logiciel
+from contracts._base import MAX_ITEMS
 from contracts.vocabulary import EQUIPMENT_KINDS, display_name, fold_name
 
 # Why a file gives no device (the summary counts them by these codes).
@@ -95,8 +96,8 @@ LOCAL_TIME = ZoneInfo("Europe/Paris")  # an agent's logdate without the OS's off
 
 @dataclass(frozen=True)
 class Appareil:
-    """One device as a lot counts it. `browsers`: (name, version), one per browser (its highest
-    version when several are installed), sorted; `inventorie_le`: when the agent ran, if known."""
+    """One device as a lot counts it. `browsers`: (name, version), every version of each browser
+    installed, sorted; `inventorie_le`: when the agent ran, if known."""
 
     fichier: Path
     deviceid: str
@@ -194,7 +195,11 @@ def _os(section: dict) -> tuple[str, str] | None:
 
 
 def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:
-    highest: dict[str, tuple[tuple[int, ...], str, str]] = {}
+    """Every version of each browser installed (an ESR beside the current release: a resource
+    whose bounds only the older meets runs on the device; CONTRACTS.md, a browser entry matches
+    one of its browsers), sorted. Beyond the contract's MAX_ITEMS, the highest of each browser
+    first, then the next highest of each, and so on."""
+    found: dict[str, dict[tuple[int, ...], tuple[str, str]]] = {}
     for software in softwares:
         if not isinstance(software, dict) or not isinstance(software.get("name"), str):
             continue
@@ -203,10 +208,17 @@ def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:
         if name is None or release is None:
             continue
         rank = tuple(int(part) for part in release.split("."))
-        key = fold_name(name)
-        if key not in highest or rank > highest[key][0]:
-            highest[key] = (rank, name, release)
-    return tuple(sorted((name, release) for _, name, release in highest.values()))
+        while len(rank) > 1 and rank[-1] == 0:  # 17.1.0 is 17.1, as the rules compare them
+            rank = rank[:-1]
+        found.setdefault(fold_name(name), {}).setdefault(rank, (name, release))
+    ranked = [[found[key][rank] for rank in sorted(found[key], reverse=True)] for key in sorted(found)]
+    kept = [
+        versions[depth]
+        for depth in range(max(map(len, ranked), default=0))
+        for versions in ranked
+        if depth < len(versions)
+    ]
+    return tuple(sorted(kept[:MAX_ITEMS]))
 
 
 def _browser(software: str) -> str | None:

@@ -99,13 +99,48 @@ def test_browsers_are_recognised_among_installed_software(software, browser):
     assert inv._browser(software) == browser
 
 
-def test_a_device_with_two_versions_of_a_browser_counts_the_highest():
+def test_a_device_with_two_versions_of_a_browser_declares_both_and_meets_a_bound_only_the_older_meets():
+    """An ESR beside the current release: a resource asking Firefox up to 115.99 runs on the
+    device. Declared with its highest version alone, the device was judged incompatible."""
+    from contracts import RessourcePubliee
+    from contracts.internal import LotProfil, ProfilEquipement
+    from services.ressources.rules import evaluate
+
     softwares = [
         {"name": "Mozilla Firefox 115.13.0 ESR (x64 fr)", "version": "115.13.0"},
         {"name": "Mozilla Firefox (x64 fr)", "version": "128.0.3"},
         {"name": "Google Chrome", "version": "126.0.6478.127"},
+        {"name": "Google Chrome", "version": "126.0.6478.127.0"},  # the same version, written longer
     ]
-    assert inv._browsers(softwares) == (("Chrome", "126.0.6478.127"), ("Firefox", "128.0.3"))
+    browsers = inv._browsers(softwares)
+    assert browsers == (("Chrome", "126.0.6478.127"), ("Firefox", "115.13.0"), ("Firefox", "128.0.3"))
+    lot = LotProfil(
+        lot_id="L",
+        kind="ordinateur portable",
+        quantity=1,
+        os={"name": "Windows", "version": "11"},
+        browsers=[{"name": n, "version": v} for n, v in browsers],
+    )
+    esr = RessourcePubliee.model_validate(
+        {
+            "resource_id": "ark:/67375/esr",
+            "title": "Une ressource",
+            "editor": "Éditeur",
+            "requirements": [[{"type": "browser", "name": "Firefox", "min_version": "115", "max_version": "115.99"}]],
+            "tools": [],
+            "training": {"competences": [], "tools": []},
+        }
+    )
+    evaluation = evaluate(esr, ProfilEquipement(uai=COLLEGE, lots=[lot]))
+    assert evaluation.compatible == 1 and "equipement-incompatible" not in evaluation.alerts
+
+
+def test_beyond_the_contract_s_bound_the_highest_version_of_each_browser_is_kept_first():
+    softwares = [{"name": "Mozilla Firefox", "version": f"{v}.0"} for v in range(100, 140)]
+    softwares.append({"name": "Google Chrome", "version": "120.0"})
+    browsers = inv._browsers(softwares)
+    assert len(browsers) == 32 and ("Chrome", "120.0") in browsers and ("Firefox", "139.0") in browsers
+    assert ("Firefox", "109.0") in browsers and ("Firefox", "108.0") not in browsers  # the 31 highest Firefox
 
 
 def test_the_mapping_file_is_checked_naming_the_line_and_the_rule(tmp_path):
