@@ -29,7 +29,7 @@ LAST_DAY = date(2100, 12, 31)
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
-Kind = Annotated[str, Field(max_length=MAX_NAME)]
+Kind = Name  # an equipment kind (lot.kind, tools): named, as an OS or a browser is
 
 T = TypeVar("T")
 Bounded = Annotated[list[T], Field(max_length=MAX_ITEMS)]

@@ -80,6 +80,9 @@ def test_a_size_bound_accepts_its_limit_and_refuses_beyond_as_trop_volumineux(
         (c.AFFECTATION, "end", "2100-12-31", "2101-01-01"),
         (c.ABONNEMENT, "start", "2100-12-31", "9999-12-31"),
         (c.FORMATION_SUIVIE, "completed_on", "1970-01-01", "0001-01-01"),
+        # An equipment kind is named, as lot.kind and a resource's tools are: "" was one, which
+        # no teacher is trained on (a resource asking it raised formation-insuffisante for good).
+        (c.FORMATION_SUIVIE, "tools", ["t"], [""]),
     ],
 )  # fmt: skip
 def test_a_value_bound_accepts_its_limit_and_refuses_beyond_as_donnees_invalides(
@@ -88,6 +91,17 @@ def test_a_value_bound_accepts_its_limit_and_refuses_beyond_as_donnees_invalides
     assert c.parse_event(make_record(type_, with_data(examples, type_, **{field: at_bound}))).type == type_
     code, message = reason(make_record(type_, with_data(examples, type_, **{field: beyond})))
     assert (code, message.split(": ")[0].split("[")[0]) == ("donnees-invalides", f"data.{field}")
+
+
+def test_a_resource_s_training_tool_is_named(make_record, examples):
+    """As a training's tools: "" is no equipment kind (see the value bounds above)."""
+    for tools, refused in ((["t"], False), ([""], True)):
+        record = make_record(c.RESSOURCE_PUBLIEE, with_data(examples, c.RESSOURCE_PUBLIEE, training={"tools": tools}))
+        if refused:
+            code, message = reason(record)
+            assert (code, message.split(": ")[0].split("[")[0]) == ("donnees-invalides", "data.training.tools")
+        else:
+            assert c.parse_event(record).data.training.tools == tools
 
 
 @pytest.mark.parametrize("version", ["123456789", "1.2.3.123456789", "999999999.0.0.0"])
