@@ -199,6 +199,35 @@ def test_an_unreachable_database_is_one_line_without_its_password(monkeypatch, c
     assert "motdepasse" not in err and err.count("\n") == 1
 
 
+async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_and_its_partition_goes_on(
+    kafka, settings
+):
+    """A header *name* with a NUL character, on a record to refuse (or one that waits for its
+    établissement): its DLQ copy's headers, written to the outbox as text, made PostgreSQL
+    refuse the transaction, and the record alone as well, so its batch was given back for ever
+    and the service stopped consuming. It is dead-lettered, headers byte-exact, and the
+    records after it take effect."""
+    known, awaited = uai("0350311"), uai("0350312")
+    topic = settings.topic(c.EQUIPEMENT)
+    odd = [("trace\x00id", b"\x00\xff"), ("a\x00", None)]
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, c.dlq(topic)) as dlq:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
+        await send(kafka.bootstrap_servers, topic, [(known, b"{pas du json")], headers=odd, partition=0)
+        await send(kafka.bootstrap_servers, topic, [(awaited, lot(awaited, "L0", 1))], headers=odd, partition=0)
+        await send(kafka.bootstrap_servers, topic, [(known, lot(known, "L1", 2))], partition=0)
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot after them")
+        copies = await dlq.wait_for(lambda records: len(records) >= 2, what="the DLQ copies")
+        for copy in copies:
+            assert [h for h in copy.headers if not h[0].startswith("dlq-")][1:] == odd, "headers byte-exact"
+        assert sorted(dict(copy.headers)["dlq-reason"] for copy in copies) == [b"json-invalide", b"uai-inconnu"]
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1, "the other waits"
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(awaited, college(awaited))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM lots"), what="the awaited one revived"
+        )
+
+
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):
     """A lot from a département the référentiel does not place the collège in is refused; once
     the référentiel corrects the collège's département, the replay sends the very record back,

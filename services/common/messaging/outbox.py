@@ -95,12 +95,30 @@ def text_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tup
 
 def dump_headers(headers: Headers) -> str:
     """The outbox's jsonb form: [[name, base64 value or null], ...], byte-exact (pydantic-core's
-    JSON and binascii: a few microseconds less per record than the json and base64 modules)."""
-    return to_json([[k, None if v is None else b2a_base64(v, newline=False).decode()] for k, v in headers]).decode()
+    JSON and binascii: a few microseconds less per record than the json and base64 modules).
+    A name jsonb cannot hold (a NUL character: a partner's header, on a record to dead-letter)
+    is [null, value, base64 name]: written as text, it failed the transaction, and the record
+    held up its partition for good."""
+    return to_json(
+        [
+            [k, None if v is None else b2a_base64(v, newline=False).decode()]
+            if "\x00" not in k
+            else [
+                None,
+                None if v is None else b2a_base64(v, newline=False).decode(),
+                b2a_base64(k.encode(), newline=False).decode(),
+            ]
+            for k, v in headers
+        ]
+    ).decode()
 
 
 def load_headers(text: str) -> Headers:
-    return tuple((k, None if v is None else a2b_base64(v)) for k, v in from_json(text))
+    loaded = []
+    for header in from_json(text):
+        name, value = header if len(header) == 2 else (a2b_base64(header[2]).decode(), header[1])
+        loaded.append((name, None if value is None else a2b_base64(value)))
+    return tuple(loaded)
 
 
 async def enqueue(conn: Conn, records: Sequence[OutboxRecord]) -> None:
