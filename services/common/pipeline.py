@@ -108,8 +108,11 @@ LOG_APPEND_TIME = 1
 """A record's `timestamp_type` when the broker stamped it (Kafka's TimestampType.LOG_APPEND_TIME)."""
 _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~0.2 ms, which a reply waits at most
 
-REVIVAL_CHUNK = 500
-"""Records refused `uai-inconnu` judged again per transaction (`Pipeline.revive`)."""
+REVIVAL_UAIS = 100
+"""UAIs whose records refused `uai-inconnu` one transaction judges again (`Pipeline.revive`):
+every waiting record of a UAI in one transaction, so that two of one entity with the same time
+keep their order of arrival (the later wins); one judged in an earlier transaction than the
+other held the state as if it came after it."""
 
 Parsed = dict[int, tuple[ConsumerRecord, CloudEvent | ContractError]]
 """Records parsed ahead of their batch, by the id of the record, with the record (so that
@@ -316,8 +319,8 @@ class Pipeline:
 
     async def revive(self, uais: Collection[str] | None = None) -> int:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
-        these UAIs; None: of any), judged again, REVIVAL_CHUNK at a time, oldest first per
-        partition: accepted, they are applied as if they came now (the inbox drops one applied
+        these UAIs; None: of any), judged again, those of REVIVAL_UAIS UAIs at a time, oldest
+        first per partition: accepted, they are applied as if they came now (the inbox drops one applied
         meanwhile, replayed by an operator), but a state held with their `time` came after them and
         keeps equal times (entities.ARRIVED_BEFORE_HELD); refused for another reason, dead-lettered again with
         it. Returns how many were judged.
@@ -327,44 +330,63 @@ class Pipeline:
         whichever of the two commits last finds the other's rows. Replicas may look at once: a
         waiting row is judged by the transaction that deletes it. A record whose judgement fails
         other than for its data (a fault) is logged and left waiting for the next pass, the others
-        judged all the same; PostgreSQL away ends the pass (raised)."""
-        judged, after = 0, ("", -1, -1)
+        judged all the same (then one at a time: the fault's UAI's records apart, equal times
+        among them no longer keep their order); PostgreSQL away ends the pass (raised)."""
+        judged, after = 0, ""
         # Two statements: one plan each (a generic plan for both would not use the index on uai).
-        targeted = "AND a.uai = ANY($4::text[]) " if uais is not None else ""
+        targeted = "AND a.uai = ANY($2::text[]) " if uais is not None else ""
         query = (
-            'SELECT topic, partition, "offset" FROM attente_referentiel a '
+            "WITH due AS (SELECT DISTINCT uai FROM attente_referentiel a "
             f"WHERE EXISTS (SELECT FROM etablissements e WHERE e.uai = a.uai) {targeted}"
-            f'AND (topic, partition, "offset") > ($1, $2, $3) ORDER BY topic, partition, "offset" LIMIT {REVIVAL_CHUNK}'
+            f"AND a.uai > $1 ORDER BY uai LIMIT {REVIVAL_UAIS}) "
+            'SELECT uai, topic, partition, "offset" FROM attente_referentiel JOIN due USING (uai) '
+            'ORDER BY topic, partition, "offset"'
         )
         while True:
-            rows = await self.pool.fetch(query, *after, *([sorted(uais)] if uais is not None else []))
-            origins = [(r["topic"], r["partition"], r["offset"]) for r in rows]
-            if not origins:
+            rows = await self.pool.fetch(query, after, *([sorted(uais)] if uais is not None else []))
+            if not rows:
                 return judged
-            after = origins[-1]
+            after = max(r["uai"] for r in rows)
+            origins = [(r["topic"], r["partition"], r["offset"]) for r in rows]
             try:
                 judged += await self._revive(origins)
             except _UNREACHABLE:
                 raise
             except Exception as exc:
                 log.warning("referentiel.revival_isolating", records=len(origins), error=type(exc).__name__)
-                judged += await self._revive_each(origins)
+                by_uai: dict[str, list[dlq.Origin]] = {}
+                for r, origin in zip(rows, origins, strict=True):
+                    by_uai.setdefault(r["uai"], []).append(origin)
+                judged += await self._revive_each(list(by_uai.values()))
 
-    async def _revive_each(self, origins: list[dlq.Origin]) -> int:
-        """One record at a time: a fault on one is logged and leaves it waiting (for the next full
-        pass), not the others; PostgreSQL away ends the pass at once."""
+    async def _revive_each(self, groups: list[list[dlq.Origin]]) -> int:
+        """One UAI's records at a time, and those of a UAI that fails one at a time: a fault on one
+        is logged and leaves it waiting (for the next full pass), not the others; PostgreSQL away
+        ends the pass at once."""
         judged = 0
-        for origin in origins:
+        for origins in groups:
             try:
-                judged += await self._revive([origin])
+                judged += await self._revive(origins)
+                continue
             except _UNREACHABLE:
                 raise
             except Exception:
-                topic, partition, offset = origin
-                log.exception(
-                    "referentiel.revival_failed", topic=topic, partition=partition, offset=offset, left_waiting=True
-                )
+                if len(origins) == 1:
+                    self._revival_failed(origins[0])
+                    continue
+            for origin in origins:
+                try:
+                    judged += await self._revive([origin])
+                except _UNREACHABLE:
+                    raise
+                except Exception:
+                    self._revival_failed(origin)
         return judged
+
+    @staticmethod
+    def _revival_failed(origin: dlq.Origin) -> None:
+        topic, partition, offset = origin
+        log.exception("referentiel.revival_failed", topic=topic, partition=partition, offset=offset, left_waiting=True)
 
     @property
     def revivals_pending(self) -> int:

@@ -278,3 +278,29 @@ async def test_a_record_that_waited_loses_equal_times_to_the_state_that_came_aft
         assert await pipeline.revive() == 1
         assert await pipeline.pool.fetchval(quantity, where) == 30, "the correction stays"
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
+
+
+async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_keep_their_order(
+    kafka, settings, monkeypatch
+):
+    """Two waiting records of one lot with the same `time`, the correction after: the later
+    arrival wins (CONTRACTS.md). Judged again 500 records per transaction, the 500th and the
+    501st fell in two: the first one's state, held, counted as come after the correction,
+    which was stale. A UAI's waiting records are judged in one transaction."""
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    bootstrap = kafka.bootstrap_servers
+    where = uai("0350605")
+    fillers = [(where, lot(DEPARTEMENT, where, f"F{n}")) for n in range(499)]
+    first = lot(DEPARTEMENT, where, "X")
+    correction = lot(DEPARTEMENT, where, "X")
+    correction["data"]["quantity"] = 30  # the same lot and `time`, sent after
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), [*fillers, (where, first), (where, correction)])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 501 FROM attente_referentiel"), what="501 waiting"
+        )
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the UAI")
+        assert await pipeline.revive() == 501
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 0
