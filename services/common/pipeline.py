@@ -108,7 +108,7 @@ LOG_APPEND_TIME = 1
 """A record's `timestamp_type` when the broker stamped it (Kafka's TimestampType.LOG_APPEND_TIME)."""
 _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~0.2 ms, which a reply waits at most
 
-REVIVAL_UAIS = 100
+REVIVAL_UAIS = 250
 """UAIs whose records refused `uai-inconnu` one transaction judges again (`Pipeline.revive`):
 every waiting record of a UAI in one transaction, so that two of one entity with the same time
 keep their order of arrival (the later wins); one judged in an earlier transaction than the
