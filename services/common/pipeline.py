@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 import structlog
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from opentelemetry import trace
 
 import contracts as c
@@ -185,28 +185,6 @@ class Pipeline:
             return self._parse(record.value or b"", topic, not_after=not_after)
         except ContractError as e:
             return e
-
-    async def unreadable(self, topic: str, partition: int, offset: int) -> None:
-        """A record the consumer could not read at all (aiokafka refuses a header name that is
-        not UTF-8, which the broker takes): logged as a dead letter, with no DLQ copy (its
-        bytes could not be had: it stays in its topic at that offset, until its retention), and
-        the partition's position moved past it, so that the partition goes on."""
-        message = "enregistrement Kafka illisible (un nom d'en-tête qui n'est pas de l'UTF-8) : sans copie dans la DLQ"
-        async with self._exclusive() as conn:
-            await conn.execute(
-                'INSERT INTO dead_letters (topic, partition, "offset", reason, message) '
-                "VALUES ($1, $2, $3, 'cloudevent-invalide', $4) ON CONFLICT DO NOTHING",
-                topic,
-                partition,
-                offset,
-                message,
-            )
-            await positions.advance_to(conn, topic, partition, offset + 1)
-        self.metrics.refused("cloudevent-invalide")
-        log.error("event.unreadable", topic=topic, partition=partition, offset=offset, reason="cloudevent-invalide")
-
-    async def stored_positions(self, partitions: Collection[TopicPartition]) -> Mapping[TopicPartition, int]:
-        return await positions.load(self.pool, partitions)
 
     async def parse_ahead(self, records: Sequence[ConsumerRecord]) -> Parsed:
         """Each record parsed and validated before its batch is handled: the consumer takes the

@@ -228,52 +228,6 @@ async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_a
         )
 
 
-class _NotUtf8(str):
-    """A header name that encodes to bytes that are not UTF-8 (the broker takes them)."""
-
-    def encode(self, *args, **kwargs) -> bytes:
-        return b"\xff\xfeh"
-
-
-async def test_a_record_whose_header_name_is_not_utf8_is_stepped_over_and_nothing_else_is_lost(
-    kafka, settings, monkeypatch
-):
-    """aiokafka cannot read such a record: it raised after taking the records of other
-    partitions (lost, their positions moved past them), and again at every poll, its own
-    partition standing still while /health said 200. The records of every partition are
-    applied, the unreadable one is logged as a dead letter (no copy: its bytes could not be
-    had) and stepped over, and those after it on its partition are applied."""
-    import aiokafka.producer.message_accumulator as accumulator
-    import aiokafka.producer.producer as producer
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-
-    known = uai("0350321")
-    topic = settings.topic(c.EQUIPEMENT)
-    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
-    before = {p: [(known, lot(known, f"P{p}-{n}", 1)) for n in range(4)] for p in range(TEST_PARTITIONS)}
-    for partition, records in before.items():
-        await send(kafka.bootstrap_servers, topic, records, partition=partition)
-    with monkeypatch.context() as m:  # the C record builder encodes names itself
-        m.setattr(accumulator, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
-        m.setattr(producer, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
-        await send(
-            kafka.bootstrap_servers, topic, [(known, lot(known, "BAD", 1))], [(_NotUtf8("h"), b"v")], partition=1
-        )
-    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "AFTER", 1))], partition=1)
-    expected = TEST_PARTITIONS * 4 + 1
-    async with running(EQUIPEMENT, settings) as pipeline:
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", expected), timeout=60, what="every lot"
-        )
-        [row] = await dead_letter_rows(pipeline, 1)
-        assert (row["topic"], row["partition"], row["offset"], row["reason"]) == (topic, 1, 4, "cloudevent-invalide")
-        assert "BAD" not in {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")}
-        assert (
-            await pipeline.pool.fetchval("SELECT next_offset FROM positions WHERE topic = $1 AND partition = 1", topic)
-            == 6
-        )
-
-
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):
     """A lot from a département the référentiel does not place the collège in is refused; once
     the référentiel corrects the collège's département, the replay sends the very record back,

@@ -8,7 +8,7 @@ when the schema has none. Kafka's committed offsets still follow, for lag monito
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -66,14 +66,6 @@ def _by_partition(records: Iterable[ConsumerRecord]) -> tuple[ConsumerRecord, ..
 
 class Ahead(Protocol):
     async def parse_ahead(self, records: Sequence[ConsumerRecord]) -> Parsed: ...
-
-    async def stored_positions(self, partitions: Collection[TopicPartition]) -> Mapping[TopicPartition, int]: ...
-
-    async def unreadable(self, topic: str, partition: int, offset: int) -> None: ...
-
-
-UNREADABLE_PROBE_MS = 500
-"""How long a partition is fetched from, record by record, to find a record aiokafka cannot read."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -155,51 +147,10 @@ class Poll:
             self._next.task.add_done_callback(_retrieved)
         return got
 
-    async def _take(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
-        try:
-            got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except UnicodeDecodeError:  # a record aiokafka cannot read, not a fetch error
-            if self._ahead is None:
-                raise
-            return await self._past_unreadable(consumer, max_records)
+    @staticmethod
+    async def _take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
+        got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return tuple(r for records in got.values() for r in records)
-
-    async def _past_unreadable(self, consumer: AIOKafkaConsumer, room: int) -> tuple[ConsumerRecord, ...]:
-        """aiokafka met a record it cannot decode (a header name that is not UTF-8, which the
-        broker takes) after taking the records of other partitions, whose positions it had moved
-        past them: lost, and the same at every poll, while that partition stood still. Every
-        partition is sought back to its stored position (what was lost is taken again; a batch
-        handled meanwhile comes again, and its second time changes nothing: the inbox, the
-        positions), then read a record at a time, at most `room` (handed over as the batch),
-        until the unreadable record, which is dead-lettered without a copy and stepped over."""
-        assert self._ahead is not None
-        assigned = sorted(consumer.assignment())
-        stored = await self._ahead.stored_positions(assigned)
-        for tp in assigned:
-            consumer.seek(tp, stored.get(tp, 0))
-        log.warning("consumer.unreadable_record", partitions=len(assigned))
-        got: list[ConsumerRecord] = []
-        try:
-            for tp in assigned:
-                while len(got) < room:
-                    at = await consumer.position(tp)
-                    try:
-                        one = await consumer.getmany(tp, timeout_ms=UNREADABLE_PROBE_MS, max_records=1)
-                    except UnicodeDecodeError:
-                        await self._ahead.unreadable(tp.topic, tp.partition, at)
-                        consumer.seek(tp, at + 1)
-                        continue
-                    if not one:
-                        break
-                    got += one[tp]
-        except asyncio.CancelledError:  # dropped (the batch before failed, partitions assigned): taken again
-            for tp in assigned:
-                try:
-                    consumer.seek(tp, stored.get(tp, 0))
-                except Exception:  # no longer assigned here: its next owner resumes from the database
-                    pass
-            raise
-        return tuple(got)
 
     async def _take_ahead(self, ahead: _TakeAhead) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
         assert self._ahead is not None

@@ -26,16 +26,7 @@ def ends(records: Iterable[ConsumerRecord]) -> dict[tuple[str, int], int]:
 async def advance(conn: Conn, records: Iterable[ConsumerRecord]) -> None:
     """Past every record of `records`, never backwards (a replica replaying a batch another
     one handled during a rebalance does not move a partition back)."""
-    await _advance(conn, ends(records))
-
-
-async def advance_to(conn: Conn, topic: str, partition: int, next_offset: int) -> None:
-    """The partition's position at `next_offset`, unless it is past it already."""
-    await _advance(conn, {(topic, partition): next_offset})
-
-
-async def _advance(conn: Conn, past: Mapping[tuple[str, int], int]) -> None:
-    if past:
+    if past := ends(records):
         keys = sorted(past)  # rows locked in key order: two writers never wait in a cycle
         await conn.execute(
             "INSERT INTO positions AS p (topic, partition, next_offset) "
