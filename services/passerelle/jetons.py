@@ -161,7 +161,12 @@ def _emis(token: str) -> float | None:
         iat = jwt.decode(token, options={"verify_signature": False}).get("iat")
     except jwt.PyJWTError:
         return None
-    return float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        return None
+    try:
+        return float(iat)
+    except OverflowError:  # an integer of hundreds of digits: no instant
+        return None
 
 
 def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:

@@ -325,6 +325,18 @@ async def test_a_token_issued_after_the_keys_were_last_fetched_waits_for_the_nex
     assert fournisseur.requests == 3
 
 
+async def test_an_iat_of_hundreds_of_digits_on_an_unknown_kid_is_a_401_not_a_500(
+    fournisseur: Fournisseur, identite: IdentiteLocale
+) -> None:
+    """Its `iat` is read before the signature is checked (to tell an unknown key from a new
+    one): a number no float holds raised OverflowError, a 500 for anyone."""
+    token = jwt.encode(
+        claims(iat=10**400), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "inventé"}
+    )
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+        await fournisseur.verificateur().verifier(token)
+
+
 async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fournisseur, autre: IdentiteLocale) -> None:
     verificateur = fournisseur.verificateur()
 
