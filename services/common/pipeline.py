@@ -443,9 +443,15 @@ class Pipeline:
                     raise
                 log.info("referentiel.revival_retried", error=type(exc).__name__, attempt=attempt)
                 await asyncio.sleep(0.05 * attempt)
-            except _REFUSED_BY_DATABASE as exc:  # as `_isolate`: one record at a time, the culprit refused alone
+            except _REFUSED_BY_DATABASE as exc:  # as `_isolate`: the culprit refused alone
                 if len(origins) > 1:
-                    return sum([await self._revive([o]) for o in origins])
+                    # Its UAI's records apart first, so the others' keep their order (equal times).
+                    groups = await self._by_uai(origins)
+                    return sum(
+                        [await self._revive(g) for g in groups]
+                        if len(groups) > 1
+                        else [await self._revive([o]) for o in origins]
+                    )
                 async with self._exclusive() as conn:
                     records = await _waiting(conn, origins)
                     await dlq.rejudged(conn, [], [_refused_by_database(r, exc) for r in records])
@@ -453,6 +459,20 @@ class Pipeline:
                 self.relay.wake()
                 return len(records)
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _by_uai(self, origins: list[dlq.Origin]) -> list[list[dlq.Origin]]:
+        """These waiting records by UAI, each UAI's in their order (those judged meanwhile: none)."""
+        rows = await self.pool.fetch(
+            'SELECT topic, partition, "offset", uai FROM attente_referentiel '
+            'WHERE (topic, partition, "offset") IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))',
+            *map(list, zip(*origins, strict=True)),
+        )
+        uai_of = {(r["topic"], r["partition"], r["offset"]): r["uai"] for r in rows}
+        groups: dict[str, list[dlq.Origin]] = {}
+        for origin in origins:
+            if (held := uai_of.get(origin)) is not None:
+                groups.setdefault(held, []).append(origin)
+        return list(groups.values())
 
     async def _revival(self, origins: list[dlq.Origin]) -> int:
         started = time.monotonic()

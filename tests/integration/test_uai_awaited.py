@@ -304,3 +304,33 @@ async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_
         assert await pipeline.revive() == 501
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 0
+
+
+async def test_a_record_the_database_refuses_leaves_the_other_uais_equal_times_in_their_order(
+    kafka, settings, monkeypatch
+):
+    """A waiting record PostgreSQL refuses (here a trigger's data_exception) is found by judging
+    again apart: first its UAI's records from the others', so that another UAI's two records of
+    one lot with the same time still go in one transaction (the correction wins); one at a time,
+    they did not."""
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    bootstrap = kafka.bootstrap_servers
+    poisoned, fine = uai("0350705"), uai("0350706")
+    first, correction = lot(DEPARTEMENT, fine, "X"), lot(DEPARTEMENT, fine, "X")
+    correction["data"]["quantity"] = 30  # the same lot and `time`, sent after
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await pipeline.pool.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.lot_id = 'POISON' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'data_exception'; END IF; "
+            "RETURN NEW; END $$; "
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+        )
+        records = [(poisoned, lot(DEPARTEMENT, poisoned, "POISON")), (fine, first), (fine, correction)]
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), records, partition=0)
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 3 FROM attente_referentiel"), what="waiting")
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(poisoned, college(poisoned)), (fine, college(fine))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM etablissements"), what="the UAIs")
+        assert await pipeline.revive() == 3
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'POISON'") == 0
