@@ -306,7 +306,31 @@ async def pending_dead_letters(
     if not topics or not await conn.fetchval("SELECT to_regclass(format('%I.outbox', $1::text)) IS NOT NULL", schema):
         return set()
     rows = await conn.fetch(f'SELECT headers FROM "{schema}".outbox WHERE topic = ANY($1::text[])', topics)
-    return {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
+    pending = {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
+    if await conn.fetchval(
+        "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", schema, COPIES_PENDING
+    ):
+        # A restore whose catch-up failed: those its first run found, kept with its mark.
+        rows = await conn.fetch(f'SELECT topic, partition, "offset" FROM "{schema}".{COPIES_PENDING}')
+        pending |= {(r["topic"], r["partition"], r["offset"]) for r in rows}
+    return pending
+
+
+COPIES_PENDING = "rattrapage_copies_dlq"
+"""Beside a restored schema's catch-up mark, the DLQ copies `pending_dead_letters` found in the
+schema it replaced: a restore run again after its catch-up failed still sends them."""
+
+
+def copies_pending_sql(schema: str, pending: Collection[dlq.Origin]) -> str:
+    """The statements keeping `pending` with `schema`'s mark (COPIES_PENDING; none: nothing)."""
+    if not pending:
+        return ""
+    rows = ", ".join(f"('{t.replace(chr(39), chr(39) * 2)}', {int(p)}, {int(o)})" for t, p, o in sorted(pending))
+    return (
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{COPIES_PENDING} '
+        '(topic text, partition int, "offset" bigint, PRIMARY KEY (topic, partition, "offset"));\n'
+        f'INSERT INTO "{schema}".{COPIES_PENDING} VALUES {rows} ON CONFLICT DO NOTHING;\n'
+    )
 
 
 async def accorder(

@@ -191,9 +191,10 @@ async def _journal_allocated(database_url: str, schemas: Sequence[str]) -> dict[
 async def _pending_dead_letters(
     settings: ServiceSettings, services: Sequence[ServiceSpec]
 ) -> dict[str, set[dlq.Origin]]:
-    """Per service schema about to be replaced, the DLQ copies its outbox has not sent: the
-    catch-up sends them again (the replay refuses their records again, but their offsets are
-    committed, which alone would say their copies went out)."""
+    """Per service schema about to be replaced, the DLQ copies its outbox has not sent (and those
+    a failed run of the restore kept, rattrapage.COPIES_PENDING): the catch-up sends them again
+    (the replay refuses their records again, but their offsets are committed, which alone would
+    say their copies went out)."""
     conn = await asyncpg.connect(settings.database_url)
     try:
         return {spec.name: await rattrapage.pending_dead_letters(conn, spec.name, spec, settings) for spec in services}
@@ -281,7 +282,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
         f'INSERT INTO "{name}".{CATCH_UP_PENDING} '
         f"SELECT coalesce(min(depuis), now()), greatest({floors[name]}::bigint, max(journal_floor)) FROM held;\n"
         for name in marked
-    )
+    ) + "".join(rattrapage.copies_pending_sql(name, origins) for name, origins in pending.items())
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
@@ -298,7 +299,9 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
                     async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
                         floor = await rattrapage.journal_floor(conn, spec.name)
                     queued = await rattrapage.accorder(cible, floor, stored_thresholds=True, pending=pending[spec.name])
-                    await cible.pipeline.pool.execute(f"DROP TABLE {CATCH_UP_PENDING}")
+                    await cible.pipeline.pool.execute(
+                        f"DROP TABLE IF EXISTS {rattrapage.COPIES_PENDING}; DROP TABLE {CATCH_UP_PENDING}"
+                    )
                 finally:
                     await cible.close()
             except Exception as e:

@@ -171,7 +171,8 @@ async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_afte
     DLQ copy (killed, or the DLQ's leader away until its stop). An older backup restored: the
     catch-up refuses the record again, but its committed offset said the copy went out, and the
     copy was dropped: logged as a dead letter, on no DLQ, never to be replayed. The copies still
-    in the replaced schema's outbox are sent again, once."""
+    in the replaced schema's outbox are sent again, once, even by a restore run again after its
+    catch-up failed (they are kept with the schema's mark)."""
     from deploy.rattrapage import committed_offsets
     from helpers import college, eventually, running, uai
     from services.common.messaging.outbox import OutboxRelay
@@ -203,6 +204,15 @@ async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_afte
     dead_letter_queue = c.dlq(refused)
     assert await read_topic(bootstrap, dead_letter_queue) == [], "the copy was not sent"
 
+    from deploy import rattrapage
+
+    async def failed(cible) -> int:
+        raise KafkaConnectionError("the broker went away")
+
+    with monkeypatch.context() as m:  # a first run whose catch-up fails: the copies kept with the mark
+        m.setattr(rattrapage, "rattraper", failed)
+        with pytest.raises(tool.SauvegardeError, match="rerun ./dev restore"):
+            await tool.restore(settings, dump)
     assert await tool.restore(settings, dump) == ["equipement"]
     async with running(EQUIPEMENT, settings):
 
