@@ -211,7 +211,7 @@ async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_afte
 
     with monkeypatch.context() as m:  # a first run whose catch-up fails: the copies kept with the mark
         m.setattr(rattrapage, "rattraper", failed)
-        with pytest.raises(tool.SauvegardeError, match="rerun ./dev restore"):
+        with pytest.raises(tool.SauvegardeError, match=r"rerun \./dev restore"):
             await tool.restore(settings, dump)
     assert await tool.restore(settings, dump) == ["equipement"]
     async with running(EQUIPEMENT, settings):
