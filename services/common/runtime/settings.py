@@ -25,8 +25,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from services.common.runtime.secrets import redact
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SECRET = frozenset({"database_url", "otel_endpoint", "kafka_password"})
-"""Settings whose value may hold a password or a token: no message shows it."""
+SECRET = frozenset({"database_url", "otel_endpoint", "kafka_password", "jwks_url"})
+"""Settings whose value may hold a password or a token: no message shows it (any other's value
+is shown masked, `secrets.redact`, then cut)."""
 
 
 def _must(check: Any, rule: str) -> AfterValidator:
@@ -255,8 +256,9 @@ def _problem(variable: str, field: str, value: str, info: FieldInfo, error: Any)
         rule = " ".join([f"must be {_KINDS.get(info.annotation, 'valid')}", " and ".join(bounds)]).strip()
     if field in SECRET:
         return f"{variable}: {rule}"
-    shown = value if len(value) <= 40 else f"{value[:40]}…"
-    return f"{variable}: {rule} (got {redact(repr(shown))})"
+    masked = redact(value)  # whole: cut first, a URL's userinfo lost its `@` and was not masked
+    shown = masked if len(masked) <= 40 else f"{masked[:40]}…"
+    return f"{variable}: {rule} (got {shown!r})"
 
 
 def _number(bound: Any) -> str:

@@ -75,6 +75,25 @@ def test_a_setting_that_may_hold_a_secret_is_named_without_its_value(environ, li
     assert check_environment(environ) == [line]
 
 
+def test_a_jwks_url_refused_never_shows_its_credentials_even_long():
+    """Cut to 40 characters before it was masked, a URL whose userinfo ends past them lost its
+    `@`, and the start of its password or token was printed."""
+    from services.passerelle.settings import PasserelleSettings
+
+    for url in (
+        "http://svc:S3cr3tP4ssw0rdThatIsQuiteLong@keys.example.org/jwks",
+        "http://eyJhbGciOiJIUzI1NiJ9abcdefghijklmnopqrstuv@keys.example.org/jwks",
+    ):
+        [line] = check_environment({"JWKS_URL": url}, [PasserelleSettings])
+        assert line.startswith("JWKS_URL: ") and "S3cr3t" not in line and "eyJhbG" not in line, line
+
+
+def test_a_value_shown_is_masked_before_it_is_cut():
+    long_user = "u" * 26  # its password within the 40 characters shown, its '@' just past them
+    [line] = check_environment({"LOG_FORMAT": f"http://{long_user}:s3cr3t@host.example/very/long/path"})
+    assert "s3cr3t" not in line and ":***@" in line, line
+
+
 def test_every_problem_is_said_once_even_when_several_services_share_the_setting():
     environ = {"BATCH_MAX_RECORDS": "x", "LOG_FORMAT": "xml", "SSE_MAX_CLIENTS": "0"}
     assert check_environment(environ, BOTH) == [
