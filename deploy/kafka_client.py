@@ -29,12 +29,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from contracts import CONTENT_TYPE
 from deploy.local.kafka.credentials import ADMIN, local_access
 from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.records import lenient_consumer
 
 
 class UsageError(ValueError):
@@ -107,7 +108,7 @@ async def produce(access: KafkaAccess, topic: str, key: str | None, headers: lis
 async def consume(
     access: KafkaAccess, topic: str, from_beginning: bool, at_most: int | None, idle: float | None
 ) -> int:
-    consumer = AIOKafkaConsumer(
+    consumer = lenient_consumer(
         **access.aiokafka(),
         group_id=None,
         enable_auto_commit=False,

@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
 
@@ -53,6 +53,7 @@ from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import OutboxRelay, load_headers
+from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.lifecycle import restored_mark
@@ -171,7 +172,7 @@ async def rattraper(cible: Cible) -> int:
     (an établissement published before its equipment is known to it; otherwise uai-inconnu,
     and the declaration judged again once it comes, as the service does: Pipeline.revive)."""
     settings = cible.settings
-    consumer = AIOKafkaConsumer(
+    consumer = lenient_consumer(
         **KafkaAccess.of(settings).aiokafka(),
         group_id=None,
         enable_auto_commit=False,
@@ -263,7 +264,7 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
     """The records of `topic` now, batch after batch (none held beyond its batch)."""
     # A position the retention deleted meanwhile (the oldest records, under a long scan) goes back
     # to the first record left, not to the end: aiokafka's default would skip all the rest.
-    consumer = AIOKafkaConsumer(
+    consumer = lenient_consumer(
         **kafka_options(bootstrap), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
@@ -418,7 +419,7 @@ async def _unfetchable(access: KafkaAccess, partitions: list[TopicPartition]) ->
     refused: list[str] = []
     answered: set[TopicPartition] = set()
     deadline = time.monotonic() + CHECK_SECONDS
-    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    consumer = lenient_consumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         while partitions:

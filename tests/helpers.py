@@ -100,6 +100,28 @@ def at(minutes: int) -> datetime:
     return datetime(2026, 9, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
 
 
+class NotUtf8(str):
+    """A header name that aiokafka's Python record builder writes as `\\xff\\xfe` and its
+    own bytes: not UTF-8, which the broker takes (aiokafka's C builder encodes names itself)."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"\xff\xfe" + str(self).encode()
+
+
+@contextmanager
+def python_record_builder(monkeypatch: Any) -> Iterator[None]:
+    """aiokafka's producers build their batches with its Python builder, which writes a
+    `NotUtf8` name as it says."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    with monkeypatch.context() as m:
+        m.setattr(accumulator, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+        m.setattr(producer, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+        yield
+
+
 async def send(
     bootstrap: str,
     topic: str,

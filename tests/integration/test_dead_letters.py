@@ -11,7 +11,20 @@ from aiokafka import AIOKafkaProducer
 
 import contracts as c
 from contracts.internal import PROFILS
-from helpers import TEST_PARTITIONS, TopicReader, at, college, event, eventually, record_count, running, send, uai
+from helpers import (
+    TEST_PARTITIONS,
+    NotUtf8,
+    TopicReader,
+    at,
+    college,
+    event,
+    eventually,
+    python_record_builder,
+    record_count,
+    running,
+    send,
+    uai,
+)
 from services.common.messaging import dead_letters
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -226,6 +239,38 @@ async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_a
         await eventually(
             lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM lots"), what="the awaited one revived"
         )
+
+
+async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and_nothing_else_is_lost(
+    kafka, settings, monkeypatch
+):
+    """aiokafka could not read such a record (the broker takes the name): the poll that met it
+    lost the records it had taken of other partitions, and its partition stood still for good,
+    /health 200. Now the name reads with its bytes written `\\xNN`: a valid lot so named is
+    applied, a record to refuse is dead-lettered (its DLQ copy so named, value byte-exact),
+    and every partition's records before and after them are applied."""
+    known = uai("0350321")
+    topic = settings.topic(c.EQUIPEMENT)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+    for partition in range(TEST_PARTITIONS):
+        records = [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(4)]
+        await send(kafka.bootstrap_servers, topic, records, partition=partition)
+    with python_record_builder(monkeypatch):
+        named = [(known, lot(known, "NAMED", 1)), (known, b"{pas du json")]
+        await send(kafka.bootstrap_servers, topic, named, [(NotUtf8("h"), b"\xff")], partition=1)
+    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "AFTER", 1))], partition=1)
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, c.dlq(topic)) as dlq:
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 4 + 2),
+            timeout=60,
+            what="every lot",
+        )
+        assert {"NAMED", "AFTER"} <= {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")}
+        [row] = await dead_letter_rows(pipeline, 1)
+        assert (row["topic"], row["partition"], row["offset"], row["reason"]) == (topic, 1, 5, "json-invalide")
+        [copy] = await dlq.wait_for(lambda records: len(records) >= 1, what="the DLQ copy")
+        assert copy.value == b"{pas du json"
+        assert [h for h in copy.headers if not h[0].startswith("dlq-")][1:] == [("\\xff\\xfeh", b"\xff")]
 
 
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):

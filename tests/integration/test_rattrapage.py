@@ -28,7 +28,7 @@ from deploy.rattrapage import (
     read_topic,
 )
 from deploy.topic_admin import topic_configs
-from helpers import college, event, eventually, running, send
+from helpers import NotUtf8, college, event, eventually, python_record_builder, running, send
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import relay_producer
@@ -474,3 +474,25 @@ async def test_the_alignment_retires_what_kafka_holds_and_the_replay_no_longer_d
     assert [(o.key, o.event.data["version"]) for o in queued] == [(f"{code}/L1", 2)]
     assert {k: queued[0].event.data[k] for k in held} == {**held, "quantity": 0}
     assert json.loads(stored)["quantity"] == 0, "remembered as published"
+
+
+async def test_a_replay_reads_a_record_whose_header_name_is_not_utf8(kafka, settings, monkeypatch) -> None:
+    """A rebuild's (or a restore's catch-up's) replay failed on such a record (aiokafka raised).
+    Its reader is that of the services: the record is judged by its value (applied here)."""
+    from aiokafka.consumer import fetcher
+    from aiokafka.record.memory_records import MemoryRecords
+
+    monkeypatch.setattr(fetcher, "MemoryRecords", MemoryRecords)  # as a new process has it: the replay sets its own
+    where = valid_uai("0350402")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+    lots = [(where, event(c.LOT, DEPARTEMENT, {**lot, "uai": where}, subject=where)) for lot in LOTS]
+    with python_record_builder(monkeypatch):
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), lots, [(NotUtf8("h"), b"v")])
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
+    cible = await ouvrir(SPEC, settings, "equipement_nom_illisible", held)
+    try:
+        assert await rattraper(cible) == 1 + len(lots)
+        assert await cible.pipeline.pool.fetchval("SELECT count(*) FROM lots") == len(lots)
+    finally:
+        await cible.close()
+        await held.stop()

@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
+from services.common.messaging.records import read_any_header_name
 from services.common.pipeline import Parsed, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -315,6 +316,7 @@ class StoredPositions(ConsumerRebalanceListener):
 
 
 def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline) -> None:
+    read_any_header_name()  # FastStream's consumer is aiokafka's
     listener = StoredPositions(pipeline)
     subscriber = broker.subscriber(
         # The platform's topics (deploy.topic_admin, Strimzi's KafkaTopic), which a service's

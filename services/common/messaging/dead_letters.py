@@ -41,13 +41,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from contracts import dlq as dlq_topic
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.dlq import Origin, origin, replayed_headers
 from services.common.messaging.outbox import COMPACTED
+from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
@@ -295,7 +296,7 @@ def _header_value(value: bytes | None) -> str:
 async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
     """The DLQ copies of these refused records, read from their DLQ topics until each is found or
     the topics' end (the producer knows the partitions: it waits for the metadata)."""
-    consumer = AIOKafkaConsumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    consumer = lenient_consumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [
