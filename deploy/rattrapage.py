@@ -60,7 +60,7 @@ from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
-from services.common.storage.db import Conn, create_pool, migrate
+from services.common.storage.db import Conn, create_pool, migrate, relation
 from services.common.storage.derived import Derived, PgPublished, publish_changes
 from services.equipement import handlers as equipement
 from services.formation import handlers as formation
@@ -285,7 +285,7 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
 
 async def journal_allocated(conn: Conn, schema: str) -> int:
     """The highest alert journal id `schema` may have handed out (0 without a journal)."""
-    sequence = await conn.fetchval("SELECT to_regclass(format('%I.alert_journal_seq_seq', $1::text))", schema)
+    sequence = await relation(conn, schema, "alert_journal_seq_seq")
     return 0 if sequence is None else int(await conn.fetchval(f"SELECT last_value FROM {sequence}"))
 
 
@@ -304,13 +304,11 @@ async def pending_dead_letters(
     stopped before its relay sent it, its offset committed already): what a restore replacing
     that schema must send again (`accorder`'s `pending`)."""
     topics = [c.dlq(settings.topic(t)) for t in spec.dead_letters_for]
-    if not topics or not await conn.fetchval("SELECT to_regclass(format('%I.outbox', $1::text)) IS NOT NULL", schema):
+    if not topics or not await relation(conn, schema, "outbox"):
         return set()
     rows = await conn.fetch(f'SELECT headers FROM "{schema}".outbox WHERE topic = ANY($1::text[])', topics)
     pending = {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
-    if await conn.fetchval(
-        "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", schema, COPIES_PENDING
-    ):
+    if await relation(conn, schema, COPIES_PENDING):
         # A restore whose catch-up failed: those its first run found, kept with its mark.
         rows = await conn.fetch(f'SELECT topic, partition, "offset" FROM "{schema}".{COPIES_PENDING}')
         pending |= {(r["topic"], r["partition"], r["offset"]) for r in rows}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncpg
 
 from deploy.local.datadir import Refused
+from services.common.storage.db import relation
 
 SERVICE_SCHEMAS = ("formation", "equipement", "ressources")
 
@@ -23,7 +24,7 @@ async def check(url: str, database: str, cluster_id: str | None, kafka: str, rem
     conn = await asyncpg.connect(url)
     try:
         recorded = None
-        if await conn.fetchval("SELECT to_regclass('plateforme.kafka') IS NOT NULL"):
+        if await relation(conn, "plateforme", "kafka"):
             recorded = await conn.fetchval("SELECT cluster_id FROM plateforme.kafka")
         schemas = await conn.fetchval(
             "SELECT coalesce(string_agg(nspname, ', ' ORDER BY nspname), '') FROM pg_namespace "

@@ -52,7 +52,7 @@ from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
-from services.common.storage.db import advisory_key
+from services.common.storage.db import advisory_key, relation
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = (
@@ -328,7 +328,7 @@ async def run(args: argparse.Namespace, database_url: str) -> int:
     try:
         schemas = []
         for schema in args.service or SERVICES:
-            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".dead_letters'):
+            if await relation(conn, schema, "dead_letters"):
                 schemas.append(schema)
             else:
                 print(f"{schema}: no such service schema in this database", file=sys.stderr)

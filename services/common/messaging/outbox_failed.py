@@ -34,6 +34,7 @@ from services.common.messaging.outbox import COMPACTED, dump_headers, load_heade
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
+from services.common.storage.db import relation
 
 SERVICES = ("formation", "equipement", "ressources")
 
@@ -159,7 +160,7 @@ async def run(
     try:
         total = 0
         for schema in schemas:
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".outbox_failed'):
+            if not await relation(conn, schema, "outbox_failed"):
                 print(f"{schema}: no such service schema in this database", file=sys.stderr)
                 continue
             if command == "list":

@@ -19,7 +19,7 @@ from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.startup import StartupFailed
 from services.common.storage import retention
-from services.common.storage.db import POOL_SIZE, Conn, create_pool, migrate
+from services.common.storage.db import POOL_SIZE, Conn, create_pool, migrate, relation
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """The cyclic collector's thresholds once the service runs (Python's are 700, 10, 10). A batch
@@ -43,8 +43,7 @@ schema would hand out versions and alert ids already published)."""
 
 async def restored_mark(conn: Conn | asyncpg.Pool, schema: str) -> str | None:
     """The table by which a restore marked `schema` as not caught up with the log, if it did."""
-    found = "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text"
-    return await conn.fetchval(found, schema, CATCH_UP_PENDING)
+    return await relation(conn, schema, CATCH_UP_PENDING)
 
 
 class Lifecycle:

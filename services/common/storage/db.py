@@ -56,6 +56,11 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+async def relation(conn: Conn | asyncpg.Pool, schema: str, name: str) -> str | None:
+    """`schema`'s table or sequence `name`, qualified and quoted, if it exists."""
+    return await conn.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text", schema, name)
+
+
 POOL_SIZE = 5
 """A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
 spare (ressources' read API has a pool of its own: services/ressources/api.py, Reads)."""
