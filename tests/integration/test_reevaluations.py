@@ -371,6 +371,58 @@ async def test_a_batch_on_a_uai_waits_for_the_chunk_evaluating_it(database_url):
         await pool.close()
 
 
+async def republish(pool, minute: int, min_ipados: str) -> None:
+    ressource = c.RessourcePubliee.model_validate(publiee(minute, min_ipados)[1]["data"])
+    async with pool.acquire() as conn, conn.transaction():
+        await make_apply(Seuils())(
+            RessourcesStore(conn), [c.make_event(c.RESSOURCE_PUBLIEE, ressource, source="/gar", time=at(minute))], set()
+        )
+
+
+async def one_chunk(pool, size: int):
+    async with pool.acquire() as conn, conn.transaction():
+        return await reevaluate_chunk(RessourcesStore(conn), Seuils(), size)
+
+
+async def test_versions_coming_faster_than_a_pass_still_reach_every_subscriber(database_url, one_part):
+    """Each new version started the fan-out over from the first UAI: while versions came faster
+    than a pass (here one chunk of ten between two), the last UAIs were never evaluated."""
+    codes = uais(25)
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        for minute in range(1, 7):  # 15, 17.2, 15...: iPadOS 12.5 meets neither
+            await republish(pool, minute, "15" if minute % 2 else "17.2")
+            await one_chunk(pool, 10)
+        old = {u for n, u in enumerate(codes) if ipados(n) == OLD}
+        assert old <= await open_alerts(pool), "every subscriber on iPadOS 12.5 reached"
+        await fan_out(pool, Seuils())
+        assert await open_alerts(pool) == set(codes), "as the last version says: 17.1 < 17.2"
+    finally:
+        await pool.close()
+
+
+async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_again(database_url, monkeypatch):
+    monkeypatch.setattr(store_module, "PART_SIZE", 10)
+    codes = uais(25)
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        await republish(pool, 1, "15")
+        for _ in range(2):  # parts 0 and 1 done (ten UAIs each), part 2 not started
+            await one_chunk(pool, 20)
+        assert len(await open_alerts(pool)) == 10
+        await republish(pool, 2, "12")  # 12.5 meets it
+        parts = await pool.fetch("SELECT part, start_uai, after_uai, up_to FROM reevaluations ORDER BY part")
+        assert [tuple(p) for p in parts] == [(2, codes[19], codes[19], None), (3, "", "", codes[19])]
+        await fan_out(pool, Seuils())
+        assert await open_alerts(pool) == set(), "those parts 0 and 1 raised, resolved"
+    finally:
+        await pool.close()
+
+
 async def fan_out(pool, seuils: Seuils) -> None:
     """Every chunk of the re-evaluations waiting, as a worker takes them."""
     while True:

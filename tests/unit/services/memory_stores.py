@@ -16,7 +16,7 @@ from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
-from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart, uncovered
 
 
 class Latest:
@@ -226,11 +226,18 @@ class RessourcesMemory:
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
         for rid in resource_ids:
-            self.reevaluations = {k: p for k, p in self.reevaluations.items() if k[0] != rid}
-            subscribed = sorted(self._subscribed(rid))
-            bounds = subscribed[self.part_size - 1 : -1 : self.part_size]
-            for n, (after, up_to) in enumerate(zip(["", *bounds], [*bounds, None], strict=True)):
-                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
+            parts = {k: p for k, p in self.reevaluations.items() if k[0] == rid}
+            for k, p in parts.items():  # under way: each goes on, and covers its range again
+                self.reevaluations[k] = dataclasses.replace(p, again=p.again or p.after_uai != p.start_uai)
+            if parts:
+                ranges = uncovered([(p.start_uai, p.up_to) for p in parts.values()])
+                first = max(n for _, n in parts) + 1
+            else:
+                subscribed = sorted(self._subscribed(rid))
+                bounds = subscribed[self.part_size - 1 : -1 : self.part_size]
+                ranges, first = list(zip(["", *bounds], [*bounds, None], strict=True)), 0
+            for n, (after, up_to) in enumerate(ranges, first):
+                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to, after)
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
         return self.reevaluations[min(self.reevaluations)] if self.reevaluations else None
@@ -245,8 +252,10 @@ class RessourcesMemory:
 
     async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
         key = (part.resource_id, part.part)
-        if after_uai is not None:
-            self.reevaluations[key] = dataclasses.replace(part, after_uai=after_uai)
+        if after_uai is not None or part.again:
+            self.reevaluations[key] = dataclasses.replace(
+                part, after_uai=after_uai or part.start_uai, again=part.again and after_uai is not None
+            )
             return None
         del self.reevaluations[key]
         return sum(rid == part.resource_id for rid, _ in self.reevaluations)

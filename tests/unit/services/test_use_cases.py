@@ -245,7 +245,7 @@ async def test_ressources_defers_a_resource_fan_out_to_chunks_that_raise_each_al
     assert [(ch.uais, ch.last) for ch in chunks] == [(2, False), (2, False), (1, True)]
     raised = [o.event.data["uai"] for ch in chunks for o in ch.outgoing if o.topic == c.ALERTES]
     assert raised == uais, "one raise per subscriber, in the order of the UAIs"
-    assert store.reevaluations == {}, "the last chunk ends the re-evaluation"
+    assert requested(store) == set(), "the last chunk ends the re-evaluation"
     assert await reevaluate_chunk(store, Seuils(), 2) is None
 
 
@@ -272,7 +272,7 @@ async def test_a_fan_out_comes_in_parts_each_evaluated_on_its_own_range():
     assert raised == uais, "each subscriber raised once, by the part that holds its UAI"
 
 
-async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version():
+async def test_a_new_version_during_a_fan_out_goes_on_with_it_then_evaluates_again_what_was_passed():
     uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
     store = await subscribed_with_old_tablets(uais)
     await ressources(store, [publication(2)], set())
@@ -280,12 +280,45 @@ async def test_a_new_version_during_a_fan_out_starts_it_over_with_that_version()
     assert first is not None and [o.event.data["uai"] for o in first.outgoing if o.topic == c.ALERTES] == uais[:2]
 
     await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
-    assert requested(store) == {(RID, "")}, "the cursor is back at the start"
+    assert requested(store) == {(RID, uais[1])}, "the cursor stays"
     outgoing = []
     while chunk := await reevaluate_chunk(store, Seuils(), 2):
         outgoing += [o for o in chunk.outgoing if o.topic == c.ALERTES]
     assert [(o.event.type, o.event.data["uai"]) for o in outgoing] == [(c.ALERTE_RESOLUE, u) for u in uais[:2]]
     assert not any(held.ouverte for kinds in store.alerts.values() for held in kinds.values())
+
+
+async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_again():
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+    store.part_size = 2
+    await ressources(store, [publication(2)], set())
+    for _ in range(2):  # parts 0 and 1 done, part 2 not started
+        await reevaluate_chunk(store, Seuils(), 10)
+    assert requested(store) == {(RID, uais[3])}
+
+    await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
+    assert requested(store) == {(RID, uais[3]), (RID, "")}, "parts 0 and 1's range a part again"
+    resolved = []
+    while chunk := await reevaluate_chunk(store, Seuils(), 10):
+        resolved += [o.event.data["uai"] for o in chunk.outgoing if o.event.type == c.ALERTE_RESOLUE]
+    assert sorted(resolved) == uais[:4], "the alerts parts 0 and 1 raised, resolved"
+    assert not any(held.ouverte for kinds in store.alerts.values() for held in kinds.values())
+
+
+async def test_versions_coming_faster_than_a_pass_still_reach_every_subscriber():
+    """Each new version started the pass over from the first UAI: the last ones were never
+    evaluated while versions came faster than a pass (here one chunk of two between two)."""
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+    for minute in range(2, 8):  # 15 then 16 and so on: 12.5 meets neither
+        await ressources(store, [publication(minute, min_ipados=str(15 + minute % 2))], set())
+        await reevaluate_chunk(store, Seuils(), 2)
+    assert sorted(u for u, _ in store.alerts) == uais, "every subscriber reached"
+    while await reevaluate_chunk(store, Seuils(), 2):
+        pass
+    details = {held.alerte.reasons[0].detail for kinds in store.alerts.values() for held in kinds.values()}
+    assert details == {"iPadOS 12.5 < 16"}, "every alert as the last version says"
 
 
 async def test_a_republication_changing_only_what_the_rules_do_not_read_evaluates_nothing_again():
@@ -298,7 +331,7 @@ async def test_a_republication_changing_only_what_the_rules_do_not_read_evaluate
     renamed = publication(3)
     renamed = renamed.model_copy(update={"data": renamed.data.model_copy(update={"title": "Atlas 2", "editor": "F"})})
     assert (await ressources(store, [renamed], set())).outgoing == []
-    assert store.reevaluations == {}, "no fan-out: every verdict stays as it is"
+    assert requested(store) == set(), "no fan-out: every verdict stays as it is"
     assert store.catalogue.rows[(RID,)].data.title == "Atlas 2", "the new version is kept all the same"
 
     await ressources(store, [publication(4, min_ipados="12")], set())  # a requirement changed
