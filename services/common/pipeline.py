@@ -347,17 +347,17 @@ class Pipeline:
             if not rows:
                 return judged
             after = max(r["uai"] for r in rows)
-            origins = [(r["topic"], r["partition"], r["offset"]) for r in rows]
+            by_uai: dict[str, list[dlq.Origin]] = {}
+            for r in rows:
+                by_uai.setdefault(r["uai"], []).append((r["topic"], r["partition"], r["offset"]))
+            groups = list(by_uai.values())
             try:
-                judged += await self._revive(origins)
+                judged += await self._revive(groups)
             except _UNREACHABLE:
                 raise
             except Exception as exc:
-                log.warning("referentiel.revival_isolating", records=len(origins), error=type(exc).__name__)
-                by_uai: dict[str, list[dlq.Origin]] = {}
-                for r, origin in zip(rows, origins, strict=True):
-                    by_uai.setdefault(r["uai"], []).append(origin)
-                judged += await self._revive_each(list(by_uai.values()))
+                log.warning("referentiel.revival_isolating", records=len(rows), error=type(exc).__name__)
+                judged += await self._revive_each(groups)
 
     async def _revive_each(self, groups: list[list[dlq.Origin]]) -> int:
         """One UAI's records at a time, and those of a UAI that fails one at a time: a fault on one
@@ -366,7 +366,7 @@ class Pipeline:
         judged = 0
         for origins in groups:
             try:
-                judged += await self._revive(origins)
+                judged += await self._revive([origins])
                 continue
             except _UNREACHABLE:
                 raise
@@ -376,7 +376,7 @@ class Pipeline:
                     continue
             for origin in origins:
                 try:
-                    judged += await self._revive([origin])
+                    judged += await self._revive([[origin]])
                 except _UNREACHABLE:
                     raise
                 except Exception:
@@ -434,7 +434,9 @@ class Pipeline:
                 log.exception("referentiel.revival_failed", retried_within_seconds=period)
                 await asyncio.sleep(period)
 
-    async def _revive(self, origins: list[dlq.Origin]) -> int:
+    async def _revive(self, groups: list[list[dlq.Origin]]) -> int:
+        """These records, a UAI's in each group, judged again in one transaction."""
+        origins = [o for group in groups for o in group]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return await self._revival(origins)
@@ -446,11 +448,10 @@ class Pipeline:
             except _REFUSED_BY_DATABASE as exc:  # as `_isolate`: the culprit refused alone
                 if len(origins) > 1:
                     # Its UAI's records apart first, so the others' keep their order (equal times).
-                    groups = await self._by_uai(origins)
                     return sum(
-                        [await self._revive(g) for g in groups]
+                        [await self._revive([g]) for g in groups]
                         if len(groups) > 1
-                        else [await self._revive([o]) for o in origins]
+                        else [await self._revive([[o]]) for o in origins]
                     )
                 async with self._exclusive() as conn:
                     records = await _waiting(conn, origins)
@@ -459,20 +460,6 @@ class Pipeline:
                 self.relay.wake()
                 return len(records)
         raise AssertionError("unreachable")  # the last attempt returns or raises
-
-    async def _by_uai(self, origins: list[dlq.Origin]) -> list[list[dlq.Origin]]:
-        """These waiting records by UAI, each UAI's in their order (those judged meanwhile: none)."""
-        rows = await self.pool.fetch(
-            'SELECT topic, partition, "offset", uai FROM attente_referentiel '
-            'WHERE (topic, partition, "offset") IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))',
-            *map(list, zip(*origins, strict=True)),
-        )
-        uai_of = {(r["topic"], r["partition"], r["offset"]): r["uai"] for r in rows}
-        groups: dict[str, list[dlq.Origin]] = {}
-        for origin in origins:
-            if (held := uai_of.get(origin)) is not None:
-                groups.setdefault(held, []).append(origin)
-        return list(groups.values())
 
     async def _revival(self, origins: list[dlq.Origin]) -> int:
         started = time.monotonic()
