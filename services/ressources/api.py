@@ -285,11 +285,25 @@ STARTING: dict[int | str, dict[str, Any]] = {
 }
 
 
+def built(model: Any, description: str, *others: dict[int | str, dict[str, Any]]) -> dict[str, Any]:
+    """A route's answers in the OpenAPI document when it builds its answer as plain data, which
+    FastAPI then does not validate again (`response_model=None`): `model` is the schema of its
+    200, then `others` (its refusals, STARTING)."""
+    responses: dict[int | str, dict[str, Any]] = {200: {"model": model, "description": description}}
+    for more in others:
+        responses |= more
+    return {"response_model": None, "responses": responses}
+
+
+NOT_IN_CATALOGUE: dict[int | str, dict[str, Any]] = {
+    404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"}
+}
+
+
 @router.get(
     "/alertes",
-    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)",
-    responses={200: {"model": PageAlertes, "description": "une page d'alertes"}, **STARTING},
+    **built(PageAlertes, "une page d'alertes", STARTING),
 )
 async def alertes(
     pool: Pool,
@@ -429,16 +443,13 @@ async def flux(
 
 @router.get(
     "/etablissements/{uai}",
-    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Un établissement : son équipement, sa formation, les verdicts de chaque ressource abonnée",
-    responses={
-        200: {
-            "model": FicheEtablissement,
-            "description": "l'établissement, son équipement, sa formation et ses ressources abonnées",
-        },
-        404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"},
-        **STARTING,
-    },
+    **built(
+        FicheEtablissement,
+        "l'établissement, son équipement, sa formation et ses ressources abonnées",
+        {404: {"model": Erreur, "description": "l'UAI n'est pas dans le référentiel"}},
+        STARTING,
+    ),
 )
 async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
     async with pool.snapshot() as conn:
@@ -501,13 +512,8 @@ def formation_shown(couverture: CouvertureFormation | None) -> dict | None:
 
 @router.get(
     "/ressources/{resource_id:path}",
-    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Une ressource : les établissements abonnés par verdict, en tout et par académie",
-    responses={
-        200: {"model": SyntheseRessource, "description": "les comptes de la ressource, en tout et par académie"},
-        404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"},
-        **STARTING,
-    },
+    **built(SyntheseRessource, "les comptes de la ressource, en tout et par académie", NOT_IN_CATALOGUE, STARTING),
 )
 async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.snapshot() as conn:

@@ -12,8 +12,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from services.ressources import queries
-from services.ressources.api import STARTING, Pool, ResourceId
-from services.ressources.api_errors import REFUSED, Erreur
+from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built
+from services.ressources.api_errors import REFUSED
 from services.ressources.api_reponses import Repartition, Territoires
 
 router = APIRouter(responses=REFUSED)
@@ -42,10 +42,9 @@ async def fichier(fichier: str) -> FileResponse:
 
 @router.get(
     "/territoires",
-    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Les académies du référentiel et leurs départements (les filtres du tableau de bord)",
     description="`{academies: {code_academie: [code_departement, …]}}`, dans l'ordre des codes.",
-    responses={200: {"model": Territoires, "description": "les académies et leurs départements"}, **STARTING},
+    **built(Territoires, "les académies et leurs départements", STARTING),
 )
 async def territoires(pool: Pool) -> dict:
     async with pool.acquire() as conn:
@@ -54,14 +53,9 @@ async def territoires(pool: Pool) -> dict:
 
 @router.get(
     "/repartition/{resource_id:path}",
-    response_model=None,  # the answer is built as data; its schema is in `responses`
     summary="Une ressource : les établissements abonnés par verdict, par département",
     description="Les mêmes comptes que `/ressources/{resource_id}` (`par_academie`), par département.",
-    responses={
-        200: {"model": Repartition, "description": "les comptes de la ressource par département"},
-        404: {"model": Erreur, "description": "la ressource n'est pas dans le catalogue"},
-        **STARTING,
-    },
+    **built(Repartition, "les comptes de la ressource par département", NOT_IN_CATALOGUE, STARTING),
 )
 async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.snapshot() as conn:
