@@ -263,7 +263,6 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     now = datetime.now(UTC)
     rows: list[AlertRow] = []
     outgoing: list[Outgoing[EncodedEvent]] = []
-    updated = 0
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
@@ -276,23 +275,21 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
         cause = causes.get(uai) or causes.get(rid)
         for t in transitions(uai, rid, etab, evaluation, held_alerts.get((uai, rid), {}), now):
             cycle = t.held.cycle if t.held else 0
-            if t.resolved and t.held:
-                if not t.raised:  # else moved: the row is that of the raise below
-                    rows.append(AlertRow(t.held.stored, ouverte=False, cycle=cycle, resolved_at=now))
-                outgoing.append(
-                    _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
-                )
             if t.raised:
                 cycle += 1
                 content = to_json(t.raised)  # the row's and the event's data
                 rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
                 outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, content, cycle, "levee", now, cause))
+            elif t.resolved and t.held:
+                rows.append(AlertRow(t.held.stored, ouverte=False, cycle=cycle, resolved_at=now))
+                outgoing.append(
+                    _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
+                )
             elif t.updated:
                 rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
-                updated += 1
     await store.save_alertes(rows)
     await store.journal(outgoing)
-    _log_alerts(len(pairs), outgoing, updated)
+    _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
     return outgoing
 
 

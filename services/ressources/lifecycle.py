@@ -67,7 +67,6 @@ class Transition(NamedTuple):
     """The state before; None when this (uai, resource, kind) never had an alert."""
     raised: Content | None = None
     resolved: Content | None = None
-    """With `raised` too: the alert moved (`moved`), resolved as it was, raised again as it is."""
     updated: Content | None = None
     """Still open with new reasons or figures: stored for the API, not announced again."""
 
@@ -107,28 +106,11 @@ def transitions(
             }
             if opened is None:
                 out.append(Transition(kind, before, raised=content))
-            elif moved(opened.values, etab):
-                resolved = {**dict(opened.alerte), "resolved_at": now}
-                out.append(Transition(kind, before, raised={**content, "raised_at": now}, resolved=resolved))
             else:
                 out.append(Transition(kind, before, updated=content))
         elif opened is not None:
             out.append(Transition(kind, before, resolved={**dict(opened.alerte), "resolved_at": now}))
     return out
-
-
-def moved(stored: Mapping[str, Any], etab: Etablissement) -> bool:
-    """Whether what dashboards route an open alert by (académie, département, responsable)
-    changed: the établissement moved to another département, its commune merged into another…
-    Then it is resolved where it was and raised where it is, so that the dashboards of both
-    see it; an update is not announced (the contract has no event for it, and a raise again
-    would be two raises without a resolve)."""
-    now = responsable(etab)
-    return (
-        stored["code_academie"] != etab.code_academie
-        or stored["code_departement"] != etab.code_departement
-        or stored["responsable"] != (None if now is None else {"type": now.type, "code": now.code})
-    )
 
 
 def _unchanged(
@@ -140,10 +122,14 @@ def _unchanged(
     """Whether the AlerteLevee that `evaluation` makes at `etab` equals the one stored, as plain
     values: every field but those of its key (alert_id, uai, resource_id, kind) and raised_at,
     which an open alert keeps."""
-    return (
-        stored["compatible"] == evaluation.compatible
-        and stored["devices"] == evaluation.devices
-        and stored["coverage"] == evaluation.coverage
-        and stored["reasons"] == [{"code": r.code, "detail": r.detail} for r in reasons]
-        and not moved(stored, etab)
-    )
+    if (
+        stored["compatible"] != evaluation.compatible
+        or stored["devices"] != evaluation.devices
+        or stored["coverage"] != evaluation.coverage
+        or stored["code_academie"] != etab.code_academie
+        or stored["code_departement"] != etab.code_departement
+        or stored["reasons"] != [{"code": r.code, "detail": r.detail} for r in reasons]
+    ):
+        return False
+    now = responsable(etab)
+    return stored["responsable"] == (None if now is None else {"type": now.type, "code": now.code})

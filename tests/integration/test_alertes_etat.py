@@ -14,7 +14,7 @@ import contracts as c
 from contracts.internal import PROFILS
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from helpers import college, eventually, running, send, uai
+from helpers import eventually, running, send, uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.runtime.settings import ServiceSettings
 from services.ressources.app import SPEC
@@ -118,28 +118,3 @@ async def test_the_table_holds_exactly_the_open_alerts_before_and_after_compacti
             return sorted(alive) == sorted([(ids[a], c.ALERTE_LEVEE), (ids[late], c.ALERTE_LEVEE)]) and gone <= {ids[b]}
 
         await eventually(compacted, timeout=120, what="the table compacted to the open alerts' raises")
-
-
-async def test_an_alert_whose_etablissement_moved_is_resolved_there_and_raised_where_it_is(kafka, settings) -> None:
-    """The référentiel moves a collège to another département (a later version of its entry).
-    Updated in place, its open alert kept, on both topics, the former département for good (the
-    new one's dashboards never saw it): it is resolved as it was, then raised as it is."""
-    bootstrap, where = kafka.bootstrap_servers, uai("0350304")
-    key = alert_id(where, RID, "equipement-incompatible")
-    async with running(SPEC, settings) as pipeline:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        opened = "SELECT alerte->>'code_departement' FROM alertes WHERE ouverte AND alert_id = $1"
-        await eventually(lambda: pipeline.pool.fetchval(opened, key), what="the alert raised")
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where, dep="022", minute=5))])
-        await eventually(lambda: pipeline.pool.fetchval(f"SELECT ({opened}) = '022'", key), what="moved")
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the outbox drained")
-
-        records = await asyncio.to_thread(read_table, bootstrap, settings.topic(c.ALERTES_ETAT))
-        assert [(v and v["type"], v and v["data"]["code_departement"]) for k, v in records if k == key] == [
-            (c.ALERTE_LEVEE, "035"),
-            (c.ALERTE_RESOLUE, "035"),
-            (None, None),
-            (c.ALERTE_LEVEE, "022"),
-        ]
-        assert current(records)[key]["data"]["responsable"] == {"type": "departement", "code": "022"}

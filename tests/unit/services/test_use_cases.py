@@ -211,28 +211,6 @@ async def test_ressources_writes_each_alert_event_to_the_table_then_a_tombstone_
     assert resolue.twin == Twin(c.ALERTES_ETAT, key, ends=True), "its last event, then a tombstone"
 
 
-async def test_an_open_alert_whose_etablissement_moved_is_resolved_there_and_raised_again_where_it_is():
-    """The référentiel moves the collège to another département: its open alert is resolved as
-    it was (the former département's dashboards close it), then raised with its new routing,
-    the next cycle, the table's tombstone before the new value (one partition: the UAI's)."""
-    store = RessourcesMemory([college()])
-    await ressources(store, [profil(1, "12.5")], set())
-    [levee] = (await ressources(store, catalogue(), set())).outgoing
-    store.etabs[UAI] = college().model_copy(update={"code_departement": "022"})
-    moved = await ressources(store, [], {UAI})
-    assert [(o.event.type, o.event.data["code_departement"]) for o in moved.outgoing] == [
-        (c.ALERTE_RESOLUE, "035"),
-        (c.ALERTE_LEVEE, "022"),
-    ]
-    resolue, again = moved.outgoing
-    key = levee.event.data["alert_id"].encode()
-    assert (resolue.twin, again.twin) == (Twin(c.ALERTES_ETAT, key, ends=True), Twin(c.ALERTES_ETAT, key, ends=False))
-    assert len({levee.event.id, resolue.event.id, again.event.id}) == 3, "each event of its cycle"
-    [held] = store.alerts[(UAI, RID)].values()
-    assert (held.ouverte, held.cycle, held.alerte.code_departement) == (True, 2, "022")
-    assert (await ressources(store, [], {UAI})).outgoing == [], "then quiet"
-
-
 async def test_ressources_resolves_when_the_subscription_ends():
     store = RessourcesMemory([college()])
     await ressources(store, [profil(1, "12.5")], set())
