@@ -147,10 +147,9 @@ class Chunk:
 async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | None:
     """The next `size` subscribed UAIs of a pending re-evaluation's part that no other
     transaction holds, their pairs with its resource evaluated as things are now, the part's
-    cursor moved past them (the part done after its last chunk, or back at its start if it was
-    asked again meanwhile). None when no part is waiting. Interrupted, the transaction leaves
-    the cursor where it was; a chunk done twice changes nothing the second time (transitions go
-    from the stored alerts, whose ids are stable)."""
+    cursor moved past them (the part deleted after its last chunk). None when no part is
+    waiting. Interrupted, the transaction leaves the cursor where it was; a chunk done twice
+    changes nothing the second time (transitions go from the stored alerts, whose ids are stable)."""
     part = await store.next_reevaluation()
     if part is None:
         return None
@@ -158,8 +157,9 @@ async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | N
     await store.lock(uais)
     pairs = await store.pairs_of(uais, None if part.resource_id == EVERY_RESOURCE else part.resource_id)
     outgoing = await reevaluate(store, pairs, seuils, {})
-    left = await store.advance_reevaluation(part, None if len(uais) < size else uais[-1])
-    return Chunk(part.resource_id, part.part, len(uais), left is not None, left, outgoing)
+    last = len(uais) < size
+    left = await store.advance_reevaluation(part, None if last else uais[-1])
+    return Chunk(part.resource_id, part.part, len(uais), last, left, outgoing)
 
 
 class Reevaluations:

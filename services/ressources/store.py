@@ -45,16 +45,16 @@ $2 (PART_SIZE) UAIs, or more so that there are at most $3 (MAX_PARTS)."""
 
 
 def uncovered(ranges: Sequence[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
-    """The ranges of UAIs, (after, up to] (None: no bound), that these leave out of all of them:
-    those of a fan-out's parts done, when its parts under way are these."""
+    """The ranges of UAIs, (after, up to] (None: no bound), that these leave out: what a
+    fan-out under way has not left to evaluate, when these are what its parts have left."""
     gaps: list[tuple[str, str | None]] = []
     lower = ""
-    for start, up_to in sorted(ranges):
-        if start != lower:
-            gaps.append((lower, start))
+    for after, up_to in sorted(ranges, key=lambda r: (r[0], r[1] is None, r[1] or "")):
+        if after > lower:
+            gaps.append((lower, after))
         if up_to is None:
             return gaps
-        lower = up_to
+        lower = max(lower, up_to)
     return [*gaps, (lower, None)]
 
 
@@ -70,16 +70,12 @@ class Pair(NamedTuple):
 @dataclass(frozen=True)
 class ReevaluationPart:
     """A part of a pending re-evaluation: its resource (EVERY_RESOURCE: every one), its number,
-    its cursor (the UAIs up to it are done), the last UAI of its range (None: no bound), the
-    lower bound of its range, and whether it covers its range again once at its end (a new
-    version came when it was under way)."""
+    its cursor (the UAIs up to it are done) and the last UAI of its range (None: no bound)."""
 
     resource_id: str
     part: int
     after_uai: str
     up_to: str | None
-    start_uai: str = ""
-    again: bool = False
 
 
 class AlertRow(NamedTuple):
@@ -306,48 +302,47 @@ class RessourcesStore:
         """Every pair of these resources (EVERY_RESOURCE: every pair) to re-evaluate in the
         background. Its subscribed UAIs are cut into parts of PART_SIZE or more (at most
         MAX_PARTS), each a range with its cursor, which workers take one at a time
-        (`next_reevaluation`). A resource whose parts are under way keeps them: each goes on
-        (a UAI ahead of its cursor is evaluated as things are when it is reached) and covers
-        its range again from its start once at its end, and the ranges of its parts done are
-        parts again. Starting over from the first UAI instead, the last UAIs were never reached
-        while versions came faster than a pass. Rows locked in order: two transactions
-        requesting the same resources never wait for each other in a cycle."""
+        (`next_reevaluation`). A resource whose parts are under way keeps them (what is left
+        of each, ahead of its cursor, is evaluated as things are when it is reached), and what
+        they leave out (the UAIs they passed, the ranges of its parts done) becomes parts
+        again. Starting over from the first UAI instead, the last UAIs were never reached while
+        versions came faster than a pass. Its parts stay locked to the end of the transaction:
+        no chunk evaluates them with the former version meanwhile. Rows locked in order: two
+        transactions requesting the same resources never wait for each other in a cycle."""
         wanted = sorted(set(resource_ids))
         if not wanted:
             return
         held = await self._conn.fetch(
-            "SELECT resource_id, part, start_uai, up_to FROM reevaluations WHERE resource_id = ANY($1::text[]) "
+            "SELECT resource_id, part, after_uai, up_to FROM reevaluations WHERE resource_id = ANY($1::text[]) "
             "ORDER BY resource_id, part FOR UPDATE",
             wanted,
         )
-        if held:
-            await self._conn.execute(
-                "UPDATE reevaluations SET again = again OR after_uai <> start_uai WHERE resource_id = ANY($1::text[])",
-                wanted,
-            )
         rows: list[tuple[str, int, str, str | None]] = []
         for rid in wanted:
             if parts := [r for r in held if r["resource_id"] == rid]:
-                ranges = uncovered([(r["start_uai"], r["up_to"]) for r in parts])
+                ranges = uncovered([(r["after_uai"], r["up_to"]) for r in parts])
                 first = max(r["part"] for r in parts) + 1
             else:
                 bounds = [r["uai"] for r in await self._conn.fetch(_PART_BOUNDS, rid, PART_SIZE, MAX_PARTS)]
                 ranges, first = list(zip(["", *bounds], [*bounds, None], strict=True)), 0
             rows += [(rid, first + n, after, up_to) for n, (after, up_to) in enumerate(ranges)]
-        if rows:
-            await self._conn.execute(
-                "INSERT INTO reevaluations (resource_id, part, after_uai, up_to, start_uai) "
-                "SELECT r, p, a, u, a FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS n(r, p, a, u)",
-                *map(list, zip(*rows, strict=True)),
-            )
+        if not rows:
+            return
+        await self._conn.execute(
+            "INSERT INTO reevaluations (resource_id, part, after_uai, up_to) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])",
+            *map(list, zip(*rows, strict=True)),
+        )
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
         """A pending part of a re-evaluation that no other transaction holds, held until this one ends."""
         row = await self._conn.fetchrow(
-            "SELECT resource_id, part, after_uai, up_to, start_uai, again FROM reevaluations "
-            "ORDER BY resource_id, part LIMIT 1 FOR UPDATE SKIP LOCKED"
+            "SELECT resource_id, part, after_uai, up_to FROM reevaluations ORDER BY resource_id, part "
+            "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
-        return None if row is None else ReevaluationPart(*row.values())
+        return (
+            None if row is None else ReevaluationPart(row["resource_id"], row["part"], row["after_uai"], row["up_to"])
+        )
 
     async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]:
         """The next `limit` subscribed UAIs of the part after its cursor, in order: of its resource, or of any."""
@@ -362,20 +357,17 @@ class RessourcesStore:
         return [r["uai"] for r in rows]
 
     async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
-        """The part's pairs up to `after_uai` are done; None: all of them. Then the part is
-        over, and how many other parts of its resource are left is returned (in the same
-        statement), unless it was asked `again`: its cursor goes back to its start, and None.
-        A part over is deleted."""
-        if after_uai is None and not part.again:
+        """The part's pairs up to `after_uai` are done; None: all of them, the part is over, and
+        then how many other parts of its resource are left (in the same statement)."""
+        if after_uai is None:
             return await self._conn.fetchval(
-                "WITH over AS (DELETE FROM reevaluations WHERE resource_id = $1 AND part = $2) "
+                "WITH gone AS (DELETE FROM reevaluations WHERE resource_id = $1 AND part = $2) "
                 "SELECT count(*) FROM reevaluations WHERE resource_id = $1 AND part <> $2",
                 part.resource_id,
                 part.part,
             )
         await self._conn.execute(
-            "UPDATE reevaluations SET after_uai = coalesce($3, start_uai), again = again AND $3 IS NOT NULL "
-            "WHERE resource_id = $1 AND part = $2",
+            "UPDATE reevaluations SET after_uai = $3 WHERE resource_id = $1 AND part = $2",
             part.resource_id,
             part.part,
             after_uai,

@@ -226,18 +226,15 @@ class RessourcesMemory:
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
         for rid in resource_ids:
-            parts = {k: p for k, p in self.reevaluations.items() if k[0] == rid}
-            for k, p in parts.items():  # under way: each goes on, and covers its range again
-                self.reevaluations[k] = dataclasses.replace(p, again=p.again or p.after_uai != p.start_uai)
-            if parts:
-                ranges = uncovered([(p.start_uai, p.up_to) for p in parts.values()])
+            if parts := {k: p for k, p in self.reevaluations.items() if k[0] == rid}:  # under way: kept
+                ranges = uncovered([(p.after_uai, p.up_to) for p in parts.values()])
                 first = max(n for _, n in parts) + 1
             else:
                 subscribed = sorted(self._subscribed(rid))
                 bounds = subscribed[self.part_size - 1 : -1 : self.part_size]
                 ranges, first = list(zip(["", *bounds], [*bounds, None], strict=True)), 0
             for n, (after, up_to) in enumerate(ranges, first):
-                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to, after)
+                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
         return self.reevaluations[min(self.reevaluations)] if self.reevaluations else None
@@ -252,10 +249,8 @@ class RessourcesMemory:
 
     async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
         key = (part.resource_id, part.part)
-        if after_uai is not None or part.again:
-            self.reevaluations[key] = dataclasses.replace(
-                part, after_uai=after_uai or part.start_uai, again=part.again and after_uai is not None
-            )
+        if after_uai is not None:
+            self.reevaluations[key] = dataclasses.replace(part, after_uai=after_uai)
             return None
         del self.reevaluations[key]
         return sum(rid == part.resource_id for rid, _ in self.reevaluations)
