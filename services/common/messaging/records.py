@@ -71,7 +71,10 @@ class _ReadOn:
             for record in self._batch:
                 read = record.offset
                 yield record
-        except UnicodeDecodeError:
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
+            # aiokafka's Python reader (AIOKAFKA_NO_EXTENSIONS) wraps the decoding error.
+            if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
+                raise
             log.warning("kafka.header_name_not_utf8", after_offset=read, batch_offset=self._batch.base_offset)
             for record in _LenientBatch(self._data):
                 if record.offset > read:

@@ -2,11 +2,12 @@
 UTF-8 no longer stops it; every other record reads exactly as aiokafka's own reader reads it."""
 
 import pytest
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record._crecords import DefaultRecordBatch as AiokafkaReader
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy, _DefaultRecordBatchPy
 
 from helpers import NotUtf8
-from services.common.messaging.records import _LenientBatch, _Records
+from services.common.messaging.records import _LenientBatch, _ReadOn, _Records
 
 
 def _batch(base_offset: int, records: list[tuple], compression: int = 0) -> bytes:
@@ -69,3 +70,20 @@ def test_the_lenient_reader_reads_any_other_batch_as_aiokafka_does(compression):
         return [(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, list(r.headers)) for r in batch]
 
     assert fields(_LenientBatch(data)) == fields(AiokafkaReader(data))
+
+
+def test_a_name_that_is_not_utf8_is_read_past_by_aiokafka_s_python_reader_too():
+    """Without its C extensions (AIOKAFKA_NO_EXTENSIONS), aiokafka's reader wraps the decoding
+    error in a CorruptRecordException."""
+    bad = _batch(7, [(b"k", b"a", []), (b"k", b"b", [(NotUtf8("h"), b"v")])])
+    with pytest.raises(CorruptRecordException):
+        list(_DefaultRecordBatchPy(bad))
+    read = [(r.offset, r.value, r.headers) for r in _ReadOn(_DefaultRecordBatchPy(bad), memoryview(bad))]
+    assert read == [(7, b"a", []), (8, b"b", [("\\xff\\xfeh", b"v")])]
+
+
+def test_a_batch_that_is_corrupt_otherwise_is_left_to_aiokafka():
+    data = bytearray(_batch(7, [(b"k", b"a", [])]))
+    data[-1] = 0x02  # the record's header count (a varint, the last byte): one, which it does not hold
+    with pytest.raises(CorruptRecordException):
+        list(_ReadOn(_DefaultRecordBatchPy(bytes(data)), memoryview(bytes(data))))
