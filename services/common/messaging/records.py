@@ -8,13 +8,14 @@ A record is judged by its value alone (CONTRACTS.md, Limits): such a name is rea
 byte that is not UTF-8 written `\\xNN` (Python's "backslashreplace"), and the record goes its way
 as any other (applied, or dead-lettered with its DLQ copy carrying the name so written).
 
-aiokafka has no hook for this. `read_any_header_name()` gives its fetcher a MemoryRecords whose
-producer batches are read by aiokafka's own (C) reader as before; only a batch that reader
-cannot read is read again, by `_LenientBatch`, from the record where it stopped. A generator
-step per record is what it costs: about 40 ns beside aiokafka's 500 (100,000 records read both
-ways). It leans on aiokafka's internals (the fetcher's `MemoryRecords`, its Python batch
-reader): tests/unit/services/test_record_reader.py and the integration tests of such records
-fail if an upgrade moves them."""
+aiokafka has no hook for this. `read_any_header_name()` gives its fetcher a MemoryRecords that
+keeps the fetched bytes (aiokafka's own reader, C or Python, subclassed: nothing more per batch)
+and a PartitionRecords whose records are aiokafka's own until its reader raises on such a name;
+then the producer batch it stopped in is found in those bytes and read, from the record where it
+stopped, by `_LenientBatch`, and aiokafka's reading goes on at the next batch. It leans on
+aiokafka's internals (the fetcher's two classes, its Python batch reader):
+tests/unit/services/test_record_reader.py and the integration tests of such records fail if an
+upgrade moves them."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +24,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
-from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchPy, _DefaultRecordPy
-from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import decode_varint
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ def read_any_header_name() -> None:
     """Every consumer of this process reads records whose header names are not UTF-8 (once is
     enough; again changes nothing)."""
     fetcher.MemoryRecords = _Records
+    fetcher.PartitionRecords = _PartitionRecords
 
 
 def lenient_consumer(*topics: str, **options: Any) -> AIOKafkaConsumer:
@@ -42,43 +44,50 @@ def lenient_consumer(*topics: str, **options: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(*topics, **options)
 
 
-class _Records(_MemoryRecordsPy):
-    """aiokafka's reader of a fetched partition's bytes, whose producer batches read on past a
-    header name that is not UTF-8."""
+class _Records(MemoryRecords):
+    """aiokafka's reader of a fetched partition's bytes, which keeps them."""
 
-    def next_batch(self, *args: Any) -> Any:
-        data = self._next_slice
-        batch = super().next_batch(*args)
-        if isinstance(batch, DefaultRecordBatch) and not batch.is_control_batch:
-            return _ReadOn(batch, data)
-        return batch  # a control batch (read with `next`) or a legacy one (no headers)
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+    def batch_after(self, offset: int) -> "_LenientBatch | None":
+        """The first producer batch that holds records from `offset` on, read leniently."""
+        view, pos = memoryview(self.data), 0
+        while pos + 12 <= len(view):  # each batch: its base offset (8 bytes), then its length (4)
+            end = pos + 12 + int.from_bytes(view[pos + 8 : pos + 12], "big", signed=True)
+            if end > len(view):
+                return None  # cut by the fetch's size: aiokafka fetches it again
+            batch = _LenientBatch(view[pos:end])
+            if batch.next_offset > offset:
+                return batch
+            pos = end
+        return None
 
 
-class _ReadOn:
-    """A producer batch read by aiokafka's reader, then by `_LenientBatch` if that one raises."""
+class _PartitionRecords(fetcher.PartitionRecords):
+    """A fetched partition's records, read by aiokafka until it stops on a header name that is
+    not UTF-8: that batch is read again by `_LenientBatch`, and aiokafka goes on after it."""
 
-    __slots__ = ("_batch", "_data")
-
-    def __init__(self, batch: Any, data: memoryview):
-        self._batch, self._data = batch, data
-
-    def __getattr__(self, name: str) -> Any:  # the batch's header: offsets, producer, CRC check
-        return getattr(self._batch, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        read = -1
-        try:
-            for record in self._batch:
-                read = record.offset
-                yield record
-        except (UnicodeDecodeError, CorruptRecordException) as exc:
-            # aiokafka's Python reader (AIOKAFKA_NO_EXTENSIONS) wraps the decoding error.
-            if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
-                raise
-            log.warning("kafka.header_name_not_utf8", after_offset=read, batch_offset=self._batch.base_offset)
-            for record in _LenientBatch(self._data):
-                if record.offset > read:
-                    yield record
+    def _unpack_records(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield from super()._unpack_records()
+                return
+            except (UnicodeDecodeError, CorruptRecordException) as exc:
+                # aiokafka's Python reader (AIOKAFKA_NO_EXTENSIONS) wraps the decoding error.
+                if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
+                    raise
+                at: int = self.next_fetch_offset  # type: ignore[has-type]  # past the records handed over
+                batch = self._records.batch_after(at)
+                if batch is None:
+                    raise
+                log.warning("kafka.header_name_not_utf8", partition=self._tp.partition, batch_offset=batch.base_offset)
+                for record in batch:
+                    if record.offset >= at:
+                        at = self.next_fetch_offset = record.offset + 1
+                        yield self._consumer_record(self._tp, record)
+                self.next_fetch_offset = batch.next_offset
 
 
 class _LenientBatch(_DefaultRecordBatchPy):

@@ -5,9 +5,11 @@ import pytest
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record._crecords import DefaultRecordBatch as AiokafkaReader
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy, _DefaultRecordBatchPy
+from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.structs import TopicPartition
 
 from helpers import NotUtf8
-from services.common.messaging.records import _LenientBatch, _ReadOn, _Records
+from services.common.messaging.records import _LenientBatch, _PartitionRecords, _Records
 
 
 def _batch(base_offset: int, records: list[tuple], compression: int = 0) -> bytes:
@@ -22,38 +24,75 @@ def _batch(base_offset: int, records: list[tuple], compression: int = 0) -> byte
     return bytes(data)
 
 
-def _read(fetched: bytes) -> list[tuple]:
-    """As aiokafka's fetcher reads a partition's bytes (PartitionRecords._unpack_records)."""
-    records, read = _Records(fetched), []
-    while records.has_next():
-        batch = records.next_batch()
-        assert batch.validate_crc()
-        read += [(r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in batch]
-    return read
+def _read(fetched: bytes, fetch_offset: int, records: type = _Records) -> list[tuple]:
+    """A partition's fetched bytes, read as aiokafka's fetcher reads them."""
+    partition = _PartitionRecords(TopicPartition("t", 0), records(fetched), [], fetch_offset, None, None, True, 0)
+    return [(r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in partition]
 
 
-@pytest.mark.parametrize("compression", [0, 1], ids=["plain", "gzip"])
-def test_a_header_name_that_is_not_utf8_is_read_escaped_and_nothing_around_it_is_lost(compression):
-    first = _batch(10, [(b"k", b"a", [("ok", b"1")])])
-    bad = _batch(
-        11,
-        [
-            (b"k", b"b", []),
-            (None, b"c", [("trace", b"\xff"), (NotUtf8("h"), b"v"), ("nul", None)]),
-            (b"k", None, [(NotUtf8(""), b"")]),
-        ],
-        compression,
-    )
-    last = _batch(14, [(b"k", b"e", [])])
+FIRST = _batch(10, [(b"k", b"a", [("ok", b"1")])])
+BAD = _batch(
+    11,
+    [
+        (b"k", b"b", []),
+        (None, b"c", [("trace", b"\xff"), (NotUtf8("h"), b"v"), ("nul", None)]),
+        (b"k", None, [(NotUtf8(""), b"")]),
+    ],
+)
+LAST = _batch(14, [(b"k", b"e", [])])
+READ = [
+    (10, 1_700_000_000_000, b"k", b"a", [("ok", b"1")]),
+    (11, 1_700_000_000_000, b"k", b"b", []),
+    (12, 1_700_000_000_001, None, b"c", [("trace", b"\xff"), ("\\xff\\xfeh", b"v"), ("nul", None)]),
+    (13, 1_700_000_000_002, b"k", None, [("\\xff\\xfe", b"")]),
+    (14, 1_700_000_000_000, b"k", b"e", []),
+]
+
+
+def test_a_header_name_that_is_not_utf8_is_read_escaped_and_nothing_around_it_is_lost():
     with pytest.raises(UnicodeDecodeError):
-        list(AiokafkaReader(bad))  # what stopped the consumer
-    assert _read(first + bad + last) == [
-        (10, 1_700_000_000_000, b"k", b"a", [("ok", b"1")]),
-        (11, 1_700_000_000_000, b"k", b"b", []),
-        (12, 1_700_000_000_001, None, b"c", [("trace", b"\xff"), ("\\xff\\xfeh", b"v"), ("nul", None)]),
-        (13, 1_700_000_000_002, b"k", None, [("\\xff\\xfe", b"")]),
-        (14, 1_700_000_000_000, b"k", b"e", []),
+        list(AiokafkaReader(BAD))  # what stopped the consumer
+    assert _read(FIRST + BAD + LAST, 10) == READ
+
+
+def test_a_fetch_from_inside_such_a_batch_reads_from_its_offset():
+    assert _read(BAD + LAST, 12) == READ[2:]
+
+
+def test_a_gzip_batch_and_a_gap_before_it_left_by_compaction():
+    gzipped = _batch(20, [(b"k", b"f", [(NotUtf8("g"), None)]), (b"k", b"g", [])], compression=1)
+    assert _read(FIRST + gzipped, 10) == [
+        READ[0],
+        (20, 1_700_000_000_000, b"k", b"f", [("\\xff\\xfeg", None)]),
+        (21, 1_700_000_000_001, b"k", b"g", []),
     ]
+
+
+class _PythonRecords(_MemoryRecordsPy):
+    """_Records over aiokafka's Python reader (AIOKAFKA_NO_EXTENSIONS)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+    def next_batch(self, *args):
+        data = self._next_slice
+        return None if super().next_batch(*args) is None else _DefaultRecordBatchPy(data)
+
+    batch_after = _Records.batch_after
+
+
+def test_aiokafka_s_python_reader_is_read_past_too():
+    """Without its C extensions, aiokafka's reader wraps the decoding error in a
+    CorruptRecordException."""
+    assert _read(FIRST + BAD + LAST, 10, _PythonRecords) == READ
+
+
+def test_a_batch_that_is_corrupt_otherwise_is_left_to_aiokafka():
+    data = bytearray(FIRST)
+    data[-1] = 0x02  # the record's header count (a varint, the last byte): one, which it does not hold
+    with pytest.raises(CorruptRecordException):
+        _read(bytes(data), 10, _PythonRecords)
 
 
 @pytest.mark.parametrize("compression", [0, 1], ids=["plain", "gzip"])
@@ -70,20 +109,3 @@ def test_the_lenient_reader_reads_any_other_batch_as_aiokafka_does(compression):
         return [(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, list(r.headers)) for r in batch]
 
     assert fields(_LenientBatch(data)) == fields(AiokafkaReader(data))
-
-
-def test_a_name_that_is_not_utf8_is_read_past_by_aiokafka_s_python_reader_too():
-    """Without its C extensions (AIOKAFKA_NO_EXTENSIONS), aiokafka's reader wraps the decoding
-    error in a CorruptRecordException."""
-    bad = _batch(7, [(b"k", b"a", []), (b"k", b"b", [(NotUtf8("h"), b"v")])])
-    with pytest.raises(CorruptRecordException):
-        list(_DefaultRecordBatchPy(bad))
-    read = [(r.offset, r.value, r.headers) for r in _ReadOn(_DefaultRecordBatchPy(bad), memoryview(bad))]
-    assert read == [(7, b"a", []), (8, b"b", [("\\xff\\xfeh", b"v")])]
-
-
-def test_a_batch_that_is_corrupt_otherwise_is_left_to_aiokafka():
-    data = bytearray(_batch(7, [(b"k", b"a", [])]))
-    data[-1] = 0x02  # the record's header count (a varint, the last byte): one, which it does not hold
-    with pytest.raises(CorruptRecordException):
-        list(_ReadOn(_DefaultRecordBatchPy(bytes(data)), memoryview(bytes(data))))
