@@ -11,6 +11,10 @@ record sent to the last alert a dashboard reads on alertes.compatibilite.v1:
 - and, as its baseline, the same republished again: no alert to wait for, so until the
   backlog is drained (ressources committed past the record, and /health reports nothing
   pending: harness.Observer.drained).
+Each step starts from a settled database: the stage's database vacuumed and analysed first (its
+time printed, not counted), as autovacuum would have done long before a real republication.
+Without it, autovacuum's pass over what the setup or the step before wrote fell inside a measured
+step in some runs and not others (3.5 s of a core of the two in one run).
 Then each service's peak RSS (VmHWM): what holding the nation cost it.
 """
 
@@ -85,6 +89,18 @@ async def setup(stage: Stage, observer: Observer, procs: ServiceProcesses, etabs
     print(f"  lots and teachers: {2 * len(etabs):,} sent in {sent:.1f} s, absorbed {absorbed:.1f} s later", flush=True)
 
 
+async def settle(database_url: str) -> float:
+    """The database vacuumed and analysed: what autovacuum owes the tables written so far done
+    now, before a step, not during it. How long it took."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("VACUUM (ANALYZE)")
+    finally:
+        await conn.close()
+    return time.monotonic() - started
+
+
 class Step:
     """One measured step: from its first record sent to its last alert read (without alerts: to
     the backlog drained), and how many. It ends once the expected alerts have arrived and the
@@ -135,6 +151,7 @@ class Step:
             await conn.close()
 
     async def __aenter__(self) -> "Step":
+        self.settled = await settle(self.database_url)
         if STATEMENTS:
             await statements_reset(self.database_url)
         self.seen_before = len(self.tail.records)
@@ -185,7 +202,8 @@ class Step:
         records, fpi, size = self.wal
         wal = f"; WAL {size / 1e6:,.0f} MB ({records:,} records, {fpi:,} full pages)"
         statements = "".join(f"\n      {line}" for line in self.statements)
-        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}{broker}; {machine}{wal}{statements}"
+        settled = f"; settled before in {self.settled:.1f} s (VACUUM ANALYZE, not counted)"
+        return f"CPU: ressources {self.ressources_cpu:.1f} s{backends}{broker}; {machine}{wal}{settled}{statements}"
 
     def as_expected(self) -> bool:
         return self.alerts == self.raised == self.expected
