@@ -26,7 +26,7 @@ import argparse
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,13 +98,15 @@ def dashboard_names_problems(names: tuple[str, ...]) -> list[str]:
     return problems
 
 
-_EVERY_ACL = ACLFilter(
-    principal=None,
-    host="*",
-    operation=ACLOperation.ANY,
-    permission_type=ACLPermissionType.ANY,
-    resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
-)
+def acl_filter(principal: str | None = None) -> ACLFilter:
+    """Every ACL (of `principal`, when given: `User:NAME`)."""
+    return ACLFilter(
+        principal=principal,
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+    )
 
 
 class AclError(RuntimeError):
@@ -168,12 +170,25 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30) -> N
         if result["failed"]:
             raise AclError(f"the broker refused {len(result['failed'])} ACLs: {result['failed'][0]}")
         deadline = time.monotonic() + timeout
-        while missing := wanted - set(admin.describe_acls(_EVERY_ACL)[0]):
+        while missing := wanted - set(admin.describe_acls(acl_filter())[0]):
             if time.monotonic() > deadline:
                 raise AclError(f"{len(missing)} ACLs not in force after {timeout} s, e.g. {next(iter(missing))}")
             time.sleep(0.05)
     finally:
         admin.close()
+
+
+def revoke(admin_access: KafkaAccess, principals: Collection[str]) -> None:
+    """Delete every ACL of these principals, on any resource, as a super user."""
+    if not principals:
+        return
+    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-acl")
+    try:
+        results = admin.delete_acls([acl_filter(f"User:{name}") for name in principals])
+    finally:
+        admin.close()
+    if errors := [error for _, _, error in results if error.errno != 0]:
+        raise AclError(f"the broker refused to delete ACLs: {errors[0]}")
 
 
 def main() -> None:

@@ -119,6 +119,8 @@ class Platform:
         assert self.kafka.cluster_id is not None, "formatted by start()"
         asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))
         say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
+        for name in self.kafka.revoked:
+            say(f"Kafka: {name!r} is no longer one of the platform's principals (KAFKA_DASHBOARDS): revoked")
         os.environ.update(self.kafka.access.environ())
         asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers)))
         acl.apply(self.kafka.access)

@@ -134,7 +134,7 @@ async def test_a_second_dashboard_reads_in_its_own_groups_and_not_in_the_others(
     from deploy import acl
 
     monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord,pilotage")
-    kafka.add_scram_users(everyone=False)
+    kafka.sync_scram_users(everyone=False)
     acl.apply(kafka.access, topic_prefix)
     pilotage, tableau = kafka.access_as("pilotage"), kafka.access_as("tableau-de-bord")
     await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
@@ -144,6 +144,59 @@ async def test_a_second_dashboard_reads_in_its_own_groups_and_not_in_the_others(
         await _read(tableau, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
     with pytest.raises(TopicAuthorizationFailedError):
         await _read(pilotage, topic_prefix + c.EQUIPEMENT, group=None)
+
+
+async def test_a_dashboard_taken_out_of_kafka_dashboards_is_revoked_at_the_next_start(
+    kafka, topic_prefix, monkeypatch
+) -> None:
+    """Its password no longer authenticates, no ACL names it, the credentials file forgets it;
+    the dashboard left keeps reading. As a start does it (LocalKafka.sync_scram_users)."""
+    from deploy import acl
+    from deploy.local.kafka.credentials import Credentials
+
+    monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord,pilotage")
+    kafka.sync_scram_users(everyone=False)
+    acl.apply(kafka.access, topic_prefix)
+    pilotage = kafka.access_as("pilotage")
+    await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage")
+    assert _acls_of(kafka, "pilotage")
+
+    monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord")
+    kafka.sync_scram_users(everyone=False)
+
+    assert kafka.revoked == ("pilotage",)
+    assert not _acls_of(kafka, "pilotage")
+    host, port = kafka.bootstrap_servers.split(":")
+    options = pilotage.aiokafka()
+    del options["bootstrap_servers"]
+    with pytest.raises(SaslAuthenticationFailed):
+        async with asyncio.timeout(DEADLINE):
+            await create_conn(host, int(port), **options)
+    kept = Credentials.load(kafka.credentials.path.parent)
+    assert kept is not None and "pilotage" not in kept.passwords and "tableau-de-bord" in kept.passwords
+    await _read(kafka.access_as("tableau-de-bord"), topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord")
+    kafka.sync_scram_users(everyone=False)  # nothing left to revoke
+    assert kafka.revoked == ()
+
+
+def test_deleting_a_scram_user_already_gone_is_no_error(kafka) -> None:
+    """A start interrupted after deleting a revoked principal's SCRAM user deletes it again."""
+    from deploy.local.kafka.readiness import delete_scram_users
+
+    delete_scram_users(kafka.access, ["never-a-principal"])
+
+
+def _acls_of(kafka, principal: str) -> list:
+    from kafka.admin import KafkaAdminClient
+
+    from deploy.acl import acl_filter
+
+    admin = KafkaAdminClient(**kafka.access.kafka_python(), client_id="test-acl")
+    try:
+        acls, _ = admin.describe_acls(acl_filter(f"User:{principal}"))
+    finally:
+        admin.close()
+    return acls
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ certificate only (mTLS, its CN mapped to the super user `BROKER_CN`). KRaft's St
 refuses whatever no ACL allows (`deploy.acl` writes them); `admin` and the brokers are super
 users. The CA and certificate come from `tls.py`, the principals' passwords from
 `credentials.py`: SCRAM users are created when the storage is formatted, and a principal added
-since (a new service) when the broker next starts.
+since (a new service, a dashboard added to KAFKA_DASHBOARDS) when the broker next starts; one
+gone since (a dashboard taken out) is revoked then: its ACLs and its SCRAM user deleted.
 
 The data directory may be reused across starts: it is formatted only once (its cluster id and
 credentials are then kept), while server.properties is rewritten each start since the ports may
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
 from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
-from deploy.local.kafka.readiness import add_scram_users, serves_metadata
+from deploy.local.kafka.readiness import add_scram_users, delete_scram_users, serves_metadata
 from deploy.local.kafka.tls import BROKER_CN, TlsFiles, ensure_tls
 from deploy.local.ports import free_ports, port_open
 from deploy.local.server_process import ServerProcess, require_tool, run_tool
@@ -100,6 +101,8 @@ class LocalKafka:
         self.credentials: Credentials | None = None
         """The principals' passwords, once start() has read or made them."""
         self.tls: TlsFiles | None = None
+        self.revoked: tuple[str, ...] = ()
+        """The principals the last start revoked (no longer the platform's: `sync_scram_users`)."""
         self._server = ServerProcess("Kafka", self.log_file, KafkaRuntimeError, log_noise=_STACK_FRAMES)
 
     @property
@@ -192,7 +195,7 @@ class LocalKafka:
             wait=wait,
         )
         if not shared:  # a cluster adds them once, for all its nodes
-            self.add_scram_users(everyone=not formatted)
+            self.sync_scram_users(everyone=not formatted)
 
     def wait_ready(self) -> None:
         self._server.wait_ready()
@@ -201,11 +204,15 @@ class LocalKafka:
         """SIGKILL the node: what a crash looks like to its cluster."""
         self._server.kill()
 
-    def add_scram_users(self, everyone: bool) -> None:
-        """SCRAM users through the admin client (their salted passwords never on a command line):
-        on a new storage every principal's, `admin`'s again with a new salt (its salted password
-        was on the format tool's command line, and proves who holds it as well as the password);
-        else those of the principals that appeared since the storage was formatted."""
+    def sync_scram_users(self, everyone: bool) -> None:
+        """The broker's SCRAM users made those of the platform's principals now, through the admin
+        client (their salted passwords never on a command line): on a new storage every
+        principal's, `admin`'s again with a new salt (its salted password was on the format tool's
+        command line, and proves who holds it as well as the password); else those of the
+        principals that appeared since the storage was formatted, and those gone since (a
+        dashboard taken out of KAFKA_DASHBOARDS) revoked: their ACLs, then their SCRAM user, then
+        their password here deleted (interrupted, the next start does what is left). `revoked`
+        names them."""
         assert self.credentials is not None, "read by start()"
         wanted = self.credentials.with_new(principals())
         added = [name for name in wanted.passwords if everyone or name not in self.credentials.passwords]
@@ -213,6 +220,15 @@ class LocalKafka:
             add_scram_users(self.access, {name: wanted.password(name) for name in added})
             wanted.save()
             self.credentials = wanted
+        gone = tuple(name for name in self.credentials.passwords if name not in principals())
+        if gone:
+            from deploy.acl import revoke
+
+            revoke(self.access, gone)
+            delete_scram_users(self.access, gone)
+            self.credentials = self.credentials.without(gone)
+            self.credentials.save()
+        self.revoked = gone
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after a grace period."""

@@ -32,6 +32,8 @@ class LocalKafkaCluster:
             for n, _, _ in self.quorum.nodes
         ]
         self.credentials: Credentials | None = None
+        self.revoked: tuple[str, ...] = ()
+        """The principals the last start revoked (LocalKafka.sync_scram_users)."""
 
     @property
     def cluster_id(self) -> str | None:
@@ -73,8 +75,8 @@ class LocalKafkaCluster:
         for node in self.nodes:
             node.wait_ready()
         first = self.nodes[0]  # the users are the cluster's: added once, through one node
-        first.add_scram_users(everyone=kept is None)
-        self.credentials = first.credentials
+        first.sync_scram_users(everyone=kept is None)
+        self.credentials, self.revoked = first.credentials, first.revoked
 
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # each waits for its node's exit

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,10 @@ class Credentials:
         """These credentials plus a random password for each of `names` they lack."""
         added = {name: secrets.token_urlsafe(24) for name in names if name not in self.passwords}
         return Credentials(self.path, {**self.passwords, **added})
+
+    def without(self, names: Collection[str]) -> Credentials:
+        """These credentials but those of `names`."""
+        return Credentials(self.path, {name: pw for name, pw in self.passwords.items() if name not in names})
 
     def password(self, name: str) -> str:
         try:

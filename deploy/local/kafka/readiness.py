@@ -9,12 +9,12 @@ each probe therefore runs on a fresh loop in a worker thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from kafka.admin import KafkaAdminClient, UserScramCredentialUpsertion
+from kafka.admin import KafkaAdminClient, UserScramCredentialDeletion, UserScramCredentialUpsertion
 
 from deploy.local.kafka.jars import KafkaRuntimeError
 from services.common.messaging.connection import KafkaAccess
@@ -46,12 +46,28 @@ async def _metadata_available(access: KafkaAccess) -> bool:
 
 def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str]) -> None:
     """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user."""
+    alterations = [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
+    _alter_scram_users(admin_access, alterations, "SCRAM users not created")
+
+
+def delete_scram_users(admin_access: KafkaAccess, names: Collection[str]) -> None:
+    """Delete the SCRAM-SHA-512 users `names` (one already gone is no error), as the super user."""
+    alterations = [UserScramCredentialDeletion(name, "SCRAM-SHA-512") for name in names]
+    _alter_scram_users(admin_access, alterations, "SCRAM users not deleted", absent_ok=True)
+
+
+def _alter_scram_users(admin_access: KafkaAccess, alterations: list, failure: str, absent_ok: bool = False) -> None:
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
     try:
-        failed = admin.alter_user_scram_credentials(
-            [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
-        )
+        failed = admin.alter_user_scram_credentials(alterations)
     finally:
         admin.close()
-    if errors := {name: error for name, error in failed.items() if error}:
-        raise KafkaRuntimeError(f"SCRAM users not created: {errors}")
+    # The messages name the user and the error only (no password ever reaches them).
+    errors = {name: error for name, error in failed.items() if error and not (absent_ok and _absent(error))}
+    if errors:
+        raise KafkaRuntimeError(f"{failure}: {errors}")
+
+
+def _absent(error: str) -> bool:
+    """Whether the broker refused to delete a SCRAM user because there is none (already deleted)."""
+    return "does not exist" in error
