@@ -157,7 +157,7 @@ async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | N
     await store.lock(uais)
     pairs = await store.pairs_of(uais, None if part.resource_id == EVERY_RESOURCE else part.resource_id)
     outgoing = await reevaluate(store, pairs, seuils, {})
-    last = len(uais) < size
+    last = len(uais) < size or uais[-1] == part.up_to  # nothing after its bound: no empty chunk to come
     left = await store.advance_reevaluation(part, None if last else uais[-1])
     return Chunk(part.resource_id, part.part, len(uais), last, left, outgoing)
 

@@ -25,6 +25,8 @@ P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules r
 C = TypeVar("C")  # a coverage, likewise
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
+Range = tuple[str, str | None]
+"""UAIs after the first, up to the second (None: no bound)."""
 PART_SIZE, MAX_PARTS = 500, 16
 """A re-evaluation's UAIs go in parts of at least PART_SIZE, at most MAX_PARTS of them: as many
 workers (over all replicas) can evaluate one fan-out at once, and a small one stays whole."""
@@ -33,21 +35,49 @@ _SUBSCRIBED_TO = "SELECT uai FROM abonnements WHERE resource_id = $1"
 _SUBSCRIBED_TO_ANY = "SELECT DISTINCT uai FROM abonnements WHERE $1 = ''"
 """A resource's subscribed UAIs; every subscribed UAI ($1 is EVERY_RESOURCE). Active or not: an
 ended subscription's open alerts resolve."""
-_PART_BOUNDS = f"""
-SELECT uai FROM (
-    SELECT uai, row_number() OVER (ORDER BY uai) AS n, count(*) OVER () AS total
-    FROM ({_SUBSCRIBED_TO} UNION ALL {_SUBSCRIBED_TO_ANY}) AS subscribed  -- one of the two is empty
-) AS s
-WHERE n % greatest($2::bigint, ceil(total / $3::numeric)::bigint) = 0 AND n < total
-ORDER BY uai"""
-"""The last UAI of each part but the last, for the subscribers of resource $1: parts of
-$2 (PART_SIZE) UAIs, or more so that there are at most $3 (MAX_PARTS)."""
+_PART_CUTS = f"""
+SELECT * FROM (
+    SELECT i, uai, n % greatest($4::bigint, ceil(total / $5::numeric)::bigint) = 0 AND n < total AS cut,
+           from_end = 1 AS last
+    FROM (
+        SELECT r.i, s.uai, row_number() OVER (ORDER BY s.uai) AS n, count(*) OVER () AS total,
+               row_number() OVER (PARTITION BY r.i ORDER BY s.uai DESC) AS from_end
+        FROM ({_SUBSCRIBED_TO} UNION ALL {_SUBSCRIBED_TO_ANY}) AS s  -- one of the two is empty
+        JOIN unnest($2::text[], $3::text[]) WITH ORDINALITY AS r(after_uai, up_to, i)
+          ON s.uai > r.after_uai AND (r.up_to IS NULL OR s.uai <= r.up_to)
+    ) AS numbered
+) AS judged
+WHERE cut OR last"""
+"""Where to cut the ranges of UAIs ($2, $3: (after, up to], up to NULL: no bound; disjoint) for
+the subscribers of resource $1: per range (its number from 1), its subscribers after which a
+part ends, counting over all the ranges, every $4 (PART_SIZE) or more so that there are at most
+$5 (MAX_PARTS) parts; and its last subscriber (a range without one has no row)."""
 
 
-def uncovered(ranges: Sequence[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+def cut(ranges: Sequence[Range], rows: Iterable[tuple[int, str, bool, bool]]) -> list[Range]:
+    """The parts the ranges make, cut after the subscribers _PART_CUTS gives (its rows: range
+    number, UAI, cut after it, the range's last): a range without a subscriber makes none (a
+    UAI subscribed later is evaluated by the transaction that subscribes it), a cut after a
+    range's last subscriber none either."""
+    cuts: dict[int, list[str]] = {}
+    last: dict[int, str] = {}
+    for i, uai, cut_after, is_last in rows:
+        if is_last:
+            last[i] = uai
+        if cut_after:
+            cuts.setdefault(i, []).append(uai)
+    parts: list[Range] = []
+    for i, (after, up_to) in enumerate(ranges, 1):
+        if i in last:
+            bounds = sorted(u for u in cuts.get(i, ()) if u != last[i])
+            parts += zip([after, *bounds], [*bounds, up_to], strict=True)
+    return parts
+
+
+def uncovered(ranges: Sequence[Range]) -> list[Range]:
     """The ranges of UAIs, (after, up to] (None: no bound), that these leave out: what a
     fan-out under way has not left to evaluate, when these are what its parts have left."""
-    gaps: list[tuple[str, str | None]] = []
+    gaps: list[Range] = []
     lower = ""
     for after, up_to in sorted(ranges, key=lambda r: (r[0], r[1] is None, r[1] or "")):
         if after > lower:
@@ -304,8 +334,10 @@ class RessourcesStore:
         MAX_PARTS), each a range with its cursor, which workers take one at a time
         (`next_reevaluation`). A resource whose parts are under way keeps them (what is left
         of each, ahead of its cursor, is evaluated as things are when it is reached), and what
-        they leave out (the UAIs they passed, the ranges of its parts done) becomes parts
-        again. Starting over from the first UAI instead, the last UAIs were never reached while
+        they leave out (the UAIs they passed, the ranges of its parts done) is cut into parts
+        again, as a first request's UAIs are (`cut`): ranges without a subscriber make none,
+        the others as many as their subscribers make (made one part, a pass over them ran on one
+        worker). Starting over from the first UAI instead, the last UAIs were never reached while
         versions came faster than a pass. Its parts stay locked to the end of the transaction:
         no chunk evaluates them with the former version meanwhile. Rows locked in order: two
         transactions requesting the same resources never wait for each other in a cycle."""
@@ -319,13 +351,13 @@ class RessourcesStore:
         )
         rows: list[tuple[str, int, str, str | None]] = []
         for rid in wanted:
-            if parts := [r for r in held if r["resource_id"] == rid]:
-                ranges = uncovered([(r["after_uai"], r["up_to"]) for r in parts])
-                first = max(r["part"] for r in parts) + 1
-            else:
-                bounds = [r["uai"] for r in await self._conn.fetch(_PART_BOUNDS, rid, PART_SIZE, MAX_PARTS)]
-                ranges, first = list(zip(["", *bounds], [*bounds, None], strict=True)), 0
-            rows += [(rid, first + n, after, up_to) for n, (after, up_to) in enumerate(ranges)]
+            parts = [r for r in held if r["resource_id"] == rid]
+            ranges = uncovered([(r["after_uai"], r["up_to"]) for r in parts]) if parts else [("", None)]
+            cuts = await self._conn.fetch(
+                _PART_CUTS, rid, [a for a, _ in ranges], [u for _, u in ranges], PART_SIZE, MAX_PARTS
+            )
+            first = max((r["part"] for r in parts), default=-1) + 1
+            rows += [(rid, first + n, after, up_to) for n, (after, up_to) in enumerate(cut(ranges, map(tuple, cuts)))]
         if not rows:
             return
         await self._conn.execute(

@@ -416,9 +416,43 @@ async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_ag
         assert len(await open_alerts(pool)) == 10
         await republish(pool, 2, "12")  # 12.5 meets it
         parts = await pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
-        assert [tuple(p) for p in parts] == [(2, codes[19], None), (3, "", codes[19])]
+        assert [tuple(p) for p in parts] == [(2, codes[19], None), (3, "", codes[9]), (4, codes[9], codes[19])], (
+            "the range of parts 0 and 1 cut again by PART_SIZE: two workers can take it"
+        )
         await fan_out(pool, Seuils())
         assert await open_alerts(pool) == set(), "those parts 0 and 1 raised, resolved"
+    finally:
+        await pool.close()
+
+
+async def test_a_chunk_that_reaches_its_part_s_bound_ends_the_part(database_url, monkeypatch):
+    """Not left at its bound for an empty chunk, one more transaction, to delete."""
+    monkeypatch.setattr(store_module, "PART_SIZE", 10)
+    codes = uais(20)
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        await republish(pool, 1, "15")
+        chunk = await one_chunk(pool, 10)
+        assert chunk is not None and chunk.last and chunk.uais == 10
+        parts = await pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
+        assert [tuple(p) for p in parts] == [(1, codes[9], None)]
+    finally:
+        await pool.close()
+
+
+async def test_a_resource_nobody_subscribes_to_makes_no_part(database_url):
+    """Its publication leaves nothing for a worker to take (it left an empty part, one
+    transaction to delete it)."""
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, uais(3))
+        async with pool.acquire() as conn, conn.transaction():
+            await RessourcesStore(conn).request_reevaluations(["ark:/67375/personne", RID])
+        parts = await pool.fetch("SELECT resource_id, part, after_uai, up_to FROM reevaluations")
+        assert [tuple(p) for p in parts] == [(RID, 0, "", None)]
     finally:
         await pool.close()
 

@@ -5,6 +5,7 @@ against PostgreSQL in tests/integration/."""
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 import contracts as c
@@ -16,7 +17,7 @@ from services.formation.domain import Counts
 from services.ressources import views
 from services.ressources.lifecycle import Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
-from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart, uncovered
+from services.ressources.store import EVERY_RESOURCE, MAX_PARTS, AlertRow, Pair, ReevaluationPart, cut, uncovered
 
 
 class Latest:
@@ -225,15 +226,20 @@ class RessourcesMemory:
         self.held_seuils = (seuils.min_compatible_share, seuils.min_training_coverage)
 
     async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
-        for rid in resource_ids:
-            if parts := {k: p for k, p in self.reevaluations.items() if k[0] == rid}:  # under way: kept
-                ranges = uncovered([(p.after_uai, p.up_to) for p in parts.values()])
-                first = max(n for _, n in parts) + 1
-            else:
-                subscribed = sorted(self._subscribed(rid))
-                bounds = subscribed[self.part_size - 1 : -1 : self.part_size]
-                ranges, first = list(zip(["", *bounds], [*bounds, None], strict=True)), 0
-            for n, (after, up_to) in enumerate(ranges, first):
+        for rid in sorted(set(resource_ids)):
+            parts = {k: p for k, p in self.reevaluations.items() if k[0] == rid}  # under way: kept
+            ranges = uncovered([(p.after_uai, p.up_to) for p in parts.values()]) if parts else [("", None)]
+            inside = [  # (range number, UAI), as _PART_CUTS numbers them
+                (i, u)
+                for u in sorted(self._subscribed(rid))
+                for i, (after, up_to) in enumerate(ranges, 1)
+                if after < u and (up_to is None or u <= up_to)
+            ]
+            every = max(self.part_size, math.ceil(len(inside) / MAX_PARTS))
+            last = {i: u for i, u in inside}
+            rows = [(i, u, n % every == 0 and n < len(inside), last[i] == u) for n, (i, u) in enumerate(inside, 1)]
+            first = max((n for _, n in parts), default=-1) + 1
+            for n, (after, up_to) in enumerate(cut(ranges, rows), first):
                 self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
 
     async def next_reevaluation(self) -> ReevaluationPart | None:

@@ -298,7 +298,7 @@ async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_ag
     assert requested(store) == {(RID, uais[3])}
 
     await ressources(store, [publication(3, min_ipados="12")], set())  # 12.5 meets it
-    assert requested(store) == {(RID, uais[3]), (RID, "")}, "parts 0 and 1's range a part again"
+    assert requested(store) == {(RID, uais[3]), (RID, ""), (RID, uais[1])}, "parts 0 and 1's range cut again"
     resolved = []
     while chunk := await reevaluate_chunk(store, Seuils(), 10):
         resolved += [o.event.data["uai"] for o in chunk.outgoing if o.event.type == c.ALERTE_RESOLUE]
