@@ -29,7 +29,9 @@ Range = tuple[str, str | None]
 """UAIs after the first, up to the second (None: no bound)."""
 PART_SIZE, MAX_PARTS = 500, 16
 """A re-evaluation's UAIs go in parts of at least PART_SIZE, at most MAX_PARTS of them: as many
-workers (over all replicas) can evaluate one fan-out at once, and a small one stays whole."""
+workers (over all replicas) can evaluate one fan-out at once, and a small one stays whole. The
+ranges a fan-out under way leaves out are cut so too, each starting a part of its own: then
+there may be a smaller part for each, and more than MAX_PARTS in all."""
 
 _SUBSCRIBED_TO = "SELECT uai FROM abonnements WHERE resource_id = $1"
 _SUBSCRIBED_TO_ANY = "SELECT DISTINCT uai FROM abonnements WHERE $1 = ''"
@@ -50,8 +52,9 @@ SELECT * FROM (
 WHERE cut OR last"""
 """Where to cut the ranges of UAIs ($2, $3: (after, up to], up to NULL: no bound; disjoint) for
 the subscribers of resource $1: per range (its number from 1), its subscribers after which a
-part ends, counting over all the ranges, every $4 (PART_SIZE) or more so that there are at most
-$5 (MAX_PARTS) parts; and its last subscriber (a range without one has no row)."""
+part ends, counting over all the ranges, every $4 (PART_SIZE) or more so that these cuts make
+at most $5 (MAX_PARTS) parts (each range also starts one); and its last subscriber (a range
+without one has no row)."""
 
 
 def cut(ranges: Sequence[Range], rows: Iterable[tuple[int, str, bool, bool]]) -> list[Range]:
