@@ -178,17 +178,24 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30) -> N
         admin.close()
 
 
-def revoke(admin_access: KafkaAccess, principals: Collection[str]) -> None:
-    """Delete every ACL of these principals, on any resource, as a super user."""
+def revoke(admin_access: KafkaAccess, principals: Collection[str], timeout: float = 30) -> None:
+    """Delete every ACL of these principals, on any resource, as a super user, and return once the
+    broker no longer lists any (as `apply`, it enforces what the controller took a moment later)."""
     if not principals:
         return
+    filters = [acl_filter(f"User:{name}") for name in principals]
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-acl")
     try:
-        results = admin.delete_acls([acl_filter(f"User:{name}") for name in principals])
+        results = admin.delete_acls(filters)
+        if refused := sorted({error.__name__ for _, _, error in results if error.errno != 0}):
+            raise AclError(f"the broker refused to delete ACLs: {', '.join(refused)}")
+        deadline = time.monotonic() + timeout
+        while left := [acl for f in filters for acl in admin.describe_acls(f)[0]]:
+            if time.monotonic() > deadline:
+                raise AclError(f"{len(left)} ACLs still in force {timeout} s after their deletion, e.g. {left[0]}")
+            time.sleep(0.05)
     finally:
         admin.close()
-    if errors := [error for _, _, error in results if error.errno != 0]:
-        raise AclError(f"the broker refused to delete ACLs: {errors[0]}")
 
 
 def main() -> None:

@@ -120,7 +120,15 @@ class Platform:
         asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))
         say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
         for name in self.kafka.revoked:
-            say(f"Kafka: {name!r} is no longer one of the platform's principals (KAFKA_DASHBOARDS): revoked")
+            say(
+                f"Kafka: {name!r} revoked (its ACLs and password deleted): "
+                "no longer a service, a partner or in KAFKA_DASHBOARDS"
+            )
+        for name in self.kafka.unlisted:
+            say(
+                f"Kafka: {name!r} keeps its access: KAFKA_DASHBOARDS is not set "
+                f"(set it, without {name!r}, to revoke it)"
+            )
         os.environ.update(self.kafka.access.environ())
         asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers)))
         acl.apply(self.kafka.access)

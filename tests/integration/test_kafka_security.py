@@ -150,7 +150,8 @@ async def test_a_dashboard_taken_out_of_kafka_dashboards_is_revoked_at_the_next_
     kafka, topic_prefix, monkeypatch
 ) -> None:
     """Its password no longer authenticates, no ACL names it, the credentials file forgets it;
-    the dashboard left keeps reading. As a start does it (LocalKafka.sync_scram_users)."""
+    the dashboard left keeps reading. Not while KAFKA_DASHBOARDS is unset (a shell that lost the
+    variable): it is then kept. As a start does it (LocalKafka.sync_scram_users)."""
     from deploy import acl
     from deploy.local.kafka.credentials import Credentials
 
@@ -161,10 +162,15 @@ async def test_a_dashboard_taken_out_of_kafka_dashboards_is_revoked_at_the_next_
     await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage")
     assert _acls_of(kafka, "pilotage")
 
+    monkeypatch.delenv("KAFKA_DASHBOARDS")
+    kafka.sync_scram_users(everyone=False)
+    assert (kafka.revoked, kafka.unlisted) == ((), ("pilotage",))
+    await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage")
+
     monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord")
     kafka.sync_scram_users(everyone=False)
 
-    assert kafka.revoked == ("pilotage",)
+    assert (kafka.revoked, kafka.unlisted) == (("pilotage",), ())
     assert not _acls_of(kafka, "pilotage")
     host, port = kafka.bootstrap_servers.split(":")
     options = pilotage.aiokafka()

@@ -7,7 +7,8 @@ refuses whatever no ACL allows (`deploy.acl` writes them); `admin` and the broke
 users. The CA and certificate come from `tls.py`, the principals' passwords from
 `credentials.py`: SCRAM users are created when the storage is formatted, and a principal added
 since (a new service, a dashboard added to KAFKA_DASHBOARDS) when the broker next starts; one
-gone since (a dashboard taken out) is revoked then: its ACLs and its SCRAM user deleted.
+gone since (a dashboard taken out of KAFKA_DASHBOARDS) is revoked then: its ACLs and its SCRAM
+user deleted.
 
 The data directory may be reused across starts: it is formatted only once (its cluster id and
 credentials are then kept), while server.properties is rewritten each start since the ports may
@@ -25,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.acl import DASHBOARDS, revoke
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
 from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
 from deploy.local.kafka.readiness import add_scram_users, delete_scram_users, serves_metadata
@@ -103,6 +105,8 @@ class LocalKafka:
         self.tls: TlsFiles | None = None
         self.revoked: tuple[str, ...] = ()
         """The principals the last start revoked (no longer the platform's: `sync_scram_users`)."""
+        self.unlisted: tuple[str, ...] = ()
+        """Those it kept, no longer the platform's but KAFKA_DASHBOARDS not set."""
         self._server = ServerProcess("Kafka", self.log_file, KafkaRuntimeError, log_noise=_STACK_FRAMES)
 
     @property
@@ -209,10 +213,11 @@ class LocalKafka:
         client (their salted passwords never on a command line): on a new storage every
         principal's, `admin`'s again with a new salt (its salted password was on the format tool's
         command line, and proves who holds it as well as the password); else those of the
-        principals that appeared since the storage was formatted, and those gone since (a
-        dashboard taken out of KAFKA_DASHBOARDS) revoked: their ACLs, then their SCRAM user, then
-        their password here deleted (interrupted, the next start does what is left). `revoked`
-        names them."""
+        principals that appeared since the storage was formatted. Those gone since (a dashboard
+        taken out of KAFKA_DASHBOARDS) are revoked when KAFKA_DASHBOARDS is set (a start without
+        it, in a shell that lost the variable, would revoke every dashboard but the default one):
+        their ACLs, then their SCRAM user, then their password here deleted (interrupted, the
+        next start does what is left). `revoked` names them, `unlisted` those kept."""
         assert self.credentials is not None, "read by start()"
         wanted = self.credentials.with_new(principals())
         added = [name for name in wanted.passwords if everyone or name not in self.credentials.passwords]
@@ -221,14 +226,13 @@ class LocalKafka:
             wanted.save()
             self.credentials = wanted
         gone = tuple(name for name in self.credentials.passwords if name not in principals())
-        if gone:
-            from deploy.acl import revoke
-
-            revoke(self.access, gone)
-            delete_scram_users(self.access, gone)
-            self.credentials = self.credentials.without(gone)
+        declared = bool(os.environ.get(DASHBOARDS, "").strip())
+        self.revoked, self.unlisted = (gone, ()) if declared else ((), gone)
+        if self.revoked:
+            revoke(self.access, self.revoked)
+            delete_scram_users(self.access, self.revoked)
+            self.credentials = self.credentials.without(self.revoked)
             self.credentials.save()
-        self.revoked = gone
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after a grace period."""

@@ -33,7 +33,8 @@ class LocalKafkaCluster:
         ]
         self.credentials: Credentials | None = None
         self.revoked: tuple[str, ...] = ()
-        """The principals the last start revoked (LocalKafka.sync_scram_users)."""
+        """The principals the last start revoked, and those it kept (LocalKafka.sync_scram_users)."""
+        self.unlisted: tuple[str, ...] = ()
 
     @property
     def cluster_id(self) -> str | None:
@@ -76,7 +77,7 @@ class LocalKafkaCluster:
             node.wait_ready()
         first = self.nodes[0]  # the users are the cluster's: added once, through one node
         first.sync_scram_users(everyone=kept is None)
-        self.credentials, self.revoked = first.credentials, first.revoked
+        self.credentials, self.revoked, self.unlisted = first.credentials, first.revoked, first.unlisted
 
     def stop(self) -> None:
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # each waits for its node's exit

@@ -9,6 +9,7 @@ each probe therefore runs on a fresh loop in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,10 +51,22 @@ def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str]) -> 
     _alter_scram_users(admin_access, alterations, "SCRAM users not created")
 
 
-def delete_scram_users(admin_access: KafkaAccess, names: Collection[str]) -> None:
-    """Delete the SCRAM-SHA-512 users `names` (one already gone is no error), as the super user."""
+def delete_scram_users(admin_access: KafkaAccess, names: Collection[str], timeout: float = 30) -> None:
+    """Delete the SCRAM-SHA-512 users `names` (one already gone is no error), as the super user,
+    and return once the broker no longer knows them (it takes them from the controller a moment later)."""
     alterations = [UserScramCredentialDeletion(name, "SCRAM-SHA-512") for name in names]
     _alter_scram_users(admin_access, alterations, "SCRAM users not deleted", absent_ok=True)
+    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
+    try:
+        deadline = time.monotonic() + timeout
+        while known := sorted(
+            n for n, d in admin.describe_user_scram_credentials(list(names)).items() if d["credential_infos"]
+        ):
+            if time.monotonic() > deadline:
+                raise KafkaRuntimeError(f"SCRAM users still known {timeout} s after their deletion: {', '.join(known)}")
+            time.sleep(0.05)
+    finally:
+        admin.close()
 
 
 def _alter_scram_users(admin_access: KafkaAccess, alterations: list, failure: str, absent_ok: bool = False) -> None:
