@@ -2,11 +2,14 @@
 (pipeline.Pipeline.revive), against the real broker and database: applied if the declarant may
 declare it there, dead-lettered again with the reason otherwise, never applied twice."""
 
+import asyncio
+
 import asyncpg
 
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import TopicReader, at, college, event, eventually, running, send, uai
+from services.common import pipeline as pipeline_module
 from services.common.pipeline import Pipeline
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -209,6 +212,29 @@ async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_t
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
 
 
+async def test_a_fault_in_a_slice_leaves_its_record_waiting_and_the_pass_goes_on_down(kafka, settings, monkeypatch):
+    """A UAI judged in slices (REVIVAL_RECORDS, here 2): the faulty record stays waiting, the pass
+    takes the slices below it and ends (it does not take that record again)."""
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 2)
+    bootstrap = kafka.bootstrap_servers
+    where = uai("0350607")
+    records = [(where, lot(DEPARTEMENT, where, lot_id)) for lot_id in ("L1", "L2", "FAULT", "L3", "L4")]
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await pipeline.pool.execute(
+            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.lot_id = 'FAULT' THEN RAISE EXCEPTION 'fault'; END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER fault BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION fault()"
+        )
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), records, partition=0)
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 5 FROM attente_referentiel"), what="waiting")
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the UAI")
+        assert await asyncio.wait_for(pipeline.revive(), timeout=30) == 4
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 4
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1
+
+
 async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_url):
     """deploy/reconstruire.carry_dead_letters: the live schema's judgement of a record that waited
     is taken whole; one the live schema has not judged keeps the rebuild's; a record the live
@@ -304,6 +330,47 @@ async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_
         assert await pipeline.revive() == 501
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 0
+
+
+async def test_a_uai_with_more_waiting_records_than_a_transaction_takes_is_judged_in_slices_latest_first(
+    kafka, settings, monkeypatch
+):
+    """REVIVAL_RECORDS (here 4) bounds a revival's transaction: a UAI with 11 waiting records is
+    judged in slices, its latest arrivals first, so that a record of an earlier slice, which
+    arrived later, wins equal times (the correction) and a later `time` still wins wherever it
+    is (Y); the UAIs with few are judged together up to the bound, none of them split."""
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 4)
+    sizes: list[int] = []
+    judge = Pipeline._revival
+
+    async def counted(self, origins):
+        sizes.append(len(origins))
+        return await judge(self, origins)
+
+    monkeypatch.setattr(Pipeline, "_revival", counted)
+    bootstrap = kafka.bootstrap_servers
+    many, few = uai("0350606"), [uai(f"035061{n}") for n in range(3)]
+    first, correction = lot(DEPARTEMENT, many, "X"), lot(DEPARTEMENT, many, "X")
+    correction["data"]["quantity"] = 30  # the same lot and `time`, sent after
+    later, earlier = lot(DEPARTEMENT, many, "Y"), lot(DEPARTEMENT, many, "Y")
+    later["time"], later["data"]["quantity"] = at(5).isoformat(), 50  # sent first, with the later `time`
+    fillers = [(many, lot(DEPARTEMENT, many, f"F{n}")) for n in range(7)]
+    records = [(many, first), (many, later), *fillers, (many, earlier), (many, correction)]
+    records += [(u, lot(DEPARTEMENT, u, f"L{n}")) for u in few for n in range(2)]  # 2 each: 2 + 2, then 2
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), records, partition=0)
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 17 FROM attente_referentiel"), what="17 waiting"
+        )
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in [many, *few]])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 4 FROM etablissements"), what="the UAIs")
+        assert await pipeline.revive() == 17
+        assert sorted(sizes) == [2, 3, 4, 4, 4], "11 in slices of at most 4; the others' 6, 4 then 2"
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'Y'") == 50
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 2 + 7 + 6
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
 
 
 async def test_a_record_the_database_refuses_leaves_the_other_uais_equal_times_in_their_order(
