@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import TypeVar
 
+import asyncpg
 import pytest
 
 import contracts as c
@@ -379,6 +380,18 @@ async def republish(pool, minute: int, min_ipados: str) -> None:
         )
 
 
+@asynccontextmanager
+async def seeded(database_url: str, codes: list[str]) -> AsyncIterator[asyncpg.Pool]:
+    """ressources' schema migrated, with these établissements seeded (`seed`): its pool, closed after."""
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await seed(pool, codes)
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def one_chunk(pool, size: int):
     async with pool.acquire() as conn, conn.transaction():
         return await reevaluate_chunk(RessourcesStore(conn), Seuils(), size)
@@ -388,10 +401,7 @@ async def test_versions_coming_faster_than_a_pass_still_reach_every_subscriber(d
     """Each new version started the fan-out over from the first UAI: while versions came faster
     than a pass (here one chunk of ten between two), the last UAIs were never evaluated."""
     codes = uais(25)
-    pool = await create_pool(database_url, "ressources")
-    try:
-        await migrate(pool, "ressources", SPEC.package_dir)
-        await seed(pool, codes)
+    async with seeded(database_url, codes) as pool:
         for minute in range(1, 7):  # 15, 17.2, 15...: iPadOS 12.5 meets neither
             await republish(pool, minute, "15" if minute % 2 else "17.2")
             await one_chunk(pool, 10)
@@ -399,17 +409,12 @@ async def test_versions_coming_faster_than_a_pass_still_reach_every_subscriber(d
         assert old <= await open_alerts(pool), "every subscriber on iPadOS 12.5 reached"
         await fan_out(pool, Seuils())
         assert await open_alerts(pool) == set(codes), "as the last version says: 17.1 < 17.2"
-    finally:
-        await pool.close()
 
 
 async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_again(database_url, monkeypatch):
     monkeypatch.setattr(store_module, "PART_SIZE", 10)
     codes = uais(25)
-    pool = await create_pool(database_url, "ressources")
-    try:
-        await migrate(pool, "ressources", SPEC.package_dir)
-        await seed(pool, codes)
+    async with seeded(database_url, codes) as pool:
         await republish(pool, 1, "15")
         for _ in range(2):  # parts 0 and 1 done (ten UAIs each), part 2 not started
             await one_chunk(pool, 20)
@@ -421,40 +426,28 @@ async def test_a_new_version_after_some_parts_are_done_evaluates_their_ranges_ag
         )
         await fan_out(pool, Seuils())
         assert await open_alerts(pool) == set(), "those parts 0 and 1 raised, resolved"
-    finally:
-        await pool.close()
 
 
 async def test_a_chunk_that_reaches_its_part_s_bound_ends_the_part(database_url, monkeypatch):
     """Not left at its bound for an empty chunk, one more transaction, to delete."""
     monkeypatch.setattr(store_module, "PART_SIZE", 10)
     codes = uais(20)
-    pool = await create_pool(database_url, "ressources")
-    try:
-        await migrate(pool, "ressources", SPEC.package_dir)
-        await seed(pool, codes)
+    async with seeded(database_url, codes) as pool:
         await republish(pool, 1, "15")
         chunk = await one_chunk(pool, 10)
         assert chunk is not None and chunk.last and chunk.uais == 10
         parts = await pool.fetch("SELECT part, after_uai, up_to FROM reevaluations ORDER BY part")
         assert [tuple(p) for p in parts] == [(1, codes[9], None)]
-    finally:
-        await pool.close()
 
 
 async def test_a_resource_nobody_subscribes_to_makes_no_part(database_url):
     """Its publication leaves nothing for a worker to take (it left an empty part, one
     transaction to delete it)."""
-    pool = await create_pool(database_url, "ressources")
-    try:
-        await migrate(pool, "ressources", SPEC.package_dir)
-        await seed(pool, uais(3))
+    async with seeded(database_url, uais(3)) as pool:
         async with pool.acquire() as conn, conn.transaction():
             await RessourcesStore(conn).request_reevaluations(["ark:/67375/personne", RID])
         parts = await pool.fetch("SELECT resource_id, part, after_uai, up_to FROM reevaluations")
         assert [tuple(p) for p in parts] == [(RID, 0, "", None)]
-    finally:
-        await pool.close()
 
 
 async def fan_out(pool, seuils: Seuils) -> None:
@@ -540,10 +533,7 @@ async def test_a_replica_evaluates_with_the_thresholds_the_latest_one_to_start_s
     [code] = codes = uais(1)
     assert ipados(0) == RECENT
     former, new = Seuils(min_compatible_share=0.5), Seuils(min_compatible_share=0.9)
-    pool = await create_pool(database_url, "ressources")
-    try:
-        await migrate(pool, "ressources", SPEC.package_dir)
-        await seed(pool, codes)
+    async with seeded(database_url, codes) as pool:
         # A second lot of 30 tablets on iPadOS 12.5: half the tablets run the resource.
         await pool.execute(
             "INSERT INTO recus (type, uai, entity, version, content) VALUES ($1, $2, 'L2', 1, $3)",
@@ -562,8 +552,6 @@ async def test_a_replica_evaluates_with_the_thresholds_the_latest_one_to_start_s
             assert await reevaluate_chunk(RessourcesStore(conn), former, 10) is not None  # the former replica's worker
         kinds = await pool.fetch("SELECT kind FROM alertes WHERE ouverte")
         assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
-    finally:
-        await pool.close()
 
 
 class PausedAfterThresholds(Paused):
