@@ -110,14 +110,10 @@ _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~
 
 REVIVAL_UAIS, REVIVAL_RECORDS = 250, 2000
 """UAIs whose records refused `uai-inconnu` one pass of `Pipeline.revive` looks at, and waiting
-records one of its transactions judges at most (a batch's, BATCH_MAX_RECORDS's default): UAIs'
-records together up to that, and a UAI's in one transaction unless it has more, so that two of
-one entity with the same time keep their order of arrival (the later wins; judged in
-arrival order in two transactions, the first one's state, held, would count as come after the
-second). A UAI with more waiting records is judged in slices of REVIVAL_RECORDS, its latest
-arrivals first: a later slice's record then arrived before the states the earlier ones stored,
-and loses equal times to them, as it must (memory and transaction bounded, where a UAI's 100,000
-waiting records were one transaction)."""
+records one of its transactions judges, UAIs' together, up to (a batch's, BATCH_MAX_RECORDS's
+default). A UAI's in one transaction, more if it has more, so that two of one entity with the
+same time keep their order of arrival (the later wins): judged in arrival order in two
+transactions, the first one's state, held, would count as come after the second."""
 
 Parsed = dict[int, tuple[ConsumerRecord, CloudEvent | ContractError]]
 """Records parsed ahead of their batch, by the id of the record, with the record (so that
@@ -324,10 +320,10 @@ class Pipeline:
 
     async def revive(self, uais: Collection[str] | None = None) -> int:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
-        these UAIs; None: of any), judged again, those of REVIVAL_UAIS UAIs at a time, at most
-        REVIVAL_RECORDS a transaction, in arrival order per partition in each: accepted, they are
-        applied as if they came now (the inbox drops one applied meanwhile, replayed by an
-        operator), but a state held with their `time` came after them and keeps equal times
+        these UAIs; None: of any), judged again, those of REVIVAL_UAIS UAIs at a time, UAIs'
+        together up to REVIVAL_RECORDS a transaction, in arrival order per partition: accepted,
+        they are applied as if they came now (the inbox drops one applied meanwhile, replayed by
+        an operator), but a state held with their `time` came after them and keeps equal times
         (entities.ARRIVED_BEFORE_HELD); refused for another reason, dead-lettered again with it.
         Returns how many were judged.
 
@@ -353,11 +349,8 @@ class Pipeline:
             after = due[-1]["uai"]
             together: list[str] = []
             size = 0
-            for row in due:
-                if row["waiting"] > REVIVAL_RECORDS:
-                    judged += await self._revive_in_slices(row["uai"])
-                    continue
-                if size + row["waiting"] > REVIVAL_RECORDS:
+            for row in due:  # a UAI with more than REVIVAL_RECORDS alone
+                if together and size + row["waiting"] > REVIVAL_RECORDS:
                     judged += await self._revive_uais(together)
                     together, size = [], 0
                 together.append(row["uai"])
@@ -377,34 +370,13 @@ class Pipeline:
         by_uai: dict[str, list[dlq.Origin]] = {}
         for r in rows:
             by_uai.setdefault(r["uai"], []).append((r["topic"], r["partition"], r["offset"]))
-        return await self._revive_or_isolate(list(by_uai.values()))
-
-    async def _revive_in_slices(self, uai: str) -> int:
-        """A UAI's waiting records, REVIVAL_RECORDS at a time from its latest arrivals back, each
-        slice in arrival order in its transaction (REVIVAL_RECORDS). A record left waiting (a
-        fault) is not taken again in this pass: the slices go down from where the last began."""
-        judged, below = 0, None
-        while True:
-            rows = await self.pool.fetch(
-                'SELECT topic, partition, "offset" FROM attente_referentiel WHERE uai = $1 '
-                'AND ($2::text IS NULL OR (topic, partition, "offset") < ($2, $3, $4)) '
-                f'ORDER BY topic DESC, partition DESC, "offset" DESC LIMIT {REVIVAL_RECORDS}',
-                uai,
-                *(below or (None, None, None)),
-            )
-            if not rows:
-                return judged
-            origins = [(r["topic"], r["partition"], r["offset"]) for r in reversed(rows)]
-            below = origins[0]
-            judged += await self._revive_or_isolate([origins])
-
-    async def _revive_or_isolate(self, groups: list[list[dlq.Origin]]) -> int:
+        groups = list(by_uai.values())
         try:
             return await self._revive(groups)
         except _UNREACHABLE:
             raise
         except Exception as exc:
-            log.warning("referentiel.revival_isolating", records=sum(map(len, groups)), error=type(exc).__name__)
+            log.warning("referentiel.revival_isolating", records=len(rows), error=type(exc).__name__)
             return await self._revive_each(groups)
 
     async def _revive_each(self, groups: list[list[dlq.Origin]]) -> int:

@@ -2,8 +2,6 @@
 (pipeline.Pipeline.revive), against the real broker and database: applied if the declarant may
 declare it there, dead-lettered again with the reason otherwise, never applied twice."""
 
-import asyncio
-
 import asyncpg
 
 import contracts as c
@@ -212,29 +210,6 @@ async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_t
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
 
 
-async def test_a_fault_in_a_slice_leaves_its_record_waiting_and_the_pass_goes_on_down(kafka, settings, monkeypatch):
-    """A UAI judged in slices (REVIVAL_RECORDS, here 2): the faulty record stays waiting, the pass
-    takes the slices below it and ends (it does not take that record again)."""
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
-    monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 2)
-    bootstrap = kafka.bootstrap_servers
-    where = uai("0350607")
-    records = [(where, lot(DEPARTEMENT, where, lot_id)) for lot_id in ("L1", "L2", "FAULT", "L3", "L4")]
-    async with running(EQUIPEMENT, settings) as pipeline:
-        await pipeline.pool.execute(
-            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.lot_id = 'FAULT' THEN RAISE EXCEPTION 'fault'; END IF; RETURN NEW; END $$; "
-            "CREATE TRIGGER fault BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION fault()"
-        )
-        await send(bootstrap, settings.topic(c.EQUIPEMENT), records, partition=0)
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 5 FROM attente_referentiel"), what="waiting")
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the UAI")
-        assert await asyncio.wait_for(pipeline.revive(), timeout=30) == 4
-        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 4
-        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1
-
-
 async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_url):
     """deploy/reconstruire.carry_dead_letters: the live schema's judgement of a record that waited
     is taken whole; one the live schema has not judged keeps the rebuild's; a record the live
@@ -332,13 +307,11 @@ async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 0
 
 
-async def test_a_uai_with_more_waiting_records_than_a_transaction_takes_is_judged_in_slices_latest_first(
-    kafka, settings, monkeypatch
-):
-    """REVIVAL_RECORDS (here 4) bounds a revival's transaction: a UAI with 11 waiting records is
-    judged in slices, its latest arrivals first, so that a record of an earlier slice, which
-    arrived later, wins equal times (the correction) and a later `time` still wins wherever it
-    is (Y); the UAIs with few are judged together up to the bound, none of them split."""
+async def test_uais_waiting_records_go_together_up_to_the_bound_and_a_uai_s_never_apart(kafka, settings, monkeypatch):
+    """REVIVAL_RECORDS (here 4) bounds what a revival's transaction takes of several UAIs (250 of
+    them, whatever their records, before); a UAI with more, 11, is judged alone, in one
+    transaction still, so that its two records of lot X with the same `time` keep their order
+    (the correction wins) and a later `time` wins whatever its place (Y)."""
     monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
     monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 4)
     sizes: list[int] = []
@@ -366,9 +339,10 @@ async def test_a_uai_with_more_waiting_records_than_a_transaction_takes_is_judge
         await send(bootstrap, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in [many, *few]])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 4 FROM etablissements"), what="the UAIs")
         assert await pipeline.revive() == 17
-        assert sorted(sizes) == [2, 3, 4, 4, 4], "11 in slices of at most 4; the others' 6, 4 then 2"
+        assert sorted(sizes) == [2, 4, 11], "the 11 of one UAI together; the others' 6 as 4 then 2"
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'Y'") == 50
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 1, "Y's earlier"
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 2 + 7 + 6
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
 
