@@ -110,10 +110,11 @@ _AHEAD_SLICE = 25  # records parsed ahead between two turns of the event loop: ~
 
 REVIVAL_UAIS, REVIVAL_RECORDS = 250, 2000
 """UAIs whose records refused `uai-inconnu` one pass of `Pipeline.revive` looks at, and waiting
-records one of its transactions judges, UAIs' together, up to (a batch's, BATCH_MAX_RECORDS's
-default). A UAI's in one transaction, more if it has more, so that two of one entity with the
-same time keep their order of arrival (the later wins): judged in arrival order in two
-transactions, the first one's state, held, would count as come after the second."""
+records one of its transactions takes, UAIs' together, up to (a batch's, BATCH_MAX_RECORDS's
+default). A UAI's all in one transaction, so that two of one entity with the same time keep
+their order of arrival (the later wins): in two, the first one's state, held, would count as
+come after the second. A UAI with more is judged in parts of REVIVAL_RECORDS, in their order,
+in that one transaction: memory holds one part (entities.Revival keeps the ties right)."""
 
 Parsed = dict[int, tuple[ConsumerRecord, CloudEvent | ContractError]]
 """Records parsed ahead of their batch, by the id of the record, with the record (so that
@@ -324,7 +325,7 @@ class Pipeline:
         together up to REVIVAL_RECORDS a transaction, in arrival order per partition: accepted,
         they are applied as if they came now (the inbox drops one applied meanwhile, replayed by
         an operator), but a state held with their `time` came after them and keeps equal times
-        (entities.ARRIVED_BEFORE_HELD); refused for another reason, dead-lettered again with it.
+        (entities.Revival); refused for another reason, dead-lettered again with it.
         Returns how many were judged.
 
         Both sides look after committing: a batch that refuses a record for want of its UAI, and
@@ -482,7 +483,12 @@ class Pipeline:
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _revival(self, origins: list[dlq.Origin]) -> int:
+        """These records judged again in one transaction, REVIVAL_RECORDS at a time in their
+        order (memory bounded by that, however many a UAI has): a part's equal times go to a
+        state an earlier part stored, which arrived before them (entities.Revival)."""
         started = time.monotonic()
+        judged = applied = stale = duplicates = 0
+        refused_by: Counter[str] = Counter()
         with trace.get_tracer(__name__).start_as_current_span(
             f"revive {self.service}",
             kind=trace.SpanKind.CONSUMER,
@@ -490,34 +496,41 @@ class Pipeline:
             record_exception=False,
         ) as span:
             async with self._exclusive() as conn:
-                records = await _waiting(conn, origins)  # those another replica judged meanwhile are gone
-                if tracer_is_recording():  # each record's trace, as its batch's span had it
-                    for link in filter(None, (_link(r.headers) for r in records)):
-                        span.add_link(link.context)
-                parsed, rejected = self._parse_all(records, {})
                 # They came before whatever state their entities hold now: equal times go to that.
-                arrived = entities.ARRIVED_BEFORE_HELD.set(True)
+                revival = entities.REVIVAL.set(entities.Revival())
                 try:
-                    done = await self._judge(conn, parsed, rejected, span)
+                    for n in range(0, len(origins), REVIVAL_RECORDS):
+                        records = await _waiting(conn, origins[n : n + REVIVAL_RECORDS])  # another replica's are gone
+                        if tracer_is_recording():  # each record's trace, as its batch's span had it
+                            for link in filter(None, (_link(r.headers) for r in records)):
+                                span.add_link(link.context)
+                        parsed, rejected = self._parse_all(records, {})
+                        done = await self._judge(conn, parsed, rejected, span)
+                        refused = {id(r.record) for r in rejected}
+                        accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
+                        await dlq.rejudged(conn, accepted, rejected)
+                        judged += len(records)
+                        applied, stale, duplicates = (
+                            applied + done.applied,
+                            stale + len(done.stale),
+                            duplicates + done.duplicates,
+                        )
+                        refused_by.update(r.code for r in rejected)
                 finally:
-                    entities.ARRIVED_BEFORE_HELD.reset(arrived)
-                refused = {id(r.record) for r in rejected}
-                accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
-                await dlq.rejudged(conn, accepted, rejected)
-        if records:
+                    entities.REVIVAL.reset(revival)
+        if judged:
             self.relay.wake()
-            refused_by = dict(Counter(r.code for r in rejected))
-            self.metrics.revived(done.applied, len(done.stale), done.duplicates, refused_by)
+            self.metrics.revived(applied, stale, duplicates, dict(refused_by))
             log.info(
                 "referentiel.revived",
-                records=len(records),
-                applied=done.applied,
-                stale=len(done.stale),
-                duplicates=done.duplicates,
-                refused=refused_by,
+                records=judged,
+                applied=applied,
+                stale=stale,
+                duplicates=duplicates,
+                refused=dict(refused_by),
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
-        return len(records)
+        return judged
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Work outside a batch that writes nothing (a lookup): `work` gets the store."""

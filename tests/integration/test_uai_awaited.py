@@ -310,18 +310,25 @@ async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_
 async def test_uais_waiting_records_go_together_up_to_the_bound_and_a_uai_s_never_apart(kafka, settings, monkeypatch):
     """REVIVAL_RECORDS (here 4) bounds what a revival's transaction takes of several UAIs (250 of
     them, whatever their records, before); a UAI with more, 11, is judged alone, in one
-    transaction still, so that its two records of lot X with the same `time` keep their order
-    (the correction wins) and a later `time` wins whatever its place (Y)."""
+    transaction still, in parts of 4 in their order (memory bounded): its two records of lot X
+    with the same `time`, in the first part and the last, keep their order (the correction
+    wins), and a later `time` wins whatever its place (Y)."""
     monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
     monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 4)
-    sizes: list[int] = []
-    judge = Pipeline._revival
+    transactions: list[int] = []
+    parts: list[int] = []
+    judge, take = Pipeline._revival, pipeline_module._waiting
 
-    async def counted(self, origins):
-        sizes.append(len(origins))
+    async def judged(self, origins):
+        transactions.append(len(origins))
         return await judge(self, origins)
 
-    monkeypatch.setattr(Pipeline, "_revival", counted)
+    async def taken(conn, origins):
+        parts.append(len(origins))
+        return await take(conn, origins)
+
+    monkeypatch.setattr(Pipeline, "_revival", judged)
+    monkeypatch.setattr(pipeline_module, "_waiting", taken)
     bootstrap = kafka.bootstrap_servers
     many, few = uai("0350606"), [uai(f"035061{n}") for n in range(3)]
     first, correction = lot(DEPARTEMENT, many, "X"), lot(DEPARTEMENT, many, "X")
@@ -339,7 +346,8 @@ async def test_uais_waiting_records_go_together_up_to_the_bound_and_a_uai_s_neve
         await send(bootstrap, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in [many, *few]])
         await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 4 FROM etablissements"), what="the UAIs")
         assert await pipeline.revive() == 17
-        assert sorted(sizes) == [2, 4, 11], "the 11 of one UAI together; the others' 6 as 4 then 2"
+        assert sorted(transactions) == [2, 4, 11], "the 11 of one UAI together; the others' 6 as 4 then 2"
+        assert sorted(parts) == [2, 3, 4, 4, 4], "the 11 taken 4, 4, then 3"
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'Y'") == 50
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE outcome = 'stale'") == 1, "Y's earlier"

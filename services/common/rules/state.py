@@ -6,7 +6,7 @@ arrival order, starting from the times the database holds, it gives the same out
 event at a time, whatever the delivery order or replays.
 """
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -26,16 +26,23 @@ class Verdicts(Generic[K, E]):
 
 
 def latest_wins(
-    held: Mapping[K, datetime], events: Iterable[tuple[K, datetime, E]], *, arrived_before_held: bool = False
+    held: Mapping[K, datetime],
+    events: Iterable[tuple[K, datetime, E]],
+    *,
+    arrived_before_held: bool = False,
+    held_arrived_before: Collection[K] = (),
 ) -> Verdicts[K, E]:
     """`arrived_before_held`: these events arrived before the states held (records judged again
-    once their établissement came): one whose time equals its entity's held state loses to it."""
+    once their établissement came): one whose time equals its entity's held state loses to it,
+    unless that state's event arrived before it too (`held_arrived_before`: stored by an earlier
+    part of the same judgement)."""
     running: dict[K, datetime] = dict(held)
     winners: dict[K, E] = {}
     stale: list[E] = []
     for key, time, event in events:
         current = running.get(key)
-        if current is not None and (time < current or (time == current and arrived_before_held and key not in winners)):
+        held_later = arrived_before_held and key not in winners and key not in held_arrived_before
+        if current is not None and (time < current or (time == current and held_later)):
             stale.append(event)
             continue
         running[key] = time

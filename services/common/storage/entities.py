@@ -2,7 +2,7 @@
 
 Every state table has text key columns and an `event_time` column. `store_latest` locks the
 rows it may replace (in key order, so two consumers never deadlock), decides with the pure
-`latest_wins` rule, and upserts the winners in one statement with a guard that keeps the rule
+`latest_wins` rule, and upserts the winners in one statement (two in a revival) with a guard that keeps the rule
 true even against a concurrent writer (a row another transaction inserted after the locking
 read): a winner the guard refused is reported stale, so no use case publishes it. A batch's
 rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
@@ -10,17 +10,27 @@ rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
 
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from contracts import CloudEvent
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.db import Conn, json_rows
 
-ARRIVED_BEFORE_HELD: ContextVar[bool] = ContextVar("arrived_before_held", default=False)
-"""True while the events stored arrived before the states held: records refused `uai-inconnu`,
-judged again once their établissement came (Pipeline.revive). A state held with the same `time`
-came after them, and the later arrival wins equal times: they lose to it."""
+
+@dataclass
+class Revival:
+    """Set (REVIVAL) while the events stored arrived before the states held: records refused
+    `uai-inconnu`, judged again once their établissement came (Pipeline.revive). A state held
+    with the same `time` came after them, and the later arrival wins equal times: they lose to
+    it; but not to one the revival stored itself, from a record that arrived before them, in an
+    earlier part of its transaction (judged in parts of a bounded size, in arrival order):
+    `stored` keeps, per table, the keys it wrote, locked by it since."""
+
+    stored: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
+
+
+REVIVAL: ContextVar[Revival | None] = ContextVar("revival", default=None)
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -53,11 +63,13 @@ async def store_latest(
         json_rows(dict(zip(keys, key, strict=True)) for key in wanted),
     )
     keyed = [(tuple(r[k] for k in keys), r) for r in held_rows]
-    earlier = ARRIVED_BEFORE_HELD.get()
+    revival = REVIVAL.get()
+    ours = set() if revival is None else revival.stored.setdefault(table, set())
     verdicts = latest_wins(
         {key: r["event_time"] for key, r in keyed},
         ((e.data.entity_key, e.time, e) for e in events),
-        arrived_before_held=earlier,
+        arrived_before_held=revival is not None,
+        held_arrived_before=ours,
     )
     if also:
         first = len(keys) + 1
@@ -66,19 +78,30 @@ async def store_latest(
         typed = {**dict.fromkeys(keys, "text"), **columns, "event_time": "timestamptz"}
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in [*columns, "event_time"])
         winners = sorted(verdicts.winners.items())
-        rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in winners)
-        written = await conn.fetch(
-            f"INSERT INTO {table} AS t ({_quoted(list(typed))}) "
-            f"SELECT * FROM json_to_recordset($1::json) AS r({_typed(typed)}) "
-            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} "
-            f"WHERE t.event_time {'<' if earlier else '<='} EXCLUDED.event_time "
-            f"RETURNING {key_list}",
-            json_rows(rows),
-        )
+        # The guard: equal times go to the later arrival, so to the held state when it came after
+        # (a revival's records, but for the states the revival stored itself): one statement each.
+        # The second's rows exist, locked by this transaction since it stored them: no new lock
+        # is taken out of key order.
+        later = [(k, e) for k, e in winners if revival is not None and k not in ours]
+        after_later = [(k, e) for k, e in winners if revival is None or k in ours]
+        stored: set[tuple[str, ...]] = set()
+        for part, guard in ((later, "<"), (after_later, "<=")):
+            if not part:
+                continue
+            rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in part)
+            written = await conn.fetch(
+                f"INSERT INTO {table} AS t ({_quoted(list(typed))}) "
+                f"SELECT * FROM json_to_recordset($1::json) AS r({_typed(typed)}) "
+                f"ON CONFLICT ({key_list}) DO UPDATE SET {updates} "
+                f"WHERE t.event_time {guard} EXCLUDED.event_time "
+                f"RETURNING {key_list}",
+                json_rows(rows),
+            )
+            stored |= {tuple(r[k] for k in keys) for r in written}
+        ours |= stored
         # A newer row inserted by a transaction that committed after the locking read (it was
         # not there to lock) makes the guard refuse ours: that winner is stale after all, and
         # must not be published as the entity's state.
-        stored = {tuple(r[k] for k in keys) for r in written}
         if len(stored) < len(verdicts.winners):
             lost = [e for key, e in winners if key not in stored]
             verdicts = replace(verdicts, winners={k: e for k, e in winners if k in stored}, stale=verdicts.stale + lost)

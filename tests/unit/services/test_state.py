@@ -3,6 +3,9 @@
 import itertools
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from services.common.rules.state import latest_wins
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -39,6 +42,36 @@ def test_events_that_arrived_before_the_held_state_lose_equal_times_to_it():
     assert newer.winners == {"a": "later"}, "a later time still wins"
     among = latest_wins({"a": t(5)}, [("a", t(6), "first"), ("a", t(6), "second")], arrived_before_held=True)
     assert among.winners == {"a": "second"}, "among themselves, the later arrival wins equal times"
+
+
+def test_a_state_stored_by_an_earlier_part_of_the_same_revival_loses_equal_times_to_a_later_arrival():
+    """A revival judges a UAI's records in parts of one transaction: what its first part stored
+    arrived before the second part's records, so the later arrival wins equal times there."""
+    v = latest_wins(
+        {"a": t(5), "b": t(5)},
+        [("a", t(5), "correction"), ("b", t(5), "waited")],
+        arrived_before_held=True,
+        held_arrived_before={"a"},
+    )
+    assert v.winners == {"a": "correction"} and v.stale == ["waited"]
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 3)), max_size=12), st.integers(1, 12))
+def test_judged_in_parts_with_what_earlier_parts_stored_as_in_one(events, size):
+    """Parts in arrival order, each starting from what the parts before stored: the states and
+    the stale events of judging all at once (before the revival, held states that came after)."""
+    held = {"c": t(2)}
+    numbered = [(k, t(minute), n) for n, (k, minute) in enumerate(events)]
+    whole = latest_wins(held, numbered, arrived_before_held=True)
+    running, ours, winners, stale = dict(held), set(), {}, []
+    for start in range(0, len(numbered), size):
+        part = latest_wins(running, numbered[start : start + size], arrived_before_held=True, held_arrived_before=ours)
+        stale += part.stale
+        for key, n in part.winners.items():
+            running[key] = numbered[n][1]
+            winners[key] = n
+        ours |= set(part.winners)
+    assert winners == whole.winners and sorted(stale) == sorted(whole.stale)
 
 
 def test_entities_are_independent():
