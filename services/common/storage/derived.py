@@ -3,7 +3,8 @@
 Each record's content is compared with the last one published for its key; only a real change
 gets a new `version` and an outgoing event, written in the same transaction (outbox). The event
 id is derived from the key and the version, so a replay publishes the same id. The records one
-transaction publishes about a UAI form its `group` (contracts/internal.py), numbered from the
+transaction publishes about a UAI at once form its `group` (contracts/internal.py; a revival
+judging a UAI's records in parts publishes a group per part, in its one transaction), numbered from the
 schema's sequence `publies_groupes` once the transaction holds its keys' rows: of two
 publications of one key, the later has the larger number (and formation's, which hold their
 UAIs, are in the order of their UAIs' transactions). What was last

@@ -1,11 +1,13 @@
 """Storing state events: latest `time` wins, per entity, in one round trip per step.
 
 Every state table has text key columns and an `event_time` column. `store_latest` locks the
-rows it may replace (in key order, so two consumers never deadlock), decides with the pure
-`latest_wins` rule, and upserts the winners in one statement (two in a revival) with a guard that keeps the rule
-true even against a concurrent writer (a row another transaction inserted after the locking
-read): a winner the guard refused is reported stale, so no use case publishes it. A batch's
-rows travel as one JSON parameter (`db.json_rows`, read by `json_to_recordset`).
+rows it may replace (in key order, so two batches never deadlock; a revival judging a UAI's
+records in parts locks each part's in turn, which a batch can meet in a deadlock: README,
+Known limits), decides with the pure `latest_wins` rule, and upserts the winners in one
+statement (two in a revival) with a guard that keeps the rule true even against a concurrent
+writer (a row another transaction inserted after the locking read): a winner the guard refused
+is reported stale, so no use case publishes it. A batch's rows travel as one JSON parameter
+(`db.json_rows`, read by `json_to_recordset`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
