@@ -84,10 +84,10 @@ async def store_latest(
         # (a revival's records, but for the states the revival stored itself): one statement each.
         # The second's rows exist, locked by this transaction since it stored them: no new lock
         # is taken out of key order.
-        later = [(k, e) for k, e in winners if revival is not None and k not in ours]
-        after_later = [(k, e) for k, e in winners if revival is None or k in ours]
+        held_came_after = [(k, e) for k, e in winners if revival is not None and k not in ours]
+        held_came_before = [(k, e) for k, e in winners if revival is None or k in ours]
         stored: set[tuple[str, ...]] = set()
-        for part, guard in ((later, "<"), (after_later, "<=")):
+        for part, guard in ((held_came_after, "<"), (held_came_before, "<=")):
             if not part:
                 continue
             rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in part)
