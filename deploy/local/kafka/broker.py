@@ -219,13 +219,14 @@ class LocalKafka:
         their ACLs, then their SCRAM user, then their password here deleted (interrupted, the
         next start does what is left). `revoked` names them, `unlisted` those kept."""
         assert self.credentials is not None, "read by start()"
-        wanted = self.credentials.with_new(principals())
+        now = principals()
+        wanted = self.credentials.with_new(now)
         added = [name for name in wanted.passwords if everyone or name not in self.credentials.passwords]
         if added:
             add_scram_users(self.access, {name: wanted.password(name) for name in added})
             wanted.save()
             self.credentials = wanted
-        gone = tuple(name for name in self.credentials.passwords if name not in principals())
+        gone = tuple(name for name in self.credentials.passwords if name not in now)
         declared = bool(os.environ.get(DASHBOARDS, "").strip())
         self.revoked, self.unlisted = (gone, ()) if declared else ((), gone)
         if self.revoked:

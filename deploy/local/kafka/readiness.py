@@ -47,17 +47,21 @@ async def _metadata_available(access: KafkaAccess) -> bool:
 
 def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str]) -> None:
     """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user."""
-    alterations = [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
-    _alter_scram_users(admin_access, alterations, "SCRAM users not created")
+    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
+    try:
+        alterations = [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
+        _alter_scram_users(admin, alterations, "SCRAM users not created")
+    finally:
+        admin.close()
 
 
 def delete_scram_users(admin_access: KafkaAccess, names: Collection[str], timeout: float = 30) -> None:
     """Delete the SCRAM-SHA-512 users `names` (one already gone is no error), as the super user,
     and return once the broker no longer knows them (it takes them from the controller a moment later)."""
-    alterations = [UserScramCredentialDeletion(name, "SCRAM-SHA-512") for name in names]
-    _alter_scram_users(admin_access, alterations, "SCRAM users not deleted", absent_ok=True)
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
     try:
+        alterations = [UserScramCredentialDeletion(name, "SCRAM-SHA-512") for name in names]
+        _alter_scram_users(admin, alterations, "SCRAM users not deleted", absent_ok=True)
         deadline = time.monotonic() + timeout
         while known := sorted(
             n for n, d in admin.describe_user_scram_credentials(list(names)).items() if d["credential_infos"]
@@ -69,12 +73,8 @@ def delete_scram_users(admin_access: KafkaAccess, names: Collection[str], timeou
         admin.close()
 
 
-def _alter_scram_users(admin_access: KafkaAccess, alterations: list, failure: str, absent_ok: bool = False) -> None:
-    admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
-    try:
-        failed = admin.alter_user_scram_credentials(alterations)
-    finally:
-        admin.close()
+def _alter_scram_users(admin: KafkaAdminClient, alterations: list, failure: str, absent_ok: bool = False) -> None:
+    failed = admin.alter_user_scram_credentials(alterations)
     # The messages name the user and the error only (no password ever reaches them).
     errors = {name: error for name, error in failed.items() if error and not (absent_ok and _absent(error))}
     if errors:
