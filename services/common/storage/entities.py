@@ -66,12 +66,12 @@ async def store_latest(
     )
     keyed = [(tuple(r[k] for k in keys), r) for r in held_rows]
     revival = REVIVAL.get()
-    ours = set() if revival is None else revival.stored.setdefault(table, set())
+    ours = None if revival is None else revival.stored.setdefault(table, set())
     verdicts = latest_wins(
         {key: r["event_time"] for key, r in keyed},
         ((e.data.entity_key, e.time, e) for e in events),
-        arrived_before_held=revival is not None,
-        held_arrived_before=ours,
+        arrived_before_held=ours is not None,
+        held_arrived_before=ours or (),
     )
     if also:
         first = len(keys) + 1
@@ -84,10 +84,13 @@ async def store_latest(
         # (a revival's records, but for the states the revival stored itself): one statement each.
         # The second's rows exist, locked by this transaction since it stored them: no new lock
         # is taken out of key order.
-        held_came_after = [(k, e) for k, e in winners if revival is not None and k not in ours]
-        held_came_before = [(k, e) for k, e in winners if revival is None or k in ours]
+        guarded = [(winners, "<=")]
+        if ours is not None:
+            came_after = [(k, e) for k, e in winners if k not in ours]
+            came_before = [(k, e) for k, e in winners if k in ours]
+            guarded = [(came_after, "<"), (came_before, "<=")]
         stored: set[tuple[str, ...]] = set()
-        for part, guard in ((held_came_after, "<"), (held_came_before, "<=")):
+        for part, guard in guarded:
             if not part:
                 continue
             rows = (dict(zip(typed, (*key, *row_of(e), e.time), strict=True)) for key, e in part)
@@ -100,7 +103,8 @@ async def store_latest(
                 json_rows(rows),
             )
             stored |= {tuple(r[k] for k in keys) for r in written}
-        ours |= stored
+        if ours is not None:
+            ours |= stored
         # A newer row inserted by a transaction that committed after the locking read (it was
         # not there to lock) makes the guard refuse ours: that winner is stale after all, and
         # must not be published as the entity's state.
