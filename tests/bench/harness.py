@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest.mock import patch
 
@@ -94,7 +94,7 @@ class Runtime:
     async def stage(self, name: str, extra_topics: Sequence[TopicSpec] = ()) -> Stage:
         n = next(self._count)
         prefix = f"{name}-{n}."
-        topics = [*platform_topics(prefix), *(TopicSpec(prefix + t.name, t.partitions) for t in extra_topics)]
+        topics = [*platform_topics(prefix), *(replace(t, name=prefix + t.name) for t in extra_topics)]
         await create_topics(self.kafka.bootstrap_servers, topics)
         log_dir = Path(os.environ.get("BENCH_LOG_DIR") or self.tmp) / f"{name}-{n}"
         log_dir.mkdir(parents=True)

@@ -15,22 +15,31 @@ Each step starts from a settled database: the stage's database vacuumed and anal
 time printed, not counted), as autovacuum would have done long before a real republication.
 Without it, autovacuum's pass over what the setup or the step before wrote fell inside a measured
 step in some runs and not others (3.5 s of a core of the two in one run).
+Then the subscription step's floor: the same subscriptions sent again, to topics of the
+bench's own, and turned into the same alert records (a real alert's value, on the stream and its
+table) by a pass-through with no database and no rules (passthrough.py), read by the same
+dashboard: what Kafka and Python alone take on this machine, beside the step's target.
 Then each service's peak RSS (VmHWM): what holding the nation cost it.
 """
 
 import asyncio
 import json
 import os
+import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 import contracts as c
 from contracts import Etablissement
 from deploy.local.processes import ServiceProcesses
 from deploy.referentiel.generator import generate
 from deploy.referentiel.publish import publish_etablissements
+from deploy.topology import TopicSpec, platform_topics
 from harness import (
     FLOW,
     GC_THREADS,
@@ -62,6 +71,19 @@ SEED = 8
 SUBSCRIPTIONS_TARGET, REPUBLICATION_TARGET, RSS_TARGET_MB = 5.0, 3.0, 300
 SETUP_TIMEOUT, STEP_TIMEOUT = 1800, 600
 """The services measured: the records go to Kafka directly, not through the passerelle."""
+PASSTHROUGH = Path(__file__).with_name("passthrough.py")
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR_SOURCE, FLOOR_ALERTS, FLOOR_TABLE = "bench.floor.abonnements", "bench.floor.alertes", "bench.floor.alertes.etat"
+
+
+def floor_topics() -> list[TopicSpec]:
+    """The pass-through's topics: partitioned (and compacted) as those it stands in for."""
+    platform = {t.name: t for t in platform_topics("")}
+    return [
+        TopicSpec(FLOOR_SOURCE, platform[c.CATALOGUE].partitions),
+        TopicSpec(FLOOR_ALERTS, platform[c.ALERTES].partitions),
+        TopicSpec(FLOOR_TABLE, platform[c.ALERTES_ETAT].partitions, compacted=platform[c.ALERTES_ETAT].compacted),
+    ]
 
 
 def ipados(i: int) -> str:
@@ -209,11 +231,99 @@ class Step:
         return self.alerts == self.raised == self.expected
 
 
+@dataclass
+class Floor:
+    seconds: float
+    alerts: int
+    cpu: float
+    """The pass-through's CPU seconds."""
+    kafka_cpu: float
+    machine_cpu: float
+    machine_seconds: float
+    """What the machine's cores could give over the step."""
+
+    def describe(self) -> str:
+        return (
+            f"{self.seconds:.1f} s ({self.alerts:,} alerts); CPU: pass-through {self.cpu:.1f} s, Kafka "
+            f"{self.kafka_cpu:.1f} s; machine busy {self.machine_cpu:.1f} of {self.machine_seconds:.1f} core-s"
+        )
+
+
+class PassThrough:
+    """The pass-through (passthrough.py) on the bench's floor topics, in place of the platform,
+    read by a dashboard of its own; `step` times one of the national steps through it."""
+
+    def __init__(self, stage: Stage, alerting: list[str], fanout: list[str], alert: ConsumerRecord, kafka: int | None):
+        self.stage, self.kafka = stage, kafka
+        self.config = {
+            "source": stage.topic(FLOOR_SOURCE),
+            "partitions": stage.partitions[stage.topic(FLOOR_SOURCE)],
+            "alerts": stage.topic(FLOOR_ALERTS),
+            "table": stage.topic(FLOOR_TABLE),
+            "group": stage.prefix + "passthrough",
+            "alerting": alerting,
+            "fanout": fanout,
+            "alert": alert.value.hex(),
+            "headers": [(name, value.hex()) for name, value in alert.headers],
+        }
+
+    async def __aenter__(self) -> "PassThrough":
+        config = self.stage.log_dir / "passthrough.json"
+        config.write_text(json.dumps(self.config))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, str(PASSTHROUGH), str(config), stdout=asyncio.subprocess.PIPE, env=env
+        )
+        try:
+            assert self.process.stdout is not None
+            ready = await asyncio.wait_for(self.process.stdout.readline(), timeout=60)
+            if ready.strip() != b"ready":
+                raise RuntimeError(f"the pass-through did not start (exit code {await self.process.wait()})")
+            self.tail = await Tail(self.stage, self.stage.topic(FLOOR_ALERTS)).__aenter__()
+        except BaseException:
+            await self._end()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.tail.__aexit__(*exc)
+        finally:
+            await self._end()
+
+    async def _end(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+        await self.process.wait()
+
+    def _used(self) -> tuple[float, float, float]:
+        broker = cpu_seconds(self.kafka) if self.kafka else 0.0
+        return cpu_seconds(self.process.pid), broker, machine_busy_seconds()
+
+    async def step(self, gar: AIOKafkaProducer, records: list[tuple[str, bytes]], expected: int) -> Floor:
+        """From the first of `records` sent to the last of the `expected` alert records they make."""
+        seen = len(self.tail.records)
+        before, started = self._used(), time.monotonic()
+        await send(gar, self.stage.topic(FLOOR_SOURCE), records)
+        await wait_until(
+            lambda: len(self.tail.records) - seen >= expected or self.process.returncode is not None,
+            timeout=STEP_TIMEOUT,
+            what=f"{expected:,} alerts on {self.tail.topic}",
+        )
+        if self.process.returncode is not None:
+            raise RuntimeError(f"the pass-through ended (exit code {self.process.returncode})")
+        ended, after = self.tail.records[-1][0], self._used()
+        cpu, broker, machine = (a - b for a, b in zip(after, before, strict=True))
+        seconds = ended - started
+        alerts = len(self.tail.records) - seen
+        return Floor(seconds, alerts, cpu, broker, machine, (os.cpu_count() or 1) * seconds)
+
+
 async def figure(runtime: Runtime, count: int) -> list[Row]:
     print(f"\n== national: {count:,} établissements, one resource subscribed by all", flush=True)
     etabs = list(generate(count, SEED))
     open_ = [(i, e) for i, e in enumerate(etabs) if e.ouvert]
-    stage = await runtime.stage("national")
+    stage = await runtime.stage("national", extra_topics=floor_topics())
     catalogue = stage.topic(c.CATALOGUE)
     postgres, kafka = runtime.postgres.pid, runtime.kafka.pid
     async with running(stage, FLOW) as procs, Observer(stage) as observer:
@@ -241,20 +351,28 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
             async with Step(tail, observer, procs, 0, stage.database_url, postgres, kafka) as unchanged:
                 await send(gar, catalogue, unchanged_one)
             print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}", flush=True)
+            alerting = [e.uai for i, e in open_ if ipados(i) == OLD]
+            fanout = [e.uai for i, e in open_ if ipados(i) == RECENT]
+            template = tail.records[subscriptions.seen_before][1]  # a subscription's alert, as ressources sent it
+            async with PassThrough(stage, alerting, fanout, template, kafka) as passthrough:
+                floor = await passthrough.step(gar, subscribed, len(alerting))
+                print(f"  pass-through floor: subscriptions -> last alert   {floor.describe()}", flush=True)
+                floor_stricter = await passthrough.step(gar, stricter_one, len(fanout))
+                print(f"  pass-through floor: republication -> last alert   {floor_stricter.describe()}", flush=True)
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
     print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
     return [
         Row(
             f"national: {count:,} subscriptions -> last alert",
             subscriptions.describe(),
-            f"subscriptions sent in {produced:.1f} s",
+            f"sent in {produced:.1f} s; pass-through floor {floor.seconds:.1f} s",
             f"<= {SUBSCRIPTIONS_TARGET:g} s",
             subscriptions.as_expected() and subscriptions.seconds <= SUBSCRIPTIONS_TARGET,
         ),
         Row(
             "national: stricter republication -> last alert",
             stricter.describe(),
-            f"no-change republication {unchanged.seconds:.1f} s",
+            f"no-change republication {unchanged.seconds:.1f} s; pass-through floor {floor_stricter.seconds:.1f} s",
             f"<= {REPUBLICATION_TARGET:g} s",
             stricter.as_expected() and unchanged.as_expected() and stricter.seconds <= REPUBLICATION_TARGET,
         ),
