@@ -67,7 +67,6 @@ from services.formation import handlers as formation
 from services.ressources import handlers as ressources
 from services.ressources.lifecycle import event_id
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import EVERY_RESOURCE
 
 log = structlog.get_logger(__name__)
 
@@ -591,9 +590,7 @@ async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:
     settings = RessourcesSettings.of(cible.settings)
 
     async def request(store: Any) -> list[Outgoing]:
-        await store.request_reevaluations([EVERY_RESOURCE])
-        if not stored_thresholds or await store.seuils() is None:
-            await store.save_seuils(settings.seuils)
+        await ressources.request_every_pair(store, settings.seuils, keep_stored=stored_thresholds)
         return []
 
     await cible.pipeline.run_exclusive(request)

@@ -213,11 +213,7 @@ class Reevaluations:
             return
 
         async def work(store: Store) -> list[Outgoing]:
-            # Alone on every resource: a batch subscribing a UAI meanwhile, evaluating with the
-            # former thresholds, commits before (this fan-out then sees the pair) or starts after.
-            await store.lock_resources([EVERY_RESOURCE], [])
-            await store.request_reevaluations([EVERY_RESOURCE])
-            await store.save_seuils(seuils)
+            await request_every_pair(store, seuils)
             return []
 
         await self._pipeline.run_exclusive(work)
@@ -235,6 +231,20 @@ class Reevaluations:
             except Exception:
                 log.exception("reevaluation.failed")
                 await asyncio.sleep(FAILURE_PAUSE_SECONDS)
+
+
+async def request_every_pair(store: Store, seuils: Seuils, keep_stored: bool = False) -> None:
+    """Every subscribed pair to re-evaluate in the background, with `seuils` stored as the
+    thresholds in force (those the schema holds kept instead, if any, with `keep_stored`): what a
+    change of thresholds requests, and a catch-up (deploy/rattrapage.py). Alone on every
+    resource: a batch subscribing a UAI meanwhile, evaluating with the former thresholds, commits
+    before (this fan-out then sees the pair) or starts after; and two such requests take turns,
+    the second cutting what the first left out (at once, both cut the same first parts, and the
+    second failed on their keys)."""
+    await store.lock_resources([EVERY_RESOURCE], [])
+    await store.request_reevaluations([EVERY_RESOURCE])
+    if not keep_stored or await store.seuils() is None:
+        await store.save_seuils(seuils)
 
 
 async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) -> None:

@@ -26,7 +26,7 @@ from services.common.storage.locks import lock_keys
 from services.ressources import store as store_module
 from services.ressources import views
 from services.ressources.app import SPEC
-from services.ressources.handlers import Reevaluations, make_apply, reevaluate_chunk
+from services.ressources.handlers import Reevaluations, make_apply, reevaluate_chunk, request_every_pair
 from services.ressources.rules import Seuils
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
@@ -612,6 +612,42 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
     finally:
         go.set()  # a failure above must not leave the batch's transaction waiting
         await pool.close()
+
+
+class PausedAfterRequest(Paused):
+    """A store that stops once it has written the parts of the re-evaluation it requests."""
+
+    async def request_reevaluations(self, resource_ids):
+        return await self._after(super().request_reevaluations(resource_ids))
+
+
+async def test_a_catch_up_and_a_change_of_thresholds_requesting_every_pair_take_turns(database_url):
+    """A catch-up (deploy/rattrapage.py) requests every pair's re-evaluation, as a change of
+    thresholds does. Both at once, without taking turns, cut the same first parts, and the
+    second failed on their keys once the first committed. Here the second waits for the first,
+    then cuts again what the first left out (nothing: its parts cover every UAI)."""
+    codes = uais(3)
+    read, go = asyncio.Event(), asyncio.Event()
+    async with seeded(database_url, codes) as pool:
+
+        async def requesting(store_class, seuils: Seuils) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await request_every_pair(store_class(conn), seuils)
+
+        changing = asyncio.create_task(
+            requesting(lambda conn: PausedAfterRequest(conn, read, go), Seuils(min_compatible_share=0.9))
+        )
+        try:
+            await asyncio.wait_for(read.wait(), timeout=10)  # its parts written, not committed
+            catching_up = asyncio.create_task(requesting(RessourcesStore, Seuils()))
+            await eventually(lambda: lock_waiters(pool), timeout=10, what="the catch-up waiting for the change")
+            assert not catching_up.done()
+        finally:
+            go.set()  # a failure above must not leave the first transaction waiting
+        await asyncio.wait_for(asyncio.gather(changing, catching_up), timeout=10)
+        parts = await pool.fetch("SELECT after_uai, up_to FROM reevaluations ORDER BY part")
+        assert [(p["after_uai"], p["up_to"]) for p in parts] == [("", None)], "one part over every UAI, once"
+        assert await pool.fetchval("SELECT min_compatible_share FROM seuils") == Seuils().min_compatible_share
 
 
 async def test_each_reevaluation_worker_has_a_connection_beside_the_service_s_own(kafka, settings):
