@@ -15,10 +15,11 @@ Each step starts from a settled database: the stage's database vacuumed and anal
 time printed, not counted), as autovacuum would have done long before a real republication.
 Without it, autovacuum's pass over what the setup or the step before wrote fell inside a measured
 step in some runs and not others (3.5 s of a core of the two in one run).
-Then the subscription step's floor: the same subscriptions sent again, to topics of the
-bench's own, and turned into the same alert records (a real alert's value, on the stream and its
-table) by a pass-through with no database and no rules (passthrough.py), read by the same
-dashboard: what Kafka and Python alone take on this machine, beside the step's target.
+Then the floor of the first two steps: the same subscriptions, then the same republication, sent
+again to topics of the bench's own and turned into the same alert records (a real alert's value
+and headers, on the stream and its table) by a pass-through with no database and no rules
+(passthrough.py), read by a dashboard of its own: what the steps' Kafka traffic alone takes
+through Python clients on this machine, beside their targets.
 Then each service's peak RSS (VmHWM): what holding the nation cost it.
 """
 
@@ -27,7 +28,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,12 +79,12 @@ FLOOR_SOURCE, FLOOR_ALERTS, FLOOR_TABLE = "bench.floor.abonnements", "bench.floo
 
 
 def floor_topics() -> list[TopicSpec]:
-    """The pass-through's topics: partitioned (and compacted) as those it stands in for."""
+    """The pass-through's topics: as those it stands in for (partitions, compaction, timestamps)."""
     platform = {t.name: t for t in platform_topics("")}
     return [
-        TopicSpec(FLOOR_SOURCE, platform[c.CATALOGUE].partitions),
-        TopicSpec(FLOOR_ALERTS, platform[c.ALERTES].partitions),
-        TopicSpec(FLOOR_TABLE, platform[c.ALERTES_ETAT].partitions, compacted=platform[c.ALERTES_ETAT].compacted),
+        replace(platform[c.CATALOGUE], name=FLOOR_SOURCE),
+        replace(platform[c.ALERTES], name=FLOOR_ALERTS),
+        replace(platform[c.ALERTES_ETAT], name=FLOOR_TABLE),
     ]
 
 
@@ -233,25 +235,34 @@ class Step:
 
 @dataclass
 class Floor:
+    """One step through the pass-through: how long, how many alerts of how many expected, the
+    CPU seconds it cost the pass-through, the broker and this bench (the partner's producer and
+    the dashboards), and how busy the machine's cores were, out of what they could give."""
+
     seconds: float
     alerts: int
+    expected: int
     cpu: float
-    """The pass-through's CPU seconds."""
     kafka_cpu: float
+    bench_cpu: float
     machine_cpu: float
     machine_seconds: float
-    """What the machine's cores could give over the step."""
 
     def describe(self) -> str:
+        count = f"{self.alerts:,} alerts" + ("" if self.as_expected() else f", expected {self.expected:,}")
         return (
-            f"{self.seconds:.1f} s ({self.alerts:,} alerts); CPU: pass-through {self.cpu:.1f} s, Kafka "
-            f"{self.kafka_cpu:.1f} s; machine busy {self.machine_cpu:.1f} of {self.machine_seconds:.1f} core-s"
+            f"{self.seconds:.1f} s ({count}); CPU: pass-through {self.cpu:.1f} s, Kafka {self.kafka_cpu:.1f} s, "
+            f"bench {self.bench_cpu:.1f} s; machine busy {self.machine_cpu:.1f} of {self.machine_seconds:.1f} core-s"
         )
+
+    def as_expected(self) -> bool:
+        return self.alerts == self.expected
 
 
 class PassThrough:
     """The pass-through (passthrough.py) on the bench's floor topics, in place of the platform,
-    read by a dashboard of its own; `step` times one of the national steps through it."""
+    read by a dashboard of its own; `step` times one of the national steps through it. Its
+    errors go to `passthrough.log` in the stage's log directory."""
 
     def __init__(self, stage: Stage, alerting: list[str], fanout: list[str], alert: ConsumerRecord, kafka: int | None):
         self.stage, self.kafka = stage, kafka
@@ -266,44 +277,49 @@ class PassThrough:
             "alert": alert.value.hex(),
             "headers": [(name, value.hex()) for name, value in alert.headers],
         }
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> "PassThrough":
         config = self.stage.log_dir / "passthrough.json"
         config.write_text(json.dumps(self.config))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, str(PASSTHROUGH), str(config), stdout=asyncio.subprocess.PIPE, env=env
-        )
-        try:
+        log = self.stage.log_dir / "passthrough.log"
+        async with AsyncExitStack() as stack:
+            with log.open("wb") as errors:  # the child has its own copy of the file once started
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(PASSTHROUGH),
+                    str(config),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=errors,
+                    env=env,
+                )
+            stack.push_async_callback(self._end)
             assert self.process.stdout is not None
             ready = await asyncio.wait_for(self.process.stdout.readline(), timeout=60)
             if ready.strip() != b"ready":
-                raise RuntimeError(f"the pass-through did not start (exit code {await self.process.wait()})")
-            self.tail = await Tail(self.stage, self.stage.topic(FLOOR_ALERTS)).__aenter__()
-        except BaseException:
-            await self._end()
-            raise
+                raise RuntimeError(f"the pass-through did not start (exit code {await self.process.wait()}; see {log})")
+            self.tail = await stack.enter_async_context(Tail(self.stage, self.stage.topic(FLOOR_ALERTS)))
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.tail.__aexit__(*exc)
-        finally:
-            await self._end()
+        await self._stack.aclose()
 
     async def _end(self) -> None:
         if self.process.returncode is None:
             self.process.terminate()
         await self.process.wait()
 
-    def _used(self) -> tuple[float, float, float]:
+    def _used(self) -> tuple[float, float, float, float, float]:
         broker = cpu_seconds(self.kafka) if self.kafka else 0.0
-        return cpu_seconds(self.process.pid), broker, machine_busy_seconds()
+        bench = cpu_seconds(os.getpid())
+        return cpu_seconds(self.process.pid), broker, bench, machine_busy_seconds(), time.monotonic()
 
     async def step(self, gar: AIOKafkaProducer, records: list[tuple[str, bytes]], expected: int) -> Floor:
         """From the first of `records` sent to the last of the `expected` alert records they make."""
         seen = len(self.tail.records)
-        before, started = self._used(), time.monotonic()
+        before = self._used()
         await send(gar, self.stage.topic(FLOOR_SOURCE), records)
         await wait_until(
             lambda: len(self.tail.records) - seen >= expected or self.process.returncode is not None,
@@ -312,11 +328,12 @@ class PassThrough:
         )
         if self.process.returncode is not None:
             raise RuntimeError(f"the pass-through ended (exit code {self.process.returncode})")
-        ended, after = self.tail.records[-1][0], self._used()
-        cpu, broker, machine = (a - b for a, b in zip(after, before, strict=True))
-        seconds = ended - started
+        after = self._used()
+        cpu, broker, bench, machine, elapsed = (a - b for a, b in zip(after, before, strict=True))
+        seconds = self.tail.records[-1][0] - before[-1]  # to the last alert read
         alerts = len(self.tail.records) - seen
-        return Floor(seconds, alerts, cpu, broker, machine, (os.cpu_count() or 1) * seconds)
+        cores = os.cpu_count() or 1
+        return Floor(seconds, alerts, expected, cpu, broker, bench, machine, cores * elapsed)
 
 
 async def figure(runtime: Runtime, count: int) -> list[Row]:
@@ -351,28 +368,36 @@ async def figure(runtime: Runtime, count: int) -> list[Row]:
             async with Step(tail, observer, procs, 0, stage.database_url, postgres, kafka) as unchanged:
                 await send(gar, catalogue, unchanged_one)
             print(f"  no-change republication -> drained    {unchanged.describe()}; {unchanged.cpu()}", flush=True)
-            alerting = [e.uai for i, e in open_ if ipados(i) == OLD]
-            fanout = [e.uai for i, e in open_ if ipados(i) == RECENT]
-            template = tail.records[subscriptions.seen_before][1]  # a subscription's alert, as ressources sent it
-            async with PassThrough(stage, alerting, fanout, template, kafka) as passthrough:
-                floor = await passthrough.step(gar, subscribed, len(alerting))
-                print(f"  pass-through floor: subscriptions -> last alert   {floor.describe()}", flush=True)
-                floor_stricter = await passthrough.step(gar, stricter_one, len(fanout))
-                print(f"  pass-through floor: republication -> last alert   {floor_stricter.describe()}", flush=True)
+            floors = ("no floor: no alert to copy", "no floor")
+            if subscriptions.alerts:
+                alerting = [e.uai for i, e in open_ if ipados(i) == OLD]
+                fanout = [e.uai for i, e in open_ if ipados(i) == RECENT]
+                template = tail.records[subscriptions.seen_before][1]  # a subscription's alert, as ressources sent it
+                async with PassThrough(stage, alerting, fanout, template, kafka) as passthrough:
+                    floor = await passthrough.step(gar, subscribed, len(alerting))
+                    print(f"  pass-through floor: subscriptions -> last alert   {floor.describe()}", flush=True)
+                    stricter_floor = await passthrough.step(gar, stricter_one, len(fanout))
+                    print(
+                        f"  pass-through floor: republication -> last alert   {stricter_floor.describe()}", flush=True
+                    )
+                floors = (
+                    f"pass-through floor {floor.seconds:.1f} s",
+                    f"pass-through floor {stricter_floor.seconds:.1f} s",
+                )
         rss = {name: peak_rss_mb(procs.process(name).pid) for name in procs.names}
     print("  peak RSS  " + "   ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items()))
     return [
         Row(
             f"national: {count:,} subscriptions -> last alert",
             subscriptions.describe(),
-            f"sent in {produced:.1f} s; pass-through floor {floor.seconds:.1f} s",
+            f"sent in {produced:.1f} s; {floors[0]}",
             f"<= {SUBSCRIPTIONS_TARGET:g} s",
             subscriptions.as_expected() and subscriptions.seconds <= SUBSCRIPTIONS_TARGET,
         ),
         Row(
             "national: stricter republication -> last alert",
             stricter.describe(),
-            f"no-change republication {unchanged.seconds:.1f} s; pass-through floor {floor_stricter.seconds:.1f} s",
+            f"no-change republication {unchanged.seconds:.1f} s; {floors[1]}",
             f"<= {REPUBLICATION_TARGET:g} s",
             stricter.as_expected() and unchanged.as_expected() and stricter.seconds <= REPUBLICATION_TARGET,
         ),

@@ -1,15 +1,15 @@
-"""The national subscription step's floor: what Kafka and Python alone cost to turn the same
-subscriptions into the same alert records, with no database and no rules.
+"""The national steps' floor: what Kafka and Python alone cost to turn the same records (the
+subscriptions, a republication) into the same alert records, with no database and no rules.
 
 Run by national.py as a process of its own, as a service is: `python passthrough.py CONFIG`,
 CONFIG the path of a JSON object (below; 30,000 UAIs are more than one argument may hold). It
-reads the records as ressources' consumer does (aiokafka, batches of up to 2,000, each record's
-JSON decoded, offsets committed after each batch). For a subscription of a UAI in `alerting`,
-and for a resource published, one for each UAI in `fanout`, it publishes `alert` (a real alert
-record's value and headers, taken from the step it stands beside) on `alerts`, and on `table`
-under the same key, as the relay publishes an alert and its twin: its producer, its batch
-building (OutboxRelay._publish), its rounds of ROUND_RECORDS; then it commits. It prints "ready"
-once it reads from the topic's end.
+reads the records as ressources' consumer does (aiokafka, its batch size and fetch wait, each
+record's JSON decoded, offsets committed off the path). For a subscription of a UAI in
+`alerting`, and for a resource published, one for each UAI in `fanout`, it publishes `alert` (a
+real alert record's value and headers, taken from the step it stands beside) on `alerts` keyed by
+the UAI, and on `table` keyed by the alert's id, as the relay publishes an alert and its twin:
+its producer, its batch building (OutboxRelay._publish), its rounds of ROUND_RECORDS, in a task
+beside the consumer. It prints "ready" once it reads from the topic's end.
 
 What it leaves out is the platform's work: the inbox, the subscriptions, the evaluation, the
 alerts' rows and journal, the outbox's writes and reads, the consumer's parsing and checks. What
@@ -25,9 +25,35 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import ROUND_RECORDS, OutboxRelay, dump_headers, relay_producer
+from services.common.runtime.settings import ServiceSettings
+from services.ressources.lifecycle import alert_id
 
-BATCH_RECORDS = 2000
-"""ressources' consumer batches (max_records) at most this many records."""
+DEFAULTS = {name: field.default for name, field in ServiceSettings.model_fields.items()}
+
+
+class Relay:
+    """Publishes the rows handed to it in rounds of up to ROUND_RECORDS, in a task of its own
+    (as the outbox relay runs beside the consumer), with the relay's own code."""
+
+    def __init__(self, access: KafkaAccess):
+        self.producer = relay_producer(access, "bench-passthrough")
+        self._relay = OutboxRelay(pool=None, producer=self.producer, schema="bench")  # type: ignore[arg-type]
+        self._rows: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+
+    def hand(self, rows: list[dict[str, Any]]) -> None:
+        self._rows += rows
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._rows:
+                round_, self._rows = self._rows[:ROUND_RECORDS], self._rows[ROUND_RECORDS:]
+                errors, _ = await self._relay._publish(round_)  # type: ignore[arg-type]  # mappings, as asyncpg's rows
+                if failed := [e for e in errors if e is not None]:
+                    raise RuntimeError(f"{len(failed)} alert records not published: {failed[0]!r}")
 
 
 async def run(config: dict[str, Any]) -> None:
@@ -37,13 +63,32 @@ async def run(config: dict[str, Any]) -> None:
         bytes.fromhex(config["alert"]),
         dump_headers(tuple((name, bytes.fromhex(value)) for name, value in config["headers"])),
     )
+    data = json.loads(alert)["data"]
+
+    def row(uai: str) -> dict[str, Any]:
+        """The alert's record keyed by the UAI, its twin by an alert_id, as ressources keys them."""
+        return {
+            "topic": config["alerts"],
+            "key": uai.encode(),
+            "record_value": alert,
+            "headers": headers,
+            "twin_topic": config["table"],
+            "twin_key": alert_id(uai, data["resource_id"], data["kind"]).encode(),
+            "twin_ends": False,
+        }
+
     consumer = AIOKafkaConsumer(
-        **access.aiokafka(), group_id=config["group"], enable_auto_commit=False, max_poll_records=BATCH_RECORDS
+        **access.aiokafka(),
+        group_id=config["group"],
+        enable_auto_commit=False,
+        max_poll_records=DEFAULTS["batch_max_records"],
+        fetch_max_wait_ms=DEFAULTS["fetch_max_wait_ms"],
     )
-    producer = relay_producer(access, "bench-passthrough")
-    relay = OutboxRelay(pool=None, producer=producer, schema="bench")  # type: ignore[arg-type]  # _publish needs no pool
+    relay = Relay(access)
     await consumer.start()
-    await producer.start()
+    await relay.producer.start()
+    publishing = asyncio.create_task(relay.run())
+    committing: asyncio.Task | None = None
     try:
         partitions = [TopicPartition(source, p) for p in range(config["partitions"])]
         consumer.assign(partitions)
@@ -51,37 +96,23 @@ async def run(config: dict[str, Any]) -> None:
         for tp in partitions:
             await consumer.position(tp)
         print("ready", flush=True)
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=BATCH_RECORDS)
-            keys = []
+        while not publishing.done():
+            batch = await consumer.getmany(timeout_ms=1000, max_records=DEFAULTS["batch_max_records"])
+            rows = []
             for records in batch.values():
                 for r in records:
                     uai = json.loads(r.value)["data"].get("uai")
                     if uai is None:  # a resource published: its fan-out
-                        keys += [u.encode() for u in fanout]
+                        rows += [row(u) for u in fanout]
                     elif uai in alerting:
-                        keys.append(r.key)
-            rows = [
-                {
-                    "topic": config["alerts"],
-                    "key": key,
-                    "record_value": alert,
-                    "headers": headers,
-                    "twin_topic": config["table"],
-                    "twin_key": key,
-                    "twin_ends": False,
-                }
-                for key in keys
-            ]
-            for first in range(0, len(rows), ROUND_RECORDS):
-                # rows as mappings, as asyncpg gives them
-                errors, _ = await relay._publish(rows[first : first + ROUND_RECORDS])  # type: ignore[arg-type]
-                if failed := [e for e in errors if e is not None]:
-                    raise RuntimeError(f"{len(failed)} alert records not published: {failed[0]!r}")
-            if batch:
-                await consumer.commit()
+                        rows.append(row(uai))
+            relay.hand(rows)
+            if batch and (committing is None or committing.done()):  # off the path, as ressources commits
+                committing = asyncio.create_task(consumer.commit())
+        await publishing  # its error
     finally:
-        await producer.stop()
+        publishing.cancel()
+        await relay.producer.stop()
         await consumer.stop()
 
 
