@@ -225,8 +225,9 @@ class AlertHub:
 
     async def _pump(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            try:  # not wait_for: in Python 3.11 it may swallow the cancellation of a stop
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -385,8 +386,9 @@ class AlertHub:
                     at,
                 )
                 return
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), min(self.keepalive_seconds, left))
+            try:  # not wait_for: in Python 3.11 it may swallow the cancellation of a disconnection
+                async with asyncio.timeout(min(self.keepalive_seconds, left)):
+                    item = await sub.queue.get()
             except TimeoutError:
                 if loop.time() < deadline:
                     yield ": keep-alive\n\n"

@@ -252,8 +252,9 @@ class OutboxRelay:
                 if self._halting:
                     return
                 await asyncio.sleep(1)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            try:  # not wait_for: in Python 3.11 it may swallow the cancellation of a stop
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

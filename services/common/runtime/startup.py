@@ -57,6 +57,8 @@ MAX_DELAY = 5.0
 PROBE_TIMEOUT = 10.0
 """One attempt's bound: a host that drops packets must not eat the whole startup budget."""
 WATCH_PERIOD = 5.0
+STOP_RETRY_SECONDS = 0.1
+"""How long a stop waits for the cancelled watchdog to end before cancelling it again."""
 HARD_EXIT_AFTER = 30.0
 """Seconds a graceful shutdown may take once the watchdog decided to end the process."""
 STARTUP_FAILURE = 3  # uvicorn's exit code when the startup fails
@@ -155,7 +157,8 @@ async def wait_for(
         if _stopping():
             raise StartupAborted(f"asked to stop while waiting for {what}")
         try:
-            return await asyncio.wait_for(attempt(), max(0.1, min(PROBE_TIMEOUT, deadline - time.monotonic())))
+            async with asyncio.timeout(max(0.1, min(PROBE_TIMEOUT, deadline - time.monotonic()))):
+                return await attempt()
         except retry_on as exc:
             left = deadline - time.monotonic()
             if not isinstance(exc, TimeoutError):  # a probe cut short by the deadline says nothing new
@@ -274,10 +277,16 @@ class Guard:
         log.info("startup.consuming", after_s=round(time.monotonic() - self._since, 1))
 
     async def stop(self) -> None:
-        """Shutdown hook, first: a stopping service is not a dead one."""
+        """Shutdown hook, first: a stopping service is not a dead one. The watchdog is cancelled
+        until it has ended: a cancellation landing as one of its probes completes may be
+        swallowed (FastStream's ping runs in an anyio cancel scope; Python 3.11's wait_for, no
+        longer used here, did it too), and the watchdog slept on while the shutdown, awaiting it, hung for good."""
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            while not self._watch.done():
+                self._watch.cancel()
+                await asyncio.wait([self._watch], timeout=STOP_RETRY_SECONDS)
+            if not self._watch.cancelled():
+                self._watch.exception()  # retrieved: an error of its own is not logged as never retrieved
             self._watch = None
 
     def _ended_task(self) -> str | None:
@@ -295,7 +304,8 @@ class Guard:
     async def _unreachable(self) -> list[str]:
         down = [] if await self.broker.ping(2.0) else ["Kafka"]
         try:
-            await asyncio.wait_for(self.pipeline.pool.fetchval("SELECT 1"), 2.0)
+            async with asyncio.timeout(2.0):  # not wait_for: in Python 3.11 it may swallow a cancellation
+                await self.pipeline.pool.fetchval("SELECT 1")
         except Exception:
             down.append("PostgreSQL")
         return down

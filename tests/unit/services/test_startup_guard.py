@@ -81,6 +81,30 @@ async def test_a_consume_task_replaced_after_an_error_is_not_a_stopped_consumer(
     watching.cancel()
 
 
+async def test_a_stop_ends_the_watchdog_even_when_a_probe_swallows_its_cancellation(stand):
+    """A cancellation that lands as a probe completes may be swallowed (the anyio cancel scope of
+    FastStream's ping; Python 3.11's wait_for): the watchdog slept on, and the stop awaiting it,
+    the service's shutdown, hung for good (an in-process test's server never stopped)."""
+    g, failures = guard(stand)
+    probing = asyncio.Event()
+
+    async def ping(timeout):
+        swallow, _ = not probing.is_set(), probing.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if not swallow:
+                raise
+        return True  # the first probe swallows it, as such a probe may when its answer and the cancellation cross
+
+    stand.broker.ping = ping
+    g.consuming = True
+    g._watch = watching = asyncio.create_task(g.watch(time.monotonic() + 60))
+    await asyncio.wait_for(probing.wait(), 10)
+    await asyncio.wait_for(g.stop(), 10)
+    assert watching.done() and g._watch is None and failures == []
+
+
 async def test_a_short_kafka_outage_does_not_end_the_service(stand):
     g, failures = guard(stand, unhealthy_exit_seconds=1)
     stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
