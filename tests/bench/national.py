@@ -278,12 +278,13 @@ class PassThrough:
             "headers": [(name, value.hex()) for name, value in alert.headers],
         }
         self._stack = AsyncExitStack()
+        self.log = stage.log_dir / "passthrough.log"
 
     async def __aenter__(self) -> "PassThrough":
         config = self.stage.log_dir / "passthrough.json"
         config.write_text(json.dumps(self.config))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-        log = self.stage.log_dir / "passthrough.log"
+        log = self.log
         async with AsyncExitStack() as stack:
             with log.open("wb") as errors:  # the child has its own copy of the file once started
                 self.process = await asyncio.create_subprocess_exec(
@@ -306,6 +307,9 @@ class PassThrough:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def _ended(self) -> RuntimeError:
+        return RuntimeError(f"the pass-through ended (exit code {self.process.returncode}; see {self.log})")
+
     async def _end(self) -> None:
         if self.process.returncode is None:
             self.process.terminate()
@@ -318,6 +322,8 @@ class PassThrough:
 
     async def step(self, gar: AIOKafkaProducer, records: list[tuple[str, bytes]], expected: int) -> Floor:
         """From the first of `records` sent to the last of the `expected` alert records they make."""
+        if self.process.returncode is not None:
+            raise self._ended()
         seen = len(self.tail.records)
         before = self._used()
         await send(gar, self.stage.topic(FLOOR_SOURCE), records)
@@ -327,7 +333,7 @@ class PassThrough:
             what=f"{expected:,} alerts on {self.tail.topic}",
         )
         if self.process.returncode is not None:
-            raise RuntimeError(f"the pass-through ended (exit code {self.process.returncode})")
+            raise self._ended()
         after = self._used()
         cpu, broker, bench, machine, elapsed = (a - b for a, b in zip(after, before, strict=True))
         seconds = self.tail.records[-1][0] - before[-1]  # to the last alert read

@@ -107,8 +107,12 @@ async def run(config: dict[str, Any]) -> None:
                     elif uai in alerting:
                         rows.append(row(uai))
             relay.hand(rows)
-            if batch and (committing is None or committing.done()):  # off the path, as ressources commits
+            # Off the path, as ressources commits (one at a time here: nothing reads these offsets).
+            if batch and (committing is None or committing.done()):
                 committing = asyncio.create_task(consumer.commit())
+            # getmany returns buffered records without a pause: the relay's task gets its turn
+            # here, as ressources' relay gets it while a batch waits on PostgreSQL.
+            await asyncio.sleep(0)
         await publishing  # its error
     finally:
         publishing.cancel()
