@@ -280,7 +280,8 @@ class Guard:
         """Shutdown hook, first: a stopping service is not a dead one. The watchdog is cancelled
         until it has ended: a cancellation landing as one of its probes completes may be
         swallowed (FastStream's ping runs in an anyio cancel scope; Python 3.11's wait_for, no
-        longer used here, did it too), and the watchdog slept on while the shutdown, awaiting it, hung for good."""
+        longer used here, did it too), and the watchdog slept on while the shutdown, awaiting
+        it, hung for good."""
         if self._watch is not None:
             while not self._watch.done():
                 self._watch.cancel()

@@ -89,13 +89,14 @@ async def test_a_stop_ends_the_watchdog_even_when_a_probe_swallows_its_cancellat
     probing = asyncio.Event()
 
     async def ping(timeout):
-        swallow, _ = not probing.is_set(), probing.set()
+        swallow = not probing.is_set()  # the first probe only
+        probing.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             if not swallow:
                 raise
-        return True  # the first probe swallows it, as such a probe may when its answer and the cancellation cross
+        return True  # as such a probe may, when its answer and the cancellation cross
 
     stand.broker.ping = ping
     g.consuming = True
