@@ -77,14 +77,16 @@ async def _writable(access: KafkaAccess, prefix: str) -> set[str]:
 
 
 async def _read(access: KafkaAccess, topic: str, group: str | None) -> None:
+    """Read `topic`, in `group` if any: a refusal raises. The consumer stopped either way (its
+    start refused leaves its client's tasks running in the session's event loop otherwise)."""
     consumer = AIOKafkaConsumer(topic, **access.aiokafka(), group_id=group, auto_offset_reset="earliest")
-    async with asyncio.timeout(DEADLINE):
-        await consumer.start()
-        try:
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await consumer.start()
             await consumer.getmany(timeout_ms=1000)
             assert consumer.assignment(), f"{access.username} got no partition of {topic}"
-        finally:
-            await consumer.stop()
+    finally:
+        await consumer.stop()
 
 
 async def test_a_client_without_sasl_and_tls_cannot_connect(kafka) -> None:
