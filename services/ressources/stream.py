@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import structlog
 
+from services.common.runtime.wake import woken
 from services.common.storage import retention
 from services.common.storage.db import Conn
 from services.ressources import queries
@@ -225,12 +226,7 @@ class AlertHub:
 
     async def _pump(self) -> None:
         while True:
-            try:  # not wait_for: in Python 3.11 it may swallow the cancellation of a stop
-                async with asyncio.timeout(POLL_SECONDS):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken(self._wake, POLL_SECONDS)
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await self._connect()

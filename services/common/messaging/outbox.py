@@ -31,6 +31,7 @@ from contracts import ALERTES_ETAT
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
+from services.common.runtime.wake import woken
 from services.common.storage.db import Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
@@ -252,12 +253,7 @@ class OutboxRelay:
                 if self._halting:
                     return
                 await asyncio.sleep(1)
-            try:  # not wait_for: in Python 3.11 it may swallow the cancellation of a stop
-                async with asyncio.timeout(self._poll):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken(self._wake, self._poll)
 
     async def halt(self) -> None:
         """Stop the relay's loop once its round in flight is done (its producer stays open, for
