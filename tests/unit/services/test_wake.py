@@ -20,7 +20,7 @@ async def test_without_a_wake_up_the_pause_lasts_its_period() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     await woken(asyncio.Event(), 0.05)
-    assert loop.time() - started >= 0.05
+    assert loop.time() - started >= 0.045  # the loop may run a timer up to its clock's resolution early
 
 
 async def test_a_wake_up_that_comes_while_the_loop_works_ends_its_next_pause() -> None:
