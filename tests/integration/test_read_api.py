@@ -21,6 +21,10 @@ from helpers import at, couverture, event, eventually, profil_connectivite, prof
 from services.common.pipeline import writer_lock
 from services.ressources.api import MIN_TEACHERS_DETAILED, Reads, _pool, formation_shown
 from services.ressources.app import SPEC
+from services.ressources.handlers import request_every_pair
+from services.ressources.rules import Seuils
+from services.ressources.settings import RessourcesSettings
+from services.ressources.store import RessourcesStore
 
 RID = "ark:/67375/api-atlas"
 
@@ -212,6 +216,38 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
+
+
+async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated_with(kafka, settings, api):
+    """A newer replica started with other thresholds stores them and has every pair re-evaluated
+    (Reevaluations.reconcile_seuils); this one, still with the former ones in its settings, then
+    evaluates with the new ones, and its fiche and simulations say what its alerts say."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+    assert RessourcesSettings.of(settings).seuils.min_training_coverage == 0.5  # RENNES's 0.2 is below
+
+    lower = Seuils(min_training_coverage=0.1)
+    async with pool.acquire() as conn, conn.transaction():
+        await request_every_pair(RessourcesStore(conn), lower)  # as the newer replica's start does
+    resolved = "SELECT count(*) FROM alertes WHERE kind = 'formation-insuffisante' AND NOT ouverte"
+    await eventually(lambda: pool.fetchval(resolved + " HAVING count(*) = 4"), what="RENNES's training alerts resolved")
+
+    [sub] = (await client.get(f"/etablissements/{RENNES[0]}")).json()["ressources"]
+    assert sub["verdicts"]["formation-insuffisante"] == {"alerte": False, "reasons": [], "alert_id": None}
+    assert sub["verdicts"]["equipement-incompatible"]["alerte"]  # the other verdicts as before
+    as_declared = [
+        {
+            "uai": RENNES[0],
+            "lot_id": "L1",
+            "kind": "tablette",
+            "quantity": 10,
+            "os": {"name": "iPadOS", "version": "12.5"},
+        }
+    ]
+    predicted = (await client.post("/simulations/equipement", json={"lots": as_declared})).json()
+    assert (predicted["paires"], predicted["levees"], predicted["resolues"]) == (1, [], [])
 
 
 async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
