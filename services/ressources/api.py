@@ -35,7 +35,6 @@ from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
-from services.ressources.handlers import seuils_in_force
 from services.ressources.rules import Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
@@ -271,7 +270,7 @@ def _hub(request: Request) -> AlertHub:
 
 def _seuils(request: Request) -> Seuils:
     """This replica's thresholds (RessourcesSettings): what an answer's verdicts are computed
-    with when no replica has stored any yet (`handlers.seuils_in_force`)."""
+    with when no replica has stored any yet (`Seuils.in_force`)."""
     return request.app.state.seuils
 
 
@@ -460,7 +459,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         if etab is None:
             raise HTTPException(404, f"uai : {uai} n'est pas dans le référentiel")
         stored = RessourcesStore(conn)
-        seuils = await seuils_in_force(stored, seuils)  # the alerts', whatever this replica's settings
+        seuils = seuils.in_force(await stored.seuils())  # the alerts', whatever this replica's settings
         profils, couvertures = await stored.load_entrees([uai])
         profil, couverture = profils.get(uai), couvertures.get(uai)
         subs = await queries.abonnements_of(conn, uai)

@@ -21,9 +21,7 @@ from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
 from services.ressources.api import Pool, Thresholds
 from services.ressources.api_errors import REFUSED, Erreur
-from services.ressources.handlers import seuils_in_force
 from services.ressources.rules import Seuils
-from services.ressources.store import RessourcesStore
 
 MAX_LOTS = 10_000  # a région's lycées, several lots each
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -179,7 +177,6 @@ async def simuler_ressource(
     ] = "abonnes",
 ) -> SimulationRessource:
     async with pool.acquire() as conn:
-        seuils = await seuils_in_force(RessourcesStore(conn), seuils)
         try:
             bilan = await simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
         except BrokenProcessPool:
@@ -201,7 +198,6 @@ async def simuler_ressource(
 )
 async def simuler_equipement(pool: Pool, seuils: Thresholds, body: LotsSimules) -> Any:
     async with pool.acquire() as conn:
-        seuils = await seuils_in_force(RessourcesStore(conn), seuils)
         try:
             return await simulations.simulate_equipement(conn, body.lots, seuils)
         except simulations.UaiInconnus as e:

@@ -247,13 +247,6 @@ async def request_every_pair(store: Store, seuils: Seuils, keep_stored: bool = F
         await store.save_seuils(seuils)
 
 
-async def seuils_in_force(store: Store, own: Seuils) -> Seuils:
-    """The thresholds alerts are evaluated with: those the latest replica to start stored
-    (`Reevaluations.reconcile_seuils`), else `own`, this replica's (none stored yet)."""
-    held = await store.seuils()
-    return own if held is None else Seuils(*held)
-
-
 async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) -> None:
     """ressources' background work (ServiceSpec.on_start)."""
     await Reevaluations(pipeline, settings).run()
@@ -270,7 +263,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     a chunk of that re-evaluation that evaluates one of these UAIs later reads the same ones."""
     if not pairs:
         return []
-    seuils = await seuils_in_force(store, seuils)
+    seuils = seuils.in_force(await store.seuils())
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
     ressources = await store.load_ressources({p.resource_id for p in pairs})

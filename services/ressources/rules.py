@@ -50,6 +50,12 @@ class Seuils:
     min_compatible_share: float = 0.5
     min_training_coverage: float = 0.5
 
+    def in_force(self, held: tuple[float, float] | None) -> "Seuils":
+        """The thresholds alerts are evaluated with, these being a replica's own: `held`, those
+        the database holds (stored by the latest replica to start, or by a catch-up), else
+        these (none stored yet). What the evaluation, a fiche's verdicts and the simulations use."""
+        return self if held is None else Seuils(*held)
+
 
 SHOWN_ONLY = frozenset({"title", "editor"})
 """What a resource shows and no rule reads (nor any alert carries): a republication that changes

@@ -119,13 +119,15 @@ async def simulate_ressource(
 ) -> Bilan:
     """The verdicts `ressource` would get, published as it is: at the établissements subscribed
     to its resource_id (`abonnes`) or at every open one. Each batch judged by `workers` (worker
-    processes), or here, on the event loop, when None."""
+    processes), or here, on the event loop, when None. `seuils`: this replica's own, those the
+    database holds used instead (`Seuils.in_force`), read in the simulation's snapshot."""
     text = ressource.model_dump_json()
     loop = asyncio.get_running_loop()
     bilan = Bilan()
     judging: deque[asyncio.Future[Bilan]] = deque()
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            seuils = seuils.in_force(await RessourcesStore(conn).seuils())
             cursor = await queries.inputs(conn, ressource.resource_id if abonnes else None)
             while batch := await cursor.fetch(CHUNK):
                 rows = [tuple(r) for r in batch]
@@ -222,7 +224,7 @@ class Consequences(BaseModel):
 async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -> Consequences:
     """What the live evaluation would do, from the alerts it holds now, were these lots declared:
     for each evaluated pair of their établissements, the alerts raised and those resolved.
-    UaiInconnus when a lot's UAI is not in the référentiel."""
+    UaiInconnus when a lot's UAI is not in the référentiel. `seuils` as for `simulate_ressource`."""
     by_uai: dict[str, list[Lot]] = {}
     for lot in lots:
         by_uai.setdefault(lot.uai, []).append(lot)
@@ -231,6 +233,7 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
     now = datetime.now(UTC)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         store = RessourcesStore(conn)
+        seuils = seuils.in_force(await store.seuils())
         etabs = await store.etablissements(uais)
         if unknown := {i: lot.uai for i, lot in enumerate(lots) if lot.uai not in etabs}:
             raise UaiInconnus(unknown)

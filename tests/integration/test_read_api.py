@@ -248,6 +248,9 @@ async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated
     ]
     predicted = (await client.post("/simulations/equipement", json={"lots": as_declared})).json()
     assert (predicted["paires"], predicted["levees"], predicted["resolues"]) == (1, [], [])
+    as_published = (await client.post("/simulations/ressource", json=ressource(RID))).json()
+    assert as_published["total"]["sous_formes"] == 0
+    assert as_published["total"] == (await client.get(f"/ressources/{RID}")).json()["total"]  # the alerts' counts
 
 
 async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):
