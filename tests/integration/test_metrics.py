@@ -129,8 +129,12 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
 
 
 async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
-    """ressources serves /metrics beside its API; its open alerts by kind come from its store."""
-    async with serving(RESSOURCES, settings) as (client, _api):
+    """ressources serves /metrics beside its API; its open alerts by kind come from its store
+    (read at every scrape here: METRICS_COUNTS_MAX_AGE_SECONDS 0)."""
+    async with serving(RESSOURCES, settings.model_copy(update={"metrics_counts_max_age_seconds": 0})) as (
+        client,
+        _api,
+    ):
 
         async def settled() -> dict | None:
             """The figures once the re-evaluation a first start requests (its thresholds) is done."""
@@ -167,3 +171,35 @@ async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
         assert {r["kind"]: r["count"] for r in rows} == {
             k: v for k in c.ALERT_KINDS if (v := value(now, "feo_alerts_open", service="ressources", kind=k))
         }
+
+
+async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka, settings):
+    """With METRICS_COUNTS_MAX_AGE_SECONDS at an hour, the open alerts counted at the first scrape
+    after start are what the next scrapes get, alerts opened since or not."""
+    kept = settings.model_copy(update={"metrics_counts_max_age_seconds": 3600})
+    async with serving(RESSOURCES, kept) as (client, api):
+        pool = api.state.pipeline.pool
+
+        async def read_once() -> dict | None:
+            scraped = samples((await client.get("/metrics")).text)
+            return scraped if value(scraped, "feo_database_reachable", service="ressources") == 1 else None
+
+        await eventually(read_once, what="a scrape that read the database")
+        uai = valid_uai("0350004")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        subscription = {"resource_id": "ark:/67375/gardees", "uai": uai, "start": "2026-09-01", "end": None}
+        await send(
+            kafka.bootstrap_servers,
+            settings.topic(c.CATALOGUE),
+            [
+                (
+                    "ark:/67375/gardees",
+                    event(c.RESSOURCE_PUBLIEE, "/ministere", ressource("ark:/67375/gardees", "G"), time_=at(1)),
+                ),
+                (uai, event(c.ABONNEMENT, "/gar", subscription, time_=at(2))),
+            ],
+        )
+        await eventually(lambda: pool.fetchval("SELECT count(*) > 0 FROM alertes WHERE ouverte"), what="alerts open")
+
+        now = samples((await client.get("/metrics")).text)
+        assert all(value(now, "feo_alerts_open", service="ressources", kind=k) == 0 for k in c.ALERT_KINDS)

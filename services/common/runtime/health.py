@@ -46,8 +46,9 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
 
 
 async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
-    """What /metrics reads from the database at each scrape: the outbox and the service's own
-    figures (`gauges`); when the database does not answer, only that it does not."""
+    """What /metrics reads from the database at each scrape: the outbox, and the service's own
+    figures (`gauges`) once those kept are old enough (Metrics.counts); when the database does
+    not answer, only that it does not."""
     if not pipeline.started:
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
     try:
@@ -58,7 +59,13 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
             )
             failed = await count_failed(conn)
             awaiting = await dlq.count_awaiting(conn)
-        own = await pipeline.run(gauges) if gauges is not None else []
+        own = (
+            await pipeline.metrics.counts(
+                lambda: pipeline.run(gauges), pipeline.settings.metrics_counts_max_age_seconds
+            )
+            if gauges is not None
+            else []
+        )
     except Exception:  # reported as a figure: a scrape must answer while the database is away
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
     return [

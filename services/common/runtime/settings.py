@@ -158,6 +158,13 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: LogLevel = "INFO"
     library_log_level: LogLevel = Field("WARNING", description="level of the libraries' own lines (Kafka client…)")
+    metrics_counts_max_age_seconds: float = Field(
+        30,
+        ge=0,
+        le=3600,
+        description="how old the service's own counts on /metrics (ressources' open alerts by kind) may be when "
+        "scraped: read again at a scrape past this (0: at every scrape)",
+    )
     # Start and stay (services/common/runtime/startup.py).
     startup_timeout_seconds: float = Field(
         120, gt=0, description="wait this long for Kafka and PostgreSQL at start, then exit non-zero"

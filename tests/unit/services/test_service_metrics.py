@@ -4,6 +4,7 @@ tests/integration/test_metrics.py scrapes a running service)."""
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.runtime import metrics as metrics_module
 from services.common.runtime.metrics import Gauge, Metrics
 
 
@@ -99,3 +100,21 @@ def test_relay_rounds_count_what_went_out_and_what_was_set_aside():
         (("outcome", "published"), ("service", "formation")): 512,
         (("outcome", "failed"), ("service", "formation")): 1,
     }
+
+
+async def test_the_service_s_own_counts_are_read_again_only_once_those_kept_are_old_enough(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "monotonic", lambda: now[0])
+    metrics, reads = Metrics("ressources"), []
+
+    async def read() -> list[Gauge]:
+        reads.append(now[0])
+        return [Gauge("feo_alerts_open", "open alerts, by kind", {"kind": "ent-indisponible"}, len(reads))]
+
+    first = await metrics.counts(read, 30)
+    now[0] += 29.9
+    assert await metrics.counts(read, 30) == first and reads == [1000.0]  # kept
+    now[0] += 0.1
+    assert (await metrics.counts(read, 30))[0].value == 2  # 30 s old: read again
+    assert (await metrics.counts(read, 0))[0].value == 3  # 0: at every scrape
+    assert (await metrics.counts(read, 0))[0].value == 4
