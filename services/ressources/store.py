@@ -414,7 +414,7 @@ class RessourcesStore:
         return await self._conn.fetchval("SELECT count(DISTINCT resource_id) FROM reevaluations")
 
     async def gauges(self) -> list[Gauge]:
-        """What /metrics reads at each scrape: open alerts by kind (every kind, 0 when none), the
+        """What /metrics reads (Metrics.counts): open alerts by kind (every kind, 0 when none), the
         resources whose pairs wait for their re-evaluation."""
         rows = await self._conn.fetch("SELECT kind, count(*) AS n FROM alertes WHERE ouverte GROUP BY kind")
         open_ = {r["kind"]: r["n"] for r in rows}

@@ -54,7 +54,8 @@ class ServiceApp(AsgiFastStream):
         return await health_report(self.pipeline, self.kafka, self.backlog)
 
     async def metrics(self) -> bytes:
-        """The Prometheus text of `/metrics`, the database's figures read now."""
+        """The Prometheus text of `/metrics`, the database's figures read now (the service's own
+        counts once old enough: Metrics.counts)."""
         await self.pipeline.metrics.refresh(lambda: database_gauges(self.pipeline, self.gauges))
         return self.pipeline.metrics.render()
 

@@ -14,6 +14,7 @@ labelled with the service's name.
   publishes with aiokafka directly, so its figures are the platform's, above).
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import monotonic
@@ -32,7 +33,7 @@ BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 @dataclass(frozen=True)
 class Gauge:
-    """One figure a service reads from its store at each scrape (ServiceSpec.gauges)."""
+    """One figure a service reads from its store for /metrics (ServiceSpec.gauges; Metrics.counts)."""
 
     name: str
     help: str
@@ -107,6 +108,7 @@ class Metrics:
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
         self._counts: list[Gauge] = []
         self._counted_at: float | None = None
+        self._counting = asyncio.Lock()
 
     def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
         """A committed batch's outcomes and duration."""
@@ -167,10 +169,11 @@ class Metrics:
         `max_age` seconds old: ressources' open alerts by kind are a count over every open alert
         (at 900,000 alerts, half of them open, a quarter of a second of two PostgreSQL workers),
         which every scrape of every Prometheus would otherwise pay."""
-        if self._counted_at is None or monotonic() - self._counted_at >= max_age:
-            self._counts = await read()
-            self._counted_at = monotonic()
-        return self._counts
+        async with self._counting:  # two scrapes at once: one count, both served it
+            if self._counted_at is None or monotonic() - self._counted_at >= max_age:
+                self._counts = await read()
+                self._counted_at = monotonic()
+            return self._counts
 
     async def refresh(self, read: Callable[[], Awaitable[list[Gauge]]]) -> None:
         """The figures read from the database, kept for the scrape that follows."""

@@ -162,8 +162,8 @@ class ServiceSettings(BaseSettings):
         30,
         ge=0,
         le=3600,
-        description="how old the service's own counts on /metrics (ressources' open alerts by kind) may be when "
-        "scraped: read again at a scrape past this (0: at every scrape)",
+        description="how old the service's own counts on /metrics (ressources' open alerts by kind, its "
+        "re-evaluations pending) may be when scraped: read again at a scrape past this (0: at every scrape)",
     )
     # Start and stay (services/common/runtime/startup.py).
     startup_timeout_seconds: float = Field(

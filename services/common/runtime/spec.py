@@ -50,7 +50,8 @@ class ServiceSpec:
     backlog: Backlog = None
     """Work the service holds back besides its outbox, by name, counted with its store (`/health`)."""
     gauges: Gauges | None = None
-    """The service's own figures for `/metrics`, read with its store at each scrape."""
+    """The service's own figures for `/metrics`, read with its store at a scrape once those kept are
+    `METRICS_COUNTS_MAX_AGE_SECONDS` old (Metrics.counts)."""
     publishes_nothing_derived: bool = False
     """True for a service whose schema, restored from a backup, needs no catch-up before it
     starts (the passerelle: it publishes nothing its schema numbers; its view of the référentiel

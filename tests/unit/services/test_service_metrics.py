@@ -1,6 +1,8 @@
 """The service's metrics: what a batch, a refusal and the consumer make of them (no broker here;
 tests/integration/test_metrics.py scrapes a running service)."""
 
+import asyncio
+
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -118,3 +120,18 @@ async def test_the_service_s_own_counts_are_read_again_only_once_those_kept_are_
     assert (await metrics.counts(read, 30))[0].value == 2  # 30 s old: read again
     assert (await metrics.counts(read, 0))[0].value == 3  # 0: at every scrape
     assert (await metrics.counts(read, 0))[0].value == 4
+
+
+async def test_two_scrapes_at_once_share_one_count():
+    metrics, reads, go = Metrics("ressources"), [], asyncio.Event()
+
+    async def read() -> list[Gauge]:
+        reads.append(1)
+        await go.wait()  # a slow count: the second scrape comes meanwhile
+        return [Gauge("feo_alerts_open", "open alerts, by kind", {"kind": "ent-indisponible"}, len(reads))]
+
+    both = asyncio.gather(metrics.counts(read, 30), metrics.counts(read, 30))
+    await asyncio.sleep(0)
+    go.set()
+    first, second = await both
+    assert reads == [1] and first == second
