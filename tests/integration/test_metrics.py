@@ -128,6 +128,20 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
         await eventually(published, what="the outbox published, its age back to 0")
 
 
+async def subscribe_unequipped(kafka, settings, uai: str, resource_id: str) -> None:
+    """A resource and one subscription at a collège with no equipment: alerts open."""
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+    subscription = {"resource_id": resource_id, "uai": uai, "start": "2026-09-01", "end": None}
+    await send(
+        kafka.bootstrap_servers,
+        settings.topic(c.CATALOGUE),
+        [
+            (resource_id, event(c.RESSOURCE_PUBLIEE, "/ministere", ressource(resource_id, "Mesures"), time_=at(1))),
+            (uai, event(c.ABONNEMENT, "/gar", subscription, time_=at(2))),
+        ],
+    )
+
+
 async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
     """ressources serves /metrics beside its API; its open alerts by kind come from its store
     (read at every scrape here: METRICS_COUNTS_MAX_AGE_SECONDS 0)."""
@@ -147,19 +161,7 @@ async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
         for kind in c.ALERT_KINDS:
             assert value(scraped, "feo_alerts_open", service="ressources", kind=kind) == 0
 
-        # A resource and one subscription at a collège with no equipment: alerts open.
-        uai = valid_uai("0350003")
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        resource = ressource("ark:/67375/metrics", "Mesures")
-        subscription = {"resource_id": "ark:/67375/metrics", "uai": uai, "start": "2026-09-01", "end": None}
-        await send(
-            kafka.bootstrap_servers,
-            settings.topic(c.CATALOGUE),
-            [
-                ("ark:/67375/metrics", event(c.RESSOURCE_PUBLIEE, "/ministere", resource, time_=at(1))),
-                (uai, event(c.ABONNEMENT, "/gar", subscription, time_=at(2))),
-            ],
-        )
+        await subscribe_unequipped(kafka, settings, valid_uai("0350003"), "ark:/67375/metrics")
 
         async def opened():
             now = samples((await client.get("/metrics")).text)
@@ -185,20 +187,7 @@ async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka
             return scraped if value(scraped, "feo_database_reachable", service="ressources") == 1 else None
 
         await eventually(read_once, what="a scrape that read the database")
-        uai = valid_uai("0350004")
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        subscription = {"resource_id": "ark:/67375/gardees", "uai": uai, "start": "2026-09-01", "end": None}
-        await send(
-            kafka.bootstrap_servers,
-            settings.topic(c.CATALOGUE),
-            [
-                (
-                    "ark:/67375/gardees",
-                    event(c.RESSOURCE_PUBLIEE, "/ministere", ressource("ark:/67375/gardees", "G"), time_=at(1)),
-                ),
-                (uai, event(c.ABONNEMENT, "/gar", subscription, time_=at(2))),
-            ],
-        )
+        await subscribe_unequipped(kafka, settings, valid_uai("0350004"), "ark:/67375/gardees")
         await eventually(lambda: pool.fetchval("SELECT count(*) > 0 FROM alertes WHERE ouverte"), what="alerts open")
 
         now = samples((await client.get("/metrics")).text)

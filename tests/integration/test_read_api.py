@@ -59,6 +59,17 @@ def profil(code: str, ipados: str) -> list[tuple[str, dict]]:
     ]
 
 
+def lot(code: str, ipados: str, lot_id: str = "L1", quantity: int = 10) -> dict:
+    """A `lot` payload as the simulations take it: `quantity` iPadOS tablets."""
+    return {
+        "uai": code,
+        "lot_id": lot_id,
+        "kind": "tablette",
+        "quantity": quantity,
+        "os": {"name": "iPadOS", "version": ipados},
+    }
+
+
 def formation(code: str) -> list[tuple[str, dict]]:
     return couverture(code, 1, 10, {"3.4": [5, 2, 1, 0, 0, 0, 0, 0]})
 
@@ -237,15 +248,7 @@ async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated
     [sub] = (await client.get(f"/etablissements/{RENNES[0]}")).json()["ressources"]
     assert sub["verdicts"]["formation-insuffisante"] == {"alerte": False, "reasons": [], "alert_id": None}
     assert sub["verdicts"]["equipement-incompatible"]["alerte"]  # the other verdicts as before
-    as_declared = [
-        {
-            "uai": RENNES[0],
-            "lot_id": "L1",
-            "kind": "tablette",
-            "quantity": 10,
-            "os": {"name": "iPadOS", "version": "12.5"},
-        }
-    ]
+    as_declared = [lot(RENNES[0], "12.5")]
     predicted = (await client.post("/simulations/equipement", json={"lots": as_declared})).json()
     assert (predicted["paires"], predicted["levees"], predicted["resolues"]) == (1, [], [])
     as_published = (await client.post("/simulations/ressource", json=ressource(RID))).json()

@@ -15,7 +15,7 @@ from contracts.internal import COUVERTURES, PROFILS
 from helpers import at, event, eventually, profil_lot, record_count, ressource, send, uai
 from services.ressources import api_simulations, simulations
 from services.ressources.rules import Seuils
-from test_read_api import NANTES, RENNES, etab, formation, profil, serve_api
+from test_read_api import NANTES, RENNES, etab, formation, lot, profil, serve_api
 
 RID = "ark:/67375/simulation-atlas"
 AILLEURS = uai("0290001")  # académie 14, département 029, open, not subscribed
@@ -158,16 +158,6 @@ async def test_worker_processes_count_what_the_event_loop_counts(kafka, settings
 
 async def _total(client, key: str, expected: int) -> bool:
     return (await client.get(f"/ressources/{RID}")).json()["total"][key] == expected
-
-
-def lot(code: str, ipados: str, lot_id: str = "L1", quantity: int = 10) -> dict:
-    return {
-        "uai": code,
-        "lot_id": lot_id,
-        "kind": "tablette",
-        "quantity": quantity,
-        "os": {"name": "iPadOS", "version": ipados},
-    }
 
 
 async def test_lots_simulated_then_declared_raise_and_resolve_what_was_predicted(kafka, settings, api):
