@@ -62,17 +62,17 @@ async def _writable(access: KafkaAccess, prefix: str) -> set[str]:
     that may write no topic at all is refused an idempotent producer's id before any topic."""
     producer = AIOKafkaProducer(**access.aiokafka(), acks="all")
     writable = set()
-    async with asyncio.timeout(60):
-        await producer.start()
-        try:
+    try:
+        async with asyncio.timeout(60):
+            await producer.start()
             for topic in ALL_TOPICS:
                 try:
                     await producer.send_and_wait(prefix + topic, b"{}", key=b"k")
                 except TopicAuthorizationFailedError:
                     continue
                 writable.add(topic)
-        finally:
-            await producer.stop()
+    finally:  # a refused start too (as `_read`)
+        await producer.stop()
     return writable
 
 
