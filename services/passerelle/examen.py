@@ -25,6 +25,8 @@ TOPICS = {t: topic for topic in PARTNER_TOPICS for t in sorted(c.TOPIC_TYPES[top
 rectorats, collectivités and any partner (CONTRACTS.md, Identity), so the ministère's
 référentiel and catalogue and the GAR's catalogue too, each bound to its token like the rest.
 Only the platform's own types (the alerts) are refused (`type-hors-topic`)."""
+PLATFORM_TYPES = {t: topic for topic, types in c.TOPIC_TYPES.items() for t in types if t not in TOPICS}
+"""The v1 types only the platform writes, and the topic of each."""
 SLICE_BYTES = 256 * 1024
 """Events judged between two turns of the event loop, by their size: a request's 1,000 events of
 up to 16 MiB took 0.6–0.8 s of CPU to judge, during which the passerelle answered nobody else
@@ -87,14 +89,21 @@ async def judge(
 
 def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:
     topic = TOPICS.get(element.type or "")
-    event = c.parse_event(element.raw, topic, not_after=not_after)
-    if topic is None:  # a v1 type, of another topic
-        [kafka] = [t for t, types in c.TOPIC_TYPES.items() if event.type in types]
+    if topic is None and element.type in PLATFORM_TYPES:
+        # Judged as on any partner's topic, where the DLQ refuses it: the size and the envelope
+        # first, then its type, before its data (the same reason code over HTTP as on Kafka).
+        try:
+            c.parse_event(element.raw, PARTNER_TOPICS[0], not_after=not_after)
+        except ContractError as e:
+            if e.code != "type-hors-topic":
+                raise
         raise ContractError(
             "type-hors-topic",
-            f"type {event.type} : publié par la plateforme ({kafka}), pas par les partenaires "
-            f"(cette API accepte {', '.join(sorted(TOPICS))})",
+            f"type {element.type} : publié par la plateforme ({PLATFORM_TYPES[element.type]}), pas par les "
+            f"partenaires (cette API accepte {', '.join(sorted(TOPICS))})",
         )
+    event = c.parse_event(element.raw, topic, not_after=not_after)
+    assert topic is not None  # a type of no topic is refused by the parser (type-inconnu)
     return event, topic
 
 

@@ -221,6 +221,7 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
         repeated,
         json.dumps(lot(ECOLE, lot_id="x" * 257)).encode(),
         json.dumps(lot(ECOLE, lot_id="L2") | {"padding": "x" * 256 * 1024}).encode(),
+        json.dumps(event(c.ALERTE_LEVEE, RENNES, {}, time_=at(1))).encode(),  # its data judged after its type
         json.dumps(connectivite).encode(),
     ]
     auth = bearer(identite.jeton(RENNES, subject="sig-rennes"))
@@ -238,6 +239,7 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
             "json-invalide",
             "trop-volumineux",
             "trop-volumineux",
+            "type-hors-topic",
             "accepted",
         ]
         assert all(r["message"] for r in results if r["statut"] == "refused")

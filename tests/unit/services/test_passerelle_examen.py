@@ -15,7 +15,7 @@ from helpers import event, uai
 from services.common.rules.rights import Refusal
 from services.passerelle.api import Passerelle, answer
 from services.passerelle.corps import BATCHED, split
-from services.passerelle.examen import SLICE_BYTES, Accepte, judge
+from services.passerelle.examen import PARTNER_TOPICS, SLICE_BYTES, Accepte, judge
 from services.passerelle.settings import PasserelleSettings
 
 ECOLE, AILLEURS, INCONNUE = uai("0350101"), uai("0350102"), uai("0350199")
@@ -182,6 +182,25 @@ async def test_the_platform_s_own_types_are_not_a_partner_s():
     [verdict] = await _judge([alert], ("/ministere",))
     assert verdict.code == "type-hors-topic"
     assert c.ALERTES in verdict.message and "plateforme" in verdict.message
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"data": {}}, {"data": {"uai": "x"}}, {"id": None}, {"specversion": "0.3", "data": {}}],
+    ids=["empty-data", "bad-data", "no-id", "bad-envelope"],
+)
+async def test_a_platform_type_gets_the_reason_code_the_dlq_gives_it_on_any_partner_topic(changes):
+    """The same bytes over HTTP as on Kafka (CONTRACTS.md, Identity): the envelope judged first,
+    then the type (off the partner's topics), then the data."""
+    alert = {k: v for k, v in (event(c.ALERTE_LEVEE, "/ministere", {}, time_=NOW) | changes).items() if v is not None}
+    raw = json.dumps(alert).encode()
+    on_kafka = set()
+    for topic in PARTNER_TOPICS:
+        with pytest.raises(c.ContractError) as refused:
+            parse_event(raw, topic, not_after=NOW)
+        on_kafka.add(refused.value.code)
+    [verdict] = await _judge([alert], ("/ministere",))
+    assert on_kafka == {verdict.code}
 
 
 async def test_a_personal_value_is_never_in_a_refusal():
