@@ -95,10 +95,11 @@ async def list_alertes(
         f"SELECT alert_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
         f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
         *args,
-        limit,
+        limit + 1,  # one more, unshown: whether a page follows (a full last page has no `suivant`)
         offset,
     )
-    last = (rows[-1]["raised_at"], rows[-1]["alert_id"]) if len(rows) == limit else None
+    rows, more = rows[:limit], len(rows) > limit
+    last = (rows[-1]["raised_at"], rows[-1]["alert_id"]) if more else None
     return Page(total, [_alert(r) for r in rows], last, await journal_position(conn))
 
 

@@ -11,7 +11,7 @@ Screenshots of the main views are kept in the test's directory, `captures/` (the
 printed; pytest keeps the last runs under its basetemp)."""
 
 import json
-from pathlib import Path
+import shutil
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from partner import ce
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = shutil.which("chromium")  # Debian's, which ./dev installs when it can (it looks on PATH too)
 RID = "ark:/67375/e2e-tableau"
 RENNES = ["0350101" + c.uai_check_letter("0350101"), "0350102" + c.uai_check_letter("0350102")]
 NANTES = "0440101" + c.uai_check_letter("0440101")
@@ -71,10 +71,10 @@ RESSOURCE = {
 
 @pytest.fixture
 async def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
+    if CHROMIUM is None:
+        pytest.fail("no chromium on PATH: install Debian's package (apt-get install chromium)")
     async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
         await chromium.close()
 

@@ -326,6 +326,12 @@ async def test_pages_read_by_cursor_miss_no_alert_and_the_stream_resumes_from_th
     everything = await pool.fetch("SELECT alert_id FROM alertes")
     assert sorted(ids) == sorted(r["alert_id"] for r in everything)  # each once, none skipped
     assert by_offset["items"][0]["alert_id"] == pages[1]["items"][1]["alert_id"]  # an offset skipped one
+    # A full page that is the last (12 alerts in all) has no `suivant`: following one gave an empty page.
+    half = (await client.get("/alertes", params={"limit": 6})).json()
+    assert len(half["items"]) == 6 and half["suivant"]
+    for params in ({"limit": 12}, {"limit": 6, "offset": 6}, {"limit": 6, "apres": half["suivant"]}):
+        last = (await client.get("/alertes", params=params)).json()
+        assert (len(last["items"]), last["suivant"]) == (params["limit"], None), params
 
     for resume in ("depuis", "lastEventId"):  # lastEventId: what EventSource polyfills send
         params = {resume: first["last_event_id"]}
