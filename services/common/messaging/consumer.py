@@ -58,11 +58,14 @@ _AT_ONCE = 0.001
 
 
 def _by_partition(records: Iterable[ConsumerRecord]) -> tuple[ConsumerRecord, ...]:
-    """Records grouped by partition, each partition's in its order."""
-    by_partition: dict[tuple[str, int], list[ConsumerRecord]] = {}
+    """Records grouped by partition, each partition's in offset order, each offset once: a top-up
+    that straddles a rebalance giving a partition back to this consumer reads again from its
+    stored position (StoredPositions), records the batch holds already (each one twice in a
+    batch was dead-lettered twice, or its wait for its UAI failed the batch on its key)."""
+    by_partition: dict[tuple[str, int], dict[int, ConsumerRecord]] = {}
     for r in records:
-        by_partition.setdefault((r.topic, r.partition), []).append(r)
-    return tuple(r for rs in by_partition.values() for r in rs)
+        by_partition.setdefault((r.topic, r.partition), {}).setdefault(r.offset, r)
+    return tuple(rs[offset] for rs in by_partition.values() for offset in sorted(rs))
 
 
 class Ahead(Protocol):

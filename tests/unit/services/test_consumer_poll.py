@@ -98,6 +98,14 @@ async def test_buffered_records_are_topped_up_in_each_partition_order():
     assert got == (A0, A1, A2, B0, B1, B2)
 
 
+async def test_a_top_up_reading_a_partition_again_gives_each_record_once_in_offset_order():
+    """A rebalance during the top-up gave TP0 back, sought to its stored position: aiokafka
+    gives again records the batch holds already."""
+    kafka = Scripted({TP0: [A0, A1], TP1: [B0]}, {TP0: [record(0, 0), record(0, 1), A2], TP1: [B1]})
+    got = await poll().get_msg(kafka)
+    assert [(r.partition, r.offset) for r in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+
+
 async def test_records_waited_for_are_handed_over_without_a_top_up():
     kafka = Scripted({TP0: [A0]}, delays=[0.05])
     assert await poll().get_msg(kafka) == (A0,)
