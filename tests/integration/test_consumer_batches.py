@@ -220,3 +220,31 @@ async def test_assigned_partitions_are_read_from_the_stored_positions_only(kafka
         pipeline.handle = watched
         await eventually(lambda: stored(7), what="every lot stored, the three the restore forgot too")
         assert handled[0] == 2, f"resumed from the stored position, not from Kafka's: {handled}"
+
+
+async def test_a_batch_failed_before_the_handler_is_taken_again_not_skipped(kafka, settings, monkeypatch):
+    """FastStream runs its parser and middlewares before the handler and swallows their errors
+    (logged): the consumer's position is past that batch, and the next one's stored position
+    would have skipped it for good. The poll gives a batch the handler never received back."""
+    uai = valid_uai("0350806")
+    parse_batch, failures = consumer._parse_batch, []
+
+    async def failing_once(records, default_parser):
+        if any(r.topic == settings.topic(c.EQUIPEMENT) for r in records) and not failures:
+            failures.append([r.offset for r in records])
+            raise RuntimeError("a parser's bug")
+        return await parse_batch(records, default_parser)
+
+    monkeypatch.setattr(consumer, "_parse_batch", failing_once)
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        lots = settings.topic(c.EQUIPEMENT)
+        await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "L0", 30, 1))])
+        await eventually(lambda: asyncio.sleep(0, bool(failures)), what="the batch failed in the parser")
+        await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "L1", 30, 2))])
+
+        async def both_stored() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 2
+
+        await eventually(both_stored, what="both lots stored, the one whose batch failed before the handler too")

@@ -53,6 +53,8 @@ def _text_headers_only(record: ConsumerRecord) -> ConsumerRecord:
         return dataclasses.replace(record, headers=[(k, v.encode()) for k, v in text_headers(record.headers)])
 
 
+UNRECEIVED_PAUSE_SECONDS = 1.0
+"""Before a batch that never reached the handler is taken again (Poll._give_back_unreceived)."""
 _AT_ONCE = 0.001
 """A poll that returns within this took records aiokafka had buffered; past it, it waited for them."""
 
@@ -112,14 +114,18 @@ class Poll:
         self._next: _TakeAhead | None = None
         self._hooked: AIOKafkaConsumer | None = None  # the consumer whose stop drops the take-ahead first
         self._handed: Parsed = {}  # what was parsed of the batch handed over
+        self._unreceived: tuple[AIOKafkaConsumer, tuple[ConsumerRecord, ...]] | None = None
         subscriber.get_msg = self.get_msg
 
     def parsed(self) -> Parsed:
-        """What was parsed ahead of the batch handed over (once: the handler takes it)."""
-        parsed, self._handed = self._handed, {}
+        """What was parsed ahead of the batch handed over (once: the handler takes it, which
+        says the batch reached it)."""
+        parsed, self._handed, self._unreceived = self._handed, {}, None
         return parsed
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+        if self._unreceived is not None:
+            await self._give_back_unreceived(consumer)
         asked = time.monotonic()
         got, parsed = await self._taken_ahead(consumer) or (
             await self._take(consumer, self._subscriber.batch_timeout_ms, self._subscriber.max_records),
@@ -142,6 +148,7 @@ class Poll:
             if more:
                 got = _by_partition(got + more)  # a partition's records stay in their order
         self._handed = parsed
+        self._unreceived = (consumer, got) if got else None
         if got and self._ahead is not None:
             if consumer is not self._hooked:  # a new consumer at each (re)start of the subscriber
                 _before_stop(consumer, self.drop)  # a take-ahead waiting on a stopped consumer would be left pending
@@ -150,6 +157,19 @@ class Poll:
             self._next.task = asyncio.create_task(self._take_ahead(self._next), name="consumer-take-ahead")
             self._next.task.add_done_callback(_retrieved)
         return got
+
+    async def _give_back_unreceived(self, consumer: AIOKafkaConsumer) -> None:
+        """The batch handed over last never reached the handler: FastStream failed it before (its
+        parser, a middleware) and only logged the error. The consumer's position is past it, and
+        the next batch's stored positions would skip it for good: it is taken again, with what
+        was taken behind it, after a pause (an error that comes back blocks its records, logged
+        each time, rather than spin). Not on another consumer: it resumes from the database."""
+        assert self._unreceived is not None
+        (handed_to, batch), self._unreceived = self._unreceived, None
+        if handed_to is consumer:
+            log.error("consumer.batch_not_received", records=len(batch), retry_in=UNRECEIVED_PAUSE_SECONDS)
+            await self.give_back(consumer, batch)
+            await asyncio.sleep(UNRECEIVED_PAUSE_SECONDS)
 
     @staticmethod
     async def _take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:

@@ -155,10 +155,33 @@ async def test_records_whose_parsing_ahead_failed_are_handed_over_for_the_handle
     kafka, parser = Scripted({TP0: [A0]}, {TP0: [A1], TP1: [B0]}, delays=[0.05]), Failing()
     p = poll(ahead=parser)
     assert await p.get_msg(kafka) == (A0,)
+    p.parsed()  # the handler received it
     await asyncio.wait_for(parser.parsing.wait(), 5)
     assert await p.get_msg(kafka) == (A1, B0)
     assert p.parsed() == {}, "nothing parsed ahead: the handler parses them (and gives them back if it fails too)"
     await p.drop()
+
+
+async def test_a_batch_the_handler_never_received_is_taken_again_with_what_was_taken_behind_it(monkeypatch):
+    """FastStream failed it before the handler (its parser, a middleware) and swallowed the error."""
+    monkeypatch.setattr(consumer, "UNRECEIVED_PAUSE_SECONDS", 0)
+    kafka, parser = Scripted({TP0: [A1]}, {TP1: [B1]}, delays=[0.05]), Parser()
+    p = poll(ahead=parser)
+    assert await p.get_msg(kafka) == (A1,)
+    await asyncio.wait_for(parser.parsing.wait(), 5)  # B1 taken behind it
+    await p.get_msg(kafka)  # no p.parsed(): never received
+    assert sorted(kafka.seeks) == [(TP0, 1), (TP1, 1)], "both sought back: A1 and B1 are taken again"
+    await p.drop()
+
+
+async def test_a_batch_received_or_on_another_consumer_is_not_given_back():
+    kafka = Scripted({TP0: [A0]}, {TP0: [A1]}, delays=[0.05, 0.05])
+    p = poll()
+    await p.get_msg(kafka)
+    p.parsed()
+    await p.get_msg(kafka)  # never received, but the subscriber restarted: another consumer
+    assert await p.get_msg(Scripted({TP1: [B0]}, delays=[0.05])) == (B0,)
+    assert kafka.seeks == []
 
 
 async def test_a_failed_batch_is_taken_again_with_what_was_taken_behind_it():
