@@ -94,7 +94,8 @@ class Poll:
     handler gets them parsed. Records taken ahead have moved the consumer's position past them:
     they are handed over next, or given back (`give_back`: each partition sought back to them)
     when the batch before them fails, or dropped when partitions are assigned again (which
-    seeks every partition to its stored position).
+    seeks every partition to its stored position). A batch handed over that the handler never
+    received is given back at the next poll (`_give_back_unreceived`).
 
     Each batch topped up with what came while the previous one was handled. aiokafka fetches a
     partition again only once its buffered records are taken: the fetch their taking sent,
