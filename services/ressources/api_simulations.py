@@ -19,7 +19,7 @@ from contracts import Lot, RessourcePubliee
 from contracts.parsing import MAX_RECORD_BYTES, ContractError, check_document
 from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
-from services.ressources.api import Pool, Thresholds
+from services.ressources.api import Pool, Thresholds, known_parameters
 from services.ressources.api_errors import REFUSED, Erreur
 from services.ressources.rules import Seuils
 
@@ -74,7 +74,13 @@ class _CheckedBody(APIRoute):
         return checked
 
 
-router = APIRouter(prefix="/simulations", tags=["simulations"], responses=REFUSED, route_class=_CheckedBody)
+router = APIRouter(
+    prefix="/simulations",
+    tags=["simulations"],
+    responses=REFUSED,
+    route_class=_CheckedBody,
+    dependencies=[Depends(known_parameters)],  # a misspelt `population` would simulate the default one
+)
 _running = asyncio.Lock()  # one at a time (_CheckedBody): a national one is a second of this process's CPU
 BUSY: dict[int | str, dict] = {
     503: {

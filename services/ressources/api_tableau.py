@@ -8,15 +8,18 @@ from elsewhere (its Content-Security-Policy says so). It reads this API as any d
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
 from services.ressources import queries
-from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built
+from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built, known_parameters
 from services.ressources.api_errors import REFUSED
 from services.ressources.api_reponses import Repartition, Territoires
 
 router = APIRouter(responses=REFUSED)
+KNOWN_PARAMETERS_ONLY = [Depends(known_parameters)]
+"""The reads refuse a parameter they do not read, as the rest of the API; the page and its files
+do not (a link may carry one)."""
 
 PAGE = Path(__file__).parent / "tableau"
 ASSETS = {"tableau.css": "text/css; charset=utf-8", "tableau.js": "text/javascript; charset=utf-8"}
@@ -45,6 +48,7 @@ async def fichier(fichier: str) -> FileResponse:
     summary="Les académies du référentiel et leurs départements (les filtres du tableau de bord)",
     description="`{academies: {code_academie: [code_departement, …]}}`, dans l'ordre des codes.",
     **built(Territoires, "les académies et leurs départements", STARTING),
+    dependencies=KNOWN_PARAMETERS_ONLY,
 )
 async def territoires(pool: Pool) -> dict:
     async with pool.acquire() as conn:
@@ -56,6 +60,7 @@ async def territoires(pool: Pool) -> dict:
     summary="Une ressource : les établissements abonnés par verdict, par département",
     description="Les mêmes comptes que `/ressources/{resource_id}` (`par_academie`), par département.",
     **built(Repartition, "les comptes de la ressource par département", NOT_IN_CATALOGUE, STARTING),
+    dependencies=KNOWN_PARAMETERS_ONLY,
 )
 async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
     async with pool.snapshot() as conn:

@@ -387,6 +387,8 @@ COMMUNE = "responsable_code : doit être un code commune INSEE de 5 caractères,
         ("/alertes", {"academie": "14"}, "academie : paramètre inconnu (attendus : apres, code_academie,"),
         ("/alertes/flux", {"state": "open"}, "state : paramètre inconnu (attendus : code_academie,"),
         ("/etablissements/0350042F", {"x": "1"}, "x : paramètre inconnu (attendus : aucun)"),
+        ("/territoires", {"academie": "14"}, "academie : paramètre inconnu (attendus : aucun)"),
+        ("/repartition/ark:/1/x", {"par": "academie"}, "par : paramètre inconnu (attendus : aucun)"),
         ("/alertes", {"apres": "@@@"}, "apres : curseur illisible"),
         (
             "/alertes",
@@ -427,6 +429,17 @@ async def test_a_refused_parameter_gets_a_422_in_french_naming_it_and_its_rule(a
     assert refused["msg"].startswith(message), refused
     assert refused["loc"][-1] == message.split(" : ")[0]
     assert set(refused) == {"loc", "msg", "type"}  # pydantic's `input`, the refused value, is not echoed
+
+
+async def test_a_query_of_many_unknown_parameters_names_the_first_ones_and_counts_the_others(api):
+    client, _ = api
+    names = [f"p{n:04}" for n in range(3000)]
+    response = await client.get("/alertes", params=dict.fromkeys(names, "1"))
+    assert response.status_code == 422
+    refused = response.json()["detail"]
+    assert [r["loc"][-1] for r in refused] == names[:11]
+    assert refused[-1]["msg"] == f"{names[10]} : paramètre inconnu, et {3000 - 11} autre(s) après lui"
+    assert len(response.content) < 10_000
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", str(2**63), "1.5", ""])

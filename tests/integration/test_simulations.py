@@ -228,6 +228,8 @@ async def test_lots_for_unknown_or_malformed_uais_are_refused_naming_them(kafka,
     assert [r["msg"] for r in resource["detail"]] == ["min_bandwidth_mbps : attendu un nombre"]
     population = (await client.post("/simulations/ressource", params={"population": "tous"}, json=ATLAS)).json()
     assert population["detail"][0]["msg"].startswith("population : doit être abonnes ou ouverts")
+    misspelt = (await client.post("/simulations/ressource", params={"populaton": "ouverts"}, json=ATLAS)).json()
+    assert misspelt["detail"][0]["msg"] == "populaton : paramètre inconnu (attendus : population)"
     broken = await client.post("/simulations/ressource", content=b"{", headers={"content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["detail"][0]["msg"].startswith("corps : pas du JSON")
     # Not a JSON object (an array), JSON sent as a form (`curl -d @lots.json`), an object as a text: in French.
