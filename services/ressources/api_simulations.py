@@ -212,3 +212,9 @@ async def simuler_equipement(pool: Pool, seuils: Thresholds, body: LotsSimules) 
                 for i, uai in e.lots.items()
             ]
             return JSONResponse({"detail": detail}, 422)
+        except simulations.TropDePaires as e:
+            why = (
+                f"lots : leurs établissements ont {e.pairs} abonnements, au plus {simulations.MAX_PAIRS} "
+                "par simulation : simuler moins d'établissements à la fois"
+            )
+            return JSONResponse({"detail": [{"loc": ["body", "lots"], "msg": why, "type": "trop-de-paires"}]}, 422)

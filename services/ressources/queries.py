@@ -249,3 +249,8 @@ async def journal_allocated(conn: Conn) -> int:
     allocated = await conn.fetchrow("SELECT last_value, is_called FROM alert_journal_seq_seq")
     assert allocated is not None, "a sequence always has a row"
     return allocated["last_value"] if allocated["is_called"] else 0
+
+
+async def pairs_count(conn: Conn, uais: list[str]) -> int:
+    """How many subscriptions these établissements have (an equipment simulation's bound)."""
+    return await conn.fetchval("SELECT count(*) FROM abonnements WHERE uai = ANY($1::text[])", uais)

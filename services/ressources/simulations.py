@@ -31,6 +31,14 @@ from services.ressources.rules import Evaluation, Seuils, evaluate, is_evaluated
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
+MAX_PAIRS = 50_000
+"""Subscribed pairs an equipment simulation evaluates at most: it runs on the service's event loop
+(the stored alerts it starts from are read in its transaction), 60 µs a pair or so, and answers
+every alert raised or resolved. 10,000 lots at as many établissements of 20 subscriptions each
+made 200,000 pairs: 12 s of CPU, an answer of 50 MB (a review, with a stand-in store)."""
+YIELD_EVERY = 200
+"""Pairs evaluated between two turns of the event loop (about 10 ms): the consumer, the SSE
+stream and the probes are served meanwhile."""
 IN_FLIGHT = 4  # batches sent to the worker processes and not yet counted
 MAX_MOTIFS = 10
 COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
@@ -182,6 +190,14 @@ def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seu
     )
 
 
+class TropDePaires(Exception):
+    """The lots' établissements have more subscribed pairs than MAX_PAIRS."""
+
+    def __init__(self, pairs: int):
+        super().__init__(f"{pairs} paires")
+        self.pairs = pairs
+
+
 class UaiInconnus(Exception):
     """Lots for UAIs the référentiel does not know: index of the lot in the request -> its UAI."""
 
@@ -237,6 +253,9 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
         etabs = await store.etablissements(uais)
         if unknown := {i: lot.uai for i, lot in enumerate(lots) if lot.uai not in etabs}:
             raise UaiInconnus(unknown)
+        if (subscriptions := await queries.pairs_count(conn, uais)) > MAX_PAIRS:
+            raise TropDePaires(subscriptions)
+        evaluated = 0
         for start in range(0, len(uais), CHUNK):
             chunk = uais[start : start + CHUNK]
             pairs = await store.pairs_of(chunk)
@@ -249,6 +268,9 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
                 if ressource is None or not is_evaluated(pair.end, etab.ouvert, publiee=True):
                     continue  # not evaluated, whatever its equipment
                 consequences.paires += 1
+                evaluated += 1
+                if evaluated % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 profil = with_lots(uai, profils.get(uai), by_uai[uai])
                 evaluation = evaluate(ressource, profil, couvertures.get(uai), seuils)
                 for t in transitions(uai, rid, etab, evaluation, held.get((uai, rid), {}), now):

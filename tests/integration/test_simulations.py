@@ -2,6 +2,7 @@
 they predict is what the live evaluation then does once the resource is published or the lots
 declared, and a simulation writes nothing (every table's row count, the outbox, the alert topic)."""
 
+import asyncio
 import copy
 import json
 import multiprocessing
@@ -191,6 +192,54 @@ async def test_lots_simulated_then_declared_raise_and_resolve_what_was_predicted
         (a["uai"], RID, a["kind"]) for a in predicted["levees"]
     }
     await eventually(lambda: _equal(open_alerts(pool), expected), what="the predicted alerts raised and resolved")
+
+
+async def test_lots_simulated_give_the_event_loop_turns_and_too_many_pairs_are_refused(
+    kafka, settings, api, monkeypatch
+):
+    """An equipment simulation runs on the service's event loop: between two pairs evaluated the
+    rest of the service (here a ticking task) is served; beyond MAX_PAIRS it is refused, naming
+    the rule."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await stored(kafka, settings, pool)
+    await publish(kafka, settings, ATLAS, 3)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes WHERE ouverte"), what="12 alerts")
+    ticks, seen = 0, []
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    def evaluate(*args):
+        seen.append(ticks)
+        return simulations_evaluate(*args)
+
+    simulations_evaluate = simulations.evaluate
+    monkeypatch.setattr(simulations, "evaluate", evaluate)
+    monkeypatch.setattr(simulations, "YIELD_EVERY", 1)
+    lots = [lot(RENNES[0], "17"), lot(RENNES[2], "12.5"), lot(AILLEURS, "17")]
+    ticker = asyncio.create_task(ticking())
+    try:
+        answer = await client.post("/simulations/equipement", json={"lots": lots})
+    finally:
+        ticker.cancel()
+    assert answer.status_code == 200 and answer.json()["paires"] == 2, answer.text
+    assert len(seen) == 2 and seen[0] < seen[1], "the ticking task ran between the two pairs"
+
+    monkeypatch.setattr(simulations, "MAX_PAIRS", 1)
+    refused = await client.post("/simulations/equipement", json={"lots": lots})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == [
+        {
+            "loc": ["body", "lots"],
+            "msg": "lots : leurs établissements ont 2 abonnements, au plus 1 par simulation : "
+            "simuler moins d'établissements à la fois",
+            "type": "trop-de-paires",
+        }
+    ]
 
 
 async def _equal(awaitable, expected) -> bool:
