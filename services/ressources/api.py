@@ -84,6 +84,8 @@ READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopp
 # A stream whose client stops reading never reaches its final event: past its lifetime and
 # this grace, the response is cut, so a stuck client cannot hold a connection forever.
 SSE_HARD_GRACE_SECONDS = 30
+SSE_SEND_SECONDS = 30
+"""How long one frame of a stream may wait for its client to read (the socket's buffers full)."""
 
 
 def _no_control(value: str) -> str:
@@ -390,8 +392,18 @@ class _EventStream(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            with anyio.move_on_after(self._hub.max_seconds + SSE_HARD_GRACE_SECONDS):
-                await super().__call__(scope, receive, send)
+            with anyio.move_on_after(self._hub.max_seconds + SSE_HARD_GRACE_SECONDS) as whole:
+
+                async def sent_in_time(message) -> None:
+                    # A client that does not read: once the socket's buffers are full, a frame
+                    # waits for it. Past SSE_SEND_SECONDS the stream is cut, its place freed.
+                    with anyio.move_on_after(SSE_SEND_SECONDS) as sending:
+                        await send(message)
+                    if sending.cancelled_caught:
+                        log.warning("sse.client_cut", reason="not reading", waited_s=SSE_SEND_SECONDS)
+                        whole.cancel()
+
+                await super().__call__(scope, receive, sent_in_time)
         finally:
             self._hub.unsubscribe(self._sub)
 

@@ -184,7 +184,8 @@ class AlertHub:
         self.replay_timeout_ms = replay_timeout_ms
         self.keepalive_seconds, self.max_seconds = keepalive_seconds, max_seconds
         self._conn: asyncpg.Connection | None = None
-        self._clients: set[Subscription] = set()
+        self._clients: set[Subscription] = set()  # those the live events go to
+        self._places: set[Subscription] = set()  # those whose stream has not ended (max_clients)
         self._position = 0  # the last journal seq fanned out
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -192,6 +193,14 @@ class AlertHub:
 
     @property
     def clients(self) -> int:
+        """Streams holding a place: a client dropped for reading too slowly keeps its own until
+        its stream has ended (its final event sent, or the connection cut), else a client that
+        never reads would take a place again after each drop while its connections stayed open."""
+        return len(self._places)
+
+    @property
+    def listening(self) -> int:
+        """Streams the live events go to (a dropped client's no longer)."""
         return len(self._clients)
 
     @property
@@ -283,14 +292,17 @@ class AlertHub:
 
     def subscribe(self, f: queries.AlertFilter) -> Subscription | None:
         """A place among the clients, or None when they are `max_clients` already."""
-        if self._stopped or len(self._clients) >= self.max_clients:
+        if self._stopped or len(self._places) >= self.max_clients:
             return None
         sub = Subscription(f, asyncio.Queue(self.queue_size), self._position)
         self._clients.add(sub)
+        self._places.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """The client's stream has ended: its place is free."""
         self._clients.discard(sub)
+        self._places.discard(sub)
 
     async def _replay(self, sub: Subscription, last_event_id: int) -> queries.Replay | None:
         """The journal after `last_event_id` for this client, or None when it could not be read

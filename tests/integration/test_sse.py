@@ -4,6 +4,7 @@ journal's retention, the bounds (clients, lifetime, keep-alive, replay length, s
 
 import asyncio
 import json
+import socket
 from datetime import UTC, datetime
 
 import httpx
@@ -386,14 +387,20 @@ async def test_keep_alive_comments_then_a_final_event_at_the_end_of_the_lifetime
 async def test_a_client_that_stops_reading_is_dropped_with_a_final_event(settings):
     """The hub's drop, driven by real journal rows and notifications: a subscriber whose queue
     is full is let go, and its stream says so and where to resume; resuming there loses nothing."""
-    async with serve_api(settings.model_copy(update={**FAST, "sse_queue_size": 2})) as (client, app):
+    update = {**FAST, "sse_queue_size": 2, "sse_max_clients": 1}
+    async with serve_api(settings.model_copy(update=update)) as (client, app):
         hub = app.state.hub
         slow = hub.subscribe(queries.AlertFilter())
         seqs = await journal(app, alert(0))
         seqs += await journal(app, alert(1))
         seqs += await journal(app, alert(2))
-        await eventually(lambda: _zero(hub.clients), what="the slow subscriber to be dropped")
+        await eventually(lambda: _zero(hub.listening), what="the slow subscriber to be dropped")
+        # Its place is its own until its stream ends: a client that never reads would otherwise
+        # take one place after another, each connection left open.
+        async with client.stream("GET", "/alertes/flux") as refused:  # (a stream: headers only)
+            assert refused.status_code == 503
         frames = [f async for f in hub.events(slow, None)]
+        hub.unsubscribe(slow)  # the stream ended (what the response does)
         assert frames[0].startswith(":")
         assert frames[1:] == [frames[-1]] and "event: fin\n" in frames[-1]
         fin = json.loads(frames[-1].split("data: ", 1)[1])
@@ -402,6 +409,34 @@ async def test_a_client_that_stops_reading_is_dropped_with_a_final_event(setting
 
         async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(slow.start)}) as response:
             assert [int(e["id"]) for e in await SseReader(response).events(3)] == seqs
+
+
+async def test_a_client_that_never_reads_is_cut_once_a_frame_waits_too_long_and_its_place_freed(settings, monkeypatch):
+    """A connection whose client reads nothing: once the socket's buffers are full, a frame waits
+    for it; past SSE_SEND_SECONDS the stream is cut (not at the end of its lifetime, an hour)."""
+    from services.ressources import api
+
+    monkeypatch.setattr(api, "SSE_SEND_SECONDS", 0.5)
+    update = {**FAST, "sse_max_clients": 1, "sse_queue_size": 10_000, "sse_max_seconds": 600}
+    async with serve_api(settings.model_copy(update=update)) as (client, app):
+        hub = app.state.hub
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connecting: a small window
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.base_url.port))
+        _, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        writer.write(b"GET /alertes/flux HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        try:
+            await eventually(lambda: _equal(hub.clients, 1), what="the stream to start")
+            big = [c.Reason(code="os-version", detail="x" * 256) for _ in range(32)]  # about 9 KB each
+            for n in range(0, 400, 50):  # 3.6 MB for a client that reads nothing
+                await journal(app, *(alert(n + i, reasons=big) for i in range(50)))
+            await eventually(lambda: _zero(hub.clients), timeout=60, what="the stream cut, its place freed")
+            async with client.stream("GET", "/alertes/flux") as again:
+                assert again.status_code == 200
+        finally:
+            writer.close()
 
 
 async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
