@@ -1,5 +1,7 @@
 """/metrics against the real Kafka and PostgreSQL: the figures move as events flow."""
 
+import asyncio
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -192,3 +194,31 @@ async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka
 
         now = samples((await client.get("/metrics")).text)
         assert all(value(now, "feo_alerts_open", service="ressources", kind=k) == 0 for k in c.ALERT_KINDS)
+
+
+async def test_many_probes_and_scrapes_at_once_read_the_database_one_at_a_time(kafka, settings, monkeypatch):
+    """/health and /metrics answer anyone who reaches the port: however many come at once, they
+    take one connection of the service's pool at a time, the others left to its transactions."""
+    from services.common.runtime import health
+
+    reading, most = 0, 0
+    count_pending = health.count_pending
+
+    async def counted(*args):
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        try:
+            await asyncio.sleep(0.05)  # a count over a large outbox
+            return await count_pending(*args)
+        finally:
+            reading -= 1
+
+    monkeypatch.setattr(health, "count_pending", counted)
+    service = running(EQUIPEMENT, settings)
+    async with service:
+        transport = httpx.ASGITransport(app=service.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            answers = await asyncio.gather(*(client.get(path) for path in ["/health", "/metrics"] * 10))
+    assert [a.status_code for a in answers] == [200] * 20
+    assert most == 1

@@ -29,20 +29,26 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "awaiting_referentiel": None,
     }
     if pipeline.started:
-        try:
-            # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
-            body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
-            # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
-            body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
-            # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
-            body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
-            body["revivals_pending"] = pipeline.revivals_pending
-            if backlog is not None:
-                body |= await pipeline.run(backlog)
-            body["database"] = True
-        except Exception as exc:  # reported, not raised: this is the health check
-            body["error"] = redact(str(exc))  # an answer anyone who reaches the port reads
+        async with pipeline.metrics.probing:
+            await _database_health(pipeline, body, backlog)
     return (200 if body["kafka"] and body["database"] else 503), body
+
+
+async def _database_health(pipeline: Pipeline, body: dict, backlog: Backlog) -> None:
+    """The database's part of the report, written into `body`."""
+    try:
+        # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
+        body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
+        # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
+        body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
+        # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
+        body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
+        body["revivals_pending"] = pipeline.revivals_pending
+        if backlog is not None:
+            body |= await pipeline.run(backlog)
+        body["database"] = True
+    except Exception as exc:  # reported, not raised: this is the health check
+        body["error"] = redact(str(exc))  # an answer anyone who reaches the port reads
 
 
 async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
@@ -51,6 +57,11 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
     not answer, only that it does not."""
     if not pipeline.started:
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+    async with pipeline.metrics.probing:
+        return await _database_gauges(pipeline, gauges)
+
+
+async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Gauge]:
     try:
         async with pipeline.pool.acquire() as conn:
             pending = await count_pending(conn)

@@ -109,6 +109,10 @@ class Metrics:
         self._counts: list[Gauge] = []
         self._counted_at: float | None = None
         self._counting = asyncio.Lock()
+        self.probing = asyncio.Lock()
+        """Held by whatever reads the database for /health or /metrics: one connection of the
+        service's pool at a time for them, however many requests come at once (the port answers
+        anyone who reaches it), the others left to the consumer's transactions."""
 
     def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
         """A committed batch's outcomes and duration."""
