@@ -6,7 +6,9 @@ A refused parameter answers 422 with FastAPI's shape, `{"detail": [{"loc", "msg"
 words of the contract's models (contracts.messages, as in the DLQ). The rule is the parameter's
 description in the OpenAPI document, so the document and the answer say the same thing; a
 validator of ours that explains more (the UAI's check letter) is quoted instead. pydantic's
-English never reaches a client, nor the refused value itself. Every other error answers `{"detail": "…"}`.
+English never reaches a client, nor the refused value itself, but where the contract's message
+quotes it as the DLQ's does (a UAI, a public identifier, with its expected check letter; never a
+`teacher_id`). Every other error answers `{"detail": "…"}`.
 """
 
 from typing import Any
