@@ -196,17 +196,18 @@ async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka
         assert all(value(now, "feo_alerts_open", service="ressources", kind=k) == 0 for k in c.ALERT_KINDS)
 
 
-async def test_many_probes_and_scrapes_at_once_read_the_database_one_at_a_time(kafka, settings, monkeypatch):
-    """/health and /metrics answer anyone who reaches the port: however many come at once, they
-    take one connection of the service's pool at a time, the others left to its transactions."""
+async def test_many_probes_and_scrapes_at_once_share_one_read_of_the_database_each(kafka, settings, monkeypatch):
+    """/health and /metrics answer anyone who reaches the port: however many come at once, each
+    kind reads the database once at a time and every caller meanwhile gets that read (a flood
+    took one connection of the service's pool each, ahead of its transactions)."""
     from services.common.runtime import health
 
-    reading, most = 0, 0
+    reading, most, reads = 0, 0, 0
     count_pending = health.count_pending
 
     async def counted(*args):
-        nonlocal reading, most
-        reading += 1
+        nonlocal reading, most, reads
+        reading, reads = reading + 1, reads + 1
         most = max(most, reading)
         try:
             await asyncio.sleep(0.05)  # a count over a large outbox
@@ -221,4 +222,24 @@ async def test_many_probes_and_scrapes_at_once_read_the_database_one_at_a_time(k
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             answers = await asyncio.gather(*(client.get(path) for path in ["/health", "/metrics"] * 10))
     assert [a.status_code for a in answers] == [200] * 20
-    assert most == 1
+    assert all(a.json()["outbox_pending"] == 0 for a in answers[::2])
+    assert most <= 2 and reads <= 4, (most, reads)
+
+
+async def test_a_database_that_does_not_answer_in_time_is_reported_so(kafka, settings, monkeypatch):
+    from services.common.runtime import health
+
+    async def stuck(*args):
+        await asyncio.sleep(60)
+
+    service = running(EQUIPEMENT, settings)
+    async with service:
+        monkeypatch.setattr(health, "READ_SECONDS", 0.2)
+        monkeypatch.setattr(health, "count_pending", stuck)
+        transport = httpx.ASGITransport(app=service.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            probe = await asyncio.wait_for(client.get("/health"), 10)
+            scraped = samples((await asyncio.wait_for(client.get("/metrics"), 10)).text)
+    assert probe.status_code == 503
+    assert (probe.json()["database"], probe.json()["error"]) == (False, "PostgreSQL n'a pas répondu en 0.2 s")
+    assert value(scraped, "feo_database_reachable", service="equipement") == 0

@@ -1,5 +1,6 @@
 """`GET /health`: what a probe, an operator and a supervisor need to know, cheaply."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,9 @@ from services.common.runtime.metrics import Gauge, Gauges
 from services.common.runtime.secrets import redact
 
 COUNT_AT_MOST = 10_000
+READ_SECONDS = 4
+"""How long /health and /metrics wait for the database (a probe's own timeout is 5 s, the
+Kubernetes manifests'): past it, the database counts as not answering."""
 Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
 """A service's own held-back work (ServiceSpec.backlog), counted with its store."""
 
@@ -29,26 +33,34 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "awaiting_referentiel": None,
     }
     if pipeline.started:
-        async with pipeline.metrics.probing:
-            await _database_health(pipeline, body, backlog)
+        body |= await pipeline.metrics.shared("health", lambda: _database_health(pipeline, backlog))
     return (200 if body["kafka"] and body["database"] else 503), body
 
 
-async def _database_health(pipeline: Pipeline, body: dict, backlog: Backlog) -> None:
-    """The database's part of the report, written into `body`."""
+async def _database_health(pipeline: Pipeline, backlog: Backlog) -> dict:
+    """The database's part of the report, within READ_SECONDS."""
+    body: dict[str, Any] = {"database": False}
     try:
-        # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
-        body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
-        # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
-        body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
-        # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
-        body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
-        body["revivals_pending"] = pipeline.revivals_pending
-        if backlog is not None:
-            body |= await pipeline.run(backlog)
+        async with asyncio.timeout(READ_SECONDS):
+            await _read_health(pipeline, backlog, body)
         body["database"] = True
+    except TimeoutError:
+        body["error"] = f"PostgreSQL n'a pas répondu en {READ_SECONDS} s"
     except Exception as exc:  # reported, not raised: this is the health check
         body["error"] = redact(str(exc))  # an answer anyone who reaches the port reads
+    return body
+
+
+async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None:
+    # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
+    body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
+    # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
+    body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
+    # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
+    body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
+    body["revivals_pending"] = pipeline.revivals_pending
+    if backlog is not None:
+        body |= await pipeline.run(backlog)
 
 
 async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
@@ -57,26 +69,26 @@ async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> l
     not answer, only that it does not."""
     if not pipeline.started:
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
-    async with pipeline.metrics.probing:
-        return await _database_gauges(pipeline, gauges)
+    return await pipeline.metrics.shared("metrics", lambda: _database_gauges(pipeline, gauges))
 
 
 async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Gauge]:
     try:
-        async with pipeline.pool.acquire() as conn:
-            pending = await count_pending(conn)
-            oldest = await conn.fetchval(
-                "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
+        async with asyncio.timeout(READ_SECONDS):
+            async with pipeline.pool.acquire() as conn:
+                pending = await count_pending(conn)
+                oldest = await conn.fetchval(
+                    "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
+                )
+                failed = await count_failed(conn)
+                awaiting = await dlq.count_awaiting(conn)
+            own = (
+                await pipeline.metrics.counts(
+                    lambda: pipeline.run(gauges), pipeline.settings.metrics_counts_max_age_seconds
+                )
+                if gauges is not None
+                else []
             )
-            failed = await count_failed(conn)
-            awaiting = await dlq.count_awaiting(conn)
-        own = (
-            await pipeline.metrics.counts(
-                lambda: pipeline.run(gauges), pipeline.settings.metrics_counts_max_age_seconds
-            )
-            if gauges is not None
-            else []
-        )
     except Exception:  # reported as a figure: a scrape must answer while the database is away
         return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
     return [

@@ -15,10 +15,10 @@ labelled with the service's name.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from services.common.storage import positions
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+T = TypeVar("T")
 BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -109,10 +110,7 @@ class Metrics:
         self._counts: list[Gauge] = []
         self._counted_at: float | None = None
         self._counting = asyncio.Lock()
-        self.probing = asyncio.Lock()
-        """Held by whatever reads the database for /health or /metrics: one connection of the
-        service's pool at a time for them, however many requests come at once (the port answers
-        anyone who reaches it), the others left to the consumer's transactions."""
+        self._reading: dict[str, asyncio.Task] = {}
 
     def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
         """A committed batch's outcomes and duration."""
@@ -178,6 +176,17 @@ class Metrics:
                 self._counts = await read()
                 self._counted_at = monotonic()
             return self._counts
+
+    async def shared(self, what: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`read()`'s result, for this caller and every other that asks for `what` while it runs:
+        /health and /metrics answer anyone who reaches the port, and however many requests come
+        at once, each kind reads the database once at a time (a connection of the service's
+        pool), the others left to its transactions. A caller that goes away does not cancel it."""
+        task = self._reading.get(what)
+        if task is None or task.done():
+            task = self._reading[what] = asyncio.create_task(read(), name=f"{self.service}-{what}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, whoever waits
+        return await asyncio.shield(task)
 
     async def refresh(self, read: Callable[[], Awaitable[list[Gauge]]]) -> None:
         """The figures read from the database, kept for the scrape that follows."""
