@@ -52,15 +52,16 @@ async def known_parameters(request: Request) -> None:
         dependants += dependant.dependencies
     if unknown := sorted(set(request.query_params) - known):
         expected = ", ".join(sorted(known)) or "aucun"
-        refusals = [_refused(name, f"paramètre inconnu (attendus : {expected})") for name in unknown[:UNKNOWN_LISTED]]
-        if len(unknown) > UNKNOWN_LISTED:  # a 14 KB query of 3,500 names was answered in 679 KB
-            others = len(unknown) - UNKNOWN_LISTED
-            refusals.append(_refused(unknown[UNKNOWN_LISTED], f"paramètre inconnu, et {others - 1} autre(s) après lui"))
+        listed = unknown[: UNKNOWN_LISTED - 1] if len(unknown) > UNKNOWN_LISTED else unknown
+        refusals = [_refused(name, f"paramètre inconnu (attendus : {expected})") for name in listed]
+        if len(unknown) > len(listed):  # a 14 KB query of 3,500 names was answered in 679 KB
+            after = len(unknown) - len(listed) - 1
+            refusals.append(_refused(unknown[len(listed)], f"paramètre inconnu, et {after} autre(s) après lui"))
         raise RequestValidationError(refusals)
 
 
 UNKNOWN_LISTED = 10
-"""Unknown query parameters named one by one in a refusal; those after are counted."""
+"""Unknown query parameters a refusal names at most, the last one saying how many more follow."""
 
 
 def _refused(name: str, why: str) -> dict[str, Any]:

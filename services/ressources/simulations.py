@@ -13,6 +13,7 @@ many as the fleets repeat) share one evaluation, exact since evaluate never read
 import asyncio
 import functools
 import re
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
@@ -33,12 +34,13 @@ from services.ressources.store import RessourcesStore
 CHUNK = 2000  # UAIs read and judged at a time
 MAX_PAIRS = 50_000
 """Subscribed pairs an equipment simulation evaluates at most: it runs on the service's event loop
-(the stored alerts it starts from are read in its transaction), 60 µs a pair or so, and answers
-every alert raised or resolved. 10,000 lots at as many établissements of 20 subscriptions each
-made 200,000 pairs: 12 s of CPU, an answer of 50 MB (a review, with a stand-in store)."""
-YIELD_EVERY = 200
-"""Pairs evaluated between two turns of the event loop (about 10 ms): the consumer, the SSE
-stream and the probes are served meanwhile."""
+(the stored alerts it starts from are read in its transaction) and answers every alert raised or
+resolved. 10,000 lots at as many établissements of 20 subscriptions each made 200,000 pairs:
+12 s of CPU, an answer of 50 MB (a review, with a stand-in store)."""
+YIELD_SECONDS = 0.01
+"""The longest an equipment simulation works between two turns of the event loop (but one
+établissement's profile built, or one pair evaluated, longer): the consumer, the SSE stream and
+the probes are served meanwhile."""
 IN_FLIGHT = 4  # batches sent to the worker processes and not yet counted
 MAX_MOTIFS = 10
 COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
@@ -255,23 +257,25 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
             raise UaiInconnus(unknown)
         if (subscriptions := await queries.pairs_count(conn, uais)) > MAX_PAIRS:
             raise TropDePaires(subscriptions)
-        evaluated = 0
+        turn = time.monotonic()
         for start in range(0, len(uais), CHUNK):
             chunk = uais[start : start + CHUNK]
             pairs = await store.pairs_of(chunk)
             ressources = await store.load_ressources({p.resource_id for p in pairs})
             profils, couvertures = await store.load_entrees(chunk)
             held = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
+            simulated: dict[str, ProfilEquipement] = {}  # each UAI's profile with its lots, built once
             for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
                 uai, rid, etab = pair.uai, pair.resource_id, etabs[pair.uai]
                 ressource = ressources.get(rid)
                 if ressource is None or not is_evaluated(pair.end, etab.ouvert, publiee=True):
                     continue  # not evaluated, whatever its equipment
-                consequences.paires += 1
-                evaluated += 1
-                if evaluated % YIELD_EVERY == 0:
+                if time.monotonic() - turn >= YIELD_SECONDS:
                     await asyncio.sleep(0)
-                profil = with_lots(uai, profils.get(uai), by_uai[uai])
+                    turn = time.monotonic()
+                consequences.paires += 1
+                if (profil := simulated.get(uai)) is None:
+                    profil = simulated[uai] = with_lots(uai, profils.get(uai), by_uai[uai])
                 evaluation = evaluate(ressource, profil, couvertures.get(uai), seuils)
                 for t in transitions(uai, rid, etab, evaluation, held.get((uai, rid), {}), now):
                     if alerte := t.raised or t.resolved:

@@ -219,7 +219,7 @@ async def test_lots_simulated_give_the_event_loop_turns_and_too_many_pairs_are_r
 
     simulations_evaluate = simulations.evaluate
     monkeypatch.setattr(simulations, "evaluate", evaluate)
-    monkeypatch.setattr(simulations, "YIELD_EVERY", 1)
+    monkeypatch.setattr(simulations, "YIELD_SECONDS", 0)
     lots = [lot(RENNES[0], "17"), lot(RENNES[2], "12.5"), lot(AILLEURS, "17")]
     ticker = asyncio.create_task(ticking())
     try:
