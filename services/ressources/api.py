@@ -11,6 +11,8 @@ import asyncio
 import base64
 import json
 import re
+import socket
+import struct
 import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -87,6 +89,8 @@ READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopp
 SSE_HARD_GRACE_SECONDS = 30
 SSE_SEND_SECONDS = 30
 """How long one frame of a stream may wait for its client to read (the socket's buffers full)."""
+TRANSPORT = "feo.transport"
+"""Where a request's scope holds its connection's transport (uvicorn's), when known: `_with_transport`."""
 
 
 def _no_control(value: str) -> str:
@@ -402,6 +406,10 @@ class _EventStream(StreamingResponse):
                         await send(message)
                     if sending.cancelled_caught:
                         log.warning("sse.client_cut", reason="not reading", waited_s=SSE_SEND_SECONDS)
+                        # Closed, the connection would stay open until its buffered frames were
+                        # read, which they never are: reset (what the kernel holds dropped too).
+                        if (transport := scope.get(TRANSPORT)) is not None:
+                            _reset(transport)
                         whole.cancel()
 
                 await super().__call__(scope, receive, sent_in_time)
@@ -564,6 +572,32 @@ async def _cancel(task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+def _reset(transport: asyncio.Transport) -> None:
+    """The connection ended at once, its unsent bytes dropped (an RST, not a FIN after them)."""
+    if (sock := transport.get_extra_info("socket")) is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _with_transport(api: FastAPI) -> None:
+    """Each HTTP request's scope holds its connection's transport under TRANSPORT: what uvicorn's
+    `send` is bound to (its request cycle's), seen before any middleware wraps it. None under
+    another server."""
+    build = api.build_middleware_stack
+
+    def build_with_transport() -> Any:
+        stack = build()
+
+        async def app(scope, receive, send) -> None:
+            if scope["type"] == "http":
+                scope[TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
+            await stack(scope, receive, send)
+
+        return app
+
+    api.build_middleware_stack = build_with_transport  # type: ignore[method-assign]
+
+
 def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     """The ASGI app ressources serves: this API, `/health`, and the Kafka consumer's lifespan."""
     settings = RessourcesSettings.of(settings)
@@ -618,6 +652,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             **dict.fromkeys(stream.STOPPING, database_away),  # during a read, too
         },
     )
+    _with_transport(api)
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils
     api.state.simulation_workers = settings.simulation_workers

@@ -4,10 +4,12 @@ journal's retention, the bounds (clients, lifetime, keep-alive, replay length, s
 
 import asyncio
 import json
+import logging
 import socket
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -417,6 +419,9 @@ async def test_a_client_that_never_reads_is_cut_once_a_frame_waits_too_long_and_
     from services.ressources import api
 
     monkeypatch.setattr(api, "SSE_SEND_SECONDS", 0.5)
+    said: list[str] = []
+    server_log = logging.getLogger("uvicorn.error")  # which does not propagate to the root logger
+    monkeypatch.setattr(server_log, "error", lambda msg, *args, **kw: said.append(msg % args if args else msg))
     update = {**FAST, "sse_max_clients": 1, "sse_queue_size": 10_000, "sse_max_seconds": 600}
     async with serve_api(settings.model_copy(update=update)) as (client, app):
         hub = app.state.hub
@@ -424,7 +429,7 @@ async def test_a_client_that_never_reads_is_cut_once_a_frame_waits_too_long_and_
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connecting: a small window
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.base_url.port))
-        _, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
         writer.write(b"GET /alertes/flux HTTP/1.1\r\nHost: test\r\n\r\n")
         await writer.drain()
         try:
@@ -435,6 +440,12 @@ async def test_a_client_that_never_reads_is_cut_once_a_frame_waits_too_long_and_
             await eventually(lambda: _zero(hub.clients), timeout=60, what="the stream cut, its place freed")
             async with client.stream("GET", "/alertes/flux") as again:
                 assert again.status_code == 200
+            # Reset, not closed: closed, it would stay open until its buffered frames were read.
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(10):
+                    while await reader.read(65536):
+                        pass
+            assert said == [], "the server saw the connection lost, not a response left unfinished"
         finally:
             writer.close()
 
