@@ -574,8 +574,13 @@ async def _cancel(task: asyncio.Task) -> None:
 
 def _reset(transport: asyncio.Transport) -> None:
     """The connection ended at once, its unsent bytes dropped (an RST, not a FIN after them)."""
-    if (sock := transport.get_extra_info("socket")) is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if transport.is_closing():  # gone meanwhile: its socket closed already
+        return
+    try:
+        if (sock := transport.get_extra_info("socket")) is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:  # closed under it: abort all the same
+        pass
     transport.abort()
 
 

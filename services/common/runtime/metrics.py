@@ -177,16 +177,20 @@ class Metrics:
                 self._counted_at = monotonic()
             return self._counts
 
-    async def shared(self, what: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def shared(self, what: str, read: Callable[[], Coroutine[Any, Any, T]], within: float) -> T:
         """`read()`'s result, for this caller and every other that asks for `what` while it runs:
         /health and /metrics answer anyone who reaches the port, and however many requests come
         at once, each kind reads the database once at a time (a connection of the service's
-        pool), the others left to its transactions. A caller that goes away does not cancel it."""
+        pool), the others left to its transactions. Each caller waits `within` seconds at most
+        (TimeoutError): a read stuck on a database that stopped answering mid-query (asyncpg then
+        waits for its cancellation without a bound) stays the one shared. A caller that goes
+        away does not cancel it."""
         task = self._reading.get(what)
         if task is None or task.done():
             task = self._reading[what] = asyncio.create_task(read(), name=f"{self.service}-{what}")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, whoever waits
-        return await asyncio.shield(task)
+        async with asyncio.timeout(within):
+            return await asyncio.shield(task)
 
     async def refresh(self, read: Callable[[], Awaitable[list[Gauge]]]) -> None:
         """The figures read from the database, kept for the scrape that follows."""
