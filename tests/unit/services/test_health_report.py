@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 from services.common.runtime.health import health_report
+from services.common.runtime.metrics import Metrics
 
 
 class _Refusing:
@@ -15,7 +16,7 @@ async def _reachable(timeout: float) -> bool:
 
 
 async def test_a_database_error_is_reported_without_its_password():
-    pipeline = SimpleNamespace(service="equipement", started=True, pool=_Refusing())
+    pipeline = SimpleNamespace(service="equipement", started=True, pool=_Refusing(), metrics=Metrics("equipement"))
     status, body = await health_report(pipeline, SimpleNamespace(ping=_reachable))  # type: ignore[arg-type]
     assert status == 503 and body["database"] is False
     assert "db.example" in body["error"] and "s3cr3t" not in body["error"], body["error"]
