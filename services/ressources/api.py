@@ -84,8 +84,8 @@ MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a sear
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
 READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopped, is told to wait
-# A stream whose client stops reading never reaches its final event: past its lifetime and
-# this grace, the response is cut, so a stuck client cannot hold a connection forever.
+# A last bound on a stream, whatever holds it: past its lifetime and this grace, the response is
+# cut (one whose client stops reading is cut sooner, once a frame has waited SSE_SEND_SECONDS).
 SSE_HARD_GRACE_SECONDS = 30
 SSE_SEND_SECONDS = 30
 """How long one frame of a stream may wait for its client to read (the socket's buffers full)."""
