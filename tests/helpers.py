@@ -414,3 +414,51 @@ async def kill_sender(producer: AIOKafkaProducer, topic: str) -> None:
         raise AssertionError("the sender survived the injected error")
     task = producer._sender.sender_task  # type: ignore[attr-defined]
     await eventually(lambda: asyncio.sleep(0, task.done()), what="the sender's task ended")
+
+
+class SilentRelay:
+    """A TCP relay to `host:port` whose connections can go silent: `silence()` makes those open
+    then carry nothing further either way while staying open, as when the peer went away without
+    closing them (a failover, a network cut); connections made after it are relayed as usual."""
+
+    def __init__(self, host: str, port: int):
+        self._upstream = (host, port)
+        self._server: asyncio.Server | None = None
+        self._silenced: list[list[bool]] = []  # one flag per connection, shared by both directions
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> "SilentRelay":
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    def silence(self) -> None:
+        for flag in self._silenced:
+            flag[0] = True
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        silenced = [False]
+        self._silenced.append(silenced)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if not silenced[0]:
+                        dst.write(data)
+                        await dst.drain()
+            except OSError:
+                pass
+            if not silenced[0]:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

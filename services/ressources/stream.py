@@ -11,7 +11,8 @@ journal rows after N that match its filters (at most `replay_max`), then the liv
 without gap or duplicate. Bounds: at most `max_clients` streams; each has a bounded queue,
 and a client that stops reading is dropped rather than slowing everyone; a comment every
 `keepalive_seconds` keeps proxies from closing an idle stream; every stream ends after
-`max_seconds`. Each ending is a final `fin` event whose `id:` is where to resume, which is
+`max_seconds`; each step of the hub's listening connection is bounded (`replay_timeout_ms`),
+then the connection is replaced. Each ending is a final `fin` event whose `id:` is where to resume, which is
 what EventSource sends back by itself when it reconnects.
 """
 
@@ -210,8 +211,15 @@ class AlertHub:
     async def start(self) -> None:
         # Listen before reading the position: a row committed in between is announced.
         self._conn = await self._connect()
-        self._position = await self._conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+        async with self._bounded():
+            self._position = await self._conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
         self._task = asyncio.create_task(self._pump(), name="sse-hub")
+
+    def _bounded(self) -> asyncio.Timeout:
+        """The bound of each step on the listening connection (`replay_timeout_ms`, as the read
+        API's statements): a connection whose peer went away without closing it (a failover, a
+        network cut) would otherwise hold the live stream until TCP gives up, many minutes later."""
+        return asyncio.timeout(self.replay_timeout_ms / 1000)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -219,15 +227,25 @@ class AlertHub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
+            try:
+                async with self._bounded():
+                    await self._conn.close()
+            except Exception:  # the peer gone without a word: the connection is aborted
+                self._drop_connection()
         for sub in list(self._clients):
             self._end(sub, _STOPPED)
 
     async def _connect(self) -> asyncpg.Connection:
-        conn = await asyncpg.connect(
-            self._url, server_settings={"search_path": self._schema, "application_name": f"feo-{self._schema}-sse"}
-        )
-        await conn.add_listener(CHANNEL, self._on_notify)
+        async with self._bounded():
+            conn = await asyncpg.connect(
+                self._url, server_settings={"search_path": self._schema, "application_name": f"feo-{self._schema}-sse"}
+            )
+        try:
+            async with self._bounded():
+                await conn.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
         return conn
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: object) -> None:
@@ -242,10 +260,19 @@ class AlertHub:
                 await self._deliver()
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                # Not closed: a close waits for the peer. A new connection reads on from the
+                # position, so nothing journalled meanwhile is lost.
+                log.warning("sse.journal_read_stalled", limit_ms=self.replay_timeout_ms)
+                self._drop_connection()
             except Exception:
                 log.exception("sse.journal_read_failed")
-                if self._conn is not None and not self._conn.is_closed():
-                    self._conn.terminate()
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            self._conn.terminate()
+        self._conn = None
 
     async def _deliver(self) -> None:
         conn = self._conn
@@ -255,14 +282,18 @@ class AlertHub:
             # reading them (every alert of a busy moment would be read and decoded for nothing).
             # A client that subscribed during this read starts at the former position: then
             # the rows are read and fanned out as usual.
-            latest = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+            async with self._bounded():
+                latest = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
             if not self._clients:
                 self._position = max(self._position, latest)
                 return
         while True:
-            rows = await conn.fetch(
-                "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2", self._position, FETCH_ROWS
-            )
+            async with self._bounded():
+                rows = await conn.fetch(
+                    "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    self._position,
+                    FETCH_ROWS,
+                )
             self._fan_out(rows)
             if len(rows) < FETCH_ROWS:
                 return

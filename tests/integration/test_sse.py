@@ -7,13 +7,14 @@ import json
 import logging
 import socket
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
-from helpers import at, event, eventually, profil_lot, send, uai
+from helpers import SilentRelay, at, event, eventually, profil_lot, send, uai
 from services.common.pipeline import EncodedEvent, Outgoing
 from services.ressources import queries, stream
 from test_read_api import etab, serve_api
@@ -462,6 +463,32 @@ async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
         assert frames[1].startswith(f"id: {seq}\n") and "event: alerte-levee" in frames[1]
         assert frames[2].startswith(f"id: {seq}\nevent: fin\n") and "arret-du-service" in frames[2]
         assert hub.subscribe(queries.AlertFilter()) is None
+
+
+async def test_a_listening_connection_gone_silent_is_replaced_and_the_stream_misses_nothing(settings, capfd):
+    """The hub's connection to PostgreSQL stays open but carries nothing (its peer gone without
+    closing it, as after a failover): its next read is given up within the read bound, a new
+    connection reads on from the hub's position, and the events journalled meanwhile arrive."""
+    url = urlsplit(settings.database_url)
+    async with serve_api(settings.model_copy(update=FAST)) as (_, app), SilentRelay(url.hostname, url.port) as relay:
+        through = urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{relay.port}"))
+        hub = stream.AlertHub(through, "ressources", app.state.pipeline.pool, replay_timeout_ms=500)
+        await hub.start()
+        try:
+            sub = hub.subscribe(queries.AlertFilter())
+            frames = hub.events(sub, None)
+            assert (await anext(frames)).startswith(":")
+            [first] = await journal(app, alert(0))
+            assert (await asyncio.wait_for(anext(frames), 10)).startswith(f"id: {first}\n")
+            relay.silence()
+            later = await journal(app, alert(1), alert(2))
+            received = [await asyncio.wait_for(anext(frames), stream.POLL_SECONDS + 10) for _ in later]
+            assert [int(f.split("\n", 1)[0].removeprefix("id: ")) for f in received] == later
+            assert "sse.journal_read_stalled" in capfd.readouterr().err
+            await frames.aclose()
+        finally:
+            async with asyncio.timeout(5):  # not held by the silent connection either
+                await hub.stop()
 
 
 async def test_a_failed_replay_on_a_hub_behind_the_one_the_client_left_repeats_nothing(settings, monkeypatch):
