@@ -7,6 +7,7 @@ lock so two replicas starting together do not race.
 """
 
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,6 +62,31 @@ async def relation(conn: Conn | asyncpg.Pool, schema: str, name: str) -> str | N
     return await conn.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text", schema, name)
 
 
+DEAD_PEER_PROBES = (15, 5, 3)
+"""TCP keep-alive on the services' connections: the first probe after 15 s without traffic, then
+every 5 s, the connection given up after 3 unanswered (about 30 s)."""
+DEAD_PEER_UNACKED_MS = 30_000
+"""TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this long is given up."""
+
+
+async def detect_dead_peer(conn: asyncpg.Connection) -> None:
+    """Has the kernel give up `conn` once its server is gone without closing it (a host lost, a
+    failover, a network cut): else a statement sent before, whose answer never comes, waits
+    until TCP gives up (hours without keep-alive; about 15 minutes with data unacknowledged), the
+    service's consumer or relay held meanwhile while its probes, on new connections, pass.
+    asyncpg sets neither option (its issue 606); libpq's `keepalives_*` and `tcp_user_timeout`
+    are the same. A Unix socket needs none."""
+    sock = conn._transport.get_extra_info("socket")  # type: ignore[attr-defined]  # asyncpg gives no other way
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle, interval, count = DEAD_PEER_PROBES
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_PEER_UNACKED_MS)
+
+
 POOL_SIZE = 5
 """A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
 spare (ressources' read API has a pool of its own: services/ressources/api.py, Reads)."""
@@ -95,6 +121,7 @@ async def create_pool(
             "application_name": f"feo-{schema}" + (f"-{purpose}" if purpose else ""),
         },
         reset=_nothing_to_reset,
+        init=detect_dead_peer,
     )
 
 
