@@ -426,6 +426,7 @@ class SilentRelay:
         self._server: asyncio.Server | None = None
         self._silenced: list[list[bool]] = []  # one flag per connection, shared by both directions
         self._writers: list[asyncio.StreamWriter] = []
+        self._relays: set[asyncio.Task] = set()
         self.port = 0
 
     async def __aenter__(self) -> "SilentRelay":
@@ -438,17 +439,23 @@ class SilentRelay:
         self._server.close()
         for writer in self._writers:
             writer.close()
-        await self._server.wait_closed()
+        await asyncio.gather(*self._relays, return_exceptions=True)  # their sockets closed: they end
 
     def silence(self) -> None:
         for flag in self._silenced:
             flag[0] = True
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        self._relays.add(asyncio.current_task())  # type: ignore[arg-type]
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
         silenced = [False]
         self._silenced.append(silenced)
-        self._writers += [writer, up_writer]
+        self._writers.append(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:

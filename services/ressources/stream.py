@@ -238,7 +238,13 @@ class AlertHub:
     async def _connect(self) -> asyncpg.Connection:
         async with self._bounded():
             conn = await asyncpg.connect(
-                self._url, server_settings={"search_path": self._schema, "application_name": f"feo-{self._schema}-sse"}
+                self._url,
+                server_settings={
+                    "search_path": self._schema,
+                    "application_name": f"feo-{self._schema}-sse",
+                    # A read given up here ends on the server too, not after it, on every round.
+                    "statement_timeout": str(self.replay_timeout_ms),
+                },
             )
         try:
             async with self._bounded():
@@ -254,17 +260,22 @@ class AlertHub:
     async def _pump(self) -> None:
         while True:
             await woken(self._wake, POLL_SECONDS)
+            step = "connect"
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await self._connect()
+                step = "read"
                 await self._deliver()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
                 # Not closed: a close waits for the peer. A new connection reads on from the
-                # position, so nothing journalled meanwhile is lost.
-                log.warning("sse.journal_read_stalled", limit_ms=self.replay_timeout_ms)
+                # position, so nothing journalled meanwhile is lost: at once after a read that
+                # stalled, at the next round after a connection that could not be made.
+                log.warning("sse.journal_stalled", step=step, limit_ms=self.replay_timeout_ms)
                 self._drop_connection()
+                if step == "read":
+                    self._wake.set()
             except Exception:
                 log.exception("sse.journal_read_failed")
                 self._drop_connection()

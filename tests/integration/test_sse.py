@@ -484,7 +484,7 @@ async def test_a_listening_connection_gone_silent_is_replaced_and_the_stream_mis
             later = await journal(app, alert(1), alert(2))
             received = [await asyncio.wait_for(anext(frames), stream.POLL_SECONDS + 10) for _ in later]
             assert [int(f.split("\n", 1)[0].removeprefix("id: ")) for f in received] == later
-            assert "sse.journal_read_stalled" in capfd.readouterr().err
+            assert "sse.journal_stalled" in capfd.readouterr().err
             await frames.aclose()
         finally:
             async with asyncio.timeout(5):  # not held by the silent connection either

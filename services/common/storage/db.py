@@ -62,11 +62,14 @@ async def relation(conn: Conn | asyncpg.Pool, schema: str, name: str) -> str | N
     return await conn.fetchval("SELECT to_regclass(format('%I.%I', $1::text, $2::text))::text", schema, name)
 
 
-DEAD_PEER_PROBES = (15, 5, 3)
-"""TCP keep-alive on the services' connections: the first probe after 15 s without traffic, then
-every 5 s, the connection given up after 3 unanswered (about 30 s)."""
-DEAD_PEER_UNACKED_MS = 30_000
-"""TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this long is given up."""
+DEAD_PEER_PROBES = (30, 10, 3)
+"""TCP keep-alive on the services' connections: the first probe after 30 s without traffic, then
+every 10 s (Linux gives the connection up at DEAD_PEER_UNACKED_MS then, not after a count)."""
+DEAD_PEER_UNACKED_MS = 60_000
+"""TCP_USER_TIMEOUT: a connection whose sent data, or keep-alive probes, stay unanswered this
+long is given up. (Recent Linux counts a zero window too, data waiting while the server
+reads nothing: the services' one COPY, the outbox's, waits for its table's lock before its rows
+are sent, and its rows' keys come from a sequence, so none of them waits on another's.)"""
 
 
 async def detect_dead_peer(conn: asyncpg.Connection) -> None:
@@ -75,16 +78,20 @@ async def detect_dead_peer(conn: asyncpg.Connection) -> None:
     until TCP gives up (hours without keep-alive; about 15 minutes with data unacknowledged), the
     service's consumer or relay held meanwhile while its probes, on new connections, pass.
     asyncpg sets neither option (its issue 606); libpq's `keepalives_*` and `tcp_user_timeout`
-    are the same. A Unix socket needs none."""
+    are the same. A Unix socket needs none; a system without one of the options goes without it."""
     sock = conn._transport.get_extra_info("socket")  # type: ignore[attr-defined]  # asyncpg gives no other way
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     idle, interval, count = DEAD_PEER_PROBES
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_PEER_UNACKED_MS)
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+        ("TCP_USER_TIMEOUT", DEAD_PEER_UNACKED_MS),
+    ):
+        if hasattr(socket, name):  # Linux's; macOS has neither TCP_KEEPIDLE nor TCP_USER_TIMEOUT
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 POOL_SIZE = 5
