@@ -595,6 +595,10 @@ async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:
 
     await cible.pipeline.run_exclusive(request)
     reevaluations, queued = ressources.Reevaluations(cible.pipeline, settings), 0
-    while chunk := await reevaluations.step():
-        queued += sum(1 for o in chunk.outgoing if o.topic == c.ALERTES)
-    return queued
+    while True:
+        if chunk := await reevaluations.step():  # a chunk that fails raises: the catch-up stops
+            queued += sum(1 for o in chunk.outgoing if o.topic == c.ALERTES)
+        elif await cible.pipeline.run(lambda store: store.reevaluations_pending()):
+            await asyncio.sleep(settings.reevaluation_poll_ms / 1000)  # a part put off after a failure
+        else:
+            return queued

@@ -79,6 +79,8 @@ class Store(Protocol):
 
     async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None: ...
 
+    async def postpone_reevaluation(self, part: ReevaluationPart) -> tuple[int, float] | None: ...
+
     async def reevaluations_pending(self) -> int: ...
 
 
@@ -144,15 +146,20 @@ class Chunk:
     outgoing: list[Outgoing]
 
 
-async def reevaluate_chunk(store: Store, seuils: Seuils, size: int) -> Chunk | None:
+async def reevaluate_chunk(
+    store: Store, seuils: Seuils, size: int, taken: Callable[[ReevaluationPart], None] | None = None
+) -> Chunk | None:
     """The next `size` subscribed UAIs of a pending re-evaluation's part that no other
-    transaction holds, their pairs with its resource evaluated as things are now, the part's
-    cursor moved past them (the part deleted after its last chunk). None when no part is
-    waiting. Interrupted, the transaction leaves the cursor where it was; a chunk done twice
-    changes nothing the second time (transitions go from the stored alerts, whose ids are stable)."""
+    transaction holds (and not put off), their pairs with its resource evaluated as things are
+    now, the part's cursor moved past them (the part deleted after its last chunk). None when no
+    part is waiting. Interrupted, the transaction leaves the cursor where it was; a chunk done twice
+    changes nothing the second time (transitions go from the stored alerts, whose ids are stable).
+    `taken` is told the part before its chunk is evaluated."""
     part = await store.next_reevaluation()
     if part is None:
         return None
+    if taken is not None:
+        taken(part)
     uais = await store.subscribers(part, size)
     await store.lock(uais)
     pairs = await store.pairs_of(uais, None if part.resource_id == EVERY_RESOURCE else part.resource_id)
@@ -177,13 +184,19 @@ class Reevaluations:
     async def step(self) -> Chunk | None:
         """One chunk, committed with its alerts in the outbox; None when no part is waiting here."""
         chunk: Chunk | None = None
+        taken: list[ReevaluationPart] = []
 
         async def work(store: Store) -> list[Outgoing]:
             nonlocal chunk
-            chunk = await reevaluate_chunk(store, self._seuils, self._size)
+            chunk = await reevaluate_chunk(store, self._seuils, self._size, taken.append)
             return chunk.outgoing if chunk else []
 
-        await self._pipeline.run_exclusive(work)
+        try:
+            await self._pipeline.run_exclusive(work)
+        except Exception:
+            if taken:  # else taken first again by every worker, whatever the other parts wait
+                await self._postpone(taken[-1])
+            raise
         if chunk is not None:
             resource = chunk.resource_id or "*"
             log.debug(
@@ -192,6 +205,32 @@ class Reevaluations:
             if chunk.last:  # parts_left: those other transactions had not ended when this one looked
                 log.info("reevaluation.part_done", resource_id=resource, part=chunk.part, parts_left=chunk.parts_left)
         return chunk
+
+    async def _postpone(self, part: ReevaluationPart) -> None:
+        """The failed chunk's part put off, in a transaction of its own (the chunk's rolled back)."""
+        postponed: tuple[int, float] | None = None
+
+        async def work(store: Store) -> list[Outgoing]:
+            nonlocal postponed
+            postponed = await store.postpone_reevaluation(part)
+            return []
+
+        try:
+            await self._pipeline.run_exclusive(work)
+        except Exception:  # the database away, say: the part is taken again as it was
+            log.warning(
+                "reevaluation.not_postponed", resource_id=part.resource_id or "*", part=part.part, exc_info=True
+            )
+            return
+        if postponed is not None:
+            failures, delay = postponed
+            log.warning(
+                "reevaluation.part_postponed",
+                resource_id=part.resource_id or "*",
+                part=part.part,
+                failures=failures,
+                retry_in_s=delay,
+            )
 
     async def run(self) -> None:
         """Until cancelled: the thresholds checked, then every pending re-evaluation, looked for

@@ -27,6 +27,9 @@ EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
 Range = tuple[str, str | None]
 """UAIs after the first, up to the second (None: no bound)."""
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 300.0
+"""How long a re-evaluation's part whose chunk failed is put off, after its first failure in a
+row; the delay doubles with each one up to RETRY_MAX_SECONDS (postpone_reevaluation)."""
 PART_SIZE, MAX_PARTS = 500, 16
 """A re-evaluation's UAIs go in parts of at least PART_SIZE, at most MAX_PARTS of them: as many
 workers (over all replicas) can evaluate one fan-out at once, and a small one stays whole. The
@@ -372,7 +375,8 @@ class RessourcesStore:
     async def next_reevaluation(self) -> ReevaluationPart | None:
         """A pending part of a re-evaluation that no other transaction holds, held until this one ends."""
         row = await self._conn.fetchrow(
-            "SELECT resource_id, part, after_uai, up_to FROM reevaluations ORDER BY resource_id, part "
+            "SELECT resource_id, part, after_uai, up_to FROM reevaluations "
+            "WHERE retry_at IS NULL OR retry_at <= clock_timestamp() ORDER BY resource_id, part "
             "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
         return (
@@ -402,12 +406,28 @@ class RessourcesStore:
                 part.part,
             )
         await self._conn.execute(
-            "UPDATE reevaluations SET after_uai = $3 WHERE resource_id = $1 AND part = $2",
+            "UPDATE reevaluations SET after_uai = $3, failures = 0, retry_at = NULL "
+            "WHERE resource_id = $1 AND part = $2",
             part.resource_id,
             part.part,
             after_uai,
         )
         return None
+
+    async def postpone_reevaluation(self, part: ReevaluationPart) -> tuple[int, float] | None:
+        """A chunk of `part` failed: the part is put off (RETRY_FIRST_SECONDS, doubling with each
+        failure in a row up to RETRY_MAX_SECONDS), the other parts taken meanwhile. Its failures
+        in a row and the seconds until it is taken again; None when it is gone (done meanwhile)."""
+        row = await self._conn.fetchrow(
+            "UPDATE reevaluations SET failures = failures + 1, retry_at = clock_timestamp() "
+            "+ least($3 * power(2, failures), $4) * interval '1 second' "
+            "WHERE resource_id = $1 AND part = $2 RETURNING failures, least($3 * power(2, failures - 1), $4) AS delay",
+            part.resource_id,
+            part.part,
+            RETRY_FIRST_SECONDS,
+            RETRY_MAX_SECONDS,
+        )
+        return None if row is None else (row["failures"], row["delay"])
 
     async def reevaluations_pending(self) -> int:
         """How many resources' re-evaluations are waiting or under way (/health can report it)."""

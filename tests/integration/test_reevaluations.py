@@ -236,6 +236,51 @@ async def test_two_workers_evaluate_two_parts_of_one_fan_out_at_once_and_each_re
         # Leaving: restarted, the service's workers finish both parts, each at its cursor.
 
 
+async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_go_on(kafka, settings, monkeypatch):
+    """Part 0 fails at every chunk (a fault in what its UAIs hold, say): it is put off, one second
+    then two, and the worker evaluates part 1 meanwhile (taken first again, part 0 held every
+    worker); once it evaluates again, its failures are forgotten."""
+    async with fan_out_requested(kafka, settings, 100) as f:
+        pool, codes = f.pipeline.pool, f.codes
+        worker = Reevaluations(f.pipeline, f.settings)
+        subscribers = RessourcesStore.subscribers
+
+        async def failing_in_part_0(self, part, limit):
+            if part.part == 0:
+                raise RuntimeError("part 0 cannot be evaluated")
+            return await subscribers(self, part, limit)
+
+        async def put_off() -> tuple:
+            row = await pool.fetchrow(
+                "SELECT failures, extract(epoch FROM retry_at - clock_timestamp()) AS wait "
+                "FROM reevaluations WHERE resource_id = $1 AND part = 0",
+                RID,
+            )
+            return row["failures"], row["wait"]
+
+        with monkeypatch.context() as patched:
+            patched.setattr(RessourcesStore, "subscribers", failing_in_part_0)
+            with pytest.raises(RuntimeError):
+                await worker.step()
+            failures, wait = await put_off()
+            assert failures == 1 and 0 < wait <= 1
+            chunks = [await worker.step() for _ in range(6)]  # the last, unbounded part ends on an empty chunk
+            done = [(c.part, c.uais, c.last) for c in chunks if c]
+            assert done == [(1, 100, False)] * 5 + [(1, 0, True)], "part 1 evaluated meanwhile"
+            assert await worker.step() is None, "part 0 put off, nothing else waiting"
+            await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
+            with pytest.raises(RuntimeError):
+                await worker.step()
+            failures, wait = await put_off()
+            assert failures == 2 and 1 < wait <= 2, "put off twice as long"
+        await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
+        chunk = await worker.step()
+        assert chunk is not None and (chunk.part, chunk.uais) == (0, 100)
+        assert await put_off() == (0, None)
+        assert await cursor(pool, 0) == codes[99]
+        # Leaving: restarted, the service's workers finish part 0.
+
+
 async def test_profiles_changing_during_a_fan_out_end_as_a_from_scratch_evaluation(kafka, settings, one_part):
     codes = uais(1000)
     settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 50})

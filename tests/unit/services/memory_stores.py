@@ -136,6 +136,7 @@ class RessourcesMemory:
         self.journalled: list[EncodedEvent] = []
         self.held_seuils: tuple[float, float] | None = None
         self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
+        self.postponed: dict[tuple[str, int], int] = {}  # failures in a row, put off for good (no clock here)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
 
     async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
@@ -243,7 +244,15 @@ class RessourcesMemory:
                 self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
-        return self.reevaluations[min(self.reevaluations)] if self.reevaluations else None
+        ready = [k for k in self.reevaluations if k not in self.postponed]
+        return self.reevaluations[min(ready)] if ready else None
+
+    async def postpone_reevaluation(self, part: ReevaluationPart) -> tuple[int, float] | None:
+        key = (part.resource_id, part.part)
+        if key not in self.reevaluations:
+            return None
+        self.postponed[key] = self.postponed.get(key, 0) + 1
+        return self.postponed[key], 1.0
 
     def _subscribed(self, resource_id: str) -> set[str]:
         rows = self.abonnements.rows.values()
@@ -255,6 +264,7 @@ class RessourcesMemory:
 
     async def advance_reevaluation(self, part: ReevaluationPart, after_uai: str | None) -> int | None:
         key = (part.resource_id, part.part)
+        self.postponed.pop(key, None)
         if after_uai is not None:
             self.reevaluations[key] = dataclasses.replace(part, after_uai=after_uai)
             return None
