@@ -435,16 +435,27 @@ class RessourcesStore:
 
     async def gauges(self) -> list[Gauge]:
         """What /metrics reads (Metrics.counts): open alerts by kind (every kind, 0 when none), the
-        resources whose pairs wait for their re-evaluation."""
+        resources whose pairs wait for their re-evaluation, the parts of those put off after a
+        failed chunk (a part failing for good shows there, not only in the log)."""
         rows = await self._conn.fetch("SELECT kind, count(*) AS n FROM alertes WHERE ouverte GROUP BY kind")
         open_ = {r["kind"]: r["n"] for r in rows}
+        resources, failing = await self._conn.fetchrow(  # type: ignore[misc]  # an aggregate: one row
+            "SELECT count(DISTINCT resource_id) AS resources, count(*) FILTER (WHERE failures > 0) AS failing "
+            "FROM reevaluations"
+        )
         return [
             *(Gauge("feo_alerts_open", "open alerts, by kind", {"kind": k}, open_.get(k, 0)) for k in c.ALERT_KINDS),
             Gauge(
                 "feo_reevaluations_pending",
                 "resources whose pairs wait for their re-evaluation",
                 {},
-                await self.reevaluations_pending(),
+                resources,
+            ),
+            Gauge(
+                "feo_reevaluation_parts_failing",
+                "parts of re-evaluations put off after their last chunk failed",
+                {},
+                failing,
             ),
         ]
 

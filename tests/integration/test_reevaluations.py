@@ -236,6 +236,13 @@ async def test_two_workers_evaluate_two_parts_of_one_fan_out_at_once_and_each_re
         # Leaving: restarted, the service's workers finish both parts, each at its cursor.
 
 
+async def failing_parts(pool) -> float:
+    """What /metrics says of the parts put off (feo_reevaluation_parts_failing)."""
+    async with pool.acquire() as conn:
+        gauges = await RessourcesStore(conn).gauges()
+    return next(g.value for g in gauges if g.name == "feo_reevaluation_parts_failing")
+
+
 async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_go_on(kafka, settings, monkeypatch):
     """Part 0 fails at every chunk (a fault in what its UAIs hold, say): it is put off, one second
     then two, and the worker evaluates part 1 meanwhile (taken first again, part 0 held every
@@ -264,6 +271,7 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
                 await worker.step()
             failures, wait = await put_off()
             assert failures == 1 and 0 < wait <= 1
+            assert await failing_parts(pool) == 1
             chunks = [await worker.step() for _ in range(6)]  # the last, unbounded part ends on an empty chunk
             done = [(c.part, c.uais, c.last) for c in chunks if c]
             assert done == [(1, 100, False)] * 5 + [(1, 0, True)], "part 1 evaluated meanwhile"
@@ -277,6 +285,7 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
         chunk = await worker.step()
         assert chunk is not None and (chunk.part, chunk.uais) == (0, 100)
         assert await put_off() == (0, None)
+        assert await failing_parts(pool) == 0
         assert await cursor(pool, 0) == codes[99]
         # Leaving: restarted, the service's workers finish part 0.
 
