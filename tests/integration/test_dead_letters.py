@@ -19,6 +19,7 @@ from helpers import (
     college,
     event,
     eventually,
+    lock_waiters,
     python_record_builder,
     record_count,
     running,
@@ -26,6 +27,7 @@ from helpers import (
     uai,
 )
 from services.common.messaging import dead_letters
+from services.common.pipeline import writer_lock
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
@@ -454,5 +456,51 @@ async def test_replay_leaves_a_record_of_a_compacted_topic_and_says_why(settings
         assert "./dev rebuild ressources" in said
         assert f"{settings.topic(c.CATALOGUE)}:0@3: no copy in" in said, "looked for, in their place"
         assert await pool.fetchval("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL") == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_reach_the_others(settings, capsys):
+    """Refusals whose DLQ copies are gone (past the topic's retention, or dated anew by a rebuild)
+    are the oldest: a replay finds no copy for them, says so and marks them, so that the next
+    replay takes the next ones instead of the same oldest rows again, for ever."""
+    pool = await create_pool(settings.database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", RESSOURCES.package_dir)
+        catalogue = settings.topic(c.CATALOGUE)
+        for offset in (3, 4, 5):
+            await pool.execute(
+                'INSERT INTO dead_letters (topic, partition, "offset", reason, message, received_at) '
+                "VALUES ($1, 0, $2, 'hors-competence', 'catalogue', now() - make_interval(mins => $3))",
+                catalogue,
+                offset,
+                10 - offset,  # the oldest first
+            )
+        capsys.readouterr()  # the migrations' lines
+
+        async def replay() -> str:
+            argv = ["replay", "--service", "ressources", "--limit", "2"]
+            await dead_letters.run(dead_letters.parse_args(argv), settings.database_url)
+            return capsys.readouterr().err
+
+        # The marks are written under the schema's writer lock, as a service writes (a rebuild's
+        # switch holds it alone: a mark written meanwhile would stay in the former schema).
+        async with pool.acquire() as switch, switch.transaction():
+            await switch.execute("SELECT pg_advisory_xact_lock($1)", writer_lock("ressources"))
+            marking = asyncio.create_task(replay())
+            await eventually(lambda: lock_waiters(pool), what="the marks waiting for the writer lock")
+            assert not marking.done()
+        first = await marking
+        for offset in (3, 4):
+            assert f"{catalogue}:0@{offset}: no copy in {c.dlq(catalogue)}" in first, first
+        assert "left out of later replays" in first
+        second = await replay()
+        assert f"{catalogue}:0@5: no copy in" in second and f"{catalogue}:0@3" not in second, second
+        assert "nothing to replay" in await replay()
+        marked = await pool.fetch('SELECT "offset" FROM dead_letters WHERE copy_missing_at IS NOT NULL ORDER BY 1')
+        assert [r["offset"] for r in marked] == [3, 4, 5]
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL") == 0
+        listed = await command(capsys, settings.database_url, "list", "--service", "ressources")
+        assert all(" copy_missing=" in line for line in listed), listed
     finally:
         await pool.close()

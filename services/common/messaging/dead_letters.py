@@ -50,6 +50,7 @@ from services.common.messaging.dlq import Origin, origin, replayed_headers
 from services.common.messaging.outbox import COMPACTED
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
+from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
 from services.common.storage.db import advisory_key, relation
@@ -57,11 +58,12 @@ from services.common.storage.db import advisory_key, relation
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = (
     'received_at, topic, partition, "offset", reason, message, source, id, type, subject, key, replayed_at, '
-    "accepted_at, rejudged_at"
+    "accepted_at, rejudged_at, copy_missing_at"
 )
-SETTLED = ("replayed", "accepted", "rejudged")
+SETTLED = ("replayed", "accepted", "rejudged", "copy_missing")
 """What became of a dead letter since, each in its `<what>_at` column: replayed by an operator,
-or (one that waited for its établissement) judged again, accepted or refused for another reason."""
+or (one that waited for its établissement) judged again, accepted or refused for another reason;
+or a replay found no copy of it on its DLQ, and later ones leave it out."""
 HEADER_SHOWN = 200  # characters of a header's value shown
 SCAN_SECONDS = 120
 """Reading the DLQ topics: this long without a record while some are left, the broker is not
@@ -167,7 +169,8 @@ async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.N
 
 async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
     where, params = _where(args)
-    unsettled = "replayed_at IS NULL AND accepted_at IS NULL"  # accepted: applied once its établissement came
+    # accepted: applied once its établissement came; a copy missing: nothing to send, ever
+    unsettled = "replayed_at IS NULL AND accepted_at IS NULL AND copy_missing_at IS NULL"
     where = f"{where} AND {unsettled}" if where else f" WHERE {unsettled}"
     # A compacted topic keeps each key's latest record: a copy sent back now would stand for its
     # key after newer ones (a stale profile or coverage, for good). Its refusing service reads
@@ -218,8 +221,15 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         # Oldest refusal first (`wanted`'s order), whatever its topic or partition: a lot refused
         # for want of its établissement goes back after the établissement refused before it.
         oldest_first = [(of, found[of]) for of in wanted if of in found]
-        for t, p, o in sorted(wanted.keys() - found.keys()):
-            print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed", file=sys.stderr)
+        missing = sorted(wanted.keys() - found.keys())
+        for t, p, o in missing:
+            print(
+                f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed"
+                + ("" if args.dry_run else ", and left out of later replays"),
+                file=sys.stderr,
+            )
+        if missing and not args.dry_run:
+            await _mark(conn, wanted, missing, "copy_missing_at = now()")
         if args.dry_run:
             for (t, p, o), _ in oldest_first:
                 print(f"{t}:{p}@{o} would be replayed to {t}")
@@ -249,17 +259,28 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         await producer.stop()
         # What the broker acknowledged is marked, even when a later send failed: run again, the
         # replay sends only the others.
-        for schema in sorted({schema for _, schema in wanted.values()}):
-            if mine := [of for of in acknowledged if wanted[of][1] == schema]:
-                # No longer waiting for its établissement: the copy sent is judged in its place.
+        await _mark(conn, wanted, acknowledged, "replayed_at = now()")
+    return len(found)
+
+
+async def _mark(conn: asyncpg.Connection, wanted: dict[Origin, tuple[datetime, str]], marked: list[Origin], how: str):
+    """Sets `how` on the dead letters `marked`, each in its schema, under the schema's writer lock
+    (as a service's transaction: never in the middle of a rebuild's switch, whose copy of the
+    table would miss it). One replayed no longer waits for its établissement either: the copy
+    sent is judged in its place (one without a copy still waits: its service holds its bytes)."""
+    replayed = how.startswith("replayed_at")
+    for schema in sorted({schema for _, schema in wanted.values()}):
+        if mine := [of for of in marked if wanted[of][1] == schema]:
+            rows = "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))"
+            waiting = f'"{schema}".attente_referentiel WHERE (topic, partition, "offset") {rows}'
+            unwait = f"WITH gone AS (DELETE FROM {waiting}) "
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
                 await conn.execute(
-                    f'WITH gone AS (DELETE FROM "{schema}".attente_referentiel WHERE (topic, partition, "offset") '
-                    "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))) "
-                    f'UPDATE "{schema}".dead_letters SET replayed_at = now() WHERE (topic, partition, "offset") '
-                    "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
+                    (unwait if replayed else "")
+                    + f'UPDATE "{schema}".dead_letters SET {how} WHERE (topic, partition, "offset") {rows}',
                     *(list(column) for column in zip(*mine, strict=True)),
                 )
-    return len(found)
 
 
 async def _print_headers(of: Origin) -> None:
