@@ -50,6 +50,7 @@ from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
+from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
@@ -327,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(problems), file=sys.stderr)
         return 2
     settings = ServiceSettings()
+    # The catch-up runs the services' pipelines: their lines per record and per batch would bury
+    # what the restore says (and unconfigured, structlog prints every level, secrets unmasked).
+    configure_logging("sauvegarde", settings.log_format, "WARNING", settings.library_log_level)
     try:
         if args.action == "backup":
             backup(settings.database_url, args.file)

@@ -83,6 +83,9 @@ async def test_an_older_backup_restored_catches_up_from_kafka(
     # evaluates with those the restored schema holds: nothing to change, nothing published.
     done = sauvegarde("restore", dump, env | {"MIN_COMPATIBLE_SHARE": "0", "MIN_TRAINING_COVERAGE": "0"})
     assert done.returncode == 0, done.stderr
+    assert "applied" not in done.stdout + done.stderr, "the catch-up's pipelines log below WARNING here"
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("restored ") and last.endswith("the services can start"), done.stdout[-500:]
     platform.start()
     platform.wait_healthy()
     await settled(bootstrap, database_url, topic_prefix)
