@@ -50,7 +50,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import advisory_key
+from services.common.storage.db import advisory_key, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -72,7 +72,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     fresh, former = f"{live}_reconstruit", f"{live}_avant_{datetime.now(UTC):%Y%m%d%H%M%S}"
     if len(former) > 63:
         raise ReconstructionError(f"DB_SCHEMA {live!r} is too long to keep the former schema beside it (42 at most)")
-    session = await asyncpg.connect(settings.database_url, server_settings={"application_name": APPLICATION})
+    session = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
     producer = relay_producer(KafkaAccess.of(settings), APPLICATION)
     try:
         if not await session.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"reconstruire:{live}")):
@@ -193,7 +193,7 @@ async def _drop_half_built(settings: ServiceSettings, session: asyncpg.Connectio
     drop = f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE'
     try:
         if session.is_closed():
-            again = await asyncpg.connect(settings.database_url, server_settings={"application_name": APPLICATION})
+            again = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
             try:
                 await again.execute(drop)
             finally:

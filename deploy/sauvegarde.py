@@ -54,7 +54,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import advisory_key
+from services.common.storage.db import advisory_key, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -170,7 +170,7 @@ before it started would work on until its next start unaware of the catch-up it 
 
 async def connected_services(database_url: str) -> list[str]:
     """The services (application_name feo-…) connected to the database, other than a restore."""
-    conn = await asyncpg.connect(database_url)
+    conn = await connect_for_tool(database_url)
     try:
         rows = await conn.fetch(f"SELECT DISTINCT application_name {_SERVICE_SESSIONS} ORDER BY 1")
     finally:
@@ -182,7 +182,7 @@ async def _journal_allocated(database_url: str, schemas: Sequence[str]) -> dict[
     """Per schema about to be replaced, the highest alert journal id it handed out (or the one a
     failed restore replaced, kept in its mark; 0 without a journal): the restored journal's
     next ids go past it, so a dashboard resuming from one misses nothing."""
-    conn = await asyncpg.connect(database_url)
+    conn = await connect_for_tool(database_url)
     try:
         return {schema: await rattrapage.journal_floor(conn, schema) for schema in schemas}
     finally:
@@ -196,7 +196,7 @@ async def _pending_dead_letters(
     a failed run of the restore kept, rattrapage.COPIES_PENDING): the catch-up sends them again
     (the replay refuses their records again, but their offsets are committed, which alone would
     say their copies went out)."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect_for_tool(settings.database_url)
     try:
         return {spec.name: await rattrapage.pending_dead_letters(conn, spec.name, spec, settings) for spec in services}
     finally:
@@ -207,7 +207,7 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     """Replace every schema the dump holds by the dump's, in one transaction, then catch each
     service's schema up with the log (deploy/rattrapage.py); returns the schemas restored. One
     restore at a time in a database (a session lock, held until this ends)."""
-    held = await asyncpg.connect(settings.database_url, server_settings={"application_name": RESTORING})
+    held = await connect_for_tool(settings.database_url, server_settings={"application_name": RESTORING})
     try:
         if not await held.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key("sauvegarde:restore")):
             raise SauvegardeError("another restore of this database is under way: nothing done")

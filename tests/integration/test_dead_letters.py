@@ -3,6 +3,7 @@ found by `./dev dead-letters`, against the real broker and database."""
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import asyncpg
@@ -26,8 +27,9 @@ from helpers import (
     send,
     uai,
 )
-from services.common.messaging import dead_letters
+from services.common.messaging import dead_letters, outbox_failed
 from services.common.pipeline import writer_lock
+from services.common.storage import db
 from services.common.storage.db import create_pool, migrate
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
@@ -212,6 +214,26 @@ def test_an_unreachable_database_is_one_line_without_its_password(monkeypatch, c
     err = capsys.readouterr().err
     assert err.startswith("./dev dead-letters: cannot read postgresql://operateur:***@127.0.0.1:1/feo (DATABASE_URL): ")
     assert "motdepasse" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("tool", "said"), [(dead_letters.main, "./dev dead-letters: "), (outbox_failed.main, "./dev outbox: ")]
+)
+def test_a_database_that_never_answers_is_named_not_taken_for_kafka(tool, said, monkeypatch, capsys):
+    """A server that takes the connection and never answers (a host or firewall dropping it, as it
+    appears here): the tool says PostgreSQL did not answer, in one line (it printed an empty
+    reason, or blamed Kafka)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; nobody reads
+    try:
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://operateur:motdepasse@127.0.0.1:{port}/feo")
+        monkeypatch.setattr(db, "TOOL_CONNECT_SECONDS", 1)
+        assert tool(["list"]) == 1
+    finally:
+        silent.close()
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "PostgreSQL (DATABASE_URL) did not answer within 1 s" in err, err
+    assert "Kafka" not in err and "motdepasse" not in err and err.count("\n") == 1
 
 
 async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_and_its_partition_goes_on(

@@ -53,7 +53,7 @@ from services.common.messaging.stall import Stall
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
-from services.common.storage.db import advisory_key, relation
+from services.common.storage.db import advisory_key, connect_for_tool, relation
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = (
@@ -345,7 +345,7 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
 
 async def run(args: argparse.Namespace, database_url: str) -> int:
     """Runs `list`, `show` or `replay`; returns how many records it printed or replayed."""
-    conn = await asyncpg.connect(database_url)
+    conn = await connect_for_tool(database_url)
     try:
         schemas = []
         for schema in args.service or SERVICES:

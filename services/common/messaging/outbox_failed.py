@@ -34,7 +34,7 @@ from services.common.messaging.outbox import COMPACTED, dump_headers, load_heade
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit
-from services.common.storage.db import relation
+from services.common.storage.db import connect_for_tool, relation
 
 SERVICES = ("formation", "equipement", "ressources")
 
@@ -156,7 +156,7 @@ async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
 async def run(
     command: str, schemas: list[str], database_url: str, seqs: list[int] | None, show_key: bool = False
 ) -> int:
-    conn = await asyncpg.connect(database_url)
+    conn = await connect_for_tool(database_url)
     try:
         total = 0
         for schema in schemas:

@@ -94,6 +94,26 @@ async def detect_dead_peer(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+TOOL_CONNECT_SECONDS = 30
+
+
+class DatabaseTimeout(OSError):
+    """PostgreSQL did not answer an operator's tool in time (not a TimeoutError: a tool that also
+    waits on Kafka must not take it for Kafka's)."""
+
+
+async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connection:
+    """An operator's tool's own connection. asyncpg's timeout is an empty TimeoutError: the tools
+    printed `error: ` and nothing else, or blamed Kafka; this one says what did not answer."""
+    try:
+        return await asyncpg.connect(database_url, timeout=TOOL_CONNECT_SECONDS, **options)
+    except TimeoutError as e:
+        raise DatabaseTimeout(
+            f"PostgreSQL (DATABASE_URL) did not answer within {TOOL_CONNECT_SECONDS} s: is it running, "
+            "and does nothing between here and it drop the connection?"
+        ) from e
+
+
 POOL_SIZE = 5
 """A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
 spare (ressources' read API has a pool of its own: services/ressources/api.py, Reads)."""
