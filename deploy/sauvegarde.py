@@ -239,6 +239,40 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
         script.unlink(missing_ok=True)
 
 
+NEWER_SETTINGS = {b"SET transaction_timeout = 0;\n": 17}
+"""Lines pg_restore (18) writes at the head of a dump's SQL, and the PostgreSQL major version
+that first knows each: an older server refuses them, and psql stops the restore there."""
+
+
+def fit_for_server(script: Path, major: int) -> int:
+    """`script` (a dump's SQL) rewritten without the settings a server of version `major` does not
+    know (outside COPY data, which is rows, not statements); how many lines were dropped. The
+    backups of a PostgreSQL 16 or older could not be restored on it: pg_restore 18 writes
+    `SET transaction_timeout = 0;` whatever server the dump came from."""
+    unknown = {line for line, since in NEWER_SETTINGS.items() if major < since}
+    if not unknown:
+        return 0
+    dropped, in_copy = 0, False
+    fitted = script.with_name(script.name + ".ajuste")
+    fd = os.open(fitted, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the backup's data: its operator's alone
+    try:
+        with script.open("rb") as source, os.fdopen(fd, "wb") as target:
+            for line in source:
+                if in_copy:
+                    in_copy = line != b"\\.\n"
+                elif line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+                    in_copy = True
+                elif line in unknown:
+                    dropped += 1
+                    continue
+                target.write(line)
+        fitted.replace(script)
+    except BaseException:
+        fitted.unlink(missing_ok=True)
+        raise
+    return dropped
+
+
 def _scratch(backup: Path) -> Path:
     """A new file of this process's alone (mode 0600) for the dump's SQL: beside the backup, or
     in the temporary directory when its directory is read-only (a snapshot, another's files)."""
@@ -273,6 +307,12 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     marked = [name for name in schemas if name not in NO_CATCH_UP]
     floors = await _journal_allocated(database_url, marked)
     pending = await _pending_dead_letters(settings, services)
+    server = await connect_for_tool(database_url)
+    try:
+        major = server.get_server_version().major
+    finally:
+        await server.close()
+    fit_for_server(script, major)
     drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
     # A schema may come with its mark (backed up before it was caught up or rebuilt, as a
     # rebuild's former schema is): one mark then, since the earlier time, past both floors.

@@ -262,6 +262,35 @@ async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
         await conn.close()
 
 
+async def test_a_dump_s_sql_fitted_for_postgresql_16_drops_only_the_settings_it_does_not_know(database_url, tmp_path):
+    """pg_restore 18 writes `SET transaction_timeout = 0;` at the head of any dump's SQL, which a
+    PostgreSQL 16 refuses (and psql stops the restore there); fitted for 16, that statement goes,
+    and a row holding the same text, in COPY data, stays. For 17 on, the SQL is left as it is.
+    (This machine has no PostgreSQL 16 to restore on: the SQL is what changes.)"""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE SCHEMA ajuste; CREATE TABLE ajuste.t (line text)")
+        await conn.execute("INSERT INTO ajuste.t VALUES ('SET transaction_timeout = 0;'), ('autre')")
+    finally:
+        await conn.close()
+    dump, script = tmp_path / "ajuste.dump", tmp_path / "ajuste.sql"
+    tool.backup(database_url, dump)
+    subprocess.run([tool.pg_tool("pg_restore"), "--schema", "ajuste", "--file", str(script), str(dump)], check=True)
+    script.chmod(0o600)
+    original = script.read_bytes().splitlines(keepends=True)
+    setting = b"SET transaction_timeout = 0;\n"
+    assert original.count(setting) == 2, "the head's statement and the row"
+    assert tool.fit_for_server(script, 17) == 0 and script.read_bytes().splitlines(keepends=True) == original
+    assert tool.fit_for_server(script, 16) == 1
+    fitted = script.read_bytes().splitlines(keepends=True)
+    statement = original.index(setting)
+    assert fitted == original[:statement] + original[statement + 1 :], "that line alone"
+    assert script.stat().st_mode & 0o777 == 0o600 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ajuste.dump",
+        "ajuste.sql",
+    ]
+
+
 def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(database_url, tmp_path) -> None:
     """It holds teachers' pseudonyms: mode 0600. Written beside it then renamed: a dump that
     fails (here, a database that does not exist) leaves the former backup of that name whole."""
