@@ -526,3 +526,44 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
         assert all(" copy_missing=" in line for line in listed), listed
     finally:
         await pool.close()
+
+
+async def test_the_tools_read_db_schema_for_the_one_service_named_and_refuse_a_named_schema_absent(
+    database_url, capsys
+):
+    """A service run with DB_SCHEMA keeps its dead letters and set-aside records there: the
+    tools read that schema for the one `--service` given (they looked for the service's default
+    schema, said it was missing and exited 0). A schema the operator named and the database
+    lacks is an error (exit 1); by default, each service's absent schema is said and left out."""
+    pool = await create_pool(database_url, "equipement_bis")
+    try:
+        await migrate(pool, "equipement_bis", EQUIPEMENT.package_dir)
+        await pool.execute(
+            'INSERT INTO dead_letters (topic, partition, "offset", reason, message) '
+            "VALUES ('equipement.declarations.v1', 0, 42, 'json-invalide', 'pas du JSON')"
+        )
+    finally:
+        await pool.close()
+    capsys.readouterr()  # the migrations' lines
+    listed = await dead_letters.run(
+        dead_letters.parse_args(["list", "--service", "equipement"]), database_url, "equipement_bis"
+    )
+    out, _ = capsys.readouterr()
+    assert listed == 1 and "equipement_bis equipement.declarations.v1:0@42 json-invalide" in out, out
+    assert await outbox_failed.run("list", ["equipement_bis"], database_url, None, named=True) == 0
+    with pytest.raises(db.SchemaAbsent, match="no such service schema in this database: equipement"):
+        await dead_letters.run(dead_letters.parse_args(["list", "--service", "equipement"]), database_url)
+    with pytest.raises(db.SchemaAbsent, match="formation"):
+        await outbox_failed.run("list", ["formation"], database_url, None, named=True)
+    assert await dead_letters.run(dead_letters.parse_args(["list"]), database_url) == 0
+    said = capsys.readouterr().err
+    assert all(f"{s}: no such service schema in this database" in said for s in dead_letters.SERVICES), said
+
+
+@pytest.mark.parametrize("tool", [dead_letters.main, outbox_failed.main])
+def test_db_schema_without_one_service_is_refused_as_ambiguous(tool, monkeypatch, capsys):
+    monkeypatch.setenv("DB_SCHEMA", "equipement_bis")
+    with pytest.raises(SystemExit) as ended:
+        tool(["list"])
+    assert ended.value.code == 2
+    assert "DB_SCHEMA names one service's schema: give that service with one --service" in capsys.readouterr().err

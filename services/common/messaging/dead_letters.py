@@ -52,8 +52,8 @@ from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import settings_or_exit
-from services.common.storage.db import advisory_key, connect_for_tool, relation
+from services.common.runtime.settings import settings_or_exit, tool_schemas
+from services.common.storage.db import SchemaAbsent, advisory_key, connect_for_tool, present_schemas
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = (
@@ -343,16 +343,15 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
         await consumer.stop()
 
 
-async def run(args: argparse.Namespace, database_url: str) -> int:
-    """Runs `list`, `show` or `replay`; returns how many records it printed or replayed."""
+async def run(args: argparse.Namespace, database_url: str, db_schema: str | None = None) -> int:
+    """Runs `list`, `show` or `replay`; returns how many records it printed or replayed. On the
+    `--service` schemas (each must be there), else every service's; DB_SCHEMA (`db_schema`)
+    instead of the one `--service` given (main checks there is one)."""
     conn = await connect_for_tool(database_url)
     try:
-        schemas = []
-        for schema in args.service or SERVICES:
-            if await relation(conn, schema, "dead_letters"):
-                schemas.append(schema)
-            else:
-                print(f"{schema}: no such service schema in this database", file=sys.stderr)
+        named = args.service is not None or db_schema is not None
+        wanted = [db_schema] if db_schema is not None else list(args.service or SERVICES)
+        schemas = await present_schemas(conn, wanted, "dead_letters", named)
         command = {"list": _list, "show": _show, "replay": _replay}[args.command]
         return await command(conn, schemas, args)
     finally:
@@ -417,10 +416,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    database_url = settings_or_exit("./dev dead-letters").database_url
+    settings = settings_or_exit("./dev dead-letters")
+    database_url = settings.database_url
+    tool_schemas("./dev dead-letters", args.service, SERVICES, settings)  # exit 2: DB_SCHEMA without one --service
     try:
-        found = asyncio.run(run(args, database_url))
-    except ReplayUnderWay as exc:
+        found = asyncio.run(run(args, database_url, settings.db_schema))
+    except (ReplayUnderWay, SchemaAbsent) as exc:
         print(f"./dev dead-letters: {exc}", file=sys.stderr)
         return 1
     except (TimeoutError, KafkaError) as exc:  # first: a TimeoutError is an OSError

@@ -33,8 +33,8 @@ from services.common.messaging.dlq import key_text
 from services.common.messaging.outbox import COMPACTED, dump_headers, load_headers, relay_lock
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import settings_or_exit
-from services.common.storage.db import connect_for_tool, relation
+from services.common.runtime.settings import settings_or_exit, tool_schemas
+from services.common.storage.db import SchemaAbsent, connect_for_tool, present_schemas
 
 SERVICES = ("formation", "equipement", "ressources")
 
@@ -154,15 +154,18 @@ async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
 
 
 async def run(
-    command: str, schemas: list[str], database_url: str, seqs: list[int] | None, show_key: bool = False
+    command: str,
+    schemas: list[str],
+    database_url: str,
+    seqs: list[int] | None,
+    show_key: bool = False,
+    named: bool = False,
 ) -> int:
+    """`command` on `schemas` (`named`: the operator named them, each must be there)."""
     conn = await connect_for_tool(database_url)
     try:
         total = 0
-        for schema in schemas:
-            if not await relation(conn, schema, "outbox_failed"):
-                print(f"{schema}: no such service schema in this database", file=sys.stderr)
-                continue
+        for schema in await present_schemas(conn, schemas, "outbox_failed", named):
             if command == "list":
                 total += await _list(conn, schema, show_key)
             elif command == "retry":
@@ -189,9 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("drop needs one --service and the --seq of each record to forget")
     if args.command == "retry" and args.seq and not (args.service and len(args.service) == 1):
         parser.error("retry --seq needs one --service: each service numbers its records on its own")
-    database_url = settings_or_exit("./dev outbox").database_url
+    settings = settings_or_exit("./dev outbox")
+    database_url = settings.database_url
+    schemas = tool_schemas("./dev outbox", args.service, SERVICES, settings)
+    named = args.service is not None or settings.db_schema is not None
     try:
-        asyncio.run(run(args.command, args.service or list(SERVICES), database_url, args.seq, args.show_key))
+        asyncio.run(run(args.command, schemas, database_url, args.seq, args.show_key, named))
+    except SchemaAbsent as exc:
+        print(f"./dev outbox: {exc}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"./dev outbox: cannot read {redact(database_url)} (DATABASE_URL): {redact(str(exc))}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ with bad settings prints those lines and exits with code 2 (`app.serve`).
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -201,6 +201,20 @@ def settings_or_exit(prog: str) -> ServiceSettings:
             print(f"{prog}: {problem}", file=sys.stderr)
         raise SystemExit(2)
     return ServiceSettings()
+
+
+def tool_schemas(
+    prog: str, services: Sequence[str] | None, every: Sequence[str], settings: ServiceSettings
+) -> list[str]:
+    """The schemas an operator's tool works on: each service's own (`every`'s, or the `--service`
+    given), or DB_SCHEMA when it names one service's (then that service alone, as `./dev
+    rebuild` takes it; with none or several, exit 2: which one would it be?)."""
+    if settings.db_schema is None:
+        return list(services or every)
+    if services is None or len(services) != 1:
+        print(f"{prog}: DB_SCHEMA names one service's schema: give that service with one --service", file=sys.stderr)
+        raise SystemExit(2)
+    return [settings.db_schema]
 
 
 def check_environment(

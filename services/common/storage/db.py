@@ -8,7 +8,8 @@ lock so two replicas starting together do not race.
 
 import hashlib
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,25 @@ async def detect_dead_peer(conn: asyncpg.Connection) -> None:
     ):
         if hasattr(socket, name):  # Linux's; macOS has neither TCP_KEEPIDLE nor TCP_USER_TIMEOUT
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class SchemaAbsent(Exception):
+    """A schema an operator named (`--service`, DB_SCHEMA) is not in the database: exit 1."""
+
+
+async def present_schemas(conn: Conn, schemas: Sequence[str], table: str, named: bool) -> list[str]:
+    """Those of `schemas` holding `table` (a service's schema, migrated). One missing: said and
+    left out when the tool took every service's by default (a database may hold some only);
+    SchemaAbsent when the operator named it, before anything is done."""
+    present: list[str] = []
+    absent: list[str] = []
+    for schema in schemas:
+        (present if await relation(conn, schema, table) else absent).append(schema)
+    if absent and named:
+        raise SchemaAbsent(f"no such service schema in this database: {', '.join(absent)} (DB_SCHEMA names another?)")
+    for schema in absent:
+        print(f"{schema}: no such service schema in this database", file=sys.stderr)
+    return present
 
 
 TOOL_CONNECT_SECONDS = 30
