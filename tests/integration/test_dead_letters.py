@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -27,7 +27,8 @@ from helpers import (
     send,
     uai,
 )
-from services.common.messaging import dead_letters, outbox_failed
+from services.common.messaging import dead_letters, dlq, outbox_failed
+from services.common.messaging.outbox import enqueue
 from services.common.pipeline import writer_lock
 from services.common.storage import db
 from services.common.storage.db import create_pool, migrate
@@ -516,8 +517,16 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
         for offset in (3, 4):
             assert f"{catalogue}:0@{offset}: no copy in {c.dlq(catalogue)}" in first, first
         assert "left out of later replays" in first
+        # The next refusal's copy is not on its DLQ yet, only in the outbox (the relay behind, the
+        # service stopped): missing for now, not for good, so not marked.
+        async with pool.acquire() as conn:
+            refused = ConsumerRecord(catalogue, 0, 5, 0, 0, None, b"{}", None, 2, 0, [])
+            await enqueue(conn, [dlq.dead_letter(dlq.Rejection(refused, "hors-competence", "catalogue"))])
         second = await replay()
-        assert f"{catalogue}:0@5: no copy in" in second and f"{catalogue}:0@3" not in second, second
+        assert f"{catalogue}:0@5: its copy is not in {c.dlq(catalogue)} yet" in second and "@3" not in second, second
+        await pool.execute("DELETE FROM outbox")  # published, then gone from the DLQ (its retention)
+        third = await replay()
+        assert f"{catalogue}:0@5: no copy in" in third and "@3" not in third, third
         assert "nothing to replay" in await replay()
         marked = await pool.fetch('SELECT "offset" FROM dead_letters WHERE copy_missing_at IS NOT NULL ORDER BY 1')
         assert [r["offset"] for r in marked] == [3, 4, 5]
