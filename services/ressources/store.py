@@ -417,11 +417,15 @@ class RessourcesStore:
     async def postpone_reevaluation(self, part: ReevaluationPart) -> tuple[int, float] | None:
         """A chunk of `part` failed: the part is put off (RETRY_FIRST_SECONDS, doubling with each
         failure in a row up to RETRY_MAX_SECONDS), the other parts taken meanwhile. Its failures
-        in a row and the seconds until it is taken again; None when it is gone (done meanwhile)."""
+        in a row and the seconds until it is taken again; None when it is gone (done meanwhile)
+        or put off already (another worker's chunk failed on it too)."""
         row = await self._conn.fetchrow(
+            # Not past the doubling that reaches the bound (power(2, 1024) overflows a float8),
+            # and once only for the workers that failed on it at once: the first puts it off.
             "UPDATE reevaluations SET failures = failures + 1, retry_at = clock_timestamp() "
-            "+ least($3 * power(2, failures), $4) * interval '1 second' "
-            "WHERE resource_id = $1 AND part = $2 RETURNING failures, least($3 * power(2, failures - 1), $4) AS delay",
+            "+ least($3 * power(2, least(failures, 30)), $4) * interval '1 second' "
+            "WHERE resource_id = $1 AND part = $2 AND (retry_at IS NULL OR retry_at <= clock_timestamp()) "
+            "RETURNING failures, least($3 * power(2, least(failures - 1, 30)), $4) AS delay",
             part.resource_id,
             part.part,
             RETRY_FIRST_SECONDS,

@@ -272,6 +272,8 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
             failures, wait = await put_off()
             assert failures == 1 and 0 < wait <= 1
             assert await failing_parts(pool) == 1
+            # Put off an hour more: the six chunks below, on a slow machine, take longer than 1 s.
+            await pool.execute("UPDATE reevaluations SET retry_at = retry_at + interval '1 hour' WHERE part = 0")
             chunks = [await worker.step() for _ in range(6)]  # the last, unbounded part ends on an empty chunk
             done = [(c.part, c.uais, c.last) for c in chunks if c]
             assert done == [(1, 100, False)] * 5 + [(1, 0, True)], "part 1 evaluated meanwhile"
@@ -281,6 +283,15 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
                 await worker.step()
             failures, wait = await put_off()
             assert failures == 2 and 1 < wait <= 2, "put off twice as long"
+            async with pool.acquire() as conn:  # another worker failing on it meanwhile: not again
+                part0 = store_module.ReevaluationPart(RID, 0, "", codes[499])
+                assert await RessourcesStore(conn).postpone_reevaluation(part0) is None
+            # Days of failures: still put off, by the bound (2 ** 1024 overflows PostgreSQL's float8).
+            await pool.execute("UPDATE reevaluations SET failures = 2000, retry_at = clock_timestamp() WHERE part = 0")
+            with pytest.raises(RuntimeError):
+                await worker.step()
+            failures, wait = await put_off()
+            assert failures == 2001 and store_module.RETRY_MAX_SECONDS - 5 < wait <= store_module.RETRY_MAX_SECONDS
         await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
         chunk = await worker.step()
         assert chunk is not None and (chunk.part, chunk.uais) == (0, 100)
