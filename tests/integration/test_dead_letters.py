@@ -524,7 +524,14 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
             await enqueue(conn, [dlq.dead_letter(dlq.Rejection(refused, "hors-competence", "catalogue"))])
         second = await replay()
         assert f"{catalogue}:0@5: its copy is not in {c.dlq(catalogue)} yet" in second and "@3" not in second, second
-        await pool.execute("DELETE FROM outbox")  # published, then gone from the DLQ (its retention)
+        await pool.execute(  # set aside by the relay (Kafka refused it): not on its DLQ either
+            "WITH gone AS (DELETE FROM outbox RETURNING *) INSERT INTO outbox_failed "
+            "(seq, topic, key, record_value, headers, error, created_at) "
+            "SELECT seq, topic, key, record_value, headers, 'trop volumineux', created_at FROM gone"
+        )
+        aside = await replay()
+        assert f"{catalogue}:0@5: its copy is not in {c.dlq(catalogue)} yet" in aside, aside
+        await pool.execute("DELETE FROM outbox_failed")  # published, then gone from the DLQ (its retention)
         third = await replay()
         assert f"{catalogue}:0@5: no copy in" in third and "@3" not in third, third
         assert "nothing to replay" in await replay()
@@ -538,7 +545,7 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
 
 
 async def test_the_tools_read_db_schema_for_the_one_service_named_and_refuse_a_named_schema_absent(
-    database_url, capsys
+    database_url, capsys, monkeypatch
 ):
     """A service run with DB_SCHEMA keeps its dead letters and set-aside records there: the
     tools read that schema for the one `--service` given (they looked for the service's default
@@ -554,12 +561,14 @@ async def test_the_tools_read_db_schema_for_the_one_service_named_and_refuse_a_n
     finally:
         await pool.close()
     capsys.readouterr()  # the migrations' lines
-    listed = await dead_letters.run(
-        dead_letters.parse_args(["list", "--service", "equipement"]), database_url, "equipement_bis"
-    )
-    out, _ = capsys.readouterr()
-    assert listed == 1 and "equipement_bis equipement.declarations.v1:0@42 json-invalide" in out, out
-    assert await outbox_failed.run("list", ["equipement_bis"], database_url, None, named=True) == 0
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DB_SCHEMA", "equipement_bis")
+    # As `DB_SCHEMA=equipement_bis ./dev dead-letters list --service equipement` runs (its own loop).
+    assert await asyncio.to_thread(dead_letters.main, ["list", "--service", "equipement"]) == 0
+    out = capsys.readouterr().out
+    assert "equipement_bis equipement.declarations.v1:0@42 json-invalide" in out, out
+    assert await asyncio.to_thread(outbox_failed.main, ["list", "--service", "equipement"]) == 0
+    monkeypatch.delenv("DB_SCHEMA")
     with pytest.raises(db.SchemaAbsent, match="no such service schema in this database: equipement"):
         await dead_letters.run(dead_letters.parse_args(["list", "--service", "equipement"]), database_url)
     with pytest.raises(db.SchemaAbsent, match="formation"):

@@ -178,25 +178,44 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     compacted = (
         f"EXISTS (SELECT FROM unnest(${len(params) + 1}::text[]) AS c(name) WHERE right(topic, length(name)) = name)"
     )
+    # A copy still in its service's outbox, or set aside, is not on its DLQ yet: those dead
+    # letters wait (not marked missing, and not in the place of others under --limit). Read
+    # before the DLQs are: a copy gone from the outbox by then was on its DLQ before the scan.
+    unsent = [list(column) for column in zip(*(await _unsent_copies(conn, schemas)), strict=True)] or [[], [], []]
+    n = len(params) + 2
+    unsent_rows = f"SELECT * FROM unnest(${n}::text[], ${n + 1}::int[], ${n + 2}::bigint[])"
+    sent = f'(topic, partition, "offset") NOT IN ({unsent_rows})'
     matching: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
-    for schema in schemas:
+    for schema in schemas:  # those whose copy is sent first: the others named, when there is room
         rows = await conn.fetch(
-            f'SELECT topic, partition, "offset", received_at FROM "{schema}".dead_letters{where} AND NOT {compacted} '
-            f'ORDER BY received_at, "offset" LIMIT {args.limit + 1}',
+            f'SELECT topic, partition, "offset", received_at, {sent} AS sent FROM "{schema}".dead_letters{where} '
+            f'AND NOT {compacted} ORDER BY NOT {sent}, received_at, "offset" LIMIT {args.limit + 1}',
             *params,
             list(COMPACTED),
+            *unsent,
         )
-        matching |= {(r["topic"], r["partition"], r["offset"]): (r["received_at"], schema) for r in rows}
+        for r in rows:
+            if r["sent"]:
+                matching[(r["topic"], r["partition"], r["offset"])] = (r["received_at"], schema)
+            else:
+                print(
+                    f"{r['topic']}:{r['partition']}@{r['offset']}: its copy is not in {dlq_topic(r['topic'])} yet "
+                    "(in its service's outbox, or set aside: ./dev outbox list): not replayed",
+                    file=sys.stderr,
+                )
         left = await conn.fetch(
             f'SELECT topic, partition, "offset" FROM "{schema}".dead_letters{where} AND {compacted} '
             f'ORDER BY received_at, "offset" LIMIT {args.limit}',
             *params,
             list(COMPACTED),
         )
+        rebuild = f"./dev rebuild {schema}"
+        if schema not in SERVICES:  # DB_SCHEMA's, for the one --service given
+            rebuild = f"DB_SCHEMA={schema} ./dev rebuild {(args.service or ['SERVICE'])[0]}"
         for t, p, o in left:
             print(
                 f"{t}:{p}@{o}: not replayed: {t} keeps each key's latest record only, and a copy sent back "
-                f"would stand for its key after newer ones; once the cause is fixed, ./dev rebuild {schema} "
+                f"would stand for its key after newer ones; once the cause is fixed, {rebuild} "
                 "reads that topic again as it stands",
                 file=sys.stderr,
             )
@@ -221,15 +240,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         # Oldest refusal first (`wanted`'s order), whatever its topic or partition: a lot refused
         # for want of its établissement goes back after the établissement refused before it.
         oldest_first = [(of, found[of]) for of in wanted if of in found]
-        unfound = wanted.keys() - found.keys()
-        unsent = await _unsent_copies(conn, sorted({schema for _, schema in wanted.values()}), unfound)
-        for t, p, o in sorted(unsent):
-            print(
-                f"{t}:{p}@{o}: its copy is not in {dlq_topic(t)} yet (in its service's outbox, or set aside: "
-                "./dev outbox list): not replayed",
-                file=sys.stderr,
-            )
-        missing = sorted(unfound - unsent)
+        missing = sorted(wanted.keys() - found.keys())
         for t, p, o in missing:
             print(
                 f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed"
@@ -271,18 +282,19 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     return len(found)
 
 
-async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str], origins: set[Origin]) -> set[Origin]:
-    """Those of `origins` whose DLQ copy a service has not published: still in its outbox (its
-    relay behind, the service stopped) or set aside (`./dev outbox`). Missing from the DLQ for
-    now, not for good: not to be marked so."""
-    if not origins:
-        return set()
+async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str]) -> list[Origin]:
+    """The refused records whose DLQ copy a service has not published: still in its outbox (its
+    relay behind, the service stopped) or set aside (`./dev outbox`). One statement per schema:
+    a copy `./dev outbox retry` moves from one table to the other meanwhile is seen in one."""
     unsent: set[Origin] = set()
     for schema in schemas:
-        for table in ("outbox", "outbox_failed"):
-            rows = await conn.fetch(f'SELECT headers FROM "{schema}".{table} WHERE topic LIKE $1', "%.dlq")
-            unsent |= {o for r in rows if (o := origin(load_headers(r["headers"]))) in origins}
-    return unsent
+        rows = await conn.fetch(
+            f'SELECT headers FROM "{schema}".outbox WHERE topic LIKE $1 '
+            f'UNION ALL SELECT headers FROM "{schema}".outbox_failed WHERE topic LIKE $1',
+            "%.dlq",
+        )
+        unsent |= {o for r in rows if (o := origin(load_headers(r["headers"])))}
+    return sorted(unsent)
 
 
 async def _mark(conn: asyncpg.Connection, wanted: dict[Origin, tuple[datetime, str]], marked: list[Origin], how: str):
