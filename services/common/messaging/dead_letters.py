@@ -23,7 +23,10 @@ oldest of them all; it says when more match): value, key and the partner's heade
 were, plus a `dlq-replay` header naming the refused record (so a replayed record that is
 refused again is recognisable). Not a record of a compacted topic (the internal profiles and
 coverages): it would stand for its key after newer ones; `./dev rebuild` of the service that
-refused it reads that topic again as it stands.
+refused it reads that topic again as it stands. Not one whose copy is not on its DLQ yet (in its
+service's outbox, or set aside: ./dev outbox): it waits. One whose copy the DLQ no longer holds
+(past its retention) is named and marked (`list`: `copy_missing=`), and left out of later replays.
+DB_SCHEMA, with one --service, names that service's schema.
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
 second one, meanwhile, replays nothing and says so). A replay interrupted between a send and
@@ -248,7 +251,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
                 file=sys.stderr,
             )
         if missing and not args.dry_run:
-            await _mark(conn, wanted, missing, "copy_missing_at = now()")
+            await _mark(conn, wanted, missing, "copy_missing_at")
         if args.dry_run:
             for (t, p, o), _ in oldest_first:
                 print(f"{t}:{p}@{o} would be replayed to {t}")
@@ -278,7 +281,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         await producer.stop()
         # What the broker acknowledged is marked, even when a later send failed: run again, the
         # replay sends only the others.
-        await _mark(conn, wanted, acknowledged, "replayed_at = now()")
+        await _mark(conn, wanted, acknowledged, "replayed_at")
     return len(found)
 
 
@@ -297,12 +300,15 @@ async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str]) -> list[O
     return sorted(unsent)
 
 
-async def _mark(conn: asyncpg.Connection, wanted: dict[Origin, tuple[datetime, str]], marked: list[Origin], how: str):
-    """Sets `how` on the dead letters `marked`, each in its schema, under the schema's writer lock
-    (as a service's transaction: never in the middle of a rebuild's switch, whose copy of the
-    table would miss it). One replayed no longer waits for its établissement either: the copy
-    sent is judged in its place (one without a copy still waits: its service holds its bytes)."""
-    replayed = how.startswith("replayed_at")
+async def _mark(
+    conn: asyncpg.Connection, wanted: dict[Origin, tuple[datetime, str]], marked: list[Origin], column: str
+):
+    """Sets `column` (replayed_at, copy_missing_at) to now on the dead letters `marked`, each in
+    its schema, under the schema's writer lock (as a service's transaction: never in the middle of
+    a rebuild's switch, whose copy of the table would miss it). One replayed no longer waits for
+    its établissement either: the copy sent is judged in its place (one without a copy still
+    waits: its service holds its bytes)."""
+    replayed = column == "replayed_at"
     for schema in sorted({schema for _, schema in wanted.values()}):
         if mine := [of for of in marked if wanted[of][1] == schema]:
             rows = "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))"
@@ -312,7 +318,7 @@ async def _mark(conn: asyncpg.Connection, wanted: dict[Origin, tuple[datetime, s
                 await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
                 await conn.execute(
                     (unwait if replayed else "")
-                    + f'UPDATE "{schema}".dead_letters SET {how} WHERE (topic, partition, "offset") {rows}',
+                    + f'UPDATE "{schema}".dead_letters SET {column} = now() WHERE (topic, partition, "offset") {rows}',
                     *(list(column) for column in zip(*mine, strict=True)),
                 )
 
