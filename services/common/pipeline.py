@@ -652,7 +652,7 @@ async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRe
         'DELETE FROM attente_referentiel WHERE (topic, partition, "offset") '
         "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])) "
         'RETURNING topic, partition, "offset", key, value, headers',
-        *(list(column) for column in zip(*origins, strict=True)),
+        *dlq.columns(origins),
     )
     rows = sorted(rows, key=lambda r: (r["topic"], r["partition"], r["offset"]))
     return [

@@ -12,8 +12,8 @@ without gap or duplicate. Bounds: at most `max_clients` streams; each has a boun
 and a client that stops reading is dropped rather than slowing everyone; a comment every
 `keepalive_seconds` keeps proxies from closing an idle stream; every stream ends after
 `max_seconds`; each step of the hub's listening connection is bounded (`replay_timeout_ms`),
-then the connection is replaced. Each ending is a final `fin` event whose `id:` is where to resume, which is
-what EventSource sends back by itself when it reconnects.
+then the connection is replaced. Each ending is a final `fin` event whose `id:` is where to
+resume, which is what EventSource sends back by itself when it reconnects.
 """
 
 import asyncio

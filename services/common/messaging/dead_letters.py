@@ -49,7 +49,7 @@ from aiokafka.errors import KafkaError
 
 from contracts import dlq as dlq_topic
 from services.common.messaging.connection import KafkaAccess
-from services.common.messaging.dlq import Origin, origin, replayed_headers
+from services.common.messaging.dlq import Origin, columns, origin, replayed_headers
 from services.common.messaging.outbox import COMPACTED, load_headers
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
@@ -184,7 +184,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     # A copy still in its service's outbox, or set aside, is not on its DLQ yet: those dead
     # letters wait (not marked missing, and not in the place of others under --limit). Read
     # before the DLQs are: a copy gone from the outbox by then was on its DLQ before the scan.
-    unsent = [list(column) for column in zip(*(await _unsent_copies(conn, schemas)), strict=True)] or [[], [], []]
+    unsent = columns(await _unsent_copies(conn, schemas))
     n = len(params) + 2
     unsent_rows = f"SELECT * FROM unnest(${n}::text[], ${n + 1}::int[], ${n + 2}::bigint[])"
     sent = f'(topic, partition, "offset") NOT IN ({unsent_rows})'
@@ -285,7 +285,7 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     return len(found)
 
 
-async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str]) -> list[Origin]:
+async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str]) -> set[Origin]:
     """The refused records whose DLQ copy a service has not published: still in its outbox (its
     relay behind, the service stopped) or set aside (`./dev outbox`). One statement per schema:
     a copy `./dev outbox retry` moves from one table to the other meanwhile is seen in one."""
@@ -297,7 +297,7 @@ async def _unsent_copies(conn: asyncpg.Connection, schemas: list[str]) -> list[O
             "%.dlq",
         )
         unsent |= {o for r in rows if (o := origin(load_headers(r["headers"])))}
-    return sorted(unsent)
+    return unsent
 
 
 async def _mark(
@@ -319,7 +319,7 @@ async def _mark(
                 await conn.execute(
                     (unwait if replayed else "")
                     + f'UPDATE "{schema}".dead_letters SET {column} = now() WHERE (topic, partition, "offset") {rows}',
-                    *(list(column) for column in zip(*mine, strict=True)),
+                    *columns(mine),
                 )
 
 
@@ -383,15 +383,17 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
         await consumer.stop()
 
 
-async def run(args: argparse.Namespace, database_url: str, db_schema: str | None = None) -> int:
-    """Runs `list`, `show` or `replay`; returns how many records it printed or replayed. On the
-    `--service` schemas (each must be there), else every service's; DB_SCHEMA (`db_schema`)
-    instead of the one `--service` given (main checks there is one)."""
+async def run(
+    args: argparse.Namespace, database_url: str, schemas: list[str] | None = None, named: bool = False
+) -> int:
+    """Runs `list`, `show` or `replay` on `schemas` (`named`: the operator named them, each must
+    be there; by default the `--service` ones, named, else every service's); returns how many
+    records it printed or replayed."""
+    if schemas is None:
+        schemas, named = list(args.service or SERVICES), args.service is not None
     conn = await connect_for_tool(database_url)
     try:
-        named = args.service is not None or db_schema is not None
-        wanted = [db_schema] if db_schema is not None else list(args.service or SERVICES)
-        schemas = await present_schemas(conn, wanted, "dead_letters", named)
+        schemas = await present_schemas(conn, schemas, "dead_letters", named)
         command = {"list": _list, "show": _show, "replay": _replay}[args.command]
         return await command(conn, schemas, args)
     finally:
@@ -458,9 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit("./dev dead-letters")
     database_url = settings.database_url
-    tool_schemas("./dev dead-letters", args.service, SERVICES, settings)  # exit 2: DB_SCHEMA without one --service
+    schemas, named = tool_schemas("./dev dead-letters", args.service, SERVICES, settings)
     try:
-        found = asyncio.run(run(args, database_url, settings.db_schema))
+        found = asyncio.run(run(args, database_url, schemas, named))
     except (ReplayUnderWay, SchemaAbsent) as exc:
         print(f"./dev dead-letters: {exc}", file=sys.stderr)
         return 1

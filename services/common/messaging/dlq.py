@@ -13,7 +13,7 @@ A record refused for want of its établissement (`uai-inconnu`) also waits, byte
 (pipeline.Pipeline.revive), which marks its `dead_letters` row (`accepted`, `rejudged`).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -187,6 +187,19 @@ async def _waits(conn: Conn, rejections: Sequence[Rejection]) -> int:
     return len(awaiting)
 
 
+def columns(origins: Iterable[Origin]) -> tuple[list[str], list[int], list[int]]:
+    """The topics, partitions and offsets of `origins`, as three columns for unnest (three empty
+    ones for none)."""
+    topics: list[str] = []
+    partitions: list[int] = []
+    offsets: list[int] = []
+    for topic, partition, offset in origins:
+        topics.append(topic)
+        partitions.append(partition)
+        offsets.append(offset)
+    return topics, partitions, offsets
+
+
 def _origins(rejections: Sequence[Rejection]) -> tuple[list[str], list[int], list[int]]:
     """The topics, partitions and offsets of the refused records, as three columns for unnest."""
     return (
@@ -217,7 +230,7 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
         await conn.execute(
             'UPDATE dead_letters SET accepted_at = now() WHERE (topic, partition, "offset") '
             "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
-            *(list(column) for column in zip(*accepted, strict=True)),
+            *columns(accepted),
         )
     if refused:
         await conn.execute(

@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("retry --seq needs one --service: each service numbers its records on its own")
     settings = settings_or_exit("./dev outbox")
     database_url = settings.database_url
-    schemas = tool_schemas("./dev outbox", args.service, SERVICES, settings)
-    named = args.service is not None or settings.db_schema is not None
+    schemas, named = tool_schemas("./dev outbox", args.service, SERVICES, settings)
     try:
         asyncio.run(run(args.command, schemas, database_url, args.seq, args.show_key, named))
     except SchemaAbsent as exc:

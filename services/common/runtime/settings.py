@@ -205,16 +205,17 @@ def settings_or_exit(prog: str) -> ServiceSettings:
 
 def tool_schemas(
     prog: str, services: Sequence[str] | None, every: Sequence[str], settings: ServiceSettings
-) -> list[str]:
-    """The schemas an operator's tool works on: each service's own (`every`'s, or the `--service`
-    given), or DB_SCHEMA when it names one service's (then that service alone, as `./dev
-    rebuild` takes it; with none or several, exit 2: which one would it be?)."""
+) -> tuple[list[str], bool]:
+    """The schemas an operator's tool works on, and whether the operator named them (then each
+    must be there): each service's own (`every`'s, or the `--service` given), or DB_SCHEMA when
+    it names one service's (then that service alone, as `./dev rebuild` takes it; with none or
+    several, exit 2: which one would it be?)."""
     if settings.db_schema is None:
-        return list(services or every)
+        return list(services or every), services is not None
     if services is None or len(services) != 1:
         print(f"{prog}: DB_SCHEMA names one service's schema: give that service with one --service", file=sys.stderr)
         raise SystemExit(2)
-    return [settings.db_schema]
+    return [settings.db_schema], True
 
 
 def check_environment(
