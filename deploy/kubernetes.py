@@ -133,16 +133,17 @@ def _setting(spec: ServiceSpec, name: str) -> float:
 
 def drain_seconds(spec: ServiceSpec) -> float:
     """The longest a service's stop after SIGTERM may take by its settings: uvicorn first lets the
-    HTTP requests in flight end (the passerelle's: its établissements read, then its events
-    written to Kafka, each within its timeout), then the relay's round in flight ends (Kafka
-    slow: ROUND_WAIT_SECONDS, then ANSWER_WAIT_SECONDS for the answers to what it sent), then the
+    HTTP requests in flight end (within SHUTDOWN_GRACE_SECONDS, the passerelle's with their
+    établissements' read and their events' write to Kafka more, each within its timeout:
+    `requests_grace_seconds`), then the relay's round in flight ends (Kafka slow:
+    ROUND_WAIT_SECONDS, then ANSWER_WAIT_SECONDS for the answers to what it sent), then the
     consumer's batch in flight commits, then the relay publishes the outbox, each within
     SHUTDOWN_GRACE_SECONDS (services/common/runtime), the last one's round cut at its end waiting
     ANSWER_WAIT_SECONDS more for Kafka's answers."""
-    requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
-    http = sum(_setting(spec, name) for name in requests if name in spec.settings.model_fields)
+    grace = _setting(spec, "shutdown_grace_seconds")
+    http = grace + sum(_setting(spec, name) for name in spec.settings.REQUEST_TIMEOUTS)
     relay = ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS
-    return http + relay + 2 * _setting(spec, "shutdown_grace_seconds")
+    return http + relay + 2 * grace
 
 
 def _env(name: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ MAX_BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 e
 
 
 class PasserelleSettings(ServiceSettings):
+    REQUEST_TIMEOUTS = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
     # Bearer tokens (JWT, RS256) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
     jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")
     jwt_audience: str = Field("former-equiper-outiller", description="the tokens' expected `aud`")

@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -40,6 +42,17 @@ def service_env(kafka, database_url: str, topic_prefix: str) -> dict[str, str]:
         "LOG_FORMAT": "json",
         "SHUTDOWN_GRACE_SECONDS": str(GRACE),
     }
+
+
+def send_queue(local_port: int, remote_port: int) -> int:
+    """Bytes queued to send on the loopback TCP socket from `local_port` to `remote_port`
+    (/proc/net/tcp: the kernel's, not yet acknowledged by the peer)."""
+    ends = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == ends:
+            return int(fields[4].split(":")[0], 16)
+    raise AssertionError(f"no socket from port {local_port} to {remote_port}")
 
 
 def logged(path, event: str) -> list[dict]:
@@ -172,5 +185,50 @@ async def test_sigterm_ends_the_live_alert_streams_first_and_ressources_exits_0(
         code = await asyncio.to_thread(proc.wait, 2 * GRACE + 15)
         assert code == 0, f"exited with code {code}"
         assert time.monotonic() - asked < 2 * GRACE, "not held until killed"
+    finally:
+        await asyncio.to_thread(procs.stop)
+
+
+async def test_sigterm_cuts_a_client_that_does_not_read_its_answers_after_the_grace_and_drains(
+    kafka, database_url, topic_prefix, tmp_path
+):
+    """uvicorn waits for the HTTP requests in flight before the app's shutdown: a client that
+    does not read its answers (here: requests pipelined, never read, until the server's writes
+    wait on it) held the stop until the process was killed, nothing drained. The requests get
+    SHUTDOWN_GRACE_SECONDS, then are cut; the service drains and exits 0."""
+    grace = 2
+    env = service_env(kafka, database_url, topic_prefix) | {"SHUTDOWN_GRACE_SECONDS": str(grace)}
+    procs = ServiceProcesses(env, log_dir=tmp_path, names=("ressources",), credentials=kafka.credentials)
+    procs.start()
+    try:
+        await asyncio.to_thread(procs.wait_healthy)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        client.connect(("127.0.0.1", procs.ports["ressources"]))
+        client.setblocking(False)
+        request = b"GET /metrics HTTP/1.1\r\nHost: ressources\r\n\r\n"
+        url = f"http://127.0.0.1:{procs.ports['ressources']}/metrics"
+        async with httpx.AsyncClient() as http:
+            answer = len((await http.get(url)).content)
+        _, writer = await asyncio.open_connection(sock=client)
+        writer.write(request * (16 * 1024 * 1024 // answer))  # far beyond what the sockets' buffers hold
+        queued: list[int] = []
+
+        async def server_waits_on_the_client() -> bool:  # its socket's send queue full and not moving
+            queued.append(send_queue(procs.ports["ressources"], client.getsockname()[1]))
+            return len(queued) > 5 and queued[-1] > 0 and len(set(queued[-5:])) == 1
+
+        await eventually(server_waits_on_the_client, what="the server's writes waiting on the client")
+        proc = procs.process("ressources")
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(proc.wait, 3 * grace + 20)
+        finally:
+            writer.transport.abort()
+        assert code == 0, f"exited with code {code}"
+        assert logged(tmp_path / "ressources.log", "outbox.flushed"), "the stop drained"
+        said = (tmp_path / "ressources.log").read_text()
+        assert "timeout graceful shutdown exceeded" in said, "the stop says it cut a request"
+        assert "Exception in ASGI application" not in said, "not as the app's failure, with its traceback"
     finally:
         await asyncio.to_thread(procs.stop)

@@ -9,6 +9,7 @@ partition-assignment lines are INFO. No line shows a password:
 every text value, exception text included, goes through `secrets.redact`.
 """
 
+import asyncio
 import io
 import logging
 import sys
@@ -73,6 +74,13 @@ def _coordinator_retry(record: logging.LogRecord) -> bool:
     return True
 
 
+def _request_cut_at_stop(record: logging.LogRecord) -> bool:
+    """A filter of uvicorn's logger: a request still in flight once a stop's grace is over is
+    cancelled, and uvicorn prints its traceback as an exception of the app, after its own line
+    saying it cut it ("Cancel N running task(s), timeout graceful shutdown exceeded")."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", library_level: str = "WARNING") -> None:
     tty = sys.stderr.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not tty)
@@ -123,4 +131,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
     coordinator = logging.getLogger(COORDINATOR)
     if _coordinator_retry not in coordinator.filters:
         coordinator.addFilter(_coordinator_retry)
+    uvicorn = logging.getLogger("uvicorn.error")
+    if _request_cut_at_stop not in uvicorn.filters:
+        uvicorn.addFilter(_request_cut_at_stop)
     logging.captureWarnings(True)  # Python's warnings as log lines, in the same format

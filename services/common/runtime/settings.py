@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Annotated, Any, Literal, Self, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args, get_origin
 from urllib.parse import urlsplit
 
 import annotated_types as at
@@ -90,6 +90,8 @@ Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", allow_inf_nan=False)
+    REQUEST_TIMEOUTS: ClassVar[tuple[str, ...]] = ()
+    """The settings bounding what a request does once its body is read (`requests_grace_seconds`)."""
 
     kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
@@ -142,8 +144,9 @@ class ServiceSettings(BaseSettings):
         15,
         gt=0,
         le=300,
-        description="on SIGTERM, how long the batch in flight may take to commit, then how long the relay may "
-        "take to publish what is left in the outbox; the process then exits 0",
+        description="on SIGTERM, how long the HTTP requests in flight may take to end (beyond it they are cut; "
+        "the passerelle's requests get their own timeouts more), then the batch in flight to commit, then the relay "
+        "to publish what is left in the outbox; the process then exits 0",
     )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(2000, ge=1, description="records the relay publishes per round")
@@ -178,6 +181,13 @@ class ServiceSettings(BaseSettings):
         """Connections the service's background work holds at once (ressources' re-evaluation
         workers), beside those of the consumer, the relay and the probes (POOL_SIZE)."""
         return 0
+
+    @property
+    def requests_grace_seconds(self) -> float:
+        """How long a stop waits for the HTTP requests in flight, then cuts them: a client sending
+        its body or reading its answer slowly would otherwise hold the stop until the process is
+        killed, nothing drained."""
+        return self.shutdown_grace_seconds + sum(getattr(self, name) for name in self.REQUEST_TIMEOUTS)
 
     @classmethod
     def of(cls, settings: "ServiceSettings") -> Self:

@@ -22,6 +22,7 @@ Only a process started by `run_server` ends itself; in-process (tests), the watc
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import ssl
@@ -405,6 +406,7 @@ def run_server(app: Any, settings: ServiceSettings) -> None:
         lifespan="on",
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.requests_grace_seconds),  # typed int
     )
     _server = _Server(config, app)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again for the default action,

@@ -190,7 +190,8 @@ def _setting(field: str, env: dict[str, str], fields: dict) -> float:
 def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered):
     """A pause before SIGTERM, the kubelet's own (the image need have no `sleep`), then the whole
     drain within the grace, which counts from the pause's start. The drain: the HTTP requests in
-    flight (the passerelle's: its lookup, then its write to Kafka), then the relay's round in
+    flight (within SHUTDOWN_GRACE_SECONDS, the passerelle's with its lookup, then its write to
+    Kafka more), then the relay's round in
     flight (its wait, then its wait for Kafka's answers), then the batch in flight commits, then
     the outbox is published, each within SHUTDOWN_GRACE_SECONDS (the last one's round cut at its
     end waiting for Kafka's answers too): the settings as
@@ -207,9 +208,10 @@ def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered
         assert 3 <= pause <= 15, name
         requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
         drain = sum(_setting(f, env, fields) for f in requests if f in fields)
-        drain += ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS + 2 * _setting("shutdown_grace_seconds", env, fields)
+        drain += ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS + 3 * _setting("shutdown_grace_seconds", env, fields)
         assert pod["terminationGracePeriodSeconds"] > pause + drain, name
     assert set(requests) <= PasserelleSettings.model_fields.keys(), "the passerelle's requests are bounded"
+    assert set(PasserelleSettings.REQUEST_TIMEOUTS) == set(requests), "and a stop waits for them"
 
 
 def _mib(quantity: str) -> float:
