@@ -61,12 +61,32 @@ def _seconds(value: Any) -> Any:
 
 
 BootstrapServers = Annotated[str, _must(_servers, "must be host:port pairs separated by commas, like 127.0.0.1:9092")]
+
+
+def _userinfo_encoded(url: str) -> bool:
+    """A `/`, `?` or `#` left as is in the user or the password ends the URL's authority there:
+    its `@` then comes after it, and the rest of the password is read as the port, the database
+    or the options (asyncpg's error quoted it)."""
+    parts = urlsplit(url)
+    return "@" not in parts.path + parts.query + parts.fragment
+
+
+def _port_number(url: str) -> bool:
+    try:
+        urlsplit(url).port
+    except ValueError:
+        return False
+    return True
+
+
 PostgresUrl = Annotated[
     str,
     _must(
         lambda url: urlsplit(url).scheme in ("postgresql", "postgres"),
         "must be a PostgreSQL URL, postgresql://user:password@host:port/database",
     ),
+    _must(_userinfo_encoded, "its user and password must have / ? and # percent-encoded (%2F %3F %23)"),
+    _must(_port_number, "its port must be a number from 0 to 65535"),
 ]
 SchemaName = Annotated[
     str,

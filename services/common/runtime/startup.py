@@ -190,7 +190,12 @@ async def wait_for(
 
 
 async def postgres_answers(url: str) -> None:
-    conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
+    try:
+        conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
+    except asyncpg.ClientConfigurationError:  # its message names the option and the rule
+        raise
+    except ValueError:  # asyncpg's reading of the URL: its message may quote a piece of the password
+        raise Misconfigured("asyncpg cannot read it as a PostgreSQL URL", "DATABASE_URL") from None
     await conn.close()
 
 

@@ -69,6 +69,17 @@ def test_each_kind_of_bad_value_is_one_line_naming_the_variable_and_the_rule(env
             "DATABASE_URL: must be a PostgreSQL URL, postgresql://user:password@host:port/database",
         ),
         ({"OTEL_ENDPOINT": "grpc://feo:s3cret@collector:4317"}, "OTEL_ENDPOINT: must be an http:// or https:// URL"),
+        *(
+            (
+                {"DATABASE_URL": f"postgresql://feo:{password}@db/feo"},
+                "DATABASE_URL: its user and password must have / ? and # percent-encoded (%2F %3F %23)",
+            )
+            for password in ("s3c/ret", "s3c?ret", "s3c#ret", "1234/s3cret")
+        ),
+        (
+            {"DATABASE_URL": "postgresql://feo:s3cret@db:99999/feo"},
+            "DATABASE_URL: its port must be a number from 0 to 65535",
+        ),
     ],
 )
 def test_a_setting_that_may_hold_a_secret_is_named_without_its_value(environ, line):
@@ -118,6 +129,8 @@ def test_good_values_pass_and_only_the_given_environment_is_read(monkeypatch):
     }
     assert check_environment(good, BOTH) == []
     assert check_environment({}, BOTH) == []
+    for url in ("postgresql://feo:s3c%2F%3F%23r@t@db/feo", "postgresql:///feo?host=/run/postgresql", "postgresql://db"):
+        assert check_environment({"DATABASE_URL": url}) == [], url
 
 
 def test_a_service_reads_the_documented_forms(monkeypatch):

@@ -197,3 +197,27 @@ async def test_an_error_that_is_not_unavailability_fails_at_once_naming_the_vari
     [(event, fields)] = said.lines
     assert event == "startup.refused" and fields["variable"] == "DATABASE_URL"
     assert fields["error"] == "PermissionError: password authentication failed for postgresql://feo:***@db/feo"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://feo:S3cr/et@db.invalid:5432/feo", "postgresql://feo:p?ss@db.invalid/feo", "postgresql:///feo?x"],
+)
+async def test_a_url_asyncpg_cannot_read_is_refused_without_its_pieces(monkeypatch, url):
+    """asyncpg's own error quoted what it could not read: a piece of the password when a `/`
+    or a `?` in it was not percent-encoded (the settings check refuses those first)."""
+    said = Recorder()
+    monkeypatch.setattr(startup, "log", said)
+    with pytest.raises(startup.DependencyRefused) as refused:
+        await startup.wait_for(
+            "PostgreSQL",
+            lambda: startup.postgres_answers(url),
+            variable="DATABASE_URL",
+            deadline=time.monotonic() + 60,
+            retry_on=startup.POSTGRES_UNAVAILABLE,
+        )
+    [(event, fields)] = said.lines
+    assert event == "startup.refused" and fields["variable"] == "DATABASE_URL"
+    for said_it in (fields["error"], str(refused.value)):
+        assert "S3cr" not in said_it and "ss@db" not in said_it and "'x'" not in said_it, said_it
+        assert "cannot read it as a PostgreSQL URL" in said_it
