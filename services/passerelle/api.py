@@ -31,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import contracts as c
 from contracts import Etablissement
@@ -264,11 +265,19 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
     cap = corps.limit(media, settings.passerelle_max_body_bytes)
     # Read into events in a thread of its own (SPLITTER): 16 MiB took 0.2 s of CPU, during which
     # the event loop answered nobody; there, the loop gets its turn every few milliseconds (the
-    # GIL's switch interval: longest turn 6-41 ms, measured 2 December 2026). The body is not
-    # kept once split: each event holds its own bytes.
-    elements = await asyncio.get_running_loop().run_in_executor(
-        SPLITTER, corps.split, await corps.read(request.stream(), request.headers.get("content-length"), cap), media
-    )
+    # GIL's switch interval: longest turn 6-41 ms, measured 2 December 2026).
+    try:
+        raw = await corps.read(request.stream(), request.headers.get("content-length"), cap)
+        elements = await asyncio.get_running_loop().run_in_executor(SPLITTER, corps.split, raw, media)
+    except CorpsRefuse:
+        # Read and split for nothing: counted as a full batch, so that a client repeating such a
+        # request meets 429 before its body is read, as a client sending too many events does.
+        passerelle.debit.spend(principal.subject, MAX_BATCH_EVENTS)
+        raise
+    except ClientDisconnect:  # gone before its whole body came: nobody to answer, nothing went wrong here
+        log.info("requete.abandonnee", subject=principal.subject, step="corps")
+        return JSONResponse({"detail": "le client a fermé la connexion avant la fin du corps"}, 400)
+    del raw  # not kept once split: each event holds its own bytes
     if wait := passerelle.debit.take(principal.subject, len(elements)):
         raise too_fast(settings, principal.subject, wait)
     not_after = datetime.now(UTC) + settings.max_clock_skew

@@ -44,6 +44,13 @@ class Debit:
             return 0.0
         return (events - bucket.tokens) / self._rate
 
+    def spend(self, subject: str, events: int) -> None:
+        """`events` taken from `subject`'s bucket, as many as it holds: a request that cost as much
+        without carrying them (its body refused whole)."""
+        now = self._clock()
+        bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
+        bucket.tokens, bucket.at = max(0.0, self._tokens(bucket, now) - events), now
+
 
 def retry_after(seconds: float) -> str:
     """A Retry-After header value: whole seconds, at least 1."""

@@ -29,6 +29,8 @@ MAX_BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 e
 
 
 class PasserelleSettings(ServiceSettings):
+    # A request Kafka makes slower still (its producer renewed before or after the write, each
+    # within the write timeout) is cut at a stop: its client's retry has no second effect.
     REQUEST_TIMEOUTS = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
     # Bearer tokens (JWT, RS256) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
     jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")

@@ -7,8 +7,10 @@ header), written before the answer."""
 import asyncio
 import base64
 import json
+import logging
 import threading
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -19,6 +21,7 @@ import contracts as c
 from deploy.identite import IdentiteLocale
 from helpers import TopicReader, at, event, eventually, kill_sender, record_count, send, serving, uai
 from services.common.messaging.connection import kafka_options
+from services.passerelle import api as passerelle_api
 from services.passerelle import corps
 from services.passerelle.app import SPEC
 from services.passerelle.settings import PasserelleSettings
@@ -28,6 +31,7 @@ RENNES = "/collectivites/communes/35238"
 MAX_BODY = 1024 * 1024
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 BATCHED = {"content-type": "application/cloudevents-batch+json"}
+LEVELS = ("debug", "info", "warning", "error", "exception")
 
 
 def ecole(code: str, commune: str) -> dict:
@@ -341,6 +345,43 @@ async def test_with_an_empty_bucket_a_request_is_429_before_its_body_is_read(set
         assert (await client.post("/v1/evenements", json=events, headers=auth)).status_code == 207  # the burst
         refused = await client.post("/v1/evenements", content=b"[{", headers=auth)  # read, a 400
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+
+
+async def test_a_body_refused_whole_counts_as_a_full_batch_so_repeating_it_meets_429(settings, identite):
+    """Read and split for nothing, a refused body took nothing from the bucket: a client looping
+    on a 16 MiB body with a stray byte was never told to slow down."""
+    own = PasserelleSettings.of(settings).model_copy(
+        update={
+            "jwks_file": str(identite.jwks_path),
+            "passerelle_rate_events_per_s": 0.01,
+            "passerelle_rate_burst": 2000,
+        }
+    )
+    async with serve(own) as (client, _):
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        for _ in range(2):
+            assert (await client.post("/v1/evenements", content=b"[1,", headers=auth)).status_code == 400
+        refused = await client.post("/v1/evenements", json=[lot(ECOLE)], headers=auth)
+        assert refused.status_code == 429 and "débit" in refused.json()["detail"]
+        other = bearer(identite.jeton("/collectivites/communes/35001")) | BATCHED
+        assert (await client.post("/v1/evenements", json=[lot(ECOLE)], headers=other)).status_code == 207
+
+
+async def test_a_client_gone_before_its_whole_body_is_a_line_not_an_error(passerelle, identite, monkeypatch, caplog):
+    """Starlette's ClientDisconnect went to the catch-all: a 500 nobody read and an ERROR line
+    with its traceback for each interrupted upload."""
+    client, _ = passerelle
+    said: list[str] = []
+    monkeypatch.setattr(passerelle_api, "log", SimpleNamespace(**dict.fromkeys(LEVELS, lambda e, **_: said.append(e))))
+    _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+    writer.write(
+        f"POST /v1/evenements HTTP/1.1\r\nHost: passerelle\r\nAuthorization: Bearer {identite.jeton(RENNES)}\r\n"
+        f"Content-Type: {BATCHED['content-type']}\r\nContent-Length: 100000\r\n\r\n[".encode()
+    )
+    await writer.drain()
+    writer.close()
+    await eventually(lambda: asyncio.sleep(0, "requete.abandonnee" in said), what="the request said abandoned")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,14 @@ def test_waiting_says_when_one_event_may_pass_and_takes_nothing():
     clock.now += 0.5
     assert debit.waiting("a") == 0 and debit.waiting("a") == 0, "nothing taken by looking"
     assert debit.take("a", 1) == 0
+
+
+def test_a_request_refused_whole_spends_what_the_bucket_holds_down_to_empty():
+    clock = Clock()
+    debit = Debit(rate=10, burst=1000, clock=clock)
+    debit.spend("a", 600)
+    assert debit.waiting("a") == 0 and debit.take("a", 400) == 0
+    debit.spend("a", 1000)  # nothing left to spend: empty, not in debt
+    assert debit.waiting("a") == 0.1
+    clock.now += 0.1
+    assert debit.waiting("a") == 0 and debit.waiting("b") == 0
