@@ -15,7 +15,10 @@ from services.common.runtime.secrets import redact
 COUNT_AT_MOST = 10_000
 READ_SECONDS = 4
 """How long /health and /metrics wait for the database (a probe's own timeout is 5 s, the
-Kubernetes manifests'): past it, the database counts as not answering."""
+Kubernetes manifests'): past it, the database counts as not answering. /health asks Kafka
+meanwhile, not after: the probe's answer comes within the longer of the two."""
+PING_SECONDS = 2.0
+"""How long /health waits for Kafka's answer."""
 Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
 """A service's own held-back work (ServiceSpec.backlog), counted with its store."""
 
@@ -23,22 +26,33 @@ Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
 async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog = None) -> tuple[int, dict]:
     """200 when the service reaches Kafka and PostgreSQL, 503 otherwise; with the outbox backlog,
     the records that wait for their établissement, and the service's own (`backlog`)."""
+
+    async def kafka() -> bool:  # one ping at a time, however many requests ask, as for the database
+        try:
+            return await pipeline.metrics.shared("ping", lambda: broker.ping(PING_SECONDS), within=READ_SECONDS)
+        except TimeoutError:
+            return False
+
+    async def database() -> dict:
+        if not pipeline.started:
+            return {}
+        try:
+            return await pipeline.metrics.shared(
+                "health", lambda: _database_health(pipeline, backlog), within=READ_SECONDS
+            )
+        except TimeoutError:
+            return {"error": _NOT_IN_TIME.format(READ_SECONDS)}
+
+    reached, read = await asyncio.gather(kafka(), database())
     body = {
         "service": pipeline.service,
-        "kafka": await broker.ping(2.0),
+        "kafka": reached,
         "database": False,
         "outbox_pending": None,
         "outbox_failed": None,
         "revivals_pending": None,
         "awaiting_referentiel": None,
-    }
-    if pipeline.started:
-        try:
-            body |= await pipeline.metrics.shared(
-                "health", lambda: _database_health(pipeline, backlog), within=READ_SECONDS
-            )
-        except TimeoutError:
-            body["error"] = _NOT_IN_TIME.format(READ_SECONDS)
+    } | read
     return (200 if body["kafka"] and body["database"] else 503), body
 
 
