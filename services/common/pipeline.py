@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,9 +126,10 @@ def writer_lock(schema: str) -> int:
     return advisory_key(f"writers:{schema}")
 
 
-def _link(headers) -> trace.Link | None:
-    context = trace.get_current_span(context_from_headers(headers)).get_span_context()
-    return trace.Link(context) if context.is_valid else None
+def _links(each_headers: Iterable) -> list[trace.Link]:
+    """A link to each valid trace context among the records' headers, once each."""
+    contexts = (trace.get_current_span(context_from_headers(h)).get_span_context() for h in each_headers)
+    return [trace.Link(c) for c in {(c.trace_id, c.span_id): c for c in contexts if c.is_valid}.values()]
 
 
 class Pipeline:
@@ -220,13 +221,14 @@ class Pipeline:
         started = time.monotonic()
         parsed, rejected = self._parse_all(records, ahead or {})
         # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
-        # to each record's trace context; an outgoing record continues its cause's trace.
-        links = [_link(r.headers) for _, r in parsed] if tracer_is_recording() else []
+        # to each record's trace context, once however many records share it (a partner's batch
+        # posted to the passerelle: one); an outgoing record continues its cause's trace.
+        links = _links(r.headers for _, r in parsed) if tracer_is_recording() else []
         # The provider in force now (a module's tracer would keep the first one it resolved to).
         with trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
             kind=trace.SpanKind.CONSUMER,
-            links=[link for link in links if link is not None],
+            links=links,
             attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
             record_exception=False,
         ) as span:
@@ -502,7 +504,7 @@ class Pipeline:
                     for n in range(0, len(origins), REVIVAL_RECORDS):
                         records = await _waiting(conn, origins[n : n + REVIVAL_RECORDS])  # another replica's are gone
                         if tracer_is_recording():  # each record's trace, as its batch's span had it
-                            for link in filter(None, (_link(r.headers) for r in records)):
+                            for link in _links(r.headers for r in records):
                                 span.add_link(link.context)
                         parsed, rejected = self._parse_all(records, {})
                         done = await self._judge(conn, parsed, rejected, span)

@@ -2,16 +2,24 @@
 real broker and database: one span per batch linked to each record's trace context, and every
 outgoing record continuing its cause's trace (else the batch's)."""
 
+import asyncio
+import io
+import json
+from functools import partial
+
 import pytest
+from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import contracts as c
 from contracts.internal import PROFILS
-from helpers import TopicReader, college, running, send
+from helpers import TopicReader, college, eventually, running, send
 from helpers import uai as valid_uai
+from services.common.messaging.connection import kafka_options
+from services.common.runtime import telemetry
 from services.common.runtime.telemetry import tracer_is_recording, tracer_provider
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
@@ -64,3 +72,60 @@ async def test_one_span_per_batch_linked_to_each_record_and_traces_continue(kafk
     # No trace context on the cause: the record continues the trace of the batch that made it.
     batch_traces = {format(s.context.trace_id, "032x") for s in batches}
     assert parent[uais[2]].split("-")[1] in batch_traces
+
+
+async def test_a_large_batch_links_each_trace_context_of_its_records_once(kafka, settings, spans):
+    """The SDK's default kept a span's last 128 links and dropped the others without a word: a
+    backlog's batch of 2,000 records lost the traces of most. Records sharing a context (a
+    partner's batch posted at once) are linked once."""
+    uais = [valid_uai(f"0357{n:03d}") for n in range(300)]
+    traces = [f"{n + 1:032x}" for n in range(150)]  # each shared by two records
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in uais])
+    producer = AIOKafkaProducer(**kafka_options(kafka.bootstrap_servers), acks="all")
+    await producer.start()
+    try:
+        for n, uai in enumerate(uais):  # one partition: the backlog is read in large batches
+            parent = f"00-{traces[n // 2]}-00f067aa0ba902b7-01".encode()
+            await producer.send(
+                settings.topic(c.EQUIPEMENT),
+                json.dumps(lot(uai, "L1", 30, 1)).encode(),
+                key=uai.encode(),
+                partition=0,
+                headers=[("content-type", b"application/cloudevents+json"), ("traceparent", parent)],
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    def batches() -> list:
+        return [s for s in spans.get_finished_spans() if s.name == "process equipement"]
+
+    async with running(SPEC, settings):
+        await eventually(
+            lambda: asyncio.sleep(
+                0, {format(k.context.trace_id, "032x") for s in batches() for k in s.links} >= set(traces)
+            ),
+            what="every trace context linked",
+        )
+    largest = max(batches(), key=lambda s: len(s.links))
+    assert len(largest.links) > 128, f"a batch linking more than the SDK's default: {len(largest.links)}"
+    for span in batches():
+        contexts = [(k.context.trace_id, k.context.span_id) for k in span.links]
+        assert len(contexts) == len(set(contexts)), "each context once per batch"
+        assert span.dropped_links == 0
+
+
+async def test_with_an_exporter_a_batch_has_no_span_but_its_own(kafka, settings, spans, monkeypatch):
+    """FastStream's telemetry middleware, installed with an exporter, made two spans more per
+    batch (`<topic> create`, a root, and `<topic> process`), named and described after the
+    batch's first record alone, the partner's correlation_id copied in: the batch's span was
+    their child. Its spans went to the service's own provider (here the console's)."""
+    uai = valid_uai("0357999")
+    printed = io.StringIO()
+    monkeypatch.setattr(telemetry, "ConsoleSpanExporter", partial(ConsoleSpanExporter, out=printed))
+    exporting = settings.model_copy(update={"otel_exporter": "console"})
+    async with running(SPEC, exporting) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+    assert [s for s in spans.get_finished_spans() if s.name == "process equipement"], "the batch's own span"
+    assert [json.loads(line)["name"] for line in printed.getvalue().splitlines()] == []

@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 
@@ -84,7 +83,6 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         enable_idempotence=True,  # with acks=all: no duplicate or reordered record on retry
         logger=logging.getLogger("faststream.kafka"),  # through the root logger (logs.py), not its own handler
         log_level=logging.DEBUG,  # FastStream's per-batch Received/Processed lines: our own logs say more
-        middlewares=[KafkaTelemetryMiddleware(tracer_provider=provider)] if provider else [],
         description=spec.description,
         graceful_timeout=settings.shutdown_grace_seconds,  # stopping, the batch in flight commits
     )

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -45,17 +45,19 @@ class OwnRandomIds(IdGenerator):
         return True
 
 
-def tracer_provider(service: str | None = None) -> TracerProvider:
-    """An SDK provider, its ids drawn by OwnRandomIds; no span processor yet."""
+def tracer_provider(service: str | None = None, max_links: int = 2000) -> TracerProvider:
+    """An SDK provider, its ids drawn by OwnRandomIds; no span processor yet. A span keeps up to
+    `max_links` links (a batch's span, one per trace context among its records): the SDK's
+    default kept the last 128 and dropped the others without a word."""
     resource = Resource.create({"service.name": service} if service else {})
-    return TracerProvider(resource=resource, id_generator=OwnRandomIds())
+    return TracerProvider(resource=resource, id_generator=OwnRandomIds(), span_limits=SpanLimits(max_links=max_links))
 
 
 def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider | None:
     """The SDK's provider when spans are exported somewhere, else None (no-op tracing)."""
     if settings.otel_exporter == "none":
         return None
-    provider = tracer_provider(service)
+    provider = tracer_provider(service, max_links=settings.batch_max_records)
     if settings.otel_exporter == "console":
         # One JSON object per line, like the logs (its default is indented over many lines).
         one_line = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
