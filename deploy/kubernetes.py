@@ -176,11 +176,17 @@ def services() -> list[dict[str, Any]]:
             "envFrom": [{"configMapRef": {"name": "feo-services"}}],
             "env": _env(spec.name),
             "volumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/feo/kafka-ca", "readOnly": True}],
-            # Ready when Kafka and PostgreSQL answer; alive while the process answers at all (it
+            # Ready when Kafka and PostgreSQL answer; alive while its event loop answers at all
+            # (`/livez`: the kernel accepts a TCP connection for a frozen one too; the process
             # exits by itself once its dependencies have been away UNHEALTHY_EXIT_SECONDS).
             "startupProbe": {**probe, "failureThreshold": 30},
             "readinessProbe": probe,
-            "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+            "livenessProbe": {
+                "httpGet": {"path": "/livez", "port": "http"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 6,
+            },
             "resources": {"requests": {"cpu": "250m", "memory": request}, "limits": {"memory": limit}},
             # Out of the Service's endpoints before SIGTERM: no request is sent to a closed port.
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},

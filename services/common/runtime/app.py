@@ -32,6 +32,12 @@ from services.common.runtime.telemetry import configure_tracing
 log = structlog.get_logger(__name__)
 
 
+ALIVE = {"alive": True}
+"""`/livez`'s answer: whoever answers is alive. Nothing is read: a database or a broker away is
+/health's to say (503, out of the Service's endpoints), not a reason to restart the process; a
+frozen event loop answers nothing, and the kubelet restarts it."""
+
+
 class ServiceApp(AsgiFastStream):
     """The service's ASGI app, with what an HTTP API beside it needs: its pipeline and broker."""
 
@@ -59,12 +65,17 @@ class ServiceApp(AsgiFastStream):
         return self.pipeline.metrics.render()
 
     def serve_probes(self, api: FastAPI) -> None:
-        """`/health` and `/metrics` on a service's own HTTP API (which serves instead of this app)."""
+        """`/health`, `/livez` and `/metrics` on a service's own HTTP API (which serves instead of
+        this app)."""
 
         @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
         async def health() -> JSONResponse:
             status, body = await self.health()
             return JSONResponse(body, status)
+
+        @api.get("/livez", summary="200 tant que le service répond", include_in_schema=False)
+        async def livez() -> JSONResponse:
+            return JSONResponse(ALIVE)
 
         @api.get("/metrics", summary="Les mesures du service, au format de Prometheus", include_in_schema=False)
         async def metrics_text() -> Response:
@@ -102,6 +113,10 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         status, body = await app.health()
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
+    @get(description="200 while the service answers at all: its event loop turns (Kubernetes' liveness)")
+    async def livez(scope) -> AsgiResponse:
+        return AsgiResponse(json.dumps(ALIVE).encode(), 200, headers={"content-type": "application/json"})
+
     @get(description="the service's figures, in Prometheus' text format")
     async def metrics_route(scope) -> AsgiResponse:
         return AsgiResponse(await app.metrics(), 200, headers={"content-type": metrics.CONTENT_TYPE})
@@ -113,7 +128,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         pipeline,
         spec.backlog,
         spec.gauges,
-        asgi_routes=[("/health", health), ("/metrics", metrics_route)],
+        asgi_routes=[("/health", health), ("/livez", livez), ("/metrics", metrics_route)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],
         # The consumer stops between the two: its batch in flight commits (graceful_timeout).

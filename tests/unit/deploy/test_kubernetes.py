@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -19,6 +20,8 @@ from deploy.acl import bindings
 from deploy.kubernetes import OPERATOR
 from deploy.topology import platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
+from services.common.runtime.app import build_app
+from services.common.runtime.settings import ServiceSettings
 from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
@@ -229,3 +232,20 @@ def test_each_service_requests_the_memory_it_was_measured_to_use_under_its_limit
         limit = _mib(container["resources"]["limits"]["memory"])
         assert request >= PEAK_MEMORY_MIB.get(name, ANY_PEAK_MEMORY_MIB), name
         assert limit >= request, name
+
+
+async def test_each_pod_is_alive_while_its_app_answers_whatever_its_dependencies(rendered):
+    """The liveness probe was TCP: the kernel accepts a connection for a process whose event loop
+    is frozen, and such a pod was never restarted. It asks the app itself now, which answers
+    without reading anything (a database away is the readiness probe's to say, not a reason to
+    restart): here, nothing listens at the broker's or the database's address."""
+    nowhere = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:1", database_url="postgresql://feo@127.0.0.1:1/feo")
+    for spec in specs():
+        probe = _deployments(rendered)[spec.name]["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+        assert probe["httpGet"]["port"] == "http" and probe["timeoutSeconds"] <= probe["periodSeconds"], spec.name
+        settings = spec.settings.of(nowhere)
+        app = build_app(spec, settings)
+        served = spec.http_api(app, settings) if spec.http_api is not None else app
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://pod") as client:
+            response = await client.get(probe["httpGet"]["path"])
+        assert response.status_code == 200, (spec.name, response.text)
