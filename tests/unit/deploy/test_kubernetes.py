@@ -21,7 +21,7 @@ from deploy.kubernetes import OPERATOR
 from deploy.topology import platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 from services.common.runtime.app import build_app
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings, check_environment
 from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
@@ -111,7 +111,7 @@ def test_topics_and_users_mirror_the_platform(rendered):
     }
     expected = {
         (b.principal, b.resource, b.name, "prefix" if b.prefixed else "literal", b.operation.capitalize())
-        for b in bindings()
+        for b in bindings(dashboard_names=kubernetes.DASHBOARDS)  # not the shell's KAFKA_DASHBOARDS
     }
     assert granted == expected
 
@@ -249,3 +249,36 @@ async def test_each_pod_is_alive_while_its_app_answers_whatever_its_dependencies
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://pod") as client:
             response = await client.get(probe["httpGet"]["path"])
         assert response.status_code == 200, (spec.name, response.text)
+
+
+def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_the_pod_has(rendered):
+    """The settings as a pod gets them (the shared ConfigMap, its own env, the secrets' values
+    stood in for): its service's settings check passes them, its HTTP port is the container's,
+    its Kafka CA file is in the mounted cluster CA secret, its bootstrap port the TLS listener's."""
+    [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
+    [cluster] = [doc for doc in rendered if doc["kind"] == "Kafka"]
+    by_name = {spec.name: spec for spec in specs()}
+    secrets = {"password": "s3cret", "url": "postgresql://feo:s3cret@feo-db:5432/feo"}
+    for name, doc in _deployments(rendered).items():
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = dict(config["data"])
+        for e in container["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif "secretKeyRef" in e["valueFrom"]:
+                env[e["name"]] = secrets[e["valueFrom"]["secretKeyRef"]["key"]]
+            else:
+                env[e["name"]] = f"{name}-7d4b9c-x2x9z"  # a pod's name
+        assert check_environment(env, [by_name[name].settings]) == [], name
+        [port] = [p for p in container["ports"] if p["name"] == "http"]
+        assert int(env["HTTP_PORT"]) == port["containerPort"], name
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        [(volume, secret)] = [(v["name"], v["secret"]) for v in pod["volumes"] if "secret" in v]
+        assert secret["secretName"] == f"{cluster['metadata']['name']}-cluster-ca-cert", "Strimzi's cluster CA"
+        assert env["KAFKA_CA_FILE"] == f"{mounts[volume]}/ca.crt", name
+    host, port = config["data"]["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)
+    assert host == f"{cluster['metadata']['name']}-kafka-bootstrap", "Strimzi's bootstrap Service"
+    [listener] = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if lsn["port"] == int(port)]
+    assert listener["type"] == "internal" and listener["tls"], "inside the cluster, over TLS"
+    assert listener["authentication"]["type"] == config["data"]["KAFKA_SASL_MECHANISM"].lower()
