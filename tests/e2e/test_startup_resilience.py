@@ -219,3 +219,39 @@ def test_the_supervisor_restarts_a_real_service_that_died(kafka, database_url, t
     for pid in (first, *second):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_service_started_before_its_topics_waits_for_them_then_consumes_at_once(
+    kafka, database_url, unique, tmp_path
+):
+    """Started before its topics exist (a first install, Strimzi's Topic Operator creating them as
+    the services start; or a mistyped TOPIC_PREFIX, whose topics never come), it answered /health
+    200 and said nothing. It waits for them now, naming them and the setting, then consumes."""
+    prefix = f"t{unique}."
+    acl.apply(kafka.access, prefix)  # its principal's rights, and no topic yet
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url, "TOPIC_PREFIX": prefix}
+    procs = ServiceProcesses(
+        env | {"LOG_FORMAT": "json"}, log_dir=tmp_path, names=("equipement",), credentials=kafka.credentials
+    )
+    log = tmp_path / "equipement.log"
+    procs.start()
+    try:
+        waits = wait_until(lambda: log_events(log, "startup.waiting"), "a wait for the topics", 60, procs, "equipement")
+        assert waits[0]["variable"] == "TOPIC_PREFIX", waits[0]
+        assert prefix + c.REFERENTIEL in waits[0]["error"] and prefix + c.EQUIPEMENT in waits[0]["error"]
+        await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=2))
+        await asyncio.to_thread(procs.wait_healthy, 60)
+        code = uai("0352002")
+        etab = Etablissement.model_validate(college(code)["data"])
+        ministere = kafka.access_as("ministere")
+        await publish_etablissements(kafka.bootstrap_servers, [etab], prefix + c.REFERENTIEL, access=ministere)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1", code),
+                what="the référentiel entry applied",
+            )
+        finally:
+            await conn.close()
+    finally:
+        procs.stop()

@@ -122,7 +122,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         return AsgiResponse(await app.metrics(), 200, headers={"content-type": metrics.CONTENT_TYPE})
 
     lifecycle = Lifecycle(spec, settings, pipeline, provider)
-    guard = startup.Guard(spec.name, settings, broker, pipeline)  # waits for Kafka and PostgreSQL, then watches
+    # Waits for Kafka, PostgreSQL and the topics the service reads, then watches.
+    guard = startup.Guard(spec.name, settings, broker, pipeline, [settings.topic(t) for t in spec.consumes])
     app = ServiceApp(
         broker,
         pipeline,

@@ -29,7 +29,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -104,7 +104,18 @@ class CredentialsRefused(Exception):
     variable = "KAFKA_USERNAME, KAFKA_PASSWORD"
 
 
-KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError, CredentialsRefused)
+class TopicsAbsent(Exception):
+    """The broker answers, but some topics this service reads do not exist (not created by the
+    operator or Strimzi's Topic Operator yet, or named under another TOPIC_PREFIX), or its
+    principal may not see them (its ACLs not applied yet). Retried until STARTUP_TIMEOUT_SECONDS:
+    started anyway, a service under a mistyped TOPIC_PREFIX answered /health 200 and read
+    nothing, saying nothing."""
+
+    variable = "TOPIC_PREFIX"
+
+
+KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, KafkaError, CredentialsRefused, TopicsAbsent)
+UNKNOWN_TOPIC, TOPIC_AUTHORIZATION_FAILED = 3, 29  # Kafka's error codes in a metadata answer
 
 
 class StartupAborted(StartupFailed):
@@ -199,8 +210,9 @@ async def postgres_answers(url: str) -> None:
     await conn.close()
 
 
-async def kafka_answers(access: KafkaAccess) -> None:
-    """A broker serves metadata to this access' principal. A plain TCP connection comes first:
+async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None:
+    """A broker serves metadata to this access' principal, `topics` among it (TopicsAbsent). A
+    plain TCP connection comes first:
     aiokafka logs each refused connection as an error, which would double every waiting line.
     Then, over SASL_SSL, one authenticated connection to that broker: aiokafka's bootstrap
     reports a refused password or certificate as a broker it could not reach; this names the
@@ -221,6 +233,13 @@ async def kafka_answers(access: KafkaAccess) -> None:
     try:
         await admin.start()
         await admin.describe_cluster()
+        if topics:
+            described = await admin.describe_topics(list(topics))
+            absent = sorted(
+                t["topic"] for t in described if t["error_code"] in (UNKNOWN_TOPIC, TOPIC_AUTHORIZATION_FAILED)
+            )
+            if absent:
+                raise TopicsAbsent(f"topics absent, or not readable by this principal: {', '.join(absent)}")
     finally:
         await admin.close()
 
@@ -242,8 +261,17 @@ async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
 class Guard:
     """One per service: waits for its dependencies at start, then watches it (module doc)."""
 
-    def __init__(self, service: str, settings: ServiceSettings, broker: KafkaBroker, pipeline: Pipeline):
+    def __init__(
+        self,
+        service: str,
+        settings: ServiceSettings,
+        broker: KafkaBroker,
+        pipeline: Pipeline,
+        topics: Sequence[str] = (),
+    ):
+        """`topics`: those the service reads, which must exist before it consumes."""
         self.service = service
+        self.topics = topics
         self.settings = settings
         self.broker = broker
         self.pipeline = pipeline
@@ -267,7 +295,7 @@ class Guard:
         )
         await wait_for(
             f"Kafka at {s.kafka_bootstrap_servers}",
-            lambda: kafka_answers(KafkaAccess.of(s)),
+            lambda: kafka_answers(KafkaAccess.of(s), self.topics),
             variable="KAFKA_BOOTSTRAP_SERVERS",
             deadline=deadline,
             retry_on=KAFKA_UNAVAILABLE,
