@@ -7,7 +7,9 @@
   ACLs `deploy.acl` applies to the local broker (CONTRACTS.md, Identity);
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
-  it is given to stop, its Kafka principal's secret).
+  it is given to stop, its Kafka principal's secret);
+- `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), none until scaled
+  to one, and the volume of its backups.
 The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
 settings the services share) is written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
@@ -146,11 +148,23 @@ def drain_seconds(spec: ServiceSpec) -> float:
     return http + relay + 2 * grace
 
 
+def _access(principal: str) -> list[dict[str, Any]]:
+    """The environment naming `principal`'s Kafka access (its password in the secret the User
+    Operator writes under its name) and the database."""
+    return [
+        {"name": "KAFKA_USERNAME", "value": principal},
+        {"name": "KAFKA_PASSWORD", "valueFrom": {"secretKeyRef": {"name": principal, "key": "password"}}},
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "feo-database", "key": "url"}}},
+    ]
+
+
+CA_MOUNT = {"name": "kafka-ca", "mountPath": "/etc/feo/kafka-ca", "readOnly": True}
+CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}
+
+
 def _env(name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "KAFKA_USERNAME", "value": name},
-        {"name": "KAFKA_PASSWORD", "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}}},
-        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "feo-database", "key": "url"}}},
+        *_access(name),
         # Static membership under the pod's name: a container restarted in its pod gets its
         # partitions back at once (README, Settings).
         {"name": "CONSUMER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -175,7 +189,7 @@ def services() -> list[dict[str, Any]]:
             "ports": [{"name": "http", "containerPort": 8000}],
             "envFrom": [{"configMapRef": {"name": "feo-services"}}],
             "env": _env(spec.name),
-            "volumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/feo/kafka-ca", "readOnly": True}],
+            "volumeMounts": [CA_MOUNT],
             # Ready when Kafka and PostgreSQL answer; alive while its event loop answers at all
             # (`/livez`: the kernel accepts a TCP connection for a frozen one too; the process
             # exits by itself once its dependencies have been away UNHEALTHY_EXIT_SECONDS).
@@ -222,7 +236,7 @@ def services() -> list[dict[str, Any]]:
                                 }
                             ],
                             "containers": [container],
-                            "volumes": [{"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}],
+                            "volumes": [CA_VOLUME],
                         },
                     },
                 },
@@ -257,6 +271,69 @@ def services() -> list[dict[str, Any]]:
     return out
 
 
+TOOLBOX = "feo-operateur"
+BACKUPS = "/var/lib/feo/sauvegardes"
+TOOLBOX_MEMORY = ("512Mi", "2Gi")
+"""The toolbox's memory request and limit: a rebuild replays a service's whole log with its code
+in the command's process, a restore's catch-up too (not measured at national scale: the limit is
+well above the services')."""
+
+
+def toolbox() -> list[dict[str, Any]]:
+    """The operators' tools (rebuild, backup and restore, catch-up, dead letters, outbox), run
+    with `kubectl exec` in a pod that has what they need: the services' settings, the database,
+    Kafka as the `operateur` super user, and a volume for the backups. None by default
+    (`replicas: 0`): scaled to one while an operator works."""
+    labels = {"app.kubernetes.io/name": TOOLBOX}
+    container = {
+        "name": "outils",
+        "image": "former-equiper-outiller",
+        # Waits for `kubectl exec`, and exits 0 at once when the pod stops (as PID 1, Python
+        # would otherwise ignore SIGTERM and be killed at the grace's end).
+        "command": [
+            "python",
+            "-c",
+            "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()",
+        ],
+        "envFrom": [{"configMapRef": {"name": "feo-services"}}],
+        "env": _access(OPERATOR),
+        "volumeMounts": [CA_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
+        "resources": {
+            "requests": {"cpu": "250m", "memory": TOOLBOX_MEMORY[0]},
+            "limits": {"memory": TOOLBOX_MEMORY[1]},
+        },
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "feo-sauvegardes", "labels": labels},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": TOOLBOX, "labels": labels},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                # One pod at most: the volume is ReadWriteOnce, and two restores must not run at once.
+                "strategy": {"type": "Recreate"},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [container],
+                        "volumes": [
+                            CA_VOLUME,
+                            {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": "feo-sauvegardes"}},
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+
+
 def generated() -> dict[Path, str]:
     """Each generated file's path and text."""
     return {
@@ -266,6 +343,8 @@ def generated() -> dict[Path, str]:
         + yaml.safe_dump_all(users(), sort_keys=False),
         K8S / "services" / "services.yaml": HEADER.format(source="services/specs.py")
         + yaml.safe_dump_all(services(), sort_keys=False),
+        K8S / "operateur" / "outils.yaml": HEADER.format(source="deploy/kubernetes.py")
+        + yaml.safe_dump_all(toolbox(), sort_keys=False),
     }
 
 

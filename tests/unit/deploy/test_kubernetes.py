@@ -6,7 +6,9 @@ checked against the code too: topics and ACLs as the local platform makes them."
 
 import json
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -71,7 +73,7 @@ def test_every_rendered_object_is_valid_against_its_schema(rendered):
     kinds = {doc["kind"] for doc in rendered}
     assert {
         *("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"),
-        *("Deployment", "Service", "PodDisruptionBudget", "ConfigMap"),
+        *("Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "PersistentVolumeClaim"),
     } <= kinds
     for doc in rendered:
         try:
@@ -127,7 +129,7 @@ def test_the_operators_principal_is_a_super_user_of_the_cluster(rendered):
 
 
 def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal(rendered):
-    deployments = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+    deployments = _deployments(rendered)
     assert set(deployments) == {spec.name for spec in specs()}
     for name, doc in deployments.items():
         [container] = doc["spec"]["template"]["spec"]["containers"]
@@ -150,7 +152,12 @@ def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(
 
 
 def _deployments(rendered: list[dict]) -> dict[str, dict]:
-    return {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+    """The services' Deployments (not the operators' tools')."""
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in rendered
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] != kubernetes.TOOLBOX
+    }
 
 
 def test_a_drained_node_evicts_one_replica_of_a_service_at_a_time(rendered):
@@ -282,3 +289,48 @@ def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_th
     [listener] = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if lsn["port"] == int(port)]
     assert listener["type"] == "internal" and listener["tls"], "inside the cluster, over TLS"
     assert listener["authentication"]["type"] == config["data"]["KAFKA_SASL_MECHANISM"].lower()
+
+
+def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_settings(rendered):
+    """The README has the rebuild, the restore and the dead letters' replay run as `operateur`:
+    nothing in the tree ran them (no pod with its password, the database, the CA, the backups'
+    volume; a service's pod, which restore refuses while it is connected, was all there was)."""
+    [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
+    [deployment] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == kubernetes.TOOLBOX]
+    assert deployment["spec"]["replicas"] == 0, "none until an operator scales it to one"
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}], "the services' settings"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_USERNAME"]["value"] == OPERATOR
+    assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": OPERATOR, "key": "password"}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "feo-database", "key": "url"}
+    environ = config["data"] | {
+        "KAFKA_USERNAME": OPERATOR,
+        "KAFKA_PASSWORD": "s3cret",
+        "DATABASE_URL": "postgresql://db/feo",
+    }
+    for spec in specs():  # a rebuild runs with the service's own settings
+        assert check_environment(environ, [spec.settings]) == [], spec.name
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert config["data"]["KAFKA_CA_FILE"].rsplit("/", 1)[0] in mounts
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts[kubernetes.BACKUPS]]["persistentVolumeClaim"]["claimName"]
+    assert [d for d in rendered if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim]
+    waiting = subprocess.Popen(container["command"])  # it waits; SIGTERM, once it catches it, ends it with 0
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sigterm(waiting.pid):
+            assert waiting.poll() is None and time.monotonic() < deadline, "waiting, SIGTERM caught"
+            time.sleep(0.05)
+    finally:
+        waiting.terminate()
+    assert waiting.wait(10) == 0
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (/proc: its caught signals' mask)."""
+    [mask] = [
+        line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt:")
+    ]
+    return bool(int(mask, 16) & 1 << (signal.SIGTERM - 1))
