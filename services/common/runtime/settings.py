@@ -72,11 +72,12 @@ def _userinfo_encoded(url: str) -> bool:
 
 
 def _port_number(url: str) -> bool:
+    """urllib checks the port only when it is read: a number from 0 to 65535, or none."""
     try:
-        urlsplit(url).port
+        port = urlsplit(url).port
     except ValueError:
         return False
-    return True
+    return port is None or 0 <= port <= 65535
 
 
 PostgresUrl = Annotated[
