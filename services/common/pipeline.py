@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -124,6 +125,12 @@ an id is never taken for another record's)."""
 def writer_lock(schema: str) -> int:
     """The advisory lock every writing transaction of `schema` holds in shared mode."""
     return advisory_key(f"writers:{schema}")
+
+
+TRACEPARENT_OF: ContextVar[Callable[[CloudEvent], str | None]] = ContextVar("traceparent_of", default=lambda _: None)
+"""While a batch is applied: the `traceparent` a record caused by this event carries (its own
+record's context, else the batch span's; None without either), for work the batch leaves to
+later (ressources' re-evaluations), whose records continue the same trace."""
 
 
 def _links(each_headers: Iterable) -> list[trace.Link]:
@@ -314,10 +321,14 @@ class Pipeline:
         etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
         accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
         fresh = await inbox.claim(conn, accepted, principal)
-        applied = await self._apply(self._store(conn), fresh, changed_uais)
+        contexts = {id(e): r.headers for e, r in parsed}
+        traced = TRACEPARENT_OF.set(lambda e: trace_headers(contexts.get(id(e)), span).get("traceparent"))
+        try:
+            applied = await self._apply(self._store(conn), fresh, changed_uais)
+        finally:
+            TRACEPARENT_OF.reset(traced)
         stale += applied.stale
         await inbox.mark_stale(conn, stale)
-        contexts = {id(e): r.headers for e, r in parsed}
         await enqueue(conn, self._records(applied.outgoing, contexts, span))
         return _Judged(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), len(applied.outgoing), changed_uais)
 
@@ -539,13 +550,18 @@ class Pipeline:
         async with self.pool.acquire() as conn:
             return await work(self._store(conn))
 
-    async def run_exclusive(self, work: Callable[[Any], Awaitable[list[Outgoing]]]) -> int:
+    async def run_exclusive(
+        self, work: Callable[[Any], Awaitable[list[Outgoing]]], traceparent: Callable[[], str | None] = lambda: None
+    ) -> int:
         """Work outside a batch (a chunk of a re-evaluation, say) with a batch's guarantees: one
         writing transaction (`_exclusive`: the writer lock in shared mode; the work locks the keys
-        it derives), its events through the outbox; `work` gets the store."""
+        it derives), its events through the outbox; `work` gets the store. Its records carry
+        `traceparent()`, asked once the work is done (the trace of what requested it)."""
         async with self._exclusive() as conn:
             outgoing = await work(self._store(conn))
-            await enqueue(conn, self._records(outgoing, {}, None))
+            cause = traceparent()
+            requested = [("traceparent", cause.encode())] if cause else None
+            await enqueue(conn, self._records(outgoing, {}, None, requested))
         if outgoing:
             self.relay.wake()
         return len(outgoing)
@@ -562,16 +578,21 @@ class Pipeline:
         return accepted
 
     def _records(
-        self, outgoing: Sequence[Outgoing], contexts: dict[int, Any], span: trace.Span | None
+        self,
+        outgoing: Sequence[Outgoing],
+        contexts: dict[int, Any],
+        span: trace.Span | None,
+        otherwise: Any = None,
     ) -> list[OutboxRecord]:
-        """The outbox records of `outgoing`; `contexts`: each cause's record headers, by id. Trace
-        headers are built once per cause (a batch's records share a few causes)."""
+        """The outbox records of `outgoing`; `contexts`: each cause's record headers, by id
+        (`otherwise` for a cause without). Trace headers are built once per cause (a batch's
+        records share a few causes)."""
         headers: dict[int, tuple[tuple[str, bytes], ...]] = {}
         records = []
         for out in outgoing:
             cause = id(out.cause)
             if cause not in headers:
-                carried = {"content-type": c.CONTENT_TYPE, **trace_headers(contexts.get(cause), span)}
+                carried = {"content-type": c.CONTENT_TYPE, **trace_headers(contexts.get(cause, otherwise), span)}
                 headers[cause] = tuple((k, v.encode()) for k, v in carried.items())
             twin = out.twin and out.twin._replace(topic=self.settings.topic(out.twin.topic))
             records.append(

@@ -11,7 +11,7 @@ resource also take turns on the resource (`lock_resources`)."""
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -24,7 +24,7 @@ from contracts import CloudEvent, Etablissement, RessourcePubliee, uai_of
 from contracts.envelope import envelope
 from contracts.internal import INTERNAL_PAYLOADS
 from services.common.messaging.outbox import Twin
-from services.common.pipeline import Applied, EncodedEvent, Outgoing, Pipeline
+from services.common.pipeline import TRACEPARENT_OF, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
@@ -71,7 +71,9 @@ class Store(Protocol):
 
     async def save_seuils(self, seuils: Seuils) -> None: ...
 
-    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None: ...
+    async def request_reevaluations(
+        self, resource_ids: Sequence[str], traceparents: Mapping[str, str | None] | None = None
+    ) -> None: ...
 
     async def next_reevaluation(self) -> ReevaluationPart | None: ...
 
@@ -105,7 +107,8 @@ def make_apply(seuils: Seuils):
         # this batch either reads the resource's change or commits before its fan-out is cut.
         changed = _changed_for_the_rules(catalogue.winners.values(), before)
         await store.lock_resources(changed, sorted({e.data.resource_id for e in abonnements.winners.values()}))
-        await store.request_reevaluations(changed)
+        traceparent_of = TRACEPARENT_OF.get()  # the alerts of its fan-out continue the trace of its change
+        await store.request_reevaluations(changed, {rid: traceparent_of(causes[rid]) for rid in changed})
         uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))
@@ -192,7 +195,7 @@ class Reevaluations:
             return chunk.outgoing if chunk else []
 
         try:
-            await self._pipeline.run_exclusive(work)
+            await self._pipeline.run_exclusive(work, lambda: taken[-1].traceparent if taken else None)
         except Exception:
             if taken:  # else taken first again by every worker, whatever the other parts wait
                 await self._postpone(taken[-1])

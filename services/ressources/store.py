@@ -2,7 +2,7 @@
 read API builds one over its own connection)."""
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import NamedTuple, TypeVar
@@ -112,6 +112,7 @@ class ReevaluationPart:
     part: int
     after_uai: str
     up_to: str | None
+    traceparent: str | None = None  # of the record that requested it, which its alerts carry
 
 
 class AlertRow(NamedTuple):
@@ -334,7 +335,9 @@ class RessourcesStore:
             seuils.min_training_coverage,
         )
 
-    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
+    async def request_reevaluations(
+        self, resource_ids: Sequence[str], traceparents: Mapping[str, str | None] | None = None
+    ) -> None:
         """Every pair of these resources (EVERY_RESOURCE: every pair) to re-evaluate in the
         background. Its subscribed UAIs are cut into parts of PART_SIZE or more (at most
         MAX_PARTS), each a range with its cursor, which workers take one at a time
@@ -346,8 +349,11 @@ class RessourcesStore:
         worker). Starting over from the first UAI instead, the last UAIs were never reached while
         versions came faster than a pass. Its parts stay locked to the end of the transaction:
         no chunk evaluates them with the former version meanwhile. Rows locked in order: two
-        transactions requesting the same resources never wait for each other in a cycle."""
+        transactions requesting the same resources never wait for each other in a cycle.
+        `traceparents`: each resource's requesting record's trace context, which its parts,
+        those under way too, carry from now on."""
         wanted = sorted(set(resource_ids))
+        traced = traceparents or {}
         if not wanted:
             return
         held = await self._conn.fetch(
@@ -355,7 +361,7 @@ class RessourcesStore:
             "ORDER BY resource_id, part FOR UPDATE",
             wanted,
         )
-        rows: list[tuple[str, int, str, str | None]] = []
+        rows: list[tuple[str, int, str, str | None, str | None]] = []
         for rid in wanted:
             parts = [r for r in held if r["resource_id"] == rid]
             ranges = uncovered([(r["after_uai"], r["up_to"]) for r in parts]) if parts else [("", None)]
@@ -363,25 +369,33 @@ class RessourcesStore:
                 _PART_CUTS, rid, [a for a, _ in ranges], [u for _, u in ranges], PART_SIZE, MAX_PARTS
             )
             first = max((r["part"] for r in parts), default=-1) + 1
-            rows += [(rid, first + n, after, up_to) for n, (after, up_to) in enumerate(cut(ranges, map(tuple, cuts)))]
+            rows += [
+                (rid, first + n, after, up_to, traced.get(rid))
+                for n, (after, up_to) in enumerate(cut(ranges, map(tuple, cuts)))
+            ]
+        if held:
+            await self._conn.execute(
+                "UPDATE reevaluations r SET traceparent = t.traceparent FROM unnest($1::text[], $2::text[]) "
+                "AS t(resource_id, traceparent) WHERE r.resource_id = t.resource_id",
+                wanted,
+                [traced.get(rid) for rid in wanted],
+            )
         if not rows:
             return
         await self._conn.execute(
-            "INSERT INTO reevaluations (resource_id, part, after_uai, up_to) "
-            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])",
+            "INSERT INTO reevaluations (resource_id, part, after_uai, up_to, traceparent) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])",
             *map(list, zip(*rows, strict=True)),
         )
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
         """A pending part of a re-evaluation that no other transaction holds, held until this one ends."""
         row = await self._conn.fetchrow(
-            "SELECT resource_id, part, after_uai, up_to FROM reevaluations "
+            "SELECT resource_id, part, after_uai, up_to, traceparent FROM reevaluations "
             "WHERE retry_at IS NULL OR retry_at <= clock_timestamp() ORDER BY resource_id, part "
             "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
-        return (
-            None if row is None else ReevaluationPart(row["resource_id"], row["part"], row["after_uai"], row["up_to"])
-        )
+        return None if row is None else ReevaluationPart(*row)
 
     async def subscribers(self, part: ReevaluationPart, limit: int) -> list[str]:
         """The next `limit` subscribed UAIs of the part after its cursor, in order: of its resource, or of any."""

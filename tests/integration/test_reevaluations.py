@@ -152,6 +152,29 @@ async def test_a_stricter_republication_raises_exactly_the_expected_alerts_chunk
         assert await open_alerts(pipeline.pool) == set(codes)
 
 
+async def test_the_alerts_of_a_fan_out_continue_the_trace_of_the_change_that_requested_it(kafka, settings):
+    """A resource's fan-out is evaluated in the background, chunk by chunk, outside the batch that
+    read its change: its alerts carried no trace context, and the trace of the ministère's
+    publication stopped at ressources. They carry it now, a republication's trace taking over
+    the parts still under way."""
+    codes = uais(600)
+    settings = RessourcesSettings.of(settings).model_copy(update={"reevaluation_chunk": 100})
+    bootstrap = kafka.bootstrap_servers
+    first, second = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await started(pipeline.pool)
+        await seed(pipeline.pool, codes)
+        old = [u for n, u in enumerate(codes) if ipados(n) == OLD]
+        for trace_id, (minute, version), count in ((first, (1, "15"), len(old)), (second, (2, "17.2"), len(codes))):
+            traced = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())]
+            await send(bootstrap, settings.topic(c.CATALOGUE), [publiee(minute, version)], headers=traced)
+            await alerts.wait_for(lambda _, n=count: len(raised(alerts)) >= n, timeout=60, what=f"{count} raises")
+        await eventually(lambda: done(pipeline.pool), what="the fan-out done")
+    parents = [dict(r.headers).get("traceparent", b"").decode().split("-")[1:2] for r in alerts.records]
+    assert parents[: len(old)] == [[first]] * len(old), "the first publication's alerts: its trace"
+    assert parents[len(old) :] == [[second]] * (len(alerts.records) - len(old)), "the second's: its own"
+
+
 @dataclasses.dataclass
 class FanOut:
     codes: list[str]
@@ -515,6 +538,24 @@ async def test_a_resource_nobody_subscribes_to_makes_no_part(database_url):
         assert [tuple(p) for p in parts] == [(RID, 0, "", None)]
 
 
+async def test_a_part_under_way_carries_the_trace_of_the_latest_request(database_url):
+    """A part's remaining UAIs are evaluated with the resource as it is when they are reached:
+    the latest change's, whose trace they continue (a part made now, and one already under way)."""
+    first, latest = (f"00-{n:032x}-00f067aa0ba902b7-01" for n in (1, 2))
+    async with seeded(database_url, uais(3)) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            await RessourcesStore(conn).request_reevaluations([RID], {RID: first})
+        await one_chunk(pool, 1)  # under way: its cursor past the first UAI
+        async with pool.acquire() as conn, conn.transaction():
+            await RessourcesStore(conn).request_reevaluations([RID], {RID: latest})
+        rows = await pool.fetch("SELECT part, after_uai, traceparent FROM reevaluations ORDER BY part")
+        assert [r["part"] for r in rows] == [0, 1] and rows[0]["after_uai"] != "", "one under way, one made now"
+        assert {r["traceparent"] for r in rows} == {latest}
+        async with pool.acquire() as conn, conn.transaction():
+            part = await RessourcesStore(conn).next_reevaluation()
+        assert part is not None and part.traceparent == latest
+
+
 async def fan_out(pool, seuils: Seuils) -> None:
     """Every chunk of the re-evaluations waiting, as a worker takes them."""
     while True:
@@ -682,8 +723,8 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
 class PausedAfterRequest(Paused):
     """A store that stops once it has written the parts of the re-evaluation it requests."""
 
-    async def request_reevaluations(self, resource_ids):
-        return await self._after(super().request_reevaluations(resource_ids))
+    async def request_reevaluations(self, resource_ids, traceparents=None):
+        return await self._after(super().request_reevaluations(resource_ids, traceparents))
 
 
 async def test_a_catch_up_and_a_change_of_thresholds_requesting_every_pair_take_turns(database_url):

@@ -226,9 +226,14 @@ class RessourcesMemory:
     async def save_seuils(self, seuils: Seuils) -> None:
         self.held_seuils = (seuils.min_compatible_share, seuils.min_training_coverage)
 
-    async def request_reevaluations(self, resource_ids: Sequence[str]) -> None:
+    async def request_reevaluations(
+        self, resource_ids: Sequence[str], traceparents: Mapping[str, str | None] | None = None
+    ) -> None:
+        traced = traceparents or {}
         for rid in sorted(set(resource_ids)):
             parts = {k: p for k, p in self.reevaluations.items() if k[0] == rid}  # under way: kept
+            for k, p in parts.items():  # they carry the latest request's trace
+                self.reevaluations[k] = dataclasses.replace(p, traceparent=traced.get(rid))
             ranges = uncovered([(p.after_uai, p.up_to) for p in parts.values()]) if parts else [("", None)]
             inside = [  # (range number, UAI), as _PART_CUTS numbers them
                 (i, u)
@@ -241,7 +246,7 @@ class RessourcesMemory:
             rows = [(i, u, n % every == 0 and n < len(inside), last[i] == u) for n, (i, u) in enumerate(inside, 1)]
             first = max((n for _, n in parts), default=-1) + 1
             for n, (after, up_to) in enumerate(cut(ranges, rows), first):
-                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to)
+                self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to, traced.get(rid))
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
         ready = [k for k in self.reevaluations if k not in self.postponed]
