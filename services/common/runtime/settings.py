@@ -68,16 +68,19 @@ def _userinfo_encoded(url: str) -> bool:
     its `@` then comes after it, and the rest of the password is read as the port, the database
     or the options (asyncpg's error quoted it)."""
     parts = urlsplit(url)
-    return "@" not in parts.path + parts.query + parts.fragment
+    options = parts.query.split("&")  # a user given as an option (`?user=name@server`) is no password
+    return "@" not in parts.path + parts.fragment and not any("@" in o for o in options if "=" not in o)
 
 
-def _port_number(url: str) -> bool:
-    """urllib checks the port only when it is read: a number from 0 to 65535, or none."""
-    try:
-        port = urlsplit(url).port
-    except ValueError:
-        return False
-    return port is None or 0 <= port <= 65535
+def _port_numbers(url: str) -> bool:
+    """Each host's port, if any, a number from 0 to 65535 (asyncpg takes several hosts,
+    `host1:5432,host2:5432`, which urllib does not)."""
+    for host in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        number = port.rpartition(":")[2] if ":" in port else ""
+        if number and not (number.isdigit() and int(number) <= 65535):
+            return False
+    return True
 
 
 PostgresUrl = Annotated[
@@ -87,7 +90,11 @@ PostgresUrl = Annotated[
         "must be a PostgreSQL URL, postgresql://user:password@host:port/database",
     ),
     _must(_userinfo_encoded, "its user and password must have / ? and # percent-encoded (%2F %3F %23)"),
-    _must(_port_number, "its port must be a number from 0 to 65535"),
+    _must(
+        _port_numbers,
+        "its port must be a number from 0 to 65535 (else a / ? or # in its password is not percent-encoded: "
+        "%2F %3F %23)",
+    ),
 ]
 SchemaName = Annotated[
     str,

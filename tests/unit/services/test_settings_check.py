@@ -78,7 +78,8 @@ def test_each_kind_of_bad_value_is_one_line_naming_the_variable_and_the_rule(env
         ),
         (
             {"DATABASE_URL": "postgresql://feo:s3cret@db:99999/feo"},
-            "DATABASE_URL: its port must be a number from 0 to 65535",
+            "DATABASE_URL: its port must be a number from 0 to 65535 (else a / ? or # in its password is not "
+            "percent-encoded: %2F %3F %23)",
         ),
     ],
 )
@@ -129,7 +130,13 @@ def test_good_values_pass_and_only_the_given_environment_is_read(monkeypatch):
     }
     assert check_environment(good, BOTH) == []
     assert check_environment({}, BOTH) == []
-    for url in ("postgresql://feo:s3c%2F%3F%23r@t@db/feo", "postgresql:///feo?host=/run/postgresql", "postgresql://db"):
+    for url in (
+        "postgresql://feo:s3c%2F%3F%23r@t@db/feo",
+        "postgresql:///feo?host=/run/postgresql&user=feo@serveur",
+        "postgresql://db",
+        "postgresql://feo:s3cret@db-1:5432,db-2:5433/feo?target_session_attrs=read-write",  # asyncpg's several hosts
+        "postgresql://feo:s3cret@[::1]:5432/feo",
+    ):
         assert check_environment({"DATABASE_URL": url}) == [], url
 
 
