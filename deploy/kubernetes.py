@@ -273,17 +273,18 @@ def services() -> list[dict[str, Any]]:
 
 TOOLBOX = "feo-operateur"
 BACKUPS = "/var/lib/feo/sauvegardes"
-TOOLBOX_MEMORY = ("512Mi", "2Gi")
-"""The toolbox's memory request and limit: a rebuild replays a service's whole log with its code
-in the command's process, a restore's catch-up too (not measured at national scale: the limit is
-well above the services')."""
+TOOLBOX_MEMORY = ("256Mi", "2Gi")
+"""The toolbox's memory request (what it holds idle, and a tool's start) and limit: a rebuild
+replays a service's whole log with its code in the command's process, a restore's catch-up too
+(not measured at national scale: the limit is well above the services')."""
 
 
 def toolbox() -> list[dict[str, Any]]:
     """The operators' tools (rebuild, backup and restore, catch-up, dead letters, outbox), run
     with `kubectl exec` in a pod that has what they need: the services' settings, the database,
-    Kafka as the `operateur` super user, and a volume for the backups. None by default
-    (`replicas: 0`): scaled to one while an operator works."""
+    Kafka as the `operateur` super user, and a volume for the backups. One pod, idle until then.
+    No `replicas`: declared, a `kubectl apply -k` (or a GitOps sync) would set it back, and
+    scaling it would end a rebuild under way; its operators scale it as they see fit."""
     labels = {"app.kubernetes.io/name": TOOLBOX}
     container = {
         "name": "outils",
@@ -315,7 +316,6 @@ def toolbox() -> list[dict[str, Any]]:
             "kind": "Deployment",
             "metadata": {"name": TOOLBOX, "labels": labels},
             "spec": {
-                "replicas": 0,
                 "selector": {"matchLabels": labels},
                 # One pod at most: the volume is ReadWriteOnce, and two restores must not run at once.
                 "strategy": {"type": "Recreate"},

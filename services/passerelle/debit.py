@@ -45,11 +45,13 @@ class Debit:
         return (events - bucket.tokens) / self._rate
 
     def spend(self, subject: str, events: int) -> None:
-        """`events` taken from `subject`'s bucket, as many as it holds: a request that cost as much
-        without carrying them (its body refused whole)."""
+        """`events` taken from `subject`'s bucket, into debt by as many at most: a request that
+        cost as much without carrying them (its body refused whole). Emptied only, the bucket
+        let the next such request through once it held one event again (half a millisecond at
+        2,000 a second): in debt, the subject waits as long as for `events` more."""
         now = self._clock()
         bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
-        bucket.tokens, bucket.at = max(0.0, self._tokens(bucket, now) - events), now
+        bucket.tokens, bucket.at = max(-float(events), self._tokens(bucket, now) - events), now
 
 
 def retry_after(seconds: float) -> str:

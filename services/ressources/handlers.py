@@ -107,8 +107,9 @@ def make_apply(seuils: Seuils):
         # this batch either reads the resource's change or commits before its fan-out is cut.
         changed = _changed_for_the_rules(catalogue.winners.values(), before)
         await store.lock_resources(changed, sorted({e.data.resource_id for e in abonnements.winners.values()}))
-        traceparent_of = TRACEPARENT_OF.get()  # the alerts of its fan-out continue the trace of its change
-        await store.request_reevaluations(changed, {rid: traceparent_of(causes[rid]) for rid in changed})
+        # The alerts of its fan-out continue the trace of its change (the catalogue event kept).
+        traceparent_of, kept = TRACEPARENT_OF.get(), {e.data.resource_id: e for e in catalogue.winners.values()}
+        await store.request_reevaluations(changed, {rid: traceparent_of(kept[rid]) for rid in changed})
         uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))

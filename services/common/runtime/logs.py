@@ -74,11 +74,17 @@ def _coordinator_retry(record: logging.LogRecord) -> bool:
     return True
 
 
+CUT_AT_STOP = "timeout graceful shutdown exceeded"
+"""What uvicorn says when it cancels the requests still in flight once a stop's grace is over."""
+
+
 def _request_cut_at_stop(record: logging.LogRecord) -> bool:
-    """A filter of uvicorn's logger: a request still in flight once a stop's grace is over is
-    cancelled, and uvicorn prints its traceback as an exception of the app, after its own line
-    saying it cut it ("Cancel N running task(s), timeout graceful shutdown exceeded")."""
-    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+    """A filter of uvicorn's logger: a request cut at a stop (uvicorn cancels it with CUT_AT_STOP)
+    has its traceback printed as an exception of the app, after uvicorn's own line saying it cut
+    it ("Cancel N running task(s), timeout graceful shutdown exceeded"). Any other cancellation
+    is printed as it comes."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, asyncio.CancelledError) and CUT_AT_STOP in str(error))
 
 
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", library_level: str = "WARNING") -> None:

@@ -38,6 +38,7 @@ import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed
+from aiokafka.protocol.metadata import MetadataRequest
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.secrets import redact
@@ -234,7 +235,10 @@ async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None
         await admin.start()
         await admin.describe_cluster()
         if topics:
-            described = await admin.describe_topics(list(topics))
+            # Not describe_topics: its request lets a broker left at Kafka's default create them
+            # (auto.create.topics.enable), under a mistyped prefix too.
+            asked = MetadataRequest(list(topics), allow_auto_topic_creation=False)
+            described = (await admin._send_request(asked)).to_object()["topics"]
             absent = sorted(
                 t["topic"] for t in described if t["error_code"] in (UNKNOWN_TOPIC, TOPIC_AUTHORIZATION_FAILED)
             )

@@ -2,6 +2,7 @@
 aiokafka's retried coordinator errors not shown as errors (real processes:
 tests/integration/test_settings_and_logs.py)."""
 
+import asyncio
 import json
 import logging
 import sys
@@ -68,3 +69,26 @@ def test_configured_twice_a_line_is_written_once(capsys):
     configure_logging("svc", "json", "INFO")
     logging.getLogger("asyncio").error("Task was destroyed but it is pending!")
     assert len(json_lines(capsys.readouterr().err)) == 1
+
+
+def test_only_a_request_cut_at_a_stop_loses_its_traceback_on_uvicorns_logger():
+    """uvicorn prints the request it cancels past a stop's grace as the app's exception, after
+    saying it cut it: that traceback is dropped. Any other cancellation is printed as it comes."""
+    from services.common.runtime.logs import _request_cut_at_stop
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.error",
+            logging.ERROR,
+            __file__,
+            1,
+            "Exception in ASGI application\n",
+            (),
+            (type(error), error, None),
+        )
+
+    assert not _request_cut_at_stop(
+        record(asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded"))
+    )
+    assert _request_cut_at_stop(record(asyncio.CancelledError()))
+    assert _request_cut_at_stop(record(RuntimeError("timeout graceful shutdown exceeded")))

@@ -1,5 +1,7 @@
 """The passerelle's per-subject token bucket, on an injected clock."""
 
+import pytest
+
 from services.passerelle.debit import Debit, retry_after
 
 
@@ -60,12 +62,28 @@ def test_waiting_says_when_one_event_may_pass_and_takes_nothing():
     assert debit.take("a", 1) == 0
 
 
-def test_a_request_refused_whole_spends_what_the_bucket_holds_down_to_empty():
+def test_a_request_refused_whole_is_spent_as_a_full_batch_into_debt_by_one_at_most():
     clock = Clock()
     debit = Debit(rate=10, burst=1000, clock=clock)
     debit.spend("a", 600)
     assert debit.waiting("a") == 0 and debit.take("a", 400) == 0
-    debit.spend("a", 1000)  # nothing left to spend: empty, not in debt
-    assert debit.waiting("a") == 0.1
-    clock.now += 0.1
+    debit.spend("a", 1000)
+    debit.spend("a", 1000)  # one batch in debt at most
+    assert debit.waiting("a") == pytest.approx(100.1)  # back to one event: 1,001 at 10 a second
+    clock.now += 100.2
     assert debit.waiting("a") == 0 and debit.waiting("b") == 0
+
+
+def test_at_the_default_rate_a_client_repeating_a_refused_body_meets_429_before_its_body_is_read():
+    """Emptied only, the bucket held one event again half a millisecond later: every repetition
+    was read and split, none refused."""
+    clock = Clock()
+    debit = Debit(rate=2000, burst=10_000, clock=clock)
+    refused = 0
+    for _ in range(200):  # one request every 50 ms
+        if debit.waiting("a"):
+            refused += 1
+        else:
+            debit.spend("a", 1000)
+        clock.now += 0.05
+    assert refused >= 150, refused  # at 2,000 a second: one refused body in 0.5 s gets through

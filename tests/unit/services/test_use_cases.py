@@ -16,6 +16,7 @@ from contracts.internal import (
     ProfilLot,
 )
 from services.common.messaging.outbox import Twin
+from services.common.pipeline import TRACEPARENT_OF
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
 from services.ressources.handlers import make_apply, reevaluate_chunk
@@ -368,3 +369,18 @@ async def test_formation_s_records_read_one_per_batch_give_no_alert_for_a_state_
     assert len(first) == len(joined) == 2, "the teacher count and the TNI's, in one batch each"
     assert [announced(applied) for applied in first + joined] == [[], [], [], []]
     assert store.alerts == {}
+
+
+async def test_a_fan_out_carries_the_trace_of_the_catalogue_event_that_changed_its_resource():
+    """The trace was that of the batch's last event about the resource: a subscription to it
+    after its publication in one batch gave the fan-out the subscriber's trace."""
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 15)]
+    store = await subscribed_with_old_tablets(uais)
+    published, subscribed = publication(2), subscription(uais[0], minute=2)
+    parents = {published.id: "00-publication", subscribed.id: "00-subscription"}
+    traced = TRACEPARENT_OF.set(lambda e: parents[e.id])
+    try:
+        await ressources(store, [published, subscribed], set())
+    finally:
+        TRACEPARENT_OF.reset(traced)
+    assert {p.traceparent for p in store.reevaluations.values()} == {"00-publication"}
