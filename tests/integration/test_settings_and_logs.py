@@ -2,6 +2,7 @@
 that refuses it is one line naming the variable, and its console is one format (JSON lines
 when not a terminal, the libraries' lines included), one line per batch and per alert."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from contracts.internal import PROFILS
 from deploy.local.ports import free_port
 from deploy.local.processes import ServiceProcesses
 from helpers import TopicReader, college, eventually, send, uai
+from test_equipement import lot
 from test_ressources import abonnement, profil, publiee
 
 RETRIED_SECONDS = 30
@@ -168,3 +170,31 @@ async def test_an_alert_raised_is_one_debug_line_in_an_info_summary_and_a_defaul
     assert published["resource_id"] == alert["resource_id"] and "uai" not in published
     assert not [line for line in lines if "logger" in line], "libraries quiet at their default level"
     assert not [line for line in lines if line["level"] in ("warning", "error", "critical")]
+
+
+async def test_a_batch_of_refused_records_is_one_warning_each_record_a_debug_line(
+    kafka, database_url, topic_prefix, tmp_path
+):
+    """A broken feed was a warning per record: 20 lines here, 100,000 for a backlog of them."""
+    where = uai("0354100")
+    # One key, one partition: one batch. Each lot names an établissement the référentiel lacks.
+    lots = [("same-key", lot(where, f"L{i}", 30, 1)) for i in range(20)]
+    await send(kafka.bootstrap_servers, topic_prefix + c.EQUIPEMENT, lots)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "TOPIC_PREFIX": topic_prefix,
+    }
+    procs = service("equipement", env, tmp_path)
+    log = tmp_path / "equipement.log"
+    procs.start()
+    try:
+        procs.wait_healthy()
+        [warned] = await eventually(lambda: asyncio.sleep(0, events_of(log, "events.rejected")), what="the warning")
+    finally:
+        procs.stop()
+    assert warned["level"] == "warning" and warned["refused"] == {"uai-inconnu": 20}, warned
+    assert warned["first"]["topic"] == topic_prefix + c.EQUIPEMENT and warned["first"]["reason"] == "uai-inconnu"
+    assert events_of(log, "event.rejected") == [], "per-record lines are DEBUG"
+    [batch] = events_of(log, "batch.applied")
+    assert batch["refused"] == {"uai-inconnu": 20}

@@ -13,6 +13,8 @@ A record refused for want of its établissement (`uai-inconnu`) also waits, byte
 (pipeline.Pipeline.revive), which marks its `dead_letters` row (`accepted`, `rejudged`).
 """
 
+import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -164,8 +166,7 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
         for r, sender in zip(rejections, senders, strict=True)
         if (r.record.topic, r.record.partition, r.record.offset) in new
     ]
-    for r, (source, event_id, *_) in fresh:
-        _logged(r, source, event_id)
+    _logged([(r, source, event_id) for r, (source, event_id, *_) in fresh])
     await enqueue(conn, [dead_letter(r) for r, _ in fresh])
     return await _waits(conn, [r for r, _ in fresh])
 
@@ -209,16 +210,35 @@ def _origins(rejections: Sequence[Rejection]) -> tuple[list[str], list[int], lis
     )
 
 
-def _logged(r: Rejection, source: str | None, event_id: str | None, event: str = "event.rejected") -> None:
+def _logged(refused: Sequence[tuple[Rejection, str | None, str | None]], event: str = "event.rejected") -> None:
+    """A DEBUG line per record dead-lettered (`event`: its reason, where it is, its sender), and
+    one WARNING line for all of them (`events.…`: how many by reason, the first one's): a broken
+    feed was a warning per record."""
+    if not refused:
+        return
+    if log.is_enabled_for(logging.DEBUG):
+        for r, source, event_id in refused:
+            log.debug(
+                event,
+                reason=r.code,
+                detail=r.message,
+                topic=r.record.topic,
+                partition=r.record.partition,
+                offset=r.record.offset,
+                source=source,
+                event_id=event_id,
+            )
+    first = refused[0][0]
     log.warning(
-        event,
-        reason=r.code,
-        detail=r.message,
-        topic=r.record.topic,
-        partition=r.record.partition,
-        offset=r.record.offset,
-        source=source,
-        event_id=event_id,
+        event.replace("event.", "events.", 1),
+        refused=dict(Counter(r.code for r, _, _ in refused)),
+        first={
+            "reason": first.code,
+            "detail": first.message,
+            "topic": first.record.topic,
+            "partition": first.record.partition,
+            "offset": first.record.offset,
+        },
     )
 
 
@@ -242,9 +262,8 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
             [r.code for r in refused],
             [_text(r.message) for r in refused],
         )
-        for r in refused:
-            found = attributes(r.record.value)
-            _logged(r, found.get("source"), found.get("id"), "event.rejudged")
+        found = [attributes(r.record.value) for r in refused]
+        _logged([(r, f.get("source"), f.get("id")) for r, f in zip(refused, found, strict=True)], "event.rejudged")
         await enqueue(conn, [dead_letter(r) for r in refused])
         await _waits(conn, refused)  # for want of a UAI again (another one, read by a newer contract): waits again
 
