@@ -122,6 +122,8 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
             return outbox(now, "feo_outbox_pending") >= 1 and outbox(now, "feo_outbox_oldest_age_seconds") >= 0.5
 
         await eventually(ageing, what="the lots' profile waiting in the outbox, half a second old")
+        status, health = await service.app.health()
+        assert status == 200 and health["outbox_pending"] >= 1 and health["outbox_oldest_s"] >= 0.5, health
         await relay_holder.execute("SELECT pg_advisory_unlock($1)", relay_lock(settings.db_schema or "equipement"))
 
         async def published():
@@ -129,6 +131,8 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
             return outbox(now, "feo_outbox_pending") == 0 and outbox(now, "feo_outbox_oldest_age_seconds") == 0
 
         await eventually(published, what="the outbox published, its age back to 0")
+        status, health = await service.app.health()
+        assert status == 200 and health["outbox_oldest_s"] == 0, health
 
 
 async def subscribe_unequipped(kafka, settings, uai: str, resource_id: str) -> None:

@@ -181,6 +181,14 @@ async def count_pending(conn: Conn | asyncpg.Pool, at_most: int | None = None) -
     return await count_rows(conn, "outbox", at_most)
 
 
+async def oldest_pending_age(conn: Conn | asyncpg.Pool) -> float:
+    """Seconds the oldest record in the outbox has waited for the relay (0: none waits)."""
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
+    )
+    return age or 0.0
+
+
 async def count_rows(conn: Conn | asyncpg.Pool, table: str, at_most: int | None) -> int:
     """The rows of `table`; `at_most` bounds the count (a probe stays cheap)."""
     limit = "" if at_most is None else f" LIMIT {int(at_most)}"

@@ -7,7 +7,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 
 from services.common.messaging import dlq
-from services.common.messaging.outbox import count_failed, count_pending
+from services.common.messaging.outbox import count_failed, count_pending, oldest_pending_age
 from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Gauge, Gauges
 from services.common.runtime.secrets import redact
@@ -49,6 +49,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "kafka": reached,
         "database": False,
         "outbox_pending": None,
+        "outbox_oldest_s": None,
         "outbox_failed": None,
         "revivals_pending": None,
         "awaiting_referentiel": None,
@@ -77,6 +78,9 @@ async def _database_health(pipeline: Pipeline, backlog: Backlog) -> dict:
 async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None:
     # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
     body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
+    # Growing while the service answers 200: its relay is stalled (Kafka refusing every round,
+    # or another replica holding the relay's turn without publishing).
+    body["outbox_oldest_s"] = round(await oldest_pending_age(pipeline.pool), 1)
     # Records Kafka refused for good: the service goes on, an operator must look (./dev outbox).
     body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
     # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
@@ -102,9 +106,7 @@ async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Ga
     try:
         async with asyncio.timeout(READ_SECONDS), pipeline.pool.acquire() as conn:
             pending = await count_pending(conn)
-            oldest = await conn.fetchval(
-                "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox ORDER BY seq LIMIT 1"
-            )
+            oldest = await oldest_pending_age(conn)
             failed = await count_failed(conn)
             awaiting = await dlq.count_awaiting(conn)
         # Not within READ_SECONDS: a count that takes longer ends all the same, and is kept for
@@ -121,7 +123,7 @@ async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Ga
     return [
         Gauge("feo_database_reachable", _REACHABLE, {}, 1),
         Gauge("feo_outbox_pending", "rows in the outbox, waiting for the relay", {}, pending),
-        Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest or 0),
+        Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest),
         Gauge(
             "feo_outbox_failed", "records Kafka refused for good, set aside for an operator (./dev outbox)", {}, failed
         ),
