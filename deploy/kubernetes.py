@@ -273,7 +273,7 @@ def services() -> list[dict[str, Any]]:
 
 TOOLBOX = "feo-operateur"
 BACKUPS = "/var/lib/feo/sauvegardes"
-TOOLBOX_MEMORY = ("256Mi", "2Gi")
+TOOLBOX_MEMORY = ("512Mi", "2Gi")
 """The toolbox's memory request (what it holds idle, and a tool's start) and limit: a rebuild
 replays a service's whole log with its code in the command's process, a restore's catch-up too
 (not measured at national scale: the limit is well above the services')."""

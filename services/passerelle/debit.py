@@ -51,7 +51,8 @@ class Debit:
         2,000 a second): in debt, the subject waits as long as for `events` more."""
         now = self._clock()
         bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
-        bucket.tokens, bucket.at = max(-float(events), self._tokens(bucket, now) - events), now
+        held = self._tokens(bucket, now)
+        bucket.tokens, bucket.at = min(held, max(-float(events), held - events)), now  # never a debt lessened
 
 
 def retry_after(seconds: float) -> str:

@@ -213,7 +213,8 @@ def _origins(rejections: Sequence[Rejection]) -> tuple[list[str], list[int], lis
 def _logged(refused: Sequence[tuple[Rejection, str | None, str | None]], event: str = "event.rejected") -> None:
     """A DEBUG line per record dead-lettered (`event`: its reason, where it is, its sender), and
     one WARNING line for all of them (`events.…`: how many by reason, the first one's): a broken
-    feed was a warning per record."""
+    feed was a warning per record. Said in the transaction that dead-letters them: a batch
+    replayed after a conflict says it again, one replayed record by record once per record."""
     if not refused:
         return
     if log.is_enabled_for(logging.DEBUG):

@@ -68,8 +68,13 @@ def _userinfo_encoded(url: str) -> bool:
     its `@` then comes after it, and the rest of the password is read as the port, the database
     or the options (asyncpg's error quoted it)."""
     parts = urlsplit(url)
-    options = parts.query.split("&")  # a user given as an option (`?user=name@server`) is no password
-    return "@" not in parts.path + parts.fragment and not any("@" in o for o in options if "=" not in o)
+    # An option may hold an @ in a user's name (`?user=name@server`) or a path (`?host=/run/a@b`),
+    # not elsewhere: `?opt=x@db/feo` is what a password's unencoded ? leaves.
+    options = [o.partition("=") for o in parts.query.split("&")]
+    misplaced = [value for key, _, value in options if "@" in value and key != "user" and not value.startswith("/")]
+    return (
+        "@" not in parts.path + parts.fragment and not misplaced and not any("@" in k for k, eq, _ in options if not eq)
+    )
 
 
 def _port_numbers(url: str) -> bool:

@@ -69,6 +69,7 @@ def test_a_request_refused_whole_is_spent_as_a_full_batch_into_debt_by_one_at_mo
     assert debit.waiting("a") == 0 and debit.take("a", 400) == 0
     debit.spend("a", 1000)
     debit.spend("a", 1000)  # one batch in debt at most
+    debit.spend("a", 10)  # a smaller spending does not lessen it
     assert debit.waiting("a") == pytest.approx(100.1)  # back to one event: 1,001 at 10 a second
     clock.now += 100.2
     assert debit.waiting("a") == 0 and debit.waiting("b") == 0

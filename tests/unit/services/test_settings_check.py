@@ -74,7 +74,7 @@ def test_each_kind_of_bad_value_is_one_line_naming_the_variable_and_the_rule(env
                 {"DATABASE_URL": f"postgresql://feo:{password}@db/feo"},
                 "DATABASE_URL: its user and password must have / ? and # percent-encoded (%2F %3F %23)",
             )
-            for password in ("s3c/ret", "s3c?ret", "s3c#ret", "1234/s3cret")
+            for password in ("s3c/ret", "s3c?ret", "s3c#ret", "1234/s3cret", "1234?s3c=ret", "?s3c=ret")
         ),
         (
             {"DATABASE_URL": "postgresql://feo:s3cret@db:99999/feo"},
@@ -132,7 +132,7 @@ def test_good_values_pass_and_only_the_given_environment_is_read(monkeypatch):
     assert check_environment({}, BOTH) == []
     for url in (
         "postgresql://feo:s3c%2F%3F%23r@t@db/feo",
-        "postgresql:///feo?host=/run/postgresql&user=feo@serveur",
+        "postgresql:///feo?host=/run/postgresql&user=feo@serveur&sslrootcert=/etc/a@b/ca.crt",
         "postgresql://db",
         "postgresql://feo:s3cret@db-1:5432,db-2:5433/feo?target_session_attrs=read-write",  # asyncpg's several hosts
         "postgresql://feo:s3cret@[::1]:5432/feo",
