@@ -33,6 +33,22 @@ def log_events(path, event: str) -> list[dict]:
     return [e for e in map(json.loads, lines) if e.get("event") == event]
 
 
+async def referentiel_applied(kafka, database_url: str, prefix: str, code: str, timeout: float = 30) -> None:
+    """The ministère publishes the collège `code`; until equipement has stored it."""
+    etab = Etablissement.model_validate(college(code)["data"])
+    ministere = kafka.access_as("ministere")
+    await publish_etablissements(kafka.bootstrap_servers, [etab], prefix + c.REFERENTIEL, access=ministere)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1", code),
+            timeout=timeout,
+            what="the référentiel entry applied",
+        )
+    finally:
+        await conn.close()
+
+
 def wait_until(condition, what: str, timeout: float, procs: ServiceProcesses | None = None, name: str = ""):
     deadline = time.monotonic() + timeout
     while not (result := condition()):
@@ -90,19 +106,7 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         up = time.monotonic()
         procs.wait_healthy(timeout=60)
         print(f"equipement healthy {time.monotonic() - up:.1f} s after the broker served metadata")
-        code = uai("0352001")
-        etab = Etablissement.model_validate(college(code)["data"])
-        ministere = kafka.access_as("ministere")
-        await publish_etablissements(kafka.bootstrap_servers, [etab], prefix + c.REFERENTIEL, access=ministere)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await eventually(
-                lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1", code),
-                timeout=60,
-                what="the référentiel entry applied",
-            )
-        finally:
-            await conn.close()
+        await referentiel_applied(kafka, database_url, prefix, uai("0352001"), timeout=60)
 
         kafka.stop()
         gone = time.monotonic()
@@ -241,17 +245,6 @@ async def test_a_service_started_before_its_topics_waits_for_them_then_consumes_
         assert prefix + c.REFERENTIEL in waits[0]["error"] and prefix + c.EQUIPEMENT in waits[0]["error"]
         await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=2))
         await asyncio.to_thread(procs.wait_healthy, 60)
-        code = uai("0352002")
-        etab = Etablissement.model_validate(college(code)["data"])
-        ministere = kafka.access_as("ministere")
-        await publish_etablissements(kafka.bootstrap_servers, [etab], prefix + c.REFERENTIEL, access=ministere)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await eventually(
-                lambda: conn.fetchval("SELECT count(*) = 1 FROM equipement.etablissements WHERE uai = $1", code),
-                what="the référentiel entry applied",
-            )
-        finally:
-            await conn.close()
+        await referentiel_applied(kafka, database_url, prefix, uai("0352002"))
     finally:
         procs.stop()

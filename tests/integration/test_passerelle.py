@@ -77,6 +77,17 @@ async def passerelle(kafka, settings, identite):
         yield client, api
 
 
+def rated(settings, identite, rate: float, burst: int) -> PasserelleSettings:
+    """The passerelle's settings with this rate and burst per subject."""
+    return PasserelleSettings.of(settings).model_copy(
+        update={
+            "jwks_file": str(identite.jwks_path),
+            "passerelle_rate_events_per_s": rate,
+            "passerelle_rate_burst": burst,
+        }
+    )
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -315,10 +326,7 @@ async def test_the_ministere_and_the_gar_declare_over_http_written_to_their_topi
 
 
 async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_written(kafka, settings, identite):
-    own = PasserelleSettings.of(settings).model_copy(
-        update={"jwks_file": str(identite.jwks_path), "passerelle_rate_events_per_s": 1, "passerelle_rate_burst": 1000}
-    )
-    async with serve(own) as (client, _):
+    async with serve(rated(settings, identite, 1, 1000)) as (client, _):
         events = [lot(ECOLE, lot_id=f"L{i}") for i in range(600)]  # UAI unknown here: each refused, counted
         first = await client.post("/v1/evenements", json=events, headers=bearer(identite.jeton(RENNES)) | BATCHED)
         assert first.status_code == 207
@@ -332,14 +340,7 @@ async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_writte
 
 
 async def test_with_an_empty_bucket_a_request_is_429_before_its_body_is_read(settings, identite):
-    own = PasserelleSettings.of(settings).model_copy(
-        update={
-            "jwks_file": str(identite.jwks_path),
-            "passerelle_rate_events_per_s": 0.01,
-            "passerelle_rate_burst": 1000,
-        }
-    )
-    async with serve(own) as (client, _):
+    async with serve(rated(settings, identite, 0.01, 1000)) as (client, _):
         auth = bearer(identite.jeton(RENNES)) | BATCHED
         events = [lot(ECOLE, lot_id=f"L{i}") for i in range(1000)]
         assert (await client.post("/v1/evenements", json=events, headers=auth)).status_code == 207  # the burst
@@ -350,14 +351,7 @@ async def test_with_an_empty_bucket_a_request_is_429_before_its_body_is_read(set
 async def test_a_body_refused_whole_counts_as_a_full_batch_so_repeating_it_meets_429(settings, identite):
     """Read and split for nothing, a refused body took nothing from the bucket: a client looping
     on a 16 MiB body with a stray byte was never told to slow down."""
-    own = PasserelleSettings.of(settings).model_copy(
-        update={
-            "jwks_file": str(identite.jwks_path),
-            "passerelle_rate_events_per_s": 0.01,
-            "passerelle_rate_burst": 2000,
-        }
-    )
-    async with serve(own) as (client, _):
+    async with serve(rated(settings, identite, 0.01, 2000)) as (client, _):
         auth = bearer(identite.jeton(RENNES)) | BATCHED
         for _ in range(2):
             assert (await client.post("/v1/evenements", content=b"[1,", headers=auth)).status_code == 400
