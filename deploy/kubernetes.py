@@ -8,8 +8,8 @@
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
   it is given to stop, its Kafka principal's secret);
-- `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), none until scaled
-  to one, and the volume of its backups.
+- `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), idle until they
+  run in it, and the volume of its backups.
 The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
 settings the services share) is written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
