@@ -24,9 +24,10 @@ needs re-derivation:
 3. The former schema stays, for comparison or to switch back; drop it when done
    (`DROP SCHEMA "<schema>_avant_…" CASCADE`).
 
-Exit codes: 0 rebuilt and switched, 1 failed (the service keeps its schema: nothing is renamed
-before the end, and the half-built one is dropped), 2 bad usage or settings (one line per
-problem, as the service says it).
+Exit codes: 0 rebuilt and switched (also when the rename committed but its answer was lost:
+the former schema's name, this run's own, is there), 1 failed (the service keeps its schema:
+nothing is renamed before the end, and the half-built one is dropped), 2 bad usage or settings
+(one line per problem, as the service says it).
 """
 
 import argparse
@@ -34,8 +35,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -56,6 +58,7 @@ from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
 
 SPECS = {s.name: s for s in (FORMATION, EQUIPEMENT, RESSOURCES)}
+T = TypeVar("T")
 APPLICATION = "feo-reconstruire"
 """This process's sessions: not the service's, which the switch ends."""
 DRAIN_TIMEOUT_SECONDS = 120
@@ -84,15 +87,27 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
         except rattrapage.AccesInsuffisant as e:
             raise ReconstructionError(f"nothing rebuilt: {e}") from None
         await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+        queued: int | str
         try:
             queued = await _build_and_switch(spec, settings, session, producer, live, fresh, former)
-        except BaseException:
-            await _drop_half_built(settings, session, fresh)
-            raise
-        ended = await session.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = ANY($1::text[])",
-            [f"feo-{live}", f"feo-{live}-sse"],  # the SSE hub's session too: it reconnects to the new journal
+        except BaseException as e:
+            # The rename's COMMIT may have been done though its answer was lost (the session cut
+            # then): `former`, named for this run, exists only if it was. Told "the service keeps
+            # its schema", the operator left the service's sessions on the schemas as they were
+            # before the rename, its cached statements writing into the former one.
+            if not await _switched(settings, session, former):
+                await _drop_half_built(settings, session, fresh)
+                raise
+            say(f"the switch committed, though its answer was lost ({type(e).__name__}): ending the service's sessions")
+            queued = "an unknown number of"
+        ended = await _on_a_session(
+            settings,
+            session,
+            lambda conn: conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+                [f"feo-{live}", f"feo-{live}-sse"],  # the SSE hub's session too: it reconnects to the new journal
+            ),
         )
         say(
             f"{spec.name} now works in the rebuilt schema {live} ({queued} records differed from what was "
@@ -185,21 +200,40 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     )
 
 
+async def _on_a_session(
+    settings: ServiceSettings, session: asyncpg.Connection, work: Callable[[Any], Awaitable[T]]
+) -> T:
+    """`work` on the rebuild's session, or on a new one if PostgreSQL ended it."""
+    if not session.is_closed():
+        return await work(session)
+    again = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
+    try:
+        return await work(again)
+    finally:
+        await again.close()
+
+
+async def _switched(settings: ServiceSettings, session: asyncpg.Connection, former: str) -> bool:
+    """Whether this run's rename committed (its name for the former schema exists). Unknown (the
+    database away): said, and taken as not."""
+    try:
+        return await _on_a_session(
+            settings,
+            session,
+            lambda conn: conn.fetchval("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", former),
+        )
+    except Exception as e:
+        say(f"whether the switch committed is unknown ({type(e).__name__}): it did if schema {former} exists")
+        return False
+
+
 async def _drop_half_built(settings: ServiceSettings, session: asyncpg.Connection, fresh: str) -> None:
     """A rebuild that failed before its switch leaves nothing behind: its schema, as far as it
     got, is dropped (it could be GBs, and is of no use: the next rebuild starts from scratch),
     over a new session if PostgreSQL ended this one (a restart during the replay). If even that
     fails (the database gone), the next rebuild drops it first."""
-    drop = f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE'
     try:
-        if session.is_closed():
-            again = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
-            try:
-                await again.execute(drop)
-            finally:
-                await again.close()
-        else:
-            await session.execute(drop)
+        await _on_a_session(settings, session, lambda conn: conn.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE'))
     except Exception as e:
         say(f"the half-built schema {fresh} is left ({type(e).__name__}): the next rebuild drops it first")
     else:

@@ -310,15 +310,7 @@ def test_a_rebuild_whose_session_postgresql_ended_says_so_and_leaves_no_half_bui
     fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
 
     async def during_a_restart(target):
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
-                "AND datname = current_database()",
-                reconstruire.APPLICATION,
-            )
-        finally:
-            await conn.close()
+        await terminate(settings.database_url, reconstruire.APPLICATION)
         return await replay(target)
 
     async def schemas() -> list[str]:
@@ -496,3 +488,55 @@ async def test_a_replay_reads_a_record_whose_header_name_is_not_utf8(kafka, sett
     finally:
         await cible.close()
         await held.stop()
+
+
+async def test_a_switch_that_committed_though_its_answer_was_lost_is_finished_not_reported_failed(
+    kafka, settings, monkeypatch, capsys
+) -> None:
+    """The rename's COMMIT done, its answer lost (the rebuild's session cut then): the rebuild said
+    "failed, the service keeps its schema" and left the service's sessions as they were, their
+    cached statements on the former schema. It finds out the switch committed (the former schema's
+    name, this run's own, exists) and finishes it: the service's sessions ended, the former named."""
+    from deploy import reconstruire
+
+    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+    await cible.close()
+    uai = valid_uai("0350404")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+    build_and_switch = reconstruire._build_and_switch
+
+    async def answer_lost(*args):
+        await build_and_switch(*args)  # renamed and committed
+        await terminate(settings.database_url, reconstruire.APPLICATION)  # then the session cut
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(reconstruire, "_build_and_switch", answer_lost)
+    service = await asyncpg.connect(settings.database_url, server_settings={"application_name": f"feo-{SPEC.name}"})
+    try:
+        former = await reconstruire.rebuild(SPEC, settings)
+        assert await eventually(lambda: asyncio.sleep(0, service.is_closed()), what="the service's session ended")
+    finally:
+        if not service.is_closed():
+            await service.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        schemas = await conn.fetchval("SELECT array_agg(nspname::text) FROM pg_namespace")
+        assert former in schemas and f"{SPEC.name}_reconstruit" not in schemas
+        assert await conn.fetchval(f"SELECT count(*) FROM {SPEC.name}.etablissements WHERE uai = $1", uai) == 1
+    finally:
+        await conn.close()
+    said = capsys.readouterr().out
+    assert "the switch committed, though its answer was lost" in said and "rebuild failed" not in said, said
+
+
+async def terminate(database_url: str, application: str) -> None:
+    """PostgreSQL ends the sessions of `application`."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND datname = current_database()",
+            application,
+        )
+    finally:
+        await conn.close()
