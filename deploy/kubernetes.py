@@ -273,6 +273,7 @@ def services() -> list[dict[str, Any]]:
 
 TOOLBOX = "feo-operateur"
 BACKUPS = "/var/lib/feo/sauvegardes"
+BACKUP_CLAIM = "feo-sauvegardes"
 TOOLBOX_MEMORY = ("512Mi", "2Gi")
 """The toolbox's memory request (what it holds idle, and a tool's start) and limit: a rebuild
 replays a service's whole log with its code in the command's process, a restore's catch-up too
@@ -308,7 +309,7 @@ def toolbox() -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "feo-sauvegardes", "labels": labels},
+            "metadata": {"name": BACKUP_CLAIM, "labels": labels},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
         },
         {
@@ -325,7 +326,7 @@ def toolbox() -> list[dict[str, Any]]:
                         "containers": [container],
                         "volumes": [
                             CA_VOLUME,
-                            {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": "feo-sauvegardes"}},
+                            {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": BACKUP_CLAIM}},
                         ],
                     },
                 },

@@ -80,7 +80,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     try:
         if not await session.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"reconstruire:{live}")):
             raise ReconstructionError(f"a rebuild of schema {live!r} is already under way")
-        if not await session.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", live):
+        if not await _schema_exists(session, live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
         try:  # the replay reads what only an operator may: found out before a schema is made
             await rattrapage.check_access(settings, [spec])
@@ -213,6 +213,10 @@ async def _on_a_session(
         await again.close()
 
 
+async def _schema_exists(conn: asyncpg.Connection, name: str) -> bool:
+    return await conn.fetchval("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", name)
+
+
 async def _switched(settings: ServiceSettings, session: asyncpg.Connection, former: str) -> bool:
     """Whether this run's rename committed (its name for the former schema exists). Unknown (the
     database away): said, and taken as not."""
@@ -220,7 +224,7 @@ async def _switched(settings: ServiceSettings, session: asyncpg.Connection, form
         return await _on_a_session(
             settings,
             session,
-            lambda conn: conn.fetchval("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", former),
+            lambda conn: _schema_exists(conn, former),
         )
     except Exception as e:
         say(f"whether the switch committed is unknown ({type(e).__name__}): it did if schema {former} exists")

@@ -34,11 +34,16 @@ class Debit:
         tokens = self._burst if bucket is None else self._tokens(bucket, self._clock())
         return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
 
-    def take(self, subject: str, events: int) -> float:
-        """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
+    def _counted(self, subject: str) -> _Bucket:
+        """`subject`'s bucket, counted now."""
         now = self._clock()
         bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
         bucket.tokens, bucket.at = self._tokens(bucket, now), now
+        return bucket
+
+    def take(self, subject: str, events: int) -> float:
+        """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
+        bucket = self._counted(subject)
         if events <= bucket.tokens:
             bucket.tokens -= events
             return 0.0
@@ -49,10 +54,8 @@ class Debit:
         cost as much without carrying them (its body refused whole). Emptied only, the bucket
         let the next such request through once it held one event again (half a millisecond at
         2,000 a second): in debt, the subject waits as long as for `events` more."""
-        now = self._clock()
-        bucket = self._buckets.setdefault(subject, _Bucket(self._burst, now))
-        held = self._tokens(bucket, now)
-        bucket.tokens, bucket.at = min(held, max(-float(events), held - events)), now  # never a debt lessened
+        bucket = self._counted(subject)
+        bucket.tokens = min(bucket.tokens, max(-float(events), bucket.tokens - events))  # never a debt lessened
 
 
 def retry_after(seconds: float) -> str:

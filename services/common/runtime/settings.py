@@ -71,10 +71,10 @@ def _userinfo_encoded(url: str) -> bool:
     # An option may hold an @ in a user's name (`?user=name@server`) or a path (`?host=/run/a@b`),
     # not elsewhere: `?opt=x@db/feo` is what a password's unencoded ? leaves.
     options = [o.partition("=") for o in parts.query.split("&")]
-    misplaced = [value for key, _, value in options if "@" in value and key != "user" and not value.startswith("/")]
-    return (
-        "@" not in parts.path + parts.fragment and not misplaced and not any("@" in k for k, eq, _ in options if not eq)
+    misplaced = any(
+        "@" in (value if eq else key) and key != "user" and not value.startswith("/") for key, eq, value in options
     )
+    return "@" not in parts.path + parts.fragment and not misplaced
 
 
 def _port_numbers(url: str) -> bool:
