@@ -200,12 +200,26 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     )
 
 
+_SESSION_LOST = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the server's notice of the end read in the middle of a query
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,  # pg_terminate_backend, the server shutting down
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
 async def _on_a_session(
     settings: ServiceSettings, session: asyncpg.Connection, work: Callable[[Any], Awaitable[T]]
 ) -> T:
-    """`work` on the rebuild's session, or on a new one if PostgreSQL ended it."""
+    """`work`, which may run twice, on the rebuild's session, or on a new one if PostgreSQL ended
+    it: a session the server ended looks open until the client next reads from it."""
     if not session.is_closed():
-        return await work(session)
+        try:
+            return await work(session)
+        except _SESSION_LOST:
+            session.terminate()
     again = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
     try:
         return await work(again)

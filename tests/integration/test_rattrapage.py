@@ -529,6 +529,38 @@ async def test_a_switch_that_committed_though_its_answer_was_lost_is_finished_no
     assert "the switch committed, though its answer was lost" in said and "rebuild failed" not in said, said
 
 
+class EndedUnnoticed:
+    """A session PostgreSQL ended whose client has not read the notice yet: it looks open, and
+    its next statement fails (asyncpg's InternalClientError, as in a CI run of the test above)."""
+
+    def is_closed(self) -> bool:
+        return False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    async def fetchval(self, *args):
+        raise asyncpg.InternalClientError("cannot process message 'E': protocol is in an unexpected state")
+
+
+async def test_a_session_ended_unnoticed_is_replaced_to_ask_whether_the_switch_committed(settings) -> None:
+    """Whether the rename committed is asked on a new session when the rebuild's one, ended by
+    PostgreSQL, still looked open: the answer was "unknown", the rebuild reported failed."""
+    from deploy import reconstruire
+
+    former = f"{SPEC.name}_avant_session_coupee"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{former}"')
+        ended = EndedUnnoticed()
+        assert await reconstruire._switched(settings, ended, former) is True
+        assert ended.terminated
+        assert await reconstruire._switched(settings, EndedUnnoticed(), f"{former}_absent") is False
+    finally:
+        await conn.execute(f'DROP SCHEMA "{former}"')
+        await conn.close()
+
+
 async def terminate(database_url: str, application: str) -> None:
     """PostgreSQL ends the sessions of `application`."""
     conn = await asyncpg.connect(database_url)
