@@ -200,14 +200,15 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     )
 
 
-_SESSION_LOST = (
-    OSError,
+_SESSION_ENDED = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # the server's notice of the end read in the middle of a query
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,  # pg_terminate_backend, the server shutting down
     asyncpg.exceptions.CrashShutdownError,
 )
+"""A session PostgreSQL ended, as the client finds out: at once, or by the next statement."""
+_SESSION_LOST = (OSError, *_SESSION_ENDED)
 
 
 async def _on_a_session(
@@ -295,8 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
     try:
         asyncio.run(rebuild(spec, settings))
-    except asyncpg.InterfaceError as e:  # its session ended: PostgreSQL restarted meanwhile, most likely
-        print(f"error: the rebuild's session with PostgreSQL ended ({redact(str(e))}): run it again", file=sys.stderr)
+    except _SESSION_ENDED as e:  # PostgreSQL restarted meanwhile, most likely
+        why = redact(str(e)) or type(e).__name__
+        print(f"error: the rebuild's session with PostgreSQL ended ({why}): run it again", file=sys.stderr)
         return 1
     except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
         print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)

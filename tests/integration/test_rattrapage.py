@@ -529,6 +529,33 @@ async def test_a_switch_that_committed_though_its_answer_was_lost_is_finished_no
     assert "the switch committed, though its answer was lost" in said and "rebuild failed" not in said, said
 
 
+@pytest.mark.parametrize(
+    "ended",
+    [
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InternalClientError("cannot process message 'E': protocol is in an unexpected state"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_rebuild_says_its_session_ended_however_asyncpg_tells_it(ended, settings, monkeypatch, capsys) -> None:
+    """The session's end, found out at once (InterfaceError) or by the next statement (the
+    others, depending on when the client reads the server's notice): one line, run it again, exit
+    1. Only InterfaceError was told apart: the others were a vaguer line, or a traceback."""
+    from deploy import reconstruire
+
+    async def cut(*args) -> str:
+        raise ended
+
+    monkeypatch.setattr(reconstruire, "rebuild", cut)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    assert reconstruire.main([SPEC.name]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the rebuild's session with PostgreSQL ended (") and "run it again" in err, err
+
+
 class EndedUnnoticed:
     """A session PostgreSQL ended whose client has not read the notice yet: it looks open, and
     its next statement fails (asyncpg's InternalClientError, as in a CI run of the test above)."""
@@ -562,11 +589,12 @@ async def test_a_session_ended_unnoticed_is_replaced_to_ask_whether_the_switch_c
 
 
 async def terminate(database_url: str, application: str) -> None:
-    """PostgreSQL ends the sessions of `application`."""
+    """PostgreSQL ends the sessions of `application`, their backends gone when it returns (their
+    clients may not have read the notice yet)."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1 "
             "AND datname = current_database()",
             application,
         )
