@@ -46,6 +46,8 @@ ALLOCATED_WAIT_SECONDS = 1.0
 # while the listening connection was being re-established delays delivery, never loses it.
 POLL_SECONDS = 5.0
 FETCH_ROWS = 500
+START_BOUND_SECONDS = 10.0
+"""The least bound of the hub's first connection and read, at the service's start."""
 PURGE_PERIOD_SECONDS = 3600
 PURGE_CHUNK = 10_000
 JOURNAL_PART_BYTES = 64 * 1024 * 1024
@@ -209,17 +211,21 @@ class AlertHub:
         return self._position
 
     async def start(self) -> None:
-        # Listen before reading the position: a row committed in between is announced.
-        self._conn = await self._connect()
-        async with self._bounded():
+        # Listen before reading the position: a row committed in between is announced. Bounded
+        # by START_BOUND_SECONDS at least: a new session (a process forked, the password
+        # checked) on a loaded host may take longer than a read bound chosen short, and the
+        # service's startup failed on it; the pump's reconnections are retried, this is not.
+        self._conn = await self._connect(START_BOUND_SECONDS)
+        async with self._bounded(START_BOUND_SECONDS):
             self._position = await self._conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
         self._task = asyncio.create_task(self._pump(), name="sse-hub")
 
-    def _bounded(self) -> asyncio.Timeout:
+    def _bounded(self, at_least: float = 0.0) -> asyncio.Timeout:
         """The bound of each step on the listening connection (`replay_timeout_ms`, as the read
-        API's statements): a connection whose peer went away without closing it (a failover, a
-        network cut) would otherwise hold the live stream until TCP gives up, many minutes later."""
-        return asyncio.timeout(self.replay_timeout_ms / 1000)
+        API's statements, or `at_least` seconds): a connection whose peer went away without
+        closing it (a failover, a network cut) would otherwise hold the live stream until TCP
+        gives up, many minutes later."""
+        return asyncio.timeout(max(self.replay_timeout_ms / 1000, at_least))
 
     async def stop(self) -> None:
         self._stopped = True
@@ -235,8 +241,8 @@ class AlertHub:
         for sub in list(self._clients):
             self._end(sub, _STOPPED)
 
-    async def _connect(self) -> asyncpg.Connection:
-        async with self._bounded():
+    async def _connect(self, at_least: float = 0.0) -> asyncpg.Connection:
+        async with self._bounded(at_least):
             conn = await asyncpg.connect(
                 self._url,
                 server_settings={
@@ -247,7 +253,7 @@ class AlertHub:
                 },
             )
         try:
-            async with self._bounded():
+            async with self._bounded(at_least):
                 await conn.add_listener(CHANNEL, self._on_notify)
         except BaseException:
             conn.terminate()

@@ -28,6 +28,9 @@ RID = "ark:/67375/e2e-tableau"
 RENNES = ["0350101" + c.uai_check_letter("0350101"), "0350102" + c.uai_check_letter("0350102")]
 NANTES = "0440101" + c.uai_check_letter("0440101")
 WAIT_MS = 60_000  # an event crosses the passerelle, equipement, ressources, then the SSE stream
+# What the page shows of what it holds already: Playwright's 5 s by default, which a browser
+# sharing two busy cores with the platform may take.
+expect.set_options(timeout=20_000)
 
 
 def etablissement(uai: str, dep: str, academie: str, region: str, minute: int) -> bytes:

@@ -22,13 +22,23 @@ from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
 
+class Frozen:
+    """consumer.time, still."""
+
+    @staticmethod
+    def monotonic() -> float:
+        return 0.0
+
+
 async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, settings, monkeypatch):
     # A poll answered from aiokafka's buffer takes well under a millisecond, but a busy machine
-    # may pause this process longer: the top-up would then not look again (a third batch).
-    monkeypatch.setattr(consumer, "_AT_ONCE", 0.05)
+    # may pause this process longer than any bound chosen here, and the top-up would then
+    # not look again (a third batch): every poll counts as answered at once, the top-up ending
+    # on an empty one. The records are all on the broker before the second batch is taken, and
+    # the broker answers its fetch as soon as they are: a second is generous.
+    monkeypatch.setattr(consumer, "time", Frozen)
     uai = valid_uai("0350803")  # one key: every lot on one partition
-    # Generous: the broker answers the top-up's fetch as soon as the records are there.
-    async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 5000})) as pipeline:
+    async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 1000})) as pipeline:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
 

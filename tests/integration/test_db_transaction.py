@@ -6,6 +6,9 @@ import pytest
 
 from services.common.storage.db import transaction
 
+HELD = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+"""This session's advisory locks (pg_locks is the server's: other tests' sessions are in it)."""
+
 
 @pytest.fixture
 async def conn(database_url):
@@ -19,11 +22,11 @@ async def test_first_statements_run_inside_the_transaction(conn: asyncpg.Connect
     async with transaction(conn, "SET LOCAL synchronous_commit TO off", "SELECT pg_advisory_xact_lock(42)"):
         assert conn.is_in_transaction()
         assert await conn.fetchval("SHOW synchronous_commit") == "off"
-        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+        assert await conn.fetchval(f"{HELD} AND granted") == 1
     assert not conn.is_in_transaction()
     # Both were the transaction's: the setting is back to the session's, the lock released.
     assert await conn.fetchval("SHOW synchronous_commit") == "on"
-    assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert await conn.fetchval(HELD) == 0
 
 
 async def test_commits_at_the_end_rolls_back_on_error(conn: asyncpg.Connection):

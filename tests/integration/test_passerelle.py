@@ -332,7 +332,9 @@ async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_writte
         assert first.status_code == 207
         second = await client.post("/v1/evenements", json=events, headers=bearer(identite.jeton(RENNES)) | BATCHED)
         assert second.status_code == 429
-        assert int(second.headers["retry-after"]) >= 199  # 200 missing events at 1 per second
+        # 200 missing events at 1 per second, less the seconds between the two takes (each
+        # judging or splitting 600 events: a few on a busy machine)
+        assert 190 <= int(second.headers["retry-after"]) <= 200
         assert "débit" in second.json()["detail"]
         other = bearer(identite.jeton("/collectivites/communes/35001"))
         assert (await client.post("/v1/evenements", json=events, headers=other | BATCHED)).status_code == 207
