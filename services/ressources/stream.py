@@ -157,6 +157,11 @@ def _alert_frame(seq: int, event_json: str) -> tuple[dict, str]:
     return event, _frame(seq, event["type"].split(".")[-2], event_json)
 
 
+def _resume_at(seq: int) -> str:
+    """A frame of an `id:` alone: where the client resumes if the stream is cut, no event fired."""
+    return f"id: {seq}\n\n"
+
+
 def _incomplete(reason: str, last_event_id: int, message: str, **more: int) -> str:
     """The notice that a replay after `last_event_id` misses events (no `id:`: nothing to resume at)."""
     body = {"raison": reason, "last_event_id": last_event_id, **more, "message": message}
@@ -382,11 +387,15 @@ class AlertHub:
 
     async def events(self, sub: Subscription, last_event_id: int | None) -> AsyncIterator[str]:
         """The SSE frames of one client: the replay after `last_event_id` if any, then live
-        events, keep-alive comments, and a final `fin` event."""
+        events, keep-alive comments (with the resume point), and a final `fin` event."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_seconds
         position = sub.start
-        yield ": flux des alertes\n\n"
+        # Every stream says where it is (an `id:` alone sets EventSource's last event id, firing
+        # no event): one that had received no event yet, cut without its `fin` (a replica killed,
+        # a proxy's reset), was reopened without Last-Event-ID, from the hub's position then, and
+        # the alerts of the cut were never sent.
+        yield ": flux des alertes\n" + (_resume_at(position) if last_event_id is None else "\n")
         if last_event_id is not None:
             replay = await self._replay(sub, last_event_id)
             if replay is None:
@@ -402,6 +411,7 @@ class AlertHub:
                 # a stream skipping rows up to a bogus id would deliver nothing.
                 if last_event_id <= self._position or last_event_id <= await self._allocated():
                     position = max(last_event_id, sub.start)
+                yield _resume_at(position)
             elif last_event_id > replay.last_allocated:
                 yield _incomplete(
                     "identifiant-inconnu",
@@ -409,6 +419,7 @@ class AlertHub:
                     f"Last-Event-ID {last_event_id} est inconnu de ce journal : relire l'état avec "
                     "GET /alertes ; le flux reprend à partir de maintenant",
                 )
+                yield _resume_at(position)  # not the unknown id again at the next reconnection
             else:
                 if last_event_id < replay.purged_through:
                     yield _incomplete(
@@ -446,8 +457,8 @@ class AlertHub:
                 async with asyncio.timeout(min(self.keepalive_seconds, left)):
                     item = await sub.queue.get()
             except TimeoutError:
-                if loop.time() < deadline:
-                    yield ": keep-alive\n\n"
+                if loop.time() < deadline:  # its queue empty: past every row the hub fanned out
+                    yield ": keep-alive\n" + _resume_at(self._resume_point(sub, position))
                 continue
             if item is _DROPPED:
                 yield _fin(

@@ -24,7 +24,9 @@ UAI = uai("0350100")
 
 
 class SseReader:
-    """Reads SSE frames off a streamed response: {"comment": …} or {"id", "event", "data"}."""
+    """Reads SSE frames off a streamed response, as EventSource does (a comment line is part of
+    its frame): {"comment": …, "id": …} for a comment, keep-alive or not, with the `id:` it may
+    carry, {"id": …} for an `id:` alone, {"id", "event", "data"} for an event."""
 
     def __init__(self, response: httpx.Response):
         self._lines = response.aiter_lines()
@@ -40,7 +42,8 @@ class SseReader:
                         return fields
                     continue
                 if line.startswith(":"):
-                    return {"comment": line[1:].strip()}
+                    fields.setdefault("comment", line[1:].strip())
+                    continue
                 name, _, value = line.partition(":")
                 fields[name] = value.removeprefix(" ")
             return fields or None
@@ -48,10 +51,11 @@ class SseReader:
         return await asyncio.wait_for(read(), timeout)
 
     async def event(self, timeout: float = 30) -> dict | None:
-        """The next event (comments skipped), its `data` parsed; None at the end of the stream."""
+        """The next event (comments and `id:`s alone skipped), its `data` parsed; None at the end
+        of the stream."""
         while True:
             f = await self.frame(timeout)
-            if f is None or "comment" not in f:
+            if f is None or "data" in f:
                 if f is not None:
                     f["data"] = json.loads(f["data"])
                 return f
@@ -378,7 +382,10 @@ async def test_keep_alive_comments_then_a_final_event_at_the_end_of_the_lifetime
                 frames.append(f)
         elapsed = loop.time() - started
         assert 3 <= elapsed < 20, "ended by its lifetime (3 s), with room for a busy machine"
-        assert {"comment": "keep-alive"} in frames
+        keep_alives = [f for f in frames if f.get("comment") == "keep-alive"]
+        assert keep_alives and int(frames[0]["id"]) < seq, frames[:2]  # the stream's start, before the row
+        # The client's resume point in each keep-alive: past the row filtered out once read.
+        assert int(keep_alives[-1]["id"]) == seq, keep_alives[-1]
         fin = frames[-1]
         assert fin["event"] == "fin" and all("comment" in f for f in frames[:-1])
         data = json.loads(fin["data"])
@@ -387,6 +394,25 @@ async def test_keep_alive_comments_then_a_final_event_at_the_end_of_the_lifetime
         # it resumes past it, rather than from before and rescanning what it had passed.
         assert int(fin["id"]) == data["last_event_id"] == seq
         await eventually(lambda: _zero(app.state.hub.clients), what="the hub to forget the ended stream")
+
+
+async def test_a_stream_cut_before_its_first_event_resumes_where_it_was_without_a_gap(settings):
+    """A stream that has received no event yet, cut without its final event (a replica killed, a
+    proxy's reset): EventSource reopens it with the last `id:` it read. The stream had none
+    before its first event, so it was reopened from the hub's position then, and the alerts
+    committed during the cut were never sent."""
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        [before] = await journal(app, alert(0))
+        await eventually(lambda: _equal(app.state.hub.position, before), what="the hub to read the journal")
+        async with client.stream("GET", "/alertes/flux") as response:
+            opened = await SseReader(response).frame()
+        assert opened == {"comment": "flux des alertes", "id": str(before)}
+        [during] = await journal(app, alert(1))  # while the client is away
+        await eventually(lambda: _equal(app.state.hub.position, during), what="the hub to read the journal")
+        resumed = {"Last-Event-ID": opened["id"]}  # what EventSource sends
+        async with client.stream("GET", "/alertes/flux", headers=resumed) as response:
+            event = await SseReader(response).event()
+        assert int(event["id"]) == during and event["data"]["data"]["alert_id"] == "alerte-1"
 
 
 async def test_a_client_that_stops_reading_is_dropped_with_a_final_event(settings):
@@ -528,6 +554,7 @@ async def test_a_failed_replay_on_a_hub_behind_the_one_the_client_left_repeats_n
         assert (await anext(frames)).startswith(":")
         notice = await anext(frames)
         assert "event: reprise-incomplete" in notice and "reprise-interrompue" in notice
+        assert await anext(frames) == f"id: {seqs[1]}\n\n", "the client's own, a row the journal has"
         # The hub's rows, as it reads them next (still behind when the stream resumes: queued, as
         # its fan-out queues them, its position not moved).
         for row in await app.state.pipeline.pool.fetch("SELECT seq, event FROM alert_journal ORDER BY seq"):
