@@ -52,7 +52,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import advisory_key, connect_for_tool
+from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool, on_a_session
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -66,6 +66,10 @@ DRAIN_TIMEOUT_SECONDS = 120
 
 class ReconstructionError(RuntimeError):
     """A rebuild that could not be done; the message says why."""
+
+
+class SwitchedSessionsLeft(RuntimeError):
+    """The switch committed, but the service's sessions could not be ended (exit code 4)."""
 
 
 async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
@@ -100,15 +104,22 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
                 raise
             say(f"the switch committed, though its answer was lost ({type(e).__name__}): ending the service's sessions")
             queued = "an unknown number of"
-        ended = await _on_a_session(
-            settings,
-            session,
-            lambda conn: conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = ANY($1::text[])",
-                [f"feo-{live}", f"feo-{live}-sse"],  # the SSE hub's session too: it reconnects to the new journal
-            ),
-        )
+        try:
+            ended = await _on_a_session(
+                settings,
+                session,
+                lambda conn: conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+                    [f"feo-{live}", f"feo-{live}-sse"],  # the SSE hub's session too: it reconnects to the new journal
+                ),
+            )
+        except Exception as e:  # the database away after the switch: not "the service keeps its schema"
+            raise SwitchedSessionsLeft(
+                f"the switch is done ({spec.name}'s schema {live} is the rebuilt one, the former one is {former}), "
+                f"but the service's sessions could not be ended ({type(e).__name__}: {redact(str(e))}): restart "
+                f"{spec.name} now, so that its next transactions start on new sessions"
+            ) from e
         say(
             f"{spec.name} now works in the rebuilt schema {live} ({queued} records differed from what was "
             f"published and are queued; {ended} sessions of the service ended); the former one is {former}"
@@ -200,32 +211,10 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     )
 
 
-_SESSION_ENDED = (
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # the server's notice of the end read in the middle of a query
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,  # pg_terminate_backend, the server shutting down
-    asyncpg.exceptions.CrashShutdownError,
-)
-"""A session PostgreSQL ended, as the client finds out: at once, or by the next statement."""
-_SESSION_LOST = (OSError, *_SESSION_ENDED)
-
-
 async def _on_a_session(
     settings: ServiceSettings, session: asyncpg.Connection, work: Callable[[Any], Awaitable[T]]
 ) -> T:
-    """`work`, which may run twice, on the rebuild's session, or on a new one if PostgreSQL ended
-    it: a session the server ended looks open until the client next reads from it."""
-    if not session.is_closed():
-        try:
-            return await work(session)
-        except _SESSION_LOST:
-            session.terminate()
-    again = await connect_for_tool(settings.database_url, server_settings={"application_name": APPLICATION})
-    try:
-        return await work(again)
-    finally:
-        await again.close()
+    return await on_a_session(settings.database_url, session, work, server_settings={"application_name": APPLICATION})
 
 
 async def _schema_exists(conn: asyncpg.Connection, name: str) -> bool:
@@ -296,10 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(f"reconstruire-{spec.name}", settings.log_format, "WARNING", settings.library_log_level)
     try:
         asyncio.run(rebuild(spec, settings))
-    except _SESSION_ENDED as e:  # PostgreSQL restarted meanwhile, most likely
+    except SESSION_ENDED as e:  # PostgreSQL restarted meanwhile, most likely
         why = redact(str(e)) or type(e).__name__
         print(f"error: the rebuild's session with PostgreSQL ended ({why}): run it again", file=sys.stderr)
         return 1
+    except SwitchedSessionsLeft as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
         print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1

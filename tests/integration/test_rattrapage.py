@@ -556,6 +556,42 @@ def test_a_rebuild_says_its_session_ended_however_asyncpg_tells_it(ended, settin
     assert err.startswith("error: the rebuild's session with PostgreSQL ended (") and "run it again" in err, err
 
 
+def test_a_switch_whose_service_sessions_cannot_be_ended_says_it_is_done_and_to_restart(
+    kafka, settings, monkeypatch, capsys
+) -> None:
+    """The rename committed, then PostgreSQL away before the service's sessions are ended (the
+    rebuild's session cut, no new one): it exited 1, which says "the service keeps its schema",
+    without the former schema's name. It says the switch is done, names it, says to restart the
+    service, and exits 4."""
+    from deploy import reconstruire
+    from services.common.storage import db
+
+    async def prepared() -> None:
+        cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
+        await cible.close()
+
+    asyncio.run(prepared())
+    build_and_switch = reconstruire._build_and_switch
+
+    async def then_away(*args):
+        queued = await build_and_switch(*args)
+        await terminate(settings.database_url, reconstruire.APPLICATION)
+        return queued
+
+    async def refused(*args, **kwargs):
+        raise asyncpg.CannotConnectNowError("the database system is shutting down")
+
+    monkeypatch.setattr(reconstruire, "_build_and_switch", then_away)
+    monkeypatch.setattr(db, "connect_for_tool", refused)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    monkeypatch.setenv("TOPIC_PREFIX", settings.topic_prefix)
+    assert reconstruire.main([SPEC.name]) == 4
+    [said] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert said.startswith(f"error: the switch is done ({SPEC.name}'s schema {SPEC.name} is the rebuilt one"), said
+    assert f"the former one is {SPEC.name}_avant_" in said and f"restart {SPEC.name} now" in said, said
+
+
 class EndedUnnoticed:
     """A session PostgreSQL ended whose client has not read the notice yet: it looks open, and
     its next statement fails (asyncpg's InternalClientError, as in a CI run of the test above)."""

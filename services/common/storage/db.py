@@ -9,10 +9,10 @@ lock so two replicas starting together do not race.
 import hashlib
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -22,6 +22,7 @@ from pydantic_core import to_json
 log = structlog.get_logger(__name__)
 
 Conn = asyncpg.Connection | PoolConnectionProxy
+T = TypeVar("T")
 """A connection, whether opened alone or acquired from a pool."""
 
 
@@ -132,6 +133,35 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
             f"PostgreSQL (DATABASE_URL) did not answer within {TOOL_CONNECT_SECONDS} s: is it running, "
             "and does nothing between here and it drop the connection?"
         ) from e
+
+
+SESSION_ENDED: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # the server's notice of the end read in the middle of a statement
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,  # pg_terminate_backend, the server shutting down
+    asyncpg.exceptions.CrashShutdownError,
+)
+"""A session PostgreSQL ended, as the client finds out: at once, or by its next statement (a
+session the server ended looks open until the client next reads from it)."""
+_SESSION_LOST: tuple[type[Exception], ...] = (OSError, *SESSION_ENDED)
+
+
+async def on_a_session(
+    database_url: str, session: asyncpg.Connection, work: Callable[[Any], Awaitable[T]], **options: Any
+) -> T:
+    """`work`, which may run twice, on a tool's `session`, or on a new one (`options`: its
+    connection's) if PostgreSQL ended that one."""
+    if not session.is_closed():
+        try:
+            return await work(session)
+        except _SESSION_LOST:
+            session.terminate()
+    again = await connect_for_tool(database_url, **options)
+    try:
+        return await work(again)
+    finally:
+        await again.close()
 
 
 POOL_SIZE = 5
