@@ -585,3 +585,102 @@ def test_db_schema_without_one_service_is_refused_as_ambiguous(tool, monkeypatch
         tool(["list"])
     assert ended.value.code == 2
     assert "DB_SCHEMA names one service's schema: give that service with one --service" in capsys.readouterr().err
+
+
+async def dlq_copies(bootstrap: str, topic: str, n: int) -> None:
+    async def published() -> bool:
+        return await record_count(bootstrap, c.dlq(topic)) >= n
+
+    await eventually(published, what=f"{n} DLQ copies published")
+
+
+async def test_a_replay_whose_session_postgresql_ended_during_the_scan_sends_nothing(
+    kafka, settings, capsys, monkeypatch
+):
+    """The DLQ scan may take minutes, the replay's session idle meanwhile: PostgreSQL ending it
+    (a restart) took the replay's lock with it, another replay could send the same records, and
+    this one sent them then failed to mark them (a traceback; the next run sent them again). It
+    finds out before sending: one line, exit 1, nothing sent; the next run replays them once."""
+    where, topic = uai("0350460"), settings.topic(c.EQUIPEMENT)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(kafka.bootstrap_servers, topic, [(where, lot(where, "L1", 1))])  # uai-inconnu
+        await dead_letter_rows(pipeline, 1)
+        await dlq_copies(kafka.bootstrap_servers, topic, 1)
+        sessions: list[asyncpg.Connection] = []
+        connect, copies = dead_letters.connect_for_tool, dead_letters._copies
+
+        async def recorded(*args, **kwargs):
+            sessions.append(conn := await connect(*args, **kwargs))
+            return conn
+
+        async def then_ended(*args):
+            found = await copies(*args)
+            ending = await asyncpg.connect(settings.database_url)
+            try:  # its backend gone when this returns; the tool's client not told yet
+                await ending.execute("SELECT pg_terminate_backend($1, 10000)", sessions[0].get_server_pid())
+            finally:
+                await ending.close()
+            return found
+
+        monkeypatch.setattr(dead_letters, "connect_for_tool", recorded)
+        monkeypatch.setattr(dead_letters, "_copies", then_ended)
+        monkeypatch.setenv("DATABASE_URL", settings.database_url)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+        monkeypatch.setenv("TOPIC_PREFIX", settings.topic_prefix)
+        assert await asyncio.to_thread(dead_letters.main, ["replay", "--service", "equipement"]) == 1
+        err = capsys.readouterr().err
+        assert "./dev dead-letters: its session with PostgreSQL ended (" in err and "Traceback" not in err, err
+        assert await record_count(kafka.bootstrap_servers, topic) == 1, "nothing sent"
+        assert await pipeline.pool.fetchval("SELECT replayed_at FROM dead_letters") is None
+
+        monkeypatch.setattr(dead_letters, "_copies", copies)
+        out = await command(capsys, settings.database_url, "replay", "--service", "equipement")
+        assert len(out) == 2 and out[-1].startswith(f"{topic}:"), out  # the scan's line, then the one replayed
+        assert await record_count(kafka.bootstrap_servers, topic) == 2
+
+
+async def test_a_replay_whose_send_fails_midway_marks_every_record_the_broker_took(kafka, settings, monkeypatch):
+    """Three records replayed, the second's send failing: the third, sent before that answer
+    came, was delivered but not marked, and the next replay sent it again. Every answer is
+    awaited: the first and third marked, the next replay sends the second alone."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    where, topic = uai("0350461"), settings.topic(c.EQUIPEMENT)
+
+    class SecondFails(AIOKafkaProducer):
+        sent = 0
+
+        async def send(self, *args, **kwargs):
+            self.sent += 1
+            if self.sent == 2:
+                failed = asyncio.get_running_loop().create_future()
+                failed.set_exception(KafkaTimeoutError())
+                return failed
+            return await super().send(*args, **kwargs)
+
+    replay = dead_letters.parse_args(["replay", "--service", "equipement"])
+    async with running(EQUIPEMENT, settings) as pipeline, TopicReader(kafka.bootstrap_servers, topic) as partner:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="référentiel")
+        lots = [(where, lot(where, f"L{n}", n, source=OTHER_DEPARTEMENT)) for n in (1, 2, 3)]
+        await send(kafka.bootstrap_servers, topic, lots)  # hors-compétence
+        rows = await dead_letter_rows(pipeline, 3)
+        await dlq_copies(kafka.bootstrap_servers, topic, 3)
+        # The cause fixed (the collège in that département): the replayed lots are accepted, not
+        # refused again (new dead letters, which a later replay would send too).
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, moved(where))])
+        await eventually(lambda: moved_in(pipeline, [where]), what="the fix")
+        monkeypatch.setattr(dead_letters, "AIOKafkaProducer", SecondFails)
+        with pytest.raises(KafkaTimeoutError):
+            await dead_letters.run(replay, settings.database_url)
+        marked = await pipeline.pool.fetch('SELECT "offset" FROM dead_letters WHERE replayed_at IS NOT NULL')
+        assert sorted(r["offset"] for r in marked) == [rows[0]["offset"], rows[2]["offset"]]
+
+        monkeypatch.setattr(dead_letters, "AIOKafkaProducer", AIOKafkaProducer)
+        await dead_letters.run(replay, settings.database_url)
+
+        def origins(records: list[ConsumerRecord]) -> list[bytes]:
+            return sorted(v for r in records for k, v in r.headers if k == "dlq-replay")
+
+        replayed = await partner.wait_for(lambda rs: len(origins(rs)) >= 3, what="three replayed copies")
+        assert len(set(origins(replayed))) == 3 == len(origins(replayed)), "each replayed once"

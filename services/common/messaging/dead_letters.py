@@ -56,7 +56,15 @@ from services.common.messaging.stall import Stall
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit, tool_schemas
-from services.common.storage.db import SchemaAbsent, advisory_key, connect_for_tool, present_schemas
+from services.common.storage.db import (
+    SESSION_ENDED,
+    SESSION_LOST,
+    SchemaAbsent,
+    advisory_key,
+    connect_for_tool,
+    on_a_session,
+    present_schemas,
+)
 
 SERVICES = ("formation", "equipement", "ressources")
 COLUMNS = (
@@ -159,18 +167,23 @@ class ReplayUnderWay(Exception):
     """Another operator's replay holds the database's: this one sends nothing (exit code 1)."""
 
 
-async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+async def _replay(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace, database_url: str) -> int:
     """One replay at a time in a database: two operators replaying the same dead letters at once
     would each send them (a session lock, held until this ends)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
         raise ReplayUnderWay("another replay of dead letters is under way: run this again once it is done")
     try:
-        return await _replay_held(conn, schemas, args)
+        return await _replay_held(conn, schemas, args, database_url)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+        except SESSION_LOST:  # the session gone, and its lock with it
+            pass
 
 
-async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace) -> int:
+async def _replay_held(
+    conn: asyncpg.Connection, schemas: list[str], args: argparse.Namespace, database_url: str
+) -> int:
     where, params = _where(args)
     # accepted: applied once its établissement came; a copy missing: nothing to send, ever
     unsettled = "replayed_at IS NULL AND accepted_at IS NULL AND copy_missing_at IS NULL"
@@ -240,6 +253,9 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
     acknowledged: list[Origin] = []
     try:
         found = await _copies(access, producer, set(wanted))
+        # The scan may take minutes: a session PostgreSQL ended meanwhile took the replay's lock
+        # with it, and another replay may be sending the same records. Found out before sending.
+        await conn.fetchval("SELECT 1")
         # Oldest refusal first (`wanted`'s order), whatever its topic or partition: a lot refused
         # for want of its établissement goes back after the établissement refused before it.
         oldest_first = [(of, found[of]) for of in wanted if of in found]
@@ -260,28 +276,32 @@ async def _replay_held(conn: asyncpg.Connection, schemas: list[str], args: argpa
         # writer chose it (the relay puts a UAI's profile and coverage records on the UAI's); to
         # its key's if that partition is gone (the topic made again with fewer).
         partitions = {t: await producer.partitions_for(t) for t in {of[0] for of, _ in oldest_first}}
-        sending = [
-            (
-                of,
-                await producer.send(
-                    of[0],
-                    r.value,
-                    key=r.key,
-                    partition=of[1] if of[1] in partitions[of[0]] else None,
-                    headers=replayed_headers(r.headers, of),
-                ),
-            )
-            for of, r in oldest_first
-        ]
-        for (t, p, o), acked in sending:
-            meta = await acked
+        sending: list[tuple[Origin, asyncio.Future]] = []
+        failed: BaseException | None = None
+        try:
+            for of, r in oldest_first:
+                partition = of[1] if of[1] in partitions[of[0]] else None
+                headers = replayed_headers(r.headers, of)
+                acked = await producer.send(of[0], r.value, key=r.key, partition=partition, headers=headers)
+                sending.append((of, acked))
+        except Exception as e:
+            failed = e
+        # Every send's answer, also after one failed: those sent before it may be delivered
+        # still, and one delivered but not marked would be sent again by the next replay.
+        answers = await asyncio.gather(*(acked for _, acked in sending), return_exceptions=True)
+        for ((t, p, o), _), meta in zip(sending, answers, strict=True):
+            if isinstance(meta, BaseException):
+                failed = failed or meta
+                continue
             acknowledged.append((t, p, o))
             print(f"{t}:{p}@{o} replayed as {t}:{meta.partition}@{meta.offset}")
+        if failed is not None:
+            raise failed
     finally:
         await producer.stop()
-        # What the broker acknowledged is marked, even when a later send failed: run again, the
-        # replay sends only the others.
-        await _mark(conn, wanted, acknowledged, "replayed_at")
+        # What the broker acknowledged is marked, even when another send failed: run again, the
+        # replay sends only the others. On a new session if PostgreSQL ended this one.
+        await on_a_session(database_url, conn, lambda session: _mark(session, wanted, acknowledged, "replayed_at"))
     return len(found)
 
 
@@ -394,8 +414,9 @@ async def run(
     conn = await connect_for_tool(database_url)
     try:
         schemas = await present_schemas(conn, schemas, "dead_letters", named)
-        command = {"list": _list, "show": _show, "replay": _replay}[args.command]
-        return await command(conn, schemas, args)
+        if args.command == "replay":
+            return await _replay(conn, schemas, args, database_url)
+        return await {"list": _list, "show": _show}[args.command](conn, schemas, args)
     finally:
         await conn.close()
 
@@ -468,6 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (TimeoutError, KafkaError) as exc:  # first: a TimeoutError is an OSError
         print(f"./dev dead-letters: Kafka did not answer: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except SESSION_ENDED as exc:
+        why = redact(str(exc)) or type(exc).__name__
+        print(
+            f"./dev dead-letters: its session with PostgreSQL ended ({why}): run it again "
+            "(a record it replayed is marked, and not sent again)",
+            file=sys.stderr,
+        )
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(

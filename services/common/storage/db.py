@@ -144,7 +144,7 @@ SESSION_ENDED: tuple[type[Exception], ...] = (
 )
 """A session PostgreSQL ended, as the client finds out: at once, or by its next statement (a
 session the server ended looks open until the client next reads from it)."""
-_SESSION_LOST: tuple[type[Exception], ...] = (OSError, *SESSION_ENDED)
+SESSION_LOST: tuple[type[Exception], ...] = (OSError, *SESSION_ENDED)
 
 
 async def on_a_session(
@@ -155,7 +155,7 @@ async def on_a_session(
     if not session.is_closed():
         try:
             return await work(session)
-        except _SESSION_LOST:
+        except SESSION_LOST:
             session.terminate()
     again = await connect_for_tool(database_url, **options)
     try:
