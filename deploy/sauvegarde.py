@@ -54,7 +54,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import advisory_key, connect_for_tool
+from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -378,6 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             schemas = asyncio.run(restore(settings, args.file))
             print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
+    except SESSION_ENDED as e:
+        print(
+            f"error: its session with PostgreSQL ended ({redact(str(e)) or type(e).__name__}): run it again",
+            file=sys.stderr,
+        )
+        return 1
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 import contracts as c
 from contracts.internal import PROFILS
+from deploy import sauvegarde
 from helpers import (
     TEST_PARTITIONS,
     NotUtf8,
@@ -235,6 +236,31 @@ def test_a_database_that_never_answers_is_named_not_taken_for_kafka(tool, said, 
     err = capsys.readouterr().err
     assert err.startswith(said) and "PostgreSQL (DATABASE_URL) did not answer within 1 s" in err, err
     assert "Kafka" not in err and "motdepasse" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("tool", "core", "argv", "said"),
+    [
+        (dead_letters.main, (dead_letters, "run"), ["list"], "./dev dead-letters: "),
+        (outbox_failed.main, (outbox_failed, "run"), ["list"], "./dev outbox: "),
+        (sauvegarde.main, (sauvegarde, "restore"), ["restore", "sauvegarde.dump"], "error: "),
+    ],
+    ids=["dead-letters", "outbox", "restore"],
+)
+def test_a_session_postgresql_ended_is_one_line_saying_so(tool, core, argv, said, settings, monkeypatch, capsys):
+    """A session ended by PostgreSQL (a restart) that the client finds out by its next statement
+    (InternalClientError, as asyncpg may say it): a traceback; one line, run it again, exit 1."""
+
+    async def ended(*args, **kwargs):
+        raise asyncpg.InternalClientError("cannot process message 'E': protocol is in an unexpected state")
+
+    monkeypatch.setattr(*core, ended)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers)
+    assert tool(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{said}its session with PostgreSQL ended (cannot process message") and "run it again" in err
+    assert err.count("\n") == 1, err
 
 
 async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_and_its_partition_goes_on(

@@ -34,7 +34,7 @@ from services.common.messaging.outbox import COMPACTED, dump_headers, load_heade
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit, tool_schemas
-from services.common.storage.db import SchemaAbsent, connect_for_tool, present_schemas
+from services.common.storage.db import SESSION_ENDED, SchemaAbsent, connect_for_tool, present_schemas
 
 SERVICES = ("formation", "equipement", "ressources")
 
@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(args.command, schemas, database_url, args.seq, args.show_key, named))
     except SchemaAbsent as exc:
         print(f"./dev outbox: {exc}", file=sys.stderr)
+        return 1
+    except SESSION_ENDED as exc:  # a restart meanwhile: each change is one transaction, rolled back
+        why = redact(str(exc)) or type(exc).__name__
+        print(f"./dev outbox: its session with PostgreSQL ended ({why}): run it again", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"./dev outbox: cannot read {redact(database_url)} (DATABASE_URL): {redact(str(exc))}", file=sys.stderr)
