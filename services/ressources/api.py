@@ -84,6 +84,9 @@ MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a sear
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
 READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopped, is told to wait
+ANSWER_GRACE_SECONDS = 1.0
+"""How much longer than API_STATEMENT_TIMEOUT_MS a read waits for a statement's answer: past
+it, the server is not there to stop it (gone without closing the connection, frozen)."""
 # A last bound on a stream, whatever holds it: past its lifetime and this grace, the response is
 # cut (one whose client stops reading is cut sooner, once a frame has waited SSE_SEND_SECONDS).
 SSE_HARD_GRACE_SECONDS = 30
@@ -195,7 +198,9 @@ class Reads:
     batches, the relay and /health need (sharing them, slow reads took /health's and stalled
     ingestion). A read waits at most API_STATEMENT_TIMEOUT_MS for a connection, and the server
     stops each of its statements past as long: either way a 503 that says which, rather than a
-    request left hanging. Read-only on the server's side too (`default_transaction_read_only`)."""
+    request left hanging. A statement whose answer does not come ANSWER_GRACE_SECONDS after that
+    (the server gone without closing the connection, frozen) is given up here too, its
+    connection with it. Read-only on the server's side too (`default_transaction_read_only`)."""
 
     def __init__(self, pool: asyncpg.Pool, timeout_ms: int):
         self.pool, self.timeout_ms = pool, timeout_ms
@@ -211,6 +216,7 @@ class Reads:
                 "statement_timeout": str(settings.api_statement_timeout_ms),
                 "default_transaction_read_only": "on",
             },
+            command_timeout=settings.api_statement_timeout_ms / 1000 + ANSWER_GRACE_SECONDS,
         )
         return cls(pool, settings.api_statement_timeout_ms)
 
@@ -230,6 +236,12 @@ class Reads:
             raise _database_away(exc) from None
         try:
             yield conn
+        except (TimeoutError, asyncpg.InterfaceError) as exc:
+            # A statement unanswered past its bound (then its transaction's rollback refused: the
+            # statement is still in progress for asyncpg): the connection is given up, not
+            # handed to the next read, which would wait on it.
+            conn.terminate()
+            raise _database_away(exc) from None
         finally:
             await self.pool.release(conn)
 
@@ -428,7 +440,10 @@ class _EventStream(StreamingResponse):
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
-        503: {"model": Erreur, "description": "trop de flux ouverts : `Retry-After` dit quand réessayer"},
+        503: {
+            "model": Erreur,
+            "description": "trop de flux ouverts, ou le service s'arrête : `Retry-After` dit quand réessayer",
+        },
     },
 )
 async def flux(
@@ -463,8 +478,9 @@ async def flux(
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind)
     sub = hub.subscribe(f)
     if sub is None:
+        why = "le service s'arrête" if hub.stopping else f"trop de flux ouverts ({hub.max_clients})"
         return JSONResponse(
-            {"detail": f"trop de flux ouverts ({hub.max_clients}) : réessayer dans {RETRY_AFTER_SECONDS} s"},
+            {"detail": f"{why} : réessayer dans {RETRY_AFTER_SECONDS} s"},
             503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )

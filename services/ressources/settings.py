@@ -31,6 +31,7 @@ class RessourcesSettings(ServiceSettings):
     api_statement_timeout_ms: int = Field(
         5000,
         ge=1,
+        le=2_147_483_647,  # PostgreSQL's statement_timeout's largest: beyond, every connection is refused
         description="longest a read waits for one of them, and longest each of its statements runs; then 503",
     )
     # The read API's live stream (SSE).

@@ -207,6 +207,11 @@ class AlertHub:
         return len(self._places)
 
     @property
+    def stopping(self) -> bool:
+        """Stopped, or stopping: no new stream (the service's stop)."""
+        return self._stopped
+
+    @property
     def listening(self) -> int:
         """Streams the live events go to (a dropped client's no longer)."""
         return len(self._clients)

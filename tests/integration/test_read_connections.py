@@ -3,13 +3,17 @@ as a slow query would) are answered 503 within API_STATEMENT_TIMEOUT_MS, and hol
 of them leaves /health, the consumer and the relay their own connections."""
 
 import asyncio
+import time
 from collections import Counter
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from fastapi import HTTPException
 
-from helpers import eventually, serving
+from helpers import SilentRelay, eventually, serving
+from services.ressources.api import ANSWER_GRACE_SECONDS, Reads
 from services.ressources.app import SPEC
 from services.ressources.settings import RessourcesSettings
 
@@ -86,3 +90,32 @@ async def test_the_read_api_cannot_write(kafka, settings):
             async with conn.transaction():
                 await conn.execute("DELETE FROM alertes")
                 raise AssertionError("the read API's connection wrote")
+
+
+async def test_a_read_whose_server_went_silent_is_503_and_its_connection_given_up(kafka, settings):
+    """The server gone without closing the connection (a failover, a network cut, a frozen host):
+    it cannot stop the statement, whose answer never comes. The read waited until TCP gave up (a
+    minute), holding its connection; the next ones waited for it too. Given up a second past
+    API_STATEMENT_TIMEOUT_MS: 503, and the next read, on a new connection, is answered."""
+    url = urlsplit(settings.database_url)
+    async with api_with(settings), SilentRelay(url.hostname, url.port) as relay:  # the schema migrated
+        through = urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{relay.port}"))
+        bounded = RessourcesSettings.of(settings).model_copy(
+            update={"database_url": through, "api_statement_timeout_ms": 300, "api_connections": 1}
+        )
+        reads = await Reads.open(bounded, bounded.db_schema or SPEC.name)
+        try:
+            async with reads.snapshot() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM alertes") == 0
+            relay.silence()
+            started = time.monotonic()
+            with pytest.raises(HTTPException) as away:
+                async with asyncio.timeout(30), reads.snapshot() as conn:  # else waited on for ever
+                    await conn.fetchval("SELECT count(*) FROM alertes")
+            assert away.value.status_code == 503 and "PostgreSQL injoignable" in away.value.detail
+            assert time.monotonic() - started < 0.3 + ANSWER_GRACE_SECONDS + 5, "not held until TCP gives up"
+            async with reads.snapshot() as conn:  # a connection made after the silence: relayed
+                assert await conn.fetchval("SELECT count(*) FROM alertes") == 0
+        finally:
+            async with asyncio.timeout(10):
+                await reads.pool.close()

@@ -348,6 +348,16 @@ async def test_a_long_replay_ends_with_a_fin_event_whose_id_resumes_it(settings)
 # --- bounds ----------------------------------------------------------------------------------
 
 
+async def test_a_stream_asked_of_a_stopping_hub_is_told_the_service_stops(settings):
+    """Between the hub's stop and the process's end, a new stream was refused as "too many
+    streams open", which is not why (and a plain EventSource gives up on a 503)."""
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        await app.state.hub.stop()
+        refused = await client.get("/alertes/flux")
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+        assert refused.json()["detail"].startswith("le service s'arrête : réessayer dans "), refused.text
+
+
 async def test_beyond_the_client_cap_the_answer_is_503_with_retry_after(settings):
     async with serve_api(settings.model_copy(update={**FAST, "sse_max_clients": 2})) as (client, app):
         async with client.stream("GET", "/alertes/flux") as one, client.stream("GET", "/alertes/flux") as two:

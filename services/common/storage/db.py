@@ -177,10 +177,12 @@ async def create_pool(
     max_size: int = POOL_SIZE,
     purpose: str | None = None,
     settings: Mapping[str, str] | None = None,
+    command_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A pool of connections confined to `schema` (created if need be). `purpose` names its
     connections apart in pg_stat_activity (`feo-{schema}-{purpose}`); `settings`: more of the
-    server's settings for each of them (a statement timeout, read-only transactions)."""
+    server's settings for each of them (a statement timeout, read-only transactions);
+    `command_timeout`: seconds a statement's answer is waited for (asyncpg's TimeoutError)."""
     admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -199,6 +201,7 @@ async def create_pool(
         },
         reset=_nothing_to_reset,
         init=detect_dead_peer,
+        command_timeout=command_timeout,
     )
 
 
