@@ -125,14 +125,18 @@ class DatabaseTimeout(OSError):
 
 async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connection:
     """An operator's tool's own connection. asyncpg's timeout is an empty TimeoutError: the tools
-    printed `error: ` and nothing else, or blamed Kafka; this one says what did not answer."""
+    printed `error: ` and nothing else, or blamed Kafka; this one says what did not answer. It
+    gives up a server gone without closing it, as the services' do (a rebuild's session holds
+    the service's writers during its switch: else held until TCP gave up, many minutes)."""
     try:
-        return await asyncpg.connect(database_url, timeout=TOOL_CONNECT_SECONDS, **options)
+        conn = await asyncpg.connect(database_url, timeout=TOOL_CONNECT_SECONDS, **options)
     except TimeoutError as e:
         raise DatabaseTimeout(
             f"PostgreSQL (DATABASE_URL) did not answer within {TOOL_CONNECT_SECONDS} s: is it running, "
             "and does nothing between here and it drop the connection?"
         ) from e
+    await detect_dead_peer(conn)
+    return conn
 
 
 SESSION_ENDED: tuple[type[Exception], ...] = (
