@@ -22,8 +22,8 @@ from pydantic_core import to_json
 log = structlog.get_logger(__name__)
 
 Conn = asyncpg.Connection | PoolConnectionProxy
-T = TypeVar("T")
 """A connection, whether opened alone or acquired from a pool."""
+T = TypeVar("T")
 
 
 def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
