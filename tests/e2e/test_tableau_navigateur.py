@@ -10,6 +10,7 @@ raise, as the test computes them from what it published, and publishes nothing.
 Screenshots of the main views are kept in the test's directory, `captures/` (the path is
 printed; pytest keeps the last runs under its basetemp)."""
 
+import asyncio
 import json
 import shutil
 
@@ -420,4 +421,82 @@ async def test_a_view_read_in_vain_shows_the_error_alone_and_a_closed_stream_reo
 
     await eventually(read_again, timeout=WAIT_MS / 1000, what="the view read again once the stream opened")
     assert len(streams) == 2 and "depuis=" not in streams[1], streams  # no event received: the view is read
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown_and_a_dot_segment_id_read_as_itself(
+    platform, publish, wait_stored, browser
+):
+    """The page reads its view and opens its live stream at once. An alert raised after the
+    reading was answered and before the stream opened (here: the stream's request held until
+    the service's stream has passed the alert) is shown once the stream opens, not at some later
+    change. Its resource's id has a dot segment (`e2e/../direct`): the page asks the API for
+    that id, not for the one the browser would resolve it to (`ark:/67375/direct`). The view's
+    first reading, answered last (after the stream opened), does not stand for the newer one."""
+    rid = "ark:/67375/e2e/../direct"
+    uai = RENNES[0]
+    publish("referentiel.etablissements.v1", uai, etablissement(uai, "035", "14", "53", 0))
+    await wait_stored(("equipement.etablissements", "ressources.etablissements"), [uai])
+    publish("equipement.declarations.v1", uai, tablettes(uai, "12.5", 10))
+    await wait_stored(("ressources.recus",), [uai])
+    resource = {**RESSOURCE, "resource_id": rid, "title": "Carte du direct"}
+    publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+
+    page = await browser.new_page(locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    release = asyncio.Event()
+    first_read, first_answered = asyncio.Event(), asyncio.Event()
+    later_reads: list[asyncio.Task] = []
+
+    async def flux(route):
+        if route.request.resource_type == "eventsource":
+            await release.wait()
+        await route.continue_()
+
+    async def alertes(route):
+        if first_read.is_set():
+            later_reads.append(asyncio.current_task())
+            await route.continue_()
+            return
+        first_read.set()
+        answer = await route.fetch()  # read now, answered to the page once told
+        await first_answered.wait()
+        await route.fulfill(response=answer)
+
+    await page.route("**/alertes/flux*", flux)
+    await page.route("**/alertes?*", alertes)
+    await page.goto(f"{base}/tableau")
+    await asyncio.wait_for(first_read.wait(), WAIT_MS / 1000)
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "connexion")
+
+    timeout = httpx.Timeout(10, read=None)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout) as api, api.stream("GET", "/alertes/flux") as stream:
+        lines = stream.aiter_lines()
+        await anext(lines)  # open: what is raised from now on comes on it
+        subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
+        publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+        async with asyncio.timeout(WAIT_MS / 1000):  # the service's stream passed the alert
+            async for line in lines:
+                if line == "event: alerte-levee":
+                    break
+    release.set()
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+
+    async def read_again() -> bool:
+        return bool(later_reads)
+
+    # The reading the stream's opening asks waits for the first one: not asked within 3 s.
+    with pytest.raises(AssertionError):
+        await eventually(read_again, timeout=3, what="a second reading while the first is unanswered")
+    first_answered.set()
+    listed = page.locator("#alertes tbody tr")
+    await expect(listed).to_have_count(1)
+    await expect(listed.first).to_contain_text(uai)
+
+    await listed.first.get_by_role("link", name=rid).click()
+    await expect(page.locator("#titre-ressource")).to_have_text(f"Carte du direct ({rid})")
+    await expect(page.locator("#res-total")).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
+    await expect(page.locator("#erreur")).to_be_hidden()
     assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -121,7 +121,10 @@ function follow(filters, again = false) {
   stream = new EventSource(`/alertes/flux?${params}`);
   stream.onopen = () => {
     setLive("ouvert", "Direct : connecté, les changements s'affichent d'eux-mêmes");
-    if (again && resumeAt === null && current) refresh(); // what changed while it was closed
+    // A stream starts where the service's alerts are when it opens: what changed before that
+    // (while a former stream was closed, or between the view's reading and this stream) is read
+    // again. A stream resuming after its last event (`depuis`) is sent what it missed.
+    if (resumeAt === null && current) refresh();
   };
   const opened = stream;
   stream.onerror = async () => {
@@ -381,8 +384,18 @@ function showRessource(id) {
   return { name: "ressource", concerns: (a) => a.resource_id === id, refresh: () => ressource(id) };
 }
 
+// A resource's id in the API's paths: its slashes kept as they are (some proxies refuse an
+// encoded one), unless a segment is "." or "..", which the browser would resolve, asking for
+// another id (any form of a dot, %2E too): then they are encoded as well.
+function resourcePath(id) {
+  const segments = id.split("/");
+  if (segments.length > 1 && segments.some((s) => s === "." || s === "..")) return encodeURIComponent(id);
+  if (id === "." || id === "..") throw new Error("un navigateur ne peut pas demander cet identifiant à l'API");
+  return segments.map(encodeURIComponent).join("/");
+}
+
 async function ressource(id) {
-  const path = encodeURIComponent(id).replaceAll("%2F", "/");
+  const path = resourcePath(id);
   const [summary, spread] = await Promise.all([api(`/ressources/${path}`), api(`/repartition/${path}`)]);
   $("titre-ressource").textContent = summary.title ? `${summary.title} (${id})` : id;
   const t = summary.total;
@@ -641,11 +654,20 @@ async function route() {
   if (moved) $(`titre-${view.name}`).focus();
 }
 
+// Readings of the view one after the other: one asked while another is under way (the view
+// chosen and its stream opened at once) starts when it ends, and so shows what is newer.
+let reading = Promise.resolve();
+function refresh(first = false) {
+  const next = reading.then(() => read(first));
+  reading = next.catch(() => {}); // read() tells its errors: one never stops the next
+  return next;
+}
+
 // `first`: the view was just chosen; if it cannot be read, what it shows is another's (the
 // établissement or resource viewed before), so it is hidden (the alerts' list only: their
 // filters stay, to be corrected). A later reading that fails leaves the view as last read, under
 // the error. A reading that ends once another view is chosen changes nothing.
-async function refresh(first = false) {
+async function read(first) {
   const view = current;
   if (!view) return;
   try {
