@@ -3,10 +3,12 @@ keep-alive and a user timeout on each socket of their pools, as the kernel sees 
 that vanishes cannot be staged here without changing the machine's network: the options are
 what the kernel acts on.)"""
 
+import asyncio
 import socket
 
 import asyncpg
 
+from helpers import eventually
 from services.common.storage.db import DEAD_PEER_PROBES, DEAD_PEER_UNACKED_MS, connect_for_tool, create_pool
 
 
@@ -50,3 +52,35 @@ async def test_an_operator_tools_session_gives_up_a_dead_peer_too(database_url):
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+async def test_an_operator_tools_session_outlives_the_deployments_idle_timeouts(database_url):
+    """A deployment may end idle sessions (idle_session_timeout, idle_in_transaction_session_timeout):
+    a tool's session holds its lock idle for minutes (a restore's, a replay's), and another run
+    would take it once the session was ended. The tool's session is not ended; a session opened
+    after it, idle as long, is."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        name = await admin.fetchval("SELECT current_database()")
+        for setting in ("idle_session_timeout", "idle_in_transaction_session_timeout"):
+            await admin.execute(f"ALTER DATABASE {name} SET {setting} = '300ms'")
+        held = await connect_for_tool(database_url)
+        transaction = held.transaction()
+        await transaction.start()
+        await held.execute("SELECT 1")  # idle in a transaction from now on
+        tool = await connect_for_tool(database_url)
+        other = await asyncpg.connect(database_url)  # idle from now on, the last of the three
+        try:
+            tool_pid, other_pid = tool.get_server_pid(), other.get_server_pid()
+
+            async def other_ended() -> bool:
+                return not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", other_pid)
+
+            await eventually(other_ended, timeout=15, what="the session idle for 300 ms ended by the server")
+            assert await tool.fetchval("SELECT pg_backend_pid()") == tool_pid
+            assert await held.fetchval("SELECT 1") == 1
+            await transaction.commit()
+        finally:
+            await asyncio.gather(tool.close(), other.close(), held.close())
+    finally:
+        await admin.close()

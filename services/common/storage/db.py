@@ -127,7 +127,12 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
     """An operator's tool's own connection. asyncpg's timeout is an empty TimeoutError: the tools
     printed `error: ` and nothing else, or blamed Kafka; this one says what did not answer. It
     gives up a server gone without closing it, as the services' do (a rebuild's session holds
-    the service's writers during its switch: else held until TCP gave up, many minutes)."""
+    the service's writers during its switch: else held until TCP gave up, many minutes).
+
+    Its session is idle for long by design (a restore's or a replay's lock held while the work
+    goes on elsewhere, a rebuild's while it replays the log): a deployment's
+    `idle_session_timeout` or `idle_in_transaction_session_timeout` would end it, and its locks
+    with it, another run then taking them while this one goes on. Both are off for it."""
     try:
         conn = await asyncpg.connect(database_url, timeout=TOOL_CONNECT_SECONDS, **options)
     except TimeoutError as e:
@@ -135,7 +140,15 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
             f"PostgreSQL (DATABASE_URL) did not answer within {TOOL_CONNECT_SECONDS} s: is it running, "
             "and does nothing between here and it drop the connection?"
         ) from e
-    await detect_dead_peer(conn)
+    try:
+        await detect_dead_peer(conn)
+        # idle_session_timeout is PostgreSQL 14's: an older server refuses it (and never ends an idle session).
+        idle = ("idle_in_transaction_session_timeout", "idle_session_timeout")
+        for setting in idle if conn.get_server_version().major >= 14 else idle[:1]:
+            await conn.execute(f"SET {setting} = 0")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
