@@ -60,7 +60,7 @@ from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
-from services.common.storage.db import Conn, create_pool, migrate, relation
+from services.common.storage.db import Conn, advisory_key, create_pool, migrate, relation
 from services.common.storage.derived import Derived, PgPublished, publish_changes
 from services.equipement import handlers as equipement
 from services.formation import handlers as formation
@@ -91,6 +91,9 @@ class AccesInsuffisant(RuntimeError):
 
 CHECK_SECONDS = 30
 """How long `check_access` waits for Kafka to answer a fetch of every topic."""
+RESTORE_LOCK = advisory_key("sauvegarde:restore")
+"""A session lock: a restore holds it alone, each rebuild shared, so that neither starts while
+the other replaces schemas (rebuilds of different schemas run together)."""
 
 
 async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) -> None:

@@ -84,6 +84,8 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     try:
         if not await session.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"reconstruire:{live}")):
             raise ReconstructionError(f"a rebuild of schema {live!r} is already under way")
+        if not await session.fetchval("SELECT pg_try_advisory_lock_shared($1)", rattrapage.RESTORE_LOCK):
+            raise ReconstructionError("a restore of this database is under way: nothing done")
         if not await _schema_exists(session, live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
         try:  # the replay reads what only an operator may: found out before a schema is made

@@ -54,7 +54,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool
+from services.common.storage.db import SESSION_ENDED, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -209,8 +209,8 @@ async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     restore at a time in a database (a session lock, held until this ends)."""
     held = await connect_for_tool(settings.database_url, server_settings={"application_name": RESTORING})
     try:
-        if not await held.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key("sauvegarde:restore")):
-            raise SauvegardeError("another restore of this database is under way: nothing done")
+        if not await held.fetchval("SELECT pg_try_advisory_lock($1)", rattrapage.RESTORE_LOCK):
+            raise SauvegardeError("another restore, or a rebuild, of this database is under way: nothing done")
         return await _restore(settings, path)
     finally:
         await held.close()

@@ -230,7 +230,7 @@ async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_afte
 async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
     settings, database_url, tmp_path, monkeypatch
 ):
-    """A second restore is refused while one runs; a service that connected after the first
+    """A second restore is refused while one runs, or a rebuild; a service that connected after the first
     check (its pod restarting, say) makes the restore's transaction fail: nothing replaced."""
     dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
     try:
@@ -239,10 +239,11 @@ async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
         )
         tool.backup(database_url, dump)
         await conn.execute("INSERT INTO restauree.t VALUES (2)")
-        await conn.execute("SELECT pg_advisory_lock($1)", tool.advisory_key("sauvegarde:restore"))
-        with pytest.raises(tool.SauvegardeError, match="another restore of this database is under way"):
-            await tool.restore(settings, dump)
-        await conn.execute("SELECT pg_advisory_unlock_all()")
+        for held in ("pg_advisory_lock", "pg_advisory_lock_shared"):  # a restore's, a rebuild's
+            await conn.execute(f"SELECT {held}($1)", tool.rattrapage.RESTORE_LOCK)
+            with pytest.raises(tool.SauvegardeError, match="another restore, or a rebuild, of this database is under"):
+                await tool.restore(settings, dump)
+            await conn.execute("SELECT pg_advisory_unlock_all()")
         came = await asyncpg.connect(database_url, server_settings={"application_name": "feo-equipement"})
         try:
 

@@ -3,11 +3,12 @@ its outbox is the backup's, of records published since or superseded, and sent a
 stand for its key after newer ones on a compacted topic (deploy/reconstruire.py)."""
 
 import asyncpg
+import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
 from deploy import reconstruire
-from deploy.rattrapage import read_topic
+from deploy.rattrapage import RESTORE_LOCK, read_topic
 from helpers import college, eventually, running, send, uai
 from services.common.messaging.outbox import OutboxRecord, enqueue
 from services.common.runtime.lifecycle import CATCH_UP_PENDING, restored_mark
@@ -36,3 +37,22 @@ async def test_a_restored_schema_is_rebuilt_without_publishing_the_backups_outbo
         await conn.close()
     published = await read_topic(bootstrap, profiles)
     assert [r.key for r in published] == [profile.key], "the backup's outbox was not sent again"
+
+
+async def test_no_rebuild_while_a_restore_replaces_the_schemas(settings):
+    """A restore replaces schemas in one transaction, then catches them up: a rebuild meanwhile
+    would switch a schema under it. The rebuild is refused, nothing made; one started once the
+    restore is done goes on."""
+    async with running(EQUIPEMENT, settings):
+        pass  # the service's schema, to rebuild
+    restoring = await asyncpg.connect(settings.database_url)
+    try:
+        await restoring.execute("SELECT pg_advisory_lock($1)", RESTORE_LOCK)
+        with pytest.raises(reconstruire.ReconstructionError, match="a restore of this database is under way"):
+            await reconstruire.rebuild(EQUIPEMENT, settings)
+        schemas = await restoring.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'equipement%'")
+        assert [s["nspname"] for s in schemas] == ["equipement"], "nothing made"
+        await restoring.execute("SELECT pg_advisory_unlock_all()")
+        assert await reconstruire.rebuild(EQUIPEMENT, settings)
+    finally:
+        await restoring.close()
