@@ -309,18 +309,19 @@ class Pipeline:
         topics = {t: self.settings.unprefixed(t) for t in {r.topic for _, r in parsed}}
         internal = [(e, r) for e, r in parsed if topics[r.topic] in INTERNAL_TOPICS]
         external = [(e, r) for e, r in parsed if topics[r.topic] not in INTERNAL_TOPICS]
+        refused_before = len(rejected)
         # Référentiel first: an établissement and an event about it may share a batch.
         ref_events = [(e, r) for e, r in external if e.type == c.ETABLISSEMENT]
-        accepted_ref = self._check(ref_events, {}, rejected)
         principals = {id(e): _principal(r.headers) for e, r in external if topics[r.topic] in c.DECLARED_OVER_HTTP}
         principal = lambda e: principals.get(id(e))  # noqa: E731
-        fresh_ref = await inbox.claim(conn, accepted_ref, principal)
+        fresh_ref = await self._claim_and_check(conn, ref_events, {}, rejected, principal)
         stale, changed_uais = await referentiel.apply(conn, fresh_ref)
 
         others = [(e, r) for e, r in external if e.type != c.ETABLISSEMENT]
         etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
-        accepted = self._check(others, etabs, rejected) + [e for e, _ in internal]
-        fresh = await inbox.claim(conn, accepted, principal)
+        fresh = await self._claim_and_check(conn, others, etabs, rejected, principal)
+        fresh += await inbox.claim(conn, [e for e, _ in internal])
+        accepted = len(parsed) - (len(rejected) - refused_before)  # the duplicates among them
         contexts = {id(e): r.headers for e, r in parsed}
         traced = TRACEPARENT_OF.set(lambda e: trace_headers(contexts.get(id(e)), span).get("traceparent"))
         try:
@@ -330,7 +331,7 @@ class Pipeline:
         stale += applied.stale
         await inbox.mark_stale(conn, stale)
         await enqueue(conn, self._records(applied.outgoing, contexts, span))
-        return _Judged(fresh_ref + fresh, stale, len(accepted_ref) + len(accepted), len(applied.outgoing), changed_uais)
+        return _Judged(fresh_ref + fresh, stale, accepted, len(applied.outgoing), changed_uais)
 
     async def revive(self, uais: Collection[str] | None = None) -> int:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
@@ -565,6 +566,22 @@ class Pipeline:
         if outgoing:
             self.relay.wake()
         return len(outgoing)
+
+    async def _claim_and_check(
+        self, conn: Conn, items, etabs: dict, rejected: list[dlq.Rejection], principal
+    ) -> list[CloudEvent]:
+        """The events of `items` never accepted before that the rights accept, claimed in the
+        inbox. The inbox first: an event accepted before and received again (a batch taken
+        again after its commit's answer was lost, a partner sending it again) has no second
+        effect, even when the rights would now refuse it (its établissement moved since):
+        judged again, it was dead-lettered though applied. A new event they refuse leaves no
+        inbox row (sent again once the rights allow it, it is applied)."""
+        claimed = {id(e) for e in await inbox.claim(conn, [e for e, _ in items], principal)}
+        fresh = [(e, r) for e, r in items if id(e) in claimed]
+        accepted = self._check(fresh, etabs, rejected)
+        kept = {id(e) for e in accepted}
+        await inbox.release(conn, [e for e, _ in fresh if id(e) not in kept])
+        return accepted
 
     def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:
         accepted = []

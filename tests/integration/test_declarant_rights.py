@@ -192,3 +192,39 @@ async def test_only_the_ministere_writes_the_referentiel(kafka, settings):
         assert dict(record.headers)["dlq-reason"] == b"hors-competence"
         assert json.loads(record.value)["id"] == forged["id"]
         assert await pipeline.pool.fetchval("SELECT ouvert FROM etablissements WHERE uai = $1", ECOLE) is True
+
+
+async def test_an_event_applied_then_received_again_once_its_etablissement_moved_has_no_second_effect(kafka, settings):
+    """An event received again (a partner sending it again, a batch taken again after its
+    commit's answer was lost) is a duplicate, even when the rights would refuse it now: the
+    école moved to another commune since it was applied. Judged again, it was dead-lettered
+    (hors-competence), though applied: listed among the refusals, and a DLQ copy sent."""
+    bootstrap = kafka.bootstrap_servers
+    ecole = [(u, e) for u, e in referentiel() if u == ECOLE]
+    moved = json.loads(json.dumps(ecole[0][1]))
+    moved |= {"id": moved["id"] + "-fusion", "time": at(5).isoformat()}
+    moved["data"]["code_commune"] = "35001"
+    declared = lot("/collectivites/communes/35238", ECOLE)
+    after = lot("/collectivites/communes/35001", ECOLE) | {"time": at(6).isoformat()}
+    after["data"] = after["data"] | {"quantity": 7}
+    async with (
+        running(EQUIPEMENT, settings) as pipeline,
+        TopicReader(bootstrap, settings.topic(c.dlq(c.EQUIPEMENT))) as dlq,
+    ):
+        await send(bootstrap, settings.topic(c.REFERENTIEL), ecole)
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the école")
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), [(ECOLE, declared)])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot applied")
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(ECOLE, moved)])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT code_commune = '35001' FROM etablissements"), what="the move"
+        )
+        # Then the new commune's lot, on the same partition: handled once the event sent again is.
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), [(ECOLE, declared), (ECOLE, after)])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM inbox WHERE id = $1", after["id"]),
+            what="the new commune's lot",
+        )
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
+        assert dlq.records == []

@@ -46,6 +46,18 @@ async def claim(
     return kept
 
 
+async def release(conn: Conn, events: Sequence[CloudEvent]) -> None:
+    """Forget these events, claimed in this transaction and then refused: received again, they
+    are judged again."""
+    if events:
+        await conn.execute(
+            "DELETE FROM inbox USING unnest($1::text[], $2::text[]) AS r(source, id) "
+            "WHERE inbox.source = r.source AND inbox.id = r.id",
+            [e.source for e in events],
+            [e.id for e in events],
+        )
+
+
 async def mark_stale(conn: Conn, events: Sequence[CloudEvent]) -> None:
     if events:
         await conn.execute(
