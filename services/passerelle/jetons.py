@@ -127,7 +127,7 @@ class Verificateur:
         if not isinstance(alg, str) or alg not in ALGORITHMES:  # a list or an object: not hashable
             raise JetonRefuse(f"algorithme refusé : signature asymétrique attendue ({', '.join(sorted(ALGORITHMES))})")
         kid = entete.get("kid")
-        cle = await self._cles.cle(kid, _emis(token)) if isinstance(kid, str) else None
+        cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds) if isinstance(kid, str) else None
         if cle is None:
             raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
         try:
@@ -188,7 +188,7 @@ class _ClesFichier:
         self._version: tuple[int, int, int] | None = None
         self._cles: dict[str, jwt.PyJWK] = {}
 
-    async def cle(self, kid: str, emis: float | None = None) -> jwt.PyJWK | None:
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> jwt.PyJWK | None:
         try:
             stat = os.stat(self.path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -219,8 +219,9 @@ class _ClesUrl:
         self._verrou = asyncio.Lock()
         self._rafraichissement: asyncio.Task | None = None
 
-    async def cle(self, kid: str, emis: float | None = None) -> jwt.PyJWK | None:
-        """The key `kid` names; None when it is not the provider's (`emis`: the token's `iat`)."""
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> jwt.PyJWK | None:
+        """The key `kid` names; None when it is not the provider's (`emis`: the token's `iat`,
+        `leeway`: how far in the future it may be, as for the token's times)."""
         vue = self._generation
         maintenant = time.monotonic()
         if maintenant >= self._prochain and kid in self._cles:
@@ -242,8 +243,11 @@ class _ClesUrl:
                 f"({self._echec})",
                 max(self._prochain - time.monotonic(), 1.0),
             )
-        if cle is None and emis is not None and emis > self._obtenues:
-            raise ClesAVerifier(  # issued after the keys in hand were fetched: fetched again when allowed
+        # Issued after the keys in hand were fetched: its key may be new, fetched again when
+        # allowed. Not one issued in the future beyond the leeway, which no key makes valid (else
+        # anyone's made-up token was answered 503 for ever, every fetch being before its `iat`).
+        if cle is None and emis is not None and self._obtenues < emis <= time.time() + leeway:
+            raise ClesAVerifier(
                 f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés seront relues sous "
                 f"{INTERVALLE_REFETCH:g} s",
                 max(self._force + INTERVALLE_REFETCH - time.monotonic(), 1.0),

@@ -399,3 +399,27 @@ async def test_a_jwks_without_an_asymmetric_signing_key_is_unavailable_not_a_bad
 
     with pytest.raises(JwksIndisponible, match="aucune clé de signature asymétrique"):
         await fournisseur.verificateur().verifier(identite.jeton(COMMUNE))
+
+
+async def test_a_token_issued_in_the_future_on_an_unknown_kid_is_a_401_not_a_503(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its unverified `iat` beyond now and the leeway: no key would make it valid (its `iat`
+    refused once the signature checks), so it is not told its key may be new: a made-up token
+    was answered 503 for ever, every fetch being before its `iat`. One a little ahead, within
+    the leeway (a provider's clock ahead of ours), signed by a key published since, is told to
+    come back."""
+    monkeypatch.setattr(jetons, "INTERVALLE_REFETCH", 0.0)
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    future = jwt.encode(
+        claims(iat=int(time.time()) + 3600), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "zz"}
+    )
+    for _ in range(3):
+        with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
+            await verificateur.verifier(future)
+    assert fournisseur.requests == 4, "each fetched the keys again"
+    monkeypatch.setattr(jetons, "INTERVALLE_REFETCH", 3600.0)  # the keys not fetched again for it
+    ahead = int(time.time()) + int(verificateur.leeway_seconds) // 2
+    with pytest.raises(ClesAVerifier):
+        await verificateur.verifier(signed_by(autre, ahead))
