@@ -45,9 +45,15 @@ def _metadata_name(topic: str) -> str:
     return topic.replace("_", "-").lower()
 
 
+RETENTION = Retention()
+"""The deployment's topic retention (ALERTS_RETENTION_DAYS and DLQ_RETENTION_DAYS locally): set
+here, then `./dev gen`. A live KafkaTopic edited instead is set back by the next `kubectl apply
+-k`, which writes every field the file sets."""
+
+
 def topics() -> list[dict[str, Any]]:
     out = []
-    for spec in platform_topics(retention=Retention()):
+    for spec in platform_topics(retention=RETENTION):
         # The configuration topic_admin gives a topic, its numbers written as numbers.
         config: dict[str, Any] = {"min.insync.replicas": 2}
         config |= {k: int(v) if v.lstrip("-").isdigit() else v for k, v in spec.configs().items()}

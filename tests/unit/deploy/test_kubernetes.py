@@ -102,6 +102,10 @@ def test_topics_and_users_mirror_the_platform(rendered):
     topics = {doc["spec"]["topicName"]: doc["spec"] for doc in rendered if doc["kind"] == "KafkaTopic"}
     assert set(topics) == {t.name for t in platform_topics()}
     assert {spec["replicas"] for spec in topics.values()} == {3}
+    for topic in platform_topics(retention=kubernetes.RETENTION):  # as topic_admin makes them locally
+        spec = topics[topic.name]
+        assert spec["partitions"] == topic.partitions, topic.name
+        assert {k: str(v) for k, v in spec["config"].items()} == topic.configs() | {"min.insync.replicas": "2"}
     users = {doc["metadata"]["name"]: doc["spec"] for doc in rendered if doc["kind"] == "KafkaUser"}
     granted = {
         (name, acl["resource"]["type"], acl["resource"]["name"], acl["resource"]["patternType"], op)
@@ -135,12 +139,28 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
         [container] = doc["spec"]["template"]["spec"]["containers"]
         assert doc["spec"]["replicas"] >= 2
         assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        startup = container["startupProbe"]
+        # Kubernetes lets the start-up guard end a service that cannot reach Kafka or PostgreSQL
+        # (and say why) rather than kill it first.
+        assert startup["periodSeconds"] * startup["failureThreshold"] > ServiceSettings().startup_timeout_seconds
         assert container["resources"]["limits"]["memory"]
         env = {e["name"]: e for e in container["env"]}
         assert env["KAFKA_USERNAME"]["value"] == name
         assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == name, "the User Operator's secret"
     config = next(doc for doc in rendered if doc["kind"] == "ConfigMap")
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
+
+
+def test_every_pod_runs_the_image_the_kustomization_names(rendered):
+    """A container whose image the kustomization's `images` does not rename would be pulled as
+    the bare local name, which no registry holds."""
+    [image] = yaml.safe_load((kubernetes.K8S / "kustomization.yaml").read_text())["images"]
+    expected = f"{image['newName']}:{image['newTag']}"
+    deployments = [doc for doc in rendered if doc["kind"] == "Deployment"]
+    assert len(deployments) == len(specs()) + 1  # the services', the operators' tools'
+    for doc in deployments:
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            assert container["image"] == expected, doc["metadata"]["name"]
 
 
 def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(rendered):
