@@ -10,10 +10,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from contracts import Lot, RessourcePubliee
 from contracts.parsing import MAX_RECORD_BYTES, ContractError, check_document
@@ -34,6 +36,7 @@ READ_SECONDS = 10
 """How long a body may take to come: the simulation's turn is held while it does."""
 RETRY_AFTER_SECONDS = 2
 UNKNOWN = "n'est pas dans le référentiel"
+log = structlog.get_logger()
 
 
 class _CheckedBody(APIRoute):
@@ -65,6 +68,9 @@ class _CheckedBody(APIRoute):
                     return JSONResponse({"detail": e.message}, 413)
                 except TimeoutError:
                     return JSONResponse({"detail": f"corps pas reçu en entier en {READ_SECONDS} s"}, 408)
+                except ClientDisconnect:  # gone before its whole body came: nobody to answer, nothing went wrong
+                    log.info("simulation.abandonnee", route=request.url.path)
+                    return JSONResponse({"detail": "le client a fermé la connexion avant la fin du corps"}, 400)
                 except ContractError as e:
                     detail = [{"loc": ["body"], "msg": f"corps : {e.message}", "type": e.code}]
                     return JSONResponse({"detail": detail}, 422)

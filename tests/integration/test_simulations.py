@@ -5,8 +5,10 @@ declared, and a simulation writes nothing (every table's row count, the outbox, 
 import asyncio
 import copy
 import json
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -352,3 +354,22 @@ async def test_while_a_simulation_runs_another_is_refused_before_its_body_is_rea
         busy = await client.post("/simulations/equipement", json={"lots": []})
     assert (busy.status_code, busy.headers["retry-after"], read) == (503, "2", [])
     assert (await client.post("/simulations/equipement", json={"lots": []})).status_code == 200 and len(read) == 1
+
+
+async def test_a_client_gone_before_its_whole_body_is_a_line_not_an_error(api, monkeypatch, caplog):
+    """Starlette's ClientDisconnect, raised while the body is read, went to the catch-all: a 500
+    nobody read and an ERROR line with its traceback for each interrupted upload, which anyone
+    can send. The next simulation is served."""
+    client, _ = api
+    said: list[str] = []
+    monkeypatch.setattr(api_simulations, "log", SimpleNamespace(info=lambda e, **_: said.append(e)))
+    _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+    writer.write(
+        b"POST /simulations/equipement HTTP/1.1\r\nHost: ressources\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100000\r\n\r\n{"lots": ['
+    )
+    await writer.drain()
+    writer.close()
+    await eventually(lambda: asyncio.sleep(0, "simulation.abandonnee" in said), what="the simulation said abandoned")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert (await client.post("/simulations/equipement", json={"lots": []})).status_code == 200
