@@ -321,7 +321,7 @@ class Pipeline:
         etabs = await referentiel.load(conn, [u for e, _ in others if (u := uai_of(e))])
         fresh = await self._claim_and_check(conn, others, etabs, rejected, principal)
         fresh += await inbox.claim(conn, [e for e, _ in internal])
-        accepted = len(parsed) - (len(rejected) - refused_before)  # the duplicates among them
+        accepted = len(parsed) - (len(rejected) - refused_before)  # not refused: the fresh and the duplicates
         contexts = {id(e): r.headers for e, r in parsed}
         traced = TRACEPARENT_OF.set(lambda e: trace_headers(contexts.get(id(e)), span).get("traceparent"))
         try:

@@ -68,7 +68,11 @@ class ServiceApp(AsgiFastStream):
         """`/health`, `/livez` and `/metrics` on a service's own HTTP API (which serves instead of
         this app)."""
 
-        @api.get("/health", summary="200 quand Kafka et PostgreSQL répondent, 503 sinon")
+        @api.get(
+            "/health",
+            summary="200 quand Kafka et PostgreSQL répondent, 503 sinon",
+            responses={503: {"description": "Kafka ou PostgreSQL ne répond pas : le même corps, qui dit lequel"}},
+        )
         async def health() -> JSONResponse:
             status, body = await self.health()
             return JSONResponse(body, status)
