@@ -49,20 +49,17 @@ async def claim(
 async def release(conn: Conn, events: Sequence[CloudEvent]) -> None:
     """Forget these events, claimed in this transaction and then refused: received again, they
     are judged again."""
-    if events:
-        await conn.execute(
-            "DELETE FROM inbox USING unnest($1::text[], $2::text[]) AS r(source, id) "
-            "WHERE inbox.source = r.source AND inbox.id = r.id",
-            [e.source for e in events],
-            [e.id for e in events],
-        )
+    await _each(conn, "DELETE FROM inbox USING {keys} WHERE inbox.source = k.source AND inbox.id = k.id", events)
 
 
 async def mark_stale(conn: Conn, events: Sequence[CloudEvent]) -> None:
+    await _each(
+        conn, "UPDATE inbox SET outcome = 'stale' FROM {keys} WHERE inbox.source = k.source AND inbox.id = k.id", events
+    )
+
+
+async def _each(conn: Conn, statement: str, events: Sequence[CloudEvent]) -> None:
+    """`statement` over the inbox rows of `events`, their keys given as `{keys}` (rows `k`)."""
     if events:
-        await conn.execute(
-            "UPDATE inbox SET outcome = 'stale' FROM unnest($1::text[], $2::text[]) AS s(source, id) "
-            "WHERE inbox.source = s.source AND inbox.id = s.id",
-            [e.source for e in events],
-            [e.id for e in events],
-        )
+        keys = "unnest($1::text[], $2::text[]) AS k(source, id)"
+        await conn.execute(statement.format(keys=keys), [e.source for e in events], [e.id for e in events])
