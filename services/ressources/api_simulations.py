@@ -4,6 +4,7 @@ published. Unauthenticated like the rest of the read API: whoever posts lots is 
 be the collectivité that equips their établissements."""
 
 import asyncio
+import json
 import multiprocessing
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +36,19 @@ simulation at a time from its first byte on."""
 READ_SECONDS = 10
 """How long a body may take to come: the simulation's turn is held while it does."""
 RETRY_AFTER_SECONDS = 2
+_BEYOND_ANY_BOUND = 10**4300
+
+
+def _integer(text: str) -> int:
+    """A JSON integer, however many digits: int() refuses more than 4,300 (and FastAPI's own
+    reading then answered 400, "not JSON", naming no field); one that long is read as a number
+    as large, which the field's bound then refuses by name, as any number beyond it."""
+    try:
+        return int(text)
+    except ValueError:
+        return -_BEYOND_ANY_BOUND if text.startswith("-") else _BEYOND_ANY_BOUND
+
+
 UNKNOWN = "n'est pas dans le référentiel"
 log = structlog.get_logger()
 
@@ -44,8 +58,8 @@ class _CheckedBody(APIRoute):
     body is read (bodies read at once would each hold their memory). Its body is read within its
     limit (413 beyond, before it is all held; 408 past READ_SECONDS), then judged as the contract
     judges any document (contracts.parsing.check_document: JSON without NaN or a repeated key,
-    no NUL in a text, which PostgreSQL could not compare), then handed to FastAPI: a body the
-    service would refuse on Kafka is not simulated."""
+    no NUL in a text, which PostgreSQL could not compare), then decoded (integers of any length:
+    `_integer`) and handed to FastAPI: a body the service would refuse on Kafka is not simulated."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -74,7 +88,8 @@ class _CheckedBody(APIRoute):
                 except ContractError as e:
                     detail = [{"loc": ["body"], "msg": f"corps : {e.message}", "type": e.code}]
                     return JSONResponse({"detail": detail}, 422)
-                request._body = body  # what FastAPI then reads (Starlette's cache of the body)
+                request._body = body  # what FastAPI then reads (Starlette's caches of the body
+                request._json = json.loads(body, parse_int=_integer)  # and of its JSON)
                 return await handler(request)
 
         return checked

@@ -320,6 +320,18 @@ async def test_a_body_the_contract_refuses_is_not_simulated_and_a_huge_one_is_no
         assert (refused["loc"], refused["type"]) == (["body"], code), refused
         assert refused["msg"].startswith("corps : ") and named in refused["msg"], refused
         assert "\x00" not in refused["msg"] and "error parsing" not in refused["msg"]
+    # JSON, but more digits than int() reads: refused by the field's bound, which is named.
+    for sign in ("", "-"):
+        body = json.dumps({"lots": [lot(RENNES[0], "17") | {"quantity": 7}]})
+        digits = body.replace('"quantity": 7', f'"quantity": {sign}{"9" * 5000}')
+        assert digits != body
+        answer = await client.post("/simulations/equipement", content=digits.encode(), headers=json_body)
+        assert answer.status_code == 422, answer.text[:200]
+        [refused] = answer.json()["detail"]
+        assert refused["loc"] == ["body", "lots", 0, "quantity"] and refused["msg"].startswith("lots[0].quantity : "), (
+            refused
+        )
+        assert "9999" not in answer.text
     monkeypatch.setattr(api_simulations, "MAX_BODY_BYTES", 1000)
     huge = json.dumps({"lots": [], "x": "x" * 2000}).encode()
     told = await client.post("/simulations/equipement", content=huge, headers=json_body)
