@@ -196,11 +196,13 @@ def services() -> list[dict[str, Any]]:
             "envFrom": [{"configMapRef": {"name": "feo-services"}}],
             "env": _env(spec.name),
             "volumeMounts": [CA_MOUNT],
-            # Ready when Kafka and PostgreSQL answer; alive while its event loop answers at all
-            # (`/livez`: the kernel accepts a TCP connection for a frozen one too; the process
-            # exits by itself once its dependencies have been away UNHEALTHY_EXIT_SECONDS).
+            # Started when Kafka and PostgreSQL answer; ready as `/readyz` says (the same, but
+            # PostgreSQL alone for ressources: its readers are served while Kafka is away); alive
+            # while its event loop answers at all (`/livez`: the kernel accepts a TCP connection
+            # for a frozen one too; the process exits by itself once its dependencies have been
+            # away UNHEALTHY_EXIT_SECONDS).
             "startupProbe": {**probe, "failureThreshold": 30},
-            "readinessProbe": probe,
+            "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "http"}},
             "livenessProbe": {
                 "httpGet": {"path": "/livez", "port": "http"},
                 "periodSeconds": 10,

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 
 import asyncpg
 import pytest
@@ -117,6 +119,62 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         assert exiting["reason"].startswith("Kafka unreachable for")
     finally:
         procs.stop()
+        kafka.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, dict]:
+    """The service's answer to GET `path`: its status and JSON body (an error status too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+async def test_ressources_readers_are_served_while_kafka_is_away_and_a_consumer_is_not_ready(
+    database_url, unique, tmp_path, monkeypatch
+):
+    """Kubernetes sends requests to ready pods only (`/readyz`): ressources' read API answers from
+    PostgreSQL, so Kafka away keeps it in the Service (its /health says 503 all the same);
+    equipement, which serves nothing without Kafka, leaves it."""
+    port = free_port()
+    prefix = f"t{unique}."
+    kafka = LocalKafka(tmp_path / "own-kafka", port=port)
+    kafka.start()
+    procs = None
+    try:
+        for variable, value in kafka.access.environ().items():
+            monkeypatch.setenv(variable, value)
+        await create_topics(kafka.bootstrap_servers, platform_topics(prefix))
+        acl.apply(kafka.access, prefix)
+        procs = ServiceProcesses(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+                "DATABASE_URL": database_url,
+                "TOPIC_PREFIX": prefix,
+                "LOG_FORMAT": "json",
+                "UNHEALTHY_EXIT_SECONDS": "300",  # not within this test
+            },
+            log_dir=tmp_path,
+            names=("equipement", "ressources"),
+            credentials=kafka.credentials,
+        )
+        procs.start()
+        procs.wait_healthy(timeout=90)
+        ressources, equipement = procs.ports["ressources"], procs.ports["equipement"]
+        assert _get(ressources, "/readyz")[0] == _get(equipement, "/readyz")[0] == 200
+
+        kafka.stop()
+        wait_until(lambda: not procs.health("ressources"), "ressources' /health says 503", 30, procs, "ressources")
+        wait_until(lambda: _get(equipement, "/readyz")[0] == 503, "equipement not ready", 30, procs, "equipement")
+        status, body = _get(ressources, "/readyz")
+        assert (status, body["ready"], body["database"]) == (200, True, True), body
+        assert _get(ressources, "/health")[1]["kafka"] is False
+        status, alertes = _get(ressources, "/alertes?limit=1")
+        assert status == 200 and alertes["total"] == 0, alertes
+    finally:
+        if procs is not None:
+            procs.stop()
         kafka.stop()
 
 

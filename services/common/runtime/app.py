@@ -22,7 +22,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
 from services.common.runtime import metrics, startup
-from services.common.runtime.health import Backlog, database_gauges, health_report
+from services.common.runtime.health import Backlog, database_gauges, health_report, readiness_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -34,8 +34,8 @@ log = structlog.get_logger(__name__)
 
 ALIVE = {"alive": True}
 """`/livez`'s answer: whoever answers is alive. Nothing is read: a database or a broker away is
-/health's to say (503, out of the Service's endpoints), not a reason to restart the process; a
-frozen event loop answers nothing, and the kubelet restarts it."""
+/health's to say (503) and `/readyz`'s (out of the Service's endpoints), not a reason to restart
+the process; a frozen event loop answers nothing, and the kubelet restarts it."""
 
 
 class ServiceApp(AsgiFastStream):
@@ -47,6 +47,7 @@ class ServiceApp(AsgiFastStream):
         pipeline: Pipeline,
         backlog: Backlog = None,
         gauges: metrics.Gauges | None = None,
+        ready_without_kafka: bool = False,
         **kwargs: Any,
     ):
         super().__init__(broker, **kwargs)
@@ -54,9 +55,13 @@ class ServiceApp(AsgiFastStream):
         self.kafka = broker
         self.backlog = backlog
         self.gauges = gauges
+        self.ready_without_kafka = ready_without_kafka
 
     async def health(self) -> tuple[int, dict]:
         return await health_report(self.pipeline, self.kafka, self.backlog)
+
+    async def ready(self) -> tuple[int, dict]:
+        return await readiness_report(self.pipeline, self.kafka, self.backlog, self.ready_without_kafka)
 
     async def metrics(self) -> bytes:
         """The Prometheus text of `/metrics`, the database's figures read now (the service's own
@@ -65,8 +70,8 @@ class ServiceApp(AsgiFastStream):
         return self.pipeline.metrics.render()
 
     def serve_probes(self, api: FastAPI) -> None:
-        """`/health`, `/livez` and `/metrics` on a service's own HTTP API (which serves instead of
-        this app)."""
+        """`/health`, `/readyz`, `/livez` and `/metrics` on a service's own HTTP API (which serves
+        instead of this app)."""
 
         @api.get(
             "/health",
@@ -75,6 +80,11 @@ class ServiceApp(AsgiFastStream):
         )
         async def health() -> JSONResponse:
             status, body = await self.health()
+            return JSONResponse(body, status)
+
+        @api.get("/readyz", summary="200 quand le service peut servir ses lecteurs", include_in_schema=False)
+        async def readyz() -> JSONResponse:
+            status, body = await self.ready()
             return JSONResponse(body, status)
 
         @api.get("/livez", summary="200 tant que le service répond", include_in_schema=False)
@@ -117,6 +127,11 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         status, body = await app.health()
         return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
 
+    @get(description="200 when the service should be sent requests (Kubernetes' readiness), 503 otherwise")
+    async def readyz(scope) -> AsgiResponse:
+        status, body = await app.ready()
+        return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
+
     @get(description="200 while the service answers at all: its event loop turns (Kubernetes' liveness)")
     async def livez(scope) -> AsgiResponse:
         return AsgiResponse(json.dumps(ALIVE).encode(), 200, headers={"content-type": "application/json"})
@@ -133,7 +148,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         pipeline,
         spec.backlog,
         spec.gauges,
-        asgi_routes=[("/health", health), ("/livez", livez), ("/metrics", metrics_route)],
+        spec.ready_without_kafka,
+        asgi_routes=[("/health", health), ("/readyz", readyz), ("/livez", livez), ("/metrics", metrics_route)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],
         # The consumer stops between the two: its batch in flight commits (graceful_timeout).

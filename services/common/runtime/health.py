@@ -60,6 +60,40 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
 _NOT_IN_TIME = "PostgreSQL n'a pas répondu en {} s"
 
 
+async def readiness_report(
+    pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog, without_kafka: bool
+) -> tuple[int, dict]:
+    """`/readyz`, the readiness probe's: whether the service should be sent requests. For most,
+    /health's answer (200 when Kafka and PostgreSQL answer). For one whose HTTP API answers from
+    its database alone (`without_kafka`: ressources' read API and alert stream), whether
+    PostgreSQL answers: Kafka away, its readers are still served (what they read stops
+    changing), until UNHEALTHY_EXIT_SECONDS ends the process."""
+    if not without_kafka:
+        status, health = await health_report(pipeline, broker, backlog)
+        return status, {"service": pipeline.service, "ready": status == 200, "kafka": health["kafka"]} | {
+            k: health[k] for k in ("database", "error") if k in health
+        }
+    body: dict[str, Any] = {"service": pipeline.service, "ready": False, "database": False}
+    if pipeline.started:
+        try:
+            body |= await pipeline.metrics.shared("ready", lambda: _database_answers(pipeline), within=READ_SECONDS)
+        except TimeoutError:
+            body["error"] = _NOT_IN_TIME.format(READ_SECONDS)
+    body["ready"] = body["database"]
+    return (200 if body["ready"] else 503), body
+
+
+async def _database_answers(pipeline: Pipeline) -> dict:
+    try:
+        async with asyncio.timeout(READ_SECONDS):
+            await pipeline.pool.fetchval("SELECT 1")
+    except TimeoutError:
+        return {"database": False, "error": _NOT_IN_TIME.format(READ_SECONDS)}
+    except Exception as exc:  # reported, not raised: this is a probe
+        return {"database": False, "error": redact(str(exc))}
+    return {"database": True}
+
+
 async def _database_health(pipeline: Pipeline, backlog: Backlog) -> dict:
     """The database's part of the report, within READ_SECONDS (or as long as asyncpg takes to
     cancel a query PostgreSQL stopped answering: the caller waits READ_SECONDS at most)."""

@@ -52,6 +52,10 @@ class ServiceSpec:
     gauges: Gauges | None = None
     """The service's own figures for `/metrics`, read with its store at a scrape once those kept are
     `METRICS_COUNTS_MAX_AGE_SECONDS` old (Metrics.counts)."""
+    ready_without_kafka: bool = False
+    """True for a service whose HTTP API answers from its database alone (ressources' read API
+    and alert stream): its readiness (`/readyz`) asks PostgreSQL only, so its readers are still
+    served while Kafka is away (health.readiness_report)."""
     publishes_nothing_derived: bool = False
     """True for a service whose schema, restored from a backup, needs no catch-up before it
     starts (the passerelle: it publishes nothing its schema numbers; its view of the référentiel

@@ -138,7 +138,8 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
     for name, doc in deployments.items():
         [container] = doc["spec"]["template"]["spec"]["containers"]
         assert doc["spec"]["replicas"] >= 2
-        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/health"
         startup = container["startupProbe"]
         # Kubernetes lets the start-up guard end a service that cannot reach Kafka or PostgreSQL
         # (and say why) rather than kill it first.
@@ -276,6 +277,20 @@ async def test_each_pod_is_alive_while_its_app_answers_whatever_its_dependencies
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://pod") as client:
             response = await client.get(probe["httpGet"]["path"])
         assert response.status_code == 200, (spec.name, response.text)
+
+
+async def test_each_pod_s_readiness_is_asked_of_its_app_and_not_ready_before_its_database(rendered):
+    """The readiness path is one the app serves (a 404 would keep every pod out of its Service):
+    here the app has not started, no database yet, so not ready, whether it needs Kafka or not."""
+    nowhere = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:1", database_url="postgresql://feo@127.0.0.1:1/feo")
+    for spec in specs():
+        probe = _deployments(rendered)[spec.name]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        settings = spec.settings.of(nowhere)
+        app = build_app(spec, settings)
+        served = spec.http_api(app, settings) if spec.http_api is not None else app
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://pod") as client:
+            response = await client.get(probe["httpGet"]["path"])
+        assert response.status_code == 503 and response.json()["ready"] is False, (spec.name, response.text)
 
 
 def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_the_pod_has(rendered):

@@ -1,9 +1,10 @@
-"""`/health`'s body when the database fails: the error named, no password in it."""
+"""`/health`'s body when the database fails: the error named, no password in it; `/readyz`'s
+answer, with and without Kafka (ressources' readers are served while Kafka is away)."""
 
 import asyncio
 from types import SimpleNamespace
 
-from services.common.runtime.health import READ_SECONDS, health_report
+from services.common.runtime.health import READ_SECONDS, health_report, readiness_report
 from services.common.runtime.metrics import Metrics
 
 
@@ -14,6 +15,15 @@ class _Refusing:
 
 async def _reachable(timeout: float) -> bool:
     return True
+
+
+async def _away(timeout: float) -> bool:
+    return False
+
+
+class _Answering:
+    async def fetchval(self, *args):
+        return 0
 
 
 async def test_a_database_error_is_reported_without_its_password():
@@ -37,14 +47,14 @@ async def test_kafka_is_asked_while_the_database_is_read_once_however_many_ask()
         await reading.wait()
         return True
 
-    class _Answering:
+    class _AnsweringOnce:
         async def fetchval(self, *args):
             reading.set()
             await pinging.wait()
             return 0
 
     pipeline = SimpleNamespace(
-        service="equipement", started=True, pool=_Answering(), metrics=Metrics("equipement"), revivals_pending=0
+        service="equipement", started=True, pool=_AnsweringOnce(), metrics=Metrics("equipement"), revivals_pending=0
     )
     broker = SimpleNamespace(ping=ping)
     answers = await asyncio.wait_for(
@@ -53,3 +63,34 @@ async def test_kafka_is_asked_while_the_database_is_read_once_however_many_ask()
     )
     assert [status for status, _ in answers] == [200] * 3, answers
     assert pings == 1
+
+
+def _pipeline(pool: object, started: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(
+        service="ressources", started=started, pool=pool, metrics=Metrics("ressources"), revivals_pending=0
+    )
+
+
+async def test_a_service_read_from_its_database_alone_is_ready_while_kafka_is_away():
+    away = SimpleNamespace(ping=_away)
+    status, body = await readiness_report(_pipeline(_Answering()), away, None, without_kafka=True)  # type: ignore[arg-type]
+    assert (status, body["ready"], body["database"]) == (200, True, True), body
+    status, body = await readiness_report(_pipeline(_Answering()), away, None, without_kafka=False)  # type: ignore[arg-type]
+    assert (status, body["ready"], body["kafka"]) == (503, False, False), body
+
+
+async def test_readiness_without_kafka_still_needs_the_database_and_names_its_error_without_password():
+    reachable = SimpleNamespace(ping=_reachable)
+    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, without_kafka=True)  # type: ignore[arg-type]
+    assert (status, body["ready"], body["database"]) == (503, False, False), body
+    assert "db.example" in body["error"] and "s3cr3t" not in body["error"], body["error"]
+    status, body = await readiness_report(_pipeline(None, started=False), reachable, None, without_kafka=True)  # type: ignore[arg-type]
+    assert (status, body["ready"]) == (503, False), body
+
+
+async def test_readiness_with_kafka_is_healths_answer():
+    reachable = SimpleNamespace(ping=_reachable)
+    status, body = await readiness_report(_pipeline(_Answering()), reachable, None, without_kafka=False)  # type: ignore[arg-type]
+    assert (status, body["ready"], body["kafka"], body["database"]) == (200, True, True, True), body
+    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, without_kafka=False)  # type: ignore[arg-type]
+    assert (status, body["ready"]) == (503, False) and "s3cr3t" not in body["error"], body
