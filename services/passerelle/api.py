@@ -1,9 +1,11 @@
 """`POST /v1/evenements` (CONTRACTS.md, Identity): partners' declarations over HTTP.
 
-A request goes, in order: bearer token (401), Content-Type (400), size (413, before the body
-is read when Content-Length says so), shape (400; 413 beyond 1,000 events), the subject's rate
-(429, nothing judged nor written), each event judged (examen.py), the accepted ones written to
-Kafka (acks=all, idempotent; 503 when Kafka does not take them in time), then the answer: 202
+A request goes, in order: bearer token (401), Content-Type (400), the subject's rate and its
+requests under way (429; 503 when the replica's are all taken: nothing read), size (413,
+before the body is read when Content-Length says so), shape (400; 413 beyond 1,000 events),
+the subject's rate for its events (429, nothing judged nor written), each event judged
+(examen.py), the accepted ones written to Kafka (acks=all, idempotent; 503 when Kafka does not
+take them in time), then the answer: 202
 when every event is accepted, else 207 with each event's result in request order. Every record
 carries the `auth-principal` header (the token's `sub`) and, when well-formed, the request's W3C
 Trace Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors answer
@@ -46,7 +48,7 @@ from services.common.runtime.telemetry import trace_headers
 from services.common.storage import referentiel
 from services.passerelle import corps, examen
 from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse
-from services.passerelle.debit import Debit, retry_after
+from services.passerelle.debit import Debit, EnCours, retry_after
 from services.passerelle.examen import Accepte, Verdict
 from services.passerelle.jetons import ClesAVerifier, JetonRefuse, JwksIndisponible, Principal, Verificateur
 from services.passerelle.settings import MAX_BATCH_EVENTS, PasserelleSettings
@@ -55,6 +57,9 @@ log = structlog.get_logger(__name__)
 
 REALM = 'Bearer realm="former-equiper-outiller"'
 RETRY_UNAVAILABLE_SECONDS = 5
+BUSY_RETRY_SECONDS = 1
+"""Retry-After of a request beyond those handled at once (`busy`): they last a few milliseconds
+to a few seconds (a 16 MiB batch)."""
 SPLITTER = ThreadPoolExecutor(1, thread_name_prefix="corps")
 """The one thread requests' bodies are read into events in, one body after the other (as on the
 event loop before): the GIL would run several no faster, and each holds its body and decoded
@@ -94,10 +99,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         f"corps au-delà de PASSERELLE_MAX_BODY_BYTES, plus de {MAX_BATCH_EVENTS} événements, "
         f"ou un événement structuré au-delà de {MAX_RECORD_BYTES} octets"
     ),
-    429: _erreur("au-delà du débit du déclarant : réessayer après Retry-After secondes"),
+    429: _erreur(
+        "au-delà du débit du déclarant, ou de ses requêtes en cours à la fois : réessayer après Retry-After secondes"
+    ),
     503: _erreur(
-        "Kafka, PostgreSQL ou les clés du fournisseur d'identité injoignables : réessayer après Retry-After "
-        "secondes (un événement déjà reçu n'a pas de second effet)"
+        "Kafka, PostgreSQL ou les clés du fournisseur d'identité injoignables, ou la passerelle déjà pleine de "
+        "requêtes : réessayer après Retry-After secondes (un événement déjà reçu n'a pas de second effet)"
     ),
 }
 _EVENT_SCHEMA = {"type": "object", "description": "un CloudEvent 1.0 (CONTRACTS.md, Envelope)"}
@@ -126,7 +133,8 @@ def new_producer(settings: PasserelleSettings) -> AIOKafkaProducer:
 
 
 class Passerelle:
-    """What a request needs: the token verifier, the rate, the référentiel view and Kafka."""
+    """What a request needs: the token verifier, the rate and the requests under way, the
+    référentiel view and Kafka."""
 
     def __init__(
         self,
@@ -143,6 +151,7 @@ class Passerelle:
             producer,
             debit,
         )
+        self.en_cours = EnCours(settings.passerelle_requests_per_subject, settings.passerelle_requests_total)
         self._renewing = asyncio.Lock()
         self._renew_after = 0.0  # after a renewal that failed, none is tried before this (monotonic)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopped once unused
@@ -262,6 +271,17 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
     media = corps.media_type(request.headers.get("content-type"))
     if wait := passerelle.debit.waiting(principal.subject):  # refused before its body is even read
         raise too_fast(settings, principal.subject, wait)
+    if bound := passerelle.en_cours.refus(principal.subject):  # likewise
+        raise busy(settings, principal.subject, bound)
+    with passerelle.en_cours.tenue(principal.subject):
+        return await _receive(request, passerelle, principal, media, started)
+
+
+async def _receive(
+    request: Request, passerelle: Passerelle, principal: Principal, media: str, started: float
+) -> JSONResponse:
+    """The request's body read, its events judged, the accepted ones written: its answer."""
+    settings = passerelle.settings
     cap = corps.limit(media, settings.passerelle_max_body_bytes)
     # Read into events in a thread of its own (SPLITTER): 16 MiB took 0.2 s of CPU, during which
     # the event loop answered nobody; there, the loop gets its turn every few milliseconds (the
@@ -323,6 +343,23 @@ def too_fast(settings: PasserelleSettings, subject: str, wait: float) -> HTTPExc
         f"débit dépassé pour {subject} : au plus {settings.passerelle_rate_events_per_s:g} "
         f"événements par seconde, {settings.passerelle_rate_burst} d'un coup",
         {"Retry-After": retry_after(wait)},
+    )
+
+
+def busy(settings: PasserelleSettings, subject: str, bound: str) -> HTTPException:
+    """A request beyond the requests handled at once (debit.EnCours): of its subject (429, as
+    beyond its rate), or of every subject (503: the replica is full, not the client's doing)."""
+    if bound == "sujet":
+        return HTTPException(
+            429,
+            f"trop de requêtes à la fois pour {subject} : au plus {settings.passerelle_requests_per_subject} "
+            "en cours ; attendre la réponse d'une requête avant d'en envoyer une autre",
+            {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
+        )
+    return HTTPException(
+        503,
+        f"la passerelle traite déjà {settings.passerelle_requests_total} requêtes : réessayer",
+        {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
     )
 
 

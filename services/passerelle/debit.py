@@ -1,4 +1,5 @@
-"""Per-declarant rate limit: a token bucket per token subject, in this replica's memory.
+"""Per-declarant rate limit: a token bucket per token subject, in this replica's memory; and
+the requests under way, per subject and in all (`EnCours`).
 
 Each subject's bucket holds at most `burst` events and refills at `rate` events per second; a
 request takes as many as it carries events, or none when there are not enough, and is then told
@@ -8,7 +9,9 @@ as fast (the README says so).
 
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -61,3 +64,35 @@ class Debit:
 def retry_after(seconds: float) -> str:
     """A Retry-After header value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class EnCours:
+    """The requests a replica handles at once, each holding its body (up to
+    PASSERELLE_MAX_BODY_BYTES) from its reading to its answer: at most `per_subject` of one token
+    subject, so that one client cannot take the replica's memory, and `total` over all subjects,
+    which bounds it. A request past either is refused before its body is read (`refus`)."""
+
+    def __init__(self, per_subject: int, total: int):
+        self.per_subject, self.total = per_subject, total
+        self._held: Counter[str] = Counter()
+        self._all = 0
+
+    def refus(self, subject: str) -> str | None:
+        """None when a request of `subject` may be handled now; else which bound it meets:
+        `"sujet"` (its own requests) or `"total"` (every subject's)."""
+        if self._held[subject] >= self.per_subject:
+            return "sujet"
+        return "total" if self._all >= self.total else None
+
+    @contextmanager
+    def tenue(self, subject: str) -> Iterator[None]:
+        """A request of `subject` counted while the block runs (its subject forgotten at 0)."""
+        self._held[subject] += 1
+        self._all += 1
+        try:
+            yield
+        finally:
+            self._all -= 1
+            self._held[subject] -= 1
+            if not self._held[subject]:
+                del self._held[subject]

@@ -49,6 +49,17 @@ class PasserelleSettings(ServiceSettings):
         ge=MAX_BATCH_EVENTS,
         description="events one token subject may send at once, per replica (at least a full batch)",
     )
+    passerelle_requests_per_subject: int = Field(
+        4,
+        ge=1,
+        description="requests of one token subject a replica handles at once (one more: 429 before its body is read)",
+    )
+    passerelle_requests_total: int = Field(
+        8,
+        ge=1,
+        description="requests a replica handles at once, every subject's (one more: 503 before its body is read); "
+        "each holds its body, up to PASSERELLE_MAX_BODY_BYTES",
+    )
     passerelle_write_timeout_seconds: float = Field(
         15, gt=0, description="how long the accepted events of a request may take to reach Kafka (503 beyond)"
     )

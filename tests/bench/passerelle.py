@@ -20,6 +20,7 @@ from deploy.identite import IdentiteLocale
 from harness import HEADERS, Row, Runtime, Stage, peak_rss_mb, produce, running, wait_until
 from ingress import declaration, referentiel
 from services.common.messaging.connection import kafka_options
+from services.passerelle.settings import PasserelleSettings
 
 BATCH = 1000
 DEPARTEMENT = "/collectivites/departements/035"
@@ -73,7 +74,15 @@ async def figure(runtime: Runtime, events: int, clients: int) -> list[Row]:
         json.dumps([json.loads(value) for _, value in lots[i : i + BATCH]]).encode() for i in range(0, events, BATCH)
     ]
     await produce(stage.bootstrap, stage.topic(c.REFERENTIEL), referentiel())
-    env = {"JWKS_FILE": str(identite.jwks_path), "PASSERELLE_RATE_EVENTS_PER_S": str(10 * events)}
+    env = {
+        "JWKS_FILE": str(identite.jwks_path),
+        "PASSERELLE_RATE_EVENTS_PER_S": str(10 * events),
+        # One subject here: its requests in flight are --clients, whatever the default bound.
+        "PASSERELLE_REQUESTS_PER_SUBJECT": str(clients),
+        "PASSERELLE_REQUESTS_TOTAL": str(
+            max(clients, PasserelleSettings.model_fields["passerelle_requests_total"].default)
+        ),
+    }
     headers = {"authorization": f"Bearer {token}", "content-type": MEDIA}
     async with running(stage, ("passerelle",), env) as procs:
         url = f"http://127.0.0.1:{procs.ports['passerelle']}/v1/evenements"

@@ -363,6 +363,56 @@ async def test_a_body_refused_whole_counts_as_a_full_batch_so_repeating_it_meets
         assert (await client.post("/v1/evenements", json=[lot(ECOLE)], headers=other)).status_code == 207
 
 
+async def test_requests_at_once_are_bounded_per_subject_429_and_in_all_503_before_their_bodies(settings, identite):
+    """Each request holds its body while it is handled: without a bound, one client sending many
+    large ones at once took the replica's memory. Requests held in their body's reading here."""
+    bounded = rated(settings, identite, 2000, 10_000).model_copy(
+        update={"passerelle_requests_per_subject": 2, "passerelle_requests_total": 3}
+    )
+    async with serve(bounded) as (client, api):
+        en_cours = api.state.passerelle.en_cours
+        port = client.base_url.port
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(source: str) -> None:  # a request whose body never ends
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"POST /v1/evenements HTTP/1.1\r\nHost: passerelle\r\nAuthorization: Bearer {identite.jeton(source)}"
+                f"\r\nContent-Type: {BATCHED['content-type']}\r\nContent-Length: 100000\r\n\r\n[".encode()
+            )
+            await writer.drain()
+            held.append(writer)
+
+        async def post(source: str):
+            return await client.post(
+                "/v1/evenements", json=[lot(ECOLE)], headers=bearer(identite.jeton(source)) | BATCHED
+            )
+
+        def subject(source: str) -> str:  # the token's `sub`, what the bound counts by
+            payload = identite.jeton(source).split(".")[1]
+            return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+
+        other, third = "/collectivites/communes/35001", "/collectivites/communes/35002"
+        try:
+            for _ in range(2):
+                await hold(RENNES)
+            await eventually(lambda: asyncio.sleep(0, en_cours.refus(subject(RENNES)) == "sujet"), what="two held")
+            refused = await post(RENNES)
+            assert refused.status_code == 429 and "à la fois" in refused.json()["detail"], refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            assert (await post(other)).status_code == 207  # another subject is served
+            await hold(other)
+            await eventually(lambda: asyncio.sleep(0, en_cours.refus(subject(third)) == "total"), what="three held")
+            full = await post(third)
+            assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1, full.text
+        finally:
+            for writer in held:
+                writer.close()
+        await eventually(lambda: asyncio.sleep(0, en_cours.refus(subject(RENNES)) is None), what="the held ones gone")
+        assert (await post(RENNES)).status_code == 207
+        assert (await post(third)).status_code == 207
+
+
 async def test_a_client_gone_before_its_whole_body_is_a_line_not_an_error(passerelle, identite, monkeypatch, caplog):
     """Starlette's ClientDisconnect went to the catch-all: a 500 nobody read and an ERROR line
     with its traceback for each interrupted upload."""

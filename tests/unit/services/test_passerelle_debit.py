@@ -1,8 +1,8 @@
-"""The passerelle's per-subject token bucket, on an injected clock."""
+"""The passerelle's per-subject token bucket, on an injected clock; its requests under way."""
 
 import pytest
 
-from services.passerelle.debit import Debit, retry_after
+from services.passerelle.debit import Debit, EnCours, retry_after
 
 
 class Clock:
@@ -88,3 +88,18 @@ def test_at_the_default_rate_a_client_repeating_a_refused_body_meets_429_before_
             debit.spend("a", 1000)
         clock.now += 0.05
     assert refused >= 150, refused  # at 2,000 a second: one refused body in 0.5 s gets through
+
+
+def test_requests_at_once_are_bounded_per_subject_then_in_all_and_released_however_they_end():
+    en_cours = EnCours(per_subject=2, total=3)
+    with en_cours.tenue("a"), en_cours.tenue("a"):
+        assert en_cours.refus("a") == "sujet" and en_cours.refus("b") is None
+        with en_cours.tenue("b"):
+            assert en_cours.refus("b") == "total" and en_cours.refus("c") == "total"
+            assert en_cours.refus("a") == "sujet"  # its own bound first
+        assert en_cours.refus("c") is None
+    with pytest.raises(RuntimeError), en_cours.tenue("a"):
+        raise RuntimeError("a request failed")
+    assert en_cours.refus("a") is None
+    with en_cours.tenue("a"), en_cours.tenue("b"), en_cours.tenue("c"):
+        assert en_cours.refus("d") == "total"
