@@ -2,13 +2,13 @@
 
 A request goes, in order: bearer token (401), Content-Type (400), the subject's rate and its
 requests under way (429; 503 when the replica's are all taken: nothing read), size (413,
-before the body is read when Content-Length says so), shape (400; 413 beyond 1,000 events),
-the subject's rate for its events (429, nothing judged nor written), each event judged
-(examen.py), the accepted ones written to Kafka (acks=all, idempotent; 503 when Kafka does not
-take them in time), then the answer: 202
-when every event is accepted, else 207 with each event's result in request order. Every record
-carries the `auth-principal` header (the token's `sub`) and, when well-formed, the request's W3C
-Trace Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors answer
+before the body is read when Content-Length says so) and the time its body takes (408), shape
+(400; 413 beyond 1,000 events), the subject's rate for its events (429, nothing judged nor
+written), each event judged (examen.py), the accepted ones written to Kafka (acks=all,
+idempotent; 503 when Kafka does not take them in time), then the answer: 202 when every event
+is accepted, else 207 with each event's result in request order. Every record carries the
+`auth-principal` header (the token's `sub`) and, when well-formed, the request's W3C Trace
+Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors answer
 `{"detail": "…"}` in French; no answer or log line shows the token.
 """
 
@@ -95,6 +95,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     207: {"model": Resultats, "description": "au moins un événement refusé (les autres écrits sur Kafka)"},
     400: _erreur(f"le corps n'est pas un événement (objet JSON, {STRUCTURED}) ni un lot (tableau JSON, {BATCHED})"),
     401: _erreur("jeton absent ou refusé (signature, émetteur, audience, expiration)"),
+    408: _erreur("corps pas reçu en entier dans PASSERELLE_BODY_TIMEOUT_SECONDS"),
     413: _erreur(
         f"corps au-delà de PASSERELLE_MAX_BODY_BYTES, plus de {MAX_BATCH_EVENTS} événements, "
         f"ou un événement structuré au-delà de {MAX_RECORD_BYTES} octets"
@@ -287,7 +288,8 @@ async def _receive(
     # the event loop answered nobody; there, the loop gets its turn every few milliseconds (the
     # GIL's switch interval: longest turn 6-41 ms, measured 2 December 2026).
     try:
-        raw = await corps.read(request.stream(), request.headers.get("content-length"), cap)
+        length = request.headers.get("content-length")
+        raw = await corps.read(request.stream(), length, cap, settings.passerelle_body_timeout_seconds)
         elements = await asyncio.get_running_loop().run_in_executor(SPLITTER, corps.split, raw, media)
     except CorpsRefuse:
         # Read and split for nothing: counted as a full batch, so that a client repeating such a

@@ -9,6 +9,7 @@ only to find where each element starts and ends; the contract's parser then refu
 element alone, as the DLQ would.
 """
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -71,12 +72,17 @@ def limit(media: str, max_body_bytes: int) -> int:
     return min(max_body_bytes, MAX_RECORD_BYTES) if media == STRUCTURED else max_body_bytes
 
 
-async def read(chunks: AsyncIterator[bytes], content_length: str | None, cap: int) -> bytes:
-    """The body, refused (413) as soon as it is known to exceed `cap` bytes (body.read_capped)."""
+async def read(chunks: AsyncIterator[bytes], content_length: str | None, cap: int, seconds: float) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `cap` bytes (body.read_capped),
+    or (408) when it has not all come within `seconds`: a request holds its place among those
+    a replica handles at once (api.EnCours) while its body comes."""
     try:
-        return await read_capped(chunks, content_length, cap)
+        async with asyncio.timeout(seconds):
+            return await read_capped(chunks, content_length, cap)
     except BodyTooLarge as e:
         raise CorpsRefuse(413, e.message) from None
+    except TimeoutError:
+        raise CorpsRefuse(408, f"corps pas reçu en entier en {seconds:g} s") from None
 
 
 def split(body: bytes, media: str) -> list[Element]:

@@ -60,6 +60,12 @@ class PasserelleSettings(ServiceSettings):
         description="requests a replica handles at once, every subject's (one more: 503 before its body is read); "
         "each holds its body, up to PASSERELLE_MAX_BODY_BYTES",
     )
+    passerelle_body_timeout_seconds: float = Field(
+        60,
+        gt=0,
+        description="how long a request's body may take to come whole (408 beyond): a request holds its place "
+        "among those handled at once meanwhile",
+    )
     passerelle_write_timeout_seconds: float = Field(
         15, gt=0, description="how long the accepted events of a request may take to reach Kafka (503 beyond)"
     )

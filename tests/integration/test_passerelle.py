@@ -413,6 +413,29 @@ async def test_requests_at_once_are_bounded_per_subject_429_and_in_all_503_befor
         assert (await post(third)).status_code == 207
 
 
+async def test_a_body_that_does_not_come_in_time_is_408_and_gives_its_place_back(settings, identite):
+    """A request holds its place among those handled at once while its body comes: one that
+    never ends held it for ever (two such clients then kept every other out: 503)."""
+    slow = rated(settings, identite, 2000, 10_000).model_copy(
+        update={"passerelle_requests_per_subject": 1, "passerelle_body_timeout_seconds": 0.5}
+    )
+    async with serve(slow) as (client, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+        writer.write(
+            f"POST /v1/evenements HTTP/1.1\r\nHost: passerelle\r\nAuthorization: Bearer {identite.jeton(RENNES)}"
+            f"\r\nContent-Type: {BATCHED['content-type']}\r\nContent-Length: 100000\r\n\r\n[".encode()
+        )
+        await writer.drain()
+        try:  # answered, or not within 30 s (then closed: else the server's stop waits for its body)
+            answer = await asyncio.wait_for(reader.read(4096), timeout=30)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert "corps pas reçu en entier en 0.5 s".encode() in answer, answer
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        assert (await client.post("/v1/evenements", json=[lot(ECOLE)], headers=auth)).status_code == 207
+
+
 async def test_a_client_gone_before_its_whole_body_is_a_line_not_an_error(passerelle, identite, monkeypatch, caplog):
     """Starlette's ClientDisconnect went to the catch-all: a 500 nobody read and an ERROR line
     with its traceback for each interrupted upload."""

@@ -2,6 +2,7 @@
 the cap, batches split into each event's bytes as sent (a repeated key or NaN stays in its
 element, for the contract's parser to refuse that element alone)."""
 
+import asyncio
 import json
 import tracemalloc
 
@@ -58,7 +59,7 @@ async def test_a_declared_length_beyond_the_cap_is_refused_before_reading():
         yield b""
 
     with pytest.raises(CorpsRefuse) as refused:
-        await read(never_read(), "2049", 2048)
+        await read(never_read(), "2049", 2048, 60)
     assert refused.value.status == 413
     assert "2049" in refused.value.message and "2048" in refused.value.message
 
@@ -72,13 +73,24 @@ async def test_a_body_longer_than_it_declared_is_cut_at_the_cap():
             yield b"x" * 1000
 
     with pytest.raises(CorpsRefuse) as refused:
-        await read(chunks(), "10", 4096)
+        await read(chunks(), "10", 4096, 60)
     assert refused.value.status == 413
     assert len(read_so_far) == 5  # stopped at the first chunk past the cap
 
 
+async def test_a_body_that_does_not_come_in_time_is_408():
+    async def stalled():
+        yield b"["
+        await asyncio.sleep(60)
+        yield b"]"
+
+    with pytest.raises(CorpsRefuse) as refused:
+        await read(stalled(), None, 4096, 0.05)
+    assert (refused.value.status, refused.value.message) == (408, "corps pas reçu en entier en 0.05 s")
+
+
 async def test_a_body_within_the_cap_is_read_whole():
-    assert await read(_chunks(b"[", b"]"), None, 2) == b"[]"
+    assert await read(_chunks(b"[", b"]"), None, 2, 60) == b"[]"
 
 
 def test_a_batch_is_split_into_each_event_s_bytes_as_sent():
