@@ -95,6 +95,9 @@ PostgresUrl = Annotated[
         "must be a PostgreSQL URL, postgresql://user:password@host:port/database",
     ),
     _must(_userinfo_encoded, "its user and password must have / ? and # percent-encoded (%2F %3F %23)"),
+    # asyncpg reads a raw space in a password, but a URL ends at white space for whoever masks
+    # it in a text (secrets.redact): every line naming the database would show the password.
+    _must(lambda url: not any(c.isspace() for c in url), "must hold no space: percent-encode it (%20)"),
     _must(
         _port_numbers,
         "its port must be a number from 0 to 65535 (else a / ? or # in its password is not percent-encoded: "
@@ -119,6 +122,11 @@ HttpUrl = Annotated[
 ]
 LogLevel = Annotated[str, AfterValidator(str.upper), _must(LEVELS.__contains__, f"must be one of {', '.join(LEVELS)}")]
 Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+MAX_CLOCK_SKEW = timedelta(days=3650)
+"""MAX_CLOCK_SKEW's bound: beyond ten years `time-futur` is out of use anyway, and far beyond it
+the clock plus the skew is no datetime (every record's check failed, its batch taken again for ever)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -187,6 +195,7 @@ class ServiceSettings(BaseSettings):
     max_clock_skew: Duration = Field(
         timedelta(minutes=5),
         ge=timedelta(0),
+        le=MAX_CLOCK_SKEW,  # an event's reception time plus more overflows a datetime
         description="an event whose time is later than the clock plus this is time-futur",
     )
     otel_exporter: Literal["none", "console", "otlp"] = "none"
@@ -327,4 +336,8 @@ def _problem(variable: str, field: str, value: str, info: FieldInfo, error: Any)
 
 
 def _number(bound: Any) -> str:
-    return f"{bound.total_seconds():g}" if isinstance(bound, timedelta) else f"{bound:g}"
+    """A bound as a rule says it: a duration in seconds, every digit (3.1536e+08 said nothing)."""
+    if isinstance(bound, timedelta):
+        seconds = bound.total_seconds()
+        return f"{seconds:.0f}" if seconds.is_integer() else f"{seconds:g}"
+    return f"{bound:g}"
