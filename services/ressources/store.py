@@ -389,10 +389,13 @@ class RessourcesStore:
         )
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
-        """A pending part of a re-evaluation that no other transaction holds, held until this one ends."""
+        """The pending part of a re-evaluation made first that no other transaction holds, held
+        until this one ends. In the order parts were made (`tour`): taken by resource id, a
+        resource republished faster than its pass (each version cutting again what its parts
+        had passed) held every worker, and the fan-out of another never ran."""
         row = await self._conn.fetchrow(
             "SELECT resource_id, part, after_uai, up_to, traceparent FROM reevaluations "
-            "WHERE retry_at IS NULL OR retry_at <= clock_timestamp() ORDER BY resource_id, part "
+            "WHERE retry_at IS NULL OR retry_at <= clock_timestamp() ORDER BY tour "
             "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
         return None if row is None else ReevaluationPart(*row)

@@ -556,6 +556,56 @@ async def test_a_part_under_way_carries_the_trace_of_the_latest_request(database
         assert part is not None and part.traceparent == latest
 
 
+LATER = "ark:/67375/zz-plus-loin"  # after RID by id: taken after it, whenever requested, before
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+async def request(pool, rid: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await RessourcesStore(conn).request_reevaluations([rid])
+
+
+async def test_parts_are_taken_in_the_order_they_were_made_whatever_their_resource(database_url, one_part):
+    """Taken by resource id, the parts of a resource republished faster than its pass (each
+    version cutting again what its parts had passed) held every worker: the fan-out of a resource
+    after it never ran, and a withdrawal's alerts stayed open."""
+    codes = uais(3)
+    async with seeded(database_url, codes) as pool:
+        await pool.copy_records_to_table(
+            "abonnements",
+            records=[(LATER, u, date(2026, 9, 1), None, T0) for u in codes],
+            columns=["resource_id", "uai", "start", "end", "event_time"],
+        )
+        await request(pool, RID)
+        await one_chunk(pool, 1)  # its part under way, past the first UAI
+        await request(pool, LATER)
+        await request(pool, RID)  # a new version: what its part passed, cut again
+        taken = []
+        while (chunk := await one_chunk(pool, 10)) is not None:
+            taken.append((chunk.resource_id, chunk.part))
+        assert taken == [(RID, 0), (LATER, 0), (RID, 1)]
+
+
+async def test_parts_pending_when_the_order_of_turns_came_keep_the_order_they_had(database_url, monkeypatch):
+    """Migration 0013 numbers the parts already there in the order they were taken until then."""
+    from services.common.storage import db
+
+    every = db._migration_files
+    monkeypatch.setattr(db, "_migration_files", lambda d: [m for m in every(d) if "reevaluations_tour" not in m[0]])
+    async with seeded(database_url, uais(2)) as pool:
+        await pool.executemany(
+            "INSERT INTO reevaluations (resource_id, part, after_uai) VALUES ($1, $2, '')",
+            [(LATER, 0), (RID, 1), (RID, 0)],
+        )
+        monkeypatch.setattr(db, "_migration_files", every)
+        await migrate(pool, "ressources", SPEC.package_dir)
+        rows = await pool.fetch("SELECT resource_id, part FROM reevaluations ORDER BY tour")
+        assert [tuple(r) for r in rows] == [(RID, 0), (RID, 1), (LATER, 0)]
+        first = "ark:/67375/a"  # a part made now comes after them, whatever its resource's id
+        await pool.execute("INSERT INTO reevaluations (resource_id, part, after_uai) VALUES ($1, 0, '')", first)
+        assert await pool.fetchval("SELECT resource_id FROM reevaluations ORDER BY tour DESC LIMIT 1") == first
+
+
 async def fan_out(pool, seuils: Seuils) -> None:
     """Every chunk of the re-evaluations waiting, as a worker takes them."""
     while True:

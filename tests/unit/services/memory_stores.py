@@ -249,8 +249,8 @@ class RessourcesMemory:
                 self.reevaluations[(rid, n)] = ReevaluationPart(rid, n, after, up_to, traced.get(rid))
 
     async def next_reevaluation(self) -> ReevaluationPart | None:
-        ready = [k for k in self.reevaluations if k not in self.postponed]
-        return self.reevaluations[min(ready)] if ready else None
+        ready = [k for k in self.reevaluations if k not in self.postponed]  # in the order they were made
+        return self.reevaluations[ready[0]] if ready else None
 
     async def postpone_reevaluation(self, part: ReevaluationPart) -> tuple[int, float] | None:
         key = (part.resource_id, part.part)
