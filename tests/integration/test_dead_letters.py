@@ -69,6 +69,10 @@ async def dead_letter_rows(pipeline, count: int) -> list:
     return await eventually(check, what=f"{count} dead letters")
 
 
+async def at_least(n: int, count) -> bool:
+    return await count >= n
+
+
 async def command(capsys, database_url: str, *argv: str) -> list[str]:
     await dead_letters.run(dead_letters.parse_args(argv), database_url)
     return capsys.readouterr().out.splitlines()
@@ -409,6 +413,41 @@ async def test_replay_puts_a_refused_record_back_on_the_partition_it_was_read_fr
         assert out[-1].startswith(f"{topic}:{chosen}@{row['offset']} replayed as {topic}:{chosen}@"), out
         records = await partner.wait_for(lambda rs: len(rs) >= 2, what="the record and its replay")
         assert [r.partition for r in records] == [chosen, chosen]
+
+
+async def send_empty_record(bootstrap: str, topic: str) -> None:
+    """A record with neither key nor value, as Kafka takes it from a client that sends one (a
+    Java producer does): aiokafka's `send` refuses to, so it goes by its accumulator."""
+    from aiokafka import TopicPartition
+
+    from services.common.messaging.connection import kafka_options
+
+    producer = AIOKafkaProducer(**kafka_options(bootstrap))
+    await producer.start()
+    try:
+        await producer.partitions_for(topic)
+        await (await producer._message_accumulator.add_message(TopicPartition(topic, 0), None, None, timeout=10))
+    finally:
+        await producer.stop()
+
+
+async def test_replay_leaves_a_record_without_key_nor_value_and_sends_the_others(kafka, settings, capsys):
+    """aiokafka sends no record with neither key nor value: its send failed, the replay stopped
+    there with a traceback, and every later one with it, the records after it never sent."""
+    where, topic = uai("0350460"), settings.topic(c.EQUIPEMENT)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send_empty_record(kafka.bootstrap_servers, topic)
+        await send(kafka.bootstrap_servers, topic, [(where, lot(where, "L1", 1))], partition=0)  # uai-inconnu
+        empty, later = await dead_letter_rows(pipeline, 2)
+        assert (empty["reason"], later["reason"]) == ("json-invalide", "uai-inconnu")
+        await eventually(lambda: at_least(2, record_count(kafka.bootstrap_servers, c.dlq(topic))), what="copies")
+        await dead_letters.run(dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url)
+        printed = capsys.readouterr()
+        said, out = printed.err, printed.out.splitlines()
+        assert f"{topic}:0@{empty['offset']}: no key and no value, nothing to send again: not replayed" in said, said
+        assert out[-1].startswith(f"{topic}:0@{later['offset']} replayed as {topic}:0@"), out
+        marked = await pipeline.pool.fetch('SELECT "offset" FROM dead_letters WHERE replayed_at IS NOT NULL')
+        assert [r["offset"] for r in marked] == [later["offset"]]
 
 
 async def test_replay_sends_the_oldest_refusal_first_whatever_its_partition(kafka, settings, capsys):
