@@ -357,7 +357,7 @@ class Guard:
             if time.monotonic() > deadline:
                 return self._fail(
                     f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
-                    "(the broker's start failed: see the error above)"
+                    "(its database's migrations or the broker's start did not end: see the lines above)"
                 )
             await asyncio.sleep(min(0.5, self.watch_period))
         since: float | None = None

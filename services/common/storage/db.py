@@ -6,6 +6,7 @@ ones (inbox, outbox, dead letters, référentiel). Each runs once, in order, und
 lock so two replicas starting together do not race.
 """
 
+import asyncio
 import hashlib
 import socket
 import sys
@@ -248,11 +249,42 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
             )
             done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
             for name, sql in _migration_files(service_dir):
-                if name in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-                log.info("migration.applied", migration=name, schema=schema)
+                if name not in done:
+                    await _apply(conn, name, sql, schema)
+                    log.info("migration.applied", migration=name, schema=schema)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
+
+
+MIGRATION_LOCK_TIMEOUT_MS = 3000
+"""How long a migration waits for a lock on a table it changes before it gives up and tries
+again (MIGRATION_RETRY_SECONDS later). A backup's pg_dump holds every table for its whole run:
+waiting behind it, a migration's ALTER TABLE queued every other session's writes on the table
+behind its own request (the replicas of the former version, still running, stalled on their
+outbox), and the start-up guard ended the process after STARTUP_TIMEOUT_SECONDS, the migration
+rolled back, for the next start to do the same."""
+MIGRATION_RETRY_SECONDS = 3.0
+
+
+async def _apply(conn: Conn, name: str, sql: str, schema: str) -> None:
+    """One migration in its transaction, recorded as applied in it; tried again for as long as
+    a lock it needs is held by others (each try gives way after MIGRATION_LOCK_TIMEOUT_MS)."""
+    tries = 0
+    while True:
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            return
+        except asyncpg.exceptions.LockNotAvailableError:
+            tries += 1
+            log.warning(
+                "migration.waiting_for_lock",
+                migration=name,
+                schema=schema,
+                tries=tries,
+                retry_in_s=MIGRATION_RETRY_SECONDS,
+                hint="another session holds a table it changes (a backup under way, a long transaction)",
+            )
+            await asyncio.sleep(MIGRATION_RETRY_SECONDS)
