@@ -34,8 +34,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.outbox import COMPACTED, MAX_REQUEST_BYTES
 
+GROUPED = (PROFILS, COUVERTURES)
+"""Compacted topics whose records come in groups (a UAI's lots, its tools...), each record a
+part of the whole (contracts.internal): a reader behind the compaction of a group's records by
+later ones read a later group over an earlier state, a whole the producer never had, until the
+next group. Their records stay GROUPED_LAG_MS at least (min.compaction.lag.ms); a reader further
+behind is rebuilt (./dev rebuild ressources). Each record of alertes.etat.v1 is a whole alert."""
+GROUPED_LAG_MS = 7 * 24 * 3600 * 1000
 PARTITIONS = 12
 """Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
 up to a dozen replicas of each service have work (a partition is read by one replica at a time)."""
@@ -55,9 +63,14 @@ class TopicSpec:
     retention_ms: int | None = None
     max_message_bytes: int | None = None
     append_time: bool = False
+    min_compaction_lag_ms: int | None = None
+    """A compacted topic's records kept this long at least before a newer one of their key may
+    remove them."""
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.min_compaction_lag_ms is not None:
+            out["min.compaction.lag.ms"] = str(self.min_compaction_lag_ms)
         if self.retention_ms is not None:
             out["retention.ms"] = str(self.retention_ms)
         if self.max_message_bytes is not None:
@@ -115,7 +128,10 @@ def platform_topics(
     specs = [
         *(TopicSpec(t, partitions, retention_ms=FOREVER, append_time=True) for t in PARTNER_TOPICS),
         TopicSpec(c.ALERTES, partitions, retention_ms=_ms(retention.alerts_days)),
-        *(TopicSpec(t, partitions, compacted=True) for t in COMPACTED),
+        *(
+            TopicSpec(t, partitions, compacted=True, min_compaction_lag_ms=GROUPED_LAG_MS if t in GROUPED else None)
+            for t in COMPACTED
+        ),
     ]
     specs += [
         TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)

@@ -1,5 +1,6 @@
 """The topology on a real broker: each topic's retention is what it is for (partner topics and
-the alerts stream kept forever, internal topics compacted, DLQs for DLQ_RETENTION_DAYS), and a
+the alerts stream kept forever, internal topics compacted, their records a week at least before
+compaction, DLQs for DLQ_RETENTION_DAYS), and a
 deployment created before (the broker's 7-day default) is brought in line, records kept."""
 
 import pytest
@@ -34,6 +35,9 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
         assert (configs[name]["cleanup.policy"], configs[name]["retention.ms"]) == ("delete", "-1"), name
     for name in internal.values():
         assert configs[name]["cleanup.policy"] == "compact", name
+        # A group's records outlive a reader's lag of days: it never reads a later group over
+        # an earlier state that compaction cut short.
+        assert int(configs[name]["min.compaction.lag.ms"]) >= 7 * DAY_MS, name
     for name in dlqs.values():
         assert configs[name]["retention.ms"] == str(30 * DAY_MS), name
 
