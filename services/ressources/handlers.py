@@ -34,6 +34,8 @@ from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, Reevaluati
 SOURCE = "/plateforme/ressources"
 log = structlog.get_logger(__name__)
 FAILURE_PAUSE_SECONDS = 1.0
+SEUILS_CHECK_SECONDS = 300.0
+"""How often a replica compares the thresholds in force with its own (Reevaluations._watch_seuils)."""
 
 
 class Store(Protocol):
@@ -238,9 +240,32 @@ class Reevaluations:
 
     async def run(self) -> None:
         """Until cancelled: the thresholds checked, then every pending re-evaluation, looked for
-        every `reevaluation_poll_ms` by each worker. A failure (the database away) is logged and retried."""
+        every `reevaluation_poll_ms` by each worker, and the thresholds in force compared with
+        this replica's every SEUILS_CHECK_SECONDS. A failure (the database away) is logged and retried."""
         await self._retrying(self.reconcile_seuils)
-        await asyncio.gather(*(self._worker() for _ in range(self._workers)))
+        await asyncio.gather(self._watch_seuils(), *(self._worker() for _ in range(self._workers)))
+
+    async def _watch_seuils(self) -> None:
+        """A warning while the thresholds in force are not this replica's: those of the latest
+        replica to start win, and one with other thresholds started after a rolling change (an
+        old replica restarted before its turn to go) put its own back, for every replica to
+        evaluate with once it is gone. Which are meant is the deployment's to say (restart a
+        replica with them: its start stores them); the replicas can only tell."""
+        own = (self._seuils.min_compatible_share, self._seuils.min_training_coverage)
+        while True:
+            await asyncio.sleep(SEUILS_CHECK_SECONDS)
+            try:
+                held = await self._pipeline.run(lambda store: store.seuils())
+            except Exception:
+                log.warning("seuils.non_lus", exc_info=True)
+                continue
+            if held is not None and held != own:
+                log.warning(
+                    "seuils.differents",
+                    en_vigueur={"min_compatible_share": held[0], "min_training_coverage": held[1]},
+                    cette_replique={"min_compatible_share": own[0], "min_training_coverage": own[1]},
+                    hint="the latest replica to start stored its own: restart those with the thresholds meant",
+                )
 
     async def _worker(self) -> None:
         while True:

@@ -770,6 +770,41 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
         await pool.close()
 
 
+async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_they_are(database_url, monkeypatch):
+    """The latest replica to start stores its thresholds: a former one restarted after a rolling
+    change put the former thresholds back for every replica, and nothing said so."""
+    from structlog.testing import capture_logs
+
+    from services.ressources import handlers
+
+    monkeypatch.setattr(handlers, "SEUILS_CHECK_SECONDS", 0.05)
+    new = RessourcesSettings(min_compatible_share=0.9)
+    async with seeded(database_url, uais(1)) as pool:
+
+        class OnePool:  # what Reevaluations needs of the service's pipeline
+            async def run(self, work):
+                async with pool.acquire() as conn:
+                    return await work(RessourcesStore(conn))
+
+        async with pool.acquire() as conn:
+            await RessourcesStore(conn).save_seuils(Seuils(min_compatible_share=0.5))  # a former replica's
+        with capture_logs() as logs:
+            watching = asyncio.create_task(Reevaluations(OnePool(), new)._watch_seuils())  # type: ignore[arg-type]
+            try:
+                said = lambda: [e for e in logs if e["event"] == "seuils.differents"]  # noqa: E731
+                await eventually(lambda: asyncio.sleep(0, said()), what="the replica saying so")
+                assert said()[0]["en_vigueur"]["min_compatible_share"] == 0.5
+                assert said()[0]["cette_replique"]["min_compatible_share"] == 0.9
+                async with pool.acquire() as conn:
+                    await RessourcesStore(conn).save_seuils(new.seuils)  # a replica with them restarted
+                await asyncio.sleep(0.2)
+                logs.clear()
+                await asyncio.sleep(0.3)  # several checks: none says so any more
+                assert not said() and not watching.done()
+            finally:
+                watching.cancel()
+
+
 class PausedAfterRequest(Paused):
     """A store that stops once it has written the parts of the re-evaluation it requests."""
 
