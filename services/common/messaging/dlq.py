@@ -68,9 +68,22 @@ def dead_letter(rejection: Rejection) -> OutboxRecord:
     return OutboxRecord(dlq_topic(record.topic), record.key, record.value, headers)
 
 
+RETRIED = "outbox-retry"
+"""The marker `./dev outbox retry` appends to a record it puts back (outbox_failed): after a DLQ
+copy's `dlq-*` headers, which then no longer end it."""
+
+
+def _copy(headers: Sequence[tuple[str, bytes | None]]) -> Sequence[tuple[str, bytes | None]]:
+    """A DLQ copy's headers without the retry markers appended after its `dlq-*` headers."""
+    end = len(headers)
+    while end and headers[end - 1][0] == RETRIED:
+        end -= 1
+    return headers[:end]
+
+
 def origin(headers: Sequence[tuple[str, bytes | None]]) -> Origin | None:
     """Where the refused record of a DLQ copy was read, from the `dlq-*` headers it ends with."""
-    tail = dict(headers[-len(_OURS) :])
+    tail = dict(_copy(headers)[-len(_OURS) :])
     try:
         return tail[TOPIC].decode(), int(tail[PARTITION]), int(tail[OFFSET])  # type: ignore[union-attr,arg-type]
     except (KeyError, AttributeError, ValueError, UnicodeDecodeError):
@@ -79,8 +92,9 @@ def origin(headers: Sequence[tuple[str, bytes | None]]) -> Origin | None:
 
 def replayed_headers(headers: Sequence[tuple[str, bytes | None]], of: Origin) -> list[tuple[str, bytes | None]]:
     """The headers of a DLQ copy replayed to its topic: the partner's as they were (without the
-    `dlq-*` headers the copy ends with, nor the marker of an earlier replay), then the marker."""
-    partner = list(headers[: -len(_OURS)]) if origin(headers) is not None else list(headers)
+    `dlq-*` headers the copy ends with, nor the retry markers after them, nor the marker of an
+    earlier replay), then the marker."""
+    partner = list(_copy(headers)[: -len(_OURS)]) if origin(headers) is not None else list(headers)
     topic, partition, offset = of
     return [*(h for h in partner if h[0] != REPLAY), (REPLAY, f"{topic}:{partition}@{offset}".encode())]
 

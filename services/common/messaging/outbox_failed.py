@@ -29,7 +29,7 @@ import sys
 import asyncpg
 
 from contracts import is_valid_uai
-from services.common.messaging.dlq import key_text
+from services.common.messaging.dlq import RETRIED, key_text
 from services.common.messaging.outbox import COMPACTED, dump_headers, load_headers, relay_lock
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
@@ -80,13 +80,17 @@ def _superseded(row: asyncpg.Record) -> str:
     return f"{said}; not retried (drop it)"
 
 
-RETRY = "outbox-retry"
+RETRY = RETRIED
 """On a record put back by `retry`: the seq it was set aside with, so that it is recognisable."""
 
 
 def _marked(row: asyncpg.Record) -> str:
-    """The stored headers plus the retry marker (a second retry's marker replaces the first's)."""
-    headers = [h for h in load_headers(row["headers"]) if h[0] != RETRY]
+    """The stored headers plus the retry marker, last (a second retry's replaces the first's).
+    Only our marker goes: a partner's header of that name, inside a DLQ copy, stays where it was
+    (dlq.replayed_headers sends it back as it came)."""
+    headers = list(load_headers(row["headers"]))
+    while headers and headers[-1][0] == RETRY:
+        headers.pop()
     return dump_headers((*headers, (RETRY, str(row["seq"]).encode())))
 
 

@@ -66,6 +66,23 @@ def test_a_replay_refused_again_is_replayed_with_one_marker_the_latest():
     assert dlq.replayed_headers(refused_again, ("t", 5, 7)) == [("traceparent", b"x"), ("dlq-replay", b"t:5@7")]
 
 
+def test_a_copy_put_back_by_outbox_retry_is_replayed_with_the_partner_s_headers_as_they_came():
+    """The retry dropped a partner's header of its marker's name and appended its marker after
+    the dlq-* headers: a replay then took that marker for one of them and sent the copy's
+    dlq-reason on as a partner's header."""
+    from services.common.messaging import outbox_failed
+    from services.common.messaging.outbox import dump_headers, load_headers
+
+    partner = [("traceparent", b"x"), ("outbox-retry", b"the partner's own"), ("odd", None)]
+    row = {"headers": dump_headers(_copy_of(partner)), "seq": 42}
+    once = load_headers(outbox_failed._marked(row))
+    twice = load_headers(outbox_failed._marked({"headers": dump_headers(once), "seq": 57}))
+    for retried, seq in ((once, b"42"), (twice, b"57")):
+        assert retried[-1] == ("outbox-retry", seq) and retried.count(("outbox-retry", seq)) == 1
+        assert dlq.origin(retried) == ("t", 3, 41)
+        assert dlq.replayed_headers(retried, ("t", 3, 41)) == [*partner, ("dlq-replay", b"t:3@41")]
+
+
 def test_headers_without_the_dlq_tail_have_no_origin():
     assert dlq.origin([("traceparent", b"x")]) is None
     assert dlq.origin([]) is None
