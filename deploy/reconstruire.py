@@ -52,7 +52,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool, on_a_session
+from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool, migration_names, on_a_session
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -88,6 +88,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             raise ReconstructionError("a restore of this database is under way: nothing done")
         if not await _schema_exists(session, live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
+        await _same_migrations(session, spec, live)
         try:  # the replay reads what only an operator may: found out before a schema is made
             await rattrapage.check_access(settings, [spec])
         except rattrapage.AccesInsuffisant as e:
@@ -130,6 +131,25 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
     finally:
         await producer.stop()
         await session.close()  # releases the locks
+
+
+async def _same_migrations(session: asyncpg.Connection, spec: ServiceSpec, live: str) -> None:
+    """The rebuilt schema is migrated by this tool's version of the code; the service's replicas
+    migrated theirs at their start and never again: a schema from another version switched in
+    under them failed their statements (a column they write missing, or renamed), batch after
+    batch. So the rebuild runs with the version the service runs, which has applied exactly
+    the migrations this one has."""
+    applied = {r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')}
+    known = set(migration_names(spec.package_dir))
+    if applied == known:
+        return
+    newer, older = sorted(applied - known), sorted(known - applied)
+    raise ReconstructionError(
+        f"nothing rebuilt: schema {live!r} was migrated by another version of {spec.name} than this one"
+        + (f" (it has {', '.join(newer)}, which this version does not)" if newer else "")
+        + (f" (this version has {', '.join(older)}, which it has not)" if older else "")
+        + f": run the rebuild with the version {spec.name} runs"
+    )
 
 
 async def _build_and_switch(

@@ -56,3 +56,31 @@ async def test_no_rebuild_while_a_restore_replaces_the_schemas(settings):
         assert await reconstruire.rebuild(EQUIPEMENT, settings)
     finally:
         await restoring.close()
+
+
+@pytest.mark.parametrize("skew", ["newer", "older"])
+async def test_no_rebuild_by_another_version_than_the_service_s(settings, skew):
+    """The rebuilt schema is migrated by the tool's version, the service's replicas never migrate
+    again: one from another version switched in under them failed their batches for good."""
+    async with running(EQUIPEMENT, settings):
+        pass  # the service's schema, migrated by this version
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if skew == "newer":  # the service runs a version with a migration this tool has not
+            await conn.execute("INSERT INTO equipement.schema_migrations (name) VALUES ('equipement/9999_later.sql')")
+            said = "it has equipement/9999_later.sql, which this version does not"
+        else:  # the tool is newer than the service
+            said = await conn.fetchval(
+                "DELETE FROM equipement.schema_migrations WHERE name = "
+                "(SELECT max(name) FROM equipement.schema_migrations WHERE name LIKE 'equipement/%') RETURNING name"
+            )
+            said = f"this version has {said}, which it has not"
+        with pytest.raises(
+            reconstruire.ReconstructionError, match="run the rebuild with the version equipement runs"
+        ) as e:
+            await reconstruire.rebuild(EQUIPEMENT, settings)
+        assert said in str(e.value)
+        schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'equipement%'")
+        assert [s["nspname"] for s in schemas] == ["equipement"], "nothing made"
+    finally:
+        await conn.close()

@@ -233,6 +233,12 @@ async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
     still rolls back a transaction left open and drops the connection's listeners."""
 
 
+def migration_names(service_dir: Path) -> list[str]:
+    """The migrations of a service's schema this version of the code has, in order, as
+    schema_migrations names them."""
+    return [name for name, _ in _migration_files(service_dir)]
+
+
 def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
     files = sorted(_SHARED_MIGRATIONS.glob("*.sql")) + sorted((service_dir / "migrations").glob("*.sql"))
     return [(f"{f.parent.parent.name}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
