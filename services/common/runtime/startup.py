@@ -249,6 +249,9 @@ async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None
 
 
 async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
+    for variable, value in (("KAFKA_USERNAME", access.username), ("KAFKA_PASSWORD", access.password)):
+        if value is None:  # aiokafka's SCRAM then failed on None.encode(), the error blaming the bootstrap servers
+            raise Misconfigured(f"no {variable} given: required over SASL_SSL (KAFKA_SECURITY_PROTOCOL)", variable)
     options = access.aiokafka()
     del options["bootstrap_servers"]
     try:

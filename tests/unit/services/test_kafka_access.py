@@ -174,6 +174,30 @@ async def test_a_failed_probe_says_what_it_waited_for_without_the_password(envir
     assert PASSWORD not in str(failed.value) + logged
 
 
+@pytest.mark.parametrize("missing", ["KAFKA_USERNAME", "KAFKA_PASSWORD"])
+async def test_sasl_ssl_without_a_username_or_password_is_refused_naming_it(environ, missing):
+    """aiokafka's SCRAM failed on None.encode() and the start ended blaming
+    KAFKA_BOOTSTRAP_SERVERS; here a broker listens (it reads nothing: refused before)."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    without = {k: v for k, v in environ.items() if k != missing}
+    access = KafkaAccess.from_environ(without, bootstrap_servers=f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(startup.DependencyRefused) as refused:
+            await startup.wait_for(
+                f"Kafka at {access.bootstrap_servers}",
+                lambda: startup.kafka_answers(access),
+                variable="KAFKA_BOOTSTRAP_SERVERS",
+                deadline=time.monotonic() + 5,
+                retry_on=startup.KAFKA_UNAVAILABLE,
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert f"no {missing} given: required over SASL_SSL" in str(refused.value)
+    assert str(refused.value).endswith(f"(check {missing})")
+
+
 @pytest.mark.parametrize("protocol", ["sasl_ssl", "SSL", "SASL_PLAINTEXT"])
 def test_a_protocol_it_does_not_know_is_refused_rather_than_read_as_plaintext(protocol):
     with pytest.raises(ValueError, match="KAFKA_SECURITY_PROTOCOL: must be one of SASL_SSL, PLAINTEXT"):
