@@ -20,7 +20,9 @@ inventory.
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
 - --etat FICHIER remembers the lots the platform holds from this adapter, per établissement,
-  and the latest time sent (JSON; checked writable before anything is sent, written once the
+  the latest time sent, and the lots it retired: one back afterwards, as it was, is declared by
+  a new event (the one that first brought it would be a repeat to the platform, the lot left
+  retired) (JSON; checked writable before anything is sent, written once the
   passerelle has answered; created by the first run). A lot of an établissement of this run
   that the inventory no longer has (its devices all moved to other lots, upgraded, or gone) is
   retired: a `lot` with quantity 0, right after that établissement's lots, at the run's time or
@@ -121,10 +123,14 @@ Lots = dict[str, dict[str, str]]
 
 @dataclass(frozen=True)
 class Etat:
-    """What the platform holds from this adapter (--etat): its lots, and the latest time sent."""
+    """What the platform holds from this adapter (--etat): its lots, and the latest time sent;
+    and the lots it retired (uai -> lot_id -> the retirement's time): one that comes back is
+    a new event, not the one that first brought it (same data, same time: the same id, which
+    the platform takes for a repeat for INBOX_RETENTION_DAYS, and the lot stayed retired)."""
 
     lots: Lots = field(default_factory=dict)
     date: datetime | None = None
+    retires: Lots = field(default_factory=dict)
 
 
 @dataclass
@@ -204,7 +210,7 @@ def inventorier(
     time = min(max(dates), now) if dates else now
     by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
     for (uai, lot), devices in sorted(groups.items()):
-        by_uai[uai].append(_event(declarant, uai, lot, devices, time))
+        by_uai[uai].append(_event(declarant, uai, lot, devices, time, precedent.retires.get(uai, {}).get(lot)))
     covered = set(by_uai)
     held = precedent.lots
     # A retirement is dated no earlier than what the state sent: the newest device of the
@@ -238,7 +244,9 @@ def lot_id(appareil: inv.Appareil) -> str:
     return "glpi-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
 
 
-def _event(declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time: datetime) -> c.CloudEvent:
+def _event(
+    declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time: datetime, retired: str | None
+) -> c.CloudEvent:
     first = devices[0]
     data = c.Lot(
         uai=uai,
@@ -248,16 +256,19 @@ def _event(declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time
         os=c.Logiciel(name=first.os[0], version=first.os[1]),
         browsers=[c.Logiciel(name=name, version=release) for name, release in first.browsers],
     )
-    return _identified(declarant, data, time)
+    return _identified(declarant, data, time, retired)
 
 
 def _retirement(declarant: str, uai: str, lot: str, kind: str, time: datetime) -> c.CloudEvent:
     return _identified(declarant, c.Lot(uai=uai, lot_id=lot, kind=kind, quantity=0), time)
 
 
-def _identified(declarant: str, data: c.Lot, time: datetime) -> c.CloudEvent:
-    # The same lot at the same time and quantity, sent again, is the same event (no second effect).
-    same = json.dumps([declarant, data.model_dump(mode="json"), time.isoformat()], sort_keys=True)
+def _identified(declarant: str, data: c.Lot, time: datetime, retired: str | None = None) -> c.CloudEvent:
+    # The same lot at the same time and quantity, sent again, is the same event (no second
+    # effect); but not once it was retired since (`retired`: when): it comes back.
+    same = json.dumps(
+        [declarant, data.model_dump(mode="json"), time.isoformat(), *([retired] if retired else [])], sort_keys=True
+    )
     event_id = "glpi-" + hashlib.sha256(same.encode()).hexdigest()[:32]
     return c.make_event(c.LOT, data, source=declarant, id=event_id, time=time)
 
@@ -295,8 +306,8 @@ def lire_etat(path: Path, declarant: str) -> Etat:
         return Etat()
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        lots, date = document["lots"], document["date"]
-        if not all(isinstance(kind, str) for held in lots.values() for kind in held.values()):
+        lots, date, retires = document["lots"], document["date"], document.get("retires", {})
+        if not all(isinstance(v, str) for held in (*lots.values(), *retires.values()) for v in held.values()):
             raise TypeError
         when = datetime.fromisoformat(date) if date is not None else None
         if when is not None and when.tzinfo is None:
@@ -307,7 +318,7 @@ def lire_etat(path: Path, declarant: str) -> Etat:
         raise ValueError(f"{path}: attendu un état {{declarant, date, lots: {{uai: {{lot_id: kind}}}}}}") from None
     if document.get("declarant") != declarant:
         raise ValueError(f"{path}: état d'un autre déclarant que {declarant} : un fichier d'état par collectivité")
-    return Etat(lots, when)
+    return Etat(lots, when, retires)
 
 
 def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | None) -> Etat:
@@ -316,17 +327,25 @@ def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | 
     any lot may have been accepted or not: every one it sent is kept, none removed (retiring
     later a lot the platform never had changes nothing)."""
     lots = {uai: dict(held) for uai, held in precedent.lots.items()}
+    retires = {uai: dict(gone) for uai, gone in precedent.retires.items()}
     date = precedent.date
     for event in inventaire.lots:
         if refused_ids is not None and event.id in refused_ids:
             continue
-        held = lots.setdefault(event.data.uai, {})
+        held, gone = lots.setdefault(event.data.uai, {}), retires.setdefault(event.data.uai, {})
         if event.data.quantity:
             held[event.data.lot_id] = event.data.kind
+            if refused_ids is not None:
+                gone.pop(event.data.lot_id, None)
         elif refused_ids is not None:
             held.pop(event.data.lot_id, None)
+            gone[event.data.lot_id] = event.time.isoformat()
         date = max(date, event.time) if date else event.time
-    return Etat({uai: held for uai, held in sorted(lots.items()) if held}, date)
+    return Etat(
+        {uai: held for uai, held in sorted(lots.items()) if held},
+        date,
+        {uai: gone for uai, gone in sorted(retires.items()) if gone},
+    )
 
 
 def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
@@ -334,7 +353,12 @@ def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
     the disk, renamed over the former, then the rename forced too (its directory). Without
     them, the machine stopping soon after could leave the former state, or an empty file,
     behind a run whose lots the platform holds."""
-    document = {"declarant": declarant, "date": etat.date and etat.date.isoformat(), "lots": etat.lots}
+    document = {
+        "declarant": declarant,
+        "date": etat.date and etat.date.isoformat(),
+        "lots": etat.lots,
+        "retires": etat.retires,
+    }
     written = path.with_name(path.name + ".nouveau")
     written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
     durable(written)

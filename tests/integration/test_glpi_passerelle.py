@@ -92,6 +92,7 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
                 "declarant": DEPARTEMENT,
                 "date": first_time,
                 "lots": {COLLEGE: {lot: e["data"]["kind"] for (u, lot), e in expected.items() if u == COLLEGE}},
+                "retires": {},
             }, "the accepted lots, not the refused one"
 
             # The next export no longer has computer_1, the newest device: its lot is retired, dated
@@ -110,3 +111,18 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
             assert [e["time"] for e in events if e["data"]["quantity"] == 0] == [first_time]
             assert gone not in json.loads(state.read_text())["lots"][COLLEGE]
             assert len(json.loads(state.read_text())["lots"][COLLEGE]) == 1
+            assert json.loads(state.read_text())["retires"] == {COLLEGE: {gone: first_time}}
+
+            # computer_1 back, as it was: its lot is declared again, by an event equipement does
+            # not take for the first run's (the same id was a repeat to its inbox: the lot stayed
+            # retired, though the passerelle answered accepted).
+            code, _, summary = await glpi(*argv, *sending, env=env)
+            assert code == 1 and "lots retirés" not in summary, summary  # the lycée's lot refused, as before
+            ofgone = lambda rs: [json.loads(r.value) for r in rs if json.loads(r.value)["data"]["lot_id"] == gone]  # noqa: E731
+            now = await topic.wait_for(lambda rs: ofgone(rs[4:]), what="the lot declared again")
+            [first], [again] = ofgone(records[:2]), ofgone(now[4:])
+            assert again["data"] == first["data"] and again["time"] == first["time"] and again["id"] != first["id"]
+            assert (
+                json.loads(state.read_text())["retires"] == {}
+                and gone in json.loads(state.read_text())["lots"][COLLEGE]
+            )

@@ -13,7 +13,7 @@ import pytest
 
 import contracts as c
 from deploy.partenaires import _inventaire as inv
-from deploy.partenaires.glpi import Correspondance, Etat, etat_apres, inventorier, main
+from deploy.partenaires.glpi import Correspondance, Etat, Inventaire, etat_apres, inventorier, main
 
 DEPARTEMENT = "/collectivites/departements/035"
 COLLEGE, LYCEE = "0350001" + c.uai_check_letter("0350001"), "0350002" + c.uai_check_letter("0350002")
@@ -432,6 +432,7 @@ def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(t
             LYCEE: {"glpi-x": "tni"},
         },
         when,
+        {COLLEGE: {"glpi-gone": retirements["glpi-gone"].time.isoformat()}},
     )
     assert etat_apres(precedent, inventaire, {e.id for e in inventaire.lots}) == precedent, "all refused"
 
@@ -480,6 +481,34 @@ def test_a_retirement_is_dated_no_earlier_than_the_state_and_follows_its_etablis
         (LYCEE, 1, older),
         (LYCEE, 0, before),
     ]
+
+
+def test_a_lot_retired_then_back_is_a_new_event_and_sent_again_unchanged_the_same(tmp_path):
+    """Back with the same devices at the same inventory date, the lot's event was the very one
+    that first brought it: the same id, which the platform took for a repeat, and the lot
+    stayed retired (quantity 0) though the passerelle answered accepted."""
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    laptop, tablet = tmp_path / "laptop.json", tmp_path / "tablet.json"
+    laptop.write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag=None)))
+    tablet.write_text(json.dumps(_device("d1", "Laptop", LINUX[0][0], [], when, tag=None)))
+    mapping = Correspondance(tag={}, dossier={tmp_path.name: COLLEGE})
+
+    def run(files: list[Path], precedent: Etat) -> tuple[Inventaire, Etat]:
+        made = inventorier(files, mapping, DEPARTEMENT, now=when + timedelta(days=1), precedent=precedent)
+        return made, etat_apres(precedent, made, set())  # every event accepted
+
+    first, etat = run([laptop, tablet], Etat())
+    second, etat = run([laptop], etat)  # the Linux laptop gone: its lot retired
+    [brought] = [e for e in first.lots if e.data.os and e.data.os.name != "Windows"]
+    [retired] = [e for e in second.lots if e.data.quantity == 0]
+    assert retired.data.lot_id == brought.data.lot_id
+    third, etat = run([laptop, tablet], etat)  # back, as it was
+    [back] = [e for e in third.lots if e.data.lot_id == brought.data.lot_id]
+    assert back.data == brought.data and back.time == brought.time
+    assert back.id != brought.id, "not the event that first brought it"
+    assert etat.retires == {} and brought.data.lot_id in etat.lots[COLLEGE]
+    again, _ = run([laptop, tablet], etat)  # the same files once more: nothing new
+    assert [e.id for e in again.lots] == [e.id for e in first.lots]
 
 
 def test_an_interrupted_run_keeps_every_lot_it_sent_and_removes_none(tmp_path):
