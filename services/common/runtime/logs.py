@@ -29,6 +29,10 @@ RETRIED_BY_AIOKAFKA = (
 retries (at every start on a new broker): INFO, not ERROR. A Kafka really away is said by the
 service itself (`dependencies.lost`)."""
 
+QUOTING_PARTNERS = "opentelemetry.trace.span"
+"""OpenTelemetry's logger that quotes a `tracestate` member it refuses, at WARNING: a partner's
+header, any text it chose (a person's name too). Only its errors are shown; the member is
+dropped all the same."""
 COORDINATOR = "aiokafka.consumer.group_coordinator"
 """aiokafka's logger of the group coordinator, whose retried errors configure_logging tones down."""
 
@@ -56,10 +60,19 @@ class _CurrentStderr(io.TextIOBase):
     capturing stderr replaces it, then closes its replacement)."""
 
     def write(self, text: str, /) -> int:
-        return sys.stderr.write(text)
+        # A line that cannot be written (the pipe to the log collector broken, full) is lost,
+        # as the standard library's handlers lose theirs: raised from a log call after a
+        # batch's commit, it failed the batch, which was taken again, for as long as it lasted.
+        try:
+            return sys.stderr.write(text)
+        except OSError:
+            return 0
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        try:
+            sys.stderr.flush()
+        except OSError:
+            pass
 
 
 class _LibraryHandler(logging.StreamHandler):
@@ -140,4 +153,5 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
     uvicorn = logging.getLogger("uvicorn.error")
     if _request_cut_at_stop not in uvicorn.filters:
         uvicorn.addFilter(_request_cut_at_stop)
+    logging.getLogger(QUOTING_PARTNERS).setLevel(logging.ERROR)
     logging.captureWarnings(True)  # Python's warnings as log lines, in the same format

@@ -92,3 +92,33 @@ def test_only_a_request_cut_at_a_stop_loses_its_traceback_on_uvicorns_logger():
     )
     assert _request_cut_at_stop(record(asyncio.CancelledError()))
     assert _request_cut_at_stop(record(RuntimeError("timeout graceful shutdown exceeded")))
+
+
+def test_a_partner_s_tracestate_refused_is_not_quoted_in_the_log(capsys):
+    """OpenTelemetry quoted a tracestate member it refused at WARNING: any text of the partner's
+    choosing (a person's name) in the service's log, once per request or record."""
+    from services.common.runtime.telemetry import context_from_headers, trace_headers
+
+    configure_logging("svc", "json", "INFO")
+    traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = [("traceparent", traceparent), ("tracestate", b"congo=t61rcWkgMzE,Jean Dupont 01/02/1980")]
+    context_from_headers(headers)
+    assert trace_headers(headers, None)["traceparent"] == traceparent.decode(), "the trace itself still read"
+    assert "Dupont" not in capsys.readouterr().err
+
+
+def test_a_line_that_cannot_be_written_is_lost_not_raised(monkeypatch):
+    """A log call after a batch's commit raised BrokenPipeError when stderr's pipe was broken:
+    the batch failed and was taken again, for as long as it lasted."""
+
+    class Broken:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError("the log collector went away")
+
+        def flush(self) -> None:
+            raise BrokenPipeError("the log collector went away")
+
+    configure_logging("svc", "json", "INFO")
+    monkeypatch.setattr(sys, "stderr", Broken())
+    structlog.get_logger("test").info("batch.applied", records=3)
+    logging.getLogger("aiokafka.conn").warning("Unable to connect")
