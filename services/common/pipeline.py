@@ -13,8 +13,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -238,6 +238,7 @@ class Pipeline:
             links=links,
             attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
             record_exception=False,
+            set_status_on_exception=False,  # its message may quote a value: _failed names it
         ) as span:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
@@ -246,15 +247,16 @@ class Pipeline:
                     break
                 except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
                     if attempt == _ATTEMPTS:
+                        _failed(span, exc)
                         raise
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
                 except _REFUSED_BY_DATABASE as exc:
-                    span.set_status(trace.StatusCode.ERROR, refused_by_database(exc))
+                    _failed(span, exc)
                     await self._isolate(records, exc)
                     return
                 except Exception as exc:
-                    span.record_exception(exc)
+                    _failed(span, exc)
                     log.exception("batch.failed", records=len(records))
                     await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
@@ -503,12 +505,16 @@ class Pipeline:
         started = time.monotonic()
         judged = applied = stale = duplicates = 0
         refused_by: Counter[str] = Counter()
-        with trace.get_tracer(__name__).start_as_current_span(
-            f"revive {self.service}",
-            kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(origins)},
-            record_exception=False,
-        ) as span:
+        with (
+            trace.get_tracer(__name__).start_as_current_span(
+                f"revive {self.service}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(origins)},
+                record_exception=False,
+                set_status_on_exception=False,  # PostgreSQL's refusal, raised from here, quotes the row
+            ) as span,
+            _failing(span),
+        ):
             async with self._exclusive() as conn:
                 # They came before whatever state their entities hold now: equal times go to that.
                 revival = entities.REVIVAL.set(entities.Revival())
@@ -716,6 +722,25 @@ async def _waiting(conn: Conn, origins: Sequence[dlq.Origin]) -> list[ConsumerRe
 def _refused_by_database(record: ConsumerRecord, exc: Exception) -> dlq.Rejection:
     """A record the contract accepts but PostgreSQL refuses, dead-lettered alone."""
     return dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {refused_by_database(exc)}")
+
+
+def _failed(span: trace.Span, exc: BaseException) -> None:
+    """The span marked failed, the exception named by its type (PostgreSQL's by its rule:
+    refused_by_database), never by its message: asyncpg's quotes the refused row in its DETAIL
+    ("Failing row contains (…)": a teacher_id), and traces go to a collector."""
+    named = refused_by_database(exc) if isinstance(exc, Exception) else type(exc).__name__
+    span.set_status(trace.StatusCode.ERROR, named)
+    span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
+
+
+@contextmanager
+def _failing(span: trace.Span) -> Iterator[None]:
+    """The span marked failed (`_failed`) by an exception that leaves the block."""
+    try:
+        yield
+    except Exception as exc:
+        _failed(span, exc)
+        raise
 
 
 def refused_by_database(exc: Exception) -> str:

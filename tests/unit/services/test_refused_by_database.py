@@ -4,6 +4,7 @@ its DETAIL may quote the row ("Failing row contains (…)"), and the description
 header, the dead-letter log, the logs and the traces."""
 
 import asyncpg
+import pytest
 
 from services.common.pipeline import refused_by_database
 
@@ -29,3 +30,44 @@ def test_a_value_out_of_range_is_named_by_its_column_not_by_the_value():
         {"S": "ERROR", "C": "22003", "M": 'value "3000000000" is out of range for type integer', "c": "quantity"}
     )
     assert refused_by_database(refused) == "NumericValueOutOfRangeError, SQLSTATE 22003, column quantity"
+
+
+@pytest.mark.parametrize("raised_in", ["a batch's span", "a revival's span"])
+def test_a_span_that_failed_names_postgresql_s_rule_never_the_row(raised_in):
+    """A revival's span let OpenTelemetry set its status from the exception's text, asyncpg's
+    DETAIL quoting the refused row (a teacher_id), for the collector."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.common.pipeline import _failed, _failing
+
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    refused = asyncpg.exceptions.NotNullViolationError.new(
+        {
+            "M": 'null value in column "x"',
+            "D": "Failing row contains (Jean-Dupont-NUMEN)",
+            "C": "23502",
+            "t": "t",
+            "c": "x",
+        }
+    )
+    assert "Jean-Dupont" in str(refused)
+    tracer = provider.get_tracer("test")
+    with (
+        pytest.raises(asyncpg.exceptions.NotNullViolationError),
+        tracer.start_as_current_span("s", record_exception=False, set_status_on_exception=False) as span,
+    ):
+        if raised_in == "a revival's span":
+            with _failing(span):
+                raise refused
+        try:
+            raise refused
+        except asyncpg.PostgresError as exc:
+            _failed(span, exc)
+            raise
+    [span] = exporter.get_finished_spans()
+    exported = span.to_json()
+    assert span.status.description == "NotNullViolationError, SQLSTATE 23502, table t, column x"
+    assert "Jean-Dupont" not in exported and '"exception.type": "NotNullViolationError"' in exported
