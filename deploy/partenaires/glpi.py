@@ -1,7 +1,7 @@
 """A collectivité's GLPI inventory declared as `lot` events, through the passerelle.
 
     python -m deploy.partenaires.glpi INVENTAIRE... --correspondance FICHIER --declarant SOURCE
-        [--etat FICHIER] [--dry-run] [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
+        (--etat FICHIER | --dry-run) [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
 
 Reads GLPI native inventory files (one JSON file per device, as the GLPI agent sends them;
 directories are read recursively), finds each device's établissement with the mapping file,
@@ -19,7 +19,7 @@ inventory.
   agents' `accesslog.logdate`), never later than now; now when no device has one. The same
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
-- --etat FICHIER remembers the lots the platform holds from this adapter, per établissement,
+- --etat FICHIER (required to send) remembers the lots the platform holds from this adapter, per établissement,
   the latest time sent, and the lots it retired: one back afterwards, as it was, is declared by
   a new event (the one that first brought it would be a repeat to the platform, the lot left
   retired) (JSON; checked writable before anything is sent, written once the
@@ -386,15 +386,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inventaires", nargs="+", type=Path, metavar="INVENTAIRE", help="files or directories")
     parser.add_argument("--correspondance", type=Path, required=True, metavar="FICHIER", help="tag/dossier -> UAI")
     parser.add_argument("--declarant", required=True, help="the collectivité, e.g. /collectivites/departements/035")
-    parser.add_argument("--etat", type=Path, metavar="FICHIER", help="the lots sent before: retire those gone")
+    parser.add_argument(
+        "--etat", type=Path, metavar="FICHIER", help="the lots sent before: retire those gone (required to send)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the lots (JSON lines), send nothing")
     parser.add_argument("--passerelle", default="http://127.0.0.1:8003", help="its URL (default: %(default)s)")
     parser.add_argument("--token", help=f"the bearer token (default: ${TOKEN_VARIABLE})")
     parser.add_argument("--jeton-local", action="store_true", help="mint one with the local identity provider")
     parser.add_argument("--data-dir", type=Path, default=data_root() / "platform", help="for --jeton-local")
     args = parser.parse_args(argv)
-    if args.etat is None or args.dry_run:
+    if args.dry_run:
         return _run(args)
+    if args.etat is None:
+        # Without it, a lot whose devices changed (a browser updated: another lot_id) stayed
+        # counted beside the new one, never retired: the fleet grew with every run.
+        print(
+            "glpi: --etat FICHIER est requis pour envoyer : sans l'état des lots déjà envoyés, un lot dont les "
+            "appareils ont changé (un navigateur mis à jour) resterait compté à côté du nouveau, jamais retiré "
+            "(--dry-run n'envoie rien)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         verrou = _verrou(args.etat)
     except BlockingIOError:

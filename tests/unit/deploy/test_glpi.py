@@ -611,6 +611,18 @@ def test_a_passerelle_in_clear_beyond_this_machine_is_refused_before_anything_is
     mapping = tmp_path / "correspondance.csv"
     mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
     argv = [str(tmp_path), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--token", "t"]
+    argv += ["--etat", str(tmp_path / "etat.json")]
     assert main([*argv, "--passerelle", "http://passerelle.example.fr"]) == 2
     assert "le jeton irait en clair" in capsys.readouterr().err
     assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 0, "on this machine: sent (nothing to send here)"
+
+
+def test_nothing_is_sent_without_a_state(shared_data, tmp_path, capsys):
+    """Without one, a lot whose devices changed (a browser updated: another lot_id) stayed
+    counted beside the new one, never retired: every run added the fleet's updated devices."""
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(shared_data / "glpi"), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--token", "t"]
+    assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 2
+    assert "--etat FICHIER est requis pour envoyer" in capsys.readouterr().err
+    assert main([*argv, "--dry-run"]) == 0, "a dry run sends nothing: no state needed"
