@@ -82,6 +82,9 @@ _VERSION_WORDS = re.compile(r"\b(?:v?\d[\w.]*|esr|x64|x86)\b", re.IGNORECASE)
 # Windows 11 Éducation", "Q Android 10.0"), rather than the agent's `version` field (a build or
 # an API level there).
 _OS_FAMILIES = (
+    # Windows Server is not Windows by its version: "Server 2012 R2" read as Windows 2012 met
+    # every "Windows >= 10" requirement. A name of its own, as names outside the vocabulary are.
+    (re.compile(r"\bwindows\s+server\b", re.I), "Windows Server", re.compile(r"server\D{0,12}?(\d{4})\b", re.I)),
     (re.compile(r"\bwindows\b", re.I), "Windows", re.compile(r"windows\D{0,12}?(\d{1,4}(?:\.\d+)?)\b", re.I)),
     (re.compile(r"\bandroid\b", re.I), "Android", re.compile(r"android\s+(\d{1,3}(?:\.\d+){0,2})\b", re.I)),
     (re.compile(r"\b(?:mac\s?os|os\s?x)\b", re.I), "macOS", None),

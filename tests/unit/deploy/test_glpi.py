@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import contracts as c
+from contracts.vocabulary import fold_name
 from deploy.partenaires import _inventaire as inv
 from deploy.partenaires.glpi import Correspondance, Etat, Inventaire, etat_apres, inventorier, main
 
@@ -358,6 +359,16 @@ def test_a_partial_inventory_never_stands_for_the_device(tmp_path):
 )
 def test_a_distribution_takes_its_domain_name(name, lot_os):
     assert inv._os({"name": name, "full_name": f"{name} 12 (bookworm)", "version": "12.5"}) == (lot_os, "12.5")
+
+
+@pytest.mark.parametrize(
+    "full_name, release",
+    [("Microsoft Windows Server 2012 R2 Standard", "2012"), ("Microsoft Windows Server 2019 Datacenter", "2019")],
+)
+def test_windows_server_is_not_windows_of_that_version(full_name, release):
+    """Read as Windows 2012, a server met every "Windows >= 10" requirement: compatible."""
+    assert inv._os({"name": "Windows", "full_name": full_name, "version": "10.0.17763"}) == ("Windows Server", release)
+    assert fold_name("Windows Server") != fold_name("Windows")
 
 
 def test_a_device_whose_os_a_lot_cannot_carry_is_set_aside_alone(tmp_path):
