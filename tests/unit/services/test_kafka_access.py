@@ -142,60 +142,51 @@ def test_no_repr_of_the_settings_shows_a_secret():
     assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
 
 
+async def _probed(environ: dict[str, str], seconds: float, **waiting: float) -> tuple[Exception, int]:
+    """What the start-up's wait for Kafka raises when `environ`'s access probes a port that
+    closes every connection, and that port."""
+    server = await asyncio.start_server(lambda _reader, writer: writer.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    access = KafkaAccess.from_environ(environ, bootstrap_servers=f"127.0.0.1:{port}")
+    try:
+        await startup.wait_for(
+            f"Kafka at {access.bootstrap_servers}",
+            lambda: startup.kafka_answers(access),
+            variable="KAFKA_BOOTSTRAP_SERVERS",
+            deadline=time.monotonic() + seconds,
+            retry_on=startup.KAFKA_UNAVAILABLE,
+            **waiting,
+        )
+    except Exception as failed:
+        return failed, port
+    finally:
+        server.close()
+        await server.wait_closed()
+    raise AssertionError("the probe passed")
+
+
 async def test_a_failed_probe_says_what_it_waited_for_without_the_password(environ, ca_file, caplog, capsys):
     """The startup probe over SASL_SSL (its client loads the CA), against a port that closes
     every connection: the error and every log line (the service's, aiokafka's at DEBUG) leave
     the password out."""
-
-    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-
-    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    access = KafkaAccess.from_environ(environ, bootstrap_servers=f"127.0.0.1:{port}")
     caplog.set_level(logging.DEBUG)
-    try:
-        with pytest.raises(startup.StartupTimeout) as failed:
-            await startup.wait_for(
-                f"Kafka at {access.bootstrap_servers}",
-                lambda: startup.kafka_answers(access),
-                variable="KAFKA_BOOTSTRAP_SERVERS",
-                deadline=time.monotonic() + 1,
-                retry_on=startup.KAFKA_UNAVAILABLE,
-                first=0.1,
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    failed, port = await _probed(environ, 1, first=0.1)
+    assert isinstance(failed, startup.StartupTimeout)
     logged = caplog.text + "".join(capsys.readouterr())
-    assert f"Kafka at 127.0.0.1:{port}" in str(failed.value)
+    assert f"Kafka at 127.0.0.1:{port}" in str(failed)
     assert "startup.waiting" in logged or "startup.gave_up" in logged
     assert f"Loading SSL CA from {ca_file}" in caplog.text, "the probe connects with the access' TLS"
-    assert PASSWORD not in str(failed.value) + logged
+    assert PASSWORD not in str(failed) + logged
 
 
 @pytest.mark.parametrize("missing", ["KAFKA_USERNAME", "KAFKA_PASSWORD"])
 async def test_sasl_ssl_without_a_username_or_password_is_refused_naming_it(environ, missing):
     """aiokafka's SCRAM failed on None.encode() and the start ended blaming
     KAFKA_BOOTSTRAP_SERVERS; here a broker listens (it reads nothing: refused before)."""
-    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    without = {k: v for k, v in environ.items() if k != missing}
-    access = KafkaAccess.from_environ(without, bootstrap_servers=f"127.0.0.1:{port}")
-    try:
-        with pytest.raises(startup.DependencyRefused) as refused:
-            await startup.wait_for(
-                f"Kafka at {access.bootstrap_servers}",
-                lambda: startup.kafka_answers(access),
-                variable="KAFKA_BOOTSTRAP_SERVERS",
-                deadline=time.monotonic() + 5,
-                retry_on=startup.KAFKA_UNAVAILABLE,
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert f"no {missing} given: required over SASL_SSL" in str(refused.value)
-    assert str(refused.value).endswith(f"(check {missing})")
+    refused, _ = await _probed({k: v for k, v in environ.items() if k != missing}, 5)
+    assert isinstance(refused, startup.DependencyRefused)
+    assert f"no {missing} given: required over SASL_SSL" in str(refused)
+    assert str(refused).endswith(f"(check {missing})")
 
 
 @pytest.mark.parametrize("protocol", ["sasl_ssl", "SSL", "SASL_PLAINTEXT"])
