@@ -80,8 +80,19 @@ more): a partner's `baggage` header would go on to the alerts every territory's 
 
 
 def context_from_headers(headers: Iterable[tuple[str, bytes | None]]) -> Context:
-    """A partner's headers are any bytes or null: only text values can carry a trace context."""
-    return W3C_TRACE_CONTEXT.extract(dict(text_headers(headers)))
+    """A partner's headers are any bytes or null: only text values can carry a trace context.
+    Repeated, `tracestate` fields are one list (RFC 9110, W3C Trace Context: combined with
+    commas; the last alone lost the others' members), and two different `traceparent`s are no
+    context at all (which is the record's? the last one was taken)."""
+    carrier: dict[str, str] = {}
+    for name, value in text_headers(headers):
+        if name == "tracestate" and name in carrier:
+            carrier[name] += "," + value
+        elif name == "traceparent" and carrier.get(name, value) != value:
+            return Context()
+        else:
+            carrier[name] = value
+    return W3C_TRACE_CONTEXT.extract(carrier)
 
 
 def tracer_is_recording() -> bool:

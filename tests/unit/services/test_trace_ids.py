@@ -1,4 +1,5 @@
-"""Trace and span ids do not depend on the `random` module's shared state (telemetry.OwnRandomIds)."""
+"""Trace and span ids do not depend on the `random` module's shared state (telemetry.OwnRandomIds); a
+record's trace context read from its headers, repeated ones included."""
 
 import random
 
@@ -32,3 +33,16 @@ def test_drawing_ids_leaves_the_shared_random_as_it_was():
     with provider.get_tracer("test").start_as_current_span("batch"):
         pass
     assert random.getstate() == before
+
+
+def test_repeated_trace_headers_are_one_list_or_no_context_when_they_disagree():
+    """The last field alone was taken: a partner's first tracestate members lost, and of two
+    different traceparents one picked silently."""
+    from services.common.runtime.telemetry import trace_headers
+
+    first, other = (f"00-{n:032x}-00f067aa0ba902b7-01".encode() for n in (1, 2))
+    states = [("tracestate", b"congo=t61rcWkgMzE"), ("tracestate", b"rojo=00f067aa0ba902b7")]
+    carried = trace_headers([("traceparent", first), *states], None, with_state=True)
+    assert carried == {"traceparent": first.decode(), "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"}
+    assert trace_headers([("traceparent", first), ("traceparent", first)], None) == {"traceparent": first.decode()}
+    assert trace_headers([("traceparent", first), ("traceparent", other)], None) == {}
