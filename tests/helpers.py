@@ -100,6 +100,22 @@ def at(minutes: int) -> datetime:
     return datetime(2026, 9, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
 
 
+class Said:
+    """Stands in for a module's structlog logger (monkeypatch its `log`): every line it is told,
+    as a dict with `event` and `level`. structlog.testing.capture_logs does not see the loggers
+    a configured structlog has cached (cache_logger_on_first_use), as a test run after another
+    that configured logging finds them."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        return lambda event, *_, **values: self.lines.append({"event": event, "level": level, **values})
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["event"] == event]
+
+
 class NotUtf8(str):
     """A header name that aiokafka's Python record builder writes as `\\xff\\xfe` and its
     own bytes: not UTF-8, which the broker takes (aiokafka's C builder encodes names itself)."""

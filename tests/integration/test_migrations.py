@@ -5,9 +5,8 @@ through, and is tried again until it is applied."""
 import asyncio
 
 import asyncpg
-from structlog.testing import capture_logs
 
-from helpers import eventually
+from helpers import Said, eventually
 from services.common.storage import db
 from services.common.storage.db import create_pool, migrate
 from services.ressources.app import SPEC
@@ -32,15 +31,16 @@ async def test_a_migration_behind_a_held_table_lets_its_writers_through_and_ends
         held = backup.transaction(isolation="repeatable_read")
         await held.start()
         await backup.execute("LOCK TABLE ressources.reevaluations IN ACCESS SHARE MODE")  # as pg_dump does
-        with capture_logs() as logs:
-            migrating = asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir))
-            waiting = lambda: [e for e in logs if e["event"] == "migration.waiting_for_lock"]  # noqa: E731
-            await eventually(lambda: asyncio.sleep(0, len(waiting()) >= 2), what="the migration tried twice")
-            async with asyncio.timeout(10):  # a writer of the table meanwhile, as a running replica
-                await pool.execute("INSERT INTO reevaluations (resource_id, part, after_uai) VALUES ('ark:/x', 0, '')")
-            assert not migrating.done()
-            await held.rollback()
-            await asyncio.wait_for(migrating, timeout=30)
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        migrating = asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir))
+        waiting = lambda: said.named("migration.waiting_for_lock")  # noqa: E731
+        await eventually(lambda: asyncio.sleep(0, len(waiting()) >= 2), what="the migration tried twice")
+        async with asyncio.timeout(10):  # a writer of the table meanwhile, as a running replica
+            await pool.execute("INSERT INTO reevaluations (resource_id, part, after_uai) VALUES ('ark:/x', 0, '')")
+        assert not migrating.done()
+        await held.rollback()
+        await asyncio.wait_for(migrating, timeout=30)
         assert waiting()[0]["migration"] == LATEST and waiting()[0]["schema"] == "ressources"
         assert await pool.fetchval("SELECT count(*) FROM schema_migrations WHERE name = $1", LATEST) == 1
         assert await pool.fetchval("SELECT tour FROM reevaluations") is not None

@@ -19,7 +19,7 @@ import pytest
 import contracts as c
 import contracts.internal as internal
 from contracts.internal import PROFILS, ProfilLot
-from helpers import TopicReader, at, event, eventually, lock_waiters, profil_lot, record_count, running, send, uai
+from helpers import Said, TopicReader, at, event, eventually, lock_waiters, profil_lot, record_count, running, send, uai
 from services.common.pipeline import Pipeline
 from services.common.storage.db import POOL_SIZE, create_pool, migrate
 from services.common.storage.locks import lock_keys
@@ -773,11 +773,11 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
 async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_they_are(database_url, monkeypatch):
     """The latest replica to start stores its thresholds: a former one restarted after a rolling
     change put the former thresholds back for every replica, and nothing said so."""
-    from structlog.testing import capture_logs
-
     from services.ressources import handlers
 
     monkeypatch.setattr(handlers, "SEUILS_CHECK_SECONDS", 0.05)
+    logs = Said()
+    monkeypatch.setattr(handlers, "log", logs)
     new = RessourcesSettings(min_compatible_share=0.9)
     async with seeded(database_url, uais(1)) as pool:
 
@@ -788,21 +788,21 @@ async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_t
 
         async with pool.acquire() as conn:
             await RessourcesStore(conn).save_seuils(Seuils(min_compatible_share=0.5))  # a former replica's
-        with capture_logs() as logs:
-            watching = asyncio.create_task(Reevaluations(OnePool(), new)._watch_seuils())  # type: ignore[arg-type]
-            try:
-                said = lambda: [e for e in logs if e["event"] == "seuils.differents"]  # noqa: E731
-                await eventually(lambda: asyncio.sleep(0, said()), what="the replica saying so")
-                assert said()[0]["en_vigueur"]["min_compatible_share"] == 0.5
-                assert said()[0]["cette_replique"]["min_compatible_share"] == 0.9
-                async with pool.acquire() as conn:
-                    await RessourcesStore(conn).save_seuils(new.seuils)  # a replica with them restarted
-                await asyncio.sleep(0.2)
-                logs.clear()
-                await asyncio.sleep(0.3)  # several checks: none says so any more
-                assert not said() and not watching.done()
-            finally:
-                watching.cancel()
+        watching = asyncio.create_task(Reevaluations(OnePool(), new)._watch_seuils())  # type: ignore[arg-type]
+        try:
+            said = lambda: logs.named("seuils.differents")  # noqa: E731
+            await eventually(lambda: asyncio.sleep(0, said()), what="the replica saying so")
+            assert said()[0]["level"] == "warning"
+            assert said()[0]["en_vigueur"]["min_compatible_share"] == 0.5
+            assert said()[0]["cette_replique"]["min_compatible_share"] == 0.9
+            async with pool.acquire() as conn:
+                await RessourcesStore(conn).save_seuils(new.seuils)  # a replica with them restarted
+            await asyncio.sleep(0.2)
+            logs.lines.clear()
+            await asyncio.sleep(0.3)  # several checks: none says so any more
+            assert not said() and not watching.done()
+        finally:
+            watching.cancel()
 
 
 class PausedAfterRequest(Paused):
