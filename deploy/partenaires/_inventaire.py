@@ -27,6 +27,7 @@ CHASSIS_NON_RETENU = "chassis-non-retenu"  # servers, racks, docking stations: n
 SANS_OS = "sans-os"  # no operatingsystem section, or no name or version to read in it
 OS_HORS_CONTRAT = "os-hors-contrat"  # an OS name or version a lot cannot carry (CONTRACTS.md, Limits)
 INVENTAIRE_PARTIEL = "inventaire-partiel"  # a partial inventory (some sections only): never the device's latest
+MACHINE_VIRTUELLE = "machine-virtuelle"  # hardware.vmsystem other than Physical: a VM or a container, not a seat
 
 
 def _kind(name: str) -> str:
@@ -133,9 +134,15 @@ def lire(fichier: Path) -> Appareil | Ecarte:
     if document.get("partial") is True:  # not the device as it is, nor newer than its full inventory
         return Ecarte(fichier, INVENTAIRE_PARTIEL)
     quand = _date(content)
-    kind = _kind_of(document.get("itemtype"), _section(content, "hardware").get("chassis_type"))
+    hardware = _section(content, "hardware")
+    kind = _kind_of(document.get("itemtype"), hardware.get("chassis_type"))
     if kind not in EQUIPMENT_KINDS:
         return Ecarte(fichier, kind, deviceid, quand)
+    vm = hardware.get("vmsystem")
+    if isinstance(vm, str) and vm.strip() and vm.strip().casefold() != "physical":
+        # A Hyper-V or VMware guest reports the chassis its hypervisor makes up ("Desktop"):
+        # counted, it was one more computer, on top of the one it runs on.
+        return Ecarte(fichier, MACHINE_VIRTUELLE, deviceid, quand)
     os = _os(_section(content, "operatingsystem"))
     if os is None:
         return Ecarte(fichier, SANS_OS, deviceid, quand)

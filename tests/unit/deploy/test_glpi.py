@@ -361,6 +361,22 @@ def test_a_distribution_takes_its_domain_name(name, lot_os):
     assert inv._os({"name": name, "full_name": f"{name} 12 (bookworm)", "version": "12.5"}) == (lot_os, "12.5")
 
 
+def test_a_virtual_machine_is_set_aside_not_counted_as_a_computer(tmp_path):
+    """A Hyper-V or VMware guest reports the chassis its hypervisor makes up ("Desktop"):
+    counted, it was one more computer beside the one it runs on."""
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    for name, vm in (("physical", "Physical"), ("guest", "Hyper-V"), ("container", "Docker"), ("unsaid", None)):
+        device = _device(name, "Desktop", WINDOWS[0][0], [], when, tag=None)
+        if vm is not None:
+            device["content"]["hardware"]["vmsystem"] = vm
+        _write(folder / f"{name}.json", device)
+    run = inventorier([folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT)
+    assert [e.data.quantity for e in run.lots] == [2], "the physical one and the one that does not say"
+    assert run.ecartes == {inv.MACHINE_VIRTUELLE: ["container.json", "guest.json"]}
+
+
 @pytest.mark.parametrize(
     "full_name, release",
     [("Microsoft Windows Server 2012 R2 Standard", "2012"), ("Microsoft Windows Server 2019 Datacenter", "2019")],
