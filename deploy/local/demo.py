@@ -114,7 +114,7 @@ async def play(platform: Platform) -> AlertTail:
         say(f"alerts raised on {c.ALERTES}, by kind:\n{tail.summary(c.ALERTE_LEVEE)}")
         say("one of each:\n" + "\n".join(tail.example(k) for k in c.ALERT_KINDS))
         sent = await _send(partners, scenario.renovation(etabs))
-        say(f"département 035 replaces the old computers of its collèges ({sent} lots)")
+        say(f"département 035 moves the old Windows 7 rooms of its collèges to Windows 11 ({sent} lots)")
         await _wait(db, "SELECT count(*) FROM equipement.outbox", 0, "new profiles published")
         await _wait(db, "SELECT count(*) FROM ressources.outbox", 0, "alerts published")
         await tail.drain()

@@ -202,8 +202,13 @@ def catalogue(etabs: list[Etablissement]) -> Iterator[Record]:
 
 
 def renovation(etabs: list[Etablissement]) -> Iterator[Record]:
-    """The département moves its collèges' old rooms to Windows 11 and a recent browser."""
-    rng = random.Random(SEED)
-    for e in etabs:
-        if e.type == "college" and e.ouvert:
-            yield _lot(e, "salle-info-2", "ordinateur", rng.randint(20, 30), ("Windows", "11"), [("Edge", "120")])
+    """The département moves its collèges' old rooms (Windows 7, `declarations`) to Windows 11 and
+    a recent browser: the same rooms, the same computers (it gave every collège a new room of
+    another size, the narration saying "replaces")."""
+    by_uai = {e.uai: e for e in etabs}
+    for _, uai, value in declarations(etabs):
+        data = json.loads(value)["data"]
+        if data.get("lot_id") == "salle-info-2":
+            yield _lot(
+                by_uai[uai], "salle-info-2", "ordinateur", data["quantity"], ("Windows", "11"), [("Edge", "120")]
+            )
