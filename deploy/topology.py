@@ -43,13 +43,13 @@ part of the whole (contracts.internal): a reader behind the compaction of a grou
 later ones read a later group over an earlier state, a whole the producer never had, until the
 next group. Their records stay GROUPED_LAG_MS at least (min.compaction.lag.ms); a reader further
 behind is rebuilt (./dev rebuild ressources). Each record of alertes.etat.v1 is a whole alert."""
-GROUPED_LAG_MS = 7 * 24 * 3600 * 1000
 PARTITIONS = 12
 """Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
 up to a dozen replicas of each service have work (a partition is read by one replica at a time)."""
 PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000
+GROUPED_LAG_MS = 7 * DAY_MS
 
 
 @dataclass(frozen=True)

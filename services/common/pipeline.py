@@ -724,11 +724,11 @@ def _refused_by_database(record: ConsumerRecord, exc: Exception) -> dlq.Rejectio
     return dlq.Rejection(record, "donnees-invalides", f"refusé à l'enregistrement: {refused_by_database(exc)}")
 
 
-def _failed(span: trace.Span, exc: BaseException) -> None:
+def _failed(span: trace.Span, exc: Exception) -> None:
     """The span marked failed, the exception named by its type (PostgreSQL's by its rule:
     refused_by_database), never by its message: asyncpg's quotes the refused row in its DETAIL
     ("Failing row contains (…)": a teacher_id), and traces go to a collector."""
-    named = refused_by_database(exc) if isinstance(exc, Exception) else type(exc).__name__
+    named = refused_by_database(exc)
     span.set_status(trace.StatusCode.ERROR, named)
     span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
 

@@ -33,17 +33,9 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         except TimeoutError:
             return False
 
-    async def database() -> dict:
-        if not pipeline.started:
-            return {}
-        try:
-            return await pipeline.metrics.shared(
-                "health", lambda: _database_health(pipeline, backlog), within=READ_SECONDS
-            )
-        except TimeoutError:
-            return {"error": _NOT_IN_TIME.format(READ_SECONDS)}
-
-    reached, read = await asyncio.gather(kafka(), database())
+    reached, read = await asyncio.gather(
+        kafka(), _database(pipeline, "health", lambda body: _read_health(pipeline, backlog, body))
+    )
     body = {
         "service": pipeline.service,
         "kafka": reached,
@@ -73,38 +65,36 @@ async def readiness_report(
         return status, {"service": pipeline.service, "ready": status == 200, "kafka": health["kafka"]} | {
             k: health[k] for k in ("database", "error") if k in health
         }
-    body: dict[str, Any] = {"service": pipeline.service, "ready": False, "database": False}
-    if pipeline.started:
-        try:
-            body |= await pipeline.metrics.shared("ready", lambda: _database_answers(pipeline), within=READ_SECONDS)
-        except TimeoutError:
-            body["error"] = _NOT_IN_TIME.format(READ_SECONDS)
+    body = {"service": pipeline.service, "database": False} | await _database(
+        pipeline, "ready", lambda _: pipeline.pool.fetchval("SELECT 1")
+    )
     body["ready"] = body["database"]
     return (200 if body["ready"] else 503), body
 
 
-async def _database_answers(pipeline: Pipeline) -> dict:
+async def _database(pipeline: Pipeline, what: str, read: Callable[[dict], Awaitable[Any]]) -> dict:
+    """A report's database part: `read(body)` adds what it reads to `body`, `database` true once
+    it is done; nothing before the pipeline is started. One read of each kind at a time, however
+    many requests ask (Metrics.shared), each waiting READ_SECONDS at most."""
+    if not pipeline.started:
+        return {}
     try:
-        async with asyncio.timeout(READ_SECONDS):
-            await pipeline.pool.fetchval("SELECT 1")
+        return await pipeline.metrics.shared(what, lambda: _database_read(read), within=READ_SECONDS)
     except TimeoutError:
-        return {"database": False, "error": _NOT_IN_TIME.format(READ_SECONDS)}
-    except Exception as exc:  # reported, not raised: this is a probe
-        return {"database": False, "error": redact(str(exc))}
-    return {"database": True}
+        return {"error": _NOT_IN_TIME.format(READ_SECONDS)}
 
 
-async def _database_health(pipeline: Pipeline, backlog: Backlog) -> dict:
-    """The database's part of the report, within READ_SECONDS (or as long as asyncpg takes to
-    cancel a query PostgreSQL stopped answering: the caller waits READ_SECONDS at most)."""
+async def _database_read(read: Callable[[dict], Awaitable[Any]]) -> dict:
+    """`read`'s body, within READ_SECONDS (or as long as asyncpg takes to cancel a query
+    PostgreSQL stopped answering: the caller waits READ_SECONDS at most)."""
     body: dict[str, Any] = {"database": False}
     try:
         async with asyncio.timeout(READ_SECONDS):
-            await _read_health(pipeline, backlog, body)
+            await read(body)
         body["database"] = True
     except TimeoutError:
         body["error"] = _NOT_IN_TIME.format(READ_SECONDS)
-    except Exception as exc:  # reported, not raised: this is the health check
+    except Exception as exc:  # reported, not raised: this is a probe
         body["error"] = redact(str(exc))  # an answer anyone who reaches the port reads
     return body
 
