@@ -307,9 +307,9 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
 ):
     """On a topic that keeps only each key's last record, a retried record published after a
     later one of its key would stand for the key in its place for good: marked superseded when
-    that later one goes out (in a later round or the same), or by retry when it still waits in
-    the outbox, listed so, and left by retry. On another topic, a later record of the key
-    changes nothing."""
+    that later one goes out (in a later round or the same), listed so, and left by retry; a later
+    one still waiting in the outbox goes out after the retried one. On another topic, a later
+    record of the key changes nothing."""
     compacted, plain = topic_prefix + "etat." + PROFILS, topic_prefix + "flux"
     async with relay_with_topics(kafka, database_url, compacted, plain) as (pool, relay):
         big = b"x" * (MAX_REQUEST_BYTES + 1)  # over the relay's request size: set aside before it is sent
@@ -348,13 +348,53 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
         assert await relay.drain_once() == 1
         async with pool.acquire() as conn:
             await enqueue(conn, [OutboxRecord(compacted, b"k4", b"new")])
-        assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 2, "k2's, and plain's k1"
+        assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 3, "k2's, plain's k1, k4's"
         said = capsys.readouterr().out
-        assert said.count("not retried (drop it)") == 3 and "equipement: 2 record(s) back in the outbox" in said
+        assert said.count("not retried (drop it)") == 2 and "equipement: 3 record(s) back in the outbox" in said
         left = await pool.fetch("SELECT key FROM outbox_failed ORDER BY seq")
-        assert [r["key"] for r in left] == [b"k1", b"k3", b"k4"]
-        waiting = await pool.fetch("SELECT topic, key FROM outbox ORDER BY seq")
-        assert [(r["topic"], r["key"]) for r in waiting] == [(compacted, b"k4"), (compacted, b"k2"), (plain, b"k1")]
+        assert [r["key"] for r in left] == [b"k1", b"k3"]
+        waiting = await pool.fetch("SELECT topic, key, record_value FROM outbox ORDER BY seq")
+        assert [(r["topic"], r["key"], r["record_value"] == big) for r in waiting] == [
+            (compacted, b"k2", True),
+            (plain, b"k1", True),
+            (compacted, b"k4", True),
+            (compacted, b"k4", False),
+        ], "in the order they were made"
+
+
+async def test_a_retried_record_goes_out_in_its_place_among_its_key_s_records(kafka, database_url, topic_prefix):
+    """Two set-aside records of one key on a compacted topic, the older retried first: it goes out
+    without superseding the newer one, which is retried in turn; and a later record of the key
+    whose transaction took its seq before the retry but committed after it goes out after the
+    retried one. The key ends with its latest record."""
+    topic = topic_prefix + "etat." + PROFILS
+    async with relay_with_topics(kafka, database_url, topic) as (pool, relay):
+        big = b"x" * (MAX_REQUEST_BYTES + 1)
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", big + b"1"), OutboxRecord(topic, b"k", big + b"2")])
+        assert await relay.drain_once() == 2
+        older, newer = [r["seq"] for r in await pool.fetch("SELECT seq FROM outbox_failed ORDER BY seq")]
+        await pool.execute(
+            "UPDATE outbox_failed SET record_value = substring(record_value FROM length(record_value))"
+        )  # fixed
+        async with TopicReader(kafka.bootstrap_servers, topic) as reader:
+            assert await outbox_failed.run("retry", ["equipement"], database_url, [older]) == 1
+            assert await relay.drain_once() == 1
+            await reader.wait_for(lambda rs: [r.value for r in rs] == [b"1"], what="the older record")
+            assert await pool.fetchval("SELECT superseded_at FROM outbox_failed WHERE seq = $1", newer) is None
+
+            async with pool.acquire() as conn:
+                later = conn.transaction()
+                await later.start()
+                try:
+                    await enqueue(conn, [OutboxRecord(topic, b"k", b"3")])  # its seq taken now
+                    assert await outbox_failed.run("retry", ["equipement"], database_url, [newer]) == 1
+                finally:
+                    await later.commit()
+            assert await relay.drain_once() == 2
+            await reader.wait_for(
+                lambda rs: [r.value for r in rs] == [b"1", b"2", b"3"], what="the key's records in the order made"
+            )
 
 
 async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_partner_s_key(database_url, capsys):
@@ -543,8 +583,9 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
 ):
     """An alert's row: its event on the stream, the same on the table, then a tombstone there
     when it ends. Set aside, the row's twin on the compacted table is superseded by a later
-    record of its key (published, or waiting in the outbox), and not the record on the stream:
-    `retry` puts the record back without its twin."""
+    record of its key once published, and not the record on the stream: `retry` puts the record
+    back without its twin; a row whose twin's later record still waits in the outbox goes back
+    whole, before it."""
     stream, table = topic_prefix + "flux", topic_prefix + "t." + ALERTES_ETAT
     async with relay_with_topics(kafka, database_url, stream, table) as (pool, relay):
         raised, resolved = (
@@ -581,15 +622,15 @@ async def test_a_record_and_its_twin_share_a_row_and_a_set_aside_twin_is_superse
         capsys.readouterr()
         assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 2
         said = capsys.readouterr().out
-        assert said.count("its twin superseded") == 2 and said.count("retried without it") == 2, said
+        assert said.count("its twin superseded") == 1 and said.count("retried without it") == 1, said
         waiting = await pool.fetch(
-            "SELECT topic, key, length(record_value) AS size, twin_topic FROM outbox ORDER BY seq"
+            "SELECT topic, key, length(record_value) AS size, twin_topic, twin_key FROM outbox ORDER BY seq"
         )
         assert [tuple(r) for r in waiting] == [
-            (stream, b"uai", len(b"later"), table),
-            (stream, b"uai", len(big), None),
-            (stream, b"uai", len(big), None),
-        ], "a3's later record first, then the two set-aside records, back without their twins"
+            (stream, b"uai", len(big), None, None),
+            (stream, b"uai", len(big), table, b"a3"),
+            (stream, b"uai", len(b"later"), table, b"a3"),
+        ], "in the order they were made, a2's without its twin"
 
 
 async def test_a_relay_and_a_writer_from_before_twins_fail_on_a_migrated_outbox(database_url):

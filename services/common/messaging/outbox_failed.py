@@ -6,16 +6,18 @@
 
 A record lands in `outbox_failed` when Kafka answers that it will never accept it (over the
 topic's size limit, an invalid topic). Once the cause is fixed (a topic's max.message.bytes
-raised, say), `retry` moves it back to the end of the outbox, where the running service's relay
-publishes it within OUTBOX_POLL_MS, with an `outbox-retry` header holding the seq it was set
-aside with; moved in one transaction, a record is retried once. `retry` and `drop` write as the
+raised, say), `retry` moves it back to the outbox under the seq it was set aside with (its
+place among its key's records, which no other record holds: a seq is handed out once), where
+the running service's relay publishes it within OUTBOX_POLL_MS, before any record that came
+after it, with an `outbox-retry` header holding that seq; moved in one transaction, a record is
+retried once. `retry` and `drop` write as the
 service does, under its writer lock: never in the middle of a rebuild's switch, whose copy of
 the set-aside records would miss what they changed. Consumers keep the highest
 version or the latest time, so a record published late cannot override newer state; but a
 topic that keeps only each key's last record (alertes.etat.v1, the profiles, the coverages)
 would keep it in place of the newer one: a set-aside record of such a topic after which the
-relay published a later record of its key, or with one waiting in the outbox when `retry`
-runs, is marked superseded, listed so, and never retried. A record's twin (an alert event's
+relay published a later record of its key is marked superseded, listed so, and never retried
+(one still waiting in the outbox goes out after the retried one, by its seq). A record's twin (an alert event's
 copy on alertes.etat.v1, outbox.Twin) is set aside with it and superseded on its own: `retry`
 then puts back the other one alone. Values
 are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
@@ -30,7 +32,7 @@ import asyncpg
 
 from contracts import is_valid_uai
 from services.common.messaging.dlq import RETRIED, key_text
-from services.common.messaging.outbox import COMPACTED, dump_headers, load_headers, relay_lock
+from services.common.messaging.outbox import dump_headers, load_headers, relay_lock
 from services.common.pipeline import writer_lock
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit, tool_schemas
@@ -70,7 +72,7 @@ def _superseded(row: asyncpg.Record) -> str:
     parts = [(p, row[f"{p}superseded_at"], row[f"{p}topic"]) for p in ("", "twin_") if row[f"{p}superseded_at"]]
     said = "; ".join(
         f"{'its twin ' if p else ''}superseded ({at:%Y-%m-%dT%H:%M:%S%z}): a later record of its key went out on "
-        f"{topic}, or waits in the outbox to, and that topic keeps only a key's last record"
+        f"{topic}, which keeps only a key's last record"
         for p, at, topic in parts
     )
     if row["twin_topic"] is not None and len(parts) == 1:
@@ -98,24 +100,10 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
         # After the relay's round in flight, before its next: a record of the key published by
-        # that round marks the set-aside one superseded (outbox.py); then a later record of its
-        # key still waiting in the outbox would go out before the retried one, which goes last.
+        # that round marks the set-aside one superseded (outbox.py); else, retried, it would go
+        # out in the next round, after that later record.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
         where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
-        for part in ("", "twin_"):  # the record, then its twin: each superseded on its own
-            waiting = await conn.fetch(
-                f'SELECT f.seq, f.{part}topic AS topic FROM "{schema}".outbox_failed f WHERE {where} '
-                f"AND f.{part}topic IS NOT NULL AND f.{part}superseded_at IS NULL "
-                f'AND (EXISTS (SELECT FROM "{schema}".outbox o '
-                f"WHERE o.topic = f.{part}topic AND o.key = f.{part}key AND o.seq > f.seq) "
-                f'OR EXISTS (SELECT FROM "{schema}".outbox o '
-                f"WHERE o.twin_topic = f.{part}topic AND o.twin_key = f.{part}key AND o.seq > f.seq))",
-                seqs,
-            )
-            await conn.execute(
-                f'UPDATE "{schema}".outbox_failed SET {part}superseded_at = now() WHERE seq = ANY($1::bigint[])',
-                [r["seq"] for r in waiting if r["topic"].endswith(COMPACTED)],
-            )
         for r in await conn.fetch(
             f'SELECT * FROM "{schema}".outbox_failed '
             f"WHERE {where} AND (superseded_at IS NOT NULL OR twin_superseded_at IS NOT NULL) ORDER BY seq",
@@ -128,24 +116,26 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             seqs,
         )
         await conn.executemany(
-            f'INSERT INTO "{schema}".outbox (topic, key, record_value, twin_topic, twin_key, twin_ends, headers) '
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [(*record, _marked(r)) for r in sorted(moved, key=lambda r: r["seq"]) for record in _retried(r)],
+            f'INSERT INTO "{schema}".outbox (seq, topic, key, record_value, twin_topic, twin_key, twin_ends, headers) '
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [(r["seq"], *_retried(r), _marked(r)) for r in moved],
         )
     print(f"{schema}: {len(moved)} record(s) back in the outbox")
     return len(moved)
 
 
-def _retried(row: asyncpg.Record) -> list[tuple[str, bytes | None, bytes | None, str | None, bytes | None, bool]]:
-    """A set-aside row's outbox rows, but for a superseded part (topic, key, value, twin_topic,
-    twin_key, twin_ends): the record and its twin, the record alone, or the twin alone (then
-    its tombstone, when it ends its key)."""
+def _retried(row: asyncpg.Record) -> tuple[str, bytes | None, bytes | None, str | None, bytes | None, bool]:
+    """A set-aside row's outbox row, but for a superseded part (topic, key, value, twin_topic,
+    twin_key, twin_ends): the record and its twin, the record alone, or the twin alone. One row,
+    under the set-aside one's seq: the twin alone that ends its key is its own twin (its value
+    twice, then its tombstone), not two rows, the second of which would go after the key's
+    later records."""
     keeps_twin = row["twin_topic"] is not None and row["twin_superseded_at"] is None
     if row["superseded_at"] is None:
         twin = (row["twin_topic"], row["twin_key"], row["twin_ends"]) if keeps_twin else (None, None, False)
-        return [(row["topic"], row["key"], row["record_value"], *twin)]
-    alone = [(row["twin_topic"], row["twin_key"], row["record_value"], None, None, False)]
-    return alone + ([(row["twin_topic"], row["twin_key"], None, None, None, False)] if row["twin_ends"] else [])
+        return (row["topic"], row["key"], row["record_value"], *twin)
+    ends = (row["twin_topic"], row["twin_key"], True) if row["twin_ends"] else (None, None, False)
+    return (row["twin_topic"], row["twin_key"], row["record_value"], *ends)
 
 
 async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
