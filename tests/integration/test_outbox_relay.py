@@ -425,6 +425,31 @@ async def test_the_operator_s_retry_waits_for_a_rebuild_s_switch_and_hides_a_par
         await pool.close()
 
 
+async def test_a_twin_retried_alone_that_ends_its_key_goes_out_whole_in_one_row(kafka, database_url, topic_prefix):
+    """A set-aside row whose record is superseded and whose twin ends its key: `retry` puts back
+    one row, under its seq, which publishes the twin's value then the tombstone (twice the value:
+    the twin of itself), before every record made after it."""
+    record_topic, table = topic_prefix + "etat." + PROFILS, topic_prefix + "t." + ALERTES_ETAT
+    async with relay_with_topics(kafka, database_url, record_topic, table) as (pool, relay):
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(table, b"later", b"made after")])  # seq 1, waiting
+        await pool.execute(
+            "INSERT INTO outbox_failed (seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
+            "error, created_at, superseded_at) VALUES (0, $1, 'k', 'resolved', '[]', $2, 'a1', true, 'e', now(), now())",
+            record_topic,
+            table,
+        )
+        assert await outbox_failed.run("retry", ["equipement"], database_url, None) == 1
+        assert await relay.drain_once() == 2
+        assert [(r.key, r.value) async for r in records_of(kafka.bootstrap_servers, table)] == [
+            (b"a1", b"resolved"),
+            (b"a1", b"resolved"),
+            (b"a1", None),
+            (b"later", b"made after"),
+        ]
+        assert [r async for r in records_of(kafka.bootstrap_servers, record_topic)] == [], "the record superseded"
+
+
 async def test_health_reports_the_records_set_aside(kafka, settings):
     runner = running(SPEC, settings)
     async with runner as pipeline:
