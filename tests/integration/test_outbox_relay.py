@@ -435,7 +435,8 @@ async def test_a_twin_retried_alone_that_ends_its_key_goes_out_whole_in_one_row(
             await enqueue(conn, [OutboxRecord(table, b"later", b"made after")])  # seq 1, waiting
         await pool.execute(
             "INSERT INTO outbox_failed (seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
-            "error, created_at, superseded_at) VALUES (0, $1, 'k', 'resolved', '[]', $2, 'a1', true, 'e', now(), now())",
+            "error, created_at, superseded_at) "
+            "VALUES (0, $1, 'k', 'resolved', '[]', $2, 'a1', true, 'e', now(), now())",
             record_topic,
             table,
         )
