@@ -30,7 +30,8 @@ IDENTIFIER_REASONS = frozenset(
     ("uai-invalide", "crcn-invalide", "niveau-invalide", "version-invalide", "teacher-id-invalide", "code-invalide")
 )
 # Fields whose refused values may identify a person: a message names the field, never the value.
-PERSONAL_FIELDS = frozenset({"teacher_id"})
+# The envelope's `subject` reprises the entity's key, a formation-suivie's teacher_id.
+PERSONAL_FIELDS = frozenset({"teacher_id", "subject"})
 
 # [0-9] rather than \d, which also matches other scripts' digits (and int() would take them).
 UAI_PATTERN = "^[0-9]{7}[A-Z]$"

@@ -204,6 +204,14 @@ def test_a_refused_teacher_id_is_named_never_repeated(type_, data, make_record, 
     assert "dupont" not in message and "1234567890123" not in message
 
 
+@pytest.mark.parametrize("subject", [["jean.dupont@ac-rennes.fr"], {"id": "jean.dupont@ac-rennes.fr"}])
+def test_a_refused_subject_is_named_never_repeated(subject, make_record, examples):
+    """A formation-suivie's subject is its teacher_id: refused for its type, not quoted either."""
+    event = json.loads(make_record(c.FORMATION_SUIVIE, examples[c.FORMATION_SUIVIE])) | {"subject": subject}
+    code, message = reason(json.dumps(event).encode())
+    assert code == "cloudevent-invalide" and message.startswith("subject") and "dupont" not in message, message
+
+
 def test_a_value_that_is_not_an_object_is_described_by_its_json_type_not_repeated():
     code, message = reason(json.dumps("jean.dupont@ac-rennes.fr").encode())
     assert code == "json-invalide" and "dupont" not in message and "chaîne" in message
