@@ -80,13 +80,20 @@ class ContractError(Exception):
 class EventParser:
     """Parses the records of a set of topics; `parse_event` is the one for the v1 contract."""
 
-    def __init__(self, payloads: Mapping[str, type[Payload]], topic_types: Mapping[str, frozenset[str]]):
+    def __init__(
+        self,
+        payloads: Mapping[str, type[Payload]],
+        topic_types: Mapping[str, frozenset[str]],
+        private: frozenset[str] = frozenset(),
+    ):
+        """`private`: the platform's own types among `payloads`, which the contract does not know:
+        on a topic that does not take one, it is `type-inconnu`, as it is to the other services."""
         events = tuple(event_model(t, model) for t, model in payloads.items())
         # A union built at run time from the payload table: a type checker cannot follow it.
         union = Annotated[Union[events], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
         self._events: TypeAdapter[CloudEvent] = TypeAdapter(union)
         self._envelope = TypeAdapter(CloudEvent)
-        self._topic_types = topic_types
+        self._topic_types, self._private = topic_types, private
 
     def __call__(self, raw: bytes, topic: str | None = None, *, not_after: datetime | None = None) -> CloudEvent:
         """`not_after`: the latest acceptable `time` (the receiver's clock plus its allowed skew)."""
@@ -152,11 +159,17 @@ class EventParser:
             envelope = self._envelope.validate_json(raw)
         except ValidationError as e:
             return ContractError("cloudevent-invalide", _describe(e.errors(include_url=False)[0], 0))
-        return ContractError("type-inconnu", f"type {short_repr(envelope.type)}: pas un type v1 connu")
+        return _unknown(envelope.type)
 
     def _off_topic(self, type: str, topic: str) -> ContractError:
+        if type in self._private:
+            return _unknown(type)
         allowed = ", ".join(sorted(self._topic_types.get(topic, ()))) or "aucun type"
         return ContractError("type-hors-topic", f"type {type} interdit sur {topic} (attendu: {allowed})")
+
+
+def _unknown(type: str) -> ContractError:
+    return ContractError("type-inconnu", f"type {short_repr(type)}: pas un type v1 connu")
 
 
 def _check_json(raw: bytes) -> None:

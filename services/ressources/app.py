@@ -31,7 +31,9 @@ SPEC = ServiceSpec(
     settings=RessourcesSettings,
     store=RessourcesStore,
     dead_letters_for=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
-    parse=EventParser(c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES),
+    parse=EventParser(
+        c.PAYLOADS | INTERNAL_PAYLOADS, c.TOPIC_TYPES | INTERNAL_TOPIC_TYPES, private=frozenset(INTERNAL_PAYLOADS)
+    ),
     description="Catalogue and GAR subscriptions; checks resources against equipment and training; alerts.",
     on_start=run_reevaluations,
     http_api=create_api,

@@ -17,6 +17,7 @@ from services.equipement import domain as equipement
 from services.equipement.handlers import LINKS, LOTS
 from services.formation import domain as formation
 from services.formation.handlers import ENSEIGNANTS, OUTILS
+from services.ressources.app import SPEC as ressources_spec
 
 UAI = "0350042F"
 TIME = datetime(2026, 9, 1, 8, 0, 0, 123456, tzinfo=UTC)
@@ -117,3 +118,18 @@ def test_a_negative_count_in_a_coverage_record_is_refused():
     with pytest.raises(c.ContractError) as refused:
         PARSE(built.to_bytes(), ENSEIGNANTS.topic)
     assert refused.value.code == "donnees-invalides"
+
+
+@pytest.mark.parametrize("topic", [c.CATALOGUE, c.REFERENTIEL])
+@pytest.mark.parametrize(("derived", "entity", "content"), CASES[:1] + CASES[3:4], ids=["lot", "enseignants"])
+def test_an_internal_type_on_a_partner_topic_is_unknown_to_ressources_as_to_every_service(
+    topic, derived: Derived, entity, content
+):
+    """The contract knows no internal type: ressources, which reads some, calls one on a
+    partner's topic `type-inconnu` as formation, equipement and the passerelle do (the same
+    reason codes on every path), not `type-hors-topic`, which named them."""
+    raw = derived.event(UAI, entity, 1, content, source="/ministere", time=TIME).to_bytes()
+    for parse in (ressources_spec.parse, c.parse_event):
+        with pytest.raises(c.ContractError) as refused:
+            parse(raw, topic)
+        assert refused.value.code == "type-inconnu", refused.value
