@@ -115,9 +115,32 @@ def test_a_version_part_longer_than_nine_digits_is_version_invalide(version, mak
     for data in (
         with_data(examples, c.LOT, os={"name": "Windows", "version": version}),
         with_data(examples, c.RESSOURCE_PUBLIEE, requirements=[[{"type": "os", "name": "x", "min_version": version}]]),
+        with_data(examples, c.LOT, browsers=[{"name": "Firefox", "version": version}]),
+        with_data(
+            examples, c.RESSOURCE_PUBLIEE, requirements=[[{"type": "browser", "name": "x", "max_version": version}]]
+        ),
     ):
         code, message = reason(make_record(c.LOT if "lot_id" in data else c.RESSOURCE_PUBLIEE, data))
         assert code == "version-invalide" and len(message) < 300
+
+
+def _utf8(record: bytes) -> bytes:
+    """The record with its characters in UTF-8, not \\u escapes."""
+    return json.dumps(json.loads(record), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("char", ["é", "🎒"])
+def test_lengths_are_counted_in_characters_not_bytes(char, make_record, examples):
+    """The bounds count characters: at its bound in two- or four-byte characters, a field is
+    accepted; one more, it is refused for its bound (an `id` too)."""
+    for type_, field, bound in ((c.ETABLISSEMENT, "nom", 256), (c.LOT, "kind", 64), (c.LOT, "lot_id", 256)):
+        at_bound = _utf8(make_record(type_, with_data(examples, type_, **{field: char * bound})))
+        assert (char * bound).encode() in at_bound, "sent in UTF-8: more bytes than the bound"
+        assert getattr(c.parse_event(at_bound).data, field) == char * bound
+        code, message = reason(_utf8(make_record(type_, with_data(examples, type_, **{field: char * (bound + 1)}))))
+        assert code == "trop-volumineux" and message.startswith(f"data.{field}")
+    assert c.parse_event(_utf8(make_record(c.LOT, id=char * 128))).id == char * 128
+    assert reason(_utf8(make_record(c.LOT, id=char * 129)))[0] == "cloudevent-invalide"
 
 
 def test_a_record_value_over_256_kib_is_trop_volumineux_before_anything_else(make_record, examples):
