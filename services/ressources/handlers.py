@@ -276,16 +276,24 @@ class Reevaluations:
         """When the thresholds differ from those the held alerts were evaluated with: every
         subscribed pair to re-evaluate, requested with the new thresholds in one transaction."""
         seuils = self._seuils
-        held = await self._pipeline.run(lambda store: store.seuils())
-        if held == (seuils.min_compatible_share, seuils.min_training_coverage):
+        own = (seuils.min_compatible_share, seuils.min_training_coverage)
+        if await self._pipeline.run(lambda store: store.seuils()) == own:  # no writing transaction at most starts
             return
+        held: tuple[float, float] | None = own
 
         async def work(store: Store) -> list[Outgoing]:
-            await request_every_pair(store, seuils)
+            nonlocal held
+            # Read again once alone on every resource: a replica with the same thresholds that
+            # started at the same time may have requested every pair since.
+            await store.lock_resources([EVERY_RESOURCE], [])
+            held = await store.seuils()
+            if held != own:
+                await request_every_pair(store, seuils)
             return []
 
         await self._pipeline.run_exclusive(work)
-        log.info("seuils.reevaluation", previous=held)
+        if held != own:
+            log.info("seuils.reevaluation", previous=held)
 
     async def _drain(self) -> None:
         if await self._pipeline.run(lambda store: store.reevaluations_pending()):  # no transaction when idle

@@ -710,6 +710,21 @@ async def test_a_replica_evaluates_with_the_thresholds_the_latest_one_to_start_s
         assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
 
 
+class OnePool:
+    """What Reevaluations needs of the service's pipeline, on `pool`, with `store`'s stores."""
+
+    def __init__(self, pool: asyncpg.Pool, store=RessourcesStore):
+        self._pool, self._store = pool, store
+
+    async def run(self, work):
+        async with self._pool.acquire() as conn:
+            return await work(self._store(conn))
+
+    async def run_exclusive(self, work):
+        async with self._pool.acquire() as conn, conn.transaction():
+            return len(await work(self._store(conn)))
+
+
 class PausedAfterThresholds(Paused):
     """A batch's store that stops once it has read the thresholds in force."""
 
@@ -726,16 +741,6 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
     former, new = Seuils(min_compatible_share=0.5), RessourcesSettings(min_compatible_share=0.9)
     read, go = asyncio.Event(), asyncio.Event()
     pool = await create_pool(database_url, "ressources")
-
-    class OnePool:  # what Reevaluations needs of the service's pipeline
-        async def run(self, work):
-            async with pool.acquire() as conn:
-                return await work(RessourcesStore(conn))
-
-        async def run_exclusive(self, work):
-            async with pool.acquire() as conn, conn.transaction():
-                return len(await work(RessourcesStore(conn)))
-
     try:
         await migrate(pool, "ressources", SPEC.package_dir)
         await seed(pool, codes)
@@ -761,7 +766,7 @@ async def test_new_thresholds_and_a_new_subscription_take_turns(database_url):
 
         subscribing = asyncio.create_task(subscription())
         await asyncio.wait_for(read.wait(), timeout=10)  # it has read 50%
-        changing = asyncio.create_task(Reevaluations(OnePool(), new).reconcile_seuils())  # type: ignore[arg-type]
+        changing = asyncio.create_task(Reevaluations(OnePool(pool), new).reconcile_seuils())  # type: ignore[arg-type]
         await in_turn(pool, subscribing, go, changing, former, "the change of thresholds waiting, or done")
         kinds = await pool.fetch("SELECT kind FROM alertes WHERE ouverte")
         assert [k["kind"] for k in kinds] == ["equipement-partiel"], "30/60 compatible < 90%"
@@ -780,15 +785,9 @@ async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_t
     monkeypatch.setattr(handlers, "log", logs)
     new = RessourcesSettings(min_compatible_share=0.9)
     async with seeded(database_url, uais(1)) as pool:
-
-        class OnePool:  # what Reevaluations needs of the service's pipeline
-            async def run(self, work):
-                async with pool.acquire() as conn:
-                    return await work(RessourcesStore(conn))
-
         async with pool.acquire() as conn:
             await RessourcesStore(conn).save_seuils(Seuils(min_compatible_share=0.5))  # a former replica's
-        watching = asyncio.create_task(Reevaluations(OnePool(), new)._watch_seuils())  # type: ignore[arg-type]
+        watching = asyncio.create_task(Reevaluations(OnePool(pool), new)._watch_seuils())  # type: ignore[arg-type]
         try:
             said = lambda: logs.named("seuils.differents")  # noqa: E731
             await eventually(lambda: asyncio.sleep(0, said()), what="the replica saying so")
@@ -810,6 +809,34 @@ class PausedAfterRequest(Paused):
 
     async def request_reevaluations(self, resource_ids, traceparents=None):
         return await self._after(super().request_reevaluations(resource_ids, traceparents))
+
+
+async def test_two_replicas_starting_together_with_the_same_new_thresholds_request_every_pair_once(
+    database_url, monkeypatch
+):
+    """Both read the former thresholds at their start; the second, once the first has requested
+    every pair, reads them again and leaves it there (it requested a second pass over the
+    country, for nothing)."""
+    from services.ressources import handlers
+
+    logs = Said()
+    monkeypatch.setattr(handlers, "log", logs)
+    new = RessourcesSettings(min_compatible_share=0.9)
+    read, go = asyncio.Event(), asyncio.Event()
+    async with seeded(database_url, uais(3)) as pool:
+        async with pool.acquire() as conn:
+            await RessourcesStore(conn).save_seuils(Seuils(min_compatible_share=0.5))
+        first = Reevaluations(OnePool(pool, lambda conn: PausedAfterRequest(conn, read, go)), new)  # type: ignore[arg-type]
+        starting = asyncio.create_task(first.reconcile_seuils())
+        try:
+            await asyncio.wait_for(read.wait(), timeout=10)  # every pair requested, not committed
+            second = asyncio.create_task(Reevaluations(OnePool(pool), new).reconcile_seuils())  # type: ignore[arg-type]
+            await eventually(lambda: lock_waiters(pool), timeout=10, what="the second waiting for the first")
+        finally:
+            go.set()  # a failure above must not leave the first transaction waiting
+        await asyncio.wait_for(asyncio.gather(starting, second), timeout=10)
+        assert len(logs.named("seuils.reevaluation")) == 1
+        assert await pool.fetchval("SELECT count(*) FROM reevaluations") == 1, "one part over every UAI, once"
 
 
 async def test_a_catch_up_and_a_change_of_thresholds_requesting_every_pair_take_turns(database_url):
