@@ -75,7 +75,7 @@ def limit(media: str, max_body_bytes: int) -> int:
 async def read(chunks: AsyncIterator[bytes], content_length: str | None, cap: int, seconds: float) -> bytes:
     """The body, refused (413) as soon as it is known to exceed `cap` bytes (body.read_capped),
     or (408) when it has not all come within `seconds`: a request holds its place among those
-    a replica handles at once (api.EnCours) while its body comes."""
+    a replica handles at once (debit.EnCours) while its body comes."""
     try:
         async with asyncio.timeout(seconds):
             return await read_capped(chunks, content_length, cap)
