@@ -78,6 +78,9 @@ _BROWSERS = {fold_name(name) for name in ("Firefox", "Chrome", "Safari", "Opera"
 _VERSION = re.compile(r"(?<![\d.])\d{1,9}(?:\.\d{1,9}){0,3}(?!\d)")
 _EPOCH = re.compile(r"^\d+:")  # Debian's "1:115.6.0esr-1"
 _PARENTHESES = re.compile(r"\([^)]*\)")
+# Ubuntu's deb package that only installs the snap ("1:1snap1-0ubuntu5"): its version is not the
+# browser's (the snap, which the agent lists on its own, has that).
+_TO_A_SNAP = re.compile(r"\dsnap\d")
 _VERSION_WORDS = re.compile(r"\b(?:v?\d[\w.]*|esr|x64|x86)\b", re.IGNORECASE)
 # OS families whose marketing name carries the version the requirements use ("Microsoft
 # Windows 11 Éducation", "Q Android 10.0"), rather than the agent's `version` field (a build or
@@ -213,8 +216,8 @@ def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:
     for software in softwares:
         if not isinstance(software, dict) or not isinstance(software.get("name"), str):
             continue
-        name = _browser(software["name"])
-        release = version(software.get("version"))
+        name, written = _browser(software["name"]), software.get("version")
+        release = None if isinstance(written, str) and _TO_A_SNAP.search(written) else version(written)
         if name is None or release is None:
             continue
         rank = tuple(int(part) for part in release.split("."))

@@ -136,6 +136,17 @@ def test_a_device_with_two_versions_of_a_browser_declares_both_and_meets_a_bound
     assert evaluation.compatible == 1 and "equipement-incompatible" not in evaluation.alerts
 
 
+def test_ubuntu_s_deb_package_that_installs_the_snap_gives_no_version():
+    """Since 22.04, Ubuntu's `firefox` deb only installs the snap: its version, `1:1snap1-…`,
+    read as Firefox 1, met no resource's bound. The snap, listed on its own, is the browser."""
+    softwares = [
+        {"name": "firefox", "version": "1:1snap1-0ubuntu5", "from": "deb"},
+        {"name": "firefox", "version": "133.0.3-1", "from": "snap"},
+    ]
+    assert inv._browsers(softwares) == (("Firefox", "133.0.3"),)
+    assert inv._browsers(softwares[:1]) == ()
+
+
 def test_beyond_the_contract_s_bound_the_highest_version_of_each_browser_is_kept_first():
     softwares = [{"name": "Mozilla Firefox", "version": f"{v}.0"} for v in range(100, 140)]
     softwares.append({"name": "Google Chrome", "version": "120.0"})
