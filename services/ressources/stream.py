@@ -374,14 +374,22 @@ class AlertHub:
             log.warning("sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms)
             return None
 
-    async def _allocated(self) -> int:
-        """The highest id the journal handed out, read at once (0 when it cannot be: a replay that
-        could not be read either)."""
+    async def _allocated(self) -> int | None:
+        """The highest id the journal handed out, read at once (None when it cannot be: a replay
+        that could not be read either)."""
         try:
             async with asyncio.timeout(ALLOCATED_WAIT_SECONDS), self._pool.acquire() as conn:
                 return await queries.journal_allocated(conn)
         except (TimeoutError, asyncpg.QueryCanceledError, *UNREACHABLE):
-            return 0
+            return None
+
+    async def _handed_out(self, last_event_id: int) -> bool | None:
+        """Whether the journal has handed out `last_event_id` (a row this hub has seen, or one
+        another replica's had, this hub behind it); None when PostgreSQL cannot tell."""
+        if last_event_id <= self._position:
+            return True
+        allocated = await self._allocated()
+        return None if allocated is None else last_event_id <= allocated
 
     def _resume_point(self, sub: Subscription, delivered: int) -> int:
         """Where the client resumes: once its queue is drained, it has seen (or filtered out)
@@ -396,6 +404,10 @@ class AlertHub:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_seconds
         position = sub.start
+        # A Last-Event-ID that PostgreSQL, away, could neither confirm nor refute: the live rows up
+        # to it are held until the hub's next reading (PostgreSQL back) tells; never a lower
+        # resume point told meanwhile (the client had it from a replica ahead of this hub).
+        unsure = 0
         # Every stream says where it is (an `id:` alone sets EventSource's last event id, firing
         # no event): one that had received no event yet, cut without its `fin` (a replica killed,
         # a proxy's reset), was reopened without Last-Event-ID, from the hub's position then, and
@@ -411,12 +423,14 @@ class AlertHub:
                     "ms (API_STATEMENT_TIMEOUT_MS) : relire l'état avec GET /alertes ; le flux reprend à partir de "
                     "maintenant",
                 )
-                # A row this hub has seen, or one another replica's had (this hub behind it): the
-                # live ones up to it were delivered already. Not past what the journal handed out:
-                # a stream skipping rows up to a bogus id would deliver nothing.
-                if last_event_id <= self._position or last_event_id <= await self._allocated():
+                # A row the journal handed out: the live ones up to it were delivered already. Not
+                # past what it handed out: a stream skipping rows up to a bogus id would deliver nothing.
+                handed_out = await self._handed_out(last_event_id)
+                if handed_out:
                     position = max(last_event_id, sub.start)
-                yield _resume_at(position)
+                elif handed_out is None:
+                    unsure = last_event_id
+                yield _resume_at(max(position, unsure))
             elif last_event_id > replay.last_allocated:
                 yield _incomplete(
                     "identifiant-inconnu",
@@ -450,7 +464,7 @@ class AlertHub:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                at = self._resume_point(sub, position)
+                at = max(self._resume_point(sub, position), unsure)
                 yield _fin(
                     "duree-maximale",
                     f"durée maximale d'un flux atteinte ({self.max_seconds:g} s) : se "
@@ -463,24 +477,29 @@ class AlertHub:
                     item = await sub.queue.get()
             except TimeoutError:
                 if loop.time() < deadline:  # its queue empty: past every row the hub fanned out
-                    yield ": keep-alive\n" + _resume_at(self._resume_point(sub, position))
+                    yield ": keep-alive\n" + _resume_at(max(self._resume_point(sub, position), unsure))
                 continue
             if item is _DROPPED:
+                at = max(position, unsure)
                 yield _fin(
                     "client-trop-lent",
                     f"client trop lent : plus de {self.queue_size} événements en "
-                    f"attente ; se reconnecter avec Last-Event-ID: {position} pour reprendre sans perte",
-                    position,
+                    f"attente ; se reconnecter avec Last-Event-ID: {at} pour reprendre sans perte",
+                    at,
                 )
                 return
             if item is _STOPPED:
-                at = self._resume_point(sub, position)
+                at = max(self._resume_point(sub, position), unsure)
                 yield _fin(
                     "arret-du-service",
                     f"le service s'arrête : se reconnecter avec Last-Event-ID: {at} pour reprendre sans perte",
                     at,
                 )
                 return
+            if unsure and item.seq <= unsure:  # the hub has read the journal again: PostgreSQL answers
+                if await self._handed_out(unsure):  # else a bogus id: its rows are delivered
+                    position = max(position, unsure)
+                unsure = 0
             if item.seq > position:  # else replayed already (Last-Event-ID ahead of this replica)
                 yield item.frame
                 position = item.seq

@@ -574,6 +574,42 @@ async def test_a_failed_replay_on_a_hub_behind_the_one_the_client_left_repeats_n
         await frames.aclose()
 
 
+class _Away:
+    """A pool while PostgreSQL cannot be reached."""
+
+    def acquire(self):
+        raise ConnectionRefusedError("PostgreSQL away")
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["handed-out", "bogus"])
+async def test_with_postgresql_away_a_hub_behind_holds_the_live_rows_up_to_the_client_s_id_until_it_can_tell(
+    settings, monkeypatch, known
+):
+    """The replay and the journal's extent unreadable (PostgreSQL away): the stream resumes at the
+    client's own id, not this hub's lower position (EventSource would send that one back, and get
+    again what it had), and once PostgreSQL answers, the live rows up to that id are dropped when
+    the journal handed it out (a replica ahead of this hub delivered them), delivered when not
+    (a bogus id skips nothing)."""
+    async with serve_api(settings.model_copy(update=FAST)) as (_, app):
+        seqs = await journal(app, *[alert(n) for n in range(4)])
+        pool = app.state.pipeline.pool
+        behind = stream.AlertHub(settings.database_url, "ressources", pool, replay_timeout_ms=300)  # not started: at 0
+        sub = behind.subscribe(queries.AlertFilter())
+        monkeypatch.setattr(behind, "_pool", _Away())
+        last = seqs[1] if known else seqs[-1] + 1_000_000
+        frames = behind.events(sub, last)
+        assert (await anext(frames)).startswith(":")
+        assert "reprise-interrompue" in await anext(frames)
+        assert await anext(frames) == f"id: {last}\n\n", "the client's own resume point, not lowered"
+        monkeypatch.setattr(behind, "_pool", pool)  # PostgreSQL back: the hub reads its rows next
+        for row in await pool.fetch("SELECT seq, event FROM alert_journal ORDER BY seq"):
+            sub.queue.put_nowait(stream._Item(row["seq"], stream._alert_frame(row["seq"], row["event"])[1]))
+        expected = seqs[2:] if known else seqs
+        delivered = [int((await anext(frames)).split("\n", 1)[0].removeprefix("id: ")) for _ in expected]
+        assert delivered == expected
+        await frames.aclose()
+
+
 async def _equal(a, b) -> bool:
     return a == b
 
