@@ -302,19 +302,27 @@ async def journal_floor(conn: Conn, schema: str) -> int:
 async def pending_dead_letters(
     conn: Conn, schema: str, spec: ServiceSpec, settings: ServiceSettings
 ) -> set[dlq.Origin]:
-    """The refused records whose DLQ copy `schema`'s outbox still holds, unpublished (the service
-    stopped before its relay sent it, its offset committed already): what a restore replacing
-    that schema must send again (`accorder`'s `pending`)."""
+    """The refused records whose DLQ copy `schema` holds, unpublished (the service stopped before
+    its relay sent it, its offset committed already; or Kafka refused it for good, set aside in
+    outbox_failed): what a restore replacing that schema, or a rebuild of a schema a restore
+    marked, must send again (`accorder`'s `pending`)."""
     topics = [c.dlq(settings.topic(t)) for t in spec.dead_letters_for]
     if not topics or not await relation(conn, schema, "outbox"):
         return set()
-    rows = await conn.fetch(f'SELECT headers FROM "{schema}".outbox WHERE topic = ANY($1::text[])', topics)
-    pending = {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
-    if await relation(conn, schema, COPIES_PENDING):
-        # A restore whose catch-up failed: those its first run found, kept with its mark.
+    if await restored_mark(conn, schema):
+        # A restore whose catch-up failed: its outbox is the backup's (copies sent since, maybe
+        # expired from their DLQ) or the replay's, not a service's; those the first run found
+        # in the schema it replaced are kept with its mark.
+        if not await relation(conn, schema, COPIES_PENDING):
+            return set()
         rows = await conn.fetch(f'SELECT topic, partition, "offset" FROM "{schema}".{COPIES_PENDING}')
-        pending |= {(r["topic"], r["partition"], r["offset"]) for r in rows}
-    return pending
+        return {(r["topic"], r["partition"], r["offset"]) for r in rows}
+    rows = await conn.fetch(
+        f'SELECT headers FROM "{schema}".outbox WHERE topic = ANY($1::text[]) '
+        f'UNION ALL SELECT headers FROM "{schema}".outbox_failed WHERE topic = ANY($1::text[])',
+        topics,
+    )
+    return {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
 
 
 COPIES_PENDING = "rattrapage_copies_dlq"

@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
+from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, count_pending, relay_lock, relay_producer
 from services.common.pipeline import writer_lock
@@ -169,11 +170,13 @@ async def _build_and_switch(
         await rattrapage.rattraper(cible)
         say(f"switching: {live}'s writers held while the last records are replayed")
         await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
+        pending: set[dlq.Origin] = set()
         if await restored_mark(session, live):
             # A backup's outbox, of records published since (or superseded: a stale profile
             # would stand for its key on a compacted topic): not sent. The alignment below
-            # queues whatever Kafka lacks.
+            # queues whatever Kafka lacks, and the DLQ copies the restore found unsent.
             say(f"{live} was restored and not caught up with the log: its outbox, the backup's, is not published")
+            pending = await rattrapage.pending_dead_letters(session, live, spec, settings)
         else:
             await _drain(settings, live, producer)
         # The service's relay stays out until its sessions are ended: one that read the
@@ -197,7 +200,7 @@ async def _build_and_switch(
             f'SELECT nextval($1::regclass), {columns} FROM "{live}".outbox_failed ORDER BY seq',
             sequence,
         )
-        queued = await rattrapage.accorder(cible, await rattrapage.journal_floor(session, live))
+        queued = await rattrapage.accorder(cible, await rattrapage.journal_floor(session, live), pending=pending)
         await carry_dead_letters(session, live, fresh)
     finally:
         await cible.close()

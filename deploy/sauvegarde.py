@@ -327,9 +327,24 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
+    await asyncio.sleep(0)  # a Ctrl-C while the SQL was fitted stops it here: nothing replaced
     with _connection(database_url) as (url, env):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
     script.unlink()  # the backup's data in clear: not left beside it longer than needed
+    try:
+        await _catch_up(settings, path, services, pending)
+    except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
+        raise SauvegardeError(
+            f"interrupted once the schemas were replaced, before they were all caught up with the log: "
+            f"rerun ./dev restore {path}; do not start the services"
+        ) from None
+    return schemas
+
+
+async def _catch_up(
+    settings: ServiceSettings, path: Path, services: Sequence[ServiceSpec], pending: dict[str, set[dlq.Origin]]
+) -> None:
+    """Each restored service schema caught up with the log, then its mark dropped."""
     producer = relay_producer(KafkaAccess.of(settings), "feo-sauvegarde")
     try:
         for spec in services:
@@ -353,7 +368,6 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
             print(f"{spec.name}: {replayed} records replayed since the backup, {queued} publications queued")
     finally:
         await producer.stop()
-    return schemas
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # once a restore has replaced anything, it says so (SauvegardeError)
+        kept = "the former backup of that name, if any, is as it was" if args.action == "backup" else "nothing replaced"
+        print(f"error: interrupted (Ctrl-C): {kept}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,6 +2,7 @@
 backup restored: the services catch up from Kafka to the state they had, row for row, publish
 nothing again, and go on with the right versions and alert ids."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -167,64 +168,133 @@ async def test_a_backup_holding_a_marked_schema_is_restored_with_one_mark(settin
         await conn.close()
 
 
-async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_after_the_restore(
-    kafka, settings, tmp_path, monkeypatch
-):
-    """The service refused a record, committed its offset, and stopped before its relay sent the
-    DLQ copy (killed, or the DLQ's leader away until its stop). An older backup restored: the
-    catch-up refuses the record again, but its committed offset said the copy went out, and the
-    copy was dropped: logged as a dead letter, on no DLQ, never to be replayed. The copies still
-    in the replaced schema's outbox are sent again, once, even by a restore run again after its
-    catch-up failed (they are kept with the schema's mark)."""
+async def refused_unsent(kafka, settings, monkeypatch) -> str:
+    """equipement refuses a record and commits its offset, its relay stopped before it sent the
+    DLQ copy (killed, or the DLQ's leader away until its stop); the copy is in its outbox. The DLQ's name."""
     from deploy.rattrapage import committed_offsets
     from helpers import college, eventually, running, uai
     from services.common.messaging.outbox import OutboxRelay
     from services.equipement.app import SPEC as EQUIPEMENT
 
-    bootstrap, where, dump = kafka.bootstrap_servers, uai("0350777"), tmp_path / "avant.dump"
-    async with running(EQUIPEMENT, settings):
-        pass  # its schema, as the night's backup finds it
-    tool.backup(settings.database_url, dump)
-
     async def nothing(self) -> int:
         return 0
 
-    monkeypatch.setattr(OutboxRelay, "drain_once", nothing)
-    monkeypatch.setattr(OutboxRelay, "flush", nothing)
-    refused = settings.topic(c.EQUIPEMENT)
-    async with running(EQUIPEMENT, settings) as pipeline:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
-        await send(bootstrap, refused, [(where, b"{pas du json")])
-        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM dead_letters"), what="refused")
+    bootstrap, where, refused = kafka.bootstrap_servers, uai("0350777"), settings.topic(c.EQUIPEMENT)
+    with monkeypatch.context() as m:
+        m.setattr(OutboxRelay, "drain_once", nothing)
+        m.setattr(OutboxRelay, "flush", nothing)
+        async with running(EQUIPEMENT, settings) as pipeline:
+            await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+            await send(bootstrap, refused, [(where, b"{pas du json")])
+            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM dead_letters"), what="refused")
 
-        async def committed() -> bool:
-            return any(
-                topic == refused for topic, _ in await committed_offsets(bootstrap, settings.topic("equipement"))
-            )
+            async def committed() -> bool:
+                return any(
+                    topic == refused for topic, _ in await committed_offsets(bootstrap, settings.topic("equipement"))
+                )
 
-        await eventually(committed, what="its offset committed")
-    monkeypatch.undo()
+            await eventually(committed, what="its offset committed")
     dead_letter_queue = c.dlq(refused)
     assert await read_topic(bootstrap, dead_letter_queue) == [], "the copy was not sent"
+    return dead_letter_queue
 
-    from deploy import rattrapage
 
-    async def failed(cible) -> int:
-        raise KafkaConnectionError("the broker went away")
+async def _failed(cible) -> int:
+    raise KafkaConnectionError("the broker went away")
 
+
+async def copies_queued(settings, dead_letter_queue: str) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM equipement.outbox WHERE topic = $1", dead_letter_queue)
+    finally:
+        await conn.close()
+
+
+async def test_a_dead_letter_copy_the_replaced_schema_had_not_sent_goes_out_after_the_restore(
+    kafka, settings, tmp_path, monkeypatch
+):
+    """An older backup restored after such a refusal: the catch-up refuses the record again, but
+    its committed offset said the copy went out, and the copy was dropped: logged as a dead
+    letter, on no DLQ, never to be replayed. The copies still in the replaced schema's outbox are
+    sent again, once, even by a restore run again after its catch-up failed (they are kept with
+    the schema's mark)."""
+    from helpers import eventually, running
+    from services.equipement.app import SPEC as EQUIPEMENT
+
+    dump = tmp_path / "avant.dump"
+    async with running(EQUIPEMENT, settings):
+        pass  # its schema, as the night's backup finds it
+    tool.backup(settings.database_url, dump)
+    dead_letter_queue = await refused_unsent(kafka, settings, monkeypatch)
     with monkeypatch.context() as m:  # a first run whose catch-up fails: the copies kept with the mark
-        m.setattr(rattrapage, "rattraper", failed)
+        m.setattr(tool.rattrapage, "rattraper", _failed)
         with pytest.raises(tool.SauvegardeError, match=r"rerun \./dev restore"):
             await tool.restore(settings, dump)
     assert await tool.restore(settings, dump) == ["equipement"]
     async with running(EQUIPEMENT, settings):
 
         async def sent() -> list:
-            return await read_topic(bootstrap, dead_letter_queue)
+            return await read_topic(kafka.bootstrap_servers, dead_letter_queue)
 
         [copy] = await eventually(sent, what="the copy on its DLQ")
-    assert copy.value == b"{pas du json" and dlq.origin(copy.headers)[0] == refused
-    assert len(await read_topic(bootstrap, dead_letter_queue)) == 1, "once"
+    assert copy.value == b"{pas du json" and dlq.origin(copy.headers)[0] == settings.topic(c.EQUIPEMENT)
+    assert len(await read_topic(kafka.bootstrap_servers, dead_letter_queue)) == 1, "once"
+
+
+async def test_a_dead_letter_copy_kafka_refused_for_good_is_queued_again_by_the_restore(
+    kafka, settings, tmp_path, monkeypatch
+):
+    """The copy set aside (Kafka refused it for good: outbox_failed) when an older backup is
+    restored: the backup's outbox_failed replaces the schema's, and the replay's copy was dropped
+    as sent, so that the copy was on no DLQ and in no outbox. It is queued again."""
+    from helpers import running
+    from services.equipement.app import SPEC as EQUIPEMENT
+
+    dump = tmp_path / "avant.dump"
+    async with running(EQUIPEMENT, settings):
+        pass
+    tool.backup(settings.database_url, dump)
+    dead_letter_queue = await refused_unsent(kafka, settings, monkeypatch)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "WITH moved AS (DELETE FROM equipement.outbox WHERE topic = $1 RETURNING *) "
+            "INSERT INTO equipement.outbox_failed (seq, topic, key, record_value, headers, error, created_at) "
+            "SELECT seq, topic, key, record_value, headers, 'MessageSizeTooLargeError', created_at FROM moved",
+            dead_letter_queue,
+        )
+    finally:
+        await conn.close()
+    assert await tool.restore(settings, dump) == ["equipement"]
+    assert await copies_queued(settings, dead_letter_queue) == 1
+
+
+async def test_a_restore_run_again_sends_no_copy_its_backup_held_that_went_out_since(
+    kafka, settings, tmp_path, monkeypatch
+):
+    """A backup taken while a copy waited in the outbox; the copy sent since (and gone from its
+    DLQ, past its retention); a restore of that backup whose catch-up failed, run again: the
+    restored outbox is the backup's, not a service's, and its copy is not queued again."""
+    from helpers import running
+    from services.equipement.app import SPEC as EQUIPEMENT
+
+    async with running(EQUIPEMENT, settings):
+        pass
+    dead_letter_queue = await refused_unsent(kafka, settings, monkeypatch)
+    dump = tmp_path / "pendant.dump"
+    tool.backup(settings.database_url, dump)
+    conn = await asyncpg.connect(settings.database_url)
+    try:  # sent, then expired from its DLQ: in no outbox and on no DLQ
+        await conn.execute("DELETE FROM equipement.outbox WHERE topic = $1", dead_letter_queue)
+    finally:
+        await conn.close()
+    with monkeypatch.context() as m:
+        m.setattr(tool.rattrapage, "rattraper", _failed)
+        with pytest.raises(tool.SauvegardeError, match=r"rerun \./dev restore"):
+            await tool.restore(settings, dump)
+    assert await tool.restore(settings, dump) == ["equipement"]
+    assert await copies_queued(settings, dead_letter_queue) == 0
 
 
 async def test_one_restore_at_a_time_and_none_while_a_service_came_meanwhile(
@@ -364,6 +434,23 @@ def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path
     assert "s3cr3t" not in out.out + out.err and "s5l" not in out.out + out.err
 
 
+@pytest.mark.parametrize(("action", "kept"), [("backup", "the former backup"), ("restore", "nothing replaced")])
+def test_ctrl_c_before_a_restore_replaced_anything_says_so_without_a_traceback(
+    action, kept, tmp_path, monkeypatch, capsys
+) -> None:
+    async def restore(*args: Any) -> list[str]:
+        raise KeyboardInterrupt  # asyncio.run's, the main task cancelled before anything was replaced
+
+    def backup(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool, "restore", restore)
+    monkeypatch.setattr(tool, "backup", backup)
+    assert tool.main([action, str(tmp_path / "x.dump")]) == 130
+    said = capsys.readouterr().err
+    assert said.startswith("error: interrupted (Ctrl-C): ") and kept in said and "Traceback" not in said, said
+
+
 async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
     kafka, database_url, topic_prefix, tmp_path, monkeypatch
 ):
@@ -417,6 +504,17 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
     said = str(failed.value)
     assert said.startswith("equipement was restored but not caught up with the log (KafkaConnectionError: lost"), said
     assert said.endswith(f"rerun ./dev restore {dump}; do not start the services"), said
+
+    async def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise asyncio.CancelledError  # what Ctrl-C makes of the task under asyncio.run
+
+    monkeypatch.setattr(tool.rattrapage, "rattraper", interrupted)
+    with pytest.raises(tool.SauvegardeError) as failed:
+        await tool.restore(settings, dump)
+    assert str(failed.value) == (
+        "interrupted once the schemas were replaced, before they were all caught up with the log: "
+        f"rerun ./dev restore {dump}; do not start the services"
+    )
     monkeypatch.undo()
     with pytest.raises(
         StartupFailed, match=r"schema 'equipement' was restored but not caught up .* ./dev restore FILE"

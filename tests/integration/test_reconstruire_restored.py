@@ -39,6 +39,45 @@ async def test_a_restored_schema_is_rebuilt_without_publishing_the_backups_outbo
     assert [r.key for r in published] == [profile.key], "the backup's outbox was not sent again"
 
 
+async def test_a_restored_schema_rebuilt_keeps_the_dead_letter_copies_its_restore_found_unsent(
+    kafka, settings, monkeypatch
+):
+    """A restore whose catch-up failed keeps, with its mark, the DLQ copies the schema it replaced
+    had not sent; rebuilt instead of restored again, the schema queues them too (the replay
+    refuses their records again, and their committed offsets alone said they went out)."""
+    from deploy.rattrapage import committed_offsets, copies_pending_sql, pending_dead_letters
+    from services.common.messaging.outbox import OutboxRelay
+
+    async def nothing(self) -> int:
+        return 0
+
+    bootstrap, where, refused = kafka.bootstrap_servers, uai("0350902"), settings.topic(c.EQUIPEMENT)
+    with monkeypatch.context() as m:  # its relay stopped before it sent the copy
+        m.setattr(OutboxRelay, "drain_once", nothing)
+        m.setattr(OutboxRelay, "flush", nothing)
+        async with running(EQUIPEMENT, settings):
+            await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+            await send(bootstrap, refused, [(where, b"{pas du json")])
+
+            async def committed() -> bool:
+                return any(t == refused for t, _ in await committed_offsets(bootstrap, settings.topic("equipement")))
+
+            await eventually(committed, what="the refused record's offset committed")
+    conn = await asyncpg.connect(settings.database_url)
+    try:  # as a failed restore leaves it: marked, the copy kept with the mark, not in the outbox
+        [origin] = await pending_dead_letters(conn, "equipement", EQUIPEMENT, settings)
+        await conn.execute("DELETE FROM equipement.outbox")
+        await conn.execute(
+            f"CREATE TABLE equipement.{CATCH_UP_PENDING} AS SELECT now() AS depuis, 0::bigint AS journal_floor; "
+            + copies_pending_sql("equipement", {origin})
+        )
+        await reconstruire.rebuild(EQUIPEMENT, settings)
+        copies = await conn.fetch("SELECT headers FROM equipement.outbox WHERE topic = $1", c.dlq(refused))
+        assert len(copies) == 1, "queued, for the service's relay to send"
+    finally:
+        await conn.close()
+
+
 async def test_no_rebuild_while_a_restore_replaces_the_schemas(settings):
     """A restore replaces schemas in one transaction, then catches them up: a rebuild meanwhile
     would switch a schema under it. The rebuild is refused, nothing made; one started once the
