@@ -75,3 +75,45 @@ def test_a_bad_database_url_is_one_line_without_its_password(command):
         f"./dev {command[0]}: DATABASE_URL: " + result.stderr.split("DATABASE_URL: ")[1].strip()
     ]
     assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """A checkout of `dev` alone, with a project of no dependencies: what ensure_venv installs."""
+    (tmp_path / "dev").write_bytes(DEV.read_bytes())
+    (tmp_path / "dev").chmod(0o755)
+    (tmp_path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "essai"\nversion = "0"\nrequires-python = ">=3.11,<3.12"\n'
+        "[project.optional-dependencies]\ntest = []\n[tool.setuptools]\npackages = []\n"
+    )
+    return tmp_path / "dev"
+
+
+def test_a_half_made_venv_is_made_again(tmp_path):
+    """`python3.11 -m venv` fails after making .venv/bin/python when Debian's python3.11-venv is
+    missing (or Ctrl-C stops ensurepip): every later ./dev then failed on the missing pip."""
+    dev = _checkout(tmp_path)
+    subprocess.run(["python3.11", "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
+    result = subprocess.run(
+        [str(dev), "shell", "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "==> .venv is incomplete or of another Python: making it again" in result.stderr
+    assert result.stdout.strip() == str(tmp_path / ".venv") and (tmp_path / ".venv/bin/pip").exists()
+
+
+def test_another_python_than_3_11_is_refused_naming_what_to_do(tmp_path):
+    dev = _checkout(tmp_path)
+    other = tmp_path / "python3.13"
+    other.write_text('#!/bin/sh\n[ "$1" = -V ] && echo "Python 3.13.5" && exit 0\nexit 1\n')
+    other.chmod(0o755)
+    result = subprocess.run(
+        [str(dev), "shell", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHON": str(other)},
+    )
+    assert result.returncode == 2
+    assert "needs Python 3.11" in result.stderr and "Python 3.13.5" in result.stderr and "PYTHON=" in result.stderr
+    assert not (tmp_path / ".venv").exists()
