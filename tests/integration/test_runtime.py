@@ -339,3 +339,36 @@ def test_a_busy_port_is_refused_never_replaced(tmp_path: Path, kafka: LocalKafka
 
     said = _up_refused(tmp_path, env={}, ports=(kafka.port, free))
     assert f"port {kafka.port} (Kafka) is in use: a Kafka broker answers on 127.0.0.1:{kafka.port}" in said
+
+
+@pytest.mark.kafka
+def test_a_first_start_stopped_once_kafka_is_formatted_leaves_a_pair_the_next_start_takes(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start's broker never ready (here its port taken; Ctrl-C during the JVM's first
+    start does the same): its storage was formatted, the database not yet paired with it, and
+    every later start was refused ('holds the records of an earlier run, but the database is
+    empty'). Paired once formatted, the next start goes on."""
+    from deploy.local.platform import Platform, Ports
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    kafka_port, http = free_ports(2)
+    ports = Ports(kafka=kafka_port, http=http)
+    first = Platform(DataDir(tmp_path), ports, services=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", kafka_port))
+        monkeypatch.setattr("deploy.local.platform._refuse_busy", lambda claimed: None)  # found at the JVM's bind
+        try:
+            with pytest.raises(KafkaRuntimeError, match="Address already in use"):
+                first.start()
+        finally:
+            first.stop()
+    monkeypatch.undo()
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert first.kafka.cluster_id is not None, "formatted"
+    second = Platform(DataDir(tmp_path), ports, services=False)
+    try:
+        second.start()
+        assert second.kafka.cluster_id == first.kafka.cluster_id
+    finally:
+        second.stop()

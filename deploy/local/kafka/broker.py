@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +147,10 @@ class LocalKafka:
     def _meta_properties(self) -> Path:
         return self.data_dir / "kafka-logs" / "meta.properties"
 
-    def start(self, timeout: float = 60, wait: bool = True) -> None:
+    def start(self, timeout: float = 60, wait: bool = True, on_formatted: Callable[[str], None] | None = None) -> None:
         """Start the broker and return once a client can fetch its metadata (`wait=False`: at
-        once; `wait_ready` waits, so that the nodes of a cluster start together)."""
+        once; `wait_ready` waits, so that the nodes of a cluster start together). `on_formatted`
+        is told the cluster id once a new storage is formatted, before the broker starts."""
         if self.pid is not None:
             raise KafkaRuntimeError("this LocalKafka is already started")
         java = require_tool(
@@ -187,6 +189,9 @@ class LocalKafka:
                 KafkaRuntimeError,
                 cwd=self.data_dir,
             )
+            if on_formatted is not None:
+                assert self.cluster_id is not None, "just formatted"
+                on_formatted(self.cluster_id)
         self._server.start(
             [java, *BROKER_HEAP, *options, "kafka.Kafka", str(properties)],
             cwd=self.data_dir,

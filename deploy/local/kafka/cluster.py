@@ -8,6 +8,7 @@ an acknowledged record is on two nodes at least: one node may crash and nothing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -60,8 +61,9 @@ class LocalKafkaCluster:
         assert tls is not None, "set by start()"
         return self.credentials.access(principal, KafkaAccess(self.bootstrap_servers, "SASL_SSL", ca_file=str(tls.ca)))
 
-    def start(self, timeout: float = 120) -> None:
-        """Every node at once (a node is ready once the quorum has a leader: a majority is up)."""
+    def start(self, timeout: float = 120, on_formatted: Callable[[str], None] | None = None) -> None:
+        """Every node at once (a node is ready once the quorum has a leader: a majority is up);
+        `on_formatted` as LocalKafka's, told by the first node."""
         # The id the nodes were formatted with, or a new one for a new cluster (--fresh wipes it).
         self.quorum = replace(self.quorum, cluster_id=self.nodes[0].cluster_id or _kafka_uuid())
         for node in self.nodes:
@@ -72,7 +74,7 @@ class LocalKafkaCluster:
             Credentials.create(self.data_dir, principals())
         # Started from this thread: a child started by another dies with it (PR_SET_PDEATHSIG).
         for node in self.nodes:
-            node.start(timeout, wait=False)
+            node.start(timeout, wait=False, on_formatted=on_formatted if node is self.nodes[0] else None)
         for node in self.nodes:
             node.wait_ready()
         first = self.nodes[0]  # the users are the cluster's: added once, through one node
