@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from deploy.local.kafka import KafkaRuntimeError
 from deploy.local.platform import Platform, Ports
 from deploy.local.postgres import PostgresRuntimeError
 from deploy.topology import Retention
+from services.common.runtime.secrets import redact
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KafkaRuntimeError, PostgresRuntimeError, RuntimeError, TimeoutError) as error:
         say(f"error: {error}")
+        return 1
+    except (OSError, subprocess.CalledProcessError) as error:  # a directory not writable, the disk full
+        say(f"error: {redact(str(error)) or type(error).__name__}")
         return 1
     finally:
         signals.stopping = True

@@ -28,7 +28,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy.local import console, pairing
 from deploy.local.datadir import DataDir, Refused
-from deploy.local.kafka import KafkaRuntimeError, LocalKafka
+from deploy.local.kafka import KAFKA_VERSION, KafkaRuntimeError, LocalKafka
 from deploy.local.kafka import jars as kafka_module
 from deploy.local.ports import free_ports
 from deploy.local.postgres import LocalPostgres, ensure_database
@@ -372,3 +372,15 @@ def test_a_first_start_stopped_once_kafka_is_formatted_leaves_a_pair_the_next_st
         assert second.kafka.cluster_id == first.kafka.cluster_id
     finally:
         second.stop()
+
+
+def test_a_cache_directory_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An unwritable FEO_CACHE_DIR (or the disk full) raised an OSError that `up` printed as a
+    traceback; it is one error line, and what was started is stopped."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"
+    code, said = _up(tmp_path / "data", env={"FEO_CACHE_DIR": str(cache)})
+    assert code == 1, said
+    assert "Traceback" not in said
+    assert f"==> error: [Errno 20] Not a directory: '{cache / f'kafka-{KAFKA_VERSION}'}'" in said.splitlines(), said
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
