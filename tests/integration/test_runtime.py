@@ -367,11 +367,14 @@ def test_a_first_start_stopped_once_kafka_is_formatted_leaves_a_pair_the_next_st
     monkeypatch.setenv("DATABASE_URL", database_url)
     assert first.kafka.cluster_id is not None, "formatted"
     second = Platform(DataDir(tmp_path), ports, services=False)
+    environ = dict(os.environ)  # start() puts its Kafka's access there, for the services it starts
     try:
         second.start()
         assert second.kafka.cluster_id == first.kafka.cluster_id
     finally:
         second.stop()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def test_a_cache_directory_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:
@@ -384,3 +387,33 @@ def test_a_cache_directory_that_cannot_be_made_is_one_line_not_a_traceback(tmp_p
     assert "Traceback" not in said
     assert f"==> error: [Errno 20] Not a directory: '{cache / f'kafka-{KAFKA_VERSION}'}'" in said.splitlines(), said
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.parametrize(
+    ("said", "refused"),
+    [
+        ('openjdk version "11.0.22" 2024-01-16', True),
+        ('java version "1.8.0_401"', True),
+        ('openjdk version "17.0.15" 2025-04-15', False),
+        ('openjdk version "21" 2023-09-19', False),
+    ],
+)
+def test_an_older_java_is_named_before_kafka_s_storage_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, refused: bool
+) -> None:
+    """Java 11 failed the storage's formatting with a raw UnsupportedClassVersionError under
+    'formatting the Kafka storage failed', which invited --fresh."""
+    from deploy.local.kafka.broker import require_java
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").write_text(f"#!/bin/sh\necho '{said}' >&2\n")
+    (bin_dir / "java").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    if not refused:
+        assert require_java() == str(bin_dir / "java")
+        return
+    with pytest.raises(KafkaRuntimeError) as error:
+        LocalKafka(tmp_path / "kafka").start()
+    assert str(error.value).startswith(f"{bin_dir / 'java'} is not Java 17 or later ({said}); Kafka ")
+    assert not (tmp_path / "kafka").exists()
