@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,11 +155,7 @@ class LocalKafka:
         is told the cluster id once a new storage is formatted, before the broker starts."""
         if self.pid is not None:
             raise KafkaRuntimeError("this LocalKafka is already started")
-        java = require_tool(
-            "java",
-            f"Kafka {KAFKA_VERSION} needs a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)",
-            KafkaRuntimeError,
-        )
+        java = require_java()
         classpath = str(ensure_kafka_jars() / "*")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.tls = ensure_tls()
@@ -319,6 +317,26 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.chmod(path, 0o600)  # a file written before this change was world-readable
+
+
+JAVA_NEEDED = 17
+_JAVA_VERSION = re.compile(r'version "(?:1\.)?(\d+)')
+
+
+def require_java() -> str:
+    """The path of a Java runtime Kafka runs on (17 or later), or KafkaRuntimeError saying which
+    it found: an older one failed the storage's formatting with a raw UnsupportedClassVersionError,
+    which blamed the storage."""
+    install = (
+        f"Kafka {KAFKA_VERSION} needs a Java {JAVA_NEEDED}+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+    )
+    java = require_tool("java", install, KafkaRuntimeError)
+    said = subprocess.run([java, "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True).stderr
+    found = _JAVA_VERSION.search(said)
+    if found is None or int(found.group(1)) < JAVA_NEEDED:
+        first = said.strip().splitlines()[0] if said.strip() else "no version"
+        raise KafkaRuntimeError(f"{java} is not Java {JAVA_NEEDED} or later ({first}); {install}")
+    return java
 
 
 def _kafka_uuid() -> str:
