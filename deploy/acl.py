@@ -159,23 +159,53 @@ def bindings(prefix: str = "", dashboard_names: tuple[str, ...] | None = None) -
     return sorted(out)
 
 
-def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30) -> None:
+def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exact: bool = False) -> int:
     """Create the bindings on the broker, as a super user, and return once the broker enforces
     them (the controller takes them first, the broker's authorizer a moment later); those
-    already there are kept as they are, so applying again changes nothing."""
+    already there are kept as they are, so applying again changes nothing. `exact`, on a broker
+    the caller owns (`./dev up`'s): the other ACLs of the same principals on resources named
+    with `prefix` are deleted, a grant the code no longer makes being kept otherwise (Strimzi
+    makes a KafkaUser's ACLs exactly its resource's). How many were deleted."""
     wanted = {binding.acl() for binding in bindings(prefix)}
+    principals = {acl.principal for acl in wanted}
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-acl")
     try:
         result = admin.create_acls(list(wanted))
         if result["failed"]:
             raise AclError(f"the broker refused {len(result['failed'])} ACLs: {result['failed'][0]}")
+        stale = [
+            acl
+            for acl in admin.describe_acls(acl_filter())[0]
+            if exact and acl.principal in principals and acl.resource_pattern.resource_name.startswith(prefix)
+        ]
+        stale = [acl for acl in stale if acl not in wanted]
+        if stale:
+            results = admin.delete_acls([_exactly(acl) for acl in stale])
+            if refused := sorted({error.__name__ for _, _, error in results if error.errno != 0}):
+                raise AclError(f"the broker refused to delete ACLs: {', '.join(refused)}")
         deadline = time.monotonic() + timeout
-        while missing := wanted - set(admin.describe_acls(acl_filter())[0]):
+        while True:
+            held = set(admin.describe_acls(acl_filter())[0])
+            missing, left = wanted - held, held.intersection(stale)
+            if not missing and not left:
+                return len(stale)
             if time.monotonic() > deadline:
-                raise AclError(f"{len(missing)} ACLs not in force after {timeout} s, e.g. {next(iter(missing))}")
+                raise AclError(f"{len(missing)} ACLs not in force, {len(left)} not deleted after {timeout} s")
             time.sleep(0.05)
     finally:
         admin.close()
+
+
+def _exactly(acl: ACL) -> ACLFilter:
+    """The filter matching this ACL alone."""
+    pattern = acl.resource_pattern
+    return ACLFilter(
+        principal=acl.principal,
+        host=acl.host,
+        operation=acl.operation,
+        permission_type=acl.permission_type,
+        resource_pattern=ResourcePatternFilter(pattern.resource_type, pattern.resource_name, pattern.pattern_type),
+    )
 
 
 def revoke(admin_access: KafkaAccess, principals: Collection[str], timeout: float = 30) -> None:

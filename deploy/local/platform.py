@@ -134,7 +134,8 @@ class Platform:
             )
         os.environ.update(self.kafka.access.environ())
         asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers)))
-        acl.apply(self.kafka.access)
+        if removed := acl.apply(self.kafka.access, exact=True):
+            say(f"Kafka: {removed} ACLs the platform no longer grants deleted")
         assert self.kafka.credentials is not None and self.kafka.tls is not None, "set by start()"
         say(
             f"Kafka: SASL_SSL, SCRAM-SHA-512; CA {self.kafka.tls.ca}; credentials of each principal in "

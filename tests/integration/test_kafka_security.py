@@ -27,6 +27,7 @@ from deploy.local.kafka import KafkaRuntimeError, LocalKafka
 from deploy.local.kafka.tls import ensure_tls
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
+from helpers import eventually
 from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.startup import (
     KAFKA_UNAVAILABLE,
@@ -185,6 +186,40 @@ async def test_a_dashboard_taken_out_of_kafka_dashboards_is_revoked_at_the_next_
     await _read(kafka.access_as("tableau-de-bord"), topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord")
     kafka.sync_scram_users(everyone=False)  # nothing left to revoke
     assert kafka.revoked == ()
+
+
+async def test_a_grant_the_code_no_longer_makes_is_deleted_by_an_exact_apply(kafka, topic_prefix) -> None:
+    """The local broker kept every ACL it was ever given (applying only adds): a grant taken out
+    of the code stayed in force on a kept data directory, where Strimzi drops it. `./dev up`
+    applies exactly: the principal's other ACLs on its broker are deleted, those named with
+    another prefix (another test's, on this shared broker) are not."""
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, KafkaAdminClient, ResourcePattern, ResourceType
+    from kafka.admin import ACLResourcePatternType as Pattern
+
+    from deploy import acl
+
+    def grant(topic: str) -> ACL:
+        pattern = ResourcePattern(ResourceType.TOPIC, topic, Pattern.LITERAL)
+        return ACL("User:gar", "*", ACLOperation.READ, ACLPermissionType.ALLOW, pattern)
+
+    ours, other = grant(topic_prefix + c.ALERTES), grant("another-prefix." + c.ALERTES)
+    admin = KafkaAdminClient(**kafka.access.kafka_python(), client_id="test-acl")
+    try:
+        assert not admin.create_acls([ours, other])["failed"]
+        await eventually(lambda: asyncio.sleep(0, ours in _acls_of(kafka, "gar")), what="the stray grant")
+        await _read(kafka.access_as("gar"), topic_prefix + c.ALERTES, group=None)  # in force
+        assert acl.apply(kafka.access, topic_prefix, exact=True) == 1
+        held = _acls_of(kafka, "gar")
+        assert ours not in held and other in held
+        assert {a for a in held if a.resource_pattern.resource_name.startswith(topic_prefix)} == {
+            b.acl() for b in acl.bindings(topic_prefix) if b.principal == "gar"
+        }
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _read(kafka.access_as("gar"), topic_prefix + c.ALERTES, group=None)
+        assert acl.apply(kafka.access, topic_prefix, exact=True) == 0, "nothing more to delete"
+    finally:
+        admin.delete_acls([acl._exactly(other)])
+        admin.close()
 
 
 def test_deleting_a_scram_user_already_gone_is_no_error(kafka) -> None:

@@ -34,17 +34,22 @@ def test_a_service_reads_its_inputs_in_its_own_group() -> None:
 
 
 def test_partners_and_dashboards_get_only_what_the_contract_says() -> None:
+    """Each exactly: a topic grant made PREFIXED would also cover any topic named after it (a
+    future alertes.compatibilite.v1.dlq), so the resource and its pattern are compared too."""
     partners = {
-        (b.principal, b.operation, b.name) for b in bindings() if b.principal in ("ministere", "gar", "tableau-de-bord")
+        (b.principal, b.operation, b.resource, b.name, b.prefixed)
+        for b in bindings()
+        if b.principal in ("ministere", "gar", "tableau-de-bord")
     }
     assert partners == {
-        ("ministere", "write", c.REFERENTIEL),
-        ("ministere", "write", c.CATALOGUE),
-        ("gar", "write", c.CATALOGUE),
-        ("tableau-de-bord", "read", c.ALERTES),
-        ("tableau-de-bord", "read", c.ALERTES_ETAT),
-        ("tableau-de-bord", "read", "tableau-de-bord"),
+        ("ministere", "write", "topic", c.REFERENTIEL, False),
+        ("ministere", "write", "topic", c.CATALOGUE, False),
+        ("gar", "write", "topic", c.CATALOGUE, False),
+        ("tableau-de-bord", "read", "topic", c.ALERTES, False),
+        ("tableau-de-bord", "read", "topic", c.ALERTES_ETAT, False),
+        ("tableau-de-bord", "read", "group", "tableau-de-bord", True),
     }
+    assert not [b for b in bindings() if b.prefixed and b.resource == "topic"], "no topic grant by prefix"
 
 
 def test_every_name_carries_the_prefix() -> None:
