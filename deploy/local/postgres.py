@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -196,13 +197,21 @@ class LocalPostgres:
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
     def _initdb(self, bin_dir: Path, as_user: dict) -> None:
-        # --no-sync: a cluster lost to a power cut before its first checkpoint is
-        # simply initialised again; it saves a large share of the init time.
+        """A new cluster in pgdata's place. Made beside it and put there once whole: an initdb
+        interrupted (Ctrl-C reaches it too) had written PG_VERSION already, and every later start
+        skipped initdb and failed on a cluster half made."""
+        fresh = self.pgdata.with_name(self.pgdata.name + ".initdb")
+        shutil.rmtree(fresh, ignore_errors=True)  # an earlier one interrupted
+        fresh.mkdir(mode=0o700)
+        if as_user:
+            os.chown(fresh, as_user["user"], as_user["group"])
+        # --no-sync: it saves a large share of the init time; a cluster lost to a power cut before
+        # its first checkpoint is then made again with --fresh.
         run_tool(
             [
                 str(bin_dir / "initdb"),
                 "-D",
-                str(self.pgdata),
+                str(fresh),
                 "-U",
                 "postgres",
                 "--auth=trust",
@@ -216,6 +225,8 @@ class LocalPostgres:
             cwd=self.data_dir,
             **as_user,
         )
+        shutil.rmtree(self.pgdata)  # no PG_VERSION there: never a cluster
+        fresh.rename(self.pgdata)
 
     def _ready(self) -> bool:
         """postmaster.pid reports 'ready' for our server: what `pg_ctl start -w` waits for."""

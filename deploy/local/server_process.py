@@ -129,6 +129,11 @@ class ServerProcess:
             # Not reaped yet, so the group is still the server's own, children included.
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        except BaseException:  # interrupted meanwhile (Ctrl-C): no server left behind, stuck or not
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            raise
 
     def wait(self) -> int:
         """Block until the server exits by itself; return its exit code."""

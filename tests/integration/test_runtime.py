@@ -417,3 +417,61 @@ def test_an_older_java_is_named_before_kafka_s_storage_is_touched(
         LocalKafka(tmp_path / "kafka").start()
     assert str(error.value).startswith(f"{bin_dir / 'java'} is not Java 17 or later ({said}); Kafka ")
     assert not (tmp_path / "kafka").exists()
+
+
+async def test_an_interrupted_initdb_leaves_no_half_cluster_for_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """initdb writes PG_VERSION early: interrupted (Ctrl-C reaches it), it left a cluster half
+    made that every later start took for whole (it skips initdb when PG_VERSION is there) and
+    failed to start. The next start makes the cluster again."""
+    from deploy.local import postgres as module
+    from deploy.local.postgres import PostgresRuntimeError
+
+    def interrupted(argv: list[str], failure: str, error: type[Exception], **popen: object) -> None:
+        (Path(argv[argv.index("-D") + 1]) / "PG_VERSION").write_text("18\n")
+        raise error(f"{failure} (exit 130): interrupted")
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    postgres = LocalPostgres(tmp_path / "pg")
+    with monkeypatch.context() as m:
+        m.setattr(module, "run_tool", interrupted)
+        with pytest.raises(PostgresRuntimeError, match="interrupted"):
+            postgres.start()
+    with postgres:
+        conn = await asyncpg.connect(postgres.url(), timeout=CLIENT_DEADLINE_SECONDS)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+    assert not (tmp_path / "pg" / "pgdata.initdb").exists()
+
+
+def test_a_stop_interrupted_while_it_waits_leaves_no_server_behind(tmp_path: Path) -> None:
+    """Ctrl-C while a stop waited for the server to end (a start that failed on its own, then
+    stopped): the SIGKILL after the grace was skipped, and a server deaf to its stop signal was
+    left running, its runtime gone."""
+    from deploy.local.server_process import ServerProcess
+
+    server = ServerProcess("deaf", tmp_path / "deaf.log", RuntimeError)
+    server.start(
+        ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        ready=lambda: True,
+        not_ready="",
+        timeout=5,
+        poll_seconds=0.05,
+    )
+    process = server._process
+    assert process is not None
+    waited = process.wait
+
+    def interrupted(timeout: float | None = None) -> int:
+        if timeout is not None:
+            raise KeyboardInterrupt
+        return waited()
+
+    process.wait = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        server.stop()
+    assert process.poll() is not None, "killed"
+    assert still_running([process.pid]) == []
