@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -471,7 +472,12 @@ def test_a_stop_interrupted_while_it_waits_leaves_no_server_behind(tmp_path: Pat
         return waited()
 
     process.wait = interrupted  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        server.stop()
-    assert process.poll() is not None, "killed"
-    assert still_running([process.pid]) == []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.stop()
+        assert process.poll() is not None, "killed"
+        assert still_running([process.pid]) == []
+    finally:  # not left running by a failure here either
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            waited()
