@@ -87,7 +87,8 @@ class EventParser:
         private: frozenset[str] = frozenset(),
     ):
         """`private`: the platform's own types among `payloads`, which the contract does not know:
-        on a topic that does not take one, it is `type-inconnu`, as it is to the other services."""
+        on a partner's topic (one that takes none of them), `type-inconnu`, as it is to the other
+        services; on another internal topic, `type-hors-topic`."""
         events = tuple(event_model(t, model) for t, model in payloads.items())
         # A union built at run time from the payload table: a type checker cannot follow it.
         union = Annotated[Union[events], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
@@ -162,7 +163,7 @@ class EventParser:
         return _unknown(envelope.type)
 
     def _off_topic(self, type: str, topic: str) -> ContractError:
-        if type in self._private:
+        if type in self._private and not self._topic_types.get(topic, frozenset()) & self._private:  # a partner's topic
             return _unknown(type)
         allowed = ", ".join(sorted(self._topic_types.get(topic, ()))) or "aucun type"
         return ContractError("type-hors-topic", f"type {type} interdit sur {topic} (attendu: {allowed})")

@@ -173,12 +173,14 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exac
         result = admin.create_acls(list(wanted))
         if result["failed"]:
             raise AclError(f"the broker refused {len(result['failed'])} ACLs: {result['failed'][0]}")
+        held = admin.describe_acls(acl_filter())[0] if exact else []
         stale = [
             acl
-            for acl in admin.describe_acls(acl_filter())[0]
-            if exact and acl.principal in principals and acl.resource_pattern.resource_name.startswith(prefix)
+            for acl in held
+            if acl.principal in principals
+            and acl.resource_pattern.resource_name.startswith(prefix)
+            and acl not in wanted
         ]
-        stale = [acl for acl in stale if acl not in wanted]
         if stale:
             results = admin.delete_acls([_exactly(acl) for acl in stale])
             if refused := sorted({error.__name__ for _, _, error in results if error.errno != 0}):

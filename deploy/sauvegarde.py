@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -331,6 +332,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     with _connection(database_url) as (url, env):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
     script.unlink()  # the backup's data in clear: not left beside it longer than needed
+    REPLACED.set()
     try:
         await _catch_up(settings, path, services, pending)
     except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
@@ -339,6 +341,11 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
             f"rerun ./dev restore {path}; do not start the services"
         ) from None
     return schemas
+
+
+REPLACED = threading.Event()
+"""Set once a restore has replaced the schemas: a second Ctrl-C (asyncio.run's KeyboardInterrupt,
+wherever it lands) then says to run it again, not that nothing was replaced."""
 
 
 async def _catch_up(
@@ -385,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The catch-up runs the services' pipelines: their lines per record and per batch would bury
     # what the restore says (and unconfigured, structlog prints every level, secrets unmasked).
     configure_logging("sauvegarde", settings.log_format, "WARNING", settings.library_log_level)
+    REPLACED.clear()
     try:
         if args.action == "backup":
             backup(settings.database_url, args.file)
@@ -401,8 +409,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # once a restore has replaced anything, it says so (SauvegardeError)
-        kept = "the former backup of that name, if any, is as it was" if args.action == "backup" else "nothing replaced"
+    except KeyboardInterrupt:
+        if REPLACED.is_set():
+            kept = (
+                f"the schemas replaced, not all caught up: rerun ./dev restore {args.file}; do not start the services"
+            )
+        elif args.action == "backup":
+            kept = "the former backup of that name, if any, is as it was"
+        else:
+            kept = "nothing replaced"
         print(f"error: interrupted (Ctrl-C): {kept}", file=sys.stderr)
         return 130
     return 0

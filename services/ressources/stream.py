@@ -497,7 +497,9 @@ class AlertHub:
                 )
                 return
             if unsure and item.seq <= unsure:  # the hub has read the journal again: PostgreSQL answers
-                if await self._handed_out(unsure):  # else a bogus id: its rows are delivered
+                # Else a bogus id, or PostgreSQL unable to tell even now (out of connections, say):
+                # its rows are delivered, at least once.
+                if await self._handed_out(unsure):
                     position = max(position, unsure)
                 unsure = 0
             if item.seq > position:  # else replayed already (Last-Event-ID ahead of this replica)

@@ -434,12 +434,24 @@ def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path
     assert "s3cr3t" not in out.out + out.err and "s5l" not in out.out + out.err
 
 
-@pytest.mark.parametrize(("action", "kept"), [("backup", "the former backup"), ("restore", "nothing replaced")])
-def test_ctrl_c_before_a_restore_replaced_anything_says_so_without_a_traceback(
-    action, kept, tmp_path, monkeypatch, capsys
-) -> None:
+@pytest.mark.parametrize(
+    ("action", "replaced", "kept"),
+    [
+        ("backup", False, "the former backup"),
+        ("restore", False, "nothing replaced"),
+        ("restore", True, "the schemas replaced, not all caught up: rerun ./dev restore"),
+    ],
+    ids=["backup", "restore-before", "restore-after"],
+)
+def test_ctrl_c_says_what_it_left_without_a_traceback(action, replaced, kept, tmp_path, monkeypatch, capsys) -> None:
+    """A first Ctrl-C under asyncio.run cancels the restore's task (its catch-up then says to run
+    it again); a second raises KeyboardInterrupt wherever it lands, before or after the schemas
+    were replaced."""
+
     async def restore(*args: Any) -> list[str]:
-        raise KeyboardInterrupt  # asyncio.run's, the main task cancelled before anything was replaced
+        if replaced:
+            tool.REPLACED.set()
+        raise KeyboardInterrupt
 
     def backup(*args: Any) -> None:
         raise KeyboardInterrupt

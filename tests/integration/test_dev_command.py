@@ -4,6 +4,7 @@ have is an error (exit 2), not a usage printed as if all went well."""
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_a_half_made_venv_is_made_again(tmp_path):
     """`python3.11 -m venv` fails after making .venv/bin/python when Debian's python3.11-venv is
     missing (or Ctrl-C stops ensurepip): every later ./dev then failed on the missing pip."""
     dev = _checkout(tmp_path)
-    subprocess.run(["python3.11", "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
     result = subprocess.run(
         [str(dev), "shell", "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=300
     )

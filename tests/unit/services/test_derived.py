@@ -133,3 +133,11 @@ def test_an_internal_type_on_a_partner_topic_is_unknown_to_ressources_as_to_ever
         with pytest.raises(c.ContractError) as refused:
             parse(raw, topic)
         assert refused.value.code == "type-inconnu", refused.value
+
+
+def test_an_internal_type_on_another_internal_topic_stays_type_hors_topic():
+    """On the platform's own topics the type is known: off its topic, the reason says which it takes."""
+    raw = LOTS.event(UAI, TABLETTES.lot_id, 1, CASES[0][2], source="/plateforme/equipement", time=TIME).to_bytes()
+    with pytest.raises(c.ContractError) as refused:
+        ressources_spec.parse(raw, ENSEIGNANTS.topic)
+    assert refused.value.code == "type-hors-topic", refused.value
