@@ -331,8 +331,8 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     await asyncio.sleep(0)  # a Ctrl-C while the SQL was fitted stops it here: nothing replaced
     with _connection(database_url) as (url, env):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
-    script.unlink()  # the backup's data in clear: not left beside it longer than needed
     REPLACED.set()
+    script.unlink()  # the backup's data in clear: not left beside it longer than needed
     try:
         await _catch_up(settings, path, services, pending)
     except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
