@@ -126,7 +126,9 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             ) from e
         say(
             f"{spec.name} now works in the rebuilt schema {live} ({queued} records differed from what was "
-            f"published and are queued; {ended} sessions of the service ended); the former one is {former}"
+            f"published and are queued; {ended} sessions of the service ended); the former one is {former}: "
+            f'drop it once checked (DROP SCHEMA "{former}" CASCADE): the purges of the inbox and the '
+            "dead letters no longer reach it, and backups hold it"
         )
         return former
     finally:
