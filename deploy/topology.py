@@ -66,6 +66,9 @@ class TopicSpec:
     min_compaction_lag_ms: int | None = None
     """A compacted topic's records kept this long at least before a newer one of their key may
     remove them."""
+    segment_ms: int | None = None
+    """How long a log segment stays open: a record is deleted with its segment, up to this long
+    after its retention (the broker's default, 7 days, otherwise)."""
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
@@ -77,6 +80,8 @@ class TopicSpec:
             out["max.message.bytes"] = str(self.max_message_bytes)
         if self.append_time:
             out["message.timestamp.type"] = "LogAppendTime"
+        if self.segment_ms is not None:
+            out["segment.ms"] = str(self.segment_ms)
         return out
 
 
@@ -134,7 +139,15 @@ def platform_topics(
         ),
     ]
     specs += [
-        TopicSpec(c.dlq(t.name), 1, retention_ms=_ms(retention.dlq_days), max_message_bytes=MAX_REQUEST_BYTES)
+        # A refused record may hold a partner's personal data: gone within a day of its retention
+        # (a segment of the broker's default, 7 days, kept it up to a week more).
+        TopicSpec(
+            c.dlq(t.name),
+            1,
+            retention_ms=_ms(retention.dlq_days),
+            max_message_bytes=MAX_REQUEST_BYTES,
+            segment_ms=DAY_MS if retention.dlq_days else None,
+        )
         for t in specs
         if t.name not in (c.ALERTES, c.ALERTES_ETAT)  # the platform's own: it never refuses them
     ]

@@ -40,6 +40,9 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
         assert int(configs[name]["min.compaction.lag.ms"]) >= 7 * DAY_MS, name
     for name in dlqs.values():
         assert configs[name]["retention.ms"] == str(30 * DAY_MS), name
+        # Segments roll daily: a refused record (a partner's data) goes within a day of its
+        # retention, not with a week-long segment of the broker's default.
+        assert configs[name]["segment.ms"] == str(DAY_MS), name
 
 
 async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, unique) -> None:
@@ -69,7 +72,8 @@ async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, un
 def test_retention_settings_are_read_and_checked() -> None:
     assert Retention.from_environ({}) == Retention(alerts_days=0, dlq_days=30)
     assert Retention.from_environ({"ALERTS_RETENTION_DAYS": "400", "DLQ_RETENTION_DAYS": "0"}) == Retention(400, 0)
-    forever = {t.name: t.retention_ms for t in platform_topics("", Retention(0, 0))}
-    assert forever[c.ALERTES] == forever[c.dlq(c.FORMATION)] == -1
+    forever = {t.name: t for t in platform_topics("", Retention(0, 0))}
+    assert forever[c.ALERTES].retention_ms == forever[c.dlq(c.FORMATION)].retention_ms == -1
+    assert forever[c.dlq(c.FORMATION)].segment_ms is None, "kept for ever: the broker's segments"
     with pytest.raises(ValueError, match=r"^ALERTS_RETENTION_DAYS: must be a whole number of days ≥ 0"):
         Retention.from_environ({"ALERTS_RETENTION_DAYS": "-5"})
