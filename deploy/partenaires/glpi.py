@@ -35,8 +35,10 @@ inventory.
   for --declarant with the local identity provider (`./dev up`'s; development only).
 
 --dry-run prints the events, one JSON line each, and sends nothing. A summary (stderr) says how
-many devices went into how many lots, which files were set aside and why (with their names:
-never a user name, serial number or host name), and the passerelle's answer per event:
+many devices went into how many lots, which files were set aside and why (with their file
+names, never a field of their content: no user name or serial number; glpi-agent names its
+exports after the device id, which holds the host name, so the summary stays on the
+operator's terminal), and the passerelle's answer per event:
 accepted, or refused by code. Exit status: 0 when every lot was accepted (or printed), 1 when
 the passerelle refused some, 2 when nothing could be sent.
 """
