@@ -118,9 +118,8 @@ class Platform:
         # Paired as soon as Kafka's storage is formatted: a first start interrupted before the
         # broker was ready (Ctrl-C during the JVM's first start, a port taken) left a formatted
         # Kafka beside an unpaired database, which every later start refused as an earlier run's.
+        # A storage formatted earlier was paired then: the check above refused it otherwise.
         self.kafka.start(on_formatted=lambda cluster_id: asyncio.run(pairing.record(self.database_url, cluster_id)))
-        assert self.kafka.cluster_id is not None, "formatted by start()"
-        asyncio.run(pairing.record(self.database_url, self.kafka.cluster_id))  # one formatted before pairing
         say(f"Kafka ready on {self.kafka.bootstrap_servers} ({time.monotonic() - t1:.1f} s)")
         for name in self.kafka.revoked:
             say(
