@@ -10,18 +10,18 @@ raised, say), `retry` moves it back to the outbox under the seq it was set aside
 place among its key's records, which no other record holds: a seq is handed out once), where
 the running service's relay publishes it within OUTBOX_POLL_MS, before any record that came
 after it, with an `outbox-retry` header holding that seq; moved in one transaction, a record is
-retried once. `retry` and `drop` write as the
-service does, under its writer lock: never in the middle of a rebuild's switch, whose copy of
-the set-aside records would miss what they changed. Consumers keep the highest
-version or the latest time, so a record published late cannot override newer state; but a
-topic that keeps only each key's last record (alertes.etat.v1, the profiles, the coverages)
-would keep it in place of the newer one: a set-aside record of such a topic after which the
-relay published a later record of its key is marked superseded, listed so, and never retried
-(one still waiting in the outbox goes out after the retried one, by its seq). A record's twin (an alert event's
-copy on alertes.etat.v1, outbox.Twin) is set aside with it and superseded on its own: `retry`
-then puts back the other one alone. Values
-are not printed: they may hold partners' data; `--show-key` prints record keys, but a DLQ copy's
-only when it is a UAI (a partner's `formation-suivie` is keyed by its teacher_id).
+retried once. `retry` and `drop` write as the service does, under its writer lock: never in
+the middle of a rebuild's switch, whose copy of the set-aside records would miss what they
+changed. Consumers keep the highest version or the latest time, so a record published late
+cannot override newer state; but a topic that keeps only each key's last record
+(alertes.etat.v1, the profiles, the coverages) would keep it in place of the newer one: a
+set-aside record of such a topic after which the relay published a later record of its key is
+marked superseded, listed so, and never retried (one still waiting in the outbox goes out
+after the retried one, by its seq). A record's twin (an alert event's copy on alertes.etat.v1,
+outbox.Twin) is set aside with it and superseded on its own: `retry` then puts back the other
+one alone. Values are not printed: they may hold partners' data; `--show-key` prints record
+keys, but a DLQ copy's only when it is a UAI (a partner's `formation-suivie` is keyed by its
+teacher_id).
 """
 
 import argparse
