@@ -37,7 +37,7 @@ def shared_data() -> Path:
 def kafka(tmp_path_factory):
     from deploy.local.kafka import LocalKafka
 
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), certificates=True)
     broker.start()
     with pytest.MonkeyPatch.context() as patch:
         for variable, value in broker.access.environ().items():

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import ssl
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,12 +20,13 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.identite import IdentiteLocale
 from deploy.local.kafka import KafkaRuntimeError, LocalKafka
-from deploy.local.kafka.tls import ensure_tls
+from deploy.local.kafka.tls import client_certificate, ensure_tls
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
 from helpers import eventually
@@ -341,3 +343,88 @@ async def _start_probe(access: KafkaAccess, seconds: float) -> None:
         deadline=time.monotonic() + seconds,
         retry_on=KAFKA_UNAVAILABLE,
     )
+
+
+# Kubernetes' way for the platform's own principals (deploy/k8s: the services and the operators'
+# tools): TLS, each named by its client certificate, on a listener of its own; SCRAM stays the
+# partners'. The session's broker has such a listener (LocalKafka's `certificates`).
+
+
+@pytest.mark.parametrize("principal", ["formation", "ressources"])
+async def test_a_principal_named_by_its_certificate_writes_exactly_its_topics(
+    kafka, topic_prefix, principal, tmp_path
+) -> None:
+    access = kafka.access_by_certificate(principal, tmp_path)
+    assert (access.security_protocol, access.username, access.password) == ("SSL", None, None)
+    assert await _writable(access, topic_prefix) == WRITES[principal]
+
+
+async def test_the_certificate_listener_refuses_a_client_without_a_certificate(kafka, tmp_path) -> None:
+    access = kafka.access_by_certificate("formation", tmp_path)
+    host, port = access.bootstrap_servers.split(":")
+    options = dataclasses.replace(access, cert_file=None, key_file=None).aiokafka()
+    del options["bootstrap_servers"]
+    with pytest.raises((ssl.SSLError, ConnectionError, KafkaConnectionError)):
+        async with asyncio.timeout(DEADLINE):
+            conn = await create_conn(host, int(port), **options)
+            await conn.send(MetadataRequest([]))  # TLS 1.3: the refusal comes after the handshake
+
+
+async def test_a_certificate_of_another_ca_is_refused_naming_its_files(kafka, tmp_path, caplog, capfd) -> None:
+    """Retried as a refused password is (CredentialsRefused), each line naming the files to check."""
+    other = client_certificate(ensure_tls(tmp_path / "another-ca"), "formation", tmp_path / "other")
+    access = dataclasses.replace(
+        kafka.access_by_certificate("formation", tmp_path), cert_file=str(other[0]), key_file=str(other[1])
+    )
+    with pytest.raises(StartupTimeout) as gave_up:
+        await _start_probe(access, seconds=3)
+    assert str(gave_up.value).endswith("(check KAFKA_CERT_FILE, KAFKA_KEY_FILE)")
+
+
+@pytest.mark.parametrize("missing", ["KAFKA_CERT_FILE", "KAFKA_KEY_FILE"])
+async def test_ssl_without_a_certificate_or_its_key_stops_the_start_naming_it(kafka, tmp_path, missing) -> None:
+    field = {"KAFKA_CERT_FILE": "cert_file", "KAFKA_KEY_FILE": "key_file"}[missing]
+    access = dataclasses.replace(kafka.access_by_certificate("formation", tmp_path), **{field: None})
+    with pytest.raises(DependencyRefused) as refused:
+        await _start_probe(access, seconds=30)
+    assert f"no {missing} given: required over SSL" in str(refused.value)
+    assert str(refused.value).endswith(f"(check {missing})")
+
+
+async def test_unreadable_certificate_files_stop_the_start_without_quoting_them(kafka, tmp_path) -> None:
+    access = kafka.access_by_certificate("formation", tmp_path)
+    Path(access.key_file or "").write_text("-----BEGIN PRIVATE KEY-----\nsecret-ish\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(DependencyRefused) as refused:
+        await _start_probe(access, seconds=30)
+    assert str(refused.value).endswith("(check KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE)")
+    assert "secret-ish" not in str(refused.value) and str(tmp_path) not in str(refused.value)
+
+
+async def test_a_service_runs_over_its_certificate(kafka, settings, tmp_path) -> None:
+    """equipement as on Kubernetes: its consumer, its relay and its start-up probe over TLS,
+    named by its certificate: a lot in, its profile out."""
+    from helpers import TopicReader, college, running, send, uai
+    from services.equipement.app import SPEC
+    from test_equipement import lot, referentiel_loaded
+
+    access = kafka.access_by_certificate("equipement", tmp_path)
+    by_certificate = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": access.bootstrap_servers,
+            "kafka_security_protocol": "SSL",
+            "kafka_username": None,
+            "kafka_password": None,
+            "kafka_cert_file": access.cert_file,
+            "kafka_key_file": access.key_file,
+        }
+    )
+    code = uai("0350002")
+    async with (
+        running(SPEC, by_certificate) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils,
+    ):
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(code, college(code))])
+        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(code, lot(code, "L1", 30, 1))])
+        records = await profils.wait_for(lambda rs: len(rs) >= 1, what="the lot's profile")
+        assert records[0].key == f"{code}/L1".encode()

@@ -1,8 +1,10 @@
 """One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars, secured.
 
 Clients connect with SASL/SCRAM-SHA-512 over TLS (listener CLIENT), the brokers among
-themselves over it as `admin`; the controller listener takes TLS clients holding the broker
-certificate only (mTLS, its CN mapped to the super user `BROKER_CN`). KRaft's StandardAuthorizer
+themselves over it as `admin`; the controller listener takes TLS clients holding a certificate
+of the local CA (mTLS, its CN the principal: the brokers' `BROKER_CN` a super user); with `certificates`, a
+listener more takes TLS clients named by their certificate's CN (`access_by_certificate`: the
+tests of Kubernetes' way, where the platform's own principals connect so). KRaft's StandardAuthorizer
 refuses whatever no ACL allows (`deploy.acl` writes them); `admin` and the brokers are super
 users. The CA and certificate come from `tls.py`, the principals' passwords from
 `credentials.py`: SCRAM users are created when the storage is formatted, and a principal added
@@ -33,7 +35,7 @@ from deploy.acl import DASHBOARDS, revoke
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
 from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
 from deploy.local.kafka.readiness import add_scram_users, delete_scram_users, serves_metadata
-from deploy.local.kafka.tls import BROKER_CN, TlsFiles, ensure_tls
+from deploy.local.kafka.tls import BROKER_CN, TlsFiles, client_certificate, ensure_tls
 from deploy.local.ports import free_ports, port_open
 from deploy.local.server_process import ServerProcess, require_tool, run_tool
 from services.common.messaging.connection import KafkaAccess
@@ -92,8 +94,12 @@ class LocalKafka:
         node_id: int = 1,
         quorum: Quorum | None = None,
         credentials_dir: Path | None = None,
+        certificates: bool = False,
     ):
+        """`certificates`: a listener more, of TLS clients named by their certificate (mTLS, as
+        the platform's own principals on Kubernetes: deploy/k8s), at `certificate_port`."""
         self.data_dir = Path(data_dir).resolve()
+        self.certificate_port = free_ports(1)[0] if certificates else None
         self.node_id = node_id
         if quorum is not None:
             [(_, self.port, self.controller_port)] = [n for n in quorum.nodes if n[0] == node_id]
@@ -115,6 +121,19 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def access_by_certificate(self, principal: str, directory: Path) -> KafkaAccess:
+        """How `principal` reaches this broker by a client certificate of its own, made in
+        `directory` (after start(), with `certificates`)."""
+        assert self.tls is not None and self.certificate_port is not None, "started, with certificates"
+        cert_file, key_file = client_certificate(self.tls, principal, directory)
+        return KafkaAccess(
+            f"127.0.0.1:{self.certificate_port}",
+            "SSL",
+            ca_file=str(self.tls.ca),
+            cert_file=str(cert_file),
+            key_file=str(key_file),
+        )
 
     @property
     def access(self) -> KafkaAccess:
@@ -257,6 +276,7 @@ class LocalKafka:
         assert self.credentials is not None and self.tls is not None, "set by start()"
         path = self.data_dir / "server.properties"
         scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        certificates = f",CERTIFICATE://127.0.0.1:{self.certificate_port}" if self.certificate_port else ""
         admin_password = self.credentials.password(ADMIN)
         _write_private(
             path,
@@ -265,11 +285,13 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     f"node.id={self.node_id}",
                     f"controller.quorum.voters={self.quorum.voters}",
-                    f"listeners=CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
+                    f"listeners=CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+                    + certificates,
+                    f"advertised.listeners=CLIENT://127.0.0.1:{self.port}" + certificates,
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=CLIENT",
-                    "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL",
+                    "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL,CERTIFICATE:SSL",
+                    "listener.name.certificate.ssl.client.auth=required",
                     "sasl.enabled.mechanisms=SCRAM-SHA-512",
                     "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
                     f'listener.name.client.scram-sha-512.sasl.jaas.config={scram_login} username="{ADMIN}" '
@@ -279,7 +301,8 @@ class LocalKafka:
                     "ssl.truststore.type=PEM",
                     f"ssl.truststore.location={self.tls.ca}",
                     "listener.name.controller.ssl.client.auth=required",
-                    f"ssl.principal.mapping.rules=RULE:^CN=({BROKER_CN})$/$1/",
+                    # A certificate's CN is its principal: the broker's, a client's (`client_certificate`).
+                    r"ssl.principal.mapping.rules=RULE:^CN=([a-z][a-z0-9-]*)$/$1/",
                     "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
                     "allow.everyone.if.no.acl.found=false",
                     f"super.users=User:{ADMIN};User:{BROKER_CN}",

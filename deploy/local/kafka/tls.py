@@ -69,6 +69,35 @@ def ensure_tls(directory: Path | None = None) -> TlsFiles:
     return files
 
 
+def client_certificate(files: TlsFiles, principal: str, directory: Path) -> tuple[Path, Path]:
+    """A client certificate of `principal` (its CN) signed by the CA of `files`, and its private
+    key: `directory/<principal>.crt` and `.key` (KAFKA_CERT_FILE, KAFKA_KEY_FILE), made anew at
+    each call. The certificate listener (LocalKafka's `certificates`) names the client by it, as
+    Strimzi's internal listener names the platform's own principals (deploy/k8s)."""
+    ca_key = serialization.load_pem_private_key((files.ca.parent / "ca-key.pem").read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey), "made by _new_key"
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    key, now = _new_key(), _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(principal))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + BROKER_VALIDITY, ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = directory / f"{principal}.crt", directory / f"{principal}.key"
+    _write(key_file, _key_pem(key))
+    _write(cert_file, _cert_pem(certificate))
+    return cert_file, key_file
+
+
 def certificate_expiry(path: Path) -> dt.datetime:
     return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
 

@@ -7,10 +7,15 @@ settings:
 | variable | meaning |
 | --- | --- |
 | `KAFKA_BOOTSTRAP_SERVERS` | host:port pairs separated by commas |
-| `KAFKA_SECURITY_PROTOCOL` | `SASL_SSL` (CONTRACTS.md, Identity; the default) or `PLAINTEXT` (an unsecured broker) |
+| `KAFKA_SECURITY_PROTOCOL` | `SASL_SSL` (CONTRACTS.md, Identity; the default), `SSL` or `PLAINTEXT` (unsecured) |
 | `KAFKA_SASL_MECHANISM` | `SCRAM-SHA-512` |
-| `KAFKA_USERNAME`, `KAFKA_PASSWORD` | the SCRAM credentials of this client's principal |
+| `KAFKA_USERNAME`, `KAFKA_PASSWORD` | the SCRAM credentials of this client's principal (`SASL_SSL`) |
+| `KAFKA_CERT_FILE`, `KAFKA_KEY_FILE` | PEM files of this client's certificate, its principal, and its key (`SSL`) |
 | `KAFKA_CA_FILE` | PEM file of the CA that signed the brokers' certificates (default: the system's CAs) |
+
+`SSL` is how the platform's own principals connect on Kubernetes (deploy/k8s: the services and
+the operators' tools, on the internal listener), so that no password of theirs works from
+outside; the partners use SASL_SSL.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Literal, get_args
 from aiokafka.helpers import create_ssl_context
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-Protocol = Literal["SASL_SSL", "PLAINTEXT"]
+Protocol = Literal["SASL_SSL", "SSL", "PLAINTEXT"]
 Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
 VARIABLES = {
     "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
@@ -33,6 +38,8 @@ VARIABLES = {
     "username": "KAFKA_USERNAME",
     "password": "KAFKA_PASSWORD",
     "ca_file": "KAFKA_CA_FILE",
+    "cert_file": "KAFKA_CERT_FILE",
+    "key_file": "KAFKA_KEY_FILE",
 }
 
 
@@ -44,6 +51,8 @@ class KafkaAccess:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> KafkaAccess:
@@ -65,6 +74,8 @@ class KafkaAccess:
             username=settings.kafka_username,
             password=settings.kafka_password,
             ca_file=settings.kafka_ca_file,
+            cert_file=settings.kafka_cert_file,
+            key_file=settings.kafka_key_file,
         )
 
     def as_principal(self, username: str, password: str) -> KafkaAccess:
@@ -72,10 +83,20 @@ class KafkaAccess:
 
     @property
     def secured(self) -> bool:
+        """Over TLS (SASL_SSL or SSL)."""
+        return self.security_protocol != "PLAINTEXT"
+
+    @property
+    def scram(self) -> bool:
+        """The principal named by SCRAM credentials (SASL_SSL), not by a client certificate (SSL)."""
         return self.security_protocol == "SASL_SSL"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        return create_ssl_context(cafile=self.ca_file) if self.secured else None
+        if not self.secured:
+            return None
+        if self.scram:
+            return create_ssl_context(cafile=self.ca_file)
+        return create_ssl_context(cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
 
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments of aiokafka's producer, consumer and admin client."""
@@ -83,12 +104,19 @@ class KafkaAccess:
 
     def kafka_python(self) -> dict[str, Any]:
         """Keyword arguments of kafka-python's clients (the admin client that manages ACLs, tests)."""
-        return self._options(lambda: {"ssl_cafile": self.ca_file})
+        return self._options(
+            lambda: (
+                {"ssl_cafile": self.ca_file}
+                | ({} if self.scram else {"ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file})
+            )
+        )
 
     def _options(self, tls: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The options both clients spell alike, and `tls()`, how each takes the CA."""
         if not self.secured:
             return {"bootstrap_servers": self.bootstrap_servers}
+        if not self.scram:
+            return {"bootstrap_servers": self.bootstrap_servers, "security_protocol": "SSL", **tls()}
         return {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": "SASL_SSL",
@@ -102,7 +130,10 @@ class KafkaAccess:
         """FastStream's `security=` for KafkaBroker; None over PLAINTEXT."""
         if not self.secured:
             return None
-        from faststream.security import SASLScram256, SASLScram512
+        from faststream.security import BaseSecurity, SASLScram256, SASLScram512
+
+        if not self.scram:
+            return BaseSecurity(ssl_context=self.ssl_context())
 
         scram = SASLScram512 if self.sasl_mechanism == "SCRAM-SHA-512" else SASLScram256
         return scram(username=self.username or "", password=self.password or "", ssl_context=self.ssl_context())

@@ -135,13 +135,17 @@ class ServiceSettings(BaseSettings):
     """The settings bounding what a request does once its body is read (`requests_grace_seconds`)."""
 
     kafka_bootstrap_servers: BootstrapServers = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
-    kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
-        "SASL_SSL", description="SASL_SSL (CONTRACTS.md, Identity); PLAINTEXT only on an unsecured broker"
+    kafka_security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = Field(
+        "SASL_SSL",
+        description="SASL_SSL (CONTRACTS.md, Identity), SSL (a client certificate names the principal); "
+        "PLAINTEXT only on an unsecured broker",
     )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
     kafka_username: str | None = Field(None, description="SCRAM user of this service's Kafka principal")
     kafka_password: str | None = Field(None, description="its password", repr=False)
     kafka_ca_file: str | None = Field(None, description="PEM file of the CA of the brokers' certificates")
+    kafka_cert_file: str | None = Field(None, description="PEM file of this service's client certificate (SSL)")
+    kafka_key_file: str | None = Field(None, description="PEM file of its private key (SSL)")
     database_url: PostgresUrl = Field(
         "postgresql://postgres@127.0.0.1:5432/former_equiper_outiller",
         description="PostgreSQL URL; each service works in its own schema of that database",

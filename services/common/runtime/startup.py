@@ -37,7 +37,7 @@ import structlog
 import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import collect_hosts, create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed
+from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
 from aiokafka.protocol.metadata import MetadataRequest
 
 from services.common.messaging.connection import KafkaAccess
@@ -103,6 +103,12 @@ class CredentialsRefused(Exception):
     may create the user a moment later), but each line names the settings to check."""
 
     variable = "KAFKA_USERNAME, KAFKA_PASSWORD"
+
+
+class CertificateRefused(CredentialsRefused):
+    """The broker refused this client's certificate (SSL): retried alike, naming its files."""
+
+    variable = "KAFKA_CERT_FILE, KAFKA_KEY_FILE"
 
 
 class TopicsAbsent(Exception):
@@ -215,10 +221,10 @@ async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None
     """A broker serves metadata to this access' principal, `topics` among it (TopicsAbsent). A
     plain TCP connection comes first:
     aiokafka logs each refused connection as an error, which would double every waiting line.
-    Then, over SASL_SSL, one authenticated connection to that broker: aiokafka's bootstrap
+    Then, over SASL_SSL or SSL, one authenticated connection to that broker: aiokafka's bootstrap
     reports a refused password or certificate as a broker it could not reach; this names the
-    setting to check: an untrusted certificate stops the start at once (Misconfigured), a
-    refused password is retried (CredentialsRefused)."""
+    setting to check: an untrusted broker certificate or unreadable TLS files stop the start at
+    once (Misconfigured), a refused password or client certificate is retried (CredentialsRefused)."""
     for host, port, _ in collect_hosts(access.bootstrap_servers):
         try:
             _, writer = await asyncio.open_connection(host, port)
@@ -249,20 +255,39 @@ async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None
 
 
 async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
-    for variable, value in (("KAFKA_USERNAME", access.username), ("KAFKA_PASSWORD", access.password)):
+    given = (
+        (("KAFKA_USERNAME", access.username), ("KAFKA_PASSWORD", access.password))
+        if access.scram
+        else (("KAFKA_CERT_FILE", access.cert_file), ("KAFKA_KEY_FILE", access.key_file))
+    )
+    for variable, value in given:
         if value is None:  # aiokafka's SCRAM then failed on None.encode(), the error blaming the bootstrap servers
-            raise Misconfigured(f"no {variable} given: required over SASL_SSL (KAFKA_SECURITY_PROTOCOL)", variable)
-    options = access.aiokafka()
+            raise Misconfigured(
+                f"no {variable} given: required over {access.security_protocol} (KAFKA_SECURITY_PROTOCOL)", variable
+            )
+    try:
+        options = access.aiokafka()
+    except (OSError, ssl.SSLError) as exc:  # the files' paths and contents are not quoted
+        variables = "KAFKA_CA_FILE" if access.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
+        raise Misconfigured(f"the TLS files given cannot be read as PEM ({type(exc).__name__})", variables) from None
     del options["bootstrap_servers"]
     try:
         conn = await create_conn(host, port, request_timeout_ms=int(PROBE_TIMEOUT * 1000), **options)
+        try:
+            if not access.scram:  # TLS 1.3: a refused certificate closes the connection after the handshake
+                await conn.send(MetadataRequest([], allow_auto_topic_creation=False))
+        finally:
+            conn.close()
     except ssl.SSLCertVerificationError:
         raise Misconfigured(
             f"the certificate of the broker at {host}:{port} is not signed by a trusted CA", "KAFKA_CA_FILE"
         ) from None
     except SaslAuthenticationFailed:
         raise CredentialsRefused(f"the broker refused the SCRAM credentials of principal {access.username!r}") from None
-    conn.close()
+    except KafkaConnectionError:
+        if access.scram:
+            raise
+        raise CertificateRefused(f"the broker at {host}:{port} refused this client's certificate") from None
 
 
 class Guard:

@@ -189,7 +189,64 @@ async def test_sasl_ssl_without_a_username_or_password_is_refused_naming_it(envi
     assert str(refused).endswith(f"(check {missing})")
 
 
-@pytest.mark.parametrize("protocol", ["sasl_ssl", "SSL", "SASL_PLAINTEXT"])
+@pytest.mark.parametrize("protocol", ["sasl_ssl", "ssl", "SASL_PLAINTEXT"])
 def test_a_protocol_it_does_not_know_is_refused_rather_than_read_as_plaintext(protocol):
-    with pytest.raises(ValueError, match="KAFKA_SECURITY_PROTOCOL: must be one of SASL_SSL, PLAINTEXT"):
+    with pytest.raises(ValueError, match="KAFKA_SECURITY_PROTOCOL: must be one of SASL_SSL, SSL, PLAINTEXT"):
         KafkaAccess.from_environ({"KAFKA_SECURITY_PROTOCOL": protocol})
+
+
+@pytest.fixture
+def certificate_environ(environ, tmp_path) -> dict[str, str]:
+    """SSL: the principal named by a client certificate (Kubernetes' way for the platform's own)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "formation")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (cert_file := tmp_path / "user.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    (key_file := tmp_path / "user.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, none))
+    given = {k: v for k, v in environ.items() if k not in ("KAFKA_USERNAME", "KAFKA_PASSWORD", "KAFKA_SASL_MECHANISM")}
+    return given | {
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_CERT_FILE": str(cert_file),
+        "KAFKA_KEY_FILE": str(key_file),
+    }
+
+
+def test_ssl_gives_the_certificate_and_no_sasl_to_every_client(certificate_environ, ca_file, monkeypatch):
+    access = KafkaAccess.from_environ(certificate_environ)
+    options = access.aiokafka()
+    assert trusts_only_the_ca(options.pop("ssl_context"))
+    assert options == {"bootstrap_servers": "broker-1:9093,broker-2:9093", "security_protocol": "SSL"}
+    assert access.kafka_python() == {
+        "bootstrap_servers": "broker-1:9093,broker-2:9093",
+        "security_protocol": "SSL",
+        "ssl_cafile": ca_file,
+        "ssl_certfile": certificate_environ["KAFKA_CERT_FILE"],
+        "ssl_keyfile": certificate_environ["KAFKA_KEY_FILE"],
+    }
+    given = parse_security(access.faststream_security())  # what FastStream hands aiokafka
+    assert given["security_protocol"] == "SSL" and trusts_only_the_ca(given["ssl_context"])
+    for name in ("KAFKA_USERNAME", "KAFKA_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # the test session's own access
+    for name, value in certificate_environ.items():
+        monkeypatch.setenv(name, value)
+    assert KafkaAccess.of(ServiceSettings()) == access, "a service reads the same access from its settings"
+
+
+def test_ssl_refuses_a_key_that_is_not_the_certificate_s(certificate_environ, tmp_path):
+    """The context is made with the pair: a mismatch fails there (startup names the files)."""
+    other = ec.generate_private_key(ec.SECP256R1())
+    pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    (tmp_path / "user.key").write_bytes(other.private_bytes(serialization.Encoding.PEM, pkcs8, none))
+    with pytest.raises(ssl.SSLError):
+        KafkaAccess.from_environ(certificate_environ).ssl_context()
