@@ -137,8 +137,8 @@ async def consume(
 
 def _absent(topic: str, access: KafkaAccess) -> str:
     """Metadata lists only the topics the principal may use: absent may mean forbidden."""
-    if access.username not in (None, ADMIN):
-        return f"topic {topic!r} does not exist on {access.bootstrap_servers} or {access.username} may not use it"
+    if access.principal not in (None, ADMIN):
+        return f"topic {topic!r} does not exist on {access.bootstrap_servers} or {access.principal} may not use it"
     return f"topic {topic!r} does not exist on {access.bootstrap_servers}"
 
 

@@ -3,8 +3,9 @@
 `python -m deploy.kubernetes` writes the files derived from the code, so that they never drift:
 - `deploy/k8s/strimzi/topics.yaml`: a `KafkaTopic` per platform topic (deploy.topology: its
   partitions, retention, compaction and timestamps), three replicas each;
-- `deploy/k8s/strimzi/users.yaml`: a `KafkaUser` per principal, SCRAM-SHA-512, with exactly the
-  ACLs `deploy.acl` applies to the local broker (CONTRACTS.md, Identity);
+- `deploy/k8s/strimzi/users.yaml`: a `KafkaUser` per principal, with exactly the ACLs `deploy.acl`
+  applies to the local broker (CONTRACTS.md, Identity): the partners' and the dashboards'
+  SCRAM-SHA-512 (they connect from outside), the platform's own (`PLATFORM`) by certificate;
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
   it is given to stop, its Kafka principal's secret);
@@ -88,22 +89,33 @@ def users() -> list[dict[str, Any]]:
                 "operations": ["Read", "Describe"] if b.operation == "read" else ["Write", "Describe"],
             }
         )
+    platform = platform_principals()
     return [
         {
             "apiVersion": "kafka.strimzi.io/v1",
             "kind": "KafkaUser",
             "metadata": {"name": principal, "labels": {"strimzi.io/cluster": CLUSTER}},
-            "spec": {"authentication": {"type": "scram-sha-512"}}
+            "spec": {"authentication": {"type": "tls" if principal in platform else "scram-sha-512"}}
             | ({} if principal == OPERATOR else {"authorization": {"type": "simple", "acls": acls[principal]}}),
         }
         for principal in sorted([*acls, OPERATOR])
     ]
 
 
+def platform_principals() -> set[str]:
+    """The principals of the platform's own pods, the services and the operators' tools: they
+    connect from inside the cluster, by the certificate the User Operator issues them (the
+    internal listener of kafka.yaml takes no password), so that no password of theirs, the super
+    user's first, opens Kafka from outside; the external listener's SCRAM is the partners'."""
+    from services.specs import specs
+
+    return {spec.name for spec in specs()} | {OPERATOR}
+
+
 OPERATOR = "operateur"
-"""The operators' principal, a super user (kafka.yaml's superUsers), as `admin` is locally: the
-rebuild, the restore and the dead letters' replay read the services' own output topics and
-DLQs, which no service may read."""
+"""The operators' principal, a super user (kafka.yaml's superUsers: `CN=operateur`, as Strimzi
+names a principal of a certificate), as `admin` is locally: the rebuild, the restore and the
+dead letters' replay read the services' own output topics and DLQs, which no service may read."""
 
 
 SERVICE_REPLICAS = 2
@@ -154,18 +166,28 @@ def drain_seconds(spec: ServiceSpec) -> float:
     return http + relay + 2 * grace
 
 
+PRINCIPAL_DIR = "/etc/feo/kafka-principal"
+
+
 def _access(principal: str) -> list[dict[str, Any]]:
-    """The environment naming `principal`'s Kafka access (its password in the secret the User
-    Operator writes under its name) and the database."""
+    """The environment naming `principal`'s Kafka access (its certificate and key, from the
+    secret the User Operator writes under its name: `_principal_volume`) and the database."""
     return [
-        {"name": "KAFKA_USERNAME", "value": principal},
-        {"name": "KAFKA_PASSWORD", "valueFrom": {"secretKeyRef": {"name": principal, "key": "password"}}},
+        {"name": "KAFKA_CERT_FILE", "value": f"{PRINCIPAL_DIR}/user.crt"},
+        {"name": "KAFKA_KEY_FILE", "value": f"{PRINCIPAL_DIR}/user.key"},
         {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "feo-database", "key": "url"}}},
     ]
 
 
+def _principal_volume(principal: str) -> dict[str, Any]:
+    """`principal`'s certificate and key, mounted at PRINCIPAL_DIR (PRINCIPAL_MOUNT)."""
+    items = [{"key": name, "path": name} for name in ("user.crt", "user.key")]
+    return {"name": "kafka-principal", "secret": {"secretName": principal, "items": items}}
+
+
 CA_MOUNT = {"name": "kafka-ca", "mountPath": "/etc/feo/kafka-ca", "readOnly": True}
 CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}
+PRINCIPAL_MOUNT = {"name": "kafka-principal", "mountPath": PRINCIPAL_DIR, "readOnly": True}
 
 
 def _env(name: str) -> list[dict[str, Any]]:
@@ -195,7 +217,7 @@ def services() -> list[dict[str, Any]]:
             "ports": [{"name": "http", "containerPort": 8000}],
             "envFrom": [{"configMapRef": {"name": "feo-services"}}],
             "env": _env(spec.name),
-            "volumeMounts": [CA_MOUNT],
+            "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT],
             # Started when Kafka and PostgreSQL answer; ready as `/readyz` says (the same, but
             # PostgreSQL alone for ressources: its readers are served while Kafka is away); alive
             # while its event loop answers at all (`/livez`: the kernel accepts a TCP connection
@@ -244,7 +266,7 @@ def services() -> list[dict[str, Any]]:
                                 }
                             ],
                             "containers": [container],
-                            "volumes": [CA_VOLUME],
+                            "volumes": [CA_VOLUME, _principal_volume(spec.name)],
                         },
                     },
                 },
@@ -307,7 +329,7 @@ def toolbox() -> list[dict[str, Any]]:
         ],
         "envFrom": [{"configMapRef": {"name": "feo-services"}}],
         "env": _access(OPERATOR),
-        "volumeMounts": [CA_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
+        "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
         "resources": {
             "requests": {"cpu": "250m", "memory": TOOLBOX_MEMORY[0]},
             "limits": {"memory": TOOLBOX_MEMORY[1]},
@@ -334,6 +356,7 @@ def toolbox() -> list[dict[str, Any]]:
                         "containers": [container],
                         "volumes": [
                             CA_VOLUME,
+                            _principal_volume(OPERATOR),
                             {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": BACKUP_CLAIM}},
                         ],
                     },

@@ -114,7 +114,7 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
         refused += await _unfetchable(access, readable)
     if refused:
         raise AccesInsuffisant(
-            f"Kafka's principal {access.username or '(none)'} may not read {', '.join(sorted(refused))}: "
+            f"Kafka's principal {access.principal or '(none)'} may not read {', '.join(sorted(refused))}: "
             "run this as an operator (locally: env $(./dev credentials admin) ./dev ...)"
         )
 

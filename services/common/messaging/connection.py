@@ -24,6 +24,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from aiokafka.helpers import create_ssl_context
@@ -85,6 +86,22 @@ class KafkaAccess:
     def secured(self) -> bool:
         """Over TLS (SASL_SSL or SSL)."""
         return self.security_protocol != "PLAINTEXT"
+
+    @property
+    def principal(self) -> str | None:
+        """The principal's name, for a message: its SCRAM user, else its certificate's CN (as the
+        broker names it; None when the file cannot be read as a certificate)."""
+        if self.scram or self.cert_file is None:
+            return self.username
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        try:
+            subject = x509.load_pem_x509_certificate(Path(self.cert_file).read_bytes()).subject
+        except (OSError, ValueError):
+            return None
+        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
 
     @property
     def scram(self) -> bool:

@@ -124,12 +124,30 @@ def test_topics_and_users_mirror_the_platform(rendered):
 
 def test_the_operators_principal_is_a_super_user_of_the_cluster(rendered):
     """The rebuild, the restore and the dead letters' replay read what no service may read (its
-    own outputs, the DLQs): locally as `admin`, here as a super user with its own password."""
+    own outputs, the DLQs): locally as `admin`, here as a super user with its own certificate
+    (Strimzi names a certificate's principal `CN=<its KafkaUser>`)."""
     [cluster] = [doc for doc in rendered if doc["kind"] == "Kafka"]
-    assert cluster["spec"]["kafka"]["authorization"]["superUsers"] == [OPERATOR]
+    assert cluster["spec"]["kafka"]["authorization"]["superUsers"] == [f"CN={OPERATOR}"]
     [user] = [doc for doc in rendered if doc["kind"] == "KafkaUser" and doc["metadata"]["name"] == OPERATOR]
-    assert user["spec"] == {"authentication": {"type": "scram-sha-512"}}
+    assert user["spec"] == {"authentication": {"type": "tls"}}
     assert OPERATOR not in {b.principal for b in bindings()}, "a service never runs as the operator"
+
+
+def test_no_password_of_the_platform_s_own_principals_opens_kafka_from_outside(rendered):
+    """The external listener takes SCRAM, which the partners and dashboards use (CONTRACTS.md,
+    Identity); the services and the operator have no SCRAM credentials at all (the User
+    Operator makes a password only for a scram-sha-512 KafkaUser) and connect by certificate on
+    the internal listener only: a leaked secret of theirs is no use from outside the cluster."""
+    [cluster] = [doc for doc in rendered if doc["kind"] == "Kafka"]
+    listeners = {lsn["type"]: lsn["authentication"]["type"] for lsn in cluster["spec"]["kafka"]["listeners"]}
+    assert listeners == {"internal": "tls", "loadbalancer": "scram-sha-512"}
+    users = {
+        doc["metadata"]["name"]: doc["spec"]["authentication"]["type"] for doc in rendered if doc["kind"] == "KafkaUser"
+    }
+    platform = {spec.name for spec in specs()} | {OPERATOR}
+    assert {name for name, kind in users.items() if kind == "tls"} == platform
+    partners = {"ministere", "gar", *kubernetes.DASHBOARDS}
+    assert {name for name, kind in users.items() if kind == "scram-sha-512"} == partners
 
 
 def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal(rendered):
@@ -145,9 +163,7 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
         # (and say why) rather than kill it first.
         assert startup["periodSeconds"] * startup["failureThreshold"] > ServiceSettings().startup_timeout_seconds
         assert container["resources"]["limits"]["memory"]
-        env = {e["name"]: e for e in container["env"]}
-        assert env["KAFKA_USERNAME"]["value"] == name
-        assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == name, "the User Operator's secret"
+        assert _principal_secret(doc) == name, "its certificate: the User Operator's secret of its KafkaUser"
     config = next(doc for doc in rendered if doc["kind"] == "ConfigMap")
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
 
@@ -315,15 +331,37 @@ def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_th
         assert check_environment(env, [by_name[name].settings]) == [], name
         [port] = [p for p in container["ports"] if p["name"] == "http"]
         assert int(env["HTTP_PORT"]) == port["containerPort"], name
-        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        [(volume, secret)] = [(v["name"], v["secret"]) for v in pod["volumes"] if "secret" in v]
-        assert secret["secretName"] == f"{cluster['metadata']['name']}-cluster-ca-cert", "Strimzi's cluster CA"
-        assert env["KAFKA_CA_FILE"] == f"{mounts[volume]}/ca.crt", name
+        assert _mounted(pod, container, env["KAFKA_CA_FILE"]) == (
+            f"{cluster['metadata']['name']}-cluster-ca-cert",
+            "ca.crt",
+        ), "Strimzi's cluster CA"
+        assert _mounted(pod, container, env["KAFKA_CERT_FILE"]) == (name, "user.crt"), name
+        assert _mounted(pod, container, env["KAFKA_KEY_FILE"]) == (name, "user.key"), name
     host, port = config["data"]["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)
     assert host == f"{cluster['metadata']['name']}-kafka-bootstrap", "Strimzi's bootstrap Service"
     [listener] = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if lsn["port"] == int(port)]
     assert listener["type"] == "internal" and listener["tls"], "inside the cluster, over TLS"
-    assert listener["authentication"]["type"] == config["data"]["KAFKA_SASL_MECHANISM"].lower()
+    assert (listener["authentication"]["type"], config["data"]["KAFKA_SECURITY_PROTOCOL"]) == ("tls", "SSL")
+
+
+def _mounted(pod: dict, container: dict, path: str) -> tuple[str, str]:
+    """The secret and its key that a file of the container is: (secret name, key)."""
+    directory, file = path.rsplit("/", 1)
+    [volume] = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == directory]
+    [secret] = [v["secret"] for v in pod["volumes"] if v["name"] == volume]
+    items = {i["path"]: i["key"] for i in secret.get("items", [])}
+    key = items.get(file) if items else file  # without items, each key of the secret is a file
+    return secret["secretName"], key or "(not mounted)"
+
+
+def _principal_secret(deployment: dict) -> str:
+    """The secret a pod's Kafka certificate comes from."""
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    secret, key = _mounted(pod, container, env["KAFKA_CERT_FILE"] or "")
+    assert key == "user.crt"
+    return secret
 
 
 def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_settings(rendered):
@@ -337,12 +375,12 @@ def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_sett
     [container] = pod["containers"]
     assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}], "the services' settings"
     env = {e["name"]: e for e in container["env"]}
-    assert env["KAFKA_USERNAME"]["value"] == OPERATOR
-    assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": OPERATOR, "key": "password"}
+    assert _principal_secret(deployment) == OPERATOR
+    assert _mounted(pod, container, env["KAFKA_KEY_FILE"]["value"]) == (OPERATOR, "user.key")
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "feo-database", "key": "url"}
     environ = config["data"] | {
-        "KAFKA_USERNAME": OPERATOR,
-        "KAFKA_PASSWORD": "s3cret",
+        "KAFKA_CERT_FILE": env["KAFKA_CERT_FILE"]["value"],
+        "KAFKA_KEY_FILE": env["KAFKA_KEY_FILE"]["value"],
         "DATABASE_URL": "postgresql://db/feo",
     }
     for spec in specs():  # a rebuild runs with the service's own settings

@@ -250,3 +250,10 @@ def test_ssl_refuses_a_key_that_is_not_the_certificate_s(certificate_environ, tm
     (tmp_path / "user.key").write_bytes(other.private_bytes(serialization.Encoding.PEM, pkcs8, none))
     with pytest.raises(ssl.SSLError):
         KafkaAccess.from_environ(certificate_environ).ssl_context()
+
+
+def test_the_principal_is_named_by_its_user_or_its_certificate_s_cn(environ, certificate_environ):
+    assert KafkaAccess.from_environ(environ).principal == "formation"
+    assert KafkaAccess.from_environ(certificate_environ | {"KAFKA_USERNAME": "ignored"}).principal == "formation"
+    unreadable = certificate_environ | {"KAFKA_CERT_FILE": certificate_environ["KAFKA_KEY_FILE"]}
+    assert KafkaAccess.from_environ(unreadable).principal is None
