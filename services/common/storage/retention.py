@@ -6,7 +6,9 @@ stale), trainings accumulate by max and union, and the platform's own records ca
 The exception: a state event whose `time` equals the entity's current state's, which another
 event of that same `time` replaced (equal times: the later arrival wins, CONTRACTS.md), takes
 effect again (README, INBOX_RETENTION_DAYS). Rows older than `INBOX_RETENTION_DAYS` are
-deleted, a bounded chunk at a time.
+deleted, a bounded chunk at a time; so are the DLQ copies Kafka refused for good
+(`outbox_failed`), made as long ago: a refused record, a partner's personal data maybe, is kept
+no longer there than in its DLQ and the dead-letter log (README, Personal data).
 """
 
 import asyncio
@@ -20,16 +22,23 @@ CHUNK = 10_000
 PERIOD_SECONDS = 3600
 
 
+_EXPIRED = {
+    "inbox": "received_at < now() - make_interval(days => $1)",
+    "dead_letters": "received_at < now() - make_interval(days => $1)",
+    "outbox_failed": "created_at < now() - make_interval(days => $1) AND topic LIKE '%.dlq'",
+}
+
+
 async def purge(pool: asyncpg.Pool, days: int) -> int:
-    """Delete inbox and dead-letter rows received more than `days` days ago; returns how many."""
+    """Delete inbox and dead-letter rows received more than `days` days ago, and the DLQ copies
+    set aside made as long ago; returns how many."""
     removed = 0
-    for table in ("inbox", "dead_letters"):
+    for table, expired in _EXPIRED.items():
         while True:
             count = int(
                 (
                     await pool.execute(
-                        f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
-                        f"WHERE received_at < now() - make_interval(days => $1) LIMIT {CHUNK})",
+                        f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {expired} LIMIT {CHUNK})",
                         days,
                     )
                 ).split()[-1]
