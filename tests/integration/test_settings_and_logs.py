@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.ports import free_port
@@ -50,6 +52,30 @@ def test_a_service_with_a_bad_setting_exits_2_with_one_line_naming_the_variable_
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == ["BATCH_MAX_RECORDS: must be an integer ≥ 1 (got 'abc')"]
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_files_that_cannot_be_read_exit_2_with_one_line_naming_them_not_quoting_them(tmp_path, protocol):
+    """The broker's client is made with them before anything connects: a traceback, exit 1."""
+    nowhere = free_port()
+    (garbage := tmp_path / "user.key").write_text("-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n")
+    env = {
+        **os.environ,
+        "KAFKA_SECURITY_PROTOCOL": protocol,
+        "KAFKA_CERT_FILE": str(garbage),
+        "KAFKA_KEY_FILE": str(garbage),
+        "KAFKA_CA_FILE": str(tmp_path / "absent-ca.pem"),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{nowhere}",
+        "DATABASE_URL": f"postgresql://feo:s3cret@127.0.0.1:{nowhere}/feo",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.formation"], env=env, capture_output=True, text=True, timeout=60
+    )
+    variables = "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE" if protocol == "SSL" else "KAFKA_CA_FILE"
+    assert (done.returncode, done.stdout) == (2, "")
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"{variables}: the TLS files given cannot be read as PEM (")
+    assert str(tmp_path) not in line and "not-a-key" not in line
 
 
 def test_a_database_that_refuses_the_service_is_one_line_naming_database_url_without_password_or_traceback(

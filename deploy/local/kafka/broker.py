@@ -1,8 +1,8 @@
 """One KRaft node (broker and controller) on 127.0.0.1, run from the cached jars, secured.
 
 Clients connect with SASL/SCRAM-SHA-512 over TLS (listener CLIENT), the brokers among
-themselves over it as `admin`; the controller listener takes TLS clients holding a certificate
-of the local CA (mTLS, its CN the principal: the brokers' `BROKER_CN` a super user); with `certificates`, a
+themselves over it as `admin`; the controller listener takes TLS clients holding the broker
+certificate only (mTLS, its CN mapped to the super user `BROKER_CN`); with `certificates`, a
 listener more takes TLS clients named by their certificate's CN (`access_by_certificate`: the
 tests of Kubernetes' way, where the platform's own principals connect so). KRaft's StandardAuthorizer
 refuses whatever no ACL allows (`deploy.acl` writes them); `admin` and the brokers are super
@@ -35,7 +35,7 @@ from deploy.acl import DASHBOARDS, revoke
 from deploy.local.kafka.credentials import ADMIN, Credentials, principals
 from deploy.local.kafka.jars import KAFKA_VERSION, KafkaRuntimeError, ensure_kafka_jars
 from deploy.local.kafka.readiness import add_scram_users, delete_scram_users, serves_metadata
-from deploy.local.kafka.tls import BROKER_CN, TlsFiles, client_certificate, ensure_tls
+from deploy.local.kafka.tls import BROKER_CN, SUPER_USERS, TlsFiles, client_certificate, ensure_tls
 from deploy.local.ports import free_ports, port_open
 from deploy.local.server_process import ServerProcess, require_tool, run_tool
 from services.common.messaging.connection import KafkaAccess
@@ -301,11 +301,12 @@ class LocalKafka:
                     "ssl.truststore.type=PEM",
                     f"ssl.truststore.location={self.tls.ca}",
                     "listener.name.controller.ssl.client.auth=required",
-                    # A certificate's CN is its principal: the broker's, a client's (`client_certificate`).
-                    r"ssl.principal.mapping.rules=RULE:^CN=([a-z][a-z0-9-]*)$/$1/",
+                    f"ssl.principal.mapping.rules=RULE:^CN=({BROKER_CN})$/$1/",
+                    # There, a certificate's CN is its principal (`client_certificate`).
+                    r"listener.name.certificate.ssl.principal.mapping.rules=RULE:^CN=([a-z][a-z0-9-]*)$/$1/",
                     "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
                     "allow.everyone.if.no.acl.found=false",
-                    f"super.users=User:{ADMIN};User:{BROKER_CN}",
+                    "super.users=" + ";".join(f"User:{name}" for name in SUPER_USERS),
                     f"log.dirs={self.data_dir / 'kafka-logs'}",
                     "num.partitions=3",
                     "auto.create.topics.enable=false",

@@ -29,6 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from deploy.local.kafka.jars import cache_root
 
 BROKER_CN = "kafka-broker"
+SUPER_USERS = ("admin", BROKER_CN)
+"""The local brokers' super users (broker.py's super.users): no client certificate bears their names."""
 CA_VALIDITY = dt.timedelta(days=3650)
 BROKER_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -73,7 +75,10 @@ def client_certificate(files: TlsFiles, principal: str, directory: Path) -> tupl
     """A client certificate of `principal` (its CN) signed by the CA of `files`, and its private
     key: `directory/<principal>.crt` and `.key` (KAFKA_CERT_FILE, KAFKA_KEY_FILE), made anew at
     each call. The certificate listener (LocalKafka's `certificates`) names the client by it, as
-    Strimzi's internal listener names the platform's own principals (deploy/k8s)."""
+    Strimzi's internal listener names the platform's own principals (deploy/k8s). Never one of
+    a super user's names."""
+    if principal in SUPER_USERS:
+        raise ValueError(f"no client certificate for {principal!r}: a super user's name")
     ca_key = serialization.load_pem_private_key((files.ca.parent / "ca-key.pem").read_bytes(), password=None)
     assert isinstance(ca_key, rsa.RSAPrivateKey), "made by _new_key"
     ca = x509.load_pem_x509_certificate(files.ca.read_bytes())

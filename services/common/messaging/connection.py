@@ -1,4 +1,5 @@
-"""How a client reaches Kafka: bootstrap servers, security protocol, SASL credentials, CA.
+"""How a client reaches Kafka: bootstrap servers, security protocol, SASL credentials or client
+certificate, CA.
 
 Every Kafka client of the project (the services, the relay, the operators' tools, the tests)
 takes its options from one `KafkaAccess`, read from the environment like the services'
@@ -114,6 +115,17 @@ class KafkaAccess:
         if self.scram:
             return create_ssl_context(cafile=self.ca_file)
         return create_ssl_context(cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
+
+    def unreadable_tls_files(self) -> tuple[str, str] | None:
+        """When the TLS files given cannot be read as PEM (absent, unreadable, not a certificate, a
+        key not the certificate's): the variables to check, and why, naming neither their paths
+        nor what they hold. None otherwise."""
+        try:
+            self.ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            variables = "KAFKA_CA_FILE" if self.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
+            return variables, f"the TLS files given cannot be read as PEM ({type(exc).__name__})"
+        return None
 
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments of aiokafka's producer, consumer and admin client."""

@@ -162,11 +162,16 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
 def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn. Bad settings end
-    it before it connects anywhere: one line per problem on stderr, exit code 2."""
+    it before it connects anywhere: one line per problem on stderr, exit code 2; TLS files that
+    cannot be read too (the broker's client is made with them)."""
     if problems := check_environment(os.environ, [spec.settings]):
         print("\n".join(problems), file=sys.stderr)
         sys.exit(2)
     settings = spec.settings()
+    if unreadable := KafkaAccess.of(settings).unreadable_tls_files():
+        variables, why = unreadable
+        print(f"{variables}: {why}", file=sys.stderr)
+        sys.exit(2)
     app = build_app(spec, settings)
     if spec.http_api is not None:
         app = spec.http_api(app, settings)

@@ -265,29 +265,28 @@ async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
             raise Misconfigured(
                 f"no {variable} given: required over {access.security_protocol} (KAFKA_SECURITY_PROTOCOL)", variable
             )
-    try:
-        options = access.aiokafka()
-    except (OSError, ssl.SSLError) as exc:  # the files' paths and contents are not quoted
-        variables = "KAFKA_CA_FILE" if access.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
-        raise Misconfigured(f"the TLS files given cannot be read as PEM ({type(exc).__name__})", variables) from None
+    if unreadable := access.unreadable_tls_files():
+        raise Misconfigured(unreadable[1], unreadable[0])
+    options = access.aiokafka()
     del options["bootstrap_servers"]
     try:
+        # Its first request (API versions) inside: over TLS 1.3 the broker refuses a client
+        # certificate after the handshake, closing the connection when that request comes.
         conn = await create_conn(host, port, request_timeout_ms=int(PROBE_TIMEOUT * 1000), **options)
-        try:
-            if not access.scram:  # TLS 1.3: a refused certificate closes the connection after the handshake
-                await conn.send(MetadataRequest([], allow_auto_topic_creation=False))
-        finally:
-            conn.close()
     except ssl.SSLCertVerificationError:
         raise Misconfigured(
             f"the certificate of the broker at {host}:{port} is not signed by a trusted CA", "KAFKA_CA_FILE"
         ) from None
     except SaslAuthenticationFailed:
         raise CredentialsRefused(f"the broker refused the SCRAM credentials of principal {access.username!r}") from None
-    except KafkaConnectionError:
+    except (KafkaConnectionError, ssl.SSLError) as exc:  # TLS 1.2 refuses in the handshake
         if access.scram:
             raise
-        raise CertificateRefused(f"the broker at {host}:{port} refused this client's certificate") from None
+        raise CertificateRefused(
+            f"the broker at {host}:{port} closed the connection at once ({type(exc).__name__}): "
+            "a client certificate it does not accept, or a broker stopping"
+        ) from None
+    conn.close()
 
 
 class Guard:

@@ -2,10 +2,12 @@
 
 import datetime as dt
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from deploy.local.kafka import tls
+from deploy.local.kafka.credentials import ADMIN
 
 
 def test_the_broker_certificate_is_renewed_near_its_expiry(tmp_path, monkeypatch) -> None:
@@ -28,3 +30,16 @@ def test_the_broker_certificate_names_the_local_addresses_for_both_tls_sides(tmp
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def test_a_client_certificate_names_its_principal_and_never_a_super_user(tmp_path) -> None:
+    """The certificate listener takes a certificate's CN for its principal: one named as a
+    super user would be one."""
+    files = tls.ensure_tls(tmp_path)
+    cert_file, key_file = tls.client_certificate(files, "formation", tmp_path / "clients")
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=formation"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    for name in (ADMIN, tls.BROKER_CN):
+        with pytest.raises(ValueError, match="a super user's name"):
+            tls.client_certificate(files, name, tmp_path / "clients")
