@@ -15,8 +15,9 @@ and `dlq-message` beside the record it refused. Any Kafka client does the same (
 
 It connects as the services do, with the KAFKA_* variables (address, SASL_SSL, user, password,
 CA; or SSL and a client certificate); `--principal NAME` connects instead as that principal of
-the local platform running on this machine (`./dev up`), with the password its broker keeps. `credentials NAME` prints that
-principal's KAFKA_*= settings, for any other client (kcat, Java: see the README, Security).
+the local platform running on this machine (`./dev up`), with the password its broker keeps.
+`credentials NAME` prints that principal's KAFKA_*= settings, for any other client (kcat, Java:
+see the README, Security).
 """
 
 from __future__ import annotations
