@@ -63,12 +63,16 @@ def ensure_tls(directory: Path | None = None) -> TlsFiles:
             _write(files.ca, _cert_pem(_ca_certificate(key)))
             files.broker.unlink(missing_ok=True)  # signed by the former CA
         if _needs_renewal(files.broker):
-            ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
-            assert isinstance(ca_key, rsa.RSAPrivateKey), "made by _new_key"
-            ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
             key = _new_key()
-            _write(files.broker, _key_pem(key) + _cert_pem(_broker_certificate(key, ca, ca_key)))
+            _write(files.broker, _key_pem(key) + _cert_pem(_broker_certificate(key, *_authority(files))))
     return files
+
+
+def _authority(files: TlsFiles) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The CA's certificate and key, which sign the others."""
+    ca_key = serialization.load_pem_private_key((files.ca.parent / "ca-key.pem").read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey), "made by _new_key"
+    return x509.load_pem_x509_certificate(files.ca.read_bytes()), ca_key
 
 
 def client_certificate(files: TlsFiles, principal: str, directory: Path) -> tuple[Path, Path]:
@@ -79,21 +83,11 @@ def client_certificate(files: TlsFiles, principal: str, directory: Path) -> tupl
     a super user's names."""
     if principal in SUPER_USERS:
         raise ValueError(f"no client certificate for {principal!r}: a super user's name")
-    ca_key = serialization.load_pem_private_key((files.ca.parent / "ca-key.pem").read_bytes(), password=None)
-    assert isinstance(ca_key, rsa.RSAPrivateKey), "made by _new_key"
-    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
-    key, now = _new_key(), _now()
+    ca, ca_key = _authority(files)
+    key = _new_key()
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(principal))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + BROKER_VALIDITY, ca.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _issued(principal, key, ca, ca_key)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,17 +161,28 @@ def _ca_certificate(key: rsa.RSAPrivateKey) -> x509.Certificate:
     )
 
 
-def _broker_certificate(key: rsa.RSAPrivateKey, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey) -> x509.Certificate:
+def _issued(
+    cn: str, key: rsa.RSAPrivateKey, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey
+) -> x509.CertificateBuilder:
+    """A certificate of `cn` for `key` by the CA, valid BROKER_VALIDITY (within the CA's), its
+    usages to add."""
     now = _now()
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(BROKER_CN))
+        .subject_name(_name(cn))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + BROKER_VALIDITY, ca.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+
+
+def _broker_certificate(key: rsa.RSAPrivateKey, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey) -> x509.Certificate:
+    return (
+        _issued(BROKER_CN, key, ca, ca_key)
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
             critical=False,
@@ -185,7 +190,6 @@ def _broker_certificate(key: rsa.RSAPrivateKey, ca: x509.Certificate, ca_key: rs
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

@@ -22,11 +22,9 @@ from services.common.runtime.settings import ServiceSettings
 PASSWORD = "pw-0f3a9c"
 
 
-@pytest.fixture(scope="module")
-def ca_file(tmp_path_factory) -> str:
-    """A self-signed CA certificate, as the local runtime's (deploy/local/kafka) would be."""
+def self_signed(cn: str, ca: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feo-test-ca")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
@@ -36,9 +34,16 @@ def ca_file(tmp_path_factory) -> str:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory) -> str:
+    """A self-signed CA certificate, as the local runtime's (deploy/local/kafka) would be."""
+    _, cert = self_signed("feo-test-ca", ca=True)
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return str(path)
@@ -198,19 +203,7 @@ def test_a_protocol_it_does_not_know_is_refused_rather_than_read_as_plaintext(pr
 @pytest.fixture
 def certificate_environ(environ, tmp_path) -> dict[str, str]:
     """SSL: the principal named by a client certificate (Kubernetes' way for the platform's own)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "formation")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("formation")
     (cert_file := tmp_path / "user.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     (key_file := tmp_path / "user.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, none))
