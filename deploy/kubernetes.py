@@ -5,7 +5,7 @@
   partitions, retention, compaction and timestamps), three replicas each;
 - `deploy/k8s/strimzi/users.yaml`: a `KafkaUser` per principal, with exactly the ACLs `deploy.acl`
   applies to the local broker (CONTRACTS.md, Identity): the partners' and the dashboards'
-  SCRAM-SHA-512 (they connect from outside), the platform's own (`PLATFORM`) by certificate;
+  SCRAM-SHA-512 (they connect from outside), the platform's own (`platform_principals`) by certificate;
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
   it is given to stop, its Kafka principal's secret);

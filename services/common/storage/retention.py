@@ -8,7 +8,7 @@ event of that same `time` replaced (equal times: the later arrival wins, CONTRAC
 effect again (README, INBOX_RETENTION_DAYS). Rows older than `INBOX_RETENTION_DAYS` are
 deleted, a bounded chunk at a time; so are the DLQ copies Kafka refused for good
 (`outbox_failed`), made as long ago: a refused record, a partner's personal data maybe, is kept
-no longer there than in its DLQ and the dead-letter log (README, Personal data).
+no longer there than in its DLQ and the dead-letter log (README, INBOX_RETENTION_DAYS).
 """
 
 import asyncio
