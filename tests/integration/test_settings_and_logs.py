@@ -15,6 +15,7 @@ import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
+from deploy.local.kafka.tls import client_certificate, ensure_tls
 from deploy.local.ports import free_port
 from deploy.local.processes import ServiceProcesses
 from helpers import TopicReader, college, eventually, send, uai
@@ -56,15 +57,19 @@ def test_a_service_with_a_bad_setting_exits_2_with_one_line_naming_the_variable_
 
 @pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
 def test_tls_files_that_cannot_be_read_exit_2_with_one_line_naming_them_not_quoting_them(tmp_path, protocol):
-    """The broker's client is made with them before anything connects: a traceback, exit 1."""
+    """The broker's client is made with them before anything connects: it was a traceback, exit
+    1. Over SSL a key that is not one (the CA and the certificate fine); over SASL_SSL a CA file
+    that is not there."""
     nowhere = free_port()
-    (garbage := tmp_path / "user.key").write_text("-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n")
+    tls = ensure_tls(tmp_path / "ca")
+    cert_file, key_file = client_certificate(tls, "formation", tmp_path)
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n")
     env = {
         **os.environ,
         "KAFKA_SECURITY_PROTOCOL": protocol,
-        "KAFKA_CERT_FILE": str(garbage),
-        "KAFKA_KEY_FILE": str(garbage),
-        "KAFKA_CA_FILE": str(tmp_path / "absent-ca.pem"),
+        "KAFKA_CERT_FILE": str(cert_file),
+        "KAFKA_KEY_FILE": str(key_file),
+        "KAFKA_CA_FILE": str(tls.ca if protocol == "SSL" else tmp_path / "absent-ca.pem"),
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{nowhere}",
         "DATABASE_URL": f"postgresql://feo:s3cret@127.0.0.1:{nowhere}/feo",
     }

@@ -99,14 +99,17 @@ class LocalKafka:
         """`certificates`: a listener more, of TLS clients named by their certificate (mTLS, as
         the platform's own principals on Kubernetes: deploy/k8s), at `certificate_port`."""
         self.data_dir = Path(data_dir).resolve()
-        self.certificate_port = free_ports(1)[0] if certificates else None
         self.node_id = node_id
+        self.certificate_port: int | None = None
         if quorum is not None:
+            if certificates:
+                raise ValueError("a node of a quorum has no certificate listener")
             [(_, self.port, self.controller_port)] = [n for n in quorum.nodes if n[0] == node_id]
         else:
-            ports = free_ports(2)
-            self.port = port or ports[0]
-            self.controller_port = ports[1] if ports[1] != self.port else ports[0]
+            ports = [p for p in free_ports(4) if p != port]  # taken at once: they differ, and from `port`
+            self.port = port or ports.pop()
+            self.controller_port = ports.pop()
+            self.certificate_port = ports.pop() if certificates else None
         self.quorum = quorum or Quorum(((node_id, self.port, self.controller_port),), "")
         self._credentials_dir = Path(credentials_dir).resolve() if credentials_dir else self.data_dir
         self.credentials: Credentials | None = None

@@ -25,12 +25,24 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from aiokafka.helpers import create_ssl_context
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _no_passphrase() -> bytes:
+    """An encrypted key's passphrase: none (OpenSSL would otherwise ask for it on the terminal,
+    and a service started by hand would wait there; refused, the key cannot be read)."""
+    return b""
+
+
 Protocol = Literal["SASL_SSL", "SSL", "PLAINTEXT"]
 Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
 VARIABLES = {
@@ -90,19 +102,33 @@ class KafkaAccess:
 
     @property
     def principal(self) -> str | None:
-        """The principal's name, for a message: its SCRAM user, else its certificate's CN (as the
-        broker names it; None when the file cannot be read as a certificate)."""
+        """The principal's name, for a message: its SCRAM user, else its certificate's CN (which
+        Strimzi's brokers name `CN=<it>`, the local one `<it>`; None when the file cannot be read
+        as a certificate)."""
         if self.scram or self.cert_file is None:
             return self.username
-        from cryptography import x509
         from cryptography.x509.oid import NameOID
 
+        if (certificate := self._certificate()) is None:
+            return None
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
+
+    @property
+    def certificate_expiry(self) -> datetime | None:
+        """When the client certificate (SSL) stops being valid; None without one it can read."""
+        certificate = None if self.scram else self._certificate()
+        return None if certificate is None else certificate.not_valid_after_utc
+
+    def _certificate(self) -> x509.Certificate | None:
+        from cryptography import x509
+
+        if self.cert_file is None:
+            return None
         try:
-            subject = x509.load_pem_x509_certificate(Path(self.cert_file).read_bytes()).subject
+            return x509.load_pem_x509_certificate(Path(self.cert_file).read_bytes())
         except (OSError, ValueError):
             return None
-        names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return str(names[0].value) if names else None
 
     @property
     def scram(self) -> bool:
@@ -112,9 +138,11 @@ class KafkaAccess:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.secured:
             return None
-        if self.scram:
+        if self.scram or self.cert_file is None or self.key_file is None:  # one missing: the probe names it
             return create_ssl_context(cafile=self.ca_file)
-        return create_ssl_context(cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
+        return create_ssl_context(
+            cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file, password=_no_passphrase
+        )
 
     def unreadable_tls_files(self) -> tuple[str, str] | None:
         """When the TLS files given cannot be read as PEM (absent, unreadable, not a certificate, a

@@ -21,7 +21,8 @@ after the retried one, by its seq). A record's twin (an alert event's copy on al
 outbox.Twin) is set aside with it and superseded on its own: `retry` then puts back the other
 one alone. Values are not printed: they may hold partners' data; `--show-key` prints record
 keys, but a DLQ copy's only when it is a UAI (a partner's `formation-suivie` is keyed by its
-teacher_id).
+teacher_id). A DLQ copy set aside is deleted INBOX_RETENTION_DAYS after it was made, as its
+dead letter is (storage/retention.py).
 """
 
 import argparse

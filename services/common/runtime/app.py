@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -160,6 +161,22 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
     return app
 
 
+CERTIFICATE_RENEWED_BEFORE = timedelta(days=30)
+"""Strimzi's User Operator renews a client certificate this long before its end (its default)."""
+
+
+def log_certificate(access: KafkaAccess, now: datetime | None = None) -> None:
+    """When the client certificate read at start (SSL) ends: the service reads it once, so a
+    renewed one is taken at its next start. A warning when it ends within
+    CERTIFICATE_RENEWED_BEFORE: a renewal has not reached the pod's files, or the pod must be
+    restarted before then (README, Kubernetes)."""
+    if (expiry := access.certificate_expiry) is None:
+        return
+    left = expiry - (now or datetime.now(UTC))
+    report = log.warning if left < CERTIFICATE_RENEWED_BEFORE else log.info
+    report("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
+
+
 def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn. Bad settings end
     it before it connects anywhere: one line per problem on stderr, exit code 2; TLS files that
@@ -173,6 +190,7 @@ def serve(spec: ServiceSpec) -> None:
         print(f"{variables}: {why}", file=sys.stderr)
         sys.exit(2)
     app = build_app(spec, settings)
+    log_certificate(KafkaAccess.of(settings))
     if spec.http_api is not None:
         app = spec.http_api(app, settings)
     startup.run_server(app, settings)  # uvicorn; exits non-zero when the service cannot run

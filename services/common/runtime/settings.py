@@ -195,7 +195,11 @@ class ServiceSettings(BaseSettings):
     )
     outbox_poll_ms: int = Field(1000, ge=10, description="relay poll period when not woken")
     outbox_batch_records: int = Field(2000, ge=1, description="records the relay publishes per round")
-    inbox_retention_days: int = Field(30, ge=0, description="forget accepted ids after this many days (0: never)")
+    inbox_retention_days: int = Field(
+        30,
+        ge=0,
+        description="forget accepted ids, dead letters and DLQ copies set aside after this many days (0: never)",
+    )
     max_clock_skew: Duration = Field(
         timedelta(minutes=5),
         ge=timedelta(0),

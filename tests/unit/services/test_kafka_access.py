@@ -115,7 +115,14 @@ def test_faststream_gets_the_same_options_as_aiokafka(environ, monkeypatch, mech
 
 
 def test_plaintext_gives_only_the_bootstrap_and_no_faststream_security(monkeypatch):
-    for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_USERNAME", "KAFKA_PASSWORD", "KAFKA_CA_FILE"):
+    for name in (
+        "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_USERNAME",
+        "KAFKA_PASSWORD",
+        "KAFKA_CA_FILE",
+        "KAFKA_CERT_FILE",
+        "KAFKA_KEY_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)  # the test session's own access
     plaintext = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
     access = KafkaAccess.from_environ(plaintext)
@@ -250,3 +257,45 @@ def test_the_principal_is_named_by_its_user_or_its_certificate_s_cn(environ, cer
     assert KafkaAccess.from_environ(certificate_environ | {"KAFKA_USERNAME": "ignored"}).principal == "formation"
     unreadable = certificate_environ | {"KAFKA_CERT_FILE": certificate_environ["KAFKA_KEY_FILE"]}
     assert KafkaAccess.from_environ(unreadable).principal is None
+
+
+def test_a_missing_key_or_certificate_is_left_for_the_probe_to_name(certificate_environ):
+    """Not a PEM error at the client's making (load_cert_chain would read the key from the
+    certificate's file): the start-up probe names the one missing (exit code 3)."""
+    for missing in ("KAFKA_CERT_FILE", "KAFKA_KEY_FILE"):
+        access = KafkaAccess.from_environ({k: v for k, v in certificate_environ.items() if k != missing})
+        assert access.unreadable_tls_files() is None
+        assert trusts_only_the_ca(access.aiokafka()["ssl_context"])
+
+
+def test_an_encrypted_key_cannot_be_read_rather_than_asked_for(certificate_environ, tmp_path):
+    """The certificate's own key, encrypted: OpenSSL is given no passphrase (none asked on a
+    terminal, where a service started by hand would wait)."""
+    key, cert = self_signed("formation")
+    (tmp_path / "user.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8, locked = serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"phrase")
+    (tmp_path / "user.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, locked))
+    unreadable = KafkaAccess.from_environ(certificate_environ).unreadable_tls_files()
+    assert unreadable is not None and unreadable[0] == "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
+    assert str(tmp_path) not in unreadable[1]
+
+
+def test_the_client_certificate_s_end_is_logged_at_start_a_warning_within_the_renewal(certificate_environ, monkeypatch):
+    """The service reads its certificate once: its end is said at start, a warning when a
+    renewal should have reached the pod already (README, Kubernetes)."""
+    from helpers import Said
+    from services.common.runtime import app
+
+    said = Said()
+    monkeypatch.setattr(app, "log", said)
+    access = KafkaAccess.from_environ(certificate_environ)
+    expiry = access.certificate_expiry
+    assert expiry is not None and expiry - datetime.now(UTC) <= timedelta(days=1), "the fixture's: a day"
+    app.log_certificate(access, now=expiry - timedelta(days=31))
+    app.log_certificate(access, now=expiry - timedelta(days=29))
+    app.log_certificate(KafkaAccess.from_environ({**certificate_environ, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}))
+    assert [(line["level"], line["days_left"], line["principal"]) for line in said.named("kafka.certificate")] == [
+        ("info", 31, "formation"),
+        ("warning", 29, "formation"),
+    ]
+    assert str(certificate_environ["KAFKA_KEY_FILE"]) not in str(said.lines)
