@@ -185,12 +185,13 @@ def serve(spec: ServiceSpec) -> None:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(2)
     settings = spec.settings()
-    if unreadable := KafkaAccess.of(settings).unreadable_tls_files():
+    access = KafkaAccess.of(settings)
+    if unreadable := access.unreadable_tls_files():
         variables, why = unreadable
         print(f"{variables}: {why}", file=sys.stderr)
         sys.exit(2)
     app = build_app(spec, settings)
-    log_certificate(KafkaAccess.of(settings))
+    log_certificate(access)
     if spec.http_api is not None:
         app = spec.http_api(app, settings)
     startup.run_server(app, settings)  # uvicorn; exits non-zero when the service cannot run
