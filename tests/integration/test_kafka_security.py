@@ -32,7 +32,7 @@ from deploy.local.kafka.tls import client_certificate, ensure_tls
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
 from helpers import eventually
-from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.connection import KafkaAccess, TlsFiles, reload_tls_files
 from services.common.runtime.startup import (
     KAFKA_UNAVAILABLE,
     DependencyRefused,
@@ -383,6 +383,46 @@ async def test_a_certificate_of_another_ca_is_refused_naming_its_files(kafka, tm
     assert str(gave_up.value).endswith("(check KAFKA_CERT_FILE, KAFKA_KEY_FILE)")
 
 
+async def _admitted(access: KafkaAccess, context: ssl.SSLContext) -> None:
+    """A new connection of `context` (a long-lived client's, reconnecting) answered by the broker."""
+    host, port = access.bootstrap_servers.split(":")
+    options = access.aiokafka() | {"ssl_context": context}
+    del options["bootstrap_servers"]
+    async with asyncio.timeout(DEADLINE):
+        conn = await create_conn(host, int(port), **options)
+        try:
+            await conn.send(MetadataRequest([]))  # TLS 1.3: a refusal comes after the handshake
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("renewed", ["certificate", "ca"])
+async def test_files_renewed_under_a_live_client_are_what_its_next_connections_use(kafka, tmp_path, renewed) -> None:
+    """A client certificate the broker refuses (another CA's), or a CA that does not sign the
+    broker's, replaced in the files a live context was made of: once reloaded (a running service
+    does it every TLS_RELOAD_SECONDS), that context's next connection is admitted."""
+    right = kafka.access_by_certificate("formation", tmp_path)
+    other_ca = ensure_tls(tmp_path / "another-ca")
+    if renewed == "certificate":
+        cert, key = client_certificate(other_ca, "formation", tmp_path / "other")
+        wrong = {"cert_file": cert, "key_file": key}
+    else:
+        wrong = {"ca_file": other_ca.ca}
+    live = {name: tmp_path / f"live-{name}" for name in wrong}
+    for name, path in live.items():
+        path.write_bytes(Path(wrong[name]).read_bytes())
+    access = dataclasses.replace(right, **{name: str(path) for name, path in live.items()})
+    context = access.ssl_context()
+    assert context is not None
+    with pytest.raises((ssl.SSLError, ConnectionError, KafkaConnectionError)):
+        await _admitted(access, context)
+    for name, path in live.items():
+        path.write_bytes(Path(getattr(right, name)).read_bytes())
+    files = TlsFiles(access.ca_file, access.cert_file, access.key_file)
+    assert [r.error for r in reload_tls_files() if r.files == files] == [None]
+    await _admitted(access, context)
+
+
 @pytest.mark.parametrize("missing", ["KAFKA_CERT_FILE", "KAFKA_KEY_FILE"])
 async def test_ssl_without_a_certificate_or_its_key_stops_the_start_naming_it(kafka, tmp_path, missing) -> None:
     field = {"KAFKA_CERT_FILE": "cert_file", "KAFKA_KEY_FILE": "key_file"}[missing]
@@ -430,3 +470,4 @@ async def test_a_service_runs_over_its_certificate(kafka, settings, tmp_path) ->
         await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(code, lot(code, "L1", 30, 1))])
         records = await profils.wait_for(lambda rs: len(rs) >= 1, what="the lot's profile")
         assert records[0].key == f"{code}/L1".encode()
+        assert "equipement-tls" in {t.get_name() for t in asyncio.all_tasks()}, "renewals watched"

@@ -17,17 +17,25 @@ settings:
 `SSL` is how the platform's own principals connect on Kubernetes (deploy/k8s: the services and
 the operators' tools, on the internal listener), so that no password of theirs works from
 outside; the partners use SASL_SSL.
+
+Certificates are renewed under a running process (Strimzi's User Operator renews a client's a
+month before its end, its cluster CA yearly; Kubernetes updates the mounted files in place):
+`reload_tls_files` loads the files again into every SSL context made here that is still in use,
+so the connections the clients open next use the renewed ones (a service does it every
+TLS_RELOAD_SECONDS, runtime/certificates.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from aiokafka.helpers import create_ssl_context
 
@@ -136,13 +144,17 @@ class KafkaAccess:
         return self.security_protocol == "SASL_SSL"
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """A new SSL context of these files, reloaded by `reload_tls_files` for as long as it lives."""
         if not self.secured:
             return None
-        if self.scram or self.cert_file is None or self.key_file is None:  # one missing: the probe names it
-            return create_ssl_context(cafile=self.ca_file)
-        return create_ssl_context(
-            cafile=self.ca_file, certfile=self.cert_file, keyfile=self.key_file, password=_no_passphrase
-        )
+        files = TlsFiles(self.ca_file)
+        if not (self.scram or self.cert_file is None or self.key_file is None):  # one missing: the probe names it
+            files = TlsFiles(self.ca_file, self.cert_file, self.key_file)
+        digests = files.digests()  # before loading: a change meanwhile is loaded at the next reload
+        context = files.context()
+        if files != TlsFiles():  # the system's CAs alone: nothing to reload
+            _LIVE[context] = _Loaded(files, digests)
+        return context
 
     def unreadable_tls_files(self) -> tuple[str, str] | None:
         """When the TLS files given cannot be read as PEM (absent, unreadable, not a certificate, a
@@ -199,6 +211,99 @@ class KafkaAccess:
         """The variables that give a child process this access."""
         values = {name: getattr(self, name) for name in VARIABLES}
         return {VARIABLES[name]: str(value) for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files an SSL context is made of (None: not given): CA, client certificate, its key."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    VARIABLES: ClassVar[tuple[str, ...]] = ("KAFKA_CA_FILE", "KAFKA_CERT_FILE", "KAFKA_KEY_FILE")
+
+    def digests(self) -> tuple[bytes | None, ...]:
+        """Each file's SHA-256 (b"" when it cannot be read: a change too, which the loading reports)."""
+        return tuple(None if path is None else _digest(path) for path in (self.ca, self.cert, self.key))
+
+    def context(self) -> ssl.SSLContext:
+        if self.cert is None or self.key is None:
+            return create_ssl_context(cafile=self.ca)
+        return create_ssl_context(cafile=self.ca, certfile=self.cert, keyfile=self.key, password=_no_passphrase)
+
+    def load_into(self, context: ssl.SSLContext) -> None:
+        """Into a live context: the CA's certificates added to those it trusts (a renewed CA's new
+        certificate; the former stays trusted until the process ends), its certificate and key
+        replaced by the files'."""
+        if self.ca is not None:
+            context.load_verify_locations(cafile=self.ca)
+        if self.cert is not None and self.key is not None:
+            context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+
+
+def _digest(path: str) -> bytes:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return b""
+
+
+@dataclass
+class _Loaded:
+    files: TlsFiles
+    digests: tuple[bytes | None, ...]
+    """Each file's digest as the context last loaded it."""
+    refused: tuple[bytes | None, ...] | None = None
+    """The digests of files found unreadable at the last attempt (told once, tried again)."""
+
+
+_LIVE: weakref.WeakKeyDictionary[ssl.SSLContext, _Loaded] = weakref.WeakKeyDictionary()
+"""Every SSL context `KafkaAccess.ssl_context` made that is still referenced (by a client)."""
+
+
+@dataclass(frozen=True)
+class TlsReload:
+    """Files that changed since contexts loaded them, and whether they were loaded again."""
+
+    files: TlsFiles
+    changed: tuple[str, ...]
+    """The variables of the files that changed (TlsFiles.VARIABLES)."""
+    contexts: int
+    error: str | None = None
+    """Why they could not be (the error's type: never a path or what the files hold); the
+    contexts kept what they had, and the files are tried again at the next reload."""
+
+
+def reload_tls_files() -> list[TlsReload]:
+    """The live SSL contexts whose files changed since they loaded them, loaded again in place;
+    what changed, by set of files. Files that cannot be read as PEM (a renewal half-written, a
+    key not the certificate's) are not loaded: the contexts keep their former certificates, and
+    the files are read again at the next call (reported once while they stay the same)."""
+    stale: dict[tuple[TlsFiles, tuple[bytes | None, ...]], list[tuple[ssl.SSLContext, _Loaded]]] = {}
+    for context, loaded in list(_LIVE.items()):
+        if (digests := loaded.files.digests()) != loaded.digests:
+            stale.setdefault((loaded.files, digests), []).append((context, loaded))
+    outcomes = []
+    for (files, digests), contexts in stale.items():
+        changed = tuple(
+            variable
+            for variable, was, now in zip(TlsFiles.VARIABLES, contexts[0][1].digests, digests, strict=True)
+            if was != now
+        )
+        try:
+            files.context()  # the files checked first: a context half-loaded would refuse every new connection
+            for context, loaded in contexts:
+                files.load_into(context)
+                loaded.digests, loaded.refused = digests, None
+        except (OSError, ssl.SSLError) as exc:
+            if any(loaded.refused != digests for _, loaded in contexts):
+                outcomes.append(TlsReload(files, changed, len(contexts), type(exc).__name__))
+            for _, loaded in contexts:
+                loaded.refused = digests
+            continue
+        outcomes.append(TlsReload(files, changed, len(contexts)))
+    return outcomes
 
 
 def kafka_options(bootstrap_servers: str | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

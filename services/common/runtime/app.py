@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -23,6 +22,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
 from services.common.runtime import metrics, startup
+from services.common.runtime.certificates import log_certificate
 from services.common.runtime.health import Backlog, database_gauges, health_report, readiness_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
@@ -159,22 +159,6 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
         specification=AsyncAPI(broker, title=f"former-équiper-outiller: {spec.name}", description=spec.description),
     )
     return app
-
-
-CERTIFICATE_RENEWED_BEFORE = timedelta(days=30)
-"""Strimzi's User Operator renews a client certificate this long before its end (its default)."""
-
-
-def log_certificate(access: KafkaAccess, now: datetime | None = None) -> None:
-    """When the client certificate read at start (SSL) ends: the service reads it once, so a
-    renewed one is taken at its next start. A warning when it ends within
-    CERTIFICATE_RENEWED_BEFORE: a renewal has not reached the pod's files, or the pod must be
-    restarted before then (README, Kubernetes)."""
-    if (expiry := access.certificate_expiry) is None:
-        return
-    left = expiry - (now or datetime.now(UTC))
-    report = log.warning if left < CERTIFICATE_RENEWED_BEFORE else log.info
-    report("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
 
 
 def serve(spec: ServiceSpec) -> None:

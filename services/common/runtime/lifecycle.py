@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
+from services.common.runtime import certificates
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.startup import StartupFailed
@@ -96,6 +97,8 @@ class Lifecycle:
             self._spawn(pipeline.revive_continually(REVIVAL_PERIOD_SECONDS), f"{spec.name}-revival")
         if settings.inbox_retention_days:
             self._spawn(retention.run(pipeline.pool, settings.inbox_retention_days), f"{spec.name}-retention")
+        if (access := KafkaAccess.of(settings)).secured:  # renewed certificates taken without a restart
+            self._spawn(certificates.watch(access), f"{spec.name}-tls")
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
 
     async def stop_background(self) -> None:

@@ -280,22 +280,25 @@ def test_an_encrypted_key_cannot_be_read_rather_than_asked_for(certificate_envir
     assert str(tmp_path) not in unreadable[1]
 
 
-def test_the_client_certificate_s_end_is_logged_at_start_a_warning_within_the_renewal(certificate_environ, monkeypatch):
-    """The service reads its certificate once: its end is said at start, a warning when a
-    renewal should have reached the pod already (README, Kubernetes)."""
+def test_the_client_certificate_s_end_is_logged_a_warning_within_the_renewal(certificate_environ, monkeypatch):
+    """Its end is said at start, and by the running service only when it is near (a renewal
+    should have reached the pod's files already: README, Kubernetes)."""
     from helpers import Said
-    from services.common.runtime import app
+    from services.common.runtime import certificates
 
     said = Said()
-    monkeypatch.setattr(app, "log", said)
+    monkeypatch.setattr(certificates, "log", said)
     access = KafkaAccess.from_environ(certificate_environ)
     expiry = access.certificate_expiry
     assert expiry is not None and expiry - datetime.now(UTC) <= timedelta(days=1), "the fixture's: a day"
-    app.log_certificate(access, now=expiry - timedelta(days=31))
-    app.log_certificate(access, now=expiry - timedelta(days=29))
-    app.log_certificate(KafkaAccess.from_environ({**certificate_environ, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}))
+    certificates.log_certificate(access, now=expiry - timedelta(days=31))
+    certificates.log_certificate(access, now=expiry - timedelta(days=29))
+    certificates.log_certificate(access, now=expiry - timedelta(days=31), soon_only=True)
+    certificates.log_certificate(access, now=expiry - timedelta(days=28), soon_only=True)
+    sasl = KafkaAccess.from_environ({**certificate_environ, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    certificates.log_certificate(sasl)
     assert [(line["level"], line["days_left"], line["principal"]) for line in said.named("kafka.certificate")] == [
         ("info", 31, "formation"),
         ("warning", 29, "formation"),
+        ("warning", 28, "formation"),
     ]
-    assert str(certificate_environ["KAFKA_KEY_FILE"]) not in str(said.lines)
