@@ -170,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         for variable, value in local_access(args.name, args.data_dir).environ().items():
             print(f"{variable}={value}")
         return 0
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: our one line says it
     access = local_access(args.principal) if args.principal else KafkaAccess.from_environ()
+    if unusable := access.unusable():
+        print(f"./dev kafka: {': '.join(unusable)}", file=sys.stderr)
+        return 2
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: our one line says it
     bootstrap = access.bootstrap_servers
     try:
         if args.command == "produce":

@@ -156,6 +156,16 @@ class KafkaAccess:
             _LIVE[context] = _Loaded(files, digests)
         return context
 
+    def unusable(self, read_files: bool = True) -> tuple[str, str] | None:
+        """What keeps this access from connecting whatever the broker says: over SSL a client
+        certificate or key not given, or TLS files that cannot be read as PEM (unless not
+        `read_files`). The variables to check, and why (never a path or what a file holds)."""
+        if self.security_protocol == "SSL":
+            for variable, value in (("KAFKA_CERT_FILE", self.cert_file), ("KAFKA_KEY_FILE", self.key_file)):
+                if value is None:
+                    return variable, "not given: required over SSL (KAFKA_SECURITY_PROTOCOL)"
+        return self.unreadable_tls_files() if read_files else None
+
     def unreadable_tls_files(self) -> tuple[str, str] | None:
         """When the TLS files given cannot be read as PEM (absent, unreadable, not a certificate, a
         key not the certificate's): the variables to check, and why, naming neither their paths

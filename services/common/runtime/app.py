@@ -165,17 +165,12 @@ def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn. Bad settings end
     it before it connects anywhere: one line per problem on stderr, exit code 2; TLS files that
     cannot be read too (the broker's client is made with them)."""
-    if problems := check_environment(os.environ, [spec.settings]):
+    if problems := check_environment(os.environ, [spec.settings]):  # TLS files that cannot be used too
         print("\n".join(problems), file=sys.stderr)
         sys.exit(2)
     settings = spec.settings()
-    access = KafkaAccess.of(settings)
-    if unreadable := access.unreadable_tls_files():
-        variables, why = unreadable
-        print(f"{variables}: {why}", file=sys.stderr)
-        sys.exit(2)
     app = build_app(spec, settings)
-    log_certificate(access)
+    log_certificate(KafkaAccess.of(settings))
     if spec.http_api is not None:
         app = spec.http_api(app, settings)
     startup.run_server(app, settings)  # uvicorn; exits non-zero when the service cannot run

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.secrets import redact
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -279,23 +280,28 @@ def tool_schemas(
 
 
 def check_environment(
-    environ: Mapping[str, str], classes: Iterable[type[ServiceSettings]] = (ServiceSettings,)
+    environ: Mapping[str, str], classes: Iterable[type[ServiceSettings]] = (ServiceSettings,), read_files: bool = True
 ) -> list[str]:
     """What the services of `classes` would refuse in `environ`: one line per problem, naming
     the variable as typed (upper case unless typed otherwise) and the rule; never the value of
-    a setting that may hold a secret. Empty when they would all start."""
+    a setting that may hold a secret. Empty when they would all start. The Kafka TLS files
+    named are read unless not `read_files` (an environment meant for elsewhere: a pod's)."""
     typed = {name.lower(): name for name in environ}
     problems: list[str] = []
     for cls in classes:
         given: dict[str, Any] = {field: environ[typed[field]] for field in cls.model_fields if field in typed}
         try:
-            _from_values_only(cls)(**given)
+            checked = _from_values_only(cls)(**given)
         except ValidationError as error:
             for e in error.errors():
                 field = str(e["loc"][0])
                 line = _problem(typed[field], field, given[field], cls.model_fields[field], e)
                 if line not in problems:
                     problems.append(line)
+            continue
+        # The broker's client is made with the TLS files before anything connects.
+        if (unusable := KafkaAccess.of(checked).unusable(read_files)) and (line := ": ".join(unusable)) not in problems:
+            problems.append(line)
     return problems
 
 

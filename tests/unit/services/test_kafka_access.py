@@ -6,6 +6,7 @@ import logging
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -17,7 +18,7 @@ from faststream.security import SASLScram256, SASLScram512
 
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.runtime import startup
-from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.settings import ServiceSettings, check_environment
 
 PASSWORD = "pw-0f3a9c"
 
@@ -302,3 +303,40 @@ def test_the_client_certificate_s_end_is_logged_a_warning_within_the_renewal(cer
         ("warning", 29, "formation"),
         ("warning", 28, "formation"),
     ]
+
+
+@pytest.mark.parametrize("missing", ["KAFKA_CERT_FILE", "KAFKA_KEY_FILE"])
+def test_settings_over_ssl_without_a_certificate_or_its_key_are_refused_naming_it(certificate_environ, missing):
+    """Before anything connects, for the services (exit 2) and the operators' tools alike: the
+    tools do not run the start-up probe, and failed on aiokafka's bootstrap error."""
+    given = {k: v for k, v in certificate_environ.items() if k != missing}
+    assert check_environment(given) == [f"{missing}: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)"]
+    assert check_environment(certificate_environ) == []
+    sasl = {**given, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_USERNAME": "u", "KAFKA_PASSWORD": PASSWORD}
+    assert check_environment(sasl) == [], "the certificate is not SASL_SSL's"
+
+
+def test_settings_whose_tls_files_cannot_be_read_are_refused_once_without_quoting_them(certificate_environ, tmp_path):
+    from services.ressources.settings import RessourcesSettings
+
+    Path(certificate_environ["KAFKA_KEY_FILE"]).write_text(
+        "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
+    )
+    [line] = check_environment(certificate_environ, [ServiceSettings, RessourcesSettings])
+    assert line.startswith("KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE: the TLS files given cannot be read as PEM")
+    assert str(tmp_path) not in line and "nope" not in line
+
+
+@pytest.mark.parametrize("tool", ["rebuild", "kafka"])
+def test_an_operator_s_tool_over_ssl_without_a_certificate_stops_with_one_line(
+    certificate_environ, monkeypatch, capsys, tool
+):
+    from deploy import kafka_client, reconstruire
+
+    for variable, value in certificate_environ.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("KAFKA_CERT_FILE")
+    run = {"rebuild": lambda: reconstruire.main(["formation"]), "kafka": lambda: kafka_client.main(["consume", "t"])}
+    assert run[tool]() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("KAFKA_CERT_FILE: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)")
