@@ -179,14 +179,42 @@ def _access(principal: str) -> list[dict[str, Any]]:
     ]
 
 
+RUN_AS = 10001
+"""The user and group every pod of the platform runs as: not root, whatever the image's `USER`
+(README, Kubernetes: the image must run under an arbitrary user)."""
+SECRET_MODE = 0o440
+"""The secrets' files in a pod: the pod's group reads them (`fsGroup`), no one else; Kubernetes
+makes them 0644 by default, a private key readable by any user of the container."""
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Every pod's security context: with CONTAINER_SECURITY, what the Pod Security Standards'
+`restricted` profile asks, so that a namespace labelled to enforce it admits them."""
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+"""The one place a container writes, its root file system read-only (a restore's private files)."""
+
+
 def _principal_volume(principal: str) -> dict[str, Any]:
     """`principal`'s certificate and key, mounted at PRINCIPAL_DIR (PRINCIPAL_MOUNT)."""
     items = [{"key": name, "path": name} for name in ("user.crt", "user.key")]
-    return {"name": "kafka-principal", "secret": {"secretName": principal, "items": items}}
+    return {
+        "name": "kafka-principal",
+        "secret": {"secretName": principal, "items": items, "defaultMode": SECRET_MODE},
+    }
 
 
 CA_MOUNT = {"name": "kafka-ca", "mountPath": "/etc/feo/kafka-ca", "readOnly": True}
-CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}
+CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert", "defaultMode": SECRET_MODE}}
 PRINCIPAL_MOUNT = {"name": "kafka-principal", "mountPath": PRINCIPAL_DIR, "readOnly": True}
 
 
@@ -217,7 +245,8 @@ def services() -> list[dict[str, Any]]:
             "ports": [{"name": "http", "containerPort": 8000}],
             "envFrom": [{"configMapRef": {"name": "feo-services"}}],
             "env": _env(spec.name),
-            "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT],
+            "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT, TMP_MOUNT],
+            "securityContext": CONTAINER_SECURITY,
             # Started when Kafka and PostgreSQL answer; ready as `/readyz` says (the same, but
             # PostgreSQL alone for ressources: its readers are served while Kafka is away); alive
             # while its event loop answers at all (`/livez`: the kernel accepts a TCP connection
@@ -265,8 +294,9 @@ def services() -> list[dict[str, Any]]:
                                     "matchLabelKeys": ["pod-template-hash"],
                                 }
                             ],
+                            "securityContext": POD_SECURITY,
                             "containers": [container],
-                            "volumes": [CA_VOLUME, _principal_volume(spec.name)],
+                            "volumes": [CA_VOLUME, _principal_volume(spec.name), TMP_VOLUME],
                         },
                     },
                 },
@@ -329,7 +359,8 @@ def toolbox() -> list[dict[str, Any]]:
         ],
         "envFrom": [{"configMapRef": {"name": "feo-services"}}],
         "env": _access(OPERATOR),
-        "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
+        "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT, TMP_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
+        "securityContext": CONTAINER_SECURITY,
         "resources": {
             "requests": {"cpu": "250m", "memory": TOOLBOX_MEMORY[0]},
             "limits": {"memory": TOOLBOX_MEMORY[1]},
@@ -353,10 +384,12 @@ def toolbox() -> list[dict[str, Any]]:
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        "securityContext": POD_SECURITY,  # fsGroup: the backups' volume writable by the pod's group
                         "containers": [container],
                         "volumes": [
                             CA_VOLUME,
                             _principal_volume(OPERATOR),
+                            TMP_VOLUME,
                             {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": BACKUP_CLAIM}},
                         ],
                     },

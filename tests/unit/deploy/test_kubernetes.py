@@ -180,6 +180,60 @@ def test_every_pod_runs_the_image_the_kustomization_names(rendered):
             assert container["image"] == expected, doc["metadata"]["name"]
 
 
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+"""The volume types the Pod Security Standards' `restricted` profile allows (kubernetes.io,
+Pod Security Standards), written out here rather than read from deploy/kubernetes.py."""
+
+
+def test_every_pod_is_admitted_by_the_restricted_pod_security_standard(rendered):
+    """Its checks, written out: a namespace labelled `pod-security.kubernetes.io/enforce:
+    restricted` admits every pod of the platform."""
+    for doc in (doc for doc in rendered if doc["kind"] == "Deployment"):
+        name, pod = doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, name
+        assert context["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost"), name
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys(), name
+        for volume in pod["volumes"]:
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, (name, volume["name"])
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert "ALL" in security["capabilities"]["drop"], name
+            assert set(security["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}, name
+            assert security.get("runAsUser", context["runAsUser"]) != 0, name
+            assert not security.get("privileged"), name
+            # Not root: a port below 1024 could not be listened on.
+            assert all(port["containerPort"] >= 1024 for port in container.get("ports", [])), name
+
+
+def test_a_pod_writes_only_to_its_volumes_and_its_secrets_are_readable_by_its_group_alone(rendered):
+    """The root file system read-only, the temporary files (a restore's: deploy/sauvegarde.py)
+    and the backups on volumes; the Kafka key and certificate not readable by other users of the
+    container (Kubernetes' default mode is 0644), their group the pod's (`fsGroup`)."""
+    for doc in (doc for doc in rendered if doc["kind"] == "Deployment"):
+        name, pod = doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+            assert "emptyDir" in mounted["/tmp"], name
+        for volume in volumes.values():
+            if "secret" in volume:
+                assert volume["secret"]["defaultMode"] & 0o007 == 0, (name, volume["name"])
+                assert volume["secret"]["defaultMode"] & 0o040, (name, volume["name"])
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], name
+
+
 def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(rendered):
     """JWKS_URL alone left JWT_ISSUER at its local default: every token of the provider refused."""
     [passerelle] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "passerelle"]
