@@ -53,7 +53,7 @@ from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import ServiceSettings, check_environment
+from services.common.runtime.settings import KafkaUse, ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage.db import SESSION_ENDED, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -385,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=("backup", "restore"))
     parser.add_argument("file", type=Path, metavar="FILE", help="the backup file (pg_dump's custom format)")
     args = parser.parse_args(argv)
-    if problems := check_environment(os.environ, [spec.settings for spec in SPECS]):
+    # A backup reads PostgreSQL alone: not refused for Kafka's files (a certificate's incident).
+    kafka: KafkaUse = "connects" if args.action == "restore" else "none"
+    if problems := check_environment(os.environ, [spec.settings for spec in SPECS], kafka=kafka):
         print("\n".join(problems), file=sys.stderr)
         return 2
     settings = ServiceSettings()

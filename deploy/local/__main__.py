@@ -114,13 +114,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_problems(environ: dict[str, str]) -> list[str]:
     """What the services would refuse in this environment, checked before anything starts
-    (one line per problem naming the variable). The runtime gives them Kafka's address itself."""
+    (one line per problem naming the variable). The runtime gives them Kafka's access itself."""
     from deploy.acl import dashboards_problems
+    from services.common.messaging.connection import VARIABLES
     from services.common.runtime.settings import check_environment
     from services.specs import specs
 
-    given = {name: value for name, value in environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"}
-    problems = check_environment(given, [spec.settings for spec in specs()]) + Retention.problems(environ)
+    given = {name: value for name, value in environ.items() if name not in VARIABLES.values()}
+    problems = check_environment(given, [spec.settings for spec in specs()], kafka="none") + Retention.problems(environ)
     return problems + dashboards_problems(environ)
 
 

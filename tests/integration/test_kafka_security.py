@@ -6,6 +6,7 @@ here, not derived from deploy/acl.py."""
 
 import asyncio
 import dataclasses
+import gc
 import json
 import ssl
 import time
@@ -15,6 +16,7 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
@@ -32,6 +34,7 @@ from deploy.local.kafka.tls import client_certificate, ensure_tls
 from deploy.local.processes import ServiceProcesses
 from deploy.topology import platform_topics
 from helpers import eventually
+from services.common.messaging import connection
 from services.common.messaging.connection import KafkaAccess, TlsFiles, reload_tls_files
 from services.common.runtime.startup import (
     KAFKA_UNAVAILABLE,
@@ -471,3 +474,12 @@ async def test_a_service_runs_over_its_certificate(kafka, settings, tmp_path) ->
         records = await profils.wait_for(lambda rs: len(rs) >= 1, what="the lot's profile")
         assert records[0].key == f"{code}/L1".encode()
         assert "equipement-tls" in {t.get_name() for t in asyncio.all_tasks()}, "renewals watched"
+        # Every Kafka client of the service (FastStream's consumer and producer, the relay's)
+        # holds a context the watcher reloads, not a copy.
+        gc.unfreeze()  # the service froze what it held at start (lifecycle): out of get_objects' sight
+        clients = [
+            o for o in gc.get_objects() if isinstance(o, AIOKafkaClient) and o._client_id.startswith("feo-equipement")
+        ]
+        gc.freeze()
+        assert {o._client_id for o in clients} >= {"feo-equipement", "feo-equipement-relay"}
+        assert all(o._ssl_context in connection._LIVE for o in clients)

@@ -31,13 +31,12 @@ import hashlib
 import os
 import ssl
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
-
-from aiokafka.helpers import create_ssl_context
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -148,12 +147,12 @@ class KafkaAccess:
         if not self.secured:
             return None
         files = TlsFiles(self.ca_file)
-        if not (self.scram or self.cert_file is None or self.key_file is None):  # one missing: the probe names it
+        if not (self.scram or self.cert_file is None or self.key_file is None):  # one missing: unusable() names it
             files = TlsFiles(self.ca_file, self.cert_file, self.key_file)
-        digests = files.digests()  # before loading: a change meanwhile is loaded at the next reload
-        context = files.context()
+        contents = files.read()
+        context = files.context(contents)
         if files != TlsFiles():  # the system's CAs alone: nothing to reload
-            _LIVE[context] = _Loaded(files, digests)
+            _LIVE[context] = _Loaded(files, _digests(contents))
         return context
 
     def unusable(self, read_files: bool = True) -> tuple[str, str] | None:
@@ -172,7 +171,7 @@ class KafkaAccess:
         nor what they hold. None otherwise."""
         try:
             self.ssl_context()
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # an SSLError too
             variables = "KAFKA_CA_FILE" if self.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
             return variables, f"the TLS files given cannot be read as PEM ({type(exc).__name__})"
         return None
@@ -223,6 +222,10 @@ class KafkaAccess:
         return {VARIABLES[name]: str(value) for name, value in values.items() if value is not None}
 
 
+Contents = tuple[bytes | None, bytes | None, bytes | None]
+"""What TlsFiles held when read: each file's bytes (None: not given; b"": it could not be read)."""
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """The PEM files an SSL context is made of (None: not given): CA, client certificate, its key."""
@@ -233,30 +236,69 @@ class TlsFiles:
 
     VARIABLES: ClassVar[tuple[str, ...]] = ("KAFKA_CA_FILE", "KAFKA_CERT_FILE", "KAFKA_KEY_FILE")
 
-    def digests(self) -> tuple[bytes | None, ...]:
-        """Each file's SHA-256 (b"" when it cannot be read: a change too, which the loading reports)."""
-        return tuple(None if path is None else _digest(path) for path in (self.ca, self.cert, self.key))
+    def read(self, strict: bool = True) -> Contents:
+        """Each file read once: a context is loaded from these bytes, never from the files again
+        (they may be rewritten in between). A file that cannot be read raises, or is b"" unless
+        `strict` (which loading then refuses)."""
+        contents = []
+        for path in (self.ca, self.cert, self.key):
+            try:
+                contents.append(None if path is None else Path(path).read_bytes())
+            except OSError:
+                if strict:
+                    raise
+                contents.append(b"")
+        return contents[0], contents[1], contents[2]
 
-    def context(self) -> ssl.SSLContext:
-        if self.cert is None or self.key is None:
-            return create_ssl_context(cafile=self.ca)
-        return create_ssl_context(cafile=self.ca, certfile=self.cert, keyfile=self.key, password=_no_passphrase)
+    def context(self, contents: Contents) -> ssl.SSLContext:
+        """A client context (aiokafka's create_ssl_context's, which logs the files' paths)
+        trusting the CA (the system's without one), presenting the certificate if given."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_pem(contents[0]))
+        _load_certificate(context, contents)
+        return context
 
-    def load_into(self, context: ssl.SSLContext) -> None:
+    def load_into(self, context: ssl.SSLContext, contents: Contents) -> None:
         """Into a live context: the CA's certificates added to those it trusts (a renewed CA's new
         certificate; the former stays trusted until the process ends), its certificate and key
-        replaced by the files'."""
-        if self.ca is not None:
-            context.load_verify_locations(cafile=self.ca)
-        if self.cert is not None and self.key is not None:
-            context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+        replaced."""
+        if (ca := _pem(contents[0])) is not None:
+            context.load_verify_locations(cadata=ca)
+        _load_certificate(context, contents)
 
 
-def _digest(path: str) -> bytes:
+def _pem(content: bytes | None) -> str | None:
+    """A CA file's content as cadata takes PEM (as text: bytes would be read as DER)."""
+    if content is None:
+        return None
+    if not content.strip():  # else the system's CAs would be trusted instead
+        raise ssl.SSLError("an empty or unreadable CA file")
+    return content.decode("ascii", errors="replace")
+
+
+def _load_certificate(context: ssl.SSLContext, contents: Contents) -> None:
+    _, cert, key = contents
+    if cert is None or key is None:
+        return
+    with _in_memory(cert) as cert_path, _in_memory(key) as key_path:
+        context.load_cert_chain(cert_path, key_path, password=_no_passphrase)
+
+
+@contextmanager
+def _in_memory(content: bytes) -> Iterator[str]:
+    """A path OpenSSL reads `content` from (it takes a certificate chain and key from files
+    only), in memory: an anonymous file of this process (memfd), never on a disk."""
+    fd = os.memfd_create("feo-tls", os.MFD_CLOEXEC)
     try:
-        return hashlib.sha256(Path(path).read_bytes()).digest()
-    except OSError:
-        return b""
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _digests(contents: Contents) -> tuple[bytes | None, ...]:
+    return tuple(None if content is None else hashlib.sha256(content).digest() for content in contents)
 
 
 @dataclass
@@ -265,7 +307,7 @@ class _Loaded:
     digests: tuple[bytes | None, ...]
     """Each file's digest as the context last loaded it."""
     refused: tuple[bytes | None, ...] | None = None
-    """The digests of files found unreadable at the last attempt (told once, tried again)."""
+    """The digests of the files last refused (told once, tried again at each reload)."""
 
 
 _LIVE: weakref.WeakKeyDictionary[ssl.SSLContext, _Loaded] = weakref.WeakKeyDictionary()
@@ -286,33 +328,38 @@ class TlsReload:
 
 
 def reload_tls_files() -> list[TlsReload]:
-    """The live SSL contexts whose files changed since they loaded them, loaded again in place;
-    what changed, by set of files. Files that cannot be read as PEM (a renewal half-written, a
-    key not the certificate's) are not loaded: the contexts keep their former certificates, and
-    the files are read again at the next call (reported once while they stay the same)."""
-    stale: dict[tuple[TlsFiles, tuple[bytes | None, ...]], list[tuple[ssl.SSLContext, _Loaded]]] = {}
+    """The live SSL contexts whose files changed since they loaded them, loaded again in place
+    from one reading of the files; what changed, by set of files. Files that cannot be loaded (a
+    renewal half-written, a key not the certificate's) are first tried on a context of their
+    own, and the live contexts keep their former certificates (half-loaded, one would refuse
+    every new connection): reported once while the files stay the same, tried at every call."""
+    by_files: dict[TlsFiles, list[tuple[ssl.SSLContext, _Loaded]]] = {}
     for context, loaded in list(_LIVE.items()):
-        if (digests := loaded.files.digests()) != loaded.digests:
-            stale.setdefault((loaded.files, digests), []).append((context, loaded))
+        by_files.setdefault(loaded.files, []).append((context, loaded))
     outcomes = []
-    for (files, digests), contexts in stale.items():
+    for files, members in by_files.items():
+        contents = files.read(strict=False)
+        digests = _digests(contents)
+        stale = [(context, loaded) for context, loaded in members if loaded.digests != digests]
+        if not stale:
+            continue
         changed = tuple(
             variable
-            for variable, was, now in zip(TlsFiles.VARIABLES, contexts[0][1].digests, digests, strict=True)
-            if was != now
+            for i, variable in enumerate(TlsFiles.VARIABLES)
+            if any(loaded.digests[i] != digests[i] for _, loaded in stale)
         )
         try:
-            files.context()  # the files checked first: a context half-loaded would refuse every new connection
-            for context, loaded in contexts:
-                files.load_into(context)
-                loaded.digests, loaded.refused = digests, None
-        except (OSError, ssl.SSLError) as exc:
-            if any(loaded.refused != digests for _, loaded in contexts):
-                outcomes.append(TlsReload(files, changed, len(contexts), type(exc).__name__))
-            for _, loaded in contexts:
+            files.context(contents)
+        except ssl.SSLError as exc:  # an OSError too: the files, not the contexts
+            if any(loaded.refused != digests for _, loaded in stale):
+                outcomes.append(TlsReload(files, changed, len(stale), type(exc).__name__))
+            for _, loaded in stale:
                 loaded.refused = digests
             continue
-        outcomes.append(TlsReload(files, changed, len(contexts)))
+        for context, loaded in stale:
+            files.load_into(context, contents)  # what loaded into a new context loads into this one
+            loaded.digests, loaded.refused = digests, None
+        outcomes.append(TlsReload(files, changed, len(stale)))
     return outcomes
 
 

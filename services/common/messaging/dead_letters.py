@@ -486,7 +486,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = settings_or_exit("./dev dead-letters")
+    uses_kafka = args.command == "replay" or getattr(args, "headers", False)  # the DLQ copy's headers
+    settings = settings_or_exit("./dev dead-letters", "connects" if uses_kafka else "none")
     database_url = settings.database_url
     schemas, named = tool_schemas("./dev dead-letters", args.service, SERVICES, settings)
     try:

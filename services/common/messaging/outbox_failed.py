@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("drop needs one --service and the --seq of each record to forget")
     if args.command == "retry" and args.seq and not (args.service and len(args.service) == 1):
         parser.error("retry --seq needs one --service: each service numbers its records on its own")
-    settings = settings_or_exit("./dev outbox")
+    settings = settings_or_exit("./dev outbox", kafka="none")  # the outbox's rows in PostgreSQL only
     database_url = settings.database_url
     schemas, named = tool_schemas("./dev outbox", args.service, SERVICES, settings)
     try:

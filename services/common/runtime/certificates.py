@@ -34,34 +34,37 @@ def log_certificate(access: KafkaAccess, now: datetime | None = None, *, soon_on
         log.info("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
 
 
-def report(reloads: list[TlsReload]) -> None:
+def report(reloads: list[TlsReload], period: float = TLS_RELOAD_SECONDS) -> None:
     """One line per set of files loaded again (or refused), naming the variables, never a path."""
     for reload in reloads:
         if reload.error is None:
-            log.info("kafka.tls_reloaded", files=list(reload.changed), clients=reload.contexts)
+            log.info("kafka.tls_reloaded", files=list(reload.changed), contexts=reload.contexts)
         else:
             log.warning(
                 "kafka.tls_not_reloaded",
                 files=list(reload.changed),
                 error=reload.error,
-                hint="the TLS files cannot be read as PEM: the former ones stay in use, read again every "
-                f"{TLS_RELOAD_SECONDS:g} s",
+                hint=f"the TLS files cannot be loaded: the former ones stay in use; read again every {period:g} s",
             )
 
 
 async def watch(access: KafkaAccess, period: float = TLS_RELOAD_SECONDS) -> None:
     """Until cancelled: the TLS files loaded again when they change, the client certificate's end
     told when it was renewed, and every EXPIRY_WARNING_EVERY while it ends within
-    CERTIFICATE_RENEWED_BEFORE (serve() tells it at start)."""
+    CERTIFICATE_RENEWED_BEFORE (serve() tells it at start). A failure is logged, and the next
+    round tried: this task ended, renewals would go unseen until the certificate expired."""
     loop = asyncio.get_running_loop()
     looked_at = loop.time()
     while True:
         await asyncio.sleep(period)
-        reloads = reload_tls_files()
-        report(reloads)
-        if any(r.error is None and "KAFKA_CERT_FILE" in r.changed for r in reloads):
-            log_certificate(access)
-            looked_at = loop.time()
-        elif loop.time() - looked_at >= EXPIRY_WARNING_EVERY.total_seconds():
-            log_certificate(access, soon_only=True)
-            looked_at = loop.time()
+        try:
+            reloads = reload_tls_files()
+            report(reloads, period)
+            if any(r.error is None and "KAFKA_CERT_FILE" in r.changed for r in reloads):
+                log_certificate(access)
+                looked_at = loop.time()
+            elif loop.time() - looked_at >= EXPIRY_WARNING_EVERY.total_seconds():
+                log_certificate(access, soon_only=True)
+                looked_at = loop.time()
+        except Exception:
+            log.exception("kafka.tls_watch_failed")

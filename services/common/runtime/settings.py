@@ -253,11 +253,15 @@ class ServiceSettings(BaseSettings):
         return topic.removeprefix(self.topic_prefix)
 
 
-def settings_or_exit(prog: str) -> ServiceSettings:
+KafkaUse = Literal["connects", "elsewhere", "none"]
+"""How a process whose environment is checked uses Kafka (check_environment)."""
+
+
+def settings_or_exit(prog: str, kafka: KafkaUse = "connects") -> ServiceSettings:
     """The shared settings from this process's environment, for a command line tool: a bad
     value ends it with one line per problem naming the variable (exit 2), never a traceback
     that would show the value (a DATABASE_URL's password)."""
-    if problems := check_environment(os.environ):
+    if problems := check_environment(os.environ, kafka=kafka):
         for problem in problems:
             print(f"{prog}: {problem}", file=sys.stderr)
         raise SystemExit(2)
@@ -280,12 +284,16 @@ def tool_schemas(
 
 
 def check_environment(
-    environ: Mapping[str, str], classes: Iterable[type[ServiceSettings]] = (ServiceSettings,), read_files: bool = True
+    environ: Mapping[str, str],
+    classes: Iterable[type[ServiceSettings]] = (ServiceSettings,),
+    kafka: KafkaUse = "connects",
 ) -> list[str]:
     """What the services of `classes` would refuse in `environ`: one line per problem, naming
     the variable as typed (upper case unless typed otherwise) and the rule; never the value of
-    a setting that may hold a secret. Empty when they would all start. The Kafka TLS files
-    named are read unless not `read_files` (an environment meant for elsewhere: a pod's)."""
+    a setting that may hold a secret. Empty when they would all start. And what would keep the
+    Kafka access from connecting (KafkaAccess.unusable): over SSL a certificate or key not given,
+    and, for a process that `connects`, TLS files it cannot read; not the files for an
+    environment meant `elsewhere` (a pod's), nothing for a command that does not use Kafka."""
     typed = {name.lower(): name for name in environ}
     problems: list[str] = []
     for cls in classes:
@@ -300,7 +308,11 @@ def check_environment(
                     problems.append(line)
             continue
         # The broker's client is made with the TLS files before anything connects.
-        if (unusable := KafkaAccess.of(checked).unusable(read_files)) and (line := ": ".join(unusable)) not in problems:
+        if kafka == "none":
+            continue
+        if (unusable := KafkaAccess.of(checked).unusable(kafka == "connects")) and (
+            line := ": ".join(unusable)
+        ) not in problems:
             problems.append(line)
     return problems
 

@@ -382,7 +382,7 @@ def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_th
                 env[e["name"]] = secrets[e["valueFrom"]["secretKeyRef"]["key"]]
             else:
                 env[e["name"]] = f"{name}-7d4b9c-x2x9z"  # a pod's name
-        assert check_environment(env, [by_name[name].settings], read_files=False) == [], name  # not here: the pod's
+        assert check_environment(env, [by_name[name].settings], kafka="elsewhere") == [], name  # not here: the pod's
         [port] = [p for p in container["ports"] if p["name"] == "http"]
         assert int(env["HTTP_PORT"]) == port["containerPort"], name
         assert _mounted(pod, container, env["KAFKA_CA_FILE"]) == (
@@ -438,7 +438,7 @@ def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_sett
         "DATABASE_URL": "postgresql://db/feo",
     }
     for spec in specs():  # a rebuild runs with the service's own settings
-        assert check_environment(environ, [spec.settings], read_files=False) == [], spec.name
+        assert check_environment(environ, [spec.settings], kafka="elsewhere") == [], spec.name
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert config["data"]["KAFKA_CA_FILE"].rsplit("/", 1)[0] in mounts
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from faststream.kafka.security import parse_security
 from faststream.security import SASLScram256, SASLScram512
 
-from services.common.messaging.connection import KafkaAccess, kafka_options
+from services.common.messaging.connection import KafkaAccess, TlsFiles, kafka_options
 from services.common.runtime import startup
 from services.common.runtime.settings import ServiceSettings, check_environment
 
@@ -178,17 +178,23 @@ async def _probed(environ: dict[str, str], seconds: float, **waiting: float) -> 
     raise AssertionError("the probe passed")
 
 
-async def test_a_failed_probe_says_what_it_waited_for_without_the_password(environ, ca_file, caplog, capsys):
+async def test_a_failed_probe_says_what_it_waited_for_without_the_password(
+    environ, ca_file, caplog, capsys, monkeypatch
+):
     """The startup probe over SASL_SSL (its client loads the CA), against a port that closes
     every connection: the error and every log line (the service's, aiokafka's at DEBUG) leave
     the password out."""
     caplog.set_level(logging.DEBUG)
+    loaded, context = [], TlsFiles.context
+    monkeypatch.setattr(
+        TlsFiles, "context", lambda files, contents: loaded.append(files.ca) or context(files, contents)
+    )
     failed, port = await _probed(environ, 1, first=0.1)
     assert isinstance(failed, startup.StartupTimeout)
     logged = caplog.text + "".join(capsys.readouterr())
     assert f"Kafka at 127.0.0.1:{port}" in str(failed)
     assert "startup.waiting" in logged or "startup.gave_up" in logged
-    assert f"Loading SSL CA from {ca_file}" in caplog.text, "the probe connects with the access' TLS"
+    assert ca_file in loaded, "the probe connects with the access' TLS"
     assert PASSWORD not in str(failed) + logged
 
 
@@ -327,16 +333,52 @@ def test_settings_whose_tls_files_cannot_be_read_are_refused_once_without_quotin
     assert str(tmp_path) not in line and "nope" not in line
 
 
-@pytest.mark.parametrize("tool", ["rebuild", "kafka"])
-def test_an_operator_s_tool_over_ssl_without_a_certificate_stops_with_one_line(
-    certificate_environ, monkeypatch, capsys, tool
+def test_a_command_that_does_not_connect_to_kafka_is_not_refused_for_its_files(certificate_environ):
+    no_certificate = {k: v for k, v in certificate_environ.items() if k != "KAFKA_CERT_FILE"}
+    unreadable = certificate_environ | {"KAFKA_CA_FILE": certificate_environ["KAFKA_CA_FILE"] + ".absent"}
+    assert check_environment(no_certificate, kafka="none") == check_environment(unreadable, kafka="none") == []
+    assert check_environment(unreadable, kafka="elsewhere") == [], "a pod's environment: its files are not here"
+    assert check_environment(no_certificate, kafka="elsewhere") == [
+        "KAFKA_CERT_FILE: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)"
+    ]
+
+
+TOOLS = {
+    "rebuild": ("deploy.reconstruire", ["formation"]),
+    "kafka": ("deploy.kafka_client", ["consume", "t"]),
+    "dead-letters show --headers": (
+        "services.common.messaging.dead_letters",
+        ["show", "--topic", "t", "--partition", "0", "--offset", "0", "--headers"],
+    ),
+    "backup": ("deploy.sauvegarde", ["backup", "{tmp}/sauvegarde.dump"]),
+    "dead-letters list": ("services.common.messaging.dead_letters", ["list"]),
+    "outbox": ("services.common.messaging.outbox_failed", ["list"]),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_an_operator_s_tool_over_ssl_without_a_certificate_stops_with_one_line_if_it_uses_kafka(
+    certificate_environ, monkeypatch, capsys, tmp_path, tool
 ):
-    from deploy import kafka_client, reconstruire
+    """Those that use Kafka stop at once, naming the setting; those that read PostgreSQL alone
+    (a backup during a certificate's incident) go on, and fail here on the database, nowhere."""
+    import importlib
+
+    from deploy.local.ports import free_port
 
     for variable, value in certificate_environ.items():
         monkeypatch.setenv(variable, value)
     monkeypatch.delenv("KAFKA_CERT_FILE")
-    run = {"rebuild": lambda: reconstruire.main(["formation"]), "kafka": lambda: kafka_client.main(["consume", "t"])}
-    assert run[tool]() == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.endswith("KAFKA_CERT_FILE: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://feo@127.0.0.1:{free_port()}/feo")
+    module, argv = TOOLS[tool]
+    try:
+        code = importlib.import_module(module).main([arg.format(tmp=tmp_path) for arg in argv])
+    except SystemExit as exit:  # settings_or_exit's
+        code = exit.code
+    lines = capsys.readouterr().err.splitlines()
+    kafka_lines = [line for line in lines if "KAFKA_CERT_FILE" in line]
+    if tool in ("rebuild", "kafka", "dead-letters show --headers"):
+        assert code == 2 and lines == kafka_lines
+        assert lines[0].endswith("KAFKA_CERT_FILE: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)")
+    else:
+        assert code == 1 and not kafka_lines, lines

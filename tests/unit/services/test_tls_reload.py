@@ -4,6 +4,7 @@ server that requires a client certificate, as the broker's certificate listener 
 against the broker: tests/integration/test_kafka_security.py."""
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,8 +69,10 @@ def serial(path: str | None) -> int:
 
 
 def access(ca: LocalCa, directory: Path) -> KafkaAccess:
+    """A client certificate of the CA, and a copy of the CA's certificate: the test's own files."""
     cert, key = client_certificate(ca, "formation", directory)
-    return KafkaAccess(security_protocol="SSL", ca_file=str(ca.ca), cert_file=str(cert), key_file=str(key))
+    (ca_file := directory / "ca.crt").write_bytes(ca.ca.read_bytes())
+    return KafkaAccess(security_protocol="SSL", ca_file=str(ca_file), cert_file=str(cert), key_file=str(key))
 
 
 def mine(reloads: list[TlsReload], access: KafkaAccess) -> list[TlsReload]:
@@ -118,7 +121,7 @@ async def test_a_renewed_ca_certificate_is_trusted_by_a_live_context(ca, tmp_pat
     """The cluster CA renewed: its new certificate added to those the context trusts."""
     other = ensure_tls(tmp_path / "other-ca")
     given = access(ca, tmp_path)
-    ca_file = tmp_path / "ca.crt"
+    ca_file = tmp_path / "live-ca.crt"
     ca_file.write_bytes(other.ca.read_bytes())  # not the server's: refused
     context = KafkaAccess(
         security_protocol="SSL", ca_file=str(ca_file), cert_file=given.cert_file, key_file=given.key_file
@@ -129,6 +132,22 @@ async def test_a_renewed_ca_certificate_is_trusted_by_a_live_context(ca, tmp_pat
         ca_file.write_bytes(ca.ca.read_bytes())
         reloads = [r for r in reload_tls_files() if r.files.ca == str(ca_file)]
         assert [(r.changed, r.error) for r in reloads] == [(("KAFKA_CA_FILE",), None)]
+        assert await server.presented(context) == serial(given.cert_file)
+        ca_file.write_bytes(other.ca.read_bytes())  # added, not replacing: the former stays trusted
+        assert [r.error for r in reload_tls_files() if r.files.ca == str(ca_file)] == [None]
+        assert await server.presented(context) == serial(given.cert_file)
+
+
+async def test_an_empty_ca_file_is_not_read_as_the_system_s_cas(ca, tmp_path) -> None:
+    """Python's cadata, empty, loads the system's CAs instead: refused, the context kept."""
+    given = access(ca, tmp_path)
+    context = given.ssl_context()
+    Path(given.ca_file or "").write_bytes(b"")
+    assert [r.error for r in mine(reload_tls_files(), given)] == ["SSLError"]
+    with pytest.raises(ssl.SSLError):
+        dataclasses.replace(given, cert_file=None).ssl_context()
+    Path(given.ca_file or "").write_bytes(ca.ca.read_bytes())
+    async with serving(ca) as server:
         assert await server.presented(context) == serial(given.cert_file)
 
 
@@ -154,3 +173,28 @@ async def test_a_running_service_takes_a_renewal_by_itself_and_says_so_without_a
     assert ["KAFKA_CERT_FILE", "KAFKA_KEY_FILE"] in [line["files"] for line in said.named("kafka.tls_reloaded")]
     assert [(line["level"], line["principal"]) for line in said.named("kafka.certificate")] == [("info", "formation")]
     assert str(tmp_path) not in repr(said.lines)
+
+
+async def test_the_watcher_goes_on_after_a_failure(ca, tmp_path, monkeypatch) -> None:
+    """Ended, it would leave renewals unseen until the certificate expired."""
+    said = Said()
+    monkeypatch.setattr(certificates, "log", said)
+    rounds = []
+
+    def failing_once() -> list[TlsReload]:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("a bug")
+        return []
+
+    monkeypatch.setattr(certificates, "reload_tls_files", failing_once)
+    watching = asyncio.create_task(certificates.watch(access(ca, tmp_path), period=0.01))
+    try:
+
+        async def went_on() -> bool:
+            return len(rounds) >= 3
+
+        await eventually(went_on, timeout=10, what="rounds after the failure")
+    finally:
+        watching.cancel()
+    assert [line["level"] for line in said.named("kafka.tls_watch_failed")] == ["exception"]
