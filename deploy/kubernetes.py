@@ -340,6 +340,71 @@ replays a service's whole log with its code in the command's process, a restore'
 (not measured at national scale: the limit is well above the services')."""
 
 
+BACKUP_JOB = "feo-sauvegarde"
+BACKUP_SCHEDULE, BACKUP_TIME_ZONE = "30 2 * * *", "Europe/Paris"
+BACKUPS_KEPT = 7
+BACKUP_DEADLINE_SECONDS = 4 * 3600
+
+
+def backup_job() -> dict[str, Any]:
+    """The database backed up every night into the toolbox's volume, the BACKUPS_KEPT newest
+    kept (`deploy.sauvegarde backup --keep`). On the toolbox pod's node: the volume is
+    ReadWriteOnce, mounted there already (a toolbox scaled to 0 leaves the job unscheduled,
+    and failed at its deadline). One at a time; PostgreSQL alone, no Kafka access."""
+    labels = {"app.kubernetes.io/name": BACKUP_JOB}
+    container = {
+        "name": "sauvegarde",
+        "image": "former-equiper-outiller",
+        "command": ["python", "-m", "deploy.sauvegarde", "backup", "--keep", str(BACKUPS_KEPT), BACKUPS],
+        "envFrom": [{"configMapRef": {"name": "feo-services"}}],
+        "env": [e for e in _access(OPERATOR) if e["name"] == "DATABASE_URL"],
+        "volumeMounts": [TMP_MOUNT, {"name": "sauvegardes", "mountPath": BACKUPS}],
+        "securityContext": CONTAINER_SECURITY,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+    }
+    on_the_toolbox_s_node = {
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": TOOLBOX}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": BACKUP_JOB, "labels": labels},
+        "spec": {
+            "schedule": BACKUP_SCHEDULE,
+            "timeZone": BACKUP_TIME_ZONE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,  # a controller down at 02:30 still runs it within the hour
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": BACKUP_DEADLINE_SECONDS,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "securityContext": POD_SECURITY,
+                            "affinity": {
+                                "podAffinity": {
+                                    "requiredDuringSchedulingIgnoredDuringExecution": [on_the_toolbox_s_node]
+                                }
+                            },
+                            "containers": [container],
+                            "volumes": [
+                                TMP_VOLUME,
+                                {"name": "sauvegardes", "persistentVolumeClaim": {"claimName": BACKUP_CLAIM}},
+                            ],
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
 def toolbox() -> list[dict[str, Any]]:
     """The operators' tools (rebuild, backup and restore, catch-up, dead letters, outbox), run
     with `kubectl exec` in a pod that has what they need: the services' settings, the database,
@@ -396,6 +461,7 @@ def toolbox() -> list[dict[str, Any]]:
                 },
             },
         },
+        backup_job(),
     ]
 
 

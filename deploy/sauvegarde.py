@@ -1,6 +1,7 @@
 """Backing up and restoring the platform's PostgreSQL database.
 
     python -m deploy.sauvegarde backup FILE     # pg_dump, custom format, of DATABASE_URL
+    python -m deploy.sauvegarde backup --keep N DIR   # DIR/feo-<UTC time>.dump, the N newest kept
     python -m deploy.sauvegarde restore FILE    # the dump's schemas replaced by the dump's
 
 A backup is one consistent snapshot of every service's schema (pg_dump reads in one
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -132,6 +134,41 @@ def backup(database_url: str, path: Path) -> None:
         durable(path.parent)
     finally:
         partial.unlink(missing_ok=True)
+
+
+_STAMP = "%Y%m%dT%H%M%S.%fZ"
+ROTATED = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump$")
+"""The name of a backup `backup --keep` made (`rotated_backup`): its UTC time, sorted as a name."""
+_ROTATED_PARTIAL = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump\.[^.]+\.partiel$")
+ABANDONED_AFTER = timedelta(days=1)
+"""A backup's partial file (`backup`) this much older than a new backup's start: its run was
+killed (a job past its deadline, a node lost), and its space is taken back."""
+
+
+def rotated_backup(database_url: str, directory: Path, keep: int) -> tuple[Path, list[Path]]:
+    """A backup into `directory` named by its UTC time (ROTATED), then the backups so named in it
+    beyond the `keep` newest removed, oldest first, once the new one is complete (`backup`):
+    a failed backup removes nothing. So are the partial files of such backups started more than
+    ABANDONED_AFTER before. Other files there are left alone. The new backup's path, and the
+    files removed."""
+    if not directory.is_dir():
+        raise SauvegardeError(f"{directory} is not a directory: backup --keep writes its backups into one")
+    started = datetime.now(UTC)
+    path = directory / f"feo-{started:{_STAMP}}.dump"
+    backup(database_url, path)
+    named = sorted((p for p in directory.iterdir() if ROTATED.match(p.name)), key=lambda p: p.name)
+    removed = [p for p in named[: max(len(named) - keep, 0)] if p != path]
+    removed += [
+        p
+        for p in directory.iterdir()
+        if (m := _ROTATED_PARTIAL.match(p.name))
+        and datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC) < started - ABANDONED_AFTER
+    ]
+    for old in removed:
+        old.unlink()
+    if removed:
+        durable(directory)
+    return path, removed
 
 
 def schemas_in(path: Path) -> list[str]:
@@ -384,7 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("action", choices=("backup", "restore"))
     parser.add_argument("file", type=Path, metavar="FILE", help="the backup file (pg_dump's custom format)")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="backup into the directory FILE, as feo-<UTC time>.dump, then remove those beyond the N newest",
+    )
     args = parser.parse_args(argv)
+    if args.keep is not None and (args.action != "backup" or args.keep < 1):
+        parser.error("--keep N: with backup only, N at least 1")
     # A backup reads PostgreSQL alone: not refused for Kafka's files (a certificate's incident).
     kafka: KafkaUse = "connects" if args.action == "restore" else "none"
     if problems := check_environment(os.environ, [spec.settings for spec in SPECS], kafka=kafka):
@@ -396,7 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("sauvegarde", settings.log_format, "WARNING", settings.library_log_level)
     REPLACED.clear()
     try:
-        if args.action == "backup":
+        if args.action == "backup" and args.keep is not None:
+            path, removed = rotated_backup(settings.database_url, args.file, args.keep)
+            gone = f"; removed {', '.join(p.name for p in removed)}" if removed else ""
+            print(f"backed up {redact(settings.database_url)} to {path} (the {args.keep} newest kept){gone}")
+        elif args.action == "backup":
             backup(settings.database_url, args.file)
             print(f"backed up {redact(settings.database_url)} to {args.file}")
         else:
@@ -417,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"the schemas replaced, not all caught up: rerun ./dev restore {args.file}; do not start the services"
             )
         elif args.action == "backup":
-            kept = "the former backup of that name, if any, is as it was"
+            kept = "nothing removed" if args.keep else "the former backup of that name, if any, is as it was"
         else:
             kept = "nothing replaced"
         print(f"error: interrupted (Ctrl-C): {kept}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -378,6 +379,40 @@ def test_a_backup_is_its_owner_s_alone_and_one_that_fails_leaves_the_former(data
     night = path.stat().st_ino
     tool.backup(database_url, latest)
     assert latest.is_symlink() and path.stat().st_ino != night, "the night's file replaced, through the link"
+
+
+def test_nightly_backups_keep_the_newest_and_a_failed_one_removes_nothing(database_url, tmp_path) -> None:
+    """`backup --keep 2 DIR` (the Kubernetes CronJob's): each a whole backup named by its time,
+    the oldest of those so named removed beyond 2, other files there left alone; one that fails
+    removes none."""
+    (mine := tmp_path / "a-la-main.dump").write_bytes(b"an operator's own")
+    # A run killed two days ago left its partial file; one of an hour ago may still be under way.
+    killed = tmp_path / f"feo-{datetime.now(UTC) - timedelta(days=2):%Y%m%dT%H%M%S.%fZ}.dump.x1y2z3.partiel"
+    running = tmp_path / f"feo-{datetime.now(UTC) - timedelta(hours=1):%Y%m%dT%H%M%S.%fZ}.dump.a1b2c3.partiel"
+    killed.write_bytes(b"half a dump")
+    running.write_bytes(b"a dump under way")
+    made = []
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-m", "deploy.sauvegarde", "backup", "--keep", "2", str(tmp_path)],
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        made.append(Path(done.stdout.split(" to ", 1)[1].split(" (", 1)[0]))
+        assert made[-1].parent == tmp_path and tool.ROTATED.match(made[-1].name), done.stdout
+    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:]]), "the first removed, the last two kept"
+    assert not killed.exists()
+    for path in made[1:]:
+        listed = subprocess.run([tool.pg_tool("pg_restore"), "--list", str(path)], capture_output=True, check=True)
+        assert b"; Archive created at" in listed.stdout, "each one whole, as pg_restore reads it"
+        assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(tool.SauvegardeError, match="pg_dump failed"):
+        tool.rotated_backup(urlunsplit(urlsplit(database_url)._replace(path="/absente")), tmp_path, 1)
+    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:]]), "a failed backup removes nothing"
+    assert mine.read_bytes() == b"an operator's own"
 
 
 async def test_a_database_url_with_server_options_the_services_take_is_taken_too(settings, database_url, tmp_path):

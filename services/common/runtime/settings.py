@@ -8,6 +8,7 @@ per problem naming the variable as it was typed and the rule it breaks; a servic
 with bad settings prints those lines and exits with code 2 (`app.serve`).
 """
 
+import getpass
 import os
 import re
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import annotated_types as at
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
@@ -89,6 +90,19 @@ def _port_numbers(url: str) -> bool:
     return True
 
 
+def _names_a_user(url: str) -> bool:
+    """A user in the URL (or its `user` parameter), else one the process's user lends its name:
+    asyncpg and libpq default to it, and a process run under a user id without a name (a
+    container's arbitrary user: deploy/k8s) failed on it with a KeyError at its first connection."""
+    parts = urlsplit(url)
+    if parts.username or any(k == "user" and v for k, v in parse_qsl(parts.query)):
+        return True
+    try:
+        return bool(getpass.getuser())
+    except (KeyError, OSError):
+        return False
+
+
 PostgresUrl = Annotated[
     str,
     _must(
@@ -104,6 +118,7 @@ PostgresUrl = Annotated[
         "its port must be a number from 0 to 65535 (else a / ? or # in its password is not percent-encoded: "
         "%2F %3F %23)",
     ),
+    _must(_names_a_user, "must name its user (postgresql://user@…): this process's user has no name to default to"),
 ]
 SchemaName = Annotated[
     str,

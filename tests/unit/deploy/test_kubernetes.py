@@ -4,6 +4,7 @@ offline: Kubernetes' own (kubernetes-validate bundles them) and Strimzi's custom
 (their CRDs' openAPIV3Schema, in strimzi/, with their provenance). What the manifests say is
 checked against the code too: topics and ACLs as the local platform makes them."""
 
+import copy
 import json
 import shutil
 import signal
@@ -190,38 +191,118 @@ RESTRICTED_VOLUMES = {
     "projected",
     "secret",
 }
-"""The volume types the Pod Security Standards' `restricted` profile allows (kubernetes.io,
-Pod Security Standards), written out here rather than read from deploy/kubernetes.py."""
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def _pods(rendered: list[dict]) -> dict[str, dict]:
+    """Every pod template, by its Deployment's or CronJob's name."""
+    pods = {doc["metadata"]["name"]: doc["spec"]["template"]["spec"] for doc in rendered if doc["kind"] == "Deployment"}
+    for doc in (doc for doc in rendered if doc["kind"] == "CronJob"):
+        pods[doc["metadata"]["name"]] = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pods
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """What the Pod Security Standards' `restricted` profile (with `baseline`'s, which it
+    includes) refuses in a pod spec, as kubernetes.io's "Pod Security Standards" lists its
+    controls (Kubernetes 1.34), written out here rather than read from deploy/kubernetes.py."""
+    found = []
+    context = pod.get("securityContext", {})
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(host):
+            found.append(host)
+    for volume in pod.get("volumes", []):
+        if not set(volume) - {"name"} <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}")
+    if any(s["name"] not in SAFE_SYSCTLS for s in context.get("sysctls", [])):
+        found.append("sysctls")
+    containers = [c for kind in ("initContainers", "containers", "ephemeralContainers") for c in pod.get(kind, [])]
+    for c in containers:
+        security = c.get("securityContext", {})
+        merged = context | security  # a container's own setting wins over the pod's
+        name = c["name"]
+        if merged.get("windowsOptions", {}).get("hostProcess"):
+            found.append(f"{name}: hostProcess")
+        if security.get("privileged"):
+            found.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        if merged.get("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot")
+        if merged.get("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        if merged.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+        if merged.get("appArmorProfile", {}).get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: appArmorProfile")
+        selinux = merged.get("seLinuxOptions", {})
+        if selinux.get("type", "") not in SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+            found.append(f"{name}: seLinuxOptions")
+        if security.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []) or not set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        for handler in [c.get(p, {}) for p in ("startupProbe", "readinessProbe", "livenessProbe")] + [
+            h for h in c.get("lifecycle", {}).values()
+        ]:
+            if any(handler.get(kind, {}).get("host") for kind in ("httpGet", "tcpSocket")):
+                found.append(f"{name}: a probe's or hook's host")
+    return found
 
 
 def test_every_pod_is_admitted_by_the_restricted_pod_security_standard(rendered):
-    """Its checks, written out: a namespace labelled `pod-security.kubernetes.io/enforce:
-    restricted` admits every pod of the platform."""
-    for doc in (doc for doc in rendered if doc["kind"] == "Deployment"):
-        name, pod = doc["metadata"]["name"], doc["spec"]["template"]["spec"]
-        context = pod["securityContext"]
-        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, name
-        assert context["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost"), name
-        assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys(), name
-        for volume in pod["volumes"]:
-            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, (name, volume["name"])
-        for container in pod["containers"]:
-            security = container["securityContext"]
-            assert security["allowPrivilegeEscalation"] is False, name
-            assert "ALL" in security["capabilities"]["drop"], name
-            assert set(security["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}, name
-            assert security.get("runAsUser", context["runAsUser"]) != 0, name
-            assert not security.get("privileged"), name
-            # Not root: a port below 1024 could not be listened on.
+    """A namespace labelled `pod-security.kubernetes.io/enforce: restricted` admits every pod of
+    the platform (Strimzi's pods need its Cluster Operator's restricted provider: README)."""
+    pods = _pods(rendered)
+    assert set(pods) >= {spec.name for spec in specs()} | {kubernetes.TOOLBOX, kubernetes.BACKUP_JOB}
+    for name, pod in pods.items():
+        assert _restricted_violations(pod) == [], name
+        for container in pod["containers"]:  # ours, not the standard's: not root, no port below 1024
             assert all(port["containerPort"] >= 1024 for port in container.get("ports", [])), name
+
+
+@pytest.mark.parametrize(
+    "change, violation",
+    [
+        (lambda p: p["securityContext"].pop("runAsNonRoot"), "runAsNonRoot"),
+        (lambda p: p["containers"][0]["securityContext"].update(runAsNonRoot=False), "runAsNonRoot"),
+        (lambda p: p["securityContext"].update(runAsUser=0), "runAsUser 0"),
+        (lambda p: p["containers"][0]["securityContext"].update(seccompProfile={"type": "Unconfined"}), "seccomp"),
+        (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
+        (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["NET_ADMIN"]), "capabilities"),
+        (lambda p: p["containers"][0]["ports"][0].update(hostPort=8000), "hostPort"),
+        (lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "volume h"),
+        (lambda p: p.update(hostNetwork=True), "hostNetwork"),
+        (lambda p: p["containers"][0]["livenessProbe"]["httpGet"].update(host="10.0.0.1"), "host"),
+        (lambda p: p.setdefault("initContainers", []).append({"name": "i"}), "i: allowPrivilegeEscalation"),
+    ],
+)
+def test_the_restricted_profile_s_checks_refuse_what_it_refuses(rendered, change, violation):
+    pod = copy.deepcopy(_pods(rendered)["formation"])
+    change(pod)
+    assert any(violation in found for found in _restricted_violations(pod)), violation
 
 
 def test_a_pod_writes_only_to_its_volumes_and_its_secrets_are_readable_by_its_group_alone(rendered):
     """The root file system read-only, the temporary files (a restore's: deploy/sauvegarde.py)
     and the backups on volumes; the Kafka key and certificate not readable by other users of the
     container (Kubernetes' default mode is 0644), their group the pod's (`fsGroup`)."""
-    for doc in (doc for doc in rendered if doc["kind"] == "Deployment"):
-        name, pod = doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+    for name, pod in _pods(rendered).items():
         volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
@@ -232,6 +313,39 @@ def test_a_pod_writes_only_to_its_volumes_and_its_secrets_are_readable_by_its_gr
                 assert volume["secret"]["defaultMode"] & 0o007 == 0, (name, volume["name"])
                 assert volume["secret"]["defaultMode"] & 0o040, (name, volume["name"])
         assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], name
+
+
+def _claims(pod: dict) -> set[str]:
+    return {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+
+
+def _mounted_at(container: dict, volume: str) -> str:
+    return {m["name"]: m["mountPath"] for m in container["volumeMounts"]}[volume]
+
+
+def test_the_database_is_backed_up_nightly_into_the_toolbox_s_volume_on_its_node(rendered):
+    """`backup --keep` into the volume the toolbox's restores read (ReadWriteOnce: on the node
+    that has it mounted), one run at a time, as the toolbox's environment says (PostgreSQL's)."""
+    [job] = [doc for doc in rendered if doc["kind"] == "CronJob"]
+    [toolbox] = [
+        doc for doc in rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == kubernetes.TOOLBOX
+    ]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = container["command"]
+    assert command[:5] == ["python", "-m", "deploy.sauvegarde", "backup", "--keep"] and int(command[5]) >= 2
+    [tools] = toolbox["spec"]["template"]["spec"]["containers"]
+    assert _claims(pod) == _claims(toolbox["spec"]["template"]["spec"]) == {kubernetes.BACKUP_CLAIM}
+    assert command[6] == _mounted_at(container, "sauvegardes") == _mounted_at(tools, "sauvegardes")
+    [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"] == toolbox["spec"]["template"]["metadata"]["labels"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    environ = {"DATABASE_URL": "postgresql://feo:s3cret@feo-db:5432/feo"} | dict(
+        next(doc for doc in rendered if doc["kind"] == "ConfigMap")["data"]
+    )
+    assert {e["name"] for e in container["env"]} == {"DATABASE_URL"}, "no Kafka access: it reads PostgreSQL alone"
+    assert check_environment(environ, [spec.settings for spec in specs()], kafka="none") == []
 
 
 def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(rendered):

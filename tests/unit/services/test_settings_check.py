@@ -155,3 +155,22 @@ def test_a_service_reads_the_documented_forms(monkeypatch):
     assert settings.max_clock_skew == timedelta(seconds=300)
     assert settings.log_level == "DEBUG"
     assert ServiceSettings(max_clock_skew="PT1M30S").max_clock_skew == timedelta(seconds=90)
+
+
+def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_has_no_name(monkeypatch):
+    """asyncpg and libpq default to the process's user name: a container run under a user id
+    without one (deploy/k8s: 10001) failed at its first connection with a KeyError."""
+    import getpass
+
+    no_user = {"DATABASE_URL": "postgresql://db/feo"}
+    assert check_environment(no_user) == [], "locally: the process's user name"
+
+    def nameless() -> str:
+        raise KeyError("getpwuid(): uid not found: 10001")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    assert check_environment(no_user) == [
+        "DATABASE_URL: must name its user (postgresql://user@…): this process's user has no name to default to"
+    ]
+    for named in ("postgresql://feo@db/feo", "postgresql://db/feo?user=feo"):
+        assert check_environment({"DATABASE_URL": named}) == [], named
