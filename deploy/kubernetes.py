@@ -190,6 +190,8 @@ POD_SECURITY = {
     "runAsUser": RUN_AS,
     "runAsGroup": RUN_AS,
     "fsGroup": RUN_AS,
+    # The volumes' files made group-readable once, not at every mount: a backup stays 0600.
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 """Every pod's security context: with CONTAINER_SECURITY, what the Pod Security Standards'
@@ -341,7 +343,9 @@ replays a service's whole log with its code in the command's process, a restore'
 
 
 BACKUP_JOB = "feo-sauvegarde"
-BACKUP_SCHEDULE, BACKUP_TIME_ZONE = "30 2 * * *", "Europe/Paris"
+BACKUP_SCHEDULE, BACKUP_TIME_ZONE = "30 1 * * *", "Europe/Paris"
+"""01:30, before the hour daylight saving time skips (no 02:30 on its last Sunday of March) or
+repeats (two on its last Sunday of October)."""
 BACKUPS_KEPT = 7
 BACKUP_DEADLINE_SECONDS = 4 * 3600
 
@@ -374,7 +378,7 @@ def backup_job() -> dict[str, Any]:
             "schedule": BACKUP_SCHEDULE,
             "timeZone": BACKUP_TIME_ZONE,
             "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": 3600,  # a controller down at 02:30 still runs it within the hour
+            "startingDeadlineSeconds": 3600,  # a controller down at 01:30 still runs it within the hour
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
@@ -382,6 +386,10 @@ def backup_job() -> dict[str, Any]:
                 "spec": {
                     "backoffLimit": 2,
                     "activeDeadlineSeconds": BACKUP_DEADLINE_SECONDS,
+                    # Bad settings (exit code 2) fail the same when tried again.
+                    "podFailurePolicy": {
+                        "rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]
+                    },
                     "template": {
                         "metadata": {"labels": labels},
                         "spec": {

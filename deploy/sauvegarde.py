@@ -32,6 +32,7 @@ bad usage or settings (one line per problem, as the services say it).
 import argparse
 import asyncio
 import contextlib
+import getpass
 import importlib.util
 import os
 import re
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -85,6 +87,11 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
     file of mode 0600, deleted on exit."""
     parts = urlsplit(database_url)
     env = dict(os.environ)
+    if not parts.username and "user" not in dict(parse_qsl(parts.query)) and not env.get("PGUSER"):
+        # libpq looks the process's user up in the password database alone; asyncpg (the
+        # services) takes USER or LOGNAME first, as getpass does: the same user for both.
+        with contextlib.suppress(KeyError, OSError):
+            env["PGUSER"] = getpass.getuser()
     query = parse_qsl(parts.query, keep_blank_values=True)
     secrets = {k: v for k, v in query if k in ("password", "sslpassword")}
     if parts.password is not None:
@@ -140,35 +147,57 @@ _STAMP = "%Y%m%dT%H%M%S.%fZ"
 ROTATED = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump$")
 """The name of a backup `backup --keep` made (`rotated_backup`): its UTC time, sorted as a name."""
 _ROTATED_PARTIAL = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump\.[^.]+\.partiel$")
-ABANDONED_AFTER = timedelta(days=1)
-"""A backup's partial file (`backup`) this much older than a new backup's start: its run was
-killed (a job past its deadline, a node lost), and its space is taken back."""
+ABANDONED_AFTER = timedelta(hours=6)
+"""A backup's partial file (`backup`) started this much before a new backup: its run was killed
+(the nightly job's deadline is 4 hours: deploy/kubernetes.py), and its space is taken back."""
 
 
-def rotated_backup(database_url: str, directory: Path, keep: int) -> tuple[Path, list[Path]]:
+@dataclass(frozen=True)
+class Rotation:
+    path: Path
+    """The new backup."""
+    removed: list[Path]
+    ahead: list[Path]
+    """Backups so named dated after the new one (a clock that was ahead): while there are, none
+    is removed, else the newest would go and those of the future stay."""
+
+
+def rotated_backup(database_url: str, directory: Path, keep: int) -> Rotation:
     """A backup into `directory` named by its UTC time (ROTATED), then the backups so named in it
-    beyond the `keep` newest removed, oldest first, once the new one is complete (`backup`):
-    a failed backup removes nothing. So are the partial files of such backups started more than
-    ABANDONED_AFTER before. Other files there are left alone. The new backup's path, and the
-    files removed."""
+    beyond the `keep` newest removed, oldest first, once the new one is complete (`backup`): a
+    failed backup removes none. The partial files of such backups started more than
+    ABANDONED_AFTER before are removed first (a disk filled by them would fail every backup
+    after). Other files there are left alone."""
     if not directory.is_dir():
         raise SauvegardeError(f"{directory} is not a directory: backup --keep writes its backups into one")
     started = datetime.now(UTC)
+    abandoned = [p for p in directory.iterdir() if _started(p, _ROTATED_PARTIAL) < started - ABANDONED_AFTER]
+    _remove(directory, abandoned)
     path = directory / f"feo-{started:{_STAMP}}.dump"
     backup(database_url, path)
     named = sorted((p for p in directory.iterdir() if ROTATED.match(p.name)), key=lambda p: p.name)
-    removed = [p for p in named[: max(len(named) - keep, 0)] if p != path]
-    removed += [
-        p
-        for p in directory.iterdir()
-        if (m := _ROTATED_PARTIAL.match(p.name))
-        and datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC) < started - ABANDONED_AFTER
-    ]
-    for old in removed:
-        old.unlink()
-    if removed:
+    ahead = named[named.index(path) + 1 :]
+    removed = [] if ahead else named[: max(len(named) - keep, 0)]
+    _remove(directory, removed)
+    return Rotation(path, abandoned + removed, ahead)
+
+
+def _started(path: Path, pattern: re.Pattern[str]) -> datetime:
+    """When the backup a file of that name belongs to started; the latest time for another file."""
+    try:
+        return datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC) if (m := pattern.match(path.name)) else _NEVER
+    except ValueError:  # a name of the pattern but no date (a month 13): not one of ours
+        return _NEVER
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _remove(directory: Path, paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)  # another run's removal of it too
+    if paths:
         durable(directory)
-    return path, removed
 
 
 def schemas_in(path: Path) -> list[str]:
@@ -442,9 +471,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     REPLACED.clear()
     try:
         if args.action == "backup" and args.keep is not None:
-            path, removed = rotated_backup(settings.database_url, args.file, args.keep)
-            gone = f"; removed {', '.join(p.name for p in removed)}" if removed else ""
-            print(f"backed up {redact(settings.database_url)} to {path} (the {args.keep} newest kept){gone}")
+            rotation = rotated_backup(settings.database_url, args.file, args.keep)
+            gone = f"; removed {', '.join(p.name for p in rotation.removed)}" if rotation.removed else ""
+            print(f"backed up {redact(settings.database_url)} to {rotation.path} (the {args.keep} newest kept){gone}")
+            if rotation.ahead:
+                print(
+                    f"warning: {len(rotation.ahead)} backups there are dated after this one (a clock that was ahead: "
+                    f"{', '.join(p.name for p in rotation.ahead)}): none removed; remove them once they are not needed",
+                    file=sys.stderr,
+                )
         elif args.action == "backup":
             backup(settings.database_url, args.file)
             print(f"backed up {redact(settings.database_url)} to {args.file}")
@@ -466,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"the schemas replaced, not all caught up: rerun ./dev restore {args.file}; do not start the services"
             )
         elif args.action == "backup":
-            kept = "nothing removed" if args.keep else "the former backup of that name, if any, is as it was"
+            kept = (
+                "no backup removed unless the new one was whole"
+                if args.keep
+                else "the former backup of that name, if any, is as it was"
+            )
         else:
             kept = "nothing replaced"
         print(f"error: interrupted (Ctrl-C): {kept}", file=sys.stderr)

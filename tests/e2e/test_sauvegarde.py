@@ -386,8 +386,8 @@ def test_nightly_backups_keep_the_newest_and_a_failed_one_removes_nothing(databa
     the oldest of those so named removed beyond 2, other files there left alone; one that fails
     removes none."""
     (mine := tmp_path / "a-la-main.dump").write_bytes(b"an operator's own")
-    # A run killed two days ago left its partial file; one of an hour ago may still be under way.
-    killed = tmp_path / f"feo-{datetime.now(UTC) - timedelta(days=2):%Y%m%dT%H%M%S.%fZ}.dump.x1y2z3.partiel"
+    # A run killed a day ago left its partial file; one of an hour ago may still be under way.
+    killed = tmp_path / f"feo-{datetime.now(UTC) - timedelta(days=1):%Y%m%dT%H%M%S.%fZ}.dump.x1y2z3.partiel"
     running = tmp_path / f"feo-{datetime.now(UTC) - timedelta(hours=1):%Y%m%dT%H%M%S.%fZ}.dump.a1b2c3.partiel"
     killed.write_bytes(b"half a dump")
     running.write_bytes(b"a dump under way")
@@ -413,6 +413,12 @@ def test_nightly_backups_keep_the_newest_and_a_failed_one_removes_nothing(databa
         tool.rotated_backup(urlunsplit(urlsplit(database_url)._replace(path="/absente")), tmp_path, 1)
     assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:]]), "a failed backup removes nothing"
     assert mine.read_bytes() == b"an operator's own"
+    # Made while the clock was ten days ahead: the newest by name, yet not the newest.
+    ahead = tmp_path / f"feo-{datetime.now(UTC) + timedelta(days=10):%Y%m%dT%H%M%S.%fZ}.dump"
+    ahead.write_bytes(made[-1].read_bytes())
+    rotation = tool.rotated_backup(database_url, tmp_path, 1)
+    assert (rotation.removed, rotation.ahead) == ([], [ahead]), "none removed: the newest would go"
+    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:], ahead, rotation.path])
 
 
 async def test_a_database_url_with_server_options_the_services_take_is_taken_too(settings, database_url, tmp_path):

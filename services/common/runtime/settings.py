@@ -91,11 +91,11 @@ def _port_numbers(url: str) -> bool:
 
 
 def _names_a_user(url: str) -> bool:
-    """A user in the URL (or its `user` parameter), else one the process's user lends its name:
+    """A user in the URL (or its `user` parameter, or PGUSER), else the process's user's name:
     asyncpg and libpq default to it, and a process run under a user id without a name (a
     container's arbitrary user: deploy/k8s) failed on it with a KeyError at its first connection."""
     parts = urlsplit(url)
-    if parts.username or any(k == "user" and v for k, v in parse_qsl(parts.query)):
+    if parts.username or any(k == "user" and v for k, v in parse_qsl(parts.query)) or os.environ.get("PGUSER"):
         return True
     try:
         return bool(getpass.getuser())

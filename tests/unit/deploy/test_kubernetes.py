@@ -174,11 +174,11 @@ def test_every_pod_runs_the_image_the_kustomization_names(rendered):
     the bare local name, which no registry holds."""
     [image] = yaml.safe_load((kubernetes.K8S / "kustomization.yaml").read_text())["images"]
     expected = f"{image['newName']}:{image['newTag']}"
-    deployments = [doc for doc in rendered if doc["kind"] == "Deployment"]
-    assert len(deployments) == len(specs()) + 1  # the services', the operators' tools'
-    for doc in deployments:
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            assert container["image"] == expected, doc["metadata"]["name"]
+    pods = _pods(rendered)
+    assert len(pods) == len(specs()) + 2  # the services', the operators' tools', the nightly backup's
+    for name, pod in pods.items():
+        for container in pod["containers"]:
+            assert container["image"] == expected, name
 
 
 RESTRICTED_VOLUMES = {
@@ -202,6 +202,8 @@ SAFE_SYSCTLS = {
     "net.ipv4.tcp_fin_timeout",
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
 }
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
@@ -289,6 +291,15 @@ def test_every_pod_is_admitted_by_the_restricted_pod_security_standard(rendered)
         (lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "volume h"),
         (lambda p: p.update(hostNetwork=True), "hostNetwork"),
         (lambda p: p["containers"][0]["livenessProbe"]["httpGet"].update(host="10.0.0.1"), "host"),
+        (lambda p: p.update(hostPID=True), "hostPID"),
+        (lambda p: p.update(hostIPC=True), "hostIPC"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+        (lambda p: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "sysctls"),
+        (lambda p: p["securityContext"].update(seLinuxOptions={"type": "spc_t"}), "seLinuxOptions"),
+        (lambda p: p["containers"][0]["securityContext"].update(seLinuxOptions={"user": "u"}), "seLinuxOptions"),
+        (lambda p: p["containers"][0]["securityContext"].update(procMount="Unmasked"), "procMount"),
+        (lambda p: p["securityContext"].update(appArmorProfile={"type": "Unconfined"}), "appArmorProfile"),
+        (lambda p: p["securityContext"].update(windowsOptions={"hostProcess": True}), "hostProcess"),
         (lambda p: p.setdefault("initContainers", []).append({"name": "i"}), "i: allowPrivilegeEscalation"),
     ],
 )
@@ -341,11 +352,13 @@ def test_the_database_is_backed_up_nightly_into_the_toolbox_s_volume_on_its_node
     [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"] == toolbox["spec"]["template"]["metadata"]["labels"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    environ = {"DATABASE_URL": "postgresql://feo:s3cret@feo-db:5432/feo"} | dict(
-        next(doc for doc in rendered if doc["kind"] == "ConfigMap")["data"]
-    )
-    assert {e["name"] for e in container["env"]} == {"DATABASE_URL"}, "no Kafka access: it reads PostgreSQL alone"
+    [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
+    assert container["envFrom"] == tools["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    [database] = container["env"]  # no Kafka access: it reads PostgreSQL alone
+    assert database in tools["env"], "the toolbox's database, from the same secret"
+    environ = dict(config["data"]) | {"DATABASE_URL": "postgresql://feo:s3cret@feo-db:5432/feo"}
     assert check_environment(environ, [spec.settings for spec in specs()], kafka="none") == []
+    assert job["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
 
 
 def test_the_passerelle_checks_tokens_against_the_provider_it_fetches_keys_from(rendered):

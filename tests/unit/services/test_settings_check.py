@@ -163,6 +163,7 @@ def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_
     import getpass
 
     no_user = {"DATABASE_URL": "postgresql://db/feo"}
+    monkeypatch.delenv("PGUSER", raising=False)
     assert check_environment(no_user) == [], "locally: the process's user name"
 
     def nameless() -> str:
@@ -174,3 +175,5 @@ def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_
     ]
     for named in ("postgresql://feo@db/feo", "postgresql://db/feo?user=feo"):
         assert check_environment({"DATABASE_URL": named}) == [], named
+    monkeypatch.setenv("PGUSER", "feo")  # PostgreSQL's clients read it too
+    assert check_environment(no_user) == []
