@@ -251,8 +251,8 @@ class TlsFiles:
         return contents[0], contents[1], contents[2]
 
     def context(self, contents: Contents) -> ssl.SSLContext:
-        """A client context (aiokafka's create_ssl_context's, which logs the files' paths)
-        trusting the CA (the system's without one), presenting the certificate if given."""
+        """A client context as aiokafka's create_ssl_context makes one (not by it: it logs the
+        files' paths), trusting the CA (the system's without one), presenting the certificate."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_pem(contents[0]))
         _load_certificate(context, contents)
         return context
@@ -350,7 +350,7 @@ def reload_tls_files() -> list[TlsReload]:
         )
         try:
             files.context(contents)
-        except ssl.SSLError as exc:  # an OSError too: the files, not the contexts
+        except OSError as exc:  # an SSLError: the files refused, the live contexts untouched
             if any(loaded.refused != digests for _, loaded in stale):
                 outcomes.append(TlsReload(files, changed, len(stale), type(exc).__name__))
             for _, loaded in stale:

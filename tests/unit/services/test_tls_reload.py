@@ -198,3 +198,54 @@ async def test_the_watcher_goes_on_after_a_failure(ca, tmp_path, monkeypatch) ->
     finally:
         watching.cancel()
     assert [line["level"] for line in said.named("kafka.tls_watch_failed")] == ["exception"]
+
+
+@pytest.mark.parametrize("days_left", [1, 365])
+async def test_a_running_service_warns_while_its_certificate_ends_within_the_renewal(
+    ca, tmp_path, monkeypatch, days_left
+) -> None:
+    """Said at start only, a near end would go unseen in a service that runs for months: the
+    watcher warns every EXPIRY_WARNING_EVERY (here at each round) while it is near, and says
+    nothing of a far one."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "formation")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=days_left))
+        .sign(key, hashes.SHA256())
+    )
+    (cert_file := tmp_path / "user.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    (key_file := tmp_path / "user.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, none))
+    given = KafkaAccess(security_protocol="SSL", cert_file=str(cert_file), key_file=str(key_file))
+    said = Said()
+    monkeypatch.setattr(certificates, "log", said)
+    monkeypatch.setattr(certificates, "EXPIRY_WARNING_EVERY", dt.timedelta(0))
+    rounds = []
+    monkeypatch.setattr(certificates, "reload_tls_files", lambda: rounds.append(1) or [])
+    watching = asyncio.create_task(certificates.watch(given, period=0.01))
+    try:
+
+        async def three_rounds() -> bool:
+            return len(rounds) >= 3
+
+        await eventually(three_rounds, timeout=10, what="three rounds of the watcher")
+    finally:
+        watching.cancel()
+    lines = said.named("kafka.certificate")
+    if days_left == 1:
+        assert len(lines) >= 2 and {(line["level"], line["days_left"]) for line in lines} == {("warning", 0)}
+    else:
+        assert lines == [], "a far end is said at start only"
