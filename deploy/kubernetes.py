@@ -10,7 +10,7 @@
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
   it is given to stop, its Kafka principal's secret);
 - `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), idle until they
-  run in it, and the volume of its backups.
+  run in it, the volume of its backups, and the nightly backup's CronJob (`backup_job`).
 The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
 settings the services share) is written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
@@ -418,7 +418,8 @@ def toolbox() -> list[dict[str, Any]]:
     with `kubectl exec` in a pod that has what they need: the services' settings, the database,
     Kafka as the `operateur` super user, and a volume for the backups. One pod, idle until then.
     No `replicas`: declared, a `kubectl apply -k` (or a GitOps sync) would set it back, and
-    scaling it would end a rebuild under way; its operators scale it as they see fit."""
+    scaling it would end a rebuild under way; kept at one, for the nightly backup runs on its
+    node (`backup_job`)."""
     labels = {"app.kubernetes.io/name": TOOLBOX}
     container = {
         "name": "outils",

@@ -57,7 +57,7 @@ from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
-from services.common.runtime.settings import KafkaUse, ServiceSettings, check_environment
+from services.common.runtime.settings import KafkaUse, ServiceSettings, check_environment, names_its_user
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage.db import SESSION_ENDED, connect_for_tool
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -87,7 +87,7 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
     file of mode 0600, deleted on exit."""
     parts = urlsplit(database_url)
     env = dict(os.environ)
-    if not parts.username and "user" not in dict(parse_qsl(parts.query)) and not env.get("PGUSER"):
+    if not names_its_user(database_url) and not env.get("PGUSER"):
         # libpq looks the process's user up in the password database alone; asyncpg (the
         # services) takes USER or LOGNAME first, as getpass does: the same user for both.
         with contextlib.suppress(KeyError, OSError):
@@ -171,7 +171,7 @@ def rotated_backup(database_url: str, directory: Path, keep: int) -> Rotation:
     if not directory.is_dir():
         raise SauvegardeError(f"{directory} is not a directory: backup --keep writes its backups into one")
     started = datetime.now(UTC)
-    abandoned = [p for p in directory.iterdir() if _started(p, _ROTATED_PARTIAL) < started - ABANDONED_AFTER]
+    abandoned = [p for p in directory.iterdir() if _partial_started(p) < started - ABANDONED_AFTER]
     _remove(directory, abandoned)
     path = directory / f"feo-{started:{_STAMP}}.dump"
     backup(database_url, path)
@@ -182,10 +182,14 @@ def rotated_backup(database_url: str, directory: Path, keep: int) -> Rotation:
     return Rotation(path, abandoned + removed, ahead)
 
 
-def _started(path: Path, pattern: re.Pattern[str]) -> datetime:
-    """When the backup a file of that name belongs to started; the latest time for another file."""
+def _partial_started(path: Path) -> datetime:
+    """When the backup a partial file of that name belongs to started; the latest time for another file."""
     try:
-        return datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC) if (m := pattern.match(path.name)) else _NEVER
+        return (
+            datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC)
+            if (m := _ROTATED_PARTIAL.match(path.name))
+            else _NEVER
+        )
     except ValueError:  # a name of the pattern but no date (a month 13): not one of ours
         return _NEVER
 

@@ -480,6 +480,7 @@ async def test_a_service_runs_over_its_certificate(kafka, settings, tmp_path) ->
         clients = [
             o for o in gc.get_objects() if isinstance(o, AIOKafkaClient) and o._client_id.startswith("feo-equipement")
         ]
+        gc.collect()
         gc.freeze()
         assert {o._client_id for o in clients} >= {"feo-equipement", "feo-equipement-relay"}
         assert all(o._ssl_context in connection._LIVE for o in clients)

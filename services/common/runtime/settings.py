@@ -90,12 +90,18 @@ def _port_numbers(url: str) -> bool:
     return True
 
 
-def _names_a_user(url: str) -> bool:
-    """A user in the URL (or its `user` parameter, or PGUSER), else the process's user's name:
-    asyncpg and libpq default to it, and a process run under a user id without a name (a
-    container's arbitrary user: deploy/k8s) failed on it with a KeyError at its first connection."""
+def names_its_user(url: str) -> bool:
+    """Whether a PostgreSQL URL names its user, in it or as its `user` parameter."""
     parts = urlsplit(url)
-    if parts.username or any(k == "user" and v for k, v in parse_qsl(parts.query)) or os.environ.get("PGUSER"):
+    return bool(parts.username) or any(k == "user" and v for k, v in parse_qsl(parts.query))
+
+
+def _names_a_user(url: str) -> bool:
+    """A user in the URL, or PGUSER (this process's: not that of an environment checked for
+    elsewhere), else the process's user's name: asyncpg and libpq default to it, and a process
+    run under a user id without a name (a container's arbitrary user: deploy/k8s) failed on it
+    with a KeyError at its first connection."""
+    if names_its_user(url) or os.environ.get("PGUSER"):
         return True
     try:
         return bool(getpass.getuser())

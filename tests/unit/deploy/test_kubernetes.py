@@ -551,7 +551,7 @@ def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_sett
     volume; a service's pod, which restore refuses while it is connected, was all there was)."""
     [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
     [deployment] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == kubernetes.TOOLBOX]
-    assert "replicas" not in deployment["spec"], "one at first, then as its operators scale it: not reset by an apply"
+    assert "replicas" not in deployment["spec"], "one, not reset by an apply that would end a tool under way"
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}], "the services' settings"
@@ -562,7 +562,7 @@ def test_the_operators_tools_run_in_a_pod_as_the_operator_with_the_services_sett
     environ = config["data"] | {
         "KAFKA_CERT_FILE": env["KAFKA_CERT_FILE"]["value"],
         "KAFKA_KEY_FILE": env["KAFKA_KEY_FILE"]["value"],
-        "DATABASE_URL": "postgresql://db/feo",
+        "DATABASE_URL": "postgresql://feo@db/feo",  # a pod's user has no name to lend
     }
     for spec in specs():  # a rebuild runs with the service's own settings
         assert check_environment(environ, [spec.settings], kafka="elsewhere") == [], spec.name

@@ -164,6 +164,7 @@ def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_
 
     no_user = {"DATABASE_URL": "postgresql://db/feo"}
     monkeypatch.delenv("PGUSER", raising=False)
+    monkeypatch.setattr(getpass, "getuser", lambda: "dev")
     assert check_environment(no_user) == [], "locally: the process's user name"
 
     def nameless() -> str:
