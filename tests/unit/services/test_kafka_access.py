@@ -23,7 +23,7 @@ from services.common.runtime.settings import ServiceSettings, check_environment
 PASSWORD = "pw-0f3a9c"
 
 
-def self_signed(cn: str, ca: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def self_signed(cn: str, ca: bool = False, days: int = 1) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
@@ -34,7 +34,7 @@ def self_signed(cn: str, ca: bool = False) -> tuple[ec.EllipticCurvePrivateKey, 
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

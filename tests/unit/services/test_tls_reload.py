@@ -209,23 +209,10 @@ async def test_a_running_service_warns_while_its_certificate_ends_within_the_ren
     nothing of a far one."""
     import datetime as dt
 
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
+    from test_kafka_access import self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "formation")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=days_left))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("formation", days=days_left)
     (cert_file := tmp_path / "user.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     (key_file := tmp_path / "user.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, none))
