@@ -155,12 +155,22 @@ class KafkaAccess:
             _LIVE[context] = _Loaded(files, _digests(contents))
         return context
 
+    @property
+    def credentials(self) -> tuple[tuple[str, str | None], ...]:
+        """What names the principal, each variable with its value (None: not given): the SCRAM
+        user and password (SASL_SSL), the client certificate and key (SSL), nothing (PLAINTEXT)."""
+        if self.scram:
+            return ("KAFKA_USERNAME", self.username), ("KAFKA_PASSWORD", self.password)
+        if self.secured:
+            return ("KAFKA_CERT_FILE", self.cert_file), ("KAFKA_KEY_FILE", self.key_file)
+        return ()
+
     def unusable(self, read_files: bool = True) -> tuple[str, str] | None:
         """What keeps this access from connecting whatever the broker says: over SSL a client
         certificate or key not given, or TLS files that cannot be read as PEM (unless not
         `read_files`). The variables to check, and why (never a path or what a file holds)."""
         if self.security_protocol == "SSL":
-            for variable, value in (("KAFKA_CERT_FILE", self.cert_file), ("KAFKA_KEY_FILE", self.key_file)):
+            for variable, value in self.credentials:
                 if value is None:
                     return variable, "not given: required over SSL (KAFKA_SECURITY_PROTOCOL)"
         return self.unreadable_tls_files() if read_files else None
@@ -172,9 +182,13 @@ class KafkaAccess:
         try:
             self.ssl_context()
         except OSError as exc:  # an SSLError too
-            variables = "KAFKA_CA_FILE" if self.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
-            return variables, f"the TLS files given cannot be read as PEM ({type(exc).__name__})"
+            return self.tls_files_refused(exc)
         return None
+
+    def tls_files_refused(self, exc: OSError) -> tuple[str, str]:
+        """The variables to check, and why, when making an SSL context of these files raised `exc`."""
+        variables = "KAFKA_CA_FILE" if self.scram else "KAFKA_CERT_FILE, KAFKA_KEY_FILE, KAFKA_CA_FILE"
+        return variables, f"the TLS files given cannot be read as PEM ({type(exc).__name__})"
 
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments of aiokafka's producer, consumer and admin client."""

@@ -255,19 +255,16 @@ async def kafka_answers(access: KafkaAccess, topics: Sequence[str] = ()) -> None
 
 
 async def _authenticates(access: KafkaAccess, host: str, port: int) -> None:
-    given = (
-        (("KAFKA_USERNAME", access.username), ("KAFKA_PASSWORD", access.password))
-        if access.scram
-        else (("KAFKA_CERT_FILE", access.cert_file), ("KAFKA_KEY_FILE", access.key_file))
-    )
-    for variable, value in given:
+    for variable, value in access.credentials:
         if value is None:  # aiokafka's SCRAM then failed on None.encode(), the error blaming the bootstrap servers
             raise Misconfigured(
                 f"no {variable} given: required over {access.security_protocol} (KAFKA_SECURITY_PROTOCOL)", variable
             )
-    if unreadable := access.unreadable_tls_files():
-        raise Misconfigured(unreadable[1], unreadable[0])
-    options = access.aiokafka()
+    try:
+        options = access.aiokafka()  # its SSL context made of the files once per attempt
+    except OSError as exc:  # an SSLError too
+        variables, why = access.tls_files_refused(exc)
+        raise Misconfigured(why, variables) from None
     del options["bootstrap_servers"]
     try:
         # Its first request (API versions) inside: over TLS 1.3 the broker refuses a client

@@ -6,7 +6,7 @@ against the broker: tests/integration/test_kafka_security.py."""
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -175,28 +175,40 @@ async def test_a_running_service_takes_a_renewal_by_itself_and_says_so_without_a
     assert str(tmp_path) not in repr(said.lines)
 
 
+async def three_rounds_of_the_watcher(
+    monkeypatch, given: KafkaAccess, reload: Callable[[int], list[TlsReload]] = lambda _: []
+) -> None:
+    """The watcher run over `given` for three rounds at least, each calling `reload` (told the
+    round's number, from 1) in place of reload_tls_files."""
+    rounds = []
+
+    def counted() -> list[TlsReload]:
+        rounds.append(1)
+        return reload(len(rounds))
+
+    monkeypatch.setattr(certificates, "reload_tls_files", counted)
+    watching = asyncio.create_task(certificates.watch(given, period=0.01))
+    try:
+
+        async def three_rounds() -> bool:
+            return len(rounds) >= 3
+
+        await eventually(three_rounds, timeout=10, what="three rounds of the watcher")
+    finally:
+        watching.cancel()
+
+
 async def test_the_watcher_goes_on_after_a_failure(ca, tmp_path, monkeypatch) -> None:
     """Ended, it would leave renewals unseen until the certificate expired."""
     said = Said()
     monkeypatch.setattr(certificates, "log", said)
-    rounds = []
 
-    def failing_once() -> list[TlsReload]:
-        rounds.append(1)
-        if len(rounds) == 1:
+    def failing_once(round_: int) -> list[TlsReload]:
+        if round_ == 1:
             raise RuntimeError("a bug")
         return []
 
-    monkeypatch.setattr(certificates, "reload_tls_files", failing_once)
-    watching = asyncio.create_task(certificates.watch(access(ca, tmp_path), period=0.01))
-    try:
-
-        async def went_on() -> bool:
-            return len(rounds) >= 3
-
-        await eventually(went_on, timeout=10, what="rounds after the failure")
-    finally:
-        watching.cancel()
+    await three_rounds_of_the_watcher(monkeypatch, access(ca, tmp_path), failing_once)
     assert [line["level"] for line in said.named("kafka.tls_watch_failed")] == ["exception"]
 
 
@@ -220,17 +232,7 @@ async def test_a_running_service_warns_while_its_certificate_ends_within_the_ren
     said = Said()
     monkeypatch.setattr(certificates, "log", said)
     monkeypatch.setattr(certificates, "EXPIRY_WARNING_EVERY", dt.timedelta(0))
-    rounds = []
-    monkeypatch.setattr(certificates, "reload_tls_files", lambda: rounds.append(1) or [])
-    watching = asyncio.create_task(certificates.watch(given, period=0.01))
-    try:
-
-        async def three_rounds() -> bool:
-            return len(rounds) >= 3
-
-        await eventually(three_rounds, timeout=10, what="three rounds of the watcher")
-    finally:
-        watching.cancel()
+    await three_rounds_of_the_watcher(monkeypatch, given)
     lines = said.named("kafka.certificate")
     if days_left == 1:
         assert len(lines) >= 2 and {(line["level"], line["days_left"]) for line in lines} == {("warning", 0)}
