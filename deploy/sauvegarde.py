@@ -147,9 +147,12 @@ _STAMP = "%Y%m%dT%H%M%S.%fZ"
 ROTATED = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump$")
 """The name of a backup `backup --keep` made (`rotated_backup`): its UTC time, sorted as a name."""
 _ROTATED_PARTIAL = re.compile(r"^feo-(\d{8}T\d{6}\.\d{6}Z)\.dump\.[^.]+\.partiel$")
+_RESTORE_SCRATCH = re.compile(r"^.+\.[a-z0-9_]{8}\.restauration\.sql(\.ajuste)?$")
+"""A restore's SQL beside its backup (`_scratch`, `fit_for_server`), deleted when the restore ends."""
 ABANDONED_AFTER = timedelta(hours=6)
-"""A backup's partial file (`backup`) started this much before a new backup: its run was killed
-(the nightly job's deadline is 4 hours: deploy/kubernetes.py), and its space is taken back."""
+"""A backup's partial file (`backup`) started this much before a new backup, or a restore's SQL
+not written for as long: its run was killed (the nightly job's deadline is 4 hours:
+deploy/kubernetes.py; a restore writes its SQL, then runs it at once), and its space is taken back."""
 
 
 @dataclass(frozen=True)
@@ -166,12 +169,12 @@ def rotated_backup(database_url: str, directory: Path, keep: int) -> Rotation:
     """A backup into `directory` named by its UTC time (ROTATED), then the backups so named in it
     beyond the `keep` newest removed, oldest first, once the new one is complete (`backup`): a
     failed backup removes none. The partial files of such backups started more than
-    ABANDONED_AFTER before are removed first (a disk filled by them would fail every backup
-    after). Other files there are left alone."""
+    ABANDONED_AFTER before are removed first, and a restore's SQL not written for as long (a
+    disk filled by them would fail every backup after). Other files there are left alone."""
     if not directory.is_dir():
         raise SauvegardeError(f"{directory} is not a directory: backup --keep writes its backups into one")
     started = datetime.now(UTC)
-    abandoned = [p for p in directory.iterdir() if _partial_started(p) < started - ABANDONED_AFTER]
+    abandoned = [p for p in directory.iterdir() if _abandoned_since(p) < started - ABANDONED_AFTER]
     _remove(directory, abandoned)
     path = directory / f"feo-{started:{_STAMP}}.dump"
     backup(database_url, path)
@@ -182,8 +185,15 @@ def rotated_backup(database_url: str, directory: Path, keep: int) -> Rotation:
     return Rotation(path, abandoned + removed, ahead)
 
 
-def _partial_started(path: Path) -> datetime:
-    """When the backup a partial file of that name belongs to started; the latest time for another file."""
+def _abandoned_since(path: Path) -> datetime:
+    """Since when a file of a killed run may have been left: a backup's partial file, since its
+    backup started (its name's time); a restore's SQL, since it was last written (its name is its
+    backup's, not its run's). The latest time for another file."""
+    if _RESTORE_SCRATCH.match(path.name):
+        try:
+            return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except FileNotFoundError:  # its restore ended meanwhile
+            return _NEVER
     try:
         return (
             datetime.strptime(m.group(1), _STAMP).replace(tzinfo=UTC)

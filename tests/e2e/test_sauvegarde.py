@@ -391,6 +391,16 @@ def test_nightly_backups_keep_the_newest_and_a_failed_one_removes_nothing(databa
     running = tmp_path / f"feo-{datetime.now(UTC) - timedelta(hours=1):%Y%m%dT%H%M%S.%fZ}.dump.a1b2c3.partiel"
     killed.write_bytes(b"half a dump")
     running.write_bytes(b"a dump under way")
+    # A restore killed a day ago left its SQL (named after the backup it read, of any date), and
+    # its copy fitted for an older server; one written an hour ago may be running.
+    restores = {
+        name: tmp_path / name
+        for name in ("ancien.dump.k1ll3d_0.restauration.sql", "ancien.dump.k1ll3d_1.restauration.sql.ajuste")
+    }
+    restore_running = tmp_path / "a-la-main.dump.runn1ng_.restauration.sql"
+    for path, age in [*((p, timedelta(days=1)) for p in restores.values()), (restore_running, timedelta(hours=1))]:
+        path.write_bytes(b"a dump's SQL")
+        os.utime(path, (when := (datetime.now(UTC) - age).timestamp(), when))
     made = []
     for _ in range(3):
         done = subprocess.run(
@@ -403,22 +413,23 @@ def test_nightly_backups_keep_the_newest_and_a_failed_one_removes_nothing(databa
         assert done.returncode == 0, done.stderr
         made.append(Path(done.stdout.split(" to ", 1)[1].split(" (", 1)[0]))
         assert made[-1].parent == tmp_path and tool.ROTATED.match(made[-1].name), done.stdout
-    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:]]), "the first removed, the last two kept"
-    assert not killed.exists()
+    kept = [mine, running, restore_running]
+    assert sorted(tmp_path.iterdir()) == sorted([*kept, *made[1:]]), "the first removed, the last two kept"
+    assert not killed.exists() and not any(p.exists() for p in restores.values())
     for path in made[1:]:
         listed = subprocess.run([tool.pg_tool("pg_restore"), "--list", str(path)], capture_output=True, check=True)
         assert b"; Archive created at" in listed.stdout, "each one whole, as pg_restore reads it"
         assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(tool.SauvegardeError, match="pg_dump failed"):
         tool.rotated_backup(urlunsplit(urlsplit(database_url)._replace(path="/absente")), tmp_path, 1)
-    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:]]), "a failed backup removes nothing"
+    assert sorted(tmp_path.iterdir()) == sorted([*kept, *made[1:]]), "a failed backup removes nothing"
     assert mine.read_bytes() == b"an operator's own"
     # Made while the clock was ten days ahead: the newest by name, yet not the newest.
     ahead = tmp_path / f"feo-{datetime.now(UTC) + timedelta(days=10):%Y%m%dT%H%M%S.%fZ}.dump"
     ahead.write_bytes(made[-1].read_bytes())
     rotation = tool.rotated_backup(database_url, tmp_path, 1)
     assert (rotation.removed, rotation.ahead) == ([], [ahead]), "none removed: the newest would go"
-    assert sorted(tmp_path.iterdir()) == sorted([mine, running, *made[1:], ahead, rotation.path])
+    assert sorted(tmp_path.iterdir()) == sorted([*kept, *made[1:], ahead, rotation.path])
 
 
 async def test_a_database_url_with_server_options_the_services_take_is_taken_too(settings, database_url, tmp_path):
