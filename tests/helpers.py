@@ -2,11 +2,14 @@
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,6 +25,28 @@ T = TypeVar("T")
 TEST_PARTITIONS = 6
 """Partitions of every topic a test makes (a deployment's have 12): each test has its own
 topics on the session's broker."""
+
+
+_HOLDS = (
+    "import sys, time; from pathlib import Path; from deploy.local.datadir import DataDir; "
+    "held = DataDir(Path(sys.argv[1])); held.lock({'Kafka': int(sys.argv[2])}); print('held', flush=True); "
+    "time.sleep(120)"
+)
+
+
+@contextmanager
+def platform_on(data_dir: Path, kafka_port: int = 19092) -> Iterator[int]:
+    """Another process holding `data_dir` as a running platform does (DataDir.lock, its Kafka on
+    `kafka_port`): its PID, for as long as the block runs."""
+    root = Path(__file__).resolve().parents[1]
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDS, str(data_dir), str(kafka_port)], stdout=subprocess.PIPE, text=True, cwd=root
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n", "the lock not taken"
+            yield holder.pid
+        finally:
+            holder.kill()
 
 
 @contextmanager

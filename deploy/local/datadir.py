@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -66,9 +67,7 @@ class DataDir:
         platform already runs on it."""
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.lock_file.open("a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _taken(lock):
             lock.close()
             holder = holder_of(self.path)
             who = f"the platform of PID {holder.pid}" if holder else "another platform"
@@ -95,14 +94,19 @@ class DataDir:
 
 
 def holder_of(data_dir: Path) -> Holder | None:
-    """The platform that runs on `data_dir`, per its lock file (None if none runs there)."""
+    """The platform that runs on `data_dir`, per its lock file (None if none runs there). Its
+    lock held, not its PID alive: a platform killed (SIGKILL, a reboot) leaves its PID in the file,
+    which another process may have since."""
     try:
-        info = json.loads((data_dir / "platform.lock").read_text() or "null")
+        with (data_dir / "platform.lock").open() as lock:
+            if not _held(lock):
+                return None
+            info = json.loads(lock.read() or "null")
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or not _alive(info.get("pid")):
+    if not isinstance(info, dict) or not isinstance(pid := info.get("pid"), int):
         return None
-    return Holder(info["pid"], data_dir, info.get("ports", {}))
+    return Holder(pid, data_dir, info.get("ports", {}))
 
 
 def running_platforms(root: Path) -> list[Holder]:
@@ -118,13 +122,25 @@ def running_platform() -> Holder | None:
     return running[0] if running else None
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+def _taken(lock: IO[str], patience: float = 0.5) -> bool:
+    """This open file's exclusive lock taken; False if another process holds it. A tool looking
+    who runs here (`_held`) holds a shared one for an instant: it is waited for, a platform is not."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _held(lock: IO[str]) -> bool:
+    """Whether a process holds the exclusive lock of this open file (DataDir.lock)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    return False

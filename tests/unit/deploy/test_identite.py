@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.identite import DEFAULT_AUDIENCE, DEFAULT_ISSUER, IdentiteLocale
+from helpers import platform_on
 from services.passerelle.jetons import Principal, Verificateur
 
 COMMUNE = "/collectivites/communes/35238"
@@ -113,11 +114,7 @@ def test_without_data_dir_the_keys_are_those_of_the_platform_running_here(tmp_pa
     assert _cli("jwks").stdout == f"{tmp_path / 'platform' / 'identite' / 'jwks.json'}\n"
     demo = tmp_path / "demo"
     demo.mkdir()
-    with subprocess.Popen(["sleep", "60"]) as running:  # the demo's runtime, by its lock file
-        try:
-            (demo / "platform.lock").write_text(json.dumps({"pid": running.pid, "ports": {}}))
-            assert _cli("jwks").stdout == f"{demo / 'identite' / 'jwks.json'}\n"
-            assert _cli("jeton", COMMUNE).returncode == 0
-            assert (demo / "identite" / "jwks.json").exists()
-        finally:
-            running.kill()
+    with platform_on(demo):  # the demo's runtime, by its lock
+        assert _cli("jwks").stdout == f"{demo / 'identite' / 'jwks.json'}\n"
+        assert _cli("jeton", COMMUNE).returncode == 0
+        assert (demo / "identite" / "jwks.json").exists()

@@ -2,21 +2,19 @@
 running on a data directory of one's own (`./dev up --data-dir DIR`), which the default search
 under the data root does not find."""
 
-import json
-import os
-
 import pytest
 
 from deploy import kafka_client
 from deploy.local.kafka.credentials import Credentials
+from helpers import platform_on
 
 
 def test_the_platform_on_a_named_data_directory_is_found(tmp_path, capsys):
     data = tmp_path / "elsewhere"
     (data / "kafka").mkdir(parents=True)
-    (data / "platform.lock").write_text(json.dumps({"pid": os.getpid(), "ports": {"Kafka": 19192}}))
     credentials = Credentials.create(data / "kafka", ("admin", "ministere"))
-    assert kafka_client.main(["credentials", "ministere", "--data-dir", str(data)]) == 0
+    with platform_on(data, kafka_port=19192):
+        assert kafka_client.main(["credentials", "ministere", "--data-dir", str(data)]) == 0
     printed = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert printed["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19192"
     assert (printed["KAFKA_USERNAME"], printed["KAFKA_PASSWORD"]) == ("ministere", credentials.password("ministere"))
