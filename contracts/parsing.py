@@ -95,6 +95,8 @@ class EventParser:
         self._events: TypeAdapter[CloudEvent] = TypeAdapter(union)
         self._envelope = TypeAdapter(CloudEvent)
         self._topic_types, self._private = topic_types, private
+        # Their `data` refused whole (a string, a list): it may hold a personal field's value.
+        self._personal = frozenset(t for t, model in payloads.items() if PERSONAL_FIELDS & model.model_fields.keys())
 
     def __call__(self, raw: bytes, topic: str | None = None, *, not_after: datetime | None = None) -> CloudEvent:
         """`not_after`: the latest acceptable `time` (the receiver's clock plus its allowed skew)."""
@@ -143,16 +145,20 @@ class EventParser:
             return ContractError("json-invalide", f"attendu un objet JSON (l'événement), reçu {got}")
         envelope = [e for e in errors if not _in_data(e)]
         if envelope:
-            return ContractError("cloudevent-invalide", _describe(envelope[0]))
+            return ContractError("cloudevent-invalide", self._describe(envelope[0]))
         if topic is not None and first["loc"][0] not in self._topic_types.get(topic, ()):
             return self._off_topic(first["loc"][0], topic)
         too_long = next((e for e in errors if e["type"] in _TOO_LONG), None)
         if too_long is not None:
-            return ContractError(TOO_LARGE, _describe(too_long))
+            return ContractError(TOO_LARGE, self._describe(too_long))
         own = next((e for e in errors if e["type"] in IDENTIFIER_REASONS), None)
         if own is not None:
-            return ContractError(own["type"], _describe(own))
-        return ContractError("donnees-invalides", _describe(first))
+            return ContractError(own["type"], self._describe(own))
+        return ContractError("donnees-invalides", self._describe(first))
+
+    def _describe(self, error: Any) -> str:
+        loc = error["loc"]
+        return _describe(error, withheld=loc[1:] == ("data",) and loc[0] in self._personal)
 
     def _unknown_type(self, raw: bytes) -> ContractError:
         """A type we do not know, unless the envelope itself is broken: that is fixed first."""
@@ -257,15 +263,17 @@ def _in_data(error: Any) -> bool:
     return len(loc) > 1 and loc[1] == "data" and not (len(loc) == 2 and error["type"] == "missing")
 
 
-def _describe(error: Any, skip: int = 1) -> str:
-    """`data.browsers[0].version: <why>`; `skip` drops the union tag pydantic puts first."""
+def _describe(error: Any, skip: int = 1, withheld: bool = False) -> str:
+    """`data.browsers[0].version: <why>`; `skip` drops the union tag pydantic puts first. The value
+    received is not shown under a personal field's name, nor when `withheld` (one holding such a
+    field, refused whole)."""
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][skip:])
     path = path.removeprefix(".")
     if error["type"] in _OWN_MESSAGES:
         return f"{path}: {error['msg']}"
     if error["type"] == "missing" or error["type"] in _TOO_LONG:
         return f"{path}: {rule(error)}"  # no value, or a long one: its length is the news
-    if PERSONAL_FIELDS.intersection(p for p in error["loc"] if isinstance(p, str)):
+    if withheld or PERSONAL_FIELDS.intersection(p for p in error["loc"] if isinstance(p, str)):
         return f"{path}: {rule(error)} (valeur non reproduite: donnée personnelle possible)"
     return f"{path}: {rule(error)} (reçu {short_repr(error['input'])})"
 

@@ -209,6 +209,18 @@ def test_data_that_is_not_an_object_is_donnees_invalides(data, make_record):
     assert reason(make_record(c.LOT, data=data)) == expected
 
 
+@pytest.mark.parametrize("type_", [c.AFFECTATION, c.FORMATION_SUIVIE])
+@pytest.mark.parametrize("shape", [json.dumps, lambda data: [data]])
+def test_data_holding_a_teacher_id_refused_whole_is_not_shown(type_, shape, make_record, examples):
+    """Its JSON encoded twice (a string), or put in a list: the message names the rule, never
+    what was received, which holds the teacher's identifier."""
+    data = examples[type_] | {"teacher_id": "jean.dupont@ac-rennes.fr"}
+    assert reason(make_record(type_, data=shape(data))) == (
+        "donnees-invalides",
+        "data: attendu un objet (valeur non reproduite: donnée personnelle possible)",
+    )
+
+
 def test_extension_attributes_are_ignored(make_record):
     raw = json.loads(make_record(c.LOT))
     raw["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
