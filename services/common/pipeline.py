@@ -581,12 +581,25 @@ class Pipeline:
         again after its commit's answer was lost, a partner sending it again) has no second
         effect, even when the rights would now refuse it (its établissement moved since):
         judged again, it was dead-lettered though applied. A new event they refuse leaves no
-        inbox row (sent again once the rights allow it, it is applied)."""
-        claimed = {id(e) for e in await inbox.claim(conn, [e for e, _ in items], principal)}
-        fresh = [(e, r) for e, r in items if id(e) in claimed]
-        accepted = self._check(fresh, etabs, rejected)
-        kept = {id(e) for e in accepted}
-        await inbox.release(conn, [e for e, _ in fresh if id(e) not in kept])
+        inbox row (sent again once the rights allow it, it is applied), also when it is sent again
+        in the same batch: an event of the same (source, id) as one refused before it in `items`
+        (corrected, say) is judged after it, not taken for its duplicate (it was lost)."""
+        accepted: list[CloudEvent] = []
+        while items:
+            first: list[tuple[CloudEvent, ConsumerRecord]] = []
+            later: list[tuple[CloudEvent, ConsumerRecord]] = []
+            keys: set[tuple[str, str]] = set()
+            for e, r in items:
+                (later if (e.source, e.id) in keys else first).append((e, r))
+                keys.add((e.source, e.id))
+            claimed = {id(e) for e in await inbox.claim(conn, [e for e, _ in first], principal)}
+            fresh = [(e, r) for e, r in first if id(e) in claimed]
+            kept = {id(e) for e in self._check(fresh, etabs, rejected)}
+            released = [e for e, _ in fresh if id(e) not in kept]
+            await inbox.release(conn, released)
+            accepted += (e for e, _ in fresh if id(e) in kept)
+            again = {(e.source, e.id) for e in released}
+            items = [(e, r) for e, r in later if (e.source, e.id) in again]
         return accepted
 
     def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:

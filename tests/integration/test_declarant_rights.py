@@ -228,3 +228,38 @@ async def test_an_event_applied_then_received_again_once_its_etablissement_moved
         assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", declared["id"]) == 1
         assert dlq.records == []
+
+
+async def test_an_event_refused_then_sent_again_in_the_same_batch_is_judged_again(kafka, settings):
+    """A refused event leaves no inbox row, so the same (source, id) sent again is judged again:
+    also when both come in one batch. Corrected (the lot of the commune's école, not of the
+    département's collège), it is applied; the same refusal twice is dead-lettered twice. The
+    second was taken for a duplicate of the first, and lost (neither applied nor dead-lettered)."""
+    bootstrap = kafka.bootstrap_servers
+    commune = "/collectivites/communes/35238"
+    refused = lot(commune, COLLEGE)
+    corrected = refused | {"data": refused["data"] | {"uai": ECOLE}}
+    twice = lot(commune, LYCEE)
+    # Sent before the service starts, on one partition each: each pair in one fetch, so one batch.
+    await send(bootstrap, settings.topic(c.REFERENTIEL), referentiel())
+    await send(bootstrap, settings.topic(c.EQUIPEMENT), [("a", refused), ("a", corrected), ("b", twice), ("b", twice)])
+    async with (
+        running(EQUIPEMENT, settings) as pipeline,
+        TopicReader(bootstrap, settings.topic(c.dlq(c.EQUIPEMENT))) as dlq,
+    ):
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT uai FROM lots WHERE uai = $1", ECOLE), what="the corrected lot"
+        )
+        records = await dlq.wait_for(lambda rs: len(rs) >= 3, what="the three refusals")
+        assert sorted((r.key, dict(r.headers)["dlq-reason"]) for r in records) == [
+            (b"a", b"hors-competence"),
+            (b"b", b"hors-competence"),
+            (b"b", b"hors-competence"),
+        ]
+        assert (
+            await pipeline.pool.fetchval(
+                "SELECT count(*) FROM inbox WHERE id = ANY($1::text[])", [refused["id"], twice["id"]]
+            )
+            == 1
+        )
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 3
