@@ -14,6 +14,7 @@ import re
 import socket
 import struct
 import unicodedata
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -45,7 +46,8 @@ from services.ressources.stream import AlertHub, Subscription
 
 async def known_parameters(request: Request) -> None:
     """A query parameter the route does not read is refused: a misspelt filter (`academie=14`)
-    would otherwise answer every alert as if it filtered them."""
+    would otherwise answer every alert as if it filtered them. So is one given twice, which none
+    reads (FastAPI took the last: `kind=a&kind=b` answered the alerts of `b` alone)."""
     route = request.scope.get("route")
     known, dependants = set(), [route.dependant] if route else []
     while dependants:  # the route's parameters and its dependencies'
@@ -60,6 +62,9 @@ async def known_parameters(request: Request) -> None:
             after = len(unknown) - len(listed) - 1
             refusals.append(_refused(unknown[len(listed)], f"paramètre inconnu, et {after} autre(s) après lui"))
         raise RequestValidationError(refusals)
+    given = Counter(name for name, _ in request.query_params.multi_items())
+    if repeated := sorted(name for name, times in given.items() if times > 1):
+        raise RequestValidationError([_refused(name, "paramètre répété : une valeur au plus") for name in repeated])
 
 
 UNKNOWN_LISTED = 10

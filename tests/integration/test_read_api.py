@@ -389,6 +389,13 @@ COMMUNE = "responsable_code : doit être un code commune INSEE de 5 caractères,
         ("/etablissements/0350042F", {"x": "1"}, "x : paramètre inconnu (attendus : aucun)"),
         ("/territoires", {"academie": "14"}, "academie : paramètre inconnu (attendus : aucun)"),
         ("/repartition/ark:/1/x", {"par": "academie"}, "par : paramètre inconnu (attendus : aucun)"),
+        # Given twice: the last one was taken, the first ignored.
+        ("/alertes", [("code_departement", "035"), ("code_departement", "022")], "code_departement : paramètre répété"),
+        (
+            "/alertes/flux",
+            [("kind", "equipement-partiel"), ("code_academie", "14"), ("kind", "equipement-incompatible")],
+            "kind : paramètre répété : une valeur au plus",
+        ),
         ("/alertes", {"apres": "@@@"}, "apres : curseur illisible"),
         (
             "/alertes",
