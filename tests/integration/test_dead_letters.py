@@ -16,6 +16,7 @@ from deploy import sauvegarde
 from helpers import (
     TEST_PARTITIONS,
     NotUtf8,
+    Said,
     TopicReader,
     at,
     college,
@@ -326,6 +327,56 @@ async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and
         [copy] = await dlq.wait_for(lambda records: len(records) >= 1, what="the DLQ copy")
         assert copy.value == b"{pas du json"
         assert [h for h in copy.headers if not h[0].startswith("dlq-")][1:] == [("\\xff\\xfeh", b"\xff")]
+
+
+async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_nothing_of_the_others(
+    kafka, settings, monkeypatch
+):
+    """A batch whose bytes the broker's storage damaged (its CRC wrong): aiokafka raised at every
+    poll, and the records the poll had taken of other partitions before it were lost (their
+    positions past them). Now its partition waits at it (said once, at ERROR), every other
+    partition's records are applied, then and later, and nothing after it is skipped."""
+    from services.common.messaging import consumer
+
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    known = uai("0350322")
+    topic = settings.topic(c.EQUIPEMENT)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+    for partition in range(TEST_PARTITIONS):
+        await send(
+            kafka.bootstrap_servers,
+            topic,
+            [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(4)],
+            partition=partition,
+        )
+    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "ABIME", 1))], partition=1)  # offset 4
+    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "APRES", 1))], partition=1)
+    segment = kafka.data_dir / "kafka-logs" / f"{topic}-1" / f"{0:020}.log"
+    content = segment.read_bytes()
+    assert content.count(b"ABIME") == 1
+    with segment.open("r+b") as damaged:  # what the broker serves next, from the page cache
+        damaged.seek(content.index(b"ABIME"))
+        damaged.write(b"ABIMF")
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 4),
+            timeout=60,
+            what="every lot but partition 1's damaged one and the one after it (those before it too)",
+        )
+        await send(kafka.bootstrap_servers, topic, [(known, lot(known, "PLUS-TARD", 2))], partition=0)
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
+            what="partition 0 going on",
+        )
+        lots = {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")}
+        assert not {"ABIME", "ABIMF", "APRES"} & lots
+        stored = await pipeline.pool.fetchval(
+            "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 1", topic
+        )
+        assert stored == 4, "partition 1 waits at its damaged batch"
+    [line] = said.named("kafka.unreadable_batch")
+    assert (line["level"], line["topic"], line["partition"], line["offset"]) == ("error", topic, 1, 4)
 
 
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):

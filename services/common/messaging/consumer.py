@@ -17,7 +17,7 @@ from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import text_headers
-from services.common.messaging.records import read_any_header_name
+from services.common.messaging.records import CorruptBatch, read_any_header_name
 from services.common.pipeline import Parsed, Pipeline
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -140,8 +140,8 @@ class Poll:
             except Exception as exc:
                 # The records taken are handed over all the same: the consumer's position is past
                 # them, and a batch that is not handled now would be skipped. aiokafka raises a
-                # fetch error before taking anything, so it comes again at the next poll (not a
-                # corrupt record: aiokafka then loses what it took of other partitions first).
+                # fetch error before taking anything, so it comes again at the next poll (a batch
+                # it cannot read is `_take`'s: `_set_aside`).
                 log.info("consumer.top_up_failed", error=type(exc).__name__)
                 more = ()
             # Buffered again: a fetch for what came after them is sent only now they are taken.
@@ -174,7 +174,12 @@ class Poll:
 
     @staticmethod
     async def _take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
-        got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        before = _positions(consumer)
+        try:
+            got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except CorruptBatch as exc:
+            _set_aside(consumer, exc, before)
+            return ()
         return tuple(r for records in got.values() for r in records)
 
     async def _take_ahead(self, ahead: _TakeAhead) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
@@ -383,3 +388,34 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
             await poll.give_back(subscriber.consumer, records)
             raise
         commits.follow(subscriber.consumer, records)
+
+
+def _positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """The position of each partition assigned to `consumer` that has one (aiokafka's state, read
+    without waiting: `position()` waits for one being looked up)."""
+    assignment = consumer._subscription.subscription and consumer._subscription.subscription.assignment
+    if assignment is None:
+        return {}
+    states = ((tp, assignment.state_value(tp)) for tp in assignment.tps)
+    return {tp: state.position for tp, state in states if state is not None and state.has_valid_position}
+
+
+def _set_aside(consumer: AIOKafkaConsumer, corrupt: CorruptBatch, before: dict[TopicPartition, int]) -> None:
+    """A poll that met a batch it cannot read: aiokafka raised, and the records it had taken of
+    other partitions before were lost with the error, their positions past them (then again at
+    every poll, the error coming back). Those partitions are sought back to where the poll found
+    them, and the one with the batch paused until the service restarts (or its partitions are
+    assigned again): the others go on, and nothing of it is skipped."""
+    for tp, position in before.items():
+        if tp != corrupt.tp and consumer._subscription.is_assigned(tp):
+            consumer.seek(tp, position)
+    consumer.pause(corrupt.tp)
+    log.error(
+        "kafka.unreadable_batch",
+        topic=corrupt.tp.topic,
+        partition=corrupt.tp.partition,
+        offset=corrupt.offset,
+        error=str(corrupt.__cause__ or corrupt),
+        hint="the partition waits at that offset, the others go on; restart the service to read it again "
+        "(once the broker's replica is repaired), or move the group past it",
+    )

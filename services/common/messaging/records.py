@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
@@ -65,20 +65,33 @@ class _Records(MemoryRecords):
         return None
 
 
+class CorruptBatch(CorruptRecordException):
+    """A fetched batch that cannot be read (its CRC wrong, a record cut: the broker's storage
+    damaged), at `offset` of `tp`: aiokafka's error, saying where. Nothing of that partition from
+    `offset` on was handed over."""
+
+    def __init__(self, tp: TopicPartition, offset: int):
+        super().__init__(f"unreadable batch at offset {offset} of {tp.topic}[{tp.partition}]")
+        self.tp, self.offset = tp, offset
+
+
 class _PartitionRecords(fetcher.PartitionRecords):
     """A fetched partition's records, read by aiokafka until it stops on a header name that is
     not UTF-8: that batch is read again by `_LenientBatch`, and aiokafka goes on after it."""
 
     def _unpack_records(self) -> Iterator[Any]:
+        start: int = self.next_fetch_offset  # type: ignore[has-type]
         while True:
             try:
                 yield from super()._unpack_records()
                 return
             except (UnicodeDecodeError, CorruptRecordException) as exc:
                 # aiokafka's Python reader (AIOKAFKA_NO_EXTENSIONS) wraps the decoding error.
-                if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
-                    raise
                 at: int = self.next_fetch_offset  # type: ignore[has-type]  # past the records handed over
+                if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
+                    if at > start:  # those before it are handed over (raised, they were lost): it comes first next
+                        return
+                    raise CorruptBatch(self._tp, at) from exc
                 batch = self._records.batch_after(at)
                 if batch is None:
                     raise

@@ -36,6 +36,8 @@ class Scripted:
     after `delays` seconds when given; with nothing left, with nothing after `timeout_ms`, as
     aiokafka does. Records the calls and the seeks. Its waits move the poll's Clock."""
 
+    _subscription = types.SimpleNamespace(subscription=None)  # aiokafka's, read by a poll meeting a damaged batch
+
     def __init__(self, *answers, delays=()):
         self.answers, self.delays, self.calls, self.seeks = list(answers), list(delays), [], []
 
