@@ -38,7 +38,7 @@ from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
-from services.ressources.rules import Seuils, evaluate, is_evaluated
+from services.ressources.rules import MIN_TEACHERS_DETAILED, Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
@@ -545,12 +545,6 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         "formation": formation_shown(couverture),
         "ressources": ressources,
     }
-
-
-MIN_TEACHERS_DETAILED = 5
-"""Below this many counted teachers, an établissement's training is given as its count alone:
-the read API is not authenticated, and at a school of one or two teachers the levels held per
-competence and the tools trained on would be those of persons anyone could name."""
 
 
 def formation_shown(couverture: CouvertureFormation | None) -> dict | None:

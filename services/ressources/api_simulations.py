@@ -24,7 +24,7 @@ from services.common.runtime.body import BodyTooLarge, read_capped
 from services.ressources import simulations
 from services.ressources.api import Pool, Thresholds, known_parameters
 from services.ressources.api_errors import REFUSED, Erreur
-from services.ressources.rules import Seuils
+from services.ressources.rules import MIN_TEACHERS_DETAILED, Seuils
 
 MAX_LOTS = 10_000  # a région's lycées, several lots each
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -157,7 +157,15 @@ class Comptes(BaseModel):
     compatibles: int
     partiels: int
     incompatibles: int
-    sous_formes: int = Field(description="sous-formés : l'alerte formation-insuffisante serait levée")
+    sous_formes: int = Field(
+        description="sous-formés : l'alerte formation-insuffisante serait levée (parmi ceux dont la formation "
+        "est comptée)"
+    )
+    formation_non_comptee: int = Field(
+        description=f"établissements de moins de {MIN_TEACHERS_DETAILED} enseignants comptés dont la formation, "
+        "jugée, n'est pas comptée (ni ses motifs) : l'API n'est pas authentifiée, et les niveaux de si peu "
+        "d'enseignants seraient ceux de personnes que l'on peut nommer"
+    )
 
 
 class Motif(BaseModel):

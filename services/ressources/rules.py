@@ -83,6 +83,13 @@ def verdict(kinds: Collection[str]) -> str:
     return "partiel" if "equipement-partiel" in kinds else "compatible"
 
 
+MIN_TEACHERS_DETAILED = 5
+"""Below this many counted teachers, an établissement's training is not shown apart by the read
+API (its count alone: api.formation_shown), nor counted by a simulation (simulations.Bilan): the
+read API is not authenticated, and at a school of one or two teachers the levels held per
+competence and the tools trained on would be those of persons anyone could name."""
+
+
 @dataclass(frozen=True)
 class Evaluation:
     alerts: dict[str, list[Reason]]

@@ -28,7 +28,7 @@ from services.common.storage.db import Conn
 from services.equipement.domain import lot_content
 from services.ressources import queries, views
 from services.ressources.lifecycle import transitions
-from services.ressources.rules import Evaluation, Seuils, evaluate, is_evaluated, verdict
+from services.ressources.rules import MIN_TEACHERS_DETAILED, Evaluation, Seuils, evaluate, is_evaluated, verdict
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
@@ -43,8 +43,9 @@ YIELD_SECONDS = 0.01
 the probes are served meanwhile."""
 IN_FLIGHT = 4  # batches sent to the worker processes and not yet counted
 MAX_MOTIFS = 10
-COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
+COUNTS = ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes", "formation_non_comptee")
 _OF_VERDICT = {"compatible": "compatibles", "partiel": "partiels", "incompatible": "incompatibles"}
+TRAINING: AlertKind = "formation-insuffisante"
 
 # A reason's detail without what is particular to one établissement (a lot's kind and id, its
 # counts), so that the same cause reads the same everywhere and can be counted: per code, the
@@ -90,11 +91,17 @@ class Bilan:
     par_departement: dict[str, dict[str, int]] = field(default_factory=dict)
     motifs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def add(self, evaluation: Evaluation, territoires: Iterable[tuple[str, str, int]]) -> None:
-        """One evaluation, that of `n` établissements in each (académie, département, n)."""
+    def add(self, evaluation: Evaluation, territoires: Iterable[tuple[str, str, int]], teachers: int) -> None:
+        """One evaluation, that of `n` établissements in each (académie, département, n), each
+        counting `teachers`. Its training judged over fewer than MIN_TEACHERS_DETAILED teachers
+        is not counted (`formation_non_comptee`, nor its motifs): the requirements are the
+        caller's, and a simulation over a school's few teachers, one competence level after the
+        other, would read each one's levels, which /etablissements/{uai} does not show."""
         of_verdict = _OF_VERDICT[verdict(evaluation.alerts)]
-        under_trained = "formation-insuffisante" in evaluation.alerts
-        motifs = {motif(r) for reasons in evaluation.alerts.values() for r in reasons}
+        hidden = evaluation.coverage is not None and teachers < MIN_TEACHERS_DETAILED
+        under_trained = not hidden and TRAINING in evaluation.alerts
+        shown = (r for kind, reasons in evaluation.alerts.items() if not (hidden and kind == TRAINING) for r in reasons)
+        motifs = {motif(r) for r in shown}
         for academie, departement, n in territoires:
             counted = [self.total, self.par_academie.setdefault(academie, _zero())]
             counted.append(self.par_departement.setdefault(departement, _zero()))
@@ -102,6 +109,7 @@ class Bilan:
                 counts["evalues"] += n
                 counts[of_verdict] += n
                 counts["sous_formes"] += n * under_trained
+                counts["formation_non_comptee"] += n * hidden
             self.motifs.update(dict.fromkeys(motifs, n))
 
     def merge(self, other: "Bilan") -> None:
@@ -169,8 +177,8 @@ def judge(ressource: str, seuils: Seuils, rows: Sequence[Row]) -> Bilan:
         where.setdefault((profil, couverture), (uai, Counter()))[1][academie, departement] += 1
     bilan = Bilan()
     for inputs, (uai, territoires) in where.items():
-        evaluation = _evaluate(_ressource(ressource), uai, inputs, seuils)
-        bilan.add(evaluation, [(a, d, n) for (a, d), n in territoires.items()])
+        evaluation, teachers = _evaluate(_ressource(ressource), uai, inputs, seuils)
+        bilan.add(evaluation, [(a, d, n) for (a, d), n in territoires.items()], teachers)
     return bilan
 
 
@@ -181,15 +189,13 @@ def _ressource(text: str) -> RessourcePubliee:
     return RessourcePubliee.model_validate_json(text)
 
 
-def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seuils) -> Evaluation:
-    """The evaluation of `uai` from its inputs, validated as the store validates them."""
+def _evaluate(ressource: RessourcePubliee, uai: str, inputs: Inputs, seuils: Seuils) -> tuple[Evaluation, int]:
+    """The evaluation of `uai` from its inputs, validated as the store validates them, and its
+    counted teachers."""
     profil, couverture = inputs
-    return evaluate(
-        ressource,
-        None if profil is None else views.profil(uai, profil),
-        None if couverture is None else views.couverture(uai, couverture),
-        seuils,
-    )
+    held = None if couverture is None else views.couverture(uai, couverture)
+    evaluation = evaluate(ressource, None if profil is None else views.profil(uai, profil), held, seuils)
+    return evaluation, 0 if held is None else held.enseignants
 
 
 class TropDePaires(Exception):

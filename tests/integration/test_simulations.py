@@ -15,7 +15,7 @@ import pytest
 import contracts as c
 from contracts import RessourcePubliee
 from contracts.internal import COUVERTURES, PROFILS
-from helpers import at, event, eventually, profil_lot, record_count, ressource, send, uai
+from helpers import at, couverture, event, eventually, profil_lot, record_count, ressource, send, uai
 from services.ressources import api_simulations, simulations
 from services.ressources.rules import Seuils
 from test_read_api import NANTES, RENNES, etab, formation, lot, profil, serve_api
@@ -105,7 +105,14 @@ async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_a
     assert await snapshot(kafka, settings, pool) == before
     assert (await client.get(f"/ressources/{RID}")).status_code == 404  # still not in the catalogue
     # RENNES[0..1] and NANTES on 12.5: incompatible; RENNES under-trained; 8 < 10 Mbit/s everywhere.
-    assert simulated["total"] == {"evalues": 5, "compatibles": 2, "partiels": 0, "incompatibles": 3, "sous_formes": 4}
+    assert simulated["total"] == {
+        "evalues": 5,
+        "compatibles": 2,
+        "partiels": 0,
+        "incompatibles": 3,
+        "sous_formes": 4,
+        "formation_non_comptee": 0,
+    }
     assert simulated["par_departement"]["044"]["incompatibles"] == 1
     assert simulated["motifs"] == [
         {"code": "debit", "detail": "… Mbit/s < 10", "etablissements": 5},
@@ -117,8 +124,8 @@ async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_a
     await publish(kafka, settings, ATLAS, 3)
     await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes WHERE ouverte"), what="12 alerts")
     live = (await client.get(f"/ressources/{RID}")).json()
-    assert live["total"] == simulated["total"]
-    assert live["par_academie"] == simulated["par_academie"]
+    assert live["total"] == _counted(simulated["total"])
+    assert live["par_academie"] == {a: _counted(counts) for a, counts in simulated["par_academie"].items()}
 
     # A stricter revision, simulated against the resource as published: RENNES[2..3] (17) fall too.
     stricter = copy.deepcopy(ATLAS)
@@ -131,7 +138,36 @@ async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_a
     await eventually(
         lambda: _total(client, "incompatibles", 5), what="the stricter revision's incompatibles counted live"
     )
-    assert (await client.get(f"/ressources/{RID}")).json()["total"] == predicted["total"]
+    assert (await client.get(f"/ressources/{RID}")).json()["total"] == _counted(predicted["total"])
+
+
+def _counted(simulated: dict[str, int]) -> dict[str, int]:
+    """A simulation's counts as the live ones are kept (every school's training counted there)."""
+    assert simulated["formation_non_comptee"] == 0
+    return {k: n for k, n in simulated.items() if k != "formation_non_comptee"}
+
+
+async def test_the_training_of_a_school_of_fewer_than_5_teachers_is_not_counted(kafka, settings, api):
+    """NANTES' coverage: one teacher, at no level of 3.4. Simulated with requirements the caller
+    chooses, at level 1 then 2, …, its under-training would tell that teacher's level: not
+    counted, nor its motif; its equipment is."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await stored(kafka, settings, pool)
+    await send(kafka.bootstrap_servers, settings.topic(COUVERTURES), couverture(NANTES, 1, 1, {"3.4": [1] + [0] * 7}))
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 17 FROM recus"), what="NANTES' coverage")
+    probe = copy.deepcopy(ATLAS) | {"training": {"competences": [{"code": "3.4", "level": 3}], "tools": []}}
+    answer = (await client.post("/simulations/ressource", json=probe)).json()
+    assert answer["par_departement"]["044"] == {
+        "evalues": 1,
+        "compatibles": 0,
+        "partiels": 0,
+        "incompatibles": 1,
+        "sous_formes": 0,
+        "formation_non_comptee": 1,
+    }
+    assert (answer["total"]["sous_formes"], answer["total"]["formation_non_comptee"]) == (4, 1)
+    assert {"code": "formation", "detail": "3.4 niveau 3: …/… enseignants", "etablissements": 4} in answer["motifs"]
 
 
 async def test_worker_processes_count_what_the_event_loop_counts(kafka, settings, api, monkeypatch):
@@ -156,6 +192,7 @@ async def test_worker_processes_count_what_the_event_loop_counts(kafka, settings
                 "partiels": 0,
                 "incompatibles": incompatibles,
                 "sous_formes": 4,
+                "formation_non_comptee": 0,
             }
 
 

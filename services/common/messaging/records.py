@@ -77,7 +77,9 @@ class CorruptBatch(CorruptRecordException):
 
 class _PartitionRecords(fetcher.PartitionRecords):
     """A fetched partition's records, read by aiokafka until it stops on a header name that is
-    not UTF-8: that batch is read again by `_LenientBatch`, and aiokafka goes on after it."""
+    not UTF-8: that batch is read again by `_LenientBatch`, and aiokafka goes on after it. At a
+    batch it cannot read, the records before it are handed over, and the next fetch, starting at
+    it, raises CorruptBatch (raised at once, aiokafka lost them)."""
 
     def _unpack_records(self) -> Iterator[Any]:
         start: int = self.next_fetch_offset  # type: ignore[has-type]

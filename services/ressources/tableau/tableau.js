@@ -569,9 +569,12 @@ async function simulateRessource(form) {
   $("sr-motifs").replaceChildren(
     ...answer.motifs.map((m) => el("li", {}, `${reasonText(m)} — ${plural(m.etablissements, "établissement")}`)),
   );
+  const uncounted = t.formation_non_comptee
+    ? ` Formation non comptée dans ${plural(t.formation_non_comptee, "établissement")} de moins de 5 enseignants.`
+    : "";
   return (
     `Si elle était publiée : ${t.evalues} établissement(s) ${who}(s) évalué(s) : ${t.compatibles} compatible(s), ` +
-    `${t.partiels} partiel(s), ${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).`
+    `${t.partiels} partiel(s), ${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).${uncounted}`
   );
 }
 

@@ -4,7 +4,7 @@ come from rules.evaluate itself, so a change of their wording in rules.py shows 
 
 from contracts import Competence, Exigence, Formation, Logiciel, Lot, OutilRequis, Reason, RessourcePubliee
 from contracts.internal import ConnectiviteProfil, CouvertureFormation, LotProfil, ProfilEquipement
-from services.ressources.rules import evaluate
+from services.ressources.rules import MIN_TEACHERS_DETAILED, evaluate
 from services.ressources.simulations import Bilan, motif, with_lots
 
 UAI = "0350002M"
@@ -68,18 +68,26 @@ def test_a_detail_shortened_at_its_bound_is_counted_as_it_is():
 def test_the_tally_counts_each_verdict_per_academie_departement_and_in_all_and_each_motif_once():
     bilan = Bilan()
     incompatible = evaluate(RESSOURCE, profil("a", 3, ("iPadOS", "12.5")), couverture(1, 10))
-    bilan.add(incompatible, [("14", "035", 1)])
-    bilan.add(evaluate(RESSOURCE, profil("b", 3, ("iPadOS", "12.4")), couverture(9, 10)), [("14", "056", 1)])
-    bilan.add(evaluate(RESSOURCE, profil("c", 3, ("iPadOS", "12.5")), couverture(1, 10)), [("17", "044", 1)])
+    bilan.add(incompatible, [("14", "035", 1)], 10)
+    bilan.add(evaluate(RESSOURCE, profil("b", 3, ("iPadOS", "12.4")), couverture(9, 10)), [("14", "056", 1)], 10)
+    bilan.add(evaluate(RESSOURCE, profil("c", 3, ("iPadOS", "12.5")), couverture(1, 10)), [("17", "044", 1)], 10)
     j = bilan.as_json()
     # The tools are missing everywhere: incompatible at all three; two under-trained.
-    assert j["total"] == {"evalues": 3, "compatibles": 0, "partiels": 0, "incompatibles": 3, "sous_formes": 2}
+    assert j["total"] == {
+        "evalues": 3,
+        "compatibles": 0,
+        "partiels": 0,
+        "incompatibles": 3,
+        "sous_formes": 2,
+        "formation_non_comptee": 0,
+    }
     assert j["par_academie"]["14"] == {
         "evalues": 2,
         "compatibles": 0,
         "partiels": 0,
         "incompatibles": 2,
         "sous_formes": 1,
+        "formation_non_comptee": 0,
     }
     assert list(j["par_departement"]) == ["035", "044", "056"]
     assert j["motifs"][:3] == [
@@ -88,6 +96,25 @@ def test_the_tally_counts_each_verdict_per_academie_departement_and_in_all_and_e
         {"code": "formation", "detail": "3.4 niveau 2: …/… enseignants", "etablissements": 2},
     ]
     assert {"code": "os-version", "detail": "iPadOS 12.5 < 15", "etablissements": 2} in j["motifs"]
+
+
+def test_the_training_of_a_school_of_fewer_than_5_teachers_is_not_counted_nor_its_motifs():
+    """The requirements are the caller's: at a school of one teacher, a level after the other
+    would read that teacher's. Its equipment is counted as any other's."""
+    few, many = Bilan(), Bilan()
+    for bilan, teachers in ((few, MIN_TEACHERS_DETAILED - 1), (many, MIN_TEACHERS_DETAILED)):
+        held = evaluate(RESSOURCE, profil("a", 3, ("iPadOS", "12.5")), couverture(0, teachers))
+        assert "formation-insuffisante" in held.alerts
+        bilan.add(held, [("14", "035", 2)], teachers)
+    assert (few.total["sous_formes"], few.total["formation_non_comptee"]) == (0, 2)
+    assert (many.total["sous_formes"], many.total["formation_non_comptee"]) == (2, 0)
+    assert few.par_departement["035"]["incompatibles"] == many.par_departement["035"]["incompatibles"] == 2
+    codes = lambda bilan: {m["code"] for m in bilan.as_json()["motifs"]}  # noqa: E731
+    assert codes(many) - codes(few) == {"formation"}
+    # No training required, or no teacher counted: nothing judged, nothing withheld.
+    untrained = evaluate(RESSOURCE.model_copy(update={"training": Formation()}), profil("a", 3, ("iPadOS", "17")))
+    few.add(untrained, [("14", "035", 1)], 0)
+    assert few.total["formation_non_comptee"] == 2
 
 
 def test_declared_lots_replace_add_and_retire_on_top_of_the_profile():
@@ -115,8 +142,8 @@ def test_an_evaluation_held_by_several_etablissements_counts_for_each_where_they
     where = [("14", "035", 2), ("14", "056", 1), ("17", "044", 3)]
     for academie, departement, n in where:
         for _ in range(n):
-            one_by_one.add(held, [(academie, departement, 1)])
-    grouped.add(held, where)
+            one_by_one.add(held, [(academie, departement, 1)], 10)
+    grouped.add(held, where, 10)
     assert grouped.as_json() == one_by_one.as_json()
     assert grouped.total["evalues"] == grouped.total["sous_formes"] == 6
     assert grouped.par_academie["14"]["incompatibles"] == 3
