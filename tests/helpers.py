@@ -461,10 +461,11 @@ class SilentRelay:
     """A TCP relay to `host:port` whose connections can go silent: `silence()` makes those open
     then carry nothing further either way while staying open, as when the peer went away without
     closing them (a failover, a network cut); connections made after it are relayed as usual.
-    `delay`: seconds each connection waits before it is relayed (a server slow to take it)."""
+    `delay`: seconds each connection waits before it is relayed (a server slow to take it, or
+    not answering), read as each one comes."""
 
     def __init__(self, host: str, port: int, delay: float = 0.0):
-        self._upstream, self._delay = (host, port), delay
+        self._upstream, self.delay = (host, port), delay
         self._server: asyncio.Server | None = None
         self._silenced: list[list[bool]] = []  # one flag per connection, shared by both directions
         self._writers: list[asyncio.StreamWriter] = []
@@ -490,7 +491,7 @@ class SilentRelay:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._relays.add(asyncio.current_task())  # type: ignore[arg-type]
         self._writers.append(writer)
-        await asyncio.sleep(self._delay)
+        await asyncio.sleep(self.delay)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError:

@@ -229,7 +229,9 @@ class Reads:
     async def acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         try:
             conn = await self.pool.acquire(timeout=self.timeout_ms / 1000)
-        except TimeoutError:
+        except TimeoutError as exc:
+            if self.pool.get_size() < self.pool.get_max_size():  # it waited for a connection to open
+                raise _database_away(exc) from None
             log.warning("api.lectures_saturees", connections=self.pool.get_max_size(), waited_ms=self.timeout_ms)
             raise HTTPException(
                 503,

@@ -96,7 +96,9 @@ async def test_a_read_whose_server_went_silent_is_503_and_its_connection_given_u
     """The server gone without closing the connection (a failover, a network cut, a frozen host):
     it cannot stop the statement, whose answer never comes. The read waited until TCP gave up (a
     minute), holding its connection; the next ones waited for it too. Given up a second past
-    API_STATEMENT_TIMEOUT_MS: 503, and the next read, on a new connection, is answered."""
+    API_STATEMENT_TIMEOUT_MS: 503, and the next read, on a new connection, is answered. While
+    no new connection opens, a read's wait for one is told as PostgreSQL unreachable, not as
+    every connection being in use (API_CONNECTIONS)."""
     url = urlsplit(settings.database_url)
     async with api_with(settings), SilentRelay(url.hostname, url.port) as relay:  # the schema migrated
         through = urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{relay.port}"))
@@ -114,6 +116,14 @@ async def test_a_read_whose_server_went_silent_is_503_and_its_connection_given_u
                     await conn.fetchval("SELECT count(*) FROM alertes")
             assert away.value.status_code == 503 and "PostgreSQL injoignable" in away.value.detail
             assert time.monotonic() - started < 0.3 + ANSWER_GRACE_SECONDS + 5, "not held until TCP gives up"
+            relay.delay = 60  # the server taking no new connection: the read waits for one to open
+            with pytest.raises(HTTPException) as away:
+                async with asyncio.timeout(30), reads.snapshot() as conn:
+                    await conn.fetchval("SELECT count(*) FROM alertes")
+            assert away.value.status_code == 503 and "PostgreSQL injoignable" in away.value.detail, (
+                "not a crowd of reads"
+            )
+            relay.delay = 0
             async with reads.snapshot() as conn:  # a connection made after the silence: relayed
                 assert await conn.fetchval("SELECT count(*) FROM alertes") == 0
         finally:
