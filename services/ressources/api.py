@@ -40,7 +40,7 @@ from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
 from services.ressources.rules import MIN_TEACHERS_DETAILED, Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import RessourcesStore
+from services.ressources.store import EVERY_RESOURCE, RessourcesStore
 from services.ressources.stream import AlertHub, Subscription
 
 
@@ -516,6 +516,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         profil, couverture = profils.get(uai), couvertures.get(uai)
         subs = await queries.abonnements_of(conn, uai)
         open_ids = await queries.open_alert_ids(conn, uai)
+        pending = await queries.pending_reevaluations(conn, uai)
     ressources = []
     for sub in subs:
         ressource = RessourcePubliee.model_validate_json(sub["ressource"]) if sub["publiee"] else None
@@ -528,6 +529,7 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
             "au_catalogue": sub["publiee"] is not None,  # else subscribed to before its publication
             "evaluee": evaluated,
             "verdicts": None,
+            "reevaluation_en_attente": bool(pending & {sub["resource_id"], EVERY_RESOURCE}),
         }
         if evaluated and ressource is not None:
             ev = evaluate(ressource, profil, couverture, seuils)

@@ -58,6 +58,10 @@ class RessourceAbonnee(_Reponse):
     au_catalogue: bool = Field(description="false : abonnée avant d'être publiée ; true et publiee false : retirée")
     evaluee: bool = Field(description="abonnement actif, établissement ouvert, ressource publiée (CONTRACTS.md)")
     verdicts: dict[AlertKind, Verdict] | None = Field(description="chaque type d'alerte ; null si non évaluée")
+    reevaluation_en_attente: bool = Field(
+        description="une réévaluation en arrière-plan (ressource republiée, seuils changés) n'a pas encore atteint "
+        "cette paire : les verdicts sont ceux d'aujourd'hui, les alert_id ceux d'avant elle"
+    )
     compatible: int | None = Field(None, ge=0, description="postes compatibles (seulement si évaluée)")
     devices: int | None = Field(None, ge=0, description="postes avec un système déclaré (seulement si évaluée)")
     coverage: float | None = Field(None, ge=0, le=1, description="part formée la plus faible (si évaluée)")

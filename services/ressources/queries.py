@@ -130,6 +130,15 @@ async def abonnements_of(conn: Conn, uai: str) -> list[asyncpg.Record]:
     )
 
 
+async def pending_reevaluations(conn: Conn, uai: str) -> set[str]:
+    """The resources (EVERY_RESOURCE: all) whose re-evaluation in the background has yet to reach
+    `uai`: a part's cursor before it, and the part's range up to it or beyond."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT resource_id FROM reevaluations WHERE $1 > after_uai AND (up_to IS NULL OR $1 <= up_to)", uai
+    )
+    return {r["resource_id"] for r in rows}
+
+
 async def open_alert_ids(conn: Conn, uai: str) -> dict[tuple[str, str], str]:
     rows = await conn.fetch("SELECT resource_id, kind, alert_id FROM alertes WHERE uai = $1 AND ouverte", uai)
     return {(r["resource_id"], r["kind"]): r["alert_id"] for r in rows}

@@ -240,19 +240,35 @@ async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated
     assert RessourcesSettings.of(settings).seuils.min_training_coverage == 0.5  # RENNES's 0.2 is below
 
     lower = Seuils(min_training_coverage=0.1)
-    async with pool.acquire() as conn, conn.transaction():
-        await request_every_pair(RessourcesStore(conn), lower)  # as the newer replica's start does
+    pipeline = app.state.pipeline
+    async with pool.acquire() as held:  # the writers held (as a rebuild holds them): the fan-out waits
+        await held.execute("SELECT pg_advisory_lock($1)", writer_lock(pipeline.settings.db_schema or "ressources"))
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await request_every_pair(RessourcesStore(conn), lower)  # as the newer replica's start does
+            [sub] = (await client.get(f"/etablissements/{RENNES[0]}")).json()["ressources"]
+            # Judged with the new thresholds, its alert not yet resolved: the answer says why they differ.
+            training = sub["verdicts"]["formation-insuffisante"]
+            assert (training["alerte"], training["alert_id"] is not None, sub["reevaluation_en_attente"]) == (
+                False,
+                True,
+                True,
+            )
+        finally:
+            await held.execute("SELECT pg_advisory_unlock_all()")
     resolved = "SELECT count(*) FROM alertes WHERE kind = 'formation-insuffisante' AND NOT ouverte"
     await eventually(lambda: pool.fetchval(resolved + " HAVING count(*) = 4"), what="RENNES's training alerts resolved")
+    await eventually(lambda: pool.fetchval("SELECT NOT EXISTS (SELECT FROM reevaluations)"), what="the fan-out done")
 
     [sub] = (await client.get(f"/etablissements/{RENNES[0]}")).json()["ressources"]
     assert sub["verdicts"]["formation-insuffisante"] == {"alerte": False, "reasons": [], "alert_id": None}
+    assert sub["reevaluation_en_attente"] is False
     assert sub["verdicts"]["equipement-incompatible"]["alerte"]  # the other verdicts as before
     as_declared = [lot(RENNES[0], "12.5")]
     predicted = (await client.post("/simulations/equipement", json={"lots": as_declared})).json()
     assert (predicted["paires"], predicted["levees"], predicted["resolues"]) == (1, [], [])
     as_published = (await client.post("/simulations/ressource", json=ressource(RID))).json()
-    assert as_published["total"]["sous_formes"] == 0
+    assert (as_published["total"]["sous_formes"], as_published["total"].pop("formation_non_comptee")) == (0, 0)
     assert as_published["total"] == (await client.get(f"/ressources/{RID}")).json()["total"]  # the alerts' counts
 
 
