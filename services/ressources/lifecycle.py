@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from contracts import ALERT_KINDS, AlerteLevee, Etablissement, Reason
 from services.common.rules.rights import responsable
@@ -36,14 +36,20 @@ def event_id(alert: str, cycle: int, what: str) -> str:
     return stable_id(f"{alert}/{cycle}/{what}")
 
 
+PORTEE = ("code_academie", "code_departement", "responsable")
+"""Where an alert is: those of its fields a dashboard routes it by (the stream's filters)."""
+
+
 @dataclass(frozen=True)
 class Held:
     """An alert as stored: open or not, how many times raised, its last content as the JSON of
-    an AlerteLevee the service wrote (so trusted: validated only to resolve it)."""
+    an AlerteLevee the service wrote (so trusted: validated only to resolve it), and where it
+    was raised when an update has moved it since (its PORTEE fields, as JSON; None: where it is)."""
 
     ouverte: bool
     cycle: int
     stored: str
+    levee_portee: str | None = None
 
     @cached_property
     def values(self) -> dict[str, Any]:
@@ -59,6 +65,14 @@ class Held:
     @property
     def alerte(self) -> AlerteLevee:
         return AlerteLevee.model_validate_json(self.stored)
+
+    @property
+    def as_raised(self) -> AlerteLevee:
+        """Its content where it was raised: what its resolution announces, there where its raise
+        was (a dashboard filtering on its académie, département or responsable saw the raise)."""
+        if self.levee_portee is None:
+            return self.alerte
+        return AlerteLevee.model_validate_json(to_json({**self.values, **from_json(self.levee_portee)}))
 
 
 class Transition(NamedTuple):
@@ -109,7 +123,7 @@ def transitions(
             else:
                 out.append(Transition(kind, before, updated=content))
         elif opened is not None:
-            out.append(Transition(kind, before, resolved={**dict(opened.alerte), "resolved_at": now}))
+            out.append(Transition(kind, before, resolved={**dict(opened.as_raised), "resolved_at": now}))
     return out
 
 

@@ -18,7 +18,7 @@ from services.common.storage.db import Conn
 from services.common.storage.entities import store_latest
 from services.common.storage.locks import lock_keys
 from services.ressources import stream, views
-from services.ressources.lifecycle import Held
+from services.ressources.lifecycle import PORTEE, Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
 P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules read)
@@ -123,6 +123,11 @@ class AlertRow(NamedTuple):
     ouverte: bool
     cycle: int
     resolved_at: datetime | None = None
+
+
+def _portee(alerte: str) -> str:
+    """Where an alert is, of its stored content (SQL): its académie, département and responsable."""
+    return "jsonb_build_object(" + ", ".join(f"'{k}', {alerte}->'{k}'" for k in PORTEE) + ")"
 
 
 class RessourcesStore:
@@ -288,29 +293,36 @@ class RessourcesStore:
         """The alerts of exactly these (uai, resource_id) pairs, per pair, per kind; their content as
         stored, not validated (this service wrote it; lifecycle.Held)."""
         rows = await self._conn.fetch(
-            "SELECT uai, resource_id, kind, ouverte, cycle, alerte FROM alertes "
+            "SELECT uai, resource_id, kind, ouverte, cycle, alerte, levee_portee FROM alertes "
             "WHERE (uai, resource_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
             [u for u, _ in pairs],
             [r for _, r in pairs],
         )
         out: dict[tuple[str, str], dict[str, Held]] = {}
         for r in rows:
-            out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = Held(r["ouverte"], r["cycle"], r["alerte"])
+            held = Held(r["ouverte"], r["cycle"], r["alerte"], r["levee_portee"])
+            out.setdefault((r["uai"], r["resource_id"]), {})[r["kind"]] = held
         return out
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
         """One statement for the rows (unnest): a chunk's hundreds of alerts in one round trip. The
-        columns the content holds (its key, raised_at) are read from it: sent once."""
+        columns the content holds (its key, raised_at) are read from it: sent once. Where an open
+        alert was raised is kept when an update moves it (`levee_portee`, until its next raise)."""
         if not rows:
             return
         await self._conn.execute(
-            """
-            INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte)
+            f"""
+            INSERT INTO alertes AS t (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte)
             SELECT a->>'alert_id', a->>'uai', a->>'resource_id', a->>'kind', ouverte, cycle,
                    (a->>'raised_at')::timestamptz, resolved_at, a
             FROM unnest($1::jsonb[], $2::boolean[], $3::int[], $4::timestamptz[]) AS r(a, ouverte, cycle, resolved_at)
             ON CONFLICT (alert_id) DO UPDATE SET ouverte = EXCLUDED.ouverte, cycle = EXCLUDED.cycle,
-                raised_at = EXCLUDED.raised_at, resolved_at = EXCLUDED.resolved_at, alerte = EXCLUDED.alerte
+                raised_at = EXCLUDED.raised_at, resolved_at = EXCLUDED.resolved_at, alerte = EXCLUDED.alerte,
+                levee_portee = CASE
+                    WHEN EXCLUDED.cycle <> t.cycle THEN NULL
+                    WHEN t.levee_portee IS NOT NULL OR {_portee("t.alerte")} = {_portee("EXCLUDED.alerte")}
+                        THEN t.levee_portee
+                    ELSE {_portee("t.alerte")} END
             """,
             *zip(*rows, strict=True),
         )

@@ -17,7 +17,19 @@ import pytest
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS, CouvertureFormation
-from helpers import at, couverture, event, eventually, profil_connectivite, profil_lot, ressource, send, serving, uai
+from helpers import (
+    TopicReader,
+    at,
+    couverture,
+    event,
+    eventually,
+    profil_connectivite,
+    profil_lot,
+    ressource,
+    send,
+    serving,
+    uai,
+)
 from services.common.pipeline import writer_lock
 from services.ressources.api import MIN_TEACHERS_DETAILED, Reads, _pool, formation_shown
 from services.ressources.app import SPEC
@@ -270,6 +282,54 @@ async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated
     as_published = (await client.post("/simulations/ressource", json=ressource(RID))).json()
     assert (as_published["total"]["sous_formes"], as_published["total"].pop("formation_non_comptee")) == (0, 0)
     assert as_published["total"] == (await client.get(f"/ressources/{RID}")).json()["total"]  # the alerts' counts
+
+
+async def test_an_alert_whose_etablissement_moved_resolves_where_it_was_raised(kafka, settings, api):
+    """NANTES moves from département 044 to 049 while its alert is open: the read API lists it in
+    049 (the établissement as it is), and once it resolves, the resolution says 044, as its raise
+    did: a stream, or a consumer of the topics, filtering on 044 saw it raised and sees it
+    resolved (it said 049, which they never saw, and it stayed open for them)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    async with TopicReader(kafka.bootstrap_servers, settings.topic(c.ALERTES)) as alerts:
+        await feed(kafka, settings, pool)
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+        moved = etab(NANTES, "049", "17", "52") | {"id": "nantes-049", "time": at(5).isoformat()}
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(NANTES, moved)])
+        listed = {"code_departement": "049", "kind": "equipement-incompatible"}
+        await eventually(
+            lambda: _total_of(client, listed, 1), what="the open alert listed where the établissement now is"
+        )
+        fixed = profil_lot(NANTES, 2, quantity=10, os={"name": "iPadOS", "version": "17"})
+        await send(kafka.bootstrap_servers, settings.topic(PROFILS), [fixed])
+
+        def resolution(records: list) -> list[dict]:
+            events = (json.loads(r.value) for r in records)
+            return [
+                e["data"]
+                for e in events
+                if e["type"] == c.ALERTE_RESOLUE
+                and (e["data"]["uai"], e["data"]["kind"]) == (NANTES, "equipement-incompatible")
+            ]
+
+        [data] = resolution(await alerts.wait_for(resolution, what="the resolution"))
+    assert (data["code_departement"], data["responsable"]) == ("044", {"type": "departement", "code": "044"})
+    raised = "SELECT alerte->>'code_departement' FROM alertes WHERE alert_id = $1"
+    assert await pool.fetchval(raised, data["alert_id"]) == "049", "the read API's: where it is"
+
+    async def resolved_on_the_stream(events) -> dict:
+        async for _, streamed in events:
+            if streamed["type"] == c.ALERTE_RESOLUE and streamed["data"]["alert_id"] == data["alert_id"]:
+                return streamed
+        raise AssertionError("the stream ended")
+
+    async with client.stream("GET", "/alertes/flux", params={"code_departement": "044", "depuis": 0}) as response:
+        streamed = await asyncio.wait_for(resolved_on_the_stream(data_events(response.aiter_lines())), timeout=30)
+    assert streamed["data"] == data
+
+
+async def _total_of(client, params: dict, expected: int) -> bool:
+    return (await client.get("/alertes", params={**params, "state": "open"})).json()["total"] == expected
 
 
 async def test_sse_delivers_a_committed_alert_change(kafka, settings, api):

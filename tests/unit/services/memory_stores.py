@@ -15,7 +15,7 @@ from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
-from services.ressources.lifecycle import Held
+from services.ressources.lifecycle import PORTEE, Held
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 from services.ressources.store import EVERY_RESOURCE, MAX_PARTS, AlertRow, Pair, ReevaluationPart, cut, uncovered
 
@@ -211,11 +211,16 @@ class RessourcesMemory:
         return {p: dict(self.alerts[p]) for p in pairs if p in self.alerts}
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None:
+        """As the real store: where an open alert was raised kept once an update moves it."""
         for r in rows:
             alerte = json.loads(r.alerte)
-            self.alerts.setdefault((alerte["uai"], alerte["resource_id"]), {})[alerte["kind"]] = Held(
-                r.ouverte, r.cycle, r.alerte
-            )
+            held = self.alerts.setdefault((alerte["uai"], alerte["resource_id"]), {})
+            before = held.get(alerte["kind"])
+            levee = None
+            if before is not None and before.cycle == r.cycle:
+                was = {k: before.values[k] for k in PORTEE}
+                levee = before.levee_portee or (None if was == {k: alerte[k] for k in PORTEE} else json.dumps(was))
+            held[alerte["kind"]] = Held(r.ouverte, r.cycle, r.alerte, levee)
 
     async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
         self.journalled += [o.event for o in announced]

@@ -56,6 +56,22 @@ def test_condition_gone_or_pair_not_evaluated_resolves():
         assert r.resolved and r.resolved["resolved_at"] == NOW and r.resolved["alert_id"] == t.raised["alert_id"]
 
 
+def test_an_alert_moved_since_its_raise_resolves_where_it_was_raised():
+    """Its établissement moved to another département: the stored content says the new one (the
+    read API's), the resolution the one of its raise (a dashboard filtering on it saw the raise)."""
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
+    moved = ETAB.model_copy(update={"code_departement": "022"})
+    [u] = transitions(UAI, RID, moved, INCOMPATIBLE, {"equipement-incompatible": Held(True, 1, stored(t.raised))}, NOW)
+    assert u.updated["code_departement"] == "022"
+    raised_at = (
+        '{"code_academie": "14", "code_departement": "035", "responsable": {"type": "departement", "code": "035"}}'
+    )
+    held = {"equipement-incompatible": Held(True, 1, stored(u.updated), raised_at)}
+    [r] = transitions(UAI, RID, moved, Evaluation({}, 30, 30), held, NOW)
+    assert (r.resolved["code_departement"], r.resolved["responsable"].code) == ("035", "035")
+    assert stored(r.resolved) == stored({**t.raised, "resolved_at": NOW}), "the raise's content, resolved"
+
+
 def test_resolved_alert_raises_again_with_the_same_id():
     [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, NOW)
     held = {"equipement-incompatible": Held(False, 1, stored(t.raised))}
