@@ -334,12 +334,14 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
 ):
     """A batch whose bytes the broker's storage damaged (its CRC wrong): aiokafka raised at every
     poll, and the records the poll had taken of other partitions before it were lost (their
-    positions past them). Now its partition waits at it (said once, at ERROR), every other
-    partition's records are applied, then and later, and nothing after it is skipped."""
+    positions past them). Now its partition waits at it (said once at ERROR, on /health and in
+    /metrics), every other partition's records are applied, then and later, nothing after it is
+    skipped; and it is read again by itself: once the storage is repaired, it goes on."""
     from services.common.messaging import consumer
 
     said = Said()
     monkeypatch.setattr(consumer, "log", said)
+    monkeypatch.setattr(consumer, "UNREADABLE_RETRY_SECONDS", 0.5)
     known = uai("0350322")
     topic = settings.topic(c.EQUIPEMENT)
     await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
@@ -358,7 +360,8 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
     with segment.open("r+b") as damaged:  # what the broker serves next, from the page cache
         damaged.seek(content.index(b"ABIME"))
         damaged.write(b"ABIMF")
-    async with running(EQUIPEMENT, settings) as pipeline:
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
         await eventually(
             lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 4),
             timeout=60,
@@ -369,14 +372,39 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
             lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
             what="partition 0 going on",
         )
+
+        async def read_again() -> bool:
+            return bool(said.named("kafka.still_unreadable"))
+
+        await eventually(read_again, what="the batch read again, still damaged")
         lots = {r["lot_id"] for r in await pipeline.pool.fetch("SELECT lot_id FROM lots")}
         assert not {"ABIME", "ABIMF", "APRES"} & lots
         stored = await pipeline.pool.fetchval(
             "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 1", topic
         )
         assert stored == 4, "partition 1 waits at its damaged batch"
+        status, health = await service.app.health()
+        [held] = health["unreadable_batches"]
+        assert (status, held["topic"], held["partition"], held["offset"]) == (200, topic, 1, 4)
+        metric = f'feo_unreadable_batch_offset{{partition="1",service="equipement",topic="{topic}"}} 4.0'
+        assert metric in pipeline.metrics.render().decode()
+
+        with segment.open("r+b") as repaired:
+            repaired.seek(content.index(b"ABIME"))
+            repaired.write(b"ABIME")
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM lots WHERE lot_id IN ('ABIME', 'APRES')"),
+            timeout=30,
+            what="partition 1 read again once repaired",
+        )
+        status, health = await service.app.health()
+        assert (status, health["unreadable_batches"]) == (200, [])
+        assert "feo_unreadable_batch_offset{" not in pipeline.metrics.render().decode()
     [line] = said.named("kafka.unreadable_batch")
     assert (line["level"], line["topic"], line["partition"], line["offset"]) == ("error", topic, 1, 4)
+    assert {r["level"] for r in said.named("kafka.still_unreadable")} == {"warning"}
+    [again] = said.named("kafka.readable_again")
+    assert (again["topic"], again["partition"], again["offset"]) == (topic, 1, 4)
 
 
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -53,6 +54,8 @@ def _text_headers_only(record: ConsumerRecord) -> ConsumerRecord:
         return dataclasses.replace(record, headers=[(k, v.encode()) for k, v in text_headers(record.headers)])
 
 
+UNREADABLE_RETRY_SECONDS = 60.0
+"""How long a partition waits at a batch it could not read before it is read again (Unreadable)."""
 UNRECEIVED_PAUSE_SECONDS = 1.0
 """Before a batch that never reached the handler is taken again (Poll._give_back_unreceived)."""
 _AT_ONCE = 0.001
@@ -116,6 +119,7 @@ class Poll:
         self._hooked: AIOKafkaConsumer | None = None  # the consumer whose stop drops the take-ahead first
         self._handed: Parsed = {}  # what was parsed of the batch handed over
         self._unreceived: tuple[AIOKafkaConsumer, tuple[ConsumerRecord, ...]] | None = None
+        self.unreadable = Unreadable()
         subscriber.get_msg = self.get_msg
 
     def parsed(self) -> Parsed:
@@ -141,7 +145,7 @@ class Poll:
                 # The records taken are handed over all the same: the consumer's position is past
                 # them, and a batch that is not handled now would be skipped. aiokafka raises a
                 # fetch error before taking anything, so it comes again at the next poll (a batch
-                # it cannot read is `_take`'s: `_set_aside`).
+                # it cannot read is `_take`'s: Unreadable).
                 log.info("consumer.top_up_failed", error=type(exc).__name__)
                 more = ()
             # Buffered again: a fetch for what came after them is sent only now they are taken.
@@ -172,14 +176,15 @@ class Poll:
             await self.give_back(consumer, batch)
             await asyncio.sleep(UNRECEIVED_PAUSE_SECONDS)
 
-    @staticmethod
-    async def _take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
+    async def _take(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> tuple[ConsumerRecord, ...]:
+        self.unreadable.retry_due(consumer)
         before = _positions(consumer)
         try:
             got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except CorruptBatch as exc:
-            _set_aside(consumer, exc, before)
+            self.unreadable.hold(consumer, exc, before)
             return ()
+        self.unreadable.read(got)
         return tuple(r for records in got.values() for r in records)
 
     async def _take_ahead(self, ahead: _TakeAhead) -> tuple[tuple[ConsumerRecord, ...], Parsed]:
@@ -318,6 +323,7 @@ class StoredPositions(ConsumerRebalanceListener):
         consumer.pause(*assigned)
         if self.poll is not None:  # records taken ahead: every partition is sought below
             await self.poll.drop()
+            self.poll.unreadable.forget()
         if assigned:
             await self._resume_from_database(consumer, assigned)
 
@@ -371,7 +377,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
     )
     listener.subscriber = subscriber
     listener.poll = poll = Poll(subscriber, settings.batch_top_up_ms, pipeline)
-    pipeline.metrics.watch(lambda: subscriber.consumer)
+    pipeline.metrics.watch(lambda: subscriber.consumer, poll.unreadable.report)
 
     commits = OffsetCommits()
 
@@ -400,22 +406,78 @@ def _positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
     return {tp: state.position for tp, state in states if state is not None and state.has_valid_position}
 
 
-def _set_aside(consumer: AIOKafkaConsumer, corrupt: CorruptBatch, before: dict[TopicPartition, int]) -> None:
-    """A poll that met a batch it cannot read: aiokafka raised, and the records it had taken of
-    other partitions before were lost with the error, their positions past them (then again at
-    every poll, the error coming back). Those partitions are sought back to where the poll found
-    them, and the one with the batch paused until the service restarts (or its partitions are
-    assigned again): the others go on, and nothing of it is skipped."""
-    for tp, position in before.items():
-        if tp != corrupt.tp and consumer._subscription.is_assigned(tp):
-            consumer.seek(tp, position)
-    consumer.pause(corrupt.tp)
-    log.error(
-        "kafka.unreadable_batch",
-        topic=corrupt.tp.topic,
-        partition=corrupt.tp.partition,
-        offset=corrupt.offset,
-        error=str(corrupt.__cause__ or corrupt),
-        hint="the partition waits at that offset, the others go on; restart the service to read it again "
-        "(once the broker's replica is repaired), or move the group past it",
-    )
+@dataclasses.dataclass
+class _Held:
+    offset: int
+    since: datetime
+    paused_at: float
+    attempts: int = 1
+    retrying: bool = False
+
+
+class Unreadable:
+    """The partitions held at a batch they could not read (the broker serves it damaged: its CRC
+    wrong, its storage corrupted). aiokafka raised at the poll that met it, and the records it
+    had taken of other partitions before were lost with the error, their positions past them
+    (then again at every poll, the error coming back). Those partitions are sought back to where
+    the poll found them, and the one with the batch paused at it: the others go on, and nothing
+    of it is skipped. Read again every UNREADABLE_RETRY_SECONDS: repaired, or served by another
+    broker now leading it, the batch is read and the partition goes on by itself. Each held
+    partition is on /health (`unreadable_batches`) and in /metrics until then."""
+
+    def __init__(self) -> None:
+        self._held: dict[TopicPartition, _Held] = {}
+
+    def hold(self, consumer: AIOKafkaConsumer, corrupt: CorruptBatch, before: dict[TopicPartition, int]) -> None:
+        for tp, position in before.items():
+            if tp != corrupt.tp and consumer._subscription.is_assigned(tp):
+                consumer.seek(tp, position)
+        consumer.pause(corrupt.tp)
+        held = self._held.get(corrupt.tp)
+        where = {"topic": corrupt.tp.topic, "partition": corrupt.tp.partition, "offset": corrupt.offset}
+        if held is not None and held.offset == corrupt.offset:  # read again, still damaged
+            held.attempts, held.retrying, held.paused_at = held.attempts + 1, False, time.monotonic()
+            log.warning("kafka.still_unreadable", **where, attempts=held.attempts, retry_in=UNREADABLE_RETRY_SECONDS)
+            return
+        self._held[corrupt.tp] = _Held(corrupt.offset, datetime.now(UTC), time.monotonic())
+        log.error(
+            "kafka.unreadable_batch",
+            **where,
+            error=str(corrupt.__cause__ or corrupt),
+            retry_in=UNREADABLE_RETRY_SECONDS,
+            hint="the partition waits at that offset, the others go on; it is read again every "
+            f"{UNREADABLE_RETRY_SECONDS:g} s (once the broker's replica is repaired), or move the group past it",
+        )
+
+    def retry_due(self, consumer: AIOKafkaConsumer) -> None:
+        """Each partition held long enough resumed, for the poll to read its batch again."""
+        now = time.monotonic()
+        for tp, held in self._held.items():
+            if not held.retrying and now - held.paused_at >= UNREADABLE_RETRY_SECONDS:
+                held.retrying = True
+                if consumer._subscription.is_assigned(tp):
+                    consumer.resume(tp)
+
+    def read(self, got: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """A held partition that gave records: its batch was read (or is gone: retention)."""
+        for tp in [tp for tp in self._held if got.get(tp)]:
+            held = self._held.pop(tp)
+            log.info(
+                "kafka.readable_again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=held.offset,
+                attempts=held.attempts,
+                held_s=round(time.monotonic() - held.paused_at, 1),
+            )
+
+    def forget(self) -> None:
+        """Partitions assigned: each is sought to its stored position and read again from there."""
+        self._held.clear()
+
+    def report(self) -> list[dict[str, Any]]:
+        """The partitions held, for /health and /metrics."""
+        return [
+            {"topic": tp.topic, "partition": tp.partition, "offset": held.offset, "since": held.since.isoformat()}
+            for tp, held in sorted(self._held.items())
+        ]

@@ -46,6 +46,9 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "revivals_pending": None,
         "awaiting_referentiel": None,
     } | read
+    # Partitions waiting at a batch the broker served damaged: the service goes on with the
+    # others and reads it again every minute; an operator must look (its broker's storage).
+    body["unreadable_batches"] = pipeline.metrics.unreadable()
     return (200 if body["kafka"] and body["database"] else 503), body
 
 

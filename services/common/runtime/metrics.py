@@ -68,7 +68,14 @@ class _Scraped(Collector):
         )
         for (topic, partition), value in sorted(self._metrics.lag().items()):
             lag.add_metric([service, topic, str(partition)], value)
-        return [*families.values(), lag]
+        held = GaugeMetricFamily(
+            "feo_unreadable_batch_offset",
+            "offset of the batch a partition waits at, which the broker served damaged (read again every minute)",
+            labels=["service", "topic", "partition"],
+        )
+        for h in self._metrics.unreadable():
+            held.add_metric([service, h["topic"], str(h["partition"])], h["offset"])
+        return [*families.values(), lag, held]
 
 
 class Metrics:
@@ -107,6 +114,7 @@ class Metrics:
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
+        self.unreadable: Callable[[], list[dict[str, Any]]] = list
         self._counts: list[Gauge] = []
         self._counted_at: float | None = None
         self._counting = asyncio.Lock()
@@ -150,9 +158,14 @@ class Metrics:
         for tp, offset in positions.items():
             self._next[(tp.topic, tp.partition)] = offset
 
-    def watch(self, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
-        """Where the consumer is found once started (FastStream creates it)."""
-        self._consumer = consumer
+    def watch(
+        self,
+        consumer: Callable[[], AIOKafkaConsumer | None],
+        unreadable: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
+        """Where the consumer is found once started (FastStream creates it), and the partitions it
+        holds at a batch it could not read (consumer.Unreadable)."""
+        self._consumer, self.unreadable = consumer, unreadable
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition whose high watermark and position are known."""
