@@ -46,12 +46,17 @@ import contracts as c
 from services.common.messaging.connection import KafkaAccess
 
 DASHBOARD = "tableau-de-bord"
+OPERATOR = "operateur"
+"""The operators' principal on the Kubernetes cluster, a super user (deploy/k8s/strimzi/kafka.yaml's
+superUsers: `CN=operateur`, as Strimzi names a principal of a certificate), as `admin` is
+locally: the rebuild, the restore and the dead letters' replay read the services' own output
+topics and DLQs, which no service may read."""
 PARTNER_WRITES = {"ministere": (c.REFERENTIEL, c.CATALOGUE), "gar": (c.CATALOGUE,)}
 DASHBOARD_READS = (c.ALERTES, c.ALERTES_ETAT)
 DASHBOARDS = "KAFKA_DASHBOARDS"
 """The setting naming the dashboards' principals, comma-separated (DASHBOARD when unset)."""
 _PRINCIPAL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # a KafkaUser's name too (DNS label)
-_RESERVED = ("admin", "operateur", *PARTNER_WRITES)
+_RESERVED = ("admin", OPERATOR, *PARTNER_WRITES)
 
 
 def dashboards(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

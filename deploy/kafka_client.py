@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from contracts import CONTENT_TYPE
-from deploy.kubernetes import OPERATOR
+from deploy.acl import OPERATOR
 from deploy.local.kafka.credentials import ADMIN, local_access
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.records import lenient_consumer

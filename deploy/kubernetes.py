@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deploy.acl import DASHBOARD, bindings, dashboard_names_problems
+from deploy.acl import DASHBOARD, OPERATOR, bindings, dashboard_names_problems
 from deploy.topology import Retention, platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 
@@ -112,18 +112,15 @@ def platform_principals() -> set[str]:
     return {spec.name for spec in specs()} | {OPERATOR}
 
 
-OPERATOR = "operateur"
-"""The operators' principal, a super user (kafka.yaml's superUsers: `CN=operateur`, as Strimzi
-names a principal of a certificate), as `admin` is locally: the rebuild, the restore and the
-dead letters' replay read the services' own output topics and DLQs, which no service may read."""
-
-
 SERVICE_REPLICAS = 2
 """Each service's replicas: they share its partitions (README, Guarantees), one may be lost."""
 JWKS_URL = "https://identite.example.invalid/.well-known/jwks.json"
 JWT_ISSUER = "https://identite.example.invalid"
-"""The passerelle's identity provider: its keys (JWKS_URL) and the `iss` its tokens carry
-(JWT_ISSUER, checked on every token: left at the local default, every token is refused)."""
+JWT_AUDIENCE = "former-equiper-outiller.example.invalid"
+"""The passerelle's identity provider: its keys (JWKS_URL), the `iss` its tokens carry
+(JWT_ISSUER) and their `aud` for the platform (JWT_AUDIENCE), both checked on every token: left
+at their local defaults, every token of the provider is refused, or any token it issues for the
+platform's name, whoever it was meant for, is taken."""
 
 MEMORY = {"ressources": ("384Mi", "768Mi")}
 """A service's memory request and limit, where not DEFAULT_MEMORY. Measured peak RSS at national
@@ -228,7 +225,11 @@ def _env(name: str) -> list[dict[str, Any]]:
         {"name": "CONSUMER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if name == "passerelle":
-        env += [{"name": "JWKS_URL", "value": JWKS_URL}, {"name": "JWT_ISSUER", "value": JWT_ISSUER}]
+        env += [
+            {"name": "JWKS_URL", "value": JWKS_URL},
+            {"name": "JWT_ISSUER", "value": JWT_ISSUER},
+            {"name": "JWT_AUDIENCE", "value": JWT_AUDIENCE},
+        ]
     return env
 
 
@@ -296,6 +297,7 @@ def services() -> list[dict[str, Any]]:
                                     "matchLabelKeys": ["pod-template-hash"],
                                 }
                             ],
+                            "automountServiceAccountToken": False,  # no pod of the platform calls the API server
                             "securityContext": POD_SECURITY,
                             "containers": [container],
                             "volumes": [CA_VOLUME, _principal_volume(spec.name), TMP_VOLUME],
@@ -394,6 +396,7 @@ def backup_job() -> dict[str, Any]:
                         "metadata": {"labels": labels},
                         "spec": {
                             "restartPolicy": "Never",
+                            "automountServiceAccountToken": False,  # no pod of the platform calls the API server
                             "securityContext": POD_SECURITY,
                             "affinity": {
                                 "podAffinity": {
@@ -458,6 +461,7 @@ def toolbox() -> list[dict[str, Any]]:
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        "automountServiceAccountToken": False,  # no pod of the platform calls the API server
                         "securityContext": POD_SECURITY,  # fsGroup: the backups' volume writable by the pod's group
                         "containers": [container],
                         "volumes": [

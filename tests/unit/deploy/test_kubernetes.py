@@ -5,10 +5,12 @@ offline: Kubernetes' own (kubernetes-validate bundles them) and Strimzi's custom
 checked against the code too: topics and ACLs as the local platform makes them."""
 
 import copy
+import importlib.util
 import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +21,7 @@ import pytest
 import yaml
 
 from deploy import kubernetes
-from deploy.acl import bindings
-from deploy.kubernetes import OPERATOR
+from deploy.acl import OPERATOR, bindings
 from deploy.topology import platform_topics
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 from services.common.runtime.app import build_app
@@ -29,6 +30,7 @@ from services.passerelle.settings import PasserelleSettings
 from services.specs import specs
 
 K8S_VERSION = "1.33.0"
+ROOT = Path(__file__).resolve().parents[3]
 PEAK_MEMORY_MIB = {"ressources": 300}
 """A service's measured peak memory, where above ANY_PEAK_MEMORY_MIB: ressources (170 MB) with its
 simulation workers (13 + 66 + 66 MB, `./dev bench simulations --distinct`)."""
@@ -87,7 +89,9 @@ def test_every_rendered_object_is_valid_against_its_schema(rendered):
 
 
 def test_a_wrong_field_is_refused_by_the_validation(rendered):
-    """The validation refuses what it should: a misspelt Strimzi field, a probe on no port."""
+    """The schemas refuse what they should: a misspelt Strimzi field, a replica count that is no
+    number. (What no schema checks, a probe on no port, a Service selecting no pod, a command
+    that runs nothing: `test_every_reference_inside_a_pod_and_to_it_names_what_exists`.)"""
     user = next(doc for doc in rendered if doc["kind"] == "KafkaUser")
     broken = {**user, "spec": {**user["spec"], "authentification": {"type": "scram-sha-512"}}}
     with pytest.raises(jsonschema.ValidationError):
@@ -424,12 +428,11 @@ def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered
     the outbox is published, each within SHUTDOWN_GRACE_SECONDS (the last one's round cut at its
     end waiting for Kafka's answers too): the settings as
     the pods get them (their env, the shared ConfigMap, else their defaults)."""
-    [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
     by_name = {spec.name: spec for spec in specs()}
     for name, doc in _deployments(rendered).items():
         pod = doc["spec"]["template"]["spec"]
         [container] = pod["containers"]
-        env = config["data"] | {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env = _environment(rendered, container)
         fields = by_name[name].settings.model_fields
         assert container["lifecycle"]["preStop"].keys() == {"sleep"}, name
         pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -497,18 +500,10 @@ def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_th
     [config] = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
     [cluster] = [doc for doc in rendered if doc["kind"] == "Kafka"]
     by_name = {spec.name: spec for spec in specs()}
-    secrets = {"password": "s3cret", "url": "postgresql://feo:s3cret@feo-db:5432/feo"}
     for name, doc in _deployments(rendered).items():
         pod = doc["spec"]["template"]["spec"]
         [container] = pod["containers"]
-        env = dict(config["data"])
-        for e in container["env"]:
-            if "value" in e:
-                env[e["name"]] = e["value"]
-            elif "secretKeyRef" in e["valueFrom"]:
-                env[e["name"]] = secrets[e["valueFrom"]["secretKeyRef"]["key"]]
-            else:
-                env[e["name"]] = f"{name}-7d4b9c-x2x9z"  # a pod's name
+        env = _environment(rendered, container, f"{name}-7d4b9c-x2x9z")
         assert check_environment(env, [by_name[name].settings], kafka="elsewhere") == [], name  # not here: the pod's
         [port] = [p for p in container["ports"] if p["name"] == "http"]
         assert int(env["HTTP_PORT"]) == port["containerPort"], name
@@ -523,6 +518,156 @@ def test_each_pod_s_environment_is_one_its_service_accepts_and_points_at_what_th
     [listener] = [lsn for lsn in cluster["spec"]["kafka"]["listeners"] if lsn["port"] == int(port)]
     assert listener["type"] == "internal" and listener["tls"], "inside the cluster, over TLS"
     assert (listener["authentication"]["type"], config["data"]["KAFKA_SECURITY_PROTOCOL"]) == ("tls", "SSL")
+
+
+SECRET_VALUES = {"password": "s3cret", "url": "postgresql://feo:s3cret@feo-db:5432/feo"}
+"""What the secrets' keys hold, stood in for (their values are the deployment's)."""
+
+
+def _environment(rendered: list[dict], container: dict, pod_name: str = "pod-7d4b9c-x2x9z") -> dict[str, str]:
+    """A container's environment as the kubelet gives it: each `envFrom` ConfigMap's data (one
+    the tree does not hold fails here: the pod would not start, or start without the settings),
+    then its own `env`, the secrets' values stood in for (SECRET_VALUES) and a field its pod's."""
+    maps = {doc["metadata"]["name"]: doc["data"] for doc in rendered if doc["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, source
+        name = source["configMapRef"]["name"]
+        assert name in maps, f"{container['name']}: its settings from ConfigMap {name}, which the tree lacks"
+        env |= maps[name]
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "secretKeyRef" in e["valueFrom"]:
+            env[e["name"]] = SECRET_VALUES[e["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", e
+            env[e["name"]] = pod_name
+    return env
+
+
+def test_every_setting_whose_default_is_local_is_given_to_every_pod(rendered):
+    """A setting left at its default points at this machine (the broker, PostgreSQL, the HTTP
+    server on the loopback only, which no probe reaches) or at the local identity provider's
+    audience: each is given to every pod that runs a service or a tool, as the kubelet gives them."""
+    by_name = {spec.name: spec for spec in specs()}
+    local = lambda value: isinstance(value, str) and ("127.0.0.1" in value or "localhost" in value)  # noqa: E731
+    for name, pod in _pods(rendered).items():
+        [container] = pod["containers"]
+        env = _environment(rendered, container)
+        fields = by_name[name].settings.model_fields if name in by_name else ServiceSettings.model_fields
+        for field, info in fields.items():
+            if local(info.default) and (field != "http_host" or name in by_name):  # the tools serve nothing
+                assert field.upper() in env and not local(env[field.upper()]), (name, field)
+        if name in by_name:
+            assert env["HTTP_HOST"] in ("0.0.0.0", "::"), f"{name}: its probes come from outside the pod"
+    passerelle = _environment(
+        rendered, _deployments(rendered)["passerelle"]["spec"]["template"]["spec"]["containers"][0]
+    )
+    for field in ("jwt_issuer", "jwt_audience"):
+        assert passerelle[field.upper()] != PasserelleSettings.model_fields[field].default, field
+
+
+def test_no_pod_holds_a_token_of_the_kubernetes_api(rendered):
+    """None of them calls the API server: a token mounted would let a process that took over the
+    pod act as its namespace's default service account."""
+    for name, pod in _pods(rendered).items():
+        assert pod.get("automountServiceAccountToken") is False, name
+
+
+def test_every_reference_inside_a_pod_and_to_it_names_what_exists(rendered):
+    """What no schema checks: each probe's port is one of its container's, each Service selects
+    the pods of a Deployment and sends to one of their ports, and each command runs a module the
+    image holds."""
+    deployments = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+    for name, pod in _pods(rendered).items():
+        for container in pod["containers"]:
+            ports = {p.get("name") for p in container.get("ports", [])} | {
+                p["containerPort"] for p in container.get("ports", [])
+            }
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if kind in container:
+                    assert container[kind]["httpGet"]["port"] in ports, (name, kind)
+            command = container["command"]
+            assert command[0] == "python", name
+            if command[1] == "-m":
+                assert importlib.util.find_spec(command[2]) is not None, (name, command[2])
+    services = [doc for doc in rendered if doc["kind"] == "Service"]
+    assert {doc["metadata"]["name"] for doc in services} == {spec.name for spec in specs()}
+    for service in services:
+        selector = service["spec"]["selector"]
+        [target] = [
+            d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        [container] = target["spec"]["template"]["spec"]["containers"]
+        names = {p.get("name") for p in container["ports"]} | {p["containerPort"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names, (service["metadata"]["name"], port)
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        lambda docs, pod: pod["containers"][0].pop("envFrom"),
+        lambda docs, pod: pod["containers"][0]["envFrom"][0]["configMapRef"].update(name="absente"),
+        lambda docs, pod: pod["containers"][0].update(
+            env=[e for e in pod["containers"][0]["env"] if e["name"] != "DATABASE_URL"]
+        ),
+        lambda docs, pod: next(d for d in docs if d["kind"] == "ConfigMap")["data"].update(HTTP_HOST="127.0.0.1"),
+        lambda docs, pod: pod["containers"][0]["readinessProbe"]["httpGet"].update(port="htpp"),
+        lambda docs, pod: pod["containers"][0].update(command=["python", "-m", "services.nope"]),
+        lambda docs, pod: next(d for d in docs if d["kind"] == "Service")["spec"].update(selector={"app": "nope"}),
+        lambda docs, pod: pod.pop("automountServiceAccountToken"),
+    ],
+)
+def test_those_checks_refuse_a_pod_broken_as_no_schema_sees(rendered, breaks):
+    docs = copy.deepcopy(rendered)
+    breaks(docs, _pods(docs)["formation"])
+    failed = 0
+    for check in (
+        test_every_setting_whose_default_is_local_is_given_to_every_pod,
+        test_no_pod_holds_a_token_of_the_kubernetes_api,
+        test_every_reference_inside_a_pod_and_to_it_names_what_exists,
+    ):
+        try:
+            check(docs)
+        except (AssertionError, StopIteration, KeyError, ValueError):
+            failed += 1
+    assert failed, "the break went unnoticed"
+
+
+TEST_ONLY = ("yaml", "pytest", "jsonschema", "kubernetes_validate", "psutil", "hypothesis", "playwright")
+"""Packages installed by the `test` extra only: an image built with `pip install .` lacks them."""
+
+
+def test_what_the_manifests_and_the_operators_run_imports_without_the_test_extra():
+    """The image holds the runtime's dependencies, not the test extra's: `deploy.kafka_client`
+    imported deploy.kubernetes for a constant, and with it PyYAML, which the image lacks."""
+    modules = [f"services.{spec.name}" for spec in specs()] + [
+        "deploy.sauvegarde",
+        "deploy.reconstruire",
+        "deploy.rattrapage",
+        "deploy.kafka_client",
+        "deploy.identite",
+        "deploy.referentiel",
+        "deploy.partenaires.glpi",
+        "services.common.messaging.dead_letters",
+        "services.common.messaging.outbox_failed",
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for blocked in {TEST_ONLY!r}: sys.modules[blocked] = None\n"
+        f"for module in {modules!r}: importlib.import_module(module)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    blocked = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['yaml'] = None; import deploy.kubernetes"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert "ModuleNotFoundError" in blocked.stderr, "the blocking works: deploy.kubernetes needs PyYAML"
 
 
 def _mounted(pod: dict, container: dict, path: str) -> tuple[str, str]:
