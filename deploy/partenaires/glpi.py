@@ -20,10 +20,11 @@ inventory.
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
 - --etat FICHIER (required to send) remembers the lots the platform holds from this adapter, per établissement,
-  the latest time sent, and the lots it retired: one back afterwards, as it was, is declared by
-  a new event (the one that first brought it would be a repeat to the platform, the lot left
-  retired) (JSON; checked writable before anything is sent, written once the
-  passerelle has answered; created by the first run). A lot of an établissement of this run
+  the latest time sent, and each lot's latest event: a lot that changes back to what an
+  earlier event declared (a quantity 3, then 2, then 3 again with no newer inventory date, or
+  a lot back as it was after its retirement) is declared by a new event, not that earlier one,
+  which the platform would take for a repeat and drop (JSON; checked writable before anything
+  is sent, written once the passerelle has answered; created by the first run). A lot of an établissement of this run
   that the inventory no longer has (its devices all moved to other lots, upgraded, or gone) is
   retired: a `lot` with quantity 0, right after that établissement's lots, at the run's time or
   the state's if later (the device gone may have been the newest). An établissement with no
@@ -121,18 +122,22 @@ class Correspondance:
 
 Lots = dict[str, dict[str, str]]
 """uai -> lot_id -> kind."""
+Envois = dict[str, dict[str, list[str]]]
+"""uai -> lot_id -> [the fingerprint of the latest event the platform took for it, its id]."""
 
 
 @dataclass(frozen=True)
 class Etat:
-    """What the platform holds from this adapter (--etat): its lots, and the latest time sent;
-    and the lots it retired (uai -> lot_id -> the retirement's time): one that comes back is
-    a new event, not the one that first brought it (same data, same time: the same id, which
-    the platform takes for a repeat for INBOX_RETENTION_DAYS, and the lot stayed retired)."""
+    """What the platform holds from this adapter (--etat): its lots, the latest time sent, and
+    each lot's latest event (`envois`, retirements included). A lot's event is that one again
+    when the lot is as it declared (the same files sent again: a repeat, which changes nothing),
+    else a new one, whose id follows from the latest: a lot back to an earlier content at the
+    same time (3 devices, then 2, then 3) was the earlier event again, which the platform took
+    for a repeat for INBOX_RETENTION_DAYS, and the lot stayed at 2."""
 
     lots: Lots = field(default_factory=dict)
     date: datetime | None = None
-    retires: Lots = field(default_factory=dict)
+    envois: Envois = field(default_factory=dict)
 
 
 @dataclass
@@ -212,7 +217,7 @@ def inventorier(
     time = min(max(dates), now) if dates else now
     by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
     for (uai, lot), devices in sorted(groups.items()):
-        by_uai[uai].append(_event(declarant, uai, lot, devices, time, precedent.retires.get(uai, {}).get(lot)))
+        by_uai[uai].append(_event(declarant, uai, lot, devices, time, precedent.envois.get(uai, {}).get(lot)))
     covered = set(by_uai)
     held = precedent.lots
     # A retirement is dated no earlier than what the state sent: the newest device of the
@@ -222,7 +227,10 @@ def inventorier(
     for uai in sorted(covered):  # each établissement's retirements beside its lots (one batch, one group)
         lots += by_uai[uai]
         gone = [(lot, kind) for lot, kind in sorted(held.get(uai, {}).items()) if (uai, lot) not in groups]
-        lots += [_retirement(declarant, uai, lot, kind, retired_at) for lot, kind in gone]
+        lots += [
+            _retirement(declarant, uai, lot, kind, retired_at, precedent.envois.get(uai, {}).get(lot))
+            for lot, kind in gone
+        ]
         vanished += len(gone)
     return Inventaire(
         lots,
@@ -247,7 +255,7 @@ def lot_id(appareil: inv.Appareil) -> str:
 
 
 def _event(
-    declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time: datetime, retired: str | None
+    declarant: str, uai: str, lot: str, devices: list[inv.Appareil], time: datetime, latest: list[str] | None
 ) -> c.CloudEvent:
     first = devices[0]
     data = c.Lot(
@@ -258,21 +266,32 @@ def _event(
         os=c.Logiciel(name=first.os[0], version=first.os[1]),
         browsers=[c.Logiciel(name=name, version=release) for name, release in first.browsers],
     )
-    return _identified(declarant, data, time, retired)
+    return _identified(declarant, data, time, latest)
 
 
-def _retirement(declarant: str, uai: str, lot: str, kind: str, time: datetime) -> c.CloudEvent:
-    return _identified(declarant, c.Lot(uai=uai, lot_id=lot, kind=kind, quantity=0), time)
+def _retirement(
+    declarant: str, uai: str, lot: str, kind: str, time: datetime, latest: list[str] | None
+) -> c.CloudEvent:
+    return _identified(declarant, c.Lot(uai=uai, lot_id=lot, kind=kind, quantity=0), time, latest)
 
 
-def _identified(declarant: str, data: c.Lot, time: datetime, retired: str | None = None) -> c.CloudEvent:
-    # The same lot at the same time and quantity, sent again, is the same event (no second
-    # effect); but not once it was retired since (`retired`: when): it comes back.
-    same = json.dumps(
-        [declarant, data.model_dump(mode="json"), time.isoformat(), *([retired] if retired else [])], sort_keys=True
-    )
-    event_id = "glpi-" + hashlib.sha256(same.encode()).hexdigest()[:32]
+def _identified(declarant: str, data: c.Lot, time: datetime, latest: list[str] | None) -> c.CloudEvent:
+    """The lot's latest event (`latest`: [fingerprint, id], Etat.envois) when it declared the
+    same, a repeat that changes nothing; else a new event, its id derived from the latest's, so
+    that no content the lot had before, sent again, takes the id of the event that first sent it."""
+    same = _empreinte(declarant, data, time)
+    if latest is not None and latest[0] == same:
+        event_id = latest[1]
+    else:
+        after = json.dumps([same, latest[1] if latest else None])
+        event_id = "glpi-" + hashlib.sha256(after.encode()).hexdigest()[:32]
     return c.make_event(c.LOT, data, source=declarant, id=event_id, time=time)
+
+
+def _empreinte(declarant: str, data: c.Lot, time: datetime) -> str:
+    """What a lot's event declares: its declarant, its data and its time."""
+    content = json.dumps([declarant, data.model_dump(mode="json"), time.isoformat()], sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 def _when(read: inv.Appareil | inv.Ecarte) -> datetime:
@@ -308,8 +327,15 @@ def lire_etat(path: Path, declarant: str) -> Etat:
         return Etat()
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        lots, date, retires = document["lots"], document["date"], document.get("retires", {})
-        if not all(isinstance(v, str) for held in (*lots.values(), *retires.values()) for v in held.values()):
+        # A state written before `envois` has `retires` instead: its lots' next events are new ones.
+        lots, date, envois = document["lots"], document["date"], document.get("envois", {})
+        if not all(isinstance(v, str) for held in lots.values() for v in held.values()):
+            raise TypeError
+        if not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+            for sent in envois.values()
+            for v in sent.values()
+        ):
             raise TypeError
         when = datetime.fromisoformat(date) if date is not None else None
         if when is not None and when.tzinfo is None:
@@ -317,10 +343,13 @@ def lire_etat(path: Path, declarant: str) -> Etat:
     except ValueError as error:
         raise ValueError(f"{path}: état illisible : {error}") from None
     except (KeyError, TypeError, AttributeError):
-        raise ValueError(f"{path}: attendu un état {{declarant, date, lots: {{uai: {{lot_id: kind}}}}}}") from None
+        raise ValueError(
+            f"{path}: attendu un état {{declarant, date, lots: {{uai: {{lot_id: kind}}}}, "
+            "envois: {{uai: {{lot_id: [empreinte, id]}}}}}}"
+        ) from None
     if document.get("declarant") != declarant:
         raise ValueError(f"{path}: état d'un autre déclarant que {declarant} : un fichier d'état par collectivité")
-    return Etat(lots, when, retires)
+    return Etat(lots, when, envois)
 
 
 def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | None) -> Etat:
@@ -329,24 +358,27 @@ def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | 
     any lot may have been accepted or not: every one it sent is kept, none removed (retiring
     later a lot the platform never had changes nothing)."""
     lots = {uai: dict(held) for uai, held in precedent.lots.items()}
-    retires = {uai: dict(gone) for uai, gone in precedent.retires.items()}
+    envois = {uai: dict(sent) for uai, sent in precedent.envois.items()}
     date = precedent.date
     for event in inventaire.lots:
         if refused_ids is not None and event.id in refused_ids:
             continue
-        held, gone = lots.setdefault(event.data.uai, {}), retires.setdefault(event.data.uai, {})
+        # Interrupted, the event may have been taken or not: sent again next time as it is (the
+        # same id), a repeat if it was.
+        envois.setdefault(event.data.uai, {})[event.data.lot_id] = [
+            _empreinte(event.source, event.data, event.time),
+            event.id,
+        ]
+        held = lots.setdefault(event.data.uai, {})
         if event.data.quantity:
             held[event.data.lot_id] = event.data.kind
-            if refused_ids is not None:
-                gone.pop(event.data.lot_id, None)
         elif refused_ids is not None:
             held.pop(event.data.lot_id, None)
-            gone[event.data.lot_id] = event.time.isoformat()
         date = max(date, event.time) if date else event.time
     return Etat(
         {uai: held for uai, held in sorted(lots.items()) if held},
         date,
-        {uai: gone for uai, gone in sorted(retires.items()) if gone},
+        {uai: sent for uai, sent in sorted(envois.items()) if sent},
     )
 
 
@@ -359,7 +391,7 @@ def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
         "declarant": declarant,
         "date": etat.date and etat.date.isoformat(),
         "lots": etat.lots,
-        "retires": etat.retires,
+        "envois": etat.envois,
     }
     written = path.with_name(path.name + ".nouveau")
     written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")

@@ -88,12 +88,15 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
                 assert dict(record.headers)[c.PRINCIPAL_HEADER] == b"glpi-ille-et-vilaine"
             assert len(written) == 2 and written == {key: e for key, e in expected.items() if key[0] == COLLEGE}
             first_time = next(iter(expected.values()))["time"]
-            assert json.loads(state.read_text()) == {
+            held = json.loads(state.read_text())
+            assert {k: v for k, v in held.items() if k != "envois"} == {
                 "declarant": DEPARTEMENT,
                 "date": first_time,
                 "lots": {COLLEGE: {lot: e["data"]["kind"] for (u, lot), e in expected.items() if u == COLLEGE}},
-                "retires": {},
             }, "the accepted lots, not the refused one"
+            assert {u: {lot: sent[1] for lot, sent in lots.items()} for u, lots in held["envois"].items()} == {
+                COLLEGE: {lot: e["id"] for (u, lot), e in expected.items() if u == COLLEGE}
+            }, "each accepted lot's event"
 
             # The next export no longer has computer_1, the newest device: its lot is retired, dated
             # as the lot it retires (the export's own date, computer_3's, is older: stale).
@@ -111,7 +114,8 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
             assert [e["time"] for e in events if e["data"]["quantity"] == 0] == [first_time]
             assert gone not in json.loads(state.read_text())["lots"][COLLEGE]
             assert len(json.loads(state.read_text())["lots"][COLLEGE]) == 1
-            assert json.loads(state.read_text())["retires"] == {COLLEGE: {gone: first_time}}
+            [retirement] = [e for e in events if e["data"]["quantity"] == 0]
+            assert json.loads(state.read_text())["envois"][COLLEGE][gone][1] == retirement["id"]
 
             # computer_1 back, as it was: its lot is declared again, by an event equipement does
             # not take for the first run's (the same id was a repeat to its inbox: the lot stayed
@@ -122,7 +126,5 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
             now = await topic.wait_for(lambda rs: ofgone(rs[4:]), what="the lot declared again")
             [first], [again] = ofgone(records[:2]), ofgone(now[4:])
             assert again["data"] == first["data"] and again["time"] == first["time"] and again["id"] != first["id"]
-            assert (
-                json.loads(state.read_text())["retires"] == {}
-                and gone in json.loads(state.read_text())["lots"][COLLEGE]
-            )
+            held = json.loads(state.read_text())
+            assert held["envois"][COLLEGE][gone][1] == again["id"] and gone in held["lots"][COLLEGE]

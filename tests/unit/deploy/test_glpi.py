@@ -14,6 +14,7 @@ import pytest
 import contracts as c
 from contracts.vocabulary import fold_name
 from deploy.partenaires import _inventaire as inv
+from deploy.partenaires import glpi
 from deploy.partenaires.glpi import Correspondance, Etat, Inventaire, etat_apres, inventorier, main
 
 DEPARTEMENT = "/collectivites/departements/035"
@@ -464,13 +465,14 @@ def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(t
     retirements = {e.data.lot_id: e for e in inventaire.lots[2:]}
     assert set(retirements) == {"glpi-gone", "glpi-refused-retirement"}
     refused = {refused_new.id, retirements["glpi-refused-retirement"].id}
+    accepted = (new, retirements["glpi-gone"])
     assert etat_apres(precedent, inventaire, refused) == Etat(
         {
             COLLEGE: {new.data.lot_id: "ordinateur portable", "glpi-refused-retirement": "tablette"},
             LYCEE: {"glpi-x": "tni"},
         },
         when,
-        {COLLEGE: {"glpi-gone": retirements["glpi-gone"].time.isoformat()}},
+        {COLLEGE: {e.data.lot_id: [glpi._empreinte(DEPARTEMENT, e.data, e.time), e.id] for e in accepted}},
     )
     assert etat_apres(precedent, inventaire, {e.id for e in inventaire.lots}) == precedent, "all refused"
 
@@ -544,9 +546,62 @@ def test_a_lot_retired_then_back_is_a_new_event_and_sent_again_unchanged_the_sam
     [back] = [e for e in third.lots if e.data.lot_id == brought.data.lot_id]
     assert back.data == brought.data and back.time == brought.time
     assert back.id != brought.id, "not the event that first brought it"
-    assert etat.retires == {} and brought.data.lot_id in etat.lots[COLLEGE]
+    assert brought.data.lot_id in etat.lots[COLLEGE]
     again, _ = run([laptop, tablet], etat)  # the same files once more: nothing new
-    assert [e.id for e in again.lots] == [e.id for e in first.lots]
+    assert [e.id for e in again.lots] == [e.id for e in third.lots]
+    [kept] = [e for e in first.lots if e.data.lot_id != brought.data.lot_id]
+    assert kept.id in {e.id for e in again.lots}, "the lot that never changed: its first event all along"
+
+
+def test_a_lot_back_to_an_earlier_quantity_at_the_same_time_is_a_new_event(tmp_path):
+    """Three laptops, then two (one file missing from the export), then three again, with no
+    newer inventory date: the third run's event was the first's (same declarant, data and
+    time: the same id), which the platform took for a repeat, and the lot stayed at two."""
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    files = []
+    for n in range(3):
+        files.append(tmp_path / f"{n}.json")
+        files[-1].write_text(json.dumps(_device(f"d{n}", "Laptop", WINDOWS[0][0], [], when, tag=None)))
+    mapping = Correspondance(tag={}, dossier={tmp_path.name: COLLEGE})
+
+    def run(paths: list[Path], precedent: Etat, answer: str = "accepted") -> tuple[c.CloudEvent, Etat]:
+        made = inventorier(paths, mapping, DEPARTEMENT, now=when + timedelta(days=1), precedent=precedent)
+        [lot] = made.lots
+        refused = {"accepted": set(), "refused": {lot.id}, "interrupted": None}[answer]
+        return lot, etat_apres(precedent, made, refused)
+
+    three, etat = run(files, Etat())
+    two, etat = run(files[:2], etat)
+    again, etat = run(files, etat)
+    assert (three.data.quantity, two.data.quantity, again.data.quantity) == (3, 2, 3)
+    assert three.time == two.time == again.time
+    assert len({three.id, two.id, again.id}) == 3, "each change a new event"
+    same, etat = run(files, etat)
+    assert same.id == again.id, "the same files sent again: the same event, a repeat"
+    refused, after_refusal = run(files[:2], etat, "refused")
+    assert refused.id != two.id and after_refusal == etat, "refused: the platform holds what it held"
+    assert run(files[:2], after_refusal)[0].id == refused.id, "sent again as it was"
+    interrupted, kept = run(files[:2], etat, "interrupted")
+    assert kept.envois[COLLEGE][interrupted.data.lot_id][1] == interrupted.id
+    assert run(files[:2], kept)[0].id == interrupted.id, "taken or not, sent again as it was"
+
+
+def test_a_state_written_before_envois_is_read_and_its_lots_sent_as_new_events(tmp_path):
+    """A state of the former version (`retires`, no `envois`) is still a state: read, its lots
+    kept, and each lot's next event a new one (no former event's id taken again)."""
+    state = tmp_path / "etat.json"
+    state.write_text(
+        json.dumps(
+            {
+                "declarant": DEPARTEMENT,
+                "date": "2026-09-01T00:00:00+00:00",
+                "lots": {COLLEGE: {"glpi-a": "tablette"}},
+                "retires": {COLLEGE: {"glpi-b": "2026-08-01T00:00:00+00:00"}},
+            }
+        )
+    )
+    etat = glpi.lire_etat(state, DEPARTEMENT)
+    assert etat == Etat({COLLEGE: {"glpi-a": "tablette"}}, datetime(2026, 9, 1, tzinfo=UTC), {})
 
 
 def test_an_interrupted_run_keeps_every_lot_it_sent_and_removes_none(tmp_path):
@@ -558,9 +613,11 @@ def test_an_interrupted_run_keeps_every_lot_it_sent_and_removes_none(tmp_path):
     inventaire = inventorier(
         [folder], Correspondance(tag={}, dossier={"ecole": COLLEGE}), DEPARTEMENT, now=when, precedent=precedent
     )
-    [new, _] = inventaire.lots
+    [new, retirement] = inventaire.lots
     assert etat_apres(precedent, inventaire, None) == Etat(
-        {COLLEGE: {"glpi-gone": "tablette", new.data.lot_id: "ordinateur portable"}}, when
+        {COLLEGE: {"glpi-gone": "tablette", new.data.lot_id: "ordinateur portable"}},
+        when,
+        {COLLEGE: {e.data.lot_id: [glpi._empreinte(DEPARTEMENT, e.data, e.time), e.id] for e in (new, retirement)}},
     )
 
 
