@@ -216,16 +216,19 @@ async def carry_dead_letters(session: asyncpg.Connection, live: str, fresh: str)
     """The refusals as the service logged them, into the rebuilt schema: when each came, whether an
     operator replayed it (replayed once: ./dev dead-letters), and when one that waited for its
     établissement was judged again, which the replay cannot know (the live judgement taken
-    whole; without one, the rebuild's own replay's, if it judged the record again). One the live
-    schema settled waits no longer in the rebuilt one."""
+    whole; without one, the rebuild's own replay's, if it judged the record again), and when a
+    replay found its DLQ copy gone (copy_missing_at: the rebuild sends no copy of a record the
+    service handled, so it stays gone, and a replay would take it among the oldest again, in the
+    place of others under its --limit). One the live schema settled waits no longer in the rebuilt one."""
     columns = 'topic, partition, "offset", reason, message, received_at, source, id, type, subject, key'
-    settled = "replayed_at, accepted_at, rejudged_at"
+    settled = "replayed_at, accepted_at, rejudged_at, copy_missing_at"
     live_judged = "EXCLUDED.accepted_at IS NOT NULL OR EXCLUDED.rejudged_at IS NOT NULL"
     await session.execute(
         f'INSERT INTO "{fresh}".dead_letters AS d ({columns}, {settled}) '
         f'SELECT {columns}, {settled} FROM "{live}".dead_letters '
         'ON CONFLICT (topic, partition, "offset") DO UPDATE '
         "SET received_at = EXCLUDED.received_at, replayed_at = EXCLUDED.replayed_at, "
+        "copy_missing_at = EXCLUDED.copy_missing_at, "
         + ", ".join(
             f"{column} = CASE WHEN {live_judged} THEN EXCLUDED.{column} ELSE d.{column} END"
             for column in ("accepted_at", "rejudged_at", "reason", "message")

@@ -688,6 +688,42 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
         await pool.close()
 
 
+async def test_a_refusal_committed_while_a_replay_reads_is_not_marked_missing(settings, capsys, monkeypatch):
+    """A service commits a refusal (its dead letter, its DLQ copy in the outbox) after the replay
+    has read the outbox and before it reads the dead letters: that one looked sent, the DLQ scan
+    could not find its copy (still in the outbox), and it was marked missing, left out of every
+    later replay. Both read in one snapshot, it is not seen, and the next replay finds it waiting."""
+    pool = await create_pool(settings.database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", RESSOURCES.package_dir)
+        catalogue = settings.topic(c.CATALOGUE)
+        capsys.readouterr()  # the migrations' lines
+        read_outbox = dead_letters._unsent_copies
+
+        async def then_a_refusal(conn, schemas):
+            unsent = await read_outbox(conn, schemas)
+            async with pool.acquire() as service, service.transaction():
+                await service.execute(
+                    'INSERT INTO dead_letters (topic, partition, "offset", reason, message, received_at) '
+                    "VALUES ($1, 0, 7, 'hors-competence', 'catalogue', now())",
+                    catalogue,
+                )
+                refused = ConsumerRecord(catalogue, 0, 7, 0, 0, None, b"{}", None, 2, 0, [])
+                await enqueue(service, [dlq.dead_letter(dlq.Rejection(refused, "hors-competence", "catalogue"))])
+            return unsent
+
+        monkeypatch.setattr(dead_letters, "_unsent_copies", then_a_refusal)
+        argv = ["replay", "--service", "ressources"]
+        await dead_letters.run(dead_letters.parse_args(argv), settings.database_url)
+        assert "nothing to replay" in capsys.readouterr().err
+        assert await pool.fetchval('SELECT copy_missing_at FROM dead_letters WHERE "offset" = 7') is None
+        monkeypatch.setattr(dead_letters, "_unsent_copies", read_outbox)
+        await dead_letters.run(dead_letters.parse_args(argv), settings.database_url)
+        assert f"{catalogue}:0@7: its copy is not in {c.dlq(catalogue)} yet" in capsys.readouterr().err
+    finally:
+        await pool.close()
+
+
 async def test_the_tools_read_db_schema_for_the_one_service_named_and_refuse_a_named_schema_absent(
     database_url, capsys, monkeypatch
 ):

@@ -213,7 +213,8 @@ async def test_a_fault_judging_one_waiting_record_leaves_it_waiting_and_judges_t
 async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_url):
     """deploy/reconstruire.carry_dead_letters: the live schema's judgement of a record that waited
     is taken whole; one the live schema has not judged keeps the rebuild's; a record the live
-    schema settled (judged, replayed) waits no longer in the rebuilt one."""
+    schema settled (judged, replayed) waits no longer in the rebuilt one; one whose DLQ copy a
+    replay found gone stays marked so (else the next replays take it among the oldest again)."""
     from deploy.reconstruire import carry_dead_letters
 
     live, fresh = "carry_live", "carry_fresh"
@@ -236,6 +237,9 @@ async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_
             rejudged_live,
         )
         await pools[live].execute('UPDATE dead_letters SET replayed_at = now() WHERE "offset" = $1', replayed_live)
+        await pools[live].execute(
+            'UPDATE dead_letters SET copy_missing_at = now() WHERE "offset" = $1', accepted_rebuilt
+        )
         await pools[fresh].execute('UPDATE dead_letters SET accepted_at = now() WHERE "offset" = $1', accepted_rebuilt)
 
         async with pools[fresh].acquire() as session:
@@ -248,6 +252,8 @@ async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_
         assert rows[accepted_live]["accepted_at"] == live_rows[accepted_live]["accepted_at"]
         assert rows[rejudged_live]["reason"] == "hors-competence" and rows[rejudged_live]["rejudged_at"]
         assert rows[accepted_rebuilt]["accepted_at"] is not None, "the rebuild's own judgement kept"
+        missing = 'SELECT "offset" FROM dead_letters WHERE copy_missing_at IS NOT NULL'
+        assert [r["offset"] for r in await pools[fresh].fetch(missing)] == [accepted_rebuilt]
         assert rows[replayed_live]["reason"] == "uai-inconnu" and rows[replayed_live]["accepted_at"] is None
         assert await pools[fresh].fetchval("SELECT count(*) FROM attente_referentiel") == 0, "settled: none waits"
     finally:

@@ -196,45 +196,48 @@ async def _replay_held(
     )
     # A copy still in its service's outbox, or set aside, is not on its DLQ yet: those dead
     # letters wait (not marked missing, and not in the place of others under --limit). Read
-    # before the DLQs are: a copy gone from the outbox by then was on its DLQ before the scan.
-    unsent = columns(await _unsent_copies(conn, schemas))
-    n = len(params) + 2
-    unsent_rows = f"SELECT * FROM unnest(${n}::text[], ${n + 1}::int[], ${n + 2}::bigint[])"
-    sent = f'(topic, partition, "offset") NOT IN ({unsent_rows})'
-    matching: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
-    for schema in schemas:  # those whose copy is sent first: the others named, when there is room
-        rows = await conn.fetch(
-            f'SELECT topic, partition, "offset", received_at, {sent} AS sent FROM "{schema}".dead_letters{where} '
-            f'AND NOT {compacted} ORDER BY NOT {sent}, received_at, "offset" LIMIT {args.limit + 1}',
-            *params,
-            list(COMPACTED),
-            *unsent,
-        )
-        for r in rows:
-            if r["sent"]:
-                matching[(r["topic"], r["partition"], r["offset"])] = (r["received_at"], schema)
-            else:
+    # before the DLQs are, with the dead letters in one snapshot: a copy gone from the outbox in
+    # it was on its DLQ before the scan, and a dead letter committed after the outbox was read
+    # (its copy then in the outbox, unseen) is not taken for one whose copy is missing.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        unsent = columns(await _unsent_copies(conn, schemas))
+        n = len(params) + 2
+        unsent_rows = f"SELECT * FROM unnest(${n}::text[], ${n + 1}::int[], ${n + 2}::bigint[])"
+        sent = f'(topic, partition, "offset") NOT IN ({unsent_rows})'
+        matching: dict[Origin, tuple[datetime, str]] = {}  # each refused record: when, and in which schema
+        for schema in schemas:  # those whose copy is sent first: the others named, when there is room
+            rows = await conn.fetch(
+                f'SELECT topic, partition, "offset", received_at, {sent} AS sent FROM "{schema}".dead_letters{where} '
+                f'AND NOT {compacted} ORDER BY NOT {sent}, received_at, "offset" LIMIT {args.limit + 1}',
+                *params,
+                list(COMPACTED),
+                *unsent,
+            )
+            for r in rows:
+                if r["sent"]:
+                    matching[(r["topic"], r["partition"], r["offset"])] = (r["received_at"], schema)
+                else:
+                    print(
+                        f"{r['topic']}:{r['partition']}@{r['offset']}: its copy is not in {dlq_topic(r['topic'])} yet "
+                        "(in its service's outbox, or set aside: ./dev outbox list): not replayed",
+                        file=sys.stderr,
+                    )
+            left = await conn.fetch(
+                f'SELECT topic, partition, "offset" FROM "{schema}".dead_letters{where} AND {compacted} '
+                f'ORDER BY received_at, "offset" LIMIT {args.limit}',
+                *params,
+                list(COMPACTED),
+            )
+            rebuild = f"./dev rebuild {schema}"
+            if schema not in SERVICES:  # DB_SCHEMA's, for the one --service given
+                rebuild = f"DB_SCHEMA={schema} ./dev rebuild {(args.service or ['SERVICE'])[0]}"
+            for t, p, o in left:
                 print(
-                    f"{r['topic']}:{r['partition']}@{r['offset']}: its copy is not in {dlq_topic(r['topic'])} yet "
-                    "(in its service's outbox, or set aside: ./dev outbox list): not replayed",
+                    f"{t}:{p}@{o}: not replayed: {t} keeps each key's latest record only, and a copy sent back "
+                    f"would stand for its key after newer ones; once the cause is fixed, {rebuild} "
+                    "reads that topic again as it stands",
                     file=sys.stderr,
                 )
-        left = await conn.fetch(
-            f'SELECT topic, partition, "offset" FROM "{schema}".dead_letters{where} AND {compacted} '
-            f'ORDER BY received_at, "offset" LIMIT {args.limit}',
-            *params,
-            list(COMPACTED),
-        )
-        rebuild = f"./dev rebuild {schema}"
-        if schema not in SERVICES:  # DB_SCHEMA's, for the one --service given
-            rebuild = f"DB_SCHEMA={schema} ./dev rebuild {(args.service or ['SERVICE'])[0]}"
-        for t, p, o in left:
-            print(
-                f"{t}:{p}@{o}: not replayed: {t} keeps each key's latest record only, and a copy sent back "
-                f"would stand for its key after newer ones; once the cause is fixed, {rebuild} "
-                "reads that topic again as it stands",
-                file=sys.stderr,
-            )
     if not matching:
         print("nothing to replay: no dead letter matches that was not replayed or accepted already", file=sys.stderr)
         return 0
