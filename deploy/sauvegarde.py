@@ -409,10 +409,10 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
     await asyncio.sleep(0)  # a Ctrl-C while the SQL was fitted stops it here: nothing replaced
-    with _connection(database_url) as (url, env):
+    with _connection(database_url) as (url, env), _in_use(script):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
     REPLACED.set()
-    script.unlink()  # the backup's data in clear: not left beside it longer than needed
+    script.unlink(missing_ok=True)  # the backup's data in clear: not left beside it longer than needed
     try:
         await _catch_up(settings, path, services, pending)
     except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
@@ -421,6 +421,32 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
             f"rerun ./dev restore {path}; do not start the services"
         ) from None
     return schemas
+
+
+IN_USE_EVERY = timedelta(minutes=10)
+"""How often a restore's SQL, read by psql, is dated anew (`_in_use`)."""
+
+
+@contextlib.contextmanager
+def _in_use(script: Path) -> Iterator[None]:
+    """`script` dated now every IN_USE_EVERY while psql reads it: the nightly rotation removes a
+    restore's SQL not written for ABANDONED_AFTER (its restore killed), and one psql was still
+    reading after that long (a large database) was removed under it, the restore then failing
+    on its own cleanup before its catch-up."""
+    done = threading.Event()
+
+    def touch() -> None:
+        while not done.wait(IN_USE_EVERY.total_seconds()):
+            with contextlib.suppress(OSError):
+                os.utime(script)
+
+    keeping = threading.Thread(target=touch, name="restore-sql-in-use", daemon=True)
+    keeping.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeping.join()
 
 
 REPLACED = threading.Event()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,40 @@ async def test_a_restore_replaces_the_backups_schemas_and_leaves_public_alone(se
         assert [r["n"] for r in await conn.fetch("SELECT n FROM public.autre_application ORDER BY n")] == [1, 2]
     finally:
         await conn.close()
+
+
+async def test_a_restore_s_sql_read_for_hours_is_not_taken_for_a_killed_one_s(
+    settings, database_url, tmp_path, monkeypatch
+):
+    """The nightly rotation removes a restore's SQL not written for ABANDONED_AFTER (its restore
+    killed): one psql was still reading after that long was removed under it, and the restore
+    failed on its cleanup before its catch-up. While psql reads it, it is dated anew."""
+    dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS lue_longtemps; CREATE TABLE lue_longtemps.t (n int)")
+        tool.backup(database_url, dump)
+    finally:
+        await conn.close()
+    monkeypatch.setattr(tool, "IN_USE_EVERY", timedelta(seconds=0.05), raising=False)
+    run = tool._run
+    seen: list[datetime] = []
+
+    def psql_for_hours(args: list[str], env: dict[str, str], what: str) -> bytes:
+        if what == "the restore":
+            [script] = [Path(a) for a in args if a.endswith(".restauration.sql")]
+            long_ago = (datetime.now(UTC) - tool.ABANDONED_AFTER - timedelta(hours=1)).timestamp()
+            os.utime(script, (long_ago, long_ago))  # psql reads; nothing writes it
+            deadline = time.monotonic() + 10
+            while tool._abandoned_since(script) < datetime.now(UTC) - tool.ABANDONED_AFTER:
+                assert time.monotonic() < deadline, "dated anew while it is read"
+                time.sleep(0.01)
+            seen.append(tool._abandoned_since(script))
+        return run(args, env, what)
+
+    monkeypatch.setattr(tool, "_run", psql_for_hours)
+    assert "lue_longtemps" in await tool.restore(settings, dump)
+    assert seen, "the restore ran psql"
+    assert not [p for p in tmp_path.iterdir() if "restauration" in p.name], "its SQL removed once read"
 
 
 async def test_a_backup_holding_a_marked_schema_is_restored_with_one_mark(settings, database_url, tmp_path):
