@@ -9,7 +9,13 @@ import socket
 import asyncpg
 
 from helpers import eventually
-from services.common.storage.db import DEAD_PEER_PROBES, DEAD_PEER_UNACKED_MS, connect_for_tool, create_pool
+from services.common.storage.db import (
+    DEAD_PEER_PROBES,
+    DEAD_PEER_UNACKED_MS,
+    SERVER_KEEPALIVES,
+    connect_for_tool,
+    create_pool,
+)
 
 
 def assert_gives_up_a_dead_peer(conn: asyncpg.Connection) -> None:
@@ -52,6 +58,23 @@ async def test_an_operator_tools_session_gives_up_a_dead_peer_too(database_url):
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+async def test_the_server_gives_up_an_operator_tools_session_whose_host_is_gone_within_a_minute(database_url):
+    """A rebuild's session holds the service's writers during its switch: its host lost without
+    closing it (no FIN), the server kept the session and its locks until its own TCP keepalives
+    gave up, two hours with the system's (Linux: 7200 s idle, then 9 probes 75 s apart). Its
+    keepalives are the tool's own; a plain session keeps the system's."""
+    tool, plain = await connect_for_tool(database_url), await asyncpg.connect(database_url)
+    try:
+        for setting, seconds in SERVER_KEEPALIVES.items():
+            assert await tool.fetchval(f"SHOW {setting}") == str(seconds), setting
+            assert await plain.fetchval(f"SHOW {setting}") != str(seconds), setting
+        probed = SERVER_KEEPALIVES["tcp_keepalives_idle"]
+        probed += SERVER_KEEPALIVES["tcp_keepalives_interval"] * SERVER_KEEPALIVES["tcp_keepalives_count"]
+        assert probed <= 60
+    finally:
+        await asyncio.gather(tool.close(), plain.close())
 
 
 async def test_an_operator_tools_session_outlives_the_deployments_idle_timeouts(database_url):

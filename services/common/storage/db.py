@@ -124,6 +124,11 @@ class DatabaseTimeout(OSError):
     waits on Kafka must not take it for Kafka's)."""
 
 
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
+"""The server's TCP keepalives on an operator's tool's session: a peer silent 30 s is probed
+every 10 s, and given up after 3 probes unanswered (about a minute)."""
+
+
 async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connection:
     """An operator's tool's own connection. asyncpg's timeout is an empty TimeoutError: the tools
     printed `error: ` and nothing else, or blamed Kafka; this one says what did not answer. It
@@ -133,7 +138,10 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
     Its session is idle for long by design (a restore's or a replay's lock held while the work
     goes on elsewhere, a rebuild's while it replays the log): a deployment's
     `idle_session_timeout` or `idle_in_transaction_session_timeout` would end it, and its locks
-    with it, another run then taking them while this one goes on. Both are off for it."""
+    with it, another run then taking them while this one goes on. Both are off for it. And the
+    server gives it up within about a minute once the tool's host is gone without closing it (a
+    node lost, a network cut: no FIN), by its own TCP keepalives (SERVER_KEEPALIVES): with the
+    system's, two hours, during which a rebuild's switch held the service's writers."""
     try:
         conn = await asyncpg.connect(database_url, timeout=TOOL_CONNECT_SECONDS, **options)
     except TimeoutError as e:
@@ -147,6 +155,8 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
         idle = ("idle_in_transaction_session_timeout", "idle_session_timeout")
         for setting in idle if conn.get_server_version().major >= 14 else idle[:1]:
             await conn.execute(f"SET {setting} = 0")
+        for setting, seconds in SERVER_KEEPALIVES.items():  # ignored over a Unix socket
+            await conn.execute(f"SET {setting} = {seconds}")
     except BaseException:
         await conn.close()
         raise
