@@ -248,6 +248,9 @@ class Pipeline:
                 except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
                     if attempt == _ATTEMPTS:
                         _failed(span, exc)
+                        self.metrics.batch_failed(type(exc).__name__)
+                        log.exception("batch.failed", records=len(records), attempts=attempt)
+                        await asyncio.sleep(1)
                         raise
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
@@ -257,6 +260,7 @@ class Pipeline:
                     return
                 except Exception as exc:
                     _failed(span, exc)
+                    self.metrics.batch_failed(type(exc).__name__)
                     log.exception("batch.failed", records=len(records))
                     await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
@@ -274,6 +278,15 @@ class Pipeline:
             return
         [record] = records
         refusal = _refused_by_database(record, exc)
+        if record.topic not in self._dead_letters_for:  # no DLQ of its own: passed, said here alone
+            log.warning(
+                "record.refused_by_database",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=refusal.code,
+                error=refused_by_database(exc),
+            )
         async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])

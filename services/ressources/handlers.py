@@ -133,7 +133,7 @@ def _changed_for_the_rules(winners: Iterable[CloudEvent], before: dict[str, dict
         elif before.get(rid) != read_by_rules(e.data.model_dump(mode="json")):
             changed.append(rid)
         else:
-            log.info(
+            log.debug(  # one per resource: a partner sending its catalogue again unchanged, thousands
                 "ressource.republiee_sans_effet", resource_id=rid, reason="only what the rules do not read changed"
             )
     return changed

@@ -256,3 +256,44 @@ async def test_a_database_that_does_not_answer_in_time_is_reported_so(kafka, set
     assert probe.status_code == 503
     assert (probe.json()["database"], probe.json()["error"]) == (False, "PostgreSQL n'a pas répondu en 0.2 s")
     assert value(scraped, "feo_database_reachable", service="equipement") == 0
+
+
+async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_until_one_commits(kafka, settings):
+    """PostgreSQL refusing the service's writes (here its disk full, as a trigger says): every
+    batch failed and was taken again, for good, while /health answered 200 with nothing amiss
+    and no figure moved but FastStream's. Now /health says since when and why, and
+    /metrics how long; once a batch commits, neither does."""
+    uai = valid_uai("0350012")
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await pipeline.pool.execute(
+            "CREATE FUNCTION plein() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$; "
+            "CREATE TRIGGER plein BEFORE INSERT OR UPDATE ON positions FOR EACH ROW EXECUTE FUNCTION plein()"
+        )
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 10))])
+
+        async def failing_twice() -> dict | None:
+            status, health = await service.app.health()
+            assert status == 200, "Kafka and PostgreSQL answer"
+            failing = health["batches_failing"]
+            return (
+                health
+                if failing and value(await scrape(service.app), "feo_batches_failed_total", service="equipement") >= 2
+                else None
+            )
+
+        health = await eventually(failing_twice, timeout=30, what="the batch failing again and again")
+        assert health["batches_failing"]["error"] == "DiskFullError"
+        assert value(await scrape(service.app), "feo_batches_failing_seconds", service="equipement") > 0
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 0
+
+        await pipeline.pool.execute("DROP TRIGGER plein ON positions; DROP FUNCTION plein()")
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot, once it commits"
+        )
+        status, health = await service.app.health()
+        assert (status, health["batches_failing"]) == (200, None)
+        assert value(await scrape(service.app), "feo_batches_failing_seconds", service="equipement") == 0

@@ -248,8 +248,11 @@ class OutboxRelay:
             await self._producer.stop()
 
     async def _run(self) -> None:
-        if failed := await count_failed(self._pool):
-            log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
+        try:
+            if failed := await count_failed(self._pool):
+                log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
+        except Exception:  # PostgreSQL away at the start: the rounds below wait for it (it ended the relay)
+            log.warning("outbox.failed_not_counted", exc_info=True)
         while not self._halting:
             try:
                 while not self._halting and await self.drain_once():

@@ -49,6 +49,14 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
     # Partitions waiting at a batch the broker served damaged: the service goes on with the
     # others and reads it again every minute; an operator must look (its broker's storage).
     body["unreadable_batches"] = pipeline.metrics.unreadable()
+    # Batches failing one after another (PostgreSQL refusing writes: a full disk, a read-only
+    # server): the service reaches both and handles nothing; an operator must look.
+    failing = pipeline.metrics.failing
+    body["batches_failing"] = (
+        None
+        if failing is None
+        else {"since": failing.since.isoformat(), "seconds": failing.seconds(), "error": failing.error}
+    )
     return (200 if body["kafka"] and body["database"] else 503), body
 
 

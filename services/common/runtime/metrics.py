@@ -17,6 +17,7 @@ labelled with the service's name.
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from time import monotonic
 from typing import Any, TypeVar
 
@@ -68,6 +69,13 @@ class _Scraped(Collector):
         )
         for (topic, partition), value in sorted(self._metrics.lag().items()):
             lag.add_metric([service, topic, str(partition)], value)
+        failing = self._metrics.failing
+        failing_seconds = GaugeMetricFamily(
+            "feo_batches_failing_seconds",
+            "how long the batches have failed one after another (0: the latest committed)",
+            labels=["service"],
+        )
+        failing_seconds.add_metric([service], failing.seconds() if failing is not None else 0)
         held = GaugeMetricFamily(
             "feo_unreadable_batch_offset",
             "offset of the batch a partition waits at, which the broker served damaged (read again every minute)",
@@ -75,7 +83,18 @@ class _Scraped(Collector):
         )
         for h in self._metrics.unreadable():
             held.add_metric([service, h["topic"], str(h["partition"])], h["offset"])
-        return [*families.values(), lag, held]
+        return [*families.values(), lag, failing_seconds, held]
+
+
+@dataclass(frozen=True)
+class Failing:
+    since: datetime
+    at: float
+    """monotonic() then."""
+    error: str
+
+    def seconds(self) -> float:
+        return round(monotonic() - self.at, 1)
 
 
 class Metrics:
@@ -110,6 +129,15 @@ class Metrics:
             ["service", "outcome"],
             registry=self.registry,
         )
+        self._failed = Counter(
+            "feo_batches_failed",
+            "batches whose transaction failed and which are taken again (PostgreSQL refusing writes: a full disk, "
+            "a read-only server; Kafka's positions lost)",
+            ["service"],
+            registry=self.registry,
+        )
+        self.failing: Failing | None = None
+        """Since when batches fail one after another (None: the latest committed)."""
         self._scraped = _Scraped(self)
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
@@ -124,6 +152,14 @@ class Metrics:
         """A committed batch's outcomes and duration."""
         self._outcomes(self._events, applied, stale, duplicates, refused)
         self._batches.labels(self.service).observe(seconds)
+        self.failing = None
+
+    def batch_failed(self, error: str) -> None:
+        """A batch whose transaction failed (it is taken again): counted, and since when batches
+        fail one after another, with the latest error's type, until one commits."""
+        self._failed.labels(self.service).inc()
+        since = self.failing.since if self.failing is not None else datetime.now(UTC)
+        self.failing = Failing(since, monotonic() if self.failing is None else self.failing.at, error)
 
     def revived(self, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
         """A revival's outcomes (Pipeline.revive): apart from `feo_events`, which counted each
