@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -94,7 +94,9 @@ class Applied:
     outgoing: list[Outgoing] = field(default_factory=list)
 
 
-ApplyFn = Callable[[Any, Sequence[CloudEvent], set[str]], Awaitable[Applied]]
+ApplyFn = Callable[[Any, Sequence[CloudEvent], Mapping[str, CloudEvent]], Awaitable[Applied]]
+"""A service's use case: (store, the batch's fresh events, the UAIs the référentiel changed in
+it, each with its `etablissement` event)."""
 """A service's use case: given its store (over the batch's transaction), the new, accepted,
 non-référentiel events of a batch and the UAIs whose référentiel entry changed in it, store the
 state and say what to emit."""
@@ -346,7 +348,7 @@ class Pipeline:
         stale += applied.stale
         await inbox.mark_stale(conn, stale)
         await enqueue(conn, self._records(applied.outgoing, contexts, span))
-        return _Judged(fresh_ref + fresh, stale, accepted, len(applied.outgoing), changed_uais)
+        return _Judged(fresh_ref + fresh, stale, accepted, len(applied.outgoing), set(changed_uais))
 
     async def revive(self, uais: Collection[str] | None = None) -> int:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of

@@ -1,6 +1,6 @@
 """equipement's use case: store lots and connectivity, republish each lot and link that changed."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 import contracts as c
@@ -28,7 +28,7 @@ class Store(Protocol):
     async def lock(self, uais: Iterable[str]) -> None: ...
 
 
-async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
+async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: Collection[str]) -> Applied:
     lots = await store.store_lots([e for e in events if e.type == c.LOT])
     links = await store.store_connectivites([e for e in events if e.type == c.CONNECTIVITE])
     # A UAI's records are read by one consumer (one partition), but records that waited for

@@ -1,6 +1,6 @@
 """formation's use case: store affectations and trainings, republish the coverage records that changed."""
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from typing import Protocol
 
 import contracts as c
@@ -32,7 +32,7 @@ class Store(Protocol):
     async def lock(self, namespace: str, keys: Iterable[str]) -> None: ...
 
 
-async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: set[str]) -> Applied:
+async def apply(store: Store, events: Sequence[CloudEvent], _ref_changed: Collection[str]) -> Applied:
     declared = [e for e in events if e.type == c.AFFECTATION]
     affectations = await store.store_affectations(declared)
     before = {key: counted for key, (counted,) in affectations.held.items()}  # whether the teacher counted there

@@ -2,7 +2,7 @@
 topics it writes (every one: HTTP ingestion is for any partner), its HTTP API. Nothing else
 lives here."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import contracts as c
@@ -13,7 +13,7 @@ from services.passerelle.api import create_api
 from services.passerelle.settings import PasserelleSettings
 
 
-async def _nothing_else(_store: object, _events: Sequence[CloudEvent], _changed: set[str]) -> Applied:
+async def _nothing_else(_store: object, _events: Sequence[CloudEvent], _changed: Collection[str]) -> Applied:
     """The pipeline stores the référentiel itself; the passerelle consumes nothing else."""
     return Applied()
 

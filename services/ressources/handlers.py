@@ -11,7 +11,7 @@ resource also take turns on the resource (`lock_resources`)."""
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -89,7 +89,9 @@ class Store(Protocol):
 
 
 def make_apply(seuils: Seuils):
-    async def apply(store: Store, events: Sequence[CloudEvent], ref_changed: set[str]) -> Applied:
+    async def apply(store: Store, events: Sequence[CloudEvent], ref_changed: Collection[str]) -> Applied:
+        """`ref_changed`: the UAIs the référentiel changed in the batch, with their `etablissement`
+        event when given as a mapping (the pipeline's): the cause of their alerts' changes."""
         of = lambda *types: [e for e in events if e.type in types]  # noqa: E731
         resources = of(c.RESSOURCE_PUBLIEE, c.RESSOURCE_RETIREE)
         before = await store.published_rules(sorted({e.data.resource_id for e in resources}))
@@ -97,11 +99,14 @@ def make_apply(seuils: Seuils):
         abonnements = await store.store_abonnements(of(c.ABONNEMENT))
         derived = await store.store_derived(of(*INTERNAL_PAYLOADS))
 
-        # Which input event each touched UAI or resource owes its re-evaluation to (tracing).
-        causes: dict[str, CloudEvent] = {}
+        # Which input event each touched UAI or resource owes its re-evaluation to (tracing): an
+        # établissement closed, moved or reopened, else the batch's latest event about it that
+        # changed anything (not a stale one).
+        causes: dict[str, CloudEvent] = dict(ref_changed) if isinstance(ref_changed, Mapping) else {}
+        stale = {id(e) for e in (*catalogue.stale, *abonnements.stale)}
         for e in events:
             for touched in (uai_of(e), getattr(e.data, "resource_id", None)):
-                if touched:
+                if touched and id(e) not in stale:
                     causes[touched] = e
         # A resource's pairs are re-evaluated in the background (Reevaluations), the batch's UAIs
         # here; not those of a resource republished with nothing the rules read changed. Its
@@ -112,7 +117,7 @@ def make_apply(seuils: Seuils):
         # The alerts of its fan-out continue the trace of its change (the catalogue event kept).
         traceparent_of, kept = TRACEPARENT_OF.get(), {e.data.resource_id: e for e in catalogue.winners.values()}
         await store.request_reevaluations(changed, {rid: traceparent_of(kept[rid]) for rid in changed})
-        uais = sorted(ref_changed | derived | {e.data.uai for e in abonnements.winners.values()})
+        uais = sorted({*ref_changed} | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))
         outgoing = await reevaluate(store, await store.pairs_of(uais), seuils, causes)

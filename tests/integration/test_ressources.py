@@ -103,6 +103,25 @@ async def test_alert_raised_on_incompatible_profile_resolved_by_a_newer_one_with
         assert len(alerts_of(await alerts.wait_for(lambda rs: len(rs) >= published), c.ALERTE_LEVEE)) == 1
 
 
+async def test_an_alert_resolved_by_a_closure_continues_the_ministere_s_trace(kafka, settings):
+    """The ministère closes an établissement: its alerts resolve, and their records continue
+    the trace of the référentiel's event (they carried the batch's own, or none without an
+    exporter: the référentiel's events were not among the use case's causes)."""
+    where = uai("0350207")
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        closed = college(where, minute=5)
+        closed["data"]["ouvert"] = False
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, closed)], headers=[("traceparent", traceparent)])
+        records = await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
+        [resolue] = [r for r in records if json.loads(r.value)["type"] == c.ALERTE_RESOLUE]
+        assert TRACE_ID in dict(resolue.headers)["traceparent"].decode()
+
+
 async def test_a_partner_s_baggage_header_never_reaches_the_alerts(kafka, settings):
     """CONTRACTS.md, Limits: a header never affects any other record. The GAR's subscription
     carries a trace context and a `baggage` (here an agent's address): the alert it raises goes

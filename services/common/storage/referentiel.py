@@ -19,8 +19,9 @@ _COLUMNS = {
 }
 
 
-async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], set[str]]:
-    """Store the winning `etablissement` events; returns (stale events, UAIs that changed)."""
+async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEvent], dict[str, CloudEvent]]:
+    """Store the winning `etablissement` events; returns (stale events, the UAIs that changed,
+    each with the event that changed it: the cause of what follows from it, for its trace)."""
     verdicts = await store_latest(
         conn,
         "etablissements",
@@ -29,7 +30,7 @@ async def apply(conn: Conn, events: Sequence[CloudEvent]) -> tuple[list[CloudEve
         events,
         row_of=lambda e: tuple(getattr(e.data, c) for c in _COLUMNS),
     )
-    return verdicts.stale, {uai for (uai,) in verdicts.winners}
+    return verdicts.stale, {uai: e for (uai,), e in verdicts.winners.items()}
 
 
 async def load(conn: Conn, uais: Iterable[str]) -> dict[str, Etablissement]:

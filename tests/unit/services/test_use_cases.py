@@ -384,3 +384,22 @@ async def test_a_fan_out_carries_the_trace_of_the_catalogue_event_that_changed_i
     finally:
         TRACEPARENT_OF.reset(traced)
     assert {p.traceparent for p in store.reevaluations.values()} == {"00-publication"}
+
+
+async def test_an_alert_continues_the_trace_of_what_changed_it_not_of_a_stale_event_or_none():
+    """The batch's last event about a UAI was its alerts' cause, a stale one too (a subscription
+    older than the one held changes nothing); and an établissement the référentiel changed gave
+    none: its alerts left the partner's trace behind."""
+    store = RessourcesMemory([college()])
+    await ressources(store, [profil(1, "17")], set())
+    await ressources(store, catalogue(minute=5), set())
+    newer, stale = profil(2, "12.5"), subscription(minute=2)
+    raised = await ressources(store, [newer, stale], set())
+    assert announced(raised) == [(c.ALERTE_LEVEE, "equipement-incompatible")]
+    assert {o.cause.id for o in raised.outgoing} == {newer.id}
+    closed = college().model_copy(update={"ouvert": False})
+    store.etabs[UAI] = closed
+    closure = c.make_event(c.ETABLISSEMENT, closed, source="/ministere", time=at(9))
+    resolved = await ressources(store, [], {UAI: closure})
+    assert announced(resolved) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
+    assert {o.cause.id for o in resolved.outgoing} == {closure.id}
