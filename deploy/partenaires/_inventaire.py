@@ -1,14 +1,17 @@
 """One GLPI native inventory file (glpi-project/inventory_format) read as one device: its kind,
 OS and browsers in the contract's vocabulary, or the reason it cannot be declared.
 
-Only what a lot needs is kept: no user name, serial number, host name or address leaves here.
+Only what a lot needs is kept: no user name, serial number, host name or address leaves here;
+the key under which two files are one device (`cle`) is a digest of the hardware's identifier,
+never the identifier itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -75,30 +78,110 @@ _BROWSER_SPELLINGS = {
     "opera stable": "Opera",
 }
 _BROWSERS = {fold_name(name) for name in ("Firefox", "Chrome", "Safari", "Opera", "Edge", "Internet Explorer")}
-_VERSION = re.compile(r"(?<![\d.])\d{1,9}(?:\.\d{1,9}){0,3}(?!\d)")
-_EPOCH = re.compile(r"^\d+:")  # Debian's "1:115.6.0esr-1"
+# Versions are read in ASCII digits only (the contract's): Python's \d also takes Arabic-Indic
+# or Devanagari digits, and a browser version so written ("١٢٠.0") failed the lot's validation,
+# which stopped the whole run. A version written with such a digit is not read at all, as any
+# unreadable version (its software skipped), rather than cut around the digit ("1٢0" -> "1").
+_VERSION = re.compile(r"(?<![0-9.])[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}(?![0-9])")
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")
+_EPOCH = re.compile(r"^[0-9]+:")  # Debian's "1:115.6.0esr-1"
 _PARENTHESES = re.compile(r"\([^)]*\)")
 # Ubuntu's deb package that only installs the snap ("1:1snap1-0ubuntu5"): its version is not the
 # browser's (the snap, which the agent lists on its own, has that).
-_TO_A_SNAP = re.compile(r"\dsnap\d")
-_VERSION_WORDS = re.compile(r"\b(?:v?\d[\w.]*|esr|x64|x86)\b", re.IGNORECASE)
-# OS families whose marketing name carries the version the requirements use ("Microsoft
-# Windows 11 Éducation", "Q Android 10.0"), rather than the agent's `version` field (a build or
-# an API level there).
+_TO_A_SNAP = re.compile(r"[0-9]snap[0-9]")
+_VERSION_WORDS = re.compile(r"\b(?:v?[0-9][\w.]*|esr|x64|x86)\b", re.IGNORECASE | re.ASCII)
+# An OS name that says the agent could not tell it: never a lot's OS.
+_NO_NAME = {"n/a", "unknown", "none"}
+
+# Windows and Android: the marketing name carries the release the requirements use ("Microsoft
+# Windows 11 Éducation", "Q Android 10.0"), not the agent's `version` field (there glpi-agent
+# writes Windows' DisplayVersion or ReleaseId, "22H2" or "1909", and the Android library the API
+# level).
+_WINDOWS = re.compile(r"\bwindows\b", re.I)
+# Windows Server is not Windows by its version: "Server 2012 R2" read as Windows 2012 met every
+# "Windows >= 10" requirement. A name of its own, as names outside the vocabulary are, with its
+# year wherever the name has it ("Microsoft(R) Windows(R) Server 2003, Standard Edition",
+# "Windows 2000 Server", "Windows Small Business Server 2011"); none in its name, not read.
+_SERVER = re.compile(r"\bserver\b", re.I)
+_SERVER_YEAR = re.compile(r"\b(20[0-9]{2})\b")
+# A client's release, the first within a few words after "Windows": from 7 on its own number;
+# before 7, a name or a year ("XP", "2000") that, read as a number, met "Windows >= 10". Those
+# are read as their NT (or 9x) version, which keeps them below 7 and in the order they came:
+# requirements compare numbers, and no catalogue asks for "Windows >= 5". A 4-digit number other
+# than 2000 is no client release (a server's year, a ReleaseId): not read.
+_WINDOWS_RELEASE = re.compile(
+    r"\bwindows\b[^0-9]{0,24}?\b(95|98|me|millennium|2000|xp|vista|[0-9]{1,2}(?:\.[0-9]{1,2})?)\b", re.I | re.A
+)
+_WINDOWS_NAMED = {
+    "95": "4.0",
+    "98": "4.10",
+    "me": "4.90",
+    "millennium": "4.90",
+    "2000": "5.0",
+    "xp": "5.1",
+    "vista": "6.0",
+}
+# Without a release in its name ("Microsoft Windows Embedded Standard"), the NT version glpi-agent
+# writes as `kernel_version` (Win32_OperatingSystem.Version) says it; 10.0 from build 22000 is 11.
+_NT = re.compile(r"\s*([0-9]{1,2})\.([0-9]{1,2})(?:\.([0-9]{1,6}))?\b")
+_NT_RELEASES = {(5, 0): "5.0", (5, 1): "5.1", (5, 2): "5.1", (6, 0): "6.0", (6, 1): "7", (6, 2): "8", (6, 3): "8.1"}
+
+_ANDROID = re.compile(r"\bandroid\b", re.I)
+_ANDROID_RELEASE = re.compile(r"\bandroid\s+([0-9]{1,3}(?:\.[0-9]+){0,2})\b", re.I | re.A)
+# glpi-project/android-inventory-library (OperatingSystem.java) writes name = codename +
+# " Android " + release from its own table, full_name = name + " api " + API level, and version =
+# API level. Its table ends at API 33: beyond, the name is "N/A" ("N/A api 34"). And 12L's name,
+# "Snow Cone Android 12L", has no number to read. Then the API level says the release. 12L is
+# read 12.1: a release between 12 and 13, as requirements compare numbers. Levels start at 21:
+# below, they would read as releases (version "14" from another agent would be Android 4.0).
+_ANDROID_API = re.compile(r"\bapi\s+([0-9]{1,3})\s*$", re.I | re.A)
+_ANDROID_UNNAMED = re.compile(r"\s*n/a\s+api\s+[0-9]{1,3}\s*", re.I | re.A)
+_ANDROID_RELEASES = {
+    21: "5.0",
+    22: "5.1",
+    23: "6.0",
+    24: "7.0",
+    25: "7.1",
+    26: "8.0",
+    27: "8.1",
+    28: "9",
+    29: "10",
+    30: "11",
+    31: "12",
+    32: "12.1",
+    33: "13",
+    34: "14",
+    35: "15",
+    36: "16",
+}
+# Other OS families, each with its display name; their `version` field is their release.
 _OS_FAMILIES = (
-    # Windows Server is not Windows by its version: "Server 2012 R2" read as Windows 2012 met
-    # every "Windows >= 10" requirement. A name of its own, as names outside the vocabulary are.
-    (re.compile(r"\bwindows\s+server\b", re.I), "Windows Server", re.compile(r"server\D{0,12}?(\d{4})\b", re.I)),
-    (re.compile(r"\bwindows\b", re.I), "Windows", re.compile(r"windows\D{0,12}?(\d{1,4}(?:\.\d+)?)\b", re.I)),
-    (re.compile(r"\bandroid\b", re.I), "Android", re.compile(r"android\s+(\d{1,3}(?:\.\d+){0,2})\b", re.I)),
-    (re.compile(r"\b(?:mac\s?os|os\s?x)\b", re.I), "macOS", None),
-    (re.compile(r"\bipad\s?os\b", re.I), "iPadOS", None),
-    (re.compile(r"\b(?:ios|iphone\s?os)\b", re.I), "iOS", None),
-    (re.compile(r"\bchrome\s?os\b", re.I), "ChromeOS", None),
+    (re.compile(r"\b(?:mac\s?os|os\s?x)\b", re.I), "macOS"),
+    (re.compile(r"\bipad\s?os\b", re.I), "iPadOS"),
+    (re.compile(r"\b(?:ios|iphone\s?os)\b", re.I), "iOS"),
+    (re.compile(r"\bchrome\s?os\b", re.I), "ChromeOS"),
 )
 # Linux distributions as os-release's NAME writes them, as DOMAIN.md names them (each its own name).
 _DISTRIBUTIONS = {"debian gnu/linux": "Debian", "fedora linux": "Fedora", "ubuntu linux": "Ubuntu"}
 LOCAL_TIME = ZoneInfo("Europe/Paris")  # an agent's logdate without the OS's offset
+
+# The key of a device is its hardware's, not its agent's: glpi-agent's standalone glpi-inventory
+# makes a new deviceid (host name + time) at each run, so one machine's two exports were two
+# devices; cloned school disk images share the agent's deviceid, so distinct machines were one.
+# Values boards and makers leave unset are shared by many machines: not a key (GLPI's own
+# defaults for its blacklist, src/Blacklist.php, and AMI's "Default string").
+_UUID_PLACEHOLDERS = {
+    "03000200-0400-0500-0006-000700080009",
+    "6ab5b300-538d-1014-9fb5-b0684d007b53",
+    "01010101-0101-0101-0101-010101010101",
+}
+_SERIAL_PLACEHOLDERS = {
+    *("to be filled by o.e.m.", "default string", "system serial number", "systemserialnumb", "oem_serial"),
+    *("none", "n/a", "(null string)", "invalid", "not specified", "unknown", "unknow", "empty", "eval", "iatpass"),
+    *("0123456789", "12345", "123456", "1234567", "12345678", "123456789", "1234567890", "123456789000"),
+    *("12345678901234567", "sys-1234567890", "sys-9876543210", "sn-12345", "sn-1234567890", "mb-1234567890"),
+    *("serial number xxxxxx", "sn-123456fvgv3i0b8o5n6n7k", "tulip computers"),
+}
 
 
 @dataclass(frozen=True)
@@ -113,16 +196,19 @@ class Appareil:
     os: tuple[str, str]
     browsers: tuple[tuple[str, str], ...]
     inventorie_le: datetime | None
+    cle: str = field(repr=False)  # two files of one device share it (see _cle); never shown
 
 
 @dataclass(frozen=True)
 class Ecarte:
-    """A file that gives no device, and why (one of the codes above)."""
+    """A file that gives no device, and why (one of the codes above); `deviceid` and `cle` when it
+    is a device's (set aside), None for an unreadable or partial file."""
 
     fichier: Path
     raison: str
     deviceid: str | None = None
     inventorie_le: datetime | None = None
+    cle: str | None = field(default=None, repr=False)  # None with deviceid: no device to count
 
 
 def lire(fichier: Path) -> Appareil | Ecarte:
@@ -138,21 +224,22 @@ def lire(fichier: Path) -> Appareil | Ecarte:
         return Ecarte(fichier, INVENTAIRE_PARTIEL)
     quand = _date(content)
     hardware = _section(content, "hardware")
+    cle = _cle(hardware, _section(content, "bios"), deviceid)
     kind = _kind_of(document.get("itemtype"), hardware.get("chassis_type"))
     if kind not in EQUIPMENT_KINDS:
-        return Ecarte(fichier, kind, deviceid, quand)
+        return Ecarte(fichier, kind, deviceid, quand, cle)
     vm = hardware.get("vmsystem")
     if isinstance(vm, str) and vm.strip() and vm.strip().casefold() != "physical":
         # A Hyper-V or VMware guest reports the chassis its hypervisor makes up ("Desktop"):
         # counted, it was one more computer, on top of the one it runs on.
-        return Ecarte(fichier, MACHINE_VIRTUELLE, deviceid, quand)
+        return Ecarte(fichier, MACHINE_VIRTUELLE, deviceid, quand, cle)
     os = _os(_section(content, "operatingsystem"))
     if os is None:
-        return Ecarte(fichier, SANS_OS, deviceid, quand)
+        return Ecarte(fichier, SANS_OS, deviceid, quand, cle)
     try:
         Logiciel(name=os[0], version=os[1])
     except ValidationError:  # a name over 64 characters, a version part over 9 digits
-        return Ecarte(fichier, OS_HORS_CONTRAT, deviceid, quand)
+        return Ecarte(fichier, OS_HORS_CONTRAT, deviceid, quand, cle)
     tag = document.get("tag")
     softwares = content.get("softwares")
     return Appareil(
@@ -163,13 +250,15 @@ def lire(fichier: Path) -> Appareil | Ecarte:
         os=os,
         browsers=_browsers(softwares if isinstance(softwares, list) else []),
         inventorie_le=quand,
+        cle=cle,
     )
 
 
 def version(text: object) -> str | None:
     """The contract's form of a version an agent wrote: `51.0.1-2.fc25` -> `51.0.1`,
-    `1:115.6.0esr-1` -> `115.6.0`, `31 (Workstation Edition)` -> `31`; None without one."""
-    if not isinstance(text, str):
+    `1:115.6.0esr-1` -> `115.6.0`, `31 (Workstation Edition)` -> `31`; None without one, or
+    with a digit other than ASCII's."""
+    if not isinstance(text, str) or _OTHER_DIGIT.search(text):
         return None
     found = _VERSION.search(_EPOCH.sub("", text.strip()))
     return found.group() if found else None
@@ -195,16 +284,71 @@ def _kind_of(itemtype: object, chassis: object) -> str:
 def _os(section: dict) -> tuple[str, str] | None:
     name, full = (value if isinstance(value := section.get(k), str) else "" for k in ("name", "full_name"))
     text = f"{name} {full}"
-    for family, display, in_text in _OS_FAMILIES:
+    if _WINDOWS.search(text):
+        return _windows(text, section.get("kernel_version"))
+    if _ANDROID.search(text) or _ANDROID_UNNAMED.fullmatch(full):
+        return _android(text, full, section.get("version"))
+    for family, display in _OS_FAMILIES:
         if family.search(text):
-            found = in_text.search(text) if in_text else None
-            release = found.group(1) if found else version(section.get("version"))
+            release = version(section.get("version"))
             return (display, release) if release else None
-    if not name.strip():
+    if not name.strip() or " ".join(name.split()).casefold() in _NO_NAME:
         return None
     release = version(section.get("version")) or version(full)
     name = _DISTRIBUTIONS.get(" ".join(name.split()).casefold(), name)
     return (display_name(name), release) if release else None
+
+
+def _windows(text: str, kernel_version: object) -> tuple[str, str] | None:
+    """Windows Server and its year, or Windows and its client release (see _WINDOWS_RELEASE)."""
+    if _SERVER.search(text):
+        year = _SERVER_YEAR.search(text)
+        return ("Windows Server", year.group(1)) if year else None
+    found = _WINDOWS_RELEASE.search(text)
+    if found:
+        release = found.group(1).casefold()
+        return ("Windows", _WINDOWS_NAMED.get(release, release))
+    nt = _NT.match(kernel_version) if isinstance(kernel_version, str) else None
+    if nt is None:
+        return None
+    major, minor, build = int(nt.group(1)), int(nt.group(2)), nt.group(3)
+    if (major, minor) == (10, 0):
+        return ("Windows", "11" if int(build) >= 22000 else "10") if build else None
+    release = _NT_RELEASES.get((major, minor))
+    return ("Windows", release) if release else None
+
+
+def _android(text: str, full: str, written: object) -> tuple[str, str] | None:
+    """Android and the release its name carries, else the one its API level is (see _ANDROID_API)."""
+    found = _ANDROID_RELEASE.search(text)
+    if found:
+        return ("Android", found.group(1))
+    level = written.strip() if isinstance(written, str) and re.fullmatch(r"\s*[0-9]{1,3}\s*", written) else None
+    if level is None and (api := _ANDROID_API.search(full)):
+        level = api.group(1)
+    if level is not None and int(level) in _ANDROID_RELEASES:
+        return ("Android", _ANDROID_RELEASES[int(level)])
+    # Another agent's `version` ("13.0", "14"): a release as written (an API level below 21 is
+    # Android 4.4 or older, which no agent inventories now).
+    release = version(written) if level is None or int(level) < min(_ANDROID_RELEASES) else None
+    return ("Android", release) if release else None
+
+
+def _cle(hardware: dict, bios: dict, deviceid: str) -> str:
+    """The key two files of one device share: its SMBIOS UUID, else its serial number, else the
+    agent's deviceid (see _UUID_PLACEHOLDERS), each with its kind (a serial is not the machine
+    whose UUID it spells). A digest of it: serials and UUIDs identify a machine, and neither is
+    ever shown."""
+    uuid, ssn = (
+        " ".join(v.split()).casefold() if isinstance(v, str) else "" for v in (hardware.get("uuid"), bios.get("ssn"))
+    )
+    if uuid and uuid not in _UUID_PLACEHOLDERS and uuid not in _SERIAL_PLACEHOLDERS and len(set(uuid) - {"-"}) > 1:
+        key = f"uuid:{uuid}"  # not one digit repeated: all zeros, all F
+    elif ssn and ssn not in _SERIAL_PLACEHOLDERS and len(set(ssn)) > 1:
+        key = f"ssn:{ssn}"  # not one character repeated: 0000000, xxxxxxxxxxx
+    else:
+        key = f"deviceid:{deviceid}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:
@@ -256,7 +400,7 @@ def _date(content: dict) -> datetime | None:
     if local is None:
         return None
     offset = _section(_section(content, "operatingsystem"), "timezone").get("offset")
-    if isinstance(offset, str) and re.fullmatch(r"[+-]\d{4}", offset):
+    if isinstance(offset, str) and re.fullmatch(r"[+-][0-9]{4}", offset):
         sign = -1 if offset[0] == "-" else 1
         delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
         if delta < timedelta(hours=24):

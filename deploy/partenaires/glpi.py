@@ -6,8 +6,10 @@
 Reads GLPI native inventory files (one JSON file per device, as the GLPI agent sends them;
 directories are read recursively), finds each device's établissement with the mapping file,
 and groups the devices of one établissement by kind, OS and browsers: one `lot` per group,
-quantity = its devices. A device inventoried twice (same `deviceid`) counts once, its latest
-inventory.
+quantity = its devices. A device inventoried twice counts once, its latest inventory: the same
+hardware (its SMBIOS UUID, else its BIOS serial, placeholders aside, else the agent's `deviceid`;
+glpi-agent's standalone glpi-inventory makes a new deviceid at each run, and cloned disk images
+share one).
 
 - The mapping (CSV with the header `critere,valeur,uai`, `,` or `;`; or JSON `{"tag": {VALEUR:
   UAI}, "dossier": {...}}`): `tag` is the agent's TAG, the one GLPI's own rules read to place a
@@ -199,10 +201,11 @@ def inventorier(
         if read.deviceid is None:  # unreadable, or partial: no device to count
             ecartes[read.raison if isinstance(read, inv.Ecarte) else inv.ILLISIBLE].append(names[path])
             continue
-        kept = latest.setdefault(read.deviceid, read)
+        same = read.cle or read.deviceid  # the hardware's, else the agent's (_inventaire._cle)
+        kept = latest.setdefault(same, read)
         if kept is not read:
             newer, older = (read, kept) if _when(read) >= _when(kept) else (kept, read)
-            latest[read.deviceid] = newer
+            latest[same] = newer
             ecartes[INVENTAIRE_REMPLACE].append(names[older.fichier])
     groups: dict[tuple[str, str], list[inv.Appareil]] = defaultdict(list)
     for read in latest.values():

@@ -721,3 +721,26 @@ def test_nothing_is_sent_without_a_state(shared_data, tmp_path, capsys):
     assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 2
     assert "--etat FICHIER est requis pour envoyer" in capsys.readouterr().err
     assert main([*argv, "--dry-run"]) == 0, "a dry run sends nothing: no state needed"
+
+
+def test_one_machine_is_one_device_whatever_its_deviceid_and_clones_are_each_one(tmp_path):
+    """glpi-agent's standalone glpi-inventory makes a new deviceid at each run: one machine's two
+    exports counted two devices. Cloned disk images share the agent's deviceid: three machines
+    counted one. The hardware says which machine a file is (its UUID, else its serial)."""
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+
+    def write(name: str, deviceid: str, uuid: str, ssn: str, minutes: int) -> None:
+        device = _device(deviceid, "Laptop", WINDOWS[0][0], [], when + timedelta(minutes=minutes), tag=None)
+        device["content"]["hardware"]["uuid"] = uuid
+        device["content"]["bios"]["ssn"] = ssn
+        (tmp_path / name).write_text(json.dumps(device))
+
+    write("run-1.json", "pc-2026-09-01-08-00-00", "4c4c4544-0042-3510-8052-b4c04f4d3232", "5CG1234XYZ", 0)
+    write("run-2.json", "pc-2026-09-02-08-00-00", "4C4C4544-0042-3510-8052-B4C04F4D3232", "5CG1234XYZ", 60)
+    for n in range(3):  # one image, three machines
+        write(f"clone-{n}.json", "image-salle-info", f"4c4c4544-0042-3510-8052-00000000000{n}", f"5CG00{n}", n)
+    write("no-uuid.json", "pc-b", "00000000-0000-0000-0000-000000000000", "To be filled by O.E.M.", 0)
+    made = inventorier([tmp_path], Correspondance(tag={}, dossier={tmp_path.name: COLLEGE}), DEPARTEMENT)
+    [lot] = made.lots
+    assert lot.data.quantity == 5, "the machine of two runs once, each clone, the one without identifiers"
+    assert made.ecartes == {glpi.INVENTAIRE_REMPLACE: ["run-1.json"]}
