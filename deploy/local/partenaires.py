@@ -34,6 +34,20 @@ KAFKA_PRINCIPALS = {"/ministere": "ministere", "/gar": "gar"}
 BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 events
 BATCH = "application/cloudevents-batch+json"
 NOT_YET_KNOWN = "uai-inconnu"
+UNAVAILABLE = (502, 503, 504)
+"""Answers that say "later" (the passerelle, or a proxy before it): the batch posted again."""
+RETRY_SECONDS = 300.0
+"""How long a batch is posted again while the passerelle is unavailable or unreachable, before
+the run stops (`PasserelleIndisponible`): its events are the same (same ids), a repeat changes nothing."""
+
+
+FIRST_RETRY_SECONDS = 1.0
+"""The first wait after the passerelle was unreachable (or answered "later" without Retry-After),
+doubled at each attempt, 60 s at most."""
+
+
+class PasserelleIndisponible(RuntimeError):
+    """The passerelle stayed unavailable or unreachable RETRY_SECONDS for a batch."""
 
 
 @dataclass
@@ -53,13 +67,16 @@ class Partenaires:
         kafka: Callable[[str], KafkaAccess],
         prefix: str = "",
         settle_seconds: float = 30,
+        said: Callable[[str], None] = lambda _: None,
     ):
-        """`jeton(declarant)`: a bearer token for that source; `kafka(principal)`: its access."""
+        """`jeton(declarant)`: a bearer token for that source; `kafka(principal)`: its access;
+        `said`: told each wait for the passerelle and each batch sent (a progress line)."""
         self._url = passerelle_url.rstrip("/") + "/v1/evenements"
         self._jeton = jeton
         self._kafka = kafka
         self._prefix = prefix
         self._settle = settle_seconds
+        self._said = said
 
     async def send(self, records: Iterable[Record]) -> Sent:
         sent = Sent()
@@ -77,14 +94,36 @@ class Partenaires:
     async def _post(self, http: httpx.AsyncClient, declarant: str, events: list[dict], sent: Sent) -> None:
         headers = {"authorization": f"Bearer {self._jeton(declarant)}", "content-type": BATCH}
         deadline = time.monotonic() + self._settle
-        for start in range(0, len(events), BATCH_EVENTS):
-            pending = events[start : start + BATCH_EVENTS]
+        done = 0
+        for batch in batches(events):
+            pending = batch
+            unavailable_since: float | None = None
+            attempts = 0
             while pending:
-                response = await http.post(self._url, content=json.dumps(pending).encode(), headers=headers)
-                if response.status_code == 429:
-                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                try:
+                    response = await http.post(self._url, content=json.dumps(pending).encode(), headers=headers)
+                    status, why = response.status_code, f"{response.status_code}"
+                except httpx.TransportError as error:  # unreachable, or no answer in time
+                    response, status, why = None, None, type(error).__name__
+                if status == 429:
+                    await asyncio.sleep(_retry_after(response, 1))
                     continue
-                if response.status_code not in (202, 207):
+                if status is None or status in UNAVAILABLE:
+                    unavailable_since = unavailable_since or time.monotonic()
+                    waited = time.monotonic() - unavailable_since
+                    if waited >= RETRY_SECONDS:
+                        raise PasserelleIndisponible(
+                            f"{self._url} indisponible depuis {waited:.0f} s ({why}) : {done} événements envoyés "
+                            f"sur {len(events)} pour {declarant}, les autres non ; relancer envoie les mêmes"
+                        )
+                    delay = min(_retry_after(response, FIRST_RETRY_SECONDS * 2**attempts), 60.0)
+                    attempts += 1
+                    self._said(f"{self._url} indisponible ({why}) : nouvel essai dans {delay:.0f} s")
+                    await asyncio.sleep(delay)
+                    continue
+                assert response is not None
+                unavailable_since, attempts = None, 0
+                if status not in (202, 207):
                     raise RuntimeError(
                         f"{self._url} answered {response.status_code} to {declarant}: {response.text[:300]}"
                     )
@@ -98,6 +137,9 @@ class Partenaires:
                 pending = [pending[r["index"]] for r in retry]
                 if pending:
                     await asyncio.sleep(0.5)
+            done += len(batch)
+            if len(events) > BATCH_EVENTS:
+                self._said(f"{declarant} : {done}/{len(events)} événements envoyés")
 
     async def _produce(self, principal: str, records: list[Record]) -> int:
         producer = AIOKafkaProducer(**self._kafka(principal).aiokafka(), acks="all", enable_idempotence=True)
@@ -113,6 +155,37 @@ class Partenaires:
         finally:
             await producer.stop()
         return len(records)
+
+
+def batches(events: list[dict]) -> Iterable[list[dict]]:
+    """The events in batches of BATCH_EVENTS at most, each cut where the subject (an
+    établissement) changes, unless one's events alone fill a batch: an établissement's events
+    taken in one batch (a GLPI run's lots of an établissement and the retirement of the lots
+    gone, counted together a moment otherwise)."""
+    batch: list[dict] = []
+    for n, event in enumerate(events):
+        if len(batch) == BATCH_EVENTS:
+            subject = event.get("subject")
+            # back to where the last établissement's events began, if the batch holds another's
+            cut = next(
+                (i for i in range(len(batch) - 1, 0, -1) if batch[i - 1].get("subject") != subject),
+                0,
+            )
+            if batch[-1].get("subject") != subject or cut == 0:
+                cut = len(batch)
+            yield batch[:cut]
+            batch = batch[cut:]
+        batch.append(event)
+    if batch:
+        yield batch
+
+
+def _retry_after(response: httpx.Response | None, default: float) -> float:
+    """The answer's Retry-After in seconds (a number; an HTTP date is not read), else `default`."""
+    try:
+        return max(0.0, float(response.headers["retry-after"])) if response is not None else default
+    except (KeyError, ValueError):
+        return default
 
 
 def _channel(record: Record) -> tuple[str, bool]:

@@ -41,9 +41,10 @@ share one).
 many devices went into how many lots, which files were set aside and why (with their file
 names, never a field of their content: no user name or serial number; glpi-agent names its
 exports after the device id, which holds the host name, so the summary stays on the
-operator's terminal), and the passerelle's answer per event:
-accepted, or refused by code. Exit status: 0 when every lot was accepted (or printed), 1 when
-the passerelle refused some, 2 when nothing could be sent.
+operator's terminal), and the passerelle's answer: how many accepted, and each refused lot
+(its établissement, lot_id and message) by code. A batch the passerelle is unavailable for is
+posted again for a while (deploy/local/partenaires.py). Exit status: 0 when every lot was
+accepted (or printed), 1 when the passerelle refused some, 2 when nothing could be sent.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ import hashlib
 import json
 import os
 import sys
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +79,7 @@ INVENTAIRE_REMPLACE = "inventaire-remplace"  # an older inventory of a device re
 CRITERES = ("tag", "dossier")
 TOKEN_VARIABLE = "PASSERELLE_JETON"
 SHOWN_FILES = 10  # file names listed per reason in the summary
+PROGRESS_FILES = 1000  # a progress line every so many files read (about 15 s of a large export)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Correspondance:
     def uai(self, appareil: inv.Appareil) -> str | None:
         if appareil.tag is not None and appareil.tag in self.tag:
             return self.tag[appareil.tag]
-        return self.dossier.get(appareil.fichier.parent.name)
+        # The folder's name however the path was given (`.`, `fichier.json` from inside it).
+        return self.dossier.get(appareil.fichier.absolute().parent.name)
 
 
 Lots = dict[str, dict[str, str]]
@@ -190,13 +193,17 @@ def inventorier(
     declarant: str,
     now: datetime | None = None,
     precedent: Etat = Etat(),
+    progres: Callable[[str], None] = lambda _: None,
 ) -> Inventaire:
     """The lots `declarant` declares for the devices in `chemins` (files or directories), and
-    the retirement of each lot of `precedent` that vanished from an établissement they cover."""
+    the retirement of each lot of `precedent` that vanished from an établissement they cover.
+    `progres` is told every PROGRESS_FILES files read."""
     names = dict(_fichiers(chemins))
     ecartes: dict[str, list[str]] = defaultdict(list)
     latest: dict[str, inv.Appareil | inv.Ecarte] = {}
-    for path in names:
+    for n, path in enumerate(names, start=1):
+        if n % PROGRESS_FILES == 0:
+            progres(f"{n}/{len(names)} fichiers lus")
         read = inv.lire(path)
         if read.deviceid is None:  # unreadable, or partial: no device to count
             ecartes[read.raison if isinstance(read, inv.Ecarte) else inv.ILLISIBLE].append(names[path])
@@ -319,7 +326,9 @@ async def publier(inventaire: Inventaire, passerelle: str, jeton: str) -> Sent:
     def kafka(principal: str) -> KafkaAccess:
         raise AssertionError(f"GLPI lots go over HTTP, never to Kafka as {principal}")
 
-    partenaires = Partenaires(passerelle, jeton=lambda _: jeton, kafka=kafka, settle_seconds=0)
+    partenaires = Partenaires(
+        passerelle, jeton=lambda _: jeton, kafka=kafka, settle_seconds=0, said=lambda line: _dit(line)
+    )
     return await partenaires.send((c.EQUIPEMENT, e.subject or "", e.to_bytes()) for e in inventaire.lots)
 
 
@@ -403,15 +412,28 @@ def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
     durable(path.parent)
 
 
-def bilan(sent: Sent) -> str:
-    refused = Counter(code for _, _, code, _ in sent.refused)
-    line = f"passerelle : {sent.accepted} lots acceptés, {len(sent.refused)} refusés"
-    details = [f"  refusés, {code} : {n} (par exemple : {_first(sent, code)})" for code, n in sorted(refused.items())]
-    return "\n".join([line, *details])
+SHOWN_REFUSALS = 20  # refused lots listed per code in the summary
 
 
-def _first(sent: Sent, code: str) -> str:
-    return next(message for _, _, refused, message in sent.refused if refused == code)
+def bilan(sent: Sent, inventaire: Inventaire) -> str:
+    """The passerelle's answer: lots accepted and refused, and each refused one (its
+    établissement, lot and the passerelle's message), SHOWN_REFUSALS at most per code."""
+    lots = {e.id: e.data for e in inventaire.lots}
+    by_code: dict[str, list[str]] = defaultdict(list)
+    for _, event_id, code, message in sent.refused:
+        lot = lots.get(event_id)
+        what = f"{lot.uai} {lot.lot_id} ({'retrait' if lot.quantity == 0 else lot.kind})" if lot else event_id
+        by_code[code].append(f"    {what} : {message}")
+    lines = [f"passerelle : {sent.accepted} lots acceptés, {len(sent.refused)} refusés"]
+    for code, refused in sorted(by_code.items()):
+        more = len(refused) - SHOWN_REFUSALS
+        lines += [f"  refusés, {code} : {len(refused)}", *refused[:SHOWN_REFUSALS]]
+        lines += [f"    … ({more} de plus)"] if more > 0 else []
+    return "\n".join(lines)
+
+
+def _dit(line: str) -> None:
+    print(f"glpi: {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,7 +496,7 @@ def _run(args: argparse.Namespace) -> int:
         c.parse_source(args.declarant)
         precedent = lire_etat(args.etat, args.declarant) if args.etat else Etat()
         correspondance = Correspondance.lire(args.correspondance)
-        inventaire = inventorier(args.inventaires, correspondance, args.declarant, precedent=precedent)
+        inventaire = inventorier(args.inventaires, correspondance, args.declarant, precedent=precedent, progres=_dit)
     except (OSError, ValueError) as error:
         print(f"glpi: {error}", file=sys.stderr)
         return 2
@@ -513,7 +535,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.etat:
             ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, None))
         return 2
-    print(bilan(sent), file=sys.stderr)
+    print(bilan(sent, inventaire), file=sys.stderr)
     if args.etat:
         refused = {event_id for _, event_id, _, _ in sent.refused}
         ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, refused))

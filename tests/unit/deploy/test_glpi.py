@@ -744,3 +744,43 @@ def test_one_machine_is_one_device_whatever_its_deviceid_and_clones_are_each_one
     [lot] = made.lots
     assert lot.data.quantity == 5, "the machine of two runs once, each clone, the one without identifiers"
     assert made.ecartes == {glpi.INVENTAIRE_REMPLACE: ["run-1.json"]}
+
+
+def test_the_folder_is_read_however_the_path_was_given_and_progress_is_told(tmp_path, monkeypatch):
+    """`.` or a file's name from inside the folder: its name was empty, every device
+    `sans-correspondance`, the établissement not covered, nothing retired. And a long read says
+    how far it has gone."""
+    folder = tmp_path / "lycee-descartes"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    for n in range(5):
+        (folder / f"{n}.json").write_text(json.dumps(_device(f"d{n}", "Laptop", WINDOWS[0][0], [], when, tag=None)))
+    mapping = Correspondance(tag={}, dossier={"lycee-descartes": LYCEE})
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(glpi, "PROGRESS_FILES", 2)
+    told: list[str] = []
+    for given in ([Path(".")], [Path("0.json"), Path("1.json"), Path("2.json"), Path("3.json"), Path("4.json")]):
+        made = inventorier(given, mapping, DEPARTEMENT, progres=told.append)
+        assert [(e.data.uai, e.data.quantity) for e in made.lots] == [(LYCEE, 5)] and not made.ecartes, given
+    assert told == ["2/5 fichiers lus", "4/5 fichiers lus"] * 2
+
+
+def test_the_summary_names_each_refused_lot_by_its_etablissement_and_lot(tmp_path):
+    """One count and the first message per code was all: which lots, which établissements,
+    the operator could not tell."""
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    for n, school in enumerate(("a", "b")):
+        (tmp_path / school).mkdir()
+        device = _device(f"d{n}", "Laptop", WINDOWS[0][0], [], when, tag=None)
+        (tmp_path / school / "0.json").write_text(json.dumps(device))
+    made = inventorier(
+        [tmp_path / "a", tmp_path / "b"], Correspondance(tag={}, dossier={"a": COLLEGE, "b": LYCEE}), DEPARTEMENT
+    )
+    _, lycee = made.lots
+    refused = [(DEPARTEMENT, lycee.id, "hors-competence", "un lycée relève de la région")]
+    summary = glpi.bilan(glpi.Sent(accepted=1, refused=refused), made)
+    assert summary.splitlines() == [
+        "passerelle : 1 lots acceptés, 1 refusés",
+        "  refusés, hors-competence : 1",
+        f"    {LYCEE} {lycee.data.lot_id} (ordinateur portable) : un lycée relève de la région",
+    ]

@@ -1,0 +1,93 @@
+"""deploy/local/partenaires.py's posts to the passerelle, without one: the batches an
+établissement's events go in, and what a passerelle unavailable for a while does to a run."""
+
+import json
+
+import httpx
+import pytest
+
+from deploy.local import partenaires
+from deploy.local.partenaires import BATCH_EVENTS, Partenaires, PasserelleIndisponible, batches
+
+DECLARANT = "/collectivites/departements/035"
+
+
+def events(*runs: tuple[str, int]) -> list[dict]:
+    return [{"id": f"{subject}-{n}", "subject": subject} for subject, count in runs for n in range(count)]
+
+
+def test_an_etablissement_s_events_go_in_one_batch_unless_they_fill_one():
+    cut = list(batches(events(("A", 600), ("B", 600), ("C", 300))))
+    assert [(b[0]["subject"], len(b)) for b in cut] == [("A", 600), ("B", 900)]
+    assert {e["subject"] for e in cut[1]} == {"B", "C"}
+    alone = list(batches(events(("A", 2 * BATCH_EVENTS + 500))))
+    assert [len(b) for b in alone] == [BATCH_EVENTS, BATCH_EVENTS, 500]
+    exact = list(batches(events(("A", 400), ("B", 600), ("C", 10))))
+    assert [len(b) for b in exact] == [1000, 10], "a batch that ends with an établissement is not cut"
+    assert [e["id"] for b in cut for e in b] == [e["id"] for e in events(("A", 600), ("B", 600), ("C", 300))]
+
+
+def records(count: int) -> list[tuple[str, str, bytes]]:
+    topic = "equipement.declarations.v1"
+    return [
+        (topic, "0350001L", json.dumps({"id": f"e{n}", "source": DECLARANT, "subject": "0350001L"}).encode())
+        for n in range(count)
+    ]
+
+
+def _with(monkeypatch, answer) -> None:
+    """Posts answered by `answer(request)` (a Response, or an exception to raise)."""
+    real = httpx.AsyncClient
+    monkeypatch.setattr(
+        partenaires.httpx, "AsyncClient", lambda **kw: real(transport=httpx.MockTransport(answer), **kw)
+    )
+    monkeypatch.setattr(partenaires, "FIRST_RETRY_SECONDS", 0.01)
+
+
+def accepted(request: httpx.Request) -> httpx.Response:
+    posted = json.loads(request.content)
+    return httpx.Response(202, json={"resultats": [{"index": i, "statut": "accepted"} for i in range(len(posted))]})
+
+
+async def test_a_passerelle_unavailable_a_while_gets_the_batch_again_and_loses_nothing(monkeypatch):
+    """A 503 (its Retry-After read), a proxy's 502, a connection refused: the run stopped at the
+    first (exit 2, the later batches not sent). Each is waited out, the batch posted again."""
+    answers = iter(
+        [
+            httpx.Response(503, headers={"retry-after": "0"}),
+            httpx.ConnectError("refused"),
+            httpx.Response(502),
+        ]
+    )
+    posted: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(len(json.loads(request.content)))
+        following = next(answers, None)
+        if isinstance(following, Exception):
+            raise following
+        return following or accepted(request)
+
+    _with(monkeypatch, answer)
+    said: list[str] = []
+    sender = Partenaires("http://passerelle", jeton=lambda _: "t", kafka=lambda _: None, said=said.append)
+    sent = await sender.send(records(BATCH_EVENTS + 5))
+    assert (sent.accepted, sent.refused) == (BATCH_EVENTS + 5, [])
+    assert posted == [BATCH_EVENTS] * 4 + [5], "the first batch three times more, then the next"
+    assert sum("indisponible" in line for line in said) == 3, said
+    assert f"{DECLARANT} : {BATCH_EVENTS + 5}/{BATCH_EVENTS + 5} événements envoyés" in said
+
+
+async def test_a_passerelle_unavailable_too_long_stops_the_run_saying_how_far_it_went(monkeypatch):
+    monkeypatch.setattr(partenaires, "RETRY_SECONDS", 0.1)
+    calls = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return accepted(request) if calls == 1 else httpx.Response(503, headers={"retry-after": "0.02"})
+
+    _with(monkeypatch, answer)
+    sender = Partenaires("http://passerelle", jeton=lambda _: "t", kafka=lambda _: None)
+    with pytest.raises(PasserelleIndisponible, match=f"{BATCH_EVENTS} événements envoyés sur {BATCH_EVENTS + 5}"):
+        await sender.send(records(BATCH_EVENTS + 5))
