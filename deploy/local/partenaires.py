@@ -163,7 +163,7 @@ def batches(events: list[dict]) -> Iterable[list[dict]]:
     taken in one batch (a GLPI run's lots of an établissement and the retirement of the lots
     gone, counted together a moment otherwise)."""
     batch: list[dict] = []
-    for n, event in enumerate(events):
+    for event in events:
         if len(batch) == BATCH_EVENTS:
             subject = event.get("subject")
             # back to where the last établissement's events began, if the batch holds another's
