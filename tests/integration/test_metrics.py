@@ -7,7 +7,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import contracts as c
-from helpers import at, college, event, eventually, ressource, running, send, serving
+from helpers import Said, at, college, event, eventually, ressource, running, send, serving
 from helpers import uai as valid_uai
 from services.common.messaging.outbox import relay_lock
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -297,3 +297,52 @@ async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_un
         status, health = await service.app.health()
         assert (status, health["batches_failing"]) == (200, None)
         assert value(await scrape(service.app), "feo_batches_failing_seconds", service="equipement") == 0
+
+
+async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_the_scrape(kafka, settings, monkeypatch):
+    """ressources' counts were read within the outbox's wait: one longer than it, or one that
+    failed (a query PostgreSQL refused), made the scrape say the database unreachable, every other
+    figure gone, and nothing said why. Now the scrape answers with the counts kept, the rest as
+    read; a failure is logged."""
+    import asyncpg
+
+    from services.common.runtime import health
+
+    said = Said()
+    monkeypatch.setattr(health, "log", said, raising=False)
+    service = running(RESSOURCES, settings.model_copy(update={"metrics_counts_max_age_seconds": 0}))
+    async with service as pipeline:
+        await subscribe_unequipped(kafka, settings, valid_uai("0350013"), "ark:/67375/comptes")
+
+        async def counted() -> dict | None:
+            scraped = samples((await service.app.metrics()).decode())
+            opened = {k: value(scraped, "feo_alerts_open", service="ressources", kind=k) for k in c.ALERT_KINDS}
+            return opened if any(opened.values()) else None
+
+        kept = await eventually(counted, what="an open alert counted")
+        counts = service.app.gauges
+        monkeypatch.setattr(health, "READ_SECONDS", 0.5)
+        release = asyncio.Event()
+
+        async def slow(store):
+            await release.wait()
+            return await counts(store)
+
+        async def refused(store):
+            raise asyncpg.UndefinedTableError('relation "alertes" does not exist')
+
+        try:
+            for gauges in (slow, refused):
+                service.app.gauges = gauges
+                started = time.monotonic()
+                scraped = samples((await service.app.metrics()).decode())
+                assert time.monotonic() - started < 3, "within the wait, not the count's"
+                assert value(scraped, "feo_database_reachable", service="ressources") == 1, gauges.__name__
+                assert value(scraped, "feo_outbox_pending", service="ressources") is not None
+                opened = {k: value(scraped, "feo_alerts_open", service="ressources", kind=k) for k in c.ALERT_KINDS}
+                assert opened == kept, "the counts kept"
+                release.set()
+        finally:
+            release.set()  # the slow count's connection back, for the service to stop
+        [line] = said.named("metrics.counts_unread")
+        assert line["error"] == "UndefinedTableError" and line["level"] == "warning"

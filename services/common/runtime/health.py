@@ -4,6 +4,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+import structlog
 from faststream.kafka import KafkaBroker
 
 from services.common.messaging import dlq
@@ -11,6 +13,8 @@ from services.common.messaging.outbox import count_failed, count_pending, oldest
 from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Gauge, Gauges
 from services.common.runtime.secrets import redact
+
+log = structlog.get_logger(__name__)
 
 COUNT_AT_MOST = 10_000
 READ_SECONDS = 4
@@ -128,35 +132,31 @@ async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None
 async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
     """What /metrics reads from the database at each scrape: the outbox, and the service's own
     figures (`gauges`) once those kept are old enough (Metrics.counts); when the database does
-    not answer, only that it does not."""
+    not answer the outbox's, only that it does not."""
     if not pipeline.started:
-        return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+        return [_reached(0)]
     try:
-        return await pipeline.metrics.shared("metrics", lambda: _database_gauges(pipeline, gauges), within=READ_SECONDS)
+        read = await pipeline.metrics.shared("metrics", lambda: _outbox_gauges(pipeline), within=READ_SECONDS)
     except TimeoutError:
-        return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+        return [_reached(0)]
+    if gauges is None or read[0].value == 0:
+        return read
+    return read + await _own_gauges(pipeline, gauges)
 
 
-async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Gauge]:
+async def _outbox_gauges(pipeline: Pipeline) -> list[Gauge]:
     try:
         async with asyncio.timeout(READ_SECONDS), pipeline.pool.acquire() as conn:
             pending = await count_pending(conn)
             oldest = await oldest_pending_age(conn)
             failed = await count_failed(conn)
             awaiting = await dlq.count_awaiting(conn)
-        # Not within READ_SECONDS: a count that takes longer ends all the same, and is kept for
-        # the scrapes after (a scrape meanwhile waits READ_SECONDS for it at most).
-        own = (
-            await pipeline.metrics.counts(
-                lambda: pipeline.run(gauges), pipeline.settings.metrics_counts_max_age_seconds
-            )
-            if gauges is not None
-            else []
-        )
-    except Exception:  # reported as a figure: a scrape must answer while the database is away
-        return [Gauge("feo_database_reachable", _REACHABLE, {}, 0)]
+    except Exception as exc:  # reported as a figure: a scrape must answer while the database is away
+        if not isinstance(exc, _AWAY):  # what an operator must look at, not the database gone
+            log.warning("metrics.database_unread", error=type(exc).__name__, detail=redact(str(exc)))
+        return [_reached(0)]
     return [
-        Gauge("feo_database_reachable", _REACHABLE, {}, 1),
+        _reached(1),
         Gauge("feo_outbox_pending", "rows in the outbox, waiting for the relay", {}, pending),
         Gauge("feo_outbox_oldest_age_seconds", "age of the oldest record in the outbox (0: empty)", {}, oldest),
         Gauge(
@@ -168,8 +168,32 @@ async def _database_gauges(pipeline: Pipeline, gauges: Gauges | None) -> list[Ga
             {},
             awaiting,
         ),
-        *own,
     ]
+
+
+async def _own_gauges(pipeline: Pipeline, gauges: Gauges) -> list[Gauge]:
+    """The service's own figures (Metrics.counts), apart from the outbox's: a count longer than
+    READ_SECONDS (it ends all the same, kept for the scrapes after) or one that fails (logged)
+    leaves those kept before, and the rest of the scrape as read. Within the outbox's wait, it
+    made the whole scrape say the database unreachable, every other figure gone with it."""
+    max_age = pipeline.settings.metrics_counts_max_age_seconds
+    try:
+        return await pipeline.metrics.shared(
+            "counts", lambda: pipeline.metrics.counts(lambda: pipeline.run(gauges), max_age), within=READ_SECONDS
+        )
+    except TimeoutError:
+        return pipeline.metrics.kept_counts
+    except Exception as exc:
+        log.warning("metrics.counts_unread", error=type(exc).__name__, detail=redact(str(exc)))
+        return pipeline.metrics.kept_counts
+
+
+_AWAY = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+"""PostgreSQL away, as a scrape finds it (a TimeoutError is an OSError): said by the figure alone."""
+
+
+def _reached(value: int) -> Gauge:
+    return Gauge("feo_database_reachable", _REACHABLE, {}, value)
 
 
 _REACHABLE = "1 when the service's database answered this scrape's queries, else 0"

@@ -226,6 +226,11 @@ class Metrics:
                 self._counted_at = monotonic()
             return self._counts
 
+    @property
+    def kept_counts(self) -> list[Gauge]:
+        """The service's own figures as last counted (none before a first count)."""
+        return self._counts
+
     async def shared(self, what: str, read: Callable[[], Coroutine[Any, Any, T]], within: float) -> T:
         """`read()`'s result, for this caller and every other that asks for `what` while it runs:
         /health and /metrics answer anyone who reaches the port, and however many requests come
