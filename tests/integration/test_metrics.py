@@ -311,7 +311,7 @@ async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_th
     said = Said()
     monkeypatch.setattr(health, "log", said, raising=False)
     service = running(RESSOURCES, settings.model_copy(update={"metrics_counts_max_age_seconds": 0}))
-    async with service as pipeline:
+    async with service:
         await subscribe_unequipped(kafka, settings, valid_uai("0350013"), "ark:/67375/comptes")
 
         async def counted() -> dict | None:
