@@ -65,6 +65,21 @@ _CHASSIS = {
     "tablet": TABLETTE,
 }
 _NOT_RETAINED = {"server", "mainserverchassis", "rackmountchassis", "blade", "bladeenclosure", "dockingstation"}
+# glpi-agent writes no chassis type for a Mac: its MacOS/Hardware.pm sets the hardware's NAME and
+# UUID only, and the modules that write CHASSIS_TYPE elsewhere (dmidecode's, Linux's sysfs,
+# Win32_SystemEnclosure) do not run on macOS: every Mac was set aside. Its kind is in the model
+# identifier MacOS/Bios.pm writes as bios.smodel (system_profiler's "Model Identifier", else
+# "Machine Model", else ioreg's IOPlatformExpertDevice model: "MacBookAir10,1", "iMac21,1",
+# "PowerMac11,2"), read here only for macOS, and only when the chassis does not say. Its family
+# prefix says the kind; a marketing name another tool may write ("MacBook Air", "Mac Studio") is
+# read the same way, spaces removed. Apple's identifiers since 2022 ("Mac14,2" a MacBook Air,
+# "Mac14,3" a Mac mini, "Mac13,1" a Mac Studio) say no family: those stay unknown, not guessed;
+# so does a virtual Mac ("VirtualMac2,1", "VMware7,1").
+_MAC_MODELS = (
+    (("macbook", "powerbook", "ibook"), PORTABLE),
+    (("imac", "emac", "macmini", "macpro", "macstudio", "powermac"), FIXE),
+    (("xserve", "rackmac"), CHASSIS_NON_RETENU),  # Apple's rack servers
+)
 
 # Browsers as agents name installed software, beyond the vocabulary's own spellings (which
 # fold_name already reads): Windows uninstall entries, deb and rpm packages. Chromium is not
@@ -155,8 +170,11 @@ _ANDROID_RELEASES = {
     36: "16",
 }
 # Other OS families, each with its display name; their `version` field is their release.
+# glpi-agent's MacOS/OS.pm names macOS "MacOSX" (its full_name, "macOS" or "Mac OS X", is
+# system_profiler's System Version without its number).
+_MACOS = re.compile(r"\b(?:mac\s?os(?:\s?x)?|os\s?x)\b", re.I)
 _OS_FAMILIES = (
-    (re.compile(r"\b(?:mac\s?os|os\s?x)\b", re.I), "macOS"),
+    (_MACOS, "macOS"),
     (re.compile(r"\bipad\s?os\b", re.I), "iPadOS"),
     (re.compile(r"\b(?:ios|iphone\s?os)\b", re.I), "iOS"),
     (re.compile(r"\bchrome\s?os\b", re.I), "ChromeOS"),
@@ -225,7 +243,10 @@ def lire(fichier: Path) -> Appareil | Ecarte:
     quand = _date(content)
     hardware = _section(content, "hardware")
     cle = _cle(hardware, _section(content, "bios"), deviceid)
-    kind = _kind_of(document.get("itemtype"), hardware.get("chassis_type"))
+    system = _section(content, "operatingsystem")
+    names = " ".join(v for v in (system.get("name"), system.get("full_name")) if isinstance(v, str))
+    mac_model = _section(content, "bios").get("smodel") if _MACOS.search(names) else None
+    kind = _kind_of(document.get("itemtype"), hardware.get("chassis_type"), mac_model)
     if kind not in EQUIPMENT_KINDS:
         return Ecarte(fichier, kind, deviceid, quand, cle)
     vm = hardware.get("vmsystem")
@@ -233,7 +254,7 @@ def lire(fichier: Path) -> Appareil | Ecarte:
         # A Hyper-V or VMware guest reports the chassis its hypervisor makes up ("Desktop"):
         # counted, it was one more computer, on top of the one it runs on.
         return Ecarte(fichier, MACHINE_VIRTUELLE, deviceid, quand, cle)
-    os = _os(_section(content, "operatingsystem"))
+    os = _os(system)
     if os is None:
         return Ecarte(fichier, SANS_OS, deviceid, quand, cle)
     try:
@@ -269,8 +290,9 @@ def _section(content: dict, name: str) -> dict:
     return section if isinstance(section, dict) else {}
 
 
-def _kind_of(itemtype: object, chassis: object) -> str:
-    """The equipment kind, or the code of the reason there is none."""
+def _kind_of(itemtype: object, chassis: object, mac_model: object = None) -> str:
+    """The equipment kind, or the code of the reason there is none. `mac_model`: a Mac's model
+    identifier (bios.smodel, see _MAC_MODELS), read only when the chassis does not say."""
     if itemtype == "Phone":
         return SMARTPHONE
     if itemtype not in (None, "Computer", "Unmanaged"):
@@ -278,7 +300,13 @@ def _kind_of(itemtype: object, chassis: object) -> str:
     key = re.sub(r"[\s-]", "", chassis).casefold() if isinstance(chassis, str) else ""
     if key in _NOT_RETAINED:
         return CHASSIS_NON_RETENU
-    return _CHASSIS.get(key, CHASSIS_INCONNU)
+    if key in _CHASSIS:
+        return _CHASSIS[key]
+    model = re.sub(r"\s", "", mac_model).casefold() if isinstance(mac_model, str) else ""
+    for prefixes, kind in _MAC_MODELS:
+        if model.startswith(prefixes):
+            return kind
+    return CHASSIS_INCONNU
 
 
 def _os(section: dict) -> tuple[str, str] | None:

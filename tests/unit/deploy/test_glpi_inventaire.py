@@ -326,3 +326,98 @@ def test_the_samples_keys(shared_data):
     assert reads["computer_3"].cle == reads["computer_3_updated"].cle
     keys = {reads[n].cle for n in ("computer_1", "computer_2", "computer_3", "phone_1")}
     assert len(keys) == 4 and None not in keys
+
+
+# --- A Mac's kind: its model identifier, glpi-agent writing no chassis ------------------------
+
+# As glpi-agent's MacOS modules write them: OS.pm name "MacOSX", full_name and version from
+# system_profiler's "System Version: macOS 11.2.3 (20D91)"; Hardware.pm NAME and UUID only (no
+# CHASSIS_TYPE); Bios.pm SMODEL = "Model Identifier" (else "Machine Model", else ioreg's model).
+MACOS = {"name": "MacOSX", "full_name": "macOS", "version": "11.2.3 (20D91)"}
+
+
+def _mac(smodel, chassis=None, os=MACOS, itemtype="Computer") -> dict:
+    document = _document(os=os, itemtype=itemtype, uuid="2B05150B-FA33-45BD-90F0-3369BF908E3E")
+    document["content"]["hardware"] = {"name": "Mac OS X", "uuid": "2B05150B-FA33-45BD-90F0-3369BF908E3E"} | (
+        {"chassis_type": chassis} if chassis is not None else {}
+    )
+    document["content"]["bios"] = {"smanufacturer": "Apple Inc."} | ({"smodel": smodel} if smodel is not None else {})
+    return document
+
+
+@pytest.mark.parametrize(
+    "smodel, kind",
+    [
+        # glpi-agent's own sample (resources/macos/system_profiler/11.0-apple-M1)
+        ("MacBookAir10,1", "ordinateur portable"),
+        ("MacBookPro18,1", "ordinateur portable"),
+        ("MacBook2,1", "ordinateur portable"),
+        ("MacBook Air", "ordinateur portable"),  # a marketing name, spaces and all
+        ("iMac21,1", "ordinateur"),
+        ("iMacPro1,1", "ordinateur"),
+        ("Macmini9,1", "ordinateur"),
+        ("MacPro7,1", "ordinateur"),
+        ("PowerMac11,2", "ordinateur"),  # "Machine Model" on Mac OS X 10.4
+        ("Mac Studio", "ordinateur"),
+        ("Mac mini", "ordinateur"),
+        ("iMac", "ordinateur"),
+    ],
+)
+def test_a_mac_without_a_chassis_is_of_the_kind_its_model_identifier_says(tmp_path, smodel, kind):
+    """glpi-agent's macOS modules write no hardware.chassis_type: every Mac was set aside
+    chassis-inconnu, a collège's MacBooks and iMacs counted nowhere."""
+    read = _read(tmp_path, _mac(smodel))
+    assert isinstance(read, inv.Appareil), read
+    assert (read.kind, read.os) == (kind, ("macOS", "11.2.3"))
+
+
+@pytest.mark.parametrize("smodel", ["Mac14,2", "Mac13,1", "Mac15,3", "VirtualMac2,1", "VMware7,1", "", None])
+def test_a_mac_whose_identifier_says_no_family_stays_set_aside(tmp_path, smodel):
+    """Apple's identifiers since 2022 say no family ("Mac14,2" is a MacBook Air, "Mac13,1" a Mac
+    Studio): not guessed."""
+    read = _read(tmp_path, _mac(smodel))
+    assert isinstance(read, inv.Ecarte) and read.raison == inv.CHASSIS_INCONNU
+
+
+def test_an_xserve_is_a_server_set_aside(tmp_path):
+    read = _read(tmp_path, _mac("Xserve3,1"))
+    assert isinstance(read, inv.Ecarte) and read.raison == inv.CHASSIS_NON_RETENU
+
+
+def test_a_mac_s_chassis_when_written_wins_and_an_identifier_is_read_for_macos_only(tmp_path):
+    """The chassis, when an agent writes one, says the kind; the model is read for macOS only
+    (another OS's smodel is its maker's own name, read by no rule here)."""
+    desktop = _read(tmp_path, _mac("MacBookPro18,1", chassis="Desktop"), "desktop.json")
+    assert isinstance(desktop, inv.Appareil) and desktop.kind == "ordinateur"
+    windows = {"name": "Windows", "full_name": "Microsoft Windows 11 Éducation", "version": "23H2"}
+    other = _read(tmp_path, _mac("MacBookPro18,1", os=windows), "windows.json")
+    assert isinstance(other, inv.Ecarte) and other.raison == inv.CHASSIS_INCONNU
+    phone = _read(tmp_path, _mac("iMac21,1", itemtype="Phone"), "phone.json")
+    assert isinstance(phone, inv.Appareil) and phone.kind == "smartphone"
+
+
+def test_macos_named_macosx_alone_is_macos(tmp_path):
+    """glpi-agent names it "MacOSX", which the family's pattern did not read without a full_name
+    beside it: its model went unread, and its OS was read as an OS named "MacOSX"."""
+    read = _read(tmp_path, _mac("MacBookAir10,1", os={"name": "MacOSX", "version": "14.5"}))
+    assert isinstance(read, inv.Appareil) and (read.kind, read.os) == ("ordinateur portable", ("macOS", "14.5"))
+
+
+# --- Android: nothing in the GLPI library's inventory tells a tablet from a phone --------------
+
+
+@pytest.mark.parametrize("smodel", ["SM-X200", "Mi 9T Pro"])  # a Galaxy Tab A8, a phone
+def test_an_android_device_s_kind_is_its_itemtype_only(tmp_path, smodel):
+    """android-inventory-library writes no chassis type nor any screen size (Hardware.java: name,
+    OS, arch, uuid, user, memory; Videos.java: the resolution in pixels), and the agent's itemtype
+    is the user's pick, Computer or Phone: a Phone is a smartphone, a Computer without a chassis
+    set aside, the model not guessed from."""
+    android = {"name": "Q Android 10.0", "full_name": "Q Android 10.0 api 29", "version": "29"}
+    phone = _document(os=android, itemtype="Phone")
+    phone["content"]["hardware"] = {"name": "tablette-12"}
+    phone["content"]["bios"] = {"smodel": smodel}
+    read = _read(tmp_path, phone, "phone.json")
+    assert isinstance(read, inv.Appareil) and read.kind == "smartphone"
+    computer = phone | {"itemtype": "Computer"}
+    read = _read(tmp_path, computer, "computer.json")
+    assert isinstance(read, inv.Ecarte) and read.raison == inv.CHASSIS_INCONNU
