@@ -8,9 +8,10 @@
   SCRAM-SHA-512 (they connect from outside), the platform's own (`platform_principals`) by certificate;
 - `deploy/k8s/services/services.yaml`: a Deployment, a Service and a PodDisruptionBudget per
   service of `services.specs` (its probes, resources, replicas, spread over the nodes, the time
-  it is given to stop, its Kafka principal's secret);
+  it is given to stop, its Kafka principal's secret), and the NetworkPolicy of their HTTP port;
 - `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), idle until they
-  run in it, the volume of its backups, and the nightly backup's CronJob (`backup_job`).
+  run in it, the volume of its backups, the nightly backup's CronJob (`backup_job`), and a
+  NetworkPolicy that lets nothing reach them.
 The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
 settings the services share) is written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
@@ -332,7 +333,45 @@ def services() -> list[dict[str, Any]]:
                 },
             }
         )
+    # The services' HTTP ports reached only from what carries HTTP_ACCESS: the read API is not
+    # authenticated (README, Security), and any pod of the cluster reached it past the proxy.
+    out.append(
+        _ingress_only(
+            "feo-services-http",
+            [spec.name for spec in specs()],
+            [
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {HTTP_ACCESS: "oui"}}},
+                        {"podSelector": {"matchLabels": {HTTP_ACCESS: "oui"}}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": "http"}],
+                }
+            ],
+        )
+    )
     return out
+
+
+HTTP_ACCESS = "former-equiper-outiller/acces-http"
+"""The label (value `oui`) a namespace, or a pod of the platform's namespace, carries to reach the
+services' HTTP ports: the ingress controller's or the authenticating proxy's, Prometheus'. The
+kubelet's probes come from the node, which a NetworkPolicy never stops."""
+
+
+def _ingress_only(name: str, pods: list[str], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """A NetworkPolicy: the pods named (app.kubernetes.io/name) take only what `rules` allow
+    (none: nothing). What they open themselves (PostgreSQL, Kafka) is not restricted."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": pods}]},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
 
 
 TOOLBOX = "feo-operateur"
@@ -475,6 +514,7 @@ def toolbox() -> list[dict[str, Any]]:
             },
         },
         backup_job(),
+        _ingress_only("feo-operateur-aucune-entree", [TOOLBOX, BACKUP_JOB], []),  # they serve nothing
     ]
 
 

@@ -636,6 +636,65 @@ def test_those_checks_refuse_a_pod_broken_as_no_schema_sees(rendered, breaks):
     assert failed, "the break went unnoticed"
 
 
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions In/NotIn/Exists) selects `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        if not {
+            "In": present and value in e.get("values", []),
+            "NotIn": not present or value not in e.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[e["operator"]]:
+            return False
+    return True
+
+
+def _ingress_to(rendered: list[dict], labels: dict[str, str]) -> list[dict] | None:
+    """The ingress rules the NetworkPolicies give a pod of these labels (None: no policy selects
+    it, so anything may reach it)."""
+    policies = [
+        d["spec"] for d in rendered if d["kind"] == "NetworkPolicy" and _selects(d["spec"]["podSelector"], labels)
+    ]
+    if not policies:
+        return None
+    assert all("Ingress" in p["policyTypes"] for p in policies)
+    return [rule for p in policies for rule in p.get("ingress", [])]
+
+
+def test_only_what_carries_the_access_label_reaches_a_service_s_http_port_and_nothing_the_tools(rendered):
+    """The read API is not authenticated: any pod of the cluster reached it (and every /metrics)
+    past the authenticating proxy. Each service's pods take only their HTTP port, only from a
+    namespace or a pod labelled HTTP_ACCESS; the operators' pods serve nothing and take nothing."""
+    for name, doc in _deployments(rendered).items():
+        template = doc["spec"]["template"]
+        [rule] = _ingress_to(rendered, template["metadata"]["labels"]) or [None]
+        assert rule is not None, f"{name}: no NetworkPolicy selects its pods"
+        [container] = template["spec"]["containers"]
+        assert [(p["protocol"], p["port"]) for p in rule["ports"]] == [("TCP", "http")], name
+        assert "http" in {p["name"] for p in container["ports"]}
+        assert rule["from"] == [
+            {"namespaceSelector": {"matchLabels": {kubernetes.HTTP_ACCESS: "oui"}}},
+            {"podSelector": {"matchLabels": {kubernetes.HTTP_ACCESS: "oui"}}},
+        ], name
+    pods = {d["metadata"]["name"]: d for d in rendered if d["kind"] in ("Deployment", "CronJob")}
+    for name in (kubernetes.TOOLBOX, kubernetes.BACKUP_JOB):
+        doc = pods[name]
+        template = (
+            doc["spec"]["template"] if doc["kind"] == "Deployment" else doc["spec"]["jobTemplate"]["spec"]["template"]
+        )
+        assert _ingress_to(rendered, template["metadata"]["labels"]) == [], name
+
+
+def test_a_pod_no_policy_selects_is_found_out(rendered):
+    assert _ingress_to(rendered, {"app.kubernetes.io/name": "autre"}) is None
+    docs = [d for d in rendered if d["kind"] != "NetworkPolicy"]
+    with pytest.raises(AssertionError, match="no NetworkPolicy selects"):
+        test_only_what_carries_the_access_label_reaches_a_service_s_http_port_and_nothing_the_tools(docs)
+
+
 TEST_ONLY = ("yaml", "pytest", "jsonschema", "kubernetes_validate", "psutil", "hypothesis", "playwright")
 """Packages installed by the `test` extra only: an image built with `pip install .` lacks them."""
 
