@@ -37,7 +37,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -164,9 +164,15 @@ the catch-up fails (a rebuild then drops its schema and lets the service write a
 than wait for ever, holding, during a rebuild's switch, the service's writes."""
 
 
-async def rattraper(cible: Cible) -> int:
+PROGRESS_SECONDS = 30.0
+"""How often a long replay says how far it has gone (`rattraper`'s `said`)."""
+
+
+async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> int:
     """Every record of the service's input topics after the schema's positions, up to their
-    end as they are now, handled as the service would, in batches; returns how many.
+    end as they are now, handled as the service would, in batches; returns how many. `said`
+    is told how far it has gone every PROGRESS_SECONDS (a rebuild's replay of the whole log
+    takes hours nationally).
 
     Records are handed over in the order of their Kafka timestamps across partitions and
     topics (each partition in its own order), as close as the log allows to the order the
@@ -190,6 +196,8 @@ async def rattraper(cible: Cible) -> int:
         for tp in partitions:
             consumer.seek(tp, stored.get(tp, 0))
         ends = await consumer.end_offsets(partitions)
+        total = sum(max(0, ends[tp] - stored.get(tp, 0)) for tp in partitions)
+        told = time.monotonic()
         queues: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque() for tp in partitions}
         batch: list[ConsumerRecord] = []
         handled, progress = 0, Stall(f"replaying {', '.join(topics)}: no record from Kafka", STALL_SECONDS)
@@ -208,6 +216,10 @@ async def rattraper(cible: Cible) -> int:
                 await cible.pipeline.handle(batch)
                 await cible.pipeline.revive_if_due()  # as the service, right after the batch
                 handled, batch = handled + len(batch), []
+                if said is not None and time.monotonic() - told >= PROGRESS_SECONDS:
+                    told = time.monotonic()
+                    share = 100 * handled // max(total, 1)
+                    said(f"{cible.schema}: {handled} of about {total} records replayed ({share} %)")
             if not heads:
                 break
         log.info("rattrapage.replayed", schema=cible.schema, records=handled)

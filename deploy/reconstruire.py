@@ -27,7 +27,8 @@ needs re-derivation:
 Exit codes: 0 rebuilt and switched (also when the rename committed but its answer was lost:
 the former schema's name, this run's own, is there), 1 failed (the service keeps its schema:
 nothing is renamed before the end, and the half-built one is dropped), 2 bad usage or settings
-(one line per problem, as the service says it).
+(one line per problem, as the service says it), 4 switched but the service's sessions could not
+be ended (restart the service), 130 interrupted (Ctrl-C: as 1, or as 0 if the switch committed).
 """
 
 import argparse
@@ -53,7 +54,15 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import SESSION_ENDED, advisory_key, connect_for_tool, migration_names, on_a_session
+from services.common.storage.db import (
+    SESSION_ENDED,
+    advisory_key,
+    connect_for_tool,
+    create_pool,
+    migrate,
+    migration_names,
+    on_a_session,
+)
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -89,6 +98,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             raise ReconstructionError("a restore of this database is under way: nothing done")
         if not await _schema_exists(session, live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
+        await _migrated_if_restored(session, spec, settings, live)
         await _same_migrations(session, spec, live)
         try:  # the replay reads what only an operator may: found out before a schema is made
             await rattrapage.check_access(settings, [spec])
@@ -136,6 +146,29 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
         await session.close()  # releases the locks
 
 
+async def _migrated_if_restored(
+    session: asyncpg.Connection, spec: ServiceSpec, settings: ServiceSettings, live: str
+) -> None:
+    """A schema a restore marked (a backup's, not caught up with the log: a DB_SCHEMA's, which
+    the restore does not catch up) from before this version's latest migrations is migrated by
+    this version first: no replica runs on it (a service refuses to start on a marked schema,
+    before it migrates), and the rebuild, which refused a schema of another version, was the
+    only way back for it, which the service's start advises. One of a newer version is left
+    to _same_migrations (refused)."""
+    if not await restored_mark(session, live):
+        return
+    applied = {r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')}
+    missing = set(migration_names(spec.package_dir)) - applied
+    if not missing or applied - set(migration_names(spec.package_dir)):
+        return
+    say(f"{live} was restored from a backup of an earlier version: migrated first ({', '.join(sorted(missing))})")
+    pool = await create_pool(settings.database_url, live)
+    try:
+        await migrate(pool, live, spec.package_dir)
+    finally:
+        await pool.close()
+
+
 async def _same_migrations(session: asyncpg.Connection, spec: ServiceSpec, live: str) -> None:
     """The rebuilt schema is migrated by this tool's version of the code; the service's replicas
     migrated theirs at their start and never again: a schema from another version switched in
@@ -169,7 +202,7 @@ async def _build_and_switch(
     cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
     try:
         say(f"replaying {', '.join(spec.consumes)} into schema {fresh}")
-        await rattrapage.rattraper(cible)
+        await rattrapage.rattraper(cible, say)
         say(f"switching: {live}'s writers held while the last records are replayed")
         await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
         pending: set[dlq.Origin] = set()
@@ -185,7 +218,7 @@ async def _build_and_switch(
         # rebuilt outbox between the rename and the end of its session would publish its
         # records, then see its deletion rolled back and publish them again.
         await session.execute("SELECT pg_advisory_lock($1)", relay_lock(live))
-        await rattrapage.rattraper(cible)
+        await rattrapage.rattraper(cible, say)
         # The records Kafka refused for good (for ./dev outbox), numbered again in the rebuilt
         # outbox's sequence: theirs would be handed out again by it, started afresh, to records
         # the alignment queued or the service will write; one of those set aside in turn would
@@ -325,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
         print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what was left is said above (rebuild failed, or the switch committed)
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -304,18 +304,24 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     schemas = schemas_in(path)
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
+    services = [spec for spec in SPECS if spec.name in schemas]
+    try:  # the catch-up reads what only an operator may: found out before the hours of the SQL
+        await rattrapage.check_access(settings, services)
+    except (rattrapage.AccesInsuffisant, KafkaError) as e:
+        raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
     # The dump as SQL, in a file of the operator's alone beside the backup (it is several times
     # the backup's size: held in memory, a national one would not fit), read whole before
     # anything is replaced: psql then runs it in one transaction with the drops and the marks.
     script = _scratch(path)
     try:
+        print(f"reading {path} ({', '.join(schemas)}) into {script.name} beside it", flush=True)
         _run(
             [pg_tool("pg_restore"), "--no-owner", "--no-acl", *only, "--file", str(script), str(path)],
             dict(os.environ),
             f"reading {path}",
         )
-        return await _replace(settings, path, schemas, script)
+        return await _replace(settings, path, services, schemas, script)
     finally:
         script.unlink(missing_ok=True)
 
@@ -369,14 +375,11 @@ def _scratch(backup: Path) -> Path:
         return made(None)
 
 
-async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], script: Path) -> list[str]:
+async def _replace(
+    settings: ServiceSettings, path: Path, services: list[ServiceSpec], schemas: list[str], script: Path
+) -> list[str]:
     """The schemas replaced by the dump's (`script`, its SQL), then caught up with the log."""
     database_url = settings.database_url
-    services = [spec for spec in SPECS if spec.name in schemas]
-    try:  # the catch-up reads what only an operator may: found out before anything is replaced
-        await rattrapage.check_access(settings, services)
-    except (rattrapage.AccesInsuffisant, KafkaError) as e:
-        raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     caught_up = {spec.name for spec in services} | NO_CATCH_UP.keys()
     if others := [name for name in schemas if name not in caught_up]:
         print(
@@ -409,6 +412,7 @@ async def _replace(settings: ServiceSettings, path: Path, schemas: list[str], sc
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
     await asyncio.sleep(0)  # a Ctrl-C while the SQL was fitted stops it here: nothing replaced
+    print(f"replacing {', '.join(schemas)} by the backup's, in one transaction", flush=True)
     with _connection(database_url) as (url, env), _in_use(script):
         _run([*psql, "--dbname", url, *steps], env, "the restore")
     REPLACED.set()
@@ -461,10 +465,11 @@ async def _catch_up(
     producer = relay_producer(KafkaAccess.of(settings), "feo-sauvegarde")
     try:
         for spec in services:
+            print(f"{spec.name}: catching up with the log since the backup", flush=True)
             try:
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
-                    replayed = await rattrapage.rattraper(cible)
+                    replayed = await rattrapage.rattraper(cible, lambda line: print(line, flush=True))
                     async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
                         floor = await rattrapage.journal_floor(conn, spec.name)
                     queued = await rattrapage.accorder(cible, floor, stored_thresholds=True, pending=pending[spec.name])

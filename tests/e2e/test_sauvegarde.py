@@ -589,6 +589,7 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
     assert unreachable.returncode == 1, unreachable.stderr
     [said] = [line for line in unreachable.stderr.splitlines() if line.startswith("error: ")]
     assert said.startswith("error: nothing restored: "), said
+    assert "reading" not in unreachable.stdout, "found out before the backup's SQL is written (hours, nationally)"
     untouched = lifecycle()
     await untouched.open_database()  # no mark: the schema was not replaced
     await untouched.close()

@@ -278,8 +278,8 @@ async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, se
     schemas = "SELECT array_agg(nspname::text) FROM pg_namespace"
     conn = await asyncpg.connect(settings.database_url)
 
-    async def broker_gone_after_a_part(target):
-        assert await replay(target) >= 1
+    async def broker_gone_after_a_part(target, said=None):
+        assert await replay(target, said) >= 1
         assert await conn.fetchval(f"SELECT count(*) FROM {fresh}.etablissements") >= 1, "built halfway"
         raise KafkaConnectionError("the broker went away")
 
@@ -309,9 +309,9 @@ def test_a_rebuild_whose_session_postgresql_ended_says_so_and_leaves_no_half_bui
     asyncio.run(prepared())
     fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
 
-    async def during_a_restart(target):
+    async def during_a_restart(target, said=None):
         await terminate(settings.database_url, reconstruire.APPLICATION)
-        return await replay(target)
+        return await replay(target, said)
 
     async def schemas() -> list[str]:
         conn = await asyncpg.connect(settings.database_url)

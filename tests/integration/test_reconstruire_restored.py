@@ -7,7 +7,7 @@ import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
-from deploy import reconstruire
+from deploy import rattrapage, reconstruire
 from deploy.rattrapage import RESTORE_LOCK, read_topic
 from helpers import college, eventually, running, send, uai
 from services.common.messaging.outbox import OutboxRecord, enqueue
@@ -121,5 +121,38 @@ async def test_no_rebuild_by_another_version_than_the_service_s(settings, skew):
         assert said in str(e.value)
         schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'equipement%'")
         assert [s["nspname"] for s in schemas] == ["equipement"], "nothing made"
+    finally:
+        await conn.close()
+
+
+async def test_a_restored_schema_of_an_earlier_version_is_migrated_then_rebuilt(kafka, settings, capsys, monkeypatch):
+    """A custom DB_SCHEMA restored from a backup taken before this version's latest migration:
+    the restore does not catch it up, a service refuses to start on it (marked) before it would
+    migrate it, and the rebuild its refusal advises refused a schema of another version: no way
+    back. The rebuild migrates it first (no replica runs on it), then rebuilds it."""
+    bootstrap, where = kafka.bootstrap_servers, uai("0350902")
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await send(bootstrap, settings.topic(c.EQUIPEMENT), [(where, lot(where, "L1", 4))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot stored")
+    conn = await asyncpg.connect(settings.database_url)
+    try:  # the backup's: before equipement's latest migration (an ALTER TABLE that runs again), marked
+        latest = await conn.fetchval(
+            "DELETE FROM equipement.schema_migrations WHERE name = "
+            "(SELECT max(name) FROM equipement.schema_migrations WHERE name LIKE 'equipement/%') RETURNING name"
+        )
+        await conn.execute(
+            f"CREATE TABLE equipement.{CATCH_UP_PENDING} AS SELECT now() AS depuis, 0::bigint AS journal_floor"
+        )
+        capsys.readouterr()
+        monkeypatch.setattr(rattrapage, "PROGRESS_SECONDS", 0)  # a line at every batch replayed
+        former = await reconstruire.rebuild(EQUIPEMENT, settings)
+        said = capsys.readouterr().out
+        assert f"migrated first ({latest})" in said
+        assert "equipement_reconstruit: 2 of about 2 records replayed (100 %)" in said, said
+        assert await restored_mark(conn, "equipement") is None, "rebuilt, caught up"
+        assert await conn.fetchval("SELECT count(*) FROM equipement.lots") == 1
+        migrated = f'SELECT count(*) FROM "{former}".schema_migrations WHERE name = $1'
+        assert await conn.fetchval(migrated, latest) == 1
     finally:
         await conn.close()
