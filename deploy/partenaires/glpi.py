@@ -18,7 +18,8 @@ share one).
 - `lot_id` is derived from the group (kind, OS, browsers), so running the adapter again on a
   newer inventory replaces the same lots' quantities instead of adding lots.
 - Every lot of a run carries one time: the latest inventory date among its devices (the
-  agents' `accesslog.logdate`), never later than now; now when no device has one. The same
+  agents' `accesslog.logdate`), never later than now; when no device has one, the state's
+  latest time (now on a first run). The same
   files sent again change nothing (same ids); an older inventory sent after a newer one is
   stale for the lots they share (CONTRACTS.md: the latest time wins).
 - --etat FICHIER (required to send) remembers the lots the platform holds from this adapter, per établissement,
@@ -224,7 +225,9 @@ def inventorier(
             groups[(uai, lot_id(read))].append(read)
     now = now or datetime.now(UTC)
     dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
-    time = min(max(dates), now) if dates else now
+    # No device dated: the latest time sent (the state's), so that the same files sent again are
+    # the same events (now, each run's were new ones); now on a first run.
+    time = min(max(dates) if dates else (precedent.date or now), now)
     by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
     for (uai, lot), devices in sorted(groups.items()):
         by_uai[uai].append(_event(declarant, uai, lot, devices, time, precedent.envois.get(uai, {}).get(lot)))

@@ -784,3 +784,18 @@ def test_the_summary_names_each_refused_lot_by_its_etablissement_and_lot(tmp_pat
         "  refusés, hors-competence : 1",
         f"    {LYCEE} {lycee.data.lot_id} (ordinateur portable) : un lycée relève de la région",
     ]
+
+
+def test_the_same_undated_files_sent_again_are_the_same_events(tmp_path):
+    """No device with an inventory date: each run's lots were dated now, new events each time
+    (the README said the same files sent again are the same events). The state's latest time
+    dates them after a first run."""
+    device = _device("d0", "Laptop", WINDOWS[0][0], [], datetime(2026, 9, 1, tzinfo=UTC), tag=None)
+    del device["content"]["accesslog"]
+    (tmp_path / "0.json").write_text(json.dumps(device))
+    mapping = Correspondance(tag={}, dossier={tmp_path.name: COLLEGE})
+    first = inventorier([tmp_path], mapping, DEPARTEMENT, now=datetime(2026, 9, 2, tzinfo=UTC))
+    etat = etat_apres(Etat(), first, set())
+    again = inventorier([tmp_path], mapping, DEPARTEMENT, now=datetime(2026, 9, 3, tzinfo=UTC), precedent=etat)
+    assert [e.id for e in again.lots] == [e.id for e in first.lots]
+    assert again.lots[0].time == datetime(2026, 9, 2, tzinfo=UTC)
