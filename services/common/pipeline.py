@@ -95,11 +95,10 @@ class Applied:
 
 
 ApplyFn = Callable[[Any, Sequence[CloudEvent], Mapping[str, CloudEvent]], Awaitable[Applied]]
-"""A service's use case: (store, the batch's fresh events, the UAIs the référentiel changed in
-it, each with its `etablissement` event)."""
 """A service's use case: given its store (over the batch's transaction), the new, accepted,
-non-référentiel events of a batch and the UAIs whose référentiel entry changed in it, store the
-state and say what to emit."""
+non-référentiel events of a batch and the UAIs whose référentiel entry changed in it (each with
+its `etablissement` event, the cause of what follows from the change), store the state and say
+what to emit."""
 
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)

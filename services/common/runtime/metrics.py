@@ -132,7 +132,7 @@ class Metrics:
         self._failed = Counter(
             "feo_batches_failed",
             "batches whose transaction failed and which are taken again (PostgreSQL refusing writes: a full disk, "
-            "a read-only server; Kafka's positions lost)",
+            "a read-only server)",
             ["service"],
             registry=self.registry,
         )
