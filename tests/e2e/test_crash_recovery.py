@@ -2,6 +2,7 @@
 twice: offsets are committed only after the database commit, the inbox absorbs the replay,
 and the outbox republishes with the same CloudEvents ids."""
 
+import asyncio
 import json
 from collections import defaultdict
 
@@ -84,8 +85,10 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_u
         lots = [record(c.EQUIPEMENT, u, lot(u, n)) for n in range(LOTS_PER_UAI) for u in UAIS]
         total = len(lots)
         async with TopicReader(kafka.bootstrap_servers, topic_prefix + PROFILS) as profils:
-            await declare(partners, lots)
-            # Kill while the stream is being handled: some batches committed, others not yet.
+            # Kill while the stream is being handled: some batches committed, others not yet. The
+            # partners go on posting meanwhile (the passerelle lives): waiting for them first, a
+            # fast hour let equipement handle the whole stream before the first look.
+            declaring = asyncio.create_task(declare(partners, lots))
             applied = await eventually(
                 lambda: conn.fetchval(
                     "SELECT count(*) FROM equipement.inbox WHERE type = $1 HAVING count(*) > 0", c.LOT
@@ -94,6 +97,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_u
                 what="the first batches",
             )
             procs.kill("equipement")
+            await declaring
             assert applied < total, "the stream finished before the kill: make it longer"
             procs.restart("equipement")
             procs.wait_healthy()
