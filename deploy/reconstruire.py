@@ -158,8 +158,9 @@ async def _migrated_if_restored(
     if not await restored_mark(session, live):
         return
     applied = {r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')}
-    missing = set(migration_names(spec.package_dir)) - applied
-    if not missing or applied - set(migration_names(spec.package_dir)):
+    known = set(migration_names(spec.package_dir))
+    missing = known - applied
+    if not missing or applied - known:
         return
     say(f"{live} was restored from a backup of an earlier version: migrated first ({', '.join(sorted(missing))})")
     pool = await create_pool(settings.database_url, live)

@@ -165,14 +165,10 @@ def batches(events: list[dict]) -> Iterable[list[dict]]:
     batch: list[dict] = []
     for event in events:
         if len(batch) == BATCH_EVENTS:
-            subject = event.get("subject")
-            # back to where the last établissement's events began, if the batch holds another's
-            cut = next(
-                (i for i in range(len(batch) - 1, 0, -1) if batch[i - 1].get("subject") != subject),
-                0,
-            )
-            if batch[-1].get("subject") != subject or cut == 0:
-                cut = len(batch)
+            subject, cut = event.get("subject"), len(batch)
+            while cut and batch[cut - 1].get("subject") == subject:  # back to where its events began
+                cut -= 1
+            cut = cut or len(batch)  # its events alone fill the batch: cut there
             yield batch[:cut]
             batch = batch[cut:]
         batch.append(event)

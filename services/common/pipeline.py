@@ -102,8 +102,9 @@ what to emit."""
 
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-_UNREACHABLE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
-"""PostgreSQL away (a TimeoutError is an OSError): every record would fail alike."""
+DATABASE_AWAY = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+"""PostgreSQL away (a TimeoutError is an OSError): every record would fail alike, and a
+scrape says so by its figure alone (runtime/health.py)."""
 _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 LOG_APPEND_TIME = 1
@@ -404,7 +405,7 @@ class Pipeline:
         groups = list(by_uai.values())
         try:
             return await self._revive(groups)
-        except _UNREACHABLE:
+        except DATABASE_AWAY:
             raise
         except Exception as exc:
             log.warning("referentiel.revival_isolating", records=len(rows), error=type(exc).__name__)
@@ -419,7 +420,7 @@ class Pipeline:
             try:
                 judged += await self._revive([origins])
                 continue
-            except _UNREACHABLE:
+            except DATABASE_AWAY:
                 raise
             except Exception:
                 if len(origins) == 1:
@@ -428,7 +429,7 @@ class Pipeline:
             for origin in origins:
                 try:
                     judged += await self._revive([[origin]])
-                except _UNREACHABLE:
+                except DATABASE_AWAY:
                     raise
                 except Exception:
                     self._revival_failed(origin)

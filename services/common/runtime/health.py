@@ -4,13 +4,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import structlog
 from faststream.kafka import KafkaBroker
 
 from services.common.messaging import dlq
 from services.common.messaging.outbox import count_failed, count_pending, oldest_pending_age
-from services.common.pipeline import Pipeline
+from services.common.pipeline import DATABASE_AWAY, Pipeline
 from services.common.runtime.metrics import Gauge, Gauges
 from services.common.runtime.secrets import redact
 
@@ -152,7 +151,7 @@ async def _outbox_gauges(pipeline: Pipeline) -> list[Gauge]:
             failed = await count_failed(conn)
             awaiting = await dlq.count_awaiting(conn)
     except Exception as exc:  # reported as a figure: a scrape must answer while the database is away
-        if not isinstance(exc, _AWAY):  # what an operator must look at, not the database gone
+        if not isinstance(exc, DATABASE_AWAY):  # what an operator must look at, not the database gone
             log.warning("metrics.database_unread", error=type(exc).__name__, detail=redact(str(exc)))
         return [_reached(0)]
     return [
@@ -186,10 +185,6 @@ async def _own_gauges(pipeline: Pipeline, gauges: Gauges) -> list[Gauge]:
     except Exception as exc:
         log.warning("metrics.counts_unread", error=type(exc).__name__, detail=redact(str(exc)))
         return pipeline.metrics.kept_counts
-
-
-_AWAY = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
-"""PostgreSQL away, as a scrape finds it (a TimeoutError is an OSError): said by the figure alone."""
 
 
 def _reached(value: int) -> Gauge:
