@@ -7,7 +7,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import contracts as c
-from helpers import Said, at, college, event, eventually, ressource, running, send, serving
+from helpers import Said, at, college, event, eventually, kafka_options, ressource, running, send, serving
 from helpers import uai as valid_uai
 from services.common.messaging.outbox import relay_lock
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -297,6 +297,83 @@ async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_un
         status, health = await service.app.health()
         assert (status, health["batches_failing"]) == (200, None)
         assert value(await scrape(service.app), "feo_batches_failing_seconds", service="equipement") == 0
+
+
+class AnotherMember:
+    """A member joining a service's consumer group (a replica starting): the service's partitions
+    assigned anew; leaving, it gives them back."""
+
+    def __init__(self, kafka, settings, spec):
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = AIOKafkaConsumer(
+            *[settings.topic(t) for t in spec.consumes],
+            **kafka_options(kafka.bootstrap_servers),
+            group_id=settings.topic(spec.name),
+            enable_auto_commit=False,
+        )
+
+    async def __aenter__(self):
+        await self._consumer.start()
+        self._polling = asyncio.create_task(self._consumer.getmany(timeout_ms=60_000))  # joins the group
+        return self
+
+    async def __aexit__(self, *exc):
+        self._polling.cancel()
+        await self._consumer.stop()
+
+
+async def positions_unreadable(service) -> dict:
+    async def unreadable() -> dict | None:
+        status, health = await service.app.health()
+        assert status == 200, "Kafka and PostgreSQL answer"
+        return health["positions_unreadable"]
+
+    return await eventually(unreadable, timeout=30, what="the positions said unreadable")
+
+
+async def test_positions_unreadable_at_an_assignment_are_on_health_and_in_metrics_until_read(kafka, settings):
+    """The table of stored positions unreadable at a rebalance while PostgreSQL answers the rest
+    (here gone from its name; its rights revoked, its pages damaged alike): the partitions
+    assigned stayed paused, read again and again, while /health answered 200 with nothing amiss.
+    Now /health says since when and why, and /metrics how long; once read, they go on."""
+    uai = valid_uai("0350014")
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await pipeline.pool.execute("ALTER TABLE positions RENAME TO positions_ailleurs")
+        async with AnotherMember(kafka, settings, EQUIPEMENT):
+            held = await positions_unreadable(service)
+            assert held["error"] == "UndefinedTableError"
+
+            async def how_long() -> float:
+                return value(await scrape(service.app), "feo_positions_unreadable_seconds", service="equipement")
+
+            await eventually(how_long, what="how long, in /metrics")
+        await pipeline.pool.execute("ALTER TABLE positions_ailleurs RENAME TO positions")
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 10))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot, once the positions read"
+        )
+        status, health = await service.app.health()
+        assert (status, health["positions_unreadable"]) == (200, None)
+        assert value(await scrape(service.app), "feo_positions_unreadable_seconds", service="equipement") == 0
+
+
+async def test_a_service_whose_positions_are_unreadable_still_stops(kafka, settings):
+    """Its stop waited for the assignment's callback, which read the positions again for good:
+    stopped (SIGTERM, a rolling update) meanwhile, it hung until killed."""
+    uai = valid_uai("0350015")
+    service = running(EQUIPEMENT, settings)
+    pipeline = await service.__aenter__()
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+    await referentiel_loaded(pipeline, 1)
+    await pipeline.pool.execute("ALTER TABLE positions RENAME TO positions_ailleurs")
+    async with AnotherMember(kafka, settings, EQUIPEMENT):
+        await positions_unreadable(service)
+        async with asyncio.timeout(30):
+            await service.__aexit__(None, None, None)
 
 
 async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_the_scrape(kafka, settings, monkeypatch):

@@ -20,6 +20,7 @@ from faststream.middlewares import AckPolicy
 from services.common.messaging.outbox import text_headers
 from services.common.messaging.records import CorruptBatch, read_any_header_name
 from services.common.pipeline import Parsed, Pipeline
+from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
@@ -339,10 +340,15 @@ class StoredPositions(ConsumerRebalanceListener):
             try:
                 stored = await positions.load(self._pipeline.pool, assigned)
                 break
-            except Exception as exc:
-                log.warning("positions.unreadable", error=type(exc).__name__, retry_in=delay)
+            except Exception as exc:  # on /health (`positions_unreadable`) and /metrics meanwhile
+                if consumer._closed:  # stopping: its stop waits for this callback (left paused)
+                    log.info("positions.unread_at_stop", error=type(exc).__name__)
+                    return
+                self._pipeline.metrics.positions_unreadable(type(exc).__name__)
+                log.warning("positions.unreadable", error=type(exc).__name__, detail=redact(str(exc)), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._pipeline.metrics.positions_read()
         for tp in sorted(assigned):
             consumer.seek(tp, stored.get(tp, 0))
         consumer.resume(*assigned)

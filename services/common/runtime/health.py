@@ -10,7 +10,7 @@ from faststream.kafka import KafkaBroker
 from services.common.messaging import dlq
 from services.common.messaging.outbox import count_failed, count_pending, oldest_pending_age
 from services.common.pipeline import DATABASE_AWAY, Pipeline
-from services.common.runtime.metrics import Gauge, Gauges
+from services.common.runtime.metrics import Failing, Gauge, Gauges
 from services.common.runtime.secrets import redact
 
 log = structlog.get_logger(__name__)
@@ -54,13 +54,19 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
     body["unreadable_batches"] = pipeline.metrics.unreadable()
     # Batches failing one after another (PostgreSQL refusing writes: a full disk, a read-only
     # server): the service reaches both and handles nothing; an operator must look.
-    failing = pipeline.metrics.failing
-    body["batches_failing"] = (
+    body["batches_failing"] = _since(pipeline.metrics.failing)
+    # The stored positions unreadable at an assignment (the table's rights revoked, the table
+    # damaged: PostgreSQL answers the rest): its partitions stay paused until they are read.
+    body["positions_unreadable"] = _since(pipeline.metrics.positions_failing)
+    return (200 if body["kafka"] and body["database"] else 503), body
+
+
+def _since(failing: Failing | None) -> dict | None:
+    return (
         None
         if failing is None
         else {"since": failing.since.isoformat(), "seconds": failing.seconds(), "error": failing.error}
     )
-    return (200 if body["kafka"] and body["database"] else 503), body
 
 
 _NOT_IN_TIME = "PostgreSQL n'a pas répondu en {} s"

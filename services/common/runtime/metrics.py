@@ -76,6 +76,14 @@ class _Scraped(Collector):
             labels=["service"],
         )
         failing_seconds.add_metric([service], failing.seconds() if failing is not None else 0)
+        positions = self._metrics.positions_failing
+        unpositioned = GaugeMetricFamily(
+            "feo_positions_unreadable_seconds",
+            "how long the stored positions of the partitions assigned have been unreadable, the partitions "
+            "paused meanwhile (0: read)",
+            labels=["service"],
+        )
+        unpositioned.add_metric([service], positions.seconds() if positions is not None else 0)
         held = GaugeMetricFamily(
             "feo_unreadable_batch_offset",
             "offset of the batch a partition waits at, which the broker served damaged (read again every minute)",
@@ -83,7 +91,7 @@ class _Scraped(Collector):
         )
         for h in self._metrics.unreadable():
             held.add_metric([service, h["topic"], str(h["partition"])], h["offset"])
-        return [*families.values(), lag, failing_seconds, held]
+        return [*families.values(), lag, failing_seconds, unpositioned, held]
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,9 @@ class Metrics:
         )
         self.failing: Failing | None = None
         """Since when batches fail one after another (None: the latest committed)."""
+        self.positions_failing: Failing | None = None
+        """Since when the stored positions of assigned partitions cannot be read, the partitions
+        paused meanwhile (None: read at the latest assignment)."""
         self._scraped = _Scraped(self)
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
@@ -160,6 +171,16 @@ class Metrics:
         self._failed.labels(self.service).inc()
         since = self.failing.since if self.failing is not None else datetime.now(UTC)
         self.failing = Failing(since, monotonic() if self.failing is None else self.failing.at, error)
+
+    def positions_unreadable(self, error: str) -> None:
+        """The stored positions could not be read at an assignment (taken again): since when."""
+        held = self.positions_failing
+        self.positions_failing = Failing(
+            held.since if held else datetime.now(UTC), held.at if held else monotonic(), error
+        )
+
+    def positions_read(self) -> None:
+        self.positions_failing = None
 
     def revived(self, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
         """A revival's outcomes (Pipeline.revive): apart from `feo_events`, which counted each

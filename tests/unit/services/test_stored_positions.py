@@ -20,6 +20,7 @@ class Paused:
 
     def __init__(self):
         self.calls: list[tuple] = []
+        self._closed = False  # aiokafka's: True once stopping
 
     def pause(self, *partitions):
         self.calls.append(("pause", set(partitions)))
@@ -42,8 +43,11 @@ async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
 
     pauses: list[float] = []
 
+    seen: list[str | None] = []
+
     async def pause(seconds: float) -> None:
         pauses.append(seconds)
+        seen.append(metrics.positions_failing and metrics.positions_failing.error)
 
     monkeypatch.setattr(consumer.positions, "load", load)
     monkeypatch.setattr(consumer.asyncio, "sleep", pause)
@@ -55,6 +59,8 @@ async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
     await listener.on_partitions_assigned({TP1, TP0})
 
     assert pauses == [0.5, 1.0], "retried with a doubling delay"
+    assert seen == ["ConnectionRefusedError", "OSError"], "/health says why meanwhile"
+    assert metrics.positions_failing is None, "and nothing once they are read"
     assert kafka.calls == [
         ("pause", {TP0, TP1}),  # before anything awaits: no poll from Kafka's committed offsets meanwhile
         ("seek", TP0, 42),
