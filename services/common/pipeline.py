@@ -92,6 +92,9 @@ class Outgoing(Generic[E]):
 class Applied:
     stale: list[CloudEvent] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
+    committed: list[Callable[[], None]] = field(default_factory=list)
+    """What to say once the transaction commits (log lines of what it did): not before, for a
+    transaction rolled back and taken again would say it twice, or say what never happened."""
 
 
 ApplyFn = Callable[[Any, Sequence[CloudEvent], Mapping[str, CloudEvent]], Awaitable[Applied]]
@@ -314,6 +317,7 @@ class Pipeline:
             done = await self._judge(conn, parsed, rejected, span)
             awaiting = await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             await positions.advance(conn, records)
+        done.say()
         self._log_batch(records, done, rejected, started)
         if awaiting or done.known:  # a record to judge again once its UAI is known, or UAIs the référentiel brought
             self._due({r.awaits for r in rejected if r.awaits is not None} | done.known)
@@ -348,7 +352,7 @@ class Pipeline:
         stale += applied.stale
         await inbox.mark_stale(conn, stale)
         await enqueue(conn, self._records(applied.outgoing, contexts, span))
-        return _Judged(fresh_ref + fresh, stale, accepted, len(applied.outgoing), set(changed_uais))
+        return _Judged(fresh_ref + fresh, stale, accepted, len(applied.outgoing), set(changed_uais), applied.committed)
 
     async def revive(self, uais: Collection[str] | None = None) -> int:
         """The records refused `uai-inconnu` whose établissement the référentiel now holds (of
@@ -520,6 +524,7 @@ class Pipeline:
         started = time.monotonic()
         judged = applied = stale = duplicates = 0
         refused_by: Counter[str] = Counter()
+        said: list[_Judged] = []
         with (
             trace.get_tracer(__name__).start_as_current_span(
                 f"revive {self.service}",
@@ -541,6 +546,7 @@ class Pipeline:
                                 span.add_link(link.context)
                         parsed, rejected = self._parse_all(records, {})
                         done = await self._judge(conn, parsed, rejected, span)
+                        said.append(done)
                         refused = {id(r.record) for r in rejected}
                         accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
                         await dlq.rejudged(conn, accepted, rejected)
@@ -553,6 +559,8 @@ class Pipeline:
                         refused_by.update(r.code for r in rejected)
                 finally:
                     entities.REVIVAL.reset(revival)
+        for done in said:
+            done.say()
         if judged:
             self.relay.wake()
             self.metrics.revived(applied, stale, duplicates, dict(refused_by))
@@ -695,6 +703,12 @@ class _Judged:
     outgoing: int
     known: set[str]
     """UAIs whose référentiel entry this transaction stored."""
+    committed: list[Callable[[], None]] = field(default_factory=list)
+    """Applied.committed: called by `say` once the transaction committed."""
+
+    def say(self) -> None:
+        for said in self.committed:
+            said()
 
     @property
     def applied(self) -> int:

@@ -120,8 +120,10 @@ def make_apply(seuils: Seuils):
         uais = sorted({*ref_changed} | derived | {e.data.uai for e in abonnements.winners.values()})
         await store.lock(uais)
         await store.assemble(sorted(derived))
-        outgoing = await reevaluate(store, await store.pairs_of(uais), seuils, causes)
-        return Applied(stale=catalogue.stale + abonnements.stale, outgoing=outgoing)
+        evaluated = await reevaluate(store, await store.pairs_of(uais), seuils, causes)
+        return Applied(
+            stale=catalogue.stale + abonnements.stale, outgoing=evaluated.outgoing, committed=[evaluated.say]
+        )
 
     return apply
 
@@ -154,7 +156,11 @@ class Chunk:
     uais: int
     last: bool
     parts_left: int | None
-    outgoing: list[Outgoing]
+    evaluated: "Evaluated"
+
+    @property
+    def outgoing(self) -> list[Outgoing]:
+        return self.evaluated.outgoing
 
 
 async def reevaluate_chunk(
@@ -174,10 +180,10 @@ async def reevaluate_chunk(
     uais = await store.subscribers(part, size)
     await store.lock(uais)
     pairs = await store.pairs_of(uais, None if part.resource_id == EVERY_RESOURCE else part.resource_id)
-    outgoing = await reevaluate(store, pairs, seuils, {})
+    evaluated = await reevaluate(store, pairs, seuils, {})
     last = len(uais) < size or uais[-1] == part.up_to  # nothing after its bound: no empty chunk to come
     left = await store.advance_reevaluation(part, None if last else uais[-1])
-    return Chunk(part.resource_id, part.part, len(uais), last, left, outgoing)
+    return Chunk(part.resource_id, part.part, len(uais), last, left, evaluated)
 
 
 class Reevaluations:
@@ -209,9 +215,14 @@ class Reevaluations:
                 await self._postpone(taken[-1])
             raise
         if chunk is not None:
+            chunk.evaluated.say()
             resource = chunk.resource_id or "*"
             log.debug(
-                "reevaluation.chunk", resource_id=resource, part=chunk.part, uais=chunk.uais, alerts=len(chunk.outgoing)
+                "reevaluation.chunk",
+                resource_id=resource,
+                part=chunk.part,
+                uais=chunk.uais,
+                alerts=len(chunk.outgoing),
             )
             if chunk.last:  # parts_left: those other transactions had not ended when this one looked
                 log.info("reevaluation.part_done", resource_id=resource, part=chunk.part, parts_left=chunk.parts_left)
@@ -333,9 +344,42 @@ async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) ->
     await Reevaluations(pipeline, settings).run()
 
 
-async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> list[Outgoing]:
+@dataclass(frozen=True)
+class Evaluated:
+    """What `reevaluate` did: the alerts to announce, and how many pairs and stored alerts changed."""
+
+    outgoing: list[Outgoing[EncodedEvent]]
+    pairs: int = 0
+    updated: int = 0
+
+    def say(self) -> None:
+        """Its log lines, once its transaction committed (Applied.committed): one DEBUG line per
+        alert raised or resolved, one INFO line per evaluation that changed any."""
+        raised = sum(o.event.type == c.ALERTE_LEVEE for o in self.outgoing)
+        # Checked once: a skipped call still builds its arguments, for every alert.
+        for o in self.outgoing if log.is_enabled_for(logging.DEBUG) else ():
+            alerte = o.event.data
+            log.debug(
+                "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
+                alert_id=alerte["alert_id"],
+                kind=alerte["kind"],
+                uai=alerte["uai"],
+                resource_id=alerte["resource_id"],
+            )
+        if self.outgoing or self.updated:
+            log.info(
+                "alerts.evaluated",
+                pairs=self.pairs,
+                raised=raised,
+                resolved=len(self.outgoing) - raised,
+                updated=self.updated,
+            )
+
+
+async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> Evaluated:
     """The transitions of these pairs' alerts, stored and announced on the stream, then on its
-    table (alertes.etat.v1); the caller holds their UAIs' locks.
+    table (alertes.etat.v1); the caller holds their UAIs' locks and says them once committed
+    (`Evaluated.say`).
 
     With the thresholds in force: those the latest replica to start stored (`reconcile_seuils`),
     else `seuils`, this replica's own. During a rolling change of the thresholds, a replica still
@@ -343,7 +387,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     evaluating part of the re-evaluation that replica requested. Read under the UAIs' locks, so
     a chunk of that re-evaluation that evaluates one of these UAIs later reads the same ones."""
     if not pairs:
-        return []
+        return Evaluated([])
     seuils = seuils.in_force(await store.seuils())
     pair_uais = sorted({p.uai for p in pairs})
     etabs = await store.etablissements(pair_uais)
@@ -379,25 +423,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
     await store.journal(outgoing)
-    _log_alerts(len(pairs), outgoing, updated=len(rows) - len(outgoing))
-    return outgoing
-
-
-def _log_alerts(pairs: int, outgoing: list[Outgoing[EncodedEvent]], updated: int) -> None:
-    """One DEBUG line per alert raised or resolved; one INFO line per evaluation that changed any."""
-    raised = sum(o.event.type == c.ALERTE_LEVEE for o in outgoing)
-    # Checked once: a skipped call still builds its arguments, for every alert.
-    for o in outgoing if log.is_enabled_for(logging.DEBUG) else ():
-        alerte = o.event.data
-        log.debug(
-            "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
-            alert_id=alerte["alert_id"],
-            kind=alerte["kind"],
-            uai=alerte["uai"],
-            resource_id=alerte["resource_id"],
-        )
-    if outgoing or updated:
-        log.info("alerts.evaluated", pairs=pairs, raised=raised, resolved=len(outgoing) - raised, updated=updated)
+    return Evaluated(outgoing, len(pairs), updated=len(rows) - len(outgoing))
 
 
 def _announce(

@@ -5,7 +5,7 @@ import asyncpg
 
 import contracts as c
 from contracts.internal import PROFILS
-from helpers import TopicReader, college, eventually, record_count, running, send
+from helpers import Said, TopicReader, college, eventually, record_count, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
@@ -40,3 +40,36 @@ async def test_a_deadlocked_batch_is_replayed_once(kafka, settings):
 
         await eventually(drained, what="the outbox published")
         assert await record_count(kafka.bootstrap_servers, settings.topic(PROFILS)) == 1, "published once"
+
+
+async def test_a_batch_replayed_after_its_evaluation_says_its_alerts_once(kafka, settings, monkeypatch):
+    """ressources logged a batch's alerts inside its transaction: rolled back after its
+    evaluation and replayed, it said them twice (and said alerts never raised had the replay
+    found otherwise). Now once, after the commit."""
+    from services.ressources import handlers
+    from services.ressources.app import SPEC as RESSOURCES
+    from test_metrics import subscribe_unequipped
+
+    said = Said()
+    monkeypatch.setattr(handlers, "log", said)
+    async with running(RESSOURCES, settings) as pipeline:
+        original, attempts, failed = pipeline._apply, [], []
+
+        async def deadlocked_once(store, events, ref_changed):
+            applied = await original(store, events, ref_changed)  # evaluated, not committed
+            if applied.outgoing and not failed:
+                failed.append(applied)
+                raise asyncpg.DeadlockDetectedError("deadlock detected")  # the transaction rolls back
+            attempts.append(applied)
+            return applied
+
+        pipeline._apply = deadlocked_once
+        await subscribe_unequipped(kafka, settings, valid_uai("0350802"), "ark:/67375/rejouee")
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) > 0 FROM alertes WHERE ouverte"), what="the alerts stored"
+        )
+        assert failed, "the batch that raised the alerts failed once"
+        raised = sum(len(a.outgoing) for a in attempts)
+        lines = said.named("alerts.evaluated")
+        assert raised > 0 and len(lines) == 1, lines
+        assert lines[0]["raised"] == raised

@@ -233,6 +233,36 @@ async def test_a_fan_out_stopped_mid_way_resumes_at_its_cursor_and_raises_each_a
         # Leaving: restarted, the service's own worker resumes at the cursor.
 
 
+async def test_a_chunk_rolled_back_says_no_alert_and_once_committed_says_each_once(
+    kafka, settings, one_part, monkeypatch
+):
+    """A chunk's alerts were logged inside its transaction: one rolled back after its evaluation
+    (its cursor's update refused, the service stopped) logged alerts never raised, and taken
+    again logged them a second time. Now they are said once the chunk commits."""
+    from services.ressources import handlers
+
+    async with fan_out_requested(kafka, settings, 200) as f:
+        worker = Reevaluations(f.pipeline, f.settings)
+        said = Said()
+        monkeypatch.setattr(handlers, "log", said)
+        advance = RessourcesStore.advance_reevaluation
+        refusals = [asyncpg.DeadlockDetectedError("the cursor's update refused")]
+
+        async def refused_once(self, part, after_uai):
+            if refusals:
+                raise refusals.pop()
+            return await advance(self, part, after_uai)
+
+        monkeypatch.setattr(RessourcesStore, "advance_reevaluation", refused_once)
+        with pytest.raises(asyncpg.DeadlockDetectedError):
+            await worker.step()
+        assert said.named("alerts.evaluated") == [], "nothing raised: rolled back"
+        chunk = await eventually(worker.step, what="the chunk again, once its part's pause is over")
+        assert chunk.uais == 200
+        [line] = said.named("alerts.evaluated")
+        assert (line["pairs"], line["raised"], line["resolved"]) == (200, 100, 0)
+
+
 async def test_two_workers_evaluate_two_parts_of_one_fan_out_at_once_and_each_resumes_at_its_cursor(kafka, settings):
     async with fan_out_requested(kafka, settings, 100) as f:
         pool, codes = f.pipeline.pool, f.codes
