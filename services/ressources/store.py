@@ -113,6 +113,8 @@ class ReevaluationPart:
     after_uai: str
     up_to: str | None
     traceparent: str | None = None  # of the record that requested it, which its alerts carry
+    tour: int | None = None
+    """Its row's turn (unique: a part made again after its end has another), as read."""
 
 
 class AlertRow(NamedTuple):
@@ -406,7 +408,7 @@ class RessourcesStore:
         resource republished faster than its pass (each version cutting again what its parts
         had passed) held every worker, and the fan-out of another never ran."""
         row = await self._conn.fetchrow(
-            "SELECT resource_id, part, after_uai, up_to, traceparent FROM reevaluations "
+            "SELECT resource_id, part, after_uai, up_to, traceparent, tour FROM reevaluations "
             "WHERE retry_at IS NULL OR retry_at <= clock_timestamp() ORDER BY tour "
             "LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
@@ -447,18 +449,23 @@ class RessourcesStore:
         """A chunk of `part` failed: the part is put off (RETRY_FIRST_SECONDS, doubling with each
         failure in a row up to RETRY_MAX_SECONDS), the other parts taken meanwhile. Its failures
         in a row and the seconds until it is taken again; None when it is gone (done meanwhile)
-        or put off already (another worker's chunk failed on it too)."""
+        or put off already (another worker's chunk failed on it too), or no longer as the chunk
+        read it: its chunk done by another worker meanwhile (its cursor moved), or the part done
+        and made again (another `tour`: its number is reused), neither of which failed."""
         row = await self._conn.fetchrow(
             # Not past the doubling that reaches the bound (power(2, 1024) overflows a float8),
             # and once only for the workers that failed on it at once: the first puts it off.
             "UPDATE reevaluations SET failures = failures + 1, retry_at = clock_timestamp() "
             "+ least($3 * power(2, least(failures, 30)), $4) * interval '1 second' "
             "WHERE resource_id = $1 AND part = $2 AND (retry_at IS NULL OR retry_at <= clock_timestamp()) "
+            "AND after_uai = $5 AND ($6::bigint IS NULL OR tour = $6) "
             "RETURNING failures, least($3 * power(2, least(failures - 1, 30)), $4) AS delay",
             part.resource_id,
             part.part,
             RETRY_FIRST_SECONDS,
             RETRY_MAX_SECONDS,
+            part.after_uai,
+            part.tour,
         )
         return None if row is None else (row["failures"], row["delay"])
 

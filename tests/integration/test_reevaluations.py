@@ -558,6 +558,38 @@ async def test_a_chunk_that_reaches_its_part_s_bound_ends_the_part(database_url,
         assert [tuple(p) for p in parts] == [(1, codes[9], None)]
 
 
+async def test_a_failed_chunk_puts_off_its_part_only_as_it_read_it(database_url, one_part):
+    """The part is put off in a transaction after the failed chunk's: meanwhile another worker
+    may have moved its cursor, or done it and a republication made a part of the same number
+    again. Neither failed: not put off (it was, a second's pause and a failure shown)."""
+    codes = uais(25)
+
+    async def store_says(what):
+        async with pool.acquire() as conn, conn.transaction():
+            return await what(RessourcesStore(conn))
+
+    async def put_off() -> tuple:
+        row = await pool.fetchrow("SELECT failures, retry_at IS NOT NULL AS later FROM reevaluations")
+        return row["failures"], row["later"]
+
+    async with seeded(database_url, codes) as pool:
+        await republish(pool, 1, "15")
+        failed = await store_says(lambda store: store.next_reevaluation())  # its chunk failed, rolled back
+        await one_chunk(pool, 10)  # another worker's chunk on it
+        assert await store_says(lambda store: store.postpone_reevaluation(failed)) is None
+        assert await put_off() == (0, False), "its cursor moved: not put off"
+
+        await fan_out(pool, Seuils())  # done
+        await republish(pool, 2, "16")  # the same part number again, from the first UAI
+        again = await store_says(lambda store: store.next_reevaluation())
+        assert (again.part, again.after_uai) == (failed.part, failed.after_uai)
+        assert await store_says(lambda store: store.postpone_reevaluation(failed)) is None
+        assert await put_off() == (0, False), "another part of that number: not put off"
+
+        assert await store_says(lambda store: store.postpone_reevaluation(again)) == (1, 1.0)
+        assert await put_off() == (1, True), "the part as read: put off"
+
+
 async def test_a_resource_nobody_subscribes_to_makes_no_part(database_url):
     """Its publication leaves nothing for a worker to take (it left an empty part, one
     transaction to delete it)."""
