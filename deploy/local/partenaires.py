@@ -34,11 +34,13 @@ KAFKA_PRINCIPALS = {"/ministere": "ministere", "/gar": "gar"}
 BATCH_EVENTS = 1000  # CONTRACTS.md, Identity: a batch holds at most 1,000 events
 BATCH = "application/cloudevents-batch+json"
 NOT_YET_KNOWN = "uai-inconnu"
-UNAVAILABLE = (502, 503, 504)
-"""Answers that say "later" (the passerelle, or a proxy before it): the batch posted again."""
+LATER = {429: "débit dépassé", 502: "indisponible", 503: "indisponible", 504: "indisponible"}
+"""Answers that say "later" (the passerelle's rate for the declarant, or the passerelle or a
+proxy before it unavailable): the batch posted again."""
 RETRY_SECONDS = 300.0
-"""How long a batch is posted again while the passerelle is unavailable or unreachable, before
-the run stops (`PasserelleIndisponible`): its events are the same (same ids), a repeat changes nothing."""
+"""How long a batch is posted again while the passerelle says "later" or is unreachable, before
+the run stops (`PasserelleIndisponible`): its events are the same (same ids), a repeat changes
+nothing. 429s that long: another client of the same declarant takes its whole rate."""
 
 
 FIRST_RETRY_SECONDS = 1.0
@@ -105,20 +107,18 @@ class Partenaires:
                     status, why = response.status_code, f"{response.status_code}"
                 except httpx.TransportError as error:  # unreachable, or no answer in time
                     response, status, why = None, None, type(error).__name__
-                if status == 429:
-                    await asyncio.sleep(_retry_after(response, 1))
-                    continue
-                if status is None or status in UNAVAILABLE:
+                if status is None or status in LATER:
+                    what = LATER.get(status, "injoignable") if status else "injoignable"
                     unavailable_since = unavailable_since or time.monotonic()
                     waited = time.monotonic() - unavailable_since
                     if waited >= RETRY_SECONDS:
                         raise PasserelleIndisponible(
-                            f"{self._url} indisponible depuis {waited:.0f} s ({why}) : {done} événements envoyés "
+                            f"{self._url} {what} depuis {waited:.0f} s ({why}) : {done} événements envoyés "
                             f"sur {len(events)} pour {declarant}, les autres non ; relancer envoie les mêmes"
                         )
                     delay = min(_retry_after(response, FIRST_RETRY_SECONDS * 2**attempts), 60.0)
                     attempts += 1
-                    self._said(f"{self._url} indisponible ({why}) : nouvel essai dans {delay:.0f} s")
+                    self._said(f"{self._url} {what} ({why}) : nouvel essai dans {delay:.0f} s")
                     await asyncio.sleep(delay)
                     continue
                 assert response is not None

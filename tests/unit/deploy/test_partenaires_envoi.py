@@ -74,7 +74,8 @@ async def test_a_passerelle_unavailable_a_while_gets_the_batch_again_and_loses_n
     sent = await sender.send(records(BATCH_EVENTS + 5))
     assert (sent.accepted, sent.refused) == (BATCH_EVENTS + 5, [])
     assert posted == [BATCH_EVENTS] * 4 + [5], "the first batch three times more, then the next"
-    assert sum("indisponible" in line for line in said) == 3, said
+    assert sum("indisponible" in line for line in said) == 2, said
+    assert sum("injoignable (ConnectError)" in line for line in said) == 1, said
     assert f"{DECLARANT} : {BATCH_EVENTS + 5}/{BATCH_EVENTS + 5} événements envoyés" in said
 
 
@@ -91,3 +92,28 @@ async def test_a_passerelle_unavailable_too_long_stops_the_run_saying_how_far_it
     sender = Partenaires("http://passerelle", jeton=lambda _: "t", kafka=lambda _: None)
     with pytest.raises(PasserelleIndisponible, match=f"{BATCH_EVENTS} événements envoyés sur {BATCH_EVENTS + 5}"):
         await sender.send(records(BATCH_EVENTS + 5))
+
+
+async def test_a_declarant_over_its_rate_waits_as_told_says_so_and_stops_if_it_lasts(monkeypatch):
+    """A 429 (the passerelle's rate for the declarant) was posted again after its Retry-After,
+    silently and for ever: another client of the same declarant taking the whole rate held the
+    run with nothing said. Now a line each time, and the same 5 minutes as a 503."""
+    answers = [httpx.Response(429, headers={"retry-after": "0"})]
+    for_good = False
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if for_good:
+            return httpx.Response(429, headers={"retry-after": "0.02"})
+        return answers.pop() if answers else accepted(request)
+
+    _with(monkeypatch, answer)
+    said: list[str] = []
+    sender = Partenaires("http://passerelle", jeton=lambda _: "t", kafka=lambda _: None, said=said.append)
+    sent = await sender.send(records(5))
+    assert (sent.accepted, sent.refused) == (5, [])
+    assert said == ["http://passerelle/v1/evenements débit dépassé (429) : nouvel essai dans 0 s"]
+
+    monkeypatch.setattr(partenaires, "RETRY_SECONDS", 0.1)
+    for_good = True
+    with pytest.raises(PasserelleIndisponible, match="débit dépassé depuis 0 s \\(429\\) : 0 événements envoyés sur 5"):
+        await sender.send(records(5))
