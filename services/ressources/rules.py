@@ -11,8 +11,9 @@ configuration of its lots (`_Configuration`; most lots of a fleet share a few). 
 is judged once per resource (`_Verdict`): each software it has finds the groups the entries on
 its name meet at its version by one bisection among their bounds (`_Name`), so a judgment costs
 the lot's browsers, not the resource's entries; a reason's text is written only for the misses
-reported (at most MAX_REASONS per kind). What is derived from a resource or a profile is kept
-for the next pair while the model object lives (found by identity: the models are frozen and
+reported (at most MAX_REASONS of each source: the lots' misses, the tools short, the training's
+shortfalls). What is derived from a resource or a profile is kept for the next pair while the
+model object lives (found by identity: the models are frozen and
 nothing changes their lists in place); configurations and reasons, by value, for the next
 profile (a country's fleets repeat a few hundred of each); nothing here does I/O.
 """
