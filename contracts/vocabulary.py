@@ -28,7 +28,9 @@ _SYNONYMS: dict[str, tuple[str, ...]] = {
 
 
 def _casefold(name: str) -> str:
-    return " ".join(name.split()).casefold()
+    """Case-insensitive, nothing more (CONTRACTS.md): `Mozilla  Firefox` or ` Windows` name
+    no software of the vocabulary, and meet no requirement but `any`."""
+    return name.casefold()
 
 
 _KEY = {_casefold(s): _casefold(display) for display, spellings in _SYNONYMS.items() for s in spellings}
@@ -48,12 +50,12 @@ def is_any(name: str) -> bool:
 
 def display_name(name: str) -> str:
     """The usual spelling (`iPad OS` -> `iPadOS`), for reasons a person reads."""
-    return _DISPLAY.get(fold_name(name), " ".join(name.split()))
+    return _DISPLAY.get(fold_name(name), name)
 
 
 def fold_kind(kind: str) -> str:
-    """Equipment kinds compare case-insensitively (`TNI` = `tni`)."""
-    return kind.strip().casefold()
+    """Equipment kinds compare case-insensitively (`TNI` = `tni`; `TNI ` is another kind)."""
+    return kind.casefold()
 
 
 # ScoLOMFR scolomfr-voc-020. Informational: `lot.kind` and `tools` are not restricted to it.

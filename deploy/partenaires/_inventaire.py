@@ -324,7 +324,7 @@ def _os(section: dict) -> tuple[str, str] | None:
         return None
     release = version(section.get("version")) or version(full)
     name = _DISTRIBUTIONS.get(" ".join(name.split()).casefold(), name)
-    return (display_name(name), release) if release else None
+    return (display_name(" ".join(name.split())), release) if release else None
 
 
 def _windows(text: str, kernel_version: object) -> tuple[str, str] | None:

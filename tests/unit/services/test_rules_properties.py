@@ -210,9 +210,17 @@ KINDS = (
     "robot programmable",
 )
 CRCN = ("1.1", "1.2", "1.3", "2.1", "2.2", "2.3", "2.4", "3.1", "3.2", "3.3", "3.4", "4.1", "4.2", "4.3", "5.1", "5.2")
-CASINGS = (lambda n: n, str.lower, str.upper, str.swapcase, str.title)
+CASINGS = (
+    lambda n: n,
+    str.lower,
+    str.upper,
+    str.swapcase,
+    str.title,
+    lambda n: f" {n}",  # spaces count: another name (the contract compares nothing but the case)
+    lambda n: n.replace(" ", "  ") if " " in n else f"{n} ",
+)
 
-INTEGERS_UPTO = [st.integers(0, k) for k in range(51)]
+INTEGERS_UPTO = [st.integers(0, k) for k in range(101)]
 QUANTITIES = st.sampled_from((0, 1, 2, 15, 30)) | st.integers(0, 50)
 bandwidths = st.sampled_from((0.0, 2.0, 8.0, 10.0, 100.0)) | st.floats(0, 1000, allow_nan=False)
 shares = st.sampled_from((0.0, 0.25, 0.5, 1.0)) | st.floats(0, 1, allow_nan=False)
