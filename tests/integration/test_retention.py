@@ -33,3 +33,47 @@ async def test_rows_older_than_the_retention_are_deleted_and_recent_ones_kept(da
         assert await purge(pool, 30) == 0
     finally:
         await pool.close()
+
+
+class Recorded:
+    """A pool whose statements are kept, to be explained."""
+
+    def __init__(self, pool):
+        self._pool, self.statements = pool, []
+
+    async def execute(self, sql, *args):
+        self.statements.append((sql, args))
+        return await self._pool.execute(sql, *args)
+
+    async def fetchval(self, sql, *args):
+        return await self._pool.fetchval(sql, *args)
+
+
+async def test_a_purge_reads_each_page_once_however_many_rows_expire(database_url, monkeypatch):
+    """Thirty days after a rebuild, its replayed events (all dated that day) expire at once: the
+    purge deleted them by LIMITed chunks, each reading the inbox again from its first page (no
+    index on the date), past every row the chunks before had deleted, for hours. Now each
+    statement reads a range of pages of its own (a TID range scan): one pass over the table."""
+    from services.common.storage import retention
+
+    monkeypatch.setattr(retention, "CHUNK_PAGES", 4)
+    pool = await create_pool(database_url, "retention_pages")
+    try:
+        await migrate(pool, "retention_pages", SPEC.package_dir)
+        await pool.execute(
+            "INSERT INTO inbox (source, id, type, event_time, received_at) "
+            "SELECT '/gar', 'e' || n, 't', now(), now() - CASE WHEN n % 100 = 0 THEN interval '1 day' "
+            "ELSE interval '40 days' END FROM generate_series(1, 3000) AS n"
+        )
+        pages = await pool.fetchval("SELECT pg_relation_size('inbox') / current_setting('block_size')::int")
+        assert pages > 3 * 4, "rows over several chunks of pages"
+        recorded = Recorded(pool)
+        assert await purge(recorded, 30) == 2970
+        assert await pool.fetchval("SELECT count(*) FROM inbox") == 30, "the recent rows kept"
+        inbox = [(sql, args) for sql, args in recorded.statements if "FROM inbox" in sql]
+        assert len(inbox) == -(-pages // 4)
+        for sql, args in inbox:
+            plan = "\n".join(r[0] for r in await pool.fetch(f"EXPLAIN {sql}", *args))
+            assert "Tid Range Scan on inbox" in plan and "Seq Scan" not in plan, plan
+    finally:
+        await pool.close()
