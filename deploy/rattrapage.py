@@ -40,7 +40,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -411,19 +410,21 @@ async def accorder(
             _publish(published, record)
         queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, published, kinds, source))
     elif name == "ressources":
-        held: dict[str, _Held] = {}
-        announced = 0
-        async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
-            _hold(held, record)
-            announced += 1
-        shown: dict[str, bytes | None] = {}  # the table's last record of each key, digested
-        async for record in records_of(bootstrap, cible.topic(c.ALERTES_ETAT)):
-            shown[record.key.decode()] = None if record.value is None else _digest(record.value)
-            if record.value is not None:
-                _hold(held, record)
-        queued = await sql.run_exclusive(
-            lambda conn: _accord_alerts(conn, held, shown, cible.journal_from, announced, journal_floor)
-        )
+        # Every alert ever raised, with its content: held in memory, a year of a national
+        # platform's (millions) took more than the operators' pod has. Staged in the schema.
+        async with _Staged(cible.pipeline.pool) as staged:
+            announced = 0
+            async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
+                await staged.alert(record)
+                announced += 1
+            async for record in records_of(bootstrap, cible.topic(c.ALERTES_ETAT)):
+                await staged.shown(record)
+                if record.value is not None:
+                    await staged.alert(record)
+            await staged.flush()
+            queued = await sql.run_exclusive(
+                lambda conn: _accord_alerts(conn, cible.journal_from, announced, journal_floor)
+            )
         queued += await _reevaluate_everything(cible, stored_thresholds)
     else:
         raise ValueError(f"no rule to align what {name!r} published")
@@ -480,10 +481,6 @@ def _publish(out: dict[tuple[str, str, str], tuple[int, dict]], record: Consumer
         out[key] = (data["version"], data)
 
 
-def _digest(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=16).digest()
-
-
 async def _accord_derived(
     conn: Conn, published: dict[tuple[str, str, str], tuple[int, dict]], kinds: tuple[Derived, ...], source: str
 ) -> list[Outgoing]:
@@ -521,29 +518,79 @@ async def _accord_derived(
     return await publish_changes(PgPublished(conn), changes, source=source, causes={})
 
 
+STAGED_ALERTS, STAGED_SHOWN = "rattrapage_alertes_lues", "rattrapage_etat_lu"
+"""Scratch tables of the catch-up, in the schema it aligns (unlogged, dropped once it is done):
+every event of the alerts stream and its table, and the table's last record of each key."""
+STAGE_ROWS = 5000
+"""Records staged by one COPY: what memory holds of the topics at a time."""
+
+
 @dataclass(frozen=True)
-class _Held:
-    cycle: int
-    open: bool
-    data: dict[str, Any]
+class _Value:
+    """A record value as Kafka holds it, published again as it is."""
+
     value: bytes
-    """The event as Kafka holds it."""
 
     def to_bytes(self) -> bytes:
         return self.value
 
 
-def _hold(out: dict[str, _Held], record: ConsumerRecord) -> None:
-    """`out`, per alert_id its last raise or resolution on the alerts stream or its table
-    (which keeps open alerts whatever the stream's retention), with `record`: the highest
-    cycle, a resolution after the raise of its cycle (the relay may publish out of order on
-    retries)."""
-    event = json.loads(record.value)
-    data, opened = event["data"], event["type"] == c.ALERTE_LEVEE
-    before = out.get(data["alert_id"])
-    cycle = _cycle(data["alert_id"], event["id"], "levee" if opened else "resolue", before.cycle if before else 1)
-    if before is None or (cycle, not opened) > (before.cycle, not before.open):
-        out[data["alert_id"]] = _Held(cycle, opened, data, record.value)
+class _Staged:
+    """The alerts stream and its table as read, in scratch tables of the schema: per alert_id,
+    `_accord_alerts` takes its last raise or resolution (the highest cycle, a resolution after
+    the raise of its cycle: the relay may publish out of order on retries)."""
+
+    def __init__(self, pool: Any):
+        self._pool = pool
+        self._alerts: list[tuple[int, str, int, bool, bytes]] = []
+        self._shown: list[tuple[int, str, bytes | None]] = []
+        self._seq = 0
+        self._cycles: dict[str, int] = {}  # a hint for _cycle, bounded
+        self.read = 0
+
+    async def __aenter__(self) -> "_Staged":
+        await self._pool.execute(
+            f"DROP TABLE IF EXISTS {STAGED_ALERTS}, {STAGED_SHOWN}; "
+            f"CREATE UNLOGGED TABLE {STAGED_ALERTS} (seq bigint, alert_id text, cycle int, ouverte boolean, "
+            "value bytea); "
+            f"CREATE UNLOGGED TABLE {STAGED_SHOWN} (seq bigint, alert_id text, digest bytea)"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pool.execute(f"DROP TABLE IF EXISTS {STAGED_ALERTS}, {STAGED_SHOWN}")
+
+    async def alert(self, record: ConsumerRecord) -> None:
+        event = json.loads(record.value)
+        alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
+        cycle = _cycle(alert_id, event["id"], "levee" if opened else "resolue", self._cycles.get(alert_id, 1))
+        if len(self._cycles) >= STAGE_ROWS * 20:
+            self._cycles.clear()
+        self._cycles[alert_id] = cycle
+        self._seq += 1
+        self._alerts.append((self._seq, alert_id, cycle, opened, record.value))
+        if len(self._alerts) >= STAGE_ROWS:
+            await self.flush()
+
+    async def shown(self, record: ConsumerRecord) -> None:
+        self._seq += 1
+        digest = None if record.value is None else hashlib.sha256(record.value).digest()
+        self._shown.append((self._seq, record.key.decode(), digest))
+        if len(self._shown) >= STAGE_ROWS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._alerts:
+            await self._pool.copy_records_to_table(
+                STAGED_ALERTS, records=self._alerts, columns=["seq", "alert_id", "cycle", "ouverte", "value"]
+            )
+            self.read += len(self._alerts)
+            self._alerts = []
+        if self._shown:
+            await self._pool.copy_records_to_table(
+                STAGED_SHOWN, records=self._shown, columns=["seq", "alert_id", "digest"]
+            )
+            self._shown = []
 
 
 def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
@@ -555,54 +602,39 @@ def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
     raise ValueError(f"alert {alert}: event id {id_} was not made by lifecycle.event_id for any cycle")
 
 
-async def _accord_alerts(
-    conn: Conn,
-    held: dict[str, _Held],
-    shown: dict[str, bytes | None],
-    journal_from: int,
-    announced: int,
-    floor: int,
-) -> list[Outgoing]:
-    """`alertes` as the stream says they were announced; the journal without the replay's
-    entries, its next ids past every id handed out before (at most `announced`, the events the
-    stream holds, were journalled since `journal_from`; `floor` were handed out by the schema
-    this one replaces, rolled-back ones included), so a client resuming from an earlier one is
-    told that its resumption is incomplete (stream.py), and one resuming from a later one
-    misses no new event. Returns what the table (alertes.etat.v1) lacks:
+async def _accord_alerts(conn: Conn, journal_from: int, announced: int, floor: int) -> list[Outgoing]:
+    """`alertes` as the stream says they were announced (what `_Staged` holds); the journal
+    without the replay's entries, its next ids past every id handed out before (at most
+    `announced`, the events the stream holds, were journalled since `journal_from`; `floor` were
+    handed out by the schema this one replaces, rolled-back ones included), so a client resuming
+    from an earlier one is told that its resumption is incomplete (stream.py), and one resuming
+    from a later one misses no new event. Returns what the table (alertes.etat.v1) lacks:
     each open alert's last event, a tombstone for each resolved alert it still shows (a
     deployment from before the table fills it by a rebuild)."""
+    await conn.execute(
+        "CREATE TEMP TABLE rattrapage_dernieres ON COMMIT DROP AS "
+        f"SELECT DISTINCT ON (alert_id) alert_id, cycle, ouverte, value FROM {STAGED_ALERTS} "
+        "ORDER BY alert_id, cycle DESC, ouverte, seq"
+    )
     await conn.execute("DELETE FROM alertes")
-    await conn.executemany(
+    await conn.execute(
         "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz, $8::timestamptz, $9::jsonb)",
-        [
-            (
-                alert_id,
-                h.data["uai"],
-                h.data["resource_id"],
-                h.data["kind"],
-                h.open,
-                h.cycle,
-                _instant(h.data["raised_at"]),
-                _instant(h.data["resolved_at"]),
-                json.dumps({**h.data, "resolved_at": None}),
-            )
-            for alert_id, h in held.items()
-        ],
+        "SELECT alert_id, d->>'uai', d->>'resource_id', d->>'kind', ouverte, cycle, (d->>'raised_at')::timestamptz, "
+        """(d->>'resolved_at')::timestamptz, d || '{"resolved_at": null}' """
+        "FROM (SELECT alert_id, ouverte, cycle, (convert_from(value, 'UTF8')::jsonb)->'data' AS d "
+        "FROM rattrapage_dernieres) AS dernieres"
     )
     await conn.execute("DELETE FROM alert_journal WHERE seq > $1", journal_from)
     horizon = max(journal_from + announced, floor)
     await conn.execute("SELECT setval(pg_get_serial_sequence('alert_journal', 'seq'), $1)", max(horizon, 1))
     await conn.execute("UPDATE alert_journal_horizon SET purged_through = $1", horizon)
-    return [
-        Outgoing(c.ALERTES_ETAT, alert, h if h.open else TOMBSTONE)
-        for alert, h in held.items()
-        if shown.get(alert) != (_digest(h.value) if h.open else None)
-    ]
-
-
-def _instant(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+    lacking = await conn.fetch(
+        "SELECT d.alert_id, d.ouverte, d.value FROM rattrapage_dernieres AS d LEFT JOIN "
+        f"(SELECT DISTINCT ON (alert_id) alert_id, digest FROM {STAGED_SHOWN} ORDER BY alert_id, seq DESC) AS s "
+        "USING (alert_id) "
+        "WHERE CASE WHEN d.ouverte THEN s.digest IS DISTINCT FROM sha256(d.value) ELSE s.digest IS NOT NULL END"
+    )
+    return [Outgoing(c.ALERTES_ETAT, r["alert_id"], _Value(r["value"]) if r["ouverte"] else TOMBSTONE) for r in lacking]
 
 
 async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:

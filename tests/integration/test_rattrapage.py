@@ -636,3 +636,81 @@ async def terminate(database_url: str, application: str) -> None:
         )
     finally:
         await conn.close()
+
+
+class Read:
+    """A record as the catch-up reads it (aiokafka's ConsumerRecord: its key and value)."""
+
+    def __init__(self, key: str, value: bytes | None):
+        self.key, self.value = key.encode(), value
+
+
+def alert_event(alert_id: str, cycle: int, raised: bool, pad: int = 0) -> bytes:
+    from services.ressources.lifecycle import event_id
+
+    uai, resource_id, kind = alert_id.split("/", 1)[0], "ark:/67375/memoire", "formation-insuffisante"
+    data = {
+        "alert_id": alert_id,
+        "uai": uai,
+        "resource_id": resource_id,
+        "kind": kind,
+        "raised_at": "2026-09-01T08:00:00+00:00",
+        "resolved_at": None if raised else "2026-10-01T08:00:00+00:00",
+        "reasons": [{"code": "x", "detail": "y" * pad}],
+    }
+    what = "levee" if raised else "resolue"
+    kind_of = c.ALERTE_LEVEE if raised else c.ALERTE_RESOLUE
+    return json.dumps({"type": kind_of, "id": event_id(alert_id, cycle, what), "data": data}).encode()
+
+
+async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_the_topics(database_url) -> None:
+    """The alerts stream and its table were held in memory, each alert's last event with its
+    content parsed: about 3 KB an alert, a year of a national platform's (millions of alerts)
+    more than the operators' pod has. Now staged in the schema, a few thousand at a time; each
+    alert's last event is still the highest cycle, a resolution after its cycle's raise, whatever
+    the order the relay published them in, and the table gets what it lacks."""
+    import tracemalloc
+
+    from deploy.rattrapage import STAGE_ROWS, _accord_alerts, _Staged
+
+    pool = await create_pool(database_url, "ressources_alignee")
+    try:
+        await migrate(pool, "ressources_alignee", RESSOURCES.package_dir)
+        a, b, d = (f"{valid_uai(f'035090{n}')}/ark:/67375/memoire/formation-insuffisante" for n in (1, 2, 3))
+        stream = [
+            (a, 1, True), (a, 1, False), (a, 2, True),  # a: raised again, open at cycle 2
+            (b, 1, False), (b, 1, True),  # b: its resolution published before its raise: resolved
+            (d, 1, True),  # d: open, and the table shows it already
+        ]  # fmt: skip
+        async with _Staged(pool) as staged:
+            for alert_id, cycle, raised in stream:
+                await staged.alert(Read(alert_id, alert_event(alert_id, cycle, raised)))
+            await staged.shown(Read(b, alert_event(b, 1, True)))  # the table still shows b open
+            await staged.shown(Read(d, alert_event(d, 1, True)))
+            await staged.alert(Read(d, alert_event(d, 1, True)))
+            await staged.flush()
+            async with pool.acquire() as conn, conn.transaction():
+                lacking = await _accord_alerts(conn, 0, len(stream), 0)
+            rows = await pool.fetch("SELECT alert_id, ouverte, cycle, resolved_at IS NULL AS ongoing FROM alertes")
+            assert sorted(tuple(r) for r in rows) == sorted(
+                [(a, True, 2, True), (b, False, 1, False), (d, True, 1, True)]
+            )
+            assert {(o.key, o.event is None or o.event.to_bytes() is None) for o in lacking} == {
+                (a, False),  # a's last event, which the table lacks
+                (b, True),  # a tombstone: the table shows b open
+            }, "d as the table shows it: nothing"
+
+            # Memory: 30,000 alerts of about 1 KB, read as the topics give them.
+            tracemalloc.start()
+            try:
+                for n in range(30_000):
+                    alert_id = f"{valid_uai('0350999')}/ark:/67375/m{n}/formation-insuffisante"
+                    await staged.alert(Read(alert_id, alert_event(alert_id, 1, True, pad=800)))
+                await staged.flush()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert peak < 8 * STAGE_ROWS * 1024 + 8_000_000, f"{peak / 1e6:.1f} MB held at most"
+        assert await pool.fetchval("SELECT to_regclass('rattrapage_alertes_lues') IS NULL"), "scratch tables dropped"
+    finally:
+        await pool.close()

@@ -19,7 +19,7 @@ def _record(alert: str, cycle: int, raised: bool) -> SimpleNamespace:
     return SimpleNamespace(value=json.dumps(event).encode())
 
 
-def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypatch: pytest.MonkeyPatch) -> None:
     tries = 0
 
     def counted(alert: str, cycle: int, what: str) -> str:
@@ -29,12 +29,19 @@ def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypa
 
     monkeypatch.setattr(rattrapage, "event_id", counted)
     alerts = [f"alerte-{n}" for n in range(50)]
-    stream = [_record(a, cycle, raised) for a in alerts for cycle in (1, 2, 3) for raised in (True, False)]
-    held: dict = {}
-    for record in stream:
-        rattrapage._hold(held, record)
-    assert {a: (h.cycle, h.open) for a, h in held.items()} == {a: (3, False) for a in alerts}
-    assert tries <= 2 * len(stream)
+    expected = [(a, cycle, raised) for a in alerts for cycle in (1, 2, 3) for raised in (True, False)]
+    staged: list[tuple] = []
+
+    class Pool:  # what _Staged copies, kept
+        async def copy_records_to_table(self, table, records, columns):
+            staged.extend(records)
+
+    stage = rattrapage._Staged(Pool())
+    for alert, cycle, raised in expected:
+        await stage.alert(_record(alert, cycle, raised))
+    await stage.flush()
+    assert [(alert, cycle, raised) for _, alert, cycle, raised, _ in staged] == expected
+    assert tries <= 2 * len(expected)
 
     tracemalloc.start()
     try:
