@@ -405,22 +405,24 @@ async def accorder(
     # is kept for ever: a year of a national platform's would not fit in memory).
     if name in DERIVED:
         topic, source, kinds = DERIVED[name]
-        published: dict[tuple[str, str, str], tuple[int, dict]] = {}
-        async for record in records_of(bootstrap, cible.topic(topic)):
-            _publish(published, record)
-        queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, published, kinds, source))
+        async with _Scratch(cible.pipeline.pool, STAGED_PUBLIES) as staged:  # in memory, 2.6 KB a key
+            async for record in records_of(bootstrap, cible.topic(topic)):
+                await staged.add(STAGED_PUBLIES, _published_row(record))
+            await staged.flush()
+            queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, kinds, source))
     elif name == "ressources":
         # Every alert ever raised, with its content: held in memory, a year of a national
         # platform's (millions) took more than the operators' pod has. Staged in the schema.
-        async with _Staged(cible.pipeline.pool) as staged:
-            announced = 0
+        async with _Scratch(cible.pipeline.pool, STAGED_ALERTS, STAGED_SHOWN) as staged:
+            announced, cycles = 0, _Cycles()
             async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
-                await staged.alert(record)
+                await staged.add(STAGED_ALERTS, cycles.row(record))
                 announced += 1
             async for record in records_of(bootstrap, cible.topic(c.ALERTES_ETAT)):
-                await staged.shown(record)
+                digest = None if record.value is None else hashlib.sha256(record.value).digest()
+                await staged.add(STAGED_SHOWN, (record.key.decode(), digest))
                 if record.value is not None:
-                    await staged.alert(record)
+                    await staged.add(STAGED_ALERTS, cycles.row(record))
             await staged.flush()
             queued = await sql.run_exclusive(
                 lambda conn: _accord_alerts(conn, cible.journal_from, announced, journal_floor)
@@ -471,56 +473,93 @@ def _bare(cible: Cible) -> Pipeline:
     return pipeline
 
 
-def _publish(out: dict[tuple[str, str, str], tuple[int, dict]], record: ConsumerRecord) -> None:
-    """`out`: (type, uai, entity) -> (version, data) of the highest version Kafka holds, with `record`."""
+def _published_row(record: ConsumerRecord) -> tuple[str, str, str, int, str]:
+    """A record of a compacted topic of derived state, staged: (type, uai, entity, version, data)."""
     event = json.loads(record.value)
     data = event["data"]
     entity = record.key.decode().partition("/")[2]  # `{uai}/{entity}`, or the UAI alone
-    key = (event["type"], data["uai"], entity)
-    if key not in out or out[key][0] < data["version"]:
-        out[key] = (data["version"], data)
+    return event["type"], data["uai"], entity, data["version"], json.dumps(data)
 
 
-async def _accord_derived(
-    conn: Conn, published: dict[tuple[str, str, str], tuple[int, dict]], kinds: tuple[Derived, ...], source: str
-) -> list[Outgoing]:
-    replayed = await conn.fetch("SELECT type, uai, entity, content FROM publies")
-    await conn.execute("DELETE FROM publies")
-    fields = {d.event_type: {"uai", "version", d.entity_field, *GROUP_FIELDS} for d in kinds}
-    await conn.executemany(
-        "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, $4, $5::jsonb)",
-        [
-            (type_, uai, entity, version, json.dumps({k: v for k, v in data.items() if k not in fields[type_]}))
-            for (type_, uai, entity), (version, data) in published.items()
-        ],
+ALIGNED_UAIS = 2000
+"""UAIs whose replayed records one step of `_accord_derived` compares with Kafka's (memory)."""
+
+
+async def _accord_derived(conn: Conn, kinds: tuple[Derived, ...], source: str) -> list[Outgoing]:
+    """`publies` takes the highest version of each key Kafka holds (STAGED_PUBLIES); each key
+    whose replayed content differs is published once more, as the next version, a UAI's in one
+    group."""
+    await conn.execute(
+        "CREATE TEMP TABLE rattrapage_derniers ON COMMIT DROP AS "
+        f"SELECT DISTINCT ON (type, uai, entity) type, uai, entity, version, data FROM {STAGED_PUBLIES} "
+        "ORDER BY type, uai, entity, version DESC, seq; "
+        "CREATE INDEX ON rattrapage_derniers (uai); "
+        "CREATE TEMP TABLE rattrapage_rejoues ON COMMIT DROP AS SELECT type, uai, entity, content FROM publies; "
+        "CREATE INDEX ON rattrapage_rejoues (uai); "
+        "DELETE FROM publies"
     )
+    fields = {d.event_type: sorted({"uai", "version", d.entity_field or "uai", *GROUP_FIELDS}) for d in kinds}
+    for type_, dropped in fields.items():
+        await conn.execute(
+            "INSERT INTO publies (type, uai, entity, version, content) "
+            "SELECT type, uai, entity, version, data - $2::text[] FROM rattrapage_derniers WHERE type = $1",
+            type_,
+            dropped,
+        )
     # The groups go on past those Kafka holds: a restored sequence would number a UAI's next
     # group below its last one, which ressources would then never see whole.
-    groups = [data.get("group") or 0 for _, data in published.values()]
     await conn.execute(
-        "SELECT setval('publies_groupes', greatest($1::bigint, last_value)) FROM publies_groupes",
-        max(groups, default=0),
+        "SELECT setval('publies_groupes', greatest((SELECT coalesce(max((data->>'group')::bigint), 0) "
+        "FROM rattrapage_derniers), last_value)) FROM publies_groupes"
     )
-    changes = []
-    for derived in kinds:
-        derived_now = {
-            (r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type
-        }
+    uais = [
+        r["uai"]
+        for r in await conn.fetch(
+            "SELECT uai FROM rattrapage_rejoues UNION SELECT uai FROM rattrapage_derniers ORDER BY uai"
+        )
+    ]
+    queued: list[Outgoing] = []
+    for n in range(0, len(uais), ALIGNED_UAIS):
+        part = uais[n : n + ALIGNED_UAIS]
+        replayed = await conn.fetch(
+            "SELECT type, uai, entity, content FROM rattrapage_rejoues WHERE uai = ANY($1::text[])", part
+        )
         # What Kafka holds and the replay no longer derives (a lot the live service accepted
         # against a référentiel it had not read to its end, refused by the replay): retired,
         # or ressources would count it until its entity changes again.
-        if derived.retired is not None:
-            for (type_, uai, entity), (_, data) in published.items():
-                if type_ == derived.event_type and (uai, entity) not in derived_now:
-                    held = {k: v for k, v in data.items() if k not in fields[type_]}
-                    derived_now[(uai, entity)] = derived.retired(held)
-        changes.append((derived, derived_now))
-    return await publish_changes(PgPublished(conn), changes, source=source, causes={})
+        gone = await conn.fetch(
+            "SELECT d.type, d.uai, d.entity, d.data FROM rattrapage_derniers AS d WHERE d.uai = ANY($1::text[]) "
+            "AND NOT EXISTS (SELECT FROM rattrapage_rejoues AS r "
+            "WHERE (r.type, r.uai, r.entity) = (d.type, d.uai, d.entity))",
+            part,
+        )
+        changes = []
+        for derived in kinds:
+            derived_now = {
+                (r["uai"], r["entity"]): json.loads(r["content"]) for r in replayed if r["type"] == derived.event_type
+            }
+            if derived.retired is not None:
+                for r in gone:
+                    if r["type"] == derived.event_type:
+                        held = {k: v for k, v in json.loads(r["data"]).items() if k not in fields[r["type"]]}
+                        derived_now[(r["uai"], r["entity"])] = derived.retired(held)
+            changes.append((derived, derived_now))
+        queued += await publish_changes(PgPublished(conn), changes, source=source, causes={})
+    return queued
 
 
-STAGED_ALERTS, STAGED_SHOWN = "rattrapage_alertes_lues", "rattrapage_etat_lu"
-"""Scratch tables of the catch-up, in the schema it aligns (unlogged, dropped once it is done):
-every event of the alerts stream and its table, and the table's last record of each key."""
+STAGED_PUBLIES, STAGED_ALERTS = "rattrapage_publies_lus", "rattrapage_alertes_lues"
+STAGED_SHOWN = "rattrapage_etat_lu"
+STAGED_COLUMNS = {
+    STAGED_PUBLIES: {"type": "text", "uai": "text", "entity": "text", "version": "bigint", "data": "jsonb"},
+    STAGED_ALERTS: {"alert_id": "text", "cycle": "int", "ouverte": "boolean", "value": "bytea"},
+    STAGED_SHOWN: {"alert_id": "text", "digest": "bytea"},
+}
+"""The catch-up's scratch tables, in the schema it aligns (unlogged, dropped once it is done),
+each row with the order it was read in (`seq`): the records of a derived state's compacted
+topic; every event of the alerts stream and its table; the table's record of each key, digested.
+What Kafka holds was read into memory: a national platform's (480,000 lots, a million alerts
+and more a year, about 3 KB each) took more than the operators' pod has."""
 STAGE_ROWS = 5000
 """Records staged by one COPY: what memory holds of the topics at a time."""
 
@@ -535,62 +574,55 @@ class _Value:
         return self.value
 
 
-class _Staged:
-    """The alerts stream and its table as read, in scratch tables of the schema: per alert_id,
-    `_accord_alerts` takes its last raise or resolution (the highest cycle, a resolution after
-    the raise of its cycle: the relay may publish out of order on retries)."""
+class _Scratch:
+    """Scratch tables (STAGED_COLUMNS) made anew, filled STAGE_ROWS rows at a time, dropped at the end."""
 
-    def __init__(self, pool: Any):
-        self._pool = pool
-        self._alerts: list[tuple[int, str, int, bool, bytes]] = []
-        self._shown: list[tuple[int, str, bytes | None]] = []
+    def __init__(self, pool: Any, *tables: str):
+        self._pool, self._tables = pool, tables
+        self._rows: dict[str, list[tuple]] = {t: [] for t in tables}
         self._seq = 0
-        self._cycles: dict[str, int] = {}  # a hint for _cycle, bounded
-        self.read = 0
 
-    async def __aenter__(self) -> "_Staged":
-        await self._pool.execute(
-            f"DROP TABLE IF EXISTS {STAGED_ALERTS}, {STAGED_SHOWN}; "
-            f"CREATE UNLOGGED TABLE {STAGED_ALERTS} (seq bigint, alert_id text, cycle int, ouverte boolean, "
-            "value bytea); "
-            f"CREATE UNLOGGED TABLE {STAGED_SHOWN} (seq bigint, alert_id text, digest bytea)"
-        )
+    async def __aenter__(self) -> "_Scratch":
+        made = [
+            f"CREATE UNLOGGED TABLE {t} (seq bigint, {', '.join(f'{c} {k}' for c, k in STAGED_COLUMNS[t].items())})"
+            for t in self._tables
+        ]
+        await self._pool.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}; " + "; ".join(made))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._pool.execute(f"DROP TABLE IF EXISTS {STAGED_ALERTS}, {STAGED_SHOWN}")
+        await self._pool.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}")
 
-    async def alert(self, record: ConsumerRecord) -> None:
-        event = json.loads(record.value)
-        alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
-        cycle = _cycle(alert_id, event["id"], "levee" if opened else "resolue", self._cycles.get(alert_id, 1))
-        if len(self._cycles) >= STAGE_ROWS * 20:
-            self._cycles.clear()
-        self._cycles[alert_id] = cycle
+    async def add(self, table: str, row: tuple) -> None:
         self._seq += 1
-        self._alerts.append((self._seq, alert_id, cycle, opened, record.value))
-        if len(self._alerts) >= STAGE_ROWS:
-            await self.flush()
-
-    async def shown(self, record: ConsumerRecord) -> None:
-        self._seq += 1
-        digest = None if record.value is None else hashlib.sha256(record.value).digest()
-        self._shown.append((self._seq, record.key.decode(), digest))
-        if len(self._shown) >= STAGE_ROWS:
+        rows = self._rows[table]
+        rows.append((self._seq, *row))
+        if len(rows) >= STAGE_ROWS:
             await self.flush()
 
     async def flush(self) -> None:
-        if self._alerts:
-            await self._pool.copy_records_to_table(
-                STAGED_ALERTS, records=self._alerts, columns=["seq", "alert_id", "cycle", "ouverte", "value"]
-            )
-            self.read += len(self._alerts)
-            self._alerts = []
-        if self._shown:
-            await self._pool.copy_records_to_table(
-                STAGED_SHOWN, records=self._shown, columns=["seq", "alert_id", "digest"]
-            )
-            self._shown = []
+        for table, rows in self._rows.items():
+            if rows:
+                columns = ["seq", *STAGED_COLUMNS[table]]
+                await self._pool.copy_records_to_table(table, records=rows, columns=columns)
+                self._rows[table] = []
+
+
+class _Cycles:
+    """Each alert event's row for STAGED_ALERTS: its raise count found from its id, near the
+    alert's former one (a hint kept for the latest alerts read, bounded)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def row(self, record: ConsumerRecord) -> tuple[str, int, bool, bytes]:
+        event = json.loads(record.value)
+        alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
+        cycle = _cycle(alert_id, event["id"], "levee" if opened else "resolue", self._last.get(alert_id, 1))
+        if len(self._last) >= 20 * STAGE_ROWS:
+            self._last.clear()
+        self._last[alert_id] = cycle
+        return alert_id, cycle, opened, record.value
 
 
 def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
@@ -603,7 +635,7 @@ def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
 
 
 async def _accord_alerts(conn: Conn, journal_from: int, announced: int, floor: int) -> list[Outgoing]:
-    """`alertes` as the stream says they were announced (what `_Staged` holds); the journal
+    """`alertes` as the stream says they were announced (STAGED_ALERTS, STAGED_SHOWN); the journal
     without the replay's entries, its next ids past every id handed out before (at most
     `announced`, the events the stream holds, were journalled since `journal_from`; `floor` were
     handed out by the schema this one replaces, rolled-back ones included), so a client resuming

@@ -5,6 +5,7 @@ partitions are read in."""
 
 import asyncio
 import json
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -407,6 +408,19 @@ async def test_a_restore_warns_of_no_schema_that_needs_no_catch_up(settings, tmp
     assert len(warnings) == 1 and warnings[0].startswith("warning: sur_mesure restored"), warnings
 
 
+@asynccontextmanager
+async def scratch_holding(pool, on_kafka: dict):
+    """The catch-up's scratch table of a compacted topic, holding these records: (type, uai,
+    entity) -> (version, data)."""
+    from deploy.rattrapage import STAGED_PUBLIES, _Scratch
+
+    async with _Scratch(pool, STAGED_PUBLIES) as staged:
+        for (type_, uai, entity), (version, data) in on_kafka.items():
+            await staged.add(STAGED_PUBLIES, (type_, uai, entity, version, json.dumps(data)))
+        await staged.flush()
+        yield
+
+
 async def test_the_alignment_numbers_its_group_past_those_kafka_holds(database_url) -> None:
     """A restored schema's sequence of groups is behind the groups on Kafka: a UAI's next group
     numbered below its last would never be seen whole by ressources. The alignment moves it
@@ -424,7 +438,7 @@ async def test_the_alignment_numbers_its_group_past_those_kafka_holds(database_u
     pool = await create_pool(database_url, "formation_alignee")
     try:
         await migrate(pool, "formation_alignee", FORMATION.package_dir)
-        async with pool.acquire() as conn, conn.transaction():
+        async with scratch_holding(pool, on_kafka), pool.acquire() as conn, conn.transaction():
             # What the replay computed: the teachers as Kafka holds them, one more on the TNI.
             await conn.executemany(
                 "INSERT INTO publies (type, uai, entity, version, content) VALUES ($1, $2, $3, 1, $4::jsonb)",
@@ -433,7 +447,7 @@ async def test_the_alignment_numbers_its_group_past_those_kafka_holds(database_u
                     (tools.event_type, code, "tni", json.dumps({"enseignants": 4})),
                 ],
             )
-            queued = await _accord_derived(conn, on_kafka, kinds, source)
+            queued = await _accord_derived(conn, kinds, source)
     finally:
         await pool.close()
     assert [(o.key, o.event.data["version"], o.event.data["group_size"]) for o in queued] == [(f"{code}/tni", 3, 1)]
@@ -458,8 +472,8 @@ async def test_the_alignment_retires_what_kafka_holds_and_the_replay_no_longer_d
     pool = await create_pool(database_url, "equipement_alignee")
     try:
         await migrate(pool, "equipement_alignee", SPEC.package_dir)
-        async with pool.acquire() as conn, conn.transaction():  # the replay derived nothing at that UAI
-            queued = await _accord_derived(conn, on_kafka, kinds, source)
+        async with scratch_holding(pool, on_kafka), pool.acquire() as conn, conn.transaction():
+            queued = await _accord_derived(conn, kinds, source)  # the replay derived nothing at that UAI
             stored = await conn.fetchval("SELECT content FROM publies WHERE entity = 'L1'")
     finally:
         await pool.close()
@@ -669,9 +683,18 @@ async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_t
     more than the operators' pod has. Now staged in the schema, a few thousand at a time; each
     alert's last event is still the highest cycle, a resolution after its cycle's raise, whatever
     the order the relay published them in, and the table gets what it lacks."""
+    import hashlib
     import tracemalloc
 
-    from deploy.rattrapage import STAGE_ROWS, _accord_alerts, _Staged
+    from deploy.rattrapage import STAGE_ROWS, STAGED_ALERTS, STAGED_SHOWN, _accord_alerts, _Cycles, _Scratch
+
+    cycles = _Cycles()
+
+    async def alert(record: Read) -> None:
+        await staged.add(STAGED_ALERTS, cycles.row(record))
+
+    async def shown(record: Read) -> None:
+        await staged.add(STAGED_SHOWN, (record.key.decode(), hashlib.sha256(record.value).digest()))
 
     pool = await create_pool(database_url, "ressources_alignee")
     try:
@@ -682,12 +705,12 @@ async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_t
             (b, 1, False), (b, 1, True),  # b: its resolution published before its raise: resolved
             (d, 1, True),  # d: open, and the table shows it already
         ]  # fmt: skip
-        async with _Staged(pool) as staged:
+        async with _Scratch(pool, STAGED_ALERTS, STAGED_SHOWN) as staged:
             for alert_id, cycle, raised in stream:
-                await staged.alert(Read(alert_id, alert_event(alert_id, cycle, raised)))
-            await staged.shown(Read(b, alert_event(b, 1, True)))  # the table still shows b open
-            await staged.shown(Read(d, alert_event(d, 1, True)))
-            await staged.alert(Read(d, alert_event(d, 1, True)))
+                await alert(Read(alert_id, alert_event(alert_id, cycle, raised)))
+            await shown(Read(b, alert_event(b, 1, True)))  # the table still shows b open
+            await shown(Read(d, alert_event(d, 1, True)))
+            await alert(Read(d, alert_event(d, 1, True)))
             await staged.flush()
             async with pool.acquire() as conn, conn.transaction():
                 lacking = await _accord_alerts(conn, 0, len(stream), 0)
@@ -705,7 +728,7 @@ async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_t
             try:
                 for n in range(30_000):
                     alert_id = f"{valid_uai('0350999')}/ark:/67375/m{n}/formation-insuffisante"
-                    await staged.alert(Read(alert_id, alert_event(alert_id, 1, True, pad=800)))
+                    await alert(Read(alert_id, alert_event(alert_id, 1, True, pad=800)))
                 await staged.flush()
                 _, peak = tracemalloc.get_traced_memory()
             finally:
@@ -714,3 +737,44 @@ async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_t
         assert await pool.fetchval("SELECT to_regclass('rattrapage_alertes_lues') IS NULL"), "scratch tables dropped"
     finally:
         await pool.close()
+
+
+async def test_the_alignment_of_derived_state_holds_little_of_its_topic(database_url) -> None:
+    """equipement's compacted topic was read into memory, each key's latest record parsed
+    (about 2.6 KB a key: a national platform's 480,000 lots 1.2 GB), then `publies` read whole
+    beside it. Now staged in the schema and compared 2,000 UAIs at a time: the same outcome
+    (here nothing to publish: the replay derived what Kafka holds; and one lot retired)."""
+    import tracemalloc
+
+    from deploy.rattrapage import STAGED_PUBLIES, _accord_derived, _Scratch
+
+    _, source, kinds = DERIVED["equipement"]
+    lots = kinds[0]
+    held = {"kind": "tablette", "quantity": 12, "os": {"name": "iPadOS", "version": "17.1"}, "browsers": []}
+    codes = [valid_uai(f"{3500000 + n:07d}") for n in range(6_000)]
+    pool = await create_pool(database_url, "equipement_memoire")
+    try:
+        await migrate(pool, "equipement_memoire", SPEC.package_dir)
+        await pool.copy_records_to_table(  # what the replay derived: each lot as Kafka holds it, but one
+            "publies",
+            records=[(lots.event_type, u, f"L{n}", 1, json.dumps(held)) for u in codes[1:] for n in range(3)],
+            columns=["type", "uai", "entity", "version", "content"],
+        )
+        tracemalloc.start()
+        try:
+            async with _Scratch(pool, STAGED_PUBLIES) as staged:
+                for u in codes:
+                    for n in range(3):
+                        data = {"uai": u, "version": 1, "group": 9, "group_size": 3, "lot_id": f"L{n}", **held}
+                        await staged.add(STAGED_PUBLIES, (lots.event_type, u, f"L{n}", 1, json.dumps(data)))
+                await staged.flush()
+                async with pool.acquire() as conn, conn.transaction():
+                    queued = await _accord_derived(conn, kinds, source)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert sorted((o.key, o.event.data["quantity"]) for o in queued) == [(f"{codes[0]}/L{n}", 0) for n in range(3)]
+        assert await pool.fetchval("SELECT count(*) FROM publies") == 3 * len(codes)
+    finally:
+        await pool.close()
+    assert peak < 25_000_000, f"{peak / 1e6:.1f} MB held at most for {3 * len(codes)} keys"  # in memory: 62 MB

@@ -19,7 +19,7 @@ def _record(alert: str, cycle: int, raised: bool) -> SimpleNamespace:
     return SimpleNamespace(value=json.dumps(event).encode())
 
 
-async def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(monkeypatch: pytest.MonkeyPatch) -> None:
     tries = 0
 
     def counted(alert: str, cycle: int, what: str) -> str:
@@ -30,17 +30,9 @@ async def test_each_event_costs_one_or_two_tries_and_no_range_is_materialised(mo
     monkeypatch.setattr(rattrapage, "event_id", counted)
     alerts = [f"alerte-{n}" for n in range(50)]
     expected = [(a, cycle, raised) for a in alerts for cycle in (1, 2, 3) for raised in (True, False)]
-    staged: list[tuple] = []
-
-    class Pool:  # what _Staged copies, kept
-        async def copy_records_to_table(self, table, records, columns):
-            staged.extend(records)
-
-    stage = rattrapage._Staged(Pool())
-    for alert, cycle, raised in expected:
-        await stage.alert(_record(alert, cycle, raised))
-    await stage.flush()
-    assert [(alert, cycle, raised) for _, alert, cycle, raised, _ in staged] == expected
+    cycles = rattrapage._Cycles()
+    staged = [cycles.row(_record(alert, cycle, raised)) for alert, cycle, raised in expected]
+    assert [(alert, cycle, raised) for alert, cycle, raised, _ in staged] == expected
     assert tries <= 2 * len(expected)
 
     tracemalloc.start()
