@@ -31,6 +31,7 @@ from contracts.internal import INTERNAL_TOPICS
 from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, enqueue, load_headers
 from services.common.rules import rights
+from services.common.runtime import logs
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
@@ -255,6 +256,7 @@ class Pipeline:
                         _failed(span, exc)
                         self.metrics.batch_failed(type(exc).__name__)
                         log.exception("batch.failed", records=len(records), attempts=attempt)
+                        logs.said(exc)  # FastStream, which it is raised to, logged it again
                         await asyncio.sleep(1)
                         raise
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
@@ -267,6 +269,7 @@ class Pipeline:
                     _failed(span, exc)
                     self.metrics.batch_failed(type(exc).__name__)
                     log.exception("batch.failed", records=len(records))
+                    logs.said(exc)  # FastStream, which it is raised to, logged it again
                     await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
         if outgoing or rejected:

@@ -100,6 +100,24 @@ def _request_cut_at_stop(record: logging.LogRecord) -> bool:
     return not (isinstance(error, asyncio.CancelledError) and CUT_AT_STOP in str(error))
 
 
+_SAID = "_feo_said"
+
+
+def said(error: BaseException) -> None:
+    """`error` has been logged with its traceback by the platform (`batch.failed`): FastStream,
+    which the consumer's handler re-raises it to (the batch taken again), does not log it again."""
+    try:
+        setattr(error, _SAID, True)
+    except AttributeError:  # an exception type without a __dict__: logged twice, as before
+        pass
+
+
+def _said_already(record: logging.LogRecord) -> bool:
+    """A filter of the libraries' handler: a record whose exception the platform logged (`said`)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not getattr(error, _SAID, False)
+
+
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", library_level: str = "WARNING") -> None:
     tty = sys.stderr.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not tty)
@@ -136,6 +154,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
         )
     )
     handler.setLevel(library_level.upper())
+    handler.addFilter(_said_already)
     root = logging.getLogger()
     for previous in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
         root.removeHandler(previous)

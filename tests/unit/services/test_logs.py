@@ -122,3 +122,21 @@ def test_a_line_that_cannot_be_written_is_lost_not_raised(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Broken())
     structlog.get_logger("test").info("batch.applied", records=3)
     logging.getLogger("aiokafka.conn").warning("Unable to connect")
+
+
+def test_an_error_the_platform_logged_is_not_logged_again_by_faststream(capsys):
+    """A batch that failed was logged twice with its traceback: `batch.failed`, then FastStream's
+    own error line once the handler raised it back (the batch taken again). Now once; an
+    error the platform did not log is still FastStream's to say."""
+    from services.common.runtime.logs import said
+
+    configure_logging("svc", "json", "INFO")
+    kafka = logging.getLogger("faststream.kafka")
+    logged, other = RuntimeError("disk full"), RuntimeError("in FastStream's parser")
+    said(logged)
+    for error in (logged, other):
+        try:
+            raise error
+        except RuntimeError:
+            kafka.exception("%s", error)
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["in FastStream's parser"]
