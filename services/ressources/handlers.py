@@ -29,7 +29,7 @@ from services.common.rules.state import Verdicts
 from services.ressources.lifecycle import Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart
+from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart, Resolution
 
 SOURCE = "/plateforme/ressources"
 log = structlog.get_logger(__name__)
@@ -66,6 +66,8 @@ class Store(Protocol):
     async def load_alertes(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Held]]: ...
 
     async def save_alertes(self, rows: Sequence[AlertRow]) -> None: ...
+
+    async def resolve_alertes(self, rows: Sequence[Resolution]) -> None: ...
 
     async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None: ...
 
@@ -396,6 +398,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     held_alerts = await store.load_alertes([(p.uai, p.resource_id) for p in pairs])
     now = datetime.now(UTC)
     rows: list[AlertRow] = []
+    resolutions: list[Resolution] = []
     outgoing: list[Outgoing[EncodedEvent]] = []
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
@@ -415,15 +418,16 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
                 outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, content, cycle, "levee", now, cause))
             elif t.resolved and t.held:
-                rows.append(AlertRow(t.held.stored, ouverte=False, cycle=cycle, resolved_at=now))
+                resolutions.append(Resolution(t.resolved["alert_id"], cycle, now))
                 outgoing.append(
                     _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
                 )
             elif t.updated:
                 rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
+    await store.resolve_alertes(resolutions)
     await store.journal(outgoing)
-    return Evaluated(outgoing, len(pairs), updated=len(rows) - len(outgoing))
+    return Evaluated(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing))
 
 
 def _announce(

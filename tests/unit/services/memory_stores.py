@@ -15,9 +15,18 @@ from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
 from services.ressources import views
-from services.ressources.lifecycle import PORTEE, Held
+from services.ressources.lifecycle import PORTEE, Held, alert_id
 from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
-from services.ressources.store import EVERY_RESOURCE, MAX_PARTS, AlertRow, Pair, ReevaluationPart, cut, uncovered
+from services.ressources.store import (
+    EVERY_RESOURCE,
+    MAX_PARTS,
+    AlertRow,
+    Pair,
+    ReevaluationPart,
+    Resolution,
+    cut,
+    uncovered,
+)
 
 
 class Latest:
@@ -221,6 +230,15 @@ class RessourcesMemory:
                 was = {k: before.values[k] for k in PORTEE}
                 levee = before.levee_portee or (None if was == {k: alerte[k] for k in PORTEE} else json.dumps(was))
             held[alerte["kind"]] = Held(r.ouverte, r.cycle, r.alerte, levee)
+
+    async def resolve_alertes(self, rows: Sequence[Resolution]) -> None:
+        ids = {
+            alert_id(uai, rid, kind): (uai, rid, kind) for (uai, rid), kinds in self.alerts.items() for kind in kinds
+        }
+        for r in rows:
+            uai, rid, kind = ids[r.alert_id]
+            held = self.alerts[(uai, rid)][kind]
+            self.alerts[(uai, rid)][kind] = Held(False, r.cycle, held.stored, held.levee_portee)
 
     async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
         self.journalled += [o.event for o in announced]
