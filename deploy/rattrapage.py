@@ -11,8 +11,9 @@ real differences, with the ids they would have had:
 
 - equipement, formation: `publies` takes the highest version of every key on the service's
   compacted topic, and its groups' sequence goes past the highest group there; then each key
-  whose replayed content differs is published once more, as the next version, in one group
-  (services/common/storage/derived.py); the others publish nothing.
+  whose replayed content differs is published once more, as the next version, a UAI's in one
+  group (services/common/storage/derived.py); the others publish nothing. What Kafka holds is
+  staged in temporary tables (`_Scratch`), not held in memory.
 - ressources: `alertes` takes, per alert_id, its last event on alertes.compatibilite.v1 or its
   table alertes.etat.v1 (open or resolved, its raise count, its content); the table gets what
   it lacks (an open alert's last event, a resolved one's tombstone: a deployment from before
@@ -405,15 +406,15 @@ async def accorder(
     # is kept for ever: a year of a national platform's would not fit in memory).
     if name in DERIVED:
         topic, source, kinds = DERIVED[name]
-        async with _Scratch(cible.pipeline.pool, STAGED_PUBLIES) as staged:  # in memory, 2.6 KB a key
+        async with _Scratch(cible.pipeline.pool, STAGED_PUBLIES, cible=cible) as staged:  # in memory: 2.6 KB a key
             async for record in records_of(bootstrap, cible.topic(topic)):
                 await staged.add(STAGED_PUBLIES, _published_row(record))
             await staged.flush()
-            queued = await sql.run_exclusive(lambda conn: _accord_derived(conn, kinds, source))
+            queued = await staged.sql.run_exclusive(lambda conn: _accord_derived(conn, kinds, source))
     elif name == "ressources":
         # Every alert ever raised, with its content: held in memory, a year of a national
-        # platform's (millions) took more than the operators' pod has. Staged in the schema.
-        async with _Scratch(cible.pipeline.pool, STAGED_ALERTS, STAGED_SHOWN) as staged:
+        # platform's (millions) took more than the operators' pod has. Staged in the database.
+        async with _Scratch(cible.pipeline.pool, STAGED_ALERTS, STAGED_SHOWN, cible=cible) as staged:
             announced, cycles = 0, _Cycles()
             async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
                 await staged.add(STAGED_ALERTS, cycles.row(record))
@@ -424,7 +425,7 @@ async def accorder(
                 if record.value is not None:
                     await staged.add(STAGED_ALERTS, cycles.row(record))
             await staged.flush()
-            queued = await sql.run_exclusive(
+            queued = await staged.sql.run_exclusive(
                 lambda conn: _accord_alerts(conn, cible.journal_from, announced, journal_floor)
             )
         queued += await _reevaluate_everything(cible, stored_thresholds)
@@ -466,11 +467,31 @@ async def _unfetchable(access: KafkaAccess, partitions: list[TopicPartition]) ->
     return refused
 
 
-def _bare(cible: Cible) -> Pipeline:
-    """The target's pipeline with the bare connection as its store, for work in SQL."""
+def _bare(cible: Cible, pool: Any = None) -> Pipeline:
+    """The target's pipeline with the bare connection as its store, for work in SQL (through
+    `pool`, else the target's)."""
     pipeline = Pipeline(cible.spec.name, cible.settings, cible.spec.apply(cible.settings), lambda conn: conn)
-    pipeline.attach(cible.pipeline.pool, cible.pipeline.relay)
+    pipeline.attach(pool or cible.pipeline.pool, cible.pipeline.relay)
     return pipeline
+
+
+class _OneConnection:
+    """A pool of one connection, held: the catch-up's scratch tables are temporary, its
+    session's own (never in a backup, never locked by one, gone with it), so they are filled and
+    read through the connection that made them."""
+
+    def __init__(self, conn: Conn):
+        self._conn = conn
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Conn]:
+        yield self._conn
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self._conn.execute(sql, *args)
+
+    async def copy_records_to_table(self, table: str, **kw: Any) -> str:
+        return await self._conn.copy_records_to_table(table, **kw)
 
 
 def _published_row(record: ConsumerRecord) -> tuple[str, str, str, int, str]:
@@ -502,7 +523,7 @@ async def _accord_derived(conn: Conn, kinds: tuple[Derived, ...], source: str) -
     for type_, dropped in fields.items():
         await conn.execute(
             "INSERT INTO publies (type, uai, entity, version, content) "
-            "SELECT type, uai, entity, version, data - $2::text[] FROM rattrapage_derniers WHERE type = $1",
+            "SELECT type, uai, entity, version, data::jsonb - $2::text[] FROM rattrapage_derniers WHERE type = $1",
             type_,
             dropped,
         )
@@ -551,15 +572,16 @@ async def _accord_derived(conn: Conn, kinds: tuple[Derived, ...], source: str) -
 STAGED_PUBLIES, STAGED_ALERTS = "rattrapage_publies_lus", "rattrapage_alertes_lues"
 STAGED_SHOWN = "rattrapage_etat_lu"
 STAGED_COLUMNS = {
-    STAGED_PUBLIES: {"type": "text", "uai": "text", "entity": "text", "version": "bigint", "data": "jsonb"},
+    STAGED_PUBLIES: {"type": "text", "uai": "text", "entity": "text", "version": "bigint", "data": "json"},
     STAGED_ALERTS: {"alert_id": "text", "cycle": "int", "ouverte": "boolean", "value": "bytea"},
     STAGED_SHOWN: {"alert_id": "text", "digest": "bytea"},
 }
-"""The catch-up's scratch tables, in the schema it aligns (unlogged, dropped once it is done),
-each row with the order it was read in (`seq`): the records of a derived state's compacted
-topic; every event of the alerts stream and its table; the table's record of each key, digested.
-What Kafka holds was read into memory: a national platform's (480,000 lots, a million alerts
-and more a year, about 3 KB each) took more than the operators' pod has."""
+"""The catch-up's scratch tables, temporary (its session's), each row with the order it was
+read in (`seq`): the records of a derived state's compacted topic (as JSON text: a retirement
+keeps its fields in the order Kafka holds them); every event of the alerts stream and its
+table; the table's record of each key, digested. What Kafka holds was read into memory: a
+national platform's (480,000 lots, a million alerts and more a year, about 3 KB each) took
+more than the operators' pod has."""
 STAGE_ROWS = 5000
 """Records staged by one COPY: what memory holds of the topics at a time."""
 
@@ -575,23 +597,36 @@ class _Value:
 
 
 class _Scratch:
-    """Scratch tables (STAGED_COLUMNS) made anew, filled STAGE_ROWS rows at a time, dropped at the end."""
+    """Temporary tables (STAGED_COLUMNS) on a connection of `pool` held for the catch-up, filled
+    STAGE_ROWS rows at a time (`conn`); `sql`, given the target, is its pipeline over that
+    connection, for the alignment that reads them (a transaction with a batch's guarantees)."""
 
-    def __init__(self, pool: Any, *tables: str):
-        self._pool, self._tables = pool, tables
+    def __init__(self, pool: Any, *tables: str, cible: Cible | None = None):
+        self._pool, self._cible, self._tables = pool, cible, tables
         self._rows: dict[str, list[tuple]] = {t: [] for t in tables}
         self._seq = 0
+        self._held: Any = None
+        self.conn: _OneConnection
+        self.sql: Pipeline
 
     async def __aenter__(self) -> "_Scratch":
+        self._held = self._pool.acquire()
+        self.conn = _OneConnection(await self._held.__aenter__())
+        if self._cible is not None:
+            self.sql = _bare(self._cible, self.conn)
         made = [
-            f"CREATE UNLOGGED TABLE {t} (seq bigint, {', '.join(f'{c} {k}' for c, k in STAGED_COLUMNS[t].items())})"
+            f"CREATE TEMP TABLE {t} (seq bigint, {', '.join(f'{c} {k}' for c, k in STAGED_COLUMNS[t].items())})"
             for t in self._tables
         ]
-        await self._pool.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}; " + "; ".join(made))
+        await self.conn.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}; " + "; ".join(made))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._pool.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}")
+        try:
+            if exc[0] is None:  # else the connection may be gone: its session's tables go with it
+                await self.conn.execute(f"DROP TABLE IF EXISTS {', '.join(self._tables)}")
+        finally:
+            await self._held.__aexit__(*exc)
 
     async def add(self, table: str, row: tuple) -> None:
         self._seq += 1
@@ -604,7 +639,7 @@ class _Scratch:
         for table, rows in self._rows.items():
             if rows:
                 columns = ["seq", *STAGED_COLUMNS[table]]
-                await self._pool.copy_records_to_table(table, records=rows, columns=columns)
+                await self.conn.copy_records_to_table(table, records=rows, columns=columns)
                 self._rows[table] = []
 
 
