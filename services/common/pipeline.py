@@ -527,7 +527,7 @@ class Pipeline:
         started = time.monotonic()
         judged = applied = stale = duplicates = 0
         refused_by: Counter[str] = Counter()
-        said: list[_Judged] = []
+        said: list[Callable[[], None]] = []  # what to say once committed (not the parts' events: memory)
         with (
             trace.get_tracer(__name__).start_as_current_span(
                 f"revive {self.service}",
@@ -549,7 +549,7 @@ class Pipeline:
                                 span.add_link(link.context)
                         parsed, rejected = self._parse_all(records, {})
                         done = await self._judge(conn, parsed, rejected, span)
-                        said.append(done)
+                        said += done.committed
                         refused = {id(r.record) for r in rejected}
                         accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
                         await dlq.rejudged(conn, accepted, rejected)
@@ -562,8 +562,8 @@ class Pipeline:
                         refused_by.update(r.code for r in rejected)
                 finally:
                     entities.REVIVAL.reset(revival)
-        for done in said:
-            done.say()
+        for say in said:
+            say()
         if judged:
             self.relay.wake()
             self.metrics.revived(applied, stale, duplicates, dict(refused_by))

@@ -347,35 +347,49 @@ async def run_reevaluations(pipeline: Pipeline, settings: RessourcesSettings) ->
 
 
 @dataclass(frozen=True)
+class Said:
+    """What the log says of an evaluation once its transaction committed (Applied.committed):
+    one DEBUG line per alert raised or resolved, one INFO line per evaluation that changed any.
+    Only that is kept (a revival holds one per part until it commits), not the events."""
+
+    pairs: int
+    raised: int
+    resolved: int
+    updated: int
+    alerts: tuple[tuple[str, str, str, str, str], ...] = ()
+    """(line, alert_id, kind, uai, resource_id) of each alert, when DEBUG lines are written."""
+
+    @classmethod
+    def of(cls, outgoing: list[Outgoing[EncodedEvent]], pairs: int, updated: int) -> "Said":
+        raised = sum(o.event.type == c.ALERTE_LEVEE for o in outgoing)
+        alerts = tuple(
+            (
+                "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
+                o.event.data["alert_id"],
+                o.event.data["kind"],
+                o.event.data["uai"],
+                o.event.data["resource_id"],
+            )
+            # Checked once: a skipped call still builds its arguments, for every alert.
+            for o in (outgoing if log.is_enabled_for(logging.DEBUG) else ())
+        )
+        return cls(pairs, raised, len(outgoing) - raised, updated, alerts)
+
+    def __call__(self) -> None:
+        for line, alert_id, kind, uai, resource_id in self.alerts:
+            log.debug(line, alert_id=alert_id, kind=kind, uai=uai, resource_id=resource_id)
+        if self.raised or self.resolved or self.updated:
+            log.info(
+                "alerts.evaluated", pairs=self.pairs, raised=self.raised, resolved=self.resolved, updated=self.updated
+            )
+
+
+@dataclass(frozen=True)
 class Evaluated:
-    """What `reevaluate` did: the alerts to announce, and how many pairs and stored alerts changed."""
+    """What `reevaluate` did: the alerts to announce, and what to say of them once committed."""
 
     outgoing: list[Outgoing[EncodedEvent]]
-    pairs: int = 0
-    updated: int = 0
-
-    def say(self) -> None:
-        """Its log lines, once its transaction committed (Applied.committed): one DEBUG line per
-        alert raised or resolved, one INFO line per evaluation that changed any."""
-        raised = sum(o.event.type == c.ALERTE_LEVEE for o in self.outgoing)
-        # Checked once: a skipped call still builds its arguments, for every alert.
-        for o in self.outgoing if log.is_enabled_for(logging.DEBUG) else ():
-            alerte = o.event.data
-            log.debug(
-                "alert.raised" if o.event.type == c.ALERTE_LEVEE else "alert.resolved",
-                alert_id=alerte["alert_id"],
-                kind=alerte["kind"],
-                uai=alerte["uai"],
-                resource_id=alerte["resource_id"],
-            )
-        if self.outgoing or self.updated:
-            log.info(
-                "alerts.evaluated",
-                pairs=self.pairs,
-                raised=raised,
-                resolved=len(self.outgoing) - raised,
-                updated=self.updated,
-            )
+    say: Said = Said(0, 0, 0, 0)
 
 
 async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: dict[str, CloudEvent]) -> Evaluated:
@@ -427,7 +441,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     await store.save_alertes(rows)
     await store.resolve_alertes(resolutions)
     await store.journal(outgoing)
-    return Evaluated(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing))
+    return Evaluated(outgoing, Said.of(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing)))
 
 
 def _announce(
