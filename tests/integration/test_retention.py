@@ -77,3 +77,30 @@ async def test_a_purge_reads_each_page_once_however_many_rows_expire(database_ur
             assert "Tid Range Scan on inbox" in plan and "Seq Scan" not in plan, plan
     finally:
         await pool.close()
+
+
+async def test_before_postgresql_14_the_purge_deletes_by_limited_chunks(database_url, monkeypatch):
+    """No TID range scan there: each range of pages would be a scan of the whole table, every hour
+    even when nothing expires. A server that says it is 13 is purged as before."""
+    from services.common.storage import retention
+
+    monkeypatch.setattr(retention, "OLD_SERVER_CHUNK", 100)
+
+    class Thirteen(Recorded):
+        async def fetchval(self, sql, *args):
+            return "130011" if sql == "SHOW server_version_num" else await super().fetchval(sql, *args)
+
+    pool = await create_pool(database_url, "retention_13")
+    try:
+        await migrate(pool, "retention_13", SPEC.package_dir)
+        await pool.execute(
+            "INSERT INTO inbox (source, id, type, event_time, received_at) "
+            "SELECT '/gar', 'e' || n, 't', now(), now() - interval '40 days' FROM generate_series(1, 250) AS n"
+        )
+        recorded = Thirteen(pool)
+        assert await purge(recorded, 30) == 250
+        inbox = [sql for sql, _ in recorded.statements if "FROM inbox" in sql]
+        assert len(inbox) == 3 and all("LIMIT 100" in sql and "ctid >=" not in sql for sql in inbox)
+        assert await pool.fetchval("SELECT count(*) FROM inbox") == 0
+    finally:
+        await pool.close()

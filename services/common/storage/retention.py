@@ -38,7 +38,12 @@ async def purge(pool: asyncpg.Pool, days: int) -> int:
     """Delete inbox and dead-letter rows received more than `days` days ago, and the DLQ copies
     set aside made as long ago; returns how many."""
     removed = 0
+    # PostgreSQL before 14 has no TID range scan: each range would be a scan of the whole table.
+    by_pages = int(await pool.fetchval("SHOW server_version_num")) >= 140000
     for table, expired in _EXPIRED.items():
+        if not by_pages:
+            removed += await _purge_limited(pool, table, expired, days)
+            continue
         pages = await pool.fetchval("SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int", table)
         for first in range(0, pages, CHUNK_PAGES):  # a TID range scan each, one transaction each
             deleted = await pool.execute(
@@ -48,6 +53,23 @@ async def purge(pool: asyncpg.Pool, days: int) -> int:
             )
             removed += int(deleted.split()[-1])
     return removed
+
+
+OLD_SERVER_CHUNK = 10_000
+
+
+async def _purge_limited(pool: asyncpg.Pool, table: str, expired: str, days: int) -> int:
+    """On PostgreSQL before 14: OLD_SERVER_CHUNK rows a statement, each scan from the table's
+    first page (slow when many rows expire at once, as after a rebuild)."""
+    removed = 0
+    while True:
+        deleted = await pool.execute(
+            f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {expired} LIMIT {OLD_SERVER_CHUNK})",
+            days,
+        )
+        removed += (count := int(deleted.split()[-1]))
+        if count < OLD_SERVER_CHUNK:
+            return removed
 
 
 async def periodically(
