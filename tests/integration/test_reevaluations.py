@@ -590,6 +590,19 @@ async def test_a_failed_chunk_puts_off_its_part_only_as_it_read_it(database_url,
         assert await put_off() == (1, True), "the part as read: put off"
 
 
+async def test_the_upgrade_comparing_names_as_the_contract_says_evaluates_every_pair_again(database_url):
+    """The alerts held were judged with names trimmed and their spaces collapsed: upgraded, the
+    schema requests every subscribed pair again (a fresh one, subscribed to nothing, does not)."""
+    async with seeded(database_url, uais(3)) as pool:
+        assert not await pending(pool), "made with nothing subscribed: nothing to evaluate again"
+        await pool.execute("DELETE FROM schema_migrations WHERE name LIKE '%0015_noms_comme_le_contrat.sql'")
+        await migrate(pool, "ressources", SPEC.package_dir)  # a schema of the version before, upgraded
+        parts = await pool.fetch("SELECT resource_id, part, after_uai, up_to FROM reevaluations")
+        assert [tuple(p) for p in parts] == [(store_module.EVERY_RESOURCE, 0, "", None)]
+        await fan_out(pool, Seuils())
+        assert not await pending(pool)
+
+
 async def test_a_resource_nobody_subscribes_to_makes_no_part(database_url):
     """Its publication leaves nothing for a worker to take (it left an empty part, one
     transaction to delete it)."""
