@@ -169,6 +169,10 @@ def _emis(token: str) -> float | None:
         return None
 
 
+class AucuneCle(ValueError):
+    """A key set that holds no key the verifier may use (asymmetric, for signing, with a kid)."""
+
+
 def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
     cles = {
         cle.key_id: cle
@@ -176,7 +180,7 @@ def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
         if cle.key_id and cle.public_key_use in (None, "sig") and cle.algorithm_name in ALGORITHMES
     }
     if not cles:
-        raise ValueError("aucune clé de signature asymétrique avec un kid")
+        raise AucuneCle("aucune clé de signature asymétrique avec un kid")
     return cles
 
 
@@ -243,10 +247,11 @@ class _ClesUrl:
                 f"({self._echec})",
                 max(self._prochain - time.monotonic(), 1.0),
             )
-        # Issued after the keys in hand were fetched: its key may be new, fetched again when
-        # allowed. Not one issued in the future beyond the leeway, which no key makes valid (else
-        # anyone's made-up token was answered 503 for ever, every fetch being before its `iat`).
-        if cle is None and emis is not None and self._obtenues < emis <= time.time() + leeway:
+        # Issued after the keys in hand were fetched (`iat` is in whole seconds: in the second of
+        # the fetch too): its key may be new, fetched again when allowed. Not one issued in the
+        # future beyond the leeway, which no key makes valid (else anyone's made-up token was
+        # answered 503 for ever, every fetch being before its `iat`).
+        if cle is None and emis is not None and math.floor(self._obtenues) <= emis <= time.time() + leeway:
             raise ClesAVerifier(
                 f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés seront relues sous "
                 f"{INTERVALLE_REFETCH:g} s",
@@ -263,7 +268,16 @@ class _ClesUrl:
                 self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
                 self._obtenues, self._echoue = demandees, False
                 self._prochain = time.monotonic() + DUREE_CACHE
-            except Exception as error:  # PyJWTError, ValueError (not JSON), OSError (cut while read)...
+            except (AucuneCle, jwt.PyJWKSetError) as error:
+                # The provider answered, with no key to verify with (its keys withdrawn, or none
+                # usable left): those in hand are no longer its, and no token is accepted (503,
+                # as with a JWKS_FILE that holds none). Kept, a key withdrawn so stayed trusted.
+                self._echoue, self._echec = True, f"{type(error).__name__}: {error}"
+                self._prochain = time.monotonic() + REESSAI
+                if self._cles:
+                    log.error("jwks_sans_cle", url=self.url, error=self._echec, retry_in_s=REESSAI)
+                self._cles = {}
+            except Exception as error:  # unreachable, not JSON, cut while read: its keys kept meanwhile
                 self._echoue = True
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI

@@ -6,6 +6,7 @@ over real HTTP (key rotation, refetch throttled, stale keys kept, the event loop
 import asyncio
 import base64
 import json
+import math
 import os
 import threading
 import time
@@ -340,9 +341,26 @@ async def test_an_iat_of_hundreds_of_digits_on_an_unknown_kid_is_a_401_not_a_500
 async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fournisseur, autre: IdentiteLocale) -> None:
     verificateur = fournisseur.verificateur()
 
-    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):
-        await verificateur.verifier(autre.jeton(COMMUNE))
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):  # issued before the keys were fetched
+        await verificateur.verifier(signed_by(autre, int(time.time()) - 60))
     assert fournisseur.requests == 1  # the first fetch already was the fresh one
+
+
+async def test_a_token_of_a_key_published_in_the_second_the_keys_were_fetched_is_503_not_401(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    """`iat` is in whole seconds, the fetch's time was not: a token issued in the second of the
+    last fetch, by a key published just after it, was told its key is unknown (401), not to
+    come back once the keys are fetched again (503)."""
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    made_up = jwt.encode(claims(iat=0), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": "x"})
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):  # forces a fetch (anyone can)
+        await verificateur.verifier(made_up)
+    assert fournisseur.requests == 2
+    fournisseur.jwks = both(identite, autre)  # rotated just after that fetch
+    with pytest.raises(ClesAVerifier):
+        await verificateur.verifier(signed_by(autre, math.floor(verificateur._cles._obtenues)))
 
 
 async def test_the_event_loop_runs_while_the_keys_are_fetched(
@@ -376,6 +394,42 @@ async def test_expired_keys_are_still_used_when_the_provider_is_down(
 
     await eventually(answered_again, timeout=10, what="the expired keys fetched again")
     assert await verificateur.verifier(identite.jeton(COMMUNE)), "the provider's error leaves the keys in use"
+
+
+@pytest.mark.parametrize(
+    "served",
+    [b'{"keys": []}', b'{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}'],
+    ids=["no key", "a shared secret only"],
+)
+async def test_keys_the_provider_withdrew_are_no_longer_accepted(
+    fournisseur: Fournisseur, identite: IdentiteLocale, monkeypatch: pytest.MonkeyPatch, served: bytes
+) -> None:
+    """The provider answered, with no key to verify with: its former keys were kept as if it were
+    unreachable, so a key withdrawn that way stayed trusted for good. Now no token is accepted
+    (503, as with a JWKS_FILE that holds none), until it publishes a key again."""
+    monkeypatch.setattr(jetons, "DUREE_CACHE", 0.0)  # every token finds the keys expired
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(identite.jeton(COMMUNE))
+    fournisseur.jwks = served
+
+    async def refused() -> bool:
+        try:
+            await verificateur.verifier(identite.jeton(COMMUNE))
+        except JwksIndisponible:
+            return True
+        return False
+
+    await eventually(refused, timeout=10, what="the withdrawn key refused")
+    fournisseur.jwks = identite.jwks_path.read_bytes()
+    monkeypatch.setattr(jetons, "REESSAI", 0.0)
+    await eventually(lambda: accepted(verificateur, identite), timeout=10, what="its key published again")
+
+
+async def accepted(verificateur, identite: IdentiteLocale) -> bool:
+    try:
+        return bool(await verificateur.verifier(identite.jeton(COMMUNE)))
+    except JwksIndisponible:
+        return False
 
 
 async def test_a_slow_provider_never_holds_a_request_whose_key_is_in_hand(
