@@ -300,7 +300,8 @@ async def _receive(
         log.info("requete.abandonnee", subject=principal.subject, step="corps")
         return JSONResponse({"detail": "le client a fermé la connexion avant la fin du corps"}, 400)
     del raw  # not kept once split: each event holds its own bytes
-    if wait := passerelle.debit.take(principal.subject, len(elements)):
+    # An empty batch costs one: each request is a signature checked and a line logged.
+    if wait := passerelle.debit.take(principal.subject, max(len(elements), 1)):
         raise too_fast(settings, principal.subject, wait)
     not_after = datetime.now(UTC) + settings.max_clock_skew
 

@@ -119,6 +119,8 @@ def _array(text: str) -> list[Element]:
     if text[at : at + 1] != "]":
         while True:
             if len(elements) == MAX_BATCH_EVENTS:
+                if text[at : at + 1] == "]":  # a comma and no element: not an array, whatever its count
+                    raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)")
                 raise CorpsRefuse(413, f"plus de {MAX_BATCH_EVENTS} événements dans le lot : c'est le maximum")
             try:
                 try:

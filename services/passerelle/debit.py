@@ -25,6 +25,8 @@ class Debit:
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, _Bucket] = {}
+        self._told: dict[str, float] = {}
+        """Per subject, until when a request refused after its body was read was told to wait."""
 
     def _tokens(self, bucket: _Bucket, now: float) -> float:
         """What `bucket` holds at `now`: refilled at the rate since it was counted, up to the burst."""
@@ -33,9 +35,13 @@ class Debit:
     def waiting(self, subject: str) -> float:
         """0 when `subject` may send at least one event now (nothing is counted), else the
         seconds to wait: a request is refused before its body is read."""
+        now = self._clock()
         bucket = self._buckets.get(subject)
-        tokens = self._burst if bucket is None else self._tokens(bucket, self._clock())
-        return 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+        tokens = self._burst if bucket is None else self._tokens(bucket, now)
+        told = self._told.get(subject, now) - now
+        if told <= 0:
+            self._told.pop(subject, None)
+        return max(told, 0.0 if tokens >= 1 else (1 - tokens) / self._rate)
 
     def _counted(self, subject: str) -> _Bucket:
         """`subject`'s bucket, counted now."""
@@ -45,12 +51,16 @@ class Debit:
         return bucket
 
     def take(self, subject: str, events: int) -> float:
-        """0 when `subject` may send `events` now (they are counted), else the seconds to wait."""
+        """0 when `subject` may send `events` now (they are counted), else the seconds to wait,
+        until when its next request is refused before its body is read (`waiting`): the body
+        of one sent again at once was read and split again for nothing, as often as it came."""
         bucket = self._counted(subject)
         if events <= bucket.tokens:
             bucket.tokens -= events
             return 0.0
-        return (events - bucket.tokens) / self._rate
+        wait = (events - bucket.tokens) / self._rate
+        self._told[subject] = self._clock() + wait
+        return wait
 
     def spend(self, subject: str, events: int) -> None:
         """`events` taken from `subject`'s bucket, into debt by as many at most: a request that

@@ -336,9 +336,24 @@ async def test_beyond_its_rate_a_subject_is_429_and_nothing_is_judged_nor_writte
         # judging or splitting 600 events: a few on a busy machine)
         assert 190 <= int(second.headers["retry-after"]) <= 200
         assert "débit" in second.json()["detail"]
+        # Sent again at once, it was read and split again (a 15 MiB body as often as it came):
+        # now refused before its body is read (which, read, would be a 400) until told.
+        again = await client.post("/v1/evenements", content=b"[{", headers=bearer(identite.jeton(RENNES)) | BATCHED)
+        assert again.status_code == 429, again.text
         other = bearer(identite.jeton("/collectivites/communes/35001"))
         assert (await client.post("/v1/evenements", json=events, headers=other | BATCHED)).status_code == 207
     assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
+
+
+async def test_an_empty_batch_counts_as_one_event(settings, identite):
+    """It took nothing: empty batches were let through at any rate, each a signature checked and
+    a line logged."""
+    async with serve(rated(settings, identite, 0.01, 1000)) as (client, _):
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        events = [lot(ECOLE, lot_id=f"L{i}") for i in range(999)]
+        assert (await client.post("/v1/evenements", json=events, headers=auth)).status_code == 207
+        assert (await client.post("/v1/evenements", json=[], headers=auth)).status_code == 202  # the last one
+        assert (await client.post("/v1/evenements", json=[], headers=auth)).status_code == 429
 
 
 async def test_with_an_empty_bucket_a_request_is_429_before_its_body_is_read(settings, identite):

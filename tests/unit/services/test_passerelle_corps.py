@@ -19,6 +19,7 @@ from services.passerelle.corps import (
     read,
     split,
 )
+from services.passerelle.settings import MAX_BATCH_EVENTS
 
 
 @pytest.mark.parametrize(
@@ -256,4 +257,12 @@ def test_a_deep_element_left_open_or_followed_by_anything_but_a_comma_is_400(bod
 def test_a_deep_structured_body_that_is_not_one_object_is_400(body):
     with pytest.raises(CorpsRefuse) as refused:
         split(body, STRUCTURED)
+    assert refused.value.status == 400
+
+
+def test_a_full_batch_with_a_trailing_comma_is_400_not_413():
+    """1,000 events and a comma: not an array (as 999 and a comma is), not one too many."""
+    one = json.dumps({"id": "x"})
+    with pytest.raises(CorpsRefuse) as refused:
+        split(("[" + ",".join([one] * MAX_BATCH_EVENTS) + ",]").encode(), BATCHED)
     assert refused.value.status == 400

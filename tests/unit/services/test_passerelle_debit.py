@@ -32,6 +32,22 @@ def test_a_refused_request_takes_nothing_and_says_how_long_to_wait():
     assert debit.take("a", 300) == 0  # the refused request took nothing
 
 
+def test_a_request_refused_after_its_body_was_read_refuses_the_next_before_its_body_until_told():
+    """Refused, it took nothing: with one event refilled, the same full batch sent again at once
+    passed the look before its body (`waiting`), was read and split again, and refused again, as
+    often as it came. Now the next is refused before its body until the wait it was told; then
+    it passes, as it would have (nothing taken from the bucket meanwhile)."""
+    clock = Clock()
+    debit = Debit(rate=10, burst=1000, clock=clock)
+    assert debit.take("a", 1000) == 0
+    clock.now += 0.1  # one event back
+    assert debit.take("a", 1000) == pytest.approx(99.9)
+    assert debit.waiting("a") == pytest.approx(99.9), "told to wait: refused before its body"
+    assert debit.waiting("b") == 0, "another subject's own"
+    clock.now += 99.9
+    assert debit.waiting("a") == 0 and debit.take("a", 1000) == 0, "then it passes"
+
+
 def test_the_bucket_never_holds_more_than_the_burst():
     clock = Clock()
     debit = Debit(rate=1000, burst=1000, clock=clock)
