@@ -90,6 +90,9 @@ _REFUS: list[tuple[type[jwt.PyJWTError], str]] = [  # most specific first: they 
     (jwt.InvalidIssuerError, "émetteur inattendu (iss)"),
     (jwt.InvalidAudienceError, "audience inattendue (aud)"),
     (jwt.InvalidAlgorithmError, "algorithme différent de celui de la clé (kid)"),
+    (jwt.exceptions.InvalidSubjectError, "sujet invalide (sub : une chaîne)"),
+    (jwt.exceptions.InvalidIssuedAtError, "date d'émission invalide (iat : un nombre)"),
+    (jwt.exceptions.InvalidJTIError, "identifiant invalide (jti : une chaîne)"),
     (jwt.DecodeError, "jeton illisible (JWS compact attendu)"),
 ]
 

@@ -131,6 +131,8 @@ REFUS = {
         "claim declarant absent ou mal formé",
     ),
     "empty list of declarants": (lambda i, a: i.signe(claims(declarant=[])), "claim declarant absent ou mal formé"),
+    "sub a number": (lambda i, a: i.signe(claims(sub=35238)), "sujet invalide (sub"),
+    "iat a word": (lambda i, a: i.signe(claims(iat="hier")), "date d'émission invalide (iat"),
     "list with a non-string": (
         lambda i, a: i.signe(claims(declarant=[COMMUNE, 35238])),
         "claim declarant absent ou mal formé",
