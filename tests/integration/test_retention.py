@@ -1,8 +1,28 @@
 """Retention of the inbox, the dead letters and the DLQ copies set aside, on the real database."""
 
+from contextlib import asynccontextmanager
+
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.retention import purge
 from services.equipement.app import SPEC
+
+
+@asynccontextmanager
+async def migrated(database_url: str, schema: str, expired: int = 0, recent: int = 0):
+    """equipement's schema, its inbox holding `expired` rows received 40 days ago and `recent` of 1 day: its pool."""
+    pool = await create_pool(database_url, schema)
+    try:
+        await migrate(pool, schema, SPEC.package_dir)
+        await pool.execute(
+            "INSERT INTO inbox (source, id, type, event_time, received_at) "
+            "SELECT '/gar', 'e' || n, 't', now(), now() - CASE WHEN n <= $1 THEN interval '40 days' "
+            "ELSE interval '1 day' END FROM generate_series(1, $1::int + $2::int) AS n",
+            expired,
+            recent,
+        )
+        yield pool
+    finally:
+        await pool.close()
 
 
 async def test_rows_older_than_the_retention_are_deleted_and_recent_ones_kept(database_url):
@@ -57,14 +77,7 @@ async def test_a_purge_reads_each_page_once_however_many_rows_expire(database_ur
     from services.common.storage import retention
 
     monkeypatch.setattr(retention, "CHUNK_PAGES", 4)
-    pool = await create_pool(database_url, "retention_pages")
-    try:
-        await migrate(pool, "retention_pages", SPEC.package_dir)
-        await pool.execute(
-            "INSERT INTO inbox (source, id, type, event_time, received_at) "
-            "SELECT '/gar', 'e' || n, 't', now(), now() - CASE WHEN n % 100 = 0 THEN interval '1 day' "
-            "ELSE interval '40 days' END FROM generate_series(1, 3000) AS n"
-        )
+    async with migrated(database_url, "retention_pages", expired=2970, recent=30) as pool:
         pages = await pool.fetchval("SELECT pg_relation_size('inbox') / current_setting('block_size')::int")
         assert pages > 3 * 4, "rows over several chunks of pages"
         recorded = Recorded(pool)
@@ -75,8 +88,6 @@ async def test_a_purge_reads_each_page_once_however_many_rows_expire(database_ur
         for sql, args in inbox:
             plan = "\n".join(r[0] for r in await pool.fetch(f"EXPLAIN {sql}", *args))
             assert "Tid Range Scan on inbox" in plan and "Seq Scan" not in plan, plan
-    finally:
-        await pool.close()
 
 
 async def test_before_postgresql_14_the_purge_deletes_by_limited_chunks(database_url, monkeypatch):
@@ -90,17 +101,9 @@ async def test_before_postgresql_14_the_purge_deletes_by_limited_chunks(database
         async def fetchval(self, sql, *args):
             return "130011" if sql == "SHOW server_version_num" else await super().fetchval(sql, *args)
 
-    pool = await create_pool(database_url, "retention_13")
-    try:
-        await migrate(pool, "retention_13", SPEC.package_dir)
-        await pool.execute(
-            "INSERT INTO inbox (source, id, type, event_time, received_at) "
-            "SELECT '/gar', 'e' || n, 't', now(), now() - interval '40 days' FROM generate_series(1, 250) AS n"
-        )
+    async with migrated(database_url, "retention_13", expired=250) as pool:
         recorded = Thirteen(pool)
         assert await purge(recorded, 30) == 250
         inbox = [sql for sql, _ in recorded.statements if "FROM inbox" in sql]
         assert len(inbox) == 3 and all("LIMIT 100" in sql and "ctid >=" not in sql for sql in inbox)
         assert await pool.fetchval("SELECT count(*) FROM inbox") == 0
-    finally:
-        await pool.close()
