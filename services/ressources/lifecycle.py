@@ -123,7 +123,9 @@ def transitions(
             else:
                 out.append(Transition(kind, before, updated=content))
         elif opened is not None:
-            out.append(Transition(kind, before, resolved={**dict(opened.as_raised), "resolved_at": now}))
+            # Never before its raise: raised by a replica whose clock was ahead of this one's.
+            resolved_at = max(now, opened.raised_at)
+            out.append(Transition(kind, before, resolved={**dict(opened.as_raised), "resolved_at": resolved_at}))
     return out
 
 

@@ -56,6 +56,16 @@ def test_condition_gone_or_pair_not_evaluated_resolves():
         assert r.resolved and r.resolved["resolved_at"] == NOW and r.resolved["alert_id"] == t.raised["alert_id"]
 
 
+def test_an_alert_raised_by_a_replica_whose_clock_was_ahead_never_resolves_before_its_raise():
+    """Each replica stamps with its own clock: one behind resolved an alert another had raised,
+    `resolved_at` before `raised_at` (a negative duration for whoever computes one)."""
+    ahead = NOW + timedelta(seconds=40)
+    [t] = transitions(UAI, RID, ETAB, INCOMPATIBLE, {}, ahead)
+    held = {"equipement-incompatible": Held(True, 1, stored(t.raised))}
+    [r] = transitions(UAI, RID, ETAB, None, held, NOW)
+    assert r.resolved["resolved_at"] == r.resolved["raised_at"] == ahead
+
+
 def test_an_alert_moved_since_its_raise_resolves_where_it_was_raised():
     """Its établissement moved to another département: the stored content says the new one (the
     read API's), the resolution the one of its raise (a dashboard filtering on it saw the raise)."""
