@@ -402,18 +402,17 @@ async def accorder(
         return []
 
     await sql.run_exclusive(forget_replay)
-    # The topics are read record by record, what is kept of them is per key (the alerts stream
-    # is kept for ever: a year of a national platform's would not fit in memory).
+    # The topics are read record by record into temporary tables (`_Scratch`): held in memory,
+    # each key's latest record took 2.6 KB (a lot) to 3.6 KB (an alert, kept for ever: a year of a
+    # national platform's would not fit).
     if name in DERIVED:
         topic, source, kinds = DERIVED[name]
-        async with _Scratch(cible.pipeline.pool, STAGED_PUBLIES, cible=cible) as staged:  # in memory: 2.6 KB a key
+        async with _Scratch(cible.pipeline.pool, STAGED_PUBLIES, cible=cible) as staged:
             async for record in records_of(bootstrap, cible.topic(topic)):
                 await staged.add(STAGED_PUBLIES, _published_row(record))
             await staged.flush()
             queued = await staged.sql.run_exclusive(lambda conn: _accord_derived(conn, kinds, source))
     elif name == "ressources":
-        # Every alert ever raised, with its content: held in memory, a year of a national
-        # platform's (millions) took more than the operators' pod has. Staged in the database.
         async with _Scratch(cible.pipeline.pool, STAGED_ALERTS, STAGED_SHOWN, cible=cible) as staged:
             announced, cycles = 0, _Cycles()
             async for record in records_of(bootstrap, cible.topic(c.ALERTES)):
