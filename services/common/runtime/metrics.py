@@ -69,21 +69,19 @@ class _Scraped(Collector):
         )
         for (topic, partition), value in sorted(self._metrics.lag().items()):
             lag.add_metric([service, topic, str(partition)], value)
-        failing = self._metrics.failing
-        failing_seconds = GaugeMetricFamily(
+        failing_seconds = _seconds(
             "feo_batches_failing_seconds",
             "how long the batches have failed one after another (0: the latest committed)",
-            labels=["service"],
+            service,
+            self._metrics.failing,
         )
-        failing_seconds.add_metric([service], failing.seconds() if failing is not None else 0)
-        positions = self._metrics.positions_failing
-        unpositioned = GaugeMetricFamily(
+        unpositioned = _seconds(
             "feo_positions_unreadable_seconds",
             "how long the stored positions of the partitions assigned have been unreadable, the partitions "
             "paused meanwhile (0: read)",
-            labels=["service"],
+            service,
+            self._metrics.positions_failing,
         )
-        unpositioned.add_metric([service], positions.seconds() if positions is not None else 0)
         held = GaugeMetricFamily(
             "feo_unreadable_batch_offset",
             "offset of the batch a partition waits at, which the broker served damaged (read again every minute)",
@@ -103,6 +101,18 @@ class Failing:
 
     def seconds(self) -> float:
         return round(monotonic() - self.at, 1)
+
+    @staticmethod
+    def again(before: "Failing | None", error: str) -> "Failing":
+        """Failing once more, with this error: since the first of the failures in a row."""
+        return Failing(before.since, before.at, error) if before else Failing(datetime.now(UTC), monotonic(), error)
+
+
+def _seconds(name: str, meaning: str, service: str, failing: Failing | None) -> GaugeMetricFamily:
+    """How long something has failed in a row (0: it is not failing)."""
+    gauge = GaugeMetricFamily(name, meaning, labels=["service"])
+    gauge.add_metric([service], failing.seconds() if failing is not None else 0)
+    return gauge
 
 
 class Metrics:
@@ -169,15 +179,11 @@ class Metrics:
         """A batch whose transaction failed (it is taken again): counted, and since when batches
         fail one after another, with the latest error's type, until one commits."""
         self._failed.labels(self.service).inc()
-        since = self.failing.since if self.failing is not None else datetime.now(UTC)
-        self.failing = Failing(since, monotonic() if self.failing is None else self.failing.at, error)
+        self.failing = Failing.again(self.failing, error)
 
     def positions_unreadable(self, error: str) -> None:
         """The stored positions could not be read at an assignment (taken again): since when."""
-        held = self.positions_failing
-        self.positions_failing = Failing(
-            held.since if held else datetime.now(UTC), held.at if held else monotonic(), error
-        )
+        self.positions_failing = Failing.again(self.positions_failing, error)
 
     def positions_read(self) -> None:
         self.positions_failing = None
