@@ -2,6 +2,7 @@
 
 from contextlib import asynccontextmanager
 
+from helpers import migrated_pool
 from services.common.storage.db import create_pool, migrate
 from services.common.storage.retention import purge
 from services.equipement.app import SPEC
@@ -10,9 +11,7 @@ from services.equipement.app import SPEC
 @asynccontextmanager
 async def migrated(database_url: str, schema: str, expired: int = 0, recent: int = 0):
     """equipement's schema, its inbox holding `expired` rows received 40 days ago and `recent` of 1 day: its pool."""
-    pool = await create_pool(database_url, schema)
-    try:
-        await migrate(pool, schema, SPEC.package_dir)
+    async with migrated_pool(database_url, SPEC, schema) as pool:
         await pool.execute(
             "INSERT INTO inbox (source, id, type, event_time, received_at) "
             "SELECT '/gar', 'e' || n, 't', now(), now() - CASE WHEN n <= $1 THEN interval '40 days' "
@@ -21,8 +20,6 @@ async def migrated(database_url: str, schema: str, expired: int = 0, recent: int
             recent,
         )
         yield pool
-    finally:
-        await pool.close()
 
 
 async def test_rows_older_than_the_retention_are_deleted_and_recent_ones_kept(database_url):
