@@ -19,6 +19,7 @@ token's fetch less than 10 seconds ago with this one issued since), it is `ClesA
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
@@ -89,7 +90,6 @@ _REFUS: list[tuple[type[jwt.PyJWTError], str]] = [  # most specific first: they 
     (jwt.ImmatureSignatureError, "jeton pas encore valide (nbf ou iat dans le futur)"),
     (jwt.InvalidIssuerError, "émetteur inattendu (iss)"),
     (jwt.InvalidAudienceError, "audience inattendue (aud)"),
-    (jwt.InvalidAlgorithmError, "algorithme différent de celui de la clé (kid)"),
     (jwt.exceptions.InvalidSubjectError, "sujet invalide (sub : une chaîne)"),
     (jwt.exceptions.InvalidIssuedAtError, "date d'émission invalide (iat : un nombre)"),
     (jwt.exceptions.InvalidJTIError, "identifiant invalide (jti : une chaîne)"),
@@ -133,11 +133,13 @@ class Verificateur:
         cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds) if isinstance(kid, str) else None
         if cle is None:
             raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
+        if alg not in cle.algorithmes:
+            raise JetonRefuse("algorithme différent de celui de la clé (kid)")
         try:
             claims = jwt.decode(
                 token,
-                cle,
-                algorithms=[cle.algorithm_name],
+                cle.jwk.key,
+                algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway_seconds,
@@ -176,12 +178,42 @@ class AucuneCle(ValueError):
     """A key set that holds no key the verifier may use (asymmetric, for signing, with a kid)."""
 
 
-def _cles_de_signature(jeu: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
-    cles = {
-        cle.key_id: cle
-        for cle in jeu.keys
-        if cle.key_id and cle.public_key_use in (None, "sig") and cle.algorithm_name in ALGORITHMES
-    }
+@dataclass(frozen=True, slots=True)
+class Cle:
+    """A key of the provider's JWKS the verifier may use, and the algorithms it verifies."""
+
+    jwk: jwt.PyJWK
+    algorithmes: frozenset[str]
+
+
+_FAMILLE_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+
+
+def _cles_de_signature(jeu: object) -> dict[str, Cle]:
+    """The keys of a JWKS document (RFC 7517) the verifier may use: asymmetric, named by a `kid`,
+    for signatures (`use` absent or `sig`, `key_ops` absent or holding `verify`). A key that
+    names its `alg` verifies that one; one that does not, every algorithm of its type (RFC 7518):
+    an RSA key RS* and PS*, an EC or OKP key the one its curve goes with. Keys of another kind are
+    skipped; none left is `AucuneCle`. Not a JSON object: ValueError (not a key set at all)."""
+    if not isinstance(jeu, dict):
+        raise ValueError("le JWKS n'est pas un objet JSON")
+    keys = jeu.get("keys")
+    cles = {}
+    for donnees in keys if isinstance(keys, list) else []:
+        if not isinstance(donnees, dict):
+            continue
+        kid, alg, ops = donnees.get("kid"), donnees.get("alg", ""), donnees.get("key_ops")
+        if not isinstance(kid, str) or not kid or not isinstance(alg, str) or donnees.get("use", "sig") != "sig":
+            continue
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+            continue
+        try:
+            jwk = jwt.PyJWK(donnees)
+        except jwt.PyJWTError:  # a type, curve or algorithm PyJWT does not know
+            continue
+        algorithmes = _FAMILLE_RSA if not alg and jwk.key_type == "RSA" else frozenset({jwk.algorithm_name})
+        if algorithmes <= ALGORITHMES:
+            cles[kid] = Cle(jwk, algorithmes)
     if not cles:
         raise AucuneCle("aucune clé de signature asymétrique avec un kid")
     return cles
@@ -193,16 +225,16 @@ class _ClesFichier:
     def __init__(self, path: Path):
         self.path = path
         self._version: tuple[int, int, int] | None = None
-        self._cles: dict[str, jwt.PyJWK] = {}
+        self._cles: dict[str, Cle] = {}
 
-    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> jwt.PyJWK | None:
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
         try:
             stat = os.stat(self.path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             if version != self._version:
-                self._cles = _cles_de_signature(jwt.PyJWKSet.from_json(self.path.read_text()))
+                self._cles = _cles_de_signature(json.loads(self.path.read_text()))
                 self._version = version
-        except (OSError, ValueError, jwt.PyJWTError) as error:
+        except (OSError, ValueError) as error:
             raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
         return self._cles.get(kid)
 
@@ -216,7 +248,7 @@ class _ClesUrl:
         except jwt.PyJWKClientError as error:
             raise ValueError(f"JWKS_URL : {error}") from None
         self.url = url
-        self._cles: dict[str, jwt.PyJWK] = {}
+        self._cles: dict[str, Cle] = {}
         self._echec = ""
         self._echoue = False  # the latest fetch failed: the keys in hand may be stale
         self._obtenues = -math.inf  # when (time.time()) the keys in hand were fetched
@@ -226,7 +258,7 @@ class _ClesUrl:
         self._verrou = asyncio.Lock()
         self._rafraichissement: asyncio.Task | None = None
 
-    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> jwt.PyJWK | None:
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
         """The key `kid` names; None when it is not the provider's (`emis`: the token's `iat`,
         `leeway`: how far in the future it may be, as for the token's times)."""
         vue = self._generation
@@ -268,10 +300,10 @@ class _ClesUrl:
                 return
             try:
                 demandees = time.time()
-                self._cles = _cles_de_signature(await asyncio.to_thread(self._client.get_jwk_set))
+                self._cles = _cles_de_signature(await asyncio.to_thread(self._client.fetch_data))
                 self._obtenues, self._echoue = demandees, False
                 self._prochain = time.monotonic() + DUREE_CACHE
-            except (AucuneCle, jwt.PyJWKSetError) as error:
+            except AucuneCle as error:
                 # The provider answered, with no key to verify with (its keys withdrawn, or none
                 # usable left): those in hand are no longer its, and no token is accepted (503,
                 # as with a JWKS_FILE that holds none). Kept, a key withdrawn so stayed trusted.

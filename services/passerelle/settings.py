@@ -32,7 +32,7 @@ class PasserelleSettings(ServiceSettings):
     # A request Kafka makes slower still (its producer renewed before or after the write, each
     # within the write timeout) is cut at a stop: its client's retry has no second effect.
     REQUEST_TIMEOUTS = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
-    # Bearer tokens (JWT, RS256) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
+    # Bearer tokens (JWT, asymmetric signatures) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
     jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")
     jwt_audience: str = Field("former-equiper-outiller", description="the tokens' expected `aud`")
     jwks_file: str | None = Field(None, description="JSON Web Key Set of the provider's signing keys, as a file")

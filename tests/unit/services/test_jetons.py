@@ -182,6 +182,60 @@ async def test_a_missing_jwks_file_is_unavailable_not_a_bad_token(tmp_path: Path
         await verificateur.verifier(identite.jeton(COMMUNE))
 
 
+def _publiee(tmp_path: Path, identite: IdentiteLocale, **changes: object) -> Verificateur:
+    """A verifier of a JWKS file holding the provider's key with `changes` (None: field removed)."""
+    (cle,) = json.loads(identite.jwks_path.read_bytes())["keys"]
+    cle = {k: v for k, v in {**cle, **changes}.items() if v is not None}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [cle]}))
+    return Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+
+
+def _signe(identite: IdentiteLocale, alg: str) -> str:
+    return jwt.encode(claims(), identite.key_path.read_bytes(), algorithm=alg, headers={"kid": identite.kid})
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS512", "PS256", "PS384"])
+async def test_an_rsa_key_published_without_alg_verifies_every_rs_and_ps_algorithm(
+    tmp_path: Path, identite: IdentiteLocale, alg: str
+) -> None:
+    """RFC 7517 makes `alg` optional: such an RSA key may sign RS* or PS* (PyJWT alone would
+    take it for RS256, refusing a provider that signs PS256)."""
+    assert await _publiee(tmp_path, identite, alg=None).verifier(_signe(identite, alg))
+
+
+async def test_a_key_verifies_only_the_alg_it_names(tmp_path: Path, identite: IdentiteLocale) -> None:
+    verificateur = _publiee(tmp_path, identite, alg="PS256")
+    assert await verificateur.verifier(_signe(identite, "PS256"))
+
+    with pytest.raises(JetonRefuse, match=r"algorithme différent de celui de la clé \(kid\)"):
+        await verificateur.verifier(_signe(identite, "RS256"))
+
+
+async def test_an_rsa_key_without_alg_verifies_no_other_type(tmp_path: Path, identite: IdentiteLocale) -> None:
+    token = _header({"alg": "ES256", "kid": identite.kid})
+
+    with pytest.raises(JetonRefuse, match=r"algorithme différent de celui de la clé \(kid\)"):
+        await _publiee(tmp_path, identite, alg=None).verifier(token)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"use": "enc"}, {"key_ops": ["encrypt", "wrapKey"]}, {"key_ops": "verify"}, {"alg": ["RS256"]}, {"kid": 7}],
+    ids=["use enc", "key_ops without verify", "key_ops not a list", "alg a list", "kid a number"],
+)
+async def test_a_key_not_for_verifying_signatures_is_not_used(
+    tmp_path: Path, identite: IdentiteLocale, changes: dict[str, object]
+) -> None:
+    """Its set then holds no key to verify with: unavailable (503), not a bad token, nor a 500."""
+    with pytest.raises(JwksIndisponible, match="aucune clé de signature asymétrique"):
+        await _publiee(tmp_path, identite, **changes).verifier(identite.jeton(COMMUNE))
+
+
+async def test_a_key_whose_key_ops_hold_verify_is_used(tmp_path: Path, identite: IdentiteLocale) -> None:
+    assert await _publiee(tmp_path, identite, key_ops=["verify"], use=None).verifier(identite.jeton(COMMUNE))
+
+
 def test_exactly_one_source_of_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactement un de jwks_file"):
         Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE)
