@@ -154,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     j = commands.add_parser("jeton", parents=[where], help="print a token for DECLARANT(s) (CloudEvents sources)")
     j.add_argument("declarants", nargs="+", metavar="DECLARANT", help="e.g. /collectivites/communes/35238")
-    j.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default: %(default)s)")
+    j.add_argument(
+        "--ttl",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime (default: %(default)s; the passerelle refuses beyond JWT_MAX_LIFETIME_SECONDS, a day)",
+    )
     j.add_argument("--sub", help="the client id (default: derived from the first declarant)")
     commands.add_parser("jwks", parents=[where], help="print the path of the JWKS file (the passerelle's JWKS_FILE)")
     args = parser.parse_args(argv)

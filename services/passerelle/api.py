@@ -427,6 +427,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             verificateur = Verificateur(
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
+                max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
                 jwks_file=Path(settings.jwks_file) if settings.jwks_file else None,
                 jwks_url=settings.jwks_url,
             )

@@ -2,10 +2,11 @@
 
 A token is a JWT signed by the deployment's identity provider with an asymmetric key published
 in a JWKS (a file, or the provider's URL). `Verificateur.verifier` checks its signature, issuer,
-audience, expiry and not-before, and reads `sub` (the client) and `declarant` (one CloudEvents
-`source` form, or a list of them). Anything else is a `JetonRefuse` (401), whose message names
-the rule broken and never the token nor its claims. `JwksIndisponible` (503) says the keys
-cannot be had at all: a valid token must not be told it is invalid because the provider is down.
+audience, expiry (not further ahead than a maximum lifetime) and not-before, and reads `sub` (the
+client) and `declarant` (one CloudEvents `source` form, or a list of them). Anything else is a
+`JetonRefuse` (401), whose message names the rule broken and never the token nor its claims.
+`JwksIndisponible` (503) says the keys cannot be had at all: a valid token must not be told it
+is invalid because the provider is down.
 
 Keys from a URL are kept 5 minutes; a token signed with a key not seen yet (the provider
 rotated its keys) fetches them again at once, at most every 10 seconds, so tokens with made-up
@@ -113,12 +114,14 @@ class Verificateur:
         jwks_file: Path | None = None,
         jwks_url: str | None = None,
         leeway_seconds: float = 30,
+        max_lifetime_seconds: float = 86_400,
     ):
         if (jwks_file is None) == (jwks_url is None):
             raise ValueError("Verificateur : donner exactement un de jwks_file (JWKS_FILE) et jwks_url (JWKS_URL)")
         self.issuer = issuer
         self.audience = audience
         self.leeway_seconds = leeway_seconds
+        self.max_lifetime_seconds = max_lifetime_seconds
         self._cles = _ClesFichier(jwks_file) if jwks_file is not None else _ClesUrl(str(jwks_url))
 
     async def verifier(self, token: str) -> Principal:
@@ -147,6 +150,12 @@ class Verificateur:
             )
         except jwt.PyJWTError as error:
             raise JetonRefuse(_raison(error)) from None
+        # A token cannot be revoked: one valid for months, leaked, would write for months.
+        if claims["exp"] > time.time() + self.max_lifetime_seconds + self.leeway_seconds:
+            raise JetonRefuse(
+                f"jeton valide trop longtemps : exp à plus de {self.max_lifetime_seconds:g} s "
+                "(JWT_MAX_LIFETIME_SECONDS)"
+            )
         sub = claims["sub"]
         if not isinstance(sub, str) or not 0 < len(sub) <= LONGUEUR_SUB or not sub.isprintable():
             raise JetonRefuse(f"claim sub mal formé : une chaîne imprimable de 1 à {LONGUEUR_SUB} caractères")

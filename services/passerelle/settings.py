@@ -35,6 +35,9 @@ class PasserelleSettings(ServiceSettings):
     # Bearer tokens (JWT, asymmetric signatures) of the deployment's identity provider; JWKS_FILE or JWKS_URL.
     jwt_issuer: str = Field("feo-identite-locale", description="the tokens' expected `iss`")
     jwt_audience: str = Field("former-equiper-outiller", description="the tokens' expected `aud`")
+    jwt_max_lifetime_seconds: int = Field(
+        86_400, ge=60, description="how far ahead a token's `exp` may be: one valid longer is refused (no revocation)"
+    )
     jwks_file: str | None = Field(None, description="JSON Web Key Set of the provider's signing keys, as a file")
     jwks_url: JwksUrl | None = Field(None, description="the same, fetched (and cached) from the provider, over https")
     # What one request may hold, and how fast one declarant may send.

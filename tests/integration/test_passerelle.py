@@ -107,6 +107,7 @@ async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle
         "issuer": (bearer(identite.jeton(RENNES, issuer="https://ailleurs.example")), "émetteur"),
         "audience": (bearer(identite.jeton(RENNES, audience="autre-api")), "audience"),
         "expired": (bearer(identite.jeton(RENNES, ttl_seconds=-120)), "expiré"),
+        "valid for months": (bearer(identite.jeton(RENNES, ttl_seconds=90 * 86_400)), "valide trop longtemps"),
     }
     for name, (headers, rule) in cases.items():
         response = await client.post("/v1/evenements", content=body, headers={**STRUCTURED, **headers})
@@ -117,6 +118,18 @@ async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle
         assert ('error="invalid_token"' in challenge) == ("authorization" in headers and name != "basic"), name
         token = headers.get("authorization", "").removeprefix("Bearer ")
         assert not token or token not in response.text, name
+
+
+async def test_the_longest_lifetime_of_a_token_is_the_deployments(kafka, settings, identite):
+    own = PasserelleSettings.of(settings).model_copy(
+        update={"jwks_file": str(identite.jwks_path), "jwt_max_lifetime_seconds": 600}
+    )
+    async with serve(own) as (client, _):
+        headers = {**STRUCTURED, **bearer(identite.jeton(RENNES, ttl_seconds=3600))}
+        response = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE)).encode(), headers=headers)
+
+    assert response.status_code == 401
+    assert "exp à plus de 600 s (JWT_MAX_LIFETIME_SECONDS)" in response.json()["detail"]
 
 
 async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_503_not_401(

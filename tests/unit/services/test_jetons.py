@@ -118,6 +118,10 @@ REFUS = {
         "jeton pas encore valide",
     ),
     "no exp": (lambda i, a: i.signe(claims(exp=None)), "claim exp absent"),
+    "valid for more than a day": (
+        lambda i, a: i.jeton(COMMUNE, ttl_seconds=86_400 + 60),
+        "jeton valide trop longtemps",
+    ),
     "no sub": (lambda i, a: i.signe(claims(sub=None)), "claim sub absent"),
     "empty sub": (lambda i, a: i.signe(claims(sub="")), "claim sub mal formé"),
     "sub with a NUL": (lambda i, a: i.signe(claims(sub="client\x00-035")), "claim sub mal formé"),
@@ -156,6 +160,13 @@ async def test_a_token_breaking_a_rule_is_refused_with_that_rule(
 
 async def test_expiry_within_the_leeway_is_accepted(identite: IdentiteLocale) -> None:
     assert await par_fichier(identite).verifier(identite.jeton(COMMUNE, ttl_seconds=-20))
+
+
+async def test_a_token_valid_for_its_maximum_lifetime_is_accepted(identite: IdentiteLocale) -> None:
+    assert await par_fichier(identite).verifier(identite.jeton(COMMUNE, ttl_seconds=86_400))
+    court = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=identite.jwks_path, max_lifetime_seconds=600)
+    with pytest.raises(JetonRefuse, match=r"exp à plus de 600 s \(JWT_MAX_LIFETIME_SECONDS\)"):
+        await court.verifier(identite.jeton(COMMUNE, ttl_seconds=3600))
 
 
 async def test_a_replaced_jwks_file_is_read_again(
