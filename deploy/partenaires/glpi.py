@@ -15,8 +15,9 @@ share one).
   UAI}, "dossier": {...}}`): `tag` is the agent's TAG, the one GLPI's own rules read to place a
   device in its entity and location; `dossier` is the name of the folder holding the file, for
   inventories sorted one folder per entity or location. The tag is looked up first.
-- `lot_id` is derived from the group (kind, OS, browsers), so running the adapter again on a
-  newer inventory replaces the same lots' quantities instead of adding lots.
+- `lot_id` names the group's kind and OS and its rank among their groups at the établissement
+  (oldest versions first), so running the adapter again on a newer inventory replaces the same
+  lots instead of adding lots, and a patch release declares the same lots with new versions.
 - Every lot of a run carries one time: the latest inventory date among its devices (the
   agents' `accesslog.logdate`), never later than now; when no device has one, the state's
   latest time (now on a first run). The same
@@ -59,7 +60,7 @@ import json
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,14 +216,16 @@ def inventorier(
             newer, older = (read, kept) if _when(read) >= _when(kept) else (kept, read)
             latest[same] = newer
             ecartes[INVENTAIRE_REMPLACE].append(names[older.fichier])
-    groups: dict[tuple[str, str], list[inv.Appareil]] = defaultdict(list)
+    variants: dict[tuple[str, str], list[inv.Appareil]] = defaultdict(list)
     for read in latest.values():
         if isinstance(read, inv.Ecarte):
             ecartes[read.raison].append(names[read.fichier])
         elif (uai := correspondance.uai(read)) is None:
             ecartes[SANS_CORRESPONDANCE].append(names[read.fichier])
         else:
-            groups[(uai, lot_id(read))].append(read)
+            variants[(uai, variante(read))].append(read)
+    ids = _lot_ids(variants)
+    groups = {(uai, ids[uai, v]): devices for (uai, v), devices in variants.items()}
     now = now or datetime.now(UTC)
     dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
     # No device dated: the latest time sent (the state's), so that the same files sent again are
@@ -256,15 +259,44 @@ def inventorier(
     )
 
 
-def lot_id(appareil: inv.Appareil) -> str:
-    """Stable for a kind, an OS version and a set of browser versions, whatever their spelling."""
+def variante(appareil: inv.Appareil) -> str:
+    """What one lot holds: a kind, an OS version and a set of browser versions, whatever their
+    spelling."""
     key = [
         fold_kind(appareil.kind),
         fold_name(appareil.os[0]),
         appareil.os[1],
         sorted([fold_name(name), release] for name, release in appareil.browsers),
     ]
-    return "glpi-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+    return json.dumps(key)
+
+
+def _lot_ids(groups: Mapping[tuple[str, str], object]) -> dict[tuple[str, str], str]:
+    """Each (uai, variante)'s lot_id: its family's (kind and OS name) and its rank among the
+    family's variants at that établissement, oldest versions first. A patch release moves devices
+    to a variant of the same family: the lot of that rank is declared anew (and the family's last
+    rank retired when it has one variant fewer), where a lot_id derived from the versions made a
+    new lot and retired the former at every patch, each kept for good by the platform."""
+    families: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for uai, v in groups:
+        kind, os_name, *_ = json.loads(v)
+        families[uai, json.dumps([kind, os_name])].append(v)
+    ids = {}
+    for (uai, family), variants in families.items():
+        prefix = "glpi-" + hashlib.sha256(family.encode()).hexdigest()[:20]
+        for rank, v in enumerate(sorted(variants, key=_anciennete), start=1):
+            ids[uai, v] = f"{prefix}-{rank}"
+    return ids
+
+
+def _anciennete(v: str) -> tuple:
+    """A variant's place in its family: by OS version, then browsers' versions, as numbers."""
+    _, _, os_version, browsers = json.loads(v)
+    return (_parts(os_version), [(name, _parts(release)) for name, release in browsers], v)
+
+
+def _parts(version: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdecimal() else -1 for p in version.split("."))
 
 
 def _event(
@@ -460,11 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return _run(args)
     if args.etat is None:
-        # Without it, a lot whose devices changed (a browser updated: another lot_id) stayed
-        # counted beside the new one, never retired: the fleet grew with every run.
+        # Without it, a lot whose devices all moved to another (a browser updated on them) stayed
+        # counted beside it, never retired: the fleet grew with every run.
         print(
             "glpi: --etat FICHIER est requis pour envoyer : sans l'état des lots déjà envoyés, un lot dont les "
-            "appareils ont changé (un navigateur mis à jour) resterait compté à côté du nouveau, jamais retiré "
+            "appareils sont tous passés à un autre (un navigateur mis à jour) resterait compté à côté, jamais retiré "
             "(--dry-run n'envoie rien)",
             file=sys.stderr,
         )

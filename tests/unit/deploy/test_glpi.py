@@ -713,8 +713,8 @@ def test_a_passerelle_in_clear_beyond_this_machine_is_refused_before_anything_is
 
 
 def test_nothing_is_sent_without_a_state(shared_data, tmp_path, capsys):
-    """Without one, a lot whose devices changed (a browser updated: another lot_id) stayed
-    counted beside the new one, never retired: every run added the fleet's updated devices."""
+    """Without one, a lot whose devices all moved to another (a browser updated on them) stayed
+    counted beside it, never retired: every run added the fleet's updated devices."""
     mapping = tmp_path / "correspondance.csv"
     mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
     argv = [str(shared_data / "glpi"), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--token", "t"]
@@ -799,3 +799,53 @@ def test_the_same_undated_files_sent_again_are_the_same_events(tmp_path):
     again = inventorier([tmp_path], mapping, DEPARTEMENT, now=datetime(2026, 9, 3, tzinfo=UTC), precedent=etat)
     assert [e.id for e in again.lots] == [e.id for e in first.lots]
     assert again.lots[0].time == datetime(2026, 9, 2, tzinfo=UTC)
+
+
+def test_a_patch_release_declares_the_lots_again_and_leaves_none_behind(tmp_path):
+    """Four laptops move from Firefox 128 to 129 (half, then all), then half of them to 130: the
+    lots of their kind and OS keep their lot_ids, declared anew, the one a variant fewer leaves
+    retired and brought back with the next. A lot_id per version set made a new lot at each
+    patch and retired the former, which the platform keeps for good: a hundred retired lots an
+    établissement a year at a patch a month."""
+    mapping = Correspondance(tag={}, dossier={tmp_path.name: COLLEGE})
+    start, etat, seen = datetime(2026, 9, 1, tzinfo=UTC), Etat(), set()
+
+    def run(day: int, firefox: list[str]) -> dict[str, tuple[int, str | None]]:
+        nonlocal etat
+        when = start + timedelta(days=day)
+        for n, version in enumerate(firefox):
+            softwares = [(f"Mozilla Firefox {version} (x64 fr)", version)]
+            device = _device(f"d{n}", "Laptop", WINDOWS[1][0], softwares, when, tag=None)
+            (tmp_path / f"d{n}.json").write_text(json.dumps(device))
+        made = inventorier([tmp_path], mapping, DEPARTEMENT, now=when + timedelta(hours=1), precedent=etat)
+        etat = etat_apres(etat, made, set())  # every event accepted
+        seen.update(e.data.lot_id for e in made.lots)
+        return {
+            e.data.lot_id: (e.data.quantity, e.data.browsers[0].version if e.data.browsers else None) for e in made.lots
+        }
+
+    [first] = run(0, ["128.0.3"] * 4)
+    assert run(0, ["128.0.3"] * 4) == {first: (4, "128.0.3")}
+    rolling = run(1, ["128.0.3", "129.0", "128.0.3", "129.0"])
+    assert rolling.pop(first) == (2, "128.0.3")
+    [(second, declared)] = rolling.items()
+    assert declared == (2, "129.0")
+    assert run(2, ["129.0"] * 4) == {first: (4, "129.0"), second: (0, None)}  # one variant fewer
+    assert run(3, ["129.0", "130.0", "129.0", "130.0"]) == {first: (2, "129.0"), second: (2, "130.0")}
+    assert seen == {first, second}
+
+
+def test_an_os_upgrade_declares_its_lot_again_rather_than_retiring_it(tmp_path):
+    mapping = Correspondance(tag={}, dossier={tmp_path.name: COLLEGE})
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    before, after = WINDOWS  # Windows 10, then 11
+    (tmp_path / "d.json").write_text(json.dumps(_device("d", "Laptop", before[0], [], when, tag=None)))
+    first = inventorier([tmp_path], mapping, DEPARTEMENT, now=when + timedelta(hours=1))
+    later = when + timedelta(days=30)
+    (tmp_path / "d.json").write_text(json.dumps(_device("d", "Laptop", after[0], [], later, tag=None)))
+    etat = etat_apres(Etat(), first, set())
+    second = inventorier([tmp_path], mapping, DEPARTEMENT, now=later + timedelta(hours=1), precedent=etat)
+
+    [brought], [upgraded] = first.lots, second.lots
+    assert upgraded.data.lot_id == brought.data.lot_id and second.retires == 0
+    assert (upgraded.data.os.version, upgraded.data.quantity) == ("11", 1)
