@@ -12,8 +12,9 @@
 - `deploy/k8s/operateur/outils.yaml`: the operators' tools' pod (`toolbox`), idle until they
   run in it, the volume of its backups, the nightly backup's CronJob (`backup_job`), and a
   NetworkPolicy that lets nothing reach them.
-The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.yaml`: the
-settings the services share) is written by hand. `tests/unit/deploy/
+The rest (`strimzi/kafka.yaml`: the cluster and its node pool; `services/config.env`: the
+settings the services share, the ConfigMap `feo-services` the kustomization generates) is
+written by hand. `tests/unit/deploy/
 test_kubernetes.py` checks the generated files are current, renders the whole with `kubectl
 kustomize`, and validates every object against the Kubernetes and Strimzi schemas, offline.
 """
@@ -140,13 +141,19 @@ Kubernetes 1.30): the image need have no `sleep`."""
 STOP_MARGIN_SECONDS = 10
 """What no setting bounds in a stop, beside `drain_seconds`: a resource simulation in flight
 (about 2 s at 60,000 établissements, README), the worker processes' and the interpreter's exit."""
-SHARED_SETTINGS = K8S / "services" / "config.yaml"
+SHARED_SETTINGS = K8S / "services" / "config.env"
+
+
+def shared_settings() -> dict[str, str]:
+    """The settings the services share (config.env, as Kustomize reads it into their ConfigMap:
+    NAME=VALUE lines, `#` comments)."""
+    lines = (line.strip() for line in SHARED_SETTINGS.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def _setting(spec: ServiceSpec, name: str) -> float:
-    """A service's setting as its pods get it: the shared ConfigMap's (config.yaml), else its default."""
-    shared = yaml.safe_load(SHARED_SETTINGS.read_text())["data"]
-    return float(shared.get(name.upper(), spec.settings.model_fields[name].default))
+    """A service's setting as its pods get it: the shared ConfigMap's (config.env), else its default."""
+    return float(shared_settings().get(name.upper(), spec.settings.model_fields[name].default))
 
 
 def drain_seconds(spec: ServiceSpec) -> float:

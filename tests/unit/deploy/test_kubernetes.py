@@ -173,6 +173,39 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
 
 
+def _config_maps_read(rendered: list[dict]) -> dict[str, set[str]]:
+    """Each pod template's (Deployment, Job, CronJob) ConfigMaps, by the object's name."""
+    read = {}
+    for doc in rendered:
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            spec = doc["spec"].get("jobTemplate", {}).get("spec", doc["spec"])
+            sources = (s for c in spec["template"]["spec"]["containers"] for s in c.get("envFrom", []))
+            read[doc["metadata"]["name"]] = {s["configMapRef"]["name"] for s in sources}
+    return read
+
+
+def test_an_edited_shared_setting_rolls_out_to_every_pod_that_reads_it(rendered, tmp_path):
+    """The shared ConfigMap's name holds a hash of its content, and every pod template names
+    it: a value changed makes new pod templates, which `kubectl apply` rolls out (a plain
+    ConfigMap edited changed no pod template, its pods kept the former values until restarted)."""
+    before = _config_maps_read(rendered)
+    assert all(names == {before["ressources"].copy().pop()} for names in before.values() if names)
+    tree = tmp_path / "k8s"
+    shutil.copytree(kubernetes.K8S, tree)
+    config = tree / "services" / "config.env"
+    config.write_text(config.read_text().replace("LOG_LEVEL=INFO", "LOG_LEVEL=DEBUG"))
+    out = subprocess.run(["kubectl", "kustomize", str(tree)], capture_output=True, text=True, check=True)
+    edited = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+    after = _config_maps_read(edited)
+    [config_map] = [doc for doc in edited if doc["kind"] == "ConfigMap"]
+    assert config_map["data"]["LOG_LEVEL"] == "DEBUG"
+    assert {name for name, names in after.items() if names} == {name for name, names in before.items() if names}
+    assert all(names == {config_map["metadata"]["name"]} for names in after.values() if names)
+    assert {spec.name for spec in specs()} <= {name for name, names in before.items() if names}
+    assert config_map["metadata"]["name"] not in before["ressources"]
+
+
 def test_every_pod_runs_the_image_the_kustomization_names(rendered):
     """A container whose image the kustomization's `images` does not rename would be pulled as
     the bare local name, which no registry holds."""
