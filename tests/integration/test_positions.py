@@ -3,7 +3,7 @@ committed offsets say. Two schemas share one consumer group (as an old backup re
 fresh schema, would share it with the running service's past), against the real broker."""
 
 import contracts as c
-from helpers import college, eventually, running, send
+from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
@@ -47,3 +47,121 @@ async def test_a_schema_resumes_from_its_own_positions_whatever_kafka_committed(
     async with running(SPEC, first) as pipeline:
         await _handled(pipeline, {"A", "B", "C"})
         assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE type = $1", c.LOT) == 3
+
+
+async def _bounds(bootstrap: str, tp) -> tuple[int, int]:
+    from aiokafka import AIOKafkaConsumer
+
+    from services.common.messaging.connection import kafka_options
+
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap))
+    await consumer.start()
+    try:
+        return (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+
+
+async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_silently(
+    kafka, settings, monkeypatch
+) -> None:
+    """Lots B and C declared while the service was down, then deleted from the topic (a retention
+    shorter than the topic's, DeleteRecords): aiokafka's reset to the earliest record skipped them
+    with a line at INFO only (not written at LIBRARY_LOG_LEVEL=WARNING), the lag read 0, nothing
+    counted. Now an ERROR naming the partition and the records lost, /health and /metrics."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from helpers import Said
+    from services.common.messaging import consumer
+    from services.common.messaging.connection import kafka_options
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
+    topic = settings.topic(c.EQUIPEMENT)
+    tp = TopicPartition(topic, 0)
+    service = running(SPEC, settings)
+    async with service as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
+        await _handled(pipeline, {"A"})
+    await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate("BCD")], partition=0)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(3)})  # B (1) and C (2) gone: D is the first
+    finally:
+        await admin.close()
+    assert await _bounds(bootstrap, tp) == (3, 4)
+
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    service = running(SPEC, settings)
+    async with service as pipeline:
+        await _handled(pipeline, {"A", "D"})
+        _, health = await service.app.health()
+        scraped = (await service.app.metrics()).decode()
+        stored = await pipeline.pool.fetchval(
+            "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 0", topic
+        )
+
+    [lost] = health["positions_out_of_range"]
+    assert {k: lost[k] for k in ("topic", "partition", "position", "log_start", "log_end", "records_lost")} == {
+        "topic": topic,
+        "partition": 0,
+        "position": 1,
+        "log_start": 3,
+        "log_end": 4,
+        "records_lost": 2,
+    }
+    assert f'feo_records_lost_total{{service="equipement",topic="{topic}"}} 2.0' in scraped
+    [line] = said.named("kafka.position_out_of_range")
+    assert line["level"] == "error" and (line["position"], line["log_start"], line["records_lost"]) == (1, 3, 2)
+    assert stored == 4
+
+
+async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_never_skipped(kafka, settings) -> None:
+    """The declarations' topic deleted and created again (Strimzi's KafkaTopic re-applied, another
+    cluster): the stored position, past the new log's end, was reset to 0 by aiokafka but kept
+    in the database (`advance` never moves back), the lag reading 0; at the next start, once the
+    new topic had grown past it, the records before it were skipped without a word."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from deploy.topic_admin import create_topics
+    from deploy.topology import platform_topics
+    from services.common.messaging.connection import kafka_options
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
+    topic = settings.topic(c.EQUIPEMENT)
+    declare = lambda *lots: send(bootstrap, topic, [(uai, lot(uai, x, 10, 1)) for x in lots], partition=0)  # noqa: E731
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await declare("A", "B", "C", "D")
+        await _handled(pipeline, {"A", "B", "C", "D"})
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    [spec] = [t for t in platform_topics(settings.topic_prefix, partitions=TEST_PARTITIONS) if t.name == topic]
+
+    async def made_again() -> bool:
+        try:  # while its deletion goes on, the topic is said to exist, or unknown
+            await create_topics(bootstrap, [spec])
+            return await _bounds(bootstrap, TopicPartition(topic, 0)) == (0, 0)
+        except Exception:
+            return False
+
+    await eventually(made_again, what="the topic made again")
+    async with running(SPEC, settings) as pipeline:
+        await declare("E")
+        await _handled(pipeline, {"A", "B", "C", "D", "E"})
+        [found] = await pipeline.pool.fetch("SELECT position, log_end, records_lost FROM positions_hors_limites")
+        assert tuple(found) == (4, 0, 0)
+    await declare("F", "G", "H", "I")  # offsets 1 to 4 of the new topic, while the service is down
+    async with running(SPEC, settings) as pipeline:
+        await _handled(pipeline, set("ABCDEFGHI"))

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.consumer.fetcher import OffsetResetStrategy
+from aiokafka.errors import OffsetOutOfRangeError
 from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
@@ -114,8 +116,11 @@ class Poll:
     nothing, slept as long again before the next fetch was looked at. Measured with
     `./dev bench latency` (README, Tests)."""
 
-    def __init__(self, subscriber: Any, wait_ms: int, ahead: Ahead | None = None):
+    def __init__(
+        self, subscriber: Any, wait_ms: int, ahead: Ahead | None = None, out_of_range: "HorsLimites | None" = None
+    ):
         self._subscriber, self._wait_ms, self._ahead = subscriber, wait_ms, ahead
+        self._out_of_range = out_of_range
         self._next: _TakeAhead | None = None
         self._hooked: AIOKafkaConsumer | None = None  # the consumer whose stop drops the take-ahead first
         self._handed: Parsed = {}  # what was parsed of the batch handed over
@@ -184,6 +189,11 @@ class Poll:
             got = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except CorruptBatch as exc:
             self.unreadable.hold(consumer, exc, before)
+            return ()
+        except OffsetOutOfRangeError as exc:  # raised before anything was taken (aiokafka's fetcher)
+            if self._out_of_range is None:
+                raise
+            await self._out_of_range.met(consumer, exc.args[0])
             return ()
         self.unreadable.read(got)
         return tuple(r for records in got.values() for r in records)
@@ -256,7 +266,7 @@ def _before_stop(consumer: AIOKafkaConsumer, first: Callable[[], Awaitable[Any]]
     consumer.stop = then_stopped
 
 
-def _retrieved(task: asyncio.Task) -> None:
+def _retrieved(task: asyncio.Future) -> None:
     """A take-ahead's error is raised by the next poll; one nobody polls for (the subscriber
     stopped) is not reported as never retrieved."""
     if not task.cancelled():
@@ -304,9 +314,69 @@ class OffsetCommits:
                 log.info("consumer.commit_failed", error=type(exc).__name__, partitions=len(offsets))
 
 
+class HorsLimites:
+    """A partition's position outside what Kafka holds of it, met by a fetch (the consumer resets
+    none: aiokafka's reset to the earliest record skipped them with a line at INFO only, and the
+    lag read 0). Below the log start, the records between were deleted before the service read
+    them (a retention shorter than the topic's, records deleted by hand): it reads on from the log
+    start, and says how many it lost. Past the log end, the topic was made again (or this is
+    another cluster): it reads the partition from its start, its stored position moved back
+    there (kept, `positions.advance` never moves back: the next start skipped the new topic's
+    records up to it). Each one is an ERROR, a row of `positions_hors_limites` (/health's
+    `positions_out_of_range`, until an operator deletes it) and `feo_records_lost` in /metrics.
+    Recorded before the partition moves on: PostgreSQL away, the partition waits for it."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, pipeline: Pipeline):
+        self._pipeline = pipeline
+
+    async def met(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        tps = sorted(tp for tp in offsets if consumer._subscription.is_assigned(tp))
+        if not tps:
+            return
+        try:
+            starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            outside = [
+                (tp, offsets[tp], starts[tp], ends[tp]) for tp in tps if not starts[tp] <= offsets[tp] <= ends[tp]
+            ]
+            if outside:
+                async with self._pipeline.pool.acquire() as conn, conn.transaction():
+                    await positions.out_of_range(conn, outside)
+        except Exception as exc:  # the fetch meets the same position again: recorded then
+            log.warning("positions.out_of_range_unrecorded", error=type(exc).__name__, detail=redact(str(exc)))
+            await asyncio.sleep(self.RETRY_SECONDS)
+            return
+        # Within the log now (records written since the fetch): read from there as it was.
+        resume = {tp: offsets[tp] for tp in tps} | {tp: start for tp, _, start, _ in outside}
+        for tp, offset in resume.items():
+            if consumer._subscription.is_assigned(tp):  # else its next owner resumes from the database
+                consumer.seek(tp, offset)
+        self._pipeline.metrics.resumed(resume)
+        for tp, position, start, end in outside:
+            lost = max(start - position, 0)
+            self._pipeline.metrics.records_lost(tp.topic, lost)
+            log.error(
+                "kafka.position_out_of_range",
+                topic=tp.topic,
+                partition=tp.partition,
+                position=position,
+                log_start=start,
+                log_end=end,
+                records_lost=lost,
+                hint=(
+                    f"{lost} records were deleted from the partition before this service read them: "
+                    "ask their declarants to send them again, or rebuild the service from what is left"
+                    if lost
+                    else "the partition ends before this position (the topic made again, or another "
+                    "cluster): read again from its start"
+                ),
+            )
+
+
 class StoredPositions(ConsumerRebalanceListener):
-    """Seeks each assigned partition to its position in the service's database (offset 0 when
-    it has none: the broker's earliest when older records are gone, auto_offset_reset)."""
+    """Seeks each assigned partition to its position in the service's database (to its log
+    start when it has none: a fresh schema reads every record Kafka has)."""
 
     def __init__(self, pipeline: Pipeline):
         self._pipeline = pipeline
@@ -349,8 +419,13 @@ class StoredPositions(ConsumerRebalanceListener):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._pipeline.metrics.positions_read()
-        for tp in sorted(assigned):
-            consumer.seek(tp, stored.get(tp, 0))
+        for tp, offset in sorted(stored.items()):
+            consumer.seek(tp, offset)
+        if fresh := assigned - stored.keys():
+            # What seek_to_beginning asks, without awaiting the answer here (nothing reads the
+            # partitions before it: aiokafka resets a position before it fetches).
+            reset = consumer._fetcher.request_offset_reset(sorted(fresh), OffsetResetStrategy.EARLIEST)
+            reset.add_done_callback(_retrieved)  # cancelled when unassigned first
         consumer.resume(*assigned)
         self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
@@ -365,7 +440,9 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         *[Topic(settings.topic(t), declare=False) for t in spec.consumes],
         batch=True,
         group_id=settings.topic(spec.name),
-        auto_offset_reset="earliest",
+        # Never reset by aiokafka (to the earliest, it skipped records gone without a word):
+        # a position outside the partition's log is HorsLimites'.
+        auto_offset_reset="none",
         max_records=settings.batch_max_records,
         # Idle, the consumer waits this long for a record before it looks again (_top_up).
         batch_timeout_ms=settings.batch_wait_ms,
@@ -382,7 +459,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         description=f"{spec.name} consumes {', '.join(spec.consumes)}; bad records go to <topic>.dlq",
     )
     listener.subscriber = subscriber
-    listener.poll = poll = Poll(subscriber, settings.batch_top_up_ms, pipeline)
+    listener.poll = poll = Poll(subscriber, settings.batch_top_up_ms, pipeline, HorsLimites(pipeline))
     pipeline.metrics.watch(lambda: subscriber.consumer, poll.unreadable.report)
 
     commits = OffsetCommits()

@@ -12,6 +12,7 @@ from services.common.messaging.outbox import count_failed, count_pending, oldest
 from services.common.pipeline import DATABASE_AWAY, Pipeline
 from services.common.runtime.metrics import Failing, Gauge, Gauges
 from services.common.runtime.secrets import redact
+from services.common.storage import positions
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "outbox_failed": None,
         "revivals_pending": None,
         "awaiting_referentiel": None,
+        "positions_out_of_range": None,
     } | read
     # Partitions waiting at a batch the broker served damaged: the service goes on with the
     # others and reads it again every minute; an operator must look (its broker's storage).
@@ -129,6 +131,9 @@ async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None
     body["outbox_failed"] = await count_failed(pipeline.pool, COUNT_AT_MOST)
     # Refused uai-inconnu, waiting for their établissement; UAIs come since, to look at.
     body["awaiting_referentiel"] = await dlq.count_awaiting(pipeline.pool, COUNT_AT_MOST)
+    # Positions found outside their partition's log (records deleted before they were read, a
+    # topic made again), the latest first: kept until an operator deletes them.
+    body["positions_out_of_range"] = await positions.latest_out_of_range(pipeline.pool)
     body["revivals_pending"] = pipeline.revivals_pending
     if backlog is not None:
         body |= await pipeline.run(backlog)

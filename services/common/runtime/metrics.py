@@ -154,6 +154,13 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self._lost = Counter(
+            "feo_records_lost",
+            "records of a consumed topic deleted before this service read them (a position below the "
+            "partition's log start: /health's positions_out_of_range says where)",
+            ["service", "topic"],
+            registry=self.registry,
+        )
         self.failing: Failing | None = None
         """Since when batches fail one after another (None: the latest committed)."""
         self.positions_failing: Failing | None = None
@@ -187,6 +194,10 @@ class Metrics:
 
     def positions_read(self) -> None:
         self.positions_failing = None
+
+    def records_lost(self, topic: str, count: int) -> None:
+        """A position outside its partition's log (consumer.HorsLimites): `count` records gone."""
+        self._lost.labels(self.service, topic).inc(count)
 
     def revived(self, applied: int, stale: int, duplicates: int, refused: dict[str, int]) -> None:
         """A revival's outcomes (Pipeline.revive): apart from `feo_events`, which counted each

@@ -4,7 +4,8 @@ The database says where a service resumes (`messaging.consumer.StoredPositions`)
 and its position can never disagree: a restored backup replays what came after it, a fresh
 schema replays every topic from the beginning."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
@@ -47,3 +48,32 @@ async def load(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) 
     )
     found = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return {tp: offset for tp, offset in found.items() if tp in wanted}
+
+
+async def out_of_range(conn: Conn, found: Sequence[tuple[TopicPartition, int, int, int]]) -> None:
+    """Positions found outside their partition's log (tp, position, log start, log end: the
+    consumer's HorsLimites), kept for /health; one past the log end moved back to its start (a
+    topic made again: its records are read from there, and `advance` never moves back)."""
+    await conn.executemany(
+        "INSERT INTO positions_hors_limites (topic, partition, position, log_start, log_end, records_lost) "
+        "VALUES ($1, $2, $3, $4, $5, greatest($4::bigint - $3::bigint, 0))",
+        [(tp.topic, tp.partition, position, start, end) for tp, position, start, end in found],
+    )
+    for tp, position, start, end in found:
+        if position > end:
+            await conn.execute(
+                "UPDATE positions SET next_offset = $3 WHERE topic = $1 AND partition = $2",
+                tp.topic,
+                tp.partition,
+                start,
+            )
+
+
+async def latest_out_of_range(conn: Conn | asyncpg.Pool, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest positions found outside their partition's log, for /health."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, position, log_start, log_end, records_lost, found_at "
+        "FROM positions_hors_limites ORDER BY found_at DESC LIMIT $1",
+        limit,
+    )
+    return [dict(r) | {"found_at": r["found_at"].isoformat()} for r in rows]

@@ -25,6 +25,9 @@ class _Answering:
     async def fetchval(self, *args):
         return 0
 
+    async def fetch(self, *args):
+        return []
+
 
 async def test_a_database_error_is_reported_without_its_password():
     pipeline = SimpleNamespace(service="equipement", started=True, pool=_Refusing(), metrics=Metrics("equipement"))
@@ -52,6 +55,9 @@ async def test_kafka_is_asked_while_the_database_is_read_once_however_many_ask()
             reading.set()
             await pinging.wait()
             return 0
+
+        async def fetch(self, *args):
+            return []
 
     pipeline = SimpleNamespace(
         service="equipement", started=True, pool=_AnsweringOnce(), metrics=Metrics("equipement"), revivals_pending=0

@@ -3,6 +3,8 @@ database cannot be read it waits for it, and never falls back to Kafka's committ
 (ahead of the database after a restore or a failover, they would skip records for good): the
 partitions are paused until sought."""
 
+import asyncio
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -30,6 +32,16 @@ class Paused:
 
     def resume(self, *partitions):
         self.calls.append(("resume", set(partitions)))
+
+    @property
+    def _fetcher(self):  # aiokafka's, whose reset seek_to_beginning asks for
+        def request_offset_reset(tps, strategy):
+            self.calls.append(("beginning", list(tps)))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        return SimpleNamespace(request_offset_reset=request_offset_reset)
 
 
 async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
@@ -64,9 +76,9 @@ async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
     assert kafka.calls == [
         ("pause", {TP0, TP1}),  # before anything awaits: no poll from Kafka's committed offsets meanwhile
         ("seek", TP0, 42),
-        ("seek", TP1, 0),
+        ("beginning", [TP1]),
         ("resume", {TP0, TP1}),
-    ], "the stored position, else the beginning; never the committed offset"
+    ], "the stored position, else the log's start; never the committed offset"
     metrics.watch(lambda: SimpleNamespace(assignment=lambda: {TP0, TP1}, highwater=lambda tp: 50))
     assert metrics.lag() == {("t", 0): 8, ("t", 1): 50}, "the lag counts from where the partitions resume"
 
@@ -90,3 +102,49 @@ async def test_partitions_stay_paused_when_they_could_not_be_sought(monkeypatch)
     with pytest.raises(IllegalStateError):
         await listener.on_partitions_assigned({TP0})
     assert kafka.calls == [("pause", {TP0})]
+
+
+class _Bounded(Paused):
+    """A consumer whose partitions hold offsets 10 to 20, TP0 and TP1 assigned."""
+
+    _subscription = SimpleNamespace(is_assigned=lambda tp: tp in (TP0, TP1))
+
+    async def beginning_offsets(self, tps):
+        return {tp: 10 for tp in tps}
+
+    async def end_offsets(self, tps):
+        return {tp: 20 for tp in tps}
+
+
+async def test_a_position_out_of_range_moves_on_only_once_it_is_recorded(monkeypatch):
+    """PostgreSQL away when the fetch meets it: the partition is not sought past the records gone
+    (the next fetch meets the same position, recorded then); recorded, it reads on from the log's
+    start, the records lost counted."""
+    recorded: list[list] = []
+    answers: list[Exception | None] = [ConnectionRefusedError(), None]
+
+    class Pool:
+        @contextlib.asynccontextmanager
+        async def acquire(self):
+            if answer := answers.pop(0):
+                raise answer
+            yield SimpleNamespace(transaction=contextlib.nullcontext)
+
+    async def out_of_range(conn, found):
+        recorded.append(found)
+
+    async def pause(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(consumer.positions, "out_of_range", out_of_range)
+    monkeypatch.setattr(consumer.asyncio, "sleep", pause)
+    metrics = Metrics("formation")
+    met = consumer.HorsLimites(SimpleNamespace(pool=Pool(), metrics=metrics))
+    kafka = _Bounded()
+
+    await met.met(kafka, {TP0: 4, TP1: 12})
+    assert kafka.calls == [] and recorded == []
+    await met.met(kafka, {TP0: 4, TP1: 12})
+    assert recorded == [[(TP0, 4, 10, 20)]], "TP1's within the log (written since): not out of range"
+    assert kafka.calls == [("seek", TP0, 10), ("seek", TP1, 12)]
+    assert 'feo_records_lost_total{service="formation",topic="t"} 6.0' in metrics.render().decode()
