@@ -432,7 +432,9 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
                 outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, content, cycle, "levee", now, cause))
             elif t.resolved and t.held:
-                resolutions.append(Resolution(t.resolved["alert_id"], cycle, now))
+                # The event's instant (never before the raise), not this replica's clock: the
+                # list, the stream and a rebuilt table say the same.
+                resolutions.append(Resolution(t.resolved["alert_id"], cycle, t.resolved["resolved_at"]))
                 outgoing.append(
                     _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
                 )

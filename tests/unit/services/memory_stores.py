@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence, Set
+from datetime import datetime
 
 import contracts as c
 from contracts import CloudEvent, Etablissement
@@ -147,6 +148,7 @@ class RessourcesMemory:
         self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
         self.postponed: dict[tuple[str, int], int] = {}  # failures in a row, put off for good (no clock here)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
+        self.resolved_at: dict[str, datetime] = {}  # alert_id -> the row's resolved_at
 
     async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
         return {
@@ -239,6 +241,7 @@ class RessourcesMemory:
             uai, rid, kind = ids[r.alert_id]
             held = self.alerts[(uai, rid)][kind]
             self.alerts[(uai, rid)][kind] = Held(False, r.cycle, held.stored, held.levee_portee)
+            self.resolved_at[r.alert_id] = r.resolved_at
 
     async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
         self.journalled += [o.event for o in announced]

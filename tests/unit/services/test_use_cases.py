@@ -212,6 +212,30 @@ async def test_ressources_writes_each_alert_event_to_the_table_then_a_tombstone_
     assert resolue.twin == Twin(c.ALERTES_ETAT, key, ends=True), "its last event, then a tombstone"
 
 
+async def test_an_alert_resolved_by_a_replica_whose_clock_is_behind_is_stored_as_announced(monkeypatch):
+    """Raised by a replica an hour ahead, resolved by this one: the event says it resolved when
+    it was raised (never before), and the table the read API lists said this replica's clock."""
+    from services.ressources import handlers
+
+    class Clock(datetime):
+        shown = T0
+
+        @classmethod
+        def now(cls, tz=None):
+            return cls.shown
+
+    monkeypatch.setattr(handlers, "datetime", Clock)
+    store = RessourcesMemory([college()])
+    await ressources(store, [profil(1, "12.5")], set())
+    Clock.shown = T0 + timedelta(hours=1)
+    [levee] = (await ressources(store, catalogue(), set())).outgoing
+    Clock.shown = T0
+    [resolue] = (await ressources(store, [profil(2, "17")], set())).outgoing
+
+    assert resolue.event.data["resolved_at"] == levee.event.data["raised_at"] == T0 + timedelta(hours=1)
+    assert store.resolved_at == {levee.event.data["alert_id"]: resolue.event.data["resolved_at"]}
+
+
 async def test_ressources_resolves_when_the_subscription_ends():
     store = RessourcesMemory([college()])
     await ressources(store, [profil(1, "12.5")], set())
