@@ -227,7 +227,9 @@ class AlertHub:
         # service's startup failed on it; the pump's reconnections are retried, this is not.
         self._conn = await self._connect(START_BOUND_SECONDS)
         async with self._bounded(START_BOUND_SECONDS):
-            self._position = await self._conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+            # Past what was purged, as the list's `last_event_id` (a journal emptied by its purge
+            # started the stream at 0, and every client resuming from the list was told of a purge).
+            self._position = await queries.journal_position(self._conn)
         self._task = asyncio.create_task(self._pump(), name="sse-hub")
 
     def _bounded(self, at_least: float = 0.0) -> asyncio.Timeout:
@@ -310,7 +312,7 @@ class AlertHub:
             # A client that subscribed during this read starts at the former position: then
             # the rows are read and fanned out as usual.
             async with self._bounded():
-                latest = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM alert_journal")
+                latest = await queries.journal_position(conn)
             if not self._clients:
                 self._position = max(self._position, latest)
                 return

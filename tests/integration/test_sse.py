@@ -296,6 +296,27 @@ async def test_a_purged_or_unknown_last_event_id_is_said_then_what_is_kept_follo
             assert int((await reader.event())["id"]) == later  # live from now on, not stuck behind 10**12
 
 
+async def test_a_replica_started_on_a_journal_its_purge_emptied_streams_from_the_purge_s_horizon(settings):
+    """After a quiet day the purge takes every row: a replica started then streamed from 0, so
+    every client resuming with the id it was given was told of a purge (`reprise-incomplete`),
+    though it had missed nothing, and the list said another position."""
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        pool = app.state.pipeline.pool
+        seqs = await journal(app, *[alert(n) for n in range(3)])
+        await pool.execute("UPDATE alert_journal SET created_at = now() - interval '2 days'")
+        assert await stream.purge(pool, 24) == 3
+    async with serve_api(settings.model_copy(update=FAST)) as (client, app):
+        assert app.state.hub.position == seqs[-1]
+        page = (await client.get("/alertes")).json()
+        async with client.stream("GET", "/alertes/flux") as response:
+            opening = await SseReader(response).frame()
+        assert opening["id"] == str(page["last_event_id"]) == str(seqs[-1])
+        async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": opening["id"]}) as response:
+            reader = SseReader(response)
+            [later] = await journal(app, alert(3))
+            assert int((await reader.event())["id"]) == later, "no notice first: nothing was missed"
+
+
 async def test_a_replay_stopped_past_the_statement_timeout_is_said_then_the_live_stream_follows(settings):
     """The stream has begun (200) when its replay is read: a replay the server stops past
     API_STATEMENT_TIMEOUT_MS (here waiting on a lock) is told in the stream, not a broken
