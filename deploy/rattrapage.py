@@ -38,13 +38,13 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
 
@@ -52,6 +52,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
+from services.common.messaging.consumer import Outside, outside_their_log
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
@@ -119,6 +120,52 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
         )
 
 
+class JournalIncomplet(RuntimeError):
+    """Kafka no longer holds what a schema has yet to read: records deleted past its positions
+    (a retention shorter than the topic's, records deleted by hand), or positions past a
+    partition's end (the topic made again, another cluster). Replayed anyway, the catch-up's
+    alignment published what the replay could not read as regressed or retired: refused."""
+
+    def __init__(self, schema: str, outside: list[Outside]):
+        parts = [
+            f"{o.tp.topic}[{o.tp.partition}] from offset {o.position}: "
+            + (
+                f"{o.lost} records deleted (its first offset is {o.start})"
+                if o.lost
+                else f"the partition ends at {o.end} (the topic made again, or another cluster)"
+            )
+            for o in outside
+        ]
+        super().__init__(
+            f"{schema}: Kafka no longer holds what it has to read, {'; '.join(parts)}. Nothing replayed: the "
+            "records lost cannot be caught up with (their declarants may send them again), and a state aligned "
+            "without them would publish what they changed as regressed or retired"
+        )
+
+
+async def require_log(consumer: AIOKafkaConsumer, schema: str, wanted: dict[TopicPartition, int]) -> None:
+    """JournalIncomplet when Kafka no longer holds what `schema` has to read from `wanted`
+    (partition -> its position). Below the start of a compacted topic is no loss: what it keeps
+    holds the latest record of each key."""
+    if missing := [o for o in await outside_their_log(consumer, wanted) if o.lost or o.position > o.end]:
+        raise JournalIncomplet(schema, missing)
+
+
+async def check_log(
+    settings: ServiceSettings, spec: ServiceSpec, schema: str, stored: dict[TopicPartition, int]
+) -> None:
+    """`require_log` for `schema` of `spec` whose positions are `stored` (a backup's, before it
+    replaces anything), on a consumer of its own."""
+    topics = [settings.topic(t) for t in spec.consumes]
+    partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
+    consumer = AIOKafkaConsumer(**KafkaAccess.of(settings).aiokafka(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await require_log(consumer, schema, {tp: stored.get(tp, 0) for tp in partitions})
+    finally:
+        await consumer.stop()
+
+
 @dataclass
 class Cible:
     """A service's schema being caught up: its pipeline, whose relay is never started."""
@@ -184,7 +231,7 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> 
         **KafkaAccess.of(settings).aiokafka(),
         group_id=None,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="none",  # records deleted during the replay: an error, not skipped
         max_poll_records=settings.batch_max_records,
     )
     try:
@@ -193,10 +240,13 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> 
         partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
+        await require_log(consumer, cible.schema, {tp: stored.get(tp, 0) for tp in partitions})
+        starts = await consumer.beginning_offsets(partitions)  # a compacted topic's may be past 0
+        first = {tp: max(stored.get(tp, 0), starts[tp]) for tp in partitions}
         for tp in partitions:
-            consumer.seek(tp, stored.get(tp, 0))
+            consumer.seek(tp, first[tp])
         ends = await consumer.end_offsets(partitions)
-        total = sum(max(0, ends[tp] - stored.get(tp, 0)) for tp in partitions)
+        total = sum(max(0, ends[tp] - first[tp]) for tp in partitions)
         told = time.monotonic()
         queues: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque() for tp in partitions}
         batch: list[ConsumerRecord] = []
@@ -337,6 +387,16 @@ async def pending_dead_letters(
     return {o for r in rows if (o := dlq.origin(load_headers(r["headers"])))}
 
 
+async def handled_by(conn: Conn, schema: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the position the service running on `schema` had reached: the
+    records before it were handled there, their DLQ copies sent then (`accorder`'s `handled`).
+    None from a schema a restore marked (the backup's, not what the service had handled)."""
+    if not await relation(conn, schema, "positions") or await restored_mark(conn, schema):
+        return {}
+    rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{schema}".positions')
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
 COPIES_PENDING = "rattrapage_copies_dlq"
 """Beside a restored schema's catch-up mark, the DLQ copies `pending_dead_letters` found in the
 schema it replaced: a restore run again after its catch-up failed still sends them."""
@@ -360,6 +420,7 @@ async def accorder(
     *,
     stored_thresholds: bool = False,
     pending: Collection[dlq.Origin] = (),
+    handled_before: Mapping[tuple[str, int], int] | None = None,
 ) -> int:
     """Align the schema's memory of its publications with Kafka, and queue the real differences
     in its outbox (published by the service's relay once it runs on the schema); returns how many.
@@ -372,14 +433,19 @@ async def accorder(
     recomputed = [cible.topic(t) for t in (*(d[0] for d in DERIVED.values()), c.ALERTES, c.ALERTES_ETAT)]
 
     # A refusal's DLQ copy stays queued if its DLQ does not hold it already and the service never
-    # handled its record (at or past the offset its consumer group committed: it came while a
-    # restored service was down, or in the batch a rebuilt one held at the switch) or its copy
-    # was still in the outbox of the schema a restore replaced (`pending`: the service stopped
-    # before its relay sent it). Those of other records it handled went out then (and may since
-    # have expired from the DLQ: not again).
+    # handled its record (at or past where the service had gone, `handled_before`, its schema's
+    # positions, and the offsets its consumer group committed: it came while a restored service
+    # was down, or in the batch a rebuilt one held at the switch) or its copy was still in the
+    # outbox of the schema a restore replaced (`pending`: the service stopped before its relay
+    # sent it). Those of other records it handled went out then (and may since have expired from
+    # the DLQ: not again). The committed offsets alone were forgotten by Kafka once the group had
+    # been empty a week (offsets.retention.minutes): every copy the DLQ's retention had removed,
+    # a partner's refused record, was sent again.
     dead_letter_topics = [c.dlq(cible.topic(t)) for t in cible.spec.dead_letters_for]
     on_kafka = {o for t in dead_letter_topics async for r in records_of(bootstrap, t) if (o := dlq.origin(r.headers))}
-    handled = await committed_offsets(bootstrap, cible.settings.topic(name))
+    handled = dict(handled_before or {})
+    for key, offset in (await committed_offsets(bootstrap, cible.settings.topic(name))).items():
+        handled[key] = max(handled.get(key, 0), offset)
 
     def unpublished(origin: dlq.Origin | None) -> bool:
         return (

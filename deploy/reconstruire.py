@@ -236,7 +236,12 @@ async def _build_and_switch(
             f'SELECT nextval($1::regclass), {columns} FROM "{live}".outbox_failed ORDER BY seq',
             sequence,
         )
-        queued = await rattrapage.accorder(cible, await rattrapage.journal_floor(session, live), pending=pending)
+        queued = await rattrapage.accorder(
+            cible,
+            await rattrapage.journal_floor(session, live),
+            pending=pending,
+            handled_before=await rattrapage.handled_by(session, live),
+        )
         await carry_dead_letters(session, live, fresh)
     finally:
         await cible.close()
@@ -356,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwitchedSessionsLeft as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
-    except (ReconstructionError, OSError, asyncpg.PostgresError, KafkaError) as e:
+    except (ReconstructionError, rattrapage.JournalIncomplet, OSError, asyncpg.PostgresError, KafkaError) as e:
         print(f"error: {redact(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was left is said above (rebuild failed, or the switch committed)

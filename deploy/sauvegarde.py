@@ -47,6 +47,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from deploy import rattrapage
@@ -288,6 +289,18 @@ async def _pending_dead_letters(
         await conn.close()
 
 
+async def _handled_before(
+    settings: ServiceSettings, services: Sequence[ServiceSpec]
+) -> dict[str, dict[tuple[str, int], int]]:
+    """Per service schema about to be replaced, where its service had gone in each partition
+    (rattrapage.handled_by): the DLQ copies of the records before went out then."""
+    conn = await connect_for_tool(settings.database_url)
+    try:
+        return {spec.name: await rattrapage.handled_by(conn, spec.name) for spec in services}
+    finally:
+        await conn.close()
+
+
 async def restore(settings: ServiceSettings, path: Path) -> list[str]:
     """Replace every schema the dump holds by the dump's, in one transaction, then catch each
     service's schema up with the log (deploy/rattrapage.py); returns the schemas restored. One
@@ -311,7 +324,9 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     services = [spec for spec in SPECS if spec.name in schemas]
     try:  # the catch-up reads what only an operator may: found out before the hours of the SQL
         await rattrapage.check_access(settings, services)
-    except (rattrapage.AccesInsuffisant, KafkaError) as e:
+        for spec in services:  # and what Kafka still holds of what the backup has yet to read
+            await rattrapage.check_log(settings, spec, spec.name, _positions_in(path, spec.name))
+    except (rattrapage.AccesInsuffisant, rattrapage.JournalIncomplet, KafkaError) as e:
         raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
     # The dump as SQL, in a file of the operator's alone beside the backup (it is several times
@@ -328,6 +343,25 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
         return await _replace(settings, path, services, schemas, script)
     finally:
         script.unlink(missing_ok=True)
+
+
+def _positions_in(path: Path, schema: str) -> dict[TopicPartition, int]:
+    """The consumer positions a backup holds for `schema` (its table `positions`, read alone)."""
+    sql = _run(
+        [pg_tool("pg_restore"), "--data-only", "--schema", schema, "--table", "positions", "--file", "-", str(path)],
+        dict(os.environ),
+        f"reading the positions of {schema} in {path}",
+    )
+    stored, rows = {}, False
+    for line in sql.decode().splitlines():
+        if line.startswith("COPY ") and line.endswith("FROM stdin;"):
+            rows = True
+        elif line == "\\.":
+            rows = False
+        elif rows:
+            topic, partition, offset = line.split("\t")
+            stored[TopicPartition(topic, int(partition))] = int(offset)
+    return stored
 
 
 NEWER_SETTINGS = {b"SET transaction_timeout = 0;\n": 17}
@@ -395,6 +429,7 @@ async def _replace(
     marked = [name for name in schemas if name not in NO_CATCH_UP]
     floors = await _journal_allocated(database_url, marked)
     pending = await _pending_dead_letters(settings, services)
+    handled = await _handled_before(settings, services)
     server = await connect_for_tool(database_url)
     try:
         major = server.get_server_version().major
@@ -422,7 +457,7 @@ async def _replace(
     REPLACED.set()
     script.unlink(missing_ok=True)  # the backup's data in clear: not left beside it longer than needed
     try:
-        await _catch_up(settings, path, services, pending)
+        await _catch_up(settings, path, services, pending, handled)
     except asyncio.CancelledError:  # Ctrl-C: the schemas replaced and marked, not all caught up
         raise Interrompue(
             f"interrupted once the schemas were replaced, before they were all caught up with the log: "
@@ -463,7 +498,11 @@ wherever it lands) then says to run it again, not that nothing was replaced."""
 
 
 async def _catch_up(
-    settings: ServiceSettings, path: Path, services: Sequence[ServiceSpec], pending: dict[str, set[dlq.Origin]]
+    settings: ServiceSettings,
+    path: Path,
+    services: Sequence[ServiceSpec],
+    pending: dict[str, set[dlq.Origin]],
+    handled: dict[str, dict[tuple[str, int], int]],
 ) -> None:
     """Each restored service schema caught up with the log, then its mark dropped."""
     producer = relay_producer(KafkaAccess.of(settings), "feo-sauvegarde")
@@ -476,7 +515,13 @@ async def _catch_up(
                     replayed = await rattrapage.rattraper(cible, lambda line: print(line, flush=True))
                     async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
                         floor = await rattrapage.journal_floor(conn, spec.name)
-                    queued = await rattrapage.accorder(cible, floor, stored_thresholds=True, pending=pending[spec.name])
+                    queued = await rattrapage.accorder(
+                        cible,
+                        floor,
+                        stored_thresholds=True,
+                        pending=pending[spec.name],
+                        handled_before=handled[spec.name],
+                    )
                     await cible.pipeline.pool.execute(
                         f"DROP TABLE IF EXISTS {rattrapage.COPIES_PENDING}; DROP TABLE {CATCH_UP_PENDING}"
                     )

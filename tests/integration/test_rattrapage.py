@@ -782,3 +782,129 @@ async def test_the_alignment_of_derived_state_holds_little_of_its_topic(database
     finally:
         await pool.close()
     assert peak < 25_000_000, f"{peak / 1e6:.1f} MB held at most for {3 * len(codes)} keys"  # in memory: 62 MB
+
+
+async def _delete_before(bootstrap: str, topic: str, offset: int) -> None:
+    """What a retention shorter than the topic's does, or kafka-delete-records: partition 0's log
+    starts at `offset`."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import RecordsToDelete
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(offset)})
+    finally:
+        await admin.close()
+
+
+async def _lots_published(settings, uai: str, *declared: tuple[str, int]) -> None:
+    """equipement, run on `settings`, has handled these lots (lot_id, quantity) and published them."""
+    from test_equipement import lot, referentiel_loaded
+
+    async with running(SPEC, settings) as pipeline:
+        await send(settings.kafka_bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        lots = [(uai, lot(uai, lot_id, quantity, n)) for n, (lot_id, quantity) in enumerate(declared, start=1)]
+        await send(settings.kafka_bootstrap_servers, settings.topic(c.EQUIPEMENT), lots, partition=0)
+
+        async def published() -> bool:
+            held = {r["lot_id"]: r["quantity"] for r in await pipeline.pool.fetch("SELECT lot_id, quantity FROM lots")}
+            return held == dict(declared) and not await pipeline.pool.fetchval("SELECT count(*) FROM outbox")
+
+        await eventually(published, what="the lots handled and published")
+
+
+async def _lots(settings) -> dict[str, int]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return {r["lot_id"]: r["quantity"] for r in await conn.fetch("SELECT lot_id, quantity FROM equipement.lots")}
+    finally:
+        await conn.close()
+
+
+async def test_a_rebuild_over_a_log_whose_records_were_deleted_is_refused_and_publishes_nothing(kafka, settings):
+    """Lot A's declaration deleted from the topic: the rebuild replayed what was left, and its
+    alignment published A retired (quantity 0), a lot its declarant never retired."""
+    from deploy import reconstruire
+    from deploy.rattrapage import JournalIncomplet
+
+    await _lots_published(settings, valid_uai("0350003"), ("A", 10), ("B", 7))
+    await _delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 1)
+
+    with pytest.raises(JournalIncomplet) as refused:
+        await reconstruire.rebuild(SPEC, settings)
+    assert str(refused.value).startswith(
+        f"equipement_reconstruit: Kafka no longer holds what it has to read, {settings.topic(c.EQUIPEMENT)}[0] "
+        "from offset 0: 1 records deleted (its first offset is 1). Nothing replayed"
+    ), refused.value
+    assert await _lots(settings) == {"A": 10, "B": 7}, "the service keeps its schema"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert not await conn.fetchval("SELECT count(*) FROM equipement.outbox"), "nothing queued"
+        assert not await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'equipement_reconstruit'")
+    finally:
+        await conn.close()
+
+
+async def test_a_restore_whose_backup_has_yet_to_read_records_since_deleted_replaces_nothing(
+    kafka, settings, tmp_path
+) -> None:
+    """Every declaration after the backup deleted from the topic: the restore caught up with
+    nothing ("0 records replayed") and its alignment queued lot A back at its backup's quantity
+    as a new version, and lot B retired."""
+    from deploy import sauvegarde
+
+    uai = valid_uai("0350002")
+    await _lots_published(settings, uai, ("A", 10))
+    backup = tmp_path / "old.dump"
+    sauvegarde.backup(settings.database_url, backup)
+    await _lots_published(settings, uai, ("A", 20), ("B", 5))
+    await _delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 3)  # all three declarations
+
+    with pytest.raises(sauvegarde.SauvegardeError) as refused:
+        await sauvegarde.restore(settings, backup)
+    assert str(refused.value).startswith(
+        f"nothing restored: equipement: Kafka no longer holds what it has to read, {settings.topic(c.EQUIPEMENT)}[0] "
+        "from offset 1: 2 records deleted (its first offset is 3)"
+    ), refused.value
+    assert await _lots(settings) == {"A": 20, "B": 5}
+
+
+async def test_a_rebuild_once_kafka_forgot_the_group_s_offsets_sends_no_dlq_copy_again(kafka, settings) -> None:
+    """Whether a refusal's copy went out was read from the consumer group's committed offsets,
+    which Kafka deletes once the group has been empty a week (offsets.retention.minutes): a
+    rebuild then sent again every copy the DLQ's retention had removed, a partner's refused
+    record. Now from the positions of the schema the service ran on."""
+    from kafka.admin import KafkaAdminClient
+
+    from deploy import reconstruire
+    from deploy.rattrapage import committed_offsets, read_topic
+    from test_equipement import lot, referentiel_loaded
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350005")
+    topic, group = settings.topic(c.EQUIPEMENT), settings.topic("equipement")
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(bootstrap, topic, [(uai, b"{pas du json"), (uai, lot(uai, "A", 3, 1))], partition=0)
+        await eventually(lambda: read_topic(bootstrap, c.dlq(topic)), what="the DLQ copy")
+
+        async def committed() -> bool:
+            return (topic, 0) in await committed_offsets(bootstrap, group)
+
+        await eventually(committed, what="the offsets committed")
+    await _delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
+    admin = KafkaAdminClient(**KafkaAccess.from_environ(bootstrap_servers=bootstrap).kafka_python())
+    try:
+        admin.delete_groups([group])  # what offsets.retention.minutes does to a group empty that long
+    finally:
+        admin.close()
+    assert await committed_offsets(bootstrap, group) == {}
+
+    await reconstruire.rebuild(SPEC, settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert not await conn.fetchval("SELECT count(*) FROM equipement.outbox WHERE topic = $1", c.dlq(topic))
+    finally:
+        await conn.close()

@@ -8,9 +8,9 @@ when the schema has none. Kafka's committed offsets still follow, for lag monito
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -19,7 +19,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
-from services.common.messaging.outbox import text_headers
+from services.common.messaging.outbox import COMPACTED, text_headers
 from services.common.messaging.records import CorruptBatch, read_any_header_name
 from services.common.pipeline import Parsed, Pipeline
 from services.common.runtime.secrets import redact
@@ -314,6 +314,41 @@ class OffsetCommits:
                 log.info("consumer.commit_failed", error=type(exc).__name__, partitions=len(offsets))
 
 
+class Outside(NamedTuple):
+    """A partition's position outside its log: below its first offset, or past its end."""
+
+    tp: TopicPartition
+    position: int
+    start: int
+    end: int
+
+    @property
+    def lost(self) -> int:
+        """Records deleted before they were read: none past the end, none of a compacted topic
+        (what it keeps holds the latest record of each key)."""
+        compacted = any(self.tp.topic.endswith(name) for name in COMPACTED)
+        return 0 if compacted else max(self.start - self.position, 0)
+
+    def said(self) -> dict[str, Any]:
+        """Its fields for a log line."""
+        return {
+            "topic": self.tp.topic,
+            "partition": self.tp.partition,
+            "position": self.position,
+            "log_start": self.start,
+            "log_end": self.end,
+            "records_lost": self.lost,
+        }
+
+
+async def outside_their_log(consumer: AIOKafkaConsumer, wanted: Mapping[TopicPartition, int]) -> list[Outside]:
+    """Those of `wanted` (partition -> position) outside what Kafka holds of their partition."""
+    tps = sorted(wanted)
+    starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+    found = (Outside(tp, wanted[tp], starts[tp], ends[tp]) for tp in tps)
+    return [o for o in found if not o.start <= o.position <= o.end]
+
+
 class HorsLimites:
     """A partition's position outside what Kafka holds of it, met by a fetch (the consumer resets
     none: aiokafka's reset to the earliest record skipped them with a line at INFO only, and the
@@ -332,14 +367,11 @@ class HorsLimites:
         self._pipeline = pipeline
 
     async def met(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        tps = sorted(tp for tp in offsets if consumer._subscription.is_assigned(tp))
-        if not tps:
+        assigned = {tp: offset for tp, offset in offsets.items() if consumer._subscription.is_assigned(tp)}
+        if not assigned:
             return
         try:
-            starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-            outside = [
-                (tp, offsets[tp], starts[tp], ends[tp]) for tp in tps if not starts[tp] <= offsets[tp] <= ends[tp]
-            ]
+            outside = await outside_their_log(consumer, assigned)
             if outside:
                 async with self._pipeline.pool.acquire() as conn, conn.transaction():
                     await positions.out_of_range(conn, outside)
@@ -348,28 +380,22 @@ class HorsLimites:
             await asyncio.sleep(self.RETRY_SECONDS)
             return
         # Within the log now (records written since the fetch): read from there as it was.
-        resume = {tp: offsets[tp] for tp in tps} | {tp: start for tp, _, start, _ in outside}
+        resume = assigned | {o.tp: o.start for o in outside}
         for tp, offset in resume.items():
             if consumer._subscription.is_assigned(tp):  # else its next owner resumes from the database
                 consumer.seek(tp, offset)
         self._pipeline.metrics.resumed(resume)
-        for tp, position, start, end in outside:
-            lost = max(start - position, 0)
-            self._pipeline.metrics.records_lost(tp.topic, lost)
+        for o in outside:
+            self._pipeline.metrics.records_lost(o.tp.topic, o.lost)
             log.error(
                 "kafka.position_out_of_range",
-                topic=tp.topic,
-                partition=tp.partition,
-                position=position,
-                log_start=start,
-                log_end=end,
-                records_lost=lost,
+                **o.said(),
                 hint=(
-                    f"{lost} records were deleted from the partition before this service read them: "
+                    f"{o.lost} records were deleted from the partition before this service read them: "
                     "ask their declarants to send them again, or rebuild the service from what is left"
-                    if lost
-                    else "the partition ends before this position (the topic made again, or another "
-                    "cluster): read again from its start"
+                    if o.lost
+                    else "read again from the partition's start (past its end: the topic made again, or "
+                    "another cluster; below it, a compacted topic keeps the latest record of each key)"
                 ),
             )
 

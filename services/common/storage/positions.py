@@ -50,22 +50,22 @@ async def load(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) 
     return {tp: offset for tp, offset in found.items() if tp in wanted}
 
 
-async def out_of_range(conn: Conn, found: Sequence[tuple[TopicPartition, int, int, int]]) -> None:
-    """Positions found outside their partition's log (tp, position, log start, log end: the
-    consumer's HorsLimites), kept for /health; one past the log end moved back to its start (a
-    topic made again: its records are read from there, and `advance` never moves back)."""
+async def out_of_range(conn: Conn, found: Sequence[Any]) -> None:
+    """Positions found outside their partition's log (consumer.Outside), kept for /health; one
+    past the log end moved back to its start (a topic made again: its records are read from
+    there, and `advance` never moves back)."""
     await conn.executemany(
         "INSERT INTO positions_hors_limites (topic, partition, position, log_start, log_end, records_lost) "
-        "VALUES ($1, $2, $3, $4, $5, greatest($4::bigint - $3::bigint, 0))",
-        [(tp.topic, tp.partition, position, start, end) for tp, position, start, end in found],
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        [(o.tp.topic, o.tp.partition, o.position, o.start, o.end, o.lost) for o in found],
     )
-    for tp, position, start, end in found:
-        if position > end:
+    for o in found:
+        if o.position > o.end:
             await conn.execute(
                 "UPDATE positions SET next_offset = $3 WHERE topic = $1 AND partition = $2",
-                tp.topic,
-                tp.partition,
-                start,
+                o.tp.topic,
+                o.tp.partition,
+                o.start,
             )
 
 
