@@ -26,7 +26,7 @@ from contracts.internal import INTERNAL_PAYLOADS
 from services.common.messaging.outbox import Twin
 from services.common.pipeline import TRACEPARENT_OF, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
-from services.ressources.lifecycle import Content, Held, event_id, transitions
+from services.ressources.lifecycle import PORTEE, Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart, Resolution
@@ -69,7 +69,7 @@ class Store(Protocol):
 
     async def resolve_alertes(self, rows: Sequence[Resolution]) -> None: ...
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None: ...
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None: ...
 
     async def seuils(self) -> tuple[float, float] | None: ...
 
@@ -414,6 +414,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     rows: list[AlertRow] = []
     resolutions: list[Resolution] = []
     outgoing: list[Outgoing[EncodedEvent]] = []
+    elsewhere: dict[str, bytes] = {}  # event id -> where its alert is now, announced where it was raised
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
@@ -438,11 +439,13 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 outgoing.append(
                     _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
                 )
+                if t.held.levee_portee is not None:  # moved since its raise: listed at its new place
+                    elsewhere[outgoing[-1].event.id] = to_json({k: t.held.values[k] for k in PORTEE})
             elif t.updated:
                 rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
     await store.save_alertes(rows)
     await store.resolve_alertes(resolutions)
-    await store.journal(outgoing)
+    await store.journal(outgoing, elsewhere)
     return Evaluated(outgoing, Said.of(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing)))
 
 

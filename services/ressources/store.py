@@ -355,9 +355,12 @@ class RessourcesStore:
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
         return await referentiel.load(self._conn, uais)
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
-        """The alert events for the live stream, in this transaction (stream.notify)."""
-        await stream.notify(self._conn, [o.event.value for o in announced])
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None:
+        """The alert events for the live stream, in this transaction (stream.notify); `elsewhere`:
+        by event id, where its alert is now when the event announces it elsewhere."""
+        await stream.notify(
+            self._conn, [o.event.value for o in announced], [elsewhere.get(o.event.id) for o in announced]
+        )
 
     async def seuils(self) -> tuple[float, float] | None:
         """The thresholds the held alerts were evaluated with (None before the first)."""

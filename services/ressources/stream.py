@@ -55,7 +55,7 @@ JOURNAL_PART_BYTES = 64 * 1024 * 1024
 log = structlog.get_logger(__name__)
 
 
-async def notify(conn: Conn, events: Sequence[bytes]) -> None:
+async def notify(conn: Conn, events: Sequence[bytes], elsewhere: Sequence[bytes | None] = ()) -> None:
     """Inside the write transaction: journalled and announced on commit, neither on rollback.
 
     Transactions of several batches and re-evaluation chunks run at once (locks per UAI), but
@@ -67,18 +67,24 @@ async def notify(conn: Conn, events: Sequence[bytes]) -> None:
     `events`: the alert events' record values. They go as one JSON array, each row's ids read
     from its event: one parameter, which asyncpg sends as it is (an array parameter, it checks
     and encodes element by element). In parts of at most JOURNAL_PART_BYTES, in order: a jsonb
-    array stops at 256 MiB, and one transaction's alerts may weigh more."""
+    array stops at 256 MiB, and one transaction's alerts may weigh more. `elsewhere`, beside each
+    event: where its alert is now when the event announces it elsewhere (None: where it says)."""
     if not events:
         return
+    places = list(elsewhere) or [None] * len(events)
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('alert-journal:' || current_schema(), 0))")
+    done = 0
     for part in _parts(events, JOURNAL_PART_BYTES):
+        here, done = places[done : done + len(part)], done + len(part)
         await conn.execute(  # announced with the last seq, in the same statement
-            "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
-            "SELECT e->>'id', e->'data'->>'alert_id', e "
+            "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event, portee) "
+            "SELECT e->>'id', e->'data'->>'alert_id', e, nullif(w.place, 'null'::jsonb) "
             "FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(e, n) "
+            "JOIN jsonb_array_elements($3::jsonb) WITH ORDINALITY AS w(place, n) USING (n) "
             "ORDER BY n RETURNING seq) SELECT pg_notify($2, max(seq)::text) FROM added",
             b"".join((b"[", b",".join(part), b"]")).decode(),
             CHANNEL,
+            b"".join((b"[", b",".join(p or b"null" for p in here), b"]")).decode(),
         )
 
 
@@ -319,7 +325,7 @@ class AlertHub:
         while True:
             async with self._bounded():
                 rows = await conn.fetch(
-                    "SELECT seq, event FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, event, portee FROM alert_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
                     self._position,
                     FETCH_ROWS,
                 )
@@ -333,8 +339,10 @@ class AlertHub:
         for row in rows:
             event, frame = _alert_frame(row["seq"], row["event"])
             item = _Item(row["seq"], frame)
+            data = event.get("data") or {}
+            now_at = None if row["portee"] is None else {**data, **json.loads(row["portee"])}
             for sub in list(self._clients):
-                if sub.filter.matches(event.get("data") or {}):
+                if sub.filter.matches(data) or (now_at is not None and sub.filter.matches(now_at)):
                     try:
                         sub.queue.put_nowait(item)
                     except asyncio.QueueFull:

@@ -31,6 +31,7 @@ from helpers import (
     uai,
 )
 from services.common.pipeline import writer_lock
+from services.ressources import queries
 from services.ressources.api import MIN_TEACHERS_DETAILED, Reads, _pool, formation_shown
 from services.ressources.app import SPEC
 from services.ressources.handlers import request_every_pair
@@ -288,9 +289,18 @@ async def test_an_alert_whose_etablissement_moved_resolves_where_it_was_raised(k
     """NANTES moves from département 044 to 049 while its alert is open: the read API lists it in
     049 (the établissement as it is), and once it resolves, the resolution says 044, as its raise
     did: a stream, or a consumer of the topics, filtering on 044 saw it raised and sees it
-    resolved (it said 049, which they never saw, and it stayed open for them)."""
+    resolved (it said 049, which they never saw, and it stayed open for them). A dashboard of 049,
+    which the list showed it open, gets that resolution too, live and replayed (its stream
+    filtered it out: the alert stayed open for it)."""
     client, app = api
     pool = app.state.pipeline.pool
+
+    async def resolved_on_the_stream(events) -> dict:
+        async for _, streamed in events:
+            if streamed["type"] == c.ALERTE_RESOLUE and streamed["data"]["uai"] == NANTES:
+                return streamed
+        raise AssertionError("the stream ended")
+
     async with TopicReader(kafka.bootstrap_servers, settings.topic(c.ALERTES)) as alerts:
         await feed(kafka, settings, pool)
         await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
@@ -300,8 +310,12 @@ async def test_an_alert_whose_etablissement_moved_resolves_where_it_was_raised(k
         await eventually(
             lambda: _total_of(client, listed, 1), what="the open alert listed where the établissement now is"
         )
-        fixed = profil_lot(NANTES, 2, quantity=10, os={"name": "iPadOS", "version": "17"})
-        await send(kafka.bootstrap_servers, settings.topic(PROFILS), [fixed])
+        page = (await client.get("/alertes", params={**listed, "state": "open"})).json()
+        follow = {"code_departement": "049", "depuis": page["last_event_id"]}
+        async with client.stream("GET", "/alertes/flux", params=follow) as response:  # as the README says
+            fixed = profil_lot(NANTES, 2, quantity=10, os={"name": "iPadOS", "version": "17"})
+            await send(kafka.bootstrap_servers, settings.topic(PROFILS), [fixed])
+            live = await asyncio.wait_for(resolved_on_the_stream(data_events(response.aiter_lines())), timeout=30)
 
         def resolution(records: list) -> list[dict]:
             events = (json.loads(r.value) for r in records)
@@ -316,16 +330,15 @@ async def test_an_alert_whose_etablissement_moved_resolves_where_it_was_raised(k
     assert (data["code_departement"], data["responsable"]) == ("044", {"type": "departement", "code": "044"})
     raised = "SELECT alerte->>'code_departement' FROM alertes WHERE alert_id = $1"
     assert await pool.fetchval(raised, data["alert_id"]) == "049", "the read API's: where it is"
+    assert live["data"] == data, "the event as it is, to the dashboards of either place"
 
-    async def resolved_on_the_stream(events) -> dict:
-        async for _, streamed in events:
-            if streamed["type"] == c.ALERTE_RESOLUE and streamed["data"]["alert_id"] == data["alert_id"]:
-                return streamed
-        raise AssertionError("the stream ended")
-
-    async with client.stream("GET", "/alertes/flux", params={"code_departement": "044", "depuis": 0}) as response:
-        streamed = await asyncio.wait_for(resolved_on_the_stream(data_events(response.aiter_lines())), timeout=30)
-    assert streamed["data"] == data
+    for where in ("044", "049"):  # replayed from the journal
+        async with client.stream("GET", "/alertes/flux", params={"code_departement": where, "depuis": 0}) as response:
+            streamed = await asyncio.wait_for(resolved_on_the_stream(data_events(response.aiter_lines())), timeout=30)
+        assert streamed["data"] == data, where
+    async with pool.acquire() as conn:  # nor to another place's
+        replayed = await queries.journal_replay(conn, 0, 10**9, queries.AlertFilter(code_departement="035"), 100)
+    assert replayed.rows and NANTES not in "".join(event for _, event in replayed.rows)
 
 
 async def _total_of(client, params: dict, expected: int) -> bool:

@@ -92,7 +92,7 @@ async def journal(app, *events: EncodedEvent) -> list[int]:
     """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):
-        await store.journal([Outgoing(c.ALERTES, e.data["uai"], e) for e in events])
+        await store.journal([Outgoing(c.ALERTES, e.data["uai"], e) for e in events], {})
         return []
 
     pipeline = app.state.pipeline

@@ -149,6 +149,7 @@ class RessourcesMemory:
         self.postponed: dict[tuple[str, int], int] = {}  # failures in a row, put off for good (no clock here)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
         self.resolved_at: dict[str, datetime] = {}  # alert_id -> the row's resolved_at
+        self.elsewhere: dict[str, bytes] = {}  # journalled event id -> where its alert is now
 
     async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
         return {
@@ -243,8 +244,9 @@ class RessourcesMemory:
             self.alerts[(uai, rid)][kind] = Held(False, r.cycle, held.stored, held.levee_portee)
             self.resolved_at[r.alert_id] = r.resolved_at
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]]) -> None:
+    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None:
         self.journalled += [o.event for o in announced]
+        self.elsewhere |= elsewhere
 
     async def seuils(self) -> tuple[float, float] | None:
         return self.held_seuils
