@@ -2,6 +2,8 @@
 committed offsets say. Two schemas share one consumer group (as an old backup restored, or a
 fresh schema, would share it with the running service's past), against the real broker."""
 
+import asyncio
+
 import contracts as c
 from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
@@ -120,6 +122,41 @@ async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_s
     assert stored == 4
 
 
+async def test_a_loss_is_told_once_however_often_its_partition_is_assigned(kafka, settings) -> None:
+    """Every record after the stored position deleted, none come since: the stored position stayed
+    below the log's start, the same loss told again (a row, an ERROR, counted) at every start or
+    rebalance until a record came. Now the position moves to the log's start once told."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from services.common.messaging.connection import kafka_options
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
+    topic = settings.topic(c.EQUIPEMENT)
+    tp = TopicPartition(topic, 0)
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
+        await _handled(pipeline, {"A"})
+    await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate("BC")], partition=0)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(3)})  # B and C: nothing left after A
+    finally:
+        await admin.close()
+
+    stored = "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 0"
+    async with running(SPEC, settings) as pipeline:
+        await eventually(lambda: pipeline.pool.fetchval(stored + " AND next_offset = 3", topic), what="moved to 3")
+    async with running(SPEC, settings) as pipeline:  # assigned again, then a record comes
+        await send(bootstrap, topic, [(uai, lot(uai, "D", 10, 4))], partition=0)
+        await _handled(pipeline, {"A", "D"})
+        told = await pipeline.pool.fetch("SELECT position, log_start, records_lost FROM positions_hors_limites")
+    assert [tuple(r) for r in told] == [(1, 3, 2)]
+
+
 async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_never_skipped(kafka, settings) -> None:
     """The declarations' topic deleted and created again (Strimzi's KafkaTopic re-applied, another
     cluster): the stored position, past the new log's end, was reset to 0 by aiokafka but kept
@@ -165,3 +202,29 @@ async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_n
     await declare("F", "G", "H", "I")  # offsets 1 to 4 of the new topic, while the service is down
     async with running(SPEC, settings) as pipeline:
         await _handled(pipeline, set("ABCDEFGHI"))
+
+
+async def test_partitions_of_a_group_with_no_committed_offset_wait_for_no_error(
+    kafka, settings, monkeypatch, caplog
+) -> None:
+    """Its consumer resets nothing by itself: while the stored positions were read, aiokafka
+    looked the group's committed offsets up, found none (a new group, offsets Kafka forgot after
+    a week) and raised at the next poll, which FastStream logged as an ERROR and paused every
+    partition 5 s for."""
+    import logging
+
+    from services.common.messaging import consumer
+
+    load = consumer.positions.load
+
+    async def slow(pool, partitions):  # long enough for aiokafka's look-up to answer meanwhile
+        await asyncio.sleep(1.5)
+        return await load(pool, partitions)
+
+    monkeypatch.setattr(consumer.positions, "load", slow)
+    caplog.set_level(logging.ERROR)
+    uai = valid_uai("0350001")
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]

@@ -326,8 +326,7 @@ class Outside(NamedTuple):
     def lost(self) -> int:
         """Records deleted before they were read: none past the end, none of a compacted topic
         (what it keeps holds the latest record of each key)."""
-        compacted = any(self.tp.topic.endswith(name) for name in COMPACTED)
-        return 0 if compacted else max(self.start - self.position, 0)
+        return 0 if self.tp.topic.endswith(COMPACTED) else max(self.start - self.position, 0)
 
     def said(self) -> dict[str, Any]:
         """Its fields for a log line."""
@@ -387,7 +386,7 @@ class HorsLimites:
         self._pipeline.metrics.resumed(resume)
         for o in outside:
             self._pipeline.metrics.records_lost(o.tp.topic, o.lost)
-            log.error(
+            (log.error if o.lost or o.position > o.end else log.warning)(
                 "kafka.position_out_of_range",
                 **o.said(),
                 hint=(
@@ -418,6 +417,13 @@ class StoredPositions(ConsumerRebalanceListener):
         # callback, from Kafka's committed offsets, and a batch taken from there and committed
         # before the seek would move the stored positions past records never handled.
         consumer.pause(*assigned)
+        # From the log's start, unless a stored position is found below (a seek, which an answer
+        # still on its way does not undo). Asked now, before anything awaits: aiokafka would
+        # otherwise look up the group's committed offsets meanwhile, and with none (a new group,
+        # offsets Kafka forgot) raise at the next poll, which FastStream pauses 5 s for.
+        if assigned:
+            reset = consumer._fetcher.request_offset_reset(sorted(assigned), OffsetResetStrategy.EARLIEST)
+            reset.add_done_callback(_retrieved)  # cancelled when unassigned first
         if self.poll is not None:  # records taken ahead: every partition is sought below
             await self.poll.drop()
             self.poll.unreadable.forget()
@@ -447,11 +453,6 @@ class StoredPositions(ConsumerRebalanceListener):
         self._pipeline.metrics.positions_read()
         for tp, offset in sorted(stored.items()):
             consumer.seek(tp, offset)
-        if fresh := assigned - stored.keys():
-            # What seek_to_beginning asks, without awaiting the answer here (nothing reads the
-            # partitions before it: aiokafka resets a position before it fetches).
-            reset = consumer._fetcher.request_offset_reset(sorted(fresh), OffsetResetStrategy.EARLIEST)
-            reset.add_done_callback(_retrieved)  # cancelled when unassigned first
         consumer.resume(*assigned)
         self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))

@@ -51,22 +51,25 @@ async def load(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) 
 
 
 async def out_of_range(conn: Conn, found: Sequence[Any]) -> None:
-    """Positions found outside their partition's log (consumer.Outside), kept for /health; one
-    past the log end moved back to its start (a topic made again: its records are read from
-    there, and `advance` never moves back)."""
+    """Positions found outside their partition's log (consumer.Outside), kept for /health, and
+    the stored position moved to the log's start: up from below it (else the same loss was told
+    again at every assignment until a record came), back from past its end (a topic made again:
+    its records are read from there, and `advance` never moves back)."""
     await conn.executemany(
         "INSERT INTO positions_hors_limites (topic, partition, position, log_start, log_end, records_lost) "
         "VALUES ($1, $2, $3, $4, $5, $6)",
         [(o.tp.topic, o.tp.partition, o.position, o.start, o.end, o.lost) for o in found],
     )
-    for o in found:
-        if o.position > o.end:
-            await conn.execute(
-                "UPDATE positions SET next_offset = $3 WHERE topic = $1 AND partition = $2",
-                o.tp.topic,
-                o.tp.partition,
-                o.start,
-            )
+    for o in found:  # told once: the position moves to the log's start, up or back
+        await conn.execute(
+            "INSERT INTO positions AS p (topic, partition, next_offset) VALUES ($1, $2, $3) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = "
+            "CASE WHEN $4 THEN EXCLUDED.next_offset ELSE GREATEST(p.next_offset, EXCLUDED.next_offset) END",
+            o.tp.topic,
+            o.tp.partition,
+            o.start,
+            o.position > o.end,
+        )
 
 
 async def latest_out_of_range(conn: Conn | asyncpg.Pool, limit: int = 20) -> list[dict[str, Any]]:

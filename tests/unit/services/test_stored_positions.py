@@ -75,8 +75,8 @@ async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
     assert metrics.positions_failing is None, "and nothing once they are read"
     assert kafka.calls == [
         ("pause", {TP0, TP1}),  # before anything awaits: no poll from Kafka's committed offsets meanwhile
+        ("beginning", [TP0, TP1]),  # nor a look-up of them
         ("seek", TP0, 42),
-        ("beginning", [TP1]),
         ("resume", {TP0, TP1}),
     ], "the stored position, else the log's start; never the committed offset"
     metrics.watch(lambda: SimpleNamespace(assignment=lambda: {TP0, TP1}, highwater=lambda tp: 50))
@@ -101,7 +101,7 @@ async def test_partitions_stay_paused_when_they_could_not_be_sought(monkeypatch)
     listener.subscriber = SimpleNamespace(consumer=kafka)
     with pytest.raises(IllegalStateError):
         await listener.on_partitions_assigned({TP0})
-    assert kafka.calls == [("pause", {TP0})]
+    assert kafka.calls == [("pause", {TP0}), ("beginning", [TP0])]
 
 
 class _Bounded(Paused):
