@@ -28,8 +28,9 @@ real differences, with the ids they would have had:
 The outbox records the replay made are dropped first, and so are the records of a restored
 backup for those topics (what they carried, Kafka holds or `accorder` recomputes). A refusal's
 DLQ copy, the replay's or a restored backup's, stays only for a record the service never
-handled (at or past its consumer group's committed offset) whose DLQ on Kafka holds no copy
-(by its `dlq-topic`, `dlq-partition`, `dlq-offset`): such a record gets its copy once.
+handled (at or past the position of the schema it ran on, `handled_by`, and its consumer
+group's committed offset) whose DLQ on Kafka holds no copy (by its `dlq-topic`,
+`dlq-partition`, `dlq-offset`): such a record gets its copy once.
 """
 
 import asyncio
@@ -143,12 +144,16 @@ class JournalIncomplet(RuntimeError):
         )
 
 
-async def require_log(consumer: AIOKafkaConsumer, schema: str, wanted: dict[TopicPartition, int]) -> None:
-    """JournalIncomplet when Kafka no longer holds what `schema` has to read from `wanted`
-    (partition -> its position). Below the start of a compacted topic is no loss: what it keeps
-    holds the latest record of each key."""
-    if missing := [o for o in await outside_their_log(consumer, wanted) if o.lost or o.position > o.end]:
+async def require_log(
+    consumer: AIOKafkaConsumer, schema: str, wanted: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Where to read `schema`'s partitions from (`wanted`: each one's position, or the log's start
+    of a compacted topic past it: what it keeps holds the latest record of each key, no loss);
+    JournalIncomplet when Kafka no longer holds what it has to read."""
+    outside = await outside_their_log(consumer, wanted)
+    if missing := [o for o in outside if o.lost or o.position > o.end]:
         raise JournalIncomplet(schema, missing)
+    return {**wanted, **{o.tp: o.start for o in outside}}
 
 
 async def check_log(
@@ -240,9 +245,7 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> 
         partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
-        await require_log(consumer, cible.schema, {tp: stored.get(tp, 0) for tp in partitions})
-        starts = await consumer.beginning_offsets(partitions)  # a compacted topic's may be past 0
-        first = {tp: max(stored.get(tp, 0), starts[tp]) for tp in partitions}
+        first = await require_log(consumer, cible.schema, {tp: stored.get(tp, 0) for tp in partitions})
         for tp in partitions:
             consumer.seek(tp, first[tp])
         ends = await consumer.end_offsets(partitions)
@@ -389,12 +392,34 @@ async def pending_dead_letters(
 
 async def handled_by(conn: Conn, schema: str) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the position the service running on `schema` had reached: the
-    records before it were handled there, their DLQ copies sent then (`accorder`'s `handled`).
-    None from a schema a restore marked (the backup's, not what the service had handled)."""
-    if not await relation(conn, schema, "positions") or await restored_mark(conn, schema):
+    records before it were handled there, their DLQ copies sent then (`accorder`'s
+    `handled_before`). A schema a restore marked holds the backup's positions, not those: the
+    ones its restore found in the schema it replaced, kept with the mark (HANDLED_BEFORE), so a
+    restore run again, or a rebuild of it, judges as the first run did."""
+    marked = await restored_mark(conn, schema)
+    table = HANDLED_BEFORE if marked else "positions"
+    if not await relation(conn, schema, table):
         return {}
-    rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{schema}".positions')
+    rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{schema}".{table}')
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+HANDLED_BEFORE = "rattrapage_positions_servies"
+"""Beside a restored schema's catch-up mark, the positions of the schema it replaced (handled_by)."""
+
+
+def handled_before_sql(schema: str, handled: Mapping[tuple[str, int], int]) -> str:
+    """The statements keeping `handled` with `schema`'s mark (HANDLED_BEFORE; none: nothing)."""
+    if not handled:
+        return ""
+    rows = ", ".join(
+        f"('{t.replace(chr(39), chr(39) * 2)}', {int(p)}, {int(o)})" for (t, p), o in sorted(handled.items())
+    )
+    return (
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{HANDLED_BEFORE} '
+        "(topic text, partition int, next_offset bigint, PRIMARY KEY (topic, partition));\n"
+        f'INSERT INTO "{schema}".{HANDLED_BEFORE} VALUES {rows} ON CONFLICT DO NOTHING;\n'
+    )
 
 
 COPIES_PENDING = "rattrapage_copies_dlq"

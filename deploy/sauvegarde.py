@@ -446,7 +446,10 @@ async def _replace(
         f'INSERT INTO "{name}".{CATCH_UP_PENDING} '
         f"SELECT coalesce(min(depuis), now()), greatest({floors[name]}::bigint, max(journal_floor)) FROM held;\n"
         for name in marked
-    ) + "".join(rattrapage.copies_pending_sql(name, origins) for name, origins in pending.items())
+    ) + "".join(
+        rattrapage.copies_pending_sql(name, origins) + rattrapage.handled_before_sql(name, handled[name])
+        for name, origins in pending.items()
+    )
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
     steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
@@ -523,7 +526,8 @@ async def _catch_up(
                         handled_before=handled[spec.name],
                     )
                     await cible.pipeline.pool.execute(
-                        f"DROP TABLE IF EXISTS {rattrapage.COPIES_PENDING}; DROP TABLE {CATCH_UP_PENDING}"
+                        f"DROP TABLE IF EXISTS {rattrapage.COPIES_PENDING}, {rattrapage.HANDLED_BEFORE}; "
+                        f"DROP TABLE {CATCH_UP_PENDING}"
                     )
                 finally:
                     await cible.close()

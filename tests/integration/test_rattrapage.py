@@ -908,3 +908,46 @@ async def test_a_rebuild_once_kafka_forgot_the_group_s_offsets_sends_no_dlq_copy
         assert not await conn.fetchval("SELECT count(*) FROM equipement.outbox WHERE topic = $1", c.dlq(topic))
     finally:
         await conn.close()
+
+
+async def test_a_restore_run_again_after_its_catch_up_failed_judges_dlq_copies_as_the_first_run(
+    kafka, settings, tmp_path, monkeypatch
+) -> None:
+    """The positions of the schema a restore replaces say which refusals' copies went out; the
+    replaced schema gone, a run again after a failed catch-up had only the group's committed
+    offsets, which Kafka forgets: it sent again a copy the DLQ's retention had removed."""
+    from kafka.admin import KafkaAdminClient
+
+    from deploy import rattrapage, sauvegarde
+    from deploy.rattrapage import read_topic
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350006")
+    topic, group = settings.topic(c.EQUIPEMENT), settings.topic("equipement")
+    await _lots_published(settings, uai, ("A", 3))
+    backup = tmp_path / "before.dump"
+    sauvegarde.backup(settings.database_url, backup)
+    async with running(SPEC, settings):
+        await send(bootstrap, topic, [(uai, b"{pas du json")], partition=0)
+        await eventually(lambda: read_topic(bootstrap, c.dlq(topic)), what="its DLQ copy")
+    await _delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
+    admin = KafkaAdminClient(**KafkaAccess.from_environ(bootstrap_servers=bootstrap).kafka_python())
+    try:
+        admin.delete_groups([group])  # offsets.retention.minutes, passed
+    finally:
+        admin.close()
+
+    async def lost(*args, **kwargs):
+        raise KafkaConnectionError("lost during the catch-up")
+
+    with monkeypatch.context() as m:
+        m.setattr(rattrapage, "rattraper", lost)
+        with pytest.raises(sauvegarde.SauvegardeError, match=r"rerun \./dev restore"):
+            await sauvegarde.restore(settings, backup)
+    await sauvegarde.restore(settings, backup)
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert not await conn.fetchval("SELECT count(*) FROM equipement.outbox WHERE topic = $1", c.dlq(topic))
+        assert await conn.fetchval("SELECT count(*) FROM equipement.dead_letters") == 1, "refused again, not sent"
+    finally:
+        await conn.close()
