@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 import structlog
@@ -141,7 +142,7 @@ class Verificateur:
         try:
             claims = jwt.decode(
                 token,
-                cle.jwk.key,
+                cle.key,
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -191,7 +192,8 @@ class AucuneCle(ValueError):
 class Cle:
     """A key of the provider's JWKS the verifier may use, and the algorithms it verifies."""
 
-    jwk: jwt.PyJWK
+    key: Any
+    """The public key (cryptography's), as jwt.decode takes it."""
     algorithmes: frozenset[str]
 
 
@@ -218,11 +220,13 @@ def _cles_de_signature(jeu: object) -> dict[str, Cle]:
             continue
         try:
             jwk = jwt.PyJWK(donnees)
-        except jwt.PyJWTError:  # a type, curve or algorithm PyJWT does not know
+        except Exception:  # a type, curve or algorithm PyJWT does not know or cannot verify with ("none")
             continue
         algorithmes = _FAMILLE_RSA if not alg and jwk.key_type == "RSA" else frozenset({jwk.algorithm_name})
         if algorithmes <= ALGORITHMES:
-            cles[kid] = Cle(jwk, algorithmes)
+            # A key published with its private part (a provider's mistake): its public part verifies.
+            public = jwk.key.public_key() if hasattr(jwk.key, "public_key") else jwk.key
+            cles[kid] = Cle(public, algorithmes)
     if not cles:
         raise AucuneCle("aucune clé de signature asymétrique avec un kid")
     return cles

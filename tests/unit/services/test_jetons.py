@@ -232,8 +232,16 @@ async def test_an_rsa_key_without_alg_verifies_no_other_type(tmp_path: Path, ide
 
 @pytest.mark.parametrize(
     "changes",
-    [{"use": "enc"}, {"key_ops": ["encrypt", "wrapKey"]}, {"key_ops": "verify"}, {"alg": ["RS256"]}, {"kid": 7}],
-    ids=["use enc", "key_ops without verify", "key_ops not a list", "alg a list", "kid a number"],
+    [
+        {"use": "enc"},
+        {"key_ops": ["encrypt", "wrapKey"]},
+        {"key_ops": "verify"},
+        {"alg": ["RS256"]},
+        {"kid": 7},
+        {"alg": "none"},
+        {"alg": "HS256"},
+    ],
+    ids=["use enc", "key_ops without verify", "key_ops not a list", "alg a list", "kid a number", "alg none", "HS256"],
 )
 async def test_a_key_not_for_verifying_signatures_is_not_used(
     tmp_path: Path, identite: IdentiteLocale, changes: dict[str, object]
@@ -241,6 +249,18 @@ async def test_a_key_not_for_verifying_signatures_is_not_used(
     """Its set then holds no key to verify with: unavailable (503), not a bad token, nor a 500."""
     with pytest.raises(JwksIndisponible, match="aucune clé de signature asymétrique"):
         await _publiee(tmp_path, identite, **changes).verifier(identite.jeton(COMMUNE))
+
+
+async def test_a_key_published_with_its_private_part_verifies_with_its_public_one(
+    tmp_path: Path, identite: IdentiteLocale
+) -> None:
+    """A provider's mistake (the token's signer exposed) that made every request a 500."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from jwt.algorithms import RSAAlgorithm
+
+    private = json.loads(RSAAlgorithm.to_jwk(load_pem_private_key(identite.key_path.read_bytes(), None)))
+    assert "d" in private
+    assert await _publiee(tmp_path, identite, **private | {"key_ops": None}).verifier(identite.jeton(COMMUNE))
 
 
 async def test_a_key_whose_key_ops_hold_verify_is_used(tmp_path: Path, identite: IdentiteLocale) -> None:
