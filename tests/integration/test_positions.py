@@ -64,6 +64,32 @@ async def _bounds(bootstrap: str, tp) -> tuple[int, int]:
         await consumer.stop()
 
 
+async def _a_handled_then_later_deleted(kafka, settings, later: str) -> str:
+    """Lot A handled by equipement, stopped; then the lots `later` declared and every record of
+    partition 0 before offset 3 deleted (a retention shorter than the topic's, DeleteRecords).
+    Returns the topic."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from services.common.messaging.connection import kafka_options
+
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
+    topic = settings.topic(c.EQUIPEMENT)
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
+        await _handled(pipeline, {"A"})
+    await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate(later)], partition=0)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(3)})
+    finally:
+        await admin.close()
+    return topic
+
+
 async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_silently(
     kafka, settings, monkeypatch
 ) -> None:
@@ -72,29 +98,12 @@ async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_s
     with a line at INFO only (not written at LIBRARY_LOG_LEVEL=WARNING), the lag read 0, nothing
     counted. Now an ERROR naming the partition and the records lost, /health and /metrics."""
     from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
     from helpers import Said
     from services.common.messaging import consumer
-    from services.common.messaging.connection import kafka_options
 
-    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
-    topic = settings.topic(c.EQUIPEMENT)
-    tp = TopicPartition(topic, 0)
-    service = running(SPEC, settings)
-    async with service as pipeline:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        await referentiel_loaded(pipeline, 1)
-        await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
-        await _handled(pipeline, {"A"})
-    await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate("BCD")], partition=0)
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(3)})  # B (1) and C (2) gone: D is the first
-    finally:
-        await admin.close()
-    assert await _bounds(bootstrap, tp) == (3, 4)
+    topic = await _a_handled_then_later_deleted(kafka, settings, "BCD")  # B (1) and C (2) gone: D is the first
+    assert await _bounds(kafka.bootstrap_servers, TopicPartition(topic, 0)) == (3, 4)
 
     said = Said()
     monkeypatch.setattr(consumer, "log", said)
@@ -126,26 +135,8 @@ async def test_a_loss_is_told_once_however_often_its_partition_is_assigned(kafka
     """Every record after the stored position deleted, none come since: the stored position stayed
     below the log's start, the same loss told again (a row, an ERROR, counted) at every start or
     rebalance until a record came. Now the position moves to the log's start once told."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
-
-    from services.common.messaging.connection import kafka_options
-
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
-    topic = settings.topic(c.EQUIPEMENT)
-    tp = TopicPartition(topic, 0)
-    async with running(SPEC, settings) as pipeline:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        await referentiel_loaded(pipeline, 1)
-        await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
-        await _handled(pipeline, {"A"})
-    await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate("BC")], partition=0)
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(3)})  # B and C: nothing left after A
-    finally:
-        await admin.close()
+    topic = await _a_handled_then_later_deleted(kafka, settings, "BC")  # nothing left after A
 
     stored = "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 0"
     async with running(SPEC, settings) as pipeline:
