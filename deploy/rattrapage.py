@@ -410,15 +410,19 @@ HANDLED_BEFORE = "rattrapage_positions_servies"
 
 def handled_before_sql(schema: str, handled: Mapping[tuple[str, int], int]) -> str:
     """The statements keeping `handled` with `schema`'s mark (HANDLED_BEFORE; none: nothing)."""
-    if not handled:
+    columns = "topic text, partition int, next_offset bigint, PRIMARY KEY (topic, partition)"
+    return _kept_with_mark(schema, HANDLED_BEFORE, columns, [(t, p, o) for (t, p), o in handled.items()])
+
+
+def _kept_with_mark(schema: str, table: str, columns: str, rows: Collection[tuple[str, int, int]]) -> str:
+    """The statements making `table` (`columns`) beside `schema`'s catch-up mark and keeping
+    `rows` in it, (topic, partition, offset) each; nothing when there are none."""
+    if not rows:
         return ""
-    rows = ", ".join(
-        f"('{t.replace(chr(39), chr(39) * 2)}', {int(p)}, {int(o)})" for (t, p), o in sorted(handled.items())
-    )
+    values = ", ".join(f"('{t.replace(chr(39), chr(39) * 2)}', {int(p)}, {int(o)})" for t, p, o in sorted(rows))
     return (
-        f'CREATE TABLE IF NOT EXISTS "{schema}".{HANDLED_BEFORE} '
-        "(topic text, partition int, next_offset bigint, PRIMARY KEY (topic, partition));\n"
-        f'INSERT INTO "{schema}".{HANDLED_BEFORE} VALUES {rows} ON CONFLICT DO NOTHING;\n'
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{table} ({columns});\n'
+        f'INSERT INTO "{schema}".{table} VALUES {values} ON CONFLICT DO NOTHING;\n'
     )
 
 
@@ -429,14 +433,8 @@ schema it replaced: a restore run again after its catch-up failed still sends th
 
 def copies_pending_sql(schema: str, pending: Collection[dlq.Origin]) -> str:
     """The statements keeping `pending` with `schema`'s mark (COPIES_PENDING; none: nothing)."""
-    if not pending:
-        return ""
-    rows = ", ".join(f"('{t.replace(chr(39), chr(39) * 2)}', {int(p)}, {int(o)})" for t, p, o in sorted(pending))
-    return (
-        f'CREATE TABLE IF NOT EXISTS "{schema}".{COPIES_PENDING} '
-        '(topic text, partition int, "offset" bigint, PRIMARY KEY (topic, partition, "offset"));\n'
-        f'INSERT INTO "{schema}".{COPIES_PENDING} VALUES {rows} ON CONFLICT DO NOTHING;\n'
-    )
+    columns = 'topic text, partition int, "offset" bigint, PRIMARY KEY (topic, partition, "offset")'
+    return _kept_with_mark(schema, COPIES_PENDING, columns, pending)
 
 
 async def accorder(
