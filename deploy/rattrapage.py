@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -63,7 +64,7 @@ from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
 from services.common.storage.db import Conn, advisory_key, create_pool, migrate, relation
-from services.common.storage.derived import Derived, PgPublished, publish_changes
+from services.common.storage.derived import Derived, PgPublished, publish_changes, stable_id
 from services.equipement import handlers as equipement
 from services.formation import handlers as formation
 from services.ressources import handlers as ressources
@@ -741,20 +742,29 @@ class _Cycles:
     def row(self, record: ConsumerRecord) -> tuple[str, int, bool, bytes]:
         event = json.loads(record.value)
         alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
-        cycle = _cycle(alert_id, event["id"], "levee" if opened else "resolue", self._last.get(alert_id, 1))
+        raised_at = datetime.fromisoformat(event["data"]["raised_at"])
+        what = "levee" if opened else "resolue"
+        cycle = _cycle(alert_id, event["id"], what, raised_at, self._last.get(alert_id, 1))
         if len(self._last) >= 20 * STAGE_ROWS:
             self._last.clear()
         self._last[alert_id] = cycle
         return alert_id, cycle, opened, record.value
 
 
-def _cycle(alert: str, id_: str, what: str, hint: int) -> int:
-    """The raise count an event's id was made from (lifecycle.event_id), looked for near `hint`
-    first: the alert's former event is of this cycle or the one before, so one or two tries."""
+def _cycle(alert: str, id_: str, what: str, raised_at: datetime, hint: int) -> int:
+    """The raise count an event's id was made from (lifecycle.event_id, or the form before it
+    held the raise's instant), looked for near `hint` first: the alert's former event is of this
+    cycle or the one before, so one or two tries."""
     for cycle in itertools.chain((hint, hint + 1), range(1, MAX_CYCLE)):
-        if event_id(alert, cycle, what) == id_:
+        if id_ in (event_id(alert, cycle, what, raised_at), _event_id_without_instant(alert, cycle, what)):
             return cycle
     raise ValueError(f"alert {alert}: event id {id_} was not made by lifecycle.event_id for any cycle")
+
+
+def _event_id_without_instant(alert: str, cycle: int, what: str) -> str:
+    """An alert event's id as made before 5 December 2026, from its raise count alone; the
+    alerts stream keeps such events (forever by default)."""
+    return stable_id(f"{alert}/{cycle}/{what}")
 
 
 async def _accord_alerts(conn: Conn, journal_from: int, announced: int, floor: int) -> list[Outgoing]:

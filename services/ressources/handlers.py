@@ -456,7 +456,7 @@ def _announce(
     by alert_id: the alert's latest event, then a tombstone once it is resolved; CONTRACTS.md,
     "Current state"). Its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
     CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
-    id_ = event_id(alert["alert_id"], cycle, what)
+    id_ = event_id(alert["alert_id"], cycle, what, alert["raised_at"])
     fields = envelope(type_, id=id_, source=SOURCE, subject=f"{alert['uai']}/{alert['resource_id']}", time=now)
     value = b"".join((to_json(fields)[:-1], b',"data":', content, b"}"))
     table = Twin(c.ALERTES_ETAT, alert["alert_id"].encode(), ends=type_ == c.ALERTE_RESOLUE)

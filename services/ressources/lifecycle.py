@@ -10,7 +10,7 @@ service wrote it)."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -31,9 +31,18 @@ def alert_id(uai: str, resource_id: str, kind: str) -> str:
     return stable_id(f"alerte:{uai}/{resource_id}/{kind}")
 
 
-def event_id(alert: str, cycle: int, what: str) -> str:
-    """Stable per raise/resolve, so a replayed outbox record keeps its CloudEvents id."""
-    return stable_id(f"{alert}/{cycle}/{what}")
+def event_id(alert: str, cycle: int, what: str, raised_at: datetime) -> str:
+    """Stable per raise/resolve, so a replayed outbox record keeps its CloudEvents id. The raise's
+    instant is part of it: a rebuild over an alerts stream whose early records retention removed
+    (ALERTS_RETENTION_DAYS) cannot know how many times a long-resolved alert was raised, and
+    numbers its next raise from 1 again; with the instant, that raise's id is not its first
+    raise's (which a dashboard that remembers ids would take for a duplicate: CONTRACTS.md,
+    Envelope)."""
+    return stable_id(f"{alert}/{cycle}/{what}/{(raised_at - _EPOCH) // _MICROSECOND}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 PORTEE = ("code_academie", "code_departement", "responsable")

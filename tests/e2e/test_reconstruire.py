@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -84,7 +85,7 @@ async def test_each_service_is_rebuilt_from_the_log_while_it_runs(
         opened, cycle = held.get(alert, (False, 0))
         assert (e["type"], opened) == (c.ALERTE_LEVEE, False)
         assert e["data"]["kind"] in ("equipement-partiel", "formation-insuffisante")
-        assert e["id"] == event_id(alert, cycle + 1, "levee")
+        assert e["id"] == event_id(alert, cycle + 1, "levee", datetime.fromisoformat(e["data"]["raised_at"]))
     conn = await asyncpg.connect(database_url)
     try:
         opened_now = {r["alert_id"] for r in await conn.fetch("SELECT alert_id FROM ressources.alertes WHERE ouverte")}

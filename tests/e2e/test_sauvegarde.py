@@ -114,7 +114,8 @@ async def test_an_older_backup_restored_catches_up_from_kafka(
     # And on: the link back up resolves the alert with the id of its cycle, in the link's next version.
     await link(1000)
     alerts = [json.loads(r.value) for r in await read_topic(bootstrap, topic_prefix + c.ALERTES)]
-    assert [e["id"] for e in alerts if e["data"]["alert_id"] == slow][-1] == event_id(slow, cycle, "resolue")
+    last = [e for e in alerts if e["data"]["alert_id"] == slow][-1]
+    assert last["id"] == event_id(slow, cycle, "resolue", datetime.fromisoformat(last["data"]["raised_at"]))
     links = [r for r in await read_topic(bootstrap, topic_prefix + PROFILS) if r.key == school.uai.encode()]
     versions = [json.loads(r.value)["data"]["version"] for r in links]
     assert versions == list(range(1, len(links) + 1)), "each version published once, none reused"

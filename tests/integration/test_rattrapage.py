@@ -6,6 +6,7 @@ partitions are read in."""
 import asyncio
 import json
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -146,6 +147,46 @@ async def test_a_rebuild_numbers_the_records_set_aside_before_those_the_alignmen
         await conn.close()
 
 
+async def test_an_alert_a_rebuild_could_not_see_raised_again_keeps_its_first_raise_s_id_apart(kafka, settings):
+    """A finite ALERTS_RETENTION_DAYS: the stream lost an alert's raise and resolution (deleted
+    here), and its table the tombstone (emptied). The rebuild cannot know the alert was raised
+    before and numbers its next raise from 1 again: that raise's id was its first raise's, which
+    a dashboard remembering ids (CONTRACTS.md: the same id again has no second effect) dropped."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import RecordsToDelete
+
+    from deploy import reconstruire
+
+    bootstrap, where, stream = kafka.bootstrap_servers, valid_uai("0350405"), settings.topic(c.ALERTES)
+    alerts = "SELECT count(*) FILTER (WHERE ouverte) = $1 AND (SELECT count(*) = 0 FROM outbox) FROM alertes"
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        await eventually(lambda: pipeline.pool.fetchval(alerts, 1), what="the alert raised and published")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(where, abonnement(where, 2, end="2026-09-02"))])
+        await eventually(lambda: pipeline.pool.fetchval(alerts, 0), what="the alert resolved and published")
+    records = await read_topic(bootstrap, stream)
+    [first] = [json.loads(r.value) for r in records if json.loads(r.value)["type"] == c.ALERTE_LEVEE]
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(stream, r.partition): RecordsToDelete(r.offset + 1) for r in records}
+        )
+    finally:
+        await admin.close()
+    await table_emptied(bootstrap, settings)
+
+    await reconstruire.rebuild(RESSOURCES, settings)
+    async with running(RESSOURCES, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(where, abonnement(where, 3))])
+        await eventually(lambda: pipeline.pool.fetchval(alerts, 1), what="the alert raised again and published")
+        assert await pipeline.pool.fetchval("SELECT cycle FROM alertes") == 1, "numbered from 1 again"
+    [again] = [json.loads(r.value) for r in await read_topic(bootstrap, stream)]
+    assert (again["type"], again["data"]["alert_id"]) == (c.ALERTE_LEVEE, first["data"]["alert_id"])
+    assert again["id"] != first["id"]
+
+
 async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tuple[str, str]:
     """An alert raised at `where` and published, then alertes.etat.v1 emptied (deleted and made
     again, in the cluster's metadata): (its alert_id, ressources' schema)."""
@@ -156,6 +197,12 @@ async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tupl
         await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}"), what="the alert raised and published")
         alert_id = await pipeline.pool.fetchval("SELECT alert_id FROM alertes WHERE ouverte")
         schema = pipeline.settings.db_schema or RESSOURCES.name
+    await table_emptied(bootstrap, settings)
+    return alert_id, schema
+
+
+async def table_emptied(bootstrap: str, settings) -> None:
+    """alertes.etat.v1 deleted and made again, in the cluster's metadata."""
     table = settings.topic(c.ALERTES_ETAT)
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
@@ -165,7 +212,6 @@ async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tupl
         await eventually(lambda: _listed(admin, table), what="the table in the cluster's metadata")
     finally:
         await admin.close()
-    return alert_id, schema
 
 
 async def _listed(admin: AIOKafkaAdminClient, topic: str) -> bool:
@@ -675,7 +721,8 @@ def alert_event(alert_id: str, cycle: int, raised: bool, pad: int = 0) -> bytes:
     }
     what = "levee" if raised else "resolue"
     kind_of = c.ALERTE_LEVEE if raised else c.ALERTE_RESOLUE
-    return json.dumps({"type": kind_of, "id": event_id(alert_id, cycle, what), "data": data}).encode()
+    id_ = event_id(alert_id, cycle, what, datetime.fromisoformat(data["raised_at"]))
+    return json.dumps({"type": kind_of, "id": id_, "data": data}).encode()
 
 
 async def test_the_alignment_takes_each_alert_s_last_event_and_holds_little_of_the_topics(database_url) -> None:
