@@ -12,7 +12,10 @@ rebuilt from it (`deploy.reconstruire`) and a restored database catches up from 
   every record is valid and newer than the one before it, so storage is bounded by entities.
 - The alerts stream keeps its history for `ALERTS_RETENTION_DAYS` (0, the default: forever;
   CONTRACTS.md promises that no open alert ages out of it); its table, alertes.etat.v1, is
-  compacted by alert_id: one record per open alert, whatever its age.
+  compacted by alert_id: one record per open alert, whatever its age. A resolved alert's
+  tombstone stays TOMBSTONE_MS there (delete.retention.ms, declared rather than the broker's
+  default of a day): a dashboard cut from Kafka for less than that still reads every resolution
+  when it reconnects; one cut off longer reads the table again from its beginning.
 - Partner topics stamp each record with the broker's clock when it is appended
   (message.timestamp.type=LogAppendTime): a record's `time` is judged against that instant
   (`time-futur`), so every service, replica and replay reads the same verdict, however late it
@@ -50,6 +53,7 @@ PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000
 GROUPED_LAG_MS = 7 * DAY_MS
+TOMBSTONE_MS = 7 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class TopicSpec:
     segment_ms: int | None = None
     """How long a log segment stays open: a record is deleted with its segment, up to this long
     after its retention (the broker's default, 7 days, otherwise)."""
+    delete_retention_ms: int | None = None
+    """How long a compacted topic keeps a tombstone once its key's records before it are gone."""
 
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compacted else {}
@@ -82,6 +88,8 @@ class TopicSpec:
             out["message.timestamp.type"] = "LogAppendTime"
         if self.segment_ms is not None:
             out["segment.ms"] = str(self.segment_ms)
+        if self.delete_retention_ms is not None:
+            out["delete.retention.ms"] = str(self.delete_retention_ms)
         return out
 
 
@@ -134,7 +142,13 @@ def platform_topics(
         *(TopicSpec(t, partitions, retention_ms=FOREVER, append_time=True) for t in PARTNER_TOPICS),
         TopicSpec(c.ALERTES, partitions, retention_ms=_ms(retention.alerts_days)),
         *(
-            TopicSpec(t, partitions, compacted=True, min_compaction_lag_ms=GROUPED_LAG_MS if t in GROUPED else None)
+            TopicSpec(
+                t,
+                partitions,
+                compacted=True,
+                min_compaction_lag_ms=GROUPED_LAG_MS if t in GROUPED else None,
+                delete_retention_ms=TOMBSTONE_MS if t == c.ALERTES_ETAT else None,
+            )
             for t in COMPACTED
         ),
     ]

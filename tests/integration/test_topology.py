@@ -29,7 +29,8 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
     names = {t: topic_prefix + t for t in (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE, c.ALERTES)}
     internal = {t: topic_prefix + t for t in (PROFILS, COUVERTURES)}
     dlqs = {t: topic_prefix + c.dlq(t) for t in (c.FORMATION, c.REFERENTIEL, PROFILS)}
-    configs = await _configs(kafka.bootstrap_servers, [*names.values(), *internal.values(), *dlqs.values()])
+    table = topic_prefix + c.ALERTES_ETAT
+    configs = await _configs(kafka.bootstrap_servers, [*names.values(), *internal.values(), *dlqs.values(), table])
 
     for name in names.values():
         assert (configs[name]["cleanup.policy"], configs[name]["retention.ms"]) == ("delete", "-1"), name
@@ -38,6 +39,8 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
         # A group's records outlive a reader's lag of days: it never reads a later group over
         # an earlier state that compaction cut short.
         assert int(configs[name]["min.compaction.lag.ms"]) >= 7 * DAY_MS, name
+    # A dashboard cut from Kafka for days still reads every resolution's tombstone when it reconnects.
+    assert (configs[table]["cleanup.policy"], configs[table]["delete.retention.ms"]) == ("compact", str(7 * DAY_MS))
     for name in dlqs.values():
         assert configs[name]["retention.ms"] == str(30 * DAY_MS), name
         # Segments roll daily: a refused record (a partner's data) goes within a day of its
