@@ -131,6 +131,27 @@ async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_s
     assert stored == 4
 
 
+async def test_a_fresh_schema_is_told_of_records_deleted_before_its_first_start(kafka, settings, monkeypatch) -> None:
+    """A fresh schema (a database lost without a backup, a new deployment over the topics) read
+    each partition from its log's start, the records deleted before it skipped without a word.
+    Now read from offset 0: the same ERROR, row and count as a stored position below the start."""
+    from helpers import Said
+    from services.common.messaging import consumer
+
+    topic = await _a_handled_then_later_deleted(kafka, settings, "BCD")  # A, B, C gone: D is the first
+    fresh = settings.model_copy(update={"db_schema": "equipement_neuf"})
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    async with running(SPEC, fresh) as pipeline:
+        await _handled(pipeline, {"D"})
+        told = await pipeline.pool.fetch(
+            "SELECT topic, partition, position, log_start, records_lost FROM positions_hors_limites"
+        )
+    assert [tuple(r) for r in told] == [(topic, 0, 0, 3, 3)]
+    [line] = said.named("kafka.position_out_of_range")
+    assert (line["level"], line["topic"], line["records_lost"]) == ("error", topic, 3)
+
+
 async def test_a_loss_is_told_once_however_often_its_partition_is_assigned(kafka, settings) -> None:
     """Every record after the stored position deleted, none come since: the stored position stayed
     below the log's start, the same loss told again (a row, an ERROR, counted) at every start or

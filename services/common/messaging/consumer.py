@@ -400,8 +400,9 @@ class HorsLimites:
 
 
 class StoredPositions(ConsumerRebalanceListener):
-    """Seeks each assigned partition to its position in the service's database (to its log
-    start when it has none: a fresh schema reads every record Kafka has)."""
+    """Seeks each assigned partition to its position in the service's database (to offset 0 when
+    it has none: a fresh schema reads every record Kafka has, and is told of those Kafka no longer
+    has; a compacted topic's, from its log start)."""
 
     def __init__(self, pipeline: Pipeline):
         self._pipeline = pipeline
@@ -451,8 +452,14 @@ class StoredPositions(ConsumerRebalanceListener):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._pipeline.metrics.positions_read()
-        for tp, offset in sorted(stored.items()):
-            consumer.seek(tp, offset)
+        for tp in sorted(assigned):
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+            elif not tp.topic.endswith(COMPACTED):
+                # A fresh schema reads from offset 0: a log that starts later lost records
+                # before this service read them, which HorsLimites says (a compacted topic
+                # starts later as it is cleaned: read from there, as the reset above does).
+                consumer.seek(tp, 0)
         consumer.resume(*assigned)
         self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))

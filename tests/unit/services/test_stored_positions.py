@@ -77,8 +77,9 @@ async def test_positions_unreadable_are_waited_for_then_sought(monkeypatch):
         ("pause", {TP0, TP1}),  # before anything awaits: no poll from Kafka's committed offsets meanwhile
         ("beginning", [TP0, TP1]),  # nor a look-up of them
         ("seek", TP0, 42),
+        ("seek", TP1, 0),  # none stored: from offset 0, so a log that starts later is said to have lost records
         ("resume", {TP0, TP1}),
-    ], "the stored position, else the log's start; never the committed offset"
+    ], "the stored position, else offset 0; never the committed offset"
     metrics.watch(lambda: SimpleNamespace(assignment=lambda: {TP0, TP1}, highwater=lambda tp: 50))
     assert metrics.lag() == {("t", 0): 8, ("t", 1): 50}, "the lag counts from where the partitions resume"
 
