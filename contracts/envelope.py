@@ -44,7 +44,7 @@ _SOURCE = re.compile(
     f"|/collectivites/departements/(?P<departement>{_code(ids.DEPARTEMENT_PATTERN)})"
     f"|/collectivites/regions/(?P<region>{_code(ids.REGION_PATTERN)})"
     "|/(?P<ministere>ministere)|/(?P<gar>gar)"
-    "|/plateforme/(?P<plateforme>[a-z][a-z0-9-]*)"
+    "|/plateforme/(?P<plateforme>[a-z][a-z0-9-]{0,63})"  # a service's name: bounded, as any name
 )
 # JSON Schema regexes are ECMA-262: anchored, and without Python's named groups.
 _SOURCE_SCHEMA = {

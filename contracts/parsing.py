@@ -108,7 +108,11 @@ class EventParser:
             _check_json(raw)
             raise self._refusal(raw, topic, e.errors(include_url=False)) from None
         _check_json(raw)
-        _check_nul(raw)
+        # In the order of the reasons: a NUL in the envelope before the type's topic, one in
+        # `data` after it and after `subject` (as any other of data's faults).
+        nul = _nul(raw)
+        if nul is not None and nul.code != "donnees-invalides":
+            raise nul
         if topic is not None and event.type not in self._topic_types.get(topic, ()):
             raise self._off_topic(event.type, topic)
         if event.subject is not None and event.subject != event.data.subject:
@@ -119,6 +123,8 @@ class EventParser:
                 f"subject: différent de la clé de l'entité ({_key_field(event)}), "
                 "qu'il doit reprendre quand il est présent (CONTRACTS.md, Envelope)",
             )
+        if nul is not None:
+            raise nul
         if not_after is not None and event.time > not_after:
             raise ContractError(
                 IN_THE_FUTURE,
@@ -224,23 +230,27 @@ def check_document(raw: bytes) -> None:
     (RFC 8259, no NaN, no repeated key: json-invalide) with no NUL in a text (donnees-invalides),
     or ContractError."""
     _check_json(raw)
-    _check_nul(raw, "donnees-invalides")
+    if (nul := _nul(raw, "donnees-invalides")) is not None:
+        raise nul
 
 
 MAX_PATH = 120
 """The longest field path a message names (a NUL's path is made of the partner's own keys)."""
 
 
-def _check_nul(raw: bytes, code: str | None = None) -> None:
-    """`code`: the reason, else by where the NUL is (in `data`, or in the envelope)."""
+def _nul(raw: bytes, code: str | None = None) -> ContractError | None:
+    """The refusal of a NUL in a text, if any: `code` its reason, else by where it is (in `data`:
+    donnees-invalides, or in the envelope: cloudevent-invalide)."""
     if b"\\u0000" not in raw:  # only then can a string hold NUL, which no text column stores
-        return
+        return None
     path = _nul_path(jiter.from_json(raw))
-    if path is not None:
-        code = code or ("donnees-invalides" if path.startswith("data") else "cloudevent-invalide")
-        if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
-            path = path[: MAX_PATH - 1] + "…"
-        raise ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
+    if path is None:
+        return None
+    in_data = path == "data" or path.startswith(("data.", "data["))  # not `datacontenttype`
+    code = code or ("donnees-invalides" if in_data else "cloudevent-invalide")
+    if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
+        path = path[: MAX_PATH - 1] + "…"
+    return ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:

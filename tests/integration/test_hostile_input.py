@@ -164,6 +164,7 @@ def hostile(draw) -> Case:
                 "huge-number",
                 "oversized",
                 "long-field",
+                "long-source",
                 "future",
                 "before-1970",
                 "wrong-type",
@@ -234,6 +235,9 @@ def hostile(draw) -> Case:
         return mutate(
             topic, kind, "trop-volumineux", lambda e: e["data"].update(lot_id="L" * draw(st.integers(257, 5000)))
         )
+    if kind == "long-source":  # a service's name, of any length: each distinct one was kept in memory
+        name = draw(st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-"), min_size=65, max_size=8000))
+        return mutate(topic, kind, "cloudevent-invalide", lambda e: e.update(source="/plateforme/a" + name))
     if kind == "future":
         ahead = timedelta(minutes=draw(st.integers(6, 10_000_000)))
         return mutate(topic, kind, "time-futur", lambda e: e.update(time=(now() + ahead).isoformat()))
@@ -398,3 +402,36 @@ async def test_every_hostile_record_is_applied_or_dead_lettered_once_and_valid_o
         f"\nhostile example {len(CASES_RUN)}: {len(sent)} records ({len(refused_)} refused), total "
         f"{sum(CASES_RUN)}; classes: {', '.join(labels)}"
     )
+
+
+async def test_a_platform_source_of_any_length_is_refused_as_no_source_and_its_batch_goes_on(kafka, settings):
+    """`/plateforme/{service}` was the one source form of unbounded length: one of 8,000
+    characters went into the inbox's key, PostgreSQL refused the index row, and the batch was
+    taken again one record at a time, the record dead-lettered `donnees-invalides` for its
+    inbox; each distinct one was kept in memory too. A service's name is a name (64 characters)."""
+    import random
+    import string
+
+    from helpers import Said, ressource
+    from services.common import pipeline as pipeline_module
+
+    catalogue, rng = settings.topic(c.CATALOGUE), random.Random(1)
+    name = "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(8000))
+    published = [envelope(c.RESSOURCE_PUBLIEE, "/ministere", ressource(f"ark:/h/ok{n}")) for n in range(2)]
+    long_source = envelope(c.RESSOURCE_PUBLIEE, "/plateforme/a" + name, ressource("ark:/h/long"))
+    said = Said()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline_module, "log", said)
+        async with (
+            running(RESSOURCES, settings) as pipeline,
+            TopicReader(kafka.bootstrap_servers, c.dlq(catalogue)) as dlq,
+        ):
+            await send(
+                kafka.bootstrap_servers, catalogue, [("k", published[0]), ("k", long_source), ("k", published[1])]
+            )
+            [copy] = await dlq.wait_for(lambda rs: rs, what="the refusal's DLQ copy")
+            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 2 FROM ressources"), what="both applied")
+    headers = dict(copy.headers)
+    assert headers["dlq-reason"] == b"cloudevent-invalide", headers["dlq-message"]
+    assert len(headers["dlq-message"]) < 1000, "the source is not quoted whole"
+    assert not said.named("batch.isolating")

@@ -26,6 +26,7 @@ COMMUNE = "/collectivites/communes/35016"
         ("/ministere", "ministere", None),
         ("/gar", "gar", None),
         ("/plateforme/ressources", "plateforme", "ressources"),
+        ("/plateforme/" + "s" * 64, "plateforme", "s" * 64),
     ],
 )
 def test_each_source_form_names_its_declarant(source, kind, code):
@@ -40,12 +41,24 @@ def test_each_source_form_names_its_declarant(source, kind, code):
         "/collectivites/departements/35", "/collectivites/departements/2A",
         "/collectivites/regions/5", "/collectivites/regions/053",
         "/ministere/", "/Ministere", "/gar/x", "/plateforme/", "/plateforme/Ressources",
-        "https://ac-rennes.fr", "", "/rectorats/14\n",
+        "https://ac-rennes.fr", "", "/rectorats/14\n", "/plateforme/" + "s" * 65,
     ],
 )  # fmt: skip
 def test_anything_else_is_not_a_source(source):
     with pytest.raises(ValueError, match="source"):
         c.parse_source(source)
+
+
+def test_refused_sources_leave_nothing_behind():
+    """`parse_source` keeps the declarants it read (a few hundred send millions of events): a
+    `/plateforme/…` source of any length was one of them, refused or not, and distinct ones of
+    250,000 characters took the passerelle's memory past its limit. A service's name is a name:
+    64 characters at most, the others refused and not kept."""
+    kept = c.parse_source.cache_info().currsize
+    for n in range(20):
+        with pytest.raises(ValueError, match="source"):
+            c.parse_source("/plateforme/" + "s" * 250_000 + str(n))
+    assert c.parse_source.cache_info().currsize == kept
 
 
 def test_make_event_fills_id_time_and_subject_from_the_payload():

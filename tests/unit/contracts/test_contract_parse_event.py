@@ -265,3 +265,20 @@ def test_a_very_long_number_in_a_field_is_donnees_invalides(make_record):
     raw = make_record(c.LOT).replace(b'"quantity": 30', b'"quantity": ' + LONG.encode())
     assert LONG.encode() in raw
     assert reason(raw)[0] == "donnees-invalides"
+
+
+def test_a_nul_in_data_is_judged_after_the_type_s_topic_and_the_subject(make_record, examples):
+    """The reasons' order (size, JSON, envelope, type, topic, then data): a NUL in `data` was
+    refused `donnees-invalides` before the topic's check and the subject's, whose reasons a
+    partner must fix first (and the passerelle, whose parser knows no internal type, said
+    `type-inconnu` of an internal type that ressources refused for its NUL)."""
+    nul = examples[c.AFFECTATION] | {"note": "x\u0000"}
+    assert reason(make_record(c.AFFECTATION, nul), c.EQUIPEMENT)[0] == "type-hors-topic"
+    assert reason(make_record(c.AFFECTATION, nul, subject="autre"), c.FORMATION)[0] == "cloudevent-invalide"
+    assert reason(make_record(c.AFFECTATION, nul), c.FORMATION)[0] == "donnees-invalides"
+
+
+@pytest.mark.parametrize("attribute", ["extension", "dataschema"])
+def test_a_nul_in_the_envelope_is_judged_before_the_type_s_topic(attribute, make_record):
+    raw = make_record(c.AFFECTATION, **{attribute: "x\u0000"})
+    assert reason(raw, c.EQUIPEMENT)[0] == "cloudevent-invalide"
