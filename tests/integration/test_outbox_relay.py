@@ -676,3 +676,100 @@ async def test_a_relay_and_a_writer_from_before_twins_fail_on_a_migrated_outbox(
                 "outbox", columns=("topic", "key", "value", "headers"), records=[("flux", b"k", b"v", "[]")]
             )
         assert await count_pending(conn) == 1
+
+
+async def test_a_round_given_up_lands_nothing_once_another_relay_holds_the_lock(
+    kafka, database_url, topic_prefix, monkeypatch
+):
+    """Kafka answers a round's batch with a retriable error for longer than a halt waits (here
+    its topic deleted, then made again): the round was given up, the relay's lock freed, and its
+    idempotent producer retried the batch until the broker took it, after what another replica's
+    relay published meanwhile (a raise after its resolution, for good on a compacted table).
+    Now the producer is silenced before the lock goes."""
+    monkeypatch.setattr(outbox_module, "ROUND_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(outbox_module, "ANSWER_WAIT_SECONDS", 0.5)
+    topic = topic_prefix + "rendu"
+    await make_topic(kafka, topic, 1)
+    handed = asyncio.Event()
+    send = OutboxRelay._send
+
+    async def watched(relay, batches):
+        handed.set()
+        return await send(relay, batches)
+
+    monkeypatch.setattr(OutboxRelay, "_send", watched)
+    renew = lambda: producer_as_admin(kafka)  # noqa: E731
+    async with migrated_pool(database_url, SPEC, "relaygiveup") as pool:
+        first, second = (
+            OutboxRelay(pool, renew(), "relaygiveup", poll_ms=50, renew=renew),
+            OutboxRelay(pool, renew(), "relaygiveup"),
+        )
+        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+        await admin.start()
+        try:
+            given_up = first._producer
+            await given_up.start()
+            first._producer_started = True
+            await given_up.partitions_for(topic)  # known to it: its batch goes out, and is refused
+            await admin.delete_topics([topic])
+            await eventually(lambda: _gone(admin, topic), what="the topic deleted")
+            async with pool.acquire() as conn:
+                await enqueue(conn, [OutboxRecord(topic, b"k", b"raise")])
+            first.start()
+            await asyncio.wait_for(handed.wait(), 30)
+            async with pool.acquire() as conn:  # the alert resolves while the round waits for Kafka
+                await enqueue(conn, [OutboxRecord(topic, b"k", b"resolve")])
+            await first.halt()
+            await make_topic(kafka, topic, 1)  # Kafka takes the topic's records again
+            await eventually(lambda: _drained(second, pool), what="the other relay publishing both records")
+            await asyncio.wait_for(given_up.stop(), 30)  # whatever it still held has landed, or never will
+        finally:
+            await admin.close()
+            await first.stop()
+            await second.stop()
+    assert [r.value async for r in records_of(kafka.bootstrap_servers, topic)] == [b"raise", b"resolve"]
+
+
+async def _gone(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic not in await admin.list_topics()
+
+
+async def _drained(relay: OutboxRelay, pool: asyncpg.Pool) -> bool:
+    await relay.drain_once()
+    return not await count_pending(pool)
+
+
+async def test_a_round_waiting_for_kafka_keeps_its_lock_under_an_idle_in_transaction_timeout(
+    database_url, topic_prefix
+):
+    """A deployment whose PostgreSQL ends sessions idle in a transaction (its
+    idle_in_transaction_session_timeout) ended the relay's while its round waited for Kafka:
+    the lock freed as a given-up round's was, the producer still holding its batch."""
+    schema = "relayidle"
+    pool = await create_pool(database_url, schema, settings={"idle_in_transaction_session_timeout": "200"})
+    await migrate(pool, schema, SPEC.package_dir)
+    producer = _HeldProducer()
+    relay = OutboxRelay(pool, producer, schema, poll_ms=50)  # type: ignore[arg-type]
+    try:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic_prefix + schema, b"k", b"raise")])
+        relay.start()
+        await asyncio.wait_for(producer.in_flight.wait(), 10)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle in transaction' "
+            "AND clock_timestamp() - state_change > interval '0.6 s'"  # three times the server's timeout
+        )
+        await eventually(lambda: pool.fetchval(waiting, f"feo-{schema}"), timeout=5, what="the round's session kept")
+        async with pool.acquire() as conn, conn.transaction():
+            assert not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock(schema))
+        producer.release()
+        await eventually(lambda: _none_pending(pool), what="the round committed")
+    finally:
+        producer.release()
+        with contextlib.suppress(TimeoutError):  # a relay whose session the server ended may not stop
+            await asyncio.wait_for(relay.stop(), 10)
+        pool.terminate()
+
+
+async def _none_pending(pool: asyncpg.Pool) -> bool:
+    return not await count_pending(pool)

@@ -44,6 +44,18 @@ producer's next batches there are refused as out of order, for as long as it liv
 of these, a producer is replaced by a new one."""
 
 
+async def silence(producer: AIOKafkaProducer) -> None:
+    """`producer` sending nothing more, at once: its sender's task cancelled, then stopped
+    (aiokafka's `stop` otherwise waits for every batch it holds to be answered, which an
+    idempotent producer retries for as long as the broker does not answer; with its sender down,
+    it closes the connections without waiting). Reads the sender's task as `sender_died` does."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if isinstance(task, asyncio.Future):
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await producer.stop()
+
+
 def sender_died(producer: AIOKafkaProducer) -> BaseException | None:
     """Why `producer` can no longer send, if it cannot: aiokafka sends from one background task,
     which an unexpected error ends for good (its catch-all raises "Unexpected error during batch
@@ -305,7 +317,10 @@ class OutboxRelay:
         # deletion is too, and the records go out again with the same ids, in the same order,
         # as when the process itself dies between publishing and deleting. A later synchronous
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
-        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off"):
+        # Never ended by the server while it waits for Kafka (a deployment's
+        # idle_in_transaction_session_timeout): that would free the lock as a give-up would.
+        idle = "SET LOCAL idle_in_transaction_session_timeout TO 0"
+        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off", idle):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,
@@ -375,6 +390,17 @@ class OutboxRelay:
             return 0
         return len(rows)
 
+    async def _silence_producer(self) -> None:
+        """The producer silenced (`silence`), and renewed when the relay can renew it; without
+        `renew`, the caller's producer stays silent, failing until its restart."""
+        former = self._producer
+        if self._renew is not None:
+            self._producer, self._producer_started = self._renew(), False
+        try:
+            await silence(former)
+        except Exception as e:
+            log.warning("outbox.former_producer_not_stopped", error=type(e).__name__)
+
     async def _replace_producer(self, reason: BaseException) -> None:
         """A new producer in place of one that can no longer send (or whose sequence numbers
         are out of step); without `renew`, the caller's producer stays, failing until its restart."""
@@ -429,7 +455,9 @@ class OutboxRelay:
         # publish newer records of a key while these were still being retried, to land after
         # them (a raise after its tombstone on alertes.etat.v1). The records go out again from
         # the outbox (same ids, same order). An idempotent producer retries until the broker
-        # answers, so the wait is bounded too (a stop must end): past it, the round is given up.
+        # answers, so the wait is bounded too (a stop must end): past it, the round is given up,
+        # and its producer silenced first, so that nothing of it lands once the lock is free
+        # (another one takes its place, for `flush`).
         sending = asyncio.ensure_future(self._send(batches))
         try:
             results = await asyncio.shield(sending)
@@ -437,6 +465,7 @@ class OutboxRelay:
             _, unanswered = await asyncio.wait({sending}, timeout=ANSWER_WAIT_SECONDS)
             if unanswered:
                 log.warning("outbox.round_given_up", batches=len(batches), waited_s=ANSWER_WAIT_SECONDS)
+                await self._silence_producer()
             raise
         # After a batch of a partition failed, the later batches of that partition count as
         # failed too, acknowledged or not: they go out again after it next round (at least once,
