@@ -8,6 +8,7 @@ lost, nothing takes effect twice.
 """
 
 import asyncio
+import contextlib
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
 from services.common.runtime.wake import woken
-from services.common.storage.db import Conn, advisory_key, transaction
+from services.common.storage.db import SERVER_KEEPALIVES, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -44,16 +45,15 @@ producer's next batches there are refused as out of order, for as long as it liv
 of these, a producer is replaced by a new one."""
 
 
-async def silence(producer: AIOKafkaProducer) -> None:
-    """`producer` sending nothing more, at once: its sender's task cancelled, then stopped
-    (aiokafka's `stop` otherwise waits for every batch it holds to be answered, which an
-    idempotent producer retries for as long as the broker does not answer; with its sender down,
-    it closes the connections without waiting). Reads the sender's task as `sender_died` does."""
+def silence(producer: AIOKafkaProducer) -> None:
+    """`producer` sends no new request: its sender's task cancelled (a request already on the
+    wire is answered or times out, and its batch goes back to a queue no task drains). aiokafka
+    has no public way to do it (its `stop` waits for every batch to be answered, which an
+    idempotent producer retries for as long as the broker does not answer): this reads its
+    sender's task as `sender_died` does."""
     task = getattr(getattr(producer, "_sender", None), "sender_task", None)
     if isinstance(task, asyncio.Future):
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    await producer.stop()
 
 
 def sender_died(producer: AIOKafkaProducer) -> BaseException | None:
@@ -235,6 +235,7 @@ class OutboxRelay:
         self._published = published  # each round's records published and set aside (metrics)
         self._producer = producer
         self._producer_started = False
+        self._silenced: list[AIOKafkaProducer] = []  # given up with their round (`_silence_producer`)
         self._batch = batch
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
@@ -256,6 +257,9 @@ class OutboxRelay:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for silenced in self._silenced:  # its requests still on the wire are cut at the process' exit
+            with contextlib.suppress(Exception):  # TimeoutError too
+                await asyncio.wait_for(silenced.stop(), 1)
         if self._producer_started:
             await self._producer.stop()
 
@@ -318,9 +322,16 @@ class OutboxRelay:
         # as when the process itself dies between publishing and deleting. A later synchronous
         # commit (the next batch's) makes it durable with it, the WAL being written in order.
         # Never ended by the server while it waits for Kafka (a deployment's
-        # idle_in_transaction_session_timeout): that would free the lock as a give-up would.
+        # idle_in_transaction_session_timeout): that would free the lock, the producer still
+        # retrying. Given up by it within about a minute once this host is gone without closing
+        # the connection (its own TCP keepalives), not the system's two hours, meanwhile holding
+        # every replica's relay.
         idle = "SET LOCAL idle_in_transaction_session_timeout TO 0"
-        async with self._pool.acquire() as conn, transaction(conn, "SET LOCAL synchronous_commit TO off", idle):
+        keepalives = "; ".join(f"SET LOCAL {name} TO {seconds}" for name, seconds in SERVER_KEEPALIVES.items())
+        async with (
+            self._pool.acquire() as conn,
+            transaction(conn, "SET LOCAL synchronous_commit TO off", idle, keepalives),
+        ):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,
@@ -391,15 +402,14 @@ class OutboxRelay:
         return len(rows)
 
     async def _silence_producer(self) -> None:
-        """The producer silenced (`silence`), and renewed when the relay can renew it; without
-        `renew`, the caller's producer stays silent, failing until its restart."""
-        former = self._producer
+        """The producer silenced (`silence`), then stopped at the relay's stop, and renewed when
+        the relay can renew it; without `renew`, the caller's producer stays silent, failing
+        until its restart."""
+        silence(self._producer)
+        await asyncio.sleep(0)  # the sender's task takes its cancellation before the lock goes
+        self._silenced.append(self._producer)
         if self._renew is not None:
             self._producer, self._producer_started = self._renew(), False
-        try:
-            await silence(former)
-        except Exception as e:
-            log.warning("outbox.former_producer_not_stopped", error=type(e).__name__)
 
     async def _replace_producer(self, reason: BaseException) -> None:
         """A new producer in place of one that can no longer send (or whose sequence numbers
@@ -456,8 +466,9 @@ class OutboxRelay:
         # them (a raise after its tombstone on alertes.etat.v1). The records go out again from
         # the outbox (same ids, same order). An idempotent producer retries until the broker
         # answers, so the wait is bounded too (a stop must end): past it, the round is given up,
-        # and its producer silenced first, so that nothing of it lands once the lock is free
-        # (another one takes its place, for `flush`).
+        # and its producer silenced first, so that it sends nothing more once the lock is free
+        # (another one takes its place, for `flush`): only a request already on the wire may
+        # still land, as when the process is killed.
         sending = asyncio.ensure_future(self._send(batches))
         try:
             results = await asyncio.shield(sending)
