@@ -239,18 +239,22 @@ MAX_PATH = 120
 
 
 def _nul(raw: bytes, code: str | None = None) -> ContractError | None:
-    """The refusal of a NUL in a text, if any: `code` its reason, else by where it is (in `data`:
-    donnees-invalides, or in the envelope: cloudevent-invalide)."""
+    """The refusal of a NUL in a text, if any: `code` its reason, else by where it is, the
+    envelope looked at before `data` whatever the order of its keys (cloudevent-invalide, then
+    donnees-invalides)."""
     if b"\\u0000" not in raw:  # only then can a string hold NUL, which no text column stores
         return None
-    path = _nul_path(jiter.from_json(raw))
-    if path is None:
-        return None
-    in_data = path == "data" or path.startswith(("data.", "data["))  # not `datacontenttype`
-    code = code or ("donnees-invalides" if in_data else "cloudevent-invalide")
-    if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
-        path = path[: MAX_PATH - 1] + "…"
-    return ContractError(code, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
+    document = jiter.from_json(raw)
+    event = document if isinstance(document, dict) else {}
+    envelope = {k: v for k, v in event.items() if k != "data"} if event else document
+    data = [({"data": event["data"]}, "donnees-invalides")] if "data" in event else []
+    for part, where in [(envelope, "cloudevent-invalide"), *data]:
+        path = _nul_path(part)
+        if path is not None:
+            if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
+                path = path[: MAX_PATH - 1] + "…"
+            return ContractError(code or where, f"{path}: caractère NUL (\\u0000) interdit dans un texte")
+    return None
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:

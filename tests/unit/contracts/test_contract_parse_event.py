@@ -282,3 +282,14 @@ def test_a_nul_in_data_is_judged_after_the_type_s_topic_and_the_subject(make_rec
 def test_a_nul_in_the_envelope_is_judged_before_the_type_s_topic(attribute, make_record):
     raw = make_record(c.AFFECTATION, **{attribute: "x\u0000"})
     assert reason(raw, c.EQUIPEMENT)[0] == "cloudevent-invalide"
+
+
+def test_a_nul_in_the_envelope_is_named_before_one_in_data_whatever_the_order_of_their_keys(make_record, examples):
+    """The first NUL found named the reason: `data` first in the JSON, `type-hors-topic` (the
+    data's NUL waits for the topic), else `cloudevent-invalide`."""
+    event = json.loads(make_record(c.AFFECTATION, extension="x\u0000"))
+    data_first = {"data": examples[c.AFFECTATION] | {"note": "x\u0000"}} | {
+        k: v for k, v in event.items() if k != "data"
+    }
+    assert next(iter(data_first)) == "data" and "\u0000" in data_first["data"]["note"]
+    assert reason(json.dumps(data_first).encode(), c.EQUIPEMENT)[0] == "cloudevent-invalide"
