@@ -2,8 +2,9 @@
 records to the pipeline, and committing offsets only after the pipeline's transaction.
 
 Where it resumes is the database's say, not Kafka's: on each partition assignment it seeks to
-the position the pipeline stored with the data (storage/positions.py), or to the beginning
-when the schema has none. Kafka's committed offsets still follow, for lag monitoring."""
+the position the pipeline stored with the data (storage/positions.py), or to offset 0 when the
+schema has none (a compacted topic's start). Kafka's committed offsets still follow, for lag
+monitoring."""
 
 import asyncio
 import dataclasses
@@ -418,8 +419,8 @@ class StoredPositions(ConsumerRebalanceListener):
         # callback, from Kafka's committed offsets, and a batch taken from there and committed
         # before the seek would move the stored positions past records never handled.
         consumer.pause(*assigned)
-        # From the log's start, unless a stored position is found below (a seek, which an answer
-        # still on its way does not undo). Asked now, before anything awaits: aiokafka would
+        # From the log's start until sought below (a seek, which an answer still on its way
+        # does not undo). Asked now, before anything awaits: aiokafka would
         # otherwise look up the group's committed offsets meanwhile, and with none (a new group,
         # offsets Kafka forgot) raise at the next poll, which FastStream pauses 5 s for.
         if assigned:

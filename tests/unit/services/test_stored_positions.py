@@ -105,6 +105,22 @@ async def test_partitions_stay_paused_when_they_could_not_be_sought(monkeypatch)
     assert kafka.calls == [("pause", {TP0}), ("beginning", [TP0])]
 
 
+async def test_a_compacted_topic_without_a_stored_position_is_read_from_its_start(monkeypatch):
+    """A fresh schema reads a partner's topic from offset 0, so that records deleted before it are
+    told; a compacted one's start moves up as it is cleaned (no loss): read from there, untold."""
+    from contracts.internal import PROFILS
+
+    async def load(pool, assigned):
+        return {}
+
+    monkeypatch.setattr(consumer.positions, "load", load)
+    kafka, compacted = Paused(), TopicPartition("prefixe." + PROFILS, 0)
+    listener = consumer.StoredPositions(SimpleNamespace(pool=object(), metrics=Metrics("ressources")))
+    listener.subscriber = SimpleNamespace(consumer=kafka)
+    await listener.on_partitions_assigned({TP0, compacted})
+    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, 0)]
+
+
 class _Bounded(Paused):
     """A consumer whose partitions hold offsets 10 to 20, TP0 and TP1 assigned."""
 
