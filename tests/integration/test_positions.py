@@ -174,13 +174,6 @@ async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_n
     cluster): the stored position, past the new log's end, was reset to 0 by aiokafka but kept
     in the database (`advance` never moves back), the lag reading 0; at the next start, once the
     new topic had grown past it, the records before it were skipped without a word."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from deploy.topic_admin import create_topics
-    from deploy.topology import platform_topics
-    from services.common.messaging.connection import kafka_options
-
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
     topic = settings.topic(c.EQUIPEMENT)
     declare = lambda *lots: send(bootstrap, topic, [(uai, lot(uai, x, 10, 1)) for x in lots], partition=0)  # noqa: E731
@@ -190,22 +183,7 @@ async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_n
         await declare("A", "B", "C", "D")
         await _handled(pipeline, {"A", "B", "C", "D"})
 
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
-    [spec] = [t for t in platform_topics(settings.topic_prefix, partitions=TEST_PARTITIONS) if t.name == topic]
-
-    async def made_again() -> bool:
-        try:  # while its deletion goes on, the topic is said to exist, or unknown
-            await create_topics(bootstrap, [spec])
-            return await _bounds(bootstrap, TopicPartition(topic, 0)) == (0, 0)
-        except Exception:
-            return False
-
-    await eventually(made_again, what="the topic made again")
+    await _made_again(bootstrap, settings, topic)
     async with running(SPEC, settings) as pipeline:
         await declare("E")
         await _handled(pipeline, {"A", "B", "C", "D", "E"})
@@ -240,3 +218,50 @@ async def test_partitions_of_a_group_with_no_committed_offset_wait_for_no_error(
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+async def _made_again(bootstrap: str, settings, topic: str) -> None:
+    """`topic` deleted and created again, empty."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from deploy.topic_admin import create_topics
+    from deploy.topology import platform_topics
+    from services.common.messaging.connection import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    [spec] = [t for t in platform_topics(settings.topic_prefix, partitions=TEST_PARTITIONS) if t.name == topic]
+
+    async def made_again() -> bool:
+        try:  # while its deletion goes on, the topic is said to exist, or unknown
+            await create_topics(bootstrap, [spec])
+            return await _bounds(bootstrap, TopicPartition(topic, 0)) == (0, 0)
+        except Exception:
+            return False
+
+    await eventually(made_again, what="the topic made again")
+
+
+async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_told(kafka, settings) -> None:
+    """Dead letters are told once by their place (topic, partition, offset): a topic made again
+    puts its new records at its former ones' places, and one refused where a former one was
+    refused got no DLQ copy, no line, no wait. Now told, the former row replaced."""
+    from helpers import TopicReader
+
+    bootstrap, topic = kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)
+    dead = 'SELECT count(*) FROM dead_letters WHERE topic = $1 AND partition = 0 AND "offset" = 0'
+    async with TopicReader(bootstrap, c.dlq(topic)) as dlq:
+        async with running(SPEC, settings) as pipeline:
+            await send(bootstrap, topic, [("k", b"not json, the former topic's")], partition=0)
+            await dlq.wait_for(lambda rs: rs, what="the first refusal's copy")
+            await eventually(lambda: pipeline.pool.fetchval(dead, topic), what="its dead letter")
+        await _made_again(bootstrap, settings, topic)
+        async with running(SPEC, settings):  # its position past the new log's end: moved back to 0
+            await send(bootstrap, topic, [("k", b"not json either, the new topic's")], partition=0)
+            copies = await dlq.wait_for(lambda rs: len(rs) >= 2, what="the second refusal's copy")
+    assert [r.value for r in copies] == [b"not json, the former topic's", b"not json either, the new topic's"]

@@ -13,6 +13,7 @@ A record refused for want of its établissement (`uai-inconnu`) also waits, byte
 (pipeline.Pipeline.revive), which marks its `dead_letters` row (`accepted`, `rejudged`).
 """
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -162,18 +163,40 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
     if not rejections:
         return 0
     senders = [searchable(r.record) for r in rejections]
+    # The same record refused again (a batch replayed) is not told again; another record at the
+    # place of one logged (a topic made again) replaces its row, and is told (empreinte: 0018).
     rows = await conn.fetch(
         """
-        INSERT INTO dead_letters (topic, partition, "offset", reason, message, source, id, type, subject, key)
+        INSERT INTO dead_letters (topic, partition, "offset", reason, message, source, id, type, subject, key,
+                                  empreinte)
         SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-        ON CONFLICT DO NOTHING RETURNING topic, partition, "offset"
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+        ON CONFLICT (topic, partition, "offset") DO UPDATE SET
+            reason = EXCLUDED.reason, message = EXCLUDED.message, source = EXCLUDED.source, id = EXCLUDED.id,
+            type = EXCLUDED.type, subject = EXCLUDED.subject, key = EXCLUDED.key, empreinte = EXCLUDED.empreinte,
+            received_at = now(), accepted_at = NULL, rejudged_at = NULL, copy_missing_at = NULL
+        WHERE dead_letters.empreinte IS DISTINCT FROM EXCLUDED.empreinte AND dead_letters.empreinte IS NOT NULL
+        RETURNING topic, partition, "offset", xmax <> 0 AS replaced
         """,
         *_origins(rejections),
         [r.code for r in rejections],
         [_text(r.message) for r in rejections],
         *(list(column) for column in zip(*senders, strict=True)),
+        [hashlib.sha256(r.record.value or b"").digest() for r in rejections],
     )
+    if replaced := [(r["topic"], r["partition"], r["offset"]) for r in rows if r["replaced"]]:
+        # The former record's wait, if any, ends with its place: its topic is gone.
+        await conn.execute(
+            'DELETE FROM attente_referentiel WHERE (topic, partition, "offset") '
+            "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
+            *columns(replaced),
+        )
+        log.warning(
+            "dead_letters.place_reused",
+            records=len(replaced),
+            topics=sorted({topic for topic, _, _ in replaced}),
+            hint="a topic made again: its new records refused at the places of former ones, told as new",
+        )
     new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
     fresh = [
         (r, sender)
