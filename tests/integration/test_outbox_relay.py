@@ -576,8 +576,13 @@ class _MidRound:
     schema: str
 
     async def lock_free(self) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock(self.schema))
+        return await _relay_lock_free(self.pool, self.schema)
+
+
+async def _relay_lock_free(pool: asyncpg.Pool, schema: str) -> bool:
+    """Whether no relay of `schema` holds its lock (taken and released at once here)."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock(schema))
 
 
 @contextlib.asynccontextmanager
@@ -736,7 +741,7 @@ async def _gone(admin: AIOKafkaAdminClient, topic: str) -> bool:
 
 async def _drained(relay: OutboxRelay, pool: asyncpg.Pool) -> bool:
     await relay.drain_once()
-    return not await count_pending(pool)
+    return await _none_pending(pool)
 
 
 async def test_a_round_waiting_for_kafka_keeps_its_lock_under_an_idle_in_transaction_timeout(
@@ -760,8 +765,7 @@ async def test_a_round_waiting_for_kafka_keeps_its_lock_under_an_idle_in_transac
             "AND clock_timestamp() - state_change > interval '0.6 s'"  # three times the server's timeout
         )
         await eventually(lambda: pool.fetchval(waiting, f"feo-{schema}"), timeout=5, what="the round's session kept")
-        async with pool.acquire() as conn, conn.transaction():
-            assert not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock(schema))
+        assert not await _relay_lock_free(pool, schema)
         producer.release()
         await eventually(lambda: _none_pending(pool), what="the round committed")
     finally:
