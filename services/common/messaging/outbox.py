@@ -212,6 +212,23 @@ def relay_lock(schema: str) -> int:
     return advisory_key(f"relay:{schema}")
 
 
+_ROUND_SETTINGS = (
+    # The round's commit does not wait for its WAL to reach the disk: lost in a crash, its
+    # deletion is too, and the records go out again with the same ids, in the same order, as
+    # when the process itself dies between publishing and deleting. A later synchronous commit
+    # (the next batch's) makes it durable with it, the WAL being written in order.
+    "SET LOCAL synchronous_commit TO off",
+    # Never ended by the server while it waits for Kafka (a deployment's
+    # idle_in_transaction_session_timeout): that would free the lock, the producer still
+    # retrying. Given up by it within about a minute once this host is gone without closing the
+    # connection (its own TCP keepalives), not the system's two hours, meanwhile holding every
+    # replica's relay.
+    "SET LOCAL idle_in_transaction_session_timeout TO 0",
+    *(f"SET LOCAL {name} TO {seconds}" for name, seconds in SERVER_KEEPALIVES.items()),
+)
+"""What a relay round's transaction sets, sent with its BEGIN (one round trip)."""
+
+
 class OutboxRelay:
     """Publishes the outbox in order. One relay per schema at a time (advisory lock), so
     replicas of a service cannot interleave and reorder records of one key."""
@@ -317,21 +334,7 @@ class OutboxRelay:
         if not self._producer_started:
             await self._producer.start()  # raises while Kafka is away: the loop retries
             self._producer_started = True
-        # The round's commit does not wait for its WAL to reach the disk: lost in a crash, its
-        # deletion is too, and the records go out again with the same ids, in the same order,
-        # as when the process itself dies between publishing and deleting. A later synchronous
-        # commit (the next batch's) makes it durable with it, the WAL being written in order.
-        # Never ended by the server while it waits for Kafka (a deployment's
-        # idle_in_transaction_session_timeout): that would free the lock, the producer still
-        # retrying. Given up by it within about a minute once this host is gone without closing
-        # the connection (its own TCP keepalives), not the system's two hours, meanwhile holding
-        # every replica's relay.
-        idle = "SET LOCAL idle_in_transaction_session_timeout TO 0"
-        keepalives = "; ".join(f"SET LOCAL {name} TO {seconds}" for name, seconds in SERVER_KEEPALIVES.items())
-        async with (
-            self._pool.acquire() as conn,
-            transaction(conn, "SET LOCAL synchronous_commit TO off", idle, keepalives),
-        ):
+        async with self._pool.acquire() as conn, transaction(conn, *_ROUND_SETTINGS):
             # The lock first, in a statement of its own: a statement reads what was committed
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,
