@@ -15,7 +15,8 @@ from contracts import ALERT_KINDS
 from services.common.storage.db import Conn
 
 # Each filter of the read API, and where it looks in an alert's data: the one definition that
-# the SQL conditions and the Python match are both read from.
+# the SQL conditions and the Python match are both read from. Each name is also the `alertes`
+# column that holds that value (computed from the content: migration 0017).
 _PATHS = {
     "code_academie": ("code_academie",),
     "code_departement": ("code_departement",),
@@ -35,11 +36,14 @@ class AlertFilter:
     state: str | None = None  # "open" | "resolved"
 
     def _wanted(self) -> list[tuple[tuple[str, ...], str]]:
-        return [(path, value) for name, path in _PATHS.items() if (value := getattr(self, name)) is not None]
+        return [(path, value) for _, path, value in self._named()]
+
+    def _named(self) -> list[tuple[str, tuple[str, ...], str]]:
+        return [(name, path, value) for name, path in _PATHS.items() if (value := getattr(self, name)) is not None]
 
     def conditions(self, document: str, first: int) -> tuple[list[str], list[str]]:
         """The filter as SQL over a JSON `document` holding an alert's data, its parameters
-        numbered from `first`; written `a->'b'->>'c'`, the form the expression indexes use."""
+        numbered from `first` (the journal's events: `a->'b'->>'c'`)."""
         clauses, args = [], []
         for path, value in self._wanted():
             args.append(value)
@@ -48,8 +52,10 @@ class AlertFilter:
         return clauses, args
 
     def where(self) -> tuple[str, list]:
-        """Over the `alertes` table, with the state (open, resolved) it holds beside the data."""
-        clauses, args = self.conditions("alerte", 1)
+        """Over the `alertes` table: its columns of the same names (computed from the alert's
+        content, indexed), and the state (open, resolved) it holds beside the data."""
+        named = self._named()
+        clauses, args = [f"{name} = ${i}" for i, (name, _, _) in enumerate(named, 1)], [v for _, _, v in named]
         if self.state is not None:
             clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
