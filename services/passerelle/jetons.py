@@ -151,8 +151,11 @@ class Verificateur:
             )
         except jwt.PyJWTError as error:
             raise JetonRefuse(_raison(error)) from None
+        exp = claims["exp"]
+        if not isinstance(exp, int | float):  # PyJWT takes "1767225600" too (a boolean: expired in 1970)
+            raise JetonRefuse("claim exp mal formée : une date numérique (NumericDate), pas une chaîne")
         # A token cannot be revoked: one valid for months, leaked, would write for months.
-        if claims["exp"] > time.time() + self.max_lifetime_seconds + self.leeway_seconds:
+        if exp > time.time() + self.max_lifetime_seconds + self.leeway_seconds:
             raise JetonRefuse(
                 f"jeton valide trop longtemps : exp à plus de {self.max_lifetime_seconds:g} s "
                 "(JWT_MAX_LIFETIME_SECONDS)"

@@ -118,6 +118,8 @@ REFUS = {
         "jeton pas encore valide",
     ),
     "no exp": (lambda i, a: i.signe(claims(exp=None)), "claim exp absent"),
+    # PyJWT takes a numeric string for a date: the lifetime's check then compared it with a number (a 500).
+    "exp a numeric string": (lambda i, a: i.signe(claims(exp=str(int(time.time()) + 600))), "claim exp mal formée"),
     "valid for more than a day": (
         lambda i, a: i.jeton(COMMUNE, ttl_seconds=86_400 + 60),
         "jeton valide trop longtemps",
