@@ -170,11 +170,17 @@ async def send(
     headers: list[tuple[str, bytes]] = (),
     *,
     partition: int | None = None,
+    compression: str | None = None,
 ) -> None:
     """Records in order (aiokafka keeps one batch in flight per partition), acknowledged by the
-    broker; on `partition`, else on their key's (Kafka's default partitioner)."""
+    broker; on `partition`, else on their key's (Kafka's default partitioner); their batches
+    compressed with `compression` (a Kafka codec: gzip, snappy, lz4, zstd)."""
     producer = AIOKafkaProducer(
-        **kafka_options(bootstrap), acks="all", enable_idempotence=True, max_request_size=2 * 1024 * 1024
+        **kafka_options(bootstrap),
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024,
+        compression_type=compression,
     )
     await producer.start()
     try:

@@ -23,6 +23,7 @@ from helpers import (
     event,
     eventually,
     lock_waiters,
+    migrated_pool,
     python_record_builder,
     record_count,
     running,
@@ -405,6 +406,73 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
     assert {r["level"] for r in said.named("kafka.still_unreadable")} == {"warning"}
     [again] = said.named("kafka.readable_again")
     assert (again["topic"], again["partition"], again["offset"]) == (topic, 1, 4)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_records_a_partner_compressed_with_any_of_kafkas_codecs_are_applied(kafka, settings, codec):
+    """snappy, lz4 and zstd batches raised UnsupportedCodecError at every poll (cramjam was not
+    installed): a partner whose producer compressed with one of them stopped the service's reading."""
+    known = uai("0350323")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))], compression=codec)
+    lots = [(known, lot(known, f"{codec}-{n}", 1)) for n in range(20)]
+    await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), lots, compression=codec)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 20 FROM lots"), what="every lot")
+
+
+async def test_a_batch_decompressing_past_the_bound_holds_its_partition_and_the_others_go_on(
+    kafka, settings, monkeypatch
+):
+    """The broker bounds a batch compressed: a megabyte of gzip it takes holds a gigabyte, which
+    aiokafka decompressed whole, past the service's memory, again at every restart. Now a batch
+    past DECOMPRESSED_BATCH_MAX_BYTES (here 1 MiB) is not decompressed further: its partition waits
+    at it as at a damaged batch (said why, on /health), the records before it and every other
+    partition's are applied."""
+    from services.common.messaging import consumer, records
+
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    monkeypatch.setattr(records, "DECOMPRESSED_BATCH_MAX_BYTES", 1 << 20)
+    known = uai("0350324")
+    topic = settings.topic(c.EQUIPEMENT)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+    for partition in range(TEST_PARTITIONS):
+        before = [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(3)]
+        await send(kafka.bootstrap_servers, topic, before, partition=partition)
+    bomb = json.dumps(lot(known, "BOMBE", 1)).encode() + b" " * (3 << 19)  # 1.5 MiB, a few kB of gzip
+    await send(kafka.bootstrap_servers, topic, [(known, bomb)], partition=1, compression="gzip")  # offset 3
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 3),
+            timeout=60,
+            what="every lot before it, of every partition",
+        )
+        await send(kafka.bootstrap_servers, topic, [(known, lot(known, "PLUS-TARD", 2))], partition=0)
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
+            what="partition 0 going on",
+        )
+        status, health = await service.app.health()
+        [held] = health["unreadable_batches"]
+        assert (status, held["topic"], held["partition"], held["offset"]) == (200, topic, 1, 3)
+        stored = await pipeline.pool.fetchval(
+            "SELECT next_offset FROM positions WHERE topic = $1 AND partition = 1", topic
+        )
+        assert stored == 3, "partition 1 waits at the batch"
+    [line] = said.named("kafka.unreadable_batch")
+    assert (line["topic"], line["partition"], line["offset"], line["skip_to"]) == (topic, 1, 3, 4)
+    assert "decompresses past 1048576 bytes (DECOMPRESSED_BATCH_MAX_BYTES)" in line["error"]
+
+    # The operator leaves it, as the line says: the partition goes on after it.
+    async with migrated_pool(settings.database_url, EQUIPEMENT) as pool:
+        await pool.execute("UPDATE positions SET next_offset = $1 WHERE topic = $2 AND partition = 1", 4, topic)
+    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "APRES", 2))], partition=1)
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'APRES'"),
+            what="partition 1 going on past the batch",
+        )
 
 
 async def test_replay_sends_a_refused_record_back_once_the_cause_is_fixed_and_only_once(kafka, settings, capsys):

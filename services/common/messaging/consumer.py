@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
 from services.common.messaging.outbox import COMPACTED, text_headers
-from services.common.messaging.records import CorruptBatch, read_any_header_name
+from services.common.messaging.records import CorruptBatch, install_reader
 from services.common.pipeline import Parsed, Pipeline
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
@@ -467,7 +467,7 @@ class StoredPositions(ConsumerRebalanceListener):
 
 
 def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline) -> None:
-    read_any_header_name()  # FastStream's consumer is aiokafka's
+    install_reader()  # FastStream's consumer is aiokafka's
     listener = StoredPositions(pipeline)
     subscriber = broker.subscriber(
         # The platform's topics (deploy.topic_admin, Strimzi's KafkaTopic), which a service's
@@ -558,13 +558,24 @@ class Unreadable:
             log.warning("kafka.still_unreadable", **where, attempts=held.attempts, retry_in=UNREADABLE_RETRY_SECONDS)
             return
         self._held[corrupt.tp] = _Held(corrupt.offset, datetime.now(UTC), time.monotonic())
+        if corrupt.skip_to is None:
+            hint = (
+                "the partition waits at that offset, the others go on; it is read again every "
+                f"{UNREADABLE_RETRY_SECONDS:g} s (once the broker's replica is repaired)"
+            )
+        else:
+            hint = (
+                "the partition waits at that offset, the others go on; to leave the batch's records "
+                f"(its sender to send them again, smaller), store {corrupt.skip_to} as the partition's "
+                "position in the service's `positions` table, its replicas stopped (README, Bad input)"
+            )
         log.error(
             "kafka.unreadable_batch",
             **where,
+            skip_to=corrupt.skip_to,
             error=str(corrupt.__cause__ or corrupt),
             retry_in=UNREADABLE_RETRY_SECONDS,
-            hint="the partition waits at that offset, the others go on; it is read again every "
-            f"{UNREADABLE_RETRY_SECONDS:g} s (once the broker's replica is repaired), or move the group past it",
+            hint=hint,
         )
 
     def retry_due(self, consumer: AIOKafkaConsumer) -> None:

@@ -8,20 +8,31 @@ A record is judged by its value alone (CONTRACTS.md, Limits): such a name is rea
 byte that is not UTF-8 written `\\xNN` (Python's "backslashreplace"), and the record goes its way
 as any other (applied, or dead-lettered with its DLQ copy carrying the name so written).
 
-aiokafka has no hook for this. `read_any_header_name()` gives its fetcher a MemoryRecords that
+aiokafka has no hook for this. `install_reader()` gives its fetcher a MemoryRecords that
 keeps the fetched bytes (aiokafka's own reader, C or Python, subclassed: nothing more per batch)
 and a PartitionRecords whose records are aiokafka's own until its reader raises on such a name;
 then the producer batch it stopped in is found in those bytes and read, from the record where it
 stopped, by `_LenientBatch`, and aiokafka's reading goes on at the next batch. It leans on
 aiokafka's internals (the fetcher's two classes, its Python batch reader):
 tests/unit/services/test_record_reader.py and the integration tests of such records fail if an
-upgrade moves them."""
+upgrade moves them.
 
-from collections.abc import Iterator
+A compressed batch is decompressed within DECOMPRESSED_BATCH_MAX_BYTES: the broker bounds a batch
+as it was sent (`max.message.bytes`, compressed), and a megabyte of gzip holds a gigabyte, which
+aiokafka decompressed whole before any record of it was judged: past a service's memory, again
+at every restart from the stored positions. `install_reader()` gives aiokafka's batch readers
+(C and Python) decoders that stop at the bound: such a batch is unreadable (`BatchTooLarge`),
+its partition held at it as at a damaged one (consumer.UnreadableBatches), the others going on."""
+
+import importlib
+import zlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import cramjam
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import codec as aiokafka_codec
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
@@ -30,18 +41,116 @@ from aiokafka.record.util import decode_varint
 
 log = structlog.get_logger(__name__)
 
+DECOMPRESSED_BATCH_MAX_BYTES = 32 * 1024 * 1024
+"""The most a compressed producer batch may hold once decompressed. A record is at most 256 KiB
+(CONTRACTS.md, Limits): a producer's batch of them, compressed within the broker's 1 MiB, holds
+a few megabytes of JSON; 32 MiB is far above that and well within a service's memory."""
 
-def read_any_header_name() -> None:
-    """Every consumer of this process reads records whose header names are not UTF-8 (once is
-    enough; again changes nothing)."""
+_BATCH_READERS = (
+    "aiokafka.record.default_records",
+    "aiokafka.record._crecords.default_records",
+    "aiokafka.record.legacy_records",
+    "aiokafka.record._crecords.legacy_records",
+)
+
+
+def install_reader() -> None:
+    """Every consumer of this process reads records whose header names are not UTF-8, and
+    decompresses a batch within DECOMPRESSED_BATCH_MAX_BYTES (once is enough; again changes nothing)."""
     fetcher.MemoryRecords = _Records
     fetcher.PartitionRecords = _PartitionRecords
+    for name in _BATCH_READERS:  # each reader calls its module's decoders by name, at every batch
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # aiokafka built without its C extensions
+            continue
+        for codec, decode in _DECODERS.items():
+            if hasattr(module, codec):
+                setattr(module, codec, decode)
 
 
 def lenient_consumer(*topics: str, **options: Any) -> AIOKafkaConsumer:
-    """aiokafka's consumer, reading records whose header names are not UTF-8."""
-    read_any_header_name()
+    """aiokafka's consumer, reading records whose header names are not UTF-8, and decompressing
+    within the bound."""
+    install_reader()
     return AIOKafkaConsumer(*topics, **options)
+
+
+class BatchTooLarge(CorruptRecordException):
+    """A compressed batch that decompresses past DECOMPRESSED_BATCH_MAX_BYTES: not read."""
+
+    def __init__(self, codec: str, compressed: int):
+        super().__init__(
+            f"a {codec} batch of {compressed} bytes decompresses past {DECOMPRESSED_BATCH_MAX_BYTES} bytes "
+            "(DECOMPRESSED_BATCH_MAX_BYTES): not read; no partner's records need that much"
+        )
+
+
+def _gzip(data: Any) -> bytes:
+    """Its members one after the other, as gzip.GzipFile reads them, within the bound."""
+    out, rest = bytearray(), bytes(data)
+    while rest:
+        member = zlib.decompressobj(wbits=31)
+        try:
+            out += member.decompress(rest, DECOMPRESSED_BATCH_MAX_BYTES - len(out) + 1)
+        except zlib.error as exc:
+            raise CorruptRecordException(f"gzip batch unreadable: {exc}") from None
+        if len(out) > DECOMPRESSED_BATCH_MAX_BYTES:
+            raise BatchTooLarge("gzip", len(data))
+        if not member.eof:
+            raise CorruptRecordException("gzip batch cut short")
+        rest = member.unused_data
+    return bytes(out)
+
+
+_BUFFER_FULL = "failed to write whole buffer"  # cramjam's error when the output does not fit
+
+
+def _into(codec: str, decompress_into: Callable[[bytes, bytearray], int]) -> Callable[[Any], bytes]:
+    """A decoder writing into a buffer that grows up to the bound (those codecs do not all say
+    the size beforehand): 8 times the compressed size first, JSON's usual ratio."""
+
+    def decode(data: Any) -> bytes:
+        data = bytes(data)
+        size = min(DECOMPRESSED_BATCH_MAX_BYTES, max(1 << 16, 8 * len(data)))
+        while True:
+            out = bytearray(size)
+            try:
+                return bytes(memoryview(out)[: decompress_into(data, out)])
+            except cramjam.DecompressionError as exc:
+                if _BUFFER_FULL not in str(exc):
+                    raise CorruptRecordException(f"{codec} batch unreadable: {exc}") from None
+                if size == DECOMPRESSED_BATCH_MAX_BYTES:
+                    raise BatchTooLarge(codec, len(data)) from None
+                size = min(DECOMPRESSED_BATCH_MAX_BYTES, size * 4)
+
+    return decode
+
+
+def _snappy(data: Any) -> bytes:
+    """aiokafka's decoder, once each block's size (snappy writes it first) is known to fit."""
+    view = memoryview(data)
+    blocks = [view]
+    if aiokafka_codec._detect_xerial_stream(view):  # Kafka's Java client: a header, then blocks
+        blocks, pos = [], 16
+        while pos + 4 <= len(view):
+            end = pos + 4 + int.from_bytes(view[pos : pos + 4], "big", signed=True)
+            blocks.append(view[pos + 4 : end])
+            pos = end
+    try:
+        if sum(cramjam.snappy.decompress_raw_len(bytes(block)) for block in blocks) > DECOMPRESSED_BATCH_MAX_BYTES:
+            raise BatchTooLarge("snappy", len(view))
+        return aiokafka_codec.snappy_decode(data)
+    except cramjam.DecompressionError as exc:
+        raise CorruptRecordException(f"snappy batch unreadable: {exc}") from None
+
+
+_DECODERS = {
+    "gzip_decode": _gzip,
+    "snappy_decode": _snappy,
+    "lz4_decode": _into("lz4", cramjam.lz4.decompress_into),
+    "zstd_decode": _into("zstd", cramjam.zstd.decompress_into),
+}
 
 
 class _Records(MemoryRecords):
@@ -67,12 +176,13 @@ class _Records(MemoryRecords):
 
 class CorruptBatch(CorruptRecordException):
     """A fetched batch that cannot be read (its CRC wrong, a record cut: the broker's storage
-    damaged), at `offset` of `tp`: aiokafka's error, saying where. Nothing of that partition from
-    `offset` on was handed over."""
+    damaged; or decompressing past the bound), at `offset` of `tp`: aiokafka's error, saying
+    where. Nothing of that partition from `offset` on was handed over. `skip_to`, for a batch
+    past the bound (its header read whole): the offset after its last record."""
 
-    def __init__(self, tp: TopicPartition, offset: int):
+    def __init__(self, tp: TopicPartition, offset: int, skip_to: int | None = None):
         super().__init__(f"unreadable batch at offset {offset} of {tp.topic}[{tp.partition}]")
-        self.tp, self.offset = tp, offset
+        self.tp, self.offset, self.skip_to = tp, offset, skip_to
 
 
 class _PartitionRecords(fetcher.PartitionRecords):
@@ -93,7 +203,8 @@ class _PartitionRecords(fetcher.PartitionRecords):
                 if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__cause__, UnicodeDecodeError):
                     if at > start:  # those before it are handed over (raised, they were lost): it comes first next
                         return
-                    raise CorruptBatch(self._tp, at) from exc
+                    too_large = isinstance(exc, BatchTooLarge) and (batch := self._records.batch_after(at))
+                    raise CorruptBatch(self._tp, at, batch.next_offset if too_large else None) from exc
                 batch = self._records.batch_after(at)
                 if batch is None:
                     raise

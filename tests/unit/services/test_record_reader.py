@@ -9,7 +9,15 @@ from aiokafka.record.memory_records import _MemoryRecordsPy
 from aiokafka.structs import TopicPartition
 
 from helpers import NotUtf8
-from services.common.messaging.records import _LenientBatch, _PartitionRecords, _Records
+from services.common.messaging import records
+from services.common.messaging.records import (
+    BatchTooLarge,
+    CorruptBatch,
+    _LenientBatch,
+    _PartitionRecords,
+    _Records,
+    install_reader,
+)
 
 
 def _batch(base_offset: int, records: list[tuple], compression: int = 0) -> bytes:
@@ -109,3 +117,44 @@ def test_the_lenient_reader_reads_any_other_batch_as_aiokafka_does(compression):
         return [(r.offset, r.timestamp, r.timestamp_type, r.key, r.value, list(r.headers)) for r in batch]
 
     assert fields(_LenientBatch(data)) == fields(AiokafkaReader(data))
+
+
+CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}  # Kafka's codec ids, in a batch's attributes
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("memory", [_Records, _PythonRecords], ids=["C reader", "Python reader"])
+def test_a_batch_compressed_with_any_of_kafkas_codecs_reads_as_sent(codec, memory):
+    """snappy, lz4 and zstd raised UnsupportedCodecError (cramjam was not installed): a partner's
+    producer compressing with one of them stopped every consumer of its topic."""
+    install_reader()
+    values = [b'{"specversion": "1.0", "n": %d}' % n * 50 for n in range(40)]
+    data = _batch(5, [(b"k", value, [("h", b"v")]) for value in values], CODECS[codec])
+    assert len(data) < sum(map(len, values)) / 4
+    assert [(offset, value) for offset, _, _, value, _ in _read(data, 5, memory)] == list(enumerate(values, 5))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("memory", [_Records, _PythonRecords], ids=["C reader", "Python reader"])
+def test_a_batch_decompressing_past_the_bound_is_not_read_and_those_before_it_are(codec, memory, monkeypatch):
+    """A few kilobytes a broker takes (it bounds a batch compressed) that aiokafka decompressed
+    whole, whatever its size: a megabyte of gzip holds a gigabyte."""
+    install_reader()
+    monkeypatch.setattr(records, "DECOMPRESSED_BATCH_MAX_BYTES", 1 << 20)
+    within = _batch(5, [(b"k", b"x" * ((1 << 20) - 200), [])], CODECS[codec])
+    bomb = _batch(6, [(b"k", b"x" * (4 << 20), [])], CODECS[codec])
+    assert len(bomb) < 1 << 18  # a quarter of the bound, well within the broker's megabyte
+    assert [offset for offset, *_ in _read(within + bomb, 5, memory)] == [5]  # the next fetch starts at 6
+    with pytest.raises(CorruptBatch) as unread:
+        _read(bomb, 6, memory)
+    assert isinstance(unread.value.__cause__, BatchTooLarge) and (unread.value.offset, unread.value.skip_to) == (6, 7)
+    assert f"past {1 << 20} bytes (DECOMPRESSED_BATCH_MAX_BYTES)" in str(unread.value.__cause__)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_compressed_bytes_that_cannot_be_read_are_unreadable_not_taken_for_a_large_batch(codec):
+    install_reader()
+    decode = records._DECODERS[f"{codec}_decode"]
+    with pytest.raises(CorruptRecordException) as unread:
+        decode(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
+    assert not isinstance(unread.value, BatchTooLarge)
