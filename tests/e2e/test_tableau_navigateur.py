@@ -500,3 +500,48 @@ async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown
     await expect(page.locator("#res-total")).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
     await expect(page.locator("#erreur")).to_be_hidden()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_an_alert_whose_etablissement_moved_leaves_the_list_of_its_new_place_when_it_resolves(
+    platform, publish, wait_stored, browser
+):
+    """Raised in the Ille-et-Vilaine (035), its collège moved to the Côtes-d'Armor (022) since: the
+    list filtered on 022 shows it open. Its resolution is announced where it was raised (035), and
+    the service's stream filtered on 022 sends it all the same (README, Known limits); the page
+    checked it again against its own filters with the event's data (035), took it for another
+    place's, and kept showing the alert open until some other change."""
+    rid = "ark:/67375/e2e-demenagement"
+    uai = RENNES[1]
+    publish("referentiel.etablissements.v1", uai, etablissement(uai, "035", "14", "53", 0))
+    await wait_stored(("equipement.etablissements", "ressources.etablissements"), [uai])
+    publish("equipement.declarations.v1", uai, tablettes(uai, "12.5", 10))
+    await wait_stored(("ressources.recus",), [uai])
+    resource = {**RESSOURCE, "resource_id": rid}
+    publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
+    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
+    publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+
+        async def listed_at(departement: str) -> bool:
+            answer = await api.get("/alertes", params={"state": "open", "code_departement": departement})
+            return answer.json()["total"] == 1
+
+        await eventually(lambda: listed_at("035"), timeout=60, what="the alert raised in 035")
+        publish("referentiel.etablissements.v1", uai, etablissement(uai, "022", "14", "53", 20))
+        await eventually(lambda: listed_at("022"), timeout=60, what="the alert listed at its new place")
+
+    page = await browser.new_page(locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base}/tableau#/alertes?code_departement=022")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+    listed = page.locator("#alertes tbody tr")
+    await expect(listed).to_have_count(1)
+    await expect(listed.first).to_contain_text(uai)
+
+    fixed = {**json.loads(tablettes(uai, "17", 30))["data"]}
+    publish("equipement.declarations.v1", uai, ce("equipement.lot", "/collectivites/departements/022", fixed, 30, uai))
+    await expect(listed).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")
+    assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -218,16 +218,13 @@ function showAlertes(params) {
   const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
   fillFilters(filters);
   follow(filters);
-  const matches = (a) =>
-    FILTERS.every((name) => {
-      const want = filters.get(name);
-      if (!want || name === "state") return true;
-      const have = name.startsWith("responsable_") ? a.responsable && a.responsable[name.slice(12)] : a[name];
-      return have === want;
-    });
   return {
     name: "alertes",
-    concerns: matches,
+    // Its stream is filtered by the service with these filters: whatever it sends concerns the
+    // list. Checked again here against the event's data, a resolution announced where the alert
+    // was raised, its établissement moved since to the place this list shows, was taken for
+    // another place's, and the alert stayed shown open.
+    concerns: () => true,
     refresh: () => listAlertes(filters, page),
   };
 }
