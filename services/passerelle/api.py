@@ -41,7 +41,7 @@ from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
-from services.common.runtime.app import ServiceApp
+from services.common.runtime.app import NoStore, ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
 from services.common.runtime.telemetry import trace_headers
@@ -269,7 +269,7 @@ async def evenements(request: Request, credentials: Credentials) -> JSONResponse
     passerelle: Passerelle = request.app.state.passerelle
     settings = passerelle.settings
     principal = await passerelle.principal(credentials)
-    media = corps.media_type(request.headers.get("content-type"))
+    media = corps.media_type(request.headers.get("content-type"), request.headers.get("content-encoding"))
     if wait := passerelle.debit.waiting(principal.subject):  # refused before its body is even read
         raise too_fast(settings, principal.subject, wait)
     if bound := passerelle.en_cours.refus(principal.subject):  # likewise
@@ -456,9 +456,13 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "contrat et des droits faits avant de répondre, les événements acceptés écrits sur Kafka avant "
         "la réponse. Une erreur répond en français.",
         lifespan=lifespan,
+        # No redirect from `/x/` to `/x` (a 404 names the paths): behind a proxy ending TLS, its
+        # Location said http://, and a client following a 307 sent the body again in clear.
+        redirect_slashes=False,
         exception_handlers={CorpsRefuse: _refused, StarletteHTTPException: _http_error, Exception: _internal_error},
     )
     api.include_router(router)
+    api.add_middleware(NoStore)
 
     stream_app.serve_probes(api)
 

@@ -54,16 +54,25 @@ class Element:
     type: str | None
 
 
-def media_type(content_type: str | None) -> str:
-    """The body's mode, from Content-Type (parameters such as charset ignored); else 400: a
-    body in neither mode is not an event or a batch (CONTRACTS.md, Identity, lists 400 for it)."""
-    media = (content_type or "").partition(";")[0].strip().lower()
+def media_type(content_type: str | None, content_encoding: str | None = None) -> str:
+    """The body's mode, from Content-Type; else 400: a body in neither mode is not an event or a
+    batch (CONTRACTS.md, Identity, lists 400 for it). So is a body said to be in another charset
+    than UTF-8 (JSON's, RFC 8259: read as UTF-8, its accented letters were each event's
+    `json-invalide`) or compressed (it was read as it came: "not a JSON array")."""
+    media, _, parameters = (content_type or "").partition(";")
+    media = media.strip().lower()
     if media not in (STRUCTURED, BATCHED):
         raise CorpsRefuse(
             400,
             f"Content-Type {media or 'absent'} : attendu {STRUCTURED} (un événement) "
             f"ou {BATCHED} (un tableau d'au plus {MAX_BATCH_EVENTS} événements)",
         )
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise CorpsRefuse(400, "Content-Type : charset autre que utf-8 ; les événements sont du JSON en UTF-8")
+    if (content_encoding or "identity").strip().lower() not in ("identity", ""):
+        raise CorpsRefuse(400, "Content-Encoding : le corps est lu tel qu'il vient, non compressé (identity)")
     return media
 
 

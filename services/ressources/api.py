@@ -32,7 +32,7 @@ from pydantic import AfterValidator
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
-from services.common.runtime.app import ServiceApp
+from services.common.runtime.app import NoStore, ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
@@ -670,12 +670,16 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "un flux des changements d'alertes (SSE) pour les tableaux de bord qui ne lisent pas Kafka. "
         "Une erreur répond en français et nomme le paramètre refusé.",
         lifespan=lifespan,
+        # No redirect from `/x/` to `/x` (a 404 names the paths): behind a proxy ending TLS, its
+        # Location said http://, and a client following a 307 sent the body again in clear.
+        redirect_slashes=False,
         exception_handlers={
             **HANDLERS,
             asyncpg.QueryCanceledError: read_too_long,
             **dict.fromkeys(stream.STOPPING, database_away),  # during a read, too
         },
     )
+    api.add_middleware(NoStore)
     _with_transport(api)
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

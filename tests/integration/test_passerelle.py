@@ -213,6 +213,8 @@ async def test_what_is_not_one_event_or_a_batch_within_the_limits_is_refused_who
     assert (await post(json.dumps([{}] * 1001).encode(), BATCHED)).status_code == 413
     response = await client.get("/v1/evenements")
     assert response.status_code == 405 and "POST" in response.json()["detail"]
+    response = await client.post("/v1/evenements/", content=one, headers={**auth, **STRUCTURED})
+    assert response.status_code == 404  # not redirected: behind a proxy ending TLS, its Location said http://
 
 
 async def test_a_body_is_read_into_its_events_off_the_event_loop(passerelle, identite, monkeypatch):

@@ -527,6 +527,16 @@ async def test_a_refused_parameter_gets_a_422_in_french_naming_it_and_its_rule(a
     assert set(refused) == {"loc", "msg", "type"}  # pydantic's `input`, the refused value, is not echoed
 
 
+async def test_json_answers_are_not_kept_by_caches_and_the_page_says_its_own(api):
+    """A proxy that keeps 200s by default served an earlier list, and an earlier `last_event_id`
+    to resume the stream from (audit helper-167 #5): no answer said otherwise."""
+    client, _ = api
+    for path, params in [("/alertes", {}), ("/alertes", {"kind": "panne"}), ("/health", {}), ("/", {})]:
+        response = await client.get(path, params=params, headers={"Accept": "application/json"})
+        assert response.headers["cache-control"] == "no-store", (path, params, response.status_code)
+    assert (await client.get("/tableau")).headers["cache-control"] == "no-cache"
+
+
 async def test_a_query_of_many_unknown_parameters_names_the_first_ones_and_counts_the_others(api):
     client, _ = api
     names = [f"p{n:04}" for n in range(3000)]
@@ -554,6 +564,7 @@ async def test_other_errors_answer_in_french_too(api):
         "/etablissements/0350042F": "uai : 0350042F n'est pas dans le référentiel",
         "/ressources/ark:/1/inconnue": "resource_id : ark:/1/inconnue n'est pas dans le catalogue",
         "/nulle-part": "aucun point d'accès à cette adresse : la liste est sur /",
+        "/alertes/": "aucun point d'accès à cette adresse : la liste est sur /",  # no redirect (to http:// behind TLS)
         "/static-offline-docs/absent.js": "aucun point d'accès à cette adresse : la liste est sur /",
     }
     for path, detail in unknown.items():

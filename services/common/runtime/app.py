@@ -97,6 +97,30 @@ class ServiceApp(AsgiFastStream):
             return Response(await self.metrics(), media_type=metrics.CONTENT_TYPE)
 
 
+class NoStore:
+    """ASGI middleware: `Cache-Control: no-store` on every JSON answer that sets none. An API's
+    answers are read live (alerts and their counts, the stream's position to resume from, a
+    declaration's outcome, the probes): a shared cache between a client and the service (a
+    proxy caching 200s by default) served an earlier one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                names = {name.lower(): value for name, value in headers}
+                if b"cache-control" not in names and b"json" in names.get(b"content-type", b""):
+                    message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
     settings = spec.settings.of(settings) if settings is not None else spec.settings()
     configure_logging(spec.name, settings.log_format, settings.log_level, settings.library_log_level)

@@ -114,3 +114,32 @@ async def test_a_renewal_waits_at_most_the_write_timeout_and_a_failed_one_pauses
     for task in list(gateway._retiring):  # the former one, stopped after the write timeout
         await task
     assert dead.stopped
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"content-type", b"application/json")], b"no-store"),
+        ([(b"Content-Type", b"application/problem+json")], b"no-store"),
+        ([(b"content-type", b"application/json"), (b"Cache-Control", b"no-cache")], b"no-cache"),
+        ([(b"content-type", b"text/html; charset=utf-8")], None),
+    ],
+    ids=["json", "problem+json", "its own", "not json"],
+)
+async def test_a_json_answer_without_its_own_cache_control_is_not_stored(headers, expected):
+    """Both HTTP APIs (ressources' reads, the passerelle's answers): a shared cache kept them."""
+    from services.common.runtime.app import NoStore
+
+    async def answer(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await NoStore(answer)({"type": "http"}, None, send)
+    said = {name.lower(): value for name, value in sent[0]["headers"]}
+    assert said.get(b"cache-control") == expected
+    assert sent[1]["body"] == b"{}"

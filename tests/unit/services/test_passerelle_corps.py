@@ -43,6 +43,29 @@ def test_any_other_content_type_is_400_naming_the_accepted_ones(content_type):
     assert STRUCTURED in refused.value.message and BATCHED in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("content_type", "content_encoding", "named"),
+    [
+        ("application/cloudevents+json; charset=iso-8859-1", None, "charset autre que utf-8"),
+        ('application/cloudevents-batch+json; charset="latin1"', None, "charset autre que utf-8"),
+        ("application/cloudevents-batch+json", "gzip", "Content-Encoding"),
+        ("application/cloudevents+json", "br", "Content-Encoding"),
+    ],
+)
+def test_a_body_in_another_charset_or_compressed_is_400_saying_so(content_type, content_encoding, named):
+    """Read as UTF-8 and uncompressed all the same: accented letters made each event
+    `json-invalide`, a gzip body was "not a JSON array" (audit helper-166 #7)."""
+    with pytest.raises(CorpsRefuse) as refused:
+        media_type(content_type, content_encoding)
+    assert refused.value.status == 400 and named in refused.value.message
+
+
+@pytest.mark.parametrize("content_encoding", [None, "identity", " Identity "])
+def test_utf8_said_in_any_spelling_and_no_compression_are_read(content_encoding):
+    assert media_type('application/cloudevents+json; Charset="UTF-8"', content_encoding) == STRUCTURED
+    assert media_type("application/cloudevents-batch+json;charset=utf8", content_encoding) == BATCHED
+
+
 def test_a_structured_event_is_limited_to_a_record_value():
     assert limit(STRUCTURED, 16 * 1024 * 1024) == MAX_RECORD_BYTES
     assert limit(BATCHED, 16 * 1024 * 1024) == 16 * 1024 * 1024
