@@ -124,13 +124,16 @@ JWT_AUDIENCE = "former-equiper-outiller.example.invalid"
 at their local defaults, every token of the provider is refused, or any token it issues for the
 platform's name, whoever it was meant for, is taken."""
 
-MEMORY = {"ressources": ("384Mi", "768Mi")}
+MEMORY = {"ressources": ("384Mi", "768Mi"), "passerelle": ("448Mi", "768Mi")}
 """A service's memory request and limit, where not DEFAULT_MEMORY. Measured peak RSS at national
 scale (`./dev bench national`): 150–170 MB per service. ressources runs its simulations in
 worker processes too (SIMULATION_WORKERS, min(2, CPUs), spawned, with multiprocessing's resource
 tracker), which the container's memory counts: 13 + 66 + 66 MB more at 60,000 établissements
-(`./dev bench simulations --distinct`), about 300 MB in all. The request is above the peak, the
-limit about twice it: a backlog's batches or a simulation at national scale swell it for a while."""
+(`./dev bench simulations --distinct`), about 300 MB in all. The passerelle holds the bodies of
+the requests it judges at once (PASSERELLE_REQUESTS_TOTAL of up to PASSERELLE_MAX_BODY_BYTES):
+eight 16 MiB batches at once peaked at 352–390 MB (README, Known limits). The request is above
+the peak, the limit about twice it: a backlog's batches or a simulation at national scale swell
+it for a while."""
 DEFAULT_MEMORY = ("256Mi", "512Mi")
 
 PRE_STOP_SECONDS = 5

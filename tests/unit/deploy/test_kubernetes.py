@@ -31,9 +31,10 @@ from services.specs import specs
 
 K8S_VERSION = "1.33.0"
 ROOT = Path(__file__).resolve().parents[3]
-PEAK_MEMORY_MIB = {"ressources": 300}
+PEAK_MEMORY_MIB = {"ressources": 300, "passerelle": 390}
 """A service's measured peak memory, where above ANY_PEAK_MEMORY_MIB: ressources (170 MB) with its
-simulation workers (13 + 66 + 66 MB, `./dev bench simulations --distinct`)."""
+simulation workers (13 + 66 + 66 MB, `./dev bench simulations --distinct`); the passerelle judging
+eight 16 MiB batches at once (README, Known limits)."""
 ANY_PEAK_MEMORY_MIB = 170
 """The others' peak RSS at national scale (`./dev bench national`): 150–170 MB each."""
 
