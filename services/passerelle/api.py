@@ -133,6 +133,29 @@ def new_producer(settings: PasserelleSettings) -> AIOKafkaProducer:
     )
 
 
+KEYS_LINE_SECONDS = 10.0
+"""The keys' lines (`jwks.cle_a_verifier`, `jwks.indisponible`) at most once in that many seconds,
+with how many requests met the same since: each is answered 503 before any rate or bound, so a
+made-up token repeated (its `kid` unknown, its `iat` now), or the provider away, wrote a line per
+request, anyone's for the asking."""
+
+
+class _EveryFew:
+    """A line said at most once every `seconds`: `due()` is None when not, else how many were
+    not said since the last one."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._said_at, self._unsaid = seconds, -math.inf, 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        if now - self._said_at < self.seconds:
+            self._unsaid += 1
+            return None
+        unsaid, self._said_at, self._unsaid = self._unsaid, now, 0
+        return unsaid
+
+
 class Passerelle:
     """What a request needs: the token verifier, the rate and the requests under way, the
     référentiel view and Kafka."""
@@ -156,6 +179,7 @@ class Passerelle:
         self._renewing = asyncio.Lock()
         self._renew_after = 0.0  # after a renewal that failed, none is tried before this (monotonic)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopped once unused
+        self._new_key_said, self._keys_away_said = _EveryFew(KEYS_LINE_SECONDS), _EveryFew(KEYS_LINE_SECONDS)
 
     async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None:
@@ -169,7 +193,8 @@ class Passerelle:
                 401, f"jeton refusé : {e}", {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
             ) from None
         except ClesAVerifier as e:  # its key may be one the provider published since: not told invalid
-            log.warning("jwks.cle_a_verifier", error=str(e))
+            if (unsaid := self._new_key_said.due()) is not None:
+                log.warning("jwks.cle_a_verifier", error=str(e), autres_requetes=unsaid)
             raise HTTPException(
                 503,
                 "la clé du jeton n'est pas encore connue : réessayer quand les clés du fournisseur d'identité "
@@ -177,7 +202,8 @@ class Passerelle:
                 {"Retry-After": str(math.ceil(e.retry_after))},
             ) from None
         except JwksIndisponible as e:  # no key to check any token with: not the client's fault
-            log.error("jwks.indisponible", error=str(e))
+            if (unsaid := self._keys_away_said.due()) is not None:
+                log.error("jwks.indisponible", error=str(e), autres_requetes=unsaid)
             raise HTTPException(
                 503,
                 "les clés du fournisseur d'identité sont illisibles : réessayer",

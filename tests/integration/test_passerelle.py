@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
 from deploy.identite import IdentiteLocale
-from helpers import TopicReader, at, event, eventually, kill_sender, record_count, send, serving, uai
+from helpers import Said, TopicReader, at, event, eventually, kill_sender, record_count, send, serving, uai
 from services.common.messaging.connection import kafka_options
 from services.passerelle import api as passerelle_api
 from services.passerelle import corps
@@ -133,13 +133,17 @@ async def test_the_longest_lifetime_of_a_token_is_the_deployments(kafka, setting
 
 
 async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_503_not_401(
-    kafka, settings, identite, tmp_path
+    kafka, settings, identite, tmp_path, monkeypatch
 ):
     """JWKS_URL: the provider rotates its keys and fails when the passerelle fetches them for
     the new key's first token. A 401 would tell the client its token is invalid (it would get
     another, signed by the same key); it is a 503 with Retry-After, and accepted once the
-    provider answers."""
+    provider answers. Said once for the requests of a few seconds (a line per request: anyone's
+    made-up token, repeated, wrote the log's lines)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    said = Said()
+    monkeypatch.setattr(passerelle_api, "log", said)
 
     served = {"jwks": identite.jwks_path.read_bytes()}
 
@@ -171,6 +175,11 @@ async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_5
             refused = await client.post("/v1/evenements", content=b"[]", headers={**BATCHED, **bearer(token)})
             assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
             assert "pas encore connue" in refused.json()["detail"] and token not in refused.text
+            for _ in range(4):
+                again = await client.post("/v1/evenements", content=b"[]", headers={**BATCHED, **bearer(token)})
+                assert again.status_code == 503
+            [line] = said.named("jwks.cle_a_verifier")
+            assert line["level"] == "warning" and line["autres_requetes"] == 0
             served["jwks"] = json.dumps(
                 {"keys": [k for p in (identite, rotated) for k in json.loads(p.jwks_path.read_bytes())["keys"]]}
             ).encode()
