@@ -54,6 +54,8 @@ class _Held(NamedTuple):
     source: str
     uai: str | None
     accepte: Accepte
+    etablissement: Etablissement | None = None
+    """An établissement's own event: the référentiel entry it declares."""
 
 
 async def judge(
@@ -81,10 +83,20 @@ async def judge(
             verdicts.append(Refusal(SOURCE_NON_AUTORISEE, _not_yours(event.source, allowed)))
         else:
             accepte = Accepte(topic, event.data.key, element.raw)
-            verdicts.append(_Held(event.type, event.source, c.uai_of(event), accepte))
+            declared = event.data if isinstance(event.data, Etablissement) else None
+            verdicts.append(_Held(event.type, event.source, c.uai_of(event), accepte, declared))
     uais = {v.uai for v in verdicts if isinstance(v, _Held) and v.uai}
     etabs = await etablissements(sorted(uais))
-    return [_rights(v, etabs) if isinstance(v, _Held) else v for v in verdicts]
+    out: list[Verdict] = []
+    for v in verdicts:
+        verdict = _rights(v, etabs) if isinstance(v, _Held) else v
+        if isinstance(v, _Held) and v.etablissement and verdict is v.accepte and v.etablissement.uai not in etabs:
+            # An établissement the référentiel does not hold yet, accepted: known to the events
+            # after it in this request (over Kafka, the services wait for it: uai-inconnu, then
+            # judged again once it is stored). One it holds stays as held until its record is read.
+            etabs[v.etablissement.uai] = v.etablissement
+        out.append(verdict)
+    return out
 
 
 def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:

@@ -313,11 +313,13 @@ async def test_the_ministere_and_the_gar_declare_over_http_written_to_their_topi
     resource = "ark:/67375/par-http"
     publiee = {"resource_id": resource, "title": "t", "editor": "e", "requirements": [], "tools": []}
     publiee |= {"min_bandwidth_mbps": None, "needs_ent": False}
+    abonnement = {"resource_id": resource, "uai": ECOLE, "start": "2026-09-01", "end": None}
     ministere = [
         event(c.ETABLISSEMENT, "/ministere", ecole(AUTRE_ECOLE, "35001")["data"], time_=at(1)),
         event(c.RESSOURCE_PUBLIEE, "/ministere", publiee, time_=at(1)),
+        # The établissement posted just before is known to it, as it is over Kafka once stored.
+        event(c.ABONNEMENT, "/ministere", abonnement | {"uai": AUTRE_ECOLE}, time_=at(1)),
     ]
-    abonnement = {"resource_id": resource, "uai": ECOLE, "start": "2026-09-01", "end": None}
     gar = [event(c.ABONNEMENT, "/gar", abonnement, time_=at(2)), event(c.ABONNEMENT, "/ministere", abonnement)]
     async with (
         TopicReader(kafka.bootstrap_servers, settings.topic(c.CATALOGUE)) as catalogue,
@@ -333,10 +335,12 @@ async def test_the_ministere_and_the_gar_declare_over_http_written_to_their_topi
             "accepted",
             "source-non-autorisee",
         ]
-        await catalogue.wait_for(lambda records: len(records) >= 2, what="the resource and the subscription")
+        await catalogue.wait_for(lambda records: len(records) >= 3, what="the resource and the subscriptions")
         await referentiel.wait_for(lambda records: len(records) >= 2, what="the établissement posted")
     posted = [r for r in referentiel.records if r.key == AUTRE_ECOLE.encode()]  # not the one sent on Kafka
-    written = {json.loads(r.value)["type"]: r for r in catalogue.records + posted}
+    [new_one] = [r for r in catalogue.records if r.key == AUTRE_ECOLE.encode()]
+    assert (json.loads(new_one.value)["type"], dict(new_one.headers)[c.PRINCIPAL_HEADER]) == (c.ABONNEMENT, b"dne")
+    written = {json.loads(r.value)["type"]: r for r in catalogue.records + posted if r is not new_one}
     assert {t: r.key for t, r in written.items()} == {
         c.ETABLISSEMENT: AUTRE_ECOLE.encode(),
         c.RESSOURCE_PUBLIEE: resource.encode(),

@@ -128,8 +128,8 @@ async def test_a_repeated_key_or_nan_refuses_that_element_alone_as_json_invalide
     assert _codes(verdicts) == ["accepted", "json-invalide", "json-invalide", "accepted"]
 
 
-def _etablissement(source: str = "/ministere") -> dict:
-    return event(c.ETABLISSEMENT, source, ecole(ECOLE, "35238").model_dump(mode="json"), time_=NOW)
+def _etablissement(source: str = "/ministere", code: str = ECOLE, commune: str = "35238") -> dict:
+    return event(c.ETABLISSEMENT, source, ecole(code, commune).model_dump(mode="json"), time_=NOW)
 
 
 RESOURCE = "ark:/67375/passerelle-1"
@@ -154,6 +154,25 @@ async def test_the_ministere_and_the_gar_declare_over_http_too_each_keyed_as_on_
     verdicts = await _judge([_ressource("/gar"), _abonnement(ECOLE), _abonnement(INCONNUE)], ("/gar",))
     assert [(v.topic, v.key) for v in verdicts[:2]] == [(c.CATALOGUE, RESOURCE), (c.CATALOGUE, ECOLE)]
     assert _codes(verdicts)[2] == "uai-inconnu"
+
+
+async def test_an_etablissement_accepted_in_a_request_is_known_to_the_events_after_it():
+    """A ministère's batch of a new établissement and its subscription: the subscription was
+    refused uai-inconnu (the référentiel read before the request), though over Kafka both take
+    effect (audit helper-166 #5). Not to those before it, nor when the établissement is refused;
+    one the référentiel holds stays as held (its responsable for the rights)."""
+    both = ("/ministere", "/gar", AUTRE_COMMUNE)
+    events = [
+        _abonnement(INCONNUE),
+        _etablissement(code=INCONNUE, commune="35001"),
+        _abonnement(INCONNUE),
+        lot(INCONNUE, AUTRE_COMMUNE),
+    ]
+    assert _codes(await _judge(events, both)) == ["uai-inconnu", "accepted", "accepted", "accepted"]
+    refused = [_etablissement("/gar", code=INCONNUE), _abonnement(INCONNUE)]
+    assert _codes(await _judge(refused, both)) == ["hors-competence", "uai-inconnu"]
+    moved = [_etablissement(code=ECOLE, commune="35001"), lot(ECOLE, AUTRE_COMMUNE)]
+    assert _codes(await _judge(moved, both)) == ["accepted", "hors-competence"]
 
 
 async def test_who_may_declare_what_holds_over_http_as_on_kafka():
