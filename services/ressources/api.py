@@ -572,6 +572,7 @@ async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
         if row is None:
             raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")
         par_academie = await queries.synthese(conn, resource_id)
+        pending = await queries.reevaluation_pending(conn, [resource_id, EVERY_RESOURCE])
     total = {
         k: sum(a[k] for a in par_academie.values())
         for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
@@ -583,6 +584,7 @@ async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
         "publiee": row["publiee"],
         "total": total,
         "par_academie": par_academie,
+        "reevaluation_en_attente": pending,
     }
 
 

@@ -98,17 +98,26 @@ class Comptes(_Reponse):
     sous_formes: int = Field(ge=0, description="formation insuffisante (en plus du verdict d'équipement)")
 
 
+EN_ATTENTE = Field(
+    description="une réévaluation en arrière-plan (ressource publiée ou republiée, seuils changés) n'a pas "
+    "encore atteint toutes ses paires : celles qu'elle n'a pas atteintes sont comptées d'après les alertes d'avant "
+    "elle (compatibles si elles n'en avaient pas)"
+)
+
+
 class SyntheseRessource(_Reponse):
     resource_id: str
     title: str | None = Field(description="null si la ressource a été retirée")
     publiee: bool
     total: Comptes
     par_academie: dict[str, Comptes] = Field(description="par code académie")
+    reevaluation_en_attente: bool = EN_ATTENTE
 
 
 class Repartition(_Reponse):
     resource_id: str
     par_departement: dict[str, Comptes] = Field(description="par code département")
+    reevaluation_en_attente: bool = EN_ATTENTE
 
 
 class Territoires(_Reponse):

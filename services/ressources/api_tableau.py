@@ -15,6 +15,7 @@ from services.ressources import queries
 from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built, known_parameters
 from services.ressources.api_errors import REFUSED
 from services.ressources.api_reponses import Repartition, Territoires
+from services.ressources.store import EVERY_RESOURCE
 
 router = APIRouter(responses=REFUSED)
 KNOWN_PARAMETERS_ONLY = [Depends(known_parameters)]
@@ -67,4 +68,5 @@ async def repartition(pool: Pool, resource_id: ResourceId) -> dict:
         if await queries.ressource(conn, resource_id) is None:
             raise HTTPException(404, f"resource_id : {resource_id} n'est pas dans le catalogue")
         par_departement = await queries.synthese(conn, resource_id, by="code_departement")
-    return {"resource_id": resource_id, "par_departement": par_departement}
+        pending = await queries.reevaluation_pending(conn, [resource_id, EVERY_RESOURCE])
+    return {"resource_id": resource_id, "par_departement": par_departement, "reevaluation_en_attente": pending}

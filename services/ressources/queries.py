@@ -145,6 +145,15 @@ async def pending_reevaluations(conn: Conn, uai: str) -> set[str]:
     return {r["resource_id"] for r in rows}
 
 
+async def reevaluation_pending(conn: Conn, resource_ids: list[str]) -> bool:
+    """Whether a re-evaluation in the background of these resources' pairs (one published or
+    republished; EVERY_RESOURCE, every pair: the thresholds changed) has yet to end: the pairs it
+    has not reached are counted by the alerts from before it (synthese)."""
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM reevaluations WHERE resource_id = ANY($1::text[]))", resource_ids
+    )
+
+
 async def open_alert_ids(conn: Conn, uai: str) -> dict[tuple[str, str], str]:
     rows = await conn.fetch("SELECT resource_id, kind, alert_id FROM alertes WHERE uai = $1 AND ouverte", uai)
     return {(r["resource_id"], r["kind"]): r["alert_id"] for r in rows}

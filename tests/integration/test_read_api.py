@@ -709,6 +709,34 @@ async def test_health_reports_the_reevaluations_still_pending(api):
     assert await pool.fetchval("SELECT count(*) FROM reevaluations") == quiet["reevaluations_pending"] == 0
 
 
+async def test_a_resource_s_counts_say_while_its_re_evaluation_has_yet_to_reach_every_pair(api):
+    """Its publication, a republication or a change of the thresholds is evaluated in the
+    background, chunk after chunk: the pairs not reached yet were counted by the alerts from
+    before it (compatible, without one), and nothing said so (audit helper-167 #2)."""
+    client, app = api
+    pipeline = app.state.pipeline
+    rid = "ark:/67375/comptes-en-attente"
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO ressources (resource_id, publiee, ressource, event_time) VALUES ($1, true, $2, now())",
+            rid,
+            json.dumps({"resource_id": rid, "title": "t"}),
+        )
+        await conn.execute("SELECT pg_advisory_lock($1)", writer_lock(pipeline.settings.db_schema or "ressources"))
+        try:  # requested while the writers are held: it waits until they are let go
+            await conn.execute("INSERT INTO reevaluations (resource_id) VALUES ($1)", rid)
+            for path in (f"/ressources/{rid}", f"/repartition/{rid}"):
+                assert (await client.get(path)).json()["reevaluation_en_attente"] is True, path
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+
+    async def counted() -> bool:
+        return not (await client.get(f"/ressources/{rid}")).json()["reevaluation_en_attente"]
+
+    await eventually(counted, what="the re-evaluation ended")
+    assert (await client.get(f"/repartition/{rid}")).json()["reevaluation_en_attente"] is False
+
+
 async def health_says(client, field: str, value: int) -> dict | None:
     body = (await client.get("/health")).json()
     return body if body[field] == value else None

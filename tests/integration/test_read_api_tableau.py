@@ -24,6 +24,7 @@ async def test_territories_and_a_resource_per_departement(kafka, settings, api):
     pool = app.state.pipeline.pool
     await feed(kafka, settings, pool)
     await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+    await eventually(lambda: pool.fetchval("SELECT NOT EXISTS (SELECT FROM reevaluations)"), what="fan-outs ended")
 
     assert (await client.get("/territoires")).json() == {"academies": {"14": ["035"], "17": ["044"]}}
     spread = (await client.get(f"/repartition/{RID}")).json()
@@ -33,6 +34,7 @@ async def test_territories_and_a_resource_per_departement(kafka, settings, api):
             "035": {"evalues": 4, "compatibles": 2, "partiels": 0, "incompatibles": 2, "sous_formes": 4},
             "044": {"evalues": 1, "compatibles": 0, "partiels": 0, "incompatibles": 1, "sous_formes": 0},
         },
+        "reevaluation_en_attente": False,
     }
     per_academie = (await client.get(f"/ressources/{RID}")).json()["par_academie"]
     assert per_academie == {"14": spread["par_departement"]["035"], "17": spread["par_departement"]["044"]}

@@ -400,6 +400,10 @@ async function ressource(id) {
     ? `${t.evalues} établissement(s) abonné(s) évalué(s) : ${t.compatibles} compatible(s), ${t.partiels} partiel(s), ` +
       `${t.incompatibles} incompatible(s) ; ${t.sous_formes} sous-formé(s).`
     : "Ressource retirée du catalogue : plus évaluée.";
+  if (summary.publiee && (summary.reevaluation_en_attente || spread.reevaluation_en_attente)) {
+    $("res-total").textContent +=
+      " Réévaluation en cours : les établissements qu'elle n'a pas encore atteints sont comptés d'après leurs alertes d'avant.";
+  }
   chart($("graphe-academies"), "titre-par-academie", summary.par_academie, academieLabel);
   chart($("graphe-departements"), "titre-par-departement", spread.par_departement, departementLabel);
 }
