@@ -534,6 +534,12 @@ async def test_an_alert_whose_etablissement_moved_leaves_the_list_of_its_new_pla
     page = await browser.new_page(locale="fr-FR")
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # A département the référentiel has not (a bookmark, say): the form shows it as it filters,
+    # where it said "tous" of a list filtered all the same (audit helper-167 #4).
+    await page.goto(f"{base}/tableau#/alertes?code_departement=099")
+    await expect(page.locator("#f-departement")).to_have_value("099")
+    await expect(page.locator("#f-departement option:checked")).to_have_text("099 (hors référentiel)")
+    await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")
     await page.goto(f"{base}/tableau#/alertes?code_departement=022")
     await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
     listed = page.locator("#alertes tbody tr")

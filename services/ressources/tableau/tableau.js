@@ -185,22 +185,34 @@ function changed(type, alert) {
 
 function fillFilters(params) {
   const academie = $("f-academie");
-  academie.replaceChildren(el("option", { value: "" }, "toutes"));
-  for (const code of Object.keys(territoires)) academie.append(el("option", { value: code }, code));
+  const academies = options(Object.keys(territoires), params.get("code_academie"));
+  academie.replaceChildren(el("option", { value: "" }, "toutes"), ...academies);
   academie.value = params.get("code_academie") || "";
-  fillDepartements(params.get("code_departement") || "");
+  fillDepartements(params.get("code_departement") || "", true);
   for (const name of FILTERS.slice(2)) {
     const field = document.querySelector(`#filtres [name=${name}]`);
     field.value = params.has(name) ? params.get(name) : name === "state" ? "open" : "";
   }
 }
 
-function fillDepartements(selected) {
+// `named`: the address names it (kept, even out of the référentiel); else the former choice,
+// dropped when the académie chosen has it not.
+function fillDepartements(selected, named = false) {
   const academie = $("f-academie").value;
   const codes = academie ? territoires[academie] || [] : Object.values(territoires).flat().sort();
   const departement = $("f-departement");
-  departement.replaceChildren(el("option", { value: "" }, "tous"), ...codes.map((c) => el("option", { value: c }, c)));
-  departement.value = codes.includes(selected) ? selected : "";
+  departement.replaceChildren(el("option", { value: "" }, "tous"), ...options(codes, named ? selected : null));
+  departement.value = named || codes.includes(selected) ? selected : "";
+}
+
+// The codes as options, and the one the address names when the référentiel has it not (or was
+// not read): shown as it filters the list, where a blank select said "all" of a filtered list.
+function options(codes, selected) {
+  const shown = codes.map((c) => el("option", { value: c }, c));
+  if (selected && !codes.includes(selected)) {
+    shown.push(el("option", { value: selected }, `${selected} (hors référentiel)`));
+  }
+  return shown;
 }
 
 function filtersOfForm() {
