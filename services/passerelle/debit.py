@@ -80,19 +80,26 @@ class EnCours:
     """The requests a replica handles at once, each holding its body (up to
     PASSERELLE_MAX_BODY_BYTES) from its reading to its answer: at most `per_subject` of one token
     subject, so that one client cannot take the replica's memory, and `total` over all subjects,
-    which bounds it. A request past either is refused before its body is read (`refus`)."""
+    which bounds it. The last `reserve` places (a quarter of them) go only to a subject with
+    nothing under way: two clients each at their bound took every place (4 + 4 of 8 by default),
+    every other partner refused for as long as their slow bodies came. A request past any of
+    these is refused before its body is read (`refus`)."""
 
     def __init__(self, per_subject: int, total: int):
         self.per_subject, self.total = per_subject, total
+        self.reserve = max(total // 4, min(1, total - 1))
         self._held: Counter[str] = Counter()
         self._all = 0
 
     def refus(self, subject: str) -> str | None:
         """None when a request of `subject` may be handled now; else which bound it meets:
-        `"sujet"` (its own requests) or `"total"` (every subject's)."""
-        if self._held[subject] >= self.per_subject:
+        `"sujet"` (its own requests, or the places kept for others) or `"total"` (every subject's)."""
+        held = self._held[subject]
+        if held >= self.per_subject:
             return "sujet"
-        return "total" if self._all >= self.total else None
+        if self._all >= self.total:
+            return "total"
+        return "sujet" if held and self._all >= self.total - self.reserve else None
 
     @contextmanager
     def tenue(self, subject: str) -> Iterator[None]:

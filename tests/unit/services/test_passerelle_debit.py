@@ -1,5 +1,7 @@
 """The passerelle's per-subject token bucket, on an injected clock; its requests under way."""
 
+from contextlib import ExitStack
+
 import pytest
 
 from services.passerelle.debit import Debit, EnCours, retry_after
@@ -119,3 +121,19 @@ def test_requests_at_once_are_bounded_per_subject_then_in_all_and_released_howev
     assert en_cours.refus("a") is None
     with en_cours.tenue("a"), en_cours.tenue("b"), en_cours.tenue("c"):
         assert en_cours.refus("d") == "total"
+
+
+def test_the_last_places_go_to_subjects_with_nothing_under_way():
+    """Two clients each at their bound (4 + 4 of 8) took every place: any other partner was
+    refused for as long as their bodies took to come (audit helper-166 #4)."""
+    en_cours = EnCours(per_subject=4, total=8)
+    assert en_cours.reserve == 2
+    with ExitStack() as held:
+        for subject in "aaaabb":
+            held.enter_context(en_cours.tenue(subject))
+        assert en_cours.refus("b") == "sujet"  # 6 of 8 under way: the last 2 kept for others
+        assert en_cours.refus("c") is None
+        with en_cours.tenue("c"), en_cours.tenue("d"):
+            assert en_cours.refus("e") == "total"
+    with en_cours.tenue("a"), en_cours.tenue("a"), en_cours.tenue("a"):
+        assert en_cours.refus("a") is None  # alone, a subject goes to its own bound
