@@ -174,9 +174,19 @@ def _incomplete(reason: str, last_event_id: int, message: str, **more: int) -> s
     return _frame(None, "reprise-incomplete", json.dumps(body, ensure_ascii=False))
 
 
-def _fin(reason: str, message: str, resume_at: int) -> str:
+RECONNECT_MS = 3000
+"""The wait before EventSource opens a closed stream again, told at every stream's start (the
+browsers' own default, 3–5 s), restoring it after a catch-up's."""
+CATCH_UP_RECONNECT_MS = 250
+"""That wait after a stream ended for the client to catch up (a replay past SSE_REPLAY_MAX, a
+client too slow): at the browser's default, a national fan-out's 30,000–60,000 events took
+30–60 reconnections of 3–5 s each."""
+
+
+def _fin(reason: str, message: str, resume_at: int, reconnect_ms: int | None = None) -> str:
     body = {"raison": reason, "message": message, "reconnecter": True, "last_event_id": resume_at}
-    return _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
+    retry = f"retry: {reconnect_ms}\n" if reconnect_ms is not None else ""
+    return retry + _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
 
 
 class AlertHub:
@@ -422,7 +432,7 @@ class AlertHub:
         # no event): one that had received no event yet, cut without its `fin` (a replica killed,
         # a proxy's reset), was reopened without Last-Event-ID, from the hub's position then, and
         # the alerts of the cut were never sent.
-        yield ": flux des alertes\n" + (_resume_at(position) if last_event_id is None else "\n")
+        yield f": flux des alertes\nretry: {RECONNECT_MS}\n" + (_resume_at(position) if last_event_id is None else "\n")
         if last_event_id is not None:
             replay = await self._replay(sub, last_event_id)
             if replay is None:
@@ -468,6 +478,7 @@ class AlertHub:
                         f"reprise limitée à {self.replay_max} événements : se "
                         f"reconnecter avec Last-Event-ID: {position} pour la suite",
                         position,
+                        CATCH_UP_RECONNECT_MS,
                     )
                     return
                 position = max(last_event_id, sub.start)
@@ -496,6 +507,7 @@ class AlertHub:
                     f"client trop lent : plus de {self.queue_size} événements en "
                     f"attente ; se reconnecter avec Last-Event-ID: {at} pour reprendre sans perte",
                     at,
+                    CATCH_UP_RECONNECT_MS,
                 )
                 return
             if item is _STOPPED:

@@ -350,6 +350,7 @@ async def test_a_long_replay_ends_with_a_fin_event_whose_id_resumes_it(settings)
         for _ in range(5):
             async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(last)}) as response:
                 reader = SseReader(response)
+                assert (await reader.frame())["retry"] == "3000"
                 while len(got) < len(seqs):
                     e = await reader.event()
                     if e["event"] != "fin":
@@ -357,6 +358,9 @@ async def test_a_long_replay_ends_with_a_fin_event_whose_id_resumes_it(settings)
                         continue
                     fins.append(e["data"]["raison"])
                     assert e["data"]["reconnecter"] and int(e["id"]) == e["data"]["last_event_id"] == got[-1]
+                    # EventSource opens it again at once, not after its default 3-5 s (a national
+                    # fan-out's catch-up took minutes); the next stream puts the default back.
+                    assert e["retry"] == "250"
                     assert await reader.frame() is None  # and the stream closes
                     last = int(e["id"])
                     break
@@ -437,7 +441,7 @@ async def test_a_stream_cut_before_its_first_event_resumes_where_it_was_without_
         await eventually(lambda: _equal(app.state.hub.position, before), what="the hub to read the journal")
         async with client.stream("GET", "/alertes/flux") as response:
             opened = await SseReader(response).frame()
-        assert opened == {"comment": "flux des alertes", "id": str(before)}
+        assert opened == {"comment": "flux des alertes", "retry": str(stream.RECONNECT_MS), "id": str(before)}
         [during] = await journal(app, alert(1))  # while the client is away
         await eventually(lambda: _equal(app.state.hub.position, during), what="the hub to read the journal")
         resumed = {"Last-Event-ID": opened["id"]}  # what EventSource sends
@@ -467,7 +471,7 @@ async def test_a_client_that_stops_reading_is_dropped_with_a_final_event(setting
         assert frames[1:] == [frames[-1]] and "event: fin\n" in frames[-1]
         fin = json.loads(frames[-1].split("data: ", 1)[1])
         assert fin["raison"] == "client-trop-lent" and fin["last_event_id"] == slow.start
-        assert frames[-1].startswith(f"id: {slow.start}\n")
+        assert frames[-1].startswith(f"retry: 250\nid: {slow.start}\n")  # opened again at once
 
         async with client.stream("GET", "/alertes/flux", headers={"Last-Event-ID": str(slow.start)}) as response:
             assert [int(e["id"]) for e in await SseReader(response).events(3)] == seqs
