@@ -22,9 +22,13 @@ as it was sent (`max.message.bytes`, compressed), and a megabyte of gzip holds a
 aiokafka decompressed whole before any record of it was judged: past a service's memory, again
 at every restart from the stored positions. `install_reader()` gives aiokafka's batch readers
 (C and Python) decoders that stop at the bound: such a batch is unreadable (`BatchTooLarge`),
-its partition held at it as at a damaged one (consumer.UnreadableBatches), the others going on."""
+its partition held at it as at a damaged one (consumer.Unreadable), the others going on. A
+fetch (up to a megabyte compressed, any number of batches) hands over FETCH_RECORDS_MAX_BYTES of
+records at most, the rest read at the next poll: small batches within the bound each added up
+to gigabytes."""
 
 import importlib
+import struct
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +49,11 @@ DECOMPRESSED_BATCH_MAX_BYTES = 32 * 1024 * 1024
 """The most a compressed producer batch may hold once decompressed. A record is at most 256 KiB
 (CONTRACTS.md, Limits): a producer's batch of them, compressed within the broker's 1 MiB, holds
 a few megabytes of JSON; 32 MiB is far above that and well within a service's memory."""
+
+FETCH_RECORDS_MAX_BYTES = 8 * 1024 * 1024
+"""The most a partition's fetch hands over to a poll, keys and values, once past it at the
+record where it is (the rest fetched again from there): a poll holds at most that much per
+partition, and one batch being decompressed."""
 
 _BATCH_READERS = (
     "aiokafka.record.default_records",
@@ -87,9 +96,10 @@ class BatchTooLarge(CorruptRecordException):
 
 
 def _gzip(data: Any) -> bytes:
-    """Its members one after the other, as gzip.GzipFile reads them, within the bound."""
+    """Its members one after the other, as gzip.GzipFile reads them (zeros after the last one
+    ignored), within the bound."""
     out, rest = bytearray(), bytes(data)
-    while rest:
+    while rest.strip(b"\0"):
         member = zlib.decompressobj(wbits=31)
         try:
             out += member.decompress(rest, DECOMPRESSED_BATCH_MAX_BYTES - len(out) + 1)
@@ -133,15 +143,17 @@ def _snappy(data: Any) -> bytes:
     blocks = [view]
     if aiokafka_codec._detect_xerial_stream(view):  # Kafka's Java client: a header, then blocks
         blocks, pos = [], 16
-        while pos + 4 <= len(view):
-            end = pos + 4 + int.from_bytes(view[pos : pos + 4], "big", signed=True)
-            blocks.append(view[pos + 4 : end])
-            pos = end
+        while pos < len(view):
+            size = int.from_bytes(view[pos : pos + 4], "big", signed=True)
+            if pos + 4 > len(view) or not 0 <= size <= len(view) - pos - 4:
+                raise CorruptRecordException("snappy batch unreadable: a block's length past its end")
+            blocks.append(view[pos + 4 : pos + 4 + size])
+            pos += 4 + size
     try:
         if sum(cramjam.snappy.decompress_raw_len(bytes(block)) for block in blocks) > DECOMPRESSED_BATCH_MAX_BYTES:
             raise BatchTooLarge("snappy", len(view))
         return aiokafka_codec.snappy_decode(data)
-    except cramjam.DecompressionError as exc:
+    except (cramjam.DecompressionError, ValueError, struct.error) as exc:
         raise CorruptRecordException(f"snappy batch unreadable: {exc}") from None
 
 
@@ -161,9 +173,13 @@ class _Records(MemoryRecords):
         self.data = data
 
     def batch_after(self, offset: int) -> "_LenientBatch | None":
-        """The first producer batch that holds records from `offset` on, read leniently."""
+        """The first producer batch that holds records from `offset` on, read leniently; None
+        past the fetched bytes, or in a message set of the formats before (magic 0 and 1: no
+        headers, no such batch)."""
         view, pos = memoryview(self.data), 0
         while pos + 12 <= len(view):  # each batch: its base offset (8 bytes), then its length (4)
+            if pos + 16 < len(view) and view[pos + 16] != 2:  # magic, at the same place in every format
+                return None
             end = pos + 12 + int.from_bytes(view[pos + 8 : pos + 12], "big", signed=True)
             if end > len(view):
                 return None  # cut by the fetch's size: aiokafka fetches it again
@@ -192,6 +208,14 @@ class _PartitionRecords(fetcher.PartitionRecords):
     it, raises CorruptBatch (raised at once, aiokafka lost them)."""
 
     def _unpack_records(self) -> Iterator[Any]:
+        handed = 0
+        for record in self._unpack_leniently():
+            yield record  # aiokafka's position is past it already: the next fetch starts after it
+            handed += max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
+            if handed >= FETCH_RECORDS_MAX_BYTES:
+                return
+
+    def _unpack_leniently(self) -> Iterator[Any]:
         start: int = self.next_fetch_offset  # type: ignore[has-type]
         while True:
             try:

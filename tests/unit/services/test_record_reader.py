@@ -1,7 +1,10 @@
 """The consumer's reader of fetched records (messaging/records.py): a header name that is not
 UTF-8 no longer stops it; every other record reads exactly as aiokafka's own reader reads it."""
 
+import gzip
+
 import pytest
+from aiokafka import codec as aiokafka_codec
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record._crecords import DefaultRecordBatch as AiokafkaReader
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy, _DefaultRecordBatchPy
@@ -158,3 +161,44 @@ def test_compressed_bytes_that_cannot_be_read_are_unreadable_not_taken_for_a_lar
     with pytest.raises(CorruptRecordException) as unread:
         decode(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
     assert not isinstance(unread.value, BatchTooLarge)
+
+
+@pytest.mark.parametrize("memory", [_Records, _PythonRecords], ids=["C reader", "Python reader"])
+def test_a_fetch_hands_over_its_records_up_to_a_bound_the_rest_at_the_next_poll(memory, monkeypatch):
+    """Each batch within the bound, a fetch of many of them (a few kilobytes of zstd each) added
+    up to gigabytes held by one poll (review helper-169 #1)."""
+    install_reader()
+    monkeypatch.setattr(records, "FETCH_RECORDS_MAX_BYTES", 1 << 20)
+    batches = [_batch(5 + n, [(b"k", b"x" * (400 << 10), [])], CODECS["zstd"]) for n in range(6)]
+    assert len(b"".join(batches)) < 1 << 14
+    assert [offset for offset, *_ in _read(b"".join(batches), 5, memory)] == [5, 6, 7]  # 1.2 MiB: past the bound
+    assert [offset for offset, *_ in _read(b"".join(batches[3:]), 8, memory)] == [8, 9, 10]  # fetched from there
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        aiokafka_codec.snappy_encode(b"x" * 100)[:16] + (-8).to_bytes(4, "big", signed=True),
+        aiokafka_codec.snappy_encode(b"x" * 100) + b"\x00\x01",
+        aiokafka_codec.snappy_encode(b"x" * 100)[:-3],
+    ],
+    ids=["a negative block length", "bytes after the last block", "the last block cut"],
+)
+def test_a_snappy_stream_of_wrong_block_lengths_is_unreadable_and_read_no_further(stream):
+    """A negative length looped for ever, building a list of blocks until memory ran out."""
+    install_reader()
+    with pytest.raises(CorruptRecordException) as unread:
+        records._DECODERS["snappy_decode"](stream)
+    assert not isinstance(unread.value, BatchTooLarge)
+
+
+def test_zeros_after_the_last_gzip_member_are_ignored_as_aiokafka_ignored_them():
+    install_reader()
+    assert records._DECODERS["gzip_decode"](gzip.compress(b"ab") + gzip.compress(b"cd") + b"\0" * 4) == b"abcd"
+
+
+def test_a_message_set_of_the_former_formats_has_no_batch_to_skip_to():
+    """Its first bytes read as a v2 batch's header gave an offset to skip to out of its timestamp."""
+    legacy = _batch(7, [(b"k", b"v", [])])
+    legacy = legacy[:16] + b"\x01" + legacy[17:]  # magic 1: what a message set of format v1 says there
+    assert _Records(legacy).batch_after(7) is None
