@@ -80,10 +80,10 @@ class EnCours:
     """The requests a replica handles at once, each holding its body (up to
     PASSERELLE_MAX_BODY_BYTES) from its reading to its answer: at most `per_subject` of one token
     subject, so that one client cannot take the replica's memory, and `total` over all subjects,
-    which bounds it. The last `reserve` places (a quarter of them) go only to a subject with
-    nothing under way: two clients each at their bound took every place (4 + 4 of 8 by default),
-    every other partner refused for as long as their slow bodies came. A request past any of
-    these is refused before its body is read (`refus`)."""
+    which bounds it. While other subjects have requests under way, the last `reserve` places (a
+    quarter of them) go only to a subject with none: two clients each at their bound took every
+    place (4 + 4 of 8 by default), every other partner refused for as long as their slow bodies
+    came. A request past any of these is refused before its body is read (`refus`)."""
 
     def __init__(self, per_subject: int, total: int):
         self.per_subject, self.total = per_subject, total
@@ -93,13 +93,16 @@ class EnCours:
 
     def refus(self, subject: str) -> str | None:
         """None when a request of `subject` may be handled now; else which bound it meets:
-        `"sujet"` (its own requests, or the places kept for others) or `"total"` (every subject's)."""
+        `"sujet"` (its own requests), `"reserve"` (it has some under way, others too, and the
+        places left are kept for those with none) or `"total"` (every subject's)."""
         held = self._held[subject]
         if held >= self.per_subject:
             return "sujet"
         if self._all >= self.total:
             return "total"
-        return "sujet" if held and self._all >= self.total - self.reserve else None
+        if held and held < self._all and self._all >= self.total - self.reserve:
+            return "reserve"
+        return None
 
     @contextmanager
     def tenue(self, subject: str) -> Iterator[None]:

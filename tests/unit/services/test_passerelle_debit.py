@@ -131,9 +131,13 @@ def test_the_last_places_go_to_subjects_with_nothing_under_way():
     with ExitStack() as held:
         for subject in "aaaabb":
             held.enter_context(en_cours.tenue(subject))
-        assert en_cours.refus("b") == "sujet"  # 6 of 8 under way: the last 2 kept for others
+        assert en_cours.refus("b") == "reserve"  # 6 of 8 under way: the last 2 kept for others
         assert en_cours.refus("c") is None
         with en_cours.tenue("c"), en_cours.tenue("d"):
             assert en_cours.refus("e") == "total"
-    with en_cours.tenue("a"), en_cours.tenue("a"), en_cours.tenue("a"):
-        assert en_cours.refus("a") is None  # alone, a subject goes to its own bound
+    alone = EnCours(per_subject=8, total=8)
+    with ExitStack() as held:
+        for _ in range(7):
+            assert alone.refus("a") is None  # alone, a subject goes to its own bound
+            held.enter_context(alone.tenue("a"))
+        assert alone.refus("a") is None
