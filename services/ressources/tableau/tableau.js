@@ -40,6 +40,8 @@ let current = null; // the view shown: {name, refresh(), concerns(alert)}
 let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
 const recent = new Set(); // alert ids changed live, highlighted in the list (the last RECENT_MAX)
 const RECENT_MAX = 1000;
+const PENDING_READ_MS = 5000; // a resource's counts read again while its re-evaluation goes on
+let pendingRead = null;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -185,7 +187,7 @@ function changed(type, alert) {
 
 function fillFilters(params) {
   const academie = $("f-academie");
-  const academies = options(Object.keys(territoires), params.get("code_academie"));
+  const academies = options(Object.keys(territoires), params.get("code_academie"), Object.keys(territoires));
   academie.replaceChildren(el("option", { value: "" }, "toutes"), ...academies);
   academie.value = params.get("code_academie") || "";
   fillDepartements(params.get("code_departement") || "", true);
@@ -201,16 +203,19 @@ function fillDepartements(selected, named = false) {
   const academie = $("f-academie").value;
   const codes = academie ? territoires[academie] || [] : Object.values(territoires).flat().sort();
   const departement = $("f-departement");
-  departement.replaceChildren(el("option", { value: "" }, "tous"), ...options(codes, named ? selected : null));
+  const known = Object.values(territoires).flat();
+  departement.replaceChildren(el("option", { value: "" }, "tous"), ...options(codes, named ? selected : null, known));
   departement.value = named || codes.includes(selected) ? selected : "";
 }
 
-// The codes as options, and the one the address names when the référentiel has it not (or was
-// not read): shown as it filters the list, where a blank select said "all" of a filtered list.
-function options(codes, selected) {
+// The codes as options, and the one the address names when they have it not: shown as it
+// filters the list, where a blank select said "all" of a filtered list. `known`: every code of
+// the référentiel (read or not), else it is another académie's.
+function options(codes, selected, known) {
   const shown = codes.map((c) => el("option", { value: c }, c));
   if (selected && !codes.includes(selected)) {
-    shown.push(el("option", { value: selected }, `${selected} (hors référentiel)`));
+    const where = known.includes(selected) ? "autre académie" : "hors référentiel";
+    shown.push(el("option", { value: selected }, `${selected} (${where})`));
   }
   return shown;
 }
@@ -415,6 +420,10 @@ async function ressource(id) {
   if (summary.publiee && (summary.reevaluation_en_attente || spread.reevaluation_en_attente)) {
     $("res-total").textContent +=
       " Réévaluation en cours : les établissements qu'elle n'a pas encore atteints sont comptés d'après leurs alertes d'avant.";
+    // Read again until it ends: one that changes no alert brings no live event to this view.
+    const view = current;
+    clearTimeout(pendingRead); // one reading due, however many readings came meanwhile
+    pendingRead = setTimeout(() => current === view && refresh(), PENDING_READ_MS);
   }
   chart($("graphe-academies"), "titre-par-academie", summary.par_academie, academieLabel);
   chart($("graphe-departements"), "titre-par-departement", spread.par_departement, departementLabel);
