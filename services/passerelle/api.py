@@ -379,18 +379,16 @@ def busy(settings: PasserelleSettings, subject: str, bound: str) -> HTTPExceptio
     """A request beyond the requests handled at once (debit.EnCours): of its subject, or past the
     places kept for others (429, as beyond its rate), or of every subject (503: the replica is
     full, not the client's doing)."""
-    if bound == "sujet":
-        return HTTPException(
-            429,
-            f"trop de requêtes à la fois pour {subject} : au plus {settings.passerelle_requests_per_subject} "
-            "en cours ; attendre la réponse d'une requête avant d'en envoyer une autre",
-            {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
+    if bound in ("sujet", "reserve"):
+        why = (
+            f"au plus {settings.passerelle_requests_per_subject} en cours"
+            if bound == "sujet"
+            else "les dernières places de la passerelle sont gardées aux déclarants sans requête en cours"
         )
-    if bound == "reserve":
         return HTTPException(
             429,
-            f"trop de requêtes à la fois pour {subject} : les dernières places de la passerelle sont gardées aux "
-            "déclarants sans requête en cours ; attendre la réponse d'une requête avant d'en envoyer une autre",
+            f"trop de requêtes à la fois pour {subject} : {why} ; "
+            "attendre la réponse d'une requête avant d'en envoyer une autre",
             {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
         )
     return HTTPException(

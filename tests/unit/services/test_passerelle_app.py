@@ -143,3 +143,19 @@ async def test_a_json_answer_without_its_own_cache_control_is_not_stored(headers
     said = {name.lower(): value for name, value in sent[0]["headers"]}
     assert said.get(b"cache-control") == expected
     assert sent[1]["body"] == b"{}"
+
+
+@pytest.mark.parametrize(
+    ("bound", "status", "said"),
+    [
+        ("sujet", 429, "au plus 4 en cours"),
+        ("reserve", 429, "gardées aux déclarants sans requête en cours"),
+        ("total", 503, "traite déjà 8 requêtes"),
+    ],
+)
+def test_each_bound_on_requests_at_once_answers_its_status_and_says_which(bound, status, said):
+    from services.passerelle.api import busy
+
+    refused = busy(PasserelleSettings(), "client-035", bound)
+    assert refused.status_code == status and said in refused.detail
+    assert int(refused.headers["Retry-After"]) >= 1
