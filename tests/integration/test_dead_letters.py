@@ -330,6 +330,18 @@ async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and
         assert [h for h in copy.headers if not h[0].startswith("dlq-")][1:] == [("\\xff\\xfeh", b"\xff")]
 
 
+async def _the_others_go_on(kafka, topic: str, known: str, pipeline, applied: int) -> None:
+    """`applied` lots stored, then one sent on partition 0 later applied too: partition 1 alone waits."""
+    await eventually(
+        lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", applied), timeout=60, what="the lots read"
+    )
+    await send(kafka.bootstrap_servers, topic, [(known, lot(known, "PLUS-TARD", 2))], partition=0)
+    await eventually(
+        lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
+        what="partition 0 going on",
+    )
+
+
 async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_nothing_of_the_others(
     kafka, settings, monkeypatch
 ):
@@ -363,16 +375,8 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
         damaged.write(b"ABIMF")
     service = running(EQUIPEMENT, settings)
     async with service as pipeline:
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 4),
-            timeout=60,
-            what="every lot but partition 1's damaged one and the one after it (those before it too)",
-        )
-        await send(kafka.bootstrap_servers, topic, [(known, lot(known, "PLUS-TARD", 2))], partition=0)
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
-            what="partition 0 going on",
-        )
+        # Every lot but partition 1's damaged one and the one after it (those before it too).
+        await _the_others_go_on(kafka, topic, known, pipeline, TEST_PARTITIONS * 4)
 
         async def read_again() -> bool:
             return bool(said.named("kafka.still_unreadable"))
@@ -443,16 +447,7 @@ async def test_a_batch_decompressing_past_the_bound_holds_its_partition_and_the_
     await send(kafka.bootstrap_servers, topic, [(known, bomb)], partition=1, compression="gzip")  # offset 3
     service = running(EQUIPEMENT, settings)
     async with service as pipeline:
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) = $1 FROM lots", TEST_PARTITIONS * 3),
-            timeout=60,
-            what="every lot before it, of every partition",
-        )
-        await send(kafka.bootstrap_servers, topic, [(known, lot(known, "PLUS-TARD", 2))], partition=0)
-        await eventually(
-            lambda: pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'PLUS-TARD'"),
-            what="partition 0 going on",
-        )
+        await _the_others_go_on(kafka, topic, known, pipeline, TEST_PARTITIONS * 3)  # every lot before it
         status, health = await service.app.health()
         [held] = health["unreadable_batches"]
         assert (status, held["topic"], held["partition"], held["offset"]) == (200, topic, 1, 3)
