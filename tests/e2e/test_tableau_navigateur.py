@@ -424,6 +424,17 @@ async def test_a_view_read_in_vain_shows_the_error_alone_and_a_closed_stream_reo
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
+async def _old_tablets_and_a_resource(publish, wait_stored, uai: str, resource: dict) -> None:
+    """A collège of the 035 with tablets on iPadOS 12.5, stored by the services, then `resource`
+    (needing iPadOS 15 at least) published: subscribed, the pair alerts."""
+    publish("referentiel.etablissements.v1", uai, etablissement(uai, "035", "14", "53", 0))
+    await wait_stored(("equipement.etablissements", "ressources.etablissements"), [uai])
+    publish("equipement.declarations.v1", uai, tablettes(uai, "12.5", 10))
+    await wait_stored(("ressources.recus",), [uai])
+    rid = resource["resource_id"]
+    publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
+
+
 async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown_and_a_dot_segment_id_read_as_itself(
     platform, publish, wait_stored, browser
 ):
@@ -435,12 +446,9 @@ async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown
     first reading, answered last (after the stream opened), does not stand for the newer one."""
     rid = "ark:/67375/e2e/../direct"
     uai = RENNES[0]
-    publish("referentiel.etablissements.v1", uai, etablissement(uai, "035", "14", "53", 0))
-    await wait_stored(("equipement.etablissements", "ressources.etablissements"), [uai])
-    publish("equipement.declarations.v1", uai, tablettes(uai, "12.5", 10))
-    await wait_stored(("ressources.recus",), [uai])
-    resource = {**RESSOURCE, "resource_id": rid, "title": "Carte du direct"}
-    publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
+    await _old_tablets_and_a_resource(
+        publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid, "title": "Carte du direct"}
+    )
     base = f"http://127.0.0.1:{platform.ports['ressources']}"
 
     page = await browser.new_page(locale="fr-FR")
@@ -512,12 +520,7 @@ async def test_an_alert_whose_etablissement_moved_leaves_the_list_of_its_new_pla
     place's, and kept showing the alert open until some other change."""
     rid = "ark:/67375/e2e-demenagement"
     uai = RENNES[1]
-    publish("referentiel.etablissements.v1", uai, etablissement(uai, "035", "14", "53", 0))
-    await wait_stored(("equipement.etablissements", "ressources.etablissements"), [uai])
-    publish("equipement.declarations.v1", uai, tablettes(uai, "12.5", 10))
-    await wait_stored(("ressources.recus",), [uai])
-    resource = {**RESSOURCE, "resource_id": rid}
-    publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
+    await _old_tablets_and_a_resource(publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid})
     subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
     publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
     base = f"http://127.0.0.1:{platform.ports['ressources']}"
