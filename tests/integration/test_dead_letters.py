@@ -298,6 +298,17 @@ async def test_a_refused_record_whose_header_name_holds_a_nul_is_dead_lettered_a
         )
 
 
+async def _lots_in_every_partition(kafka, settings, code: str, n: int) -> tuple[str, str]:
+    """A collège (its UAI from `code`) in the référentiel and `n` of its lots in each partition of
+    the equipement topic: (its UAI, that topic)."""
+    known, topic = uai(code), settings.topic(c.EQUIPEMENT)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
+    for partition in range(TEST_PARTITIONS):
+        lots = [(known, lot(known, f"P{partition}-{k}", 1)) for k in range(n)]
+        await send(kafka.bootstrap_servers, topic, lots, partition=partition)
+    return known, topic
+
+
 async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and_nothing_else_is_lost(
     kafka, settings, monkeypatch
 ):
@@ -306,12 +317,7 @@ async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and
     /health 200. Now the name reads with its bytes written `\\xNN`: a valid lot so named is
     applied, a record to refuse is dead-lettered (its DLQ copy so named, value byte-exact),
     and every partition's records before and after them are applied."""
-    known = uai("0350321")
-    topic = settings.topic(c.EQUIPEMENT)
-    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
-    for partition in range(TEST_PARTITIONS):
-        records = [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(4)]
-        await send(kafka.bootstrap_servers, topic, records, partition=partition)
+    known, topic = await _lots_in_every_partition(kafka, settings, "0350321", 4)
     with python_record_builder(monkeypatch):
         named = [(known, lot(known, "NAMED", 1)), (known, b"{pas du json")]
         await send(kafka.bootstrap_servers, topic, named, [(NotUtf8("h"), b"\xff")], partition=1)
@@ -355,16 +361,7 @@ async def test_a_batch_the_broker_serves_damaged_holds_its_partition_and_loses_n
     said = Said()
     monkeypatch.setattr(consumer, "log", said)
     monkeypatch.setattr(consumer, "UNREADABLE_RETRY_SECONDS", 0.5)
-    known = uai("0350322")
-    topic = settings.topic(c.EQUIPEMENT)
-    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
-    for partition in range(TEST_PARTITIONS):
-        await send(
-            kafka.bootstrap_servers,
-            topic,
-            [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(4)],
-            partition=partition,
-        )
+    known, topic = await _lots_in_every_partition(kafka, settings, "0350322", 4)
     await send(kafka.bootstrap_servers, topic, [(known, lot(known, "ABIME", 1))], partition=1)  # offset 4
     await send(kafka.bootstrap_servers, topic, [(known, lot(known, "APRES", 1))], partition=1)
     segment = kafka.data_dir / "kafka-logs" / f"{topic}-1" / f"{0:020}.log"
@@ -437,12 +434,7 @@ async def test_a_batch_decompressing_past_the_bound_holds_its_partition_and_the_
     said = Said()
     monkeypatch.setattr(consumer, "log", said)
     monkeypatch.setattr(records, "DECOMPRESSED_BATCH_MAX_BYTES", 1 << 20)
-    known = uai("0350324")
-    topic = settings.topic(c.EQUIPEMENT)
-    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(known, college(known))])
-    for partition in range(TEST_PARTITIONS):
-        before = [(known, lot(known, f"P{partition}-{n}", 1)) for n in range(3)]
-        await send(kafka.bootstrap_servers, topic, before, partition=partition)
+    known, topic = await _lots_in_every_partition(kafka, settings, "0350324", 3)
     bomb = json.dumps(lot(known, "BOMBE", 1)).encode() + b" " * (3 << 19)  # 1.5 MiB, a few kB of gzip
     await send(kafka.bootstrap_servers, topic, [(known, bomb)], partition=1, compression="gzip")  # offset 3
     service = running(EQUIPEMENT, settings)
