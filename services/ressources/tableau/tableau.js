@@ -376,7 +376,7 @@ function subscribed(r) {
     : r.verdicts["equipement-partiel"].alerte
       ? "partiel"
       : "compatible";
-  const coverage = r.coverage === null || r.coverage === undefined ? "" : `, formation ${Math.round(r.coverage * 100)} %`;
+  const coverage = r.coverage === null || r.coverage === undefined ? "" : `, formation ${percent(r.coverage)} %`;
   return el(
     "article",
     { class: `ressource verdict-${verdict}` },
@@ -428,6 +428,10 @@ async function ressource(id) {
   chart($("graphe-academies"), "titre-par-academie", summary.par_academie, academieLabel);
   chart($("graphe-departements"), "titre-par-departement", spread.par_departement, departementLabel);
 }
+
+// A share as a percentage rounded down to a tenth: rounded to the nearest, 49.75 % under a 50 %
+// threshold read "50 %" beside the alert it raises.
+const percent = (share) => (Math.floor(share * 1000 + 1e-9) / 10).toLocaleString("fr-FR");
 
 const academieLabel = (code) => `académie ${code}`;
 
