@@ -125,6 +125,32 @@ async def test_no_rebuild_by_another_version_than_the_service_s(settings, skew):
         await conn.close()
 
 
+async def test_a_service_upgraded_while_its_rebuild_replays_keeps_its_schema(settings, monkeypatch):
+    """Checked at the start only, a rebuild whose service was upgraded during its hours-long
+    replay (the new replicas migrating the live schema) switched in a schema of the former
+    version under them (audit helper-170 #3). Checked again at the switch, its writers held."""
+    async with running(EQUIPEMENT, settings):
+        pass
+    conn = await asyncpg.connect(settings.database_url)
+    replay = rattrapage.rattraper
+
+    async def replayed_while_upgraded(cible, said=None):
+        await conn.execute(
+            "INSERT INTO equipement.schema_migrations (name) VALUES ('equipement/9999_later.sql') "
+            "ON CONFLICT DO NOTHING"
+        )
+        return await replay(cible, said)
+
+    monkeypatch.setattr(rattrapage, "rattraper", replayed_while_upgraded)
+    try:
+        with pytest.raises(reconstruire.ReconstructionError, match=r"it has equipement/9999_later\.sql"):
+            await reconstruire.rebuild(EQUIPEMENT, settings)
+        schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'equipement%'")
+        assert [s["nspname"] for s in schemas] == ["equipement"], "the service keeps its schema, nothing else left"
+    finally:
+        await conn.close()
+
+
 async def test_a_restored_schema_of_an_earlier_version_is_migrated_then_rebuilt(kafka, settings, capsys, monkeypatch):
     """A custom DB_SCHEMA restored from a backup taken before this version's latest migration:
     the restore does not catch it up, a service refuses to start on it (marked) before it would
