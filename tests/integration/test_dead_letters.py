@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -31,6 +31,7 @@ from helpers import (
     uai,
 )
 from services.common.messaging import dead_letters, dlq, outbox_failed
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import enqueue
 from services.common.pipeline import writer_lock
 from services.common.storage import db
@@ -552,8 +553,6 @@ async def test_replay_puts_a_refused_record_back_on_the_partition_it_was_read_fr
 async def send_empty_record(bootstrap: str, topic: str) -> None:
     """A record with neither key nor value, as Kafka takes it from a client that sends one (a
     Java producer does): aiokafka's `send` refuses to, so it goes by its accumulator."""
-    from aiokafka import TopicPartition
-
     from services.common.messaging.connection import kafka_options
 
     producer = AIOKafkaProducer(**kafka_options(bootstrap))
@@ -627,8 +626,6 @@ async def test_the_dlq_copies_are_read_until_found_and_a_silent_broker_fails_the
     read to its end), and fails after SCAN_SECONDS without a record while some are left (it had
     120 s in all: a large DLQ failed as 'Kafka did not answer')."""
     from aiokafka import AIOKafkaConsumer
-
-    from services.common.messaging.connection import KafkaAccess
 
     source = settings.topic(c.EQUIPEMENT)
     copies = [
@@ -739,6 +736,57 @@ async def test_a_dead_letter_without_a_copy_is_left_out_of_later_replays_which_r
         assert await pool.fetchval("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL") == 0
         listed = await command(capsys, settings.database_url, "list", "--service", "ressources")
         assert all(" copy_missing=" in line for line in listed), listed
+    finally:
+        await pool.close()
+
+
+async def test_copies_deleted_by_retention_under_a_replay_s_scan_leave_the_others_replayed(
+    settings, capsys, monkeypatch
+):
+    """The scan's consumer, sought to the DLQ's start, met its records deleted by retention (a
+    large DLQ scanned for minutes): aiokafka's default reset jumped to the log's end, and every
+    copy not read yet was marked missing, left out of every later replay (audit helper-170 #1)."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    pool = await create_pool(settings.database_url, "ressources")
+    catalogue = settings.topic(c.CATALOGUE)
+    access = KafkaAccess.of(settings)
+    try:
+        await migrate(pool, "ressources", RESSOURCES.package_dir)
+        producer = AIOKafkaProducer(**access.aiokafka(), acks="all")
+        await producer.start()
+        try:
+            for offset in (0, 1, 2):
+                await pool.execute(
+                    'INSERT INTO dead_letters (topic, partition, "offset", reason, message, received_at) '
+                    "VALUES ($1, 0, $2, 'hors-competence', 'catalogue', now() - make_interval(mins => $3))",
+                    catalogue,
+                    offset,
+                    10 - offset,
+                )
+                origin = [("dlq-topic", catalogue.encode()), ("dlq-partition", b"0"), ("dlq-offset", b"%d" % offset)]
+                headers = [("dlq-reason", b"hors-competence"), ("dlq-message", b"catalogue"), *origin]
+                await producer.send_and_wait(c.dlq(catalogue), b"{}", key=b"k", headers=headers, partition=0)
+        finally:
+            await producer.stop()
+        capsys.readouterr()
+        ends = AIOKafkaConsumer.end_offsets
+
+        async def ends_then_retention(consumer, partitions):  # the first copy deleted as the scan starts
+            found = await ends(consumer, partitions)
+            admin = AIOKafkaAdminClient(**access.aiokafka())
+            await admin.start()
+            try:
+                await admin.delete_records({TopicPartition(c.dlq(catalogue), 0): RecordsToDelete(1)}, timeout_ms=10_000)
+            finally:
+                await admin.close()
+            return found
+
+        monkeypatch.setattr(AIOKafkaConsumer, "end_offsets", ends_then_retention)
+        await dead_letters.run(dead_letters.parse_args(["replay", "--service", "ressources"]), settings.database_url)
+        marked = await pool.fetch('SELECT "offset" FROM dead_letters WHERE copy_missing_at IS NOT NULL ORDER BY 1')
+        replayed = await pool.fetch('SELECT "offset" FROM dead_letters WHERE replayed_at IS NOT NULL ORDER BY 1')
+        assert ([r["offset"] for r in marked], [r["offset"] for r in replayed]) == ([0], [1, 2])
     finally:
         await pool.close()
 

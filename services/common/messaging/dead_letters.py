@@ -387,7 +387,11 @@ def _header_value(value: bytes | None) -> str:
 async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[Origin]) -> dict[Origin, ConsumerRecord]:
     """The DLQ copies of these refused records, read from their DLQ topics until each is found or
     the topics' end (the producer knows the partitions: it waits for the metadata)."""
-    consumer = lenient_consumer(**access.aiokafka(), group_id=None, enable_auto_commit=False)
+    # From the log's start when retention deleted the records at its position (the default,
+    # "latest", jumped to the end: every copy not read yet marked missing, for good).
+    consumer = lenient_consumer(
+        **access.aiokafka(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = [
