@@ -294,9 +294,14 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
                 lambda rs: [r.value for r in rs] == [b"a" * 2000], what="the retried record"
             )
         assert ("outbox-retry", str(seqs[0]).encode()) in retried.headers, "recognisable as retried"
-        assert await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]]) == 0, "retried once"
+        with pytest.raises(outbox_failed.SeqAbsent, match=f"no set-aside record of seq {seqs[0]} "):
+            await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]])  # retried once
+        capsys.readouterr()
         assert await outbox_failed.run("drop", ["equipement"], database_url, [seqs[1]]) == 1
+        assert f"equipement: dropped seq={seqs[1]} topic={small} created_at=" in capsys.readouterr().out
         assert await pool.fetchval("SELECT count(*) FROM outbox_failed") == 0
+        with pytest.raises(outbox_failed.SeqAbsent, match="no set-aside record of seq 4242 "):  # exit 1, not 0
+            await outbox_failed.run("drop", ["equipement"], database_url, [4242])
     finally:
         await relay.stop()
         await pool.close()

@@ -105,11 +105,12 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
         # out in the next round, after that later record.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
         where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
-        for r in await conn.fetch(
+        superseded = await conn.fetch(
             f'SELECT * FROM "{schema}".outbox_failed '
             f"WHERE {where} AND (superseded_at IS NOT NULL OR twin_superseded_at IS NOT NULL) ORDER BY seq",
             seqs,
-        ):
+        )
+        for r in superseded:
             print(f"{schema}: seq={r['seq']} {_superseded(r)}")
         moved = await conn.fetch(
             f'DELETE FROM "{schema}".outbox_failed WHERE {where} '
@@ -122,7 +123,20 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             [(r["seq"], *_retried(r), _marked(r)) for r in moved],
         )
     print(f"{schema}: {len(moved)} record(s) back in the outbox")
+    _absent(schema, seqs, {r["seq"] for r in [*superseded, *moved]})
     return len(moved)
+
+
+class SeqAbsent(Exception):
+    """Seqs asked for that no set-aside record has (a retry's record moved back already, or a
+    seq read before a rebuild numbered them again)."""
+
+
+def _absent(schema: str, asked: list[int] | None, found: set[int]) -> None:
+    if missing := sorted(set(asked or ()) - found):
+        raise SeqAbsent(
+            f"{schema}: no set-aside record of seq {', '.join(map(str, missing))} (./dev outbox list shows them)"
+        )
 
 
 def _retried(row: asyncpg.Record) -> tuple[str, bytes | None, bytes | None, str | None, bytes | None, bool]:
@@ -142,10 +156,15 @@ def _retried(row: asyncpg.Record) -> tuple[str, bytes | None, bytes | None, str 
 async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
-        dropped = await conn.execute(f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[])', seqs)
-    count = int(dropped.split()[-1])
-    print(f"{schema}: {count} record(s) dropped")
-    return count
+        dropped = await conn.fetch(
+            f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[]) RETURNING seq, topic, created_at',
+            seqs,
+        )
+    for r in dropped:  # which record each seq named: a rebuild numbers them again
+        print(f"{schema}: dropped seq={r['seq']} topic={r['topic']} created_at={r['created_at'].isoformat()}")
+    print(f"{schema}: {len(dropped)} record(s) dropped")
+    _absent(schema, seqs, {r["seq"] for r in dropped})
+    return len(dropped)
 
 
 async def run(
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas, named = tool_schemas("./dev outbox", args.service, SERVICES, settings)
     try:
         asyncio.run(run(args.command, schemas, database_url, args.seq, args.show_key, named))
-    except SchemaAbsent as exc:
+    except (SchemaAbsent, SeqAbsent) as exc:
         print(f"./dev outbox: {exc}", file=sys.stderr)
         return 1
     except SESSION_ENDED as exc:  # a restart meanwhile: each change is one transaction, rolled back
