@@ -566,7 +566,9 @@ async def send_empty_record(bootstrap: str, topic: str) -> None:
 
 async def test_replay_leaves_a_record_without_key_nor_value_and_sends_the_others(kafka, settings, capsys):
     """aiokafka sends no record with neither key nor value: its send failed, the replay stopped
-    there with a traceback, and every later one with it, the records after it never sent."""
+    there with a traceback, and every later one with it, the records after it never sent. Left,
+    it is marked too: among the oldest, such records took every place of a --limit, run after run,
+    and nothing behind them was ever sent (audit helper-170 #2)."""
     where, topic = uai("0350460"), settings.topic(c.EQUIPEMENT)
     async with running(EQUIPEMENT, settings) as pipeline:
         await send_empty_record(kafka.bootstrap_servers, topic)
@@ -574,10 +576,13 @@ async def test_replay_leaves_a_record_without_key_nor_value_and_sends_the_others
         empty, later = await dead_letter_rows(pipeline, 2)
         assert (empty["reason"], later["reason"]) == ("json-invalide", "uai-inconnu")
         await eventually(lambda: at_least(2, record_count(kafka.bootstrap_servers, c.dlq(topic))), what="copies")
-        await dead_letters.run(dead_letters.parse_args(["replay", "--service", "equipement"]), settings.database_url)
-        printed = capsys.readouterr()
-        said, out = printed.err, printed.out.splitlines()
-        assert f"{topic}:0@{empty['offset']}: no key and no value, nothing to send again: not replayed" in said, said
+        replay = dead_letters.parse_args(["replay", "--service", "equipement", "--limit", "1"])
+        await dead_letters.run(replay, settings.database_url)
+        said = capsys.readouterr().err
+        left = "no key and no value, nothing to send again: not replayed, and left out of later replays"
+        assert f"{topic}:0@{empty['offset']}: {left}" in said, said
+        await dead_letters.run(replay, settings.database_url)  # the next one, not the same again
+        out = capsys.readouterr().out.splitlines()
         assert out[-1].startswith(f"{topic}:0@{later['offset']} replayed as {topic}:0@"), out
         marked = await pipeline.pool.fetch('SELECT "offset" FROM dead_letters WHERE replayed_at IS NOT NULL')
         assert [r["offset"] for r in marked] == [later["offset"]]

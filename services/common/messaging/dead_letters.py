@@ -25,7 +25,8 @@ refused again is recognisable). Not a record of a compacted topic (the internal 
 coverages): it would stand for its key after newer ones; `./dev rebuild` of the service that
 refused it reads that topic again as it stands. Not one whose copy is not on its DLQ yet (in its
 service's outbox, or set aside: ./dev outbox): it waits. One whose copy the DLQ no longer holds
-(past its retention) is named and marked (`list`: `copy_missing=`), and left out of later replays.
+(past its retention) is named and marked (`list`: `copy_missing=`), and left out of later replays;
+so is one whose copy holds neither key nor value (nothing a producer can send again).
 DB_SCHEMA, with one --service, names that service's schema.
 Each is replayed once: its `dead_letters` row is marked once the broker has it, and `list`
 shows it; a record refused again has a row of its own. One replay at a time in a database (a
@@ -264,20 +265,18 @@ async def _replay_held(
         oldest_first = [(of, found[of]) for of in wanted if of in found]
         # A record with neither key nor value (Kafka takes one; a partner's client may send it) is
         # json-invalide for good, and aiokafka sends no such record: its failed send stopped the
-        # replay there, every later run with it. Left as it is, said.
+        # replay there, every later run with it. Not sent, and marked as a copy missing is:
+        # else, among the oldest, such records took every place of a --limit, run after run.
         empty = [of for of, r in oldest_first if r.key is None and r.value is None]
+        later = "" if args.dry_run else ", and left out of later replays"
         for t, p, o in empty:
-            print(f"{t}:{p}@{o}: no key and no value, nothing to send again: not replayed", file=sys.stderr)
+            print(f"{t}:{p}@{o}: no key and no value, nothing to send again: not replayed{later}", file=sys.stderr)
         oldest_first = [(of, r) for of, r in oldest_first if of not in empty]
         missing = sorted(wanted.keys() - found.keys())
         for t, p, o in missing:
-            print(
-                f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed"
-                + ("" if args.dry_run else ", and left out of later replays"),
-                file=sys.stderr,
-            )
-        if missing and not args.dry_run:
-            await _mark(conn, wanted, missing, "copy_missing_at")
+            print(f"{t}:{p}@{o}: no copy in {dlq_topic(t)} (past its retention?): not replayed{later}", file=sys.stderr)
+        if (missing or empty) and not args.dry_run:
+            await _mark(conn, wanted, [*missing, *empty], "copy_missing_at")
         if args.dry_run:
             for (t, p, o), _ in oldest_first:
                 print(f"{t}:{p}@{o} would be replayed to {t}")
