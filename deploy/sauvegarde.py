@@ -36,6 +36,7 @@ import getpass
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -541,6 +542,29 @@ async def _catch_up(
         await producer.stop()
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`timeout`, systemd, an operator's kill, a closed terminal), taken as a
+    Ctrl-C is: the command under way (pg_dump, psql) killed by `subprocess.run`, the dump's SQL in
+    clear beside the backup removed, what was left said. Unhandled, the tool died silently, the
+    SQL stayed, and psql ran on alone after the restore's lock was gone."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stopped_as_interrupted() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    former = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in former.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.sauvegarde",
@@ -568,22 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("sauvegarde", settings.log_format, "WARNING", settings.library_log_level)
     REPLACED.clear()
     try:
-        if args.action == "backup" and args.keep is not None:
-            rotation = rotated_backup(settings.database_url, args.file, args.keep)
-            gone = f"; removed {', '.join(p.name for p in rotation.removed)}" if rotation.removed else ""
-            print(f"backed up {redact(settings.database_url)} to {rotation.path} (the {args.keep} newest kept){gone}")
-            if rotation.ahead:
-                print(
-                    f"warning: {len(rotation.ahead)} backups there are dated after this one (a clock that was ahead: "
-                    f"{', '.join(p.name for p in rotation.ahead)}): none removed; remove them once they are not needed",
-                    file=sys.stderr,
-                )
-        elif args.action == "backup":
-            backup(settings.database_url, args.file)
-            print(f"backed up {redact(settings.database_url)} to {args.file}")
-        else:
-            schemas = asyncio.run(restore(settings, args.file))
-            print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
+        with _stopped_as_interrupted():
+            _act(args, settings)
     except SESSION_ENDED as e:
         print(
             f"error: its session with PostgreSQL ended ({redact(str(e)) or type(e).__name__}): run it again",
@@ -593,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SauvegardeError, OSError, asyncpg.PostgresError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 130 if isinstance(e, Interrompue) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if REPLACED.is_set():
             kept = (
                 f"the schemas replaced, not all caught up: rerun ./dev restore {args.file}; do not start the services"
@@ -606,9 +616,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             kept = "nothing replaced"
-        print(f"error: interrupted (Ctrl-C): {kept}", file=sys.stderr)
+        print(f"error: interrupted ({e if isinstance(e, _Stopped) else 'Ctrl-C'}): {kept}", file=sys.stderr)
         return 130
     return 0
+
+
+def _act(args: argparse.Namespace, settings: ServiceSettings) -> None:
+    if args.action == "backup" and args.keep is not None:
+        rotation = rotated_backup(settings.database_url, args.file, args.keep)
+        gone = f"; removed {', '.join(p.name for p in rotation.removed)}" if rotation.removed else ""
+        print(f"backed up {redact(settings.database_url)} to {rotation.path} (the {args.keep} newest kept){gone}")
+        if rotation.ahead:
+            print(
+                f"warning: {len(rotation.ahead)} backups there are dated after this one (a clock that was ahead: "
+                f"{', '.join(p.name for p in rotation.ahead)}): none removed; remove them once they are not needed",
+                file=sys.stderr,
+            )
+    elif args.action == "backup":
+        backup(settings.database_url, args.file)
+        print(f"backed up {redact(settings.database_url)} to {args.file}")
+    else:
+        schemas = asyncio.run(restore(settings, args.file))
+        print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
 
 
 if __name__ == "__main__":

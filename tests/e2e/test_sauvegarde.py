@@ -643,3 +643,52 @@ async def test_a_restore_not_caught_up_keeps_the_services_from_starting(
         assert await started._pipeline.pool.fetchval("SELECT to_regclass($1)", mark) is None
     finally:
         await started.close()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+async def test_a_restore_stopped_by_a_signal_stops_psql_removes_its_sql_and_says_what_it_left(
+    kafka, database_url, topic_prefix, tmp_path, signal_name
+):
+    """`timeout`, systemd or an operator's kill sends SIGTERM to the tool alone: it died without a
+    word, the dump's SQL in clear stayed beside the backup, and psql ran on after the restore's
+    lock was gone (audit helper-170 #5). Now taken as a Ctrl-C is."""
+    import signal
+
+    import psutil
+
+    dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE SCHEMA arretee; CREATE TABLE arretee.t (n int); INSERT INTO arretee.t VALUES (1)")
+        tool.backup(database_url, dump)
+        await conn.execute("INSERT INTO arretee.t VALUES (2)")
+        held = conn.transaction()
+        await held.start()
+        await conn.execute("LOCK TABLE arretee.t IN ACCESS SHARE MODE")  # psql's DROP SCHEMA waits on it
+        env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "DATABASE_URL": database_url}
+        restore = subprocess.Popen(
+            [sys.executable, "-m", "deploy.sauvegarde", "restore", str(dump)],
+            env={**os.environ, **env, "TOPIC_PREFIX": topic_prefix},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        tool_process = psutil.Process(restore.pid)
+
+        def psqls() -> list[psutil.Process]:
+            return [p for p in tool_process.children(recursive=True) if p.name() == "psql"]
+
+        deadline = time.monotonic() + 60
+        while not (running_psql := psqls()) and restore.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert running_psql, f"psql never ran: {restore.poll()} {restore.stderr and restore.stderr.read()}"
+        restore.send_signal(getattr(signal, signal_name))
+        _, said = await asyncio.to_thread(restore.communicate, timeout=60)
+        assert restore.returncode == 130, said
+        assert said.strip().endswith(f"error: interrupted ({signal_name}): nothing replaced"), said
+        assert "Traceback" not in said
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running_psql), "psql stopped"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["base.dump"], "the dump's SQL removed"
+        await held.rollback()
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM arretee.t ORDER BY n")] == [1, 2], "not replaced"
+    finally:
+        await conn.close()
