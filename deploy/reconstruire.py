@@ -206,9 +206,11 @@ async def _build_and_switch(
         await rattrapage.rattraper(cible, say)
         say(f"switching: {live}'s writers held while the last records are replayed")
         await session.execute("SELECT pg_advisory_lock($1)", writer_lock(live))
-        # Again, its writers held: a replay takes hours at national scale, and the service
+        # Again, its writers and its migrations held (a replica starting waits, then migrates the
+        # rebuilt schema by its name): a replay takes hours at national scale, and the service
         # upgraded meanwhile (its new replicas migrating the live schema) would get a schema of
         # the former version switched in under them.
+        await session.execute("SELECT pg_advisory_lock($1)", advisory_key(f"migrate:{live}"))
         await _same_migrations(session, spec, live)
         pending: set[dlq.Origin] = set()
         if await restored_mark(session, live):

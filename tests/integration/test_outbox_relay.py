@@ -296,6 +296,8 @@ async def test_the_operator_lists_retries_and_drops_set_aside_records(kafka, dat
         assert ("outbox-retry", str(seqs[0]).encode()) in retried.headers, "recognisable as retried"
         with pytest.raises(outbox_failed.SeqAbsent, match=f"no set-aside record of seq {seqs[0]} "):
             await outbox_failed.run("retry", ["equipement"], database_url, [seqs[0]])  # retried once
+        with pytest.raises(outbox_failed.SeqAbsent, match=r"seq 4242 .*: nothing done"):  # not seqs[1] either
+            await outbox_failed.run("drop", ["equipement"], database_url, [seqs[1], 4242])
         capsys.readouterr()
         assert await outbox_failed.run("drop", ["equipement"], database_url, [seqs[1]]) == 1
         assert f"equipement: dropped seq={seqs[1]} topic={small} created_at=" in capsys.readouterr().out

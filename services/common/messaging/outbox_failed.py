@@ -104,6 +104,7 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
         # that round marks the set-aside one superseded (outbox.py); else, retried, it would go
         # out in the next round, after that later record.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", relay_lock(schema))
+        await _all_there(conn, schema, seqs)
         where = "($1::bigint[] IS NULL OR seq = ANY($1::bigint[]))"
         superseded = await conn.fetch(
             f'SELECT * FROM "{schema}".outbox_failed '
@@ -123,19 +124,24 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             [(r["seq"], *_retried(r), _marked(r)) for r in moved],
         )
     print(f"{schema}: {len(moved)} record(s) back in the outbox")
-    _absent(schema, seqs, {r["seq"] for r in [*superseded, *moved]})
     return len(moved)
 
 
 class SeqAbsent(Exception):
     """Seqs asked for that no set-aside record has (a retry's record moved back already, or a
-    seq read before a rebuild numbered them again)."""
+    seq read before a rebuild numbered them again): nothing is done, the others neither."""
 
 
-def _absent(schema: str, asked: list[int] | None, found: set[int]) -> None:
-    if missing := sorted(set(asked or ()) - found):
+async def _all_there(conn: asyncpg.Connection, schema: str, asked: list[int] | None) -> None:
+    """SeqAbsent, in the caller's transaction before it changes anything, unless every seq asked
+    for is a set-aside record's."""
+    if not asked:
+        return
+    there = {r["seq"] for r in await conn.fetch(f'SELECT seq FROM "{schema}".outbox_failed WHERE seq = ANY($1)', asked)}
+    if missing := sorted(set(asked) - there):
         raise SeqAbsent(
-            f"{schema}: no set-aside record of seq {', '.join(map(str, missing))} (./dev outbox list shows them)"
+            f"{schema}: no set-aside record of seq {', '.join(map(str, missing))} (./dev outbox list shows them): "
+            "nothing done"
         )
 
 
@@ -156,6 +162,7 @@ def _retried(row: asyncpg.Record) -> tuple[str, bytes | None, bytes | None, str 
 async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", writer_lock(schema))
+        await _all_there(conn, schema, seqs)
         dropped = await conn.fetch(
             f'DELETE FROM "{schema}".outbox_failed WHERE seq = ANY($1::bigint[]) RETURNING seq, topic, created_at',
             seqs,
@@ -163,7 +170,6 @@ async def _drop(conn: asyncpg.Connection, schema: str, seqs: list[int]) -> int:
     for r in dropped:  # which record each seq named: a rebuild numbers them again
         print(f"{schema}: dropped seq={r['seq']} topic={r['topic']} created_at={r['created_at'].isoformat()}")
     print(f"{schema}: {len(dropped)} record(s) dropped")
-    _absent(schema, seqs, {r["seq"] for r in dropped})
     return len(dropped)
 
 
