@@ -120,12 +120,24 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
-    done = subprocess.run(args, env=env, capture_output=True)
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip().splitlines()
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): psql or pg_dump told as Ctrl-C tells them, so that they
+            # cancel their statement on the server and end (killed, psql left its session running
+            # on, holding the restore's locks after the tool's own was gone); killed only past 10 s.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    if process.returncode != 0:
+        detail = stderr.decode(errors="replace").strip().splitlines()
         errors = [line for line in detail if "ERROR:" in line] or detail  # not the CONTEXT lines after it
-        raise SauvegardeError(f"{what} failed: {redact(errors[-1] if errors else f'exit code {done.returncode}')}")
-    return done.stdout
+        raise SauvegardeError(f"{what} failed: {redact(errors[-1] if errors else f'exit code {process.returncode}')}")
+    return stdout
 
 
 def backup(database_url: str, path: Path) -> None:
@@ -544,9 +556,9 @@ async def _catch_up(
 
 class _Stopped(KeyboardInterrupt):
     """SIGTERM or SIGHUP (`timeout`, systemd, an operator's kill, a closed terminal), taken as a
-    Ctrl-C is: the command under way (pg_dump, psql) killed by `subprocess.run`, the dump's SQL in
-    clear beside the backup removed, what was left said. Unhandled, the tool died silently, the
-    SQL stayed, and psql ran on alone after the restore's lock was gone."""
+    Ctrl-C is: the command under way (pg_dump, psql) stopped by `_run`, the dump's SQL in clear
+    beside the backup removed, what was left said. Unhandled, the tool died without a word, the
+    SQL stayed, and psql ran on after the restore's lock was gone."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -554,10 +566,17 @@ class _Stopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _stopped_as_interrupted() -> Iterator[None]:
+    """The first SIGTERM or SIGHUP raises `_Stopped`; those after it are ignored (a closed
+    terminal sends SIGHUP twice: the second cut the cleanup short, the SQL left beside the
+    backup). One ignored already (`nohup`) stays ignored."""
+    signals = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+
     def stop(signum: int, frame: object) -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
         raise _Stopped(signum)
 
-    former = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    former = {sig: signal.signal(sig, stop) for sig in signals}
     try:
         yield
     finally:

@@ -502,17 +502,17 @@ def test_no_password_reaches_a_command_line_or_the_output(database_url, tmp_path
     )
     monkeypatch.setenv("DATABASE_URL", secret_url)
     seen: list[tuple[list[str], dict[str, str], str]] = []
-    run = subprocess.run
+    popen = subprocess.Popen
 
-    def spy(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    def spy(args: list[str], **kw: Any) -> subprocess.Popen:
         env = kw["env"]
         service = Path(env["PGSERVICEFILE"]) if "PGSERVICEFILE" in env else None
         if service is not None:
             assert service.stat().st_mode & 0o077 == 0, "the service file is the user's alone"
         seen.append((args, env, service.read_text() if service else ""))
-        return run(args, **kw)
+        return popen(args, **kw)
 
-    monkeypatch.setattr(tool.subprocess, "run", spy)
+    monkeypatch.setattr(tool.subprocess, "Popen", spy)
     assert tool.main(["backup", str(tmp_path / "b.dump")]) == 0
     [(args, env, service)] = [s for s in seen if "pg_dump" in s[0][0]]
     assert "s3cr3t" not in " ".join(args) and "s5l" not in " ".join(args), args
@@ -692,3 +692,21 @@ async def test_a_restore_stopped_by_a_signal_stops_psql_removes_its_sql_and_says
         assert [r["n"] for r in await conn.fetch("SELECT n FROM arretee.t ORDER BY n")] == [1, 2], "not replaced"
     finally:
         await conn.close()
+
+
+def test_a_signal_ignored_already_stays_ignored_and_one_after_the_first_is_too() -> None:
+    """`nohup ./dev restore` ignores SIGHUP: the tool's handler took its place, and a closed
+    terminal killed an hours-long restore (review helper-172 #2). A second signal, a closed
+    terminal sending SIGHUP twice, cut the cleanup short (#6)."""
+    import signal
+
+    ignored, former_term = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        with tool._stopped_as_interrupted():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(tool._Stopped, match="SIGTERM"):
+                signal.raise_signal(signal.SIGTERM)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, former_term)
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
