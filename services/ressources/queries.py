@@ -35,17 +35,15 @@ class AlertFilter:
     kind: str | None = None
     state: str | None = None  # "open" | "resolved"
 
-    def _wanted(self) -> list[tuple[tuple[str, ...], str]]:
-        return [(path, value) for _, path, value in self._named()]
-
-    def _named(self) -> list[tuple[str, tuple[str, ...], str]]:
+    def _wanted(self) -> list[tuple[str, tuple[str, ...], str]]:
+        """(name, path, value) of each filter given."""
         return [(name, path, value) for name, path in _PATHS.items() if (value := getattr(self, name)) is not None]
 
     def conditions(self, document: str, first: int) -> tuple[list[str], list[str]]:
         """The filter as SQL over a JSON `document` holding an alert's data, its parameters
         numbered from `first` (the journal's events: `a->'b'->>'c'`)."""
         clauses, args = [], []
-        for path, value in self._wanted():
+        for _, path, value in self._wanted():
             args.append(value)
             steps = "".join(f"->'{p}'" for p in path[:-1]) + f"->>'{path[-1]}'"
             clauses.append(f"{document}{steps} = ${first + len(args) - 1}")
@@ -54,15 +52,15 @@ class AlertFilter:
     def where(self) -> tuple[str, list]:
         """Over the `alertes` table: its columns of the same names (computed from the alert's
         content, indexed), and the state (open, resolved) it holds beside the data."""
-        named = self._named()
-        clauses, args = [f"{name} = ${i}" for i, (name, _, _) in enumerate(named, 1)], [v for _, _, v in named]
+        wanted = self._wanted()
+        clauses, args = [f"{name} = ${i}" for i, (name, _, _) in enumerate(wanted, 1)], [v for _, _, v in wanted]
         if self.state is not None:
             clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def matches(self, alert: dict) -> bool:
         """Over an alert event's `data` (the SSE stream filters in Python); tested against the SQL."""
-        for path, value in self._wanted():
+        for _, path, value in self._wanted():
             have: object = alert
             for p in path:
                 have = have.get(p) if isinstance(have, dict) else None

@@ -558,17 +558,12 @@ class Unreadable:
             log.warning("kafka.still_unreadable", **where, attempts=held.attempts, retry_in=UNREADABLE_RETRY_SECONDS)
             return
         self._held[corrupt.tp] = _Held(corrupt.offset, datetime.now(UTC), time.monotonic())
-        if corrupt.skip_to is None:
-            hint = (
-                "the partition waits at that offset, the others go on; it is read again every "
-                f"{UNREADABLE_RETRY_SECONDS:g} s (once the broker's replica is repaired)"
-            )
-        else:
-            hint = (
-                "the partition waits at that offset, the others go on; to leave the batch's records "
-                f"(its sender to send them again, smaller), store {corrupt.skip_to} as the partition's "
-                "position in the service's `positions` table, its replicas stopped (README, Bad input)"
-            )
+        hint = "the partition waits at that offset, the others go on; " + (
+            f"it is read again every {UNREADABLE_RETRY_SECONDS:g} s (once the broker's replica is repaired)"
+            if corrupt.skip_to is None
+            else f"to leave the batch's records (its sender to send them again, smaller), store {corrupt.skip_to} "
+            "as the partition's position in the service's `positions` table, its replicas stopped (README, Bad input)"
+        )
         log.error(
             "kafka.unreadable_batch",
             **where,

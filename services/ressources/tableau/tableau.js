@@ -187,7 +187,7 @@ function changed(type, alert) {
 
 function fillFilters(params) {
   const academie = $("f-academie");
-  const academies = options(Object.keys(territoires), params.get("code_academie"), Object.keys(territoires));
+  const academies = options(Object.keys(territoires), params.get("code_academie"));
   academie.replaceChildren(el("option", { value: "" }, "toutes"), ...academies);
   academie.value = params.get("code_academie") || "";
   fillDepartements(params.get("code_departement") || "", true);
@@ -211,7 +211,7 @@ function fillDepartements(selected, named = false) {
 // The codes as options, and the one the address names when they have it not: shown as it
 // filters the list, where a blank select said "all" of a filtered list. `known`: every code of
 // the référentiel (read or not), else it is another académie's.
-function options(codes, selected, known) {
+function options(codes, selected, known = codes) {
   const shown = codes.map((c) => el("option", { value: c }, c));
   if (selected && !codes.includes(selected)) {
     const where = known.includes(selected) ? "autre académie" : "hors référentiel";
