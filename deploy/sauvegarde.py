@@ -41,10 +41,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -67,6 +68,7 @@ from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
 
 SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
+T = TypeVar("T")
 _SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ")
 
 
@@ -122,7 +124,8 @@ def _connection(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
 def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
     with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
         try:
-            stdout, stderr = process.communicate()
+            with _STOP.blocking():
+                stdout, stderr = process.communicate()
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM): psql or pg_dump told as Ctrl-C tells them, so that they
             # cancel their statement on the server and end (killed, psql left its session running
@@ -564,9 +567,57 @@ class _Stopped(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+class _Stop:
+    """Where the first SIGTERM or SIGHUP lands. In a pg_dump, pg_restore or psql under way, or
+    out of asyncio: `_Stopped` raised there (`_run` tells the tool). While asyncio runs the
+    restore: its task cancelled, as asyncio.run does at a first Ctrl-C, and `_Stopped` raised
+    once the task has ended (`run`); raised where it landed, in a background task or in
+    aiokafka's code, asyncio logged a traceback and the catch-up's cleanup could be cut short."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.signum: int | None = None
+        self._in_tool = False
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """A tool under way, the event loop (if any) blocked until it ends: a signal raises."""
+        self._in_tool = True
+        try:
+            yield
+        finally:
+            self._in_tool = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.task is None or self.task.done() or self._in_tool:
+            raise _Stopped(signum)
+        self.signum = signum
+        self.task.get_loop().call_soon_threadsafe(self.task.cancel)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """asyncio.run(coroutine), a signal cancelling its task."""
+
+        async def main() -> T:
+            self.task, self.signum = asyncio.current_task(), None
+            try:
+                return await coroutine
+            finally:
+                self.task = None
+
+        try:
+            return asyncio.run(main())
+        except asyncio.CancelledError:
+            if self.signum is None:
+                raise
+            raise _Stopped(self.signum) from None
+
+
+_STOP = _Stop()
+
+
 @contextlib.contextmanager
 def _stopped_as_interrupted() -> Iterator[None]:
-    """The first SIGTERM or SIGHUP raises `_Stopped`; those after it are ignored (a closed
+    """The first SIGTERM or SIGHUP taken as `_Stop` says; those after it are ignored (a closed
     terminal sends SIGHUP twice: the second cut the cleanup short, the SQL left beside the
     backup). One ignored already (`nohup`) stays ignored."""
     signals = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
@@ -574,7 +625,7 @@ def _stopped_as_interrupted() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         for sig in signals:
             signal.signal(sig, signal.SIG_IGN)
-        raise _Stopped(signum)
+        _STOP(signum, frame)
 
     former = {sig: signal.signal(sig, stop) for sig in signals}
     try:
@@ -655,7 +706,7 @@ def _act(args: argparse.Namespace, settings: ServiceSettings) -> None:
         backup(settings.database_url, args.file)
         print(f"backed up {redact(settings.database_url)} to {args.file}")
     else:
-        schemas = asyncio.run(restore(settings, args.file))
+        schemas = _STOP.run(restore(settings, args.file))
         print(f"restored {', '.join(schemas)} from {args.file}, caught up with Kafka; the services can start")
 
 

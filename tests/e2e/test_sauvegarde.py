@@ -551,6 +551,42 @@ def test_ctrl_c_says_what_it_left_without_a_traceback(action, replaced, kept, tm
     assert said.startswith("error: interrupted (Ctrl-C): ") and kept in said and "Traceback" not in said, said
 
 
+@pytest.mark.parametrize("lands", ["in-the-restore", "in-another-task"])
+def test_a_signal_while_asyncio_runs_the_restore_cancels_its_task(lands, tmp_path, monkeypatch, capsys, caplog) -> None:
+    """A SIGTERM while the restore awaits (its catch-up, hours nationally) cancels its task, as a
+    first Ctrl-C does: its cleanup awaited whole, then exit 130. Raised where it landed, in a
+    task of aiokafka's, say, asyncio logged that task's traceback (review helper-172 #5)."""
+    import gc
+    import signal
+
+    cleaned: list[str] = []
+
+    async def restore(*args: Any) -> list[str]:
+        async def elsewhere() -> None:
+            signal.raise_signal(signal.SIGTERM)
+
+        try:
+            if lands == "in-the-restore":
+                signal.raise_signal(signal.SIGTERM)
+            else:
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(elsewhere()))
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cleaned.append("cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # the producer's stop, the pool's close
+            cleaned.append("cleaned")
+        return []
+
+    monkeypatch.setattr(tool, "restore", restore)
+    assert tool.main(["restore", str(tmp_path / "x.dump")]) == 130
+    gc.collect()  # a task whose exception nobody read says so when it is collected
+    assert cleaned == ["cancelled", "cleaned"]
+    assert capsys.readouterr().err == "error: interrupted (SIGTERM): nothing replaced\n"
+    assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
 def test_a_first_ctrl_c_during_the_catch_up_exits_130_too(tmp_path, monkeypatch, capsys) -> None:
     """The restore's task cancelled in its catch-up says to run it again (below), and exits as
     any Ctrl-C, not as a failure."""
