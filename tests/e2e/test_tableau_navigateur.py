@@ -14,6 +14,7 @@ import asyncio
 import json
 import shutil
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
@@ -553,4 +554,48 @@ async def test_an_alert_whose_etablissement_moved_leaves_the_list_of_its_new_pla
     publish("equipement.declarations.v1", uai, ce("equipement.lot", "/collectivites/departements/022", fixed, 30, uai))
     await expect(listed).to_have_count(0, timeout=WAIT_MS)
     await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_a_resource_view_says_while_its_re_evaluation_is_pending_and_stops_once_it_ended(
+    platform, publish, wait_stored, browser, database_url
+):
+    """While a resource's re-evaluation has pairs left, its counts are partly those of its
+    alerts from before: the view says so, and reads itself again until the re-evaluation ended,
+    which may bring no live event (one that changes no alert). Held here by the service's
+    writers held, as a rebuild holds them."""
+    from services.common.pipeline import writer_lock
+
+    rid = "ark:/67375/e2e-en-attente"
+    uai = RENNES[0]
+    await _old_tablets_and_a_resource(publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid})
+    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
+    publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+
+        async def evaluated() -> bool:
+            answer = (await api.get(f"/ressources/{rid}")).json()
+            return answer.get("total", {}).get("evalues") == 1 and not answer["reevaluation_en_attente"]
+
+        await eventually(evaluated, timeout=60, what="the subscription evaluated")
+    page = await browser.new_page(locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    total = page.locator("#res-total")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", writer_lock("ressources"))
+        try:
+            await conn.execute("INSERT INTO ressources.reevaluations (resource_id) VALUES ($1)", rid)
+            await page.goto(f"{base}/tableau#/ressource/{rid}")
+            await expect(total).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
+            await expect(total).to_contain_text("Réévaluation en cours")
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        await expect(total).not_to_contain_text("Réévaluation en cours", timeout=WAIT_MS)
+        assert await conn.fetchval("SELECT count(*) FROM ressources.reevaluations") == 0
+    finally:
+        await conn.close()
+    await expect(total).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
     assert errors == [], f"JavaScript errors on the page: {errors}"
