@@ -602,6 +602,20 @@ def test_every_setting_whose_default_is_local_is_given_to_every_pod(rendered):
         assert passerelle[field.upper()] != PasserelleSettings.model_fields[field].default, field
 
 
+def test_every_variable_a_pod_is_given_is_a_setting_its_process_reads(rendered):
+    """The settings ignore a variable they do not know: one misspelled in config.env or a pod's
+    `env` (SHUTDOWN_GRACE_SECOND) left its setting at the default, and every check above passed
+    (audit helper-175 #1). A service's pod is given its service's settings alone; the tools' pods
+    (the backup, the toolbox) any service's, since their commands run each service's."""
+    by_name = {spec.name: spec for spec in specs()}
+    every = {field for spec in specs() for field in spec.settings.model_fields}
+    for name, pod in _pods(rendered).items():
+        for container in pod["containers"]:
+            known = set(by_name[name].settings.model_fields) if name in by_name else every
+            unknown = sorted(v for v in _environment(rendered, container) if v.lower() not in known)
+            assert unknown == [], f"{name}: given {unknown}, which no setting of its process reads"
+
+
 def test_no_pod_holds_a_token_of_the_kubernetes_api(rendered):
     """None of them calls the API server: a token mounted would let a process that took over the
     pod act as its namespace's default service account."""
