@@ -858,22 +858,38 @@ async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_t
     monkeypatch.setattr(handlers, "SEUILS_CHECK_SECONDS", 0.05)
     logs = Said()
     monkeypatch.setattr(handlers, "log", logs)
+    reads, read = 0, RessourcesStore.seuils
+
+    async def counted(self: RessourcesStore) -> tuple[float, float] | None:
+        nonlocal reads
+        held = await read(self)
+        reads += 1  # once read: what the check says of it is said before it awaits again
+        return held
+
+    monkeypatch.setattr(RessourcesStore, "seuils", counted)
     new = RessourcesSettings(min_compatible_share=0.9)
     async with seeded(database_url, uais(1)) as pool:
         async with pool.acquire() as conn:
             await RessourcesStore(conn).save_seuils(Seuils(min_compatible_share=0.5))  # a former replica's
         watching = asyncio.create_task(Reevaluations(OnePool(pool), new)._watch_seuils())  # type: ignore[arg-type]
+
+        async def checked(times: int) -> None:
+            since = reads
+            await eventually(lambda: asyncio.sleep(0, reads >= since + times), what=f"{times} checks more")
+
         try:
             said = lambda: logs.named("seuils.differents")  # noqa: E731
-            await eventually(lambda: asyncio.sleep(0, said()), what="the replica saying so")
-            assert said()[0]["level"] == "warning"
+            await eventually(
+                lambda: asyncio.sleep(0, len(said()) >= 2), what="the replica saying so, check after check"
+            )
+            assert {line["level"] for line in said()} == {"warning"}
             assert said()[0]["en_vigueur"]["min_compatible_share"] == 0.5
             assert said()[0]["cette_replique"]["min_compatible_share"] == 0.9
             async with pool.acquire() as conn:
                 await RessourcesStore(conn).save_seuils(new.seuils)  # a replica with them restarted
-            await asyncio.sleep(0.2)
+            await checked(1)  # the check under way as they were saved, which may have read the former ones
             logs.lines.clear()
-            await asyncio.sleep(0.3)  # several checks: none says so any more
+            await checked(3)  # each read them once saved
             assert not said() and not watching.done()
         finally:
             watching.cancel()
