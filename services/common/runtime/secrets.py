@@ -3,9 +3,10 @@
 `redact` masks the password of every URL in a text (`postgresql://user:***@host/db`), the
 whole userinfo of a web URL without a password (`https://***@host`: a token used as a user
 name), every value of a web URL's or a path's query and fragment (`/v1/traces?api-key=***`: an
-OTLP collector's or a JWKS endpoint's token), and the value of every `password=` pair
-(libpq `key=value` DSNs). It masks too much rather than too little: a URL whose password holds a
-raw `@`, `/` or `?` is still masked.
+OTLP collector's or a JWKS endpoint's token), the value of every password pair (libpq
+`key=value` DSNs, `PGPASSWORD=`, a client's settings printed as a dict), and PostgreSQL's
+DETAIL line (a row's values, which may be personal). It masks too much rather than too little:
+a URL whose password holds a raw `@`, `/` or `?` is still masked.
 """
 
 import re
@@ -18,10 +19,16 @@ _WEB = ("http://", "https://", "ws://", "wss://")
 _OPENING, _CLOSING = "\"'(<[{", re.compile(r"[\"'<>(){}\[\],;]")
 """Around a URL in a text: what may open it, what ends it (a quote, a bracket, a comma)."""
 _PAIR = re.compile(
-    r"""(?P<key>\b(?:password|passwd|pwd|sslpassword)\s*=\s*)"""
+    r"""(?P<key>\b\w*(?:password|passwd|pwd)(?:\s*=\s*|["']\s*:\s*))"""
     r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&;,]+)""",
     re.IGNORECASE,
 )
+"""`password=…`, and any key ending so (`PGPASSWORD=…`, `sasl_plain_password=…`), or quoted before a
+colon (`{'sasl_plain_password': '…'}`, a client's settings printed as a dict or JSON)."""
+_SECRET_KEY = re.compile("pass|pwd", re.IGNORECASE)
+_ROW_DETAIL = re.compile(r"^(DETAIL:\s+).+$", re.MULTILINE)
+"""PostgreSQL's DETAIL line, which asyncpg's errors print: it quotes a row's values (`Key
+(teacher_id, uai)=(…) already exists`, `Failing row contains (…)`), in the server's language."""
 
 
 def _mask_userinfo(url: str) -> str:
@@ -72,11 +79,12 @@ def _mask_pair(match: re.Match) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the password of each URL, each query parameter's value and each `password=`
-    value replaced by ***."""
-    if "://" not in text and "=" not in text:
-        return text
-    text = _URL.sub(lambda m: _mask_userinfo(m.group()), text)
-    if "?" in text or "#" in text:
-        text = _WORD.sub(_mask_queries, text)
-    return _PAIR.sub(_mask_pair, text)
+    """`text` with the password of each URL, each query parameter's value, each password pair's
+    value and PostgreSQL's DETAIL line replaced by ***."""
+    if "DETAIL:" in text:
+        text = _ROW_DETAIL.sub(rf"\g<1>{MASK}", text)
+    if "://" in text or "=" in text:
+        text = _URL.sub(lambda m: _mask_userinfo(m.group()), text)
+        if "?" in text or "#" in text:
+            text = _WORD.sub(_mask_queries, text)
+    return _PAIR.sub(_mask_pair, text) if _SECRET_KEY.search(text) else text

@@ -70,6 +70,13 @@ def test_an_http_url_s_query_values_and_lone_user_name_are_masked(text, expected
             "postgresql://db/feo?user=feo&password=***&sslmode=require",
         ),
         ("PASSWORD = s3cret", "PASSWORD = ***"),
+        # any key ending so, and a client's settings printed as a dict or JSON (audit helper-173 #1)
+        ("KAFKA_PASSWORD=s3cret PGPASSWORD=s3cret", "KAFKA_PASSWORD=*** PGPASSWORD=***"),
+        ("sasl_plain_password=s3cret, x=1", "sasl_plain_password=***, x=1"),
+        ("{'sasl_plain_password': 's3cret', 'acks': 'all'}", "{'sasl_plain_password': '***', 'acks': 'all'}"),
+        ('{"password": "s3cret"}', '{"password": "***"}'),
+        ("KAFKA_PASSWORD_FILE=/run/secrets/kafka", "KAFKA_PASSWORD_FILE=/run/secrets/kafka"),  # a path: kept
+        ("KAFKA_PASSWORD: required with SASL_SSL", "KAFKA_PASSWORD: required with SASL_SSL"),  # a rule: kept
     ],
 )
 def test_password_pairs_are_masked(text, expected):
@@ -101,3 +108,18 @@ def test_service_logs_never_show_a_password(logging_restored, capsys):
     assert "s3cret" not in err and "hunter2" not in err
     assert "swordfish" not in err and "tr0ub4dor" not in err, "in a dict or a list too"
     assert "postgresql://feo:***@db/feo" in err and '"attempt": 1' in err
+
+
+def test_postgresql_s_detail_line_which_quotes_a_row_is_masked():
+    """asyncpg prints an error's DETAIL line: a key or a failing row's values, a teacher's id
+    among them; the message and the lines after it are kept (audit helper-173 #2)."""
+    import asyncpg
+
+    error = asyncpg.UniqueViolationError('duplicate key value violates unique constraint "inscriptions_pkey"')
+    error.detail = "Key (teacher_id, uai)=(T-0042, 0350001A) already exists."
+    error.hint = "a hint"
+    masked = redact(f"refused: {error}")
+    assert "T-0042" not in masked
+    assert masked == (
+        'refused: duplicate key value violates unique constraint "inscriptions_pkey"\nDETAIL:  ***\nHINT:  a hint'
+    )
