@@ -36,7 +36,8 @@ share one).
   those. A lot the passerelle refused stays as the platform has it; after an interrupted run,
   every lot it sent is kept and none removed. A run holds the state (FICHIER.verrou): another
   run on it meanwhile sends nothing.
-- The token: --token, else the PASSERELLE_JETON environment variable; --jeton-local mints one
+- The token: --token, else the PASSERELLE_JETON environment variable (better: a command line is
+  shown by `ps` to the machine's other users and kept in the shell's history); --jeton-local mints one
   for --declarant with the local identity provider (`./dev up`'s; development only).
 
 --dry-run prints the events, one JSON line each, and sends nothing. A summary (stderr) says how
@@ -485,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the lots (JSON lines), send nothing")
     parser.add_argument("--passerelle", default="http://127.0.0.1:8003", help="its URL (default: %(default)s)")
-    parser.add_argument("--token", help=f"the bearer token (default: ${TOKEN_VARIABLE})")
+    parser.add_argument(
+        "--token",
+        help=f"the bearer token (default: ${TOKEN_VARIABLE}, which is better: a command line is shown by ps "
+        "to the machine's other users and kept in the shell's history)",
+    )
     parser.add_argument("--jeton-local", action="store_true", help="mint one with the local identity provider")
     parser.add_argument("--data-dir", type=Path, default=data_root() / "platform", help="for --jeton-local")
     args = parser.parse_args(argv)
