@@ -96,7 +96,8 @@ class Bilan:
         counting `teachers`. Its training judged over fewer than MIN_TEACHERS_DETAILED teachers
         is not counted (`formation_non_comptee`, nor its motifs): the requirements are the
         caller's, and a simulation over a school's few teachers, one competence level after the
-        other, would read each one's levels, which /etablissements/{uai} does not show."""
+        other, would read each one's levels, of which /etablissements/{uai} shows only what a
+        subscribed resource requires (its verdicts' reasons)."""
         of_verdict = _OF_VERDICT[verdict(evaluation.alerts)]
         hidden = evaluation.coverage is not None and teachers < MIN_TEACHERS_DETAILED
         under_trained = not hidden and TRAINING in evaluation.alerts
