@@ -599,3 +599,61 @@ async def test_a_resource_view_says_while_its_re_evaluation_is_pending_and_stops
         await conn.close()
     await expect(total).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_an_etablissement_s_training_coverage_is_shown_rounded_down_never_up_to_a_threshold(
+    platform, publish, wait_stored, browser
+):
+    """4 of the collège's 6 teachers trained as the resource requires: a coverage of 66.67 %,
+    shown "66,6 %". Rounded to the nearest, a coverage just under a threshold (49.75 % under
+    50 %) read as the threshold beside the alert it raises."""
+    rid = "ark:/67375/e2e-couverture"
+    uai = RENNES[0]
+    rectorat = "/rectorats/14"
+    publish(c.REFERENTIEL, uai, etablissement(uai, "035", "14", "53", 0))
+    await wait_stored(("equipement.etablissements", "formation.etablissements", "ressources.etablissements"), [uai])
+    publish(c.EQUIPEMENT, uai, tablettes(uai, "17", 1))
+    teachers = [f"ens-couv-{n:04d}" for n in range(6)]
+    for n, teacher in enumerate(teachers):
+        affectation = {"teacher_id": teacher, "uai": uai, "start": "2026-09-01", "end": None}
+        publish(c.FORMATION, uai, ce("formation.affectation", rectorat, affectation, 2 + n, uai))
+    for n, teacher in enumerate(teachers[:4]):
+        suivie = {
+            "teacher_id": teacher,
+            "module_id": "scratch-3",
+            "title": "Programmer avec Scratch",
+            "dispositif": "magistere",
+            "completed_on": "2026-10-01",
+            "competences": [{"code": "3.4", "level": 3}],
+            "tools": [],
+        }
+        publish(c.FORMATION, teacher, ce("formation.formation-suivie", rectorat, suivie, 10 + n, teacher))
+    training = {"competences": [{"code": "3.4", "level": 3}], "tools": []}
+    publish(
+        c.CATALOGUE,
+        rid,
+        ce(
+            "ressources.ressource-publiee",
+            "/ministere",
+            {**RESSOURCE, "resource_id": rid, "training": training},
+            5,
+            rid,
+        ),
+    )
+    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
+    publish(c.CATALOGUE, uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+
+        async def covered() -> bool:
+            answer = (await api.get(f"/etablissements/{uai}")).json()
+            return [r.get("coverage") for r in answer.get("ressources", [])] == [4 / 6]
+
+        await eventually(covered, timeout=60, what="4 of the 6 teachers counted as trained")
+    page = await browser.new_page(locale="fr-FR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base}/tableau#/etablissement/{uai}")
+    card = page.locator("#etab-ressources article")
+    await expect(card).to_contain_text("compatible : 24 poste(s) compatible(s) sur 24, formation 66,6 %")
+    assert errors == [], f"JavaScript errors on the page: {errors}"
