@@ -29,6 +29,20 @@ def ce(type_: str, source: str, data: dict, minute: int, subject: str) -> bytes:
     ).encode()
 
 
+def scratch_suivi(teacher: str, rectorat: str, minute: int) -> bytes:
+    """`teacher` completed the Scratch module (competence 3.4 at level 3), as `rectorat` declares it."""
+    data = {
+        "teacher_id": teacher,
+        "module_id": "scratch-3",
+        "title": "Programmer avec Scratch",
+        "dispositif": "magistere",
+        "completed_on": "2026-10-01",
+        "competences": [{"code": "3.4", "level": 3}],
+        "tools": [],
+    }
+    return ce("formation.formation-suivie", rectorat, data, minute, teacher)
+
+
 def partenaires(services: ServiceProcesses, kafka: LocalKafka, identite: IdentiteLocale, prefix: str) -> Partenaires:
     """Declarations posted to `services`' passerelle with `identite`'s tokens, the référentiel and
     the catalogue produced as ministere or gar."""

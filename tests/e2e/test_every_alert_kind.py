@@ -8,7 +8,7 @@ import pytest
 
 import contracts as c
 from contracts.internal import COUVERTURE_ENSEIGNANTS, PROFIL_CONNECTIVITE, PROFIL_LOT
-from partner import ce
+from partner import ce, scratch_suivi
 
 pytestmark = pytest.mark.e2e
 
@@ -84,24 +84,6 @@ def resource(rid: str, **kw) -> bytes:
 def subscribe(rid: str, code: str) -> bytes:
     return ce(
         "ressources.abonnement", "/gar", {"resource_id": rid, "uai": code, "start": "2026-09-01", "end": None}, 2, code
-    )
-
-
-def training(teacher: str, minute: int) -> bytes:
-    return ce(
-        "formation.formation-suivie",
-        RECTORAT,
-        {
-            "teacher_id": teacher,
-            "module_id": "scratch-3",
-            "title": "Programmer avec Scratch",
-            "dispositif": "magistere",
-            "completed_on": "2026-10-01",
-            "competences": [{"code": "3.4", "level": 3}],
-            "tools": [],
-        },
-        minute,
-        teacher,
     )
 
 
@@ -192,7 +174,7 @@ async def test_each_kind_is_raised_with_its_reasons_then_resolved(platform, publ
     publish(c.EQUIPEMENT, DEBIT, link(DEBIT, 100, True, 10))
     publish(c.EQUIPEMENT, ENT, link(ENT, 8, True, 10))
     for teacher in TEACHERS:
-        publish(c.FORMATION, teacher, training(teacher, 10))
+        publish(c.FORMATION, teacher, scratch_suivi(teacher, RECTORAT, 10))
 
     alerts.wait(lambda _: len(alerts.of("alerte-resolue")) >= 4)
     resolved = {a["data"]["kind"]: a["data"] for a in alerts.of("alerte-resolue")}

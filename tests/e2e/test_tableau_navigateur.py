@@ -21,7 +21,7 @@ from playwright.async_api import async_playwright, expect
 
 import contracts as c
 from helpers import eventually
-from partner import ce
+from partner import ce, scratch_suivi
 
 pytestmark = pytest.mark.e2e
 
@@ -436,6 +436,13 @@ async def _old_tablets_and_a_resource(publish, wait_stored, uai: str, resource: 
     publish("ressources.catalogue.v1", rid, ce("ressources.ressource-publiee", "/ministere", resource, 5, rid))
 
 
+async def _old_tablets_subscribed_to(publish, wait_stored, uai: str, rid: str) -> None:
+    """`_old_tablets_and_a_resource`, RESSOURCE as `rid`, and the collège subscribed to it."""
+    await _old_tablets_and_a_resource(publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid})
+    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
+    publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+
+
 async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown_and_a_dot_segment_id_read_as_itself(
     platform, publish, wait_stored, browser
 ):
@@ -521,9 +528,7 @@ async def test_an_alert_whose_etablissement_moved_leaves_the_list_of_its_new_pla
     place's, and kept showing the alert open until some other change."""
     rid = "ark:/67375/e2e-demenagement"
     uai = RENNES[1]
-    await _old_tablets_and_a_resource(publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid})
-    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
-    publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    await _old_tablets_subscribed_to(publish, wait_stored, uai, rid)
     base = f"http://127.0.0.1:{platform.ports['ressources']}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as api:
 
@@ -568,9 +573,7 @@ async def test_a_resource_view_says_while_its_re_evaluation_is_pending_and_stops
 
     rid = "ark:/67375/e2e-en-attente"
     uai = RENNES[0]
-    await _old_tablets_and_a_resource(publish, wait_stored, uai, {**RESSOURCE, "resource_id": rid})
-    subscription = {"resource_id": rid, "uai": uai, "start": "2026-09-01", "end": None}
-    publish("ressources.catalogue.v1", uai, ce("ressources.abonnement", "/gar", subscription, 6, uai))
+    await _old_tablets_subscribed_to(publish, wait_stored, uai, rid)
     base = f"http://127.0.0.1:{platform.ports['ressources']}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as api:
 
@@ -618,16 +621,7 @@ async def test_an_etablissement_s_training_coverage_is_shown_rounded_down_never_
         affectation = {"teacher_id": teacher, "uai": uai, "start": "2026-09-01", "end": None}
         publish(c.FORMATION, uai, ce("formation.affectation", rectorat, affectation, 2 + n, uai))
     for n, teacher in enumerate(teachers[:4]):
-        suivie = {
-            "teacher_id": teacher,
-            "module_id": "scratch-3",
-            "title": "Programmer avec Scratch",
-            "dispositif": "magistere",
-            "completed_on": "2026-10-01",
-            "competences": [{"code": "3.4", "level": 3}],
-            "tools": [],
-        }
-        publish(c.FORMATION, teacher, ce("formation.formation-suivie", rectorat, suivie, 10 + n, teacher))
+        publish(c.FORMATION, teacher, scratch_suivi(teacher, rectorat, 10 + n))
     training = {"competences": [{"code": "3.4", "level": 3}], "tools": []}
     publish(
         c.CATALOGUE,
