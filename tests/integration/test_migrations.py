@@ -47,3 +47,25 @@ async def test_a_migration_behind_a_held_table_lets_its_writers_through_and_ends
     finally:
         await backup.close()
         await pool.close()
+
+
+async def test_a_schema_migrated_by_a_newer_version_is_said_to_be_so(database_url, monkeypatch):
+    """A rollback to a former version started it on a schema it does not know all of: every batch
+    then failed on what a newer migration changed, and nothing said why (audit helper-177 #1)."""
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        await migrate(pool, "ressources", SPEC.package_dir)
+        assert not said.named("migration.schema_newer"), "every migration known: nothing to say"
+        await pool.execute("INSERT INTO schema_migrations (name) VALUES ('ressources/9999_a_venir.sql')")
+        await migrate(pool, "ressources", SPEC.package_dir)
+        [line] = said.named("migration.schema_newer")
+        assert (line["level"], line["schema"], line["migrations"]) == (
+            "warning",
+            "ressources",
+            ["ressources/9999_a_venir.sql"],
+        )
+    finally:
+        await pool.close()

@@ -264,10 +264,22 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
                 "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-            for name, sql in _migration_files(service_dir):
+            files = _migration_files(service_dir)
+            for name, sql in files:
                 if name not in done:
                     await _apply(conn, name, sql, schema)
                     log.info("migration.applied", migration=name, schema=schema)
+            if newer := sorted(done - {name for name, _ in files}):
+                # A rollback (`kubectl rollout undo`), or a restore's catch-up run by an older
+                # version: migrations this code does not know. During a rolling update the former
+                # replicas run on them too (README, Upgrades), so said, not refused.
+                log.warning(
+                    "migration.schema_newer",
+                    schema=schema,
+                    migrations=newer,
+                    hint="migrated by a newer version, which this one may fail against: roll forward, "
+                    "or restore a backup this version made",
+                )
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
 
