@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
 from deploy.rattrapage import records_of
-from helpers import TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, running
+from helpers import TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, record_count, running
 from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -784,3 +784,44 @@ async def test_a_round_waiting_for_kafka_keeps_its_lock_under_an_idle_in_transac
 
 async def _none_pending(pool: asyncpg.Pool) -> bool:
     return not await count_pending(pool)
+
+
+async def test_a_relay_on_a_server_that_refuses_writes_publishes_nothing_and_health_says_why(
+    kafka, database_url, topic_prefix
+):
+    """PostgreSQL answering reads and refusing writes (a standby behind a stale endpoint after a
+    failover, a managed server set read-only when full): the round read and sent its records,
+    failed to delete them, and the next sent them again, every second, while /health said 200
+    (audit helper-176 #1: 3 rows, 15 records in 8 s). Now nothing goes out until it takes
+    writes, and /health says `database_read_only`."""
+    from types import SimpleNamespace
+
+    from services.common.runtime.health import _read_health
+
+    topic = topic_prefix + PROFILS
+    await make_topic(kafka, topic, 1)
+    async with migrated_pool(database_url, SPEC) as pool:
+        async with pool.acquire() as conn:
+            await enqueue(conn, [OutboxRecord(topic, b"k", json.dumps({"n": n}).encode()) for n in range(3)])
+        read_only = await create_pool(database_url, "equipement", settings={"default_transaction_read_only": "on"})
+        relay = OutboxRelay(read_only, producer_as_admin(kafka), "equipement")
+        try:
+            for _ in range(2):
+                with pytest.raises(outbox_module.DatabaseReadOnly):
+                    await relay.drain_once()
+            body: dict = {}
+            await _read_health(SimpleNamespace(pool=read_only, revivals_pending=0), None, body)
+            assert (body["database_read_only"], body["outbox_pending"]) == (True, 3)
+        finally:
+            await relay.stop()
+            await read_only.close()
+        assert await record_count(kafka.bootstrap_servers, topic) == 0, "nothing sent"
+        relay = OutboxRelay(pool, producer_as_admin(kafka), "equipement")
+        try:
+            assert await relay.drain_once() == 3, "once the server takes writes"
+        finally:
+            await relay.stop()
+        assert await record_count(kafka.bootstrap_servers, topic) == 3
+        body = {}
+        await _read_health(SimpleNamespace(pool=pool, revivals_pending=0), None, body)
+        assert (body["database_read_only"], body["outbox_pending"]) == (False, 0)

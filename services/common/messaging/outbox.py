@@ -72,6 +72,10 @@ Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
 
 
+class DatabaseReadOnly(Exception):
+    """PostgreSQL takes no writes (`transaction_read_only`): what reads it only goes on."""
+
+
 class Twin(NamedTuple):
     """A record's twin: the same value and headers on `topic` under `key`, then a tombstone there
     if `ends` (an alert event on its state table, alertes.etat.v1). They share the record's
@@ -292,8 +296,11 @@ class OutboxRelay:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox.relay_failed")  # Kafka or PostgreSQL away: retry later
+            except Exception as exc:
+                if isinstance(exc, DatabaseReadOnly):  # said without a traceback: a state, not a fault
+                    log.warning("outbox.database_read_only", hint="nothing is published until PostgreSQL takes writes")
+                else:
+                    log.exception("outbox.relay_failed")  # Kafka or PostgreSQL away: retry later
                 if self._halting:
                     return
                 await asyncio.sleep(1)
@@ -339,7 +346,17 @@ class OutboxRelay:
             # when it started, and a read begun before another replica's round committed (and
             # released the lock) would still see the records that round published and deleted,
             # and publish them again. Not ours: the outbox is not even scanned.
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
+            # And the server's writes looked at before anything is sent: read-only (a standby behind
+            # a stale endpoint after a failover, a managed server full), the round's deletion
+            # failed after its sends, and each round published the same records again.
+            ours = await conn.fetchval(
+                "SELECT CASE WHEN current_setting('transaction_read_only') = 'on' THEN NULL "
+                "ELSE pg_try_advisory_xact_lock($1) END",
+                self._lock_id,
+            )
+            if ours is None:
+                raise DatabaseReadOnly("PostgreSQL refuses writes (transaction_read_only): nothing published")
+            if not ours:
                 return 0
             rows = await conn.fetch(
                 "SELECT seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "

@@ -122,6 +122,9 @@ async def _database_read(read: Callable[[dict], Awaitable[Any]]) -> dict:
 
 
 async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None:
+    # Answering reads, refusing writes (a standby behind a stale endpoint after a failover, a
+    # managed server full): every batch fails, the relay publishes nothing (outbox.DatabaseReadOnly).
+    body["database_read_only"] = await pipeline.pool.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
     # Bounded: a probe must stay cheap even with a large backlog ("10000" means at least).
     body["outbox_pending"] = await count_pending(pipeline.pool, COUNT_AT_MOST)
     # Growing while the service answers 200: its relay is stalled (Kafka refusing every round,
