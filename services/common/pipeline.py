@@ -106,9 +106,16 @@ what to emit."""
 
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-DATABASE_AWAY = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
-"""PostgreSQL away (a TimeoutError is an OSError): every record would fail alike, and a
-scrape says so by its figure alone (runtime/health.py)."""
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting, a statement cancelled
+    asyncpg.InsufficientResourcesError,  # a full disk, out of memory, too many connections
+    asyncpg.ReadOnlySQLTransactionError,  # a standby, a server set read-only
+)
+"""PostgreSQL away or refusing all work (a TimeoutError is an OSError): every record would fail
+alike, and a scrape says so by its figure alone (runtime/health.py)."""
 _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 LOG_APPEND_TIME = 1

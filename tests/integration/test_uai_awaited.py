@@ -3,6 +3,7 @@
 declare it there, dead-lettered again with the reason otherwise, never applied twice."""
 
 import asyncpg
+import pytest
 
 import contracts as c
 from contracts.internal import PROFILS
@@ -389,3 +390,37 @@ async def test_a_record_the_database_refuses_leaves_the_other_uais_equal_times_i
         assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE lot_id = 'X'") == 30
         assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 0
         assert await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE lot_id = 'POISON'") == 0
+
+
+async def test_a_server_refusing_writes_ends_a_revival_pass_at_once_leaving_every_record_waiting(
+    kafka, settings, monkeypatch
+):
+    """Read-only (a standby after a failover), full, or shutting down, PostgreSQL fails every
+    record alike: the pass took each for a faulty record, one transaction and one ERROR line
+    with its traceback per waiting record (audit helper-176 #2: 40 records, 40 lines)."""
+    from helpers import Said
+
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    where = uai("0350606")
+    lots = [(where, lot(DEPARTEMENT, where, f"L{n}")) for n in range(5)]
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), lots)
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 5 FROM attente_referentiel"), what="waiting")
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the UAI")
+        writable = pipeline._pool
+        read_only = await create_pool(
+            settings.database_url, "equipement", settings={"default_transaction_read_only": "on"}
+        )
+        said = Said()
+        monkeypatch.setattr(pipeline_module, "log", said)
+        try:
+            monkeypatch.setattr(pipeline, "_pool", read_only)
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await pipeline.revive()
+        finally:
+            monkeypatch.setattr(pipeline, "_pool", writable)
+            await read_only.close()
+        assert not said.named("referentiel.revival_failed") and not said.named("referentiel.revival_isolating")
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM attente_referentiel") == 5, "every one waiting"
+        assert await pipeline.revive() == 5
