@@ -274,6 +274,10 @@ def _retrieved(task: asyncio.Future) -> None:
         task.exception()
 
 
+FLUSH_SECONDS = 5.0
+"""How long a stopping consumer waits for its offsets' commit (OffsetCommits.flush)."""
+
+
 class OffsetCommits:
     """Kafka's committed offsets follow the batches handled, committed in the background.
 
@@ -302,9 +306,16 @@ class OffsetCommits:
             self._task = asyncio.create_task(self._commit(consumer), name="offset-commits")
 
     async def flush(self) -> None:
-        """Until what was handled is committed (or its commit failed)."""
-        if self._task is not None:
-            await self._task
+        """Until what was handled is committed (or its commit failed), FLUSH_SECONDS at most: with
+        Kafka away aiokafka retries a commit for as long as its consumer runs, and the stop, which
+        waits for it first, waited until the process was killed (its outbox never flushed)."""
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait([self._task], timeout=FLUSH_SECONDS)
+        if not done:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            log.info("consumer.commit_abandoned", after_s=FLUSH_SECONDS, hint="Kafka's offsets lag: monitoring only")
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         while self._pending:

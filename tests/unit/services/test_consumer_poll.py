@@ -260,6 +260,18 @@ async def test_offsets_of_batches_handled_meanwhile_go_in_the_next_commit_and_st
     ]
 
 
+async def test_a_commit_kafka_never_answers_keeps_the_stop_waiting_no_longer_than_its_bound(monkeypatch):
+    """Kafka away, aiokafka retries a commit for as long as the consumer runs: the stop waited for
+    it until SIGKILL, the outbox's last records left for the next start (audit helper-176 #3)."""
+    monkeypatch.setattr(consumer, "FLUSH_SECONDS", 0.1)
+    kafka, commits = Committing(), consumer.OffsetCommits()  # never released
+    commits.follow(kafka, [record(0, 4)])
+    await asyncio.wait_for(kafka.committing.wait(), 5)
+    await asyncio.wait_for(kafka.stop(), 5)
+    assert kafka.calls == [("commit", {TP0: 5}), ("stop",)]
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "offset-commits"], "the commit cancelled"
+
+
 def _with_headers(headers) -> ConsumerRecord:
     return ConsumerRecord("t", 0, 7, 0, 0, b"k", b"{}", None, 2, 2, headers)
 
