@@ -581,7 +581,10 @@ class _Stop:
 
     @contextlib.contextmanager
     def blocking(self) -> Iterator[None]:
-        """A tool under way, the event loop (if any) blocked until it ends: a signal raises."""
+        """A tool under way, the event loop (if any) blocked until it ends: a signal raises, and
+        one taken since the loop last ran (the task's cancellation not yet delivered) too."""
+        if self.signum is not None:
+            raise _Stopped(self.signum)
         self._in_tool = True
         try:
             yield

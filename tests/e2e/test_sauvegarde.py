@@ -587,6 +587,24 @@ def test_a_signal_while_asyncio_runs_the_restore_cancels_its_task(lands, tmp_pat
     assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
 
+def test_a_signal_just_before_a_tool_starts_stops_the_tool_at_once(tmp_path, monkeypatch, capsys) -> None:
+    """Taken while the restore's task ran its own code, the signal only asked for the task's
+    cancellation, which the event loop delivers at its next turn; psql started meanwhile ran
+    the whole restore (hours), the signals after it ignored (review helper-178 #1)."""
+    import signal
+
+    async def restore(*args: Any) -> list[str]:
+        signal.raise_signal(signal.SIGTERM)
+        tool._run(["sleep", "20"], dict(os.environ), "a tool")
+        return []
+
+    monkeypatch.setattr(tool, "restore", restore)
+    started = time.monotonic()
+    assert tool.main(["restore", str(tmp_path / "x.dump")]) == 130
+    assert time.monotonic() - started < 10, "the tool stopped, not waited for"
+    assert capsys.readouterr().err == "error: interrupted (SIGTERM): nothing replaced\n"
+
+
 def test_a_first_ctrl_c_during_the_catch_up_exits_130_too(tmp_path, monkeypatch, capsys) -> None:
     """The restore's task cancelled in its catch-up says to run it again (below), and exits as
     any Ctrl-C, not as a failure."""
