@@ -110,9 +110,16 @@ DATABASE_AWAY = (
     OSError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # shutting down, starting, a statement cancelled
-    asyncpg.InsufficientResourcesError,  # a full disk, out of memory, too many connections
-    asyncpg.ReadOnlySQLTransactionError,  # a standby, a server set read-only
+    # Shutting down, starting, dropped, full, out of connections, read-only (a standby): not
+    # what one statement met (a statement_timeout, a transaction's temp_file_limit), which
+    # isolating the records gets past.
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.DatabaseDroppedError,
+    asyncpg.DiskFullError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 """PostgreSQL away or refusing all work (a TimeoutError is an OSError): every record would fail
 alike, and a scrape says so by its figure alone (runtime/health.py)."""
