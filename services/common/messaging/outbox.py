@@ -72,8 +72,9 @@ Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
 
 
-class DatabaseReadOnly(Exception):
-    """PostgreSQL takes no writes (`transaction_read_only`): what reads it only goes on."""
+class DatabaseReadOnly(asyncpg.ReadOnlySQLTransactionError):
+    """PostgreSQL takes no writes (`transaction_read_only`): what reads it only goes on. The error
+    PostgreSQL gives a write there, for what catches that (DATABASE_AWAY, the tools' messages)."""
 
 
 class Twin(NamedTuple):

@@ -44,6 +44,7 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
         "service": pipeline.service,
         "kafka": reached,
         "database": False,
+        "database_read_only": None,
         "outbox_pending": None,
         "outbox_oldest_s": None,
         "outbox_failed": None,
