@@ -26,9 +26,11 @@ _PAIR = re.compile(
 """`password=…`, and any key ending so (`PGPASSWORD=…`, `sasl_plain_password=…`), or quoted before a
 colon (`{'sasl_plain_password': '…'}`, a client's settings printed as a dict or JSON)."""
 _SECRET_KEY = re.compile("pass|pwd", re.IGNORECASE)
-_ROW_DETAIL = re.compile(r"^(DETAIL:\s+).+$", re.MULTILINE)
-"""PostgreSQL's DETAIL line, which asyncpg's errors print: it quotes a row's values (`Key
-(teacher_id, uai)=(…) already exists`, `Failing row contains (…)`), in the server's language."""
+_ROW_DETAIL = re.compile(r"(DETAIL:[ \t]*).+?(?=\n[ \t|]*HINT:|\n[ \t|]*\n|\Z)", re.DOTALL)
+"""PostgreSQL's DETAIL, which asyncpg's errors print: it quotes a row's values (`Key (teacher_id,
+uai)=(…) already exists`, `Failing row contains (…)`), in the server's language, over several
+lines when a value holds a line break; up to its HINT, a blank line or the text's end (an
+exception group's traceback indents it behind `| `)."""
 
 
 def _mask_userinfo(url: str) -> str:

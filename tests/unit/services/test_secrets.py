@@ -123,3 +123,14 @@ def test_postgresql_s_detail_line_which_quotes_a_row_is_masked():
     assert masked == (
         'refused: duplicate key value violates unique constraint "inscriptions_pkey"\nDETAIL:  ***\nHINT:  a hint'
     )
+
+
+def test_a_detail_over_several_lines_or_indented_in_a_traceback_is_masked_whole():
+    """A value holding a line break went on past the DETAIL line; an exception group's traceback
+    indents the line behind `| ` (review helper-178 #5). What follows a blank line is kept."""
+    several = 'new row violates check constraint "c"\nDETAIL:  Failing row contains (T-0042, a\nsecond line).'
+    assert redact(several) == 'new row violates check constraint "c"\nDETAIL:  ***'
+    grouped = (
+        "  | asyncpg.exceptions.UniqueViolationError: duplicate\n  | DETAIL:  Key (t)=(T-0042) exists.\n  | \nnext"
+    )
+    assert redact(grouped) == "  | asyncpg.exceptions.UniqueViolationError: duplicate\n  | DETAIL:  ***\n  | \nnext"
