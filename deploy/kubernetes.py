@@ -31,6 +31,7 @@ import yaml
 
 from deploy.acl import DASHBOARD, OPERATOR, bindings, dashboard_names_problems
 from deploy.topology import Retention, platform_topics
+from services.common.messaging.consumer import FLUSH_SECONDS
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 
 if TYPE_CHECKING:
@@ -165,13 +166,14 @@ def drain_seconds(spec: ServiceSpec) -> float:
     établissements' read and their events' write to Kafka more, each within its timeout:
     `requests_grace_seconds`), then the relay's round in flight ends (Kafka slow:
     ROUND_WAIT_SECONDS, then ANSWER_WAIT_SECONDS for the answers to what it sent), then the
-    consumer's batch in flight commits, then the relay publishes the outbox, each within
-    SHUTDOWN_GRACE_SECONDS (services/common/runtime), the last one's round cut at its end waiting
-    ANSWER_WAIT_SECONDS more for Kafka's answers."""
+    consumer's batch in flight commits and its offsets' commit ends (FLUSH_SECONDS at most),
+    then the relay publishes the outbox, each within SHUTDOWN_GRACE_SECONDS
+    (services/common/runtime), the last one's round cut at its end waiting ANSWER_WAIT_SECONDS
+    more for Kafka's answers."""
     grace = _setting(spec, "shutdown_grace_seconds")
     http = grace + sum(_setting(spec, name) for name in spec.settings.REQUEST_TIMEOUTS)
     relay = ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS
-    return http + relay + 2 * grace
+    return http + relay + 2 * grace + FLUSH_SECONDS
 
 
 PRINCIPAL_DIR = "/etc/feo/kafka-principal"

@@ -23,6 +23,7 @@ import yaml
 from deploy import kubernetes
 from deploy.acl import OPERATOR, bindings
 from deploy.topology import platform_topics
+from services.common.messaging.consumer import FLUSH_SECONDS
 from services.common.messaging.outbox import ANSWER_WAIT_SECONDS, ROUND_WAIT_SECONDS
 from services.common.runtime.app import build_app
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -457,11 +458,11 @@ def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered
     """A pause before SIGTERM, the kubelet's own (the image need have no `sleep`), then the whole
     drain within the grace, which counts from the pause's start. The drain: the HTTP requests in
     flight (within SHUTDOWN_GRACE_SECONDS, the passerelle's with its lookup, then its write to
-    Kafka more), then the relay's round in
-    flight (its wait, then its wait for Kafka's answers), then the batch in flight commits, then
+    Kafka more), then the relay's round in flight (its wait, then its wait for Kafka's answers),
+    then the batch in flight commits and its offsets' commit ends (FLUSH_SECONDS at most), then
     the outbox is published, each within SHUTDOWN_GRACE_SECONDS (the last one's round cut at its
-    end waiting for Kafka's answers too): the settings as
-    the pods get them (their env, the shared ConfigMap, else their defaults)."""
+    end waiting for Kafka's answers too): the settings as the pods get them (their env, the
+    shared ConfigMap, else their defaults)."""
     by_name = {spec.name: spec for spec in specs()}
     for name, doc in _deployments(rendered).items():
         pod = doc["spec"]["template"]["spec"]
@@ -474,6 +475,7 @@ def test_a_stopping_pod_leaves_the_endpoints_then_has_the_time_to_drain(rendered
         requests = ("passerelle_lookup_timeout_seconds", "passerelle_write_timeout_seconds")
         drain = sum(_setting(f, env, fields) for f in requests if f in fields)
         drain += ROUND_WAIT_SECONDS + 2 * ANSWER_WAIT_SECONDS + 3 * _setting("shutdown_grace_seconds", env, fields)
+        drain += FLUSH_SECONDS  # the offsets' commit, Kafka away
         assert pod["terminationGracePeriodSeconds"] > pause + drain, name
     assert set(requests) <= PasserelleSettings.model_fields.keys(), "the passerelle's requests are bounded"
     assert set(PasserelleSettings.REQUEST_TIMEOUTS) == set(requests), "and a stop waits for them"
