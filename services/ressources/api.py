@@ -663,6 +663,12 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
                 stream.purge_periodically(pipeline.pool, settings.sse_journal_retention_hours), name="sse-journal-purge"
             )
             started.push_async_callback(_cancel, purge)
+            if settings.alerts_resolved_retention_days:
+                forget = asyncio.create_task(
+                    stream.purge_resolved_periodically(pipeline.pool, settings.alerts_resolved_retention_days),
+                    name="alerts-resolved-purge",
+                )
+                started.push_async_callback(_cancel, forget)
             yield
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)

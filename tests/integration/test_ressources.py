@@ -378,3 +378,38 @@ async def test_a_record_of_our_own_services_is_not_judged_by_its_time(kafka, set
 
 async def _is(value, expected) -> bool:
     return await value == expected
+
+
+async def test_a_resolved_alert_past_its_retention_is_forgotten_and_its_pair_raised_again_under_new_ids(
+    kafka, settings
+):
+    """ALERTS_RESOLVED_RETENTION_DAYS: the table kept every alert ever raised, resolved or not
+    (audit helper-179 #1: one national resource, 115–230 MB kept after its withdrawal). A
+    resolved alert past it is deleted, the open ones and the recent ones kept; its pair raised
+    again starts over at cycle 1, and no event of it has a former one's id."""
+    from services.ressources import stream
+
+    where = uai("0350203")
+    bootstrap = kafka.bootstrap_servers
+    async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        retrait = event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(5))
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, retrait)])
+        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
+        pool = pipeline.pool
+        assert await stream.purge_resolved(pool, 30) == 0, "resolved just now: kept"
+        await pool.execute("UPDATE alertes SET resolved_at = resolved_at - interval '31 days'")
+        await pool.execute(  # an open alert of another pair, raised long ago: kept
+            "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, alerte) "
+            "SELECT 'ouverte', uai, 'ark:/1/autre', kind, true, 1, raised_at - interval '90 days', alerte FROM alertes"
+        )
+        assert await stream.purge_resolved(pool, 30) == 1
+        assert [r["alert_id"] for r in await pool.fetch("SELECT alert_id FROM alertes")] == ["ouverte"]
+
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(6))])
+        records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_LEVEE)) == 2, what="raised again")
+        assert len({json.loads(r.value)["data"]["alert_id"] for r in records}) == 1, "the pair's alert, as before"
+        assert len({json.loads(r.value)["id"] for r in records}) == 3, "no event under a former one's id"
+        assert await pool.fetchval("SELECT cycle FROM alertes WHERE alert_id <> 'ouverte'") == 1
