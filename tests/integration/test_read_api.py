@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
@@ -804,3 +804,28 @@ async def test_the_reads_of_one_answer_share_one_snapshot(kafka, settings, api, 
     answer = (await client.get("/alertes", params={"state": "open", "limit": 500})).json()
     assert await pool.fetchval("SELECT count(*) FROM alertes WHERE ouverte") == 11, "resolved meanwhile"
     assert answer["total"] == len(answer["items"]) == 12, "the answer as of its first read"
+
+
+async def test_the_service_forgets_the_alerts_resolved_past_their_retention_only_when_told(kafka, settings):
+    """ALERTS_RESOLVED_RETENTION_DAYS: 0, the default, keeps them (no purge runs); set, the
+    service's first purge at its start deletes those resolved longer ago, the others kept."""
+    from helpers import migrated_pool
+
+    async with migrated_pool(settings.database_url, SPEC) as pool:
+        for alert_id, resolved in (("ancienne", timedelta(days=40)), ("recente", timedelta(days=1))):
+            await pool.execute(
+                "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, "
+                "alerte) VALUES ($1, '0350001A', 'ark:/1/r', 'ent-indisponible', false, 1, "
+                "now() - interval '50 days', now() - $2::interval, '{}')",
+                alert_id,
+                resolved,
+            )
+        async with serve_api(settings):
+            assert "alerts-resolved-purge" not in {t.get_name() for t in asyncio.all_tasks()}
+        kept = {"alerts_resolved_retention_days": 30}
+        async with serve_api(RessourcesSettings(**settings.model_dump(), **kept)):
+
+            async def forgotten() -> bool:
+                return await pool.fetchval("SELECT array_agg(alert_id) FROM alertes") == ["recente"]
+
+            await eventually(forgotten, what="the alert resolved 40 days ago deleted, the other kept")
