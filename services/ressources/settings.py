@@ -41,7 +41,7 @@ class RessourcesSettings(ServiceSettings):
     sse_max_seconds: float = Field(3600, gt=0, description="lifetime of one SSE stream; then a final event")
     sse_replay_max: int = Field(1000, ge=1, description="events replayed after Last-Event-ID in one stream")
     sse_journal_retention_hours: float = Field(24, gt=0, description="hours the alert journal keeps events")
-    alerts_resolved_retention_days: float = Field(
+    alerts_resolved_retention_days: int = Field(
         0, ge=0, le=36_500, description="days a resolved alert stays in the table (0: for good)"
     )
 

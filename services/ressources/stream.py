@@ -133,27 +133,17 @@ async def purge_periodically(pool: asyncpg.Pool, hours: float) -> None:
     )
 
 
-async def purge_resolved(pool: asyncpg.Pool, days: float) -> int:
-    """Delete the alerts resolved more than `days` ago, by chunks; returns how many. An alert of
-    the same pair and kind raised again later starts over at cycle 1: its events' ids hold its
+async def purge_resolved(pool: asyncpg.Pool, days: int) -> int:
+    """Delete the alerts resolved more than `days` days ago; returns how many. An alert of the
+    same pair and kind raised again later starts over at cycle 1: its events' ids hold its
     raise's instant, so none is a former one's (lifecycle.event_id)."""
-    removed = 0
-    while True:
-        count = int(
-            (
-                await pool.execute(
-                    "DELETE FROM alertes WHERE alert_id IN (SELECT alert_id FROM alertes WHERE NOT ouverte "
-                    f"AND resolved_at < now() - make_interval(secs => $1) LIMIT {PURGE_CHUNK})",
-                    days * 86_400,
-                )
-            ).split()[-1]
-        )
-        removed += count
-        if count < PURGE_CHUNK:
-            return removed
+    return await retention.purge_expired(pool, _RESOLVED, days)
 
 
-async def purge_resolved_periodically(pool: asyncpg.Pool, days: float) -> None:
+_RESOLVED = {"alertes": "NOT ouverte AND resolved_at < now() - make_interval(days => $1)"}
+
+
+async def purge_resolved_periodically(pool: asyncpg.Pool, days: int) -> None:
     await retention.periodically(
         "alerts.resolved", lambda: purge_resolved(pool, days), PURGE_PERIOD_SECONDS, older_than_days=days
     )

@@ -66,6 +66,17 @@ async def old_tablets_at(bootstrap: str, settings, pipeline, where: str) -> None
     )
 
 
+async def subscribed_with_old_tablets(bootstrap: str, settings, pipeline, alerts, where: str) -> None:
+    """`old_tablets_at`, then RID published and `where` subscribed to it: its alert raised."""
+    await old_tablets_at(bootstrap, settings, pipeline, where)
+    await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+    await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+
+
+def retraite(minute: int) -> dict:
+    return event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(minute))
+
+
 def alerts_of(records, type_):
     return [json.loads(r.value) for r in records if json.loads(r.value)["type"] == type_]
 
@@ -110,9 +121,7 @@ async def test_an_alert_resolved_by_a_closure_continues_the_ministere_s_trace(ka
     where = uai("0350207")
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
+        await subscribed_with_old_tablets(bootstrap, settings, pipeline, alerts, where)
         closed = college(where, minute=5)
         closed["data"]["ouvert"] = False
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
@@ -152,10 +161,8 @@ async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_
     where = uai("0350202")
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
-        retrait = event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(5))
+        await subscribed_with_old_tablets(bootstrap, settings, pipeline, alerts, where)
+        retrait = retraite(5)
         stale = publiee(4)  # older than the withdrawal
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, retrait), (RID, stale)])
         await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
@@ -392,10 +399,8 @@ async def test_a_resolved_alert_past_its_retention_is_forgotten_and_its_pair_rai
     where = uai("0350203")
     bootstrap = kafka.bootstrap_servers
     async with running(SPEC, settings) as pipeline, TopicReader(bootstrap, settings.topic(c.ALERTES)) as alerts:
-        await old_tablets_at(bootstrap, settings, pipeline, where)
-        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
-        await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_LEVEE), what="alerte-levee")
-        retrait = event(c.RESSOURCE_RETIREE, "/gar", {"resource_id": RID}, subject=RID, time_=at(5))
+        await subscribed_with_old_tablets(bootstrap, settings, pipeline, alerts, where)
+        retrait = retraite(5)
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, retrait)])
         await alerts.wait_for(lambda rs: alerts_of(rs, c.ALERTE_RESOLUE), what="alerte-resolue")
         pool = pipeline.pool

@@ -12,7 +12,7 @@ no longer there than in its DLQ and the dead-letter log (README, INBOX_RETENTION
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 import structlog
@@ -37,10 +37,16 @@ _EXPIRED = {
 async def purge(pool: asyncpg.Pool, days: int) -> int:
     """Delete inbox and dead-letter rows received more than `days` days ago, and the DLQ copies
     set aside made as long ago; returns how many."""
+    return await purge_expired(pool, _EXPIRED, days)
+
+
+async def purge_expired(pool: asyncpg.Pool, tables: Mapping[str, str], days: int) -> int:
+    """Delete the rows of each table its condition (on `$1`, `days`) says expired, a range of its
+    pages a statement; returns how many."""
     removed = 0
     # PostgreSQL before 14 has no TID range scan: each range would be a scan of the whole table.
     by_pages = int(await pool.fetchval("SHOW server_version_num")) >= 140000
-    for table, expired in _EXPIRED.items():
+    for table, expired in tables.items():
         if not by_pages:
             removed += await _purge_limited(pool, table, expired, days)
             continue
