@@ -863,7 +863,7 @@ async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_t
     async def counted(self: RessourcesStore) -> tuple[float, float] | None:
         nonlocal reads
         held = await read(self)
-        reads += 1  # once read: what the check says of it is said before it awaits again
+        reads += 1
         return held
 
     monkeypatch.setattr(RessourcesStore, "seuils", counted)
@@ -887,7 +887,9 @@ async def test_a_replica_whose_thresholds_are_not_those_in_force_says_so_until_t
             assert said()[0]["cette_replique"]["min_compatible_share"] == 0.9
             async with pool.acquire() as conn:
                 await RessourcesStore(conn).save_seuils(new.seuils)  # a replica with them restarted
-            await checked(1)  # the check under way as they were saved, which may have read the former ones
+            # The check under way as they were saved may have read the former ones, and says so
+            # after its read is counted; the one after it starts once that is said.
+            await checked(2)
             logs.lines.clear()
             await checked(3)  # each read them once saved
             assert not said() and not watching.done()
