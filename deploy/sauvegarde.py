@@ -613,6 +613,8 @@ class _Stop:
             if self.signum is None:
                 raise
             raise _Stopped(self.signum) from None
+        finally:
+            self.signum = None  # a tool run after it (the same process: tests) is not taken as stopped
 
 
 _STOP = _Stop()
