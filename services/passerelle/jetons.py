@@ -1,9 +1,10 @@
 """Bearer tokens: who is calling the passerelle, and as which declarants.
 
 A token is a JWT signed by the deployment's identity provider with an asymmetric key published
-in a JWKS (a file, or the provider's URL). `Verificateur.verifier` checks its signature, issuer,
-audience, expiry (not further ahead than a maximum lifetime) and not-before, and reads `sub` (the
-client) and `declarant` (one CloudEvents `source` form, or a list of them). Anything else is a
+in a JWKS (a file, or the provider's URL). `Verificateur.verifier` checks its type (an access
+token, not another JWT the provider signs), signature, issuer, audience, expiry (not further
+ahead than a maximum lifetime) and not-before, and reads `sub` (the client) and `declarant` (one
+CloudEvents `source` form, or a list of them). Anything else is a
 `JetonRefuse` (401), whose message names the rule broken and never the token nor its claims.
 `JwksIndisponible` (503) says the keys cannot be had at all: a valid token must not be told it
 is invalid because the provider is down.
@@ -41,6 +42,10 @@ DUREE_CACHE = 300.0  # seconds a JWKS fetched from a URL is trusted without fetc
 INTERVALLE_REFETCH = 10.0  # at least this many seconds between fetches forced by an unknown kid
 REESSAI = 5.0  # seconds before fetching again after a failed fetch
 LONGUEUR_SUB = 256  # `sub` becomes a Kafka header on every record the client sends
+# A token's `typ` (its header), compared without case: absent, a JWT, or an access token (RFC 9068).
+# Another type is another JWT the provider signs with the same keys, perhaps with our audience
+# (a logout token, a DPoP proof, a security event...): not a right to write (RFC 8725, 3.11).
+TYPES = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,13 @@ class Verificateur:
         alg = entete.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMES:  # a list or an object: not hashable
             raise JetonRefuse(f"algorithme refusé : signature asymétrique attendue ({', '.join(sorted(ALGORITHMES))})")
-        kid = entete.get("kid")
-        cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds) if isinstance(kid, str) else None
+        typ = entete.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in TYPES):
+            raise JetonRefuse("type de jeton refusé (typ) : un jeton d'accès attendu (JWT ou at+jwt)")
+        kid = entete.get("kid")  # a string or absent (PyJWT refuses the header otherwise)
+        cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds)
+        if cle is None and kid is None:
+            raise JetonRefuse("clé inconnue : sans kid, et le JWKS du fournisseur d'identité a plusieurs clés")
         if cle is None:
             raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
         if alg not in cle.algorithmes:
@@ -188,7 +198,7 @@ def _emis(token: str) -> float | None:
 
 
 class AucuneCle(ValueError):
-    """A key set that holds no key the verifier may use (asymmetric, for signing, with a kid)."""
+    """A key set that holds no key the verifier may use (asymmetric, for signing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,24 +210,45 @@ class Cle:
     algorithmes: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class JeuDeCles:
+    """The keys of a JWKS the verifier may use: by `kid`, and all of them (with a kid or not)."""
+
+    par_kid: dict[str, Cle]
+    toutes: tuple[Cle, ...]
+
+    def cle(self, kid: str | None) -> Cle | None:
+        """The key `kid` names; for a token without `kid` (RFC 7515 makes it optional), the set's
+        key when it holds only one: with several, which one signed is not said."""
+        if kid is None:
+            return self.toutes[0] if len(self.toutes) == 1 else None
+        return self.par_kid.get(kid)
+
+
+AUCUNE = JeuDeCles({}, ())
+
 _FAMILLE_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 
 
-def _cles_de_signature(jeu: object) -> dict[str, Cle]:
-    """The keys of a JWKS document (RFC 7517) the verifier may use: asymmetric, named by a `kid`,
-    for signatures (`use` absent or `sig`, `key_ops` absent or holding `verify`). A key that
-    names its `alg` verifies that one; one that does not, every algorithm of its type (RFC 7518):
-    an RSA key RS* and PS*, an EC or OKP key the one its curve goes with. Keys of another kind are
-    skipped; none left is `AucuneCle`. Not a JSON object: ValueError (not a key set at all)."""
+def _cles_de_signature(jeu: object) -> JeuDeCles:
+    """The keys of a JWKS document (RFC 7517) the verifier may use: asymmetric, for signatures
+    (`use` absent or `sig`, `key_ops` absent or holding `verify`), their `kid` a non-empty string
+    or absent. A key that names its `alg` verifies that one; one that does not, every algorithm
+    of its type (RFC 7518): an RSA key RS* and PS*, an EC or OKP key the one its curve goes with.
+    Keys of another kind are skipped; none left is `AucuneCle`. Not a JSON object: ValueError
+    (not a key set at all)."""
     if not isinstance(jeu, dict):
         raise ValueError("le JWKS n'est pas un objet JSON")
     keys = jeu.get("keys")
-    cles = {}
+    par_kid: dict[str, Cle] = {}
+    toutes: list[Cle] = []
     for donnees in keys if isinstance(keys, list) else []:
         if not isinstance(donnees, dict):
             continue
         kid, alg, ops = donnees.get("kid"), donnees.get("alg", ""), donnees.get("key_ops")
-        if not isinstance(kid, str) or not kid or not isinstance(alg, str) or donnees.get("use", "sig") != "sig":
+        if kid is not None and (not isinstance(kid, str) or not kid):
+            continue
+        if not isinstance(alg, str) or donnees.get("use", "sig") != "sig":
             continue
         if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
             continue
@@ -229,10 +260,12 @@ def _cles_de_signature(jeu: object) -> dict[str, Cle]:
         if algorithmes <= ALGORITHMES:
             # A key published with its private part (a provider's mistake): its public part verifies.
             public = jwk.key.public_key() if hasattr(jwk.key, "public_key") else jwk.key
-            cles[kid] = Cle(public, algorithmes)
-    if not cles:
-        raise AucuneCle("aucune clé de signature asymétrique avec un kid")
-    return cles
+            toutes.append(Cle(public, algorithmes))
+            if kid is not None:
+                par_kid[kid] = toutes[-1]
+    if not toutes:
+        raise AucuneCle("aucune clé de signature asymétrique")
+    return JeuDeCles(par_kid, tuple(toutes))
 
 
 class _ClesFichier:
@@ -241,9 +274,9 @@ class _ClesFichier:
     def __init__(self, path: Path):
         self.path = path
         self._version: tuple[int, int, int] | None = None
-        self._cles: dict[str, Cle] = {}
+        self._cles = AUCUNE
 
-    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
+    async def cle(self, kid: str | None, emis: float | None = None, leeway: float = 0) -> Cle | None:
         try:
             stat = os.stat(self.path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -252,7 +285,7 @@ class _ClesFichier:
                 self._version = version
         except (OSError, ValueError) as error:
             raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
-        return self._cles.get(kid)
+        return self._cles.cle(kid)
 
 
 class _ClesUrl:
@@ -264,7 +297,7 @@ class _ClesUrl:
         except jwt.PyJWKClientError as error:
             raise ValueError(f"JWKS_URL : {error}") from None
         self.url = url
-        self._cles: dict[str, Cle] = {}
+        self._cles = AUCUNE
         self._echec = ""
         self._echoue = False  # the latest fetch failed: the keys in hand may be stale
         self._obtenues = -math.inf  # when (time.time()) the keys in hand were fetched
@@ -274,24 +307,28 @@ class _ClesUrl:
         self._verrou = asyncio.Lock()
         self._rafraichissement: asyncio.Task | None = None
 
-    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
-        """The key `kid` names; None when it is not the provider's (`emis`: the token's `iat`,
-        `leeway`: how far in the future it may be, as for the token's times)."""
+    async def cle(self, kid: str | None, emis: float | None = None, leeway: float = 0) -> Cle | None:
+        """The key `kid` names (JeuDeCles.cle); None when it is not the provider's (`emis`: the
+        token's `iat`, `leeway`: how far in the future it may be, as for the token's times).
+        Without a `kid`, the keys are read again only once they expire: no fetch tells which of
+        several keys signed, nor that one in hand was replaced."""
         vue = self._generation
         maintenant = time.monotonic()
-        if maintenant >= self._prochain and kid in self._cles:
+        if maintenant >= self._prochain and self._cles.cle(kid) is not None:
             # Expired, but this key is in hand: fetched again behind this request, which never
             # waits for a slow or absent provider (its keys are used until it answers).
             if self._rafraichissement is None or self._rafraichissement.done():
                 self._rafraichissement = asyncio.create_task(self._charger(vue))
         elif maintenant >= self._prochain:
             await self._charger(vue)
-        elif kid not in self._cles and maintenant - self._force >= INTERVALLE_REFETCH:
+        elif kid is not None and self._cles.cle(kid) is None and maintenant - self._force >= INTERVALLE_REFETCH:
             self._force = maintenant
             await self._charger(vue)
-        if not self._cles:
+        if not self._cles.toutes:
             raise JwksIndisponible(f"JWKS_URL {self.url} : aucune clé obtenue ({self._echec})")
-        cle = self._cles.get(kid)
+        cle = self._cles.cle(kid)
+        if kid is None:
+            return cle
         if cle is None and self._echoue:
             raise ClesAVerifier(
                 f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés n'ont pu être relues "
@@ -325,14 +362,14 @@ class _ClesUrl:
                 # as with a JWKS_FILE that holds none). Kept, a key withdrawn so stayed trusted.
                 self._echoue, self._echec = True, f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
-                if self._cles:
+                if self._cles.toutes:
                     log.error("jwks_sans_cle", url=self.url, error=self._echec, retry_in_s=REESSAI)
-                self._cles = {}
+                self._cles = AUCUNE
             except Exception as error:  # unreachable, not JSON, cut while read: its keys kept meanwhile
                 self._echoue = True
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
-                if self._cles:
+                if self._cles.toutes:
                     log.warning("jwks_stale", url=self.url, error=self._echec, retry_in_s=REESSAI)
             finally:  # once done: callers that came while it ran use its result
                 self._generation += 1

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import asyncpg
+import jwt
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -92,6 +93,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
+def _retype(token: str, identite: IdentiteLocale, typ: str) -> str:
+    """`token`'s claims signed again by `identite`'s key, its header's `typ` being `typ`."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return jwt.encode(
+        claims, identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": identite.kid, "typ": typ}
+    )
+
+
 async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle, identite, tmp_path):
     client, _ = passerelle
     body = json.dumps(lot(ECOLE)).encode()
@@ -108,6 +117,8 @@ async def test_a_request_without_a_valid_token_is_401_naming_the_rule(passerelle
         "audience": (bearer(identite.jeton(RENNES, audience="autre-api")), "audience"),
         "expired": (bearer(identite.jeton(RENNES, ttl_seconds=-120)), "expiré"),
         "valid for months": (bearer(identite.jeton(RENNES, ttl_seconds=90 * 86_400)), "valide trop longtemps"),
+        # The provider's logout token (OpenID Connect Back-Channel Logout), well signed, for our audience.
+        "not an access token": (bearer(_retype(identite.jeton(RENNES), identite, "logout+jwt")), "type de jeton"),
     }
     for name, (headers, rule) in cases.items():
         response = await client.post("/v1/evenements", content=body, headers={**STRUCTURED, **headers})

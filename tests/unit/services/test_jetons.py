@@ -86,8 +86,15 @@ def _hs256(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
     return jwt.encode(claims(), "a-shared-secret-of-32-bytes-long!", algorithm="HS256", headers={"kid": identite.kid})
 
 
-def _no_kid(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
+def _no_kid(identite: IdentiteLocale) -> str:
     return jwt.encode(claims(), identite.key_path.read_bytes(), algorithm="RS256")
+
+
+def _typ(identite: IdentiteLocale, typ: object) -> str:
+    """A token of the provider, well signed, whose header's `typ` is `typ`."""
+    return jwt.encode(
+        claims(), identite.key_path.read_bytes(), algorithm="RS256", headers={"kid": identite.kid, "typ": typ}
+    )
 
 
 def _other_kid(identite: IdentiteLocale, autre: IdentiteLocale) -> str:
@@ -105,7 +112,11 @@ REFUS = {
     "bad signature": (_forged, "signature invalide"),
     "alg none": (_unsigned, "algorithme refusé"),
     "HS256": (_hs256, "algorithme refusé"),
-    "no kid": (_no_kid, "clé inconnue (kid)"),
+    "kid a number": (lambda i, a: _header({"alg": "RS256", "kid": 7}), "jeton illisible"),
+    # Another JWT the provider signs, perhaps for our audience: not an access token (RFC 8725, 3.11).
+    "typ logout+jwt": (lambda i, a: _typ(i, "logout+jwt"), "type de jeton refusé (typ)"),
+    "typ dpop+jwt": (lambda i, a: _typ(i, "dpop+jwt"), "type de jeton refusé (typ)"),
+    "typ a list": (lambda i, a: _typ(i, ["JWT"]), "type de jeton refusé (typ)"),
     "kid not in the JWKS": (_other_kid, "clé inconnue (kid)"),
     "alg a list": (lambda i, a: _header({"alg": ["RS256"], "kid": i.kid}), "algorithme refusé"),
     "alg an object": (lambda i, a: _header({"alg": {"RS256": 1}, "kid": i.kid}), "algorithme refusé"),
@@ -158,6 +169,45 @@ async def test_a_token_breaking_a_rule_is_refused_with_that_rule(
 
     assert str(refused.value).startswith(reason)
     assert token not in str(refused.value) and "35238" not in str(refused.value)  # nor the token, nor its claims
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/at+JWT"])
+async def test_an_access_token_or_a_plain_jwt_is_of_an_accepted_type(identite: IdentiteLocale, typ: str) -> None:
+    assert await par_fichier(identite).verifier(_typ(identite, typ))
+
+
+def _deux_cles(tmp_path: Path, *jeux: IdentiteLocale, **changes: object) -> Verificateur:
+    """A verifier of a JWKS file holding these providers' keys, each with `changes` (None: removed)."""
+    keys = [{k: v for k, v in {**cle, **changes}.items() if v is not None} for cle in json.loads(both(*jeux))["keys"]]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": keys}))
+    return Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+
+
+async def test_a_token_without_kid_is_verified_by_the_only_key_of_the_set(
+    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    """RFC 7515 makes `kid` optional: with one key, which one signed is not in doubt; with
+    several, it is (never tried in turn: a refusal would then say nothing of which rule broke)."""
+    assert await par_fichier(identite).verifier(_no_kid(identite))
+
+    both = _deux_cles(tmp_path, identite, autre)
+    assert await both.verifier(identite.jeton(COMMUNE))  # named by its kid: found among the two
+    with pytest.raises(JetonRefuse, match="clé inconnue : sans kid, et le JWKS du fournisseur d'identité a plusieurs"):
+        await both.verifier(_no_kid(identite))
+
+
+async def test_a_key_published_without_kid_verifies_tokens_without_kid_only(
+    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    """Such a key was skipped: a provider that publishes none had every token refused (503)."""
+    verificateur = _publiee(tmp_path, identite, kid=None)
+
+    assert await verificateur.verifier(_no_kid(identite))
+    with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):  # the token names a key the set has not
+        await verificateur.verifier(identite.jeton(COMMUNE))
+    with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):
+        await _deux_cles(tmp_path, identite, autre, kid=None).verifier(_no_kid(identite))
 
 
 async def test_expiry_within_the_leeway_is_accepted(identite: IdentiteLocale) -> None:
@@ -433,6 +483,21 @@ async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fourni
     with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):  # issued before the keys were fetched
         await verificateur.verifier(signed_by(autre, int(time.time()) - 60))
     assert fournisseur.requests == 1  # the first fetch already was the fresh one
+
+
+async def test_a_token_without_kid_from_a_url_uses_the_only_key_and_forces_no_fetch(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    """No fetch tells which of several keys signed: refused (401) at once, not a fetch per token."""
+    verificateur = fournisseur.verificateur()
+    assert await verificateur.verifier(_no_kid(identite))
+
+    fournisseur.jwks = both(identite, autre)
+    fresh = fournisseur.verificateur()
+    for _ in range(3):
+        with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):
+            await fresh.verifier(_no_kid(identite))
+    assert fournisseur.requests == 2  # one fetch by each verifier
 
 
 async def test_a_token_of_a_key_published_in_the_second_the_keys_were_fetched_is_503_not_401(
