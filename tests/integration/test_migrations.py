@@ -3,6 +3,7 @@ backup's pg_dump holds every table for its whole run) gives way, lets the table'
 through, and is tried again until it is applied."""
 
 import asyncio
+import hashlib
 
 import asyncpg
 
@@ -68,4 +69,66 @@ async def test_a_schema_migrated_by_a_newer_version_is_said_to_be_so(database_ur
             ["ressources/9999_a_venir.sql"],
         )
     finally:
+        await pool.close()
+
+
+async def test_each_migration_is_kept_with_its_text_checksum_and_a_changed_file_is_said(database_url, monkeypatch):
+    """A migration edited after it was applied (common/0015 was, three times in 40 minutes) left
+    the deployed schemas what the former text made, a new one what the new text makes, and
+    nothing said so (audit helper-177 #4)."""
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        kept = {r["name"]: r["checksum"] for r in await pool.fetch("SELECT name, checksum FROM schema_migrations")}
+        files = dict(db._migration_files(SPEC.package_dir))
+        assert kept == {name: hashlib.sha256(sql.encode()).hexdigest() for name, sql in files.items()}
+
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        edited = {**files, LATEST: files[LATEST] + "\n-- reworded after it was deployed\n"}
+        monkeypatch.setattr(db, "_migration_files", lambda d: list(edited.items()))
+        await migrate(pool, "ressources", SPEC.package_dir)
+
+        [line] = said.named("migration.changed")
+        assert (line["level"], line["schema"], line["migrations"]) == ("warning", "ressources", [LATEST])
+        assert not said.named("migration.applied"), "an applied migration is never applied again"
+        assert await pool.fetchval("SELECT checksum FROM schema_migrations WHERE name = $1", LATEST) == kept[LATEST]
+    finally:
+        await pool.close()
+
+
+async def test_a_schema_migrated_before_checksums_gets_them_even_behind_a_backup(database_url, monkeypatch):
+    """Its schema_migrations has no checksum column, and rows written by a former replica during
+    a rolling update none: the column is added once (waiting behind a backup's lock, which held
+    every table, as a migration does), each row takes its file's, and nothing is said changed."""
+    monkeypatch.setattr(db, "MIGRATION_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(db, "MIGRATION_RETRY_SECONDS", 0.2)
+    pool = await create_pool(database_url, "ressources")
+    backup = await asyncpg.connect(database_url)
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        await pool.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
+        held = backup.transaction(isolation="repeatable_read")
+        await held.start()
+        await backup.execute("LOCK TABLE ressources.schema_migrations IN ACCESS SHARE MODE")  # as pg_dump does
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        migrating = asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir))
+        waiting = lambda: said.named("migration.waiting_for_lock")  # noqa: E731
+        await eventually(lambda: asyncio.sleep(0, bool(waiting())), what="the column's addition waiting")
+        assert not migrating.done()
+        await held.rollback()
+        await asyncio.wait_for(migrating, timeout=30)
+
+        files = dict(db._migration_files(SPEC.package_dir))
+        kept = {r["name"]: r["checksum"] for r in await pool.fetch("SELECT name, checksum FROM schema_migrations")}
+        assert kept == {name: hashlib.sha256(sql.encode()).hexdigest() for name, sql in files.items()}
+        assert not said.named("migration.changed") and not said.named("migration.applied")
+
+        await pool.execute("UPDATE schema_migrations SET checksum = NULL WHERE name = $1", LATEST)  # a former replica's
+        await migrate(pool, "ressources", SPEC.package_dir)
+        assert await pool.fetchval("SELECT checksum FROM schema_migrations WHERE name = $1", LATEST) == kept[LATEST]
+        assert not said.named("migration.changed")
+    finally:
+        await backup.close()
         await pool.close()

@@ -3,7 +3,8 @@ and the migrations the service applies at start.
 
 Migrations are the numbered `*.sql` files of the service's `migrations/` folder plus the shared
 ones (inbox, outbox, dead letters, référentiel). Each runs once, in order, under an advisory
-lock so two replicas starting together do not race.
+lock so two replicas starting together do not race; its text's checksum is kept with it, and a
+file changed since it was applied is said at every start (`migration.changed`).
 """
 
 import asyncio
@@ -254,6 +255,12 @@ def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
     return [(f"{f.parent.parent.name}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
 
 
+def checksum(sql: str) -> str:
+    """A migration's text's checksum, as schema_migrations keeps it (its line ends as Unix's: a
+    checkout that writes CRLF changes no migration)."""
+    return hashlib.sha256(sql.replace("\r\n", "\n").encode()).hexdigest()
+
+
 async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
     lock_id = advisory_key(f"migrate:{schema}")
     async with pool.acquire() as conn:
@@ -261,15 +268,21 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
         try:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), checksum text)"
             )
-            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'schema_migrations'::regclass "
+                "AND attname = 'checksum' AND NOT attisdropped)"
+            ):  # a schema migrated before checksums were kept; altered once (it waits behind a backup)
+                await _apply(conn, "schema_migrations.checksum", _CHECKSUM_COLUMN, schema, record=False)
+            done = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
             files = _migration_files(service_dir)
             for name, sql in files:
                 if name not in done:
                     await _apply(conn, name, sql, schema)
                     log.info("migration.applied", migration=name, schema=schema)
-            if newer := sorted(done - {name for name, _ in files}):
+            await _check_texts(conn, schema, done, files)
+            if newer := sorted(done.keys() - {name for name, _ in files}):
                 # A rollback (`kubectl rollout undo`), or a restore's catch-up run by an older
                 # version: migrations this code does not know. During a rolling update the former
                 # replicas run on them too (README, Upgrades), so said, not refused.
@@ -284,6 +297,38 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
 
 
+_CHECKSUM_COLUMN = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"
+
+
+async def _check_texts(
+    conn: Conn, schema: str, done: Mapping[str, str | None], files: Sequence[tuple[str, str]]
+) -> None:
+    """Migrations applied before their checksum was kept (by a former version, or one still
+    running during a rolling update) take their file's; one whose file changed since it was
+    applied is said (`migration.changed`): the schema is what its former text made, which a
+    fresh database would not get (a deployed migration is never edited: a new one changes what
+    it made). Said at every start, not refused: the change may be a comment."""
+    changed, unrecorded = [], []
+    for name, sql in files:
+        if name in done:
+            if done[name] is None:
+                unrecorded.append((name, checksum(sql)))
+            elif done[name] != checksum(sql):
+                changed.append(name)
+    if unrecorded:
+        await conn.executemany(
+            "UPDATE schema_migrations SET checksum = $2 WHERE name = $1 AND checksum IS NULL", unrecorded
+        )
+    if changed:
+        log.warning(
+            "migration.changed",
+            schema=schema,
+            migrations=changed,
+            hint="applied from another text than this version's file: the schema is what the former text "
+            "made; a deployed migration is never edited, a new one changes what it made",
+        )
+
+
 MIGRATION_LOCK_TIMEOUT_MS = 3000
 """How long a migration waits for a lock on a table it changes before it gives up and tries
 again (MIGRATION_RETRY_SECONDS later). A backup's pg_dump holds every table for its whole run:
@@ -294,16 +339,20 @@ rolled back, for the next start to do the same."""
 MIGRATION_RETRY_SECONDS = 3.0
 
 
-async def _apply(conn: Conn, name: str, sql: str, schema: str) -> None:
-    """One migration in its transaction, recorded as applied in it; tried again for as long as
-    a lock it needs is held by others (each try gives way after MIGRATION_LOCK_TIMEOUT_MS)."""
+async def _apply(conn: Conn, name: str, sql: str, schema: str, record: bool = True) -> None:
+    """One migration in its transaction, recorded as applied in it with its checksum (unless not
+    `record`); tried again for as long as a lock it needs is held by others (each try gives way
+    after MIGRATION_LOCK_TIMEOUT_MS)."""
     tries = 0
     while True:
         try:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
                 await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                if record:
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", name, checksum(sql)
+                    )
             return
         except asyncpg.exceptions.LockNotAvailableError:
             tries += 1
