@@ -337,7 +337,7 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
             )
         assert await relay.drain_once() == 4
         rows = await pool.fetch(
-            "SELECT topic, key, superseded_at IS NOT NULL AS superseded FROM outbox_failed ORDER BY seq"
+            "SELECT seq, topic, key, superseded_at IS NOT NULL AS superseded FROM outbox_failed ORDER BY seq"
         )
         assert [(r["topic"], r["key"], r["superseded"]) for r in rows] == [
             (compacted, b"k1", True),
@@ -348,6 +348,11 @@ async def test_a_set_aside_record_of_a_compacted_topic_is_never_retried_after_a_
         capsys.readouterr()
         assert await outbox_failed.run("list", ["equipement"], database_url, None) == 4
         assert capsys.readouterr().out.count("a later record of its key went out on") == 2
+
+        k1, k2 = (r["seq"] for r in rows[:2])
+        with pytest.raises(outbox_failed.SeqSuperseded, match=f"seq {k1} superseded, never retried .*nothing done"):
+            await outbox_failed.run("retry", ["equipement"], database_url, [k2, k1])  # exit 1, not 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox_failed") == 4, "k2's not retried either"
 
         # k4 set aside, and a later record of it waiting in the outbox (Kafka away, a backlog).
         async with pool.acquire() as conn:

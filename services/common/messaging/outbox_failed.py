@@ -17,7 +17,8 @@ cannot override newer state; but a topic that keeps only each key's last record
 (alertes.etat.v1, the profiles, the coverages) would keep it in place of the newer one: a
 set-aside record of such a topic after which the relay published a later record of its key is
 marked superseded, listed so, and never retried (one still waiting in the outbox goes out
-after the retried one, by its seq). A record's twin (an alert event's copy on alertes.etat.v1,
+after the retried one, by its seq): `retry` passes over it, `retry --seq` naming it does
+nothing and exits 1. A record's twin (an alert event's copy on alertes.etat.v1,
 outbox.Twin) is set aside with it and superseded on its own: `retry` then puts back the other
 one alone. Values are not printed: they may hold partners' data; `--show-key` prints record
 keys, but a DLQ copy's only when it is a UAI (a partner's `formation-suivie` is keyed by its
@@ -111,6 +112,11 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             f"WHERE {where} AND (superseded_at IS NOT NULL OR twin_superseded_at IS NOT NULL) ORDER BY seq",
             seqs,
         )
+        if seqs and (wholly := [r["seq"] for r in superseded if _nothing_left(r)]):
+            raise SeqSuperseded(
+                f"{schema}: seq {', '.join(map(str, wholly))} superseded, never retried (./dev outbox list says "
+                "why; drop it with ./dev outbox drop): nothing done"
+            )
         for r in superseded:
             print(f"{schema}: seq={r['seq']} {_superseded(r)}")
         moved = await conn.fetch(
@@ -130,6 +136,16 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
 class SeqAbsent(Exception):
     """Seqs asked for that no set-aside record has (a retry's record moved back already, or a
     seq read before a rebuild numbered them again): nothing is done, the others neither."""
+
+
+class SeqSuperseded(Exception):
+    """Seqs asked for (`retry --seq`) whose record and twin are both superseded: none of it can
+    go back, so the retry asked for cannot be done; nothing is done, the others neither."""
+
+
+def _nothing_left(row: asyncpg.Record) -> bool:
+    """Whether a set-aside row's record is superseded and so is its twin, if it has one."""
+    return row["superseded_at"] is not None and (row["twin_topic"] is None or row["twin_superseded_at"] is not None)
 
 
 async def _all_there(conn: asyncpg.Connection, schema: str, asked: list[int] | None) -> None:
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     schemas, named = tool_schemas("./dev outbox", args.service, SERVICES, settings)
     try:
         asyncio.run(run(args.command, schemas, database_url, args.seq, args.show_key, named))
-    except (SchemaAbsent, SeqAbsent) as exc:
+    except (SchemaAbsent, SeqAbsent, SeqSuperseded) as exc:
         print(f"./dev outbox: {exc}", file=sys.stderr)
         return 1
     except SESSION_ENDED as exc:  # a restart meanwhile: each change is one transaction, rolled back
