@@ -212,13 +212,21 @@ async def test_assigned_partitions_are_read_from_the_stored_positions_only(kafka
     assert [o for (topic, _), o in offsets.items() if topic == lots] == [5], "Kafka's offsets: ahead of the database"
     await send(kafka.bootstrap_servers, lots, [(uai, d) for d in declared[5:]])
 
-    load = consumer.positions.load
+    resume = consumer.StoredPositions._resume_from_database
 
-    async def slow_load(pool, assigned):  # longer than a poll and a batch's transaction
-        await asyncio.sleep(3)
-        return await load(pool, assigned)
+    async def late_resume(self, kafka_consumer, assigned):
+        """The stored positions read only once the race is run: the partitions paused (no poll
+        can take their records meanwhile), or a poll's batch handled and committed before the
+        seek (what the pause prevents): no fixed wait that a slow broker would outlast."""
 
-    monkeypatch.setattr(consumer.positions, "load", slow_load)
+        async def taken_ahead() -> bool:  # more than L0 and L1, which the restore kept
+            return await self._pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) > 2
+
+        if not assigned <= kafka_consumer.paused():
+            await eventually(taken_ahead, timeout=30, what="a poll's batch handled before the positions' seek")
+        await resume(self, kafka_consumer, assigned)
+
+    monkeypatch.setattr(consumer.StoredPositions, "_resume_from_database", late_resume)
     async with running(SPEC, settings) as pipeline:
         handled: list[int] = []
         handle = pipeline.handle

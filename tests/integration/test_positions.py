@@ -2,8 +2,6 @@
 committed offsets say. Two schemas share one consumer group (as an old backup restored, or a
 fresh schema, would share it with the running service's past), against the real broker."""
 
-import asyncio
-
 import contracts as c
 from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
@@ -205,13 +203,22 @@ async def test_partitions_of_a_group_with_no_committed_offset_wait_for_no_error(
 
     from services.common.messaging import consumer
 
-    load = consumer.positions.load
+    resume = consumer.StoredPositions._resume_from_database
 
-    async def slow(pool, partitions):  # long enough for aiokafka's look-up to answer meanwhile
-        await asyncio.sleep(1.5)
-        return await load(pool, partitions)
+    async def late_resume(self, kafka_consumer, assigned):
+        """The stored positions read only once aiokafka has settled where each partition starts
+        (as the reset asked before this callback awaited), or has logged the error its look-up
+        of the group's offsets ends in without it: no fixed wait a slow broker would outlast."""
+        state = kafka_consumer._subscription.subscription.assignment.state_value
 
-    monkeypatch.setattr(consumer.positions, "load", slow)
+        async def settled() -> bool:
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            return bool(errors) or all(state(tp).has_valid_position for tp in assigned)
+
+        await eventually(settled, timeout=30, what="the partitions' start settled, or an error")
+        await resume(self, kafka_consumer, assigned)
+
+    monkeypatch.setattr(consumer.StoredPositions, "_resume_from_database", late_resume)
     caplog.set_level(logging.ERROR)
     uai = valid_uai("0350001")
     async with running(SPEC, settings) as pipeline:
