@@ -423,3 +423,36 @@ async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_th
             release.set()  # the slow count's connection back, for the service to stop
         [line] = said.named("metrics.counts_unread")
         assert line["error"] == "UndefinedTableError" and line["level"] == "warning"
+
+
+async def test_batches_failing_here_are_no_longer_said_once_their_partition_went_to_another_replica(kafka, settings):
+    """The failing batch's partition given to another replica, which commits it, this one idle:
+    its gauge grew for good and /health said batches failing (audit helper-181 #2)."""
+    from services.common.messaging.partitioner import partition_for
+
+    # Of the two, "aa-b" sorts first: the round-robin assignor gives it partitions 0, 2 and 4.
+    uai = next(u for n in range(350100, 350200) if partition_for((u := valid_uai(f"0{n}")).encode(), range(6)) == 0)
+    here = running(EQUIPEMENT, settings.model_copy(update={"consumer_instance_id": "zz-a"}))
+    async with here as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        transaction = pipeline._transaction
+
+        async def failing(*args):
+            raise RuntimeError("this replica's database session is broken")
+
+        pipeline._transaction = failing
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 10))])
+        await eventually(lambda: asyncio.sleep(0, pipeline.metrics.failing), what="the lot's batch failing here")
+
+        other = running(EQUIPEMENT, settings.model_copy(update={"consumer_instance_id": "aa-b"}))
+        async with other as taker:
+            await eventually(
+                lambda: taker.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot, by the other replica"
+            )
+            taken = {(tp.topic, tp.partition) for tp in taker.metrics._consumer().assignment()}
+            assert (settings.topic(c.EQUIPEMENT), 0) in taken, "the other replica holds the lot's partition"
+            status, health = await here.app.health()
+            assert (status, health["batches_failing"]) == (200, None)
+            assert value(await scrape(here.app), "feo_batches_failing_seconds", service="equipement") == 0
+        pipeline._transaction = transaction

@@ -188,6 +188,12 @@ class Metrics:
         self._failed.labels(self.service).inc()
         self.failing = Failing.again(self.failing, error)
 
+    def reassigned(self) -> None:
+        """The consumer's partitions assigned again: batches that failed here may be another
+        replica's to take now, which commits them, this one then idle (its gauge grew for good,
+        /health said batches failing). Counted again from this replica's next failure."""
+        self.failing = None
+
     def positions_unreadable(self, error: str) -> None:
         """The stored positions could not be read at an assignment (taken again): since when."""
         self.positions_failing = Failing.again(self.positions_failing, error)
