@@ -566,7 +566,8 @@ async def test_a_resource_view_says_while_its_re_evaluation_is_pending_and_stops
     platform, publish, wait_stored, browser, database_url
 ):
     """While a resource's re-evaluation has pairs left, its counts are partly those of its
-    alerts from before: the view says so, and reads itself again until the re-evaluation ended,
+    alerts from before: the view says so, as the établissement's card does (its verdicts are
+    as things are now, its alerts not), and each reads itself again until the re-evaluation ended,
     which may bring no live event (one that changes no alert). Held here by the service's
     writers held, as a rebuild holds them."""
     from services.common.pipeline import writer_lock
@@ -582,21 +583,27 @@ async def test_a_resource_view_says_while_its_re_evaluation_is_pending_and_stops
             return answer.get("total", {}).get("evalues") == 1 and not answer["reevaluation_en_attente"]
 
         await eventually(evaluated, timeout=60, what="the subscription evaluated")
-    page = await browser.new_page(locale="fr-FR")
+    page, school = await browser.new_page(locale="fr-FR"), await browser.new_page(locale="fr-FR")
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    school.on("pageerror", lambda error: errors.append(str(error)))
     total = page.locator("#res-total")
+    # The établissement's card: its verdicts as things are now, its alerts not yet (audit helper-182 #2).
+    card = school.locator("#etab-ressources article")
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", writer_lock("ressources"))
         try:
             await conn.execute("INSERT INTO ressources.reevaluations (resource_id) VALUES ($1)", rid)
             await page.goto(f"{base}/tableau#/ressource/{rid}")
+            await school.goto(f"{base}/tableau#/etablissement/{uai}")
             await expect(total).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
             await expect(total).to_contain_text("Réévaluation en cours")
+            await expect(card).to_contain_text("Réévaluation en cours")
         finally:
             await conn.execute("SELECT pg_advisory_unlock_all()")
         await expect(total).not_to_contain_text("Réévaluation en cours", timeout=WAIT_MS)
+        await expect(card).not_to_contain_text("Réévaluation en cours", timeout=WAIT_MS)
         assert await conn.fetchval("SELECT count(*) FROM ressources.reevaluations") == 0
     finally:
         await conn.close()

@@ -89,8 +89,15 @@ function refusal(body, status) {
 
 const etabLink = (uai) => el("a", { href: `#/etablissement/${encodeURIComponent(uai)}` }, uai);
 const resourceLink = (id, title) => el("a", { href: `#/ressource/${encodeURIComponent(id)}` }, title || id);
+// Instants in Paris' time, whatever the viewer's computer says (a kiosk on UTC, a rectorat overseas
+// read another day): the columns say so; the instant itself is the element's `datetime`.
 const date = (iso) =>
-  el("time", { datetime: iso }, new Date(iso).toLocaleString("fr-FR", { dateStyle: "short", timeStyle: "short" }));
+  el(
+    "time",
+    { datetime: iso, title: iso },
+    new Date(iso).toLocaleString("fr-FR", { dateStyle: "short", timeStyle: "short", timeZone: "Europe/Paris" }),
+  );
+const count = (n) => n.toLocaleString("fr-FR");
 const reasonText = (r) => `${REASONS[r.code] || r.code} : ${r.detail}`;
 const reasonList = (reasons) => el("ul", { class: "raisons" }, reasons.map((r) => el("li", {}, reasonText(r))));
 
@@ -170,17 +177,39 @@ async function streamRefusal(url) {
   }
 }
 
+// A burst of changes, one reading: QUIET_MS after the last, but never later than BURST_MS after
+// the first (else a burst of events 100 ms apart, a national re-evaluation, left the list unread
+// for as long as it lasted, the page saying it was live). Its first change is announced alone,
+// the others together once the list is read again.
+const QUIET_MS = 300;
+const BURST_MS = 1500;
 let pending = null;
+let burst = null;
 function changed(type, alert) {
   recent.add(alert.alert_id);
   if (recent.size > RECENT_MAX) recent.delete(recent.values().next().value); // the oldest: a page open for days
   if (current && current.concerns(alert)) {
     // Only what the view shows is announced: a screen reader is not read the whole country's.
-    const what = type === "alerte-levee" ? "Alerte levée" : "Alerte résolue";
-    announce(`${what} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
-    clearTimeout(pending); // a burst of changes, one reading
-    pending = setTimeout(refresh, 300);
+    const raised = type === "alerte-levee";
+    if (burst === null) {
+      burst = { since: Date.now(), raised: 0, resolved: 0 };
+      announce(
+        `${raised ? "Alerte levée" : "Alerte résolue"} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ` +
+          `ressource ${alert.resource_id}`,
+      );
+    } else if (raised) burst.raised += 1;
+    else burst.resolved += 1;
+    clearTimeout(pending);
+    pending = setTimeout(readAfterBurst, Math.max(0, Math.min(QUIET_MS, burst.since + BURST_MS - Date.now())));
   }
+}
+
+function readAfterBurst() {
+  const counted = (n, what) => n && `${count(n)} ${what}${n > 1 ? "s" : ""}`;
+  const more = burst ? [counted(burst.raised, "levée"), counted(burst.resolved, "résolue")].filter(Boolean) : [];
+  burst = null;
+  if (more.length) announce(`Autres changements dans cette vue : ${more.join(", ")}.`);
+  refresh();
 }
 
 // --- Alerts: filters, list, pages ---------------------------------------------------------------
@@ -261,7 +290,7 @@ async function listAlertes(filters, page) {
     return;
   }
   $("compte").textContent =
-    answer.total === 0 ? "Aucune alerte pour ces filtres." : `${answer.total} alerte${answer.total > 1 ? "s" : ""}`;
+    answer.total === 0 ? "Aucune alerte pour ces filtres." : `${count(answer.total)} alerte${answer.total > 1 ? "s" : ""}`;
   $("alertes").querySelector("tbody").replaceChildren(
     ...answer.items.map((a) =>
       el(
@@ -277,7 +306,7 @@ async function listAlertes(filters, page) {
     ),
   );
   $("alertes").hidden = answer.total === 0;
-  $("page-position").textContent = `Page ${page} sur ${pages}`;
+  $("page-position").textContent = `Page ${count(page)} sur ${count(pages)}`;
   const go = (to) => () => {
     const params = new URLSearchParams(filters);
     params.set("page", to);
@@ -333,6 +362,12 @@ async function etablissement(uai) {
   $("etab-lots").hidden = lots.length === 0;
   training(answer.formation);
   $("etab-ressources").replaceChildren(...(answer.ressources.length ? answer.ressources.map(subscribed) : [el("p", {}, "Aucune.")]));
+  if (answer.ressources.some((r) => r.reevaluation_en_attente)) {
+    // Read again until it ends: one that changes no alert brings no live event to this view.
+    const view = current;
+    clearTimeout(pendingRead);
+    pendingRead = setTimeout(() => current === view && refresh(), PENDING_READ_MS);
+  }
 }
 
 function training(formation) {
@@ -377,10 +412,15 @@ function subscribed(r) {
       ? "partiel"
       : "compatible";
   const coverage = r.coverage === null || r.coverage === undefined ? "" : `, formation ${percent(r.coverage)} %`;
+  // Its verdicts are as things are now; its alerts, until the re-evaluation reaches it, as before.
+  const pending = r.reevaluation_en_attente
+    ? el("p", { class: "attente" }, "Réévaluation en cours : ces verdicts sont ceux d'aujourd'hui, ses alertes ouvertes pas encore.")
+    : null;
   return el(
     "article",
     { class: `ressource verdict-${verdict}` },
     title,
+    ...(pending ? [pending] : []),
     el("p", {}, el("strong", {}, VERDICTS[verdict]), ` : ${r.compatible} poste(s) compatible(s) sur ${r.devices}${coverage}`),
     raised.length
       ? el(

@@ -1,0 +1,184 @@
+"""The dashboard page in a real browser (Debian's Chromium, Playwright) against ressources served
+in this process, its alerts and their live events written straight into its tables (as its
+re-evaluations write them, a thousand at a time): what the page shows of many alerts, of a
+long burst of events, of instants and of long identifiers. The page against the whole platform
+fed by partners is tests/e2e/test_tableau_navigateur.py."""
+
+import asyncio
+import json
+import re
+import shutil
+import time
+from datetime import UTC, datetime
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from helpers import uai
+from test_read_api import serve_api
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+CHROMIUM = shutil.which("chromium")
+expect.set_options(timeout=20_000)
+
+
+@pytest.fixture
+async def api(kafka, settings):
+    async with serve_api(settings) as served:
+        yield served
+
+
+@pytest.fixture
+async def browser():
+    if CHROMIUM is None:
+        pytest.fail("no chromium on PATH: install Debian's package (apt-get install chromium)")
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        await chromium.close()
+
+
+def alerte(n: int, code: str, raised_at: datetime, resource_id: str | None = None) -> dict:
+    return {
+        "alert_id": f"alerte-{n}",
+        "uai": code,
+        "resource_id": resource_id or f"ark:/67375/r{n}",
+        "kind": "equipement-incompatible",
+        "reasons": [{"code": "os-version", "detail": "iPadOS 12.5 < 15"}],
+        "code_academie": "14",
+        "code_departement": "035",
+        "responsable": {"type": "departement", "code": "035"},
+        "compatible": 0,
+        "devices": 10,
+        "coverage": None,
+        "raised_at": raised_at.isoformat(),
+        "resolved_at": None,
+    }
+
+
+async def raise_(pool, alerts: list[dict], announced: bool = True) -> None:
+    """`alerts` stored open, each announced on the live stream as ressources does (its journal)."""
+    await pool.executemany(
+        "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, alerte) "
+        "VALUES ($1, $2, $3, $4, true, 1, $5, $6::jsonb)",
+        [
+            (
+                a["alert_id"],
+                a["uai"],
+                a["resource_id"],
+                a["kind"],
+                datetime.fromisoformat(a["raised_at"]),
+                json.dumps(a),
+            )
+            for a in alerts
+        ],
+    )
+    if not announced:
+        return
+    events = [
+        {
+            "specversion": "1.0",
+            "id": f"levee-{a['alert_id']}",
+            "source": "/plateforme/ressources",
+            "type": "fr.education.alertes.alerte-levee.v1",
+            "time": a["raised_at"],
+            "subject": f"{a['uai']}/{a['resource_id']}",
+            "data": a,
+        }
+        for a in alerts
+    ]
+    await pool.execute(
+        "WITH added AS (INSERT INTO alert_journal (event_id, alert_id, event) "
+        "SELECT e->>'id', e->'data'->>'alert_id', e FROM jsonb_array_elements($1::jsonb) AS e RETURNING seq) "
+        "SELECT pg_notify('alertes', max(seq)::text) FROM added",
+        json.dumps(events),
+    )
+
+
+async def opened(browser, base_url: str, **context):
+    page = await browser.new_page(locale="fr-FR", viewport={"width": 1366, "height": 800}, **context)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{base_url}/tableau")
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert")
+    return page, errors
+
+
+async def test_a_long_burst_of_events_is_shown_while_it_lasts_and_announced_together(api, browser):
+    """Each event put off the list's reading by 300 ms more: a burst of events 100 ms apart (a
+    national re-evaluation's chunks) left the list unread for as long as it lasted, "Aucune
+    alerte" under "Direct : connecté", and a screen reader read every one (audit helper-182 #1, #4)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    page, errors = await opened(browser, str(client.base_url))
+    await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")
+    announced: list[str] = []
+    await page.expose_function("announced", lambda text: announced.append(text))
+    await page.evaluate(
+        "new MutationObserver(() => window.announced(document.getElementById('annonce').textContent))"
+        ".observe(document.getElementById('annonce'), {childList: true, characterData: true, subtree: true})"
+    )
+    shown_during: set[str] = set()
+    started = time.monotonic()
+    for n in range(50):  # 50 raises 100 ms apart: 5 s
+        await raise_(pool, [alerte(n, uai(f"03502{n:02d}"), datetime.now(UTC))])
+        await asyncio.sleep(0.1)
+        shown_during.add(await page.locator("#compte").inner_text())
+    assert time.monotonic() - started >= 5
+    assert shown_during - {"Aucune alerte pour ces filtres.", "1 alerte"}, f"read while it lasted: {shown_during}"
+    await expect(page.locator("#compte")).to_have_text("50 alertes")
+    assert len(announced) < 20, f"announced together, not one by one: {len(announced)}"
+    assert any(a.startswith("Autres changements dans cette vue : ") for a in announced), announced
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_instants_are_in_paris_time_whatever_the_viewer_s_zone_and_counts_are_in_french(api, browser):
+    """A kiosk on UTC read an alert raised at 00:30 in Paris as raised the day before; "1234
+    alertes" had no thousands' space (audit helper-182 #7, #15)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    code = uai("0350300")
+    raised = datetime(2026, 10, 25, 23, 30, tzinfo=UTC)  # 26 October, 00:30 in Paris (winter time since 03:00)
+    await raise_(pool, [alerte(0, code, raised)], announced=False)
+    await pool.execute(
+        "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, alerte) "
+        "SELECT 'masse-' || n, a.uai, a.resource_id || '-' || n, a.kind, true, 1, "
+        "a.raised_at - n * interval '1 minute', "
+        "jsonb_set(jsonb_set(a.alerte, '{alert_id}', to_jsonb('masse-' || n)), '{resource_id}', "
+        "to_jsonb(a.resource_id || '-' || n)) FROM alertes a, generate_series(1, 1233) n WHERE a.alert_id = 'alerte-0'"
+    )
+    for zone in ("UTC", "America/Cayenne"):
+        page, errors = await opened(browser, str(client.base_url), timezone_id=zone)
+        first = page.locator("#alertes tbody tr").first
+        await expect(first.locator("time")).to_have_text("26/10/2026 00:30")
+        assert re.fullmatch(r"1\u202f234 alertes", await page.locator("#compte").inner_text()), zone
+        assert re.fullmatch(r"Page 1 sur 62", await page.locator("#page-position").inner_text()), zone
+        assert "heure de Paris" in await page.locator("#alertes thead").inner_text()
+        assert errors == [], f"JavaScript errors on the page: {errors}"
+        await page.close()
+
+
+async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_the_screen(api, browser):
+    """A 256-character resource id without a space stretched the list 4,419 px wide on a 1,366 px
+    screen, the alert's kind and reasons off it (audit helper-182 #5)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    code = uai("0350301")
+    await pool.execute(
+        "INSERT INTO etablissements (uai, type, statut, code_commune, code_departement, code_academie, code_region, "
+        "ouvert, nom, event_time) VALUES ($1, 'college', 'public', '35238', '035', '14', '53', true, $2, now())",
+        code,
+        "Collège " + "Chateaubriand-" * 17,
+    )
+    await raise_(pool, [alerte(0, code, datetime.now(UTC), resource_id="ark:/67375/" + "a" * 245)], announced=False)
+    page, errors = await opened(browser, str(client.base_url))
+    await expect(page.locator("#compte")).to_have_text("1 alerte")
+    width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    scrolled, shown = await page.evaluate(width)
+    assert scrolled <= shown, f"the list {scrolled} px wide on a {shown} px screen"
+    await page.goto(f"{client.base_url}/tableau#/etablissement/{code}")
+    await expect(page.locator("#titre-etablissement")).to_contain_text(code)
+    scrolled, shown = await page.evaluate(width)
+    assert scrolled <= shown, f"the établissement {scrolled} px wide on a {shown} px screen"
+    assert errors == [], f"JavaScript errors on the page: {errors}"
