@@ -44,7 +44,7 @@ from services.common.rules.rights import Refusal
 from services.common.runtime.app import NoStore, ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
-from services.common.runtime.telemetry import trace_headers
+from services.common.runtime.telemetry import HTTP_TELEMETRY, trace_headers
 from services.common.storage import referentiel
 from services.passerelle import corps, examen
 from services.passerelle.corps import BATCHED, STRUCTURED, CorpsRefuse
@@ -488,6 +488,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "contrat et des droits faits avant de répondre, les événements acceptés écrits sur Kafka avant "
         "la réponse. Une erreur répond en français.",
         lifespan=lifespan,
+        telemetry=HTTP_TELEMETRY,
         # No redirect from `/x/` to `/x` (a 404 names the paths): behind a proxy ending TLS, its
         # Location said http://, and a client following a 307 sent the body again in clear.
         redirect_slashes=False,

@@ -34,6 +34,7 @@ from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import NoStore, ServiceApp
 from services.common.runtime.settings import ServiceSettings
+from services.common.runtime.telemetry import HTTP_TELEMETRY
 from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
@@ -678,6 +679,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         "un flux des changements d'alertes (SSE) pour les tableaux de bord qui ne lisent pas Kafka. "
         "Une erreur répond en français et nomme le paramètre refusé.",
         lifespan=lifespan,
+        telemetry=HTTP_TELEMETRY,
         # No redirect from `/x/` to `/x` (a 404 names the paths): behind a proxy ending TLS, its
         # Location said http://, and a client following a 307 sent the body again in clear.
         redirect_slashes=False,

@@ -129,3 +129,21 @@ async def test_with_an_exporter_a_batch_has_no_span_but_its_own(kafka, settings,
         await referentiel_loaded(pipeline, 1)
     assert [s for s in spans.get_finished_spans() if s.name == "process equipement"], "the batch's own span"
     assert [json.loads(line)["name"] for line in printed.getvalue().splitlines()] == []
+
+
+async def test_an_http_request_makes_no_span_and_its_query_goes_nowhere(kafka, settings, spans):
+    """FastAPI's own OpenTelemetry made a span of every request once an exporter was set, the
+    probes' and scrapes' too, its `url.query` exported as sent (a token in it, which the logs
+    mask), its parent read with the process's global propagators (audit helper-181 #3)."""
+    from helpers import serving
+    from services.ressources.app import SPEC as RESSOURCES
+
+    async with serving(RESSOURCES, settings) as (client, _):
+        for path in ("/health", "/readyz", "/metrics", "/alertes?token=secret-in-a-query"):
+            response = await client.get(path, headers={"traceparent": f"00-{PARTNER_TRACES[0]}-00f067aa0ba902b7-01"})
+            assert response.status_code < 500, path
+    made = spans.get_finished_spans()
+    assert not [s for s in made if s.kind == trace.SpanKind.SERVER or s.name.startswith(("GET", "fastapi"))], [
+        s.name for s in made
+    ]
+    assert "secret-in-a-query" not in "".join(s.to_json() for s in made)

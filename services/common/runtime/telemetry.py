@@ -9,6 +9,8 @@ cost nothing, while partners' trace contexts are still carried along.
 
 import random
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -53,6 +55,23 @@ def tracer_provider(service: str | None = None, max_links: int = 2000) -> Tracer
     return TracerProvider(resource=resource, id_generator=OwnRandomIds(), span_limits=SpanLimits(max_links=max_links))
 
 
+HTTP_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's own OpenTelemetry (`FastAPI(telemetry=...)`), off: with an exporter, every request
+made a span, the probes' and scrapes' too, whose `url.query` went out as sent (a token in it
+included, which the logs mask) and whose parent came from the process's global propagators
+(W3C baggage too: W3C_TRACE_CONTEXT below). What is traced is the batches (README, Tracing)."""
+
+
+def traces_url(endpoint: str) -> str:
+    """OTEL_ENDPOINT as the exporter takes it, the traces' own URL: a collector's base address
+    (`http://collector:4318`, what OTEL_EXPORTER_OTLP_ENDPOINT names) gets `/v1/traces`, which
+    the exporter adds to that variable only; its spans went to `/`, answered 404."""
+    parts = urlsplit(endpoint)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/v1/traces"))
+    return endpoint
+
+
 def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider | None:
     """The SDK's provider when spans are exported somewhere, else None (no-op tracing)."""
     if settings.otel_exporter == "none":
@@ -65,7 +84,8 @@ def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider
     elif settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=settings.otel_endpoint) if settings.otel_endpoint else OTLPSpanExporter()
+        endpoint = settings.otel_endpoint
+        exporter = OTLPSpanExporter(endpoint=traces_url(str(endpoint))) if endpoint else OTLPSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)  # once per process: tests run several services in one

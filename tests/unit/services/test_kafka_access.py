@@ -382,3 +382,21 @@ def test_an_operator_s_tool_over_ssl_without_a_certificate_stops_with_one_line_i
         assert lines[0].endswith("KAFKA_CERT_FILE: not given: required over SSL (KAFKA_SECURITY_PROTOCOL)")
     else:
         assert code == 1 and not kafka_lines, lines
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("http://collector:4318/", "http://collector:4318/v1/traces"),
+        ("http://collector:4318", "http://collector:4318/v1/traces"),
+        ("https://collector/?token=t", "https://collector/v1/traces?token=t"),
+        ("http://collector:4318/v1/traces", "http://collector:4318/v1/traces"),
+        ("https://gateway.example/otlp/traces", "https://gateway.example/otlp/traces"),
+    ],
+)
+def test_a_collector_s_base_address_gets_the_traces_path(endpoint: str, url: str) -> None:
+    """OTEL_ENDPOINT set to a collector's address, as OTEL_EXPORTER_OTLP_ENDPOINT takes it: its
+    spans went to `/`, answered 404 (audit helper-181 #10); a full URL is kept as it is."""
+    from services.common.runtime.telemetry import traces_url
+
+    assert traces_url(endpoint) == url
