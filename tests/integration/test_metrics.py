@@ -90,6 +90,8 @@ async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
         assert value(after, "feo_outbox_relayed_total", service="equipement", outcome="published") == 3
         # FastStream's own consumer metrics, in the same registry.
         assert any(name.startswith("faststream_received_messages") for name, _ in after), sorted(after)[:20]
+        # No `_created` series beside each counter and histogram: they doubled what is scraped.
+        assert not [name for name, _ in after if name.endswith("_created")]
 
 
 async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
