@@ -33,10 +33,11 @@ from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, en
 from services.common.rules import rights
 from services.common.runtime import logs
 from services.common.runtime.metrics import Metrics
+from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import entities, inbox, positions, referentiel
-from services.common.storage.db import Conn, advisory_key, transaction
+from services.common.storage.db import DATABASE_AWAY, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -106,23 +107,6 @@ what to emit."""
 
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-DATABASE_AWAY = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    # Shutting down, starting, dropped, full, out of connections, read-only (a standby): not
-    # what one statement met (a statement_timeout, a transaction's temp_file_limit), which
-    # isolating the records gets past.
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.DatabaseDroppedError,
-    asyncpg.DiskFullError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ReadOnlySQLTransactionError,
-)
-"""PostgreSQL away or refusing all work (a TimeoutError is an OSError): every record would fail
-alike, and a scrape says so by its figure alone (runtime/health.py)."""
 _ATTEMPTS = 5
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 LOG_APPEND_TIME = 1
@@ -281,8 +265,21 @@ class Pipeline:
                     return
                 except Exception as exc:
                     _failed(span, exc)
+                    again = self.metrics.failing is not None
                     self.metrics.batch_failed(type(exc).__name__)
-                    log.exception("batch.failed", records=len(records))
+                    if not isinstance(exc, DATABASE_AWAY):
+                        log.exception("batch.failed", records=len(records))
+                    elif not again:  # PostgreSQL away: said once, not a traceback a second until it is back
+                        log.warning(
+                            "batch.failed",
+                            records=len(records),
+                            error=type(exc).__name__,
+                            detail=redact(str(exc)),
+                            hint="PostgreSQL away or refusing writes: the batch is taken again every second "
+                            "(/health batches_failing says since when)",
+                        )
+                    else:
+                        log.debug("batch.failed", records=len(records), error=type(exc).__name__)
                     logs.said(exc)  # FastStream, which it is raised to, logged it again
                     await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
@@ -697,6 +694,8 @@ class Pipeline:
             partitions.setdefault(record.topic, set()).add(record.partition)
         refused = dict(Counter(r.code for r in rejected))
         seconds = time.monotonic() - started
+        if failed := self.metrics.failing:
+            log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
         self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds)
         self.metrics.handled(records)
         log.info(

@@ -260,11 +260,18 @@ async def test_a_database_that_does_not_answer_in_time_is_reported_so(kafka, set
     assert value(scraped, "feo_database_reachable", service="equipement") == 0
 
 
-async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_until_one_commits(kafka, settings):
+async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_until_one_commits(
+    kafka, settings, monkeypatch
+):
     """PostgreSQL refusing the service's writes (here its disk full, as a trigger says): every
     batch failed and was taken again, for good, while /health answered 200 with nothing amiss
     and no figure moved but FastStream's. Now /health says since when and why, and
-    /metrics how long; once a batch commits, neither does."""
+    /metrics how long; once a batch commits, neither does. The log says it once, without a
+    traceback (an ERROR with one a second buried the others: audit helper-181 #5), and its end."""
+    from services.common import pipeline as pipeline_module
+
+    said = Said()
+    monkeypatch.setattr(pipeline_module, "log", said)
     uai = valid_uai("0350012")
     service = running(EQUIPEMENT, settings)
     async with service as pipeline:
@@ -299,6 +306,11 @@ async def test_batches_failing_one_after_another_are_on_health_and_in_metrics_un
         status, health = await service.app.health()
         assert (status, health["batches_failing"]) == (200, None)
         assert value(await scrape(service.app), "feo_batches_failing_seconds", service="equipement") == 0
+    failed = said.named("batch.failed")
+    assert [line["level"] for line in failed][:2] == ["warning", "debug"], failed
+    assert failed[0]["error"] == "DiskFullError" and "could not extend file" in failed[0]["detail"]
+    [recovered] = said.named("batch.recovered")
+    assert recovered["error"] == "DiskFullError" and recovered["after_s"] > 0
 
 
 class AnotherMember:

@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
 from deploy.rattrapage import records_of
-from helpers import TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, record_count, running
+from helpers import Said, TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, record_count, running
 from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -521,6 +522,47 @@ class _HeldProducer:
         for ack in self._acks:
             if not ack.done():
                 ack.set_result(None)
+
+
+class _AwayProducer(_HeldProducer):
+    """Kafka away while `away` is set (each round's first request fails to connect), then up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away, self.tried = True, 0
+        self.release()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if self.away:
+            self.tried += 1
+            raise KafkaConnectionError("Unable to connect to broker 127.0.0.1:9092")
+        return {0}
+
+
+async def test_kafka_away_is_said_once_without_a_traceback_and_its_return_once(database_url, topic_prefix, monkeypatch):
+    """Each round a second logged ERROR `outbox.relay_failed` with its traceback for as long as
+    Kafka was away: ~150 a pod before it ended, burying the ERRORs an operator acts on (audit
+    helper-181 #5). Now a warning once, then the round that goes through says so."""
+    said = Said()
+    monkeypatch.setattr(outbox_module, "log", said)
+    producer = _AwayProducer()
+    async with migrated_pool(database_url, SPEC) as pool:
+        relay = OutboxRelay(pool, producer, "equipement", poll_ms=50)  # type: ignore[arg-type]
+        try:
+            async with pool.acquire() as conn:
+                await enqueue(conn, [OutboxRecord(topic_prefix + "away", b"k", b"%d" % n) for n in range(2)])
+            relay.start()
+            await eventually(lambda: asyncio.sleep(0, producer.tried >= 3), timeout=30, what="three rounds failing")
+            [waiting] = [line for line in said.named("outbox.relay_waiting") if line["level"] == "warning"]
+            assert waiting["error"] == "KafkaConnectionError" and "exc_info" not in waiting
+            assert not said.named("outbox.relay_failed") and not said.named("outbox.relay_resumed")
+            producer.away = False
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the records published")
+            await eventually(lambda: asyncio.sleep(0, said.named("outbox.relay_resumed")), what="its return said")
+            assert producer.sent == [b"0", b"1"]
+            assert len([line for line in said.named("outbox.relay_waiting") if line["level"] == "warning"]) == 1
+        finally:
+            await relay.stop()
 
 
 async def test_a_halt_lets_the_round_in_flight_commit_so_the_flush_sends_nothing_twice(database_url, topic_prefix):

@@ -9,6 +9,7 @@ lost, nothing takes effect twice.
 
 import asyncio
 import contextlib
+import time
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +20,14 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidTopicError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NodeNotReadyError,
     OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
+    RequestTimedOutError,
 )
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -32,8 +37,9 @@ from contracts import ALERTES_ETAT
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
+from services.common.runtime.secrets import redact
 from services.common.runtime.wake import woken
-from services.common.storage.db import SERVER_KEEPALIVES, Conn, advisory_key, transaction
+from services.common.storage.db import DATABASE_AWAY, SERVER_KEEPALIVES, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +76,10 @@ def sender_died(producer: AIOKafkaProducer) -> BaseException | None:
 
 Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
+
+
+AWAY = (*DATABASE_AWAY, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+"""What a relay's round meets while Kafka or PostgreSQL is away: a state that passes, not a fault."""
 
 
 class DatabaseReadOnly(asyncpg.ReadOnlySQLTransactionError):
@@ -291,17 +301,34 @@ class OutboxRelay:
                 log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
         except Exception:  # PostgreSQL away at the start: the rounds below wait for it (it ended the relay)
             log.warning("outbox.failed_not_counted", exc_info=True)
+        away: float | None = None  # since when Kafka or PostgreSQL has been away, rounds failing
         while not self._halting:
             try:
                 while not self._halting and await self.drain_once():
                     pass
+                if away is not None:
+                    log.info("outbox.relay_resumed", after_s=round(time.monotonic() - away, 1))
+                    away = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if isinstance(exc, DatabaseReadOnly):  # said without a traceback: a state, not a fault
                     log.warning("outbox.database_read_only", hint="nothing is published until PostgreSQL takes writes")
+                elif isinstance(exc, AWAY):
+                    # Said once, without a traceback, until a round goes through: a round a
+                    # second, each an ERROR with its traceback, buried those an operator acts on.
+                    if away is None:
+                        away = time.monotonic()
+                        log.warning(
+                            "outbox.relay_waiting",
+                            error=type(exc).__name__,
+                            detail=redact(str(exc)),
+                            hint="Kafka or PostgreSQL away: a round tried every second, said once it goes through",
+                        )
+                    else:
+                        log.debug("outbox.relay_waiting", error=type(exc).__name__)
                 else:
-                    log.exception("outbox.relay_failed")  # Kafka or PostgreSQL away: retry later
+                    log.exception("outbox.relay_failed")
                 if self._halting:
                     return
                 await asyncio.sleep(1)

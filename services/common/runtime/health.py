@@ -9,10 +9,11 @@ from faststream.kafka import KafkaBroker
 
 from services.common.messaging import dlq
 from services.common.messaging.outbox import count_failed, count_pending, oldest_pending_age
-from services.common.pipeline import DATABASE_AWAY, Pipeline
+from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Failing, Gauge, Gauges
 from services.common.runtime.secrets import redact
 from services.common.storage import positions
+from services.common.storage.db import DATABASE_AWAY
 
 log = structlog.get_logger(__name__)
 

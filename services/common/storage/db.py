@@ -28,6 +28,25 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 T = TypeVar("T")
 
 
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    # Shutting down, starting, dropped, full, out of connections, read-only (a standby): not
+    # what one statement met (a statement_timeout, a transaction's temp_file_limit), which
+    # isolating the records gets past.
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.DatabaseDroppedError,
+    asyncpg.DiskFullError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+"""PostgreSQL away or refusing all work (a TimeoutError is an OSError): every record would fail
+alike, and a scrape says so by its figure alone (runtime/health.py)."""
+
+
 def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
     """A batch's rows as one JSON parameter, for `json_to_recordset($n::json) AS r(col type, ...)`:
     pydantic-core encodes it at once (dates and times in ISO 8601, which PostgreSQL reads),
