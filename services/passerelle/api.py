@@ -41,7 +41,7 @@ from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
-from services.common.runtime.app import NoStore, ServiceApp
+from services.common.runtime.app import AnswerHeaders, ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
 from services.common.runtime.telemetry import HTTP_TELEMETRY, trace_headers
@@ -495,7 +495,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         exception_handlers={CorpsRefuse: _refused, StarletteHTTPException: _http_error, Exception: _internal_error},
     )
     api.include_router(router)
-    api.add_middleware(NoStore)
+    api.add_middleware(AnswerHeaders)
 
     stream_app.serve_probes(api)
 

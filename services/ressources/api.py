@@ -32,7 +32,7 @@ from pydantic import AfterValidator
 from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
-from services.common.runtime.app import NoStore, ServiceApp
+from services.common.runtime.app import AnswerHeaders, ServiceApp
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import HTTP_TELEMETRY
 from services.common.storage.db import create_pool
@@ -689,7 +689,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             **dict.fromkeys(stream.STOPPING, database_away),  # during a read, too
         },
     )
-    api.add_middleware(NoStore)
+    api.add_middleware(AnswerHeaders)
     _with_transport(api)
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

@@ -27,17 +27,20 @@ ASSETS = {"tableau.css": "text/css; charset=utf-8", "tableau.js": "text/javascri
 # Everything the page loads or calls comes from this service; its data is written as text, never
 # as HTML, and this header forbids any other script should that ever change.
 HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
     "Cache-Control": "no-cache",
 }
 
 
-@router.get("/tableau", include_in_schema=False)
+# HEAD too: an uptime monitor's `curl -I` was answered 405.
+@router.api_route("/tableau", methods=["GET", "HEAD"], include_in_schema=False)
 async def tableau() -> FileResponse:
     return FileResponse(PAGE / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
-@router.get("/tableau/{fichier}", include_in_schema=False)
+@router.api_route("/tableau/{fichier}", methods=["GET", "HEAD"], include_in_schema=False)
 async def fichier(fichier: str) -> FileResponse:
     if fichier not in ASSETS:
         raise HTTPException(404, f"fichier : le tableau de bord n'a que {', '.join(ASSETS)}")

@@ -57,3 +57,22 @@ async def test_the_page_and_its_files_are_served_and_name_only_this_service(api)
     other = await client.get("/tableau/secret.txt")
     assert other.status_code == 404
     assert other.json() == {"detail": "fichier : le tableau de bord n'a que tableau.css, tableau.js"}
+
+
+async def test_every_answer_says_nosniff_no_referrer_and_none_may_be_framed_and_the_page_answers_head(api):
+    """No answer said `nosniff` nor a Referrer-Policy, /docs and the JSON answers could be framed
+    by any site, the page's policy left `base-uri` and `form-action` open, and an uptime
+    monitor's HEAD of the page was answered 405 (audit helper-182 #16, #17)."""
+    client, _ = api
+    for path in ("/", "/docs", "/alertes", "/health", "/tableau", "/tableau/tableau.js", "/absent"):
+        answer = await client.get(path, headers={"accept": "text/html"})
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+        assert answer.headers["referrer-policy"] == "no-referrer", path
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], path
+        assert len(answer.headers.get_list("content-security-policy")) == 1, path
+    policy = (await client.get("/tableau")).headers["content-security-policy"]
+    assert "base-uri 'none'" in policy and "form-action 'self'" in policy
+    for path in ("/tableau", "/tableau/tableau.css"):
+        head = await client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert int(head.headers["content-length"]) > 0, path

@@ -97,11 +97,20 @@ class ServiceApp(AsgiFastStream):
             return Response(await self.metrics(), media_type=metrics.CONTENT_TYPE)
 
 
-class NoStore:
+_EVERY_ANSWER = (
+    (b"x-content-type-options", b"nosniff"),  # a body is what its Content-Type says, never guessed
+    (b"referrer-policy", b"no-referrer"),  # a filtered view's address (its UAI, its territory) stays here
+)
+_NOT_FRAMED = (b"content-security-policy", b"frame-ancestors 'none'")
+
+
+class AnswerHeaders:
     """ASGI middleware: `Cache-Control: no-store` on every JSON answer that sets none. An API's
     answers are read live (alerts and their counts, the stream's position to resume from, a
     declaration's outcome, the probes): a shared cache between a client and the service (a
-    proxy caching 200s by default) served an earlier one."""
+    proxy caching 200s by default) served an earlier one. On every answer, `nosniff` and no
+    Referer; and, on those that set no Content-Security-Policy (the dashboard's page sets its own),
+    one that no other site may frame them by (/docs, the home page, the JSON answers)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -114,8 +123,12 @@ class NoStore:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
                 names = {name.lower(): value for name, value in headers}
+                added = [*_EVERY_ANSWER]
                 if b"cache-control" not in names and b"json" in names.get(b"content-type", b""):
-                    message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+                    added.append((b"cache-control", b"no-store"))
+                if b"content-security-policy" not in names:
+                    added.append(_NOT_FRAMED)
+                message = {**message, "headers": [*headers, *added]}
             await send(message)
 
         await self.app(scope, receive, sending)

@@ -128,7 +128,7 @@ async def test_a_renewal_waits_at_most_the_write_timeout_and_a_failed_one_pauses
 )
 async def test_a_json_answer_without_its_own_cache_control_is_not_stored(headers, expected):
     """Both HTTP APIs (ressources' reads, the passerelle's answers): a shared cache kept them."""
-    from services.common.runtime.app import NoStore
+    from services.common.runtime.app import AnswerHeaders
 
     async def answer(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -139,9 +139,10 @@ async def test_a_json_answer_without_its_own_cache_control_is_not_stored(headers
     async def send(message):
         sent.append(message)
 
-    await NoStore(answer)({"type": "http"}, None, send)
+    await AnswerHeaders(answer)({"type": "http"}, None, send)
     said = {name.lower(): value for name, value in sent[0]["headers"]}
     assert said.get(b"cache-control") == expected
+    assert (said[b"x-content-type-options"], said[b"referrer-policy"]) == (b"nosniff", b"no-referrer")
     assert sent[1]["body"] == b"{}"
 
 
