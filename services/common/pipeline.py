@@ -132,6 +132,9 @@ def writer_lock(schema: str) -> int:
 
 
 TRACEPARENT_OF: ContextVar[Callable[[CloudEvent], str | None]] = ContextVar("traceparent_of", default=lambda _: None)
+_ISOLATING: ContextVar[Counter[str] | None] = ContextVar("isolating", default=None)
+"""While a batch is handled record by record (Pipeline._isolate): what they came to, said once
+for the batch (`batch.isolated`), each record's own line at DEBUG."""
 """While a batch is applied: the `traceparent` a record caused by this event carries (its own
 record's context, else the batch span's; None without either), for work the batch leaves to
 later (ressources' re-evaluations), whose records continue the same trace."""
@@ -292,8 +295,20 @@ class Pipeline:
         by handling the batch record by record, and dead-letter it alone."""
         if len(records) > 1:
             log.warning("batch.isolating", records=len(records), error=refused_by_database(exc))
-            for record in records:
-                await self.handle([record])
+            started, outcomes = time.monotonic(), Counter[str]()
+            token = _ISOLATING.set(outcomes)
+            try:
+                for record in records:
+                    await self.handle([record])
+            finally:
+                _ISOLATING.reset(token)
+            log.info(
+                "batch.isolated",
+                records=len(records),
+                **{outcome: outcomes[outcome] for outcome in ("applied", "stale", "duplicates")},
+                refused={code[len("refused:") :]: n for code, n in outcomes.items() if code.startswith("refused:")},
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
             return
         [record] = records
         refusal = _refused_by_database(record, exc)
@@ -309,6 +324,8 @@ class Pipeline:
         async with self._exclusive() as conn:
             await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
+        if (isolating := _ISOLATING.get()) is not None:
+            isolating[f"refused:{refusal.code}"] += 1
         self.metrics.refused(refusal.code)
         self.metrics.handled([record])
         self.relay.wake()
@@ -698,7 +715,10 @@ class Pipeline:
             log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
         self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds)
         self.metrics.handled(records)
-        log.info(
+        if (outcomes := _ISOLATING.get()) is not None:  # one record of a batch isolated: said with it
+            outcomes.update(applied=done.applied, stale=len(done.stale), duplicates=done.duplicates)
+            outcomes.update({f"refused:{code}": n for code, n in refused.items()})
+        (log.debug if outcomes is not None else log.info)(
             "batch.applied",
             records=len(records),
             applied=done.applied,

@@ -435,3 +435,43 @@ async def test_a_platform_source_of_any_length_is_refused_as_no_source_and_its_b
     assert headers["dlq-reason"] == b"cloudevent-invalide", headers["dlq-message"]
     assert len(headers["dlq-message"]) < 1000, "the source is not quoted whole"
     assert not said.named("batch.isolating")
+
+
+async def test_a_batch_taken_record_by_record_is_said_once_its_records_at_debug(kafka, settings):
+    """A record PostgreSQL refuses made its batch handled record by record, each an INFO
+    `batch.applied` line: up to BATCH_MAX_RECORDS (2,000) of them for one partner's bad record
+    (audit helper-181 #6). Now one `batch.isolated` line says what they came to."""
+    import asyncio
+
+    from helpers import TEST_PARTITIONS, Said
+    from services.common import pipeline as pipeline_module
+    from services.common.messaging.partitioner import partition_for
+    from test_equipement import lot, referentiel_loaded
+
+    # Twelve collèges whose lots go to one partition: one batch.
+    candidates = (uai(f"0358{n:03d}") for n in range(1000))
+    uais = [u for u in candidates if partition_for(u.encode(), range(TEST_PARTITIONS)) == 0][:12]
+    refused = uais[5]
+    said = Said()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline_module, "log", said)
+        async with running(EQUIPEMENT, settings) as pipeline:
+            await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in uais])
+            await referentiel_loaded(pipeline, len(uais))
+            await pipeline.pool.execute(  # PostgreSQL refuses that one's lot, as it would a value past a column
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.uai = '{refused}' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'data_exception'; END IF; "
+                "RETURN NEW; END $$; CREATE TRIGGER refuse BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+            said.lines.clear()
+            await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(u, lot(u, "L1", 30, 10)) for u in uais])
+            await eventually(lambda: asyncio.sleep(0, said.named("batch.isolated")), what="the batch isolated")
+            assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 11
+    # One batch as a rule; should the poll have split them, the others' are said as ever.
+    [isolating], [isolated] = said.named("batch.isolating"), said.named("batch.isolated")
+    n = isolated["records"]
+    assert isolating["records"] == n and n >= 2
+    assert (isolated["applied"], isolated["refused"]) == (n - 1, {"donnees-invalides": 1})
+    applied = said.named("batch.applied")
+    assert len([line for line in applied if line["level"] == "debug"]) == n - 1, applied
+    assert sum(line["records"] for line in applied if line["level"] == "info") == 12 - n, applied
