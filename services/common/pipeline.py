@@ -243,7 +243,7 @@ class Pipeline:
             f"process {self.service}",
             kind=trace.SpanKind.CONSUMER,
             links=links,
-            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+            attributes=self._span_attributes(records),
             record_exception=False,
             set_status_on_exception=False,  # its message may quote a value: _failed names it
         ) as span:
@@ -288,6 +288,24 @@ class Pipeline:
                     raise
         if outgoing or rejected:
             self.relay.wake()
+
+    def _span_attributes(self, records: Sequence[ConsumerRecord]) -> dict[str, str | int]:
+        """A batch span's attributes, OpenTelemetry's messaging conventions: the operation, the
+        consumer group, the records' topic and partition when they share one, and their count
+        (for a batch: a record taken alone while its batch is isolated has none)."""
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": self.settings.topic(self.service),
+        }
+        if len(records) != 1:
+            attributes["messaging.batch.message_count"] = len(records)
+        if len(topics := {r.topic for r in records}) == 1:
+            attributes["messaging.destination.name"] = next(iter(topics))
+            if len(partitions := {r.partition for r in records}) == 1:
+                attributes["messaging.destination.partition.id"] = str(next(iter(partitions)))
+        return attributes
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:
         """A record the contract accepts but PostgreSQL refuses (a NUL character, a number
@@ -807,6 +825,7 @@ def _failed(span: trace.Span, exc: Exception) -> None:
     refused_by_database), never by its message: asyncpg's quotes the refused row in its DETAIL
     ("Failing row contains (…)": a teacher_id), and traces go to a collector."""
     named = refused_by_database(exc)
+    span.set_attribute("error.type", type(exc).__qualname__)
     span.set_status(trace.StatusCode.ERROR, named)
     span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
 

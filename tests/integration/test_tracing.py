@@ -64,7 +64,15 @@ async def test_one_span_per_batch_linked_to_each_record_and_traces_continue(kafk
     assert not [s for s in spans.get_finished_spans() if s.name.startswith("equipement process")], "no span per event"
     linked = sorted(format(link.context.trace_id, "032x") for s in batches for link in s.links)
     assert linked == sorted(PARTNER_TRACES), "each record with a trace context is linked, once"
-    assert sum(s.attributes["messaging.batch.message_count"] for s in batches) == 3 + 3  # référentiel + lots
+    # A batch of one record is one message, which the conventions give no count.
+    assert sum(s.attributes.get("messaging.batch.message_count", 1) for s in batches) == 3 + 3  # référentiel + lots
+    group = settings.topic("equipement")
+    for s in batches:  # the messaging conventions' attributes (audit helper-181 #4)
+        assert (s.attributes["messaging.operation.name"], s.attributes["messaging.operation.type"]) == ("process",) * 2
+        assert s.attributes["messaging.consumer.group.name"] == group
+    topics = {s.attributes.get("messaging.destination.name") for s in batches}
+    assert topics <= {settings.topic(c.REFERENTIEL), settings.topic(c.EQUIPEMENT), None}
+    assert settings.topic(c.EQUIPEMENT) in topics
 
     parent = {r.key.decode().split("/")[0]: dict(r.headers)["traceparent"].decode() for r in records}
     assert parent[uais[0]].split("-")[1] == PARTNER_TRACES[0]
@@ -147,3 +155,24 @@ async def test_an_http_request_makes_no_span_and_its_query_goes_nowhere(kafka, s
         s.name for s in made
     ]
     assert "secret-in-a-query" not in "".join(s.to_json() for s in made)
+
+
+async def test_a_failed_batch_s_span_names_its_error_type(kafka, settings, spans):
+    """The conventions' `error.type` on a span that failed: the exception's type, never its
+    message, which may quote a refused value (audit helper-181 #4)."""
+    uais = [valid_uai(f"035071{n}") for n in range(2)]
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in uais])
+        await referentiel_loaded(pipeline, 2)
+        await pipeline.pool.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.uai = '{uais[0]}' THEN RAISE EXCEPTION 'Dupont refused' USING ERRCODE = 'data_exception'; "
+            "END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER refuse BEFORE INSERT ON lots FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(u, lot(u, "L1", 30, 1)) for u in uais])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the other lot")
+
+    failed = [s for s in spans.get_finished_spans() if s.status.status_code == trace.StatusCode.ERROR]
+    assert failed and {s.attributes["error.type"] for s in failed} == {"DataError"}
+    assert "Dupont" not in "".join(s.to_json() for s in failed)
