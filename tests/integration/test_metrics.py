@@ -7,7 +7,19 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import contracts as c
-from helpers import Said, at, college, event, eventually, kafka_options, ressource, running, send, serving
+from helpers import (
+    TEST_PARTITIONS,
+    Said,
+    at,
+    college,
+    event,
+    eventually,
+    kafka_options,
+    ressource,
+    running,
+    send,
+    serving,
+)
 from helpers import uai as valid_uai
 from services.common.messaging.outbox import relay_lock
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -470,3 +482,37 @@ async def test_batches_failing_here_are_no_longer_said_once_their_partition_went
             assert (status, health["batches_failing"]) == (200, None)
             assert value(await scrape(here.app), "feo_batches_failing_seconds", service="equipement") == 0
         pipeline._transaction = transaction
+
+
+async def test_the_partitions_each_replica_holds_are_said_and_none_once_its_consumer_stopped(kafka, settings):
+    """A replica whose consumer stopped answered /health 200 as before, and its lag series went
+    away rather than grew: an alert on the lag fell silent then (audit helper-181 #7). Each
+    replica now says how many partitions of each topic it holds; summed, every one is held."""
+    topics = [settings.topic(t) for t in EQUIPEMENT.consumes]
+    here = running(EQUIPEMENT, settings.model_copy(update={"consumer_instance_id": "zz-a"}))
+    async with here:
+
+        async def holding(app, expected: dict[str, int] | None = None) -> dict[str, int] | None:
+            scraped = await scrape(app)
+            held = {
+                t: value(scraped, "feo_consumer_assigned_partitions", service="equipement", topic=t) for t in topics
+            }
+            _, health = await app.health()
+            assert health["assigned_partitions"] == held
+            return held if expected is None or held == expected else None
+
+        every = dict.fromkeys(topics, TEST_PARTITIONS)
+        await eventually(lambda: holding(here.app, every), what="every partition held by the one replica")
+        other = running(EQUIPEMENT, settings.model_copy(update={"consumer_instance_id": "aa-b"}))
+        async with other:
+
+            async def shared() -> bool:
+                a, b = await holding(here.app), await holding(other.app)
+                return all(a[t] + b[t] == TEST_PARTITIONS and a[t] and b[t] for t in topics)
+
+            await eventually(shared, timeout=60, what="the partitions shared by the two replicas")
+        await eventually(lambda: holding(here.app, every), timeout=60, what="all back to the one replica")
+        [subscriber] = here.app.broker.subscribers
+        await subscriber.stop()
+        status, health = await here.app.health()
+        assert status == 200 and health["assigned_partitions"] == dict.fromkeys(topics, 0)

@@ -507,7 +507,9 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
     )
     listener.subscriber = subscriber
     listener.poll = poll = Poll(subscriber, settings.batch_top_up_ms, pipeline, HorsLimites(pipeline))
-    pipeline.metrics.watch(lambda: subscriber.consumer, poll.unreadable.report)
+    pipeline.metrics.watch(
+        lambda: subscriber.consumer, poll.unreadable.report, [settings.topic(t) for t in spec.consumes]
+    )
 
     commits = OffsetCommits()
 

@@ -62,6 +62,10 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
     # The stored positions unreadable at an assignment (the table's rights revoked, the table
     # damaged: PostgreSQL answers the rest): its partitions stay paused until they are read.
     body["positions_unreadable"] = _since(pipeline.metrics.positions_failing)
+    # The partitions of each topic this replica's consumer holds: 0 for every one, it reads
+    # nothing (stopped, or its group gave them all to other replicas); the answer says so, 200
+    # all the same (more replicas than partitions leave some with none, rightly).
+    body["assigned_partitions"] = pipeline.metrics.assigned()
     return (200 if body["kafka"] and body["database"] else 503), body
 
 

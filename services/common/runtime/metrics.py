@@ -79,6 +79,14 @@ class _Scraped(Collector):
         )
         for (topic, partition), value in sorted(self._metrics.lag().items()):
             lag.add_metric([service, topic, str(partition)], value)
+        assigned = GaugeMetricFamily(
+            "feo_consumer_assigned_partitions",
+            "partitions of a topic this process's consumer holds now (summed over the replicas: every partition "
+            "of the topic; 0 everywhere: nothing reads it, its lag series gone with its partitions)",
+            labels=["service", "topic"],
+        )
+        for topic, count in sorted(self._metrics.assigned().items()):
+            assigned.add_metric([service, topic], count)
         failing_seconds = _seconds(
             "feo_batches_failing_seconds",
             "how long the batches have failed one after another (0: the latest committed)",
@@ -99,7 +107,7 @@ class _Scraped(Collector):
         )
         for h in self._metrics.unreadable():
             held.add_metric([service, h["topic"], str(h["partition"])], h["offset"])
-        return [*families.values(), lag, failing_seconds, unpositioned, held]
+        return [*families.values(), lag, assigned, failing_seconds, unpositioned, held]
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,7 @@ class Metrics:
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
+        self.topics: tuple[str, ...] = ()
         self.unreadable: Callable[[], list[dict[str, Any]]] = list
         self._counts: list[Gauge] = []
         self._counted_at: float | None = None
@@ -252,10 +261,20 @@ class Metrics:
         self,
         consumer: Callable[[], AIOKafkaConsumer | None],
         unreadable: Callable[[], list[dict[str, Any]]] = list,
+        topics: Sequence[str] = (),
     ) -> None:
-        """Where the consumer is found once started (FastStream creates it), and the partitions it
-        holds at a batch it could not read (consumer.Unreadable)."""
-        self._consumer, self.unreadable = consumer, unreadable
+        """Where the consumer is found once started (FastStream creates it), the partitions it
+        holds at a batch it could not read (consumer.Unreadable), and the topics it reads."""
+        self._consumer, self.unreadable, self.topics = consumer, unreadable, tuple(topics)
+
+    def assigned(self) -> dict[str, int]:
+        """Per topic the service reads, how many of its partitions the consumer holds now (0
+        for each while it holds none: not running, or its group gave them to other replicas)."""
+        consumer = self._consumer()
+        held: dict[str, int] = dict.fromkeys(self.topics, 0)
+        for tp in consumer.assignment() if consumer is not None else ():
+            held[tp.topic] = held.get(tp.topic, 0) + 1
+        return held
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition whose high watermark and position are known."""
