@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
+import prometheus_client as prometheus
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -42,6 +43,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import AnswerHeaders, ServiceApp
+from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
 from services.common.runtime.telemetry import HTTP_TELEMETRY, trace_headers
@@ -345,6 +347,7 @@ async def _receive(
         ) from None
     accepted = [v for v in verdicts if isinstance(v, Accepte)]
     await passerelle.write(accepted, record_headers(principal.subject, request.headers.items()))
+    request.app.state.compteurs.events_judged(verdicts)
     status, body = answer([e.id for e in elements], verdicts)
     log.info(
         "evenements.recus",
@@ -449,6 +452,62 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "erreur interne du service (le détail est dans son journal)"}, 500)
 
 
+class Compteurs:
+    """The passerelle's own figures, in its service's registry (/metrics): the requests to
+    `/v1/evenements` by status (401, 413 and 429 too, which no log line says one by one), and the
+    events of those judged by outcome, refusals by code. Labels of bounded sets only: never the
+    client (`sub`), which a made-up token names as it likes."""
+
+    def __init__(self, metrics: Metrics):
+        self.service = metrics.service
+        self.requests = prometheus.Counter(
+            "feo_passerelle_requests",
+            "requests to POST /v1/evenements, by HTTP status",
+            ["service", "status"],
+            registry=metrics.registry,
+        )
+        self.events = prometheus.Counter(
+            "feo_passerelle_events",
+            "events of the requests judged, by outcome (accepted: written to Kafka; refused) and refusal code",
+            ["service", "outcome", "code"],
+            registry=metrics.registry,
+        )
+
+    def events_judged(self, verdicts: Sequence[Verdict]) -> None:
+        refused = Counter(v.code for v in verdicts if isinstance(v, Refusal))
+        if accepted := len(verdicts) - sum(refused.values()):
+            self.events.labels(self.service, "accepted", "").inc(accepted)
+        for code, n in refused.items():
+            self.events.labels(self.service, "refused", code).inc(n)
+
+
+class CountRequests:
+    """ASGI middleware: each answer of `/v1/evenements` counted by its status (Compteurs), an
+    error no handler answered as the 500 the server sends for it."""
+
+    def __init__(self, app: Any, compteurs: Compteurs) -> None:
+        self.app, self.compteurs = app, compteurs
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/evenements":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                self.compteurs.requests.labels(self.compteurs.service, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if not started:
+                self.compteurs.requests.labels(self.compteurs.service, "500").inc()
+            raise
+
+
 def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     """The ASGI app the passerelle serves: this API, `/health`, and the référentiel consumer's lifespan."""
     settings = PasserelleSettings.of(settings)
@@ -496,6 +555,8 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     )
     api.include_router(router)
     api.add_middleware(AnswerHeaders)
+    api.state.compteurs = compteurs = Compteurs(stream_app.pipeline.metrics)
+    api.add_middleware(CountRequests, compteurs=compteurs)
 
     stream_app.serve_probes(api)
 

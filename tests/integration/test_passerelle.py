@@ -624,3 +624,42 @@ async def test_a_restored_schema_needs_no_catch_up_before_the_passerelle_starts(
         assert await conn.fetchval("SELECT to_regclass($1)", f"passerelle.{CATCH_UP_PENDING}") is None
     finally:
         await conn.close()
+
+
+async def test_metrics_count_requests_by_status_and_events_by_outcome(kafka, settings, identite):
+    """The passerelle exported nothing of its own: a partner refused by a wrong token or its rate
+    left no figure and no line (audit helper-181 #9). Never labelled by client: a made-up token
+    names the `sub` it likes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with serve(rated(settings, identite, 0.01, 1000)) as (client, api):
+        pool = api.state.passerelle.pool
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        statuses = [
+            (await client.post("/v1/evenements", json=[lot(ECOLE), lot(INCONNUE)], headers=auth)).status_code,
+            (await client.post("/v1/evenements", json=[lot(ECOLE, lot_id="L2")], headers=auth)).status_code,
+            (await client.post("/v1/evenements", json=[lot(ECOLE)] * 998, headers=auth)).status_code,
+            (await client.post("/v1/evenements", json=[lot(ECOLE)], headers=BATCHED)).status_code,
+            (
+                await client.post("/v1/evenements", json=[lot(ECOLE)], headers=bearer("made.up.token") | BATCHED)
+            ).status_code,
+        ]
+        scraped = {
+            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "service"))): s.value
+            for family in text_string_to_metric_families((await client.get("/metrics")).text)
+            for s in family.samples
+            if s.name.startswith("feo_passerelle_")
+        }
+    assert statuses == [207, 202, 429, 401, 401]
+    requests = {
+        dict(labels)["status"]: n for (name, labels), n in scraped.items() if name == "feo_passerelle_requests_total"
+    }
+    assert requests == {"207": 1, "202": 1, "429": 1, "401": 2}
+    events = {
+        (dict(labels)["outcome"], dict(labels)["code"]): n
+        for (name, labels), n in scraped.items()
+        if name == "feo_passerelle_events_total"
+    }
+    assert events == {("accepted", ""): 2, ("refused", "uai-inconnu"): 1}
