@@ -161,7 +161,8 @@ async def test_instants_are_in_paris_time_whatever_the_viewer_s_zone_and_counts_
 
 async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_the_screen(api, browser):
     """A 256-character resource id without a space stretched the list 4,419 px wide on a 1,366 px
-    screen, the alert's kind and reasons off it (audit helper-182 #5)."""
+    screen, the alert's kind and reasons off it (audit helper-182 #5). And the document's title
+    is each view's."""
     client, app = api
     pool = app.state.pipeline.pool
     code = uai("0350301")
@@ -177,8 +178,13 @@ async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_
     width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     scrolled, shown = await page.evaluate(width)
     assert scrolled <= shown, f"the list {scrolled} px wide on a {shown} px screen"
+    assert await page.title() == "Alertes — Tableau de bord des alertes — former, équiper, outiller"
     await page.goto(f"{client.base_url}/tableau#/etablissement/{code}")
     await expect(page.locator("#titre-etablissement")).to_contain_text(code)
+    # Each view's title its own, for a tab and a screen reader (audit helper-182 #13).
+    await expect(page).to_have_title(
+        f"Collège {'Chateaubriand-' * 17} ({code}) — Tableau de bord des alertes — former, équiper, outiller"
+    )
     scrolled, shown = await page.evaluate(width)
     assert scrolled <= shown, f"the établissement {scrolled} px wide on a {shown} px screen"
     assert errors == [], f"JavaScript errors on the page: {errors}"

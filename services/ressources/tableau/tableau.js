@@ -37,6 +37,7 @@ const STREAM_FILTERS = ["code_academie", "code_departement", "responsable_type",
 const $ = (id) => document.getElementById(id);
 let territoires = {}; // code académie -> its départements
 let current = null; // the view shown: {name, refresh(), concerns(alert)}
+const TITLE = document.title; // the page's; each view's title before it (a tab, a screen reader)
 let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
 const recent = new Set(); // alert ids changed live, highlighted in the list (the last RECENT_MAX)
 const RECENT_MAX = 1000;
@@ -717,9 +718,12 @@ async function route() {
           : showAlertes(new URLSearchParams(query || ""));
   const moved = current && current.name !== view.name; // not at the first load: focus stays at the top
   current = view;
+  clearTimeout(pending); // a burst of the former view's changes: neither read nor announced here
+  burst = null;
   for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
   if (view.name !== "alertes") follow(new URLSearchParams());
   await refresh(true);
+  if (view === current) document.title = `${$(`titre-${view.name}`).textContent.trim()} — ${TITLE}`;
   if (moved) $(`titre-${view.name}`).focus();
 }
 
