@@ -237,13 +237,14 @@ class Pipeline:
         # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
         # to each record's trace context, once however many records share it (a partner's batch
         # posted to the passerelle: one); an outgoing record continues its cause's trace.
-        links = _links(r.headers for _, r in parsed) if tracer_is_recording() else []
+        recording = tracer_is_recording()
+        links = _links(r.headers for _, r in parsed) if recording else []
         # The provider in force now (a module's tracer would keep the first one it resolved to).
         with trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
             kind=trace.SpanKind.CONSUMER,
             links=links,
-            attributes=self._span_attributes(records),
+            attributes=self._span_attributes(records) if recording else None,
             record_exception=False,
             set_status_on_exception=False,  # its message may quote a value: _failed names it
         ) as span:
