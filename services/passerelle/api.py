@@ -42,7 +42,7 @@ from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
-from services.common.runtime.app import AnswerHeaders, ServiceApp
+from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
@@ -447,11 +447,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette still raises the exception after this answer: the server logs it with its traceback.
-    return JSONResponse({"detail": "erreur interne du service (le détail est dans son journal)"}, 500)
-
-
 class Compteurs:
     """The passerelle's own figures, in its service's registry (/metrics): the requests to
     `/v1/evenements` by status (401, 413 and 429 too, which no log line says one by one), and the
@@ -551,7 +546,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         # No redirect from `/x/` to `/x` (a 404 names the paths): behind a proxy ending TLS, its
         # Location said http://, and a client following a 307 sent the body again in clear.
         redirect_slashes=False,
-        exception_handlers={CorpsRefuse: _refused, StarletteHTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={CorpsRefuse: _refused, StarletteHTTPException: _http_error, Exception: internal_error},
     )
     api.include_router(router)
     api.add_middleware(AnswerHeaders)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from contracts import messages
 from contracts._identifiers import IDENTIFIER_REASONS
+from services.common.runtime.app import internal_error
 
 
 class Erreur(BaseModel):
@@ -88,10 +89,5 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette still raises the exception after this answer: the server logs it with its traceback.
-    return JSONResponse({"detail": "erreur interne du service (le détail est dans son journal)"}, 500)
-
-
 # Every error the API answers, in French: refused parameters, unknown paths, internal errors.
-HANDLERS = {RequestValidationError: _refused, HTTPException: _http_error, Exception: _internal_error}
+HANDLERS = {RequestValidationError: _refused, HTTPException: _http_error, Exception: internal_error}

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
@@ -525,18 +525,29 @@ class _HeldProducer:
 
 
 class _AwayProducer(_HeldProducer):
-    """Kafka away while `away` is set (each round's first request fails to connect), then up."""
+    """Kafka away: while `away` is "connect", each round's first request fails to connect; while
+    "sends", the topic's partitions known already, each batch sent fails (the usual way, for a
+    producer that ran before); then up."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.away, self.tried = True, 0
+        self.away, self.tried = "connect", 0
         self.release()
 
     async def partitions_for(self, topic: str) -> set[int]:
-        if self.away:
+        if self.away == "connect":
             self.tried += 1
             raise KafkaConnectionError("Unable to connect to broker 127.0.0.1:9092")
         return {0}
+
+    async def send_batch(self, builder, topic: str, partition: int) -> asyncio.Future:
+        if self.away != "sends":
+            return await super().send_batch(builder, topic, partition)
+        self.tried += 1
+        self.sent.clear()
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError())
+        return failed
 
 
 async def test_kafka_away_is_said_once_without_a_traceback_and_its_return_once(database_url, topic_prefix, monkeypatch):
@@ -553,10 +564,15 @@ async def test_kafka_away_is_said_once_without_a_traceback_and_its_return_once(d
                 await enqueue(conn, [OutboxRecord(topic_prefix + "away", b"k", b"%d" % n) for n in range(2)])
             relay.start()
             await eventually(lambda: asyncio.sleep(0, producer.tried >= 3), timeout=30, what="three rounds failing")
+            producer.away, producer.tried = "sends", 0
+            await eventually(
+                lambda: asyncio.sleep(0, producer.tried >= 3), timeout=30, what="three rounds' sends failing"
+            )
             [waiting] = [line for line in said.named("outbox.relay_waiting") if line["level"] == "warning"]
             assert waiting["error"] == "KafkaConnectionError" and "exc_info" not in waiting
             assert not said.named("outbox.relay_failed") and not said.named("outbox.relay_resumed")
-            producer.away = False
+            assert not [line for line in said.lines if line["level"] in ("warning", "error")][1:], said.lines
+            producer.away = None
             await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="the records published")
             await eventually(lambda: asyncio.sleep(0, said.named("outbox.relay_resumed")), what="its return said")
             assert producer.sent == [b"0", b"1"]

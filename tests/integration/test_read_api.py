@@ -618,6 +618,10 @@ async def test_other_errors_answer_in_french_too(api):
         500,
         {"detail": "erreur interne du service (le détail est dans son journal)"},
     )
+    # Sent from past the middlewares: with their headers all the same (review helper-183 #4).
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
 
 
 def _attributes(page: str, *names: str) -> list[str]:

@@ -267,6 +267,7 @@ class OutboxRelay:
         self._published = published  # each round's records published and set aside (metrics)
         self._producer = producer
         self._producer_started = False
+        self._kafka_away: BaseException | None = None  # what the last round's failed sends met
         self._silenced: list[AIOKafkaProducer] = []  # given up with their round (`_silence_producer`)
         self._batch = batch
         self._poll = poll_ms / 1000
@@ -303,35 +304,40 @@ class OutboxRelay:
             log.warning("outbox.failed_not_counted", exc_info=True)
         away: float | None = None  # since when Kafka or PostgreSQL has been away, rounds failing
         while not self._halting:
+            waiting: BaseException | None = None
             try:
                 while not self._halting and await self.drain_once():
                     pass
-                if away is not None:
-                    log.info("outbox.relay_resumed", after_s=round(time.monotonic() - away, 1))
-                    away = None
+                waiting = self._kafka_away  # the round's sends failed: its records wait for the next
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if isinstance(exc, DatabaseReadOnly):  # said without a traceback: a state, not a fault
                     log.warning("outbox.database_read_only", hint="nothing is published until PostgreSQL takes writes")
                 elif isinstance(exc, AWAY):
-                    # Said once, without a traceback, until a round goes through: a round a
-                    # second, each an ERROR with its traceback, buried those an operator acts on.
-                    if away is None:
-                        away = time.monotonic()
-                        log.warning(
-                            "outbox.relay_waiting",
-                            error=type(exc).__name__,
-                            detail=redact(str(exc)),
-                            hint="Kafka or PostgreSQL away: a round tried every second, said once it goes through",
-                        )
-                    else:
-                        log.debug("outbox.relay_waiting", error=type(exc).__name__)
+                    waiting = exc
                 else:
                     log.exception("outbox.relay_failed")
                 if self._halting:
                     return
                 await asyncio.sleep(1)
+            else:
+                if waiting is None and away is not None:  # a round that met neither away
+                    log.info("outbox.relay_resumed", after_s=round(time.monotonic() - away, 1))
+                    away = None
+            if waiting is not None:
+                # Said once, without a traceback, until a round goes through: a round a second,
+                # each an ERROR with its traceback (or a warning), buried those an operator acts on.
+                if away is None:
+                    away = time.monotonic()
+                    log.warning(
+                        "outbox.relay_waiting",
+                        error=type(waiting).__name__,
+                        detail=redact(str(waiting)),
+                        hint="Kafka or PostgreSQL away: each round tried again, said once one goes through",
+                    )
+                else:
+                    log.debug("outbox.relay_waiting", error=type(waiting).__name__)
             await woken(self._wake, self._poll)
 
     async def halt(self) -> None:
@@ -363,7 +369,9 @@ class OutboxRelay:
                 await asyncio.sleep(0.1)
 
     async def drain_once(self) -> int:
-        """Publish one batch; returns how many records went out (0: nothing to do or not leader)."""
+        """Publish one batch; returns how many records went out (0: nothing to do or not leader,
+        or Kafka away: `_kafka_away` then holds what a send met, for the loop to say)."""
+        self._kafka_away = None
         if self._producer_started and (died := sender_died(self._producer)):
             await self._replace_producer(died)
         if not self._producer_started:
@@ -445,7 +453,8 @@ class OutboxRelay:
         if out_of_step:
             await self._replace_producer(out_of_step)
         if retry:  # Kafka away: what went out is deleted, the rest waits for the next round
-            log.warning("outbox.retry_later", pending=len(retry), error=str(retry[0]))
+            log.debug("outbox.retry_later", pending=len(retry), error=type(retry[0]).__name__)
+            self._kafka_away = retry[0]
             return 0
         return len(rows)
 

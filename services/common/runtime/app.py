@@ -104,6 +104,18 @@ _EVERY_ANSWER = (
 _NOT_FRAMED = (b"content-security-policy", b"frame-ancestors 'none'")
 
 
+async def internal_error(request: Any, exc: Exception) -> JSONResponse:
+    """The answer of an error no handler took, in French, with AnswerHeaders' headers: Starlette
+    sends it from its outermost middleware, past AnswerHeaders. It still raises the exception
+    after this answer: the server logs it with its traceback."""
+    headers = {name.decode(): value.decode() for name, value in (*_EVERY_ANSWER, _NOT_FRAMED)}
+    return JSONResponse(
+        {"detail": "erreur interne du service (le détail est dans son journal)"},
+        500,
+        headers={**headers, "cache-control": "no-store"},
+    )
+
+
 class AnswerHeaders:
     """ASGI middleware: `Cache-Control: no-store` on every JSON answer that sets none. An API's
     answers are read live (alerts and their counts, the stream's position to resume from, a
@@ -123,7 +135,7 @@ class AnswerHeaders:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
                 names = {name.lower(): value for name, value in headers}
-                added = [*_EVERY_ANSWER]
+                added = [header for header in _EVERY_ANSWER if header[0] not in names]
                 if b"cache-control" not in names and b"json" in names.get(b"content-type", b""):
                     added.append((b"cache-control", b"no-store"))
                 if b"content-security-policy" not in names:
