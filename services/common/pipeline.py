@@ -41,6 +41,8 @@ from services.common.storage.db import DATABASE_AWAY, Conn, advisory_key, transa
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
+_REFUSED_BY_DRIVER = asyncpg.exceptions._base.DataError
+"""A value asyncpg cannot send (an InterfaceError, so in DATABASE_AWAY): a fault, not PostgreSQL away."""
 T = TypeVar("T")
 
 
@@ -132,12 +134,12 @@ def writer_lock(schema: str) -> int:
 
 
 TRACEPARENT_OF: ContextVar[Callable[[CloudEvent], str | None]] = ContextVar("traceparent_of", default=lambda _: None)
-_ISOLATING: ContextVar[Counter[str] | None] = ContextVar("isolating", default=None)
-"""While a batch is handled record by record (Pipeline._isolate): what they came to, said once
-for the batch (`batch.isolated`), each record's own line at DEBUG."""
 """While a batch is applied: the `traceparent` a record caused by this event carries (its own
 record's context, else the batch span's; None without either), for work the batch leaves to
 later (ressources' re-evaluations), whose records continue the same trace."""
+_ISOLATING: ContextVar[Counter[str] | None] = ContextVar("isolating", default=None)
+"""While a batch is handled record by record (Pipeline._isolate): what they came to, said once
+for the batch (`batch.isolated`), each record's own line at DEBUG."""
 
 
 def _links(each_headers: Iterable) -> list[trace.Link]:
@@ -256,7 +258,7 @@ class Pipeline:
                 except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
                     if attempt == _ATTEMPTS:
                         _failed(span, exc)
-                        self.metrics.batch_failed(type(exc).__name__)
+                        self.metrics.batch_failed(type(exc).__name__, records)
                         log.exception("batch.failed", records=len(records), attempts=attempt)
                         logs.said(exc)  # FastStream, which it is raised to, logged it again
                         await asyncio.sleep(1)
@@ -269,11 +271,11 @@ class Pipeline:
                     return
                 except Exception as exc:
                     _failed(span, exc)
-                    again = self.metrics.failing is not None
-                    self.metrics.batch_failed(type(exc).__name__)
-                    if not isinstance(exc, DATABASE_AWAY):
+                    failing = self.metrics.batch_failed(type(exc).__name__, records)
+                    if not isinstance(exc, DATABASE_AWAY) or isinstance(exc, _REFUSED_BY_DRIVER):
                         log.exception("batch.failed", records=len(records))
-                    elif not again:  # PostgreSQL away: said once, not a traceback a second until it is back
+                    elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
+                        self.metrics.said_away()
                         log.warning(
                             "batch.failed",
                             records=len(records),

@@ -516,3 +516,29 @@ async def test_the_partitions_each_replica_holds_are_said_and_none_once_its_cons
         await subscriber.stop()
         status, health = await here.app.health()
         assert status == 200 and health["assigned_partitions"] == dict.fromkeys(topics, 0)
+
+
+async def test_postgresql_away_after_another_failure_is_still_said(kafka, settings, monkeypatch):
+    """The outage's warning was said only when it was the first failure of a run: after one of
+    another kind, every `batch.failed` of the outage was at DEBUG (review helper-183 #2)."""
+    from services.common import pipeline as pipeline_module
+
+    said = Said()
+    monkeypatch.setattr(pipeline_module, "log", said)
+    uai = valid_uai("0350013")
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        transaction, failures = pipeline._transaction, [RuntimeError("a bug"), *[ConnectionRefusedError()] * 2]
+
+        async def failing(*args):
+            if failures:
+                raise failures.pop(0)
+            return await transaction(*args)
+
+        pipeline._transaction = failing
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 10))])
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot, at last")
+    levels = [(line["level"], line.get("error")) for line in said.named("batch.failed")]
+    assert levels == [("exception", None), ("warning", "ConnectionRefusedError"), ("debug", "ConnectionRefusedError")]
+    assert len(said.named("batch.recovered")) == 1

@@ -440,7 +440,7 @@ class StoredPositions(ConsumerRebalanceListener):
         if self.poll is not None:  # records taken ahead: every partition is sought below
             await self.poll.drop()
             self.poll.unreadable.forget()
-        self._pipeline.metrics.reassigned()
+        self._pipeline.metrics.reassigned(assigned)
         if assigned:
             await self._resume_from_database(consumer, assigned)
 

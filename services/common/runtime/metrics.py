@@ -16,7 +16,7 @@ labelled with the service's name.
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from time import monotonic
 from typing import Any, TypeVar
@@ -116,14 +116,20 @@ class Failing:
     at: float
     """monotonic() then."""
     error: str
+    partitions: frozenset[tuple[str, int]] = frozenset()
+    """The partitions of the batches that failed (topic, partition)."""
+    said: bool = False
+    """Whether PostgreSQL's being away was said for these failures (once: Pipeline.handle)."""
 
     def seconds(self) -> float:
         return round(monotonic() - self.at, 1)
 
     @staticmethod
-    def again(before: "Failing | None", error: str) -> "Failing":
+    def again(before: "Failing | None", error: str, partitions: frozenset[tuple[str, int]] = frozenset()) -> "Failing":
         """Failing once more, with this error: since the first of the failures in a row."""
-        return Failing(before.since, before.at, error) if before else Failing(datetime.now(UTC), monotonic(), error)
+        if before is None:
+            return Failing(datetime.now(UTC), monotonic(), error, partitions)
+        return replace(before, error=error, partitions=before.partitions | partitions)
 
 
 def _seconds(name: str, meaning: str, service: str, failing: Failing | None) -> GaugeMetricFamily:
@@ -201,17 +207,26 @@ class Metrics:
         self._batches.labels(self.service).observe(seconds)
         self.failing = None
 
-    def batch_failed(self, error: str) -> None:
-        """A batch whose transaction failed (it is taken again): counted, and since when batches
-        fail one after another, with the latest error's type, until one commits."""
+    def batch_failed(self, error: str, records: Iterable[ConsumerRecord] = ()) -> Failing:
+        """A batch of `records` whose transaction failed (it is taken again): counted, and since
+        when batches fail one after another, with the latest error's type, until one commits."""
         self._failed.labels(self.service).inc()
-        self.failing = Failing.again(self.failing, error)
+        self.failing = Failing.again(self.failing, error, frozenset((r.topic, r.partition) for r in records))
+        return self.failing
 
-    def reassigned(self) -> None:
-        """The consumer's partitions assigned again: batches that failed here may be another
-        replica's to take now, which commits them, this one then idle (its gauge grew for good,
-        /health said batches failing). Counted again from this replica's next failure."""
-        self.failing = None
+    def said_away(self) -> None:
+        """That PostgreSQL is away was said for the batches failing now."""
+        if self.failing is not None:
+            self.failing = replace(self.failing, said=True)
+
+    def reassigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """The consumer's partitions assigned again: batches that failed here, their partitions
+        now another replica's, are that one's to commit or fail, this one idle meanwhile (its
+        gauge grew for good, /health said batches failing). Kept while one of them is still here
+        (each replica's partitions are assigned again at every rebalance: a rollout's)."""
+        held = {(tp.topic, tp.partition) for tp in assigned}
+        if self.failing is not None and not self.failing.partitions & held:
+            self.failing = None
 
     def positions_unreadable(self, error: str) -> None:
         """The stored positions could not be read at an assignment (taken again): since when."""

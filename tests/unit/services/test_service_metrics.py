@@ -135,3 +135,18 @@ async def test_two_scrapes_at_once_share_one_count():
     go.set()
     first, second = await both
     assert reads == [1] and first == second
+
+
+def test_batches_failing_are_kept_through_a_rebalance_while_one_of_their_partitions_stays():
+    """Each replica's partitions are assigned again at every rebalance (a rollout's): clearing
+    the failures at each made an alert on their duration start again for good, while the same
+    batches kept failing here (review helper-183 #3). Cleared once none of theirs is here."""
+    metrics = Metrics("equipement")
+    first = metrics.batch_failed("DiskFullError", [record("t", 1, 0)])
+    metrics.batch_failed("DiskFullError", [record("t", 3, 0)])
+    metrics.reassigned([TopicPartition("t", 1), TopicPartition("t", 5)])
+    assert metrics.failing is not None and metrics.failing.since == first.since, "partition 1 stayed here"
+    metrics.reassigned([TopicPartition("t", 3)])
+    assert metrics.failing is not None and metrics.failing.since == first.since, "partition 3 stayed here"
+    metrics.reassigned([TopicPartition("t", 0), TopicPartition("t", 2), TopicPartition("u", 1)])
+    assert metrics.failing is None, "neither is here any more: another replica's to commit"
