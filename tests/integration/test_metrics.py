@@ -457,7 +457,11 @@ async def test_batches_failing_here_are_no_longer_said_once_their_partition_went
     from services.common.messaging.partitioner import partition_for
 
     # Of the two, "aa-b" sorts first: the round-robin assignor gives it partitions 0, 2 and 4.
-    uai = next(u for n in range(350100, 350200) if partition_for((u := valid_uai(f"0{n}")).encode(), range(6)) == 0)
+    uai = next(
+        u
+        for n in range(350100, 350200)
+        if partition_for((u := valid_uai(f"0{n}")).encode(), range(TEST_PARTITIONS)) == 0
+    )
     here = running(EQUIPEMENT, settings.model_copy(update={"consumer_instance_id": "zz-a"}))
     async with here as pipeline:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])

@@ -705,6 +705,9 @@ async function route() {
   } catch {
     for (const v of VIEWS) $(`vue-${v}`).hidden = true;
     current = null; // nothing shown: no live change brings the former view back
+    clearTimeout(pending);
+    burst = null;
+    document.title = TITLE;
     showError("Adresse illisible : un caractère encodé (%) y est incomplet.");
     return;
   }
@@ -722,16 +725,26 @@ async function route() {
   burst = null;
   for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
   if (view.name !== "alertes") follow(new URLSearchParams());
-  await refresh(true);
-  if (view === current) document.title = `${$(`titre-${view.name}`).textContent.trim()} — ${TITLE}`;
+  const shown = await refresh(true);
+  // The view's own title once read; else the page's (its heading still the former view's).
+  if (view === current) document.title = shown ? `${$(`titre-${view.name}`).textContent.trim()} — ${TITLE}` : TITLE;
   if (moved) $(`titre-${view.name}`).focus();
 }
 
 // Readings of the view one after the other: one asked while another is under way (the view
 // chosen and its stream opened at once) starts when it ends, and so shows what is newer.
 let reading = Promise.resolve();
+// A reading asked for while one already waits behind the one under way is that one: a burst's
+// readings (every 1.5 s) and the pending re-evaluation's (every 5 s) never pile up behind a
+// slow answer. The first reading of a view chosen waits for its own.
+let queued = null;
 function refresh(first = false) {
-  const next = reading.then(() => read(first));
+  if (!first && queued) return queued;
+  const next = reading.then(() => {
+    if (queued === next) queued = null; // under way now: a later ask waits for the next one
+    return read(first);
+  });
+  if (!first) queued = next;
   reading = next.catch(() => {}); // read() tells its errors: one never stops the next
   return next;
 }
@@ -742,14 +755,15 @@ function refresh(first = false) {
 // the error. A reading that ends once another view is chosen changes nothing.
 async function read(first) {
   const view = current;
-  if (!view) return;
+  if (!view) return false;
   try {
     await view.refresh();
-    if (view !== current) return;
+    if (view !== current) return false;
     $(`vue-${view.name}`).hidden = false;
     showError("");
+    return true;
   } catch (error) {
-    if (view !== current) return;
+    if (view !== current) return false;
     if (first && view.name === "alertes") {
       $("alertes").hidden = true;
       $("compte").textContent = "";
@@ -757,6 +771,7 @@ async function read(first) {
       $(`vue-${view.name}`).hidden = true;
     }
     showError(`Lecture impossible : ${error.message}`);
+    return false;
   }
 }
 
