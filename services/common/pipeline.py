@@ -828,7 +828,7 @@ def _failed(span: trace.Span, exc: Exception) -> None:
     refused_by_database), never by its message: asyncpg's quotes the refused row in its DETAIL
     ("Failing row contains (…)": a teacher_id), and traces go to a collector."""
     named = refused_by_database(exc)
-    span.set_attribute("error.type", type(exc).__qualname__)
+    span.set_attribute("error.type", type(exc).__name__)
     span.set_status(trace.StatusCode.ERROR, named)
     span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
 

@@ -9,9 +9,9 @@ cost nothing, while partners' trace contexts are still carried along.
 
 import random
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -55,7 +55,7 @@ def tracer_provider(service: str | None = None, max_links: int = 2000) -> Tracer
     return TracerProvider(resource=resource, id_generator=OwnRandomIds(), span_limits=SpanLimits(max_links=max_links))
 
 
-HTTP_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
+HTTP_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 """FastAPI's own OpenTelemetry (`FastAPI(telemetry=...)`), off: with an exporter, every request
 made a span, the probes' and scrapes' too, whose `url.query` went out as sent (a token in it
 included, which the logs mask) and whose parent came from the process's global propagators
