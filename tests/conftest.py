@@ -8,6 +8,7 @@ from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
 import logging
+import shutil
 import uuid
 from pathlib import Path
 
@@ -120,3 +121,18 @@ def logging_restored():
     library.setLevel(library_state[2])
     logging.getLogger(COORDINATOR).filters[:] = coordinator_filters
     logging.captureWarnings(False)
+
+
+@pytest.fixture
+async def browser():
+    """Debian's Chromium (which ./dev installs when it can; no browser can be downloaded here),
+    headless, driven by Playwright: the dashboard page's browser tests."""
+    from playwright.async_api import async_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("no chromium on PATH: install Debian's package (apt-get install chromium)")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=chromium, headless=True)
+        yield launched
+        await launched.close()

@@ -12,12 +12,11 @@ printed; pytest keeps the last runs under its basetemp)."""
 
 import asyncio
 import json
-import shutil
 
 import asyncpg
 import httpx
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 import contracts as c
 from helpers import eventually
@@ -25,7 +24,6 @@ from partner import ce, scratch_suivi
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium")  # Debian's, which ./dev installs when it can (it looks on PATH too)
 RID = "ark:/67375/e2e-tableau"
 RENNES = ["0350101" + c.uai_check_letter("0350101"), "0350102" + c.uai_check_letter("0350102")]
 NANTES = "0440101" + c.uai_check_letter("0440101")
@@ -72,16 +70,6 @@ RESSOURCE = {
     "needs_ent": False,
     "training": {"competences": [], "tools": []},
 }
-
-
-@pytest.fixture
-async def browser():
-    if CHROMIUM is None:
-        pytest.fail("no chromium on PATH: install Debian's package (apt-get install chromium)")
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        await chromium.close()
 
 
 async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_resource(

@@ -15,6 +15,18 @@ from services.ressources.app import SPEC
 LATEST = "ressources/0013_reevaluations_tour.sql"  # an ALTER TABLE of reevaluations
 
 
+async def _behind_a_backup(backup: asyncpg.Connection, table: str, pool: asyncpg.Pool, monkeypatch):
+    """`table` held as a backup's pg_dump holds it (ACCESS SHARE, in its repeatable-read
+    transaction), and ressources' migrations started behind it: (the backup's transaction, the
+    migrating task, what db logs meanwhile)."""
+    held = backup.transaction(isolation="repeatable_read")
+    await held.start()
+    await backup.execute(f"LOCK TABLE ressources.{table} IN ACCESS SHARE MODE")
+    said = Said()
+    monkeypatch.setattr(db, "log", said)
+    return held, asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir)), said
+
+
 async def test_a_migration_behind_a_held_table_lets_its_writers_through_and_ends_once_it_is_free(
     database_url, monkeypatch
 ):
@@ -29,12 +41,7 @@ async def test_a_migration_behind_a_held_table_lets_its_writers_through_and_ends
     try:
         await migrate(pool, "ressources", SPEC.package_dir)
         monkeypatch.setattr(db, "_migration_files", every)
-        held = backup.transaction(isolation="repeatable_read")
-        await held.start()
-        await backup.execute("LOCK TABLE ressources.reevaluations IN ACCESS SHARE MODE")  # as pg_dump does
-        said = Said()
-        monkeypatch.setattr(db, "log", said)
-        migrating = asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir))
+        held, migrating, said = await _behind_a_backup(backup, "reevaluations", pool, monkeypatch)
         waiting = lambda: said.named("migration.waiting_for_lock")  # noqa: E731
         await eventually(lambda: asyncio.sleep(0, len(waiting()) >= 2), what="the migration tried twice")
         async with asyncio.timeout(10):  # a writer of the table meanwhile, as a running replica
@@ -108,12 +115,7 @@ async def test_a_schema_migrated_before_checksums_gets_them_even_behind_a_backup
     try:
         await migrate(pool, "ressources", SPEC.package_dir)
         await pool.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
-        held = backup.transaction(isolation="repeatable_read")
-        await held.start()
-        await backup.execute("LOCK TABLE ressources.schema_migrations IN ACCESS SHARE MODE")  # as pg_dump does
-        said = Said()
-        monkeypatch.setattr(db, "log", said)
-        migrating = asyncio.create_task(migrate(pool, "ressources", SPEC.package_dir))
+        held, migrating, said = await _behind_a_backup(backup, "schema_migrations", pool, monkeypatch)
         waiting = lambda: said.named("migration.waiting_for_lock")  # noqa: E731
         await eventually(lambda: asyncio.sleep(0, bool(waiting())), what="the column's addition waiting")
         assert not migrating.done()

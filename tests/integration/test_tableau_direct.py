@@ -7,19 +7,17 @@ fed by partners is tests/e2e/test_tableau_navigateur.py."""
 import asyncio
 import json
 import re
-import shutil
 import time
 from datetime import UTC, datetime
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from helpers import uai
 from test_read_api import serve_api
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
-CHROMIUM = shutil.which("chromium")
 expect.set_options(timeout=20_000)
 
 
@@ -27,16 +25,6 @@ expect.set_options(timeout=20_000)
 async def api(kafka, settings):
     async with serve_api(settings) as served:
         yield served
-
-
-@pytest.fixture
-async def browser():
-    if CHROMIUM is None:
-        pytest.fail("no chromium on PATH: install Debian's package (apt-get install chromium)")
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        await chromium.close()
 
 
 def alerte(n: int, code: str, raised_at: datetime, resource_id: str | None = None) -> dict:
