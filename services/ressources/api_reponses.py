@@ -23,6 +23,10 @@ class AlerteLue(_Alerte):
 
     state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
     resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
+    nom: str | None = Field(description="le nom de l'établissement au référentiel aujourd'hui (null s'il n'y est plus)")
+    title: str | None = Field(
+        description="le titre de la ressource au catalogue aujourd'hui (null si elle a été retirée depuis)"
+    )
 
 
 class PageAlertes(_Reponse):
@@ -122,3 +126,6 @@ class Repartition(_Reponse):
 
 class Territoires(_Reponse):
     academies: dict[str, list[str]] = Field(description="code académie : ses codes département, dans l'ordre")
+    noms: dict[str, str] = Field(
+        description="code académie : son nom, pour toutes les académies (DOMAIN.md), au référentiel ou non"
+    )

@@ -22,6 +22,17 @@ KNOWN_PARAMETERS_ONLY = [Depends(known_parameters)]
 """The reads refuse a parameter they do not read, as the rest of the API; the page and its files
 do not (a link may carry one)."""
 
+NOMS_ACADEMIES = {
+    "01": "Paris", "02": "Aix-Marseille", "03": "Besançon", "04": "Bordeaux", "06": "Clermont-Ferrand",
+    "07": "Dijon", "08": "Grenoble", "09": "Lille", "10": "Lyon", "11": "Montpellier", "12": "Nancy-Metz",
+    "13": "Poitiers", "14": "Rennes", "15": "Strasbourg", "16": "Toulouse", "17": "Nantes", "18": "Orléans-Tours",
+    "19": "Reims", "20": "Amiens", "22": "Limoges", "23": "Nice", "24": "Créteil", "25": "Versailles", "27": "Corse",
+    "28": "La Réunion", "31": "Martinique", "32": "Guadeloupe", "33": "Guyane", "40": "Nouvelle-Calédonie",
+    "41": "Polynésie française", "42": "Wallis-et-Futuna", "43": "Mayotte", "44": "Saint-Pierre-et-Miquelon",
+    "70": "Normandie",
+}  # fmt: skip
+"""Each académie's name by its code in the annuaire (DOMAIN.md: Caen 05 and Rouen 21 are Normandie's
+70 since 2020): the référentiel carries codes only, and a reader of the dashboard reads names."""
 PAGE = Path(__file__).parent / "tableau"
 ASSETS = {"tableau.css": "text/css; charset=utf-8", "tableau.js": "text/javascript; charset=utf-8"}
 # Everything the page loads or calls comes from this service; its data is written as text, never
@@ -50,13 +61,14 @@ async def fichier(fichier: str) -> FileResponse:
 @router.get(
     "/territoires",
     summary="Les académies du référentiel et leurs départements (les filtres du tableau de bord)",
-    description="`{academies: {code_academie: [code_departement, …]}}`, dans l'ordre des codes.",
+    description="`{academies: {code_academie: [code_departement, …]}, noms: {code_academie: nom}}`, "
+    "dans l'ordre des codes.",
     **built(Territoires, "les académies et leurs départements", STARTING),
     dependencies=KNOWN_PARAMETERS_ONLY,
 )
 async def territoires(pool: Pool) -> dict:
     async with pool.acquire() as conn:
-        return {"academies": await queries.territoires(conn)}
+        return {"academies": await queries.territoires(conn), "noms": NOMS_ACADEMIES}
 
 
 @router.get(

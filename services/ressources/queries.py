@@ -95,9 +95,16 @@ async def list_alertes(
         where += (" AND " if where else " WHERE ") + (
             f"raised_at <= ${n - 1} AND (raised_at < ${n - 1} OR (raised_at = ${n - 1} AND alert_id > ${n}))"
         )
+    # The établissement's name and the resource's title as they are now, joined to the page's
+    # rows only: a dashboard's reader reads names, not codes (a renamed établissement, a
+    # retitled resource: the new name; a withdrawn resource: no title).
     rows = await conn.fetch(
-        f"SELECT alert_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
-        f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+        "SELECT a.alert_id, a.ouverte, a.raised_at, a.resolved_at, a.alerte, e.nom, r.ressource->>'title' AS title "
+        f"FROM (SELECT alert_id, uai, resource_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
+        f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}) AS a "
+        "LEFT JOIN etablissements e ON e.uai = a.uai "
+        "LEFT JOIN ressources r ON r.resource_id = a.resource_id AND r.publiee "
+        "ORDER BY a.raised_at DESC, a.alert_id",
         *args,
         limit + 1,  # one more, unshown: whether a page follows (a full last page has no `suivant`)
         offset,
@@ -119,6 +126,7 @@ def _alert(r: asyncpg.Record) -> dict:
     data = json.loads(r["alerte"])
     data["state"] = "open" if r["ouverte"] else "resolved"
     data["resolved_at"] = to_json(r["resolved_at"]).decode().strip('"') if r["resolved_at"] else None  # as raised_at
+    data["nom"], data["title"] = r["nom"], r["title"]
     return data
 
 

@@ -115,9 +115,13 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
     await expect(nantes).to_contain_text("Équipement incompatible")
     await expect(nantes).to_contain_text("version du système hors des bornes de la ressource : iPadOS 12.5 < 15")
     await expect(listed.first).to_contain_text(NANTES)  # newest raise first
+    # Names, the codes beside them: the établissement's, the resource's.
+    await expect(nantes.get_by_role("link", name=f"Collège {NANTES} ({NANTES})")).to_have_count(1)
+    await expect(nantes.get_by_role("link", name="Atlas numérique")).to_have_count(1)
     await page.screenshot(path=captures / "alertes.png")
 
     # Filters: by académie (the options come from the référentiel), then by kind; the address keeps them.
+    await expect(page.get_by_label("Académie").locator("option")).to_have_text(["toutes", "Rennes (14)", "Nantes (17)"])
     await page.get_by_label("Académie").select_option("17")
     await expect(listed).to_have_count(1)
     await expect(listed.first).to_contain_text(NANTES)
@@ -170,12 +174,13 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
     academies = page.locator("#graphe-academies")
     await expect(academies.locator("svg g[data-code]")).to_have_count(2)
     await expect(academies.locator("svg g[data-code='14'] rect.compatible")).to_have_count(1)
+    await expect(academies.locator("svg g[data-code='14']")).to_contain_text("Rennes (14)")
     await expect(academies.locator("svg g[data-code='14'] rect.incompatible")).to_have_count(1)
     await expect(academies.locator("svg g[data-code='17'] rect.compatible")).to_have_count(0)
     departements = page.locator("#graphe-departements")
     await departements.get_by_text("Voir les nombres").click()
     await expect(departements.locator("tr[data-code='035'] td")).to_have_text(["2", "1", "0", "1", "0"])
-    await expect(departements.locator("tr[data-code='044'] th")).to_have_text("044 (ac. 17)")
+    await expect(departements.locator("tr[data-code='044'] th")).to_have_text("044 (Nantes)")
     await page.screenshot(path=captures / "ressource.png", full_page=True)
 
     assert errors == [], f"JavaScript errors on the page: {errors}"
@@ -499,7 +504,7 @@ async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown
     await expect(listed).to_have_count(1)
     await expect(listed.first).to_contain_text(uai)
 
-    await listed.first.get_by_role("link", name=rid).click()
+    await listed.first.get_by_role("link", name="Carte du direct").click()
     await expect(page.locator("#titre-ressource")).to_have_text(f"Carte du direct ({rid})")
     await expect(page.locator("#res-total")).to_contain_text("1 établissement(s) abonné(s) évalué(s)")
     await expect(page.locator("#erreur")).to_be_hidden()

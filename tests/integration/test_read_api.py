@@ -46,13 +46,13 @@ RENNES = [uai(f"03503{n:02d}") for n in range(4)]  # académie 14, département 
 NANTES = uai("0440001")  # académie 17, département 044
 
 
-def etab(code: str, dep: str, aca: str, reg: str, type_: str = "college") -> dict:
+def etab(code: str, dep: str, aca: str, reg: str, type_: str = "college", nom: str = "", minute: int = 0) -> dict:
     return event(
         c.ETABLISSEMENT,
         "/ministere",
         {
             "uai": code,
-            "nom": f"Collège {code}",
+            "nom": nom or f"Collège {code}",
             "type": type_,
             "statut": "public",
             "code_commune": dep[1:] + "238",
@@ -61,7 +61,7 @@ def etab(code: str, dep: str, aca: str, reg: str, type_: str = "college") -> dic
             "code_region": reg,
             "ouvert": True,
         },
-        time_=at(0),
+        time_=at(minute),
     )
 
 
@@ -154,6 +154,9 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
 
     everything = (await client.get("/alertes", params={"limit": 500})).json()
     assert everything["total"] == 12
+    # Names beside the codes: the établissement's and the resource's.
+    named = {(a["uai"], a["nom"], a["resource_id"], a["title"]) for a in everything["items"]}
+    assert named == {(u, f"Collège {u}", RID, "Atlas") for u in [*RENNES, NANTES]}
     rennes_incompatible = (
         await client.get("/alertes", params={"code_academie": "14", "kind": "equipement-incompatible", "state": "open"})
     ).json()
@@ -222,6 +225,7 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
         "/ressources/{resource_id}": [summary],
         "/repartition/{resource_id}": [(await client.get(f"/repartition/{RID}")).json()],
         "/territoires": [(await client.get("/territoires")).json()],
+        "/alertes": [everything],
     }
     answers["/etablissements/{uai}"].append((await client.get(f"/etablissements/{RENNES[0]}")).json())  # two resources
     for path, each in answers.items():
@@ -240,6 +244,29 @@ async def test_alerts_filters_pagination_etablissement_and_resource(kafka, setti
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
+
+
+async def test_the_list_names_the_etablissement_and_the_resource_as_they_are_now(kafka, settings, api):
+    """An établissement renamed by the référentiel, a resource withdrawn from the catalogue: the
+    alerts, raised before, are listed with the new name, and without a title."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+    renamed = etab(RENNES[0], "035", "14", "53", nom="Collège Anne de Bretagne", minute=5)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(RENNES[0], renamed)])
+    withdrawn = event(c.RESSOURCE_RETIREE, "/ministere", {"resource_id": RID}, time_=at(6))
+    await send(kafka.bootstrap_servers, settings.topic(c.CATALOGUE), [(RID, withdrawn)])
+    await eventually(
+        lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes WHERE NOT ouverte"), what="every alert resolved"
+    )
+
+    listed = (await client.get("/alertes", params={"limit": 500})).json()["items"]
+    assert len(listed) == 12 and {a["title"] for a in listed} == {None}
+    assert {(a["uai"], a["nom"]) for a in listed} == {
+        (RENNES[0], "Collège Anne de Bretagne"),
+        *((u, f"Collège {u}") for u in [*RENNES[1:], NANTES]),
+    }
 
 
 async def test_an_answer_s_verdicts_use_the_thresholds_the_alerts_were_evaluated_with(kafka, settings, api):

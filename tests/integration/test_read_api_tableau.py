@@ -26,7 +26,9 @@ async def test_territories_and_a_resource_per_departement(kafka, settings, api):
     await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
     await eventually(lambda: pool.fetchval("SELECT NOT EXISTS (SELECT FROM reevaluations)"), what="fan-outs ended")
 
-    assert (await client.get("/territoires")).json() == {"academies": {"14": ["035"], "17": ["044"]}}
+    territoires = (await client.get("/territoires")).json()
+    assert territoires["academies"] == {"14": ["035"], "17": ["044"]}
+    assert (territoires["noms"]["14"], territoires["noms"]["17"]) == ("Rennes", "Nantes")
     spread = (await client.get(f"/repartition/{RID}")).json()
     assert spread == {
         "resource_id": RID,

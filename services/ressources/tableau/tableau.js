@@ -36,6 +36,7 @@ const STREAM_FILTERS = ["code_academie", "code_departement", "responsable_type",
 
 const $ = (id) => document.getElementById(id);
 let territoires = {}; // code académie -> its départements
+let nomsAcademies = {}; // code académie -> its name
 let current = null; // the view shown: {name, refresh(), concerns(alert)}
 const TITLE = document.title; // the page's; each view's title before it (a tab, a screen reader)
 let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
@@ -88,8 +89,12 @@ function refusal(body, status) {
   return text || `le service a répondu ${status}`;
 }
 
-const etabLink = (uai) => el("a", { href: `#/etablissement/${encodeURIComponent(uai)}` }, uai);
-const resourceLink = (id, title) => el("a", { href: `#/ressource/${encodeURIComponent(id)}` }, title || id);
+// Names where the service gives them (an alert's), the code beside: what a reader reads, and
+// what they search the annuaire with.
+const etabLink = (uai, nom) =>
+  el("a", { href: `#/etablissement/${encodeURIComponent(uai)}` }, nom ? `${nom} (${uai})` : uai);
+const resourceLink = (id, title) =>
+  el("a", { href: `#/ressource/${encodeURIComponent(id)}`, title: title ? id : null }, title || id);
 // Instants in Paris' time, whatever the viewer's computer says (a kiosk on UTC, a rectorat overseas
 // read another day): the columns say so; the instant itself is the element's `datetime`.
 const date = (iso) =>
@@ -217,7 +222,7 @@ function readAfterBurst() {
 
 function fillFilters(params) {
   const academie = $("f-academie");
-  const academies = options(Object.keys(territoires), params.get("code_academie"));
+  const academies = options(Object.keys(territoires), params.get("code_academie"), undefined, academieName);
   academie.replaceChildren(el("option", { value: "" }, "toutes"), ...academies);
   academie.value = params.get("code_academie") || "";
   fillDepartements(params.get("code_departement") || "", true);
@@ -240,9 +245,9 @@ function fillDepartements(selected, named = false) {
 
 // The codes as options, and the one the address names when they have it not: shown as it
 // filters the list, where a blank select said "all" of a filtered list. `known`: every code of
-// the référentiel (read or not), else it is another académie's.
-function options(codes, selected, known = codes) {
-  const shown = codes.map((c) => el("option", { value: c }, c));
+// the référentiel (read or not), else it is another académie's. `label`: a code's text.
+function options(codes, selected, known = codes, label = (c) => c) {
+  const shown = codes.map((c) => el("option", { value: c }, label(c)));
   if (selected && !codes.includes(selected)) {
     const where = known.includes(selected) ? "autre académie" : "hors référentiel";
     shown.push(el("option", { value: selected }, `${selected} (${where})`));
@@ -298,8 +303,8 @@ async function listAlertes(filters, page) {
         "tr",
         { "data-alert-id": a.alert_id, class: recent.has(a.alert_id) ? "nouvelle" : null },
         el("td", {}, date(a.raised_at)),
-        el("td", {}, etabLink(a.uai)),
-        el("td", {}, resourceLink(a.resource_id)),
+        el("td", {}, etabLink(a.uai, a.nom)),
+        el("td", {}, resourceLink(a.resource_id, a.title)),
         el("td", {}, KINDS[a.kind] || a.kind),
         el("td", {}, reasonList(a.reasons)),
         el("td", {}, a.state === "open" ? "ouverte" : el("span", {}, "résolue le ", date(a.resolved_at))),
@@ -474,11 +479,12 @@ async function ressource(id) {
 // threshold read "50 %" beside the alert it raises.
 const percent = (share) => (Math.floor(share * 1000 + 1e-9) / 10).toLocaleString("fr-FR");
 
-const academieLabel = (code) => `académie ${code}`;
+const academieName = (code) => (nomsAcademies[code] ? `${nomsAcademies[code]} (${code})` : code);
+const academieLabel = (code) => (nomsAcademies[code] ? academieName(code) : `académie ${code}`);
 
 function departementLabel(code) {
   const academie = Object.keys(territoires).find((a) => territoires[a].includes(code));
-  return academie ? `${code} (ac. ${academie})` : code;
+  return academie ? `${code} (${nomsAcademies[academie] || `ac. ${academie}`})` : code;
 }
 
 function chart(container, titleId, counts, label, empty = "Aucun établissement abonné évalué.") {
@@ -809,7 +815,7 @@ function wire() {
 async function start() {
   wire();
   try {
-    territoires = (await api("/territoires")).academies;
+    ({ academies: territoires, noms: nomsAcademies } = await api("/territoires"));
   } catch (error) {
     showError(`Lecture impossible : ${error.message}`);
   }
