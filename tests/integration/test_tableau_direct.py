@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.async_api import expect
@@ -62,15 +62,28 @@ async def raise_(pool, alerts: list[dict], announced: bool = True) -> None:
             for a in alerts
         ],
     )
-    if not announced:
-        return
+    if announced:
+        await journal(pool, "levee", alerts)
+
+
+async def resolve(pool, alerts: list[dict]) -> None:
+    """`alerts` resolved now, each announced on the live stream."""
+    resolved = [{**a, "resolved_at": datetime.now(UTC).isoformat()} for a in alerts]
+    await pool.executemany(
+        "UPDATE alertes SET ouverte = false, resolved_at = $2 WHERE alert_id = $1",
+        [(a["alert_id"], datetime.fromisoformat(a["resolved_at"])) for a in resolved],
+    )
+    await journal(pool, "resolue", resolved)
+
+
+async def journal(pool, what: str, alerts: list[dict]) -> None:
     events = [
         {
             "specversion": "1.0",
-            "id": f"levee-{a['alert_id']}",
+            "id": f"{what}-{a['alert_id']}",
             "source": "/plateforme/ressources",
-            "type": "fr.education.alertes.alerte-levee.v1",
-            "time": a["raised_at"],
+            "type": f"fr.education.alertes.alerte-{what}.v1",
+            "time": a["resolved_at"] or a["raised_at"],
             "subject": f"{a['uai']}/{a['resource_id']}",
             "data": a,
         }
@@ -180,4 +193,40 @@ async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_
     await page.goto(f"{client.base_url}/tableau#/etablissement/{uai('0350399')}")  # unknown: not the former's
     await expect(page.locator("#erreur")).to_contain_text("Lecture impossible")
     await expect(page).to_have_title("Tableau de bord des alertes — former, équiper, outiller")
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_page_resolves(api, browser):
+    """Pages were read by their offset: an alert of page 1 resolved live, the first row of page 2
+    moved up to page 1 and an open alert left the page being read, unseen (audit helper-182 #3).
+    Page 2 reached by "Page suivante", then from a bookmark: read from where page 1 ends."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    now = datetime.now(UTC)
+    alerts = [alerte(n, uai(f"03504{n:02d}"), now - timedelta(minutes=n)) for n in range(45)]  # 0: the newest
+    await raise_(pool, alerts, announced=False)
+    page, errors = await opened(browser, str(client.base_url))
+    rows = page.locator("#alertes tbody tr")
+    await expect(page.locator("#compte")).to_have_text("45 alertes")
+    await page.get_by_role("button", name="Page suivante").click()
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
+    second = [a["alert_id"] for a in alerts[20:40]]
+    await expect(rows).to_have_count(20)
+    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
+
+    await resolve(pool, alerts[:1])  # on page 1
+    await expect(page.locator("#compte")).to_have_text("44 alertes")  # read again
+    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
+
+    await page.goto(f"{client.base_url}/tableau#/alertes?state=open&page=2")  # a bookmark
+    await page.reload()
+    await expect(page.locator("#compte")).to_have_text("44 alertes")
+    second = [a["alert_id"] for a in alerts[21:41]]
+    await expect(rows).to_have_count(20)
+    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert")
+    await resolve(pool, alerts[1:3])
+    await expect(page.locator("#compte")).to_have_text("42 alertes")
+    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
     assert errors == [], f"JavaScript errors on the page: {errors}"

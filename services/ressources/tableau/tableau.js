@@ -281,13 +281,45 @@ function showAlertes(params) {
   };
 }
 
+// A page after the first is read from the place in the list where the one before it ended (the
+// API's `suivant`), not by its offset: read again live, an alert of an earlier page resolved
+// moved every later one up, and an open alert left the page being read unseen (audit
+// helper-182 #3). The place is kept per page of the filters shown (the one before's `suivant`
+// when it was left by "Page suivante"), or found by reading the alert just before the page.
+let anchored = { filters: "", places: new Map() };
+
+async function pagePlace(query, filters, page) {
+  if (anchored.filters !== `${filters}`) anchored = { filters: `${filters}`, places: new Map() };
+  if (!anchored.places.has(page)) {
+    const before = new URLSearchParams(query);
+    before.set("limit", 1);
+    before.set("offset", (page - 1) * PAGE_SIZE - 1);
+    const place = (await api(`/alertes?${before}`)).suivant;
+    if (place) anchored.places.set(page, place);
+  }
+  return anchored.places.get(page);
+}
+
 async function listAlertes(filters, page) {
   const query = new URLSearchParams(filters);
   if (!query.get("state")) query.delete("state");
   query.set("limit", PAGE_SIZE);
-  query.set("offset", (page - 1) * PAGE_SIZE);
-  const answer = await api(`/alertes?${query}`);
-  const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE));
+  let answer = null;
+  const place = page > 1 ? await pagePlace(query, filters, page) : null;
+  if (place) {
+    answer = await api(`/alertes?${query}&apres=${encodeURIComponent(place)}`);
+    if (answer.items.length === 0) {
+      anchored.places.delete(page); // every alert after it gone: the page by its number again
+      answer = null;
+    }
+  }
+  const byPlace = answer !== null;
+  if (!byPlace) {
+    query.set("offset", (page - 1) * PAGE_SIZE);
+    answer = await api(`/alertes?${query}`);
+  }
+  // Read from its place, the page is shown while it has alerts, and those after it count.
+  const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE), byPlace ? page + (answer.suivant ? 1 : 0) : 0);
   if (page > pages) {
     // Alerts resolved (live, or since the link was made) left fewer pages: the last one instead.
     const params = new URLSearchParams(filters);
@@ -314,13 +346,14 @@ async function listAlertes(filters, page) {
   $("alertes").hidden = answer.total === 0;
   $("page-position").textContent = `Page ${count(page)} sur ${count(pages)}`;
   const go = (to) => () => {
+    if (to === page + 1 && answer.suivant) anchored.places.set(to, answer.suivant);
     const params = new URLSearchParams(filters);
     params.set("page", to);
     location.hash = `#/alertes?${params}`;
   };
   $("page-precedente").disabled = page <= 1;
   $("page-precedente").onclick = go(page - 1);
-  $("page-suivante").disabled = page >= pages;
+  $("page-suivante").disabled = !answer.suivant;
   $("page-suivante").onclick = go(page + 1);
 }
 
