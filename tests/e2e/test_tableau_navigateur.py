@@ -145,6 +145,7 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
     raised = listed.filter(has_text=RENNES[1])
     await expect(raised).to_have_count(1, timeout=WAIT_MS)
     await expect(raised).to_have_class("nouvelle")
+    await expect(raised).to_contain_text("changée en direct")  # not by its colour alone
     await expect(raised).to_contain_text("iPadOS 13.1 < 15")
     await expect(page.locator("#annonce")).to_contain_text(
         f"Alerte levée : Équipement incompatible, établissement {RENNES[1]}"
@@ -175,6 +176,7 @@ async def test_the_page_filters_follows_live_and_shows_an_etablissement_and_a_re
     await expect(academies.locator("svg g[data-code]")).to_have_count(2)
     await expect(academies.locator("svg g[data-code='14'] rect.compatible")).to_have_count(1)
     await expect(academies.locator("svg g[data-code='14']")).to_contain_text("Rennes (14)")
+    await expect(academies.locator("svg g[data-code='14'] text.dans")).to_have_text(["1", "1"])  # counts in the bars
     await expect(academies.locator("svg g[data-code='14'] rect.incompatible")).to_have_count(1)
     await expect(academies.locator("svg g[data-code='17'] rect.compatible")).to_have_count(0)
     departements = page.locator("#graphe-departements")

@@ -181,6 +181,12 @@ async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_
     width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     scrolled, shown = await page.evaluate(width)
     assert scrolled <= shown, f"the list {scrolled} px wide on a {shown} px screen"
+    # Only ids and names wrap anywhere: every cell did, and "ouverte" broke in two beside them.
+    lines = (
+        "(() => { const r = document.createRange(); r.selectNodeContents(document.querySelector("
+        "'#alertes tbody td:last-child')); return r.getClientRects().length; })()"
+    )
+    assert await page.evaluate(lines) == 1, "the state on one line"
     assert await page.title() == "Alertes — Tableau de bord des alertes — former, équiper, outiller"
     await page.goto(f"{client.base_url}/tableau#/etablissement/{code}")
     await expect(page.locator("#titre-etablissement")).to_contain_text(code)
@@ -229,4 +235,54 @@ async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_pa
     await expect(page.locator("#compte")).to_have_text("42 alertes")
     assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
     await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
+    """Arrowing through a closed select read the list and opened a stream at each key; a
+    collectivité's code typed without its type ("35") was a région's and found nothing; the
+    focus fell to the document's start when "Page suivante" was disabled at the last page; a
+    page number past what the API reads answered an error naming `offset` (audit helper-182
+    #10, #9, #11, #14)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    now = datetime.now(UTC)
+    await raise_(pool, [alerte(n, uai(f"03505{n:02d}"), now - timedelta(minutes=n)) for n in range(25)], False)
+    page, errors = await opened(browser, str(client.base_url))
+    await expect(page.locator("#compte")).to_have_text("25 alertes")
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/alertes" in r.url else None)
+
+    code = page.get_by_label("Code de la collectivité")
+    await expect(code).to_be_disabled()
+    await page.get_by_label("Type de collectivité").select_option("departement")
+    await expect(code).to_be_enabled()
+    await expect(code).to_have_attribute("placeholder", "ex. 035")
+    await code.fill("035")
+    await page.get_by_label("Type de collectivité").select_option("")
+    await expect(code).to_be_disabled()
+    await expect(code).to_have_value("")
+
+    kind = page.get_by_label("Type d'alerte")
+    await kind.focus()
+    for _ in range(3):
+        await page.keyboard.press("ArrowDown")
+    await expect(page.locator("#compte")).to_have_text("Aucune alerte pour ces filtres.")  # the third kind's
+    assert "kind=" in page.url
+    # The view read and its stream opened once, for the third kind only (the stream's opening
+    # reads the view again: what changed before it opened).
+    assert len([u for u in reads if "/alertes/flux" in u]) == 1, f"one stream: {reads}"
+    assert len({u for u in reads if "/alertes?" in u}) == 1, f"the lists of one kind only: {reads}"
+    await kind.select_option("")
+    await expect(page.locator("#compte")).to_have_text("25 alertes")
+
+    await page.get_by_role("button", name="Page suivante").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 2")
+    await expect(page.get_by_role("button", name="Page suivante")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Page précédente")).to_be_focused()
+
+    await page.evaluate("location.hash = '#/alertes?state=&page=60000'")  # a page past any
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 2")
+    await expect(page.locator("#erreur")).to_be_hidden()
     assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -3,6 +3,7 @@
 "use strict";
 
 const PAGE_SIZE = 20;
+const MAX_PAGE = 1_000_000 / PAGE_SIZE + 1; // the API skips 1,000,000 alerts at most (MAX_OFFSET)
 const RETRY_MS = 10000; // after a refused stream (503: too many open), as its Retry-After says
 const KINDS = {
   "equipement-incompatible": "Équipement incompatible",
@@ -188,6 +189,8 @@ async function streamRefusal(url) {
 // for as long as it lasted, the page saying it was live). Its first change is announced alone,
 // the others together once the list is read again.
 const QUIET_MS = 300;
+const SETTLE_MS = 500; // a filter's select read once no other key changed it for this long
+let settling = null;
 const BURST_MS = 1500;
 let pending = null;
 let burst = null;
@@ -230,6 +233,18 @@ function fillFilters(params) {
     const field = document.querySelector(`#filtres [name=${name}]`);
     field.value = params.has(name) ? params.get(name) : name === "state" ? "open" : "";
   }
+  codeForType();
+}
+
+// A collectivité's code is typed once its type is chosen, in that type's form: "35" without a
+// type was taken as a région's code and the list said no alert (audit helper-182 #9). One the
+// address gives without a type stays, to be seen and cleared.
+const CODE_FORMS = { commune: "ex. 35238", departement: "ex. 035", region: "ex. 53" };
+function codeForType() {
+  const type = $("f-responsable-type").value;
+  const code = $("f-responsable-code");
+  code.disabled = !type && !code.value;
+  code.placeholder = CODE_FORMS[type] || "choisir le type";
 }
 
 // `named`: the address names it (kept, even out of the référentiel); else the former choice,
@@ -267,7 +282,7 @@ function showAlertes(params) {
   const filters = new URLSearchParams();
   for (const name of FILTERS) if (params.get(name)) filters.set(name, params.get(name));
   filters.set("state", params.has("state") ? params.get("state") : "open"); // "": every state
-  const page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
+  const page = Math.min(Math.max(1, parseInt(params.get("page") || "1", 10) || 1), MAX_PAGE);
   fillFilters(filters);
   follow(filters);
   return {
@@ -287,6 +302,7 @@ function showAlertes(params) {
 // helper-182 #3). The place is kept per page of the filters shown (the one before's `suivant`
 // when it was left by "Page suivante"), or found by reading the alert just before the page.
 let anchored = { filters: "", places: new Map() };
+let paged = false; // the page shown was chosen with the pages' buttons
 
 async function pagePlace(query, filters, page) {
   if (anchored.filters !== `${filters}`) anchored = { filters: `${filters}`, places: new Map() };
@@ -334,7 +350,7 @@ async function listAlertes(filters, page) {
       el(
         "tr",
         { "data-alert-id": a.alert_id, class: recent.has(a.alert_id) ? "nouvelle" : null },
-        el("td", {}, date(a.raised_at)),
+        el("td", {}, date(a.raised_at), recent.has(a.alert_id) ? el("span", { class: "marque" }, "changée en direct") : []),
         el("td", {}, etabLink(a.uai, a.nom)),
         el("td", {}, resourceLink(a.resource_id, a.title)),
         el("td", {}, KINDS[a.kind] || a.kind),
@@ -344,8 +360,10 @@ async function listAlertes(filters, page) {
     ),
   );
   $("alertes").hidden = answer.total === 0;
+  $("pages").hidden = false;
   $("page-position").textContent = `Page ${count(page)} sur ${count(pages)}`;
   const go = (to) => () => {
+    paged = true;
     if (to === page + 1 && answer.suivant) anchored.places.set(to, answer.suivant);
     const params = new URLSearchParams(filters);
     params.set("page", to);
@@ -355,6 +373,14 @@ async function listAlertes(filters, page) {
   $("page-precedente").onclick = go(page - 1);
   $("page-suivante").disabled = !answer.suivant;
   $("page-suivante").onclick = go(page + 1);
+  // The button pressed disabled at the first or last page: the focus to the other, not lost to
+  // the document's start (a keyboard user then tabbed through the whole page again).
+  const focused = document.activeElement; // still the button disabled, until the browser moves it
+  if (paged && (focused === document.body || focused.disabled)) {
+    const other = [$("page-suivante"), $("page-precedente")].find((b) => !b.disabled);
+    if (other) other.focus();
+  }
+  paged = false;
 }
 
 // --- One établissement --------------------------------------------------------------------------
@@ -542,9 +568,12 @@ function chart(container, titleId, counts, label, empty = "Aucun établissement 
     let x = labelWidth;
     for (const [key, css] of SERIES) {
       if (c[key] > 0) {
-        row.append(
-          svg("rect", { x, y, width: scale(c[key]), height: 18, class: css }, svg("title", {}, `${c[key]} ${key}`)),
-        );
+        const width = scale(c[key]);
+        row.append(svg("rect", { x, y, width, height: 18, class: css }, svg("title", {}, `${c[key]} ${key}`)));
+        // Its count in it where it fits: the segments told apart by more than their colours.
+        if (width >= 10 * String(c[key]).length + 8) {
+          row.append(svg("text", { x: x + width / 2, y: y + 14, "text-anchor": "middle", class: "dans" }, `${c[key]}`));
+        }
       }
       x += scale(c[key]);
     }
@@ -805,6 +834,7 @@ async function read(first) {
     if (view !== current) return false;
     if (first && view.name === "alertes") {
       $("alertes").hidden = true;
+      $("pages").hidden = true; // the former list's "Page 1 sur 4 001" and its buttons
       $("compte").textContent = "";
     } else if (first) {
       $(`vue-${view.name}`).hidden = true;
@@ -817,12 +847,22 @@ async function read(first) {
 function wire() {
   $("filtres").addEventListener("submit", (event) => {
     event.preventDefault();
+    clearTimeout(settling);
     location.hash = `#/alertes?${filtersOfForm()}`;
   });
   $("f-academie").addEventListener("change", () => fillDepartements($("f-departement").value));
+  // A choice filters once it settles: arrowing through a closed select changes it at each key,
+  // and each change read the list and opened a new stream (audit helper-182 #10).
   for (const select of $("filtres").querySelectorAll("select")) {
-    select.addEventListener("change", () => $("filtres").requestSubmit());
+    select.addEventListener("change", () => {
+      clearTimeout(settling);
+      settling = setTimeout(() => $("filtres").requestSubmit(), SETTLE_MS);
+    });
   }
+  $("f-responsable-type").addEventListener("change", () => {
+    if (!$("f-responsable-type").value) $("f-responsable-code").value = "";
+    codeForType();
+  });
   $("aller-etablissement").addEventListener("submit", (event) => {
     event.preventDefault();
     location.hash = `#/etablissement/${encodeURIComponent($("uai").value.trim().toUpperCase())}`;
