@@ -343,8 +343,9 @@ class Pipeline:
                 error=refused_by_database(exc),
             )
         async with self._exclusive() as conn:
-            await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
+            told = await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
             await positions.advance(conn, [record])
+        told.say()
         if (isolating := _ISOLATING.get()) is not None:
             isolating[f"refused:{refusal.code}"] += 1
         self.metrics.refused(refusal.code)
@@ -367,11 +368,13 @@ class Pipeline:
         records = [r for _, r in parsed] + [rejection.record for rejection in rejected]  # before rights refusals
         async with self._exclusive() as conn:
             done = await self._judge(conn, parsed, rejected, span)
-            awaiting = await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
+            told = await dlq.reject(conn, [r for r in rejected if r.record.topic in self._dead_letters_for])
             await positions.advance(conn, records)
+        told.say()
         done.say()
         self._log_batch(records, done, rejected, started)
-        if awaiting or done.known:  # a record to judge again once its UAI is known, or UAIs the référentiel brought
+        # A record to judge again once its UAI is known, or UAIs the référentiel brought.
+        if told.awaiting or done.known:
             self._due({r.awaits for r in rejected if r.awaits is not None} | done.known)
         return done.outgoing
 
@@ -563,7 +566,8 @@ class Pipeline:
                     )
                 async with self._exclusive() as conn:
                     records = await _waiting(conn, origins)
-                    await dlq.rejudged(conn, [], [_refused_by_database(r, exc) for r in records])
+                    told = await dlq.rejudged(conn, [], [_refused_by_database(r, exc) for r in records])
+                told.say()
                 self.metrics.revived(0, 0, 0, {"donnees-invalides": len(records)} if records else {})
                 self.relay.wake()
                 return len(records)
@@ -601,7 +605,7 @@ class Pipeline:
                         said += done.committed
                         refused = {id(r.record) for r in rejected}
                         accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]
-                        await dlq.rejudged(conn, accepted, rejected)
+                        said.append((await dlq.rejudged(conn, accepted, rejected)).say)
                         judged += len(records)
                         applied, stale, duplicates = (
                             applied + done.applied,

@@ -73,3 +73,39 @@ async def test_a_batch_replayed_after_its_evaluation_says_its_alerts_once(kafka,
         lines = said.named("alerts.evaluated")
         assert raised > 0 and len(lines) == 1, lines
         assert lines[0]["raised"] == raised
+
+
+async def test_a_batch_replayed_after_a_conflict_says_its_dead_letters_once(kafka, settings, monkeypatch):
+    """`events.rejected` was said inside the batch's transaction: rolled back on a deadlock met
+    after its refused record was dead-lettered, and replayed, the batch said that record twice
+    (audit helper-181 #13). Now once, after the commit that dead-letters it."""
+    from services.common.messaging import dlq
+    from services.common.storage import positions
+
+    said = Said()
+    monkeypatch.setattr(dlq, "log", said)
+    uai = valid_uai("0350803")
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        original, attempts = positions.advance, []
+
+        async def deadlocked_once(conn, records):
+            attempts.append(records)
+            await original(conn, records)
+            if len(attempts) == 1:  # the last write of the batch's transaction, after its dead letters
+                raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+        monkeypatch.setattr(positions, "advance", deadlocked_once)
+        refused = lot(uai, "L1", 30, 1)
+        refused["data"]["quantity"] = -3  # refused: a negative quantity
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, refused)])
+
+        async def dead_lettered() -> bool:
+            return await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 1
+
+        await eventually(dead_lettered, what="the refused record dead-lettered")
+        assert len(attempts) == 2, "replayed once"
+        lines = said.named("events.rejected")
+        assert len(lines) == 1, lines
+        assert sum(lines[0]["refused"].values()) == 1

@@ -17,7 +17,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import jiter
@@ -157,11 +157,33 @@ def searchable(record: ConsumerRecord) -> tuple[str | None, ...]:
     return found.get("source"), found.get("id"), found.get("type"), subject, key
 
 
-async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
-    """Each record dead-lettered once (a replayed batch's are not again); returns how many of them
-    now wait for their établissement (`Rejection.awaits`)."""
+@dataclass(frozen=True)
+class Told:
+    """Records a transaction dead-lettered: how many of them wait for their établissement, and
+    what the log says of them once it committed (`say`; built by `_told`). Said inside it, a
+    batch rolled back on a conflict and replayed said them twice, and one that failed after
+    them said "dead-lettered" of records that were not."""
+
+    awaiting: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    """How many by reason."""
+    first: dict | None = None
+    lines: tuple[dict, ...] = ()
+    """One per record, when DEBUG lines are written."""
+    event: str = "event.rejected"
+
+    def say(self) -> None:
+        for line in self.lines:
+            log.debug(self.event, **line)
+        if self.first is not None:
+            log.warning(self.event.replace("event.", "events.", 1), refused=self.refused, first=self.first)
+
+
+async def reject(conn: Conn, rejections: Sequence[Rejection]) -> Told:
+    """Each record dead-lettered once (a replayed batch's are not again); how many of them now
+    wait for their établissement (`Rejection.awaits`), and what to say once committed."""
     if not rejections:
-        return 0
+        return Told()
     senders = [searchable(r.record) for r in rejections]
     # The same record refused again (a batch replayed) is not told again; another record at the
     # place of one logged (a topic made again) replaces its row, and is told (empreinte: 0018).
@@ -203,9 +225,9 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> int:
         for r, sender in zip(rejections, senders, strict=True)
         if (r.record.topic, r.record.partition, r.record.offset) in new
     ]
-    _logged([(r, source, event_id) for r, (source, event_id, *_) in fresh])
     await enqueue(conn, [dead_letter(r) for r, _ in fresh])
-    return await _waits(conn, [r for r, _ in fresh])
+    awaiting = await _waits(conn, [r for r, _ in fresh])
+    return _told([(r, source, event_id) for r, (source, event_id, *_) in fresh], awaiting=awaiting)
 
 
 async def _waits(conn: Conn, rejections: Sequence[Rejection]) -> int:
@@ -247,43 +269,48 @@ def _origins(rejections: Sequence[Rejection]) -> tuple[list[str], list[int], lis
     )
 
 
-def _logged(refused: Sequence[tuple[Rejection, str | None, str | None]], event: str = "event.rejected") -> None:
-    """A DEBUG line per record dead-lettered (`event`: its reason, where it is, its sender), and
-    one WARNING line for all of them (`events.…`: how many by reason, the first one's): a broken
-    feed was a warning per record. Said in the transaction that dead-letters them: a batch
-    replayed after a conflict says it again, one replayed record by record once per record."""
+def _told(
+    refused: Sequence[tuple[Rejection, str | None, str | None]], event: str = "event.rejected", awaiting: int = 0
+) -> "Told":
+    """What to say of records dead-lettered: a DEBUG line per record (`event`: its reason, where
+    it is, its sender), and one WARNING line for all of them (`events.…`: how many by reason, the
+    first one's): a broken feed was a warning per record. Only what the lines need is kept, not
+    the records (a revival's, thousands, are said once its transaction committed)."""
     if not refused:
-        return
-    if log.is_enabled_for(logging.DEBUG):
-        for r, source, event_id in refused:
-            log.debug(
-                event,
-                reason=r.code,
-                detail=r.message,
-                topic=r.record.topic,
-                partition=r.record.partition,
-                offset=r.record.offset,
-                source=source,
-                event_id=event_id,
-            )
+        return Told(awaiting, event=event)
+    lines = tuple(
+        {
+            "reason": r.code,
+            "detail": r.message,
+            "topic": r.record.topic,
+            "partition": r.record.partition,
+            "offset": r.record.offset,
+            "source": source,
+            "event_id": event_id,
+        }
+        # Checked once: the lines are built only when they are written.
+        for r, source, event_id in (refused if log.is_enabled_for(logging.DEBUG) else ())
+    )
     first = refused[0][0]
-    log.warning(
-        event.replace("event.", "events.", 1),
-        refused=dict(Counter(r.code for r, _, _ in refused)),
-        first={
+    return Told(
+        awaiting,
+        dict(Counter(r.code for r, _, _ in refused)),
+        {
             "reason": first.code,
             "detail": first.message,
             "topic": first.record.topic,
             "partition": first.record.partition,
             "offset": first.record.offset,
         },
+        lines,
+        event,
     )
 
 
-async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rejection]) -> None:
+async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rejection]) -> Told:
     """Records that waited for their établissement, judged again now that it is known: the
     accepted ones marked so; the refused ones (another reason: the declarant out of its
-    competence there, say) dead-lettered again, their row saying why now."""
+    competence there, say) dead-lettered again, their row saying why now (said once committed)."""
     if accepted:
         await conn.execute(
             'UPDATE dead_letters SET accepted_at = now() WHERE (topic, partition, "offset") '
@@ -300,10 +327,10 @@ async def rejudged(conn: Conn, accepted: Sequence[Origin], refused: Sequence[Rej
             [r.code for r in refused],
             [_text(r.message) for r in refused],
         )
-        found = [attributes(r.record.value) for r in refused]
-        _logged([(r, f.get("source"), f.get("id")) for r, f in zip(refused, found, strict=True)], "event.rejudged")
         await enqueue(conn, [dead_letter(r) for r in refused])
         await _waits(conn, refused)  # for want of a UAI again (another one, read by a newer contract): waits again
+    found = [attributes(r.record.value) for r in refused]
+    return _told([(r, f.get("source"), f.get("id")) for r, f in zip(refused, found, strict=True)], "event.rejudged")
 
 
 async def count_awaiting(conn: Conn | asyncpg.Pool, at_most: int | None = None) -> int:
