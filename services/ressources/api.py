@@ -339,7 +339,8 @@ NOT_IN_CATALOGUE: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/alertes",
-    summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord)",
+    summary="Les alertes, filtrées et par pages (la levée la plus récente d'abord ; les résolues seules : "
+    "la résolution la plus récente d'abord)",
     **built(PageAlertes, "une page d'alertes", STARTING),
 )
 async def alertes(

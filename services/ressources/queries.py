@@ -58,6 +58,11 @@ class AlertFilter:
             clauses.append("ouverte" if self.state == "open" else "NOT ouverte")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
+    def order(self) -> str:
+        """The instant the list is in order of, the latest first: the resolution's for the
+        resolved alerts alone (what someone checking what was just fixed looks for), else the raise's."""
+        return "resolved_at" if self.state == "resolved" else "raised_at"
+
     def matches(self, alert: dict) -> bool:
         """Over an alert event's `data` (the SSE stream filters in Python); tested against the SQL."""
         for _, path, value in self._wanted():
@@ -82,18 +87,20 @@ class Page(NamedTuple):
 async def list_alertes(
     conn: Conn, f: AlertFilter, limit: int, offset: int, after: tuple[datetime, str] | None = None
 ) -> Page:
-    """A page in the order of the list (the latest raise first, then alert_id): `offset` alerts
-    skipped, or those up to `after` (a place in that order: no alert still in the list is
-    skipped when those before it change, as with an offset)."""
+    """A page in the order of the list (the latest raise first, then alert_id; the resolved
+    alerts alone: the latest resolution first): `offset` alerts skipped, or those up to `after`
+    (a place in that order: no alert still in the list is skipped when those before it change,
+    as with an offset)."""
     where, args = f.where()
     total = await conn.fetchval(f"SELECT count(*) FROM alertes{where}", *args)
+    by = f.order()
     if after is not None:
         args = [*args, *after]
         n = len(args)
         # The first comparison alone gives the index a range to start from (without it, every
         # alert before the cursor is read and filtered out).
         where += (" AND " if where else " WHERE ") + (
-            f"raised_at <= ${n - 1} AND (raised_at < ${n - 1} OR (raised_at = ${n - 1} AND alert_id > ${n}))"
+            f"{by} <= ${n - 1} AND ({by} < ${n - 1} OR ({by} = ${n - 1} AND alert_id > ${n}))"
         )
     # The établissement's name and the resource's title as they are now, joined to the page's
     # rows only: a dashboard's reader reads names, not codes (a renamed établissement, a
@@ -101,16 +108,16 @@ async def list_alertes(
     rows = await conn.fetch(
         "SELECT a.alert_id, a.ouverte, a.raised_at, a.resolved_at, a.alerte, e.nom, r.ressource->>'title' AS title "
         f"FROM (SELECT alert_id, uai, resource_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
-        f"ORDER BY raised_at DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}) AS a "
+        f"ORDER BY {by} DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}) AS a "
         "LEFT JOIN etablissements e ON e.uai = a.uai "
         "LEFT JOIN ressources r ON r.resource_id = a.resource_id AND r.publiee "
-        "ORDER BY a.raised_at DESC, a.alert_id",
+        f"ORDER BY a.{by} DESC, a.alert_id",
         *args,
         limit + 1,  # one more, unshown: whether a page follows (a full last page has no `suivant`)
         offset,
     )
     rows, more = rows[:limit], len(rows) > limit
-    last = (rows[-1]["raised_at"], rows[-1]["alert_id"]) if more else None
+    last = (rows[-1][by], rows[-1]["alert_id"]) if more else None
     return Page(total, [_alert(r) for r in rows], last, await journal_position(conn))
 
 

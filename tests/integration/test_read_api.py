@@ -797,16 +797,76 @@ async def test_the_open_alerts_page_and_its_count_are_read_through_an_index(data
                     plans.append(json.dumps(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)))
                     return await conn.fetch(sql, *args)
 
-            opened = queries.AlertFilter(state="open")
-            page = await queries.list_alertes(Explaining(), opened, 20, 0)
-            assert (page.total, page.items, page.after_last) == (0, [], None)
-            await queries.list_alertes(Explaining(), opened, 20, 0, (datetime.now(UTC), "a"))  # a page after another
-        assert len(plans) == 6, "the count, the page and the journal's position, twice"
-        for plan in plans[0:2] + plans[3:5]:
-            assert "alertes_ouvertes" in plan and "Seq Scan" not in plan, plan
-        assert '"Index Cond": "(raised_at <=' in json.loads(plans[4]), "the page after a cursor starts at it"
+            for state, index in (("open", "alertes_ouvertes"), ("resolved", "alertes_resolues")):
+                plans.clear()
+                listed = queries.AlertFilter(state=state)
+                page = await queries.list_alertes(Explaining(), listed, 20, 0)
+                assert (page.total, page.items, page.after_last) == (0, [], None)
+                await queries.list_alertes(Explaining(), listed, 20, 0, (datetime.now(UTC), "a"))  # a page after
+                assert len(plans) == 6, "the count, the page and the journal's position, twice"
+                for plan in plans[0:2] + plans[3:5]:
+                    assert index in plan and "Seq Scan" not in plan, plan
+                by = listed.order()
+                assert f'"Index Cond": "({by} <=' in json.loads(plans[4]), "the page after a cursor starts at it"
     finally:
         await pool.close()
+
+
+async def test_the_resolved_alerts_are_listed_the_latest_resolution_first(api):
+    """Listed by their raise, an alert raised months ago and resolved a minute ago was pages down
+    the resolved ones (audit helper-182 #8): their own list is in order of resolution, page
+    after page from `suivant`; every alert's stays in order of raise."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    now = datetime.now(UTC)
+    # (raised, resolved) minutes ago; None: open.
+    spans = {"ancienne": (90 * 24 * 60, 1), "recente": (30, 20), "moyenne": (60, 40), "ouverte": (10, None)}
+    await pool.executemany(
+        "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte) "
+        "VALUES ($1, $2, 'ark:/67375/r', 'equipement-incompatible', $3, 1, $4, $5, $6::jsonb)",
+        [
+            (
+                name,
+                RENNES[0],
+                resolved is None,
+                now - timedelta(minutes=raised),
+                None if resolved is None else now - timedelta(minutes=resolved),
+                json.dumps(
+                    {
+                        "alert_id": name,
+                        "uai": RENNES[0],
+                        "resource_id": "ark:/67375/r",
+                        "kind": "equipement-incompatible",
+                        "reasons": [],
+                        "code_academie": "14",
+                        "code_departement": "035",
+                        "responsable": {"type": "departement", "code": "035"},
+                        "compatible": 0,
+                        "devices": 1,
+                        "coverage": None,
+                        "raised_at": (now - timedelta(minutes=raised)).isoformat(),
+                        "resolved_at": None,
+                    }
+                ),
+            )
+            for name, (raised, resolved) in spans.items()
+        ],
+    )
+    resolved = (await client.get("/alertes", params={"state": "resolved"})).json()["items"]
+    assert [a["alert_id"] for a in resolved] == ["ancienne", "recente", "moyenne"]
+    paged, after = [], None
+    while True:
+        page = (await client.get("/alertes", params={"state": "resolved", "limit": 1, **after_(after)})).json()
+        paged += [a["alert_id"] for a in page["items"]]
+        if (after := page["suivant"]) is None:
+            break
+    assert paged == ["ancienne", "recente", "moyenne"]
+    every = (await client.get("/alertes")).json()["items"]
+    assert [a["alert_id"] for a in every] == ["ouverte", "recente", "moyenne", "ancienne"]
+
+
+def after_(cursor: str | None) -> dict:
+    return {} if cursor is None else {"apres": cursor}
 
 
 async def test_the_reads_of_one_answer_share_one_snapshot(kafka, settings, api, monkeypatch):
