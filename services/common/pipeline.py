@@ -37,12 +37,10 @@ from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import entities, inbox, positions, referentiel
-from services.common.storage.db import DATABASE_AWAY, Conn, advisory_key, transaction
+from services.common.storage.db import Conn, advisory_key, database_away, transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
-_REFUSED_BY_DRIVER = asyncpg.exceptions._base.DataError
-"""A value asyncpg cannot send (an InterfaceError, so in DATABASE_AWAY): a fault, not PostgreSQL away."""
 T = TypeVar("T")
 
 
@@ -137,7 +135,19 @@ TRACEPARENT_OF: ContextVar[Callable[[CloudEvent], str | None]] = ContextVar("tra
 """While a batch is applied: the `traceparent` a record caused by this event carries (its own
 record's context, else the batch span's; None without either), for work the batch leaves to
 later (ressources' re-evaluations), whose records continue the same trace."""
-_ISOLATING: ContextVar[Counter[str] | None] = ContextVar("isolating", default=None)
+
+
+@dataclass
+class _Isolated:
+    """What the records of a batch isolated record by record came to (`batch.isolated`)."""
+
+    applied: int = 0
+    stale: int = 0
+    duplicates: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+_ISOLATING: ContextVar[_Isolated | None] = ContextVar("isolating", default=None)
 """While a batch is handled record by record (Pipeline._isolate): what they came to, said once
 for the batch (`batch.isolated`), each record's own line at DEBUG."""
 
@@ -272,7 +282,7 @@ class Pipeline:
                 except Exception as exc:
                     _failed(span, exc)
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
-                    if not isinstance(exc, DATABASE_AWAY) or isinstance(exc, _REFUSED_BY_DRIVER):
+                    if not database_away(exc):
                         log.exception("batch.failed", records=len(records))
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
@@ -316,7 +326,7 @@ class Pipeline:
         by handling the batch record by record, and dead-letter it alone."""
         if len(records) > 1:
             log.warning("batch.isolating", records=len(records), error=refused_by_database(exc))
-            started, outcomes = time.monotonic(), Counter[str]()
+            started, outcomes = time.monotonic(), _Isolated()
             token = _ISOLATING.set(outcomes)
             try:
                 for record in records:
@@ -326,8 +336,10 @@ class Pipeline:
             log.info(
                 "batch.isolated",
                 records=len(records),
-                **{outcome: outcomes[outcome] for outcome in ("applied", "stale", "duplicates")},
-                refused={code[len("refused:") :]: n for code, n in outcomes.items() if code.startswith("refused:")},
+                applied=outcomes.applied,
+                stale=outcomes.stale,
+                duplicates=outcomes.duplicates,
+                refused=dict(outcomes.refused),
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
             return
@@ -347,7 +359,7 @@ class Pipeline:
             await positions.advance(conn, [record])
         told.say()
         if (isolating := _ISOLATING.get()) is not None:
-            isolating[f"refused:{refusal.code}"] += 1
+            isolating.refused[refusal.code] += 1
         self.metrics.refused(refusal.code)
         self.metrics.handled([record])
         self.relay.wake()
@@ -464,9 +476,9 @@ class Pipeline:
         groups = list(by_uai.values())
         try:
             return await self._revive(groups)
-        except DATABASE_AWAY:
-            raise
         except Exception as exc:
+            if database_away(exc):
+                raise
             log.warning("referentiel.revival_isolating", records=len(rows), error=type(exc).__name__)
             return await self._revive_each(groups)
 
@@ -479,18 +491,18 @@ class Pipeline:
             try:
                 judged += await self._revive([origins])
                 continue
-            except DATABASE_AWAY:
-                raise
-            except Exception:
+            except Exception as exc:
+                if database_away(exc):
+                    raise
                 if len(origins) == 1:
                     self._revival_failed(origins[0])
                     continue
             for origin in origins:
                 try:
                     judged += await self._revive([[origin]])
-                except DATABASE_AWAY:
-                    raise
-                except Exception:
+                except Exception as exc:
+                    if database_away(exc):
+                        raise
                     self._revival_failed(origin)
         return judged
 
@@ -741,8 +753,10 @@ class Pipeline:
         self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds)
         self.metrics.handled(records)
         if (outcomes := _ISOLATING.get()) is not None:  # one record of a batch isolated: said with it
-            outcomes.update(applied=done.applied, stale=len(done.stale), duplicates=done.duplicates)
-            outcomes.update({f"refused:{code}": n for code, n in refused.items()})
+            outcomes.applied += done.applied
+            outcomes.stale += len(done.stale)
+            outcomes.duplicates += done.duplicates
+            outcomes.refused.update(refused)
         (log.debug if outcomes is not None else log.info)(
             "batch.applied",
             records=len(records),
