@@ -43,7 +43,7 @@ const TITLE = document.title; // the page's; each view's title before it (a tab,
 let lastUai = ""; // the établissement viewed last: the equipment simulation starts from its lots
 const recent = new Set(); // alert ids changed live, highlighted in the list (the last RECENT_MAX)
 const RECENT_MAX = 1000;
-const PENDING_READ_MS = 5000; // a resource's counts read again while its re-evaluation goes on
+const PENDING_READ_MS = 5000; // a view read again while a re-evaluation goes on (readAgainWhilePending)
 let pendingRead = null;
 
 function el(tag, attrs = {}, ...children) {
@@ -214,7 +214,7 @@ function changed(type, alert) {
 }
 
 function readAfterBurst() {
-  const counted = (n, what) => n && `${count(n)} ${what}${n > 1 ? "s" : ""}`;
+  const counted = (n, what) => n && plural(n, what);
   const more = burst ? [counted(burst.raised, "levée"), counted(burst.resolved, "résolue")].filter(Boolean) : [];
   burst = null;
   if (more.length) announce(`Autres changements dans cette vue : ${more.join(", ")}.`);
@@ -427,12 +427,15 @@ async function etablissement(uai) {
   $("etab-lots").hidden = lots.length === 0;
   training(answer.formation);
   $("etab-ressources").replaceChildren(...(answer.ressources.length ? answer.ressources.map(subscribed) : [el("p", {}, "Aucune.")]));
-  if (answer.ressources.some((r) => r.reevaluation_en_attente)) {
-    // Read again until it ends: one that changes no alert brings no live event to this view.
-    const view = current;
-    clearTimeout(pendingRead);
-    pendingRead = setTimeout(() => current === view && refresh(), PENDING_READ_MS);
-  }
+  if (answer.ressources.some((r) => r.reevaluation_en_attente)) readAgainWhilePending();
+}
+
+// A view a re-evaluation has not finished with, read again until it ends: one that changes no
+// alert brings no live event to this view. One reading due, however many readings came meanwhile.
+function readAgainWhilePending() {
+  const view = current;
+  clearTimeout(pendingRead);
+  pendingRead = setTimeout(() => current === view && refresh(), PENDING_READ_MS);
 }
 
 function training(formation) {
@@ -525,10 +528,7 @@ async function ressource(id) {
   if (summary.publiee && (summary.reevaluation_en_attente || spread.reevaluation_en_attente)) {
     $("res-total").textContent +=
       " Réévaluation en cours : les établissements qu'elle n'a pas encore atteints sont comptés d'après leurs alertes d'avant.";
-    // Read again until it ends: one that changes no alert brings no live event to this view.
-    const view = current;
-    clearTimeout(pendingRead); // one reading due, however many readings came meanwhile
-    pendingRead = setTimeout(() => current === view && refresh(), PENDING_READ_MS);
+    readAgainWhilePending();
   }
   chart($("graphe-academies"), "titre-par-academie", summary.par_academie, academieLabel);
   chart($("graphe-departements"), "titre-par-departement", spread.par_departement, departementLabel);
@@ -691,7 +691,7 @@ function ressourceOfForm(form) {
   };
 }
 
-const plural = (n, word) => `${n} ${word}${n > 1 ? "s" : ""}`;
+const plural = (n, word) => `${count(n)} ${word}${n > 1 ? "s" : ""}`; // "1 234 établissements"
 
 async function simulateRessource(form) {
   const population = form.elements.population.value;
