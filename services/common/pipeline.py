@@ -37,7 +37,7 @@ from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import entities, inbox, positions, referentiel
-from services.common.storage.db import Conn, advisory_key, database_away, transaction
+from services.common.storage.db import DATABASE_AWAY, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 _REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
@@ -282,7 +282,7 @@ class Pipeline:
                 except Exception as exc:
                     _failed(span, exc)
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
-                    if not database_away(exc):
+                    if not isinstance(exc, DATABASE_AWAY):
                         log.exception("batch.failed", records=len(records))
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
@@ -476,9 +476,9 @@ class Pipeline:
         groups = list(by_uai.values())
         try:
             return await self._revive(groups)
+        except DATABASE_AWAY:
+            raise
         except Exception as exc:
-            if database_away(exc):
-                raise
             log.warning("referentiel.revival_isolating", records=len(rows), error=type(exc).__name__)
             return await self._revive_each(groups)
 
@@ -491,18 +491,18 @@ class Pipeline:
             try:
                 judged += await self._revive([origins])
                 continue
-            except Exception as exc:
-                if database_away(exc):
-                    raise
+            except DATABASE_AWAY:
+                raise
+            except Exception:
                 if len(origins) == 1:
                     self._revival_failed(origins[0])
                     continue
             for origin in origins:
                 try:
                     judged += await self._revive([[origin]])
-                except Exception as exc:
-                    if database_away(exc):
-                        raise
+                except DATABASE_AWAY:
+                    raise
+                except Exception:
                     self._revival_failed(origin)
         return judged
 

@@ -39,7 +39,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
 from services.common.runtime.secrets import redact
 from services.common.runtime.wake import woken
-from services.common.storage.db import SERVER_KEEPALIVES, Conn, advisory_key, database_away, transaction
+from services.common.storage.db import DATABASE_AWAY, SERVER_KEEPALIVES, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +78,8 @@ Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
 
 
-_KAFKA_AWAY = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
-
-
-def kafka_or_database_away(exc: BaseException) -> bool:
-    """What a relay's round meets while Kafka or PostgreSQL is away: a state that passes, not a fault."""
-    return isinstance(exc, _KAFKA_AWAY) or database_away(exc)
+AWAY = (*DATABASE_AWAY, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+"""What a relay's round meets while Kafka or PostgreSQL is away: a state that passes, not a fault."""
 
 
 class DatabaseReadOnly(asyncpg.ReadOnlySQLTransactionError):
@@ -318,7 +314,7 @@ class OutboxRelay:
             except Exception as exc:
                 if isinstance(exc, DatabaseReadOnly):  # said without a traceback: a state, not a fault
                     log.warning("outbox.database_read_only", hint="nothing is published until PostgreSQL takes writes")
-                elif kafka_or_database_away(exc):
+                elif isinstance(exc, AWAY):
                     waiting = exc
                 else:
                     log.exception("outbox.relay_failed")

@@ -13,7 +13,7 @@ from services.common.pipeline import Pipeline
 from services.common.runtime.metrics import Failing, Gauge, Gauges
 from services.common.runtime.secrets import redact
 from services.common.storage import positions
-from services.common.storage.db import database_away
+from services.common.storage.db import DATABASE_AWAY
 
 log = structlog.get_logger(__name__)
 
@@ -171,7 +171,7 @@ async def _outbox_gauges(pipeline: Pipeline) -> list[Gauge]:
             failed = await count_failed(conn)
             awaiting = await dlq.count_awaiting(conn)
     except Exception as exc:  # reported as a figure: a scrape must answer while the database is away
-        if not database_away(exc):  # what an operator must look at, not the database gone
+        if not isinstance(exc, DATABASE_AWAY):  # what an operator must look at, not the database gone
             log.warning("metrics.database_unread", error=type(exc).__name__, detail=redact(str(exc)))
         return [_reached(0)]
     return [

@@ -32,6 +32,15 @@ uai)=(…) already exists`, `Failing row contains (…)`), in the server's langu
 lines when a value holds a line break; up to its HINT, a blank line or the text's end (an
 exception group's traceback indents it behind `| `)."""
 
+_ARGUMENT_AT = r"(query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: )"
+_ARGUMENT = re.compile(_ARGUMENT_AT + r".{0,43}( \((?:[^()\n]|\([^()\n]*\))*\))$", re.MULTILINE)
+_ARGUMENT_LINE = re.compile(_ARGUMENT_AT + r"(?!\*\*\* \()[^\n]*")
+"""asyncpg's error for a value it cannot send quotes the value (`invalid input for query
+argument $2: ['T-0042', 'T-0043'… (expected str, got int)`, its repr cut at 40 characters): a
+teacher's id, a row of a batch. The value masked, the reason kept (the longest value that
+leaves a parenthesised reason at the line's end: a value may hold parentheses too); the rest of
+its line when no such reason ends it."""
+
 
 def _mask_userinfo(url: str) -> str:
     head, _, rest = url.partition("://")
@@ -82,9 +91,11 @@ def _mask_pair(match: re.Match) -> str:
 
 def redact(text: str) -> str:
     """`text` with the password of each URL, each query parameter's value, each password pair's
-    value and PostgreSQL's DETAIL line replaced by ***."""
+    value, PostgreSQL's DETAIL line and the value asyncpg could not send replaced by ***."""
     if "DETAIL:" in text:
         text = _ROW_DETAIL.sub(rf"\g<1>{MASK}", text)
+    if "query argument $" in text:
+        text = _ARGUMENT_LINE.sub(rf"\g<1>{MASK}", _ARGUMENT.sub(rf"\g<1>{MASK}\g<2>", text))
     if "://" in text or "=" in text:
         text = _URL.sub(lambda m: _mask_userinfo(m.group()), text)
         if "?" in text or "#" in text:

@@ -44,14 +44,7 @@ DATABASE_AWAY = (
     asyncpg.ReadOnlySQLTransactionError,
 )
 """PostgreSQL away or refusing all work (a TimeoutError is an OSError): every record would fail
-alike, and a scrape says so by its figure alone (runtime/health.py). What an `except` takes; a
-value asyncpg cannot send is in it too (`database_away` tells them apart)."""
-
-
-def database_away(exc: BaseException) -> bool:
-    """PostgreSQL away or refusing all work (DATABASE_AWAY), not a value asyncpg cannot send: its
-    client-side DataError is an InterfaceError, a fault of what was sent, not of the database."""
-    return isinstance(exc, DATABASE_AWAY) and not isinstance(exc, asyncpg.exceptions._base.DataError)
+alike, and a scrape says so by its figure alone (runtime/health.py)."""
 
 
 def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -134,3 +134,27 @@ def test_a_detail_over_several_lines_or_indented_in_a_traceback_is_masked_whole(
         "  | asyncpg.exceptions.UniqueViolationError: duplicate\n  | DETAIL:  Key (t)=(T-0042) exists.\n  | \nnext"
     )
     assert redact(grouped) == "  | asyncpg.exceptions.UniqueViolationError: duplicate\n  | DETAIL:  ***\n  | \nnext"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "invalid input for query argument $1: 'T-0042' ('str' object cannot be interpreted as an integer)",
+            "invalid input for query argument $1: *** ('str' object cannot be interpreted as an integer)",
+        ),
+        (  # a value holding parentheses, in an executemany
+            "invalid input for query argument $2 in element #3 of executemany() sequence: 'Jean (Dupont)' "
+            "(expected int, got str)",
+            "invalid input for query argument $2 in element #3 of executemany() sequence: *** (expected int, got str)",
+        ),
+        (  # a batch's column, cut at 40 characters; a reason over two lines: the rest of the line
+            "DataError: invalid input for query argument $1: ['T-0042', 'T-0043', 'T-0044', 'T-004... (a\nb)\nnext",
+            "DataError: invalid input for query argument $1: ***\nb)\nnext",
+        ),
+    ],
+)
+def test_the_value_asyncpg_could_not_send_is_masked_its_reason_kept(text, expected):
+    """asyncpg quotes the value it could not send: a teacher's id, the first ones of a batch's
+    column; a batch failing so is logged with its traceback (audit helper-181 S5)."""
+    assert redact(text) == expected
