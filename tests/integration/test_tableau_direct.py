@@ -176,6 +176,10 @@ async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_
         "Collège " + "Chateaubriand-" * 17,
     )
     await raise_(pool, [alerte(0, code, datetime.now(UTC), resource_id="ark:/67375/" + "a" * 245)], announced=False)
+    lot = {"lot_id": "L" * 256, "kind": "tablette", "quantity": 3, "os": None, "browsers": []}
+    await pool.execute(
+        "INSERT INTO entrees (uai, profil) VALUES ($1, $2)", code, json.dumps({"uai": code, "lots": [lot]})
+    )
     page, errors = await opened(browser, str(client.base_url))
     await expect(page.locator("#compte")).to_have_text("1 alerte")
     width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
@@ -205,7 +209,8 @@ async def test_identifiers_and_names_as_long_as_the_contract_allows_stay_within_
 async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_page_resolves(api, browser):
     """Pages were read by their offset: an alert of page 1 resolved live, the first row of page 2
     moved up to page 1 and an open alert left the page being read, unseen (audit helper-182 #3).
-    Page 2 reached by "Page suivante", then from a bookmark: read from where page 1 ends."""
+    Page 2 reached by "Page suivante" (from where page 1 ended as it was shown, though an alert
+    of page 1 resolved since without its event), then from a bookmark: read from there."""
     client, app = api
     pool = app.state.pipeline.pool
     now = datetime.now(UTC)
@@ -214,25 +219,27 @@ async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_pa
     page, errors = await opened(browser, str(client.base_url))
     rows = page.locator("#alertes tbody tr")
     await expect(page.locator("#compte")).to_have_text("45 alertes")
+    await pool.execute("UPDATE alertes SET ouverte = false, resolved_at = now() WHERE alert_id = 'alerte-5'")
     await page.get_by_role("button", name="Page suivante").click()
+    await expect(page.locator("#compte")).to_have_text("44 alertes")
     await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
     second = [a["alert_id"] for a in alerts[20:40]]
     await expect(rows).to_have_count(20)
-    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
+    assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second, "page 1 as it was shown"
 
     await resolve(pool, alerts[:1])  # on page 1
-    await expect(page.locator("#compte")).to_have_text("44 alertes")  # read again
+    await expect(page.locator("#compte")).to_have_text("43 alertes")  # read again
     assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
 
     await page.goto(f"{client.base_url}/tableau#/alertes?state=open&page=2")  # a bookmark
     await page.reload()
-    await expect(page.locator("#compte")).to_have_text("44 alertes")
-    second = [a["alert_id"] for a in alerts[21:41]]
+    await expect(page.locator("#compte")).to_have_text("43 alertes")
+    second = [a["alert_id"] for a in [*alerts[1:5], *alerts[6:]][20:40]]
     await expect(rows).to_have_count(20)
     assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
     await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert")
     await resolve(pool, alerts[1:3])
-    await expect(page.locator("#compte")).to_have_text("42 alertes")
+    await expect(page.locator("#compte")).to_have_text("41 alertes")
     assert [await r.get_attribute("data-alert-id") for r in await rows.all()] == second
     await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
     assert errors == [], f"JavaScript errors on the page: {errors}"
@@ -240,10 +247,12 @@ async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_pa
 
 async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     """Arrowing through a closed select read the list and opened a stream at each key; a
-    collectivité's code typed without its type ("35") was a région's and found nothing; the
-    focus fell to the document's start when "Page suivante" was disabled at the last page; a
-    page number past what the API reads answered an error naming `offset` (audit helper-182
-    #10, #9, #11, #14)."""
+    collectivité's code typed without its type ("35") was a région's and found nothing, and one
+    typed after its type was read half typed; the focus fell to the document's start when
+    "Page suivante" was disabled at the last page; a page number past what the API reads
+    answered an error naming `offset`; a filter's choice left for another view brought the list
+    back; a list that cannot be read left the former one's pages (audit helper-182 #10, #9,
+    #11, #14; review helper-184 #2, #3)."""
     client, app = api
     pool = app.state.pipeline.pool
     now = datetime.now(UTC)
@@ -253,17 +262,23 @@ async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     reads: list[str] = []
     page.on("request", lambda r: reads.append(r.url) if "/alertes" in r.url else None)
 
-    code = page.get_by_label("Code de la collectivité")
+    code, kind = page.get_by_label("Code de la collectivité"), page.get_by_label("Type d'alerte")
     await expect(code).to_be_disabled()
     await page.get_by_label("Type de collectivité").select_option("departement")
     await expect(code).to_be_enabled()
     await expect(code).to_have_attribute("placeholder", "ex. 035")
-    await code.fill("035")
+    await code.press_sequentially("035", delay=300)  # slower than a choice settles
+    await code.press("Enter")
+    await expect(page.locator("#compte")).to_have_text("25 alertes")
+    assert "responsable_code=035" in page.url
+    typed = [u for u in reads if "responsable_type=" in u]
+    assert typed and all("responsable_code=035" in u for u in typed), f"read once typed only: {typed}"
     await page.get_by_label("Type de collectivité").select_option("")
     await expect(code).to_be_disabled()
     await expect(code).to_have_value("")
+    await expect(page).to_have_url(re.compile(r"#/alertes\?state=open$"))  # the type's removal read
 
-    kind = page.get_by_label("Type d'alerte")
+    reads.clear()
     await kind.focus()
     for _ in range(3):
         await page.keyboard.press("ArrowDown")
@@ -271,9 +286,19 @@ async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     assert "kind=" in page.url
     # The view read and its stream opened once, for the third kind only (the stream's opening
     # reads the view again: what changed before it opened).
-    assert len([u for u in reads if "/alertes/flux" in u]) == 1, f"one stream: {reads}"
-    assert len({u for u in reads if "/alertes?" in u}) == 1, f"the lists of one kind only: {reads}"
+    # (Those of the type's removal, read after it settled, may come after the clear.)
+    assert len([u for u in reads if "/alertes/flux" in u and "kind=" in u]) == 1, f"one stream: {reads}"
+    assert len({u for u in reads if "/alertes?" in u and "kind=" in u}) == 1, f"the list of one kind: {reads}"
     await kind.select_option("")
+    await expect(page.locator("#compte")).to_have_text("25 alertes")
+
+    await kind.select_option("formation-insuffisante")  # then, at once, another view
+    await page.get_by_role("link", name="Simuler", exact=True).click()
+    await expect(page.locator("#vue-simulation")).to_be_visible()
+    await page.wait_for_timeout(1500)  # thrice the time a choice takes to settle
+    await expect(page.locator("#vue-simulation")).to_be_visible()
+    assert "#/simulation" in page.url, "the choice left behind does not bring the list back"
+    await page.go_back()
     await expect(page.locator("#compte")).to_have_text("25 alertes")
 
     await page.get_by_role("button", name="Page suivante").focus()
@@ -283,6 +308,33 @@ async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     await expect(page.get_by_role("button", name="Page précédente")).to_be_focused()
 
     await page.evaluate("location.hash = '#/alertes?state=&page=60000'")  # a page past any
+    await expect(page).to_have_url(re.compile(r"#/alertes\?state=&page=2$"))  # the last page instead
     await expect(page.locator("#page-position")).to_have_text("Page 2 sur 2")
     await expect(page.locator("#erreur")).to_be_hidden()
+    await page.evaluate("location.hash = '#/alertes?responsable_type=region&responsable_code=035'")
+    await expect(page.locator("#erreur")).to_contain_text("responsable_code")
+    await expect(page.locator("#pages")).to_be_hidden()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def test_an_academie_s_name_fits_beside_its_bar(api, browser):
+    """The académies' names made the charts' labels longer than their room: "Saint-Pierre-et-
+    Miquelon (44)" was cut at the chart's edge (review helper-184 #7)."""
+    client, _ = api
+    page, errors = await opened(browser, str(client.base_url))
+    counts = {"evalues": 3, "compatibles": 1, "partiels": 1, "incompatibles": 1, "sous_formes": 1}
+    left = await page.evaluate(
+        """(counts) => {
+            const box = document.createElement("div");
+            document.body.append(box);
+            const title = document.createElement("h3");
+            title.id = "titre-essai";
+            document.body.append(title);
+            chart(box, "titre-essai", {"44": counts, "14": counts}, academieLabel);
+            const label = [...box.querySelectorAll("svg text")].find((t) => t.textContent.startsWith("Saint-"));
+            return label.getBBox().x;
+        }""",
+        counts,
+    )
+    assert left >= 0, f"the label starts at {left} in its chart"
     assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -285,47 +285,54 @@ function showAlertes(params) {
   const page = Math.min(Math.max(1, parseInt(params.get("page") || "1", 10) || 1), MAX_PAGE);
   fillFilters(filters);
   follow(filters);
-  return {
+  const view = {
     name: "alertes",
     // Its stream is filtered by the service with these filters: whatever it sends concerns the
     // list. Checked again here against the event's data, a resolution announced where the alert
     // was raised, its établissement moved since to the place this list shows, was taken for
     // another place's, and the alert stayed shown open.
     concerns: () => true,
-    refresh: () => listAlertes(filters, page),
+    refresh: () => listAlertes(filters, page, () => current === view),
   };
+  return view;
 }
 
 // A page after the first is read from the place in the list where the one before it ended (the
 // API's `suivant`), not by its offset: read again live, an alert of an earlier page resolved
 // moved every later one up, and an open alert left the page being read unseen (audit
-// helper-182 #3). The place is kept per page of the filters shown (the one before's `suivant`
-// when it was left by "Page suivante"), or found by reading the alert just before the page.
-let anchored = { filters: "", places: new Map() };
-let paged = false; // the page shown was chosen with the pages' buttons
+// helper-182 #3). The place of the page shown only: the `suivant` of the one before when it was
+// left by "Page suivante", else found when the page is reached (by "Page précédente", an
+// address, from another view) by reading the alert just before it. Kept while the page is
+// read again live, it is found anew each time the page is reached: new raises on the pages
+// before it push alerts past their end, which a place kept longer left on no page.
+let anchor = null; // {filters, page, place}
+let pagedTo = null; // {filters, page}: a page asked for with the pages' buttons, once shown
 
-async function pagePlace(query, filters, page) {
-  if (anchored.filters !== `${filters}`) anchored = { filters: `${filters}`, places: new Map() };
-  if (!anchored.places.has(page)) {
+async function pagePlace(query, key, page) {
+  if (anchor === null || anchor.filters !== key || anchor.page !== page) {
     const before = new URLSearchParams(query);
     before.set("limit", 1);
     before.set("offset", (page - 1) * PAGE_SIZE - 1);
     const place = (await api(`/alertes?${before}`)).suivant;
-    if (place) anchored.places.set(page, place);
+    anchor = place ? { filters: key, page, place } : null;
   }
-  return anchored.places.get(page);
+  return anchor && anchor.place;
 }
 
-async function listAlertes(filters, page) {
+// `shown`: whether its view is still the one shown (the address is then its to change).
+async function listAlertes(filters, page, shown) {
+  const key = `${filters}`;
+  const paged = pagedTo !== null && pagedTo.filters === key && pagedTo.page === page;
+  if (paged) pagedTo = null; // the reading of the page asked for, whatever it comes to
   const query = new URLSearchParams(filters);
   if (!query.get("state")) query.delete("state");
   query.set("limit", PAGE_SIZE);
   let answer = null;
-  const place = page > 1 ? await pagePlace(query, filters, page) : null;
+  const place = page > 1 ? await pagePlace(query, key, page) : null;
   if (place) {
     answer = await api(`/alertes?${query}&apres=${encodeURIComponent(place)}`);
     if (answer.items.length === 0) {
-      anchored.places.delete(page); // every alert after it gone: the page by its number again
+      anchor = null; // every alert after it gone: the page by its number again
       answer = null;
     }
   }
@@ -334,13 +341,18 @@ async function listAlertes(filters, page) {
     query.set("offset", (page - 1) * PAGE_SIZE);
     answer = await api(`/alertes?${query}`);
   }
-  // Read from its place, the page is shown while it has alerts, and those after it count.
-  const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE), byPlace ? page + (answer.suivant ? 1 : 0) : 0);
+  // Read from its place, the page is shown while it has alerts, the last one when none follow.
+  const pages = byPlace
+    ? answer.suivant
+      ? Math.max(Math.ceil(answer.total / PAGE_SIZE), page + 1)
+      : page
+    : Math.max(1, Math.ceil(answer.total / PAGE_SIZE));
   if (page > pages) {
-    // Alerts resolved (live, or since the link was made) left fewer pages: the last one instead.
+    // Alerts resolved (live, or since the link was made) left fewer pages: the last one instead
+    // (not once another view was chosen meanwhile: its address stays).
     const params = new URLSearchParams(filters);
     params.set("page", pages);
-    location.replace(`#/alertes?${params}`);
+    if (shown()) location.replace(`#/alertes?${params}`);
     return;
   }
   $("compte").textContent =
@@ -363,8 +375,8 @@ async function listAlertes(filters, page) {
   $("pages").hidden = false;
   $("page-position").textContent = `Page ${count(page)} sur ${count(pages)}`;
   const go = (to) => () => {
-    paged = true;
-    if (to === page + 1 && answer.suivant) anchored.places.set(to, answer.suivant);
+    pagedTo = { filters: key, page: to };
+    if (to === page + 1 && answer.suivant) anchor = { filters: key, page: to, place: answer.suivant };
     const params = new URLSearchParams(filters);
     params.set("page", to);
     location.hash = `#/alertes?${params}`;
@@ -380,7 +392,6 @@ async function listAlertes(filters, page) {
     const other = [$("page-suivante"), $("page-precedente")].find((b) => !b.disabled);
     if (other) other.focus();
   }
-  paged = false;
 }
 
 // --- One établissement --------------------------------------------------------------------------
@@ -552,7 +563,9 @@ function chart(container, titleId, counts, label, empty = "Aucun établissement 
     container.replaceChildren(el("p", {}, empty));
     return;
   }
-  const [labelWidth, barWidth, rowHeight] = [150, 460, 30];
+  // Room for the longest label ("Saint-Pierre-et-Miquelon (44)"), about 7.5 px a character at 13 px.
+  const labelWidth = Math.max(150, 16 + Math.ceil(7.5 * Math.max(...rows.map(([code]) => label(code).length))));
+  const [barWidth, rowHeight] = [460, 30];
   const most = Math.max(...rows.map(([, c]) => c.evalues));
   const scale = (n) => (n / most) * barWidth;
   const image = svg("svg", {
@@ -765,6 +778,7 @@ async function simulate(form, prefix, run) {
 const VIEWS = ["alertes", "etablissement", "ressource", "simulation"];
 
 async function route() {
+  clearTimeout(settling); // a filter's choice left for another view, or read now by its submit
   const [path, query] = (location.hash.slice(1) || "/alertes").split("?");
   const [, name, ...rest] = path.split("/");
   let arg;
@@ -789,6 +803,7 @@ async function route() {
           : showAlertes(new URLSearchParams(query || ""));
   const moved = current && current.name !== view.name; // not at the first load: focus stays at the top
   current = view;
+  if (moved) anchor = null; // a page's place found anew when the list is reached again
   clearTimeout(pending); // a burst of the former view's changes: neither read nor announced here
   burst = null;
   for (const v of VIEWS) $(`vue-${v}`).hidden = v !== view.name;
@@ -853,16 +868,20 @@ function wire() {
   $("f-academie").addEventListener("change", () => fillDepartements($("f-departement").value));
   // A choice filters once it settles: arrowing through a closed select changes it at each key,
   // and each change read the list and opened a new stream (audit helper-182 #10).
+  // The collectivité's type chosen, its code is typed (and the list read with Enter or
+  // "Filtrer"): read at the type's change, a code half typed was refused and the list hidden.
+  const typed = (select) => select.id === "f-responsable-type" && select.value;
   for (const select of $("filtres").querySelectorAll("select")) {
     select.addEventListener("change", () => {
       clearTimeout(settling);
-      settling = setTimeout(() => $("filtres").requestSubmit(), SETTLE_MS);
+      if (!typed(select)) settling = setTimeout(() => $("filtres").requestSubmit(), SETTLE_MS);
     });
   }
   $("f-responsable-type").addEventListener("change", () => {
-    if (!$("f-responsable-type").value) $("f-responsable-code").value = "";
+    $("f-responsable-code").value = ""; // another type's code has another form
     codeForType();
   });
+  $("f-responsable-code").addEventListener("input", () => clearTimeout(settling));
   $("aller-etablissement").addEventListener("submit", (event) => {
     event.preventDefault();
     location.hash = `#/etablissement/${encodeURIComponent($("uai").value.trim().toUpperCase())}`;
