@@ -372,7 +372,7 @@ async def alertes(
     if apres is not None:
         if offset:
             raise _refused_query("apres", "ne va pas avec offset : suivre `suivant`, sans offset")
-        after = _cursor_place(apres)
+        after = _cursor_place(apres, f.order())
     async with pool.snapshot() as conn:
         page = await queries.list_alertes(conn, f, limit, offset, after)
     return {
@@ -380,21 +380,32 @@ async def alertes(
         "limit": limit,
         "offset": offset,
         "items": page.items,
-        "suivant": None if page.after_last is None else _cursor(page.after_last),
+        "suivant": None if page.after_last is None else _cursor(page.after_last, f.order()),
         "last_event_id": page.position,
     }
 
 
-def _cursor(place: tuple[datetime, str]) -> str:
-    """A place in the list's order as an opaque text for a query string."""
-    raised_at, alert_id = place
-    return base64.urlsafe_b64encode(json.dumps([raised_at.isoformat(), alert_id]).encode()).decode().rstrip("=")
+_BY_RAISE = "raised_at"
+"""The order of every list but the resolved alerts' alone (queries.AlertFilter.order): its
+cursors say no order (as before the resolved alerts had one of their own)."""
 
 
-def _cursor_place(cursor: str) -> tuple[datetime, str]:
+def _cursor(place: tuple[datetime, str], order: str) -> str:
+    """A place in the list's order as an opaque text for a query string, with that order: an
+    instant of one order given to a list in the other would be a meaningless place."""
+    instant, alert_id = place
+    said = [instant.isoformat(), alert_id] + ([] if order == _BY_RAISE else [order])
+    return base64.urlsafe_b64encode(json.dumps(said).encode()).decode().rstrip("=")
+
+
+def _cursor_place(cursor: str, order: str) -> tuple[datetime, str]:
     try:
-        raised_at, alert_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        place = datetime.fromisoformat(raised_at), alert_id
+        instant, alert_id, *its_order = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if its_order not in ([], [_BY_RAISE], ["resolved_at"]):
+            raise ValueError
+        if (its_order or [_BY_RAISE])[0] != order:
+            raise _refused_query("apres", "curseur d'une autre liste : reprendre le `suivant` d'une page de celle-ci")
+        place = datetime.fromisoformat(instant), alert_id
         if place[0].tzinfo is None or not isinstance(alert_id, str):
             raise ValueError
         place[0].astimezone(UTC)  # OverflowError: an instant PostgreSQL cannot hold

@@ -23,7 +23,7 @@ class AlerteLue(_Alerte):
 
     state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
     resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
-    nom: str | None = Field(description="le nom de l'établissement au référentiel aujourd'hui (null s'il n'y est plus)")
+    nom: str | None = Field(description="le nom de l'établissement au référentiel aujourd'hui (null s'il n'y est pas)")
     title: str | None = Field(
         description="le titre de la ressource au catalogue aujourd'hui (null si elle a été retirée depuis)"
     )

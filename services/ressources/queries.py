@@ -110,7 +110,7 @@ async def list_alertes(
         f"FROM (SELECT alert_id, uai, resource_id, ouverte, raised_at, resolved_at, alerte FROM alertes{where} "
         f"ORDER BY {by} DESC, alert_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}) AS a "
         "LEFT JOIN etablissements e ON e.uai = a.uai "
-        "LEFT JOIN ressources r ON r.resource_id = a.resource_id AND r.publiee "
+        "LEFT JOIN ressources r ON r.resource_id = a.resource_id "  # withdrawn: its content null
         f"ORDER BY a.{by} DESC, a.alert_id",
         *args,
         limit + 1,  # one more, unshown: whether a page follows (a full last page has no `suivant`)

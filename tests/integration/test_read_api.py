@@ -773,7 +773,7 @@ async def health_says(client, field: str, value: int) -> dict | None:
     return body if body[field] == value else None
 
 
-async def test_the_open_alerts_page_and_its_count_are_read_through_an_index(database_url):
+async def test_the_open_and_the_resolved_alerts_pages_and_counts_are_read_through_their_indexes(database_url):
     """The dashboards' default view (state=open, newest raise first) and its count, as
     list_alertes asks them, through the open alerts' own index (sequential scans disabled to
     see which the planner can use). Without it, at 900,000 alerts the planner read the whole
@@ -863,6 +863,13 @@ async def test_the_resolved_alerts_are_listed_the_latest_resolution_first(api):
     assert paged == ["ancienne", "recente", "moyenne"]
     every = (await client.get("/alertes")).json()["items"]
     assert [a["alert_id"] for a in every] == ["ouverte", "recente", "moyenne", "ancienne"]
+    # A cursor is a place in its list's order: refused by a list in the other (review helper-184 #10).
+    by_resolution = (await client.get("/alertes", params={"state": "resolved", "limit": 1})).json()["suivant"]
+    by_raise = (await client.get("/alertes", params={"limit": 1})).json()["suivant"]
+    for params in ({"apres": by_resolution}, {"state": "resolved", "apres": by_raise}):
+        refused = await client.get("/alertes", params=params)
+        assert refused.status_code == 422 and "curseur d'une autre liste" in refused.text, refused.text
+    assert (await client.get("/alertes", params={"state": "open", "apres": by_raise})).status_code == 200
 
 
 def after_(cursor: str | None) -> dict:
