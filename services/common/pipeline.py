@@ -345,6 +345,10 @@ class Pipeline:
             return
         [record] = records
         refusal = _refused_by_database(record, exc)
+        async with self._exclusive() as conn:
+            told = await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
+            await positions.advance(conn, [record])
+        told.say()
         if record.topic not in self._dead_letters_for:  # no DLQ of its own: passed, said here alone
             log.warning(
                 "record.refused_by_database",
@@ -354,10 +358,6 @@ class Pipeline:
                 reason=refusal.code,
                 error=refused_by_database(exc),
             )
-        async with self._exclusive() as conn:
-            told = await dlq.reject(conn, [refusal] if record.topic in self._dead_letters_for else [])
-            await positions.advance(conn, [record])
-        told.say()
         if (isolating := _ISOLATING.get()) is not None:
             isolating.refused[refusal.code] += 1
         self.metrics.refused(refusal.code)
@@ -587,7 +587,8 @@ class Pipeline:
 
     async def _revival(self, origins: list[dlq.Origin]) -> int:
         """These records judged again in one transaction, REVIVAL_RECORDS at a time in their
-        order (memory bounded by that, however many a UAI has): a part's equal times go to a
+        order (memory bounded by that, however many a UAI has; at DEBUG, a line per record refused
+        is kept until the commit says it): a part's equal times go to a
         state an earlier part stored, which arrived before them (entities.Revival)."""
         started = time.monotonic()
         judged = applied = stale = duplicates = 0

@@ -254,11 +254,18 @@ async def _made_again(bootstrap: str, settings, topic: str) -> None:
     await eventually(made_again, what="the topic made again")
 
 
-async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_told(kafka, settings) -> None:
+async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_told(
+    kafka, settings, monkeypatch
+) -> None:
     """Dead letters are told once by their place (topic, partition, offset): a topic made again
     puts its new records at its former ones' places, and one refused where a former one was
-    refused got no DLQ copy, no line, no wait. Now told, the former row replaced."""
-    from helpers import TopicReader
+    refused got no DLQ copy, no line, no wait. Now told, the former row replaced, and said once
+    committed."""
+    from helpers import Said, TopicReader
+    from services.common.messaging import dlq as dead_letters
+
+    said = Said()
+    monkeypatch.setattr(dead_letters, "log", said)
 
     bootstrap, topic = kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)
     dead = 'SELECT count(*) FROM dead_letters WHERE topic = $1 AND partition = 0 AND "offset" = 0'
@@ -272,3 +279,6 @@ async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_
             await send(bootstrap, topic, [("k", b"not json either, the new topic's")], partition=0)
             copies = await dlq.wait_for(lambda rs: len(rs) >= 2, what="the second refusal's copy")
     assert [r.value for r in copies] == [b"not json, the former topic's", b"not json either, the new topic's"]
+    [reused] = said.named("dead_letters.place_reused")
+    assert (reused["records"], reused["topics"]) == (1, [topic])
+    assert [line["refused"] for line in said.named("events.rejected")] == [{"json-invalide": 1}] * 2

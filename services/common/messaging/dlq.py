@@ -17,7 +17,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 import jiter
@@ -171,8 +171,18 @@ class Told:
     lines: tuple[dict, ...] = ()
     """One per record, when DEBUG lines are written."""
     event: str = "event.rejected"
+    places_reused: int = 0
+    """Of them, those at the place of a former record (a topic made again), in these topics."""
+    reused_in: tuple[str, ...] = ()
 
     def say(self) -> None:
+        if self.places_reused:
+            log.warning(
+                "dead_letters.place_reused",
+                records=self.places_reused,
+                topics=list(self.reused_in),
+                hint="a topic made again: its new records refused at the places of former ones, told as new",
+            )
         for line in self.lines:
             log.debug(self.event, **line)
         if self.first is not None:
@@ -213,12 +223,6 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> Told:
             "IN (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]))",
             *columns(replaced),
         )
-        log.warning(
-            "dead_letters.place_reused",
-            records=len(replaced),
-            topics=sorted({topic for topic, _, _ in replaced}),
-            hint="a topic made again: its new records refused at the places of former ones, told as new",
-        )
     new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
     fresh = [
         (r, sender)
@@ -227,7 +231,8 @@ async def reject(conn: Conn, rejections: Sequence[Rejection]) -> Told:
     ]
     await enqueue(conn, [dead_letter(r) for r, _ in fresh])
     awaiting = await _waits(conn, [r for r, _ in fresh])
-    return _told([(r, source, event_id) for r, (source, event_id, *_) in fresh], awaiting=awaiting)
+    told = _told([(r, source, event_id) for r, (source, event_id, *_) in fresh], awaiting=awaiting)
+    return replace(told, places_reused=len(replaced), reused_in=tuple(sorted({topic for topic, _, _ in replaced})))
 
 
 async def _waits(conn: Conn, rejections: Sequence[Rejection]) -> int:
