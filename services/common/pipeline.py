@@ -33,6 +33,7 @@ from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, en
 from services.common.rules import rights
 from services.common.runtime import logs
 from services.common.runtime.metrics import Metrics
+from services.common.runtime.outages import Outage
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
@@ -181,6 +182,12 @@ class Pipeline:
         self._revival_due = asyncio.Event()
         self._revival_uais: set[str] = set()
         self._reviving = 0
+        self._revival_outage = Outage(
+            log,
+            "referentiel.revival_failed",
+            "referentiel.revival_recovered",
+            "PostgreSQL away: the records waiting for their établissement are judged again once it is back",
+        )
         self.metrics = Metrics(service)
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
@@ -545,6 +552,7 @@ class Pipeline:
                 self._revival_due.clear()  # what batches asked for so far, this pass covers
                 self._revival_uais = set()
                 await self.revive()
+                self._revival_outage.succeeded()
                 deadline = loop.time() + period
                 while (left := deadline - loop.time()) > 0:  # a steady stream of requests delays no full pass
                     try:
@@ -553,8 +561,8 @@ class Pipeline:
                     except TimeoutError:
                         break
                     await self.revive_if_due()
-            except Exception:
-                log.exception("referentiel.revival_failed", retried_within_seconds=period)
+            except Exception as exc:
+                self._revival_outage.failed(exc, retried_within_seconds=period)
                 await asyncio.sleep(period)
 
     async def _revive(self, groups: list[list[dlq.Origin]]) -> int:

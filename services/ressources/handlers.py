@@ -26,6 +26,7 @@ from contracts.internal import INTERNAL_PAYLOADS
 from services.common.messaging.outbox import Twin
 from services.common.pipeline import TRACEPARENT_OF, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
+from services.common.runtime.outages import Outage
 from services.ressources.lifecycle import PORTEE, Content, Held, event_id, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
@@ -199,6 +200,12 @@ class Reevaluations:
         self._pipeline, self._seuils = pipeline, settings.seuils
         self._size, self._poll = settings.reevaluation_chunk, settings.reevaluation_poll_ms / 1000
         self._workers = settings.reevaluation_workers
+        self._outage = Outage(
+            log,
+            "reevaluation.failed",
+            "reevaluation.recovered",
+            "PostgreSQL away: the re-evaluations are taken again every second, where they were",
+        )
 
     async def step(self) -> Chunk | None:
         """One chunk, committed with its alerts in the outbox; None when no part is waiting here."""
@@ -321,10 +328,13 @@ class Reevaluations:
     async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
-                return await work()
-            except Exception:
-                log.exception("reevaluation.failed")
+                await work()
+            except Exception as exc:
+                self._outage.failed(exc)
                 await asyncio.sleep(FAILURE_PAUSE_SECONDS)
+            else:
+                self._outage.succeeded()
+                return
 
 
 async def request_every_pair(store: Store, seuils: Seuils, keep_stored: bool = False) -> None:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import structlog
 
+from services.common.runtime.outages import Outage
 from services.common.runtime.wake import woken
 from services.common.storage import retention
 from services.common.storage.db import Conn
@@ -230,6 +231,12 @@ class AlertHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopped = False
+        self._outage = Outage(
+            log,
+            "sse.journal_read_failed",
+            "sse.journal_read_recovered",
+            "PostgreSQL away: the live streams wait, and are sent what was journalled once it is back",
+        )
 
     @property
     def clients(self) -> int:
@@ -316,6 +323,7 @@ class AlertHub:
                     self._conn = await self._connect()
                 step = "read"
                 await self._deliver()
+                self._outage.succeeded()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -326,8 +334,8 @@ class AlertHub:
                 self._drop_connection()
                 if step == "read":
                     self._wake.set()
-            except Exception:
-                log.exception("sse.journal_read_failed")
+            except Exception as exc:
+                self._outage.failed(exc)
                 self._drop_connection()
 
     def _drop_connection(self) -> None:

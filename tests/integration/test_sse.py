@@ -528,6 +528,47 @@ async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
         assert hub.subscribe(queries.AlertFilter()) is None
 
 
+async def test_postgresql_away_is_said_once_by_the_hub_and_its_streams_miss_nothing(settings, monkeypatch):
+    """The hub's journal reader said PostgreSQL away as an ERROR with its traceback at every
+    round (every second or so) for as long as it lasted: now once, as a warning, its next rounds
+    at DEBUG, then `sse.journal_read_recovered`; what was journalled meanwhile is sent."""
+    from deploy.local.ports import free_port
+    from helpers import Said
+
+    said = Said()
+    monkeypatch.setattr(stream, "log", said)
+    url = urlsplit(settings.database_url)
+    away = urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{free_port()}"))
+    async with serve_api(settings.model_copy(update=FAST)) as (_, app):
+        hub = stream.AlertHub(settings.database_url, "ressources", app.state.pipeline.pool, replay_timeout_ms=500)
+        await hub.start()
+        try:
+            frames = hub.events(hub.subscribe(queries.AlertFilter()), None)
+            assert (await anext(frames)).startswith(":")
+            hub._url = away  # its next connection refused, as PostgreSQL's when it is down
+            hub._drop_connection()
+            later = await journal(app, alert(0))  # the service's own pool still reaches it
+
+            def failures(level: str) -> list[dict]:
+                return [line for line in said.named("sse.journal_read_failed") if line["level"] == level]
+
+            async def failing_on() -> bool:
+                hub._wake.set()  # a round now, not at the next poll
+                return len(failures("debug")) >= 2
+
+            await eventually(failing_on, what="rounds failing on")
+            [warned] = failures("warning")
+            assert warned["error"] == "ConnectionRefusedError" and failures("exception") == []
+            hub._url = settings.database_url
+            hub._wake.set()
+            received = await asyncio.wait_for(anext(frames), stream.POLL_SECONDS + 10)
+            assert received.startswith(f"id: {later[0]}\n")
+            assert len(said.named("sse.journal_read_recovered")) == 1
+            await frames.aclose()
+        finally:
+            await hub.stop()
+
+
 async def test_a_hub_whose_first_session_is_slower_than_the_read_bound_starts(settings):
     """A new session slower to open than API_STATEMENT_TIMEOUT_MS (a loaded host, a bound chosen
     short): the hub's start, bound by it, failed, and the service's startup with it."""

@@ -1,0 +1,37 @@
+"""How a loop that retries says that PostgreSQL is away: once, not at every round.
+
+The batches and the outbox relay say an outage their own way (pipeline.py, outbox.py); the
+loops beside them (ressources' re-evaluations and its live stream's journal reader, the revival
+of records waiting for their établissement) say it with an `Outage`: the first failure while
+PostgreSQL is away a warning without a traceback (its `error` and `detail`), the next ones at
+DEBUG, then one `…recovered` line once a round goes through. A failure of another kind is an
+ERROR with its traceback each time: a fault to look at, not a state that passes."""
+
+import time
+from typing import Any
+
+from services.common.runtime.secrets import redact
+from services.common.storage.db import DATABASE_AWAY
+
+
+class Outage:
+    """`failed` from inside the `except` that caught the failure (its traceback is the one said)."""
+
+    def __init__(self, log: Any, event: str, recovered: str, hint: str):
+        self._log, self.event, self.recovered, self.hint = log, event, recovered, hint
+        self._since: float | None = None
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
+        if not isinstance(exc, DATABASE_AWAY):
+            self._log.exception(self.event, **fields)
+        elif self._since is None:
+            self._since = time.monotonic()
+            self._log.warning(self.event, error=type(exc).__name__, detail=redact(str(exc)), hint=self.hint, **fields)
+        else:
+            self._log.debug(self.event, error=type(exc).__name__, **fields)
+
+    def succeeded(self) -> None:
+        """A round went through: the outage said over, if one was said."""
+        if self._since is not None:
+            self._log.info(self.recovered, after_s=round(time.monotonic() - self._since, 1))
+            self._since = None

@@ -1,0 +1,50 @@
+"""The README's table of WARNING and ERROR lines ("What a WARNING or an ERROR line means") names
+every such line the services write, and no other: an operator looks a line up there."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+LEVELS = {"warning", "error", "exception", "critical"}
+
+
+def _levels_of(func: ast.expr) -> set[str]:
+    """`log.warning`, or `(log.error if … else log.warning)`: the levels a call writes at."""
+    if isinstance(func, ast.IfExp):
+        return _levels_of(func.body) | _levels_of(func.orelse)
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("log", "_log"):
+        return {func.attr} & LEVELS
+    return set()
+
+
+def written() -> set[str]:
+    events: set[str] = set()
+    for path in (ROOT / "services").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if isinstance(node.func, ast.Name) and node.func.id == "Outage":  # Outage(log, event, …): its failures
+                events.add(texts[0])
+            elif not texts or not isinstance(node.args[0], ast.Constant):
+                continue
+            elif _levels_of(node.func):
+                events.add(texts[0])
+            elif "periodically" in (getattr(node.func, "attr", None), getattr(node.func, "id", None)):  # retention
+                events.add(f"{texts[0]}.purge_failed")
+    # Said by dlq.Told: "event.rejected" and "event.rejudged" per batch, as "events.…" warnings.
+    return events | {"events.rejected", "events.rejudged"}
+
+
+def tabled() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### What a WARNING or an ERROR line means", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", section, re.MULTILINE))
+
+
+def test_the_readme_tells_every_warning_and_error_line_and_no_other():
+    code, readme = written(), tabled()
+    assert len(code) > 50, "the scan finds the services' lines"
+    assert code - readme == set(), "written, not in the README's table"
+    assert readme - code == set(), "in the README's table, written by no code"
