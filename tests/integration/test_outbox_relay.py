@@ -850,13 +850,14 @@ async def _none_pending(pool: asyncpg.Pool) -> bool:
 
 
 async def test_a_relay_on_a_server_that_refuses_writes_publishes_nothing_and_health_says_why(
-    kafka, database_url, topic_prefix
+    kafka, database_url, topic_prefix, monkeypatch
 ):
     """PostgreSQL answering reads and refusing writes (a standby behind a stale endpoint after a
     failover, a managed server set read-only when full): the round read and sent its records,
     failed to delete them, and the next sent them again, every second, while /health said 200
     (audit helper-176 #1: 3 rows, 15 records in 8 s). Now nothing goes out until it takes
-    writes, and /health says `database_read_only`."""
+    writes, and /health says `database_read_only`; the relay's loop says it once, not at every
+    round (helper-185's list)."""
     from types import SimpleNamespace
 
     from services.common.runtime.health import _read_health
@@ -875,6 +876,15 @@ async def test_a_relay_on_a_server_that_refuses_writes_publishes_nothing_and_hea
             body: dict = {}
             await _read_health(SimpleNamespace(pool=read_only, revivals_pending=0), None, body)
             assert (body["database_read_only"], body["outbox_pending"]) == (True, 3)
+            said = Said()
+            monkeypatch.setattr(outbox_module, "log", said)
+            relay.start()
+
+            def said_at(level: str) -> list[dict]:
+                return [line for line in said.named("outbox.database_read_only") if line["level"] == level]
+
+            await eventually(lambda: asyncio.sleep(0, len(said_at("debug")) >= 2), timeout=30, what="rounds refused")
+            assert len(said_at("warning")) == 1 and said_at("warning")[0]["error"] == "DatabaseReadOnly"
         finally:
             await relay.stop()
             await read_only.close()

@@ -303,6 +303,7 @@ class OutboxRelay:
         except Exception:  # PostgreSQL away at the start: the rounds below wait for it (it ended the relay)
             log.warning("outbox.failed_not_counted", exc_info=True)
         away: float | None = None  # since when Kafka or PostgreSQL has been away, rounds failing
+        said_as: str | None = None  # the state said (away, or PostgreSQL refusing writes)
         while not self._halting:
             waiting: BaseException | None = None
             try:
@@ -312,9 +313,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, DatabaseReadOnly):  # said without a traceback: a state, not a fault
-                    log.warning("outbox.database_read_only", hint="nothing is published until PostgreSQL takes writes")
-                elif isinstance(exc, AWAY):
+                if isinstance(exc, (DatabaseReadOnly, *AWAY)):  # a state, not a fault: said below
                     waiting = exc
                 else:
                     log.exception("outbox.relay_failed")
@@ -324,20 +323,26 @@ class OutboxRelay:
             else:
                 if waiting is None and away is not None:  # a round that met neither away
                     log.info("outbox.relay_resumed", after_s=round(time.monotonic() - away, 1))
-                    away = None
+                    away = said_as = None
             if waiting is not None:
                 # Said once, without a traceback, until a round goes through: a round a second,
                 # each an ERROR with its traceback (or a warning), buried those an operator acts on.
-                if away is None:
-                    away = time.monotonic()
+                # Said again if the state changes (Kafka back, PostgreSQL now refusing writes).
+                away = away or time.monotonic()
+                read_only = isinstance(waiting, DatabaseReadOnly)
+                event = "outbox.database_read_only" if read_only else "outbox.relay_waiting"
+                if event != said_as:
+                    said_as = event
                     log.warning(
-                        "outbox.relay_waiting",
+                        event,
                         error=type(waiting).__name__,
                         detail=redact(str(waiting)),
-                        hint="Kafka or PostgreSQL away: each round tried again, said once one goes through",
+                        hint="nothing is published until PostgreSQL takes writes"
+                        if read_only
+                        else "Kafka or PostgreSQL away: each round tried again, said once one goes through",
                     )
                 else:
-                    log.debug("outbox.relay_waiting", error=type(waiting).__name__)
+                    log.debug(event, error=type(waiting).__name__)
             await woken(self._wake, self._poll)
 
     async def halt(self) -> None:

@@ -22,13 +22,22 @@ EXPIRY_WARNING_EVERY = timedelta(days=1)
 
 
 def log_certificate(access: KafkaAccess, now: datetime | None = None, *, soon_only: bool = False) -> None:
-    """When the client certificate (SSL) ends: a warning when it ends within
-    CERTIFICATE_RENEWED_BEFORE (a renewal has not reached the pod's files: the User Operator's
-    secret is to check), else an information (none with `soon_only`)."""
+    """When the client certificate (SSL) ends: an error once it has (the broker refuses the
+    client), a warning when it ends within CERTIFICATE_RENEWED_BEFORE (a renewal has not reached
+    the pod's files: the User Operator's secret is to check), else an information (none with
+    `soon_only`)."""
     if (expiry := access.certificate_expiry) is None:
         return
     left = expiry - (now or datetime.now(UTC))
-    if left < CERTIFICATE_RENEWED_BEFORE:
+    if left <= timedelta(0):
+        log.error(
+            "kafka.certificate",
+            principal=access.principal,
+            expires_at=expiry.isoformat(),
+            days_left=left.days,
+            hint="ended: the broker refuses this client's connections until a renewed one is loaded",
+        )
+    elif left < CERTIFICATE_RENEWED_BEFORE:
         log.warning("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
     elif not soon_only:
         log.info("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)

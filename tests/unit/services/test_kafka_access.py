@@ -289,7 +289,7 @@ def test_an_encrypted_key_cannot_be_read_rather_than_asked_for(certificate_envir
 
 def test_the_client_certificate_s_end_is_logged_a_warning_within_the_renewal(certificate_environ, monkeypatch):
     """Its end is said at start, and by the running service only when it is near (a renewal
-    should have reached the pod's files already: README, Kubernetes)."""
+    should have reached the pod's files already: README, Kubernetes); an error once ended."""
     from helpers import Said
     from services.common.runtime import certificates
 
@@ -302,12 +302,14 @@ def test_the_client_certificate_s_end_is_logged_a_warning_within_the_renewal(cer
     certificates.log_certificate(access, now=expiry - timedelta(days=29))
     certificates.log_certificate(access, now=expiry - timedelta(days=31), soon_only=True)
     certificates.log_certificate(access, now=expiry - timedelta(days=28), soon_only=True)
+    certificates.log_certificate(access, now=expiry + timedelta(hours=1), soon_only=True)  # ended
     sasl = KafkaAccess.from_environ({**certificate_environ, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
     certificates.log_certificate(sasl)
     assert [(line["level"], line["days_left"], line["principal"]) for line in said.named("kafka.certificate")] == [
         ("info", 31, "formation"),
         ("warning", 29, "formation"),
         ("warning", 28, "formation"),
+        ("error", -1, "formation"),
     ]
 
 
