@@ -33,8 +33,9 @@ def written() -> set[str]:
                 events.add(texts[0])
             elif "periodically" in (getattr(node.func, "attr", None), getattr(node.func, "id", None)):  # retention
                 events.add(f"{texts[0]}.purge_failed")
-    # Said by dlq.Told: "event.rejected" and "event.rejudged" per batch, as "events.…" warnings.
-    return events | {"events.rejected", "events.rejudged"}
+    # Said by dlq.Told: "event.rejected" and "event.rejudged" per batch, as "events.…" warnings;
+    # by the relay, as the state it waits in (outbox.py, `event`).
+    return events | {"events.rejected", "events.rejudged", "outbox.database_read_only", "outbox.relay_waiting"}
 
 
 def tabled() -> set[str]:
