@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import structlog
@@ -288,6 +289,12 @@ class _ClesFichier:
         return self._cles.cle(kid)
 
 
+def origin(url: str) -> str:
+    """`https://idp.example:8443` of `https://user:pw@idp.example:8443/realms/x/certs?k=v`."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+
+
 class _ClesUrl:
     """A provider's JWKS endpoint, fetched in a thread (PyJWKClient blocks) and kept DUREE_CACHE."""
 
@@ -296,7 +303,9 @@ class _ClesUrl:
             self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=10)
         except jwt.PyJWKClientError as error:
             raise ValueError(f"JWKS_URL : {error}") from None
-        self.url = url
+        self.shown = origin(url)
+        """What the lines and the errors show of it: its scheme, host and port. The settings
+        check never shows JWKS_URL (README, Settings): a token in its path or its query."""
         self._cles = AUCUNE
         self._echec = ""
         self._echoue = False  # the latest fetch failed: the keys in hand may be stale
@@ -325,13 +334,13 @@ class _ClesUrl:
             self._force = maintenant
             await self._charger(vue)
         if not self._cles.toutes:
-            raise JwksIndisponible(f"JWKS_URL {self.url} : aucune clé obtenue ({self._echec})")
+            raise JwksIndisponible(f"JWKS_URL {self.shown} : aucune clé obtenue ({self._echec})")
         cle = self._cles.cle(kid)
         if kid is None:
             return cle
         if cle is None and self._echoue:
             raise ClesAVerifier(
-                f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés n'ont pu être relues "
+                f"JWKS_URL {self.shown} : la clé du jeton peut être nouvelle, les clés n'ont pu être relues "
                 f"({self._echec})",
                 max(self._prochain - time.monotonic(), 1.0),
             )
@@ -341,7 +350,7 @@ class _ClesUrl:
         # answered 503 for ever, every fetch being before its `iat`).
         if cle is None and emis is not None and math.floor(self._obtenues) <= emis <= time.time() + leeway:
             raise ClesAVerifier(
-                f"JWKS_URL {self.url} : la clé du jeton peut être nouvelle, les clés seront relues sous "
+                f"JWKS_URL {self.shown} : la clé du jeton peut être nouvelle, les clés seront relues sous "
                 f"{INTERVALLE_REFETCH:g} s",
                 max(self._force + INTERVALLE_REFETCH - time.monotonic(), 1.0),
             )
@@ -363,13 +372,13 @@ class _ClesUrl:
                 self._echoue, self._echec = True, f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles.toutes:
-                    log.error("jwks_sans_cle", url=self.url, error=self._echec, retry_in_s=REESSAI)
+                    log.error("jwks_sans_cle", url=self.shown, error=self._echec, retry_in_s=REESSAI)
                 self._cles = AUCUNE
             except Exception as error:  # unreachable, not JSON, cut while read: its keys kept meanwhile
                 self._echoue = True
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles.toutes:
-                    log.warning("jwks_stale", url=self.url, error=self._echec, retry_in_s=REESSAI)
+                    log.warning("jwks_stale", url=self.shown, error=self._echec, retry_in_s=REESSAI)
             finally:  # once done: callers that came while it ran use its result
                 self._generation += 1

@@ -631,3 +631,23 @@ async def test_a_token_issued_in_the_future_on_an_unknown_kid_is_a_401_not_a_503
     ahead = int(time.time()) + int(verificateur.leeway_seconds) // 2
     with pytest.raises(ClesAVerifier):
         await verificateur.verifier(signed_by(autre, ahead))
+
+
+async def test_the_jwks_url_is_shown_by_its_origin_only(
+    identite: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings check never shows JWKS_URL (a token may be in its path or query), but the
+    keys' lines and errors quoted it whole (helper-185's list): now its scheme, host and port."""
+    from deploy.local.ports import free_port
+    from tests.helpers import Said
+
+    assert jetons.origin("https://u:pw@idp.example:8443/realms/x/certs/SECRET?k=v") == "https://idp.example:8443"
+    said = Said()
+    monkeypatch.setattr(jetons, "log", said)
+    monkeypatch.setattr(jetons, "REESSAI", 0.0)
+    port = free_port()
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_url=f"http://127.0.0.1:{port}/jwks/SECRET-42")
+    with pytest.raises(JwksIndisponible) as refused:
+        await verificateur.verifier(identite.jeton(COMMUNE))
+    assert f"http://127.0.0.1:{port}" in str(refused.value) and "SECRET" not in str(refused.value)
+    assert "SECRET" not in repr(said.lines)
