@@ -326,11 +326,15 @@ class AlertHub:
                 self._outage.succeeded()
             except asyncio.CancelledError:
                 raise
-            except TimeoutError:
+            except TimeoutError as exc:
                 # Not closed: a close waits for the peer. A new connection reads on from the
                 # position, so nothing journalled meanwhile is lost: at once after a read that
-                # stalled, at the next round after a connection that could not be made.
-                log.warning("sse.journal_stalled", step=step, limit_ms=self.replay_timeout_ms)
+                # stalled, at the next round after a connection that could not be made (PostgreSQL
+                # out of reach, said once as any outage).
+                if step == "read":
+                    log.warning("sse.journal_stalled", step=step, limit_ms=self.replay_timeout_ms)
+                else:
+                    self._outage.failed(exc)
                 self._drop_connection()
                 if step == "read":
                     self._wake.set()

@@ -531,34 +531,46 @@ async def test_a_stopping_hub_ends_its_streams_with_a_final_event(settings):
 async def test_postgresql_away_is_said_once_by_the_hub_and_its_streams_miss_nothing(settings, monkeypatch):
     """The hub's journal reader said PostgreSQL away as an ERROR with its traceback at every
     round (every second or so) for as long as it lasted: now once, as a warning, its next rounds
-    at DEBUG, then `sse.journal_read_recovered`; what was journalled meanwhile is sent."""
+    at DEBUG, then `sse.journal_read_recovered`; what was journalled meanwhile is sent. Out of
+    reach first (a connection that never answers: a warning every round, `sse.journal_stalled`,
+    review helper-186 C), then refusing."""
     from deploy.local.ports import free_port
     from helpers import Said
 
     said = Said()
     monkeypatch.setattr(stream, "log", said)
     url = urlsplit(settings.database_url)
-    away = urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{free_port()}"))
-    async with serve_api(settings.model_copy(update=FAST)) as (_, app):
+    mute = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)  # accepts, never answers
+
+    def at(port: int) -> str:
+        return urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+
+    async with mute, serve_api(settings.model_copy(update=FAST)) as (_, app):
         hub = stream.AlertHub(settings.database_url, "ressources", app.state.pipeline.pool, replay_timeout_ms=500)
         await hub.start()
         try:
             frames = hub.events(hub.subscribe(queries.AlertFilter()), None)
             assert (await anext(frames)).startswith(":")
-            hub._url = away  # its next connection refused, as PostgreSQL's when it is down
+            hub._url = at(mute.sockets[0].getsockname()[1])  # its next connection never answered
             hub._drop_connection()
             later = await journal(app, alert(0))  # the service's own pool still reaches it
 
             def failures(level: str) -> list[dict]:
                 return [line for line in said.named("sse.journal_read_failed") if line["level"] == level]
 
-            async def failing_on() -> bool:
-                hub._wake.set()  # a round now, not at the next poll
-                return len(failures("debug")) >= 2
+            def failing_on(rounds: int):
+                async def check() -> bool:
+                    hub._wake.set()  # a round now, not at the next poll
+                    return len(failures("debug")) >= rounds
 
-            await eventually(failing_on, what="rounds failing on")
+                return check
+
+            await eventually(failing_on(2), what="rounds out of reach")
+            hub._url = at(free_port())  # then refused, as PostgreSQL's when it is down
+            await eventually(failing_on(4), what="rounds refused")
             [warned] = failures("warning")
-            assert warned["error"] == "ConnectionRefusedError" and failures("exception") == []
+            assert warned["error"] == "TimeoutError" and failures("exception") == []
+            assert said.named("sse.journal_stalled") == [], "a connection not made is the outage's"
             hub._url = settings.database_url
             hub._wake.set()
             received = await asyncio.wait_for(anext(frames), stream.POLL_SECONDS + 10)

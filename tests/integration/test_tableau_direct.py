@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from playwright.async_api import expect
 
-from helpers import uai
+from helpers import eventually, uai
 from test_read_api import serve_api
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -97,10 +97,13 @@ async def journal(pool, what: str, alerts: list[dict]) -> None:
     )
 
 
-async def opened(browser, base_url: str, **context):
+async def opened(browser, base_url: str, answered: list[str] | None = None, **context):
+    """The page open, its stream too; `answered`: where the lists it reads are added once answered."""
     page = await browser.new_page(locale="fr-FR", viewport={"width": 1366, "height": 800}, **context)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    if answered is not None:
+        page.on("response", lambda r: answered.append(r.url) if "/alertes?" in r.url else None)
     await page.goto(f"{base_url}/tableau")
     await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert")
     return page, errors
@@ -216,9 +219,12 @@ async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_pa
     now = datetime.now(UTC)
     alerts = [alerte(n, uai(f"03504{n:02d}"), now - timedelta(minutes=n)) for n in range(45)]  # 0: the newest
     await raise_(pool, alerts, announced=False)
-    page, errors = await opened(browser, str(client.base_url))
+    answered: list[str] = []
+    page, errors = await opened(browser, str(client.base_url), answered)
     rows = page.locator("#alertes tbody tr")
     await expect(page.locator("#compte")).to_have_text("45 alertes")
+    # The view's reading and the one its stream's opening asks: both answered, page 1 as shown.
+    await eventually(lambda: asyncio.sleep(0, len(answered) >= 2), what="page 1 read twice")
     await pool.execute("UPDATE alertes SET ouverte = false, resolved_at = now() WHERE alert_id = 'alerte-5'")
     await page.get_by_role("button", name="Page suivante").click()
     await expect(page.locator("#compte")).to_have_text("44 alertes")
@@ -268,8 +274,8 @@ async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     await expect(code).to_be_enabled()
     await expect(code).to_have_attribute("placeholder", "ex. 035")
     await code.press_sequentially("035", delay=300)  # slower than a choice settles
-    await code.press("Enter")
-    await expect(page.locator("#compte")).to_have_text("25 alertes")
+    async with page.expect_response(lambda r: "/alertes?" in r.url and "responsable_code=035" in r.url):
+        await code.press("Enter")
     assert "responsable_code=035" in page.url
     typed = [u for u in reads if "responsable_type=" in u]
     assert typed and all("responsable_code=035" in u for u in typed), f"read once typed only: {typed}"

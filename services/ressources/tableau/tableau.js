@@ -309,14 +309,15 @@ let anchor = null; // {filters, page, place}
 let pagedTo = null; // {filters, page}: a page asked for with the pages' buttons, once shown
 
 async function pagePlace(query, key, page) {
-  if (anchor === null || anchor.filters !== key || anchor.page !== page) {
-    const before = new URLSearchParams(query);
-    before.set("limit", 1);
-    before.set("offset", (page - 1) * PAGE_SIZE - 1);
-    const place = (await api(`/alertes?${before}`)).suivant;
-    anchor = place ? { filters: key, page, place } : null;
-  }
-  return anchor && anchor.place;
+  if (anchor !== null && anchor.filters === key && anchor.page === page) return anchor.place;
+  const asked = anchor;
+  const before = new URLSearchParams(query);
+  before.set("limit", 1);
+  before.set("offset", (page - 1) * PAGE_SIZE - 1);
+  const place = (await api(`/alertes?${before}`)).suivant;
+  // Kept unless another was set meanwhile ("Page suivante" pressed, another view chosen).
+  if (anchor === asked) anchor = place ? { filters: key, page, place } : null;
+  return place;
 }
 
 // `shown`: whether its view is still the one shown (the address is then its to change).
