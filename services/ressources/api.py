@@ -385,25 +385,22 @@ async def alertes(
     }
 
 
-_BY_RAISE = "raised_at"
-"""The order of every list but the resolved alerts' alone (queries.AlertFilter.order): its
-cursors say no order (as before the resolved alerts had one of their own)."""
-
-
 def _cursor(place: tuple[datetime, str], order: str) -> str:
     """A place in the list's order as an opaque text for a query string, with that order: an
     instant of one order given to a list in the other would be a meaningless place."""
     instant, alert_id = place
-    said = [instant.isoformat(), alert_id] + ([] if order == _BY_RAISE else [order])
+    # The raise's order, every list's but the resolved alerts' alone, said by none (as before
+    # the resolved alerts had one of their own).
+    said = [instant.isoformat(), alert_id] + ([] if order == queries.BY_RAISE else [order])
     return base64.urlsafe_b64encode(json.dumps(said).encode()).decode().rstrip("=")
 
 
 def _cursor_place(cursor: str, order: str) -> tuple[datetime, str]:
     try:
         instant, alert_id, *its_order = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if its_order not in ([], [_BY_RAISE], ["resolved_at"]):
+        if its_order not in ([], [queries.BY_RAISE], [queries.BY_RESOLUTION]):
             raise ValueError
-        if (its_order or [_BY_RAISE])[0] != order:
+        if (its_order or [queries.BY_RAISE])[0] != order:
             raise _refused_query("apres", "curseur d'une autre liste : reprendre le `suivant` d'une page de celle-ci")
         place = datetime.fromisoformat(instant), alert_id
         if place[0].tzinfo is None or not isinstance(alert_id, str):

@@ -26,6 +26,10 @@ _PATHS = {
 }
 
 
+BY_RAISE, BY_RESOLUTION = "raised_at", "resolved_at"
+"""The orders of the lists (AlertFilter.order): the `alertes` column each is in order of."""
+
+
 @dataclass(frozen=True)
 class AlertFilter:
     code_academie: str | None = None
@@ -61,7 +65,7 @@ class AlertFilter:
     def order(self) -> str:
         """The instant the list is in order of, the latest first: the resolution's for the
         resolved alerts alone (what someone checking what was just fixed looks for), else the raise's."""
-        return "resolved_at" if self.state == "resolved" else "raised_at"
+        return BY_RESOLUTION if self.state == "resolved" else BY_RAISE
 
     def matches(self, alert: dict) -> bool:
         """Over an alert event's `data` (the SSE stream filters in Python); tested against the SQL."""

@@ -331,13 +331,12 @@ class AlertHub:
                 # position, so nothing journalled meanwhile is lost: at once after a read that
                 # stalled, at the next round after a connection that could not be made (PostgreSQL
                 # out of reach, said once as any outage).
-                if step == "read":
-                    log.warning("sse.journal_stalled", step=step, limit_ms=self.replay_timeout_ms)
-                else:
-                    self._outage.failed(exc)
                 self._drop_connection()
                 if step == "read":
+                    log.warning("sse.journal_stalled", step=step, limit_ms=self.replay_timeout_ms)
                     self._wake.set()
+                else:
+                    self._outage.failed(exc)
             except Exception as exc:
                 self._outage.failed(exc)
                 self._drop_connection()

@@ -29,18 +29,14 @@ def log_certificate(access: KafkaAccess, now: datetime | None = None, *, soon_on
     if (expiry := access.certificate_expiry) is None:
         return
     left = expiry - (now or datetime.now(UTC))
+    said = {"principal": access.principal, "expires_at": expiry.isoformat(), "days_left": left.days}
     if left <= timedelta(0):
-        log.error(
-            "kafka.certificate",
-            principal=access.principal,
-            expires_at=expiry.isoformat(),
-            days_left=left.days,
-            hint="ended: the broker refuses this client's connections until a renewed one is loaded",
-        )
+        hint = "ended: the broker refuses this client's connections until a renewed one is loaded"
+        log.error("kafka.certificate", **said, hint=hint)
     elif left < CERTIFICATE_RENEWED_BEFORE:
-        log.warning("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
+        log.warning("kafka.certificate", **said)
     elif not soon_only:
-        log.info("kafka.certificate", principal=access.principal, expires_at=expiry.isoformat(), days_left=left.days)
+        log.info("kafka.certificate", **said)
 
 
 def report(reloads: list[TlsReload], period: float = TLS_RELOAD_SECONDS) -> None:

@@ -189,8 +189,6 @@ async function streamRefusal(url) {
 // for as long as it lasted, the page saying it was live). Its first change is announced alone,
 // the others together once the list is read again.
 const QUIET_MS = 300;
-const SETTLE_MS = 500; // a filter's select read once no other key changed it for this long
-let settling = null;
 const BURST_MS = 1500;
 let pending = null;
 let burst = null;
@@ -222,6 +220,9 @@ function readAfterBurst() {
 }
 
 // --- Alerts: filters, list, pages ---------------------------------------------------------------
+
+const SETTLE_MS = 500; // a filter's select read once no other key changed it for this long
+let settling = null;
 
 function fillFilters(params) {
   const academie = $("f-academie");
@@ -356,8 +357,7 @@ async function listAlertes(filters, page, shown) {
     if (shown()) location.replace(`#/alertes?${params}`);
     return;
   }
-  $("compte").textContent =
-    answer.total === 0 ? "Aucune alerte pour ces filtres." : `${count(answer.total)} alerte${answer.total > 1 ? "s" : ""}`;
+  $("compte").textContent = answer.total === 0 ? "Aucune alerte pour ces filtres." : plural(answer.total, "alerte");
   $("alertes").querySelector("tbody").replaceChildren(
     ...answer.items.map((a) =>
       el(
