@@ -149,6 +149,40 @@ async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
         assert status == 200 and health["outbox_oldest_s"] == 0, health
 
 
+async def test_records_piling_up_behind_a_waiting_batch_all_show_as_lag(kafka, settings):
+    """While a batch waits (its database locked), the records fetched after it wait with it and
+    the consumer fetches no more of that partition, so its high watermark stays where it was:
+    each scrape asks Kafka the partitions' ends, and every record sent counts in the lag."""
+    uai = valid_uai("0350004")
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        topic = settings.topic(c.EQUIPEMENT)
+        async with pipeline.pool.acquire() as holder, holder.transaction():
+            await holder.execute("LOCK TABLE lots IN ACCESS EXCLUSIVE MODE")  # the next batch waits
+            sent = 0
+            for round_ in range(4):
+                await send(
+                    kafka.bootstrap_servers, topic, [(uai, lot(uai, f"L{round_}-{i}", 1, i)) for i in range(1, 6)]
+                )
+                sent += 5
+
+                async def lagging() -> bool:
+                    now = await scrape(service.app)
+                    return sum(v for (t, _), v in lags(now).items() if t == topic) == sent  # noqa: B023
+
+                await eventually(lagging, timeout=15, what=f"a lag of the {sent} lots sent")
+
+        async def caught_up() -> bool:
+            now = await scrape(service.app)
+            return value(now, "feo_events_total", service="equipement", outcome="applied", reason="") == 1 + sent and (
+                set(lags(now).values()) == {0}
+            )
+
+        await eventually(caught_up, what="the lots applied once the lock is gone, the lag back to 0")
+
+
 async def subscribe_unequipped(kafka, settings, uai: str, resource_id: str) -> None:
     """A resource and one subscription at a collège with no equipment: alerts open."""
     await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])

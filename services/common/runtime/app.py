@@ -4,6 +4,7 @@ wait for the dependencies (startup.py), open the database and migrate, run the o
 and the background tasks, stop them in order.
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -23,7 +24,13 @@ from services.common.messaging.consumer import subscribe
 from services.common.pipeline import Pipeline
 from services.common.runtime import metrics, startup
 from services.common.runtime.certificates import log_certificate
-from services.common.runtime.health import Backlog, database_gauges, health_report, readiness_report
+from services.common.runtime.health import (
+    READ_SECONDS,
+    Backlog,
+    database_gauges,
+    health_report,
+    readiness_report,
+)
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -67,7 +74,10 @@ class ServiceApp(AsgiFastStream):
     async def metrics(self) -> bytes:
         """The Prometheus text of `/metrics`, the database's figures read now (the service's own
         counts once old enough: Metrics.counts)."""
-        await self.pipeline.metrics.refresh(lambda: database_gauges(self.pipeline, self.gauges))
+        await asyncio.gather(
+            self.pipeline.metrics.refresh(lambda: database_gauges(self.pipeline, self.gauges)),
+            self.pipeline.metrics.read_ends(within=READ_SECONDS),
+        )
         return self.pipeline.metrics.render()
 
     def serve_probes(self, api: FastAPI) -> None:

@@ -3,8 +3,8 @@ labelled with the service's name.
 
 - counted as batches commit (Pipeline): events by outcome (`applied`, `stale`, `duplicate`,
   `refused` with the refusal's reason), and each batch's duration;
-- read at each scrape, from the consumer: lag per partition (the partition's high watermark
-  minus the next offset the service will handle);
+- read at each scrape, from the consumer: lag per partition (the partition's end, asked of
+  Kafka at the scrape, minus the next offset the service will handle);
 - read at each scrape, from the database: the outbox's backlog and the age of its oldest
   record, the records Kafka refused for good (`outbox_failed`), and what the service declares
   in its spec (`ServiceSpec.gauges`: ressources' open alerts by kind, its re-evaluations; read
@@ -15,6 +15,7 @@ labelled with the service's name.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -193,6 +194,7 @@ class Metrics:
         self._scraped = _Scraped(self)
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
+        self._ends: dict[TopicPartition, int] = {}
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
         self.topics: tuple[str, ...] = ()
         self.unreadable: Callable[[], list[dict[str, Any]]] = list
@@ -227,6 +229,9 @@ class Metrics:
         held = {(tp.topic, tp.partition) for tp in assigned}
         if self.failing is not None and not self.failing.partitions & held:
             self.failing = None
+        # Where this replica stopped on a partition it gave away is not where it resumes once it
+        # is back (another replica went on meanwhile): no lag until `resumed` says.
+        self._next = {key: offset for key, offset in self._next.items() if key in held}
 
     def positions_unreadable(self, error: str) -> None:
         """The stored positions could not be read at an assignment (taken again): since when."""
@@ -291,16 +296,30 @@ class Metrics:
             held[tp.topic] = held.get(tp.topic, 0) + 1
         return held
 
+    async def read_ends(self, within: float) -> None:
+        """Each assigned partition's end, asked of Kafka for the scrape that follows. The high
+        watermark the consumer keeps moves only when it fetches the partition: not while the
+        partition is paused (its position unreadable, a batch held unreadable), nor while a batch
+        that fails again and again holds the records fetched after it, when records pile up.
+        Kafka away or slow: the consumer's high watermarks alone (/health says Kafka away)."""
+        consumer = self._consumer()
+        self._ends = {}
+        if consumer is None or not (assigned := sorted(consumer.assignment())):
+            return
+        with contextlib.suppress(Exception):  # the scrape answers with what the consumer knows
+            self._ends = await self.shared("ends", lambda: consumer.end_offsets(assigned), within=within)
+
     def lag(self) -> dict[tuple[str, int], int]:
-        """Per assigned partition whose high watermark and position are known."""
+        """Per assigned partition whose end and position are known."""
         consumer = self._consumer()
         if consumer is None:
             return {}
         out = {}
         for tp in consumer.assignment():
-            high, position = consumer.highwater(tp), self._next.get((tp.topic, tp.partition))
-            if high is not None and position is not None:
-                out[(tp.topic, tp.partition)] = max(0, high - position)
+            ends = [e for e in (self._ends.get(tp), consumer.highwater(tp)) if e is not None]
+            position = self._next.get((tp.topic, tp.partition))
+            if ends and position is not None:
+                out[(tp.topic, tp.partition)] = max(0, max(ends) - position)
         return out
 
     async def counts(self, read: Callable[[], Awaitable[list[Gauge]]], max_age: float) -> list[Gauge]:

@@ -23,10 +23,16 @@ def record(topic: str, partition: int, offset: int) -> ConsumerRecord:
 
 
 class Consumer:
-    """What the metrics read of aiokafka's consumer: its assignment and high watermarks."""
+    """What the metrics read of aiokafka's consumer: its assignment, its high watermarks (moved
+    as it fetches) and the partitions' ends as Kafka says them now (`ends`: None, Kafka away)."""
 
-    def __init__(self, highwater: dict[TopicPartition, int | None]):
-        self._highwater = highwater
+    def __init__(self, highwater: dict[TopicPartition, int | None], ends: dict[TopicPartition, int] | None = None):
+        self._highwater, self.ends = highwater, ends
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if self.ends is None:
+            raise ConnectionError("Kafka away")
+        return {tp: self.ends[tp] for tp in partitions}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._highwater)
@@ -69,6 +75,30 @@ def test_lag_is_the_high_watermark_past_the_next_offset_to_handle():
         (("partition", "0"), ("service", "formation"), ("topic", "t")): 1,
         (("partition", "1"), ("service", "formation"), ("topic", "t")): 0,
     }
+
+
+async def test_lag_counts_to_the_end_kafka_gives_at_the_scrape_past_a_high_watermark_not_fetched():
+    metrics = Metrics("formation")
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer = Consumer({a: 10, b: None}, ends={a: 25, b: 3})
+    metrics.watch(lambda: consumer)
+    metrics.resumed({a: 4, b: 0})
+    await metrics.read_ends(within=1)
+    assert metrics.lag() == {("t", 0): 21, ("t", 1): 3}, "records not fetched (paused, or behind a batch) count"
+    consumer.ends = None
+    await metrics.read_ends(within=1)
+    assert metrics.lag() == {("t", 0): 6}, "Kafka away: the high watermarks alone, never the ends read before"
+
+
+def test_a_partition_given_away_has_no_lag_until_resumed_where_its_positions_say():
+    metrics = Metrics("formation")
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    metrics.watch(lambda: Consumer({a: 10, b: 10}))
+    metrics.resumed({a: 4, b: 2})
+    metrics.reassigned({a})  # b went to another replica, which handled it meanwhile, then came back
+    assert metrics.lag() == {("t", 0): 6}, "b's old position would say 8 records wait"
+    metrics.resumed({b: 9})
+    assert metrics.lag() == {("t", 0): 6, ("t", 1): 1}
 
 
 def test_no_consumer_yet_no_lag():
