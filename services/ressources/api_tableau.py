@@ -6,10 +6,12 @@ from elsewhere (its Content-Security-Policy says so). It reads this API as any d
 `/ressources/{resource_id}` with `/repartition/{resource_id}` for a resource's chart.
 """
 
+import os
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from starlette.staticfiles import NotModifiedResponse
 
 from services.ressources import queries
 from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built, known_parameters
@@ -45,17 +47,27 @@ HEADERS = {
 }
 
 
+def served(request: Request, path: Path, media_type: str) -> Response:
+    """The file, or 304 when the browser's copy is this one (`no-cache`: it asks at each load,
+    and had the whole file again each time, 32 KB of script)."""
+    file = FileResponse(path, media_type=media_type, headers=HEADERS, stat_result=os.stat(path))
+    asked = request.headers.get("if-none-match", "")
+    if file.headers["etag"] in (tag.strip().removeprefix("W/") for tag in asked.split(",")):
+        return NotModifiedResponse(file.headers)
+    return file
+
+
 # HEAD too: an uptime monitor's `curl -I` was answered 405.
 @router.api_route("/tableau", methods=["GET", "HEAD"], include_in_schema=False)
-async def tableau() -> FileResponse:
-    return FileResponse(PAGE / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+async def tableau(request: Request) -> Response:
+    return served(request, PAGE / "index.html", "text/html; charset=utf-8")
 
 
 @router.api_route("/tableau/{fichier}", methods=["GET", "HEAD"], include_in_schema=False)
-async def fichier(fichier: str) -> FileResponse:
+async def fichier(request: Request, fichier: str) -> Response:
     if fichier not in ASSETS:
         raise HTTPException(404, f"fichier : le tableau de bord n'a que {', '.join(ASSETS)}")
-    return FileResponse(PAGE / fichier, media_type=ASSETS[fichier], headers=HEADERS)
+    return served(request, PAGE / fichier, ASSETS[fichier])
 
 
 @router.get(

@@ -78,3 +78,20 @@ async def test_every_answer_says_nosniff_no_referrer_and_none_may_be_framed_and_
         head = await client.head(path)
         assert (head.status_code, head.content) == (200, b""), path
         assert int(head.headers["content-length"]) > 0, path
+
+
+async def test_the_page_and_its_files_answer_304_to_the_copy_the_browser_holds(api):
+    """They are served `no-cache`, so the browser asks again at each load with the ETag it
+    holds: the same file is 304 with no body, another ETag the whole file (audit helper-182
+    #17: 200 and the whole script each time)."""
+    client, _ = api
+    for path in ("/tableau", "/tableau/tableau.js", "/tableau/tableau.css"):
+        first = await client.get(path)
+        etag = first.headers["etag"]
+        assert first.status_code == 200 and first.content, path
+        for held in (etag, f"W/{etag}", f'"autre", {etag}'):
+            again = await client.get(path, headers={"if-none-match": held})
+            assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag), (path, held)
+            assert again.headers["cache-control"] == "no-cache", path
+        other = await client.get(path, headers={"if-none-match": '"autre"'})
+        assert (other.status_code, other.content) == (200, first.content), path
