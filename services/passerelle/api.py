@@ -44,6 +44,7 @@ from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error
 from services.common.runtime.metrics import Metrics
+from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
 from services.common.runtime.telemetry import HTTP_TELEMETRY, trace_headers
@@ -135,29 +136,6 @@ def new_producer(settings: PasserelleSettings) -> AIOKafkaProducer:
     )
 
 
-KEYS_LINE_SECONDS = 10.0
-"""The keys' lines (`jwks.cle_a_verifier`, `jwks.indisponible`) at most once in that many seconds,
-with how many requests met the same since: each is answered 503 before any rate or bound, so a
-made-up token repeated (its `kid` unknown, its `iat` now), or the provider away, wrote a line per
-request, anyone's for the asking."""
-
-
-class _EveryFew:
-    """A line said at most once every `seconds`: `due()` is None when not, else how many were
-    not said since the last one."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self._said_at, self._unsaid = seconds, -math.inf, 0
-
-    def due(self) -> int | None:
-        now = time.monotonic()
-        if now - self._said_at < self.seconds:
-            self._unsaid += 1
-            return None
-        unsaid, self._said_at, self._unsaid = self._unsaid, now, 0
-        return unsaid
-
-
 class Passerelle:
     """What a request needs: the token verifier, the rate and the requests under way, the
     référentiel view and Kafka."""
@@ -181,7 +159,11 @@ class Passerelle:
         self._renewing = asyncio.Lock()
         self._renew_after = 0.0  # after a renewal that failed, none is tried before this (monotonic)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopped once unused
-        self._new_key_said, self._keys_away_said = _EveryFew(KEYS_LINE_SECONDS), _EveryFew(KEYS_LINE_SECONDS)
+        # Each 503's line at most once in 10 s: they come before any rate or bound, so a made-up
+        # token repeated (its `kid` unknown, its `iat` now), or the provider away, wrote a line
+        # per request, anyone's for the asking.
+        self._new_key_said, self._keys_away_said = EveryFew(), EveryFew()
+        self._unwritten_said, self.referentiel_away_said = EveryFew(), EveryFew()
 
     async def principal(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None:
@@ -195,8 +177,7 @@ class Passerelle:
                 401, f"jeton refusé : {e}", {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
             ) from None
         except ClesAVerifier as e:  # its key may be one the provider published since: not told invalid
-            if (unsaid := self._new_key_said.due()) is not None:
-                log.warning("jwks.cle_a_verifier", error=str(e), autres_requetes=unsaid)
+            self._new_key_said.say(log.warning, "jwks.cle_a_verifier", error=str(e))
             raise HTTPException(
                 503,
                 "la clé du jeton n'est pas encore connue : réessayer quand les clés du fournisseur d'identité "
@@ -204,8 +185,7 @@ class Passerelle:
                 {"Retry-After": str(math.ceil(e.retry_after))},
             ) from None
         except JwksIndisponible as e:  # no key to check any token with: not the client's fault
-            if (unsaid := self._keys_away_said.due()) is not None:
-                log.error("jwks.indisponible", error=str(e), autres_requetes=unsaid)
+            self._keys_away_said.say(log.error, "jwks.indisponible", error=str(e))
             raise HTTPException(
                 503,
                 "les clés du fournisseur d'identité sont illisibles : réessayer",
@@ -234,7 +214,9 @@ class Passerelle:
                 log.error("evenements.refuses_par_kafka", events=len(accepted), error=type(e).__name__)
                 await self._renew(producer, e)
             else:
-                log.warning("evenements.non_ecrits", events=len(accepted), error=type(e).__name__)
+                self._unwritten_said.say(
+                    log.warning, "evenements.non_ecrits", events=len(accepted), error=type(e).__name__
+                )
             raise HTTPException(
                 503,
                 "Kafka n'a pas confirmé l'écriture des événements acceptés : renvoyer la requête "
@@ -341,7 +323,7 @@ async def _receive(
     try:
         verdicts = await examen.judge(elements, principal.declarants, not_after, lookup)
     except _DATABASE_AWAY as e:
-        log.warning("referentiel.injoignable", error=type(e).__name__)
+        passerelle.referentiel_away_said.say(log.warning, "referentiel.injoignable", error=type(e).__name__)
         raise HTTPException(
             503, "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
         ) from None

@@ -33,6 +33,7 @@ from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, i
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import AnswerHeaders, ServiceApp
+from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import HTTP_TELEMETRY
 from services.common.storage.db import create_pool
@@ -210,6 +211,18 @@ class Reads:
 
     def __init__(self, pool: asyncpg.Pool, timeout_ms: int):
         self.pool, self.timeout_ms = pool, timeout_ms
+        # Each 503's line at most once in 10 s (outages.EveryFew): one per request, PostgreSQL
+        # away or a read too long for the bound wrote as many lines as dashboards asked.
+        self._away_said, self._crowd_said, self.too_long_said = EveryFew(), EveryFew(), EveryFew()
+
+    def away(self, exc: BaseException) -> HTTPException:
+        """PostgreSQL away for a read: a 503 to retry, said at most once in 10 s."""
+        self._away_said.say(log.warning, "api.base_injoignable", error=type(exc).__name__)
+        return HTTPException(
+            503,
+            f"PostgreSQL injoignable pour le moment : réessayer dans {READ_RETRY_SECONDS} s",
+            headers={"Retry-After": str(READ_RETRY_SECONDS)},
+        )
 
     @classmethod
     async def open(cls, settings: RessourcesSettings, schema: str) -> "Reads":
@@ -232,8 +245,10 @@ class Reads:
             conn = await self.pool.acquire(timeout=self.timeout_ms / 1000)
         except TimeoutError as exc:
             if self.pool.get_size() < self.pool.get_max_size():  # it waited for a connection to open
-                raise _database_away(exc) from None
-            log.warning("api.lectures_saturees", connections=self.pool.get_max_size(), waited_ms=self.timeout_ms)
+                raise self.away(exc) from None
+            self._crowd_said.say(
+                log.warning, "api.lectures_saturees", connections=self.pool.get_max_size(), waited_ms=self.timeout_ms
+            )
             raise HTTPException(
                 503,
                 f"trop de lectures en cours : aucune connexion libre en {self.timeout_ms} ms "
@@ -241,7 +256,7 @@ class Reads:
                 headers={"Retry-After": str(READ_RETRY_SECONDS)},
             ) from None
         except stream.UNREACHABLE as exc:
-            raise _database_away(exc) from None
+            raise self.away(exc) from None
         try:
             yield conn
         except (TimeoutError, asyncpg.InterfaceError) as exc:
@@ -249,7 +264,7 @@ class Reads:
             # statement is still in progress for asyncpg): the connection is given up, not
             # handed to the next read, which would wait on it.
             conn.terminate()
-            raise _database_away(exc) from None
+            raise self.away(exc) from None
         finally:
             await self.pool.release(conn)
 
@@ -264,9 +279,11 @@ class Reads:
 
 async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
     """A statement of a read stopped by the server (API_STATEMENT_TIMEOUT_MS)."""
-    limit = request.app.state.reads.timeout_ms
-    route = request.scope.get("route")
-    log.warning("api.lecture_interrompue", path=getattr(route, "path_format", None), limit_ms=limit)
+    reads: Reads = request.app.state.reads
+    limit, route = reads.timeout_ms, request.scope.get("route")
+    reads.too_long_said.say(
+        log.warning, "api.lecture_interrompue", path=getattr(route, "path_format", None), limit_ms=limit
+    )
     return JSONResponse(
         {
             "detail": f"lecture trop longue : interrompue après {limit} ms (API_STATEMENT_TIMEOUT_MS) ; "
@@ -277,18 +294,9 @@ async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _database_away(exc: BaseException) -> HTTPException:
-    log.warning("api.base_injoignable", error=type(exc).__name__)
-    return HTTPException(
-        503,
-        f"PostgreSQL injoignable pour le moment : réessayer dans {READ_RETRY_SECONDS} s",
-        headers={"Retry-After": str(READ_RETRY_SECONDS)},
-    )
-
-
 async def database_away(request: Request, exc: Exception) -> JSONResponse:
     """PostgreSQL lost during a read (restarting, failing over): a 503 to retry, not a 500."""
-    http = _database_away(exc)
+    http = request.app.state.reads.away(exc)
     return JSONResponse({"detail": http.detail}, http.status_code, headers=http.headers)
 
 

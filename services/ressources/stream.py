@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import structlog
 
-from services.common.runtime.outages import Outage
+from services.common.runtime.outages import EveryFew, Outage
 from services.common.runtime.wake import woken
 from services.common.storage import retention
 from services.common.storage.db import Conn
@@ -237,6 +237,7 @@ class AlertHub:
             "sse.journal_read_recovered",
             "PostgreSQL away: the live streams wait, and are sent what was journalled once it is back",
         )
+        self._replay_cut_said = EveryFew()  # each reconnecting client's: as many as dashboards
 
     @property
     def clients(self) -> int:
@@ -418,7 +419,9 @@ class AlertHub:
             async with asyncio.timeout(self.replay_timeout_ms / 1000), self._pool.acquire() as conn:
                 return await queries.journal_replay(conn, last_event_id, sub.start, sub.filter, self.replay_max)
         except (TimeoutError, asyncpg.QueryCanceledError, *UNREACHABLE) as e:
-            log.warning("sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms)
+            self._replay_cut_said.say(
+                log.warning, "sse.reprise_interrompue", error=type(e).__name__, limit_ms=self.replay_timeout_ms
+            )
             return None
 
     async def _allocated(self) -> int | None:

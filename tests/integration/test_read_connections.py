@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 from fastapi import HTTPException
 
-from helpers import SilentRelay, eventually, serving
+from helpers import Said, SilentRelay, eventually, serving
+from services.ressources import api
 from services.ressources.api import ANSWER_GRACE_SECONDS, Reads
 from services.ressources.app import SPEC
 from services.ressources.settings import RessourcesSettings
@@ -57,10 +58,13 @@ async def test_a_read_past_the_statement_timeout_answers_503_naming_the_limit(ka
         assert (await client.get("/alertes")).status_code == 200  # the lock gone, the same read answers
 
 
-async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kafka, settings):
+async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kafka, settings, monkeypatch):
     """Eight slow reads at once on two read connections: two wait on the lock, the others for a
     connection; /health meanwhile reaches PostgreSQL through the pipeline's own (sharing one
-    pool, the eight held every connection, and /health waited behind them)."""
+    pool, the eight held every connection, and /health waited behind them). Each kind of 503 is
+    logged once for them all (a line per request before)."""
+    logged = Said()
+    monkeypatch.setattr(api, "log", logged)
     async with api_with(settings, api_connections=2, api_statement_timeout_ms=1500) as (client, app):
         pipeline_pool = app.state.pipeline.pool
         # A deadline over it all: with one pool, the pipeline's own look below waits for ever.
@@ -80,6 +84,8 @@ async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kaf
             "trop de lectures en cours : aucune connexion libre en 1500 ms (API_CONNECTIONS = 2) ; réessayer dans 2 s"
         )
         assert busy.headers["Retry-After"] == "2"
+        lines = [(line["event"], line["autres_requetes"]) for line in logged.lines if line["level"] == "warning"]
+        assert sorted(lines) == [("api.lecture_interrompue", 0), ("api.lectures_saturees", 0)], logged.lines
 
 
 async def test_the_read_api_cannot_write(kafka, settings):

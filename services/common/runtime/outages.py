@@ -5,8 +5,13 @@ loops beside them (ressources' re-evaluations and its live stream's journal read
 of records waiting for their établissement) say it with an `Outage`: the first failure while
 PostgreSQL is away a warning without a traceback (its `error` and `detail`), the next ones at
 DEBUG, then one `…recovered` line once a round goes through. A failure of another kind is an
-ERROR with its traceback each time: a fault to look at, not a state that passes."""
+ERROR with its traceback each time: a fault to look at, not a state that passes.
 
+A request answered 503 says why with an `EveryFew`: at most one line in `LINE_SECONDS`, with
+how many requests met the same since (`autres_requetes`). Each request comes from outside, so
+PostgreSQL or Kafka away, or anyone repeating a request that fails, wrote a line per request."""
+
+import math
 import time
 from typing import Any
 
@@ -35,3 +40,28 @@ class Outage:
         if self._since is not None:
             self._log.info(self.recovered, after_s=round(time.monotonic() - self._since, 1))
             self._since = None
+
+
+LINE_SECONDS = 10.0
+"""A request's 503 line (`EveryFew`) at most once in that many seconds."""
+
+
+class EveryFew:
+    """A line said at most once every `seconds`: `due()` is None when not, else how many were
+    not said since the last one."""
+
+    def __init__(self, seconds: float = LINE_SECONDS) -> None:
+        self.seconds, self._said_at, self._unsaid = seconds, -math.inf, 0
+
+    def due(self) -> int | None:
+        now = time.monotonic()
+        if now - self._said_at < self.seconds:
+            self._unsaid += 1
+            return None
+        unsaid, self._said_at, self._unsaid = self._unsaid, now, 0
+        return unsaid
+
+    def say(self, log_method: Any, event: str, **fields: Any) -> None:
+        """`log_method(event, …, autres_requetes=…)` when due."""
+        if (unsaid := self.due()) is not None:
+            log_method(event, **fields, autres_requetes=unsaid)

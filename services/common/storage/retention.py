@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import asyncpg
 import structlog
 
+from services.common.runtime.outages import Outage
+
 log = structlog.get_logger(__name__)
 CHUNK_PAGES = 1024
 """Pages of a table (8 MB) one purge statement looks at: a purge reads each table once, in
@@ -82,15 +84,23 @@ async def periodically(
     what: str, purge: Callable[[], Awaitable[int]], period: float = PERIOD_SECONDS, **context: object
 ) -> None:
     """Runs `purge` every `period` seconds until cancelled, logging what it removed (`what`.purged)
-    and its failures, which never end the loop: a purge is retried at the next period."""
+    and its failures, which never end the loop: a purge is retried at the next period. PostgreSQL
+    away is said once (`what`.purge_failed, then `what`.purge_recovered), not at every period
+    with a traceback."""
+    outage = Outage(
+        log, f"{what}.purge_failed", f"{what}.purge_recovered", "PostgreSQL away: the purge runs again next period"
+    )
     while True:
         try:
-            if removed := await purge():
-                log.info(f"{what}.purged", rows=removed, **context)
+            removed = await purge()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception(f"{what}.purge_failed")
+        except Exception as exc:
+            outage.failed(exc)
+        else:
+            outage.succeeded()
+            if removed:
+                log.info(f"{what}.purged", rows=removed, **context)
         await asyncio.sleep(period)
 
 

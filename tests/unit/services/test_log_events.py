@@ -26,7 +26,10 @@ def written() -> set[str]:
                 continue
             texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if isinstance(node.func, ast.Name) and node.func.id == "Outage":  # Outage(log, event, …): its failures
-                events.add(texts[0])
+                if isinstance(node.args[1], ast.Constant):  # else retention's, below
+                    events.add(node.args[1].value)
+            elif getattr(node.func, "attr", None) == "say" and node.args and _levels_of(node.args[0]):
+                events.add(texts[0])  # EveryFew.say(log.warning, event, …)
             elif not texts or not isinstance(node.args[0], ast.Constant):
                 continue
             elif _levels_of(node.func):
