@@ -104,6 +104,7 @@ async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
         assert any(name.startswith("faststream_received_messages") for name, _ in after), sorted(after)[:20]
         # No `_created` series beside each counter and histogram: they doubled what is scraped.
         assert not [name for name, _ in after if name.endswith("_created")]
+        assert value(after, "feo_counts_age_seconds", service="equipement") is None, "no counts of its own"
 
 
 async def test_a_backlog_shows_as_lag_and_outbox_age(kafka, settings):
@@ -232,7 +233,8 @@ async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
 
 async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka, settings):
     """With METRICS_COUNTS_MAX_AGE_SECONDS at an hour, the open alerts counted at the first scrape
-    after start are what the next scrapes get, alerts opened since or not."""
+    after start are what the next scrapes get, alerts opened since or not; their age says how
+    old they are (audit S2: nothing told counts that could not be read again)."""
     kept = settings.model_copy(update={"metrics_counts_max_age_seconds": 3600})
     async with serving(RESSOURCES, kept) as (client, api):
         pool = api.state.pipeline.pool
@@ -241,12 +243,16 @@ async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka
             scraped = samples((await client.get("/metrics")).text)
             return scraped if value(scraped, "feo_database_reachable", service="ressources") == 1 else None
 
-        await eventually(read_once, what="a scrape that read the database")
+        first = await eventually(read_once, what="a scrape that read the database")
+        counted = time.monotonic()
+        assert value(first, "feo_counts_age_seconds", service="ressources") < 5
         await subscribe_unequipped(kafka, settings, valid_uai("0350004"), "ark:/67375/gardees")
         await eventually(lambda: pool.fetchval("SELECT count(*) > 0 FROM alertes WHERE ouverte"), what="alerts open")
 
+        before = time.monotonic()
         now = samples((await client.get("/metrics")).text)
         assert all(value(now, "feo_alerts_open", service="ressources", kind=k) == 0 for k in c.ALERT_KINDS)
+        assert value(now, "feo_counts_age_seconds", service="ressources") >= before - counted > 0
 
 
 async def test_many_probes_and_scrapes_at_once_share_one_read_of_the_database_each(kafka, settings, monkeypatch):

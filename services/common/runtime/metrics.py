@@ -75,7 +75,7 @@ class _Scraped(Collector):
             family.add_metric([service, *g.labels.values()], g.value)
         lag = GaugeMetricFamily(
             "feo_consumer_lag",
-            "records of a partition not yet handled: its high watermark minus the next offset to handle",
+            "records of a partition not yet handled: its end minus the next offset to handle",
             labels=["service", "topic", "partition"],
         )
         for (topic, partition), value in sorted(self._metrics.lag().items()):
@@ -108,7 +108,19 @@ class _Scraped(Collector):
         )
         for h in self._metrics.unreadable():
             held.add_metric([service, h["topic"], str(h["partition"])], h["offset"])
-        return [*families.values(), lag, assigned, failing_seconds, unpositioned, held]
+        own = []
+        if (age := self._metrics.counts_age()) is not None:
+            own = [
+                GaugeMetricFamily(
+                    "feo_counts_age_seconds",
+                    "age of the service's own counts served (ressources: feo_alerts_open, feo_reevaluations_*), "
+                    "counted again once METRICS_COUNTS_MAX_AGE_SECONDS old: growing past it, they cannot be "
+                    "counted (metrics.counts_unread in the log)",
+                    labels=["service"],
+                )
+            ]
+            own[0].add_metric([service], round(age, 3))
+        return [*families.values(), lag, assigned, failing_seconds, unpositioned, held, *own]
 
 
 @dataclass(frozen=True)
@@ -332,6 +344,10 @@ class Metrics:
                 self._counts = await read()
                 self._counted_at = monotonic()
             return self._counts
+
+    def counts_age(self) -> float | None:
+        """Seconds since the counts served were read (None: never read)."""
+        return None if self._counted_at is None else monotonic() - self._counted_at
 
     @property
     def kept_counts(self) -> list[Gauge]:
