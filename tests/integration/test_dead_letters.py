@@ -318,6 +318,10 @@ async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and
     /health 200. Now the name reads with its bytes written `\\xNN`: a valid lot so named is
     applied, a record to refuse is dead-lettered (its DLQ copy so named, value byte-exact),
     and every partition's records before and after them are applied."""
+    from services.common.messaging import records
+
+    said = Said()
+    monkeypatch.setattr(records, "log", said)
     known, topic = await _lots_in_every_partition(kafka, settings, "0350321", 4)
     with python_record_builder(monkeypatch):
         named = [(known, lot(known, "NAMED", 1)), (known, b"{pas du json")]
@@ -335,6 +339,8 @@ async def test_a_record_whose_header_name_is_not_utf8_is_judged_by_its_value_and
         [copy] = await dlq.wait_for(lambda records: len(records) >= 1, what="the DLQ copy")
         assert copy.value == b"{pas du json"
         assert [h for h in copy.headers if not h[0].startswith("dlq-")][1:] == [("\\xff\\xfeh", b"\xff")]
+        said_where = {(line["topic"], line["partition"]) for line in said.named("kafka.header_name_not_utf8")}
+        assert said_where == {(topic, 1)}, said.lines
 
 
 async def _the_others_go_on(kafka, topic: str, known: str, pipeline, applied: int) -> None:

@@ -232,7 +232,12 @@ class _PartitionRecords(fetcher.PartitionRecords):
                 batch = self._records.batch_after(at)
                 if batch is None:
                     raise
-                log.warning("kafka.header_name_not_utf8", partition=self._tp.partition, batch_offset=batch.base_offset)
+                log.warning(
+                    "kafka.header_name_not_utf8",
+                    topic=self._tp.topic,
+                    partition=self._tp.partition,
+                    batch_offset=batch.base_offset,
+                )
                 for record in batch:
                     if record.offset >= at:
                         at = self.next_fetch_offset = record.offset + 1
