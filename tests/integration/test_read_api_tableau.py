@@ -67,7 +67,8 @@ async def test_every_answer_says_nosniff_no_referrer_and_none_may_be_framed_and_
     monitor's HEAD of the page was answered 405 (audit helper-182 #16, #17)."""
     client, _ = api
     for path in ("/", "/docs", "/alertes", "/health", "/tableau", "/tableau/tableau.js", "/absent"):
-        answer = await client.get(path, headers={"accept": "text/html"})
+        answer = await client.get(path, headers={"accept": "text/html", "origin": "https://ailleurs.example"})
+        assert "access-control-allow-origin" not in answer.headers, path  # no CORS: README, the read API
         assert answer.headers["x-content-type-options"] == "nosniff", path
         assert answer.headers["referrer-policy"] == "no-referrer", path
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], path
