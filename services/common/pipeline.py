@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -593,6 +593,21 @@ class Pipeline:
                 return len(records)
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
+    def _part_span(self, records: Sequence[ConsumerRecord]) -> AbstractContextManager[trace.Span]:
+        """A revival part's span, in its transaction's (`revive <service>`): a batch of records
+        processed again, linked to each one's trace context as its batch's span was. One span
+        for the transaction's parts, several for a UAI with more than REVIVAL_RECORDS waiting,
+        linked past the span's bound (max_links), and the SDK dropped those without a word."""
+        recording = tracer_is_recording()
+        return trace.get_tracer(__name__).start_as_current_span(
+            f"process {self.service}",
+            kind=trace.SpanKind.CONSUMER,
+            links=_links(r.headers for r in records) if recording else [],
+            attributes=self._span_attributes(records) if recording else None,
+            record_exception=False,
+            set_status_on_exception=False,  # the transaction's span says the failure (_failing)
+        )
+
     async def _revival(self, origins: list[dlq.Origin]) -> int:
         """These records judged again in one transaction, REVIVAL_RECORDS at a time in their
         order (memory bounded by that, however many a UAI has; at DEBUG, a line per record refused
@@ -618,11 +633,9 @@ class Pipeline:
                 try:
                     for n in range(0, len(origins), REVIVAL_RECORDS):
                         records = await _waiting(conn, origins[n : n + REVIVAL_RECORDS])  # another replica's are gone
-                        if tracer_is_recording():  # each record's trace, as its batch's span had it
-                            for link in _links(r.headers for r in records):
-                                span.add_link(link.context)
                         parsed, rejected = self._parse_all(records, {})
-                        done = await self._judge(conn, parsed, rejected, span)
+                        with self._part_span(records) as part:
+                            done = await self._judge(conn, parsed, rejected, part)
                         said += done.committed
                         refused = {id(r.record) for r in rejected}
                         accepted = [(r.topic, r.partition, r.offset) for r in records if id(r) not in refused]

@@ -5,6 +5,8 @@ outgoing record continuing its cause's trace (else the batch's)."""
 import asyncio
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import pytest
@@ -27,22 +29,31 @@ from test_equipement import lot, referentiel_loaded
 PARTNER_TRACES = ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")
 
 
-@pytest.fixture
-def spans():
-    """The spans this process ends during the test, through an SDK provider installed for the
-    test alone: after it, the process is back to no-op tracing (the default, which the other
-    tests run with). OpenTelemetry sets its provider once per process; its own test utilities
-    reset these two globals the same way."""
+@contextmanager
+def exported(max_links: int = 2000) -> Iterator[InMemorySpanExporter]:
+    """The spans this process ends meanwhile, through an SDK provider installed for the while
+    alone (a span keeps up to `max_links` links, as BATCH_MAX_RECORDS sets it in a service):
+    after it, the process is back to no-op tracing (the default, which the other tests run
+    with). OpenTelemetry sets its provider once per process; its own test utilities reset these
+    two globals the same way."""
     saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE._done
-    provider, exporter = tracer_provider(), InMemorySpanExporter()
+    provider, exporter = tracer_provider(max_links=max_links), InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace._TRACER_PROVIDER_SET_ONCE._done = False
     trace.set_tracer_provider(provider)
     assert tracer_is_recording()
-    yield exporter
-    provider.shutdown()
-    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE._done = saved
+    try:
+        yield exporter
+    finally:
+        provider.shutdown()
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE._done = saved
     assert not tracer_is_recording() or isinstance(saved[0], TracerProvider)
+
+
+@pytest.fixture
+def spans():
+    with exported() as exporter:
+        yield exporter
 
 
 async def test_one_span_per_batch_linked_to_each_record_and_traces_continue(kafka, settings, spans):
@@ -121,6 +132,42 @@ async def test_a_large_batch_links_each_trace_context_of_its_records_once(kafka,
         contexts = [(k.context.trace_id, k.context.span_id) for k in span.links]
         assert len(contexts) == len(set(contexts)), "each context once per batch"
         assert span.dropped_links == 0
+
+
+async def test_records_judged_again_are_linked_part_by_part_none_dropped(kafka, settings, monkeypatch):
+    """Records refused uai-inconnu wait for their établissement, then are judged again in parts
+    of REVIVAL_RECORDS, one transaction for a UAI's: its span took every part's links, and past
+    its bound (BATCH_MAX_RECORDS; here 10 records a batch, 25 waiting) the SDK dropped the
+    others without a word (audit S3). Each part is now a `process` span of its own."""
+    from services.common import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 10)
+    uai = valid_uai("0350777")
+    traces = [f"{n + 1:032x}" for n in range(25)]
+    small = settings.model_copy(update={"batch_max_records": 10})
+    with exported(max_links=10) as exporter:
+        async with running(SPEC, small) as pipeline:
+            for n, trace_id in enumerate(traces):  # before their établissement: they wait for it
+                headers = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())]
+                await send(
+                    kafka.bootstrap_servers,
+                    small.topic(c.EQUIPEMENT),
+                    [(uai, lot(uai, f"L{n}", 1, 1))],
+                    headers=headers,
+                )
+            await eventually(
+                lambda: pipeline.pool.fetchval("SELECT count(*) = 25 FROM attente_referentiel"), what="25 waiting"
+            )
+            await send(kafka.bootstrap_servers, small.topic(c.REFERENTIEL), [(uai, college(uai))])
+            await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 25 FROM lots"), what="25 lots revived")
+        ended = exporter.get_finished_spans()
+    [revival] = [s for s in ended if s.name == "revive equipement"]
+    parts = [
+        s for s in ended if s.name == "process equipement" and s.parent and s.parent.span_id == revival.context.span_id
+    ]
+    assert sorted(s.attributes.get("messaging.batch.message_count", 1) for s in parts) == [5, 10, 10]
+    assert sorted(format(k.context.trace_id, "032x") for s in parts for k in s.links) == traces
+    assert [s.dropped_links for s in ended] == [0] * len(ended)
 
 
 async def test_with_an_exporter_a_batch_has_no_span_but_its_own(kafka, settings, spans, monkeypatch):

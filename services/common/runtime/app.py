@@ -21,7 +21,7 @@ from faststream.specification import AsyncAPI
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
-from services.common.pipeline import Pipeline
+from services.common.pipeline import REVIVAL_RECORDS, Pipeline
 from services.common.runtime import metrics, startup
 from services.common.runtime.certificates import log_certificate
 from services.common.runtime.health import (
@@ -159,7 +159,8 @@ class AnswerHeaders:
 def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> ServiceApp:
     settings = spec.settings.of(settings) if settings is not None else spec.settings()
     configure_logging(spec.name, settings.log_format, settings.log_level, settings.library_log_level)
-    provider = configure_tracing(spec.name, settings)
+    # A span links each trace context among its records: a batch's, or a revival part's.
+    provider = configure_tracing(spec.name, settings, max_links=max(settings.batch_max_records, REVIVAL_RECORDS))
 
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),  # FastStream takes one string as one host

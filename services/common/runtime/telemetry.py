@@ -72,11 +72,11 @@ def traces_url(endpoint: str) -> str:
     return endpoint
 
 
-def configure_tracing(service: str, settings: ServiceSettings) -> TracerProvider | None:
+def configure_tracing(service: str, settings: ServiceSettings, max_links: int) -> TracerProvider | None:
     """The SDK's provider when spans are exported somewhere, else None (no-op tracing)."""
     if settings.otel_exporter == "none":
         return None
-    provider = tracer_provider(service, max_links=settings.batch_max_records)
+    provider = tracer_provider(service, max_links=max_links)
     if settings.otel_exporter == "console":
         # One JSON object per line, like the logs (its default is indented over many lines).
         one_line = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
