@@ -251,6 +251,32 @@ async def test_a_page_after_the_first_keeps_its_alerts_when_one_on_an_earlier_pa
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
+async def test_the_focus_stays_on_the_pages_when_the_page_asked_for_is_gone(api, browser):
+    """A page shown before its list's last alerts were resolved (without their events) still
+    offers "Page suivante": the page asked for has no alert, the last one is shown instead,
+    and the focus fell to the document's start (review helper-186 H)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    now = datetime.now(UTC)
+    alerts = [alerte(n, uai(f"03506{n:02d}"), now - timedelta(minutes=n)) for n in range(45)]
+    await raise_(pool, alerts, announced=False)
+    page, errors = await opened(browser, str(client.base_url))
+    await expect(page.locator("#compte")).to_have_text("45 alertes")
+    await page.get_by_role("button", name="Page suivante").click()
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 3")
+    await pool.execute(
+        "UPDATE alertes SET ouverte = false, resolved_at = now() WHERE alert_id = ANY($1::text[])",
+        [a["alert_id"] for a in alerts[40:]],  # page 3's
+    )
+    await page.get_by_role("button", name="Page suivante").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#page-position")).to_have_text("Page 2 sur 2")
+    await expect(page).to_have_url(re.compile(r"page=2$"))
+    await expect(page.get_by_role("button", name="Page suivante")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Page précédente")).to_be_focused()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
 async def test_the_filters_and_the_pages_with_a_keyboard(api, browser):
     """Arrowing through a closed select read the list and opened a stream at each key; a
     collectivité's code typed without its type ("35") was a région's and found nothing, and one

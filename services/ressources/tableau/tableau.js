@@ -354,6 +354,7 @@ async function listAlertes(filters, page, shown) {
     // (not once another view was chosen meanwhile: its address stays).
     const params = new URLSearchParams(filters);
     params.set("page", pages);
+    if (paged) pagedTo = { filters: key, page: pages }; // the focus kept on the pages' buttons there
     if (shown()) location.replace(`#/alertes?${params}`);
     return;
   }
