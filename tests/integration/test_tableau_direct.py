@@ -274,6 +274,11 @@ async def test_the_focus_stays_on_the_pages_when_the_page_asked_for_is_gone(api,
     await expect(page).to_have_url(re.compile(r"page=2$"))
     await expect(page.get_by_role("button", name="Page suivante")).to_be_disabled()
     await expect(page.get_by_role("button", name="Page précédente")).to_be_focused()
+    caption = page.locator("#alertes caption")
+    await expect(caption).to_have_text("Alertes ouvertes, la dernière levée d'abord")
+    await page.get_by_label("État").select_option("resolved")
+    await expect(page.locator("#compte")).to_have_text("5 alertes")
+    await expect(caption).to_have_text("Alertes résolues, la dernière résolue d'abord")  # their order
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 

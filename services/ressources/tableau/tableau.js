@@ -307,6 +307,12 @@ function showAlertes(params) {
 // read again live, it is found anew each time the page is reached: new raises on the pages
 // before it push alerts past their end, which a place kept longer left on no page.
 let anchor = null; // {filters, page, place}
+// The list's order, said to a screen reader: the résolues by their resolution (the API's order).
+const CAPTIONS = {
+  "": "Alertes, la dernière levée d'abord",
+  open: "Alertes ouvertes, la dernière levée d'abord",
+  resolved: "Alertes résolues, la dernière résolue d'abord",
+};
 let pagedTo = null; // {filters, page}: a page asked for with the pages' buttons, once shown
 
 async function pagePlace(query, key, page) {
@@ -359,6 +365,7 @@ async function listAlertes(filters, page, shown) {
     return;
   }
   $("compte").textContent = answer.total === 0 ? "Aucune alerte pour ces filtres." : plural(answer.total, "alerte");
+  $("alertes").querySelector("caption").textContent = CAPTIONS[query.get("state") || ""];
   $("alertes").querySelector("tbody").replaceChildren(
     ...answer.items.map((a) =>
       el(
