@@ -9,7 +9,6 @@ lost, nothing takes effect twice.
 
 import asyncio
 import contextlib
-import time
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from contracts import ALERTES_ETAT
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
-from services.common.runtime.secrets import redact
+from services.common.runtime.outages import Outage
 from services.common.runtime.wake import woken
 from services.common.storage.db import DATABASE_AWAY, SERVER_KEEPALIVES, Conn, advisory_key, transaction
 
@@ -85,6 +84,10 @@ AWAY = (*DATABASE_AWAY, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyErr
 class DatabaseReadOnly(asyncpg.ReadOnlySQLTransactionError):
     """PostgreSQL takes no writes (`transaction_read_only`): what reads it only goes on. The error
     PostgreSQL gives a write there, for what catches that (DATABASE_AWAY, the tools' messages)."""
+
+
+_READ_ONLY = ("outbox.database_read_only", "nothing is published until PostgreSQL takes writes")
+"""The relay's state while PostgreSQL takes no writes (Outage.failed)."""
 
 
 class Twin(NamedTuple):
@@ -302,8 +305,15 @@ class OutboxRelay:
                 log.warning("outbox.failed_pending", count=failed, hint="./dev outbox list")
         except Exception:  # PostgreSQL away at the start: the rounds below wait for it (it ended the relay)
             log.warning("outbox.failed_not_counted", exc_info=True)
-        away: float | None = None  # since when Kafka or PostgreSQL has been away, rounds failing
-        said_as: str | None = None  # the state said (away, or PostgreSQL refusing writes)
+        # Said once, without a traceback, until a round goes through: a round a second, each an
+        # ERROR with its traceback (or a warning), buried those an operator acts on.
+        outage = Outage(
+            log,
+            "outbox.relay_waiting",
+            "outbox.relay_resumed",
+            "Kafka or PostgreSQL away: each round tried again, said once one goes through",
+            away=(Exception,),  # it is given what a round waits on alone: a fault is outbox.relay_failed
+        )
         while not self._halting:
             waiting: BaseException | None = None
             try:
@@ -321,28 +331,10 @@ class OutboxRelay:
                     return
                 await asyncio.sleep(1)
             else:
-                if waiting is None and away is not None:  # a round that met neither away
-                    log.info("outbox.relay_resumed", after_s=round(time.monotonic() - away, 1))
-                    away = said_as = None
-            if waiting is not None:
-                # Said once, without a traceback, until a round goes through: a round a second,
-                # each an ERROR with its traceback (or a warning), buried those an operator acts on.
-                # Said again if the state changes (Kafka back, PostgreSQL now refusing writes).
-                away = away or time.monotonic()
-                read_only = isinstance(waiting, DatabaseReadOnly)
-                event = "outbox.database_read_only" if read_only else "outbox.relay_waiting"
-                if event != said_as:
-                    said_as = event
-                    log.warning(
-                        event,
-                        error=type(waiting).__name__,
-                        detail=redact(str(waiting)),
-                        hint="nothing is published until PostgreSQL takes writes"
-                        if read_only
-                        else "Kafka or PostgreSQL away: each round tried again, said once one goes through",
-                    )
-                else:
-                    log.debug(event, error=type(waiting).__name__)
+                if waiting is None:  # a round that met neither away
+                    outage.succeeded()
+            if waiting is not None:  # said again if the state changes (Kafka back, PostgreSQL refusing writes)
+                outage.failed(waiting, _READ_ONLY if isinstance(waiting, DatabaseReadOnly) else None)
             await woken(self._wake, self._poll)
 
     async def halt(self) -> None:

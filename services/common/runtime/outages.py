@@ -1,11 +1,12 @@
 """How a loop that retries says that PostgreSQL is away: once, not at every round.
 
-The batches and the outbox relay say an outage their own way (pipeline.py, outbox.py); the
-loops beside them (ressources' re-evaluations and its live stream's journal reader, the revival
-of records waiting for their établissement) say it with an `Outage`: the first failure while
-PostgreSQL is away a warning without a traceback (its `error` and `detail`), the next ones at
-DEBUG, then one `…recovered` line once a round goes through. A failure of another kind is an
-ERROR with its traceback each time: a fault to look at, not a state that passes.
+The batches say an outage their own way (pipeline.py: /health's `batches_failing` is that
+state); the loops beside them (the outbox relay, ressources' re-evaluations and its live
+stream's journal reader, the revival of records waiting for their établissement, the purges)
+say it with an `Outage`: the first failure while PostgreSQL (or what else `away` names) is away
+a warning without a traceback (its `error` and `detail`), the next ones at DEBUG, then one
+`…recovered` line once a round goes through. A failure of another kind is an ERROR with its
+traceback each time: a fault to look at, not a state that passes.
 
 A request answered 503 says why with an `EveryFew`: at most one line in `LINE_SECONDS`, with
 how many requests met the same since (`autres_requetes`). Each request comes from outside, so
@@ -22,24 +23,37 @@ from services.common.storage.db import DATABASE_AWAY
 class Outage:
     """`failed` from inside the `except` that caught the failure (its traceback is the one said)."""
 
-    def __init__(self, log: Any, event: str, recovered: str, hint: str):
-        self._log, self.event, self.recovered, self.hint = log, event, recovered, hint
+    def __init__(
+        self,
+        log: Any,
+        event: str,
+        recovered: str,
+        hint: str,
+        away: tuple[type[BaseException], ...] = DATABASE_AWAY,
+    ):
+        self._log, self.event, self.recovered, self.hint, self._away = log, event, recovered, hint, away
         self._since: float | None = None
+        self._said_as: str | None = None
 
-    def failed(self, exc: BaseException, **fields: Any) -> None:
-        if not isinstance(exc, DATABASE_AWAY):
-            self._log.exception(self.event, **fields)
-        elif self._since is None:
-            self._since = time.monotonic()
-            self._log.warning(self.event, error=type(exc).__name__, detail=redact(str(exc)), hint=self.hint, **fields)
+    def failed(self, exc: BaseException, state: tuple[str, str] | None = None, **fields: Any) -> None:
+        """`state`: the event and hint of the state `exc` tells, when not this outage's own; a
+        state said is said again when it changes (Kafka back, PostgreSQL now refusing writes)."""
+        event, hint = state or (self.event, self.hint)
+        if not isinstance(exc, self._away):
+            self._log.exception(event, **fields)
+            return
+        self._since = self._since or time.monotonic()
+        if event != self._said_as:
+            self._said_as = event
+            self._log.warning(event, error=type(exc).__name__, detail=redact(str(exc)), hint=hint, **fields)
         else:
-            self._log.debug(self.event, error=type(exc).__name__, **fields)
+            self._log.debug(event, error=type(exc).__name__, **fields)
 
     def succeeded(self) -> None:
         """A round went through: the outage said over, if one was said."""
         if self._since is not None:
             self._log.info(self.recovered, after_s=round(time.monotonic() - self._since, 1))
-            self._since = None
+            self._since = self._said_as = None
 
 
 LINE_SECONDS = 10.0

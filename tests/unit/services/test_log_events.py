@@ -37,8 +37,8 @@ def written() -> set[str]:
             elif "periodically" in (getattr(node.func, "attr", None), getattr(node.func, "id", None)):  # retention
                 events.add(f"{texts[0]}.purge_failed")
     # Said by dlq.Told: "event.rejected" and "event.rejudged" per batch, as "events.…" warnings;
-    # by the relay, as the state it waits in (outbox.py, `event`).
-    return events | {"events.rejected", "events.rejudged", "outbox.database_read_only", "outbox.relay_waiting"}
+    # by the relay's Outage, as the state it waits in (outbox.py, `_READ_ONLY`).
+    return events | {"events.rejected", "events.rejudged", "outbox.database_read_only"}
 
 
 def tabled() -> set[str]:

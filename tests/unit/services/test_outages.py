@@ -32,6 +32,29 @@ def test_an_outage_is_said_once_a_fault_each_time_and_its_end_once():
     assert said.lines[0]["hint"] == "a hint" and said.lines[0]["round"] == 1
 
 
+def test_a_state_is_said_again_when_it_changes_and_the_outage_ends_once():
+    said = Said()
+    outage = Outage(said, "relay.waiting", "relay.resumed", "away", away=(Exception,))
+    read_only = ("relay.read_only", "no writes")
+    for exc, state in [
+        (ConnectionRefusedError(), None),
+        (TimeoutError(), None),
+        (asyncpg.ReadOnlySQLTransactionError("read-only"), read_only),
+        (asyncpg.ReadOnlySQLTransactionError("read-only"), read_only),
+        (ConnectionRefusedError(), None),  # writes taken again, Kafka away
+    ]:
+        outage.failed(exc, state)
+    outage.succeeded()
+    assert [(line["event"], line["level"], line.get("hint")) for line in said.lines] == [
+        ("relay.waiting", "warning", "away"),
+        ("relay.waiting", "debug", None),
+        ("relay.read_only", "warning", "no writes"),
+        ("relay.read_only", "debug", None),
+        ("relay.waiting", "warning", "away"),
+        ("relay.resumed", "info", None),
+    ]
+
+
 def test_a_password_in_the_error_is_not_said():
     said = Said()
     try:
