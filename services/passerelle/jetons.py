@@ -372,13 +372,13 @@ class _ClesUrl:
                 self._echoue, self._echec = True, f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles.toutes:
-                    log.error("jwks_sans_cle", url=self.shown, error=self._echec, retry_in_s=REESSAI)
+                    log.error("jwks.sans_cle", url=self.shown, error=self._echec, retry_in_s=REESSAI)
                 self._cles = AUCUNE
             except Exception as error:  # unreachable, not JSON, cut while read: its keys kept meanwhile
                 self._echoue = True
                 self._echec = f"{type(error).__name__}: {error}"
                 self._prochain = time.monotonic() + REESSAI
                 if self._cles.toutes:
-                    log.warning("jwks_stale", url=self.shown, error=self._echec, retry_in_s=REESSAI)
+                    log.warning("jwks.non_relues", url=self.shown, error=self._echec, retry_in_s=REESSAI)
             finally:  # once done: callers that came while it ran use its result
                 self._generation += 1
