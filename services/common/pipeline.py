@@ -595,9 +595,10 @@ class Pipeline:
 
     def _part_span(self, records: Sequence[ConsumerRecord]) -> AbstractContextManager[trace.Span]:
         """A revival part's span, in its transaction's (`revive <service>`): a batch of records
-        processed again, linked to each one's trace context as its batch's span was. One span
-        for the transaction's parts, several for a UAI with more than REVIVAL_RECORDS waiting,
-        linked past the span's bound (max_links), and the SDK dropped those without a word."""
+        processed again, linked to each one's trace context as its batch's span was. A span per
+        part: one for the transaction's parts (several for a UAI with more than REVIVAL_RECORDS
+        waiting) linked past the span's bound (max_links), whose links the SDK then dropped
+        without a word."""
         recording = tracer_is_recording()
         return trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
@@ -605,7 +606,7 @@ class Pipeline:
             links=_links(r.headers for r in records) if recording else [],
             attributes=self._span_attributes(records) if recording else None,
             record_exception=False,
-            set_status_on_exception=False,  # the transaction's span says the failure (_failing)
+            set_status_on_exception=False,  # its message may quote a value: _failing names it
         )
 
     async def _revival(self, origins: list[dlq.Origin]) -> int:
@@ -634,7 +635,7 @@ class Pipeline:
                     for n in range(0, len(origins), REVIVAL_RECORDS):
                         records = await _waiting(conn, origins[n : n + REVIVAL_RECORDS])  # another replica's are gone
                         parsed, rejected = self._parse_all(records, {})
-                        with self._part_span(records) as part:
+                        with self._part_span(records) as part, _failing(part):
                             done = await self._judge(conn, parsed, rejected, part)
                         said += done.committed
                         refused = {id(r.record) for r in rejected}

@@ -213,7 +213,13 @@ class Reads:
         self.pool, self.timeout_ms = pool, timeout_ms
         # Each 503's line at most once in 10 s (outages.EveryFew): one per request, PostgreSQL
         # away or a read too long for the bound wrote as many lines as dashboards asked.
-        self._away_said, self._crowd_said, self.too_long_said = EveryFew(), EveryFew(), EveryFew()
+        self._away_said, self._crowd_said = EveryFew(), EveryFew()
+        self._too_long_said: dict[str | None, EveryFew] = {}  # by route: each slow one named
+
+    def too_long(self, path: str | None) -> None:
+        """A read's statement stopped past the bound: said at most once in 10 s per route."""
+        said = self._too_long_said.setdefault(path, EveryFew())
+        said.say(log.warning, "api.lecture_interrompue", path=path, limit_ms=self.timeout_ms)
 
     def away(self, exc: BaseException) -> HTTPException:
         """PostgreSQL away for a read: a 503 to retry, said at most once in 10 s."""
@@ -280,10 +286,8 @@ class Reads:
 async def read_too_long(request: Request, exc: Exception) -> JSONResponse:
     """A statement of a read stopped by the server (API_STATEMENT_TIMEOUT_MS)."""
     reads: Reads = request.app.state.reads
-    limit, route = reads.timeout_ms, request.scope.get("route")
-    reads.too_long_said.say(
-        log.warning, "api.lecture_interrompue", path=getattr(route, "path_format", None), limit_ms=limit
-    )
+    limit = reads.timeout_ms
+    reads.too_long(getattr(request.scope.get("route"), "path_format", None))
     return JSONResponse(
         {
             "detail": f"lecture trop longue : interrompue après {limit} ms (API_STATEMENT_TIMEOUT_MS) ; "

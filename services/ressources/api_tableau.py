@@ -11,7 +11,6 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, Response
-from starlette.staticfiles import NotModifiedResponse
 
 from services.ressources import queries
 from services.ressources.api import NOT_IN_CATALOGUE, STARTING, Pool, ResourceId, built, known_parameters
@@ -51,9 +50,12 @@ def served(request: Request, path: Path, media_type: str) -> Response:
     """The file, or 304 when the browser's copy is this one (`no-cache`: it asks at each load,
     and had the whole file again each time, 32 KB of script)."""
     file = FileResponse(path, media_type=media_type, headers=HEADERS, stat_result=os.stat(path))
-    asked = request.headers.get("if-none-match", "")
-    if file.headers["etag"] in (tag.strip().removeprefix("W/") for tag in asked.split(",")):
-        return NotModifiedResponse(file.headers)
+    etag = file.headers["etag"]
+    held = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
+    if etag in held or "*" in held:
+        # With the page's own headers: the browser updates the copy it holds with those of a
+        # 304, and without them its policy would be the one every answer gets (AnswerHeaders).
+        return Response(status_code=304, headers={**HEADERS, "etag": etag})
     return file
 
 

@@ -90,9 +90,11 @@ async def test_the_page_and_its_files_answer_304_to_the_copy_the_browser_holds(a
         first = await client.get(path)
         etag = first.headers["etag"]
         assert first.status_code == 200 and first.content, path
-        for held in (etag, f"W/{etag}", f'"autre", {etag}'):
+        for held in (etag, f"W/{etag}", f'"autre", {etag}', "*"):
             again = await client.get(path, headers={"if-none-match": held})
             assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag), (path, held)
             assert again.headers["cache-control"] == "no-cache", path
+            # The copy held is updated with the 304's headers: its policy kept (review helper-187 #1).
+            assert again.headers["content-security-policy"] == first.headers["content-security-policy"], path
         other = await client.get(path, headers={"if-none-match": '"autre"'})
         assert (other.status_code, other.content) == (200, first.content), path

@@ -161,12 +161,11 @@ async def test_records_judged_again_are_linked_part_by_part_none_dropped(kafka, 
             await send(kafka.bootstrap_servers, small.topic(c.REFERENTIEL), [(uai, college(uai))])
             await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 25 FROM lots"), what="25 lots revived")
         ended = exporter.get_finished_spans()
-    [revival] = [s for s in ended if s.name == "revive equipement"]
-    parts = [
-        s for s in ended if s.name == "process equipement" and s.parent and s.parent.span_id == revival.context.span_id
-    ]
-    assert sorted(s.attributes.get("messaging.batch.message_count", 1) for s in parts) == [5, 10, 10]
-    assert sorted(format(k.context.trace_id, "032x") for s in parts for k in s.links) == traces
+    # (A transaction replayed after a conflict would be a second revive span, its parts again.)
+    revivals = {s.context.span_id for s in ended if s.name == "revive equipement"}
+    parts = [s for s in ended if s.name == "process equipement" and s.parent and s.parent.span_id in revivals]
+    assert len(parts) >= 3 and all(s.attributes.get("messaging.batch.message_count", 1) <= 10 for s in parts)
+    assert {format(k.context.trace_id, "032x") for s in parts for k in s.links} == set(traces)
     assert [s.dropped_links for s in ended] == [0] * len(ended)
 
 

@@ -22,15 +22,9 @@ from faststream.specification import AsyncAPI
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.consumer import subscribe
 from services.common.pipeline import REVIVAL_RECORDS, Pipeline
-from services.common.runtime import metrics, startup
+from services.common.runtime import health, metrics, startup
 from services.common.runtime.certificates import log_certificate
-from services.common.runtime.health import (
-    READ_SECONDS,
-    Backlog,
-    database_gauges,
-    health_report,
-    readiness_report,
-)
+from services.common.runtime.health import Backlog, database_gauges, health_report, readiness_report
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -64,6 +58,8 @@ class ServiceApp(AsgiFastStream):
         self.backlog = backlog
         self.gauges = gauges
         self.ready_without_kafka = ready_without_kafka
+        if gauges is not None:
+            pipeline.metrics.want_counts()
 
     async def health(self) -> tuple[int, dict]:
         return await health_report(self.pipeline, self.kafka, self.backlog)
@@ -76,7 +72,7 @@ class ServiceApp(AsgiFastStream):
         counts once old enough: Metrics.counts)."""
         await asyncio.gather(
             self.pipeline.metrics.refresh(lambda: database_gauges(self.pipeline, self.gauges)),
-            self.pipeline.metrics.read_ends(within=READ_SECONDS),
+            self.pipeline.metrics.read_ends(within=health.READ_SECONDS),
         )
         return self.pipeline.metrics.render()
 

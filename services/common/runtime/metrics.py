@@ -15,7 +15,6 @@ labelled with the service's name.
 """
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -41,6 +40,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Prometheus does not use): they doubled the series scraped, and no table listed them.
 disable_created_metrics()
 T = TypeVar("T")
+
+ENDS_RETRY_SECONDS = 30.0
+"""After a reading of the partitions' ends that failed, the scrapes use the consumer's high
+watermarks that long (Metrics.read_ends)."""
 BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -207,6 +210,8 @@ class Metrics:
         self.registry.register(self._scraped)
         self._next: dict[tuple[str, int], int] = {}
         self._ends: dict[TopicPartition, int] = {}
+        self._ends_after = 0.0  # monotonic(): Kafka not asked before then (a reading failed)
+        self._counts_wanted_at: float | None = None
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
         self.topics: tuple[str, ...] = ()
         self.unreadable: Callable[[], list[dict[str, Any]]] = list
@@ -313,13 +318,25 @@ class Metrics:
         watermark the consumer keeps moves only when it fetches the partition: not while the
         partition is paused (its position unreadable, a batch held unreadable), nor while a batch
         that fails again and again holds the records fetched after it, when records pile up.
-        Kafka away or slow: the consumer's high watermarks alone (/health says Kafka away)."""
+        Kafka away or slow: the consumer's high watermarks alone (/health says Kafka away), and
+        Kafka not asked again for ENDS_RETRY_SECONDS (each try is aiokafka's connection errors
+        in the log, beside the consumer's own)."""
         consumer = self._consumer()
-        self._ends = {}
-        if consumer is None or not (assigned := sorted(consumer.assignment())):
+        ends: dict[TopicPartition, int] = {}
+        if consumer is None or consumer._closed:  # stopping: a reading would open a connection left open
+            self._ends = ends
             return
-        with contextlib.suppress(Exception):  # the scrape answers with what the consumer knows
-            self._ends = await self.shared("ends", lambda: consumer.end_offsets(assigned), within=within)
+        assigned = sorted(consumer.assignment())
+        if assigned and monotonic() >= self._ends_after:
+            # aiokafka's own bound (the consumer's request_timeout_ms, 40 s): its tries went on
+            # past the scrape's. At most one reading at a time, shared by the scrapes.
+            fetcher = consumer._fetcher
+            read = lambda: fetcher.end_offsets(assigned, int(within * 1000))  # noqa: E731
+            try:
+                ends = await self.shared("ends", read, within=within)
+            except Exception:  # the scrape answers with what the consumer knows
+                self._ends_after = monotonic() + ENDS_RETRY_SECONDS
+        self._ends = ends  # after the wait: another scrape's reading never empties this one's
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition whose end and position are known."""
@@ -345,9 +362,16 @@ class Metrics:
                 self._counted_at = monotonic()
             return self._counts
 
+    def want_counts(self) -> None:
+        """The service has counts of its own (ServiceSpec.gauges): their age is told from now,
+        counted or not (never counted, it grows from the start)."""
+        self._counts_wanted_at = self._counts_wanted_at or monotonic()
+
     def counts_age(self) -> float | None:
-        """Seconds since the counts served were read (None: never read)."""
-        return None if self._counted_at is None else monotonic() - self._counted_at
+        """Seconds since the counts served were read, else since they were first wanted (None: the
+        service has none)."""
+        since = self._counted_at or self._counts_wanted_at
+        return None if since is None else monotonic() - since
 
     @property
     def kept_counts(self) -> list[Gauge]:

@@ -1,4 +1,5 @@
-"""How a loop that retries says that PostgreSQL is away: once, not at every round.
+"""How a loop that retries says that PostgreSQL is away, once, not at every round; and how a
+request answered 503 says why, at most every few seconds.
 
 The batches say an outage their own way (pipeline.py: /health's `batches_failing` is that
 state); the loops beside them (the outbox relay, ressources' re-evaluations and its live
@@ -8,9 +9,10 @@ a warning without a traceback (its `error` and `detail`), the next ones at DEBUG
 `…recovered` line once a round goes through. A failure of another kind is an ERROR with its
 traceback each time: a fault to look at, not a state that passes.
 
-A request answered 503 says why with an `EveryFew`: at most one line in `LINE_SECONDS`, with
-how many requests met the same since (`autres_requetes`). Each request comes from outside, so
-PostgreSQL or Kafka away, or anyone repeating a request that fails, wrote a line per request."""
+A request answered 503 (or a stream's replay cut short) says why with an `EveryFew`: at most
+one line in `LINE_SECONDS`, with how many requests met the same since the line before
+(`autres_requetes`). Each request comes from outside, so PostgreSQL, Kafka or the identity
+provider away, or anyone repeating a request that fails, wrote a line per request."""
 
 import math
 import time

@@ -27,9 +27,13 @@ class Consumer:
     as it fetches) and the partitions' ends as Kafka says them now (`ends`: None, Kafka away)."""
 
     def __init__(self, highwater: dict[TopicPartition, int | None], ends: dict[TopicPartition, int] | None = None):
-        self._highwater, self.ends = highwater, ends
+        self._highwater, self.ends, self.asked = highwater, ends, 0
+        self._closed = False
+        self._fetcher = self  # aiokafka's, whose end_offsets takes the caller's bound
 
-    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    async def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        assert timeout_ms == 1000, "bounded by the scrape's wait"
+        self.asked += 1
         if self.ends is None:
             raise ConnectionError("Kafka away")
         return {tp: self.ends[tp] for tp in partitions}
@@ -77,7 +81,9 @@ def test_lag_is_the_high_watermark_past_the_next_offset_to_handle():
     }
 
 
-async def test_lag_counts_to_the_end_kafka_gives_at_the_scrape_past_a_high_watermark_not_fetched():
+async def test_lag_counts_to_the_end_kafka_gives_at_the_scrape_past_a_high_watermark_not_fetched(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(metrics_module, "monotonic", lambda: now[0])
     metrics = Metrics("formation")
     a, b = TopicPartition("t", 0), TopicPartition("t", 1)
     consumer = Consumer({a: 10, b: None}, ends={a: 25, b: 3})
@@ -88,6 +94,40 @@ async def test_lag_counts_to_the_end_kafka_gives_at_the_scrape_past_a_high_water
     consumer.ends = None
     await metrics.read_ends(within=1)
     assert metrics.lag() == {("t", 0): 6}, "Kafka away: the high watermarks alone, never the ends read before"
+    consumer.ends = {a: 30, b: 3}
+    now[0] += metrics_module.ENDS_RETRY_SECONDS - 1
+    await metrics.read_ends(within=1)
+    assert (consumer.asked, metrics.lag()) == (2, {("t", 0): 6}), "not asked again so soon (its tries: errors)"
+    now[0] += 1
+    await metrics.read_ends(within=1)
+    assert (consumer.asked, metrics.lag()) == (3, {("t", 0): 26, ("t", 1): 3})
+    consumer._closed = True  # stopping: its client would open a connection nothing closes
+    await metrics.read_ends(within=1)
+    assert (consumer.asked, metrics.lag()) == (3, {("t", 0): 6})
+
+
+async def test_a_scrape_s_ends_are_not_emptied_by_another_scrape_reading_them_again():
+    metrics = Metrics("formation")
+    a = TopicPartition("t", 0)
+    consumer = Consumer({a: 10}, ends={a: 100})
+    metrics.watch(lambda: consumer)
+    metrics.resumed({a: 0})
+    await metrics.read_ends(within=1)
+    other = asyncio.create_task(metrics.read_ends(within=1))  # a second scrape, its reading under way
+    await asyncio.sleep(0)
+    assert metrics.lag() == {("t", 0): 100}, "the first scrape renders what it read"
+    await other
+
+
+def test_the_counts_age_grows_from_the_start_until_a_first_count(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(metrics_module, "monotonic", lambda: now[0])
+    metrics = Metrics("ressources")
+    assert metrics.counts_age() is None, "no counts of its own: no age"
+    metrics.want_counts()
+    now[0] += 400  # every count failed since the start
+    assert metrics.counts_age() == 400
+    assert scraped(metrics)[("feo_counts_age_seconds", (("service", "ressources"),))] == 400
 
 
 def test_a_partition_given_away_has_no_lag_until_resumed_where_its_positions_say():
