@@ -223,6 +223,12 @@ function readAfterBurst() {
 
 const SETTLE_MS = 500; // a filter's select read once no other key changed it for this long
 let settling = null;
+// The list's order, said to a screen reader: the résolues by their resolution (the API's order).
+const CAPTIONS = {
+  "": "Alertes, la dernière levée d'abord",
+  open: "Alertes ouvertes, la dernière levée d'abord",
+  resolved: "Alertes résolues, la dernière résolue d'abord",
+};
 
 function fillFilters(params) {
   const academie = $("f-academie");
@@ -307,12 +313,6 @@ function showAlertes(params) {
 // read again live, it is found anew each time the page is reached: new raises on the pages
 // before it push alerts past their end, which a place kept longer left on no page.
 let anchor = null; // {filters, page, place}
-// The list's order, said to a screen reader: the résolues by their resolution (the API's order).
-const CAPTIONS = {
-  "": "Alertes, la dernière levée d'abord",
-  open: "Alertes ouvertes, la dernière levée d'abord",
-  resolved: "Alertes résolues, la dernière résolue d'abord",
-};
 let pagedTo = null; // {filters, page}: a page asked for with the pages' buttons, once shown
 
 async function pagePlace(query, key, page) {
