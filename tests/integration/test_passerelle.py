@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import asyncpg
@@ -309,6 +310,27 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
         [result] = response.json()["resultats"]
         assert result["statut"] == "accepted" and "code" not in result
         assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 3
+
+
+async def test_an_event_dated_beyond_the_clock_skew_is_time_futur_over_http(kafka, settings, passerelle, identite):
+    """CONTRACTS.md, Limits: `time` later than the receiving service's clock plus MAX_CLOCK_SKEW
+    (5 minutes by default) is refused as `time-futur`, over HTTP as on Kafka (audit helper-188 7e)."""
+    client, api = passerelle
+    assert api.state.passerelle.settings.max_clock_skew == timedelta(minutes=5)
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    now = datetime.now(UTC)
+    within, beyond = lot(ECOLE, lot_id="L1"), lot(ECOLE, lot_id="L2")
+    within["time"] = (now + timedelta(minutes=4)).isoformat()
+    beyond["time"] = (now + timedelta(hours=1)).isoformat()
+    auth = bearer(identite.jeton(RENNES, subject="sig-rennes"))
+    response = await client.post("/v1/evenements", content=json.dumps([within, beyond]), headers=auth | BATCHED)
+    assert response.status_code == 207
+    results = response.json()["resultats"]
+    assert [r.get("code", r["statut"]) for r in results] == ["accepted", "time-futur"]
+    assert results[1]["message"].startswith("time"), results[1]["message"]
+    assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 1
 
 
 async def test_the_ministere_and_the_gar_declare_over_http_written_to_their_topics(

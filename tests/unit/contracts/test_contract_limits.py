@@ -76,6 +76,8 @@ def test_a_size_bound_accepts_its_limit_and_refuses_beyond_as_trop_volumineux(
          [{"kind": "TNI", "min_quantity": 1_000_001}]),
         (c.CONNECTIVITE, "bandwidth_mbps", 100_000, 100_000.5),
         (c.RESSOURCE_PUBLIEE, "min_bandwidth_mbps", 100_000, 1e308),
+        (c.RESSOURCE_PUBLIEE, "min_bandwidth_mbps", 0, -0.5),
+        (c.CONNECTIVITE, "bandwidth_mbps", 0, -0.5),
         (c.AFFECTATION, "start", "1970-01-01", "1969-12-31"),
         (c.AFFECTATION, "end", "2100-12-31", "2101-01-01"),
         (c.ABONNEMENT, "start", "2100-12-31", "9999-12-31"),

@@ -89,3 +89,49 @@ def test_referentiel_and_catalogue_writers():
     retrait = c.RessourceRetiree(resource_id="ark:/1/x")
     assert verdict(make_event(c.RESSOURCE_RETIREE, retrait, source="/gar"), None) == "ok"
     assert verdict(make_event(c.RESSOURCE_RETIREE, retrait, source="/rectorats/14"), None) == HORS_COMPETENCE
+
+
+def connectivite_from(source: str, where: Etablissement):
+    return make_event(c.CONNECTIVITE, c.Connectivite(uai=where.uai, bandwidth_mbps=100, ent=True), source=source)
+
+
+@pytest.mark.parametrize(
+    ("source", "where", "expected"),
+    [
+        ("/collectivites/communes/35238", ECOLE, "ok"),
+        ("/collectivites/communes/35238", COLLEGE, HORS_COMPETENCE),  # a collège's network: its département's
+        ("/collectivites/departements/035", COLLEGE, "ok"),
+        ("/collectivites/departements/035", LYCEE, HORS_COMPETENCE),
+        ("/collectivites/regions/53", LYCEE, "ok"),
+        ("/collectivites/regions/53", AUTRE, HORS_COMPETENCE),
+        ("/rectorats/14", ECOLE, HORS_COMPETENCE),
+        ("/gar", ECOLE, HORS_COMPETENCE),
+    ],
+)
+def test_connectivite_is_declared_by_the_collectivite_that_equips_the_etablissement(source, where, expected):
+    """The contract's competence holds for the network as for the lots (audit helper-188 7a)."""
+    assert verdict(connectivite_from(source, where), where) == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("/rectorats/14", "ok"),
+        ("/rectorats/17", "ok"),  # a training is a teacher's, not an établissement's: any rectorat
+        ("/collectivites/departements/035", HORS_COMPETENCE),
+        ("/collectivites/communes/35238", HORS_COMPETENCE),
+        ("/ministere", HORS_COMPETENCE),
+        ("/gar", HORS_COMPETENCE),
+    ],
+)
+def test_only_rectorats_declare_trainings(source, expected):
+    """ "Only rectorats write formation.declarations.v1" holds for formation-suivie too (audit
+    helper-188 7b)."""
+    formation = c.FormationSuivie(
+        teacher_id="ens-00000001",
+        module_id="M1",
+        title="Tableau numérique",
+        dispositif="magistere",
+        completed_on=date(2026, 10, 1),
+    )
+    assert verdict(make_event(c.FORMATION_SUIVIE, formation, source=source), None) == expected

@@ -157,6 +157,12 @@ def test_a_service_reads_the_documented_forms(monkeypatch):
     assert ServiceSettings(max_clock_skew="PT1M30S").max_clock_skew == timedelta(seconds=90)
 
 
+def test_the_clock_skew_is_five_minutes_unless_set(monkeypatch):
+    """CONTRACTS.md, Limits: "MAX_CLOCK_SKEW (deployment setting, default 5 minutes)" (audit helper-188 7d)."""
+    monkeypatch.delenv("MAX_CLOCK_SKEW", raising=False)
+    assert ServiceSettings().max_clock_skew == timedelta(minutes=5)
+
+
 def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_has_no_name(monkeypatch):
     """asyncpg and libpq default to the process's user name: a container run under a user id
     without one (deploy/k8s: 10001) failed at its first connection with a KeyError."""
