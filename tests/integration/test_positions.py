@@ -280,7 +280,14 @@ async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_
             await dlq.wait_for(lambda rs: rs, what="the first refusal's copy")
             await eventually(lambda: pipeline.pool.fetchval(dead, topic), what="its dead letter")
         await _made_again(bootstrap, settings, topic)
-        async with running(SPEC, settings):  # its position past the new log's end: moved back to 0
+        async with running(SPEC, settings) as pipeline:  # its position past the new log's end: moved back to 0
+            # Met at the first fetch, the new log empty: a record sent before then would make the
+            # new log's end the stored position, which Kafka cannot tell from a position caught
+            # up (audit helper-189 #1, the race 821937f closed in the test above).
+            await eventually(
+                lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM positions_hors_limites"),
+                what="the position past the new log's end recorded",
+            )
             await send(bootstrap, topic, [("k", b"not json either, the new topic's")], partition=0)
             copies = await dlq.wait_for(lambda rs: len(rs) >= 2, what="the second refusal's copy")
     assert [r.value for r in copies] == [b"not json, the former topic's", b"not json either, the new topic's"]

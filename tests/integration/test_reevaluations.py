@@ -310,20 +310,30 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
                 raise RuntimeError("part 0 cannot be evaluated")
             return await subscribers(self, part, limit)
 
+        async def now() -> float:
+            return await pool.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+
         async def put_off() -> tuple:
+            """The part's failures, and its retry_at (epoch seconds, the server's clock)."""
             row = await pool.fetchrow(
-                "SELECT failures, extract(epoch FROM retry_at - clock_timestamp()) AS wait "
+                "SELECT failures, extract(epoch FROM retry_at)::float8 AS retry_at "
                 "FROM reevaluations WHERE resource_id = $1 AND part = 0",
                 RID,
             )
-            return row["failures"], row["wait"]
+            return row["failures"], row["retry_at"]
+
+        # The put-off is dated when it is written: bracketed by the server's clock before the step
+        # and after it, a pause between the two (a loaded machine) does not shorten the wait seen
+        # (audit helper-189 #4).
 
         with monkeypatch.context() as patched:
             patched.setattr(RessourcesStore, "subscribers", failing_in_part_0)
+            before = await now()
             with pytest.raises(RuntimeError):
                 await worker.step()
-            failures, wait = await put_off()
-            assert failures == 1 and 0 < wait <= 1
+            after = await now()
+            failures, retry_at = await put_off()
+            assert failures == 1 and before + 1 <= retry_at <= after + 1
             assert await failing_parts(pool) == 1
             # Put off an hour more: the six chunks below, on a slow machine, take longer than 1 s.
             await pool.execute("UPDATE reevaluations SET retry_at = retry_at + interval '1 hour' WHERE part = 0")
@@ -332,19 +342,24 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
             assert done == [(1, 100, False)] * 5 + [(1, 0, True)], "part 1 evaluated meanwhile"
             assert await worker.step() is None, "part 0 put off, nothing else waiting"
             await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
+            before = await now()
             with pytest.raises(RuntimeError):
                 await worker.step()
-            failures, wait = await put_off()
-            assert failures == 2 and 1 < wait <= 2, "put off twice as long"
+            after = await now()
+            failures, retry_at = await put_off()
+            assert failures == 2 and before + 2 <= retry_at <= after + 2, "put off twice as long"
             async with pool.acquire() as conn:  # another worker failing on it meanwhile: not again
                 part0 = store_module.ReevaluationPart(RID, 0, "", codes[499])
                 assert await RessourcesStore(conn).postpone_reevaluation(part0) is None
             # Days of failures: still put off, by the bound (2 ** 1024 overflows PostgreSQL's float8).
             await pool.execute("UPDATE reevaluations SET failures = 2000, retry_at = clock_timestamp() WHERE part = 0")
+            before = await now()
             with pytest.raises(RuntimeError):
                 await worker.step()
-            failures, wait = await put_off()
-            assert failures == 2001 and store_module.RETRY_MAX_SECONDS - 5 < wait <= store_module.RETRY_MAX_SECONDS
+            after = await now()
+            failures, retry_at = await put_off()
+            bound = store_module.RETRY_MAX_SECONDS
+            assert failures == 2001 and before + bound <= retry_at <= after + bound
         await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
         chunk = await worker.step()
         assert chunk is not None and (chunk.part, chunk.uais) == (0, 100)

@@ -20,10 +20,13 @@ async def test_a_record_from_the_future_stays_refused_for_services_that_read_it_
     refused it (formation silently: it leaves the DLQ to ressources)."""
     skewed = settings.model_copy(update={"max_clock_skew": timedelta(seconds=1)})
     bootstrap, referentiel = kafka.bootstrap_servers, settings.topic(c.REFERENTIEL)
-    ahead = datetime.now(UTC) + timedelta(seconds=4)
+    # Appended more than the skew before its time: 6 s ahead covers a new producer's start on a
+    # loaded machine (audit helper-189 #5), and the acknowledgement, after the append, checks it.
+    ahead = datetime.now(UTC) + timedelta(seconds=6)
     future = college(AHEAD) | {"time": ahead.isoformat()}
     # One partition: the one behind it is read after it.
     await send(bootstrap, referentiel, [(AHEAD, future), (BEHIND, college(BEHIND))], partition=0)
+    assert ahead - datetime.now(UTC) > skewed.max_clock_skew, "appended too late to be from the future"
     while datetime.now(UTC) < ahead:  # until the readers' clocks are past its time (a clock, not a guess)
         await asyncio.sleep(0.05)
     async with running(RESSOURCES, skewed) as ressources, running(FORMATION, skewed) as formation:
