@@ -35,10 +35,11 @@ async def test_the_records_that_came_during_a_batch_make_the_next_one(kafka, set
     # may pause this process longer than any bound chosen here, and the top-up would then
     # not look again (a third batch): every poll counts as answered at once, the top-up ending
     # on an empty one. The records are all on the broker before the second batch is taken, and
-    # the broker answers its fetch as soon as they are: a second is generous.
+    # the broker answers its fetch as soon as they are: two seconds are generous (audit
+    # helper-189 #15: one, on a loaded machine).
     monkeypatch.setattr(consumer, "time", Frozen)
     uai = valid_uai("0350803")  # one key: every lot on one partition
-    async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 1000})) as pipeline:
+    async with running(SPEC, settings.model_copy(update={"batch_top_up_ms": 2000})) as pipeline:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
 
@@ -119,8 +120,9 @@ async def test_a_failed_batch_is_taken_again_with_the_records_taken_behind_it(ka
     partition the failed batch did not touch would skip them for good."""
     uai_a = valid_uai("0350805")
     uai_b = _on_other_partitions(uai_a)
-    # The poll behind a batch waits this long for records: while the first batch is handled.
-    async with running(SPEC, settings.model_copy(update={"batch_wait_ms": 5000})) as pipeline:
+    # The poll behind a batch waits this long for records: while the first batch is handled, which
+    # sends B with a producer of its own (its start on a loaded machine: audit helper-189 #15).
+    async with running(SPEC, settings.model_copy(update={"batch_wait_ms": 15000})) as pipeline:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (uai_a, uai_b)])
         await referentiel_loaded(pipeline, 2)
 

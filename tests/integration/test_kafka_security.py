@@ -332,7 +332,7 @@ async def test_a_refused_password_is_retried_naming_the_credentials_not_the_boot
     and in its log lines: structlog writes them to the process's output, not through logging)."""
     access = kafka.access_as("formation").as_principal("formation", "not-the-password")
     with pytest.raises(StartupTimeout) as gave_up:
-        await _start_probe(access, seconds=3)
+        await _start_probe(access, seconds=8)  # a refused probe (TLS, SASL) within it on a loaded machine
     assert str(gave_up.value).endswith("(check KAFKA_USERNAME, KAFKA_PASSWORD)")
     logged = caplog.text + "".join(capfd.readouterr())
     assert "startup.waiting" in logged, "the retries were logged (else there is nothing to look in)"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import contracts as c
-from contracts.internal import PROFILS
+from contracts.internal import PROFIL_LOT, PROFILS
 from deploy.local.kafka.tls import client_certificate, ensure_tls
 from deploy.local.ports import free_port
 from deploy.local.processes import ServiceProcesses
@@ -172,9 +172,12 @@ async def test_an_alert_raised_is_one_debug_line_in_an_info_summary_and_a_defaul
             await send(bootstrap, topic_prefix + PROFILS, [profil(where, 1, "12.5")])
 
             async def stored():
-                return [e for e in events_of(log, "event.applied") if e["event_type"] == c.ETABLISSEMENT]
+                applied = {e["event_type"] for e in events_of(log, "event.applied")}
+                return {c.ETABLISSEMENT, PROFIL_LOT} <= applied
 
-            await eventually(stored, timeout=60, what="the référentiel entry stored")
+            # The profile too (another topic): evaluated before it, the pair's alert is raised
+            # then updated, two summaries (audit helper-189 #11).
+            await eventually(stored, timeout=60, what="the référentiel entry and the profile stored")
             await send(bootstrap, topic_prefix + c.CATALOGUE, [("rid", publiee(1)), (where, abonnement(where, 1))])
             [levee] = await alerts.wait_for(lambda rs: len(rs) == 1, timeout=60, what="alerte-levee")
     finally:

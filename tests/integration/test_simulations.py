@@ -95,6 +95,10 @@ async def test_a_resource_simulated_then_published_gets_the_verdicts_predicted_a
     client, app = api
     pool = app.state.pipeline.pool
     await stored(kafka, settings, pool)
+    # The service's work at start over (its thresholds stored, every pair evaluated again with
+    # them), which writes those tables between two snapshots otherwise (audit helper-189 #10).
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM seuils"), what="the thresholds stored at start")
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM reevaluations"), what="their re-evaluation")
     before = await snapshot(kafka, settings, pool)
 
     answer = await client.post("/simulations/ressource", json=ATLAS)

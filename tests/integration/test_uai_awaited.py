@@ -262,11 +262,21 @@ async def test_a_rebuild_carries_the_live_judgements_and_keeps_its_own(database_
             await pool.close()
 
 
+def hold_revivals(monkeypatch) -> None:
+    """Records waiting for their établissement are judged again when the test says (`revive()`),
+    not when it comes, nor by the periodic pass, which a test still running 60 s after its start
+    (a loaded machine) met first (audit helper-189 #12)."""
+    from services.common.runtime import lifecycle
+
+    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)
+    monkeypatch.setattr(lifecycle, "REVIVAL_PERIOD_SECONDS", 3600)
+
+
 async def test_a_record_that_waited_loses_equal_times_to_the_state_that_came_after_it(kafka, settings, monkeypatch):
     """A lot refused for want of its établissement, then the établissement and the same lot
     again with the same `time` (a correction) accepted before the first is judged again: the
     later arrival wins equal times, so the correction stays, though the first is applied after it."""
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    hold_revivals(monkeypatch)
     bootstrap = kafka.bootstrap_servers
     equipement, referentiel = settings.topic(c.EQUIPEMENT), settings.topic(c.REFERENTIEL)
     where = uai("0350604")
@@ -295,7 +305,7 @@ async def test_a_uai_s_waiting_records_are_judged_again_together_so_equal_times_
     arrival wins (CONTRACTS.md). Judged again 500 records per transaction, the 500th and the
     501st fell in two: the first one's state, held, counted as come after the correction,
     which was stale. A UAI's waiting records are judged in one transaction."""
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    hold_revivals(monkeypatch)
     bootstrap = kafka.bootstrap_servers
     where = uai("0350605")
     fillers = [(where, lot(DEPARTEMENT, where, f"F{n}")) for n in range(499)]
@@ -320,7 +330,7 @@ async def test_uais_waiting_records_go_together_up_to_the_bound_and_a_uai_s_neve
     transaction still, in parts of 4 in their order (memory bounded): its two records of lot X
     with the same `time`, in the first part and the last, keep their order (the correction
     wins), and a later `time` wins whatever its place (Y)."""
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    hold_revivals(monkeypatch)
     monkeypatch.setattr(pipeline_module, "REVIVAL_RECORDS", 4)
     transactions: list[int] = []
     parts: list[int] = []
@@ -369,7 +379,7 @@ async def test_a_record_the_database_refuses_leaves_the_other_uais_equal_times_i
     again apart: first its UAI's records from the others', so that another UAI's two records of
     one lot with the same time still go in one transaction (the correction wins); one at a time,
     they did not."""
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    hold_revivals(monkeypatch)
     bootstrap = kafka.bootstrap_servers
     poisoned, fine = uai("0350705"), uai("0350706")
     first, correction = lot(DEPARTEMENT, fine, "X"), lot(DEPARTEMENT, fine, "X")
@@ -400,7 +410,7 @@ async def test_a_server_refusing_writes_ends_a_revival_pass_at_once_leaving_ever
     with its traceback per waiting record (audit helper-176 #2: 40 records, 40 lines)."""
     from helpers import Said
 
-    monkeypatch.setattr(Pipeline, "_due", lambda self, uais: None)  # judged again when the test says
+    hold_revivals(monkeypatch)
     where = uai("0350606")
     lots = [(where, lot(DEPARTEMENT, where, f"L{n}")) for n in range(5)]
     async with running(EQUIPEMENT, settings) as pipeline:
