@@ -368,15 +368,16 @@ def _positions_in(path: Path, schema: str) -> dict[TopicPartition, int]:
         dict(os.environ),
         f"reading the positions of {schema} in {path}",
     )
-    stored, rows = {}, False
+    stored: dict[TopicPartition, int] = {}
+    columns: list[str] | None = None  # of the COPY being read: a backup from before a migration has fewer
     for line in sql.decode().splitlines():
         if line.startswith("COPY ") and line.endswith("FROM stdin;"):
-            rows = True
+            columns = [c.strip().strip('"') for c in line[line.index("(") + 1 : line.rindex(")")].split(",")]
         elif line == "\\.":
-            rows = False
-        elif rows:
-            topic, partition, offset = line.split("\t")
-            stored[TopicPartition(topic, int(partition))] = int(offset)
+            columns = None
+        elif columns is not None:
+            row = dict(zip(columns, line.split("\t"), strict=True))
+            stored[TopicPartition(row["topic"], int(row["partition"]))] = int(row["next_offset"])
     return stored
 
 

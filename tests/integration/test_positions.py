@@ -197,6 +197,35 @@ async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_n
         await _handled(pipeline, set("ABCDEFGHI"))
 
 
+async def test_a_topic_made_again_that_grew_past_the_position_while_the_service_was_away_is_read_from_its_start(
+    kafka, settings
+) -> None:
+    """The topic made again while the service was stopped, and the passerelle's declarations
+    written to it meanwhile past the stored position: a fetch there met no error (the position
+    is within the new log), and the records before it were skipped without a word (audit
+    helper-191 #1). The position keeps the instant its record was appended: no record of the new
+    log was appended then, so it is read from its start, told once; a start after that is not."""
+    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
+    topic = settings.topic(c.EQUIPEMENT)
+    declare = lambda *lots: send(bootstrap, topic, [(uai, lot(uai, x, 10, 1)) for x in lots], partition=0)  # noqa: E731
+    told = "SELECT position, log_start, log_end, records_lost FROM positions_hors_limites"
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await declare("A", "B", "C", "D")
+        await _handled(pipeline, {"A", "B", "C", "D"})
+
+    await _made_again(bootstrap, settings, topic)
+    await declare("E", "F", "G", "H", "I")  # offsets 0 to 4 of the new topic: past the stored 4
+    async with running(SPEC, settings) as pipeline:
+        await _handled(pipeline, set("ABCDEFGHI"))
+        assert [tuple(r) for r in await pipeline.pool.fetch(told)] == [(4, 0, 5, 0)]
+    async with running(SPEC, settings) as pipeline:  # its own log, the instant now the record I's
+        await declare("J")
+        await _handled(pipeline, set("ABCDEFGHIJ"))
+        assert len(await pipeline.pool.fetch(told)) == 1, "told once"
+
+
 async def test_partitions_of_a_group_with_no_committed_offset_wait_for_no_error(
     kafka, settings, monkeypatch, caplog
 ) -> None:

@@ -327,12 +327,19 @@ class OffsetCommits:
 
 
 class Outside(NamedTuple):
-    """A partition's position outside its log: below its first offset, or past its end."""
+    """A partition's position outside its log: below its first offset, past its end, or within
+    another log than its own (`elsewhere`: a topic made again whose new log reaches it)."""
 
     tp: TopicPartition
     position: int
     start: int
     end: int
+    elsewhere: bool = False
+
+    @property
+    def another_log(self) -> bool:
+        """The position is not in this log (read from its start): past its end, or elsewhere."""
+        return self.position > self.end or self.elsewhere
 
     @property
     def lost(self) -> int:
@@ -349,6 +356,7 @@ class Outside(NamedTuple):
             "log_start": self.start,
             "log_end": self.end,
             "records_lost": self.lost,
+            **({"another_log": True} if self.elsewhere else {}),
         }
 
 
@@ -396,19 +404,70 @@ class HorsLimites:
             if consumer._subscription.is_assigned(tp):  # else its next owner resumes from the database
                 consumer.seek(tp, offset)
         self._pipeline.metrics.resumed(resume)
-        for o in outside:
-            self._pipeline.metrics.records_lost(o.tp.topic, o.lost)
-            (log.error if o.lost or o.position > o.end else log.warning)(
-                "kafka.position_out_of_range",
-                **o.said(),
-                hint=(
-                    f"{o.lost} records were deleted from the partition before this service read them: "
-                    "ask their declarants to send them again, or rebuild the service from what is left"
-                    if o.lost
-                    else "read again from the partition's start (past its end: the topic made again, or "
-                    "another cluster; below it, a compacted topic keeps the latest record of each key)"
-                ),
-            )
+        tell(self._pipeline, outside)
+
+
+def tell(pipeline: Pipeline, outside: Sequence[Outside]) -> None:
+    """Positions found outside their partition's log, recorded: said, and counted in /metrics."""
+    for o in outside:
+        pipeline.metrics.records_lost(o.tp.topic, o.lost)
+        (log.error if o.lost or o.another_log else log.warning)(
+            "kafka.position_out_of_range",
+            **o.said(),
+            hint=(
+                f"{o.lost} records were deleted from the partition before this service read them: "
+                "ask their declarants to send them again, or rebuild the service from what is left"
+                if o.lost
+                else "read again from the partition's start: the log holds no record appended when the one "
+                "before the position was (the topic made again while this service was away)"
+                if o.elsewhere
+                else "read again from the partition's start (past its end: the topic made again, or "
+                "another cluster; below it, a compacted topic keeps the latest record of each key)"
+            ),
+        )
+
+
+LOG_CHECK_SECONDS = 10.0
+"""How long an assignment waits for Kafka to say whether each stored position is in its log."""
+
+
+async def in_another_log(
+    consumer: AIOKafkaConsumer, stored: Mapping[TopicPartition, int], appended: Mapping[TopicPartition, int]
+) -> list[Outside]:
+    """Those of `stored` (partition -> position) whose partition's log now holds no record appended
+    at the instant the record before the position was (`appended`, ms: the topics that stamp it):
+    a topic made again whose new log already reaches the position, which a fetch does not meet
+    as out of range (its records up to the position were skipped). Asked by timestamp, the
+    earliest record appended at or after that instant is that one, or one before it at the same
+    instant; a new log's records were all appended later. (A position an operator moved by hand
+    keeps the instant of a record of its log: not suspected.) Kafka not answering: none (read
+    from the stored positions, said)."""
+    wanted = {tp: ms for tp, ms in appended.items() if stored.get(tp, 0) > 0}
+    if not wanted:
+        return []
+    try:
+        async with asyncio.timeout(LOG_CHECK_SECONDS):
+            found = await consumer.offsets_for_times(wanted)
+            suspects = sorted(tp for tp, ms in wanted.items() if (at := found.get(tp)) is None or at.timestamp != ms)
+            if not suspects:
+                return []
+            starts, ends = await consumer.beginning_offsets(suspects), await consumer.end_offsets(suspects)
+    except Exception as exc:  # Kafka away: its fetches say more, and HorsLimites meets a position past the end
+        log.warning(
+            "positions.log_unchecked",
+            error=type(exc).__name__,
+            detail=redact(str(exc)),
+            partitions=len(wanted),
+            hint="read from the stored positions without checking that their topics were not made again",
+        )
+        return []
+    # The record before the position deleted (below the start), or a position past the end: not
+    # this check's to say (HorsLimites meets them at the fetch).
+    return [
+        Outside(tp, stored[tp], starts[tp], ends[tp], elsewhere=True)
+        for tp in suspects
+        if starts[tp] < stored[tp] <= ends[tp]
+    ]
 
 
 class StoredPositions(ConsumerRebalanceListener):
@@ -452,9 +511,17 @@ class StoredPositions(ConsumerRebalanceListener):
         # skipped for good. PostgreSQL away: wait for it (the start-up guard ends the process
         # if it stays away, and the next assignment tries again).
         delay = 0.5
+        elsewhere: list[Outside] | None = None  # asked of Kafka once, recorded before anything is read
         while True:
             try:
                 stored = await positions.load(self._pipeline.pool, assigned)
+                if elsewhere is None:
+                    appended = await positions.appended(self._pipeline.pool, assigned)
+                    elsewhere = await in_another_log(consumer, stored, appended)
+                if elsewhere:
+                    async with self._pipeline.pool.acquire() as conn, conn.transaction():
+                        await positions.out_of_range(conn, elsewhere)
+                    stored = {**stored, **{o.tp: o.start for o in elsewhere}}
                 break
             except Exception as exc:  # on /health (`positions_unreadable`) and /metrics meanwhile
                 if consumer._closed:  # stopping: its stop waits for this callback (left paused)
@@ -475,6 +542,7 @@ class StoredPositions(ConsumerRebalanceListener):
                 consumer.seek(tp, 0)
         consumer.resume(*assigned)
         self._pipeline.metrics.resumed({tp: stored.get(tp, 0) for tp in assigned})
+        tell(self._pipeline, elsewhere or [])
         log.info("positions.resumed", stored=len(stored), from_beginning=len(assigned) - len(stored))
 
 

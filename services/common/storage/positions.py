@@ -12,30 +12,42 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from services.common.storage.db import Conn
 
+LOG_APPEND_TIME = 1
+"""A record's `timestamp_type` when the broker stamped it as it appended it (Kafka's protocol)."""
+
 
 def ends(records: Iterable[ConsumerRecord]) -> dict[tuple[str, int], int]:
     """Per (topic, partition) of `records`, the offset past the last of them there, whatever
     their order."""
-    out: dict[tuple[str, int], int] = {}
+    return {key: last.offset + 1 for key, last in _lasts(records).items()}
+
+
+def _lasts(records: Iterable[ConsumerRecord]) -> dict[tuple[str, int], ConsumerRecord]:
+    """Per (topic, partition) of `records`, the last of them there, whatever their order."""
+    out: dict[tuple[str, int], ConsumerRecord] = {}
     for r in records:
         key = (r.topic, r.partition)
-        if out.get(key, -1) <= r.offset:
-            out[key] = r.offset + 1
+        if key not in out or out[key].offset <= r.offset:
+            out[key] = r
     return out
 
 
 async def advance(conn: Conn, records: Iterable[ConsumerRecord]) -> None:
     """Past every record of `records`, never backwards (a replica replaying a batch another
-    one handled during a rebalance does not move a partition back)."""
-    if past := ends(records):
-        keys = sorted(past)  # rows locked in key order: two writers never wait in a cycle
+    one handled during a rebalance does not move a partition back), with the instant the
+    broker appended the last one (`appended_at_ms`, where the topic stamps it: migration 0019)."""
+    if lasts := _lasts(records):
+        keys = sorted(lasts)  # rows locked in key order: two writers never wait in a cycle
         await conn.execute(
-            "INSERT INTO positions AS p (topic, partition, next_offset) "
-            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
-            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(p.next_offset, EXCLUDED.next_offset)",
+            "INSERT INTO positions AS p (topic, partition, next_offset, appended_at_ms) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(p.next_offset, EXCLUDED.next_offset), "
+            "appended_at_ms = CASE WHEN EXCLUDED.next_offset >= p.next_offset "
+            "THEN EXCLUDED.appended_at_ms ELSE p.appended_at_ms END",
             [t for t, _ in keys],
             [p for _, p in keys],
-            [past[k] for k in keys],
+            [lasts[k].offset + 1 for k in keys],
+            [lasts[k].timestamp if lasts[k].timestamp_type == LOG_APPEND_TIME else None for k in keys],
         )
 
 
@@ -48,6 +60,19 @@ async def load(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) 
     )
     found = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return {tp: offset for tp, offset in found.items() if tp in wanted}
+
+
+async def appended(conn: Conn | asyncpg.Pool, partitions: Iterable[TopicPartition]) -> Mapping[TopicPartition, int]:
+    """The instant the broker appended the record before the stored position (ms), of each of
+    `partitions` whose topic stamps it and whose position is past a record."""
+    wanted = set(partitions)
+    rows = await conn.fetch(
+        "SELECT topic, partition, appended_at_ms FROM positions "
+        "WHERE topic = ANY($1::text[]) AND appended_at_ms IS NOT NULL AND next_offset > 0",
+        sorted({tp.topic for tp in wanted}),
+    )
+    found = {TopicPartition(r["topic"], r["partition"]): r["appended_at_ms"] for r in rows}
+    return {tp: ms for tp, ms in found.items() if tp in wanted}
 
 
 async def out_of_range(conn: Conn, found: Sequence[Any]) -> None:
@@ -64,11 +89,12 @@ async def out_of_range(conn: Conn, found: Sequence[Any]) -> None:
         await conn.execute(
             "INSERT INTO positions AS p (topic, partition, next_offset) VALUES ($1, $2, $3) "
             "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = "
-            "CASE WHEN $4 THEN EXCLUDED.next_offset ELSE GREATEST(p.next_offset, EXCLUDED.next_offset) END",
+            "CASE WHEN $4 THEN EXCLUDED.next_offset ELSE GREATEST(p.next_offset, EXCLUDED.next_offset) END, "
+            "appended_at_ms = CASE WHEN $4 OR EXCLUDED.next_offset > p.next_offset THEN NULL ELSE p.appended_at_ms END",
             o.tp.topic,
             o.tp.partition,
             o.start,
-            o.position > o.end,
+            o.another_log,
         )
 
 

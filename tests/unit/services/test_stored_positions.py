@@ -9,12 +9,23 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError
+from aiokafka.structs import OffsetAndTimestamp
 
 from services.common.messaging import consumer
 from services.common.runtime.metrics import Metrics
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+@pytest.fixture(autouse=True)
+def no_append_instants(monkeypatch):
+    """No position knows when its record was appended, unless a test says (positions.appended)."""
+
+    async def appended(pool, assigned):
+        return {}
+
+    monkeypatch.setattr(consumer.positions, "appended", appended)
 
 
 class Paused:
@@ -162,6 +173,73 @@ async def test_a_position_out_of_range_moves_on_only_once_it_is_recorded(monkeyp
     await met.met(kafka, {TP0: 4, TP1: 12})
     assert kafka.calls == [] and recorded == []
     await met.met(kafka, {TP0: 4, TP1: 12})
-    assert recorded == [[(TP0, 4, 10, 20)]], "TP1's within the log (written since): not out of range"
+    assert recorded == [[consumer.Outside(TP0, 4, 10, 20)]], "TP1's within the log (written since): not out of range"
     assert kafka.calls == [("seek", TP0, 10), ("seek", TP1, 12)]
     assert 'feo_records_lost_total{service="formation",topic="t"} 6.0' in metrics.render().decode()
+
+
+class _Stamped(Paused):
+    """A consumer asked which record was appended at an instant: `at` answers, or raises."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    async def offsets_for_times(self, timestamps):
+        if isinstance(self.at, Exception):
+            raise self.at
+        return {tp: self.at for tp in timestamps}
+
+    async def beginning_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    async def end_offsets(self, tps):
+        return {tp: 50 for tp in tps}
+
+
+@pytest.mark.parametrize(
+    ("at", "sought", "recorded"),
+    [
+        (OffsetAndTimestamp(41, 1_000), 42, []),  # its record: the same log
+        (OffsetAndTimestamp(40, 1_000), 42, []),  # one before it appended in the same millisecond
+        (OffsetAndTimestamp(0, 2_000), 0, [[consumer.Outside(TP0, 42, 0, 50, elsewhere=True)]]),  # a new log
+        (None, 0, [[consumer.Outside(TP0, 42, 0, 50, elsewhere=True)]]),  # nothing appended since then
+        (KafkaConnectionError(), 42, []),  # Kafka silent: as before the check, said
+    ],
+)
+async def test_a_position_in_another_log_is_read_from_its_start(monkeypatch, at, sought, recorded):
+    """A topic made again while the service was away, its new log already past the stored position:
+    no record of it was appended when the position's was (audit helper-191 #1)."""
+    from helpers import Said
+
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    written: list[list] = []
+
+    async def load(pool, assigned):
+        return {TP0: 42}
+
+    async def appended(pool, assigned):
+        return {TP0: 1_000}
+
+    async def out_of_range(conn, found):
+        written.append(found)
+
+    class Pool:
+        @contextlib.asynccontextmanager
+        async def acquire(self):
+            yield SimpleNamespace(transaction=contextlib.nullcontext)
+
+    monkeypatch.setattr(consumer.positions, "load", load)
+    monkeypatch.setattr(consumer.positions, "appended", appended)
+    monkeypatch.setattr(consumer.positions, "out_of_range", out_of_range)
+    kafka, metrics = _Stamped(at), Metrics("formation")
+    listener = consumer.StoredPositions(SimpleNamespace(pool=Pool(), metrics=metrics))
+    listener.subscriber = SimpleNamespace(consumer=kafka)
+    await listener.on_partitions_assigned({TP0})
+
+    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
+    assert written == recorded
+    told = said.named("kafka.position_out_of_range")
+    assert [(line["level"], line.get("another_log")) for line in told] == [("error", True)] * len(recorded)
+    assert len(said.named("positions.log_unchecked")) == isinstance(at, Exception)
