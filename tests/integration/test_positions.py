@@ -2,6 +2,8 @@
 committed offsets say. Two schemas share one consumer group (as an old backup restored, or a
 fresh schema, would share it with the running service's past), against the real broker."""
 
+from collections.abc import Awaitable, Callable
+
 import contracts as c
 from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
@@ -167,21 +169,27 @@ async def test_a_loss_is_told_once_however_often_its_partition_is_assigned(kafka
     assert [tuple(r) for r in told] == [(1, 3, 2)]
 
 
-async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_never_skipped(kafka, settings) -> None:
-    """The declarations' topic deleted and created again (Strimzi's KafkaTopic re-applied, another
-    cluster): the stored position, past the new log's end, was reset to 0 by aiokafka but kept
-    in the database (`advance` never moves back), the lag reading 0; at the next start, once the
-    new topic had grown past it, the records before it were skipped without a word."""
+async def _handled_then_made_again(kafka, settings, *lots: str) -> Callable[..., Awaitable[None]]:
+    """`lots` of one collège handled on partition 0 of the declarations' topic, which is then made
+    again, the service stopped; what declares more lots there."""
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
     topic = settings.topic(c.EQUIPEMENT)
     declare = lambda *lots: send(bootstrap, topic, [(uai, lot(uai, x, 10, 1)) for x in lots], partition=0)  # noqa: E731
     async with running(SPEC, settings) as pipeline:
         await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
         await referentiel_loaded(pipeline, 1)
-        await declare("A", "B", "C", "D")
-        await _handled(pipeline, {"A", "B", "C", "D"})
-
+        await declare(*lots)
+        await _handled(pipeline, set(lots))
     await _made_again(bootstrap, settings, topic)
+    return declare
+
+
+async def test_a_topic_made_again_is_read_from_its_start_and_its_later_records_never_skipped(kafka, settings) -> None:
+    """The declarations' topic deleted and created again (Strimzi's KafkaTopic re-applied, another
+    cluster): the stored position, past the new log's end, was reset to 0 by aiokafka but kept
+    in the database (`advance` never moves back), the lag reading 0; at the next start, once the
+    new topic had grown past it, the records before it were skipped without a word."""
+    declare = await _handled_then_made_again(kafka, settings, "A", "B", "C", "D")
     async with running(SPEC, settings) as pipeline:
         # Met at the first fetch, the new log empty (a record sent before then would be its end:
         # CI run 2 of session 60 recorded a log end of 1).
@@ -205,17 +213,8 @@ async def test_a_topic_made_again_that_grew_past_the_position_while_the_service_
     is within the new log), and the records before it were skipped without a word (audit
     helper-191 #1). The position keeps the instant its record was appended: no record of the new
     log was appended then, so it is read from its start, told once; a start after that is not."""
-    bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
-    topic = settings.topic(c.EQUIPEMENT)
-    declare = lambda *lots: send(bootstrap, topic, [(uai, lot(uai, x, 10, 1)) for x in lots], partition=0)  # noqa: E731
     told = "SELECT position, log_start, log_end, records_lost FROM positions_hors_limites"
-    async with running(SPEC, settings) as pipeline:
-        await send(bootstrap, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        await referentiel_loaded(pipeline, 1)
-        await declare("A", "B", "C", "D")
-        await _handled(pipeline, {"A", "B", "C", "D"})
-
-    await _made_again(bootstrap, settings, topic)
+    declare = await _handled_then_made_again(kafka, settings, "A", "B", "C", "D")
     await declare("E", "F", "G", "H", "I")  # offsets 0 to 4 of the new topic: past the stored 4
     async with running(SPEC, settings) as pipeline:
         await _handled(pipeline, set("ABCDEFGHI"))
