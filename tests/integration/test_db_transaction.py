@@ -46,3 +46,25 @@ async def test_a_failed_statement_rolls_back_and_leaves_the_connection_usable(co
             await conn.execute("INSERT INTO faits VALUES (3)")
             await conn.execute("SELECT 1 / 0")
     assert await conn.fetchval("SELECT count(*) FROM faits") == 0
+
+
+async def test_a_pool_s_transactions_read_committed_whatever_the_database_s_default(database_url):
+    """The per-key locks rely on each statement seeing what the lock's previous holder committed;
+    a database whose default isolation is repeatable read took the snapshot before the lock was
+    waited for (audit helper-191 #5)."""
+    from services.common.storage.db import create_pool
+
+    admin = await asyncpg.connect(database_url)
+    try:
+        name = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'")
+    finally:
+        await admin.close()
+    pool = await create_pool(database_url, "isolement")
+    try:
+        async with pool.acquire() as conn, transaction(conn):
+            assert await conn.fetchval("SHOW transaction_isolation") == "read committed"
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            assert await conn.fetchval("SHOW transaction_isolation") == "repeatable read", "asked for: kept"
+    finally:
+        await pool.close()

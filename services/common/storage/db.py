@@ -246,6 +246,11 @@ async def create_pool(
             **(settings or {}),
             "search_path": schema,
             "application_name": f"feo-{schema}" + (f"-{purpose}" if purpose else ""),
+            # The per-key locks (storage/locks.py) and the relay's rounds read what the previous
+            # holder committed: each statement its own snapshot, whatever the database's or
+            # role's default (a repeatable-read default missed it silently: audit helper-191 #5).
+            # The reads that want one snapshot ask for it (`isolation="repeatable_read"`).
+            "default_transaction_isolation": "read committed",
         },
         reset=_nothing_to_reset,
         init=detect_dead_peer,
