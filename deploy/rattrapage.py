@@ -152,7 +152,7 @@ async def require_log(
     of a compacted topic past it: what it keeps holds the latest record of each key, no loss);
     JournalIncomplet when Kafka no longer holds what it has to read."""
     outside = await outside_their_log(consumer, wanted)
-    if missing := [o for o in outside if o.lost or o.position > o.end]:
+    if missing := [o for o in outside if o.lost or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}
 
