@@ -821,4 +821,26 @@ async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:
         elif await cible.pipeline.run(lambda store: store.reevaluations_pending()):
             await asyncio.sleep(settings.reevaluation_poll_ms / 1000)  # a part put off after a failure
         else:
+            return queued + await _resolve_unsubscribed(cible, settings)
+
+
+async def _resolve_unsubscribed(cible: Cible, settings: RessourcesSettings) -> int:
+    """The alerts the stream holds open for pairs the replay did not subscribe (their abonnement
+    refused by a rule or a setting stricter since the live service accepted it) resolved, as when
+    a subscription ends (CONTRACTS.md: "including when the pair stops being evaluated"): no
+    re-evaluation sees a pair without an abonnement row, so they stayed open for good. Returns
+    the alert events queued."""
+    queued = 0
+    while True:
+        evaluated: ressources.Evaluated | None = None
+
+        async def work(store: Any) -> list[Outgoing]:
+            nonlocal evaluated
+            evaluated = await ressources.resolve_unsubscribed(store, settings.seuils, settings.reevaluation_chunk)
+            return evaluated.outgoing if evaluated else []
+
+        await cible.pipeline.run_exclusive(work)
+        if evaluated is None:
             return queued
+        evaluated.say()
+        queued += sum(1 for o in evaluated.outgoing if o.topic == c.ALERTES)

@@ -60,6 +60,8 @@ class Store(Protocol):
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]: ...
 
+    async def unsubscribed(self, limit: int) -> list[Pair]: ...
+
     async def load_ressources(self, ids: set[str]) -> dict[str, RessourcePubliee]: ...
 
     async def load_inputs(self, uais: list[str]) -> tuple[dict[str, Fleet], dict[str, Coverage]]: ...
@@ -457,6 +459,17 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     await store.resolve_alertes(resolutions)
     await store.journal(outgoing, elsewhere)
     return Evaluated(outgoing, Said.of(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing)))
+
+
+async def resolve_unsubscribed(store: Store, seuils: Seuils, size: int) -> Evaluated | None:
+    """The open alerts of up to `size` pairs that have no abonnement resolved, as when a
+    subscription ends (store.unsubscribed: after a rebuild's or a catch-up's replay, on a schema
+    no service runs on yet); None when none is left."""
+    pairs = await store.unsubscribed(size)
+    if not pairs:
+        return None
+    await store.lock(sorted({p.uai for p in pairs}))
+    return await reevaluate(store, pairs, seuils, {})
 
 
 def _announce(

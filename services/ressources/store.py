@@ -94,6 +94,11 @@ def uncovered(ranges: Sequence[Range]) -> list[Range]:
     return [*gaps, (lower, None)]
 
 
+UNSUBSCRIBED = date.min
+"""The `end` of a pair that has no abonnement (`RessourcesStore.unsubscribed`): ended, so not
+evaluated, its open alerts resolved."""
+
+
 class Pair(NamedTuple):
     """A subscription: (établissement, resource), and the end of the abonnement if any (a
     NamedTuple: a fan-out makes tens of thousands)."""
@@ -274,6 +279,19 @@ class RessourcesStore:
             resource_id,
         )
         return [Pair(r["uai"], r["resource_id"], r["end"]) for r in rows]
+
+    async def unsubscribed(self, limit: int) -> list[Pair]:
+        """Up to `limit` pairs that hold an open alert and have no abonnement, as ended
+        (UNSUBSCRIBED). None where the service built the schema (it never deletes an abonnement
+        row); after a rebuild or a restore's catch-up, those whose abonnement the replay refused
+        (a rule or a setting stricter since it was accepted), their alerts as the stream holds them."""
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT uai, resource_id FROM alertes AS a WHERE ouverte AND NOT EXISTS "
+            "(SELECT FROM abonnements AS s WHERE s.uai = a.uai AND s.resource_id = a.resource_id) "
+            "ORDER BY uai, resource_id LIMIT $1",
+            limit,
+        )
+        return [Pair(r["uai"], r["resource_id"], UNSUBSCRIBED) for r in rows]
 
     async def load_ressources(self, ids: Iterable[str]) -> dict[str, RessourcePubliee]:
         rows = await self._conn.fetch(

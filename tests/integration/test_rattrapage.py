@@ -6,7 +6,7 @@ partitions are read in."""
 import asyncio
 import json
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -185,6 +185,35 @@ async def test_an_alert_a_rebuild_could_not_see_raised_again_keeps_its_first_rai
     [again] = [json.loads(r.value) for r in await read_topic(bootstrap, stream)]
     assert (again["type"], again["data"]["alert_id"]) == (c.ALERTE_LEVEE, first["data"]["alert_id"])
     assert again["id"] != first["id"]
+
+
+async def test_an_open_alert_whose_abonnement_a_rebuild_refuses_is_resolved(kafka, settings) -> None:
+    """The live service, its MAX_CLOCK_SKEW two hours, accepted an abonnement dated an hour
+    ahead and raised its alert; rebuilt with the default 5 minutes, the replay refuses it
+    (time-futur) and the rebuilt schema has no abonnement row for the pair, which no
+    re-evaluation then looks at (audit helper-191 #2). The rebuild resolves the alert, as when a
+    subscription ends (CONTRACTS.md): on the stream, and a tombstone on its table."""
+    from deploy import reconstruire
+
+    bootstrap, where = kafka.bootstrap_servers, valid_uai("0350407")
+    lenient = settings.model_copy(update={"max_clock_skew": timedelta(hours=2)})
+    alerts = "SELECT count(*) FILTER (WHERE ouverte) = $1 AND (SELECT count(*) = 0 FROM outbox) FROM alertes"
+    ahead = abonnement(where, 1) | {"time": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    async with running(RESSOURCES, lenient) as pipeline:
+        await old_tablets_at(bootstrap, lenient, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, ahead)])
+        await eventually(lambda: pipeline.pool.fetchval(alerts, 1), what="the alert raised and published")
+
+    await reconstruire.rebuild(RESSOURCES, settings)
+    async with running(RESSOURCES, settings) as pipeline:
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM abonnements") == 0, "the replay refused it"
+        await eventually(lambda: pipeline.pool.fetchval(alerts, 0), what="the alert resolved and published")
+    stream = await read_topic(bootstrap, settings.topic(c.ALERTES))
+    events = [json.loads(r.value) for r in stream]
+    assert [(e["type"], e["data"]["uai"]) for e in events] == [(c.ALERTE_LEVEE, where), (c.ALERTE_RESOLUE, where)]
+    table = await read_topic(bootstrap, settings.topic(c.ALERTES_ETAT))
+    assert {r.key.decode() for r in table} == {events[0]["data"]["alert_id"]}
+    assert [r.value for r in table] == [r.value for r in stream] + [None], "each event, then a tombstone"
 
 
 async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 from services.ressources.store import (
     EVERY_RESOURCE,
     MAX_PARTS,
+    UNSUBSCRIBED,
     AlertRow,
     Pair,
     ReevaluationPart,
@@ -198,6 +199,13 @@ class RessourcesMemory:
             for e in self.abonnements.rows.values()
             if e.data.uai in uais and resource_id in (None, e.data.resource_id)
         ]
+
+    async def unsubscribed(self, limit: int) -> list[Pair]:
+        subscribed = {(e.data.uai, e.data.resource_id) for e in self.abonnements.rows.values()}
+        held = sorted(
+            p for p, kinds in self.alerts.items() if p not in subscribed and any(h.ouverte for h in kinds.values())
+        )
+        return [Pair(uai, rid, UNSUBSCRIBED) for uai, rid in held[:limit]]
 
     async def etablissements(self, uais: list[str]) -> dict[str, Etablissement]:
         return {u: self.etabs[u] for u in uais if u in self.etabs}

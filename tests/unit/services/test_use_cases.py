@@ -19,7 +19,7 @@ from services.common.messaging.outbox import Twin
 from services.common.pipeline import TRACEPARENT_OF
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
-from services.ressources.handlers import make_apply, reevaluate_chunk
+from services.ressources.handlers import make_apply, reevaluate_chunk, resolve_unsubscribed
 from services.ressources.rules import Seuils
 
 UAI = "0350042F"
@@ -242,6 +242,29 @@ async def test_ressources_resolves_when_the_subscription_ends():
     await ressources(store, catalogue(), set())
     ended = await ressources(store, catalogue(end=date(2026, 12, 31), minute=2)[1:], set())
     assert announced(ended) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
+
+
+async def test_an_open_alert_whose_abonnement_a_replay_refused_is_resolved_by_the_catch_up():
+    """A rebuild's replay refused the abonnements of two of three alerts the stream holds open
+    (rattrapage._resolve_unsubscribed): no re-evaluation sees a pair without its abonnement, so
+    the catch-up resolves theirs, chunk by chunk, and leaves the third open."""
+    uais = [f"03500{n}{c.uai_check_letter(f'03500{n}')}" for n in range(10, 13)]
+    store = RessourcesMemory([college(u) for u in uais])
+    await ressources(store, [profil(1, "12.5", u) for u in uais] + [publication(1)], set())
+    await ressources(store, [subscription(u) for u in uais], set())
+    assert {uai for uai, _ in store.alerts} == set(uais)
+    for key in [k for k, e in store.abonnements.rows.items() if e.data.uai != uais[1]]:
+        del store.abonnements.rows[key]
+
+    chunks = []
+    while evaluated := await resolve_unsubscribed(store, Seuils(), 1):
+        chunks.append([(o.event.type, o.event.data["uai"]) for o in evaluated.outgoing if o.topic == c.ALERTES])
+    assert chunks == [[(c.ALERTE_RESOLUE, uais[0])], [(c.ALERTE_RESOLUE, uais[2])]]
+    assert {uai: held["equipement-incompatible"].ouverte for (uai, _), held in store.alerts.items()} == {
+        uais[0]: False,
+        uais[1]: True,
+        uais[2]: False,
+    }
 
 
 def requested(store: RessourcesMemory) -> set[tuple[str, str]]:
