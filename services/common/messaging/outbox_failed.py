@@ -19,11 +19,13 @@ set-aside record of such a topic after which the relay published a later record 
 marked superseded, listed so, and never retried (one still waiting in the outbox goes out
 after the retried one, by its seq): `retry` passes over it, `retry --seq` naming it does
 nothing and exits 1. A record's twin (an alert event's copy on alertes.etat.v1,
-outbox.Twin) is set aside with it and superseded on its own: `retry` then puts back the other
-one alone. Values are not printed: they may hold partners' data; `--show-key` prints record
-keys, but a DLQ copy's only when it is a UAI (a partner's `formation-suivie` is keyed by its
-teacher_id). A DLQ copy set aside is deleted INBOX_RETENTION_DAYS after it was made, as its
-dead letter is (storage/retention.py).
+outbox.Twin) is set aside with it and superseded on its own: its record superseded, `retry`
+puts back the twin alone; its twin superseded, nothing, for the record is that alert's event on
+the stream, which its later event reached with the twin's: retried, it would follow it (a raise
+after its resolution, which a dashboard would show open). Values are not printed: they may
+hold partners' data; `--show-key` prints record keys, but a DLQ copy's only when it is a UAI (a
+partner's `formation-suivie` is keyed by its teacher_id). A DLQ copy set aside is deleted
+INBOX_RETENTION_DAYS after it was made, as its dead letter is (storage/retention.py).
 """
 
 import argparse
@@ -77,10 +79,10 @@ def _superseded(row: asyncpg.Record) -> str:
         f"{topic}, which keeps only a key's last record"
         for p, at, topic in parts
     )
-    if row["twin_topic"] is not None and len(parts) == 1:
-        return (
-            f"{said}; retried without it" if parts[0][0] else f"{said}; its twin on {row['twin_topic']} retried alone"
-        )
+    if row["twin_superseded_at"] is None and row["twin_topic"] is not None:
+        return f"{said}; its twin on {row['twin_topic']} retried alone"
+    if row["superseded_at"] is None:
+        return f"{said}, its event on {row['topic']} with it; not retried, nor the record (drop it)"
     return f"{said}; not retried (drop it)"
 
 
@@ -121,7 +123,7 @@ async def _retry(conn: asyncpg.Connection, schema: str, seqs: list[int] | None) 
             print(f"{schema}: seq={r['seq']} {_superseded(r)}")
         moved = await conn.fetch(
             f'DELETE FROM "{schema}".outbox_failed WHERE {where} '
-            "AND (superseded_at IS NULL OR twin_topic IS NOT NULL AND twin_superseded_at IS NULL) RETURNING *",
+            "AND twin_superseded_at IS NULL AND (superseded_at IS NULL OR twin_topic IS NOT NULL) RETURNING *",
             seqs,
         )
         await conn.executemany(
@@ -144,8 +146,11 @@ class SeqSuperseded(Exception):
 
 
 def _nothing_left(row: asyncpg.Record) -> bool:
-    """Whether a set-aside row's record is superseded and so is its twin, if it has one."""
-    return row["superseded_at"] is not None and (row["twin_topic"] is None or row["twin_superseded_at"] is not None)
+    """Whether nothing of a set-aside row goes back: its record is superseded and it has no twin,
+    or its twin is (the module's docstring)."""
+    if row["twin_superseded_at"] is not None:
+        return True
+    return row["superseded_at"] is not None and row["twin_topic"] is None
 
 
 async def _all_there(conn: asyncpg.Connection, schema: str, asked: list[int] | None) -> None:
@@ -162,15 +167,14 @@ async def _all_there(conn: asyncpg.Connection, schema: str, asked: list[int] | N
 
 
 def _retried(row: asyncpg.Record) -> tuple[str, bytes | None, bytes | None, str | None, bytes | None, bool]:
-    """A set-aside row's outbox row, but for a superseded part (topic, key, value, twin_topic,
-    twin_key, twin_ends): the record and its twin, the record alone, or the twin alone. One row,
+    """A set-aside row's outbox row, but for a superseded record (topic, key, value, twin_topic,
+    twin_key, twin_ends): the record and its twin, the record alone (it has none), or the twin
+    alone (a row whose twin is superseded does not go back). One row,
     under the set-aside one's seq: the twin alone that ends its key is its own twin (its value
     twice, then its tombstone), not two rows, the second of which would go after the key's
     later records."""
-    keeps_twin = row["twin_topic"] is not None and row["twin_superseded_at"] is None
     if row["superseded_at"] is None:
-        twin = (row["twin_topic"], row["twin_key"], row["twin_ends"]) if keeps_twin else (None, None, False)
-        return (row["topic"], row["key"], row["record_value"], *twin)
+        return (row["topic"], row["key"], row["record_value"], row["twin_topic"], row["twin_key"], row["twin_ends"])
     ends = (row["twin_topic"], row["twin_key"], True) if row["twin_ends"] else (None, None, False)
     return (row["twin_topic"], row["twin_key"], row["record_value"], *ends)
 
