@@ -65,7 +65,8 @@ async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kaf
     logged once for them all (a line per request before)."""
     logged = Said()
     monkeypatch.setattr(api, "log", logged)
-    async with api_with(settings, api_connections=2, api_statement_timeout_ms=1500) as (client, app):
+    # 3 s: two reads wait on the lock long enough for a loaded machine to see them (audit helper-189 #16).
+    async with api_with(settings, api_connections=2, api_statement_timeout_ms=3000) as (client, app):
         pipeline_pool = app.state.pipeline.pool
         # A deadline over it all: with one pool, the pipeline's own look below waits for ever.
         async with locked(pipeline_pool, "etablissements"), asyncio.timeout(20):
@@ -81,7 +82,7 @@ async def test_reads_holding_every_api_connection_leave_the_pipeline_its_own(kaf
         assert said["lecture trop longue"] >= 2, said
         busy = next(r for r in answers if r.json()["detail"].startswith("trop de lectures"))
         assert busy.json()["detail"] == (
-            "trop de lectures en cours : aucune connexion libre en 1500 ms (API_CONNECTIONS = 2) ; réessayer dans 2 s"
+            "trop de lectures en cours : aucune connexion libre en 3000 ms (API_CONNECTIONS = 2) ; réessayer dans 2 s"
         )
         assert busy.headers["Retry-After"] == "2"
         lines = [(line["event"], line["autres_requetes"]) for line in logged.lines if line["level"] == "warning"]

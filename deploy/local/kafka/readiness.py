@@ -45,12 +45,16 @@ async def _metadata_available(access: KafkaAccess) -> bool:
         await admin.close()
 
 
-def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str]) -> None:
-    """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user."""
+def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str], timeout: float = 30) -> None:
+    """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user, and return
+    once the broker knows each of them (it takes them from the controller a moment later: a client
+    of a new user connecting at once was refused). A reset password is not waited for: the
+    broker's answer says which users it knows, not with which password."""
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
     try:
         alterations = [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
         _alter_scram_users(admin, alterations, "SCRAM users not created")
+        _until_known(admin, list(passwords), known=True, timeout=timeout)
     finally:
         admin.close()
 
@@ -62,15 +66,23 @@ def delete_scram_users(admin_access: KafkaAccess, names: Collection[str], timeou
     try:
         alterations = [UserScramCredentialDeletion(name, "SCRAM-SHA-512") for name in names]
         _alter_scram_users(admin, alterations, "SCRAM users not deleted", absent_ok=True)
-        deadline = time.monotonic() + timeout
-        while known := sorted(
-            n for n, d in admin.describe_user_scram_credentials(list(names)).items() if d["credential_infos"]
-        ):
-            if time.monotonic() > deadline:
-                raise KafkaRuntimeError(f"SCRAM users still known {timeout} s after their deletion: {', '.join(known)}")
-            time.sleep(0.05)
+        _until_known(admin, list(names), known=False, timeout=timeout)
     finally:
         admin.close()
+
+
+def _until_known(admin: KafkaAdminClient, names: list[str], known: bool, timeout: float) -> None:
+    """Until the broker knows every one of `names` as a SCRAM user (`known`), or none of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # An unknown user comes back with an error and no credential.
+        described = admin.describe_user_scram_credentials(names)
+        if not (pending := [n for n in names if bool(described.get(n, {}).get("credential_infos")) != known]):
+            return
+        if time.monotonic() > deadline:
+            said = "still unknown" if known else "still known"
+            raise KafkaRuntimeError(f"SCRAM users {said} {timeout} s after their change: {', '.join(pending)}")
+        time.sleep(0.05)
 
 
 def _alter_scram_users(admin: KafkaAdminClient, alterations: list, failure: str, absent_ok: bool = False) -> None:
