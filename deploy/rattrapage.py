@@ -843,4 +843,7 @@ async def _resolve_unsubscribed(cible: Cible, settings: RessourcesSettings) -> i
         if evaluated is None:
             return queued
         evaluated.say()
-        queued += sum(1 for o in evaluated.outgoing if o.topic == c.ALERTES)
+        if not (resolved := sum(1 for o in evaluated.outgoing if o.topic == c.ALERTES)):
+            # Each chunk closes what it took, or the next takes the same pairs again, for ever.
+            raise RuntimeError("open alerts without an abonnement that resolving their pairs left open")
+        queued += resolved

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from pydantic_core import from_json, to_json
+from pydantic_core import from_json
 
 from contracts import ALERT_KINDS, AlerteLevee, Etablissement, Reason
 from services.common.rules.rights import responsable
@@ -52,8 +52,8 @@ PORTEE = ("code_academie", "code_departement", "responsable")
 @dataclass(frozen=True)
 class Held:
     """An alert as stored: open or not, how many times raised, its last content as the JSON of
-    an AlerteLevee the service wrote (so trusted: validated only to resolve it), and where it
-    was raised when an update has moved it since (its PORTEE fields, as JSON; None: where it is)."""
+    an AlerteLevee the service wrote (so trusted: never validated again), and where it was
+    raised when an update has moved it since (its PORTEE fields, as JSON; None: where it is)."""
 
     ouverte: bool
     cycle: int
@@ -76,12 +76,14 @@ class Held:
         return AlerteLevee.model_validate_json(self.stored)
 
     @property
-    def as_raised(self) -> AlerteLevee:
+    def as_raised(self) -> Content:
         """Its content where it was raised: what its resolution announces, there where its raise
-        was (a dashboard filtering on its académie, département or responsable saw the raise)."""
-        if self.levee_portee is None:
-            return self.alerte
-        return AlerteLevee.model_validate_json(to_json({**self.values, **from_json(self.levee_portee)}))
+        was (a dashboard filtering on its académie, département or responsable saw the raise).
+        Its fields in the contract's order (the stored JSON may be jsonb's, after a rebuild), not
+        validated: it repeats what was announced, which a rule made stricter since (a longer
+        identifier refused) must not stop from resolving."""
+        values = self.values if self.levee_portee is None else {**self.values, **from_json(self.levee_portee)}
+        return {**{k: values[k] for k in AlerteLevee.model_fields if k in values}, "raised_at": self.raised_at}
 
 
 class Transition(NamedTuple):
@@ -134,7 +136,7 @@ def transitions(
         elif opened is not None:
             # Never before its raise: raised by a replica whose clock was ahead of this one's.
             resolved_at = max(now, opened.raised_at)
-            out.append(Transition(kind, before, resolved={**dict(opened.as_raised), "resolved_at": resolved_at}))
+            out.append(Transition(kind, before, resolved={**opened.as_raised, "resolved_at": resolved_at}))
     return out
 
 

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import NamedTuple, TypeVar
 
 import contracts as c
-from contracts import CloudEvent, Etablissement, RessourcePubliee
+from contracts import ALERT_KINDS, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
 from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.rules.state import Verdicts
@@ -284,12 +284,14 @@ class RessourcesStore:
         """Up to `limit` pairs that hold an open alert and have no abonnement, as ended
         (UNSUBSCRIBED). None where the service built the schema (it never deletes an abonnement
         row); after a rebuild or a restore's catch-up, those whose abonnement the replay refused
-        (a rule or a setting stricter since it was accepted), their alerts as the stream holds them."""
+        (a rule or a setting stricter since it was accepted), their alerts as the stream holds them.
+        Only alerts of the kinds this version knows, which resolving the pair closes."""
         rows = await self._conn.fetch(
-            "SELECT DISTINCT uai, resource_id FROM alertes AS a WHERE ouverte AND NOT EXISTS "
-            "(SELECT FROM abonnements AS s WHERE s.uai = a.uai AND s.resource_id = a.resource_id) "
+            "SELECT DISTINCT uai, resource_id FROM alertes AS a WHERE ouverte AND kind = ANY($2::text[]) "
+            "AND NOT EXISTS (SELECT FROM abonnements AS s WHERE s.uai = a.uai AND s.resource_id = a.resource_id) "
             "ORDER BY uai, resource_id LIMIT $1",
             limit,
+            list(ALERT_KINDS),
         )
         return [Pair(r["uai"], r["resource_id"], UNSUBSCRIBED) for r in rows]
 

@@ -216,6 +216,45 @@ async def test_an_open_alert_whose_abonnement_a_rebuild_refuses_is_resolved(kafk
     assert [r.value for r in table] == [r.value for r in stream] + [None], "each event, then a tombstone"
 
 
+async def test_the_pairs_a_catch_up_resolves_have_an_open_alert_of_a_known_kind_and_no_abonnement(database_url):
+    """store.unsubscribed on PostgreSQL: of five pairs, the one subscribed, the one whose alert is
+    resolved and the one whose only open alert is of a kind this version does not know are left;
+    the others come in the order of their keys, `limit` at a time."""
+    from services.ressources.store import UNSUBSCRIBED, Pair, RessourcesStore
+
+    schema = "ressources_orphelins"
+    rows = [  # (uai, resource_id, kind, ouverte)
+        ("0350001A", "r1", "equipement-incompatible", True),  # subscribed below
+        ("0350002B", "r1", "equipement-incompatible", False),
+        ("0350003C", "r1", "kind-from-the-future", True),
+        ("0350004D", "r2", "equipement-incompatible", True),
+        ("0350004D", "r2", "formation-insuffisante", True),
+        ("0350005E", "r1", "formation-insuffisante", True),
+    ]
+    pool = await create_pool(database_url, schema)
+    try:
+        await migrate(pool, schema, RESSOURCES.package_dir)
+        await pool.execute(
+            "INSERT INTO abonnements (resource_id, uai, start, event_time) "
+            "VALUES ('r1', '0350001A', '2026-09-01', now())"
+        )
+        await pool.executemany(
+            "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, alerte) "
+            "VALUES ($1 || '/' || $2 || '/' || $3, $1, $2, $3, $4, 1, now(), '{}')",
+            rows,
+        )
+        async with pool.acquire() as conn:
+            store = RessourcesStore(conn)
+            assert await store.unsubscribed(10) == [
+                Pair("0350004D", "r2", UNSUBSCRIBED),
+                Pair("0350005E", "r1", UNSUBSCRIBED),
+            ]
+            assert await store.unsubscribed(1) == [Pair("0350004D", "r2", UNSUBSCRIBED)]
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
 async def alert_then_table_emptied(bootstrap: str, settings, where: str) -> tuple[str, str]:
     """An alert raised at `where` and published, then alertes.etat.v1 emptied (deleted and made
     again, in the cluster's metadata): (its alert_id, ressources' schema)."""

@@ -82,7 +82,7 @@ def _superseded(row: asyncpg.Record) -> str:
     if row["twin_superseded_at"] is None and row["twin_topic"] is not None:
         return f"{said}; its twin on {row['twin_topic']} retried alone"
     if row["superseded_at"] is None:
-        return f"{said}, its event on {row['topic']} with it; not retried, nor the record (drop it)"
+        return f"{said}, the alert's later state; not retried, nor the record on {row['topic']} (drop it)"
     return f"{said}; not retried (drop it)"
 
 
@@ -141,8 +141,9 @@ class SeqAbsent(Exception):
 
 
 class SeqSuperseded(Exception):
-    """Seqs asked for (`retry --seq`) whose record and twin are both superseded: none of it can
-    go back, so the retry asked for cannot be done; nothing is done, the others neither."""
+    """Seqs asked for (`retry --seq`) of which nothing can go back (`_nothing_left`: the record
+    superseded and no twin, or the twin superseded), so the retry asked for cannot be done;
+    nothing is done, the others neither."""
 
 
 def _nothing_left(row: asyncpg.Record) -> bool:

@@ -203,7 +203,9 @@ class RessourcesMemory:
     async def unsubscribed(self, limit: int) -> list[Pair]:
         subscribed = {(e.data.uai, e.data.resource_id) for e in self.abonnements.rows.values()}
         held = sorted(
-            p for p, kinds in self.alerts.items() if p not in subscribed and any(h.ouverte for h in kinds.values())
+            p
+            for p, kinds in self.alerts.items()
+            if p not in subscribed and any(h.ouverte for k, h in kinds.items() if k in c.ALERT_KINDS)
         )
         return [Pair(uai, rid, UNSUBSCRIBED) for uai, rid in held[:limit]]
 

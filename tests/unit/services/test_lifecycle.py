@@ -6,6 +6,7 @@ import pytest
 from pydantic_core import to_json
 
 from contracts import Etablissement, Reason
+from contracts._base import MAX_TEXT
 from services.ressources.lifecycle import Content, Held, alert_id, transitions
 from services.ressources.rules import Evaluation
 
@@ -78,8 +79,18 @@ def test_an_alert_moved_since_its_raise_resolves_where_it_was_raised():
     )
     held = {"equipement-incompatible": Held(True, 1, stored(u.updated), raised_at)}
     [r] = transitions(UAI, RID, moved, Evaluation({}, 30, 30), held, NOW)
-    assert (r.resolved["code_departement"], r.resolved["responsable"].code) == ("035", "035")
+    assert (r.resolved["code_departement"], r.resolved["responsable"]["code"]) == ("035", "035")
     assert stored(r.resolved) == stored({**t.raised, "resolved_at": NOW}), "the raise's content, resolved"
+
+
+def test_an_alert_a_stricter_rule_would_refuse_now_resolves_as_it_was_raised():
+    """Raised before a rule made an identifier's bound stricter (resource_id at most MAX_TEXT
+    characters since 30 November 2026): its resolution repeats what was announced, unvalidated,
+    where validating it failed and stopped the batch, or the rebuild, that resolved it."""
+    long_rid = "ark:/1/" + "r" * MAX_TEXT
+    [t] = transitions(UAI, long_rid, ETAB, INCOMPATIBLE, {}, NOW)
+    [r] = transitions(UAI, long_rid, ETAB, None, {"equipement-incompatible": Held(True, 1, stored(t.raised))}, NOW)
+    assert stored(r.resolved) == stored({**t.raised, "resolved_at": NOW})
 
 
 def test_resolved_alert_raises_again_with_the_same_id():

@@ -1,8 +1,11 @@
 """The three use cases (handlers) with in-memory stores: no broker, no database, milliseconds.
 What each emits for what it receives; the SQL stores are tested in tests/integration/."""
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 
+import pytest
 from memory_stores import EquipementMemory, FormationMemory, RessourcesMemory
 
 import contracts as c
@@ -265,6 +268,36 @@ async def test_an_open_alert_whose_abonnement_a_replay_refused_is_resolved_by_th
         uais[1]: True,
         uais[2]: False,
     }
+
+
+async def test_the_catch_up_leaves_an_alert_kind_it_does_not_know_and_stops_on_a_chunk_that_closes_nothing(
+    monkeypatch,
+):
+    """An open alert of a kind a later version raised (this one rolled back since) is not taken:
+    resolving its pair would not close it, and the catch-up would take it again for ever, its
+    service's writes held (a rebuild's switch). A chunk that closes nothing stops it, named."""
+    from deploy import rattrapage
+    from services.ressources import handlers
+    from services.ressources.lifecycle import Held
+
+    store = RessourcesMemory([college()])
+    store.alerts[(UAI, RID)] = {"kind-from-the-future": Held(True, 1, '{"kind": "kind-from-the-future"}')}
+
+    async def run_exclusive(work):
+        return await work(store)
+
+    cible = SimpleNamespace(pipeline=SimpleNamespace(run_exclusive=run_exclusive))
+    settings = SimpleNamespace(seuils=Seuils(), reevaluation_chunk=10)
+    async with asyncio.timeout(5):
+        assert await rattrapage._resolve_unsubscribed(cible, settings) == 0
+
+    async def closes_nothing(store, seuils, size):
+        return handlers.Evaluated([])
+
+    monkeypatch.setattr(handlers, "resolve_unsubscribed", closes_nothing)
+    with pytest.raises(RuntimeError, match="resolving their pairs left open"):
+        async with asyncio.timeout(5):
+            await rattrapage._resolve_unsubscribed(cible, settings)
 
 
 def requested(store: RessourcesMemory) -> set[tuple[str, str]]:
