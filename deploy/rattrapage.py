@@ -781,6 +781,7 @@ async def _accord_alerts(conn: Conn, journal_from: int, announced: int, floor: i
         f"SELECT DISTINCT ON (alert_id) alert_id, cycle, ouverte, value FROM {STAGED_ALERTS} "
         "ORDER BY alert_id, cycle DESC, ouverte, seq"
     )
+    await _supersede_set_aside(conn)
     await conn.execute("DELETE FROM alertes")
     await conn.execute(
         "INSERT INTO alertes (alert_id, uai, resource_id, kind, ouverte, cycle, raised_at, resolved_at, alerte) "
@@ -800,6 +801,40 @@ async def _accord_alerts(conn: Conn, journal_from: int, announced: int, floor: i
         "WHERE CASE WHEN d.ouverte THEN s.digest IS DISTINCT FROM sha256(d.value) ELSE s.digest IS NOT NULL END"
     )
     return [Outgoing(c.ALERTES_ETAT, r["alert_id"], _Value(r["value"]) if r["ouverte"] else TOMBSTONE) for r in lacking]
+
+
+async def _supersede_set_aside(conn: Conn) -> None:
+    """The alert rows set aside (outbox_failed, with their twin on the table) of which Kafka
+    holds the alert's event or a later one (rattrapage_dernieres) marked superseded, as the relay
+    marks them when it publishes that later event: a restore brings them back as they were at the
+    backup, and `./dev outbox retry` then put the raise after its resolution on the stream (a
+    rebuild copies the live marks). A row whose event's cycle cannot be read is left as it is."""
+    rows = await conn.fetch(
+        "SELECT seq, record_value FROM outbox_failed WHERE twin_topic IS NOT NULL AND twin_superseded_at IS NULL"
+    )
+    set_aside: dict[int, tuple[str, int, bool]] = {}
+    for r in rows:
+        event = json.loads(r["record_value"])
+        alert_id, resolved = event["data"]["alert_id"], event["type"] == c.ALERTE_RESOLUE
+        raised_at = datetime.fromisoformat(event["data"]["raised_at"])
+        try:
+            cycle = _cycle(alert_id, event["id"], "resolue" if resolved else "levee", raised_at, 1)
+        except ValueError:
+            continue
+        set_aside[r["seq"]] = (alert_id, cycle, resolved)
+    if not set_aside:
+        return
+    held = {
+        r["alert_id"]: (r["cycle"], not r["ouverte"])
+        for r in await conn.fetch(
+            "SELECT alert_id, cycle, ouverte FROM rattrapage_dernieres WHERE alert_id = ANY($1::text[])",
+            sorted({alert_id for alert_id, _, _ in set_aside.values()}),
+        )
+    }
+    passed = [
+        seq for seq, (alert_id, *event) in set_aside.items() if alert_id in held and held[alert_id] >= tuple(event)
+    ]
+    await conn.execute("UPDATE outbox_failed SET twin_superseded_at = now() WHERE seq = ANY($1::bigint[])", passed)
 
 
 async def _reevaluate_everything(cible: Cible, stored_thresholds: bool) -> int:

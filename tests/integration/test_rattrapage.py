@@ -39,6 +39,7 @@ from services.equipement.app import SPEC
 from services.formation.app import SPEC as FORMATION
 from services.ressources import queries
 from services.ressources.app import SPEC as RESSOURCES
+from services.ressources.lifecycle import event_id
 from test_equipement import DEPARTEMENT
 from test_ressources import RID, abonnement, old_tablets_at, publiee
 
@@ -214,6 +215,48 @@ async def test_an_open_alert_whose_abonnement_a_rebuild_refuses_is_resolved(kafk
     table = await read_topic(bootstrap, settings.topic(c.ALERTES_ETAT))
     assert {r.key.decode() for r in table} == {events[0]["data"]["alert_id"]}
     assert [r.value for r in table] == [r.value for r in stream] + [None], "each event, then a tombstone"
+
+
+async def test_the_alignment_marks_superseded_the_alert_rows_set_aside_whose_event_kafka_holds_or_passed(
+    kafka, settings
+):
+    """A restore brings back the alert rows set aside at the backup, unmarked (audit helper-192
+    #3): the alert's raise set aside, its resolution published since. The alignment marks the
+    raise's row superseded as the relay would have (`./dev outbox retry` put it back after its
+    resolution on the stream), and leaves the row of a later raise Kafka does not hold."""
+    bootstrap, where, stream = kafka.bootstrap_servers, valid_uai("0350408"), settings.topic(c.ALERTES)
+    published = "(SELECT count(*) = 0 FROM outbox) AND (SELECT count(*) = $1 FROM alertes WHERE ouverte)"
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1)), (where, abonnement(where, 1))])
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}", 1), what="the alert raised")
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(where, abonnement(where, 2, end="2026-09-02"))])
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {published}", 0), what="the alert resolved")
+    raise_, _ = await read_topic(bootstrap, stream)
+    raised = json.loads(raise_.value)
+    alert_id, raised_at = raised["data"]["alert_id"], datetime.fromisoformat(raised["data"]["raised_at"])
+    later = {**raised, "id": event_id(alert_id, 2, "levee", raised_at)}  # a second raise, not on Kafka
+
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
+    cible = await ouvrir(RESSOURCES, settings, "ressources_reconstruit", held)
+    try:
+        await rattraper(cible)
+        await cible.pipeline.pool.executemany(
+            "INSERT INTO outbox_failed (seq, topic, key, record_value, headers, twin_topic, twin_key, error, "
+            "created_at) VALUES ($1, $2, $3, $4, '[]', $5, $6, 'RecordTooLargeError: too large', now())",
+            [
+                (seq, stream, where.encode(), value, settings.topic(c.ALERTES_ETAT), alert_id.encode())
+                for seq, value in ((1, raise_.value), (2, json.dumps(later).encode()))
+            ],
+        )
+        await accorder(cible)
+        marked = await cible.pipeline.pool.fetch(
+            "SELECT seq, twin_superseded_at IS NOT NULL AS superseded FROM outbox_failed ORDER BY seq"
+        )
+    finally:
+        await cible.close()
+        await held.stop()
+    assert [tuple(r) for r in marked] == [(1, True), (2, False)]
 
 
 async def test_the_pairs_a_catch_up_resolves_have_an_open_alert_of_a_known_kind_and_no_abonnement(database_url):
