@@ -248,8 +248,7 @@ class LocalKafka:
         wanted = self.credentials.with_new(now)
         added = [name for name in wanted.passwords if everyone or name not in self.credentials.passwords]
         if added:
-            add_scram_users(self.access, {name: wanted.password(name) for name in added})
-            wanted.save()
+            add_scram_users(self.access, {name: wanted.password(name) for name in added}, altered=wanted.save)
             self.credentials = wanted
         gone = tuple(name for name in self.credentials.passwords if name not in now)
         declared = bool(os.environ.get(DASHBOARDS, "").strip())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -45,15 +45,20 @@ async def _metadata_available(access: KafkaAccess) -> bool:
         await admin.close()
 
 
-def add_scram_users(admin_access: KafkaAccess, passwords: Mapping[str, str], timeout: float = 30) -> None:
-    """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user, and return
-    once the broker knows each of them (it takes them from the controller a moment later: a client
-    of a new user connecting at once was refused). A reset password is not waited for: the
-    broker's answer says which users it knows, not with which password."""
+def add_scram_users(
+    admin_access: KafkaAccess, passwords: Mapping[str, str], altered: Callable[[], None], timeout: float = 30
+) -> None:
+    """Create (or reset) the SCRAM-SHA-512 users `passwords` names, as the super user, call
+    `altered` once the controller took them (where the caller keeps their passwords: a start
+    interrupted by the wait below would otherwise make new ones, and reset users the broker
+    knows), and return once the broker knows each of them (it takes them from the controller a
+    moment later: a client of a new user connecting at once was refused). A reset password is
+    not waited for: the broker's answer says which users it knows, not with which password."""
     admin = KafkaAdminClient(**admin_access.kafka_python(), client_id="feo-runtime")
     try:
         alterations = [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", pw) for name, pw in passwords.items()]
         _alter_scram_users(admin, alterations, "SCRAM users not created")
+        altered()
         _until_known(admin, list(passwords), known=True, timeout=timeout)
     finally:
         admin.close()
