@@ -808,18 +808,18 @@ async def _supersede_set_aside(conn: Conn) -> None:
     holds the alert's event or a later one (rattrapage_dernieres) marked superseded, as the relay
     marks them when it publishes that later event: a restore brings them back as they were at the
     backup, and `./dev outbox retry` then put the raise after its resolution on the stream (a
-    rebuild copies the live marks). A row whose event's cycle cannot be read is left as it is."""
+    rebuild copies the live marks). A row whose event or cycle cannot be read is left as it is."""
     rows = await conn.fetch(
         "SELECT seq, record_value FROM outbox_failed WHERE twin_topic IS NOT NULL AND twin_superseded_at IS NULL"
     )
     set_aside: dict[int, tuple[str, int, bool]] = {}
     for r in rows:
-        event = json.loads(r["record_value"])
-        alert_id, resolved = event["data"]["alert_id"], event["type"] == c.ALERTE_RESOLUE
-        raised_at = datetime.fromisoformat(event["data"]["raised_at"])
         try:
+            event = json.loads(r["record_value"])
+            alert_id, resolved = event["data"]["alert_id"], event["type"] == c.ALERTE_RESOLUE
+            raised_at = datetime.fromisoformat(event["data"]["raised_at"])
             cycle = _cycle(alert_id, event["id"], "resolue" if resolved else "levee", raised_at, 1)
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             continue
         set_aside[r["seq"]] = (alert_id, cycle, resolved)
     if not set_aside:

@@ -72,10 +72,6 @@ class Held:
         return datetime.fromisoformat(self.values["raised_at"])
 
     @property
-    def alerte(self) -> AlerteLevee:
-        return AlerteLevee.model_validate_json(self.stored)
-
-    @property
     def as_raised(self) -> Content:
         """Its content where it was raised: what its resolution announces, there where its raise
         was (a dashboard filtering on its académie, département or responsable saw the raise).

@@ -398,7 +398,7 @@ async def test_versions_coming_faster_than_a_pass_still_reach_every_subscriber()
     assert sorted(u for u, _ in store.alerts) == uais, "every subscriber reached"
     while await reevaluate_chunk(store, Seuils(), 2):
         pass
-    details = {held.alerte.reasons[0].detail for kinds in store.alerts.values() for held in kinds.values()}
+    details = {held.values["reasons"][0]["detail"] for kinds in store.alerts.values() for held in kinds.values()}
     assert details == {"iPadOS 12.5 < 16"}, "every alert as the last version says"
 
 
