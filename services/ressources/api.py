@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator
 
-from contracts import ALERT_KINDS, AlertKind, Etablissement, RessourcePubliee, is_valid_uai, uai_check_letter
+from contracts import ALERT_KINDS, AlertKind, Etablissement, is_valid_uai, uai_check_letter
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import AnswerHeaders, ServiceApp
@@ -42,7 +42,7 @@ from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
 from services.ressources.rules import MIN_TEACHERS_DETAILED, Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
-from services.ressources.store import EVERY_RESOURCE, RessourcesStore
+from services.ressources.store import EVERY_RESOURCE, RessourcesStore, stored_ressource
 from services.ressources.stream import AlertHub, Subscription
 
 
@@ -541,11 +541,12 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         pending = await queries.pending_reevaluations(conn, uai)
     ressources = []
     for sub in subs:
-        ressource = RessourcePubliee.model_validate_json(sub["ressource"]) if sub["publiee"] else None
+        ressource = stored_ressource(sub["resource_id"], sub["ressource"]) if sub["publiee"] else None
         evaluated = is_evaluated(sub["end"], etab["ouvert"], ressource is not None)
         entry = {
             "resource_id": sub["resource_id"],
-            "title": ressource.title if ressource else None,
+            # One a stricter rule refuses since: its title as stored, not evaluated (stored_ressource).
+            "title": ressource.title if ressource else _title(sub["ressource"]) if sub["publiee"] else None,
             "abonnement": {"start": sub["start"].isoformat(), "end": sub["end"].isoformat() if sub["end"] else None},
             "publiee": bool(sub["publiee"]),
             "au_catalogue": sub["publiee"] is not None,  # else subscribed to before its publication
@@ -571,6 +572,11 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
         "formation": formation_shown(couverture),
         "ressources": ressources,
     }
+
+
+def _title(stored: str) -> str | None:
+    title = json.loads(stored).get("title")
+    return title if isinstance(title, str) else None
 
 
 def formation_shown(couverture: CouvertureFormation | None) -> dict | None:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import NamedTuple, TypeVar
 
+import structlog
+from pydantic import ValidationError
+
 import contracts as c
 from contracts import ALERT_KINDS, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
@@ -23,6 +26,8 @@ from services.ressources.rules import Coverage, Fleet, Seuils, read_by_rules
 
 P = TypeVar("P")  # a profile as a reader wants it (a model, or what the rules read)
 C = TypeVar("C")  # a coverage, likewise
+log = structlog.get_logger(__name__)
+
 EVERY_RESOURCE = ""
 """The re-evaluation of every subscribed pair (the thresholds changed); no resource_id is empty."""
 Range = tuple[str, str | None]
@@ -92,6 +97,31 @@ def uncovered(ranges: Sequence[Range]) -> list[Range]:
             return gaps
         lower = max(lower, up_to)
     return [*gaps, (lower, None)]
+
+
+_UNREADABLE_SAID: set[str] = set()
+
+
+def stored_ressource(resource_id: str, text: str) -> RessourcePubliee | None:
+    """A published resource as stored, read by today's contract; None when a rule made stricter
+    since refuses it (a tool kind "" since 3 December, a name over 64 characters since 30
+    November): taken for not published, where a rebuild's replay, which refuses its publication,
+    leaves it; its pairs' open alerts resolve, and the partner's next publication of it counts as
+    usual. Validating stopped every batch and re-evaluation that met one of its subscribers, for
+    good. Said once per resource and process (WARNING `ressource.illisible`: its id and the rules
+    it breaks, not its values)."""
+    try:
+        return RessourcePubliee.model_validate_json(text)
+    except ValidationError as e:
+        if resource_id not in _UNREADABLE_SAID:
+            _UNREADABLE_SAID.add(resource_id)
+            log.warning(
+                "ressource.illisible",
+                resource_id=resource_id,
+                erreurs=sorted({f"{'.'.join(map(str, err['loc']))}: {err['type']}" for err in e.errors()}),
+                hint="accepted before a stricter rule: taken for not published until its partner publishes it again",
+            )
+        return None
 
 
 UNSUBSCRIBED = date.min
@@ -299,7 +329,8 @@ class RessourcesStore:
         rows = await self._conn.fetch(
             "SELECT resource_id, ressource FROM ressources WHERE resource_id = ANY($1::text[]) AND publiee", list(ids)
         )
-        return {r["resource_id"]: RessourcePubliee.model_validate_json(r["ressource"]) for r in rows}
+        read = {r["resource_id"]: stored_ressource(r["resource_id"], r["ressource"]) for r in rows}
+        return {rid: ressource for rid, ressource in read.items() if ressource is not None}
 
     async def load_entrees(self, uais: list[str]) -> tuple[dict[str, ProfilEquipement], dict[str, CouvertureFormation]]:
         """The profiles and the coverages of these UAIs (of those that have one), in one reading."""

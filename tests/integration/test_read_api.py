@@ -18,6 +18,7 @@ import pytest
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS, CouvertureFormation
 from helpers import (
+    Said,
     TopicReader,
     at,
     couverture,
@@ -142,6 +143,47 @@ async def feed(kafka, settings, pool):
             for u in [*RENNES, NANTES]
         ],
     )
+
+
+async def test_a_stored_resource_a_stricter_rule_refuses_is_taken_for_unpublished(kafka, settings, api, monkeypatch):
+    """A resource an older version accepted, which a rule made stricter since refuses (a training
+    tool kind "", refused since 3 December; audit helper-193 #1, #2): validated as it was read, it
+    made every batch and re-evaluation meeting one of its subscribers fail for good, and their
+    fiches answer 500. Taken for not published, where a rebuild would leave it: the fiche lists it
+    unevaluated with its title, the next evaluation resolves its pairs' alerts, and the log says
+    it once."""
+    from services.ressources import store
+
+    logged = Said()
+    monkeypatch.setattr(store, "log", logged)
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    quiet = "(SELECT count(*) = 12 FROM alertes) AND NOT EXISTS (SELECT FROM reevaluations)"
+    await eventually(lambda: pool.fetchval(f"SELECT {quiet}"), what="12 alerts, the fan-out done")
+    others = "SELECT count(*) FROM alertes WHERE uai <> $1 AND ouverte"
+    elsewhere = await pool.fetchval(others, RENNES[0])
+    await pool.execute(
+        """UPDATE ressources SET ressource = jsonb_set(ressource, '{training}', '{"competences": [], "tools": [""]}')"""
+    )
+
+    answer = await client.get(f"/etablissements/{RENNES[0]}")
+    assert answer.status_code == 200, answer.text
+    [sub] = answer.json()["ressources"]
+    assert (sub["title"], sub["publiee"], sub["evaluee"], sub["verdicts"]) == ("Atlas", True, False, None)
+
+    await send(
+        kafka.bootstrap_servers,
+        settings.topic(PROFILS),
+        [profil_lot(RENNES[0], 2, quantity=10, os={"name": "iPadOS", "version": "12.5"})],
+    )
+    settled = "SELECT NOT EXISTS (SELECT FROM alertes WHERE uai = $1 AND ouverte) AND NOT EXISTS (SELECT FROM outbox)"
+    await eventually(lambda: pool.fetchval(settled, RENNES[0]), what="the établissement's alerts resolved")
+    assert await pool.fetchval(others, RENNES[0]) == elsewhere, "the others not evaluated meanwhile"
+    warned = [line for line in logged.lines if line["event"] == "ressource.illisible"]
+    assert [(w["level"], w["resource_id"], w["erreurs"]) for w in warned] == [
+        ("warning", RID, ["training.tools.0: string_too_short"])
+    ], "said once, naming the rule broken and not the value"
 
 
 async def test_alerts_filters_pagination_etablissement_and_resource(kafka, settings, api):
