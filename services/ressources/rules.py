@@ -107,7 +107,7 @@ def _shortened(detail: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _reason(code: str, detail: str) -> Reason:
+def reason(code: str, detail: str) -> Reason:
     """Every reason is built here, its detail shortened. Kept: the same few reasons recur at
     thousands of établissements, and a Reason is frozen, so one object serves them all."""
     return Reason(code=code, detail=_shortened(detail))
@@ -127,7 +127,7 @@ class _Why:
     def add(self, code: str, detail: str) -> None:
         if len(self.reasons) < MAX_REASONS and (code, held := _shortened(detail)) not in self._held:
             self._held.add((code, held))
-            self.reasons.append(_reason(code, detail))
+            self.reasons.append(reason(code, detail))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,10 +576,10 @@ def evaluate(
     link = fleet.link
     if ressource.min_bandwidth_mbps is not None and link and link[0] < ressource.min_bandwidth_mbps:
         alerts["connectivite-insuffisante"] = [
-            _reason("debit", f"{_number(link[0])} Mbit/s < {_number(ressource.min_bandwidth_mbps)}")
+            reason("debit", f"{_number(link[0])} Mbit/s < {_number(ressource.min_bandwidth_mbps)}")
         ]
     if ressource.needs_ent and link and not link[1]:
-        alerts["ent-indisponible"] = [_reason("ent", "l'ENT n'est pas joignable depuis l'établissement")]
+        alerts["ent-indisponible"] = [reason("ent", "l'ENT n'est pas joignable depuis l'établissement")]
     training = _Why()
     coverage = _training(ressource, couverture, seuils.min_training_coverage, training)
     if coverage is not None and coverage < seuils.min_training_coverage:

@@ -26,9 +26,16 @@ from contracts import AlertKind, Lot, Reason, RessourcePubliee
 from contracts.internal import LotProfil, ProfilEquipement
 from services.common.storage.db import Conn
 from services.equipement.domain import lot_content
-from services.ressources import queries, views
-from services.ressources.lifecycle import transitions
-from services.ressources.rules import MIN_TEACHERS_DETAILED, Evaluation, Seuils, evaluate, is_evaluated, verdict
+from services.ressources import queries, rules, views
+from services.ressources.lifecycle import Transition, transitions
+from services.ressources.rules import (
+    MIN_TEACHERS_DETAILED,
+    Evaluation,
+    Seuils,
+    evaluate,
+    is_evaluated,
+    verdict,
+)
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
@@ -285,7 +292,18 @@ async def simulate_equipement(conn: Conn, lots: Sequence[Lot], seuils: Seuils) -
                     profil = simulated[uai] = with_lots(uai, profils.get(uai), by_uai[uai])
                 evaluation = evaluate(ressource, profil, couvertures.get(uai), seuils)
                 for t in transitions(uai, rid, etab, evaluation, held.get((uai, rid), {}), now):
-                    if alerte := t.raised or t.resolved:
-                        changes = consequences.levees if t.raised else consequences.resolues
-                        changes.append(Changement.model_validate(alerte, from_attributes=True))
+                    if t.raised or t.resolved:
+                        (consequences.levees if t.raised else consequences.resolues).append(changement(t))
     return consequences
+
+
+def changement(t: Transition) -> Changement:
+    """A raise or a resolution as the simulation answers it. A resolution's reasons are the
+    stored alert's, unvalidated (lifecycle.Held.as_raised): an alert raised before 30 November
+    may hold a detail longer than the contract's bound since, which is shortened here as the
+    rules shorten theirs (validated as it was, it made the simulation answer 500)."""
+    if t.raised:
+        return Changement.model_validate(t.raised, from_attributes=True)
+    assert t.resolved is not None
+    reasons = [rules.reason(r["code"], r["detail"]) for r in t.resolved["reasons"]]
+    return Changement.model_validate({**t.resolved, "reasons": reasons}, from_attributes=True)
