@@ -28,14 +28,7 @@ from services.common.storage.db import Conn
 from services.equipement.domain import lot_content
 from services.ressources import queries, rules, views
 from services.ressources.lifecycle import Transition, transitions
-from services.ressources.rules import (
-    MIN_TEACHERS_DETAILED,
-    Evaluation,
-    Seuils,
-    evaluate,
-    is_evaluated,
-    verdict,
-)
+from services.ressources.rules import MIN_TEACHERS_DETAILED, Evaluation, Seuils, evaluate, is_evaluated, verdict
 from services.ressources.store import RessourcesStore
 
 CHUNK = 2000  # UAIs read and judged at a time
