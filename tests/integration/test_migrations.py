@@ -104,6 +104,54 @@ async def test_each_migration_is_kept_with_its_text_checksum_and_a_changed_file_
         await pool.close()
 
 
+async def test_a_schema_an_early_text_of_0015_migrated_is_repaired(database_url):
+    """common/0015 was rewritten after its first commits (audit helper-194 #2): a schema one of
+    those texts migrated kept `value` and a trigger refusing to delete a twin row, so every batch
+    and relay round failed for good. 0020 makes what 0015's final text makes."""
+    schema = "ressources_0015_ancien"
+    pool = await create_pool(database_url, schema)
+    try:
+        await migrate(pool, schema, SPEC.package_dir)
+        for table in ("outbox", "outbox_failed"):
+            await pool.execute(f"ALTER TABLE {table} RENAME COLUMN record_value TO value")
+        await pool.execute(
+            "CREATE FUNCTION outbox_twin_guard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF current_setting('feo.outbox_twins', true) IS DISTINCT FROM 'on' THEN RAISE EXCEPTION 'guarded'; "
+            "END IF; RETURN OLD; END $$"
+        )
+        await pool.execute(
+            "CREATE TRIGGER outbox_twin_guard BEFORE DELETE ON outbox "
+            "FOR EACH ROW WHEN (OLD.twin_topic IS NOT NULL) EXECUTE FUNCTION outbox_twin_guard()"
+        )
+        await pool.execute("DELETE FROM schema_migrations WHERE name = 'common/0020_outbox_twins_reparation.sql'")
+
+        await migrate(pool, schema, SPEC.package_dir)
+        await pool.execute(
+            "INSERT INTO outbox (topic, key, record_value, twin_topic, twin_key) VALUES ('t', 'k', 'v', 't2', 'k')"
+        )
+        assert await pool.fetchval("WITH d AS (DELETE FROM outbox RETURNING 1) SELECT count(*) FROM d") == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox_failed WHERE record_value IS NULL") == 0
+        await migrate(pool, schema, SPEC.package_dir)  # nothing to do the second time, nor on a fresh schema
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
+async def test_a_migration_longer_than_the_session_s_statement_timeout_is_applied(database_url, monkeypatch):
+    """A role's or database's statement_timeout (here the session's: 200 ms) stopped a migration
+    that runs longer, at every start, for good (audit helper-194 #4)."""
+    schema = "ressources_migration_lente"
+    files = [*db._migration_files(SPEC.package_dir), ("ressources/9999_lente.sql", "SELECT pg_sleep(0.5)")]
+    monkeypatch.setattr(db, "_migration_files", lambda d: files)
+    pool = await create_pool(database_url, schema, settings={"statement_timeout": "200"})
+    try:
+        await migrate(pool, schema, SPEC.package_dir)
+        assert await pool.fetchval("SELECT count(*) FROM schema_migrations WHERE name = 'ressources/9999_lente.sql'")
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
 async def test_a_schema_migrated_before_checksums_gets_them_even_behind_a_backup(database_url, monkeypatch):
     """Its schema_migrations has no checksum column, and rows written by a former replica during
     a rolling update none: the column is added once (waiting behind a backup's lock, which held

@@ -372,6 +372,9 @@ async def _apply(conn: Conn, name: str, sql: str, schema: str, record: bool = Tr
         try:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
+                # A role's or database's statement_timeout would stop a long one for good: bounded by
+                # the start-up guard instead (audit helper-194 #4).
+                await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute(sql)
                 if record:
                     await conn.execute(
