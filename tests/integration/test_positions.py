@@ -2,6 +2,8 @@
 committed offsets say. Two schemas share one consumer group (as an old backup restored, or a
 fresh schema, would share it with the running service's past), against the real broker."""
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import contracts as c
@@ -322,3 +324,25 @@ async def test_a_record_refused_at_the_place_of_a_former_topic_s_refused_one_is_
     [reused] = said.named("dead_letters.place_reused")
     assert (reused["records"], reused["topics"]) == (1, [topic])
     assert [line["refused"] for line in said.named("events.rejected")] == [{"json-invalide": 1}] * 2
+
+
+async def test_the_instant_each_record_was_appended_is_read_at_its_offset(kafka, settings) -> None:
+    """consumer.record_stamps, which judges a position Kafka's timestamp index suspects (audit
+    helper-194 #5), on the real broker: the instant of the record at each offset asked, as its
+    reader sees it."""
+    from aiokafka import TopicPartition
+
+    from deploy.rattrapage import read_topic
+    from services.common.messaging.connection import KafkaAccess
+    from services.common.messaging.consumer import record_stamps
+
+    topic = settings.topic(c.REFERENTIEL)
+    for n in range(3):  # one append each, a millisecond apart at least: three instants
+        await send(kafka.bootstrap_servers, topic, [(code := valid_uai(f"035060{n}"), college(code))], partition=0)
+        acknowledged = time.time_ns() // 1_000_000  # appended at or before this millisecond
+        while time.time_ns() // 1_000_000 <= acknowledged:
+            await asyncio.sleep(0.001)
+    records = await read_topic(kafka.bootstrap_servers, topic)
+    assert len({r.timestamp for r in records}) == 3, "three instants to tell the records apart"
+    stamps = await record_stamps(KafkaAccess.of(settings))({TopicPartition(topic, 0): 1})
+    assert stamps == {TopicPartition(topic, 0): records[1].timestamp}

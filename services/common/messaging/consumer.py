@@ -20,6 +20,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from faststream.kafka import KafkaBroker, Topic
 from faststream.middlewares import AckPolicy
 
+from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import COMPACTED, text_headers
 from services.common.messaging.records import CorruptBatch, install_reader
 from services.common.pipeline import Parsed, Pipeline
@@ -431,8 +432,42 @@ LOG_CHECK_SECONDS = 10.0
 """How long an assignment waits for Kafka to say whether each stored position is in its log."""
 
 
+Stamps = Callable[[Mapping[TopicPartition, int]], Awaitable[Mapping[TopicPartition, int]]]
+"""The instant (ms) each record at these offsets was appended, of those Kafka gives in time."""
+
+
+def record_stamps(access: KafkaAccess) -> Stamps:
+    """`Stamps` read by a consumer of its own, outside the group (the group's is in its
+    rebalance): its partitions assigned and sought to the offsets, each one's first record
+    kept. A record gone (compacted) or not given within LOG_CHECK_SECONDS is left out."""
+
+    async def stamps(offsets: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:
+        reader = AIOKafkaConsumer(**access.aiokafka(), client_id="feo-positions", enable_auto_commit=False)
+        first: dict[TopicPartition, ConsumerRecord] = {}
+        try:
+            async with asyncio.timeout(LOG_CHECK_SECONDS):
+                await reader.start()
+                reader.assign(list(offsets))
+                for tp, offset in offsets.items():
+                    reader.seek(tp, offset)
+                while waiting := [tp for tp in offsets if tp not in first]:
+                    for tp, records in (await reader.getmany(*waiting, timeout_ms=500, max_records=1)).items():
+                        if records:
+                            first.setdefault(tp, records[0])
+        except Exception as exc:  # Kafka slow or away: the check keeps what it found
+            log.warning("positions.stamps_unread", error=type(exc).__name__, partitions=len(offsets) - len(first))
+        finally:
+            await reader.stop()
+        return {tp: r.timestamp for tp, r in first.items() if r.offset == offsets[tp]}
+
+    return stamps
+
+
 async def in_another_log(
-    consumer: AIOKafkaConsumer, stored: Mapping[TopicPartition, int], appended: Mapping[TopicPartition, int]
+    consumer: AIOKafkaConsumer,
+    stored: Mapping[TopicPartition, int],
+    appended: Mapping[TopicPartition, int],
+    stamps: Stamps | None = None,
 ) -> list[Outside]:
     """Those of `stored` (partition -> position) whose partition's log now holds no record appended
     at the instant the record before the position was (`appended`, ms: the topics that stamp it):
@@ -441,7 +476,10 @@ async def in_another_log(
     earliest record appended at or after that instant is that one, or one before it at the same
     instant; a new log's records were all appended later. (A position an operator moved by hand
     keeps the instant of a record of its log: not suspected.) Kafka not answering: none (read
-    from the stored positions, said)."""
+    from the stored positions, said). A leader whose clock is behind the former one's stamps a
+    record earlier than one before it: the earliest at or after the instant is then another, so
+    each suspect's record before its position is read (`stamps`), and one of that instant is
+    this log's after all (else the whole partition was read again from its start)."""
     wanted = {tp: ms for tp, ms in appended.items() if stored.get(tp, 0) > 0}
     if not wanted:
         return []
@@ -463,10 +501,10 @@ async def in_another_log(
         return []
     # The record before the position deleted (below the start), or a position past the end: not
     # this check's to say (HorsLimites meets them at the fetch).
+    within = [tp for tp in suspects if starts[tp] < stored[tp] <= ends[tp]]
+    same = await stamps({tp: stored[tp] - 1 for tp in within}) if stamps is not None and within else {}
     return [
-        Outside(tp, stored[tp], starts[tp], ends[tp], elsewhere=True)
-        for tp in suspects
-        if starts[tp] < stored[tp] <= ends[tp]
+        Outside(tp, stored[tp], starts[tp], ends[tp], elsewhere=True) for tp in within if same.get(tp) != wanted[tp]
     ]
 
 
@@ -475,8 +513,8 @@ class StoredPositions(ConsumerRebalanceListener):
     it has none: a fresh schema reads every record Kafka has, and is told of those Kafka no longer
     has; a compacted topic's, from its log start)."""
 
-    def __init__(self, pipeline: Pipeline):
-        self._pipeline = pipeline
+    def __init__(self, pipeline: Pipeline, stamps: Stamps | None = None):
+        self._pipeline, self._stamps = pipeline, stamps
         self.subscriber: Any = None  # FastStream's subscriber, whose consumer exists once it starts
         self.poll: Poll | None = None
 
@@ -517,7 +555,7 @@ class StoredPositions(ConsumerRebalanceListener):
                 stored = await positions.load(self._pipeline.pool, assigned)
                 if elsewhere is None:
                     appended = await positions.appended(self._pipeline.pool, assigned)
-                    elsewhere = await in_another_log(consumer, stored, appended)
+                    elsewhere = await in_another_log(consumer, stored, appended, self._stamps)
                 if elsewhere:
                     async with self._pipeline.pool.acquire() as conn, conn.transaction():
                         await positions.out_of_range(conn, elsewhere)
@@ -548,7 +586,7 @@ class StoredPositions(ConsumerRebalanceListener):
 
 def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings, pipeline: Pipeline) -> None:
     install_reader()  # FastStream's consumer is aiokafka's
-    listener = StoredPositions(pipeline)
+    listener = StoredPositions(pipeline, record_stamps(KafkaAccess.of(settings)))
     subscriber = broker.subscriber(
         # The platform's topics (deploy.topic_admin, Strimzi's KafkaTopic), which a service's
         # principal may not create: FastStream's attempt at its start only logged the refusal.

@@ -210,6 +210,42 @@ class _Stamped(Paused):
 async def test_a_position_in_another_log_is_read_from_its_start(monkeypatch, at, sought, recorded):
     """A topic made again while the service was away, its new log already past the stored position:
     no record of it was appended when the position's was (audit helper-191 #1)."""
+    kafka, written, said = await assigned(monkeypatch, at)
+    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
+    assert written == recorded
+    told = said.named("kafka.position_out_of_range")
+    assert [(line["level"], line.get("another_log")) for line in told] == [("error", True)] * len(recorded)
+    assert len(said.named("positions.log_unchecked")) == isinstance(at, Exception)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "sought"),
+    [
+        (1_000, 42),  # the record before the position has its instant: this log, stamped out of order
+        (2_000, 0),  # another instant: another log
+        (None, 0),  # not read in time: as Kafka's first answer says
+    ],
+)
+async def test_a_suspect_position_is_judged_by_the_record_before_it(monkeypatch, stamp, sought):
+    """A leader whose clock is behind the former one's stamped the record before the position
+    earlier than one before it, which Kafka names as appended at or after its instant (audit
+    helper-194 #5): without reading that record, the partition, kept for ever, was read again from
+    its start."""
+    asked: list[dict] = []
+
+    async def stamps(offsets):
+        asked.append(dict(offsets))
+        return {} if stamp is None else {tp: stamp for tp in offsets}
+
+    kafka, written, _ = await assigned(monkeypatch, OffsetAndTimestamp(40, 1_003), stamps)
+    assert asked == [{TP0: 41}]
+    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
+    assert len(written) == (sought == 0)
+
+
+async def assigned(monkeypatch, at, stamps=None):
+    """TP0 assigned, its position 42 stored with the instant 1,000 of the record before it, Kafka
+    answering `at` when asked for that instant: (the consumer, the out-of-range rows written, the log)."""
     from helpers import Said
 
     said = Said()
@@ -234,12 +270,7 @@ async def test_a_position_in_another_log_is_read_from_its_start(monkeypatch, at,
     monkeypatch.setattr(consumer.positions, "appended", appended)
     monkeypatch.setattr(consumer.positions, "out_of_range", out_of_range)
     kafka, metrics = _Stamped(at), Metrics("formation")
-    listener = consumer.StoredPositions(SimpleNamespace(pool=Pool(), metrics=metrics))
+    listener = consumer.StoredPositions(SimpleNamespace(pool=Pool(), metrics=metrics), stamps)
     listener.subscriber = SimpleNamespace(consumer=kafka)
     await listener.on_partitions_assigned({TP0})
-
-    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
-    assert written == recorded
-    told = said.named("kafka.position_out_of_range")
-    assert [(line["level"], line.get("another_log")) for line in told] == [("error", True)] * len(recorded)
-    assert len(said.named("positions.log_unchecked")) == isinstance(at, Exception)
+    return kafka, written, said
