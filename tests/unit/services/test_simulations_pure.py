@@ -169,30 +169,17 @@ def test_an_alert_raised_before_the_detail_s_bound_is_listed_resolved_its_detail
     """A resolution repeats the stored alert (unvalidated): one raised before 30 November may
     hold a reason's detail over MAX_DETAIL, which the answer's model refuses (audit helper-193 #3:
     the simulation answered 500). Shortened as the rules shorten theirs."""
-    from datetime import UTC, datetime
-
     from pydantic_core import to_json
+    from test_lifecycle import ETAB, NOW
 
-    from contracts import Etablissement
     from services.ressources.lifecycle import Held, transitions
     from services.ressources.rules import MAX_DETAIL
     from services.ressources.simulations import changement
 
-    etab = Etablissement(
-        uai=UAI,
-        nom="C",
-        type="college",
-        statut="public",
-        code_commune="35238",
-        code_departement="035",
-        code_academie="14",
-        code_region="53",
-        ouvert=True,
-    )
-    now = datetime(2026, 12, 6, tzinfo=UTC)
+    assert ETAB.uai == UAI
     evaluation = evaluate(RESSOURCE, profil("L1", 30, ("iPadOS", "12.5")), None)
-    raised = transitions(UAI, "ark:/1/r", etab, evaluation, {}, now)[0]
+    raised = transitions(UAI, "ark:/1/r", ETAB, evaluation, {}, NOW)[0]
     long_ago = {**raised.raised, "reasons": [{"code": "os-absent", "detail": "x" * (MAX_DETAIL + 100)}]}
-    [resolved] = transitions(UAI, "ark:/1/r", etab, None, {raised.kind: Held(True, 1, to_json(long_ago).decode())}, now)
+    [resolved] = transitions(UAI, "ark:/1/r", ETAB, None, {raised.kind: Held(True, 1, to_json(long_ago).decode())}, NOW)
     [shown] = changement(resolved).reasons
     assert (shown.code, len(shown.detail), shown.detail[-1]) == ("os-absent", MAX_DETAIL, "…")
