@@ -7,6 +7,7 @@ admin's access (KAFKA_*) into the environment, so every client the tests and the
 from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
+import asyncio
 import logging
 import shutil
 import uuid
@@ -77,7 +78,7 @@ async def database_url(postgres, unique) -> str:
 
 
 @pytest.fixture
-async def topic_prefix(kafka, unique) -> str:
+async def topic_prefix(kafka, unique):
     from deploy import acl
     from deploy.topic_admin import create_topics
     from deploy.topology import platform_topics
@@ -86,7 +87,29 @@ async def topic_prefix(kafka, unique) -> str:
     # Fewer partitions than a deployment's: each test makes its own topics on the session's broker.
     await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=TEST_PARTITIONS))
     acl.apply(kafka.access, prefix)
-    return prefix
+    yield prefix
+    await _deleted(kafka.bootstrap_servers, prefix)
+
+
+async def _deleted(bootstrap: str, prefix: str) -> None:
+    """The test's topics deleted once it is over: the broker holds a file open for each partition
+    it has, and the suite's tests made about 20,000, past this machine's limit of open files
+    (20,000, which even root may not raise here): the broker stopped on "Too many open files"
+    near the suite's end. Best effort: a broker a test left unreachable fails no test here."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.common.messaging.connection import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    try:
+        async with asyncio.timeout(15):
+            await admin.start()
+            if mine := [t for t in await admin.list_topics() if t.startswith(prefix)]:
+                await admin.delete_topics(mine)
+    except Exception as exc:
+        logging.getLogger(__name__).warning("topics of %s not deleted: %r", prefix, exc)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
