@@ -80,7 +80,10 @@ async def test_events_by_outcome_batches_lag_and_outbox(kafka, settings):
             now = await scrape(service.app)
             done = value(now, "feo_events_total", service="equipement", outcome="refused", reason="uai-inconnu")
             idle = value(now, "feo_outbox_pending", service="equipement") == 0 and set(lags(now).values()) == {0}
-            return now if done and idle else None
+            # The relay counts a round once its transaction committed: a scrape in between saw the
+            # outbox empty and nothing relayed yet (CI run 3 of session 62).
+            relayed = value(now, "feo_outbox_relayed_total", service="equipement", outcome="published") or 0
+            return now if done and idle and relayed >= 3 else None
 
         after = await eventually(settled, what="the five lots handled and the outbox drained")
         count = lambda outcome, reason="": value(  # noqa: E731
