@@ -740,15 +740,20 @@ class _Cycles:
         self._last: dict[str, int] = {}
 
     def row(self, record: ConsumerRecord) -> tuple[str, int, bool, bytes]:
-        event = json.loads(record.value)
-        alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
-        raised_at = datetime.fromisoformat(event["data"]["raised_at"])
-        what = "levee" if opened else "resolue"
-        cycle = _cycle(alert_id, event["id"], what, raised_at, self._last.get(alert_id, 1))
+        alert_id, cycle, opened = _alert_event(record.value, lambda alert: self._last.get(alert, 1))
         if len(self._last) >= 20 * STAGE_ROWS:
             self._last.clear()
         self._last[alert_id] = cycle
         return alert_id, cycle, opened, record.value
+
+
+def _alert_event(value: bytes, hint: Callable[[str], int] = lambda _: 1) -> tuple[str, int, bool]:
+    """An alert event's alert_id, raise count (found from its id, near `hint(alert_id)`) and
+    whether it raises the alert."""
+    event = json.loads(value)
+    alert_id, opened = event["data"]["alert_id"], event["type"] == c.ALERTE_LEVEE
+    raised_at = datetime.fromisoformat(event["data"]["raised_at"])
+    return alert_id, _cycle(alert_id, event["id"], "levee" if opened else "resolue", raised_at, hint(alert_id)), opened
 
 
 def _cycle(alert: str, id_: str, what: str, raised_at: datetime, hint: int) -> int:
@@ -815,13 +820,10 @@ async def _supersede_set_aside(conn: Conn) -> None:
     set_aside: dict[int, tuple[str, int, bool]] = {}
     for r in rows:
         try:
-            event = json.loads(r["record_value"])
-            alert_id, resolved = event["data"]["alert_id"], event["type"] == c.ALERTE_RESOLUE
-            raised_at = datetime.fromisoformat(event["data"]["raised_at"])
-            cycle = _cycle(alert_id, event["id"], "resolue" if resolved else "levee", raised_at, 1)
+            alert_id, cycle, opened = _alert_event(r["record_value"])
         except (ValueError, KeyError, TypeError):
             continue
-        set_aside[r["seq"]] = (alert_id, cycle, resolved)
+        set_aside[r["seq"]] = (alert_id, cycle, not opened)
     if not set_aside:
         return
     held = {
