@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 import asyncpg
 from pydantic_core import to_json
 
-from contracts import ALERT_KINDS
+from contracts import ALERT_KINDS, Etablissement
 from services.common.storage.db import Conn
 
 # Each filter of the read API, and where it looks in an alert's data: the one definition that
@@ -141,8 +141,13 @@ def _alert(r: asyncpg.Record) -> dict:
     return data
 
 
+_ETABLISSEMENT = f"SELECT {', '.join(Etablissement.model_fields)} FROM etablissements WHERE uai = $1"
+
+
 async def etablissement(conn: Conn, uai: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM etablissements WHERE uai = $1", uai)
+    """Its columns named: a migration adding one to the table (a rolling upgrade, former replicas
+    serving) would otherwise make the prepared statement refused inside the fiche's transaction."""
+    return await conn.fetchrow(_ETABLISSEMENT, uai)
 
 
 async def abonnements_of(conn: Conn, uai: str) -> list[asyncpg.Record]:

@@ -186,6 +186,24 @@ async def test_a_stored_resource_a_stricter_rule_refuses_is_taken_for_unpublishe
     ], "said once, naming the rule broken and not the value"
 
 
+async def test_the_fiche_answers_after_a_migration_adds_a_column_to_the_referentiel(kafka, settings):
+    """A rolling upgrade's migration may add a column to `etablissements` while a former replica
+    serves: its read connection has the fiche's statement prepared, and PostgreSQL refuses a
+    prepared `SELECT *` whose columns changed (asyncpg retries it only outside a transaction, and
+    the fiche reads in one). One connection, so that both readings use the same."""
+    async with serve_api(settings.model_copy(update={"api_connections": 1})) as (client, app):
+        pool = app.state.pipeline.pool
+        await feed(kafka, settings, pool)
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+        before = await client.get(f"/etablissements/{RENNES[0]}")
+        assert before.status_code == 200, before.text
+
+        await pool.execute("ALTER TABLE etablissements ADD COLUMN secteur text")
+        after = await client.get(f"/etablissements/{RENNES[0]}")
+        assert after.status_code == 200, after.text
+        assert after.json() == before.json()
+
+
 async def test_alerts_filters_pagination_etablissement_and_resource(kafka, settings, api):
     client, app = api
     pool = app.state.pipeline.pool
