@@ -137,6 +137,16 @@ def start_workers(n: int) -> None:
         pool.submit(simulations.judge, "", Seuils(), [])
 
 
+async def _renewed(broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+    """New worker processes in place of `broken`, a pool one of whose processes died (killed, out
+    of memory: the pool refuses any work since), which is stopped off the event loop."""
+    [n] = [n for n, pool in _pools.items() if pool is broken]
+    del _pools[n]
+    log.warning("simulation.processus_remplaces", processus=n)
+    await asyncio.to_thread(broken.shutdown, wait=True, cancel_futures=True)
+    return _processes(n)
+
+
 def stop_workers() -> None:
     """Stop the worker processes, if any started (the service stops: none is left behind)."""
     while _pools:
@@ -215,8 +225,15 @@ async def simuler_ressource(
         try:
             bilan = await simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
         except BrokenProcessPool:
-            stop_workers()  # a worker died (killed, out of memory): new ones for the next simulation
-            raise
+            # A worker died (killed, out of memory) since the last simulation or during this one: judged
+            # again, once, by new processes. Dying again is a fault (500), the next simulation on new ones.
+            assert workers is not None
+            workers = await _renewed(workers)
+            try:
+                bilan = await simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
+            except BrokenProcessPool:
+                await _renewed(workers)
+                raise
     return SimulationRessource.model_validate(
         {"resource_id": ressource.resource_id, "population": population, **bilan.as_json()}
     )

@@ -15,7 +15,7 @@ import pytest
 import contracts as c
 from contracts import RessourcePubliee
 from contracts.internal import COUVERTURES, PROFILS
-from helpers import at, couverture, event, eventually, profil_lot, record_count, ressource, send, uai
+from helpers import Said, at, couverture, event, eventually, profil_lot, record_count, ressource, send, uai
 from services.ressources import api_simulations, simulations
 from services.ressources.rules import Seuils
 from test_read_api import NANTES, RENNES, etab, formation, lot, profil, serve_api
@@ -198,6 +198,28 @@ async def test_worker_processes_count_what_the_event_loop_counts(kafka, settings
                 "sous_formes": 4,
                 "formation_non_comptee": 0,
             }
+
+
+async def test_a_worker_process_that_died_is_replaced_and_the_simulation_answered(kafka, settings, monkeypatch):
+    """A worker process that died (the OOM killer, a signal) breaks its pool for good: the next
+    simulation is judged by new processes, its client never told (not a 500 for a valid body)."""
+    said = Said()
+    monkeypatch.setattr(api_simulations, "log", said)
+    async with serve_api(settings.model_copy(update={"simulation_workers": 1})) as (client, app):
+        await stored(kafka, settings, app.state.pipeline.pool)
+        first = await client.post("/simulations/ressource", json=ATLAS)
+        assert first.status_code == 200, first.text
+        [broken] = api_simulations._pools.values()
+        for process in list(broken._processes.values()):
+            process.kill()
+            process.join()
+
+        again = await client.post("/simulations/ressource", json=ATLAS)
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        [renewed] = api_simulations._pools.values()
+        assert renewed is not broken
+        assert [(w["event"], w["level"]) for w in said.lines] == [("simulation.processus_remplaces", "warning")]
 
 
 async def _total(client, key: str, expected: int) -> bool:
