@@ -471,11 +471,15 @@ class _EventStream(StreamingResponse):
         200: {"content": {"text/event-stream": {}}},
         503: {
             "model": Erreur,
-            "description": "trop de flux ouverts, ou le service s'arrête : `Retry-After` dit quand réessayer",
+            "description": "trop de flux ouverts, ou le service s'arrête : `Retry-After` dit quand réessayer. Un "
+            "client qui accepte `text/event-stream` (EventSource, qui tiendrait un 503 pour définitif) reçoit à la "
+            "place un flux 200 d'un seul `fin` (`raison` `trop-de-flux` ou `arret-du-service`, `retry:` le même "
+            "délai, sans `id:` : il se reconnecte avec son Last-Event-ID)",
         },
     },
 )
 async def flux(
+    request: Request,
     hub: Hub,
     code_academie: CodeAcademie = None,
     code_departement: CodeDepartement = None,
@@ -505,15 +509,19 @@ async def flux(
 ) -> Response:
     _responsable(responsable_type, responsable_code)
     f = queries.AlertFilter(code_academie, code_departement, responsable_type, responsable_code, kind)
+    resume = next((n for n in (last_event_id, polyfill_id, depuis) if n is not None), None)  # the freshest first
     sub = hub.subscribe(f)
     if sub is None:
         why = "le service s'arrête" if hub.stopping else f"trop de flux ouverts ({hub.max_clients})"
-        return JSONResponse(
-            {"detail": f"{why} : réessayer dans {RETRY_AFTER_SECONDS} s"},
-            503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-    resume = next((n for n in (last_event_id, polyfill_id, depuis) if n is not None), None)  # the freshest first
+        message, headers = f"{why} : réessayer dans {RETRY_AFTER_SECONDS} s", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if "text/event-stream" in request.headers.get("accept", ""):
+            reason = "arret-du-service" if hub.stopping else "trop-de-flux"
+            return Response(
+                stream.refusal(reason, message, resume, RETRY_AFTER_SECONDS * 1000),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache"},
+            )
+        return JSONResponse({"detail": message}, 503, headers=headers)
     return _EventStream(hub, sub, resume)
 
 

@@ -200,10 +200,18 @@ client too slow): at the browser's default, a national fan-out's 30,000–60,000
 30–60 reconnections of 3–5 s each."""
 
 
-def _fin(reason: str, message: str, resume_at: int, reconnect_ms: int | None = None) -> str:
+def _fin(reason: str, message: str, resume_at: int | None, reconnect_ms: int | None = None, *, at: bool = True) -> str:
     body = {"raison": reason, "message": message, "reconnecter": True, "last_event_id": resume_at}
     retry = f"retry: {reconnect_ms}\n" if reconnect_ms is not None else ""
-    return retry + _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
+    return retry + _frame(resume_at if at else None, "fin", json.dumps(body, ensure_ascii=False))
+
+
+def refusal(reason: str, message: str, last_event_id: int | None, reconnect_ms: int) -> str:
+    """The whole stream a refused EventSource is sent in place of a 503, which it would take as
+    final (the HTML standard fails the connection on any status but 200, `Retry-After` unread): a
+    `fin` that has it reconnect after `reconnect_ms`, without an `id:` line, so that it resumes
+    from the Last-Event-ID it sent (`last_event_id`, None if none)."""
+    return _fin(reason, message, last_event_id, reconnect_ms, at=False)
 
 
 class AlertHub:

@@ -381,6 +381,8 @@ async def test_a_stream_asked_of_a_stopping_hub_is_told_the_service_stops(settin
         refused = await client.get("/alertes/flux")
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
         assert refused.json()["detail"].startswith("le service s'arrête : réessayer dans "), refused.text
+        fin = await _refused_event_source(client, 7)
+        assert (fin["raison"], fin["last_event_id"]) == ("arret-du-service", 7)
 
 
 async def test_beyond_the_client_cap_the_answer_is_503_with_retry_after(settings):
@@ -391,10 +393,33 @@ async def test_beyond_the_client_cap_the_answer_is_503_with_retry_after(settings
             assert refused.status_code == 503
             assert int(refused.headers["Retry-After"]) > 0
             assert "trop de flux ouverts (2)" in refused.json()["detail"]
+            fin = await _refused_event_source(client, None)
+            assert (fin["raison"], fin["last_event_id"]) == ("trop-de-flux", None)
+            assert "trop de flux ouverts (2)" in fin["message"]
         # Closed streams give their places back.
         await eventually(lambda: _zero(app.state.hub.clients), what="the hub to forget closed streams")
         async with client.stream("GET", "/alertes/flux") as again:
             assert again.status_code == 200
+
+
+async def _refused_event_source(client, last_event_id: int | None) -> dict:
+    """What a refused EventSource (its Accept) is answered: a 503 would close it for good (the
+    HTML standard fails the connection on any status but 200, Retry-After unread), so a stream
+    of one `fin` that has it reconnect when told, its Last-Event-ID kept (no `id:` line). Its
+    `fin`'s data."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    answer = await client.get("/alertes/flux", headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    retry = int(answer.headers["Retry-After"])
+    fields = [line.split(": ", 1) for line in answer.text.splitlines() if line and not line.startswith(":")]
+    assert [name for name, _ in fields] == ["retry", "event", "data"], answer.text
+    assert (fields[0][1], fields[1][1]) == (str(retry * 1000), "fin")
+    fin = json.loads(fields[2][1])
+    assert fin["reconnecter"] is True
+    return fin
 
 
 async def _zero(n: int) -> bool:

@@ -4,7 +4,7 @@
 
 const PAGE_SIZE = 20;
 const MAX_PAGE = 1_000_000 / PAGE_SIZE + 1; // the API skips 1,000,000 alerts at most (MAX_OFFSET)
-const RETRY_MS = 10000; // after a refused stream (503: too many open), as its Retry-After says
+const RETRY_MS = 10000; // after a stream the browser gave up (a 503, from a proxy: ressources tells an EventSource it refuses with a `fin`)
 const KINDS = {
   "equipement-incompatible": "Équipement incompatible",
   "equipement-partiel": "Équipement partiellement compatible",
