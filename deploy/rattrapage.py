@@ -54,7 +54,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.consumer import Outside, outside_their_log
+from services.common.messaging.consumer import Outside, Stamps, in_another_log, outside_their_log, record_stamps
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
@@ -124,9 +124,10 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
 
 class JournalIncomplet(RuntimeError):
     """Kafka no longer holds what a schema has yet to read: records deleted past its positions
-    (a retention shorter than the topic's, records deleted by hand), or positions past a
-    partition's end (the topic made again, another cluster). Replayed anyway, the catch-up's
-    alignment published what the replay could not read as regressed or retired: refused."""
+    (a retention shorter than the topic's, records deleted by hand), or positions in another log
+    than their own (the topic made again, another cluster: past the partition's end, or within a
+    new log that already reaches them). Replayed anyway, the catch-up's alignment published what
+    the replay could not read as regressed or retired: refused."""
 
     def __init__(self, schema: str, outside: list[Outside]):
         parts = [
@@ -135,6 +136,9 @@ class JournalIncomplet(RuntimeError):
                 f"{o.lost} records deleted (its first offset is {o.start})"
                 if o.lost
                 else f"the partition ends at {o.end} (the topic made again, or another cluster)"
+                if o.position > o.end
+                else "its log holds no record appended when the one before that offset was (the topic made again, "
+                "or another cluster)"
             )
             for o in outside
         ]
@@ -146,28 +150,41 @@ class JournalIncomplet(RuntimeError):
 
 
 async def require_log(
-    consumer: AIOKafkaConsumer, schema: str, wanted: dict[TopicPartition, int]
+    consumer: AIOKafkaConsumer,
+    schema: str,
+    wanted: dict[TopicPartition, int],
+    appended: Mapping[TopicPartition, int],
+    stamps: Stamps,
 ) -> dict[TopicPartition, int]:
     """Where to read `schema`'s partitions from (`wanted`: each one's position, or the log's start
     of a compacted topic past it: what it keeps holds the latest record of each key, no loss);
-    JournalIncomplet when Kafka no longer holds what it has to read."""
+    JournalIncomplet when Kafka no longer holds what it has to read. `appended`: when the record
+    before each position was appended (positions.appended), which tells a topic made again whose
+    new log already reaches a position (consumer.in_another_log, read by `stamps`)."""
     outside = await outside_their_log(consumer, wanted)
+    beyond = {o.tp for o in outside}
+    outside += await in_another_log(consumer, {tp: p for tp, p in wanted.items() if tp not in beyond}, appended, stamps)
     if missing := [o for o in outside if o.lost or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}
 
 
 async def check_log(
-    settings: ServiceSettings, spec: ServiceSpec, schema: str, stored: dict[TopicPartition, int]
+    settings: ServiceSettings,
+    spec: ServiceSpec,
+    schema: str,
+    stored: dict[TopicPartition, int],
+    appended: Mapping[TopicPartition, int],
 ) -> None:
-    """`require_log` for `schema` of `spec` whose positions are `stored` (a backup's, before it
-    replaces anything), on a consumer of its own."""
+    """`require_log` for `schema` of `spec` whose positions are `stored` and `appended` (a
+    backup's, before it replaces anything), on a consumer of its own."""
     topics = [settings.topic(t) for t in spec.consumes]
     partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
     consumer = AIOKafkaConsumer(**KafkaAccess.of(settings).aiokafka(), enable_auto_commit=False)
     await consumer.start()
     try:
-        await require_log(consumer, schema, {tp: stored.get(tp, 0) for tp in partitions})
+        wanted = {tp: stored.get(tp, 0) for tp in partitions}
+        await require_log(consumer, schema, wanted, appended, record_stamps(KafkaAccess.of(settings)))
     finally:
         await consumer.stop()
 
@@ -246,7 +263,9 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> 
         partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
-        first = await require_log(consumer, cible.schema, {tp: stored.get(tp, 0) for tp in partitions})
+        appended = await positions.appended(cible.pipeline.pool, partitions)
+        wanted = {tp: stored.get(tp, 0) for tp in partitions}
+        first = await require_log(consumer, cible.schema, wanted, appended, record_stamps(KafkaAccess.of(settings)))
         for tp in partitions:
             consumer.seek(tp, first[tp])
         ends = await consumer.end_offsets(partitions)

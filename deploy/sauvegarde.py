@@ -341,7 +341,7 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     try:  # the catch-up reads what only an operator may: found out before the hours of the SQL
         await rattrapage.check_access(settings, services)
         for spec in services:  # and what Kafka still holds of what the backup has yet to read
-            await rattrapage.check_log(settings, spec, spec.name, _positions_in(path, spec.name))
+            await rattrapage.check_log(settings, spec, spec.name, *_positions_in(path, spec.name))
     except (rattrapage.AccesInsuffisant, rattrapage.JournalIncomplet, KafkaError) as e:
         raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
@@ -361,14 +361,17 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
         script.unlink(missing_ok=True)
 
 
-def _positions_in(path: Path, schema: str) -> dict[TopicPartition, int]:
-    """The consumer positions a backup holds for `schema` (its table `positions`, read alone)."""
+def _positions_in(path: Path, schema: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The consumer positions a backup holds for `schema` (its table `positions`, read alone), and
+    the instant the record before each was appended (ms; a position past a record of a topic that
+    stamps it, in a backup made since common/0019), as positions.load and positions.appended."""
     sql = _run(
         [pg_tool("pg_restore"), "--data-only", "--schema", schema, "--table", "positions", "--file", "-", str(path)],
         dict(os.environ),
         f"reading the positions of {schema} in {path}",
     )
     stored: dict[TopicPartition, int] = {}
+    appended: dict[TopicPartition, int] = {}
     columns: list[str] | None = None  # of the COPY being read: a backup from before a migration has fewer
     for line in sql.decode().splitlines():
         if line.startswith("COPY ") and line.endswith("FROM stdin;"):
@@ -377,8 +380,11 @@ def _positions_in(path: Path, schema: str) -> dict[TopicPartition, int]:
             columns = None
         elif columns is not None:
             row = dict(zip(columns, line.split("\t"), strict=True))
-            stored[TopicPartition(row["topic"], int(row["partition"]))] = int(row["next_offset"])
-    return stored
+            tp = TopicPartition(row["topic"], int(row["partition"]))
+            stored[tp] = int(row["next_offset"])
+            if row.get("appended_at_ms", "\\N") != "\\N" and stored[tp] > 0:  # \N: NULL in COPY's text
+                appended[tp] = int(row["appended_at_ms"])
+    return stored, appended
 
 
 NEWER_SETTINGS = {b"SET transaction_timeout = 0;\n": 17}

@@ -397,6 +397,46 @@ async def test_a_principal_that_may_not_read_what_a_catch_up_reads_is_named_befo
         await check_access(elsewhere, [SPEC])
 
 
+async def test_a_restore_into_a_topic_made_again_that_reaches_the_backup_s_position_replaces_nothing(
+    kafka, settings, tmp_path
+) -> None:
+    """The topic made again after the backup, and more records written to its new log than the
+    backup's position: the check compared that position with the log's bounds only, found it
+    within, and the catch-up replayed the new log from there, its first records skipped without
+    a word (audit helper-194 #3). The backup's position keeps the instant its record was
+    appended, which no record of the new log was: refused before anything is replaced."""
+    from deploy import sauvegarde
+    from test_equipement import lot
+    from test_positions import _made_again
+
+    uai = valid_uai("0350005")
+    topic = settings.topic(c.EQUIPEMENT)
+    await _lots_published(settings, uai, ("A", 10))  # the backup's position: 1, past lot A's record
+    backup = tmp_path / "avant.dump"
+    sauvegarde.backup(settings.database_url, backup)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE TABLE {SPEC.name}.depuis_la_sauvegarde ()")  # a restore would drop it
+    finally:
+        await conn.close()
+    await _made_again(kafka.bootstrap_servers, settings, topic)
+    await send(kafka.bootstrap_servers, topic, [(uai, lot(uai, "B", 5, 2)), (uai, lot(uai, "C", 3, 3))], partition=0)
+
+    with pytest.raises(sauvegarde.SauvegardeError) as refused:
+        await sauvegarde.restore(settings, backup)
+    assert str(refused.value).startswith(
+        f"nothing restored: equipement: Kafka no longer holds what it has to read, {topic}[0] from offset 1: "
+        "its log holds no record appended when the one before that offset was (the topic made again, or "
+        "another cluster)"
+    ), refused.value
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        tables = "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = $1"
+        assert "depuis_la_sauvegarde" in await conn.fetchval(tables, SPEC.name), "nothing replaced"
+    finally:
+        await conn.close()
+
+
 async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothing(kafka, settings, tmp_path) -> None:
     """Run with a service's own principal, a restore and a rebuild stop before they replace or
     make any schema (they used to replace every schema, then fail on Kafka: restored but not
