@@ -16,6 +16,11 @@ hand is not called unknown (401, which a client answers by getting a token signe
 same key): when the keys could not be fetched again for it (the provider failing, or another
 token's fetch less than 10 seconds ago with this one issued since), it is `ClesAVerifier`
 (503, try again later). Keys from a file are read again whenever the file changes.
+
+A token without `kid` (RFC 7515 makes it optional) is verified by the first of the set's keys,
+in their order, whose algorithms hold its `alg` and whose signature it bears: at most
+`CLES_SANS_KID` are tried. A provider that names no key publishes its new key beside the old one
+while it rotates them, and each of its tokens must be accepted meanwhile.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ DUREE_CACHE = 300.0  # seconds a JWKS fetched from a URL is trusted without fetc
 INTERVALLE_REFETCH = 10.0  # at least this many seconds between fetches forced by an unknown kid
 REESSAI = 5.0  # seconds before fetching again after a failed fetch
 LONGUEUR_SUB = 256  # `sub` becomes a Kafka header on every record the client sends
+# The keys a token without `kid` may be tried against, each one signature checked: a JWKS holds a
+# few (two while a provider rotates its key), and a set of hundreds must not make each token (a
+# made-up one as well) cost hundreds of checks. Beyond these, the set's later keys are not tried.
+CLES_SANS_KID = 5
 # A token's `typ` (its header), compared without case: absent, a JWT, or an access token (RFC 9068).
 # Another type is another JWT the provider signs with the same keys, perhaps with our audience
 # (a logout token, a DPoP proof, a security event...): not a right to write (RFC 8725, 3.11).
@@ -143,25 +152,18 @@ class Verificateur:
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in TYPES):
             raise JetonRefuse("type de jeton refusé (typ) : un jeton d'accès attendu (JWT ou at+jwt)")
         kid = entete.get("kid")  # a string or absent (PyJWT refuses the header otherwise)
-        cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds)
-        if cle is None and kid is None:
-            raise JetonRefuse("clé inconnue : sans kid, et le JWKS du fournisseur d'identité a plusieurs clés")
-        if cle is None:
-            raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
-        if alg not in cle.algorithmes:
-            raise JetonRefuse("algorithme différent de celui de la clé (kid)")
-        try:
-            claims = jwt.decode(
-                token,
-                cle.key,
-                algorithms=[alg],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "sub"]},
-            )
-        except jwt.PyJWTError as error:
-            raise JetonRefuse(_raison(error)) from None
+        if kid is None:
+            claims = self._sans_kid(token, alg, await self._cles.sans_kid(alg))
+        else:
+            cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds)
+            if cle is None:
+                raise JetonRefuse("clé inconnue (kid) : absente du JWKS du fournisseur d'identité")
+            if alg not in cle.algorithmes:
+                raise JetonRefuse("algorithme différent de celui de la clé (kid)")
+            try:
+                claims = self._decode(token, cle, alg)
+            except jwt.PyJWTError as error:
+                raise JetonRefuse(_raison(error)) from None
         exp = claims["exp"]
         if not isinstance(exp, int | float):  # PyJWT takes "1767225600" too (a boolean: expired in 1970)
             raise JetonRefuse("claim exp mal formée : une date numérique (NumericDate), pas une chaîne")
@@ -182,6 +184,39 @@ class Verificateur:
                 "hors /plateforme/..."
             ) from None
         return Principal(sub, declarants)
+
+    def _decode(self, token: str, cle: Cle, alg: str) -> dict[str, Any]:
+        """The token's claims, its signature (first: InvalidSignatureError) and claims checked."""
+        return jwt.decode(
+            token,
+            cle.key,
+            algorithms=[alg],
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway_seconds,
+            options={"require": ["exp", "iss", "aud", "sub"]},
+        )
+
+    def _sans_kid(self, token: str, alg: str, cles: tuple[Cle, ...]) -> dict[str, Any]:
+        """The claims of a token without `kid`, checked with the first of `cles` that verifies its
+        signature. PyJWT checks the signature before any claim, so a key that gets past it is the
+        one that signed: the token's other faults (expired, another audience...) are then told
+        as with a `kid`, and no later key is tried."""
+        if not cles:
+            raise JetonRefuse(
+                "clé inconnue : sans kid, et aucune clé du JWKS du fournisseur d'identité pour l'algorithme du jeton"
+            )
+        for cle in cles:
+            try:
+                return self._decode(token, cle, alg)
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as error:
+                raise JetonRefuse(_raison(error)) from None
+        raise JetonRefuse(
+            f"signature invalide : sans kid, aucune des clés du JWKS du fournisseur d'identité pour son algorithme "
+            f"ne la vérifie ({len(cles)} essayée{'s' if len(cles) > 1 else ''}, {CLES_SANS_KID} au plus)"
+        )
 
 
 def _emis(token: str) -> float | None:
@@ -218,12 +253,14 @@ class JeuDeCles:
     par_kid: dict[str, Cle]
     toutes: tuple[Cle, ...]
 
-    def cle(self, kid: str | None) -> Cle | None:
-        """The key `kid` names; for a token without `kid` (RFC 7515 makes it optional), the set's
-        key when it holds only one: with several, which one signed is not said."""
-        if kid is None:
-            return self.toutes[0] if len(self.toutes) == 1 else None
+    def cle(self, kid: str) -> Cle | None:
+        """The key `kid` names."""
         return self.par_kid.get(kid)
+
+    def sans_kid(self, alg: str) -> tuple[Cle, ...]:
+        """The keys a token without `kid` (RFC 7515 makes it optional) signed with `alg` may be
+        signed by: those that verify `alg`, in the set's order, the first CLES_SANS_KID."""
+        return tuple(cle for cle in self.toutes if alg in cle.algorithmes)[:CLES_SANS_KID]
 
 
 AUCUNE = JeuDeCles({}, ())
@@ -277,7 +314,13 @@ class _ClesFichier:
         self._version: tuple[int, int, int] | None = None
         self._cles = AUCUNE
 
-    async def cle(self, kid: str | None, emis: float | None = None, leeway: float = 0) -> Cle | None:
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
+        return self._lues().cle(kid)
+
+    async def sans_kid(self, alg: str) -> tuple[Cle, ...]:
+        return self._lues().sans_kid(alg)
+
+    def _lues(self) -> JeuDeCles:
         try:
             stat = os.stat(self.path)
             version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -286,7 +329,7 @@ class _ClesFichier:
                 self._version = version
         except (OSError, ValueError) as error:
             raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
-        return self._cles.cle(kid)
+        return self._cles
 
 
 def origin(url: str) -> str:
@@ -316,28 +359,18 @@ class _ClesUrl:
         self._verrou = asyncio.Lock()
         self._rafraichissement: asyncio.Task | None = None
 
-    async def cle(self, kid: str | None, emis: float | None = None, leeway: float = 0) -> Cle | None:
+    async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
         """The key `kid` names (JeuDeCles.cle); None when it is not the provider's (`emis`: the
-        token's `iat`, `leeway`: how far in the future it may be, as for the token's times).
-        Without a `kid`, the keys are read again only once they expire: no fetch tells which of
-        several keys signed, nor that one in hand was replaced."""
+        token's `iat`, `leeway`: how far in the future it may be, as for the token's times)."""
         vue = self._generation
         maintenant = time.monotonic()
-        if maintenant >= self._prochain and self._cles.cle(kid) is not None:
-            # Expired, but this key is in hand: fetched again behind this request, which never
-            # waits for a slow or absent provider (its keys are used until it answers).
-            if self._rafraichissement is None or self._rafraichissement.done():
-                self._rafraichissement = asyncio.create_task(self._charger(vue))
-        elif maintenant >= self._prochain:
-            await self._charger(vue)
-        elif kid is not None and self._cles.cle(kid) is None and maintenant - self._force >= INTERVALLE_REFETCH:
+        if maintenant >= self._prochain:
+            await self._expirees(vue, en_main=self._cles.cle(kid) is not None)
+        elif self._cles.cle(kid) is None and maintenant - self._force >= INTERVALLE_REFETCH:
             self._force = maintenant
             await self._charger(vue)
-        if not self._cles.toutes:
-            raise JwksIndisponible(f"JWKS_URL {self.shown} : aucune clé obtenue ({self._echec})")
+        self._disponibles()
         cle = self._cles.cle(kid)
-        if kid is None:
-            return cle
         if cle is None and self._echoue:
             raise ClesAVerifier(
                 f"JWKS_URL {self.shown} : la clé du jeton peut être nouvelle, les clés n'ont pu être relues "
@@ -355,6 +388,29 @@ class _ClesUrl:
                 max(self._force + INTERVALLE_REFETCH - time.monotonic(), 1.0),
             )
         return cle
+
+    async def sans_kid(self, alg: str) -> tuple[Cle, ...]:
+        """The keys a token without `kid` may be signed by (JeuDeCles.sans_kid). They are read
+        again only once they expire: no fetch tells which key signed, nor that one in hand was
+        replaced, and a fetch per token that none verifies is what anyone could then cause."""
+        vue = self._generation
+        if time.monotonic() >= self._prochain:
+            await self._expirees(vue, en_main=bool(self._cles.sans_kid(alg)))
+        self._disponibles()
+        return self._cles.sans_kid(alg)
+
+    async def _expirees(self, vue: int, en_main: bool) -> None:
+        """The keys have expired: fetched again behind this request when the keys it needs are
+        in hand (`en_main`), which then never waits for a slow or absent provider (its keys are
+        used until it answers); fetched again before it otherwise."""
+        if not en_main:
+            await self._charger(vue)
+        elif self._rafraichissement is None or self._rafraichissement.done():
+            self._rafraichissement = asyncio.create_task(self._charger(vue))
+
+    def _disponibles(self) -> None:
+        if not self._cles.toutes:
+            raise JwksIndisponible(f"JWKS_URL {self.shown} : aucune clé obtenue ({self._echec})")
 
     async def _charger(self, vue: int) -> None:
         async with self._verrou:

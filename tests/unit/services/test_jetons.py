@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from deploy.identite import DEFAULT_AUDIENCE, DEFAULT_ISSUER, IdentiteLocale
 from services.passerelle import jetons
@@ -37,6 +40,14 @@ def identite(tmp_path_factory: pytest.TempPathFactory) -> IdentiteLocale:
 def autre(tmp_path_factory: pytest.TempPathFactory) -> IdentiteLocale:
     """Another provider's key pair: a rotated key, or a forger's."""
     made = IdentiteLocale(tmp_path_factory.mktemp("idp2") / "identite")
+    made.ensure()
+    return made
+
+
+@pytest.fixture(scope="module")
+def troisieme(tmp_path_factory: pytest.TempPathFactory) -> IdentiteLocale:
+    """A third key pair, in no key set of the tests that use it."""
+    made = IdentiteLocale(tmp_path_factory.mktemp("idp3") / "identite")
     made.ensure()
     return made
 
@@ -118,6 +129,8 @@ REFUS = {
     "typ dpop+jwt": (lambda i, a: _typ(i, "dpop+jwt"), "type de jeton refusé (typ)"),
     "typ a list": (lambda i, a: _typ(i, ["JWT"]), "type de jeton refusé (typ)"),
     "kid not in the JWKS": (_other_kid, "clé inconnue (kid)"),
+    "no kid, signed by another key": (lambda i, a: _no_kid(a), "signature invalide : sans kid"),
+    "no kid, no key of its alg": (lambda i, a: _header({"alg": "ES256"}), "clé inconnue : sans kid"),
     "alg a list": (lambda i, a: _header({"alg": ["RS256"], "kid": i.kid}), "algorithme refusé"),
     "alg an object": (lambda i, a: _header({"alg": {"RS256": 1}, "kid": i.kid}), "algorithme refusé"),
     "not a JWT": (lambda i, a: "not.a.jwt-" + COMMUNE, "jeton illisible"),
@@ -184,17 +197,59 @@ def _deux_cles(tmp_path: Path, *jeux: IdentiteLocale, **changes: object) -> Veri
     return Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
 
 
-async def test_a_token_without_kid_is_verified_by_the_only_key_of_the_set(
-    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
+async def test_a_token_without_kid_is_verified_by_the_key_of_the_set_that_signed_it(
+    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale, troisieme: IdentiteLocale
 ) -> None:
-    """RFC 7515 makes `kid` optional: with one key, which one signed is not in doubt; with
-    several, it is (never tried in turn: a refusal would then say nothing of which rule broke)."""
+    """RFC 7515 makes `kid` optional, and a provider that names no key publishes its new one
+    beside the old while it rotates them: a token of either is accepted (it was refused, 401,
+    for the whole rotation), one of a key the set has not is refused for its signature."""
     assert await par_fichier(identite).verifier(_no_kid(identite))
 
     both = _deux_cles(tmp_path, identite, autre)
     assert await both.verifier(identite.jeton(COMMUNE))  # named by its kid: found among the two
-    with pytest.raises(JetonRefuse, match="clé inconnue : sans kid, et le JWKS du fournisseur d'identité a plusieurs"):
-        await both.verifier(_no_kid(identite))
+    assert await both.verifier(_no_kid(identite))
+    assert await both.verifier(_no_kid(autre))  # the second key of the set
+    forged = _no_kid(troisieme)
+    with pytest.raises(JetonRefuse) as refused:
+        await both.verifier(forged)
+    assert str(refused.value).startswith("signature invalide : sans kid, aucune des clés du JWKS")
+    assert "(2 essayées, 5 au plus)" in str(refused.value) and forged not in str(refused.value)
+
+
+async def test_a_token_without_kid_is_told_its_fault_by_the_key_that_signed_it(
+    tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
+) -> None:
+    """The signature is checked before the claims: the second key's expired token is told
+    expired, not that no key verifies it."""
+    expired = jwt.encode(claims(exp=int(time.time()) - 60), autre.key_path.read_bytes(), algorithm="RS256")
+
+    with pytest.raises(JetonRefuse, match="jeton expiré"):
+        await _deux_cles(tmp_path, identite, autre, kid=None).verifier(expired)
+
+
+def _cle_ec() -> tuple[Any, dict[str, object]]:
+    """An EC P-256 key pair (quick to make, unlike RSA) and its public JWK, without kid."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "alg": "ES256", "use": "sig"}
+
+
+async def test_a_token_without_kid_is_tried_against_the_first_keys_of_its_alg_only(
+    tmp_path: Path, identite: IdentiteLocale, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each key tried is a signature checked, for any token, a made-up one as well: at most
+    CLES_SANS_KID, those of its alg, in the set's order (the RSA key is not one of them)."""
+    pairs = [_cle_ec() for _ in range(jetons.CLES_SANS_KID + 1)]
+    rsa = json.loads(identite.jwks_path.read_bytes())["keys"][0]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [rsa] + [jwk for _, jwk in pairs]}))
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+
+    last_tried, beyond = pairs[-2][0], pairs[-1][0]
+    assert await verificateur.verifier(jwt.encode(claims(), last_tried, algorithm="ES256"))
+    with pytest.raises(JetonRefuse, match=r"signature invalide : sans kid.*\(5 essayées, 5 au plus\)"):
+        await verificateur.verifier(jwt.encode(claims(), beyond, algorithm="ES256"))
+    monkeypatch.setattr(jetons, "CLES_SANS_KID", jetons.CLES_SANS_KID + 1)  # the bound alone refused it
+    assert await verificateur.verifier(jwt.encode(claims(), beyond, algorithm="ES256"))
 
 
 async def test_a_key_published_without_kid_verifies_tokens_without_kid_only(
@@ -206,8 +261,8 @@ async def test_a_key_published_without_kid_verifies_tokens_without_kid_only(
     assert await verificateur.verifier(_no_kid(identite))
     with pytest.raises(JetonRefuse, match=r"clé inconnue \(kid\)"):  # the token names a key the set has not
         await verificateur.verifier(identite.jeton(COMMUNE))
-    with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):
-        await _deux_cles(tmp_path, identite, autre, kid=None).verifier(_no_kid(identite))
+    two = _deux_cles(tmp_path, identite, autre, kid=None)  # a rotation by a provider that names no key
+    assert await two.verifier(_no_kid(autre))
 
 
 async def test_expiry_within_the_leeway_is_accepted(identite: IdentiteLocale) -> None:
@@ -485,18 +540,20 @@ async def test_an_unknown_kid_refetches_once_then_is_refused(fournisseur: Fourni
     assert fournisseur.requests == 1  # the first fetch already was the fresh one
 
 
-async def test_a_token_without_kid_from_a_url_uses_the_only_key_and_forces_no_fetch(
-    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale
+async def test_a_token_without_kid_from_a_url_is_tried_against_the_keys_in_hand_and_forces_no_fetch(
+    fournisseur: Fournisseur, identite: IdentiteLocale, autre: IdentiteLocale, troisieme: IdentiteLocale
 ) -> None:
-    """No fetch tells which of several keys signed: refused (401) at once, not a fetch per token."""
+    """No fetch tells which key signed a token without `kid`: one that none of the keys in hand
+    verifies is refused (401) at once, not a fetch per token (anyone could send them)."""
     verificateur = fournisseur.verificateur()
     assert await verificateur.verifier(_no_kid(identite))
 
     fournisseur.jwks = both(identite, autre)
     fresh = fournisseur.verificateur()
+    assert await fresh.verifier(_no_kid(autre)) and await fresh.verifier(_no_kid(identite))
     for _ in range(3):
-        with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):
-            await fresh.verifier(_no_kid(identite))
+        with pytest.raises(JetonRefuse, match="signature invalide : sans kid"):
+            await fresh.verifier(_no_kid(troisieme))
     assert fournisseur.requests == 2  # one fetch by each verifier
 
 
