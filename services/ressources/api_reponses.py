@@ -1,13 +1,19 @@
 """What the read API answers, as its OpenAPI document gives it to partners who build on it
 (`responses={200: {"model": ...}}`): the routes build their answers as plain data, and
-tests/integration/test_read_api.py validates real answers against the served document."""
+tests/integration/test_read_api.py validates real answers against the served document.
+
+What the API reads as it was stored is described as it may have been stored, not by the
+contract's bounds of today (CONTRACTS.md, Limits): those came on 30 November 2026, and what was
+stored before them is still answered (a resolved alert keeps its content for good). A client
+that validates the answers against this document refused a whole page for one such item."""
 
 from datetime import date
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts import AlertKind, Etablissement, Reason
+from contracts import AlertKind, Reason
+from contracts import Etablissement as EtablissementDeclare
 from contracts.alertes import _Alerte
 from contracts.internal import CouvertureFormation, ProfilEquipement
 
@@ -18,9 +24,32 @@ class _Reponse(BaseModel):
     model_config = ConfigDict(extra="forbid")  # the document says every field there is
 
 
+# The contract's 256 characters (CONTRACTS.md, Limits) bound what was received or raised since
+# 7feea38 and 1921c0c (30 November 2026); what was stored before may be longer, and is answered.
+DEPUIS_LES_BORNES = "au plus 256 caractères pour une alerte levée depuis le 30 novembre 2026, sans limite avant"
+
+
+class RaisonLue(Reason):
+    """A reason of a stored alert, as it was raised."""
+
+    detail: str = Field(description=f"ce qui est à corriger : {DEPUIS_LES_BORNES}")
+
+
+# Named as the contract's, so that the document's schema keeps its name (and a client's type).
+class Etablissement(EtablissementDeclare):
+    """An établissement as the référentiel holds it."""
+
+    nom: str = Field(
+        description="au plus 256 caractères pour un nom reçu depuis le 30 novembre 2026, sans limite avant"
+    )
+
+
 class AlerteLue(_Alerte):
     """An alert as `/alertes` lists it: the facts of its latest raise, its state, when it resolved."""
 
+    resource_id: str = Field(min_length=1, description=DEPUIS_LES_BORNES)
+    # mypy: a list is invariant, though a RaisonLue is a Reason (without its bound).
+    reasons: list[RaisonLue] = []  # type: ignore[assignment]
     state: AlertState = Field(description="open : ouverte ; resolved : résolue depuis")
     resolved_at: AwareDatetime | None = Field(description="quand elle a été résolue (null tant qu'elle est ouverte)")
     nom: str | None = Field(description="le nom de l'établissement au référentiel aujourd'hui (null s'il n'y est pas)")

@@ -533,6 +533,45 @@ async def test_pages_read_by_cursor_miss_no_alert_and_the_stream_resumes_from_th
         )
 
 
+async def test_the_document_admits_what_was_stored_before_the_contract_s_bounds(kafka, settings, api):
+    """An alert raised before 30 November 2026 may hold a reason's detail longer than 256
+    characters (an `-absent` reason listed a lot's browsers) or a resource_id as long, and the
+    référentiel a name as long; a resolved alert keeps them for good. The document bounded them
+    as the contract does today: a client validating the answers against it (jsonschema, or the
+    models a generator makes of it) refused the whole page for that one alert, and the fiche."""
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    settled = "SELECT (SELECT count(*) = 12 FROM alertes) AND NOT EXISTS (SELECT FROM reevaluations)"
+    await eventually(lambda: pool.fetchval(settled), what="12 alerts, no re-evaluation pending")
+    long_ = "é" * 300
+    resource_id = f"ark:/67375/{long_}"
+    alert_id = await pool.fetchval(
+        "SELECT alert_id FROM alertes WHERE uai = $1 AND kind = 'equipement-incompatible'", RENNES[0]
+    )
+    await pool.execute(
+        "UPDATE alertes SET ouverte = false, resolved_at = now(), resource_id = $2, alerte = jsonb_set("
+        "jsonb_set(alerte, '{reasons,0,detail}', to_jsonb($3::text)), '{resource_id}', to_jsonb($2::text)) "
+        "WHERE alert_id = $1",
+        alert_id,
+        resource_id,
+        long_,
+    )
+    await pool.execute("UPDATE etablissements SET nom = $2 WHERE uai = $1", RENNES[0], long_)
+
+    page = (await client.get("/alertes", params={"state": "resolved"})).json()
+    [stored] = page["items"]
+    assert (stored["alert_id"], stored["resource_id"], stored["nom"]) == (alert_id, resource_id, long_)
+    assert stored["reasons"][0]["detail"] == long_
+    fiche = (await client.get(f"/etablissements/{RENNES[0]}")).json()
+    assert fiche["etablissement"]["nom"] == long_
+    document = (await client.get("/openapi.json")).json()
+    for answer, schema in ((page, "PageAlertes"), (fiche, "FicheEtablissement")):
+        jsonschema.validate(
+            answer, {**document, "$ref": f"#/components/schemas/{schema}"}, cls=jsonschema.Draft202012Validator
+        )
+
+
 LIMIT = "limit : doit être un entier entre 1 et 500 (la taille de la page)"
 OFFSET = "offset : doit être un entier entre 0 et 1 000 000 (les alertes sautées)"
 KIND = "kind : doit être equipement-incompatible, equipement-partiel, connectivite-insuffisante, ent-indisponible"
