@@ -4,10 +4,14 @@ through, and is tried again until it is applied."""
 
 import asyncio
 import hashlib
+import time
+from types import SimpleNamespace
 
 import asyncpg
 
 from helpers import Said, eventually
+from services.common.runtime import startup
+from services.common.runtime.settings import ServiceSettings
 from services.common.storage import db
 from services.common.storage.db import create_pool, migrate
 from services.ressources.app import SPEC
@@ -147,6 +151,33 @@ async def test_a_migration_longer_than_the_session_s_statement_timeout_is_applie
     try:
         await migrate(pool, schema, SPEC.package_dir)
         assert await pool.fetchval("SELECT count(*) FROM schema_migrations WHERE name = 'ressources/9999_lente.sql'")
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
+async def test_a_migration_longer_than_the_startup_timeout_is_applied_and_the_deadline_then_holds(
+    database_url, monkeypatch
+):
+    """The start-up guard ended a process STARTUP_TIMEOUT_SECONDS after its start whatever it was
+    doing: a migration that runs longer (a table rewritten on a large deployment) was rolled back
+    at every start, for good (audit helper-194 #4). The seconds its statements run are not
+    counted, and the guard still ends a process that is not consuming once the rest is spent."""
+    schema = "ressources_migration_longue"
+    files = [*db._migration_files(SPEC.package_dir), ("ressources/9999_longue.sql", "SELECT pg_sleep(2.5)")]
+    monkeypatch.setattr(db, "_migration_files", lambda d: files)
+    pool = await create_pool(database_url, schema)
+    broker, pipeline = SimpleNamespace(subscribers=[]), SimpleNamespace(pool=pool, relay=None)
+    guard = startup.Guard("ressources", ServiceSettings(startup_timeout_seconds=1.5), broker, pipeline)
+    failures: list[str] = []
+    guard._fail = failures.append  # type: ignore[method-assign]
+    try:
+        watching = asyncio.create_task(guard.watch(time.monotonic() + 1.5))
+        await migrate(pool, schema, SPEC.package_dir)
+        assert not failures, "not ended while its migration ran"
+        assert await pool.fetchval("SELECT count(*) FROM schema_migrations WHERE name = 'ressources/9999_longue.sql'")
+        await asyncio.wait_for(watching, 10)
+        assert [f.split(" (")[0] for f in failures] == ["not consuming 1.5 s after start"]
     finally:
         await pool.execute(f"DROP SCHEMA {schema} CASCADE")
         await pool.close()

@@ -43,6 +43,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from services.common.messaging.connection import KafkaAccess
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
+from services.common.storage.db import migration_seconds
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker
@@ -377,8 +378,9 @@ class Guard:
         """Until the process must end (then `_fail`): started by the deadline, consumer and relay
         running, dependencies not away for UNHEALTHY_EXIT_SECONDS."""
         limit = self.settings.unhealthy_exit_seconds
+        migrated_before = migration_seconds()
         while not self.consuming:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline + migration_seconds() - migrated_before:
                 return self._fail(
                     f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
                     "(its database's migrations or the broker's start did not end: see the lines above)"

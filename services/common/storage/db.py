@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -362,18 +363,33 @@ outbox), and the start-up guard ended the process after STARTUP_TIMEOUT_SECONDS,
 rolled back, for the next start to do the same."""
 MIGRATION_RETRY_SECONDS = 3.0
 
+_applying: dict[str, float] = {}  # schema/name -> when the try of its statements under way began (monotonic)
+_applied_seconds = 0.0
+
+
+def migration_seconds() -> float:
+    """Seconds this process has spent in migrations' statements, those under way included: the
+    start-up guard does not count them (STARTUP_TIMEOUT_SECONDS bounds a start, and a migration
+    that rewrites a large table may take longer: ended at every start, rolled back, it was never
+    applied). A try that gave way to a lock counts as waiting, which the guard does bound."""
+    now = time.monotonic()
+    return _applied_seconds + sum(now - since for since in _applying.values())
+
 
 async def _apply(conn: Conn, name: str, sql: str, schema: str, record: bool = True) -> None:
     """One migration in its transaction, recorded as applied in it with its checksum (unless not
     `record`); tried again for as long as a lock it needs is held by others (each try gives way
     after MIGRATION_LOCK_TIMEOUT_MS)."""
-    tries = 0
+    global _applied_seconds
+    tries, key = 0, f"{schema}/{name}"
+    log.info("migration.applying", migration=name, schema=schema)
     while True:
+        _applying[key], waited = time.monotonic(), False
         try:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
-                # A role's or database's statement_timeout would stop a long one for good: bounded by
-                # the start-up guard instead (audit helper-194 #4).
+                # A role's or database's statement_timeout would stop a long one for good (audit
+                # helper-194 #4): it runs as long as it takes, which the start-up guard does not count.
                 await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute(sql)
                 if record:
@@ -382,13 +398,18 @@ async def _apply(conn: Conn, name: str, sql: str, schema: str, record: bool = Tr
                     )
             return
         except asyncpg.exceptions.LockNotAvailableError:
-            tries += 1
-            log.warning(
-                "migration.waiting_for_lock",
-                migration=name,
-                schema=schema,
-                tries=tries,
-                retry_in_s=MIGRATION_RETRY_SECONDS,
-                hint="another session holds a table it changes (a backup under way, a long transaction)",
-            )
-            await asyncio.sleep(MIGRATION_RETRY_SECONDS)
+            waited = True
+        finally:
+            since = _applying.pop(key)
+            if not waited:
+                _applied_seconds += time.monotonic() - since
+        tries += 1  # here only when it gave way to a lock
+        log.warning(
+            "migration.waiting_for_lock",
+            migration=name,
+            schema=schema,
+            tries=tries,
+            retry_in_s=MIGRATION_RETRY_SECONDS,
+            hint="another session holds a table it changes (a backup under way, a long transaction)",
+        )
+        await asyncio.sleep(MIGRATION_RETRY_SECONDS)
