@@ -56,11 +56,12 @@ from services.common.runtime.settings import ServiceSettings, check_environment
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage.db import (
     SESSION_ENDED,
+    MigrationSkew,
     advisory_key,
     connect_for_tool,
     create_pool,
     migrate,
-    migration_names,
+    migration_skew,
     on_a_session,
 )
 from services.equipement.app import SPEC as EQUIPEMENT
@@ -157,17 +158,20 @@ async def _migrated_if_restored(
     to _same_migrations (refused)."""
     if not await restored_mark(session, live):
         return
-    applied = {r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')}
-    known = set(migration_names(spec.package_dir))
-    missing = known - applied
-    if not missing or applied - known:
+    skew = await _skew(session, spec, live)
+    if not skew.older or skew.newer:
         return
-    say(f"{live} was restored from a backup of an earlier version: migrated first ({', '.join(sorted(missing))})")
+    say(f"{live} was restored from a backup of an earlier version: migrated first ({', '.join(skew.older)})")
     pool = await create_pool(settings.database_url, live)
     try:
         await migrate(pool, live, spec.package_dir)
     finally:
         await pool.close()
+
+
+async def _skew(session: asyncpg.Connection, spec: ServiceSpec, live: str) -> MigrationSkew:
+    applied = [r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')]
+    return migration_skew(applied, spec.package_dir)
 
 
 async def _same_migrations(session: asyncpg.Connection, spec: ServiceSpec, live: str) -> None:
@@ -176,15 +180,13 @@ async def _same_migrations(session: asyncpg.Connection, spec: ServiceSpec, live:
     under them failed their statements (a column they write missing, or renamed), batch after
     batch. So the rebuild runs with the version the service runs, which has applied exactly
     the migrations this one has."""
-    applied = {r["name"] for r in await session.fetch(f'SELECT name FROM "{live}".schema_migrations')}
-    known = set(migration_names(spec.package_dir))
-    if applied == known:
+    skew = await _skew(session, spec, live)
+    if not skew.newer and not skew.older:
         return
-    newer, older = sorted(applied - known), sorted(known - applied)
     raise ReconstructionError(
         f"nothing rebuilt: schema {live!r} was migrated by another version of {spec.name} than this one"
-        + (f" (it has {', '.join(newer)}, which this version does not)" if newer else "")
-        + (f" (this version has {', '.join(older)}, which it has not)" if older else "")
+        + (f" (it has {', '.join(skew.newer)}, which this version does not)" if skew.newer else "")
+        + (f" (this version has {', '.join(skew.older)}, which it has not)" if skew.older else "")
         + f": run the rebuild with the version {spec.name} runs"
     )
 

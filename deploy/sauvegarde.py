@@ -9,8 +9,10 @@ transaction). Each schema holds, with its state, the position it had reached in 
 partition it consumes (`positions`, written in each batch's transaction), so a restored
 backup, however old, resumes where it was, and the log keeps every partner record
 (deploy/topology.py): nothing is skipped. `restore` refuses while a service is connected to
-the database; it drops each schema the dump holds and recreates it from the dump in one
-transaction (other schemas are left alone), each service's schema marked as not caught up
+the database, and a backup a newer version of the code made (its service schemas hold
+migrations this version lacks: this version's catch-up would run on them); it drops each
+schema the dump holds and recreates it from the dump in one transaction (other schemas are
+left alone), each service's schema marked as not caught up
 (lifecycle.CATCH_UP_PENDING: the service refuses to start on it). Then it catches each
 service's schema (named after the service, the default DB_SCHEMA) up with the log and aligns
 it with what Kafka holds (deploy/rattrapage.py), so that versions and alert ids go on where
@@ -62,7 +64,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import KafkaUse, ServiceSettings, check_environment, names_its_user
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import SESSION_ENDED, connect_for_tool
+from services.common.storage.db import SESSION_ENDED, connect_for_tool, migration_skew
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -338,6 +340,7 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
     services = [spec for spec in SPECS if spec.name in schemas]
+    _of_this_version(path, services)
     try:  # the catch-up reads what only an operator may: found out before the hours of the SQL
         await rattrapage.check_access(settings, services)
         for spec in services:  # and what Kafka still holds of what the backup has yet to read
@@ -365,13 +368,31 @@ def _positions_in(path: Path, schema: str) -> tuple[dict[TopicPartition, int], d
     """The consumer positions a backup holds for `schema` (its table `positions`, read alone), and
     the instant the record before each was appended (ms; a position past a record of a topic that
     stamps it, in a backup made since common/0019), as positions.load and positions.appended."""
-    sql = _run(
-        [pg_tool("pg_restore"), "--data-only", "--schema", schema, "--table", "positions", "--file", "-", str(path)],
-        dict(os.environ),
-        f"reading the positions of {schema} in {path}",
-    )
     stored: dict[TopicPartition, int] = {}
     appended: dict[TopicPartition, int] = {}
+    for row in _rows_in(path, schema, "positions", "the positions"):
+        tp = TopicPartition(row["topic"], int(row["partition"]))
+        stored[tp] = int(row["next_offset"])
+        if row.get("appended_at_ms", "\\N") != "\\N" and stored[tp] > 0:  # \N: NULL in COPY's text
+            appended[tp] = int(row["appended_at_ms"])
+    return stored, appended
+
+
+def _migrations_in(path: Path, schema: str) -> list[str]:
+    """The migrations a backup's `schema` had applied (its table `schema_migrations`, read alone)."""
+    return [row["name"] for row in _rows_in(path, schema, "schema_migrations", "the migrations")]
+
+
+def _rows_in(path: Path, schema: str, table: str, what: str) -> list[dict[str, str]]:
+    """The rows of `schema`'s `table` in a backup, by column name, as COPY's text writes them (none
+    when the backup's schema has no such table). Its values here are names and numbers, which
+    that format writes as they are."""
+    sql = _run(
+        [pg_tool("pg_restore"), "--data-only", "--schema", schema, "--table", table, "--file", "-", str(path)],
+        dict(os.environ),
+        f"reading {what} of {schema} in {path}",
+    )
+    rows: list[dict[str, str]] = []
     columns: list[str] | None = None  # of the COPY being read: a backup from before a migration has fewer
     for line in sql.decode().splitlines():
         if line.startswith("COPY ") and line.endswith("FROM stdin;"):
@@ -379,12 +400,28 @@ def _positions_in(path: Path, schema: str) -> tuple[dict[TopicPartition, int], d
         elif line == "\\.":
             columns = None
         elif columns is not None:
-            row = dict(zip(columns, line.split("\t"), strict=True))
-            tp = TopicPartition(row["topic"], int(row["partition"]))
-            stored[tp] = int(row["next_offset"])
-            if row.get("appended_at_ms", "\\N") != "\\N" and stored[tp] > 0:  # \N: NULL in COPY's text
-                appended[tp] = int(row["appended_at_ms"])
-    return stored, appended
+            rows.append(dict(zip(columns, line.split("\t"), strict=True)))
+    return rows
+
+
+def _of_this_version(path: Path, services: Sequence[ServiceSpec]) -> None:
+    """Refuses a backup whose service schemas a newer version of the code migrated. Restored, the
+    catch-up ran this version's code on them (migrate only says `migration.schema_newer`): across
+    a migration that renames a column its writes use (common/0015), every replayed batch failed,
+    every rerun the same, and the services refused to start on the marked schemas; across
+    another, this version ran on a schema it does not know all of, unsaid. A backup of an
+    earlier version is restored: the catch-up migrates it."""
+    newer = {
+        spec.name: names
+        for spec in services
+        if (names := migration_skew(_migrations_in(path, spec.name), spec.package_dir).newer)
+    }
+    if newer:
+        raise SauvegardeError(
+            "nothing restored: the backup was made by a newer version of the code than this one ("
+            + "; ".join(f"{name} has {', '.join(names)}, which this version does not" for name, names in newer.items())
+            + "): restore it with that version, or a newer one"
+        )
 
 
 NEWER_SETTINGS = {b"SET transaction_timeout = 0;\n": 17}

@@ -1149,3 +1149,82 @@ async def test_a_restore_run_again_after_its_catch_up_failed_judges_dlq_copies_a
         assert await conn.fetchval("SELECT count(*) FROM equipement.dead_letters") == 1, "refused again, not sent"
     finally:
         await conn.close()
+
+
+async def _migrated(settings, *specs) -> None:
+    for spec in specs:
+        pool = await create_pool(settings.database_url, spec.name)
+        try:
+            await migrate(pool, spec.name, spec.package_dir)
+        finally:
+            await pool.close()
+
+
+def test_a_backup_of_a_newer_version_is_refused_before_anything_is_replaced(settings, tmp_path, monkeypatch, capsys):
+    """Restored by an earlier version (a rollback, then last night's backup), a newer version's
+    schemas were caught up by the earlier code (audit s62 #6): across common/0015, every batch of
+    the catch-up failed, every rerun the same, and the services refused to start on the marked
+    schemas. Refused: exit 1, naming the service and the migrations, the database as it was."""
+    from deploy import sauvegarde
+
+    backup, future = tmp_path / "plus_recente.dump", "common/9999_a_venir.sql"
+
+    async def backed_up_then_changed() -> None:
+        await _migrated(settings, SPEC, RESSOURCES)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("INSERT INTO ressources.schema_migrations (name) VALUES ($1)", future)
+            sauvegarde.backup(settings.database_url, backup)
+            await conn.execute("DELETE FROM ressources.schema_migrations WHERE name = $1", future)
+            await conn.execute(f"CREATE TABLE {SPEC.name}.depuis_la_sauvegarde ()")  # a restore would drop it
+        finally:
+            await conn.close()
+
+    async def as_it_was() -> tuple[list[str], int]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            tables = await conn.fetchval(
+                "SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = $1", SPEC.name
+            )
+            return tables, await conn.fetchval(
+                "SELECT count(*) FROM ressources.schema_migrations WHERE name = $1", future
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(backed_up_then_changed())
+    capsys.readouterr()  # what the migrations logged, as an earlier test left the logs configured
+    for variable, value in (
+        ("DATABASE_URL", settings.database_url),
+        ("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+        ("TOPIC_PREFIX", settings.topic_prefix),  # its topics: the restore could go on to the end
+    ):
+        monkeypatch.setenv(variable, value)
+    assert sauvegarde.main(["restore", str(backup)]) == 1
+    assert capsys.readouterr().err == (
+        "error: nothing restored: the backup was made by a newer version of the code than this one "
+        f"(ressources has {future}, which this version does not): restore it with that version, or a newer one\n"
+    )
+    tables, applied = asyncio.run(as_it_was())
+    assert "depuis_la_sauvegarde" in tables and applied == 0, "nothing replaced"
+
+
+async def test_a_backup_of_an_earlier_version_is_restored_and_migrated(kafka, settings, tmp_path) -> None:
+    """The refusal of a newer version's backup keeps an earlier one's restorable: the catch-up
+    migrates it (a rollback's remedy is a backup made before the upgrade)."""
+    from deploy import sauvegarde
+
+    await _migrated(settings, SPEC)
+    conn = await asyncpg.connect(settings.database_url)
+    try:  # the backup's: before equipement's latest migration (an ALTER TABLE that runs again)
+        latest = await conn.fetchval(
+            "DELETE FROM equipement.schema_migrations WHERE name = "
+            "(SELECT max(name) FROM equipement.schema_migrations WHERE name LIKE 'equipement/%') RETURNING name"
+        )
+        backup = tmp_path / "anterieure.dump"
+        sauvegarde.backup(settings.database_url, backup)
+        assert await sauvegarde.restore(settings, backup) == [SPEC.name]
+        assert await conn.fetchval("SELECT count(*) FROM equipement.schema_migrations WHERE name = $1", latest) == 1
+        assert not await conn.fetchval("SELECT to_regclass('equipement.rattrapage_en_attente')"), "caught up"
+    finally:
+        await conn.close()

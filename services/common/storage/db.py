@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -275,6 +276,25 @@ def migration_names(service_dir: Path) -> list[str]:
     return [name for name, _ in _migration_files(service_dir)]
 
 
+@dataclass(frozen=True)
+class MigrationSkew:
+    """How the migrations a schema has applied differ from those this version of the code has."""
+
+    newer: list[str]
+    """Applied, unknown to this version: a newer version migrated the schema."""
+    older: list[str]
+    """This version's, not applied: an earlier version migrated it (the next `migrate` applies them)."""
+
+
+def migration_skew(applied: Iterable[str], service_dir: Path) -> MigrationSkew:
+    """`applied` (a schema's schema_migrations names: the live schema's, or a backup's) against
+    this version's migrations of the service of `service_dir`. A rebuild runs only with the
+    version that migrated the schema (deploy/reconstruire.py), a restore refuses a backup of a
+    newer version (deploy/sauvegarde.py), and the services say one (`migrate`)."""
+    applied, known = set(applied), set(migration_names(service_dir))
+    return MigrationSkew(newer=sorted(applied - known), older=sorted(known - applied))
+
+
 def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
     files = sorted(_SHARED_MIGRATIONS.glob("*.sql")) + sorted((service_dir / "migrations").glob("*.sql"))
     return [(f"{f.parent.parent.name}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
@@ -307,7 +327,7 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_dir: Path) -> None:
                     await _apply(conn, name, sql, schema)
                     log.info("migration.applied", migration=name, schema=schema)
             await _check_texts(conn, schema, done, files)
-            if newer := sorted(done.keys() - {name for name, _ in files}):
+            if newer := migration_skew(done, service_dir).newer:
                 # A rollback (`kubectl rollout undo`), or a restore's catch-up run by an older
                 # version: migrations this code does not know. During a rolling update the former
                 # replicas run on them too (README, Upgrades), so said, not refused.
