@@ -213,3 +213,57 @@ async def test_a_schema_migrated_before_checksums_gets_them_even_behind_a_backup
     finally:
         await backup.close()
         await pool.close()
+
+
+async def test_the_row_of_a_withdrawn_migration_is_not_taken_for_a_newer_version_s(database_url, monkeypatch):
+    """common/0016_attente_referentiel_origin and ressources/0011_reevaluations_reprises were
+    committed, then deleted minutes later: a schema that applied one was said migrated by a newer
+    version at every start, with a hint (roll forward) no version could follow (audit s62 #7)."""
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        withdrawn = ["common/0016_attente_referentiel_origin.sql", "ressources/0011_reevaluations_reprises.sql"]
+        await pool.executemany("INSERT INTO schema_migrations (name) VALUES ($1)", [(n,) for n in withdrawn])
+        await migrate(pool, "ressources", SPEC.package_dir)
+        assert not said.named("migration.schema_newer")
+        await pool.execute("INSERT INTO schema_migrations (name) VALUES ('ressources/9999_a_venir.sql')")
+        await migrate(pool, "ressources", SPEC.package_dir)
+        [line] = said.named("migration.schema_newer")
+        assert line["migrations"] == ["ressources/9999_a_venir.sql"], "a newer version's still said"
+    finally:
+        await pool.close()
+
+
+RESSOURCES_0018_BEFORE_ITS_COMMENT = """\
+-- The dashboards' list of resolved alerts, the latest resolution first: sorted by their raise,
+-- one raised months ago and resolved a minute ago was pages down the list, where someone
+-- checking what was just fixed never looked. Its pages and its count read through this index,
+-- as the open alerts' through alertes_ouvertes.
+CREATE INDEX alertes_resolues ON alertes (resolved_at DESC, alert_id) WHERE NOT ouverte;
+"""
+"""ressources/0018 as 4646add committed it; d94663c added a comment line 25 minutes later."""
+
+
+async def test_a_schema_ressources_0018_s_former_text_migrated_is_not_said_changed(database_url, monkeypatch):
+    """Its text differs from the file by a comment alone, the schema is what the file makes: it
+    was said changed at every start (audit s62 #7). Another text still is."""
+    name = "ressources/0018_alertes_resolues.sql"
+    pool = await create_pool(database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", SPEC.package_dir)
+        said = Said()
+        monkeypatch.setattr(db, "log", said)
+        former = db.checksum(RESSOURCES_0018_BEFORE_ITS_COMMENT)
+        await pool.execute("UPDATE schema_migrations SET checksum = $2 WHERE name = $1", name, former)
+        await migrate(pool, "ressources", SPEC.package_dir)
+        assert not said.named("migration.changed")
+        assert await pool.fetchval("SELECT checksum FROM schema_migrations WHERE name = $1", name) == former, "kept"
+        other = db.checksum(RESSOURCES_0018_BEFORE_ITS_COMMENT + "-- another text\n")
+        await pool.execute("UPDATE schema_migrations SET checksum = $2 WHERE name = $1", name, other)
+        await migrate(pool, "ressources", SPEC.package_dir)
+        [line] = said.named("migration.changed")
+        assert line["migrations"] == [name]
+    finally:
+        await pool.close()

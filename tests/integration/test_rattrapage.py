@@ -1209,9 +1209,12 @@ def test_a_backup_of_a_newer_version_is_refused_before_anything_is_replaced(sett
     assert "depuis_la_sauvegarde" in tables and applied == 0, "nothing replaced"
 
 
-async def test_a_backup_of_an_earlier_version_is_restored_and_migrated(kafka, settings, tmp_path) -> None:
+@pytest.mark.parametrize("withdrawn", [False, True], ids=["earlier", "earlier-and-withdrawn"])
+async def test_a_backup_of_an_earlier_version_is_restored_and_migrated(kafka, settings, tmp_path, withdrawn) -> None:
     """The refusal of a newer version's backup keeps an earlier one's restorable: the catch-up
-    migrates it (a rollback's remedy is a backup made before the upgrade)."""
+    migrates it (a rollback's remedy is a backup made before the upgrade). The row of a
+    migration committed then deleted (audit s62 #7), which no version has, is not taken for a
+    newer version's."""
     from deploy import sauvegarde
 
     await _migrated(settings, SPEC)
@@ -1221,6 +1224,10 @@ async def test_a_backup_of_an_earlier_version_is_restored_and_migrated(kafka, se
             "DELETE FROM equipement.schema_migrations WHERE name = "
             "(SELECT max(name) FROM equipement.schema_migrations WHERE name LIKE 'equipement/%') RETURNING name"
         )
+        if withdrawn:
+            await conn.execute(
+                "INSERT INTO equipement.schema_migrations (name) VALUES ('common/0016_attente_referentiel_origin.sql')"
+            )
         backup = tmp_path / "anterieure.dump"
         sauvegarde.backup(settings.database_url, backup)
         assert await sauvegarde.restore(settings, backup) == [SPEC.name]

@@ -182,3 +182,21 @@ async def test_a_restored_schema_of_an_earlier_version_is_migrated_then_rebuilt(
         assert await conn.fetchval(migrated, latest) == 1
     finally:
         await conn.close()
+
+
+async def test_a_schema_that_applied_a_withdrawn_migration_is_rebuilt(settings):
+    """common/0016_attente_referentiel_origin was committed, then deleted minutes later: no
+    version has it, and a schema that applied it had every rebuild refused, for good, as one of
+    another version (audit s62 #7)."""
+    async with running(EQUIPEMENT, settings):
+        pass
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO equipement.schema_migrations (name) VALUES ('common/0016_attente_referentiel_origin.sql')"
+        )
+        former = await reconstruire.rebuild(EQUIPEMENT, settings)
+        schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'equipement%' ORDER BY 1")
+        assert [s["nspname"] for s in schemas] == ["equipement", former], "rebuilt and switched"
+    finally:
+        await conn.close()

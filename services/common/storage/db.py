@@ -4,7 +4,10 @@ and the migrations the service applies at start.
 Migrations are the numbered `*.sql` files of the service's `migrations/` folder plus the shared
 ones (inbox, outbox, dead letters, référentiel). Each runs once, in order, under an advisory
 lock so two replicas starting together do not race; its text's checksum is kept with it, and a
-file changed since it was applied is said at every start (`migration.changed`).
+file changed since it was applied is said at every start (`migration.changed`; former texts
+that differ by comments alone aside: FORMER_CHECKSUMS). Migrations committed then deleted
+before any release (WITHDRAWN) are known by name, so that a schema that applied one is not
+taken for a newer version's.
 """
 
 import asyncio
@@ -286,18 +289,41 @@ class MigrationSkew:
     """This version's, not applied: an earlier version migrated it (the next `migrate` applies them)."""
 
 
+WITHDRAWN = {
+    "common/0016_attente_referentiel_origin.sql": "80ab28c, deleted by 33124ac (3 December 2026)",
+    "ressources/0011_reevaluations_reprises.sql": "9d77b33, deleted by a694f44 (3 December 2026)",
+}
+"""Migrations committed, then deleted minutes later, never released: no version has them, yet a
+schema a development build migrated then keeps their row, which made it look migrated by a
+newer version for good (`migration.schema_newer` at every start, every rebuild refused, its
+backups refused by a restore). Their rows are ignored wherever a schema's migrations are
+compared with a version's (`migration_skew`), and kept: what they made is still there, and
+harmless to this version (common/0016's index on attente_referentiel (uai, topic, partition,
+offset) serves the queries by uai; ressources/0011's columns of reevaluations have defaults).
+A name is never used again: a migration's name is its identity."""
+
+
 def migration_skew(applied: Iterable[str], service_dir: Path) -> MigrationSkew:
     """`applied` (a schema's schema_migrations names: the live schema's, or a backup's) against
-    this version's migrations of the service of `service_dir`. A rebuild runs only with the
-    version that migrated the schema (deploy/reconstruire.py), a restore refuses a backup of a
-    newer version (deploy/sauvegarde.py), and the services say one (`migrate`)."""
-    applied, known = set(applied), set(migration_names(service_dir))
+    this version's migrations of the service of `service_dir`, WITHDRAWN ones aside. A rebuild
+    runs only with the version that migrated the schema (deploy/reconstruire.py), a restore
+    refuses a backup of a newer version (deploy/sauvegarde.py), and the services say one
+    (`migrate`)."""
+    applied, known = set(applied) - WITHDRAWN.keys(), set(migration_names(service_dir))
     return MigrationSkew(newer=sorted(applied - known), older=sorted(known - applied))
 
 
 def _migration_files(service_dir: Path) -> list[tuple[str, str]]:
     files = sorted(_SHARED_MIGRATIONS.glob("*.sql")) + sorted((service_dir / "migrations").glob("*.sql"))
     return [(f"{f.parent.parent.name}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
+
+
+FORMER_CHECKSUMS = {
+    # 4646add's text; d94663c (25 minutes later, checksums already kept) added a comment line.
+    "ressources/0018_alertes_resolues.sql": {"874e270ade41d938f22e2a82398f84b4286e79eacb328f4195cd6207bbe8a812"},
+}
+"""Checksums of former texts of a migration that differ from its file's by comments alone: a
+schema one of them migrated is what the file makes, and is not said changed (`_check_texts`)."""
 
 
 def checksum(sql: str) -> str:
@@ -358,7 +384,7 @@ async def _check_texts(
         if name in done:
             if done[name] is None:
                 unrecorded.append((name, checksum(sql)))
-            elif done[name] != checksum(sql):
+            elif done[name] != checksum(sql) and done[name] not in FORMER_CHECKSUMS.get(name, ()):
                 changed.append(name)
     if unrecorded:
         await conn.executemany(
