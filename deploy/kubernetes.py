@@ -246,13 +246,18 @@ def _env(name: str) -> list[dict[str, Any]]:
     return env
 
 
+STARTUP_PROBE_SECONDS = 3600
+"""How long Kubernetes lets a service start (its start-up probe): its migrations included."""
+
+
 def services() -> list[dict[str, Any]]:
     from services.specs import specs
 
     out: list[dict[str, Any]] = []
     for spec in specs():
         labels = {"app.kubernetes.io/name": spec.name}
-        probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+        period = 10
+        probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "timeoutSeconds": 5}
         request, limit = MEMORY.get(spec.name, DEFAULT_MEMORY)
         container = {
             "name": spec.name,
@@ -267,8 +272,11 @@ def services() -> list[dict[str, Any]]:
             # PostgreSQL alone for ressources: its readers are served while Kafka is away); alive
             # while its event loop answers at all (`/livez`: the kernel accepts a TCP connection
             # for a frozen one too; the process exits by itself once its dependencies have been
-            # away UNHEALTHY_EXIT_SECONDS).
-            "startupProbe": {**probe, "failureThreshold": 30},
+            # away UNHEALTHY_EXIT_SECONDS). The start-up probe allows an hour: the migrations run
+            # before the port opens, the start-up guard does not count them (a table rewritten on a
+            # large deployment), and 300 s killed such a start every time, rolled back; a start
+            # stuck elsewhere is ended by the guard after STARTUP_TIMEOUT_SECONDS.
+            "startupProbe": {**probe, "failureThreshold": STARTUP_PROBE_SECONDS // period},
             "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "http"}},
             "livenessProbe": {
                 "httpGet": {"path": "/livez", "port": "http"},
