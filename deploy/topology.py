@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
-from services.common.messaging.outbox import COMPACTED, MAX_REQUEST_BYTES
+from services.common.messaging.outbox import COMPACTED, MAX_REQUEST_BYTES, ROUTED_PARTITIONS
 
 GROUPED = (PROFILS, COUVERTURES)
 """Compacted topics whose records come in groups (a UAI's lots, its tools...), each record a
@@ -46,9 +46,11 @@ part of the whole (contracts.internal): a reader behind the compaction of a grou
 later ones read a later group over an earlier state, a whole the producer never had, until the
 next group. Their records stay GROUPED_LAG_MS at least (min.compaction.lag.ms); a reader further
 behind is rebuilt (./dev rebuild ressources). Each record of alertes.etat.v1 is a whole alert."""
-PARTITIONS = 12
+PARTITIONS = ROUTED_PARTITIONS
 """Partitions of every topic but the DLQs: replicas of a service split a topic's partitions, so
-up to a dozen replicas of each service have work (a partition is read by one replica at a time)."""
+up to a dozen replicas of each service have work (a partition is read by one replica at a time).
+The relay spreads the platform's own topics' keys over ROUTED_PARTITIONS whatever the topic has
+(partitions added later move no key): more here would give those topics partitions it never uses."""
 PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000

@@ -17,7 +17,17 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
 from deploy.rattrapage import records_of
-from helpers import Said, TopicReader, eventually, kill_sender, lock_waiters, migrated_pool, record_count, running
+from helpers import (
+    TEST_PARTITIONS,
+    Said,
+    TopicReader,
+    eventually,
+    kill_sender,
+    lock_waiters,
+    migrated_pool,
+    record_count,
+    running,
+)
 from services.common.messaging import outbox as outbox_module
 from services.common.messaging import outbox_failed
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -190,6 +200,55 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
     finally:
         await relay.stop()
         await pool.close()
+
+
+async def test_partitions_added_to_a_topic_of_the_platform_take_none_of_its_keys(
+    kafka, database_url, topic_prefix, monkeypatch
+):
+    """alertes.etat.v1 as the tests make it (TEST_PARTITIONS; production's are made with 12:
+    ROUTED_PARTITIONS), then given 2 more: spread over the new count, most keys' next records went to another partition
+    than their earlier ones, where compaction kept a resolved alert's raise for good (audit s63
+    topology #1). Every key's records stay on the partition of its first, none on those added."""
+    from aiokafka.admin import NewPartitions
+
+    from services.common.messaging.partitioner import partition_for
+
+    made, grown = TEST_PARTITIONS, TEST_PARTITIONS + 2
+    monkeypatch.setattr(outbox_module, "ROUTED_PARTITIONS", made)
+    topic = topic_prefix + ALERTES_ETAT  # made by the fixture, compacted
+    keys = [f"alerte-{n}".encode() for n in range(12)]
+    assert any(partition_for(k, range(grown)) != partition_for(k, range(made)) for k in keys), "some would move"
+
+    async def relayed(pool: asyncpg.Pool, n: int) -> None:
+        relay = OutboxRelay(pool, producer_as_admin(kafka), "relayspread")
+        try:
+            async with pool.acquire() as conn:
+                await enqueue(conn, [OutboxRecord(topic, k, b"%d" % n) for k in keys])
+            assert await relay.drain_once() == len(keys)
+        finally:
+            await relay.stop()
+
+    async with migrated_pool(database_url, SPEC, "relayspread") as pool:
+        await relayed(pool, 1)
+        admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))
+        await admin.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=grown)})
+
+            async def added() -> bool:
+                [described] = await admin.describe_topics([topic])
+                return len(described["partitions"]) == grown
+
+            await eventually(added, what="the partitions added")
+        finally:
+            await admin.close()
+        await relayed(pool, 2)  # a new producer: the topic's metadata read afresh
+
+    out = [r async for r in records_of(kafka.bootstrap_servers, topic)]
+    assert sorted((r.key, r.value) for r in out) == sorted((k, v) for k in keys for v in (b"1", b"2"))
+    for key in keys:
+        assert len({r.partition for r in out if r.key == key}) == 1, key
+    assert {r.partition for r in out} <= set(range(made)), "none on the partitions added"
 
 
 async def test_while_another_relay_holds_the_outbox_a_round_publishes_nothing(kafka, database_url, topic_prefix):

@@ -32,7 +32,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic_core import from_json, to_json
 
-from contracts import ALERTES_ETAT
+from contracts import ALERTES, ALERTES_ETAT, dlq
 from contracts.internal import COUVERTURES, PROFILS
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.partitioner import partition_for
@@ -507,7 +507,7 @@ class OutboxRelay:
                 errors[i] = exc
                 continue
             for topic, key, record_value in records:
-                partition = partition_for(routing_key(topic, key), partitions[topic])
+                partition = partition_for(routing_key(topic, key), spread_over(topic, partitions[topic]))
                 batch = filling.get((topic, partition))
                 if batch is None or not batch.add(i, key, record_value, headers):
                     batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
@@ -574,6 +574,24 @@ BY_UAI = (PROFILS, COUVERTURES)
 """The derived topics whose records of one UAI (keys `{uai}` and `{uai}/{entity}`) make one state
 together: a teacher counted with a tool training moves a coverage's `{uai}` and `{uai}/{kind}`
 records in one transaction."""
+
+
+ROUTED_PARTITIONS = 12
+"""The partitions the relay spreads the keys of the platform's own topics over (OWN_TOPICS and
+the DLQs): those they are made with (deploy/topology.py), and never more, whatever partitions
+are added to them later. Spread over the new count, a key's next records went to another
+partition than its earlier ones: on alertes.etat.v1 a resolved alert's raise, the last record
+of its key on its former partition, was kept there by the compaction for good (a dashboard
+reading the table showed it open), and a UAI's groups on the internal topics were read out of
+order. Partitions added to those topics get none of their records. A partner's topic is spread
+as the partner's own clients spread it: over all of its partitions. A topic made with fewer
+(the tests') is spread over all of its own, and then takes no partition added."""
+OWN_TOPICS = (ALERTES, *COMPACTED)
+
+
+def spread_over(topic: str, partitions: Sequence[int]) -> Sequence[int]:
+    """The partitions (sorted) a record of `topic` may go to, by its key (ROUTED_PARTITIONS)."""
+    return partitions[:ROUTED_PARTITIONS] if topic.endswith((*OWN_TOPICS, dlq(""))) else partitions
 
 
 def routing_key(topic: str, key: bytes | None) -> bytes | None:
