@@ -342,6 +342,38 @@ async def test_a_refused_stream_is_tried_again_with_the_filters_of_the_view_show
     assert len(refused) == 1, refused
 
 
+async def test_a_stream_refused_as_one_too_many_says_so_and_is_tried_again_later(platform, browser):
+    """ressources refuses an EventSource beyond SSE_MAX_CLIENTS with a 200 stream of one `fin`
+    (trop-de-flux: a 503 would close a plain EventSource for good), which the page took for an
+    open stream: "connecté" on screen while refused. It says it is refused, and opens the
+    stream again RETRY_MS later, not before."""
+    from services.ressources.stream import refusal
+
+    base = f"http://127.0.0.1:{platform.ports['ressources']}"
+    page = await browser.new_page(locale="fr-FR")
+    await page.clock.install()
+    streams: list[str] = []
+
+    async def flux(route):
+        streams.append(route.request.url)
+        if len(streams) == 1:
+            body = refusal("trop-de-flux", "trop de flux ouverts (100) : réessayer dans 10 s", None, 10_000)
+            headers = {"Retry-After": "10", "Cache-Control": "no-cache"}
+            await route.fulfill(status=200, content_type="text/event-stream", headers=headers, body=body)
+        else:
+            await route.continue_()
+
+    await page.route("**/alertes/flux*", flux)
+    await page.goto(f"{base}/tableau#/alertes")
+    await expect(page.locator("#direct")).to_contain_text("refusé, trop de flux ouverts", timeout=WAIT_MS)
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ferme")
+    await page.clock.run_for(5_000)
+    assert len(streams) == 1, streams
+    await page.clock.run_for(10_000)  # past RETRY_MS
+    await expect(page.locator("#direct")).to_have_attribute("data-etat", "ouvert", timeout=WAIT_MS)
+    assert len(streams) == 2, streams
+
+
 async def test_a_stream_refused_for_its_filters_says_why_and_is_not_tried_again(platform, browser):
     """A stream the API refuses for what it asks (422: a responsable's code not of its type's
     form, from a shared address) would be refused again: the page says why, in the API's words,

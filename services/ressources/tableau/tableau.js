@@ -4,7 +4,7 @@
 
 const PAGE_SIZE = 20;
 const MAX_PAGE = 1_000_000 / PAGE_SIZE + 1; // the API skips 1,000,000 alerts at most (MAX_OFFSET)
-const RETRY_MS = 10000; // after a stream the browser gave up (a 503, from a proxy: ressources tells an EventSource it refuses with a `fin`)
+const RETRY_MS = 10000; // after a refused stream (a `fin` trop-de-flux, or a 503: from a proxy), as the API says
 const KINDS = {
   "equipement-incompatible": "Équipement incompatible",
   "equipement-partiel": "Équipement partiellement compatible",
@@ -163,7 +163,16 @@ function follow(filters, again = false) {
       changed(type, JSON.parse(message.data).data);
     });
   }
-  stream.addEventListener("fin", seen);
+  stream.addEventListener("fin", (message) => {
+    seen(message);
+    // Refused, this replica holding SSE_MAX_CLIENTS streams: the `fin` has an EventSource come back
+    // by itself (a 503 would close it for good); closed here instead, said, and tried again as
+    // after a 503, with the filters of the view shown by then.
+    if (stream !== opened || JSON.parse(message.data).raison !== "trop-de-flux") return;
+    opened.close();
+    setLive("ferme", "Direct : refusé, trop de flux ouverts ; nouvel essai dans quelques secondes");
+    retry = setTimeout(() => follow(filters, true), RETRY_MS);
+  });
   stream.addEventListener("reprise-incomplete", () => current && refresh());
 }
 
