@@ -163,7 +163,8 @@ async def require_log(
     new log already reaches a position (consumer.in_another_log, read by `stamps`)."""
     outside = await outside_their_log(consumer, wanted)
     beyond = {o.tp for o in outside}
-    outside += await in_another_log(consumer, {tp: p for tp, p in wanted.items() if tp not in beyond}, appended, stamps)
+    within = {tp: p for tp, p in wanted.items() if tp not in beyond}
+    outside += await in_another_log(consumer, within, appended, stamps, strict=True)  # LogUnchecked: decided nothing
     if missing := [o for o in outside if o.lost or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}

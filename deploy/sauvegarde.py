@@ -58,6 +58,7 @@ from deploy import rattrapage
 from deploy.disque import durable
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.consumer import LogUnchecked
 from services.common.messaging.outbox import relay_producer
 from services.common.runtime.lifecycle import CATCH_UP_PENDING
 from services.common.runtime.logs import configure_logging
@@ -345,7 +346,7 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
         await rattrapage.check_access(settings, services)
         for spec in services:  # and what Kafka still holds of what the backup has yet to read
             await rattrapage.check_log(settings, spec, spec.name, *_positions_in(path, spec.name))
-    except (rattrapage.AccesInsuffisant, rattrapage.JournalIncomplet, KafkaError) as e:
+    except (rattrapage.AccesInsuffisant, rattrapage.JournalIncomplet, LogUnchecked, KafkaError) as e:
         raise SauvegardeError(f"nothing restored: {redact(str(e)) or type(e).__name__}") from e
     only = [option for name in schemas for option in ("--schema", name)]  # pg_restore then creates none
     # The dump as SQL, in a file of the operator's alone beside the backup (it is several times

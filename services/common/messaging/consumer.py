@@ -463,11 +463,17 @@ def record_stamps(access: KafkaAccess) -> Stamps:
     return stamps
 
 
+class LogUnchecked(RuntimeError):
+    """Kafka did not say in time whether positions are in their partitions' logs (`strict`)."""
+
+
 async def in_another_log(
     consumer: AIOKafkaConsumer,
     stored: Mapping[TopicPartition, int],
     appended: Mapping[TopicPartition, int],
     stamps: Stamps | None = None,
+    *,
+    strict: bool = False,
 ) -> list[Outside]:
     """Those of `stored` (partition -> position) whose partition's log now holds no record appended
     at the instant the record before the position was (`appended`, ms: the topics that stamp it):
@@ -479,7 +485,10 @@ async def in_another_log(
     from the stored positions, said). A leader whose clock is behind the former one's stamps a
     record earlier than one before it: the earliest at or after the instant is then another, so
     each suspect's record before its position is read (`stamps`), and one of that instant is
-    this log's after all (else the whole partition was read again from its start)."""
+    this log's after all (else the whole partition was read again from its start). `strict` (an
+    operator's tool, which then replaces a schema: deploy/rattrapage.py): LogUnchecked where a
+    service goes on unchecked (Kafka not answering) or takes the index's word (a suspect's record
+    before its position not read in time)."""
     wanted = {tp: ms for tp, ms in appended.items() if stored.get(tp, 0) > 0}
     if not wanted:
         return []
@@ -491,6 +500,11 @@ async def in_another_log(
                 return []
             starts, ends = await consumer.beginning_offsets(suspects), await consumer.end_offsets(suspects)
     except Exception as exc:  # Kafka away: its fetches say more, and HorsLimites meets a position past the end
+        if strict:
+            raise LogUnchecked(
+                f"Kafka did not say within {LOG_CHECK_SECONDS:g} s whether the positions of {len(wanted)} "
+                f"partitions are in their logs ({type(exc).__name__}): nothing decided, run it again"
+            ) from exc
         log.warning(
             "positions.log_unchecked",
             error=type(exc).__name__,
@@ -503,6 +517,12 @@ async def in_another_log(
     # this check's to say (HorsLimites meets them at the fetch).
     within = [tp for tp in suspects if starts[tp] < stored[tp] <= ends[tp]]
     same = await stamps({tp: stored[tp] - 1 for tp in within}) if stamps is not None and within else {}
+    if strict and (unread := [tp for tp in within if tp not in same]):
+        raise LogUnchecked(
+            "Kafka did not give in time the record before the position of "
+            + ", ".join(f"{tp.topic}[{tp.partition}] at {stored[tp]}" for tp in unread)
+            + ", which says whether the topic was made again since: nothing decided, run it again"
+        )
     return [
         Outside(tp, stored[tp], starts[tp], ends[tp], elsewhere=True) for tp in within if same.get(tp) != wanted[tp]
     ]

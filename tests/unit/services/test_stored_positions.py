@@ -5,6 +5,7 @@ partitions are paused until sought."""
 
 import asyncio
 import contextlib
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -241,6 +242,33 @@ async def test_a_suspect_position_is_judged_by_the_record_before_it(monkeypatch,
     assert asked == [{TP0: 41}]
     assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
     assert len(written) == (sought == 0)
+
+
+@pytest.mark.parametrize(
+    ("at", "stamp", "unchecked"),
+    [
+        (KafkaConnectionError(), None, "did not say within 10 s whether the positions of 1 partitions"),
+        (OffsetAndTimestamp(40, 1_003), None, "did not give in time the record before the position of t[0] at 42"),
+        (OffsetAndTimestamp(40, 1_003), 1_000, None),  # read: this log
+        (OffsetAndTimestamp(0, 2_000), 2_000, None),  # read: another log, said as such
+    ],
+)
+async def test_a_tool_decides_nothing_on_a_position_kafka_did_not_let_it_check(at, stamp, unchecked):
+    """A restore checks a backup's positions before it replaces the schemas, as a service's start
+    does, which goes on unchecked when Kafka is silent (its fetches say more later) and takes the
+    index's word for a suspect whose record it could not read: the restore replaced the schemas
+    without the check, or refused the backup as made for another log (review s63 M3)."""
+
+    async def stamps(offsets):
+        return {} if stamp is None else {tp: stamp for tp in offsets}
+
+    checking = consumer.in_another_log(_Stamped(at), {TP0: 42}, {TP0: 1_000}, stamps, strict=True)
+    if unchecked is None:
+        found = await checking
+        assert [o.elsewhere for o in found] == ([True] if stamp == 2_000 else [])
+        return
+    with pytest.raises(consumer.LogUnchecked, match=re.escape(unchecked)):
+        await checking
 
 
 async def assigned(monkeypatch, at, stamps=None):
