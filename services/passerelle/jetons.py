@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import structlog
+from jwt.algorithms import get_default_algorithms
 
 from contracts.envelope import parse_source
 
@@ -295,15 +296,29 @@ def _cles_de_signature(jeu: object) -> JeuDeCles:
         except Exception:  # a type, curve or algorithm PyJWT does not know or cannot verify with ("none")
             continue
         algorithmes = _FAMILLE_RSA if not alg and jwk.key_type == "RSA" else frozenset({jwk.algorithm_name})
-        if algorithmes <= ALGORITHMES:
-            # A key published with its private part (a provider's mistake): its public part verifies.
-            public = jwk.key.public_key() if hasattr(jwk.key, "public_key") else jwk.key
+        # A key published with its private part (a provider's mistake): its public part verifies.
+        public = jwk.key.public_key() if hasattr(jwk.key, "public_key") else jwk.key
+        if algorithmes <= ALGORITHMES and (algorithmes := _verifiables(algorithmes, public)):
             toutes.append(Cle(public, algorithmes))
             if kid is not None:
                 par_kid[kid] = toutes[-1]
     if not toutes:
         raise AucuneCle("aucune clé de signature asymétrique")
     return JeuDeCles(par_kid, tuple(toutes))
+
+
+def _verifiables(algorithmes: frozenset[str], public: Any) -> frozenset[str]:
+    """Those of `algorithmes` the key `public` verifies: an EC key of another curve than its `alg`
+    names (a provider's mistake, which PyJWK takes) verifies none, and tried first for a token
+    without kid, it refused that token, signed by a right key after it."""
+    verifiables = set()
+    for nom in algorithmes:
+        try:
+            get_default_algorithms()[nom].prepare_key(public)
+        except jwt.InvalidKeyError:
+            continue
+        verifiables.add(nom)
+    return frozenset(verifiables)
 
 
 class _ClesFichier:

@@ -252,6 +252,21 @@ async def test_a_token_without_kid_is_tried_against_the_first_keys_of_its_alg_on
     assert await verificateur.verifier(jwt.encode(claims(), beyond, algorithm="ES256"))
 
 
+async def test_a_key_of_another_curve_than_its_alg_names_is_left_out(tmp_path: Path) -> None:
+    """A provider's mistake, a P-384 key published as ES256: PyJWK takes it, but it verifies no
+    ES256 token, and tried first for a token without kid it refused that token, signed by the
+    right key after it (review s63 M4)."""
+    wrong = ec.generate_private_key(ec.SECP384R1())
+    mislabelled = {**json.loads(ECAlgorithm.to_jwk(wrong.public_key())), "alg": "ES256", "use": "sig"}
+    key, right = _cle_ec()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [mislabelled, right]}))
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+    assert await verificateur.verifier(jwt.encode(claims(), key, algorithm="ES256"))
+    with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):  # nor taken for an ES384 one
+        await verificateur.verifier(jwt.encode(claims(), wrong, algorithm="ES384"))
+
+
 async def test_a_key_published_without_kid_verifies_tokens_without_kid_only(
     tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
 ) -> None:
