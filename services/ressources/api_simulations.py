@@ -137,10 +137,13 @@ def start_workers(n: int) -> None:
         pool.submit(simulations.judge, "", Seuils(), [])
 
 
-async def _renewed(broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+async def _renewed(broken: ProcessPoolExecutor) -> ProcessPoolExecutor | None:
     """New worker processes in place of `broken`, a pool one of whose processes died (killed, out
-    of memory: the pool refuses any work since), which is stopped off the event loop."""
-    [n] = [n for n, pool in _pools.items() if pool is broken]
+    of memory: the pool refuses any work since), which is stopped off the event loop; None when
+    the service stopped it meanwhile (stop_workers: no new ones then)."""
+    n = next((n for n, pool in _pools.items() if pool is broken), None)
+    if n is None:
+        return None
     del _pools[n]
     log.warning("simulation.processus_remplaces", processus=n)
     await asyncio.to_thread(broken.shutdown, wait=True, cancel_futures=True)
@@ -228,7 +231,8 @@ async def simuler_ressource(
             # A worker died (killed, out of memory) since the last simulation or during this one: judged
             # again, once, by new processes. Dying again is a fault (500), the next simulation on new ones.
             assert workers is not None
-            workers = await _renewed(workers)
+            if (workers := await _renewed(workers)) is None:
+                raise
             try:
                 bilan = await simulations.simulate_ressource(conn, ressource, population == "abonnes", seuils, workers)
             except BrokenProcessPool:

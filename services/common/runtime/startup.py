@@ -382,8 +382,9 @@ class Guard:
         while not self.consuming:
             if time.monotonic() > deadline + migration_seconds() - migrated_before:
                 return self._fail(
-                    f"not consuming {self.settings.startup_timeout_seconds:g} s after start "
-                    "(its database's migrations or the broker's start did not end: see the lines above)"
+                    f"not consuming {self.settings.startup_timeout_seconds:g} s after start, its migrations' "
+                    "statements not counted (its database's migrations or the broker's start did not end: see "
+                    "the lines above)"
                 )
             await asyncio.sleep(min(0.5, self.watch_period))
         since: float | None = None
