@@ -474,7 +474,7 @@ class _EventStream(StreamingResponse):
             "description": "trop de flux ouverts, ou le service s'arrête : `Retry-After` dit quand réessayer. Un "
             "client qui accepte `text/event-stream` (EventSource, qui tiendrait un 503 pour définitif) reçoit à la "
             "place un flux 200 d'un seul `fin` (`raison` `trop-de-flux` ou `arret-du-service`, `retry:` le même "
-            "délai, sans `id:` : il se reconnecte avec son Last-Event-ID)",
+            "délai, son `id:` le Last-Event-ID reçu, d'où il reprend)",
         },
     },
 )

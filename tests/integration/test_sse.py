@@ -405,8 +405,8 @@ async def test_beyond_the_client_cap_the_answer_is_503_with_retry_after(settings
 async def _refused_event_source(client, last_event_id: int | None) -> dict:
     """What a refused EventSource (its Accept) is answered: a 503 would close it for good (the
     HTML standard fails the connection on any status but 200, Retry-After unread), so a stream
-    of one `fin` that has it reconnect when told, its Last-Event-ID kept (no `id:` line). Its
-    `fin`'s data."""
+    of one `fin` that has it reconnect when told, from the Last-Event-ID it sent (its `id:`,
+    none if it sent none). Its `fin`'s data."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
@@ -414,10 +414,15 @@ async def _refused_event_source(client, last_event_id: int | None) -> dict:
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/event-stream")
     retry = int(answer.headers["Retry-After"])
-    fields = [line.split(": ", 1) for line in answer.text.splitlines() if line and not line.startswith(":")]
-    assert [name for name, _ in fields] == ["retry", "event", "data"], answer.text
-    assert (fields[0][1], fields[1][1]) == (str(retry * 1000), "fin")
-    fin = json.loads(fields[2][1])
+    fields = dict(line.split(": ", 1) for line in answer.text.splitlines() if line and not line.startswith(":"))
+    named = ["retry", "event", "data"] if last_event_id is None else ["retry", "id", "event", "data"]
+    assert list(fields) == named, answer.text
+    assert (fields["retry"], fields["event"], fields.get("id")) == (
+        str(retry * 1000),
+        "fin",
+        None if last_event_id is None else str(last_event_id),
+    )
+    fin = json.loads(fields["data"])
     assert fin["reconnecter"] is True
     return fin
 
