@@ -52,3 +52,46 @@ def test_the_readme_tells_every_warning_and_error_line_and_no_other():
     assert len(code) > 50, "the scan finds the services' lines"
     assert code - readme == set(), "written, not in the README's table"
     assert readme - code == set(), "in the README's table, written by no code"
+
+
+def _direct_levels() -> dict[str, set[str]]:
+    """The levels (WARNING, ERROR, CRITICAL, and `traceback`) each event is written at by plain
+    `log.<level>(event, …)` calls, of the events no other way writes (Outage, EveryFew, retention:
+    their rows tell their own pattern of levels)."""
+    found: dict[str, set[str]] = {}
+    indirect: set[str] = set()
+    for path in (ROOT / "services").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            if getattr(node.func, "id", None) == "Outage" or getattr(node.func, "attr", None) == "say":
+                if len(node.args) > 1 and isinstance(node.args[1], ast.Constant):  # Outage(log, event, …), say(…)
+                    indirect.add(str(node.args[1].value))
+                continue
+            if not isinstance(node.args[0], ast.Constant):
+                continue
+            levels = _levels_of(node.func)
+            if not levels:
+                continue
+            traced = "exception" in levels or any(k.arg == "exc_info" for k in node.keywords)
+            names = {"warning": "WARNING", "error": "ERROR", "exception": "ERROR", "critical": "CRITICAL"}
+            found.setdefault(str(node.args[0].value), set()).update({names[lv] for lv in levels})
+            if traced:
+                found[str(node.args[0].value)].add("traceback")
+    return {event: levels for event, levels in found.items() if event not in indirect}
+
+
+def test_the_readme_tells_each_line_s_level_as_the_code_writes_it():
+    """An event moved to another level, or given its traceback, was still in the table by name."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### What a WARNING or an ERROR line means", 1)[1].split("\n## ", 1)[0]
+    told = {m[0]: m[1] for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]+) \|", section, re.MULTILINE)}
+    direct = _direct_levels()
+    assert len(direct) > 30, "the scan finds the services' plain calls"
+    wrong = {}
+    for event, levels in direct.items():
+        column = told.get(event, "")
+        shown = {w for w in ("WARNING", "ERROR", "CRITICAL") if w in column} | ({"traceback"} & set(column.split()))
+        if levels != shown:
+            wrong[event] = (sorted(levels), column.strip())
+    assert wrong == {}, "the table's level column, against the code's calls"
