@@ -79,7 +79,9 @@ class TopicSpec:
     """How long a compacted topic keeps a tombstone once its key's records before it are gone."""
 
     def configs(self) -> dict[str, str]:
-        out = {"cleanup.policy": "compact"} if self.compacted else {}
+        # Declared either way: undeclared, a `compact` set by hand on a topic that is the record
+        # (a partner's, the alert stream) was never seen nor undone, its records cleaned away.
+        out = {"cleanup.policy": "compact" if self.compacted else "delete"}
         if self.min_compaction_lag_ms is not None:
             out["min.compaction.lag.ms"] = str(self.min_compaction_lag_ms)
         if self.retention_ms is not None:

@@ -5,12 +5,13 @@ deployment created before (the broker's 7-day default) is brought in line, recor
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.topic_admin import create_topics, topic_configs
 from deploy.topology import DAY_MS, Retention, platform_topics
-from helpers import TopicReader, send
+from helpers import TopicReader, eventually, send
 from services.common.messaging.connection import kafka_options
 
 pytestmark = pytest.mark.kafka
@@ -70,6 +71,40 @@ async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, un
     assert await create_topics(bootstrap, specs) == []  # aligned: nothing more to change
     async with TopicReader(bootstrap, declarations) as reader:
         await reader.wait_for(lambda records: [r.value for r in records] == [b"kept"], what="the record kept")
+
+
+async def test_a_topic_that_is_the_record_compacted_by_hand_is_put_back(kafka, unique) -> None:
+    """`cleanup.policy` was declared for the compacted topics only: a partner's topic or the alert
+    stream compacted by hand ("keyed by UAI, the latest is the state") kept only each UAI's last
+    record once its segments rolled, and nothing saw it (audit s63 topology #3)."""
+    bootstrap, prefix = kafka.bootstrap_servers, f"compacte{unique}."
+    specs = platform_topics(prefix)
+    await create_topics(bootstrap, specs)
+    declarations, alerts = prefix + c.EQUIPEMENT, prefix + c.ALERTES
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:  # as `kafka-configs --add-config` does: the topic's other settings kept
+        declared = {s.name: s.configs() for s in specs}
+        await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, t, {**declared[t], "cleanup.policy": "compact"})
+                for t in (declarations, alerts)
+            ]
+        )
+    finally:
+        await admin.close()
+
+    async def applied() -> bool:  # the broker acknowledges an alteration before it applies it
+        configs = await _configs(bootstrap, [declarations, alerts])
+        return all(configs[t]["cleanup.policy"] == "compact" for t in (declarations, alerts))
+
+    await eventually(applied, what="the topics compacted by hand")
+
+    changed = await create_topics(bootstrap, specs)
+
+    assert set(changed) == {declarations, alerts}
+    configs = await _configs(bootstrap, [declarations, alerts])
+    assert [configs[t]["cleanup.policy"] for t in (declarations, alerts)] == ["delete", "delete"]
 
 
 def test_retention_settings_are_read_and_checked() -> None:
