@@ -417,7 +417,8 @@ def migration_seconds() -> float:
     """Seconds this process has spent in migrations' statements, those under way included: the
     start-up guard does not count them (STARTUP_TIMEOUT_SECONDS bounds a start, and a migration
     that rewrites a large table may take longer: ended at every start, rolled back, it was never
-    applied). A try that gave way to a lock counts as waiting, which the guard does bound."""
+    applied). The wait of a try that gave way to a lock (MIGRATION_LOCK_TIMEOUT_MS) is not in
+    them: the guard bounds waits."""
     now = time.monotonic()
     return _applied_seconds + sum(now - since for since in _applying.values())
 
