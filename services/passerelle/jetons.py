@@ -20,7 +20,9 @@ token's fetch less than 10 seconds ago with this one issued since), it is `ClesA
 A token without `kid` (RFC 7515 makes it optional) is verified by the first of the set's keys,
 in their order, whose algorithms hold its `alg` and whose signature it bears: at most
 `CLES_SANS_KID` are tried. A provider that names no key publishes its new key beside the old one
-while it rotates them, and each of its tokens must be accepted meanwhile.
+while it rotates them, and each of its tokens must be accepted meanwhile; one that none of the
+keys in hand verifies, issued since they were fetched, has them fetched again as an unknown kid
+does (its key may be the new one, published without notice).
 """
 
 from __future__ import annotations
@@ -154,7 +156,15 @@ class Verificateur:
             raise JetonRefuse("type de jeton refusé (typ) : un jeton d'accès attendu (JWT ou at+jwt)")
         kid = entete.get("kid")  # a string or absent (PyJWT refuses the header otherwise)
         if kid is None:
-            claims = self._sans_kid(token, alg, await self._cles.sans_kid(alg))
+            try:
+                claims = self._sans_kid(token, alg, await self._cles.sans_kid(alg))
+            except SansCleVerifiante:
+                # Issued since the keys in hand were fetched, by a key they may not hold yet (a
+                # provider that names no key, rotating): fetched again as for an unknown kid.
+                relues = await self._cles.sans_kid_relues(alg, _emis(token), self.leeway_seconds)
+                if relues is None:
+                    raise
+                claims = self._sans_kid(token, alg, relues)
         else:
             cle = await self._cles.cle(kid, _emis(token), self.leeway_seconds)
             if cle is None:
@@ -204,7 +214,7 @@ class Verificateur:
         one that signed: the token's other faults (expired, another audience...) are then told
         as with a `kid`, and no later key is tried."""
         if not cles:
-            raise JetonRefuse(
+            raise SansCleVerifiante(
                 "clé inconnue : sans kid, et aucune clé du JWKS du fournisseur d'identité pour l'algorithme du jeton"
             )
         for cle in cles:
@@ -214,10 +224,15 @@ class Verificateur:
                 continue
             except jwt.PyJWTError as error:
                 raise JetonRefuse(_raison(error)) from None
-        raise JetonRefuse(
+        raise SansCleVerifiante(
             f"signature invalide : sans kid, aucune des clés du JWKS du fournisseur d'identité pour son algorithme "
             f"ne la vérifie ({len(cles)} essayée{'s' if len(cles) > 1 else ''}, {CLES_SANS_KID} au plus)"
         )
+
+
+class SansCleVerifiante(JetonRefuse):
+    """A token without `kid` that none of the keys tried verifies (none of its `alg`, or none
+    whose signature it bears)."""
 
 
 def _emis(token: str) -> float | None:
@@ -335,6 +350,9 @@ class _ClesFichier:
     async def sans_kid(self, alg: str) -> tuple[Cle, ...]:
         return self._lues().sans_kid(alg)
 
+    async def sans_kid_relues(self, alg: str, emis: float | None, leeway: float) -> tuple[Cle, ...] | None:
+        return None  # the file is read again whenever it changes, at each token
+
     def _lues(self) -> JeuDeCles:
         try:
             stat = os.stat(self.path)
@@ -405,13 +423,39 @@ class _ClesUrl:
         return cle
 
     async def sans_kid(self, alg: str) -> tuple[Cle, ...]:
-        """The keys a token without `kid` may be signed by (JeuDeCles.sans_kid). They are read
-        again only once they expire: no fetch tells which key signed, nor that one in hand was
-        replaced, and a fetch per token that none verifies is what anyone could then cause."""
+        """The keys a token without `kid` may be signed by (JeuDeCles.sans_kid), read again once
+        they expire (`sans_kid_relues` when none of them verifies it)."""
         vue = self._generation
         if time.monotonic() >= self._prochain:
             await self._expirees(vue, en_main=bool(self._cles.sans_kid(alg)))
         self._disponibles()
+        return self._cles.sans_kid(alg)
+
+    async def sans_kid_relues(self, alg: str, emis: float | None, leeway: float) -> tuple[Cle, ...] | None:
+        """The keys again, for a token without `kid` none of those in hand verified: fetched again
+        when its key may be newer than they are, as for an unknown kid (issued since they were
+        fetched, not beyond the leeway in the future; at most once per INTERVALLE_REFETCH, the
+        same throttle: anyone can send such a token); ClesAVerifier (503) when they cannot be
+        now. None when its key cannot be new (issued before the keys in hand were fetched): the
+        refusal stands."""
+        if emis is None or not math.floor(self._obtenues) <= emis <= time.time() + leeway:
+            return None
+        vue, maintenant = self._generation, time.monotonic()
+        if maintenant - self._force < INTERVALLE_REFETCH:
+            raise ClesAVerifier(
+                f"JWKS_URL {self.shown} : la clé du jeton (sans kid) peut être nouvelle, les clés seront relues "
+                f"sous {INTERVALLE_REFETCH:g} s",
+                max(self._force + INTERVALLE_REFETCH - maintenant, 1.0),
+            )
+        self._force = maintenant
+        await self._charger(vue)
+        self._disponibles()
+        if self._echoue:
+            raise ClesAVerifier(
+                f"JWKS_URL {self.shown} : la clé du jeton (sans kid) peut être nouvelle, les clés n'ont pu être "
+                f"relues ({self._echec})",
+                max(self._prochain - time.monotonic(), 1.0),
+            )
         return self._cles.sans_kid(alg)
 
     async def _expirees(self, vue: int, en_main: bool) -> None:
