@@ -89,6 +89,10 @@ MAX_LIMIT = 500
 MAX_CURSOR = 512  # a cursor holds an instant and an alert_id
 MAX_OFFSET = 1_000_000  # deeper than any dashboard pages; filters narrow a search instead
 MAX_RESOURCE_ID = 256  # CONTRACTS.md, Limits
+MAX_STORED_RESOURCE_ID = 2700
+"""The longest resource_id a path may name: the contract's 256 since 30 November 2026, longer
+ones stored before (read, not refused); a btree entry (the primary key) holds about 2,700 bytes,
+so none longer was ever stored."""
 RETRY_AFTER_SECONDS = 10  # what a refused SSE client is told to wait
 READ_RETRY_SECONDS = 2  # what a read refused for want of a connection, or stopped, is told to wait
 ANSWER_GRACE_SECONDS = 1.0
@@ -177,8 +181,9 @@ ResourceId = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=MAX_RESOURCE_ID,
-        description=f"un identifiant de 1 à {MAX_RESOURCE_ID} caractères, par ex. ark:/67375/xyz",
+        max_length=MAX_STORED_RESOURCE_ID,
+        description=f"un identifiant, par ex. ark:/67375/xyz : de 1 à {MAX_RESOURCE_ID} caractères depuis le 30 "
+        f"novembre 2026, jusqu'à {MAX_STORED_RESOURCE_ID} pour une ressource reçue avant",
     ),
     AfterValidator(_no_control),
 ]
@@ -613,7 +618,7 @@ async def ressource(pool: Pool, resource_id: ResourceId) -> dict:
         k: sum(a[k] for a in par_academie.values())
         for k in ("evalues", "compatibles", "partiels", "incompatibles", "sous_formes")
     }
-    title = json.loads(row["ressource"])["title"] if row["ressource"] else None
+    title = _title(row["ressource"]) if row["ressource"] else None
     return {
         "resource_id": resource_id,
         "title": title,

@@ -576,7 +576,10 @@ LIMIT = "limit : doit être un entier entre 1 et 500 (la taille de la page)"
 OFFSET = "offset : doit être un entier entre 0 et 1 000 000 (les alertes sautées)"
 KIND = "kind : doit être equipement-incompatible, equipement-partiel, connectivite-insuffisante, ent-indisponible"
 CONTROL = "caractère de contrôle interdit (NUL, retour à la ligne…)"
-RESOURCE_ID = "resource_id : doit être un identifiant de 1 à 256 caractères, par ex. ark:/67375/xyz"
+RESOURCE_ID = (
+    "resource_id : doit être un identifiant, par ex. ark:/67375/xyz : de 1 à 256 caractères depuis le 30 novembre "
+    "2026, jusqu'à 2700 pour une ressource reçue avant"
+)
 ACADEMIE = "code_academie : doit être un code académie de 2 chiffres, par ex. 14"
 RESPONSABLE = "responsable_code : doit être un code de l'annuaire : de commune (35016, 2A004), de département"
 DEPARTEMENT = "responsable_code : doit être un code département de 3 caractères"
@@ -640,7 +643,7 @@ COMMUNE = "responsable_code : doit être un code commune INSEE de 5 caractères,
         ("/etablissements/0350042F%00", {}, f"uai : {CONTROL}"),
         ("/ressources/ark:/1/in%00connue", {}, f"resource_id : {CONTROL}"),
         ("/ressources/ark:/1/%01", {}, f"resource_id : {CONTROL}"),
-        ("/ressources/" + "x" * 257, {}, RESOURCE_ID),
+        ("/ressources/" + "x" * 2701, {}, RESOURCE_ID),
         ("/ressources/", {}, RESOURCE_ID),
         ("/alertes/flux", {"code_academie": "1\x004"}, ACADEMIE),
         ("/alertes/flux", {"kind": "panne"}, KIND),
@@ -840,6 +843,30 @@ async def test_health_reports_the_reevaluations_still_pending(api):
             await conn.execute("SELECT pg_advisory_unlock_all()")
     quiet = await eventually(lambda: health_says(client, "reevaluations_pending", 0), what="none pending")
     assert await pool.fetchval("SELECT count(*) FROM reevaluations") == quiet["reevaluations_pending"] == 0
+
+
+async def test_a_resource_stored_before_the_contract_s_bounds_is_read(api):
+    """A resource_id over 256 characters (accepted before 30 November 2026) and a stored resource
+    without a title: `/alertes` lists their alerts, but their counts were a 422 for good (the
+    parameter bounded by today's contract, audit-tightening s62 #4), the other a 500."""
+    client, app = api
+    long_id = "ark:/67375/" + "x" * 300
+    async with app.state.pipeline.pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO ressources (resource_id, publiee, ressource, event_time) VALUES ($1, true, $2, now())",
+            [
+                (long_id, json.dumps({"resource_id": long_id, "title": "Longue"})),
+                ("ark:/x", '{"resource_id": "ark:/x"}'),
+            ],
+        )
+    for path in (f"/ressources/{long_id}", f"/repartition/{long_id}"):
+        answer = await client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.json()["resource_id"] == long_id
+    untitled = await client.get("/ressources/ark:/x")
+    assert (untitled.status_code, untitled.json()["title"]) == (200, None), untitled.text
+    too_long = await client.get("/ressources/" + "x" * 3000)  # no index could have held it
+    assert too_long.status_code == 422, too_long.text
 
 
 async def test_a_resource_s_counts_say_while_its_re_evaluation_has_yet_to_reach_every_pair(api):
