@@ -155,16 +155,20 @@ async def require_log(
     wanted: dict[TopicPartition, int],
     appended: Mapping[TopicPartition, int],
     stamps: Stamps,
+    *,
+    strict: bool,
 ) -> dict[TopicPartition, int]:
     """Where to read `schema`'s partitions from (`wanted`: each one's position, or the log's start
     of a compacted topic past it: what it keeps holds the latest record of each key, no loss);
     JournalIncomplet when Kafka no longer holds what it has to read. `appended`: when the record
     before each position was appended (positions.appended), which tells a topic made again whose
-    new log already reaches a position (consumer.in_another_log, read by `stamps`)."""
+    new log already reaches a position (consumer.in_another_log, read by `stamps`; `strict`, a
+    restore's, which replaces schemas on it: LogUnchecked when Kafka did not let it check, where
+    a rebuild's switch goes on, as a service's start does, from positions it reached itself)."""
     outside = await outside_their_log(consumer, wanted)
     beyond = {o.tp for o in outside}
     within = {tp: p for tp, p in wanted.items() if tp not in beyond}
-    outside += await in_another_log(consumer, within, appended, stamps, strict=True)  # LogUnchecked: decided nothing
+    outside += await in_another_log(consumer, within, appended, stamps, strict=strict)
     if missing := [o for o in outside if o.lost or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}
@@ -185,7 +189,7 @@ async def check_log(
     await consumer.start()
     try:
         wanted = {tp: stored.get(tp, 0) for tp in partitions}
-        await require_log(consumer, schema, wanted, appended, record_stamps(KafkaAccess.of(settings)))
+        await require_log(consumer, schema, wanted, appended, record_stamps(KafkaAccess.of(settings)), strict=True)
     finally:
         await consumer.stop()
 
@@ -239,7 +243,7 @@ PROGRESS_SECONDS = 30.0
 """How often a long replay says how far it has gone (`rattraper`'s `said`)."""
 
 
-async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> int:
+async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, strict: bool = False) -> int:
     """Every record of the service's input topics after the schema's positions, up to their
     end as they are now, handled as the service would, in batches; returns how many. `said`
     is told how far it has gone every PROGRESS_SECONDS (a rebuild's replay of the whole log
@@ -266,7 +270,8 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None) -> 
         stored = await positions.load(cible.pipeline.pool, partitions)
         appended = await positions.appended(cible.pipeline.pool, partitions)
         wanted = {tp: stored.get(tp, 0) for tp in partitions}
-        first = await require_log(consumer, cible.schema, wanted, appended, record_stamps(KafkaAccess.of(settings)))
+        stamps = record_stamps(KafkaAccess.of(settings))
+        first = await require_log(consumer, cible.schema, wanted, appended, stamps, strict=strict)
         for tp in partitions:
             consumer.seek(tp, first[tp])
         ends = await consumer.end_offsets(partitions)

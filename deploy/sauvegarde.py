@@ -576,7 +576,7 @@ async def _catch_up(
             try:
                 cible = await rattrapage.ouvrir(spec, settings, spec.name, producer)
                 try:
-                    replayed = await rattrapage.rattraper(cible, lambda line: print(line, flush=True))
+                    replayed = await rattrapage.rattraper(cible, lambda line: print(line, flush=True), strict=True)
                     async with cible.pipeline.pool.acquire() as conn:  # its mark's: the dump's may be higher
                         floor = await rattrapage.journal_floor(conn, spec.name)
                     queued = await rattrapage.accorder(
