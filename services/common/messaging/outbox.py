@@ -585,7 +585,7 @@ of its key on its former partition, was kept there by the compaction for good (a
 reading the table showed it open), and a UAI's groups on the internal topics were read out of
 order. Partitions added to those topics get none of their records. A partner's topic is spread
 as the partner's own clients spread it: over all of its partitions. A topic made with fewer
-(the tests') is spread over all of its own, and then takes no partition added."""
+(the tests') is spread over all of its own: partitions added to it, up to 12, move keys."""
 OWN_TOPICS = (ALERTES, *COMPACTED)
 
 
