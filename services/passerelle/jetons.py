@@ -313,10 +313,15 @@ def _cles_de_signature(jeu: object) -> JeuDeCles:
         algorithmes = _FAMILLE_RSA if not alg and jwk.key_type == "RSA" else frozenset({jwk.algorithm_name})
         # A key published with its private part (a provider's mistake): its public part verifies.
         public = jwk.key.public_key() if hasattr(jwk.key, "public_key") else jwk.key
-        if algorithmes <= ALGORITHMES and (algorithmes := _verifiables(algorithmes, public)):
-            toutes.append(Cle(public, algorithmes))
-            if kid is not None:
-                par_kid[kid] = toutes[-1]
+        if not algorithmes <= ALGORITHMES:
+            continue
+        if not (verifiables := _verifiables(algorithmes, public)):
+            # Its tokens are then refused as of a key not published: the provider is told why.
+            log.warning("jwks.cle_inutilisable", kid=kid, alg=sorted(algorithmes), key_type=jwk.key_type)
+            continue
+        toutes.append(Cle(public, verifiables))
+        if kid is not None:
+            par_kid[kid] = toutes[-1]
     if not toutes:
         raise AucuneCle("aucune clé de signature asymétrique")
     return JeuDeCles(par_kid, tuple(toutes))

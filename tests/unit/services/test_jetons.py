@@ -24,7 +24,7 @@ from jwt.algorithms import ECAlgorithm
 from deploy.identite import DEFAULT_AUDIENCE, DEFAULT_ISSUER, IdentiteLocale
 from services.passerelle import jetons
 from services.passerelle.jetons import ClesAVerifier, JetonRefuse, JwksIndisponible, Principal, Verificateur
-from tests.helpers import eventually
+from tests.helpers import Said, eventually
 
 COMMUNE = "/collectivites/communes/35238"
 
@@ -252,7 +252,9 @@ async def test_a_token_without_kid_is_tried_against_the_first_keys_of_its_alg_on
     assert await verificateur.verifier(jwt.encode(claims(), beyond, algorithm="ES256"))
 
 
-async def test_a_key_of_another_curve_than_its_alg_names_is_left_out(tmp_path: Path) -> None:
+async def test_a_key_of_another_curve_than_its_alg_names_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A provider's mistake, a P-384 key published as ES256: PyJWK takes it, but it verifies no
     ES256 token, and tried first for a token without kid it refused that token, signed by the
     right key after it (review s63 M4)."""
@@ -262,7 +264,10 @@ async def test_a_key_of_another_curve_than_its_alg_names_is_left_out(tmp_path: P
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [mislabelled, right]}))
     verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+    said = Said()
+    monkeypatch.setattr(jetons, "log", said)
     assert await verificateur.verifier(jwt.encode(claims(), key, algorithm="ES256"))
+    assert [(w["event"], w["alg"], w["kid"]) for w in said.lines] == [("jwks.cle_inutilisable", ["ES256"], None)]
     with pytest.raises(JetonRefuse, match="clé inconnue : sans kid"):  # nor taken for an ES384 one
         await verificateur.verifier(jwt.encode(claims(), wrong, algorithm="ES384"))
 
