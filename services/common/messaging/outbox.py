@@ -484,7 +484,7 @@ class OutboxRelay:
         `send` did per record (a future, the accumulator) is done once per batch. And the error
         of a batch after which the producer is out of step with the broker, if one failed so."""
         errors: list[BaseException | None] = [None] * len(rows)
-        partitions: dict[str, list[int]] = {}
+        partitions: dict[str, Sequence[int]] = {}  # each topic's its records may go to (spread_over)
         filling: dict[tuple[str, int], _Batch] = {}
         batches: list[_Batch] = []
         loaded: dict[str, list[tuple[str, bytes | None]]] = {}  # a round's records share a few headers
@@ -502,12 +502,12 @@ class OutboxRelay:
                 for topic, key, record_value in records:
                     _check_size(key, record_value, headers)
                     if topic not in partitions:
-                        partitions[topic] = sorted(await self._producer.partitions_for(topic))
+                        partitions[topic] = spread_over(topic, sorted(await self._producer.partitions_for(topic)))
             except _UNPUBLISHABLE as exc:  # refused before sending: the row, none of its records
                 errors[i] = exc
                 continue
             for topic, key, record_value in records:
-                partition = partition_for(routing_key(topic, key), spread_over(topic, partitions[topic]))
+                partition = partition_for(routing_key(topic, key), partitions[topic])
                 batch = filling.get((topic, partition))
                 if batch is None or not batch.add(i, key, record_value, headers):
                     batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
@@ -577,8 +577,8 @@ records in one transaction."""
 
 
 ROUTED_PARTITIONS = 12
-"""The partitions the relay spreads the keys of the platform's own topics over (OWN_TOPICS and
-the DLQs): those they are made with (deploy/topology.py), and never more, whatever partitions
+"""The partitions the relay spreads the keys of the platform's own topics over (OWN_TOPICS, the
+DLQs with them): those they are made with (deploy/topology.py), and never more, whatever partitions
 are added to them later. Spread over the new count, a key's next records went to another
 partition than its earlier ones: on alertes.etat.v1 a resolved alert's raise, the last record
 of its key on its former partition, was kept there by the compaction for good (a dashboard
@@ -586,12 +586,12 @@ reading the table showed it open), and a UAI's groups on the internal topics wer
 order. Partitions added to those topics get none of their records. A partner's topic is spread
 as the partner's own clients spread it: over all of its partitions. A topic made with fewer
 (the tests') is spread over all of its own: partitions added to it, up to 12, move keys."""
-OWN_TOPICS = (ALERTES, *COMPACTED)
+OWN_TOPICS = (ALERTES, *COMPACTED, dlq(""))  # the DLQs: `<topic>.dlq`
 
 
 def spread_over(topic: str, partitions: Sequence[int]) -> Sequence[int]:
     """The partitions (sorted) a record of `topic` may go to, by its key (ROUTED_PARTITIONS)."""
-    return partitions[:ROUTED_PARTITIONS] if topic.endswith((*OWN_TOPICS, dlq(""))) else partitions
+    return partitions[:ROUTED_PARTITIONS] if topic.endswith(OWN_TOPICS) else partitions
 
 
 def routing_key(topic: str, key: bytes | None) -> bytes | None:
