@@ -200,10 +200,10 @@ client too slow): at the browser's default, a national fan-out's 30,000–60,000
 30–60 reconnections of 3–5 s each."""
 
 
-def _fin(reason: str, message: str, resume_at: int | None, reconnect_ms: int | None = None, *, at: bool = True) -> str:
+def _fin(reason: str, message: str, resume_at: int | None, reconnect_ms: int | None = None) -> str:
     body = {"raison": reason, "message": message, "reconnecter": True, "last_event_id": resume_at}
     retry = f"retry: {reconnect_ms}\n" if reconnect_ms is not None else ""
-    return retry + _frame(resume_at if at else None, "fin", json.dumps(body, ensure_ascii=False))
+    return retry + _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
 
 
 def refusal(reason: str, message: str, last_event_id: int | None, reconnect_ms: int) -> str:
@@ -213,7 +213,7 @@ def refusal(reason: str, message: str, last_event_id: int | None, reconnect_ms: 
     (`last_event_id`), given back as its `id:` (a stream's last event id is what its events say:
     without one, a browser reading the standard to the letter resumed from nothing); none when
     it sent none."""
-    return _fin(reason, message, last_event_id, reconnect_ms, at=last_event_id is not None)
+    return _fin(reason, message, last_event_id, reconnect_ms)
 
 
 class AlertHub:
