@@ -41,10 +41,14 @@ def written() -> set[str]:
     return events | {"events.rejected", "events.rejudged", "outbox.database_read_only"}
 
 
-def tabled() -> set[str]:
+def _table() -> str:
+    """The README's section "What a WARNING or an ERROR line means"."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### What a WARNING or an ERROR line means", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", section, re.MULTILINE))
+    return readme.split("### What a WARNING or an ERROR line means", 1)[1].split("\n## ", 1)[0]
+
+
+def tabled() -> set[str]:
+    return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", _table(), re.MULTILINE))
 
 
 def test_the_readme_tells_every_warning_and_error_line_and_no_other():
@@ -52,6 +56,9 @@ def test_the_readme_tells_every_warning_and_error_line_and_no_other():
     assert len(code) > 50, "the scan finds the services' lines"
     assert code - readme == set(), "written, not in the README's table"
     assert readme - code == set(), "in the README's table, written by no code"
+
+
+_SHOWN_AS = {"warning": "WARNING", "error": "ERROR", "exception": "ERROR", "critical": "CRITICAL"}
 
 
 def _direct_levels() -> dict[str, set[str]]:
@@ -74,8 +81,7 @@ def _direct_levels() -> dict[str, set[str]]:
             if not levels:
                 continue
             traced = "exception" in levels or any(k.arg == "exc_info" for k in node.keywords)
-            names = {"warning": "WARNING", "error": "ERROR", "exception": "ERROR", "critical": "CRITICAL"}
-            found.setdefault(str(node.args[0].value), set()).update({names[lv] for lv in levels})
+            found.setdefault(str(node.args[0].value), set()).update({_SHOWN_AS[lv] for lv in levels})
             if traced:
                 found[str(node.args[0].value)].add("traceback")
     return {event: levels for event, levels in found.items() if event not in indirect}
@@ -83,9 +89,7 @@ def _direct_levels() -> dict[str, set[str]]:
 
 def test_the_readme_tells_each_line_s_level_as_the_code_writes_it():
     """An event moved to another level, or given its traceback, was still in the table by name."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### What a WARNING or an ERROR line means", 1)[1].split("\n## ", 1)[0]
-    told = {m[0]: m[1] for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]+) \|", section, re.MULTILINE)}
+    told = {m[0]: m[1] for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]+) \|", _table(), re.MULTILINE)}
     direct = _direct_levels()
     assert len(direct) > 30, "the scan finds the services' plain calls"
     wrong = {}
