@@ -54,7 +54,7 @@ import contracts as c
 from contracts.internal import COUVERTURES, GROUP_FIELDS, PROFILS
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.consumer import Outside, Stamps, in_another_log, outside_their_log, record_stamps
+from services.common.messaging.consumer import Outside, in_another_log, outside_their_log, record_stamps
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
@@ -152,23 +152,26 @@ class JournalIncomplet(RuntimeError):
 async def require_log(
     consumer: AIOKafkaConsumer,
     schema: str,
-    wanted: dict[TopicPartition, int],
+    partitions: Iterable[TopicPartition],
+    stored: Mapping[TopicPartition, int],
     appended: Mapping[TopicPartition, int],
-    stamps: Stamps,
+    access: KafkaAccess,
     *,
     strict: bool,
 ) -> dict[TopicPartition, int]:
-    """Where to read `schema`'s partitions from (`wanted`: each one's position, or the log's start
-    of a compacted topic past it: what it keeps holds the latest record of each key, no loss);
-    JournalIncomplet when Kafka no longer holds what it has to read. `appended`: when the record
-    before each position was appended (positions.appended), which tells a topic made again whose
-    new log already reaches a position (consumer.in_another_log, read by `stamps`; `strict`, a
-    restore's, which replaces schemas on it: LogUnchecked when Kafka did not let it check, where
-    a rebuild's switch goes on, as a service's start does, from positions it reached itself)."""
+    """Where to read `schema`'s partitions from (each one's `stored` position, 0 without one, or
+    the log's start of a compacted topic past it: what it keeps holds the latest record of each
+    key, no loss); JournalIncomplet when Kafka no longer holds what it has to read. `appended`:
+    when the record before each position was appended (positions.appended), which tells a topic
+    made again whose new log already reaches a position (consumer.in_another_log, the record
+    before a suspect read with `access`; `strict`, a restore's, which replaces schemas on it:
+    LogUnchecked when Kafka did not let it check, where a rebuild's switch goes on, as a
+    service's start does, from positions it reached itself)."""
+    wanted = {tp: stored.get(tp, 0) for tp in partitions}
     outside = await outside_their_log(consumer, wanted)
     beyond = {o.tp for o in outside}
     within = {tp: p for tp, p in wanted.items() if tp not in beyond}
-    outside += await in_another_log(consumer, within, appended, stamps, strict=strict)
+    outside += await in_another_log(consumer, within, appended, record_stamps(access), strict=strict)
     if missing := [o for o in outside if o.lost or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}
@@ -188,8 +191,7 @@ async def check_log(
     consumer = AIOKafkaConsumer(**KafkaAccess.of(settings).aiokafka(), enable_auto_commit=False)
     await consumer.start()
     try:
-        wanted = {tp: stored.get(tp, 0) for tp in partitions}
-        await require_log(consumer, schema, wanted, appended, record_stamps(KafkaAccess.of(settings)), strict=True)
+        await require_log(consumer, schema, partitions, stored, appended, KafkaAccess.of(settings), strict=True)
     finally:
         await consumer.stop()
 
@@ -269,9 +271,8 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, 
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
         appended = await positions.appended(cible.pipeline.pool, partitions)
-        wanted = {tp: stored.get(tp, 0) for tp in partitions}
-        stamps = record_stamps(KafkaAccess.of(settings))
-        first = await require_log(consumer, cible.schema, wanted, appended, stamps, strict=strict)
+        access = KafkaAccess.of(settings)
+        first = await require_log(consumer, cible.schema, partitions, stored, appended, access, strict=strict)
         for tp in partitions:
             consumer.seek(tp, first[tp])
         ends = await consumer.end_offsets(partitions)
