@@ -617,6 +617,15 @@ def _published_row(record: ConsumerRecord) -> tuple[str, str, str, int, str]:
     return event["type"], data["uai"], entity, data["version"], json.dumps(data)
 
 
+RENUMBERED = "(extract(epoch FROM now()) * 1000)::bigint"
+"""The version a key the replay derived and Kafka does not hold is published after (the time in
+ms), with a content no derived one has (JSON null), so that the replayed one goes out. Kafka
+lacks such a key when the live service never published it, or when its records were deleted
+(the compacted topic's records also deleted by age, set by hand): numbered from the replay's
+versions, which are not the live service's (its batches were others), it took the id of a
+version ressources had handled, a duplicate, and ressources kept the version it held, and
+every later one up to it, as older."""
+
 ALIGNED_UAIS = 2000
 """UAIs whose replayed records one step of `_accord_derived` compares with Kafka's (memory)."""
 
@@ -624,7 +633,8 @@ ALIGNED_UAIS = 2000
 async def _accord_derived(conn: Conn, kinds: tuple[Derived, ...], source: str) -> list[Outgoing]:
     """`publies` takes the highest version of each key Kafka holds (STAGED_PUBLIES); each key
     whose replayed content differs is published once more, as the next version, a UAI's in one
-    group."""
+    group. A key the replay derived that Kafka does not hold is published too, numbered past
+    any version the live service could have counted (RENUMBERED)."""
     await conn.execute(
         "CREATE TEMP TABLE rattrapage_derniers ON COMMIT DROP AS "
         f"SELECT DISTINCT ON (type, uai, entity) type, uai, entity, version, data FROM {STAGED_PUBLIES} "
@@ -642,6 +652,10 @@ async def _accord_derived(conn: Conn, kinds: tuple[Derived, ...], source: str) -
             type_,
             dropped,
         )
+    await conn.execute(
+        f"INSERT INTO publies (type, uai, entity, version, content) SELECT type, uai, entity, {RENUMBERED}, 'null' "
+        "FROM rattrapage_rejoues ON CONFLICT DO NOTHING"
+    )
     # The groups go on past those Kafka holds: a restored sequence would number a UAI's next
     # group below its last one, which ressources would then never see whole.
     await conn.execute(

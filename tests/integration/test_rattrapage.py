@@ -982,16 +982,36 @@ async def test_the_alignment_of_derived_state_holds_little_of_its_topic(database
     assert peak < 25_000_000, f"{peak / 1e6:.1f} MB held at most for {3 * len(codes)} keys"  # in memory: 62 MB
 
 
-async def _delete_before(bootstrap: str, topic: str, offset: int) -> None:
-    """What a retention shorter than the topic's does, or kafka-delete-records: partition 0's log
-    starts at `offset`."""
+async def _delete_before(bootstrap: str, topic: str, offset: int, partition: int = 0) -> None:
+    """What a retention shorter than the topic's does, or kafka-delete-records: the partition's
+    log starts at `offset`."""
     from aiokafka import TopicPartition
     from aiokafka.admin import RecordsToDelete
 
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
-        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(offset)})
+        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(offset)})
+    finally:
+        await admin.close()
+
+
+async def _also_deleting(bootstrap: str, settings, topic: str) -> None:
+    """The compacted `topic`'s records also deleted by age (`compact,delete`), as set by hand with
+    `kafka-configs --add-config`: its other settings kept."""
+    from deploy.topology import platform_topics
+
+    [declared] = [s.configs() for s in platform_topics(settings.topic("")) if s.name == topic]
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        wanted = {**declared, "cleanup.policy": "compact,delete"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+
+        async def applied() -> bool:
+            return (await topic_configs(admin, [topic]))[topic]["cleanup.policy"] == "compact,delete"
+
+        await eventually(applied, what="the topic's records deleted by age too")
     finally:
         await admin.close()
 
@@ -1067,6 +1087,32 @@ async def test_a_restore_whose_backup_has_yet_to_read_records_since_deleted_repl
         "from offset 1: 2 records deleted (its first offset is 3)"
     ), refused.value
     assert await _lots(settings) == {"A": 20, "B": 5}
+
+
+async def test_a_rebuild_publishes_again_past_their_versions_the_derived_records_kafka_lost(kafka, settings):
+    """Lot A's records on the compacted topic of profiles deleted (a retention set on it by hand,
+    kafka-delete-records): the rebuild's alignment published A as version 1, whose id ressources
+    had handled (a duplicate), and ressources kept the version it held, and every later one up
+    to it (audit s63 topology #4). Now numbered past any version the live service counted."""
+    from deploy import reconstruire
+
+    bootstrap, uai, profils = kafka.bootstrap_servers, valid_uai("0350006"), settings.topic(PROFILS)
+    await _lots_published(settings, uai, ("A", 10))
+    await _lots_published(settings, uai, ("A", 20))
+    records = [r for r in await read_topic(bootstrap, profils) if r.key == f"{uai}/A".encode()]
+    assert [json.loads(r.value)["data"]["version"] for r in records] == [1, 2]
+    await _also_deleting(bootstrap, settings, profils)  # Kafka refuses to delete a compacted topic's records
+    await _delete_before(bootstrap, profils, records[-1].offset + 1, records[-1].partition)
+
+    await reconstruire.rebuild(SPEC, settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        queued = await conn.fetch("SELECT key, record_value FROM equipement.outbox WHERE topic = $1", profils)
+    finally:
+        await conn.close()
+    [again] = [json.loads(r["record_value"]) for r in queued if r["key"] == f"{uai}/A".encode()]
+    assert again["data"]["version"] > 2 and again["data"]["quantity"] == 20, again["data"]
+    assert again["id"] not in {json.loads(r.value)["id"] for r in records}, "not an id ressources handled"
 
 
 async def test_a_rebuild_once_kafka_forgot_the_group_s_offsets_sends_no_dlq_copy_again(kafka, settings) -> None:
