@@ -160,8 +160,9 @@ async def require_log(
     strict: bool,
 ) -> dict[TopicPartition, int]:
     """Where to read `schema`'s partitions from (each one's `stored` position, 0 without one, or
-    the log's start of a compacted topic past it: what it keeps holds the latest record of each
-    key, no loss); JournalIncomplet when Kafka no longer holds what it has to read. `appended`:
+    the log's start of a compacted topic past it: records deleted from it, whose keys its
+    producer's rebuild publishes again, Outside.republished); JournalIncomplet when Kafka no
+    longer holds what it has to read. `appended`:
     when the record before each position was appended (positions.appended), which tells a topic
     made again whose new log already reaches a position (consumer.in_another_log, the record
     before a suspect read with `access`; `strict`, a restore's, which replaces schemas on it:
@@ -172,7 +173,7 @@ async def require_log(
     beyond = {o.tp for o in outside}
     within = {tp: p for tp, p in wanted.items() if tp not in beyond}
     outside += await in_another_log(consumer, within, appended, record_stamps(access), strict=strict)
-    if missing := [o for o in outside if o.lost or o.another_log]:
+    if missing := [o for o in outside if (o.lost and not o.republished) or o.another_log]:
         raise JournalIncomplet(schema, missing)
     return {**wanted, **{o.tp: o.start for o in outside}}
 

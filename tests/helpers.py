@@ -519,3 +519,41 @@ class SilentRelay:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def delete_before(bootstrap: str, topic: str, offset: int, partition: int = 0) -> None:
+    """What a retention shorter than the topic's does, or kafka-delete-records: the partition's
+    log starts at `offset` (a compacted topic's only once `also_deleted_by_age`)."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(offset)})
+    finally:
+        await admin.close()
+
+
+async def also_deleted_by_age(bootstrap: str, settings: Any, topic: str) -> None:
+    """The compacted `topic`'s records also deleted by age (`compact,delete`), as set by hand with
+    `kafka-configs --add-config`: its other settings kept. Kafka refuses to delete records of a
+    topic only compacted."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from deploy.topic_admin import topic_configs
+    from deploy.topology import platform_topics
+
+    [declared] = [s.configs() for s in platform_topics(settings.topic("")) if s.name == topic]
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        wanted = {**declared, "cleanup.policy": "compact,delete"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+
+        async def applied() -> bool:
+            return (await topic_configs(admin, [topic]))[topic]["cleanup.policy"] == "compact,delete"
+
+        await eventually(applied, what="the topic's records deleted by age too")
+    finally:
+        await admin.close()

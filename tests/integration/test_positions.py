@@ -133,6 +133,47 @@ async def test_records_deleted_before_they_were_read_are_said_lost_not_skipped_s
     assert stored == 4
 
 
+async def test_records_deleted_from_a_compacted_topic_before_they_were_read_are_said_lost(
+    kafka, settings, monkeypatch
+) -> None:
+    """Profiles 2 and 3 published while ressources was down, then deleted from the compacted
+    topic (its policy set to `compact,delete` by hand): a position below a compacted topic's
+    start was taken for its compaction, said at WARNING as "no loss", and ressources kept a
+    stale profile without a word. A compaction never moves the log's start: now the same ERROR
+    and counts as any loss, the hint naming the rebuild that publishes them again (audit s63
+    topology #4)."""
+    from aiokafka import TopicPartition
+
+    from contracts.internal import PROFILS
+    from helpers import Said, also_deleted_by_age, delete_before
+    from services.common.messaging import consumer
+    from services.ressources.app import SPEC as RESSOURCES
+    from test_ressources import old_tablets_at, profil
+
+    bootstrap, where, topic = kafka.bootstrap_servers, valid_uai("0350009"), settings.topic(PROFILS)
+    held = "(SELECT max(version) FROM recus WHERE uai = $1)"
+    async with running(RESSOURCES, settings) as pipeline:
+        await old_tablets_at(bootstrap, settings, pipeline, where)
+        [stored] = await pipeline.pool.fetch("SELECT partition, next_offset FROM positions WHERE topic = $1", topic)
+    tp = TopicPartition(topic, stored["partition"])
+    await send(bootstrap, topic, [profil(where, n, "17.1") for n in (2, 3, 4)], partition=tp.partition)
+    await also_deleted_by_age(bootstrap, settings, topic)
+    await delete_before(bootstrap, topic, stored["next_offset"] + 2, tp.partition)  # 2 and 3 gone
+    assert await _bounds(bootstrap, tp) == (stored["next_offset"] + 2, stored["next_offset"] + 3)
+
+    said = Said()
+    monkeypatch.setattr(consumer, "log", said)
+    service = running(RESSOURCES, settings)
+    async with service as pipeline:
+        await eventually(lambda: pipeline.pool.fetchval(f"SELECT {held} = 4", where), what="profile 4")
+        _, health = await service.app.health()
+
+    [line] = said.named("kafka.position_out_of_range")
+    assert line["level"] == "error" and line["records_lost"] == 2, line
+    assert "rebuild the service that publishes the topic" in line["hint"]
+    assert [o["records_lost"] for o in health["positions_out_of_range"]] == [2]
+
+
 async def test_a_fresh_schema_is_told_of_records_deleted_before_its_first_start(kafka, settings, monkeypatch) -> None:
     """A fresh schema (a database lost without a backup, a new deployment over the topics) read
     each partition from its log's start, the records deleted before it skipped without a word.

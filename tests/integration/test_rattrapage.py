@@ -30,7 +30,17 @@ from deploy.rattrapage import (
     read_topic,
 )
 from deploy.topic_admin import topic_configs
-from helpers import NotUtf8, college, event, eventually, python_record_builder, running, send
+from helpers import (
+    NotUtf8,
+    also_deleted_by_age,
+    college,
+    delete_before,
+    event,
+    eventually,
+    python_record_builder,
+    running,
+    send,
+)
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.outbox import relay_producer
@@ -982,40 +992,6 @@ async def test_the_alignment_of_derived_state_holds_little_of_its_topic(database
     assert peak < 25_000_000, f"{peak / 1e6:.1f} MB held at most for {3 * len(codes)} keys"  # in memory: 62 MB
 
 
-async def _delete_before(bootstrap: str, topic: str, offset: int, partition: int = 0) -> None:
-    """What a retention shorter than the topic's does, or kafka-delete-records: the partition's
-    log starts at `offset`."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import RecordsToDelete
-
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(offset)})
-    finally:
-        await admin.close()
-
-
-async def _also_deleting(bootstrap: str, settings, topic: str) -> None:
-    """The compacted `topic`'s records also deleted by age (`compact,delete`), as set by hand with
-    `kafka-configs --add-config`: its other settings kept."""
-    from deploy.topology import platform_topics
-
-    [declared] = [s.configs() for s in platform_topics(settings.topic("")) if s.name == topic]
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        wanted = {**declared, "cleanup.policy": "compact,delete"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
-
-        async def applied() -> bool:
-            return (await topic_configs(admin, [topic]))[topic]["cleanup.policy"] == "compact,delete"
-
-        await eventually(applied, what="the topic's records deleted by age too")
-    finally:
-        await admin.close()
-
-
 async def _lots_published(settings, uai: str, *declared: tuple[str, int]) -> None:
     """equipement, run on `settings`, has handled these lots (lot_id, quantity) and published them."""
     from test_equipement import lot, referentiel_loaded
@@ -1048,7 +1024,7 @@ async def test_a_rebuild_over_a_log_whose_records_were_deleted_is_refused_and_pu
     from deploy.rattrapage import JournalIncomplet
 
     await _lots_published(settings, valid_uai("0350003"), ("A", 10), ("B", 7))
-    await _delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 1)
+    await delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 1)
 
     with pytest.raises(JournalIncomplet) as refused:
         await reconstruire.rebuild(SPEC, settings)
@@ -1078,7 +1054,7 @@ async def test_a_restore_whose_backup_has_yet_to_read_records_since_deleted_repl
     backup = tmp_path / "old.dump"
     sauvegarde.backup(settings.database_url, backup)
     await _lots_published(settings, uai, ("A", 20), ("B", 5))
-    await _delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 3)  # all three declarations
+    await delete_before(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), 3)  # all three declarations
 
     with pytest.raises(sauvegarde.SauvegardeError) as refused:
         await sauvegarde.restore(settings, backup)
@@ -1101,8 +1077,8 @@ async def test_a_rebuild_publishes_again_past_their_versions_the_derived_records
     await _lots_published(settings, uai, ("A", 20))
     records = [r for r in await read_topic(bootstrap, profils) if r.key == f"{uai}/A".encode()]
     assert [json.loads(r.value)["data"]["version"] for r in records] == [1, 2]
-    await _also_deleting(bootstrap, settings, profils)  # Kafka refuses to delete a compacted topic's records
-    await _delete_before(bootstrap, profils, records[-1].offset + 1, records[-1].partition)
+    await also_deleted_by_age(bootstrap, settings, profils)  # Kafka refuses to delete a compacted topic's records
+    await delete_before(bootstrap, profils, records[-1].offset + 1, records[-1].partition)
 
     await reconstruire.rebuild(SPEC, settings)
     conn = await asyncpg.connect(settings.database_url)
@@ -1138,7 +1114,7 @@ async def test_a_rebuild_once_kafka_forgot_the_group_s_offsets_sends_no_dlq_copy
             return (topic, 0) in await committed_offsets(bootstrap, group)
 
         await eventually(committed, what="the offsets committed")
-    await _delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
+    await delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
     admin = KafkaAdminClient(**KafkaAccess.from_environ(bootstrap_servers=bootstrap).kafka_python())
     try:
         admin.delete_groups([group])  # what offsets.retention.minutes does to a group empty that long
@@ -1173,7 +1149,7 @@ async def test_a_restore_run_again_after_its_catch_up_failed_judges_dlq_copies_a
     async with running(SPEC, settings):
         await send(bootstrap, topic, [(uai, b"{pas du json")], partition=0)
         await eventually(lambda: read_topic(bootstrap, c.dlq(topic)), what="its DLQ copy")
-    await _delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
+    await delete_before(bootstrap, c.dlq(topic), 1)  # the DLQ's retention, passed
     admin = KafkaAdminClient(**KafkaAccess.from_environ(bootstrap_servers=bootstrap).kafka_python())
     try:
         admin.delete_groups([group])  # offsets.retention.minutes, passed

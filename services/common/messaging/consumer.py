@@ -344,9 +344,17 @@ class Outside(NamedTuple):
 
     @property
     def lost(self) -> int:
-        """Records deleted before they were read: none past the end, none of a compacted topic
-        (what it keeps holds the latest record of each key)."""
-        return 0 if self.tp.topic.endswith(COMPACTED) else max(self.start - self.position, 0)
+        """Records deleted before they were read: none past the end. A compacted topic's too:
+        its compaction never moves its log's start (Kafka keeps its first segment's base offset,
+        however few records are left in it), only a deletion does (its `cleanup.policy` set
+        by hand to `compact,delete`, then its retention or `kafka-delete-records`)."""
+        return max(self.start - self.position, 0)
+
+    @property
+    def republished(self) -> bool:
+        """Lost from a compacted topic of derived state: its producer's rebuild publishes again
+        each key it no longer holds (deploy/rattrapage.py, RENUMBERED)."""
+        return self.lost > 0 and self.tp.topic.endswith(COMPACTED)
 
     def said(self) -> dict[str, Any]:
         """Its fields for a log line."""
@@ -412,18 +420,21 @@ def tell(pipeline: Pipeline, outside: Sequence[Outside]) -> None:
     """Positions found outside their partition's log, recorded: said, and counted in /metrics."""
     for o in outside:
         pipeline.metrics.records_lost(o.tp.topic, o.lost)
-        (log.error if o.lost or o.another_log else log.warning)(
+        log.error(
             "kafka.position_out_of_range",
             **o.said(),
             hint=(
-                f"{o.lost} records were deleted from the partition before this service read them: "
+                f"{o.lost} records were deleted from the partition before this service read them "
+                "(its cleanup.policy set by hand?): rebuild the service that publishes the topic, whose "
+                "alignment publishes again each key the topic no longer holds"
+                if o.republished
+                else f"{o.lost} records were deleted from the partition before this service read them: "
                 "ask their declarants to send them again, or rebuild the service from what is left"
                 if o.lost
                 else "read again from the partition's start: the log holds no record appended when the one "
                 "before the position was (the topic made again while this service was away)"
                 if o.elsewhere
-                else "read again from the partition's start (past its end: the topic made again, or "
-                "another cluster; below it, a compacted topic keeps the latest record of each key)"
+                else "read again from the partition's start (past its end: the topic made again, or another cluster)"
             ),
         )
 
