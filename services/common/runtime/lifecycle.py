@@ -12,6 +12,8 @@ import asyncpg
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
+import contracts as c
+from services.common.messaging import routage
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OutboxRelay, relay_producer
 from services.common.pipeline import Pipeline
@@ -97,6 +99,8 @@ class Lifecycle:
             self._spawn(pipeline.revive_continually(REVIVAL_PERIOD_SECONDS), f"{spec.name}-revival")
         if settings.inbox_retention_days:
             self._spawn(retention.run(pipeline.pool, settings.inbox_retention_days), f"{spec.name}-retention")
+        if c.ALERTES_ETAT in {p.topic for p in spec.publishes}:  # its partitions beyond the routed ones
+            self._spawn(routage.check(KafkaAccess.of(settings), settings.topic(c.ALERTES_ETAT)), f"{spec.name}-routage")
         if (access := KafkaAccess.of(settings)).secured:  # renewed certificates taken without a restart
             self._spawn(certificates.watch(access), f"{spec.name}-tls")
         log.info("service.started", topics=[settings.topic(t) for t in spec.consumes], http_port=settings.http_port)
