@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -26,10 +27,13 @@ class TopicCreationError(RuntimeError):
     """The broker refused to create some topics (other than because they exist) or to align them."""
 
 
-async def create_topics(bootstrap: str, specs: list[TopicSpec], replicas: int | None = None) -> list[str]:
+async def create_topics(
+    bootstrap: str, specs: list[TopicSpec], replicas: int | None = None, say: Callable[[str], None] | None = None
+) -> list[str]:
     """Create the topics, and align the configuration of those that exist; returns the names
     of the existing topics whose configuration was changed. `replicas`: each partition's
-    replicas (default: 1, a single node)."""
+    replicas (default: 1, a single node). An existing topic's partitions and replicas are
+    kept, a line to `say` for each that differs from what is declared (`shapes`)."""
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     try:
         await admin.start()
@@ -41,6 +45,9 @@ async def create_topics(bootstrap: str, specs: list[TopicSpec], replicas: int | 
         )
         _raise_for(response.topic_errors)
         existing = {topic for topic, code, _ in response.topic_errors if code == TopicAlreadyExistsError.errno}
+        if say is not None and existing:
+            for line in await shapes(admin, [spec for spec in specs if spec.name in existing], replicas or 1):
+                say(line)
         stale = await _differing(admin, [spec for spec in specs if spec.name in existing and spec.configs()])
         if stale:
             responses = await admin.alter_configs(
@@ -57,6 +64,22 @@ async def create_topics(bootstrap: str, specs: list[TopicSpec], replicas: int | 
     finally:
         await admin.close()
     return [spec.name for spec in stale]
+
+
+async def shapes(admin: AIOKafkaAdminClient, specs: list[TopicSpec], replicas: int) -> list[str]:
+    """What differs between these existing topics' partitions and replicas and their declaration,
+    said: neither is changed here. Kafka cannot take partitions away, and partitions added move
+    the keys of a partner's topic (and of the platform's own, made with fewer than
+    ROUTED_PARTITIONS); replicas move with kafka-reassign-partitions, data and all."""
+    declared = {spec.name: spec for spec in specs}
+    lines = []
+    for topic in await admin.describe_topics(list(declared)):
+        name, partitions = topic["topic"], topic["partitions"]
+        if len(partitions) != declared[name].partitions:
+            lines.append(f"Kafka: {name} has {len(partitions)} partitions, {declared[name].partitions} declared: kept")
+        if partitions and (held := min(len(p["replicas"]) for p in partitions)) < replicas:
+            lines.append(f"Kafka: {name} has {held} replicas of a partition, {replicas} asked: kept")
+    return lines
 
 
 async def topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str | None]]:

@@ -132,7 +132,9 @@ class Platform:
                 f"(set it, without {name!r}, to revoke it)"
             )
         os.environ.update(self.kafka.access.environ())
-        asyncio.run(create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers)))
+        asyncio.run(
+            create_topics(self.kafka.bootstrap_servers, platform_topics(), replicas=min(3, self.brokers), say=say)
+        )
         if removed := acl.apply(self.kafka.access, exact=True):
             say(f"Kafka: {removed} ACLs the platform no longer grants deleted")
         assert self.kafka.credentials is not None and self.kafka.tls is not None, "set by start()"

@@ -73,6 +73,34 @@ async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, un
         await reader.wait_for(lambda records: [r.value for r in records] == [b"kept"], what="the record kept")
 
 
+async def test_an_existing_topic_s_partitions_and_replicas_are_kept_and_said_when_they_differ(kafka, unique) -> None:
+    """A topic made with 2 partitions where 6 are declared (a data directory of another
+    configuration, a topic made by hand), and fewer replicas than asked: they were kept without
+    a word (audit s63 topology #6). Still kept (partitions added would move keys), now said."""
+    bootstrap, prefix = kafka.bootstrap_servers, f"forme{unique}."
+    specs = [s for s in platform_topics(prefix, partitions=6) if s.name == prefix + c.EQUIPEMENT]
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(specs[0].name, 2, 1)])
+    finally:
+        await admin.close()
+    said: list[str] = []
+
+    await create_topics(bootstrap, specs, replicas=1, say=said.append)
+    assert said == [f"Kafka: {prefix}{c.EQUIPEMENT} has 2 partitions, 6 declared: kept"]
+    said.clear()
+    await create_topics(bootstrap, specs, replicas=3, say=said.append)
+    assert said[1:] == [f"Kafka: {prefix}{c.EQUIPEMENT} has 1 replicas of a partition, 3 asked: kept"]
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([specs[0].name])
+    finally:
+        await admin.close()
+    assert len(described["partitions"]) == 2
+
+
 async def test_a_topic_that_is_the_record_compacted_by_hand_is_put_back(kafka, unique) -> None:
     """`cleanup.policy` was declared for the compacted topics only: a partner's topic or the alert
     stream compacted by hand ("keyed by UAI, the latest is the state") kept only each UAI's last
