@@ -66,6 +66,15 @@ _JSON_TYPES = {
 }
 # Messages that already name the bad value, written by our own validators.
 _OWN_MESSAGES = IDENTIFIER_REASONS | {"cloudevent-invalide"}
+# What those say without the value, where it must not be repeated (teacher-id-invalide's never is).
+_WITHHELD_RULES = {
+    "uai-invalide": "pas un UAI (7 chiffres puis la lettre de contrôle)",
+    "crcn-invalide": "pas une compétence CRCN (1.1 à 5.2)",
+    "niveau-invalide": "pas un niveau CRCN (entier de 1 à 8)",
+    "version-invalide": "pas une version (1 à 4 entiers de 9 chiffres au plus, séparés par des points)",
+    "code-invalide": "pas un code de la forme attendue",
+    "cloudevent-invalide": "refusé par CONTRACTS.md (Envelope)",
+}
 
 
 class ContractError(Exception):
@@ -163,8 +172,10 @@ class EventParser:
         return ContractError("donnees-invalides", self._describe(first))
 
     def _describe(self, error: Any) -> str:
-        loc = error["loc"]
-        return _describe(error, withheld=loc[1:] == ("data",) and loc[0] in self._personal)
+        # A record about one person (a teacher's affectation or training): none of its values is
+        # repeated, its envelope's included. A rectorat's export with a column shifted puts a
+        # name or an e-mail in any of them (audit s64 privacy F1).
+        return _describe(error, withheld=error["loc"][0] in self._personal)
 
     def _unknown_type(self, raw: bytes) -> ContractError:
         """A type we do not know, unless the envelope itself is broken: that is fixed first."""
@@ -283,6 +294,8 @@ def _describe(error: Any, skip: int = 1, withheld: bool = False) -> str:
     field, refused whole)."""
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][skip:])
     path = path.removeprefix(".")
+    if withheld and error["type"] in _WITHHELD_RULES:
+        return f"{path}: {_WITHHELD_RULES[error['type']]} (valeur non reproduite: donnée personnelle possible)"
     if error["type"] in _OWN_MESSAGES:
         return f"{path}: {error['msg']}"
     if error["type"] == "missing" or error["type"] in _TOO_LONG:

@@ -107,6 +107,8 @@ async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_i
     bad_teacher = affectation("jean.dupont@ac-rennes.fr", where, 3)
     encoded_twice = formation("jean.dupont@ac-rennes.fr", "3.4", 3, 5)  # its data a string: refused whole
     encoded_twice["data"] = json.dumps(encoded_twice["data"])
+    shifted = affectation("ens-0000000B", where, 6)  # a column shifted: the e-mail in another field
+    shifted["data"]["start"] = "jean.dupont@ac-rennes.fr"
     async with (
         running(SPEC, settings) as pipeline,
         TopicReader(kafka.bootstrap_servers, settings.topic(c.dlq(c.FORMATION))) as dlq,
@@ -122,13 +124,15 @@ async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_i
                 (where, other_academie),
                 (where, bad_teacher),
                 ("y", encoded_twice),
+                ("z", shifted),
                 (where, affectation("ens-0000000A", where, 4)),
             ],
         )
-        records = await dlq.wait_for(lambda rs: len(rs) >= 4, what="four dead letters")
+        records = await dlq.wait_for(lambda rs: len(rs) >= 5, what="five dead letters")
         # Keyed differently, so on different partitions: no order between them.
         assert sorted(dict(r.headers)["dlq-reason"].decode() for r in records) == [
             "crcn-invalide",
+            "donnees-invalides",
             "donnees-invalides",
             "hors-competence",
             "teacher-id-invalide",
@@ -137,14 +141,15 @@ async def test_bad_training_records_are_dead_lettered_and_a_refused_teacher_id_i
             lambda rs: any(json.loads(r.value)["data"]["enseignants"] == 1 for r in rs),
             what="the good affectation's coverage",
         )
-        # The e-mail used as a teacher_id is in the DLQ copies' bytes (unchanged) and nowhere else.
+        # The e-mail (as a teacher_id, or in another field of a teacher's record: audit s64
+        # privacy F1) is in the DLQ copies' bytes (unchanged) and nowhere else.
         refused = [
             r for r in records if dict(r.headers)["dlq-reason"] in (b"teacher-id-invalide", b"donnees-invalides")
         ]
-        assert len(refused) == 2 and all(b"dupont" in r.value for r in refused)
+        assert len(refused) == 3 and all(b"dupont" in r.value for r in refused)
         assert all(b"dupont" not in v for r in refused for k, v in r.headers if v), "no header repeats it"
         messages = [r["message"] for r in await pipeline.pool.fetch("SELECT message FROM dead_letters")]
-        assert len(messages) == 4 and not any("dupont" in m for m in messages)
+        assert len(messages) == 5 and not any("dupont" in m for m in messages)
     logged = capfd.readouterr()
     assert "teacher-id-invalide" in logged.err + logged.out, "the refusal is logged"
     assert "dupont" not in logged.err + logged.out, "the log names the field and the rule, not the value"

@@ -39,6 +39,7 @@ ENGLISH = re.compile(
     r"|Invalid JSON|\bexpected\b|while parsing|\bline \d|\bcolumn\b|Unable to|\btag\b|found|duplicate|\bvalid\b"
 )
 EMAIL = "prenom.nom@ac-rennes.fr"
+WITHHELD = "(valeur non reproduite: donnée personnelle possible)"
 INFINITE = "__1e400__"  # JSON's 1e400, which a float reads as infinity
 BAD = (
     None, True, 0, -1, 2.5, 10**30, INFINITE, "", "x", "x" * 300, EMAIL, "2024-13-45", "1969-12-31", "2024-03-01",
@@ -99,14 +100,17 @@ def test_every_refusal_of_every_field_reads_in_french_without_a_personal_or_long
         if error is None:
             continue
         refused += 1
-        message, personal = error.message, "teacher_id" in path
+        # A teacher's record repeats none of its values: any of them may be a name or an e-mail.
+        # (Its type refused, the record is no one's: the type is named.)
+        teachers = type_ in (c.AFFECTATION, c.FORMATION_SUIVIE) and path != ("type",)
+        message, personal = error.message, teachers or "teacher_id" in path
         if (
             error.code not in c.REASON_CODES
             or ENGLISH.search(message)
             or "règle pydantic" in message  # a type of the contract without its own rule
             or "x" * 61 in message
             or len(message) > 400
-            or (personal and ("reçu" in message or EMAIL in message))
+            or (personal and ("reçu" in message or EMAIL in message or "2024-13-45" in message))
         ):
             problems.append((path, bad if bad != "x" * 300 else "x * 300", error.code, message))
     assert refused > 100 and not problems, problems[:10]
@@ -147,9 +151,9 @@ def test_every_error_type_the_contract_raises_has_its_french_rule_and_no_rule_is
         (c.CONNECTIVITE, {"bandwidth_mbps": "100"},
          ("donnees-invalides", "data.bandwidth_mbps: attendu un nombre (reçu '100')")),
         (c.AFFECTATION, {"start": "2024-13-01"},
-         ("donnees-invalides", "data.start: attendu une date AAAA-MM-JJ (reçu '2024-13-01')")),
+         ("donnees-invalides", f"data.start: attendu une date AAAA-MM-JJ {WITHHELD}")),
         (c.AFFECTATION, {"end": "2101-01-01"},
-         ("donnees-invalides", "data.end: date hors de 1970-01-01 … 2100-12-31 (reçu '2101-01-01')")),
+         ("donnees-invalides", f"data.end: date hors de 1970-01-01 … 2100-12-31 {WITHHELD}")),
         (c.ALERTE_LEVEE, {"resolved_at": "2024-03-02T08:00:00Z"},
          ("donnees-invalides", "data.resolved_at: attendu null (reçu '2024-03-02T08:00:00Z')")),
         (c.ALERTE_RESOLUE, {"resolved_at": "2024-03-02"}, ("donnees-invalides",
@@ -243,7 +247,7 @@ def test_a_pydantic_rule_without_a_french_sentence_still_reads_in_french_naming_
     assert (error := refusal(make_record(CODED, {"uai": UAI, "code": "abc"}), PARSE_CODED)) is not None
     assert (error.code, error.message) == (
         "donnees-invalides",
-        "data.code: valeur refusée par la règle pydantic string_pattern_mismatch (reçu 'abc')",
+        f"data.code: valeur refusée par la règle pydantic string_pattern_mismatch {WITHHELD}",  # (a teacher's record)
     )
 
 
