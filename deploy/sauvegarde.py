@@ -141,9 +141,15 @@ def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
             raise
     if process.returncode != 0:
         detail = stderr.decode(errors="replace").strip().splitlines()
-        errors = [line for line in detail if "ERROR:" in line] or detail  # not the CONTEXT lines after it
+        # Not the DETAIL (a row's values) nor the CONTEXT lines after it, in English or French.
+        errors = [line for line in detail if _SEVERITY.search(line)] or detail
         raise SauvegardeError(f"{what} failed: {redact(errors[-1] if errors else f'exit code {process.returncode}')}")
     return stdout
+
+
+_SEVERITY = re.compile(r"\b(?:ERROR|ERREUR|FATAL|PANIC)[ \t]*:")
+"""The line of a psql, pg_dump or pg_restore failure that says what failed, labelled in the
+server's language (`ERREUR :` where lc_messages is French)."""
 
 
 def backup(database_url: str, path: Path) -> None:

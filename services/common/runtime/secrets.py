@@ -4,9 +4,11 @@
 whole userinfo of a web URL without a password (`https://***@host`: a token used as a user
 name), every value of a web URL's or a path's query and fragment (`/v1/traces?api-key=***`: an
 OTLP collector's or a JWKS endpoint's token), the value of every password pair (libpq
-`key=value` DSNs, `PGPASSWORD=`, a client's settings printed as a dict), and PostgreSQL's
-DETAIL line (a row's values, which may be personal). It masks too much rather than too little:
-a URL whose password holds a raw `@`, `/` or `?` is still masked.
+`key=value` DSNs, `PGPASSWORD=`, a client's settings printed as a dict) and of every secret or
+token pair (`client_secret=`, `"access_token": …`), a bearer token and any JSON Web Token,
+PostgreSQL's DETAIL line in English or French (a row's values, which may be personal), and the
+value a pydantic error quotes (`input_value=…`). It masks too much rather than too little: a
+URL whose password holds a raw `@`, `/` or `?` is still masked.
 """
 
 import re
@@ -19,18 +21,26 @@ _WEB = ("http://", "https://", "ws://", "wss://")
 _OPENING, _CLOSING = "\"'(<[{", re.compile(r"[\"'<>(){}\[\],;]")
 """Around a URL in a text: what may open it, what ends it (a quote, a bracket, a comma)."""
 _PAIR = re.compile(
-    r"""(?P<key>\b\w*(?:password|passwd|pwd)(?:\s*=\s*|["']\s*:\s*))"""
+    r"""(?P<key>\b\w*(?:password|passwd|pwd|secret|token)(?:\s*=\s*|["']\s*:\s*))"""
     r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&;,]+)""",
     re.IGNORECASE,
 )
 """`password=…`, and any key ending so (`PGPASSWORD=…`, `sasl_plain_password=…`), or quoted before a
 colon (`{'sasl_plain_password': '…'}`, a client's settings printed as a dict or JSON)."""
-_SECRET_KEY = re.compile("pass|pwd", re.IGNORECASE)
-_ROW_DETAIL = re.compile(r"(DETAIL:[ \t]*).+?(?=\n[ \t|]*HINT:|\n[ \t|]*\n|\Z)", re.DOTALL)
-"""PostgreSQL's DETAIL, which asyncpg's errors print: it quotes a row's values (`Key (teacher_id,
-uai)=(…) already exists`, `Failing row contains (…)`), in the server's language, over several
-lines when a value holds a line break; up to its HINT, a blank line or the text's end (an
-exception group's traceback indents it behind `| `)."""
+_SECRET_KEY = re.compile("pass|pwd|secret|token", re.IGNORECASE)
+_ROW_DETAIL = re.compile(
+    r"((?:DETAIL|DÉTAIL)[ \t]*:[ \t]*).+?(?=\n[ \t|]*(?:HINT|ASTUCE)[ \t]*:|\n[ \t|]*\n|\Z)", re.DOTALL
+)
+"""PostgreSQL's DETAIL, which asyncpg's errors and psql print: it quotes a row's values (`Key
+(teacher_id, uai)=(…) already exists`, `Failing row contains (…)`), labelled in the server's
+language (`DÉTAIL :` where lc_messages is French), over several lines when a value holds a line
+break; up to its HINT, a blank line or the text's end (an exception group's traceback indents
+it behind `| `)."""
+_BEARER = re.compile(r"(\bBearer\s+)\S+", re.IGNORECASE)
+_JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
+"""A JSON Web Token: its header's base64url always opens with `eyJ` (`{"`)."""
+_INPUT_VALUE = re.compile(r"(input_value=).*?(?=, input_type=|\]$)", re.MULTILINE)
+"""A pydantic ValidationError's text quotes each refused value: `[type=…, input_value='…', input_type=str]`."""
 
 _ARGUMENT_AT = r"(query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: )"
 _ARGUMENT = re.compile(_ARGUMENT_AT + r".{0,43}( \((?:[^()\n]|\([^()\n]*\))*\))$", re.MULTILINE)
@@ -90,10 +100,17 @@ def _mask_pair(match: re.Match) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the password of each URL, each query parameter's value, each password pair's
-    value, PostgreSQL's DETAIL line and the value asyncpg could not send replaced by ***."""
-    if "DETAIL:" in text:
+    """`text` with the password of each URL, each query parameter's value, each password, secret
+    or token pair's value, bearer tokens and JSON Web Tokens, PostgreSQL's DETAIL line, the value
+    asyncpg could not send and those a pydantic error quotes replaced by ***."""
+    if "DETAIL" in text or "DÉTAIL" in text:
         text = _ROW_DETAIL.sub(rf"\g<1>{MASK}", text)
+    if "input_value=" in text:
+        text = _INPUT_VALUE.sub(rf"\g<1>{MASK}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(MASK, text)
+    if "earer" in text:
+        text = _BEARER.sub(rf"\g<1>{MASK}", text)
     if "query argument $" in text:
         text = _ARGUMENT_LINE.sub(rf"\g<1>{MASK}", _ARGUMENT.sub(rf"\g<1>{MASK}\g<2>", text))
     if "://" in text or "=" in text:

@@ -158,3 +158,46 @@ def test_the_value_asyncpg_could_not_send_is_masked_its_reason_kept(text, expect
     """asyncpg quotes the value it could not send: a teacher's id, the first ones of a batch's
     column; a batch failing so is logged with its traceback (audit helper-181 S5)."""
     assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # psql or pg_restore where the server's lc_messages is French: the row after DÉTAIL.
+        (
+            "ERREUR:  la valeur d'une clé dupliquée rompt la contrainte unique\n"
+            "DÉTAIL : La clé « (teacher_id, uai)=(T-0042, 0350042F) » existe déjà.\nASTUCE : une astuce",
+            "ERREUR:  la valeur d'une clé dupliquée rompt la contrainte unique\nDÉTAIL : ***\nASTUCE : une astuce",
+        ),
+        # A pydantic error's text quotes the value it refused.
+        (
+            "teacher_id\n  Input should be a valid integer [type=int_parsing, input_value='T-0042', input_type=str]",
+            "teacher_id\n  Input should be a valid integer [type=int_parsing, input_value=***, input_type=str]",
+        ),
+        ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer ***"),
+        ("jeton eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl refusé", "jeton *** refusé"),
+        ("client_secret=s3cr3t&grant_type=client_credentials", "client_secret=***&grant_type=client_credentials"),
+        ('{"access_token": "t0k3n", "expires_in": 300}', '{"access_token": "***", "expires_in": 300}'),
+    ],
+)
+def test_rows_tokens_secrets_and_pydantic_s_quoted_values_are_masked(text, expected):
+    """What redact left in clear (audit s64 privacy F2, F3): a French server's DETAIL (a restore's
+    error line printed it), the value a pydantic error quotes, bearer tokens, JWTs, secret and
+    token pairs."""
+    assert redact(text) == expected
+
+
+def test_a_failed_restore_says_its_error_line_never_a_row_in_either_language():
+    """The restore's error was psql's last line holding "ERROR:", else its last line: a French
+    server's `DÉTAIL :` line, which quotes the row (audit s64 privacy F2)."""
+    from deploy.sauvegarde import SauvegardeError, _run
+
+    lines = [
+        "psql:x.sql:1: ERREUR:  la valeur d'une clé dupliquée rompt la contrainte unique « inscriptions_pkey »",
+        "DÉTAIL : La clé « (teacher_id, uai)=(T-0042, 0350042F) » existe déjà.",
+        "CONTEXTE : COPY inscriptions, ligne 2",
+    ]
+    script = "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines) + " >&2; exit 3"
+    with pytest.raises(SauvegardeError) as failed:
+        _run(["sh", "-c", script], {}, "restore")
+    assert str(failed.value) == f"restore failed: {lines[0]}"
