@@ -154,9 +154,14 @@ for the batch (`batch.isolated`), each record's own line at DEBUG."""
 
 
 def _links(each_headers: Iterable) -> list[trace.Link]:
-    """A link to each valid trace context among the records' headers, once each."""
+    """A link to each valid trace context among the records' headers, once each, without its
+    `tracestate`: a partner's entries of its own choosing, which the console exporter printed
+    (the OTLP one leaves a link's out; audit s64 privacy F5)."""
     contexts = (trace.get_current_span(context_from_headers(h)).get_span_context() for h in each_headers)
-    return [trace.Link(c) for c in {(c.trace_id, c.span_id): c for c in contexts if c.is_valid}.values()]
+    return [
+        trace.Link(trace.SpanContext(c.trace_id, c.span_id, is_remote=True, trace_flags=c.trace_flags))
+        for c in {(c.trace_id, c.span_id): c for c in contexts if c.is_valid}.values()
+    ]
 
 
 class Pipeline:
