@@ -132,6 +132,8 @@ Lots = dict[str, dict[str, str]]
 """uai -> lot_id -> kind."""
 Envois = dict[str, dict[str, list[str]]]
 """uai -> lot_id -> [the fingerprint of the latest event the platform took for it, its id]."""
+Inventories = dict[str, dict[str, datetime]]
+"""uai -> a device's key (a digest: _inventaire._cle) -> when it was inventoried, as last sent."""
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,19 @@ class Etat:
     when the lot is as it declared (the same files sent again: a repeat, which changes nothing),
     else a new one, whose id follows from the latest: a lot back to an earlier content at the
     same time (3 devices, then 2, then 3) was the earlier event again, which the platform took
-    for a repeat for INBOX_RETENTION_DAYS, and the lot stayed at 2."""
+    for a repeat for INBOX_RETENTION_DAYS, and the lot stayed at 2. Per établissement, the
+    latest time sent (`dates`; a state from before them has `date` alone, the latest over all)
+    and when each of its devices was inventoried (`inventaires`): an export is older than the
+    one sent when one of its devices was inventoried before."""
 
     lots: Lots = field(default_factory=dict)
     date: datetime | None = None
     envois: Envois = field(default_factory=dict)
+    dates: dict[str, datetime] = field(default_factory=dict)
+    inventaires: Inventories = field(default_factory=dict)
+
+    def date_de(self, uai: str) -> datetime | None:
+        return self.dates.get(uai) or self.date
 
 
 @dataclass
@@ -161,12 +171,15 @@ class Inventaire:
     """Lots of the previous state that vanished from an établissement of this run (quantity 0)."""
     absents: int = 0
     """Établissements of the previous state absent from this run: their lots kept."""
-    plus_ancien_que: datetime | None = None
-    """The time the previous state sent, when this run's is older."""
+    plus_anciens: list[str] = field(default_factory=list)
+    """Établissements of which the previous state sent a newer export: nothing sent for them."""
+    inventaires: Inventories = field(default_factory=dict)
+    """When each device of the établissements sent was inventoried (Etat.inventaires)."""
 
     def resume(self) -> str:
         uais = {e.subject for e in self.lots}
-        quand = self.lots[0].time.isoformat() if self.lots else "-"
+        times = sorted({e.time.isoformat() for e in self.lots})  # per établissement
+        quand = " à ".join(dict.fromkeys(times[:1] + times[-1:])) or "-"
         lines = [
             f"GLPI : {self.fichiers} fichiers lus, {self.appareils} appareils en {len(self.lots) - self.retires} lots "
             f"pour {len(uais)} établissements (date des lots : {quand})"
@@ -177,11 +190,11 @@ class Inventaire:
             lines.append(
                 f"  établissements de l'état précédent absents de cet inventaire : {self.absents} (lots gardés)"
             )
-        if self.plus_ancien_que is not None:
+        if self.plus_anciens:
+            shown = ", ".join(self.plus_anciens[:SHOWN_FILES]) + (", …" if len(self.plus_anciens) > SHOWN_FILES else "")
             lines.append(
-                f"  attention : ces lots sont datés d'avant ceux déjà envoyés ({self.plus_ancien_que.isoformat()}) : "
-                "la plateforme ignorera ceux qu'elle a reçus depuis (périmés) ; les lots disparus sont retirés "
-                "à cette date-là"
+                f"  attention : export plus ancien que celui déjà envoyé pour {len(self.plus_anciens)} établissements "
+                f"(un appareil y est inventorié avant la date déjà envoyée) : rien n'est envoyé pour eux ({shown})"
             )
         for raison, noms in sorted(self.ecartes.items()):
             more = len(noms) - SHOWN_FILES
@@ -228,36 +241,56 @@ def inventorier(
     ids = _lot_ids(variants)
     groups = {(uai, ids[uai, v]): devices for (uai, v), devices in variants.items()}
     now = now or datetime.now(UTC)
-    dates = [d.inventorie_le for ds in groups.values() for d in ds if d.inventorie_le is not None]
-    # No device dated: the latest time sent (the state's), so that the same files sent again are
-    # the same events (now, each run's were new ones); now on a first run.
-    time = min(max(dates) if dates else (precedent.date or now), now)
-    by_uai: dict[str, list[c.CloudEvent]] = defaultdict(list)
+    lots_at: dict[str, list[tuple[str, list[inv.Appareil]]]] = defaultdict(list)
     for (uai, lot), devices in sorted(groups.items()):
-        by_uai[uai].append(_event(declarant, uai, lot, devices, time, precedent.envois.get(uai, {}).get(lot)))
-    covered = set(by_uai)
+        lots_at[uai].append((lot, devices))
+    times, inventaires, plus_anciens = _dates(lots_at, precedent, now)
     held = precedent.lots
-    # A retirement is dated no earlier than what the state sent: the newest device of the
-    # previous export may be the one gone, and a retirement older than its lot would be stale.
-    retired_at = min(max(time, precedent.date or time), now)
-    lots, vanished = [], 0
-    for uai in sorted(covered):  # each établissement's retirements beside its lots (one batch, one group)
-        lots += by_uai[uai]
+    lots, vanished, appareils = [], 0, 0
+    for uai in sorted(times):  # each établissement's retirements beside its lots (one batch, one group)
+        envois = precedent.envois.get(uai, {})
+        for lot, devices in lots_at[uai]:
+            lots.append(_event(declarant, uai, lot, devices, times[uai], envois.get(lot)))
+            appareils += len(devices)
         gone = [(lot, kind) for lot, kind in sorted(held.get(uai, {}).items()) if (uai, lot) not in groups]
-        lots += [
-            _retirement(declarant, uai, lot, kind, retired_at, precedent.envois.get(uai, {}).get(lot))
-            for lot, kind in gone
-        ]
+        lots += [_retirement(declarant, uai, lot, kind, times[uai], envois.get(lot)) for lot, kind in gone]
         vanished += len(gone)
     return Inventaire(
         lots,
-        sum(map(len, groups.values())),
+        appareils,
         len(names),
         {k: sorted(v) for k, v in ecartes.items()},
         retires=vanished,
-        absents=len(held.keys() - covered),
-        plus_ancien_que=precedent.date if precedent.date and groups and time < precedent.date else None,
+        absents=len(held.keys() - lots_at.keys()),
+        plus_anciens=sorted(plus_anciens),
+        inventaires=inventaires,
     )
+
+
+def _dates(
+    lots_at: Mapping[str, list[tuple[str, list[inv.Appareil]]]], precedent: Etat, now: datetime
+) -> tuple[dict[str, datetime], Inventories, list[str]]:
+    """Each établissement's time, when each of its devices was inventoried, and those whose
+    export is older than the one sent (a device inventoried before: nothing is sent for them).
+
+    An établissement's lots carry its latest inventory date, never before the time it was last
+    sent: the device gone may have been the newest (decommissioned, its file missing), and lots
+    older than those the platform holds were stale, their retirements not. No device dated: that
+    time too, so that the same files sent again are the same events; now on a first run. (A
+    run's one date over all, the newest device anywhere, made a partial export, or one without
+    that device, older than the state.)"""
+    times, inventaires, older = {}, {}, []
+    for uai, lots in lots_at.items():
+        dated = {d.cle: min(d.inventorie_le, now) for _, ds in lots for d in ds if d.inventorie_le is not None}
+        sent = precedent.inventaires.get(uai, {})
+        if any(when < sent[cle] for cle, when in dated.items() if cle in sent):
+            older.append(uai)  # its lots would replace newer ones
+            continue
+        inventaires[uai] = dated
+        last_sent = precedent.date_de(uai)
+        newest = max(dated.values()) if dated else (last_sent or now)
+        times[uai] = max(newest, last_sent) if last_sent else newest
+    return times, inventaires, older
 
 
 def variante(appareil: inv.Appareil) -> str:
@@ -385,9 +418,13 @@ def lire_etat(path: Path, declarant: str) -> Etat:
             for v in sent.values()
         ):
             raise TypeError
-        when = datetime.fromisoformat(date) if date is not None else None
-        if when is not None and when.tzinfo is None:
-            raise ValueError(f"date {date} sans fuseau horaire")
+        when = _instant(date) if date is not None else None
+        # A state from before them has neither: its date is each établissement's.
+        dates = {uai: _instant(v) for uai, v in document.get("dates", {}).items()}
+        inventaires = {
+            uai: {cle: _instant(v) for cle, v in devices.items()}
+            for uai, devices in document.get("inventaires", {}).items()
+        }
     except ValueError as error:
         raise ValueError(f"{path}: état illisible : {error}") from None
     except (KeyError, TypeError, AttributeError):
@@ -397,7 +434,16 @@ def lire_etat(path: Path, declarant: str) -> Etat:
         ) from None
     if document.get("declarant") != declarant:
         raise ValueError(f"{path}: état d'un autre déclarant que {declarant} : un fichier d'état par collectivité")
-    return Etat(lots, when, envois)
+    return Etat(lots, when, envois, dates, inventaires)
+
+
+def _instant(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise TypeError
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"date {text} sans fuseau horaire")
+    return when
 
 
 def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | None) -> Etat:
@@ -407,7 +453,7 @@ def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | 
     later a lot the platform never had changes nothing)."""
     lots = {uai: dict(held) for uai, held in precedent.lots.items()}
     envois = {uai: dict(sent) for uai, sent in precedent.envois.items()}
-    date = precedent.date
+    date, dates, taken = precedent.date, dict(precedent.dates), set()
     for event in inventaire.lots:
         if refused_ids is not None and event.id in refused_ids:
             continue
@@ -423,10 +469,16 @@ def etat_apres(precedent: Etat, inventaire: Inventaire, refused_ids: set[str] | 
         elif refused_ids is not None:
             held.pop(event.data.lot_id, None)
         date = max(date, event.time) if date else event.time
+        uai = event.data.uai
+        dates[uai] = max(dates[uai], event.time) if uai in dates else event.time
+        if uai in inventaire.inventaires:  # its devices' dates, once one of its events may have been taken
+            taken.add(uai)
     return Etat(
         {uai: held for uai, held in sorted(lots.items()) if held},
         date,
         {uai: sent for uai, sent in sorted(envois.items()) if sent},
+        dict(sorted(dates.items())),
+        dict(sorted((precedent.inventaires | {u: inventaire.inventaires[u] for u in taken}).items())),
     )
 
 
@@ -440,6 +492,11 @@ def ecrire_etat(path: Path, declarant: str, etat: Etat) -> None:
         "date": etat.date and etat.date.isoformat(),
         "lots": etat.lots,
         "envois": etat.envois,
+        "dates": {uai: when.isoformat() for uai, when in etat.dates.items()},
+        "inventaires": {
+            uai: {cle: when.isoformat() for cle, when in sorted(devices.items())}
+            for uai, devices in etat.inventaires.items()
+        },
     }
     written = path.with_name(path.name + ".nouveau")
     written.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
@@ -557,9 +614,13 @@ def _run(args: argparse.Namespace) -> int:
     elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
         print(f"glpi: aucun jeton : --token, {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
         return 2
-    if args.etat:  # before sending: a state that cannot be written is found out now
+    if args.etat:
+        # Before sending, that of a run interrupted: a state that cannot be written is found out
+        # now, and a run killed while it sends (SIGTERM, SIGKILL, the machine stopping) leaves
+        # every lot it may have sent in the state, which the next run retires if gone (the
+        # former state left them at the platform for good).
         try:
-            ecrire_etat(args.etat, args.declarant, precedent)
+            ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, None))
         except OSError as error:
             print(f"glpi: {args.etat} ne peut pas être écrit ({error}) : rien n'est envoyé", file=sys.stderr)
             return 2

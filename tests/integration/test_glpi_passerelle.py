@@ -87,9 +87,10 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
                 assert record.key == COLLEGE.encode()
                 assert dict(record.headers)[c.PRINCIPAL_HEADER] == b"glpi-ille-et-vilaine"
             assert len(written) == 2 and written == {key: e for key, e in expected.items() if key[0] == COLLEGE}
-            first_time = next(iter(expected.values()))["time"]
+            first_time = next(e["time"] for (u, _), e in expected.items() if u == COLLEGE)  # its own date
             held = json.loads(state.read_text())
-            assert {k: v for k, v in held.items() if k != "envois"} == {
+            assert held["dates"] == {COLLEGE: first_time} and len(held["inventaires"][COLLEGE]) == 2
+            assert {k: v for k, v in held.items() if k not in ("envois", "dates", "inventaires")} == {
                 "declarant": DEPARTEMENT,
                 "date": first_time,
                 "lots": {COLLEGE: {lot: e["data"]["kind"] for (u, lot), e in expected.items() if u == COLLEGE}},
@@ -98,8 +99,9 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
                 COLLEGE: {lot: e["id"] for (u, lot), e in expected.items() if u == COLLEGE}
             }, "each accepted lot's event"
 
-            # The next export no longer has computer_1, the newest device: its lot is retired, dated
-            # as the lot it retires (the export's own date, computer_3's, is older: stale).
+            # The next export no longer has computer_1, the newest device: its lot is retired and
+            # the others declared at the collège's date last sent (the export's own, computer_3's,
+            # is older: stale, where the retirement was not).
             later = tmp_path / "glpi"
             shutil.copytree(shared_data / "glpi", later, ignore=shutil.ignore_patterns("computer_1.json"))
             code, printed, _ = await glpi(*argv[1:], str(later), "--dry-run", env=env)
@@ -112,6 +114,7 @@ async def test_the_adapter_posts_the_lots_through_the_passerelle_as_the_collecti
             assert [(lot["uai"], lot["lot_id"]) for lot in retired] == [(COLLEGE, gone)]
             events = [json.loads(r.value) for r in records[2:]]
             assert [e["time"] for e in events if e["data"]["quantity"] == 0] == [first_time]
+            assert {e["time"] for e in events if e["data"]["uai"] == COLLEGE} == {first_time}
             assert gone not in json.loads(state.read_text())["lots"][COLLEGE]
             assert len(json.loads(state.read_text())["lots"][COLLEGE]) == 1
             [retirement] = [e for e in events if e["data"]["quantity"] == 0]

@@ -5,7 +5,7 @@ what it generated, not with the adapter's grouping."""
 import fcntl
 import json
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -52,7 +52,11 @@ def test_the_samples_give_one_lot_per_device_the_latest_inventory_of_each(shared
     assert lots[COLLEGE, "31"]["os"] == {"name": "Fedora", "version": "31"} and lots[COLLEGE, "31"]["browsers"] == []
     # the phone: no tag, mapped by its folder; Android's version from its name, not the API level
     assert lots[LYCEE, "10.0"]["kind"] == "smartphone" and lots[LYCEE, "10.0"]["os"]["name"] == "Android"
-    assert {e["time"] for e in events} == {"2020-06-12T14:19:54+02:00"}  # computer_1's, the latest
+    # Each établissement's latest inventory: the collège's computer_1, the lycée's phone.
+    assert {(e["data"]["uai"], e["time"]) for e in events} == {
+        (COLLEGE, "2020-06-12T14:19:54+02:00"),
+        (LYCEE, "2019-12-18T14:30:16+10:00"),
+    }
     assert all(e["source"] == DEPARTEMENT and e["subject"] == e["data"]["uai"] for e in events)
     for event in events:
         c.parse_event(json.dumps(event).encode())  # valid against the contract
@@ -308,7 +312,10 @@ def test_a_generated_inventory_of_thousands_of_devices_gives_the_lots_counted_in
 
     assert quantities(events) == expected
     assert len({(e["data"]["uai"], e["data"]["lot_id"]) for e in events}) == len(events)
-    assert {datetime.fromisoformat(e["time"]) for e in events} == {latest}
+    at: dict[str, set[datetime]] = defaultdict(set)  # each établissement's lots at its latest inventory
+    for e in events:
+        at[e["data"]["uai"]].add(datetime.fromisoformat(e["time"]))
+    assert all(len(times) == 1 for times in at.values()) and max(max(t) for t in at.values()) == latest
     for reason, count in reasons.items():
         assert f"{reason} : {count} (" in summary, reason
     assert f"{sum(expected.values())} appareils en {len(expected)} lots" in summary
@@ -318,7 +325,8 @@ def test_a_generated_inventory_of_thousands_of_devices_gives_the_lots_counted_in
     assert [e["id"] for e in again] == [e["id"] for e in events]  # the same files: the same events
 
     # A newer inventory of one device, now a Debian desktop without a browser: one unit moves
-    # from its lot to another; every other lot keeps its lot_id, all of them at the newer time.
+    # from its lot to another; every other lot keeps its lot_id, its établissement's at the newer
+    # time, the others' at theirs.
     deviceid, (key, tag, folder) = next((d, p) for d, p in placed.items() if expected[p[0]] > 1)
     newer = latest + timedelta(hours=1)
     _write(root / folder / f"{deviceid}-nouveau.json", _device(deviceid, "Desktop", LINUX[1][0], [], newer, tag))
@@ -329,7 +337,9 @@ def test_a_generated_inventory_of_thousands_of_devices_gives_the_lots_counted_in
     assert f"inventaire-remplace : {reasons['inventaire-remplace'] + 1} (" in summary
     lot_ids = {_key(e["data"]): e["data"]["lot_id"] for e in events}
     assert all(lot_ids.get(_key(e["data"]), e["data"]["lot_id"]) == e["data"]["lot_id"] for e in replaced)
-    assert {datetime.fromisoformat(e["time"]) for e in replaced} == {newer}
+    before = {e["data"]["uai"]: datetime.fromisoformat(e["time"]) for e in events}
+    after = {e["data"]["uai"]: datetime.fromisoformat(e["time"]) for e in replaced}
+    assert after == before | {key[0]: newer}
 
 
 def quantities(events: list[dict]) -> Counter:
@@ -444,10 +454,12 @@ def test_with_a_state_a_lot_gone_from_a_covered_etablissement_is_retired_and_an_
     assert "attention" not in summary
     assert json.loads(state.read_text())["lots"] == lots, "a dry run writes no state"
 
-    # A state written after a newer export: this one's lots and retirements will be stale.
+    # A state whose latest date is later than this export's, and which holds no device's date
+    # (written before them): nothing tells this export older, its lots are dated as the state,
+    # not before it (stale, where its retirements were not).
     state.write_text(json.dumps({"declarant": DEPARTEMENT, "date": "2021-01-01T00:00:00+00:00", "lots": lots}))
-    _, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping), "--etat", str(state))
-    assert "attention : ces lots sont datés d'avant ceux déjà envoyés (2021-01-01T00:00:00+00:00)" in summary
+    again, summary = dry_run(capsys, str(shared_data / "glpi"), "--correspondance", str(mapping), "--etat", str(state))
+    assert {e["time"] for e in again} == {"2021-01-01T00:00:00Z"} and "attention" not in summary
 
 
 def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(tmp_path):
@@ -473,6 +485,8 @@ def test_the_state_after_a_run_holds_what_was_accepted_and_what_a_refusal_left(t
         },
         when,
         {COLLEGE: {e.data.lot_id: [glpi._empreinte(DEPARTEMENT, e.data, e.time), e.id] for e in accepted}},
+        {COLLEGE: when},
+        inventaire.inventaires,
     )
     assert etat_apres(precedent, inventaire, {e.id for e in inventaire.lots}) == precedent, "all refused"
 
@@ -499,8 +513,9 @@ def test_a_state_that_is_not_this_declarant_s_is_refused_naming_the_rule(tmp_pat
 
 def test_a_retirement_is_dated_no_earlier_than_the_state_and_follows_its_etablissement_s_lots(tmp_path):
     """The device gone was the newest of the previous export: this export's date is older than
-    the state's, and a retirement at that date would be stale. It is dated as the state. And
-    each établissement's retirements come right after its own lots (one batch, one group)."""
+    the state's, and lots or retirements at that date would be stale. They are dated as the
+    state. And each établissement's retirements come right after its own lots (one batch, one
+    group)."""
     before, older = datetime(2026, 9, 10, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC)
     for school in ("a", "b"):
         folder = tmp_path / school
@@ -516,9 +531,9 @@ def test_a_retirement_is_dated_no_earlier_than_the_state_and_follows_its_etablis
         precedent=precedent,
     )
     assert [(e.data.uai, e.data.quantity, e.time) for e in inventaire.lots] == [
-        (COLLEGE, 1, older),
+        (COLLEGE, 1, before),
         (COLLEGE, 0, before),
-        (LYCEE, 1, older),
+        (LYCEE, 1, before),
         (LYCEE, 0, before),
     ]
 
@@ -618,6 +633,8 @@ def test_an_interrupted_run_keeps_every_lot_it_sent_and_removes_none(tmp_path):
         {COLLEGE: {"glpi-gone": "tablette", new.data.lot_id: "ordinateur portable"}},
         when,
         {COLLEGE: {e.data.lot_id: [glpi._empreinte(DEPARTEMENT, e.data, e.time), e.id] for e in (new, retirement)}},
+        {COLLEGE: when},
+        inventaire.inventaires,
     )
 
 
@@ -849,3 +866,79 @@ def test_an_os_upgrade_declares_its_lot_again_rather_than_retiring_it(tmp_path):
     [brought], [upgraded] = first.lots, second.lots
     assert upgraded.data.lot_id == brought.data.lot_id and second.retires == 0
     assert (upgraded.data.os.version, upgraded.data.quantity) == ("11", 1)
+
+
+def test_the_next_export_without_the_newest_device_is_applied_not_stale(shared_data, tmp_path):
+    """The real samples, then the next export: the XPS (computer_1, the newest inventory) gone,
+    LF014 inventoried again (computer_3_updated: Firefox 51 → 53). The run's one date, the
+    newest device's anywhere, fell before the state's: LF014's new lot went out older than the
+    one the platform held (stale, ignored) and the XPS's retirement, dated as the state, was
+    applied: the platform kept Firefox 51 (audit s64 GLPI #1). Now dated no earlier than the
+    établissement's last."""
+    samples = shared_data / "glpi"
+    mapping = Correspondance(tag={}, dossier={"glpi": COLLEGE})
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def run(names: list[str], precedent: Etat) -> tuple[Inventaire, Etat]:
+        made = inventorier([samples / n for n in names], mapping, DEPARTEMENT, now=now, precedent=precedent)
+        return made, etat_apres(precedent, made, set())
+
+    first, etat = run(["computer_1.json", "computer_3.json", "phone_1.json"], Etat())
+    second, _ = run(["computer_3_updated.json", "phone_1.json"], etat)
+    [fedora] = [e for e in second.lots if e.data.quantity and e.data.os and e.data.os.version == "25"]
+    assert {b.name: b.version for b in fedora.data.browsers} == {"Chromium": "58.0.3029.110", "Firefox": "53.0.3"}
+    sent = max(e.time for e in first.lots)
+    assert {e.time for e in second.lots} == {sent}, "its lots and the XPS's retirement, at the time last sent"
+    assert [e.data.quantity for e in second.lots if e.data.os and e.data.os.version == "31"] == []
+    assert not second.plus_anciens
+
+
+def test_an_export_older_than_the_one_sent_sends_nothing_for_its_etablissement(tmp_path):
+    """An older export run again (a device inventoried before the date already sent): its lots
+    went out stale and its retirements applied, the platform left with a mix of both exports.
+    Now nothing is sent for that établissement, and the summary names it; the other one, whose
+    own export is newer (a partial export the day before covered it alone), is sent, at its own
+    date, not the other's."""
+    t1, t2, t3 = (datetime(2026, 9, d, tzinfo=UTC) for d in (1, 5, 10))
+    mapping = Correspondance(tag={}, dossier={"a": COLLEGE, "b": LYCEE})
+
+    def files(*devices: tuple[str, str, datetime]) -> list[Path]:
+        for folder, deviceid, when in devices:
+            _write(tmp_path / folder / f"{deviceid}.json", _device(deviceid, "Laptop", WINDOWS[0][0], [], when, None))
+        return [tmp_path / folder / f"{deviceid}.json" for folder, deviceid, _ in devices]
+
+    first = inventorier(files(("a", "pc-a", t3), ("b", "pc-b", t1)), mapping, DEPARTEMENT, now=t3)
+    etat = etat_apres(Etat(), first, set())
+    second = inventorier(
+        files(("a", "pc-a", t2), ("a", "pc-a2", t2), ("b", "pc-b", t2)), mapping, DEPARTEMENT, now=t3, precedent=etat
+    )
+    assert [(e.data.uai, e.data.quantity, e.time) for e in second.lots] == [(LYCEE, 1, t2)]
+    assert second.plus_anciens == [COLLEGE]
+    assert "export plus ancien que celui déjà envoyé pour 1 établissements" in second.resume()
+    assert etat_apres(etat, second, set()).inventaires[COLLEGE] == etat.inventaires[COLLEGE], "kept as sent"
+
+
+def test_a_run_killed_while_it_sends_leaves_every_lot_it_may_have_sent_in_the_state(tmp_path, monkeypatch):
+    """Killed while sending (SIGKILL, the machine stopping: no handler runs), the run left the
+    former state, and a lot the platform took was never retired (audit s64 GLPI #3). The state
+    written before sending is now that of an interrupted run."""
+    from deploy.partenaires import glpi
+
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    (folder / "0.json").write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag="000005")))
+    mapping, state = tmp_path / "correspondance.csv", tmp_path / "etat.json"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    held_while_sending = []
+
+    async def killed(*_args):
+        held_while_sending.append(json.loads(state.read_text()))
+        raise SystemExit(137)  # what the state is left as when nothing after this runs
+
+    monkeypatch.setattr(glpi, "publier", killed)
+    argv = [str(folder), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+    with pytest.raises(SystemExit):
+        main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"])
+    [held] = held_while_sending
+    assert list(held["lots"]) == [COLLEGE] and held["lots"] == json.loads(state.read_text())["lots"]
