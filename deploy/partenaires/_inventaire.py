@@ -232,7 +232,7 @@ class Ecarte:
 def lire(fichier: Path) -> Appareil | Ecarte:
     try:
         document = json.loads(fichier.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (arrays nested past the parser's depth: one file, not the run)
         return Ecarte(fichier, ILLISIBLE)
     content = document.get("content") if isinstance(document, dict) else None
     deviceid = document.get("deviceid") if isinstance(document, dict) else None
@@ -376,7 +376,8 @@ def _cle(hardware: dict, bios: dict, deviceid: str) -> str:
         key = f"ssn:{ssn}"  # not one character repeated: 0000000, xxxxxxxxxxx
     else:
         key = f"deviceid:{deviceid}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    # surrogatepass: a lone surrogate in a deviceid (`\udc80` escaped in its JSON) stopped the run.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _browsers(softwares: list) -> tuple[tuple[str, str], ...]:

@@ -60,12 +60,12 @@ import hashlib
 import json
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import contracts as c
 from contracts.vocabulary import fold_kind, fold_name
@@ -95,10 +95,16 @@ class Correspondance:
     @classmethod
     def lire(cls, path: Path) -> Correspondance:
         """ValueError naming the file, the line or key, and the rule, for a mapping that breaks one."""
-        text = path.read_text(encoding="utf-8-sig")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:  # a CSV saved by a spreadsheet in Windows-1252, say
+            raise ValueError(f"{path}: pas de l'UTF-8 (octet 0x{error.object[error.start]:02x})") from None
         rows: list[tuple[str, str, str, str]] = []  # (where, critere, valeur, uai)
         if path.suffix.casefold() == ".json":
-            document = json.loads(text)
+            try:
+                document = json.loads(text, object_pairs_hook=_sans_doublon)
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None
             if not isinstance(document, dict) or not all(isinstance(v, dict) for v in document.values()):
                 raise ValueError(f"{path}: attendu un objet {{critère: {{valeur: UAI}}}}")
             rows = [(f"{k}/{v}", k, v, u) for k, table in document.items() for v, u in table.items()]
@@ -126,6 +132,15 @@ class Correspondance:
             return self.tag[appareil.tag]
         # The folder's name however the path was given (`.`, `fichier.json` from inside it).
         return self.dossier.get(appareil.fichier.absolute().parent.name)
+
+
+def _sans_doublon(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (a mapping's value twice kept the last one)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ValueError(f"clé « {repeated} » répétée")
+    return document
 
 
 Lots = dict[str, dict[str, str]]
@@ -381,7 +396,7 @@ def _fichiers(chemins: Iterable[Path]) -> Iterable[tuple[Path, str]]:
     """Each file to read, with the name the summary gives it (relative to the directory given)."""
     for chemin in chemins:
         if chemin.is_dir():
-            for path in sorted(chemin.rglob("*.json")):
+            for path in sorted(p for p in chemin.rglob("*") if p.suffix.casefold() == ".json" and p.is_file()):
                 yield path, str(path.relative_to(chemin))
         elif chemin.exists():
             yield chemin, chemin.name
@@ -588,6 +603,12 @@ def _verrou(etat: Path) -> IO[str]:
     return verrou
 
 
+def _aucun_fichier() -> int:
+    """No file read: a folder of another format (XML exports) or the wrong one, not a success."""
+    print("glpi: aucun fichier d'inventaire (.json) dans ce qui est donné : rien à envoyer", file=sys.stderr)
+    return 2
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         c.parse_source(args.declarant)
@@ -599,6 +620,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(inventaire.resume(), file=sys.stderr)
     if args.dry_run:
+        if not inventaire.fichiers:
+            return _aucun_fichier()
         for event in inventaire.lots:
             print(event.to_bytes().decode())
         return 0
@@ -614,6 +637,8 @@ def _run(args: argparse.Namespace) -> int:
     elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
         print(f"glpi: aucun jeton : --token, {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
         return 2
+    if not inventaire.fichiers:
+        return _aucun_fichier()
     if args.etat:
         # Before sending, that of a run interrupted: a state that cannot be written is found out
         # now, and a run killed while it sends (SIGTERM, SIGKILL, the machine stopping) leaves

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts import Etablissement, is_valid_uai
+from contracts._base import MAX_TEXT
 
 from . import codes
 from .codes import ETATS, STATUTS, annuaire_type, fold, nature_type
@@ -127,7 +128,9 @@ def load(path: str | Path) -> Loaded:
 
 def parse(text: str, source: str = "<csv>") -> Loaded:
     lines = io.StringIO(text.removeprefix("\ufeff"), newline="")
-    reader = csv.reader(lines, delimiter=";")
+    # strict: a quote left open near the end took the rest of the file as one field, those rows
+    # gone without a word (audit s64 GLPI #6); now a CsvFormatError naming the line.
+    reader = csv.reader(lines, delimiter=";", strict=True)
     header = [h.strip() for h in next(reader, [])]
     if not any(header):
         raise CsvFormatError(source, "empty file, expected a header row")
@@ -206,11 +209,14 @@ def _map_row(fmt: CsvFormat, header: list[str], cells: list[str], line: int) -> 
         if normalised is None:
             column = getattr(fmt, name)
             return Skipped(line, uai, f"{name}-invalide", f"{column} = {value(column)!r}")
+    nom = next((value(c) for c in fmt.noms if value(c)), "")
+    if len(nom) > MAX_TEXT:  # the contract refuses it, never cut (two rows merged by a stray quote, say)
+        return Skipped(line, uai, "nom-trop-long", f"{len(nom)} caractères, {MAX_TEXT} au plus")
     # The checks above give exactly the forms the contract requires, so this cannot raise.
     return Etablissement.model_validate(
         dict(
             uai=uai,
-            nom=next((value(c) for c in fmt.noms if value(c)), ""),
+            nom=nom,
             type=fmt.type_of(value(fmt.type)),
             statut=statut,
             code_commune=fields["commune"],

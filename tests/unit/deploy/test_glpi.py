@@ -659,9 +659,9 @@ def test_a_state_another_run_holds_sends_nothing(tmp_path, capsys):
         assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
         assert "pris par une autre exécution" in capsys.readouterr().err
         assert not state.exists(), "nothing read, nothing written"
-    # the lock released, the run goes on (no device here: nothing to send) and writes the state
-    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 0
-    assert json.loads(state.read_text())["lots"] == {}
+    # the lock released, the run goes on: to find no inventory here
+    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
+    assert "aucun fichier d'inventaire" in capsys.readouterr().err
 
 
 def test_the_state_is_on_the_disk_before_it_replaces_the_former_and_the_rename_after(tmp_path, monkeypatch):
@@ -726,7 +726,8 @@ def test_a_passerelle_in_clear_beyond_this_machine_is_refused_before_anything_is
     argv += ["--etat", str(tmp_path / "etat.json")]
     assert main([*argv, "--passerelle", "http://passerelle.example.fr"]) == 2
     assert "le jeton irait en clair" in capsys.readouterr().err
-    assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 0, "on this machine: sent (nothing to send here)"
+    assert main([*argv, "--passerelle", "http://127.0.0.1:9"]) == 2, "on this machine: past that check"
+    assert "aucun fichier d'inventaire" in capsys.readouterr().err
 
 
 def test_nothing_is_sent_without_a_state(shared_data, tmp_path, capsys):
@@ -942,3 +943,48 @@ def test_a_run_killed_while_it_sends_leaves_every_lot_it_may_have_sent_in_the_st
         main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"])
     [held] = held_while_sending
     assert list(held["lots"]) == [COLLEGE] and held["lots"] == json.loads(state.read_text())["lots"]
+
+
+def test_files_that_stopped_the_whole_run_are_set_aside_alone(tmp_path, capsys):
+    """Arrays nested 200,000 deep (RecursionError: a traceback, exit 1, no établissement sent)
+    and a lone surrogate in a deviceid (the key's encoding failed: exit 2, no file named) stopped
+    every other file's lots (audit s64 GLPI #4, #5). `.JSON` is read too."""
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    (folder / "deep.json").write_text('{"deviceid": "x", "content": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    odd = json.dumps(_device("pc-\udc80-2024", "Laptop", WINDOWS[0][0], [], when, tag=None))
+    (folder / "odd.json").write_text(odd)  # json.dumps writes it escaped, as JSON allows
+    (folder / "PC.JSON").write_text(json.dumps(_device("pc", "Laptop", WINDOWS[0][0], [], when, tag=None)))
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ndossier,ecole,{COLLEGE}\n")
+    events, summary = dry_run(capsys, str(folder), "--correspondance", str(mapping))
+    assert [e["data"]["quantity"] for e in events] == [2]
+    assert "fichier-illisible : 1 (deep.json)" in summary
+
+
+def test_no_inventory_file_is_not_a_success(tmp_path, capsys):
+    """A folder of XML exports, or the wrong folder: 0 files read, exit 0, each night (#8)."""
+    (tmp_path / "pc.xml").write_text("<REQUEST/>")
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(tmp_path), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--dry-run"]
+    assert main(argv) == 2
+    assert "aucun fichier d'inventaire (.json)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("correspondance.csv", "critere,valeur,uai\ndossier,coll\xe8ge,0350001L\n".encode("cp1252"), "pas de l'UTF-8"),
+        ("correspondance.json", b'{"tag": {"A": "0350001L", "A": "0350002M"}}', "clé « A » répétée"),
+        ("correspondance.json", b'{"tag": {"A": }', "correspondance.json: Expecting value"),
+    ],
+)
+def test_a_mapping_that_cannot_be_read_is_named_with_its_rule(tmp_path, capsys, name, content, said):
+    """The error did not name the file, and a JSON mapping's key given twice kept the last (#9)."""
+    mapping = tmp_path / name
+    mapping.write_bytes(content)
+    assert main([str(tmp_path), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and str(mapping) in err, err

@@ -109,6 +109,7 @@ def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
             "0350122T;Statut inconnu;Ecole;Associatif;35016;035;14;53;OUVERT",
             "0350778F;Etat inconnu;Lycée;Privé;35238;035;14;53;EN TRAVAUX",
             "0352072M;Commune courte;Lycée;Privé;353;035;14;53;FERME",
+            f"0350002M;{'X' * 300};Lycée;Privé;35238;035;14;53;OUVERT",
             "",
         ]
     )
@@ -120,8 +121,9 @@ def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
         (5, "0350122T", "statut-invalide"),
         (6, "0350778F", "etat-invalide"),
         (7, "0352072M", "commune-invalide"),
+        (8, "0350002M", "nom-trop-long"),  # the contract refuses it, never cut: the row, not the file
     ]
-    assert all(s.detail for s in loaded.skipped) and loaded.rows == 6
+    assert all(s.detail for s in loaded.skipped) and loaded.rows == 7
 
 
 @pytest.mark.parametrize(
@@ -212,6 +214,20 @@ def test_nature_uai_libe_maps_to_our_types(label, expected):
         ),
         (b"", "empty file"),
         (b"\xef\xbb\xbf\n", "empty file"),
+        # A quote left open near the end: the rest of the file was one field, its rows gone
+        # without a word, exit 0 (audit s64 GLPI #6).
+        (
+            "\n".join(
+                [
+                    ANNUAIRE_HEADER,
+                    "0350852L;Collège Saint-Joseph;Collège;Privé;35047;035;14;53;OUVERT",
+                    '0350122T;"Ecole Les Lucioles;Ecole;Public;35016;035;14;53;OUVERT',
+                    "0350778F;Lycée;Lycée;Privé;35238;035;14;53;OUVERT",
+                    "",
+                ]
+            ).encode(),
+            r"line \d+: not a valid CSV \(unexpected end of data\)",
+        ),
     ],
 )
 def test_a_malformed_file_raises_an_error_naming_the_file_and_the_problem(tmp_path, content, problem):
