@@ -184,7 +184,7 @@ class Inventaire:
     ecartes: dict[str, list[str]] = field(default_factory=dict)  # reason -> file names
     retires: int = 0
     """Lots of the previous state that vanished from an établissement of this run (quantity 0)."""
-    absents: int = 0
+    absents: list[str] = field(default_factory=list)
     """Établissements of the previous state absent from this run: their lots kept."""
     plus_anciens: list[str] = field(default_factory=list)
     """Établissements of which the previous state sent a newer export: nothing sent for them."""
@@ -201,21 +201,26 @@ class Inventaire:
         ]
         if self.retires:
             lines.append(f"  lots retirés (disparus de l'inventaire depuis l'état précédent) : {self.retires}")
-        if self.absents:
+        if self.absents:  # named: to retire their lots by hand, if they are gone
             lines.append(
-                f"  établissements de l'état précédent absents de cet inventaire : {self.absents} (lots gardés)"
+                f"  établissements de l'état précédent absents de cet inventaire : {len(self.absents)} (lots gardés : "
+                f"{_listed(self.absents)})"
             )
         if self.plus_anciens:
-            shown = ", ".join(self.plus_anciens[:SHOWN_FILES]) + (", …" if len(self.plus_anciens) > SHOWN_FILES else "")
+            shown = _listed(self.plus_anciens)
             lines.append(
                 f"  attention : export plus ancien que celui déjà envoyé pour {len(self.plus_anciens)} établissements "
                 f"(un appareil y est inventorié avant la date déjà envoyée) : rien n'est envoyé pour eux ({shown})"
             )
         for raison, noms in sorted(self.ecartes.items()):
-            more = len(noms) - SHOWN_FILES
-            shown = ", ".join(noms[:SHOWN_FILES]) + (f", … ({more} de plus)" if more > 0 else "")
-            lines.append(f"  écartés, {raison} : {len(noms)} ({shown})")
+            lines.append(f"  écartés, {raison} : {len(noms)} ({_listed(noms)})")
         return "\n".join(lines)
+
+
+def _listed(names: Sequence[str]) -> str:
+    """The first SHOWN_FILES names, and how many more."""
+    more = len(names) - SHOWN_FILES
+    return ", ".join(names[:SHOWN_FILES]) + (f", … ({more} de plus)" if more > 0 else "")
 
 
 def inventorier(
@@ -276,7 +281,7 @@ def inventorier(
         len(names),
         {k: sorted(v) for k, v in ecartes.items()},
         retires=vanished,
-        absents=len(held.keys() - lots_at.keys()),
+        absents=sorted(held.keys() - lots_at.keys()),
         plus_anciens=sorted(plus_anciens),
         inventaires=inventaires,
     )

@@ -450,7 +450,7 @@ def test_with_a_state_a_lot_gone_from_a_covered_etablissement_is_retired_and_an_
     assert retired["time"] == events[0]["time"] and retired["source"] == DEPARTEMENT
     c.parse_event(json.dumps(retired).encode())
     assert "lots retirés (disparus de l'inventaire depuis l'état précédent) : 1" in summary
-    assert "établissements de l'état précédent absents de cet inventaire : 1 (lots gardés)" in summary
+    assert f"établissements de l'état précédent absents de cet inventaire : 1 (lots gardés : {LYCEE})" in summary
     assert "attention" not in summary
     assert json.loads(state.read_text())["lots"] == lots, "a dry run writes no state"
 
