@@ -438,6 +438,10 @@ def backup_job() -> dict[str, Any]:
         "spec": {
             "schedule": BACKUP_SCHEDULE,
             "timeZone": BACKUP_TIME_ZONE,
+            # Set, so that `kubectl apply -k` puts it back after a restore's `suspend: true`:
+            # applying a manifest that leaves it out changes nothing there (backups stopped
+            # without a failed job to tell).
+            "suspend": False,
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": 3600,  # a controller down at 01:30 still runs it within the hour
             "successfulJobsHistoryLimit": 3,

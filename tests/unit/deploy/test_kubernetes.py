@@ -384,6 +384,7 @@ def test_the_database_is_backed_up_nightly_into_the_toolbox_s_volume_on_its_node
         doc for doc in rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == kubernetes.TOOLBOX
     ]
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    assert job["spec"]["suspend"] is False, "set: applied again after a restore, it resumes the backups"
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
     command = container["command"]
