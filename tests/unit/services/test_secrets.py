@@ -175,6 +175,9 @@ def test_the_value_asyncpg_could_not_send_is_masked_its_reason_kept(text, expect
             "teacher_id\n  Input should be a valid integer [type=int_parsing, input_value=***, input_type=str]",
         ),
         ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer ***"),
+        ("AUTHORIZATION: BEARER abc.def-ghi", "AUTHORIZATION: BEARER ***"),  # (review s64 L3)
+        ('WWW-Authenticate: Bearer realm="feo"', 'WWW-Authenticate: Bearer realm="feo"'),  # no token there
+        ("input_value='T-0042 cut here", "input_value=***"),  # no terminator: to the line's end (L1)
         ("jeton eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl refusé", "jeton *** refusé"),
         ("client_secret=s3cr3t&grant_type=client_credentials", "client_secret=***&grant_type=client_credentials"),
         ('{"access_token": "t0k3n", "expires_in": 300}', '{"access_token": "***", "expires_in": 300}'),
