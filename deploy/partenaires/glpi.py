@@ -18,11 +18,12 @@ share one).
 - `lot_id` names the group's kind and OS and its rank among their groups at the établissement
   (oldest versions first), so running the adapter again on a newer inventory replaces the same
   lots instead of adding lots, and a patch release declares the same lots with new versions.
-- Every lot of a run carries one time: the latest inventory date among its devices (the
-  agents' `accesslog.logdate`), never later than now; when no device has one, the state's
-  latest time (now on a first run). The same
-  files sent again change nothing (same ids); an older inventory sent after a newer one is
-  stale for the lots they share (CONTRACTS.md: the latest time wins).
+- Each établissement's lots carry its latest inventory date among its devices (the agents'
+  `accesslog.logdate`, never later than now), and never a time before the one last sent for
+  it; when no device has one, that time (now on a first run). The same files sent again
+  change nothing (same ids). An export older than the one sent for an établissement (its
+  devices inventoried before, none after) sends nothing for it: the summary names it and the
+  file, exit 1.
 - --etat FICHIER (required to send) remembers the lots the platform holds from this adapter, per établissement,
   the latest time sent, and each lot's latest event: a lot that changes back to what an
   earlier event declared (a quantity 3, then 2, then 3 again with no newer inventory date, or
@@ -30,8 +31,8 @@ share one).
   which the platform would take for a repeat and drop (JSON; checked writable before anything
   is sent, written once the passerelle has answered; created by the first run). A lot of an établissement of this run
   that the inventory no longer has (its devices all moved to other lots, upgraded, or gone) is
-  retired: a `lot` with quantity 0, right after that établissement's lots, at the run's time or
-  the state's if later (the device gone may have been the newest). An établissement with no
+  retired: a `lot` with quantity 0, right after that établissement's lots, at their time. An
+  établissement with no
   device in this run keeps its lots (a partial export must not retire them): the summary counts
   those. A lot the passerelle refused stays as the platform has it; after an interrupted run,
   every lot it sent is kept and none removed. A run holds the state (FICHIER.verrou): another
@@ -47,7 +48,8 @@ exports after the device id, which holds the host name, so the summary stays on 
 operator's terminal), and the passerelle's answer: how many accepted, and each refused lot
 (its établissement, lot_id and message) by code. A batch the passerelle is unavailable for is
 posted again for a while (deploy/local/partenaires.py). Exit status: 0 when every lot was
-accepted (or printed), 1 when the passerelle refused some, 2 when nothing could be sent.
+accepted (or printed), 1 when the passerelle refused some or an établissement's export was
+older than the one sent, 2 when nothing could be sent.
 """
 
 from __future__ import annotations
@@ -170,7 +172,11 @@ class Etat:
     inventaires: Inventories = field(default_factory=dict)
 
     def date_de(self, uai: str) -> datetime | None:
-        return self.dates.get(uai) or self.date
+        """The time last sent for `uai`; a state from before `dates`: its latest over all, for
+        the établissements it sent (a new one's lots are at their own date)."""
+        if uai in self.dates:
+            return self.dates[uai]
+        return self.date if uai in self.envois or uai in self.lots else None
 
 
 @dataclass
@@ -187,14 +193,15 @@ class Inventaire:
     absents: list[str] = field(default_factory=list)
     """Établissements of the previous state absent from this run: their lots kept."""
     plus_anciens: list[str] = field(default_factory=list)
-    """Établissements of which the previous state sent a newer export: nothing sent for them."""
+    """Établissements of which the previous state sent a newer export: nothing sent for them
+    (each named with the files of its devices inventoried before)."""
     inventaires: Inventories = field(default_factory=dict)
     """When each device of the établissements sent was inventoried (Etat.inventaires)."""
 
     def resume(self) -> str:
         uais = {e.subject for e in self.lots}
-        times = sorted({e.time.isoformat() for e in self.lots})  # per établissement
-        quand = " à ".join(dict.fromkeys(times[:1] + times[-1:])) or "-"
+        times = sorted({e.time for e in self.lots})  # per établissement
+        quand = " à ".join(dict.fromkeys(t.isoformat() for t in times[:1] + times[-1:])) or "-"
         lines = [
             f"GLPI : {self.fichiers} fichiers lus, {self.appareils} appareils en {len(self.lots) - self.retires} lots "
             f"pour {len(uais)} établissements (date des lots : {quand})"
@@ -210,7 +217,8 @@ class Inventaire:
             shown = _listed(self.plus_anciens)
             lines.append(
                 f"  attention : export plus ancien que celui déjà envoyé pour {len(self.plus_anciens)} établissements "
-                f"(un appareil y est inventorié avant la date déjà envoyée) : rien n'est envoyé pour eux ({shown})"
+                f"(des appareils inventoriés avant la date déjà envoyée, aucun après) : rien n'est envoyé pour eux "
+                f"({shown})"
             )
         for raison, noms in sorted(self.ecartes.items()):
             lines.append(f"  écartés, {raison} : {len(noms)} ({_listed(noms)})")
@@ -299,15 +307,25 @@ def _dates(
     time too, so that the same files sent again are the same events; now on a first run. (A
     run's one date over all, the newest device anywhere, made a partial export, or one without
     that device, older than the state.)"""
-    times, inventaires, older = {}, {}, []
+    times: dict[str, datetime] = {}
+    inventaires: Inventories = {}
+    older: list[str] = []
     for uai, lots in lots_at.items():
-        dated = {d.cle: min(d.inventorie_le, now) for _, ds in lots for d in ds if d.inventorie_le is not None}
-        sent = precedent.inventaires.get(uai, {})
-        if any(when < sent[cle] for cle, when in dated.items() if cle in sent):
-            older.append(uai)  # its lots would replace newer ones
+        dated: dict[str, datetime] = {}
+        files: dict[str, str] = {}
+        for _, devices in lots:
+            for d in devices:
+                if d.inventorie_le is not None:
+                    dated[d.cle], files[d.cle] = min(d.inventorie_le, now), d.fichier.name
+        sent, last_sent = precedent.inventaires.get(uai, {}), precedent.date_de(uai)
+        before = sorted(files[cle] for cle, when in dated.items() if cle in sent and when < sent[cle])
+        since = last_sent is not None and any(when > sent.get(cle, last_sent) for cle, when in dated.items())
+        if before and not since:
+            # Its lots would replace newer ones. (One device gone back, others inventoried
+            # since, or a new one: its clock, not the export; the établissement is sent.)
+            older.append(f"{uai} ({', '.join(before)})")
             continue
         inventaires[uai] = dated
-        last_sent = precedent.date_de(uai)
         newest = max(dated.values()) if dated else (last_sent or now)
         times[uai] = max(newest, last_sent) if last_sent else newest
     return times, inventaires, older
@@ -670,7 +688,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.etat:
         refused = {event_id for _, event_id, _, _ in sent.refused}
         ecrire_etat(args.etat, args.declarant, etat_apres(precedent, inventaire, refused))
-    return 1 if sent.refused else 0
+    return 1 if sent.refused or inventaire.plus_anciens else 0
 
 
 if __name__ == "__main__":

@@ -914,9 +914,21 @@ def test_an_export_older_than_the_one_sent_sends_nothing_for_its_etablissement(t
         files(("a", "pc-a", t2), ("a", "pc-a2", t2), ("b", "pc-b", t2)), mapping, DEPARTEMENT, now=t3, precedent=etat
     )
     assert [(e.data.uai, e.data.quantity, e.time) for e in second.lots] == [(LYCEE, 1, t2)]
-    assert second.plus_anciens == [COLLEGE]
+    assert second.plus_anciens == [f"{COLLEGE} (pc-a.json)"], "named with the file that went back"
     assert "export plus ancien que celui déjà envoyé pour 1 établissements" in second.resume()
     assert etat_apres(etat, second, set()).inventaires[COLLEGE] == etat.inventaires[COLLEGE], "kept as sent"
+
+    # One device's date gone back (its clock battery dead) while another was inventoried since:
+    # its clock, not the export (review s64 M1: the établissement was withheld at every run).
+    third = inventorier(
+        files(("a", "pc-a", datetime(2000, 1, 1, tzinfo=UTC)), ("a", "pc-a3", t3 + timedelta(days=1))),
+        mapping,
+        DEPARTEMENT,
+        now=t3 + timedelta(days=2),
+        precedent=etat_apres(etat, second, set()),
+    )
+    assert {(e.data.uai, e.time) for e in third.lots} == {(COLLEGE, t3 + timedelta(days=1))}
+    assert not third.plus_anciens
 
 
 def test_a_run_killed_while_it_sends_leaves_every_lot_it_may_have_sent_in_the_state(tmp_path, monkeypatch):
@@ -988,3 +1000,19 @@ def test_a_mapping_that_cannot_be_read_is_named_with_its_rule(tmp_path, capsys, 
     assert main([str(tmp_path), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert said in err and str(mapping) in err, err
+
+
+def test_an_etablissement_new_to_the_state_is_sent_at_its_own_date(tmp_path):
+    """A state with per-établissement dates: an établissement it never sent took its latest time
+    over all, another school's (review s64 L4); a state from before them still floors those it
+    sent at its one date."""
+    early, late = datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    _write(tmp_path / "b" / "pc.json", _device("pc-b", "Laptop", WINDOWS[0][0], [], early, None))
+    mapping = Correspondance(tag={}, dossier={"b": LYCEE})
+    new_format = Etat({COLLEGE: {"glpi-x": "tablette"}}, late, {}, {COLLEGE: late})
+    [lot] = inventorier([tmp_path / "b"], mapping, DEPARTEMENT, now=late, precedent=new_format).lots
+    assert lot.time == early
+    former = Etat({LYCEE: {"glpi-x": "tablette"}}, late)  # (its lot retired at that date too)
+    assert {e.time for e in inventorier([tmp_path / "b"], mapping, DEPARTEMENT, now=late, precedent=former).lots} == {
+        late
+    }
