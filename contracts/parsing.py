@@ -20,7 +20,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from ._base import Payload
 from ._identifiers import IDENTIFIER_REASONS, PERSONAL_FIELDS, short_repr
-from .envelope import CloudEvent, event_model
+from .envelope import SOURCE_FORMS, CloudEvent, event_model
 from .messages import json_syntax, rule
 from .payloads import PAYLOADS
 from .topics import ALERTE_LEVEE, ALERTE_RESOLUE, FORMATION_SUIVIE, RESSOURCE_PUBLIEE, RESSOURCE_RETIREE, TOPIC_TYPES
@@ -75,6 +75,8 @@ _WITHHELD_RULES = {
     "code-invalide": "pas un code de la forme attendue",
     "cloudevent-invalide": "refusé par CONTRACTS.md (Envelope)",
 }
+_WITHHELD_ENVELOPE = {"source": f"pas une source connue ({SOURCE_FORMS})", "time": "avant 1970-01-01T00:00:00Z"}
+"""Our envelope validators' rules, by field, without the value."""
 
 
 class ContractError(Exception):
@@ -295,7 +297,8 @@ def _describe(error: Any, skip: int = 1, withheld: bool = False) -> str:
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][skip:])
     path = path.removeprefix(".")
     if withheld and error["type"] in _WITHHELD_RULES:
-        return f"{path}: {_WITHHELD_RULES[error['type']]} (valeur non reproduite: donnée personnelle possible)"
+        said = _WITHHELD_ENVELOPE.get(error["loc"][-1]) if error["type"] == "cloudevent-invalide" else None
+        return f"{path}: {said or _WITHHELD_RULES[error['type']]} (valeur non reproduite: donnée personnelle possible)"
     if error["type"] in _OWN_MESSAGES:
         return f"{path}: {error['msg']}"
     if error["type"] == "missing" or error["type"] in _TOO_LONG:

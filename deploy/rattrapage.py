@@ -175,6 +175,15 @@ async def require_log(
     outside += await in_another_log(consumer, within, appended, record_stamps(access), strict=strict)
     if missing := [o for o in outside if (o.lost and not o.republished) or o.another_log]:
         raise JournalIncomplet(schema, missing)
+    for o in outside:
+        if o.republished and o.tp in stored:  # a position it reached: it had yet to read them
+            log.warning(
+                "rattrapage.derives_perdus",
+                schema=schema,
+                **o.said(),
+                hint="records deleted from a compacted topic before this schema read them: rebuild the service "
+                "that publishes it (its alignment publishes their keys again), then this one if it is ressources",
+            )
     return {**wanted, **{o.tp: o.start for o in outside}}
 
 

@@ -77,8 +77,11 @@ async def shapes(admin: AIOKafkaAdminClient, specs: list[TopicSpec], replicas: i
         name, partitions = topic["topic"], topic["partitions"]
         if len(partitions) != declared[name].partitions:
             lines.append(f"Kafka: {name} has {len(partitions)} partitions, {declared[name].partitions} declared: kept")
-        if partitions and (held := min(len(p["replicas"]) for p in partitions)) < replicas:
-            lines.append(f"Kafka: {name} has {held} replicas of a partition, {replicas} asked: kept")
+        held = sorted({len(p["replicas"]) for p in partitions})
+        if held and held != [replicas]:
+            lines.append(
+                f"Kafka: {name} has {'–'.join(map(str, held))} replicas of a partition, {replicas} asked: kept"
+            )
     return lines
 
 

@@ -3,7 +3,7 @@ records to the pipeline, and committing offsets only after the pipeline's transa
 
 Where it resumes is the database's say, not Kafka's: on each partition assignment it seeks to
 the position the pipeline stored with the data (storage/positions.py), or to offset 0 when the
-schema has none (a compacted topic's start). Kafka's committed offsets still follow, for lag
+schema has none (a compacted topic: its start). Kafka's committed offsets still follow, for lag
 monitoring."""
 
 import asyncio
@@ -424,9 +424,9 @@ def tell(pipeline: Pipeline, outside: Sequence[Outside]) -> None:
             "kafka.position_out_of_range",
             **o.said(),
             hint=(
-                f"{o.lost} records were deleted from the partition before this service read them "
-                "(its cleanup.policy set by hand?): rebuild the service that publishes the topic, whose "
-                "alignment publishes again each key the topic no longer holds"
+                f"records were deleted from the partition before this service read them ({o.lost} offsets, "
+                "some of them versions its compaction had removed; its cleanup.policy set by hand?): rebuild the "
+                "service that publishes the topic, whose alignment publishes again each key the topic no longer holds"
                 if o.republished
                 else f"{o.lost} records were deleted from the partition before this service read them: "
                 "ask their declarants to send them again, or rebuild the service from what is left"

@@ -190,6 +190,18 @@ def test_an_envelope_refusal_reads_in_french(envelope, message, make_record):
 
 
 @pytest.mark.parametrize(
+    ("envelope", "rule"),
+    [({"source": EMAIL}, "pas une source connue (/rectorats/"), ({"time": "1969-12-31T23:00:00Z"}, "avant 1970")],
+)
+def test_a_teacher_s_record_refused_by_its_envelope_says_the_rule_without_the_value(envelope, rule, make_record):
+    """Its values withheld, a bad source or a time before 1970 said only "refusé par CONTRACTS.md"
+    (review s64 L6): the rule is said, never the value."""
+    assert (error := refusal(make_record(c.AFFECTATION, **envelope))) is not None
+    assert error.code == "cloudevent-invalide" and rule in error.message and WITHHELD in error.message
+    assert EMAIL not in error.message and "1969" not in error.message
+
+
+@pytest.mark.parametrize(
     ("raw", "syntax"),
     [
         (b"", "fin du JSON avant une valeur (ligne 1, colonne 0)"),

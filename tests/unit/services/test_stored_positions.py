@@ -119,7 +119,8 @@ async def test_partitions_stay_paused_when_they_could_not_be_sought(monkeypatch)
 
 async def test_a_compacted_topic_without_a_stored_position_is_read_from_its_start(monkeypatch):
     """A fresh schema reads a partner's topic from offset 0, so that records deleted before it are
-    told; a compacted one's start moves up as it is cleaned (no loss): read from there, untold."""
+    told; a compacted one from its start, untold (records deleted from it by hand before any
+    schema read them are its producer's rebuild's to publish again: README)."""
     from contracts.internal import PROFILS
 
     async def load(pool, assigned):
@@ -302,3 +303,33 @@ async def assigned(monkeypatch, at, stamps=None):
     listener.subscriber = SimpleNamespace(consumer=kafka)
     await listener.on_partitions_assigned({TP0})
     return kafka, written, said
+
+
+async def test_a_rebuild_or_restore_past_records_deleted_from_a_compacted_topic_says_so(monkeypatch):
+    """A restored schema had yet to read records since deleted from a compacted topic (its policy
+    set by hand): read from its start, as a rebuild does, but said, with the order of the
+    rebuilds that publish them again (review s64 M2: the live path said it, the tools did not)."""
+    from contracts.internal import PROFILS
+    from deploy import rattrapage
+    from helpers import Said
+
+    compacted = TopicPartition("prefixe." + PROFILS, 0)
+
+    class Bounds(Paused):
+        async def beginning_offsets(self, tps):
+            return {tp: 10 if tp == compacted else 0 for tp in tps}
+
+        async def end_offsets(self, tps):
+            return {tp: 20 for tp in tps}
+
+    said = Said()
+    monkeypatch.setattr(rattrapage, "log", said)
+    stored = {compacted: 4, TP0: 3}
+    where = await rattrapage.require_log(Bounds(), "ressources", [compacted, TP0], stored, {}, None, strict=False)
+    assert where == {compacted: 10, TP0: 3}
+    [line] = said.named("rattrapage.derives_perdus")
+    assert (line["level"], line["records_lost"], line["position"]) == ("warning", 6, 4)
+    assert await rattrapage.require_log(Bounds(), "ressources", [compacted], {}, {}, None, strict=False) == {
+        compacted: 10
+    }
+    assert len(said.named("rattrapage.derives_perdus")) == 1, "a fresh schema's: untold"
