@@ -694,11 +694,17 @@ def test_the_state_is_on_the_disk_before_it_replaces_the_former_and_the_rename_a
     assert json.loads(path.read_text())["lots"] == {COLLEGE: {"glpi-1": "tablette"}}
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt(), ValueError("réponse illisible")], ids=["ctrl-c", "unexpected"])
+@pytest.mark.parametrize(
+    "stop",
+    [KeyboardInterrupt(), ValueError("réponse illisible"), SystemExit(137)],
+    ids=["ctrl-c", "unexpected", "killed"],
+)
 def test_whatever_interrupts_the_sending_the_state_keeps_every_lot_of_the_run(tmp_path, capsys, monkeypatch, stop):
     """Some batches may be accepted when Ctrl-C or an answer not understood stops the run: the
     state holds every lot of the run (a lot the platform took and the state forgot could never
-    be retired), exit 2 and one line, no traceback."""
+    be retired), exit 2 and one line, no traceback. Killed while it sends (SIGKILL, the machine
+    stopping: nothing after runs), the run left the former state (audit s64 GLPI #3): the state
+    written before sending is already that of an interrupted run."""
     from deploy.partenaires import glpi
 
     folder = tmp_path / "ecole"
@@ -708,14 +714,22 @@ def test_whatever_interrupts_the_sending_the_state_keeps_every_lot_of_the_run(tm
     mapping, state = tmp_path / "correspondance.csv", tmp_path / "etat.json"
     mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
 
+    held_while_sending = []
+
     async def interrupted(*_args):
+        held_while_sending.append(json.loads(state.read_text()))
         raise stop
 
     monkeypatch.setattr(glpi, "publier", interrupted)
     argv = [str(folder), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
-    assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
-    assert "envoi interrompu" in capsys.readouterr().err
-    assert list(json.loads(state.read_text())["lots"]) == [COLLEGE]
+    if isinstance(stop, SystemExit):
+        with pytest.raises(SystemExit):
+            main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"])
+    else:
+        assert main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"]) == 2
+        assert "envoi interrompu" in capsys.readouterr().err
+    [held] = held_while_sending
+    assert list(held["lots"]) == [COLLEGE] == list(json.loads(state.read_text())["lots"])
 
 
 def test_a_passerelle_in_clear_beyond_this_machine_is_refused_before_anything_is_sent(tmp_path, capsys):
@@ -929,32 +943,6 @@ def test_an_export_older_than_the_one_sent_sends_nothing_for_its_etablissement(t
     )
     assert {(e.data.uai, e.time) for e in third.lots} == {(COLLEGE, t3 + timedelta(days=1))}
     assert not third.plus_anciens
-
-
-def test_a_run_killed_while_it_sends_leaves_every_lot_it_may_have_sent_in_the_state(tmp_path, monkeypatch):
-    """Killed while sending (SIGKILL, the machine stopping: no handler runs), the run left the
-    former state, and a lot the platform took was never retired (audit s64 GLPI #3). The state
-    written before sending is now that of an interrupted run."""
-    from deploy.partenaires import glpi
-
-    folder = tmp_path / "ecole"
-    folder.mkdir()
-    when = datetime(2026, 9, 1, tzinfo=UTC)
-    (folder / "0.json").write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag="000005")))
-    mapping, state = tmp_path / "correspondance.csv", tmp_path / "etat.json"
-    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
-    held_while_sending = []
-
-    async def killed(*_args):
-        held_while_sending.append(json.loads(state.read_text()))
-        raise SystemExit(137)  # what the state is left as when nothing after this runs
-
-    monkeypatch.setattr(glpi, "publier", killed)
-    argv = [str(folder), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
-    with pytest.raises(SystemExit):
-        main([*argv, "--token", "t", "--passerelle", "http://127.0.0.1:9"])
-    [held] = held_while_sending
-    assert list(held["lots"]) == [COLLEGE] and held["lots"] == json.loads(state.read_text())["lots"]
 
 
 def test_files_that_stopped_the_whole_run_are_set_aside_alone(tmp_path, capsys):
