@@ -299,7 +299,8 @@ def _dates(
     lots_at: Mapping[str, list[tuple[str, list[inv.Appareil]]]], precedent: Etat, now: datetime
 ) -> tuple[dict[str, datetime], Inventories, list[str]]:
     """Each établissement's time, when each of its devices was inventoried, and those whose
-    export is older than the one sent (a device inventoried before: nothing is sent for them).
+    export is older than the one sent (devices inventoried before, none after: nothing is sent
+    for them), each named with those devices' files.
 
     An établissement's lots carry its latest inventory date, never before the time it was last
     sent: the device gone may have been the newest (decommissioned, its file missing), and lots
