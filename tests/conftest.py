@@ -8,6 +8,7 @@ from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
 import asyncio
+import gc
 import logging
 import shutil
 import uuid
@@ -110,6 +111,26 @@ async def _deleted(bootstrap: str, prefix: str) -> None:
         logging.getLogger(__name__).warning("topics of %s not deleted: %r", prefix, exc)
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def own_prefix(kafka, unique):
+    """A prefix for the topics a test makes itself (not `topic_prefix`'s set): deleted with them
+    at its end, as `topic_prefix`'s are (about 300 partitions a session were left open)."""
+    prefix = f"p{unique}."
+    yield prefix
+    await _deleted(kafka.bootstrap_servers, prefix)
+
+
+@pytest.fixture(autouse=True)
+def gc_restored():
+    """A service started in the test's process (lifecycle.run) freezes the heap and raises the
+    collector's thresholds for the process: put back after each test, else every such service's
+    objects stayed uncollectable for the session, and the later tests ran under its thresholds."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture

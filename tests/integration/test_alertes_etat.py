@@ -32,9 +32,9 @@ QUICKLY_COMPACTED = {
 
 
 @pytest.fixture
-async def settings(kafka, database_url, unique) -> ServiceSettings:
+async def settings(kafka, database_url, own_prefix) -> ServiceSettings:
     """The platform's topics, the table on one partition compacted within seconds."""
-    prefix = f"e{unique}."
+    prefix = own_prefix
     table = prefix + c.ALERTES_ETAT
     await create_topics(kafka.bootstrap_servers, [t for t in platform_topics(prefix) if t.name != table])
     admin = AIOKafkaAdminClient(**kafka_options(kafka.bootstrap_servers))

@@ -350,6 +350,15 @@ def test_a_first_start_stopped_once_kafka_is_formatted_leaves_a_pair_the_next_st
     start does the same): its storage was formatted, the database not yet paired with it, and
     every later start was refused ('holds the records of an earlier run, but the database is
     empty'). Paired once formatted, the next start goes on."""
+    environ = dict(os.environ)  # start() puts its Kafka's access there, for the services it starts
+    try:
+        _first_start_stopped_then_the_next(tmp_path, database_url, monkeypatch)
+    finally:  # whichever start got that far: the later tests' environment as it was
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _first_start_stopped_then_the_next(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from deploy.local.platform import Platform, Ports
 
     monkeypatch.setenv("DATABASE_URL", database_url)
@@ -368,14 +377,11 @@ def test_a_first_start_stopped_once_kafka_is_formatted_leaves_a_pair_the_next_st
     monkeypatch.setenv("DATABASE_URL", database_url)
     assert first.kafka.cluster_id is not None, "formatted"
     second = Platform(DataDir(tmp_path), ports, services=False)
-    environ = dict(os.environ)  # start() puts its Kafka's access there, for the services it starts
     try:
         second.start()
         assert second.kafka.cluster_id == first.kafka.cluster_id
     finally:
         second.stop()
-        os.environ.clear()
-        os.environ.update(environ)
 
 
 def test_a_cache_directory_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path: Path) -> None:

@@ -49,8 +49,8 @@ async def test_each_topic_is_kept_as_long_as_it_is_for(kafka, topic_prefix) -> N
         assert configs[name]["segment.ms"] == str(DAY_MS), name
 
 
-async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, unique) -> None:
-    bootstrap, prefix = kafka.bootstrap_servers, f"old{unique}."
+async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, own_prefix) -> None:
+    bootstrap, prefix = kafka.bootstrap_servers, own_prefix
     specs = platform_topics(prefix, Retention(alerts_days=400, dlq_days=7))
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
@@ -73,11 +73,13 @@ async def test_an_existing_deployment_is_aligned_and_keeps_its_records(kafka, un
         await reader.wait_for(lambda records: [r.value for r in records] == [b"kept"], what="the record kept")
 
 
-async def test_an_existing_topic_s_partitions_and_replicas_are_kept_and_said_when_they_differ(kafka, unique) -> None:
+async def test_an_existing_topic_s_partitions_and_replicas_are_kept_and_said_when_they_differ(
+    kafka, own_prefix
+) -> None:
     """A topic made with 2 partitions where 6 are declared (a data directory of another
     configuration, a topic made by hand), and fewer replicas than asked: they were kept without
     a word (audit s63 topology #6). Still kept (partitions added would move keys), now said."""
-    bootstrap, prefix = kafka.bootstrap_servers, f"forme{unique}."
+    bootstrap, prefix = kafka.bootstrap_servers, own_prefix
     specs = [s for s in platform_topics(prefix, partitions=6) if s.name == prefix + c.EQUIPEMENT]
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
@@ -101,11 +103,11 @@ async def test_an_existing_topic_s_partitions_and_replicas_are_kept_and_said_whe
     assert len(described["partitions"]) == 2
 
 
-async def test_a_topic_that_is_the_record_compacted_by_hand_is_put_back(kafka, unique) -> None:
+async def test_a_topic_that_is_the_record_compacted_by_hand_is_put_back(kafka, own_prefix) -> None:
     """`cleanup.policy` was declared for the compacted topics only: a partner's topic or the alert
     stream compacted by hand ("keyed by UAI, the latest is the state") kept only each UAI's last
     record once its segments rolled, and nothing saw it (audit s63 topology #3)."""
-    bootstrap, prefix = kafka.bootstrap_servers, f"compacte{unique}."
+    bootstrap, prefix = kafka.bootstrap_servers, own_prefix
     specs = platform_topics(prefix)
     await create_topics(bootstrap, specs)
     declarations, alerts = prefix + c.EQUIPEMENT, prefix + c.ALERTES
