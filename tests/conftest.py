@@ -8,7 +8,6 @@ from it connects as the super user; a test wanting another principal asks
 `kafka.access_as(name)`."""
 
 import asyncio
-import gc
 import logging
 import shutil
 import uuid
@@ -120,17 +119,6 @@ async def own_prefix(kafka, unique):
     prefix = f"p{unique}."
     yield prefix
     await _deleted(kafka.bootstrap_servers, prefix)
-
-
-@pytest.fixture(autouse=True)
-def gc_restored():
-    """A service started in the test's process (lifecycle.run) freezes the heap and raises the
-    collector's thresholds for the process: put back after each test, else every such service's
-    objects stayed uncollectable for the session, and the later tests ran under its thresholds."""
-    thresholds = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture
