@@ -212,6 +212,8 @@ def _map_row(fmt: CsvFormat, header: list[str], cells: list[str], line: int) -> 
     nom = next((value(c) for c in fmt.noms if value(c)), "")
     if len(nom) > MAX_TEXT:  # the contract refuses it, never cut (two rows merged by a stray quote, say)
         return Skipped(line, uai, "nom-trop-long", f"{len(nom)} caractères, {MAX_TEXT} au plus")
+    if "\x00" in nom:  # the contract refuses it in any text (no text column stores it): said here, not at the DLQ
+        return Skipped(line, uai, "nom-invalide", "caractère NUL (\\u0000) interdit dans un texte")
     # The checks above give exactly the forms the contract requires, so this cannot raise.
     return Etablissement.model_validate(
         dict(

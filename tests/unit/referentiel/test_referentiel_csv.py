@@ -110,6 +110,7 @@ def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
             "0350778F;Etat inconnu;Lycée;Privé;35238;035;14;53;EN TRAVAUX",
             "0352072M;Commune courte;Lycée;Privé;353;035;14;53;FERME",
             f"0350002M;{'X' * 300};Lycée;Privé;35238;035;14;53;OUVERT",
+            "0350003N;Lycée\x00 NUL;Lycée;Privé;35238;035;14;53;OUVERT",
             "",
         ]
     )
@@ -122,8 +123,9 @@ def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
         (6, "0350778F", "etat-invalide"),
         (7, "0352072M", "commune-invalide"),
         (8, "0350002M", "nom-trop-long"),  # the contract refuses it, never cut: the row, not the file
+        (9, "0350003N", "nom-invalide"),  # a NUL, which the contract refuses in any text: it was published
     ]
-    assert all(s.detail for s in loaded.skipped) and loaded.rows == 7
+    assert all(s.detail for s in loaded.skipped) and loaded.rows == 8
 
 
 @pytest.mark.parametrize(
