@@ -101,9 +101,12 @@ _VERSION = re.compile(r"(?<![0-9.])[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}(?![0-9])")
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 _EPOCH = re.compile(r"^[0-9]+:")  # Debian's "1:115.6.0esr-1"
 _PARENTHESES = re.compile(r"\([^)]*\)")
-# Ubuntu's deb package that only installs the snap ("1:1snap1-0ubuntu5"): its version is not the
-# browser's (the snap, which the agent lists on its own, has that).
-_TO_A_SNAP = re.compile(r"[0-9]snap[0-9]")
+# Ubuntu's deb packages that only install the snap: their version is not the browser's (the snap,
+# which the agent lists on its own, has that). `firefox` since 22.04 ("1:1snap1-0ubuntu5"), and
+# `chromium-browser` since 19.10: "77.0.3865.120-0ubuntu1~snap1", then on 20.04 and 22.04 the
+# last deb's version under an epoch, "1:85.0.4183.83-0ubuntu0.20.04.3" (Launchpad bug 1892724),
+# which read as Chromium 85 met a resource's "at most 90" on every such machine for good.
+_TO_A_SNAP = re.compile(r"[0-9~]snap[0-9]|^[0-9]+:85\.0\.4183\.83-0ubuntu")
 _VERSION_WORDS = re.compile(r"\b(?:v?[0-9][\w.]*|esr|x64|x86)\b", re.IGNORECASE | re.ASCII)
 # An OS name that says the agent could not tell it: never a lot's OS.
 _NO_NAME = {"n/a", "unknown", "none"}

@@ -152,6 +152,22 @@ def test_ubuntu_s_deb_package_that_installs_the_snap_gives_no_version():
     assert inv._browsers(softwares[:1]) == ()
 
 
+@pytest.mark.parametrize(
+    "transitional",
+    ["1:85.0.4183.83-0ubuntu0.20.04.3", "1:85.0.4183.83-0ubuntu2.22.04.1", "77.0.3865.120-0ubuntu1~snap1"],
+)
+def test_ubuntu_s_chromium_browser_deb_that_installs_the_snap_gives_no_version(transitional):
+    """Ubuntu's `chromium-browser` deb only installs the snap since 19.10; on 20.04 and 22.04 it
+    carries the last deb's version under an epoch: read as Chromium 85, older than the machine's.
+    18.04's real debs (no epoch) are read."""
+    snap = {"name": "chromium", "version": "131.0.6778.85", "from": "snap"}
+    assert inv._browsers([{"name": "chromium-browser", "version": transitional, "from": "deb"}, snap]) == (
+        ("Chromium", "131.0.6778.85"),
+    )
+    bionic = {"name": "chromium-browser", "version": "85.0.4183.83-0ubuntu0.18.04.2", "from": "deb"}
+    assert inv._browsers([bionic]) == (("Chromium", "85.0.4183.83"),)
+
+
 def test_beyond_the_contract_s_bound_the_highest_version_of_each_browser_is_kept_first():
     softwares = [{"name": "Mozilla Firefox", "version": f"{v}.0"} for v in range(100, 140)]
     softwares.append({"name": "Google Chrome", "version": "120.0"})
