@@ -57,6 +57,7 @@ from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.consumer import Outside, in_another_log, outside_their_log, record_stamps
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.records import lenient_consumer
+from services.common.messaging.routage import partitions_of
 from services.common.messaging.stall import Stall
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.lifecycle import restored_mark
@@ -197,7 +198,7 @@ async def check_log(
     """`require_log` for `schema` of `spec` whose positions are `stored` and `appended` (a
     backup's, before it replaces anything), on a consumer of its own."""
     topics = [settings.topic(t) for t in spec.consumes]
-    partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
+    partitions = await partitions_of(KafkaAccess.of(settings), topics)
     consumer = AIOKafkaConsumer(**KafkaAccess.of(settings).aiokafka(), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -277,7 +278,7 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, 
     try:
         await consumer.start()
         topics = [cible.topic(t) for t in cible.spec.consumes]
-        partitions = await partitions_of(settings.kafka_bootstrap_servers, topics)
+        partitions = await partitions_of(KafkaAccess.of(settings), topics)
         consumer.assign(partitions)
         stored = await positions.load(cible.pipeline.pool, partitions)
         appended = await positions.appended(cible.pipeline.pool, partitions)
@@ -328,19 +329,6 @@ async def _admin(access: KafkaAccess) -> AsyncIterator[AIOKafkaAdminClient]:
         await admin.close()
 
 
-async def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of `topics`, which must exist."""
-    async with _admin(KafkaAccess.from_environ(bootstrap_servers=bootstrap)) as admin:
-        described = await admin.describe_topics(topics)
-    if missing := [t["topic"] for t in described if t["error_code"]]:
-        raise RuntimeError(f"topics {', '.join(missing)} do not exist on {bootstrap}")
-    return [
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        for p in sorted(t["partitions"], key=lambda p: p["partition"])
-    ]
-
-
 async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the offset `group` committed there (none: it committed nothing).
     A broker that has not yet made its offsets topic (a cluster no consumer group has used: a
@@ -373,7 +361,7 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
     )
     await consumer.start()
     try:
-        partitions = await partitions_of(bootstrap, [topic])
+        partitions = await partitions_of(KafkaAccess.from_environ(bootstrap_servers=bootstrap), [topic])
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

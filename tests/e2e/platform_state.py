@@ -12,11 +12,11 @@ from contracts.internal import COUVERTURES, PROFILS
 from deploy.local import scenario
 from deploy.local.kafka import LocalKafka
 from deploy.local.partenaires import Partenaires
-from deploy.rattrapage import partitions_of
 from deploy.referentiel.publish import publish_etablissements
 from helpers import send
 from partner import declare
-from services.common.messaging.connection import kafka_options
+from services.common.messaging.connection import KafkaAccess, kafka_options
+from services.common.messaging.routage import partitions_of
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.passerelle.app import SPEC as PASSERELLE
@@ -66,7 +66,7 @@ async def snapshot(database_url: str, schema: str) -> dict[str, list[tuple]]:
 
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    partitions = await partitions_of(bootstrap, topics)
+    partitions = await partitions_of(KafkaAccess.from_environ(bootstrap_servers=bootstrap), topics)
     consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None)
     await consumer.start()
     try:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import ROUTED_PARTITIONS
@@ -24,11 +25,28 @@ from services.common.messaging.outbox import ROUTED_PARTITIONS
 log = structlog.get_logger()
 
 
-async def beyond(consumer: AIOKafkaConsumer, topic: str) -> Mapping[int, int]:
+async def partitions_of(access: KafkaAccess, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, which must exist, in order (their metadata: the DESCRIBE right,
+    which READ and WRITE imply)."""
+    admin = AIOKafkaAdminClient(**access.aiokafka())
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    if missing := [t["topic"] for t in described if t["error_code"]]:
+        raise RuntimeError(f"topics {', '.join(missing)} do not exist on {access.bootstrap_servers}")
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def beyond(access: KafkaAccess, consumer: AIOKafkaConsumer, topic: str) -> Mapping[int, int]:
     """The partitions of `topic` beyond its first ROUTED_PARTITIONS, each with how many offsets
-    its log spans (0: it holds no record)."""
-    cluster = await consumer._client.fetch_all_metadata()  # (the consumer's own lists its assignment's topics)
-    tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())[ROUTED_PARTITIONS:]]
+    its log spans (0: it holds no record), read with `consumer`."""
+    tps = (await partitions_of(access, [topic]))[ROUTED_PARTITIONS:]
     if not tps:
         return {}
     starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
@@ -41,7 +59,7 @@ async def check(access: KafkaAccess, topic: str) -> None:
     consumer = AIOKafkaConsumer(**access.aiokafka(), client_id="feo-routage", enable_auto_commit=False)
     try:
         await consumer.start()
-        partitions = await beyond(consumer, topic)
+        partitions = await beyond(access, consumer, topic)
     except Exception as exc:
         log.warning("routage.non_verifie", topic=topic, error=type(exc).__name__)
         return
