@@ -1,6 +1,7 @@
 """Test helpers: wait on a condition with a deadline, read topics, build partner events."""
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -248,7 +249,12 @@ class running:
         self._ctx = TestApp(self.app)
 
     async def __aenter__(self):
-        await self._ctx.__aenter__()
+        try:
+            await self._ctx.__aenter__()
+        except BaseException:  # FastStream runs no shutdown hook when a start fails: its clients closed here
+            with contextlib.suppress(Exception):
+                await self.app.stop()
+            raise
         return self.app.pipeline
 
     async def __aexit__(self, *exc):
@@ -521,15 +527,47 @@ class SilentRelay:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def delete_before(bootstrap: str, topic: str, offset: int, partition: int = 0) -> None:
+async def delete_before(
+    bootstrap: str | dict[str, Any], topic: str, offset: int | dict[int, int], partition: int = 0
+) -> None:
     """What a retention shorter than the topic's does, or kafka-delete-records: the partition's
-    log starts at `offset` (a compacted topic's only once `also_deleted_by_age`)."""
+    log starts at `offset` (a compacted topic's only once `also_deleted_by_age`); or each
+    partition's at its own, `offset` a map. `bootstrap` may be a client's whole options."""
     from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    starts = offset if isinstance(offset, dict) else {partition: offset}
+    options = bootstrap if isinstance(bootstrap, dict) else kafka_options(bootstrap)
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(start) for p, start in starts.items()}, timeout_ms=10_000
+        )
+    finally:
+        await admin.close()
+
+
+async def alter_topics(bootstrap: str, configs: dict[str, dict[str, str]], what: str) -> None:
+    """Each topic's configuration set to `configs`' (AlterConfigs replaces the whole set: pass the
+    declared ones to keep them, as `kafka-configs --add-config` does), then waited for: the broker
+    acknowledges an alteration before it applies it (KRaft: when the metadata record reaches it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from deploy.topic_admin import topic_configs
 
     admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
-        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(offset)})
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t, wanted in configs.items()]
+        )
+
+        async def applied() -> bool:
+            now = await topic_configs(admin, list(configs))
+            return all(now[t].get(key) == value for t, wanted in configs.items() for key, value in wanted.items())
+
+        await eventually(applied, what=what)
     finally:
         await admin.close()
 
@@ -538,22 +576,8 @@ async def also_deleted_by_age(bootstrap: str, settings: Any, topic: str) -> None
     """The compacted `topic`'s records also deleted by age (`compact,delete`), as set by hand with
     `kafka-configs --add-config`: its other settings kept. Kafka refuses to delete records of a
     topic only compacted."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    from deploy.topic_admin import topic_configs
     from deploy.topology import platform_topics
 
     [declared] = [s.configs() for s in platform_topics(settings.topic("")) if s.name == topic]
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        wanted = {**declared, "cleanup.policy": "compact,delete"}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
-
-        async def applied() -> bool:
-            return (await topic_configs(admin, [topic]))[topic]["cleanup.policy"] == "compact,delete"
-
-        await eventually(applied, what="the topic's records deleted by age too")
-    finally:
-        await admin.close()
+    wanted = {**declared, "cleanup.policy": "compact,delete"}
+    await alter_topics(bootstrap, {topic: wanted}, "the topic's records deleted by age too")

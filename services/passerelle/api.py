@@ -241,6 +241,9 @@ class Passerelle:
                 self._renew_after = time.monotonic() + RETRY_UNAVAILABLE_SECONDS
                 await producer.stop()
                 return
+            except BaseException:  # cancelled (the request, the shutdown): not left unclosed
+                await producer.stop()
+                raise
             self.producer = producer
         log.info("kafka.producteur_renouvele", reason=type(error).__name__)
         # Other requests may still be writing with it (their sends queued one by one): stopped

@@ -20,6 +20,7 @@ from helpers import (
     TopicReader,
     at,
     college,
+    delete_before,
     event,
     eventually,
     lock_waiters,
@@ -759,7 +760,6 @@ async def test_copies_deleted_by_retention_under_a_replay_s_scan_leave_the_other
     """The scan's consumer, sought to the DLQ's start, met its records deleted by retention (a
     large DLQ scanned for minutes): aiokafka's default reset jumped to the log's end, and every
     copy not read yet was marked missing, left out of every later replay (audit helper-170 #1)."""
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
     pool = await create_pool(settings.database_url, "ressources")
     catalogue = settings.topic(c.CATALOGUE)
@@ -787,12 +787,7 @@ async def test_copies_deleted_by_retention_under_a_replay_s_scan_leave_the_other
 
         async def ends_then_retention(consumer, partitions):  # the first copy deleted as the scan starts
             found = await ends(consumer, partitions)
-            admin = AIOKafkaAdminClient(**access.aiokafka())
-            await admin.start()
-            try:
-                await admin.delete_records({TopicPartition(c.dlq(catalogue), 0): RecordsToDelete(1)}, timeout_ms=10_000)
-            finally:
-                await admin.close()
+            await delete_before(access.aiokafka(), c.dlq(catalogue), 1)
             return found
 
         monkeypatch.setattr(AIOKafkaConsumer, "end_offsets", ends_then_retention)

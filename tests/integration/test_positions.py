@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import contracts as c
-from helpers import TEST_PARTITIONS, college, eventually, running, send
+from helpers import TEST_PARTITIONS, college, delete_before, eventually, running, send
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
@@ -70,11 +70,6 @@ async def _a_handled_then_later_deleted(kafka, settings, later: str) -> str:
     """Lot A handled by equipement, stopped; then the lots `later` declared and every record of
     partition 0 before offset 3 deleted (a retention shorter than the topic's, DeleteRecords).
     Returns the topic."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
-
-    from services.common.messaging.connection import kafka_options
-
     bootstrap, uai = kafka.bootstrap_servers, valid_uai("0350001")
     topic = settings.topic(c.EQUIPEMENT)
     async with running(SPEC, settings) as pipeline:
@@ -83,12 +78,7 @@ async def _a_handled_then_later_deleted(kafka, settings, later: str) -> str:
         await send(bootstrap, topic, [(uai, lot(uai, "A", 10, 1))], partition=0)
         await _handled(pipeline, {"A"})
     await send(bootstrap, topic, [(uai, lot(uai, x, 10, 2 + i)) for i, x in enumerate(later)], partition=0)
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(3)})
-    finally:
-        await admin.close()
+    await delete_before(bootstrap, topic, 3)
     return topic
 
 

@@ -12,7 +12,6 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
 
 import contracts as c
@@ -29,10 +28,10 @@ from deploy.rattrapage import (
     read_by,
     read_topic,
 )
-from deploy.topic_admin import topic_configs
 from helpers import (
     NotUtf8,
     also_deleted_by_age,
+    alter_topics,
     college,
     delete_before,
     event,
@@ -90,21 +89,20 @@ async def test_the_replay_follows_the_timestamps_across_topics(kafka, settings) 
 T0 = 1_788_000_000_000
 
 
+async def schema_made(settings) -> None:
+    """equipement's schema made as `ouvrir` makes it, nothing else (the relay's producer, which
+    `Cible.close` leaves to its owner, stopped: unclosed, asyncio said so when it was collected)."""
+    held = relay_producer(KafkaAccess.of(settings), "test")
+    try:
+        await (await ouvrir(SPEC, settings, SPEC.name, held)).close()
+    finally:
+        await held.stop()
+
+
 async def keep_producer_timestamps(bootstrap: str, topics: list[str]) -> None:
     """These topics stamp their records with the producer's time (CreateTime), kept forever."""
     wanted = {"message.timestamp.type": "CreateTime", "retention.ms": "-1"}
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, wanted) for t in topics])
-
-        async def applied() -> bool:
-            configs = await topic_configs(admin, topics)
-            return all(configs[t].get("message.timestamp.type") == "CreateTime" for t in topics)
-
-        await eventually(applied, what="the topics keeping the producer's timestamps")
-    finally:
-        await admin.close()
+    await alter_topics(bootstrap, dict.fromkeys(topics, wanted), "the topics keeping the producer's timestamps")
 
 
 LOTS = [{"lot_id": f"L{n}", "kind": "tablette", "quantity": 10, "os": None, "browsers": []} for n in range(1, 4)]
@@ -163,8 +161,6 @@ async def test_an_alert_a_rebuild_could_not_see_raised_again_keeps_its_first_rai
     here), and its table the tombstone (emptied). The rebuild cannot know the alert was raised
     before and numbers its next raise from 1 again: that raise's id was its first raise's, which
     a dashboard remembering ids (CONTRACTS.md: the same id again has no second effect) dropped."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import RecordsToDelete
 
     from deploy import reconstruire
 
@@ -178,14 +174,7 @@ async def test_an_alert_a_rebuild_could_not_see_raised_again_keeps_its_first_rai
         await eventually(lambda: pipeline.pool.fetchval(alerts, 0), what="the alert resolved and published")
     records = await read_topic(bootstrap, stream)
     [first] = [json.loads(r.value) for r in records if json.loads(r.value)["type"] == c.ALERTE_LEVEE]
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {TopicPartition(stream, r.partition): RecordsToDelete(r.offset + 1) for r in records}
-        )
-    finally:
-        await admin.close()
+    await delete_before(bootstrap, stream, {r.partition: r.offset + 1 for r in records})
     await table_emptied(bootstrap, settings)
 
     await reconstruire.rebuild(RESSOURCES, settings)
@@ -453,8 +442,7 @@ async def test_a_restore_or_a_rebuild_without_an_operator_s_access_changes_nothi
     caught up, or leave a half-built schema behind)."""
     from deploy import reconstruire, sauvegarde
 
-    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-    await cible.close()
+    await schema_made(settings)
     backup = tmp_path / "avant.dump"
     sauvegarde.backup(settings.database_url, backup)
     conn = await asyncpg.connect(settings.database_url)
@@ -478,8 +466,7 @@ async def test_a_rebuild_that_fails_midway_leaves_no_half_built_schema(kafka, se
     one it was building, as far as it got, is dropped (it was left, GBs at national scale)."""
     from deploy import rattrapage, reconstruire
 
-    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-    await cible.close()
+    await schema_made(settings)
     uai = valid_uai("0350403")
     await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
     fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
@@ -510,11 +497,7 @@ def test_a_rebuild_whose_session_postgresql_ended_says_so_and_leaves_no_half_bui
     half-built schema; it is one error line, exit 1, and the schema is dropped on a new session."""
     from deploy import rattrapage, reconstruire
 
-    async def prepared() -> None:
-        cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-        await cible.close()
-
-    asyncio.run(prepared())
+    asyncio.run(schema_made(settings))
     fresh, replay = f"{SPEC.name}_reconstruit", rattrapage.rattraper
 
     async def during_a_restart(target, said=None):
@@ -544,8 +527,7 @@ async def test_after_a_rebuild_a_record_set_aside_never_shares_its_seq_with_anot
     turn, broke outbox_failed's key and the relay failed on it at every round."""
     from deploy import reconstruire
 
-    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-    await cible.close()
+    await schema_made(settings)
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(
@@ -721,8 +703,7 @@ async def test_a_switch_that_committed_though_its_answer_was_lost_is_finished_no
     name, this run's own, exists) and finishes it: the service's sessions ended, the former named."""
     from deploy import reconstruire
 
-    cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-    await cible.close()
+    await schema_made(settings)
     uai = valid_uai("0350404")
     await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
     build_and_switch = reconstruire._build_and_switch
@@ -788,11 +769,7 @@ def test_a_switch_whose_service_sessions_cannot_be_ended_says_it_is_done_and_to_
     from deploy import reconstruire
     from services.common.storage import db
 
-    async def prepared() -> None:
-        cible = await ouvrir(SPEC, settings, SPEC.name, relay_producer(KafkaAccess.of(settings), "test"))
-        await cible.close()
-
-    asyncio.run(prepared())
+    asyncio.run(schema_made(settings))
     build_and_switch = reconstruire._build_and_switch
 
     async def then_away(*args):

@@ -5,13 +5,12 @@ deployment created before (the broker's 7-day default) is brought in line, recor
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
 from contracts.internal import COUVERTURES, PROFILS
 from deploy.topic_admin import create_topics, topic_configs
 from deploy.topology import DAY_MS, Retention, platform_topics
-from helpers import TopicReader, eventually, send
+from helpers import TopicReader, alter_topics, send
 from services.common.messaging.connection import kafka_options
 
 pytestmark = pytest.mark.kafka
@@ -111,24 +110,9 @@ async def test_a_topic_that_is_the_record_compacted_by_hand_is_put_back(kafka, o
     specs = platform_topics(prefix)
     await create_topics(bootstrap, specs)
     declarations, alerts = prefix + c.EQUIPEMENT, prefix + c.ALERTES
-    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
-    await admin.start()
-    try:  # as `kafka-configs --add-config` does: the topic's other settings kept
-        declared = {s.name: s.configs() for s in specs}
-        await admin.alter_configs(
-            [
-                ConfigResource(ConfigResourceType.TOPIC, t, {**declared[t], "cleanup.policy": "compact"})
-                for t in (declarations, alerts)
-            ]
-        )
-    finally:
-        await admin.close()
-
-    async def applied() -> bool:  # the broker acknowledges an alteration before it applies it
-        configs = await _configs(bootstrap, [declarations, alerts])
-        return all(configs[t]["cleanup.policy"] == "compact" for t in (declarations, alerts))
-
-    await eventually(applied, what="the topics compacted by hand")
+    declared = {s.name: s.configs() for s in specs}  # kept, as `kafka-configs --add-config` does
+    compacted = {t: {**declared[t], "cleanup.policy": "compact"} for t in (declarations, alerts)}
+    await alter_topics(bootstrap, compacted, "the topics compacted by hand")
 
     changed = await create_topics(bootstrap, specs)
 

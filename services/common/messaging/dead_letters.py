@@ -253,9 +253,9 @@ async def _replay_held(
     access = KafkaAccess.from_environ()
     print(f"reading {', '.join(sorted({dlq_topic(t) for t, _, _ in wanted}))} for {len(wanted)} refused records")
     producer = AIOKafkaProducer(**access.aiokafka(), acks="all", enable_idempotence=True, max_request_size=2**21)
-    await producer.start()
     acknowledged: list[Origin] = []
     try:
+        await producer.start()
         found = await _copies(access, producer, set(wanted))
         # The scan may take minutes: a session PostgreSQL ended meanwhile took the replay's lock
         # with it, and another replay may be sending the same records. Found out before sending.
@@ -357,8 +357,8 @@ async def _print_headers(of: Origin) -> None:
     (any bytes, or null), then the `dlq-*` ones the platform added."""
     access = KafkaAccess.from_environ()
     producer = AIOKafkaProducer(**access.aiokafka())  # for the DLQ topic's partitions
-    await producer.start()
     try:
+        await producer.start()
         found = await _copies(access, producer, {of})
     finally:
         await producer.stop()

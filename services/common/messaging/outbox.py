@@ -296,8 +296,9 @@ class OutboxRelay:
         for silenced in self._silenced:  # its requests still on the wire are cut at the process' exit
             with contextlib.suppress(Exception):  # TimeoutError too
                 await asyncio.wait_for(silenced.stop(), 1)
-        if self._producer_started:
-            await self._producer.stop()
+        # Whether it started or not: one never started (a relay stopped before its first round, or
+        # just renewed) was left unclosed, asyncio's "Unclosed AIOKafkaProducer" when collected.
+        await self._producer.stop()
 
     async def _run(self) -> None:
         try:
