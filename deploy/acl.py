@@ -187,7 +187,7 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exac
             and acl not in wanted
         ]
         if stale:
-            results = admin.delete_acls([_exactly(acl) for acl in stale])
+            results = admin.delete_acls([exact_filter(acl) for acl in stale])
             if refused := sorted({error.__name__ for _, _, error in results if error.errno != 0}):
                 raise AclError(f"the broker refused to delete ACLs: {', '.join(refused)}")
         deadline = time.monotonic() + timeout
@@ -203,7 +203,7 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exac
         admin.close()
 
 
-def _exactly(acl: ACL) -> ACLFilter:
+def exact_filter(acl: ACL) -> ACLFilter:
     """The filter matching this ACL alone."""
     pattern = acl.resource_pattern
     return ACLFilter(

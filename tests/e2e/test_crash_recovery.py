@@ -12,7 +12,7 @@ import pytest
 import contracts as c
 from contracts.internal import PROFILS
 from deploy.local.processes import ServiceProcesses
-from helpers import TopicReader, at, event, eventually
+from helpers import TopicReader, at, event, eventually, record_count
 from partner import declare, partenaires
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +121,9 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(kafka, database_u
                 return last == final
 
             await profils.wait_for(complete, timeout=60, what="every lot's last version published")
+            # And every record published read: a copy published twice may come after its key's last version.
+            published = await record_count(kafka.bootstrap_servers, topic_prefix + PROFILS)
+            await profils.wait_for(lambda rs: len(rs) >= published, timeout=60, what="every record published read")
         assert await conn.fetchval("SELECT count(*) FROM equipement.lots") == total
         assert await conn.fetchval("SELECT count(*) FROM equipement.inbox WHERE outcome = 'stale'") == 0
         ids_per_version: dict[tuple[bytes, int], set[str]] = defaultdict(set)

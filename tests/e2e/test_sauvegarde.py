@@ -3,6 +3,7 @@ backup restored: the services catch up from Kafka to the state they had, row for
 nothing again, and go on with the right versions and alert ids."""
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -712,6 +713,7 @@ async def test_a_restore_stopped_by_a_signal_stops_psql_removes_its_sql_and_says
     import psutil
 
     dump, conn = tmp_path / "base.dump", await asyncpg.connect(database_url)
+    restore: subprocess.Popen | None = None
     try:
         await conn.execute("CREATE SCHEMA arretee; CREATE TABLE arretee.t (n int); INSERT INTO arretee.t VALUES (1)")
         tool.backup(database_url, dump)
@@ -746,6 +748,11 @@ async def test_a_restore_stopped_by_a_signal_stops_psql_removes_its_sql_and_says
         await held.rollback()
         assert [r["n"] for r in await conn.fetch("SELECT n FROM arretee.t ORDER BY n")] == [1, 2], "not replaced"
     finally:
+        if restore is not None and restore.poll() is None:  # failed before its end: not left restoring
+            for process in [*psutil.Process(restore.pid).children(recursive=True), psutil.Process(restore.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            restore.wait(10)
         await conn.close()
 
 

@@ -21,7 +21,7 @@ from deploy.local.kafka.cluster import LocalKafkaCluster
 from deploy.local.processes import ServiceProcesses
 from deploy.topic_admin import create_topics
 from deploy.topology import platform_topics
-from helpers import at, college, event, eventually, ressource, send, uai
+from helpers import at, college, event, eventually, record_count, ressource, send, uai
 from services.common.messaging.connection import kafka_options
 
 COLLEGES, LOTS, RATE = 100, 2400, 150  # lots per second: the stream lasts 16 s
@@ -160,6 +160,14 @@ async def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(cluster, dat
         await eventually(stored, what="every collège's last lot stored", timeout=120)
         await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM equipement.outbox"), what="equipement done")
         await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM ressources.outbox"), what="ressources done")
+        # Every record published read (a copy published twice may come after its key's last version).
+        profiles = await record_count(bootstrap, prefix + PROFILS)
+        raised = await record_count(bootstrap, prefix + c.ALERTES)
+
+        async def read_to_the_end() -> bool:
+            return len(seen) >= profiles and len(alerts) >= raised
+
+        await eventually(read_to_the_end, timeout=60, what="every record published read")
         versions = [(r.key, json.loads(r.value)["data"]["version"]) for r in seen]
         assert len(versions) == len(set(versions)), "no profile record published twice"
         ids = [json.loads(r.value)["id"] for r in alerts]

@@ -145,15 +145,19 @@ async def test_a_second_dashboard_reads_in_its_own_groups_and_not_in_the_others(
 
     monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord,pilotage")
     kafka.sync_scram_users(everyone=False)
-    acl.apply(kafka.access, topic_prefix)
-    pilotage, tableau = kafka.access_as("pilotage"), kafka.access_as("tableau-de-bord")
-    await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
-    with pytest.raises(GroupAuthorizationFailedError):
-        await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord-academie-14")
-    with pytest.raises(GroupAuthorizationFailedError):
-        await _read(tableau, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
-    with pytest.raises(TopicAuthorizationFailedError):
-        await _read(pilotage, topic_prefix + c.EQUIPEMENT, group=None)
+    try:
+        acl.apply(kafka.access, topic_prefix)
+        pilotage, tableau = kafka.access_as("pilotage"), kafka.access_as("tableau-de-bord")
+        await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
+        with pytest.raises(GroupAuthorizationFailedError):
+            await _read(pilotage, topic_prefix + c.ALERTES, group=f"{topic_prefix}tableau-de-bord-academie-14")
+        with pytest.raises(GroupAuthorizationFailedError):
+            await _read(tableau, topic_prefix + c.ALERTES, group=f"{topic_prefix}pilotage-historique")
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _read(pilotage, topic_prefix + c.EQUIPEMENT, group=None)
+    finally:  # the session's broker without pilotage again: its password and its ACLs revoked
+        monkeypatch.setenv("KAFKA_DASHBOARDS", "tableau-de-bord")
+        kafka.sync_scram_users(everyone=False)
 
 
 async def test_a_dashboard_taken_out_of_kafka_dashboards_is_revoked_at_the_next_start(
@@ -225,7 +229,7 @@ async def test_a_grant_the_code_no_longer_makes_is_deleted_by_an_exact_apply(kaf
             await _read(kafka.access_as("gar"), topic_prefix + c.ALERTES, group=None)
         assert acl.apply(kafka.access, topic_prefix, exact=True) == 0, "nothing more to delete"
     finally:
-        admin.delete_acls([acl._exactly(other)])
+        admin.delete_acls([acl.exact_filter(other)])
         admin.close()
 
 

@@ -128,6 +128,7 @@ async def test_a_record_the_broker_refuses_is_set_aside_alone(kafka, database_ur
             assert [await relay.drain_once() for _ in range(3)] == [0, 2, 0]
             out = await reader.wait_for(lambda rs: len(rs) >= 3, what="the three small records")
         assert [r.value for r in out] == [b"0", b"1", b"2"]
+        assert await record_count(kafka.bootstrap_servers, topic) == 3, "each once"
         failed = await pool.fetch("SELECT length(record_value) AS size, error FROM outbox_failed")
         assert [f["size"] for f in failed] == [300 * 1024], [dict(f) for f in failed]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
@@ -184,6 +185,7 @@ async def test_rounds_go_out_in_batches_per_partition_each_key_in_order_where_se
         async with TopicReader(kafka.bootstrap_servers, topic) as reader:
             assert [await relay.drain_once() for _ in range(4)] == [500, 500, 200, 0]
             out = list(await reader.wait_for(lambda rs: len(rs) >= 1200, what="the 1,200 records"))
+        assert await record_count(kafka.bootstrap_servers, topic) == 1200, "each once"
         probe = AIOKafkaProducer(**kafka_options(kafka.bootstrap_servers))
         await probe.start()
         try:

@@ -329,7 +329,7 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
         with monkeypatch.context() as patched:
             patched.setattr(RessourcesStore, "subscribers", failing_in_part_0)
             before = await now()
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match=r"^part 0 cannot be evaluated$"):
                 await worker.step()
             after = await now()
             failures, retry_at = await put_off()
@@ -343,7 +343,7 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
             assert await worker.step() is None, "part 0 put off, nothing else waiting"
             await pool.execute("UPDATE reevaluations SET retry_at = clock_timestamp() WHERE part = 0")
             before = await now()
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match=r"^part 0 cannot be evaluated$"):
                 await worker.step()
             after = await now()
             failures, retry_at = await put_off()
@@ -354,7 +354,7 @@ async def test_a_part_whose_chunks_keep_failing_is_put_off_and_the_other_parts_g
             # Days of failures: still put off, by the bound (2 ** 1024 overflows PostgreSQL's float8).
             await pool.execute("UPDATE reevaluations SET failures = 2000, retry_at = clock_timestamp() WHERE part = 0")
             before = await now()
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match=r"^part 0 cannot be evaluated$"):
                 await worker.step()
             after = await now()
             failures, retry_at = await put_off()

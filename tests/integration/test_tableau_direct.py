@@ -141,12 +141,14 @@ async def test_a_long_burst_of_events_is_shown_while_it_lasts_and_announced_toge
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-    lasted = time.monotonic() - started
     assert shown_during - {"Aucune alerte pour ces filtres.", "1 alerte"}, f"read while it lasted: {shown_during}"
     await expect(page.locator("#compte")).to_have_text("50 alertes")
-    # Two lines a reading at most (a burst's first, then the others together), a reading every
-    # 1.5 s at least while it lasts: far fewer than one a raise.
-    assert len(announced) <= 2 * (lasted / 1.5 + 2) < 50, f"announced together, not one by one: {len(announced)}"
+    # Until the page has shown the last raise (a busy browser may lag the stream by seconds):
+    # two lines a reading at most (a burst's first, then the others together), a reading every
+    # 1.5 s at least meanwhile. Far fewer than one a raise.
+    lasted, lines = time.monotonic() - started, len(announced)
+    assert lines <= 2 * (lasted / 1.5 + 2), f"announced together, not one by one: {lines} in {lasted:.1f} s"
+    assert lines < 50, f"announced together, not one by one: {lines}"
     assert any(a.startswith("Autres changements dans cette vue : ") for a in announced), announced
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
