@@ -505,7 +505,14 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL, a malformed URL
             log.error("startup.refused", reason=str(e))
             raise StartupFailed(str(e)) from None
-        await stream_app.start()
+        try:
+            await stream_app.start()
+        except BaseException:  # FastStream runs no shutdown hook when a start fails: what it opened closed
+            try:
+                await stream_app.stop()
+            except Exception as e:
+                log.warning("startup.fermeture_incomplete", error=type(e).__name__)
+            raise
         passerelle: Passerelle | None = None
         producer = new_producer(settings)
         try:
@@ -515,8 +522,10 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             api.state.passerelle = passerelle
             yield
         finally:
-            await (passerelle.close() if passerelle else producer.stop())
-            await stream_app.stop()
+            try:
+                await (passerelle.close() if passerelle else producer.stop())
+            finally:
+                await stream_app.stop()
 
     api = FastAPIOffline(  # FastAPI serving the assets of /docs and /redoc itself (no CDN)
         title="former-équiper-outiller — passerelle de déclaration",

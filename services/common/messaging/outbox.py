@@ -264,7 +264,8 @@ class OutboxRelay:
     ):
         """`renew`: a new producer like `producer`, for when the broker refused a batch (the
         producer's sequence numbers are then out of step with the broker's); None: `producer`
-        is the caller's, and a partition whose batch the broker refused waits for a restart."""
+        is the caller's, and a partition whose batch the broker refused waits for a restart.
+        `stop` stops the producer in hand either way."""
         self._pool = pool
         self._renew = renew
         self._published = published  # each round's records published and set aside (metrics)

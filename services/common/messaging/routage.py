@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import for_code
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import ROUTED_PARTITIONS
@@ -28,14 +29,14 @@ log = structlog.get_logger()
 async def partitions_of(access: KafkaAccess, topics: list[str]) -> list[TopicPartition]:
     """Every partition of `topics`, which must exist, in order (their metadata: the DESCRIBE right,
     which READ and WRITE imply)."""
-    admin = AIOKafkaAdminClient(**access.aiokafka())
-    await admin.start()
+    admin = AIOKafkaAdminClient(**access.aiokafka(), client_id="feo-partitions")
     try:
+        await admin.start()
         described = await admin.describe_topics(topics)
     finally:
         await admin.close()
-    if missing := [t["topic"] for t in described if t["error_code"]]:
-        raise RuntimeError(f"topics {', '.join(missing)} do not exist on {access.bootstrap_servers}")
+    if refused := [f"{t['topic']} ({for_code(t['error_code']).__name__})" for t in described if t["error_code"]]:
+        raise RuntimeError(f"topics not described by {access.bootstrap_servers}: {', '.join(refused)}")
     return [
         TopicPartition(t["topic"], p["partition"])
         for t in described
@@ -61,7 +62,7 @@ async def check(access: KafkaAccess, topic: str) -> None:
         await consumer.start()
         partitions = await beyond(access, consumer, topic)
     except Exception as exc:
-        log.warning("routage.non_verifie", topic=topic, error=type(exc).__name__)
+        log.warning("routage.non_verifie", topic=topic, error=type(exc).__name__, detail=str(exc))
         return
     finally:
         await consumer.stop()

@@ -129,8 +129,10 @@ class Lifecycle:
             except Exception as exc:  # Kafka or PostgreSQL away, or out of time: nothing is lost
                 log.warning("outbox.not_flushed", error=type(exc).__name__, hint="published at the next start")
             finally:  # cancelled meanwhile too (a second signal): the producer and the pool closed
-                await relay.stop()
-                await self._pipeline.pool.close()
+                try:
+                    await relay.stop()
+                finally:
+                    await self._pipeline.pool.close()
         if self._provider is not None:
             self._provider.shutdown()
 
