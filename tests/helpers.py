@@ -381,9 +381,9 @@ async def record_count(bootstrap: str, topic: str) -> int:
     """How many records `topic` holds (the sum of its partitions' end offsets): what a test
     counts to show that nothing more was published, without waiting for nothing to come."""
     producer, consumer = AIOKafkaProducer(**kafka_options(bootstrap)), AIOKafkaConsumer(**kafka_options(bootstrap))
-    await producer.start()
-    await consumer.start()
     try:
+        await producer.start()
+        await consumer.start()
         partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:

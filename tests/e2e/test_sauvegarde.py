@@ -748,12 +748,16 @@ async def test_a_restore_stopped_by_a_signal_stops_psql_removes_its_sql_and_says
         await held.rollback()
         assert [r["n"] for r in await conn.fetch("SELECT n FROM arretee.t ORDER BY n")] == [1, 2], "not replaced"
     finally:
-        if restore is not None and restore.poll() is None:  # failed before its end: not left restoring
-            for process in [*psutil.Process(restore.pid).children(recursive=True), psutil.Process(restore.pid)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-            restore.wait(10)
-        await conn.close()
+        try:
+            if restore is not None and restore.poll() is None:  # failed before its end: not left restoring
+                with contextlib.suppress(psutil.NoSuchProcess, subprocess.TimeoutExpired):
+                    restoring = psutil.Process(restore.pid)
+                    for process in [*restoring.children(recursive=True), restoring]:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            process.kill()
+                    restore.wait(10)
+        finally:
+            await conn.close()
 
 
 def test_a_signal_ignored_already_stays_ignored_and_one_after_the_first_is_too() -> None:

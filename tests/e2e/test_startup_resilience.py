@@ -228,13 +228,15 @@ def test_a_service_waits_for_postgresql_without_showing_its_password(kafka, tmp_
 
 
 def test_a_service_asked_to_stop_while_it_waits_stops_at_once(database_url, tmp_path):
-    # Its start-up given 120 s: what a wait through it would take, far beyond the bound below.
+    # Its start-up and its stop's grace given 120 s: what a wait through either would take, far
+    # beyond the bound below.
     procs = ServiceProcesses(
         {
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
             "DATABASE_URL": database_url,
             "LOG_FORMAT": "json",
             "STARTUP_TIMEOUT_SECONDS": "120",
+            "SHUTDOWN_GRACE_SECONDS": "120",
         },
         log_dir=tmp_path,
         names=("formation",),
@@ -252,7 +254,7 @@ def test_a_service_asked_to_stop_while_it_waits_stops_at_once(database_url, tmp_
         asked = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-        assert time.monotonic() - asked < 30  # at once: not at the start-up's timeout
+        assert time.monotonic() - asked < 30  # at once: not at the start-up's timeout nor the grace's end
     finally:
         procs.stop()
 

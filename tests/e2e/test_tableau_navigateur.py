@@ -510,6 +510,22 @@ async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown
 
     await page.route("**/alertes/flux*", flux)
     await page.route("**/alertes?*", alertes)
+    # The page itself records, as it asks each reading of the view, how many were unanswered then
+    # (the route's handler runs in this process, after the page asked: it may see the first
+    # answered already).
+    await page.add_init_script(
+        """(() => {
+          const original = window.fetch;
+          let unanswered = 0;
+          window.__readingsUnanswered = [];
+          window.fetch = async (input, init) => {
+            const url = String((input && input.url) || input);
+            if (!url.includes("/alertes?")) return original(input, init);
+            window.__readingsUnanswered.push(unanswered++);
+            try { return await original(input, init); } finally { unanswered--; }
+          };
+        })()"""
+    )
     await page.goto(f"{base}/tableau")
     await asyncio.wait_for(first_read.wait(), WAIT_MS / 1000)
     await expect(page.locator("#direct")).to_have_attribute("data-etat", "connexion")
@@ -533,7 +549,9 @@ async def test_an_alert_raised_between_the_first_reading_and_the_stream_is_shown
     # The reading the stream's opening asks waits for the first one: asked once it is answered.
     first_answered.set()
     await eventually(read_again, what="the reading the stream's opening asks")
-    assert all(later_reads), f"a reading asked while the first was unanswered: {later_reads}"
+    asked = await page.evaluate("window.__readingsUnanswered")
+    assert asked[:2] == [0, 0], f"the second reading asked while the first was unanswered: {asked}"
+    assert all(later_reads), f"a reading reached the service while the first was unanswered: {later_reads}"
     listed = page.locator("#alertes tbody tr")
     await expect(listed).to_have_count(1)
     await expect(listed.first).to_contain_text(uai)
