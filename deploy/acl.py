@@ -178,13 +178,10 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exac
         result = admin.create_acls(list(wanted))
         if result["failed"]:
             raise AclError(f"the broker refused {len(result['failed'])} ACLs: {result['failed'][0]}")
-        held = admin.describe_acls(acl_filter())[0] if exact else []
         stale = [
             acl
-            for acl in held
-            if acl.principal in principals
-            and acl.resource_pattern.resource_name.startswith(prefix)
-            and acl not in wanted
+            for acl in (held_under(admin, prefix) if exact else [])
+            if acl.principal in principals and acl not in wanted
         ]
         if stale:
             results = admin.delete_acls([exact_filter(acl) for acl in stale])
@@ -201,6 +198,13 @@ def apply(admin_access: KafkaAccess, prefix: str = "", timeout: float = 30, exac
             time.sleep(0.05)
     finally:
         admin.close()
+
+
+def held_under(admin: KafkaAdminClient, prefix: str) -> list[ACL]:
+    """The ACLs the broker holds, of any principal, on resources named with `prefix`."""
+    return [
+        acl for acl in admin.describe_acls(acl_filter())[0] if acl.resource_pattern.resource_name.startswith(prefix)
+    ]
 
 
 def exact_filter(acl: ACL) -> ACLFilter:

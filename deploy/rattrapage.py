@@ -47,7 +47,6 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
 
 import contracts as c
@@ -57,8 +56,8 @@ from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.consumer import Outside, in_another_log, outside_their_log, record_stamps
 from services.common.messaging.outbox import OutboxRelay, load_headers
 from services.common.messaging.records import lenient_consumer
-from services.common.messaging.routage import partitions_of
 from services.common.messaging.stall import Stall
+from services.common.messaging.topics import admin_client, partitions_of
 from services.common.pipeline import TOMBSTONE, Outgoing, Pipeline
 from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.settings import ServiceSettings
@@ -109,7 +108,7 @@ async def check_access(settings: ServiceSettings, specs: Iterable[ServiceSpec]) 
     topics = sorted({settings.topic(t) for spec in specs for t in read_by(spec)})
     if not topics:
         return
-    async with _admin(access) as admin:  # a topic it may not even describe: aiokafka would wait for ever
+    async with admin_client(access) as admin:  # a topic it may not even describe: aiokafka would wait for ever
         described = {t["topic"]: t["error_code"] for t in await admin.describe_topics(topics)}
     if missing := [t for t in topics if described.get(t) not in (0, TopicAuthorizationFailedError.errno)]:
         raise AccesInsuffisant(f"topics {', '.join(missing)} do not exist on {access.bootstrap_servers}")
@@ -319,23 +318,13 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, 
         await consumer.stop()
 
 
-@asynccontextmanager
-async def _admin(access: KafkaAccess) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(**access.aiokafka())
-    await admin.start()
-    try:
-        yield admin
-    finally:
-        await admin.close()
-
-
 async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the offset `group` committed there (none: it committed nothing).
     A broker that has not yet made its offsets topic (a cluster no consumer group has used: a
     restore onto a new Kafka) answers that no coordinator is available until it has: asked
     again for up to CHECK_SECONDS."""
     deadline = time.monotonic() + CHECK_SECONDS
-    async with _admin(KafkaAccess.from_environ(bootstrap_servers=bootstrap)) as admin:
+    async with admin_client(KafkaAccess.from_environ(bootstrap_servers=bootstrap)) as admin:
         while True:
             try:
                 offsets = await admin.list_consumer_group_offsets(group)

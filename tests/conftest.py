@@ -109,6 +109,10 @@ async def topic_prefix(kafka, unique):
     await create_topics(kafka.bootstrap_servers, platform_topics(prefix, partitions=TEST_PARTITIONS))
     acl.apply(kafka.access, prefix)
     yield prefix
+    await _prefix_cleared(kafka, prefix)
+
+
+async def _prefix_cleared(kafka, prefix: str) -> None:
     await _deleted(kafka.bootstrap_servers, prefix)
     await asyncio.to_thread(_acls_deleted, kafka.access, prefix)
 
@@ -123,8 +127,7 @@ def _acls_deleted(access, prefix: str) -> None:
     try:
         admin = KafkaAdminClient(**access.kafka_python(), client_id="feo-test-acl")
         try:  # by their resources' names: whatever KAFKA_DASHBOARDS says once the test's patches are undone
-            held = admin.describe_acls(acl.acl_filter())[0]
-            if mine := [a for a in held if a.resource_pattern.resource_name.startswith(prefix)]:
+            if mine := acl.held_under(admin, prefix):
                 admin.delete_acls([acl.exact_filter(a) for a in mine])
         finally:
             admin.close()
@@ -160,8 +163,7 @@ async def own_prefix(kafka, unique):
     session were left open)."""
     prefix = f"p{unique}."
     yield prefix
-    await _deleted(kafka.bootstrap_servers, prefix)
-    await asyncio.to_thread(_acls_deleted, kafka.access, prefix)
+    await _prefix_cleared(kafka, prefix)
 
 
 @pytest.fixture(autouse=True)

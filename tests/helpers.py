@@ -1,7 +1,6 @@
 """Test helpers: wait on a condition with a deadline, read topics, build partner events."""
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -249,12 +248,9 @@ class running:
         self._ctx = TestApp(self.app)
 
     async def __aenter__(self):
-        try:
-            await self._ctx.__aenter__()
-        except BaseException:  # FastStream runs no shutdown hook when a start fails: its clients closed here
-            with contextlib.suppress(Exception):
-                await self.app.stop()
-            raise
+        from services.common.runtime.app import started
+
+        await started(self.app, self._ctx.__aenter__())
         return self.app.pipeline
 
     async def __aexit__(self, *exc):

@@ -42,7 +42,7 @@ from contracts.parsing import MAX_RECORD_BYTES
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
-from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error
+from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error, started
 from services.common.runtime.metrics import Metrics
 from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
@@ -505,14 +505,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
         except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL, a malformed URL
             log.error("startup.refused", reason=str(e))
             raise StartupFailed(str(e)) from None
-        try:
-            await stream_app.start()
-        except BaseException:  # FastStream runs no shutdown hook when a start fails: what it opened closed
-            try:
-                await stream_app.stop()
-            except Exception as e:
-                log.warning("startup.fermeture_incomplete", error=type(e).__name__)
-            raise
+        await started(stream_app, stream_app.start())
         passerelle: Passerelle | None = None
         producer = new_producer(settings)
         try:

@@ -16,7 +16,7 @@ from deploy.referentiel.publish import publish_etablissements
 from helpers import send
 from partner import declare
 from services.common.messaging.connection import KafkaAccess, kafka_options
-from services.common.messaging.routage import partitions_of
+from services.common.messaging.topics import partitions_of
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.passerelle.app import SPEC as PASSERELLE

@@ -16,32 +16,13 @@ the alert stream's are its history: neither is looked at.
 from collections.abc import Mapping
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import for_code
+from aiokafka import AIOKafkaConsumer
 
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import ROUTED_PARTITIONS
+from services.common.messaging.topics import partitions_of
 
 log = structlog.get_logger()
-
-
-async def partitions_of(access: KafkaAccess, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of `topics`, which must exist, in order (their metadata: the DESCRIBE right,
-    which READ and WRITE imply)."""
-    admin = AIOKafkaAdminClient(**access.aiokafka(), client_id="feo-partitions")
-    try:
-        await admin.start()
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    if refused := [f"{t['topic']} ({for_code(t['error_code']).__name__})" for t in described if t["error_code"]]:
-        raise RuntimeError(f"topics not described by {access.bootstrap_servers}: {', '.join(refused)}")
-    return [
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        for p in sorted(t["partitions"], key=lambda p: p["partition"])
-    ]
 
 
 async def beyond(access: KafkaAccess, consumer: AIOKafkaConsumer, topic: str) -> Mapping[int, int]:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -101,6 +102,19 @@ class ServiceApp(AsgiFastStream):
         @api.get("/metrics", summary="Les mesures du service, au format de Prometheus", include_in_schema=False)
         async def metrics_text() -> Response:
             return Response(await self.metrics(), media_type=metrics.CONTENT_TYPE)
+
+
+async def started(app: ServiceApp, start: Awaitable[object]) -> None:
+    """Await `start`, the app's start; when it fails, stop the app and raise the start's error:
+    FastStream runs no shutdown hook when a start fails, and what it opened would stay open."""
+    try:
+        await start
+    except BaseException:
+        try:
+            await app.stop()
+        except Exception as e:
+            log.warning("startup.fermeture_incomplete", error=type(e).__name__)
+        raise
 
 
 _EVERY_ANSWER = (

@@ -224,3 +224,42 @@ async def test_a_url_asyncpg_cannot_read_is_refused_without_its_pieces(monkeypat
     for said_it in (fields["error"], str(refused.value)):
         assert "S3cr" not in said_it and "ss@db" not in said_it and "'x'" not in said_it, said_it
         assert "cannot read it as a PostgreSQL URL" in said_it
+
+
+class Opened:
+    """An app whose start fails after opening something, and whose stop closes it (or fails)."""
+
+    def __init__(self, stop_fails: bool = False):
+        self.open = False
+        self.stop_fails = stop_fails
+
+    async def start(self):
+        self.open = True
+        raise ConnectionRefusedError("Kafka away")
+
+    async def stop(self):
+        if self.stop_fails:
+            raise OSError("closing failed")
+        self.open = False
+
+
+async def test_a_failed_start_closes_what_it_opened_and_raises_its_own_error():
+    from services.common.runtime.app import started
+
+    app = Opened()
+    with pytest.raises(ConnectionRefusedError, match="Kafka away"):
+        await started(app, app.start())
+    assert not app.open
+
+
+async def test_a_failed_close_after_a_failed_start_is_said_and_the_start_error_raised():
+    from structlog.testing import capture_logs
+
+    from services.common.runtime.app import started
+
+    app = Opened(stop_fails=True)
+    with capture_logs() as logs, pytest.raises(ConnectionRefusedError, match="Kafka away"):
+        await started(app, app.start())
+    assert [(e["event"], e["log_level"], e["error"]) for e in logs] == [
+        ("startup.fermeture_incomplete", "warning", "OSError")
+    ]
