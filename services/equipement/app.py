@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import contracts as c
-from contracts.internal import PROFILS, ProfilLot
+from contracts.internal import INTERNAL_TOPIC_TYPES, PROFILS
 from services.common.runtime.spec import Publishes, ServiceSpec
 from services.equipement.handlers import apply
 from services.equipement.store import EquipementStore
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
         Publishes(
             PROFILS,
             "Each lot (key {uai}/{lot_id}) and each UAI's connectivity (key UAI) as it changes; compacted",
-            ProfilLot,
+            tuple(sorted(INTERNAL_TOPIC_TYPES[PROFILS])),
         ),
         Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
     ),

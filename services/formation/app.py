@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import contracts as c
-from contracts.internal import COUVERTURES, CouvertureEnseignants
+from contracts.internal import COUVERTURES, INTERNAL_TOPIC_TYPES
 from services.common.runtime.spec import Publishes, ServiceSpec
 from services.formation.handlers import apply
 from services.formation.store import FormationStore
@@ -17,7 +17,7 @@ SPEC = ServiceSpec(
             COUVERTURES,
             "Each UAI's counted teachers and competence levels (key UAI) and its teachers per "
             "tool (key {uai}/{kind}) as they change; compacted",
-            CouvertureEnseignants,
+            tuple(sorted(INTERNAL_TOPIC_TYPES[COUVERTURES])),
         ),
         Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
     ),

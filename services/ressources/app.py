@@ -16,13 +16,18 @@ SPEC = ServiceSpec(
     package_dir=Path(__file__).parent,
     consumes=(c.REFERENTIEL, c.CATALOGUE, PROFILS, COUVERTURES),
     publishes=(
-        Publishes(c.ALERTES, "alerte-levee / alerte-resolue for every (établissement, resource, kind)", c.AlerteLevee),
+        Publishes(
+            c.ALERTES,
+            "alerte-levee / alerte-resolue for every (établissement, resource, kind)",
+            (c.ALERTE_LEVEE, c.ALERTE_RESOLUE),
+        ),
         Publishes(
             c.ALERTES_ETAT,
             "The table of alertes.compatibilite.v1: compacted, keyed by alert_id, the latest alerte-levee or "
             "alerte-resolue of each alert, then a tombstone (null value) once it is resolved. Read from the "
             "beginning, it gives exactly the open alerts, however old, then every change.",
-            c.AlerteLevee,
+            (c.ALERTE_LEVEE, c.ALERTE_RESOLUE),
+            tombstones=True,
         ),
         Publishes(c.dlq(c.REFERENTIEL), "Référentiel records the platform could not accept, bytes unchanged"),
         Publishes(c.dlq(c.CATALOGUE), "Catalogue records it could not accept, bytes unchanged"),

@@ -3,14 +3,16 @@
 `app.build_app` turns a `ServiceSpec` into a running service; each service's `app.py` is one.
 """
 
+import functools
+import operator
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 import contracts as c
+from contracts.envelope import event_model
+from contracts.internal import INTERNAL_PAYLOADS
 from services.common.pipeline import ApplyFn, Pipeline
 from services.common.runtime.health import Backlog
 from services.common.runtime.metrics import Gauges
@@ -20,11 +22,23 @@ from services.common.storage.db import Conn
 
 @dataclass(frozen=True)
 class Publishes:
-    """A topic the service writes, declared for the AsyncAPI document."""
+    """A topic the service writes, declared for the AsyncAPI document: its records are CloudEvents
+    of `types` (the contract's or the platform's internal ones), and null values (tombstones) too
+    when `tombstones`; no `types`: bytes as the service received them (a DLQ's)."""
 
     topic: str
     description: str
-    schema: type[BaseModel] | None = None
+    types: tuple[str, ...] = ()
+    tombstones: bool = False
+
+    @property
+    def schema(self) -> Any:
+        """What the AsyncAPI document says a record's value is (FastStream takes any type)."""
+        if not self.types:
+            return None
+        models: list[Any] = [event_model(t, (c.PAYLOADS | INTERNAL_PAYLOADS)[t]) for t in self.types]
+        value = functools.reduce(operator.or_, models)
+        return value | None if self.tombstones else value
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The committed JSON Schema files are what partners read: they must match the models."""
 
 import json
+from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -67,3 +68,49 @@ def test_an_integer_field_takes_exactly_what_its_published_schema_takes(type_, p
     except ValidationError:
         accepted = False
     assert accepted == published.is_valid(data), (value, list(published.iter_errors(data))[:1])
+
+
+ASYNCAPI = Path(__file__).parents[3] / "contracts" / "asyncapi"
+# Each topic of the contract a service writes, with the types its records carry.
+WRITTEN = {**c.TOPIC_TYPES, c.ALERTES_ETAT: c.TOPIC_TYPES[c.ALERTES]}
+
+
+def _published() -> list[tuple[str, str, Draft202012Validator]]:
+    """(document, topic, validator of what it says a record's value is) for each contract topic
+    a committed AsyncAPI document says a service writes."""
+    out = []
+    for path in sorted(ASYNCAPI.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        messages = doc["components"]["messages"]
+        for channel in doc["channels"].values():
+            if channel.get("address") in WRITTEN and "consume" not in json.dumps(channel["messages"]):
+                (message,) = channel["messages"].values()
+                payload = messages[message["$ref"].rsplit("/", 1)[-1]]["payload"]
+                schema = {**payload, "components": doc["components"]}
+                out.append((path.stem, channel["address"], Draft202012Validator(schema)))
+    return out
+
+
+def test_the_asyncapi_documents_name_the_contract_topics_the_services_write():
+    assert {(name, topic) for name, topic, _ in _published()} == {
+        ("passerelle", c.REFERENTIEL),
+        ("passerelle", c.FORMATION),
+        ("passerelle", c.EQUIPEMENT),
+        ("passerelle", c.CATALOGUE),
+        ("ressources", c.ALERTES),
+        ("ressources", c.ALERTES_ETAT),
+    }
+
+
+@pytest.mark.parametrize(("name", "topic", "validator"), _published(), ids=lambda v: getattr(v, "__name__", v))
+def test_the_asyncapi_documents_say_what_a_record_of_a_topic_is(name, topic, validator, make_record):
+    """A record of each of the topic's types is what the document says (its whole value, a
+    CloudEvent), one of another topic's types is not; null (a tombstone) only on the alert table."""
+    for type_ in sorted(set().union(*c.TOPIC_TYPES.values())):
+        record = json.loads(make_record(type_))
+        errors = [e.message for e in validator.iter_errors(record)]
+        if type_ in WRITTEN[topic]:
+            assert not errors, f"{name}: a {type_} record on {topic}: {errors[:3]}"
+        else:
+            assert errors, f"{name}: a {type_} record said to be one of {topic}'s"
+    assert validator.is_valid(None) == (topic == c.ALERTES_ETAT)
