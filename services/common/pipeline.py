@@ -702,9 +702,13 @@ class Pipeline:
         judged again, it was dead-lettered though applied. A new event they refuse leaves no
         inbox row (sent again once the rights allow it, it is applied), also when it is sent again
         in the same batch: an event of the same (source, id) as one refused before it in `items`
-        (corrected, say) is judged after it, not taken for its duplicate (it was lost)."""
+        (corrected, say) is judged after it, not taken for its duplicate (it was lost). The accepted
+        in their order in `items`: of one entity's events at the same `time`, the later wins."""
         accepted: list[CloudEvent] = []
+        position = {id(e): i for i, (e, _) in enumerate(items)}
+        rounds = 0
         while items:
+            rounds += 1
             first: list[tuple[CloudEvent, ConsumerRecord]] = []
             later: list[tuple[CloudEvent, ConsumerRecord]] = []
             keys: set[tuple[str, str]] = set()
@@ -719,6 +723,8 @@ class Pipeline:
             accepted += (e for e, _ in fresh if id(e) in kept)
             again = {(e.source, e.id) for e in released}
             items = [(e, r) for e, r in later if (e.source, e.id) in again]
+        if rounds > 1:  # a round's accepted came after the events of the rounds before
+            accepted.sort(key=lambda e: position[id(e)])
         return accepted
 
     def _check(self, items, etabs: dict, rejected: list[dlq.Rejection]) -> list[CloudEvent]:

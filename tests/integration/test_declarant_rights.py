@@ -261,3 +261,24 @@ async def test_an_event_refused_then_sent_again_in_the_same_batch_is_judged_agai
             == 1
         )
         assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 3
+
+
+async def test_an_event_sent_again_corrected_in_a_batch_keeps_its_arrival_order(kafka, settings):
+    """Of one lot's events at the same `time`, the later arrival wins (CONTRACTS.md), also when
+    the earlier is the correction of a refused event in the same batch, judged after the others:
+    it was applied after them, and the lot kept its quantity, not the last one's."""
+    bootstrap = kafka.bootstrap_servers
+    commune = "/collectivites/communes/35238"
+    refused = lot(commune, COLLEGE)
+    corrected = refused | {"data": refused["data"] | {"uai": ECOLE, "quantity": 2}}
+    last = lot(commune, ECOLE) | {"data": corrected["data"] | {"quantity": 3}}
+    await send(bootstrap, settings.topic(c.REFERENTIEL), referentiel())
+    await send(bootstrap, settings.topic(c.EQUIPEMENT), [("a", refused), ("a", corrected), ("a", last)])
+    async with running(EQUIPEMENT, settings) as pipeline:
+        await eventually(
+            lambda: pipeline.pool.fetchval(
+                "SELECT count(*) = 2 FROM inbox WHERE id = ANY($1::text[])", [corrected["id"], last["id"]]
+            ),
+            what="both lots of the école applied",
+        )
+        assert await pipeline.pool.fetchval("SELECT quantity FROM lots WHERE uai = $1", ECOLE) == 3
