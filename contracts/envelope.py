@@ -9,6 +9,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from datetime import time as daytime
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
@@ -82,6 +83,7 @@ def parse_source(source: str) -> Declarant:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LEAP_SECOND = daytime(23, 59, 59, 999999)
 
 
 _RFC3339 = re.compile(
@@ -102,10 +104,16 @@ def _rfc3339(time: Any) -> Any:
         raise PydanticCustomError("datetime_parsing", "")
     if match[2] is None:
         raise PydanticCustomError("timezone_aware", "")
+    text, leap = time.upper(), time[17:19] == "60"
+    if leap:  # RFC 3339's leap second, 23:59:60 in UTC: read as its last microsecond before the next
+        text = text[:17] + "59.999999" + text[19 + len(match[1] or "") :]
     try:
-        return datetime.fromisoformat(time.upper())
-    except ValueError:  # a day, an hour or a second that does not exist
+        instant = datetime.fromisoformat(text)
+        if leap and instant.astimezone(UTC).time() != LEAP_SECOND:
+            raise ValueError("a leap second at another instant than 23:59:60 UTC")
+    except (ValueError, OverflowError):  # a day, an hour or a second that does not exist
         raise PydanticCustomError("datetime_parsing", "") from None
+    return instant
 
 
 def _check_time(time: datetime) -> datetime:

@@ -115,6 +115,9 @@ def test_naive_time_is_refused_with_the_value(make_record):
         "2024-03-01T24:00:00Z",
         "2024-03-01T10:00:00+00:99",  # offset minutes run 00-59
         "2024-03-01T10:00:00+24:00",
+        "2016-12-31T22:59:60Z",  # a leap second is 23:59:60 in UTC
+        "2016-12-31T23:59:60+01:00",
+        "2016-12-31T23:59:61Z",
     ],
 )
 def test_a_time_that_is_not_rfc_3339_is_cloudevent_invalide(time, make_record):
@@ -128,6 +131,10 @@ def test_a_time_that_is_not_rfc_3339_is_cloudevent_invalide(time, make_record):
         ("2024-03-01t10:00:00z", datetime(2024, 3, 1, 10, tzinfo=UTC)),  # RFC 3339 allows either case
         ("2024-03-01T11:00:00.123456789+01:00", datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)),
         ("2024-03-01T10:00:00.5-00:00", datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+        # A leap second (RFC 3339, 5.7), in UTC or another offset, its fraction dropped: its last microsecond.
+        ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2017-01-01T00:59:60.5+01:00", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2016-12-31T18:29:60-05:30", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
     ],
 )
 def test_every_rfc_3339_form_is_read_to_its_instant(time, instant, make_record):
