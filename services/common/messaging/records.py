@@ -46,9 +46,10 @@ from aiokafka.record.util import decode_varint
 log = structlog.get_logger(__name__)
 
 DECOMPRESSED_BATCH_MAX_BYTES = 32 * 1024 * 1024
-"""The most a compressed producer batch may hold once decompressed. A record is at most 256 KiB
-(CONTRACTS.md, Limits): a producer's batch of them, compressed within the broker's 1 MiB, holds
-a few megabytes of JSON; 32 MiB is far above that and well within a service's memory."""
+"""The most a compressed producer batch may hold once decompressed: well within a service's
+memory. A record is at most 256 KiB (CONTRACTS.md, Limits), but a batch of them compressed within
+the broker's 1 MiB may hold more than 32 MiB of very repetitive JSON, from a producer whose
+`batch.size` was raised: such a batch waits (README, Known limits)."""
 
 FETCH_RECORDS_MAX_BYTES = 8 * 1024 * 1024
 """The most a partition's fetch hands over to a poll, keys and values, once past it at the
@@ -91,7 +92,7 @@ class BatchTooLarge(CorruptRecordException):
     def __init__(self, codec: str, compressed: int):
         super().__init__(
             f"a {codec} batch of {compressed} bytes decompresses past {DECOMPRESSED_BATCH_MAX_BYTES} bytes "
-            "(DECOMPRESSED_BATCH_MAX_BYTES): not read; no partner's records need that much"
+            "(DECOMPRESSED_BATCH_MAX_BYTES): not read; its sender to send its records again in smaller batches"
         )
 
 
