@@ -288,18 +288,21 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        for silenced in self._silenced:  # its requests still on the wire are cut at the process' exit
-            with contextlib.suppress(Exception):  # TimeoutError too
-                await asyncio.wait_for(silenced.stop(), 1)
-        # Whether it started or not: one never started (a relay stopped before its first round, or
-        # just renewed) was left unclosed, asyncio's "Unclosed AIOKafkaProducer" when collected.
-        await self._producer.stop()
+        """The relay's task ended, then its producers stopped, also when the caller is cancelled
+        meanwhile (that cancellation raised then, not swallowed with the task's own)."""
+        try:
+            if self._task:
+                self._task.cancel()
+                await asyncio.wait([self._task])
+                if not self._task.cancelled():
+                    self._task.result()  # its own failure, raised once the producers are stopped
+        finally:
+            for silenced in self._silenced:  # its requests still on the wire are cut at the process' exit
+                with contextlib.suppress(Exception):  # TimeoutError too
+                    await asyncio.wait_for(silenced.stop(), 1)
+            # Whether it started or not: one never started (a relay stopped before its first round,
+            # or just renewed) was left unclosed, asyncio's "Unclosed AIOKafkaProducer" when collected.
+            await self._producer.stop()
 
     async def _run(self) -> None:
         try:

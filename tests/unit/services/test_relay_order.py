@@ -5,6 +5,7 @@ batch refused for good is set aside alone: those behind it are judged by their o
 
 import asyncio
 
+import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
 from services.common.messaging import outbox
@@ -174,3 +175,35 @@ async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch)
     relay._producer = Topics(failing={"stream": away, "table": MessageSizeTooLargeError()})
     errors, _ = await relay._publish(rows)
     assert errors == [away, away], "retried, not set aside: its record on the stream never went out"
+
+
+async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_stops_its_producer():
+    """A service's stop cancelled while the relay's round ends (a send in flight): that
+    cancellation was taken for the round's own and swallowed, the caller going on as if not
+    cancelled."""
+    stopped: list[bool] = []
+
+    class Producer:
+        async def stop(self):
+            stopped.append(True)
+
+    relay = outbox.OutboxRelay(None, Producer(), "relaystop")  # type: ignore[arg-type]
+    ending, release = asyncio.Event(), asyncio.Event()
+
+    async def round_ending_slowly():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ending.set()
+            await release.wait()
+            raise
+
+    relay._task = asyncio.create_task(round_ending_slowly())
+    stopping = asyncio.create_task(relay.stop())
+    await ending.wait()  # the relay's task cancelled, its round ending; stop waits for it
+    stopping.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopped == [True]
+    assert relay._task.cancelled()
