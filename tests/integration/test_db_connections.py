@@ -7,6 +7,7 @@ import asyncio
 import socket
 
 import asyncpg
+import pytest
 
 from helpers import eventually
 from services.common.storage.db import (
@@ -106,4 +107,41 @@ async def test_an_operator_tools_session_outlives_the_deployments_idle_timeouts(
         finally:
             await asyncio.gather(tool.close(), other.close(), held.close())
     finally:
+        await admin.close()
+
+
+async def test_a_service_pool_runs_past_the_deployments_statement_lock_and_transaction_limits(database_url):
+    """A role's or database's statement_timeout, lock_timeout or idle_in_transaction_session_timeout
+    that a batch always outruns took it again for ever, its partition held; a pool's `settings`
+    (the read API's statement timeout) still set one."""
+    admin = await asyncpg.connect(database_url)
+    name = await admin.fetchval("SELECT current_database()")
+    for setting in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"):
+        await admin.execute(f"ALTER DATABASE {name} SET {setting} = '100ms'")
+    plain = await asyncpg.connect(database_url)
+    pool = await create_pool(database_url, "limites", min_size=1, max_size=1)
+    reads = await create_pool(database_url, "limites", max_size=1, settings={"statement_timeout": "100"})
+    try:
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await plain.execute("SELECT pg_sleep(0.3)")  # the database's limits hold elsewhere
+        await admin.execute("CREATE TABLE limites.tenue (n int)")
+        await admin.execute("BEGIN; LOCK TABLE limites.tenue IN ACCESS EXCLUSIVE MODE")
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            waiting = asyncio.create_task(conn.fetchval("SELECT count(*) FROM limites.tenue"))
+            await eventually(
+                lambda: admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid),
+                what="the pool's statement waiting for the lock",
+            )
+            await asyncio.sleep(0.3)  # past the database's lock_timeout while it waits
+            await admin.execute("COMMIT")
+            assert await waiting == 0
+            async with conn.transaction():
+                await conn.execute("SELECT pg_sleep(0.3)")
+                await asyncio.sleep(0.3)  # idle in the transaction, as between a batch's statements
+                assert await conn.fetchval("SELECT 1") == 1
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await reads.execute("SELECT pg_sleep(0.3)")
+    finally:
+        await asyncio.gather(pool.close(), reads.close(), plain.close())
         await admin.close()

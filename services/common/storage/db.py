@@ -37,9 +37,9 @@ DATABASE_AWAY = (
     OSError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
-    # Shutting down, starting, dropped, full, out of connections, read-only (a standby): not
-    # what one statement met (a statement_timeout, a transaction's temp_file_limit), which
-    # isolating the records gets past.
+    # Shutting down, starting, dropped, full, out of connections, read-only (a standby): the
+    # server's state, not what one statement met (a check, a uniqueness: pipeline's
+    # _REFUSED_BY_DATABASE), which isolating the records gets past.
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
@@ -217,6 +217,11 @@ async def on_a_session(
         await again.close()
 
 
+SESSION_LIMITS_OFF = {"statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0"}
+"""A pool's sessions without the server's time limits on statements, lock waits and transactions
+left idle (the Python work between a batch's statements). `idle_session_timeout` (PostgreSQL
+14) is left: a pool's connection it ends is opened again at its next use."""
+
 POOL_SIZE = 5
 """A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
 spare (ressources' read API has a pool of its own: services/ressources/api.py, Reads)."""
@@ -248,6 +253,11 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         server_settings={
+            # A role's or database's limits, which managed servers often set: a batch (2,000
+            # records, a UAI's thousands of subscriptions) or a re-evaluation's chunk that always
+            # outruns one was taken again for ever, its partition held (audit s66 #4). The caller's
+            # `settings` may set one again (the read API's statement timeout).
+            **SESSION_LIMITS_OFF,
             **(settings or {}),
             "search_path": schema,
             "application_name": f"feo-{schema}" + (f"-{purpose}" if purpose else ""),
