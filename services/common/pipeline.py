@@ -38,10 +38,9 @@ from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import context_from_headers, trace_headers, tracer_is_recording
 from services.common.storage import entities, inbox, positions, referentiel
-from services.common.storage.db import DATABASE_AWAY, Conn, advisory_key, transaction
+from services.common.storage.db import DATABASE_AWAY, REFUSED_BY_DATABASE, Conn, advisory_key, transaction
 
 log = structlog.get_logger(__name__)
-_REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
 T = TypeVar("T")
 
 
@@ -287,7 +286,7 @@ class Pipeline:
                         raise
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
-                except _REFUSED_BY_DATABASE as exc:
+                except REFUSED_BY_DATABASE as exc:
                     _failed(span, exc)
                     await self._isolate(records, exc)
                     return
@@ -581,7 +580,7 @@ class Pipeline:
                     raise
                 log.info("referentiel.revival_retried", error=type(exc).__name__, attempt=attempt)
                 await asyncio.sleep(0.05 * attempt)
-            except _REFUSED_BY_DATABASE as exc:  # as `_isolate`: the culprit refused alone
+            except REFUSED_BY_DATABASE as exc:  # as `_isolate`: the culprit refused alone
                 if len(origins) > 1:
                     # Its UAI's records apart first, so the others' keep their order (equal times).
                     return sum(

@@ -4,7 +4,7 @@ transaction, the block's work commits when it ends and rolls back when it raises
 import asyncpg
 import pytest
 
-from services.common.storage.db import transaction
+from services.common.storage.db import DATABASE_AWAY, REFUSED_BY_DATABASE, CommitRefused, transaction
 
 HELD = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
 """This session's advisory locks (pg_locks is the server's: other tests' sessions are in it)."""
@@ -68,3 +68,20 @@ async def test_a_pool_s_transactions_read_committed_whatever_the_database_s_defa
             assert await conn.fetchval("SHOW transaction_isolation") == "repeatable read", "asked for: kept"
     finally:
         await pool.close()
+
+
+async def test_a_refused_commit_is_told_apart_from_a_refused_statement(conn: asyncpg.Connection):
+    """A COMMIT PostgreSQL refuses with what would be a value's fault (here a deferred check; in
+    production a full NOTIFY queue, 54000) is CommitRefused, which the pipeline takes for the
+    database refusing writes (the batch taken again), not for a record to dead-letter."""
+    await conn.execute("ALTER TABLE faits ADD UNIQUE (n) DEFERRABLE INITIALLY DEFERRED")
+    with pytest.raises(CommitRefused, match="SQLSTATE 23505") as refused:
+        async with transaction(conn):
+            await conn.execute("INSERT INTO faits VALUES (1), (1)")  # checked at the COMMIT
+    assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
+    assert isinstance(refused.value, DATABASE_AWAY) and not isinstance(refused.value, REFUSED_BY_DATABASE)
+    assert not conn.is_in_transaction()
+    with pytest.raises(asyncpg.UniqueViolationError):  # a statement's own refusal is raised as it is
+        async with transaction(conn, "SET CONSTRAINTS ALL IMMEDIATE"):
+            await conn.execute("INSERT INTO faits VALUES (2), (2)")
+    assert await conn.fetchval("SELECT count(*) FROM faits") == 0

@@ -109,3 +109,36 @@ async def test_a_batch_replayed_after_a_conflict_says_its_dead_letters_once(kafk
         lines = said.named("events.rejected")
         assert len(lines) == 1, lines
         assert sum(lines[0]["refused"].values()) == 1
+
+
+async def test_a_batch_whose_commit_postgresql_refuses_is_taken_again_not_dead_lettered(kafka, settings):
+    """A COMMIT refused with what would be a record's fault (SQLSTATE 54000 here as when the
+    server's NOTIFY queue is full, which every transaction that notified meets at its COMMIT) is
+    the database's state: the batch is taken again until it commits. It was isolated and each of
+    its records dead-lettered, its position passed: never applied."""
+    uai = valid_uai("0350802")
+    async with running(SPEC, settings) as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await pipeline.pool.execute(
+            """
+            CREATE SEQUENCE commit_tries;
+            CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM nextval('commit_tries');
+                RAISE EXCEPTION 'too many notifications in the NOTIFY queue' USING ERRCODE = '54000';
+            END $$;
+            CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT OR UPDATE ON lots
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit();
+            """
+        )
+        await send(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, lot(uai, "L1", 30, 1))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT is_called AND last_value >= 3 FROM commit_tries"),
+            what="the batch's COMMIT refused three times",
+        )
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM lots") == 0
+        await pipeline.pool.execute("DROP TRIGGER refuse_commit ON lots")
+        await eventually(lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots"), what="the lot stored")
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+    assert await record_count(kafka.bootstrap_servers, settings.topic(c.dlq(c.EQUIPEMENT))) == 0

@@ -33,13 +33,27 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 T = TypeVar("T")
 
 
+REFUSED_BY_DATABASE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, asyncpg.IntegrityConstraintViolationError)
+"""What PostgreSQL answers a statement about the values it was given (a NUL character, a number
+beyond its column, a key beyond an index's size): a record's fault (pipeline: isolated, then
+dead-lettered alone)."""
+
+
+class CommitRefused(Exception):
+    """PostgreSQL refused a transaction's COMMIT with one of REFUSED_BY_DATABASE's errors (its
+    cause): the server's state, not a value of the transaction's (its NOTIFY queue full,
+    SQLSTATE 54000, which every transaction that notified meets until it drains). Taken for a
+    record's fault, every record of the batches met it and was dead-lettered (audit s66 #2)."""
+
+
 DATABASE_AWAY = (
+    CommitRefused,
     OSError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     # Shutting down, starting, dropped, full, out of connections, read-only (a standby): the
     # server's state, not what one statement met (a check, a uniqueness: pipeline's
-    # _REFUSED_BY_DATABASE), which isolating the records gets past.
+    # REFUSED_BY_DATABASE), which isolating the records gets past.
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
@@ -74,7 +88,10 @@ async def transaction(conn: Conn, *first: str) -> AsyncIterator[Conn]:
         except Exception:  # the connection is broken: the pool closes it, and the server rolls back
             conn.terminate()
         raise
-    await conn.execute("COMMIT")
+    try:
+        await conn.execute("COMMIT")
+    except REFUSED_BY_DATABASE as exc:
+        raise CommitRefused(f"COMMIT refused: {type(exc).__name__}, SQLSTATE {exc.sqlstate}") from exc
 
 
 _SHARED_MIGRATIONS = Path(__file__).parent.parent / "migrations"  # services/common/migrations
