@@ -225,24 +225,27 @@ async def test_a_position_in_another_log_is_read_from_its_start(monkeypatch, at,
     [
         (1_000, 42),  # the record before the position has its instant: this log, stamped out of order
         (2_000, 0),  # another instant: another log
-        (None, 0),  # not read in time: as Kafka's first answer says
+        (None, 0),  # that record gone, the first after it read: not this log's record
+        ("unread", 42),  # not read in time: not judged, the stored position kept (said)
     ],
 )
 async def test_a_suspect_position_is_judged_by_the_record_before_it(monkeypatch, stamp, sought):
     """A leader whose clock is behind the former one's stamped the record before the position
     earlier than one before it, which Kafka names as appended at or after its instant (audit
     helper-194 #5): without reading that record, the partition, kept for ever, was read again from
-    its start."""
+    its start; and so it was when Kafka was too slow to give it (audit s66 #3)."""
     asked: list[dict] = []
 
     async def stamps(offsets):
         asked.append(dict(offsets))
-        return {} if stamp is None else {tp: stamp for tp in offsets}
+        return {} if stamp == "unread" else {tp: stamp for tp in offsets}
 
-    kafka, written, _ = await assigned(monkeypatch, OffsetAndTimestamp(40, 1_003), stamps)
+    kafka, written, said = await assigned(monkeypatch, OffsetAndTimestamp(40, 1_003), stamps)
     assert asked == [{TP0: 41}]
     assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
     assert len(written) == (sought == 0)
+    unchecked = said.named("positions.log_unchecked")
+    assert [line["positions"] for line in unchecked] == (["t[0] at 42"] if stamp == "unread" else [])
 
 
 @pytest.mark.parametrize(
