@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from contracts import ALERTES_ETAT
 from contracts.internal import PROFILS
-from deploy.rattrapage import records_of
+from deploy.rattrapage import read_topic, records_of
 from helpers import (
     TEST_PARTITIONS,
     Said,
@@ -964,3 +964,48 @@ async def test_a_relay_on_a_server_that_refuses_writes_publishes_nothing_and_hea
         body = {}
         await _read_health(SimpleNamespace(pool=pool, revivals_pending=0), None, body)
         assert (body["database_read_only"], body["outbox_pending"]) == (False, 0)
+
+
+async def test_records_of_a_topic_kafka_does_not_know_wait_while_the_other_topics_go_out(
+    kafka, database_url, own_prefix, monkeypatch
+):
+    """A topic deleted to be made again (a DLQ purged, alertes.etat.v1 as Known limits says) or
+    not made yet: every round raised on its first record, before sending any, and every record
+    of the schema waited behind it (audit s66 #1). Its records wait, with those of the topics
+    twinned with it (an alert's stream waits for its table) and those behind them on their
+    partitions; the others go out; once it is made, they follow, in order."""
+    monkeypatch.setattr(outbox_module, "TOPIC_LOOKUP_SECONDS", 1.0)
+    monkeypatch.setattr(outbox_module, "ABSENT_RECHECK_SECONDS", 3.0)
+    said = Said()
+    monkeypatch.setattr(outbox_module, "log", said)
+    missing, twinned, other = own_prefix + "missing", own_prefix + "twinned", own_prefix + "other"
+    async with relay_with_topics(kafka, database_url, twinned, other) as (pool, relay):
+        async with pool.acquire() as conn:
+            await enqueue(
+                conn,
+                [
+                    OutboxRecord(missing, b"dlq", b"0"),
+                    OutboxRecord(twinned, b"K", b"1", twin=Twin(missing, b"K", ends=False)),
+                    OutboxRecord(twinned, b"K", b"2"),  # behind the row waiting on its partition
+                    OutboxRecord(other, b"x", b"3"),
+                ],
+            )
+        assert await relay.drain_once() == 4
+        assert await relay.drain_once() == 0, "the waiting rows are left out of the next rounds (3 s)"
+        assert [r.value for r in await read_topic(kafka.bootstrap_servers, other)] == [b"3"]
+        assert await record_count(kafka.bootstrap_servers, twinned) == 0
+        assert await pool.fetchval("SELECT array_agg(record_value ORDER BY seq) FROM outbox") == [b"0", b"1", b"2"]
+        [absent] = said.named("outbox.topic_absent")
+        assert (absent["topic"], absent["level"]) == (missing, "warning")
+
+        await make_topic(kafka, missing, 1)
+
+        async def all_published() -> bool:
+            await relay.drain_once()
+            return await count_pending(pool) == 0
+
+        await eventually(all_published, what="the waiting records published once the topic is made")
+        assert [r.value for r in await read_topic(kafka.bootstrap_servers, twinned)] == [b"1", b"2"]
+        assert [r.value for r in await read_topic(kafka.bootstrap_servers, missing)] == [b"0", b"1"]
+        assert [line["topic"] for line in said.named("outbox.topic_back")] == [missing]
+        assert len(said.named("outbox.topic_absent")) == 1, "said once"

@@ -9,10 +9,11 @@ lost, nothing takes effect twice.
 
 import asyncio
 import contextlib
+import time
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
@@ -27,6 +28,8 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
     RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -75,6 +78,21 @@ def sender_died(producer: AIOKafkaProducer) -> BaseException | None:
 
 Headers = tuple[tuple[str, bytes | None], ...]
 """Kafka record headers as they are: in order, names may repeat, values are bytes or null."""
+
+
+TOPIC_LOOKUP_SECONDS = 5.0
+"""How long a round waits for Kafka to name the partitions of a topic its metadata does not hold
+yet (aiokafka's own wait is its request timeout, 40 s, at every round)."""
+
+ABSENT_RECHECK_SECONDS = 30.0
+"""How long the records of a topic Kafka did not know (or refused to the relay's principal) are
+left out of the rounds before it is asked again."""
+
+
+class TopicAbsent(Exception):
+    """A record's topic, or its twin's, is not on the broker (deleted, not made yet) or not
+    writable by the relay's principal: its row waits in the outbox, as do those behind it on a
+    partition it holds, the other topics' records going on."""
 
 
 AWAY = (*DATABASE_AWAY, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
@@ -225,6 +243,19 @@ async def count_rows(conn: Conn | asyncpg.Pool, table: str, at_most: int | None)
     return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {table}{limit}) t")
 
 
+def _round_query(batch: int, left_out: Sequence[str]) -> tuple[Any, ...]:
+    """A round's read of the outbox: its first `batch` records in order, but those of the
+    topics `left_out` (OutboxRelay._left_out)."""
+    columns = (
+        "SELECT seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
+        "EXISTS (SELECT FROM outbox_failed) AS set_aside FROM outbox"
+    )
+    if not left_out:
+        return (f"{columns} ORDER BY seq LIMIT $1", batch)
+    where = "WHERE topic <> ALL($2::text[]) AND (twin_topic IS NULL OR twin_topic <> ALL($2::text[]))"
+    return (f"{columns} {where} ORDER BY seq LIMIT $1", batch, list(left_out))
+
+
 def relay_lock(schema: str) -> int:
     """The advisory lock `schema`'s relay holds while it publishes (one relay at a time)."""
     return advisory_key(f"relay:{schema}")
@@ -279,6 +310,8 @@ class OutboxRelay:
         self._halting = False
         self._lock_id = relay_lock(schema)
         self._task: asyncio.Task[None] | None = None
+        self._absent: dict[str, float] = {}  # topic -> until when its records are left out of the rounds
+        self._said_absent: set[str] = set()  # said once (outbox.topic_absent), until it is back
 
     def wake(self) -> None:
         self._wake.set()
@@ -396,16 +429,12 @@ class OutboxRelay:
                 raise DatabaseReadOnly("PostgreSQL refuses writes (transaction_read_only): nothing published")
             if not ours:
                 return 0
-            rows = await conn.fetch(
-                "SELECT seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
-                "EXISTS (SELECT FROM outbox_failed) AS set_aside FROM outbox ORDER BY seq LIMIT $1",
-                self._batch,
-            )
+            rows = await conn.fetch(*_round_query(self._batch, await self._left_out(conn)))
             if not rows:
                 return 0
             errors, out_of_step = await self._publish(rows)
             failed = [(r, e) for r, e in zip(rows, errors, strict=True) if isinstance(e, _UNPUBLISHABLE)]
-            retry = [e for e in errors if e is not None and not isinstance(e, _UNPUBLISHABLE)]
+            retry = [e for e in errors if e is not None and not isinstance(e, (*_UNPUBLISHABLE, TopicAbsent))]
             if failed:
                 await conn.execute(
                     f"INSERT INTO outbox_failed ({_SET_ASIDE}, error, created_at) "
@@ -460,6 +489,48 @@ class OutboxRelay:
             return 0
         return len(rows)
 
+    async def _left_out(self, conn: Conn) -> list[str]:
+        """The topics whose records this round leaves in the outbox: those Kafka did not know in
+        the last ABSENT_RECHECK_SECONDS, and the topics twinned with them in a row (an alert's
+        stream and table): the records of one key on the other would otherwise overtake those
+        of its rows left out. Read only while a topic is absent."""
+        now = time.monotonic()
+        self._absent = {topic: until for topic, until in self._absent.items() if until > now}
+        left = set(self._absent)
+        while left:
+            pairs = await conn.fetch(
+                "SELECT DISTINCT topic, twin_topic FROM outbox WHERE twin_topic IS NOT NULL "
+                "AND (topic = ANY($1::text[]) OR twin_topic = ANY($1::text[]))",
+                sorted(left),
+            )
+            if (more := left.union(*pairs)) == left:
+                break
+            left = more
+        return sorted(left)
+
+    async def _partitions(self, topic: str) -> Sequence[int] | None:
+        """The partitions `topic`'s records go to (spread_over); None when Kafka does not know it
+        or refuses it to the relay's principal within TOPIC_LOOKUP_SECONDS."""
+        try:
+            async with asyncio.timeout(TOPIC_LOOKUP_SECONDS):
+                found = await self._producer.partitions_for(topic)
+        except (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, TimeoutError) as exc:
+            self._absent[topic] = time.monotonic() + ABSENT_RECHECK_SECONDS
+            if topic not in self._said_absent:
+                self._said_absent.add(topic)
+                log.warning(
+                    "outbox.topic_absent",
+                    topic=topic,
+                    error=type(exc).__name__,
+                    hint=f"its records wait in the outbox, the other topics' go on; asked again every "
+                    f"{ABSENT_RECHECK_SECONDS:g} s: make the topic, or let the service's principal write it",
+                )
+            return None
+        if topic in self._said_absent:
+            self._said_absent.discard(topic)
+            log.info("outbox.topic_back", topic=topic)
+        return spread_over(topic, sorted(found))
+
     async def _silence_producer(self) -> None:
         """The producer silenced (`silence`), then stopped at the relay's stop, and renewed when
         the relay can renew it; without `renew`, the caller's producer stays silent, failing
@@ -489,7 +560,8 @@ class OutboxRelay:
         `send` did per record (a future, the accumulator) is done once per batch. And the error
         of a batch after which the producer is out of step with the broker, if one failed so."""
         errors: list[BaseException | None] = [None] * len(rows)
-        partitions: dict[str, Sequence[int]] = {}  # each topic's its records may go to (spread_over)
+        partitions: dict[str, Sequence[int] | None] = {}  # each topic's its records may go to (spread_over)
+        held: dict[tuple[str, int], TopicAbsent] = {}  # partitions where a row waits for an absent topic
         filling: dict[tuple[str, int], _Batch] = {}
         batches: list[_Batch] = []
         loaded: dict[str, list[tuple[str, bytes | None]]] = {}  # a round's records share a few headers
@@ -507,12 +579,22 @@ class OutboxRelay:
                 for topic, key, record_value in records:
                     _check_size(key, record_value, headers)
                     if topic not in partitions:
-                        partitions[topic] = spread_over(topic, sorted(await self._producer.partitions_for(topic)))
+                        partitions[topic] = await self._partitions(topic)
             except _UNPUBLISHABLE as exc:  # refused before sending: the row, none of its records
                 errors[i] = exc
                 continue
-            for topic, key, record_value in records:
-                partition = partition_for(routing_key(topic, key), partitions[topic])
+            places = [
+                (topic, partition_for(routing_key(topic, key), spread))
+                for topic, key, _ in records
+                if (spread := partitions[topic]) is not None
+            ]
+            absent = next((TopicAbsent(topic) for topic, _, _ in records if partitions[topic] is None), None)
+            if (waits := absent or next((held[p] for p in places if p in held), None)) is not None:
+                # Neither its records nor those behind them on their partitions: a key's stay in order.
+                errors[i] = waits
+                held.update(dict.fromkeys(places, waits))
+                continue
+            for (topic, partition), (_, key, record_value) in zip(places, records, strict=True):
                 batch = filling.get((topic, partition))
                 if batch is None or not batch.add(i, key, record_value, headers):
                     batch = filling[(topic, partition)] = _Batch(topic, partition, self._producer.create_batch())
