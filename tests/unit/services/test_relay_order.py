@@ -6,7 +6,7 @@ batch refused for good is set aside alone: those behind it are judged by their o
 import asyncio
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 
 from services.common.messaging import outbox
 
@@ -65,8 +65,7 @@ def row(topic: str, key: bytes, value: bytes, twin: tuple[str, bytes, bool] | No
 
 async def publish(monkeypatch, error: Exception) -> tuple[list, BaseException | None]:
     monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key))  # key b"0": partition 0
-    relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
-    relay._producer = producer = Producer(error)
+    relay = outbox.OutboxRelay(None, (producer := Producer(error)), "relayorder")  # type: ignore[arg-type]
     rows = [row("t", k, f"v{n}".encode()) for n, k in enumerate(KEYS)]
     errors, out_of_step = await relay._publish(rows)
     assert [p for p, _ in producer.sent] == [0, 1, 0, 0], "partition 0 in three batches, the first one failing"
@@ -117,8 +116,7 @@ async def test_one_uais_derived_records_go_to_one_partition_in_their_order():
 
     keys = [b"0351234B", b"0351234B/tni", b"0351234B/robot programmable"]
     assert len({partition_for(k, range(12)) for k in keys}) > 1, "their own keys would split them"
-    relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
-    relay._producer = producer = Twelve()
+    relay = outbox.OutboxRelay(None, (producer := Twelve()), "relayorder")  # type: ignore[arg-type]
     for topic in ("p.formation.couvertures.v2", "p.equipement.profils.v2"):
         producer.sent.clear()
         rows = [row(topic, k, k) for k in keys]
@@ -154,12 +152,11 @@ async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch)
     """An alert's row: its event on the stream, on the table (its twin), then a tombstone there
     if it ends; the row counts as published only once all of them are."""
     monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key[:1]))
-    relay = outbox.OutboxRelay.__new__(outbox.OutboxRelay)
     rows = [
         row("stream", b"0", b"raised", ("table", b"1a", False)),
         row("stream", b"0", b"resolved", ("table", b"1a", True)),
     ]
-    relay._producer = producer = Topics(failing={})
+    relay = outbox.OutboxRelay(None, (producer := Topics(failing={})), "relayorder")  # type: ignore[arg-type]
     errors, _ = await relay._publish(rows)
     assert errors == [None, None]
     assert producer.topics == [
@@ -175,6 +172,39 @@ async def test_a_row_and_its_twin_go_out_together_and_fail_together(monkeypatch)
     relay._producer = Topics(failing={"stream": away, "table": MessageSizeTooLargeError()})
     errors, _ = await relay._publish(rows)
     assert errors == [away, away], "retried, not set aside: its record on the stream never went out"
+
+
+class Missing(Topics):
+    """Kafka knows no topic `missing`."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if topic == "missing":
+            raise UnknownTopicOrPartitionError()
+        return await super().partitions_for(topic)
+
+
+async def test_the_rows_of_an_absent_topic_wait_with_those_behind_them_on_their_partitions(monkeypatch):
+    """A row whose topic or twin's topic Kafka does not know waits, and so does every row behind
+    it on a partition it would write (a key's records in order); the others go out."""
+    monkeypatch.setattr(outbox, "partition_for", lambda key, partitions: int(key[:1]))
+    rows = [
+        row("stream", b"0", b"raised", ("missing", b"1a", False)),  # its table absent: waits
+        row("stream", b"0", b"resolved"),  # behind it on stream[0]: waits
+        row("stream", b"1", b"other key"),  # stream[1]: goes out
+        row("missing", b"1", b"dead letter"),  # waits
+        row("dlq", b"0", b"dead letter"),  # goes out
+    ]
+    relay = outbox.OutboxRelay(None, (producer := Missing(failing={})), "relayorder")  # type: ignore[arg-type]
+    errors, _ = await relay._publish(rows)
+    assert [type(e).__name__ if e else None for e in errors] == [
+        "TopicAbsent",
+        "TopicAbsent",
+        None,
+        "TopicAbsent",
+        None,
+    ]
+    assert producer.topics == [("stream", 1, [b"other key"]), ("dlq", 0, [b"dead letter"])]
+    assert set(relay._absent) == {"missing"}
 
 
 async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_stops_its_producer():
