@@ -243,6 +243,14 @@ async def count_rows(conn: Conn | asyncpg.Pool, table: str, at_most: int | None)
     return await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {table}{limit}) t")
 
 
+def _metadata_answered(producer: AIOKafkaProducer, within: float) -> bool:
+    """Whether Kafka answered the producer's metadata requests in the last `within` seconds
+    (aiokafka's cluster metadata keeps when; a producer that does not say: it did)."""
+    cluster = getattr(getattr(producer, "client", None), "cluster", None)
+    last_ms = getattr(cluster, "_last_successful_refresh_ms", None)
+    return last_ms is None or time.time() - last_ms / 1000 <= within
+
+
 def _round_query(batch: int, left_out: Sequence[str]) -> tuple[Any, ...]:
     """A round's read of the outbox: its first `batch` records in order, but those of the
     topics `left_out` (OutboxRelay._left_out)."""
@@ -515,6 +523,9 @@ class OutboxRelay:
             async with asyncio.timeout(TOPIC_LOOKUP_SECONDS):
                 found = await self._producer.partitions_for(topic)
         except (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and not _metadata_answered(self._producer, TOPIC_LOOKUP_SECONDS):
+                # Kafka gave no metadata at all meanwhile: away, not this topic absent (the round waits).
+                raise KafkaTimeoutError(f"no metadata within {TOPIC_LOOKUP_SECONDS:g} s") from None
             self._absent[topic] = time.monotonic() + ABSENT_RECHECK_SECONDS
             if topic not in self._said_absent:
                 self._said_absent.add(topic)

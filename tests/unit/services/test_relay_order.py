@@ -4,9 +4,11 @@ their order next round (a key's records never end reordered); other partitions a
 batch refused for good is set aside alone: those behind it are judged by their own outcome."""
 
 import asyncio
+import time
+from types import SimpleNamespace
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, UnknownTopicOrPartitionError
 
 from services.common.messaging import outbox
 
@@ -205,6 +207,33 @@ async def test_the_rows_of_an_absent_topic_wait_with_those_behind_them_on_their_
     ]
     assert producer.topics == [("stream", 1, [b"other key"]), ("dlq", 0, [b"dead letter"])]
     assert set(relay._absent) == {"missing"}
+
+
+@pytest.mark.parametrize("answered_s_ago", [0.0, 60.0])
+async def test_a_topic_kafka_names_no_partitions_of_in_time_is_absent_only_if_kafka_answers(
+    monkeypatch, answered_s_ago
+):
+    """A topic Kafka does not know is never refused by aiokafka within our wait: its metadata
+    lookup just goes on. Absent (its records left out 30 s) when Kafka answered the producer's
+    metadata meanwhile; else Kafka is away, and the round waits as for any outage."""
+    monkeypatch.setattr(outbox, "TOPIC_LOOKUP_SECONDS", 0.05)
+
+    class Looking(Topics):
+        client = SimpleNamespace(cluster=SimpleNamespace(_last_successful_refresh_ms=0))
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            while True:  # aiokafka asks again until its request timeout (40 s)
+                self.client.cluster._last_successful_refresh_ms = (time.time() - answered_s_ago) * 1000
+                await asyncio.sleep(0.01)
+
+    relay = outbox.OutboxRelay(None, Looking(failing={}), "relayorder")  # type: ignore[arg-type]
+    if answered_s_ago:
+        with pytest.raises(KafkaTimeoutError, match=r"no metadata within 0\.05 s"):
+            await relay._partitions("missing")
+        assert relay._absent == {}
+    else:
+        assert await relay._partitions("missing") is None
+        assert set(relay._absent) == {"missing"}
 
 
 async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_stops_its_producer():
