@@ -47,7 +47,7 @@ from aiokafka.errors import KafkaError
 from deploy import rattrapage
 from services.common.messaging import dlq
 from services.common.messaging.connection import KafkaAccess
-from services.common.messaging.outbox import OutboxRelay, count_pending, relay_lock, relay_producer
+from services.common.messaging.outbox import OutboxRelay, relay_lock, relay_producer
 from services.common.pipeline import writer_lock
 from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.logs import configure_logging
@@ -333,11 +333,16 @@ async def _drain(settings: ServiceSettings, schema: str, producer: AIOKafkaProdu
     try:
         relay = OutboxRelay(pool, producer, schema, batch=settings.outbox_batch_records)
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
-        while await count_pending(pool, 1):
+        while await relay.pending():
             if time.monotonic() > deadline:
                 raise ReconstructionError(f"the outbox of {schema} is not drained after {DRAIN_TIMEOUT_SECONDS} s")
             if not await relay.drain_once():
                 await asyncio.sleep(0.1)
+        if absent := relay.absent:
+            raise ReconstructionError(
+                f"the outbox of {schema} holds records for topics Kafka does not have or will not let it "
+                f"write: {', '.join(absent)}; make them (or grant the writes), then run it again"
+            )
     finally:
         await pool.close()
 

@@ -70,18 +70,33 @@ async def test_a_pool_s_transactions_read_committed_whatever_the_database_s_defa
         await pool.close()
 
 
-async def test_a_refused_commit_is_told_apart_from_a_refused_statement(conn: asyncpg.Connection):
-    """A COMMIT PostgreSQL refuses with what would be a value's fault (here a deferred check; in
-    production a full NOTIFY queue, 54000) is CommitRefused, which the pipeline takes for the
-    database refusing writes (the batch taken again), not for a record to dead-letter."""
-    await conn.execute("ALTER TABLE faits ADD UNIQUE (n) DEFERRABLE INITIALLY DEFERRED")
-    with pytest.raises(CommitRefused, match="SQLSTATE 23505") as refused:
+async def test_a_commit_refused_for_a_program_limit_is_told_apart_from_a_value_refused(conn: asyncpg.Connection):
+    """A COMMIT PostgreSQL refuses for a program limit (class 54: its NOTIFY queue full, 54000,
+    staged here by a deferred trigger) is CommitRefused, which the pipeline takes for the
+    database refusing writes (the batch taken again), not for a record to dead-letter; a
+    deferred check refused at COMMIT is a value's, raised as it is (its records isolated)."""
+    await conn.execute(
+        """
+        CREATE FUNCTION plein() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.n = 54 THEN
+                RAISE EXCEPTION 'too many notifications in the NOTIFY queue' USING ERRCODE = '54000';
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER plein AFTER INSERT ON faits DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION plein();
+        ALTER TABLE faits ADD UNIQUE (n) DEFERRABLE INITIALLY DEFERRED;
+        """
+    )
+    with pytest.raises(CommitRefused, match="SQLSTATE 54000") as refused:
         async with transaction(conn):
-            await conn.execute("INSERT INTO faits VALUES (1), (1)")  # checked at the COMMIT
-    assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
+            await conn.execute("INSERT INTO faits VALUES (54)")  # the trigger runs at the COMMIT
+    assert isinstance(refused.value.__cause__, asyncpg.ProgramLimitExceededError)
     assert isinstance(refused.value, DATABASE_AWAY) and not isinstance(refused.value, REFUSED_BY_DATABASE)
     assert not conn.is_in_transaction()
-    with pytest.raises(asyncpg.UniqueViolationError):  # a statement's own refusal is raised as it is
-        async with transaction(conn, "SET CONSTRAINTS ALL IMMEDIATE"):
-            await conn.execute("INSERT INTO faits VALUES (2), (2)")
+    with pytest.raises(asyncpg.UniqueViolationError):  # checked at the COMMIT too: a value's
+        async with transaction(conn):
+            await conn.execute("INSERT INTO faits VALUES (1), (1)")
+    assert not conn.is_in_transaction()
     assert await conn.fetchval("SELECT count(*) FROM faits") == 0

@@ -2,9 +2,10 @@
 
 Every record a service emits (state it owns, alerts, dead letters) is written to `outbox` in
 the same transaction as the state change that caused it. The relay publishes rows in `seq`
-order with their stable CloudEvents id, then deletes them. A crash between publish and delete
-republishes the same records with the same ids, which consumers' inboxes ignore: nothing is
-lost, nothing takes effect twice.
+order with their stable CloudEvents id, then deletes them (the rows of a topic Kafka does not
+have wait, with those behind them on their partitions: a key's records stay in order). A crash
+between publish and delete republishes the same records with the same ids, which consumers'
+inboxes ignore: nothing is lost, nothing takes effect twice.
 """
 
 import asyncio
@@ -407,9 +408,23 @@ class OutboxRelay:
             count = await self.drain_once()
             published += count
             if not count:
-                if not await count_pending(self._pool, 1):
+                if not await self.pending():
+                    if self._absent:
+                        log.warning("outbox.flush_left", topics=sorted(self._absent), hint="outbox.topic_absent")
                     return published
                 await asyncio.sleep(0.1)
+
+    async def pending(self) -> bool:
+        """Whether the outbox holds records the relay may publish: not those of the topics it
+        leaves out while one is absent (`absent`)."""
+        async with self._pool.acquire() as conn:
+            query, *args = _round_query(1, await self._left_out(conn))
+            return bool(await conn.fetch(query, *args))
+
+    @property
+    def absent(self) -> list[str]:
+        """The topics whose records the relay leaves in the outbox for now (outbox.topic_absent)."""
+        return sorted(self._absent)
 
     async def drain_once(self) -> int:
         """Publish one batch; returns how many records went out (0: nothing to do or not leader,
@@ -495,7 +510,7 @@ class OutboxRelay:
             log.debug("outbox.retry_later", pending=len(retry), error=type(retry[0]).__name__)
             self._kafka_away = retry[0]
             return 0
-        return len(rows)
+        return len(rows) - sum(isinstance(e, TopicAbsent) for e in errors)  # those waiting did not go out
 
     async def _left_out(self, conn: Conn) -> list[str]:
         """The topics whose records this round leaves in the outbox: those Kafka did not know in
@@ -516,6 +531,20 @@ class OutboxRelay:
             left = more
         return sorted(left)
 
+    def _is_absent(self, topic: str, error: BaseException) -> TopicAbsent:
+        """`topic` taken as absent for ABSENT_RECHECK_SECONDS (said once, until it is back)."""
+        self._absent[topic] = time.monotonic() + ABSENT_RECHECK_SECONDS
+        if topic not in self._said_absent:
+            self._said_absent.add(topic)
+            log.warning(
+                "outbox.topic_absent",
+                topic=topic,
+                error=type(error).__name__,
+                hint=f"its records wait in the outbox, the other topics' go on; asked again every "
+                f"{ABSENT_RECHECK_SECONDS:g} s: make the topic, or let the service's principal write it",
+            )
+        return TopicAbsent(topic)
+
     async def _partitions(self, topic: str) -> Sequence[int] | None:
         """The partitions `topic`'s records go to (spread_over); None when Kafka does not know it
         or refuses it to the relay's principal within TOPIC_LOOKUP_SECONDS."""
@@ -526,16 +555,7 @@ class OutboxRelay:
             if isinstance(exc, TimeoutError) and not _metadata_answered(self._producer, TOPIC_LOOKUP_SECONDS):
                 # Kafka gave no metadata at all meanwhile: away, not this topic absent (the round waits).
                 raise KafkaTimeoutError(f"no metadata within {TOPIC_LOOKUP_SECONDS:g} s") from None
-            self._absent[topic] = time.monotonic() + ABSENT_RECHECK_SECONDS
-            if topic not in self._said_absent:
-                self._said_absent.add(topic)
-                log.warning(
-                    "outbox.topic_absent",
-                    topic=topic,
-                    error=type(exc).__name__,
-                    hint=f"its records wait in the outbox, the other topics' go on; asked again every "
-                    f"{ABSENT_RECHECK_SECONDS:g} s: make the topic, or let the service's principal write it",
-                )
+            self._is_absent(topic, exc)
             return None
         if topic in self._said_absent:
             self._said_absent.discard(topic)
@@ -638,6 +658,8 @@ class OutboxRelay:
         broken: dict[tuple[str, int], BaseException] = {}
         for batch, result in zip(batches, results, strict=True):
             where = (batch.topic, batch.partition)
+            if isinstance(result, TopicAuthorizationFailedError):  # described, not writable: absent too
+                result = self._is_absent(batch.topic, result)
             error = result if isinstance(result, BaseException) else broken.get(where)
             if error is not None:
                 if not isinstance(error, _UNPUBLISHABLE):

@@ -40,10 +40,11 @@ dead-lettered alone)."""
 
 
 class CommitRefused(Exception):
-    """PostgreSQL refused a transaction's COMMIT with one of REFUSED_BY_DATABASE's errors (its
-    cause): the server's state, not a value of the transaction's (its NOTIFY queue full,
-    SQLSTATE 54000, which every transaction that notified meets until it drains). Taken for a
-    record's fault, every record of the batches met it and was dead-lettered (audit s66 #2)."""
+    """PostgreSQL refused a transaction's COMMIT for a program limit (its cause, SQLSTATE class
+    54): the server's state, not a value of the transaction's (its NOTIFY queue full, 54000,
+    which every transaction that notified meets until it drains). Taken for a record's fault,
+    every record of the batches met it and was dead-lettered (audit s66 #2). A deferred check
+    refused at COMMIT (classes 22, 23) is a value's, raised as it is."""
 
 
 DATABASE_AWAY = (
@@ -90,7 +91,7 @@ async def transaction(conn: Conn, *first: str) -> AsyncIterator[Conn]:
         raise
     try:
         await conn.execute("COMMIT")
-    except REFUSED_BY_DATABASE as exc:
+    except asyncpg.ProgramLimitExceededError as exc:
         raise CommitRefused(f"COMMIT refused: {type(exc).__name__}, SQLSTATE {exc.sqlstate}") from exc
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import contracts as c
+from contracts.internal import COUVERTURES, PROFILS
 from services.specs import OPENAPI, OUT, document, openapi, specs
 
 # CONTRACTS.md's topics, and the DLQ of each topic the platform consumes. The alerts topic
@@ -53,3 +54,18 @@ def test_committed_openapi_documents_match_the_apis(spec):
         f"contracts/openapi/{spec.name}.json is out of date: run ./dev gen"
     )
     assert HTTP_PATHS[spec.name] <= set(committed["paths"])
+
+
+def test_the_internal_topics_documents_name_each_type_they_carry(documents):
+    """equipement's and formation's internal topics carry two types each: the documents said
+    the first one only (a bare payload, not its CloudEvent)."""
+    from contracts.internal import INTERNAL_PAYLOADS, INTERNAL_TOPIC_TYPES
+
+    for service, topic in (("equipement", PROFILS), ("formation", COUVERTURES)):
+        doc = documents[service]
+        payload = doc["components"]["schemas"][f"{service}:{topic}:Message:Payload"]
+        named = {ref["$ref"].rsplit("/", 1)[-1] for ref in payload["anyOf"]}
+        assert named == {INTERNAL_PAYLOADS[t].__name__ + "Event" for t in INTERNAL_TOPIC_TYPES[topic]}
+        for name in named:
+            event = doc["components"]["schemas"][name]
+            assert event["properties"]["data"]["$ref"].endswith("/" + name.removesuffix("Event"))
