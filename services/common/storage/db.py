@@ -198,6 +198,7 @@ async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connect
         idle = ("idle_in_transaction_session_timeout", "idle_session_timeout")
         for setting in idle if conn.get_server_version().major >= 14 else idle[:1]:
             await conn.execute(f"SET {setting} = 0")
+        await _no_transaction_timeout(conn)
         for setting, seconds in SERVER_KEEPALIVES.items():  # ignored over a Unix socket
             await conn.execute(f"SET {setting} = {seconds}")
     except BaseException:
@@ -237,8 +238,24 @@ async def on_a_session(
 
 SESSION_LIMITS_OFF = {"statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0"}
 """A pool's sessions without the server's time limits on statements, lock waits and transactions
-left idle (the Python work between a batch's statements). `idle_session_timeout` (PostgreSQL
-14) is left: a pool's connection it ends is opened again at its next use."""
+left idle (the Python work between a batch's statements); PostgreSQL 17's `transaction_timeout`
+too, at each connection (`_service_session`). `idle_session_timeout` (PostgreSQL 14) is left: a
+pool's connection it ends is opened again at its next use."""
+
+
+async def _no_transaction_timeout(conn: asyncpg.Connection) -> None:
+    """A role's or database's `transaction_timeout` off for the session: PostgreSQL 17's (an
+    older server refuses the setting, and bounds no transaction), so not a server setting of the
+    pool's, given at connection, as SESSION_LIMITS_OFF's are."""
+    if conn.get_server_version().major >= 17:
+        await conn.execute("SET transaction_timeout = 0")
+
+
+async def _service_session(conn: asyncpg.Connection) -> None:
+    """Each new connection of a service's pool (`create_pool`'s `init`)."""
+    await detect_dead_peer(conn)
+    await _no_transaction_timeout(conn)
+
 
 POOL_SIZE = 5
 """A service's connections: its consumer's batch, its relay, its probes (/health, /metrics), and
@@ -286,7 +303,7 @@ async def create_pool(
             "default_transaction_isolation": "read committed",
         },
         reset=_nothing_to_reset,
-        init=detect_dead_peer,
+        init=_service_session,
         command_timeout=command_timeout,
     )
 
