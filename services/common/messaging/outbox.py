@@ -252,17 +252,28 @@ def _metadata_answered(producer: AIOKafkaProducer, within: float) -> bool:
     return last_ms is None or time.time() - last_ms / 1000 <= within
 
 
-def _round_query(batch: int, left_out: Sequence[str]) -> tuple[Any, ...]:
+def _round_query(batch: int, absent: Sequence[str]) -> tuple[Any, ...]:
     """A round's read of the outbox: its first `batch` records in order, but those of the
-    topics `left_out` (OutboxRelay._left_out)."""
+    `absent` topics and of the topics twinned with them in a row (an alert's stream and table),
+    whose records of one key would otherwise overtake those of its rows left out; the pairs
+    read in the same statement as the rows (one snapshot: a row committed between two reads
+    could have overtaken)."""
     columns = (
         "SELECT seq, topic, key, record_value, headers, twin_topic, twin_key, twin_ends, "
         "EXISTS (SELECT FROM outbox_failed) AS set_aside FROM outbox"
     )
-    if not left_out:
+    if not absent:
         return (f"{columns} ORDER BY seq LIMIT $1", batch)
-    where = "WHERE topic <> ALL($2::text[]) AND (twin_topic IS NULL OR twin_topic <> ALL($2::text[]))"
-    return (f"{columns} {where} ORDER BY seq LIMIT $1", batch, list(left_out))
+    left_out = (
+        "WITH RECURSIVE left_out(topic) AS (SELECT unnest($2::text[]) UNION "
+        "SELECT CASE WHEN o.topic = l.topic THEN o.twin_topic ELSE o.topic END FROM left_out l "
+        "JOIN outbox o ON o.twin_topic IS NOT NULL AND (o.topic = l.topic OR o.twin_topic = l.topic)) "
+    )
+    where = (
+        "WHERE topic <> ALL(ARRAY(SELECT topic FROM left_out)) "
+        "AND (twin_topic IS NULL OR twin_topic <> ALL(ARRAY(SELECT topic FROM left_out)))"
+    )
+    return (f"{left_out}{columns} {where} ORDER BY seq LIMIT $1", batch, list(absent))
 
 
 def relay_lock(schema: str) -> int:
@@ -417,9 +428,7 @@ class OutboxRelay:
     async def pending(self) -> bool:
         """Whether the outbox holds records the relay may publish: not those of the topics it
         leaves out while one is absent (`absent`)."""
-        async with self._pool.acquire() as conn:
-            query, *args = _round_query(1, await self._left_out(conn))
-            return bool(await conn.fetch(query, *args))
+        return bool(await self._pool.fetch(*_round_query(1, self._left_out())))
 
     @property
     def absent(self) -> list[str]:
@@ -452,7 +461,7 @@ class OutboxRelay:
                 raise DatabaseReadOnly("PostgreSQL refuses writes (transaction_read_only): nothing published")
             if not ours:
                 return 0
-            rows = await conn.fetch(*_round_query(self._batch, await self._left_out(conn)))
+            rows = await conn.fetch(*_round_query(self._batch, self._left_out()))
             if not rows:
                 return 0
             errors, out_of_step = await self._publish(rows)
@@ -512,24 +521,12 @@ class OutboxRelay:
             return 0
         return len(rows) - sum(isinstance(e, TopicAbsent) for e in errors)  # those waiting did not go out
 
-    async def _left_out(self, conn: Conn) -> list[str]:
-        """The topics whose records this round leaves in the outbox: those Kafka did not know in
-        the last ABSENT_RECHECK_SECONDS, and the topics twinned with them in a row (an alert's
-        stream and table): the records of one key on the other would otherwise overtake those
-        of its rows left out. Read only while a topic is absent."""
+    def _left_out(self) -> list[str]:
+        """The topics Kafka did not have in the last ABSENT_RECHECK_SECONDS, whose records (and
+        those of the topics twinned with them: `_round_query`) the rounds leave in the outbox."""
         now = time.monotonic()
         self._absent = {topic: until for topic, until in self._absent.items() if until > now}
-        left = set(self._absent)
-        while left:
-            pairs = await conn.fetch(
-                "SELECT DISTINCT topic, twin_topic FROM outbox WHERE twin_topic IS NOT NULL "
-                "AND (topic = ANY($1::text[]) OR twin_topic = ANY($1::text[]))",
-                sorted(left),
-            )
-            if (more := left.union(*pairs)) == left:
-                break
-            left = more
-        return sorted(left)
+        return sorted(self._absent)
 
     def _is_absent(self, topic: str, error: BaseException) -> TopicAbsent:
         """`topic` taken as absent for ABSENT_RECHECK_SECONDS (said once, until it is back)."""
