@@ -704,8 +704,7 @@ class Pipeline:
         (corrected, say) is judged after it, not taken for its duplicate (it was lost). The accepted
         in their order in `items`: of one entity's events at the same `time`, the later wins."""
         accepted: list[CloudEvent] = []
-        position = {id(e): i for i, (e, _) in enumerate(items)}
-        rounds = 0
+        arrived, rounds = items, 0
         while items:
             rounds += 1
             first: list[tuple[CloudEvent, ConsumerRecord]] = []
@@ -723,6 +722,7 @@ class Pipeline:
             again = {(e.source, e.id) for e in released}
             items = [(e, r) for e, r in later if (e.source, e.id) in again]
         if rounds > 1:  # a round's accepted came after the events of the rounds before
+            position = {id(e): i for i, (e, _) in enumerate(arrived)}
             accepted.sort(key=lambda e: position[id(e)])
         return accepted
 

@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
         Publishes(
             PROFILS,
             "Each lot (key {uai}/{lot_id}) and each UAI's connectivity (key UAI) as it changes; compacted",
-            tuple(sorted(INTERNAL_TOPIC_TYPES[PROFILS])),
+            INTERNAL_TOPIC_TYPES[PROFILS],
         ),
         Publishes(c.dlq(c.EQUIPEMENT), "Lots and connectivity it could not accept, bytes unchanged"),
     ),

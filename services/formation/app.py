@@ -17,7 +17,7 @@ SPEC = ServiceSpec(
             COUVERTURES,
             "Each UAI's counted teachers and competence levels (key UAI) and its teachers per "
             "tool (key {uai}/{kind}) as they change; compacted",
-            tuple(sorted(INTERNAL_TOPIC_TYPES[COUVERTURES])),
+            INTERNAL_TOPIC_TYPES[COUVERTURES],
         ),
         Publishes(c.dlq(c.FORMATION), "Affectations and trainings it could not accept, bytes unchanged"),
     ),

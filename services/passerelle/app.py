@@ -27,27 +27,27 @@ SPEC = ServiceSpec(
             c.FORMATION,
             "Affectations and trainings declared over HTTP by rectorats (POST /v1/evenements), bytes as "
             "sent, with the header auth-principal (the token's sub)",
-            tuple(sorted(c.TOPIC_TYPES[c.FORMATION])),
+            c.TOPIC_TYPES[c.FORMATION],
         ),
         Publishes(
             c.EQUIPEMENT,
             "Lots and connectivity declared over HTTP by collectivités (POST /v1/evenements), bytes as "
             "sent, with the header auth-principal (the token's sub)",
-            tuple(sorted(c.TOPIC_TYPES[c.EQUIPEMENT])),
+            c.TOPIC_TYPES[c.EQUIPEMENT],
         ),
         Publishes(
             c.CATALOGUE,
             "Resources and subscriptions declared over HTTP by the ministère and the GAR (POST "
             "/v1/evenements), bytes as sent, with the header auth-principal (the token's sub; not kept "
             "by ressources: its Kafka writers could set it too)",
-            tuple(sorted(c.TOPIC_TYPES[c.CATALOGUE])),
+            c.TOPIC_TYPES[c.CATALOGUE],
         ),
         Publishes(
             c.REFERENTIEL,
             "Établissements declared over HTTP by the ministère (POST /v1/evenements), bytes as sent, "
             "with the header auth-principal (the token's sub; not kept by the services: the ministère's "
             "Kafka principal could set it too)",
-            tuple(sorted(c.TOPIC_TYPES[c.REFERENTIEL])),
+            c.TOPIC_TYPES[c.REFERENTIEL],
         ),
     ),
     apply=lambda _settings: _nothing_else,

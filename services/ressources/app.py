@@ -19,14 +19,14 @@ SPEC = ServiceSpec(
         Publishes(
             c.ALERTES,
             "alerte-levee / alerte-resolue for every (établissement, resource, kind)",
-            (c.ALERTE_LEVEE, c.ALERTE_RESOLUE),
+            c.TOPIC_TYPES[c.ALERTES],
         ),
         Publishes(
             c.ALERTES_ETAT,
             "The table of alertes.compatibilite.v1: compacted, keyed by alert_id, the latest alerte-levee or "
             "alerte-resolue of each alert, then a tombstone (null value) once it is resolved. Read from the "
             "beginning, it gives exactly the open alerts, however old, then every change.",
-            (c.ALERTE_LEVEE, c.ALERTE_RESOLUE),
+            c.TOPIC_TYPES[c.ALERTES],
             tombstones=True,
         ),
         Publishes(c.dlq(c.REFERENTIEL), "Référentiel records the platform could not accept, bytes unchanged"),

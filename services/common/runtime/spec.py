@@ -28,7 +28,7 @@ class Publishes:
 
     topic: str
     description: str
-    types: tuple[str, ...] = ()
+    types: frozenset[str] = frozenset()
     tombstones: bool = False
 
     @property
@@ -36,7 +36,7 @@ class Publishes:
         """What the AsyncAPI document says a record's value is (FastStream takes any type)."""
         if not self.types:
             return None
-        models: list[Any] = [event_model(t, (c.PAYLOADS | INTERNAL_PAYLOADS)[t]) for t in self.types]
+        models: list[Any] = [event_model(t, (c.PAYLOADS | INTERNAL_PAYLOADS)[t]) for t in sorted(self.types)]
         value = functools.reduce(operator.or_, models)
         return value | None if self.tombstones else value
 
