@@ -201,6 +201,21 @@ async def send(
         await producer.stop()
 
 
+async def send_in_transactions(bootstrap: str, topic: str, records: list[tuple[str, dict, bool]]) -> None:
+    """Each record in a Kafka transaction of its own, as a partner's transactional producer writes
+    (Kafka Streams, Connect's exactly-once delivery), committed when its flag says so, else aborted:
+    the partition then holds its record and the transaction's marker after it."""
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), transactional_id=f"partner-{uuid.uuid4().hex}")
+    await producer.start()
+    try:
+        for key, value, committed in records:
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, json.dumps(value).encode(), key.encode())
+            await (producer.commit_transaction() if committed else producer.abort_transaction())
+    finally:
+        await producer.stop()
+
+
 class TopicReader:
     """Reads a topic from the beginning, in the background, keeping every record."""
 

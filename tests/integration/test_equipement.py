@@ -4,7 +4,7 @@ import json
 
 import contracts as c
 from contracts.internal import PROFIL_LOT, PROFILS
-from helpers import TopicReader, at, college, event, eventually, record_count, running, send
+from helpers import TopicReader, at, college, event, eventually, record_count, running, send, send_in_transactions
 from helpers import uai as valid_uai
 from services.equipement.app import SPEC
 
@@ -181,3 +181,28 @@ async def test_the_authenticated_principal_is_kept_with_the_inbox_row(kafka, set
         }
         referentiel_row = await pipeline.pool.fetchval("SELECT principal FROM inbox WHERE type = $1", c.ETABLISSEMENT)
         assert referentiel_row is None, "the référentiel is not written by the ingestion service"
+
+
+async def test_what_a_transactional_producer_aborted_is_never_applied(kafka, settings):
+    """A partner's transactional producer (Kafka Streams, Connect's exactly-once delivery): what it
+    aborts was never written, in Kafka's own terms. The service reads committed records only: the
+    aborted lot is neither applied nor dead-lettered, the committed one after it is applied."""
+    uai = valid_uai("0350004")
+    aborted, committed = lot(uai, "L1", 30, 1), lot(uai, "L2", 12, 2)
+    async with (
+        running(SPEC, settings) as pipeline,
+        TopicReader(kafka.bootstrap_servers, settings.topic(PROFILS)) as profils,
+    ):
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send_in_transactions(
+            kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(uai, aborted, False), (uai, committed, True)]
+        )
+
+        await profils.wait_for(
+            lambda rs: any(json.loads(r.value)["data"]["lot_id"] == "L2" for r in rs), what="the committed lot's record"
+        )
+        lots = await pipeline.pool.fetch("SELECT lot_id FROM lots WHERE uai = $1", uai)
+        assert [r["lot_id"] for r in lots] == ["L2"]
+        assert not await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", aborted["id"])
+        assert await record_count(kafka.bootstrap_servers, settings.topic(c.dlq(c.EQUIPEMENT))) == 0

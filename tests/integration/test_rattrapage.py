@@ -39,6 +39,7 @@ from helpers import (
     python_record_builder,
     running,
     send,
+    send_in_transactions,
 )
 from helpers import uai as valid_uai
 from services.common.messaging.connection import KafkaAccess, kafka_options
@@ -689,6 +690,25 @@ async def test_a_replay_reads_a_record_whose_header_name_is_not_utf8(kafka, sett
     try:
         assert await rattraper(cible) == 1 + len(lots)
         assert await cible.pipeline.pool.fetchval("SELECT count(*) FROM lots") == len(lots)
+    finally:
+        await cible.close()
+        await held.stop()
+
+
+async def test_a_replay_leaves_out_what_a_transactional_producer_aborted(kafka, settings) -> None:
+    """A rebuild reads the log as the service does: committed records only. Its log ends with a
+    transaction's marker, past the last record: the replay still ends."""
+    where = valid_uai("0350403")
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(where, college(where))])
+    aborted, committed = (event(c.LOT, DEPARTEMENT, {**lot, "uai": where}, subject=where) for lot in LOTS[:2])
+    await send_in_transactions(
+        kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT), [(where, aborted, False), (where, committed, True)]
+    )
+    held = relay_producer(KafkaAccess.of(settings), "test-rattrapage")
+    cible = await ouvrir(SPEC, settings, "equipement_transactions", held)
+    try:
+        assert await rattraper(cible) == 2
+        assert await cible.pipeline.pool.fetchval("SELECT array_agg(lot_id) FROM lots") == [committed["data"]["lot_id"]]
     finally:
         await cible.close()
         await held.stop()

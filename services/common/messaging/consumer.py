@@ -641,6 +641,11 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         # Never reset by aiokafka (to the earliest, it skipped records gone without a word):
         # a position outside the partition's log is HorsLimites'.
         auto_offset_reset="none",
+        # Records of a transaction its producer aborted were never written, in Kafka's terms (a
+        # partner's Kafka Streams or exactly-once Connect): not handed over. Those of a transaction
+        # still open wait for its end (the partition's last stable offset), at most the producer's
+        # `transaction.timeout.ms`, after which the broker aborts it.
+        isolation_level="read_committed",
         max_records=settings.batch_max_records,
         # Idle, the consumer waits this long for a record before it looks again (_top_up).
         batch_timeout_ms=settings.batch_wait_ms,
