@@ -328,6 +328,7 @@ class OutboxRelay:
         self._poll = poll_ms / 1000
         self._wake = asyncio.Event()
         self._halting = False
+        self._stopping = False  # a round given up after `stop` renews no producer: nothing would stop it
         self._lock_id = relay_lock(schema)
         self._task: asyncio.Task[None] | None = None
         self._absent: dict[str, float] = {}  # topic -> until when its records are left out of the rounds
@@ -337,12 +338,13 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
-        self._halting = False
+        self._halting = self._stopping = False
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
         """The relay's task ended, then its producers stopped, also when the caller is cancelled
         meanwhile (that cancellation raised then, not swallowed with the task's own)."""
+        self._stopping = True
         try:
             if self._task:
                 self._task.cancel()
@@ -566,13 +568,14 @@ class OutboxRelay:
         silence(self._producer)
         await asyncio.sleep(0)  # the sender's task takes its cancellation before the lock goes
         self._silenced.append(self._producer)
-        if self._renew is not None:
+        if self._renew is not None and not self._stopping:
             self._producer, self._producer_started = self._renew(), False
 
     async def _replace_producer(self, reason: BaseException) -> None:
         """A new producer in place of one that can no longer send (or whose sequence numbers
-        are out of step); without `renew`, the caller's producer stays, failing until its restart."""
-        if self._renew is None:
+        are out of step); without `renew`, the caller's producer stays, failing until its restart.
+        Not once the relay is stopping: nothing would stop the new one."""
+        if self._renew is None or self._stopping:
             return
         former, self._producer, self._producer_started = self._producer, self._renew(), False
         log.info("outbox.producer_renewed", reason=type(reason).__name__)

@@ -53,8 +53,8 @@ DATABASE_AWAY = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     # Shutting down, starting, dropped, full, out of connections, read-only (a standby): the
-    # server's state, not what one statement met (a check, a uniqueness: pipeline's
-    # REFUSED_BY_DATABASE), which isolating the records gets past.
+    # server's state, not what one statement met (a check, a uniqueness: REFUSED_BY_DATABASE,
+    # above), which isolating the records gets past.
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,

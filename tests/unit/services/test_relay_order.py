@@ -266,3 +266,42 @@ async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_
         await stopping
     assert stopped == [True]
     assert relay._task.cancelled()
+
+
+async def test_a_round_given_up_after_the_relay_s_stop_renews_no_producer():
+    """A stop cancelled while the relay's round waits for Kafka's answer (its shielded wait): the
+    round, given up later, silenced its producer and made a new one that nothing stopped
+    (asyncio's "Unclosed AIOKafkaProducer")."""
+    made: list[str] = []
+
+    class Producer:
+        def __init__(self, name: str):
+            self.name, self.stopped = name, False
+            made.append(name)
+
+        async def stop(self):
+            self.stopped = True
+
+    first = Producer("first")
+    relay = outbox.OutboxRelay(None, first, "relaystop", renew=lambda: Producer("renewed"))  # type: ignore[arg-type]
+    ending, release = asyncio.Event(), asyncio.Event()
+
+    async def round_given_up_late():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ending.set()
+            await release.wait()
+            await relay._silence_producer()  # what a round that Kafka did not answer does
+            raise
+
+    relay._task = asyncio.create_task(round_given_up_late())
+    stopping = asyncio.create_task(relay.stop())
+    await ending.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    release.set()
+    await asyncio.wait([relay._task])
+    assert made == ["first"], "no producer made once the relay is stopping"
+    assert first.stopped
