@@ -272,7 +272,7 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, 
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="none",  # records deleted during the replay: an error, not skipped
-        isolation_level="read_committed",  # as the service reads: an aborted transaction's records never
+        isolation_level="read_committed",  # as the service reads: never what a partner's transaction aborted
         max_poll_records=settings.batch_max_records,
     )
     try:
