@@ -441,6 +441,12 @@ def tell(pipeline: Pipeline, outside: Sequence[Outside]) -> None:
 
 LOG_CHECK_SECONDS = 10.0
 """How long an assignment waits for Kafka to say whether each stored position is in its log."""
+LOG_CHECK_PATIENCE_SECONDS = 60.0
+"""How long an assignment asks again, its partitions paused, when Kafka did not say it in time,
+before it reads from the stored positions unchecked. Once read on, a partition's stored instant
+is its new records': a topic made again met while Kafka was slow would never be found after
+(review s66 #3). Within aiokafka's rebalance bound (max_poll_interval_ms, 5 min), for which the
+group waits on this callback."""
 
 
 Stamps = Callable[[Mapping[TopicPartition, int]], Awaitable[Mapping[TopicPartition, int | None]]]
@@ -476,7 +482,12 @@ def record_stamps(access: KafkaAccess) -> Stamps:
 
 
 class LogUnchecked(RuntimeError):
-    """Kafka did not say in time whether positions are in their partitions' logs (`strict`)."""
+    """Kafka did not say in time whether positions are in their partitions' logs (`strict`):
+    `fact` says what it did not say; the message, to the operator of a tool, to run it again."""
+
+    def __init__(self, fact: str):
+        super().__init__(f"{fact}: nothing decided, run it again")
+        self.fact = fact
 
 
 async def in_another_log(
@@ -500,8 +511,9 @@ async def in_another_log(
     this log's after all (else the whole partition was read again from its start); one not read
     in time is not judged (read from its stored position, said: it was taken for another log's,
     and a partition kept for ever read again from its start because Kafka was slow, audit s66
-    #3). `strict` (an operator's tool, which then replaces a schema: deploy/rattrapage.py):
-    LogUnchecked where a service goes on unchecked."""
+    #3). `strict`: LogUnchecked instead of going on unchecked (an operator's tool, which then
+    replaces a schema: deploy/rattrapage.py; a service's assignment, which asks again for
+    LOG_CHECK_PATIENCE_SECONDS first)."""
     wanted = {tp: ms for tp, ms in appended.items() if stored.get(tp, 0) > 0}
     if not wanted:
         return []
@@ -516,7 +528,7 @@ async def in_another_log(
         if strict:
             raise LogUnchecked(
                 f"Kafka did not say within {LOG_CHECK_SECONDS:g} s whether the positions of {len(wanted)} "
-                f"partitions are in their logs ({type(exc).__name__}): nothing decided, run it again"
+                f"partitions are in their logs ({type(exc).__name__})"
             ) from exc
         log.warning(
             "positions.log_unchecked",
@@ -537,7 +549,7 @@ async def in_another_log(
         if strict:
             raise LogUnchecked(
                 f"Kafka did not give in time the record before the position of {where}, which says "
-                "whether the topic was made again since: nothing decided, run it again"
+                "whether the topic was made again since"
             )
         log.warning(
             "positions.log_unchecked",
@@ -588,19 +600,23 @@ class StoredPositions(ConsumerRebalanceListener):
 
     async def _resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Each partition sought to its stored position, then resumed (left paused if this fails
-        first: never read from anywhere else; aiokafka logs the error)."""
+        first: never read from anywhere else; aiokafka logs the error). Kafka not saying in time
+        whether the positions are in their logs: asked again for LOG_CHECK_PATIENCE_SECONDS, the
+        partitions paused, then read from them unchecked (`positions.log_unchecked`)."""
         # Never Kafka's committed offsets instead: after a restore or a failover to a standby
         # that was behind, they are ahead of the database, and what lies between would be
         # skipped for good. PostgreSQL away: wait for it (the start-up guard ends the process
         # if it stays away, and the next assignment tries again).
         delay = 0.5
         elsewhere: list[Outside] | None = None  # asked of Kafka once, recorded before anything is read
+        patient_until = asyncio.get_running_loop().time() + LOG_CHECK_PATIENCE_SECONDS
         while True:
             try:
                 stored = await positions.load(self._pipeline.pool, assigned)
                 if elsewhere is None:
                     appended = await positions.appended(self._pipeline.pool, assigned)
-                    elsewhere = await in_another_log(consumer, stored, appended, self._stamps)
+                    patient = asyncio.get_running_loop().time() < patient_until  # else unchecked, said
+                    elsewhere = await in_another_log(consumer, stored, appended, self._stamps, strict=patient)
                 if elsewhere:
                     async with self._pipeline.pool.acquire() as conn, conn.transaction():
                         await positions.out_of_range(conn, elsewhere)
@@ -611,7 +627,12 @@ class StoredPositions(ConsumerRebalanceListener):
                     log.info("positions.unread_at_stop", error=type(exc).__name__)
                     return
                 self._pipeline.metrics.positions_unreadable(type(exc).__name__)
-                log.warning("positions.unreadable", error=type(exc).__name__, detail=redact(str(exc)), retry_in=delay)
+                if isinstance(exc, LogUnchecked):  # asked again while patient, then read unchecked
+                    log.warning("positions.log_check_retried", detail=exc.fact, retry_in=delay)
+                else:
+                    log.warning(
+                        "positions.unreadable", error=type(exc).__name__, detail=redact(str(exc)), retry_in=delay
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._pipeline.metrics.positions_read()

@@ -249,6 +249,33 @@ async def test_a_suspect_position_is_judged_by_the_record_before_it(monkeypatch,
 
 
 @pytest.mark.parametrize(
+    ("stamp", "sought", "recorded"),
+    [(2_000, 0, 1), (1_000, 42, 0)],  # then read: another log; then read: this log
+)
+async def test_a_suspect_position_is_judged_once_kafka_gives_the_record_before_it(monkeypatch, stamp, sought, recorded):
+    """Kafka too slow to give the record before a suspect position: the partition was read from
+    its stored position at once, and its new records' instants stored over the suspect one, so a
+    topic made again was never found after (review s66 #3). The check is asked again, the
+    partition paused, and decided on Kafka's answer."""
+    asked: list[dict] = []
+
+    async def stamps(offsets):
+        asked.append(dict(offsets))
+        return {} if len(asked) == 1 else {tp: stamp for tp in offsets}
+
+    kafka, written, said = await assigned(monkeypatch, OffsetAndTimestamp(40, 1_003), stamps, patience=60)
+    assert asked == [{TP0: 41}, {TP0: 41}]
+    assert [call[0] for call in kafka.calls] == ["pause", "beginning", "seek", "resume"], "paused until decided"
+    assert [call for call in kafka.calls if call[0] == "seek"] == [("seek", TP0, sought)]
+    assert len(written) == recorded
+    assert [line["detail"] for line in said.named("positions.log_check_retried")] == [
+        "Kafka did not give in time the record before the position of t[0] at 42, which says whether the topic "
+        "was made again since"
+    ]
+    assert not said.named("positions.log_unchecked")
+
+
+@pytest.mark.parametrize(
     ("at", "stamp", "unchecked"),
     [
         (KafkaConnectionError(), None, "did not say within 10 s whether the positions of 1 partitions"),
@@ -275,13 +302,15 @@ async def test_a_tool_decides_nothing_on_a_position_kafka_did_not_let_it_check(a
         await checking
 
 
-async def assigned(monkeypatch, at, stamps=None):
+async def assigned(monkeypatch, at, stamps=None, patience=0.0):
     """TP0 assigned, its position 42 stored with the instant 1,000 of the record before it, Kafka
-    answering `at` when asked for that instant: (the consumer, the out-of-range rows written, the log)."""
+    answering `at` when asked for that instant, the check asked again for `patience` seconds:
+    (the consumer, the out-of-range rows written, the log)."""
     from helpers import Said
 
     said = Said()
     monkeypatch.setattr(consumer, "log", said)
+    monkeypatch.setattr(consumer, "LOG_CHECK_PATIENCE_SECONDS", patience)
     written: list[list] = []
 
     async def load(pool, assigned):
