@@ -568,6 +568,11 @@ async def etablissement(pool: Pool, seuils: Thresholds, uai: Uai) -> dict:
             "reevaluation_en_attente": bool(pending & {sub["resource_id"], EVERY_RESOURCE}),
         }
         if evaluated and ressource is not None:
+            # The loop's other work between two (audit s67 read-API F1): at the contract's bounds
+            # (2,000 lots of distinct configurations, 32 groups of 32 entries) one takes tens of
+            # milliseconds, and a fiche of hundreds held the consumer, the streams and /livez
+            # for seconds; several fiches at once, for as many times longer.
+            await asyncio.sleep(0)
             ev = evaluate(ressource, profil, couverture, seuils)
             entry.update(compatible=ev.compatible, devices=ev.devices, coverage=ev.coverage)
             entry["verdicts"] = {

@@ -1059,3 +1059,52 @@ async def test_the_service_forgets_the_alerts_resolved_past_their_retention_only
                 return await pool.fetchval("SELECT array_agg(alert_id) FROM alertes") == ["recente"]
 
             await eventually(forgotten, what="the alert resolved 40 days ago deleted, the other kept")
+
+
+async def test_a_fiche_lets_the_service_s_other_work_run_between_its_resources(kafka, settings, api, monkeypatch):
+    """Each subscribed resource is evaluated for the fiche on the service's event loop: at the
+    contract's bounds tens of milliseconds each, and a fiche of hundreds held the consumer, the
+    live streams and /livez for seconds (audit s67 read-API F1). Other work runs between two."""
+    from services.ressources import api as read_api
+
+    client, app = api
+    pool = app.state.pipeline.pool
+    await feed(kafka, settings, pool)
+    second = "ark:/67375/api-atlas-2"
+    await send(
+        kafka.bootstrap_servers,
+        settings.topic(c.CATALOGUE),
+        [
+            (second, event(c.RESSOURCE_PUBLIEE, "/ministere", ressource(second), time_=at(3))),
+            (
+                RENNES[0],
+                event(
+                    c.ABONNEMENT, "/gar", {"resource_id": second, "uai": RENNES[0], "start": "2026-09-01", "end": None}
+                ),
+            ),
+        ],
+    )
+    evaluated = "SELECT count(*) = 2 FROM alertes WHERE uai = $1 AND kind = 'equipement-incompatible'"
+    await eventually(lambda: pool.fetchval(evaluated, RENNES[0]), what="both resources evaluated there")
+    order: list[str] = []
+    evaluate = read_api.evaluate
+
+    def evaluating(*args):
+        order.append("evaluate")
+        return evaluate(*args)
+
+    async def other_work():
+        while True:
+            if order[-1:] != ["other"]:
+                order.append("other")
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(read_api, "evaluate", evaluating)
+    ticking = asyncio.create_task(other_work())
+    try:
+        answer = await client.get(f"/etablissements/{RENNES[0]}")
+    finally:
+        ticking.cancel()
+    assert answer.status_code == 200 and len(answer.json()["ressources"]) == 2
+    evaluations = [i for i, step in enumerate(order) if step == "evaluate"]
+    assert len(evaluations) == 2 and "other" in order[evaluations[0] : evaluations[1]]
