@@ -17,9 +17,10 @@ still refused then is reported, never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -61,20 +62,78 @@ class Sent:
     refused: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
+class ClientCredentials:
+    """Bearer tokens of an identity provider's client-credentials flow (RFC 6749, 4.4), as a
+    partner system gets them (README, Tokens for the HTTP ingestion), for a run that outlives one
+    token (a provider's usually live 5 minutes; a région's GLPI run reads its files for longer
+    than that before its first batch): the one in hand until EXPIRY_MARGIN_SECONDS before it
+    expires (`expires_in`), or until the passerelle refused it (`refused`), then another."""
+
+    EXPIRY_MARGIN_SECONDS = 60.0
+
+    def __init__(self, token_url: str, client_id: str, secret: str):
+        self._url, self._client, self._secret = token_url, client_id, secret
+        self._token: str | None = None
+        self._until = 0.0
+
+    async def jeton(self, declarant: str = "") -> str:
+        """A token of the client's (whose `declarant` claim names what it may declare)."""
+        if self._token is None or time.monotonic() >= self._until:
+            self._token, self._until = await self._ask()
+        return self._token
+
+    def refused(self, token: str) -> None:
+        """The passerelle refused `token` (401): the next `jeton` asks for another."""
+        if token == self._token:
+            self._token = None
+
+    async def _ask(self) -> tuple[str, float]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            try:
+                answer = await http.post(
+                    self._url, data={"grant_type": "client_credentials"}, auth=(self._client, self._secret)
+                )
+            except httpx.TransportError as error:
+                raise RuntimeError(f"{self._url} injoignable ({type(error).__name__}) : aucun jeton") from error
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            # The provider's own words (RFC 6749, 5.2: `error`, `error_description`), never the secret.
+            said = {k: body[k] for k in ("error", "error_description") if k in body} if isinstance(body, dict) else {}
+            raise RuntimeError(
+                f"{self._url} a refusé le client {self._client} ({answer.status_code}"
+                f"{', ' + json.dumps(said, ensure_ascii=False) if said else ''}) : aucun jeton"
+            )
+        lives = body.get("expires_in")
+        until = (
+            time.monotonic() + max(float(lives) - self.EXPIRY_MARGIN_SECONDS, float(lives) / 2)
+            if isinstance(lives, int | float) and not isinstance(lives, bool) and lives > 0
+            else float("inf")  # said nowhere: kept until the passerelle refuses it
+        )
+        return body["access_token"], until
+
+
 class Partenaires:
     def __init__(
         self,
         passerelle_url: str,
-        jeton: Callable[[str], str],
+        jeton: Callable[[str], str | Awaitable[str]],
         kafka: Callable[[str], KafkaAccess],
         prefix: str = "",
         settle_seconds: float = 30,
         said: Callable[[str], None] = lambda _: None,
+        jeton_refuse: Callable[[str], None] | None = None,
     ):
-        """`jeton(declarant)`: a bearer token for that source; `kafka(principal)`: its access;
-        `said`: told each wait for the passerelle and each batch sent (a progress line)."""
+        """`jeton(declarant)`: a bearer token for that source, asked before each batch;
+        `kafka(principal)`: its access; `said`: told each wait for the passerelle and each batch
+        sent (a progress line); `jeton_refuse(token)`, when the tokens come from a provider
+        (ClientCredentials.refused): told a token the passerelle refused (401), the batch then
+        posted once more with the next one (it expired during a wait)."""
         self._url = passerelle_url.rstrip("/") + "/v1/evenements"
         self._jeton = jeton
+        self._jeton_refuse = jeton_refuse
         self._kafka = kafka
         self._prefix = prefix
         self._settle = settle_seconds
@@ -93,15 +152,20 @@ class Partenaires:
                     sent.accepted += await self._produce(channel, batch)
         return sent
 
+    async def _token(self, declarant: str) -> str:
+        token = self._jeton(declarant)
+        return await token if inspect.isawaitable(token) else token
+
     async def _post(self, http: httpx.AsyncClient, declarant: str, events: list[dict], sent: Sent) -> None:
-        headers = {"authorization": f"Bearer {self._jeton(declarant)}", "content-type": BATCH}
         deadline = time.monotonic() + self._settle
         done = 0
         for batch in batches(events):
             pending = batch
             unavailable_since: float | None = None
             attempts = 0
+            token, renewed = await self._token(declarant), False
             while pending:
+                headers = {"authorization": f"Bearer {token}", "content-type": BATCH}
                 try:
                     response = await http.post(self._url, content=json.dumps(pending).encode(), headers=headers)
                     status, why = response.status_code, f"{response.status_code}"
@@ -123,6 +187,11 @@ class Partenaires:
                     continue
                 assert response is not None
                 unavailable_since, attempts = None, 0
+                if status == 401 and self._jeton_refuse is not None and not renewed:
+                    self._jeton_refuse(token)
+                    token, renewed = await self._token(declarant), True
+                    self._said(f"{self._url} : jeton refusé (401), nouvel essai avec un nouveau jeton")
+                    continue
                 if status not in (202, 207):
                     raise RuntimeError(
                         f"{self._url} answered {response.status_code} to {declarant}: {response.text[:300]}"

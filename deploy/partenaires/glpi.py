@@ -56,14 +56,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import csv
 import fcntl
 import hashlib
 import json
 import os
 import sys
+import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,7 +77,7 @@ from contracts.vocabulary import fold_kind, fold_name
 from deploy.disque import durable
 from deploy.identite import IdentiteLocale
 from deploy.local.datadir import data_root
-from deploy.local.partenaires import Partenaires, Sent
+from deploy.local.partenaires import ClientCredentials, Partenaires, Sent
 from deploy.partenaires import _inventaire as inv
 from services.common.messaging.connection import KafkaAccess
 from services.passerelle.settings import in_clear_beyond_this_machine
@@ -83,6 +86,10 @@ SANS_CORRESPONDANCE = "sans-correspondance"  # no mapping for the device's tag n
 INVENTAIRE_REMPLACE = "inventaire-remplace"  # an older inventory of a device read again
 CRITERES = ("tag", "dossier")
 TOKEN_VARIABLE = "PASSERELLE_JETON"
+CLIENT_VARIABLE, SECRET_VARIABLE, TOKEN_URL_VARIABLE = "PASSERELLE_CLIENT", "PASSERELLE_SECRET", "PASSERELLE_JETON_URL"
+SHORT_LIVED_SECONDS = 900
+"""A token given that expires sooner than this: said before the files are read (a large run
+takes longer, and stops at the first batch refused)."""
 SHOWN_FILES = 10  # file names listed per reason in the summary
 PROGRESS_FILES = 1000  # a progress line every so many files read (about 15 s of a large export)
 
@@ -428,14 +435,28 @@ def _fichiers(chemins: Iterable[Path]) -> Iterable[tuple[Path, str]]:
             raise FileNotFoundError(f"{chemin}: ni fichier ni dossier")
 
 
-async def publier(inventaire: Inventaire, passerelle: str, jeton: str) -> Sent:
+@dataclass(frozen=True)
+class Jetons:
+    """Where a run's tokens come from: one given (`jeton`), or a provider's (`refuse` then tells
+    it one the passerelle refused)."""
+
+    jeton: Callable[[str], str | Awaitable[str]]
+    refuse: Callable[[str], None] | None = None
+
+
+async def publier(inventaire: Inventaire, passerelle: str, jetons: Jetons) -> Sent:
     """The lots posted in batches as the token's declarant; nothing refused is posted again."""
 
     def kafka(principal: str) -> KafkaAccess:
         raise AssertionError(f"GLPI lots go over HTTP, never to Kafka as {principal}")
 
     partenaires = Partenaires(
-        passerelle, jeton=lambda _: jeton, kafka=kafka, settle_seconds=0, said=lambda line: _dit(line)
+        passerelle,
+        jeton=jetons.jeton,
+        kafka=kafka,
+        settle_seconds=0,
+        said=lambda line: _dit(line),
+        jeton_refuse=jetons.refuse,
     )
     return await partenaires.send((c.EQUIPEMENT, e.subject or "", e.to_bytes()) for e in inventaire.lots)
 
@@ -587,6 +608,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the bearer token (default: ${TOKEN_VARIABLE}, which is better: a command line is shown by ps "
         "to the machine's other users and kept in the shell's history)",
     )
+    parser.add_argument(
+        "--client-id",
+        help=f"the partner system's client at the identity provider (default: ${CLIENT_VARIABLE}): its tokens asked "
+        f"with the client-credentials flow at --token-url, with its secret from ${SECRET_VARIABLE}, and asked again "
+        "as they expire (a run that reads many files outlives one token)",
+    )
+    parser.add_argument("--token-url", help=f"the provider's token endpoint (default: ${TOKEN_URL_VARIABLE})")
     parser.add_argument("--jeton-local", action="store_true", help="mint one with the local identity provider")
     parser.add_argument("--data-dir", type=Path, default=data_root() / "platform", help="for --jeton-local")
     args = parser.parse_args(argv)
@@ -633,7 +661,69 @@ def _aucun_fichier() -> int:
     return 2
 
 
+def _jetons(args: argparse.Namespace) -> Jetons:
+    """The run's tokens, checked before its files are read (a région's take minutes): none
+    given, one expired, a client the provider refuses are ValueError or RuntimeError, saying why."""
+    if args.jeton_local:
+        local = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
+        return Jetons(lambda _: local)
+    if client := args.client_id or os.environ.get(CLIENT_VARIABLE, ""):
+        url, secret = args.token_url or os.environ.get(TOKEN_URL_VARIABLE, ""), os.environ.get(SECRET_VARIABLE, "")
+        if not url:
+            raise ValueError(f"--client-id sans --token-url ni ${TOKEN_URL_VARIABLE} : où demander ses jetons ?")
+        if not secret:
+            raise ValueError(f"--client-id sans ${SECRET_VARIABLE} : le secret du client manque")
+        if in_clear_beyond_this_machine(url):
+            raise ValueError(
+                f"--token-url {url} : https:// attendu (http:// seulement sur cette machine) : "
+                "le secret irait en clair sur le réseau"
+            )
+        provider = ClientCredentials(url, client, secret)
+        asyncio.run(provider.jeton())
+        return Jetons(provider.jeton, provider.refused)
+    if not (given := args.token or os.environ.get(TOKEN_VARIABLE, "")):
+        raise ValueError(
+            f"aucun jeton : --client-id (son secret dans ${SECRET_VARIABLE}), --token, ${TOKEN_VARIABLE}, "
+            "ou --jeton-local en développement"
+        )
+    left = _lifetime_left(given)
+    if left is not None and left <= 0:
+        raise ValueError(f"le jeton donné a expiré il y a {-left:.0f} s : en demander un autre, ou --client-id")
+    if left is not None and left < SHORT_LIVED_SECONDS:
+        print(
+            f"glpi: le jeton donné expire dans {left:.0f} s : un envoi plus long s'arrêtera au premier lot refusé "
+            "(401) ; --client-id en demande d'autres à mesure",
+            file=sys.stderr,
+        )
+    return Jetons(lambda _: given)
+
+
+def _lifetime_left(token: str) -> float | None:
+    """Seconds until the JWT `token` expires (its `exp`, read without checking its signature:
+    the passerelle checks it), None when it does not say or is not a JWT."""
+    try:
+        payload = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("exp")
+    except (IndexError, ValueError, binascii.Error, AttributeError):
+        return None
+    return exp - time.time() if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
 def _run(args: argparse.Namespace) -> int:
+    jetons: Jetons | None = None
+    if not args.dry_run:
+        if in_clear_beyond_this_machine(args.passerelle):
+            print(
+                f"glpi: --passerelle {args.passerelle} : https:// attendu (http:// seulement sur cette machine) : "
+                "le jeton irait en clair sur le réseau",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            jetons = _jetons(args)
+        except (ValueError, RuntimeError) as error:
+            print(f"glpi: {error}", file=sys.stderr)
+            return 2
     try:
         c.parse_source(args.declarant)
         precedent = lire_etat(args.etat, args.declarant) if args.etat else Etat()
@@ -649,18 +739,7 @@ def _run(args: argparse.Namespace) -> int:
         for event in inventaire.lots:
             print(event.to_bytes().decode())
         return 0
-    if in_clear_beyond_this_machine(args.passerelle):
-        print(
-            f"glpi: --passerelle {args.passerelle} : https:// attendu (http:// seulement sur cette machine) : "
-            "le jeton irait en clair sur le réseau",
-            file=sys.stderr,
-        )
-        return 2
-    if args.jeton_local:
-        jeton = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
-    elif not (jeton := args.token or os.environ.get(TOKEN_VARIABLE, "")):
-        print(f"glpi: aucun jeton : --token, {TOKEN_VARIABLE}, ou --jeton-local en développement", file=sys.stderr)
-        return 2
+    assert jetons is not None, "asked before the files were read"
     if not inventaire.fichiers:
         return _aucun_fichier()
     if args.etat:
@@ -674,7 +753,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"glpi: {args.etat} ne peut pas être écrit ({error}) : rien n'est envoyé", file=sys.stderr)
             return 2
     try:
-        sent = asyncio.run(publier(inventaire, args.passerelle, jeton))
+        sent = asyncio.run(publier(inventaire, args.passerelle, jetons))
     except (Exception, KeyboardInterrupt) as error:
         # The batches before this one may be accepted already: sending again is harmless (same
         # ids), and the state holds every lot of the run (none retired), whatever stopped it:

@@ -2,13 +2,16 @@
 generated inventory of a few thousand devices whose lots the test computes on its own, from
 what it generated, not with the adapter's grouping."""
 
+import base64
 import fcntl
 import json
 import random
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 import contracts as c
@@ -1020,3 +1023,102 @@ def test_an_etablissement_new_to_the_state_is_sent_at_its_own_date(tmp_path):
     assert {e.time for e in inventorier([tmp_path / "b"], mapping, DEPARTEMENT, now=late, precedent=former).lots} == {
         late
     }
+
+
+def _one_school(tmp_path: Path) -> list[str]:
+    """A folder of one device mapped to COLLEGE: the arguments of a run that sends it."""
+    folder = tmp_path / "ecole"
+    folder.mkdir()
+    when = datetime(2026, 9, 1, tzinfo=UTC)
+    (folder / "0.json").write_text(json.dumps(_device("d0", "Laptop", WINDOWS[0][0], [], when, tag="000005")))
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    state = tmp_path / "etat.json"
+    return [str(folder), "--correspondance", str(mapping), "--etat", str(state), "--declarant", DEPARTEMENT]
+
+
+def _jwt(**claims) -> str:
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.signature"
+
+
+def _files_unread(monkeypatch) -> None:
+    def inventorier(*_args, **_kw):
+        raise AssertionError("the files read before the tokens were checked")
+
+    monkeypatch.setattr(glpi, "inventorier", inventorier)
+
+
+def test_an_expired_token_is_refused_before_the_files_are_read_and_a_short_lived_one_said(
+    tmp_path, capsys, monkeypatch
+):
+    """A région's files take minutes to read: the run then failed at its first batch (401)."""
+    argv = [*_one_school(tmp_path), "--passerelle", "http://127.0.0.1:9"]
+    with monkeypatch.context() as unread:
+        _files_unread(unread)
+        assert main([*argv, "--token", _jwt(exp=int(time.time()) - 30)]) == 2
+    assert "le jeton donné a expiré il y a" in capsys.readouterr().err
+
+    monkeypatch.setattr(glpi, "publier", _accepting_all)
+    assert main([*argv, "--token", _jwt(exp=int(time.time()) + 120)]) == 0
+    assert "le jeton donné expire dans" in capsys.readouterr().err
+    assert main([*argv, "--token", _jwt(exp=int(time.time()) + 3600)]) == 0
+    assert "expire" not in capsys.readouterr().err
+
+
+async def _accepting_all(inventaire, _passerelle, _jetons):
+    from deploy.local.partenaires import Sent
+
+    return Sent(accepted=len(inventaire.lots))
+
+
+def test_a_client_s_tokens_are_asked_of_its_provider_and_one_refused_is_replaced(tmp_path, capsys, monkeypatch):
+    """--client-id: the run asks the provider (client-credentials) for its tokens, the first before
+    the files are read, another when the passerelle refuses one (expired during the run)."""
+    from deploy.local import partenaires
+
+    tokens, posted = iter(["a", "b"]), []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "idp.example.fr":
+            return httpx.Response(200, json={"access_token": next(tokens), "expires_in": 300})
+        posted.append(request.headers["authorization"])
+        if len(posted) == 1:
+            return httpx.Response(401, text="jeton expiré")
+        count = len(json.loads(request.content))
+        return httpx.Response(202, json={"resultats": [{"index": i, "statut": "accepted"} for i in range(count)]})
+
+    real = httpx.AsyncClient
+    monkeypatch.setattr(
+        partenaires.httpx, "AsyncClient", lambda **kw: real(transport=httpx.MockTransport(answer), **kw)
+    )
+    monkeypatch.setenv(glpi.SECRET_VARIABLE, "s3cret")
+    argv = [*_one_school(tmp_path), "--passerelle", "http://127.0.0.1:9", "--client-id", "glpi-035"]
+    assert main([*argv, "--token-url", "https://idp.example.fr/token"]) == 0, capsys.readouterr().err
+    assert posted == ["Bearer a", "Bearer b"]
+
+    assert main([*argv, "--token-url", "http://idp.example.fr/token"]) == 2
+    assert "le secret irait en clair" in capsys.readouterr().err
+    monkeypatch.delenv(glpi.SECRET_VARIABLE)
+    assert main([*argv, "--token-url", "https://idp.example.fr/token"]) == 2
+    assert f"sans ${glpi.SECRET_VARIABLE}" in capsys.readouterr().err
+
+
+def test_a_client_its_provider_refuses_is_said_before_the_files_are_read(tmp_path, capsys, monkeypatch):
+    from deploy.local import partenaires
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "unauthorized_client", "error_description": "Invalid client secret"})
+
+    real = httpx.AsyncClient
+    monkeypatch.setattr(
+        partenaires.httpx, "AsyncClient", lambda **kw: real(transport=httpx.MockTransport(refusing), **kw)
+    )
+    monkeypatch.setenv(glpi.SECRET_VARIABLE, "s3cret")
+    _files_unread(monkeypatch)
+    argv = [*_one_school(tmp_path), "--passerelle", "http://127.0.0.1:9", "--client-id", "glpi-035"]
+    assert main([*argv, "--token-url", "https://idp.example.fr/token"]) == 2
+    err = capsys.readouterr().err
+    assert "a refusé le client glpi-035" in err and "Invalid client secret" in err and "s3cret" not in err

@@ -1,6 +1,7 @@
 """deploy/local/partenaires.py's posts to the passerelle, without one: the batches an
 établissement's events go in, and what a passerelle unavailable for a while does to a run."""
 
+import base64
 import json
 
 import httpx
@@ -117,3 +118,92 @@ async def test_a_declarant_over_its_rate_waits_as_told_says_so_and_stops_if_it_l
     for_good = True
     with pytest.raises(PasserelleIndisponible, match="débit dépassé depuis 0 s \\(429\\) : 0 événements envoyés sur 5"):
         await sender.send(records(5))
+
+
+async def test_a_token_refused_during_a_run_is_replaced_by_the_provider_s_next_and_the_batch_posted_again(monkeypatch):
+    """A provider's token lives minutes (Keycloak's: 5), a large run longer: a token is asked for
+    each batch, and one the passerelle refuses (expired during a wait) is told to its provider,
+    the batch posted once more with the next (audit s67 ingestion F1: the run stopped, exit 2)."""
+    tokens = iter(["t1", "t2", "t3"])
+    asked: list[str] = []
+    refused: list[str] = []
+    seen: list[str] = []
+
+    def jeton(declarant: str) -> str:
+        asked.append(declarant)
+        return next(tokens)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(401, text="jeton expiré") if len(seen) == 2 else accepted(request)
+
+    _with(monkeypatch, answer)
+    said: list[str] = []
+    sender = Partenaires(
+        "http://passerelle", jeton=jeton, kafka=lambda _: None, said=said.append, jeton_refuse=refused.append
+    )
+    sent = await sender.send(records(BATCH_EVENTS + 5))
+    assert (sent.accepted, sent.refused) == (BATCH_EVENTS + 5, [])
+    assert seen == ["Bearer t1", "Bearer t2", "Bearer t3"] and refused == ["t2"]
+    assert asked == [DECLARANT] * 3
+    assert "http://passerelle/v1/evenements : jeton refusé (401), nouvel essai avec un nouveau jeton" in said
+
+
+async def test_a_token_refused_again_stops_the_run_naming_the_answer(monkeypatch):
+    """A token given (not a provider's), or the provider's next refused too: no loop."""
+    _with(monkeypatch, lambda request: httpx.Response(401, text="jeton refusé : audience"))
+    sender = Partenaires("http://passerelle", jeton=lambda _: "t", kafka=lambda _: None, jeton_refuse=lambda _: None)
+    with pytest.raises(RuntimeError, match=r"answered 401 to .*jeton refusé : audience"):
+        await sender.send(records(5))
+
+
+def _provider(monkeypatch, answers: list[httpx.Response]) -> list[httpx.Request]:
+    """The token endpoint answering `answers` in turn: the requests it got."""
+    got: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        got.append(request)
+        return answers.pop(0)
+
+    _with(monkeypatch, answer)
+    return got
+
+
+async def test_a_client_s_token_is_kept_while_it_lives_and_asked_again_before_it_expires(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(partenaires.time, "monotonic", lambda: now[0])
+    got = _provider(
+        monkeypatch,
+        [
+            httpx.Response(200, json={"access_token": "a", "expires_in": 300, "token_type": "Bearer"}),
+            httpx.Response(200, json={"access_token": "b", "expires_in": 300}),
+            httpx.Response(200, json={"access_token": "c"}),
+        ],
+    )
+    client = partenaires.ClientCredentials("https://idp/token", "glpi-035", "s3cret")
+    assert await client.jeton() == "a"
+    now[0] += 239
+    assert await client.jeton() == "a", "until a minute before it expires"
+    now[0] += 1
+    assert await client.jeton() == "b"
+    client.refused("a")
+    assert await client.jeton() == "b", "a former token refused: the one in hand kept"
+    client.refused("b")
+    assert await client.jeton() == "c"
+    now[0] += 10**6
+    assert await client.jeton() == "c", "no expires_in: kept until refused"
+    assert len(got) == 3
+    assert got[0].headers["authorization"] == "Basic " + base64.b64encode(b"glpi-035:s3cret").decode()
+    assert got[0].content == b"grant_type=client_credentials"
+
+
+async def test_a_client_the_provider_refuses_is_said_in_its_words_never_with_its_secret(monkeypatch):
+    _provider(
+        monkeypatch,
+        [httpx.Response(401, json={"error": "unauthorized_client", "error_description": "Invalid client secret"})],
+    )
+    client = partenaires.ClientCredentials("https://idp/token", "glpi-035", "s3cret")
+    with pytest.raises(RuntimeError) as refused:
+        await client.jeton()
+    said = str(refused.value)
+    assert "glpi-035" in said and "401" in said and "Invalid client secret" in said and "s3cret" not in said
