@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -59,12 +59,22 @@ _CHASSIS = {
             "spacesaving",
             "minipc",
             "stickpc",
+            "sealedcasepc",  # SMBIOS 0x18: thin clients, an all-in-one's kin (an embedded PC, 0x22, is
+            # a kiosk's or a display's more than a seat: set aside, chassis-inconnu, as before)
         ),
         FIXE,
     ),
     "tablet": TABLETTE,
 }
-_NOT_RETAINED = {"server", "mainserverchassis", "rackmountchassis", "blade", "bladeenclosure", "dockingstation"}
+_NOT_RETAINED = {
+    "server",
+    "mainserverchassis",  # dmidecode's name of SMBIOS 0x11
+    "mainsystemchassis",  # Win32_SystemEnclosure's, as glpi-agent writes it on Windows
+    "rackmountchassis",
+    "blade",
+    "bladeenclosure",
+    "dockingstation",
+}
 # glpi-agent writes no chassis type for a Mac: its MacOS/Hardware.pm sets the hardware's NAME and
 # UUID only, and the modules that write CHASSIS_TYPE elsewhere (dmidecode's, Linux's sysfs,
 # Win32_SystemEnclosure) do not run on macOS: every Mac was set aside. Its kind is in the model
@@ -91,6 +101,8 @@ _BROWSER_SPELLINGS = {
     "chromium-browser": "Chromium",
     "microsoft-edge-stable": "Edge",
     "opera stable": "Opera",
+    "opera-stable": "Opera",  # Opera's own deb and rpm
+    "mozillafirefox": "Firefox",  # openSUSE's rpm
 }
 _BROWSERS = {fold_name(name) for name in ("Firefox", "Chrome", "Safari", "Opera", "Edge", "Internet Explorer")}
 # Versions are read in ASCII digits only (the contract's): Python's \d also takes Arabic-Indic
@@ -185,6 +197,7 @@ _OS_FAMILIES = (
 # Linux distributions as os-release's NAME writes them, as DOMAIN.md names them (each its own name).
 _DISTRIBUTIONS = {"debian gnu/linux": "Debian", "fedora linux": "Fedora", "ubuntu linux": "Ubuntu"}
 LOCAL_TIME = ZoneInfo("Europe/Paris")  # an agent's logdate without the OS's offset
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The key of a device is its hardware's, not its agent's: glpi-agent's standalone glpi-inventory
 # makes a new deviceid (host name + time) at each run, so one machine's two exports were two
@@ -431,10 +444,19 @@ def _date(content: dict) -> datetime | None:
         return None
     if local is None:
         return None
+    zone = LOCAL_TIME
     offset = _section(_section(content, "operatingsystem"), "timezone").get("offset")
     if isinstance(offset, str) and re.fullmatch(r"[+-][0-9]{4}", offset):
         sign = -1 if offset[0] == "-" else 1
         delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
         if delta < timedelta(hours=24):
-            return local.replace(tzinfo=timezone(sign * delta))
-    return local.replace(tzinfo=LOCAL_TIME)
+            zone = timezone(sign * delta)
+    # Before 1970: a clock never set (a flat battery, 1970-01-01 00:00 in UTC read as Paris
+    # time). No event may be dated so (CONTRACTS.md, Limits): the device counts undated, as one
+    # without accesslog; its établissement's lot, dated by it, failed the whole run (audit s67
+    # ingestion F2). Year 1 in a zone east of UTC is not even an instant.
+    try:
+        dated = local.replace(tzinfo=zone)
+        return dated if dated >= UNIX_EPOCH else None
+    except OverflowError:
+        return None

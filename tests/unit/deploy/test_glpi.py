@@ -98,6 +98,8 @@ def test_versions_are_cut_to_the_contract_form(written, expected):
         ("google-chrome-stable", "Chrome"),
         ("Microsoft Edge", "Edge"),
         ("Opera Stable 111.0.5168.61", "Opera"),
+        ("opera-stable", "Opera"),
+        ("MozillaFirefox", "Firefox"),
         ("chromium-browser", "Chromium"),
         ("chromium-libs", None),
         ("fedora-user-agent-chrome", None),

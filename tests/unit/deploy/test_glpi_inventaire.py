@@ -421,3 +421,47 @@ def test_an_android_device_s_kind_is_its_itemtype_only(tmp_path, smodel):
     computer = phone | {"itemtype": "Computer"}
     read = _read(tmp_path, computer, "computer.json")
     assert isinstance(read, inv.Ecarte) and read.raison == inv.CHASSIS_INCONNU
+
+
+@pytest.mark.parametrize(
+    ("logdate", "offset", "dated"),
+    [
+        ("1970-01-01 00:00:12", None, False),  # UTC's clock never set, read as Paris time: 1969
+        ("1970-01-01 01:00:12", None, True),  # Paris time, 00:00:12 in UTC
+        ("0001-01-01 00:00:00", "+0100", False),  # not an instant at all
+        ("1969-12-31 23:59:59", "+0000", False),
+    ],
+)
+def test_a_device_dated_before_1970_counts_undated_and_its_run_goes_on(tmp_path, capsys, logdate, offset, dated):
+    """A device whose clock was never set (a flat battery): dated so, it made its établissement's
+    lot an event before 1970, which the contract refuses, and the whole run stopped, exit 2, every
+    other établissement's lots unsent (audit s67 ingestion F2)."""
+    from deploy.partenaires.glpi import main
+
+    os = {"name": "Windows", "full_name": "Microsoft Windows 11 Éducation", "version": "23H2"}
+    document = _document(os=os if offset is None else {**os, "timezone": {"offset": offset}}, tag="000005")
+    document["content"]["accesslog"]["logdate"] = logdate
+    device = _read(tmp_path, document)
+    assert isinstance(device, inv.Appareil) and (device.inventorie_le is not None) == dated
+    mapping = tmp_path / "correspondance.csv"
+    mapping.write_text(f"critere,valeur,uai\ntag,000005,{COLLEGE}\n")
+    argv = [str(tmp_path / "pc.json"), "--correspondance", str(mapping), "--declarant", DEPARTEMENT, "--dry-run"]
+    assert main(argv) == 0, capsys.readouterr().err
+    [lot] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lot["time"] >= "1970-01-01T00:00:00"
+
+
+@pytest.mark.parametrize(
+    ("chassis", "kind"),
+    [("Sealed-Case PC", "ordinateur"), ("Main System Chassis", inv.CHASSIS_NON_RETENU), ("Embedded PC", None)],
+)
+def test_chassis_names_agents_write_are_read(tmp_path, chassis, kind):
+    """A thin client's sealed case is a seat; Windows' name of a server's chassis is a server's
+    (it was counted unknown); an embedded PC, a kiosk's or a display's, stays set aside unknown."""
+    document = _document()
+    document["content"]["hardware"]["chassis_type"] = chassis
+    read = _read(tmp_path, document)
+    if kind == "ordinateur":
+        assert isinstance(read, inv.Appareil) and read.kind == kind
+    else:
+        assert isinstance(read, inv.Ecarte) and read.raison == (kind or inv.CHASSIS_INCONNU)
