@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -444,7 +444,7 @@ def _date(content: dict) -> datetime | None:
         return None
     if local is None:
         return None
-    zone = LOCAL_TIME
+    zone: tzinfo = LOCAL_TIME
     offset = _section(_section(content, "operatingsystem"), "timezone").get("offset")
     if isinstance(offset, str) and re.fullmatch(r"[+-][0-9]{4}", offset):
         sign = -1 if offset[0] == "-" else 1
