@@ -479,7 +479,7 @@ class _EventStream(StreamingResponse):
             "description": "trop de flux ouverts, ou le service s'arrête : `Retry-After` dit quand réessayer. Un "
             "client qui accepte `text/event-stream` (EventSource, qui tiendrait un 503 pour définitif) reçoit à la "
             "place un flux 200 d'un seul `fin` (`raison` `trop-de-flux` ou `arret-du-service`, `retry:` le même "
-            "délai, son `id:` le Last-Event-ID reçu, d'où il reprend)",
+            "délai, son `id:` le Last-Event-ID reçu, à défaut la position du flux, d'où il reprend)",
         },
     },
 )
@@ -522,7 +522,7 @@ async def flux(
         if "text/event-stream" in request.headers.get("accept", ""):
             reason = "arret-du-service" if hub.stopping else "trop-de-flux"
             return Response(
-                stream.refusal(reason, message, resume, RETRY_AFTER_SECONDS * 1000),
+                stream.refusal(reason, message, hub.position if resume is None else resume, RETRY_AFTER_SECONDS * 1000),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache"},
             )

@@ -209,10 +209,10 @@ def _fin(reason: str, message: str, resume_at: int | None, reconnect_ms: int | N
 def refusal(reason: str, message: str, last_event_id: int | None, reconnect_ms: int) -> str:
     """The whole stream a refused EventSource is sent in place of a 503, which it would take as
     final (the HTML standard fails the connection on any status but 200, `Retry-After` unread): a
-    `fin` that has it reconnect after `reconnect_ms` from the Last-Event-ID it sent
-    (`last_event_id`), given back as its `id:` (a stream's last event id is what its events say:
-    without one, a browser reading the standard to the letter resumed from nothing); none when
-    it sent none."""
+    `fin` that has it reconnect after `reconnect_ms` from `last_event_id` (the Last-Event-ID it
+    sent, else the hub's position: what is committed while it waits comes then), given back as
+    its `id:` (a stream's last event id is what its events say: without one, a browser reading
+    the standard to the letter resumed from nothing)."""
     return _fin(reason, message, last_event_id, reconnect_ms)
 
 
