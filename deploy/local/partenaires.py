@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -90,9 +92,10 @@ class ClientCredentials:
     async def _ask(self) -> tuple[str, float]:
         async with httpx.AsyncClient(timeout=30) as http:
             try:
-                answer = await http.post(
-                    self._url, data={"grant_type": "client_credentials"}, auth=(self._client, self._secret)
-                )
+                # RFC 6749, 2.3.1: each form-urlencoded before Basic (a secret holding `+` or `%`
+                # was read otherwise by a provider that decodes them, as Keycloak does).
+                credentials = (quote(self._client, safe=""), quote(self._secret, safe=""))
+                answer = await http.post(self._url, data={"grant_type": "client_credentials"}, auth=credentials)
             except httpx.TransportError as error:
                 raise RuntimeError(f"{self._url} injoignable ({type(error).__name__}) : aucun jeton") from error
         try:
@@ -106,10 +109,16 @@ class ClientCredentials:
                 f"{self._url} a refusé le client {self._client} ({answer.status_code}"
                 f"{', ' + json.dumps(said, ensure_ascii=False) if said else ''}) : aucun jeton"
             )
-        lives = body.get("expires_in")
+        written = body.get("expires_in")  # a number, or a numeric string (some providers')
+        try:
+            lives = (
+                0.0 if isinstance(written, bool) else float(written) if isinstance(written, int | float | str) else 0.0
+            )
+        except ValueError:
+            lives = 0.0
         until = (
-            time.monotonic() + max(float(lives) - self.EXPIRY_MARGIN_SECONDS, float(lives) / 2)
-            if isinstance(lives, int | float) and not isinstance(lives, bool) and lives > 0
+            time.monotonic() + max(lives - self.EXPIRY_MARGIN_SECONDS, lives / 2)
+            if math.isfinite(lives) and lives > 0
             else float("inf")  # said nowhere: kept until the passerelle refuses it
         )
         return body["access_token"], until

@@ -1,7 +1,8 @@
 """A collectivité's GLPI inventory declared as `lot` events, through the passerelle.
 
     python -m deploy.partenaires.glpi INVENTAIRE... --correspondance FICHIER --declarant SOURCE
-        (--etat FICHIER | --dry-run) [--passerelle URL] [--token JETON | --jeton-local [--data-dir DIR]]
+        (--etat FICHIER | --dry-run) [--passerelle URL]
+        [--client-id CLIENT --token-url URL | --token JETON | --jeton-local [--data-dir DIR]]
 
 Reads GLPI native inventory files (one JSON file per device, as the GLPI agent sends them;
 directories are read recursively), finds each device's établissement with the mapping file,
@@ -37,9 +38,14 @@ share one).
   those. A lot the passerelle refused stays as the platform has it; after an interrupted run,
   every lot it sent is kept and none removed. A run holds the state (FICHIER.verrou): another
   run on it meanwhile sends nothing.
-- The token: --token, else the PASSERELLE_JETON environment variable (better: a command line is
-  shown by `ps` to the machine's other users and kept in the shell's history); --jeton-local mints one
-  for --declarant with the local identity provider (`./dev up`'s; development only).
+- The tokens: --client-id (else PASSERELLE_CLIENT) and --token-url (else PASSERELLE_JETON_URL),
+  the client's secret in PASSERELLE_SECRET: asked of the identity provider (client-credentials),
+  the first before the files are read, another before each expires and when the passerelle
+  refuses one. Else one given: --token, else the PASSERELLE_JETON environment variable (better: a
+  command line is shown by `ps` to the machine's other users and kept in the shell's history),
+  checked before the files are read (expired: refused; expiring within 15 minutes: said).
+  --jeton-local mints them for --declarant with the local identity provider (`./dev up`'s;
+  development only).
 
 --dry-run prints the events, one JSON line each, and sends nothing. A summary (stderr) says how
 many devices went into how many lots, which files were set aside and why (with their file
@@ -665,9 +671,12 @@ def _jetons(args: argparse.Namespace) -> Jetons:
     """The run's tokens, checked before its files are read (a région's take minutes): none
     given, one expired, a client the provider refuses are ValueError or RuntimeError, saying why."""
     if args.jeton_local:
-        local = IdentiteLocale(args.data_dir / "identite").jeton(args.declarant, subject="glpi")
-        return Jetons(lambda _: local)
-    if client := args.client_id or os.environ.get(CLIENT_VARIABLE, ""):
+        identite = IdentiteLocale(args.data_dir / "identite")
+        identite.jeton(args.declarant, subject="glpi")  # the declarant checked now; then one per batch
+        return Jetons(lambda _: identite.jeton(args.declarant, subject="glpi"))
+    # An explicit --token wins over a client the environment names (left from another run).
+    client = args.client_id or ("" if args.token else os.environ.get(CLIENT_VARIABLE, ""))
+    if client:
         url, secret = args.token_url or os.environ.get(TOKEN_URL_VARIABLE, ""), os.environ.get(SECRET_VARIABLE, "")
         if not url:
             raise ValueError(f"--client-id sans --token-url ni ${TOKEN_URL_VARIABLE} : où demander ses jetons ?")

@@ -443,10 +443,10 @@ LOG_CHECK_SECONDS = 10.0
 """How long an assignment waits for Kafka to say whether each stored position is in its log."""
 LOG_CHECK_PATIENCE_SECONDS = 60.0
 """How long an assignment asks again, its partitions paused, when Kafka did not say it in time,
-before it reads from the stored positions unchecked. Once read on, a partition's stored instant
-is its new records': a topic made again met while Kafka was slow would never be found after
-(review s66 #3). Within aiokafka's rebalance bound (max_poll_interval_ms, 5 min), for which the
-group waits on this callback."""
+before it reads from the stored positions unchecked (from Kafka's first silence). Once read on, a
+partition's stored instant is its new records': a topic made again met while Kafka was slow
+would never be found after (review s66 #3). Asked outside the assignment's callback
+(StoredPositions.resuming), whose length the group's session timeout bounds."""
 
 
 Stamps = Callable[[Mapping[TopicPartition, int]], Awaitable[Mapping[TopicPartition, int | None]]]
@@ -568,15 +568,28 @@ async def in_another_log(
 class StoredPositions(ConsumerRebalanceListener):
     """Seeks each assigned partition to its position in the service's database (to offset 0 when
     it has none: a fresh schema reads every record Kafka has, and is told of those Kafka no longer
-    has; a compacted topic's, from its log start)."""
+    has; a compacted topic's, from its log start).
+
+    The reading and the checks run in a task of their own (`resuming`), the partitions paused
+    until it seeks them: aiokafka sends no heartbeat while the assignment's callback runs, and a
+    callback longer than the group's session timeout (10 s) had the broker put the member out,
+    the group rebalanced again, while PostgreSQL was away or Kafka slow to say whether the
+    positions are in their logs (review s67 #1). A revocation cancels it."""
 
     def __init__(self, pipeline: Pipeline, stamps: Stamps | None = None):
         self._pipeline, self._stamps = pipeline, stamps
         self.subscriber: Any = None  # FastStream's subscriber, whose consumer exists once it starts
         self.poll: Poll | None = None
+        self.resuming: asyncio.Task[None] | None = None
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass
+        await self._stop_resuming()
+
+    async def _stop_resuming(self) -> None:
+        if self.resuming is not None and not self.resuming.done():
+            self.resuming.cancel()
+            await asyncio.wait([self.resuming])
+        self.resuming = None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self.subscriber.consumer
@@ -595,8 +608,17 @@ class StoredPositions(ConsumerRebalanceListener):
             await self.poll.drop()
             self.poll.unreadable.forget()
         self._pipeline.metrics.reassigned(assigned)
+        await self._stop_resuming()  # a former assignment's, should no revocation have come first
         if assigned:
+            self.resuming = asyncio.create_task(self._resume(consumer, assigned), name="positions")
+
+    async def _resume(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        try:
             await self._resume_from_database(consumer, assigned)
+        except Exception:  # what aiokafka logged of its callback: the partitions left paused
+            log.exception(
+                "positions.resume_failed", partitions=len(assigned), hint="left paused until the next assignment"
+            )
 
     async def _resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Each partition sought to its stored position, then resumed (left paused if this fails
@@ -609,13 +631,13 @@ class StoredPositions(ConsumerRebalanceListener):
         # if it stays away, and the next assignment tries again).
         delay = 0.5
         elsewhere: list[Outside] | None = None  # asked of Kafka once, recorded before anything is read
-        patient_until = asyncio.get_running_loop().time() + LOG_CHECK_PATIENCE_SECONDS
+        patient_until: float | None = None  # from Kafka's first silence (not PostgreSQL's)
         while True:
             try:
                 stored = await positions.load(self._pipeline.pool, assigned)
                 if elsewhere is None:
                     appended = await positions.appended(self._pipeline.pool, assigned)
-                    patient = asyncio.get_running_loop().time() < patient_until  # else unchecked, said
+                    patient = patient_until is None or asyncio.get_running_loop().time() < patient_until
                     elsewhere = await in_another_log(consumer, stored, appended, self._stamps, strict=patient)
                 if elsewhere:
                     async with self._pipeline.pool.acquire() as conn, conn.transaction():
@@ -623,11 +645,13 @@ class StoredPositions(ConsumerRebalanceListener):
                     stored = {**stored, **{o.tp: o.start for o in elsewhere}}
                 break
             except Exception as exc:  # on /health (`positions_unreadable`) and /metrics meanwhile
-                if consumer._closed:  # stopping: its stop waits for this callback (left paused)
+                if consumer._closed:  # stopping: left paused
                     log.info("positions.unread_at_stop", error=type(exc).__name__)
                     return
                 self._pipeline.metrics.positions_unreadable(type(exc).__name__)
                 if isinstance(exc, LogUnchecked):  # asked again while patient, then read unchecked
+                    if patient_until is None:
+                        patient_until = asyncio.get_running_loop().time() + LOG_CHECK_PATIENCE_SECONDS
                     log.warning("positions.log_check_retried", detail=exc.fact, retry_in=delay)
                 else:
                     log.warning(
@@ -636,6 +660,8 @@ class StoredPositions(ConsumerRebalanceListener):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._pipeline.metrics.positions_read()
+        if consumer._closed:
+            return
         for tp in sorted(assigned):
             if tp in stored:
                 consumer.seek(tp, stored[tp])

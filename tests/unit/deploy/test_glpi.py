@@ -1103,6 +1103,12 @@ def test_a_client_s_tokens_are_asked_of_its_provider_and_one_refused_is_replaced
 
     assert main([*argv, "--token-url", "http://idp.example.fr/token"]) == 2
     assert "le secret irait en clair" in capsys.readouterr().err
+    # A client the environment names, left from another run, never overrides a token given.
+    monkeypatch.setenv(glpi.CLIENT_VARIABLE, "glpi-035")
+    monkeypatch.setattr(glpi, "publier", _accepting_all)
+    without_client = [a for a in argv if a not in ("--client-id", "glpi-035")]
+    assert main([*without_client, "--token", _jwt(exp=int(time.time()) + 3600)]) == 0, capsys.readouterr().err
+    monkeypatch.delenv(glpi.CLIENT_VARIABLE)
     monkeypatch.delenv(glpi.SECRET_VARIABLE)
     assert main([*argv, "--token-url", "https://idp.example.fr/token"]) == 2
     assert f"sans ${glpi.SECRET_VARIABLE}" in capsys.readouterr().err

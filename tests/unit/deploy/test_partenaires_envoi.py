@@ -207,3 +207,19 @@ async def test_a_client_the_provider_refuses_is_said_in_its_words_never_with_its
         await client.jeton()
     said = str(refused.value)
     assert "glpi-035" in said and "401" in said and "Invalid client secret" in said and "s3cret" not in said
+
+
+async def test_a_client_s_credentials_are_form_encoded_and_a_lifetime_written_as_text_is_read(monkeypatch):
+    """RFC 6749, 2.3.1: a secret holding `+` or `%` was read otherwise by a provider that decodes
+    them (Keycloak); some providers write `expires_in` as a string, taken for "never expires"."""
+    now = [0.0]
+    monkeypatch.setattr(partenaires.time, "monotonic", lambda: now[0])
+    got = _provider(
+        monkeypatch,
+        [httpx.Response(200, json={"access_token": t, "expires_in": "300"}) for t in ("a", "b")],
+    )
+    client = partenaires.ClientCredentials("https://idp/token", "glpi 035", "a+b%c")
+    assert await client.jeton() == "a"
+    now[0] += 240
+    assert await client.jeton() == "b"
+    assert got[0].headers["authorization"] == "Basic " + base64.b64encode(b"glpi%20035:a%2Bb%25c").decode()
