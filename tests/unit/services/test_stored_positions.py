@@ -373,3 +373,41 @@ async def test_a_rebuild_or_restore_past_records_deleted_from_a_compacted_topic_
         compacted: 10
     }
     assert len(said.named("rattrapage.derives_perdus")) == 1, "a fresh schema's: untold"
+
+
+async def test_kafka_silent_is_asked_again_while_patient_then_the_partitions_are_read_unchecked(monkeypatch):
+    """The first question (which record was appended at the instant) unanswered: asked again, the
+    partitions paused, until the patience is spent from that first silence, then read unchecked."""
+    kafka, written, said = await assigned(monkeypatch, KafkaConnectionError(), patience=1.2)
+    assert len(said.named("positions.log_check_retried")) == 2, "at 0 and 0.5 s, within 1.2 s of the first"
+    assert len(said.named("positions.log_unchecked")) == 1
+    assert [call[0] for call in kafka.calls] == ["pause", "beginning", "seek", "resume"] and written == []
+
+
+async def test_the_assignment_s_callback_returns_before_the_positions_are_read_and_a_revocation_stops_them(
+    monkeypatch,
+):
+    """aiokafka sends no heartbeat while the callback runs: one longer than the group's session
+    timeout (PostgreSQL away, Kafka slow) had the member put out of its group (review s67 #1).
+    The partitions stay paused until read; taken away meanwhile, they are never sought."""
+    release = asyncio.Event()
+
+    async def load(pool, assigned):
+        await release.wait()
+        return {TP0: 42}
+
+    monkeypatch.setattr(consumer.positions, "load", load)
+    kafka = Paused()
+    listener = consumer.StoredPositions(SimpleNamespace(pool=object(), metrics=Metrics("formation")))
+    listener.subscriber = SimpleNamespace(consumer=kafka)
+    async with asyncio.timeout(1):
+        await listener.on_partitions_assigned({TP0})
+    assert kafka.calls == [("pause", {TP0}), ("beginning", [TP0])]
+    reading = listener.resuming
+    await listener.on_partitions_revoked({TP0})
+    assert reading is not None and reading.cancelled() and listener.resuming is None
+
+    await listener.on_partitions_assigned({TP0})
+    release.set()
+    await listener.resuming
+    assert kafka.calls[-2:] == [("seek", TP0, 42), ("resume", {TP0})]
