@@ -206,7 +206,7 @@ def _fin(reason: str, message: str, resume_at: int | None, reconnect_ms: int | N
     return retry + _frame(resume_at, "fin", json.dumps(body, ensure_ascii=False))
 
 
-def refusal(reason: str, message: str, last_event_id: int | None, reconnect_ms: int) -> str:
+def refusal(reason: str, message: str, last_event_id: int, reconnect_ms: int) -> str:
     """The whole stream a refused EventSource is sent in place of a 503, which it would take as
     final (the HTML standard fails the connection on any status but 200, `Retry-After` unread): a
     `fin` that has it reconnect after `reconnect_ms` from `last_event_id` (the Last-Event-ID it

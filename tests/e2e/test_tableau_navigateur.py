@@ -357,7 +357,7 @@ async def test_a_stream_refused_as_one_too_many_says_so_and_is_tried_again_later
     async def flux(route):
         streams.append(route.request.url)
         if len(streams) == 1:
-            body = refusal("trop-de-flux", "trop de flux ouverts (100) : réessayer dans 10 s", None, 10_000)
+            body = refusal("trop-de-flux", "trop de flux ouverts (100) : réessayer dans 10 s", 0, 10_000)
             headers = {"Retry-After": "10", "Cache-Control": "no-cache"}
             await route.fulfill(status=200, content_type="text/event-stream", headers=headers, body=body)
         else:
