@@ -247,6 +247,14 @@ async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_
             stopped.append(True)
 
     relay = outbox.OutboxRelay(None, Producer(), "relaystop")  # type: ignore[arg-type]
+    await _stop_cancelled_mid_round(relay)
+    assert stopped == [True]
+    assert relay._task.cancelled()
+
+
+async def _stop_cancelled_mid_round(relay: outbox.OutboxRelay, at_its_end=None) -> None:
+    """`relay.stop()` cancelled while the relay's round ends slowly (a send in flight): the stop
+    raises the cancellation (checked), then the round ends, `at_its_end` awaited first."""
     ending, release = asyncio.Event(), asyncio.Event()
 
     async def round_ending_slowly():
@@ -255,17 +263,18 @@ async def test_stopping_the_relay_lets_a_cancellation_of_its_caller_through_and_
         except asyncio.CancelledError:
             ending.set()
             await release.wait()
+            if at_its_end is not None:
+                await at_its_end()
             raise
 
     relay._task = asyncio.create_task(round_ending_slowly())
     stopping = asyncio.create_task(relay.stop())
     await ending.wait()  # the relay's task cancelled, its round ending; stop waits for it
     stopping.cancel()
-    release.set()
     with pytest.raises(asyncio.CancelledError):
         await stopping
-    assert stopped == [True]
-    assert relay._task.cancelled()
+    release.set()
+    await asyncio.wait([relay._task])
 
 
 async def test_a_round_given_up_after_the_relay_s_stop_renews_no_producer():
@@ -284,24 +293,6 @@ async def test_a_round_given_up_after_the_relay_s_stop_renews_no_producer():
 
     first = Producer("first")
     relay = outbox.OutboxRelay(None, first, "relaystop", renew=lambda: Producer("renewed"))  # type: ignore[arg-type]
-    ending, release = asyncio.Event(), asyncio.Event()
-
-    async def round_given_up_late():
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            ending.set()
-            await release.wait()
-            await relay._silence_producer()  # what a round that Kafka did not answer does
-            raise
-
-    relay._task = asyncio.create_task(round_given_up_late())
-    stopping = asyncio.create_task(relay.stop())
-    await ending.wait()
-    stopping.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await stopping
-    release.set()
-    await asyncio.wait([relay._task])
+    await _stop_cancelled_mid_round(relay, relay._silence_producer)  # what a round Kafka did not answer does
     assert made == ["first"], "no producer made once the relay is stopping"
     assert first.stopped
