@@ -597,7 +597,7 @@ class StoredPositions(ConsumerRebalanceListener):
         # callback, from Kafka's committed offsets, and a batch taken from there and committed
         # before the seek would move the stored positions past records never handled.
         consumer.pause(*assigned)
-        # From the log's start until sought below (a seek, which an answer still on its way
+        # From the log's start until sought (`resuming`: a seek, which an answer still on its way
         # does not undo). Asked now, before anything awaits: aiokafka would
         # otherwise look up the group's committed offsets meanwhile, and with none (a new group,
         # offsets Kafka forgot) raise at the next poll, which FastStream pauses 5 s for.
@@ -622,7 +622,7 @@ class StoredPositions(ConsumerRebalanceListener):
 
     async def _resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Each partition sought to its stored position, then resumed (left paused if this fails
-        first: never read from anywhere else; aiokafka logs the error). Kafka not saying in time
+        first: never read from anywhere else; `positions.resume_failed`). Kafka not saying in time
         whether the positions are in their logs: asked again for LOG_CHECK_PATIENCE_SECONDS, the
         partitions paused, then read from them unchecked (`positions.log_unchecked`)."""
         # Never Kafka's committed offsets instead: after a restore or a failover to a standby
@@ -690,8 +690,8 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         auto_offset_reset="none",
         # Records of a transaction its producer aborted were never written, in Kafka's terms (a
         # partner's Kafka Streams or exactly-once Connect): not handed over. Those of a transaction
-        # still open wait for its end (the partition's last stable offset), at most the producer's
-        # `transaction.timeout.ms`, after which the broker aborts it.
+        # still open wait for its end (the partition's last stable offset), normally at most the
+        # producer's `transaction.timeout.ms`, after which the broker aborts it.
         isolation_level="read_committed",
         max_records=settings.batch_max_records,
         # Idle, the consumer waits this long for a record before it looks again (_top_up).
