@@ -111,9 +111,7 @@ class ClientCredentials:
             )
         written = body.get("expires_in")  # a number, or a numeric string (some providers')
         try:
-            lives = (
-                0.0 if isinstance(written, bool) else float(written) if isinstance(written, int | float | str) else 0.0
-            )
+            lives = float(written) if isinstance(written, int | float | str) and not isinstance(written, bool) else 0.0
         except ValueError:
             lives = 0.0
         until = (

@@ -682,11 +682,7 @@ def _jetons(args: argparse.Namespace) -> Jetons:
             raise ValueError(f"--client-id sans --token-url ni ${TOKEN_URL_VARIABLE} : où demander ses jetons ?")
         if not secret:
             raise ValueError(f"--client-id sans ${SECRET_VARIABLE} : le secret du client manque")
-        if in_clear_beyond_this_machine(url):
-            raise ValueError(
-                f"--token-url {url} : https:// attendu (http:// seulement sur cette machine) : "
-                "le secret irait en clair sur le réseau"
-            )
+        _never_in_clear("--token-url", url, "le secret")
         provider = ClientCredentials(url, client, secret)
         asyncio.run(provider.jeton())
         return Jetons(provider.jeton, provider.refused)
@@ -707,6 +703,15 @@ def _jetons(args: argparse.Namespace) -> Jetons:
     return Jetons(lambda _: given)
 
 
+def _never_in_clear(option: str, url: str, carried: str) -> None:
+    """ValueError when `url` would carry `carried` across the network in clear."""
+    if in_clear_beyond_this_machine(url):
+        raise ValueError(
+            f"{option} {url} : https:// attendu (http:// seulement sur cette machine) : "
+            f"{carried} irait en clair sur le réseau"
+        )
+
+
 def _lifetime_left(token: str) -> float | None:
     """Seconds until the JWT `token` expires (its `exp`, read without checking its signature:
     the passerelle checks it), None when it does not say or is not a JWT."""
@@ -721,14 +726,8 @@ def _lifetime_left(token: str) -> float | None:
 def _run(args: argparse.Namespace) -> int:
     jetons: Jetons | None = None
     if not args.dry_run:
-        if in_clear_beyond_this_machine(args.passerelle):
-            print(
-                f"glpi: --passerelle {args.passerelle} : https:// attendu (http:// seulement sur cette machine) : "
-                "le jeton irait en clair sur le réseau",
-                file=sys.stderr,
-            )
-            return 2
         try:
+            _never_in_clear("--passerelle", args.passerelle, "le jeton")
             jetons = _jetons(args)
         except (ValueError, RuntimeError) as error:
             print(f"glpi: {error}", file=sys.stderr)
