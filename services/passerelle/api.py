@@ -1,15 +1,16 @@
 """`POST /v1/evenements` (CONTRACTS.md, Identity): partners' declarations over HTTP.
 
 A request goes, in order: bearer token (401), Content-Type (400), the subject's rate and its
-requests under way (429; 503 when the replica's are all taken: nothing read), size (413,
-before the body is read when Content-Length says so) and the time its body takes (408), shape
-(400; 413 beyond 1,000 events), the subject's rate for its events (429, nothing judged nor
-written), each event judged (examen.py), the accepted ones written to Kafka (acks=all,
-idempotent; 503 when Kafka does not take them in time), then the answer: 202 when every event
-is accepted, else 207 with each event's result in request order. Every record carries the
-`auth-principal` header (the token's `sub`) and, when well-formed, the request's W3C Trace
-Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors answer
-`{"detail": "…"}` in French; no answer or log line shows the token.
+requests under way (429; 503 when the replica's are all taken: nothing read), size (413, before
+the body is read when Content-Length says so) and the time its body takes (408), shape (400;
+413 beyond 1,000 events), the subject's rate for its events (429, nothing judged nor written),
+each event judged (examen.py), the accepted ones written to Kafka (acks=all, idempotent; 503
+when Kafka does not take them in time) without their payload's fields the contract does not
+know (inconnus.py), then the answer: 202 when every event is accepted, else 207 with each
+event's result in request order (an accepted one naming the fields left out). Every record
+carries the `auth-principal` header (the token's `sub`) and, when well-formed, the request's
+W3C Trace Context (`traceparent`, `tracestate`), as a partner's Kafka record would. Errors
+answer `{"detail": "…"}` in French; no answer or log line shows the token.
 """
 
 import asyncio
@@ -83,6 +84,12 @@ class Resultat(BaseModel):
         "plus source-non-autorisee",
     )
     message: str | None = Field(None, description="refused : pourquoi, en français, nommant le champ et la règle")
+    champs_ignores: list[str] | None = Field(
+        None,
+        description="accepted : les champs de `data` que le contrat ne connaît pas (`data.email`, "
+        "`data.browsers[].canal`), au plus 16, non écrits sur Kafka : rien d'autre que ce que le contrat "
+        "décrit n'entre dans la plateforme (aucun nom, e-mail ni NUMEN) ; absent quand il n'y en a pas",
+    )
 
 
 class Resultats(BaseModel):
@@ -339,6 +346,8 @@ async def _receive(
         subject=principal.subject,
         events=len(verdicts),
         refused=dict(Counter(v.code for v in verdicts if isinstance(v, Refusal))),
+        # How many, never which: a key is the partner's own text.
+        events_with_unknown_fields=sum(bool(a.ignores) for a in accepted),
         duration_ms=round((time.monotonic() - started) * 1000),
     )
     return JSONResponse(body, status)
@@ -409,6 +418,8 @@ def answer(ids: Sequence[str | None], verdicts: Sequence[Verdict]) -> tuple[int,
             result |= {"statut": "refused", "code": verdict.code, "message": verdict.message}
         else:
             result["statut"] = "accepted"
+            if verdict.ignores:
+                result["champs_ignores"] = list(verdict.ignores)
         results.append(result)
     refused = any(isinstance(v, Refusal) for v in verdicts)
     return (207 if refused else 202), {"resultats": results}

@@ -1,12 +1,13 @@
 """The body of `POST /v1/evenements`: read within its size limits, then split into its events'
 bytes exactly as the partner sent them.
 
-Each event keeps its own bytes, so the contract judges (and Kafka receives) what was sent, not
-a re-encoding of it: a re-encoding would hide a repeated key or a `NaN` that the services refuse
-as `json-invalide`. The splitter reads JSON leniently (repeated keys, `NaN`, numbers of any
-length, invalid UTF-8 inside a string; nested deeper than the decoder goes: by its brackets)
-only to find where each element starts and ends; the contract's parser then refuses that
-element alone, as the DLQ would.
+Each event keeps its own bytes, so the contract judges what was sent, not a re-encoding of it
+(and Kafka receives it, less the payload's fields the contract does not know: inconnus.py): a
+re-encoding would hide a repeated key or a `NaN` that the services refuse as `json-invalide`.
+The splitter reads JSON leniently (repeated keys, `NaN`, numbers of any length, invalid UTF-8
+inside a string; nested deeper than the decoder goes: by its brackets) only to find where each
+element starts and ends; the contract's parser then refuses that element alone, as the DLQ
+would.
 """
 
 import asyncio

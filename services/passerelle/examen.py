@@ -3,7 +3,8 @@
 In order: the contract, by the services' own parser (`parse_event`, on the event's bytes as
 sent, with the topic its type goes to and the same `MAX_CLOCK_SKEW`); then `source` must be one
 of the token's declarants (`source-non-autorisee`); then who may declare what (`rights.check`)
-against the passerelle's own view of the référentiel. The reason codes are the DLQ's.
+against the passerelle's own view of the référentiel. The reason codes are the DLQ's. An event
+accepted is written without the payload's fields the contract does not know (inconnus.py).
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from contracts import CloudEvent, ContractError, Etablissement
 from services.common.rules import rights
 from services.common.rules.rights import Refusal
 from services.passerelle.corps import Element
+from services.passerelle.inconnus import sans_inconnus
 
 SOURCE_NON_AUTORISEE = "source-non-autorisee"
 PARTNER_TOPICS = (c.REFERENTIEL, c.FORMATION, c.EQUIPEMENT, c.CATALOGUE)
@@ -35,11 +37,13 @@ up to 16 MiB took 0.6–0.8 s of CPU to judge, during which the passerelle answe
 
 @dataclass(frozen=True)
 class Accepte:
-    """An event to write: its topic (unprefixed), record key and bytes as sent."""
+    """An event to write: its topic (unprefixed), record key and bytes as sent, less the members
+    of its payload the contract does not know, named in `ignores` (inconnus.py)."""
 
     topic: str
     key: str
     raw: bytes
+    ignores: tuple[str, ...] = ()
 
 
 Verdict = Accepte | Refusal
@@ -82,7 +86,8 @@ async def judge(
         if event.source not in allowed:
             verdicts.append(Refusal(SOURCE_NON_AUTORISEE, _not_yours(event.source, allowed)))
         else:
-            accepte = Accepte(topic, event.data.key, element.raw)
+            raw, ignores = sans_inconnus(element.raw, event.data)
+            accepte = Accepte(topic, event.data.key, raw, tuple(ignores))
             declared = event.data if isinstance(event.data, Etablissement) else None
             verdicts.append(_Held(event.type, event.source, c.uai_of(event), accepte, declared))
     uais = {v.uai for v in verdicts if isinstance(v, _Held) and v.uai}

@@ -1,8 +1,8 @@
 """The passerelle served for real (uvicorn on a free port) against the real broker and database,
 with tokens of the local identity provider: what it refuses before judging (401, 400, 413,
 429), what it judges per event (207 with the DLQ's reason codes, source-non-autorisee), and what
-reaches Kafka (only the accepted events, bytes as sent, keyed by UAI, with the auth-principal
-header), written before the answer."""
+reaches Kafka (only the accepted events, bytes as sent less the payload's fields the contract
+does not know, keyed by UAI, with the auth-principal header), written before the answer."""
 
 import asyncio
 import base64
@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import contracts as c
+from contracts import parse_event
 from deploy.identite import IdentiteLocale
 from helpers import Said, TopicReader, at, event, eventually, kill_sender, record_count, send, serving, uai
 from services.common.messaging.connection import kafka_options
@@ -310,6 +311,32 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
         [result] = response.json()["resultats"]
         assert result["statut"] == "accepted" and "code" not in result
         assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 3
+
+
+async def test_a_field_the_contract_does_not_know_is_named_in_the_answer_and_never_reaches_kafka(
+    kafka, settings, passerelle, identite
+):
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    sent = lot(ECOLE)
+    sent["data"] |= {"os": {"name": "iPadOS", "version": "17.1", "build": "21B101"}, "email": "prenom.nom@ac-rennes.fr"}
+    sent["partitionkey"] = ECOLE  # a CloudEvents extension attribute: the envelope's, kept
+    auth = bearer(identite.jeton(RENNES, subject="sig-rennes"))
+    async with TopicReader(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) as topic:
+        response = await client.post("/v1/evenements", content=json.dumps(sent, indent=1), headers=auth | STRUCTURED)
+        assert response.status_code == 202
+        [result] = response.json()["resultats"]
+        assert result["statut"] == "accepted"
+        assert result["champs_ignores"] == ["data.os.build", "data.email"]
+        await topic.wait_for(lambda records: len(records) >= 1, what="the accepted event")
+    [record] = topic.records
+    assert b"ac-rennes" not in record.value and b"21B101" not in record.value
+    kept = sent | {"data": sent["data"] | {"os": {"name": "iPadOS", "version": "17.1"}}}
+    del kept["data"]["email"]
+    assert json.loads(record.value) == kept
+    assert parse_event(record.value).data == parse_event(json.dumps(sent).encode()).data
 
 
 async def test_an_event_dated_beyond_the_clock_skew_is_time_futur_over_http(kafka, settings, passerelle, identite):

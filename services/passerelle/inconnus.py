@@ -1,0 +1,173 @@
+"""An accepted event's payload without the fields the contract does not know.
+
+The contract grows by optional fields, so an unknown field in `data` never refuses an event
+(contracts/_base.py); but "no name, e-mail or NUMEN ever enters the platform" (CONTRACTS.md),
+and a rectorat's stray `data.email` would otherwise be written to Kafka as sent and kept there
+for the topic's retention. The passerelle, where partners' declarations come in, writes the
+event without such members, at any depth of `data` (`data.os.build`, `data.browsers[].canal`),
+and its answer names them (`champs_ignores`), never their values.
+
+Everything else stays byte for byte as sent: the envelope's attributes (CloudEvents extension
+attributes included), each kept member's key and value, numbers as written. Only the objects
+that lose a member are written again, their kept members joined by commas without the spaces
+between them. An event with no unknown field is written exactly as sent.
+"""
+
+import functools
+from json import JSONDecoder
+from typing import Any, get_args
+
+import jiter
+from pydantic import BaseModel
+
+from contracts.parsing import MAX_PATH
+
+MAX_NAMED = 16
+"""The paths an answer names, at most (their keys are the partner's, any number of them)."""
+
+# Values skipped whole: read for where they end only (numbers of any length, as in corps.py).
+_SKIP = JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0)
+_SPACE = " \t\n\r"
+
+
+def sans_inconnus(raw: bytes, data: BaseModel) -> tuple[bytes, list[str]]:
+    """`raw`, an event the contract accepted with `data` as its payload, without the members of
+    `data` its model does not know; and their paths, each once, in the order met (MAX_NAMED at
+    most). `raw` itself when there are none."""
+    # Looked for in the decoded event first (jiter's, as the contract's): most have none.
+    if not _any_unknown(jiter.from_json(raw).get("data"), data):
+        return raw, []
+    text = raw.decode()  # UTF-8: the contract checked it
+    paths: list[str] = []
+    written, _ = _object(text, _space(text, 0), _Envelope(data), "", paths)
+    assert written is not None, "an unknown member found in the decoded event, none in its text"
+    return written.encode(), paths[:MAX_NAMED]
+
+
+class _Envelope:
+    """The event as _object walks it: every attribute known, `data` looked into."""
+
+    def __init__(self, data: BaseModel):
+        self.data = data
+
+    def member(self, key: str) -> tuple[bool, Any]:
+        return True, (self.data if key == "data" else None)
+
+
+def _any_unknown(value: Any, parsed: Any) -> bool:
+    """Whether `value` (decoded JSON) holds a member `parsed` (its model) does not know. The
+    members checked at once per object, and only those whose values may hold models looked
+    into: most events pass here in a few microseconds."""
+    if isinstance(parsed, BaseModel):
+        model = type(parsed)
+        if not isinstance(value, dict):
+            return False
+        if not _names(model).issuperset(value):
+            return True
+        return any(_any_unknown(value[name], getattr(parsed, name)) for name in _nested(model) if name in value)
+    if isinstance(parsed, list | tuple) and isinstance(value, list):
+        return any(_any_unknown(item, parsed_item) for item, parsed_item in zip(value, parsed, strict=False))
+    return False
+
+
+@functools.cache
+def _names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(model.model_fields)
+
+
+@functools.cache
+def _nested(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` whose values may hold models (`os`, `browsers`, `requirements`)."""
+    return tuple(name for name, field in model.model_fields.items() if _holds_model_type(field.annotation))
+
+
+def _holds_model_type(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_model_type(arg) for arg in get_args(annotation))
+
+
+def _member(parsed: BaseModel | _Envelope, key: str) -> tuple[bool, Any]:
+    """Whether the model knows the member `key`, and its value there."""
+    if isinstance(parsed, _Envelope):
+        return parsed.member(key)
+    known = key in type(parsed).model_fields
+    return known, (getattr(parsed, key) if known else None)
+
+
+def _object(text: str, at: int, parsed: BaseModel | _Envelope, path: str, paths: list[str]) -> tuple[str | None, int]:
+    """The object at `at` (its model `parsed`) written again without its unknown members (None
+    when it has none, at any depth), and where it ends."""
+    assert text[at] == "{"
+    members: list[str] = []
+    changed = False
+    i = _space(text, at + 1)
+    if text[i] == "}":
+        return None, i + 1
+    while True:
+        key, after_key = _SKIP.raw_decode(text, i)
+        start = _space(text, _space(text, after_key) + 1)  # past the colon
+        known, member = _member(parsed, key)
+        if known:
+            value, end = _value(text, start, member, f"{path}.{key}".removeprefix("."), paths)
+            changed |= value is not None
+            members.append(text[i:start] + (value if value is not None else text[start:end]))
+        else:
+            _note(paths, f"{path}.{key}")
+            end = _skip(text, start)
+            changed = True
+        i = _space(text, end)
+        if text[i] == "}":
+            end = i + 1
+            break
+        i = _space(text, i + 1)  # past the comma
+    return ("{" + ",".join(members) + "}" if changed else None), end
+
+
+def _value(text: str, at: int, parsed: Any, path: str, paths: list[str]) -> tuple[str | None, int]:
+    """The value at `at` written again if it lost a member somewhere within (else None), and
+    where it ends."""
+    if isinstance(parsed, BaseModel) and text[at] == "{":
+        return _object(text, at, parsed, path, paths)
+    if isinstance(parsed, list | tuple) and text[at] == "[" and any(_holds_model(p) for p in parsed):
+        return _array(text, at, parsed, path, paths)
+    return None, _skip(text, at)
+
+
+def _array(text: str, at: int, parsed: list | tuple, path: str, paths: list[str]) -> tuple[str | None, int]:
+    items: list[str] = []
+    changed = False
+    i = _space(text, at + 1)
+    if text[i] == "]":
+        return None, i + 1
+    for parsed_item in parsed:  # as many as the array holds: it is what the model was read from
+        value, end = _value(text, i, parsed_item, f"{path}[]", paths)
+        changed |= value is not None
+        items.append(value if value is not None else text[i:end])
+        i = _space(text, end)
+        if text[i] == "]":
+            break
+        i = _space(text, i + 1)
+    return ("[" + ",".join(items) + "]" if changed else None), i + 1
+
+
+def _holds_model(parsed: Any) -> bool:
+    return isinstance(parsed, BaseModel) or (isinstance(parsed, list | tuple) and any(map(_holds_model, parsed)))
+
+
+def _skip(text: str, at: int) -> int:
+    """Where the value at `at` ends."""
+    return _SKIP.raw_decode(text, at)[1]
+
+
+def _space(text: str, at: int) -> int:
+    while text[at] in _SPACE:
+        at += 1
+    return at
+
+
+def _note(paths: list[str], path: str) -> None:
+    if len(path) > MAX_PATH:  # built from the partner's own keys, of any length
+        path = path[: MAX_PATH - 1] + "…"
+    if path not in paths:
+        paths.append(path)

@@ -1,0 +1,136 @@
+"""An accepted event written without the payload's fields the contract does not know, everything
+else as sent; and the answer naming them."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import contracts as c
+from contracts import Etablissement, parse_event
+from contracts.parsing import MAX_PATH
+from helpers import event, uai
+from services.passerelle.api import answer
+from services.passerelle.corps import BATCHED, split
+from services.passerelle.examen import Accepte, judge
+from services.passerelle.inconnus import MAX_NAMED, sans_inconnus
+
+ECOLE, AILLEURS = uai("0350101"), uai("0350102")
+COMMUNE = "/collectivites/communes/35238"
+NOW = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
+SAFARI = {"name": "Safari", "version": "17.1"}
+
+
+def lot(**data) -> dict:
+    base = {"uai": ECOLE, "lot_id": "L1", "kind": "tablette", "quantity": 30, "os": None, "browsers": []}
+    return event(c.LOT, COMMUNE, base | data, time_=NOW)
+
+
+def trimmed(sent: dict | bytes) -> tuple[bytes, bytes, list[str]]:
+    """(the event's bytes as sent, as written, the paths left out)."""
+    raw = sent if isinstance(sent, bytes) else json.dumps(sent, indent=1, ensure_ascii=False).encode()
+    written, paths = sans_inconnus(raw, parse_event(raw).data)
+    return raw, written, paths
+
+
+def test_an_event_without_unknown_fields_is_written_as_sent():
+    raw = json.dumps(lot(os={"name": "iPadOS", "version": "17.1"}, browsers=[SAFARI]), indent=3).encode()
+    written, paths = sans_inconnus(raw, parse_event(raw).data)
+    assert written is raw and paths == []
+
+
+def test_unknown_fields_are_left_out_at_any_depth_and_named_never_their_values():
+    sent = lot(
+        email="prenom.nom@ac-rennes.fr",
+        os={"name": "iPadOS", "build": "21B101", "version": "17.1"},
+        browsers=[SAFARI | {"canal": {"nom": "bêta", "liste": [1, {"}": "]"}]}}, {"name": "Chrome", "version": "120"}],
+    )
+    sent["partitionkey"] = ECOLE  # a CloudEvents extension attribute: the envelope's, kept
+    raw, written, paths = trimmed(sent)
+    assert paths == ["data.os.build", "data.browsers[].canal", "data.email"]
+    for value in (b"ac-rennes", b"21B101", "bêta".encode()):
+        assert value in raw and value not in written
+    expected = sent | {
+        "data": lot(os={"name": "iPadOS", "version": "17.1"}, browsers=[SAFARI, sent["data"]["browsers"][1]])["data"]
+    }
+    assert json.loads(written) == expected  # key order too: dicts compare without it
+    assert list(json.loads(written)) == list(sent) and list(json.loads(written)["data"]) == list(expected["data"])
+    assert parse_event(written) == parse_event(raw)
+
+
+def test_what_loses_no_member_stays_byte_for_byte():
+    sent = lot(browsers=[SAFARI | {"canal": "bêta"}, {"name": "Chrome", "version": "120"}], quantity=30.0)
+    raw, written, _ = trimmed(sent)
+    text = raw.decode()
+    # The untouched browser, with its spaces and line breaks; a number as written (30.0, not 30);
+    # a text as written (not escaped); an envelope attribute.
+    chrome = text[text.index("{", text.index('"Chrome"') - 20) : text.index("}", text.index('"Chrome"')) + 1]
+    for kept in (chrome, '"quantity": 30.0', '"id": "' + sent["id"] + '"'):
+        assert kept.encode() in written, kept
+    assert written.decode().count("\n") == chrome.count("\n")  # only objects that lost one are written again
+
+
+def test_keys_are_read_as_json_says_escaped_or_not():
+    raw = json.dumps(lot(), indent=1).encode().replace(b'"uai"', b'"\\u0075ai"', 1)
+    raw = raw.replace(b'"quantity"', b'"e\\u006dail": "x@y.fr", "quantity"', 1)
+    _, written, paths = trimmed(raw)
+    assert paths == ["data.email"]
+    assert b'"\\u0075ai"' in written and b"x@y.fr" not in written
+    assert parse_event(written) == parse_event(raw)
+
+
+def test_requirements_groups_are_looked_into():
+    data = {
+        "resource_id": "ark:/67375/inconnus",
+        "title": "Ressource",
+        "editor": "Éditeur",
+        "requirements": [[{"type": "os", "name": "iPadOS", "min_version": "15", "note": "n"}], []],
+        "training": {"competences": [{"code": "1.1", "level": 2, "titre": "t"}], "tools": [], "heures": 3},
+    }
+    _, written, paths = trimmed(event(c.RESSOURCE_PUBLIEE, "/gar", data, time_=NOW))
+    assert paths == ["data.requirements[][].note", "data.training.competences[].titre", "data.training.heures"]
+    assert json.loads(written)["data"]["requirements"] == [[{"type": "os", "name": "iPadOS", "min_version": "15"}], []]
+
+
+def test_the_paths_named_are_bounded_in_number_and_length():
+    many = {f"champ{i}": i for i in range(MAX_NAMED + 5)}
+    _, written, paths = trimmed(lot(**many, **{"k" * 500: 1}))
+    assert paths == [f"data.champ{i}" for i in range(MAX_NAMED)]
+    assert json.loads(written)["data"] == lot()["data"]
+    _, _, [long] = trimmed(lot(**{"k" * 500: 1}))
+    assert len(long) == MAX_PATH and long.startswith("data.kkk") and long.endswith("…")
+
+
+async def test_an_accepted_event_is_written_without_them_and_its_result_names_them():
+    sent = [lot(email="prenom.nom@ac-rennes.fr"), lot(lot_id="L2"), lot(lot_id="L3", email="x@y.fr", uai=AILLEURS)]
+    elements = split(json.dumps(sent).encode(), BATCHED)
+
+    async def etablissements(uais):
+        return {ECOLE: ecole(ECOLE, "35238"), AILLEURS: ecole(AILLEURS, "35001")}
+
+    verdicts = await judge(elements, [COMMUNE], NOW + timedelta(minutes=5), etablissements)
+    status, answered = answer([e.id for e in elements], verdicts)
+    assert status == 207
+    assert [(r["statut"], r.get("champs_ignores")) for r in answered["resultats"]] == [
+        ("accepted", ["data.email"]),
+        ("accepted", None),
+        ("refused", None),  # another commune's école: the fields of a refused event are not looked at
+    ]
+    assert "champs_ignores" not in answered["resultats"][1]
+    first, second = verdicts[0], verdicts[1]
+    assert isinstance(first, Accepte) and isinstance(second, Accepte)
+    without = sent[0] | {"data": {k: v for k, v in sent[0]["data"].items() if k != "email"}}
+    assert json.loads(first.raw) == without
+    assert second.raw == elements[1].raw
+
+
+def ecole(code: str, commune: str) -> Etablissement:
+    return Etablissement(
+        uai=code,
+        nom="École",
+        type="ecole",
+        statut="public",
+        code_commune=commune,
+        code_departement="035",
+        code_academie="14",
+        code_region="53",
+        ouvert=True,
+    )
