@@ -61,21 +61,24 @@ async def test_an_operator_tools_session_gives_up_a_dead_peer_too(database_url):
         await conn.close()
 
 
-async def test_the_server_gives_up_an_operator_tools_session_whose_host_is_gone_within_a_minute(database_url):
-    """A rebuild's session holds the service's writers during its switch: its host lost without
-    closing it (no FIN), the server kept the session and its locks until its own TCP keepalives
-    gave up, two hours with the system's (Linux: 7200 s idle, then 9 probes 75 s apart). Its
-    keepalives are the tool's own; a plain session keeps the system's."""
+async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_gone_within_a_minute(database_url):
+    """A rebuild's session holds the service's writers during its switch, a batch's its events'
+    inbox rows and keys: its host lost without closing it (no FIN), the server kept the session
+    and its locks until its own TCP keepalives gave up, two hours with the system's (Linux: 7200 s
+    idle, then 9 probes 75 s apart), the replica taking the partitions over waiting behind them.
+    The keepalives are the tool's and the service's pool's own; a plain session keeps the system's."""
     tool, plain = await connect_for_tool(database_url), await asyncpg.connect(database_url)
+    pool = await create_pool(database_url, "keepalives", min_size=1, max_size=1)
     try:
         for setting, seconds in SERVER_KEEPALIVES.items():
             assert await tool.fetchval(f"SHOW {setting}") == str(seconds), setting
+            assert await pool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await plain.fetchval(f"SHOW {setting}") != str(seconds), setting
         probed = SERVER_KEEPALIVES["tcp_keepalives_idle"]
         probed += SERVER_KEEPALIVES["tcp_keepalives_interval"] * SERVER_KEEPALIVES["tcp_keepalives_count"]
         assert probed <= 60
     finally:
-        await asyncio.gather(tool.close(), plain.close())
+        await asyncio.gather(tool.close(), plain.close(), pool.close())
 
 
 async def test_an_operator_tools_session_outlives_the_deployments_idle_timeouts(database_url):
