@@ -57,4 +57,5 @@ SPEC = ServiceSpec(
     http_api=create_api,
     settings=PasserelleSettings,
     publishes_nothing_derived=True,
+    readiness="started",  # it answers each request itself, 503 with Retry-After while Kafka or PostgreSQL is away
 )

@@ -44,5 +44,5 @@ SPEC = ServiceSpec(
     http_api=create_api,
     backlog=RessourcesStore.backlog,
     gauges=RessourcesStore.gauges,
-    ready_without_kafka=True,  # its read API and alert stream answer from PostgreSQL
+    readiness="database",  # its read API and alert stream answer from PostgreSQL
 )

@@ -124,6 +124,24 @@ async def test_a_service_started_before_kafka_consumes_once_it_is_up_and_exits_o
         kafka.stop()
 
 
+EXIT_AFTER = 5
+"""UNHEALTHY_EXIT_SECONDS in the test of who stays while Kafka is away."""
+
+
+def _post_event(port: int, token: str, event: dict) -> tuple[int, dict, dict]:
+    """The passerelle's answer to one event posted: its status, headers and JSON body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/evenements",
+        data=json.dumps(event).encode(),
+        headers={"content-type": "application/cloudevents+json", "authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read())
+
+
 def _get(port: int, path: str) -> tuple[int, dict]:
     """The service's answer to GET `path`: its status and JSON body (an error status too)."""
     try:
@@ -133,12 +151,15 @@ def _get(port: int, path: str) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-async def test_ressources_readers_are_served_while_kafka_is_away_and_a_consumer_is_not_ready(
-    database_url, unique, tmp_path, monkeypatch
+async def test_while_kafka_is_away_ressources_readers_and_the_passerelles_partners_are_served_and_a_consumer_is_not(
+    database_url, unique, tmp_path, monkeypatch, identite
 ):
     """Kubernetes sends requests to ready pods only (`/readyz`): ressources' read API answers from
-    PostgreSQL, so Kafka away keeps it in the Service (its /health says 503 all the same);
-    equipement, which serves nothing without Kafka, leaves it."""
+    PostgreSQL, so Kafka away keeps it in the Service (its /health says 503 all the same); the
+    passerelle answers partners itself, 503 with Retry-After (taken out of the Service, they met
+    the ingress's error page); equipement, which serves nothing without Kafka, leaves it. And past
+    UNHEALTHY_EXIT_SECONDS only equipement exits: the other two, restarted, would serve nobody
+    until Kafka is back (ops audit s68 #2, #3)."""
     port = free_port()
     prefix = f"t{unique}."
     kafka = LocalKafka(tmp_path / "own-kafka", port=port)
@@ -155,18 +176,21 @@ async def test_ressources_readers_are_served_while_kafka_is_away_and_a_consumer_
                 "DATABASE_URL": database_url,
                 "TOPIC_PREFIX": prefix,
                 "LOG_FORMAT": "json",
-                "UNHEALTHY_EXIT_SECONDS": "300",  # not within this test
+                "UNHEALTHY_EXIT_SECONDS": str(EXIT_AFTER),
+                "JWKS_FILE": str(identite.jwks_path),
+                "PASSERELLE_WRITE_TIMEOUT_SECONDS": "2",
             },
             log_dir=tmp_path,
-            names=("equipement", "ressources"),
+            names=("equipement", "ressources", "passerelle"),
             credentials=kafka.credentials,
         )
         procs.start()
         procs.wait_healthy(timeout=90)
-        ressources, equipement = procs.ports["ressources"], procs.ports["equipement"]
-        assert _get(ressources, "/readyz")[0] == _get(equipement, "/readyz")[0] == 200
+        ressources, equipement, passerelle = (procs.ports[n] for n in ("ressources", "equipement", "passerelle"))
+        assert _get(ressources, "/readyz")[0] == _get(equipement, "/readyz")[0] == _get(passerelle, "/readyz")[0] == 200
 
         kafka.stop()
+        gone = time.monotonic()
         wait_until(lambda: not procs.health("ressources"), "ressources' /health says 503", 30, procs, "ressources")
         wait_until(lambda: _get(equipement, "/readyz")[0] == 503, "equipement not ready", 30, procs, "equipement")
         status, body = _get(ressources, "/readyz")
@@ -174,6 +198,17 @@ async def test_ressources_readers_are_served_while_kafka_is_away_and_a_consumer_
         assert _get(ressources, "/health")[1]["kafka"] is False
         status, alertes = _get(ressources, "/alertes?limit=1")
         assert status == 200 and alertes["total"] == 0, alertes
+        assert _get(passerelle, "/readyz")[0] == 200 and not procs.health("passerelle")
+        status, headers, answer = _post_event(passerelle, identite.jeton("/ministere"), college(uai("0352009")))
+        assert status == 503 and headers["retry-after"], (status, answer)
+
+        assert await asyncio.to_thread(procs.wait_exit, "equipement", 60) == 1
+        # The others' watchdogs probe as often: still there twice the bound after the loss.
+        while time.monotonic() - gone < 2 * EXIT_AFTER:
+            for name in ("ressources", "passerelle"):
+                assert procs.process(name).poll() is None, f"{name} exited"
+            await asyncio.sleep(0.5)
+        assert _get(ressources, "/alertes?limit=1")[0] == _get(passerelle, "/readyz")[0] == 200
     finally:
         if procs is not None:
             procs.stop()

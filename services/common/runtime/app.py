@@ -25,7 +25,14 @@ from services.common.messaging.consumer import subscribe
 from services.common.pipeline import REVIVAL_RECORDS, Pipeline
 from services.common.runtime import health, metrics, startup
 from services.common.runtime.certificates import log_certificate
-from services.common.runtime.health import Backlog, database_gauges, health_report, readiness_report
+from services.common.runtime.health import (
+    NEEDS,
+    Backlog,
+    Readiness,
+    database_gauges,
+    health_report,
+    readiness_report,
+)
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
 from services.common.runtime.settings import ServiceSettings, check_environment
@@ -50,7 +57,7 @@ class ServiceApp(AsgiFastStream):
         pipeline: Pipeline,
         backlog: Backlog = None,
         gauges: metrics.Gauges | None = None,
-        ready_without_kafka: bool = False,
+        readiness: Readiness = "kafka-and-database",
         **kwargs: Any,
     ):
         super().__init__(broker, **kwargs)
@@ -58,7 +65,7 @@ class ServiceApp(AsgiFastStream):
         self.kafka = broker
         self.backlog = backlog
         self.gauges = gauges
-        self.ready_without_kafka = ready_without_kafka
+        self.readiness = readiness
         if gauges is not None:
             pipeline.metrics.want_counts()
 
@@ -66,7 +73,7 @@ class ServiceApp(AsgiFastStream):
         return await health_report(self.pipeline, self.kafka, self.backlog)
 
     async def ready(self) -> tuple[int, dict]:
-        return await readiness_report(self.pipeline, self.kafka, self.backlog, self.ready_without_kafka)
+        return await readiness_report(self.pipeline, self.kafka, self.backlog, self.readiness)
 
     async def metrics(self) -> bytes:
         """The Prometheus text of `/metrics`, the database's figures read now (the service's own
@@ -213,13 +220,15 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
     lifecycle = Lifecycle(spec, settings, pipeline, provider)
     # Waits for Kafka, PostgreSQL and the topics the service reads, then watches.
-    guard = startup.Guard(spec.name, settings, broker, pipeline, [settings.topic(t) for t in spec.consumes])
+    guard = startup.Guard(
+        spec.name, settings, broker, pipeline, [settings.topic(t) for t in spec.consumes], NEEDS[spec.readiness]
+    )
     app = ServiceApp(
         broker,
         pipeline,
         spec.backlog,
         spec.gauges,
-        spec.ready_without_kafka,
+        spec.readiness,
         asgi_routes=[("/health", health), ("/readyz", readyz), ("/livez", livez), ("/metrics", metrics_route)],
         on_startup=[guard.wait_for_dependencies, lifecycle.open_database],
         after_startup=[lifecycle.run, guard.started],

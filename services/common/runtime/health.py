@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from faststream.kafka import KafkaBroker
@@ -26,6 +26,21 @@ PING_SECONDS = 2.0
 """How long /health waits for Kafka's answer."""
 Backlog = Callable[[Any], Awaitable[dict[str, int]]] | None
 """A service's own held-back work (ServiceSpec.backlog), counted with its store."""
+Readiness = Literal["kafka-and-database", "database", "started"]
+"""What a replica needs to be sent requests (`/readyz`, readiness_report), which are also the
+dependencies whose loss for UNHEALTHY_EXIT_SECONDS ends it (startup.Guard, NEEDS): a replica
+that still serves without one is not ended for it, since restarted it would open no port until
+every dependency answers (startup.Guard waits for them), its clients losing what it still gave
+them. `kafka-and-database`: the consumers (/health's answer). `database`: ressources, whose read
+API and alert stream answer from PostgreSQL while Kafka is away. `started`: the passerelle, which
+answers each request itself while Kafka or PostgreSQL is away (503 with Retry-After): taken out
+of a Kubernetes Service, every replica at once (they share both), partners met the ingress's
+own error page or refused connections instead (ops audit s68 #2)."""
+NEEDS: dict[Readiness, tuple[str, ...]] = {
+    "kafka-and-database": ("Kafka", "PostgreSQL"),
+    "database": ("PostgreSQL",),
+    "started": (),
+}
 
 
 async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog = None) -> tuple[int, dict]:
@@ -81,14 +96,15 @@ _NOT_IN_TIME = "PostgreSQL n'a pas répondu en {} s"
 
 
 async def readiness_report(
-    pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog, without_kafka: bool
+    pipeline: Pipeline, broker: KafkaBroker, backlog: Backlog, readiness: Readiness
 ) -> tuple[int, dict]:
-    """`/readyz`, the readiness probe's: whether the service should be sent requests. For most,
-    /health's answer (200 when Kafka and PostgreSQL answer). For one whose HTTP API answers from
-    its database alone (`without_kafka`: ressources' read API and alert stream), whether
+    """`/readyz`, the readiness probe's: whether the service should be sent requests (Readiness).
+    For most, /health's answer (200 when Kafka and PostgreSQL answer). For ressources, whether
     PostgreSQL answers: Kafka away, its readers are still served (what they read stops
-    changing), until UNHEALTHY_EXIT_SECONDS ends the process."""
-    if not without_kafka:
+    changing). For the passerelle, whether it has started: it answers every request itself."""
+    if readiness == "started":
+        return (200 if pipeline.started else 503), {"service": pipeline.service, "ready": pipeline.started}
+    if readiness == "kafka-and-database":
         status, health = await health_report(pipeline, broker, backlog)
         return status, {"service": pipeline.service, "ready": status == 200, "kafka": health["kafka"]} | {
             k: health[k] for k in ("database", "error") if k in health

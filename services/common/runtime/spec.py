@@ -14,7 +14,7 @@ import contracts as c
 from contracts.envelope import event_model
 from contracts.internal import INTERNAL_PAYLOADS
 from services.common.pipeline import ApplyFn, Pipeline
-from services.common.runtime.health import Backlog
+from services.common.runtime.health import Backlog, Readiness
 from services.common.runtime.metrics import Gauges
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import Conn
@@ -66,10 +66,11 @@ class ServiceSpec:
     gauges: Gauges | None = None
     """The service's own figures for `/metrics`, read with its store at a scrape once those kept are
     `METRICS_COUNTS_MAX_AGE_SECONDS` old (Metrics.counts)."""
-    ready_without_kafka: bool = False
-    """True for a service whose HTTP API answers from its database alone (ressources' read API
-    and alert stream): its readiness (`/readyz`) asks PostgreSQL only, so its readers are still
-    served while Kafka is away (health.readiness_report)."""
+    readiness: Readiness = "kafka-and-database"
+    """What it needs to be sent requests (`/readyz`), and the dependencies whose loss ends it
+    (health.Readiness): `database` for a service whose HTTP API answers from its database alone
+    (ressources' read API and alert stream), `started` for one that answers every request itself
+    (the passerelle)."""
     publishes_nothing_derived: bool = False
     """True for a service whose schema, restored from a backup, needs no catch-up before it
     starts (the passerelle: it publishes nothing its schema numbers; its view of the référentiel

@@ -14,7 +14,10 @@ process then answers `/health` with 503 and never consumes, even once Kafka is b
   consumer or outbox relay task ended, or when Kafka or PostgreSQL has been unreachable for
   `UNHEALTHY_EXIT_SECONDS` (meanwhile `/health` answers 503). Clients reconnect by themselves
   after a short outage; past that bound a fresh process (whose supervisor logs the restart,
-  then which waits and says what for) beats one that may never recover and says nothing.
+  then which waits and says what for) beats one that may never recover and says nothing. But
+  only for a dependency the service cannot serve without (health.Readiness): ressources'
+  readers are served without Kafka, the passerelle answers 503 without either, and a fresh
+  process would serve nobody until both answer.
 
 Only a process started by `run_server` ends itself; in-process (tests), the watchdog only logs.
 """
@@ -41,6 +44,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthentication
 from aiokafka.protocol.metadata import MetadataRequest
 
 from services.common.messaging.connection import KafkaAccess
+from services.common.runtime.health import PING_SECONDS, READ_SECONDS
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.storage.db import migration_seconds
@@ -297,10 +301,14 @@ class Guard:
         broker: KafkaBroker,
         pipeline: Pipeline,
         topics: Sequence[str] = (),
+        needs: Sequence[str] = ("Kafka", "PostgreSQL"),
     ):
-        """`topics`: those the service reads, which must exist before it consumes."""
+        """`topics`: those the service reads, which must exist before it consumes; `needs`: the
+        dependencies whose loss for UNHEALTHY_EXIT_SECONDS ends it (health.NEEDS), the others'
+        said all the same (`dependencies.lost`)."""
         self.service = service
         self.topics = topics
+        self.needs = needs
         self.settings = settings
         self.broker = broker
         self.pipeline = pipeline
@@ -366,9 +374,11 @@ class Guard:
         return None
 
     async def _unreachable(self) -> list[str]:
-        down = [] if await self.broker.ping(2.0) else ["Kafka"]
+        down = [] if await self.broker.ping(PING_SECONDS) else ["Kafka"]
         try:
-            async with asyncio.timeout(2.0):  # not wait_for: in Python 3.11 it may swallow a cancellation
+            # As long as /health waits for it: a slow database, its pool's connections held by long
+            # batches, was called unreachable here while /health said 200 (ops audit s68 #7).
+            async with asyncio.timeout(READ_SECONDS):  # not wait_for: in Python 3.11 it may swallow a cancellation
                 await self.pipeline.pool.fetchval("SELECT 1")
         except Exception:
             down.append("PostgreSQL")
@@ -376,7 +386,7 @@ class Guard:
 
     async def watch(self, deadline: float) -> None:
         """Until the process must end (then `_fail`): started by the deadline, consumer and relay
-        running, dependencies not away for UNHEALTHY_EXIT_SECONDS."""
+        running, the dependencies it needs (`needs`) not away for UNHEALTHY_EXIT_SECONDS."""
         limit = self.settings.unhealthy_exit_seconds
         migrated_before = migration_seconds()
         while not self.consuming:
@@ -387,8 +397,10 @@ class Guard:
                     "the lines above)"
                 )
             await asyncio.sleep(min(0.5, self.watch_period))
-        since: float | None = None
+        since: float | None = None  # some dependency away since
+        needed_since: float | None = None  # some of those it needs (`needs`) away since
         ended_before: str | None = None
+        down_before: list[str] = []
         while True:
             await asyncio.sleep(self.watch_period)
             ended = self._ended_task()
@@ -396,16 +408,19 @@ class Guard:
                 return self._fail(f"{ended} stopped")
             ended_before = ended
             down = await self._unreachable()
+            needed = [d for d in down if d in self.needs]
             now = time.monotonic()
+            needed_since = (needed_since or now) if needed else None
             if not down:
                 if since is not None:
                     log.info("dependencies.back", after_s=round(now - since, 1))
                 since = None
-            elif since is None:
-                since = now
-                log.warning("dependencies.lost", unreachable=down, exits_in_s=limit or None)
-            elif limit and now - since >= limit:
-                return self._fail(f"{' and '.join(down)} unreachable for {now - since:.0f} s")
+            elif down != down_before:
+                since = since or now
+                log.warning("dependencies.lost", unreachable=down, exits_in_s=(limit or None) if needed else None)
+            down_before = down
+            if needed_since is not None and limit and now - needed_since >= limit:
+                return self._fail(f"{' and '.join(needed)} unreachable for {now - needed_since:.0f} s")
 
     def _fail(self, reason: str) -> None:
         global _failure

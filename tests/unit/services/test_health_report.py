@@ -79,24 +79,36 @@ def _pipeline(pool: object, started: bool = True) -> SimpleNamespace:
 
 async def test_a_service_read_from_its_database_alone_is_ready_while_kafka_is_away():
     away = SimpleNamespace(ping=_away)
-    status, body = await readiness_report(_pipeline(_Answering()), away, None, without_kafka=True)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(_Answering()), away, None, readiness="database")  # type: ignore[arg-type]
     assert (status, body["ready"], body["database"]) == (200, True, True), body
-    status, body = await readiness_report(_pipeline(_Answering()), away, None, without_kafka=False)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(_Answering()), away, None, readiness="kafka-and-database")  # type: ignore[arg-type]
     assert (status, body["ready"], body["kafka"]) == (503, False, False), body
 
 
 async def test_readiness_without_kafka_still_needs_the_database_and_names_its_error_without_password():
     reachable = SimpleNamespace(ping=_reachable)
-    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, without_kafka=True)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, readiness="database")  # type: ignore[arg-type]
     assert (status, body["ready"], body["database"]) == (503, False, False), body
     assert "db.example" in body["error"] and "s3cr3t" not in body["error"], body["error"]
-    status, body = await readiness_report(_pipeline(None, started=False), reachable, None, without_kafka=True)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(None, started=False), reachable, None, readiness="database")  # type: ignore[arg-type]
+    assert (status, body["ready"]) == (503, False), body
+
+
+async def test_a_service_answering_each_request_itself_is_ready_once_started_whatever_its_dependencies():
+    """The passerelle: taken out of the Service while Kafka or PostgreSQL is away (every replica
+    at once), partners met the ingress's error page instead of its 503 with Retry-After."""
+    away = SimpleNamespace(ping=_away)
+    status, body = await readiness_report(_pipeline(_Refusing()), away, None, readiness="started")  # type: ignore[arg-type]
+    assert (status, body["ready"]) == (200, True), body
+    status, body = await readiness_report(_pipeline(_Refusing()), away, None, readiness="kafka-and-database")  # type: ignore[arg-type]
+    assert (status, body["ready"]) == (503, False), body
+    status, body = await readiness_report(_pipeline(None, started=False), away, None, readiness="started")  # type: ignore[arg-type]
     assert (status, body["ready"]) == (503, False), body
 
 
 async def test_readiness_with_kafka_is_healths_answer():
     reachable = SimpleNamespace(ping=_reachable)
-    status, body = await readiness_report(_pipeline(_Answering()), reachable, None, without_kafka=False)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(_Answering()), reachable, None, readiness="kafka-and-database")  # type: ignore[arg-type]
     assert (status, body["ready"], body["kafka"], body["database"]) == (200, True, True, True), body
-    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, without_kafka=False)  # type: ignore[arg-type]
+    status, body = await readiness_report(_pipeline(_Refusing()), reachable, None, readiness="kafka-and-database")  # type: ignore[arg-type]
     assert (status, body["ready"]) == (503, False) and "s3cr3t" not in body["error"], body

@@ -41,8 +41,8 @@ def stand():
         t.cancel()
 
 
-def guard(stand: Stand, **settings) -> tuple[startup.Guard, list[str]]:
-    g = startup.Guard("svc", ServiceSettings(**settings), stand.broker, stand.pipeline)
+def guard(stand: Stand, needs=("Kafka", "PostgreSQL"), **settings) -> tuple[startup.Guard, list[str]]:
+    g = startup.Guard("svc", ServiceSettings(**settings), stand.broker, stand.pipeline, needs=needs)
     g.watch_period = 0.01
     failures: list[str] = []
     g._fail = failures.append
@@ -129,6 +129,28 @@ async def test_a_dependency_away_longer_than_the_bound_ends_the_service_naming_i
     await asyncio.wait_for(g.watch(started + 60), 10)
     assert time.monotonic() - started >= 1, "not before the bound"
     assert failures and failures[0].startswith(f"{named} unreachable for"), failures
+
+
+async def test_a_dependency_the_service_serves_without_does_not_end_it_and_one_it_needs_counts_from_its_own_loss(
+    stand,
+):
+    """ressources serves its readers without Kafka: ended, it would serve nobody until Kafka is
+    back (it waits for both before it opens its port). PostgreSQL lost later still ends it,
+    counted from then, not from Kafka's loss."""
+    g, failures = guard(stand, needs=("PostgreSQL",), unhealthy_exit_seconds=0.3)
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
+    g.consuming = True
+    watching = asyncio.create_task(g.watch(time.monotonic() + 60))
+    stand.kafka = False
+    started = time.monotonic()
+    while time.monotonic() - started < 0.6:  # twice the bound
+        await probes(stand, 1, watching)
+    assert not watching.done() and failures == []
+    stand.database = False
+    lost = time.monotonic()
+    await asyncio.wait_for(watching, 10)
+    assert time.monotonic() - lost >= 0.3, "counted from PostgreSQL's loss, not Kafka's"
+    assert failures and failures[0].startswith("PostgreSQL unreachable for"), failures
 
 
 async def test_a_service_not_consuming_by_the_deadline_ends(stand):
