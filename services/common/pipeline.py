@@ -32,7 +32,7 @@ from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, enqueue, load_headers
 from services.common.rules import rights
 from services.common.runtime import logs
-from services.common.runtime.metrics import Metrics
+from services.common.runtime.metrics import Metrics, extent
 from services.common.runtime.outages import Outage
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
@@ -294,7 +294,9 @@ class Pipeline:
                     _failed(span, exc)
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
-                        log.exception("batch.failed", records=len(records))
+                        # Where it is: a record the code fails on stops its batch's partitions
+                        # every second, and skipping it (README, Rebuild and backups) needs them.
+                        log.exception("batch.failed", records=len(records), partitions=extent(records))
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
                         log.warning(

@@ -531,6 +531,42 @@ async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_th
         assert line["error"] == "UndefinedTableError" and line["level"] == "warning"
 
 
+async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_the_error_line(
+    kafka, settings, monkeypatch
+):
+    """A record the service's own code raises on (a bug, not a database's refusal) fails its
+    batch again every second, its partitions held: skipping it (README, Rebuild and backups) needs
+    its topic, partition and offset, which neither the ERROR line nor /health gave (ops audit s68 #5)."""
+    from services.common import pipeline as pipeline_module
+    from services.equipement import app as equipement_app
+
+    said = Said()
+    monkeypatch.setattr(pipeline_module, "log", said)
+    apply = equipement_app.apply
+
+    async def poisoned(store, events, changed):
+        if any(getattr(e.data, "lot_id", None) == "POISON" for e in events):
+            raise RuntimeError("a bug")
+        return await apply(store, events, changed)
+
+    monkeypatch.setattr(equipement_app, "apply", poisoned)
+    uai = valid_uai("0350013")
+    lots = settings.topic(c.EQUIPEMENT)
+    service = running(EQUIPEMENT, settings)
+    async with service as pipeline:
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
+        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "POISON", 30, 10))])
+
+        async def failing() -> dict | None:
+            return (await service.app.health())[1]["batches_failing"]
+
+        where = (await eventually(failing, timeout=30, what="the batch failing"))["partitions"]
+    assert [(w["topic"], w["first_offset"], w["last_offset"]) for w in where] == [(lots, 0, 0)]
+    failed = said.named("batch.failed")
+    assert failed and failed[0]["level"] == "exception" and failed[0]["partitions"] == where, failed
+
+
 async def test_batches_failing_here_are_no_longer_said_once_their_partition_went_to_another_replica(kafka, settings):
     """The failing batch's partition given to another replica, which commits it, this one idle:
     its gauge grew for good and /health said batches failing (audit helper-181 #2)."""

@@ -85,11 +85,12 @@ async def health_report(pipeline: Pipeline, broker: KafkaBroker, backlog: Backlo
 
 
 def _since(failing: Failing | None) -> dict | None:
-    return (
-        None
-        if failing is None
-        else {"since": failing.since.isoformat(), "seconds": failing.seconds(), "error": failing.error}
-    )
+    if failing is None:
+        return None
+    body: dict[str, Any] = {"since": failing.since.isoformat(), "seconds": failing.seconds(), "error": failing.error}
+    if failing.latest:  # where the latest batch that failed is: a record to skip is there
+        body["partitions"] = list(failing.latest)
+    return body
 
 
 _NOT_IN_TIME = "PostgreSQL n'a pas répondu en {} s"

@@ -134,6 +134,8 @@ class Failing:
     error: str
     partitions: frozenset[tuple[str, int]] = frozenset()
     """The partitions of the batches that failed (topic, partition)."""
+    latest: tuple[dict[str, str | int], ...] = ()
+    """Where the latest batch that failed is (`extent`): what an operator skips a record by."""
     said: bool = False
     """Whether PostgreSQL's being away was said for these failures (once: Pipeline.handle)."""
 
@@ -141,11 +143,26 @@ class Failing:
         return round(monotonic() - self.at, 1)
 
     @staticmethod
-    def again(before: "Failing | None", error: str, partitions: frozenset[tuple[str, int]] = frozenset()) -> "Failing":
-        """Failing once more, with this error: since the first of the failures in a row."""
+    def again(before: "Failing | None", error: str, records: Sequence[ConsumerRecord] = ()) -> "Failing":
+        """Failing once more, with this error, for a batch of these `records`: since the first of
+        the failures in a row."""
+        partitions = frozenset((r.topic, r.partition) for r in records)
+        latest = tuple(extent(records))
         if before is None:
-            return Failing(datetime.now(UTC), monotonic(), error, partitions)
-        return replace(before, error=error, partitions=before.partitions | partitions)
+            return Failing(datetime.now(UTC), monotonic(), error, partitions, latest)
+        return replace(before, error=error, partitions=before.partitions | partitions, latest=latest)
+
+
+def extent(records: Iterable[ConsumerRecord]) -> list[dict[str, str | int]]:
+    """Where a batch of `records` is: per partition, its topic, number, and first and last offsets."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for r in records:
+        first, last = spans.get((r.topic, r.partition), (r.offset, r.offset))
+        spans[(r.topic, r.partition)] = (min(first, r.offset), max(last, r.offset))
+    return [
+        {"topic": topic, "partition": partition, "first_offset": first, "last_offset": last}
+        for (topic, partition), (first, last) in sorted(spans.items())
+    ]
 
 
 def _seconds(name: str, meaning: str, service: str, failing: Failing | None) -> GaugeMetricFamily:
@@ -226,11 +243,11 @@ class Metrics:
         self._batches.labels(self.service).observe(seconds)
         self.failing = None
 
-    def batch_failed(self, error: str, records: Iterable[ConsumerRecord] = ()) -> Failing:
+    def batch_failed(self, error: str, records: Sequence[ConsumerRecord] = ()) -> Failing:
         """A batch of `records` whose transaction failed (it is taken again): counted, and since
         when batches fail one after another, with the latest error's type, until one commits."""
         self._failed.labels(self.service).inc()
-        self.failing = Failing.again(self.failing, error, frozenset((r.topic, r.partition) for r in records))
+        self.failing = Failing.again(self.failing, error, records)
         return self.failing
 
     def said_away(self) -> None:
