@@ -483,7 +483,7 @@ async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_th
     """ressources' counts were read within the outbox's wait: one longer than it, or one that
     failed (a query PostgreSQL refused), made the scrape say the database unreachable, every other
     figure gone, and nothing said why. Now the scrape answers with the counts kept, the rest as
-    read; a failure is logged."""
+    read; a failure is logged. The database away, every figure is served as last read."""
     import asyncpg
 
     from services.common.runtime import health
@@ -529,6 +529,19 @@ async def test_a_count_slow_or_failing_leaves_the_counts_kept_and_the_rest_of_th
             release.set()  # the slow count's connection back, for the service to stop
         [line] = said.named("metrics.counts_unread")
         assert line["error"] == "UndefinedTableError" and line["level"] == "warning"
+
+        # The database away: every figure read from it served as last read, not dropped (an
+        # alert on one resolved for as long: ops audit s68 #6), feo_database_reachable 0.
+        async def away(*args):
+            raise ConnectionRefusedError("PostgreSQL away")
+
+        monkeypatch.setattr(health, "count_pending", away)
+        scraped = samples((await asyncio.wait_for(service.app.metrics(), 10)).decode())
+        assert value(scraped, "feo_database_reachable", service="ressources") == 0
+        assert value(scraped, "feo_outbox_pending", service="ressources") is not None
+        assert value(scraped, "feo_reevaluation_parts_failing", service="ressources") is not None
+        opened = {k: value(scraped, "feo_alerts_open", service="ressources", kind=k) for k in c.ALERT_KINDS}
+        assert opened == kept, "the counts kept"
 
 
 async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_the_error_line(

@@ -168,14 +168,21 @@ async def _read_health(pipeline: Pipeline, backlog: Backlog, body: dict) -> None
 async def database_gauges(pipeline: Pipeline, gauges: Gauges | None = None) -> list[Gauge]:
     """What /metrics reads from the database at each scrape: the outbox, and the service's own
     figures (`gauges`) once those kept are old enough (Metrics.counts); when the database does
-    not answer the outbox's, only that it does not."""
+    not answer the outbox's, that it does not, and every figure as last read: a series gone
+    from the scrapes resolved the alerts on it for as long (`feo_reevaluation_parts_failing`,
+    `feo_outbox_oldest_age_seconds`: ops audit s68 #6), `feo_database_reachable` 0 saying they
+    are old."""
     if not pipeline.started:
         return [_reached(0)]
+    metrics = pipeline.metrics
     try:
-        read = await pipeline.metrics.shared("metrics", lambda: _outbox_gauges(pipeline), within=READ_SECONDS)
+        read = await metrics.shared("metrics", lambda: _outbox_gauges(pipeline), within=READ_SECONDS)
     except TimeoutError:
-        return [_reached(0)]
-    if gauges is None or read[0].value == 0:
+        read = [_reached(0)]
+    if read[0].value == 0:
+        return [read[0], *metrics.kept_outbox, *(metrics.kept_counts if gauges is not None else ())]
+    metrics.kept_outbox = read[1:]
+    if gauges is None:
         return read
     return read + await _own_gauges(pipeline, gauges)
 

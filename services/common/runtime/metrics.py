@@ -233,6 +233,8 @@ class Metrics:
         self.topics: tuple[str, ...] = ()
         self.unreadable: Callable[[], list[dict[str, Any]]] = list
         self._counts: list[Gauge] = []
+        self.kept_outbox: list[Gauge] = []
+        """The outbox's figures as last read from the database (health.database_gauges)."""
         self._counted_at: float | None = None
         self._counting = asyncio.Lock()
         self._reading: dict[str, asyncio.Task] = {}
