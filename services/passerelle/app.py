@@ -18,6 +18,9 @@ async def _nothing_else(_store: object, _events: Sequence[CloudEvent], _changed:
     return Applied()
 
 
+AS_SENT = "bytes as sent, less the fields of its data the contract does not know (services/passerelle/inconnus.py)"
+"""What the passerelle writes of an accepted event."""
+
 SPEC = ServiceSpec(
     name="passerelle",
     package_dir=Path(__file__).parent,
@@ -25,26 +28,26 @@ SPEC = ServiceSpec(
     publishes=(
         Publishes(
             c.FORMATION,
-            "Affectations and trainings declared over HTTP by rectorats (POST /v1/evenements), bytes as "
-            "sent, with the header auth-principal (the token's sub)",
+            f"Affectations and trainings declared over HTTP by rectorats (POST /v1/evenements), {AS_SENT}, "
+            "with the header auth-principal (the token's sub)",
             c.TOPIC_TYPES[c.FORMATION],
         ),
         Publishes(
             c.EQUIPEMENT,
-            "Lots and connectivity declared over HTTP by collectivités (POST /v1/evenements), bytes as "
-            "sent, with the header auth-principal (the token's sub)",
+            f"Lots and connectivity declared over HTTP by collectivités (POST /v1/evenements), {AS_SENT}, "
+            "with the header auth-principal (the token's sub)",
             c.TOPIC_TYPES[c.EQUIPEMENT],
         ),
         Publishes(
             c.CATALOGUE,
             "Resources and subscriptions declared over HTTP by the ministère and the GAR (POST "
-            "/v1/evenements), bytes as sent, with the header auth-principal (the token's sub; not kept "
+            f"/v1/evenements), {AS_SENT}, with the header auth-principal (the token's sub; not kept "
             "by ressources: its Kafka writers could set it too)",
             c.TOPIC_TYPES[c.CATALOGUE],
         ),
         Publishes(
             c.REFERENTIEL,
-            "Établissements declared over HTTP by the ministère (POST /v1/evenements), bytes as sent, "
+            f"Établissements declared over HTTP by the ministère (POST /v1/evenements), {AS_SENT}, "
             "with the header auth-principal (the token's sub; not kept by the services: the ministère's "
             "Kafka principal could set it too)",
             c.TOPIC_TYPES[c.REFERENTIEL],
