@@ -295,8 +295,9 @@ async def rattraper(cible: Cible, said: Callable[[str], None] | None = None, *, 
         while True:
             # A partition with nothing buffered but more to read may hold the earliest record.
             if unread := [tp for tp in partitions if not queues[tp] and await consumer.position(tp) < ends[tp]]:
-                fetched = await consumer.getmany(*unread, timeout_ms=1000, max_records=settings.batch_max_records)
-                progress.fetched(sum(map(len, fetched.values())))
+                fetched = await progress.getmany(
+                    consumer, unread, timeout_ms=1000, max_records=settings.batch_max_records
+                )
                 for tp, records in fetched.items():
                     queues[tp].extend(r for r in records if r.offset < ends[tp])
                 continue
@@ -357,8 +358,7 @@ async def records_of(bootstrap: str, topic: str) -> AsyncIterator[ConsumerRecord
         ends = await consumer.end_offsets(partitions)
         progress = Stall(f"reading {topic}: no record from Kafka", STALL_SECONDS)
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            progress.fetched(sum(map(len, batch.values())))
+            batch = await progress.getmany(consumer, pending, timeout_ms=1000)
             for record in [r for tp in sorted(batch) for r in batch[tp] if r.offset < ends[tp]]:
                 yield record
     finally:

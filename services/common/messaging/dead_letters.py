@@ -405,8 +405,7 @@ async def _copies(access: KafkaAccess, producer: AIOKafkaProducer, wanted: set[O
         found: dict[Origin, ConsumerRecord] = {}
         stall = Stall("no record from the DLQ topics", SCAN_SECONDS)
         while wanted - found.keys() and (pending := [tp for tp in tps if await consumer.position(tp) < ends[tp]]):
-            fetched = await consumer.getmany(*pending, timeout_ms=1000)
-            stall.fetched(sum(map(len, fetched.values())))
+            fetched = await stall.getmany(consumer, pending, timeout_ms=1000)
             for records in fetched.values():
                 for r in records:
                     if (of := origin(r.headers)) in wanted:
