@@ -467,10 +467,12 @@ class _EventStream(StreamingResponse):
     "/alertes/flux",
     summary="Les changements d'alertes en direct (Server-Sent Events), filtrés par académie, département, type",
     description="Chaque `alerte-levee` / `alerte-resolue` dès qu'elle est enregistrée (`event:` son type, `data:` "
-    "le CloudEvent, `id:` son numéro dans le journal). Avec `Last-Event-ID`, le journal après lui est rejoué "
-    "d'abord. Des commentaires gardent ouvert un flux inactif ; un dernier événement `fin` (son `id:` dit où "
-    "reprendre) clôt un flux qui a atteint sa durée maximale, un client trop lent à lire, une reprise trop longue "
-    "ou l'arrêt du service.",
+    "le CloudEvent, `id:` son numéro dans le journal), et `alerte-deplacee` quand l'établissement d'une alerte "
+    "ouverte change d'académie, de département ou de collectivité responsable (l'alerte telle qu'elle est, aux "
+    "filtres de l'endroit où elle est et de celui où elle était ; propre à ce flux, absente de Kafka). Avec "
+    "`Last-Event-ID`, le journal après lui est rejoué d'abord. Des commentaires gardent ouvert un flux inactif ; "
+    "un dernier événement `fin` (son `id:` dit où reprendre) clôt un flux qui a atteint sa durée maximale, "
+    "un client trop lent à lire, une reprise trop longue ou l'arrêt du service.",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},

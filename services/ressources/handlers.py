@@ -27,12 +27,18 @@ from services.common.messaging.outbox import Twin
 from services.common.pipeline import TRACEPARENT_OF, Applied, EncodedEvent, Outgoing, Pipeline
 from services.common.rules.state import Verdicts
 from services.common.runtime.outages import Outage
-from services.ressources.lifecycle import PORTEE, Content, Held, event_id, transitions
+from services.ressources.lifecycle import PORTEE, Content, Held, event_id, moved_from, transitions
 from services.ressources.rules import Coverage, Fleet, Seuils, evaluate, is_evaluated, read_by_rules
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, AlertRow, Pair, ReevaluationPart, Resolution
 
 SOURCE = "/plateforme/ressources"
+ALERTE_DEPLACEE = "fr.education.alertes.alerte-deplacee.v1"
+"""An open alert that moved (its établissement's académie, département or responsable changed):
+on the live stream only (`/alertes/flux`, event `alerte-deplacee`), never on Kafka, not a type of
+the contract. Its data the alert as it is now, matched by a stream's filters where it is now and
+where it was: a dashboard filtering on either learns of it (read-API audit s67 F3: one whose
+filter it moved into saw it only once it resolved)."""
 log = structlog.get_logger(__name__)
 FAILURE_PAUSE_SECONDS = 1.0
 SEUILS_CHECK_SECONDS = 300.0
@@ -72,7 +78,7 @@ class Store(Protocol):
 
     async def resolve_alertes(self, rows: Sequence[Resolution]) -> None: ...
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None: ...
+    async def journal(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None: ...
 
     async def seuils(self) -> tuple[float, float] | None: ...
 
@@ -426,7 +432,8 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
     rows: list[AlertRow] = []
     resolutions: list[Resolution] = []
     outgoing: list[Outgoing[EncodedEvent]] = []
-    elsewhere: dict[str, bytes] = {}  # event id -> where its alert is now, announced where it was raised
+    # The live stream's, in order: each event, and the other place it concerns (None: where it says).
+    journalled: list[tuple[bytes, bytes | None]] = []
     for pair in sorted(pairs, key=lambda p: (p.uai, p.resource_id)):
         uai, rid = pair.uai, pair.resource_id
         etab, ressource = etabs.get(uai), ressources.get(rid)
@@ -444,6 +451,7 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 content = to_json(t.raised)  # the row's and the event's data
                 rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
                 outgoing.append(_announce(c.ALERTE_LEVEE, t.raised, content, cycle, "levee", now, cause))
+                journalled.append((outgoing[-1].event.value, None))
             elif t.resolved and t.held:
                 # The event's instant (never before the raise), not this replica's clock: the
                 # list, the stream and a rebuilt table say the same.
@@ -451,13 +459,17 @@ async def reevaluate(store: Store, pairs: list[Pair], seuils: Seuils, causes: di
                 outgoing.append(
                     _announce(c.ALERTE_RESOLUE, t.resolved, to_json(t.resolved), cycle, "resolue", now, cause)
                 )
-                if t.held.levee_portee is not None:  # moved since its raise: listed at its new place
-                    elsewhere[outgoing[-1].event.id] = to_json({k: t.held.values[k] for k in PORTEE})
+                # Moved since its raise: announced where it was raised, listed at its new place.
+                moved = None if t.held.levee_portee is None else to_json({k: t.held.values[k] for k in PORTEE})
+                journalled.append((outgoing[-1].event.value, moved))
             elif t.updated:
-                rows.append(AlertRow(to_json(t.updated).decode(), ouverte=True, cycle=cycle))
+                content = to_json(t.updated)
+                rows.append(AlertRow(content.decode(), ouverte=True, cycle=cycle))
+                if t.held is not None and (former := moved_from(t.held, t.updated)) is not None:
+                    journalled.append((_moved(t.updated, content, cycle, now), to_json(former)))
     await store.save_alertes(rows)
     await store.resolve_alertes(resolutions)
-    await store.journal(outgoing, elsewhere)
+    await store.journal(journalled)
     return Evaluated(outgoing, Said.of(outgoing, len(pairs), updated=len(rows) + len(resolutions) - len(outgoing)))
 
 
@@ -472,15 +484,26 @@ async def resolve_unsubscribed(store: Store, seuils: Seuils, size: int) -> Evalu
     return await reevaluate(store, pairs, seuils, {})
 
 
+def _moved(alert: Content, content: bytes, cycle: int, now: datetime) -> bytes:
+    """The live stream's ALERTE_DEPLACEE event of an open alert that moved, `content` its data."""
+    id_ = event_id(alert["alert_id"], cycle, f"deplacee/{now.isoformat()}", alert["raised_at"])
+    return _value(ALERTE_DEPLACEE, id_, alert, content, now)
+
+
+def _value(type_: str, id_: str, alert: Content, content: bytes, now: datetime) -> bytes:
+    """An alert event's bytes, those of `make_event(...).to_bytes()`: the envelope's fields in
+    CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
+    fields = envelope(type_, id=id_, source=SOURCE, subject=f"{alert['uai']}/{alert['resource_id']}", time=now)
+    return b"".join((to_json(fields)[:-1], b',"data":', content, b"}"))
+
+
 def _announce(
     type_: str, alert: Content, content: bytes, cycle: int, what: str, now: datetime, cause: CloudEvent | None
 ) -> Outgoing[EncodedEvent]:
     """The alert's event on the stream, and on its table (alertes.etat.v1, the stream's table keyed
     by alert_id: the alert's latest event, then a tombstone once it is resolved; CONTRACTS.md,
-    "Current state"). Its bytes those of `make_event(...).to_bytes()`: the envelope's fields in
-    CloudEvent's order, `data` last, spliced in as `content` (its JSON, encoded once for the row too)."""
+    "Current state"), `content` its data (_value)."""
     id_ = event_id(alert["alert_id"], cycle, what, alert["raised_at"])
-    fields = envelope(type_, id=id_, source=SOURCE, subject=f"{alert['uai']}/{alert['resource_id']}", time=now)
-    value = b"".join((to_json(fields)[:-1], b',"data":', content, b"}"))
+    value = _value(type_, id_, alert, content, now)
     table = Twin(c.ALERTES_ETAT, alert["alert_id"].encode(), ends=type_ == c.ALERTE_RESOLUE)
     return Outgoing(c.ALERTES, alert["uai"], EncodedEvent(type_, id_, alert, value), cause, table)

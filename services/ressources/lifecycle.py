@@ -136,6 +136,20 @@ def transitions(
     return out
 
 
+def moved_from(held: Held, updated: Content) -> dict[str, Any] | None:
+    """Where an open alert was (its PORTEE fields, as stored) when its update moves it (its
+    établissement's académie, département or responsable changed: a commune merged), else None."""
+    before = held.values
+    now = updated["responsable"]
+    if (
+        before["code_academie"] == updated["code_academie"]
+        and before["code_departement"] == updated["code_departement"]
+        and before["responsable"] == (None if now is None else {"type": now.type, "code": now.code})
+    ):
+        return None
+    return {k: before[k] for k in PORTEE}
+
+
 def _unchanged(
     stored: Mapping[str, Any],
     etab: Etablissement,

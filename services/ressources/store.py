@@ -13,7 +13,6 @@ from pydantic import ValidationError
 import contracts as c
 from contracts import ALERT_KINDS, CloudEvent, Etablissement, RessourcePubliee
 from contracts.internal import GROUP_FIELDS, CouvertureFormation, ProfilEquipement
-from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.rules.state import Verdicts
 from services.common.runtime.metrics import Gauge
 from services.common.storage import referentiel
@@ -406,12 +405,10 @@ class RessourcesStore:
     async def etablissements(self, uais: Iterable[str]) -> dict[str, Etablissement]:
         return await referentiel.load(self._conn, uais)
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None:
-        """The alert events for the live stream, in this transaction (stream.notify); `elsewhere`:
-        by event id, where its alert is now when the event announces it elsewhere."""
-        await stream.notify(
-            self._conn, [o.event.value for o in announced], [elsewhere.get(o.event.id) for o in announced]
-        )
+    async def journal(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Events for the live stream, in this transaction (stream.notify): each one's value, and
+        the other place it concerns (PORTEE fields as JSON; None: where it says)."""
+        await stream.notify(self._conn, [value for value, _ in entries], [place for _, place in entries])
 
     async def seuils(self) -> tuple[float, float] | None:
         """The thresholds the held alerts were evaluated with (None before the first)."""

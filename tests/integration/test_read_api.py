@@ -434,6 +434,50 @@ async def test_an_alert_whose_etablissement_moved_resolves_where_it_was_raised(k
     assert replayed.rows and NANTES not in "".join(event for _, event in replayed.rows)
 
 
+async def test_an_open_alert_that_moves_is_on_the_stream_of_either_place_never_on_kafka(kafka, settings, api):
+    """A dashboard of 049 that read its open alerts (none), then follows the stream from there
+    (the README's recipe), while NANTES moves from 044 to 049, its alert open: the stream said
+    nothing until the alert resolved, and the dashboard missed it (read-API audit s67 F3). Now
+    `alerte-deplacee`, the alert as it is, to the streams of 049 and 044, live and replayed; not
+    to another place's, and not on Kafka (not a type of the contract)."""
+    client, app = api
+    pool = app.state.pipeline.pool
+
+    async def moved_on_the_stream(lines) -> dict:
+        async for line in lines:
+            if line.startswith("data: ") and (event := json.loads(line.removeprefix("data: ")))["type"].endswith(
+                ".alerte-deplacee.v1"
+            ):
+                return event
+        raise AssertionError("the stream ended")
+
+    async with TopicReader(kafka.bootstrap_servers, settings.topic(c.ALERTES)) as alerts:
+        await feed(kafka, settings, pool)
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 12 FROM alertes"), what="12 alerts")
+        page = (await client.get("/alertes", params={"code_departement": "049", "state": "open"})).json()
+        assert page["total"] == 0
+        follow = {"code_departement": "049", "depuis": page["last_event_id"]}
+        async with client.stream("GET", "/alertes/flux", params=follow) as response:
+            moved = etab(NANTES, "049", "17", "52") | {"id": "nantes-049", "time": at(5).isoformat()}
+            await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(NANTES, moved)])
+            live = await asyncio.wait_for(moved_on_the_stream(response.aiter_lines()), timeout=30)
+        assert (live["data"]["uai"], live["data"]["code_departement"]) == (NANTES, "049")
+        assert live["data"]["responsable"] == {"type": "departement", "code": "049"}
+        listed = (await client.get("/alertes", params={"code_departement": "049", "state": "open"})).json()
+        assert live["data"]["alert_id"] in {a["alert_id"] for a in listed["items"]}
+
+        for where in ("044", "049"):  # replayed from the journal
+            async with client.stream("GET", "/alertes/flux", params={"code_departement": where, "depuis": 0}) as r:
+                replayed = await asyncio.wait_for(moved_on_the_stream(r.aiter_lines()), timeout=30)
+            assert replayed == live, where
+        async with pool.acquire() as conn:  # nor to another place's
+            elsewhere = await queries.journal_replay(conn, 0, 10**9, queries.AlertFilter(code_departement="035"), 100)
+        assert elsewhere.rows and NANTES not in "".join(event for _, event in elsewhere.rows)
+        # On Kafka, the raises only: the move has no event there.
+        await alerts.wait_for(lambda records: len(records) >= 12, what="the raises")
+    assert not [r for r in alerts.records if b"alerte-deplacee" in r.value]
+
+
 async def _total_of(client, params: dict, expected: int) -> bool:
     return (await client.get("/alertes", params={**params, "state": "open"})).json()["total"] == expected
 

@@ -15,7 +15,7 @@ import pytest
 import contracts as c
 from contracts.internal import PROFILS
 from helpers import SilentRelay, at, event, eventually, profil_lot, send, uai
-from services.common.pipeline import EncodedEvent, Outgoing
+from services.common.pipeline import EncodedEvent
 from services.ressources import queries, stream
 from test_read_api import etab, serve_api
 
@@ -92,7 +92,7 @@ async def journal(app, *events: EncodedEvent) -> list[int]:
     """Journals `events` the way the handler does (one writing transaction); returns their seqs."""
 
     async def work(store):
-        await store.journal([Outgoing(c.ALERTES, e.data["uai"], e) for e in events], {})
+        await store.journal([(e.value, None) for e in events])
         return []
 
     pipeline = app.state.pipeline

@@ -157,7 +157,7 @@ function follow(filters, again = false) {
   const seen = (message) => {
     if (message.lastEventId) lastId = message.lastEventId;
   };
-  for (const type of ["alerte-levee", "alerte-resolue"]) {
+  for (const type of Object.keys(CHANGES)) {
     stream.addEventListener(type, (message) => {
       seen(message);
       changed(type, JSON.parse(message.data).data);
@@ -199,6 +199,13 @@ async function streamRefusal(url) {
 // the others together once the list is read again.
 const QUIET_MS = 300;
 const BURST_MS = 1500;
+// The stream's alert events, as a change is announced (an open alert that moved comes to the
+// views of where it is now and where it was: alerte-deplacee, the live stream's alone).
+const CHANGES = {
+  "alerte-levee": ["Alerte levée", "levée"],
+  "alerte-resolue": ["Alerte résolue", "résolue"],
+  "alerte-deplacee": ["Alerte déplacée", "déplacée"],
+};
 let pending = null;
 let burst = null;
 function changed(type, alert) {
@@ -206,15 +213,10 @@ function changed(type, alert) {
   if (recent.size > RECENT_MAX) recent.delete(recent.values().next().value); // the oldest: a page open for days
   if (current && current.concerns(alert)) {
     // Only what the view shows is announced: a screen reader is not read the whole country's.
-    const raised = type === "alerte-levee";
     if (burst === null) {
-      burst = { since: Date.now(), raised: 0, resolved: 0 };
-      announce(
-        `${raised ? "Alerte levée" : "Alerte résolue"} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ` +
-          `ressource ${alert.resource_id}`,
-      );
-    } else if (raised) burst.raised += 1;
-    else burst.resolved += 1;
+      burst = { since: Date.now(), counts: {} };
+      announce(`${CHANGES[type][0]} : ${KINDS[alert.kind]}, établissement ${alert.uai}, ressource ${alert.resource_id}`);
+    } else burst.counts[type] = (burst.counts[type] || 0) + 1;
     clearTimeout(pending);
     pending = setTimeout(readAfterBurst, Math.max(0, Math.min(QUIET_MS, burst.since + BURST_MS - Date.now())));
   }
@@ -222,7 +224,11 @@ function changed(type, alert) {
 
 function readAfterBurst() {
   const counted = (n, what) => n && plural(n, what);
-  const more = burst ? [counted(burst.raised, "levée"), counted(burst.resolved, "résolue")].filter(Boolean) : [];
+  const more = burst
+    ? Object.keys(CHANGES)
+        .map((type) => counted(burst.counts[type], CHANGES[type][1]))
+        .filter(Boolean)
+    : [];
   burst = null;
   if (more.length) announce(`Autres changements dans cette vue : ${more.join(", ")}.`);
   refresh();

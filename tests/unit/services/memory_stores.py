@@ -11,7 +11,6 @@ from datetime import datetime
 
 import contracts as c
 from contracts import CloudEvent, Etablissement
-from services.common.pipeline import EncodedEvent, Outgoing
 from services.common.rules.state import Verdicts, latest_wins
 from services.common.storage.derived import Content, Key
 from services.formation.domain import Counts
@@ -144,13 +143,13 @@ class RessourcesMemory:
         self.derived: dict[tuple[str, str, str], CloudEvent] = {}
         self.assembled: dict[tuple[str, tuple[str, ...]], list[views.Record]] = {}  # (uai, family)
         self.alerts: dict[tuple[str, str], dict[str, Held]] = {}
-        self.journalled: list[EncodedEvent] = []
+        self.journalled: list[tuple[dict, dict | None]] = []
+        """The live stream's events, decoded, each with the other place it concerns (None: none)."""
         self.held_seuils: tuple[float, float] | None = None
         self.reevaluations: dict[tuple[str, int], ReevaluationPart] = {}  # (resource_id or EVERY_RESOURCE, part)
         self.postponed: dict[tuple[str, int], int] = {}  # failures in a row, put off for good (no clock here)
         self.part_size = 1_000_000  # UAIs per part of a re-evaluation (the real store's PART_SIZE)
         self.resolved_at: dict[str, datetime] = {}  # alert_id -> the row's resolved_at
-        self.elsewhere: dict[str, bytes] = {}  # journalled event id -> where its alert is now
 
     async def published_rules(self, ids: Sequence[str]) -> dict[str, dict]:
         return {
@@ -254,9 +253,8 @@ class RessourcesMemory:
             self.alerts[(uai, rid)][kind] = Held(False, r.cycle, held.stored, held.levee_portee)
             self.resolved_at[r.alert_id] = r.resolved_at
 
-    async def journal(self, announced: Sequence[Outgoing[EncodedEvent]], elsewhere: Mapping[str, bytes]) -> None:
-        self.journalled += [o.event for o in announced]
-        self.elsewhere |= elsewhere
+    async def journal(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self.journalled += [(json.loads(value), place and json.loads(place)) for value, place in entries]
 
     async def seuils(self) -> tuple[float, float] | None:
         return self.held_seuils

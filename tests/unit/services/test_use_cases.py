@@ -22,7 +22,7 @@ from services.common.messaging.outbox import Twin
 from services.common.pipeline import TRACEPARENT_OF
 from services.equipement.handlers import apply as equipement
 from services.formation.handlers import apply as formation
-from services.ressources.handlers import make_apply, reevaluate_chunk, resolve_unsubscribed
+from services.ressources.handlers import ALERTE_DEPLACEE, make_apply, reevaluate_chunk, resolve_unsubscribed
 from services.ressources.rules import Seuils
 
 UAI = "0350042F"
@@ -200,7 +200,32 @@ async def test_ressources_raises_on_old_tablets_resolves_on_new_ones_and_journal
     assert (await ressources(store, [profil(1, "12.5")], set())).outgoing == [], "a replayed version changes nothing"
     resolved = await ressources(store, [profil(2, "17")], set())
     assert announced(resolved) == [(c.ALERTE_RESOLUE, "equipement-incompatible")]
-    assert [e.type for e in store.journalled] == [c.ALERTE_LEVEE, c.ALERTE_RESOLUE]
+    assert [e["type"] for e, _ in store.journalled] == [c.ALERTE_LEVEE, c.ALERTE_RESOLUE]
+
+
+async def test_an_open_alert_that_moves_is_journalled_for_the_live_stream_with_where_it_was_not_announced():
+    """Its établissement moves to another département (and so another responsable): nothing on
+    Kafka (the contract has no such event), but the live stream's alerte-deplacee, the alert as it
+    is now, beside where it was (the streams filtering on either get it). A change that moves
+    nothing (its reasons) journals nothing."""
+    store = RessourcesMemory([college()])
+    await ressources(store, [profil(1, "12.5")], set())
+    await ressources(store, catalogue(), set())
+    moved = college().model_copy(update={"code_departement": "022", "code_commune": "22278"})
+    store.etabs[UAI] = moved
+    applied = await ressources(store, [], {UAI: c.make_event(c.ETABLISSEMENT, moved, source="/ministere", time=at(9))})
+    assert announced(applied) == []
+    event, former = store.journalled[-1]
+    assert event["type"] == ALERTE_DEPLACEE and event["data"]["code_departement"] == "022"
+    assert event["data"]["responsable"] == {"type": "departement", "code": "022"}
+    assert former == {
+        "code_academie": "14",
+        "code_departement": "035",
+        "responsable": {"type": "departement", "code": "035"},
+    }
+    journalled = len(store.journalled)
+    await ressources(store, [profil(2, "11.0")], set())  # another reason, the same place
+    assert len(store.journalled) == journalled
 
 
 async def test_ressources_writes_each_alert_event_to_the_table_then_a_tombstone_once_resolved():
