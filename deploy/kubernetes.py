@@ -269,13 +269,15 @@ def services() -> list[dict[str, Any]]:
             "volumeMounts": [CA_MOUNT, PRINCIPAL_MOUNT, TMP_MOUNT],
             "securityContext": CONTAINER_SECURITY,
             # Started when Kafka and PostgreSQL answer; ready as `/readyz` says (the same, but
-            # PostgreSQL alone for ressources: its readers are served while Kafka is away); alive
-            # while its event loop answers at all (`/livez`: the kernel accepts a TCP connection
-            # for a frozen one too; the process exits by itself once its dependencies have been
-            # away UNHEALTHY_EXIT_SECONDS). The start-up probe allows an hour: the migrations run
-            # before the port opens, the start-up guard does not count them (a table rewritten on a
-            # large deployment), and 300 s killed such a start every time, rolled back; a start
-            # stuck elsewhere is ended by the guard after STARTUP_TIMEOUT_SECONDS.
+            # PostgreSQL alone for ressources, whose readers are served while Kafka is away, and
+            # nothing for the passerelle once started, which answers 503 itself: health.Readiness);
+            # alive while its event loop answers at all (`/livez`: the kernel accepts a TCP
+            # connection for a frozen one too; the process exits by itself once a dependency it
+            # cannot serve without has been away UNHEALTHY_EXIT_SECONDS). The start-up probe allows
+            # an hour: the migrations run before the port opens, the start-up guard does not count
+            # them (a table rewritten on a large deployment), and 300 s killed such a start every
+            # time, rolled back; a start stuck elsewhere is ended by the guard after
+            # STARTUP_TIMEOUT_SECONDS.
             "startupProbe": {**probe, "failureThreshold": STARTUP_PROBE_SECONDS // period},
             "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "http"}},
             "livenessProbe": {

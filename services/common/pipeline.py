@@ -280,7 +280,9 @@ class Pipeline:
                     if attempt == _ATTEMPTS:
                         _failed(span, exc)
                         self.metrics.batch_failed(type(exc).__name__, records)
-                        log.exception("batch.failed", records=len(records), attempts=attempt)
+                        log.exception(
+                            "batch.failed", records=len(records), attempts=attempt, partitions=extent(records)
+                        )
                         logs.said(exc)  # FastStream, which it is raised to, logged it again
                         await asyncio.sleep(1)
                         raise

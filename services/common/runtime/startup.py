@@ -399,6 +399,7 @@ class Guard:
             await asyncio.sleep(min(0.5, self.watch_period))
         since: float | None = None  # some dependency away since
         needed_since: float | None = None  # some of those it needs (`needs`) away since
+        away_since: dict[str, float] = {}  # each one away, since
         ended_before: str | None = None
         down_before: list[str] = []
         while True:
@@ -411,16 +412,43 @@ class Guard:
             needed = [d for d in down if d in self.needs]
             now = time.monotonic()
             needed_since = (needed_since or now) if needed else None
+            away_since = {d: away_since.get(d, now) for d in down}
             if not down:
                 if since is not None:
                     log.info("dependencies.back", after_s=round(now - since, 1))
                 since = None
             elif down != down_before:
                 since = since or now
-                log.warning("dependencies.lost", unreachable=down, exits_in_s=(limit or None) if needed else None)
+                left = limit - (now - needed_since) if needed_since is not None and limit else None
+                log.warning("dependencies.lost", unreachable=down, exits_in_s=None if left is None else round(left, 1))
             down_before = down
             if needed_since is not None and limit and now - needed_since >= limit:
                 return self._fail(f"{' and '.join(needed)} unreachable for {now - needed_since:.0f} s")
+            # One it serves without, away as long: ended all the same if a new connection reaches
+            # it, its own client stuck (what the watchdog is for), not while it is away for all.
+            long = [d for d in down if d not in self.needs and now - away_since[d] >= limit] if limit else []
+            if long and (answering := await self._answering_afresh(long)):
+                return self._fail(
+                    f"{' and '.join(answering)} answering a new connection, not the service's own, "
+                    f"for {now - min(away_since[d] for d in answering):.0f} s"
+                )
+
+    async def _answering_afresh(self, names: Sequence[str]) -> list[str]:
+        """Those of `names` ("Kafka", "PostgreSQL") that a new connection reaches now."""
+        s = self.settings
+        checks = {
+            "Kafka": lambda: kafka_answers(KafkaAccess.of(s)),
+            "PostgreSQL": lambda: postgres_answers(s.database_url),
+        }
+        answering = []
+        for name in names:
+            try:
+                async with asyncio.timeout(READ_SECONDS):
+                    await checks[name]()
+            except Exception:  # away (or refusing this service): not a stuck client's doing
+                continue
+            answering.append(name)
+        return answering
 
     def _fail(self, reason: str) -> None:
         global _failure

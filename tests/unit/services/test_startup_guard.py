@@ -131,12 +131,21 @@ async def test_a_dependency_away_longer_than_the_bound_ends_the_service_naming_i
     assert failures and failures[0].startswith(f"{named} unreachable for"), failures
 
 
+async def _away(*args, **kwargs) -> None:
+    raise ConnectionRefusedError("no broker listens")
+
+
+async def _answers(*args, **kwargs) -> None:
+    return None
+
+
 async def test_a_dependency_the_service_serves_without_does_not_end_it_and_one_it_needs_counts_from_its_own_loss(
-    stand,
+    stand, monkeypatch
 ):
     """ressources serves its readers without Kafka: ended, it would serve nobody until Kafka is
     back (it waits for both before it opens its port). PostgreSQL lost later still ends it,
     counted from then, not from Kafka's loss."""
+    monkeypatch.setattr(startup, "kafka_answers", _away)  # away for all, a new connection too
     g, failures = guard(stand, needs=("PostgreSQL",), unhealthy_exit_seconds=0.3)
     stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
     g.consuming = True
@@ -151,6 +160,22 @@ async def test_a_dependency_the_service_serves_without_does_not_end_it_and_one_i
     await asyncio.wait_for(watching, 10)
     assert time.monotonic() - lost >= 0.3, "counted from PostgreSQL's loss, not Kafka's"
     assert failures and failures[0].startswith("PostgreSQL unreachable for"), failures
+
+
+async def test_a_dependency_it_serves_without_that_a_new_connection_reaches_ends_it_its_client_stuck(
+    stand, monkeypatch
+):
+    """What the watchdog is for, kept for a dependency the service serves without: its own
+    client says Kafka away past the bound while a new connection reaches it (review s68 F7)."""
+    monkeypatch.setattr(startup, "kafka_answers", _answers)
+    g, failures = guard(stand, needs=("PostgreSQL",), unhealthy_exit_seconds=0.3)
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
+    g.consuming = True
+    stand.kafka = False
+    started = time.monotonic()
+    await asyncio.wait_for(g.watch(started + 60), 10)
+    assert time.monotonic() - started >= 0.3, "not before the bound"
+    assert failures and failures[0].startswith("Kafka answering a new connection, not the service's own"), failures
 
 
 async def test_a_service_not_consuming_by_the_deadline_ends(stand):
