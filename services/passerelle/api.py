@@ -5,7 +5,7 @@ requests under way (429; 503 when the replica's are all taken: nothing read), si
 the body is read when Content-Length says so) and the time its body takes (408), shape (400;
 413 beyond 1,000 events), the subject's rate for its events (429, nothing judged nor written),
 each event judged (examen.py), the accepted ones written to Kafka (acks=all, idempotent; 503
-when Kafka does not take them in time) without their payload's fields the contract does not
+when Kafka does not take them in time) without the attributes and fields the contract does not
 know (inconnus.py), then the answer: 202 when every event is accepted, else 207 with each
 event's result in request order (an accepted one naming the fields left out). Every record
 carries the `auth-principal` header (the token's `sub`) and, when well-formed, the request's
@@ -86,9 +86,9 @@ class Resultat(BaseModel):
     message: str | None = Field(None, description="refused : pourquoi, en français, nommant le champ et la règle")
     champs_ignores: list[str] | None = Field(
         None,
-        description="accepted : les champs de `data` que le contrat ne connaît pas (`data.email`, "
-        "`data.browsers[].canal`), au plus 16, non écrits sur Kafka : rien d'autre que ce que le contrat "
-        "décrit n'entre dans la plateforme (aucun nom, e-mail ni NUMEN) ; absent quand il n'y en a pas",
+        description="accepted : les champs de `data` (`data.email`, `data.browsers[].canal`) et les attributs "
+        "de l'enveloppe que le contrat ne connaît pas, au plus 16, non écrits sur Kafka : rien d'autre que ce que "
+        "le contrat décrit n'entre dans la plateforme (aucun nom, e-mail ni NUMEN) ; absent quand il n'y en a pas",
     )
 
 

@@ -18,7 +18,7 @@ async def _nothing_else(_store: object, _events: Sequence[CloudEvent], _changed:
     return Applied()
 
 
-AS_SENT = "bytes as sent, less the fields of its data the contract does not know (services/passerelle/inconnus.py)"
+AS_SENT = "bytes as sent, less the attributes and fields the contract does not know (services/passerelle/inconnus.py)"
 """What the passerelle writes of an accepted event."""
 
 SPEC = ServiceSpec(

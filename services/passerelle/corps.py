@@ -2,7 +2,7 @@
 bytes exactly as the partner sent them.
 
 Each event keeps its own bytes, so the contract judges what was sent, not a re-encoding of it
-(and Kafka receives it, less the payload's fields the contract does not know: inconnus.py): a
+(and Kafka receives it, less the members the contract does not know: inconnus.py): a
 re-encoding would hide a repeated key or a `NaN` that the services refuse as `json-invalide`.
 The splitter reads JSON leniently (repeated keys, `NaN`, numbers of any length, invalid UTF-8
 inside a string; nested deeper than the decoder goes: by its brackets) only to find where each

@@ -4,7 +4,7 @@ In order: the contract, by the services' own parser (`parse_event`, on the event
 sent, with the topic its type goes to and the same `MAX_CLOCK_SKEW`); then `source` must be one
 of the token's declarants (`source-non-autorisee`); then who may declare what (`rights.check`)
 against the passerelle's own view of the référentiel. The reason codes are the DLQ's. An event
-accepted is written without the payload's fields the contract does not know (inconnus.py).
+accepted is written without the attributes and fields the contract does not know (inconnus.py).
 """
 
 import asyncio
@@ -38,7 +38,7 @@ up to 16 MiB took 0.6–0.8 s of CPU to judge, during which the passerelle answe
 @dataclass(frozen=True)
 class Accepte:
     """An event to write: its topic (unprefixed), record key and bytes as sent, less the members
-    of its payload the contract does not know, named in `ignores` (inconnus.py)."""
+    the contract does not know, named in `ignores` (inconnus.py)."""
 
     topic: str
     key: str
@@ -86,7 +86,7 @@ async def judge(
         if event.source not in allowed:
             verdicts.append(Refusal(SOURCE_NON_AUTORISEE, _not_yours(event.source, allowed)))
         else:
-            raw, ignores = sans_inconnus(element.raw, event.data)
+            raw, ignores = sans_inconnus(element.raw, event)
             accepte = Accepte(topic, event.data.key, raw, tuple(ignores))
             declared = event.data if isinstance(event.data, Etablissement) else None
             verdicts.append(_Held(event.type, event.source, c.uai_of(event), accepte, declared))

@@ -1,16 +1,18 @@
-"""An accepted event's payload without the fields the contract does not know.
+"""An accepted event without the attributes and fields the contract does not know.
 
-The contract grows by optional fields, so an unknown field in `data` never refuses an event
+The contract grows by optional fields, so an unknown field never refuses an event
 (contracts/_base.py); but "no name, e-mail or NUMEN ever enters the platform" (CONTRACTS.md),
 and a rectorat's stray `data.email` would otherwise be written to Kafka as sent and kept there
 for the topic's retention. The passerelle, where partners' declarations come in, writes the
-event without such members, at any depth of `data` (`data.os.build`, `data.browsers[].canal`),
-and its answer names them (`champs_ignores`), never their values.
+event without such members, at any depth of `data` (`data.os.build`, `data.browsers[].canal`)
+and in the envelope (a CloudEvents extension attribute: the contract names the attributes it
+has, and the platform reads no other), and its answer names them (`champs_ignores`), never
+their values.
 
-Everything else stays byte for byte as sent: the envelope's attributes (CloudEvents extension
-attributes included), each kept member's key and value, numbers as written. Only the objects
-that lose a member are written again, their kept members joined by commas without the spaces
-between them. An event with no unknown field is written exactly as sent.
+Everything else stays byte for byte as sent: each kept member's key and value, numbers as
+written. Only the objects that lose a member are written again, their kept members joined by
+commas without the spaces between them. An event with no unknown member is written exactly as
+sent.
 """
 
 import functools
@@ -30,28 +32,18 @@ _SKIP = JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0)
 _SPACE = " \t\n\r"
 
 
-def sans_inconnus(raw: bytes, data: BaseModel) -> tuple[bytes, list[str]]:
-    """`raw`, an event the contract accepted with `data` as its payload, without the members of
-    `data` its model does not know; and their paths, each once, in the order met (MAX_NAMED at
-    most). `raw` itself when there are none."""
+def sans_inconnus(raw: bytes, event: BaseModel) -> tuple[bytes, list[str]]:
+    """`raw`, an event the contract accepted as `event` (contracts.parse_event's), without the
+    members its model does not know, at any depth; and their paths, each once, in the order met
+    (MAX_NAMED at most). `raw` itself when there are none."""
     # Looked for in the decoded event first (jiter's, as the contract's): most have none.
-    if not _any_unknown(jiter.from_json(raw).get("data"), data):
+    if not _any_unknown(jiter.from_json(raw), event):
         return raw, []
     text = raw.decode()  # UTF-8: the contract checked it
     paths: list[str] = []
-    written, _ = _object(text, _space(text, 0), _Envelope(data), "", paths)
+    written, _ = _object(text, _space(text, 0), event, "", paths)
     assert written is not None, "an unknown member found in the decoded event, none in its text"
     return written.encode(), paths
-
-
-class _Envelope:
-    """The event as _object walks it: every attribute known, `data` looked into."""
-
-    def __init__(self, data: BaseModel):
-        self.data = data
-
-    def member(self, key: str) -> tuple[bool, Any]:
-        return True, (self.data if key == "data" else None)
 
 
 def _any_unknown(value: Any, parsed: Any) -> bool:
@@ -87,15 +79,13 @@ def _holds_model_type(annotation: Any) -> bool:
     return any(_holds_model_type(arg) for arg in get_args(annotation))
 
 
-def _member(parsed: BaseModel | _Envelope, key: str) -> tuple[bool, Any]:
+def _member(parsed: BaseModel, key: str) -> tuple[bool, Any]:
     """Whether the model knows the member `key`, and its value there."""
-    if isinstance(parsed, _Envelope):
-        return parsed.member(key)
-    known = key in type(parsed).model_fields
+    known = key in _names(type(parsed))
     return known, (getattr(parsed, key) if known else None)
 
 
-def _object(text: str, at: int, parsed: BaseModel | _Envelope, path: str, paths: list[str]) -> tuple[str | None, int]:
+def _object(text: str, at: int, parsed: BaseModel, path: str, paths: list[str]) -> tuple[str | None, int]:
     """The object at `at` (its model `parsed`) written again without its unknown members (None
     when it has none, at any depth), and where it ends."""
     assert text[at] == "{"
@@ -108,12 +98,13 @@ def _object(text: str, at: int, parsed: BaseModel | _Envelope, path: str, paths:
         key, after_key = _SKIP.raw_decode(text, i)
         start = _space(text, _space(text, after_key) + 1)  # past the colon
         known, member = _member(parsed, key)
+        here = f"{path}.{key}" if path else key
         if known:
-            value, end = _value(text, start, member, f"{path}.{key}".removeprefix("."), paths)
+            value, end = _value(text, start, member, here, paths)
             changed |= value is not None
             members.append(text[i:start] + (value if value is not None else text[start:end]))
         else:
-            _note(paths, f"{path}.{key}")
+            _note(paths, here)
             end = _skip(text, start)
             changed = True
         i = _space(text, end)
