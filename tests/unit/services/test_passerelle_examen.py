@@ -287,3 +287,25 @@ async def test_a_large_request_is_judged_in_slices_letting_other_requests_in():
         other.cancel()
     assert [type(v) for v in verdicts] == [Refusal if s == AUTRE_COMMUNE else Accepte for s in sources]
     assert turns >= len(body) // SLICE_BYTES - 1, (turns, len(body))
+
+
+async def test_an_accepted_event_is_written_without_what_the_contract_does_not_know_and_its_result_names_it():
+    """inconnus.py: the event written less its unknown members, the result naming them; a refused
+    event's result names none."""
+    with_email, refused = lot(ECOLE), lot(AILLEURS)
+    with_email["data"]["email"] = "prenom.nom@ac-rennes.fr"
+    refused["data"]["email"] = "x@y.fr"  # another commune's école
+    sent = [with_email, lot(ECOLE), refused]
+    verdicts = await _judge(sent)
+    status, answered = answer([e["id"] for e in sent], verdicts)
+    assert status == 207
+    assert [(r["statut"], r.get("champs_ignores")) for r in answered["resultats"]] == [
+        ("accepted", ["data.email"]),
+        ("accepted", None),
+        ("refused", None),
+    ]
+    assert "champs_ignores" not in answered["resultats"][1]
+    first, second = verdicts[0], verdicts[1]
+    assert isinstance(first, Accepte) and isinstance(second, Accepte)
+    assert json.loads(first.raw) == lot(ECOLE) | {"id": with_email["id"]}
+    assert second.raw == json.dumps(sent[1]).encode(), "as sent"

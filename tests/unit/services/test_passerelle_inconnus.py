@@ -2,15 +2,12 @@
 else as sent; and the answer naming them."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import contracts as c
-from contracts import Etablissement, parse_event
+from contracts import parse_event
 from contracts.parsing import MAX_PATH
 from helpers import event, uai
-from services.passerelle.api import answer
-from services.passerelle.corps import BATCHED, split
-from services.passerelle.examen import Accepte, judge
 from services.passerelle.inconnus import MAX_NAMED, sans_inconnus
 
 ECOLE, AILLEURS = uai("0350101"), uai("0350102")
@@ -98,40 +95,3 @@ def test_the_paths_named_are_bounded_in_number_and_length():
     assert json.loads(written)["data"] == lot()["data"]
     _, _, [long] = trimmed(lot(**{"k" * 500: 1}))
     assert len(long) == MAX_PATH and long.startswith("data.kkk") and long.endswith("…")
-
-
-async def test_an_accepted_event_is_written_without_them_and_its_result_names_them():
-    sent = [lot(email="prenom.nom@ac-rennes.fr"), lot(lot_id="L2"), lot(lot_id="L3", email="x@y.fr", uai=AILLEURS)]
-    elements = split(json.dumps(sent).encode(), BATCHED)
-
-    async def etablissements(uais):
-        return {ECOLE: ecole(ECOLE, "35238"), AILLEURS: ecole(AILLEURS, "35001")}
-
-    verdicts = await judge(elements, [COMMUNE], NOW + timedelta(minutes=5), etablissements)
-    status, answered = answer([e.id for e in elements], verdicts)
-    assert status == 207
-    assert [(r["statut"], r.get("champs_ignores")) for r in answered["resultats"]] == [
-        ("accepted", ["data.email"]),
-        ("accepted", None),
-        ("refused", None),  # another commune's école: the fields of a refused event are not looked at
-    ]
-    assert "champs_ignores" not in answered["resultats"][1]
-    first, second = verdicts[0], verdicts[1]
-    assert isinstance(first, Accepte) and isinstance(second, Accepte)
-    without = sent[0] | {"data": {k: v for k, v in sent[0]["data"].items() if k != "email"}}
-    assert json.loads(first.raw) == without
-    assert second.raw == elements[1].raw
-
-
-def ecole(code: str, commune: str) -> Etablissement:
-    return Etablissement(
-        uai=code,
-        nom="École",
-        type="ecole",
-        statut="public",
-        code_commune=commune,
-        code_departement="035",
-        code_academie="14",
-        code_region="53",
-        ouvert=True,
-    )
