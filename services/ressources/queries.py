@@ -280,7 +280,7 @@ async def journal_replay(conn: Conn, after: int, through: int, f: AlertFilter, l
     more says there are more). One snapshot, so the horizon and the rows agree."""
     conditions, values = f.conditions("event->'data'", 3)
     clauses = ["seq > $1", "seq <= $2"]
-    if conditions:  # where the event says, or where its alert is now (stream.notify's `elsewhere`)
+    if conditions:  # where the event says, or the other place it concerns (stream.notify's `elsewhere`)
         now_at, _ = f.conditions("(event->'data' || portee)", 3)
         clauses.append(f"(({' AND '.join(conditions)}) OR (portee IS NOT NULL AND {' AND '.join(now_at)}))")
     args: list[object] = [after, through, *values, limit + 1]

@@ -69,7 +69,8 @@ async def notify(conn: Conn, events: Sequence[bytes], elsewhere: Sequence[bytes 
     from its event: one parameter, which asyncpg sends as it is (an array parameter, it checks
     and encodes element by element). In parts of at most JOURNAL_PART_BYTES, in order: a jsonb
     array stops at 256 MiB, and one transaction's alerts may weigh more. `elsewhere`, beside each
-    event: where its alert is now when the event announces it elsewhere (None: where it says)."""
+    event: the other place it concerns (None: none), where its alert is now for a resolution
+    announced where it was raised, where it was for an alerte-deplacee."""
     if not events:
         return
     places = list(elsewhere) or [None] * len(events)

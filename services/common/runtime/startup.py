@@ -419,18 +419,21 @@ class Guard:
                 since = None
             elif down != down_before:
                 since = since or now
+                # null: not for an outage (one it serves without ends it only if its own client is stuck)
                 left = limit - (now - needed_since) if needed_since is not None and limit else None
                 log.warning("dependencies.lost", unreachable=down, exits_in_s=None if left is None else round(left, 1))
             down_before = down
             if needed_since is not None and limit and now - needed_since >= limit:
                 return self._fail(f"{' and '.join(needed)} unreachable for {now - needed_since:.0f} s")
             # One it serves without, away as long: ended all the same if a new connection reaches
-            # it, its own client stuck (what the watchdog is for), not while it is away for all.
+            # it, its own client stuck (what the watchdog is for), not while it is away for all;
+            # nor while another is (restarted, it would open no port until both answer: review
+            # s68-2 #1), nor if its own client reached it meanwhile (back just then: #2).
             long = [d for d in down if d not in self.needs and now - away_since[d] >= limit] if limit else []
-            if long and (answering := await self._answering_afresh(long)):
+            if long and await self._answering_afresh(down) == down and set(long) <= set(await self._unreachable()):
                 return self._fail(
-                    f"{' and '.join(answering)} answering a new connection, not the service's own, "
-                    f"for {now - min(away_since[d] for d in answering):.0f} s"
+                    f"{' and '.join(long)} answering a new connection, not the service's own, "
+                    f"for {now - min(away_since[d] for d in long):.0f} s"
                 )
 
     async def _answering_afresh(self, names: Sequence[str]) -> list[str]:

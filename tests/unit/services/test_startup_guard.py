@@ -178,6 +178,32 @@ async def test_a_dependency_it_serves_without_that_a_new_connection_reaches_ends
     assert failures and failures[0].startswith("Kafka answering a new connection, not the service's own"), failures
 
 
+@pytest.mark.parametrize("case", ["postgresql away for all", "kafka back just then"])
+async def test_a_stuck_looking_client_does_not_end_it_while_a_restart_could_not_start_or_once_it_is_back(
+    stand, monkeypatch, case
+):
+    """The passerelle serves without either: Kafka answering a new connection while PostgreSQL is
+    away for all, a restart would open no port until both answer; and Kafka back for its own
+    client while the new connection was tried is not a stuck client (review s68-2 #1, #2)."""
+
+    async def back(*args, **kwargs) -> None:
+        stand.kafka = True  # its own client reaches it from now on
+
+    monkeypatch.setattr(startup, "kafka_answers", _answers if case == "postgresql away for all" else back)
+    monkeypatch.setattr(startup, "postgres_answers", _away)
+    g, failures = guard(stand, needs=(), unhealthy_exit_seconds=0.3)
+    stand.consume_tasks.append(asyncio.create_task(asyncio.sleep(3600)))
+    g.consuming = True
+    watching = asyncio.create_task(g.watch(time.monotonic() + 60))
+    stand.kafka = False
+    stand.database = case != "postgresql away for all"
+    started = time.monotonic()
+    while time.monotonic() - started < 0.9:  # three times the bound
+        await probes(stand, 1, watching)
+    assert not watching.done() and failures == []
+    watching.cancel()
+
+
 async def test_a_service_not_consuming_by_the_deadline_ends(stand):
     g, failures = guard(stand)
     await asyncio.wait_for(g.watch(time.monotonic() + 0.2), 10)
