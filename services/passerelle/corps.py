@@ -26,7 +26,7 @@ BATCHED = "application/cloudevents-batch+json"
 
 # Numbers are not needed to split, and int() refuses more than 4,300 digits: read as 0. A raw
 # control character inside a string (strict=False) is the contract parser's to refuse, in its element.
-_LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, strict=False)
+LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, strict=False)
 _SPACE = re.compile(r"[ \t\n\r]*")
 MAX_ATTRIBUTE = 128  # CONTRACTS.md: an id; longer type names are no v1 type either
 WINDOWS = (16 * 1024, 4 * MAX_RECORD_BYTES)
@@ -104,10 +104,10 @@ def split(body: bytes, media: str) -> list[Element]:
     if media == STRUCTURED:
         try:
             try:
-                value = _LENIENT.decode(text)
+                value = LENIENT.decode(text)
             except RecursionError:  # nested too deep to decode: one object still, for the contract to judge
-                start = _skip(text, 0)
-                whole = text[start : start + 1] == "{" and _skip(text, _nested_end(text, start)) == len(text)
+                start = past_space(text, 0)
+                whole = text[start : start + 1] == "{" and past_space(text, _nested_end(text, start)) == len(text)
                 value = {} if whole else None
         except (ValueError, _TooLong):
             value = None
@@ -121,10 +121,10 @@ def _array(text: str) -> list[Element]:
     """The elements, each kept as its bytes and the two attributes an answer quotes: its decoded
     values are dropped at once, so a batch never holds more than one element's."""
     not_array = f"le corps n'est pas un tableau JSON : en {BATCHED}, un tableau d'événements"
-    at = _skip(text, 0)
+    at = past_space(text, 0)
     if text[at : at + 1] != "[":
         raise CorpsRefuse(400, not_array)
-    at = _skip(text, at + 1)
+    at = past_space(text, at + 1)
     elements: list[Element] = []
     if text[at : at + 1] != "]":
         while True:
@@ -146,13 +146,13 @@ def _array(text: str) -> list[Element]:
                     f"fait au plus {MAX_RECORD_BYTES} octets",
                 ) from None
             elements.append(_element(text[at:end].encode("utf-8", "surrogateescape"), value))
-            at = _skip(text, end)
+            at = past_space(text, end)
             if text[at : at + 1] == "]":
                 break
             if text[at : at + 1] != ",":
                 raise CorpsRefuse(400, f"{not_array} (après l'élément {len(elements) - 1} : attendu , ou ])")
-            at = _skip(text, at + 1)
-    if _skip(text, at + 1) != len(text):
+            at = past_space(text, at + 1)
+    if past_space(text, at + 1) != len(text):
         raise CorpsRefuse(400, f"{not_array} (du texte après le tableau)")
     return elements
 
@@ -166,10 +166,10 @@ def _value(text: str, at: int) -> tuple[Any, int]:
     is not JSON there, _TooLong when it does not end within the last window)."""
     for window in WINDOWS:
         if at + window >= len(text):  # the rest of the body is within the window: read in place
-            return _LENIENT.raw_decode(text, at)
+            return LENIENT.raw_decode(text, at)
         chunk = text[at : at + window]
         try:
-            value, end = _LENIENT.raw_decode(chunk)
+            value, end = LENIENT.raw_decode(chunk)
         except json.JSONDecodeError as e:
             if not _cut(e, chunk):
                 raise
@@ -212,7 +212,8 @@ def _cut(error: json.JSONDecodeError, chunk: str) -> bool:
     return error.pos >= len(chunk) - 10 or error.msg.startswith("Unterminated string")
 
 
-def _skip(text: str, at: int) -> int:
+def past_space(text: str, at: int) -> int:
+    """Where the JSON whitespace from `at` ends."""
     match = _SPACE.match(text, at)
     assert match is not None  # the pattern matches the empty string
     return match.end()

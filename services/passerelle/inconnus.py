@@ -16,20 +16,16 @@ sent.
 """
 
 import functools
-from json import JSONDecoder
 from typing import Any, get_args
 
 import jiter
 from pydantic import BaseModel
 
 from contracts.parsing import MAX_PATH
+from services.passerelle.corps import LENIENT, past_space
 
 MAX_NAMED = 16
 """The paths an answer names, at most (their keys are the partner's, any number of them)."""
-
-# Values skipped whole: read for where they end only (numbers of any length, as in corps.py).
-_SKIP = JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0)
-_SPACE = " \t\n\r"
 
 
 def sans_inconnus(raw: bytes, event: BaseModel) -> tuple[bytes, list[str]]:
@@ -41,7 +37,7 @@ def sans_inconnus(raw: bytes, event: BaseModel) -> tuple[bytes, list[str]]:
         return raw, []
     text = raw.decode()  # UTF-8: the contract checked it
     paths: list[str] = []
-    written, _ = _object(text, _space(text, 0), event, "", paths)
+    written, _ = _object(text, past_space(text, 0), event, "", paths)
     assert written is not None, "an unknown member found in the decoded event, none in its text"
     return written.encode(), paths
 
@@ -83,82 +79,70 @@ def _holds_model_type(annotation: Any) -> bool:
     return any(_holds_model_type(arg) for arg in get_args(annotation))
 
 
-def _member(parsed: BaseModel, key: str) -> tuple[bool, Any]:
-    """Whether the model knows the member `key`, and its value there."""
-    known = key in _names(type(parsed))
-    return known, (getattr(parsed, key) if known else None)
-
-
 def _object(text: str, at: int, parsed: BaseModel, path: str, paths: list[str]) -> tuple[str | None, int]:
     """The object at `at` (its model `parsed`) written again without its unknown members (None
     when it has none, at any depth), and where it ends."""
     assert text[at] == "{"
+    model = type(parsed)
     members: list[str] = []
     changed = False
-    i = _space(text, at + 1)
+    i = past_space(text, at + 1)
     if text[i] == "}":
         return None, i + 1
     while True:
-        key, after_key = _SKIP.raw_decode(text, i)
-        start = _space(text, _space(text, after_key) + 1)  # past the colon
-        known, member = _member(parsed, key)
+        key, after_key = LENIENT.raw_decode(text, i)
+        start = past_space(text, past_space(text, after_key) + 1)  # past the colon
         here = f"{path}.{key}" if path else key
-        if known:
-            value, end = _value(text, start, member, here, paths)
+        if key not in _names(model):
+            _note(paths, here)
+            end = _end(text, start)
+            changed = True
+        else:
+            value, end = (
+                _value(text, start, getattr(parsed, key), here, paths)
+                if key in _nested(model)
+                else (None, _end(text, start))
+            )
             changed |= value is not None
             members.append(text[i:start] + (value if value is not None else text[start:end]))
-        else:
-            _note(paths, here)
-            end = _skip(text, start)
-            changed = True
-        i = _space(text, end)
+        i = past_space(text, end)
         if text[i] == "}":
             end = i + 1
             break
-        i = _space(text, i + 1)  # past the comma
+        i = past_space(text, i + 1)  # past the comma
     return ("{" + ",".join(members) + "}" if changed else None), end
 
 
 def _value(text: str, at: int, parsed: Any, path: str, paths: list[str]) -> tuple[str | None, int]:
-    """The value at `at` written again if it lost a member somewhere within (else None), and
-    where it ends."""
+    """The value at `at`, of a field that may hold models (_nested), written again if it lost a
+    member somewhere within (else None), and where it ends."""
     if isinstance(parsed, BaseModel) and text[at] == "{":
         return _object(text, at, parsed, path, paths)
-    if isinstance(parsed, list | tuple) and text[at] == "[" and any(_holds_model(p) for p in parsed):
+    if isinstance(parsed, list | tuple) and text[at] == "[":
         return _array(text, at, parsed, path, paths)
-    return None, _skip(text, at)
+    return None, _end(text, at)
 
 
 def _array(text: str, at: int, parsed: list | tuple, path: str, paths: list[str]) -> tuple[str | None, int]:
     items: list[str] = []
     changed = False
-    i = _space(text, at + 1)
+    i = past_space(text, at + 1)
     if text[i] == "]":
         return None, i + 1
     for parsed_item in parsed:  # as many as the array holds: it is what the model was read from
         value, end = _value(text, i, parsed_item, f"{path}[]", paths)
         changed |= value is not None
         items.append(value if value is not None else text[i:end])
-        i = _space(text, end)
+        i = past_space(text, end)
         if text[i] == "]":
             break
-        i = _space(text, i + 1)
+        i = past_space(text, i + 1)
     return ("[" + ",".join(items) + "]" if changed else None), i + 1
 
 
-def _holds_model(parsed: Any) -> bool:
-    return isinstance(parsed, BaseModel) or (isinstance(parsed, list | tuple) and any(map(_holds_model, parsed)))
-
-
-def _skip(text: str, at: int) -> int:
-    """Where the value at `at` ends."""
-    return _SKIP.raw_decode(text, at)[1]
-
-
-def _space(text: str, at: int) -> int:
-    while text[at] in _SPACE:
-        at += 1
-    return at
+def _end(text: str, at: int) -> int:
+    """Where the value at `at` ends (read whole, numbers of any length as corps.py reads them)."""
+    return LENIENT.raw_decode(text, at)[1]
 
 
 def _note(paths: list[str], path: str) -> None:
