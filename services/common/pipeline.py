@@ -32,7 +32,7 @@ from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, enqueue, load_headers
 from services.common.rules import rights
 from services.common.runtime import logs
-from services.common.runtime.metrics import Metrics, extent
+from services.common.runtime.metrics import Metrics
 from services.common.runtime.outages import Outage
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
@@ -279,9 +279,9 @@ class Pipeline:
                 except _CONFLICT as exc:  # replicas deriving the same keys: the batch is replayed
                     if attempt == _ATTEMPTS:
                         _failed(span, exc)
-                        self.metrics.batch_failed(type(exc).__name__, records)
+                        failing = self.metrics.batch_failed(type(exc).__name__, records)
                         log.exception(
-                            "batch.failed", records=len(records), attempts=attempt, partitions=extent(records)
+                            "batch.failed", records=len(records), attempts=attempt, partitions=list(failing.latest)
                         )
                         logs.said(exc)  # FastStream, which it is raised to, logged it again
                         await asyncio.sleep(1)
@@ -298,7 +298,7 @@ class Pipeline:
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its batch's partitions
                         # every second, and skipping it (README, Rebuild and backups) needs them.
-                        log.exception("batch.failed", records=len(records), partitions=extent(records))
+                        log.exception("batch.failed", records=len(records), partitions=list(failing.latest))
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
                         log.warning(

@@ -135,7 +135,7 @@ class Failing:
     partitions: frozenset[tuple[str, int]] = frozenset()
     """The partitions of the batches that failed (topic, partition)."""
     latest: tuple[dict[str, str | int], ...] = ()
-    """Where the latest batch that failed is (`extent`): what an operator skips a record by."""
+    """Where the latest batch that failed is (`_extent`): what an operator skips a record by."""
     said: bool = False
     """Whether PostgreSQL's being away was said for these failures (once: Pipeline.handle)."""
 
@@ -147,13 +147,13 @@ class Failing:
         """Failing once more, with this error, for a batch of these `records`: since the first of
         the failures in a row."""
         partitions = frozenset((r.topic, r.partition) for r in records)
-        latest = tuple(extent(records))
+        latest = tuple(_extent(records))
         if before is None:
             return Failing(datetime.now(UTC), monotonic(), error, partitions, latest)
         return replace(before, error=error, partitions=before.partitions | partitions, latest=latest)
 
 
-def extent(records: Iterable[ConsumerRecord]) -> list[dict[str, str | int]]:
+def _extent(records: Iterable[ConsumerRecord]) -> list[dict[str, str | int]]:
     """Where a batch of `records` is: per partition, its topic, number, and first and last offsets."""
     spans: dict[tuple[str, int], tuple[int, int]] = {}
     for r in records:

@@ -17,7 +17,9 @@ process then answers `/health` with 503 and never consumes, even once Kafka is b
   then which waits and says what for) beats one that may never recover and says nothing. But
   only for a dependency the service cannot serve without (health.Readiness): ressources'
   readers are served without Kafka, the passerelle answers 503 without either, and a fresh
-  process would serve nobody until both answer.
+  process would serve nobody until both answer; unless its own client is stuck (every
+  dependency away answering a new connection, and the one it serves without still failing
+  for the service's own client: `Guard.watch`).
 
 Only a process started by `run_server` ends itself; in-process (tests), the watchdog only logs.
 """
