@@ -66,7 +66,9 @@ async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_g
     inbox rows and keys: its host lost without closing it (no FIN), the server kept the session
     and its locks until its own TCP keepalives gave up, two hours with the system's (Linux: 7200 s
     idle, then 9 probes 75 s apart), the replica taking the partitions over waiting behind them.
-    The keepalives are the tool's and the service's pool's own; a plain session keeps the system's."""
+    The keepalives are the tool's and the service's pool's own; a plain session keeps the system's.
+    A service's session is also given up once what the server sent stays unacknowledged a minute
+    (a batch's answer on its way when the host was lost: the system's retransmissions, 15 minutes)."""
     tool, plain = await connect_for_tool(database_url), await asyncpg.connect(database_url)
     pool = await create_pool(database_url, "keepalives", min_size=1, max_size=1)
     try:
@@ -74,6 +76,9 @@ async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_g
             assert await tool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await pool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await plain.fetchval(f"SHOW {setting}") != str(seconds), setting
+        unacked = "SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'"  # in ms
+        assert await pool.fetchval(unacked) == DEAD_PEER_UNACKED_MS
+        assert await plain.fetchval(unacked) != DEAD_PEER_UNACKED_MS
         probed = SERVER_KEEPALIVES["tcp_keepalives_idle"]
         probed += SERVER_KEEPALIVES["tcp_keepalives_interval"] * SERVER_KEEPALIVES["tcp_keepalives_count"]
         assert probed <= 60

@@ -256,9 +256,18 @@ async def _no_transaction_timeout(conn: asyncpg.Connection) -> None:
 
 
 async def _service_session(conn: asyncpg.Connection) -> None:
-    """Each new connection of a service's pool (`create_pool`'s `init`)."""
+    """Each new connection of a service's pool (`create_pool`'s `init`). The server gives the
+    session up once what it sent stays unacknowledged DEAD_PEER_UNACKED_MS (`tcp_user_timeout`,
+    PostgreSQL 12's: an older server refuses it, so not a setting given at connection): its
+    keepalives (SERVER_KEEPALIVES) probe only a connection with nothing in flight, and a host lost
+    while a batch's answer was on its way left the session, its transaction's locks with it, to
+    the system's retransmissions, about 15 minutes (review s68). Not on a tool's session: a
+    backup's COPY waits on its output, and Linux counts a window its reader keeps closed as
+    unacknowledged too."""
     await detect_dead_peer(conn)
     await _no_transaction_timeout(conn)
+    if conn.get_server_version().major >= 12:
+        await conn.execute(f"SET tcp_user_timeout = {DEAD_PEER_UNACKED_MS}")  # ignored over a Unix socket
 
 
 POOL_SIZE = 5
