@@ -63,7 +63,18 @@ Day = Annotated[
     date,
     BeforeValidator(_iso_day),
     AfterValidator(_in_range),
-    WithJsonSchema({"type": "string", "format": "date", "description": f"{FIRST_DAY} … {LAST_DAY}"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date",
+            # The bounds published (CONTRACTS.md, Limits): a validator that asserts no format
+            # (most, by default) checks the year by the pattern; ajv-formats reads the other two.
+            "pattern": "^(19[7-9][0-9]|20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}$",
+            "formatMinimum": FIRST_DAY.isoformat(),
+            "formatMaximum": LAST_DAY.isoformat(),
+            "description": f"{FIRST_DAY} … {LAST_DAY}",
+        }
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
 """The committed JSON Schema files are what partners read: they must match the models."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,67 @@ def test_an_integer_field_takes_exactly_what_its_published_schema_takes(type_, p
     except ValidationError:
         accepted = False
     assert accepted == published.is_valid(data), (value, list(published.iter_errors(data))[:1])
+
+
+DATE_FIELDS = [
+    (c.AFFECTATION, "start"),
+    (c.AFFECTATION, "end"),
+    (c.FORMATION_SUIVIE, "completed_on"),
+    (c.ABONNEMENT, "start"),
+    (c.ABONNEMENT, "end"),
+]
+
+
+@pytest.mark.parametrize("type_, field", DATE_FIELDS)
+@pytest.mark.parametrize(
+    "value", ["0999-12-31", "1969-12-31", "1970-01-01", "2024-02-29", "2099-12-31", "2100-12-31", "2101-01-01"]
+)
+def test_a_date_field_takes_exactly_what_its_published_schema_takes(type_, field, value, examples):
+    """CONTRACTS.md, Limits: dates from 1970-01-01 to 2100-12-31, bounds "published in the JSON
+    Schemas": a partner validating against them must meet the platform's verdict on a day that
+    exists (a validator asserting no format does not judge 2024-02-30)."""
+    data = examples[type_] | {field: value}
+    published = Draft202012Validator(json.loads((schemas.SCHEMA_DIR / f"{type_}.json").read_text()))
+    try:
+        c.PAYLOADS[type_].model_validate_json(json.dumps(data))
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == published.is_valid(data), (value, list(published.iter_errors(data))[:1])
+    assert accepted == ("1970-01-01" <= value <= "2100-12-31")
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "0999-06-01T00:00:00Z",
+        "1800-06-01T00:00:00Z",
+        "1969-12-30T23:00:00-23:59",
+        "1969-12-31T23:59:59Z",
+        "1969-12-31T23:59:59.999999+00:00",
+        "1969-12-31T23:00:00-01:00",
+        "1969-12-31t23:30:00-00:45",
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:30:00+01:00",
+        "2024-03-01T10:00:00+01:00",
+    ],
+)
+def test_the_published_envelope_refuses_a_time_before_its_lower_bound_and_nothing_the_platform_takes(time, make_record):
+    """CONTRACTS.md, Limits: `time` not before 1970-01-01T00:00:00Z, a bound published in the
+    envelope's schema. Its pattern judges the day as written, not the instant: the last day of
+    1969 passes it (behind UTC, it may be 1970 already), the platform judging the instant
+    (as `formatMinimum` does for a validator that reads it); any day before is refused by both."""
+    raw = make_record(c.LOT, time=time)
+    published = Draft202012Validator(json.loads((schemas.SCHEMA_DIR / "cloudevent.json").read_text()))
+    try:
+        c.parse_event(raw, c.EQUIPEMENT)
+        accepted = True
+    except c.ContractError:
+        accepted = False
+    published_accepts = published.is_valid(json.loads(raw))
+    assert published_accepts == (time >= "1969-12-31"), (time, list(published.iter_errors(json.loads(raw)))[:1])
+    assert published_accepts or not accepted
+    assert accepted == (datetime.fromisoformat(time.upper()) >= datetime(1970, 1, 1, tzinfo=UTC))
 
 
 ASYNCAPI = Path(__file__).parents[3] / "contracts" / "asyncapi"
