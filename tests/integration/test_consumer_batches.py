@@ -9,15 +9,18 @@ import asyncio
 import dataclasses
 import json
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 import contracts as c
 from contracts import ContractError
+from contracts.internal import PROFILS
 from deploy.rattrapage import committed_offsets
 from helpers import TEST_PARTITIONS, college, eventually, running, send
 from helpers import uai as valid_uai
 from services.common.messaging import consumer
+from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.partitioner import partition_for
+from services.common.messaging.topics import partitions_of
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -268,3 +271,77 @@ async def test_a_batch_failed_before_the_handler_is_taken_again_not_skipped(kafk
             return await pipeline.pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 2
 
         await eventually(both_stored, what="both lots stored, the one whose batch failed before the handler too")
+
+
+async def test_two_replicas_handling_one_batch_at_once_apply_and_dead_letter_it_once(kafka, settings):
+    """A batch handled by two replicas at once (a rebalance: the former owner's transaction not
+    committed when the new owner reads the partition's stored position): the second waits on the
+    rows the first claimed (its inbox, then its dead letters' places) and, once the first has
+    committed, finds each record handled: the valid one applied once (one profile published),
+    the refused ones dead-lettered once (one copy each), the one waiting for its établissement
+    waiting once (audit s69 F4: nothing pinned this down)."""
+    uai, unknown = valid_uai("0350811"), valid_uai("0350812")
+    lots = settings.topic(c.EQUIPEMENT)
+
+    def record(offset: int, value: bytes, key: str = uai) -> ConsumerRecord:
+        return ConsumerRecord(lots, 0, offset, 0, 0, key.encode(), value, None, 8, len(value), [])
+
+    batch = [
+        record(0, json.dumps(lot(uai, "L1", 30, 1)).encode()),
+        record(1, b'{"specversion": "1.0", "specversion": "1.0"}'),
+        record(2, json.dumps(lot(unknown, "L2", 30, 2)).encode(), unknown),
+    ]
+    async with running(SPEC, settings) as first, running(SPEC, settings) as second:
+        referentiel = json.dumps(college(uai)).encode()
+        await first.handle([dataclasses.replace(record(0, referentiel), topic=settings.topic(c.REFERENTIEL))])
+        claimed, release = asyncio.Event(), asyncio.Event()
+        apply = first._apply
+
+        async def held_after_its_claims(*args):
+            claimed.set()
+            await release.wait()
+            return await apply(*args)
+
+        first._apply = held_after_its_claims
+        pool = first.pool
+        handling = asyncio.create_task(first.handle(batch))
+        await asyncio.wait_for(claimed.wait(), 30)
+        overlapping = asyncio.create_task(second.handle(batch))
+
+        async def second_waits_on_the_first() -> bool:
+            return bool(
+                await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND application_name = $1",
+                    f"feo-{SPEC.name}",
+                )
+            )
+
+        await eventually(second_waits_on_the_first, what="the second replica's batch waiting on the first's claims")
+        release.set()
+        await asyncio.wait_for(asyncio.gather(handling, overlapping), 30)
+
+        assert await pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 1
+        letters = await pool.fetch('SELECT "offset", reason FROM dead_letters WHERE topic = $1 ORDER BY 1', lots)
+        assert [(r["offset"], r["reason"]) for r in letters] == [(1, "json-invalide"), (2, "uai-inconnu")]
+        assert await pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1
+        assert await pool.fetchval("SELECT next_offset FROM positions WHERE topic = $1", lots) == 3
+
+        async def relayed() -> bool:
+            return await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+        await eventually(relayed, what="the outbox relayed")
+        counts = await topic_sizes(kafka.bootstrap_servers, [settings.topic(PROFILS), c.dlq(lots)])
+        assert counts == {settings.topic(PROFILS): 1, c.dlq(lots): 2}, "published once each"
+
+
+async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """How many records each topic holds (none deleted yet: end offsets minus beginnings)."""
+    partitions = await partitions_of(KafkaAccess.from_environ(bootstrap_servers=bootstrap), topics)
+    reader = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None)
+    await reader.start()
+    try:
+        ends, starts = await reader.end_offsets(partitions), await reader.beginning_offsets(partitions)
+    finally:
+        await reader.stop()
+    return {t: sum(ends[tp] - starts[tp] for tp in partitions if tp.topic == t) for t in topics}
