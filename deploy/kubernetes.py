@@ -230,6 +230,13 @@ CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca
 PRINCIPAL_MOUNT = {"name": "kafka-principal", "mountPath": PRINCIPAL_DIR, "readOnly": True}
 
 
+READ_API_HOSTS = "ressources,*.svc,*.svc.cluster.local"
+"""The names ressources' read API answers to on Kubernetes (`Host`; an IP address always: the
+probes, Prometheus, `kubectl port-forward` opened as 127.0.0.1): its Service's. The name the
+dashboards reach it by, when their proxy or ingress passes its own, is the deployment's to add
+(a Kustomize patch of the variable; README, Security: DNS rebinding)."""
+
+
 def _env(name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         *_access(name),
@@ -237,6 +244,8 @@ def _env(name: str) -> list[dict[str, Any]]:
         # partitions back at once (README, Settings).
         {"name": "CONSUMER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if name == "ressources":
+        env.append({"name": "HTTP_ALLOWED_HOSTS", "value": READ_API_HOSTS})
     if name == "passerelle":
         env += [
             {"name": "JWKS_URL", "value": JWKS_URL},

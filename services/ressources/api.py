@@ -40,6 +40,7 @@ from services.common.storage.db import create_pool
 from services.ressources import api_home, queries, stream
 from services.ressources.api_errors import HANDLERS, REFUSED, Erreur
 from services.ressources.api_reponses import AlertState, FicheEtablissement, PageAlertes, SyntheseRessource
+from services.ressources.hotes import AllowedHosts
 from services.ressources.rules import MIN_TEACHERS_DETAILED, Seuils, evaluate, is_evaluated
 from services.ressources.settings import RessourcesSettings
 from services.ressources.store import EVERY_RESOURCE, RessourcesStore, stored_ressource
@@ -736,7 +737,8 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             **dict.fromkeys(stream.STOPPING, database_away),  # during a read, too
         },
     )
-    api.add_middleware(AnswerHeaders)
+    api.add_middleware(AllowedHosts, names=settings.allowed_hosts)
+    api.add_middleware(AnswerHeaders)  # outside: on the refusals of AllowedHosts too
     _with_transport(api)
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

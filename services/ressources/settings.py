@@ -2,13 +2,23 @@
 re-evaluations, the read API's connections and its live stream. Variables as documented in the README."""
 
 import os
+import re
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from services.common.runtime.settings import ServiceSettings
 from services.ressources.rules import Seuils
 
 _DEFAULT = Seuils()
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.IGNORECASE)
+
+
+def _hosts(value: str) -> str:
+    """Host names (RFC 1123) separated by commas, each maybe `*.` and a suffix: no port, no scheme."""
+    if not all(_HOST.fullmatch(name.strip()) for name in value.split(",")):
+        raise ValueError("des noms d'hôte séparés par des virgules (`*.suffixe` pour tout nom en dessous), sans port")
+    return value
 
 
 class RessourcesSettings(ServiceSettings):
@@ -44,6 +54,15 @@ class RessourcesSettings(ServiceSettings):
     alerts_resolved_retention_days: int = Field(
         0, ge=0, le=36_500, description="days a resolved alert stays in the table (0: for good)"
     )
+    http_allowed_hosts: Annotated[str, AfterValidator(_hosts)] = Field(
+        "localhost",
+        description="names the read API is served under (`Host`), separated by commas, `*.suffix` for any "
+        "name under it; an IP address is always served (hotes.py)",
+    )
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        return [name.strip() for name in self.http_allowed_hosts.split(",")]
 
     @property
     def background_connections(self) -> int:

@@ -1,0 +1,62 @@
+"""ressources' read API answers only requests naming a host it is served under
+(`HTTP_ALLOWED_HOSTS`, services/ressources/hotes.py): a page of a site whose DNS points its own
+name at the service (DNS rebinding) read it as same-origin (security audit s69 F1)."""
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from services.common.runtime.app import build_app
+from services.common.runtime.settings import ServiceSettings
+from services.ressources.api import create_api
+from services.ressources.app import SPEC
+from services.ressources.hotes import host_name
+from services.ressources.settings import RessourcesSettings
+
+NOWHERE = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:1", database_url="postgresql://feo@127.0.0.1:1/feo")
+
+
+async def answer(path: str, host: str, allowed: str = "localhost") -> httpx.Response:
+    settings = RessourcesSettings.of(NOWHERE).model_copy(update={"http_allowed_hosts": allowed})
+    api = create_api(build_app(SPEC, settings), settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://ignored") as client:
+        return await client.get(path, headers={"Host": host})
+
+
+@pytest.mark.parametrize(
+    "host, allowed, served",
+    [
+        ("rebind.attacker.example:8000", "localhost", False),
+        ("rebind.attacker.example", "ressources,*.svc", False),
+        ("ressources.svc.attacker.example", "ressources,*.svc", False),
+        ("svc", "*.svc", False),
+        ("localhost:8000", "localhost", True),
+        ("LocalHost.", "localhost", True),
+        ("127.0.0.1:8000", "localhost", True),
+        ("10.1.2.3", "localhost", True),
+        ("[::1]:8000", "localhost", True),
+        ("ressources", "ressources,*.svc", True),
+        ("ressources.feo.svc:8000", "ressources, *.svc", True),
+        ("tableau.academie.example", "ressources,tableau.academie.example", True),
+    ],
+)
+async def test_a_page_is_served_only_under_a_listed_name_or_an_address(host, allowed, served):
+    response = await answer("/", host, allowed)
+    assert (response.status_code != 400) == served, (host, response.status_code, response.text)
+    if not served:
+        assert response.status_code == 400 and "HTTP_ALLOWED_HOSTS" in response.json()["detail"]
+        assert response.headers["x-content-type-options"] == "nosniff"  # the service's own headers too
+        assert host.partition(":")[0] not in response.text  # the name is not echoed
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/health", "/metrics"])
+async def test_the_probes_answer_whatever_host_they_name(path):
+    """kubelet and Prometheus name the pod by its address; another name says nothing of the schools."""
+    assert (await answer(path, "pod.attacker.example")).status_code != 400
+
+
+def test_the_names_are_host_names_without_port_or_scheme():
+    for wrong in ("localhost:8000", "http://ressources", "a b", "", "ressources,", "*.", "*", "-x.svc"):
+        with pytest.raises(ValidationError):
+            RessourcesSettings.of(NOWHERE).model_validate({**NOWHERE.model_dump(), "http_allowed_hosts": wrong})
+    assert host_name("[2001:db8::1]:8000") == "2001:db8::1" and host_name("2001:db8::1") == "2001:db8::1"
