@@ -83,7 +83,6 @@ def parse_source(source: str) -> Declarant:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-EPOCH_TEXT = "1970-01-01T00:00:00Z"
 LEAP_SECOND = daytime(23, 59, 59, 999999)
 
 
@@ -146,9 +145,10 @@ class CloudEvent(BaseModel):
     time: Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_check_time)] = Field(
         description="RFC 3339, with its offset; not before 1970-01-01T00:00:00Z, not after the receiver's clock "
         "plus its MAX_CLOCK_SKEW (time-futur)",
-        # The lower bound published (CONTRACTS.md, Limits): the year by the pattern (the last day
-        # of 1969 with an offset behind UTC can be 1970 already), the instant for ajv-formats.
-        json_schema_extra={"pattern": "^((19[7-9][0-9]|[2-9][0-9]{3})-|1969-12-31[Tt])", "formatMinimum": EPOCH_TEXT},
+        # The lower bound published (CONTRACTS.md, Limits), by the day as written: a time of
+        # 1969-12-31 or 1970-01-01 may be on either side of the epoch by its offset, which the
+        # platform judges (the instant) and a pattern cannot.
+        json_schema_extra={"pattern": "^((19[7-9][0-9]|[2-9][0-9]{3})-|1969-12-31[Tt])"},
     )
     subject: str | None = None
     datacontenttype: Literal["application/json"] = "application/json"
