@@ -102,7 +102,9 @@ async def published(bootstrap: str, prefix: str) -> dict[str, list]:
     id once (the relay may send a record again, with its id: README, Known limits)."""
     stream, table = prefix + c.ALERTES, prefix + c.ALERTES_ETAT
     ends = {tp: end for tp, end in (await end_offsets(bootstrap, [stream, table])).items() if end}
-    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **kafka_options(bootstrap), group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         consumer.assign(list(ends))

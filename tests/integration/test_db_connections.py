@@ -77,8 +77,9 @@ async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_g
             assert await pool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await plain.fetchval(f"SHOW {setting}") != str(seconds), setting
         unacked = "SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'"  # in ms
-        assert await pool.fetchval(unacked) == DEAD_PEER_UNACKED_MS
-        assert await plain.fetchval(unacked) != DEAD_PEER_UNACKED_MS
+        if plain.get_server_version().major >= 12:  # an older server has no such setting
+            assert await pool.fetchval(unacked) == DEAD_PEER_UNACKED_MS
+            assert await plain.fetchval(unacked) != DEAD_PEER_UNACKED_MS
         probed = SERVER_KEEPALIVES["tcp_keepalives_idle"]
         probed += SERVER_KEEPALIVES["tcp_keepalives_interval"] * SERVER_KEEPALIVES["tcp_keepalives_count"]
         assert probed <= 60
