@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 
+import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 import contracts as c
@@ -21,6 +22,7 @@ from services.common.messaging import consumer
 from services.common.messaging.connection import KafkaAccess, kafka_options
 from services.common.messaging.partitioner import partition_for
 from services.common.messaging.topics import partitions_of
+from services.common.storage import positions
 from services.equipement.app import SPEC
 from test_equipement import lot, referentiel_loaded
 
@@ -273,58 +275,67 @@ async def test_a_batch_failed_before_the_handler_is_taken_again_not_skipped(kafk
         await eventually(both_stored, what="both lots stored, the one whose batch failed before the handler too")
 
 
-async def test_two_replicas_handling_one_batch_at_once_apply_and_dead_letter_it_once(kafka, settings):
+BAD = b'{"specversion": "1.0", "specversion": "1.0"}'  # json-invalide
+
+
+@pytest.mark.parametrize("mixed", [True, False], ids=["a-valid-one-first", "refused-ones-only"])
+async def test_two_replicas_handling_one_batch_at_once_apply_and_dead_letter_it_once(
+    kafka, settings, monkeypatch, mixed
+):
     """A batch handled by two replicas at once (a rebalance: the former owner's transaction not
-    committed when the new owner reads the partition's stored position): the second waits on the
-    rows the first claimed (its inbox, then its dead letters' places) and, once the first has
-    committed, finds each record handled: the valid one applied once (one profile published),
-    the refused ones dead-lettered once (one copy each), the one waiting for its établissement
-    waiting once (audit s69 F4: nothing pinned this down)."""
+    committed when the new owner reads the partition's stored position), the first held once it
+    has judged the batch and written its dead letters, uncommitted: the second waits on the rows
+    the first wrote (the valid event's inbox row, else the refused records' dead letters) and,
+    once the first has committed, finds each record handled: the valid one applied once (one
+    profile published), the refused ones dead-lettered once (one copy each), the one waiting for
+    its établissement waiting once (audit s69 F4: nothing pinned this down)."""
     uai, unknown = valid_uai("0350811"), valid_uai("0350812")
     lots = settings.topic(c.EQUIPEMENT)
 
-    def record(offset: int, value: bytes, key: str = uai) -> ConsumerRecord:
-        return ConsumerRecord(lots, 0, offset, 0, 0, key.encode(), value, None, 8, len(value), [])
+    def record(offset: int, value: bytes, key: str = uai, topic: str = lots) -> ConsumerRecord:
+        # On a partition the topic lacks: no rebalance of the two replicas' consumers assigns it,
+        # to check its stored position against a log that has none of these offsets.
+        return ConsumerRecord(topic, 99, offset, 0, 0, key.encode(), value, None, 8, len(value), [])
 
-    batch = [
-        record(0, json.dumps(lot(uai, "L1", 30, 1)).encode()),
-        record(1, b'{"specversion": "1.0", "specversion": "1.0"}'),
-        record(2, json.dumps(lot(unknown, "L2", 30, 2)).encode(), unknown),
-    ]
+    batch = [record(1, BAD), record(2, json.dumps(lot(unknown, "L2", 30, 2)).encode(), unknown)]
+    if mixed:
+        batch.insert(0, record(0, json.dumps(lot(uai, "L1", 30, 1)).encode()))
+    else:
+        batch[1] = record(2, BAD[:-1], unknown)  # no event: nothing claimed in the inbox
+    held, release = asyncio.get_running_loop().create_future(), asyncio.Event()
+    advance = positions.advance
+
+    async def first_held_before_its_positions(conn, records):
+        if not held.done():
+            held.set_result(conn.get_server_pid())
+            await release.wait()
+        return await advance(conn, records)
+
     async with running(SPEC, settings) as first, running(SPEC, settings) as second:
         referentiel = json.dumps(college(uai)).encode()
-        await first.handle([dataclasses.replace(record(0, referentiel), topic=settings.topic(c.REFERENTIEL))])
-        claimed, release = asyncio.Event(), asyncio.Event()
-        apply = first._apply
-
-        async def held_after_its_claims(*args):
-            claimed.set()
-            await release.wait()
-            return await apply(*args)
-
-        first._apply = held_after_its_claims
+        await first.handle([record(0, referentiel, topic=settings.topic(c.REFERENTIEL))])
+        monkeypatch.setattr(positions, "advance", first_held_before_its_positions)
         pool = first.pool
         handling = asyncio.create_task(first.handle(batch))
-        await asyncio.wait_for(claimed.wait(), 30)
-        overlapping = asyncio.create_task(second.handle(batch))
+        overlapping: asyncio.Task | None = None
+        try:
+            pid = await asyncio.wait_for(held, 30)
+            overlapping = asyncio.create_task(second.handle(batch))
 
-        async def second_waits_on_the_first() -> bool:
-            return bool(
-                await pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND application_name = $1",
-                    f"feo-{SPEC.name}",
-                )
-            )
+            async def second_waits_on_the_first() -> bool:
+                blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+                return bool(await pool.fetchval(blocked, pid))
 
-        await eventually(second_waits_on_the_first, what="the second replica's batch waiting on the first's claims")
-        release.set()
-        await asyncio.wait_for(asyncio.gather(handling, overlapping), 30)
+            await eventually(second_waits_on_the_first, what="the second replica's batch waiting on the first's rows")
+        finally:
+            release.set()
+            await asyncio.wait_for(asyncio.gather(handling, *filter(None, [overlapping])), 30)
 
-        assert await pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == 1
+        refused = [(1, "json-invalide"), (2, "uai-inconnu" if mixed else "json-invalide")]
         letters = await pool.fetch('SELECT "offset", reason FROM dead_letters WHERE topic = $1 ORDER BY 1', lots)
-        assert [(r["offset"], r["reason"]) for r in letters] == [(1, "json-invalide"), (2, "uai-inconnu")]
-        assert await pool.fetchval("SELECT count(*) FROM attente_referentiel") == 1
+        assert [(r["offset"], r["reason"]) for r in letters] == refused
+        assert await pool.fetchval("SELECT count(*) FROM attente_referentiel") == int(mixed)
+        assert await pool.fetchval("SELECT count(*) FROM lots WHERE uai = $1", uai) == int(mixed)
         assert await pool.fetchval("SELECT next_offset FROM positions WHERE topic = $1", lots) == 3
 
         async def relayed() -> bool:
@@ -332,7 +343,7 @@ async def test_two_replicas_handling_one_batch_at_once_apply_and_dead_letter_it_
 
         await eventually(relayed, what="the outbox relayed")
         counts = await topic_sizes(kafka.bootstrap_servers, [settings.topic(PROFILS), c.dlq(lots)])
-        assert counts == {settings.topic(PROFILS): 1, c.dlq(lots): 2}, "published once each"
+        assert counts == {settings.topic(PROFILS): int(mixed), c.dlq(lots): 2}, "published once each"
 
 
 async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
