@@ -975,3 +975,46 @@ async def test_a_replay_whose_send_fails_midway_marks_every_record_the_broker_to
 
         replayed = await partner.wait_for(lambda rs: len(origins(rs)) >= 3, what="three replayed copies")
         assert len(set(origins(replayed))) == 3 == len(origins(replayed)), "each replayed once"
+
+
+async def test_show_writes_a_partner_s_escape_sequences_as_escapes(settings, capsys):
+    """A refusal's message may name a partner's own member names (a NUL under a key of its
+    choosing), its id or source any text: `show` and `list` print them escaped, a terminal
+    sequence or a bidi override not acted on (security audit s69 F3)."""
+    pool = await create_pool(settings.database_url, "ressources")
+    try:
+        await migrate(pool, "ressources", RESSOURCES.package_dir)
+        catalogue = settings.topic(c.CATALOGUE)
+        envelope = {"specversion": "1.0", "id": "e1", "source": "/gar", "time": "2024-01-01T00:00:00Z"}
+        data = {"resource_id": "r1", "\x1b]0;pwned\x07\x1b[2K\u202e": "\x00"}
+        raw = json.dumps({**envelope, "type": c.RESSOURCE_RETIREE, "data": data}).encode()
+        try:
+            c.parse_event(raw, c.CATALOGUE)
+        except c.ContractError as e:
+            refused = dlq.Rejection(
+                ConsumerRecord(catalogue, 0, 7, 0, 0, None, raw, None, 0, len(raw), []), e.code, e.message
+            )
+        async with pool.acquire() as conn, conn.transaction():
+            await dlq.reject(conn, [refused])
+        await pool.execute("UPDATE dead_letters SET id = $1", "\x1b[31mid\u202e")
+        shown = "\n".join(
+            await command(
+                capsys,
+                settings.database_url,
+                "show",
+                "--service",
+                "ressources",
+                "--topic",
+                catalogue,
+                "--partition",
+                "0",
+                "--offset",
+                "7",
+            )
+        )
+        listed = "\n".join(await command(capsys, settings.database_url, "list", "--service", "ressources"))
+        for out in (shown, listed):
+            assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, out
+        assert "\\u001b]0;pwned\\u0007" in shown and "\\u202e" in listed
+    finally:
+        await pool.close()

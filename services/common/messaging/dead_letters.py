@@ -9,7 +9,9 @@
 reason, then `source`, `id` and key as far as they could be read from the record (`-` when not).
 `show` prints one record with the message that says which field broke which rule. The refused
 value itself is never printed: its bytes are in `<topic>.dlq`, in the record whose
-`dlq-partition` and `dlq-offset` headers name it. Rows are kept INBOX_RETENTION_DAYS (the
+`dlq-partition` and `dlq-offset` headers name it. What a partner chose (a member's name in a
+message, an id) is printed with its control and format characters escaped (`\\u001b`): a
+terminal acts on none of them. Rows are kept INBOX_RETENTION_DAYS (the
 retention of the inbox). Reads DATABASE_URL.
 
 A record refused for want of its établissement (`uai-inconnu`) needs no replay: the service
@@ -55,6 +57,7 @@ from services.common.messaging.outbox import COMPACTED, load_headers
 from services.common.messaging.records import lenient_consumer
 from services.common.messaging.stall import Stall
 from services.common.pipeline import writer_lock
+from services.common.runtime.logs import visible
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import settings_or_exit, tool_schemas
 from services.common.storage.db import (
@@ -89,7 +92,7 @@ def _shown(value: Any) -> str:
     if value is None:
         return "-"
     text = str(value)
-    return text if text and text.isprintable() and " " not in text else json.dumps(text, ensure_ascii=False)
+    return text if text and text.isprintable() and " " not in text else visible(json.dumps(text, ensure_ascii=False))
 
 
 def _where(args: argparse.Namespace) -> tuple[str, list[Any]]:
@@ -149,7 +152,7 @@ async def _show(conn: asyncpg.Connection, schemas: list[str], args: argparse.Nam
         print(f"{schema} {r['topic']}:{r['partition']}@{r['offset']}, its bytes in {dlq_topic(r['topic'])}")
         print(f"  refused  {r['received_at'].isoformat()}")
         for name in ("reason", "message", "source", "id", "type", "subject", "key"):
-            print(f"  {name:<8} {_shown(r[name]) if name != 'message' else r[name]}")
+            print(f"  {name:<8} {_shown(r[name]) if name != 'message' else visible(r[name])}")
         for what in SETTLED:
             if r[f"{what}_at"]:
                 print(f"  {what:<8} {r[f'{what}_at'].isoformat()}")

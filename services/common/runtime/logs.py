@@ -37,6 +37,28 @@ COORDINATOR = "aiokafka.consumer.group_coordinator"
 """aiokafka's logger of the group coordinator, whose retried errors configure_logging tones down."""
 
 
+def visible(text: str, keep: str = "") -> str:
+    """`text` with each character a terminal would act on or not show (control characters but
+    those of `keep`, an escape sequence's ESC; format characters, a bidi override) written as
+    its escape (`\\u001b`, `\\u202e`): partners choose member names, identifiers and OS names,
+    which reach an operator's terminal in a DLQ message or a log line (security audit s69 F3)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch in keep else f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+        for ch in text
+    )
+
+
+def _visible_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor of the console format (a terminal's): every text value `visible`, a
+    traceback's lines kept. JSON lines escape control characters themselves."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = visible(value, keep="\n\t")
+    return event_dict
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: masks the passwords of URLs and DSNs in every text value, those in
     dicts, lists and tuples of the line too."""
@@ -122,6 +144,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
     tty = sys.stderr.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not tty)
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=tty)
+    shown: list[structlog.typing.Processor] = [] if use_json else [_visible_values]
     stamped: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -133,6 +156,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             redact_secrets,
+            *shown,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -149,6 +173,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
                 structlog.stdlib.add_logger_name,
                 structlog.processors.format_exc_info,
                 redact_secrets,
+                *shown,
             ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )

@@ -140,3 +140,20 @@ def test_an_error_the_platform_logged_is_not_logged_again_by_faststream(capsys):
         except RuntimeError:
             kafka.exception("%s", error)
     assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["in FastStream's parser"]
+
+
+def test_on_a_terminal_a_partner_s_text_cannot_drive_it(capsys):
+    """Console lines (`./dev up` in a terminal) show a partner's escape sequence or bidi override
+    as its escape, not acted on; a traceback keeps its lines (security audit s69 F3)."""
+    configure_logging("svc", "console", "INFO")
+    log = structlog.get_logger("test")
+    log.info("reevaluation.part_done", resource_id="\x1b[2J\x1b]0;pwned\x07r\u202e1")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("batch.failed")
+    logging.getLogger("aiokafka.conn").warning("topic \x1b[31mred")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "\\u001b[2J" in err and "\\u202e" in err and "\\u001b[31mred" in err
+    assert "Traceback (most recent call last):\n" in err and "ValueError: boom" in err
