@@ -364,30 +364,41 @@ def services() -> list[dict[str, Any]]:
                 },
             }
         )
-    # The services' HTTP ports reached only from what carries HTTP_ACCESS: the read API is not
-    # authenticated (README, Security), and any pod of the cluster reached it past the proxy.
-    out.append(
-        _ingress_only(
-            "feo-services-http",
-            [spec.name for spec in specs()],
-            [
-                {
-                    "from": [
-                        {"namespaceSelector": {"matchLabels": {HTTP_ACCESS: "oui"}}},
-                        {"podSelector": {"matchLabels": {HTTP_ACCESS: "oui"}}},
-                    ],
-                    "ports": [{"protocol": "TCP", "port": "http"}],
-                }
-            ],
+    # The services' HTTP ports reached only from what carries an access label: the read API is
+    # not authenticated (README, Security), and any pod of the cluster reached it past the proxy;
+    # the ingress controller, there for the passerelle, reached it too (security audit s69 F4).
+    out += [
+        _ingress_only(name, pods, [_http_from(label)])
+        for name, pods, label in (
+            ("feo-services-http", [spec.name for spec in specs()], HTTP_ACCESS),
+            ("feo-passerelle-http", ["passerelle"], PASSERELLE_ACCESS),
+            ("feo-ressources-http", ["ressources"], READ_ACCESS),
         )
-    )
+    ]
     return out
 
 
+def _http_from(label: str) -> dict[str, Any]:
+    """A NetworkPolicy's rule: the HTTP port, from a namespace or a pod of the platform's
+    namespace carrying `label` (value `oui`)."""
+    return {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {label: "oui"}}},
+            {"podSelector": {"matchLabels": {label: "oui"}}},
+        ],
+        "ports": [{"protocol": "TCP", "port": "http"}],
+    }
+
+
 HTTP_ACCESS = "former-equiper-outiller/acces-http"
-"""The label (value `oui`) a namespace, or a pod of the platform's namespace, carries to reach the
-services' HTTP ports: the ingress controller's or the authenticating proxy's, Prometheus'. The
+"""The label (value `oui`) a namespace, or a pod of the platform's namespace, carries to reach
+every service's HTTP port: Prometheus' (`/metrics` shares the port with the read API). The
 kubelet's probes come from the node, which a NetworkPolicy never stops."""
+PASSERELLE_ACCESS = "former-equiper-outiller/acces-passerelle"
+"""The label that reaches the passerelle's HTTP port alone: the ingress controller's."""
+READ_ACCESS = "former-equiper-outiller/acces-lecture"
+"""The label that reaches ressources' HTTP port alone (the read API, the dashboard): the
+authenticating proxy's."""
 
 
 def _ingress_only(name: str, pods: list[str], rules: list[dict[str, Any]]) -> dict[str, Any]:

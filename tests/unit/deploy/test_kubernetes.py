@@ -718,21 +718,34 @@ def _ingress_to(rendered: list[dict], labels: dict[str, str]) -> list[dict] | No
     return [rule for p in policies for rule in p.get("ingress", [])]
 
 
+ACCESS = {  # the access labels each service's HTTP port is reached from, beside HTTP_ACCESS (Prometheus')
+    "passerelle": [kubernetes.PASSERELLE_ACCESS],
+    "ressources": [kubernetes.READ_ACCESS],
+}
+
+
 def test_only_what_carries_the_access_label_reaches_a_service_s_http_port_and_nothing_the_tools(rendered):
     """The read API is not authenticated: any pod of the cluster reached it (and every /metrics)
-    past the authenticating proxy. Each service's pods take only their HTTP port, only from a
-    namespace or a pod labelled HTTP_ACCESS; the operators' pods serve nothing and take nothing."""
+    past the authenticating proxy; the ingress controller, there for the passerelle, reached it
+    too (security audit s69 F4). Each service's pods take only their HTTP port, only from a
+    namespace or a pod labelled HTTP_ACCESS or the label of their own clients (the ingress
+    controller's, the proxy's); the operators' pods serve nothing and take nothing."""
     for name, doc in _deployments(rendered).items():
         template = doc["spec"]["template"]
-        [rule] = _ingress_to(rendered, template["metadata"]["labels"]) or [None]
-        assert rule is not None, f"{name}: no NetworkPolicy selects its pods"
+        rules = _ingress_to(rendered, template["metadata"]["labels"])
+        assert rules is not None, f"{name}: no NetworkPolicy selects its pods"
         [container] = template["spec"]["containers"]
-        assert [(p["protocol"], p["port"]) for p in rule["ports"]] == [("TCP", "http")], name
         assert "http" in {p["name"] for p in container["ports"]}
-        assert rule["from"] == [
-            {"namespaceSelector": {"matchLabels": {kubernetes.HTTP_ACCESS: "oui"}}},
-            {"podSelector": {"matchLabels": {kubernetes.HTTP_ACCESS: "oui"}}},
-        ], name
+        labels = []
+        for rule in rules:
+            assert [(p["protocol"], p["port"]) for p in rule["ports"]] == [("TCP", "http")], name
+            [label] = {k for peer in rule["from"] for selector in peer.values() for k in selector["matchLabels"]}
+            assert rule["from"] == [
+                {"namespaceSelector": {"matchLabels": {label: "oui"}}},
+                {"podSelector": {"matchLabels": {label: "oui"}}},
+            ], name
+            labels.append(label)
+        assert sorted(labels) == sorted([kubernetes.HTTP_ACCESS, *ACCESS.get(name, [])]), name
     pods = {d["metadata"]["name"]: d for d in rendered if d["kind"] in ("Deployment", "CronJob")}
     for name in (kubernetes.TOOLBOX, kubernetes.BACKUP_JOB):
         doc = pods[name]
