@@ -230,10 +230,15 @@ CA_VOLUME = {"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca
 PRINCIPAL_MOUNT = {"name": "kafka-principal", "mountPath": PRINCIPAL_DIR, "readOnly": True}
 
 
-READ_API_HOSTS = "ressources,*.svc,*.svc.cluster.local"
+READ_API_HOSTS = ",".join(
+    f"ressources{suffix}"
+    for suffix in ("", ".$(POD_NAMESPACE)", ".$(POD_NAMESPACE).svc", ".$(POD_NAMESPACE).svc.cluster.local")
+)
 """The names ressources' read API answers to on Kubernetes (`Host`; an IP address always: the
-probes, Prometheus, `kubectl port-forward` opened as 127.0.0.1): its Service's. The name the
-dashboards reach it by, when their proxy or ingress passes its own, is the deployment's to add
+probes, Prometheus, `kubectl port-forward` opened as 127.0.0.1): its Service's, each exactly
+(`*.svc` took any Service's, which anyone allowed to make one in any namespace could point at a
+site of theirs: review s69). A cluster domain other than `cluster.local`, and the name the
+dashboards reach it by when their proxy or ingress passes its own, are the deployment's to add
 (a Kustomize patch of the variable; README, Security: DNS rebinding)."""
 
 
@@ -245,7 +250,10 @@ def _env(name: str) -> list[dict[str, Any]]:
         {"name": "CONSUMER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if name == "ressources":
-        env.append({"name": "HTTP_ALLOWED_HOSTS", "value": READ_API_HOSTS})
+        env += [
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "HTTP_ALLOWED_HOSTS", "value": READ_API_HOSTS},  # POD_NAMESPACE expanded by the kubelet
+        ]
     if name == "passerelle":
         env += [
             {"name": "JWKS_URL", "value": JWKS_URL},

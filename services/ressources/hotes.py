@@ -17,11 +17,11 @@ from typing import Any
 
 import structlog
 
+from services.common.runtime.outages import EveryFew
+
 log = structlog.get_logger(__name__)
 
 PROBES = frozenset({"/livez", "/readyz", "/health", "/metrics"})
-REMEMBERED = 64
-"""Distinct refused hosts logged once each, at most (then no more lines: a scan's names)."""
 _REFUSAL = json.dumps(
     {
         "detail": "hôte non servi : l'en-tête Host nomme un hôte que HTTP_ALLOWED_HOSTS ne liste pas "
@@ -59,7 +59,7 @@ class AllowedHosts:
         listed = [host_name(n) for n in names]
         self._exact = frozenset(n for n in listed if not n.startswith("*."))
         self._suffixes = tuple(n[1:] for n in listed if n.startswith("*."))  # ".svc"
-        self._said: set[str] = set()
+        self._line = EveryFew()  # a scan's names, one a request: a line every 10 s, not one each
 
     def allows(self, host: str) -> bool:
         return host in self._exact or host.endswith(self._suffixes) or _is_address(host)
@@ -70,13 +70,12 @@ class AllowedHosts:
         header = next((value for name, value in scope["headers"] if name == b"host"), None)
         if header is None or self.allows(host := host_name(header.decode("latin-1"))):
             return await self.app(scope, receive, send)
-        if host not in self._said and len(self._said) < REMEMBERED:
-            self._said.add(host)
-            log.warning(
-                "http.hote_refuse",
-                host=host[:253] if host.isascii() and host.isprintable() else ascii(host[:253]),
-                hint="a name the service is served under (a proxy's, an ingress'): add it to HTTP_ALLOWED_HOSTS",
-            )
+        self._line.say(
+            log.warning,
+            "http.hote_refuse",
+            host=host[:253] if host.isascii() and host.isprintable() else ascii(host[:253]),
+            hint="a name the service is served under (a proxy's, an ingress'): add it to HTTP_ALLOWED_HOSTS",
+        )
         await send(
             {
                 "type": "http.response.start",

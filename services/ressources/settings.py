@@ -15,9 +15,15 @@ _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[
 
 
 def _hosts(value: str) -> str:
-    """Host names (RFC 1123) separated by commas, each maybe `*.` and a suffix: no port, no scheme."""
-    if not all(_HOST.fullmatch(name.strip()) for name in value.split(",")):
-        raise ValueError("des noms d'hôte séparés par des virgules (`*.suffixe` pour tout nom en dessous), sans port")
+    """Host names (RFC 1123, ASCII) separated by commas, each maybe `*.` and a suffix of two labels
+    at least (`*.fr`, `*.local`: names anyone can make, which would rebind): no port, no scheme."""
+    names = [name.strip() for name in value.split(",")]
+    if not all(_HOST.fullmatch(n) and not (n.startswith("*.") and "." not in n[2:]) for n in names):
+        raise ValueError(
+            "des noms d'hôte ASCII (un nom accentué : sa forme xn--) séparés par des virgules, sans port ; "
+            "`*.suffixe` pour tout nom sous un suffixe d'au moins deux étiquettes que l'organisation seule attribue ; "
+            "une adresse IP est toujours servie, sans être listée"
+        )
     return value
 
 

@@ -208,7 +208,7 @@ async def test_sigterm_cuts_a_client_that_does_not_read_its_answers_after_the_gr
         client.setblocking(False)
         # An answer the service has at hand (/metrics waits on Kafka and PostgreSQL: a slow reader
         # of its own, which its own bounds cover).
-        request = b"GET /openapi.json HTTP/1.1\r\nHost: ressources\r\n\r\n"
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         url = f"http://127.0.0.1:{procs.ports['ressources']}/openapi.json"
         async with httpx.AsyncClient() as http:
             answer = len((await http.get(url)).content)

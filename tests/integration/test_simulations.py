@@ -440,7 +440,7 @@ async def test_a_client_gone_before_its_whole_body_is_a_line_not_an_error(api, m
     monkeypatch.setattr(api_simulations, "log", SimpleNamespace(info=lambda e, **_: said.append(e)))
     _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
     writer.write(
-        b"POST /simulations/equipement HTTP/1.1\r\nHost: ressources\r\nContent-Type: application/json\r\n"
+        b"POST /simulations/equipement HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b'Content-Length: 100000\r\n\r\n{"lots": ['
     )
     await writer.drain()

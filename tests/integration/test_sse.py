@@ -541,7 +541,7 @@ async def test_a_client_that_never_reads_is_cut_once_a_frame_waits_too_long_and_
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.base_url.port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
-        writer.write(b"GET /alertes/flux HTTP/1.1\r\nHost: test\r\n\r\n")
+        writer.write(b"GET /alertes/flux HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
         try:
             await eventually(lambda: _equal(hub.clients, 1), what="the stream to start")

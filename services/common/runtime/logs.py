@@ -50,12 +50,17 @@ def visible(text: str, keep: str = "") -> str:
     )
 
 
+_LINES = frozenset({"exception", "stack"})
+"""The values the console writes on lines of their own (a traceback): their line breaks kept."""
+
+
 def _visible_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor of the console format (a terminal's): every text value `visible`, a
-    traceback's lines kept. JSON lines escape control characters themselves."""
+    traceback's lines kept; the others' line breaks too are escapes (a library's message, printed
+    as it is, would otherwise start a line of its own choosing). JSON lines escape them themselves."""
     for key, value in event_dict.items():
         if isinstance(value, str):
-            event_dict[key] = visible(value, keep="\n\t")
+            event_dict[key] = visible(value, keep="\n\t" if key in _LINES else "")
     return event_dict
 
 

@@ -155,7 +155,7 @@ def _keywords(schema: object) -> set[str]:
         if key in _NAMED:
             found |= {k for v in value.values() for k in _keywords(v)}
         elif key in _ONE:
-            found |= _keywords(value)
+            found |= {k for v in value for k in _keywords(v)} if isinstance(value, list) else _keywords(value)
         elif key in ("allOf", "anyOf", "oneOf", "prefixItems"):
             found |= {k for v in value for k in _keywords(v)}
     return found
@@ -167,6 +167,17 @@ def test_a_published_schema_names_only_json_schema_s_own_keywords(name):
     does not know: ajv-formats' formatMinimum made the date fields' schemas uncompilable for a
     partner validating without that plugin's keywords (review s69)."""
     assert _keywords(json.loads(schemas.render()[name])) <= VOCABULARY
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[3] / "contracts" / "asyncapi").glob("*.json")))
+def test_an_asyncapi_document_s_schemas_name_only_json_schema_s_own_keywords(path):
+    """Its schemas and its messages' payloads and headers, which partners load as they load the
+    schemas (review s69)."""
+    components = json.loads(path.read_text())["components"]
+    found = {k for schema in components.get("schemas", {}).values() for k in _keywords(schema)}
+    for message in components.get("messages", {}).values():
+        found |= _keywords(message.get("payload")) | _keywords(message.get("headers"))
+    assert found and found <= VOCABULARY
 
 
 ASYNCAPI = Path(__file__).parents[3] / "contracts" / "asyncapi"

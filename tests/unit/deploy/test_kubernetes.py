@@ -7,6 +7,7 @@ checked against the code too: topics and ACLs as the local platform makes them."
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -576,14 +577,25 @@ def _environment(rendered: list[dict], container: dict, pod_name: str = "pod-7d4
         assert name in maps, f"{container['name']}: its settings from ConfigMap {name}, which the tree lacks"
         env |= maps[name]
     for e in container.get("env", []):
-        if "value" in e:
-            env[e["name"]] = e["value"]
+        if "value" in e:  # `$(NAME)`: a variable given before it, as the kubelet expands it
+            env[e["name"]] = EXPANDED.sub(lambda m: env.get(m[1], m[0]), e["value"])
         elif "secretKeyRef" in e["valueFrom"]:
             env[e["name"]] = SECRET_VALUES[e["valueFrom"]["secretKeyRef"]["key"]]
         else:
-            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", e
-            env[e["name"]] = pod_name
+            field = e["valueFrom"]["fieldRef"]["fieldPath"]
+            assert field in ("metadata.name", "metadata.namespace"), e
+            env[e["name"]] = pod_name if field == "metadata.name" else NAMESPACE
     return env
+
+
+EXPANDED = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+NAMESPACE = "feo"
+"""The namespace a pod is given (`metadata.namespace`), stood in for."""
+
+
+def _referenced(container: dict) -> set[str]:
+    """The variables a container's other variables name (`$(NAME)`): the kubelet's, not a setting."""
+    return {name for e in container.get("env", []) if "value" in e for name in EXPANDED.findall(e["value"])}
 
 
 def test_every_setting_whose_default_is_local_is_given_to_every_pod(rendered):
@@ -618,7 +630,8 @@ def test_every_variable_a_pod_is_given_is_a_setting_its_process_reads(rendered):
     for name, pod in _pods(rendered).items():
         for container in pod["containers"]:
             known = set(by_name[name].settings.model_fields) if name in by_name else every
-            unknown = sorted(v for v in _environment(rendered, container) if v.lower() not in known)
+            given = set(_environment(rendered, container)) - _referenced(container)
+            unknown = sorted(v for v in given if v.lower() not in known)
             assert unknown == [], f"{name}: given {unknown}, which no setting of its process reads"
 
 
@@ -859,3 +872,18 @@ def _catches_sigterm(pid: int) -> bool:
         line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt:")
     ]
     return bool(int(mask, 16) & 1 << (signal.SIGTERM - 1))
+
+
+def test_the_read_api_answers_to_each_name_of_its_service_and_no_other_s(rendered):
+    """A proxy in another namespace names it `ressources.<namespace>` (its pod's search
+    domains): refused, it gave the dashboards 400 (review s69); `*.svc` took any Service's name,
+    which anyone allowed to make one could point at a site of theirs."""
+    from services.ressources.hotes import AllowedHosts
+
+    [container] = _deployments(rendered)["ressources"]["spec"]["template"]["spec"]["containers"]
+    names = _environment(rendered, container)["HTTP_ALLOWED_HOSTS"].split(",")
+    allowed = AllowedHosts(None, names)
+    for name in ("ressources", f"ressources.{NAMESPACE}", f"ressources.{NAMESPACE}.svc"):
+        assert allowed.allows(name) and allowed.allows(f"{name}.cluster.local" if name.endswith("svc") else name)
+    for name in ("ressources.autre", "autre.feo.svc", "autre.autre.svc.cluster.local", "localhost"):
+        assert not allowed.allows(name), name

@@ -27,16 +27,16 @@ async def answer(path: str, host: str, allowed: str = "localhost") -> httpx.Resp
     "host, allowed, served",
     [
         ("rebind.attacker.example:8000", "localhost", False),
-        ("rebind.attacker.example", "ressources,*.svc", False),
-        ("ressources.svc.attacker.example", "ressources,*.svc", False),
-        ("svc", "*.svc", False),
+        ("rebind.attacker.example", "ressources,*.feo.svc", False),
+        ("ressources.feo.svc.attacker.example", "ressources,*.feo.svc", False),
+        ("feo.svc", "*.feo.svc", False),
         ("localhost:8000", "localhost", True),
         ("LocalHost.", "localhost", True),
         ("127.0.0.1:8000", "localhost", True),
         ("10.1.2.3", "localhost", True),
         ("[::1]:8000", "localhost", True),
-        ("ressources", "ressources,*.svc", True),
-        ("ressources.feo.svc:8000", "ressources, *.svc", True),
+        ("ressources", "ressources,*.feo.svc", True),
+        ("ressources.feo.svc:8000", "ressources, *.feo.svc", True),
         ("tableau.academie.example", "ressources,tableau.academie.example", True),
     ],
 )
@@ -56,7 +56,25 @@ async def test_the_probes_answer_whatever_host_they_name(path):
 
 
 def test_the_names_are_host_names_without_port_or_scheme():
-    for wrong in ("localhost:8000", "http://ressources", "a b", "", "ressources,", "*.", "*", "-x.svc"):
+    refused = ("localhost:8000", "http://ressources", "a b", "", "ressources,", "*.", "*", "-x.svc", "*.fr", "*.local")
+    for wrong in (*refused, "tableau.académie.fr", "[::1]"):
         with pytest.raises(ValidationError):
             RessourcesSettings.of(NOWHERE).model_validate({**NOWHERE.model_dump(), "http_allowed_hosts": wrong})
+    for right in ("ressources,*.feo.svc", "xn--acadmie-dya.fr", "tableau.academie.example"):
+        assert RessourcesSettings.of(NOWHERE).model_validate({**NOWHERE.model_dump(), "http_allowed_hosts": right})
     assert host_name("[2001:db8::1]:8000") == "2001:db8::1" and host_name("2001:db8::1") == "2001:db8::1"
+
+
+async def test_refusals_are_said_once_in_a_while_not_once_each(monkeypatch):
+    """A scan sends a name a request: one line every 10 s, counting the others, whatever names
+    came before (the first 64 names, said once each, let a scan silence a real misconfiguration)."""
+    from services.ressources import hotes
+
+    said: list[dict] = []
+    monkeypatch.setattr(hotes, "log", type("Log", (), {"warning": staticmethod(lambda e, **kw: said.append(kw))}))
+    settings = RessourcesSettings.of(NOWHERE)
+    api = create_api(build_app(SPEC, settings), settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://ignored") as client:
+        for n in range(100):
+            assert (await client.get("/", headers={"Host": f"scan-{n}.example"})).status_code == 400
+    assert [(kw["host"], kw["autres_requetes"]) for kw in said] == [("scan-0.example", 0)]

@@ -144,7 +144,8 @@ def test_an_error_the_platform_logged_is_not_logged_again_by_faststream(capsys):
 
 def test_on_a_terminal_a_partner_s_text_cannot_drive_it(capsys):
     """Console lines (`./dev up` in a terminal) show a partner's escape sequence or bidi override
-    as its escape, not acted on; a traceback keeps its lines (security audit s69 F3)."""
+    as its escape, not acted on, and a line break in a message too, which would start a line of
+    its choosing; a traceback keeps its lines (security audit s69 F3, review s69)."""
     configure_logging("svc", "console", "INFO")
     log = structlog.get_logger("test")
     log.info("reevaluation.part_done", resource_id="\x1b[2J\x1b]0;pwned\x07r\u202e1")
@@ -152,8 +153,9 @@ def test_on_a_terminal_a_partner_s_text_cannot_drive_it(capsys):
         raise ValueError("boom")
     except ValueError:
         log.exception("batch.failed")
-    logging.getLogger("aiokafka.conn").warning("topic \x1b[31mred")
+    logging.getLogger("aiokafka.conn").warning("topic \x1b[31mred\n2026-12-07 [error    ] forged")
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
-    assert "\\u001b[2J" in err and "\\u202e" in err and "\\u001b[31mred" in err
+    assert "\\u001b[2J" in err and "\\u202e" in err and "\\u001b[31mred\\u000a2026-12-07 [error" in err
+    assert not [line for line in err.splitlines() if line.startswith("2026-12-07 [error")], "no line forged"
     assert "Traceback (most recent call last):\n" in err and "ValueError: boom" in err
