@@ -28,7 +28,7 @@ import structlog
 from services.common.runtime.outages import EveryFew, Outage
 from services.common.runtime.wake import woken
 from services.common.storage import retention
-from services.common.storage.db import Conn
+from services.common.storage.db import SERVER_KEEPALIVES, Conn, service_session
 from services.ressources import queries
 
 CHANNEL = "alertes"
@@ -316,10 +316,15 @@ class AlertHub:
                     "application_name": f"feo-{self._schema}-sse",
                     # A read given up here ends on the server too, not after it, on every round.
                     "statement_timeout": str(self.replay_timeout_ms),
+                    # Given up by the server about a minute after this host is lost, as a pool's
+                    # sessions are (service_session too): a listener that reads nothing holds
+                    # the cluster's NOTIFY queue from being truncated past it (review s69 #11).
+                    **{name: str(seconds) for name, seconds in SERVER_KEEPALIVES.items()},
                 },
             )
         try:
             async with self._bounded(at_least):
+                await service_session(conn)
                 await conn.add_listener(CHANNEL, self._on_notify)
         except BaseException:
             conn.terminate()

@@ -157,3 +157,23 @@ async def test_a_service_pool_runs_past_the_deployments_statement_lock_and_trans
     finally:
         await asyncio.gather(pool.close(), reads.close(), plain.close())
         await admin.close()
+
+
+async def test_the_live_stream_s_listener_is_given_up_like_a_pool_s_session(database_url):
+    """ressources' live stream listens on a connection of its own, outside the pools: a replica's
+    host lost, its session stayed on the server two hours (its keepalives the system's), and a
+    listener that reads nothing keeps the cluster's NOTIFY queue from being truncated past it
+    (review s69 #11)."""
+    from services.ressources.stream import AlertHub
+
+    pool = await create_pool(database_url, "public", min_size=1, max_size=1)
+    conn = await AlertHub(database_url, "public", pool)._connect()
+    try:
+        assert_gives_up_a_dead_peer(conn)
+        for setting, seconds in SERVER_KEEPALIVES.items():
+            assert await conn.fetchval(f"SHOW {setting}") == str(seconds), setting
+        if conn.get_server_version().major >= 12:
+            unacked = "SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'"
+            assert await conn.fetchval(unacked) == DEAD_PEER_UNACKED_MS
+    finally:
+        await asyncio.gather(conn.close(), pool.close())

@@ -243,7 +243,7 @@ async def on_a_session(
 SESSION_LIMITS_OFF = {"statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0"}
 """A pool's sessions without the server's time limits on statements, lock waits and transactions
 left idle (the Python work between a batch's statements); PostgreSQL 17's `transaction_timeout`
-too, at each connection (`_service_session`). `idle_session_timeout` (PostgreSQL 14) is left: a
+too, at each connection (`service_session`). `idle_session_timeout` (PostgreSQL 14) is left: a
 pool's connection it ends is opened again at its next use."""
 
 
@@ -255,8 +255,9 @@ async def _no_transaction_timeout(conn: asyncpg.Connection) -> None:
         await conn.execute("SET transaction_timeout = 0")
 
 
-async def _service_session(conn: asyncpg.Connection) -> None:
-    """Each new connection of a service's pool (`create_pool`'s `init`). The server gives the
+async def service_session(conn: asyncpg.Connection) -> None:
+    """Each new connection of a service's pool (`create_pool`'s `init`), and ressources' live
+    stream's listening one (stream.AlertHub, which sets SERVER_KEEPALIVES too). The server gives the
     session up once what it sent stays unacknowledged DEAD_PEER_UNACKED_MS (`tcp_user_timeout`,
     PostgreSQL 12's: an older server refuses it, so not a setting given at connection): its
     keepalives (SERVER_KEEPALIVES) probe only a connection with nothing in flight, and a host lost
@@ -317,7 +318,7 @@ async def create_pool(
             "default_transaction_isolation": "read committed",
         },
         reset=_nothing_to_reset,
-        init=_service_session,
+        init=service_session,
         command_timeout=command_timeout,
     )
 
