@@ -14,10 +14,15 @@ _DEFAULT = Seuils()
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.IGNORECASE)
 
 
+def host_names(value: str) -> list[str]:
+    """The names of HTTP_ALLOWED_HOSTS, separated by commas."""
+    return [name.strip() for name in value.split(",")]
+
+
 def _hosts(value: str) -> str:
     """Host names (RFC 1123, ASCII) separated by commas, each maybe `*.` and a suffix of two labels
     at least (`*.fr`, `*.local`: names anyone can make, which would rebind): no port, no scheme."""
-    names = [name.strip() for name in value.split(",")]
+    names = host_names(value)
     if not all(_HOST.fullmatch(n) and not (n.startswith("*.") and "." not in n[2:]) for n in names):
         raise ValueError(
             "des noms d'hôte ASCII (un nom accentué : sa forme xn--) séparés par des virgules, sans port ; "
@@ -68,7 +73,7 @@ class RessourcesSettings(ServiceSettings):
 
     @property
     def allowed_hosts(self) -> list[str]:
-        return [name.strip() for name in self.http_allowed_hosts.split(",")]
+        return host_names(self.http_allowed_hosts)
 
     @property
     def background_connections(self) -> int:

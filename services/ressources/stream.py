@@ -28,7 +28,7 @@ import structlog
 from services.common.runtime.outages import EveryFew, Outage
 from services.common.runtime.wake import woken
 from services.common.storage import retention
-from services.common.storage.db import SERVER_KEEPALIVES, Conn, service_session
+from services.common.storage.db import KEEPALIVE_SETTINGS, Conn, service_session
 from services.ressources import queries
 
 CHANNEL = "alertes"
@@ -319,7 +319,7 @@ class AlertHub:
                     # Given up by the server about a minute after this host is lost, as a pool's
                     # sessions are (service_session too): a listener that reads nothing holds
                     # the cluster's NOTIFY queue from being truncated past it (review s69 #11).
-                    **{name: str(seconds) for name, seconds in SERVER_KEEPALIVES.items()},
+                    **KEEPALIVE_SETTINGS,
                 },
             )
         try:

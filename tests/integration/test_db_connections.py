@@ -61,6 +61,11 @@ async def test_an_operator_tools_session_gives_up_a_dead_peer_too(database_url):
         await conn.close()
 
 
+async def unacked_ms(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """How long the server waits for what it sent to be acknowledged (`tcp_user_timeout`, PostgreSQL 12's)."""
+    return await conn.fetchval("SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'")
+
+
 async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_gone_within_a_minute(database_url):
     """A rebuild's session holds the service's writers during its switch, a batch's its events'
     inbox rows and keys: its host lost without closing it (no FIN), the server kept the session
@@ -76,10 +81,9 @@ async def test_the_server_gives_up_a_services_or_a_tools_session_whose_host_is_g
             assert await tool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await pool.fetchval(f"SHOW {setting}") == str(seconds), setting
             assert await plain.fetchval(f"SHOW {setting}") != str(seconds), setting
-        unacked = "SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'"  # in ms
         if plain.get_server_version().major >= 12:  # an older server has no such setting
-            assert await pool.fetchval(unacked) == DEAD_PEER_UNACKED_MS
-            assert await plain.fetchval(unacked) != DEAD_PEER_UNACKED_MS
+            assert await unacked_ms(pool) == DEAD_PEER_UNACKED_MS
+            assert await unacked_ms(plain) != DEAD_PEER_UNACKED_MS
         probed = SERVER_KEEPALIVES["tcp_keepalives_idle"]
         probed += SERVER_KEEPALIVES["tcp_keepalives_interval"] * SERVER_KEEPALIVES["tcp_keepalives_count"]
         assert probed <= 60
@@ -173,7 +177,6 @@ async def test_the_live_stream_s_listener_is_given_up_like_a_pool_s_session(data
         for setting, seconds in SERVER_KEEPALIVES.items():
             assert await conn.fetchval(f"SHOW {setting}") == str(seconds), setting
         if conn.get_server_version().major >= 12:
-            unacked = "SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'"
-            assert await conn.fetchval(unacked) == DEAD_PEER_UNACKED_MS
+            assert await unacked_ms(conn) == DEAD_PEER_UNACKED_MS
     finally:
         await asyncio.gather(conn.close(), pool.close())

@@ -174,6 +174,8 @@ system's (Linux: 7200 s idle, then 9 probes 75 s apart), a session whose host wa
 closing it (a node lost, a network cut: no FIN), idle in a batch's transaction, kept its inbox
 rows and key locks two hours: the replica taking the partitions over waited behind them, its
 batch holding the same events, with nothing failing (ops audit s68 #1)."""
+KEEPALIVE_SETTINGS = {name: str(seconds) for name, seconds in SERVER_KEEPALIVES.items()}
+"""SERVER_KEEPALIVES as settings given at connection (asyncpg's `server_settings`)."""
 
 
 async def connect_for_tool(database_url: str, **options: Any) -> asyncpg.Connection:
@@ -307,7 +309,7 @@ async def create_pool(
             # outruns one was taken again for ever, its partition held (audit s66 #4). The caller's
             # `settings` may set one again (the read API's statement timeout).
             **SESSION_LIMITS_OFF,
-            **{name: str(seconds) for name, seconds in SERVER_KEEPALIVES.items()},  # ignored over a Unix socket
+            **KEEPALIVE_SETTINGS,  # ignored over a Unix socket
             **(settings or {}),
             "search_path": schema,
             "application_name": f"feo-{schema}" + (f"-{purpose}" if purpose else ""),
