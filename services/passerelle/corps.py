@@ -30,11 +30,12 @@ LENIENT = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, str
 _SPACE = re.compile(r"[ \t\n\r]*")
 MAX_ATTRIBUTE = 128  # CONTRACTS.md: an id; longer type names are no v1 type either
 WINDOWS = (16 * 1024, 4 * MAX_RECORD_BYTES)
-"""Characters within which a batch element is read: first the first window (most events are a
+"""Characters within which a batch element is decoded: first the first window (most events are a
 few hundred bytes), then the second. An element still going on past the second, four times the
-contract's record limit, is not read to its end (413): decoding it whole would hold its values
-in memory (~10 times its size) and the event loop, for nothing, as it is too large anyway. One
-up to it is split out and refused alone, `trop-volumineux`, by the contract's parser."""
+contract's record limit, is not decoded: whole, its values would take ~10 times its size in
+memory, for nothing, as it is too large anyway. Its end is found by its brackets and strings
+alone (_skip), and the contract's parser refuses it alone, `trop-volumineux`, as any element
+beyond the limit (CONTRACTS.md, Limits: per event; 413 for the request is beyond its own)."""
 
 
 class CorpsRefuse(Exception):
@@ -140,11 +141,10 @@ def _array(text: str) -> list[Element]:
             except ValueError:
                 raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
             except _TooLong:
-                raise CorpsRefuse(
-                    413,
-                    f"élément {len(elements)} : plus de {WINDOWS[-1]} caractères sans finir, quand un événement "
-                    f"fait au plus {MAX_RECORD_BYTES} octets",
-                ) from None
+                try:
+                    value, end = None, _skip(text, at)
+                except ValueError:
+                    raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
             elements.append(_element(text[at:end].encode("utf-8", "surrogateescape"), value))
             at = past_space(text, end)
             if text[at : at + 1] == "]":
@@ -180,28 +180,43 @@ def _value(text: str, at: int) -> tuple[Any, int]:
     raise _TooLong
 
 
-_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|"|[][{}]', re.DOTALL)
+_STRING = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'  # possessive: else the engine keeps each escape's place, 50 bytes
+_STRUCTURE = re.compile(rf'(?P<string>{_STRING})|(?P<open>")|(?P<bracket>[][{{}}])', re.DOTALL)
 """A whole string (skipped: its brackets are text), a string left open, or a bracket."""
+_SCALAR = re.compile(rf"{_STRING}|[-+.0-9A-Za-z]+", re.DOTALL)
+"""A string, or a number or a literal, read leniently (the contract's parser judges them)."""
 
 
-def _nested_end(text: str, at: int) -> int:
+def _nested_end(text: str, at: int, within: int = WINDOWS[-1]) -> int:
     """Where the array or object starting at `at` ends, found by its brackets alone, without
-    recursion: for a value nested deeper than the decoder can go. What it holds is not checked
-    here (the contract's parser refuses it, in its element). ValueError when it is not an array
-    or an object, or a string or a bracket is left open; _TooLong past the last window."""
+    recursion or holding what it reads: for a value nested deeper than the decoder can go, or
+    longer than it should decode. What it holds is not checked here (the contract's parser
+    refuses it, in its element). ValueError when it is not an array or an object, or a string or
+    a bracket is left open; _TooLong past `within` characters."""
     if text[at : at + 1] not in ("[", "{"):
         raise ValueError("ni tableau ni objet")
-    end, depth = min(len(text), at + WINDOWS[-1]), 0
+    end, depth = min(len(text), at + within), 0
     for match in _STRUCTURE.finditer(text, at, end):
-        token = match.group()
-        if token == '"':
+        if match.lastgroup == "open":
             break  # a string open to the end of what is read
-        depth += 1 if token in "[{" else -1 if token in "]}" else 0
-        if depth == 0:
-            return match.end()
+        if match.lastgroup == "bracket":
+            depth += 1 if text[match.start()] in "[{" else -1
+            if depth == 0:
+                return match.end()
     if end < len(text):
         raise _TooLong
     raise ValueError("crochet ou chaîne non fermé")
+
+
+def _skip(text: str, at: int) -> int:
+    """Where the value starting at `at` ends, however long, found without decoding it: an element
+    past the last window. ValueError when no value starts there or it is left open."""
+    if text[at : at + 1] in ("[", "{"):
+        return _nested_end(text, at, len(text))
+    match = _SCALAR.match(text, at)
+    if match is None:
+        raise ValueError("pas une valeur JSON")
+    return match.end()
 
 
 def _cut(error: json.JSONDecodeError, chunk: str) -> bool:
@@ -210,6 +225,12 @@ def _cut(error: json.JSONDecodeError, chunk: str) -> bool:
     start), or in a string still open there. A real error within those last characters is
     found in the next window."""
     return error.pos >= len(chunk) - 10 or error.msg.startswith("Unterminated string")
+
+
+def past_windows(element: Element) -> bool:
+    """Whether the element was longer than what is decoded, split out by _skip (by its bytes: one
+    of accented letters a little short of it too, refused all the same beyond 256 KiB)."""
+    return len(element.raw) > WINDOWS[-1]
 
 
 def past_space(text: str, at: int) -> int:

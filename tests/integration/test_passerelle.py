@@ -31,7 +31,7 @@ from services.passerelle.settings import PasserelleSettings
 
 ECOLE, AUTRE_ECOLE, INCONNUE = uai("0350201"), uai("0350202"), uai("0350299")
 RENNES = "/collectivites/communes/35238"
-MAX_BODY = 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024  # above the largest element the passerelle decodes (corps.WINDOWS)
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 BATCHED = {"content-type": "application/cloudevents-batch+json"}
 LEVELS = ("debug", "info", "warning", "error", "exception")
@@ -313,6 +313,29 @@ async def test_a_batch_mixing_good_and_bad_events_writes_only_the_good_ones(kafk
         assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 3
 
 
+async def test_an_event_of_megabytes_in_a_batch_is_refused_alone(kafka, settings, passerelle, identite):
+    """CONTRACTS.md: an event beyond 256 KiB is `trop-volumineux`, that event; 413 is for a request
+    beyond the limits. One of several megabytes (past what the passerelle decodes) refused the
+    whole batch, its valid neighbours with it."""
+    client, api = passerelle
+    await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
+    pool = api.state.passerelle.pool
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM etablissements"), what="the référentiel")
+    huge = lot(ECOLE, lot_id="L2")
+    huge["data"]["browsers"] = [{"name": "x" * 1000, "version": "1"}] * (2 * corps.WINDOWS[-1] // 1000)
+    batch = [json.dumps(lot(ECOLE)).encode(), json.dumps(huge).encode(), json.dumps(lot(ECOLE, lot_id="L3")).encode()]
+    auth = bearer(identite.jeton(RENNES))
+    async with TopicReader(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) as topic:
+        response = await client.post("/v1/evenements", content=b"[" + b",".join(batch) + b"]", headers=auth | BATCHED)
+        assert response.status_code == 207, response.text
+        results = response.json()["resultats"]
+        assert [r.get("code", r["statut"]) for r in results] == ["accepted", "trop-volumineux", "accepted"]
+        assert [r["id"] for r in results] == [json.loads(batch[0])["id"], None, json.loads(batch[2])["id"]]
+        await topic.wait_for(lambda records: len(records) >= 2, what="the two accepted events")
+        assert sorted(r.value for r in topic.records) == sorted([batch[0], batch[2]])
+    assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 2
+
+
 async def test_a_field_the_contract_does_not_know_is_named_in_the_answer_and_never_reaches_kafka(
     kafka, settings, passerelle, identite
 ):
@@ -464,6 +487,18 @@ async def test_a_body_refused_whole_counts_as_a_full_batch_so_repeating_it_meets
         assert refused.status_code == 429 and "débit" in refused.json()["detail"]
         other = bearer(identite.jeton("/collectivites/communes/35001")) | BATCHED
         assert (await client.post("/v1/evenements", json=[lot(ECOLE)], headers=other)).status_code == 207
+
+
+async def test_an_event_too_long_to_decode_counts_as_a_full_batch(settings, identite):
+    """Split by its brackets without decoding it (corps._skip), an event of nested arrays took five
+    times a full batch's CPU per byte: at one event, a client could have sent them without end."""
+    huge = json.dumps(lot(ECOLE) | {"l": [[0, [1]]] * (corps.WINDOWS[-1] // 8)})
+    async with serve(rated(settings, identite, 0.01, 1000)) as (client, _):
+        auth = bearer(identite.jeton(RENNES)) | BATCHED
+        response = await client.post("/v1/evenements", content=f"[{huge}]", headers=auth)
+        assert response.status_code == 207 and response.json()["resultats"][0]["code"] == "trop-volumineux"
+        refused = await client.post("/v1/evenements", json=[lot(ECOLE)], headers=auth)
+        assert refused.status_code == 429 and "débit" in refused.json()["detail"]
 
 
 async def test_requests_at_once_are_bounded_per_subject_429_and_in_all_503_before_their_bodies(settings, identite):

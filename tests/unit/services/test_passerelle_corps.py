@@ -172,12 +172,39 @@ def test_a_batch_is_split_holding_its_text_and_its_elements_bytes_not_their_valu
     assert peak < 3 * len(body), f"{peak / len(body):.1f} times the body"
 
 
-def test_an_element_going_on_past_the_last_window_is_413_without_being_read_to_its_end():
-    body = b'[{"id": "a"}, {"id": "b", "l": [' + b"[0, 0, 0]," * (WINDOWS[-1] // 10 + 1) + b"[0]]}]"
+@pytest.mark.parametrize(
+    "huge",
+    [
+        b'{"id": "b", "l": [' + b'[0, "]}\\"", {"k": []}],' * (WINDOWS[-1] // 12) + b"[0]]}",
+        b'"' + b'x\\"' * WINDOWS[-1] + b'"',
+        b"7" * 3 * WINDOWS[-1],
+    ],
+    ids=["object", "string", "number"],
+)
+def test_an_element_going_on_past_the_last_window_is_split_out_whole_without_being_decoded(huge):
+    """Not decoded past the last window (its values would take ten times its size or more), its
+    end found by its brackets and strings alone: the contract's parser then refuses it alone,
+    `trop-volumineux`, not the batch. What it takes in memory does not grow with its size."""
+    body = b'[{"id": "a"}, ' + huge + b' , {"id": "c"}]'
+    tracemalloc.start()
+    try:
+        elements = split(body, BATCHED)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [e.raw for e in elements] == [b'{"id": "a"}', huge, b'{"id": "c"}']
+    assert [e.id for e in elements] == ["a", None, "c"]
+    assert peak < 20 * WINDOWS[-1] + 2 * len(body), f"{peak / len(body):.1f} times the body"  # the window decoded
+
+
+@pytest.mark.parametrize(
+    "left_open", [b'{"id": "b", "l": [' + b"[0]," * WINDOWS[-1], b'"' + b"x" * WINDOWS[-1], b"@" * WINDOWS[-1]]
+)
+def test_an_element_past_the_last_window_that_never_ends_is_400(left_open):
     with pytest.raises(CorpsRefuse) as refused:
-        split(body, BATCHED)
-    assert refused.value.status == 413
-    assert "élément 1" in refused.value.message and str(MAX_RECORD_BYTES) in refused.value.message
+        split(b'[{"id": "a"}, ' + left_open + b"]", BATCHED)
+    assert refused.value.status == 400
+    assert "élément 1 illisible" in refused.value.message
 
 
 def test_an_element_broken_past_the_first_window_is_400_not_413():
