@@ -141,7 +141,8 @@ async def detect_dead_peer(conn: asyncpg.Connection) -> None:
 
 
 class SchemaAbsent(Exception):
-    """A schema an operator named (`--service`, DB_SCHEMA) is not in the database: exit 1."""
+    """A schema an operator named (`--service`, DB_SCHEMA) is not in the database: exit 1. Or a
+    service's, which its role may not create (create_pool)."""
 
 
 async def present_schemas(conn: Conn, schemas: Sequence[str], table: str, named: bool) -> list[str]:
@@ -294,9 +295,18 @@ async def create_pool(
     `command_timeout`: seconds a statement's answer is waited for (asyncpg's TimeoutError)."""
     admin = await asyncpg.connect(database_url)
     try:
-        await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # Created when absent only: PostgreSQL checks CREATE on the database first, even for a
+        # schema that exists, and a role given its schema (created for it, AUTHORIZATION it) by a
+        # deployment that gives each service its own role has no such right.
+        if not await admin.fetchval("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema):
+            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     except asyncpg.UniqueViolationError:  # two replicas creating it at once
         pass
+    except asyncpg.InsufficientPrivilegeError:
+        raise SchemaAbsent(
+            f"schema {schema!r} absent, and role {await admin.fetchval('SELECT current_user')!r} may not create it: "
+            f'create it for that role (CREATE SCHEMA "{schema}" AUTHORIZATION ...), or grant it CREATE on the database'
+        ) from None
     finally:
         await admin.close()
     return await asyncpg.create_pool(
