@@ -181,11 +181,14 @@ PRINCIPAL_DIR = "/etc/feo/kafka-principal"
 
 def _access(principal: str) -> list[dict[str, Any]]:
     """The environment naming `principal`'s Kafka access (its certificate and key, from the
-    secret the User Operator writes under its name: `_principal_volume`) and the database."""
+    secret the User Operator writes under its name: `_principal_volume`) and its database's: a
+    service's role's (`feo-database-<service>`: deploy/roles.py), the operators' (`feo-database`),
+    a member of each."""
+    database = "feo-database" if principal == OPERATOR else f"feo-database-{principal}"
     return [
         {"name": "KAFKA_CERT_FILE", "value": f"{PRINCIPAL_DIR}/user.crt"},
         {"name": "KAFKA_KEY_FILE", "value": f"{PRINCIPAL_DIR}/user.key"},
-        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "feo-database", "key": "url"}}},
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": database, "key": "url"}}},
     ]
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import GroupCoordinatorNotAvailableError, TopicAuthorizationFailedError
@@ -63,7 +64,7 @@ from services.common.runtime.lifecycle import restored_mark
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
 from services.common.storage import positions
-from services.common.storage.db import Conn, advisory_key, create_pool, migrate, relation
+from services.common.storage.db import Conn, advisory_key, create_pool, migrate, owner_of, relation
 from services.common.storage.derived import Derived, PgPublished, publish_changes, stable_id
 from services.equipement import handlers as equipement
 from services.formation import handlers as formation
@@ -230,11 +231,20 @@ class Cible:
         await self.pipeline.pool.close()
 
 
-async def ouvrir(spec: ServiceSpec, settings: ServiceSettings, schema: str, producer: AIOKafkaProducer) -> Cible:
+async def ouvrir(
+    spec: ServiceSpec, settings: ServiceSettings, schema: str, producer: AIOKafkaProducer, owner: str | None = None
+) -> Cible:
     """The service's pipeline over `schema` (created and migrated if need be); `producer` is
-    only held by its relay, which is never started."""
+    only held by its relay, which is never started. It acts as the schema's owner, or `owner`
+    (the role a schema made here is for): what it makes is the service's role's (db.owner_of)."""
     settings = spec.settings.of(settings).model_copy(update={"db_schema": schema})
-    pool = await create_pool(settings.database_url, schema)
+    if owner is None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            owner = await owner_of(conn, schema)
+        finally:
+            await conn.close()
+    pool = await create_pool(settings.database_url, schema, owner=owner)
     await migrate(pool, schema, spec.package_dir)
     pipeline = Pipeline(spec.name, settings, spec.apply(settings), spec.store, spec.parse, spec.dead_letters_for)
     pipeline.attach(pool, OutboxRelay(pool, producer, schema))

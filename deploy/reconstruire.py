@@ -63,6 +63,7 @@ from services.common.storage.db import (
     migrate,
     migration_skew,
     on_a_session,
+    owner_of,
 )
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
@@ -99,7 +100,8 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
             raise ReconstructionError("a restore of this database is under way: nothing done")
         if not await _schema_exists(session, live):
             raise ReconstructionError(f"schema {live!r} does not exist: nothing to rebuild (check DB_SCHEMA)")
-        await _migrated_if_restored(session, spec, settings, live)
+        owner = await owner_of(session, live)  # the service's role, where each has its own: the rebuilt schema's too
+        await _migrated_if_restored(session, spec, settings, live, owner)
         await _same_migrations(session, spec, live)
         try:  # the replay reads what only an operator may: found out before a schema is made
             await rattrapage.check_access(settings, [spec])
@@ -108,7 +110,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
         await session.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
         queued: int | str
         try:
-            queued = await _build_and_switch(spec, settings, session, producer, live, fresh, former)
+            queued = await _build_and_switch(spec, settings, session, producer, live, fresh, former, owner)
         except BaseException as e:
             # The rename's COMMIT may have been done though its answer was lost (the session cut
             # then): `former`, named for this run, exists only if it was. Told "the service keeps
@@ -148,7 +150,7 @@ async def rebuild(spec: ServiceSpec, settings: ServiceSettings) -> str:
 
 
 async def _migrated_if_restored(
-    session: asyncpg.Connection, spec: ServiceSpec, settings: ServiceSettings, live: str
+    session: asyncpg.Connection, spec: ServiceSpec, settings: ServiceSettings, live: str, owner: str | None
 ) -> None:
     """A schema a restore marked (a backup's, not caught up with the log: a DB_SCHEMA's, which
     the restore does not catch up) from before this version's latest migrations is migrated by
@@ -162,7 +164,7 @@ async def _migrated_if_restored(
     if not skew.older or skew.newer:
         return
     say(f"{live} was restored from a backup of an earlier version: migrated first ({', '.join(skew.older)})")
-    pool = await create_pool(settings.database_url, live)
+    pool = await create_pool(settings.database_url, live, owner=owner)
     try:
         await migrate(pool, live, spec.package_dir)
     finally:
@@ -199,10 +201,11 @@ async def _build_and_switch(
     live: str,
     fresh: str,
     former: str,
+    owner: str | None,
 ) -> int:
     """Steps 1 and 2 up to the rename: `fresh` built from the log, then put in `live`'s place;
     how many records the alignment queued."""
-    cible = await rattrapage.ouvrir(spec, settings, fresh, producer)
+    cible = await rattrapage.ouvrir(spec, settings, fresh, producer, owner)
     try:
         say(f"replaying {', '.join(spec.consumes)} into schema {fresh}")
         await rattrapage.rattraper(cible, say)

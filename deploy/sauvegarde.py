@@ -65,7 +65,7 @@ from services.common.runtime.logs import configure_logging
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import KafkaUse, ServiceSettings, check_environment, names_its_user
 from services.common.runtime.spec import ServiceSpec
-from services.common.storage.db import SESSION_ENDED, connect_for_tool, migration_skew
+from services.common.storage.db import SESSION_ENDED, connect_for_tool, given_to_sql, migration_skew, owner_of, quoted
 from services.equipement.app import SPEC as EQUIPEMENT
 from services.formation.app import SPEC as FORMATION
 from services.ressources.app import SPEC as RESSOURCES
@@ -500,10 +500,19 @@ async def _replace(
     server = await connect_for_tool(database_url)
     try:
         major = server.get_server_version().major
+        # Each schema made again for its owner (a service's own role, where each has one: README,
+        # Security), and what the dump's SQL makes in it given to that role: pg_restore --no-owner
+        # makes it this session's, and the service found its own schema closed to it.
+        owners = {name: await owner_of(server, name) for name in schemas}
     finally:
         await server.close()
     fit_for_server(script, major)
-    drops = "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\nCREATE SCHEMA "{name}";\n' for name in schemas)
+    drops = "".join(
+        f'DROP SCHEMA IF EXISTS "{name}" CASCADE;\n'
+        f'CREATE SCHEMA "{name}"{f" AUTHORIZATION {quoted(owner)}" if owner else ""};\n'
+        for name, owner in owners.items()
+    )
+    given = "".join(given_to_sql(name, owner) for name, owner in owners.items() if owner)
     # A schema may come with its mark (backed up before it was caught up or rebuilt, as a
     # rebuild's former schema is): one mark then, since the earlier time, past both floors.
     marks = "".join(
@@ -519,7 +528,7 @@ async def _replace(
     )
     # One transaction for the three (psql's --single-transaction covers every -c and -f).
     psql = [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--single-transaction"]
-    steps = ["--command", drops, "--file", str(script), "--command", marks + _NO_SERVICE_CAME]
+    steps = ["--command", drops, "--file", str(script), "--command", marks + given + _NO_SERVICE_CAME]
     await asyncio.sleep(0)  # a Ctrl-C while the SQL was fitted stops it here: nothing replaced
     print(f"replacing {', '.join(schemas)} by the backup's, in one transaction", flush=True)
     with _connection(database_url) as (url, env), _in_use(script):

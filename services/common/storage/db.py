@@ -140,6 +140,37 @@ async def detect_dead_peer(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+def quoted(name: str) -> str:
+    """An SQL identifier (a role's, a schema's) as written in a statement."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def owner_of(conn: Conn, schema: str) -> str | None:
+    """The role owning `schema` (None when absent): the service's own where each has its role
+    (README, Security), which an operator's tool acts as when it makes or migrates the schema."""
+    return await conn.fetchval(
+        "SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1", schema
+    )
+
+
+def given_to_sql(schema: str, owner: str) -> str:
+    """SQL giving each table and sequence of `schema` to `owner` (their indexes, and a column's
+    sequence, follow their table): a restore's, whose dump's SQL made them its session's."""
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    return (
+        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c "
+        f"WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = {literal(schema)}) "
+        "AND c.relkind IN ('r', 'p', 'S', 'v', 'm') AND NOT EXISTS (SELECT FROM pg_depend d "
+        "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
+        "AND d.deptype IN ('a', 'i')) "
+        "LOOP EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' "
+        f"WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.rel, {literal(owner)}); END LOOP; END $$;\n"
+    )
+
+
 class SchemaAbsent(Exception):
     """A schema an operator named (`--service`, DB_SCHEMA) is not in the database: exit 1. Or a
     service's, which its role may not create (create_pool)."""
@@ -288,23 +319,29 @@ async def create_pool(
     purpose: str | None = None,
     settings: Mapping[str, str] | None = None,
     command_timeout: float | None = None,
+    owner: str | None = None,
 ) -> asyncpg.Pool:
     """A pool of connections confined to `schema` (created if need be). `purpose` names its
     connections apart in pg_stat_activity (`feo-{schema}-{purpose}`); `settings`: more of the
     server's settings for each of them (a statement timeout, read-only transactions);
-    `command_timeout`: seconds a statement's answer is waited for (asyncpg's TimeoutError)."""
+    `command_timeout`: seconds a statement's answer is waited for (asyncpg's TimeoutError).
+    `owner`: the role `schema` is made for, and which the sessions act as (SET ROLE), when an
+    operator's tool makes or migrates a service's schema (a rebuild's, a restore's catch-up):
+    what they create is the service's role's, which the service then works on (owner_of)."""
     admin = await asyncpg.connect(database_url)
     try:
+        user = await admin.fetchval("SELECT current_user")
         # Created when absent only: PostgreSQL checks CREATE on the database first, even for a
         # schema that exists, and a role given its schema (created for it, AUTHORIZATION it) by a
         # deployment that gives each service its own role has no such right.
         if not await admin.fetchval("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema):
-            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            authorization = f" AUTHORIZATION {quoted(owner)}" if owner else ""
+            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"{authorization}')
     except asyncpg.UniqueViolationError:  # two replicas creating it at once
         pass
     except asyncpg.InsufficientPrivilegeError:
         raise SchemaAbsent(
-            f"schema {schema!r} absent, and role {await admin.fetchval('SELECT current_user')!r} may not create it: "
+            f"schema {schema!r} absent, and role {user!r} may not create it: "
             f'create it for that role (CREATE SCHEMA "{schema}" AUTHORIZATION ...), or grant it CREATE on the database'
         ) from None
     finally:
@@ -328,6 +365,7 @@ async def create_pool(
             # role's default (a repeatable-read default missed it silently: audit helper-191 #5).
             # The reads that want one snapshot ask for it (`isolation="repeatable_read"`).
             "default_transaction_isolation": "read committed",
+            **({"role": owner} if owner and owner != user else {}),
         },
         reset=_nothing_to_reset,
         init=service_session,

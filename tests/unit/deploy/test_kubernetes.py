@@ -175,6 +175,9 @@ def test_every_service_runs_with_probes_resources_replicas_and_its_own_principal
         )
         assert container["resources"]["limits"]["memory"]
         assert _principal_secret(doc) == name, "its certificate: the User Operator's secret of its KafkaUser"
+        [database] = [e for e in container["env"] if e["name"] == "DATABASE_URL"]
+        # its own PostgreSQL role's, which owns its schema alone (deploy/roles.py)
+        assert database["valueFrom"]["secretKeyRef"] == {"name": f"feo-database-{name}", "key": "url"}
     config = next(doc for doc in rendered if doc["kind"] == "ConfigMap")
     assert config["data"]["KAFKA_BOOTSTRAP_SERVERS"] == "feo-kafka-bootstrap:9093"
 
