@@ -386,7 +386,7 @@ class HorsLimites:
     another cluster): it reads the partition from its start, its stored position moved back
     there (kept, `positions.advance` never moves back: the next start skipped the new topic's
     records up to it). Each one is an ERROR, a row of `positions_hors_limites` (/health's
-    `positions_out_of_range`, until an operator deletes it) and `feo_records_lost` in /metrics.
+    `positions_out_of_range`, until an operator deletes it) and `feo_records_lost_total` in /metrics.
     Recorded before the partition moves on: PostgreSQL away, the partition waits for it."""
 
     RETRY_SECONDS = 1.0
