@@ -108,6 +108,9 @@ what to emit."""
 
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
+FAILED_LINE_SECONDS = 60.0
+"""A batch failing again and again (a record the code fails on, taken again every second): its
+traceback said at most this often, with how many failed since (`untold`)."""
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 LOG_APPEND_TIME = 1
 """A record's `timestamp_type` when the broker stamped it (Kafka's TimestampType.LOG_APPEND_TIME)."""
@@ -298,7 +301,13 @@ class Pipeline:
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its batch's partitions
                         # every second, and skipping it (README, Rebuild and backups) needs them.
-                        log.exception("batch.failed", records=len(records), partitions=list(failing.latest))
+                        # Its traceback once a minute at most while batches fail in a row: each
+                        # second's, 86,400 a day, buried every other line.
+                        if (untold := self.metrics.traceback_due(FAILED_LINE_SECONDS)) is not None:
+                            partitions = list(failing.latest)
+                            log.exception("batch.failed", records=len(records), partitions=partitions, untold=untold)
+                        else:
+                            log.debug("batch.failed", records=len(records), error=type(exc).__name__)
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
                         log.warning(

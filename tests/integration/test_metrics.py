@@ -575,9 +575,19 @@ async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_
             return (await service.app.health())[1]["batches_failing"]
 
         where = (await eventually(failing, timeout=30, what="the batch failing"))["partitions"]
+        # Its traceback not every second (86,400 a day): once per FAILED_LINE_SECONDS, with a count.
+        monkeypatch.setattr(pipeline_module, "FAILED_LINE_SECONDS", 2.5)
+
+        async def told_twice() -> list[dict] | None:
+            failed = said.named("batch.failed")
+            return failed if [line["level"] for line in failed].count("exception") >= 2 else None
+
+        failed = await eventually(told_twice, timeout=30, what="the traceback said again")
     assert [(w["topic"], w["first_offset"], w["last_offset"]) for w in where] == [(lots, 0, 0)]
-    failed = said.named("batch.failed")
-    assert failed and failed[0]["level"] == "exception" and failed[0]["partitions"] == where, failed
+    assert failed[0]["level"] == "exception" and failed[0]["partitions"] == where and failed[0]["untold"] == 0
+    again = next(n for n, line in enumerate(failed) if n and line["level"] == "exception")
+    assert again >= 2 and {line["level"] for line in failed[1:again]} == {"debug"}, failed
+    assert failed[again]["untold"] == again - 1
 
 
 async def test_batches_failing_here_are_no_longer_said_once_their_partition_went_to_another_replica(kafka, settings):
