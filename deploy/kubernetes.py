@@ -575,6 +575,145 @@ def toolbox() -> list[dict[str, Any]]:
     ]
 
 
+MONITORED = ("formation", "equipement", "ressources", "passerelle")
+
+
+def _rule(alert: str, expr: str, minutes: int, severity: str, summary: str) -> dict[str, Any]:
+    return {
+        "alert": alert,
+        "expr": expr,
+        "for": f"{minutes}m",
+        "labels": {"severity": severity},
+        "annotations": {"summary": summary},
+    }
+
+
+def monitoring() -> list[dict[str, Any]]:
+    """What the Prometheus Operator scrapes (`/metrics` of each service's Service, its own
+    `service` label kept: honorLabels) and the alerts the README advises, on the metrics'
+    real names (README, Metrics): `kubectl apply -k deploy/k8s/monitoring` where its CRDs are."""
+    rules = [
+        *(
+            _rule(
+                "FeoServiceDown",
+                f'absent(up{{job="{name}"}} == 1)',
+                5,
+                "critical",
+                f"{name}: no replica scraped (down, restarting, or its dependencies away past UNHEALTHY_EXIT_SECONDS)",
+            )
+            for name in MONITORED
+        ),
+        _rule(
+            "FeoDatabaseUnreachable",
+            "min by (service) (feo_database_reachable) == 0",
+            2,
+            "critical",
+            "{{ $labels.service }}: a replica's PostgreSQL reads fail",
+        ),
+        _rule(
+            "FeoBatchesFailing",
+            "max by (service) (feo_batches_failing_seconds) > 300",
+            0,
+            "critical",
+            "{{ $labels.service }}: batches fail one after another (batch.failed, /health batches_failing)",
+        ),
+        _rule(
+            "FeoPositionsUnreadable",
+            "max by (service) (feo_positions_unreadable_seconds) > 120",
+            0,
+            "critical",
+            "{{ $labels.service }}: its stored positions cannot be read, partitions paused",
+        ),
+        _rule(
+            "FeoTopicUnread",
+            "sum by (service, topic) (feo_consumer_assigned_partitions) == 0",
+            5,
+            "critical",
+            "{{ $labels.service }} reads no partition of {{ $labels.topic }}",
+        ),
+        _rule(
+            "FeoRecordsLost",
+            "sum by (service, topic) (increase(feo_records_lost_total[1h])) > 0",
+            0,
+            "warning",
+            "{{ $labels.service }}: records of {{ $labels.topic }} deleted before it read them (Rebuild and backups)",
+        ),
+        _rule(
+            "FeoUnreadableBatch",
+            "count by (service, topic, partition) (feo_unreadable_batch_offset) > 0",
+            10,
+            "warning",
+            "{{ $labels.service }}: {{ $labels.topic }} {{ $labels.partition }} waits at a damaged batch",
+        ),
+        _rule(
+            "FeoOutboxStalled",
+            "max by (service) (feo_outbox_oldest_age_seconds) > 300",
+            0,
+            "warning",
+            "{{ $labels.service }}: its outbox's oldest record waits (Kafka refusing the relay's rounds?)",
+        ),
+        _rule(
+            "FeoOutboxFailed",
+            "max by (service) (feo_outbox_failed) > 0",
+            0,
+            "warning",
+            "{{ $labels.service }}: records Kafka refused for good (./dev outbox list)",
+        ),
+        _rule(
+            "FeoCountsStale",
+            "max by (service) (feo_counts_age_seconds) > 300",
+            0,
+            "warning",
+            "ressources: its alert counts cannot be read again (metrics.counts_unread)",
+        ),
+        _rule(
+            "FeoReevaluationFailing",
+            "max by (service) (feo_reevaluation_parts_failing) > 0",
+            30,
+            "warning",
+            "ressources: a re-evaluation's part keeps failing (reevaluation.failed)",
+        ),
+        _rule(
+            "FeoPasserelleUnavailable",
+            'sum(rate(feo_passerelle_requests_total{status=~"5.."}[5m])) '
+            "/ sum(rate(feo_passerelle_requests_total[5m])) > 0.05",
+            10,
+            "warning",
+            "the passerelle answers more than 5% of partners' requests 5xx (evenements.non_ecrits, jwks.indisponible)",
+        ),
+        _rule(
+            "FeoBackupFailed",
+            f'kube_job_status_failed{{job_name=~"{BACKUP_JOB}-.*"}} > 0',
+            0,
+            "warning",
+            "the nightly backup failed (kubectl logs job/{{ $labels.job_name }}; kube-state-metrics)",
+        ),
+    ]
+    return [
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "feo-services"},
+            "spec": {
+                "selector": {
+                    "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": list(MONITORED)}]
+                },
+                "endpoints": [
+                    # A scrape waits up to 4 s for the database and Kafka (README, Metrics); the
+                    # metrics' own `service` label is the Service's name: kept as it is.
+                    {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
+                ],
+            },
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "feo-alertes"},
+            "spec": {"groups": [{"name": "former-equiper-outiller", "rules": rules}]},
+        },
+    ]
+
+
 def generated() -> dict[Path, str]:
     """Each generated file's path and text."""
     return {
@@ -586,6 +725,8 @@ def generated() -> dict[Path, str]:
         + yaml.safe_dump_all(services(), sort_keys=False),
         K8S / "operateur" / "outils.yaml": HEADER.format(source="deploy/kubernetes.py")
         + yaml.safe_dump_all(toolbox(), sort_keys=False),
+        K8S / "monitoring" / "monitoring.yaml": HEADER.format(source="deploy/kubernetes.py")
+        + yaml.safe_dump_all(monitoring(), sort_keys=False),
     }
 
 

@@ -60,6 +60,7 @@ def _strict(schema: dict) -> dict:
 
 
 STRIMZI = {p.stem: _strict(json.loads(p.read_text())) for p in (Path(__file__).parent / "strimzi").glob("*.json")}
+PROMETHEUS = {p.stem: _strict(json.loads(p.read_text())) for p in (Path(__file__).parent / "prometheus").glob("*.json")}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,57 @@ def rendered() -> list[dict]:
     assert kubectl, "kubectl renders the Kustomize tree (installed on the development machines)"
     out = subprocess.run([kubectl, "kustomize", str(kubernetes.K8S)], capture_output=True, text=True, check=True)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> list[dict]:
+    out = subprocess.run(
+        [shutil.which("kubectl") or "kubectl", "kustomize", str(kubernetes.K8S / "monitoring")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def test_the_monitoring_is_valid_against_the_prometheus_operator_s_schemas(monitoring):
+    assert {doc["kind"] for doc in monitoring} == {"ServiceMonitor", "PrometheusRule"}
+    for doc in monitoring:
+        jsonschema.validate(doc, PROMETHEUS[doc["kind"]], cls=jsonschema.Draft4Validator)
+    broken = json.loads(json.dumps(next(doc for doc in monitoring if doc["kind"] == "ServiceMonitor")))
+    broken["spec"]["endpoint"] = broken["spec"].pop("endpoints")  # misspelt: refused
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, PROMETHEUS[broken["kind"]], cls=jsonschema.Draft4Validator)
+
+
+def test_the_service_monitor_scrapes_each_service_s_metrics_port(monitoring, rendered):
+    """Its selector takes each service's Service and nothing else, on a port the Service has."""
+    [monitor] = [doc for doc in monitoring if doc["kind"] == "ServiceMonitor"]
+    [expression] = monitor["spec"]["selector"]["matchExpressions"]
+    services = [doc for doc in rendered if doc["kind"] == "Service"]
+    selected = [s for s in services if s["metadata"]["labels"].get(expression["key"]) in expression["values"]]
+    assert {s["metadata"]["name"] for s in selected} == {spec.name for spec in specs()}
+    [endpoint] = monitor["spec"]["endpoints"]
+    for service in selected:
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+
+
+def test_every_alert_names_metrics_the_services_export(monitoring):
+    """A misspelt metric in a rule never fires, silently: each `feo_` name is one the services
+    define (a counter's with its `_total`), each service of `up{job=…}` one of the platform's."""
+    [rule_set] = [doc for doc in monitoring if doc["kind"] == "PrometheusRule"]
+    rules = [rule for group in rule_set["spec"]["groups"] for rule in group["rules"]]
+    source = "\n".join(p.read_text() for p in Path(kubernetes.K8S.parent.parent, "services").rglob("*.py"))
+    defined = set(re.findall(r'"(feo_[a-z_]+)"', source))
+    counters = set(re.findall(r'Counter\(\s*"(feo_[a-z_]+)"', source))
+    exported = defined | {f"{name}_total" for name in counters}
+    for rule in rules:
+        for name in re.findall(r"\bfeo_[a-z_]+", rule["expr"]):
+            assert name in exported, f"{rule['alert']}: {name}"
+        for job in re.findall(r'job="([^"]+)"', rule["expr"]):
+            assert job in {spec.name for spec in specs()}, rule["alert"]
+    assert {rule["alert"] for rule in rules} >= {"FeoServiceDown", "FeoDatabaseUnreachable", "FeoBatchesFailing"}
 
 
 def test_the_generated_files_are_current():
