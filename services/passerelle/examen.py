@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import contracts as c
 from contracts import CloudEvent, ContractError, Etablissement
+from contracts.parsing import MAX_RECORD_BYTES, TOO_LARGE
 from services.common.rules import rights
 from services.common.rules.rights import Refusal
 from services.passerelle.corps import Element
@@ -105,6 +106,8 @@ async def judge(
 
 
 def _contract(element: Element, not_after: datetime) -> tuple[CloudEvent, str]:
+    if element.oversize:  # not decoded, nor kept: its characters alone exceed the bound
+        raise ContractError(TOO_LARGE, f"valeur de {element.oversize} caractères, au-delà de {MAX_RECORD_BYTES} octets")
     topic = TOPICS.get(element.type or "")
     if topic is None and element.type in PLATFORM_TYPES:
         # Judged as on any partner's topic, where the DLQ refuses it: the size and the envelope

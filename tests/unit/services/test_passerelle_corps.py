@@ -4,13 +4,16 @@ element, for the contract's parser to refuse that element alone)."""
 
 import asyncio
 import json
+import random
 import tracemalloc
 
 import pytest
 
 from contracts.parsing import MAX_RECORD_BYTES
+from services.passerelle import corps
 from services.passerelle.corps import (
     BATCHED,
+    SKIPPED_TOKENS,
     STRUCTURED,
     WINDOWS,
     CorpsRefuse,
@@ -175,16 +178,16 @@ def test_a_batch_is_split_holding_its_text_and_its_elements_bytes_not_their_valu
 @pytest.mark.parametrize(
     "huge",
     [
-        b'{"id": "b", "l": [' + b'[0, "]}\\"", {"k": []}],' * (WINDOWS[-1] // 12) + b"[0]]}",
-        b'"' + b'x\\"' * WINDOWS[-1] + b'"',
+        b'{"id": "b", "blob": "' + b"x" * WINDOWS[-1] + b'", "l": [[0, "]}\\"", {"k": []}], -1.5e3, null]}',
+        b'"' + b'x\\"' * WINDOWS[-1] + b'\\\\"',
         b"7" * 3 * WINDOWS[-1],
     ],
     ids=["object", "string", "number"],
 )
-def test_an_element_going_on_past_the_last_window_is_split_out_whole_without_being_decoded(huge):
+def test_an_element_going_on_past_the_last_window_is_refused_alone_without_being_decoded_or_copied(huge):
     """Not decoded past the last window (its values would take ten times its size or more), its
-    end found by its brackets and strings alone: the contract's parser then refuses it alone,
-    `trop-volumineux`, not the batch. What it takes in memory does not grow with its size."""
+    end found by reading its tokens: refused alone for its size, `trop-volumineux`, not the batch
+    (413). Nor copied: what it takes in memory does not grow with its size."""
     body = b'[{"id": "a"}, ' + huge + b' , {"id": "c"}]'
     tracemalloc.start()
     try:
@@ -192,19 +195,87 @@ def test_an_element_going_on_past_the_last_window_is_split_out_whole_without_bei
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [e.raw for e in elements] == [b'{"id": "a"}', huge, b'{"id": "c"}']
-    assert [e.id for e in elements] == ["a", None, "c"]
+    assert [e.raw for e in elements] == [b'{"id": "a"}', b"", b'{"id": "c"}']
+    assert [(e.id, e.oversize) for e in elements] == [("a", 0), (None, len(huge)), ("c", 0)]
     assert peak < 20 * WINDOWS[-1] + 2 * len(body), f"{peak / len(body):.1f} times the body"  # the window decoded
 
 
+def test_elements_past_the_last_window_are_read_through_so_many_tokens_at_most_then_413():
+    """Read token by token, one of nested arrays took 1.5 s for 14 MiB of the passerelle's one
+    splitting thread: SKIPPED_TOKENS for the whole request."""
+    blob = b'"' + b"x" * WINDOWS[-1] + b'"'  # one token
+    dense = b'{"id": "b", "p": ' + blob + b', "l": [' + b"[0, 1]," * (SKIPPED_TOKENS // 5) + b"[0]]}"  # 5 each
+    with pytest.raises(CorpsRefuse) as refused:
+        split(b"[" + dense + b"]", BATCHED)
+    assert refused.value.status == 413 and str(SKIPPED_TOKENS) in refused.value.message
+    half = b'{"id": "b", "l": [' + b"[0, 1]," * (SKIPPED_TOKENS // 10 - 10) + b"[0]]}"
+    padded = half[:-1] + b', "p": ' + blob + b"}"  # past the window, half the tokens
+    assert [e.oversize for e in split(b"[" + padded + b"]", BATCHED)] == [len(padded)]
+    with pytest.raises(CorpsRefuse) as refused:  # the budget is the request's, not each element's
+        split(b"[" + padded + b", " + padded + b", " + padded + b"]", BATCHED)
+    assert refused.value.status == 413
+
+
 @pytest.mark.parametrize(
-    "left_open", [b'{"id": "b", "l": [' + b"[0]," * WINDOWS[-1], b'"' + b"x" * WINDOWS[-1], b"@" * WINDOWS[-1]]
+    "left_open",
+    [
+        b'{"id": "b", "l": ["' + b"x" * WINDOWS[-1] + b'", 1',
+        b'"' + b"x" * WINDOWS[-1],
+        b'{"id": "b", "s": "' + b"x" * WINDOWS[-1] + b'}, {"id": "c"}',  # its string left open
+        b'{"id": "b", "s": "' + b"x" * WINDOWS[-1] + b'"]',  # closed by the wrong bracket
+        b'{"id": "b", "s": "' + b"x" * WINDOWS[-1] + b'\\x"}',  # an escape JSON has not
+        b'{"id": "b", "s": "' + b"x" * WINDOWS[-1] + b'" "t": 1}',  # no comma
+    ],
+    ids=["array", "string", "string-open", "bracket", "escape", "comma"],
 )
-def test_an_element_past_the_last_window_that_never_ends_is_400(left_open):
+def test_an_element_past_the_last_window_that_is_no_json_is_400(left_open):
+    """As one within it is: read by its brackets alone, a string left open took the elements
+    after it in, the answer's indexes no longer those sent."""
     with pytest.raises(CorpsRefuse) as refused:
         split(b'[{"id": "a"}, ' + left_open + b"]", BATCHED)
     assert refused.value.status == 400
     assert "élément 1 illisible" in refused.value.message
+
+
+def test_past_the_last_window_a_batch_is_split_as_json_reads_it(monkeypatch):
+    """Random batches, valid and broken, with the windows made small so that most elements go
+    past them: split where LENIENT's decoder splits, and refused (400) where it fails."""
+    monkeypatch.setattr(corps, "WINDOWS", (8, 24))
+    rng = random.Random(70)
+    pieces = ['"', "\\", '\\"', "\\\\", "]", "}", "[", "{", ",", ":", "é", "😀", "\\u00e9", "\\n", " ", "x"]
+
+    def value(depth: int) -> object:
+        roll = rng.random()
+        if depth < 3 and roll < 0.3:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        if depth < 3 and roll < 0.6:
+            return {"".join(rng.choices(pieces, k=3)): value(depth + 1) for _ in range(rng.randrange(4))}
+        return rng.choice(
+            [0, -1.5e-3, 12345678901234567890, True, None, "".join(rng.choices(pieces, k=rng.randrange(40)))]
+        )
+
+    compared = 0
+    for _ in range(3000):
+        text = json.dumps([value(0) for _ in range(rng.randrange(1, 5))], ensure_ascii=rng.random() < 0.5)
+        if rng.random() < 0.5:  # broken somewhere
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice(['"', "]", "}", ",", "\\", "x", ""]) + text[at + 1 :]
+        try:
+            expected = corps.LENIENT.decode(text)
+        except ValueError:
+            expected = None
+        try:
+            elements = split(text.encode(), BATCHED)
+        except CorpsRefuse as e:
+            assert expected is None or not isinstance(expected, list), (text, e.message)
+            assert e.status == 400, (text, e.message)
+            continue
+        assert isinstance(expected, list) and len(elements) == len(expected), text
+        for element, decoded in zip(elements, expected, strict=True):
+            if not element.oversize:
+                assert corps.LENIENT.decode(element.raw.decode()) == decoded, text
+        compared += 1
+    assert compared > 1000
 
 
 def test_an_element_broken_past_the_first_window_is_400_not_413():
