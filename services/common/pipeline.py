@@ -637,9 +637,11 @@ class Pipeline:
         said: list[Callable[[], None]] = []  # what to say once committed (not the parts' events: memory)
         with (
             trace.get_tracer(__name__).start_as_current_span(
+                # Not a receive (records read back from the database), its parts are: each a
+                # `process` span of the messaging conventions, linking its records' traces.
                 f"revive {self.service}",
-                kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(origins)},
+                kind=trace.SpanKind.INTERNAL,
+                attributes={"feo.revival.records": len(origins)},
                 record_exception=False,
                 set_status_on_exception=False,  # PostgreSQL's refusal, raised from here, quotes the row
             ) as span,

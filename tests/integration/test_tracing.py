@@ -167,6 +167,7 @@ async def test_records_judged_again_are_linked_part_by_part_none_dropped(kafka, 
         ended = exporter.get_finished_spans()
     # (A transaction replayed after a conflict would be a second revive span, its parts again.)
     revivals = {s.context.span_id for s in ended if s.name == "revive equipement"}
+    assert {s.kind for s in ended if s.name == "revive equipement"} == {trace.SpanKind.INTERNAL}  # not a receive
     parts = [s for s in ended if s.name == "process equipement" and s.parent and s.parent.span_id in revivals]
     assert len(parts) >= 3 and all(s.attributes.get("messaging.batch.message_count", 1) <= 10 for s in parts)
     assert {format(k.context.trace_id, "032x") for s in parts for k in s.links} == set(traces)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
+from opentelemetry import trace
 
 from services.common.runtime.secrets import redact
 
@@ -145,6 +146,17 @@ def _said_already(record: logging.LogRecord) -> bool:
     return not getattr(error, _SAID, False)
 
 
+def _trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The line's span, when one is recording (an exporter set: OTEL_EXPORTER): its trace and
+    span ids, by which a line (`batch.failed`, `events.rejected`) finds its batch's span, and
+    through its links the partners' traces."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", library_level: str = "WARNING") -> None:
     tty = sys.stderr.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not tty)
@@ -152,6 +164,7 @@ def configure_logging(service: str, fmt: str = "auto", level: str = "INFO", libr
     shown: list[structlog.typing.Processor] = [] if use_json else [_visible_values]
     stamped: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -11,6 +11,7 @@ import faststream  # noqa: F401  (installs its own "faststream" logger, as in a 
 import pytest
 import structlog
 from aiokafka.errors import GroupCoordinatorNotAvailableError
+from opentelemetry import trace
 
 from services.common.runtime.logs import COORDINATOR, configure_logging
 
@@ -33,6 +34,23 @@ def test_library_lines_are_json_like_the_service_s_and_quiet_below_warning(capsy
         ("Unable to connect to postgresql://feo:***@db/feo", "svc", "warning"),
     ]
     assert lines[1]["logger"] == "aiokafka.conn" and "timestamp" in lines[1]
+
+
+def test_a_line_said_in_a_recording_span_names_its_trace_and_span(capsys):
+    """By them a line (`batch.failed`) finds its batch's span, and through its links the
+    partners' traces; with no exporter (no span recording) a line has neither."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    configure_logging("svc", "json", "INFO")
+    log = structlog.get_logger("test")
+    with TracerProvider().get_tracer("test").start_as_current_span("process svc") as span:
+        log.info("batch.applied", records=3)
+    with trace.get_tracer("no-op").start_as_current_span("process svc"):  # the API's no-op tracer
+        log.info("batch.applied", records=1)
+    recorded, unrecorded = json_lines(capsys.readouterr().err)
+    context = span.get_span_context()
+    assert (recorded["trace_id"], recorded["span_id"]) == (f"{context.trace_id:032x}", f"{context.span_id:016x}")
+    assert "trace_id" not in unrecorded and "span_id" not in unrecorded
 
 
 def test_faststream_speaks_through_the_root_logger_without_its_colours(capsys):
