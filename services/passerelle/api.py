@@ -44,7 +44,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error, started
-from services.common.runtime.metrics import Metrics
+from services.common.runtime.metrics import HttpMetrics, Metrics
 from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
@@ -555,6 +555,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     api.add_middleware(AnswerHeaders)
     api.state.compteurs = compteurs = Compteurs(stream_app.pipeline.metrics)
     api.add_middleware(CountRequests, compteurs=compteurs)
+    api.add_middleware(HttpMetrics, metrics=stream_app.pipeline.metrics)
 
     stream_app.serve_probes(api)
 

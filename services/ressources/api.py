@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import anyio
 import asyncpg
+import prometheus_client as prometheus
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from contracts import ALERT_KINDS, AlertKind, Etablissement, is_valid_uai, uai_c
 from contracts._identifiers import COMMUNE_PATTERN, DEPARTEMENT_PATTERN, REGION_PATTERN
 from contracts.internal import CouvertureFormation
 from services.common.runtime.app import AnswerHeaders, ServiceApp
+from services.common.runtime.metrics import HttpMetrics
 from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.telemetry import HTTP_TELEMETRY
@@ -739,6 +741,14 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
     )
     api.add_middleware(AllowedHosts, names=settings.allowed_hosts)
     api.add_middleware(AnswerHeaders)  # outside: on the refusals of AllowedHosts too
+    metrics = stream_app.pipeline.metrics
+    api.add_middleware(HttpMetrics, metrics=metrics)  # every answer, AllowedHosts' refusals too
+    prometheus.Gauge(
+        "feo_sse_clients",
+        "open streams of /alertes/flux on this replica (SSE_MAX_CLIENTS: beyond, 503)",
+        ["service"],
+        registry=metrics.registry,
+    ).labels(metrics.service).set_function(lambda: hub.clients if (hub := getattr(api.state, "hub", None)) else 0)
     _with_transport(api)
     api.state.pipeline = stream_app.pipeline
     api.state.seuils = settings.seuils

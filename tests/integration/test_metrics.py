@@ -240,6 +240,34 @@ async def test_ressources_counts_open_alerts_by_kind(kafka, settings):
         }
 
 
+async def test_the_read_api_s_answers_are_counted_by_route_and_status_and_its_streams_by_number(kafka, settings):
+    """The read API's saturation (its reads, its streams) showed only in lines said at most once
+    per 10 s; its latency nowhere (observability audit s70 #5). Routes by template: no UAI."""
+    async with serving(RESSOURCES, settings) as (client, _api):
+        before = samples((await client.get("/metrics")).text)
+        unknown = [valid_uai(f"035090{n}") for n in range(3)]
+        for uai in unknown:
+            assert (await client.get(f"/etablissements/{uai}")).status_code == 404
+        assert (await client.get("/alertes", params={"limit": 0})).status_code == 422
+        assert (await client.get("/nulle-part")).status_code == 404
+        async with client.stream("GET", "/alertes/flux") as stream:
+            assert stream.status_code == 200
+            during = samples((await client.get("/metrics")).text)
+        after = samples((await client.get("/metrics")).text)
+
+    def answered(scraped: dict, route: str, status: str) -> float:
+        return value(scraped, "feo_http_requests_total", service="ressources", route=route, status=status) or 0
+
+    assert answered(after, "/etablissements/{uai}", "404") - answered(before, "/etablissements/{uai}", "404") == 3
+    assert answered(after, "/alertes", "422") - answered(before, "/alertes", "422") == 1
+    assert answered(after, "inconnue", "404") - answered(before, "inconnue", "404") == 1
+    assert not [labels for name, labels in after if name.startswith("feo_http") and unknown[0] in str(labels)]
+    timed = value(after, "feo_http_request_duration_seconds_count", service="ressources", route="/etablissements/{uai}")
+    assert timed == answered(after, "/etablissements/{uai}", "404")
+    assert value(during, "feo_sse_clients", service="ressources") == 1
+    assert value(after, "feo_sse_clients", service="ressources") == 0
+
+
 async def test_ressources_counts_are_kept_between_scrapes_until_old_enough(kafka, settings):
     """With METRICS_COUNTS_MAX_AGE_SECONDS at an hour, the open alerts counted at the first scrape
     after start are what the next scrapes get, alerts opened since or not; their age says how

@@ -46,6 +46,57 @@ ENDS_RETRY_SECONDS = 30.0
 """After a reading of the partitions' ends that failed, the scrapes use the consumer's high
 watermarks that long (Metrics.read_ends)."""
 BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ANSWER_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""An HTTP answer's time to its status (a read's 5 s statement timeout, a batch's judgment and
+write, a simulation's turn)."""
+
+
+class HttpMetrics:
+    """ASGI middleware: each answer of a service's HTTP API counted by its route (the path's
+    template, `/etablissements/{uai}`: never a UAI or a query; `inconnue` for none), and its
+    status, with the time to its status (a stream's, to its first byte: an SSE stream lasts up
+    to SSE_MAX_SECONDS). An error no handler answered, as the 500 the server sends for it."""
+
+    def __init__(self, app: Any, metrics: "Metrics") -> None:
+        self.app = app
+        self.answers = Counter(
+            "feo_http_requests",
+            "answers of the service's HTTP API, by route (its path's template) and status",
+            ["service", "route", "status"],
+            registry=metrics.registry,
+        )
+        self.seconds = Histogram(
+            "feo_http_request_duration_seconds",
+            "time from a request to its answer's status, by route",
+            ["service", "route"],
+            buckets=ANSWER_SECONDS,
+            registry=metrics.registry,
+        )
+        self.service = metrics.service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, answered = monotonic(), False
+
+        def count(status: int) -> None:
+            route = getattr(scope.get("route"), "path", None) or "inconnue"
+            self.answers.labels(self.service, route, str(status)).inc()
+            self.seconds.labels(self.service, route).observe(monotonic() - started)
+
+        async def sending(message: dict) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                count(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if not answered:
+                count(500)
+            raise
 
 
 @dataclass(frozen=True)
