@@ -682,6 +682,14 @@ def monitoring() -> list[dict[str, Any]]:
             "the passerelle answers more than 5% of partners' requests 5xx (evenements.non_ecrits, jwks.indisponible)",
         ),
         _rule(
+            "FeoReadApiUnavailable",
+            'sum(rate(feo_http_requests_total{service="ressources",status=~"5.."}[5m])) '
+            '/ sum(rate(feo_http_requests_total{service="ressources"}[5m])) > 0.05',
+            10,
+            "warning",
+            "ressources' read API answers more than 5% 5xx (api.lectures_saturees, api.base_injoignable)",
+        ),
+        _rule(
             "FeoBackupFailed",
             f'kube_job_status_failed{{job_name=~"{BACKUP_JOB}-.*"}} > 0',
             0,
