@@ -323,10 +323,10 @@ async def _receive(
     # An empty batch costs one: each request is a signature checked and a line logged.
     if wait := passerelle.debit.take(principal.subject, max(len(elements), 1)):
         raise too_fast(settings, principal.subject, wait)
-    # Elements too long to be decoded (refused, `trop-volumineux`) were read token by token to
+    # Elements too long or too deeply nested to be decoded were read token by token to
     # find their ends, up to corps.SKIPPED_TOKENS (0.04 s): a full batch more, as a body
     # refused whole costs (the bucket in debt by as much at most).
-    if any(e.oversize for e in elements):
+    if any(e.skimmed for e in elements):
         passerelle.debit.spend(principal.subject, MAX_BATCH_EVENTS)
     not_after = datetime.now(UTC) + settings.max_clock_skew
 

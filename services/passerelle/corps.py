@@ -33,8 +33,8 @@ WINDOWS = (16 * 1024, 4 * MAX_RECORD_BYTES)
 """Characters within which a batch element is decoded: first the first window (most events are a
 few hundred bytes), then the second. An element still going on past the second, four times the
 contract's record limit, is not decoded: whole, its values would take ~10 times its size in
-memory, for nothing, as it is too large anyway. Its end is found by its brackets and strings
-alone (_skip), and the contract's parser refuses it alone, `trop-volumineux`, as any element
+memory, for nothing, as it is too large anyway. Its end is found by reading its tokens (_skip),
+and the contract's parser refuses it alone, `trop-volumineux`, as any element
 beyond the limit (CONTRACTS.md, Limits: per event; 413 for the request is beyond its own)."""
 
 
@@ -57,6 +57,9 @@ class Element:
     oversize: int = 0
     """The characters of an element past what is decoded (its `raw` then empty): refused for its
     size, `trop-volumineux`."""
+    skimmed: bool = False
+    """Read token by token (_skip), too long or too deeply nested to be decoded: the rate of a
+    full batch (api.py)."""
 
 
 def media_type(content_type: str | None, content_encoding: str | None = None) -> str:
@@ -106,18 +109,20 @@ def split(body: bytes, media: str) -> list[Element]:
     # so each slice re-encodes to exactly the bytes sent.
     text = body.decode("utf-8", "surrogateescape")
     if media == STRUCTURED:
+        skimmed = False
         try:
             try:
                 value = LENIENT.decode(text)
             except RecursionError:  # nested too deep to decode: one object still, for the contract to judge
-                start = past_space(text, 0)
-                whole = text[start : start + 1] == "{" and past_space(text, _nested_end(text, start)) == len(text)
-                value = {} if whole else None
+                start, skimmed = past_space(text, 0), True
+                # Every token of it may be read: it is one record value at most (limit).
+                end = _skip(text, start, _Budget(MAX_RECORD_BYTES))
+                value = {} if text[start : start + 1] == "{" and past_space(text, end) == len(text) else None
         except (ValueError, _TooLong):
             value = None
         if not isinstance(value, dict):
             raise CorpsRefuse(400, f"le corps n'est pas un objet JSON : en {STRUCTURED}, un événement")
-        return [_element(body, value)]
+        return [_element(body, value, skimmed)]
     return _array(text)
 
 
@@ -140,26 +145,24 @@ def _array(text: str) -> list[Element]:
             try:
                 try:
                     value, end = _value(text, at)
-                except RecursionError:  # nested too deep to decode: split out by its brackets, judged alone
-                    value, end = None, _nested_end(text, at)
-                element = _element(text[at:end].encode("utf-8", "surrogateescape"), value)
+                    element = _element(text[at:end].encode("utf-8", "surrogateescape"), value)
+                except RecursionError:  # nested too deep to decode: its end found token by token, judged alone
+                    end = _skip(text, at, budget)
+                    element = _element(text[at:end].encode("utf-8", "surrogateescape"), None, skimmed=True)
+                except _TooLong:
+                    end = _skip(text, at, budget)
+                    # Not copied (a slice, then its bytes: twice a 16 MiB element, four times with
+                    # one emoji in the body): refused for its size, which its characters exceed.
+                    element = Element(b"", None, None, oversize=end - at, skimmed=True)
             except ValueError:
                 raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
             except _TooLong:
-                try:
-                    end = _skip(text, at, budget)
-                except ValueError:
-                    raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
-                except _TooLong:
-                    raise CorpsRefuse(
-                        413,
-                        f"élément {len(elements)} : plus de {WINDOWS[-1]} caractères, et au-delà de {SKIPPED_TOKENS} "
-                        f"valeurs et signes JSON à lire pour en trouver la fin ; un événement fait au plus "
-                        f"{MAX_RECORD_BYTES} octets",
-                    ) from None
-                # Not copied (a slice, then its bytes: twice a 16 MiB element, four times with one
-                # emoji in the body): refused for its size, which its characters already exceed.
-                element = Element(b"", None, None, oversize=end - at)
+                raise CorpsRefuse(
+                    413,
+                    f"élément {len(elements)} : trop long ou trop imbriqué pour être décodé, et au-delà de "
+                    f"{SKIPPED_TOKENS} valeurs et signes JSON à lire dans la requête pour en trouver la fin ; "
+                    f"un événement fait au plus {MAX_RECORD_BYTES} octets",
+                ) from None
             elements.append(element)
             at = past_space(text, end)
             if text[at : at + 1] == "]":
@@ -195,36 +198,12 @@ def _value(text: str, at: int) -> tuple[Any, int]:
     raise _TooLong
 
 
-_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|"|[][{}]', re.DOTALL)
-"""A whole string (skipped: its brackets are text), a string left open, or a bracket."""
-
-
-def _nested_end(text: str, at: int) -> int:
-    """Where the array or object starting at `at` ends, found by its brackets alone, without
-    recursion: for a value nested deeper than the decoder can go. What it holds is not checked
-    here (the contract's parser refuses it, in its element). ValueError when it is not an array
-    or an object, or a string or a bracket is left open; _TooLong past the last window."""
-    if text[at : at + 1] not in ("[", "{"):
-        raise ValueError("ni tableau ni objet")
-    end, depth = min(len(text), at + WINDOWS[-1]), 0
-    for match in _STRUCTURE.finditer(text, at, end):
-        token = match.group()
-        if token == '"':
-            break  # a string open to the end of what is read
-        depth += 1 if token in "[{" else -1 if token in "]}" else 0
-        if depth == 0:
-            return match.end()
-    if end < len(text):
-        raise _TooLong
-    raise ValueError("crochet ou chaîne non fermé")
-
-
 SKIPPED_TOKENS = 100_000
-"""JSON tokens (strings, numbers, brackets, commas…) a request's elements past the last window
-are read through, in all, to find where each ends: 0.04 s of CPU (a string of any length is
-one: a 16 MiB one, 0.08 s, against 0.38 s for 1,000 events of 15 KB, 7 December 2026). Past
-it, 413: read by their brackets, one of nested arrays took 1.5 s for 14 MiB of the
-passerelle's one splitting thread."""
+"""JSON tokens (strings, numbers, brackets, commas…) a request's elements past the last window,
+or nested deeper than the decoder goes, are read through, in all, to find where each ends:
+0.04 s of CPU (a string of any length is one: a 16 MiB one, 0.08 s, against 0.38 s for 1,000
+events of 15 KB, 7 December 2026). Past it, 413: read by their brackets, one of nested arrays
+took 1.5 s for 14 MiB of the passerelle's one splitting thread, 16 deep ones 3 s."""
 _LEXEME = re.compile(
     r"[ \t\n\r]*+(?:"
     r'(?P<string>"[^"\\]*+(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\]*+)*+")'  # possessive: no backtracking state
@@ -238,10 +217,10 @@ _CLOSING = {"[": "]", "{": "}"}
 
 
 class _Budget:
-    """The tokens left to read past the last window, for a whole request (SKIPPED_TOKENS)."""
+    """The tokens left to read without decoding, for a whole request (SKIPPED_TOKENS)."""
 
-    def __init__(self) -> None:
-        self.left = SKIPPED_TOKENS
+    def __init__(self, tokens: int = SKIPPED_TOKENS) -> None:
+        self.left = tokens
 
 
 def _skip(text: str, at: int, budget: _Budget) -> int:
@@ -313,7 +292,7 @@ def past_space(text: str, at: int) -> int:
     return match.end()
 
 
-def _element(raw: bytes, value: Any) -> Element:
+def _element(raw: bytes, value: Any, skimmed: bool = False) -> Element:
     def text(name: str) -> str | None:
         """The attribute if it is a string an answer can quote (UTF-8, the contract's length)."""
         field = value.get(name) if isinstance(value, dict) else None
@@ -325,4 +304,4 @@ def _element(raw: bytes, value: Any) -> Element:
             return None
         return field
 
-    return Element(raw, text("id"), text("type"))
+    return Element(raw, text("id"), text("type"), skimmed=skimmed)

@@ -362,6 +362,29 @@ def test_an_element_nested_too_deep_to_decode_is_split_out_and_refused_alone():
     assert refused.value.code == "json-invalide"
     [alone] = split(deep, STRUCTURED)
     assert alone.raw == deep
+    assert [e.skimmed for e in elements] == [False, True, False] and alone.skimmed  # the rate of a full batch
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"[" * 1100 + b"]" * 1099 + b"}", b"[[[" * 400 + b'"\\q"' + b"]]]" * 400, b"[" * 1100 + b"1 2" + b"]" * 1100],
+    ids=["bracket", "escape", "comma"],
+)
+def test_a_deep_element_that_is_no_json_is_400(broken):
+    """Its end found by its brackets alone, a wrong bracket, an escape JSON has not or a missing
+    comma inside made a 207, its neighbours written (review 2 s70 #1)."""
+    with pytest.raises(CorpsRefuse) as refused:
+        split(b'[{"id": "a"}, ' + broken + b', {"id": "c"}]', BATCHED)
+    assert refused.value.status == 400
+
+
+def test_deep_elements_share_the_request_s_token_budget():
+    """16 of 1 MB took 3 s of the one splitting thread, charged 16 events (review 2 s70 #1)."""
+    deep = b"[" * (SKIPPED_TOKENS // 4) + b"]" * (SKIPPED_TOKENS // 4)  # half the budget each
+    assert len(split(b"[" + deep + b"]", BATCHED)) == 1
+    with pytest.raises(CorpsRefuse) as refused:
+        split(b"[" + deep + b", " + deep + b", " + deep + b"]", BATCHED)
+    assert refused.value.status == 413 and str(SKIPPED_TOKENS) in refused.value.message
 
 
 @pytest.mark.parametrize(
