@@ -578,12 +578,12 @@ def toolbox() -> list[dict[str, Any]]:
 MONITORED = ("formation", "equipement", "ressources", "passerelle")
 
 
-def _rule(alert: str, expr: str, minutes: int, severity: str, summary: str) -> dict[str, Any]:
+def _rule(alert: str, expr: str, minutes: int, severity: str, summary: str, **labels: str) -> dict[str, Any]:
     return {
         "alert": alert,
         "expr": expr,
         "for": f"{minutes}m",
-        "labels": {"severity": severity},
+        "labels": {"severity": severity, **labels},
         "annotations": {"summary": summary},
     }
 
@@ -600,6 +600,7 @@ def monitoring() -> list[dict[str, Any]]:
                 5,
                 "critical",
                 f"{name}: no replica scraped (down, restarting, or its dependencies away past UNHEALTHY_EXIT_SECONDS)",
+                service=name,  # absent() keeps no label of its selector: else one alert for all four
             )
             for name in MONITORED
         ),
@@ -612,10 +613,12 @@ def monitoring() -> list[dict[str, Any]]:
         ),
         _rule(
             "FeoBatchesFailing",
-            "max by (service) (feo_batches_failing_seconds) > 300",
-            0,
+            # Not feo_batches_failing_seconds: a partition stuck at a record the code fails on
+            # while the replica's others commit sets it back to 0 at each commit.
+            "sum by (service) (increase(feo_batches_failed_total[10m])) > 0",
+            5,
             "critical",
-            "{{ $labels.service }}: batches fail one after another (batch.failed, /health batches_failing)",
+            "{{ $labels.service }}: batches keep failing (batch.failed, /health batches_failing)",
         ),
         _rule(
             "FeoPositionsUnreadable",
@@ -633,7 +636,10 @@ def monitoring() -> list[dict[str, Any]]:
         ),
         _rule(
             "FeoRecordsLost",
-            "sum by (service, topic) (increase(feo_records_lost_total[1h])) > 0",
+            # A series made at its first loss (found at a restart's assignment) starts above 0,
+            # which increase() counts as nothing: its appearance within the hour too.
+            "sum by (service, topic) ((increase(feo_records_lost_total[1h]) > 0) "
+            "or (feo_records_lost_total unless feo_records_lost_total offset 1h)) > 0",
             0,
             "warning",
             "{{ $labels.service }}: records of {{ $labels.topic }} deleted before it read them (Rebuild and backups)",
@@ -690,11 +696,12 @@ def monitoring() -> list[dict[str, Any]]:
             "ressources' read API answers more than 5% 5xx (api.lectures_saturees, api.base_injoignable)",
         ),
         _rule(
-            "FeoBackupFailed",
-            f'kube_job_status_failed{{job_name=~"{BACKUP_JOB}-.*"}} > 0',
+            "FeoBackupMissing",
+            # Not a Job's failed pods: a backup retried and done counted one, and a kept Job never resolved.
+            f'time() - kube_cronjob_status_last_successful_time{{cronjob="{BACKUP_JOB}"}} > 26 * 3600',
             0,
             "warning",
-            "the nightly backup failed (kubectl logs job/{{ $labels.job_name }}; kube-state-metrics)",
+            "no backup done in 26 h (kubectl get jobs; kube-state-metrics)",
         ),
     ]
     return [
@@ -707,9 +714,10 @@ def monitoring() -> list[dict[str, Any]]:
                     "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": list(MONITORED)}]
                 },
                 "endpoints": [
-                    # A scrape waits up to 4 s for the database and Kafka (README, Metrics); the
-                    # metrics' own `service` label is the Service's name: kept as it is.
-                    {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
+                    # A scrape waits up to 4 s for the database and Kafka (README, Metrics). Not
+                    # honorLabels: the target's `service`, its Service's name, is the metrics' own
+                    # (theirs `exported_service`), and a service taken over cannot speak for another.
+                    {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
                 ],
             },
         },
