@@ -615,8 +615,8 @@ def monitoring() -> list[dict[str, Any]]:
             "FeoBatchesFailing",
             # Not feo_batches_failing_seconds: a partition stuck at a record the code fails on
             # while the replica's others commit sets it back to 0 at each commit.
-            "sum by (service) (increase(feo_batches_failed_total[10m])) > 0",
-            5,
+            "sum by (service) (increase(feo_batches_failed_total[5m])) > 0",  # in every 5 min for 10
+            10,
             "critical",
             "{{ $labels.service }}: batches keep failing (batch.failed, /health batches_failing)",
         ),
