@@ -11,6 +11,7 @@ inbox makes harmless.
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -196,6 +197,8 @@ class Pipeline:
             "PostgreSQL away: the records waiting for their établissement are judged again once it is back",
         )
         self.metrics = Metrics(service)
+        # A batch's failure's traceback said at most every FAILED_LINE_SECONDS, with how many since.
+        self._traceback_said_at, self._tracebacks_unsaid = -math.inf, 0
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         """The runtime the pipeline works with, once the service has opened its database."""
@@ -301,12 +304,16 @@ class Pipeline:
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its batch's partitions
                         # every second, and skipping it (README, Rebuild and backups) needs them.
-                        # Its traceback once a minute at most while batches fail in a row: each
-                        # second's, 86,400 a day, buried every other line.
-                        if (untold := self.metrics.traceback_due(FAILED_LINE_SECONDS)) is not None:
-                            partitions = list(failing.latest)
+                        # Its traceback once a minute at most: each second's, 86,400 a day, buried
+                        # every other line. Not a run's first at once: the replica's other
+                        # partitions committing between would start a run every second.
+                        now = time.monotonic()
+                        if now - self._traceback_said_at >= FAILED_LINE_SECONDS:
+                            partitions, untold = list(failing.latest), self._tracebacks_unsaid
                             log.exception("batch.failed", records=len(records), partitions=partitions, untold=untold)
+                            self._traceback_said_at, self._tracebacks_unsaid = now, 0
                         else:
+                            self._tracebacks_unsaid += 1
                             log.debug("batch.failed", records=len(records), error=type(exc).__name__)
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()

@@ -15,7 +15,6 @@ labelled with the service's name.
 """
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -190,10 +189,6 @@ class Failing:
     """Where the latest batch that failed is (`_extent`): what an operator skips a record by."""
     said: bool = False
     """Whether PostgreSQL's being away was said for these failures (once: Pipeline.handle)."""
-    told_at: float = -math.inf
-    """monotonic() when a failure's traceback was last said (Metrics.traceback_due)."""
-    untold: int = 0
-    """Failures since, their traceback unsaid."""
 
     def seconds(self) -> float:
         return round(monotonic() - self.at, 1)
@@ -307,17 +302,6 @@ class Metrics:
         self._failed.labels(self.service).inc()
         self.failing = Failing.again(self.failing, error, records)
         return self.failing
-
-    def traceback_due(self, seconds: float) -> int | None:
-        """Whether the failing batch's traceback is to be said: None when one was less than
-        `seconds` ago (counted), else how many failed since without theirs (said now)."""
-        failing = self.failing
-        assert failing is not None, "batch_failed first"
-        if monotonic() - failing.told_at < seconds:
-            self.failing = replace(failing, untold=failing.untold + 1)
-            return None
-        self.failing = replace(failing, told_at=monotonic(), untold=0)
-        return failing.untold
 
     def said_away(self) -> None:
         """That PostgreSQL is away was said for the batches failing now."""
