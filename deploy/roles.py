@@ -34,6 +34,9 @@ def role_of(service: str, prefix: str = "feo") -> str:
 def provisioning_sql(operator: str, schemas: Mapping[str, str], prefix: str = "feo") -> str:
     """The SQL giving each service (`schemas`: its name, its schema) a role that owns its schema
     and all it holds (`{prefix}_{service}`), of which `operator` is a member."""
+    for service, schema in schemas.items():
+        given_to_sql(schema, role_of(service, prefix))  # the names checked
+    given_to_sql(operator, operator)
     lines = [
         f"-- The services' roles; `{operator}`, the operators' tools', a member of each.",
         "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), "
@@ -60,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.roles", description=__doc__.split("\n\n")[0])
     parser.add_argument("--operator", required=True, help="the role the operators' tools connect as")
     parser.add_argument(
+        "--prefix",
+        default="feo",
+        help="the roles' prefix (`feo`: feo_formation…); roles are the server's, not a database's: "
+        "another deployment on the same server takes another",
+    )
+    parser.add_argument(
         "--schema",
         action="append",
         default=[],
@@ -73,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if service not in schemas or not schema:
             parser.error(f"--schema {given}: SERVICE=SCHEMA, SERVICE one of {', '.join(schemas)}")
         schemas[service] = schema
-    print(provisioning_sql(args.operator, schemas), end="")
+    try:
+        print(provisioning_sql(args.operator, schemas, args.prefix), end="")
+    except ValueError as e:
+        parser.error(str(e))
     return 0
 
 

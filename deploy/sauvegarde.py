@@ -72,7 +72,7 @@ from services.ressources.app import SPEC as RESSOURCES
 
 SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
 T = TypeVar("T")
-_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ")
+_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) (\S+)")
 
 
 class SauvegardeError(RuntimeError):
@@ -246,7 +246,17 @@ def _remove(directory: Path, paths: list[Path]) -> None:
 
 def schemas_in(path: Path) -> list[str]:
     """The schemas a dump holds (its table of contents), which a restore replaces."""
-    return schemas_of(_run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode())
+    return schemas_of(_toc(path))
+
+
+def _toc(path: Path) -> str:
+    return _run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode()
+
+
+def owners_of(toc: str) -> dict[str, str]:
+    """Each schema's owner when it was dumped, as its table of contents keeps it (`--no-owner`
+    too): a restore's for a schema the database does not hold (a new server)."""
+    return {m.group(1): m.group(2) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line))}
 
 
 def schemas_of(toc: str) -> list[str]:
@@ -502,8 +512,19 @@ async def _replace(
         major = server.get_server_version().major
         # Each schema made again for its owner (a service's own role, where each has one: README,
         # Security), and what the dump's SQL makes in it given to that role: pg_restore --no-owner
-        # makes it this session's, and the service found its own schema closed to it.
+        # makes it this session's, and the service found its own schema closed to it. A schema
+        # the database lacks (a new server): its owner when dumped, if that role is here.
+        dumped = owners_of(_toc(path))
         owners = {name: await owner_of(server, name) for name in schemas}
+        for name in [name for name, owner in owners.items() if owner is None and name in dumped]:
+            if await server.fetchval("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", dumped[name]):
+                owners[name] = dumped[name]
+            else:
+                print(
+                    f"warning: {name} restored as this session's role's: its owner when dumped, {dumped[name]}, "
+                    "is no role here (python -m deploy.roles makes the services' before a restore)",
+                    file=sys.stderr,
+                )
     finally:
         await server.close()
     fit_for_server(script, major)

@@ -114,6 +114,9 @@ async def test_a_rebuild_and_a_restore_by_an_operator_keep_the_schema_the_servic
         assert await sauvegarde.restore(as_operator, backup) == [EQUIPEMENT.name]
         assert await admin.fetchval("SELECT count(*) FROM equipement.schema_migrations WHERE name = $1", latest) == 1
         assert {r["owner"] for r in await admin.fetch(schema_owners_sql("equipement"))} == {role}
+        await admin.execute("DROP SCHEMA equipement CASCADE")  # a new server: its owner is the dump's
+        assert await sauvegarde.restore(as_operator, backup) == [EQUIPEMENT.name]
+        assert {r["owner"] for r in await admin.fetch(schema_owners_sql("equipement"))} == {role}
 
         async with running(EQUIPEMENT, as_service) as pipeline:  # and the service works on it
             await send(bootstrap, settings.topic(c.EQUIPEMENT), [(where, lot(where, "L2", 2))])
