@@ -343,6 +343,11 @@ async def create_pool(
     except asyncpg.UniqueViolationError:  # two replicas creating it at once
         pass
     except asyncpg.InsufficientPrivilegeError:
+        if owner and owner != user:  # a tool making it for the service's role
+            raise SchemaAbsent(
+                f"schema {schema!r} absent, and role {user!r} may not create it for {owner!r}, its service's: "
+                f"it needs CREATE on the database and to be a member of {owner!r} (python -m deploy.roles)"
+            ) from None
         raise SchemaAbsent(
             f"schema {schema!r} absent, and role {user!r} may not create it: "
             f'create it for that role (CREATE SCHEMA "{schema}" AUTHORIZATION ...), or grant it CREATE on the database'
