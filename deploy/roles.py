@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from services.common.storage.db import given_to_sql, quoted
+from services.common.storage.db import given_to_sql, quoted, sql_name
 
 
 def role_of(service: str, prefix: str = "feo") -> str:
@@ -34,9 +34,7 @@ def role_of(service: str, prefix: str = "feo") -> str:
 def provisioning_sql(operator: str, schemas: Mapping[str, str], prefix: str = "feo") -> str:
     """The SQL giving each service (`schemas`: its name, its schema) a role that owns its schema
     and all it holds (`{prefix}_{service}`), of which `operator` is a member."""
-    for service, schema in schemas.items():
-        given_to_sql(schema, role_of(service, prefix))  # the names checked
-    given_to_sql(operator, operator)
+    sql_name(operator)
     lines = [
         f"-- The services' roles; `{operator}`, the operators' tools', a member of each.",
         "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), "

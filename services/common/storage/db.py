@@ -153,12 +153,19 @@ async def owner_of(conn: Conn, schema: str) -> str | None:
     )
 
 
+def sql_name(name: str) -> str:
+    """`name`, a role's or a schema's written inside a `DO $$ … $$` block: ValueError if a `$`
+    in it could end the block, or if PostgreSQL would cut it (63 bytes) and match nothing."""
+    if "$" in name or not 0 < len(name.encode()) <= 63:
+        raise ValueError(f"{name!r}: a PostgreSQL name of 63 bytes at most, without `$`, is expected")
+    return name
+
+
 def given_to_sql(schema: str, owner: str) -> str:
     """SQL giving each table and sequence of `schema` to `owner` (their indexes, and a column's
     sequence, follow their table): a restore's, whose dump's SQL made them its session's."""
     for name in (schema, owner):
-        if "$" in name or not 0 < len(name.encode()) <= 63:  # a `$$` would end the DO's body
-            raise ValueError(f"{name!r}: a PostgreSQL name of 63 bytes at most, without `$`, is expected")
+        sql_name(name)
 
     def literal(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
