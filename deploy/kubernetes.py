@@ -589,9 +589,9 @@ def _rule(alert: str, expr: str, minutes: int, severity: str, summary: str, **la
 
 
 def monitoring() -> list[dict[str, Any]]:
-    """What the Prometheus Operator scrapes (`/metrics` of each service's Service, its own
-    `service` label kept: honorLabels) and the alerts the README advises, on the metrics'
-    real names (README, Metrics): `kubectl apply -k deploy/k8s/monitoring` where its CRDs are."""
+    """What the Prometheus Operator scrapes (`/metrics` of each service's Service) and the alerts
+    the README advises, on the metrics' real names (README, Metrics): `kubectl apply -k
+    deploy/k8s/monitoring` where its CRDs are."""
     rules = [
         *(
             _rule(

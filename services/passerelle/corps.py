@@ -225,9 +225,10 @@ class _Budget:
 
 def _skip(text: str, at: int, budget: _Budget) -> int:
     """Where the value starting at `at` ends, read token by token without decoding anything nor
-    recursion: an element past the last window, or nested deeper than the decoder goes. Its grammar is JSON's as LENIENT reads it, so
-    that it ends where a parser would end it, its neighbours read as sent (a string left open
-    took the next element in: a body that is no JSON is 400, whatever its element's length).
+    recursion: an element past the last window, or nested deeper than the decoder goes. Its
+    grammar is JSON's as LENIENT reads it, so that it ends where a parser would end it, its
+    neighbours read as sent (a string left open took the next element in: a body that is no
+    JSON is 400, whatever its element's length).
     ValueError when it is not JSON; _TooLong past the budget."""
     stack: list[str] = []
     expect = "value"  # or "value]" (after `[`), "key" , "key}" (after `{`), ":", ",]" (after a value)
