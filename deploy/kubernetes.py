@@ -637,9 +637,10 @@ def monitoring() -> list[dict[str, Any]]:
         _rule(
             "FeoRecordsLost",
             # A series made at its first loss (found at a restart's assignment) starts above 0,
-            # which increase() counts as nothing: its appearance within the hour too.
+            # which increase() counts as nothing: its appearance within the hour too (present in
+            # the hour before, not merely at one instant then: a missed scrape is no appearance).
             "sum by (service, topic) ((increase(feo_records_lost_total[1h]) > 0) "
-            "or (feo_records_lost_total unless feo_records_lost_total offset 1h)) > 0",
+            "or (feo_records_lost_total unless present_over_time(feo_records_lost_total[1h] offset 1h))) > 0",
             0,
             "warning",
             "{{ $labels.service }}: records of {{ $labels.topic }} deleted before it read them (Rebuild and backups)",
@@ -697,8 +698,11 @@ def monitoring() -> list[dict[str, Any]]:
         ),
         _rule(
             "FeoBackupMissing",
-            # Not a Job's failed pods: a backup retried and done counted one, and a kept Job never resolved.
-            f'time() - kube_cronjob_status_last_successful_time{{cronjob="{BACKUP_JOB}"}} > 26 * 3600',
+            # Not a Job's failed pods: a backup retried and done counted one, and a kept Job never
+            # resolved. Nor only the last success: there is none until the first.
+            f'(time() - kube_cronjob_status_last_successful_time{{cronjob="{BACKUP_JOB}"}} > 26 * 3600) '
+            f'or (time() - kube_cronjob_created{{cronjob="{BACKUP_JOB}"}} > 26 * 3600 '
+            f'unless kube_cronjob_status_last_successful_time{{cronjob="{BACKUP_JOB}"}})',
             0,
             "warning",
             "no backup done in 26 h (kubectl get jobs; kube-state-metrics)",
