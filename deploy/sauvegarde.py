@@ -73,7 +73,7 @@ from services.ressources.app import SPEC as RESSOURCES
 
 SPECS = (FORMATION, EQUIPEMENT, RESSOURCES)
 T = TypeVar("T")
-_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) (\S+)")
+_SCHEMA_ENTRY = re.compile(r"^\d+; \d+ \d+ SCHEMA - (\S+) ?(\S*)")
 
 
 class SauvegardeError(RuntimeError):
@@ -263,7 +263,7 @@ def _toc(path: Path) -> str:
 def owners_of(toc: str) -> dict[str, str]:
     """Each schema's owner when it was dumped, as its table of contents keeps it (`--no-owner`
     too): a restore's for a schema the database does not hold (a new server)."""
-    return {m.group(1): m.group(2) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line))}
+    return {m.group(1): m.group(2) for line in toc.splitlines() if (m := _SCHEMA_ENTRY.match(line)) and m.group(2)}
 
 
 def schemas_of(toc: str) -> list[str]:
@@ -523,13 +523,18 @@ async def _replace(
         # the database lacks (a new server): its owner when dumped, if that role is here.
         dumped = owners_of(_toc(path))
         owners = {name: await owner_of(server, name) for name in schemas}
+        # Only a role this one acts for (a member of it): another deployment's on the same server
+        # (its prefix) is not this one's, though its name is the dump's.
+        mine = "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1) THEN pg_has_role($1, 'MEMBER') END"
         for name in [name for name, owner in owners.items() if owner is None and name in dumped]:
-            if await server.fetchval("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", dumped[name]):
+            if await server.fetchval(mine, dumped[name]):
                 owners[name] = dumped[name]
+                print(f"{name}: absent here, made for {dumped[name]}, its owner when dumped", flush=True)
             else:
                 print(
                     f"warning: {name} restored as this session's role's: its owner when dumped, {dumped[name]}, "
-                    "is no role here (python -m deploy.roles makes the services' before a restore)",
+                    "is no role here this one is a member of (python -m deploy.roles makes the services' "
+                    "before a restore)",
                     file=sys.stderr,
                 )
     finally:

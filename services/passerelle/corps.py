@@ -146,14 +146,13 @@ def _array(text: str) -> list[Element]:
                 try:
                     value, end = _value(text, at)
                     element = _element(text[at:end].encode("utf-8", "surrogateescape"), value)
-                except RecursionError:  # nested too deep to decode: its end found token by token, judged alone
+                except (RecursionError, _TooLong):  # too deep or too long to decode: read token by token
                     end = _skip(text, at, budget)
-                    element = _element(text[at:end].encode("utf-8", "surrogateescape"), None, skimmed=True)
-                except _TooLong:
-                    end = _skip(text, at, budget)
-                    # Not copied (a slice, then its bytes: twice a 16 MiB element, four times with
-                    # one emoji in the body): refused for its size, which its characters exceed.
-                    element = Element(b"", None, None, oversize=end - at, skimmed=True)
+                    if end - at <= MAX_RECORD_BYTES:  # too deep: judged alone, by the contract's parser
+                        element = _element(text[at:end].encode("utf-8", "surrogateescape"), None, skimmed=True)
+                    else:  # Not copied (a slice, then its bytes: twice a 16 MiB element, four times with
+                        # one emoji in the body): refused for its size, which its characters exceed.
+                        element = Element(b"", None, None, oversize=end - at, skimmed=True)
             except ValueError:
                 raise CorpsRefuse(400, f"{not_array} (élément {len(elements)} illisible)") from None
             except _TooLong:

@@ -378,6 +378,14 @@ def test_a_deep_element_that_is_no_json_is_400(broken):
     assert refused.value.status == 400
 
 
+def test_a_deep_element_beyond_a_record_s_size_is_refused_for_it_not_copied():
+    """Its bytes were kept to the answer (15 MiB of a 16 MiB body held), then refused
+    `trop-volumineux` all the same (review 3 s70 #4)."""
+    deep = b'{"id": "b", "p": "' + b"x" * MAX_RECORD_BYTES + b'", "x": ' + DEEP + b"}"
+    [element] = split(b"[" + deep + b"]", BATCHED)
+    assert (element.raw, element.oversize, element.skimmed) == (b"", len(deep), True)
+
+
 def test_deep_elements_share_the_request_s_token_budget():
     """16 of 1 MB took 3 s of the one splitting thread, charged 16 events (review 2 s70 #1)."""
     deep = b"[" * (SKIPPED_TOKENS // 4) + b"]" * (SKIPPED_TOKENS // 4)  # half the budget each
