@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -134,17 +133,11 @@ def _run(args: list[str], env: dict[str, str], what: str) -> bytes:
             # Interrupted (Ctrl-C, SIGTERM): psql or pg_dump told as Ctrl-C tells them, so that they
             # cancel their statement on the server and end (killed, psql left its session running
             # on, holding the restore's locks after the tool's own was gone); killed only past 10 s.
-            # Told again each second: one just started may take the first before it runs the
-            # tool's code (still this process's handler, in the child before its exec), and wait.
-            deadline = time.monotonic() + 10
-            while process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                except subprocess.TimeoutExpired:
-                    if time.monotonic() >= deadline:
-                        process.kill()
-                        process.wait()
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
             raise
     if process.returncode != 0:
         detail = stderr.decode(errors="replace").strip().splitlines()
