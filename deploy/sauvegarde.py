@@ -244,12 +244,9 @@ def _remove(directory: Path, paths: list[Path]) -> None:
         durable(directory)
 
 
-def schemas_in(path: Path) -> list[str]:
-    """The schemas a dump holds (its table of contents), which a restore replaces."""
-    return schemas_of(_toc(path))
-
-
 def _toc(path: Path) -> str:
+    """A dump's table of contents (`pg_restore --list`): its schemas (schemas_of), which a
+    restore replaces, and their owners (owners_of)."""
     return _run([pg_tool("pg_restore"), "--list", str(path)], dict(os.environ), f"reading {path}").decode()
 
 
@@ -353,7 +350,8 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
     database_url = settings.database_url
     if busy := await connected_services(database_url):
         raise SauvegardeError(f"stop the services first: still connected to the database: {', '.join(busy)}")
-    schemas = schemas_in(path)
+    toc = _toc(path)
+    schemas = schemas_of(toc)
     if not schemas:
         raise SauvegardeError(f"{path} holds no schema: not a backup of the platform")
     services = [spec for spec in SPECS if spec.name in schemas]
@@ -376,7 +374,7 @@ async def _restore(settings: ServiceSettings, path: Path) -> list[str]:
             dict(os.environ),
             f"reading {path}",
         )
-        return await _replace(settings, path, services, schemas, script)
+        return await _replace(settings, path, services, schemas, owners_of(toc), script)
     finally:
         script.unlink(missing_ok=True)
 
@@ -491,9 +489,15 @@ def _scratch(backup: Path) -> Path:
 
 
 async def _replace(
-    settings: ServiceSettings, path: Path, services: list[ServiceSpec], schemas: list[str], script: Path
+    settings: ServiceSettings,
+    path: Path,
+    services: list[ServiceSpec],
+    schemas: list[str],
+    dumped: dict[str, str],
+    script: Path,
 ) -> list[str]:
-    """The schemas replaced by the dump's (`script`, its SQL), then caught up with the log."""
+    """The schemas replaced by the dump's (`script`, its SQL), then caught up with the log;
+    `dumped`, each one's owner when dumped (owners_of)."""
     database_url = settings.database_url
     caught_up = {spec.name for spec in services} | NO_CATCH_UP.keys()
     if others := [name for name in schemas if name not in caught_up]:
@@ -514,7 +518,6 @@ async def _replace(
         # Security), and what the dump's SQL makes in it given to that role: pg_restore --no-owner
         # makes it this session's, and the service found its own schema closed to it. A schema
         # the database lacks (a new server): its owner when dumped, if that role is here.
-        dumped = owners_of(_toc(path))
         owners = {name: await owner_of(server, name) for name in schemas}
         # Only a role this one acts for (a member of it): another deployment's on the same server
         # (its prefix) is not this one's, though its name is the dump's.
