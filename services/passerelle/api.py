@@ -44,7 +44,7 @@ from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import OUT_OF_STEP, sender_died
 from services.common.rules.rights import Refusal
 from services.common.runtime.app import AnswerHeaders, ServiceApp, internal_error, started
-from services.common.runtime.metrics import HttpMetrics, Metrics
+from services.common.runtime.metrics import HttpMetrics, Metrics, answered
 from services.common.runtime.outages import EveryFew
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.startup import StartupFailed
@@ -487,21 +487,10 @@ class CountRequests:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/v1/evenements":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def sending(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                self.compteurs.requests.labels(self.compteurs.service, str(message["status"])).inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception:
-            if not started:
-                self.compteurs.requests.labels(self.compteurs.service, "500").inc()
-            raise
+        requests = self.compteurs.requests.labels
+        await answered(
+            self.app, scope, receive, send, lambda status: requests(self.compteurs.service, str(status)).inc()
+        )
 
 
 def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:

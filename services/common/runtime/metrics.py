@@ -76,26 +76,35 @@ class HttpMetrics:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, answered = monotonic(), False
+        started = monotonic()
 
         def count(status: int) -> None:
             route = getattr(scope.get("route"), "path", None) or "inconnue"
             self.answers.labels(self.service, route, str(status)).inc()
             self.seconds.labels(self.service, route).observe(monotonic() - started)
 
-        async def sending(message: dict) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                answered = True
-                count(message["status"])
-            await send(message)
+        await answered(self.app, scope, receive, send, count)
 
-        try:
-            await self.app(scope, receive, sending)
-        except Exception:
-            if not answered:
-                count(500)
-            raise
+
+async def answered(app: Any, scope: dict, receive: Any, send: Any, count: Callable[[int], None]) -> None:
+    """The ASGI `app` run on a request, `count` told its answer's status as the answer starts; an
+    error no handler answered, as the 500 the server sends for it (HttpMetrics, the passerelle's
+    CountRequests)."""
+    started = False
+
+    async def sending(message: dict) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+            count(message["status"])
+        await send(message)
+
+    try:
+        await app(scope, receive, sending)
+    except Exception:
+        if not started:
+            count(500)
+        raise
 
 
 @dataclass(frozen=True)
