@@ -722,8 +722,8 @@ class Pipeline:
         effect, even when the rights would now refuse it (its établissement moved since):
         judged again, it was dead-lettered though applied. A new event they refuse leaves no
         inbox row (sent again once the rights allow it, it is applied), also when it is sent again
-        in the same batch: an event of the same (source, id) as one refused before it in `items`
-        (corrected, say) is judged after it, not taken for its duplicate (it was lost). The accepted
+        in the same batch: an event of the same key (`inbox.key`) as one refused before it in
+        `items` (corrected, say) is judged after it, not taken for its duplicate (it was lost). The accepted
         in their order in `items`: of one entity's events at the same `time`, the later wins."""
         accepted: list[CloudEvent] = []
         arrived, rounds = items, 0
@@ -731,18 +731,18 @@ class Pipeline:
             rounds += 1
             first: list[tuple[CloudEvent, ConsumerRecord]] = []
             later: list[tuple[CloudEvent, ConsumerRecord]] = []
-            keys: set[tuple[str, str]] = set()
+            keys: set[inbox.Key] = set()
             for e, r in items:
-                (later if (e.source, e.id) in keys else first).append((e, r))
-                keys.add((e.source, e.id))
+                (later if inbox.key(e) in keys else first).append((e, r))
+                keys.add(inbox.key(e))
             claimed = {id(e) for e in await inbox.claim(conn, [e for e, _ in first], principal)}
             fresh = [(e, r) for e, r in first if id(e) in claimed]
             kept = {id(e) for e in self._check(fresh, etabs, rejected)}
             released = [e for e, _ in fresh if id(e) not in kept]
             await inbox.release(conn, released)
             accepted += (e for e, _ in fresh if id(e) in kept)
-            again = {(e.source, e.id) for e in released}
-            items = [(e, r) for e, r in later if (e.source, e.id) in again]
+            again = {inbox.key(e) for e in released}
+            items = [(e, r) for e, r in later if inbox.key(e) in again]
         if rounds > 1:  # a round's accepted came after the events of the rounds before
             position = {id(e): i for i, (e, _) in enumerate(arrived)}
             accepted.sort(key=lambda e: position[id(e)])

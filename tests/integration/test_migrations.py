@@ -4,15 +4,18 @@ through, and is tried again until it is applied."""
 
 import asyncio
 import hashlib
+import json
 import time
 from types import SimpleNamespace
 
 import asyncpg
 
-from helpers import Said, eventually
+import contracts as c
+from contracts import parse_event
+from helpers import Said, college, event, eventually, uai
 from services.common.runtime import startup
 from services.common.runtime.settings import ServiceSettings
-from services.common.storage import db
+from services.common.storage import db, inbox
 from services.common.storage.db import create_pool, migrate
 from services.ressources.app import SPEC
 
@@ -136,6 +139,34 @@ async def test_a_schema_an_early_text_of_0015_migrated_is_repaired(database_url)
         assert await pool.fetchval("WITH d AS (DELETE FROM outbox RETURNING 1) SELECT count(*) FROM d") == 1
         assert await pool.fetchval("SELECT count(*) FROM outbox_failed WHERE record_value IS NULL") == 0
         await migrate(pool, schema, SPEC.package_dir)  # nothing to do the second time, nor on a fresh schema
+    finally:
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
+async def test_the_inbox_scoped_by_domain_keeps_the_events_it_held_before(database_url):
+    """common/0021 scopes the inbox's key by the types' domain: an event held before it is
+    still a duplicate after it, while the same (source, id) in another domain is not."""
+    schema = "ressources_0021_inbox"
+    pool = await create_pool(database_url, schema)
+    retiree = event(c.RESSOURCE_RETIREE, "/ministere", {"resource_id": "ark:/67375/m"}, subject="ark:/67375/m")
+    catalogue = parse_event(json.dumps(retiree | {"id": "taken"}).encode(), c.CATALOGUE)
+    etablissement = parse_event(json.dumps(college(uai("0350210")) | {"id": "taken"}).encode(), c.REFERENTIEL)
+    try:
+        await migrate(pool, schema, SPEC.package_dir)
+        await pool.execute(
+            "DROP INDEX inbox_key; ALTER TABLE inbox ADD PRIMARY KEY (source, id); "
+            "DELETE FROM schema_migrations WHERE name = 'common/0021_inbox_par_domaine.sql'"
+        )
+        async with pool.acquire() as conn:
+            assert await inbox.claim(conn, [catalogue]) == [catalogue]
+            assert await inbox.claim(conn, [etablissement]) == []  # the former key: taken
+
+        await migrate(pool, schema, SPEC.package_dir)
+        async with pool.acquire() as conn:
+            assert await inbox.claim(conn, [catalogue]) == []
+            assert await inbox.claim(conn, [etablissement]) == [etablissement]
+            assert await inbox.claim(conn, [etablissement]) == []
     finally:
         await pool.execute(f"DROP SCHEMA {schema} CASCADE")
         await pool.close()

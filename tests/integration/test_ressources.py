@@ -2,6 +2,7 @@
 equipement would publish them, the catalogue as the ministère and the GAR send it."""
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import contracts as c
@@ -179,6 +180,33 @@ async def test_withdrawal_resolves_and_republication_raises_again_with_the_same_
         await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(7, min_ipados="12"))])
         records = await alerts.wait_for(lambda rs: len(alerts_of(rs, c.ALERTE_RESOLUE)) == 2, what="a second resolve")
         assert [json.loads(r.value)["type"] for r in records][-1] == c.ALERTE_RESOLUE
+
+
+async def test_a_catalogue_record_does_not_take_first_the_id_of_the_ministere_s_etablissement(kafka, settings):
+    """The GAR may write the catalogue as `/ministere` (a Kafka record does not say who wrote
+    it): a catalogue record under the id of the ministère's next `etablissement` did keep
+    ressources from taking it, as a duplicate, while the other services took it (contract
+    audit s69 F1). The inbox is scoped by the types' domain; within one, the same (source, id)
+    is still one event."""
+    where, taken = uai("0350209"), str(uuid.uuid4())
+    bootstrap = kafka.bootstrap_servers
+    held = "SELECT ressource->'requirements'->0->0->>'min_version' FROM ressources WHERE resource_id = $1"
+    async with running(SPEC, settings) as pipeline:
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, publiee(1) | {"id": taken})])
+        await eventually(lambda: pipeline.pool.fetchval(held, RID), what="the resource")
+
+        await send(bootstrap, settings.topic(c.REFERENTIEL), [(where, college(where) | {"id": taken})])
+        again = publiee(2, min_ipados="12") | {"id": taken}  # the catalogue's again: a duplicate
+        marker = publiee(3)
+        marker["data"]["resource_id"] = marker["subject"] = f"{RID}-marker"
+        await send(bootstrap, settings.topic(c.CATALOGUE), [(RID, again), (marker["subject"], marker)])
+        await eventually(lambda: pipeline.pool.fetchval(held, marker["subject"]), what="the marker")
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM etablissements WHERE uai = $1", where),
+            what="the établissement taken",
+        )
+        assert await pipeline.pool.fetchval(held, RID) == "15"
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM inbox WHERE id = $1", taken) == 2
 
 
 async def test_catalogue_refusals_are_dead_lettered(kafka, settings):

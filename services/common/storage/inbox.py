@@ -1,4 +1,10 @@
-"""The inbox: the same (`source`, `id`) received again has no second effect.
+"""The inbox: the same (`source`, `id`) received again has no second effect, within one domain
+of types (`scope`), that is one topic's: the contract's topics each carry one domain.
+
+Scoped so, a record on a topic two partners write cannot take first the id of an event on a
+topic only one of them writes: the GAR, which may write `ressources.catalogue.v1` as `/ministere`
+(a Kafka record does not say which principal wrote it), would otherwise keep `ressources`, which
+reads both, from taking the ministère's `etablissement` of that id (contract audit s69 F1).
 
 `claim` runs inside the batch's transaction: a row inserted now means the event is new; a
 conflict means it was accepted before (or by a concurrent consumer, which then commits first).
@@ -9,11 +15,24 @@ from collections.abc import Callable, Sequence
 from contracts import CloudEvent
 from services.common.storage.db import Conn, json_rows
 
+Key = tuple[str, str, str]
+
+
+def scope(type_: str) -> str:
+    """The domain of a type, `fr.education.<domain>.<name>.v1` (`referentiel`, `ressources`,
+    `plateforme`…): the inbox's unique index reads it so too (`split_part(type, '.', 3)`)."""
+    return type_.split(".", 3)[2] if type_.count(".") >= 3 else type_
+
+
+def key(event: CloudEvent) -> Key:
+    """What makes an event the same as one received before: (source, id) within its scope."""
+    return event.source, event.id, scope(event.type)
+
 
 async def claim(
     conn: Conn, events: Sequence[CloudEvent], principal: Callable[[CloudEvent], str | None] = lambda _: None
 ) -> list[CloudEvent]:
-    """Keep the events never accepted before, in arrival order, each (source, id) once;
+    """Keep the events never accepted before, in arrival order, each key once;
     `principal(event)`: who was authenticated when it came in, stored with its row."""
     if not events:
         return []
@@ -23,7 +42,7 @@ async def claim(
         SELECT * FROM json_to_recordset($1::json)
             AS e(source text, id text, type text, subject text, event_time timestamptz, principal text)
         ON CONFLICT DO NOTHING
-        RETURNING source, id
+        RETURNING source, id, split_part(type, '.', 3) AS scope
         """,
         json_rows(
             {
@@ -37,11 +56,11 @@ async def claim(
             for e in events
         ),
     )
-    fresh = {(r["source"], r["id"]) for r in rows}
+    fresh = {(r["source"], r["id"], r["scope"]) for r in rows}
     kept: list[CloudEvent] = []
     for event in events:
-        if (event.source, event.id) in fresh:
-            fresh.discard((event.source, event.id))  # a twin inside the batch is a duplicate too
+        if key(event) in fresh:
+            fresh.discard(key(event))  # a twin inside the batch is a duplicate too
             kept.append(event)
     return kept
 
@@ -49,17 +68,17 @@ async def claim(
 async def release(conn: Conn, events: Sequence[CloudEvent]) -> None:
     """Forget these events, claimed in this transaction and then refused: received again, they
     are judged again."""
-    await _each(conn, "DELETE FROM inbox USING {keys} WHERE inbox.source = k.source AND inbox.id = k.id", events)
+    await _each(conn, "DELETE FROM inbox USING {keys} WHERE {same}", events)
 
 
 async def mark_stale(conn: Conn, events: Sequence[CloudEvent]) -> None:
-    await _each(
-        conn, "UPDATE inbox SET outcome = 'stale' FROM {keys} WHERE inbox.source = k.source AND inbox.id = k.id", events
-    )
+    await _each(conn, "UPDATE inbox SET outcome = 'stale' FROM {keys} WHERE {same}", events)
 
 
 async def _each(conn: Conn, statement: str, events: Sequence[CloudEvent]) -> None:
-    """`statement` over the inbox rows of `events`, their keys given as `{keys}` (rows `k`)."""
+    """`statement` over the inbox rows of `events`, their keys given as `{keys}` (rows `k`),
+    matched by `{same}`."""
     if events:
-        keys = "unnest($1::text[], $2::text[]) AS k(source, id)"
-        await conn.execute(statement.format(keys=keys), [e.source for e in events], [e.id for e in events])
+        keys = "unnest($1::text[], $2::text[], $3::text[]) AS k(source, id, scope)"
+        same = "inbox.source = k.source AND inbox.id = k.id AND split_part(inbox.type, '.', 3) = k.scope"
+        await conn.execute(statement.format(keys=keys, same=same), *map(list, zip(*map(key, events), strict=True)))
