@@ -689,6 +689,15 @@ def monitoring() -> list[dict[str, Any]]:
             "the passerelle answers more than 5% of partners' requests 5xx (evenements.non_ecrits, jwks.indisponible)",
         ),
         _rule(
+            "FeoPasserelleNoKeys",
+            # Each replica's own: its file, or its provider as it last fetched it.
+            "min by (service) (feo_passerelle_jwks_keys) == 0",
+            2,
+            "critical",
+            "a passerelle replica holds no key to verify tokens with: every partner's request 503 "
+            "(jwks.indisponible, feo_passerelle_unavailable_total)",
+        ),
+        _rule(
             "FeoReadApiUnavailable",
             'sum(rate(feo_http_requests_total{service="ressources",status=~"5.."}[5m])) '
             '/ sum(rate(feo_http_requests_total{service="ressources"}[5m])) > 0.05',

@@ -17,7 +17,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -185,16 +185,16 @@ class Passerelle:
             ) from None
         except ClesAVerifier as e:  # its key may be one the provider published since: not told invalid
             self._new_key_said.say(log.warning, "jwks.cle_a_verifier", error=str(e))
-            raise HTTPException(
-                503,
+            raise Indisponible(
+                "cle-a-verifier",
                 "la clé du jeton n'est pas encore connue : réessayer quand les clés du fournisseur d'identité "
                 "auront été relues",
                 {"Retry-After": str(math.ceil(e.retry_after))},
             ) from None
         except JwksIndisponible as e:  # no key to check any token with: not the client's fault
             self._keys_away_said.say(log.error, "jwks.indisponible", error=str(e))
-            raise HTTPException(
-                503,
+            raise Indisponible(
+                "cles-indisponibles",
                 "les clés du fournisseur d'identité sont illisibles : réessayer",
                 {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)},
             ) from None
@@ -224,8 +224,8 @@ class Passerelle:
                 self._unwritten_said.say(
                     log.warning, "evenements.non_ecrits", events=len(accepted), error=type(e).__name__
                 )
-            raise HTTPException(
-                503,
+            raise Indisponible(
+                "kafka",
                 "Kafka n'a pas confirmé l'écriture des événements acceptés : renvoyer la requête "
                 "(un événement déjà reçu, même source et même id, n'a pas de second effet)",
                 {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)},
@@ -339,8 +339,8 @@ async def _receive(
         verdicts = await examen.judge(elements, principal.declarants, not_after, lookup)
     except _DATABASE_AWAY as e:
         passerelle.referentiel_away_said.say(log.warning, "referentiel.injoignable", error=type(e).__name__)
-        raise HTTPException(
-            503, "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
+        raise Indisponible(
+            "postgresql", "PostgreSQL injoignable : réessayer", {"Retry-After": str(RETRY_UNAVAILABLE_SECONDS)}
         ) from None
     accepted = [v for v in verdicts if isinstance(v, Accepte)]
     await passerelle.write(accepted, record_headers(principal.subject, request.headers.items()))
@@ -393,8 +393,8 @@ def busy(settings: PasserelleSettings, subject: str, bound: str) -> HTTPExceptio
             "attendre la réponse d'une requête avant d'en envoyer une autre",
             {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
         )
-    return HTTPException(
-        503,
+    return Indisponible(
+        "passerelle-pleine",
         f"la passerelle traite déjà {settings.passerelle_requests_total} requêtes : réessayer",
         {"Retry-After": retry_after(BUSY_RETRY_SECONDS)},
     )
@@ -442,8 +442,25 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, exc.status)
 
 
+class Indisponible(HTTPException):
+    """A 503, and why: `raison`, one of INDISPONIBLE (feo_passerelle_unavailable_total)."""
+
+    def __init__(self, raison: str, detail: str, headers: dict[str, str]) -> None:
+        assert raison in INDISPONIBLE, raison
+        super().__init__(503, detail, headers)
+        self.raison = raison
+
+
+INDISPONIBLE = ("cle-a-verifier", "cles-indisponibles", "kafka", "postgresql", "passerelle-pleine")
+"""Why the passerelle answers 503: a token's key not among those in hand and not fetched again
+for it yet, no key to verify any token with, Kafka not confirming the writes, PostgreSQL (its
+référentiel) away, the replica's requests all taken."""
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, Indisponible):
+        request.app.state.compteurs.unavailable.labels(request.app.state.compteurs.service, exc.raison).inc()
     detail = _STARLETTE.get((exc.status_code, exc.detail), exc.detail)
     return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
@@ -468,6 +485,21 @@ class Compteurs:
             ["service", "outcome", "code"],
             registry=metrics.registry,
         )
+        self.unavailable = prometheus.Counter(
+            "feo_passerelle_unavailable",
+            "503 answers to POST /v1/evenements, by reason",
+            ["service", "reason"],
+            registry=metrics.registry,
+        )
+        for reason in INDISPONIBLE:  # each at 0 from the start: a rate over a series born at its first is lost
+            self.unavailable.labels(self.service, reason)
+        self.keys: Callable[[], float] = lambda: math.nan  # the verifier's, once the lifespan made it
+        prometheus.Gauge(
+            "feo_passerelle_jwks_keys",
+            "signing keys in hand to verify tokens with (0: every request 503)",
+            ["service"],
+            registry=metrics.registry,
+        ).labels(self.service).set_function(lambda: self.keys())
 
     def events_judged(self, verdicts: Sequence[Verdict]) -> None:
         refused = Counter(v.code for v in verdicts if isinstance(v, Refusal))
@@ -518,6 +550,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
             debit = Debit(settings.passerelle_rate_events_per_s, settings.passerelle_rate_burst)
             passerelle = Passerelle(settings, verificateur, stream_app.pipeline.pool, producer, debit)
             api.state.passerelle = passerelle
+            compteurs.keys = verificateur.cles_en_main
             yield
         finally:
             try:

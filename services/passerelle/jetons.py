@@ -143,6 +143,12 @@ class Verificateur:
         self.max_lifetime_seconds = max_lifetime_seconds
         self._cles = _ClesFichier(jwks_file) if jwks_file is not None else _ClesUrl(str(jwks_url))
 
+    def cles_en_main(self) -> int:
+        """How many signing keys tokens are verified with now (feo_passerelle_jwks_keys): those
+        of the file as it is (0 when unreadable), or of the provider as last fetched (0 before a
+        first fetch, or once it answered none)."""
+        return self._cles.en_main()
+
     async def verifier(self, token: str) -> Principal:
         try:
             entete = jwt.get_unverified_header(token)
@@ -358,6 +364,12 @@ class _ClesFichier:
     async def sans_kid_relues(self, alg: str, emis: float | None, leeway: float) -> tuple[Cle, ...] | None:
         return None  # the file is read again whenever it changes, at each token
 
+    def en_main(self) -> int:
+        try:
+            return len(self._lues().toutes)
+        except JwksIndisponible:
+            return 0
+
     def _lues(self) -> JeuDeCles:
         try:
             stat = os.stat(self.path)
@@ -471,6 +483,9 @@ class _ClesUrl:
             await self._charger(vue)
         elif self._rafraichissement is None or self._rafraichissement.done():
             self._rafraichissement = asyncio.create_task(self._charger(vue))
+
+    def en_main(self) -> int:
+        return len(self._cles.toutes)
 
     def _disponibles(self) -> None:
         if not self._cles.toutes:

@@ -193,6 +193,9 @@ async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_5
                 assert again.status_code == 503
             [line] = said.named("jwks.cle_a_verifier")
             assert line["level"] == "warning" and line["autres_requetes"] == 0
+            scraped = await _scraped(client)
+            assert scraped[("feo_passerelle_unavailable_total", (("reason", "cle-a-verifier"),))] == 5
+            assert scraped[("feo_passerelle_jwks_keys", ())] == 1  # the keys in hand, still used
             served["jwks"] = json.dumps(
                 {"keys": [k for p in (identite, rotated) for k in json.loads(p.jwks_path.read_bytes())["keys"]]}
             ).encode()
@@ -203,6 +206,7 @@ async def test_a_token_signed_by_a_key_the_provider_published_while_failing_is_5
                 return answer.status_code == 202
 
             await eventually(accepted, timeout=30, what="the new key's token accepted once the provider answers")
+            assert (await _scraped(client))[("feo_passerelle_jwks_keys", ())] == 2
     finally:
         server.shutdown()
         server.server_close()
@@ -544,6 +548,9 @@ async def test_requests_at_once_are_bounded_per_subject_429_and_in_all_503_befor
             await eventually(lambda: asyncio.sleep(0, en_cours.refus(subject(third)) == "total"), what="three held")
             full = await post(third)
             assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1, full.text
+            assert (await _scraped(client))[
+                ("feo_passerelle_unavailable_total", (("reason", "passerelle-pleine"),))
+            ] == 1
         finally:
             for writer in held:
                 writer.close()
@@ -620,6 +627,7 @@ async def test_while_postgresql_restarts_or_does_not_answer_a_request_is_503_to_
         )
         assert response.status_code == 503 and "PostgreSQL" in response.json()["detail"]
         assert int(response.headers["retry-after"]) >= 1
+        assert (await _scraped(client))[("feo_passerelle_unavailable_total", (("reason", "postgresql"),))] == 1
     assert await record_count(kafka.bootstrap_servers, settings.topic(c.EQUIPEMENT)) == 0
 
 
@@ -658,6 +666,7 @@ async def test_after_kafka_refused_an_event_the_next_ones_of_its_partition_are_w
         return (await client.post("/v1/evenements", content=next(bigs), headers=auth)).status_code == 503
 
     await eventually(refused, what="Kafka refusing a 4 KB event")
+    assert (await _scraped(client))[("feo_passerelle_unavailable_total", (("reason", "kafka"),))] >= 1
     written = await record_count(kafka.bootstrap_servers, equipement)
     response = await client.post("/v1/evenements", content=json.dumps(lot(ECOLE, lot_id="L2")), headers=auth)
     assert response.status_code == 202, response.text
@@ -722,8 +731,6 @@ async def test_metrics_count_requests_by_status_and_events_by_outcome(kafka, set
     """The passerelle exported nothing of its own: a partner refused by a wrong token or its rate
     left no figure and no line (audit helper-181 #9). Never labelled by client: a made-up token
     names the `sub` it likes."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     async with serve(rated(settings, identite, 0.01, 1000)) as (client, api):
         pool = api.state.passerelle.pool
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(ECOLE, ecole(ECOLE, "35238"))])
@@ -738,12 +745,7 @@ async def test_metrics_count_requests_by_status_and_events_by_outcome(kafka, set
                 await client.post("/v1/evenements", json=[lot(ECOLE)], headers=bearer("made.up.token") | BATCHED)
             ).status_code,
         ]
-        scraped = {
-            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "service"))): s.value
-            for family in text_string_to_metric_families((await client.get("/metrics")).text)
-            for s in family.samples
-            if s.name.startswith("feo_passerelle_")
-        }
+        scraped = await _scraped(client)
     assert statuses == [207, 202, 429, 401, 401]
     requests = {
         dict(labels)["status"]: n for (name, labels), n in scraped.items() if name == "feo_passerelle_requests_total"
@@ -755,3 +757,20 @@ async def test_metrics_count_requests_by_status_and_events_by_outcome(kafka, set
         if name == "feo_passerelle_events_total"
     }
     assert events == {("accepted", ""): 2, ("refused", "uai-inconnu"): 1}
+    unavailable = {
+        dict(labels)["reason"]: n for (name, labels), n in scraped.items() if name == "feo_passerelle_unavailable_total"
+    }
+    assert unavailable == dict.fromkeys(passerelle_api.INDISPONIBLE, 0)  # each at 0 from the start
+    assert scraped[("feo_passerelle_jwks_keys", ())] == 1
+
+
+async def _scraped(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The passerelle's own series on its /metrics: (name, labels but `service`) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "service"))): s.value
+        for family in text_string_to_metric_families((await client.get("/metrics")).text)
+        for s in family.samples
+        if s.name.startswith("feo_passerelle_")
+    }

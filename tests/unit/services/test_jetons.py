@@ -318,6 +318,9 @@ async def test_a_missing_jwks_file_is_unavailable_not_a_bad_token(tmp_path: Path
 
     with pytest.raises(JwksIndisponible, match=r"JWKS_FILE .*absent\.json"):
         await verificateur.verifier(identite.jeton(COMMUNE))
+    assert verificateur.cles_en_main() == 0  # feo_passerelle_jwks_keys
+    (tmp_path / "absent.json").write_bytes(identite.jwks_path.read_bytes())
+    assert verificateur.cles_en_main() == 1
 
 
 def _publiee(tmp_path: Path, identite: IdentiteLocale, **changes: object) -> Verificateur:
@@ -692,8 +695,12 @@ async def test_a_jwks_without_an_asymmetric_signing_key_is_unavailable_not_a_bad
 ) -> None:
     fournisseur.jwks = b'{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}'  # a shared secret only
 
+    verificateur = fournisseur.verificateur()
     with pytest.raises(JwksIndisponible, match="aucune clé de signature asymétrique"):
-        await fournisseur.verificateur().verifier(identite.jeton(COMMUNE))
+        await verificateur.verifier(identite.jeton(COMMUNE))
+    assert verificateur.cles_en_main() == 0  # feo_passerelle_jwks_keys
+    fournisseur.jwks = identite.jwks_path.read_bytes()
+    assert verificateur.cles_en_main() == 0  # as last fetched: not fetched for the gauge
 
 
 async def test_a_token_issued_in_the_future_on_an_unknown_kid_is_a_401_not_a_503(
