@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from services.common.storage.db import given_to_sql, quoted, sql_name
+from services.common.storage.db import do_block, given_to_sql, quoted, sql_name
 
 
 def role_of(service: str, prefix: str = "feo") -> str:
@@ -37,16 +37,20 @@ def provisioning_sql(operator: str, schemas: Mapping[str, str], prefix: str = "f
     sql_name(operator)
     lines = [
         f"-- The services' roles; `{operator}`, the operators' tools', a member of each.",
-        "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), "
-        f"'{operator.replace(chr(39), chr(39) * 2)}'); END $$;",
+        do_block(
+            "BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), "
+            f"'{operator.replace(chr(39), chr(39) * 2)}'); END"
+        ),
     ]
     for service, schema in schemas.items():
         role = role_of(service, prefix)
         literal = role.replace("'", "''")
         lines += [
             f"-- {service}",
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{literal}') "
-            f"THEN CREATE ROLE {quoted(role)} LOGIN; END IF; END $$;",
+            do_block(
+                f"BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{literal}') "
+                f"THEN CREATE ROLE {quoted(role)} LOGIN; END IF; END"
+            ),
             f"GRANT {quoted(role)} TO {quoted(operator)};",
             f"CREATE SCHEMA IF NOT EXISTS {quoted(schema)} AUTHORIZATION {quoted(role)};",
             f"ALTER SCHEMA {quoted(schema)} OWNER TO {quoted(role)};",

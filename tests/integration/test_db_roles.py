@@ -65,8 +65,8 @@ async def dropped(admin: asyncpg.Connection, *roles: str) -> None:
     try:
         for role in roles:
             if await admin.fetchval("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", role):
-                await admin.execute(f"DROP OWNED BY {role} CASCADE")
-                await admin.execute(f"DROP ROLE {role}")
+                await admin.execute(f"DROP OWNED BY {db.quoted(role)} CASCADE")
+                await admin.execute(f"DROP ROLE {db.quoted(role)}")
     finally:
         await admin.close()
 
@@ -169,3 +169,23 @@ async def test_the_provisioning_gives_a_running_deployment_s_schemas_to_the_serv
             await operator.close()
     finally:
         await dropped(admin, *(role_of(name, prefix) for name in services), shared)
+
+
+async def test_names_holding_dollars_are_provisioned(database_url, unique):
+    """PostgreSQL names may hold `$` (not first): the provisioning's `DO` blocks, quoted by
+    `$$`, refused them (a restore of a schema owned by such a role failed the same way)."""
+    from deploy.roles import provisioning_sql, role_of
+
+    admin = await asyncpg.connect(database_url)
+    operator, prefix, schema = f"op${unique}$$", f"feo${unique}$feo$", f"s${unique}$$x"
+    role = role_of("equipement", prefix)
+    try:
+        await admin.execute(f"CREATE ROLE {db.quoted(operator)}")
+        await admin.execute(f"CREATE SCHEMA {db.quoted(schema)}; CREATE TABLE {db.quoted(schema)}.t (n serial)")
+        await admin.execute(provisioning_sql(operator, {"equipement": schema}, prefix=prefix))
+        owners = {r["owner"] for r in await admin.fetch(schema_owners_sql(schema))}
+        assert owners == {db.quoted(role)}  # regrole's text quotes a name holding `$`
+        assert await admin.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", operator, role)
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {db.quoted(schema)} CASCADE")
+        await dropped(admin, role, operator)

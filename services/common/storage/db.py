@@ -154,11 +154,18 @@ async def owner_of(conn: Conn, schema: str) -> str | None:
 
 
 def sql_name(name: str) -> str:
-    """`name`, a role's or a schema's written inside a `DO $$ … $$` block: ValueError if a `$`
-    in it could end the block, or if PostgreSQL would cut it (63 bytes) and match nothing."""
-    if "$" in name or not 0 < len(name.encode()) <= 63:
-        raise ValueError(f"{name!r}: a PostgreSQL name of 63 bytes at most, without `$`, is expected")
+    """`name`, a role's or a schema's: ValueError if PostgreSQL would cut it (63 bytes) and
+    match nothing."""
+    if not 0 < len(name.encode()) <= 63:
+        raise ValueError(f"{name!r}: a PostgreSQL name of 1 to 63 bytes is expected")
     return name
+
+
+def do_block(body: str) -> str:
+    """`DO` with `body` (PL/pgSQL) quoted by a dollar tag it does not hold: a name written in it
+    may hold `$` (PostgreSQL allows it after the first character) without ending it."""
+    tag = next(t for t in (f"$feo{n or ''}$" for n in range(len(body) + 1)) if t not in body)
+    return f"DO {tag} {body} {tag};"
 
 
 def given_to_sql(schema: str, owner: str) -> str:
@@ -171,13 +178,17 @@ def given_to_sql(schema: str, owner: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
     return (
-        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c "
-        f"WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = {literal(schema)}) "
-        "AND c.relkind IN ('r', 'p', 'S', 'v', 'm') AND NOT EXISTS (SELECT FROM pg_depend d "
-        "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
-        "AND d.deptype IN ('a', 'i')) "
-        "LOOP EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' "
-        f"WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.rel, {literal(owner)}); END LOOP; END $$;\n"
+        do_block(
+            "DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c "
+            f"WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = {literal(schema)}) "
+            "AND c.relkind IN ('r', 'p', 'S', 'v', 'm') AND NOT EXISTS (SELECT FROM pg_depend d "
+            "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass "
+            "AND d.deptype IN ('a', 'i')) "
+            "LOOP EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.relkind WHEN 'S' THEN 'SEQUENCE' "
+            "WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.rel, "
+            f"{literal(owner)}); END LOOP; END"
+        )
+        + "\n"
     )
 
 
