@@ -155,12 +155,15 @@ async def test_the_inbox_scoped_by_domain_keeps_the_events_it_held_before(databa
     try:
         await migrate(pool, schema, SPEC.package_dir)
         await pool.execute(
-            "DROP INDEX inbox_key; ALTER TABLE inbox ADD PRIMARY KEY (source, id); "
+            "ALTER TABLE inbox DROP COLUMN domaine, ADD PRIMARY KEY (source, id); "
             "DELETE FROM schema_migrations WHERE name = 'common/0021_inbox_par_domaine.sql'"
         )
-        async with pool.acquire() as conn:
-            assert await inbox.claim(conn, [catalogue]) == [catalogue]
-            assert await inbox.claim(conn, [etablissement]) == []  # the former key: taken
+        former_claim = (  # the statement before 0021, its key (source, id)
+            "INSERT INTO inbox (source, id, type, event_time) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING RETURNING id"
+        )
+        for e, claimed in ((catalogue, "taken"), (etablissement, None)):
+            assert await pool.fetchval(former_claim, e.source, e.id, e.type, e.time) == claimed
 
         await migrate(pool, schema, SPEC.package_dir)
         async with pool.acquire() as conn:

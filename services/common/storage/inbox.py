@@ -1,5 +1,5 @@
 """The inbox: the same (`source`, `id`) received again has no second effect, within one domain
-of types (`scope`), that is one topic's: the contract's topics each carry one domain.
+of types (`scope`): each topic a partner writes carries a domain of its own.
 
 Scoped so, a record on a topic two partners write cannot take first the id of an event on a
 topic only one of them writes: the GAR, which may write `ressources.catalogue.v1` as `/ministere`
@@ -20,8 +20,9 @@ Key = tuple[str, str, str]
 
 def scope(type_: str) -> str:
     """The domain of a type, `fr.education.<domain>.<name>.v1` (`referentiel`, `ressources`,
-    `plateforme`…): the inbox's unique index reads it so too (`split_part(type, '.', 3)`)."""
-    return type_.split(".", 3)[2] if type_.count(".") >= 3 else type_
+    `plateforme`…), as the inbox's column `domaine` reads it (`split_part(type, '.', 3)`)."""
+    parts = type_.split(".", 3)
+    return parts[2] if len(parts) > 2 else ""
 
 
 def key(event: CloudEvent) -> Key:
@@ -42,7 +43,7 @@ async def claim(
         SELECT * FROM json_to_recordset($1::json)
             AS e(source text, id text, type text, subject text, event_time timestamptz, principal text)
         ON CONFLICT DO NOTHING
-        RETURNING source, id, split_part(type, '.', 3) AS scope
+        RETURNING source, id, domaine
         """,
         json_rows(
             {
@@ -56,7 +57,7 @@ async def claim(
             for e in events
         ),
     )
-    fresh = {(r["source"], r["id"], r["scope"]) for r in rows}
+    fresh = {(r["source"], r["id"], r["domaine"]) for r in rows}
     kept: list[CloudEvent] = []
     for event in events:
         if key(event) in fresh:
@@ -80,5 +81,5 @@ async def _each(conn: Conn, statement: str, events: Sequence[CloudEvent]) -> Non
     matched by `{same}`."""
     if events:
         keys = "unnest($1::text[], $2::text[], $3::text[]) AS k(source, id, scope)"
-        same = "inbox.source = k.source AND inbox.id = k.id AND split_part(inbox.type, '.', 3) = k.scope"
+        same = "inbox.source = k.source AND inbox.id = k.id AND inbox.domaine = k.scope"
         await conn.execute(statement.format(keys=keys, same=same), *map(list, zip(*map(key, events), strict=True)))
