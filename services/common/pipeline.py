@@ -111,7 +111,30 @@ _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _ATTEMPTS = 5
 FAILED_LINE_SECONDS = 60.0
 """A batch failing again and again (a record the code fails on, taken again every second): its
-traceback said at most this often, with how many failed since (`untold`)."""
+traceback said at most this often per type of error, with how many failed since (`untold`)."""
+
+
+class Tracebacks:
+    """When a failed batch's traceback is said: at most once per FAILED_LINE_SECONDS for each
+    type of error (the code's own: a few), so that one stuck partition's does not keep another
+    failure's from being said. Not a run's first at once: the replica's other partitions
+    committing between would start a run every second."""
+
+    def __init__(self) -> None:
+        self._said_at: dict[str, float] = {}
+        self._unsaid: dict[str, int] = {}
+
+    def due(self, error: str) -> int | None:
+        """A failure of this type: how many of its type were not said since its last one, when
+        it is to be said now; None when not."""
+        now = time.monotonic()
+        if now - self._said_at.get(error, -math.inf) < FAILED_LINE_SECONDS:
+            self._unsaid[error] = self._unsaid.get(error, 0) + 1
+            return None
+        self._said_at[error] = now
+        return self._unsaid.pop(error, 0)
+
+
 _PRINCIPAL_MAX = 256  # characters of an auth-principal header kept with the inbox row
 LOG_APPEND_TIME = 1
 """A record's `timestamp_type` when the broker stamped it (Kafka's TimestampType.LOG_APPEND_TIME)."""
@@ -197,8 +220,7 @@ class Pipeline:
             "PostgreSQL away: the records waiting for their établissement are judged again once it is back",
         )
         self.metrics = Metrics(service)
-        # A batch's failure's traceback said at most every FAILED_LINE_SECONDS, with how many since.
-        self._traceback_said_at, self._tracebacks_unsaid = -math.inf, 0
+        self._tracebacks = Tracebacks()
 
     def attach(self, pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         """The runtime the pipeline works with, once the service has opened its database."""
@@ -304,16 +326,12 @@ class Pipeline:
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its batch's partitions
                         # every second, and skipping it (README, Rebuild and backups) needs them.
-                        # Its traceback once a minute at most: each second's, 86,400 a day, buried
-                        # every other line. Not a run's first at once: the replica's other
-                        # partitions committing between would start a run every second.
-                        now = time.monotonic()
-                        if now - self._traceback_said_at >= FAILED_LINE_SECONDS:
-                            partitions, untold = list(failing.latest), self._tracebacks_unsaid
+                        # Its traceback once a minute at most (Tracebacks): each second's, 86,400 a
+                        # day, buried every other line.
+                        if (untold := self._tracebacks.due(type(exc).__name__)) is not None:
+                            partitions = list(failing.latest)
                             log.exception("batch.failed", records=len(records), partitions=partitions, untold=untold)
-                            self._traceback_said_at, self._tracebacks_unsaid = now, 0
                         else:
-                            self._tracebacks_unsaid += 1
                             log.debug("batch.failed", records=len(records), error=type(exc).__name__)
                     elif not failing.said:  # PostgreSQL away: said once, not a traceback a second until it is back
                         self.metrics.said_away()
@@ -803,9 +821,8 @@ class Pipeline:
             partitions.setdefault(record.topic, set()).add(record.partition)
         refused = dict(Counter(r.code for r in rejected))
         seconds = time.monotonic() - started
-        if failed := self.metrics.failing:
+        if failed := self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds, records):
             log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
-        self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds)
         self.metrics.handled(records)
         if (outcomes := _ISOLATING.get()) is not None:  # one record of a batch isolated: said with it
             outcomes.applied += done.applied

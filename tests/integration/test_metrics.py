@@ -581,6 +581,8 @@ async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_
     from services.common import pipeline as pipeline_module
     from services.equipement import app as equipement_app
 
+    from services.common.messaging.partitioner import partition_for
+
     said = Said()
     monkeypatch.setattr(pipeline_module, "log", said)
     apply = equipement_app.apply
@@ -592,17 +594,33 @@ async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_
 
     monkeypatch.setattr(equipement_app, "apply", poisoned)
     uai = valid_uai("0350013")
+    elsewhere = next(  # a UAI of another partition, whose batches commit meanwhile
+        u
+        for n in range(350014, 350100)
+        if partition_for((u := valid_uai(f"0{n}")).encode(), range(TEST_PARTITIONS))
+        != partition_for(uai.encode(), range(TEST_PARTITIONS))
+    )
     lots = settings.topic(c.EQUIPEMENT)
     service = running(EQUIPEMENT, settings)
     async with service as pipeline:
-        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(uai, college(uai))])
-        await referentiel_loaded(pipeline, 1)
+        await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (uai, elsewhere)])
+        await referentiel_loaded(pipeline, 2)
         await send(kafka.bootstrap_servers, lots, [(uai, lot(uai, "POISON", 30, 10))])
 
         async def failing() -> dict | None:
             return (await service.app.health())[1]["batches_failing"]
 
-        where = (await eventually(failing, timeout=30, what="the batch failing"))["partitions"]
+        first = await eventually(failing, timeout=30, what="the batch failing")
+        where = first["partitions"]
+        # The replica's other partitions commit meanwhile: the failures go on, since their first.
+        await send(kafka.bootstrap_servers, lots, [(elsewhere, lot(elsewhere, "L1", 30, 10))])
+        await eventually(
+            lambda: pipeline.pool.fetchval("SELECT count(*) = 1 FROM lots WHERE uai = $1", elsewhere),
+            timeout=30,
+            what="the other partition's lot committed",
+        )
+        assert (await failing())["since"] == first["since"]
+        assert said.named("batch.recovered") == []
         # Its traceback not every second (86,400 a day): once per FAILED_LINE_SECONDS, with a count.
         monkeypatch.setattr(pipeline_module, "FAILED_LINE_SECONDS", 2.5)
 

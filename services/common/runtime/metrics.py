@@ -299,11 +299,31 @@ class Metrics:
         self._counting = asyncio.Lock()
         self._reading: dict[str, asyncio.Task] = {}
 
-    def batch(self, applied: int, stale: int, duplicates: int, refused: dict[str, int], seconds: float) -> None:
-        """A committed batch's outcomes and duration."""
+    def batch(
+        self,
+        applied: int,
+        stale: int,
+        duplicates: int,
+        refused: dict[str, int],
+        seconds: float,
+        records: Sequence[ConsumerRecord] | None = None,
+    ) -> Failing | None:
+        """A committed batch's outcomes and duration. Its partitions (`records`'; None: all) no
+        longer fail; the failures in a row this ends, once none of their partitions is left (a
+        partition stuck at a record the code fails on while the others commit fails on: each
+        commit between ended them, said `batch.recovered` every second and set
+        feo_batches_failing_seconds back to 0)."""
         self._outcomes(self._events, applied, stale, duplicates, refused)
         self._batches.labels(self.service).observe(seconds)
+        failing = self.failing
+        if failing is None:
+            return None
+        left = failing.partitions - {(r.topic, r.partition) for r in records} if records is not None else frozenset()
+        if left:
+            self.failing = replace(failing, partitions=left)
+            return None
         self.failing = None
+        return failing
 
     def batch_failed(self, error: str, records: Sequence[ConsumerRecord] = ()) -> Failing:
         """A batch of `records` whose transaction failed (it is taken again): counted, and since
@@ -323,8 +343,9 @@ class Metrics:
         gauge grew for good, /health said batches failing). Kept while one of them is still here
         (each replica's partitions are assigned again at every rebalance: a rollout's)."""
         held = {(tp.topic, tp.partition) for tp in assigned}
-        if self.failing is not None and not self.failing.partitions & held:
-            self.failing = None
+        if self.failing is not None:
+            kept = self.failing.partitions & held
+            self.failing = replace(self.failing, partitions=kept) if kept else None
         # Where this replica stopped on a partition it gave away is not where it resumes once it
         # is back (another replica went on meanwhile): no lag until `resumed` says.
         self._next = {key: offset for key, offset in self._next.items() if key in held}

@@ -210,13 +210,45 @@ async def test_two_scrapes_at_once_share_one_count():
 def test_batches_failing_are_kept_through_a_rebalance_while_one_of_their_partitions_stays():
     """Each replica's partitions are assigned again at every rebalance (a rollout's): clearing
     the failures at each made an alert on their duration start again for good, while the same
-    batches kept failing here (review helper-183 #3). Cleared once none of theirs is here."""
+    batches kept failing here (review helper-183 #3). Those of a partition gone are another
+    replica's to commit: cleared once none of theirs is here."""
     metrics = Metrics("equipement")
     first = metrics.batch_failed("DiskFullError", [record("t", 1, 0)])
     metrics.batch_failed("DiskFullError", [record("t", 3, 0)])
     metrics.reassigned([TopicPartition("t", 1), TopicPartition("t", 5)])
     assert metrics.failing is not None and metrics.failing.since == first.since, "partition 1 stayed here"
-    metrics.reassigned([TopicPartition("t", 3)])
-    assert metrics.failing is not None and metrics.failing.since == first.since, "partition 3 stayed here"
+    assert metrics.failing.partitions == {("t", 1)}, "partition 3's is no longer this replica's"
     metrics.reassigned([TopicPartition("t", 0), TopicPartition("t", 2), TopicPartition("u", 1)])
     assert metrics.failing is None, "neither is here any more: another replica's to commit"
+
+
+def test_failures_in_a_row_end_once_each_of_their_partitions_committed():
+    """A partition stuck at a record the code fails on while the replica's others commit: each
+    commit between ended the failures (review s70 3 #6: `batch.recovered` every second, the
+    failing seconds back to 0, /health saying nothing amiss between two)."""
+    metrics = Metrics("equipement")
+    first = metrics.batch_failed("RuntimeError", [record("t", 1, 7), record("t", 2, 3)])
+    assert metrics.batch(1, 0, 0, {}, 0.01, [record("t", 2, 3), record("t", 3, 0)]) is None
+    assert metrics.failing is not None and metrics.failing.since == first.since
+    assert metrics.failing.partitions == {("t", 1)}
+    metrics.batch_failed("RuntimeError", [record("t", 1, 7)])
+    ended = metrics.batch(1, 0, 0, {}, 0.01, [record("t", 1, 7)])
+    assert ended is not None and ended.since == first.since and metrics.failing is None
+    assert metrics.batch(1, 0, 0, {}, 0.01, [record("t", 1, 8)]) is None, "said once"
+
+
+def test_a_failure_s_traceback_is_not_kept_unsaid_by_another_type_s(monkeypatch):
+    """Once a minute at most per type of error: one for the whole pipeline let a stuck
+    partition's failures hide another's for as long (review s70 3 #6)."""
+    from services.common import pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    tracebacks = pipeline.Tracebacks()
+    assert tracebacks.due("RuntimeError") == 0
+    clock[0] += 1
+    assert tracebacks.due("RuntimeError") is None
+    assert tracebacks.due("KeyError") == 0, "another type's first is said"
+    clock[0] += pipeline.FAILED_LINE_SECONDS
+    assert tracebacks.due("RuntimeError") == 1, "with how many were not said"
+    assert tracebacks.due("KeyError") == 0
