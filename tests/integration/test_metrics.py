@@ -579,9 +579,8 @@ async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_
     batch again every second, its partitions held: skipping it (README, Rebuild and backups) needs
     its topic, partition and offset, which neither the ERROR line nor /health gave (ops audit s68 #5)."""
     from services.common import pipeline as pipeline_module
-    from services.equipement import app as equipement_app
-
     from services.common.messaging.partitioner import partition_for
+    from services.equipement import app as equipement_app
 
     said = Said()
     monkeypatch.setattr(pipeline_module, "log", said)
