@@ -98,3 +98,37 @@ async def test_the_page_and_its_files_answer_304_to_the_copy_the_browser_holds(a
             assert again.headers["content-security-policy"] == first.headers["content-security-policy"], path
         other = await client.get(path, headers={"if-none-match": '"autre"'})
         assert (other.status_code, other.content) == (200, first.content), path
+
+
+async def test_the_documentation_pages_run_under_a_policy_naming_their_scripts(kafka, settings, browser):
+    """/docs, /redoc and the home page said only `frame-ancestors 'none'`: any script a text of
+    theirs could carry would have run (security audit s69 F7). Their policy names this service's
+    files and their inline scripts by hash; in a browser they still work, nothing refused."""
+    from playwright.async_api import expect
+
+    from helpers import serving
+    from services.ressources.app import SPEC
+
+    async with serving(SPEC, settings) as (client, _):
+        page = await browser.new_page()
+        await page.add_init_script(
+            "window.refused = []; document.addEventListener('securitypolicyviolation', "
+            "e => window.refused.push(e.violatedDirective + ' ' + e.blockedURI))"
+        )
+        docs = await page.goto(f"{client.base_url}/docs")
+        assert docs is not None and "script-src 'self' 'sha256-" in docs.headers["content-security-policy"]
+        await expect(page.locator(".swagger-ui .info .title")).to_contain_text("API de lecture", timeout=20_000)
+        await expect(page.locator(".opblock-summary-path").first).to_be_visible()
+        assert await page.evaluate("window.refused") == []
+
+        redoc = await page.goto(f"{client.base_url}/redoc")
+        assert redoc is not None and "object-src 'none'" in redoc.headers["content-security-policy"]
+        await expect(page.locator("h1").first).to_contain_text("API de lecture", timeout=20_000)
+        await page.locator('input[placeholder="Search..."]').fill("alertes")  # searched in a worker
+        await expect(page.locator('[data-role="search:results"] li').first).to_be_visible(timeout=20_000)
+        assert await page.evaluate("window.refused") == []
+
+        home = await page.goto(f"{client.base_url}/")
+        assert home is not None and "base-uri 'none'" in home.headers["content-security-policy"]
+        assert await page.evaluate("window.refused") == []
+        await page.close()

@@ -5,9 +5,12 @@ and the background tasks, stop them in order.
 """
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable
 from typing import Any
@@ -129,6 +132,23 @@ _EVERY_ANSWER = (
     (b"referrer-policy", b"no-referrer"),  # a filtered view's address (its UAI, its territory) stays here
 )
 _NOT_FRAMED = (b"content-security-policy", b"frame-ancestors 'none'")
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+
+def page_policy(html: bytes) -> bytes:
+    """The Content-Security-Policy of an HTML page that sets none (/docs, /redoc, the home
+    page): its scripts this service's own files and the inline ones it holds now (their hashes),
+    nothing else; no plugin, no other base, framed by no site. A text the page ever quoted from
+    data (a description) could not become script (security audit s69 F7). ReDoc runs its
+    search in a worker made from a blob."""
+    hashes = b"".join(
+        b" 'sha256-" + base64.b64encode(hashlib.sha256(script).digest()) + b"'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    return (
+        b"script-src 'self'" + hashes + b"; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+        b"frame-ancestors 'none'"
+    )
 
 
 async def internal_error(request: Any, exc: Exception) -> JSONResponse:
@@ -149,7 +169,8 @@ class AnswerHeaders:
     declaration's outcome, the probes): a shared cache between a client and the service (a
     proxy caching 200s by default) served an earlier one. On every answer, `nosniff` and no
     Referer; and, on those that set no Content-Security-Policy (the dashboard's page sets its own),
-    one that no other site may frame them by (/docs, the home page, the JSON answers)."""
+    one that no other site may frame them by (the JSON answers), with the scripts it may run for
+    an HTML page (`page_policy`: /docs, /redoc, the home page; read whole, to hash its scripts)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -158,16 +179,31 @@ class AnswerHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        start: dict | None = None  # an HTML page's, held until its body is read
+        body: list[bytes] = []
+
         async def sending(message: dict) -> None:
+            nonlocal start
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
                 names = {name.lower(): value for name, value in headers}
                 added = [header for header in _EVERY_ANSWER if header[0] not in names]
                 if b"cache-control" not in names and b"json" in names.get(b"content-type", b""):
                     added.append((b"cache-control", b"no-store"))
-                if b"content-security-policy" not in names:
-                    added.append(_NOT_FRAMED)
                 message = {**message, "headers": [*headers, *added]}
+                if b"content-security-policy" not in names:
+                    if names.get(b"content-type", b"").startswith(b"text/html"):
+                        start = message
+                        return
+                    message["headers"].append(_NOT_FRAMED)
+            elif start is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                page = b"".join(body)
+                policy = (b"content-security-policy", page_policy(page))
+                await send({**start, "headers": [*start["headers"], policy]})
+                message, start = {**message, "body": page}, None
             await send(message)
 
         await self.app(scope, receive, sending)
