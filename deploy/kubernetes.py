@@ -613,8 +613,7 @@ def monitoring() -> list[dict[str, Any]]:
         ),
         _rule(
             "FeoBatchesFailing",
-            # Not feo_batches_failing_seconds: a partition stuck at a record the code fails on
-            # while the replica's others commit sets it back to 0 at each commit.
+            # Not feo_batches_failing_seconds, which a restart sets back to 0 (each new process's).
             "sum by (service) (increase(feo_batches_failed_total[5m])) > 0",  # in every 5 min for 10
             10,
             "critical",
@@ -690,8 +689,10 @@ def monitoring() -> list[dict[str, Any]]:
         ),
         _rule(
             "FeoPasserelleNoKeys",
-            # Each replica's own: its file, or its provider as it last fetched it.
-            "min by (service) (feo_passerelle_jwks_keys) == 0",
+            # Each replica's own: its file, or its provider as it last fetched it (at a token: a
+            # replica asked nothing since the provider mended keeps its 0, so partners asking).
+            "min by (service) (feo_passerelle_jwks_keys) == 0 "
+            "and on (service) sum by (service) (rate(feo_passerelle_requests_total[5m])) > 0",
             2,
             "critical",
             "a passerelle replica holds no key to verify tokens with: every partner's request 503 "

@@ -411,6 +411,8 @@ class Pipeline:
             isolating.refused[refusal.code] += 1
         self.metrics.refused(refusal.code)
         self.metrics.handled([record])
+        if failed := self.metrics.committed([record]):
+            log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
         self.relay.wake()
 
     @asynccontextmanager

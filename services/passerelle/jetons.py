@@ -143,10 +143,11 @@ class Verificateur:
         self.max_lifetime_seconds = max_lifetime_seconds
         self._cles = _ClesFichier(jwks_file) if jwks_file is not None else _ClesUrl(str(jwks_url))
 
-    def cles_en_main(self) -> int:
+    def cles_en_main(self) -> float:
         """How many signing keys tokens are verified with now (feo_passerelle_jwks_keys): those
-        of the file as it is (0 when unreadable), or of the provider as last fetched (0 before a
-        first fetch, or once it answered none)."""
+        of the file as it is (0 when unreadable), or of the provider as last fetched (0 once it
+        answered none, or none was ever had; NaN before its first fetch, which the first token
+        asks for: not known yet, no request refused for it)."""
         return self._cles.en_main()
 
     async def verifier(self, token: str) -> Principal:
@@ -354,6 +355,9 @@ class _ClesFichier:
         self.path = path
         self._version: tuple[int, int, int] | None = None
         self._cles = AUCUNE
+        self._refus: tuple[tuple[int, int, int], str] | None = None
+        """The file as it was last refused and why: not read again until it changes (its keys'
+        lines, `jwks.cle_inutilisable`, said once, not at each token and scrape)."""
 
     async def cle(self, kid: str, emis: float | None = None, leeway: float = 0) -> Cle | None:
         return self._lues().cle(kid)
@@ -364,7 +368,7 @@ class _ClesFichier:
     async def sans_kid_relues(self, alg: str, emis: float | None, leeway: float) -> tuple[Cle, ...] | None:
         return None  # the file is read again whenever it changes, at each token
 
-    def en_main(self) -> int:
+    def en_main(self) -> float:
         try:
             return len(self._lues().toutes)
         except JwksIndisponible:
@@ -373,12 +377,18 @@ class _ClesFichier:
     def _lues(self) -> JeuDeCles:
         try:
             stat = os.stat(self.path)
-            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if version != self._version:
-                self._cles = _cles_de_signature(json.loads(self.path.read_text()))
-                self._version = version
-        except (OSError, ValueError) as error:
+        except OSError as error:
             raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._refus is not None and self._refus[0] == version:
+            raise JwksIndisponible(self._refus[1])
+        if version != self._version:
+            try:
+                self._cles = _cles_de_signature(json.loads(self.path.read_text()))
+            except (OSError, ValueError) as error:
+                self._refus = version, f"JWKS_FILE {self.path} illisible : {error}"
+                raise JwksIndisponible(self._refus[1]) from None
+            self._version = version
         return self._cles
 
 
@@ -484,8 +494,8 @@ class _ClesUrl:
         elif self._rafraichissement is None or self._rafraichissement.done():
             self._rafraichissement = asyncio.create_task(self._charger(vue))
 
-    def en_main(self) -> int:
-        return len(self._cles.toutes)
+    def en_main(self) -> float:
+        return math.nan if self._generation == 0 else len(self._cles.toutes)
 
     def _disponibles(self) -> None:
         if not self._cles.toutes:

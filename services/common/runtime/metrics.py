@@ -202,6 +202,11 @@ class Failing:
     def seconds(self) -> float:
         return round(monotonic() - self.at, 1)
 
+    def only(self, partitions: frozenset[tuple[str, int]], **changes: Any) -> "Failing":
+        """These failures, of these of their partitions only (`latest` too)."""
+        latest = tuple(where for where in self.latest if (where["topic"], where["partition"]) in partitions)
+        return replace(self, partitions=partitions, latest=latest, **changes)
+
     @staticmethod
     def again(before: "Failing | None", error: str, records: Sequence[ConsumerRecord] = ()) -> "Failing":
         """Failing once more, with this error, for a batch of these `records`: since the first of
@@ -308,19 +313,23 @@ class Metrics:
         seconds: float,
         records: Sequence[ConsumerRecord] | None = None,
     ) -> Failing | None:
-        """A committed batch's outcomes and duration. Its partitions (`records`'; None: all) no
-        longer fail; the failures in a row this ends, once none of their partitions is left (a
-        partition stuck at a record the code fails on while the others commit fails on: each
-        commit between ended them, said `batch.recovered` every second and set
-        feo_batches_failing_seconds back to 0)."""
+        """A committed batch's outcomes and duration, and its records `committed`."""
         self._outcomes(self._events, applied, stale, duplicates, refused)
         self._batches.labels(self.service).observe(seconds)
+        return self.committed(records)
+
+    def committed(self, records: Sequence[ConsumerRecord] | None = None) -> Failing | None:
+        """These records' partitions (None: all) no longer fail; the failures in a row this ends,
+        once none of their partitions is left (a partition stuck at a record the code fails on
+        while the others commit fails on: each commit between ended them, said `batch.recovered`
+        every second and set feo_batches_failing_seconds back to 0). A commit says PostgreSQL
+        answers: its being away is said again when it next is."""
         failing = self.failing
         if failing is None:
             return None
         left = failing.partitions - {(r.topic, r.partition) for r in records} if records is not None else frozenset()
         if left:
-            self.failing = replace(failing, partitions=left)
+            self.failing = failing.only(left, said=False)
             return None
         self.failing = None
         return failing
@@ -345,7 +354,7 @@ class Metrics:
         held = {(tp.topic, tp.partition) for tp in assigned}
         if self.failing is not None:
             kept = self.failing.partitions & held
-            self.failing = replace(self.failing, partitions=kept) if kept else None
+            self.failing = self.failing.only(kept) if kept else None
         # Where this replica stopped on a partition it gave away is not where it resumes once it
         # is back (another replica went on meanwhile): no lag until `resumed` says.
         self._next = {key: offset for key, offset in self._next.items() if key in held}

@@ -272,6 +272,29 @@ async def test_a_key_of_another_curve_than_its_alg_names_is_left_out(
         await verificateur.verifier(jwt.encode(claims(), wrong, algorithm="ES384"))
 
 
+async def test_a_jwks_file_of_unusable_keys_alone_is_read_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, it was read again at each token, and since feo_passerelle_jwks_keys at each
+    scrape, its key's line said each time."""
+    wrong = ec.generate_private_key(ec.SECP384R1())
+    mislabelled = {**json.loads(ECAlgorithm.to_jwk(wrong.public_key())), "alg": "ES256", "use": "sig"}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [mislabelled]}))
+    verificateur = Verificateur(DEFAULT_ISSUER, DEFAULT_AUDIENCE, jwks_file=jwks)
+    said = Said()
+    monkeypatch.setattr(jetons, "log", said)
+    key, right = _cle_ec()
+    for _ in range(3):
+        with pytest.raises(JwksIndisponible, match="aucune clé"):
+            await verificateur.verifier(jwt.encode(claims(), key, algorithm="ES256"))
+        assert verificateur.cles_en_main() == 0
+    assert len(said.named("jwks.cle_inutilisable")) == 1
+    jwks.write_text(json.dumps({"keys": [mislabelled, right]}))  # changed: read again
+    assert await verificateur.verifier(jwt.encode(claims(), key, algorithm="ES256"))
+    assert verificateur.cles_en_main() == 1
+
+
 async def test_a_key_published_without_kid_verifies_tokens_without_kid_only(
     tmp_path: Path, identite: IdentiteLocale, autre: IdentiteLocale
 ) -> None:
@@ -701,6 +724,7 @@ async def test_a_jwks_without_an_asymmetric_signing_key_is_unavailable_not_a_bad
     assert verificateur.cles_en_main() == 0  # feo_passerelle_jwks_keys
     fournisseur.jwks = identite.jwks_path.read_bytes()
     assert verificateur.cles_en_main() == 0  # as last fetched: not fetched for the gauge
+    assert math.isnan(fournisseur.verificateur().cles_en_main()), "before its first fetch: not known"
 
 
 async def test_a_token_issued_in_the_future_on_an_unknown_kid_is_a_401_not_a_503(

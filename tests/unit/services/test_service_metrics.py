@@ -231,6 +231,7 @@ def test_failures_in_a_row_end_once_each_of_their_partitions_committed():
     assert metrics.batch(1, 0, 0, {}, 0.01, [record("t", 2, 3), record("t", 3, 0)]) is None
     assert metrics.failing is not None and metrics.failing.since == first.since
     assert metrics.failing.partitions == {("t", 1)}
+    assert [(w["partition"], w["first_offset"]) for w in metrics.failing.latest] == [(1, 7)], "/health's"
     metrics.batch_failed("RuntimeError", [record("t", 1, 7)])
     ended = metrics.batch(1, 0, 0, {}, 0.01, [record("t", 1, 7)])
     assert ended is not None and ended.since == first.since and metrics.failing is None

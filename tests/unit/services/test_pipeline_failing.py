@@ -1,0 +1,82 @@
+"""Failures in a row (Metrics.failing: /health's batches_failing, feo_batches_failing_seconds)
+end once each of their partitions committed, whatever way it committed (review s71 2 #2, #3)."""
+
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from services.common import pipeline
+from services.common.runtime.metrics import Metrics
+
+
+def record(partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord("t", partition, offset, 0, 0, b"k", b"{}", None, 1, 2, [])
+
+
+@pytest.fixture
+def judge(monkeypatch):
+    """A pipeline whose transactions raise what `judge.raising` holds, one after the other; its
+    database's writes of a record refused alone (dead letter, position) done."""
+    made = pipeline.Pipeline.__new__(pipeline.Pipeline)  # no broker nor database
+    made.service, made.metrics, made._tracebacks = "equipement", Metrics("equipement"), pipeline.Tracebacks()
+    made._dead_letters_for, made._relay = {"t"}, SimpleNamespace(wake=lambda: None)
+    made._parse_all = lambda records, ahead: ([], [])
+    made.raising = []
+
+    async def transaction(*args, **kwargs):
+        raise made.raising.pop(0)
+
+    @asynccontextmanager
+    async def exclusive():
+        yield None
+
+    async def reject(conn, rejections):
+        return SimpleNamespace(awaiting=False, say=lambda: None)
+
+    async def nothing(*args):
+        return None
+
+    made._transaction, made._exclusive = transaction, exclusive
+    monkeypatch.setattr(pipeline.dlq, "reject", reject)
+    monkeypatch.setattr(pipeline.positions, "advance", nothing)
+    monkeypatch.setattr(pipeline.asyncio, "sleep", nothing)
+    return made
+
+
+async def test_a_record_refused_alone_after_its_batch_failed_ends_the_failures(judge):
+    """Dead-lettered and its position advanced by the isolation, its partition stayed failing
+    for good: /health named an offset already dead-lettered."""
+    judge.raising = [asyncpg.exceptions.ConnectionDoesNotExistError("gone"), asyncpg.exceptions.DataError("NUL")]
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await judge.handle([record(4, 10)])
+    assert judge.metrics.failing is not None
+    await judge.handle([record(4, 10)])  # taken again: PostgreSQL refuses the record alone
+    assert judge.metrics.failing is None
+
+
+async def test_postgresql_away_is_said_at_each_outage_while_a_partition_stays_stuck(judge, monkeypatch):
+    """Said once per run of failures: a second outage while a poison record held its partition
+    was said at DEBUG only."""
+    warned: list[str] = []
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    said = SimpleNamespace(
+        debug=quiet, info=quiet, exception=quiet, warning=lambda _, **kw: warned.append(kw["detail"])
+    )
+    monkeypatch.setattr(pipeline, "log", said)
+
+    async def fails(records: list[ConsumerRecord], exc: Exception) -> None:
+        judge.raising = [exc]
+        with pytest.raises(type(exc)):
+            await judge.handle(records)
+
+    away = asyncpg.exceptions.ConnectionDoesNotExistError
+    await fails([record(1, 5)], RuntimeError("a bug"))  # partition 1 stuck at a poison record
+    await fails([record(1, 5), record(2, 0)], away("outage 1"))
+    judge.metrics.batch(1, 0, 0, {}, 0.01, [record(2, 0)])  # PostgreSQL back: partition 2 commits
+    await fails([record(1, 5)], RuntimeError("a bug"))
+    await fails([record(2, 1)], away("outage 2"))
+    assert judge.metrics.failing is not None and judge.metrics.failing.partitions == {("t", 1), ("t", 2)}
+    assert warned == ["outage 1", "outage 2"]
