@@ -114,6 +114,23 @@ FAILED_LINE_SECONDS = 60.0
 traceback said at most this often per type of error, with how many failed since (`untold`)."""
 
 
+class PartitionsFailed(Exception):
+    """Some partitions of a batch failed, the others committed (Pipeline._apart): `records`, those
+    of the partitions that failed, are the ones to take again."""
+
+    def __init__(self, records: Sequence[ConsumerRecord]) -> None:
+        super().__init__(f"{len(records)} records of partitions that failed")
+        self.records = records
+
+
+def _by_partition(records: Sequence[ConsumerRecord]) -> list[list[ConsumerRecord]]:
+    """The records of each partition, in their order."""
+    parts: dict[tuple[str, int], list[ConsumerRecord]] = {}
+    for record in records:
+        parts.setdefault((record.topic, record.partition), []).append(record)
+    return list(parts.values())
+
+
 class Tracebacks:
     """When a failed batch's traceback is said: at most once per FAILED_LINE_SECONDS for each
     type of error (the code's own: a few), so that one stuck partition's does not keep another
@@ -322,6 +339,9 @@ class Pipeline:
                     return
                 except Exception as exc:
                     _failed(span, exc)
+                    if not isinstance(exc, DATABASE_AWAY) and len(parts := _by_partition(records)) > 1:
+                        await self._apart(parts, ahead, exc)
+                        return
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its batch's partitions
@@ -368,6 +388,26 @@ class Pipeline:
             if len(partitions := {r.partition for r in records}) == 1:
                 attributes["messaging.destination.partition.id"] = str(next(iter(partitions)))
         return attributes
+
+    async def _apart(self, parts: list[list[ConsumerRecord]], ahead: Parsed | None, exc: Exception) -> None:
+        """A batch of several partitions failed other than for PostgreSQL (a record the code fails
+        on, say): each partition's records handled alone, so that the others commit; the batch
+        failed before on every try, its one record holding every partition it shared a batch
+        with. PartitionsFailed names the records of those that failed again (given back, the
+        others not read again), each said by its own try."""
+        log.info("batch.split", partitions=len(parts), error=type(exc).__name__)
+        failed: list[ConsumerRecord] = []
+        first: Exception | None = None
+        for part in parts:
+            try:
+                await self.handle(part, ahead)
+            except Exception as again:
+                failed += part
+                first = first or again
+        if first is not None:
+            raised = PartitionsFailed(failed)
+            logs.said(raised)  # each failure said by its own try: FastStream's line not needed
+            raise raised from first
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:
         """A record the contract accepts but PostgreSQL refuses (a NUL character, a number

@@ -600,8 +600,7 @@ async def test_a_record_the_code_fails_on_is_named_where_it_is_on_health_and_in_
         != partition_for(uai.encode(), range(TEST_PARTITIONS))
     )
     lots = settings.topic(c.EQUIPEMENT)
-    # A record a batch: a batch holding the poison and the other partition's lot fails whole.
-    service = running(EQUIPEMENT, settings.model_copy(update={"batch_max_records": 1}))
+    service = running(EQUIPEMENT, settings)
     async with service as pipeline:
         await send(kafka.bootstrap_servers, settings.topic(c.REFERENTIEL), [(u, college(u)) for u in (uai, elsewhere)])
         await referentiel_loaded(pipeline, 2)

@@ -23,7 +23,7 @@ from faststream.middlewares import AckPolicy
 from services.common.messaging.connection import KafkaAccess
 from services.common.messaging.outbox import COMPACTED, text_headers
 from services.common.messaging.records import CorruptBatch, install_reader
-from services.common.pipeline import Parsed, Pipeline
+from services.common.pipeline import Parsed, PartitionsFailed, Pipeline
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
 from services.common.runtime.spec import ServiceSpec
@@ -725,6 +725,9 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         # leaves cyclic garbage (gc.DEBUG_SAVEALL over ten batches of formation: none).
         try:
             await pipeline.handle(records, poll.parsed())
+        except PartitionsFailed as e:  # the batch's other partitions committed: not read again
+            await poll.give_back(subscriber.consumer, e.records)
+            raise
         except BaseException:
             await poll.give_back(subscriber.consumer, records)
             raise

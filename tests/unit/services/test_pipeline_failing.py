@@ -80,3 +80,32 @@ async def test_postgresql_away_is_said_at_each_outage_while_a_partition_stays_st
     await fails([record(2, 1)], away("outage 2"))
     assert judge.metrics.failing is not None and judge.metrics.failing.partitions == {("t", 1), ("t", 2)}
     assert warned == ["outage 1", "outage 2"]
+
+
+async def test_a_batch_a_record_fails_is_split_by_partition_and_the_others_commit(judge):
+    """A record the code fails on held every partition it shared batches with: each batch
+    failed whole, taken again with it (review s71 2: an integration test met it). Handled
+    apart, the others commit; the records to take again are its partition's."""
+    handled: list[list[tuple[int, int]]] = []
+    judge._parse_all = lambda records, ahead: ([(None, r) for r in records], [])
+
+    async def transaction(parsed, rejected, span, started):
+        records = [r for _, r in parsed]
+        if any(r.partition == 1 for r in records):
+            raise RuntimeError("a bug")
+        handled.append([(r.partition, r.offset) for r in records])
+        judge.metrics.batch(len(records), 0, 0, {}, 0.01, records)
+        return 0
+
+    judge._transaction = transaction
+    batch = [record(1, 5), record(2, 0), record(1, 6), record(3, 4), record(2, 1)]
+    with pytest.raises(pipeline.PartitionsFailed) as failed:
+        await judge.handle(batch)
+    assert [(r.partition, r.offset) for r in failed.value.records] == [(1, 5), (1, 6)]
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert handled == [[(2, 0), (2, 1)], [(3, 4)]]
+    assert judge.metrics.failing is not None and judge.metrics.failing.partitions == {("t", 1)}
+
+    handled.clear()
+    await judge.handle([record(2, 2), record(3, 5)])  # a batch that fails nowhere: whole
+    assert handled == [[(2, 2), (3, 5)]]
