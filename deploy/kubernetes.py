@@ -690,9 +690,9 @@ def monitoring() -> list[dict[str, Any]]:
         _rule(
             "FeoPasserelleNoKeys",
             # Each replica's own: its file, or its provider as it last fetched it (at a token: a
-            # replica asked nothing since the provider mended keeps its 0, so partners asking).
-            "min by (service) (feo_passerelle_jwks_keys) == 0 "
-            "and on (service) sum by (service) (rate(feo_passerelle_requests_total[5m])) > 0",
+            # replica asked nothing since the provider mended keeps its 0), while partners ask it.
+            "feo_passerelle_jwks_keys == 0 and on (namespace, pod) "
+            "sum by (namespace, pod) (rate(feo_passerelle_requests_total[5m])) > 0",
             2,
             "critical",
             "a passerelle replica holds no key to verify tokens with: every partner's request 503 "

@@ -116,11 +116,16 @@ traceback said at most this often per type of error, with how many failed since 
 
 class PartitionsFailed(Exception):
     """Some partitions of a batch failed, the others committed (Pipeline._apart): `records`, those
-    of the partitions that failed, are the ones to take again."""
+    of the partitions that failed, are the ones to take again; `committed`, the others'."""
 
-    def __init__(self, records: Sequence[ConsumerRecord]) -> None:
+    def __init__(self, records: Sequence[ConsumerRecord], committed: Sequence[ConsumerRecord]) -> None:
         super().__init__(f"{len(records)} records of partitions that failed")
-        self.records = records
+        self.records, self.committed = records, committed
+
+
+_SPLITTING: ContextVar[bool] = ContextVar("splitting", default=False)
+"""Whether a batch is being handled partition by partition (Pipeline._apart): a part that fails
+does not pause, the split does once."""
 
 
 def _by_partition(records: Sequence[ConsumerRecord]) -> list[list[ConsumerRecord]]:
@@ -329,13 +334,17 @@ class Pipeline:
                             "batch.failed", records=len(records), attempts=attempt, partitions=list(failing.latest)
                         )
                         logs.said(exc)  # FastStream, which it is raised to, logged it again
-                        await asyncio.sleep(1)
+                        if not _SPLITTING.get():
+                            await asyncio.sleep(1)
                         raise
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
                 except REFUSED_BY_DATABASE as exc:
                     _failed(span, exc)
-                    await self._isolate(records, exc)
+                    if len(parts := _by_partition(records)) > 1:  # a record the code fails on holds its own alone
+                        await self._apart(parts, ahead, exc)
+                    else:
+                        await self._isolate(records, exc)
                     return
                 except Exception as exc:
                     _failed(span, exc)
@@ -366,7 +375,8 @@ class Pipeline:
                     else:
                         log.debug("batch.failed", records=len(records), error=type(exc).__name__)
                     logs.said(exc)  # FastStream, which it is raised to, logged it again
-                    await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
+                    if not _SPLITTING.get():  # a part's: the split pauses once for all its parts
+                        await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
         if outgoing or rejected:
             self.relay.wake()
@@ -395,19 +405,29 @@ class Pipeline:
         failed before on every try, its one record holding every partition it shared a batch
         with. PartitionsFailed names the records of those that failed again (given back, the
         others not read again), each said by its own try."""
-        log.info("batch.split", partitions=len(parts), error=type(exc).__name__)
         failed: list[ConsumerRecord] = []
+        committed: list[ConsumerRecord] = []
         first: Exception | None = None
-        for part in parts:
-            try:
-                await self.handle(part, ahead)
-            except Exception as again:
-                failed += part
-                first = first or again
-        if first is not None:
-            raised = PartitionsFailed(failed)
-            logs.said(raised)  # each failure said by its own try: FastStream's line not needed
-            raise raised from first
+        splitting = _SPLITTING.set(True)
+        try:
+            for part in parts:
+                try:
+                    await self.handle(part, ahead)
+                except Exception as again:
+                    failed += part
+                    first = first or again
+                else:
+                    committed += part
+        finally:
+            _SPLITTING.reset(splitting)
+        if first is None:  # the batch failed whole, each of its partitions committed alone: said, once
+            log.info("batch.split", partitions=len(parts), error=type(exc).__name__, failed=0)
+            return
+        log.debug("batch.split", partitions=len(parts), error=type(exc).__name__, failed=len(_by_partition(failed)))
+        raised = PartitionsFailed(failed, committed)
+        logs.said(raised)  # each failure said by its own try: FastStream's line not needed
+        await asyncio.sleep(1)  # taken again: do not spin (its parts did not pause)
+        raise raised from first
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:
         """A record the contract accepts but PostgreSQL refuses (a NUL character, a number

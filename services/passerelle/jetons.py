@@ -385,7 +385,9 @@ class _ClesFichier:
         if version != self._version:
             try:
                 self._cles = _cles_de_signature(json.loads(self.path.read_text()))
-            except (OSError, ValueError) as error:
+            except OSError as error:  # not reading it (rights, descriptors): read again at the next token
+                raise JwksIndisponible(f"JWKS_FILE {self.path} illisible : {error}") from None
+            except ValueError as error:  # its content: not read again until it changes
                 self._refus = version, f"JWKS_FILE {self.path} illisible : {error}"
                 raise JwksIndisponible(self._refus[1]) from None
             self._version = version

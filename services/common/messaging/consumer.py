@@ -726,6 +726,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         try:
             await pipeline.handle(records, poll.parsed())
         except PartitionsFailed as e:  # the batch's other partitions committed: not read again
+            commits.follow(subscriber.consumer, e.committed)
             await poll.give_back(subscriber.consumer, e.records)
             raise
         except BaseException:

@@ -109,3 +109,52 @@ async def test_a_batch_a_record_fails_is_split_by_partition_and_the_others_commi
     handled.clear()
     await judge.handle([record(2, 2), record(3, 5)])  # a batch that fails nowhere: whole
     assert handled == [[(2, 2), (3, 5)]]
+
+
+async def test_a_record_postgresql_refuses_beside_one_the_code_fails_on_holds_no_other_partition(judge, monkeypatch):
+    """The refusal met first by the whole batch, its isolation went record by record over every
+    partition and raised at the record the code fails on: the whole batch taken again, on every
+    try, the refused record never dead-lettered (review s71 3 #1)."""
+    committed: list[tuple[int, int]] = []
+    dead_lettered: list[tuple[int, int]] = []
+    judge._parse_all = lambda records, ahead: ([(None, r) for r in records], [])
+
+    async def transaction(parsed, rejected, span, started):
+        records = [r for _, r in parsed]
+        if any((r.partition, r.offset) == (2, 0) for r in records):
+            raise asyncpg.exceptions.DataError("a NUL")
+        if any(r.partition == 1 for r in records):
+            raise RuntimeError("a bug")
+        committed.extend((r.partition, r.offset) for r in records)
+        return 0
+
+    async def reject(conn, rejections):
+        dead_lettered.extend((r.record.partition, r.record.offset) for r in rejections)
+        return SimpleNamespace(awaiting=False, say=lambda: None)
+
+    judge._transaction = transaction
+    monkeypatch.setattr(pipeline.dlq, "reject", reject)
+    with pytest.raises(pipeline.PartitionsFailed) as failed:
+        await judge.handle([record(1, 5), record(2, 0), record(2, 1), record(3, 7)])
+    assert {r.partition for r in failed.value.records} == {1}
+    assert committed == [(2, 1), (3, 7)] and dead_lettered == [(2, 0)]
+
+
+async def test_a_split_pauses_once_whatever_its_parts(judge, monkeypatch):
+    """Each part that failed paused a second: a failure every record meets cost a second per
+    partition each time the batch was taken again (review s71 3 #3)."""
+    slept: list[float] = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    monkeypatch.setattr(pipeline.asyncio, "sleep", sleep)
+    judge._parse_all = lambda records, ahead: ([(None, r) for r in records], [])
+
+    async def transaction(*args):
+        raise RuntimeError("everywhere")
+
+    judge._transaction = transaction
+    with pytest.raises(pipeline.PartitionsFailed) as failed:
+        await judge.handle([record(p, 0) for p in range(12)])
+    assert slept == [1] and len(failed.value.records) == 12 and failed.value.committed == []
