@@ -341,7 +341,7 @@ class Pipeline:
                     await asyncio.sleep(0.05 * attempt)
                 except REFUSED_BY_DATABASE as exc:
                     _failed(span, exc)
-                    if len(parts := _by_partition(records)) > 1:  # a record the code fails on holds its own alone
+                    if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
                         await self._apart(parts, ahead, exc)
                     else:
                         await self._isolate(records, exc)
@@ -353,8 +353,9 @@ class Pipeline:
                         return
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
-                        # Where it is: a record the code fails on stops its batch's partitions
-                        # every second, and skipping it (README, Rebuild and backups) needs them.
+                        # Where it is: a record the code fails on stops its partition (the
+                        # batch's others go on: _apart), and skipping it (README, Rebuild and
+                        # backups) needs where.
                         # Its traceback once a minute at most (Tracebacks): each second's, 86,400 a
                         # day, buried every other line.
                         if (untold := self._tracebacks.due(type(exc).__name__)) is not None:
@@ -400,10 +401,11 @@ class Pipeline:
         return attributes
 
     async def _apart(self, parts: list[list[ConsumerRecord]], ahead: Parsed | None, exc: Exception) -> None:
-        """A batch of several partitions failed other than for PostgreSQL (a record the code fails
-        on, say): each partition's records handled alone, so that the others commit; the batch
-        failed before on every try, its one record holding every partition it shared a batch
-        with. PartitionsFailed names the records of those that failed again (given back, the
+        """A batch of several partitions failed other than for PostgreSQL being away (a record the
+        code fails on, or one PostgreSQL refuses): each partition's records handled alone, so that
+        the others commit; the batch failed before on every try, its one record holding every
+        partition it shared a batch with (a refusal's isolation, record by record over them all,
+        stopped at it too). PartitionsFailed names the records of those that failed again (given back, the
         others not read again), each said by its own try."""
         failed: list[ConsumerRecord] = []
         committed: list[ConsumerRecord] = []
