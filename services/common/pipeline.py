@@ -33,7 +33,7 @@ from services.common.messaging import dlq
 from services.common.messaging.outbox import OutboxRecord, OutboxRelay, Twin, enqueue, load_headers
 from services.common.rules import rights
 from services.common.runtime import logs
-from services.common.runtime.metrics import Metrics
+from services.common.runtime.metrics import Failing, Metrics
 from services.common.runtime.outages import Outage
 from services.common.runtime.secrets import redact
 from services.common.runtime.settings import ServiceSettings
@@ -134,6 +134,12 @@ def _by_partition(records: Sequence[ConsumerRecord]) -> list[list[ConsumerRecord
     for record in records:
         parts.setdefault((record.topic, record.partition), []).append(record)
     return list(parts.values())
+
+
+def _recovered(ended: Failing | None) -> None:
+    """Said when a commit ended failures in a row (Metrics.committed), whichever commit it was."""
+    if ended is not None:
+        log.info("batch.recovered", after_s=ended.seconds(), error=ended.error)
 
 
 class Tracebacks:
@@ -405,8 +411,8 @@ class Pipeline:
         code fails on, or one PostgreSQL refuses): each partition's records handled alone, so that
         the others commit; the batch failed before on every try, its one record holding every
         partition it shared a batch with (a refusal's isolation, record by record over them all,
-        stopped at it too). PartitionsFailed names the records of those that failed again (given back, the
-        others not read again), each said by its own try."""
+        stopped at it too). PartitionsFailed names the records of those that failed again (given
+        back, the others not read again), each said by its own try."""
         failed: list[ConsumerRecord] = []
         committed: list[ConsumerRecord] = []
         first: Exception | None = None
@@ -473,8 +479,7 @@ class Pipeline:
             isolating.refused[refusal.code] += 1
         self.metrics.refused(refusal.code)
         self.metrics.handled([record])
-        if failed := self.metrics.committed([record]):
-            log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
+        _recovered(self.metrics.committed([record]))
         self.relay.wake()
 
     @asynccontextmanager
@@ -885,8 +890,7 @@ class Pipeline:
             partitions.setdefault(record.topic, set()).add(record.partition)
         refused = dict(Counter(r.code for r in rejected))
         seconds = time.monotonic() - started
-        if failed := self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds, records):
-            log.info("batch.recovered", after_s=failed.seconds(), error=failed.error)
+        _recovered(self.metrics.batch(done.applied, len(done.stale), done.duplicates, refused, seconds, records))
         self.metrics.handled(records)
         if (outcomes := _ISOLATING.get()) is not None:  # one record of a batch isolated: said with it
             outcomes.applied += done.applied
