@@ -318,6 +318,10 @@ class Pipeline:
         # posted to the passerelle: one); an outgoing record continues its cause's trace.
         recording = tracer_is_recording()
         links = _links(r.headers for _, r in parsed) if recording else []
+        # Handled again once the failed batch's span has ended: the parts' own spans are not its
+        # children (a committed part under a span marked failed), nor its records counted twice.
+        split: list[list[ConsumerRecord]] | None = None
+        isolated: Exception | None = None
         # The provider in force now (a module's tracer would keep the first one it resolved to).
         with trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
@@ -347,16 +351,15 @@ class Pipeline:
                     await asyncio.sleep(0.05 * attempt)
                 except REFUSED_BY_DATABASE as exc:
                     _failed(span, exc)
+                    isolated = exc
                     if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
-                        await self._apart(parts, ahead, exc)
-                    else:
-                        await self._isolate(records, exc)
-                    return
+                        split = parts
+                    break
                 except Exception as exc:
                     _failed(span, exc)
                     if not isinstance(exc, DATABASE_AWAY) and len(parts := _by_partition(records)) > 1:
-                        await self._apart(parts, ahead, exc)
-                        return
+                        split, isolated = parts, exc
+                        break
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its partition (the
@@ -385,7 +388,11 @@ class Pipeline:
                     if not _SPLITTING.get():  # a part's: the split pauses once for all its parts
                         await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
-        if outgoing or rejected:
+        if split is not None and isolated is not None:
+            await self._apart(split, ahead, isolated)
+        elif isolated is not None:
+            await self._isolate(records, isolated)
+        elif outgoing or rejected:
             self.relay.wake()
 
     def _span_attributes(self, records: Sequence[ConsumerRecord]) -> dict[str, str | int]:
@@ -429,7 +436,15 @@ class Pipeline:
         finally:
             _SPLITTING.reset(splitting)
         if first is None:  # the batch failed whole, each of its partitions committed alone: said, once
-            log.info("batch.split", partitions=len(parts), error=type(exc).__name__, failed=0)
+            error = type(exc).__name__
+            if isinstance(exc, REFUSED_BY_DATABASE):  # the refused record's part said it (batch.isolating)
+                log.info("batch.split", partitions=len(parts), error=error, failed=0)
+            elif (untold := self._tracebacks.due(f"split:{error}")) is not None:
+                # A failure records of several partitions meet together, or one that passed: the
+                # code's, told with its traceback (at most once a minute per type, as batch.failed).
+                log.warning("batch.split", partitions=len(parts), error=error, failed=0, untold=untold, exc_info=exc)
+            else:
+                log.debug("batch.split", partitions=len(parts), error=error, failed=0)
             return
         log.debug("batch.split", partitions=len(parts), error=type(exc).__name__, failed=len(_by_partition(failed)))
         raised = PartitionsFailed(failed, committed)

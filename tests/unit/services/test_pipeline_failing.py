@@ -158,3 +158,61 @@ async def test_a_split_pauses_once_whatever_its_parts(judge, monkeypatch):
     with pytest.raises(pipeline.PartitionsFailed) as failed:
         await judge.handle([record(p, 0) for p in range(12)])
     assert slept == [1] and len(failed.value.records) == 12 and failed.value.committed == []
+
+
+def passing_once(judge, error: Exception) -> list[list[tuple[int, int]]]:
+    """The judge's transactions: the first one raises `error`, the others commit; what they committed."""
+    committed: list[list[tuple[int, int]]] = []
+    judge._parse_all = lambda records, ahead: ([(None, r) for r in records], [])
+    raising = [error]
+
+    async def transaction(parsed, rejected, span, started):
+        if raising:
+            raise raising.pop()
+        committed.append([(r.partition, r.offset) for _, r in parsed])
+        return 0
+
+    judge._transaction = transaction
+    return committed
+
+
+async def test_the_parts_of_a_split_are_not_spans_of_the_batch_that_failed(judge, monkeypatch):
+    """A split's parts ran in the failed batch's span: those that committed showed as children
+    of a span marked failed, its count holding their records too (review s71 3 #7)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(pipeline.trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setattr(pipeline, "tracer_is_recording", lambda: True)
+    judge.settings = SimpleNamespace(topic=lambda service: service)
+    committed = passing_once(judge, RuntimeError("records of two partitions together"))
+    await judge.handle([record(1, 5), record(2, 0)])
+    assert committed == [[(1, 5)], [(2, 0)]]
+    failed, *parts = sorted(exporter.get_finished_spans(), key=lambda s: s.status.status_code.value, reverse=True)
+    assert (
+        failed.status.status_code == trace.StatusCode.ERROR and failed.attributes["messaging.batch.message_count"] == 2
+    )
+    assert [p.status.status_code for p in parts] == [trace.StatusCode.UNSET] * 2
+    assert all(p.parent is None or p.parent.span_id != failed.context.span_id for p in parts)
+
+
+async def test_a_failure_a_split_got_round_is_said_with_its_traceback(judge, monkeypatch):
+    """Each part then committed: the batch's failure (records of several partitions failing
+    together, or one that passed) was said at INFO by its type alone, never its traceback (review
+    s71 3 #4). Said once a minute per type, as batch.failed; a refusal's part says its own."""
+    said: list[tuple[str, str, bool]] = []
+
+    def saying(level):
+        return lambda event, **kw: said.append((level, event, "exc_info" in kw))
+
+    monkeypatch.setattr(pipeline, "log", SimpleNamespace(**{lv: saying(lv) for lv in ("debug", "info", "warning")}))
+    passing_once(judge, RuntimeError("records of two partitions together"))
+    await judge.handle([record(1, 5), record(2, 0)])
+    passing_once(judge, RuntimeError("again"))
+    await judge.handle([record(1, 6), record(2, 1)])
+    splits = [s for s in said if s[1] == "batch.split"]
+    assert splits == [("warning", "batch.split", True), ("debug", "batch.split", False)]
