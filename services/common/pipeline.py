@@ -115,8 +115,9 @@ traceback said at most this often per type of error, with how many failed since 
 
 
 class PartitionsFailed(Exception):
-    """Some partitions of a batch failed, the others committed (Pipeline._apart): `records`, those
-    of the partitions that failed, are the ones to take again; `committed`, the others'."""
+    """Some partitions of a batch failed, or were revoked while it was handled, the others
+    committed (Pipeline._apart): `records`, those of the partitions that failed, are the ones to
+    take again; `committed`, the others' (a revoked partition's in neither: its next owner's)."""
 
     def __init__(self, records: Sequence[ConsumerRecord], committed: Sequence[ConsumerRecord]) -> None:
         super().__init__(f"{len(records)} records of partitions that failed")
@@ -309,8 +310,14 @@ class Pipeline:
                 parsed.append((result, record))
         return parsed, rejected
 
-    async def handle(self, records: Sequence[ConsumerRecord], ahead: Parsed | None = None) -> None:
-        """`ahead`: what `parse_ahead` made of some of these records (the others are parsed here)."""
+    async def handle(
+        self,
+        records: Sequence[ConsumerRecord],
+        ahead: Parsed | None = None,
+        assigned: Callable[[str, int], bool] | None = None,
+    ) -> None:
+        """`ahead`: what `parse_ahead` made of some of these records (the others are parsed here);
+        `assigned`: whether a partition is still this replica's (a split skips those that are not)."""
         started = time.monotonic()
         parsed, rejected = self._parse_all(records, ahead or {})
         # One span per batch (OpenTelemetry's messaging conventions for a batch receive), linked
@@ -389,7 +396,7 @@ class Pipeline:
                         await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
         if split is not None and isolated is not None:
-            await self._apart(split, ahead, isolated)
+            await self._apart(split, ahead, isolated, assigned)
         elif isolated is not None:
             await self._isolate(records, isolated)
         elif outgoing or rejected:
@@ -413,19 +420,32 @@ class Pipeline:
                 attributes["messaging.destination.partition.id"] = str(next(iter(partitions)))
         return attributes
 
-    async def _apart(self, parts: list[list[ConsumerRecord]], ahead: Parsed | None, exc: Exception) -> None:
+    async def _apart(
+        self,
+        parts: list[list[ConsumerRecord]],
+        ahead: Parsed | None,
+        exc: Exception,
+        assigned: Callable[[str, int], bool] | None = None,
+    ) -> None:
         """A batch of several partitions failed other than for PostgreSQL being away (a record the
         code fails on, or one PostgreSQL refuses): each partition's records handled alone, so that
         the others commit; the batch failed before on every try, its one record holding every
         partition it shared a batch with (a refusal's isolation, record by record over them all,
         stopped at it too). PartitionsFailed names the records of those that failed again (given
-        back, the others not read again), each said by its own try."""
+        back, the others not read again), each said by its own try. A part whose partition was
+        revoked meanwhile (parts wait for those before) is left to its new owner, which takes it
+        from the positions committed in the database: in neither list (PartitionsFailed raised for
+        it too, that its Kafka offsets are not committed past it)."""
         failed: list[ConsumerRecord] = []
         committed: list[ConsumerRecord] = []
         first: Exception | None = None
+        revoked = 0
         splitting = _SPLITTING.set(True)
         try:
             for part in parts:
+                if assigned is not None and not assigned(part[0].topic, part[0].partition):
+                    revoked += 1
+                    continue
                 try:
                     await self.handle(part, ahead)
                 except Exception as again:
@@ -435,21 +455,24 @@ class Pipeline:
                     committed += part
         finally:
             _SPLITTING.reset(splitting)
+        error, said = type(exc).__name__, {"partitions": len(parts), "revoked": revoked}
         if first is None:  # the batch failed whole, each of its partitions committed alone: said, once
-            error = type(exc).__name__
             if isinstance(exc, REFUSED_BY_DATABASE):  # the refused record's part said it (batch.isolating)
-                log.info("batch.split", partitions=len(parts), error=error, failed=0)
+                log.info("batch.split", **said, error=error, failed=0)
             elif (untold := self._tracebacks.due(f"split:{error}")) is not None:
                 # A failure records of several partitions meet together, or one that passed: the
                 # code's, told with its traceback (at most once a minute per type, as batch.failed).
-                log.warning("batch.split", partitions=len(parts), error=error, failed=0, untold=untold, exc_info=exc)
+                log.warning("batch.split", **said, error=error, failed=0, untold=untold, exc_info=exc)
             else:
-                log.debug("batch.split", partitions=len(parts), error=error, failed=0)
-            return
-        log.debug("batch.split", partitions=len(parts), error=type(exc).__name__, failed=len(_by_partition(failed)))
+                log.debug("batch.split", **said, error=error, failed=0)
+            if not revoked:
+                return
+        else:
+            log.debug("batch.split", **said, error=error, failed=len(_by_partition(failed)))
         raised = PartitionsFailed(failed, committed)
         logs.said(raised)  # each failure said by its own try: FastStream's line not needed
-        await asyncio.sleep(1)  # taken again: do not spin (its parts did not pause)
+        if first is not None:
+            await asyncio.sleep(1)  # taken again: do not spin (its parts did not pause)
         raise raised from first
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:

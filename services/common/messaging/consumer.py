@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import structlog
@@ -724,7 +725,7 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
         # the cyclic collector (rarely: runtime/lifecycle.py); without the parameter no batch
         # leaves cyclic garbage (gc.DEBUG_SAVEALL over ten batches of formation: none).
         try:
-            await pipeline.handle(records, poll.parsed())
+            await pipeline.handle(records, poll.parsed(), partial(_assigned, subscriber))
         except PartitionsFailed as e:  # the batch's other partitions committed: not read again
             commits.follow(subscriber.consumer, e.committed)
             await poll.give_back(subscriber.consumer, e.records)
@@ -733,6 +734,14 @@ def subscribe(broker: KafkaBroker, spec: ServiceSpec, settings: ServiceSettings,
             await poll.give_back(subscriber.consumer, records)
             raise
         commits.follow(subscriber.consumer, records)
+
+
+def _assigned(subscriber: Any, topic: str, partition: int) -> bool:
+    """Whether the partition is still assigned to the subscriber's consumer: one revoked since
+    its batch came is resumed by its next owner, here too if assigned again (each partition
+    assigned is sought to its position in the database)."""
+    consumer = subscriber.consumer
+    return consumer is None or TopicPartition(topic, partition) in consumer.assignment()
 
 
 def _positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:

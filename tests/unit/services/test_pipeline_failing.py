@@ -216,3 +216,19 @@ async def test_a_failure_a_split_got_round_is_said_with_its_traceback(judge, mon
     await judge.handle([record(1, 6), record(2, 1)])
     splits = [s for s in said if s[1] == "batch.split"]
     assert splits == [("warning", "batch.split", True), ("debug", "batch.split", False)]
+
+
+async def test_a_split_leaves_a_partition_revoked_meanwhile_to_its_next_owner(judge):
+    """Its part was handled still, a second or more after the batch came, by a replica it was no
+    longer assigned to (review s71 3 #8); nor are its Kafka offsets to be committed past it."""
+    revoked: set[int] = set()
+    handled = passing_once(judge, RuntimeError("records of three partitions together"))
+
+    def assigned(topic: str, partition: int) -> bool:
+        revoked.add(3)  # the rebalance comes while the first part is handled
+        return partition not in revoked
+
+    with pytest.raises(pipeline.PartitionsFailed) as failed:
+        await judge.handle([record(1, 5), record(2, 0), record(3, 4)], None, assigned)
+    assert handled == [[(1, 5)], [(2, 0)]]
+    assert failed.value.records == [] and [(r.partition, r.offset) for r in failed.value.committed] == [(1, 5), (2, 0)]
