@@ -539,7 +539,7 @@ def create_api(stream_app: ServiceApp, settings: ServiceSettings) -> FastAPI:
                 jwks_file=Path(settings.jwks_file) if settings.jwks_file else None,
                 jwks_url=settings.jwks_url,
             )
-        except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL, a malformed URL
+        except ValueError as e:  # neither or both of JWKS_FILE and JWKS_URL (a bad URL: refused as a setting)
             log.error("startup.refused", reason=str(e))
             raise StartupFailed(str(e)) from None
         await started(stream_app, stream_app.start())

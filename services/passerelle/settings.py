@@ -20,7 +20,7 @@ def in_clear_beyond_this_machine(url: str) -> bool:
 def _keys_over_tls(url: str) -> str:
     """Signing keys fetched in clear could be swapped on the way: https, or the machine itself."""
     if in_clear_beyond_this_machine(url):
-        raise ValueError("must be an https:// URL (http:// only on this machine: 127.0.0.1, localhost)")
+        raise ValueError("must be an https:// URL (http:// only on this machine: 127.0.0.1, ::1, localhost)")
     return url
 
 

@@ -47,6 +47,7 @@ def test_bad_settings_are_refused_before_anything_starts():
         "DATABASE_URL": "mysql://u:secret@h/db",
         "ALERTS_RETENTION_DAYS": "-1",
         "KAFKA_DASHBOARDS": "pilotage,pilotage-14",
+        "INBOX_RETENTION_DAY": "7",  # misspelled: ignored, said first (it may be why another is refused)
     }
     result = subprocess.run(
         [str(DEV), "up", "--data-dir", "/nonexistent/never-created"],
@@ -57,7 +58,8 @@ def test_bad_settings_are_refused_before_anything_starts():
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 5, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
+    assert len(lines) == 6, result.stderr  # one per problem, nothing started (no Kafka, no PostgreSQL line)
+    assert lines[0] == "==> warning: INBOX_RETENTION_DAY: not a setting, ignored (did you mean INBOX_RETENTION_DAYS?)"
     assert any(line.startswith("==> error: BATCH_MAX_RECORDS: ") for line in lines)
     assert any(line.startswith("==> error: LOG_FORMAT: ") for line in lines)
     assert any(line.startswith("==> error: DATABASE_URL: ") for line in lines)

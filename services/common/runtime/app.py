@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import structlog
@@ -38,7 +38,7 @@ from services.common.runtime.health import (
 )
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
-from services.common.runtime.settings import ServiceSettings, check_environment
+from services.common.runtime.settings import ServiceSettings, check_environment, misspelled
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.telemetry import configure_tracing
 
@@ -276,6 +276,15 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
     return app
 
 
+def warn_misspelled(environ: Iterable[str]) -> None:
+    """A WARNING for each variable taken for a setting misspelled (settings.misspelled), whose
+    default is in force: INBOX_RETENTION_DAY=7 kept personal data 30 days without a word."""
+    from services.specs import specs  # every service's: one ConfigMap gives each the others' variables
+
+    for variable, closest in misspelled(environ, {s.settings for s in specs()}):
+        log.warning("settings.ignored", variable=variable, closest=closest, hint="not a setting: its default in force")
+
+
 def serve(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: the ASGI app under uvicorn. Bad settings end
     it before it connects anywhere: one line per problem on stderr, exit code 2; TLS files that
@@ -285,6 +294,7 @@ def serve(spec: ServiceSpec) -> None:
         sys.exit(2)
     settings = spec.settings()
     app = build_app(spec, settings)
+    warn_misspelled(os.environ)
     log_certificate(KafkaAccess.of(settings))
     if spec.http_api is not None:
         app = spec.http_api(app, settings)

@@ -8,6 +8,7 @@ per problem naming the variable as it was typed and the rule it breaks; a servic
 with bad settings prints those lines and exits with code 2 (`app.serve`).
 """
 
+import difflib
 import getpass
 import os
 import re
@@ -23,7 +24,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.common.messaging.connection import KafkaAccess
+from services.common.messaging.connection import VARIABLES, KafkaAccess
 from services.common.runtime.secrets import redact
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -358,6 +359,36 @@ def _from_values_only(settings_class: type[ServiceSettings]) -> type[ServiceSett
     return Checked
 
 
+TOOL_VARIABLES = frozenset(
+    {
+        "ALERTS_RETENTION_DAYS",
+        "DLQ_RETENTION_DAYS",
+        "FEO_CACHE_DIR",
+        "FEO_DATA_DIR",
+        "KAFKA_PORT",
+        "POSTGRES_PORT",
+        "KAFKA_DASHBOARDS",
+    }
+)
+"""The variables `./dev up` and the operators' tools read (deploy/), no service's setting (README, Settings)."""
+_CLOSE = 0.85
+"""How close a name must be to a setting's to be taken for it misspelled (difflib's ratio): none
+of the usual environment's (HTTP_PROXY, KAFKA_OPTS, HOSTNAME, OTEL_SERVICE_NAME…) is."""
+
+
+def misspelled(environ: Iterable[str], classes: Iterable[type[ServiceSettings]]) -> list[tuple[str, str]]:
+    """The variables of `environ` that no setting of `classes` nor any tool reads, but whose name
+    is close to one that is read, each with that name: a setting misspelled (INBOX_RETENTION_DAY),
+    ignored and its default in force, said by no check of the values. Names only, never a value.
+    `classes`: every service's (one ConfigMap gives each service the others' variables too)."""
+    known = {f.upper() for cls in classes for f in cls.model_fields} | set(VARIABLES.values()) | TOOL_VARIABLES
+    found = []
+    for name in sorted(environ):
+        if name.upper() not in known and (close := difflib.get_close_matches(name.upper(), known, 1, _CLOSE)):
+            found.append((name, close[0]))
+    return found
+
+
 _KINDS: dict[Any, str] = {int: "an integer", float: "a number", timedelta: "a duration in seconds or ISO 8601 (PT5M)"}
 _BOUNDS = ((at.Ge, "ge", "≥"), (at.Gt, "gt", ">"), (at.Le, "le", "≤"), (at.Lt, "lt", "<"))
 
@@ -367,6 +398,10 @@ def _problem(variable: str, field: str, value: str, info: FieldInfo, error: Any)
         rule = str(error["ctx"]["error"])
     elif get_origin(info.annotation) is Literal:
         rule = f"must be one of {', '.join(get_args(info.annotation))}"
+    elif error["type"] in ("string_too_short", "string_too_long"):  # "must be valid" said not which
+        shortest = next((m.min_length for m in info.metadata if isinstance(m, at.MinLen)), 0)
+        longest = next((m.max_length for m in info.metadata if isinstance(m, at.MaxLen)), None)
+        rule = f"must be {shortest} to {longest} characters" if longest else f"must be {shortest} characters at least"
     else:
         bounds = [
             f"{sign} {_number(getattr(m, attr))}"

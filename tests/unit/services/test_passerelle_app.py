@@ -60,9 +60,14 @@ def test_the_requests_trace_context_becomes_the_records_headers_only_when_well_f
 def test_signing_keys_are_fetched_over_https_except_from_this_machine():
     problems = check_environment({"JWKS_URL": "http://idp.example.org/certs"}, [PasserelleSettings])
     assert problems == [  # its value not shown: an endpoint may carry a token (settings.SECRET)
-        "JWKS_URL: must be an https:// URL (http:// only on this machine: 127.0.0.1, localhost)"
+        "JWKS_URL: must be an https:// URL (http:// only on this machine: 127.0.0.1, ::1, localhost)"
     ]
-    for fine in ("https://idp.example.org/certs", "http://127.0.0.1:8080/certs", "http://localhost/certs"):
+    for fine in (
+        "https://idp.example.org/certs",
+        "http://127.0.0.1:8080/certs",
+        "http://[::1]:8080/certs",
+        "http://localhost/certs",
+    ):
         assert check_environment({"JWKS_URL": fine}, [PasserelleSettings]) == []
 
 

@@ -1,9 +1,12 @@
 """check_environment: one line per bad setting, naming the variable as typed and the rule,
 never the value of a setting that may hold a secret; the services read the same rules."""
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import structlog
 
 from services.common.runtime.settings import ServiceSettings, check_environment
 from services.ressources.settings import RessourcesSettings
@@ -58,6 +61,12 @@ BOTH = (ServiceSettings, RessourcesSettings)
             "MAX_CLOCK_SKEW: must be a duration in seconds or ISO 8601 (PT5M) ≥ 0 and ≤ 315360000 (got 'P9000Y')",
         ),
         ({"MIN_COMPATIBLE_SHARE": "1.5"}, "MIN_COMPATIBLE_SHARE: must be a number ≥ 0 and ≤ 1 (got '1.5')"),
+        # "must be valid": an empty value (a template's slip) was refused without the rule (audit s72 #4)
+        ({"CONSUMER_INSTANCE_ID": ""}, "CONSUMER_INSTANCE_ID: must be 1 to 200 characters (got '')"),
+        (
+            {"CONSUMER_INSTANCE_ID": "p" * 201},
+            f"CONSUMER_INSTANCE_ID: must be 1 to 200 characters (got '{'p' * 40}…')",
+        ),
         ({"SSE_MAX_SECONDS": "nan"}, "SSE_MAX_SECONDS: must be a number > 0 (got 'nan')"),
     ],
 )
@@ -184,3 +193,50 @@ def test_a_database_url_without_a_user_is_refused_only_where_the_process_s_user_
         assert check_environment({"DATABASE_URL": named}) == [], named
     monkeypatch.setenv("PGUSER", "feo")  # PostgreSQL's clients read it too
     assert check_environment(no_user) == []
+
+
+def test_a_misspelled_setting_is_named_with_the_setting_it_is_close_to_never_its_value():
+    """Not a bad value: ignored without a word, its default in force (audit s72 #3: personal
+    data kept 30 days under INBOX_RETENTION_DAY=7)."""
+    from services.common.runtime.app import warn_misspelled
+    from services.common.runtime.settings import misspelled
+    from services.specs import specs
+
+    classes = {spec.settings for spec in specs()}
+    environ = {
+        "INBOX_RETENTION_DAY": "7",
+        "min_compatible_shares": "0.8",  # read whatever its case, as the settings are
+        "SSE_MAX_CLIENTS": "5",  # ressources' own, in every service's environment (one ConfigMap)
+        "ALERTS_RETENTION_DAYS": "0",  # ./dev up's
+        "KAFKA_USERNAME": "formation",  # the Kafka access's
+        **dict.fromkeys(["HTTP_PROXY", "KAFKA_OPTS", "HOSTNAME", "OTEL_SERVICE_NAME", "PGPORT", "POD_NAMESPACE"], "x"),
+    }
+    assert misspelled(environ, classes) == [
+        ("INBOX_RETENTION_DAY", "INBOX_RETENTION_DAYS"),
+        ("min_compatible_shares", "MIN_COMPATIBLE_SHARE"),
+    ]
+    with structlog.testing.capture_logs() as said:
+        warn_misspelled({"DATABSE_URL": "postgresql://u:secret@h/db"})
+    assert said == [
+        {
+            "event": "settings.ignored",
+            "log_level": "warning",
+            "variable": "DATABSE_URL",
+            "closest": "DATABASE_URL",
+            "hint": "not a setting: its default in force",
+        }
+    ]
+
+
+def test_the_readme_lists_every_variable_read_and_no_other():
+    """What `misspelled` takes for read is what the README's tables list: a setting added without
+    its row, or a row left after its setting, fails here."""
+    from services.common.messaging.connection import VARIABLES
+    from services.common.runtime.settings import TOOL_VARIABLES
+    from services.specs import specs
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (`[A-Z][A-Z0-9_]+`(?:(?:, | or )`[A-Z][A-Z0-9_]+`)*) \|", readme, re.MULTILINE)
+    listed = {name for row in rows for name in re.findall(r"[A-Z][A-Z0-9_]+", row)}
+    read = {f.upper() for spec in specs() for f in spec.settings.model_fields} | set(VARIABLES.values())
+    assert listed == read | TOOL_VARIABLES
