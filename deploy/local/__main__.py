@@ -131,7 +131,7 @@ def misspelled_settings(environ: Iterable[str]) -> list[tuple[str, str]]:
     from services.common.runtime.settings import misspelled
     from services.specs import specs
 
-    return misspelled(environ, {spec.settings for spec in specs()})
+    return misspelled(environ, {spec.settings for spec in specs()}, tools=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,10 +325,6 @@ class Pipeline:
         # posted to the passerelle: one); an outgoing record continues its cause's trace.
         recording = tracer_is_recording()
         links = _links(r.headers for _, r in parsed) if recording else []
-        # Handled again once the failed batch's span has ended: the parts' own spans are not its
-        # children (a committed part under a span marked failed), nor its records counted twice.
-        split: list[list[ConsumerRecord]] | None = None
-        isolated: Exception | None = None
         # The provider in force now (a module's tracer would keep the first one it resolved to).
         with trace.get_tracer(__name__).start_as_current_span(
             f"process {self.service}",
@@ -357,16 +353,21 @@ class Pipeline:
                     log.info("batch.retried", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.05 * attempt)
                 except REFUSED_BY_DATABASE as exc:
-                    _failed(span, exc)
-                    isolated = exc
+                    if len(records) == 1:
+                        _failed(span, exc)
+                    else:
+                        _handled_apart(span, exc)
                     if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
-                        split = parts
-                    break
+                        await self._apart(parts, ahead, exc, assigned)
+                    else:
+                        await self._isolate(records, exc)
+                    return
                 except Exception as exc:
-                    _failed(span, exc)
                     if not isinstance(exc, DATABASE_AWAY) and len(parts := _by_partition(records)) > 1:
-                        split, isolated = parts, exc
-                        break
+                        _handled_apart(span, exc)
+                        await self._apart(parts, ahead, exc, assigned)
+                        return
+                    _failed(span, exc)
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
                         # Where it is: a record the code fails on stops its partition (the
@@ -395,11 +396,7 @@ class Pipeline:
                     if not _SPLITTING.get():  # a part's: the split pauses once for all its parts
                         await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
-        if split is not None and isolated is not None:
-            await self._apart(split, ahead, isolated, assigned)
-        elif isolated is not None:
-            await self._isolate(records, isolated)
-        elif outgoing or rejected:
+        if outgoing or rejected:
             self.relay.wake()
 
     def _span_attributes(self, records: Sequence[ConsumerRecord]) -> dict[str, str | int]:
@@ -457,7 +454,7 @@ class Pipeline:
             _SPLITTING.reset(splitting)
         error, said = type(exc).__name__, {"partitions": len(parts), "revoked": revoked}
         if first is None:  # the batch failed whole, each of its partitions committed alone: said, once
-            if isinstance(exc, REFUSED_BY_DATABASE):  # the refused record's part said it (batch.isolating)
+            if isinstance(exc, REFUSED_BY_DATABASE) or not committed:  # its part said it (batch.isolating); none left
                 log.info("batch.split", **said, error=error, failed=0)
             elif (untold := self._tracebacks.due(f"split:{error}")) is not None:
                 # A failure records of several partitions meet together, or one that passed: the
@@ -1027,6 +1024,14 @@ def _failed(span: trace.Span, exc: Exception) -> None:
     span.set_attribute("error.type", type(exc).__name__)
     span.set_status(trace.StatusCode.ERROR, named)
     span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
+
+
+def _handled_apart(span: trace.Span, exc: Exception) -> None:
+    """A batch's span whose records are handled again apart, in spans of its own children (each
+    partition's, each record's): the failure told as an event of it, not its status, so that it
+    does not show failed over parts that committed (review s71 3 #7); its lines (batch.split,
+    batch.isolating) keep its trace id."""
+    span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": refused_by_database(exc)})
 
 
 @contextmanager

@@ -45,13 +45,19 @@ def test_a_service_with_a_bad_setting_exits_2_with_one_line_naming_the_variable_
         "BATCH_MAX_RECORDS": "abc",
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{nowhere}",
         "DATABASE_URL": f"postgresql://feo:s3cret@127.0.0.1:{nowhere}/feo",
+        "INBOX_RETENTION_DAY": "7",  # misspelled: said first, by its name alone (review s72 #3)
+        "POSTGRESQL_SERVICE_HOST": "10.0.0.1",  # Kubernetes' variables of a Service named postgresql
+        "POSTGRESQL_PORT": "tcp://10.0.0.1:5432",
     }
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "services.formation"], env=env, capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr.splitlines() == ["BATCH_MAX_RECORDS: must be an integer ≥ 1 (got 'abc')"]
+    assert done.stderr.splitlines() == [
+        "INBOX_RETENTION_DAY: not a setting, ignored (did you mean INBOX_RETENTION_DAYS?)",
+        "BATCH_MAX_RECORDS: must be an integer ≥ 1 (got 'abc')",
+    ]
     assert time.monotonic() - started < 20
 
 

@@ -276,12 +276,17 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
     return app
 
 
-def warn_misspelled(environ: Iterable[str]) -> None:
-    """A WARNING for each variable taken for a setting misspelled (settings.misspelled), whose
-    default is in force: INBOX_RETENTION_DAY=7 kept personal data 30 days without a word."""
+def _misspelled(environ: Iterable[str]) -> list[tuple[str, str]]:
+    """The variables taken for a setting misspelled (settings.misspelled), whose default is in
+    force: INBOX_RETENTION_DAY=7 kept personal data 30 days without a word."""
     from services.specs import specs  # every service's: one ConfigMap gives each the others' variables
 
-    for variable, closest in misspelled(environ, {s.settings for s in specs()}):
+    return misspelled(environ, {s.settings for s in specs()})
+
+
+def warn_misspelled(environ: Iterable[str]) -> None:
+    """A WARNING for each variable taken for a setting misspelled, once logs are set up."""
+    for variable, closest in _misspelled(environ):
         log.warning("settings.ignored", variable=variable, closest=closest, hint="not a setting: its default in force")
 
 
@@ -290,7 +295,11 @@ def serve(spec: ServiceSpec) -> None:
     it before it connects anywhere: one line per problem on stderr, exit code 2; TLS files that
     cannot be read too (the broker's client is made with them)."""
     if problems := check_environment(os.environ, [spec.settings]):  # TLS files that cannot be used too
-        print("\n".join(problems), file=sys.stderr)
+        # A misspelling first: it may be why a setting is missing (KAFKA_CERT_FIEL: KAFKA_CERT_FILE not given).
+        ignored = [
+            f"{name}: not a setting, ignored (did you mean {closest}?)" for name, closest in _misspelled(os.environ)
+        ]
+        print("\n".join(ignored + problems), file=sys.stderr)
         sys.exit(2)
     settings = spec.settings()
     app = build_app(spec, settings)

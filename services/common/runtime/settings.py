@@ -140,9 +140,19 @@ TopicPrefix = Annotated[
         re.compile(r"[A-Za-z0-9._-]{0,200}").fullmatch, "may hold only letters, digits, '.', '_' and '-', 200 at most"
     ),
 ]
-HttpUrl = Annotated[
-    str, _must(lambda url: urlsplit(url).scheme in ("http", "https"), "must be an http:// or https:// URL")
-]
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL naming a host, its port (if any) one: `https://h:99999/x` went on to the
+    service's start, which refused it (exit code 3, not a setting's 2)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port beyond 65535 or not a number, a bracketed host that is no address
+        return False
+
+
+HttpUrl = Annotated[str, _must(_http_url, "must be an http:// or https:// URL naming a host (and a port: 1–65535)")]
 LogLevel = Annotated[str, AfterValidator(str.upper), _must(LEVELS.__contains__, f"must be one of {', '.join(LEVELS)}")]
 Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
@@ -376,15 +386,27 @@ _CLOSE = 0.85
 of the usual environment's (HTTP_PROXY, KAFKA_OPTS, HOSTNAME, OTEL_SERVICE_NAME…) is."""
 
 
-def misspelled(environ: Iterable[str], classes: Iterable[type[ServiceSettings]]) -> list[tuple[str, str]]:
+def misspelled(
+    environ: Iterable[str], classes: Iterable[type[ServiceSettings]], *, tools: bool = False
+) -> list[tuple[str, str]]:
     """The variables of `environ` that no setting of `classes` nor any tool reads, but whose name
     is close to one that is read, each with that name: a setting misspelled (INBOX_RETENTION_DAY),
     ignored and its default in force, said by no check of the values. Names only, never a value.
-    `classes`: every service's (one ConfigMap gives each service the others' variables too)."""
-    known = {f.upper() for cls in classes for f in cls.model_fields} | set(VARIABLES.values()) | TOOL_VARIABLES
+    `classes`: every service's (one ConfigMap gives each service the others' variables too);
+    `tools`: the tools' variables named too (`./dev up`'s), not to a service, which reads none.
+    Not the variables Kubernetes gives a pod for each Service of its namespace (`<NAME>_PORT…`,
+    `<NAME>_SERVICE_…` beside a `<NAME>_SERVICE_HOST`): a Service named postgresql gives
+    POSTGRESQL_PORT, close to POSTGRES_PORT."""
+    names = list(environ)
+    read = {f.upper() for cls in classes for f in cls.model_fields} | set(VARIABLES.values())
+    named = read | TOOL_VARIABLES if tools else read
+    services = tuple(n.upper().removesuffix("SERVICE_HOST") for n in names if n.upper().endswith("_SERVICE_HOST"))
     found = []
-    for name in sorted(environ):
-        if name.upper() not in known and (close := difflib.get_close_matches(name.upper(), known, 1, _CLOSE)):
+    for name in sorted(names):
+        upper = name.upper()
+        if upper in read | TOOL_VARIABLES or any(upper.startswith((f"{s}PORT", f"{s}SERVICE_")) for s in services):
+            continue
+        if close := difflib.get_close_matches(upper, named, 1, _CLOSE):
             found.append((name, close[0]))
     return found
 
@@ -401,7 +423,7 @@ def _problem(variable: str, field: str, value: str, info: FieldInfo, error: Any)
     elif error["type"] in ("string_too_short", "string_too_long"):  # "must be valid" said not which
         shortest = next((m.min_length for m in info.metadata if isinstance(m, at.MinLen)), 0)
         longest = next((m.max_length for m in info.metadata if isinstance(m, at.MaxLen)), None)
-        rule = f"must be {shortest} to {longest} characters" if longest else f"must be {shortest} characters at least"
+        rule = f"must be {shortest} to {longest} characters" if longest else f"must be at least {shortest} characters"
     else:
         bounds = [
             f"{sign} {_number(getattr(m, attr))}"

@@ -12,6 +12,7 @@ from services.common.runtime.settings import ServiceSettings, check_environment
 from services.ressources.settings import RessourcesSettings
 
 BOTH = (ServiceSettings, RessourcesSettings)
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,13 @@ def test_each_kind_of_bad_value_is_one_line_naming_the_variable_and_the_rule(env
             {"DATABASE_URL": "mysql://feo:s3cret@db/feo"},
             "DATABASE_URL: must be a PostgreSQL URL, postgresql://user:password@host:port/database",
         ),
-        ({"OTEL_ENDPOINT": "grpc://feo:s3cret@collector:4317"}, "OTEL_ENDPOINT: must be an http:// or https:// URL"),
+        *(
+            (
+                {"OTEL_ENDPOINT": url},
+                "OTEL_ENDPOINT: must be an http:// or https:// URL naming a host (and a port: 1–65535)",
+            )
+            for url in ("grpc://feo:s3cret@collector:4317", "https://feo:s3cret@collector:99999", "http:///v1/traces")
+        ),
         *(
             (
                 {"DATABASE_URL": f"postgresql://feo:{password}@db/feo"},
@@ -210,9 +217,18 @@ def test_a_misspelled_setting_is_named_with_the_setting_it_is_close_to_never_its
         "ALERTS_RETENTION_DAYS": "0",  # ./dev up's
         "KAFKA_USERNAME": "formation",  # the Kafka access's
         **dict.fromkeys(["HTTP_PROXY", "KAFKA_OPTS", "HOSTNAME", "OTEL_SERVICE_NAME", "PGPORT", "POD_NAMESPACE"], "x"),
+        # Kubernetes' for a Service named postgres-rw, one named kafka-0 (review s72 #2)
+        **dict.fromkeys(["POSTGRES_RW_SERVICE_HOST", "POSTGRES_RW_PORT", "POSTGRES_RW_SERVICE_PORT"], "x"),
+        **dict.fromkeys(["KAFKA_0_SERVICE_HOST", "KAFKA_0_PORT", "KAFKA_0_PORT_9092_TCP_PORT"], "x"),
+        "POSTGRESQL_PORT": "5432",  # no Service named postgresql: ./dev up's, misspelled
     }
     assert misspelled(environ, classes) == [
         ("INBOX_RETENTION_DAY", "INBOX_RETENTION_DAYS"),
+        ("min_compatible_shares", "MIN_COMPATIBLE_SHARE"),
+    ]
+    assert misspelled(environ, classes, tools=True) == [  # ./dev up's check: the tools' variables named too
+        ("INBOX_RETENTION_DAY", "INBOX_RETENTION_DAYS"),
+        ("POSTGRESQL_PORT", "POSTGRES_PORT"),
         ("min_compatible_shares", "MIN_COMPATIBLE_SHARE"),
     ]
     with structlog.testing.capture_logs() as said:
@@ -235,8 +251,10 @@ def test_the_readme_lists_every_variable_read_and_no_other():
     from services.common.runtime.settings import TOOL_VARIABLES
     from services.specs import specs
 
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| (`[A-Z][A-Z0-9_]+`(?:(?:, | or )`[A-Z][A-Z0-9_]+`)*) \|", readme, re.MULTILINE)
     listed = {name for row in rows for name in re.findall(r"[A-Z][A-Z0-9_]+", row)}
     read = {f.upper() for spec in specs() for f in spec.settings.model_fields} | set(VARIABLES.values())
     assert listed == read | TOOL_VARIABLES
+    tools = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "deploy").rglob("*.py"))
+    assert {name for name in TOOL_VARIABLES if f'"{name}"' not in tools} == set(), "read by no tool"
