@@ -99,3 +99,41 @@ def test_the_readme_tells_each_line_s_level_as_the_code_writes_it():
         if levels != shown:
             wrong[event] = (sorted(levels), column.strip())
     assert wrong == {}, "the table's level column, against the code's calls"
+
+
+def _told() -> dict[str, str]:
+    """Each row's event and level column."""
+    return {m[0]: m[1].strip() for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]+) \|", _table(), re.MULTILINE)}
+
+
+def test_the_readme_tells_the_levels_of_the_lines_said_once_per_outage_or_every_few_seconds():
+    """Outage: a WARNING once while what it waits on is away, an ERROR with its traceback on any
+    other failure (unless everything counts as away); EveryFew: its level, at most once per
+    LINE_SECONDS. Their rows were checked by name alone (audit s72 #5)."""
+    from services.common.runtime.outages import LINE_SECONDS
+
+    told, wrong, seen = _told(), {}, 0
+    for path in (ROOT / "services").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
+                continue
+            event, column = str(node.args[1].value), told.get(str(node.args[1].value), "")
+            if getattr(node.func, "id", None) == "Outage":
+                away = next((ast.unparse(k.value) for k in node.keywords if k.arg == "away"), None)
+                expected = ["WARNING"] if away == "(Exception,)" else ["WARNING once", "ERROR + traceback"]
+                shown = [e for e in ("WARNING once", "ERROR + traceback") if e in column] or column.split()[:1]
+            elif getattr(node.func, "attr", None) == "say" and _levels_of(node.args[0]):
+                expected = [_SHOWN_AS[next(iter(_levels_of(node.args[0])))], f"once per {LINE_SECONDS:g} s"]
+                shown = [w for w in ("WARNING", "ERROR") if column.startswith(w)]
+                shown += [f"once per {LINE_SECONDS:g} s"] if f"once per {LINE_SECONDS:g} s" in _row(event) else []
+            else:
+                continue
+            seen += 1
+            if shown != expected:
+                wrong[event] = (expected, column)
+    assert seen > 10, "the scan finds the Outage and EveryFew lines"
+    assert wrong == {}
+
+
+def _row(event: str) -> str:
+    return next(line for line in _table().splitlines() if line.startswith(f"| `{event}` |"))
