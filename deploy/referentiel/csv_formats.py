@@ -136,7 +136,7 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
         raise CsvFormatError(source, "empty file, expected a header row")
     fmt = _detect(header, source)
     loaded = Loaded(source, fmt.name)
-    seen: dict[str, int] = {}  # UAI -> line
+    seen: dict[str, tuple[int, int]] = {}  # UAI -> its line, and its place among the établissements
     last_columns = 0
     try:
         for row in reader:
@@ -146,13 +146,19 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
             loaded.rows += 1
             result = _map_row(fmt, header, row, reader.line_num)
             if isinstance(result, Etablissement) and result.uai in seen:
-                # One UAI on several lines (établissement_multi_lignes: an annex): the first
-                # line is kept, since two states of one entity with no order would race.
-                result = Skipped(reader.line_num, result.uai, "uai-en-double", f"déjà lu ligne {seen[result.uai]}")
+                # One UAI on several lines (établissement_multi_lignes: an annex's): one is kept,
+                # since two states of one entity with no order would race; the first, unless it
+                # is an annex's and this one is not (its name and commune were the annex's).
+                line, at = seen[result.uai]
+                if _annexe(kept := loaded.etablissements[at]) and not _annexe(result):
+                    loaded.etablissements[at], seen[result.uai] = result, (reader.line_num, at)
+                    result = Skipped(line, kept.uai, "uai-en-double", f"une annexe de la ligne {reader.line_num}")
+                else:
+                    result = Skipped(reader.line_num, result.uai, "uai-en-double", f"déjà lu ligne {line}")
             if isinstance(result, Skipped):
                 loaded.skipped.append(result)
             else:
-                seen[result.uai] = reader.line_num
+                seen[result.uai] = (reader.line_num, len(loaded.etablissements))
                 loaded.etablissements.append(result)
     except csv.Error as e:
         raise CsvFormatError(source, f"line {reader.line_num}: not a valid CSV ({e})") from None
@@ -168,6 +174,12 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
             )
         raise CsvFormatError(source, f"line {line} ends without a line break; the file looks truncated")
     return loaded
+
+
+def _annexe(etab: Etablissement) -> bool:
+    """Whether the line is an annex's (its name says so: "Collège Saint-Paul (annexe du collège
+    Saint-Joseph, Bruz)"), not the établissement's own."""
+    return "annexe" in etab.nom.casefold()
 
 
 def _detect(header: list[str], source: str) -> CsvFormat:

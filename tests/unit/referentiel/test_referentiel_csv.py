@@ -36,14 +36,20 @@ def test_ille_et_vilaine_loads_with_the_documented_counts_less_the_repeated_uais
     loaded = load(shared_data / ILLE_ET_VILAINE)
 
     assert loaded.format == "fr-en-annuaire-education" and loaded.rows == 996
-    # Three établissements span two lines each (etablissement_multi_lignes): the first line is kept.
+    # Three établissements span two lines each (etablissement_multi_lignes): the first line is
+    # kept, unless it is an annex's and the other is not (0350852L's first line, in Bruz, was
+    # "Collège Saint-Paul (annexe du collège Saint-Joseph, Bruz)": audit s72 F6).
     first_lines: dict[str, dict] = {}
     for r in rows:
-        first_lines.setdefault(r["Identifiant_de_l_etablissement"], r)
+        held = first_lines.setdefault(r["Identifiant_de_l_etablissement"], r)
+        if "annexe" in held["Nom_etablissement"].lower() and "annexe" not in r["Nom_etablissement"].lower():
+            first_lines[r["Identifiant_de_l_etablissement"]] = r
     expected = Counter(TYPE_ETABLISSEMENT.get(r["Type_etablissement"], "autre") for r in first_lines.values())
     assert loaded.by_type() == expected
     assert loaded.skipped_by_reason() == {"uai-en-double": len(rows) - len(first_lines)} == {"uai-en-double": 3}
     assert [e.nom for e in loaded.etablissements] == [r["Nom_etablissement"] for r in first_lines.values()]
+    saint_joseph = next(e for e in loaded.etablissements if e.uai == "0350852L")
+    assert (saint_joseph.nom, saint_joseph.code_commune) == ("Collège Saint-Joseph", "35047")
 
 
 def test_ille_et_vilaine_codes_are_kept_in_the_annuaire_forms(shared_data):
