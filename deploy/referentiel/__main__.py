@@ -1,6 +1,6 @@
 """`python -m deploy.referentiel`: load the annuaire, or generate établissements, into the référentiel.
 
-    load FILE [--bootstrap HOST:PORT] [--topic-prefix P] [--dry-run]
+    load FILE [--etat FICHIER [--confirmer-fermetures]] [--bootstrap HOST:PORT] [--topic-prefix P] [--dry-run]
     generate --count N [--departement 035] [--seed S] (--publish [--bootstrap ...] | --csv OUT)
 
 The summary goes to stdout and the progress to stderr. A problem ends the command with one
@@ -15,11 +15,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
 from contracts import REFERENTIEL, Etablissement
 
+from . import etat
 from .csv_formats import CsvFormatError, Loaded, load, write_annuaire
 from .generator import TYPES, generate
 from .publish import TopicMissingError, publish_etablissements
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.filename}: {(e.strerror or str(e)).lower()}", USAGE_ERROR)
     except (CsvFormatError, TopicMissingError) as e:
         return _fail(str(e))
+    except etat.EtatError as e:
+        return _fail(str(e), USAGE_ERROR)
     except ValueError as e:  # an argument the generator refuses (an unknown département)
         return _fail(str(e), USAGE_ERROR)
     except KafkaError as e:
@@ -56,10 +60,30 @@ def _load(args: argparse.Namespace) -> int:
     _report_skipped(loaded, skip)
     if not loaded.etablissements:
         return _fail(f"{loaded.source}: no row to load, all {loaded.rows:,} skipped")
+    held = etat.lire(args.etat) if args.etat else None
+    closing: list[Etablissement] = []
+    if held is None:
+        print("closed none: without --etat FICHIER, an établissement this file no longer lists stays open")
+    else:
+        closing, in_scope = etat.fermetures(held, loaded)
+        close = "would close" if args.dry_run else "closed"
+        print(f"{close} {len(closing):,} of the {in_scope:,} published open in this file's scope, on none of its lines")
+        for e in closing[:SKIPPED_SHOWN]:
+            print(f"  {e.uai}: {e.type}, {e.code_commune}: {e.nom}", file=sys.stderr)
+        if len(closing) > SKIPPED_SHOWN:
+            print(f"  ... and {len(closing) - SKIPPED_SHOWN:,} more", file=sys.stderr)
+        if etat.trop(len(closing), in_scope) and not args.confirmer_fermetures:
+            return _fail(
+                f"{loaded.source}: {len(closing):,} établissements to close, more than {etat.MAX_SHARE:.0%} of those "
+                "in its scope: a file cut short, or of another scope? Nothing published; --confirmer-fermetures "
+                "if they did close"
+            )
     if args.dry_run:
         print("dry run: nothing published")
-    else:
-        _publish(args, loaded.etablissements)
+        return 0
+    _publish(args, [*loaded.etablissements, *closing])
+    if held is not None:
+        etat.ecrire(args.etat, {**held, **{e.uai: e for e in (*loaded.etablissements, *closing)}})
     return 0
 
 
@@ -149,6 +173,18 @@ def _parser() -> argparse.ArgumentParser:
         "file", metavar="FILE", help="a fr-en-annuaire-education or fr-en-adresse-et-geolocalisation CSV"
     )
     load_.add_argument("--dry-run", action="store_true", help="read and report what would be loaded, publish nothing")
+    load_.add_argument(
+        "--etat",
+        type=Path,
+        metavar="FICHIER",
+        help="the établissements published before, by the loads with this file (made at the first): those this "
+        "file's scope held open and none of its lines lists are closed (ouvert false)",
+    )
+    load_.add_argument(
+        "--confirmer-fermetures",
+        action="store_true",
+        help=f"close them even beyond {etat.MAX_SHARE:.0%} of those in the file's scope (else the load stops)",
+    )
     load_.set_defaults(run=_load)
 
     about = "generate synthetic établissements, reproducible from a seed"

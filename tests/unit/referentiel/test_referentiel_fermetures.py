@@ -1,0 +1,108 @@
+"""`load --etat`: an établissement the loads before published open, that the next export of the
+same scope no longer lists (the annuaire lists open ones only), is closed (audit s72 F1: it
+stayed open for good, its alerts never resolved)."""
+
+import json
+
+import pytest
+
+from contracts import uai_check_letter
+from deploy.referentiel import __main__ as cli
+from deploy.referentiel.__main__ import main
+
+HEADER = (
+    "Identifiant_de_l_etablissement;Nom_etablissement;Type_etablissement;Statut_public_prive;"
+    "Code_commune;Code_departement;Code_academie;Code_region;etat"
+)
+
+
+def uai(n: int) -> str:
+    digits = f"0350{n:03d}"
+    return digits + uai_check_letter(digits)
+
+
+def row(n: int, type_: str = "Ecole", dep: str = "035", commune: str = "35238") -> str:
+    return f"{uai(n)};Établissement {n};{type_};Public;{commune};{dep};14;53;OUVERT"
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """What each load published (no broker: publish_etablissements stands in)."""
+    loads: list[list] = []
+
+    async def publish(bootstrap, etabs, topic, progress=None):
+        loads.append(list(etabs))
+        return len(etabs)
+
+    monkeypatch.setattr(cli, "publish_etablissements", publish)
+    return loads
+
+
+def annuaire(tmp_path, *rows: str):
+    path = tmp_path / "annuaire.csv"
+    path.write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_an_etablissement_the_next_export_no_longer_lists_is_closed(tmp_path, published, capsys):
+    state = str(tmp_path / "referentiel.json")
+    ecoles = [row(n) for n in range(1, 31)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state]) == 0
+    assert "closed 0 of the 0 published open" in capsys.readouterr().out  # a first load: nothing held
+    assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", state]) == 0
+    closed = [e for e in published[1] if not e.ouvert]
+    assert [(e.uai, e.nom) for e in closed] == [(uai(1), "Établissement 1")]
+    out, err = capsys.readouterr()
+    assert "closed 1 of the 30 published open in this file's scope" in out and uai(1) in err
+    assert json.loads((tmp_path / "referentiel.json").read_text())["etablissements"][uai(1)]["ouvert"] is False
+    assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", state]) == 0
+    assert [e for e in published[2] if not e.ouvert] == [], "closed once"
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state]) == 0
+    assert all(e.ouvert for e in published[3]), "listed again: open again"
+
+
+def test_only_what_the_file_covers_is_closed(tmp_path, published, capsys):
+    """Another département's, another type's (the collèges' national file closes no école), and
+    a row the loader skipped (its UAI is still listed) stay as they were."""
+    state = str(tmp_path / "referentiel.json")
+    first = [row(n) for n in range(1, 31)] + [row(40, "Collège"), row(41, dep="022", commune="22113")]
+    assert main(["load", annuaire(tmp_path, *first), "--etat", state]) == 0
+    skipped = row(2).replace("OUVERT", "EN TRAVAUX")  # etat-invalide: skipped, not absent
+    assert main(["load", annuaire(tmp_path, skipped, *first[2:30]), "--etat", state]) == 0
+    assert [e.uai for e in published[1] if not e.ouvert] == [uai(1)]
+
+
+def test_a_file_that_would_close_many_stops_unless_confirmed(tmp_path, published, capsys):
+    state = str(tmp_path / "referentiel.json")
+    ecoles = [row(n) for n in range(1, 301)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state]) == 0
+    cut = annuaire(tmp_path, *ecoles[:250])  # 50 of 300: beyond 5 %
+    assert main(["load", cut, "--etat", state]) == 1
+    assert "50 établissements to close, more than 5% of those in its scope" in capsys.readouterr().err
+    assert len(published) == 1, "nothing published"
+    assert main(["load", cut, "--etat", state, "--dry-run"]) == 1
+    assert main(["load", cut, "--etat", state, "--confirmer-fermetures"]) == 0
+    assert len([e for e in published[1] if not e.ouvert]) == 50
+
+
+def test_a_dry_run_says_what_it_would_close_and_writes_no_state(tmp_path, published, capsys):
+    state = tmp_path / "referentiel.json"
+    ecoles = [row(n) for n in range(1, 31)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(state)]) == 0
+    before = state.read_bytes()
+    assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", str(state), "--dry-run"]) == 0
+    assert "would close 1 of the 30" in capsys.readouterr().out
+    assert state.read_bytes() == before and len(published) == 1
+
+
+def test_without_a_state_nothing_is_closed_and_the_summary_says_so(tmp_path, published, capsys):
+    assert main(["load", annuaire(tmp_path, row(1)), "--dry-run"]) == 0
+    assert "without --etat FICHIER, an établissement this file no longer lists stays open" in capsys.readouterr().out
+
+
+def test_a_state_that_is_not_one_is_named_and_kept(tmp_path, published, capsys):
+    state = tmp_path / "referentiel.json"
+    state.write_text('{"lots": {}}')
+    assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {state}: not a référentiel state")
+    assert state.read_text() == '{"lots": {}}' and published == []
