@@ -28,26 +28,10 @@ class Refusal:
     message: str
 
 
-# Paris, Marseille and Lyon are communes of arrondissements municipaux, which the annuaire gives
-# as an établissement's `code_commune` (COG: 75101–75120, 13201–13216, 69381–69389); an
-# arrondissement is no collectivité: its commune equips its écoles (audit s72 F2).
-_ARRONDISSEMENTS = {
-    **{f"751{n:02d}": "75056" for n in range(1, 21)},
-    **{f"132{n:02d}": "13055" for n in range(1, 17)},
-    **{f"6938{n}": "69123" for n in range(1, 10)},
-}
-
-
-def commune(code_commune: str) -> str:
-    """The commune of a `code_commune`: an arrondissement municipal's commune (Paris, Marseille,
-    Lyon), else the code itself."""
-    return _ARRONDISSEMENTS.get(code_commune, code_commune)
-
-
 def _territory(kind: str, etab: Etablissement) -> str:
     """The code of `etab`'s commune, département, région or académie, for a declarant of that kind."""
     return {
-        "commune": commune(etab.code_commune),
+        "commune": etab.code_commune,
         "departement": etab.code_departement,
         "region": etab.code_region,
         "rectorat": etab.code_academie,
@@ -64,12 +48,6 @@ def responsable(etab: Etablissement) -> c.Responsable | None:
 def _responsable(kind: Collectivite, code: str) -> c.Responsable:
     """One frozen model per collectivité: every alert of a fan-out names one, a few hundred in all."""
     return c.Responsable(type=kind, code=code)
-
-
-def _codes(equipeur: c.Responsable, etab: Etablissement) -> tuple[str, ...]:
-    """The codes the collectivité that equips `etab` declares under: its own; a commune's, the
-    école's `code_commune` too, an arrondissement's (as the contract's words read)."""
-    return (equipeur.code, etab.code_commune) if equipeur.type == "commune" else (equipeur.code,)
 
 
 def check(event: CloudEvent, declarant: Declarant, etab: Etablissement | None) -> Refusal | None:
@@ -102,7 +80,7 @@ def check_declaration(
         return Refusal(UAI_INCONNU, f"l'UAI {uai} n'est pas dans le référentiel")
     if t in _EQUIPEMENT_TYPES:
         equipeur = responsable(etab)
-        if equipeur is None or equipeur.type != kind or declarant.code not in _codes(equipeur, etab):
+        if equipeur is None or (equipeur.type, equipeur.code) != (kind, declarant.code):
             return Refusal(HORS_COMPETENCE, f"{source} n'équipe pas {uai} ({etab.type}, {_territory(kind, etab)})")
     elif t == c.AFFECTATION and etab.code_academie != declarant.code:
         return Refusal(HORS_COMPETENCE, f"{uai} est dans l'académie {etab.code_academie}, pas {declarant.code}")

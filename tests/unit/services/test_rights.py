@@ -6,7 +6,7 @@ import pytest
 
 import contracts as c
 from contracts import Etablissement, make_event, parse_source
-from services.common.rules.rights import HORS_COMPETENCE, UAI_INCONNU, check, responsable
+from services.common.rules.rights import HORS_COMPETENCE, UAI_INCONNU, check
 
 
 def etab(uai_digits: str, type_: str, commune="35238", dep="035", aca="14", reg="53") -> Etablissement:
@@ -135,29 +135,3 @@ def test_only_rectorats_declare_trainings(source, expected):
         completed_on=date(2026, 10, 1),
     )
     assert verdict(make_event(c.FORMATION_SUIVIE, formation, source=source), None) == expected
-
-
-@pytest.mark.parametrize(
-    ("arrondissement", "commune"),
-    [("75115", "75056"), ("75101", "75056"), ("75120", "75056"), ("13205", "13055"), ("69383", "69123")],
-)
-def test_the_ecoles_of_paris_marseille_and_lyon_are_equipped_by_their_commune_not_an_arrondissement(
-    arrondissement, commune
-):
-    """The annuaire gives their arrondissement municipal as `code_commune`, which no collectivité
-    is: the Ville de Paris was refused for its own écoles, and their alerts named the
-    arrondissement, which no dashboard filtering on the commune found (audit s72 F2)."""
-    ecole = etab("0750001", "ecole", commune=arrondissement, dep=f"0{arrondissement[:2]}")
-    assert responsable(ecole) == c.Responsable(type="commune", code=commune)
-    assert verdict(lot_from(f"/collectivites/communes/{commune}", ecole), ecole) == "ok"
-    # the école's code_commune as the contract's words read, as before
-    assert verdict(lot_from(f"/collectivites/communes/{arrondissement}", ecole), ecole) == "ok"
-    other = "75116" if arrondissement != "75116" else "75117"
-    assert verdict(lot_from(f"/collectivites/communes/{other}", ecole), ecole) == HORS_COMPETENCE
-    college = etab("0750002", "college", commune=arrondissement, dep=f"0{arrondissement[:2]}")
-    assert verdict(lot_from(f"/collectivites/communes/{commune}", college), college) == HORS_COMPETENCE
-
-
-@pytest.mark.parametrize("code", ["75056", "75100", "75121", "13200", "13217", "69380", "69390", "35238"])
-def test_a_commune_that_is_no_arrondissement_is_its_own(code):
-    assert responsable(etab("0350001", "ecole", commune=code)) == c.Responsable(type="commune", code=code)
