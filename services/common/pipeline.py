@@ -334,6 +334,7 @@ class Pipeline:
             record_exception=False,
             set_status_on_exception=False,  # its message may quote a value: _failed names it
         ) as span:
+            apart: Exception | None = None  # what failed a batch to handle again apart, within its span
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
                     # The rights add refusals to `rejected`: each attempt starts from the parser's.
@@ -357,16 +358,13 @@ class Pipeline:
                         _failed(span, exc)
                     else:
                         _handled_apart(span, exc)
-                    if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
-                        await self._apart(parts, ahead, exc, assigned)
-                    else:
-                        await self._isolate(records, exc)
-                    return
+                    apart = exc
+                    break
                 except Exception as exc:
-                    if not isinstance(exc, DATABASE_AWAY) and len(parts := _by_partition(records)) > 1:
+                    if not isinstance(exc, DATABASE_AWAY) and len(_by_partition(records)) > 1:
                         _handled_apart(span, exc)
-                        await self._apart(parts, ahead, exc, assigned)
-                        return
+                        apart = exc
+                        break
                     _failed(span, exc)
                     failing = self.metrics.batch_failed(type(exc).__name__, records)
                     if not isinstance(exc, DATABASE_AWAY):
@@ -396,6 +394,16 @@ class Pipeline:
                     if not _SPLITTING.get():  # a part's: the split pauses once for all its parts
                         await asyncio.sleep(1)  # the batch is redelivered (nack): do not spin on a broken database
                     raise
+            if apart is not None:  # out of its `except`: a part's traceback does not carry the batch's
+                try:
+                    with _failing(span):  # failed again: the batch's span says so
+                        if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
+                            await self._apart(parts, ahead, apart, assigned)
+                        else:
+                            await self._isolate(records, apart)
+                finally:
+                    apart = None  # its traceback holds this frame: no cycle left holding the records
+                return
         if outgoing or rejected:
             self.relay.wake()
 

@@ -105,6 +105,22 @@ def test_not_yet_open_colleges_are_not_ouvert_and_to_be_closed_ones_still_are(sh
     assert a_fermer and all(annuaire[u].ouvert for u in a_fermer)
 
 
+@pytest.mark.parametrize(
+    ("lines", "kept"),
+    [
+        (["Collège Saint-Paul (annexe du collège Saint-Joseph, Bruz)", "Collège Saint-Joseph"], 1),
+        (["Lycée Assomption", "Lycée J-M de la Mennais - annexe Assomption"], 0),
+        (["Annexe Pierre Ardinet", "Collège Pierre Ardinet"], 0),  # its own name begins with the word
+        (["Lycée A (annexe)", "Lycée B (annexe)"], 0),  # both an annex's: the first, as any other
+    ],
+)
+def test_a_uai_on_two_lines_is_published_from_the_etablissement_s_own(lines, kept):
+    rows = [f"0350852L;{nom};Collège;Privé;{35047 + n};035;14;53;OUVERT" for n, nom in enumerate(lines)]
+    loaded = parse("\n".join([ANNUAIRE_HEADER, *rows, ""]), "inline.csv")
+    assert [(e.nom, e.code_commune) for e in loaded.etablissements] == [(lines[kept], str(35047 + kept))]
+    assert [(s.line, s.reason) for s in loaded.skipped] == [(3 - kept, "uai-en-double")]
+
+
 def test_unmappable_rows_are_skipped_with_a_reason_and_the_others_loaded():
     text = "\n".join(
         [

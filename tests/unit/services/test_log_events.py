@@ -115,10 +115,12 @@ def test_the_readme_tells_the_levels_of_the_lines_said_once_per_outage_or_every_
     told, wrong, seen = _told(), {}, 0
     for path in (ROOT / "services").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if _purge(node):  # retention.periodically("x", …): an Outage of x.purge_failed
+                node = ast.Call(ast.Name("Outage"), [ast.Name("log"), ast.Constant(f"{_purge(node)}.purge_failed")], [])
             if not isinstance(node, ast.Call) or len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
                 continue
             event, column = str(node.args[1].value), told.get(str(node.args[1].value), "")
-            if getattr(node.func, "id", None) == "Outage":
+            if getattr(node.func, "id", None) == "Outage" or event.endswith(".purge_failed"):
                 away = next((ast.unparse(k.value) for k in node.keywords if k.arg == "away"), None)
                 expected = ["WARNING"] if away == "(Exception,)" else ["WARNING once", "ERROR + traceback"]
                 shown = [e for e in ("WARNING once", "ERROR + traceback") if e in column] or column.split()[:1]
@@ -133,6 +135,14 @@ def test_the_readme_tells_the_levels_of_the_lines_said_once_per_outage_or_every_
                 wrong[event] = (expected, column)
     assert seen > 10, "the scan finds the Outage and EveryFew lines"
     assert wrong == {}
+
+
+def _purge(node: ast.AST) -> str | None:
+    """What `periodically(what, …)` purges, for a call of it."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    named = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+    return str(node.args[0].value) if named == "periodically" else None
 
 
 def _row(event: str) -> str:

@@ -160,6 +160,18 @@ async def test_a_split_pauses_once_whatever_its_parts(judge, monkeypatch):
     assert slept == [1] and len(failed.value.records) == 12 and failed.value.committed == []
 
 
+def failing_on_partition(judge, partition: int):
+    """The judge's transactions: those holding a record of `partition` fail, the others commit."""
+    judge._parse_all = lambda records, ahead: ([(None, r) for r in records], [])
+
+    async def transaction(parsed, rejected, span, started):
+        if any(r.partition == partition for _, r in parsed):
+            raise RuntimeError("a bug")
+        return 0
+
+    return transaction
+
+
 def passing_once(judge, error: Exception) -> list[list[tuple[int, int]]]:
     """The judge's transactions: the first one raises `error`, the others commit; what they committed."""
     committed: list[list[tuple[int, int]]] = []
@@ -206,6 +218,14 @@ async def test_the_parts_of_a_split_that_commit_are_not_shown_under_a_failed_spa
     assert [p.parent.span_id for p in parts if p.parent] == [batch.context.span_id] * 2
     assert within == [batch.context.span_id]
 
+    exporter.clear()  # a part that fails again: the batch failed, its span says so (review s72 2 #3)
+    judge._transaction = failing_on_partition(judge, 1)
+    with pytest.raises(pipeline.PartitionsFailed):
+        await judge.handle([record(1, 6), record(2, 1)])
+    *parts, batch = exporter.get_finished_spans()
+    assert batch.status.status_code == trace.StatusCode.ERROR and batch.attributes["error.type"] == "PartitionsFailed"
+    assert [p.status.status_code for p in parts] == [trace.StatusCode.ERROR, trace.StatusCode.UNSET]
+
 
 async def test_a_failure_a_split_got_round_is_said_with_its_traceback(judge, monkeypatch):
     """Each part then committed: the batch's failure (records of several partitions failing
@@ -241,6 +261,21 @@ async def test_a_split_leaves_a_partition_revoked_meanwhile_to_its_next_owner(ju
         await judge.handle([record(1, 5), record(2, 0), record(3, 4)], None, assigned)
     assert handled == [[(1, 5)], [(2, 0)]]
     assert failed.value.records == [] and [(r.partition, r.offset) for r in failed.value.committed] == [(1, 5), (2, 0)]
+
+
+async def test_a_split_whose_partitions_were_all_revoked_is_no_warning(judge, monkeypatch):
+    """No part ran: nothing says the failure was one records of several partitions meet only
+    together, nor that every partition committed (review s72 #5)."""
+    said: list[str] = []
+
+    def saying(level: str):
+        return lambda event, **kw: said.append(level)
+
+    monkeypatch.setattr(pipeline, "log", SimpleNamespace(**{lv: saying(lv) for lv in ("debug", "info", "warning")}))
+    passing_once(judge, RuntimeError("records of two partitions together"))
+    with pytest.raises(pipeline.PartitionsFailed) as failed:
+        await judge.handle([record(1, 5), record(2, 0)], None, lambda topic, partition: False)
+    assert said == ["info"] and failed.value.records == failed.value.committed == []
 
 
 def test_the_consumer_tells_a_split_the_partitions_still_assigned_to_it():
