@@ -1,12 +1,14 @@
 """`python -m deploy.referentiel`: load the annuaire, or generate établissements, into the référentiel.
 
-    load FILE [--etat FICHIER [--confirmer-fermetures]] [--bootstrap HOST:PORT] [--topic-prefix P] [--dry-run]
+    load FILE [--etat FICHIER [--nouvel-etat] [--confirmer-fermetures]] [--bootstrap HOST:PORT]
+        [--topic-prefix P] [--dry-run]
     generate --count N [--departement 035] [--seed S] (--publish [--bootstrap ...] | --csv OUT)
 
 The summary goes to stdout and the progress to stderr. A problem ends the command with one
 line on stderr and an exit code: 1 for the data or Kafka (a malformed, truncated or empty file,
-no row to load, a missing topic, an unreachable broker), 2 for the command line (a bad
-argument, a file that cannot be read or written).
+no row to load, closures beyond the guard unconfirmed, a missing topic, an unreachable broker),
+2 for the command line (a bad argument, a file or a state that cannot be read or written, a
+state missing or of another kind of export).
 """
 
 import argparse
@@ -60,30 +62,36 @@ def _load(args: argparse.Namespace) -> int:
     _report_skipped(loaded, skip)
     if not loaded.etablissements:
         return _fail(f"{loaded.source}: no row to load, all {loaded.rows:,} skipped")
-    held = etat.lire(args.etat) if args.etat else None
-    closing: list[Etablissement] = []
-    if held is None:
+    if args.etat is None:
+        if args.nouvel_etat or args.confirmer_fermetures:
+            return _fail("--nouvel-etat and --confirmer-fermetures go with --etat FICHIER", USAGE_ERROR)
         print("closed none: without --etat FICHIER, an établissement this file no longer lists stays open")
-    else:
-        closing, in_scope = etat.fermetures(held, loaded)
-        close = "would close" if args.dry_run else "closed"
-        print(f"{close} {len(closing):,} of the {in_scope:,} published open in this file's scope, on none of its lines")
-        for e in closing[:SKIPPED_SHOWN]:
-            print(f"  {e.uai}: {e.type}, {e.code_commune}: {e.nom}", file=sys.stderr)
-        if len(closing) > SKIPPED_SHOWN:
-            print(f"  ... and {len(closing) - SKIPPED_SHOWN:,} more", file=sys.stderr)
-        if etat.trop(len(closing), in_scope) and not args.confirmer_fermetures:
-            return _fail(
-                f"{loaded.source}: {len(closing):,} établissements to close, more than {etat.MAX_SHARE:.0%} of those "
-                "in its scope: a file cut short, or of another scope? Nothing published; --confirmer-fermetures "
-                "if they did close"
-            )
+        return _dry_run() if args.dry_run else _publish(args, loaded.etablissements)
+    held = etat.lire(args.etat, loaded.format, args.nouvel_etat)
+    closing, in_scope = etat.fermetures(held, loaded)
+    for e in closing[:SKIPPED_SHOWN]:
+        print(f"  {e.uai}: {e.type}, {e.code_commune}: {e.nom}", file=sys.stderr)
+    if len(closing) > SKIPPED_SHOWN:
+        print(f"  ... and {len(closing) - SKIPPED_SHOWN:,} more", file=sys.stderr)
+    if (where := etat.trop(closing, in_scope)) and not args.confirmer_fermetures:
+        return _fail(
+            f"{loaded.source}: {len(closing):,} établissements to close, more than {etat.MAX_SHARE:.0%} of "
+            f"{where}: a file cut short, or of another scope? Nothing published; --confirmer-fermetures if they did"
+        )
+    close = "would close" if args.dry_run else "closed"
+    told = f"{close} {len(closing):,} of the {sum(in_scope.values()):,} published open in this file's scope"
     if args.dry_run:
-        print("dry run: nothing published")
-        return 0
+        print(f"{told}, on none of its lines")
+        return _dry_run()
+    etat.inscriptible(args.etat)
     _publish(args, [*loaded.etablissements, *closing])
-    if held is not None:
-        etat.ecrire(args.etat, {**held, **{e.uai: e for e in (*loaded.etablissements, *closing)}})
+    etat.ecrire(args.etat, loaded.format, {**held, **{e.uai: e for e in (*loaded.etablissements, *closing)}})
+    print(f"{told}, on none of its lines; state written to {args.etat}")
+    return 0
+
+
+def _dry_run() -> int:
+    print("dry run: nothing published")
     return 0
 
 
@@ -99,7 +107,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish(args: argparse.Namespace, etabs: list[Etablissement]) -> None:
+def _publish(args: argparse.Namespace, etabs: list[Etablissement]) -> int:
     topic = args.topic_prefix + REFERENTIEL
     total = len(etabs)
 
@@ -113,6 +121,7 @@ def _publish(args: argparse.Namespace, etabs: list[Etablissement]) -> None:
     print(
         f"published {count:,} to {topic} on {args.bootstrap} in {elapsed:.2f} s ({count / max(elapsed, 1e-9):,.0f}/s)"
     )
+    return 0
 
 
 def _per_type(etabs: list[Etablissement]) -> str:
@@ -181,9 +190,13 @@ def _parser() -> argparse.ArgumentParser:
         "file's scope held open and none of its lines lists are closed (ouvert false)",
     )
     load_.add_argument(
+        "--nouvel-etat", action="store_true", help="make the --etat file at this first load (else it must exist)"
+    )
+    load_.add_argument(
         "--confirmer-fermetures",
         action="store_true",
-        help=f"close them even beyond {etat.MAX_SHARE:.0%} of those in the file's scope (else the load stops)",
+        help=f"close them even beyond {etat.MAX_SHARE:.0%} of those in the file's scope, or of one of its "
+        "départements' types (else the load stops)",
     )
     load_.set_defaults(run=_load)
 

@@ -178,10 +178,9 @@ def parse(text: str, source: str = "<csv>") -> Loaded:
 
 def _annexe(etab: Etablissement) -> bool:
     """Whether the line is an annex's (its name says so: "Collège Saint-Paul (annexe du collège
-    Saint-Joseph, Bruz)", "Lycée J-M de la Mennais - annexe Assomption"), not the établissement's
-    own: not a name that begins with the word (9730452D is "Annexe Pierre Ardinet")."""
-    folded = etab.nom.casefold()
-    return "annexe" in folded and not folded.startswith("annexe")
+    Saint-Joseph, Bruz)", "Lycée J-M de la Mennais - annexe Assomption"; the national file names
+    annexes "Annexe …" too), not the établissement's own."""
+    return "annexe" in etab.nom.casefold()
 
 
 def _detect(header: list[str], source: str) -> CsvFormat:

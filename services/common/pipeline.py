@@ -396,11 +396,17 @@ class Pipeline:
                     raise
             if apart is not None:  # out of its `except`: a part's traceback does not carry the batch's
                 try:
-                    with _failing(span):  # failed again: the batch's span says so
-                        if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
-                            await self._apart(parts, ahead, apart, assigned)
-                        else:
-                            await self._isolate(records, apart)
+                    if len(parts := _by_partition(records)) > 1:  # a record the code fails on may be among them
+                        await self._apart(parts, ahead, apart, assigned)
+                    else:
+                        await self._isolate(records, apart)
+                except PartitionsFailed as again:
+                    if again.records:  # failed again (not only revoked): the batch's span says so
+                        _failed(span, again)
+                    raise
+                except Exception as again:
+                    _failed(span, again)
+                    raise
                 finally:
                     apart = None  # its traceback holds this frame: no cycle left holding the records
                 return
@@ -462,7 +468,7 @@ class Pipeline:
             _SPLITTING.reset(splitting)
         error, said = type(exc).__name__, {"partitions": len(parts), "revoked": revoked}
         if first is None:  # the batch failed whole, each of its partitions committed alone: said, once
-            if isinstance(exc, REFUSED_BY_DATABASE) or not committed:  # its part said it (batch.isolating); none left
+            if isinstance(exc, REFUSED_BY_DATABASE) or not committed:  # its part dead-lettered it; no part ran
                 log.info("batch.split", **said, error=error, failed=0)
             elif (untold := self._tracebacks.due(f"split:{error}")) is not None:
                 # A failure records of several partitions meet together, or one that passed: the
@@ -478,7 +484,10 @@ class Pipeline:
         logs.said(raised)  # each failure said by its own try: FastStream's line not needed
         if first is not None:
             await asyncio.sleep(1)  # taken again: do not spin (its parts did not pause)
-        raise raised from first
+        try:
+            raise raised from first
+        finally:  # their tracebacks hold this frame: no cycle left holding the records
+            del raised, first
 
     async def _isolate(self, records: Sequence[ConsumerRecord], exc: Exception) -> None:
         """A record the contract accepts but PostgreSQL refuses (a NUL character, a number

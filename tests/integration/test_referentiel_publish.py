@@ -63,7 +63,7 @@ def test_an_etablissement_the_next_export_no_longer_lists_is_published_closed(
     before.write_text("\n".join([header, first, *rest]) + "\n", encoding="utf-8")
     after.write_text("\n".join([header, *rest]) + "\n", encoding="utf-8")
     where = ["--bootstrap", kafka.bootstrap_servers, "--topic-prefix", topic_prefix, "--etat", str(state)]
-    assert main(["load", str(before), *where]) == 0
+    assert main(["load", str(before), *where, "--nouvel-etat"]) == 0
     assert main(["load", str(after), *where]) == 0
     published = 2 * 993 - 1 + 1  # the first file's, the second's, and the closure
 

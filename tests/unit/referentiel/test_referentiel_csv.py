@@ -110,7 +110,7 @@ def test_not_yet_open_colleges_are_not_ouvert_and_to_be_closed_ones_still_are(sh
     [
         (["Collège Saint-Paul (annexe du collège Saint-Joseph, Bruz)", "Collège Saint-Joseph"], 1),
         (["Lycée Assomption", "Lycée J-M de la Mennais - annexe Assomption"], 0),
-        (["Annexe Pierre Ardinet", "Collège Pierre Ardinet"], 0),  # its own name begins with the word
+        (["Annexe du collège Pierre Ardinet", "Collège Pierre Ardinet"], 1),  # as the national file names some
         (["Lycée A (annexe)", "Lycée B (annexe)"], 0),  # both an annex's: the first, as any other
     ],
 )

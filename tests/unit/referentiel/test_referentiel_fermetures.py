@@ -3,6 +3,7 @@ same scope no longer lists (the annuaire lists open ones only), is closed (audit
 stayed open for good, its alerts never resolved)."""
 
 import json
+import re
 
 import pytest
 
@@ -47,7 +48,7 @@ def annuaire(tmp_path, *rows: str):
 def test_an_etablissement_the_next_export_no_longer_lists_is_closed(tmp_path, published, capsys):
     state = str(tmp_path / "referentiel.json")
     ecoles = [row(n) for n in range(1, 31)]
-    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state]) == 0
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state, "--nouvel-etat"]) == 0
     assert "closed 0 of the 0 published open" in capsys.readouterr().out  # a first load: nothing held
     assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", state]) == 0
     closed = [e for e in published[1] if not e.ouvert]
@@ -66,7 +67,7 @@ def test_only_what_the_file_covers_is_closed(tmp_path, published, capsys):
     a row the loader skipped (its UAI is still listed) stay as they were."""
     state = str(tmp_path / "referentiel.json")
     first = [row(n) for n in range(1, 31)] + [row(40, "Collège"), row(41, dep="022", commune="22113")]
-    assert main(["load", annuaire(tmp_path, *first), "--etat", state]) == 0
+    assert main(["load", annuaire(tmp_path, *first), "--etat", state, "--nouvel-etat"]) == 0
     skipped = row(2).replace("OUVERT", "EN TRAVAUX")  # etat-invalide: skipped, not absent
     assert main(["load", annuaire(tmp_path, skipped, *first[2:30]), "--etat", state]) == 0
     assert [e.uai for e in published[1] if not e.ouvert] == [uai(1)]
@@ -75,10 +76,13 @@ def test_only_what_the_file_covers_is_closed(tmp_path, published, capsys):
 def test_a_file_that_would_close_many_stops_unless_confirmed(tmp_path, published, capsys):
     state = str(tmp_path / "referentiel.json")
     ecoles = [row(n) for n in range(1, 301)]
-    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state]) == 0
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state, "--nouvel-etat"]) == 0
     cut = annuaire(tmp_path, *ecoles[:250])  # 50 of 300: beyond 5 %
+    capsys.readouterr()
     assert main(["load", cut, "--etat", state]) == 1
-    assert "50 établissements to close, more than 5% of those in its scope" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "50 établissements to close, more than 5% of its scope" in err
+    assert not re.search(r"^(closed|would close) ", out, re.MULTILINE), "a refused load closes nothing"
     assert len(published) == 1, "nothing published"
     assert main(["load", cut, "--etat", state, "--dry-run"]) == 1
     assert main(["load", cut, "--etat", state, "--confirmer-fermetures"]) == 0
@@ -88,7 +92,7 @@ def test_a_file_that_would_close_many_stops_unless_confirmed(tmp_path, published
 def test_a_dry_run_says_what_it_would_close_and_writes_no_state(tmp_path, published, capsys):
     state = tmp_path / "referentiel.json"
     ecoles = [row(n) for n in range(1, 31)]
-    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(state)]) == 0
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(state), "--nouvel-etat"]) == 0
     before = state.read_bytes()
     assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", str(state), "--dry-run"]) == 0
     assert "would close 1 of the 30" in capsys.readouterr().out
@@ -106,3 +110,75 @@ def test_a_state_that_is_not_one_is_named_and_kept(tmp_path, published, capsys):
     assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {state}: not a référentiel state")
     assert state.read_text() == '{"lots": {}}' and published == []
+
+
+@pytest.mark.parametrize(
+    ("open_", "gone", "refused"),
+    [(300, 15, False), (300, 16, True), (100, 10, False), (100, 11, True)],  # 5 % of them, and 10 at least
+)
+def test_the_guard_s_bound(tmp_path, published, capsys, open_, gone, refused):
+    state = str(tmp_path / "referentiel.json")
+    ecoles = [row(n) for n in range(1, open_ + 1)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", state, "--nouvel-etat"]) == 0
+    assert main(["load", annuaire(tmp_path, *ecoles[gone:]), "--etat", state]) == (1 if refused else 0)
+
+
+def test_a_departement_s_type_that_lost_most_of_its_lines_stops_the_load(tmp_path, published, capsys):
+    """A national file that kept one collège of a département is 3 % of the whole: each
+    (département, type) of the scope is bounded too (review s72 3 #4)."""
+    state = str(tmp_path / "referentiel.json")
+    ours = [row(n, "Collège") for n in range(1, 31)]
+    others = [row(n, "Collège", dep="022", commune="22113") for n in range(100, 900)]
+    assert main(["load", annuaire(tmp_path, *ours, *others), "--etat", state, "--nouvel-etat"]) == 0
+    assert main(["load", annuaire(tmp_path, ours[0], *others), "--etat", state]) == 1
+    assert "29 établissements to close, more than 5% of its colleges of 035" in capsys.readouterr().err
+
+
+def test_a_state_missing_another_kind_s_or_made_again_is_refused(tmp_path, published, capsys):
+    """A path mistyped was a first load again, and what closed since was never closed; the
+    collèges' national file and a département's annuaire differ in what they list and when
+    (review s72 3 #1, #2)."""
+    state = tmp_path / "referentiel.json"
+    assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state)]) == 2
+    assert "no such state; --nouvel-etat to make it at this first load" in capsys.readouterr().err
+    assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state), "--nouvel-etat"]) == 0
+    assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state), "--nouvel-etat"]) == 2
+    assert "a state exists already" in capsys.readouterr().err
+    held = json.loads(state.read_text())
+    state.write_text(json.dumps({**held, "format": "fr-en-adresse-et-geolocalisation"}))
+    assert main(["load", annuaire(tmp_path, row(1)), "--etat", str(state)]) == 2
+    assert "the state of the loads of fr-en-adresse-et-geolocalisation exports, not fr-en-annuaire-education" in (
+        capsys.readouterr().err
+    )
+    assert main(["load", annuaire(tmp_path, row(1)), "--confirmer-fermetures"]) == 2
+
+
+def test_the_state_is_written_once_published_and_only_then(tmp_path, published, monkeypatch, capsys):
+    """A publish that fails leaves the state as it was (its closures found again next time); a
+    state that cannot be written stops the load before anything is published (review s72 3 #5)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    state = tmp_path / "referentiel.json"
+    ecoles = [row(n) for n in range(1, 31)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(state), "--nouvel-etat"]) == 0
+    before = state.read_bytes()
+
+    async def unreachable(*args, **kwargs):
+        raise KafkaConnectionError("no broker")
+
+    monkeypatch.setattr(cli, "publish_etablissements", unreachable)
+    assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", str(state)]) == 1
+    assert state.read_bytes() == before
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "publish_etablissements", published_to(published := []))
+    nowhere = tmp_path / "absent" / "referentiel.json"
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(nowhere), "--nouvel-etat"]) == 2
+    assert f"{nowhere}: the state cannot be written there" in capsys.readouterr().err and published == []
+
+
+def published_to(loads: list):
+    async def publish(bootstrap, etabs, topic, progress=None):
+        loads.append(list(etabs))
+        return len(etabs)
+
+    return publish
