@@ -80,12 +80,18 @@ def _load(args: argparse.Namespace) -> int:
         )
     close = "would close" if args.dry_run else "closed"
     told = f"{close} {len(closing):,} of the {sum(in_scope.values()):,} published open in this file's scope"
+    etat.inscriptible(args.etat)  # a dry run says it too, as the load would
     if args.dry_run:
         print(f"{told}, on none of its lines")
         return _dry_run()
-    etat.inscriptible(args.etat)
     _publish(args, [*loaded.etablissements, *closing])
-    etat.ecrire(args.etat, loaded.format, {**held, **{e.uai: e for e in (*loaded.etablissements, *closing)}})
+    try:
+        etat.ecrire(args.etat, loaded.format, {**held, **{e.uai: e for e in (*loaded.etablissements, *closing)}})
+    except OSError as e:  # a disk full since the check: published, and said so
+        return _fail(
+            f"{args.etat}: published, but the state could not be written ({e.strerror or e}): the next load "
+            "with it publishes this one's closures again (the same states: no second effect)"
+        )
     print(f"{told}, on none of its lines; state written to {args.etat}")
     return 0
 
@@ -160,8 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m deploy.referentiel",
         description="Load the annuaire de l'éducation, or generate établissements, into the référentiel "
         f"({REFERENTIEL}).",
-        epilog=f"Exit codes: 0 done, {DATA_ERROR} a problem with the data or Kafka, {USAGE_ERROR} a bad command "
-        "line or a file that cannot be read or written.",
+        epilog=f"Exit codes: 0 done, {DATA_ERROR} a problem with the data or Kafka (closures beyond the guard too), "
+        f"{USAGE_ERROR} a bad command line, a file or a state that cannot be read or written, a state missing or of "
+        "another kind of export.",
     )
     commands = parser.add_subparsers(required=True, title="commands", metavar="COMMAND")
 

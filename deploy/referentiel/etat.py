@@ -83,9 +83,13 @@ def ecrire(path: Path, fmt: str, held: dict[str, Etablissement]) -> None:
         ensure_ascii=False,
         indent=1,
     )
+    try:
+        mode = path.stat().st_mode & 0o777  # the operator's, if they set one
+    except FileNotFoundError:
+        mode = 0o644  # public data, as the export it follows (mkstemp's is 0600)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o644)  # public data, as the export it follows
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(body + "\n")
             f.flush()

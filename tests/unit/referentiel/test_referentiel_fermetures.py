@@ -182,3 +182,24 @@ def published_to(loads: list):
         return len(etabs)
 
     return publish
+
+
+def test_a_state_not_written_once_published_is_said_so(tmp_path, published, monkeypatch, capsys):
+    """A disk full since the check: the load was published, the state is the former one (review
+    s72 4 #2: said as Kafka's error, or naming a temporary file)."""
+    from deploy.referentiel import etat
+
+    state = tmp_path / "referentiel.json"
+    ecoles = [row(n) for n in range(1, 31)]
+    assert main(["load", annuaire(tmp_path, *ecoles), "--etat", str(state), "--nouvel-etat"]) == 0
+    before = state.read_bytes()
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(etat, "ecrire", full)
+    assert main(["load", annuaire(tmp_path, *ecoles[1:]), "--etat", str(state)]) == 1
+    assert f"{state}: published, but the state could not be written (No space left on device)" in (
+        capsys.readouterr().err
+    )
+    assert len(published) == 2 and state.read_bytes() == before
