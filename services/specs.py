@@ -5,10 +5,11 @@ the OpenAPI document (FastAPI) of each service serving an HTTP API: the dashboar
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from services.common.runtime.app import build_app
-from services.common.runtime.settings import documented
+from services.common.runtime.settings import documented, misspelled
 from services.common.runtime.spec import ServiceSpec
 
 OUT = Path(__file__).resolve().parent.parent / "contracts" / "asyncapi"
@@ -22,6 +23,12 @@ def specs() -> list[ServiceSpec]:
     from services.ressources.app import SPEC as ressources
 
     return [formation, equipement, ressources, passerelle]
+
+
+def misspelled_settings(environ: Iterable[str], *, tools: bool = False) -> list[tuple[str, str]]:
+    """The variables of `environ` taken for a setting misspelled (settings.misspelled), every
+    service's settings read: one ConfigMap gives each service the others' variables."""
+    return misspelled(environ, {spec.settings for spec in specs()}, tools=tools)
 
 
 def document(spec: ServiceSpec) -> dict:

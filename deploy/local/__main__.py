@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -126,18 +125,13 @@ def settings_problems(environ: dict[str, str]) -> list[str]:
     return problems + dashboards_problems(environ)
 
 
-def misspelled_settings(environ: Iterable[str]) -> list[tuple[str, str]]:
-    """The variables of the environment taken for a setting misspelled (settings.misspelled)."""
-    from services.common.runtime.settings import misspelled
-    from services.specs import specs
-
-    return misspelled(environ, {spec.settings for spec in specs()}, tools=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    for variable, closest in misspelled_settings(os.environ):  # first: it may be why a setting is refused
-        say(f"warning: {variable}: not a setting, ignored (did you mean {closest}?)")
+    from services.common.runtime.settings import ignored
+    from services.specs import misspelled_settings
+
+    for found in misspelled_settings(os.environ, tools=True):  # first: it may be why a setting is refused
+        say(f"warning: {ignored(*found)}")
     if problems := settings_problems(dict(os.environ)):
         for problem in problems:
             say(f"error: {problem}")

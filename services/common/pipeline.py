@@ -400,12 +400,9 @@ class Pipeline:
                         await self._apart(parts, ahead, apart, assigned)
                     else:
                         await self._isolate(records, apart)
-                except PartitionsFailed as again:
-                    if again.records:  # failed again (not only revoked): the batch's span says so
-                        _failed(span, again)
-                    raise
                 except Exception as again:
-                    _failed(span, again)
+                    if not isinstance(again, PartitionsFailed) or again.records:  # failed again, not only revoked
+                        _failed(span, again)
                     raise
                 finally:
                     apart = None  # its traceback holds this frame: no cycle left holding the records
@@ -1037,17 +1034,16 @@ def _failed(span: trace.Span, exc: Exception) -> None:
     """The span marked failed, the exception named by its type (PostgreSQL's by its rule:
     refused_by_database), never by its message: asyncpg's quotes the refused row in its DETAIL
     ("Failing row contains (…)": a teacher_id), and traces go to a collector."""
-    named = refused_by_database(exc)
     span.set_attribute("error.type", type(exc).__name__)
-    span.set_status(trace.StatusCode.ERROR, named)
-    span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": named})
+    span.set_status(trace.StatusCode.ERROR, refused_by_database(exc))
+    _handled_apart(span, exc)
 
 
 def _handled_apart(span: trace.Span, exc: Exception) -> None:
-    """A batch's span whose records are handled again apart, in spans of its own children (each
-    partition's, each record's): the failure told as an event of it, not its status, so that it
-    does not show failed over parts that committed (review s71 3 #7); its lines (batch.split,
-    batch.isolating) keep its trace id."""
+    """The failure told as an event of the span, named as _failed names it. Alone: a batch's span
+    whose records are handled again apart, in spans of its own children (each partition's, each
+    record's), not marked failed over parts that committed (review s71 3 #7); its lines
+    (batch.split, batch.isolating) keep its trace id."""
     span.add_event("exception", {"exception.type": type(exc).__name__, "exception.message": refused_by_database(exc)})
 
 

@@ -38,7 +38,7 @@ from services.common.runtime.health import (
 )
 from services.common.runtime.lifecycle import Lifecycle
 from services.common.runtime.logs import configure_logging
-from services.common.runtime.settings import ServiceSettings, check_environment, misspelled
+from services.common.runtime.settings import ServiceSettings, check_environment, ignored
 from services.common.runtime.spec import ServiceSpec
 from services.common.runtime.telemetry import configure_tracing
 
@@ -277,11 +277,11 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Ser
 
 
 def _misspelled(environ: Iterable[str]) -> list[tuple[str, str]]:
-    """The variables taken for a setting misspelled (settings.misspelled), whose default is in
-    force: INBOX_RETENTION_DAY=7 kept personal data 30 days without a word."""
-    from services.specs import specs  # every service's: one ConfigMap gives each the others' variables
+    """The variables taken for a setting misspelled, whose default is in force:
+    INBOX_RETENTION_DAY=7 kept personal data 30 days without a word."""
+    from services.specs import misspelled_settings  # it imports this module
 
-    return misspelled(environ, {s.settings for s in specs()})
+    return misspelled_settings(environ)
 
 
 def warn_misspelled(environ: Iterable[str]) -> None:
@@ -296,10 +296,7 @@ def serve(spec: ServiceSpec) -> None:
     cannot be read too (the broker's client is made with them)."""
     if problems := check_environment(os.environ, [spec.settings]):  # TLS files that cannot be used too
         # A misspelling first: it may be why a setting is missing (KAFKA_CERT_FIEL: KAFKA_CERT_FILE not given).
-        ignored = [
-            f"{name}: not a setting, ignored (did you mean {closest}?)" for name, closest in _misspelled(os.environ)
-        ]
-        print("\n".join(ignored + problems), file=sys.stderr)
+        print("\n".join([*(ignored(*found) for found in _misspelled(os.environ)), *problems]), file=sys.stderr)
         sys.exit(2)
     settings = spec.settings()
     app = build_app(spec, settings)

@@ -399,16 +399,22 @@ def misspelled(
     POSTGRESQL_PORT, close to POSTGRES_PORT."""
     names = list(environ)
     read = {f.upper() for cls in classes for f in cls.model_fields} | set(VARIABLES.values())
-    named = read | TOOL_VARIABLES if tools else read
+    known = read | TOOL_VARIABLES
+    named = known if tools else read
     services = tuple(n.upper().removesuffix("SERVICE_HOST") for n in names if n.upper().endswith("_SERVICE_HOST"))
     found = []
     for name in sorted(names):
         upper = name.upper()
-        if upper in read | TOOL_VARIABLES or any(upper.startswith((f"{s}PORT", f"{s}SERVICE_")) for s in services):
+        if upper in known or any(upper.startswith((f"{s}PORT", f"{s}SERVICE_")) for s in services):
             continue
         if close := difflib.get_close_matches(upper, named, 1, _CLOSE):
             found.append((name, close[0]))
     return found
+
+
+def ignored(name: str, closest: str) -> str:
+    """A variable taken for a setting misspelled (`misspelled`), as a line says it."""
+    return f"{name}: not a setting, ignored (did you mean {closest}?)"
 
 
 _KINDS: dict[Any, str] = {int: "an integer", float: "a number", timedelta: "a duration in seconds or ISO 8601 (PT5M)"}
